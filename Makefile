@@ -1,0 +1,51 @@
+# Two commands do everything on a fresh Linux machine:
+#   make demo   napari with the plugin, its sample data and the Atom finder docked
+#               (no display: the headless demo writes results + a screenshot to demo_output/)
+#   make test   installs what the tests need (apt packages for Xvfb/OpenGL, a .venv) and runs them
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The pinned CPU wheel is installed first so no dependency pulls a multi-GB CUDA build.
+TORCH_SPEC ?= torch==2.13.0
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+APT_PACKAGES := xvfb xauth libgl1-mesa-dri libegl1 libxkbcommon-x11-0 libxcb-icccm4 \
+	libxcb-image0 libxcb-keysyms1 libxcb-randr0 libxcb-render-util0 libxcb-xinerama0 \
+	libxcb-xfixes0 libxcb-shape0 libxcb-cursor0 libdbus-1-3 libfontconfig1
+PYTEST_ARGS ?=
+
+.PHONY: demo test venv sysdeps benchmarks train clean
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[testing]"
+	touch $@
+
+venv: $(VENV)/.installed
+
+sysdeps:
+	@if command -v apt-get >/dev/null && ! (command -v xvfb-run >/dev/null && ldconfig -p | grep -q libxcb-cursor); then \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(APT_PACKAGES); \
+	fi
+
+test: sysdeps venv
+	QT_API=pyqt6 xvfb-run -a -s "-screen 0 1600x1200x24" $(PY) -m pytest $(PYTEST_ARGS)
+
+demo: sysdeps venv
+	@if [ -n "$$DISPLAY" ] || [ -n "$$WAYLAND_DISPLAY" ]; then \
+		$(PY) -m napari_microml.demo; \
+	else \
+		echo "No display: running the headless demo (results + screenshot in demo_output/)"; \
+		QT_API=pyqt6 xvfb-run -a -s "-screen 0 1600x1200x24" $(PY) -m napari_microml.demo --headless --out demo_output; \
+	fi
+
+benchmarks: venv
+	for b in benchmarks/*.py; do $(PY) $$b; done
+
+train: venv
+	$(PY) -m napari_microml.training.atoms
+
+clean:
+	rm -rf $(VENV) demo_output .pytest_cache

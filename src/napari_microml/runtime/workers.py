@@ -1,0 +1,26 @@
+"""Helpers for generator-style cores.
+
+Every long core function has a generator twin (``*_iter``) that yields
+``("progress", done, total, message)`` tuples and *returns* its result. The widget runs the
+generator inside a napari generator worker, so ``worker.quit()`` is honoured at every yield
+(between tiles, frames, epochs or steps). The plain API function drains the generator.
+"""
+from __future__ import annotations
+
+from typing import Generator, TypeVar
+
+T = TypeVar("T")
+
+
+def progress(done: int, total: int, message: str = "") -> tuple:
+    """The one progress message shape every core yields."""
+    return ("progress", int(done), int(total), str(message))
+
+
+def drain(gen: Generator[tuple, None, T]) -> T:
+    """Run a generator-style core to the end and return its result."""
+    while True:
+        try:
+            next(gen)
+        except StopIteration as stop:
+            return stop.value
