@@ -106,8 +106,9 @@ class ToolWidget(Container):
         else:
             self.start()
 
-    def start(self, job=None):
-        """Start ``job`` (default: ``self.make_job()``) in a napari generator worker."""
+    def start(self, job=None, on_result=None):
+        """Start ``job`` (default: ``self.make_job()``) in a napari generator worker; its
+        return value goes to ``on_result`` (default: ``self.show_result``) on the main thread."""
         from napari.qt.threading import create_worker
 
         try:
@@ -118,6 +119,7 @@ class ToolWidget(Container):
 
             show_warning(str(err))
             return None
+        self._handler = on_result or self.show_result
         worker = create_worker(job, _start_thread=False)
         worker.yielded.connect(self._on_yield)
         worker.returned.connect(self._on_returned)
@@ -148,7 +150,7 @@ class ToolWidget(Container):
                 self._say(text)
 
     def _on_returned(self, result):
-        self.show_result(result)
+        self._handler(result)
         device = getattr(result, "device", None)
         if device:
             self.ran_on.value = f"Ran on: {device}"

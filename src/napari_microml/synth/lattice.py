@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+from scipy import ndimage as ndi
 
 from napari_microml.synth.render import add_noise, background, render_gaussians, smooth_field
 
@@ -200,11 +201,17 @@ def simulate_lattice(
             sites = np.vstack([sites, c + rng.normal(0, 1.6 * sig, (k, 2))])
         keep = (sites[:, 0] > 0) & (sites[:, 0] < h - 1) & (sites[:, 1] > 0) & (sites[:, 1] < w - 1)
         sites = sites[keep]
+        amorphous[:] = True
+        if rng.uniform() < 0.6:  # a support flake with vacuum beside it (atoms sit on the flake)
+            flake = smooth_field(shape, rng, scales=(min(h, w) / 5,), weights=[1.0]) > rng.uniform(-0.8, 0.4)
+            amorphous = flake
+            ip = np.rint(sites).astype(int)
+            on = flake[ip[:, 0], ip[:, 1]] | (rng.uniform(size=len(sites)) < 0.05)
+            sites = sites[on]
         kinds = np.full(len(sites), ADATOM)
         amp = rng.uniform(0.6, 1.4, len(sites))
         sigma = sig * rng.normal(1, 0.08, len(sites)).clip(0.8, 1.2)
         vac = empty
-        amorphous[:] = True
     # distortions: drift shear and anisotropic scale are affine, so the truth moves with them
     row_shift = None
     if distort:
@@ -219,9 +226,14 @@ def simulate_lattice(
         smooth = smooth_field((h, 1), rng, scales=(rng.uniform(1, 4),), weights=[1.0])[:, 0]
         row_shift = rng.uniform(0, 0.35) * smooth + rng.uniform(0, 0.1) * rng.standard_normal(h)
     clean = render_gaussians(shape, sites, sigma, amp, row_shift=row_shift)
-    support_level = rng.uniform(0.05, 0.45) if scene == "single_atoms" else rng.uniform(0.03, 0.3)
+    if scene == "single_atoms":  # from thin carbon to a thick support brighter than the atoms
+        support_level = float(np.exp(rng.uniform(np.log(0.05), np.log(3.0))))
+    else:
+        support_level = rng.uniform(0.03, 0.3)
     if amorphous.any():
-        clean += _support(shape, rng, support_level) * amorphous
+        thickness = 1 + rng.uniform(0, 0.4) * smooth_field(shape, rng, scales=(min(h, w) / 4,), weights=[1.0])
+        edge = ndi.gaussian_filter(amorphous.astype(np.float32), rng.uniform(0.5, 3))
+        clean += _support(shape, rng, support_level) * np.clip(thickness, 0.3, None) * edge
     elif rng.uniform() < 0.3:  # a contaminated / amorphous patch on a crystal
         c0 = np.array([h, w]) * rng.uniform(0, 1, 2)
         blob = ((yy - c0[0]) ** 2 + (xx - c0[1]) ** 2) < (min(h, w) * rng.uniform(0.05, 0.2)) ** 2
@@ -240,9 +252,12 @@ def simulate_lattice(
     else:
         image = clean.copy()
     if row_shift is not None and len(sites):
-        ri = np.clip(np.rint(sites[:, 0]).astype(int), 0, h - 1)
+        # where each column appears in the jittered scan: its centre of mass, i.e. the row
+        # shifts averaged with the column's Gaussian weight over the rows it covers
+        rows = np.arange(h)
+        wgt = np.exp(-((rows[None, :] - sites[:, :1]) ** 2) / (2 * sigma[:, None] ** 2))
         sites = sites.copy()
-        sites[:, 1] -= row_shift[ri]  # where the column appears in the jittered scan
+        sites[:, 1] -= (wgt @ row_shift) / np.maximum(wgt.sum(1), 1e-12)
     visible = (sites[:, 0] >= 0) & (sites[:, 0] <= h - 1) & (sites[:, 1] >= 0) & (sites[:, 1] <= w - 1)
     vis_v = (vac[:, 0] >= 0) & (vac[:, 0] <= h - 1) & (vac[:, 1] >= 0) & (vac[:, 1] <= w - 1) if len(vac) else np.zeros(0, bool)
     return LatticeSample(

@@ -1,0 +1,192 @@
+"""Find atomic columns: U-Net probability map → local maxima → batched sub-pixel refinement."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from napari_microml.atoms.refine import METHODS, refine_positions
+from napari_microml.runtime.provenance import make_provenance
+from napari_microml.runtime.validate import as_image_stack, fill_nonfinite, robust_normalize
+from napari_microml.runtime.workers import drain, progress
+
+FEATURES = ("score", "intensity", "sigma", "position_std", "fit_ok")
+
+
+@dataclass
+class AtomsResult:
+    """Columns found in an image or stack.
+
+    positions : (N, 2) float64 (row, col) in pixels, sub-pixel.
+    features : pandas.DataFrame with score, intensity, sigma, position_std (px), fit_ok and,
+        for stacks, frame.
+    probability : (H, W) or (T, H, W) float32 network output.
+    """
+
+    positions: np.ndarray
+    features: "object"
+    probability: np.ndarray
+    model: dict
+    device: str
+    parameters: dict
+    pixel_size: float | None = None
+    is_stack: bool = False
+    provenance: dict = field(default_factory=dict)
+
+    @property
+    def frames(self):
+        return self.features["frame"].to_numpy() if self.is_stack else None
+
+    @property
+    def positions_nm(self):
+        """Positions in nm (needs ``pixel_size``)."""
+        if self.pixel_size is None:
+            raise ValueError("No pixel_size was given, so positions are only known in pixels.")
+        return self.positions * self.pixel_size
+
+
+def _local_maxima(prob: np.ndarray, threshold: float, min_distance: int) -> tuple[np.ndarray, np.ndarray]:
+    """Peaks of the probability map, sub-pixel by a 3×3 parabola, and their scores."""
+    from skimage.feature import peak_local_max
+
+    peaks = peak_local_max(prob, min_distance=min_distance, threshold_abs=threshold, exclude_border=False)
+    if len(peaks) == 0:
+        return np.zeros((0, 2)), np.zeros(0)
+    h, w = prob.shape
+    r, c = peaks[:, 0], peaks[:, 1]
+    p = np.pad(prob, 1, mode="edge")
+    centre = p[r + 1, c + 1]
+    sub = []
+    for lo, hi in ((p[r, c + 1], p[r + 2, c + 1]), (p[r + 1, c], p[r + 1, c + 2])):
+        den = lo - 2 * centre + hi
+        sub.append(np.where(den < 0, 0.5 * (lo - hi) / np.where(den < 0, den, -1), 0.0).clip(-0.5, 0.5))
+    pos = np.column_stack([r + sub[0], c + sub[1]]).astype(np.float64)
+    return pos, centre.astype(np.float32)
+
+
+def _predictor(net, device):
+    import torch
+
+    def predict(batch: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            x = torch.from_numpy(np.ascontiguousarray(batch)).to(device)
+            return torch.sigmoid(net(x)).float().cpu().numpy()
+
+    return predict
+
+
+def find_atoms_iter(
+    image,
+    *,
+    model="default",
+    threshold: float = 0.5,
+    refine: str = "gaussian",
+    device="auto",
+    pixel_size: float | None = None,
+    contrast: str = "bright",
+    min_distance: int = 2,
+    tile: int = 512,
+    input_name: str | None = None,
+):
+    """Generator twin of :func:`find_atoms`: yields progress tuples, returns an AtomsResult."""
+    import pandas as pd
+
+    from napari_microml.nets.registry import load_model
+    from napari_microml.runtime.device import describe_device, resolve_device
+    from napari_microml.runtime.tiling import tiled_predict
+
+    if refine not in METHODS:
+        raise ValueError(f"Unknown refinement {refine!r}; choose one of {', '.join(METHODS)}.")
+    if contrast not in ("bright", "dark"):
+        raise ValueError("contrast must be 'bright' (HAADF/ADF/STM) or 'dark' (ABF/BF).")
+    if not 0 < threshold < 1:
+        raise ValueError("threshold is a probability and must lie between 0 and 1.")
+    stack, is_stack = as_image_stack(image, what="image")
+    dev = resolve_device(device)
+    net, info = load_model("atoms", model, dev)
+    predict = _predictor(net, dev)
+    n_frames = len(stack)
+    probs, rows = [], []
+    for t, frame in enumerate(stack):
+        frame = fill_nonfinite(frame)
+        if contrast == "dark":
+            frame = frame.max() - frame
+        gen = tiled_predict(predict, robust_normalize(frame)[None], out_channels=1, tile=tile,
+                            multiple=getattr(net, "multiple", 8))
+        while True:
+            try:
+                done, total = next(gen)
+            except StopIteration as stop:
+                prob = stop.value[0]
+                break
+            yield progress(t * total + done, n_frames * total, f"frame {t + 1}/{n_frames}: tile {done}/{total}")
+        pos, score = _local_maxima(prob, threshold, min_distance)
+        pos, feats = refine_positions(frame, pos, method=refine)
+        h, w = frame.shape
+        keep = (pos[:, 0] >= -0.5) & (pos[:, 0] <= h - 0.5) & (pos[:, 1] >= -0.5) & (pos[:, 1] <= w - 0.5)
+        df = pd.DataFrame({"row": pos[keep, 0], "col": pos[keep, 1], "score": score[keep],
+                           **{k: np.asarray(v)[keep] for k, v in feats.items()}})
+        if is_stack:
+            df.insert(0, "frame", t)
+        rows.append(df)
+        probs.append(prob.astype(np.float32))
+    table = pd.concat(rows, ignore_index=True)
+    positions = table[["row", "col"]].to_numpy(np.float64)
+    features = table.drop(columns=["row", "col"])
+    params = dict(model=str(model) if not hasattr(model, "state_dict") else "custom", threshold=threshold,
+                  refine=refine, contrast=contrast, min_distance=min_distance, pixel_size=pixel_size, tile=tile)
+    label = describe_device(dev)
+    model_info = {k: info[k] for k in ("name", "file", "sha256")}
+    return AtomsResult(
+        positions=positions, features=features,
+        probability=np.stack(probs) if is_stack else probs[0],
+        model=model_info, device=label, parameters=params, pixel_size=pixel_size, is_stack=is_stack,
+        provenance=make_provenance("atom_finder", parameters=params, model=model_info, device=label,
+                                   input_name=input_name),
+    )
+
+
+def find_atoms(image, **kwargs) -> AtomsResult:
+    """Find every atomic column in a 2D image or a (T, H, W) stack.
+
+    Parameters
+    ----------
+    image : array (H, W) or (T, H, W)
+        Any float-convertible grey image (HAADF, ADF, STM; ABF with ``contrast='dark'``).
+    model : str, path or torch.nn.Module
+        A shipped atom-finder model name (``'default'``), a ``.pt`` file, or a network.
+    threshold : float
+        Minimum probability of a column peak (0–1).
+    refine : {'gaussian', 'com', 'none'}
+        Batched 2D-Gaussian least squares, intensity centre of mass, or the probability peak.
+    device : {'auto', 'cuda', 'mps', 'cpu'}
+    pixel_size : float, optional
+        Pixel size in nm; enables :attr:`AtomsResult.positions_nm`.
+
+    Returns
+    -------
+    AtomsResult
+    """
+    return drain(find_atoms_iter(image, **kwargs))
+
+
+def refine_points_iter(image, positions, *, frames=None, refine="gaussian", contrast="bright"):
+    """Re-refine a user-edited set of points (per frame for stacks); returns (positions, features)."""
+    import pandas as pd
+
+    stack, is_stack = as_image_stack(image)
+    positions = np.asarray(positions, float).reshape(-1, 2)
+    frames = np.zeros(len(positions), int) if frames is None else np.asarray(frames, int)
+    out = np.empty_like(positions)
+    feats = pd.DataFrame(index=range(len(positions)), columns=list(FEATURES[1:]), dtype=float)
+    for t in np.unique(frames):
+        sel = frames == t
+        frame = fill_nonfinite(stack[t])
+        if contrast == "dark":
+            frame = frame.max() - frame
+        out[sel], f = refine_positions(frame, positions[sel], method=refine)
+        for k, v in f.items():
+            feats.loc[sel, k] = v
+        yield progress(int(t) + 1, len(stack), f"refined frame {int(t) + 1}")
+    feats["fit_ok"] = feats["fit_ok"].astype(bool)
+    return out, feats

@@ -1,0 +1,36 @@
+"""Shared training helpers: seeding, augmentation, a simple step loop with a log."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+
+def seed_everything(seed: int):
+    import torch
+
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def dihedral(arrays: list[np.ndarray], k: int) -> list[np.ndarray]:
+    """One of the 8 flips/rotations, applied to every (…, H, W) array alike."""
+    out = []
+    for a in arrays:
+        a = np.rot90(a, k % 4, axes=(-2, -1))
+        if k >= 4:
+            a = a[..., ::-1]
+        out.append(np.ascontiguousarray(a))
+    return out
+
+
+class Log:
+    """Collects (step, loss) with wall time; prints every ``every`` steps."""
+
+    def __init__(self, every: int = 100):
+        self.every, self.rows, self.t0 = every, [], time.time()
+
+    def add(self, step: int, **values):
+        self.rows.append({"step": step, "time_s": round(time.time() - self.t0, 1), **values})
+        if step % self.every == 0:
+            print(self.rows[-1], flush=True)

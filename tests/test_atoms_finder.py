@@ -1,0 +1,83 @@
+"""find_atoms with the shipped weights on synthetic truth and on real Pt HAADF images."""
+import numpy as np
+import pandas as pd
+import pytest
+
+import napari_microml as mm
+from napari_microml.atoms.metrics import match_boxes, match_points
+from napari_microml.synth.lattice import simulate_lattice
+
+
+def _truth_inside(s, margin=4):
+    h, w = s.image.shape
+    return s.positions[(s.positions > margin).all(1) & (s.positions[:, 0] < h - margin) & (s.positions[:, 1] < w - margin)]
+
+
+def _pred_inside(p, shape, margin=4):
+    return p[(p > margin).all(1) & (p[:, 0] < shape[0] - margin) & (p[:, 1] < shape[1] - margin)]
+
+
+@pytest.mark.parametrize("lattice,spacing", [("square", 10), ("honeycomb", 8), ("perovskite", 16)])
+def test_finds_columns_at_high_dose(lattice, spacing):
+    s = simulate_lattice((192, 192), scene="crystal", lattice=lattice, spacing=spacing, dose=2000, seed=21)
+    r = mm.find_atoms(s.image)
+    m = match_points(_pred_inside(r.positions, s.image.shape), _truth_inside(s), max_distance=spacing / 3)
+    assert m["f1"] > 0.97, m
+    assert m["rms"] < 0.15, m
+
+
+def test_result_has_the_documented_shape():
+    s = simulate_lattice((128, 128), scene="crystal", spacing=12, dose=500, seed=3)
+    r = mm.find_atoms(s.image, pixel_size=0.02)
+    assert r.positions.dtype == np.float64 and r.positions.shape[1] == 2
+    assert isinstance(r.features, pd.DataFrame)
+    for col in ("score", "intensity", "sigma", "position_std", "fit_ok"):
+        assert col in r.features and len(r.features[col]) == len(r.positions)
+    assert r.probability.shape == s.image.shape and r.probability.dtype == np.float32
+    np.testing.assert_allclose(r.positions_nm, r.positions * 0.02)
+    assert r.provenance["model"]["sha256"] and r.device.startswith("cpu")
+
+
+def test_stack_gives_one_result_with_a_frame_column():
+    frames = [simulate_lattice((96, 96), scene="crystal", spacing=10, dose=1000, seed=i).image for i in range(3)]
+    r = mm.find_atoms(np.stack(frames))
+    assert sorted(r.features["frame"].unique()) == [0, 1, 2]
+    assert r.probability.shape == (3, 96, 96)
+    one = mm.find_atoms(frames[1])
+    np.testing.assert_allclose(r.positions[r.frames == 1], one.positions)
+
+
+def test_dark_contrast_handles_abf_like_images():
+    s = simulate_lattice((128, 128), scene="crystal", lattice="square", spacing=12, dose=2000, seed=5)
+    r = mm.find_atoms(s.image.max() - s.image, contrast="dark")
+    m = match_points(_pred_inside(r.positions, s.image.shape), _truth_inside(s), max_distance=4)
+    assert m["f1"] > 0.95
+
+
+@pytest.mark.parametrize("bad", [np.zeros((32, 32, 3)), np.zeros((1, 1)), np.full((32, 32), np.nan),
+                                 np.zeros((0, 32, 32)), np.zeros((2, 2, 32, 32))])
+def test_bad_input_raises_value_error(bad):
+    with pytest.raises(ValueError):
+        mm.find_atoms(bad)
+
+
+def test_bad_parameters_raise():
+    img = np.zeros((32, 32), np.float32)
+    with pytest.raises(ValueError, match="refinement"):
+        mm.find_atoms(img, refine="spline")
+    with pytest.raises(ValueError, match="threshold"):
+        mm.find_atoms(img, threshold=1.5)
+
+
+@pytest.mark.realdata
+def test_real_pt_single_atoms(shared_data):
+    """The synthetic-only model on the 11 hand-labelled Pt HAADF images (authors' box protocol)."""
+    tifffile = pytest.importorskip("tifffile")
+    folder = shared_data / "atoms_pt_haadf"
+    f1 = []
+    for path in sorted((folder / "images").glob("*.tif"))[:4]:
+        label = folder / "labels" / (path.name.split("_")[0] + "_Results.csv")
+        true = pd.read_csv(label)[["Y", "X"]].to_numpy(float)
+        r = mm.find_atoms(tifffile.imread(path).astype(np.float32))
+        f1.append(match_boxes(r.positions, true)["f1"])
+    assert np.mean(f1) > 0.5, f1
