@@ -1,0 +1,285 @@
+"""npe2 reader: vendor microscopy files → napari layers with scale, units and axis labels.
+
+Parsing is done by RosettaSciIO (``rsciio``); this module only maps its ``{data, axes,
+metadata, original_metadata}`` dictionaries onto napari ``LayerData`` tuples.
+
+* Images and stacks become ``image`` layers (integer data stays integer) with ``scale``,
+  ``translate`` (the axis offsets), ``units`` and ``axis_labels`` from the file's axes.
+* Spectrum images keep the spectral axis **last**; its scale/offset/units/name are also
+  stored in ``metadata['napari_microml']['spectral_axis']`` for the spectral tools.
+* The full rsciio metadata is kept in ``metadata['original']``.
+* Files above :data:`LAZY_BYTES` are read lazily (dask arrays).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+LAZY_BYTES = 200 * 2**20
+
+# extension -> (rsciio plugin module, human format name); None = numpy
+FORMATS: dict[str, tuple[str | None, str]] = {
+    ".dm3": ("rsciio.digitalmicrograph", "Gatan DigitalMicrograph"),
+    ".dm4": ("rsciio.digitalmicrograph", "Gatan DigitalMicrograph"),
+    ".emd": ("rsciio.emd", "EMD (Velox / NCEM)"),
+    ".ser": ("rsciio.tia", "FEI TIA"),
+    ".mrc": ("rsciio.mrc", "MRC"),
+    ".hspy": ("rsciio.hspy", "HyperSpy"),
+    ".h5": ("rsciio.hspy", "HyperSpy HDF5"),
+    ".tif": ("rsciio.tiff", "TIFF"),
+    ".tiff": ("rsciio.tiff", "TIFF"),
+    ".npy": (None, "NumPy"),
+}
+SPECTRAL_UNITS = {"ev", "kev", "mev", "cm^-1", "1/cm", "cm-1"}
+SPECTRAL_WORDS = ("energy", "loss", "wavelength", "raman", "wavenumber")
+
+LayerData = tuple  # (data, kwargs, layer_type)
+
+
+# ----------------------------------------------------------------------------------- npe2
+def get_reader(path) -> Callable | None:
+    """npe2 ``get_reader``: a reader function for supported files, else ``None``. Never raises."""
+    try:
+        if isinstance(path, (list, tuple)):
+            if len(path) != 1:
+                return None
+            path = path[0]
+        p = Path(path)
+        ext = p.suffix.lower()
+        if ext not in FORMATS or not p.is_file():
+            return None
+        if ext == ".h5" and not _is_hyperspy_h5(p):
+            return None
+        return _napari_reader
+    except Exception:  # noqa: BLE001 - a reader probe must never break napari's open()
+        return None
+
+
+def _napari_reader(path) -> list[LayerData]:
+    paths = path if isinstance(path, (list, tuple)) else [path]
+    layers: list[LayerData] = []
+    for p in paths:
+        layers.extend(read_file(p))
+    return layers
+
+
+def _is_hyperspy_h5(path: Path) -> bool:
+    """True when an .h5 file is a HyperSpy file that rsciio's hspy plugin can read."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            fmt = f.attrs.get("file_format", b"")
+            if isinstance(fmt, bytes):
+                fmt = fmt.decode(errors="ignore")
+            return str(fmt).lower() == "hyperspy" and "Experiments" in f
+    except Exception:  # noqa: BLE001
+        return False
+
+
+# ------------------------------------------------------------------------------- public
+def read_file(path) -> list[LayerData]:
+    """Read a microscopy file into napari ``LayerData`` tuples ``(data, kwargs, 'image')``.
+
+    Parameters
+    ----------
+    path : str or Path
+        A .dm3, .dm4, .emd, .ser, .mrc, .hspy, HyperSpy .h5, .tif/.tiff or .npy file.
+
+    Returns
+    -------
+    list of (data, kwargs, layer_type)
+        One tuple per image-like dataset in the file. ``data`` is a numpy array, or a dask
+        array for files larger than :data:`LAZY_BYTES`.
+
+    Raises
+    ------
+    ValueError
+        When the extension is not supported, or the file is damaged / not of that format.
+    """
+    p = Path(path)
+    ext = p.suffix.lower()
+    if ext not in FORMATS:
+        known = ", ".join(sorted(FORMATS))
+        raise ValueError(f"Could not read {p.name}: '{ext or 'no extension'}' files are not "
+                         f"supported (supported: {known}).")
+    if not p.is_file():
+        raise ValueError(f"Could not read {p}: the file does not exist.")
+    module, fmt = FORMATS[ext]
+    lazy = p.stat().st_size > LAZY_BYTES
+    try:
+        dicts = _read_numpy(p, lazy) if module is None else _read_rsciio(p, module, lazy)
+    except Exception as err:  # noqa: BLE001 - turned into one clear sentence
+        raise ValueError(
+            f"Could not read {p.name}: the file is damaged or not a supported {fmt} file "
+            f"({type(err).__name__}: {err})."
+        ) from err
+    if not dicts:
+        raise ValueError(f"Could not read {p.name}: the file holds no datasets.")
+
+    images = [d for d in dicts if np.ndim(d["data"]) >= 2]
+    if not images:  # only spectra / 1D data: show them as (1, L) images
+        images = [d for d in dicts if np.ndim(d["data"]) == 1]
+    if not images:
+        raise ValueError(f"Could not read {p.name}: it contains no image or spectrum data.")
+    layers = [_to_layer(d, p, i, len(images)) for i, d in enumerate(images)]
+    _unique_names(layers)
+    return layers
+
+
+# ------------------------------------------------------------------------------ helpers
+def _read_rsciio(p: Path, module: str, lazy: bool) -> list[dict]:
+    import importlib
+
+    reader = importlib.import_module(module).file_reader
+    return list(reader(str(p), lazy=lazy))
+
+
+def _read_numpy(p: Path, lazy: bool) -> list[dict]:
+    data = np.load(p, mmap_mode="r" if lazy else None, allow_pickle=False)
+    if lazy:
+        import dask.array as da
+
+        data = da.from_array(data, chunks="auto")
+    return [{"data": data, "axes": [], "metadata": {"General": {"title": p.stem}},
+             "original_metadata": {}}]
+
+
+def _ureg():
+    import pint
+
+    return pint.get_application_registry()
+
+
+def _clean_units(units: Any) -> str:
+    """A pint-parsable unit string; ``'pixel'`` when the file gives none."""
+    if units is None:
+        return "pixel"
+    text = str(units).strip()
+    if not text or text in ("<undefined>", "Undefined"):
+        return "pixel"
+    ureg = _ureg()
+    for candidate in (text, text.replace("_", ""), text.replace("u", "µ", 1)):
+        try:
+            ureg.parse_units(candidate)
+            return candidate
+        except Exception:  # noqa: BLE001
+            continue
+    return "pixel"
+
+
+def _is_spectral(ax: dict) -> bool:
+    units = str(ax.get("units") or "").strip().lower()
+    name = str(ax.get("name") or "").strip().lower()
+    return units in SPECTRAL_UNITS or any(w in name for w in SPECTRAL_WORDS)
+
+
+def _plain_scalar(x, default: float) -> float:
+    try:
+        v = float(np.asarray(x).ravel()[0]) if np.ndim(x) else float(x)
+    except Exception:  # noqa: BLE001
+        return default
+    return v if np.isfinite(v) else default
+
+
+def _to_layer(d: dict, p: Path, index: int, n: int) -> LayerData:
+    data = d["data"]
+    if getattr(data, "dtype", None) is not None and data.dtype.names:  # RGB(A) structured
+        from rsciio.utils.rgb_tools import rgbx2regular_array
+
+        data = rgbx2regular_array(data)
+        rgb = True
+    else:
+        rgb = False
+    if np.iscomplexobj(data):
+        data = abs(data)
+    ndim = data.ndim - (1 if rgb else 0)
+
+    # axes in array order (rsciio gives index_in_array for most plugins, hspy lists in order)
+    raw_axes = [dict(a) for a in (d.get("axes") or [])]
+    if len(raw_axes) == ndim and all("index_in_array" in a for a in raw_axes):
+        raw_axes.sort(key=lambda a: int(a["index_in_array"]))
+    if len(raw_axes) != ndim:
+        raw_axes = [{} for _ in range(ndim)]
+    default_names = ["z", "y", "x"] if ndim == 3 else ["y", "x"] if ndim == 2 else []
+    default_names = [f"axis{i}" for i in range(ndim - len(default_names))] + default_names
+
+    axes = []
+    for i, a in enumerate(raw_axes):
+        scale = _plain_scalar(a.get("scale", 1.0), 1.0)
+        units = _clean_units(a.get("units"))
+        if scale <= 0:  # unknown calibration (e.g. DE MRC writes -1): fall back to pixels
+            scale, units = 1.0, "pixel"
+        name = str(a.get("name") or "").strip()
+        if not name or name.lower() in ("<undefined>", "undefined", "none"):
+            name = default_names[i]
+        axes.append({"name": name, "scale": scale,
+                     "offset": _plain_scalar(a.get("offset", 0.0), 0.0), "units": units,
+                     "spectral": _is_spectral(a)})
+
+    # 1D spectrum -> (1, L) so it is displayable and ready for (N, L) spectral tools
+    if ndim == 1:
+        data = data[None]
+        axes.insert(0, {"name": "spectrum", "scale": 1.0, "offset": 0.0, "units": "pixel",
+                        "spectral": False})
+        ndim = 2
+
+    spectral = [i for i, a in enumerate(axes) if a["spectral"]]
+    spectral_axis = None
+    if spectral:
+        s = spectral[-1]
+        if s != ndim - 1:
+            if hasattr(data, "compute"):
+                import dask.array as da
+
+                data = da.moveaxis(data, s, ndim - 1)
+            else:
+                data = np.moveaxis(data, s, ndim - 1)
+            axes.append(axes.pop(s))
+        a = axes[-1]
+        spectral_axis = {"scale": a["scale"], "offset": a["offset"], "units": a["units"],
+                         "name": a["name"]}
+
+    names = [a["name"] for a in axes]
+    for i, nm in enumerate(names):  # napari needs unique axis labels
+        if names.count(nm) > 1:
+            names[i] = f"{nm}{i}"
+
+    md = d.get("metadata") or {}
+    title = str(md.get("General", {}).get("title") or "").strip()
+    if n == 1:
+        name = p.stem
+    else:
+        name = f"{p.stem} [{title or index}]"
+    info = {"source_file": str(p), "dataset_index": index, "title": title,
+            "signal_type": str(md.get("Signal", {}).get("signal_type", "") or ""),
+            "lazy": hasattr(data, "compute")}
+    if spectral_axis is not None:
+        info["spectral_axis"] = spectral_axis
+    kwargs = {
+        "name": name,
+        "scale": tuple(a["scale"] for a in axes),
+        "translate": tuple(a["offset"] for a in axes),
+        "units": tuple(a["units"] for a in axes),
+        "axis_labels": tuple(names),
+        "rgb": rgb,
+        "metadata": {
+            "napari_microml": info,
+            "original": {"metadata": md, "original_metadata": d.get("original_metadata", {}),
+                         "axes": d.get("axes", [])},
+        },
+    }
+    return data, kwargs, "image"
+
+
+def _unique_names(layers: list[LayerData]) -> None:
+    seen: dict[str, int] = {}
+    for _, kw, _ in layers:
+        base = kw["name"]
+        if base in seen:
+            seen[base] += 1
+            kw["name"] = f"{base} ({seen[base]})"
+        else:
+            seen[base] = 0
