@@ -1,0 +1,377 @@
+"""Active learning over the pixels of a structure image: :class:`ActiveLearner`, campaigns.
+
+``ActiveLearner`` holds a :class:`~napari_microml.dkl.model.DKLModel` and the measurements so
+far; ``suggest(n)`` proposes where to measure next, ``observe(coords, values)`` records the
+results, ``predict()`` maps the posterior mean and uncertainty. ``run_campaign`` drives a
+whole experiment against a ``measure`` callable (see :mod:`napari_microml.dkl.sources`);
+``run_campaign_iter`` is its generator twin for the napari widget (one progress message per
+step, ``worker.quit()`` honoured between steps).
+
+Everything is seeded: the same structure, source, parameters and seed give the same
+measurement sequence (on the same device).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from napari_microml.dkl.acquisition import get_acquisition, select_batch
+from napari_microml.dkl.model import DKLModel
+from napari_microml.dkl.sources import as_source, check_coords
+from napari_microml.runtime.workers import drain, progress
+
+LOG_FIELDS = ("step", "row", "col", "value", "acquisition", "time_s", "model")
+
+
+class ActiveLearner:
+    """Suggest-observe loop with a DKL surrogate over every pixel of ``structure``.
+
+    Parameters
+    ----------
+    structure : (H, W) array
+        Structure image (e.g. HAADF); each pixel is a candidate measurement site.
+    patch_size : int
+        Side of the patch (px) around each pixel that the feature extractor sees.
+    acquisition : str or AcquisitionFunction
+        ``ei`` (log expected improvement), ``ucb``, ``pi``, ``ts`` (Thompson sampling),
+        ``uncertainty`` (pure exploration) or ``random``.
+    seed : int
+        Seeds random initial points, network initialisation and Thompson samples.
+    device : str
+        ``auto``, ``cuda``, ``mps`` or ``cpu``.
+    maximize : bool
+        Look for high (True) or low (False) values.
+    features : {"cnn", "mlp", "pca", "coords"}
+        Feature map of the GP (``pca``/``coords`` are the non-deep baselines).
+    beta, xi : float
+        UCB exploration weight (``mean + sqrt(beta) std``) and EI/PI margin (standardised).
+    batch_radius : float, optional
+        Local-penalisation radius (px) spreading a batch; default ``max(2, patch_size / 4)``.
+    recent_radius : float
+        Penalise suggestions within this many px of the last ``n_recent`` measurements (0: off).
+    ts_candidates : int
+        Size of the candidate subset on which joint Thompson samples are drawn.
+    model_kwargs
+        Passed to :class:`DKLModel` (``embedding_dim``, ``kernel``, ``init_iters``, ...).
+    """
+
+    def __init__(
+        self,
+        structure,
+        *,
+        patch_size: int = 16,
+        acquisition="ei",
+        seed: int = 0,
+        device="auto",
+        maximize: bool = True,
+        features: str = "cnn",
+        beta: float = 4.0,
+        xi: float = 0.0,
+        batch_radius: float | None = None,
+        recent_radius: float = 0.0,
+        n_recent: int = 10,
+        ts_candidates: int = 512,
+        **model_kwargs,
+    ):
+        self.model = DKLModel(
+            structure, patch_size=patch_size, features=features, device=device, seed=seed,
+            **model_kwargs,
+        )
+        self.shape = self.model.shape
+        self.patch_size = int(patch_size)
+        self.seed = int(seed)
+        self.maximize = bool(maximize)
+        self.acquisition_name = (acquisition if isinstance(acquisition, str)
+                                 else type(acquisition).__name__)
+        self.acquisition = get_acquisition(acquisition, maximize=maximize, beta=beta, xi=xi)
+        self.batch_radius = (max(2.0, patch_size / 4) if batch_radius is None
+                             else float(batch_radius))
+        self.recent_radius, self.n_recent = float(recent_radius), int(n_recent)
+        self.ts_candidates = int(ts_candidates)
+        self.rng = np.random.default_rng(seed)
+        h, w = self.shape
+        rr, cc = np.mgrid[0:h, 0:w]
+        self.candidates = np.column_stack([rr.ravel(), cc.ravel()])
+        self._idx: list[int] = []
+        self._val: list[float] = []
+        self._dirty = True
+        self._pending: dict[int, float] = {}  # flat index -> acquisition value when suggested
+        self.last_acquisition: np.ndarray | None = None
+        self.log: list[dict] = []
+        self.step = 0
+        self._t_last = time.perf_counter()
+
+    # --- data ------------------------------------------------------------------------------
+    @property
+    def n_observed(self) -> int:
+        return len(self._idx)
+
+    @property
+    def coords(self) -> np.ndarray:
+        """(n, 2) int measured (row, col), in measurement order."""
+        return self.candidates[np.asarray(self._idx, int)].reshape(-1, 2)
+
+    @property
+    def values(self) -> np.ndarray:
+        return np.asarray(self._val, float)
+
+    @property
+    def best_value(self) -> float:
+        if not self._val:
+            return float("nan")
+        return float(np.max(self._val) if self.maximize else np.min(self._val))
+
+    def _flat(self, coords) -> np.ndarray:
+        c = check_coords(coords, self.shape)
+        return c[:, 0] * self.shape[1] + c[:, 1]
+
+    def _ensure_fit(self):
+        if self._dirty and self._idx:
+            self.model.fit(np.asarray(self._idx), np.asarray(self._val))
+            self._dirty = False
+
+    # --- public API ------------------------------------------------------------------------
+    def observe(self, coords, values) -> None:
+        """Record measured ``values`` (n,) at integer pixel ``coords`` (n, 2) (row, col)."""
+        flat = self._flat(coords)
+        vals = np.asarray(values, dtype=float)
+        if vals.ndim == 2 and vals.shape[0] == len(flat) and vals.shape[1] > 1:
+            raise ValueError(
+                f"observe() received spectra of shape {vals.shape}; turn them into one value per "
+                "point with a scalarizer first."
+            )
+        vals = vals.reshape(-1)
+        if vals.size != flat.size:
+            raise ValueError(f"Got {flat.size} coordinates but {vals.size} values.")
+        if not np.isfinite(vals).all():
+            raise ValueError(
+                f"{int((~np.isfinite(vals)).sum())} measured value(s) are NaN or inf; the model "
+                "needs finite numbers (check the scalarizer window or the detector)."
+            )
+        now = time.perf_counter()
+        dt = now - self._t_last
+        self._t_last = now
+        self.step += 1
+        summary = self.model.state.as_dict() if self.model.state is not None else None
+        for i, v in zip(flat, vals):
+            self._idx.append(int(i))
+            self._val.append(float(v))
+            self.log.append({
+                "step": self.step,
+                "row": int(i // self.shape[1]),
+                "col": int(i % self.shape[1]),
+                "value": float(v),
+                "acquisition": self._pending.pop(int(i), float("nan")),
+                "time_s": round(dt, 4),
+                "model": summary,
+            })
+        self._pending.clear()
+        self._dirty = True
+
+    def suggest(self, n: int = 1) -> np.ndarray:
+        """Propose ``n`` new (row, col) pixel coordinates, (n, 2) int (not yet measured)."""
+        n = int(n)
+        if n < 1:
+            raise ValueError(f"Ask for at least one point, not {n}.")
+        available = np.ones(len(self.candidates), bool)
+        available[np.asarray(self._idx, int)] = False
+        if not available.any():
+            raise ValueError("Every pixel has been measured already.")
+        if self.acquisition is None or len(self._idx) < 2:
+            pool = np.flatnonzero(available)
+            chosen = self.rng.choice(pool, size=min(n, len(pool)), replace=False)
+            self._pending = {int(i): float("nan") for i in chosen}
+            self.last_acquisition = None
+            return self.candidates[chosen].copy()
+        self._ensure_fit()
+        mean, std = self.model.predict(standardized=True)
+        best_raw = self.best_value
+        best = (best_raw - self.model._y_mean) / self.model._y_std
+        recent = self.coords[-self.n_recent:] if self.recent_radius > 0 else None
+        if self.acquisition.needs_samples:
+            ucb = (mean if self.maximize else -mean) + 2 * std
+            ucb[~available] = -np.inf
+            pool = np.flatnonzero(available)
+            k = min(self.ts_candidates, len(pool))
+            top = np.argsort(-ucb)[: k // 2]
+            rest = np.setdiff1d(pool, top)
+            extra = self.rng.choice(rest, size=min(k - len(top), len(rest)), replace=False)
+            subset = np.union1d(top, extra)
+            samples = self.model.sample(subset, max(n, 1), self.rng)
+            sub_scores = self.acquisition(mean[subset], std[subset], best, samples=samples)
+            scores = np.full((sub_scores.shape[0], len(self.candidates)), -np.inf)
+            scores[:, subset] = sub_scores
+            acq_map = scores[0]
+        else:
+            scores = self.acquisition(mean, std, best)
+            acq_map = scores
+        chosen = select_batch(
+            scores, self.candidates, n, available=available, radius=self.batch_radius,
+            recent=recent, recent_radius=self.recent_radius,
+        )
+        acq_display = np.where(available & np.isfinite(acq_map), acq_map, np.nan)
+        self.last_acquisition = acq_display.reshape(self.shape)
+        self._pending = {int(i): float(acq_map[i]) for i in chosen}
+        return self.candidates[chosen].copy()
+
+    def predict(self) -> tuple[np.ndarray, np.ndarray]:
+        """Posterior mean and standard deviation maps (H, W), in the measurement's units."""
+        if not self._idx:
+            raise ValueError("No measurements yet: observe some points before predicting.")
+        self._ensure_fit()
+        mean, std = self.model.predict()
+        return mean.reshape(self.shape), std.reshape(self.shape)
+
+    def state_summary(self) -> dict:
+        self._ensure_fit()
+        return {} if self.model.state is None else self.model.state.as_dict()
+
+    # --- log -------------------------------------------------------------------------------
+    def log_records(self) -> list[dict]:
+        """The full log: one dict per measurement (step, row, col, value, acquisition, ...)."""
+        return [dict(r) for r in self.log]
+
+    def export_log(self, path) -> Path:
+        """Write the log as CSV (``.csv``) or JSON (anything else); returns the path."""
+        path = Path(path)
+        rows = self.log_records()
+        if path.suffix.lower() == ".csv":
+            with open(path, "w", newline="") as fh:
+                writer = csv.DictWriter(fh, fieldnames=LOG_FIELDS)
+                writer.writeheader()
+                for r in rows:
+                    writer.writerow({**r, "model": json.dumps(r["model"])})
+        else:
+            meta = {
+                "acquisition": self.acquisition_name, "seed": self.seed,
+                "patch_size": self.patch_size, "maximize": self.maximize,
+                "features": self.model.features, "shape": list(self.shape),
+            }
+            path.write_text(json.dumps({"parameters": meta, "log": rows}, indent=1))
+        return path
+
+
+@dataclass
+class CampaignResult:
+    """Outcome of :func:`run_campaign` (all in measurement order)."""
+
+    coords: np.ndarray
+    values: np.ndarray
+    best_so_far: np.ndarray
+    log: list = field(default_factory=list)
+    learner: ActiveLearner | None = None
+    device: str = ""
+
+    def export_log(self, path) -> Path:
+        return self.learner.export_log(path)
+
+
+def _measure_values(source, coords, scalarizer):
+    out = np.asarray(source(coords), float)
+    if out.ndim == 2 and out.shape[1] > 1:
+        if scalarizer is None:
+            raise ValueError(
+                "The source returned spectra; pass a scalarizer (e.g. PeakArea(window, axis=...)) "
+                "to turn each spectrum into one value."
+            )
+        out = np.asarray(scalarizer(out), float)
+    return out.reshape(-1)
+
+
+def run_campaign_iter(
+    structure,
+    measure,
+    *,
+    budget: int,
+    n_initial: int,
+    acquisition="ei",
+    batch_size: int = 1,
+    seed: int = 0,
+    scalarizer=None,
+    callback: Callable | None = None,
+    learner: ActiveLearner | None = None,
+    **learner_kwargs,
+):
+    """Generator twin of :func:`run_campaign`: yields ``progress(measured, budget, msg)``."""
+    from napari_microml.runtime.device import describe_device
+
+    if learner is None:
+        learner = ActiveLearner(structure, acquisition=acquisition, seed=seed, **learner_kwargs)
+    source = as_source(measure, learner.shape, scalarizer=scalarizer)
+    n_sites = learner.shape[0] * learner.shape[1]
+    budget, n_initial, batch_size = int(budget), int(n_initial), int(batch_size)
+    if budget < 1 or n_initial < 1 or batch_size < 1:
+        raise ValueError("budget, n_initial and batch_size must all be at least 1.")
+    if n_initial > budget:
+        raise ValueError(f"n_initial ({n_initial}) cannot exceed the budget ({budget}).")
+    if budget > n_sites:
+        raise ValueError(f"The budget ({budget}) exceeds the {n_sites} pixels of the image.")
+    while learner.n_observed < budget:
+        first = learner.n_observed == 0
+        q = n_initial if first else min(batch_size, budget - learner.n_observed)
+        if first:  # random initial design
+            pool = np.arange(n_sites)
+            coords = learner.candidates[learner.rng.choice(pool, size=q, replace=False)]
+        else:
+            coords = learner.suggest(q)
+        values = _measure_values(source, coords, scalarizer)
+        learner.observe(coords, values)
+        if callback is not None:
+            callback(learner.step, learner, coords, values)
+        yield progress(learner.n_observed, budget,
+                       f"step {learner.step}: {learner.n_observed}/{budget} measured, "
+                       f"best {learner.best_value:.4g}")
+    vals = learner.values
+    best = np.maximum.accumulate(vals) if learner.maximize else np.minimum.accumulate(vals)
+    return CampaignResult(
+        coords=learner.coords, values=vals, best_so_far=best, log=learner.log_records(),
+        learner=learner, device=describe_device(learner.model.device),
+    )
+
+
+def run_campaign(
+    structure,
+    measure,
+    *,
+    budget: int,
+    n_initial: int,
+    acquisition="ei",
+    batch_size: int = 1,
+    seed: int = 0,
+    **kwargs,
+) -> CampaignResult:
+    """Run a full active-learning campaign.
+
+    Parameters
+    ----------
+    structure : (H, W) array
+    measure : callable or array
+        ``measure(coords (n, 2) int) -> (n,) values`` (or ``(n, E)`` spectra with
+        ``scalarizer=``); a 2D array is replayed as a scalar map, a 3D (H, W, E) array as a
+        spectrum image.
+    budget : int
+        Total number of measurements, the ``n_initial`` random ones included.
+    n_initial : int
+        Random measurements before the model is used.
+    acquisition : str or AcquisitionFunction
+    batch_size : int
+        Points measured per step after the initial design.
+    seed : int
+    **kwargs
+        ``scalarizer``, ``callback(step, learner, coords, values)`` and any
+        :class:`ActiveLearner` keyword (``patch_size``, ``maximize``, ``features``, ...).
+
+    Returns
+    -------
+    CampaignResult with ``coords`` (N, 2), ``values`` (N,), ``best_so_far`` (N,), ``log``.
+    """
+    return drain(run_campaign_iter(
+        structure, measure, budget=budget, n_initial=n_initial, acquisition=acquisition,
+        batch_size=batch_size, seed=seed, **kwargs,
+    ))

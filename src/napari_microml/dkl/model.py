@@ -1,0 +1,398 @@
+"""Deep kernel learning (DKL) surrogate: patch → embedding → exact GP, in GPyTorch.
+
+The model maps the structure-image patch around every candidate pixel to a low-dimensional
+embedding with a small CNN (or MLP) and puts an exact Gaussian process with an ARD kernel on
+that embedding. Network weights and GP hyper-parameters are trained jointly on the exact
+marginal log-likelihood of the (standardised) measurements. Between active-learning steps
+the model is *warm started*: weights and hyper-parameters are kept and only a few optimiser
+iterations are run on the enlarged data set.
+
+Two non-deep feature maps share the same GP code and serve as baselines:
+``features="coords"`` (GP on pixel coordinates) and ``features="pca"`` (GP on PCA of patches).
+
+torch and gpytorch are imported inside functions so that importing this module is cheap.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from napari_microml.runtime.validate import robust_normalize
+
+FEATURES = ("cnn", "mlp", "pca", "coords")
+
+
+def check_structure(structure, patch_size: int) -> np.ndarray:
+    """Validate a 2D structure image against ``patch_size``; return float32 (H, W)."""
+    arr = np.asarray(structure)
+    if arr.dtype.kind not in "biuf":
+        raise ValueError(f"The structure image must contain numbers, not {arr.dtype} values.")
+    if arr.ndim != 2:
+        raise ValueError(
+            f"The structure image has {arr.ndim} dimensions {arr.shape}; active learning needs "
+            "one 2D image (H, W)."
+        )
+    if arr.size == 0:
+        raise ValueError("The structure image is empty: there are no pixels to learn from.")
+    if not np.isfinite(arr).any():
+        raise ValueError("The structure image has no valid pixels (all NaN/inf).")
+    patch_size = int(patch_size)
+    if patch_size < 1:
+        raise ValueError(f"The patch size must be at least 1 pixel, not {patch_size}.")
+    if patch_size > min(arr.shape):
+        raise ValueError(
+            f"The patch size ({patch_size} px) is larger than the structure image "
+            f"{arr.shape[0]}×{arr.shape[1]} px; choose a patch size of at most {min(arr.shape)}."
+        )
+    return robust_normalize(arr.astype(np.float32))
+
+
+def extract_patches(image: np.ndarray, patch_size: int, coords: np.ndarray | None = None):
+    """Square patches centred on ``coords`` (default: every pixel), reflect-padded.
+
+    Returns float32 (N, patch_size, patch_size); the patch of pixel (r, c) covers rows
+    ``r - p//2 … r - p//2 + p - 1``.
+    """
+    p = int(patch_size)
+    h, w = image.shape
+    lo = p // 2
+    hi = p - 1 - lo
+    mode = "reflect" if min(h, w) > max(lo, hi) else "edge"
+    padded = np.pad(image, ((lo, hi), (lo, hi)), mode=mode)
+    windows = np.lib.stride_tricks.sliding_window_view(padded, (p, p))  # (H, W, p, p)
+    if coords is None:
+        return np.ascontiguousarray(windows.reshape(h * w, p, p), dtype=np.float32)
+    coords = np.asarray(coords, int).reshape(-1, 2)
+    return np.ascontiguousarray(windows[coords[:, 0], coords[:, 1]], dtype=np.float32)
+
+
+def pca_features(patches: np.ndarray, dim: int, seed: int = 0) -> np.ndarray:
+    """First ``dim`` principal-component scores of flattened patches, unit variance."""
+    x = patches.reshape(len(patches), -1).astype(np.float64)
+    x = x - x.mean(0)
+    rng = np.random.default_rng(seed)
+    sub = x if len(x) <= 5000 else x[rng.choice(len(x), 5000, replace=False)]
+    _, _, vt = np.linalg.svd(sub, full_matrices=False)
+    z = x @ vt[:dim].T
+    z /= z.std(0, keepdims=True) + 1e-12
+    return z.astype(np.float32)
+
+
+def _make_extractor(kind: str, patch_size: int, dim: int):
+    import torch.nn as nn
+
+    if kind == "cnn":
+        pooled = 4 if patch_size >= 8 else 2
+        return nn.Sequential(
+            nn.Unflatten(1, (1, patch_size, patch_size)),
+            nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(8, 16, 3, padding=1, stride=2), nn.ReLU(),
+            nn.AdaptiveAvgPool2d(pooled), nn.Flatten(),
+            nn.Linear(16 * pooled * pooled, 32), nn.ReLU(),
+            nn.Linear(32, dim), nn.Tanh(),
+        )
+    if kind == "mlp":
+        n = patch_size * patch_size
+        return nn.Sequential(
+            nn.Linear(n, 64), nn.ReLU(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, dim), nn.Tanh()
+        )
+    return nn.Identity()
+
+
+@dataclass
+class ModelState:
+    """A JSON-friendly summary of the fitted surrogate (for logs)."""
+
+    n_train: int
+    lengthscale: list
+    outputscale: float
+    noise: float
+    mll: float
+    iterations: int
+
+    def as_dict(self) -> dict:
+        return {
+            "n_train": self.n_train,
+            "lengthscale": [round(float(v), 5) for v in self.lengthscale],
+            "outputscale": round(float(self.outputscale), 5),
+            "noise": round(float(self.noise), 6),
+            "mll": round(float(self.mll), 5),
+            "iterations": self.iterations,
+        }
+
+
+class DKLModel:
+    """Patch-feature Gaussian-process surrogate over every pixel of a structure image.
+
+    Parameters
+    ----------
+    structure : (H, W) array
+        The structure image (e.g. HAADF); any real units.
+    patch_size : int
+        Side of the square patch around each pixel fed to the feature extractor (px).
+    features : {"cnn", "mlp", "pca", "coords"}
+        ``cnn``/``mlp``: trainable deep kernel; ``pca``: fixed PCA of patches;
+        ``coords``: plain GP on (row, col).
+    embedding_dim : int
+        Dimension of the embedding the GP sees (ARD: one length-scale each).
+    kernel : {"rbf", "matern"}
+    device : str
+        ``auto``/``cuda``/``mps``/``cpu``.
+    seed : int
+        Seeds the network initialisation.
+    init_iters, warm_iters : int
+        Optimiser iterations for the first fit and for each warm-started refit.
+    lr, nn_lr_scale, weight_decay : float
+        Adam learning rate of the GP hyper-parameters; the network uses ``lr * nn_lr_scale``
+        and L2 ``weight_decay`` (a slow, regularised network was clearly better in
+        ``benchmarks/dkl.py`` with 10–125 labelled points than joint training at one rate).
+    chunk : int
+        Candidates per prediction batch.
+    """
+
+    def __init__(
+        self,
+        structure,
+        *,
+        patch_size: int = 16,
+        features: str = "cnn",
+        embedding_dim: int = 4,
+        kernel: str = "rbf",
+        device="auto",
+        seed: int = 0,
+        init_iters: int = 150,
+        warm_iters: int = 30,
+        lr: float = 0.02,
+        nn_lr_scale: float = 0.25,
+        weight_decay: float = 1e-3,
+        chunk: int = 8192,
+    ):
+        import torch
+
+        from napari_microml.runtime.device import resolve_device
+
+        if features not in FEATURES:
+            raise ValueError(f"Unknown features {features!r}: choose one of {', '.join(FEATURES)}.")
+        if kernel not in ("rbf", "matern"):
+            raise ValueError(f"Unknown kernel {kernel!r}: choose 'rbf' or 'matern'.")
+        self.image = check_structure(structure, patch_size)
+        self.shape = self.image.shape
+        self.patch_size = int(patch_size)
+        self.features = features
+        self.kernel = kernel
+        self.seed = int(seed)
+        self.init_iters, self.warm_iters, self.lr, self.chunk = init_iters, warm_iters, lr, chunk
+        self.nn_lr_scale, self.weight_decay = float(nn_lr_scale), float(weight_decay)
+        self.device = resolve_device(device)
+        h, w = self.shape
+        if features == "coords":
+            rr, cc = np.mgrid[0:h, 0:w]
+            x = np.column_stack([rr.ravel() / max(h - 1, 1), cc.ravel() / max(w - 1, 1)])
+            self.dim = 2
+        elif features == "pca":
+            x = pca_features(extract_patches(self.image, self.patch_size), embedding_dim, seed)
+            self.dim = int(embedding_dim)
+        else:
+            x = extract_patches(self.image, self.patch_size).reshape(h * w, -1)
+            x = x - x.mean()
+            self.dim = int(embedding_dim)
+        self.inputs = torch.as_tensor(np.asarray(x, np.float32), device=self.device)
+        self._gp = None
+        self._lik = None
+        self._y_mean, self._y_std = 0.0, 1.0
+        self.state: ModelState | None = None
+        self._train_idx = None
+        self._cache = None
+
+    # ------------------------------------------------------------------------------------
+    def _build(self, x, y):
+        import gpytorch
+        import torch
+
+        torch.manual_seed(self.seed)
+        extractor = _make_extractor(self.features, self.patch_size, self.dim)
+        dim = self.dim
+        base = (
+            gpytorch.kernels.RBFKernel(ard_num_dims=dim)
+            if self.kernel == "rbf"
+            else gpytorch.kernels.MaternKernel(nu=2.5, ard_num_dims=dim)
+        )
+
+        class _GP(gpytorch.models.ExactGP):
+            def __init__(self, x, y, likelihood):
+                super().__init__(x, y, likelihood)
+                self.extractor = extractor
+                self.mean_module = gpytorch.means.ConstantMean()
+                self.covar_module = gpytorch.kernels.ScaleKernel(base)
+
+            def forward(self, x):
+                z = self.extractor(x)
+                return gpytorch.distributions.MultivariateNormal(
+                    self.mean_module(z), self.covar_module(z)
+                )
+
+        lik = gpytorch.likelihoods.GaussianLikelihood(
+            noise_constraint=gpytorch.constraints.GreaterThan(1e-4)
+        )
+        gp = _GP(x, y, lik)
+        init_ls = {"cnn": 0.5, "mlp": 0.5, "coords": 0.2}.get(self.features, 1.0)
+        gp.covar_module.base_kernel.lengthscale = init_ls
+        lik.noise = 0.05
+        self._gp, self._lik = gp.to(self.device), lik.to(self.device)
+
+    def fit(self, indices: np.ndarray, values: np.ndarray, *, iterations: int | None = None):
+        """(Re)fit on observed flat pixel ``indices`` with ``values`` (warm start if fitted).
+
+        Returns the :class:`ModelState` summary.
+        """
+        import gpytorch
+        import torch
+
+        idx = np.asarray(indices, np.int64).ravel()
+        y = np.asarray(values, np.float64).ravel()
+        self._y_mean = float(y.mean())
+        self._y_std = float(y.std()) if y.std() > 1e-12 else 1.0
+        yt = torch.as_tensor((y - self._y_mean) / self._y_std, dtype=torch.float32,
+                             device=self.device)
+        xt = self.inputs[torch.as_tensor(idx, device=self.device)]
+        first = self._gp is None
+        if first:
+            self._build(xt, yt)
+        else:
+            self._gp.set_train_data(xt, yt, strict=False)
+        if iterations is None:
+            iterations = self.init_iters if first else self.warm_iters
+        n_iter = int(iterations)
+        gp, lik = self._gp, self._lik
+        gp.train()
+        lik.train()
+        nn_params = list(gp.extractor.parameters())
+        nn_ids = {id(q) for q in nn_params}
+        gp_params = [q for q in gp.parameters() if id(q) not in nn_ids]
+        groups = [{"params": gp_params, "lr": self.lr}]
+        if nn_params:  # the network learns slower and is kept small (few labelled points)
+            groups.append({"params": nn_params, "lr": self.lr * self.nn_lr_scale,
+                           "weight_decay": self.weight_decay})
+        opt = torch.optim.Adam(groups)
+        mll = gpytorch.mlls.ExactMarginalLogLikelihood(lik, gp)
+        loss_value = float("nan")
+        with gpytorch.settings.cholesky_jitter(1e-4):
+            for _ in range(n_iter):
+                opt.zero_grad()
+                loss = -mll(gp(xt), yt)
+                loss.backward()
+                opt.step()
+                loss_value = float(loss.detach())
+        gp.eval()
+        lik.eval()
+        self._train_idx = idx
+        self._cache = None
+        kern = gp.covar_module
+        self.state = ModelState(
+            n_train=len(idx),
+            lengthscale=kern.base_kernel.lengthscale.detach().cpu().ravel().tolist(),
+            outputscale=float(kern.outputscale.detach().cpu()),
+            noise=float(lik.noise.detach().cpu()),
+            mll=-loss_value,
+            iterations=n_iter,
+        )
+        return self.state
+
+    @property
+    def fitted(self) -> bool:
+        return self._gp is not None
+
+    def _embed(self, x):
+        """Feature-extractor output for inputs ``x`` (torch), chunked."""
+        import torch
+
+        with torch.no_grad():
+            parts = [self._gp.extractor(x[s:s + self.chunk]) for s in range(0, len(x), self.chunk)]
+            return torch.cat(parts)
+
+    def _posterior_cache(self):
+        """Cholesky factor of the noisy train covariance and the weights (computed once per fit)."""
+        import torch
+
+        if self._cache is None:
+            gp, lik = self._gp, self._lik
+            with torch.no_grad():
+                xt = gp.train_inputs[0]
+                zt = self._embed(xt)
+                k = gp.covar_module(zt).to_dense().double()
+                eye = torch.eye(len(zt), dtype=k.dtype, device=k.device)
+                k = k + (lik.noise.double() + 1e-6) * eye
+                chol = torch.linalg.cholesky(k)
+                mu0 = gp.mean_module.constant.detach().double()
+                resid = (gp.train_targets.double() - mu0).unsqueeze(-1)
+                alpha = torch.cholesky_solve(resid, chol)
+            self._cache = (zt, chol, alpha, mu0)
+        return self._cache
+
+    def _cross(self, za, zb):
+        import torch
+
+        kern = self._gp.covar_module
+        with torch.no_grad():
+            return kern(za.float(), zb.float()).to_dense().double()
+
+    def predict(self, indices: np.ndarray | None = None, *, standardized: bool = False):
+        """Posterior mean and std of the latent function at flat ``indices`` (default: all).
+
+        Exact GP posterior on the learned embedding, evaluated in chunks of ``self.chunk``
+        candidates (a few ms per 10k candidates on a GPU). Units are the measurement's units
+        unless ``standardized``.
+        """
+        import torch
+
+        if not self.fitted:
+            raise ValueError("The model has no measurements yet: observe some points first.")
+        x = self.inputs
+        if indices is not None:
+            x = x[torch.as_tensor(np.asarray(indices, np.int64), device=self.device)]
+        zt, chol, alpha, mu0 = self._posterior_cache()
+        outputscale = self._gp.covar_module.outputscale.detach().double()
+        means, stds = [], []
+        with torch.no_grad():
+            for start in range(0, len(x), self.chunk):
+                zs = self._gp.extractor(x[start:start + self.chunk])
+                ks = self._cross(zs, zt)  # (m, n)
+                means.append((mu0 + ks @ alpha).squeeze(-1).cpu().numpy())
+                v = torch.linalg.solve_triangular(chol, ks.T, upper=False)
+                var = (outputscale - (v * v).sum(0)).clamp_min(1e-10)
+                stds.append(var.sqrt().cpu().numpy())
+        mean, std = np.concatenate(means), np.concatenate(stds)
+        if standardized:
+            return mean, std
+        return mean * self._y_std + self._y_mean, std * self._y_std
+
+    def sample(self, indices: np.ndarray, n_samples: int, rng: np.random.Generator):
+        """Joint posterior samples (standardised units) at flat ``indices``: (n_samples, n)."""
+        import torch
+
+        x = self.inputs[torch.as_tensor(np.asarray(indices, np.int64), device=self.device)]
+        zt, chol, alpha, mu0 = self._posterior_cache()
+        with torch.no_grad():
+            zs = self._embed(x)
+            ks = self._cross(zs, zt)
+            v = torch.linalg.solve_triangular(chol, ks.T, upper=False)
+            mean = (mu0 + ks @ alpha).squeeze(-1).cpu().numpy()
+            cov = self._cross(zs, zs) - v.T @ v
+            cov = 0.5 * (cov + cov.T)
+            evals, evecs = torch.linalg.eigh(cov)  # robust for a (numerically) low-rank cov.
+            chol_s = (evecs * evals.clamp_min(0).sqrt()[None]).cpu().numpy()
+        z = rng.standard_normal((n_samples, len(mean)))
+        return mean[None] + z @ chol_s.T
+
+    def embed(self) -> np.ndarray:
+        """Embedding of every pixel, (H*W, dim)."""
+        import torch
+
+        if not self.fitted:
+            raise ValueError("The model is not fitted yet.")
+        out = []
+        with torch.no_grad():
+            for start in range(0, len(self.inputs), self.chunk):
+                out.append(self._gp.extractor(self.inputs[start:start + self.chunk]).cpu().numpy())
+        return np.concatenate(out)
