@@ -187,18 +187,28 @@ def refinement_throughput(n_max=600):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--parts", default="synthetic,real,speed,memory,refinement")
     a = ap.parse_args()
     seeds = [0] if a.quick else [0, 1, 2]
+    parts = a.parts.split(",")
     import torch
 
-    report = {
-        "device": "cuda" if torch.cuda.is_available() else "cpu", "torch_threads": torch.get_num_threads(),
-        "synthetic_vs_dose": synthetic([20, 100, 1000, 10000], seeds),
-        "real_pt_haadf": real_pt(),
-        "speed_1024": speed(1024),
-        "speed_4096_memory": big_memory(4096),
-        "refinement": refinement_throughput(),
-    }
+    from napari_microml.nets.registry import list_models
+
+    report = {"device": "cuda" if torch.cuda.is_available() else "cpu", "torch_threads": torch.get_num_threads()}
+    if "synthetic" in parts:
+        report["synthetic_vs_dose"] = synthetic([20, 100, 1000, 10000], seeds)
+    if "real" in parts:
+        report["real_pt_haadf"] = real_pt()
+        ft = list_models("atoms").get("atoms-pt-single-atoms")
+        if ft:  # measured by training/atoms_finetune.py, leave-one-image-out
+            report["real_pt_haadf"]["finetuned_leave_one_image_out"] = ft["meta"].get("leave_one_image_out")
+    if "speed" in parts:
+        report["speed_1024"] = speed(1024)
+    if "memory" in parts:
+        report["speed_4096_memory"] = big_memory(4096)
+    if "refinement" in parts:
+        report["refinement"] = refinement_throughput()
     print(json.dumps(report, indent=1))
 
 

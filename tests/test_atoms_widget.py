@@ -93,8 +93,14 @@ def test_rgb_layer_gives_a_clear_message(make_napari_viewer, qtbot):
     assert "photo atoms" not in viewer.layers
 
 
-def test_screenshot_renders(widget_and_viewer, qtbot):
-    widget, viewer = widget_and_viewer
+def test_screenshot_renders(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer(show=True)
+    layer = viewer.add_image(_image(), name="haadf")
+    widget = AtomFinderWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget.image_layer.value = layer
     _run(widget, qtbot)
     shot = viewer.screenshot(canvas_only=True, flash=False)
     assert shot.ndim == 3 and shot[..., :3].std() > 5
+    red = (shot[..., 0] > 200) & (shot[..., 1] < 120)  # the red point borders are drawn
+    assert red.sum() > 100

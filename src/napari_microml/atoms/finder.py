@@ -85,7 +85,7 @@ def find_atoms_iter(
     pixel_size: float | None = None,
     contrast: str = "bright",
     min_distance: int = 2,
-    tile: int = 512,
+    tile: int = 1024,
     input_name: str | None = None,
 ):
     """Generator twin of :func:`find_atoms`: yields progress tuples, returns an AtomsResult."""
@@ -178,7 +178,8 @@ def refine_points_iter(image, positions, *, frames=None, refine="gaussian", cont
     positions = np.asarray(positions, float).reshape(-1, 2)
     frames = np.zeros(len(positions), int) if frames is None else np.asarray(frames, int)
     out = np.empty_like(positions)
-    feats = pd.DataFrame(index=range(len(positions)), columns=list(FEATURES[1:]), dtype=float)
+    cols = {k: np.full(len(positions), np.nan) for k in FEATURES[1:]}
+    cols["fit_ok"] = np.zeros(len(positions), bool)
     for t in np.unique(frames):
         sel = frames == t
         frame = fill_nonfinite(stack[t])
@@ -186,7 +187,7 @@ def refine_points_iter(image, positions, *, frames=None, refine="gaussian", cont
             frame = frame.max() - frame
         out[sel], f = refine_positions(frame, positions[sel], method=refine)
         for k, v in f.items():
-            feats.loc[sel, k] = v
+            cols[k][sel] = v
         yield progress(int(t) + 1, len(stack), f"refined frame {int(t) + 1}")
-    feats["fit_ok"] = feats["fit_ok"].astype(bool)
+    feats = pd.DataFrame(cols)
     return out, feats

@@ -46,7 +46,7 @@ def _patches(image: np.ndarray, centres: np.ndarray, r: int):
     return padded[rows, cols].astype(np.float64), weight, dy.astype(float), dx.astype(float)
 
 
-def _lm_gaussian(v, wgt, dy, dx, p, iters=20):
+def _lm_gaussian(v, wgt, dy, dx, p, iters=15):
     """Vectorised LM for f = A·exp(-((y-y0)²+(x-x0)²)/2s²) + b. p: (N, 5) [A, y0, x0, s, b]."""
     n = len(v)
     lam = np.full(n, 1e-2)
@@ -127,8 +127,9 @@ def refine_positions(image, positions, *, method: str = "gaussian", radius: int 
         sl = slice(lo, lo + chunk)
         centres = np.clip(np.rint(pos0[sl]).astype(int), 0, np.array(image.shape) - 1)
         v, wgt, dy, dx = _patches(image, centres, r)
-        vm = np.where(wgt > 0, v, np.nan)
-        b0 = np.nanpercentile(vm.reshape(len(v), -1), 10, axis=1)
+        ordered = np.sort(np.where(wgt > 0, v, np.inf).reshape(len(v), -1), axis=1)
+        k = (0.1 * (wgt.reshape(len(v), -1).sum(1) - 1)).astype(int)
+        b0 = ordered[np.arange(len(v)), k]  # 10th percentile inside the window
         com_pos, com_std, com_amp = _com(v - b0[:, None, None], wgt, dy, dx, noise)
         feats["intensity"][sl] = com_amp
         if method == "none":

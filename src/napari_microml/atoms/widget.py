@@ -33,6 +33,15 @@ class AtomFinderWidget(ToolWidget):
                                   self.contrast, self.show_probability])
         self.append(self.refine_button)
         self.refine_button.changed.connect(self._on_refine_clicked)
+        self.model.changed.connect(self._on_model_changed)
+        self._on_model_changed()
+
+    def _on_model_changed(self, *_):
+        """Use the detection threshold recorded for the chosen model, when it has one."""
+        from napari_microml.nets.registry import list_models
+
+        meta = list_models("atoms").get(f"atoms-{self.model.value}", {}).get("meta", {})
+        self.threshold.value = float(meta.get("recommended_threshold", 0.5))
 
     # -- run ---------------------------------------------------------------------------------
     def _selected_image(self):

@@ -86,6 +86,8 @@ class ToolWidget(Container):
             widgets=[*controls, self.device_choice, self.run_button, self.progress,
                      self.status, self.ran_on],
         )
+        for label in (self.status, self.ran_on):
+            label.native.setWordWrap(True)
         self.run_button.changed.connect(self._on_run_clicked)
 
     # --- to implement in subclasses -------------------------------------------------------
