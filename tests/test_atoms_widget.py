@@ -38,7 +38,7 @@ def test_run_creates_points_with_features_scale_and_provenance(widget_and_viewer
     prov = pts.metadata["napari_microml"]
     assert prov["tool"] == "atom_finder" and prov["model"]["sha256"] and prov["input_layer"] == "haadf"
     assert "haadf atom probability" in viewer.layers
-    assert widget.ran_on.value.startswith("Ran on: cpu")
+    assert widget.ran_on.value.startswith("cpu")
     # a rerun updates the same layer instead of stacking copies
     n_layers = len(viewer.layers)
     _run(widget, qtbot)
@@ -104,3 +104,12 @@ def test_screenshot_renders(make_napari_viewer, qtbot):
     assert shot.ndim == 3 and shot[..., :3].std() > 5
     red = (shot[..., 0] > 200) & (shot[..., 1] < 120)  # the red point borders are drawn
     assert red.sum() > 100
+
+
+def test_choosing_a_model_uses_its_recorded_threshold(widget_and_viewer):
+    from napari_microml.nets.registry import list_models
+
+    widget, _ = widget_and_viewer
+    for name, entry in list_models("atoms").items():
+        widget.model.value = name.removeprefix("atoms-")
+        assert widget.threshold.value == pytest.approx(entry["meta"].get("recommended_threshold", 0.5))

@@ -55,7 +55,7 @@ def test_widget_run_writes_shift_and_latent_layers(make_napari_viewer, qtbot):
         lat = viewer.layers[f"SI latent {i}"]
         assert lat.data.shape == true_shift.shape
         np.testing.assert_allclose(lat.scale, (2.0, 2.0))
-    assert len(widget.losses) == 25 and widget.ran_on.value.startswith("Ran on: cpu")
+    assert len(widget.losses) == 25 and widget.ran_on.value.startswith("cpu")
     assert len(widget.traverse_ax.lines) == 7
 
     # lasso in latent space → Labels layer over the same pixels

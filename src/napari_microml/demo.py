@@ -57,7 +57,7 @@ def main(argv=None):
     from skimage.io import imsave
 
     imsave(out / "screenshot.png", napari_shot, check_contrast=False)
-    print(f"{len(points.data)} columns found on {widget.ran_on.value.removeprefix('Ran on: ')}; "
+    print(f"{len(points.data)} columns found on {widget.ran_on.value}; "
           f"wrote {out}/atoms.csv, provenance.json, screenshot.png")
     viewer.close()
 

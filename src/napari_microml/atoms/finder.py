@@ -112,6 +112,7 @@ def find_atoms_iter(
         if contrast == "dark":
             frame = frame.max() - frame
         gen = tiled_predict(predict, robust_normalize(frame)[None], out_channels=1, tile=tile,
+                            batch_size=max(1, (1024 * 1024) // (tile * tile)),  # bounded memory
                             multiple=getattr(net, "multiple", 8))
         while True:
             try:

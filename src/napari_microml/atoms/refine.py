@@ -46,7 +46,7 @@ def _patches(image: np.ndarray, centres: np.ndarray, r: int):
     return padded[rows, cols].astype(np.float64), weight, dy.astype(float), dx.astype(float)
 
 
-def _lm_gaussian(v, wgt, dy, dx, p, iters=15):
+def _lm_gaussian(v, wgt, dy, dx, p, iters=10):
     """Vectorised LM for f = A·exp(-((y-y0)²+(x-x0)²)/2s²) + b. p: (N, 5) [A, y0, x0, s, b]."""
     n = len(v)
     lam = np.full(n, 1e-2)
@@ -142,7 +142,7 @@ def refine_positions(image, positions, *, method: str = "gaussian", radius: int 
             p, cov = _lm_gaussian(v, wgt, dy, dx, p)
             std = np.sqrt(np.clip(0.5 * (cov[:, 1, 1] + cov[:, 2, 2]), 0, None))
             moved = np.hypot(p[:, 1] - start[:, 0], p[:, 2] - start[:, 1])
-            ok = (np.isfinite(p).all(1) & (p[:, 0] > 0) & (p[:, 3] > 0.3) & (p[:, 3] < 1.5 * r)
+            ok = (np.isfinite(p).all(1) & (p[:, 0] > 0) & (p[:, 3] > 0.5) & (p[:, 3] < 1.5 * r)
                   & (moved < max(1.0, 0.5 * r)) & (np.abs(p[:, 1]) <= r) & (np.abs(p[:, 2]) <= r)
                   & np.isfinite(std) & (std < 1.0))
             fitted = centres + p[:, 1:3]

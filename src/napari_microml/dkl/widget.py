@@ -355,7 +355,7 @@ class ActiveLearningWidget(ToolWidget):
                      border_color="white", metadata=prov, **phys)
         v.layers.selection.active = v.layers["next"]
         self.history.append((int(snap["step"]), float(snap["best"])))
-        self.ran_on.value = f"Ran on: {snap['device']}"
+        self.ran_on.value = str(snap["device"])
         self._say(f"Step {snap['step']}: {len(snap['values'])} measured, best {snap['best']:.4g}.")
         self._update_plot(snap)
 

@@ -80,13 +80,14 @@ class ToolWidget(Container):
         self.device_choice = ComboBox(label="Device", choices=list(CHOICES), value="auto")
         self.run_button = PushButton(text="Run")
         self.progress = ProgressBar(value=0, min=0, max=1, label="Progress")
-        self.status = Label(value="Ready.")
-        self.ran_on = Label(value="Ran on: –")
+        self.status = Label(label="Status", value="Ready.")
+        self.ran_on = Label(label="Ran on", value="–")
         super().__init__(
             widgets=[*controls, self.device_choice, self.run_button, self.progress,
                      self.status, self.ran_on],
         )
-        for label in (self.status, self.ran_on):
+        for label in (self.status, self.ran_on):  # room for messages that arrive later
+            label.native.setMinimumWidth(220)
             label.native.setWordWrap(True)
         self.run_button.changed.connect(self._on_run_clicked)
 
@@ -155,7 +156,7 @@ class ToolWidget(Container):
         self._handler(result)
         device = getattr(result, "device", None)
         if device:
-            self.ran_on.value = f"Ran on: {device}"
+            self.ran_on.value = str(device)
         if self.status.value in ("Running…", "Cancelling…"):
             self._say("Done.")
 
