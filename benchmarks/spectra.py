@@ -71,18 +71,9 @@ def evaluate(X, x, truth, epochs, device, shift_prior, seed=0):
 
 
 def zlp_centres(X, e):
-    from scipy.optimize import curve_fit
+    from napari_microml.spectra.preprocess import gaussian_peak_centres
 
-    def g(t, a, c, w, b):
-        return a * np.exp(-(t - c) ** 2 / (2 * w * w)) + b
-
-    out = []
-    for s in X:
-        k = int(np.argmax(s))
-        sl = slice(k - 4, k + 5)
-        p, _ = curve_fit(g, e[sl], s[sl], p0=[s[k], e[k], 0.5, 0.0])
-        out.append(p[1])
-    return np.array(out)
+    return gaussian_peak_centres(X, e)
 
 
 def lsmo(device):

@@ -90,18 +90,9 @@ def test_preprocess_helpers():
 
 
 def _zlp_centres(X, e):
-    from scipy.optimize import curve_fit
+    from napari_microml.spectra.preprocess import gaussian_peak_centres
 
-    def g(x, a, c, w, b):
-        return a * np.exp(-(x - c) ** 2 / (2 * w * w)) + b
-
-    out = []
-    for s in X:
-        k = int(np.argmax(s))
-        sl = slice(k - 4, k + 5)
-        p, _ = curve_fit(g, e[sl], s[sl], p0=[s[k], e[k], 0.5, 0.0])
-        out.append(p[1])
-    return np.array(out)
+    return gaussian_peak_centres(X, e)
 
 
 @pytest.mark.realdata
