@@ -47,9 +47,15 @@ class AtomsResult:
 
 def _local_maxima(prob: np.ndarray, threshold: float, min_distance: int) -> tuple[np.ndarray, np.ndarray]:
     """Peaks of the probability map, sub-pixel by a 3×3 parabola, and their scores."""
-    from skimage.feature import peak_local_max
+    from scipy import ndimage as ndi
 
-    peaks = peak_local_max(prob, min_distance=min_distance, threshold_abs=threshold, exclude_border=False)
+    size = 2 * min_distance + 1
+    is_max = (prob >= ndi.maximum_filter(prob, size=size, mode="nearest")) & (prob > threshold)
+    labels, n = ndi.label(is_max)  # a flat top (tie) gives one peak, its first pixel
+    if n == 0:
+        return np.zeros((0, 2)), np.zeros(0)
+    peaks = np.array([(sl[0].start, sl[1].start) for sl in ndi.find_objects(labels)], int)
+    peaks = peaks[labels[peaks[:, 0], peaks[:, 1]] > 0]
     if len(peaks) == 0:
         return np.zeros((0, 2)), np.zeros(0)
     h, w = prob.shape

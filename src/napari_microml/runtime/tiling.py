@@ -63,6 +63,11 @@ def tiled_predict(
     tile = int(min(tile, -(-max(h, w) // multiple) * multiple))
     tile = max(multiple, -(-tile // multiple) * multiple)
     overlap = int(min(overlap, tile // 4))
+    if max(h, w) > tile:  # shrink tiles so the fewest needed cover the image with little waste
+        inner = tile - 2 * overlap
+        n = -(-(max(h, w) - 2 * overlap) // inner)
+        tile = -(-((max(h, w) - 2 * overlap) / n + 2 * overlap) // multiple) * multiple
+        tile = int(max(tile, 4 * overlap, multiple))
     ph, pw = max(h, tile), max(w, tile)
     padded = np.pad(image, ((0, 0), (0, ph - h), (0, pw - w)), mode="reflect" if min(h, w) > 1 else "edge")
     step = tile - 2 * overlap if tile > 2 * overlap else tile
