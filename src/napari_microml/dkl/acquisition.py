@@ -49,6 +49,15 @@ class AcquisitionFunction:
             return mean, best
         return -mean, (None if best is None else -best)
 
+    def _improvement_z(self, mean, std, best, xi):
+        """Standardised improvement z = (mean - best - xi) / std in the signed (maximise) frame,
+        the incumbent defaulting to the best mean; returns ``(z, std)``."""
+        mean, best = self._signed(mean, best)
+        std = np.maximum(np.asarray(std, np.float64), 1e-12)
+        if best is None:
+            best = float(np.max(mean))
+        return (mean - best - xi) / std, std
+
     def __call__(self, mean, std, best=None, samples=None) -> np.ndarray:  # pragma: no cover
         raise NotImplementedError
 
@@ -61,11 +70,7 @@ class LogExpectedImprovement(AcquisitionFunction):
     name = "ei"
 
     def __call__(self, mean, std, best=None, samples=None):
-        mean, best = self._signed(mean, best)
-        std = np.maximum(np.asarray(std, np.float64), 1e-12)
-        if best is None:
-            best = float(np.max(mean))
-        z = (mean - best - self.xi) / std
+        z, std = self._improvement_z(mean, std, best, self.xi)
         return np.log(std) + log_h(z)
 
 
@@ -89,11 +94,8 @@ class ProbabilityOfImprovement(AcquisitionFunction):
     name = "pi"
 
     def __call__(self, mean, std, best=None, samples=None):
-        mean, best = self._signed(mean, best)
-        std = np.maximum(np.asarray(std, np.float64), 1e-12)
-        if best is None:
-            best = float(np.max(mean))
-        return log_ndtr((mean - best - self.xi) / std)
+        z, _ = self._improvement_z(mean, std, best, self.xi)
+        return log_ndtr(z)
 
 
 @dataclass
