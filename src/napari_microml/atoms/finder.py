@@ -70,17 +70,6 @@ def _local_maxima(prob: np.ndarray, threshold: float, min_distance: int) -> tupl
     return pos, centre.astype(np.float32)
 
 
-def _predictor(net, device):
-    import torch
-
-    def predict(batch: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            x = torch.from_numpy(np.ascontiguousarray(batch)).to(device)
-            return torch.sigmoid(net(x)).float().cpu().numpy()
-
-    return predict
-
-
 def find_atoms_iter(
     image,
     *,
@@ -110,7 +99,11 @@ def find_atoms_iter(
     stack, is_stack = as_image_stack(image, what="image")
     dev = resolve_device(device)
     net, info = load_model("atoms", model, dev)
-    predict = _predictor(net, dev)
+    import torch
+
+    from napari_microml.nets.unet import batch_predictor
+
+    predict = batch_predictor(net, dev, torch.sigmoid)
     n_frames = len(stack)
     probs, rows = [], []
     for t, frame in enumerate(stack):

@@ -65,3 +65,43 @@ class UNet(nn.Module):
         for up, dec, skip in zip(self.up, self.dec, skips[::-1]):
             x = dec(torch.cat([up(x), skip], dim=1))
         return self.head(x)
+
+
+def fuse_batchnorm(net: nn.Module) -> nn.Module:
+    """An inference copy of ``net`` with every BatchNorm folded into the convolution before it
+    (same outputs to ~1e-6, about a third less time on a CPU). ``net`` itself is unchanged."""
+    import copy
+
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    net = copy.deepcopy(net).eval()
+    for seq in net.modules():
+        if not isinstance(seq, nn.Sequential):
+            continue
+        for i in range(len(seq) - 1):
+            if isinstance(seq[i], nn.Conv2d) and isinstance(seq[i + 1], nn.BatchNorm2d):
+                seq[i], seq[i + 1] = fuse_conv_bn_eval(seq[i], seq[i + 1]), nn.Identity()
+    return net
+
+
+def batch_predictor(net: nn.Module, device, transform=None):
+    """``predict(batch) -> array``: numpy (B, C, h, w) float32 in, ``transform(net(x))`` out as
+    float32 numpy, run under ``torch.inference_mode`` on a BatchNorm-folded copy of ``net``,
+    channels-last on CPUs (markedly faster convolutions with oneDNN). Every image tool's tiled
+    inference goes through this."""
+    net = fuse_batchnorm(net).to(device)
+    cpu = torch.device(device).type == "cpu"
+    fmt = torch.channels_last if cpu else torch.contiguous_format
+    net = net.to(memory_format=fmt)
+
+    def predict(batch):
+        import numpy as np
+
+        with torch.inference_mode():
+            x = torch.from_numpy(np.ascontiguousarray(batch)).to(device).contiguous(memory_format=fmt)
+            out = net(x).float()
+            if transform is not None:
+                out = transform(out)
+            return out.cpu().contiguous().numpy()
+
+    return predict
