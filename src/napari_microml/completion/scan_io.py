@@ -1,0 +1,281 @@
+"""Real sparse acquisitions: scan positions + measured values → a (values, mask) grid.
+
+A sparse STEM acquisition (random, spiral, Lissajous ... scan) is a list of probe positions and
+one detector value per position. The completer works on a pixel grid, so this module puts the
+values on the grid (:func:`rasterise`), reads position files (:func:`read_scan_csv`,
+:func:`read_scan_info`) and turns a 4D-STEM movie (one diffraction frame per position) into one
+value per position (:func:`values_from_movie`, a virtual detector).
+
+Coordinate convention
+---------------------
+Everything returned here is ``(row, col)`` = ``(y, x)`` in scan pixels, like napari and numpy.
+Direct Electron "FreeScan" coordinate CSVs (``*_scan_coordinates.csv``) store **(x, y)**, i.e.
+(column, row), relative to the scan ROI's corner; :func:`read_scan_csv` swaps them. Proof on the
+example ``ROI_Random_Scan``: its info file says scan size X=16, Y=32 and ROI offset (3, 3), size
+X=12 × Y=29; the CSV's first column spans 0–11 (12 values = ROI size X) and the second 0–28
+(29 values = ROI size Y), so the columns are (x, y) relative to the ROI offset. Place them in the
+full scan with ``origin = info["roi_offset"]``.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+
+
+def rasterise(coords, values, shape: tuple[int, int] | None = None, *,
+              origin: tuple[float, float] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Put scattered measurements on a pixel grid (nearest pixel, duplicates averaged).
+
+    Parameters
+    ----------
+    coords : array-like (N, 2)
+        Probe positions ``(row, col)`` in pixels (float or int); each goes to its nearest pixel.
+    values : array-like (N,)
+        The measured value at each position (any unit, e.g. detector counts).
+    shape : (H, W), optional
+        Size of the grid in pixels. Default: just large enough for the largest position.
+    origin : (row, col), optional
+        Grid pixel of the position ``(0, 0)``, e.g. the scan ROI offset when ``coords`` are
+        relative to the ROI. Default ``(0, 0)``.
+
+    Returns
+    -------
+    values : ndarray float32 (H, W)
+        The (mean) measured value at measured pixels, 0 elsewhere.
+    mask : ndarray bool (H, W)
+        True where at least one measurement fell.
+
+    Raises
+    ------
+    ValueError
+        For NaN/inf positions or values, positions left of / above the grid (negative pixels),
+        positions outside ``shape``, mismatched lengths, or no positions at all.
+    """
+    pos = np.asarray(coords, dtype=float)
+    vals = np.asarray(values, dtype=float).ravel()
+    if pos.ndim != 2 or pos.shape[1] != 2:
+        raise ValueError(f"Scan positions must be an (N, 2) array of (row, col) pixels; got shape {pos.shape}.")
+    if len(pos) == 0:
+        raise ValueError("There are no scan positions: nothing was measured.")
+    if len(vals) != len(pos):
+        raise ValueError(f"There are {len(pos)} scan positions but {len(vals)} values; "
+                         "each position needs exactly one measured value.")
+    if not np.isfinite(pos).all():
+        raise ValueError(f"{int((~np.isfinite(pos)).any(axis=1).sum())} scan positions are NaN or "
+                         "infinite; remove them first.")
+    if not np.isfinite(vals).all():
+        raise ValueError(f"{int((~np.isfinite(vals)).sum())} measured values are NaN or infinite; "
+                         "remove those positions first.")
+    off = np.zeros(2) if origin is None else np.asarray(origin, dtype=float).reshape(2)
+    pix = np.rint(pos + off).astype(np.int64)
+    if (pix < 0).any():
+        bad = pos[(pix < 0).any(axis=1)][0]
+        raise ValueError(f"Scan position {tuple(float(x) for x in bad)} falls at a negative pixel; positions must be "
+                         "(row, col) ≥ 0 (set `origin` if they are relative to a region of interest).")
+    need = tuple(int(n) for n in pix.max(axis=0) + 1)
+    if shape is None:
+        shape = need
+    shape = tuple(int(n) for n in shape)
+    if len(shape) != 2 or min(shape) < 1:
+        raise ValueError(f"The grid shape must be two positive sizes (H, W); got {shape}.")
+    if need[0] > shape[0] or need[1] > shape[1]:
+        raise ValueError(f"Scan positions reach pixel (row {need[0] - 1}, col {need[1] - 1}), outside "
+                         f"the {shape[0]}×{shape[1]} grid; check the grid size and the (x, y) order.")
+    flat = np.ravel_multi_index((pix[:, 0], pix[:, 1]), shape)
+    total = np.bincount(flat, weights=vals, minlength=shape[0] * shape[1])
+    count = np.bincount(flat, minlength=shape[0] * shape[1])
+    mask = count > 0
+    out = np.zeros(total.shape, np.float64)
+    out[mask] = total[mask] / count[mask]
+    return out.reshape(shape).astype(np.float32), mask.reshape(shape)
+
+
+def read_scan_csv(path, *, order: str = "xy") -> np.ndarray:
+    """Read a scan-position file with two integer columns, in acquisition order.
+
+    Parameters
+    ----------
+    path : str or Path
+        Text file, one position per line, two columns separated by a comma, semicolon, tab or
+        spaces; an optional header line is skipped.
+    order : {"xy", "yx"}
+        Column order in the file. Direct Electron ``*_scan_coordinates.csv`` files are ``"xy"``
+        (column, row) relative to the scan ROI offset (see the module docstring).
+
+    Returns
+    -------
+    coords : ndarray int (N, 2)
+        ``(row, col)`` scan pixels, in file (= acquisition) order.
+
+    Raises
+    ------
+    ValueError
+        When the file is missing, has no positions, not exactly two columns, or non-integers.
+    """
+    if order not in ("xy", "yx"):
+        raise ValueError(f"order must be 'xy' or 'yx', not {order!r}.")
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"Could not read scan positions: {p} does not exist.")
+    rows = []
+    for n, line in enumerate(p.read_text(errors="replace").splitlines(), start=1):
+        parts = [s for s in re.split(r"[,;\s]+", line.strip()) if s]
+        if not parts:
+            continue
+        try:
+            nums = [float(s) for s in parts]
+        except ValueError:
+            if not rows:  # a header line
+                continue
+            raise ValueError(f"{p.name} line {n} is not two numbers: {line.strip()!r}.") from None
+        if len(nums) != 2:
+            raise ValueError(f"{p.name} line {n} has {len(nums)} columns; a scan-position file "
+                             "has exactly two (x, y).")
+        rows.append(nums)
+    if not rows:
+        raise ValueError(f"{p.name} holds no scan positions.")
+    arr = np.asarray(rows)
+    if not np.all(arr == np.round(arr)):
+        raise ValueError(f"{p.name} holds non-integer positions; expected integer scan pixels.")
+    arr = arr.astype(np.int64)
+    return arr[:, ::-1].copy() if order == "xy" else arr
+
+
+def read_scan_info(path) -> dict:
+    """Scan geometry from a Direct Electron ``*_info.txt`` (``key = value`` lines).
+
+    Returns
+    -------
+    dict
+        ``scan_shape`` (rows, cols) = (Scan Size Y, X); ``roi_offset`` (row, col) and
+        ``roi_shape`` (rows, cols) when an ROI is enabled, else ``(0, 0)`` and ``scan_shape``;
+        ``n_points`` (Scan - Points) or None; ``raw`` all key/value strings.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"Could not read the scan info: {p} does not exist.")
+    raw = {}
+    for line in p.read_text(errors="replace").splitlines():
+        if "=" in line:
+            key, _, value = line.partition("=")
+            raw[key.strip()] = value.strip()
+
+    def num(key):
+        try:
+            return int(float(raw[key]))
+        except (KeyError, ValueError):
+            return None
+
+    scan = (num("Scan - Size Y"), num("Scan - Size X"))
+    if None in scan:
+        raise ValueError(f"{p.name} does not give 'Scan - Size X/Y'; is it a Direct Electron info file?")
+    roi_on = raw.get("Scan - ROI Enable", "").lower() == "enable"
+    offset = (num("Scan - ROI Offset Y"), num("Scan - ROI Offset X"))
+    roi = (num("Scan - ROI Size Y"), num("Scan - ROI Size X"))
+    if not roi_on or None in offset or None in roi:
+        offset, roi = (0, 0), scan
+    return {"scan_shape": scan, "roi_offset": offset, "roi_shape": roi,
+            "n_points": num("Scan - Points"), "raw": raw}
+
+
+def values_from_movie(movie) -> np.ndarray:
+    """One value per scan position from a 4D-STEM movie: the sum of each frame.
+
+    A virtual "total sum" detector: frame ``t`` is the diffraction pattern recorded at scan
+    position ``t``.
+
+    Parameters
+    ----------
+    movie : array-like (T, h, w)
+        numpy or dask array of frames (detector counts).
+
+    Returns
+    -------
+    ndarray float64 (T,)
+        Sum of each frame, in counts.
+    """
+    arr = movie
+    if arr.__class__.__module__.startswith("dask"):
+        arr = arr.compute()
+    arr = np.asarray(arr)
+    if arr.ndim != 3 or arr.shape[0] == 0:
+        raise ValueError(f"A scan movie must be (positions, h, w) frames; got shape {arr.shape}.")
+    if arr.dtype.kind not in "biuf":
+        raise ValueError(f"The scan movie must contain numbers, not {arr.dtype} values.")
+    return arr.reshape(arr.shape[0], -1).sum(axis=1, dtype=np.float64)
+
+
+def sparse_from_files(coords_csv, movie, info=None) -> tuple[np.ndarray, np.ndarray, dict]:
+    """A sparse image from a Direct Electron random scan: positions CSV + movie (+ info file).
+
+    Parameters
+    ----------
+    coords_csv : path of the ``*_scan_coordinates.csv`` (x, y per line, acquisition order)
+    movie : path of the movie (.mrc etc., read with :func:`napari_microml.io.reader.read_file`)
+        or an array (T, h, w)
+    info : path of the ``*_info.txt``, optional; gives the full scan size and ROI offset.
+        Without it the grid is the bounding box of the positions.
+
+    Returns
+    -------
+    values : float32 (H, W), mask : bool (H, W), info : dict (see :func:`read_scan_info`)
+    """
+    coords = read_scan_csv(coords_csv)
+    if isinstance(movie, (str, Path)):
+        from napari_microml.io.reader import read_file
+
+        movie = read_file(movie)[0][0]
+    signal = values_from_movie(movie)
+    if len(signal) != len(coords):
+        raise ValueError(f"The movie has {len(signal)} frames but the position file has {len(coords)} "
+                         "positions; they must match one to one.")
+    meta = read_scan_info(info) if info is not None else {"scan_shape": None, "roi_offset": (0, 0)}
+    values, mask = rasterise(coords, signal, meta["scan_shape"], origin=meta["roi_offset"])
+    return values, mask, meta
+
+
+def check_sparse(values, mask) -> tuple[np.ndarray, np.ndarray]:
+    """Check a sparse image and its mask before completion; return them as float32 / bool.
+
+    Parameters
+    ----------
+    values : array-like (H, W) or (T, H, W)
+        Measured values; pixels outside the mask are ignored (0 or NaN are fine).
+    mask : array-like (H, W) or the same shape as ``values``
+        Non-zero where a pixel was measured. A 2D mask is used for every frame of a stack.
+
+    Returns
+    -------
+    values : ndarray float32, mask : ndarray bool (same shape as ``values``)
+
+    Raises
+    ------
+    ValueError
+        For RGB or wrong-dimensional input, a mask whose shape differs from the image, a mask
+        with no measured pixel (in any frame), a mask that measures every pixel (nothing to
+        complete), or NaN/inf values at measured pixels.
+    """
+    from napari_microml.runtime.validate import as_image_stack
+
+    arr = np.asarray(values)
+    as_image_stack(np.nan_to_num(arr) if arr.dtype.kind == "f" else arr, what="sparse image")
+    arr = arr.astype(np.float32, copy=False)
+    m = np.asarray(mask)
+    if m.shape != arr.shape and not (arr.ndim == 3 and m.shape == arr.shape[1:]):
+        raise ValueError(f"The mask is {'×'.join(map(str, m.shape))} pixels but the sparse image is "
+                         f"{'×'.join(map(str, arr.shape))}; they must have the same size.")
+    measured = (m != 0) & ~np.isnan(m) if m.dtype.kind == "f" else m != 0
+    m = np.broadcast_to(measured, arr.shape).copy()
+    per_frame = m.reshape(-1, *arr.shape[-2:]).sum(axis=(1, 2))
+    if (per_frame == 0).any():
+        raise ValueError("The mask marks no measured pixel"
+                         + (f" in frame {int(np.argmin(per_frame))}" if arr.ndim == 3 else "")
+                         + "; measured pixels must be non-zero in the mask.")
+    if m.all():
+        raise ValueError("Every pixel is measured: there is nothing to complete.")
+    if not np.isfinite(arr[m]).all():
+        raise ValueError(f"{int((~np.isfinite(arr[m])).sum())} measured pixels are NaN or infinite; "
+                         "the completer needs a finite value at every measured pixel.")
+    return arr, m

@@ -1,0 +1,131 @@
+"""complete_scan: contract (exact measured pixels, σ, stacks, errors) and accuracy vs baselines."""
+import numpy as np
+import pytest
+
+import napari_microml as mm
+from napari_microml.completion.baselines import griddata_linear, local_gp
+from napari_microml.completion.complete import CompletionResult, complete_scan, complete_scan_iter, normalized_fill
+from napari_microml.completion.masks import scan_mask
+from napari_microml.completion.metrics import completion_errors
+from napari_microml.runtime.workers import drain
+from napari_microml.synth.scenes import simulate_scene
+
+
+@pytest.fixture(scope="module")
+def scene():
+    noisy, clean = simulate_scene((96, 96), kind="lattice", dose=500, seed=424242)
+    return noisy * 1000.0 + 50.0, clean * 1000.0 + 50.0  # counts-like scale: normalisation must absorb it
+
+
+def test_measured_pixels_are_returned_exactly_and_sigma_is_zero_there(scene):
+    noisy, _ = scene
+    mask = scan_mask("spiral", noisy.shape, 1 / 10, seed=1)
+    values = np.where(mask, noisy, np.nan)  # unmeasured values are ignored, NaN is fine
+    r = complete_scan(values, mask, device="cpu")
+    assert isinstance(r, CompletionResult)
+    assert r.image.dtype == np.float32 and r.uncertainty.dtype == np.float32 and r.image.shape == noisy.shape
+    np.testing.assert_array_equal(r.image[mask], noisy[mask].astype(np.float32))
+    assert np.isfinite(r.image).all() and np.isfinite(r.uncertainty).all()
+    assert (r.uncertainty[mask] == 0).all() and (r.uncertainty[~mask] > 0).all()
+    assert r.mask.dtype == bool and (r.mask == mask).all()
+    assert r.device.startswith("cpu") and r.model == "completion-default"
+    assert r.provenance["tool"] == "complete_scan" and r.provenance["model"]["sha256"]
+
+
+def test_beats_mean_fill_on_synthetic_truth(scene):
+    noisy, clean = scene
+    for kind in ("grid", "spiral"):
+        mask = scan_mask(kind, noisy.shape, 1 / 12, seed=2)
+        r = complete_scan(noisy * mask, mask, device="cpu")
+        net = completion_errors(r.image, clean, mask)["rms"]
+        mean_fill = completion_errors(np.where(mask, noisy, noisy[mask].mean()), clean, mask)["rms"]
+        assert net < 0.7 * mean_fill, (kind, net, mean_fill)
+
+
+def test_result_does_not_depend_on_intensity_units(scene):
+    noisy, _ = scene
+    mask = scan_mask("random", noisy.shape, 1 / 20, seed=3)
+    a = complete_scan(noisy * mask, mask, device="cpu")
+    b = complete_scan(noisy * mask * 1e-3 - 7.0, mask, device="cpu")
+    np.testing.assert_allclose(b.image, a.image * 1e-3 - 7.0, rtol=1e-4, atol=2e-4)
+    np.testing.assert_allclose(b.uncertainty, a.uncertainty * 1e-3, rtol=1e-4, atol=1e-6)
+
+
+def test_stack_is_completed_frame_by_frame_and_progress_is_reported(scene):
+    noisy, _ = scene
+    masks = np.stack([scan_mask(k, noisy.shape, 1 / 15, seed=4) for k in ("grid", "lissajous")])
+    stack = np.stack([noisy, noisy[::-1]]) * masks
+    gen = complete_scan_iter(stack, masks, device="cpu", uncertainty=False)
+    msgs = []
+    try:
+        while True:
+            msgs.append(next(gen))
+    except StopIteration as stop:
+        r = stop.value
+    assert msgs and all(m[0] == "progress" for m in msgs) and msgs[-1][1] == msgs[-1][2]
+    assert r.image.shape == stack.shape and r.mask.shape == stack.shape
+    assert (r.uncertainty == 0).all()
+    one = complete_scan(stack[1], masks[1], device="cpu")
+    np.testing.assert_allclose(r.image[1], one.image, atol=1e-5)
+
+
+def test_tiled_run_matches_whole_image_away_from_seams():
+    noisy, _ = simulate_scene((160, 160), kind="texture", dose=200, seed=8)
+    mask = scan_mask("grid", noisy.shape, 1 / 16, seed=0)
+    whole = complete_scan(noisy * mask, mask, device="cpu", tile=512)
+    tiled = complete_scan(noisy * mask, mask, device="cpu", tile=96)
+    assert np.sqrt(np.mean((whole.image - tiled.image) ** 2)) < 0.05 * noisy.std()
+
+
+def test_normalized_fill_reproduces_a_constant_and_interpolates_a_ramp():
+    mask = scan_mask("random", (64, 64), 1 / 30, seed=1)
+    np.testing.assert_allclose(normalized_fill(np.full((64, 64), 3.0, np.float32), mask), 3.0, rtol=1e-5)
+    ramp = np.tile(np.linspace(0, 1, 64, dtype=np.float32), (64, 1))
+    assert np.abs(normalized_fill(ramp, mask) - ramp)[8:-8, 8:-8].mean() < 0.05
+
+
+@pytest.mark.parametrize("values,mask,msg", [
+    (np.zeros((32, 32)), np.zeros((32, 33), bool), "same shape"),
+    (np.zeros((32, 32)), np.zeros((32, 32), bool), "no measured"),
+    (np.zeros((32, 32)), np.ones((32, 32), bool), "nothing to complete"),
+    (np.full((32, 32), np.nan), np.eye(32, dtype=bool), "NaN"),
+    (np.zeros((32, 32, 3)), np.zeros((32, 32, 3), bool), "RGB"),
+    (np.zeros((2, 2, 32, 32)), np.zeros((2, 2, 32, 32), bool), "dimensions"),
+    (np.zeros((4, 4)), np.eye(4, dtype=bool), "at least 8"),
+])
+def test_bad_input_raises_a_plain_value_error(values, mask, msg):
+    with pytest.raises(ValueError, match=msg):
+        complete_scan(values, mask, device="cpu")
+
+
+def test_public_api_and_pixel_model_are_available(scene):
+    noisy, _ = scene
+    mask = scan_mask("lines", noisy.shape, 1 / 8)
+    r = mm.complete_scan(noisy * mask, mask, model="pixel", device="cpu")
+    assert r.model == "completion-pixel"
+    r2 = drain(complete_scan_iter(noisy * mask, mask, model="default", device="cpu"))
+    assert r2.model == "completion-default"
+
+
+def test_beats_griddata_on_a_real_crop(shared_data):
+    tifffile = pytest.importorskip("tifffile")
+    path = shared_data / "completion" / "truth-2.tif"
+    if not path.is_file():
+        pytest.skip(f"{path} is not present")
+    truth = tifffile.imread(path).astype(np.float32)[128:320, 128:320]
+    for kind, cov in (("spiral", 1 / 17.9), ("grid", 1 / 50)):
+        mask = scan_mask(kind, truth.shape, cov, seed=0)
+        ours = completion_errors(complete_scan(truth * mask, mask, device="cpu").image, truth, mask)
+        grid = completion_errors(griddata_linear(truth, mask), truth, mask)
+        assert ours["rms_smooth"] < 0.9 * grid["rms_smooth"], (kind, ours, grid)
+        assert ours["rms"] < grid["rms"]
+
+
+def test_local_gp_baseline_is_an_exact_interpolator_with_sensible_error():
+    noisy, clean = simulate_scene((64, 64), kind="edges", dose=np.inf, seed=5)
+    mask = scan_mask("grid", noisy.shape, 1 / 9, seed=0)
+    out, std = local_gp(noisy, mask, return_std=True)
+    np.testing.assert_array_equal(out[mask], noisy[mask])
+    assert (std[mask] == 0).all() and (std[~mask] >= 0).all()
+    mean_fill = completion_errors(np.where(mask, noisy, noisy[mask].mean()), clean, mask)["rms"]
+    assert completion_errors(out, clean, mask)["rms"] < 0.3 * mean_fill

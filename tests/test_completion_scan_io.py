@@ -1,0 +1,110 @@
+"""Sparse acquisitions → (values, mask) grids: rasterisation, position files, the real DE scan."""
+import numpy as np
+import pytest
+
+from napari_microml.completion.scan_io import (
+    check_sparse,
+    rasterise,
+    read_scan_csv,
+    read_scan_info,
+    sparse_from_files,
+    values_from_movie,
+)
+
+
+def test_rasterise_puts_each_value_on_its_nearest_pixel():
+    coords = np.array([[0, 0], [2.4, 3.6], [4, 1]])
+    values, mask = rasterise(coords, [1.0, 2.0, 3.0], shape=(5, 6))
+    assert values.shape == mask.shape == (5, 6) and values.dtype == np.float32 and mask.dtype == bool
+    assert set(zip(*np.nonzero(mask))) == {(0, 0), (2, 4), (4, 1)}
+    assert values[0, 0] == 1 and values[2, 4] == 2 and values[4, 1] == 3
+    assert values[~mask].max() == 0 and mask.sum() == 3
+
+
+def test_rasterise_averages_duplicates_and_infers_the_shape():
+    coords = np.array([[1, 2], [1.2, 1.9], [3, 0], [1, 2]])
+    values, mask = rasterise(coords, [1.0, 2.0, 7.0, 6.0])
+    assert values.shape == (4, 3)
+    assert values[1, 2] == pytest.approx(3.0) and values[3, 0] == 7.0 and mask.sum() == 2
+
+
+def test_rasterise_origin_shifts_relative_positions():
+    values, mask = rasterise([[0, 0], [1, 2]], [5.0, 6.0], shape=(6, 8), origin=(3, 4))
+    assert values[3, 4] == 5 and values[4, 6] == 6 and mask.sum() == 2
+
+
+@pytest.mark.parametrize("coords, values, shape, words", [
+    ([[0, 0], [np.nan, 1]], [1, 2], None, "NaN"),
+    ([[0, 0], [1, 1]], [1, np.nan], None, "NaN"),
+    ([[0, 0], [-1, 1]], [1, 2], None, "negative"),
+    ([[0, 0], [1, 1]], [1, 2, 3], None, "2 scan positions but 3 values"),
+    ([[0, 0], [9, 1]], [1, 2], (5, 5), "outside"),
+    (np.zeros((0, 2)), [], None, "no scan positions"),
+    ([[0, 0, 0]], [1], None, "(N, 2)"),
+])
+def test_rasterise_bad_input_gives_clear_errors(coords, values, shape, words):
+    with pytest.raises(ValueError, match=words.replace("(", r"\(").replace(")", r"\)")):
+        rasterise(coords, values, shape)
+
+
+def test_read_scan_csv_swaps_xy_to_row_col(tmp_path):
+    path = tmp_path / "pos.csv"
+    path.write_text("x,y\n3,1\n0,7\n")
+    np.testing.assert_array_equal(read_scan_csv(path), [[1, 3], [7, 0]])
+    np.testing.assert_array_equal(read_scan_csv(path, order="yx"), [[3, 1], [0, 7]])
+    (tmp_path / "bad.csv").write_text("1,2,3\n")
+    with pytest.raises(ValueError, match="exactly two"):
+        read_scan_csv(tmp_path / "bad.csv")
+    with pytest.raises(ValueError, match="does not exist"):
+        read_scan_csv(tmp_path / "missing.csv")
+
+
+def test_values_from_movie_sums_each_frame():
+    movie = np.arange(2 * 3 * 4).reshape(2, 3, 4).astype(np.uint16)
+    np.testing.assert_array_equal(values_from_movie(movie), [66, 210])
+    with pytest.raises(ValueError, match="positions, h, w"):
+        values_from_movie(np.zeros((4, 4)))
+
+
+def test_check_sparse_rejects_what_cannot_be_completed():
+    values = np.ones((16, 16), np.float32)
+    mask = np.zeros((16, 16), bool)
+    mask[::4, ::4] = True
+    v, m = check_sparse(values, mask.astype(np.uint8))
+    assert m.dtype == bool and m.sum() == 16
+    v, m = check_sparse(np.stack([values, values]), mask)  # one 2D mask for a stack
+    assert m.shape == (2, 16, 16) and m.sum() == 32
+    with pytest.raises(ValueError, match="same size"):
+        check_sparse(values, mask[:8])
+    with pytest.raises(ValueError, match="no measured pixel"):
+        check_sparse(values, np.zeros_like(mask))
+    with pytest.raises(ValueError, match="nothing to complete"):
+        check_sparse(values, np.ones_like(mask))
+    with pytest.raises(ValueError, match="RGB"):
+        check_sparse(np.zeros((16, 16, 3)), mask)
+    bad = values.copy()
+    bad[0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        check_sparse(bad, mask)
+    bad[0, 0], bad[1, 1] = 0, np.nan  # NaN at an unmeasured pixel is fine
+    check_sparse(bad, mask)
+
+
+def test_real_direct_electron_random_scan(shared_data):
+    folder = shared_data / "formats"
+    info = read_scan_info(folder / "ROI_Random_Scan_info.txt")
+    assert info["scan_shape"] == (32, 16) and info["roi_offset"] == (3, 3)
+    assert info["roi_shape"] == (29, 12)
+    coords = read_scan_csv(folder / "ROI_Random_Scan_scan_coordinates.csv")
+    assert coords.shape == (348, 2)
+    # (x, y) in the file: after the swap rows span the ROI's 29 rows, columns its 12 columns
+    assert coords.min(axis=0).tolist() == [0, 0] and coords.max(axis=0).tolist() == [28, 11]
+    values, mask, meta = sparse_from_files(folder / "ROI_Random_Scan_scan_coordinates.csv",
+                                           folder / "ROI_Random_Scan_movie.mrc",
+                                           folder / "ROI_Random_Scan_info.txt")
+    assert values.shape == mask.shape == meta["scan_shape"]
+    assert 300 < mask.sum() <= 348
+    assert np.isfinite(values).all() and (values[mask] > 0).all() and values[~mask].max() == 0
+    # every measured pixel lies inside the ROI given in the info file
+    rows, cols = np.nonzero(mask)
+    assert rows.min() >= 3 and rows.max() < 3 + 29 and cols.min() >= 3 and cols.max() < 3 + 12
