@@ -1,0 +1,307 @@
+"""Segment defects: multi-class U-Net → class probabilities → instances → a table per defect.
+
+The shipped network has ``N_OUTPUTS + 1`` output planes: softmax class logits (0 = defect-free,
+``i`` = ``CLASS_NAMES[i - 1]``) and one sigmoid plane of atom-column probability, which gives the
+columns for the "distance to the nearest atom" column at no extra cost.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from napari_microml.defects.classes import CLASS_NAMES, N_OUTPUTS
+from napari_microml.runtime.provenance import make_provenance
+from napari_microml.runtime.validate import as_image_stack, fill_nonfinite, robust_normalize
+from napari_microml.runtime.workers import drain, progress
+
+COLUMNS = ("label", "class", "class_id", "row", "col", "area_px", "area_nm2", "confidence",
+           "nearest_atom_px", "nearest_atom_nm")
+
+
+@dataclass
+class DefectsResult:
+    """Defects found in an image or a (T, H, W) stack.
+
+    labels : (H, W) or (T, H, W) int32 instance labels, 0 = no defect; unique over a stack.
+    class_names : list of the defect class names (``CLASS_NAMES``).
+    table : pandas.DataFrame, one row per defect: label, class, class_id, frame (stacks only),
+        row, col (px, probability-weighted centroid), area_px, area_nm2 (NaN without pixel size),
+        confidence (mean probability of the assigned class over the instance, 0–1),
+        nearest_atom_px, nearest_atom_nm (distance from the centroid to the nearest atom column).
+    probabilities : (6, H, W) float32 class probabilities for a single image, None for stacks.
+    atoms : atom-column positions used for the distances, (N, 2) (row, col) or, for stacks,
+        (N, 3) (frame, row, col), in px.
+    pixel_size : nm per pixel, or None.
+    image_area_nm2 : area of one frame in nm², or None.
+    """
+
+    labels: np.ndarray
+    class_names: list
+    table: "object"
+    probabilities: np.ndarray | None
+    atoms: np.ndarray
+    pixel_size: float | None
+    image_area_nm2: float | None
+    model: str
+    device: str
+    provenance: dict = field(default_factory=dict)
+
+    def counts(self):
+        """Defects per class (every class, zero counts included) and density per nm² of image."""
+        import pandas as pd
+
+        n_frames = self.labels.shape[0] if self.labels.ndim == 3 else 1
+        area = self.image_area_nm2 * n_frames if self.image_area_nm2 else np.nan
+        counts = self.table["class"].value_counts() if len(self.table) else {}
+        rows = [{"class": c, "count": int(counts.get(c, 0)), "density_per_nm2": counts.get(c, 0) / area}
+                for c in self.class_names]
+        return pd.DataFrame(rows, columns=["class", "count", "density_per_nm2"])
+
+
+def _predictor(net, device, class_weights=None):
+    """Batch → (B, 6 or 7, h, w) probabilities. ``class_weights`` (the training cross-entropy
+    weights) are divided out of the softmax, undoing their prior shift, so the class
+    probabilities are calibrated (weighted training otherwise inflates rare classes)."""
+    import torch
+
+    from napari_microml.nets.unet import batch_predictor
+
+    log_w = None
+    if class_weights is not None and len(class_weights) == N_OUTPUTS:
+        log_w = torch.log(torch.as_tensor(class_weights, dtype=torch.float32, device=device)).view(1, -1, 1, 1)
+
+    def probabilities(out):
+        logits = out[:, :N_OUTPUTS] if log_w is None else out[:, :N_OUTPUTS] - log_w
+        probs = torch.softmax(logits, dim=1)
+        if out.shape[1] > N_OUTPUTS:
+            probs = torch.cat([probs, torch.sigmoid(out[:, N_OUTPUTS:N_OUTPUTS + 1])], dim=1)
+        return probs
+
+    return batch_predictor(net, device, probabilities)
+
+
+def _out_channels(net) -> int:
+    head = getattr(net, "head", None)
+    return int(getattr(head, "out_channels", N_OUTPUTS))
+
+
+def _split_points(labels, n, cls, spacing: float):
+    """Split point-defect regions much larger than a typical one (two neighbouring defects merge
+    into one blob) into ``round(area / typical area)`` parts by k-means on their pixels.
+
+    The typical area is the median of the image's point-defect regions (or a disc of radius
+    0.4 × ``spacing`` when there are fewer than five)."""
+    from scipy import ndimage as ndi
+    from scipy.cluster.vq import kmeans2
+
+    area = np.bincount(labels.ravel(), minlength=n + 1)[1:]
+    point = cls != len(CLASS_NAMES)  # not 'extended'
+    typical = np.median(area[point]) if point.sum() >= 5 else np.pi * (0.4 * spacing) ** 2
+    big = np.nonzero(point & (area > 1.6 * typical))[0]
+    if len(big) == 0:
+        return labels, n
+    out = labels.copy()
+    nxt = n + 1
+    slices = ndi.find_objects(labels)
+    for i in big:
+        sl = slices[i]
+        rr, cc = np.nonzero(labels[sl] == i + 1)
+        k = int(min(4, round(area[i] / typical)))
+        if k < 2:
+            continue
+        pts = np.column_stack([rr, cc]).astype(float)
+        _, part = kmeans2(pts, k, minit="++", seed=0)
+        for j in range(1, k):
+            sel = part == j
+            out[sl[0].start + rr[sel], sl[1].start + cc[sel]] = nxt
+            nxt += 1
+    return _relabel(out)
+
+
+def _relabel(labels):
+    uniq, inv = np.unique(labels, return_inverse=True)
+    if uniq[0] != 0:
+        return (inv + 1).reshape(labels.shape).astype(np.int32), len(uniq)
+    return inv.reshape(labels.shape).astype(np.int32), len(uniq) - 1
+
+
+def instances(probs: np.ndarray, threshold: float = 0.5, min_area: int = 3, spacing: float | None = None):
+    """Regions where the defect probability ``1 - p(defect-free)`` exceeds ``threshold``.
+
+    Connected components; with ``spacing`` (column distance, px) point-defect components much
+    larger than a typical one are split (see ``_split_points``).
+
+    Parameters
+    ----------
+    probs : (6, H, W) class probabilities summing to 1 over axis 0.
+
+    Returns
+    -------
+    labels : (H, W) int32, consecutive from 1.
+    stats : dict of (n,) arrays: class_id (1–5, the class with the largest summed probability),
+        row, col (centroid weighted by the defect probability, px), area_px, confidence.
+    """
+    from scipy import ndimage as ndi
+
+    defect = 1.0 - probs[0]
+    labels, n = ndi.label(defect > threshold)
+    area = np.bincount(labels.ravel(), minlength=n + 1)
+    if min_area > 1 and n:
+        small = area < min_area
+        small[0] = False
+        labels[small[labels]] = 0
+        labels, n = ndi.label(labels > 0)
+        area = np.bincount(labels.ravel(), minlength=n + 1)
+    def class_sums(labels, n):
+        flat = labels.ravel()
+        sums = np.stack([np.bincount(flat, weights=p.ravel(), minlength=n + 1) for p in probs[1:]])[:, 1:]
+        return flat, sums, (sums.argmax(0) + 1 if n else np.zeros(0, int))
+
+    flat, sums, cls = class_sums(labels, n)
+    if spacing and np.isfinite(spacing) and n:
+        labels, n = _split_points(labels, n, cls, spacing)
+        area = np.bincount(labels.ravel(), minlength=n + 1)
+        flat, sums, cls = class_sums(labels, n)
+    conf = sums[cls - 1, np.arange(n)] / np.maximum(area[1:], 1) if n else np.zeros(0)
+    h, w = labels.shape
+    wsum = np.bincount(flat, weights=defect.ravel(), minlength=n + 1)[1:]
+    rr, cc = np.mgrid[0:h, 0:w]
+    row = np.bincount(flat, weights=(defect * rr).ravel(), minlength=n + 1)[1:] / np.maximum(wsum, 1e-12)
+    col = np.bincount(flat, weights=(defect * cc).ravel(), minlength=n + 1)[1:] / np.maximum(wsum, 1e-12)
+    return labels.astype(np.int32), {"class_id": cls.astype(int), "row": row, "col": col,
+                                     "area_px": area[1:].astype(int), "confidence": conf.astype(np.float32)}
+
+
+def _check_atoms(atoms, is_stack: bool) -> np.ndarray | None:
+    if atoms is None:
+        return None
+    arr = np.asarray(atoms, float)
+    want = 3 if is_stack else 2
+    if arr.size == 0:
+        return np.zeros((0, want))
+    if arr.ndim != 2 or arr.shape[1] not in (2, 3) or (not is_stack and arr.shape[1] != 2):
+        raise ValueError(f"atoms must be an (N, {want}) array of column positions "
+                         f"{'(frame, row, col)' if is_stack else '(row, col)'} in pixels, not {arr.shape}.")
+    if is_stack and arr.shape[1] == 2:  # the same columns in every frame
+        raise ValueError("For a stack, atoms must be (N, 3) (frame, row, col) so each frame has its columns.")
+    return arr
+
+
+def segment_defects_iter(image, *, model="default", threshold: float = 0.5, pixel_size: float | None = None,
+                         atoms=None, contrast: str = "bright", device="auto", tile: int = 1024,
+                         min_area: int = 3, input_name: str | None = None):
+    """Generator twin of :func:`segment_defects`: yields progress tuples, returns a DefectsResult."""
+    import pandas as pd
+    from scipy.spatial import cKDTree
+
+    from napari_microml.atoms.finder import _local_maxima
+    from napari_microml.nets.registry import load_model
+    from napari_microml.runtime.device import describe_device, resolve_device
+    from napari_microml.runtime.tiling import tiled_predict
+
+    if contrast not in ("bright", "dark"):
+        raise ValueError("contrast must be 'bright' (HAADF/ADF) or 'dark' (ABF/BF, dark columns).")
+    if not 0 < threshold < 1:
+        raise ValueError("threshold is a probability and must lie between 0 and 1.")
+    if pixel_size is not None and not (np.isfinite(pixel_size) and pixel_size > 0):
+        raise ValueError(f"pixel_size must be a positive number of nm per pixel, not {pixel_size!r}.")
+    if int(min_area) < 1 or int(tile) < 16:
+        raise ValueError("min_area must be at least 1 pixel and tile at least 16 pixels.")
+    stack, is_stack = as_image_stack(image, what="image")
+    user_atoms = _check_atoms(atoms, is_stack)
+    dev = resolve_device(device)
+    net, info = load_model("defects", model, dev)
+    n_out = _out_channels(net)
+    predict = _predictor(net, dev, (info.get("meta") or {}).get("class_weights"))
+    n_frames, (h, w) = len(stack), stack.shape[1:]
+    labels_all, tables, atoms_all, probs_single, offset = [], [], [], None, 0
+    for t, frame in enumerate(stack):
+        frame = fill_nonfinite(frame)
+        if contrast == "dark":
+            frame = frame.max() - frame
+        gen = tiled_predict(predict, robust_normalize(frame)[None], out_channels=min(n_out, N_OUTPUTS + 1),
+                            tile=tile, batch_size=max(1, (1024 * 1024) // (tile * tile)),
+                            multiple=getattr(net, "multiple", 8))
+        while True:
+            try:
+                done, total = next(gen)
+            except StopIteration as stop:
+                out = stop.value
+                break
+            yield progress(t * total + done, n_frames * total, f"frame {t + 1}/{n_frames}: tile {done}/{total}")
+        probs = out[:N_OUTPUTS]
+        if user_atoms is not None:
+            cols = user_atoms[user_atoms[:, 0] == t, 1:] if is_stack else user_atoms
+        elif n_out > N_OUTPUTS:
+            cols, _ = _local_maxima(out[N_OUTPUTS], 0.5, 2)
+        else:  # a custom network without the atom plane: ask the atom finder
+            from napari_microml.atoms.finder import find_atoms
+
+            cols = find_atoms(frame, refine="none", device=dev).positions
+        spacing = float(np.median(cKDTree(cols).query(cols, k=2)[0][:, 1])) if len(cols) >= 10 else None
+        labels, st = instances(probs, threshold, int(min_area), spacing)
+        centres = np.column_stack([st["row"], st["col"]])
+        near = cKDTree(cols).query(centres)[0] if len(cols) and len(centres) else np.full(len(centres), np.nan)
+        n = len(st["row"])
+        df = pd.DataFrame({"label": np.arange(1, n + 1) + offset,
+                           "class": [CLASS_NAMES[c - 1] for c in st["class_id"]], "class_id": st["class_id"],
+                           "row": st["row"], "col": st["col"], "area_px": st["area_px"],
+                           "area_nm2": st["area_px"] * pixel_size**2 if pixel_size else np.nan,
+                           "confidence": st["confidence"], "nearest_atom_px": near,
+                           "nearest_atom_nm": near * pixel_size if pixel_size else np.nan})
+        if is_stack:
+            df.insert(3, "frame", t)
+            atoms_all.append(np.column_stack([np.full(len(cols), t, float), cols]))
+        else:
+            atoms_all.append(np.asarray(cols, float).reshape(-1, 2))
+            probs_single = probs.astype(np.float32)
+        labels_all.append(np.where(labels > 0, labels + offset, 0).astype(np.int32))
+        tables.append(df)
+        offset += n
+    table = pd.concat(tables, ignore_index=True)
+    table["label"] = table["label"].astype(np.int32)
+    label = describe_device(dev)
+    params = dict(model=str(model) if not hasattr(model, "state_dict") else "custom", threshold=threshold,
+                  pixel_size=pixel_size, contrast=contrast, tile=tile, min_area=int(min_area),
+                  atoms="given" if user_atoms is not None else "network")
+    model_info = {k: info[k] for k in ("name", "file", "sha256")}
+    return DefectsResult(
+        labels=np.stack(labels_all) if is_stack else labels_all[0], class_names=list(CLASS_NAMES), table=table,
+        probabilities=None if is_stack else probs_single, atoms=np.concatenate(atoms_all),
+        pixel_size=pixel_size, image_area_nm2=h * w * pixel_size**2 if pixel_size else None,
+        model=str(info["name"]), device=label,
+        provenance=make_provenance("defect_segmenter", parameters=params, model=model_info, device=label,
+                                   input_name=input_name),
+    )
+
+
+def segment_defects(image, **kwargs) -> DefectsResult:
+    """Find and classify the defects in a 2D image or a (T, H, W) stack.
+
+    Parameters
+    ----------
+    image : array (H, W) or (T, H, W)
+        Atomic-resolution grey image(s): HAADF/ADF, or ABF with ``contrast='dark'``.
+    model : str, path or torch.nn.Module
+        A shipped defect model name (``'default'``), a ``.pt`` file, or a network.
+    threshold : float
+        Minimum defect probability (1 − p(defect-free)) of an instance pixel, 0–1.
+    pixel_size : float, optional
+        nm per pixel; fills ``area_nm2``, ``nearest_atom_nm`` and densities.
+    atoms : (N, 2) or, for stacks, (N, 3) (frame, row, col) array, optional
+        Atom columns (e.g. from a Points layer) for the nearest-atom distance; by default the
+        network's own atom-column plane is used.
+    contrast : {'bright', 'dark'}
+        ``'dark'`` inverts ABF/BF images (dark columns) before the network.
+    device : {'auto', 'cuda', 'mps', 'cpu'}
+    tile : int
+        Tile edge in px (a 1024² image runs in one pass by default).
+    min_area : int
+        Instances smaller than this many pixels are dropped.
+
+    Returns
+    -------
+    DefectsResult
+    """
+    return drain(segment_defects_iter(image, **kwargs))

@@ -1,0 +1,125 @@
+"""The defect table dock: counts per class on top, one row per defect below, Export CSV.
+
+Clicking a defect row calls ``on_select(row)`` with that row of the table (a pandas Series);
+the Defect segmenter widget uses it to centre the viewer on the defect.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from qtpy.QtWidgets import (QFileDialog, QHeaderView, QLabel, QPushButton, QTableWidget,
+                            QTableWidgetItem, QVBoxLayout, QWidget)
+
+SHOWN = ("label", "class", "frame", "row", "col", "area_px", "area_nm2", "confidence",
+         "nearest_atom_px", "nearest_atom_nm")
+
+
+def _text(value) -> str:
+    if isinstance(value, (float, np.floating)):
+        return "–" if not np.isfinite(value) else f"{value:.4g}"
+    return str(value)
+
+
+def write_defects_csv(path, table, counts=None, *, provenance: dict | None = None,
+                      image: str | None = None, pixel_size: float | None = None) -> str:
+    """Write the per-defect table to CSV, preceded by ``# `` lines with the counts per class,
+    the image, the pixel size (nm/px) and the provenance as one JSON line.
+
+    Read it back with ``pandas.read_csv(path, comment="#")``.
+    """
+    from napari_microml.runtime.provenance import _plain
+
+    lines = ["# napari-microml defect table",
+             f"# image: {image if image is not None else 'unknown'}",
+             f"# pixel_size_nm: {pixel_size if pixel_size else 'unknown (positions in px)'}"]
+    if counts is not None:
+        for _, c in counts.iterrows():
+            dens = c.get("density_per_nm2", np.nan)
+            extra = f", {dens:.4g} per nm²" if np.isfinite(dens) else ""
+            lines.append(f"# count {c['class']}: {int(c['count'])}{extra}")
+    lines.append("# provenance: " + json.dumps(_plain(provenance or {}), ensure_ascii=False))
+    path = Path(path)
+    with path.open("w", encoding="utf-8", newline="") as fh:
+        fh.write("\n".join(lines) + "\n")
+        table.to_csv(fh, index=False)
+    return str(path)
+
+
+class DefectTableDock(QWidget):
+    """Counts per class (and per environment class) and the per-defect table."""
+
+    def __init__(self, on_select: Callable | None = None, parent=None):
+        super().__init__(parent)
+        self.on_select = on_select
+        self.table = None
+        self._export_args: dict = {}
+        self.title = QLabel("No defects yet: press Run in the Defect segmenter.")
+        self.title.setWordWrap(True)
+        self.summary = QTableWidget(0, 3)
+        self.summary.setHorizontalHeaderLabels(["class", "count", "per nm²"])
+        self.defects = QTableWidget(0, 0)
+        self.defects.setSelectionBehavior(QTableWidget.SelectionBehavior.SelectRows)
+        self.defects.setSelectionMode(QTableWidget.SelectionMode.SingleSelection)
+        self.defects.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
+        self.summary.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
+        self.defects.setToolTip("Click a defect to centre the view on it.")
+        self.export_button = QPushButton("Export CSV…")
+        self.export_button.setEnabled(False)
+        layout = QVBoxLayout(self)
+        for w in (self.title, self.summary, QLabel("Defects (click to centre the view):"),
+                  self.defects, self.export_button):
+            layout.addWidget(w)
+        self.summary.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
+        self.defects.cellClicked.connect(lambda r, _c: self._select(r))
+        self.defects.currentCellChanged.connect(lambda r, _c, _pr, _pc: self._select(r))
+        self.export_button.clicked.connect(self._on_export_clicked)
+
+    def set_data(self, table, counts, *, env_counts=None, title: str = "", provenance=None,
+                 image: str | None = None, pixel_size: float | None = None) -> None:
+        """Show ``table`` (one row per defect) and ``counts`` (class, count, density_per_nm2);
+        ``env_counts`` (class, count, unusual) adds the environment classes below."""
+        self.table = table.reset_index(drop=True)
+        self._export_args = dict(counts=counts, provenance=provenance, image=image, pixel_size=pixel_size)
+        self.title.setText(title)
+        rows = [(c["class"], int(c["count"]), _text(c["density_per_nm2"])) for _, c in counts.iterrows()]
+        if env_counts is not None:
+            rows += [(f"env {c['class']}", int(c["count"]), f"{int(c['unusual'])} unusual")
+                     for _, c in env_counts.iterrows()]
+        self.summary.clearContents()
+        self.summary.setRowCount(len(rows))
+        for i, row in enumerate(rows):
+            for j, value in enumerate(row):
+                self.summary.setItem(i, j, QTableWidgetItem(str(value)))
+        self.summary.resizeRowsToContents()
+        frame = 2 * self.summary.frameWidth() + self.summary.horizontalHeader().height()
+        self.summary.setFixedHeight(min(180, frame + sum(self.summary.rowHeight(i) for i in range(len(rows)))))
+        cols = [c for c in SHOWN if c in self.table.columns]
+        self.defects.blockSignals(True)
+        self.defects.clear()
+        self.defects.setColumnCount(len(cols))
+        self.defects.setRowCount(len(self.table))
+        self.defects.setHorizontalHeaderLabels(cols)
+        for i, rec in enumerate(self.table[cols].itertuples(index=False)):
+            for j, value in enumerate(rec):
+                self.defects.setItem(i, j, QTableWidgetItem(_text(value)))
+        self.defects.blockSignals(False)
+        self.export_button.setEnabled(True)
+
+    def _select(self, index: int) -> None:
+        if self.table is None or not 0 <= index < len(self.table) or self.on_select is None:
+            return
+        self.on_select(self.table.iloc[index])
+
+    def export_csv(self, path) -> str:
+        """Write the shown table (with its '# ' provenance header) to ``path``."""
+        if self.table is None:
+            raise ValueError("There is no defect table to export yet: run the segmenter first.")
+        return write_defects_csv(path, self.table, **self._export_args)
+
+    def _on_export_clicked(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Export defect table", "defects.csv", "CSV (*.csv)")
+        if path:
+            self.title.setText(f"Table written to {self.export_csv(path)}.")

@@ -1,0 +1,165 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from napari_microml.defects.baseline import baseline_defects
+from napari_microml.defects.classes import CLASS_NAMES, class_id
+from napari_microml.defects.metrics import classmap_from_labels, score_defects, summarize
+from napari_microml.defects.segment import COLUMNS, segment_defects, segment_defects_iter
+from napari_microml.synth.defects import simulate_defects
+
+HELD_OUT = 5_500_000  # training uses seeds 1,000,000+, validation 9,000,000+
+
+
+@pytest.fixture(scope="module")
+def moderate():
+    """Two held-out moderate-dose crystals (square and honeycomb), 160 px."""
+    return [simulate_defects((160, 160), seed=HELD_OUT + i, dose=300, scene="crystal", lattice=lat, spacing=11,
+                             contrast="bright") for i, lat in enumerate(("square", "honeycomb"))]
+
+
+@pytest.fixture(scope="module")
+def result(moderate):
+    return segment_defects(moderate[0].image, pixel_size=0.02, device="cpu")
+
+
+def test_finds_planted_vacancies_and_bright_dopants(moderate):
+    scores = []
+    for s in moderate:
+        r = segment_defects(s.image, device="cpu")
+        scores.append(score_defects(r.table, classmap_from_labels(r.labels, r.table), s.objects, s.classmap,
+                                    radius=5.5, margin=5.5))
+    pooled = summarize(scores)
+    assert pooled["vacancy"]["n_true"] >= 5 and pooled["dopant_bright"]["n_true"] >= 3
+    assert pooled["vacancy"]["f1"] >= 0.75, pooled["vacancy"]  # a divacancy counts as one instance
+    assert pooled["dopant_bright"]["f1"] >= 0.75, pooled["dopant_bright"]
+
+
+def test_labels_and_table_agree(result, moderate):
+    t = result.table
+    assert list(t.columns) == list(COLUMNS)
+    assert result.class_names == list(CLASS_NAMES)
+    assert result.labels.dtype == np.int32 and result.labels.shape == moderate[0].image.shape
+    labels_in_image = set(np.unique(result.labels)) - {0}
+    assert labels_in_image == set(t["label"])
+    area = np.bincount(result.labels.ravel())
+    np.testing.assert_array_equal(area[t["label"]], t["area_px"])
+    np.testing.assert_allclose(t["area_nm2"], t["area_px"] * 0.02**2)
+    np.testing.assert_allclose(t["nearest_atom_nm"], t["nearest_atom_px"] * 0.02)
+    assert ((t["confidence"] > 0) & (t["confidence"] <= 1)).all()
+    assert all(t["class_id"] == [class_id(c) for c in t["class"]])
+    for _, row in t.iterrows():  # the centroid lies near its own instance
+        rr, cc = np.nonzero(result.labels == row["label"])
+        assert np.hypot(rr - row["row"], cc - row["col"]).min() < 1.5
+    assert result.probabilities.shape == (6, *moderate[0].image.shape)
+    np.testing.assert_allclose(result.probabilities.sum(0), 1, atol=1e-4)
+    assert result.atoms.shape[1] == 2 and len(result.atoms) > 100  # the network's column plane
+    counts = result.counts()
+    assert list(counts["class"]) == list(CLASS_NAMES) and counts["count"].sum() == len(t)
+    area = 160 * 160 * 0.02**2
+    np.testing.assert_allclose(counts["density_per_nm2"], counts["count"] / area)
+    assert result.provenance["tool"] == "defect_segmenter" and result.provenance["model"]["sha256"]
+
+
+def test_without_pixel_size_physical_columns_are_nan(moderate):
+    r = segment_defects(moderate[0].image[:96, :96], device="cpu")
+    assert r.pixel_size is None and r.image_area_nm2 is None
+    assert r.table["area_nm2"].isna().all() and r.table["nearest_atom_nm"].isna().all()
+    assert r.counts()["density_per_nm2"].isna().all()
+
+
+def test_user_atoms_are_used_for_distances(moderate):
+    r = segment_defects(moderate[0].image, atoms=np.array([[0.0, 0.0]]), device="cpu")
+    np.testing.assert_allclose(r.table["nearest_atom_px"], np.hypot(r.table["row"], r.table["col"]))
+
+
+def test_dark_contrast_inverts(moderate):
+    img = moderate[0].image[:96, :96]
+    a = segment_defects(img, device="cpu")
+    b = segment_defects(7.0 - img, contrast="dark", device="cpu")  # an "ABF" copy
+    np.testing.assert_array_equal(a.labels, b.labels)
+
+
+def test_stack_gets_a_frame_column(moderate):
+    img = moderate[0].image[:96, :96]
+    single = segment_defects(img, device="cpu")
+    gen = segment_defects_iter(np.stack([img, img]), device="cpu")
+    steps = []
+    while True:
+        try:
+            steps.append(next(gen))
+        except StopIteration as stop:
+            r = stop.value
+            break
+    assert steps and all(s[0] == "progress" for s in steps) and steps[-1][1] == steps[-1][2]
+    assert r.labels.shape == (2, 96, 96) and r.probabilities is None
+    assert "frame" in r.table.columns and set(r.table["frame"]) <= {0, 1}
+    n = len(single.table)
+    assert len(r.table) == 2 * n and (r.table["frame"] == 1).sum() == n
+    assert r.table["label"].is_unique and set(np.unique(r.labels)) - {0} == set(r.table["label"])
+    assert r.atoms.shape[1] == 3 and set(np.unique(r.atoms[:, 0])) == {0.0, 1.0}
+    assert r.counts()["count"].sum() == 2 * n
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"image": np.zeros((20, 20, 3))}, "RGB|colour"),
+    ({"image": np.zeros((4, 4))}, "pixels"),
+    ({"image": np.full((32, 32), np.nan)}, "valid"),
+    ({"contrast": "inverted"}, "contrast"),
+    ({"threshold": 1.5}, "threshold"),
+    ({"pixel_size": -1.0}, "pixel_size"),
+    ({"atoms": np.zeros((3, 4))}, "atoms"),
+    ({"model": "nonexistent"}, "No defects model"),
+])
+def test_bad_input_raises(kwargs, match):
+    kwargs = {"image": np.random.default_rng(0).random((32, 32)), **kwargs}
+    with pytest.raises(ValueError, match=match):
+        segment_defects(kwargs.pop("image"), device="cpu", **kwargs)
+
+
+def test_baseline_finds_vacancies_at_high_dose():
+    s = simulate_defects((160, 160), seed=HELD_OUT + 7, dose=3000, scene="crystal", lattice="square", spacing=11,
+                         contrast="bright")
+    b = baseline_defects(s.image, device="cpu")
+    assert set(b.objects["class"]) <= set(CLASS_NAMES) and b.classmap.shape == s.image.shape
+    assert abs(b.spacing - 11) < 1.0
+    sc = score_defects(b.objects, b.classmap, s.objects, s.classmap, radius=5.5, margin=5.5)
+    assert sc["vacancy"]["n_true"] > 0 and sc["vacancy"]["f1"] > 0.7
+
+
+def test_metrics_perfect_and_imperfect():
+    s = simulate_defects((128, 128), seed=HELD_OUT + 8, dose=300, scene="interface")
+    perfect = score_defects(s.objects, s.classmap, s.objects, s.classmap, radius=3)
+    for name in CLASS_NAMES:
+        if perfect[name]["n_true"]:
+            assert perfect[name]["f1"] == 1.0 and perfect[name]["iou"] == 1.0
+    fewer = s.objects.drop(index=s.objects.index[s.objects["class"] == "vacancy"][:1])
+    if (s.objects["class"] == "vacancy").sum():
+        sc = score_defects(fewer, s.classmap, s.objects, s.classmap, radius=3)
+        assert sc["vacancy"]["precision"] == 1.0 and sc["vacancy"]["recall"] < 1.0
+    with pytest.raises(ValueError, match="shape"):
+        score_defects(s.objects, s.classmap[:10], s.objects, s.classmap, radius=3)
+
+
+def test_real_abf_crop_runs(shared_data):
+    path = shared_data / "formats" / "stem_abf_data.hspy"
+    if not path.is_file():
+        pytest.skip(f"{path} not present")
+    from napari_microml.io.reader import read_file
+
+    data, kw, _ = read_file(path)[0]
+    crop = np.asarray(data, np.float32)[:192, :192]
+    r = segment_defects(crop, contrast="dark", pixel_size=0.00933, device="cpu")
+    assert isinstance(r.table, pd.DataFrame) and list(r.table.columns) == list(COLUMNS)
+    assert set(r.table["class"]) <= set(CLASS_NAMES)
+    assert set(np.unique(r.labels)) - {0} == set(r.table["label"])
+    assert len(r.atoms) > 20  # SrTiO3 [001]: ~3 columns per 0.39 nm cell, ~60 in a 1.8 nm crop
+    assert r.table["area_nm2"].notna().all()
+
+
+def test_tiled_run_matches_one_pass(moderate):
+    img = moderate[1].image
+    one = segment_defects(img, device="cpu")
+    tiled = segment_defects(img, tile=96, device="cpu")  # 4 overlapping, blended tiles
+    assert np.abs(one.probabilities - tiled.probabilities).mean() < 0.02
+    assert abs(len(one.table) - len(tiled.table)) <= max(2, 0.2 * len(one.table))
