@@ -14,7 +14,7 @@ APT_PACKAGES := xvfb xauth libgl1-mesa-dri libegl1 libxkbcommon-x11-0 libxcb-icc
 	libxcb-xfixes0 libxcb-shape0 libxcb-cursor0 libdbus-1-3 libfontconfig1
 PYTEST_ARGS ?=
 
-.PHONY: demo test venv sysdeps benchmarks train clean
+.PHONY: demo test venv sysdeps benchmarks train train-atoms train-defects train-completion clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
@@ -44,8 +44,23 @@ demo: sysdeps venv
 benchmarks: venv
 	for b in benchmarks/*.py; do $(PY) $$b; done
 
-train: venv
-	$(PY) -m napari_microml.training.atoms
+# Reproduce the shipped weights (CPU, 1 thread each; the chains are in nets/MODEL_CARD.md).
+TRAIN := OMP_NUM_THREADS=1 $(PY) -m napari_microml.training
+train: train-atoms train-defects train-completion
+
+train-atoms: venv
+	$(TRAIN).atoms --steps 1500 --seed 0 --scene-p 0.4,0.2,0.2,0.2
+	$(TRAIN).atoms --init default --steps 1500 --seed 1 --lr 1e-3
+	$(TRAIN).atoms_finetune --steps 300
+
+train-defects: venv
+	$(TRAIN).defects --steps 6000 --minutes 75 --seed 0
+	$(TRAIN).defects --init default --steps 2500 --minutes 20 --lr 5e-4 --seed 1
+
+train-completion: venv
+	$(TRAIN).completion --phase pixel --steps 3400 --seed 0
+	$(TRAIN).completion --phase pixel --init completion-pixel --steps 1500 --lr 5e-4 --clean-frac 0.35 --n-bank 300 --seed 1
+	$(TRAIN).completion --phase gan --steps 400 --n-bank 300 --clean-frac 0.35 --seed 1
 
 clean:
 	rm -rf $(VENV) demo_output .pytest_cache
