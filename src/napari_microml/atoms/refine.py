@@ -76,8 +76,9 @@ def _lm_gaussian(v, wgt, dy, dx, p, iters=10, tol=5e-3):
         res = (v[idx] - a * g - b) * w
         jac = np.empty((len(w), NP, w.shape[1]), dt)
         jac[:, 0] = g * w
-        np.multiply(ag * w, ry, out=jac[:, 1])
-        np.multiply(ag * w, rx, out=jac[:, 2])
+        agw = ag * w
+        np.multiply(agw, ry, out=jac[:, 1])
+        np.multiply(agw, rx, out=jac[:, 2])
         np.multiply(jac[:, 1], ry, out=jac[:, 3])
         jac[:, 3] += jac[:, 2] * rx
         jac[:, 3] /= s
@@ -91,9 +92,10 @@ def _lm_gaussian(v, wgt, dy, dx, p, iters=10, tol=5e-3):
     for _ in range(iters):
         if not len(active):
             break
-        jj = jac[active]
+        every = len(active) == len(v)  # no copies while every fit is still running
+        jj, rr = (jac, res) if every else (jac[active], res[active])
         h = (jj @ jj.transpose(0, 2, 1)).astype(np.float64)
-        grad = np.einsum("nip,np->ni", jj, res[active]).astype(np.float64)
+        grad = (jj @ rr[..., None])[..., 0].astype(np.float64)
         diag = np.diagonal(h, axis1=1, axis2=2)
         damp = h + (lam[active, None, None] * diag[:, None, :] + 1e-9) * eye
         step = np.nan_to_num(np.linalg.solve(damp, grad[..., None])[..., 0])
