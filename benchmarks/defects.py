@@ -153,7 +153,7 @@ def real(out_dir: Path):
         dt = time.perf_counter() - t
         b = baseline_defects(image, contrast=contrast)
         counts = r.counts()
-        png = out_dir / f"C_defects_{name}.png"
+        png = out_dir / f"defects_real_{name}.png"
         try:
             _overlay(image, r, png, f"{file} ({contrast} contrast), {image.shape[0]}x{image.shape[1]}, "
                                     f"{ps} nm/px")
@@ -199,7 +199,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--parts", default="synthetic,speed,real,environments")
     p.add_argument("--quick", action="store_true", help="1 seed per lattice/scene instead of 4")
-    p.add_argument("--png-dir", default="/work/briefs", help="where the real-image overlays go")
+    p.add_argument("--png-dir", default=str(ROOT / "benchmarks" / "results"),
+                   help="where the real-image overlays go")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "defects.json"))
     a = p.parse_args(argv)
     parts = [x.strip() for x in a.parts.split(",") if x.strip()]
@@ -212,7 +213,7 @@ def main(argv=None):
         report["speed"] = speed()
     if "real" in parts:
         png_dir = Path(a.png_dir)
-        png_dir = png_dir if png_dir.is_dir() else Path("/tmp")
+        png_dir.mkdir(parents=True, exist_ok=True)
         report["real"] = real(png_dir)
     if "environments" in parts:
         report["environments"] = environments(a.quick)

@@ -163,3 +163,29 @@ def test_tiled_run_matches_one_pass(moderate):
     tiled = segment_defects(img, tile=96, device="cpu")  # 4 overlapping, blended tiles
     assert np.abs(one.probabilities - tiled.probabilities).mean() < 0.02
     assert abs(len(one.table) - len(tiled.table)) <= max(2, 0.2 * len(one.table))
+
+
+def test_small_or_unconfident_extended_regions_are_dropped_but_point_defects_kept():
+    from napari_microml.defects.classes import class_id
+    from napari_microml.defects.segment import instances
+
+    h = w = 96
+    probs = np.zeros((6, h, w), np.float32)
+    probs[0] = 1.0
+
+    def paint(rows, cols, cls, p):
+        probs[:, rows, cols] = 0.0
+        probs[0, rows, cols] = 1 - p
+        probs[class_id(cls), rows, cols] = p
+
+    paint(slice(5, 45), slice(5, 45), "extended", 0.95)     # 1600 px ≥ 4 cells of 10 px: kept
+    paint(slice(60, 70), slice(60, 70), "extended", 0.95)   # 100 px = 1 cell: dropped
+    paint(slice(60, 90), slice(5, 35), "extended", 0.6)     # large but unconfident: dropped
+    paint(slice(80, 84), slice(80, 84), "vacancy", 0.9)     # a small point defect: kept
+    labels, st = instances(probs, 0.5, 3, spacing=10.0)
+    names = sorted(("vacancy", "dopant_bright", "dopant_dim", "interstitial", "extended")[c - 1]
+                   for c in st["class_id"])
+    assert names == ["extended", "vacancy"]
+    assert labels.max() == 2 and set(np.unique(labels)) == {0, 1, 2}
+    big = st["area_px"][st["class_id"] == class_id("extended")]
+    assert big.tolist() == [1600]

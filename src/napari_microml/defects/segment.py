@@ -130,7 +130,8 @@ def instances(probs: np.ndarray, threshold: float = 0.5, min_area: int = 3, spac
     """Regions where the defect probability ``1 - p(defect-free)`` exceeds ``threshold``.
 
     Connected components; with ``spacing`` (column distance, px) point-defect components much
-    larger than a typical one are split (see ``_split_points``).
+    larger than a typical one are split (see ``_split_points``); small or unconfident
+    'extended' components are dropped (see ``_drop_weak_extended``).
 
     Parameters
     ----------
@@ -169,8 +170,31 @@ def instances(probs: np.ndarray, threshold: float = 0.5, min_area: int = 3, spac
     rr, cc = np.mgrid[0:h, 0:w]
     row = np.bincount(flat, weights=(defect * rr).ravel(), minlength=n + 1)[1:] / np.maximum(wsum, 1e-12)
     col = np.bincount(flat, weights=(defect * cc).ravel(), minlength=n + 1)[1:] / np.maximum(wsum, 1e-12)
-    return labels.astype(np.int32), {"class_id": cls.astype(int), "row": row, "col": col,
-                                     "area_px": area[1:].astype(int), "confidence": conf.astype(np.float32)}
+    stats = {"class_id": cls.astype(int), "row": row, "col": col, "area_px": area[1:].astype(int),
+             "confidence": conf.astype(np.float32)}
+    return _drop_weak_extended(labels.astype(np.int32), stats, spacing)
+
+
+EXTENDED_MIN_CONFIDENCE = 0.7
+EXTENDED_MIN_CELLS = 4.0
+
+
+def _drop_weak_extended(labels, stats, spacing):
+    """Remove 'extended' instances smaller than ``EXTENDED_MIN_CELLS`` × spacing² (an extended
+    defect spans several unit cells; smaller ones are noise) or less confident than
+    ``EXTENDED_MIN_CONFIDENCE``. Both values were chosen on validation seeds 9,500,000+ (40
+    images, doses 20 and 200, spacing from the network's own columns): extended F1 0.36 → 0.71 and
+    0.44 → 0.87; other classes unchanged."""
+    ext = stats["class_id"] == len(CLASS_NAMES)
+    weak = ext & (stats["confidence"] < EXTENDED_MIN_CONFIDENCE)
+    if spacing and np.isfinite(spacing):
+        weak |= ext & (stats["area_px"] < EXTENDED_MIN_CELLS * spacing**2)
+    if not weak.any():
+        return labels, stats
+    keep = ~weak
+    new_id = np.zeros(len(keep) + 1, np.int32)
+    new_id[1:][keep] = np.arange(1, keep.sum() + 1)
+    return new_id[labels], {k: v[keep] for k, v in stats.items()}
 
 
 def _check_atoms(atoms, is_stack: bool) -> np.ndarray | None:
