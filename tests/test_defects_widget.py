@@ -7,7 +7,8 @@ import pytest
 from scipy.spatial import cKDTree
 
 from napari_microml.defects.classes import CLASS_COLORS, CLASS_NAMES
-from napari_microml.defects.widget import DefectSegmenterWidget, _camera
+from napari_microml.defects.widget import DefectSegmenterWidget
+from napari_microml.runtime.widget import viewer_camera
 from napari_microml.synth.defects import simulate_defects
 
 HELD_OUT = 5_700_000  # training uses seeds 1,000,000+, validation 9,000,000+
@@ -90,7 +91,7 @@ def test_table_row_click_centres_the_view(widget_and_viewer, qtbot):
         rect = grid.visualItemRect(grid.item(i, 0))
         qtbot.mouseClick(grid.viewport(), Qt.MouseButton.LeftButton, pos=rect.center())
         want = np.array([table["row"][i], table["col"][i]]) * SCALE + TRANSLATE
-        np.testing.assert_allclose(_camera(viewer).center[-2:], want, atol=1e-6)
+        np.testing.assert_allclose(viewer_camera(viewer).center[-2:], want, atol=1e-6)
 
 
 def test_export_csv_has_provenance_header(widget_and_viewer, qtbot, tmp_path):
@@ -192,7 +193,7 @@ def test_stack_gives_one_layer_each_and_row_click_shows_the_frame(make_napari_vi
     i = int(np.flatnonzero(table["frame"].to_numpy() == 1)[0])
     widget.table_dock.defects.setCurrentCell(i, 0)
     assert viewer.dims.point[0] == 1
-    np.testing.assert_allclose(_camera(viewer).center[-2:], table.loc[i, ["row", "col"]].to_numpy(float))
+    np.testing.assert_allclose(viewer_camera(viewer).center[-2:], table.loc[i, ["row", "col"]].to_numpy(float))
 
 
 def test_dark_uint16_image_and_impossible_class_count(make_napari_viewer, qtbot, sample):

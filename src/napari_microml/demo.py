@@ -52,7 +52,10 @@ def main(argv=None):
     table.insert(0, "row_px", points.data[:, -2])
     table.to_csv(out / "atoms.csv", index=False)
     (out / "provenance.json").write_text(json.dumps(points.metadata["napari_microml"], indent=2))
-    viewer.camera.zoom = viewer.camera.zoom * 2.2
+    from napari_microml.runtime.widget import viewer_camera
+
+    camera = viewer_camera(viewer)
+    camera.zoom = camera.zoom * 2.2
     napari_shot = viewer.screenshot(canvas_only=False, flash=False)
     from skimage.io import imsave
 

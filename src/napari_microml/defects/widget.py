@@ -12,7 +12,8 @@ from napari_microml.defects.classes import CLASS_COLORS
 from napari_microml.defects.environments import classify_environments
 from napari_microml.defects.segment import segment_defects_iter
 from napari_microml.runtime.provenance import KEY
-from napari_microml.runtime.widget import ToolWidget, physical_kwargs, pixel_size_nm, upsert_layer
+from napari_microml.runtime.widget import (ToolWidget, physical_kwargs, pixel_size_nm, upsert_layer,
+                                          viewer_camera)
 from napari_microml.runtime.workers import progress
 
 ENV_COLORS = ("#4477aa", "#ee7733", "#bbbbbb", "#ee3377", "#aa7744", "#555555", "#000080", "#ffaabb")
@@ -51,12 +52,6 @@ def class_colormap(table):
     colors = {None: TRANSPARENT, 0: TRANSPARENT}
     colors.update({int(lab): CLASS_COLORS[cls] for lab, cls in zip(table["label"], table["class"])})
     return DirectLabelColormap(color_dict=colors)
-
-
-def _camera(viewer):
-    """``viewer.scene.camera`` (napari ≥ 0.9), else the older ``viewer.camera``."""
-    scene = getattr(viewer, "scene", None)
-    return scene.camera if scene is not None and hasattr(scene, "camera") else viewer.camera
 
 
 def _to_pixels(points, image_layer) -> np.ndarray:
@@ -219,4 +214,4 @@ class DefectSegmenterWidget(ToolWidget):
         if "frame" in row.index and ref.ndim == 3:
             axis = self.viewer.dims.ndim - 3
             self.viewer.dims.set_point(axis, row["frame"] * scale[0] + translate[0])
-        _camera(self.viewer).center = (float(y), float(x))
+        viewer_camera(self.viewer).center = (float(y), float(x))

@@ -46,6 +46,12 @@ def pixel_size_nm(layer) -> float | None:
     return float(value) if value > 0 else None
 
 
+def viewer_camera(viewer):
+    """``viewer.scene.camera`` (napari ≥ 0.9), else the older ``viewer.camera``."""
+    scene = getattr(viewer, "scene", None)
+    return scene.camera if scene is not None and hasattr(scene, "camera") else viewer.camera
+
+
 def upsert_layer(viewer, name: str, kind: str, data, **kwargs):
     """Update the layer called ``name`` if it has the same kind, else add a new one."""
     if name in viewer.layers and viewer.layers[name]._type_string == kind:
