@@ -76,7 +76,8 @@ def test_real_pt_single_atoms_synthetic_model(shared_data):
     It transfers poorly to this thick, bright support (see benchmarks/RESULTS.md), so this only
     asserts that what it does report is mostly real: a random detector's precision is ≈0.08.
     """
-    tifffile = pytest.importorskip("tifffile")
+    import tifffile
+
     folder = shared_data / "atoms_pt_haadf"
     scores = []
     for path in sorted((folder / "images").glob("*.tif")):

@@ -7,14 +7,7 @@ from napari_microml.synth.properties import property_spectrum_image, structure_p
 TIMEOUT = 60_000
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _setup(make_napari_viewer, *, spectra=True):

@@ -2,19 +2,12 @@
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-
-from napari_microml.spectra.preprocess import cross_correlation_shift, despike  # noqa: E402
-from napari_microml.spectra.shift_vae import fit_shift_vae, fit_shift_vae_iter  # noqa: E402
-from napari_microml.synth.spectra import gaussian_peaks, simulate_spectrum_image  # noqa: E402
+from napari_microml.spectra.preprocess import cross_correlation_shift, despike
+from napari_microml.spectra.shift_vae import fit_shift_vae, fit_shift_vae_iter
+from napari_microml.synth.spectra import gaussian_peaks, simulate_spectrum_image
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny nets: one thread is faster on a shared machine
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_recovers_known_shift_in_axis_units():

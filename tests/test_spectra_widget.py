@@ -2,17 +2,10 @@
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-
-from napari_microml.synth.spectra import simulate_spectrum_image  # noqa: E402
+from napari_microml.synth.spectra import simulate_spectrum_image
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _viewer_with_cube(make_napari_viewer, shape=(10, 12), n_channels=48):
