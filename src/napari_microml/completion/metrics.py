@@ -5,6 +5,20 @@ import numpy as np
 from scipy import ndimage as ndi
 
 
+def _to_unit_range(pred, truth):
+    """``pred`` and ``truth`` mapped by the affine that takes the truth's range to [0, 1]."""
+    lo, hi = float(np.nanmin(truth)), float(np.nanmax(truth))
+    span = hi - lo if hi > lo else 1.0
+    return (np.asarray(pred, np.float64) - lo) / span, (np.asarray(truth, np.float64) - lo) / span, span
+
+
+def relative_rms(pred: np.ndarray, truth: np.ndarray, mask: np.ndarray) -> float:
+    """RMS(pred − truth) at the unmeasured pixels (``~mask``), as a fraction of the truth's range."""
+    p, t, _ = _to_unit_range(pred, truth)
+    miss = ~np.asarray(mask, bool)
+    return float(np.sqrt(np.mean((p - t)[miss] ** 2)))
+
+
 def completion_errors(pred: np.ndarray, truth: np.ndarray, mask: np.ndarray,
                       sigma: np.ndarray | None = None) -> dict:
     """Accuracy of ``pred`` at pixels where ``mask`` is False, relative to the truth's range.
@@ -38,12 +52,10 @@ def completion_errors(pred: np.ndarray, truth: np.ndarray, mask: np.ndarray,
         raise ValueError("pred, truth and mask must be 2D images of the same shape.")
     if mask.all():
         raise ValueError("Every pixel is measured: there are no completed pixels to score.")
-    lo, hi = truth.min(), truth.max()
-    span = hi - lo if hi > lo else 1.0
-    p, t = (pred - lo) / span, (truth - lo) / span
+    p, t, span = _to_unit_range(pred, truth)
     miss = ~mask
     err = (p - t)[miss]
-    rms = float(np.sqrt(np.mean(err**2)))
+    rms = relative_rms(pred, truth, mask)
     smooth = ndi.gaussian_filter(t, 1.0, mode="reflect")
     noise = noise_sigma(t)
     out = {

@@ -7,6 +7,7 @@ import numpy as np
 from magicgui.widgets import ComboBox, FloatSlider, SpinBox, create_widget
 
 from napari_microml.completion.masks import MASK_KINDS, scan_mask
+from napari_microml.completion.metrics import relative_rms
 from napari_microml.completion.scan_io import check_sparse, rasterise
 from napari_microml.runtime.provenance import KEY
 from napari_microml.runtime.widget import ToolWidget, physical_kwargs, upsert_layer
@@ -20,13 +21,6 @@ def _model_choices() -> list[str]:
 
     names = [n.removeprefix("completion-") for n in list_models("completion")]
     return sorted(names, key=lambda n: n != "default") or ["default"]
-
-
-def rms_error_percent(truth: np.ndarray, estimate: np.ndarray, mask: np.ndarray) -> float:
-    """RMS of ``estimate - truth`` at unmeasured pixels (``~mask``), in % of truth's [min, max]."""
-    span = float(np.nanmax(truth) - np.nanmin(truth)) or 1.0
-    diff = (np.asarray(estimate, float) - truth)[~mask]
-    return float(100.0 * np.sqrt(np.mean(diff**2)) / span)
 
 
 class ScanCompleterWidget(ToolWidget):
@@ -219,7 +213,7 @@ class ScanCompleterWidget(ToolWidget):
             upsert_layer(self.viewer, self.preview_name(ctx["source"]), "labels",
                          result.mask.astype(np.uint8), opacity=0.6, **phys)
             error = np.abs(result.image - truth)
-            rms = rms_error_percent(truth, result.image, result.mask)
+            rms = 100.0 * relative_rms(result.image, truth, result.mask)
             completed_meta = {KEY: {**record, "rms_error_unmeasured_percent": rms}}
             upsert_layer(self.viewer, f"{name} |error|", "image", error, colormap="inferno",
                          contrast_limits=_limits(0, error.max()), metadata=meta, **phys)
