@@ -110,7 +110,9 @@ def measured_range(values: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
-def _check(values, mask) -> tuple[np.ndarray, np.ndarray, bool]:
+def check_scan(values, mask) -> tuple[np.ndarray, np.ndarray, bool]:
+    """Validate a partial scan; return float32 (T, H, W) values, bool (T, H, W) mask and whether
+    the input was a stack. Raises ValueError with a plain sentence for anything not completable."""
     v = np.asarray(values)
     m = np.asarray(mask)
     if v.dtype.kind not in "biuf":
@@ -168,7 +170,7 @@ def complete_scan_iter(values, mask, *, model="default", device="auto", tile: in
     from napari_microml.nets.registry import load_model
     from napari_microml.runtime.device import describe_device, resolve_device
 
-    v3, m3, is_stack = _check(values, mask)
+    v3, m3, is_stack = check_scan(values, mask)
     if int(tile) < 64:
         raise ValueError("The tile size must be at least 64 pixels.")
     dev = resolve_device(device)

@@ -254,9 +254,10 @@ def check_sparse(values, mask) -> tuple[np.ndarray, np.ndarray]:
     ------
     ValueError
         For RGB or wrong-dimensional input, a mask whose shape differs from the image, a mask
-        with no measured pixel (in any frame), a mask that measures every pixel (nothing to
+        with no measured pixel (in any frame), a mask that measures every pixel of a frame (nothing to
         complete), or NaN/inf values at measured pixels.
     """
+    from napari_microml.completion.complete import check_scan
     from napari_microml.runtime.validate import as_image_stack
 
     arr = np.asarray(values)
@@ -268,14 +269,5 @@ def check_sparse(values, mask) -> tuple[np.ndarray, np.ndarray]:
                          f"{'×'.join(map(str, arr.shape))}; they must have the same size.")
     measured = (m != 0) & ~np.isnan(m) if m.dtype.kind == "f" else m != 0
     m = np.broadcast_to(measured, arr.shape).copy()
-    per_frame = m.reshape(-1, *arr.shape[-2:]).sum(axis=(1, 2))
-    if (per_frame == 0).any():
-        raise ValueError("The mask marks no measured pixel"
-                         + (f" in frame {int(np.argmin(per_frame))}" if arr.ndim == 3 else "")
-                         + "; measured pixels must be non-zero in the mask.")
-    if m.all():
-        raise ValueError("Every pixel is measured: there is nothing to complete.")
-    if not np.isfinite(arr[m]).all():
-        raise ValueError(f"{int((~np.isfinite(arr[m])).sum())} measured pixels are NaN or infinite; "
-                         "the completer needs a finite value at every measured pixel.")
-    return arr, m
+    v3, m3, _ = check_scan(arr, m)  # the core's rules: a measured pixel per frame, not all, finite
+    return v3.reshape(arr.shape), m3.reshape(arr.shape)
