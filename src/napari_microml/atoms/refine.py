@@ -16,13 +16,17 @@ NP = 5  # fitted parameters per column
 
 
 def noise_sigma(image: np.ndarray) -> float:
-    """Gaussian noise level of an image (Immerkær 1996, fast noise variance estimation)."""
-    img = np.asarray(image, np.float64)
+    """Gaussian noise level of an image (Immerkær 1996, fast noise variance estimation).
+
+    The 3×3 Laplacian-difference kernel is the outer product of [1, −2, 1] with itself, so it
+    is applied as two second differences on the interior pixels (no padding, no 2D convolution).
+    """
+    img = np.asarray(image, np.float32)
     if min(img.shape) < 3:
         return float(np.std(img))
-    kernel = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], float)
-    conv = ndi.convolve(img, kernel, mode="reflect")[1:-1, 1:-1]
-    return float(np.sqrt(np.pi / 2) * np.abs(conv).mean() / 6.0)
+    d2 = img[:-2] - 2 * img[1:-1] + img[2:]
+    conv = d2[:, :-2] - 2 * d2[:, 1:-1] + d2[:, 2:]
+    return float(np.sqrt(np.pi / 2) * np.abs(conv).mean(dtype=np.float64) / 6.0)
 
 
 def window_radius(positions: np.ndarray, default: int = 4) -> int:
@@ -48,8 +52,9 @@ def _patches(image: np.ndarray, centres: np.ndarray, r: int):
     rows = centres[:, 0, None] + dy
     cols = centres[:, 1, None] + dx
     inside = (rows >= 0) & (rows < image.shape[0]) & (cols >= 0) & (cols < image.shape[1])
-    padded = np.pad(image, r, mode="reflect")
-    return padded[rows + r, cols + r], inside.astype(image.dtype), dy.astype(float), dx.astype(float)
+    # pixels outside the image get weight 0; their (clipped) values are never used
+    values = image[np.clip(rows, 0, image.shape[0] - 1), np.clip(cols, 0, image.shape[1] - 1)]
+    return values, inside.astype(values.dtype), dy.astype(float), dx.astype(float)
 
 
 def _lm_gaussian(v, wgt, dy, dx, p, iters=10, tol=5e-3):
@@ -59,7 +64,7 @@ def _lm_gaussian(v, wgt, dy, dx, p, iters=10, tol=5e-3):
     ``p``: (N, 5) start [A, y0, x0, s, b]. Model and Jacobian are evaluated in float32 (the
     positional precision needed is ~1e-3 px), normal equations solved in float64. Columns whose
     step falls below ``tol`` px leave the active set, so the work shrinks as fits converge.
-    Returns the fitted (N, 5) parameters and their (N, 5, 5) covariance.
+    Returns the fitted (N, 5) parameters and the (N, 2, 2) covariance of the position (y0, x0).
     """
     dt = np.float32
     v, wgt, dy, dx = v.astype(dt), wgt.astype(dt), dy.astype(dt), dx.astype(dt)
@@ -68,20 +73,20 @@ def _lm_gaussian(v, wgt, dy, dx, p, iters=10, tol=5e-3):
     def evaluate(q, idx=slice(None)):
         a, y0, x0, s, b = (q[:, i, None].astype(dt) for i in range(NP))
         w = wgt[idx]
-        ry, rx = dy - y0, dx - x0
-        r2 = ry * ry + rx * rx
-        inv = 1.0 / (s * s)
-        g = np.exp(-0.5 * r2 * inv)
-        ag = a * g * inv
-        res = (v[idx] - a * g - b) * w
         jac = np.empty((len(w), NP, w.shape[1]), dt)
-        jac[:, 0] = g * w
-        agw = ag * w
-        np.multiply(agw, ry, out=jac[:, 1])
-        np.multiply(agw, rx, out=jac[:, 2])
-        np.multiply(jac[:, 1], ry, out=jac[:, 3])
-        jac[:, 3] += jac[:, 2] * rx
-        jac[:, 3] /= s
+        ry, rx, r2 = jac[:, 1], jac[:, 2], jac[:, 3]  # filled in place, scaled below
+        np.subtract(dy, y0, out=ry)
+        np.subtract(dx, x0, out=rx)
+        np.multiply(ry, ry, out=r2)
+        r2 += rx * rx
+        inv = 1.0 / (s * s)
+        g = np.exp(r2 * (-0.5 * inv))
+        gw = np.multiply(g, w, out=jac[:, 0])  # ∂f/∂A
+        agw = gw * (a * inv)
+        res = v[idx] * w - a * gw - b * w
+        ry *= agw  # ∂f/∂y0 = A·g·(y − y0)/s²
+        rx *= agw
+        r2 *= agw * (1.0 / s)  # ∂f/∂s = A·g·r²/s³
         jac[:, 4] = w
         return res, jac, np.einsum("np,np->n", res, res)
 
@@ -111,9 +116,11 @@ def _lm_gaussian(v, wgt, dy, dx, p, iters=10, tol=5e-3):
     h = (jac @ jac.transpose(0, 2, 1)).astype(np.float64)
     h += 1e-9 * eye * np.diagonal(h, axis1=1, axis2=2).max(axis=1)[:, None, None]
     dof = np.maximum(wgt.sum(axis=1) - NP, 1)
-    with np.errstate(all="ignore"):
-        cov = np.linalg.inv(h) * (cost / dof)[:, None, None]
-    return p, cov
+    with np.errstate(all="ignore"):  # only the position block of the covariance is needed
+        unit = np.zeros((len(v), NP, 2))
+        unit[:, 1, 0] = unit[:, 2, 1] = 1.0
+        var = np.linalg.solve(h, unit)[:, 1:3, :] * (cost / dof)[:, None, None]
+    return p, var
 
 
 def flatten_background(image: np.ndarray, radius: int) -> np.ndarray:
@@ -122,32 +129,55 @@ def flatten_background(image: np.ndarray, radius: int) -> np.ndarray:
 
     The background varies on the scale of the filter (≥ 11 px), so the minimum is taken at half
     resolution and the smoothing on a grid ~``size / 4`` times coarser, interpolated back:
-    the same background to within noise, a fraction of the time on large images.
+    the same background to within noise, a fraction of the time on large images. Float32
+    throughout (the result feeds a float32 fit). Returns a float32 image.
     """
     size = 2 * (2 * radius + 1) + 1
-    step = max(size // 4, 2)
-    half = ndi.uniform_filter(image, 3)[::2, ::2]  # smoothed, then the minimum at half size
-    low = ndi.minimum_filter(half, size=size // 2 + 1, mode="reflect")
-    coarse = ndi.gaussian_filter(low[:: step // 2, :: step // 2], size / (2 * step), mode="reflect")
-    return image - _upsample_linear(coarse, 2 * (step // 2), image.shape)
+    q = max(size // 8, 1)  # the coarse grid is every 2q px
+    img = np.asarray(image, np.float32)
+    h, w = img.shape
+    if min(h, w) < 4 * q:
+        return img - np.median(img)
+    half = _block_reduce(img, 2, np.add) / 4  # 2×2 means: less noise in the minimum
+    low = _block_reduce(half, q, np.minimum)
+    low = ndi.minimum_filter(low, size=max(-(-(size // 2 + 1) // q), 1), mode="reflect")
+    coarse = ndi.gaussian_filter(low, size / (4 * q), mode="reflect")
+    # block centres sit at (2q·i + q − ½) px; the upsampler's grid starts at 0
+    return img - _upsample_linear(coarse, 2 * q, img.shape, offset=q - 0.5)
 
 
-def _upsample_linear(coarse: np.ndarray, step: int, shape: tuple) -> np.ndarray:
-    """Bilinear interpolation of ``coarse`` (sampled every ``step`` px) back onto ``shape``."""
+def _block_reduce(a: np.ndarray, k: int, ufunc) -> np.ndarray:
+    """``ufunc`` (np.add, np.minimum) over non-overlapping k×k blocks (ragged edge dropped)."""
+    h, w = a.shape[0] // k * k, a.shape[1] // k * k
+    out = a[:h:k, :w:k].copy()
+    for i in range(k):
+        for j in range(k):
+            if i or j:
+                ufunc(out, a[i:h:k, j:w:k], out=out)
+    return out
+
+
+def _upsample_linear(coarse: np.ndarray, step: int, shape: tuple, offset: float = 0.0) -> np.ndarray:
+    """Bilinear interpolation of ``coarse`` (sample i at pixel ``offset + step·i``, clamped at
+    the edges) onto ``shape``: rows first on the coarse columns, then columns, so the
+    full-size work is one pass."""
     out = coarse
     for axis, n in enumerate(shape):
-        x = np.arange(n) / step
-        i0 = np.minimum(x.astype(int), out.shape[axis] - 1)
+        x = np.clip((np.arange(n) - offset) / step, 0, out.shape[axis] - 1)
+        i0 = x.astype(int)
         i1 = np.minimum(i0 + 1, out.shape[axis] - 1)
-        f = (x - i0).reshape((-1, 1) if axis == 0 else (1, -1))
-        a, b = np.take(out, i0, axis=axis), np.take(out, i1, axis=axis)
+        f = (x - i0).astype(out.dtype).reshape((-1, 1) if axis == 0 else (1, -1))
+        a, b = (out[i0], out[i1]) if axis == 0 else (out[:, i0], out[:, i1])
         out = a + (b - a) * f
     return out
 
 
 def refine_positions(image, positions, *, method: str = "gaussian", radius: int | None = None,
-                     chunk: int = 4096) -> tuple[np.ndarray, dict]:
+                     chunk: int = 1024) -> tuple[np.ndarray, dict]:
     """Refine ``positions`` (N, 2) (row, col) on ``image`` (H, W).
+
+    Columns are fitted ``chunk`` at a time: 1,024 columns keep a batch's float32 Jacobian
+    (~1.7 MB at a 5 px window) inside a 2 MiB L2 cache, measurably faster than larger batches.
 
     Returns
     -------
@@ -158,7 +188,7 @@ def refine_positions(image, positions, *, method: str = "gaussian", radius: int 
     """
     if method not in METHODS:
         raise ValueError(f"Unknown refinement {method!r}; choose one of {', '.join(METHODS)}.")
-    image = np.asarray(image, np.float64)
+    image = np.asarray(image, np.float32)
     pos0 = np.asarray(positions, np.float64).reshape(-1, 2)
     n = len(pos0)
     feats = {k: np.full(n, np.nan) for k in ("intensity", "sigma", "position_std")}
@@ -193,7 +223,7 @@ def refine_positions(image, positions, *, method: str = "gaussian", radius: int 
             width = np.clip(np.sqrt(volume / (2 * np.pi * amp)), 0.6, max(r / 1.5, 0.8))
             p = np.column_stack([amp, guess[:, 0], guess[:, 1], width, b0])
             p, cov = _lm_gaussian(v, wgt, dy, dx, p)
-            std = np.sqrt(np.clip(0.5 * (cov[:, 1, 1] + cov[:, 2, 2]), 0, None))
+            std = np.sqrt(np.clip(0.5 * (cov[:, 0, 0] + cov[:, 1, 1]), 0, None))
             moved = np.hypot(p[:, 1] - start[:, 0], p[:, 2] - start[:, 1])
             ok = (np.isfinite(p).all(1) & (p[:, 0] > 0) & (p[:, 3] > 0.5) & (p[:, 3] < 1.5 * r)
                   & (moved < max(1.0, 0.5 * r)) & (np.abs(p[:, 1]) <= r) & (np.abs(p[:, 2]) <= r)
