@@ -119,7 +119,7 @@ def uncertainty(quick: bool, size: int = 192) -> dict:
 
     n = 6 if quick else 16
     res = {}
-    for model in ("default", "pixel"):
+    for model in ("default", "pixel", "local-gp"):  # local-gp: kriging, no network
         clean_hits, noisy_hits, per_kind = [], [], {}
         for i in range(n):
             noisy, clean = simulate_scene((size, size), seed=TEST_SEED + 500 + i)

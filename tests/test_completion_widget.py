@@ -72,8 +72,8 @@ def test_simulate_preview_follows_the_controls_and_run_writes_four_layers(widget
     from napari_microml.nets.registry import list_models
 
     shipped = list_models("completion")
-    assert set(widget.model.choices) == {n.removeprefix("completion-") for n in shipped}
-    widget.model.value = widget.model.choices[-1]
+    assert set(widget.model.choices) == {n.removeprefix("completion-") for n in shipped} | {"local-gp"}
+    widget.model.value = [c for c in widget.model.choices if c != "local-gp"][-1]  # kriging: its own test
     _run(widget, qtbot)
     assert len(viewer.layers) == n_layers
     used = viewer.layers["haadf completed"].metadata["napari_microml"]["model"]
@@ -197,3 +197,16 @@ def test_screenshot_renders(make_napari_viewer, qtbot):
         viewer.layers[name].visible = False
     shot = viewer.screenshot(canvas_only=True, flash=False)
     assert shot.ndim == 3 and shot[..., :3].std() > 5
+
+
+def test_local_gp_method_from_the_model_picker(widget_and_viewer, qtbot):
+    widget, viewer = widget_and_viewer
+    widget.coverage.value = 10.0
+    assert "local-gp" in widget.model.choices
+    widget.model.value = "local-gp"
+    _run(widget, qtbot)
+    completed = viewer.layers["haadf completed"]
+    mask = viewer.layers["haadf scan mask"].data.astype(bool)
+    truth = viewer.layers["haadf"].data
+    np.testing.assert_array_equal(completed.data[mask], truth[mask])
+    assert completed.metadata["napari_microml"]["model"]["name"] == "local-gp"

@@ -19,8 +19,10 @@ IMAGE_MASK, POINTS = "sparse image + mask", "scan points + values"
 def _model_choices() -> list[str]:
     from napari_microml.nets.registry import list_models
 
+    from napari_microml.completion.complete import LOCAL_GP
+
     names = [n.removeprefix("completion-") for n in list_models("completion")]
-    return sorted(names, key=lambda n: n != "default") or ["default"]
+    return (sorted(names, key=lambda n: n != "default") or ["default"]) + [LOCAL_GP]
 
 
 class ScanCompleterWidget(ToolWidget):
@@ -46,7 +48,9 @@ class ScanCompleterWidget(ToolWidget):
         self.points_layer = create_widget(annotation=napari.layers.Points, label="Scan points")
         self.feature = ComboBox(label="Value feature", choices=self._feature_choices,
                                 tooltip="The points' feature holding the measured value")
-        self.model = ComboBox(label="Model", choices=_model_choices())
+        self.model = ComboBox(label="Model", choices=_model_choices(),
+                              tooltip="default: GAN-refined network (fast); pixel: pixel-loss network; "
+                                      "local-gp: kriging, no network (seconds; best on smooth, very sparse scans)")
         self._simulate = [self.image_layer, self.kind, self.coverage, self.seed]
         self._complete = [self.source, self.sparse_layer, self.mask_layer, self.points_layer,
                           self.feature]

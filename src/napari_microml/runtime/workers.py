@@ -24,3 +24,13 @@ def drain(gen: Generator[tuple, None, T]) -> T:
             next(gen)
         except StopIteration as stop:
             return stop.value
+
+
+def collect(gen: Generator[tuple, None, T]) -> tuple[list, T]:
+    """Run a generator-style core to the end; return the messages it yielded and its result."""
+    messages = []
+    while True:
+        try:
+            messages.append(next(gen))
+        except StopIteration as stop:
+            return messages, stop.value
