@@ -4,6 +4,7 @@ Prints one JSON document (also written to benchmarks/results/defects.json); ever
 beside the classical lattice-site baseline (defects/baseline.py) run in the same process.
 Held-out seeds 5,000,000+ (training uses 1,000,000+, validation 9,000,000+).
 Usage: python benchmarks/defects.py [--parts synthetic,speed,real,environments] [--quick]
+Parts not run keep their previous figures in the JSON file.
 """
 from __future__ import annotations
 
@@ -29,30 +30,36 @@ LATTICES = ("square", "triangular", "honeycomb", "perovskite", "rectangular")
 SEED0 = 5_000_000
 
 
+def benchmark_images(seed0: int, n_seeds: int, dose: float, scenes, size: int = 256, contrast: str = "bright"):
+    """The benchmark's image set: every lattice × scene × ``n_seeds`` seeds from ``seed0``,
+    spacing uniform 8–18 px per seed. Yields (DefectsSample, spacing)."""
+    k = 0
+    for lattice in LATTICES:
+        for scene in scenes:
+            for i in range(n_seeds):
+                seed = seed0 + 1000 * k + i
+                k += 1
+                spacing = float(np.random.default_rng(seed).uniform(8, 18))
+                yield simulate_defects((size, size), seed=seed, dose=dose, scene=scene, lattice=lattice,
+                                       spacing=spacing, contrast=contrast), spacing
+
+
 def synthetic(n_seeds: int, size: int = 256, contrast: str = "bright", scenes=("crystal", "interface")):
     out = {}
     for dose_name, dose in DOSES.items():
         scores = {"ours": [], "baseline": []}
         times = {"ours": [], "baseline": []}
-        k = 0
-        for lattice in LATTICES:
-            for scene in scenes:
-                for i in range(n_seeds):
-                    seed = SEED0 + 1000 * k + i
-                    k += 1
-                    spacing = float(np.random.default_rng(seed).uniform(8, 18))
-                    s = simulate_defects((size, size), seed=seed, dose=dose, scene=scene, lattice=lattice,
-                                         spacing=spacing, contrast=contrast)
-                    kw = dict(radius=0.5 * spacing, margin=0.5 * spacing)
-                    t = time.perf_counter()
-                    r = segment_defects(s.image, contrast=contrast)
-                    times["ours"].append(time.perf_counter() - t)
-                    scores["ours"].append(score_defects(r.table, classmap_from_labels(r.labels, r.table),
-                                                        s.objects, s.classmap, **kw))
-                    t = time.perf_counter()
-                    b = baseline_defects(s.image, contrast=contrast)
-                    times["baseline"].append(time.perf_counter() - t)
-                    scores["baseline"].append(score_defects(b.objects, b.classmap, s.objects, s.classmap, **kw))
+        for s, spacing in benchmark_images(SEED0, n_seeds, dose, scenes, size, contrast):
+            kw = dict(radius=0.5 * spacing, margin=0.5 * spacing)
+            t = time.perf_counter()
+            r = segment_defects(s.image, contrast=contrast)
+            times["ours"].append(time.perf_counter() - t)
+            scores["ours"].append(score_defects(r.table, classmap_from_labels(r.labels, r.table),
+                                                s.objects, s.classmap, **kw))
+            t = time.perf_counter()
+            b = baseline_defects(s.image, contrast=contrast)
+            times["baseline"].append(time.perf_counter() - t)
+            scores["baseline"].append(score_defects(b.objects, b.classmap, s.objects, s.classmap, **kw))
         out[dose_name] = {"dose_counts_at_column_peak": dose, "n_images": len(scores["ours"]),
                           **{name: {"per_class": summarize(sc), "mean_s_per_image": round(float(np.mean(times[name])), 3)}
                              for name, sc in scores.items()}}
@@ -217,10 +224,15 @@ def main(argv=None):
         report["real"] = real(png_dir)
     if "environments" in parts:
         report["environments"] = environments(a.quick)
-    text = json.dumps(report, indent=1, default=float)
-    print(text)
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(text + "\n")
+    print(json.dumps(report, indent=1, default=float))
+    out = Path(a.out)
+    if out.is_file():  # parts not rerun keep their last figures
+        try:
+            report = {**json.loads(out.read_text()), **report}
+        except json.JSONDecodeError:
+            pass
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1, default=float) + "\n")
 
 
 def synthetic_abf(n_seeds: int):

@@ -4,8 +4,10 @@ import pytest
 
 from napari_microml.defects.baseline import baseline_defects
 from napari_microml.defects.classes import CLASS_NAMES, class_id
+from napari_microml.defects.instances import instances
 from napari_microml.defects.metrics import classmap_from_labels, score_defects, summarize
 from napari_microml.defects.segment import COLUMNS, segment_defects, segment_defects_iter
+from napari_microml.runtime.workers import collect
 from napari_microml.synth.defects import simulate_defects
 
 HELD_OUT = 5_500_000  # training uses seeds 1,000,000+, validation 9,000,000+
@@ -83,14 +85,7 @@ def test_dark_contrast_inverts(moderate):
 def test_stack_gets_a_frame_column(moderate):
     img = moderate[0].image[:96, :96]
     single = segment_defects(img, device="cpu")
-    gen = segment_defects_iter(np.stack([img, img]), device="cpu")
-    steps = []
-    while True:
-        try:
-            steps.append(next(gen))
-        except StopIteration as stop:
-            r = stop.value
-            break
+    steps, r = collect(segment_defects_iter(np.stack([img, img]), device="cpu"))
     assert steps and all(s[0] == "progress" for s in steps) and steps[-1][1] == steps[-1][2]
     assert r.labels.shape == (2, 96, 96) and r.probabilities is None
     assert "frame" in r.table.columns and set(r.table["frame"]) <= {0, 1}
@@ -110,6 +105,7 @@ def test_stack_gets_a_frame_column(moderate):
     ({"pixel_size": -1.0}, "pixel_size"),
     ({"atoms": np.zeros((3, 4))}, "atoms"),
     ({"model": "nonexistent"}, "No defects model"),
+    ({"tta": 9}, "tta"),
 ])
 def test_bad_input_raises(kwargs, match):
     kwargs = {"image": np.random.default_rng(0).random((32, 32)), **kwargs}
@@ -165,11 +161,8 @@ def test_tiled_run_matches_one_pass(moderate):
     assert abs(len(one.table) - len(tiled.table)) <= max(2, 0.2 * len(one.table))
 
 
-def test_small_or_unconfident_extended_regions_are_dropped_but_point_defects_kept():
-    from napari_microml.defects.classes import class_id
-    from napari_microml.defects.segment import instances
-
-    h = w = 96
+def _painted(h=96, w=96):
+    """Class probabilities of an empty lattice and a brush that paints rectangles of one class."""
     probs = np.zeros((6, h, w), np.float32)
     probs[0] = 1.0
 
@@ -178,14 +171,66 @@ def test_small_or_unconfident_extended_regions_are_dropped_but_point_defects_kep
         probs[0, rows, cols] = 1 - p
         probs[class_id(cls), rows, cols] = p
 
+    return probs, paint
+
+
+def _names(st):
+    return sorted(CLASS_NAMES[c - 1] for c in st["class_id"])
+
+
+def test_small_or_unconfident_extended_regions_are_dropped_but_point_defects_kept():
+    probs, paint = _painted()
     paint(slice(5, 45), slice(5, 45), "extended", 0.95)     # 1600 px ≥ 4 cells of 10 px: kept
     paint(slice(60, 70), slice(60, 70), "extended", 0.95)   # 100 px = 1 cell: dropped
     paint(slice(60, 90), slice(5, 35), "extended", 0.6)     # large but unconfident: dropped
     paint(slice(80, 84), slice(80, 84), "vacancy", 0.9)     # a small point defect: kept
     labels, st = instances(probs, 0.5, 3, spacing=10.0)
-    names = sorted(("vacancy", "dopant_bright", "dopant_dim", "interstitial", "extended")[c - 1]
-                   for c in st["class_id"])
-    assert names == ["extended", "vacancy"]
+    assert _names(st) == ["extended", "vacancy"]
     assert labels.max() == 2 and set(np.unique(labels)) == {0, 1, 2}
     big = st["area_px"][st["class_id"] == class_id("extended")]
     assert big.tolist() == [1600]
+
+
+def test_point_defect_touching_a_grain_boundary_stays_a_point_defect():
+    probs, paint = _painted()
+    paint(slice(0, 96), slice(10, 26), "extended", 0.95)    # a boundary band, 1536 px
+    paint(slice(40, 47), slice(26, 33), "vacancy", 0.9)     # a vacancy against its edge
+    labels, st = instances(probs, 0.5, 3, spacing=10.0)
+    assert _names(st) == ["extended", "vacancy"]
+    v = st["class_id"] == class_id("vacancy")
+    assert st["area_px"][v].tolist() == [49]
+    assert abs(st["row"][v][0] - 43) < 0.5 and abs(st["col"][v][0] - 29) < 0.5
+
+
+def test_touching_defects_of_two_classes_are_two_instances_and_rim_fragments_join():
+    probs, paint = _painted()
+    paint(slice(40, 47), slice(20, 27), "vacancy", 0.9)
+    paint(slice(40, 47), slice(27, 34), "dopant_bright", 0.8)   # its neighbour, touching
+    paint(slice(70, 77), slice(60, 67), "dopant_dim", 0.9)
+    paint(slice(76, 77), slice(67, 69), "interstitial", 0.6)    # 2 px of another class on its rim
+    labels, st = instances(probs, 0.5, 3, spacing=10.0)
+    assert _names(st) == ["dopant_bright", "dopant_dim", "vacancy"]
+    assert st["area_px"][st["class_id"] == class_id("dopant_dim")].tolist() == [51]
+    assert labels.max() == 3
+
+
+def test_point_pixels_inside_an_extended_region_belong_to_it():
+    probs, paint = _painted()
+    paint(slice(10, 60), slice(10, 60), "extended", 0.95)
+    paint(slice(30, 34), slice(30, 34), "dopant_bright", 0.7)   # speckle inside an amorphous patch
+    labels, st = instances(probs, 0.5, 3, spacing=10.0)
+    assert _names(st) == ["extended"] and st["area_px"].tolist() == [2500]
+
+
+def test_test_time_augmentation_averages_flipped_copies(moderate):
+    from napari_microml.defects.segment import _dihedral
+
+    img = moderate[1].image[:96, :64]  # not square: transposed copies change the shape
+    for k in range(8):
+        np.testing.assert_array_equal(_dihedral(_dihedral(img[None], k), k, inverse=True)[0], img)
+    one = segment_defects(img, device="cpu")
+    avg = segment_defects(img, tta=8, device="cpu")
+    assert avg.probabilities.shape == one.probabilities.shape
+    np.testing.assert_allclose(avg.probabilities.sum(0), 1, atol=1e-4)
+    assert 0 < np.abs(avg.probabilities - one.probabilities).mean() < 0.05
+    assert avg.provenance["parameters"]["tta"] == 8

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_microml.defects.classes import N_OUTPUTS
+from napari_microml.defects.classes import N_OUTPUTS, class_id
 from napari_microml.runtime.validate import robust_normalize
 from napari_microml.synth.defects import simulate_defects
 from napari_microml.synth.render import heatmap
@@ -37,19 +37,38 @@ def network_input(image: np.ndarray, contrast: str) -> np.ndarray:
     return robust_normalize(image)
 
 
-def make_pair(seed: int, size: int = 128):
-    s = simulate_defects((size, size), seed=seed)
+def _lattice_for(seed: int, lattice_weights: dict | None) -> str | None:
+    """A lattice drawn from ``lattice_weights`` (relative weights by name) for this seed, or None
+    (the simulator's own uniform choice)."""
+    if not lattice_weights:
+        return None
+    from napari_microml.synth.lattice import LATTICES
+
+    p = np.array([float(lattice_weights.get(name, 1.0)) for name in LATTICES])
+    return str(np.random.default_rng([int(seed), 4_242]).choice(LATTICES, p=p / p.sum()))
+
+
+def make_pair(seed: int, size: int = 128, lattice_weights: dict | None = None, dose_range=None):
+    dose = None
+    if dose_range:  # log-uniform in (low, high) counts/column instead of the simulator's 8-5000
+        lo, hi = np.log(dose_range[0]), np.log(dose_range[1])
+        dose = float(np.exp(np.random.default_rng([int(seed), 4_243]).uniform(lo, hi)))
+    s = simulate_defects((size, size), seed=seed, lattice=_lattice_for(seed, lattice_weights), dose=dose)
     x = network_input(s.image, s.params["contrast"])[None]
     return x, s.classmap, heatmap((size, size), s.positions, HEAT_SIGMA)
 
 
-def make_set(n: int, first_seed: int, size: int = 128, cache: str | None = None):
-    """``n`` simulated crops (x (n,1,s,s) float32, classmap (n,s,s) uint8, heat (n,s,s) float32)."""
-    path = Path(cache) / f"C_defects_pool_{size}_{n}_{first_seed}.npz" if cache else None
+def make_set(n: int, first_seed: int, size: int = 128, cache: str | None = None, lattice_weights: dict | None = None,
+             dose_range=None):
+    """``n`` simulated crops (x (n,1,s,s) float32, classmap (n,s,s) uint8, heat (n,s,s) float32);
+    ``lattice_weights`` (e.g. ``{"perovskite": 3}``) over-samples some lattices (others weigh 1)."""
+    tag = "_" + "_".join(f"{k}{v:g}" for k, v in sorted(lattice_weights.items())) if lattice_weights else ""
+    tag += f"_dose{dose_range[0]:g}-{dose_range[1]:g}" if dose_range else ""
+    path = Path(cache) / f"C_defects_pool_{size}_{n}_{first_seed}{tag}.npz" if cache else None
     if path is not None and path.exists():
         z = np.load(path)
         return z["x"], z["y"], z["heat"]
-    xs, ys, hs = zip(*(make_pair(first_seed + i, size) for i in range(n)))
+    xs, ys, hs = zip(*(make_pair(first_seed + i, size, lattice_weights, dose_range) for i in range(n)))
     x, y, heat = np.stack(xs), np.stack(ys), np.stack(hs)
     if path is not None:
         np.savez(path, x=x, y=y, heat=heat)
@@ -79,7 +98,7 @@ def pixel_iou(pred: np.ndarray, y: np.ndarray) -> list[float]:
 
 
 def train(steps=4000, batch=8, n_train=4000, size=128, lr=2e-3, seed=0, name="defects-default", init=None,
-          cache="/tmp", minutes=None):
+          cache="/tmp", minutes=None, lattice_weights=None, out_path=None, dose_range=None, boost=None):
     import torch
 
     from napari_microml.nets.registry import save_model
@@ -87,9 +106,12 @@ def train(steps=4000, batch=8, n_train=4000, size=128, lr=2e-3, seed=0, name="de
 
     seed_everything(seed)
     rng = np.random.default_rng(seed)
-    x_tr, y_tr, h_tr = make_set(n_train, TRAIN_SEED0 + seed * 100_000, size, cache)
+    x_tr, y_tr, h_tr = make_set(n_train, TRAIN_SEED0 + seed * 100_000, size, cache, lattice_weights, dose_range)
     x_va, y_va, h_va = make_set(64, VAL_SEED0, size, cache)
-    weight = torch.from_numpy(class_weights(y_tr))
+    w = class_weights(y_tr)
+    for name, factor in (boost or {}).items():  # extra loss weight on classes the network under-finds
+        w[class_id(name)] *= factor
+    weight = torch.from_numpy(w)
     print({"class_weights": weight.tolist()}, flush=True)
     net = UNet(**{k: v for k, v in ARCH.items() if k != "kind"})
     if init:  # warm start from a shipped model (a second training phase)
@@ -143,10 +165,32 @@ def train(steps=4000, batch=8, n_train=4000, size=128, lr=2e-3, seed=0, name="de
             "n_train_images": n_train, "train_seeds": f"{TRAIN_SEED0 + seed * 100_000}+",
             "val_seeds": f"{VAL_SEED0}+ (64 images)", "steps": log.rows[-1]["step"], "max_steps": steps,
             "minutes_budget": minutes, "train_minutes": round(log.rows[-1]["time_s"] / 60, 1), "batch": batch, "lr": lr, "seed": seed,
-            "init": init, "heat_sigma": HEAT_SIGMA, "class_weights": [round(float(w), 3) for w in weight],
+            "init": init, "lattice_weights": lattice_weights, "dose_range": dose_range, "class_weight_boost": boost,
+            "heat_sigma": HEAT_SIGMA, "class_weights": [round(float(w), 3) for w in weight],
             "final_val": {k: last_val[k] for k in ("val_ce", "val_bce", "val_pixel_iou")}}
+    if out_path:  # a candidate file for validation; ship it later with ``--promote``
+        state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
+        torch.save({"arch": dict(ARCH), "state_dict": state, "meta": meta}, out_path)
+        return {"file": str(out_path)}, log.rows
     entry = save_model(net, name, task="defects", arch=ARCH, meta=meta)
     return entry, log.rows
+
+
+def promote(path: str, name: str = "defects-default") -> dict:
+    """Ship a candidate file written with ``--out`` as ``name`` (weights + manifest sha256 via
+    ``registry.save_model``), keeping its training metadata."""
+    import torch
+
+    from napari_microml.nets.registry import load_model, save_model
+
+    net, info = load_model("defects", path)
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    meta = dict(info["meta"])
+    init = str(meta.get("init") or "")
+    if init.endswith(".pt") and Path(init).is_file():  # a warm start from another candidate file:
+        meta["init"] = Path(init).name                  # keep its recipe, not a temporary path
+        meta["init_meta"] = load_model("defects", init)[1]["meta"]
+    return save_model(net, name, task="defects", arch=blob["arch"], meta=meta)
 
 
 def main(argv=None):
@@ -164,11 +208,26 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--minutes", type=float, default=None,
                    help="wall-clock budget: the schedule anneals and training stops when it is spent")
+    p.add_argument("--lattice-weights", default="",
+                   help="over-sample lattices, e.g. 'perovskite=3' (unnamed lattices weigh 1)")
+    p.add_argument("--dose-range", default="", help="training dose range 'low,high' counts/column (log-uniform)")
+    p.add_argument("--boost", default="", help="multiply class loss weights, e.g. 'dopant_bright=1.5'")
+    p.add_argument("--out", default=None, help="write the trained weights to this .pt file instead of shipping them")
+    p.add_argument("--promote", default=None, help="ship this candidate .pt file as --name and exit")
     p.add_argument("--cache", default="/tmp", help="folder for the simulated training pool ('' = none)")
     a = p.parse_args(argv)
+    if a.promote:
+        print(json.dumps({"saved": promote(a.promote, a.name)}, indent=1))
+        return
     torch.set_num_threads(a.threads)
+    def pairs(text):
+        return {k: float(v) for k, v in (kv.split("=") for kv in text.split(",") if kv.strip())} or None
+
+    weights, boost = pairs(a.lattice_weights), pairs(a.boost)
+    dose_range = tuple(float(v) for v in a.dose_range.split(",")) if a.dose_range else None
     entry, rows = train(steps=a.steps, batch=a.batch, n_train=a.n_train, size=a.size, lr=a.lr, seed=a.seed,
-                        name=a.name, init=a.init, cache=a.cache or None, minutes=a.minutes)
+                        name=a.name, init=a.init, cache=a.cache or None, minutes=a.minutes,
+                        lattice_weights=weights, out_path=a.out, dose_range=dose_range, boost=boost)
     print(json.dumps({"saved": entry, "last": rows[-1]}, indent=1))
 
 
