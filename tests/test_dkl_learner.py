@@ -100,7 +100,7 @@ def test_learner_api_suggest_observe_predict_and_log(tmp_path, pair):
     assert len(data["log"]) == 8 and data["parameters"]["seed"] == 0
 
 
-@pytest.mark.parametrize("features", ["mlp", "pca", "coords"])
+@pytest.mark.parametrize("features", ["cnn", "mlp", "pca", "coords"])
 def test_other_feature_maps(pair, features):
     s, p = pair
     h = run_campaign(s, p, budget=8, n_initial=4, acquisition="ei", batch_size=2, seed=0,

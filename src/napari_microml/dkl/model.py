@@ -1,14 +1,20 @@
 """Deep kernel learning (DKL) surrogate: patch → embedding → exact GP, in GPyTorch.
 
 The model maps the structure-image patch around every candidate pixel to a low-dimensional
-embedding with a small CNN (or MLP) and puts an exact Gaussian process with an ARD kernel on
-that embedding. Network weights and GP hyper-parameters are trained jointly on the exact
-marginal log-likelihood of the (standardised) measurements. Between active-learning steps
-the model is *warm started*: weights and hyper-parameters are kept and only a few optimiser
-iterations are run on the enlarged data set.
+embedding and puts an exact Gaussian process with an ARD kernel on that embedding (optionally
+plus a weak additive kernel on the pixel coordinates). Network weights and GP
+hyper-parameters are trained jointly on the exact marginal log-likelihood of the
+(standardised) measurements. Between active-learning steps the model is *warm started*:
+weights and hyper-parameters are kept and only a few optimiser iterations are run on the
+enlarged data set.
 
-Two non-deep feature maps share the same GP code and serve as baselines:
+The default feature map (``cnn``) learns from raw patches. ``pca_mlp`` is pre-trained without
+labels: every candidate patch is known before the first measurement, so the network's input
+is the whitened PCA of all of them and its output starts as the projection on the leading
+components; the few labels only bend that embedding (its weights are pulled back to the
+start, L2-SP). Two non-deep feature maps share the same GP code and serve as baselines:
 ``features="coords"`` (GP on pixel coordinates) and ``features="pca"`` (GP on PCA of patches).
+:class:`~napari_microml.dkl.ensemble.DKLEnsemble` averages several seeds.
 
 torch and gpytorch are imported inside functions so that importing this module is cheap.
 """
@@ -18,9 +24,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from napari_microml.dkl.features import make_extractor, pca_features
 from napari_microml.runtime.validate import robust_normalize
 
-FEATURES = ("cnn", "mlp", "pca", "coords")
+FEATURES = ("cnn", "pca_mlp", "mlp", "pca", "coords")
 
 
 def check_structure(structure, patch_size: int) -> np.ndarray:
@@ -67,39 +74,6 @@ def extract_patches(image: np.ndarray, patch_size: int, coords: np.ndarray | Non
     return np.ascontiguousarray(windows[coords[:, 0], coords[:, 1]], dtype=np.float32)
 
 
-def pca_features(patches: np.ndarray, dim: int, seed: int = 0) -> np.ndarray:
-    """First ``dim`` principal-component scores of flattened patches, unit variance."""
-    x = patches.reshape(len(patches), -1).astype(np.float64)
-    x = x - x.mean(0)
-    rng = np.random.default_rng(seed)
-    sub = x if len(x) <= 5000 else x[rng.choice(len(x), 5000, replace=False)]
-    _, _, vt = np.linalg.svd(sub, full_matrices=False)
-    z = x @ vt[:dim].T
-    z /= z.std(0, keepdims=True) + 1e-12
-    return z.astype(np.float32)
-
-
-def _make_extractor(kind: str, patch_size: int, dim: int):
-    import torch.nn as nn
-
-    if kind == "cnn":
-        pooled = 4 if patch_size >= 8 else 2
-        return nn.Sequential(
-            nn.Unflatten(1, (1, patch_size, patch_size)),
-            nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(),
-            nn.Conv2d(8, 16, 3, padding=1, stride=2), nn.ReLU(),
-            nn.AdaptiveAvgPool2d(pooled), nn.Flatten(),
-            nn.Linear(16 * pooled * pooled, 32), nn.ReLU(),
-            nn.Linear(32, dim), nn.Tanh(),
-        )
-    if kind == "mlp":
-        n = patch_size * patch_size
-        return nn.Sequential(
-            nn.Linear(n, 64), nn.ReLU(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, dim), nn.Tanh()
-        )
-    return nn.Identity()
-
-
 @dataclass
 class ModelState:
     """A JSON-friendly summary of the fitted surrogate (for logs)."""
@@ -131,11 +105,22 @@ class DKLModel:
         The structure image (e.g. HAADF); any real units.
     patch_size : int
         Side of the square patch around each pixel fed to the feature extractor (px).
-    features : {"cnn", "mlp", "pca", "coords"}
-        ``cnn``/``mlp``: trainable deep kernel; ``pca``: fixed PCA of patches;
-        ``coords``: plain GP on (row, col).
+    features : {"cnn", "pca_mlp", "mlp", "pca", "coords"}
+        ``cnn`` (default): trainable deep kernel on raw patches (a small CNN);
+        ``pca_mlp``: a small network on the whitened PCA scores of *all* candidate patches
+        (unsupervised, known before any measurement), initialised to the PCA projection and
+        kept near it (L2-SP), so a few labels cannot overfit it; ``mlp``: MLP on raw patches;
+        ``pca``: fixed PCA of patches; ``coords``: plain GP on (row, col). ``cnn`` scored
+        best on fresh synthetic validation images (``benchmarks/dkl_tune.py --confirm``).
     embedding_dim : int
         Dimension of the embedding the GP sees (ARD: one length-scale each).
+    pca_components : int
+        Whitened principal components fed to the ``pca_mlp`` network.
+    coord_weight : float, optional
+        Initial output scale (relative to the structure kernel's 1) of an additive RBF kernel
+        on normalised (row, col); 0 switches it off. Both scales are then learned. Default:
+        0.3 for ``pca_mlp`` (chosen on synthetic validation sets, ``benchmarks/dkl_tune.py``),
+        0 for the other feature maps (so the ``pca``/``coords`` baselines stay pure).
     kernel : {"rbf", "matern"}
     device : str
         ``auto``/``cuda``/``mps``/``cpu``.
@@ -144,9 +129,10 @@ class DKLModel:
     init_iters, warm_iters : int
         Optimiser iterations for the first fit and for each warm-started refit.
     lr, nn_lr_scale, weight_decay : float
-        Adam learning rate of the GP hyper-parameters; the network uses ``lr * nn_lr_scale``
-        and L2 ``weight_decay`` (a slow, regularised network was clearly better in
-        ``benchmarks/dkl.py`` with 10–125 labelled points than joint training at one rate).
+        Adam learning rate of the GP hyper-parameters; the network uses ``lr * nn_lr_scale``;
+        ``weight_decay`` is its L2 strength (for ``pca_mlp``: towards the PCA start). The
+        defaults (0.25, 1e-3), ``embedding_dim=4`` and ``pca_components=16`` were chosen on
+        synthetic validation sets only (``benchmarks/dkl_tune.py``), never on CuZn or BEPS.
     chunk : int
         Candidates per prediction batch.
     """
@@ -158,6 +144,8 @@ class DKLModel:
         patch_size: int = 16,
         features: str = "cnn",
         embedding_dim: int = 4,
+        pca_components: int = 16,
+        coord_weight: float | None = None,
         kernel: str = "rbf",
         device="auto",
         seed: int = 0,
@@ -176,6 +164,10 @@ class DKLModel:
             raise ValueError(f"Unknown features {features!r}: choose one of {', '.join(FEATURES)}.")
         if kernel not in ("rbf", "matern"):
             raise ValueError(f"Unknown kernel {kernel!r}: choose 'rbf' or 'matern'.")
+        if coord_weight is None:
+            coord_weight = 0.3 if features == "pca_mlp" else 0.0
+        if coord_weight < 0:
+            raise ValueError(f"coord_weight must be 0 (off) or positive, not {coord_weight}.")
         self.image = check_structure(structure, patch_size)
         self.shape = self.image.shape
         self.patch_size = int(patch_size)
@@ -186,17 +178,24 @@ class DKLModel:
         self.nn_lr_scale, self.weight_decay = float(nn_lr_scale), float(weight_decay)
         self.device = resolve_device(device)
         h, w = self.shape
+        rr, cc = np.mgrid[0:h, 0:w]
+        xy = np.column_stack([rr.ravel() / max(h - 1, 1), cc.ravel() / max(w - 1, 1)])
+        self.in_dim = 0
         if features == "coords":
-            rr, cc = np.mgrid[0:h, 0:w]
-            x = np.column_stack([rr.ravel() / max(h - 1, 1), cc.ravel() / max(w - 1, 1)])
-            self.dim = 2
-        elif features == "pca":
-            x = pca_features(extract_patches(self.image, self.patch_size), embedding_dim, seed)
-            self.dim = int(embedding_dim)
+            x, self.dim, coord_weight = xy, 2, 0.0
+        elif features in ("pca", "pca_mlp"):
+            patches = extract_patches(self.image, self.patch_size)
+            self.dim = min(int(embedding_dim), patches[0].size)
+            self.in_dim = self.dim if features == "pca" else max(
+                self.dim, min(int(pca_components), patches[0].size))
+            x = pca_features(patches, self.in_dim)  # deterministic: same for every seed
         else:
             x = extract_patches(self.image, self.patch_size).reshape(h * w, -1)
             x = x - x.mean()
             self.dim = int(embedding_dim)
+        self.coord_weight = float(coord_weight)
+        if self.coord_weight > 0:
+            x = np.column_stack([x, xy])
         self.inputs = torch.as_tensor(np.asarray(x, np.float32), device=self.device)
         self._gp = None
         self._lik = None
@@ -211,23 +210,31 @@ class DKLModel:
         import torch
 
         torch.manual_seed(self.seed)
-        extractor = _make_extractor(self.features, self.patch_size, self.dim)
-        dim = self.dim
-        base = (
-            gpytorch.kernels.RBFKernel(ard_num_dims=dim)
-            if self.kernel == "rbf"
-            else gpytorch.kernels.MaternKernel(nu=2.5, ard_num_dims=dim)
-        )
+        extractor = make_extractor(self.features, self.patch_size, self.dim, self.in_dim)
+        dim, use_xy = self.dim, self.coord_weight > 0
+        n_feat = self.inputs.shape[1] - (2 if use_xy else 0)
+        kw = dict(ard_num_dims=dim, active_dims=tuple(range(dim)))
+        base = (gpytorch.kernels.RBFKernel(**kw) if self.kernel == "rbf"
+                else gpytorch.kernels.MaternKernel(nu=2.5, **kw))
+        covar = gpytorch.kernels.ScaleKernel(base)
+        if use_xy:
+            xy_kernel = gpytorch.kernels.ScaleKernel(
+                gpytorch.kernels.RBFKernel(active_dims=(dim, dim + 1)))
+            covar = covar + xy_kernel
 
         class _GP(gpytorch.models.ExactGP):
             def __init__(self, x, y, likelihood):
                 super().__init__(x, y, likelihood)
                 self.extractor = extractor
                 self.mean_module = gpytorch.means.ConstantMean()
-                self.covar_module = gpytorch.kernels.ScaleKernel(base)
+                self.covar_module = covar
+
+            def featurize(self, x):
+                z = self.extractor(x[..., :n_feat])
+                return torch.cat([z, x[..., n_feat:]], -1) if use_xy else z
 
             def forward(self, x):
-                z = self.extractor(x)
+                z = self.featurize(x)
                 return gpytorch.distributions.MultivariateNormal(
                     self.mean_module(z), self.covar_module(z)
                 )
@@ -237,9 +244,19 @@ class DKLModel:
         )
         gp = _GP(x, y, lik)
         init_ls = {"cnn": 0.5, "mlp": 0.5, "coords": 0.2}.get(self.features, 1.0)
-        gp.covar_module.base_kernel.lengthscale = init_ls
+        base.lengthscale = init_ls
+        if use_xy:
+            xy_kernel.base_kernel.lengthscale = 0.2
+            xy_kernel.outputscale = self.coord_weight
         lik.noise = 0.05
         self._gp, self._lik = gp.to(self.device), lik.to(self.device)
+
+    def _kernels(self):
+        """The structure ScaleKernel (and the coordinate one, or None)."""
+        cov = self._gp.covar_module
+        if self.coord_weight > 0:
+            return cov.kernels[0], cov.kernels[1]
+        return cov, None
 
     def fit(self, indices: np.ndarray, values: np.ndarray, *, iterations: int | None = None):
         """(Re)fit on observed flat pixel ``indices`` with ``values`` (warm start if fitted).
@@ -271,9 +288,10 @@ class DKLModel:
         nn_ids = {id(q) for q in nn_params}
         gp_params = [q for q in gp.parameters() if id(q) not in nn_ids]
         groups = [{"params": gp_params, "lr": self.lr}]
+        penalty = getattr(gp.extractor, "penalty", None)
         if nn_params:  # the network learns slower and is kept small (few labelled points)
             groups.append({"params": nn_params, "lr": self.lr * self.nn_lr_scale,
-                           "weight_decay": self.weight_decay})
+                           "weight_decay": 0.0 if penalty else self.weight_decay})
         opt = torch.optim.Adam(groups)
         mll = gpytorch.mlls.ExactMarginalLogLikelihood(lik, gp)
         loss_value = float("nan")
@@ -281,14 +299,16 @@ class DKLModel:
             for _ in range(n_iter):
                 opt.zero_grad()
                 loss = -mll(gp(xt), yt)
+                loss_value = float(loss.detach())
+                if penalty is not None:
+                    loss = loss + 0.5 * self.weight_decay * penalty()
                 loss.backward()
                 opt.step()
-                loss_value = float(loss.detach())
         gp.eval()
         lik.eval()
         self._train_idx = idx
         self._cache = None
-        kern = gp.covar_module
+        kern, _ = self._kernels()
         self.state = ModelState(
             n_train=len(idx),
             lengthscale=kern.base_kernel.lengthscale.detach().cpu().ravel().tolist(),
@@ -304,11 +324,11 @@ class DKLModel:
         return self._gp is not None
 
     def _embed(self, x):
-        """Feature-extractor output for inputs ``x`` (torch), chunked."""
+        """Kernel inputs (embedding, plus coordinates if used) for inputs ``x``, chunked."""
         import torch
 
         with torch.no_grad():
-            parts = [self._gp.extractor(x[s:s + self.chunk]) for s in range(0, len(x), self.chunk)]
+            parts = [self._gp.featurize(x[s:s + self.chunk]) for s in range(0, len(x), self.chunk)]
             return torch.cat(parts)
 
     def _posterior_cache(self):
@@ -337,12 +357,17 @@ class DKLModel:
         with torch.no_grad():
             return kern(za.float(), zb.float()).to_dense().double()
 
+    def _prior_var(self):
+        """Prior variance of the latent function (stationary kernels: a constant)."""
+        kern, xy = self._kernels()
+        var = kern.outputscale.detach().double()
+        return var + xy.outputscale.detach().double() if xy is not None else var
+
     def predict(self, indices: np.ndarray | None = None, *, standardized: bool = False):
         """Posterior mean and std of the latent function at flat ``indices`` (default: all).
 
         Exact GP posterior on the learned embedding, evaluated in chunks of ``self.chunk``
-        candidates (a few ms per 10k candidates on a GPU). Units are the measurement's units
-        unless ``standardized``.
+        candidates. Units are the measurement's units unless ``standardized``.
         """
         import torch
 
@@ -352,15 +377,15 @@ class DKLModel:
         if indices is not None:
             x = x[torch.as_tensor(np.asarray(indices, np.int64), device=self.device)]
         zt, chol, alpha, mu0 = self._posterior_cache()
-        outputscale = self._gp.covar_module.outputscale.detach().double()
+        prior = self._prior_var()
         means, stds = [], []
         with torch.no_grad():
             for start in range(0, len(x), self.chunk):
-                zs = self._gp.extractor(x[start:start + self.chunk])
+                zs = self._gp.featurize(x[start:start + self.chunk])
                 ks = self._cross(zs, zt)  # (m, n)
                 means.append((mu0 + ks @ alpha).squeeze(-1).cpu().numpy())
                 v = torch.linalg.solve_triangular(chol, ks.T, upper=False)
-                var = (outputscale - (v * v).sum(0)).clamp_min(1e-10)
+                var = (prior - (v * v).sum(0)).clamp_min(1e-10)
                 stds.append(var.sqrt().cpu().numpy())
         mean, std = np.concatenate(means), np.concatenate(stds)
         if standardized:
@@ -386,13 +411,7 @@ class DKLModel:
         return mean[None] + z @ chol_s.T
 
     def embed(self) -> np.ndarray:
-        """Embedding of every pixel, (H*W, dim)."""
-        import torch
-
+        """Embedding of every pixel, (H*W, dim) (without the coordinate inputs)."""
         if not self.fitted:
             raise ValueError("The model is not fitted yet.")
-        out = []
-        with torch.no_grad():
-            for start in range(0, len(self.inputs), self.chunk):
-                out.append(self._gp.extractor(self.inputs[start:start + self.chunk]).cpu().numpy())
-        return np.concatenate(out)
+        return self._embed(self.inputs)[:, :self.dim].cpu().numpy()
