@@ -316,3 +316,29 @@ def test_folder_skips_unsuitable_datasets_with_a_note(fakes, shared_data, tmp_pa
     assert cli.main(["atoms", str(folder / "CuZn_EELS_mapping_tutorial.hspy"), "--out",
                      str(tmp_path / "o2")]) == 2
     assert not (tmp_path / "o2").exists()
+
+
+def test_model_option_selects_the_method_and_rejects_unknown_names(tmp_path, capsys):
+    import json
+
+    import tifffile
+
+    from napari_microml.completion.masks import scan_mask
+    from napari_microml.synth.scenes import simulate_scene
+
+    truth = simulate_scene((48, 48), kind="edges", dose=np.inf, seed=2)[0]
+    mask = scan_mask("grid", truth.shape, 1 / 6, seed=0)
+    tifffile.imwrite(tmp_path / "scan.tif", np.where(mask, truth, np.nan).astype(np.float32))
+    bad = tmp_path / "bad"
+    assert cli.main(["complete", str(tmp_path / "scan.tif"), "--out", str(bad), "--model", "nope",
+                     "--quiet"]) == 2
+    assert "local-gp" in capsys.readouterr().err and not bad.exists()
+    out = tmp_path / "o"
+    assert cli.main(["complete", str(tmp_path / "scan.tif"), "--out", str(out), "--model", "local-gp",
+                     "--quiet"]) == 0
+    filled = [p for p in out.iterdir() if "completed" in p.name and p.suffix == ".tif"]
+    assert filled
+    img = tifffile.imread(filled[0])
+    np.testing.assert_allclose(img.reshape(truth.shape)[mask], truth[mask], rtol=1e-6)
+    prov = json.dumps([json.loads(p.read_text()) for p in out.glob("*.json")])
+    assert "local-gp" in prov

@@ -9,6 +9,7 @@ Examples
     microml atoms stack.tif more/ --out results/ --workers 4
     microml defects image.dm4 --out results/ --scheduler tcp://127.0.0.1:8786
     microml spectra si.hspy --out results/
+    microml complete sparse_scans/ --out filled/ --model local-gp
 
 Each input file is read with :func:`napari_microml.io.reader.read_file`. Frames of every stack
 are processed in parallel with ``dask.delayed`` (local threads by default, or a
@@ -21,6 +22,7 @@ Exit codes: 0 success, 2 bad input or usage (one-line reason on stderr), 1 a too
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shutil
@@ -41,28 +43,28 @@ class InputError(ValueError):
 # --------------------------------------------------------------------------- adapters
 # Each adapter takes one item (a 2D frame, or an (N, L) spectra block) and returns a dict of
 # plain numpy / pandas results, so it pickles to dask.distributed workers.
-def _atoms(frame: np.ndarray, device: str = "auto") -> dict:
+def _atoms(frame: np.ndarray, device: str = "auto", model: str = "default") -> dict:
     import napari_microml as mm
 
-    r = mm.find_atoms(frame, device=device)
+    r = mm.find_atoms(frame, device=device, model=model)
     return {"positions": np.asarray(r.positions, float).reshape(-1, 2),
             "features": _frame_table(r.features),
             "provenance": getattr(r, "provenance", None)}
 
 
-def _defects(frame: np.ndarray, device: str = "auto") -> dict:
+def _defects(frame: np.ndarray, device: str = "auto", model: str = "default") -> dict:
     import napari_microml as mm
 
-    d = mm.segment_defects(frame, device=device)
+    d = mm.segment_defects(frame, device=device, model=model)
     return {"labels": np.asarray(d.labels, np.int32), "table": _frame_table(d.table),
             "provenance": getattr(d, "provenance", None)}
 
 
-def _complete(frame: np.ndarray, device: str = "auto") -> dict:
+def _complete(frame: np.ndarray, device: str = "auto", model: str = "default") -> dict:
     import napari_microml as mm
 
     values, mask = scan_mask_from_frame(frame)
-    c = mm.complete_scan(values, mask, device=device)
+    c = mm.complete_scan(values, mask, device=device, model=model)
     return {"image": np.asarray(c.image, np.float32),
             "uncertainty": np.asarray(c.uncertainty, np.float32),
             "provenance": getattr(c, "provenance", None)}
@@ -105,13 +107,30 @@ class Adapter:
     run: Callable[..., dict]
     per: str  # "frame": 2D frames of images/stacks; "spectra": one (N, L) block per input
     help: str
+    task: str | None = None  # the model registry's task when the tool takes --model
+
+
+def model_choices(tool: str) -> list[str]:
+    """Names ``--model`` accepts for ``tool`` (shipped weights, plus kriging for complete)."""
+    from napari_microml.nets.registry import list_models
+
+    task = ADAPTERS[tool].task
+    if task is None:
+        return []
+    names = sorted(n.removeprefix(f"{task}-") for n in list_models(task))
+    if tool == "complete":
+        from napari_microml.completion.complete import LOCAL_GP
+
+        names.append(LOCAL_GP)
+    return names
 
 
 ADAPTERS: dict[str, Adapter] = {
-    "atoms": Adapter(_atoms, "frame", "find atomic columns → <name>_atoms.csv"),
-    "defects": Adapter(_defects, "frame", "segment defects → <name>_defects.tif + table CSV"),
+    "atoms": Adapter(_atoms, "frame", "find atomic columns → <name>_atoms.csv", "atoms"),
+    "defects": Adapter(_defects, "frame", "segment defects → <name>_defects.tif + table CSV", "defects"),
     "complete": Adapter(_complete, "frame",
-                        "complete partial scans (NaN or 0 = not measured) → image + uncertainty TIFF"),
+                        "complete partial scans (NaN or 0 = not measured) → image + uncertainty TIFF",
+                        "completion"),
     "spectra": Adapter(_spectra, "spectra",
                        "shift-VAE on a spectrum image → shift map TIFF + latents CSV"),
 }
@@ -382,7 +401,7 @@ def _write_outputs(tool: str, job: Job, results: list[dict], tmp: Path, prov: di
 
 def run_tool(tool: str, inputs: list[str], out: str, *, device: str = "auto",
              scheduler: str | None = None, workers: int | None = None,
-             progress: bool = True) -> list[Path]:
+             progress: bool = True, model: str | None = None) -> list[Path]:
     """Validate ``inputs``, run ``tool`` on them and write results into ``out``.
 
     Returns the paths written. Raises :class:`InputError` for bad input (nothing written).
@@ -390,6 +409,12 @@ def run_tool(tool: str, inputs: list[str], out: str, *, device: str = "auto",
     from napari_microml.runtime.provenance import make_provenance
 
     adapter = ADAPTERS[tool]
+    run = adapter.run
+    if model is not None:
+        choices = model_choices(tool)
+        if model not in choices:
+            raise InputError(f"--model {model!r} is not a {tool} model; choose one of {', '.join(choices)}.")
+        run = functools.partial(adapter.run, model=model)
     files = collect_inputs(inputs)
     jobs = load_jobs(files, tool)
     out_dir = Path(out)
@@ -405,7 +430,7 @@ def run_tool(tool: str, inputs: list[str], out: str, *, device: str = "auto",
               f"{'frame' if adapter.per == 'frame' else 'block'}(s)", file=sys.stderr)
     tmp = Path(tempfile.mkdtemp(prefix=".microml-partial-", dir=out_dir))
     try:
-        results = process_items(items, adapter.run, device=device, scheduler=scheduler,
+        results = process_items(items, run, device=device, scheduler=scheduler,
                                 workers=workers, progress=progress)
         seconds = time.perf_counter() - t0
         staged: list[Path] = []
@@ -456,6 +481,10 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
                         help="where networks run (default auto)")
         sp.add_argument("--quiet", action="store_true", help="no progress output")
+        if ad.task is not None:
+            sp.add_argument("--model", default=None,
+                            help="shipped model name (see `microml models`; complete also takes "
+                                 "'local-gp', kriging without a network); default: default")
     return ap
 
 
@@ -506,7 +535,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         written = run_tool(args.command, args.inputs, args.out, device=args.device,
                            scheduler=args.scheduler, workers=args.workers,
-                           progress=not args.quiet)
+                           progress=not args.quiet, model=getattr(args, "model", None))
     except KeyboardInterrupt:
         print(f"microml: {args.command} interrupted; nothing was written.", file=sys.stderr)
         return 130
