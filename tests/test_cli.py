@@ -5,7 +5,6 @@ depend on the networks; one test runs the real atom finder when it is importable
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import numpy as np
@@ -226,17 +225,6 @@ def test_console_script_entry_point():
     assert eps and eps[0].value == "napari_microml.cli:main"
 
 
-def _real_atoms_missing() -> str | None:
-    if importlib.util.find_spec("napari_microml.atoms.finder") is None:
-        return "napari_microml.atoms.finder (the real find_atoms) is not written yet"
-    from napari_microml.nets.registry import list_models
-
-    if not list_models("atoms"):
-        return "no atoms model is shipped yet (nets/weights/manifest.json has none)"
-    return None
-
-
-@pytest.mark.skipif(_real_atoms_missing() is not None, reason=str(_real_atoms_missing()))
 def test_real_atoms_on_small_stack(tmp_path):
     import tifffile
 
