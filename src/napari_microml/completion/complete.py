@@ -182,25 +182,13 @@ def complete_scan_iter(values, mask, *, model="default", device="auto", tile: in
     from napari_microml.nets.unet import batch_predictor
 
     predict = batch_predictor(net, dev)
-    images, sigmas = [], []
-    n = len(v3)
-    for t in range(n):
-        gen = complete_frame(net, predict, v3[t], m3[t], sigma_scale=scale, tile=tile,
-                             batch_size=1 if dev.type == "cpu" else 4)  # CPU: one tile at a time, less memory
-        while True:
-            try:
-                done, total = next(gen)
-            except StopIteration as stop:
-                img, sig = stop.value
-                break
-            yield progress(t * total + done, n * total, f"frame {t + 1}/{n}, tile {done}/{total}")
-        images.append(img)
-        sigmas.append(sig if uncertainty else np.zeros_like(sig))
-    image, sigma = np.stack(images), np.stack(sigmas)
+    batch = 1 if dev.type == "cpu" else 4  # CPU: one tile at a time, less memory
+    image, sigma, _ = yield from _run_frames(
+        lambda t: complete_frame(net, predict, v3[t], m3[t], sigma_scale=scale, tile=tile, batch_size=batch),
+        len(v3), "tile", uncertainty)
+    m_out = m3 if is_stack else m3[0]
     if not is_stack:
-        image, sigma, m_out = image[0], sigma[0], m3[0]
-    else:
-        m_out = m3
+        image, sigma = image[0], sigma[0]
     label = describe_device(dev)
     prov = make_provenance(
         "complete_scan",
@@ -211,25 +199,33 @@ def complete_scan_iter(values, mask, *, model="default", device="auto", tile: in
                             device=label, provenance=prov)
 
 
+def _run_frames(frame_gen, n: int, unit: str, uncertainty: bool):
+    """Run ``frame_gen(t)`` for every frame t < n — a generator yielding ``(done, total)`` and
+    returning ``(image, sigma, *extra)`` — relaying progress over the whole stack. Returns the
+    stacked images, sigmas (zeros unless ``uncertainty``) and the per-frame extras."""
+    images, sigmas, extras = [], [], []
+    for t in range(n):
+        gen = frame_gen(t)
+        while True:
+            try:
+                done, total = next(gen)
+            except StopIteration as stop:
+                img, sig, *extra = stop.value
+                break
+            yield progress(t * total + done, n * total, f"frame {t + 1}/{n}, {unit} {done}/{total}")
+        images.append(img)
+        sigmas.append(sig if uncertainty else np.zeros_like(sig))
+        extras.append(extra)
+    return np.stack(images), np.stack(sigmas), extras
+
+
 def _kriging_iter(v3, m3, is_stack: bool, uncertainty: bool, input_name):
     """``complete_scan`` with the local GP instead of a network (CPU, numpy)."""
     from napari_microml.completion.kriging import local_gp_iter
 
-    images, sigmas, fitted = [], [], []
-    n = len(v3)
-    for t in range(n):
-        gen = local_gp_iter(v3[t], m3[t])
-        while True:
-            try:
-                _, done, total, _ = next(gen)
-            except StopIteration as stop:
-                img, sig, params = stop.value
-                break
-            yield progress(t * total + done, n * total, f"frame {t + 1}/{n}, kriging {done}/{total} blocks")
-        images.append(img)
-        sigmas.append(sig if uncertainty else np.zeros_like(sig))
-        fitted.append({k: round(float(v), 6) for k, v in params.items()})
-    image, sigma = np.stack(images), np.stack(sigmas)
+    image, sigma, extras = yield from _run_frames(lambda t: local_gp_iter(v3[t], m3[t]), len(v3),
+                                                  "kriging blocks", uncertainty)
+    fitted = [{k: round(float(v), 6) for k, v in params.items()} for (params,) in extras]
     m_out = m3 if is_stack else m3[0]
     if not is_stack:
         image, sigma = image[0], sigma[0]

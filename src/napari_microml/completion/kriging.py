@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from napari_microml.runtime.workers import drain, progress
+from napari_microml.runtime.workers import drain
 
 
 def check_pair(values, mask) -> tuple[np.ndarray, np.ndarray]:
@@ -95,8 +95,8 @@ def fit_gp_hyperparameters(values, mask, *, k: int = 64, n_fit: int = 96, seed: 
 
 def local_gp_iter(values, mask, *, k: int = 64, block: int = 8, params: dict | None = None,
                   chunk: int = 512, seed: int = 0):
-    """Generator twin of :func:`local_gp` (always with the std): yields progress per chunk of
-    blocks and returns ``(image, std, params)``."""
+    """Generator twin of :func:`local_gp` (always with the std): yields ``(done, total)`` block
+    chunks (like ``runtime.tiling.tiled_predict``) and returns ``(image, std, params)``."""
     from scipy.spatial import cKDTree
 
     v, m = check_pair(values, mask)
@@ -130,7 +130,7 @@ def local_gp_iter(values, mask, *, k: int = 64, block: int = 8, params: dict | N
         rr, cc = q[..., 0].astype(int), q[..., 1].astype(int)
         mean[rr, cc] = mu_b
         var[rr, cc] = var_b
-        yield progress(min(i + chunk, len(corners)), len(corners), "kriging blocks")
+        yield min(i + chunk, len(corners)), len(corners)
     mean, var = mean[:h, :w], var[:h, :w]
     out = np.where(m, v, mean * sd + mu)
     # predictive σ of what a measurement there would read: the latent variance plus the fitted
