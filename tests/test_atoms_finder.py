@@ -54,6 +54,25 @@ def test_dark_contrast_handles_abf_like_images():
     assert m["f1"] > 0.95
 
 
+@pytest.mark.parametrize("spacing,shape", [(3.5, (160, 160)), (60.0, (512, 512))])
+def test_lattices_outside_the_trained_spacing_are_resampled(spacing, shape):
+    s = simulate_lattice(shape, scene="crystal", lattice="triangular", spacing=spacing, dose=500, seed=7)
+    truth = _truth_inside(s, margin=spacing / 2)
+    auto = mm.find_atoms(s.image)
+    off = mm.find_atoms(s.image, rescale="off")
+    assert auto.parameters["zoom"] != 1.0 and off.parameters["zoom"] == 1.0
+    assert auto.probability.shape == s.image.shape
+    m = match_points(_pred_inside(auto.positions, shape, spacing / 2), truth, max_distance=max(1.5, spacing / 4))
+    m_off = match_points(_pred_inside(off.positions, shape, spacing / 2), truth, max_distance=max(1.5, spacing / 4))
+    assert m["f1"] > 0.95 and m["f1"] > m_off["f1"] + 0.1, (m, m_off)
+    assert m["rms"] < 0.1 * spacing + 0.2, m
+
+
+def test_in_range_lattice_is_not_resampled():
+    s = simulate_lattice((128, 128), scene="crystal", lattice="square", spacing=12, dose=500, seed=3)
+    assert mm.find_atoms(s.image).parameters["zoom"] == 1.0
+
+
 @pytest.mark.parametrize("bad", [np.zeros((32, 32, 3)), np.zeros((1, 1)), np.full((32, 32), np.nan),
                                  np.zeros((0, 32, 32)), np.zeros((2, 2, 32, 32))])
 def test_bad_input_raises_value_error(bad):
@@ -67,6 +86,10 @@ def test_bad_parameters_raise():
         mm.find_atoms(img, refine="spline")
     with pytest.raises(ValueError, match="threshold"):
         mm.find_atoms(img, threshold=1.5)
+    with pytest.raises(ValueError, match="rescale"):
+        mm.find_atoms(img, rescale="big")
+    with pytest.raises(ValueError, match="outside"):
+        mm.find_atoms(img, rescale=50)
 
 
 @pytest.mark.realdata

@@ -7,6 +7,7 @@ import numpy as np
 
 from napari_microml.atoms.refine import METHODS, refine_positions
 from napari_microml.runtime.provenance import make_provenance
+from napari_microml.runtime.spacing import auto_zoom, estimate_spacing, resample, to_original
 from napari_microml.runtime.validate import as_image_stack, fill_nonfinite, robust_normalize
 from napari_microml.runtime.workers import drain, progress
 
@@ -70,6 +71,30 @@ def _local_maxima(prob: np.ndarray, threshold: float, min_distance: int) -> tupl
     return pos, centre.astype(np.float32)
 
 
+def _zoom_for(frame: np.ndarray, rescale) -> tuple[float, float | None]:
+    """Resampling factor for ``rescale`` ('auto', None/'off' or a number) and the period found."""
+    if rescale is None or rescale == "off":
+        return 1.0, None
+    if rescale == "auto":
+        sp = estimate_spacing(fill_nonfinite(frame))
+        return auto_zoom(sp, frame.shape), (round(sp.period, 2) if sp.periodic else None)
+    try:
+        zoom = float(rescale)
+    except (TypeError, ValueError):
+        raise ValueError(f"rescale must be 'auto', 'off' or a positive number, not {rescale!r}.") from None
+    if not 0.05 <= zoom <= 8:
+        raise ValueError(f"A rescale factor of {zoom} is outside 0.05–8; use 'auto' to pick one.")
+    return zoom, None
+
+
+def _zoom_to(a: np.ndarray, shape) -> np.ndarray:
+    """Bilinear resampling of a map to exactly ``shape``."""
+    from scipy import ndimage as ndi
+
+    return ndi.zoom(a, (shape[0] / a.shape[0], shape[1] / a.shape[1]), order=1, mode="nearest",
+                    grid_mode=True).astype(np.float32)
+
+
 def find_atoms_iter(
     image,
     *,
@@ -81,6 +106,7 @@ def find_atoms_iter(
     contrast: str = "bright",
     min_distance: int = 2,
     tile: int = 1024,
+    rescale="auto",
     input_name: str | None = None,
 ):
     """Generator twin of :func:`find_atoms`: yields progress tuples, returns an AtomsResult."""
@@ -97,6 +123,7 @@ def find_atoms_iter(
     if not 0 < threshold < 1:
         raise ValueError("threshold is a probability and must lie between 0 and 1.")
     stack, is_stack = as_image_stack(image, what="image")
+    zoom, spacing = _zoom_for(stack[0], rescale)
     dev = resolve_device(device)
     net, info = load_model("atoms", model, dev)
     import torch
@@ -110,7 +137,7 @@ def find_atoms_iter(
         frame = fill_nonfinite(frame)
         if contrast == "dark":
             frame = frame.max() - frame
-        gen = tiled_predict(predict, robust_normalize(frame)[None], out_channels=1, tile=tile,
+        gen = tiled_predict(predict, robust_normalize(resample(frame, zoom))[None], out_channels=1, tile=tile,
                             batch_size=max(1, (1024 * 1024) // (tile * tile)),  # bounded memory
                             multiple=getattr(net, "multiple", 8))
         while True:
@@ -121,7 +148,11 @@ def find_atoms_iter(
                 break
             yield progress(t * total + done, n_frames * total, f"frame {t + 1}/{n_frames}: tile {done}/{total}")
         pos, score = _local_maxima(prob, threshold, min_distance)
-        pos, feats = refine_positions(frame, pos, method=refine)
+        if zoom != 1.0:  # peaks found on the resampled grid; refined on the original pixels
+            pos = to_original(pos, zoom)
+            prob = _zoom_to(prob, frame.shape)
+        pos, feats = refine_positions(frame, pos, method=refine,
+                                      max_radius=int(np.clip(10 / zoom, 10, 24)))  # wide columns: wide windows
         h, w = frame.shape
         keep = (pos[:, 0] >= -0.5) & (pos[:, 0] <= h - 0.5) & (pos[:, 1] >= -0.5) & (pos[:, 1] <= w - 0.5)
         df = pd.DataFrame({"row": pos[keep, 0], "col": pos[keep, 1], "score": score[keep],
@@ -134,7 +165,9 @@ def find_atoms_iter(
     positions = table[["row", "col"]].to_numpy(np.float64)
     features = table.drop(columns=["row", "col"])
     params = dict(model=str(model) if not hasattr(model, "state_dict") else "custom", threshold=threshold,
-                  refine=refine, contrast=contrast, min_distance=min_distance, pixel_size=pixel_size, tile=tile)
+                  refine=refine, contrast=contrast, min_distance=min_distance, pixel_size=pixel_size, tile=tile,
+                  rescale=rescale if isinstance(rescale, str) or rescale is None else float(rescale),
+                  zoom=round(zoom, 4), estimated_period_px=spacing)
     label = describe_device(dev)
     model_info = {k: info[k] for k in ("name", "file", "sha256")}
     return AtomsResult(
@@ -162,6 +195,12 @@ def find_atoms(image, **kwargs) -> AtomsResult:
     device : {'auto', 'cuda', 'mps', 'cpu'}
     pixel_size : float, optional
         Pixel size in nm; enables :attr:`AtomsResult.positions_nm`.
+    rescale : 'auto', 'off' or float
+        The network was trained on column spacings of 5–30 px. ``'auto'`` (default) measures the
+        lattice period (:func:`runtime.spacing.estimate_spacing`) and, only for a clearly periodic
+        image whose period lies outside 5–36 px, runs the network on a copy resampled to a 14 px
+        period; peaks are mapped back and refined on the original pixels. A number forces that
+        resampling factor; ``'off'`` never resamples. The factor is in ``parameters['zoom']``.
 
     Returns
     -------

@@ -29,14 +29,14 @@ def noise_sigma(image: np.ndarray) -> float:
     return float(np.sqrt(np.pi / 2) * np.abs(conv).mean(dtype=np.float64) / 6.0)
 
 
-def window_radius(positions: np.ndarray, default: int = 4) -> int:
-    """Fit-window radius from the median nearest-neighbour distance (0.4 of it, 2–10 px)."""
+def window_radius(positions: np.ndarray, default: int = 4, max_radius: int = 10) -> int:
+    """Fit-window radius from the median nearest-neighbour distance (0.4 of it, 2–``max_radius`` px)."""
     if len(positions) < 2:
         return default
     from scipy.spatial import cKDTree
 
     d, _ = cKDTree(positions).query(positions, k=2)
-    return int(np.clip(np.rint(0.4 * np.median(d[:, 1])), 2, 10))
+    return int(np.clip(np.rint(0.4 * np.median(d[:, 1])), 2, max_radius))
 
 
 def _patches(image: np.ndarray, centres: np.ndarray, r: int):
@@ -173,8 +173,12 @@ def _upsample_linear(coarse: np.ndarray, step: int, shape: tuple, offset: float 
 
 
 def refine_positions(image, positions, *, method: str = "gaussian", radius: int | None = None,
-                     chunk: int = 1024) -> tuple[np.ndarray, dict]:
+                     max_radius: int = 10, chunk: int = 1024) -> tuple[np.ndarray, dict]:
     """Refine ``positions`` (N, 2) (row, col) on ``image`` (H, W).
+
+    The window radius is ``radius`` or 0.4 × the median nearest-neighbour distance, clipped to
+    2–``max_radius`` px (sparse single atoms must not get huge windows; a lattice the finder
+    resampled because its columns are very wide passes a larger cap).
 
     Columns are fitted ``chunk`` at a time: 1,024 columns keep a batch's float32 Jacobian
     (~1.7 MB at a 5 px window) inside a 2 MiB L2 cache, measurably faster than larger batches.
@@ -195,7 +199,7 @@ def refine_positions(image, positions, *, method: str = "gaussian", radius: int 
     feats["fit_ok"] = np.zeros(n, bool)
     if n == 0:
         return pos0.copy(), feats
-    r = int(radius or window_radius(pos0))
+    r = int(radius or window_radius(pos0, max_radius=max_radius))
     noise = noise_sigma(image)
     image = flatten_background(image, r)
     out = pos0.copy()

@@ -26,11 +26,14 @@ class AtomFinderWidget(ToolWidget):
         self.refine = ComboBox(label="Refinement", choices=["gaussian", "com", "none"], value="gaussian")
         self.contrast = ComboBox(label="Columns are", choices=["bright", "dark"], value="bright",
                                  tooltip="bright: HAADF/ADF/STM; dark: ABF/BF")
+        self.rescale = ComboBox(label="Rescale", choices=["auto", "off"], value="auto",
+                                tooltip="auto: a lattice whose period is outside the trained 5–36 px "
+                                        "is resampled for the network (positions stay in your pixels)")
         self.show_probability = CheckBox(label="Add probability map", value=False)
         self.refine_button = PushButton(text="Refine points")
         self.refine_button.tooltip = "Re-fit the (edited) points of the atoms layer"
         super().__init__(viewer, [self.image_layer, self.model, self.threshold, self.refine,
-                                  self.contrast, self.show_probability])
+                                  self.contrast, self.rescale, self.show_probability])
         self.append(self.refine_button)
         self.refine_button.changed.connect(self._on_refine_clicked)
         self.model.changed.connect(self._on_model_changed)
@@ -56,7 +59,7 @@ class AtomFinderWidget(ToolWidget):
         layer = self._selected_image()
         data = np.asarray(layer.data)
         kwargs = dict(model=self.model.value, threshold=float(self.threshold.value),
-                      refine=self.refine.value, contrast=self.contrast.value,
+                      refine=self.refine.value, contrast=self.contrast.value, rescale=self.rescale.value,
                       device=self.device_choice.value, pixel_size=pixel_size_nm(layer),
                       input_name=layer.name)
         self._source = layer

@@ -1,0 +1,45 @@
+"""Lattice-period estimate and the resampling that brings it into the trained range."""
+import numpy as np
+import pytest
+
+from napari_microml.runtime.spacing import Spacing, auto_zoom, estimate_spacing, resample, to_original
+from napari_microml.synth.lattice import simulate_lattice
+
+
+@pytest.mark.parametrize("spacing", [4.0, 11.0, 27.0, 55.0])
+def test_triangular_period_is_the_column_spacing(spacing):
+    s = simulate_lattice((384, 384), scene="crystal", lattice="triangular", spacing=spacing, dose=300, seed=2)
+    est = estimate_spacing(s.image)
+    assert est.periodic, est
+    assert est.period == pytest.approx(spacing, rel=0.08)
+
+
+def test_honeycomb_period_is_within_the_documented_factor():
+    s = simulate_lattice((256, 256), scene="crystal", lattice="honeycomb", spacing=9.0, dose=500, seed=4)
+    est = estimate_spacing(s.image)
+    assert est.periodic and 0.85 * 9 <= est.period <= 1.8 * 9
+
+
+def test_single_atoms_and_noise_are_not_periodic():
+    rng = np.random.default_rng(0)
+    assert not estimate_spacing(rng.normal(size=(256, 256))).periodic
+    s = simulate_lattice((256, 256), scene="single_atoms", spacing=12, dose=300, seed=1)
+    assert not estimate_spacing(s.image).periodic
+    assert estimate_spacing(np.zeros((8, 8))) == Spacing(None, 0.0)
+
+
+def test_auto_zoom_only_outside_the_range():
+    assert auto_zoom(Spacing(12.0, 0.8), (512, 512)) == 1.0
+    assert auto_zoom(Spacing(70.0, 0.8), (512, 512)) == pytest.approx(0.2)
+    assert auto_zoom(Spacing(3.5, 0.8), (512, 512)) == pytest.approx(4.0)
+    assert auto_zoom(Spacing(70.0, 0.1), (512, 512)) == 1.0  # not a lattice: never resampled
+    assert auto_zoom(Spacing(2.0, 0.9), (4096, 4096)) == pytest.approx(2.0)  # capped at 8192 px
+
+
+def test_positions_map_back_to_the_original_grid():
+    img = np.zeros((100, 120), np.float32)
+    img[40, 70] = 1
+    for zoom in (0.5, 2.5):
+        small = resample(img, zoom)
+        peak = np.array(np.unravel_index(np.argmax(small), small.shape), float)
+        np.testing.assert_allclose(to_original(peak[None], zoom)[0], [40, 70], atol=1.0 / zoom)
