@@ -10,7 +10,7 @@ cause per class and dose, how many misses the network never fired on (defect pro
 the threshold everywhere within the truth disc), and (with ``--rows``) every error row.
 
 Usage: python benchmarks/defects_errors.py [--seed0 9700000] [--n-seeds 4] [--doses 200,2000]
-       [--threshold 0.5] [--rows]
+       [--threshold 0.5] [--rows] [--no-column-check]
 Protocol as benchmarks/defects.py: 5 lattices x 2 scenes x n seeds, 256², spacing uniform 8-18,
 Hungarian matching per class within 0.5*spacing, a 0.5*spacing border ignored.
 """
@@ -211,12 +211,15 @@ def main(argv=None):
     p.add_argument("--threshold", type=float, default=0.5)
     p.add_argument("--model", default="default")
     p.add_argument("--rows", action="store_true", help="also print every error row")
+    p.add_argument("--no-column-check", action="store_true",
+                   help="network + instances only, without the column-intensity check (defects/columns.py)")
     a = p.parse_args(argv)
     if a.seed0 < 9_000_000:
         raise SystemExit("Error analysis uses validation seeds (9,000,000+), never the benchmark's 5,000,000+.")
     summary, rows = run(a.seed0, a.n_seeds, [float(d) for d in a.doses.split(",")], threshold=a.threshold,
-                        model=a.model, device="cpu")
-    out = {"seed0": a.seed0, "n_seeds": a.n_seeds, "threshold": a.threshold, "model": a.model, "summary": summary}
+                        model=a.model, device="cpu", column_check=not a.no_column_check)
+    out = {"seed0": a.seed0, "n_seeds": a.n_seeds, "threshold": a.threshold, "model": a.model,
+           "column_check": not a.no_column_check, "summary": summary}
     if a.rows:
         out["rows"] = rows
     print(json.dumps(out, indent=1, default=str))

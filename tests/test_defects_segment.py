@@ -234,3 +234,50 @@ def test_test_time_augmentation_averages_flipped_copies(moderate):
     np.testing.assert_allclose(avg.probabilities.sum(0), 1, atol=1e-4)
     assert 0 < np.abs(avg.probabilities - one.probabilities).mean() < 0.05
     assert avg.provenance["parameters"]["tta"] == 8
+
+
+def test_a_whole_vacancy_on_an_extended_rim_stays_a_vacancy_but_a_dopant_speck_joins_it():
+    probs, paint = _painted()
+    paint(slice(10, 70), slice(10, 70), "extended", 0.95)
+    paint(slice(20, 26), slice(20, 26), "vacancy", 0.9)        # 36 px >= 0.2 spacing²: a vacancy
+    paint(slice(50, 56), slice(50, 56), "dopant_bright", 0.9)  # same size, another class: extended
+    paint(slice(40, 43), slice(30, 33), "vacancy", 0.9)        # 9 px: a speck of the region
+    labels, st = instances(probs, 0.5, 3, spacing=10.0)
+    assert _names(st) == ["extended", "vacancy"]
+    v = st["class_id"] == class_id("vacancy")
+    assert st["area_px"][v].tolist() == [36]
+    assert st["area_px"][~v].tolist() == [3600 - 36]
+
+
+def test_a_large_dopant_region_is_split_only_where_it_covers_several_columns():
+    probs, paint = _painted()
+    paint(slice(40, 48), slice(10, 22), "dopant_bright", 0.9)   # 96 px, one column inside
+    paint(slice(40, 48), slice(60, 72), "dopant_bright", 0.9)   # 96 px, two columns inside
+    paint(slice(80, 84), slice(10, 14), "vacancy", 0.9)         # typical 16 px regions
+    paint(slice(80, 84), slice(30, 34), "vacancy", 0.9)
+    paint(slice(80, 84), slice(50, 54), "vacancy", 0.9)
+    columns = np.array([[44.0, 16.0], [44.0, 62.5], [44.0, 69.5]])
+    _, st = instances(probs, 0.5, 3, spacing=10.0, columns=columns)
+    assert sorted(st["area_px"][st["class_id"] == class_id("dopant_bright")].tolist()) == [48, 48, 96]
+    _, st = instances(probs, 0.5, 3, spacing=6.0)  # without columns: split by area alone
+    assert (st["class_id"] == class_id("dopant_bright")).sum() > 3
+
+
+def test_parts_closer_than_half_a_spacing_are_one_defect():
+    probs, paint = _painted()
+    for c in (10, 30, 50, 70):
+        paint(slice(5, 10), slice(c, c + 5), "vacancy", 0.9)   # typical 25 px regions
+    paint(slice(40, 50), slice(40, 50), "vacancy", 0.9)      # 100 px = 4 typical, 10 px across
+    _, st = instances(probs, 0.5, 3, spacing=20.0)           # 0.5 spacing = 10 px: one vacancy
+    assert sorted(st["area_px"].tolist()) == [25, 25, 25, 25, 100]
+    _, st = instances(probs, 0.5, 3, spacing=8.0)            # 0.5 spacing = 4 px: several
+    assert len(st["area_px"]) > 5 and sorted(st["area_px"].tolist())[-1] < 100
+
+
+def test_column_check_is_on_for_haadf_and_off_for_abf(moderate):
+    img = moderate[0].image[:96, :96]
+    assert segment_defects(img, device="cpu").provenance["parameters"]["column_check"] is True
+    dark = segment_defects(img.max() - img, contrast="dark", device="cpu")
+    assert dark.provenance["parameters"]["column_check"] is False
+    forced = segment_defects(img, column_check=False, device="cpu")
+    assert forced.provenance["parameters"]["column_check"] is False
