@@ -117,3 +117,26 @@ def test_learner_defaults_to_an_ensemble_only_for_trainable_feature_maps(pair):
         assert isinstance(ActiveLearner(s, patch_size=5, device="cpu", features=features).model,
                           DKLModel)
     assert isinstance(ActiveLearner(s, patch_size=5, device="cpu", n_models=1).model, DKLModel)
+
+
+def test_trend_kernel_extrapolates_beyond_the_measured_structure():
+    # the property grows with the local brightness; only the darker two thirds are measured:
+    # a stationary GP falls back towards the mean in the bright third, the trend carries on
+    rng = np.random.default_rng(1)
+    rr, cc = np.mgrid[0:24, 0:36]
+    s = (cc / 35.0 + 0.02 * rng.standard_normal(cc.shape)).astype(np.float32)
+    p = 2.0 * s.astype(np.float64)
+    seen = np.flatnonzero((cc < 24).ravel())
+    idx = rng.choice(seen, 40, replace=False)
+    bright = np.flatnonzero((cc >= 32).ravel())
+    means = {}
+    for trend in (False, True):
+        m = DKLModel(s, patch_size=3, device="cpu", features="pca", embedding_dim=2, trend=trend,
+                     init_iters=100)
+        m.fit(idx, p.ravel()[idx])
+        mean, std = m.predict(bright)
+        assert np.all(np.isfinite(mean)) and np.all(std > 0)
+        means[trend] = float(np.mean(mean))
+    truth = float(p.ravel()[bright].mean())
+    assert means[True] > p.ravel()[idx].max()  # beyond every measured value
+    assert abs(means[True] - truth) < 0.5 * abs(means[False] - truth), (means, truth)
