@@ -113,3 +113,19 @@ def test_choosing_a_model_uses_its_recorded_threshold(widget_and_viewer):
     for name, entry in list_models("atoms").items():
         widget.model.value = name.removeprefix("atoms-")
         assert widget.threshold.value == pytest.approx(entry["meta"].get("recommended_threshold", 0.5))
+
+
+def test_wide_lattice_is_rescaled_unless_the_user_turns_it_off(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    img = simulate_lattice((480, 480), scene="crystal", lattice="square", spacing=48, dose=1000, seed=3).image
+    layer = viewer.add_image(img, name="wide")
+    widget = AtomFinderWidget(viewer)
+    widget.image_layer.value = layer
+    counts = {}
+    for mode in ("auto", "off"):
+        widget.rescale.value = mode
+        _run(widget, qtbot)
+        pts = viewer.layers["wide atoms"]
+        counts[mode] = len(pts.data)
+        assert pts.metadata["napari_microml"]["parameters"]["rescale"] == mode
+    assert 60 <= counts["auto"] <= 130 and counts["off"] != counts["auto"], counts  # ~100 columns

@@ -281,3 +281,21 @@ def test_column_check_is_on_for_haadf_and_off_for_abf(moderate):
     assert dark.provenance["parameters"]["column_check"] is False
     forced = segment_defects(img, column_check=False, device="cpu")
     assert forced.provenance["parameters"]["column_check"] is False
+
+
+def test_wide_lattice_is_resampled_and_results_come_back_on_the_original_pixels():
+    s = simulate_defects((640, 640), seed=HELD_OUT + 77, dose=300, scene="crystal", lattice="square", spacing=40,
+                         contrast="bright")
+    kw = dict(radius=20, margin=20)
+    auto = segment_defects(s.image, pixel_size=0.01, device="cpu")
+    off = segment_defects(s.image, rescale="off", device="cpu")
+    assert auto.provenance["parameters"]["zoom"] < 0.5 and off.provenance["parameters"]["zoom"] == 1.0
+    assert auto.labels.shape == s.image.shape and auto.probabilities.shape[1:] == s.image.shape
+    f1 = {name: summarize([score_defects(r.table, classmap_from_labels(r.labels, r.table), s.objects,
+                                         s.classmap, **kw)])["vacancy"]["f1"] for name, r in (("auto", auto), ("off", off))}
+    assert f1["auto"] > 0.8 and f1["auto"] > f1["off"] + 0.3, f1
+    # every instance is present in the label image, at its centroid's neighbourhood, in original pixels
+    assert set(np.unique(auto.labels)) - {0} == set(auto.table["label"])
+    assert auto.table["row"].between(0, 639).all() and (auto.table["area_nm2"] > 0).all()
+    with pytest.raises(ValueError, match="rescale"):
+        segment_defects(s.image[:64, :64], rescale="huge")

@@ -7,7 +7,7 @@ import numpy as np
 
 from napari_microml.atoms.refine import METHODS, refine_positions
 from napari_microml.runtime.provenance import make_provenance
-from napari_microml.runtime.spacing import auto_zoom, estimate_spacing, resample, to_original
+from napari_microml.runtime.spacing import resample, to_original, zoom_for, zoom_to
 from napari_microml.runtime.validate import as_image_stack, fill_nonfinite, robust_normalize
 from napari_microml.runtime.workers import drain, progress
 
@@ -71,30 +71,6 @@ def _local_maxima(prob: np.ndarray, threshold: float, min_distance: int) -> tupl
     return pos, centre.astype(np.float32)
 
 
-def _zoom_for(frame: np.ndarray, rescale) -> tuple[float, float | None]:
-    """Resampling factor for ``rescale`` ('auto', None/'off' or a number) and the period found."""
-    if rescale is None or rescale == "off":
-        return 1.0, None
-    if rescale == "auto":
-        sp = estimate_spacing(fill_nonfinite(frame))
-        return auto_zoom(sp, frame.shape), (round(sp.period, 2) if sp.periodic else None)
-    try:
-        zoom = float(rescale)
-    except (TypeError, ValueError):
-        raise ValueError(f"rescale must be 'auto', 'off' or a positive number, not {rescale!r}.") from None
-    if not 0.05 <= zoom <= 8:
-        raise ValueError(f"A rescale factor of {zoom} is outside 0.05–8; use 'auto' to pick one.")
-    return zoom, None
-
-
-def _zoom_to(a: np.ndarray, shape) -> np.ndarray:
-    """Bilinear resampling of a map to exactly ``shape``."""
-    from scipy import ndimage as ndi
-
-    return ndi.zoom(a, (shape[0] / a.shape[0], shape[1] / a.shape[1]), order=1, mode="nearest",
-                    grid_mode=True).astype(np.float32)
-
-
 def find_atoms_iter(
     image,
     *,
@@ -123,7 +99,7 @@ def find_atoms_iter(
     if not 0 < threshold < 1:
         raise ValueError("threshold is a probability and must lie between 0 and 1.")
     stack, is_stack = as_image_stack(image, what="image")
-    zoom, spacing = _zoom_for(stack[0], rescale)
+    zoom, spacing = zoom_for(fill_nonfinite(stack[0]), rescale)
     dev = resolve_device(device)
     net, info = load_model("atoms", model, dev)
     import torch
@@ -150,7 +126,7 @@ def find_atoms_iter(
         pos, score = _local_maxima(prob, threshold, min_distance)
         if zoom != 1.0:  # peaks found on the resampled grid; refined on the original pixels
             pos = to_original(pos, zoom)
-            prob = _zoom_to(prob, frame.shape)
+            prob = zoom_to(prob, frame.shape).astype(np.float32)
         pos, feats = refine_positions(frame, pos, method=refine,
                                       max_radius=int(np.clip(10 / zoom, 10, 24)))  # wide columns: wide windows
         h, w = frame.shape

@@ -14,6 +14,7 @@ from napari_microml.defects.classes import CLASS_NAMES, N_OUTPUTS
 from napari_microml.defects.columns import column_check as check_columns
 from napari_microml.defects.instances import instances
 from napari_microml.runtime.provenance import make_provenance
+from napari_microml.runtime.spacing import resample, to_original, to_resampled, zoom_for, zoom_to
 from napari_microml.runtime.validate import as_image_stack, fill_nonfinite, robust_normalize
 from napari_microml.runtime.workers import drain, progress
 
@@ -131,10 +132,26 @@ def _check_atoms(atoms, is_stack: bool) -> np.ndarray | None:
     return arr
 
 
+def _to_original_grid(labels, st, probs, cols, zoom: float, shape):
+    """Map labels, instance statistics, probabilities and columns from the resampled grid back."""
+    big = zoom_to(labels, shape, order=0).astype(np.int32)
+    st = dict(st)
+    pos = to_original(np.column_stack([st["row"], st["col"]]), zoom)
+    st["row"], st["col"] = pos[:, 0], pos[:, 1]
+    st["area_px"] = np.asarray(st["area_px"], float) / zoom**2
+    # an instance smaller than a pixel of the original grid keeps its centre pixel
+    present = np.zeros(len(pos) + 1, bool)
+    present[np.unique(big)] = True
+    for i in np.flatnonzero(~present[1:]):
+        r, c = np.clip(np.rint(pos[i]).astype(int), 0, np.array(shape) - 1)
+        big[r, c] = i + 1
+    return big, st, zoom_to(probs, shape).astype(np.float32), to_original(cols, zoom)
+
+
 def segment_defects_iter(image, *, model="default", threshold: float = 0.5, pixel_size: float | None = None,
                          atoms=None, contrast: str = "bright", device="auto", tile: int = 1024,
                          min_area: int = 3, tta: int = 1, column_check: bool | None = None,
-                         input_name: str | None = None):
+                         rescale="auto", input_name: str | None = None):
     """Generator twin of :func:`segment_defects`: yields progress tuples, returns a DefectsResult."""
     import pandas as pd
     from scipy.spatial import cKDTree
@@ -158,6 +175,7 @@ def segment_defects_iter(image, *, model="default", threshold: float = 0.5, pixe
         column_check = contrast == "bright"
     stack, is_stack = as_image_stack(image, what="image")
     user_atoms = _check_atoms(atoms, is_stack)
+    zoom, period = zoom_for(fill_nonfinite(stack[0]), rescale, low=6.0, high=30.0)  # trained: 6–24 px
     dev = resolve_device(device)
     net, info = load_model("defects", model, dev)
     n_out = _out_channels(net)
@@ -168,7 +186,7 @@ def segment_defects_iter(image, *, model="default", threshold: float = 0.5, pixe
         frame = fill_nonfinite(frame)
         if contrast == "dark":
             frame = frame.max() - frame
-        net_in = robust_normalize(frame)
+        net_in = robust_normalize(resample(frame, zoom))
         gen = tiled_predict(predict, net_in[None], out_channels=min(n_out, N_OUTPUTS + 1),
                             tile=tile, batch_size=max(1, (1024 * 1024) // (tile * tile)),
                             multiple=getattr(net, "multiple", 8))
@@ -180,18 +198,20 @@ def segment_defects_iter(image, *, model="default", threshold: float = 0.5, pixe
                 break
             yield progress(t * total + done, n_frames * total, f"frame {t + 1}/{n_frames}: tile {done}/{total}")
         probs = out[:N_OUTPUTS]
-        if user_atoms is not None:
-            cols = user_atoms[user_atoms[:, 0] == t, 1:] if is_stack else user_atoms
+        if user_atoms is not None:  # all of the post-processing works on the network's grid
+            cols = to_resampled(user_atoms[user_atoms[:, 0] == t, 1:] if is_stack else user_atoms, zoom)
         elif n_out > N_OUTPUTS:
             cols, _ = _local_maxima(out[N_OUTPUTS], 0.5, 2)
         else:  # a custom network without the atom plane: ask the atom finder
             from napari_microml.atoms.finder import find_atoms
 
-            cols = find_atoms(frame, refine="none", device=dev).positions
+            cols = to_resampled(find_atoms(frame, refine="none", device=dev).positions, zoom)
         spacing = float(np.median(cKDTree(cols).query(cols, k=2)[0][:, 1])) if len(cols) >= 10 else None
         labels, st = instances(probs, threshold, int(min_area), spacing, cols if len(cols) else None)
         if column_check:
             labels, st, _ = check_columns(net_in, probs, labels, st, cols, spacing)
+        if zoom != 1.0:
+            labels, st, probs, cols = _to_original_grid(labels, st, probs, cols, zoom, (h, w))
         centres = np.column_stack([st["row"], st["col"]])
         near = cKDTree(cols).query(centres)[0] if len(cols) and len(centres) else np.full(len(centres), np.nan)
         n = len(st["row"])
@@ -215,7 +235,8 @@ def segment_defects_iter(image, *, model="default", threshold: float = 0.5, pixe
     label = describe_device(dev)
     params = dict(model=str(model) if not hasattr(model, "state_dict") else "custom", threshold=threshold,
                   pixel_size=pixel_size, contrast=contrast, tile=tile, min_area=int(min_area), tta=int(tta),
-                  column_check=bool(column_check),
+                  column_check=bool(column_check), zoom=round(zoom, 4), estimated_period_px=period,
+                  rescale=rescale if isinstance(rescale, str) or rescale is None else float(rescale),
                   atoms="given" if user_atoms is not None else "network")
     model_info = {k: info[k] for k in ("name", "file", "sha256")}
     return DefectsResult(
@@ -262,6 +283,11 @@ def segment_defects(image, **kwargs) -> DefectsResult:
         column is a clear outlier the network missed (e.g. a weak dopant on the dim B site of a
         perovskite). Default: on for ``contrast='bright'`` (Z-contrast images), off for ABF,
         whose column intensities do not follow the atomic number.
+    rescale : 'auto', 'off' or float
+        The network was trained on column spacings of 6–24 px. ``'auto'`` (default) resamples a
+        clearly periodic image whose lattice period lies outside 6–30 px to a 14 px period
+        (:mod:`napari_microml.runtime.spacing`); labels, centroids, areas and probabilities are
+        returned on the original pixels. A number forces that factor; ``'off'`` never resamples.
 
     Returns
     -------

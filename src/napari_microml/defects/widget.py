@@ -12,7 +12,7 @@ from napari_microml.defects.classes import CLASS_COLORS
 from napari_microml.defects.environments import classify_environments
 from napari_microml.defects.segment import segment_defects_iter
 from napari_microml.runtime.provenance import KEY
-from napari_microml.runtime.widget import (ToolWidget, physical_kwargs, pixel_size_nm, upsert_layer,
+from napari_microml.runtime.widget import (ToolWidget, physical_kwargs, pixel_size_nm, rescale_combo, upsert_layer,
                                           viewer_camera)
 from napari_microml.runtime.workers import progress
 
@@ -87,8 +87,9 @@ class DefectSegmenterWidget(ToolWidget):
                                     tooltip="auto: chosen by BIC; off: skip environment clustering")
         self.contrast = ComboBox(label="Columns are", choices=["bright", "dark"], value="bright",
                                  tooltip="bright: HAADF/ADF/STM; dark: ABF/BF")
+        self.rescale = rescale_combo("6–30 px")
         super().__init__(viewer, [self.image_layer, self.atoms_layer, self.model, self.threshold,
-                                  self.env_classes, self.contrast])
+                                  self.env_classes, self.contrast, self.rescale])
         self.table_dock = None
         self._dock = None
         self._labels_name = None
@@ -114,7 +115,7 @@ class DefectSegmenterWidget(ToolWidget):
         atoms = _to_pixels(points, layer) if points is not None else None
         contrast, n_env = self.contrast.value, self.env_classes.value
         kwargs = dict(model=self.model.value, threshold=float(self.threshold.value), contrast=contrast,
-                      device=self.device_choice.value, pixel_size=pixel_size_nm(layer), atoms=atoms,
+                      rescale=self.rescale.value, device=self.device_choice.value, pixel_size=pixel_size_nm(layer), atoms=atoms,
                       input_name=layer.name)
         self._source = layer
         self._atoms_source = points.name if points is not None else None

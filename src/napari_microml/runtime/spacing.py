@@ -96,3 +96,35 @@ def resample(image: np.ndarray, zoom: float) -> np.ndarray:
 def to_original(positions: np.ndarray, zoom: float) -> np.ndarray:
     """Map (row, col) pixel-centre positions on the resampled grid back to the original grid."""
     return (np.asarray(positions, np.float64) + 0.5) / zoom - 0.5
+
+
+def to_resampled(positions: np.ndarray, zoom: float) -> np.ndarray:
+    """Map (row, col) positions on the original grid onto the grid resampled by ``zoom``."""
+    return (np.asarray(positions, np.float64) + 0.5) * zoom - 0.5
+
+
+def zoom_for(frame: np.ndarray, rescale, *, low: float = 5.0, high: float = 36.0) -> tuple[float, float | None]:
+    """Resampling factor for ``rescale`` ('auto', None/'off' or a number) and the period found.
+
+    ``'auto'`` resamples only a clearly periodic ``frame`` whose period is outside [low, high] px.
+    """
+    if rescale is None or rescale == "off":
+        return 1.0, None
+    if isinstance(rescale, str):
+        if rescale != "auto":
+            raise ValueError(f"rescale must be 'auto', 'off' or a positive number, not {rescale!r}.")
+        sp = estimate_spacing(frame)
+        return auto_zoom(sp, frame.shape, low=low, high=high), (round(sp.period, 2) if sp.periodic else None)
+    try:
+        zoom = float(rescale)
+    except (TypeError, ValueError):
+        raise ValueError(f"rescale must be 'auto', 'off' or a positive number, not {rescale!r}.") from None
+    if not 0.05 <= zoom <= 8:
+        raise ValueError(f"A rescale factor of {zoom} is outside 0.05–8; use 'auto' to pick one.")
+    return zoom, None
+
+
+def zoom_to(a: np.ndarray, shape, order: int = 1) -> np.ndarray:
+    """Resample the last two axes of ``a`` to exactly ``shape`` (order 0 for label images)."""
+    factors = (1.0,) * (a.ndim - 2) + (shape[0] / a.shape[-2], shape[1] / a.shape[-1])
+    return ndi.zoom(a, factors, order=order, mode="nearest", grid_mode=True)

@@ -46,6 +46,13 @@ def pixel_size_nm(layer) -> float | None:
     return float(value) if value > 0 else None
 
 
+def rescale_combo(trained: str) -> ComboBox:
+    """The "Rescale" choice of the lattice tools (auto/off; see runtime/spacing.py)."""
+    return ComboBox(label="Rescale", choices=["auto", "off"], value="auto",
+                    tooltip=f"auto: a lattice whose period is outside the trained {trained} is "
+                            "resampled for the network (results stay in your pixels)")
+
+
 def viewer_camera(viewer):
     """``viewer.scene.camera`` (napari ≥ 0.9), else the older ``viewer.camera``."""
     scene = getattr(viewer, "scene", None)
