@@ -23,7 +23,8 @@ _MAX_SIDE = 1024  # the estimate uses a central crop of at most this size
 @dataclass(frozen=True)
 class Spacing:
     """period : shortest strong lattice period (px), None if none was found.
-    strength : its autocorrelation relative to the origin (0–1; ≥ MIN_STRENGTH: a lattice)."""
+    strength : its autocorrelation relative to the origin's (noise-free) value, about 0–1 (can
+        slightly exceed 1 for a clean lattice); ≥ MIN_STRENGTH: a lattice."""
 
     period: float | None
     strength: float
