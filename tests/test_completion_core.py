@@ -4,7 +4,8 @@ import pytest
 
 import napari_microml as mm
 from napari_microml.completion.baselines import griddata_linear, local_gp
-from napari_microml.completion.complete import CompletionResult, complete_scan, complete_scan_iter, normalized_fill
+from napari_microml.completion.complete import CompletionResult, complete_scan, complete_scan_iter
+from napari_microml.completion.fill import normalized_fill, smooth_fill
 from napari_microml.completion.masks import scan_mask
 from napari_microml.completion.metrics import completion_errors
 from napari_microml.runtime.workers import collect, drain
@@ -76,6 +77,73 @@ def test_normalized_fill_reproduces_a_constant_and_interpolates_a_ramp():
     np.testing.assert_allclose(normalized_fill(np.full((64, 64), 3.0, np.float32), mask), 3.0, rtol=1e-5)
     ramp = np.tile(np.linspace(0, 1, 64, dtype=np.float32), (64, 1))
     assert np.abs(normalized_fill(ramp, mask) - ramp)[8:-8, 8:-8].mean() < 0.05
+
+
+def _ramp_and_bowl(shape=(90, 130)):
+    yy, xx = np.mgrid[0:shape[0], 0:shape[1]].astype(np.float32)
+    return 0.3 * yy / shape[0] + 0.7 * xx / shape[1], ((yy - 40) ** 2 + (xx - 70) ** 2) / 5e3
+
+
+@pytest.mark.parametrize("smoothing,tension", [(1.0, 32.0), (0.0, None)])
+def test_smooth_fill_is_exact_at_measured_pixels_and_affine_equivariant(smoothing, tension):
+    noisy, _ = simulate_scene((70, 90), kind="particles", dose=100, seed=3)  # non-square, noisy
+    mask = scan_mask("random_walk", noisy.shape, 1 / 15, seed=2)
+    values = np.where(mask, noisy, np.nan)
+    f = smooth_fill(values, mask, smoothing, tension)
+    assert f.shape == noisy.shape and f.dtype == np.float32 and np.isfinite(f).all()
+    np.testing.assert_array_equal(f[mask], noisy[mask])
+    g = smooth_fill(values * 250.0 - 40.0, mask, smoothing, tension)
+    np.testing.assert_allclose(g, f * 250.0 - 40.0, rtol=1e-4, atol=2e-3)
+
+
+@pytest.mark.parametrize("kind", ["grid", "random", "lines"])
+def test_smooth_fill_reproduces_a_ramp_and_a_quadratic_from_sparse_samples(kind):
+    ramp, bowl = _ramp_and_bowl()
+    mask = scan_mask(kind, ramp.shape, 1 / 40, seed=1)
+    inner = np.zeros(ramp.shape, bool)
+    inner[10:-10, 10:-10] = True
+    inner &= ~mask
+    # default (smoothing + tension) and exact thin plate both follow a linear ramp (range 1)
+    for args in ((), (0.0, None)):
+        assert np.abs(smooth_fill(ramp, mask, *args) - ramp)[inner].mean() < 0.01
+    if kind == "lines":  # 2-3 scan lines hold no information on curvature across them
+        return
+    # pure thin plate: a quadratic bowl (range ~2.3) to < 1 % of its range, better than NC
+    err = np.abs(smooth_fill(bowl, mask, 0.0, None) - bowl)[inner].mean()
+    err_nc = np.abs(normalized_fill(bowl, mask) - bowl)[inner].mean()
+    assert err < 0.02 and err < 0.75 * err_nc, (err, err_nc)
+
+
+def test_smooth_fill_carries_across_wide_gaps_better_than_normalized_convolution():
+    yy, xx = np.mgrid[0:128, 0:160].astype(np.float32)
+    smooth = np.sin(xx / 25.0) + np.cos(yy / 35.0)
+    for kind, cov in (("grid", 1 / 87), ("random", 1 / 60), ("lines", 1 / 30)):
+        mask = scan_mask(kind, smooth.shape, cov, seed=0)
+        rms = lambda f: np.sqrt(np.mean((f - smooth)[~mask] ** 2))  # noqa: E731
+        assert rms(smooth_fill(smooth, mask)) < 0.65 * rms(normalized_fill(smooth, mask)), kind
+
+
+def test_smooth_fill_edge_cases():
+    v = np.random.default_rng(0).random((37, 53)).astype(np.float32)
+    one = np.zeros(v.shape, bool)
+    one[5, 7] = True
+    np.testing.assert_allclose(smooth_fill(v, one), v[5, 7], rtol=1e-5)  # one sample: a constant
+    np.testing.assert_array_equal(smooth_fill(v, np.ones(v.shape, bool)), v)  # nothing to fill
+    border = np.zeros(v.shape, bool)
+    border[0, :] = border[:, -1] = True  # measured only along two image borders
+    f = smooth_fill(v, border)
+    assert np.isfinite(f).all() and v[border].min() - 0.1 <= f.min() and f.max() <= v[border].max() + 0.1
+    tiny = np.zeros((8, 8), bool)
+    tiny[::3, ::3] = True
+    assert np.isfinite(smooth_fill(v[:8, :8], tiny)).all()
+    for bad, m, msg in ((v, np.zeros(v.shape, bool), "no measured"), (v, one[:, :10], "same shape"),
+                        (np.full(v.shape, np.nan), one, "NaN")):
+        with pytest.raises(ValueError, match=msg):
+            smooth_fill(bad, m)
+    with pytest.raises(ValueError, match="smoothing"):
+        smooth_fill(v, one, smoothing=-1.0)
+    with pytest.raises(ValueError, match="tension"):
+        smooth_fill(v, one, tension=0.0)
 
 
 @pytest.mark.parametrize("values,mask,msg", [

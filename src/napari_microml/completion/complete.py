@@ -1,10 +1,11 @@
 """Complete a partial (sparse) scan: U-Net residual on a normalised-convolution fill.
 
 The network (the shared ``nets.unet.UNet``) sees four planes: the measured values (normalised
-from the measured pixels only, 0 where unmeasured), the mask, a cheap normalised-convolution
-fill (Gaussian-weighted mean of the measured neighbours at the smallest scale that holds ≥ 4
-effective samples) and the log distance to the nearest measured pixel. It predicts a residual
-on the fill and a log-variance (heteroscedastic Gaussian head); the σ is rescaled by a factor
+from the measured pixels only, 0 where unmeasured), the mask, a normalised-convolution fill
+(:func:`~napari_microml.completion.fill.normalized_fill`: Gaussian-weighted mean of the
+measured neighbours at the smallest scale that holds ≥ 4 effective samples; computed on the
+whole frame before tiling) and the log distance to the nearest measured pixel. It predicts a
+residual on the fill and a log-variance (heteroscedastic Gaussian head); the σ is rescaled by a factor
 fitted on held-out synthetic images (stored in the weights' meta as ``sigma_scale``).
 Measured pixels are returned exactly, with uncertainty 0.
 """
@@ -15,14 +16,12 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage as ndi
 
+from napari_microml.completion.fill import normalized_fill
 from napari_microml.runtime.provenance import make_provenance
 from napari_microml.runtime.workers import drain, progress
 
 N_FEATURES = 4
 LOCAL_GP = "local-gp"  # model name that selects kriging instead of a network
-_FINE = (0.7, 1.0, 1.4, 2.0, 2.8, 4.0, 5.6)          # full-resolution scales (px)
-_COARSE = (8.0, 11.0, 16.0, 23.0, 32.0, 45.0, 64.0)  # computed on a 4×-binned grid
-_MIN_SAMPLES = 4.0
 
 
 @dataclass
@@ -42,58 +41,10 @@ class CompletionResult:
     provenance: dict = field(default_factory=dict)
 
 
-def _bin4(a: np.ndarray) -> np.ndarray:
-    h, w = a.shape
-    ph, pw = -(-h // 4) * 4, -(-w // 4) * 4
-    a = np.pad(a, ((0, ph - h), (0, pw - w)))
-    return a.reshape(ph // 4, 4, pw // 4, 4).sum((1, 3))
-
-
-def normalized_fill(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Gaussian normalised-convolution fill whose scale follows the local gap size.
-
-    Parameters
-    ----------
-    values : (H, W) float32, any value where ``mask`` is False.
-    mask : (H, W) bool, measured pixels.
-
-    Returns
-    -------
-    (H, W) float32: at every pixel the Gaussian-weighted mean of measured values at the
-    smallest scale (0.7–64 px) whose kernel holds ≥ 4 effective measured samples.
-    """
-    m = mask.astype(np.float32)
-    v = np.where(mask, values, 0).astype(np.float32)
-    h, w = m.shape
-    fill = np.zeros((h, w), np.float32)
-    todo = np.ones((h, w), bool)
-    for s in _FINE:
-        den = ndi.gaussian_filter(m, s, mode="reflect", truncate=3.0)
-        ok = todo & (den * (2 * np.pi * s * s) >= _MIN_SAMPLES)
-        if ok.any():
-            num = ndi.gaussian_filter(v, s, mode="reflect", truncate=3.0)
-            fill[ok] = num[ok] / den[ok]
-            todo &= ~ok
-        if not todo.any():
-            return fill
-    mb, vb = _bin4(m), _bin4(v)  # sums over 4×4 blocks
-    for s in _COARSE:
-        den = ndi.gaussian_filter(mb, s / 4, mode="reflect", truncate=3.0)
-        num = ndi.gaussian_filter(vb, s / 4, mode="reflect", truncate=3.0)
-        n_eff = den * 2 * np.pi * (s / 4) ** 2
-        up = lambda a: ndi.zoom(a, 4, order=1, mode="nearest", grid_mode=True)[:h, :w]  # noqa: E731
-        ok = todo & (up(n_eff) >= _MIN_SAMPLES)
-        if ok.any():
-            fill[ok] = (up(num) / np.maximum(up(den), 1e-12))[ok]
-            todo &= ~ok
-        if not todo.any():
-            return fill
-    fill[todo] = v.sum() / max(m.sum(), 1.0)
-    return fill
-
-
 def features(values_n: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Network input ``(4, H, W)`` float32 from normalised values and the mask."""
+    """Network input ``(4, H, W)`` float32 from normalised values and the mask: values (0 where
+    unmeasured), mask, normalised-convolution fill (the residual base), log(1 + distance to the
+    nearest measured pixel) / 3."""
     dist = ndi.distance_transform_edt(~mask)
     return np.stack([
         np.where(mask, values_n, 0).astype(np.float32),

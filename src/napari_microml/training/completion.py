@@ -1,7 +1,7 @@
 """Train the scan-completion U-Net (``python -m napari_microml.training.completion``).
 
-Phase ``pixel``: the generator (shared U-Net, 4 input planes, 2 outputs: residual on the
-normalised-convolution fill and log-variance; head zero-initialised so training starts at the
+Phase ``pixel``: the generator (shared U-Net, 4 input planes ``complete.features``, 2 outputs:
+residual on the normalised-convolution fill ``fill.normalized_fill`` and log-variance; head zero-initialised so training starts at the
 fill) is trained with a relative MSE at unmeasured pixels (each crop's MSE divided by the MSE
 of its fill, so noise-free and noisy crops weigh alike) plus a Gaussian NLL for the variance
 head (on the detached residual). Phase ``gan``: starts from the pixel model and adds a
@@ -67,27 +67,37 @@ def mask_bank(n: int, seed: int, sizes=(96, 512)) -> list[np.ndarray]:
     return out
 
 
-def make_sample(noisy, clean, rng, crop: int, kind=None, coverage=None, bank=None):
-    """One training sample: (features (4, c, c), target (c, c) normalised, mask (c, c))."""
-    y, x = rng.integers(0, noisy.shape[0] - crop + 1), rng.integers(0, noisy.shape[1] - crop + 1)
-    n, c = dihedral([noisy[y:y + crop, x:x + crop], clean[y:y + crop, x:x + crop]], int(rng.integers(8)))
+def make_sample(noisy, clean, rng, crop: int, kind=None, coverage=None, bank=None, field: int = 0):
+    """One training sample: (features (4, c, c), target (c, c) normalised, mask (c, c)).
+
+    ``field`` > ``crop``: the mask, the normalisation and the features are computed on a
+    ``field``² window (as on a whole frame at inference, where the thin-plate fill sees far
+    beyond one tile) and the sample is a random ``crop``² part of it."""
+    f = max(crop, min(field, noisy.shape[0], noisy.shape[1]))
+    y, x = rng.integers(0, noisy.shape[0] - f + 1), rng.integers(0, noisy.shape[1] - f + 1)
+    n, c = dihedral([noisy[y:y + f, x:x + f], clean[y:y + f, x:x + f]], int(rng.integers(8)))
     mask = None
     if bank is not None and kind is None and rng.uniform() < 0.7:
         big = bank[int(rng.integers(len(bank)))]
-        my, mx = rng.integers(0, big.shape[0] - crop + 1), rng.integers(0, big.shape[1] - crop + 1)
-        mask = dihedral([big[my:my + crop, mx:mx + crop]], int(rng.integers(8)))[0]
-        if mask.sum() < 4 or mask.all():
-            mask = None
+        if min(big.shape) >= f:
+            my, mx = rng.integers(0, big.shape[0] - f + 1), rng.integers(0, big.shape[1] - f + 1)
+            mask = dihedral([big[my:my + f, mx:mx + f]], int(rng.integers(8)))[0]
+            if mask.sum() < 4 or mask.all():
+                mask = None
     if mask is None:
         kind = kind or str(rng.choice(MASK_KINDS, p=KIND_P))
         coverage = coverage or float(np.exp(rng.uniform(np.log(1 / 100), np.log(1 / 10))))
-        mask = scan_mask(kind, (crop, crop), coverage, seed=int(rng.integers(2**31)))
+        mask = scan_mask(kind, (f, f), coverage, seed=int(rng.integers(2**31)))
     gain = float(np.exp(rng.uniform(-3, 3)))  # any intensity scale: normalisation must absorb it
     lo, hi = measured_range(n * gain, mask)
     feats = features((n * gain - lo) / (hi - lo), mask)
     # clip the target: a bright feature that no measured pixel touched is unknowable and would
     # otherwise dominate the squared loss
     target = np.clip((c * gain - lo) / (hi - lo), -0.5, 2.0).astype(np.float32)
+    if f > crop:
+        oy, ox = rng.integers(0, f - crop + 1), rng.integers(0, f - crop + 1)
+        win = (slice(oy, oy + crop), slice(ox, ox + crop))
+        feats, target, mask = feats[(slice(None),) + win], target[win], mask[win]
     return feats, target, mask
 
 
@@ -124,11 +134,11 @@ def evaluate(net, val, batch: int = 8) -> dict:
             "sigma_scale": float(np.quantile(z, 0.95) / 2.0)}
 
 
-def _batch(noisy, clean, rng, batch, crop, bank=None):
+def _batch(noisy, clean, rng, batch, crop, bank=None, field=0):
     import torch
 
     idx = rng.integers(0, len(noisy), batch)
-    f, t, m = zip(*(make_sample(noisy[i], clean[i], rng, crop, bank=bank) for i in idx))
+    f, t, m = zip(*(make_sample(noisy[i], clean[i], rng, crop, bank=bank, field=field) for i in idx))
     return (torch.from_numpy(np.stack(f)), torch.from_numpy(np.stack(t))[:, None],
             torch.from_numpy(~np.stack(m))[:, None].float())
 
@@ -148,7 +158,7 @@ def _pixel_loss(out, x, t, miss, eps: float = 1e-4):
 
 
 def train(phase="pixel", steps=2000, batch=8, crop=96, n_pool=1200, pool_size=160, lr=2e-3, seed=0,
-          name=None, adv_weight=0.02, spike=3.0, init=None, n_val=48, clean_frac=0.15, n_bank=0):
+          name=None, adv_weight=0.02, spike=3.0, init=None, n_val=48, clean_frac=0.15, n_bank=0, field=0):
     import torch
 
     from napari_microml.nets.registry import load_model, save_model
@@ -161,7 +171,7 @@ def train(phase="pixel", steps=2000, batch=8, crop=96, n_pool=1200, pool_size=16
     t0 = time.time()
     noisy, clean = pool(n_pool, pool_size, first, clean_frac=clean_frac)
     val = val_set(n_val, crop)
-    bank = mask_bank(n_bank, first + 50_000) if n_bank else None
+    bank = mask_bank(n_bank, first + 50_000, sizes=(max(96, field), 512)) if n_bank else None
     print(f"pool+val ready in {time.time() - t0:.0f}s", flush=True)
     arch = {k: v for k, v in ARCH.items() if k != "kind"}
     net = UNet(**arch)
@@ -180,7 +190,7 @@ def train(phase="pixel", steps=2000, batch=8, crop=96, n_pool=1200, pool_size=16
     log, history, skipped = Log(every=50), [], 0
     for step in range(1, steps + 1):
         net.train()
-        x, t, miss = _batch(noisy, clean, rng, batch, crop, bank)
+        x, t, miss = _batch(noisy, clean, rng, batch, crop, bank, field)
         out = net(x)
         rel, nll, pred, (mse, fill_mse) = _pixel_loss(out, x, t, miss)
         loss = rel + 0.01 * nll
@@ -215,7 +225,7 @@ def train(phase="pixel", steps=2000, batch=8, crop=96, n_pool=1200, pool_size=16
     final = evaluate(net, val)
     name = name or ("completion-pixel" if phase == "pixel" else "completion-default")
     meta = {"phase": phase, "init": init or ("completion-pixel" if phase == "gan" else None),
-            "clean_frac": clean_frac, "mask_bank": n_bank,
+            "clean_frac": clean_frac, "mask_bank": n_bank, "feature_field": max(field, crop),
             "data": f"synth.scenes.simulate_scene pool of {n_pool} images {pool_size}px, crops {crop}px, "
                     "all MASK_KINDS, coverage log-uniform 1/100-1/10",
             "train_seeds": f"{first}..{first + n_pool - 1}", "val_seeds": f"{VAL_SEED}..{VAL_SEED + n_val - 1}",
@@ -242,13 +252,15 @@ def main(argv=None):
     p.add_argument("--n-val", type=int, default=48)
     p.add_argument("--clean-frac", type=float, default=0.15, help="share of noise-free training images")
     p.add_argument("--n-bank", type=int, default=0, help="whole-field masks to crop windows from (0: none)")
+    p.add_argument("--field", type=int, default=0,
+                   help="compute mask and features on a field this large, then crop (0: on the crop)")
     p.add_argument("--name", default=None)
     p.add_argument("--init", default=None, help="warm start from this shipped completion model")
     a = p.parse_args(argv)
     lr = a.lr if a.lr is not None else (1e-3 if a.phase == "pixel" else 2e-4)
     entry, rows = train(phase=a.phase, steps=a.steps, batch=a.batch, crop=a.crop, n_pool=a.n_pool, lr=lr,
                         seed=a.seed, name=a.name, adv_weight=a.adv_weight, init=a.init, n_val=a.n_val,
-                        clean_frac=a.clean_frac, n_bank=a.n_bank)
+                        clean_frac=a.clean_frac, n_bank=a.n_bank, field=a.field)
     print(json.dumps({"saved": entry, "last": rows[-1]}, indent=1))
 
 
