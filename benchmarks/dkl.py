@@ -126,7 +126,9 @@ def main(argv=None):
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--batch-size", type=int, default=5)
-    ap.add_argument("--patch-size", type=int, default=8)
+    ap.add_argument("--patch-size", type=int, default=16,
+                    help="16 = the API default; on the synthetic confirmation sets the default "
+                         "ensemble scored 0.498 at 16 vs 0.455 at 8 (dkl_tune.py --patch-size)")
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--quick", action="store_true", help="one synthetic set, fewer methods")
     ap.add_argument("--no-timing", action="store_true")

@@ -61,7 +61,8 @@ class ActiveLearner:
     beta, xi : float
         UCB exploration weight (``mean + sqrt(beta) std``) and EI/PI margin (standardised).
     batch_radius : float, optional
-        Local-penalisation radius (px) spreading a batch; default ``max(2, patch_size / 4)``.
+        Local-penalisation radius (px) spreading a batch; default ``max(2, patch_size / 4)``
+        (2 for ``features="coords"``, which uses no patch).
     recent_radius : float
         Penalise suggestions within this many px of the last ``n_recent`` measurements (0: off).
     ts_candidates : int
@@ -101,8 +102,9 @@ class ActiveLearner:
         self.acquisition_name = (acquisition if isinstance(acquisition, str)
                                  else type(acquisition).__name__)
         self.acquisition = get_acquisition(acquisition, maximize=maximize, beta=beta, xi=xi)
-        self.batch_radius = (max(2.0, patch_size / 4) if batch_radius is None
-                             else float(batch_radius))
+        if batch_radius is None:  # a GP on coordinates has no patch: its radius must not follow one
+            batch_radius = 2.0 if features == "coords" else max(2.0, patch_size / 4)
+        self.batch_radius = float(batch_radius)
         self.recent_radius, self.n_recent = float(recent_radius), int(n_recent)
         self.ts_candidates = int(ts_candidates)
         self.rng = np.random.default_rng(seed)

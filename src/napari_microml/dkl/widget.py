@@ -57,7 +57,7 @@ class ActiveLearningWidget(ToolWidget):
         self.win2_lo = FloatSpinBox(label="2nd window from", value=10.0, min=-1e9, max=1e9,
                                     step=1.0)
         self.win2_hi = FloatSpinBox(label="2nd window to", value=20.0, min=-1e9, max=1e9, step=1.0)
-        self.patch_size = SpinBox(label="Patch size (px)", value=8, min=1, max=128)
+        self.patch_size = SpinBox(label="Patch size (px)", value=16, min=1, max=128)
         self.acquisition = ComboBox(label="Acquisition", choices=list(ACQUISITIONS), value="ts")
         self.maximize = CheckBox(label="Maximize", value=True)
         self.batch_size = SpinBox(label="Batch size", value=1, min=1, max=256)
