@@ -216,3 +216,23 @@ def test_dark_uint16_image_and_impossible_class_count(make_napari_viewer, qtbot,
     _run(widget, qtbot)
     assert "tiny defects" in viewer.layers and "tiny environments" not in viewer.layers
     assert "environments skipped" in widget.status.value or "too few" in widget.status.value
+
+
+def test_wide_lattice_is_rescaled_and_labels_come_back_on_the_image_grid(make_napari_viewer, qtbot):
+    s = simulate_defects((480, 480), seed=HELD_OUT + 5, dose=500, scene="crystal", lattice="square",
+                         spacing=40, contrast="bright")
+    viewer = make_napari_viewer()
+    layer = viewer.add_image(s.image, name="wide")
+    widget = DefectSegmenterWidget(viewer)
+    widget.image_layer.value = layer
+    widget.device_choice.value = "cpu"
+    widget.env_classes.value = "off"
+    assert widget.rescale.value == "auto"
+    _run(widget, qtbot)
+    labels = viewer.layers["wide defects"]
+    params = labels.metadata["napari_microml"]["parameters"]
+    assert labels.data.shape == s.image.shape and params["rescale"] == "auto" and params["zoom"] < 0.5
+    point = s.objects[s.objects["class"] != "extended"][["row", "col"]].to_numpy()
+    found = widget.table_dock.table[["row", "col"]].to_numpy()
+    assert len(point) >= 3 and len(found)
+    assert (cKDTree(found).query(point)[0] < 10).mean() >= 0.5  # planted defects found, in image px
