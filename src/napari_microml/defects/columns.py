@@ -31,7 +31,6 @@ Z_VETO = 2.5  # a predicted bright dopant on a column less than this many spread
 MIN_NEIGHBOURS = 3  # same-sublattice neighbours needed to judge a column
 RING_MAX = 40  # at most this many nearest columns are searched for them (a triangular lattice has 12)
 EXTENDED_CLEARANCE = 0.5  # spacings: columns this close to a predicted extended region are skipped
-PER_LEVEL = True  # a spread per sublattice level (see _spread), not one for the whole image
 SMOOTH = 0.1  # spacings: Gaussian smoothing before the heights are read (about a column width)
 LEVEL_BAND = 0.15  # log units: columns whose sublattice levels differ less share one spread
 RESCUE_DISC = 0.35  # radius of a rescued instance, spacings (the truth disc of synth.defects)
@@ -114,8 +113,6 @@ def _spread(contrast: np.ndarray, level: np.ndarray) -> np.ndarray:
     c_all = contrast[ok]
     overall = max(1.4826 * float(np.median(np.abs(c_all - np.median(c_all)))), 1e-6)
     out = np.full(len(contrast), overall)
-    if not PER_LEVEL:
-        return out
     log_level = np.log(np.where(level > 0, level, np.nan))
     lv = log_level[ok]
     centres = np.round(lv / 0.05) * 0.05
@@ -161,6 +158,7 @@ def column_check(image: np.ndarray, probs: np.ndarray, labels: np.ndarray, stats
     from scipy.spatial import cKDTree
 
     from napari_microml.defects.classes import CLASS_NAMES, class_id
+    from napari_microml.defects.instances import keep_instances
 
     cols = np.asarray(columns, float).reshape(-1, 2)
     z = np.full(len(cols), np.nan)
@@ -184,9 +182,7 @@ def column_check(image: np.ndarray, probs: np.ndarray, labels: np.ndarray, stats
         if len(drop):
             keep = np.ones(len(stats["row"]), bool)
             keep[drop] = False
-            new_id = np.zeros(len(keep) + 1, np.int32)
-            new_id[1:][keep] = np.arange(1, keep.sum() + 1)
-            labels, stats = new_id[labels], {k: v[keep] for k, v in stats.items()}
+            labels, stats = keep_instances(labels, stats, keep)
     # rescue
     cand = np.nonzero(np.isfinite(z) & (z >= Z_WEAK))[0]
     point = stats["class_id"] != ext_id

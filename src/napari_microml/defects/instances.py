@@ -238,7 +238,11 @@ def _drop_weak(labels, stats, spacing):
         weak |= ~ext & (stats["area_px"] < POINT_MIN_CELLS * spacing**2)
     if not weak.any():
         return labels, stats
-    keep = ~weak
+    return keep_instances(labels, stats, ~weak)
+
+
+def keep_instances(labels, stats, keep):
+    """Keep the instances where ``keep`` (indexed by label - 1) is True; labels stay consecutive."""
     new_id = np.zeros(len(keep) + 1, np.int32)
     new_id[1:][keep] = np.arange(1, keep.sum() + 1)
     return new_id[labels], {k: v[keep] for k, v in stats.items()}

@@ -71,8 +71,8 @@ def make_sample(noisy, clean, rng, crop: int, kind=None, coverage=None, bank=Non
     """One training sample: (features (4, c, c), target (c, c) normalised, mask (c, c)).
 
     ``field`` > ``crop``: the mask, the normalisation and the features are computed on a
-    ``field``² window (as on a whole frame at inference, where the thin-plate fill sees far
-    beyond one tile) and the sample is a random ``crop``² part of it."""
+    ``field``² window (as on a whole frame at inference, where the fill is computed before
+    tiling and sees beyond one tile) and the sample is a random ``crop``² part of it."""
     f = max(crop, min(field, noisy.shape[0], noisy.shape[1]))
     y, x = rng.integers(0, noisy.shape[0] - f + 1), rng.integers(0, noisy.shape[1] - f + 1)
     n, c = dihedral([noisy[y:y + f, x:x + f], clean[y:y + f, x:x + f]], int(rng.integers(8)))
