@@ -137,6 +137,20 @@ def test_metrics_perfect_and_imperfect():
         score_defects(s.objects, s.classmap[:10], s.objects, s.classmap, radius=3)
 
 
+def test_border_is_ignored_after_matching_not_before():
+    cm = np.zeros((100, 100), np.uint8)
+    table = lambda pts: pd.DataFrame({"class": "vacancy", "row": [p[0] for p in pts], "col": [p[1] for p in pts]})
+    # a true vacancy just inside the 10 px border, found just outside it: a hit, not a miss
+    sc = score_defects(table([(50, 9.5)]), cm, table([(50, 10.5)]), cm, radius=4, margin=10)["vacancy"]
+    assert (sc["tp"], sc["n_pred"], sc["n_true"]) == (1, 1, 1)
+    # a true vacancy just in the border, found just inside: ignored, not a false positive
+    sc = score_defects(table([(50, 10.5)]), cm, table([(50, 9.5)]), cm, radius=4, margin=10)["vacancy"]
+    assert (sc["tp"], sc["n_pred"], sc["n_true"]) == (0, 0, 0)
+    # an unmatched prediction inside is a false positive, one in the border is ignored
+    sc = score_defects(table([(50, 50), (50, 3)]), cm, table([(20, 20)]), cm, radius=4, margin=10)["vacancy"]
+    assert (sc["tp"], sc["n_pred"], sc["n_true"]) == (0, 1, 1)
+
+
 def test_real_abf_crop_runs(shared_data):
     path = shared_data / "formats" / "stem_abf_data.hspy"
     if not path.is_file():

@@ -25,12 +25,11 @@ def classmap_from_labels(labels: np.ndarray, table) -> np.ndarray:
     return lut[labels]
 
 
-def _inner(df, shape, margin: float):
-    if margin <= 0 or len(df) == 0:
-        return df
+def _inside(points: np.ndarray, shape, margin: float) -> np.ndarray:
+    """(n,) bool: points at least ``margin`` px from every image edge."""
     h, w = shape
-    ok = (df["row"] >= margin) & (df["row"] <= h - 1 - margin) & (df["col"] >= margin) & (df["col"] <= w - 1 - margin)
-    return df[ok]
+    return ((points[:, 0] >= margin) & (points[:, 0] <= h - 1 - margin)
+            & (points[:, 1] >= margin) & (points[:, 1] <= w - 1 - margin))
 
 
 def _region_scores(pred_mask: np.ndarray, true_mask: np.ndarray, min_overlap: float) -> dict:
@@ -75,7 +74,10 @@ def score_defects(pred_table, pred_classmap: np.ndarray, true_objects, true_clas
     radius : float
         Largest centroid distance (px) for a point-defect match.
     margin : float
-        Point defects (predicted and true) closer than this to the image edge are ignored.
+        Border (px) where point defects are ignored: all of them are matched first, then true
+        defects in the border and the predictions matched to them are dropped, and so are
+        unmatched predictions in the border (a defect on the border line, found a pixel away on
+        the other side, is neither a miss nor a false positive).
     min_overlap : float
         Overlap fraction for extended-region matches.
 
@@ -89,15 +91,23 @@ def score_defects(pred_table, pred_classmap: np.ndarray, true_objects, true_clas
     if pred_classmap.max(initial=0) >= N_OUTPUTS or true_classmap.max(initial=0) >= N_OUTPUTS:
         raise ValueError(f"Class maps hold values 0–{N_OUTPUTS - 1}.")
     shape = true_classmap.shape
-    pred, true = _inner(pred_table, shape, margin), _inner(true_objects, shape, margin)
     ious = pixel_iou(pred_classmap, true_classmap)
     out = {}
     for name in POINT_CLASSES:
-        p = pred.loc[pred["class"] == name, ["row", "col"]].to_numpy(float)
-        t = true.loc[true["class"] == name, ["row", "col"]].to_numpy(float)
-        m = match_points(p, t, max_distance=radius)
-        out[name] = {"precision": m["precision"], "recall": m["recall"], "f1": m["f1"], "n_pred": len(p),
-                     "n_true": len(t), "tp": len(m["pairs"]), **ious[name]}
+        p = pred_table.loc[pred_table["class"] == name, ["row", "col"]].to_numpy(float).reshape(-1, 2)
+        t = true_objects.loc[true_objects["class"] == name, ["row", "col"]].to_numpy(float).reshape(-1, 2)
+        pairs = match_points(p, t, max_distance=radius)["pairs"]
+        p_in, t_in = _inside(p, shape, margin), _inside(t, shape, margin)
+        p_matched = np.zeros(len(p), bool)
+        p_matched[pairs[:, 0]] = True
+        tp = int(t_in[pairs[:, 1]].sum())  # a match counts where the true defect is inside
+        n_pred = tp + int((p_in & ~p_matched).sum())  # unmatched predictions inside are false
+        n_true = int(t_in.sum())
+        precision = tp / n_pred if n_pred else float(n_true == 0)
+        recall = tp / n_true if n_true else 1.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        out[name] = {"precision": precision, "recall": recall, "f1": f1, "n_pred": n_pred,
+                     "n_true": n_true, "tp": tp, **ious[name]}
     ext = class_id("extended")
     r = _region_scores(pred_classmap == ext, true_classmap == ext, min_overlap)
     out["extended"] = {**r, **ious["extended"]}
