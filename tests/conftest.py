@@ -19,12 +19,22 @@ def rng():
     return np.random.default_rng(0)
 
 
-@pytest.fixture
-def one_torch_thread():
-    """Tiny networks: one torch thread is faster (and steadier) on a shared 2-core machine."""
+def _one_thread():
     import torch
 
     old = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny networks: one torch thread is faster (and steadier) on a shared 2-core machine."""
+    yield from _one_thread()
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread_module():
+    """The same for a whole module, module-scoped fixtures (fitted learners) included."""
+    yield from _one_thread()

@@ -19,14 +19,7 @@ from napari_microml.synth.properties import property_spectrum_image, structure_p
 FAST = dict(patch_size=6, device="cpu", init_iters=25, warm_iters=5)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread_module")
 
 
 @pytest.fixture(scope="module")

@@ -57,7 +57,13 @@ class ActiveLearningWidget(ToolWidget):
         self.win2_lo = FloatSpinBox(label="2nd window from", value=10.0, min=-1e9, max=1e9,
                                     step=1.0)
         self.win2_hi = FloatSpinBox(label="2nd window to", value=20.0, min=-1e9, max=1e9, step=1.0)
-        self.patch_size = SpinBox(label="Patch size (px)", value=16, min=1, max=128)
+        self.patch_size = SpinBox(label="Patch size (px)", value=0, min=0, max=128,
+                                  tooltip="Side of the image patch the model sees around each pixel. "
+                                          "'auto' (0) mixes 8, 16 and 24 px, weighted by how well each "
+                                          "predicts the measurements so far.")
+        spin = getattr(self.patch_size, "native", None)
+        if hasattr(spin, "setSpecialValueText"):
+            spin.setSpecialValueText("auto")
         self.acquisition = ComboBox(label="Acquisition", choices=list(ACQUISITIONS), value="ts")
         self.maximize = CheckBox(label="Maximize", value=True)
         self.batch_size = SpinBox(label="Batch size", value=1, min=1, max=256)
@@ -196,6 +202,10 @@ class ActiveLearningWidget(ToolWidget):
             self.maximize.value, self.seed.value, self.device_choice.value,
         )
 
+    def _patch(self):
+        """The patch size for the learner: 'auto' (the spin box at 0) or a number of pixels."""
+        return "auto" if self.patch_size.value == 0 else int(self.patch_size.value)
+
     def _pending_points(self) -> np.ndarray:
         """Integer (row, col) of the current "next" layer (the user may have edited it)."""
         if "next" not in self.viewer.layers or self.learner is None:
@@ -220,7 +230,7 @@ class ActiveLearningWidget(ToolWidget):
         _, data = self._structure()
         source = self._make_source(data.shape)
         learner = ActiveLearner(
-            data, patch_size=self.patch_size.value, acquisition=self.acquisition.value,
+            data, patch_size=self._patch(), acquisition=self.acquisition.value,
             seed=self.seed.value, device=self.device_choice.value, maximize=self.maximize.value,
         )
         return learner, source
@@ -317,7 +327,7 @@ class ActiveLearningWidget(ToolWidget):
         prov = self.provenance_metadata(make_provenance(
             self.tool_name,
             parameters={
-                "patch_size": self.patch_size.value, "acquisition": self.acquisition.value,
+                "patch_size": self._patch(), "acquisition": self.acquisition.value,
                 "batch_size": self.batch_size.value, "budget": self.budget.value,
                 "maximize": self.maximize.value, "source": self.source_kind.value,
                 "scalarizer": self.scalarizer.value,
