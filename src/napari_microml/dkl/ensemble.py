@@ -178,7 +178,7 @@ class MultiScaleEnsemble(_Members):
 
     def __init__(self, structure, *, patch_sizes=None, seed: int = 0,
                  temperature: float = 1.0, floor: float = 0.1, **kwargs):
-        kwargs.pop("patch_size", None)
+        kwargs.pop("patch_size", None)  # the members' sizes are patch_sizes
         shape = np.shape(structure)
         sizes = auto_patch_sizes(shape) if patch_sizes is None else [int(p) for p in patch_sizes]
         if not sizes:

@@ -124,7 +124,6 @@ class ActiveLearner:
         common = dict(patch_size=patch_size, features=features, device=device, seed=seed)
         trainable = features in ("cnn", "mlp", "pca_mlp")  # pca/coords: members would be equal
         if auto and features != "coords" and len(sizes) > 1:
-            common.pop("patch_size")
             self.model = MultiScaleEnsemble(structure, patch_sizes=sizes,
                                             temperature=auto_temperature, floor=auto_floor,
                                             **common, **model_kwargs)

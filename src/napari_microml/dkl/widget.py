@@ -61,9 +61,7 @@ class ActiveLearningWidget(ToolWidget):
                                   tooltip="Side of the image patch the model sees around each pixel. "
                                           "'auto' (0) mixes 8, 16 and 24 px, weighted by how well each "
                                           "predicts the measurements so far.")
-        spin = getattr(self.patch_size, "native", None)
-        if hasattr(spin, "setSpecialValueText"):
-            spin.setSpecialValueText("auto")
+        self.patch_size.native.setSpecialValueText("auto")
         self.acquisition = ComboBox(label="Acquisition", choices=list(ACQUISITIONS), value="ts")
         self.maximize = CheckBox(label="Maximize", value=True)
         self.batch_size = SpinBox(label="Batch size", value=1, min=1, max=256)
