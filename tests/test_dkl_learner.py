@@ -110,8 +110,8 @@ def test_bad_inputs_raise_clear_errors(pair):
     L = ActiveLearner(s, **FAST)
     with pytest.raises(ValueError, match="NaN"):
         L.observe([[1, 1], [2, 2]], [1.0, np.nan])
-    with pytest.raises(ValueError, match="outside"):
-        L.observe([[100, 1]], [1.0])
+    with pytest.raises(ValueError, match=r"Point \(100, 1\) lies outside"):  # plain numbers
+        L.observe(np.array([[100, 1]]), [1.0])
     with pytest.raises(ValueError, match="same"):
         run_campaign(s, np.zeros((10, 10)), budget=5, n_initial=2, **FAST)
     cube = np.zeros((10, 10, 8))

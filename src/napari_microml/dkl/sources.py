@@ -52,7 +52,7 @@ def check_coords(coords, shape) -> np.ndarray:
     bad = (ci[:, 0] < 0) | (ci[:, 0] >= h) | (ci[:, 1] < 0) | (ci[:, 1] >= w)
     if bad.any():
         raise ValueError(
-            f"Point {tuple(ci[bad][0])} lies outside the {h}×{w} px image; "
+            f"Point {tuple(int(v) for v in ci[bad][0])} lies outside the {h}×{w} px image; "
             "coordinates are (row, col) pixels."
         )
     return ci
