@@ -1,7 +1,8 @@
 """napari dock widget for DKL active learning (thin: all logic lives in ``dkl.learner``).
 
 Workflow: pick the structure image and the measurement source (a spectrum-image layer with
-a scalarizer window, or a scalar-map layer), press **Initialize** (random points), then
+a scalarizer window, or a scalar-map layer), press **Initialize** (one point per kind of
+structure patch: the learner's "diverse" initial design), then
 **Step** (measure the points of the editable "next" layer: drag or delete them first to veto
 the model) or **Run** (steps until the budget; the button becomes Cancel = Stop between steps).
 """
@@ -257,7 +258,7 @@ class ActiveLearningWidget(ToolWidget):
             self.learner, self.source, self._key = learner, source, key
             nxt = pending
             if need_new:
-                coords = learner.suggest(n_init)  # random: no data yet
+                coords = learner.suggest(n_init)  # the initial design: no data yet
                 nxt = measure_and_suggest(coords)
                 snap = self._snapshot(learner, source, nxt)
                 if mode == "init":
