@@ -126,6 +126,8 @@ class ActiveLearner:
         initial: str = "diverse",
         **model_kwargs,
     ):
+        if initial not in INITIAL_DESIGNS:
+            raise ValueError(f"initial must be one of {', '.join(INITIAL_DESIGNS)}, not {initial!r}.")
         auto = isinstance(patch_size, str)
         if auto and patch_size != "auto":
             raise ValueError(f"The patch size must be a number of pixels or 'auto', "
@@ -143,8 +145,6 @@ class ActiveLearner:
             self.model = DKLEnsemble(structure, n_models=n_models, **common, **model_kwargs)
         else:
             self.model = DKLModel(structure, **common, **model_kwargs)
-        if initial not in INITIAL_DESIGNS:
-            raise ValueError(f"initial must be one of {', '.join(INITIAL_DESIGNS)}, not {initial!r}.")
         self.initial, self._features = initial, features
         self._design_patch = int(patch_size)
         self.shape = self.model.shape
