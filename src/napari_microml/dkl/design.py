@@ -3,10 +3,11 @@
 ``"random"`` draws the first points uniformly. ``"diverse"`` spreads them over the space the
 model will learn in: the image is split into as many clusters as points (k-means, started
 from random pixels, on the whitened PCA scores of the structure patches plus the standardised
-pixel coordinates, or on the coordinates alone for a GP on coordinates) and the available pixel nearest each cluster centre is
-measured, so the kinds of local structure are represented in proportion from the first step
-rather than by chance. Pixels closer to the edge than half a patch (whose patches are mostly
-padding) are left out when enough others remain.
+pixel coordinates, or on the coordinates alone for a GP on coordinates) and the available
+pixel nearest each cluster centre is measured, so the kinds of local structure are
+represented in proportion from the first step rather than by chance. Pixels closer to the
+edge than half a patch (whose patches are mostly padding) are left out when enough others
+remain.
 """
 from __future__ import annotations
 

@@ -127,7 +127,8 @@ class ActiveLearner:
         **model_kwargs,
     ):
         if initial not in INITIAL_DESIGNS:
-            raise ValueError(f"initial must be one of {', '.join(INITIAL_DESIGNS)}, not {initial!r}.")
+            raise ValueError(f"initial must be one of {', '.join(INITIAL_DESIGNS)}, "
+                             f"not {initial!r}.")
         auto = isinstance(patch_size, str)
         if auto and patch_size != "auto":
             raise ValueError(f"The patch size must be a number of pixels or 'auto', "
@@ -239,9 +240,10 @@ class ActiveLearner:
         self._pending.clear()
         self._dirty = True
 
-    def _design(self, n: int, available: np.ndarray, *, random: bool = False) -> np.ndarray:
-        """Flat indices of ``n`` points chosen before a model exists (``initial`` design)."""
-        if self.initial == "diverse" and not random:
+    def _design(self, n: int, available: np.ndarray) -> np.ndarray:
+        """Flat indices of ``n`` points chosen before a model exists (``initial`` design;
+        uniform for ``acquisition="random"``)."""
+        if self.initial == "diverse" and self.acquisition is not None:
             return diverse_points(self.model.image, n, self.rng, available=available,
                                   patch_size=self._design_patch, features=self._features)
         pool = np.flatnonzero(available)
@@ -257,7 +259,7 @@ class ActiveLearner:
         if not available.any():
             raise ValueError("Every pixel has been measured already.")
         if self.acquisition is None or len(self._idx) < 2:
-            chosen = self._design(n, available, random=self.acquisition is None)
+            chosen = self._design(n, available)
             self._pending = {int(i): float("nan") for i in chosen}
             self.last_acquisition = None
             return self.candidates[chosen].copy()
@@ -388,8 +390,7 @@ def run_campaign_iter(
         first = learner.n_observed == 0
         q = n_initial if first else min(batch_size, budget - learner.n_observed)
         if first:  # the learner's initial design (``initial``: random or diverse)
-            coords = learner.candidates[learner._design(q, np.ones(n_sites, bool),
-                                                        random=learner.acquisition is None)]
+            coords = learner.candidates[learner._design(q, np.ones(n_sites, bool))]
         else:
             coords = learner.suggest(q)
         values = _measure_values(source, coords, scalarizer)

@@ -58,10 +58,10 @@ class ActiveLearningWidget(ToolWidget):
         self.win2_lo = FloatSpinBox(label="2nd window from", value=10.0, min=-1e9, max=1e9,
                                     step=1.0)
         self.win2_hi = FloatSpinBox(label="2nd window to", value=20.0, min=-1e9, max=1e9, step=1.0)
-        self.patch_size = SpinBox(label="Patch size (px)", value=0, min=0, max=128,
-                                  tooltip="Side of the image patch the model sees around each pixel. "
-                                          "'auto' (0) mixes 8, 16 and 24 px, weighted by how well each "
-                                          "predicts the measurements so far.")
+        self.patch_size = SpinBox(
+            label="Patch size (px)", value=0, min=0, max=128,
+            tooltip="Side of the image patch the model sees around each pixel. 'auto' (0) mixes "
+                    "8, 16 and 24 px, weighted by how well each predicts the measurements so far.")
         self.patch_size.native.setSpecialValueText("auto")
         self.acquisition = ComboBox(label="Acquisition", choices=list(ACQUISITIONS), value="ts")
         self.maximize = CheckBox(label="Maximize", value=True)
