@@ -183,3 +183,23 @@ def test_loop_area_with_spike_filtering():
     assert LoopArea(axis=bias, median_size=1)(spiky) != pytest.approx(clean, rel=0.05)
     assert LoopArea(axis=bias, median_size=3)(spiky) == pytest.approx(clean, rel=0.05)
     assert clean > 0
+
+
+def test_benchmark_top_sites_keep_ties_together():
+    """The discovery metric's top-1% set: without ties exactly 1% of sites; with a plateau at
+    the maximum, every tied site (never a subset picked by pixel order)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "dkl.py"
+    spec = importlib.util.spec_from_file_location("dkl_benchmark", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rng = np.random.default_rng(0)
+    smooth = rng.permutation(2500).reshape(50, 50).astype(float)
+    np.testing.assert_array_equal(np.sort(bench.top_sites(smooth)),
+                                  np.sort(np.argsort(smooth.ravel())[-25:]))
+    plateau = smooth.copy()
+    plateau[:10, :8] = 1e4  # 80 sites tie at the top
+    top = bench.top_sites(plateau)
+    assert len(top) == 80 and (plateau.ravel()[top] == 1e4).all()
