@@ -4,7 +4,10 @@ Kinds: ``lattice`` (every :func:`synth.lattice.simulate_lattice` scene, optional
 so columns are up to ~60 px apart), ``edges`` (piecewise-smooth regions with blurred
 boundaries and gradients, like a low-magnification view of a specimen edge), ``texture``
 (amorphous/granular material at many correlation lengths), ``particles`` (nanoparticles, some
-with lattice fringes, on an amorphous support). Noise: Poisson at a dose drawn log-uniformly
+with lattice fringes, on an amorphous support). Any kind may carry a vacuum region
+(``vacuum=``): a uniform area at the floor (or, as in bright field, the ceiling) of the
+intensity range behind a warped, more or less blurred specimen edge, as at the edge of a
+sample or a hole in it. Noise: Poisson at a dose drawn log-uniformly
 from a few to thousands of counts per unit intensity, plus read noise; some images are
 noise-free.
 """
@@ -79,11 +82,25 @@ def _particles(shape, rng) -> np.ndarray:
     return _unit(img + background(shape, rng, rng.uniform(0, 0.8)))
 
 
+def _with_vacuum(img: np.ndarray, rng) -> np.ndarray:
+    """Replace the part of ``img`` (in [0, 1]) behind a warped edge by a uniform level with a
+    faint gradient: dark vacuum (HAADF/ADF) or, one time in four, bright (BF/ABF)."""
+    h, w = img.shape
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    ang, c = rng.uniform(0, 2 * np.pi), rng.uniform([0.1 * h, 0.1 * w], [0.9 * h, 0.9 * w])
+    warp = smooth_field(img.shape, rng, scales=(max(h, w) / 4,), weights=[1.0]) * rng.uniform(0, 0.15) * max(h, w)
+    side = ((yy - c[0]) * np.sin(ang) + (xx - c[1]) * np.cos(ang) + warp) > 0
+    edge = ndi.gaussian_filter(side.astype(np.float32), rng.uniform(0.5, 6))
+    level = 1.0 if rng.uniform() < 0.25 else 0.0
+    flat = level + (0.5 - level) * background(img.shape, rng, rng.uniform(0, 0.1))
+    return (1 - edge) * img + edge * flat
+
+
 _MAKERS = {"lattice": _lattice, "edges": _edges, "texture": _texture, "particles": _particles}
 
 
 def simulate_scene(shape=(128, 128), *, kind: str | None = None, dose: float | None = None,
-                   seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+                   seed: int = 0, vacuum: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """One STEM-like image and its noise-free truth.
 
     Parameters
@@ -93,6 +110,8 @@ def simulate_scene(shape=(128, 128), *, kind: str | None = None, dose: float | N
     dose : counts per unit intensity (the clean image spans roughly [0, 1]); ``np.inf`` gives
         a noise-free image; None draws log-uniformly from 2–5000 (10 % noise-free).
     seed : int
+    vacuum : probability of a vacuum region (0: never, the scene is as without the argument;
+        1: always).
 
     Returns
     -------
@@ -103,6 +122,8 @@ def simulate_scene(shape=(128, 128), *, kind: str | None = None, dose: float | N
     if kind not in _MAKERS:
         raise ValueError(f"Unknown scene kind {kind!r}; choose one of {', '.join(SCENE_KINDS)}.")
     clean = _MAKERS[kind](tuple(shape), rng)
+    if vacuum > 0 and rng.uniform() < vacuum:
+        clean = _with_vacuum(clean, rng)
     clean = (rng.uniform(0.02, 0.2) + rng.uniform(0.5, 1.0) * clean).astype(np.float32)
     if dose is None:
         dose = np.inf if rng.uniform() < 0.1 else float(np.exp(rng.uniform(np.log(2), np.log(5000))))

@@ -12,7 +12,8 @@ weight. Loss-spike clipping: a step whose loss exceeds ``spike`` × the running 
 
 Data: a cached pool of ``synth.scenes.simulate_scene`` images (lattices with defects and
 interfaces, particles on supports, amorphous textures, edges; Poisson + read noise at
-10–5000 counts per unit intensity, a ``--clean-frac`` share noise-free), random crops,
+10–5000 counts per unit intensity, a ``--clean-frac`` share noise-free, a ``--vacuum`` share
+with a uniform vacuum region behind a specimen edge), random crops,
 dihedral flips, a random scan kind (all of ``MASK_KINDS``; with ``--n-bank`` most masks are
 windows of whole-field masks) and coverage (log-uniform 1/100–1/10) per sample. The target is
 the noise-free image. Real data is never used. Shipped recipe: see nets/MODEL_CARD.md.
@@ -35,9 +36,12 @@ ARCH = {"kind": "unet", "in_channels": 4, "out_channels": 2, "base": 16, "depth"
 VAL_SEED = 9_000_000
 
 
-def pool(n: int, size: int, first_seed: int, cache_dir="/tmp", clean_frac: float = 0.15) -> tuple[np.ndarray, np.ndarray]:
-    """``n`` (noisy, clean) scenes of ``size``² px (a ``clean_frac`` share noise-free), cached as .npz."""
-    path = Path(cache_dir) / f"microml_completion_pool_v2_{first_seed}_{n}_{size}_{clean_frac:g}.npz"
+def pool(n: int, size: int, first_seed: int, cache_dir="/tmp", clean_frac: float = 0.15,
+         vacuum: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` (noisy, clean) scenes of ``size``² px (a ``clean_frac`` share noise-free, a ``vacuum``
+    share with a vacuum region), cached as .npz."""
+    tag = f"_vac{vacuum:g}" if vacuum else ""
+    path = Path(cache_dir) / f"microml_completion_pool_v2_{first_seed}_{n}_{size}_{clean_frac:g}{tag}.npz"
     if clean_frac == 0.15 and not path.is_file():  # name used before clean_frac existed
         path = Path(cache_dir) / f"microml_completion_pool_v2_{first_seed}_{n}_{size}.npz"
     if path.is_file():
@@ -45,7 +49,8 @@ def pool(n: int, size: int, first_seed: int, cache_dir="/tmp", clean_frac: float
         return z["noisy"], z["clean"]
     rng = np.random.default_rng(first_seed)
     doses = np.where(rng.uniform(size=n) < clean_frac, np.inf, np.exp(rng.uniform(np.log(10), np.log(5000), n)))
-    pairs = [simulate_scene((size, size), dose=float(doses[i]), seed=first_seed + i) for i in range(n)]
+    pairs = [simulate_scene((size, size), dose=float(doses[i]), seed=first_seed + i, vacuum=vacuum)
+             for i in range(n)]
     noisy, clean = (np.stack(a) for a in zip(*pairs))
     np.savez(path, noisy=noisy, clean=clean)
     return noisy, clean
@@ -158,7 +163,8 @@ def _pixel_loss(out, x, t, miss, eps: float = 1e-4):
 
 
 def train(phase="pixel", steps=2000, batch=8, crop=96, n_pool=1200, pool_size=160, lr=2e-3, seed=0,
-          name=None, adv_weight=0.02, spike=3.0, init=None, n_val=48, clean_frac=0.15, n_bank=0, field=0):
+          name=None, adv_weight=0.02, spike=3.0, init=None, n_val=48, clean_frac=0.15, n_bank=0, field=0,
+          vacuum=0.0):
     import torch
 
     from napari_microml.nets.registry import load_model, save_model
@@ -169,7 +175,7 @@ def train(phase="pixel", steps=2000, batch=8, crop=96, n_pool=1200, pool_size=16
     rng = np.random.default_rng(seed)
     first = 1_000_000 + seed * 100_000
     t0 = time.time()
-    noisy, clean = pool(n_pool, pool_size, first, clean_frac=clean_frac)
+    noisy, clean = pool(n_pool, pool_size, first, clean_frac=clean_frac, vacuum=vacuum)
     val = val_set(n_val, crop)
     bank = mask_bank(n_bank, first + 50_000, sizes=(max(96, field), 512)) if n_bank else None
     print(f"pool+val ready in {time.time() - t0:.0f}s", flush=True)
@@ -225,7 +231,7 @@ def train(phase="pixel", steps=2000, batch=8, crop=96, n_pool=1200, pool_size=16
     final = evaluate(net, val)
     name = name or ("completion-pixel" if phase == "pixel" else "completion-default")
     meta = {"phase": phase, "init": init or ("completion-pixel" if phase == "gan" else None),
-            "clean_frac": clean_frac, "mask_bank": n_bank, "feature_field": max(field, crop),
+            "clean_frac": clean_frac, "vacuum": vacuum, "mask_bank": n_bank, "feature_field": max(field, crop),
             "data": f"synth.scenes.simulate_scene pool of {n_pool} images {pool_size}px, crops {crop}px, "
                     "all MASK_KINDS, coverage log-uniform 1/100-1/10",
             "train_seeds": f"{first}..{first + n_pool - 1}", "val_seeds": f"{VAL_SEED}..{VAL_SEED + n_val - 1}",
@@ -254,13 +260,14 @@ def main(argv=None):
     p.add_argument("--n-bank", type=int, default=0, help="whole-field masks to crop windows from (0: none)")
     p.add_argument("--field", type=int, default=0,
                    help="compute mask and features on a field this large, then crop (0: on the crop)")
+    p.add_argument("--vacuum", type=float, default=0.0, help="share of training scenes with a vacuum region")
     p.add_argument("--name", default=None)
     p.add_argument("--init", default=None, help="warm start from this shipped completion model")
     a = p.parse_args(argv)
     lr = a.lr if a.lr is not None else (1e-3 if a.phase == "pixel" else 2e-4)
     entry, rows = train(phase=a.phase, steps=a.steps, batch=a.batch, crop=a.crop, n_pool=a.n_pool, lr=lr,
                         seed=a.seed, name=a.name, adv_weight=a.adv_weight, init=a.init, n_val=a.n_val,
-                        clean_frac=a.clean_frac, n_bank=a.n_bank, field=a.field)
+                        clean_frac=a.clean_frac, n_bank=a.n_bank, field=a.field, vacuum=a.vacuum)
     print(json.dumps({"saved": entry, "last": rows[-1]}, indent=1))
 
 
