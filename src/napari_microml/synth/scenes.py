@@ -88,7 +88,8 @@ def _with_vacuum(img: np.ndarray, rng) -> np.ndarray:
     h, w = img.shape
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     ang, c = rng.uniform(0, 2 * np.pi), rng.uniform([0.1 * h, 0.1 * w], [0.9 * h, 0.9 * w])
-    warp = smooth_field(img.shape, rng, scales=(max(h, w) / 4,), weights=[1.0]) * rng.uniform(0, 0.15) * max(h, w)
+    warp = smooth_field(img.shape, rng, scales=(max(h, w) / 4,), weights=[1.0])
+    warp = warp * rng.uniform(0, 0.15) * max(h, w)
     side = ((yy - c[0]) * np.sin(ang) + (xx - c[1]) * np.cos(ang) + warp) > 0
     edge = ndi.gaussian_filter(side.astype(np.float32), rng.uniform(0.5, 6))
     level = 1.0 if rng.uniform() < 0.25 else 0.0

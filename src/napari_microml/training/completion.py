@@ -41,7 +41,8 @@ def pool(n: int, size: int, first_seed: int, cache_dir="/tmp", clean_frac: float
     """``n`` (noisy, clean) scenes of ``size``² px (a ``clean_frac`` share noise-free, a ``vacuum``
     share with a vacuum region), cached as .npz."""
     tag = f"_vac{vacuum:g}" if vacuum else ""
-    path = Path(cache_dir) / f"microml_completion_pool_v2_{first_seed}_{n}_{size}_{clean_frac:g}{tag}.npz"
+    name = f"microml_completion_pool_v2_{first_seed}_{n}_{size}_{clean_frac:g}{tag}.npz"
+    path = Path(cache_dir) / name
     if clean_frac == 0.15 and not path.is_file():  # name used before clean_frac existed
         path = Path(cache_dir) / f"microml_completion_pool_v2_{first_seed}_{n}_{size}.npz"
     if path.is_file():
