@@ -294,7 +294,7 @@ def test_sigterm_leaves_nothing(stack_file, tmp_path):
 def test_folder_skips_unsuitable_datasets_with_a_note(fakes, shared_data, tmp_path, capsys):
     folder = shared_data / "dkl"  # HAADF image + EELS spectrum image + a BEPS .h5 (not ours)
     if not (folder / "CuZn_HAADF.hspy").exists():
-        pytest.skip("dkl data not present")
+        pytest.skip(f"{folder / 'CuZn_HAADF.hspy'} is not present")
     out = tmp_path / "o"
     assert cli.main(["atoms", str(folder), "--out", str(out), "--quiet"]) == 0
     assert (out / "CuZn_HAADF_atoms.csv").exists()

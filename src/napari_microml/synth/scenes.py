@@ -37,16 +37,25 @@ def _lattice(shape, rng) -> np.ndarray:
     return _unit(clean[:h, :w])
 
 
-def _edges(shape, rng) -> np.ndarray:
+def _soft_side(shape, rng, *, margin: float, warp_div: float, warp_max: float,
+               blur_max: float) -> np.ndarray:
+    """One side (0..1) of a random, smoothly warped straight edge, blurred by a random σ: the
+    edge passes through a point at least ``margin`` × the size from the border, its warp has
+    correlation length the larger side / ``warp_div`` and amplitude up to ``warp_max`` × it."""
     h, w = shape
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    ang = rng.uniform(0, 2 * np.pi)
+    c = rng.uniform([margin * h, margin * w], [(1 - margin) * h, (1 - margin) * w])
+    warp = smooth_field(shape, rng, scales=(max(h, w) / warp_div,), weights=[1.0])
+    warp = warp * rng.uniform(0, warp_max) * max(h, w)
+    side = ((yy - c[0]) * np.sin(ang) + (xx - c[1]) * np.cos(ang) + warp) > 0
+    return ndi.gaussian_filter(side.astype(np.float32), rng.uniform(0.5, blur_max))
+
+
+def _edges(shape, rng) -> np.ndarray:
     img = np.zeros(shape, np.float32)
     for _ in range(int(rng.integers(1, 5))):
-        ang = rng.uniform(0, 2 * np.pi)
-        c = rng.uniform([0, 0], [h, w])
-        warp = smooth_field(shape, rng, scales=(max(h, w) / 3,), weights=[1.0]) * rng.uniform(0, 0.1) * max(h, w)
-        side = ((yy - c[0]) * np.sin(ang) + (xx - c[1]) * np.cos(ang) + warp) > 0
-        region = ndi.gaussian_filter(side.astype(np.float32), rng.uniform(0.5, 12))
+        region = _soft_side(shape, rng, margin=0.0, warp_div=3, warp_max=0.1, blur_max=12)
         img += rng.uniform(-1, 1) * region
     img += background(shape, rng, rng.uniform(0, 0.6))
     img += rng.uniform(0, 0.05) * smooth_field(shape, rng, scales=(rng.uniform(1, 3), 8.0))
@@ -85,13 +94,7 @@ def _particles(shape, rng) -> np.ndarray:
 def _with_vacuum(img: np.ndarray, rng) -> np.ndarray:
     """Replace the part of ``img`` (in [0, 1]) behind a warped edge by a uniform level with a
     faint gradient: dark vacuum (HAADF/ADF) or, one time in four, bright (BF/ABF)."""
-    h, w = img.shape
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    ang, c = rng.uniform(0, 2 * np.pi), rng.uniform([0.1 * h, 0.1 * w], [0.9 * h, 0.9 * w])
-    warp = smooth_field(img.shape, rng, scales=(max(h, w) / 4,), weights=[1.0])
-    warp = warp * rng.uniform(0, 0.15) * max(h, w)
-    side = ((yy - c[0]) * np.sin(ang) + (xx - c[1]) * np.cos(ang) + warp) > 0
-    edge = ndi.gaussian_filter(side.astype(np.float32), rng.uniform(0.5, 6))
+    edge = _soft_side(img.shape, rng, margin=0.1, warp_div=4, warp_max=0.15, blur_max=6)
     level = 1.0 if rng.uniform() < 0.25 else 0.0
     flat = level + (0.5 - level) * background(img.shape, rng, rng.uniform(0, 0.1))
     return (1 - edge) * img + edge * flat
