@@ -270,10 +270,12 @@ def test_sigterm_leaves_nothing(stack_file, tmp_path):
     import time
 
     script = tmp_path / "slow.py"
+    started = tmp_path / "started"
     script.write_text(
-        "import sys, time\n"
+        "import pathlib, sys, time\n"
         "from napari_microml import cli\n"
         "def slow(frame, device='auto'):\n"
+        f"    pathlib.Path({str(started)!r}).touch()\n"
         "    time.sleep(0.5)\n"
         "    return {'positions': [[1.0, 1.0]], 'features': None}\n"
         "cli.ADAPTERS['atoms'].run = slow\n"
@@ -282,8 +284,9 @@ def test_sigterm_leaves_nothing(stack_file, tmp_path):
     proc = subprocess.Popen([sys.executable, str(script), "atoms", str(stack_file), "--out",
                              str(out), "--workers", "1"], stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 60
-    while not (out.exists() and any(out.iterdir())) and time.time() < deadline:
-        time.sleep(0.1)  # wait until the run has started (temporary folder exists)
+    while not started.exists() and time.time() < deadline:
+        time.sleep(0.1)  # wait until frames are being processed (imports done, temporary folder made)
+    assert out.exists() and any(out.iterdir()), "the run should have made its temporary folder"
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
