@@ -190,6 +190,8 @@ def promote(path: str, name: str = "defects-default") -> dict:
     if init.endswith(".pt") and Path(init).is_file():  # a warm start from another candidate file:
         meta["init"] = Path(init).name                  # keep its recipe, not a temporary path
         meta["init_meta"] = load_model("defects", init)[1]["meta"]
+    elif init:  # a warm start from a shipped model, perhaps the one this file replaces: keep its recipe
+        meta["init_meta"] = load_model("defects", init)[1]["meta"]
     return save_model(net, name, task="defects", arch=blob["arch"], meta=meta)
 
 
