@@ -5,13 +5,32 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from napari_microml.atoms.refine import METHODS, refine_positions
+from napari_microml.atoms.refine import METHODS, flatten_background, refine_positions
 from napari_microml.runtime.provenance import make_provenance
 from napari_microml.runtime.spacing import resample, to_original, zoom_for, zoom_to
 from napari_microml.runtime.validate import as_image_stack, fill_nonfinite, robust_normalize
 from napari_microml.runtime.workers import drain, progress
 
 FEATURES = ("score", "intensity", "sigma", "position_std", "fit_ok")
+INPUTS = ("plain", "flatten")  # what a model was trained on: robust scaling, or that after flattening
+FLATTEN_RADIUS = 8  # flatten_background radius (px of the network grid): a minimum over 35 px, smoothed
+
+
+def network_input(image: np.ndarray, kind: str = "plain") -> np.ndarray:
+    """What an atom network sees: the frame (bright columns, on the network's grid) scaled so its
+    0.5 / 99.8 percentiles map to 0 / 1; for ``kind="flatten"`` the slowly varying background
+    (support thickness, gradients) is subtracted first (:func:`~napari_microml.atoms.refine.flatten_background`),
+    so faint columns on a bright, uneven support keep their contrast."""
+    if kind not in INPUTS:
+        raise ValueError(f"Unknown network input {kind!r}; choose one of {', '.join(INPUTS)}.")
+    image = np.asarray(image, np.float32)
+    return robust_normalize(flatten_background(image, FLATTEN_RADIUS) if kind == "flatten" else image)
+
+
+def input_kind(net, info: dict) -> str:
+    """The input a loaded atom model expects: its recorded ``meta["input"]``, else the module's
+    ``input_kind`` attribute (modules passed directly), else "plain"."""
+    return (info.get("meta") or {}).get("input") or getattr(net, "input_kind", "plain")
 
 
 @dataclass
@@ -107,13 +126,14 @@ def find_atoms_iter(
     from napari_microml.nets.unet import batch_predictor
 
     predict = batch_predictor(net, dev, torch.sigmoid)
+    kind = input_kind(net, info)
     n_frames = len(stack)
     probs, rows = [], []
     for t, frame in enumerate(stack):
         frame = fill_nonfinite(frame)
         if contrast == "dark":
             frame = frame.max() - frame
-        gen = tiled_predict(predict, robust_normalize(resample(frame, zoom))[None], out_channels=1, tile=tile,
+        gen = tiled_predict(predict, network_input(resample(frame, zoom), kind)[None], out_channels=1, tile=tile,
                             batch_size=max(1, (1024 * 1024) // (tile * tile)),  # bounded memory
                             multiple=getattr(net, "multiple", 8))
         while True:
@@ -143,7 +163,7 @@ def find_atoms_iter(
     params = dict(model=str(model) if not hasattr(model, "state_dict") else "custom", threshold=threshold,
                   refine=refine, contrast=contrast, min_distance=min_distance, pixel_size=pixel_size, tile=tile,
                   rescale=rescale if isinstance(rescale, str) or rescale is None else float(rescale),
-                  zoom=round(zoom, 4), estimated_period_px=spacing)
+                  zoom=round(zoom, 4), estimated_period_px=spacing, network_input=kind)
     label = describe_device(dev)
     model_info = {k: info[k] for k in ("name", "file", "sha256")}
     return AtomsResult(

@@ -35,18 +35,25 @@ def load_labelled(folder: Path):
 
 
 def finetune(base, items, steps, seed, size=96, batch=8, lr=5e-4):
+    """Fine-tune ``base`` in place on ``items``; crops are made from the input the base model
+    expects (its ``input_kind``, as ``find_atoms`` prepares it), and the module keeps that kind."""
     import torch
     import torch.nn.functional as F
+
+    from napari_microml.atoms.finder import network_input
 
     seed_everything(seed)
     rng = np.random.default_rng(seed)
     net = base
+    kind = getattr(net, "input_kind", "plain")
+    inputs = {name: network_input(img, kind) for name, img, _, _ in items}
     net.train()
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
     for _ in range(steps):
         xb, yb = [], []
         for _ in range(batch):
-            _, img, true, target = items[rng.integers(len(items))]
+            name, _, true, target = items[rng.integers(len(items))]
+            img = inputs[name]
             h, w = img.shape
             if rng.uniform() < 0.7 and len(true):  # crops centred near labelled atoms, else anywhere
                 c = true[rng.integers(len(true))] + rng.uniform(-size / 3, size / 3, 2)
@@ -95,6 +102,7 @@ def main(argv=None):
     if len(items) < 2:
         raise SystemExit(f"Need at least two labelled images under {a.data}.")
     base, info = load_model("atoms", a.base)
+    base.input_kind = info["meta"].get("input", "plain")  # find_atoms and finetune read it from the module
     state = {k: v.clone() for k, v in base.state_dict().items()}
     per_image, base_scores = {}, {}
     thresholds = np.round(np.arange(0.15, 0.8, 0.05), 2)
@@ -118,6 +126,7 @@ def main(argv=None):
         base.load_state_dict(state)
         net = finetune(base, items, a.steps, a.seed)
         meta = {"data": "atoms_pt_haadf (11 hand-labelled Pt/C HAADF images, MIT)", **report,
+                "input": base.input_kind,
                 "recommended_threshold": pick_threshold(net, items, thresholds)}
         print(json.dumps(save_model(net, a.name, task="atoms", arch=ARCH, meta=meta), indent=1))
     torch.set_grad_enabled(True)
