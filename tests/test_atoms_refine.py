@@ -73,3 +73,26 @@ def test_matching_scores():
     b = match_boxes(pred, true)
     assert b["f1"] == pytest.approx(2 / 3)
     assert match_boxes(np.array([[10, 17.0]]), np.array([[10, 10.0]]))["f1"] == 0  # IoU 14/28 ≤ 0.5
+
+
+def test_a_close_neighbour_does_not_pull_the_fit():
+    """A column with an interstitial 0.6 spacings away: each fits only its own side of the bisector."""
+    spacing = 12.0
+    yy, xx = np.mgrid[0:7, 0:7]
+    host = np.column_stack([yy.ravel(), xx.ravel()]) * spacing + 16.0
+    extra = host[24] + [0.0, 0.6 * spacing]  # between two hosts of the middle row
+    truth = np.vstack([host, extra])
+    img = render_gaussians((112, 112), truth, np.full(len(truth), 1.6), np.r_[np.ones(len(host)), 0.7])
+    start = truth + np.random.default_rng(0).normal(0, 0.3, truth.shape)
+    pos, feats = refine_positions(img, start, method="gaussian")
+    err = np.hypot(*(pos - truth).T)
+    crowded = [24, 25, len(truth) - 1]  # the hosts on either side of the interstitial, and it
+    assert err[crowded].max() < 0.3, err[crowded]  # whole windows: host 25 was pulled ~1 px
+    assert np.median(err[:-1]) < 0.02 and feats["fit_ok"].all()
+    # windows of columns without a neighbour within reach are untouched
+    from napari_microml.atoms.refine import _neighbours, _own_pixels, _patches, window_radius
+
+    r = window_radius(host)
+    centres = np.rint(host).astype(int)
+    _, wgt, dy, dx = _patches(img, centres, r)
+    np.testing.assert_array_equal(_own_pixels(wgt, dy, dx, host - centres, _neighbours(host, r) - centres[:, None]), wgt)

@@ -57,6 +57,45 @@ def _patches(image: np.ndarray, centres: np.ndarray, r: int):
     return values, inside.astype(values.dtype), dy.astype(float), dx.astype(float)
 
 
+def _own_pixels(wgt, dy, dx, starts, neighbours):
+    """Zero the weight of window pixels that lie closer to another column than to this one.
+
+    ``starts`` (N, 2): each column's position relative to its window centre; ``neighbours``
+    (N, K, 2): the other columns near it, same frame, NaN where none. A column with a close
+    neighbour (e.g. an interstitial 0.7 spacings away) then fits only its own side of the
+    bisector; in a regular lattice the window (0.4 spacings) already stays inside that line.
+    """
+    valid = np.isfinite(neighbours[:, :, 0])
+    rows = np.nonzero(valid.any(axis=1))[0]  # in a regular lattice: none, nothing to compute
+    if not len(rows):
+        return wgt
+    st, nbs = starts[rows], neighbours[rows]
+    own = (dy[None] - st[:, :1]) ** 2 + (dx[None] - st[:, 1:]) ** 2
+    keep = np.ones(own.shape, bool)
+    for k in range(int(valid[rows].sum(axis=1).max())):
+        nb = nbs[:, k]
+        other = (dy[None] - nb[:, :1]) ** 2 + (dx[None] - nb[:, 1:]) ** 2
+        keep &= ~(other < own)  # NaN neighbours compare False: nothing removed
+    out = wgt.copy()
+    out[rows] *= keep
+    return out
+
+
+def _neighbours(positions: np.ndarray, r: int, k: int = 6) -> np.ndarray:
+    """(N, k, 2) positions of up to ``k`` other columns within 2r + 1 px of each column, NaN-padded."""
+    from scipy.spatial import cKDTree
+
+    n = len(positions)
+    out = np.full((n, k, 2), np.nan)
+    if n < 2:
+        return out
+    d, idx = cKDTree(positions).query(positions, k=min(k + 1, n), distance_upper_bound=2 * r + 1)
+    d, idx = d[:, 1:], idx[:, 1:]  # the first hit is the column itself (or its exact duplicate)
+    ok = np.isfinite(d)
+    out[:, :d.shape[1]][ok] = positions[idx[ok]]
+    return out
+
+
 def _lm_gaussian(v, wgt, dy, dx, p, iters=10, tol=5e-3):
     """Vectorised Levenberg–Marquardt for f = A·exp(-((y-y0)²+(x-x0)²)/2s²) + b.
 
@@ -202,11 +241,13 @@ def refine_positions(image, positions, *, method: str = "gaussian", radius: int 
     r = int(radius or window_radius(pos0, max_radius=max_radius))
     noise = noise_sigma(image)
     image = flatten_background(image, r)
+    others = _neighbours(pos0, r)
     out = pos0.copy()
     for lo in range(0, n, chunk):
         sl = slice(lo, lo + chunk)
         centres = np.clip(np.rint(pos0[sl]).astype(int), 0, np.array(image.shape) - 1)
         v, wgt, dy, dx = _patches(image, centres, r)
+        wgt = _own_pixels(wgt, dy, dx, pos0[sl] - centres, others[sl] - centres[:, None])
         k = (0.1 * (wgt.sum(axis=1) - 1)).astype(int)
         ordered = np.sort(np.where(wgt > 0, v, np.inf), axis=1)
         b0 = ordered[np.arange(len(v)), k]  # 10th percentile inside the window
