@@ -29,13 +29,14 @@ def noise_sigma(image: np.ndarray) -> float:
     return float(np.sqrt(np.pi / 2) * np.abs(conv).mean(dtype=np.float64) / 6.0)
 
 
-def window_radius(positions: np.ndarray, default: int = 4, max_radius: int = 10) -> int:
-    """Fit-window radius from the median nearest-neighbour distance (0.4 of it, 2–``max_radius`` px)."""
+def window_radius(positions: np.ndarray, default: int = 4, max_radius: int = 10, tree=None) -> int:
+    """Fit-window radius from the median nearest-neighbour distance (0.4 of it, 2–``max_radius`` px);
+    ``tree``: a ``cKDTree`` of ``positions`` already built by the caller."""
     if len(positions) < 2:
         return default
     from scipy.spatial import cKDTree
 
-    d, _ = cKDTree(positions).query(positions, k=2)
+    d, _ = (tree or cKDTree(positions)).query(positions, k=2)
     return int(np.clip(np.rint(0.4 * np.median(d[:, 1])), 2, max_radius))
 
 
@@ -81,15 +82,16 @@ def _own_pixels(wgt, dy, dx, starts, neighbours):
     return out
 
 
-def _neighbours(positions: np.ndarray, r: int, k: int = 6) -> np.ndarray:
-    """(N, k, 2) positions of up to ``k`` other columns within 2r + 1 px of each column, NaN-padded."""
+def _neighbours(positions: np.ndarray, r: int, k: int = 6, tree=None) -> np.ndarray:
+    """(N, k, 2) positions of up to ``k`` other columns within 2r + 1 px of each column, NaN-padded
+    (``tree``: a ``cKDTree`` of ``positions`` already built by the caller)."""
     from scipy.spatial import cKDTree
 
     n = len(positions)
     out = np.full((n, k, 2), np.nan)
     if n < 2:
         return out
-    d, idx = cKDTree(positions).query(positions, k=min(k + 1, n), distance_upper_bound=2 * r + 1)
+    d, idx = (tree or cKDTree(positions)).query(positions, k=min(k + 1, n), distance_upper_bound=2 * r + 1)
     d, idx = d[:, 1:], idx[:, 1:]  # the first hit is the column itself (or its exact duplicate)
     ok = np.isfinite(d)
     out[:, :d.shape[1]][ok] = positions[idx[ok]]
@@ -238,10 +240,13 @@ def refine_positions(image, positions, *, method: str = "gaussian", radius: int 
     feats["fit_ok"] = np.zeros(n, bool)
     if n == 0:
         return pos0.copy(), feats
-    r = int(radius or window_radius(pos0, max_radius=max_radius))
+    from scipy.spatial import cKDTree
+
+    tree = cKDTree(pos0)  # one tree for the window size and the neighbours
+    r = int(radius or window_radius(pos0, max_radius=max_radius, tree=tree))
     noise = noise_sigma(image)
     image = flatten_background(image, r)
-    others = _neighbours(pos0, r)
+    others = _neighbours(pos0, r, tree=tree)
     out = pos0.copy()
     for lo in range(0, n, chunk):
         sl = slice(lo, lo + chunk)

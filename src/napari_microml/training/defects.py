@@ -187,11 +187,13 @@ def promote(path: str, name: str = "defects-default") -> dict:
     blob = torch.load(path, map_location="cpu", weights_only=True)
     meta = dict(info["meta"])
     init = str(meta.get("init") or "")
-    if init.endswith(".pt") and Path(init).is_file():  # a warm start from another candidate file:
-        meta["init"] = Path(init).name                  # keep its recipe, not a temporary path
+    is_file = init.endswith(".pt")
+    # a warm start from a candidate file or a shipped model (perhaps the one this file replaces):
+    # keep its recipe, and a candidate file's name rather than its temporary path
+    if init and (not is_file or Path(init).is_file()):
         meta["init_meta"] = load_model("defects", init)[1]["meta"]
-    elif init:  # a warm start from a shipped model, perhaps the one this file replaces: keep its recipe
-        meta["init_meta"] = load_model("defects", init)[1]["meta"]
+        if is_file:
+            meta["init"] = Path(init).name
     return save_model(net, name, task="defects", arch=blob["arch"], meta=meta)
 
 
