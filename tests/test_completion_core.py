@@ -52,6 +52,18 @@ def test_result_does_not_depend_on_intensity_units(scene):
     np.testing.assert_allclose(b.uncertainty, a.uncertainty * 1e-3, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("level", [0.0, 1234.0])
+def test_a_uniform_scan_is_completed_with_its_constant(level):
+    """A scan whose measured pixels are all equal (vacuum, no counts) has nothing to vary: the
+    completion is that constant with zero uncertainty, not network residue on a degenerate range."""
+    mask = scan_mask("spiral", (96, 96), 1 / 20, seed=1)
+    r = complete_scan(np.where(mask, level, np.nan), mask, device="cpu")
+    assert (r.image == np.float32(level)).all() and (r.uncertainty == 0).all()
+    varied = np.where(mask, level, np.nan)
+    varied[np.argwhere(mask)[0][0], np.argwhere(mask)[0][1]] = level + 1.0  # one count differs: the network runs
+    assert (complete_scan(varied, mask, device="cpu").uncertainty[~mask] > 0).all()
+
+
 def test_stack_is_completed_frame_by_frame_and_progress_is_reported(scene):
     noisy, _ = scene
     masks = np.stack([scan_mask(k, noisy.shape, 1 / 15, seed=4) for k in ("grid", "lissajous")])

@@ -103,6 +103,11 @@ def complete_frame(net, predict, values: np.ndarray, mask: np.ndarray, *, sigma_
     """Generator: complete one (H, W) frame; yields ``(done, total)`` tiles, returns (image, σ)."""
     from napari_microml.runtime.tiling import tiled_predict
 
+    measured = values[mask]
+    if measured.min() == measured.max():  # a uniform scan (e.g. vacuum, no counts): nothing varies,
+        # so the constant is the only completion the data support; the network would paint its
+        # residual on a span it cannot normalise
+        return np.full(values.shape, measured[0], np.float32), np.zeros(values.shape, np.float32)
     lo, hi = measured_range(values, mask)
     span = hi - lo
     x = features((values - lo) / span, mask)
