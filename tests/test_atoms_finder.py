@@ -68,6 +68,15 @@ def test_lattices_outside_the_trained_spacing_are_resampled(spacing, shape):
     assert m["rms"] < 0.1 * spacing + 0.2, m
 
 
+def test_a_blank_shot_noise_frame_gives_next_to_no_atoms():
+    """Vacuum at 10 counts/px: no lattice to resample to, and (almost) nothing the network calls a column.
+    (The period estimate once read such noise as a 3-4 px lattice and ~1,000 'atoms' came back.)"""
+    frame = np.random.default_rng(13_600_021).poisson(10.0, (256, 256)).astype(np.float32)
+    r = mm.find_atoms(frame)
+    assert r.parameters["zoom"] == 1.0 and r.parameters["estimated_period_px"] is None
+    assert len(r.positions) <= 10
+
+
 def test_in_range_lattice_is_not_resampled():
     s = simulate_lattice((128, 128), scene="crystal", lattice="square", spacing=12, dose=500, seed=3)
     assert mm.find_atoms(s.image).parameters["zoom"] == 1.0

@@ -28,6 +28,22 @@ def test_single_atoms_and_noise_are_not_periodic():
     assert estimate_spacing(np.zeros((8, 8))) == Spacing(None, 0.0)
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_frames_of_pure_shot_noise_have_no_period(seed):
+    """A blank frame (vacuum, a very low dose) must not be read as a 2–4 px lattice and blown up:
+    its autocorrelation peaks do not stand out of their own noise."""
+    rng = np.random.default_rng(seed)
+    lam = (0.5, 2.0, 10.0, 100.0, 1000.0, None)[seed]
+    frame = rng.normal(size=(256, 256)) if lam is None else rng.poisson(lam, (256, 256)).astype(float)
+    assert estimate_spacing(frame) == Spacing(None, 0.0)
+
+
+def test_a_fine_noisy_lattice_keeps_its_period():
+    s = simulate_lattice((256, 256), scene="crystal", lattice="square", spacing=3.0, dose=20, seed=5)
+    est = estimate_spacing(s.image)
+    assert est.periodic and est.period == pytest.approx(3.0, rel=0.1)
+
+
 def test_auto_zoom_only_outside_the_range():
     assert auto_zoom(Spacing(12.0, 0.8), (512, 512)) == 1.0
     assert auto_zoom(Spacing(70.0, 0.8), (512, 512)) == pytest.approx(0.2)

@@ -4,7 +4,8 @@ The networks were trained on column spacings of 5–30 px. A 4k image of a large
 survey image at 3 px per column is outside that range and the raw network fails there
 (find_atoms F1 ≈ 0 at 60 px spacing). ``estimate_spacing`` measures the shortest strong
 period from the image's autocorrelation (Wiener–Khinchin, Hann-windowed, slow background
-removed, white-noise spike at the origin dropped); ``auto_zoom`` turns it into a resampling
+removed, white-noise spike at the origin dropped; no period when its peak does not stand out of
+the noise of a blank frame); ``auto_zoom`` turns it into a resampling
 factor only when the image is clearly periodic and the period lies outside the trained range.
 Non-periodic images (single atoms, particles, amorphous films) are never resampled.
 """
@@ -18,6 +19,7 @@ from scipy import ndimage as ndi
 MIN_STRENGTH = 0.3  # autocorrelation peak / central value; single-atom images stay below 0.2
 _REL_PEAK = 0.3  # shortest peak at least this fraction of the strongest one
 _MAX_SIDE = 1024  # the estimate uses a central crop of at most this size
+_MIN_PEAK_SE = 5.0  # the period's peak, in white-noise standard errors of the autocorrelation
 
 
 @dataclass(frozen=True)
@@ -54,9 +56,11 @@ def estimate_spacing(image: np.ndarray) -> Spacing:
     x = x[y0:y0 + h, x0:x0 + w]
     x = np.where(np.isfinite(x), x, np.nanmedian(x) if np.isfinite(x).any() else 0.0)
     x = x - ndi.uniform_filter(x, size=max(16, min(h, w) // 4), mode="reflect")
-    x = (x - x.mean()) * np.outer(np.hanning(h), np.hanning(w))
+    window = np.outer(np.hanning(h), np.hanning(w))
+    x = (x - x.mean()) * window
     a = np.fft.fftshift(np.fft.irfft2(np.abs(np.fft.rfft2(x)) ** 2, s=(h, w)))
     cy, cx = h // 2, w // 2
+    total = a[cy, cx]  # structure + pixel noise
     # white noise only adds to the origin: replace it by its neighbours' level
     a[cy, cx] = 0.25 * (a[cy, cx - 1] + a[cy, cx + 1] + a[cy - 1, cx] + a[cy + 1, cx])
     if a[cy, cx] <= 0:
@@ -73,6 +77,12 @@ def estimate_spacing(image: np.ndarray) -> Spacing:
     vals, radii = a[peaks] / a[cy, cx], r[peaks]
     strong = vals >= _REL_PEAK * vals.max()
     i = int(np.argmin(np.where(strong, radii, np.inf)))
+    # In a frame of pure noise the origin's neighbours are ~0 too, so any bump divided by them
+    # looks strong: the peak must also stand out of the autocorrelation's own noise, whose
+    # standard error (relative to the origin) is sqrt(Σw⁴)/Σw² under the window w.
+    w2 = window * window
+    if a[peaks][i] < _MIN_PEAK_SE * np.sqrt((w2 * w2).sum()) / w2.sum() * total:
+        return Spacing(None, 0.0)
     return Spacing(float(radii[i]), float(vals[i]))
 
 
