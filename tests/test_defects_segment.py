@@ -71,7 +71,9 @@ def test_without_pixel_size_physical_columns_are_nan(moderate):
 
 
 def test_user_atoms_are_used_for_distances(moderate):
-    r = segment_defects(moderate[0].image, atoms=np.array([[0.0, 0.0]]), device="cpu")
+    # one atom is no lattice: the lattice check would drop every point defect, so it is off here
+    r = segment_defects(moderate[0].image, atoms=np.array([[0.0, 0.0]]), device="cpu", lattice_check=False)
+    assert len(r.table)
     np.testing.assert_allclose(r.table["nearest_atom_px"], np.hypot(r.table["row"], r.table["col"]))
 
 
@@ -313,3 +315,28 @@ def test_wide_lattice_is_resampled_and_results_come_back_on_the_original_pixels(
     assert auto.table["row"].between(0, 639).all() and (auto.table["area_nm2"] > 0).all()
     with pytest.raises(ValueError, match="rescale"):
         segment_defects(s.image[:64, :64], rescale="huge")
+
+
+def test_point_defects_need_a_lattice_around_them():
+    """A vacancy or dopant is a site of a lattice: calls in the vacuum beside a nanoparticle are
+    dropped, the crystal's own defects are not."""
+    from scipy.spatial import cKDTree
+
+    from napari_microml.defects.context import near_lattice
+    from napari_microml.synth.lattice import simulate_lattice
+
+    grid = np.stack(np.meshgrid(np.arange(10) * 10.0, np.arange(10) * 10.0), -1).reshape(-1, 2)
+    assert near_lattice([[45, 45], [0, 0], [200, 200], [95, 105]], grid).tolist() == [True, True, False, False]
+    assert not near_lattice([[45, 45]], grid[:2]).any()  # two columns are no lattice
+
+    s = simulate_lattice((192, 192), scene="particle", dose=200, seed=14_300_001)
+    spacing = float(np.median(cKDTree(s.positions).query(s.positions, k=2)[0][:, 1]))
+
+    def away_from_atoms(result):
+        t = result.table[result.table["class"] != "extended"]
+        return int((cKDTree(s.positions).query(t[["row", "col"]].to_numpy())[0] > spacing).sum())
+
+    checked = segment_defects(s.image)
+    assert checked.provenance["parameters"]["lattice_check"] is True
+    assert away_from_atoms(segment_defects(s.image, lattice_check=False)) >= 5
+    assert away_from_atoms(checked) <= 1

@@ -151,7 +151,7 @@ def _to_original_grid(labels, st, probs, cols, zoom: float, shape):
 def segment_defects_iter(image, *, model="default", threshold: float = 0.5, pixel_size: float | None = None,
                          atoms=None, contrast: str = "bright", device="auto", tile: int = 1024,
                          min_area: int = 3, tta: int = 1, column_check: bool | None = None,
-                         rescale="auto", input_name: str | None = None):
+                         lattice_check: bool = True, rescale="auto", input_name: str | None = None):
     """Generator twin of :func:`segment_defects`: yields progress tuples, returns a DefectsResult."""
     import pandas as pd
     from scipy.spatial import cKDTree
@@ -212,6 +212,8 @@ def segment_defects_iter(image, *, model="default", threshold: float = 0.5, pixe
             labels, st, _ = check_columns(net_in, probs, labels, st, cols, spacing)
         if zoom != 1.0:
             labels, st, probs, cols = _to_original_grid(labels, st, probs, cols, zoom, (h, w))
+        if lattice_check:
+            labels, st = _keep_near_lattice(labels, st, frame, user_atoms, t, is_stack, dev)
         centres = np.column_stack([st["row"], st["col"]])
         near = cKDTree(cols).query(centres)[0] if len(cols) and len(centres) else np.full(len(centres), np.nan)
         n = len(st["row"])
@@ -235,7 +237,8 @@ def segment_defects_iter(image, *, model="default", threshold: float = 0.5, pixe
     label = describe_device(dev)
     params = dict(model=str(model) if not hasattr(model, "state_dict") else "custom", threshold=threshold,
                   pixel_size=pixel_size, contrast=contrast, tile=tile, min_area=int(min_area), tta=int(tta),
-                  column_check=bool(column_check), zoom=round(zoom, 4), estimated_period_px=period,
+                  column_check=bool(column_check), lattice_check=bool(lattice_check), zoom=round(zoom, 4),
+                  estimated_period_px=period,
                   rescale=rescale if isinstance(rescale, str) or rescale is None else float(rescale),
                   atoms="given" if user_atoms is not None else "network")
     model_info = {k: info[k] for k in ("name", "file", "sha256")}
@@ -247,6 +250,26 @@ def segment_defects_iter(image, *, model="default", threshold: float = 0.5, pixe
         provenance=make_provenance("defect_segmenter", parameters=params, model=model_info, device=label,
                                    input_name=input_name),
     )
+
+
+def _keep_near_lattice(labels, st, frame, user_atoms, t: int, is_stack: bool, dev):
+    """Drop point-defect instances far from every atom column (:mod:`napari_microml.defects.context`);
+    the columns are the user's atoms when given, else the atom finder's on ``frame`` (bright columns)."""
+    from napari_microml.defects.context import near_lattice
+    from napari_microml.defects.instances import keep_instances
+
+    point = st["class_id"] != len(CLASS_NAMES)
+    if not point.any():
+        return labels, st
+    if user_atoms is not None:
+        columns = user_atoms[user_atoms[:, 0] == t, 1:] if is_stack else user_atoms
+    else:
+        from napari_microml.atoms.finder import find_atoms
+
+        columns = find_atoms(frame, device=dev).positions
+    keep = ~point
+    keep[point] = near_lattice(np.column_stack([st["row"], st["col"]])[point], columns)
+    return keep_instances(labels, st, keep) if not keep.all() else (labels, st)
 
 
 def segment_defects(image, **kwargs) -> DefectsResult:
@@ -283,6 +306,11 @@ def segment_defects(image, **kwargs) -> DefectsResult:
         column is a clear outlier the network missed (e.g. a weak dopant on the dim B site of a
         perovskite). Default: on for ``contrast='bright'`` (Z-contrast images), off for ABF,
         whose column intensities do not follow the atomic number.
+    lattice_check : bool
+        Keep a vacancy, dopant or interstitial only when an atom column lies within 1.5 local
+        lattice spacings of it (:mod:`napari_microml.defects.context`): removes calls in the
+        vacuum or on the support of nanoparticle and single-atom images. The columns are
+        ``atoms`` when given, else the atom finder's (one extra network pass). Default on.
     rescale : 'auto', 'off' or float
         The network was trained on column spacings of 6–24 px. ``'auto'`` (default) resamples a
         clearly periodic image whose lattice period lies outside 6–30 px to a 14 px period
