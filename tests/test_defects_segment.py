@@ -319,7 +319,7 @@ def test_wide_lattice_is_resampled_and_results_come_back_on_the_original_pixels(
 
 def test_point_defects_need_a_lattice_around_them():
     """A vacancy or dopant is a site of a lattice: calls in the vacuum beside a nanoparticle are
-    dropped, the crystal's own defects are not."""
+    dropped (that crystals lose nothing is the benchmark's job: benchmarks/defects.py)."""
     from scipy.spatial import cKDTree
 
     from napari_microml.defects.context import near_lattice
