@@ -28,6 +28,6 @@ def near_lattice(centres: np.ndarray, columns: np.ndarray, max_spacings: float =
         return np.zeros(len(c), bool)
     tree = cKDTree(cols)
     nearest_neighbour = tree.query(cols, k=2)[0][:, 1]
-    _, idx = tree.query(c, k=min(12, len(cols)))
-    local = np.median(nearest_neighbour[np.atleast_2d(idx.T).T], axis=1)
+    _, idx = tree.query(c, k=min(12, len(cols)))  # k >= 3: idx is (N, k)
+    local = np.median(nearest_neighbour[idx], axis=1)
     return tree.query(c)[0] <= max_spacings * local
