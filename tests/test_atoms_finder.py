@@ -140,6 +140,24 @@ def test_real_velox_lattice_is_regular(shared_data):
     assert r.features["fit_ok"].mean() > 0.85
 
 
+@pytest.mark.realdata
+def test_real_velox_lattice_rescale_always_finds_the_columns_the_native_scale_misses(shared_data):
+    """Acquisition_18.emd is noisy and its period (~23 px) is inside the trained range, so 'auto'
+    runs the network at native scale, where it finds about two columns in three; 'always'
+    resamples to a 14 px period and finds the rest of the same lattice."""
+    from scipy.spatial import cKDTree
+
+    from napari_microml.io.reader import read_file
+
+    img = np.asarray(read_file(shared_data / "formats" / "Acquisition_18.emd")[0][0])[:512, :512]
+    auto, always = mm.find_atoms(img), mm.find_atoms(img, rescale="always")
+    assert auto.parameters["zoom"] == 1.0 and always.parameters["zoom"] < 0.7
+    assert len(always.positions) > 1.25 * len(auto.positions)
+    nn = [np.percentile(cKDTree(r.positions).query(r.positions, k=2)[0][:, 1], [25, 50, 75]) for r in (auto, always)]
+    assert nn[1][1] == pytest.approx(nn[0][1], rel=0.05)  # the same lattice, not a denser one
+    assert (nn[1][2] - nn[1][0]) / nn[1][1] < 0.1  # and regular
+
+
 def test_flattened_network_input_removes_a_slow_background_and_keeps_the_columns():
     from napari_microml.atoms.finder import network_input
 

@@ -122,10 +122,11 @@ def test_wide_lattice_is_rescaled_unless_the_user_turns_it_off(make_napari_viewe
     widget = AtomFinderWidget(viewer)
     widget.image_layer.value = layer
     counts = {}
-    for mode in ("auto", "off"):
+    for mode in ("auto", "always", "off"):
         widget.rescale.value = mode
         _run(widget, qtbot)
         pts = viewer.layers["wide atoms"]
         counts[mode] = len(pts.data)
         assert pts.metadata["napari_microml"]["parameters"]["rescale"] == mode
     assert 60 <= counts["auto"] <= 130 and counts["off"] != counts["auto"], counts  # ~100 columns
+    assert counts["always"] == counts["auto"]  # outside the range both bring the period to 14 px

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from napari_microml.runtime.spacing import Spacing, auto_zoom, estimate_spacing, resample, to_original
+from napari_microml.runtime.spacing import Spacing, auto_zoom, estimate_spacing, resample, to_original, zoom_for
 from napari_microml.synth.lattice import simulate_lattice
 
 
@@ -50,6 +50,17 @@ def test_auto_zoom_only_outside_the_range():
     assert auto_zoom(Spacing(3.5, 0.8), (512, 512)) == pytest.approx(4.0)
     assert auto_zoom(Spacing(70.0, 0.1), (512, 512)) == 1.0  # not a lattice: never resampled
     assert auto_zoom(Spacing(2.0, 0.9), (4096, 4096)) == pytest.approx(2.0)  # capped at 8192 px
+
+
+def test_always_brings_any_lattice_to_the_target_period_and_leaves_the_rest():
+    s = simulate_lattice((256, 256), scene="crystal", lattice="square", spacing=24.0, dose=300, seed=9)
+    assert zoom_for(s.image, "auto")[0] == 1.0  # 24 px is inside the trained range
+    zoom, period = zoom_for(s.image, "always")
+    assert period == pytest.approx(24.0, rel=0.08) and zoom == pytest.approx(14.0 / period, rel=1e-3)
+    atoms = simulate_lattice((256, 256), scene="single_atoms", spacing=12, dose=300, seed=1)
+    assert zoom_for(atoms.image, "always") == (1.0, None)  # no lattice: never resampled
+    with pytest.raises(ValueError, match="'always'"):
+        zoom_for(s.image, "sometimes")
 
 
 def test_positions_map_back_to_the_original_grid():

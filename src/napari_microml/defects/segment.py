@@ -311,11 +311,12 @@ def segment_defects(image, **kwargs) -> DefectsResult:
         lattice spacings of it (:mod:`napari_microml.defects.context`): removes calls in the
         vacuum or on the support of nanoparticle and single-atom images. The columns are
         ``atoms`` when given, else the atom finder's (one extra network pass). Default on.
-    rescale : 'auto', 'off' or float
+    rescale : 'auto', 'always', 'off' or float
         The network was trained on column spacings of 6–24 px. ``'auto'`` (default) resamples a
         clearly periodic image whose lattice period lies outside 6–30 px to a 14 px period
         (:mod:`napari_microml.runtime.spacing`); labels, centroids, areas and probabilities are
-        returned on the original pixels. A number forces that factor; ``'off'`` never resamples.
+        returned on the original pixels. A number forces that factor; ``'always'`` resamples any clearly periodic
+        image to a 14 px period; ``'off'`` never resamples.
 
     Returns
     -------

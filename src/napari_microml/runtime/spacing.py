@@ -20,6 +20,8 @@ MIN_STRENGTH = 0.3  # autocorrelation peak / central value; single-atom images s
 _REL_PEAK = 0.3  # shortest peak at least this fraction of the strongest one
 _MAX_SIDE = 1024  # the estimate uses a central crop of at most this size
 _MIN_PEAK_SE = 5.0  # the period's peak, in white-noise standard errors of the autocorrelation
+TARGET = 14.0  # px: the period a resampled copy gets
+RESCALE_MODES = ("auto", "always", "off")
 
 
 @dataclass(frozen=True)
@@ -86,7 +88,7 @@ def estimate_spacing(image: np.ndarray) -> Spacing:
     return Spacing(float(radii[i]), float(vals[i]))
 
 
-def auto_zoom(spacing: Spacing, shape, *, low: float = 5.0, high: float = 36.0, target: float = 14.0,
+def auto_zoom(spacing: Spacing, shape, *, low: float = 5.0, high: float = 36.0, target: float = TARGET,
               max_side: int = 8192) -> float:
     """Resampling factor bringing a periodic image's period to ``target`` px when it lies outside
     [``low``, ``high``] px; 1.0 otherwise. Upsampling is capped so no side exceeds ``max_side``."""
@@ -115,21 +117,25 @@ def to_resampled(positions: np.ndarray, zoom: float) -> np.ndarray:
 
 
 def zoom_for(frame: np.ndarray, rescale, *, low: float = 5.0, high: float = 36.0) -> tuple[float, float | None]:
-    """Resampling factor for ``rescale`` ('auto', None/'off' or a number) and the period found.
+    """Resampling factor for ``rescale`` ('auto', 'always', None/'off' or a number) and the period found.
 
-    ``'auto'`` resamples only a clearly periodic ``frame`` whose period is outside [low, high] px.
+    ``'auto'`` resamples only a clearly periodic ``frame`` whose period is outside [low, high] px;
+    ``'always'`` brings any clearly periodic frame to the ``TARGET`` period (non-periodic frames
+    are left alone either way).
     """
     if rescale is None or rescale == "off":
         return 1.0, None
     if isinstance(rescale, str):
-        if rescale != "auto":
-            raise ValueError(f"rescale must be 'auto', 'off' or a positive number, not {rescale!r}.")
+        if rescale not in RESCALE_MODES:
+            raise ValueError(f"rescale must be 'auto', 'always', 'off' or a positive number, not {rescale!r}.")
         sp = estimate_spacing(frame)
+        if rescale == "always":
+            low = high = TARGET
         return auto_zoom(sp, frame.shape, low=low, high=high), (round(sp.period, 2) if sp.periodic else None)
     try:
         zoom = float(rescale)
     except (TypeError, ValueError):
-        raise ValueError(f"rescale must be 'auto', 'off' or a positive number, not {rescale!r}.") from None
+        raise ValueError(f"rescale must be 'auto', 'always', 'off' or a positive number, not {rescale!r}.") from None
     if not 0.05 <= zoom <= 8:
         raise ValueError(f"A rescale factor of {zoom} is outside 0.05–8; use 'auto' to pick one.")
     return zoom, None
