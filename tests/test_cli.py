@@ -239,6 +239,32 @@ def test_real_atoms_on_small_stack(tmp_path):
     assert len(table) > 0 and set(table["frame"]) <= {0, 1, 2}
 
 
+def test_rescale_option_reaches_the_lattice_tools(tmp_path):
+    """--rescale always: a 24 px lattice (inside the trained range, so 'auto' leaves it) is
+    resampled in every frame; the factor is in the provenance; other tools refuse the option."""
+    import tifffile
+
+    from napari_microml.synth.lattice import simulate_lattice
+
+    frames = np.stack([simulate_lattice((192, 192), scene="crystal", lattice="square", spacing=24.0,
+                                        dose=500, seed=i).image for i in range(2)])
+    tifffile.imwrite(tmp_path / "wide.tif", frames.astype(np.float32), photometric="minisblack")
+    zooms = {}
+    for mode in ("auto", "always"):
+        out = tmp_path / mode
+        assert cli.main(["atoms", str(tmp_path / "wide.tif"), "--out", str(out), "--device", "cpu",
+                         "--rescale", mode, "--quiet"]) == 0
+        prov = json.loads((out / "wide_atoms.provenance.json").read_text())
+        zooms[mode] = prov["parameters"]["tool_provenance"]["parameters"]["zoom"]
+        assert len(pd.read_csv(out / "wide_atoms.csv")) > 50
+    assert zooms["auto"] == 1.0 and zooms["always"] == pytest.approx(14 / 24, rel=0.1)
+    with pytest.raises(cli.InputError, match="no --rescale"):
+        cli.run_tool("complete", [str(tmp_path / "wide.tif")], str(tmp_path / "c"), rescale="always")
+    with pytest.raises(cli.InputError, match="choose one of"):
+        cli.run_tool("atoms", [str(tmp_path / "wide.tif")], str(tmp_path / "c"), rescale="sometimes")
+    assert not (tmp_path / "c").exists()
+
+
 def test_console_script_exit_codes(tmp_path):
     import subprocess
     import sys

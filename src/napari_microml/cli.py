@@ -43,19 +43,19 @@ class InputError(ValueError):
 # --------------------------------------------------------------------------- adapters
 # Each adapter takes one item (a 2D frame, or an (N, L) spectra block) and returns a dict of
 # plain numpy / pandas results, so it pickles to dask.distributed workers.
-def _atoms(frame: np.ndarray, device: str = "auto", model: str = "default") -> dict:
+def _atoms(frame: np.ndarray, device: str = "auto", model: str = "default", rescale: str = "auto") -> dict:
     import napari_microml as mm
 
-    r = mm.find_atoms(frame, device=device, model=model)
+    r = mm.find_atoms(frame, device=device, model=model, rescale=rescale)
     return {"positions": np.asarray(r.positions, float).reshape(-1, 2),
             "features": _frame_table(r.features),
             "provenance": getattr(r, "provenance", None)}
 
 
-def _defects(frame: np.ndarray, device: str = "auto", model: str = "default") -> dict:
+def _defects(frame: np.ndarray, device: str = "auto", model: str = "default", rescale: str = "auto") -> dict:
     import napari_microml as mm
 
-    d = mm.segment_defects(frame, device=device, model=model)
+    d = mm.segment_defects(frame, device=device, model=model, rescale=rescale)
     return {"labels": np.asarray(d.labels, np.int32), "table": _frame_table(d.table),
             "provenance": getattr(d, "provenance", None)}
 
@@ -108,6 +108,7 @@ class Adapter:
     per: str  # "frame": 2D frames of images/stacks; "spectra": one (N, L) block per input
     help: str
     task: str | None = None  # the model registry's task when the tool takes --model
+    rescale: bool = False  # the tool takes --rescale (lattice tools: runtime/spacing.py)
 
 
 def model_choices(tool: str) -> list[str]:
@@ -126,8 +127,9 @@ def model_choices(tool: str) -> list[str]:
 
 
 ADAPTERS: dict[str, Adapter] = {
-    "atoms": Adapter(_atoms, "frame", "find atomic columns → <name>_atoms.csv", "atoms"),
-    "defects": Adapter(_defects, "frame", "segment defects → <name>_defects.tif + table CSV", "defects"),
+    "atoms": Adapter(_atoms, "frame", "find atomic columns → <name>_atoms.csv", "atoms", rescale=True),
+    "defects": Adapter(_defects, "frame", "segment defects → <name>_defects.tif + table CSV", "defects",
+                       rescale=True),
     "complete": Adapter(_complete, "frame",
                         "complete partial scans (NaN or 0 = not measured) → image + uncertainty TIFF",
                         "completion"),
@@ -401,7 +403,7 @@ def _write_outputs(tool: str, job: Job, results: list[dict], tmp: Path, prov: di
 
 def run_tool(tool: str, inputs: list[str], out: str, *, device: str = "auto",
              scheduler: str | None = None, workers: int | None = None,
-             progress: bool = True, model: str | None = None) -> list[Path]:
+             progress: bool = True, model: str | None = None, rescale: str | None = None) -> list[Path]:
     """Validate ``inputs``, run ``tool`` on them and write results into ``out``.
 
     Returns the paths written. Raises :class:`InputError` for bad input (nothing written).
@@ -415,6 +417,14 @@ def run_tool(tool: str, inputs: list[str], out: str, *, device: str = "auto",
         if model not in choices:
             raise InputError(f"--model {model!r} is not a {tool} model; choose one of {', '.join(choices)}.")
         run = functools.partial(adapter.run, model=model)
+    if rescale is not None:
+        from napari_microml.runtime.spacing import RESCALE_MODES
+
+        if not adapter.rescale:
+            raise InputError(f"{tool} takes no --rescale (only the lattice tools do).")
+        if rescale not in RESCALE_MODES:
+            raise InputError(f"--rescale {rescale!r}: choose one of {', '.join(RESCALE_MODES)}.")
+        run = functools.partial(run, rescale=rescale)
     files = collect_inputs(inputs)
     jobs = load_jobs(files, tool)
     out_dir = Path(out)
@@ -485,6 +495,10 @@ def _parser() -> argparse.ArgumentParser:
             sp.add_argument("--model", default=None,
                             help="shipped model name (see `microml models`; complete also takes "
                                  "'local-gp', kriging without a network); default: default")
+        if ad.rescale:
+            sp.add_argument("--rescale", default=None, choices=["auto", "always", "off"],
+                            help="resample each frame's lattice for the network: auto (default) only "
+                                 "outside the trained range, always to a 14 px period, off never")
     return ap
 
 
@@ -535,7 +549,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         written = run_tool(args.command, args.inputs, args.out, device=args.device,
                            scheduler=args.scheduler, workers=args.workers,
-                           progress=not args.quiet, model=getattr(args, "model", None))
+                           progress=not args.quiet, model=getattr(args, "model", None),
+                           rescale=getattr(args, "rescale", None))
     except KeyboardInterrupt:
         print(f"microml: {args.command} interrupted; nothing was written.", file=sys.stderr)
         return 130
