@@ -196,9 +196,10 @@ def find_atoms(image, **kwargs) -> AtomsResult:
         lattice period (:func:`runtime.spacing.estimate_spacing`) and, only for a clearly periodic
         image whose period lies outside 5–36 px, runs the network on a copy resampled to a 14 px
         period; peaks are mapped back and refined on the original pixels. A number forces that
-        resampling factor; ``'always'`` resamples any clearly periodic image to
-        a 14 px period (on noisy real images with a 20–36 px period it can find columns the
-        native scale misses: Acquisition_18 1,255 → 1,865 columns); ``'off'`` never resamples. The factor is in ``parameters['zoom']``.
+        resampling factor; ``'always'`` resamples any clearly periodic image to a 14 px period
+        (on noisy real images with a 20–36 px period it can find columns the native scale
+        misses: Acquisition_18 1,255 → 1,865 columns); ``'off'`` never resamples. The factor
+        is in ``parameters['zoom']``.
 
     Returns
     -------

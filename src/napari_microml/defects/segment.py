@@ -315,8 +315,8 @@ def segment_defects(image, **kwargs) -> DefectsResult:
         The network was trained on column spacings of 6–24 px. ``'auto'`` (default) resamples a
         clearly periodic image whose lattice period lies outside 6–30 px to a 14 px period
         (:mod:`napari_microml.runtime.spacing`); labels, centroids, areas and probabilities are
-        returned on the original pixels. A number forces that factor; ``'always'`` resamples any clearly periodic
-        image to a 14 px period; ``'off'`` never resamples.
+        returned on the original pixels. A number forces that factor; ``'always'`` resamples any
+        clearly periodic image to a 14 px period; ``'off'`` never resamples.
 
     Returns
     -------
