@@ -496,7 +496,9 @@ def _parser() -> argparse.ArgumentParser:
                             help="shipped model name (see `microml models`; complete also takes "
                                  "'local-gp', kriging without a network); default: default")
         if ad.rescale:
-            sp.add_argument("--rescale", default=None, choices=["auto", "always", "off"],
+            from napari_microml.runtime.spacing import RESCALE_MODES
+
+            sp.add_argument("--rescale", default=None, choices=list(RESCALE_MODES),
                             help="resample each frame's lattice for the network: auto (default) only "
                                  "outside the trained range, always to a 14 px period, off never")
     return ap

@@ -116,6 +116,10 @@ def to_resampled(positions: np.ndarray, zoom: float) -> np.ndarray:
     return (np.asarray(positions, np.float64) + 0.5) * zoom - 0.5
 
 
+def _bad_rescale(rescale) -> str:
+    return f"rescale must be {', '.join(repr(m) for m in RESCALE_MODES)} or a positive number, not {rescale!r}."
+
+
 def zoom_for(frame: np.ndarray, rescale, *, low: float = 5.0, high: float = 36.0) -> tuple[float, float | None]:
     """Resampling factor for ``rescale`` ('auto', 'always', None/'off' or a number) and the period found.
 
@@ -127,7 +131,7 @@ def zoom_for(frame: np.ndarray, rescale, *, low: float = 5.0, high: float = 36.0
         return 1.0, None
     if isinstance(rescale, str):
         if rescale not in RESCALE_MODES:
-            raise ValueError(f"rescale must be 'auto', 'always', 'off' or a positive number, not {rescale!r}.")
+            raise ValueError(_bad_rescale(rescale))
         sp = estimate_spacing(frame)
         if rescale == "always":
             low = high = TARGET
@@ -135,7 +139,7 @@ def zoom_for(frame: np.ndarray, rescale, *, low: float = 5.0, high: float = 36.0
     try:
         zoom = float(rescale)
     except (TypeError, ValueError):
-        raise ValueError(f"rescale must be 'auto', 'always', 'off' or a positive number, not {rescale!r}.") from None
+        raise ValueError(_bad_rescale(rescale)) from None
     if not 0.05 <= zoom <= 8:
         raise ValueError(f"A rescale factor of {zoom} is outside 0.05–8; use 'auto' to pick one.")
     return zoom, None
