@@ -68,6 +68,19 @@ def test_lattices_outside_the_trained_spacing_are_resampled(spacing, shape):
     assert m["rms"] < 0.1 * spacing + 0.2, m
 
 
+def test_a_noisy_wide_lattice_is_resampled_and_a_well_exposed_one_is_not():
+    """A 29 px period is inside the trained range, but at 10 counts per column peak the native
+    scale misses columns; "auto" resamples such a noisy frame (and only a noisy one)."""
+    s = simulate_lattice((320, 320), scene="crystal", lattice="perovskite", spacing=30.0, dose=10, seed=41)
+    truth = _truth_inside(s, margin=15)
+    auto, off = mm.find_atoms(s.image), mm.find_atoms(s.image, rescale="off")
+    assert 0.4 < auto.parameters["zoom"] < 0.6 and 25 < auto.parameters["estimated_period_px"] < 33
+    f1 = [match_points(_pred_inside(r.positions, s.image.shape, 15), truth, max_distance=10)["f1"] for r in (auto, off)]
+    assert f1[0] > 0.97 and f1[0] > f1[1] + 0.05, f1
+    exposed = simulate_lattice((320, 320), scene="crystal", lattice="perovskite", spacing=30.0, dose=2000, seed=41)
+    assert mm.find_atoms(exposed.image).parameters["zoom"] == 1.0
+
+
 def test_a_blank_shot_noise_frame_gives_next_to_no_atoms():
     """Vacuum at 10 counts/px: no lattice to resample to, and (almost) nothing the network calls a column.
     (The period estimate once read such noise as a 3-4 px lattice and ~1,000 'atoms' came back.)"""
@@ -141,19 +154,20 @@ def test_real_velox_lattice_is_regular(shared_data):
 
 
 @pytest.mark.realdata
-def test_real_velox_lattice_rescale_always_finds_the_columns_the_native_scale_misses(shared_data):
-    """Acquisition_18.emd is noisy and its period (~23 px) is inside the trained range, so 'auto'
-    runs the network at native scale, where it finds about two columns in three; 'always'
-    resamples to a 14 px period and finds the rest of the same lattice."""
+def test_real_velox_lattice_auto_resamples_the_noisy_frame_and_finds_the_columns_native_misses(shared_data):
+    """Acquisition_18.emd is noisy and its period (~23 px) is inside the trained range; at native
+    scale ('off') the network finds about two columns in three. 'auto' sees a noisy lattice above
+    22 px, resamples it to a 14 px period (as 'always' does) and finds the rest of the same lattice."""
     from scipy.spatial import cKDTree
 
     from napari_microml.io.reader import read_file
 
     img = np.asarray(read_file(shared_data / "formats" / "Acquisition_18.emd")[0][0])[:512, :512]
-    auto, always = mm.find_atoms(img), mm.find_atoms(img, rescale="always")
-    assert auto.parameters["zoom"] == 1.0 and always.parameters["zoom"] < 0.7
-    assert len(always.positions) > 1.25 * len(auto.positions)
-    nn = [np.percentile(cKDTree(r.positions).query(r.positions, k=2)[0][:, 1], [25, 50, 75]) for r in (auto, always)]
+    auto, off = mm.find_atoms(img), mm.find_atoms(img, rescale="off")
+    assert off.parameters["zoom"] == 1.0 and auto.parameters["zoom"] < 0.7
+    assert mm.find_atoms(img, rescale="always").parameters["zoom"] == pytest.approx(auto.parameters["zoom"])
+    assert len(auto.positions) > 1.25 * len(off.positions)
+    nn = [np.percentile(cKDTree(r.positions).query(r.positions, k=2)[0][:, 1], [25, 50, 75]) for r in (off, auto)]
     assert nn[1][1] == pytest.approx(nn[0][1], rel=0.05)  # the same lattice, not a denser one
     assert (nn[1][2] - nn[1][0]) / nn[1][1] < 0.1  # and regular
 

@@ -3,7 +3,8 @@ import pytest
 from scipy import ndimage as ndi
 
 from napari_microml.atoms.metrics import match_boxes, match_points
-from napari_microml.atoms.refine import noise_sigma, refine_positions
+from napari_microml.atoms.refine import refine_positions
+from napari_microml.runtime.noise import noise_sigma
 from napari_microml.synth.lattice import simulate_lattice
 from napari_microml.synth.render import render_gaussians
 

@@ -2,7 +2,9 @@
 import numpy as np
 import pytest
 
-from napari_microml.runtime.spacing import Spacing, auto_zoom, estimate_spacing, resample, to_original, zoom_for
+from napari_microml.runtime.noise import noise_fraction
+from napari_microml.runtime.spacing import (NOISY, Spacing, auto_zoom, estimate_spacing, resample, to_original,
+                                          zoom_for)
 from napari_microml.synth.lattice import simulate_lattice
 
 
@@ -61,6 +63,27 @@ def test_always_brings_any_lattice_to_the_target_period_and_leaves_the_rest():
     assert zoom_for(atoms.image, "always") == (1.0, None)  # no lattice: never resampled
     with pytest.raises(ValueError, match="'always'"):
         zoom_for(s.image, "sometimes")
+
+
+def test_noisy_high_resamples_only_noisy_lattices_above_it():
+    noisy = simulate_lattice((320, 320), scene="crystal", lattice="square", spacing=28.0, dose=10, seed=9)
+    exposed = simulate_lattice((320, 320), scene="crystal", lattice="square", spacing=28.0, dose=2000, seed=9)
+    assert noise_fraction(noisy.image) > NOISY > 0.05 > noise_fraction(exposed.image)
+    zoom, period = zoom_for(noisy.image, "auto", noisy_high=22.0)
+    assert period == pytest.approx(28.0, rel=0.08) and zoom == pytest.approx(14.0 / period, rel=1e-3)
+    assert zoom_for(noisy.image, "auto", noisy_high=30.0)[0] == 1.0  # period below the bound
+    assert zoom_for(noisy.image, "auto")[0] == 1.0  # without the option: the trained range only
+    assert zoom_for(exposed.image, "auto", noisy_high=22.0)[0] == 1.0
+    assert zoom_for(noisy.image, "off", noisy_high=22.0) == (1.0, None)
+    atoms = simulate_lattice((256, 256), scene="single_atoms", spacing=30, dose=10, seed=1)
+    assert zoom_for(atoms.image, "auto", noisy_high=22.0)[0] == 1.0  # no lattice: never resampled
+
+
+def test_noise_fraction_of_a_flat_frame_is_infinite_and_of_white_noise_is_its_share():
+    assert noise_fraction(np.ones((64, 64))) == np.inf
+    rng = np.random.default_rng(3)
+    ramp = np.linspace(0, 1, 256)[None, :] * np.ones((256, 1))
+    assert noise_fraction(ramp + rng.normal(0, 0.01, (256, 256))) == pytest.approx(0.01, rel=0.15)
 
 
 def test_positions_map_back_to_the_original_grid():

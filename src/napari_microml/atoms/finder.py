@@ -14,6 +14,11 @@ from napari_microml.runtime.workers import drain, progress
 FEATURES = ("score", "intensity", "sigma", "position_std", "fit_ok")
 INPUTS = ("plain", "flatten")  # what a model was trained on: robust scaling, or that after flattening
 FLATTEN_RADIUS = 8  # flatten_background radius (px of the network grid): a minimum over 35 px, smoothed
+# rescale="auto" also resamples a NOISY lattice (runtime.spacing.NOISY) whose period exceeds this
+# (px): at native scale the network misses columns there (real Acquisition_18: 1,255 of ~1,850).
+# Judged on fresh simulated crystals (12-32 px, 10-5,000 counts): F1 no cell lower, 0.947 -> 0.997
+# at 32 px / 10 counts, positions unchanged at 50-5,000 counts (benchmarks/RESULTS.md).
+NOISY_PERIOD = 22.0
 
 
 def network_input(image: np.ndarray, kind: str = "plain") -> np.ndarray:
@@ -118,7 +123,7 @@ def find_atoms_iter(
     if not 0 < threshold < 1:
         raise ValueError("threshold is a probability and must lie between 0 and 1.")
     stack, is_stack = as_image_stack(image, what="image")
-    zoom, spacing = zoom_for(fill_nonfinite(stack[0]), rescale)
+    zoom, spacing = zoom_for(fill_nonfinite(stack[0]), rescale, noisy_high=NOISY_PERIOD)
     dev = resolve_device(device)
     net, info = load_model("atoms", model, dev)
     import torch
@@ -194,12 +199,12 @@ def find_atoms(image, **kwargs) -> AtomsResult:
     rescale : 'auto', 'always', 'off' or float
         The network was trained on column spacings of 5–30 px. ``'auto'`` (default) measures the
         lattice period (:func:`runtime.spacing.estimate_spacing`) and, only for a clearly periodic
-        image whose period lies outside 5–36 px, runs the network on a copy resampled to a 14 px
-        period; peaks are mapped back and refined on the original pixels. A number forces that
-        resampling factor; ``'always'`` resamples any clearly periodic image to a 14 px period
-        (on noisy real images with a 20–36 px period it can find columns the native scale
-        misses: Acquisition_18 1,255 → 1,865 columns); ``'off'`` never resamples. The factor
-        is in ``parameters['zoom']``.
+        image whose period lies outside 5–36 px, or above 22 px in a noisy image
+        (:func:`runtime.noise.noise_fraction` ≥ 0.1, about 10 counts per column peak), runs the
+        network on a copy resampled to a 14 px period; peaks are mapped back and refined on the
+        original pixels. A number forces that resampling factor; ``'always'`` resamples any
+        clearly periodic image to a 14 px period; ``'off'`` never resamples. The factor is in
+        ``parameters['zoom']``.
 
     Returns
     -------

@@ -11,22 +11,10 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
+from napari_microml.runtime.noise import noise_sigma
+
 METHODS = ("gaussian", "com", "none")
 NP = 5  # fitted parameters per column
-
-
-def noise_sigma(image: np.ndarray) -> float:
-    """Gaussian noise level of an image (Immerkær 1996, fast noise variance estimation).
-
-    The 3×3 Laplacian-difference kernel is the outer product of [1, −2, 1] with itself, so it
-    is applied as two second differences on the interior pixels (no padding, no 2D convolution).
-    """
-    img = np.asarray(image, np.float32)
-    if min(img.shape) < 3:
-        return float(np.std(img))
-    d2 = img[:-2] - 2 * img[1:-1] + img[2:]
-    conv = d2[:, :-2] - 2 * d2[:, 1:-1] + d2[:, 2:]
-    return float(np.sqrt(np.pi / 2) * np.abs(conv).mean(dtype=np.float64) / 6.0)
 
 
 def window_radius(positions: np.ndarray, default: int = 4, max_radius: int = 10, tree=None) -> int:

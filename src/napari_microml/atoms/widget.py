@@ -5,7 +5,7 @@ import napari
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, FloatSlider, PushButton, create_widget
 
-from napari_microml.atoms.finder import find_atoms_iter, refine_points_iter
+from napari_microml.atoms.finder import NOISY_PERIOD, find_atoms_iter, refine_points_iter
 from napari_microml.runtime.widget import (ToolWidget, as_points, physical_kwargs, pixel_size_nm, rescale_combo,
                                           upsert_layer)
 
@@ -27,7 +27,7 @@ class AtomFinderWidget(ToolWidget):
         self.refine = ComboBox(label="Refinement", choices=["gaussian", "com", "none"], value="gaussian")
         self.contrast = ComboBox(label="Columns are", choices=["bright", "dark"], value="bright",
                                  tooltip="bright: HAADF/ADF/STM; dark: ABF/BF")
-        self.rescale = rescale_combo("5–36 px")
+        self.rescale = rescale_combo(f"5–36 px (or above {NOISY_PERIOD:g} px in a noisy image)")
         self.show_probability = CheckBox(label="Add probability map", value=False)
         self.refine_button = PushButton(text="Refine points")
         self.refine_button.tooltip = "Re-fit the (edited) points of the atoms layer"

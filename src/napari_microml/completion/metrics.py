@@ -43,7 +43,7 @@ def completion_errors(pred: np.ndarray, truth: np.ndarray, mask: np.ndarray,
     """
     from skimage.metrics import structural_similarity
 
-    from napari_microml.atoms.refine import noise_sigma
+    from napari_microml.runtime.noise import noise_sigma
 
     pred = np.asarray(pred, np.float64)
     truth = np.asarray(truth, np.float64)
