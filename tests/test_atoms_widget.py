@@ -128,5 +128,7 @@ def test_wide_lattice_is_rescaled_unless_the_user_turns_it_off(make_napari_viewe
         pts = viewer.layers["wide atoms"]
         counts[mode] = len(pts.data)
         assert pts.metadata["napari_microml"]["parameters"]["rescale"] == mode
+        # the status line says when the network ran on a resampled copy, and only then
+        assert ("resampled" in widget.status.value) == (mode != "off"), widget.status.value
     assert 60 <= counts["auto"] <= 130 and counts["off"] != counts["auto"], counts  # ~100 columns
     assert counts["always"] == counts["auto"]  # outside the range both bring the period to 14 px

@@ -88,7 +88,11 @@ class AtomFinderWidget(ToolWidget):
                          colormap="magma", opacity=0.5, blending="additive",
                          contrast_limits=(0, 1), metadata=self.provenance_metadata(result.provenance),
                          **physical_kwargs(layer, result.probability.ndim))
-        self._say(f"Found {len(result.positions)} columns.")
+        zoom, period = result.parameters["zoom"], result.parameters["estimated_period_px"]
+        how = "" if zoom == 1.0 else (f" The network saw a copy resampled ×{zoom:g}"
+                                      + (f" (lattice period {period:g} px → 14 px)" if period else "")
+                                      + "; positions are on your pixels.")
+        self._say(f"Found {len(result.positions)} columns.{how}")
 
     # -- refine the user's edited points ------------------------------------------------------
     def _on_refine_clicked(self, *_):
