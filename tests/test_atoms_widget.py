@@ -132,3 +132,12 @@ def test_wide_lattice_is_rescaled_unless_the_user_turns_it_off(make_napari_viewe
         assert ("resampled" in widget.status.value) == (mode != "off"), widget.status.value
     assert 60 <= counts["auto"] <= 130 and counts["off"] != counts["auto"], counts  # ~100 columns
     assert counts["always"] == counts["auto"]  # outside the range both bring the period to 14 px
+
+
+def test_resample_note_names_the_factor_and_the_period_only_when_resampled():
+    from napari_microml.runtime.widget import resample_note
+
+    assert resample_note({"zoom": 1.0, "estimated_period_px": 12.0}) == ""
+    note = resample_note({"zoom": 0.2917, "estimated_period_px": 48.0})
+    assert "×0.2917" in note and "48 px → 14 px" in note
+    assert "period" not in resample_note({"zoom": 0.5, "estimated_period_px": None})  # a factor the user gave

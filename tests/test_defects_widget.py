@@ -232,6 +232,7 @@ def test_wide_lattice_is_rescaled_and_labels_come_back_on_the_image_grid(make_na
     labels = viewer.layers["wide defects"]
     params = labels.metadata["napari_microml"]["parameters"]
     assert labels.data.shape == s.image.shape and params["rescale"] == "auto" and params["zoom"] < 0.5
+    assert "resampled" in widget.status.value and "your pixels" in widget.status.value
     point = s.objects[s.objects["class"] != "extended"][["row", "col"]].to_numpy()
     found = widget.table_dock.table[["row", "col"]].to_numpy()
     assert len(point) >= 3 and len(found)

@@ -7,7 +7,7 @@ from magicgui.widgets import CheckBox, ComboBox, FloatSlider, PushButton, create
 
 from napari_microml.atoms.finder import NOISY_PERIOD, find_atoms_iter, refine_points_iter
 from napari_microml.runtime.widget import (ToolWidget, as_points, physical_kwargs, pixel_size_nm, rescale_combo,
-                                          upsert_layer)
+                                          resample_note, upsert_layer)
 
 
 def _model_choices() -> list[str]:
@@ -88,11 +88,7 @@ class AtomFinderWidget(ToolWidget):
                          colormap="magma", opacity=0.5, blending="additive",
                          contrast_limits=(0, 1), metadata=self.provenance_metadata(result.provenance),
                          **physical_kwargs(layer, result.probability.ndim))
-        zoom, period = result.parameters["zoom"], result.parameters["estimated_period_px"]
-        how = "" if zoom == 1.0 else (f" The network saw a copy resampled ×{zoom:g}"
-                                      + (f" (lattice period {period:g} px → 14 px)" if period else "")
-                                      + "; positions are on your pixels.")
-        self._say(f"Found {len(result.positions)} columns.{how}")
+        self._say(f"Found {len(result.positions)} columns." + resample_note(result.parameters))
 
     # -- refine the user's edited points ------------------------------------------------------
     def _on_refine_clicked(self, *_):

@@ -12,8 +12,8 @@ from napari_microml.defects.classes import CLASS_COLORS
 from napari_microml.defects.environments import classify_environments
 from napari_microml.defects.segment import segment_defects_iter
 from napari_microml.runtime.provenance import KEY
-from napari_microml.runtime.widget import (ToolWidget, physical_kwargs, pixel_size_nm, rescale_combo, upsert_layer,
-                                          viewer_camera)
+from napari_microml.runtime.widget import (ToolWidget, physical_kwargs, pixel_size_nm, rescale_combo, resample_note,
+                                          upsert_layer, viewer_camera)
 from napari_microml.runtime.workers import progress
 
 ENV_COLORS = ("#4477aa", "#ee7733", "#bbbbbb", "#ee3377", "#aa7744", "#555555", "#000080", "#ffaabb")
@@ -159,7 +159,7 @@ class DefectSegmenterWidget(ToolWidget):
         text = ", ".join(f"{n} {c}" for c, n in counts.items()) or "no defects"
         more = (f" ({run.note})" if run.note else
                 f" {env.n_classes} environment classes, {int(env.unusual.sum())} unusual columns.")
-        self._say(f"Found {text}." + more)
+        self._say(f"Found {text}." + more + resample_note(res.provenance["parameters"]))
 
     def _show_environments(self, layer, res, env):
         import pandas as pd

@@ -57,6 +57,18 @@ def rescale_combo(trained: str) -> ComboBox:
                             "on a noisy image with a large period; off: never")
 
 
+def resample_note(parameters: dict) -> str:
+    """A sentence for the status line when a lattice tool ran its network on a resampled copy
+    (``parameters['zoom']`` ≠ 1; see runtime/spacing.py), else ''."""
+    from napari_microml.runtime.spacing import TARGET
+
+    zoom, period = parameters.get("zoom", 1.0), parameters.get("estimated_period_px")
+    if zoom == 1.0:
+        return ""
+    lattice = f" (lattice period {period:g} px → {TARGET:g} px)" if period else ""
+    return f" The network saw a copy resampled ×{zoom:g}{lattice}; results are on your pixels."
+
+
 def viewer_camera(viewer):
     """``viewer.scene.camera`` (napari ≥ 0.9), else the older ``viewer.camera``."""
     scene = getattr(viewer, "scene", None)
