@@ -58,9 +58,8 @@ def estimate_spacing(image: np.ndarray) -> Spacing:
     x = np.asarray(image, np.float64)
     if x.ndim != 2 or min(x.shape) < 16:
         return Spacing(None, 0.0)
-    h, w = (min(s, _MAX_SIDE) for s in x.shape)
-    y0, x0 = (x.shape[0] - h) // 2, (x.shape[1] - w) // 2
-    x = x[y0:y0 + h, x0:x0 + w]
+    x = _central(x)
+    h, w = x.shape
     x = np.where(np.isfinite(x), x, np.nanmedian(x) if np.isfinite(x).any() else 0.0)
     x = x - ndi.uniform_filter(x, size=max(16, min(h, w) // 4), mode="reflect")
     window = np.outer(np.hanning(h), np.hanning(w))
@@ -91,6 +90,13 @@ def estimate_spacing(image: np.ndarray) -> Spacing:
     if a[peaks][i] < _MIN_PEAK_SE * np.sqrt((w2 * w2).sum()) / w2.sum() * total:
         return Spacing(None, 0.0)
     return Spacing(float(radii[i]), float(vals[i]))
+
+
+def _central(image: np.ndarray) -> np.ndarray:
+    """The central crop of at most ``_MAX_SIDE``² px that the estimates here look at."""
+    h, w = (min(s, _MAX_SIDE) for s in image.shape)
+    y0, x0 = (image.shape[0] - h) // 2, (image.shape[1] - w) // 2
+    return image[y0:y0 + h, x0:x0 + w]
 
 
 def auto_zoom(spacing: Spacing, shape, *, low: float = 5.0, high: float = 36.0, target: float = TARGET,
@@ -143,7 +149,8 @@ def zoom_for(frame: np.ndarray, rescale, *, low: float = 5.0, high: float = 36.0
         sp = estimate_spacing(frame)
         if rescale == "always":
             low = high = TARGET
-        elif noisy_high is not None and sp.periodic and sp.period > noisy_high and noise_fraction(frame) >= NOISY:
+        elif (noisy_high is not None and sp.periodic and sp.period > noisy_high
+              and noise_fraction(_central(frame)) >= NOISY):
             high = noisy_high
         return auto_zoom(sp, frame.shape, low=low, high=high), (round(sp.period, 2) if sp.periodic else None)
     try:
