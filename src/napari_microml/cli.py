@@ -496,11 +496,13 @@ def _parser() -> argparse.ArgumentParser:
                             help="shipped model name (see `microml models`; complete also takes "
                                  "'local-gp', kriging without a network); default: default")
         if ad.rescale:
-            from napari_microml.runtime.spacing import RESCALE_MODES
+            from napari_microml.atoms.finder import NOISY_PERIOD
+            from napari_microml.runtime.spacing import RESCALE_MODES, TARGET
 
             sp.add_argument("--rescale", default=None, choices=list(RESCALE_MODES),
-                            help="resample each frame's lattice for the network: auto (default) only "
-                                 "outside the trained range, always to a 14 px period, off never")
+                            help="resample each frame's lattice for the network: auto (default) "
+                                 f"outside the trained range (atoms: also noisy lattices above {NOISY_PERIOD:g} px), "
+                                 f"always to a {TARGET:g} px period, off never")
     return ap
 
 

@@ -7,8 +7,8 @@ lattice spacing away, at an image border or a grain boundary too; a call in vacu
 So a point defect is kept only when the nearest atom column (found by the atom finder, or given
 by the user) lies within ``MAX_SPACINGS`` local spacings, the local spacing being the median
 nearest-neighbour distance of the 12 columns nearest the defect. Extended regions are not judged.
-Chosen by the rule in /work/notes/s9/guard_defects_context_E.txt: no loss on four fresh
-crystal sets, 74 % fewer point calls away from the atoms of fresh particle frames.
+Chosen by a rule written before its run (benchmarks/RESULTS.md, ninth session): no loss on four
+fresh crystal sets, 74 % fewer point calls away from the atoms of fresh particle frames.
 """
 from __future__ import annotations
 

@@ -48,13 +48,13 @@ def pixel_size_nm(layer) -> float | None:
 
 def rescale_combo(trained: str) -> ComboBox:
     """The "Rescale" choice of the lattice tools (auto/always/off; see runtime/spacing.py)."""
-    from napari_microml.runtime.spacing import RESCALE_MODES
+    from napari_microml.runtime.spacing import RESCALE_MODES, TARGET
 
     return ComboBox(label="Rescale", choices=list(RESCALE_MODES), value="auto",
                     tooltip=f"auto: a lattice whose period is outside the trained {trained} is "
                             "resampled for the network (results stay in your pixels); always: any "
-                            "lattice is resampled to a 14 px period - try it when columns are missed "
-                            "on a noisy image with a large period; off: never")
+                            f"lattice is resampled to a {TARGET:g} px period - try it when columns are "
+                            "missed on a noisy image with a large period; off: never")
 
 
 def resample_note(parameters: dict) -> str:
