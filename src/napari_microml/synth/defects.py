@@ -158,7 +158,7 @@ def simulate_defects(
         for no noise).
     scene : {'crystal', 'interface'}, optional
         A single crystal, or a grain boundary between two rotated crystals (random if None).
-    lattice : one of ``synth.lattice.LATTICES``, optional
+    lattice : one of ``synth.lattice.LATTICES`` or ``EXTRA_LATTICES``, optional (random from LATTICES if None)
     spacing : float, optional
         Nearest-neighbour column distance in px (log-uniform 6–24 if None).
     rotation : float, optional

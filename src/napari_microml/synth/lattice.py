@@ -18,6 +18,11 @@ from scipy import ndimage as ndi
 from napari_microml.synth.render import add_noise, background, render_gaussians, smooth_field
 
 LATTICES = ("square", "rectangular", "triangular", "honeycomb", "perovskite")
+# Drawn only when asked for by name (``lattice=``), so the random draws over LATTICES, and every
+# image made from them, stay as they were: "dichalcogenide" is a honeycomb whose two sublattices
+# differ in intensity, as 2H-MoS2 / WS2 / WSe2 or hBN seen along [001] in HAADF (the chalcogen
+# pair or N column at 0.15-0.9 of the metal or B column).
+EXTRA_LATTICES = ("dichalcogenide",)
 SCENES = ("crystal", "interface", "particle", "single_atoms")
 
 HOST, DOPANT_BRIGHT, DOPANT_DIM, INTERSTITIAL, ADATOM = 0, 1, 2, 3, 4
@@ -50,13 +55,14 @@ def _cell(lattice: str, rng) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         return np.array([[1, 0], [0, rng.uniform(1.25, 1.8)]]), np.zeros((1, 2)), np.ones(1)
     if lattice == "triangular":
         return np.array([[1, 0], [0.5, s3 / 2]]), np.zeros((1, 2)), np.ones(1)
-    if lattice == "honeycomb":
-        return np.array([[s3, 0], [s3 / 2, 1.5]]), np.array([[0, 0], [0, 1.0]]), np.ones(2)
+    if lattice in ("honeycomb", "dichalcogenide"):
+        rel = np.ones(2) if lattice == "honeycomb" else np.array([1.0, np.exp(rng.uniform(np.log(0.15), np.log(0.9)))])
+        return np.array([[s3, 0], [s3 / 2, 1.5]]), np.array([[0, 0], [0, 1.0]]), rel
     if lattice == "perovskite":
         a = np.sqrt(2.0)
         return (np.array([[a, 0], [0, a]]), np.array([[0, 0], [a / 2, a / 2]]),
                 np.array([1.0, rng.uniform(0.3, 0.75)]))
-    raise ValueError(f"Unknown lattice {lattice!r}; choose from {LATTICES}.")
+    raise ValueError(f"Unknown lattice {lattice!r}; choose from {LATTICES + EXTRA_LATTICES}.")
 
 
 def lattice_sites(shape, lattice: str, spacing: float, rotation: float, rng, margin: float = 0.0):
@@ -153,7 +159,7 @@ def simulate_lattice(
     ----------
     shape : (H, W)
     scene : one of ``SCENES``
-    lattice : one of ``LATTICES``
+    lattice : one of ``LATTICES`` (drawn at random if None) or ``EXTRA_LATTICES``
     spacing : nearest-neighbour column distance in px (5–30 typical)
     rotation : lattice rotation in radians
     dose : counts at the peak of a unit-height column (log-uniform 5–5000 if None);

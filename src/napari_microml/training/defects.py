@@ -39,13 +39,15 @@ def network_input(image: np.ndarray, contrast: str) -> np.ndarray:
 
 def _lattice_for(seed: int, lattice_weights: dict | None) -> str | None:
     """A lattice drawn from ``lattice_weights`` (relative weights by name) for this seed, or None
-    (the simulator's own uniform choice)."""
+    (the simulator's own uniform choice). Unnamed ``LATTICES`` weigh 1; an ``EXTRA_LATTICES``
+    entry is drawn only when named."""
     if not lattice_weights:
         return None
-    from napari_microml.synth.lattice import LATTICES
+    from napari_microml.synth.lattice import EXTRA_LATTICES, LATTICES
 
-    p = np.array([float(lattice_weights.get(name, 1.0)) for name in LATTICES])
-    return str(np.random.default_rng([int(seed), 4_242]).choice(LATTICES, p=p / p.sum()))
+    names = LATTICES + tuple(n for n in EXTRA_LATTICES if n in lattice_weights)
+    p = np.array([float(lattice_weights.get(name, 1.0)) for name in names])
+    return str(np.random.default_rng([int(seed), 4_242]).choice(names, p=p / p.sum()))
 
 
 def make_pair(seed: int, size: int = 128, lattice_weights: dict | None = None, dose_range=None):
