@@ -3,7 +3,7 @@
 Prints one JSON document (also written to benchmarks/results/defects.json); every figure sits
 beside the classical lattice-site baseline (defects/baseline.py) run in the same process.
 Held-out seeds 5,000,000+ and 5,200,000+ (training uses 1,000,000+, validation 9,000,000+).
-Usage: python benchmarks/defects.py [--parts synthetic,speed,real,environments] [--quick]
+Usage: python benchmarks/defects.py [--parts synthetic,dichalcogenide,scale,speed,real,environments] [--quick]
 Parts not run keep their previous figures in the JSON file.
 """
 from __future__ import annotations
@@ -31,13 +31,15 @@ SEED0 = 5_000_000
 SEED0_MORE = 5_200_000  # the images added in the ninth session
 N_SEEDS = 12  # per lattice × scene: 120 images per dose (40 until the ninth session; see RESULTS.md)
 FIRST_SEEDS = 4  # the earlier 40 images (from SEED0), still reported on their own
+SEED0_TMD = 5_400_000  # the dichalcogenide part (twelfth session)
 
 
-def benchmark_images(seed0: int, n_seeds: int, dose: float, scenes, size: int = 256, contrast: str = "bright"):
+def benchmark_images(seed0: int, n_seeds: int, dose: float, scenes, size: int = 256, contrast: str = "bright",
+                     lattices=LATTICES):
     """The benchmark's image set: every lattice × scene × ``n_seeds`` seeds from ``seed0``,
     spacing uniform 8–18 px per seed. Yields (DefectsSample, spacing)."""
     k = 0
-    for lattice in LATTICES:
+    for lattice in lattices:
         for scene in scenes:
             for i in range(n_seeds):
                 seed = seed0 + 1000 * k + i
@@ -64,19 +66,7 @@ def synthetic(n_seeds: int, size: int = 256, contrast: str = "bright", scenes=("
     out = {}
     n_first = len(LATTICES) * len(scenes) * min(n_seeds, first)
     for dose_name, dose in DOSES.items():
-        scores = {"ours": [], "baseline": []}
-        times = {"ours": [], "baseline": []}
-        for s, spacing in images(n_seeds, dose, scenes, size, contrast, first):
-            kw = dict(radius=0.5 * spacing, margin=0.5 * spacing)
-            t = time.perf_counter()
-            r = segment_defects(s.image, contrast=contrast)
-            times["ours"].append(time.perf_counter() - t)
-            scores["ours"].append(score_defects(r.table, classmap_from_labels(r.labels, r.table),
-                                                s.objects, s.classmap, **kw))
-            t = time.perf_counter()
-            b = baseline_defects(s.image, contrast=contrast)
-            times["baseline"].append(time.perf_counter() - t)
-            scores["baseline"].append(score_defects(b.objects, b.classmap, s.objects, s.classmap, **kw))
+        scores, times = _score_both(images(n_seeds, dose, scenes, size, contrast, first), contrast)
         out[dose_name] = {"dose_counts_at_column_peak": dose, "n_images": len(scores["ours"]),
                           **{name: {"per_class": summarize(sc), "mean_s_per_image": round(float(np.mean(times[name])), 3)}
                              for name, sc in scores.items()}}
@@ -86,6 +76,41 @@ def synthetic(n_seeds: int, size: int = 256, contrast: str = "bright", scenes=("
     return {"size": size, "contrast": contrast, "scenes": list(scenes), "lattices": list(LATTICES),
             "spacing_px": "uniform 8-18", "match": "Hungarian per class within 0.5*spacing; 0.5*spacing border "
             "ignored; extended: region overlap >= 30%", "by_dose": out}
+
+
+def _score_both(samples, contrast: str = "bright", models=("default",)):
+    """Object scores and seconds per image of ours (key "ours" for the default model, "ours_<name>"
+    for other shipped models) and the baseline over (sample, spacing) pairs."""
+    keys = {m: "ours" if m == "default" else f"ours_{m}" for m in models}
+    scores = {**{k: [] for k in keys.values()}, "baseline": []}
+    times = {k: [] for k in scores}
+    for s, spacing in samples:
+        kw = dict(radius=0.5 * spacing, margin=0.5 * spacing)
+        for model, key in keys.items():
+            t = time.perf_counter()
+            r = segment_defects(s.image, contrast=contrast, model=model)
+            times[key].append(time.perf_counter() - t)
+            scores[key].append(score_defects(r.table, classmap_from_labels(r.labels, r.table),
+                                             s.objects, s.classmap, **kw))
+        t = time.perf_counter()
+        b = baseline_defects(s.image, contrast=contrast)
+        times["baseline"].append(time.perf_counter() - t)
+        scores["baseline"].append(score_defects(b.objects, b.classmap, s.objects, s.classmap, **kw))
+    return scores, times
+
+
+def dichalcogenide(n_seeds: int, size: int = 256):
+    """Honeycombs whose second sublattice is 0.15–0.9 as bright as the first (2H-MoS2/WS2/WSe2,
+    hBN; ``synth.lattice.EXTRA_LATTICES``), crystal and grain boundary × ``n_seeds``, every dose;
+    the default model, the opt-in "dichalcogenide" model and the baseline side by side."""
+    out = {}
+    for dose_name, dose in DOSES.items():
+        samples = benchmark_images(SEED0_TMD, n_seeds, dose, ("crystal", "interface"), size,
+                                   lattices=("dichalcogenide",))
+        scores, _ = _score_both(samples, models=("default", "dichalcogenide"))
+        out[dose_name] = {"dose_counts_at_column_peak": dose, "n_images": len(scores["ours"]),
+                          **{name: {"per_class": summarize(sc)} for name, sc in scores.items()}}
+    return {"size": size, "lattice": "dichalcogenide", "spacing_px": "uniform 8-18", "by_dose": out}
 
 
 def speed(size: int = 1024):
@@ -254,7 +279,7 @@ def main(argv=None):
     import torch
 
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--parts", default="synthetic,scale,speed,real,environments")
+    p.add_argument("--parts", default="synthetic,dichalcogenide,scale,speed,real,environments")
     p.add_argument("--quick", action="store_true", help=f"1 seed per lattice/scene instead of {N_SEEDS}")
     p.add_argument("--png-dir", default=str(ROOT / "benchmarks" / "results"),
                    help="where the real-image overlays go")
@@ -266,6 +291,8 @@ def main(argv=None):
         n = 1 if a.quick else N_SEEDS
         report["synthetic"] = synthetic(n)
         report["synthetic_abf_moderate"] = synthetic_abf(n)
+    if "dichalcogenide" in parts:
+        report["synthetic_dichalcogenide"] = dichalcogenide(1 if a.quick else N_SEEDS)
     if "scale" in parts:
         report["spacing_outside_training"] = scale(1 if a.quick else 2)
     if "speed" in parts:

@@ -237,3 +237,26 @@ def test_wide_lattice_is_rescaled_and_labels_come_back_on_the_image_grid(make_na
     found = widget.table_dock.table[["row", "col"]].to_numpy()
     assert len(point) >= 3 and len(found)
     assert (cKDTree(found).query(point)[0] < 10).mean() >= 0.5  # planted defects found, in image px
+
+
+def test_every_shipped_model_is_offered_and_the_chosen_one_is_used(make_napari_viewer, qtbot):
+    """The model list is the shipped defect models; picking 'dichalcogenide' runs that network (its
+    sha256 in the layer's provenance) on a WS2-like honeycomb."""
+    from napari_microml.nets.registry import list_models
+
+    s = simulate_defects((160, 160), seed=HELD_OUT + 1, dose=500, scene="crystal", lattice="dichalcogenide",
+                         spacing=11, contrast="bright")
+    viewer = make_napari_viewer()
+    layer = viewer.add_image(s.image, name="ws2")
+    widget = DefectSegmenterWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget.image_layer.value = layer
+    widget.device_choice.value = "cpu"
+    shipped = list_models("defects")
+    assert widget.model.value == "default"
+    assert set(widget.model.choices) == {n.removeprefix("defects-") for n in shipped} >= {"default", "dichalcogenide"}
+    widget.model.value = "dichalcogenide"
+    _run(widget, qtbot)
+    used = viewer.layers["ws2 defects"].metadata["napari_microml"]["model"]
+    assert used["name"] == "defects-dichalcogenide"
+    assert used["sha256"] == shipped["defects-dichalcogenide"]["sha256"]
