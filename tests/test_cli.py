@@ -359,3 +359,22 @@ def test_model_option_selects_the_method_and_rejects_unknown_names(tmp_path, cap
     np.testing.assert_allclose(img.reshape(truth.shape)[mask], truth[mask], rtol=1e-6)
     prov = json.dumps([json.loads(p.read_text()) for p in out.glob("*.json")])
     assert "local-gp" in prov
+
+
+def test_defects_model_defaults_to_auto_which_picks_the_dichalcogenide_model(tmp_path):
+    """A WS2-like frame through the real segmenter: 'auto' is the default --model and chose the
+    dichalcogenide network; --model default overrides it; 'auto' is only a defects choice."""
+    import tifffile
+
+    from napari_microml.synth.defects import simulate_defects
+
+    assert cli.model_choices("defects")[0] == "auto" and "auto" not in cli.model_choices("atoms")
+    s = simulate_defects((128, 128), seed=5_700_004, dose=500, scene="crystal", lattice="dichalcogenide",
+                         spacing=11, contrast="bright")
+    tifffile.imwrite(tmp_path / "ws2.tif", s.image.astype(np.float32))
+    for args, expected in (([], "defects-dichalcogenide"), (["--model", "default"], "defects-default")):
+        out = tmp_path / (expected + "_out")
+        assert cli.main(["defects", str(tmp_path / "ws2.tif"), "--out", str(out), "--quiet", *args]) == 0
+        prov = json.loads((out / "ws2_defects.provenance.json").read_text())["parameters"]["tool_provenance"]
+        assert prov["model"]["name"] == expected
+        assert (prov["parameters"]["model"] == "auto") == (not args)

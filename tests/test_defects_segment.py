@@ -55,6 +55,24 @@ def test_dichalcogenide_model_reads_unequal_sublattices_as_host():
     assert pooled["dopant_dim"]["f1"] >= 0.8 and pooled["vacancy"]["recall"] >= 0.8, pooled
 
 
+def test_auto_model_is_the_default_model_on_other_lattices_and_reuses_the_finder_pass(moderate):
+    """model='auto' (the default) keeps the default network on square / graphene-like lattices,
+    with exactly its result (the lattice check reuses the columns auto found), and records why."""
+    for s in moderate:
+        auto = segment_defects(s.image, device="cpu")
+        plain = segment_defects(s.image, model="default", device="cpu")
+        choice = auto.provenance["parameters"]["model_choice"]
+        assert choice["chosen"] == "default" and auto.model == "defects-default"
+        np.testing.assert_array_equal(auto.labels, plain.labels)
+        pd.testing.assert_frame_equal(auto.table, plain.table)
+        assert plain.provenance["parameters"]["model_choice"] is None
+    # user atoms decide the choice when given: the truth columns of a WS2-like frame
+    ws2 = simulate_defects((160, 160), seed=HELD_OUT + 7, dose=500, scene="crystal", lattice="dichalcogenide",
+                           spacing=11, contrast="bright")
+    r = segment_defects(ws2.image, atoms=ws2.positions, device="cpu")
+    assert r.model == "defects-dichalcogenide", r.provenance["parameters"]["model_choice"]
+
+
 def test_labels_and_table_agree(result, moderate):
     t = result.table
     assert list(t.columns) == list(COLUMNS)

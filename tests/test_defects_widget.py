@@ -240,11 +240,12 @@ def test_wide_lattice_is_rescaled_and_labels_come_back_on_the_image_grid(make_na
 
 
 def test_every_shipped_model_is_offered_and_the_chosen_one_is_used(make_napari_viewer, qtbot):
-    """The model list is the shipped defect models; picking 'dichalcogenide' runs that network (its
-    sha256 in the layer's provenance) on a WS2-like honeycomb."""
+    """The model list is 'auto' plus the shipped defect models. On a WS2-like honeycomb, auto runs
+    the 'dichalcogenide' network (its sha256 in the layer's provenance) and says so; picking
+    'default' overrides it."""
     from napari_microml.nets.registry import list_models
 
-    s = simulate_defects((160, 160), seed=HELD_OUT + 1, dose=500, scene="crystal", lattice="dichalcogenide",
+    s = simulate_defects((160, 160), seed=HELD_OUT + 4, dose=500, scene="crystal", lattice="dichalcogenide",
                          spacing=11, contrast="bright")
     viewer = make_napari_viewer()
     layer = viewer.add_image(s.image, name="ws2")
@@ -253,10 +254,17 @@ def test_every_shipped_model_is_offered_and_the_chosen_one_is_used(make_napari_v
     widget.image_layer.value = layer
     widget.device_choice.value = "cpu"
     shipped = list_models("defects")
-    assert widget.model.value == "default"
-    assert set(widget.model.choices) == {n.removeprefix("defects-") for n in shipped} >= {"default", "dichalcogenide"}
-    widget.model.value = "dichalcogenide"
+    assert widget.model.value == "auto"
+    assert set(widget.model.choices) == {"auto"} | {n.removeprefix("defects-") for n in shipped}
+    assert {"default", "dichalcogenide"} <= set(widget.model.choices)
+    _run(widget, qtbot)  # auto: this lattice is a honeycomb of unequal sublattices
+    prov = viewer.layers["ws2 defects"].metadata["napari_microml"]
+    assert prov["model"]["name"] == "defects-dichalcogenide"
+    assert prov["model"]["sha256"] == shipped["defects-dichalcogenide"]["sha256"]
+    assert prov["parameters"]["model_choice"]["chosen"] == "dichalcogenide"
+    assert "Model auto → dichalcogenide" in widget.status.value
+    widget.model.value = "default"  # the user overrides the choice
     _run(widget, qtbot)
-    used = viewer.layers["ws2 defects"].metadata["napari_microml"]["model"]
-    assert used["name"] == "defects-dichalcogenide"
-    assert used["sha256"] == shipped["defects-dichalcogenide"]["sha256"]
+    prov = viewer.layers["ws2 defects"].metadata["napari_microml"]
+    assert prov["model"]["name"] == "defects-default" and prov["parameters"]["model_choice"] is None
+    assert "Model auto" not in widget.status.value

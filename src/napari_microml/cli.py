@@ -52,7 +52,7 @@ def _atoms(frame: np.ndarray, device: str = "auto", model: str = "default", resc
             "provenance": getattr(r, "provenance", None)}
 
 
-def _defects(frame: np.ndarray, device: str = "auto", model: str = "default", rescale: str = "auto") -> dict:
+def _defects(frame: np.ndarray, device: str = "auto", model: str = "auto", rescale: str = "auto") -> dict:
     import napari_microml as mm
 
     d = mm.segment_defects(frame, device=device, model=model, rescale=rescale)
@@ -112,13 +112,16 @@ class Adapter:
 
 
 def model_choices(tool: str) -> list[str]:
-    """Names ``--model`` accepts for ``tool`` (shipped weights, plus kriging for complete)."""
+    """Names ``--model`` accepts for ``tool`` (shipped weights, plus kriging for complete and
+    'auto' for defects)."""
     from napari_microml.nets.registry import list_models
 
     task = ADAPTERS[tool].task
     if task is None:
         return []
     names = sorted(n.removeprefix(f"{task}-") for n in list_models(task))
+    if tool == "defects":  # picks 'dichalcogenide' or 'default' per input (defects/material.py)
+        names.insert(0, "auto")
     if tool == "complete":
         from napari_microml.completion.complete import LOCAL_GP
 
@@ -494,7 +497,9 @@ def _parser() -> argparse.ArgumentParser:
         if ad.task is not None:
             sp.add_argument("--model", default=None,
                             help="shipped model name (see `microml models`; complete also takes "
-                                 "'local-gp', kriging without a network); default: default")
+                                 "'local-gp', kriging without a network; defects also takes 'auto', "
+                                 "its default: 'dichalcogenide' for honeycombs of unequal sublattices); "
+                                 "default: default")
         if ad.rescale:
             from napari_microml.atoms.finder import NOISY_PERIOD
             from napari_microml.runtime.spacing import RESCALE_MODES, TARGET

@@ -148,7 +148,7 @@ def _to_original_grid(labels, st, probs, cols, zoom: float, shape):
     return big, st, zoom_to(probs, shape).astype(np.float32), to_original(cols, zoom)
 
 
-def segment_defects_iter(image, *, model="default", threshold: float = 0.5, pixel_size: float | None = None,
+def segment_defects_iter(image, *, model="auto", threshold: float = 0.5, pixel_size: float | None = None,
                          atoms=None, contrast: str = "bright", device="auto", tile: int = 1024,
                          min_area: int = 3, tta: int = 1, column_check: bool | None = None,
                          lattice_check: bool = True, rescale="auto", input_name: str | None = None):
@@ -177,6 +177,20 @@ def segment_defects_iter(image, *, model="default", threshold: float = 0.5, pixe
     user_atoms = _check_atoms(atoms, is_stack)
     zoom, period = zoom_for(fill_nonfinite(stack[0]), rescale, low=6.0, high=30.0)  # trained: 6–24 px
     dev = resolve_device(device)
+    finder_cols0, choice = None, None
+    if isinstance(model, str) and model == "auto":  # pick the model from the first frame's lattice
+        from napari_microml.atoms.finder import find_atoms
+        from napari_microml.defects.material import choose_model
+
+        frame0 = fill_nonfinite(stack[0])
+        frame0 = frame0.max() - frame0 if contrast == "dark" else frame0
+        if user_atoms is not None:
+            cols0 = user_atoms[user_atoms[:, 0] == 0, 1:] if is_stack else user_atoms
+        else:  # the lattice check below reuses these columns
+            cols0 = finder_cols0 = find_atoms(frame0, device=dev).positions
+        chosen, ratio = choose_model(frame0, cols0)
+        choice = {"chosen": chosen, "sublattice_ratio": None if ratio is None else round(ratio, 3)}
+        model = chosen
     net, info = load_model("defects", model, dev)
     n_out = _out_channels(net)
     predict = _predictor(net, dev, (info.get("meta") or {}).get("class_weights"), int(tta))
@@ -213,7 +227,8 @@ def segment_defects_iter(image, *, model="default", threshold: float = 0.5, pixe
         if zoom != 1.0:
             labels, st, probs, cols = _to_original_grid(labels, st, probs, cols, zoom, (h, w))
         if lattice_check:
-            labels, st = _keep_near_lattice(labels, st, frame, user_atoms, t, is_stack, dev)
+            labels, st = _keep_near_lattice(labels, st, frame, user_atoms, t, is_stack, dev,
+                                            finder_cols0 if t == 0 else None)
         centres = np.column_stack([st["row"], st["col"]])
         near = cKDTree(cols).query(centres)[0] if len(cols) and len(centres) else np.full(len(centres), np.nan)
         n = len(st["row"])
@@ -235,7 +250,8 @@ def segment_defects_iter(image, *, model="default", threshold: float = 0.5, pixe
     table = pd.concat(tables, ignore_index=True)
     table["label"] = table["label"].astype(np.int32)
     label = describe_device(dev)
-    params = dict(model=str(model) if not hasattr(model, "state_dict") else "custom", threshold=threshold,
+    params = dict(model=("auto" if choice else str(model)) if not hasattr(model, "state_dict") else "custom",
+                  model_choice=choice, threshold=threshold,
                   pixel_size=pixel_size, contrast=contrast, tile=tile, min_area=int(min_area), tta=int(tta),
                   column_check=bool(column_check), lattice_check=bool(lattice_check), zoom=round(zoom, 4),
                   estimated_period_px=period,
@@ -252,9 +268,10 @@ def segment_defects_iter(image, *, model="default", threshold: float = 0.5, pixe
     )
 
 
-def _keep_near_lattice(labels, st, frame, user_atoms, t: int, is_stack: bool, dev):
+def _keep_near_lattice(labels, st, frame, user_atoms, t: int, is_stack: bool, dev, finder_cols=None):
     """Drop point-defect instances far from every atom column (:mod:`napari_microml.defects.context`);
-    the columns are the user's atoms when given, else the atom finder's on ``frame`` (bright columns)."""
+    the columns are the user's atoms when given, else the atom finder's on ``frame`` (bright columns;
+    ``finder_cols`` when that pass was already made for ``frame``)."""
     from napari_microml.defects.context import near_lattice
     from napari_microml.defects.instances import keep_instances
 
@@ -266,7 +283,7 @@ def _keep_near_lattice(labels, st, frame, user_atoms, t: int, is_stack: bool, de
     else:
         from napari_microml.atoms.finder import find_atoms
 
-        columns = find_atoms(frame, device=dev).positions
+        columns = finder_cols if finder_cols is not None else find_atoms(frame, device=dev).positions
     keep = ~point
     keep[point] = near_lattice(np.column_stack([st["row"], st["col"]])[point], columns)
     return keep_instances(labels, st, keep) if not keep.all() else (labels, st)
@@ -280,7 +297,11 @@ def segment_defects(image, **kwargs) -> DefectsResult:
     image : array (H, W) or (T, H, W)
         Atomic-resolution grey image(s): HAADF/ADF, or ABF with ``contrast='dark'``.
     model : str, path or torch.nn.Module
-        A shipped defect model name (``'default'``), a ``.pt`` file, or a network.
+        ``'auto'`` (the default): ``'dichalcogenide'`` when the first frame's atom columns form a
+        honeycomb of two unequally bright sublattices (2H-MoS2 / WS2 / WSe2, hBN;
+        :mod:`napari_microml.defects.material`), else ``'default'``; the choice and the
+        sublattice height ratio are in ``provenance['parameters']['model_choice']``. Or a
+        shipped model name (``'default'``, ``'dichalcogenide'``), a ``.pt`` file, or a network.
     threshold : float
         Minimum defect probability (1 − p(defect-free)) of an instance pixel, 0–1.
     pixel_size : float, optional

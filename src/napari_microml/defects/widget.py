@@ -31,7 +31,18 @@ def _model_choices() -> list[str]:
     from napari_microml.nets.registry import list_models
 
     names = [n.removeprefix("defects-") for n in list_models("defects")]
-    return names or ["default"]
+    return ["auto", *names] if len(names) > 1 else names or ["default"]
+
+
+def model_note(parameters: dict) -> str:
+    """A sentence for the status line when ``model='auto'`` chose the model, else ''."""
+    choice = parameters.get("model_choice")
+    if not choice:
+        return ""
+    ratio = choice.get("sublattice_ratio")
+    why = (f"a honeycomb whose sublattices differ (×{ratio:.2f})" if choice["chosen"] == "dichalcogenide"
+           else "equal sublattices" if ratio is not None else "not a two-sublattice honeycomb")
+    return f" Model auto → {choice['chosen']} ({why})."
 
 
 def _label_features(table):
@@ -80,7 +91,9 @@ class DefectSegmenterWidget(ToolWidget):
                                          options={"nullable": True})
         self.atoms_layer.tooltip = ("Atom columns (e.g. the atom finder's, edited); empty = the "
                                     "segmenter's own column detection")
-        self.model = ComboBox(label="Model", choices=_model_choices())
+        self.model = ComboBox(label="Model", choices=_model_choices(),
+                              tooltip="auto: the 'dichalcogenide' model for honeycombs of two unequally "
+                                      "bright sublattices (MoS2, WS2, hBN), else 'default'")
         self.threshold = FloatSlider(label="Threshold", value=0.5, min=0.05, max=0.95, step=0.05)
         self.env_classes = ComboBox(label="Environment classes", value="auto",
                                     choices=["auto", *map(str, range(2, 9)), "off"],
@@ -159,7 +172,8 @@ class DefectSegmenterWidget(ToolWidget):
         text = ", ".join(f"{n} {c}" for c, n in counts.items()) or "no defects"
         more = (f" ({run.note})" if run.note else
                 f" {env.n_classes} environment classes, {int(env.unusual.sum())} unusual columns.")
-        self._say(f"Found {text}." + more + resample_note(res.provenance["parameters"]))
+        self._say(f"Found {text}." + more + resample_note(res.provenance["parameters"])
+                  + model_note(res.provenance["parameters"]))
 
     def _show_environments(self, layer, res, env):
         import pandas as pd
