@@ -78,17 +78,18 @@ def synthetic(n_seeds: int, size: int = 256, contrast: str = "bright", scenes=("
             "ignored; extended: region overlap >= 30%", "by_dose": out}
 
 
-def _score_both(samples, contrast: str = "bright", models=("default",)):
-    """Object scores and seconds per image of ours (key "ours" for the default model, "ours_<name>"
-    for other shipped models) and the baseline over (sample, spacing) pairs."""
-    keys = {m: "ours" if m == "default" else f"ours_{m}" for m in models}
+def _score_both(samples, contrast: str = "bright", models=(None,)):
+    """Object scores and seconds per image of ours (key "ours": the API's default ``model``,
+    i.e. "auto"; "ours_<name>" for a shipped model named in ``models``) and the baseline over
+    (sample, spacing) pairs."""
+    keys = {m: "ours" if m is None else f"ours_{m}" for m in models}
     scores = {**{k: [] for k in keys.values()}, "baseline": []}
     times = {k: [] for k in scores}
     for s, spacing in samples:
         kw = dict(radius=0.5 * spacing, margin=0.5 * spacing)
         for model, key in keys.items():
             t = time.perf_counter()
-            r = segment_defects(s.image, contrast=contrast, model=model)
+            r = segment_defects(s.image, contrast=contrast, **({} if model is None else {"model": model}))
             times[key].append(time.perf_counter() - t)
             scores[key].append(score_defects(r.table, classmap_from_labels(r.labels, r.table),
                                              s.objects, s.classmap, **kw))
@@ -102,12 +103,12 @@ def _score_both(samples, contrast: str = "bright", models=("default",)):
 def dichalcogenide(n_seeds: int, size: int = 256):
     """Honeycombs whose second sublattice is 0.15–0.9 as bright as the first (2H-MoS2/WS2/WSe2,
     hBN; ``synth.lattice.EXTRA_LATTICES``), crystal and grain boundary × ``n_seeds``, every dose;
-    the default model, the opt-in "dichalcogenide" model and the baseline side by side."""
+    "auto" (the API default), each model forced, and the baseline side by side."""
     out = {}
     for dose_name, dose in DOSES.items():
         samples = benchmark_images(SEED0_TMD, n_seeds, dose, ("crystal", "interface"), size,
                                    lattices=("dichalcogenide",))
-        scores, _ = _score_both(samples, models=("default", "dichalcogenide"))
+        scores, _ = _score_both(samples, models=(None, "default", "dichalcogenide"))
         out[dose_name] = {"dose_counts_at_column_peak": dose, "n_images": len(scores["ours"]),
                           **{name: {"per_class": summarize(sc)} for name, sc in scores.items()}}
     return {"size": size, "lattice": "dichalcogenide", "spacing_px": "uniform 8-18", "by_dose": out}
@@ -218,6 +219,7 @@ def real(out_dir: Path):
         except Exception as err:  # noqa: BLE001 - the figure is a by-product
             png = f"not written: {err}"
         out[name] = {"file": file, "shape": list(image.shape), "pixel_size_nm": ps, "contrast": contrast,
+                     "model": r.model, "model_choice": r.provenance["parameters"]["model_choice"],
                      "seconds": round(dt, 2), "n_atoms": len(r.atoms),
                      "median_nearest_atom_spacing_px": float(np.median(_nn(r.atoms))) if len(r.atoms) > 2 else None,
                      "counts": dict(zip(counts["class"], counts["count"].astype(int).tolist())),
