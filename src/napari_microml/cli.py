@@ -497,9 +497,9 @@ def _parser() -> argparse.ArgumentParser:
         if ad.task is not None:
             sp.add_argument("--model", default=None,
                             help="shipped model name (see `microml models`; complete also takes "
-                                 "'local-gp', kriging without a network; defects also takes 'auto', "
-                                 "its default: 'dichalcogenide' for honeycombs of unequal sublattices); "
-                                 "default: default")
+                                 "'local-gp', kriging without a network); default: default, except "
+                                 "defects: auto ('dichalcogenide' for honeycombs of two unequally bright "
+                                 "sublattices, else 'default')")
         if ad.rescale:
             from napari_microml.atoms.finder import NOISY_PERIOD
             from napari_microml.runtime.spacing import RESCALE_MODES, TARGET
