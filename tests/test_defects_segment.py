@@ -73,6 +73,15 @@ def test_auto_model_is_the_default_model_on_other_lattices_and_reuses_the_finder
     assert r.model == "defects-dichalcogenide", r.provenance["parameters"]["model_choice"]
 
 
+def test_auto_reports_progress_while_it_reads_the_lattice(moderate):
+    """The atom-finder pass that chooses the model yields progress (so Cancel is honoured there);
+    a named model skips it."""
+    first = next(segment_defects_iter(moderate[0].image, device="cpu"))
+    assert first[0] == "progress" and first[3].startswith("choosing the model")
+    first = next(segment_defects_iter(moderate[0].image, model="default", device="cpu"))
+    assert not first[3].startswith("choosing the model")
+
+
 def test_labels_and_table_agree(result, moderate):
     t = result.table
     assert list(t.columns) == list(COLUMNS)

@@ -179,15 +179,16 @@ def segment_defects_iter(image, *, model="auto", threshold: float = 0.5, pixel_s
     dev = resolve_device(device)
     finder_cols0, choice = None, None
     if isinstance(model, str) and model == "auto":  # pick the model from the first frame's lattice
-        from napari_microml.atoms.finder import find_atoms
+        from napari_microml.atoms.finder import find_atoms_iter
         from napari_microml.defects.material import choose_model
 
         frame0 = fill_nonfinite(stack[0])
         frame0 = frame0.max() - frame0 if contrast == "dark" else frame0
         if user_atoms is not None:
             cols0 = user_atoms[user_atoms[:, 0] == 0, 1:] if is_stack else user_atoms
-        else:  # the lattice check below reuses these columns
-            cols0 = finder_cols0 = find_atoms(frame0, device=dev).positions
+        else:  # the lattice check below reuses these columns; progress (and Cancel) as it runs
+            found = yield from _prefixed(find_atoms_iter(frame0, device=dev), "choosing the model, atom columns: ")
+            cols0 = finder_cols0 = found.positions
         chosen, ratio = choose_model(frame0, cols0)
         choice = {"chosen": chosen, "sublattice_ratio": None if ratio is None else round(ratio, 3)}
         model = chosen
@@ -266,6 +267,16 @@ def segment_defects_iter(image, *, model="auto", threshold: float = 0.5, pixel_s
         provenance=make_provenance("defect_segmenter", parameters=params, model=model_info, device=label,
                                    input_name=input_name),
     )
+
+
+def _prefixed(gen, prefix: str):
+    """Re-yield a core's progress with ``prefix`` on each message; return its result."""
+    while True:
+        try:
+            kind, done, total, message = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        yield kind, done, total, prefix + message
 
 
 def _keep_near_lattice(labels, st, frame, user_atoms, t: int, is_stack: bool, dev, finder_cols=None):
