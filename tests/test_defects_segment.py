@@ -75,11 +75,12 @@ def test_auto_model_is_the_default_model_on_other_lattices_and_reuses_the_finder
 
 def test_auto_reports_progress_while_it_reads_the_lattice(moderate):
     """The atom-finder pass that chooses the model yields progress (so Cancel is honoured there);
-    a named model skips it."""
+    a named model skips it, and the lattice check then makes (and reports) its own pass."""
     first = next(segment_defects_iter(moderate[0].image, device="cpu"))
     assert first[0] == "progress" and first[3].startswith("choosing the model")
-    first = next(segment_defects_iter(moderate[0].image, model="default", device="cpu"))
-    assert not first[3].startswith("choosing the model")
+    steps = list(segment_defects_iter(moderate[0].image, model="default", device="cpu"))
+    assert not steps[0][3].startswith("choosing the model")
+    assert any("lattice check, atom finder" in m for *_, m in steps)  # its own pass, with progress
 
 
 def test_labels_and_table_agree(result, moderate):

@@ -187,7 +187,7 @@ def segment_defects_iter(image, *, model="auto", threshold: float = 0.5, pixel_s
         if user_atoms is not None:
             cols0 = user_atoms[user_atoms[:, 0] == 0, 1:] if is_stack else user_atoms
         else:  # the lattice check below reuses these columns; progress (and Cancel) as it runs
-            found = yield from _prefixed(find_atoms_iter(frame0, device=dev), "choosing the model, atom columns: ")
+            found = yield from _prefixed(find_atoms_iter(frame0, device=dev), "choosing the model: atom finder ")
             cols0 = finder_cols0 = found.positions
         chosen, ratio = choose_model(frame0, cols0)
         choice = {"chosen": chosen, "sublattice_ratio": None if ratio is None else round(ratio, 3)}
@@ -228,8 +228,8 @@ def segment_defects_iter(image, *, model="auto", threshold: float = 0.5, pixel_s
         if zoom != 1.0:
             labels, st, probs, cols = _to_original_grid(labels, st, probs, cols, zoom, (h, w))
         if lattice_check:
-            labels, st = _keep_near_lattice(labels, st, frame, user_atoms, t, is_stack, dev,
-                                            finder_cols0 if t == 0 else None)
+            labels, st = yield from _keep_near_lattice(labels, st, frame, user_atoms, t, is_stack, dev,
+                                                       finder_cols0 if t == 0 else None)
         centres = np.column_stack([st["row"], st["col"]])
         near = cKDTree(cols).query(centres)[0] if len(cols) and len(centres) else np.full(len(centres), np.nan)
         n = len(st["row"])
@@ -270,18 +270,20 @@ def segment_defects_iter(image, *, model="auto", threshold: float = 0.5, pixel_s
 
 
 def _prefixed(gen, prefix: str):
-    """Re-yield a core's progress with ``prefix`` on each message; return its result."""
+    """Re-yield a single-frame core's progress as ``prefix`` + its last part ("tile k/n");
+    return its result."""
     while True:
         try:
             kind, done, total, message = next(gen)
         except StopIteration as stop:
             return stop.value
-        yield kind, done, total, prefix + message
+        yield kind, done, total, prefix + message.rsplit(": ", 1)[-1]
 
 
 def _keep_near_lattice(labels, st, frame, user_atoms, t: int, is_stack: bool, dev, finder_cols=None):
-    """Drop point-defect instances far from every atom column (:mod:`napari_microml.defects.context`);
-    the columns are the user's atoms when given, else the atom finder's on ``frame`` (bright columns;
+    """Generator (progress of the atom-finder pass), returning (labels, st) without the point-defect
+    instances far from every atom column (:mod:`napari_microml.defects.context`); the columns are
+    the user's atoms when given, else the atom finder's on ``frame`` (bright columns;
     ``finder_cols`` when that pass was already made for ``frame``)."""
     from napari_microml.defects.context import near_lattice
     from napari_microml.defects.instances import keep_instances
@@ -292,9 +294,12 @@ def _keep_near_lattice(labels, st, frame, user_atoms, t: int, is_stack: bool, de
     if user_atoms is not None:
         columns = user_atoms[user_atoms[:, 0] == t, 1:] if is_stack else user_atoms
     else:
-        from napari_microml.atoms.finder import find_atoms
+        from napari_microml.atoms.finder import find_atoms_iter
 
-        columns = finder_cols if finder_cols is not None else find_atoms(frame, device=dev).positions
+        if finder_cols is None:
+            found = yield from _prefixed(find_atoms_iter(frame, device=dev), f"frame {t + 1}: lattice check, atom finder ")
+            finder_cols = found.positions
+        columns = finder_cols
     keep = ~point
     keep[point] = near_lattice(np.column_stack([st["row"], st["col"]])[point], columns)
     return keep_instances(labels, st, keep) if not keep.all() else (labels, st)
