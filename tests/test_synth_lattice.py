@@ -67,3 +67,16 @@ def test_defects_are_planted():
     s = simulate_lattice((256, 256), scene="crystal", lattice="square", spacing=8, seed=2)
     kinds = set(s.kinds.tolist())
     assert len(s.vacancies) + len(kinds - {HOST}) > 0
+
+
+def test_training_lattice_weights_keep_old_recipes_and_name_extra_lattices():
+    """training.common.lattice_for: without weights the simulator chooses; old recipes draw only
+    LATTICES; an EXTRA_LATTICES entry appears only when named, at about its weight."""
+    from napari_microml.training.common import lattice_for
+
+    assert lattice_for(5, None) is None
+    old = {lattice_for(k, {"perovskite": 3}) for k in range(300)}
+    assert old == set(LATTICES)
+    drawn = [lattice_for(k, {"dichalcogenide": 1.5}) for k in range(2000)]
+    assert 0.18 < drawn.count("dichalcogenide") / len(drawn) < 0.28  # 1.5 / 6.5 = 0.23
+    assert set(drawn) == set(LATTICES) | {"dichalcogenide"}

@@ -34,3 +34,16 @@ class Log:
         self.rows.append({"step": step, "time_s": round(time.time() - self.t0, 1), **values})
         if step % self.every == 0:
             print(self.rows[-1], flush=True)
+
+
+def lattice_for(seed: int, lattice_weights: dict | None) -> str | None:
+    """A lattice drawn from ``lattice_weights`` (relative weights by name) for this seed, or None
+    (the simulator's own uniform choice). Unnamed ``LATTICES`` weigh 1; an ``EXTRA_LATTICES``
+    entry is drawn only when named."""
+    if not lattice_weights:
+        return None
+    from napari_microml.synth.lattice import EXTRA_LATTICES, LATTICES
+
+    names = LATTICES + tuple(n for n in EXTRA_LATTICES if n in lattice_weights)
+    p = np.array([float(lattice_weights.get(name, 1.0)) for name in names])
+    return str(np.random.default_rng([int(seed), 4_242]).choice(names, p=p / p.sum()))

@@ -22,7 +22,7 @@ from napari_microml.defects.classes import N_OUTPUTS, class_id
 from napari_microml.runtime.validate import robust_normalize
 from napari_microml.synth.defects import simulate_defects
 from napari_microml.synth.render import heatmap
-from napari_microml.training.common import Log, dihedral, seed_everything
+from napari_microml.training.common import Log, dihedral, lattice_for, seed_everything
 
 ARCH = {"kind": "unet", "in_channels": 1, "out_channels": N_OUTPUTS + 1, "base": 16, "depth": 3}
 HEAT_SIGMA = 1.25
@@ -37,25 +37,12 @@ def network_input(image: np.ndarray, contrast: str) -> np.ndarray:
     return robust_normalize(image)
 
 
-def _lattice_for(seed: int, lattice_weights: dict | None) -> str | None:
-    """A lattice drawn from ``lattice_weights`` (relative weights by name) for this seed, or None
-    (the simulator's own uniform choice). Unnamed ``LATTICES`` weigh 1; an ``EXTRA_LATTICES``
-    entry is drawn only when named."""
-    if not lattice_weights:
-        return None
-    from napari_microml.synth.lattice import EXTRA_LATTICES, LATTICES
-
-    names = LATTICES + tuple(n for n in EXTRA_LATTICES if n in lattice_weights)
-    p = np.array([float(lattice_weights.get(name, 1.0)) for name in names])
-    return str(np.random.default_rng([int(seed), 4_242]).choice(names, p=p / p.sum()))
-
-
 def make_pair(seed: int, size: int = 128, lattice_weights: dict | None = None, dose_range=None):
     dose = None
     if dose_range:  # log-uniform in (low, high) counts/column instead of the simulator's 8-5000
         lo, hi = np.log(dose_range[0]), np.log(dose_range[1])
         dose = float(np.exp(np.random.default_rng([int(seed), 4_243]).uniform(lo, hi)))
-    s = simulate_defects((size, size), seed=seed, lattice=_lattice_for(seed, lattice_weights), dose=dose)
+    s = simulate_defects((size, size), seed=seed, lattice=lattice_for(seed, lattice_weights), dose=dose)
     x = network_input(s.image, s.params["contrast"])[None]
     return x, s.classmap, heatmap((size, size), s.positions, HEAT_SIGMA)
 
