@@ -51,10 +51,9 @@ def sublattice_ratio(image: np.ndarray, columns: np.ndarray) -> float | None:
     n_comp, comp = connected_components(graph, directed=False)
     side = _two_colour((graph + graph.T).tocsr(), comp)
     same = side[pairs[:, 0]] == side[pairs[:, 1]]
-    bad = np.unique(comp[pairs[same, 0]]) if same.any() else np.zeros(0, int)
     conflicts = np.bincount(comp[pairs[:, 0]], weights=same, minlength=n_comp)
     edges = np.bincount(comp[pairs[:, 0]], minlength=n_comp)
-    bad = bad[conflicts[bad] > MAX_CONFLICTS * edges[bad]]  # odd rings: not two sublattices
+    bad = np.flatnonzero(conflicts > MAX_CONFLICTS * edges)  # odd rings: not two sublattices
     heights = column_heights(image, cols, spacing)
     size = np.bincount(comp, minlength=n_comp)
     by_piece = np.argsort(comp, kind="stable")

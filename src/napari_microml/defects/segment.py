@@ -16,7 +16,7 @@ from napari_microml.defects.instances import instances
 from napari_microml.runtime.provenance import make_provenance
 from napari_microml.runtime.spacing import resample, to_original, to_resampled, zoom_for, zoom_to
 from napari_microml.runtime.validate import as_image_stack, fill_nonfinite, robust_normalize
-from napari_microml.runtime.workers import drain, progress
+from napari_microml.runtime.workers import drain, progress, relabel
 
 COLUMNS = ("label", "class", "class_id", "row", "col", "area_px", "area_nm2", "confidence",
            "nearest_atom_px", "nearest_atom_nm")
@@ -175,19 +175,19 @@ def segment_defects_iter(image, *, model="auto", threshold: float = 0.5, pixel_s
         column_check = contrast == "bright"
     stack, is_stack = as_image_stack(image, what="image")
     user_atoms = _check_atoms(atoms, is_stack)
-    zoom, period = zoom_for(fill_nonfinite(stack[0]), rescale, low=6.0, high=30.0)  # trained: 6–24 px
+    first = fill_nonfinite(stack[0])
+    zoom, period = zoom_for(first, rescale, low=6.0, high=30.0)  # trained: 6–24 px
     dev = resolve_device(device)
     finder_cols0, choice = None, None
     if isinstance(model, str) and model == "auto":  # pick the model from the first frame's lattice
         from napari_microml.atoms.finder import find_atoms_iter
         from napari_microml.defects.material import choose_model
 
-        frame0 = fill_nonfinite(stack[0])
-        frame0 = frame0.max() - frame0 if contrast == "dark" else frame0
+        frame0 = first.max() - first if contrast == "dark" else first
         if user_atoms is not None:
             cols0 = user_atoms[user_atoms[:, 0] == 0, 1:] if is_stack else user_atoms
         else:  # the lattice check below reuses these columns; progress (and Cancel) as it runs
-            found = yield from _prefixed(find_atoms_iter(frame0, device=dev), "choosing the model: atom finder ")
+            found = yield from relabel(find_atoms_iter(frame0, device=dev), "choosing the model: atom finder ")
             cols0 = finder_cols0 = found.positions
         chosen, ratio = choose_model(frame0, cols0)
         choice = {"chosen": chosen, "sublattice_ratio": None if ratio is None else round(ratio, 3)}
@@ -269,17 +269,6 @@ def segment_defects_iter(image, *, model="auto", threshold: float = 0.5, pixel_s
     )
 
 
-def _prefixed(gen, prefix: str):
-    """Re-yield a single-frame core's progress as ``prefix`` + its last part ("tile k/n");
-    return its result."""
-    while True:
-        try:
-            kind, done, total, message = next(gen)
-        except StopIteration as stop:
-            return stop.value
-        yield kind, done, total, prefix + message.rsplit(": ", 1)[-1]
-
-
 def _keep_near_lattice(labels, st, frame, user_atoms, t: int, is_stack: bool, dev, finder_cols=None):
     """Generator (progress of the atom-finder pass), returning (labels, st) without the point-defect
     instances far from every atom column (:mod:`napari_microml.defects.context`); the columns are
@@ -297,7 +286,7 @@ def _keep_near_lattice(labels, st, frame, user_atoms, t: int, is_stack: bool, de
         from napari_microml.atoms.finder import find_atoms_iter
 
         if finder_cols is None:
-            found = yield from _prefixed(find_atoms_iter(frame, device=dev), f"frame {t + 1}: lattice check, atom finder ")
+            found = yield from relabel(find_atoms_iter(frame, device=dev), f"frame {t + 1}: lattice check, atom finder ")
             finder_cols = found.positions
         columns = finder_cols
     keep = ~point

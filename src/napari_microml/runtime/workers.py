@@ -34,3 +34,14 @@ def collect(gen: Generator[tuple, None, T]) -> tuple[list, T]:
             messages.append(next(gen))
         except StopIteration as stop:
             return messages, stop.value
+
+
+def relabel(gen: Generator[tuple, None, T], prefix: str) -> Generator[tuple, None, T]:
+    """Re-yield a single-frame core's progress as ``prefix`` + the last part of its message
+    ("tile k/n"), for a core run inside another; return its result."""
+    while True:
+        try:
+            kind, done, total, message = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        yield kind, done, total, prefix + message.rsplit(": ", 1)[-1]
