@@ -31,6 +31,7 @@ from napari_microml.dkl.ensemble import (
 )
 from napari_microml.dkl.model import DKLModel
 from napari_microml.dkl.sources import as_source, check_coords
+from napari_microml.dkl.warping import make_warp, unwarp_moments
 from napari_microml.runtime.workers import drain, progress
 
 LOG_FIELDS = ("step", "row", "col", "value", "acquisition", "time_s", "model")
@@ -99,6 +100,13 @@ class ActiveLearner:
         campaigns each, patch "auto") "diverse" scored 0.602 vs 0.540 (found@3 % 0.516 vs
         0.468, spread over campaigns 0.083 vs 0.131; better on blobs and lattices, worse on
         domains). ``acquisition="random"`` always samples uniformly.
+    target_warp : {"none", "power", "rank"}
+        Monotone warp of the measured values, refitted at every fit, before the GP sees them
+        (:mod:`~napari_microml.dkl.warping`): ``"power"`` (Yeo-Johnson) or ``"rank"`` (normal
+        scores) make skewed properties look Gaussian; maps are shown in the measurement's units.
+        Default "none": on fresh synthetic validation sets (data seeds 1010–1013, 3 campaigns
+        each) the warps scored 0.498 ("power") and 0.488 ("rank") vs 0.514, with a smaller
+        spread over campaigns (0.106 / 0.110 vs 0.129) but less found.
     model_kwargs
         Passed to :class:`DKLModel` (``embedding_dim``, ``kernel``, ``init_iters``, ...).
     """
@@ -124,8 +132,10 @@ class ActiveLearner:
         auto_temperature: float = 1.0,
         auto_floor: float = 0.1,
         initial: str = "diverse",
+        target_warp: str = "none",
         **model_kwargs,
     ):
+        self.warp = make_warp(target_warp)
         if initial not in INITIAL_DESIGNS:
             raise ValueError(f"initial must be one of {', '.join(INITIAL_DESIGNS)}, "
                              f"not {initial!r}.")
@@ -199,7 +209,7 @@ class ActiveLearner:
 
     def _ensure_fit(self):
         if self._dirty and self._idx:
-            self.model.fit(np.asarray(self._idx), np.asarray(self._val))
+            self.model.fit(np.asarray(self._idx), self.warp.fit(np.asarray(self._val)))
             self._dirty = False
 
     # --- public API ------------------------------------------------------------------------
@@ -266,7 +276,7 @@ class ActiveLearner:
         self._ensure_fit()
         mean, std = self.model.predict(standardized=True)
         best_raw = self.best_value
-        best = (best_raw - self.model._y_mean) / self.model._y_std
+        best = (float(self.warp.forward(best_raw)) - self.model._y_mean) / self.model._y_std
         recent = self.coords[-self.n_recent:] if self.recent_radius > 0 else None
         if self.acquisition.needs_samples:
             ucb = (mean if self.maximize else -mean) + 2 * std
@@ -299,7 +309,7 @@ class ActiveLearner:
         if not self._idx:
             raise ValueError("No measurements yet: observe some points before predicting.")
         self._ensure_fit()
-        mean, std = self.model.predict()
+        mean, std = unwarp_moments(self.warp, *self.model.predict())
         return mean.reshape(self.shape), std.reshape(self.shape)
 
     def state_summary(self) -> dict:
@@ -326,6 +336,7 @@ class ActiveLearner:
                 "acquisition": self.acquisition_name, "seed": self.seed,
                 "patch_size": self.patch_size, "maximize": self.maximize,
                 "features": self.model.features, "shape": list(self.shape),
+                "target_warp": self.warp.name,
             }
             path.write_text(json.dumps({"parameters": meta, "log": rows}, indent=1))
         return path
