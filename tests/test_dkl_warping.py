@@ -66,3 +66,12 @@ def test_learner_with_a_warp_predicts_in_measurement_units():
     assert 0.5 * prop.min() < np.median(mean) < 2 * prop.max() and np.all(std >= 0)
     with pytest.raises(ValueError, match="target_warp"):
         ActiveLearner(s, target_warp="log", patch_size=6, device="cpu")
+
+
+@pytest.mark.parametrize("name", TARGET_WARPS)
+def test_warps_survive_constant_and_single_values(name):
+    for y in (np.full(4, 2.5), np.array([7.0])):
+        w = make_warp(name)
+        z = w.fit(y)
+        assert np.all(np.isfinite(z))
+        np.testing.assert_allclose(w.inverse(w.forward(y)), y, rtol=1e-9)

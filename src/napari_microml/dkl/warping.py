@@ -103,8 +103,9 @@ class RankWarp:
         from scipy import stats
 
         y = np.asarray(values, float)
-        if len(y) < 2 or np.ptp(y) == 0:
-            self.y, self.z = np.array([y.min() if len(y) else 0.0, (y.max() if len(y) else 0.0) + 1.0]), np.array([0.0, 1.0])
+        if len(y) < 2 or np.ptp(y) == 0:  # nothing to rank: a unit shift through the value
+            low = float(y[0]) if len(y) else 0.0
+            self.y, self.z = np.array([low, low + 1.0]), np.array([0.0, 1.0])
             return self.forward(y)
         ranks = stats.rankdata(y)  # ties averaged
         scores = stats.norm.ppf((ranks - 0.5) / len(y))
