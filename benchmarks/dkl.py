@@ -114,13 +114,14 @@ def step_time(n_candidates, device, patch_size="auto", n_obs=50, repeats=3):
     from napari_microml import ActiveLearner
     from napari_microml.synth.properties import structure_property_pair
 
-    shape = (50, 50) if n_candidates == 2500 else (100, 200)
+    side = int(round(np.sqrt(n_candidates)))
+    shape = {2500: (50, 50), 20000: (100, 200)}.get(n_candidates, (side, side))
     s, p = structure_property_pair(shape, kind="blobs", seed=0)
     L = ActiveLearner(s, patch_size=patch_size, seed=0, device=device)  # the defaults
     c = L.suggest(n_obs)
     L.observe(c, p[c[:, 0], c[:, 1]])
     c = L.suggest(1)  # first (cold) fit
-    times = []
+    times, maps, fresh = [], [], []
     for _ in range(repeats):
         L.observe(c, p[c[:, 0], c[:, 1]])
         t = time.perf_counter()
@@ -130,7 +131,16 @@ def step_time(n_candidates, device, patch_size="auto", n_obs=50, repeats=3):
 
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        L.predict()  # the widget's mean/uncertainty maps: reuses the suggestion's prediction
+        maps.append(time.perf_counter() - t)
+        L._maps = None  # the baseline: a second pass over every candidate
+        t = time.perf_counter()
+        L.predict()
+        fresh.append(time.perf_counter() - t)
     return {"candidates": int(s.size), "median_s": round(float(np.median(times)), 4),
+            "maps_after_step_s": round(float(np.median(maps)), 4),
+            "maps_second_pass_s": round(float(np.median(fresh)), 4),
             "patch_size": patch_size, "n_observed": n_obs + repeats}
 
 
@@ -149,6 +159,8 @@ def main(argv=None):
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--quick", action="store_true", help="one synthetic set, fewer methods")
     ap.add_argument("--no-timing", action="store_true")
+    ap.add_argument("--step-candidates", default="2500,20000",
+                    help="candidate counts of the step timing (others: a square image)")
     ap.add_argument("--datasets", default=None, help="comma-separated dataset names (default: all)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -179,7 +191,8 @@ def main(argv=None):
                               "5%": entry["methods"][method]["5%"]}), flush=True)
         report["datasets"][name] = entry
     if not args.no_timing:
-        report["step_time"] = [step_time(n, args.device, args.patch_size) for n in (2500, 20000)]
+        report["step_time"] = [step_time(int(n), args.device, args.patch_size)
+                               for n in args.step_candidates.split(",")]
     report["total_seconds"] = round(time.perf_counter() - t_all, 1)
     print(json.dumps(report))
     return report

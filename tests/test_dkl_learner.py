@@ -203,3 +203,25 @@ def test_benchmark_top_sites_keep_ties_together():
     plateau[:10, :8] = 1e4  # 80 sites tie at the top
     top = bench.top_sites(plateau)
     assert len(top) == 80 and (plateau.ravel()[top] == 1e4).all()
+
+
+@pytest.mark.parametrize("kw", [dict(patch_size=6), dict(patch_size="auto", target_warp="power")])
+def test_maps_reuse_the_last_suggestion_and_match_a_fresh_prediction(pair, kw):
+    from napari_microml.dkl.warping import unwarp_moments
+
+    s, p = pair
+    L = ActiveLearner(s, seed=0, device="cpu", init_iters=20, warm_iters=5, **kw)
+    c = L.suggest(8)
+    L.observe(c, p[c[:, 0], c[:, 1]])
+    L.suggest(3)
+    assert L._maps is not None  # the suggestion's prediction is kept for the maps
+    mean, std = L.predict()
+    fresh = unwarp_moments(L.warp, *L.model.predict())
+    np.testing.assert_allclose(mean.ravel(), fresh[0], rtol=1e-5, atol=1e-9)
+    np.testing.assert_allclose(std.ravel(), fresh[1], rtol=1e-5, atol=1e-9)
+    c = L.suggest(2)
+    L.observe(c, p[c[:, 0], c[:, 1]])
+    mean2, _ = L.predict()  # refitted on the new points, not the kept maps
+    assert L._maps is None
+    np.testing.assert_allclose(mean2.ravel(), unwarp_moments(L.warp, *L.model.predict())[0],
+                               rtol=1e-5, atol=1e-9)

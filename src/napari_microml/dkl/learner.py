@@ -177,6 +177,7 @@ class ActiveLearner:
         self._idx: list[int] = []
         self._val: list[float] = []
         self._dirty = True
+        self._maps = None  # standardised (mean, std) over every pixel from the last suggest
         self._pending: dict[int, float] = {}  # flat index -> acquisition value when suggested
         self.last_acquisition: np.ndarray | None = None
         self.log: list[dict] = []
@@ -211,6 +212,7 @@ class ActiveLearner:
         if self._dirty and self._idx:
             self.model.fit(np.asarray(self._idx), self.warp.fit(np.asarray(self._val)))
             self._dirty = False
+            self._maps = None
 
     # --- public API ------------------------------------------------------------------------
     def observe(self, coords, values) -> None:
@@ -275,6 +277,7 @@ class ActiveLearner:
             return self.candidates[chosen].copy()
         self._ensure_fit()
         mean, std = self.model.predict(standardized=True)
+        self._maps = (mean, std)  # predict() reuses them until the next fit
         best_raw = self.best_value
         best = (float(self.warp.forward(best_raw)) - self.model._y_mean) / self.model._y_std
         recent = self.coords[-self.n_recent:] if self.recent_radius > 0 else None
@@ -309,7 +312,12 @@ class ActiveLearner:
         if not self._idx:
             raise ValueError("No measurements yet: observe some points before predicting.")
         self._ensure_fit()
-        mean, std = unwarp_moments(self.warp, *self.model.predict())
+        if self._maps is not None:  # the last suggestion's prediction, same fit: no second pass
+            y_mean, y_std = self.model._y_mean, self.model._y_std
+            warped = (self._maps[0] * y_std + y_mean, self._maps[1] * y_std)
+        else:
+            warped = self.model.predict()
+        mean, std = unwarp_moments(self.warp, *warped)
         return mean.reshape(self.shape), std.reshape(self.shape)
 
     def state_summary(self) -> dict:
