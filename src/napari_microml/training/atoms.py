@@ -15,7 +15,7 @@ import numpy as np
 from napari_microml.atoms.finder import INPUTS, network_input
 from napari_microml.synth.lattice import simulate_lattice
 from napari_microml.synth.render import heatmap
-from napari_microml.training.common import Log, dihedral, lattice_for, seed_everything
+from napari_microml.training.common import Log, dihedral, lattice_for, parse_weights, seed_everything
 
 ARCH = {"kind": "unet", "in_channels": 1, "out_channels": 1, "base": 12, "depth": 3}
 HEAT_SIGMA = 1.25
@@ -114,7 +114,7 @@ def main(argv=None):
                    help="over-sample lattices, e.g. 'dichalcogenide=1.5' (unnamed LATTICES weigh 1; "
                         "EXTRA_LATTICES only when named)")
     a = p.parse_args(argv)
-    weights = {k: float(v) for k, v in (x.split("=") for x in a.lattice_weights.split(",") if x)} or None
+    weights = parse_weights(a.lattice_weights)
     entry, rows = train(steps=a.steps, batch=a.batch, n_train=a.n_train, size=a.size, seed=a.seed, name=a.name,
                        init=a.init, lr=a.lr, input_kind=a.input, lattice_weights=weights,
                        scene_p=dict(zip(SCENE_P, map(float, a.scene_p.split(",")))) if a.scene_p else None)

@@ -47,3 +47,9 @@ def lattice_for(seed: int, lattice_weights: dict | None) -> str | None:
     names = LATTICES + tuple(n for n in EXTRA_LATTICES if n in lattice_weights)
     p = np.array([float(lattice_weights.get(name, 1.0)) for name in names])
     return str(np.random.default_rng([int(seed), 4_242]).choice(names, p=p / p.sum()))
+
+
+def parse_weights(text: str) -> dict | None:
+    """``"name=1.5,other=2"`` (a command-line option) as ``{name: 1.5, other: 2.0}``; None if empty."""
+    pairs = (kv.split("=") for kv in text.split(",") if kv.strip())
+    return {k.strip(): float(v) for k, v in pairs} or None

@@ -22,7 +22,7 @@ from napari_microml.defects.classes import N_OUTPUTS, class_id
 from napari_microml.runtime.validate import robust_normalize
 from napari_microml.synth.defects import simulate_defects
 from napari_microml.synth.render import heatmap
-from napari_microml.training.common import Log, dihedral, lattice_for, seed_everything
+from napari_microml.training.common import Log, dihedral, lattice_for, parse_weights, seed_everything
 
 ARCH = {"kind": "unet", "in_channels": 1, "out_channels": N_OUTPUTS + 1, "base": 16, "depth": 3}
 HEAT_SIGMA = 1.25
@@ -202,7 +202,8 @@ def main(argv=None):
     p.add_argument("--minutes", type=float, default=None,
                    help="wall-clock budget: the schedule anneals and training stops when it is spent")
     p.add_argument("--lattice-weights", default="",
-                   help="over-sample lattices, e.g. 'perovskite=3' (unnamed lattices weigh 1)")
+                   help="over-sample lattices, e.g. 'perovskite=3' (unnamed LATTICES weigh 1; "
+                        "EXTRA_LATTICES only when named)")
     p.add_argument("--dose-range", default="", help="training dose range 'low,high' counts/column (log-uniform)")
     p.add_argument("--boost", default="", help="multiply class loss weights, e.g. 'dopant_bright=1.5'")
     p.add_argument("--out", default=None, help="write the trained weights to this .pt file instead of shipping them")
@@ -213,10 +214,7 @@ def main(argv=None):
         print(json.dumps({"saved": promote(a.promote, a.name)}, indent=1))
         return
     torch.set_num_threads(a.threads)
-    def pairs(text):
-        return {k: float(v) for k, v in (kv.split("=") for kv in text.split(",") if kv.strip())} or None
-
-    weights, boost = pairs(a.lattice_weights), pairs(a.boost)
+    weights, boost = parse_weights(a.lattice_weights), parse_weights(a.boost)
     dose_range = tuple(float(v) for v in a.dose_range.split(",")) if a.dose_range else None
     entry, rows = train(steps=a.steps, batch=a.batch, n_train=a.n_train, size=a.size, lr=a.lr, seed=a.seed,
                         name=a.name, init=a.init, cache=a.cache or None, minutes=a.minutes,
