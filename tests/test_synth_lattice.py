@@ -80,3 +80,10 @@ def test_training_lattice_weights_keep_old_recipes_and_name_extra_lattices():
     drawn = [lattice_for(k, {"dichalcogenide": 1.5}) for k in range(2000)]
     assert 0.18 < drawn.count("dichalcogenide") / len(drawn) < 0.28  # 1.5 / 6.5 = 0.23
     assert set(drawn) == set(LATTICES) | {"dichalcogenide"}
+
+
+def test_training_option_weights_parse():
+    from napari_microml.training.common import parse_weights
+
+    assert parse_weights("") is None
+    assert parse_weights("dichalcogenide=1.5, perovskite=3") == {"dichalcogenide": 1.5, "perovskite": 3.0}
