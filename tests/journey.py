@@ -1,0 +1,114 @@
+"""What every user-journey test shares: open a tool the way the Plugins menu does, open a real
+file through our reader, click a button, wait for the worker while watching the event loop, and
+check that the result can be seen in the viewer as the user left it.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+PLUGIN = "napari-microml"
+# The journeys only fail on a real freeze; benchmarks/journeys.py holds the 0.25 s target.
+MAX_STALL_S = 1.0
+TIMEOUT_MS = 240_000
+
+
+class StallMonitor:
+    """Longest gap between ticks of a 20 ms QTimer: how long the GUI thread was blocked."""
+
+    def __init__(self, interval_ms: int = 20):
+        from qtpy.QtCore import QTimer
+
+        self.interval = interval_ms / 1000
+        self.longest = 0.0
+        self._last = None
+        self._timer = QTimer()
+        self._timer.setInterval(interval_ms)
+        self._timer.timeout.connect(self._tick)
+
+    def _tick(self):
+        now = time.perf_counter()
+        if self._last is not None:
+            self.longest = max(self.longest, now - self._last - self.interval)
+        self._last = now
+
+    def __enter__(self):
+        self._last = time.perf_counter()
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._timer.stop()
+        return False
+
+
+def open_tool(viewer, display_name: str):
+    """The dock widget exactly as *Plugins → napari-microml → display_name* opens it."""
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, display_name)
+    return widget
+
+
+def open_file(viewer, path: Path):
+    """A file through the plugin's reader, as *File → Open* with napari-microml chosen."""
+    layers = viewer.open(str(path), plugin=PLUGIN)
+    assert layers, f"the reader returned no layer for {path}"
+    return layers
+
+
+def click(qtbot, button, widget, *, timeout_ms: int = TIMEOUT_MS) -> float:
+    """Click a magicgui PushButton, wait until the widget's worker is done, return the longest
+    event-loop stall (s) seen meanwhile."""
+    with StallMonitor() as monitor:
+        button.native.click()
+        qtbot.waitUntil(lambda: getattr(widget, "worker", None) is None, timeout=timeout_ms)
+        qtbot.wait(50)
+    return monitor.longest
+
+
+def assert_no_stall(stall_s: float, what: str = "the run"):
+    assert stall_s <= MAX_STALL_S, f"the event loop stalled {stall_s:.2f} s during {what}"
+
+
+def _settle(ms: int = 100):
+    """Let napari's slicing and vispy catch up (a visibility change is drawn on a later tick)."""
+    from qtpy.QtWidgets import QApplication
+
+    end = time.perf_counter() + ms / 1000
+    while time.perf_counter() < end:
+        QApplication.processEvents()
+        time.sleep(0.01)
+
+
+def _canvas(viewer) -> np.ndarray:
+    _settle()
+    return np.asarray(viewer.screenshot(canvas_only=True, flash=False), float)
+
+
+def assert_visible(viewer, layer, *, min_fraction: float = 0.002, screenshot: Path | None = None):
+    """The layer shows in the canvas as the user has it: hiding it changes the picture.
+
+    Catches a 2D map placed on the (x, energy) plane of a spectrum image, a layer off camera,
+    an all-transparent colour map or a layer hidden under another one. The whole window is
+    drawn first (the canvas of a never-shown window is blank), to ``screenshot`` if given."""
+    assert layer in viewer.layers, f"{layer.name} is not in the viewer"
+    assert layer.visible, f"{layer.name} is hidden"
+    window = viewer.screenshot(canvas_only=False, flash=False)
+    if screenshot is not None:
+        import imageio.v3 as iio
+
+        iio.imwrite(screenshot, window)
+    shown = _canvas(viewer)
+    layer.visible = False
+    try:
+        hidden = _canvas(viewer)
+    finally:
+        layer.visible = True
+        _settle()
+    changed = np.abs(shown[..., :3] - hidden[..., :3]).max(axis=-1) > 8
+    fraction = float(changed.mean())
+    assert fraction >= min_fraction, (
+        f"{layer.name} is not visible in the current view: hiding it changes "
+        f"{fraction:.4%} of the canvas")
+    return fraction
