@@ -4,6 +4,8 @@ check that the result can be seen in the viewer as the user left it.
 """
 from __future__ import annotations
 
+import json
+import os
 import time
 from pathlib import Path
 
@@ -13,6 +15,25 @@ PLUGIN = "napari-microml"
 # The journeys only fail on a real freeze; benchmarks/journeys.py holds the 0.25 s target.
 MAX_STALL_S = 1.0
 TIMEOUT_MS = 240_000
+# benchmarks/journeys.py sets this: journeys then append their timings here as JSON lines.
+REPORT = os.environ.get("MICROML_JOURNEY_REPORT")
+
+
+def record(journey: str, **figures):
+    """Append one journey's figures (widget_s, api_s, stall_s, …) to the benchmark report."""
+    if REPORT:
+        with open(REPORT, "a") as fh:
+            fh.write(json.dumps({"journey": journey, **figures}) + "\n")
+
+
+def api_seconds(call) -> float | None:
+    """Time the plain API call that the widget run stands for; only when benchmarking, so the
+    test suite does not pay for every run twice."""
+    if not REPORT:
+        return None
+    start = time.perf_counter()
+    call()
+    return time.perf_counter() - start
 
 
 class StallMonitor:
@@ -57,13 +78,20 @@ def open_file(viewer, path: Path):
     return layers
 
 
-def click(qtbot, button, widget, *, timeout_ms: int = TIMEOUT_MS) -> float:
+def click(qtbot, button, widget, *, timeout_ms: int = TIMEOUT_MS, journey: str | None = None,
+          api=None) -> float:
     """Click a magicgui PushButton, wait until the widget's worker is done, return the longest
-    event-loop stall (s) seen meanwhile."""
+    event-loop stall (s) seen meanwhile. With ``journey`` (and, when benchmarking, ``api``: a
+    no-argument call of the same work through the Python API) the timings go to the report."""
+    start = time.perf_counter()
     with StallMonitor() as monitor:
         button.native.click()
         qtbot.waitUntil(lambda: getattr(widget, "worker", None) is None, timeout=timeout_ms)
+        widget_s = time.perf_counter() - start
         qtbot.wait(50)
+    if journey:
+        record(journey, widget_s=round(widget_s, 3), stall_s=round(monitor.longest, 3),
+               api_s=None if api is None else round(api_seconds(api), 3))
     return monitor.longest
 
 
