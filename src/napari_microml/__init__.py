@@ -11,6 +11,8 @@ __version__ = "0.1.0"
 
 _API = {
     "find_atoms": "napari_microml.atoms.finder",
+    "finetune_atoms": "napari_microml.atoms.finetune",
+    "list_models": "napari_microml.nets.registry",
     "refine_positions": "napari_microml.atoms.refine",
     "segment_defects": "napari_microml.defects.segment",
     "classify_environments": "napari_microml.defects.environments",

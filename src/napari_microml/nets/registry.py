@@ -25,13 +25,17 @@ def read_manifest() -> dict:
 
 
 def list_models(task: str | None = None) -> dict:
-    """``{name: entry}`` for shipped models, optionally only one task's."""
-    return {k: v for k, v in read_manifest().items() if task is None or v.get("task") == task}
+    """``{name: entry}`` for shipped models, then the user's own fine-tuned ones
+    (:mod:`nets.user_models`), optionally only one task's."""
+    from napari_microml.nets.user_models import list_user_models
+
+    shipped = {k: v for k, v in read_manifest().items() if task is None or v.get("task") == task}
+    return {**shipped, **{k: v for k, v in list_user_models(task).items() if k not in shipped}}
 
 
 def resolve_name(task: str, model: str) -> str:
     """``'default'`` → ``'atoms-default'``; full names and paths pass through."""
-    if model.endswith(".pt") or model in read_manifest():
+    if model.endswith(".pt") or model in list_models():
         return model
     return f"{task}-{model}"
 
@@ -58,7 +62,7 @@ def load_model(task: str, model="default", device="cpu"):
     if isinstance(model, torch.nn.Module):
         return model.to(device).eval(), {"name": type(model).__name__, "file": None, "sha256": None}
     name = resolve_name(task, str(model))
-    manifest = read_manifest()
+    manifest = list_models()
     if name.endswith(".pt"):
         path = Path(name)
         if not path.is_file():
@@ -68,15 +72,18 @@ def load_model(task: str, model="default", device="cpu"):
         entry = manifest[name]
         if entry.get("task") != task:
             raise ValueError(f"Model {name!r} is a {entry.get('task')} model, not a {task} model.")
-        path, expected = WEIGHTS_DIR / entry["file"], entry["sha256"]
+        path = Path(entry["path"]) if entry.get("user") else WEIGHTS_DIR / entry["file"]
+        expected = entry["sha256"]
     else:
         known = ", ".join(sorted(list_models(task))) or "none"
-        raise ValueError(f"No {task} model named {model!r}. Shipped {task} models: {known}.")
+        raise ValueError(f"No {task} model named {model!r}. Available {task} models: {known}.")
     digest = file_sha256(path)
     if expected is not None and digest != expected:
         raise ModelIntegrityError(
             f"Weights file {path.name} is damaged or was replaced: sha256 {digest[:12]}… does "
-            f"not match the recorded {expected[:12]}…. Reinstall napari-microml."
+            f"not match the recorded {expected[:12]}…. "
+            + ("Fine-tune it again or delete it." if manifest.get(name, {}).get("user")
+               else "Reinstall napari-microml.")
         )
     blob = torch.load(path, map_location="cpu", weights_only=True)
     net = _build(blob["arch"])

@@ -1,0 +1,377 @@
+"""Fine-tune the atom finder on a user's own corrected points, so it gets their images right.
+
+``finetune_atoms(images, positions)`` copies a base model, trains it on crops of the user's
+images (flips, 90° rotations, intensity, noise and blur jitter) mixed with replayed synthetic
+frames of every scene and lattice (so it does not forget lattices), and keeps a strip of every
+image out of training as a validation split: early stopping and the detection threshold are
+chosen on it, and the new model is saved (nets/user_models.py) only when it finds the user's
+held-out points better than the base model does at the base's own best threshold; otherwise
+the base is kept and the result says why.
+"""
+from __future__ import annotations
+
+import copy
+import datetime as _dt
+import hashlib
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from napari_microml.runtime.workers import drain, progress
+
+DEFAULT_STEPS = 600  # upper bound; early stopping usually ends sooner
+EVAL_EVERY = 25  # steps between validation passes
+PATIENCE = 8  # validation passes without a better F1 before stopping
+MIN_EVALS = 4  # never stop before this many validation passes
+CROP = 96
+BATCH = 8
+REPLAY = 2  # crops per batch drawn from synthetic frames (all scenes and lattices)
+N_REPLAY = 64  # synthetic frames in the replay pool
+LR = 5e-4
+THRESHOLDS = np.round(np.arange(0.1, 0.91, 0.05), 2)
+MIN_POINTS = 5
+USER_SIGMA = 1.25  # heat-map peak width (px) on the user's points, as the shipped training's
+MARGIN = 32  # px of context either side of a validation strip when predicting it
+
+
+@dataclass
+class FinetuneResult:
+    """name : the model to use: the new one's short name, or the base when it did not beat it.
+    kept_base : True when no model was written (``reason`` says why).
+    card : the model card (also for a kept base, with the scores that decided).
+    history : one dict per validation pass: step, loss, val_f1, threshold."""
+
+    name: str
+    kept_base: bool
+    reason: str
+    card: dict
+    history: list = field(default_factory=list)
+
+
+@dataclass
+class _Item:
+    """One user image on the network's grid, with its validation strip."""
+
+    x: np.ndarray  # network input
+    target: np.ndarray  # heat map of the user's points
+    points: np.ndarray  # (N, 2) on the network grid
+    axis: int  # the strip runs across this axis
+    lo: int
+    hi: int  # validation strip [lo, hi) along ``axis``
+    train: tuple  # allowed crop start range along ``axis``: [a, b]
+
+    def in_strip(self, pos: np.ndarray) -> np.ndarray:
+        return (pos[:, self.axis] >= self.lo) & (pos[:, self.axis] < self.hi)
+
+
+def _as_lists(images, positions):
+    if isinstance(images, np.ndarray) and images.ndim == 2:
+        images, positions = [images], [positions]
+    if not isinstance(images, (list, tuple)) or not isinstance(positions, (list, tuple)):
+        raise TypeError("images must be a list of 2D arrays and positions a list of (N, 2) "
+                        "(row, col) arrays, one per image.")
+    if len(images) != len(positions) or not images:
+        raise ValueError(f"Give one array of points per image: {len(images)} image(s) but "
+                         f"{len(positions)} point list(s).")
+    imgs, pts = [], []
+    for i, (img, pos) in enumerate(zip(images, positions)):
+        img = np.asarray(img, np.float32)
+        if img.ndim != 2:
+            raise ValueError(f"Image {i + 1} has shape {img.shape}; fine-tuning needs 2D grey images "
+                             "(pick single frames of a stack).")
+        pos = np.asarray(pos, float)
+        if pos.size == 0:
+            pos = pos.reshape(0, 2)
+        if pos.ndim != 2 or pos.shape[1] != 2 or not np.isfinite(pos).all():
+            raise ValueError(f"The points of image {i + 1} must be an (N, 2) array of finite "
+                             "(row, col) pixel positions.")
+        h, w = img.shape
+        out = (pos[:, 0] < -0.5) | (pos[:, 0] > h - 0.5) | (pos[:, 1] < -0.5) | (pos[:, 1] > w - 0.5)
+        if out.any():
+            raise ValueError(f"{int(out.sum())} point(s) of image {i + 1} lie outside its {h}×{w} "
+                             "pixels; are they (row, col) in pixels of that image?")
+        imgs.append(img)
+        pts.append(pos)
+    if sum(len(p) for p in pts) < MIN_POINTS:
+        raise ValueError(f"Fine-tuning needs at least {MIN_POINTS} corrected points in all; mark "
+                         "every atom of at least one image.")
+    return imgs, pts
+
+
+def _prepare(img, pos, kind, fraction, side, crop):
+    """The image and its points on the network's grid (as find_atoms resamples it), and a
+    validation strip of ``fraction`` of it along its longer side, at one end (``side``)."""
+    from napari_microml.atoms.finder import NOISY_PERIOD, network_input
+    from napari_microml.runtime.spacing import resample, to_resampled, zoom_for
+    from napari_microml.runtime.validate import fill_nonfinite
+    from napari_microml.synth.render import heatmap
+
+    frame = fill_nonfinite(img)
+    zoom, _ = zoom_for(frame, "auto", noisy_high=NOISY_PERIOD)
+    x = network_input(resample(frame, zoom), kind)
+    points = to_resampled(pos, zoom) if zoom != 1.0 else pos
+    axis = int(np.argmax(x.shape))
+    n = x.shape[axis]
+    width = int(round(fraction * n))
+    if n - width < crop or min(x.shape) < crop:
+        raise ValueError(f"An image of {img.shape[0]}×{img.shape[1]} px is too small to fine-tune on: "
+                         f"it needs {crop} px beside a validation strip of {width} px.")
+    lo, hi = (0, width) if side == 0 else (n - width, n)
+    train = (hi, n - crop) if side == 0 else (0, lo - crop)
+    return zoom, _Item(x, heatmap(x.shape, points, USER_SIGMA), points, axis, lo, hi, train)
+
+
+def _tolerance(points: list) -> float:
+    """Matching distance for the validation F1 (px, network grid): 0.3 × the median distance
+    between neighbouring user points, 1.5–5 px (close to the box protocol's on sparse atoms)."""
+    from scipy.spatial import cKDTree
+
+    nn = [cKDTree(p).query(p, k=2)[0][:, 1] for p in points if len(p) > 1]
+    d = float(np.median(np.concatenate(nn))) if nn else 10.0
+    return float(np.clip(0.3 * d, 1.5, 5.0))
+
+
+def _crop(item: _Item, size: int, rng) -> tuple:
+    """A training crop (input, target) outside the validation strip, near a point 70 % of the time."""
+    shape = item.x.shape
+    lo_a, hi_a = item.train
+    other = 1 - item.axis
+    pts = item.points[~item.in_strip(item.points)]
+    start = [0, 0]
+    if len(pts) and rng.uniform() < 0.7:
+        c = pts[rng.integers(len(pts))] + rng.uniform(-size / 3, size / 3, 2) - size / 2
+        start[item.axis] = int(np.clip(c[item.axis], lo_a, hi_a))
+        start[other] = int(np.clip(c[other], 0, shape[other] - size))
+    else:
+        start[item.axis] = int(rng.integers(lo_a, hi_a + 1))
+        start[other] = int(rng.integers(0, shape[other] - size + 1))
+    sl = (slice(start[0], start[0] + size), slice(start[1], start[1] + size))
+    return item.x[sl][None], item.target[sl][None]
+
+
+def _jitter(x: np.ndarray, rng) -> np.ndarray:
+    """Intensity gain/offset, and sometimes Gaussian noise or a slight blur."""
+    from scipy import ndimage as ndi
+
+    if rng.uniform() < 0.3:
+        x = ndi.gaussian_filter(x, (0, rng.uniform(0.3, 1.0), rng.uniform(0.3, 1.0)))
+    if rng.uniform() < 0.5:
+        x = x + rng.normal(0, rng.uniform(0.01, 0.06), x.shape)
+    return x * rng.uniform(0.8, 1.2) + rng.uniform(-0.1, 0.1)
+
+
+class _Validator:
+    """Validation F1 on the strips: peaks of the probability map at every threshold, matched to
+    the user's points there (Hungarian, within ``tolerance``), counts pooled over images."""
+
+    def __init__(self, items, tolerance, dev):
+        self.items, self.tol, self.dev = items, tolerance, dev
+
+    def __call__(self, net) -> dict:
+        import torch
+
+        from napari_microml.atoms.finder import _local_maxima
+        from napari_microml.atoms.metrics import match_points
+        from napari_microml.nets.unet import batch_predictor
+        from napari_microml.runtime.tiling import tiled_predict
+
+        net.eval()
+        predict = batch_predictor(net, self.dev, torch.sigmoid)
+        tp, n_pred, n_true = np.zeros(len(THRESHOLDS)), np.zeros(len(THRESHOLDS)), 0
+        loss = 0.0
+        for item in self.items:
+            a = max(item.lo - MARGIN, 0)  # the strip with some context, not the whole image
+            sl = [slice(None), slice(None)]
+            sl[item.axis] = slice(a, min(item.hi + MARGIN, item.x.shape[item.axis]))
+            prob = drain(tiled_predict(predict, item.x[tuple(sl)][None], out_channels=1, tile=1024,
+                                       multiple=getattr(net, "multiple", 8)))[0]
+            pos, score = _local_maxima(prob, float(THRESHOLDS[0]) - 0.01, 2)
+            pos[:, item.axis] += a
+            keep = item.in_strip(pos)
+            pos, score = pos[keep], score[keep]
+            true = item.points[item.in_strip(item.points)]
+            n_true += len(true)
+            for j, t in enumerate(THRESHOLDS):
+                pred = pos[score > t]
+                n_pred[j] += len(pred)
+                tp[j] += len(match_points(pred, true, self.tol)["pairs"])
+            sl[item.axis] = slice(item.lo - a, item.hi - a)
+            p = np.clip(prob[tuple(sl)], 1e-6, 1 - 1e-6)
+            sl[item.axis] = slice(item.lo, item.hi)
+            y = item.target[tuple(sl)]
+            loss += float(np.mean(-(1 + 9 * y) * (y * np.log(p) + (1 - y) * np.log(1 - p))))
+        f1 = np.where(n_pred + n_true > 0, 2 * tp / np.maximum(n_pred + n_true, 1), 1.0)
+        best = int(np.argmax(f1))  # ties: the lowest threshold
+        return {"f1": float(f1[best]), "threshold": float(THRESHOLDS[best]),
+                "loss": loss / len(self.items), "f1_by_threshold": f1.round(4).tolist(),
+                "n_points": int(n_true)}
+
+
+def _array_sha256(a: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
+
+
+def finetune_atoms_iter(images, positions, *, base="default", steps=None, seed: int = 0,
+                        name: str | None = None, validation: float = 0.2, device="auto",
+                        image_names=None):
+    """Generator twin of :func:`finetune_atoms`: yields ``("progress", done, total, message)``
+    every step and ``("loss", step, total, {"loss", "val_f1", "threshold"})`` after every
+    validation pass; returns a :class:`FinetuneResult`. Closing it (Stop) before it returns
+    writes nothing: the model files are written at the very end, atomically."""
+    import torch
+    import torch.nn.functional as F
+
+    from napari_microml.atoms.finder import input_kind
+    from napari_microml.nets.registry import load_model
+    from napari_microml.nets.user_models import check_name, list_user_models, save_user_model
+    from napari_microml.runtime.device import describe_device, resolve_device
+    from napari_microml.runtime.provenance import make_provenance
+    from napari_microml.training.atoms import ARCH, make_pair
+    from napari_microml.training.common import dihedral, seed_everything
+
+    imgs, pts = _as_lists(images, positions)
+    if not 0 < float(validation) <= 0.5:
+        raise ValueError("validation is the fraction of each image kept to check the model; "
+                         "choose a value between 0 and 0.5 (0.2 works for 1-5 images).")
+    if steps is not None and (int(steps) != steps or steps < 1):
+        raise ValueError("steps must be a whole number ≥ 1 (or None for the automatic choice).")
+    max_steps = int(steps) if steps is not None else DEFAULT_STEPS
+    stamp = _dt.datetime.now()
+    name = name or f"tuned-{stamp:%Y%m%d-%H%M%S}"
+    full = check_name(name, "atoms")
+    if full in list_user_models("atoms"):
+        raise ValueError(f"A model named {name!r} already exists; choose another name or delete it first.")
+    names = list(image_names) if image_names is not None else [None] * len(imgs)
+
+    dev = resolve_device(device)
+    net, info = load_model("atoms", base, dev)
+    kind = input_kind(net, info)
+    base_threshold = float((info.get("meta") or {}).get("recommended_threshold", 0.5))
+    crop = min(CROP, *(8 * (min(i.shape) // 8) for i in imgs))
+    yield progress(0, max_steps, "preparing your images")
+    prepared = [_prepare(img, pos, kind, float(validation), (seed + i) % 2, crop)
+                for i, (img, pos) in enumerate(zip(imgs, pts))]
+    items = [it for _, it in prepared]
+    if sum(int(it.in_strip(it.points).sum()) for it in items) == 0:
+        raise ValueError("None of your points lies in the validation part of the images (a "
+                         f"{validation:g} strip at one end of each), so the result could not be "
+                         "checked; mark the atoms over the whole image.")
+    tol = _tolerance([it.points for it in items])
+    validate = _Validator(items, tol, dev)
+    seed_everything(seed)
+    rng = np.random.default_rng(seed)
+    replay = [make_pair(5_000_000 + 1_000 * seed + i, crop, input_kind=kind) for i in range(N_REPLAY)]
+
+    before = validate(net)
+    base_own = before["f1_by_threshold"][int(np.argmin(np.abs(THRESHOLDS - base_threshold)))]
+    yield ("loss", 0, max_steps, {"loss": None, "val_f1": before["f1"], "threshold": before["threshold"]})
+    best = {"f1": before["f1"], "loss": before["loss"], "step": 0, "threshold": before["threshold"],
+            "state": None}
+    history = [{"step": 0, "loss": None, "val_f1": before["f1"], "threshold": before["threshold"]}]
+    opt = torch.optim.AdamW(net.parameters(), lr=LR, weight_decay=1e-4)
+    losses, since, step = [], 0, 0
+    for step in range(1, max_steps + 1):
+        net.train()
+        xb, yb = [], []
+        for b in range(BATCH):
+            x, y = (replay[rng.integers(N_REPLAY)] if b < REPLAY
+                    else _crop(items[rng.integers(len(items))], crop, rng))
+            x, y = dihedral([x, y], int(rng.integers(8)))
+            xb.append(_jitter(x, rng))
+            yb.append(y)
+        xb = torch.from_numpy(np.stack(xb)).float().to(dev)
+        yb = torch.from_numpy(np.stack(yb)).float().to(dev)
+        loss = F.binary_cross_entropy_with_logits(net(xb), yb, weight=1 + 9 * yb)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+        yield progress(step, max_steps, f"step {step}/{max_steps}: loss {losses[-1]:.4f}")
+        if step % EVAL_EVERY and step != max_steps:
+            continue
+        val = validate(net)
+        row = {"step": step, "loss": float(np.mean(losses[-EVAL_EVERY:])), "val_f1": val["f1"],
+               "threshold": val["threshold"]}
+        history.append(row)
+        yield ("loss", step, max_steps, {k: row[k] for k in ("loss", "val_f1", "threshold")})
+        if (val["f1"], -val["loss"]) > (best["f1"], -best["loss"]):
+            best = {"f1": val["f1"], "loss": val["loss"], "step": step, "threshold": val["threshold"],
+                    "state": copy.deepcopy(net.state_dict())}
+            since = 0
+        else:
+            since += 1
+        if since >= PATIENCE and len(history) > MIN_EVALS:
+            break
+    yield progress(max_steps, max_steps, "checking the new model on your held-out points")
+
+    card = {
+        "base": info["name"], "base_sha256": info["sha256"], "created": stamp.isoformat(timespec="seconds"),
+        "images": [{"name": n, "shape": list(i.shape), "sha256": _array_sha256(i), "n_points": len(p),
+                    "zoom": round(z, 4)} for n, i, p, (z, _) in zip(names, imgs, pts, prepared)],
+        "n_points": int(sum(len(p) for p in pts)), "steps": step, "max_steps": max_steps,
+        "best_step": best["step"], "seed": seed,
+        "validation": {"fraction": float(validation), "n_points": before["n_points"], "tolerance_px": round(tol, 2),
+                       "f1_before": round(before["f1"], 4), "threshold_before": before["threshold"],
+                       "f1_before_at_its_threshold": round(float(base_own), 4),
+                       "f1_after": round(best["f1"], 4), "threshold": best["threshold"]},
+        "recipe": {"crop": crop, "batch": BATCH, "replay_per_batch": REPLAY, "lr": LR,
+                   "eval_every": EVAL_EVERY, "patience": PATIENCE},
+        "history": history,
+        "provenance": make_provenance("finetune_atoms", model={k: info[k] for k in ("name", "file", "sha256")},
+                                      device=describe_device(dev), seed=seed,
+                                      parameters={"steps": steps, "validation": validation, "name": name}),
+    }
+    short_base = info["name"].removeprefix("atoms-")
+    if best["state"] is None or best["f1"] <= before["f1"]:
+        reason = (f"Kept the base model {short_base!r}: on your held-out points (the {validation:g} "
+                  f"strip of each image) the fine-tuned model reached F1 {best['f1']:.3f}, not above "
+                  f"the base's {before['f1']:.3f}. Correct more points or images and try again.")
+        return FinetuneResult(short_base, True, reason, card, history)
+    net.load_state_dict(best["state"])
+    meta = {"input": kind, "recommended_threshold": best["threshold"], "base": info["name"],
+            "finetuned_on_user_points": True}
+    entry = save_user_model(net.cpu().eval(), full, task="atoms", arch=ARCH, meta=meta, card=card)
+    reason = (f"Saved {full.removeprefix('atoms-')!r}: F1 on your held-out points {before['f1']:.3f} → "
+              f"{best['f1']:.3f} (threshold {best['threshold']:g}), best at step {best['step']}.")
+    return FinetuneResult(full.removeprefix("atoms-"), False, reason, entry, history)
+
+
+def finetune_atoms(images, positions, *, base="default", steps=None, seed: int = 0,
+                   name: str | None = None, validation: float = 0.2, device="auto") -> str:
+    """Fine-tune the atom finder on your own corrected points; return the model's name.
+
+    Parameters
+    ----------
+    images : list of 2D arrays
+        The images you corrected (1-5 are enough).
+    positions : list of (N_i, 2) arrays
+        Every atom column of each image, (row, col) in pixels: the finder's points after your
+        corrections.
+    base : str
+        The model to start from (a shipped or an earlier fine-tuned atom model).
+    steps : int, optional
+        Most training steps (default 600; training stops earlier when the held-out F1 stops
+        improving).
+    seed : int
+        Seeds the crops, augmentation and replayed synthetic frames.
+    name : str, optional
+        The new model's name (default ``tuned-<date>-<time>``).
+    validation : float
+        The fraction of each image (a strip at one end) kept out of training to choose the
+        stopping step and threshold and to compare with the base model.
+    device : {'auto', 'cuda', 'mps', 'cpu'}
+
+    Returns
+    -------
+    str
+        The new model's name, for ``find_atoms(image, model=name)``, the widget and the CLI.
+        When the fine-tuned model does not find your held-out points better than ``base``
+        does, nothing is saved, a warning says why, and ``base`` is returned.
+    """
+    import warnings
+
+    result = drain(finetune_atoms_iter(images, positions, base=base, steps=steps, seed=seed, name=name,
+                                       validation=validation, device=device))
+    if result.kept_base:
+        warnings.warn(result.reason, stacklevel=2)
+    return result.name

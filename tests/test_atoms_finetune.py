@@ -1,0 +1,155 @@
+"""Fine-tuning the atom finder on a user's points: mechanics with tiny step counts (the F1 gains
+are measured by benchmarks/finetune.py)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import napari_microml as mm
+from napari_microml.atoms import finetune as ft
+from napari_microml.nets import user_models
+from napari_microml.nets.registry import ModelIntegrityError, list_models, load_model
+from napari_microml.runtime.workers import collect
+from napari_microml.synth.lattice import simulate_lattice
+
+
+@pytest.fixture(autouse=True)
+def models_folder(tmp_path, monkeypatch):
+    """Never the real per-user folder."""
+    folder = tmp_path / "models"
+    monkeypatch.setenv(user_models.ENV, str(folder))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def frames():
+    samples = [simulate_lattice((128, 128), scene="crystal", lattice="square", spacing=9.0, dose=500, seed=s)
+               for s in (11, 12)]
+    return [s.image for s in samples], [s.positions for s in samples]
+
+
+def _scores(*values):
+    """A stand-in validator returning these F1s in turn (the last one repeats)."""
+    calls = []
+
+    def fake(self, net):
+        f1 = values[min(len(calls), len(values) - 1)]
+        calls.append(f1)
+        return {"f1": f1, "threshold": 0.4, "loss": 1.0 - f1, "f1_by_threshold": [f1] * len(ft.THRESHOLDS),
+                "n_points": 10}
+    return fake
+
+
+def test_models_folder_follows_the_environment(models_folder):
+    assert user_models.models_dir() == models_folder
+    assert user_models.list_user_models() == {}
+
+
+def test_a_better_model_is_saved_listed_loadable_and_deletable(frames, models_folder, monkeypatch,
+                                                               one_torch_thread):
+    monkeypatch.setattr(ft._Validator, "__call__", _scores(0.5, 0.8))
+    images, points = frames
+    name = mm.finetune_atoms(images, points, steps=2, name="my-square")
+    assert name == "my-square"
+    card = json.loads((models_folder / "atoms-my-square.json").read_text())
+    weights = models_folder / "atoms-my-square.pt"
+    assert card["sha256"] == user_models.file_sha256(weights)
+    assert card["base"] == "atoms-default" and card["n_points"] == sum(len(p) for p in points)
+    assert card["validation"]["f1_before"] == 0.5 and card["validation"]["f1_after"] == 0.8
+    assert [im["n_points"] for im in card["images"]] == [len(p) for p in points]
+    assert (models_folder / "atoms-my-square.md").read_text().startswith("# atoms-my-square")
+    assert "atoms-my-square" in list_models("atoms") and "atoms-my-square" in mm.list_models()
+    net, info = load_model("atoms", name)
+    assert info["sha256"] == card["sha256"] and info["meta"]["recommended_threshold"] == 0.4
+    result = mm.find_atoms(images[0], model=name)
+    assert result.model["name"] == "atoms-my-square" and result.model["sha256"] == card["sha256"]
+    with pytest.raises(ValueError, match="already exists"):
+        mm.finetune_atoms(images, points, steps=1, name="my-square")
+    user_models.delete_user_model(name)
+    assert "atoms-my-square" not in list_models("atoms")
+    assert not any(models_folder.iterdir())
+
+
+def test_a_damaged_user_model_is_refused(frames, monkeypatch, one_torch_thread):
+    monkeypatch.setattr(ft._Validator, "__call__", _scores(0.5, 0.8))
+    name = mm.finetune_atoms(*frames, steps=1, name="damaged")
+    path = user_models.list_user_models()["atoms-damaged"]["path"]
+    with open(path, "ab") as fh:
+        fh.write(b"x")
+    with pytest.raises(ModelIntegrityError, match="Fine-tune it again"):
+        load_model("atoms", name)
+
+
+def test_a_worse_model_is_never_handed_over(frames, models_folder, monkeypatch, one_torch_thread):
+    """A wrecked network (huge learning rate) scores below the base on the held-out strips."""
+    monkeypatch.setattr(ft, "LR", 1.0)
+    images, points = frames
+    messages, result = collect(ft.finetune_atoms_iter(images, points, steps=3, name="wrecked"))
+    assert result.kept_base and result.name == "default"
+    assert result.card["validation"]["f1_after"] <= result.card["validation"]["f1_before"]
+    assert "Kept the base model" in result.reason
+    assert not models_folder.exists() or not any(models_folder.iterdir())
+    with pytest.warns(UserWarning, match="Kept the base model"):
+        assert mm.finetune_atoms(images, points, steps=3, name="wrecked") == "default"
+    losses = [m for m in messages if m[0] == "loss"]
+    assert losses[0][1] == 0 and losses[-1][1] == 3 and losses[-1][3]["loss"] > 0
+
+
+def test_stop_leaves_no_model(frames, models_folder, one_torch_thread):
+    gen = ft.finetune_atoms_iter(*frames, steps=50, name="stopped")
+    for message in gen:
+        if message[0] == "progress" and message[1] == 3:
+            break
+    gen.close()  # what the widget's Stop does: the worker quits at the next yield
+    assert "atoms-stopped" not in list_models("atoms")
+    assert not models_folder.exists() or not any(models_folder.iterdir())
+
+
+def test_a_failed_write_leaves_no_file(tmp_path):
+    def fail(path):
+        path.write_text("half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError):
+        user_models._atomic_write(tmp_path / "x.pt", fail)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_training_crops_stay_out_of_the_validation_strip(rng):
+    x = np.zeros((128, 200), np.float32)
+    points = np.column_stack([rng.uniform(0, 128, 40), rng.uniform(0, 200, 40)])
+    for side in (0, 1):
+        _, item = ft._prepare(x + rng.normal(size=x.shape).astype(np.float32), points, "plain", 0.2,
+                              side, 64)
+        assert item.axis == 1 and item.hi - item.lo == 40
+        marked = item.x.copy()
+        marked[:, item.lo:item.hi] = 1e6  # the strip, made recognisable
+        item.x = marked
+        for _ in range(200):
+            crop, target = ft._crop(item, 64, rng)
+            assert crop.shape == (1, 64, 64) and target.shape == (1, 64, 64)
+            assert crop.max() < 1e6
+
+
+def test_bad_input_is_explained(frames):
+    images, points = frames
+    with pytest.raises(ValueError, match="one array of points per image"):
+        mm.finetune_atoms(images, points[:1])
+    with pytest.raises(ValueError, match="2D grey images"):
+        mm.finetune_atoms([np.zeros((2, 64, 64))], [points[0]])
+    with pytest.raises(ValueError, match="outside"):
+        mm.finetune_atoms([images[0]], [points[0] + 500])
+    with pytest.raises(ValueError, match="at least 5"):
+        mm.finetune_atoms([images[0]], [points[0][:2]])
+    with pytest.raises(ValueError, match="between 0 and 0.5"):
+        mm.finetune_atoms(images, points, validation=0.8)
+    with pytest.raises(ValueError, match="shipped"):
+        mm.finetune_atoms(images, points, name="default")
+    with pytest.raises(ValueError, match="letters, digits"):
+        mm.finetune_atoms(images, points, name="../evil")
+    with pytest.raises(ValueError, match="too small"):
+        mm.finetune_atoms([np.zeros((40, 40))], [np.full((6, 2), 20.0)])
+    with pytest.raises(TypeError, match="list of 2D arrays"):
+        mm.finetune_atoms("image.tif", points)
