@@ -22,6 +22,8 @@ _API = {
     "run_campaign": "napari_microml.dkl.learner",
     "fit_shift_vae": "napari_microml.spectra.shift_vae",
     "read_file": "napari_microml.io.reader",
+    "analyze_lattice": "napari_microml.lattice.analyze",
+    "count_atoms": "napari_microml.lattice.counting",
 }
 
 __all__ = ["__version__", *_API]

@@ -1,0 +1,237 @@
+"""``count_atoms``: atoms per column from scattering cross-sections (StatSTEM's method).
+
+The cross-section of a column is the intensity integrated over its Voronoi cell (the pixels
+nearer to it than to any other column, at most one spacing away) minus a local background.
+Their histogram is fitted by Gaussian mixtures of 1…G components of equal width with equally
+spaced means (the constrained model for columns of 1, 2, 3 … atoms), and the number of
+components is chosen by the integrated completed likelihood (ICL = BIC + 2 × the entropy of the
+assignments; De Backer et al., Ultramicroscopy 2013). Each column gets the count of its most
+probable component; counts are absolute when the lightest columns present hold one atom.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from napari_microml.runtime.provenance import make_provenance
+from napari_microml.runtime.validate import check_number, check_positions
+from napari_microml.runtime.workers import drain, progress
+
+
+@dataclass
+class Mixture:
+    """The chosen Gaussian mixture: weights, means and (common) sigma of its components, in the
+    cross-section's units; ``icl`` per number of components tried (index 0 = 1 component)."""
+
+    weights: np.ndarray
+    means: np.ndarray
+    sigma: float
+    icl: np.ndarray
+
+    def pdf(self, x: np.ndarray) -> np.ndarray:
+        """(len(x), G) density of each weighted component."""
+        x = np.asarray(x, float)[:, None]
+        return self.weights * np.exp(-0.5 * ((x - self.means) / self.sigma) ** 2) / (
+            np.sqrt(2 * np.pi) * self.sigma)
+
+
+@dataclass
+class CountResult:
+    """cross_section (N,), counts (N,) int (≥ 1), n_components, mixture, background (N,),
+    cell_area (N,) px, provenance."""
+
+    positions: np.ndarray
+    cross_section: np.ndarray
+    counts: np.ndarray
+    n_components: int
+    mixture: Mixture
+    background: np.ndarray
+    cell_area: np.ndarray
+    parameters: dict = field(default_factory=dict)
+    provenance: dict = field(default_factory=dict)
+
+
+def voronoi_cells(shape, positions: np.ndarray, max_radius: float) -> tuple[np.ndarray, np.ndarray]:
+    """(H, W) int label map: 1 + the index of the nearest column, 0 beyond ``max_radius`` px,
+    and each pixel's distance to its column (px).
+
+    A Euclidean distance transform from the columns' pixels gives each pixel its nearest column
+    in one pass (~0.1 s for 1024²)."""
+    from scipy import ndimage as ndi
+
+    h, w = shape
+    rc = np.clip(np.rint(positions).astype(int), 0, [h - 1, w - 1])
+    seeds = np.zeros(shape, np.int64)
+    seeds[rc[:, 0], rc[:, 1]] = np.arange(1, len(rc) + 1)
+    dist, (ir, ic) = ndi.distance_transform_edt(seeds == 0, return_indices=True)
+    labels = seeds[ir, ic]
+    labels[dist > max_radius] = 0
+    return labels, dist
+
+
+def cross_sections(image: np.ndarray, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Cross-section (N,), local background (N,) and cell area (N,) of each column."""
+    from scipy.spatial import cKDTree
+
+    tree = cKDTree(positions)
+    d, nb = tree.query(positions, k=min(7, len(positions)))
+    d0 = float(np.median(d[:, 1]))
+    labels, dist = voronoi_cells(image.shape, positions, max_radius=0.75 * d0)
+    flat = labels.ravel()
+    n = len(positions)
+    area = np.bincount(flat, minlength=n + 1)[1:].astype(float)
+    total = np.bincount(flat, weights=image.ravel(), minlength=n + 1)[1:]
+    # background: the mean of the cell's outer part (beyond 0.4 of the spacing from its column),
+    # then the median over the column and its nearest neighbours, so one noisy cell does not
+    # move the cross-section
+    ring = np.where(dist.ravel() >= 0.4 * d0, flat, 0)
+    ring_n = np.bincount(ring, minlength=n + 1)[1:]
+    ring_sum = np.bincount(ring, weights=image.ravel(), minlength=n + 1)[1:]
+    floor = np.where(ring_n > 0, ring_sum / np.maximum(ring_n, 1), np.nan)
+    bg = np.nanmedian(floor[nb], axis=1)
+    bg = np.where(np.isfinite(bg), bg, np.nanmedian(floor))
+    return total - area * bg, bg, area
+
+
+def _em_spaced(x: np.ndarray, c: np.ndarray, g: int, mu1: np.ndarray, step: np.ndarray,
+               iters: int = 200):
+    """EM for g equal-width components with means mu1 + k·step on values ``x`` with
+    multiplicities ``c``, from S starts at once (``mu1``, ``step``: (S,)); returns the best
+    start's (loglik, weights, means, sigma)."""
+    n = c.sum()
+    k = np.arange(g)
+    mu1, step = np.asarray(mu1, float), np.asarray(step, float)
+    spread = np.sqrt(np.cov(x, aweights=c))
+    w = np.full((len(mu1), g), 1.0 / g)
+    sigma = np.maximum(0.25 * (np.full_like(mu1, spread) if g == 1 else np.abs(step)), 1e-9 * spread + 1e-300)
+    floor = 1e-6 * spread + 1e-300
+    prev = np.full(len(mu1), -np.inf)
+    sx, cx = (c * x).sum(), c * x
+    for _ in range(iters):
+        resp, ll = _responsibilities(x, c, w, mu1[:, None] + k * step[:, None], sigma)
+        cr = c[None, :, None] * resp                          # (S, n, G)
+        tot = cr.sum(1)                                        # (S, G)
+        w = tot / n
+        if g == 1:
+            mu1, step = np.full_like(mu1, sx / n), np.zeros_like(step)
+        else:  # weighted regression of x on the component index, per start
+            sk, skk = tot @ k, tot @ k**2
+            skx = np.einsum("sng,g,n->s", resp, k.astype(float), cx)
+            det = n * skk - sk**2
+            mu1, step = (skk * sx - sk * skx) / det, (n * skx - sk * sx) / det
+        means = mu1[:, None] + k * step[:, None]
+        sigma = np.maximum(np.sqrt((cr * (x[None, :, None] - means[:, None, :]) ** 2).sum((1, 2)) / n), floor)
+        if np.all(ll - prev < 1e-7 * np.abs(ll)):
+            break
+        prev = ll
+    b = int(np.argmax(ll))
+    return float(ll[b]), w[b], mu1[b] + k * step[b], float(sigma[b])
+
+
+def _responsibilities(x, c, w, means, sigma):
+    """Posterior of each component for each value (S, len(x), G) and the log-likelihoods (S,)
+    of S mixtures (w, means: (S, G); sigma: (S,))."""
+    w, means, sigma = np.atleast_2d(w), np.atleast_2d(means), np.atleast_1d(sigma)
+    z = (-0.5 * ((x[None, :, None] - means[:, None, :]) / sigma[:, None, None]) ** 2
+         + np.log(np.maximum(w, 1e-300))[:, None, :])
+    zmax = z.max(2, keepdims=True)
+    p = np.exp(z - zmax)
+    s = p.sum(2, keepdims=True)
+    ll = (c * (np.log(s[..., 0]) + zmax[..., 0])).sum(1) - c.sum() * np.log(np.sqrt(2 * np.pi) * sigma)
+    return p / s, ll
+
+
+def _period(x: np.ndarray, c: np.ndarray, lo: float, hi: float) -> tuple[float, float]:
+    """The spacing and first level of a comb of equally spaced levels in ``x``: the strongest
+    peak of |Σ c·exp(2πi x / Δ)| over Δ (a start for EM, used for every number of components)."""
+    steps = (hi - lo) / np.linspace(1.0, 30.0, 600)
+    phase = np.exp(2j * np.pi * x[None, :] / steps[:, None]) @ c
+    power = np.abs(phase) * np.sqrt(steps)              # favour the fundamental over harmonics
+    j = int(np.argmax(power[1:])) + 1
+    step = steps[j]
+    offset = (np.angle(phase[j]) / (2 * np.pi)) * step
+    first = offset + step * np.ceil((lo - offset) / step - 0.5)
+    return float(step), float(first)
+
+
+BINS = 1024  # above this many columns EM runs on a histogram this fine (bins ≪ component width)
+
+
+def fit_mixture(x: np.ndarray, max_components: int) -> tuple[Mixture, np.ndarray]:
+    """Best ICL mixture of 1…``max_components`` equally spaced, equal-width components, and the
+    responsibilities (1, N, G). EM starts from the even split of the range and from the comb
+    spacing found in the data."""
+    x = np.asarray(x, float)
+    n = len(x)
+    if n > BINS:
+        counts, edges = np.histogram(x, BINS)
+        keep = counts > 0
+        xv, cv = (0.5 * (edges[1:] + edges[:-1]))[keep], counts[keep].astype(float)
+    else:
+        xv, cv = x, np.ones(n)
+    lo, hi = np.percentile(x, [1, 99])
+    comb_step, comb_first = _period(xv, cv, lo, hi)
+    icl = np.full(max_components, np.nan)
+    best = None
+    for g in range(1, max_components + 1):
+        even = (hi - lo) / max(g - 1, 1)
+        ll, w, means, sigma = _em_spaced(xv, cv, g, np.array([lo, comb_first]),
+                                         np.array([even, comb_step]) if g > 1 else np.zeros(2))
+        resp, _ = _responsibilities(xv, cv, w, means, sigma)
+        n_par = (g - 1) + (2 if g > 1 else 1) + 1
+        entropy = -float((cv[:, None] * resp[0] * np.log(np.maximum(resp[0], 1e-300))).sum())
+        icl[g - 1] = -2 * ll + n_par * np.log(n) + 2 * entropy
+        if best is None or icl[g - 1] < best[0]:
+            best = (icl[g - 1], w, means, sigma)
+    _, w, means, sigma = best
+    resp, _ = _responsibilities(x, np.ones(n), w, means, sigma)
+    return Mixture(w, means, sigma, icl), resp[0]
+
+
+def count_atoms_iter(image, positions, *, max_count=None, input_name: str | None = None):
+    """Generator twin of :func:`count_atoms`: yields progress, returns a CountResult."""
+    from napari_microml.runtime.validate import as_image_stack
+
+    frames, is_stack = as_image_stack(image)
+    if is_stack:
+        raise ValueError("count_atoms takes one 2D image, not a stack of frames.")
+    img = np.asarray(frames[0], np.float64)
+    if not np.isfinite(img).all():
+        img = np.where(np.isfinite(img), img, np.nanmedian(img))
+    pos, _ = check_positions(positions, img.shape)
+    if len(pos) < 10:
+        raise ValueError(f"Only {len(pos)} columns: counting atoms needs the histogram of at least 10.")
+    if max_count is None:
+        max_count = 20
+    max_count = check_number(max_count, "max_count", low=1, high=200, integer=True, unit="atoms")
+    yield progress(0, 2, "cross-sections")
+    xs, bg, area = cross_sections(img, pos)
+    yield progress(1, 2, "Gaussian mixtures")
+    g_max = int(min(max_count, max(1, len(pos) // 5)))
+    mixture, resp = fit_mixture(xs, g_max)
+    order = np.argsort(mixture.means)
+    mixture = Mixture(mixture.weights[order], mixture.means[order], mixture.sigma, mixture.icl)
+    counts = np.argmax(resp[:, order], axis=1) + 1
+    params = {"n_columns": len(pos), "max_count": max_count, "components_tried": g_max,
+              "model": "equal width, equally spaced means; ICL"}
+    prov = make_provenance("atom_counting", parameters=params, input_name=input_name)
+    yield progress(2, 2, "done")
+    return CountResult(pos, xs, counts, int(len(mixture.means)), mixture, bg, area, params, prov)
+
+
+def count_atoms(image, positions, *, max_count=None):
+    """Number of atoms in each column from its scattering cross-section.
+
+    Parameters
+    ----------
+    image : (H, W) grey image (HAADF: intensity grows with the number of atoms).
+    positions : (N, 2) (row, col) px of the columns.
+    max_count : int, optional, the most components (atoms per column) tried (default 20).
+
+    Returns
+    -------
+    CountResult: cross_section (N,) in image units × px², counts (N,) int, n_components,
+    mixture (:class:`Mixture`), background (N,), cell_area (N,), provenance.
+    """
+    return drain(count_atoms_iter(image, positions, max_count=max_count))
