@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+from scipy.spatial import cKDTree
 
 from napari_microml.lattice import strain as _strain
 from napari_microml.lattice.sublattice import assign_sublattices, nn_distance
@@ -122,10 +123,11 @@ def analyze_lattice_iter(positions, *, image=None, reference=None, pixel_size=No
     if shells not in _strain.NEIGHBOURS:
         raise ValueError(f"shells must be 1 (3×3 cells per fit) or 2 (5×5 cells), not {shells!r}.")
     yield progress(0, 4, "sublattices")
-    d0 = nn_distance(pos)
+    tree = cKDTree(pos)
+    d0 = nn_distance(pos, tree)
     intensity = None if img is None else column_intensity(img, pos, d0)
     if sublattice is None:
-        labels, cell = assign_sublattices(pos, intensity)
+        labels, cell = assign_sublattices(pos, intensity, tree=tree, d0=d0)
     else:
         labels = np.asarray(sublattice, int).reshape(-1)
         if labels.shape != (len(pos),) or labels.min() < 0:
@@ -139,13 +141,14 @@ def analyze_lattice_iter(positions, *, image=None, reference=None, pixel_size=No
     F, nb, W, rss, expected = _strain.fit_deformation(pos, labels, cell, shells=shells)
     refmask = np.ones(len(pos), bool) if ref is None else ref
     good = refmask & np.isfinite(F).all(axis=(1, 2))
-    if good.sum() >= 3:  # the reference cell: the mean deformation of the reference columns
+    if good.sum() >= 3:  # the reference cell: the median deformation of the reference columns
         Fbar = np.median(F[good], axis=0)
         cell = cell @ Fbar.T
-        F, nb, W, rss, expected = _strain.fit_deformation(pos, labels, cell, shells=shells)
+        # the same fits against the new cell (ideal vectors Fbar·r): F → F·Fbar⁻¹, W → W·Fbar⁻¹
+        F, W = F @ np.linalg.inv(Fbar), W @ np.linalg.inv(Fbar)
     yield progress(2, 4, "strain and errors")
     strain, rotation = _strain.strain_rotation(F)
-    from_residuals = _strain.residual_sigma(pos, labels, rss, expected)
+    from_residuals = _strain.residual_sigma(nb, rss, expected)
     scale = None
     if std_in is not None:
         good_std = np.isfinite(std_in) & (std_in > 0)

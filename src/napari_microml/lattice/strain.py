@@ -25,7 +25,7 @@ def _neighbour_table(positions, labels, k):
         if len(members) < 2:
             continue
         kk = min(k + 1, len(members))
-        _, j = cKDTree(positions[members]).query(positions[members], k=kk)
+        _, j = cKDTree(positions[members]).query(positions[members], k=kk, workers=-1)
         nb[members, :kk - 1] = members[j[:, 1:]]
     return nb
 
@@ -58,19 +58,19 @@ def fit_deformation(positions: np.ndarray, labels: np.ndarray, cell: np.ndarray,
         code[dup, a] = -1
     r = np.where(use[..., None], ideal, 0.0)
     dd = np.where(use[..., None], np.nan_to_num(d), 0.0)
-    M = np.einsum("nki,nkj->nij", r, r)
+    M = r.transpose(0, 2, 1) @ r
     det = M[:, 0, 0] * M[:, 1, 1] - M[:, 0, 1] ** 2
     scale = np.einsum("ij,ij->", cell, cell) / 2
     ok = (use.sum(axis=1) >= 3) & (det > 0.25 * scale**2)
     Minv = np.full_like(M, np.nan)
     Minv[ok] = np.linalg.inv(M[ok])
-    W = np.einsum("nij,nkj->nki", Minv, r)              # (N, k, 2)
-    F = np.einsum("nka,nkb->nab", dd, W)
-    fit = np.einsum("nab,nkb->nka", F, r)
+    W = r @ Minv.transpose(0, 2, 1)                      # (N, k, 2)
+    F = dd.transpose(0, 2, 1) @ W
+    fit = r @ F.transpose(0, 2, 1)
     rss = np.where(use, ((dd - fit) ** 2).sum(-1), 0.0).sum(1)
     m = use.sum(1)
     s = r.sum(axis=1)
-    sms = np.einsum("ni,nij,nj->n", s, Minv, s)
+    sms = (s[:, None, :] @ Minv @ s[:, :, None])[:, 0, 0]
     expected = 2.0 * (2 * m - 2 - sms)                   # E[rss] / σ² (both coordinates)
     rss[~ok] = np.nan
     expected[~ok] = np.nan
@@ -106,11 +106,10 @@ def strain_std(nb: np.ndarray, W: np.ndarray, sigma: np.ndarray) -> tuple[np.nda
     return std, 0.5 * np.sqrt(vx + vy)
 
 
-def residual_sigma(positions, labels, rss, expected, *, k: int = 8) -> np.ndarray:
-    """Positional σ (px) from the affine fits' residuals, pooled over each column and its
-    ``k`` nearest same-sublattice neighbours (about 250 degrees of freedom)."""
-    nb = _neighbour_table(positions, labels, k)
-    idx = np.column_stack([np.arange(len(positions)), nb])
+def residual_sigma(nb: np.ndarray, rss: np.ndarray, expected: np.ndarray) -> np.ndarray:
+    """Positional σ (px) from the affine fits' residuals, pooled over each column and its fitted
+    neighbours ``nb`` (N, k) (about 250 degrees of freedom)."""
+    idx = np.column_stack([np.arange(len(nb)), nb])
     valid = idx >= 0
     r = np.where(valid, rss[np.where(valid, idx, 0)], np.nan)
     e = np.where(valid, expected[np.where(valid, idx, 0)], np.nan)

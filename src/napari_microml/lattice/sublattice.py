@@ -21,7 +21,7 @@ CHECKER = 0.75      # fraction of translation edges joining bright to dim for an
 def nn_distance(positions: np.ndarray, tree: cKDTree | None = None) -> float:
     """Median distance from a column to its nearest other column (px)."""
     tree = tree or cKDTree(positions)
-    d, _ = tree.query(positions, k=2)
+    d, _ = tree.query(positions, k=2, workers=-1)
     return float(np.median(d[:, 1]))
 
 
@@ -51,8 +51,8 @@ def reduce_cell(a1: np.ndarray, a2: np.ndarray) -> np.ndarray:
     return np.array([first, other])
 
 
-def translations(positions: np.ndarray, *, sample: int = 3000, k: int = 12,
-                 tree: cKDTree | None = None) -> np.ndarray:
+def translations(positions: np.ndarray, *, sample: int = 2000, k: int = 12,
+                 tree: cKDTree | None = None, d0: float | None = None) -> np.ndarray:
     """The reduced primitive cell (2, 2) (rows a1, a2 in (row, col) px) of a set of columns.
 
     Raises ValueError when the columns do not form a 2D lattice.
@@ -61,7 +61,7 @@ def translations(positions: np.ndarray, *, sample: int = 3000, k: int = 12,
     if n < 6:
         raise ValueError(f"Only {n} columns: a lattice needs at least 6 to find its cell.")
     tree = tree or cKDTree(positions)
-    d0 = nn_distance(positions, tree)
+    d0 = nn_distance(positions, tree) if d0 is None else d0
     if not d0 > 0:
         raise ValueError("Several columns sit on the same spot; remove duplicate points first.")
     tol = TOL * d0
@@ -72,13 +72,14 @@ def translations(positions: np.ndarray, *, sample: int = 3000, k: int = 12,
     vt = cKDTree(vec)
     density = vt.query_ball_point(vec, tol, return_length=True)
     peaks: list[np.ndarray] = []
+    free = np.ones(len(vec), bool)  # greedy: densest vector first, its neighbourhood then taken
     for j in np.argsort(-density, kind="stable"):
-        if density[j] < 0.25 * len(idx):
+        if density[j] < 0.25 * len(idx) or len(peaks) >= 40:
             break
-        if any(np.hypot(*(vec[j] - p)) < 2 * tol for p in peaks):
+        if not free[j]:
             continue
-        near = vec[vt.query_ball_point(vec[j], tol)]
-        peaks.append(near.mean(axis=0))
+        peaks.append(vec[vt.query_ball_point(vec[j], tol)].mean(axis=0))
+        free[vt.query_ball_point(peaks[-1], 2 * tol)] = False
     if len(peaks) < 2:
         raise ValueError("The points do not form a 2D lattice (no two repeated neighbour "
                          "directions); check the atom positions.")
@@ -105,7 +106,7 @@ def translation_edges(positions: np.ndarray, members: np.ndarray, cell: np.ndarr
         return np.zeros(0, int), np.zeros(0, int)
     tree = cKDTree(pts)
     kk = min(k + 1, len(pts))
-    _, nb = tree.query(pts, k=kk)
+    _, nb = tree.query(pts, k=kk, workers=-1)
     nb = nb[:, 1:]
     vec = pts[nb] - pts[:, None, :]
     inv = np.linalg.inv(cell)
@@ -133,7 +134,7 @@ def relative_intensity(positions: np.ndarray, intensity: np.ndarray, tree: cKDTr
     """Each column's intensity over the mean of its neighbourhood (3 nearest-neighbour
     distances; a median would land on one class when two are equally common): thickness
     gradients and uneven illumination cancel, the cell's pattern stays."""
-    d, nb = tree.query(positions, k=min(25, len(positions)))
+    d, nb = tree.query(positions, k=min(25, len(positions)), workers=-1)
     near = np.where(d <= 3.0 * d0, intensity[nb], np.nan)
     med = np.nanmean(near, axis=1)
     scale = np.where(np.abs(med) > 1e-12, np.abs(med), 1.0)
@@ -195,7 +196,7 @@ def _adopt(positions, labels, cell, tree, rounds: int = 4) -> np.ndarray:
     inv = np.linalg.inv(cell)
     tol = TOL * min(np.linalg.norm(cell, axis=1))
     kk = min(13, len(positions))
-    _, nb = tree.query(positions, k=kk)
+    _, nb = tree.query(positions, k=kk, workers=-1)
     for _ in range(rounds):
         todo = np.flatnonzero(labels < 0)
         if len(todo) == 0:
@@ -211,7 +212,8 @@ def _adopt(positions, labels, cell, tree, rounds: int = 4) -> np.ndarray:
     return labels
 
 
-def assign_sublattices(positions: np.ndarray, intensity: np.ndarray | None = None
+def assign_sublattices(positions: np.ndarray, intensity: np.ndarray | None = None, *,
+                       tree: cKDTree | None = None, d0: float | None = None
                        ) -> tuple[np.ndarray, np.ndarray]:
     """Sublattice labels (N,) and the primitive cell (2, 2) of sublattice 0.
 
@@ -219,9 +221,9 @@ def assign_sublattices(positions: np.ndarray, intensity: np.ndarray | None = Non
     site first along the cell's a1, a2). Columns that no rule can place keep the label of
     their nearest intensity class (or -1 without intensities)."""
     n = len(positions)
-    tree = cKDTree(positions)
-    d0 = nn_distance(positions, tree)
-    fine = translations(positions, tree=tree)
+    tree = tree or cKDTree(positions)
+    d0 = nn_distance(positions, tree) if d0 is None else d0
+    fine = translations(positions, tree=tree, d0=d0)
     everyone = np.arange(n)
     i, j = translation_edges(positions, everyone, fine)
     sites = _big_groups(everyone, _components(n, everyone, i, j))
@@ -247,6 +249,4 @@ def assign_sublattices(positions: np.ndarray, intensity: np.ndarray | None = Non
         labels[left] = np.argmin(np.abs(rel[left, None] - means[None, :]), axis=1)
     elif left.any():
         labels[left] = 0 if len(groups) == 1 else -1
-    if len(groups) > 1 or intensity is None:
-        cell = translations(positions[labels == 0])
     return labels, cell
