@@ -6,6 +6,8 @@ depend on the networks; one test runs the real atom finder when it is importable
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -30,16 +32,16 @@ def _fake_defects(frame, device="auto"):
     return {"labels": labels, "table": pd.DataFrame({"label": [1], "area": [int(labels.sum())]})}
 
 
-def _fake_complete(frame, device="auto"):
-    values, mask = cli.scan_mask_from_frame(frame)
-    fill = values.copy()
-    fill[~mask] = values[mask].mean()
+def _fake_complete(item, device="auto"):
+    values, mask = np.asarray(item["values"], np.float32), np.asarray(item["mask"], bool)
+    fill = np.where(mask, values, values[mask].mean())
     return {"image": fill, "uncertainty": (~mask).astype(np.float32)}
 
 
 def _fake_spectra(item, device="auto"):
     s = np.asarray(item["spectra"], np.float32)
-    return {"shift": item["axis"][s.argmax(1)].astype(np.float32), "latents": s[:, :2]}
+    axis = np.arange(s.shape[1]) if item["axis"] is None else item["axis"]
+    return {"shift": axis[s.argmax(1)].astype(np.float32), "latents": s[:, :2]}
 
 
 @pytest.fixture
@@ -123,7 +125,7 @@ def test_other_tools(fakes, stack_file, tmp_path, shared_data):
     assert cli.main(["defects", str(stack_file), "--out", str(out), "--quiet"]) == 0
     lab = tifffile.imread(out / "stack_defects.tif")
     assert lab.shape == (20, 64, 64) and lab.dtype == np.int32
-    assert "frame" in pd.read_csv(out / "stack_defects.csv").columns
+    assert "frame" in pd.read_csv(out / "stack_defects.csv", comment="#").columns
 
     partial = np.where(np.random.default_rng(0).random((32, 32)) < 0.3, 1.0, np.nan)
     np.save(tmp_path / "scan.npy", partial.astype(np.float32))
@@ -378,3 +380,399 @@ def test_defects_model_defaults_to_auto_which_picks_the_dichalcogenide_model(tmp
         prov = json.loads((out / "ws2_defects.provenance.json").read_text())["parameters"]["tool_provenance"]
         assert prov["model"]["name"] == expected
         assert (prov["parameters"]["model"] == "auto") == (not args)
+
+
+# ------------------------------------------------------------------ nothing lost (issue #27)
+def _tree(folder):
+    """{relative path: bytes} of every file under ``folder`` (folders as None)."""
+    return {str(p.relative_to(folder)): (p.read_bytes() if p.is_file() else None)
+            for p in sorted(folder.rglob("*"))}
+
+
+@pytest.fixture
+def calls(monkeypatch):
+    """The fake atom finder, counting its calls (to show refused runs do no work)."""
+    seen = []
+
+    def counted(frame, device="auto", **kw):
+        seen.append(kw)
+        return _fake_atoms(frame, device)
+
+    monkeypatch.setattr(cli.ADAPTERS["atoms"], "run", counted)
+    return seen
+
+
+def test_existing_results_are_never_overwritten_without_the_flag(fakes, calls, stack_file,
+                                                                 tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "stack_atoms.csv").write_text("keep\n")
+    (out / "stack_atoms.provenance.json").write_text("{}")
+    before = _tree(out)
+    assert cli.main(["atoms", str(stack_file), "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "2 files" in err and "stack_atoms.csv" in err and "stack_atoms.provenance.json" in err
+    assert "--overwrite" in err and len(err.strip().splitlines()) == 1
+    assert _tree(out) == before and calls == []  # refused before any frame ran
+    assert cli.main(["atoms", str(stack_file), "--out", str(out), "--quiet", "--overwrite"]) == 0
+    assert pd.read_csv(out / "stack_atoms.csv")["frame"].nunique() == 20
+    assert _no_partials(out)
+
+
+def _twenty_inputs(tmp_path):
+    import tifffile
+
+    from napari_microml.synth.lattice import simulate_lattice
+
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(20):
+        tifffile.imwrite(src / f"pt_{i}.tif", simulate_lattice((32, 32), seed=i).image.astype(np.float32))
+    return src
+
+
+def test_a_result_name_taken_by_a_folder_is_refused_before_any_work(fakes, calls, tmp_path, capsys):
+    src = _twenty_inputs(tmp_path)
+    out = tmp_path / "out"
+    (out / "pt_10_atoms.csv").mkdir(parents=True)
+    for flags in ([], ["--overwrite"]):
+        assert cli.main(["atoms", str(src), "--out", str(out), "--quiet", *flags]) == 2
+        assert "pt_10_atoms.csv" in capsys.readouterr().err
+        assert [p.name for p in out.iterdir()] == ["pt_10_atoms.csv"] and calls == []
+
+
+def test_a_failed_rename_rolls_the_whole_commit_back(fakes, tmp_path, monkeypatch, capsys):
+    """The 7th of 60 renames fails (as a full disk or a name taken meanwhile would): every file
+    of the run is gone from out and the results --overwrite was replacing are back."""
+    src = _twenty_inputs(tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("user file")
+    for i in (0, 1, 2):
+        (out / f"pt_{i}_atoms.csv").write_text(f"earlier result {i}")
+    before = _tree(out)
+    moves = []
+
+    def flaky(src_path, dst_path):
+        moves.append(dst_path)
+        if len(moves) == 7:
+            raise OSError(28, "No space left on device")
+        return os.replace(src_path, dst_path)
+
+    monkeypatch.setattr(cli, "_rename", flaky)
+    rc = cli.main(["atoms", str(src), "--out", str(out), "--quiet", "--overwrite"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "No space left" in err and "nothing was written" in err
+    assert len(moves) == 7
+    assert _tree(out) == before
+
+
+_SLOW_SCRIPT = """\
+import os, pathlib, signal, sys, time
+import pandas
+from napari_microml import cli
+started = pathlib.Path({started!r})
+def slow(frame, device='auto'):
+    started.touch()
+    time.sleep({sleep})
+    return {{'positions': [[1.0, 1.0]], 'features': pandas.DataFrame({{'score': [0.9]}})}}
+cli.ADAPTERS['atoms'].run = slow
+moves = []
+def kill_mid_commit(a, b):
+    if len(moves) == {kill_after}:
+        os.kill(os.getpid(), signal.SIGKILL)
+    moves.append(b)
+    os.replace(a, b)
+cli._rename = kill_mid_commit
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def _start_slow(tmp_path, args, *, sleep=0.5, kill_after=-1):
+    import subprocess
+    import sys
+
+    started = tmp_path / "started"
+    script = tmp_path / "slow.py"
+    script.write_text(_SLOW_SCRIPT.format(started=str(started), sleep=sleep, kill_after=kill_after))
+    proc = subprocess.Popen([sys.executable, str(script), *args], stderr=subprocess.PIPE, text=True)
+    return proc, started
+
+
+def test_sigkill_mid_run_then_rerun_loses_nothing_and_leaves_nothing_stale(fakes, stack_file, tmp_path):
+    import signal
+    import time
+
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "notes.txt").write_text("user file")
+    (out / "stack_atoms.csv").write_text("earlier result")
+    before = _tree(out)
+    proc, started = _start_slow(tmp_path, ["atoms", str(stack_file), "--out", str(out), "--workers", "1",
+                                           "--overwrite"])
+    deadline = time.time() + 60
+    while not started.exists() and time.time() < deadline:
+        time.sleep(0.05)
+    assert [p for p in out.iterdir() if p.name.startswith(".microml-partial")], "no staging folder"
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    stale = [p for p in out.iterdir() if p.name.startswith(".microml-partial")]
+    assert stale and {k: v for k, v in _tree(out).items() if not k.startswith(".microml")} == before
+    # the rerun removes the killed run's folder and writes everything
+    assert cli.main(["atoms", str(stack_file), "--out", str(out), "--quiet", "--overwrite"]) == 0
+    assert _no_partials(out)
+    assert (out / "notes.txt").read_text() == "user file"
+    assert pd.read_csv(out / "stack_atoms.csv")["frame"].nunique() == 20
+
+
+def test_sigkill_half_way_through_the_commit_is_rolled_back_by_the_next_run(fakes, tmp_path, capsys):
+    """Killed after 4 of 9 renames with --overwrite: the user's earlier results sit in the staging
+    folder's old/; the next run puts them back before it looks for files it would overwrite."""
+    src = _twenty_inputs(tmp_path)
+    for p in sorted(src.iterdir())[3:]:
+        p.unlink()  # 3 inputs → 9 result files
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "notes.txt").write_text("user file")
+    for name in ("pt_0_atoms.csv", "pt_1_atoms.csv", "pt_1_atoms.csv.json"):
+        (out / name).write_text(f"earlier {name}")
+    before = _tree(out)
+    proc, _ = _start_slow(tmp_path, ["atoms", str(src), "--out", str(out), "--overwrite", "--quiet"],
+                          sleep=0, kill_after=4)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == -9, err
+    assert _tree(out) != before  # half committed
+    # a rerun without --overwrite: rolls back, then refuses (the earlier results exist again)
+    assert cli.main(["atoms", str(src), "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "interrupted run" in err and "would be overwritten" in err
+    assert _tree(out) == before
+
+
+def test_keep_going_writes_the_good_inputs_and_names_the_bad(fakes, stack_file, tmp_path, monkeypatch,
+                                                             capsys):
+    import tifffile
+
+    (tmp_path / "broken.dm4").write_bytes(b"\x00" * 64)
+    flat = tmp_path / "flat.tif"
+    tifffile.imwrite(flat, np.full((32, 32), 7, np.float32))
+
+    def picky(frame, device="auto"):
+        if np.ptp(np.asarray(frame)) == 0:
+            raise ValueError("The image is constant: there are no columns to find.")
+        return _fake_atoms(frame, device)
+
+    monkeypatch.setattr(cli.ADAPTERS["atoms"], "run", picky)
+    inputs = [str(stack_file), str(flat), str(tmp_path / "broken.dm4")]
+    out = tmp_path / "o"
+    # without --keep-going: the input the tool refuses is bad input (2, not 1), nothing written
+    assert cli.main(["atoms", str(stack_file), str(flat), "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "flat.tif: The image is constant" in err and not out.exists()
+    assert cli.main(["atoms", *inputs, "--out", str(out), "--quiet", "--keep-going"]) == 3
+    err = capsys.readouterr().err
+    assert "flat.tif" in err and "constant" in err and "broken.dm4" in err and "damaged" in err
+    assert "1 of 3 inputs gave results" in err
+    assert sorted(p.name for p in out.iterdir()) == [
+        "stack_atoms.csv", "stack_atoms.csv.json", "stack_atoms.provenance.json"]
+    # every input bad: still exit 2, nothing written
+    assert cli.main(["atoms", str(flat), "--out", str(tmp_path / "o2"), "--quiet", "--keep-going"]) == 2
+    assert not (tmp_path / "o2").exists()
+
+
+def test_outputs_are_never_read_back_as_inputs(fakes, tmp_path, capsys):
+    import tifffile
+
+    from napari_microml.synth.lattice import simulate_lattice
+
+    folder = tmp_path / "data"
+    folder.mkdir()
+    tifffile.imwrite(folder / "img.tif", simulate_lattice((48, 48), seed=0).image.astype(np.float32))
+    scan = np.where(np.random.default_rng(0).random((32, 32)) < 0.3, 1.0, np.nan).astype(np.float32)
+    tifffile.imwrite(folder / "scan.tif", scan)
+    for _ in range(2):  # --out is the input folder itself, then the same again
+        assert cli.main(["defects", str(folder / "img.tif"), "--out", str(folder), "--quiet",
+                         "--overwrite"]) == 0
+        assert cli.main(["complete", str(folder / "scan.tif"), "--out", str(folder), "--quiet",
+                         "--overwrite"]) == 0
+    capsys.readouterr()
+    assert cli.main(["defects", str(folder), "--out", str(folder), "--quiet", "--overwrite"]) == 0
+    err = capsys.readouterr().err
+    for name in ("img_defects.tif", "scan_completed_image.tif", "scan_completed_uncertainty.tif"):
+        assert f"skipped {name}: written by microml" in err
+    names = sorted(p.name for p in folder.iterdir())
+    assert not [n for n in names if "_defects_" in n or "_completed_image_" in n or "uncertainty_" in n]
+    assert "img_defects.csv" in names and "scan_defects.csv" in names
+    # named explicitly, a result is an input (e.g. segment a completed scan)
+    assert cli.main(["defects", str(folder / "scan_completed_image.tif"), "--out", str(tmp_path / "e"),
+                     "--quiet"]) == 0
+
+
+def test_complete_never_guesses_the_mask_from_zeros(fakes, tmp_path, capsys):
+    import tifffile
+
+    rng = np.random.default_rng(1)
+    counts = rng.poisson(0.7, (48, 48)).astype(np.float32)  # fully measured, about half zeros
+    assert 0.4 < (counts == 0).mean() < 0.6
+    tifffile.imwrite(tmp_path / "counts.tif", counts)
+    out = tmp_path / "o"
+    assert cli.main(["complete", str(tmp_path / "counts.tif"), "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "no NaN pixel" in err and "--mask" in err and "--zeros-unmeasured" in err
+    assert not out.exists()
+    # a mask file says which pixels were measured: zeros inside it are kept as measured zeros
+    mask = rng.random((48, 48)) < 0.4
+    tifffile.imwrite(tmp_path / "mask.tif", mask.astype(np.uint8))
+    assert cli.main(["complete", str(tmp_path / "counts.tif"), "--mask", str(tmp_path / "mask.tif"),
+                     "--out", str(out), "--quiet"]) == 0
+    img = tifffile.imread(out / "counts_completed_image.tif")
+    np.testing.assert_array_equal(img[mask], counts[mask])
+    assert (img[mask] == 0).sum() == (counts[mask] == 0).sum() > 100
+    np.testing.assert_array_equal(tifffile.imread(out / "counts_completed_uncertainty.tif") > 0, ~mask)
+    prov = json.loads((out / "counts_complete.provenance.json").read_text())["parameters"]
+    assert prov["measured_pixels"] == "mask file mask.tif"
+    # scan positions (x, y per line) mark the measured pixels of the image
+    pos = np.argwhere(mask)[:300]
+    (tmp_path / "pos.csv").write_text("x,y\n" + "\n".join(f"{c},{r}" for r, c in pos))
+    out2 = tmp_path / "o2"
+    assert cli.main(["complete", str(tmp_path / "counts.tif"), "--coords", str(tmp_path / "pos.csv"),
+                     "--out", str(out2), "--quiet"]) == 0
+    unc = tifffile.imread(out2 / "counts_completed_uncertainty.tif")
+    assert (unc == 0).sum() == 300 and (unc[tuple(pos.T)] == 0).all()
+    # the user may say so explicitly
+    assert cli.main(["complete", str(tmp_path / "counts.tif"), "--zeros-unmeasured",
+                     "--out", str(tmp_path / "o3"), "--quiet"]) == 0
+    # a mask that does not fit
+    tifffile.imwrite(tmp_path / "small.tif", np.ones((8, 8), np.uint8))
+    assert cli.main(["complete", str(tmp_path / "counts.tif"), "--mask", str(tmp_path / "small.tif"),
+                     "--out", str(tmp_path / "o4"), "--quiet"]) == 2
+    assert "must match the scan" in capsys.readouterr().err
+
+
+def test_complete_real_local_gp_on_a_fully_measured_image_refuses(tmp_path, capsys):
+    """Even when told every pixel was measured, nothing is 'filled' (real completer, exit 2)."""
+    import tifffile
+
+    counts = np.random.default_rng(2).poisson(0.7, (32, 32)).astype(np.float32)
+    tifffile.imwrite(tmp_path / "counts.tif", counts)
+    tifffile.imwrite(tmp_path / "all.tif", np.ones((32, 32), np.uint8))
+    out = tmp_path / "o"
+    assert cli.main(["complete", str(tmp_path / "counts.tif"), "--mask", str(tmp_path / "all.tif"),
+                     "--model", "local-gp", "--out", str(out), "--quiet"]) == 2
+    assert "Every pixel is measured" in capsys.readouterr().err and not out.exists()
+
+
+def test_spectra_refuses_input_without_a_spectral_axis(fakes, tmp_path, capsys):
+    import tifffile
+
+    img = np.random.default_rng(0).random((64, 64)).astype(np.float32)
+    tifffile.imwrite(tmp_path / "pt.tif", img)
+    out = tmp_path / "o"
+    assert cli.main(["spectra", str(tmp_path / "pt.tif"), "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "no spectral axis" in err and "--channels-last" in err and not out.exists()
+    np.save(tmp_path / "spectra.npy", img)
+    assert cli.main(["spectra", str(tmp_path / "spectra.npy"), "--channels-last", "--out", str(out),
+                     "--quiet"]) == 0
+    assert "shift_channels" in pd.read_csv(out / "spectra_spectra.csv").columns
+
+
+def test_atoms_contrast_option_and_an_empty_result(fakes, calls, stack_file, tmp_path, monkeypatch,
+                                                  capsys):
+    out = tmp_path / "o"
+    assert cli.main(["atoms", str(stack_file), "--out", str(out), "--quiet", "--contrast", "dark"]) == 0
+    assert calls[0] == {"contrast": "dark"}
+    prov = json.loads((out / "stack_atoms.provenance.json").read_text())["parameters"]
+    assert prov["contrast"] == "dark"
+    assert cli.main(["atoms", str(stack_file), "--out", str(tmp_path / "a"), "--quiet"]) == 0
+    assert calls[-1] == {}  # auto: find_atoms decides
+    with pytest.raises(SystemExit) as usage:  # argparse: usage errors exit 2 too
+        cli.main(["defects", str(stack_file), "--out", str(tmp_path / "d"), "--contrast", "dark"])
+    assert usage.value.code == 2
+    capsys.readouterr()
+
+    def nothing(frame, device="auto"):
+        return {"positions": np.zeros((0, 2)), "features": pd.DataFrame(),
+                "provenance": {"parameters": {"contrast": "bright"}}}
+
+    monkeypatch.setattr(cli.ADAPTERS["atoms"], "run", nothing)
+    empty = tmp_path / "empty"
+    assert cli.main(["atoms", str(stack_file), "--out", str(empty), "--quiet"]) == 3
+    err = capsys.readouterr().err
+    assert "stack.tif: no atomic columns found (contrast bright)" in err and "--contrast dark" in err
+    assert not empty.exists()  # no empty CSV
+
+
+def test_exit_codes_are_stated_identically_in_help_and_docstring(capsys):
+    for code in ("0 ", "1 ", "2 ", "3 ", "130 "):
+        assert f"    {code}" in cli.EXIT_CODES
+    assert cli.EXIT_CODES.replace("Exit codes\n", "") in cli.__doc__
+    for argv in (["--help"], ["atoms", "--help"], ["complete", "--help"]):
+        with pytest.raises(SystemExit):
+            cli.main(argv)
+        assert cli.EXIT_CODES in capsys.readouterr().out
+
+
+def test_provenance_for_every_command(fakes, stack_file, tmp_path):
+    import tifffile
+
+    partial = np.where(np.random.default_rng(0).random((32, 32)) < 0.3, 1.0, np.nan).astype(np.float32)
+    tifffile.imwrite(tmp_path / "scan.tif", partial)
+    np.save(tmp_path / "sp.npy", np.random.default_rng(0).random((6, 32)).astype(np.float32))
+    runs = {"atoms": [str(stack_file)], "defects": [str(stack_file)], "complete": [str(tmp_path / "scan.tif")],
+            "spectra": [str(tmp_path / "sp.npy"), "--channels-last"]}
+    from napari_microml import __version__
+
+    for tool, args in runs.items():
+        out = tmp_path / tool
+        assert cli.main([tool, *args, "--out", str(out), "--quiet"]) == 0, tool
+        sidecar = next(out.glob("*.provenance.json"))
+        prov = json.loads(sidecar.read_text())
+        assert prov["tool"] == f"cli.{tool}" and prov["version"] == __version__
+        assert prov["parameters"]["command"][:2] == ["microml", tool]
+        assert prov["input_sha256"]
+    header = (tmp_path / "defects" / "stack_defects.csv").read_text().splitlines()
+    assert header[0] == "# napari-microml defect table" and header[1] == "# image: stack.tif"
+    line = next(h for h in header if h.startswith("# provenance: "))
+    assert json.loads(line[14:])["napari_microml"]["tool"] == "cli.defects"
+    desc = json.loads(tifffile.TiffFile(tmp_path / "complete" / "scan_completed_image.tif").pages[0].description)
+    assert desc["napari_microml"]["tool"] == "cli.complete"
+
+
+@pytest.mark.parametrize("delay", [0.1, 0.3, 1.0, 2.5])
+def test_ctrl_c_at_any_moment_gives_no_traceback(tmp_path, delay):
+    """SIGINT while the console script imports numpy/torch or runs: one line, exit 130.
+
+    Bytecode caching is on (as in any installed environment) so the first 0.1 s is not spent
+    compiling cli.py before its first line, which installs the quiet handler, can run; the
+    interpreter's own start (about 30 ms) precedes any package code."""
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import tifffile
+
+    from napari_microml.synth.lattice import simulate_lattice
+
+    exe = shutil.which("microml", path=str(Path(sys.executable).parent))
+    assert exe, "the microml console script is not installed next to this python"
+    frames = np.stack([simulate_lattice((128, 128), seed=i).image for i in range(8)])
+    tifffile.imwrite(tmp_path / "s.tif", frames.astype(np.float32), photometric="minisblack")
+    out = tmp_path / "o"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    subprocess.run([exe, "--version"], env=env, capture_output=True, timeout=120)  # caches bytecode
+    proc = subprocess.Popen([exe, "atoms", str(tmp_path / "s.tif"), "--out", str(out), "--device", "cpu",
+                             "--workers", "1"], stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                            env=env)
+    time.sleep(delay)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    if proc.returncode == 0:  # finished before the signal
+        return
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1].startswith("microml:") and "interrupted" in err
+    assert not out.exists() or not any(out.iterdir())

@@ -143,3 +143,48 @@ def test_napari_save_layers_uses_our_writers(make_napari_viewer, tmp_path, rng, 
     for data, kw, kind in back:
         viewer._add_layer_from_data(data, kw, kind)
     assert len(viewer.layers) == 4
+
+
+def test_write_image_tiff_keeps_dtype_and_is_recognised_as_an_output(tmp_path, prov):
+    import tifffile
+
+    from napari_microml.io.writer import is_microml_output, write_image_tiff
+
+    data = np.linspace(0, 1e-9, 64).reshape(8, 8)  # float64 in SI units: must not become float32
+    path = write_image_tiff(str(tmp_path / "m.tif"), data, {
+        "scale": [0.1, 0.1], "units": ["nm", "nm"], "metadata": {"napari_microml": prov}})[0]
+    back = tifffile.imread(path)
+    assert back.dtype == np.float64
+    np.testing.assert_array_equal(back, data)
+    desc = json.loads(tifffile.TiffFile(path).pages[0].description)
+    assert desc["format"] == "napari-microml-image/1" and desc["units"] == ["nm", "nm"]
+    assert desc["napari_microml"]["tool"] == "atoms"
+    assert is_microml_output(path)
+    write_labels_tiff(str(tmp_path / "l.tif"), np.ones((8, 8), np.int32), {})
+    assert is_microml_output(tmp_path / "l.tif")
+    tifffile.imwrite(tmp_path / "plain.tif", data.astype(np.float32))
+    tifffile.imwrite(tmp_path / "described.tif", data.astype(np.float32), description="HAADF 200 kV")
+    (tmp_path / "broken.tif").write_bytes(b"II*\x00garbage")
+    for name in ("plain.tif", "described.tif", "broken.tif", "missing.tif"):
+        assert not is_microml_output(tmp_path / name), name
+    with pytest.raises(ValueError, match="numbers"):
+        write_image_tiff(str(tmp_path / "s.tif"), np.array([["a"]]), {})
+
+
+def test_write_defects_csv_header_and_round_trip(tmp_path, prov):
+    from napari_microml.io.writer import write_defects_csv
+
+    table = pd.DataFrame({"label": [1, 2], "class": ["vacancy", "dopant"], "row": [3.5, 9.0]})
+    counts = pd.DataFrame({"class": ["vacancy", "dopant", "interstitial"], "count": [1, 1, 0],
+                           "density_per_nm2": [0.5, 0.5, 0.0]})
+    path = write_defects_csv(tmp_path / "d.csv", table, counts, provenance={"napari_microml": prov},
+                             image="img.dm4", pixel_size=0.02)
+    lines = open(path, encoding="utf-8").read().splitlines()
+    assert lines[:3] == ["# napari-microml defect table", "# image: img.dm4", "# pixel_size_nm: 0.02"]
+    assert "# count vacancy: 1, 0.5 per nm²" in lines and "# count interstitial: 0, 0 per nm²" in lines
+    head = next(x for x in lines if x.startswith("# provenance: "))
+    assert json.loads(head[14:])["napari_microml"]["parameters"] == {"threshold": 0.5}
+    pd.testing.assert_frame_equal(pd.read_csv(path, comment="#"), table)
+    # no counts, no pixel size
+    path = write_defects_csv(tmp_path / "e.csv", table.iloc[:0])
+    assert "# pixel_size_nm: unknown (positions in px)" in open(path, encoding="utf-8").read()

@@ -7,46 +7,108 @@ Examples
     microml --version
     microml models
     microml atoms stack.tif more/ --out results/ --workers 4
+    microml atoms abf.hspy --out results/ --contrast dark
     microml defects image.dm4 --out results/ --scheduler tcp://127.0.0.1:8786
     microml spectra si.hspy --out results/
-    microml complete sparse_scans/ --out filled/ --model local-gp
+    microml complete sparse.tif --out filled/ --mask scan_mask.tif --model local-gp
+    microml complete movie.mrc --coords movie_scan_coordinates.csv --out filled/
 
-Each input file is read with :func:`napari_microml.io.reader.read_file`. Frames of every stack
-are processed in parallel with ``dask.delayed`` (local threads by default, or a
-``dask.distributed`` cluster with ``--scheduler``). All inputs are validated before anything
-runs; results are written to a temporary folder inside ``--out`` and moved into place only
-when every input succeeded, so a failed run leaves nothing half-written.
+Each input file is read with :func:`napari_microml.io.reader.read_file`; files found in a
+folder that an earlier run wrote (napari-microml result TIFFs) are skipped, so ``--out`` may
+lie inside (or be) the input folder. Frames of every stack are processed in parallel with
+``dask.delayed`` (local threads by default, or a ``dask.distributed`` cluster with
+``--scheduler``). All inputs are read and checked, and the result names checked against
+``--out``, before anything runs: existing files are never replaced without ``--overwrite``.
 
-Exit codes: 0 success, 2 bad input or usage (one-line reason on stderr), 1 a tool failed.
+Results are written into a hidden staging folder inside ``--out`` (``.microml-partial-*``)
+and renamed into place only when every input succeeded (or, with ``--keep-going``, for the
+inputs that succeeded). The renames are journalled: any failure while moving (a name taken by
+a folder, a full disk, Ctrl-C) restores ``--out`` exactly as it was, and a staging folder left
+by a killed run (SIGKILL, power cut of the process) is rolled back and removed by the next
+run into the same ``--out``.
+
+``complete`` never guesses which pixels were measured: NaN pixels are unmeasured, or pass
+``--mask FILE`` (non-zero = measured), ``--coords FILE`` (scan positions) or
+``--zeros-unmeasured``. ``spectra`` needs a spectral axis (energy, wavelength) in the file, or
+``--channels-last`` for a plain array of spectra.
+
+Every result has a ``<name>_<tool>.provenance.json`` sidecar (tool, package version, command
+line, options, model and its sha256, input file and its sha256); the result files carry the
+same record (CSV sidecar / header lines, TIFF description).
+
+Exit codes
+----------
+::
+
+    0    success: every input was processed and its results written
+    1    a tool failed (an error inside the computation, not in the input); nothing written
+    2    bad input or usage: an input that cannot be read or does not suit the tool, a wrong
+         option, or result files that already exist (pass --overwrite); nothing written
+    3    partial: results were written for the good inputs only; each input named on stderr
+         gave none (it failed under --keep-going, or no atomic column was found in it)
+    130  interrupted (Ctrl-C or SIGTERM): nothing of the run is left in --out
 """
 from __future__ import annotations
 
-import argparse
-import functools
-import json
 import os
-import shutil
+import signal
 import sys
-import tempfile
-import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
 
-import numpy as np
+# Ctrl-C while the modules below load (numpy, then torch) exits quietly instead of printing an
+# import traceback; main() takes over with its own handler once it runs.
+_CONSOLE = __name__ == "__main__" or Path((getattr(sys, "argv", None) or [""])[0]).name in (
+    "microml", "microml.exe")
+
+
+def _exit_interrupted(signum=None, frame=None):
+    try:
+        sys.stderr.write("microml: interrupted; nothing was written.\n")
+        sys.stderr.flush()
+    finally:
+        os._exit(130)
+
+
+if _CONSOLE:
+    signal.signal(signal.SIGINT, _exit_interrupted)
+    signal.signal(signal.SIGTERM, _exit_interrupted)
+
+import argparse  # noqa: E402
+import contextlib  # noqa: E402
+import functools  # noqa: E402
+import json  # noqa: E402
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from dataclasses import dataclass, field  # noqa: E402
+from typing import Any, Callable  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PARTIAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_CODES = (__doc__[__doc__.index("Exit codes"):].replace("----------\n::\n\n", "") if __doc__
+              else "Exit codes: 0 success, 1 tool failed, 2 bad input or usage, 3 partial, 130 interrupted")
+STAGING_PREFIX = ".microml-partial-"
+CONTRASTS = ("auto", "bright", "dark")
 
 
 class InputError(ValueError):
-    """Bad input: reported as one line on stderr with exit code 2."""
+    """Bad input or usage: reported as one line on stderr with exit code 2."""
+
+
+class ToolError(RuntimeError):
+    """A tool failed inside its computation: exit code 1."""
 
 
 # --------------------------------------------------------------------------- adapters
-# Each adapter takes one item (a 2D frame, or an (N, L) spectra block) and returns a dict of
-# plain numpy / pandas results, so it pickles to dask.distributed workers.
-def _atoms(frame: np.ndarray, device: str = "auto", model: str = "default", rescale: str = "auto") -> dict:
+# Each adapter takes one item (a 2D frame, a {values, mask} scan, or an (N, L) spectra block)
+# and returns a dict of plain numpy / pandas results, so it pickles to dask.distributed workers.
+def _atoms(frame: np.ndarray, device: str = "auto", model: str = "default", rescale: str = "auto",
+           contrast: str = "auto") -> dict:
     import napari_microml as mm
 
-    r = mm.find_atoms(frame, device=device, model=model, rescale=rescale)
+    kwargs = {} if contrast == "auto" else {"contrast": contrast}  # 'auto' is find_atoms' default
+    r = mm.find_atoms(frame, device=device, model=model, rescale=rescale, **kwargs)
     return {"positions": np.asarray(r.positions, float).reshape(-1, 2),
             "features": _frame_table(r.features),
             "provenance": getattr(r, "provenance", None)}
@@ -57,16 +119,17 @@ def _defects(frame: np.ndarray, device: str = "auto", model: str = "auto", resca
 
     d = mm.segment_defects(frame, device=device, model=model, rescale=rescale)
     return {"labels": np.asarray(d.labels, np.int32), "table": _frame_table(d.table),
+            "counts": d.counts(), "area_nm2": d.image_area_nm2,
             "provenance": getattr(d, "provenance", None)}
 
 
-def _complete(frame: np.ndarray, device: str = "auto", model: str = "default") -> dict:
+def _complete(item: dict, device: str = "auto", model: str = "default") -> dict:
+    """``item = {"values": (H, W), "mask": (H, W) bool}`` (mask True = measured)."""
     import napari_microml as mm
 
-    values, mask = scan_mask_from_frame(frame)
-    c = mm.complete_scan(values, mask, device=device, model=model)
-    return {"image": np.asarray(c.image, np.float32),
-            "uncertainty": np.asarray(c.uncertainty, np.float32),
+    c = mm.complete_scan(np.asarray(item["values"]), np.asarray(item["mask"], bool),
+                         device=device, model=model)
+    return {"image": np.asarray(c.image), "uncertainty": np.asarray(c.uncertainty),
             "provenance": getattr(c, "provenance", None)}
 
 
@@ -80,15 +143,6 @@ def _spectra(item: dict, device: str = "auto") -> dict:
     return {"shift": np.asarray(v.shift, np.float32).reshape(-1),
             "latents": latents.reshape(len(spectra), -1),
             "provenance": getattr(v, "provenance", None)}
-
-
-def scan_mask_from_frame(frame: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Measured pixels of a partial scan: finite ones; if all are finite, the non-zero ones."""
-    frame = np.asarray(frame, np.float32)
-    mask = np.isfinite(frame)
-    if mask.all():
-        mask = frame != 0
-    return np.where(mask, frame, 0).astype(np.float32), mask
 
 
 def _frame_table(table):
@@ -107,6 +161,7 @@ class Adapter:
     run: Callable[..., dict]
     per: str  # "frame": 2D frames of images/stacks; "spectra": one (N, L) block per input
     help: str
+    outputs: tuple  # result file suffixes after the input's stem (the provenance sidecar last)
     task: str | None = None  # the model registry's task when the tool takes --model
     rescale: bool = False  # the tool takes --rescale (lattice tools: runtime/spacing.py)
 
@@ -130,15 +185,25 @@ def model_choices(tool: str) -> list[str]:
 
 
 ADAPTERS: dict[str, Adapter] = {
-    "atoms": Adapter(_atoms, "frame", "find atomic columns → <name>_atoms.csv", "atoms", rescale=True),
-    "defects": Adapter(_defects, "frame", "segment defects → <name>_defects.tif + table CSV", "defects",
+    "atoms": Adapter(_atoms, "frame", "find atomic columns → <name>_atoms.csv",
+                     ("_atoms.csv", "_atoms.csv.json", "_atoms.provenance.json"), "atoms", rescale=True),
+    "defects": Adapter(_defects, "frame", "segment defects → <name>_defects.tif + table CSV",
+                       ("_defects.tif", "_defects.csv", "_defects.provenance.json"), "defects",
                        rescale=True),
     "complete": Adapter(_complete, "frame",
-                        "complete partial scans (NaN or 0 = not measured) → image + uncertainty TIFF",
-                        "completion"),
+                        "complete partial scans (NaN = not measured, or --mask/--coords) → "
+                        "image + uncertainty TIFF",
+                        ("_completed_image.tif", "_completed_uncertainty.tif",
+                         "_complete.provenance.json"), "completion"),
     "spectra": Adapter(_spectra, "spectra",
-                       "shift-VAE on a spectrum image → shift map TIFF + latents CSV"),
+                       "shift-VAE on a spectrum image or line scan → shift map TIFF + latents CSV",
+                       ("_shift.tif", "_spectra.csv", "_spectra.provenance.json")),
 }
+
+
+def output_names(tool: str, stem: str) -> list[str]:
+    """The files ``tool`` writes for an input called ``stem``, fixed before anything runs."""
+    return [stem + suffix for suffix in ADAPTERS[tool].outputs]
 
 
 # ------------------------------------------------------------------------------ inputs
@@ -155,44 +220,79 @@ class Job:
     shape: tuple        # spatial shape for spectra (H, W) maps
 
 
-def _supported_in(folder: Path) -> list[Path]:
+@dataclass
+class Failure:
+    """An input that gave no result: its name, why, and whether the input itself was at fault."""
+
+    name: str
+    reason: str
+    bad_input: bool = True
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split()) or type(err).__name__
+
+
+def _supported_in(folder: Path, skipped: list[str]) -> list[Path]:
     from napari_microml.io.reader import get_reader
+    from napari_microml.io.writer import is_microml_output
 
-    return sorted(p for p in folder.iterdir() if p.is_file() and get_reader(str(p)) is not None)
+    found = []
+    for p in sorted(folder.iterdir()):
+        if not p.is_file() or get_reader(str(p)) is None:
+            continue
+        if is_microml_output(p):  # an earlier run's result, e.g. --out inside the input folder
+            skipped.append(f"{p.name}: written by microml (an earlier result), not an input")
+            continue
+        found.append(p)
+    return found
 
 
-def collect_inputs(inputs: list[str]) -> list[tuple[Path, bool]]:
+def collect_inputs(inputs: list[str], failures: list[Failure] | None = None,
+                   skipped: list[str] | None = None) -> list[tuple[Path, bool]]:
     """Expand folders (non-recursive) and check every file exists and is supported.
 
-    Returns ``(path, from_folder)`` pairs.
+    Returns ``(path, from_folder)`` pairs. With a ``failures`` list, a bad input is recorded
+    there and the others go on (``--keep-going``); without, the first raises InputError. Files
+    in folders that microml wrote itself are left out (noted in ``skipped``).
     """
     from napari_microml.io.reader import FORMATS, get_reader
 
+    skipped = [] if skipped is None else skipped
     files: list[tuple[Path, bool]] = []
     for raw in inputs:
         p = Path(raw)
-        if p.is_dir():
-            found = _supported_in(p)
-            if not found:
-                raise InputError(f"folder {p} contains no readable images "
-                                 f"({', '.join(sorted(FORMATS))}).")
-            files.extend((f, True) for f in found)
-        elif not p.exists():
-            raise InputError(f"{p} does not exist.")
-        elif p.suffix.lower() not in FORMATS:
-            raise InputError(f"{p.name}: '{p.suffix or 'no extension'}' files are not supported "
-                             f"(supported: {', '.join(sorted(FORMATS))}).")
-        elif get_reader(str(p)) is None:
-            raise InputError(f"{p.name} is not a file this reader understands.")
-        else:
-            files.append((p, False))
+        try:
+            if p.is_dir():
+                found = _supported_in(p, skipped)
+                if not found:
+                    raise InputError(f"folder {p} contains no readable images "
+                                     f"({', '.join(sorted(FORMATS))}).")
+                files.extend((f, True) for f in found)
+            elif not p.exists():
+                raise InputError(f"{p} does not exist.")
+            elif p.suffix.lower() not in FORMATS:
+                raise InputError(f"{p.name}: '{p.suffix or 'no extension'}' files are not supported "
+                                 f"(supported: {', '.join(sorted(FORMATS))}).")
+            elif get_reader(str(p)) is None:
+                raise InputError(f"{p.name} is not a file this reader understands.")
+            else:
+                files.append((p, False))
+        except InputError as err:
+            if failures is None:
+                raise
+            failures.append(Failure(str(p), str(err)))
     return files
 
 
-def _unsuitable(name: str, data, kwargs: dict, tool: str) -> str | None:
+def _spectral_axis(kwargs: dict):
+    return kwargs.get("metadata", {}).get("napari_microml", {}).get("spectral_axis")
+
+
+def _unsuitable(name: str, data, kwargs: dict, tool: str, channels_last: bool = False) -> str | None:
     """Why a layer cannot go to ``tool`` (one sentence), or None when it can."""
     per = ADAPTERS[tool].per
-    spectral = kwargs.get("metadata", {}).get("napari_microml", {}).get("spectral_axis")
+    spectral = _spectral_axis(kwargs)
     if kwargs.get("rgb"):
         return f"{name} is an RGB colour picture; {tool} needs grey images."
     if np.dtype(data.dtype).kind not in "biuf":
@@ -208,20 +308,107 @@ def _unsuitable(name: str, data, kwargs: dict, tool: str) -> str | None:
             return (f"{name}: frames of {data.shape[-2]}×{data.shape[-1]} pixels are too "
                     "small (at least 8×8).")
         return None
+    if spectral is None and not channels_last:
+        units = ", ".join(str(u) for u in kwargs.get("units", ()) or ()) or "none given"
+        return (f"{name} has no spectral axis (shape {tuple(data.shape)}, axis units: {units}): it "
+                "reads as an image, not spectra. spectra needs a spectrum image or line scan whose "
+                "last axis is energy or wavelength (EELS/EDS .dm3/.dm4/.hspy/.emd); for a plain "
+                "array of spectra along its last axis pass --channels-last.")
     if data.ndim not in (2, 3):
         return (f"{name} has {data.ndim}D data {tuple(data.shape)}; "
                 "spectra takes (N, L) spectra or (H, W, L) spectrum images.")
-    if spectral is None and data.shape[-1] < 8:
-        return f"{name} does not look like spectra (shape {tuple(data.shape)})."
+    if data.shape[-1] < 8:
+        return f"{name} has only {data.shape[-1]} channels per spectrum (at least 8)."
     return None
 
 
-def load_jobs(files: list, tool: str) -> list[Job]:
+@dataclass
+class ScanMask:
+    """How ``complete`` learns which pixels were measured (one of them, else NaN = unmeasured)."""
+
+    mask: str | None = None           # file: non-zero = measured
+    coords: str | None = None         # scan positions file (x, y per line by default)
+    coords_order: str = "xy"
+    scan_info: str | None = None      # Direct Electron *_info.txt (scan size, ROI offset)
+    zeros_unmeasured: bool = False
+
+    def describe(self) -> str:
+        if self.mask:
+            return f"mask file {Path(self.mask).name}"
+        if self.coords:
+            return f"scan positions {Path(self.coords).name}"
+        return "pixels equal to 0" if self.zeros_unmeasured else "NaN pixels"
+
+
+def _load_mask_file(path: str) -> np.ndarray:
+    from napari_microml.io.reader import read_file
+
+    try:
+        layers = read_file(path)
+    except ValueError as err:
+        raise InputError(f"--mask: {err}") from err
+    m = np.asarray(layers[0][0])
+    if m.dtype.kind not in "biuf":
+        raise InputError(f"--mask {Path(path).name} holds {m.dtype} values; a mask is numbers "
+                         "(non-zero = measured).")
+    return np.isfinite(m) & (m != 0) if m.dtype.kind == "f" else m != 0
+
+
+def _scan_items(name: str, data, how: ScanMask, cache: dict) -> tuple[list[dict], bool]:
+    """``{values, mask}`` per frame of a partial scan, from the way the user named the mask,
+    and whether the result is a stack (a movie of a sparse scan gives one image)."""
+    from napari_microml.completion import scan_io
+
+    if how.coords:
+        if "coords" not in cache:
+            try:
+                cache["coords"] = scan_io.read_scan_csv(how.coords, order=how.coords_order)
+                cache["info"] = (scan_io.read_scan_info(how.scan_info) if how.scan_info
+                                 else {"scan_shape": None, "roi_offset": (0, 0)})
+            except ValueError as err:
+                raise InputError(str(err)) from err
+        coords, info = cache["coords"], cache["info"]
+        try:
+            if data.ndim == 3 and len(data) == len(coords):  # a movie: one frame per position
+                values, mask = scan_io.rasterise(coords, scan_io.values_from_movie(data),
+                                                 info["scan_shape"], origin=info["roi_offset"])
+                return [{"values": values, "mask": mask}], False
+            frames = [np.asarray(data)] if data.ndim == 2 else [np.asarray(f) for f in data]
+            _, mask = scan_io.rasterise(coords, np.ones(len(coords)), frames[0].shape,
+                                        origin=info["roi_offset"])
+        except ValueError as err:
+            raise InputError(f"{name} with --coords {Path(how.coords).name}: {err}") from err
+        return [{"values": f, "mask": mask} for f in frames], data.ndim == 3
+    frames = [np.asarray(data)] if data.ndim == 2 else [np.asarray(f) for f in data]
+    if how.mask:
+        if "mask" not in cache:
+            cache["mask"] = _load_mask_file(how.mask)
+        m = cache["mask"]
+        shape = frames[0].shape
+        if m.shape != shape and m.shape != (len(frames), *shape):
+            raise InputError(f"--mask {Path(how.mask).name} is {m.shape[-2]}×{m.shape[-1]} pixels but "
+                             f"{name} is {shape[0]}×{shape[1]}; the mask must match the scan.")
+        masks = [m] * len(frames) if m.ndim == 2 else list(m)
+    elif how.zeros_unmeasured:
+        masks = [np.isfinite(f) & (f != 0) for f in frames]
+    else:
+        masks = [np.isfinite(f) for f in frames]
+        if all(m.all() for m in masks):
+            raise InputError(
+                f"{name} has no NaN pixel, so every pixel reads as measured (a measured 0 is a real "
+                "value). Say which pixels were measured: --mask FILE (non-zero = measured), "
+                "--coords FILE (scan positions), or --zeros-unmeasured.")
+    return [{"values": f, "mask": m} for f, m in zip(frames, masks)], data.ndim == 3
+
+
+def load_jobs(files: list, tool: str, *, failures: list[Failure] | None = None,
+              channels_last: bool = False, scan: ScanMask | None = None) -> list[Job]:
     """Read (lazily where large) and validate every input before any work starts.
 
     An explicitly named single-dataset file that the tool cannot take is an error; datasets
     found through a folder, or extra datasets of a multi-dataset file (e.g. the EDS spectrum
-    beside the HAADF image in a Velox .emd), are skipped with a note when unsuitable.
+    beside the HAADF image in a Velox .emd), are skipped with a note when unsuitable. With a
+    ``failures`` list (``--keep-going``), an input that is an error is recorded there instead.
     """
     from napari_microml.io.reader import read_file
 
@@ -229,42 +416,52 @@ def load_jobs(files: list, tool: str) -> list[Job]:
     jobs: list[Job] = []
     stems: set[str] = set()
     skipped: list[str] = []
+    cache: dict = {}
     for entry in files:
         f, from_folder = entry if isinstance(entry, tuple) else (Path(entry), False)
         try:
-            layers = read_file(f)
-        except ValueError as err:
-            raise InputError(str(err)) from err
-        for k, (data, kwargs, _) in enumerate(layers):
-            name = f.name if len(layers) == 1 else f"{f.name} [{kwargs.get('name', k)}]"
-            reason = _unsuitable(name, data, kwargs, tool)
-            if reason is not None:
-                if not from_folder and len(layers) == 1:
-                    raise InputError(reason)
-                skipped.append(reason)
-                continue
-            stem = f.stem if len(layers) == 1 else f"{f.stem}_{k}"
-            while stem in stems:
-                stem += "_"
-            stems.add(stem)
-            if per == "frame":
-                items = [data] if data.ndim == 2 else [data[i] for i in range(data.shape[0])]
-                jobs.append(Job(f, stem, data, kwargs, items, data.ndim == 3,
-                                tuple(data.shape[-2:])))
-            else:
-                spectral = kwargs["metadata"]["napari_microml"].get("spectral_axis")
-                block = data.reshape(-1, data.shape[-1])
-                axis = None
-                if spectral is not None:
-                    axis = spectral["offset"] + spectral["scale"] * np.arange(data.shape[-1])
-                jobs.append(Job(f, stem, data, kwargs, [{"spectra": block, "axis": axis}],
-                                False, tuple(data.shape[:-1])))
-    if not jobs:
+            try:
+                layers = read_file(f)
+            except ValueError as err:
+                raise InputError(str(err)) from err
+            for k, (data, kwargs, _) in enumerate(layers):
+                name = f.name if len(layers) == 1 else f"{f.name} [{kwargs.get('name', k)}]"
+                reason = _unsuitable(name, data, kwargs, tool, channels_last)
+                if reason is not None:
+                    if not from_folder and len(layers) == 1:
+                        raise InputError(reason)
+                    skipped.append(reason)
+                    continue
+                stem = f.stem if len(layers) == 1 else f"{f.stem}_{k}"
+                while stem in stems:
+                    stem += "_"
+                if tool == "complete":
+                    items, is_stack = _scan_items(name, data, scan or ScanMask(), cache)
+                    jobs.append(Job(f, stem, data, kwargs, items, is_stack,
+                                    tuple(items[0]["values"].shape)))
+                elif per == "frame":
+                    items = [data] if data.ndim == 2 else [data[i] for i in range(data.shape[0])]
+                    jobs.append(Job(f, stem, data, kwargs, items, data.ndim == 3,
+                                    tuple(data.shape[-2:])))
+                else:
+                    spectral = _spectral_axis(kwargs)
+                    block = data.reshape(-1, data.shape[-1])
+                    axis = None
+                    if spectral is not None:
+                        axis = spectral["offset"] + spectral["scale"] * np.arange(data.shape[-1])
+                    jobs.append(Job(f, stem, data, kwargs, [{"spectra": block, "axis": axis}],
+                                    False, tuple(data.shape[:-1])))
+                stems.add(stem)
+        except InputError as err:
+            if failures is None:
+                raise
+            failures.append(Failure(f.name, str(err)))
+    for reason in skipped:
+        print(f"microml: skipped {reason}", file=sys.stderr)
+    if not jobs and not failures:
         raise InputError(skipped[0] if len(skipped) == 1 else
                          f"nothing in the inputs suits {tool}: {len(skipped)} dataset(s) "
                          f"skipped (first: {skipped[0] if skipped else 'none'})")
-    for reason in skipped:
-        print(f"microml: skipped {reason}", file=sys.stderr)
     return jobs
 
 
@@ -328,17 +525,31 @@ def tool_bar(done: int, total: int, width: int = 30) -> str:
     return "#" * filled + " " * (width - filled)
 
 
-def _write_outputs(tool: str, job: Job, results: list[dict], tmp: Path, prov: dict) -> list[Path]:
-    """Write one job's results into ``tmp``; returns the file names written."""
+def _guarded(run: Callable, item, device: str = "auto"):
+    """``run(item, device)``, with an error returned as a :class:`Failure` so one bad frame
+    does not take the other inputs' results with it (``--keep-going``)."""
+    try:
+        return run(item, device)
+    except (ValueError, TypeError) as err:  # the package's sentence for input it cannot take
+        return Failure("", _one_line(err), bad_input=True)
+    except Exception as err:  # noqa: BLE001 - reported per input, nothing written for it
+        return Failure("", f"{type(err).__name__}: {_one_line(err)}", bad_input=False)
+
+
+def _geometry(job: Job) -> tuple[list, list, list]:
+    kw, nd = job.kwargs, job.data.ndim
+    return (list(kw.get("scale", [1.0] * nd)), list(kw.get("translate", [0.0] * nd)),
+            [str(u) for u in kw.get("units", ["pixel"] * nd)])
+
+
+def _write_outputs(tool: str, job: Job, results: list[dict], stage: Path, prov: dict) -> list[Path]:
+    """Write one job's results into ``stage`` under :func:`output_names`; returns the paths."""
     import pandas as pd
-    import tifffile
 
-    from napari_microml.io.writer import write_labels_tiff, write_points_csv
+    from napari_microml.io import writer
 
-    kw = job.kwargs
-    frame_scale = list(kw.get("scale", [1.0] * job.data.ndim))
-    frame_trans = list(kw.get("translate", [0.0] * job.data.ndim))
-    frame_units = list(kw.get("units", ["pixel"] * job.data.ndim))
+    names = output_names(tool, job.stem)
+    scale, trans, units = _geometry(job)
     md = {"napari_microml": prov}
     written: list[Path] = []
     if tool == "atoms":
@@ -351,17 +562,14 @@ def _write_outputs(tool: str, job: Job, results: list[dict], tmp: Path, prov: di
         data = np.concatenate(pts) if pts else np.zeros((0, d))
         table = pd.concat(feats, ignore_index=True) if any(len(f.columns) for f in feats) \
             else pd.DataFrame()
-        attrs = {"scale": frame_scale[-d:], "translate": frame_trans[-d:],
-                 "units": frame_units[-d:], "features": table, "metadata": md,
-                 "name": f"{job.stem} atoms"}
-        written += [Path(x) for x in write_points_csv(str(tmp / f"{job.stem}_atoms.csv"),
-                                                      data, attrs)]
+        attrs = {"scale": scale[-d:], "translate": trans[-d:], "units": units[-d:],
+                 "features": table, "metadata": md, "name": f"{job.stem} atoms"}
+        written += [Path(x) for x in writer.write_points_csv(str(stage / names[0]), data, attrs)]
     elif tool == "defects":
         labels = np.stack([r["labels"] for r in results]) if job.is_stack else results[0]["labels"]
-        attrs = {"scale": frame_scale, "translate": frame_trans, "units": frame_units,
+        attrs = {"scale": scale, "translate": trans, "units": units,
                  "metadata": md, "name": f"{job.stem} defects"}
-        written += [Path(x) for x in write_labels_tiff(str(tmp / f"{job.stem}_defects.tif"),
-                                                       labels, attrs)]
+        written += [Path(x) for x in writer.write_labels_tiff(str(stage / names[0]), labels, attrs)]
         tables = []
         for i, r in enumerate(results):
             t = r["table"].copy()
@@ -369,47 +577,249 @@ def _write_outputs(tool: str, job: Job, results: list[dict], tmp: Path, prov: di
                 t.insert(0, "frame", i)
             tables.append(t)
         table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
-        out = tmp / f"{job.stem}_defects.csv"
-        table.to_csv(out, index=False)
-        written.append(out)
+        counts = None
+        if all(r.get("counts") is not None for r in results):  # summed over the frames
+            counts = pd.concat([r["counts"] for r in results]).groupby(
+                "class", sort=False, as_index=False)["count"].sum()
+            area = sum(r.get("area_nm2") or np.nan for r in results)
+            counts["density_per_nm2"] = counts["count"] / area
+        written.append(Path(writer.write_defects_csv(stage / names[1], table, counts, provenance=md,
+                                                     image=job.source.name)))
     elif tool == "complete":
-        for key in ("image", "uncertainty"):
+        for key, name in zip(("image", "uncertainty"), names):
             arr = np.stack([r[key] for r in results]) if job.is_stack else results[0][key]
-            out = tmp / f"{job.stem}_completed_{key}.tif"
-            tifffile.imwrite(out, arr.astype(np.float32), metadata=None,
-                             description=json.dumps({"napari_microml": prov,
-                                                     "scale": frame_scale,
-                                                     "units": [str(u) for u in frame_units]}))
-            written.append(out)
+            nd = arr.ndim
+            attrs = {"scale": scale[-nd:], "translate": trans[-nd:], "units": units[-nd:],
+                     "metadata": md, "name": f"{job.stem} completed {key}"}
+            written += [Path(x) for x in writer.write_image_tiff(str(stage / name), arr, attrs)]
     elif tool == "spectra":
         r = results[0]
-        shift = r["shift"].reshape(job.shape)
-        out = tmp / f"{job.stem}_shift.tif"
         spatial = len(job.shape)
-        tifffile.imwrite(out, shift.astype(np.float32), metadata=None,
-                         description=json.dumps({"napari_microml": prov,
-                                                 "scale": frame_scale[:spatial],
-                                                 "units": [str(u) for u in frame_units[:spatial]]}))
-        written.append(out)
+        attrs = {"scale": scale[:spatial], "translate": trans[:spatial], "units": units[:spatial],
+                 "metadata": md, "name": f"{job.stem} shift"}
+        written += [Path(x) for x in writer.write_image_tiff(
+            str(stage / names[0]), r["shift"].reshape(job.shape).astype(np.float32), attrs)]
         lat = r["latents"]
         cols = {f"latent_{j}": lat[:, j] for j in range(lat.shape[1])}
-        idx = np.indices(job.shape).reshape(len(job.shape), -1)
-        names = ["row", "col"] if spatial == 2 else ["index"]
-        spectral = kw.get("metadata", {}).get("napari_microml", {}).get("spectral_axis")
+        idx = np.indices(job.shape).reshape(spatial, -1)
+        axes = ["row", "col"] if spatial == 2 else ["index"]
+        spectral = _spectral_axis(job.kwargs)
         shift_col = f"shift_{spectral['units']}" if spectral else "shift_channels"
-        table = pd.DataFrame({**dict(zip(names, idx)), shift_col: r["shift"], **cols})
-        out = tmp / f"{job.stem}_spectra.csv"
-        table.to_csv(out, index=False)
-        written.append(out)
+        table = pd.DataFrame({**dict(zip(axes, idx)), shift_col: r["shift"], **cols})
+        table.to_csv(stage / names[1], index=False)
+        written.append(stage / names[1])
+    unplanned = {p.name for p in written} - set(names)
+    if unplanned:  # the overwrite check only knew the planned names
+        raise ToolError(f"wrote unplanned file(s) {sorted(unplanned)}")
     return written
+
+
+# ------------------------------------------------------------------- staging and commit
+class _Interrupts:
+    """SIGINT/SIGTERM become KeyboardInterrupt, except inside :func:`_uninterrupted` blocks
+    (commit, roll back, clean up), where they wait until the block has finished."""
+
+    defer = 0
+    pending = False
+
+
+def _on_signal(signum, frame):
+    if _Interrupts.defer:
+        _Interrupts.pending = True
+        return
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _uninterrupted(drop: bool = False):
+    """Hold SIGINT/SIGTERM until the block ends; then raise, or with ``drop`` (the run's
+    results are already in place) forget them: the run has finished."""
+    _Interrupts.defer += 1
+    try:
+        yield
+    finally:
+        _Interrupts.defer -= 1
+        if not _Interrupts.defer and _Interrupts.pending:
+            _Interrupts.pending = False
+            if not drop:
+                raise KeyboardInterrupt
+
+
+def _try_lock(fh) -> bool:
+    """Exclusive, non-blocking lock on an open file; released by the OS when its process dies."""
+    try:
+        import fcntl
+
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return False
+        return True
+    except ImportError:  # Windows
+        import msvcrt
+
+        try:
+            msvcrt.locking(fh.fileno(), msvcrt.LK_NBLCK, 1)
+        except OSError:
+            return False
+        return True
+
+
+_rename = os.replace  # one place for the moves, so tests can interrupt a commit half way
+
+
+class Staging:
+    """A hidden folder inside ``--out`` where a run writes its results before they are renamed
+    into place. ``lock`` (held while the run lives) tells a live run's folder from a killed one;
+    ``journal.json`` (written before the first rename) lets a later run undo a half-done commit;
+    ``old/`` keeps the files ``--overwrite`` replaces until the commit is complete."""
+
+    def __init__(self, out: Path):
+        self.out = out
+        self.dir = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=out))
+        self._lock = open(self.dir / "lock", "w")  # noqa: SIM115 - held for the run's lifetime
+        _try_lock(self._lock)
+        self.new = self.dir / "new"
+        self.new.mkdir()
+
+    def commit(self, names: list[str], replace: set[str]) -> list[Path]:
+        """Rename every staged file into ``out``; on any failure put ``out`` back as it was.
+
+        ``replace`` are the names that may already exist (``--overwrite``); anything else found
+        in the way (a folder, a file that appeared meanwhile) fails the whole commit.
+        """
+        journal = [{"name": n, "existed": os.path.lexists(self.out / n)} for n in names]
+        blocked = [e["name"] for e in journal if e["existed"] and e["name"] not in replace]
+        if blocked:
+            raise ToolError(f"{', '.join(blocked)} appeared in {self.out} during the run; "
+                            "nothing was written")
+        (self.dir / "old").mkdir()
+        tmp = self.dir / "journal.tmp"
+        tmp.write_text(json.dumps({"state": "committing", "files": journal}))
+        os.replace(tmp, self.dir / "journal.json")
+        try:
+            for e in journal:
+                dest = self.out / e["name"]
+                if e["existed"]:
+                    if dest.is_dir() and not dest.is_symlink():
+                        raise ToolError(f"{dest} is a folder; cannot put a result file there")
+                    _rename(dest, self.dir / "old" / e["name"])
+                _rename(self.new / e["name"], dest)
+            tmp.write_text(json.dumps({"state": "done", "files": journal}))
+            os.replace(tmp, self.dir / "journal.json")
+        except BaseException:
+            undo(self.dir, self.out)
+            raise
+        return [self.out / n for n in names]
+
+    def close(self) -> None:
+        self._lock.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def undo(stage: Path, out: Path) -> None:
+    """Roll back a commit journalled in ``stage``: results this run moved into ``out`` are
+    removed and the files they replaced are put back. A finished commit is left alone."""
+    journal = stage / "journal.json"
+    if not journal.is_file():
+        return  # nothing was moved yet
+    try:
+        record = json.loads(journal.read_text())
+    except (OSError, ValueError):
+        return
+    if record.get("state") == "done":
+        return
+    for e in record.get("files", []):
+        dest, old, new = out / e["name"], stage / "old" / e["name"], stage / "new" / e["name"]
+        if e["existed"]:
+            if os.path.lexists(old):
+                os.replace(old, dest)  # the user's earlier file, back in place
+        elif not os.path.lexists(new) and os.path.lexists(dest) and not dest.is_dir():
+            dest.unlink()  # moved in by this run
+    journal.unlink()
+
+
+def clean_stale_staging(out: Path, min_age_s: float = 30.0) -> list[Path]:
+    """Roll back and remove staging folders left in ``out`` by runs that were killed.
+
+    A folder whose ``lock`` another process still holds belongs to a live run and is left; a
+    folder without a lock file (an older microml, or one made this instant) only once it is
+    ``min_age_s`` old.
+    """
+    cleaned = []
+    if not out.is_dir():
+        return cleaned
+    for stage in sorted(out.glob(STAGING_PREFIX + "*")):
+        if not stage.is_dir() or stage.is_symlink():
+            continue
+        lock = stage / "lock"
+        if lock.is_file():
+            with open(lock, "a") as fh:
+                if not _try_lock(fh):
+                    continue  # a live run
+        elif time.time() - stage.stat().st_mtime < min_age_s:
+            continue
+        undo(stage, out)
+        shutil.rmtree(stage, ignore_errors=True)
+        cleaned.append(stage)
+    return cleaned
+
+
+# ------------------------------------------------------------------------------ run_tool
+@dataclass
+class Report:
+    """What a run did: the files written and the inputs that gave no result (and why)."""
+
+    written: list[Path] = field(default_factory=list)
+    failed: list[Failure] = field(default_factory=list)
+    empty: list[Failure] = field(default_factory=list)
+    inputs: int = 0
+
+    @property
+    def exit_code(self) -> int:
+        if not self.failed and not self.empty:
+            return EXIT_OK
+        if self.written or self.empty:
+            return EXIT_PARTIAL
+        return EXIT_USAGE if all(f.bad_input for f in self.failed) else EXIT_FAILED
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def _existing_message(out: Path, existing: list[str]) -> str:
+    shown = ", ".join(existing[:5]) + (f" and {len(existing) - 5} more" if len(existing) > 5 else "")
+    return (f"{_plural(len(existing), 'file')} in {out} would be overwritten: {shown}. "
+            "Pass --overwrite to replace them, or choose another --out.")
+
+
+def _empty_atoms(job: Job, results: list[dict], contrast: str) -> Failure | None:
+    """An input in which no column was found at all gives no CSV, and says what to try."""
+    if any(len(r["positions"]) for r in results):
+        return None
+    used = contrast
+    for r in results:
+        prov = r.get("provenance") or {}
+        used = (prov.get("parameters") or {}).get("contrast", used) if isinstance(prov, dict) else used
+    other = "bright" if used == "dark" else "dark"
+    look = "bright columns on a dark background (HAADF/ADF)" if other == "bright" else \
+        "dark columns on a bright background (ABF/BF)"
+    return Failure(job.source.name, f"no atomic columns found (contrast {used}); nothing written "
+                                    f"for it. If it shows {look}, try --contrast {other}.")
 
 
 def run_tool(tool: str, inputs: list[str], out: str, *, device: str = "auto",
              scheduler: str | None = None, workers: int | None = None,
-             progress: bool = True, model: str | None = None, rescale: str | None = None) -> list[Path]:
+             progress: bool = True, model: str | None = None, rescale: str | None = None,
+             contrast: str = "auto", overwrite: bool = False, keep_going: bool = False,
+             scan: ScanMask | None = None, channels_last: bool = False,
+             command: list[str] | None = None) -> Report:
     """Validate ``inputs``, run ``tool`` on them and write results into ``out``.
 
-    Returns the paths written. Raises :class:`InputError` for bad input (nothing written).
+    Returns a :class:`Report`. Raises :class:`InputError` for bad input or usage and
+    :class:`ToolError` when a tool fails (without ``keep_going``); either way nothing is
+    written and ``out`` is as it was.
     """
     from napari_microml.runtime.provenance import make_provenance
 
@@ -419,7 +829,7 @@ def run_tool(tool: str, inputs: list[str], out: str, *, device: str = "auto",
         choices = model_choices(tool)
         if model not in choices:
             raise InputError(f"--model {model!r} is not a {tool} model; choose one of {', '.join(choices)}.")
-        run = functools.partial(adapter.run, model=model)
+        run = functools.partial(run, model=model)
     if rescale is not None:
         from napari_microml.runtime.spacing import RESCALE_MODES
 
@@ -428,65 +838,147 @@ def run_tool(tool: str, inputs: list[str], out: str, *, device: str = "auto",
         if rescale not in RESCALE_MODES:
             raise InputError(f"--rescale {rescale!r}: choose one of {', '.join(RESCALE_MODES)}.")
         run = functools.partial(run, rescale=rescale)
-    files = collect_inputs(inputs)
-    jobs = load_jobs(files, tool)
+    if contrast not in CONTRASTS:
+        raise InputError(f"--contrast {contrast!r}: choose one of {', '.join(CONTRASTS)}.")
+    if contrast != "auto":
+        if tool != "atoms":
+            raise InputError(f"{tool} takes no --contrast (only atoms does).")
+        run = functools.partial(run, contrast=contrast)
+    scan = scan or ScanMask()
+    if tool != "complete" and (scan.mask or scan.coords or scan.zeros_unmeasured or scan.scan_info):
+        raise InputError(f"--mask, --coords, --scan-info and --zeros-unmeasured are for complete, not {tool}.")
+    if sum(bool(x) for x in (scan.mask, scan.coords, scan.zeros_unmeasured)) > 1:
+        raise InputError("give one of --mask, --coords and --zeros-unmeasured, not several.")
+    if scan.scan_info and not scan.coords:
+        raise InputError("--scan-info goes with --coords (it places the scan positions).")
+    if channels_last and tool != "spectra":
+        raise InputError(f"{tool} takes no --channels-last (only spectra does).")
     out_dir = Path(out)
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"--out {out_dir} exists and is not a folder.")
+
+    report = Report()
+    failures: list[Failure] | None = report.failed if keep_going else None
+    skipped: list[str] = []
+    files = collect_inputs(inputs, failures, skipped)
+    for note in skipped:
+        print(f"microml: skipped {note}", file=sys.stderr)
+    jobs = load_jobs(files, tool, failures=failures, channels_last=channels_last, scan=scan)
+    report.inputs = len(jobs) + len(report.failed)
+    if not jobs:
+        return report
+
+    # the files of a killed run are rolled back first: they may hold the user's earlier results
+    with _uninterrupted():
+        for stale in clean_stale_staging(out_dir):
+            print(f"microml: removed {stale.name}, left in {out_dir} by an interrupted run",
+                  file=sys.stderr)
+    planned = {job.stem: output_names(tool, job.stem) for job in jobs}
+    every = [n for names in planned.values() for n in names]
+    existing = [n for n in every if os.path.lexists(out_dir / n)]
+    folders = [n for n in existing if (out_dir / n).is_dir()]
+    if folders:
+        raise InputError(f"{', '.join(folders)} in {out_dir} {'is a folder' if len(folders) == 1 else 'are folders'}"
+                         "; a result file cannot replace a folder. Move it or choose another --out.")
+    if existing and not overwrite:
+        raise InputError(_existing_message(out_dir, existing))
+
     created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
-
     items = [it for job in jobs for it in job.items]
     t0 = time.perf_counter()
     if progress:
-        print(f"microml {tool}: {len(jobs)} input(s), {len(items)} "
+        print(f"microml {tool}: {_plural(len(jobs), 'input')}, {len(items)} "
               f"{'frame' if adapter.per == 'frame' else 'block'}(s)", file=sys.stderr)
-    tmp = Path(tempfile.mkdtemp(prefix=".microml-partial-", dir=out_dir))
+    stage = None
     try:
-        results = process_items(items, run, device=device, scheduler=scheduler,
-                                workers=workers, progress=progress)
+        with _uninterrupted():
+            stage = Staging(out_dir)
+        results = process_items(items, functools.partial(_guarded, run), device=device,
+                                scheduler=scheduler, workers=workers, progress=progress)
         seconds = time.perf_counter() - t0
-        staged: list[Path] = []
+        names: list[str] = []
         k = 0
         for job in jobs:
             res = results[k:k + len(job.items)]
             k += len(job.items)
+            bad = next((r for r in res if isinstance(r, Failure)), None)
+            if bad is not None:
+                bad.name = job.source.name if job.stem == job.source.stem else f"{job.source.name} ({job.stem})"
+                if not keep_going:
+                    raise (InputError if bad.bad_input else ToolError)(f"{bad.name}: {bad.reason}")
+                report.failed.append(bad)
+                continue
+            if tool == "atoms":
+                empty = _empty_atoms(job, res, contrast)
+                if empty is not None:
+                    report.empty.append(empty)
+                    continue
             tool_prov = next((r.get("provenance") for r in res if r.get("provenance")), None)
             prov = make_provenance(
                 f"cli.{tool}",
-                parameters={"frames": len(job.items), "scheduler": scheduler or "threads",
-                            "workers": workers, "seconds_total": round(seconds, 3),
+                parameters={"command": command, "frames": len(job.items),
+                            "scheduler": scheduler or "threads", "workers": workers,
+                            "device": device, "model": model, "rescale": rescale,
+                            "contrast": contrast if tool == "atoms" else None,
+                            "measured_pixels": scan.describe() if tool == "complete" else None,
+                            "mask_file": scan.mask, "coords_file": scan.coords,
+                            "channels_last": channels_last, "overwrite": overwrite,
+                            "keep_going": keep_going, "seconds_total": round(seconds, 3),
                             "tool_provenance": tool_prov},
                 model=(tool_prov or {}).get("model") if isinstance(tool_prov, dict) else None,
                 device=device, input_name=job.stem, input_file=job.source)
-            staged += _write_outputs(tool, job, res, tmp, prov)
-            pfile = tmp / f"{job.stem}_{tool}.provenance.json"
-            pfile.write_text(json.dumps(prov, indent=1))
-            staged.append(pfile)
-        final = []
-        for p in staged:  # move into place only when everything succeeded
-            dest = out_dir / p.name
-            os.replace(p, dest)
-            final.append(dest)
-        return final
+            try:
+                _write_outputs(tool, job, res, stage.new, prov)
+                pfile = stage.new / planned[job.stem][-1]
+                pfile.write_text(json.dumps(prov, indent=1))
+            except Exception as err:  # noqa: BLE001 - the input's results are dropped
+                if not keep_going:
+                    raise ToolError(f"{job.source.name}: writing the results failed: "
+                                    f"{type(err).__name__}: {_one_line(err)}") from err
+                for name in planned[job.stem]:
+                    (stage.new / name).unlink(missing_ok=True)
+                report.failed.append(Failure(job.source.name, f"writing the results failed: "
+                                                              f"{_one_line(err)}", bad_input=False))
+                continue
+            names += planned[job.stem]
+        if names:
+            with _uninterrupted():
+                if _Interrupts.pending:  # Ctrl-C just before the commit: do not start it
+                    raise KeyboardInterrupt
+            with _uninterrupted(drop=True):
+                report.written = stage.commit(names, set(existing))
+        return report
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if created and not any(out_dir.iterdir()):
-            out_dir.rmdir()
+        with _uninterrupted(drop=bool(report.written)):
+            if stage is not None:
+                stage.close()
+            if created and out_dir.is_dir() and not any(out_dir.iterdir()):
+                out_dir.rmdir()
 
 
 # --------------------------------------------------------------------------------- main
 def _parser() -> argparse.ArgumentParser:
     from napari_microml import __version__
 
-    ap = argparse.ArgumentParser(prog="microml", description="napari-microml batch tools.")
+    fmt = argparse.RawDescriptionHelpFormatter
+    ap = argparse.ArgumentParser(prog="microml", description="napari-microml batch tools.",
+                                 epilog=EXIT_CODES, formatter_class=fmt)
     ap.add_argument("--version", action="version", version=f"napari-microml {__version__}")
     sub = ap.add_subparsers(dest="command")
-    sub.add_parser("models", help="list shipped models with their sha256")
+    sub.add_parser("models", help="list shipped models with their sha256", epilog=EXIT_CODES,
+                   formatter_class=fmt)
     for name, ad in ADAPTERS.items():
-        sp = sub.add_parser(name, help=ad.help)
+        sp = sub.add_parser(name, help=ad.help, description=ad.help, epilog=EXIT_CODES,
+                            formatter_class=fmt)
         sp.add_argument("inputs", nargs="+", metavar="INPUT", help="files, folders or stacks")
         sp.add_argument("--out", required=True, help="output folder")
+        sp.add_argument("--overwrite", action="store_true",
+                        help="replace result files of the same names already in --out (default: "
+                             "refuse, exit 2, naming them)")
+        sp.add_argument("--keep-going", action="store_true",
+                        help="when some inputs fail, still write the others' results (exit 3, the "
+                             "failed inputs named on stderr); default: all or nothing")
         sp.add_argument("--scheduler", default=None,
                         help="dask.distributed scheduler address (default: local threads)")
         sp.add_argument("--workers", type=int, default=None,
@@ -508,6 +1000,30 @@ def _parser() -> argparse.ArgumentParser:
                             help="resample each frame's lattice for the network: auto (default) "
                                  f"outside the trained range (atoms: also noisy lattices above {NOISY_PERIOD:g} px), "
                                  f"always to a {TARGET:g} px period, off never")
+        if name == "atoms":
+            sp.add_argument("--contrast", default="auto", choices=list(CONTRASTS),
+                            help="columns brighter than the background (bright: HAADF/ADF/STM), "
+                                 "darker (dark: ABF/BF), or auto: decided per image (default)")
+        if name == "complete":
+            grp = sp.add_mutually_exclusive_group()
+            grp.add_argument("--mask", default=None, metavar="FILE",
+                             help="image of the measured pixels (non-zero = measured), same size as "
+                                  "the scan (or a stack of them); default: NaN pixels are unmeasured")
+            grp.add_argument("--coords", default=None, metavar="FILE",
+                             help="scan positions, two integer columns per line (x, y; see "
+                                  "--coords-order); with a movie input (one frame per position) the "
+                                  "frame sums are the measured values")
+            grp.add_argument("--zeros-unmeasured", action="store_true",
+                             help="pixels equal to 0 were not measured (never assumed otherwise: a "
+                                  "measured 0 is a real value)")
+            sp.add_argument("--coords-order", default="xy", choices=["xy", "yx"],
+                            help="column order in --coords (Direct Electron files: xy, the default)")
+            sp.add_argument("--scan-info", default=None, metavar="FILE",
+                            help="Direct Electron *_info.txt: scan size and ROI offset for --coords")
+        if name == "spectra":
+            sp.add_argument("--channels-last", action="store_true",
+                            help="treat the last axis as spectral channels even though the file names "
+                                 "no spectral axis (plain .npy/.tif arrays of spectra)")
     return ap
 
 
@@ -524,63 +1040,86 @@ def _models() -> int:
     return 0
 
 
-def _exit_cleanly_on_sigterm():
-    """Turn SIGTERM (``kill``, job schedulers, ``timeout``) into KeyboardInterrupt so the
-    temporary folder is removed and nothing half-written stays in ``--out``."""
-    import signal
+def _install_handlers() -> dict:
+    """SIGINT and SIGTERM (``kill``, job schedulers, ``timeout``) → KeyboardInterrupt, so the
+    staging folder is removed and nothing half-written stays in ``--out``."""
     import threading
 
     if threading.current_thread() is not threading.main_thread():
-        return None
-
-    def handler(signum, frame):
-        raise KeyboardInterrupt
-
-    try:
-        return signal.signal(signal.SIGTERM, handler)
-    except (ValueError, OSError):  # not allowed here (embedded interpreters)
-        return None
+        return {}
+    previous = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            previous[sig] = signal.signal(sig, _on_signal)
+        except (ValueError, OSError):  # not allowed here (embedded interpreters)
+            pass
+    return previous
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``microml`` console script; returns the exit code."""
-    ap = _parser()
-    args = ap.parse_args(argv)
-    if args.command is None:
-        ap.print_help(sys.stderr)
-        return 2
-    if args.command == "models":
-        return _models()
-    if args.workers is not None and args.workers < 1:
-        print("microml: error: --workers must be at least 1.", file=sys.stderr)
-        return 2
-    previous = _exit_cleanly_on_sigterm()
+    """Entry point of the ``microml`` console script; returns the exit code (see EXIT_CODES)."""
+    previous = _install_handlers()
+    command = ""
     try:
-        written = run_tool(args.command, args.inputs, args.out, device=args.device,
-                           scheduler=args.scheduler, workers=args.workers,
-                           progress=not args.quiet, model=getattr(args, "model", None),
-                           rescale=getattr(args, "rescale", None))
+        ap = _parser()
+        args = ap.parse_args(argv)
+        command = args.command or ""
+        if args.command is None:
+            ap.print_help(sys.stderr)
+            return EXIT_USAGE
+        if args.command == "models":
+            return _models()
+        if args.workers is not None and args.workers < 1:
+            print("microml: error: --workers must be at least 1.", file=sys.stderr)
+            return EXIT_USAGE
+        scan = ScanMask(getattr(args, "mask", None), getattr(args, "coords", None),
+                        getattr(args, "coords_order", "xy"), getattr(args, "scan_info", None),
+                        getattr(args, "zeros_unmeasured", False))
+        argv_used = list(sys.argv[1:] if argv is None else argv)
+        try:
+            report = run_tool(args.command, args.inputs, args.out, device=args.device,
+                              scheduler=args.scheduler, workers=args.workers,
+                              progress=not args.quiet, model=getattr(args, "model", None),
+                              rescale=getattr(args, "rescale", None),
+                              contrast=getattr(args, "contrast", "auto"),
+                              overwrite=args.overwrite, keep_going=args.keep_going, scan=scan,
+                              channels_last=getattr(args, "channels_last", False),
+                              command=["microml", *argv_used])
+        except InputError as err:
+            print(f"microml: error: {err}", file=sys.stderr)
+            return EXIT_USAGE
+        except Exception as err:  # noqa: BLE001 - one line for the user, nothing written
+            msg = _one_line(err)
+            kind = "" if isinstance(err, ToolError) else f"{type(err).__name__}: "
+            print(f"microml: {args.command} failed: {kind}{msg}; nothing was written.", file=sys.stderr)
+            return EXIT_FAILED
+        for f in report.failed:
+            print(f"microml: {args.command}: {f.name}: {'error: ' if f.bad_input else 'failed: '}"
+                  f"{f.reason}", file=sys.stderr)
+        for f in report.empty:
+            print(f"microml: {args.command}: {f.name}: {f.reason}", file=sys.stderr)
+        if not args.quiet or report.failed or report.empty:
+            gave = report.inputs - len(report.failed) - len(report.empty)
+            print(f"microml {args.command}: wrote {_plural(len(report.written), 'file')} to {args.out} "
+                  f"({gave} of {_plural(report.inputs, 'input')} gave results)", file=sys.stderr)
+        for p in report.written:
+            print(p)
+        return report.exit_code
     except KeyboardInterrupt:
-        print(f"microml: {args.command} interrupted; nothing was written.", file=sys.stderr)
-        return 130
-    except InputError as err:
-        print(f"microml: error: {err}", file=sys.stderr)
-        return 2
-    except Exception as err:  # noqa: BLE001 - one line for the user, nothing written
-        msg = " ".join(str(err).split()) or type(err).__name__
-        print(f"microml: {args.command} failed: {type(err).__name__}: {msg}", file=sys.stderr)
-        return 1
-    finally:
-        if previous is not None:
-            import signal
-
-            signal.signal(signal.SIGTERM, previous)
-    if not args.quiet:
-        print(f"microml {args.command}: wrote {len(written)} file(s) to {args.out}",
+        for sig in previous:  # a second Ctrl-C while reporting changes nothing
+            signal.signal(sig, signal.SIG_IGN)
+        print(f"microml: {command + ' ' if command else ''}interrupted; nothing was written.",
               file=sys.stderr)
-    for p in written:
-        print(p)
-    return 0
+        if _CONSOLE:  # do not wait for worker threads still inside a frame
+            sys.stderr.flush()
+            os._exit(EXIT_INTERRUPTED)
+        return EXIT_INTERRUPTED
+    finally:
+        for sig, handler in previous.items():
+            if _CONSOLE:  # the process exits next: a late Ctrl-C changes nothing
+                signal.signal(sig, signal.SIG_IGN)
+            elif handler is not None:
+                signal.signal(sig, handler)
 
 
 if __name__ == "__main__":  # pragma: no cover

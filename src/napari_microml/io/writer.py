@@ -7,6 +7,12 @@ Every output carries physical units and the provenance recorded in
   ``y_<unit>``, ``x_<unit>`` (``pixel * scale + translate``), then every feature column.
   A ``<file>.json`` sidecar holds scale, translate, units, axis labels and provenance.
 * :func:`write_labels_tiff`: int32 TIFF, a JSON description (provenance, scale, units).
+* :func:`write_image_tiff`: a result map (completed scan, uncertainty, shift map) as a TIFF in
+  the map's own dtype, with the same JSON description.
+* :func:`write_defects_csv`: the per-defect table, preceded by ``# `` lines (counts per class,
+  image, pixel size, provenance); the one writer of that format (table dock and CLI).
+* :func:`is_microml_output`: whether a file was written by these writers (so batch runs never
+  read an earlier run's results back as inputs).
 * :func:`write_bundle`: a zarr group, one array per layer, attrs hold layer type, scale,
   translate, units, axis labels, features (JSON columns) and provenance.
 """
@@ -184,6 +190,18 @@ def read_points_csv(path: str) -> tuple:
 
 
 # ------------------------------------------------------------------------------- labels
+def _tiff_description(fmt: str, attributes: dict, ndim: int) -> dict:
+    """The JSON a result TIFF carries: format, name, geometry, axis labels, provenance."""
+    scale, translate, units = _geometry(attributes, ndim)
+    return {
+        "format": fmt,
+        "name": (attributes or {}).get("name"),
+        "scale": scale, "translate": translate, "units": units,
+        "axis_labels": [str(a) for a in _per_axis((attributes or {}).get("axis_labels"), ndim, "")],
+        KEY: _provenance(attributes),
+    }
+
+
 def write_labels_tiff(path: str, data: Any, attributes: dict) -> list[str]:
     """Write a Labels layer as an int32 TIFF with a JSON description (npe2 writer).
 
@@ -197,18 +215,41 @@ def write_labels_tiff(path: str, data: Any, attributes: dict) -> list[str]:
         raise ValueError(f"Labels must be integers, got {arr.dtype}.")
     if arr.size and (arr.max() > np.iinfo(np.int32).max or arr.min() < np.iinfo(np.int32).min):
         raise ValueError("Label values do not fit in int32.")
-    scale, translate, units = _geometry(attributes, arr.ndim)
-    desc = {
-        "format": "napari-microml-labels/1",
-        "name": (attributes or {}).get("name"),
-        "scale": scale, "translate": translate, "units": units,
-        "axis_labels": [str(a) for a in _per_axis((attributes or {}).get("axis_labels"),
-                                                   arr.ndim, "")],
-        KEY: _provenance(attributes),
-    }
+    desc = _tiff_description("napari-microml-labels/1", attributes, arr.ndim)
     path = str(path)
     tifffile.imwrite(path, arr.astype(np.int32), description=json.dumps(desc), metadata=None)
     return [path]
+
+
+def write_image_tiff(path: str, data: Any, attributes: dict) -> list[str]:
+    """Write a result map as a TIFF in its own dtype (float64 stays float64) with the JSON
+    description of :func:`write_labels_tiff` (format ``napari-microml-image/1``)."""
+    import tifffile
+
+    arr = np.asarray(data)
+    if arr.dtype.kind not in "biuf":
+        raise ValueError(f"A result map must hold numbers, got {arr.dtype}.")
+    desc = _tiff_description("napari-microml-image/1", attributes, arr.ndim)
+    path = str(path)
+    tifffile.imwrite(path, arr, description=json.dumps(desc), metadata=None)
+    return [path]
+
+
+def is_microml_output(path) -> bool:
+    """True for a TIFF written by this module (its description names a napari-microml format
+    or carries napari-microml provenance); False for anything else, unreadable files included."""
+    p = Path(path)
+    if p.suffix.lower() not in (".tif", ".tiff") or not p.is_file():
+        return False
+    try:
+        import tifffile
+
+        with tifffile.TiffFile(str(p)) as tif:
+            desc = json.loads(tif.pages[0].description or "{}")
+    except Exception:  # noqa: BLE001 - not ours, or not readable: the reader will say why
+        return False
+    return isinstance(desc, dict) and (
+        str(desc.get("format", "")).startswith("napari-microml") or KEY in desc)
 
 
 def read_labels_tiff(path: str) -> tuple:
@@ -228,6 +269,30 @@ def read_labels_tiff(path: str) -> tuple:
     if desc.get(KEY):
         kwargs["metadata"] = {KEY: desc[KEY]}
     return data.astype(np.int32, copy=False), kwargs, "labels"
+
+
+# ------------------------------------------------------------------------------ defects
+def write_defects_csv(path, table, counts=None, *, provenance: dict | None = None,
+                      image: str | None = None, pixel_size: float | None = None) -> str:
+    """Write the per-defect table to CSV, preceded by ``# `` lines with the counts per class,
+    the image, the pixel size (nm/px) and the provenance as one JSON line.
+
+    Read it back with ``pandas.read_csv(path, comment="#")``.
+    """
+    lines = ["# napari-microml defect table",
+             f"# image: {image if image is not None else 'unknown'}",
+             f"# pixel_size_nm: {pixel_size if pixel_size else 'unknown (positions in px)'}"]
+    if counts is not None:
+        for _, c in counts.iterrows():
+            dens = c.get("density_per_nm2", np.nan)
+            extra = f", {dens:.4g} per nm²" if np.isfinite(dens) else ""
+            lines.append(f"# count {c['class']}: {int(c['count'])}{extra}")
+    lines.append("# provenance: " + json.dumps(_plain(provenance or {}), ensure_ascii=False))
+    path = Path(path)
+    with path.open("w", encoding="utf-8", newline="") as fh:
+        fh.write("\n".join(lines) + "\n")
+        table.to_csv(fh, index=False)
+    return str(path)
 
 
 # ------------------------------------------------------------------------------- bundle
