@@ -154,10 +154,16 @@ def analyze_lattice_iter(positions, *, image=None, reference=None, pixel_size=No
         good_std = np.isfinite(std_in) & (std_in > 0)
         given = np.where(good_std, std_in, np.nanmedian(std_in[good_std]))
         # the given σ keep their column-to-column pattern; their overall scale is checked
-        # against the fits' residuals (the usual reduced-χ² scaling)
+        # against the fits' residuals
+        # the usual reduced-χ² scaling, per sublattice (dim columns may be fitted worse)
         ratio = from_residuals / given
-        scale = float(np.nanmedian(ratio)) if np.isfinite(ratio).any() else 1.0
-        sigma, source = given * scale, f"given × {scale:.2f} (fit residuals)"
+        scale = np.ones(len(pos))
+        for sub in np.unique(labels):
+            r = ratio[labels == sub]
+            scale[labels == sub] = np.nanmedian(r) if np.isfinite(r).any() else 1.0
+        sigma = given * scale
+        source = "given × " + "/".join(f"{np.median(scale[labels == q]):.2f}" for q in np.unique(labels)) + \
+            " (fit residuals, per sublattice)"
     else:
         sigma, source = from_residuals, "fit residuals"
     strain_std, rotation_std = _strain.strain_std(nb, W, sigma)

@@ -96,14 +96,15 @@ def translations(positions: np.ndarray, *, sample: int = 2000, k: int = 12,
 
 
 def translation_edges(positions: np.ndarray, members: np.ndarray, cell: np.ndarray, *,
-                      k: int = 12) -> tuple[np.ndarray, np.ndarray]:
-    """Pairs (i, j) of ``members`` (global indices) joined by ±a1 or ±a2 of ``cell``.
+                      k: int = 12) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pairs (i, j) of ``members`` (global indices) joined by ±a1 or ±a2 of ``cell``, and the
+    axis (0: a1, 1: a2) of each.
 
     Neighbour vectors are matched to the nearest whole translation; a tolerance of TOL of the
     shorter cell vector keeps a few % of strain and the fringes of a dislocation."""
     pts = positions[members]
     if len(pts) < 2:
-        return np.zeros(0, int), np.zeros(0, int)
+        return np.zeros(0, int), np.zeros(0, int), np.zeros(0, int)
     tree = cKDTree(pts)
     kk = min(k + 1, len(pts))
     _, nb = tree.query(pts, k=kk, workers=-1)
@@ -116,7 +117,8 @@ def translation_edges(positions: np.ndarray, members: np.ndarray, cell: np.ndarr
     tol = TOL * min(np.linalg.norm(cell, axis=1))
     unit = (np.abs(whole).sum(axis=-1) == 1) & (resid < tol)
     rows = np.broadcast_to(np.arange(len(pts))[:, None], nb.shape)[unit]
-    return members[rows], members[nb[unit]]
+    axis = (np.abs(whole[..., 1]) == 1)[unit].astype(int)
+    return members[rows], members[nb[unit]], axis
 
 
 def _components(n_all: int, members: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
@@ -152,18 +154,31 @@ def _otsu(values: np.ndarray) -> float:
     return 0.5 * (v[j] + v[j + 1])
 
 
+def _periodic_split(bright: np.ndarray, i: np.ndarray, j: np.ndarray, axis: np.ndarray) -> bool:
+    """Whether a bright/dim labelling repeats with the lattice: along each cell vector the
+    neighbours are (almost) always alike or (almost) always unlike, and unlike along at least
+    one (a checkerboard, or stripes, of an index-2 superlattice). Noise or thickness gives
+    neither."""
+    unlike = []
+    for a in (0, 1):
+        sel = axis == a
+        if sel.sum() < 10:
+            return False
+        unlike.append(float((bright[i[sel]] != bright[j[sel]]).mean()))
+    return all(u >= CHECKER or u <= 1 - CHECKER for u in unlike) and max(unlike) >= CHECKER
+
+
 def _split(positions, members, cell, rel, depth) -> list[tuple[np.ndarray, np.ndarray]]:
     """Groups (members, cell) of one geometric site, split further by intensity when it
-    alternates over the translation graph (each split halves the symmetry: A/B of a perovskite)."""
+    repeats over the translation graph (each split halves the symmetry: A/B of a perovskite)."""
     if rel is None or depth >= 3 or len(members) < 12:
         return [(members, cell)]
-    i, j = translation_edges(positions, members, cell)
+    i, j, axis = translation_edges(positions, members, cell)
     if len(i) < 20:
         return [(members, cell)]
     bright = rel > _otsu(rel[members])
-    cross = float((bright[i] != bright[j]).mean())
     frac = float(bright[members].mean())
-    if cross < CHECKER or not 0.1 <= frac <= 0.9:
+    if not 0.1 <= frac <= 0.9 or not _periodic_split(bright, i, j, axis):
         return [(members, cell)]
     try:
         coarse = translations(positions[members[bright[members]]])
@@ -171,9 +186,7 @@ def _split(positions, members, cell, rel, depth) -> list[tuple[np.ndarray, np.nd
         return [(members, cell)]
     if abs(np.linalg.det(coarse)) < 1.5 * abs(np.linalg.det(cell)):
         return [(members, cell)]
-    ei, ej = translation_edges(positions, members, coarse)
-    comp = _components(len(positions), members, ei, ej)
-    groups = _big_groups(members, comp)
+    groups = _sites(positions, members, coarse)
     if len(groups) < 2:
         return [(members, cell)]
     out = []
@@ -182,12 +195,38 @@ def _split(positions, members, cell, rel, depth) -> list[tuple[np.ndarray, np.nd
     return out
 
 
-def _big_groups(members: np.ndarray, comp: np.ndarray, share: float = 0.08) -> list[np.ndarray]:
-    """Members of the components holding at least ``share`` of the columns (the sites); the
-    columns of small components (isolated by vacancies or at edges) are left for ``_adopt``."""
+def _sites(positions: np.ndarray, members: np.ndarray, cell: np.ndarray, share: float = 0.08
+           ) -> list[np.ndarray]:
+    """The sites of ``members`` on the lattice ``cell``, largest first.
+
+    Connected pieces of the translation graph whose columns sit at the same fractional offset
+    from the largest piece are one site (rows of a site that only repeats along one cell vector,
+    such as the O columns of SrTiO3 seen along [110], come as separate chains); sites holding
+    less than ``share`` of the columns are left for ``_adopt``."""
+    i, j, _ = translation_edges(positions, members, cell)
+    comp = _components(len(positions), members, i, j)
     ids, counts = np.unique(comp, return_counts=True)
-    big = ids[counts >= max(3, share * len(members))]
-    return [members[comp == c] for c in big[np.argsort(-counts[np.isin(ids, big)], kind="stable")]]
+    main = members[comp == ids[np.argmax(counts)]]
+    dist, near = cKDTree(positions[main]).query(positions[members], k=1)
+    frac = (positions[members] - positions[main[near]]) @ np.linalg.inv(cell)
+    frac -= np.round(frac)                              # offset within the cell, −½…½
+    tol = TOL * min(np.linalg.norm(cell, axis=1))
+    offsets: list[np.ndarray] = []                      # one per site, in cell fractions
+    site_of = np.empty(len(ids), int)
+    for q, c in enumerate(ids):
+        off = np.median(frac[comp == c], axis=0)
+        for s, o in enumerate(offsets):
+            d = off - o
+            if np.linalg.norm((d - np.round(d)) @ cell) < tol:
+                site_of[q] = s
+                break
+        else:
+            offsets.append(off)
+            site_of[q] = len(offsets) - 1
+    site = site_of[np.searchsorted(ids, comp)]
+    sizes = np.bincount(site)
+    big = [s for s in np.argsort(-sizes, kind="stable") if sizes[s] >= max(3, share * len(members))]
+    return [members[site == s] for s in big]
 
 
 def _adopt(positions, labels, cell, tree, rounds: int = 4) -> np.ndarray:
@@ -224,9 +263,7 @@ def assign_sublattices(positions: np.ndarray, intensity: np.ndarray | None = Non
     tree = tree or cKDTree(positions)
     d0 = nn_distance(positions, tree) if d0 is None else d0
     fine = translations(positions, tree=tree, d0=d0)
-    everyone = np.arange(n)
-    i, j = translation_edges(positions, everyone, fine)
-    sites = _big_groups(everyone, _components(n, everyone, i, j))
+    sites = _sites(positions, np.arange(n), fine)
     rel = None if intensity is None else relative_intensity(positions, np.asarray(intensity, float), tree, d0)
     groups = []
     for s in sites:
@@ -249,4 +286,6 @@ def assign_sublattices(positions: np.ndarray, intensity: np.ndarray | None = Non
         labels[left] = np.argmin(np.abs(rel[left, None] - means[None, :]), axis=1)
     elif left.any():
         labels[left] = 0 if len(groups) == 1 else -1
+    if len(groups) > 1:  # every sublattice repeats with the crystal's cell: that of sublattice 0
+        cell = translations(positions[labels == 0])
     return labels, cell
