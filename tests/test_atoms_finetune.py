@@ -120,17 +120,25 @@ def test_a_failed_write_leaves_no_file(tmp_path):
 def test_training_crops_stay_out_of_the_validation_strip(rng):
     x = np.zeros((128, 200), np.float32)
     points = np.column_stack([rng.uniform(0, 128, 40), rng.uniform(0, 200, 40)])
-    for side in (0, 1):
+    strips = set()
+    for seed in range(4):
         _, item = ft._prepare(x + rng.normal(size=x.shape).astype(np.float32), points, "plain", 0.2,
-                              side, 64)
-        assert item.axis == 1 and item.hi - item.lo == 40
+                              seed, 64)
+        assert item.hi - item.lo == round(0.2 * x.shape[item.axis])
+        assert item.lo == 0 or item.hi == x.shape[item.axis]
+        strips.add((item.axis, item.lo))
         marked = item.x.copy()
-        marked[:, item.lo:item.hi] = 1e6  # the strip, made recognisable
+        sl = [slice(None), slice(None)]
+        sl[item.axis] = slice(item.lo, item.hi)
+        marked[tuple(sl)] = 1e6  # the strip, made recognisable
         item.x = marked
         for _ in range(200):
             crop, target = ft._crop(item, 64, rng)
             assert crop.shape == (1, 64, 64) and target.shape == (1, 64, 64)
             assert crop.max() < 1e6
+    # atoms only in the top half: the strip is where some of them are
+    _, item = ft._prepare(x, points[points[:, 0] < 60], "plain", 0.2, 0, 64)
+    assert item.in_strip(item.points).any()
 
 
 def test_bad_input_is_explained(frames):
@@ -153,3 +161,38 @@ def test_bad_input_is_explained(frames):
         mm.finetune_atoms([np.zeros((40, 40))], [np.full((6, 2), 20.0)])
     with pytest.raises(TypeError, match="list of 2D arrays"):
         mm.finetune_atoms("image.tif", points)
+
+
+def test_edits_are_counted():
+    before = np.array([[10.0, 10.0], [10.0, 30.0], [30.0, 10.0], [30.0, 30.0]])
+    after = np.vstack([before[:3], [[50.0, 50.0], [60.0, 60.0]]])
+    after[1] += [0.0, 1.5]  # moved
+    after[2] += [0.2, 0.0]  # a nudge below moved_px
+    assert ft.count_edits(before, after) == {"added": 2, "removed": 1, "moved": 1}
+    assert ft.count_edits(before, before) == {"added": 0, "removed": 0, "moved": 0}
+
+
+def test_review_puts_doubtful_points_first():
+    import pandas as pd
+
+    grid = np.array([[r, c] for r in range(10, 100, 10) for c in range(10, 100, 10)], float)
+    pos = np.vstack([grid, [[52.0, 50.0]]])  # a crowded extra peak beside (50, 50)
+    features = pd.DataFrame({"score": np.full(len(pos), 0.95), "position_std": np.full(len(pos), 0.1)})
+    features.loc[5, "score"] = 0.52  # just above the threshold
+    features.loc[7, "position_std"] = 2.0
+    order, words = ft.review_order(pos, features, threshold=0.5)
+    assert set(order[:4]) == {5, 7, len(pos) - 1, 40}  # 40 is (50, 50), crowded by the extra peak
+    assert "near the threshold" in words[5] and "uncertain by 2.0 px" in words[7]
+    assert "nearest neighbour" in words[len(pos) - 1]
+    assert words[0] == "looks certain"
+    assert sorted(order) == list(range(len(pos)))
+
+
+def test_unsure_detections_are_reported():
+    import pandas as pd
+
+    sure = pd.DataFrame({"score": np.full(40, 0.95)})
+    assert ft.unsure_note(sure) == ""
+    unsure = pd.DataFrame({"score": np.r_[np.full(20, 0.95), np.full(20, 0.55)]})
+    assert "50% of the detections are unsure" in ft.unsure_note(unsure)
+    assert ft.unsure_note(pd.DataFrame({"score": [0.5, 0.5]})) == ""  # too few to say

@@ -1,0 +1,323 @@
+"""The "Teach the atom finder" dock widget: fine-tune on the user's corrected Points layers.
+
+Pairs of an Image layer and the Points layer the user corrected (found by the Atom finder's
+"<image> atoms" naming, or added by hand) → Fine-tune / Stop with a live loss and held-out F1
+plot → the new model is selected in the Atom finder. A review list walks the least certain
+detections first and counts the points added, removed and moved per image.
+"""
+from __future__ import annotations
+
+import napari
+import numpy as np
+from magicgui.widgets import ComboBox, Container, Label, LineEdit, PushButton, Select, SpinBox, create_widget
+
+from napari_microml.atoms.finetune import DEFAULT_STEPS, count_edits, finetune_atoms_iter, review_order
+from napari_microml.runtime.widget import ToolWidget, viewer_camera
+
+ARROW = " ← "
+
+
+def _atom_models() -> list[str]:
+    from napari_microml.nets.registry import list_models
+
+    return [n.removeprefix("atoms-") for n in list_models("atoms")] or ["default"]
+
+
+def _user_models() -> list[str]:
+    from napari_microml.nets.user_models import list_user_models
+
+    return [n.removeprefix("atoms-") for n in list_user_models("atoms")]
+
+
+def _in_image_pixels(points, image) -> np.ndarray:
+    """(N, 2) positions of a 2D Points layer in the pixels of a 2D Image layer (through world
+    coordinates, so differing scales or offsets of the two layers do not matter)."""
+    pts = np.asarray(points.data, float)[:, -2:]
+    same = all(np.allclose(getattr(points, k)[-2:], getattr(image, k)[-2:]) for k in ("scale", "translate"))
+    if same and np.allclose(points.affine.affine_matrix, image.affine.affine_matrix):
+        return pts
+    return np.array([image.world_to_data(points.data_to_world(p)) for p in pts]).reshape(-1, 2)
+
+
+class TeachAtomsWidget(ToolWidget):
+    tool_name = "teach_atom_finder"
+
+    def __init__(self, viewer: napari.viewer.Viewer):
+        self.viewer = viewer  # the pair list reads the layers while it is built
+        self._extra_pairs: list[tuple[str, str]] = []
+        self._snapshots: dict = {}  # points layer's unique id → its points when first seen
+        self._history: list[dict] = []
+        self._edited: set[str] = set()  # pairs already selected because their points were edited
+        self._review: tuple = (None, np.zeros(0, int), [], 0)
+        self.pairs = Select(label="Images ← points", choices=self._pair_choices,
+                            tooltip="Image layers and the Points layers you corrected on them; all "
+                                    "selected pairs are used")
+        self.pairs.native.setMaximumHeight(90)
+        self.pair_image = create_widget(annotation=napari.layers.Image, label="Other pair: image")
+        self.pair_points = create_widget(annotation=napari.layers.Points, label="      points")
+        self.add_pair = PushButton(text="Add this pair")
+        self.base = ComboBox(label="Start from", choices=lambda _w: _atom_models(), value="default")
+        self.steps = SpinBox(label="Most steps", value=DEFAULT_STEPS, min=1, max=20000,
+                             tooltip="Training stops earlier when the F1 on your held-out points "
+                                     "stops improving")
+        self.model_name = LineEdit(label="New model name", value="",
+                                   tooltip="Empty: tuned-<date>-<time>")
+        self.edits = Label(label="Your edits", value="–")
+        self.edits.tooltip = "Points added, removed and moved since this panel first saw each layer"
+        self.next_uncertain = PushButton(text="Review: next least certain point")
+        self.next_uncertain.tooltip = ("Centre the view on the next detection worth checking: score "
+                                       "near the threshold, uncertain position, or an odd spacing")
+        self.my_models = ComboBox(label="My models", choices=lambda _w: _user_models())
+        self.delete_button = PushButton(text="Delete model")
+        super().__init__(viewer, [self.pairs, self.pair_image, self.pair_points, self.add_pair,
+                                  self.base, self.steps, self.model_name])
+        self.run_button.text = "Fine-tune"
+        self.edits.native.setWordWrap(True)
+        self._plot = self._make_plot()
+        self.extend([self.edits, self.next_uncertain,
+                     Container(widgets=[self.my_models, self.delete_button], layout="horizontal",
+                               labels=False)])
+        self.add_pair.changed.connect(self._on_add_pair)
+        self.next_uncertain.changed.connect(self._on_next_uncertain)
+        self.delete_button.changed.connect(self._on_delete)
+        self.pairs.changed.connect(self._update_edits)
+        self.my_models.changed.connect(lambda *_: setattr(self.delete_button, "text", "Delete model"))
+        for event in (viewer.layers.events.inserted, viewer.layers.events.removed):
+            event.connect(self._on_layers_changed)
+        for layer in viewer.layers:
+            self._watch(layer)
+        self.pairs.value = list(self.pairs.choices)
+        self._update_edits()
+
+    # -- pairs ----------------------------------------------------------------------------
+    def _pair_choices(self, _widget=None) -> list[str]:
+        layers = self.viewer.layers
+        found = []
+        for pts in layers:
+            if not isinstance(pts, napari.layers.Points) or not pts.name.endswith(" atoms"):
+                continue
+            image = pts.name.removesuffix(" atoms")
+            if image in layers and isinstance(layers[image], napari.layers.Image):
+                found.append((image, pts.name))
+        found += [p for p in self._extra_pairs if p[0] in layers and p[1] in layers and p not in found]
+        return [ARROW.join(p) for p in found]
+
+    def _selected_pairs(self) -> list[tuple]:
+        layers, out = self.viewer.layers, []
+        for text in self.pairs.value:
+            image, points = text.split(ARROW)
+            if image in layers and points in layers:  # a layer may be going away right now
+                out.append((layers[image], layers[points]))
+        return out
+
+    def reset_choices(self, *args):
+        chosen = set(self.pairs.value)
+        super().reset_choices(*args)
+        # a new finder result is not a correction: its pair is selected once its points are edited
+        self.pairs.value = [c for c in self.pairs.choices if c in chosen]
+
+    def _on_layers_changed(self, event=None):
+        if event is not None and getattr(event, "value", None) is not None:
+            self._watch(event.value)
+        self.reset_choices()
+        self._update_edits()
+
+    def _watch(self, layer):
+        if isinstance(layer, napari.layers.Points):
+            layer.events.data.connect(self._update_edits)
+            layer.events.name.connect(lambda *_: self.reset_choices())
+
+    def _on_add_pair(self, *_):
+        image, points = self.pair_image.value, self.pair_points.value
+        if image is None or points is None:
+            self._say("Pick an image layer and the points layer you corrected on it.")
+            return
+        pair = (image.name, points.name)
+        if pair not in self._extra_pairs:
+            self._extra_pairs.append(pair)
+        self.reset_choices()
+        self.pairs.value = list({*self.pairs.value, ARROW.join(pair)})
+        self._update_edits()
+
+    # -- edits and review -----------------------------------------------------------------
+    def _snapshot(self, points) -> np.ndarray:
+        """The layer's points when this widget first saw them (the finder's output, usually)."""
+        key = getattr(points, "unique_id", points.name)  # napari hands plugins proxies: no id()
+        if key not in self._snapshots:
+            self._snapshots[key] = np.asarray(points.data, float)[:, -2:].copy()
+        return self._snapshots[key]
+
+    def _update_edits(self, *_):
+        lines, select = [], []
+        for text in self.pairs.choices:
+            name = text.split(ARROW)[1]
+            if name not in self.viewer.layers:
+                continue
+            points = self.viewer.layers[name]
+            counts = count_edits(self._snapshot(points), np.asarray(points.data, float)[:, -2:])
+            if any(counts.values()) and text not in self._edited:
+                self._edited.add(text)  # selected once; the user may deselect it again
+                select.append(text)
+            lines.append(f"{points.name}: +{counts['added']} added, −{counts['removed']} removed, "
+                         f"{counts['moved']} moved")
+        self.edits.value = "\n".join(lines) or "–"
+        if select:
+            self.pairs.value = list(dict.fromkeys([*self.pairs.value, *select]))
+
+    def _on_next_uncertain(self, *_):
+        pairs = self._selected_pairs()
+        if not pairs:
+            self._say("Nothing to review: run the Atom finder on an image first.")
+            return
+        name, order, words, k = self._review
+        names = [p.name for _, p in pairs]
+        if name not in names or k >= len(order):  # start, or go on with the next image
+            name = names[0] if name not in names else names[(names.index(name) + 1) % len(names)]
+            layer = self.viewer.layers[name]
+            meta = (layer.metadata.get("napari_microml") or {}).get("parameters", {})
+            order, words = review_order(np.asarray(layer.data)[:, -2:], layer.features,
+                                        float(meta.get("threshold", 0.5)))
+            k = 0
+        layer = self.viewer.layers[name]
+        if not len(order):
+            self._say(f"{name} has no points to review.")
+            return
+        i = int(order[k])
+        self._review = (name, order, words, k + 1)
+        world = layer.data_to_world(np.asarray(layer.data)[i])
+        camera = viewer_camera(self.viewer)
+        camera.center = tuple(world[-2:])
+        self.viewer.layers.selection.active = layer
+        layer.selected_data = {i}
+        self._say(f"{layer.name}, point {k + 1} of {len(order)} to check: {words[i]}.")
+
+    # -- fine-tune ------------------------------------------------------------------------
+    def make_job(self):
+        pairs = self._selected_pairs()
+        if not pairs:
+            raise ValueError("Select at least one image with its corrected points (run the Atom "
+                             "finder, correct its points, then fine-tune).")
+        images, positions, names = [], [], []
+        for image, points in pairs:
+            if image.rgb or image.ndim != 2 or points.ndim != 2:
+                raise ValueError(f"{image.name!r}: fine-tuning needs single 2D grey images; pick one "
+                                 "frame of a stack as its own layer.")
+            images.append(np.asarray(image.data, np.float32))
+            positions.append(_in_image_pixels(points, image))
+            names.append(image.name)
+        kwargs = dict(base=self.base.value, steps=int(self.steps.value), device=self.device_choice.value,
+                      name=self.model_name.value.strip() or None, image_names=names)
+        self._history = []
+        self._draw()
+
+        def job():
+            return (yield from finetune_atoms_iter(images, positions, **kwargs))
+
+        return job
+
+    def start(self, job=None, on_result=None):
+        worker = super().start(job, on_result)
+        if worker is not None and on_result is None:
+            self.run_button.text = "Stop"
+        return worker
+
+    def _on_finished(self):
+        super()._on_finished()
+        if self.worker is None:
+            self.run_button.text = "Fine-tune"
+
+    def _finish(self):  # where ToolWidget versions that queue GUI updates end a run
+        super()._finish()
+        self.run_button.text = "Fine-tune"
+
+    def cancel(self):
+        super().cancel()
+        self._say("Stopping… (no model is written)")
+
+    def _on_yield(self, message):
+        if isinstance(message, tuple) and message and message[0] == "loss":
+            self._history.append({"step": message[1], **message[3]})
+            self._draw()
+            return
+        super()._on_yield(message)
+
+    def show_result(self, result):
+        from napari.utils.notifications import show_info, show_warning
+
+        self.my_models.reset_choices()
+        self.base.reset_choices()
+        if result.kept_base:
+            self._say(result.reason)
+            show_warning(result.reason)
+            return
+        finders = self._select_in_finders(result.name)
+        where = (" It is now selected in the Atom finder: press Run there on your other images."
+                 if finders else " Choose it in the Atom finder's Model list.")
+        self._say(result.reason + where)
+        show_info(result.reason)
+
+    def _select_in_finders(self, name: str | None) -> int:
+        """Refresh the Model list of every open Atom finder (and select ``name`` there)."""
+        from napari_microml.atoms.widget import AtomFinderWidget
+
+        n = 0
+        for widget in list(self.viewer.window.dock_widgets.values()):
+            if isinstance(widget, AtomFinderWidget):
+                widget.model.choices = lambda _w: _atom_models()  # later layer events refresh it too
+                if name is not None:
+                    widget.model.value = name
+                n += 1
+        return n
+
+    # -- user models --------------------------------------------------------------------------
+    def _on_delete(self, *_):
+        from napari_microml.nets.user_models import delete_user_model
+
+        name = self.my_models.value
+        if not name:
+            self._say("You have no fine-tuned models to delete.")
+            return
+        if self.delete_button.text != "Really delete?":  # a second click confirms
+            self.delete_button.text = "Really delete?"
+            self._say(f"Click again to delete your model {name!r} for good.")
+            return
+        delete_user_model(name)
+        self.delete_button.text = "Delete model"
+        self.my_models.reset_choices()
+        self.base.reset_choices()
+        self._select_in_finders(None)
+        self._say(f"Deleted your model {name!r}.")
+
+    # -- plot -------------------------------------------------------------------------------
+    def _make_plot(self):
+        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+        from matplotlib.figure import Figure
+
+        figure = Figure(figsize=(3.2, 2.0), dpi=90, tight_layout=True)
+        canvas = FigureCanvasQTAgg(figure)
+        canvas.setMinimumHeight(170)
+        self.native.layout().addWidget(canvas)
+        self._axes = figure.add_subplot(111)
+        self._axes_f1 = self._axes.twinx()
+        self._draw()
+        return canvas
+
+    def _draw(self):
+        if not hasattr(self, "_axes"):
+            return
+        ax, ax2 = self._axes, self._axes_f1
+        ax.clear()
+        ax2.clear()
+        rows = [r for r in self._history if r.get("loss") is not None]
+        ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], color="#1f77b4", label="loss")
+        ax2.plot([r["step"] for r in self._history], [r["val_f1"] for r in self._history], "o-",
+                 color="#d62728", ms=3, label="held-out F1")
+        ax.set_xlabel("step", fontsize=8)
+        ax.set_ylabel("training loss", fontsize=8, color="#1f77b4")
+        ax2.set_ylabel("held-out F1", fontsize=8, color="#d62728")
+        ax2.yaxis.set_label_position("right")  # clear() puts it back on the left
+        ax2.yaxis.tick_right()
+        ax2.set_ylim(0, 1)
+        ax.tick_params(labelsize=7)
+        ax2.tick_params(labelsize=7)
+        self._axes.figure.canvas.draw_idle()
