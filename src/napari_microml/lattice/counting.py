@@ -95,7 +95,7 @@ def cross_sections(image: np.ndarray, positions: np.ndarray) -> tuple[np.ndarray
 
 
 def _em_spaced(x: np.ndarray, c: np.ndarray, g: int, mu1: np.ndarray, step: np.ndarray,
-               iters: int = 200):
+               iters: int = 150):
     """EM for g equal-width components with means mu1 + k·step on values ``x`` with
     multiplicities ``c``, from S starts at once (``mu1``, ``step``: (S,)); returns the best
     start's (loglik, weights, means, sigma)."""
@@ -122,7 +122,7 @@ def _em_spaced(x: np.ndarray, c: np.ndarray, g: int, mu1: np.ndarray, step: np.n
             mu1, step = (skk * sx - sk * skx) / det, (n * skx - sk * sx) / det
         means = mu1[:, None] + k * step[:, None]
         sigma = np.maximum(np.sqrt((cr * (x[None, :, None] - means[:, None, :]) ** 2).sum((1, 2)) / n), floor)
-        if np.all(ll - prev < 1e-7 * np.abs(ll)):
+        if np.all(ll - prev < 1e-6 * np.abs(ll)):
             break
         prev = ll
     b = int(np.argmax(ll))
@@ -155,13 +155,14 @@ def _period(x: np.ndarray, c: np.ndarray, lo: float, hi: float) -> tuple[float, 
     return float(step), float(first)
 
 
-BINS = 1024  # above this many columns EM runs on a histogram this fine (bins ≪ component width)
+BINS = 512  # above this many columns EM runs on a histogram this fine (bins < component width)
 
 
 def fit_mixture(x: np.ndarray, max_components: int) -> tuple[Mixture, np.ndarray]:
     """Best ICL mixture of 1…``max_components`` equally spaced, equal-width components, and the
-    responsibilities (1, N, G). EM starts from the even split of the range and from the comb
-    spacing found in the data."""
+    responsibilities (N, G). EM starts from the even split of the range and from the comb
+    spacing found in the data. The ICL can be worse for every G below the true number of levels
+    (a comb of the wrong spacing fits poorly), so the search runs on to 2 × the best G + 8."""
     x = np.asarray(x, float)
     n = len(x)
     if n > BINS:
@@ -173,7 +174,7 @@ def fit_mixture(x: np.ndarray, max_components: int) -> tuple[Mixture, np.ndarray
     lo, hi = np.percentile(x, [1, 99])
     comb_step, comb_first = _period(xv, cv, lo, hi)
     icl = np.full(max_components, np.nan)
-    best = None
+    best, g_best = None, 1
     for g in range(1, max_components + 1):
         even = (hi - lo) / max(g - 1, 1)
         ll, w, means, sigma = _em_spaced(xv, cv, g, np.array([lo, comb_first]),
@@ -183,10 +184,12 @@ def fit_mixture(x: np.ndarray, max_components: int) -> tuple[Mixture, np.ndarray
         entropy = -float((cv[:, None] * resp[0] * np.log(np.maximum(resp[0], 1e-300))).sum())
         icl[g - 1] = -2 * ll + n_par * np.log(n) + 2 * entropy
         if best is None or icl[g - 1] < best[0]:
-            best = (icl[g - 1], w, means, sigma)
+            best, g_best = (icl[g - 1], w, means, sigma), g
+        if g >= 2 * g_best + 8:  # a finer comb repeats the best one with more parameters
+            break
     _, w, means, sigma = best
     resp, _ = _responsibilities(x, np.ones(n), w, means, sigma)
-    return Mixture(w, means, sigma, icl), resp[0]
+    return Mixture(w, means, sigma, icl[np.isfinite(icl)]), resp[0]
 
 
 def count_atoms_iter(image, positions, *, max_count=None, input_name: str | None = None):

@@ -1,0 +1,368 @@
+"""Lattice analysis dock widget: columns (Points) + image → sublattices, strain, rotation,
+polarisation and atom counts, as features, heatmaps, arrows and a plot dock."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import napari
+import numpy as np
+from magicgui.widgets import (CheckBox, ComboBox, FileEdit, FloatSlider, Label, PushButton, SpinBox,
+                              create_widget)
+
+from napari_microml.runtime.provenance import KEY
+from napari_microml.runtime.widget import ToolWidget, physical_kwargs, pixel_size_nm, upsert_layer
+
+MAPS = ("exx", "eyy", "exy", "rotation")
+FEATURES = ("sublattice", "exx", "eyy", "exy", "rotation", "d_abs", "count", "cross_section",
+            "exx_std", "eyy_std", "exy_std", "rotation_std", "d_row", "d_col", "d_std")
+SUBLATTICE_COLOURS = ("#ff3b30", "#2f80ed", "#27ae60", "#f2c94c", "#9b51e0", "#56ccf2")
+
+
+def diverging():
+    """Blue – white – red, for values centred on 0."""
+    from napari.utils.colormaps import Colormap
+
+    return Colormap(["#2166ac", "#f7f7f7", "#b2182b"], name="microml diverging")
+
+
+@dataclass
+class LatticeRun:
+    """What the worker hands back to the GUI thread."""
+
+    lattice: object
+    counts: object | None
+    maps: dict
+    step: int
+    profile: tuple | None = None
+    notes: list = field(default_factory=list)
+
+
+class LatticeWidget(ToolWidget):
+    tool_name = "lattice_analysis"
+
+    def __init__(self, viewer: napari.viewer.Viewer):
+        self.image_layer = create_widget(annotation=napari.layers.Image, label="Image")
+        self.points_layer = create_widget(annotation=napari.layers.Points, label="Columns")
+        self.shapes_layer = create_widget(annotation=napari.layers.Shapes, label="Region / line",
+                                          options={"nullable": True})
+        self.shapes_layer.tooltip = ("Optional: rectangles or polygons mark the unstrained "
+                                     "reference; a line or path gives a profile in the plot dock")
+        self.contrast = ComboBox(label="Columns are", choices=["bright", "dark"], value="bright",
+                                 tooltip="bright: HAADF/ADF (sublattice 0 = brightest); dark: ABF/BF "
+                                         "(sublattice 0 = darkest; no atom counting)")
+        self.shells = ComboBox(label="Strain fit over", choices=["3×3 cells", "5×5 cells"],
+                               value="3×3 cells",
+                               tooltip="5×5 cells: about 3× less noise, half the resolution")
+        self.count = CheckBox(label="Count atoms (HAADF)", value=True)
+        self.magnification = FloatSlider(label="Arrow ×", value=10.0, min=1.0, max=50.0, step=1.0)
+        self.set_value = SpinBox(label="Sublattice", value=0, min=0, max=9)
+        self.set_button = PushButton(text="Set for selected points")
+        self.set_button.tooltip = "Give the selected points this sublattice; Run then uses your labels"
+        self.csv_path = FileEdit(label="CSV", mode="w", filter="*.csv")
+        self.overwrite = CheckBox(label="Overwrite an existing file", value=False)
+        self.export_button = PushButton(text="Export table (CSV)")
+        self.summary = Label(label="Lattice", value="–")
+        super().__init__(viewer, [self.image_layer, self.points_layer, self.shapes_layer, self.contrast,
+                                  self.shells, self.count, self.magnification])
+        for w in (self.summary, self.set_value, self.set_button, self.csv_path, self.overwrite,
+                  self.export_button):
+            self.append(w)
+        self.summary.native.setWordWrap(True)
+        self.magnification.changed.connect(self._on_magnification)
+        self.set_button.changed.connect(self._on_set_sublattice)
+        self.export_button.changed.connect(self._on_export)
+        self.plot_dock = None
+        self.figure = None
+        self.run_result = None
+
+    # --- inputs -----------------------------------------------------------------------------
+    def _inputs(self):
+        image, points = self.image_layer.value, self.points_layer.value
+        if points is None:
+            raise ValueError("Pick the Points layer of atom columns (run the Atom finder first, or "
+                             "add points).")
+        if points.data.shape[1] != 2:
+            raise ValueError(f"Points layer {points.name!r} has {points.data.shape[1]} dimensions; "
+                             "the lattice analysis takes the columns of one 2D image.")
+        if len(points.data) < 6:
+            raise ValueError(f"Points layer {points.name!r} holds {len(points.data)} points; a "
+                             "lattice needs at least 6.")
+        if image is not None and (image.ndim != 2 or image.rgb):
+            raise ValueError(f"Image {image.name!r} must be one 2D grey image for the lattice "
+                             "analysis (pick a single frame).")
+        return image, points
+
+    @staticmethod
+    def _to_pixels(layer, data, image):
+        """``layer``'s data coordinates (…, 2) → the image's pixels (through world coordinates)."""
+        world = np.asarray(data, float)[..., -2:] * np.asarray(layer.scale[-2:], float) + \
+            np.asarray(layer.translate[-2:], float)
+        if image is None:
+            return world
+        return (world - np.asarray(image.translate[-2:], float)) / np.asarray(image.scale[-2:], float)
+
+    def _shapes(self, image):
+        """Reference polygons and profile lines in image pixels, from the chosen Shapes layer."""
+        shapes = self.shapes_layer.value
+        regions, lines = [], []
+        if shapes is None:
+            return regions, lines
+        for data, kind in zip(shapes.data, shapes.shape_type):
+            px = self._to_pixels(shapes, data, image)
+            if kind in ("rectangle", "polygon", "ellipse"):
+                regions.append(px)
+            elif kind in ("line", "path"):
+                lines.append(px)
+        return regions, lines
+
+    def _user_labels(self, points):
+        meta = points.metadata.get(KEY, {}) if isinstance(points.metadata, dict) else {}
+        if meta.get("lattice_user_sublattice") and "sublattice" in points.features:
+            labels = points.features["sublattice"].to_numpy()
+            if len(labels) == len(points.data) and np.all(labels >= 0):
+                return labels.astype(int)
+        return None
+
+    def make_job(self):
+        from napari_microml.lattice import maps as lmaps
+        from napari_microml.lattice.analyze import analyze_lattice_iter
+        from napari_microml.lattice.counting import count_atoms_iter
+        from napari_microml.runtime.workers import relabel
+
+        image, points = self._inputs()
+        regions, lines = self._shapes(image)
+        data_ref = image.data if image is not None else None
+        pos = self._to_pixels(points, points.data, image)
+        user = self._user_labels(points)
+        std = points.features["position_std"].to_numpy(float) if "position_std" in points.features else None
+        dark = self.contrast.value == "dark"
+        count = bool(self.count.value) and image is not None and not dark
+        shells = 2 if self.shells.value.startswith("5") else 1
+        pixel_size = pixel_size_nm(image) if image is not None else None
+        name = image.name if image is not None else points.name
+        self._source = (image, points)
+
+        def job():
+            img = None
+            if data_ref is not None:
+                img = np.asarray(data_ref, np.float64)
+                if dark:
+                    img = -img
+            reference = lmaps.inside(pos, regions) if regions else None
+            notes = []
+            if reference is not None and reference.sum() < 6:
+                notes.append(f"the reference region holds {int(reference.sum())} columns; all are used")
+                reference = None
+            lat = yield from relabel(
+                analyze_lattice_iter(pos, image=img, reference=reference, pixel_size=pixel_size,
+                                     position_std=std, shells=shells, sublattice=user,
+                                     input_name=name), "lattice: ")
+            cnt = None
+            if count:
+                cnt = yield from relabel(count_atoms_iter(img, pos, input_name=name), "atom counting: ")
+            yield ("progress", 4, 5, "maps")
+            from napari_microml.lattice.sublattice import nn_distance
+
+            step = max(1, int(round(nn_distance(pos) / 4)))
+            shape = img.shape if img is not None else tuple(np.ceil(pos.max(0) + 1).astype(int))
+            values = {"exx": lat.strain[:, 0], "eyy": lat.strain[:, 1], "exy": lat.strain[:, 2],
+                      "rotation": lat.rotation}
+            grids = lmaps.interpolated_maps(pos, values, shape, step)
+            prof = None
+            if lines:
+                width = float(np.linalg.norm(lat.cell, axis=1).min())
+                prof = tuple(lmaps.profile(pos, lat.strain[:, k], lines[0], width) for k in range(3))
+            import matplotlib.backends.backend_qtagg  # noqa: F401 - imported here, not on the GUI thread
+            import matplotlib.figure  # noqa: F401
+
+            return LatticeRun(lat, cnt, grids, step, prof, notes)
+
+        return job
+
+    # --- results ----------------------------------------------------------------------------
+    def show_result(self, run: LatticeRun) -> None:
+        """Write the results one layer at a time, letting the event loop run in between (each
+        new layer costs napari ~0.1–0.4 s to build; together they would freeze the window)."""
+        from qtpy.QtWidgets import QApplication
+
+        self.run_result = run
+        for step in (self._write_points, *[lambda run, k=k: self._write_map(run, k) for k in MAPS],
+                     self._write_vectors, self._plot):
+            step(run)
+            QApplication.processEvents()
+        self.viewer.layers.selection.active = self._source[1]
+        self.status.value = "Done."
+        self._summary(run)
+
+    def _names(self):
+        image, points = self._source
+        return (image.name if image is not None else points.name), \
+            (physical_kwargs(image, 2) if image is not None else {})
+
+    def _write_points(self, run):
+        _, points = self._source
+        lat, cnt = run.lattice, run.counts
+        table = lat.table()
+        if len(points.features) == len(table):
+            feats = points.features.reset_index(drop=True).copy()
+        else:
+            import pandas as pd
+
+            feats = pd.DataFrame(index=range(len(table)))
+        for col in FEATURES:
+            if col == "count":
+                feats[col] = cnt.counts if cnt is not None else np.full(len(table), -1)
+            elif col == "cross_section":
+                feats[col] = cnt.cross_section if cnt is not None else np.full(len(table), np.nan)
+            else:
+                feats[col] = table[col].to_numpy()
+        points.features = feats
+        points.border_color = np.array(SUBLATTICE_COLOURS)[lat.sublattice % len(SUBLATTICE_COLOURS)]
+        meta = points.metadata.setdefault(KEY, {})
+        meta["lattice_analysis"] = lat.provenance
+        meta["lattice_user_sublattice"] = bool(lat.parameters.get("user_sublattice"))
+
+    def _write_map(self, run, key):
+        base, phys = self._names()
+        if phys:
+            grid_kwargs = {**phys, "scale": tuple(np.asarray(phys["scale"], float) * run.step)}
+        else:
+            grid_kwargs = {"scale": (run.step, run.step)}
+        grid = run.maps[key]
+        finite = np.abs(grid[np.isfinite(grid)])
+        # ±the 98th percentile, so a few columns at a defect do not wash the map out
+        lim = float(np.percentile(finite, 98)) if finite.size else 1.0
+        lim = lim if lim > 0 else 1e-3
+        layer = upsert_layer(self.viewer, f"{base} {key}", "image", np.nan_to_num(grid),
+                             colormap=diverging(), contrast_limits=(-lim, lim), opacity=0.6,
+                             blending="translucent", visible=(key == "exx"),
+                             metadata=self.provenance_metadata(run.lattice.provenance), **grid_kwargs)
+        try:
+            layer.colorbar.visible = key == "exx"
+        except AttributeError:  # napari without layer colour bars
+            pass
+
+    def _write_vectors(self, run):
+        """Displacement arrows in the image's pixels, drawn × the magnification."""
+        base, phys = self._names()
+        lat = run.lattice
+        ok = np.isfinite(lat.displacement).all(axis=1)
+        vec = np.stack([lat.positions[ok], lat.displacement[ok]], axis=1)
+        upsert_layer(self.viewer, f"{base} displacement", "vectors", vec,
+                     length=float(self.magnification.value), edge_width=1.5, edge_color="#ffd60a",
+                     metadata=self.provenance_metadata(lat.provenance), **phys)
+
+    def _summary(self, run) -> str:
+        lat, cnt = run.lattice, run.counts
+        L = lat.lattice
+        unit, f = ("pm", 1.0) if "a_pm" in L else ("px", 1.0)
+        a = L.get(f"a_{unit}", L["a_px"]) * f
+        b = L.get(f"b_{unit}", L["b_px"]) * f
+        text = (f"{len(lat.positions)} columns, {lat.n_sublattices} sublattice(s); "
+                f"a = {a:.1f} ± {L.get(f'a_{unit}_std', np.nan):.1f} {unit}, "
+                f"b = {b:.1f} ± {L.get(f'b_{unit}_std', np.nan):.1f} {unit}, "
+                f"γ = {L['gamma_deg']:.1f} ± {L['gamma_deg_std']:.1f}°")
+        if cnt is not None:
+            text += f"; atom counts: {cnt.n_components} levels"
+        if run.notes:
+            text += " (" + "; ".join(run.notes) + ")"
+        self.summary.value = text
+        return text
+
+    def _plot(self, run) -> None:
+        try:
+            from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+            from matplotlib.figure import Figure
+        except ImportError:  # pragma: no cover - matplotlib is a dependency
+            return
+        if self.figure is None or self.plot_dock is None:
+            self.figure = Figure(figsize=(4, 4.2), tight_layout=True)
+            self.canvas = FigureCanvasQTAgg(self.figure)
+            self.canvas.setMinimumHeight(260)
+            self.plot_dock = self.viewer.window.add_dock_widget(self.canvas, name="Lattice plots",
+                                                                area="right")
+        fig = self.figure
+        fig.clear()
+        ax1, ax2 = fig.subplots(2, 1)
+        cnt = run.counts
+        if cnt is not None:
+            x = cnt.cross_section
+            ax1.hist(x, bins=min(80, max(10, len(x) // 10)), density=True, color="#bbbbbb")
+            grid = np.linspace(x.min(), x.max(), 400)
+            comp = cnt.mixture.pdf(grid)
+            ax1.plot(grid, comp, lw=0.8)
+            ax1.plot(grid, comp.sum(1), "k", lw=1.2)
+            ax1.set_title(f"cross-sections: {cnt.n_components} components (ICL)", fontsize=8)
+        else:
+            ax1.text(0.5, 0.5, "no atom counting (dark columns, or switched off)", ha="center",
+                     va="center", fontsize=8, transform=ax1.transAxes)
+        ax1.tick_params(labelsize=7)
+        if run.profile is not None:
+            for (s, v), label in zip(run.profile, ("exx", "eyy", "exy")):
+                ax2.plot(s, 100 * v, ".-", ms=3, lw=0.8, label=label)
+            ax2.set_xlabel("distance along the line (px)", fontsize=7)
+            ax2.set_ylabel("strain (%)", fontsize=7)
+            ax2.legend(fontsize=7)
+        else:
+            lat = run.lattice
+            for sub in range(lat.n_sublattices):
+                v = lat.strain[lat.sublattice == sub, 0]
+                ax2.hist(100 * v[np.isfinite(v)], bins=40, histtype="step", label=f"sublattice {sub}")
+            ax2.set_xlabel("exx (%)  (draw a line in the Shapes layer for a profile)", fontsize=7)
+            ax2.legend(fontsize=7)
+        ax2.tick_params(labelsize=7)
+        self.canvas.draw_idle()
+
+    # --- interactions -----------------------------------------------------------------------
+    def _on_magnification(self, *_):
+        image, points = getattr(self, "_source", (None, None))
+        if image is None and points is None:
+            return
+        name = f"{(image or points).name} displacement"
+        if name in self.viewer.layers:
+            self.viewer.layers[name].length = float(self.magnification.value)
+
+    def _on_set_sublattice(self, *_):
+        points = self.points_layer.value
+        if points is None:
+            self._say("Pick the Points layer first.")
+            return
+        selected = sorted(points.selected_data)
+        if not selected:
+            self._say("Select points first (the Points layer's select tool), then set their sublattice.")
+            return
+        feats = points.features.reset_index(drop=True).copy()
+        if "sublattice" not in feats or len(feats) != len(points.data):
+            self._say("Run the analysis once before reassigning sublattices.")
+            return
+        labels = feats["sublattice"].to_numpy().astype(int)
+        labels[selected] = int(self.set_value.value)
+        feats["sublattice"] = labels
+        points.features = feats
+        points.border_color = np.array(SUBLATTICE_COLOURS)[labels % len(SUBLATTICE_COLOURS)]
+        points.metadata.setdefault(KEY, {})["lattice_user_sublattice"] = True
+        self._say(f"{len(selected)} point(s) set to sublattice {int(self.set_value.value)}; "
+                  "press Run to analyse with your labels.")
+
+    def _on_export(self, *_):
+        from napari_microml.io.writer import write_points_csv
+
+        points = self.points_layer.value
+        if points is None or "exx" not in points.features:
+            self._say("Run the analysis first: there is no per-column table to export.")
+            return
+        path = Path(str(self.csv_path.value))
+        if not str(self.csv_path.value) or path.is_dir():
+            self._say("Choose a CSV file name first.")
+            return
+        if path.suffix.lower() != ".csv":
+            path = path.with_suffix(".csv")
+        if path.exists() and not self.overwrite.value:
+            self._say(f"{path.name} exists; tick 'Overwrite an existing file' or choose another name.")
+            return
+        attrs = {"name": points.name, "scale": points.scale, "translate": points.translate,
+                 "units": getattr(points, "units", None), "features": points.features,
+                 "metadata": {KEY: points.metadata.get(KEY, {}).get("lattice_analysis", {})}}
+        written = write_points_csv(str(path), np.asarray(points.data), attrs)
+        self._say(f"Wrote {len(points.data)} columns to {written[0]}.")
