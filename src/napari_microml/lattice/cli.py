@@ -1,0 +1,174 @@
+"""``microml lattice``: sublattices, strain, polarisation and atom counts for a batch of images.
+
+::
+
+    microml lattice image.emd more/ --out results/              # columns found by find_atoms
+    microml lattice abf.hspy --contrast dark --pixel-size 0.00933 --out results/
+    microml lattice image.tif --positions image_atoms.csv --out results/
+
+For each 2D image ``<name>`` it writes ``<name>_lattice.csv`` (one row per column: positions in
+px and physical units, sublattice, exx, eyy, exy, rotation, displacement, their 1σ, count and
+cross-section), its ``.csv.json`` sidecar, and ``<name>_lattice.json`` (lattice parameters, the
+atom-count mixture, provenance). Everything is written to a temporary folder inside ``--out``
+and moved into place only when every input succeeded.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+OUTPUTS = ("_lattice.csv", "_lattice.csv.json", "_lattice.json")
+
+
+def add_parser(subparsers) -> None:
+    """Add the ``lattice`` subcommand to ``microml``'s subparsers."""
+    sp = subparsers.add_parser("lattice", help="sublattices, strain, polarisation and atom counts "
+                                                "→ <name>_lattice.csv + <name>_lattice.json")
+    sp.add_argument("inputs", nargs="+", metavar="INPUT", help="2D images (files or folders)")
+    sp.add_argument("--out", required=True, help="output folder")
+    sp.add_argument("--positions", default=None,
+                    help="a points CSV (microml atoms output) for a single input; default: find "
+                         "the columns with the atom finder")
+    sp.add_argument("--contrast", default="bright", choices=["bright", "dark"],
+                    help="bright: HAADF (sublattice 0 = brightest, atoms counted); dark: ABF/BF "
+                         "(sublattice 0 = darkest, no counting)")
+    sp.add_argument("--pixel-size", type=float, default=None,
+                    help="nm per pixel when the file has no calibration (lattice parameters in pm)")
+    sp.add_argument("--shells", type=int, default=1, choices=[1, 2],
+                    help="strain fit over 3×3 (1, default) or 5×5 (2) cells")
+    sp.add_argument("--no-count", action="store_true", help="skip atom counting")
+    sp.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
+                    help="where the atom finder runs (default auto)")
+    sp.add_argument("--quiet", action="store_true", help="no progress output")
+
+
+def _pixel_size(kwargs: dict, given: float | None) -> float | None:
+    """nm per pixel: ``--pixel-size``, else the file's calibration when its units are lengths."""
+    if given is not None:
+        return given
+    units = kwargs.get("units")
+    scale = kwargs.get("scale")
+    if not units or not scale:
+        return None
+    factor = {"nm": 1.0, "nanometer": 1.0, "Å": 0.1, "angstrom": 0.1, "pm": 1e-3, "µm": 1e3,
+              "um": 1e3, "micrometer": 1e3}.get(str(units[-1]))
+    return None if factor is None else float(scale[-1]) * factor
+
+
+def analyse_file(path: Path, args) -> dict:
+    """Results of one image: the lattice, the counts, and what the CSV needs."""
+    import napari_microml as mm
+    from napari_microml.cli import InputError
+    from napari_microml.io.reader import read_file
+    from napari_microml.io.writer import read_points_csv
+
+    data, kwargs, _ = read_file(path)[0]
+    image = np.asarray(data, np.float64)
+    if image.ndim != 2:
+        raise InputError(f"{path.name} is not one 2D image (shape {image.shape}); the lattice "
+                         "analysis takes one frame at a time.")
+    if args.positions:
+        pts, pkw, _ = read_points_csv(args.positions)
+        positions = np.asarray(pts, float)[:, -2:]
+        feats = pkw.get("features")
+        std = feats["position_std"].to_numpy(float) if feats is not None and "position_std" in feats else None
+    else:
+        found = mm.find_atoms(image, contrast=args.contrast, device=args.device)
+        positions, std = found.positions, found.features["position_std"].to_numpy(float)
+    signal = -image if args.contrast == "dark" else image
+    pixel_size = _pixel_size(kwargs, args.pixel_size)
+    lat = mm.analyze_lattice(positions, image=signal, pixel_size=pixel_size, position_std=std,
+                             shells=args.shells)
+    counts = None
+    if not args.no_count and args.contrast == "bright":
+        counts = mm.count_atoms(image, positions)
+    return {"lattice": lat, "counts": counts, "kwargs": kwargs, "pixel_size": pixel_size}
+
+
+def _write(stem: str, res: dict, tmp: Path, source: Path) -> list[Path]:
+    from napari_microml.io.writer import write_points_csv
+    from napari_microml.runtime.provenance import KEY, make_provenance
+
+    lat, cnt, kw = res["lattice"], res["counts"], res["kwargs"]
+    table = lat.table()
+    if cnt is not None:
+        table["count"] = cnt.counts
+        table["cross_section"] = cnt.cross_section
+    prov = make_provenance("cli.lattice", parameters={"lattice": lat.provenance,
+                                                      "counting": cnt.provenance if cnt else None},
+                           input_name=stem, input_file=source)
+    csv = tmp / f"{stem}_lattice.csv"
+    write_points_csv(str(csv), table[["row", "col"]].to_numpy(),
+                     {"scale": kw.get("scale"), "translate": kw.get("translate"),
+                      "units": kw.get("units"), "features": table.drop(columns=["row", "col"]),
+                      "metadata": {KEY: prov}, "name": stem})
+    summary = {"lattice_parameters": lat.lattice, "cell_px": lat.cell.tolist(),
+               "n_sublattices": lat.n_sublattices,
+               "columns_per_sublattice": np.bincount(lat.sublattice).tolist(),
+               "pixel_size_nm": res["pixel_size"], "position_std": lat.std_source,
+               "counting": None if cnt is None else {
+                   "n_components": cnt.n_components, "means": cnt.mixture.means.tolist(),
+                   "weights": cnt.mixture.weights.tolist(), "sigma": cnt.mixture.sigma,
+                   "icl": cnt.mixture.icl.tolist()},
+               KEY: prov}
+    js = tmp / f"{stem}_lattice.json"
+    js.write_text(json.dumps(summary, indent=1, default=float))
+    return [csv, Path(str(csv) + ".json"), js]
+
+
+def run(args) -> int:
+    """Run ``microml lattice``; returns the exit code (0 ok, 2 bad input, 1 a failure)."""
+    from napari_microml.cli import InputError, collect_inputs
+
+    try:
+        files = [p for p, _ in collect_inputs(args.inputs)]
+        if args.positions and len(files) != 1:
+            raise InputError("--positions gives the columns of one image; pass exactly one input.")
+        if args.positions and not Path(args.positions).is_file():
+            raise InputError(f"--positions {args.positions}: no such file.")
+        if args.pixel_size is not None and not args.pixel_size > 0:
+            raise InputError("--pixel-size must be a positive number of nm per pixel.")
+        out = Path(args.out)
+        if out.exists() and not out.is_dir():
+            raise InputError(f"--out {out} exists and is not a folder.")
+    except InputError as err:
+        print(f"microml: error: {err}", file=sys.stderr)
+        return 2
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".microml-partial-", dir=out))
+    try:
+        staged = []
+        for k, path in enumerate(files, 1):
+            if not args.quiet:
+                print(f"microml lattice: {k}/{len(files)} {path.name}", file=sys.stderr)
+            staged += _write(path.stem, analyse_file(path, args), tmp, path)
+        written = []
+        for p in staged:  # move into place only when everything succeeded
+            os.replace(p, out / p.name)
+            written.append(out / p.name)
+    except KeyboardInterrupt:
+        print("microml: lattice interrupted; nothing was written.", file=sys.stderr)
+        return 130
+    except (InputError, ValueError) as err:
+        print(f"microml: error: {' '.join(str(err).split())}", file=sys.stderr)
+        return 2
+    except Exception as err:  # noqa: BLE001 - one line for the user, nothing written
+        print(f"microml: lattice failed: {type(err).__name__}: {' '.join(str(err).split())}",
+              file=sys.stderr)
+        return 1
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if created and not any(out.iterdir()):
+            out.rmdir()
+    if not args.quiet:
+        print(f"microml lattice: wrote {len(written)} file(s) to {out}", file=sys.stderr)
+    for p in written:
+        print(p)
+    return 0

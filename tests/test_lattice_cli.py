@@ -1,0 +1,57 @@
+"""``microml lattice`` (lattice/cli.py), through a stand-alone parser as cli.py wires it."""
+import argparse
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+
+from napari_microml.lattice.cli import OUTPUTS, add_parser, run
+from napari_microml.synth.strained import strained_lattice
+
+
+def _main(argv):
+    ap = argparse.ArgumentParser(prog="microml")
+    add_parser(ap.add_subparsers(dest="command"))
+    return run(ap.parse_args(argv))
+
+
+@pytest.fixture
+def perovskite(tmp_path):
+    s = strained_lattice("flat", structure="perovskite", dose=3000, seed=21)
+    path = tmp_path / "pero.tif"
+    tifffile.imwrite(path, s.image)
+    pts = tmp_path / "pero_atoms.csv"
+    pd.DataFrame({"row_px": s.positions[:, 0], "col_px": s.positions[:, 1],
+                  "position_std": 0.05}).to_csv(pts, index=False)
+    return s, path, pts
+
+
+def test_lattice_cli_writes_table_and_summary(perovskite, tmp_path, capsys):
+    s, path, pts = perovskite
+    out = tmp_path / "out"
+    code = _main(["lattice", str(path), "--positions", str(pts), "--pixel-size", "0.0244",
+                  "--out", str(out), "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == sorted("pero" + o for o in OUTPUTS)
+    table = pd.read_csv(out / "pero_lattice.csv")
+    assert len(table) == len(s.positions)
+    assert (table["sublattice"].to_numpy() == s.sublattice).mean() >= 0.99
+    summary = json.loads((out / "pero_lattice.json").read_text())
+    assert summary["lattice_parameters"]["a_pm"] == pytest.approx(16 * 24.4, abs=1)
+    assert summary["n_sublattices"] == 2 and summary["napari_microml"]["tool"] == "cli.lattice"
+
+
+def test_lattice_cli_bad_input_writes_nothing(perovskite, tmp_path, capsys):
+    _, path, pts = perovskite
+    out = tmp_path / "none"
+    assert _main(["lattice", str(path), str(path), "--positions", str(pts), "--out", str(out)]) == 2
+    assert "exactly one input" in capsys.readouterr().err
+    assert not out.exists()
+    flat = tmp_path / "flat.tif"
+    tifffile.imwrite(flat, np.zeros((64, 64), np.float32))
+    few = tmp_path / "few.csv"
+    pd.DataFrame({"row_px": [1.0, 2.0], "col_px": [3.0, 4.0]}).to_csv(few, index=False)
+    assert _main(["lattice", str(flat), "--positions", str(few), "--out", str(out)]) == 2
+    assert "at least 6" in capsys.readouterr().err and not out.exists()
