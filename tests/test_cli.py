@@ -776,3 +776,25 @@ def test_ctrl_c_at_any_moment_gives_no_traceback(tmp_path, delay):
     assert proc.returncode == 130, err
     assert err.strip().splitlines()[-1].startswith("microml:") and "interrupted" in err
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_spectra_window_is_given_in_the_axis_units(fakes, shared_data, tmp_path, monkeypatch, capsys):
+    si = shared_data / "spectra" / "LSMO_linescan_low_loss.hspy"  # 0.5 eV/channel from -50 eV
+    if not si.exists():
+        pytest.skip(f"{si} is not present")
+    seen = []
+
+    def record(item, device="auto"):
+        seen.append(item["channel_range"])
+        return _fake_spectra(item, device)
+
+    monkeypatch.setattr(cli.ADAPTERS["spectra"], "run", record)
+    out = tmp_path / "o"
+    assert cli.main(["spectra", str(si), "--window", "-5", "10", "--out", str(out), "--quiet"]) == 0
+    assert seen == [(90, 121)]  # -5 eV is channel 90, 10 eV channel 120
+    assert cli.main(["spectra", str(si), "--window", "2000", "2100", "--out", str(tmp_path / "x"),
+                     "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "covers 0 channel(s)" in err and "-50 to 461.5 eV" in err
+    with pytest.raises(cli.InputError, match="--window"):
+        cli.run_tool("atoms", [str(si)], str(tmp_path / "a"), window=(0, 1))

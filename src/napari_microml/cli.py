@@ -134,11 +134,13 @@ def _complete(item: dict, device: str = "auto", model: str = "default") -> dict:
 
 
 def _spectra(item: dict, device: str = "auto") -> dict:
-    """``item = {"spectra": (N, L), "axis": (L,) energy values or None}``."""
+    """``item = {"spectra": (N, L), "axis": (L,) energy values or None, "channel_range":
+    (start, stop) or None}``."""
     import napari_microml as mm
 
-    spectra = np.asarray(item["spectra"], np.float32)
-    v = mm.fit_shift_vae(spectra, axis=item.get("axis"), device=device)
+    spectra = np.asarray(item["spectra"])
+    v = mm.fit_shift_vae(spectra, axis=item.get("axis"), channel_range=item.get("channel_range"),
+                         device=device)
     latents = np.asarray(v.latents, np.float32)
     return {"shift": np.asarray(v.shift, np.float32).reshape(-1),
             "latents": latents.reshape(len(spectra), -1),
@@ -401,8 +403,22 @@ def _scan_items(name: str, data, how: ScanMask, cache: dict) -> tuple[list[dict]
     return [{"values": f, "mask": m} for f, m in zip(frames, masks)], data.ndim == 3
 
 
+def _channel_range(name: str, axis, n: int, window, units: str) -> tuple[int, int] | None:
+    """The channels ``[start, stop)`` whose axis values lie inside ``window`` (axis units)."""
+    if window is None:
+        return None
+    lo, hi = sorted(float(w) for w in window)
+    values = np.arange(n, dtype=float) if axis is None else np.asarray(axis, float)
+    inside = np.flatnonzero((values >= lo) & (values <= hi))
+    if len(inside) < 8:
+        raise InputError(f"--window {lo:g} {hi:g} covers {len(inside)} channel(s) of {name} (its axis "
+                         f"runs {values.min():g} to {values.max():g} {units}); at least 8 are needed.")
+    return int(inside[0]), int(inside[-1]) + 1
+
+
 def load_jobs(files: list, tool: str, *, failures: list[Failure] | None = None,
-              channels_last: bool = False, scan: ScanMask | None = None) -> list[Job]:
+              channels_last: bool = False, scan: ScanMask | None = None,
+              window: tuple[float, float] | None = None) -> list[Job]:
     """Read (lazily where large) and validate every input before any work starts.
 
     An explicitly named single-dataset file that the tool cannot take is an error; datasets
@@ -449,7 +465,10 @@ def load_jobs(files: list, tool: str, *, failures: list[Failure] | None = None,
                     axis = None
                     if spectral is not None:
                         axis = spectral["offset"] + spectral["scale"] * np.arange(data.shape[-1])
-                    jobs.append(Job(f, stem, data, kwargs, [{"spectra": block, "axis": axis}],
+                    units = spectral["units"] if spectral else "channels"
+                    span = _channel_range(name, axis, data.shape[-1], window, units)
+                    jobs.append(Job(f, stem, data, kwargs,
+                                    [{"spectra": block, "axis": axis, "channel_range": span}],
                                     False, tuple(data.shape[:-1])))
                 stems.add(stem)
         except InputError as err:
@@ -814,6 +833,7 @@ def run_tool(tool: str, inputs: list[str], out: str, *, device: str = "auto",
              progress: bool = True, model: str | None = None, rescale: str | None = None,
              contrast: str = "auto", overwrite: bool = False, keep_going: bool = False,
              scan: ScanMask | None = None, channels_last: bool = False,
+             window: tuple[float, float] | None = None,
              command: list[str] | None = None) -> Report:
     """Validate ``inputs``, run ``tool`` on them and write results into ``out``.
 
@@ -851,8 +871,8 @@ def run_tool(tool: str, inputs: list[str], out: str, *, device: str = "auto",
         raise InputError("give one of --mask, --coords and --zeros-unmeasured, not several.")
     if scan.scan_info and not scan.coords:
         raise InputError("--scan-info goes with --coords (it places the scan positions).")
-    if channels_last and tool != "spectra":
-        raise InputError(f"{tool} takes no --channels-last (only spectra does).")
+    if (channels_last or window is not None) and tool != "spectra":
+        raise InputError(f"{tool} takes no --channels-last or --window (only spectra does).")
     out_dir = Path(out)
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"--out {out_dir} exists and is not a folder.")
@@ -863,7 +883,8 @@ def run_tool(tool: str, inputs: list[str], out: str, *, device: str = "auto",
     files = collect_inputs(inputs, failures, skipped)
     for note in skipped:
         print(f"microml: skipped {note}", file=sys.stderr)
-    jobs = load_jobs(files, tool, failures=failures, channels_last=channels_last, scan=scan)
+    jobs = load_jobs(files, tool, failures=failures, channels_last=channels_last, scan=scan,
+                     window=window)
     report.inputs = len(jobs) + len(report.failed)
     if not jobs:
         return report
@@ -923,7 +944,7 @@ def run_tool(tool: str, inputs: list[str], out: str, *, device: str = "auto",
                             "contrast": contrast if tool == "atoms" else None,
                             "measured_pixels": scan.describe() if tool == "complete" else None,
                             "mask_file": scan.mask, "coords_file": scan.coords,
-                            "channels_last": channels_last, "overwrite": overwrite,
+                            "channels_last": channels_last, "window": window, "overwrite": overwrite,
                             "keep_going": keep_going, "seconds_total": round(seconds, 3),
                             "tool_provenance": tool_prov},
                 model=(tool_prov or {}).get("model") if isinstance(tool_prov, dict) else None,
@@ -1024,6 +1045,10 @@ def _parser() -> argparse.ArgumentParser:
             sp.add_argument("--channels-last", action="store_true",
                             help="treat the last axis as spectral channels even though the file names "
                                  "no spectral axis (plain .npy/.tif arrays of spectra)")
+            sp.add_argument("--window", nargs=2, type=float, default=None, metavar=("LO", "HI"),
+                            help="fit only the channels between LO and HI, in the spectral axis's units "
+                                 "(e.g. eV; channel numbers with --channels-last), e.g. around a peak; "
+                                 "default: all channels")
     return ap
 
 
@@ -1084,6 +1109,7 @@ def main(argv: list[str] | None = None) -> int:
                               contrast=getattr(args, "contrast", "auto"),
                               overwrite=args.overwrite, keep_going=args.keep_going, scan=scan,
                               channels_last=getattr(args, "channels_last", False),
+                              window=getattr(args, "window", None),
                               command=["microml", *argv_used])
         except InputError as err:
             print(f"microml: error: {err}", file=sys.stderr)
