@@ -29,6 +29,7 @@ def test_teach_the_atom_finder_on_two_corrected_images(make_napari_viewer, qtbot
     for layer in images[:2]:
         finder.image_layer.value = layer
         click(qtbot, finder.run_button, finder)
+        assert "unsure" in finder.status.value  # single atoms on carbon: unlike the training data
     teach = open_tool(viewer, "Teach the atom finder")
     expected = {f"{im.name} ← {im.name} atoms" for im in images[:2]}
     assert set(teach.pairs.value) == expected

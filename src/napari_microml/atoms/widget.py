@@ -6,6 +6,7 @@ import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, FloatSlider, PushButton, create_widget
 
 from napari_microml.atoms.finder import NOISY_PERIOD, find_atoms_iter, refine_points_iter
+from napari_microml.atoms.finetune import unsure_note
 from napari_microml.runtime.widget import (ToolWidget, as_points, physical_kwargs, pixel_size_nm, rescale_combo,
                                           resample_note, upsert_layer)
 
@@ -88,7 +89,8 @@ class AtomFinderWidget(ToolWidget):
                          colormap="magma", opacity=0.5, blending="additive",
                          contrast_limits=(0, 1), metadata=self.provenance_metadata(result.provenance),
                          **physical_kwargs(layer, result.probability.ndim))
-        self._say(f"Found {len(result.positions)} columns." + resample_note(result.parameters))
+        self._say(f"Found {len(result.positions)} columns." + resample_note(result.parameters)
+                  + unsure_note(result.features))
 
     # -- refine the user's edited points ------------------------------------------------------
     def _on_refine_clicked(self, *_):
