@@ -18,19 +18,59 @@ def scene():
     return noisy * 1000.0 + 50.0, clean * 1000.0 + 50.0  # counts-like scale: normalisation must absorb it
 
 
-def test_measured_pixels_are_returned_exactly_and_sigma_is_zero_there(scene):
+@pytest.mark.parametrize("model", ["kriging", "default"])
+def test_measured_pixels_are_returned_exactly_and_sigma_is_zero_there(scene, model):
     noisy, _ = scene
     mask = scan_mask("spiral", noisy.shape, 1 / 10, seed=1)
     values = np.where(mask, noisy, np.nan)  # unmeasured values are ignored, NaN is fine
-    r = complete_scan(values, mask, device="cpu")
+    r = complete_scan(values, mask, model=model, device="cpu")
     assert isinstance(r, CompletionResult)
     assert r.image.dtype == np.float32 and r.uncertainty.dtype == np.float32 and r.image.shape == noisy.shape
     np.testing.assert_array_equal(r.image[mask], noisy[mask].astype(np.float32))
     assert np.isfinite(r.image).all() and np.isfinite(r.uncertainty).all()
     assert (r.uncertainty[mask] == 0).all() and (r.uncertainty[~mask] > 0).all()
     assert r.mask.dtype == bool and (r.mask == mask).all()
-    assert r.device.startswith("cpu") and r.model == "completion-default"
-    assert r.provenance["tool"] == "complete_scan" and r.provenance["model"]["sha256"]
+    assert r.device.startswith("cpu") and r.provenance["tool"] == "complete_scan"
+    if model == "kriging":  # the default: no network, its fitted noise and σ kind recorded
+        assert r.model == "kriging" and r.sigma == "measurement"
+        assert r.provenance["parameters"]["fitted_hyperparameters"][0]["noise_sd"] > 0
+    else:
+        assert r.model == "completion-default" and r.sigma == "network" and r.provenance["model"]["sha256"]
+
+
+@pytest.mark.parametrize("model", ["kriging", "default"])
+@pytest.mark.parametrize("dtype", [np.uint32, np.float64, np.int64])
+def test_wide_measured_values_come_back_exactly(model, dtype):
+    """uint32 counts above 2**24 and float64 values differ in their last digits; float32 would
+    round them (by up to 128 counts / 1e-9), so the result is float64 and exact."""
+    rng = np.random.default_rng(0)
+    base = 3_000_000_000 if dtype == np.uint32 else 2**40 if dtype == np.int64 else 1.0
+    step = 1e-9 if dtype == np.float64 else 1
+    values = (base + rng.integers(0, 1000, (48, 48)) * step).astype(dtype)
+    mask = scan_mask("grid", values.shape, 1 / 6, seed=0)
+    r = complete_scan(values, mask, model=model, device="cpu")
+    assert r.image.dtype == np.float64 and r.uncertainty.dtype == np.float64
+    assert (r.image[mask] == values[mask]).all()
+    assert (r.uncertainty[~mask] > 0).all()
+
+
+def test_both_sigmas_are_offered_and_never_zero_off_the_measured_pixels():
+    """'measurement' = signal + the fitted pixel noise (what a re-scan reads) ≥ 'signal'; on a
+    noisy scene the measurement σ covers the noisy truth and the signal σ the noise-free one."""
+    noisy, clean = simulate_scene((128, 128), kind="particles", dose=200, seed=31)
+    mask = scan_mask("spiral", noisy.shape, 1 / 12, seed=3)
+    meas = complete_scan(noisy * mask, mask)
+    sig = complete_scan(noisy * mask, mask, sigma="signal")
+    miss = ~mask
+    np.testing.assert_array_equal(meas.image, sig.image)
+    assert (sig.uncertainty[miss] > 0).all() and (meas.uncertainty[miss] > sig.uncertainty[miss]).all()
+    noise_sd = meas.provenance["parameters"]["fitted_hyperparameters"][0]["noise_sd"]
+    np.testing.assert_allclose(meas.uncertainty[miss] ** 2, sig.uncertainty[miss] ** 2 + noise_sd ** 2, rtol=1e-3)
+    assert 0.85 <= np.mean(np.abs(meas.image - noisy)[miss] <= 2 * meas.uncertainty[miss]) <= 0.99
+    assert 0.85 <= np.mean(np.abs(sig.image - clean)[miss] <= 2 * sig.uncertainty[miss]) <= 0.995
+    assert sig.provenance["parameters"]["sigma"] == "signal"
+    with pytest.raises(ValueError, match="re-scan"):
+        complete_scan(noisy * mask, mask, sigma="latent")
 
 
 def test_beats_mean_fill_on_synthetic_truth(scene):
@@ -43,25 +83,32 @@ def test_beats_mean_fill_on_synthetic_truth(scene):
         assert net < 0.7 * mean_fill, (kind, net, mean_fill)
 
 
-def test_result_does_not_depend_on_intensity_units(scene):
+@pytest.mark.parametrize("model", ["kriging", "default"])
+def test_result_does_not_depend_on_intensity_units(scene, model):
+    """Data in SI units (amperes, counts per second) are normal: no absolute floors."""
     noisy, _ = scene
     mask = scan_mask("random", noisy.shape, 1 / 20, seed=3)
-    a = complete_scan(noisy * mask, mask, device="cpu")
-    b = complete_scan(noisy * mask * 1e-3 - 7.0, mask, device="cpu")
-    np.testing.assert_allclose(b.image, a.image * 1e-3 - 7.0, rtol=1e-4, atol=2e-4)
-    np.testing.assert_allclose(b.uncertainty, a.uncertainty * 1e-3, rtol=1e-4, atol=1e-6)
+    a = complete_scan(noisy * mask, mask, model=model, device="cpu")
+    span = float(noisy.max() - noisy.min())
+    for scale, offset in ((1e-12, 0.0), (1e12, 3e12), (1e-3, -7.0)):
+        values = (noisy.astype(np.float64) * scale + offset) * mask
+        b = complete_scan(values, mask, model=model, device="cpu")
+        np.testing.assert_allclose((b.image - offset) / scale, a.image, rtol=0, atol=1e-4 * span)
+        np.testing.assert_allclose(b.uncertainty / scale, a.uncertainty, rtol=0, atol=1e-4 * span)
 
 
-@pytest.mark.parametrize("level", [0.0, 1234.0])
-def test_a_uniform_scan_is_completed_with_its_constant(level):
-    """A scan whose measured pixels are all equal (vacuum, no counts) has nothing to vary: the
-    completion is that constant with zero uncertainty, not network residue on a degenerate range."""
+@pytest.mark.parametrize("model", ["kriging", "default"])
+@pytest.mark.parametrize("level", [0.0, 1234.0, 3e-13])
+def test_a_uniform_scan_is_refused_with_a_reason_not_a_false_certainty(level, model):
+    """All measured pixels equal (vacuum, no counts): nothing tells how the unmeasured pixels may
+    differ, so a clear error instead of σ = 0 everywhere; one count different is completed."""
     mask = scan_mask("spiral", (96, 96), 1 / 20, seed=1)
-    r = complete_scan(np.where(mask, level, np.nan), mask, device="cpu")
-    assert (r.image == np.float32(level)).all() and (r.uncertainty == 0).all()
+    with pytest.raises(ValueError, match="same value"):
+        complete_scan(np.where(mask, level, np.nan), mask, model=model, device="cpu")
     varied = np.where(mask, level, np.nan)
-    varied[np.argwhere(mask)[0][0], np.argwhere(mask)[0][1]] = level + 1.0  # one count differs: the network runs
-    assert (complete_scan(varied, mask, device="cpu").uncertainty[~mask] > 0).all()
+    varied[np.argwhere(mask)[0][0], np.argwhere(mask)[0][1]] = level * 1.5 + 1e-13
+    r = complete_scan(varied, mask, model=model, device="cpu")
+    assert (r.uncertainty[~mask] > 0).all() and (r.image[mask] == varied[mask]).all()
 
 
 def test_stack_is_completed_frame_by_frame_and_progress_is_reported(scene):
@@ -79,8 +126,8 @@ def test_stack_is_completed_frame_by_frame_and_progress_is_reported(scene):
 def test_tiled_run_matches_whole_image_away_from_seams():
     noisy, _ = simulate_scene((160, 160), kind="texture", dose=200, seed=8)
     mask = scan_mask("grid", noisy.shape, 1 / 16, seed=0)
-    whole = complete_scan(noisy * mask, mask, device="cpu", tile=512)
-    tiled = complete_scan(noisy * mask, mask, device="cpu", tile=96)
+    whole = complete_scan(noisy * mask, mask, model="default", device="cpu", tile=512)
+    tiled = complete_scan(noisy * mask, mask, model="default", device="cpu", tile=96)
     assert np.sqrt(np.mean((whole.image - tiled.image) ** 2)) < 0.05 * noisy.std()
 
 
@@ -166,6 +213,9 @@ def test_smooth_fill_edge_cases():
     (np.zeros((32, 32, 3)), np.zeros((32, 32, 3), bool), "RGB"),
     (np.zeros((2, 2, 32, 32)), np.zeros((2, 2, 32, 32), bool), "dimensions"),
     (np.zeros((4, 4)), np.eye(4, dtype=bool), "at least 8"),
+    (np.zeros((0, 32, 32)), np.zeros((0, 32, 32), bool), "stack is empty"),
+    ([], [], "stack is empty"),
+    (np.arange(1024.0).reshape(32, 32), np.eye(32, dtype=bool) & (np.arange(32) < 3), "Only 3 pixels"),
 ])
 def test_bad_input_raises_a_plain_value_error(values, mask, msg):
     with pytest.raises(ValueError, match=msg):

@@ -15,7 +15,7 @@ from napari_microml.completion.scan_io import (
 def test_rasterise_puts_each_value_on_its_nearest_pixel():
     coords = np.array([[0, 0], [2.4, 3.6], [4, 1]])
     values, mask = rasterise(coords, [1.0, 2.0, 3.0], shape=(5, 6))
-    assert values.shape == mask.shape == (5, 6) and values.dtype == np.float32 and mask.dtype == bool
+    assert values.shape == mask.shape == (5, 6) and values.dtype == np.float64 and mask.dtype == bool
     assert set(zip(*np.nonzero(mask))) == {(0, 0), (2, 4), (4, 1)}
     assert values[0, 0] == 1 and values[2, 4] == 2 and values[4, 1] == 3
     assert values[~mask].max() == 0 and mask.sum() == 3
@@ -108,3 +108,41 @@ def test_real_direct_electron_random_scan(shared_data):
     # every measured pixel lies inside the ROI given in the info file
     rows, cols = np.nonzero(mask)
     assert rows.min() >= 3 and rows.max() < 3 + 29 and cols.min() >= 3 and cols.max() < 3 + 12
+
+
+def test_random_scan_layers_put_both_input_modes_on_the_same_grid(shared_data, tmp_path):
+    from napari_microml.completion.scan_io import companion_files, random_scan_layers
+
+    folder = shared_data / "formats"
+    movie = folder / "ROI_Random_Scan_movie.mrc"
+    assert companion_files(movie) == (folder / "ROI_Random_Scan_scan_coordinates.csv",
+                                      folder / "ROI_Random_Scan_info.txt")
+    frames = np.arange(348 * 4 * 4, dtype=np.uint16).reshape(348, 4, 4)  # any movie with 348 frames
+    (values, vkw, vkind), (mask, mkw, mkind), (points, pkw, pkind) = random_scan_layers(movie, frames)
+    assert (vkind, mkind, pkind) == ("image", "labels", "points")
+    assert values.shape == mask.shape == (32, 16) and mask.sum() == 348
+    assert pkw["metadata"]["napari_microml"]["scan_shape"] == (32, 16)
+    # the points (full-scan pixels) rasterised on the grid in their metadata give the sparse image
+    grid, measured = rasterise(points, pkw["features"]["intensity"], pkw["metadata"]["napari_microml"]["scan_shape"])
+    np.testing.assert_array_equal(measured, mask.astype(bool))
+    np.testing.assert_array_equal(grid, values)
+    assert values[mask.astype(bool)].min() == values_from_movie(frames).min()
+    lone = tmp_path / "other_movie.mrc"  # a movie without a position file is just a movie
+    lone.write_bytes(b"")
+    assert companion_files(lone) is None and random_scan_layers(lone, frames) == []
+    with pytest.raises(ValueError, match="347 frames but"):
+        random_scan_layers(movie, frames[:347])
+
+
+def test_check_mask_is_cheap_and_says_what_is_wrong():
+    from napari_microml.completion.scan_io import check_mask
+
+    m = np.zeros((16, 16), np.float32)
+    m[::4, ::4] = 1
+    m[1, 1] = np.nan  # NaN = unmeasured
+    out = check_mask((2, 16, 16), m)  # a 2D mask for a stack
+    assert out.shape == (2, 16, 16) and out.dtype == bool and out.sum() == 32
+    with pytest.raises(ValueError, match="same size"):
+        check_mask((16, 15), m)
+    with pytest.raises(ValueError, match="frame 1"):
+        check_mask((2, 16, 16), np.stack([m, np.ones_like(m)]))

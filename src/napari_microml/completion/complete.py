@@ -1,13 +1,21 @@
-"""Complete a partial (sparse) scan: U-Net residual on a normalised-convolution fill.
+"""Complete a partial (sparse) scan.
 
-The network (the shared ``nets.unet.UNet``) sees four planes: the measured values (normalised
+Default method (``model="kriging"``): a fast local Gaussian process (kriging,
+:mod:`~napari_microml.completion.kriging`) with a Matérn-5/2 kernel whose length, amplitude and
+pixel noise are fitted to the scan by marginal likelihood. Its σ is either that of a new
+measurement at the pixel (signal + the fitted pixel noise: what a re-scan would read; the
+default) or that of the noise-free signal (``sigma="signal"``). ``model="local-gp"`` is the
+earlier, slower local GP (Matérn-3/2, 8-px blocks), kept as the reference the benchmark judges by.
+
+Networks (``model="default"``, ``"pixel"`` or a ``.pt``): the network (the shared ``nets.unet.UNet``) sees four planes: the measured values (normalised
 from the measured pixels only, 0 where unmeasured), the mask, a normalised-convolution fill
 (:func:`~napari_microml.completion.fill.normalized_fill`: Gaussian-weighted mean of the
 measured neighbours at the smallest scale that holds ≥ 4 effective samples; computed on the
 whole frame before tiling) and the log distance to the nearest measured pixel. It predicts a
 residual on the fill and a log-variance (heteroscedastic Gaussian head); the σ is rescaled by a factor
 fitted on held-out synthetic images (stored in the weights' meta as ``sigma_scale``).
-Measured pixels are returned exactly, with uncertainty 0.
+Measured pixels are returned exactly (float64 output for float64 input and for integers wider
+than 16 bits, so none is rounded), with uncertainty 0.
 """
 from __future__ import annotations
 
@@ -21,15 +29,24 @@ from napari_microml.runtime.provenance import make_provenance
 from napari_microml.runtime.workers import drain, progress
 
 N_FEATURES = 4
-LOCAL_GP = "local-gp"  # model name that selects kriging instead of a network
+KRIGING = "kriging"    # model name of the default: fast local GP, Matérn-5/2 (no network)
+LOCAL_GP = "local-gp"  # model name of the earlier, slower local GP (Matérn-3/2), the reference
+# name -> local_gp_iter settings: neighbours per block, block edge, fit neighbourhoods × size, kernel
+KRIGING_SETTINGS = {KRIGING: dict(k=64, block=16, n_fit=48, fit_k=48, kernel="matern52"),
+                    LOCAL_GP: dict(k=64, block=8, n_fit=96, fit_k=64, kernel="matern32")}
+MIN_MEASURED = 8  # fewer measured pixels say nothing about how the image varies
 
 
 @dataclass
 class CompletionResult:
     """A completed scan.
 
-    image : (H, W) or (T, H, W) float32, equal to the input values where ``mask`` is True.
-    uncertainty : same shape float32, 1σ in the input's intensity units, 0 at measured pixels.
+    image : (H, W) or (T, H, W), equal to the input values where ``mask`` is True; float64 when
+        the input is float64 or an integer wider than 16 bits, else float32.
+    uncertainty : same shape and dtype, 1σ in the input's intensity units, 0 at measured pixels
+        (see ``sigma``).
+    sigma : which σ: ``"measurement"`` (a re-scan's reading: signal + pixel noise),
+        ``"signal"`` (the noise-free signal), or ``"network"`` (a network's calibrated σ).
     mask : bool, same shape.
     """
 
@@ -39,6 +56,7 @@ class CompletionResult:
     model: str
     device: str
     provenance: dict = field(default_factory=dict)
+    sigma: str = "measurement"
 
 
 def features(values_n: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -56,15 +74,26 @@ def features(values_n: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 def measured_range(values: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
     """Intensity range (0.5 and 99.8 percentiles) of the measured pixels only."""
-    lo, hi = np.percentile(values[mask], [0.5, 99.8])
-    if hi - lo < 1e-12 * max(1.0, abs(hi)):
-        hi = lo + 1.0
+    measured = values[mask]
+    lo, hi = np.percentile(measured, [0.5, 99.8])
+    if not hi > lo:  # a few outliers on a flat scan: their extremes set the span (relative, no floor)
+        lo, hi = measured.min(), measured.max()
     return float(lo), float(hi)
 
 
+def output_dtype(dtype) -> np.dtype:
+    """The result dtype that holds every measured value exactly: float64 for float64 input and
+    integers wider than 16 bits (float32 would round them), else float32."""
+    dtype = np.dtype(dtype)
+    wide = (dtype.kind == "f" and dtype.itemsize >= 8) or (dtype.kind in "iu" and dtype.itemsize > 2)
+    return np.dtype(np.float64 if wide else np.float32)
+
+
 def check_scan(values, mask) -> tuple[np.ndarray, np.ndarray, bool]:
-    """Validate a partial scan; return float32 (T, H, W) values, bool (T, H, W) mask and whether
+    """Validate a partial scan; return float64 (T, H, W) values, bool (T, H, W) mask and whether
     the input was a stack. Raises ValueError with a plain sentence for anything not completable."""
+    if isinstance(values, (list, tuple)) and len(values) == 0:
+        raise ValueError("The scan stack is empty: there are no frames to complete.")
     v = np.asarray(values)
     m = np.asarray(mask)
     if v.dtype.kind not in "biuf":
@@ -81,9 +110,11 @@ def check_scan(values, mask) -> tuple[np.ndarray, np.ndarray, bool]:
                          "a stack (T, H, W).")
     if v.shape != m.shape:
         raise ValueError(f"The scan values {v.shape} and the mask {m.shape} must have the same shape.")
+    if v.size == 0 and v.ndim == 3 and v.shape[0] == 0:
+        raise ValueError("The scan stack is empty: there are no frames to complete.")
     if min(v.shape[-2:]) < 8:
         raise ValueError(f"The scan is only {v.shape[-2]}×{v.shape[-1]} pixels; at least 8×8 are needed.")
-    v3 = v.astype(np.float32).reshape((-1,) + v.shape[-2:])
+    v3 = v.astype(np.float64).reshape((-1,) + v.shape[-2:])
     m3 = m.reshape(v3.shape)
     for t in range(len(v3)):
         n = int(m3[t].sum())
@@ -92,6 +123,9 @@ def check_scan(values, mask) -> tuple[np.ndarray, np.ndarray, bool]:
             raise ValueError(f"The mask marks no measured pixel{where}: there is nothing to complete from.")
         if n == m3[t].size:
             raise ValueError(f"Every pixel is measured{where}: there is nothing to complete.")
+        if n < MIN_MEASURED:
+            raise ValueError(f"Only {n} pixel{'s are' if n > 1 else ' is'} measured{where}; at least "
+                             f"{MIN_MEASURED} are needed to tell how the image varies between them.")
         if not np.isfinite(v3[t][m3[t]]).all():
             raise ValueError(f"Some measured pixels{where} are NaN or infinite; mark them as unmeasured "
                              "in the mask or fix the data.")
@@ -103,35 +137,38 @@ def complete_frame(net, predict, values: np.ndarray, mask: np.ndarray, *, sigma_
     """Generator: complete one (H, W) frame; yields ``(done, total)`` tiles, returns (image, σ)."""
     from napari_microml.runtime.tiling import tiled_predict
 
-    measured = values[mask]
-    if measured.min() == measured.max():  # a uniform scan (e.g. vacuum, no counts): nothing varies,
-        # so the constant is the only completion the data support; the network would paint its
-        # residual on a span it cannot normalise
-        return np.full(values.shape, measured[0], np.float32), np.zeros(values.shape, np.float32)
+    from napari_microml.completion.kriging import standardise
+
+    standardise(values[mask])  # a uniform scan: a clear error, not σ = 0 or residue on no range
     lo, hi = measured_range(values, mask)
     span = hi - lo
     x = features((values - lo) / span, mask)
     gen = tiled_predict(predict, x, out_channels=2, tile=tile, overlap=32, batch_size=batch_size,
                         multiple=getattr(net, "multiple", 8))
     out = yield from gen
-    mean = (x[2] + out[0]) * span + lo
-    sigma = np.exp(0.5 * np.clip(out[1], -20, 10)) * sigma_scale * span
-    image = np.where(mask, values, mean).astype(np.float32)
-    sigma = np.where(mask, 0, sigma).astype(np.float32)
-    return image, sigma
+    mean = (x[2] + out[0].astype(np.float64)) * span + lo
+    sigma = np.exp(0.5 * np.clip(out[1].astype(np.float64), -20, 10)) * sigma_scale * span
+    return np.where(mask, values, mean), np.where(mask, 0.0, sigma)
 
 
-def complete_scan_iter(values, mask, *, model="default", device="auto", tile: int = 512,
-                       uncertainty: bool = True, input_name: str | None = None):
+def complete_scan_iter(values, mask, *, model=KRIGING, device="auto", tile: int = 512,
+                       uncertainty: bool = True, sigma: str = "measurement", input_name: str | None = None):
     """Generator twin of :func:`complete_scan`: yields progress tuples, returns a CompletionResult."""
+    from napari_microml.completion.kriging import SIGMA_KINDS
+
+    v3, m3, is_stack = check_scan(values, mask)
+    out_dtype = output_dtype(np.asarray(values).dtype)
+    if int(tile) < 64:
+        raise ValueError("The tile size must be at least 64 pixels.")
+    if sigma not in SIGMA_KINDS:
+        raise ValueError(f"sigma must be 'measurement' (what a re-scan would read: signal + pixel noise) "
+                         f"or 'signal' (the noise-free signal), not {sigma!r}.")
+    if isinstance(model, str) and model in KRIGING_SETTINGS:
+        result = yield from _kriging_iter(v3, m3, is_stack, uncertainty, input_name, model, sigma)
+        return _cast(result, out_dtype)
     from napari_microml.nets.registry import load_model
     from napari_microml.runtime.device import describe_device, resolve_device
 
-    v3, m3, is_stack = check_scan(values, mask)
-    if int(tile) < 64:
-        raise ValueError("The tile size must be at least 64 pixels.")
-    if isinstance(model, str) and model == LOCAL_GP:
-        return (yield from _kriging_iter(v3, m3, is_stack, uncertainty, input_name))
     dev = resolve_device(device)
     net, info = load_model("completion", model, dev)
     scale = float(info.get("meta", {}).get("sigma_scale", 1.0))
@@ -139,20 +176,27 @@ def complete_scan_iter(values, mask, *, model="default", device="auto", tile: in
 
     predict = batch_predictor(net, dev)
     batch = 1 if dev.type == "cpu" else 4  # CPU: one tile at a time, less memory
-    image, sigma, _ = yield from _run_frames(
+    image, sig, _ = yield from _run_frames(
         lambda t: complete_frame(net, predict, v3[t], m3[t], sigma_scale=scale, tile=tile, batch_size=batch),
         len(v3), "tile", uncertainty)
     m_out = m3 if is_stack else m3[0]
     if not is_stack:
-        image, sigma = image[0], sigma[0]
+        image, sig = image[0], sig[0]
     label = describe_device(dev)
     prov = make_provenance(
         "complete_scan",
-        parameters={"tile": tile, "uncertainty": uncertainty, "sigma_scale": scale,
+        parameters={"tile": tile, "uncertainty": uncertainty, "sigma": "network", "sigma_scale": scale,
                     "coverage": float(m3.mean())},
         model={k: info.get(k) for k in ("name", "file", "sha256")}, device=label, input_name=input_name)
-    return CompletionResult(image=image, uncertainty=sigma, mask=m_out.copy(), model=str(info.get("name")),
-                            device=label, provenance=prov)
+    return _cast(CompletionResult(image=image, uncertainty=sig, mask=m_out.copy(), model=str(info.get("name")),
+                                  device=label, provenance=prov, sigma="network"), out_dtype)
+
+
+def _cast(result: CompletionResult, dtype) -> CompletionResult:
+    """The result in ``dtype`` (see :func:`output_dtype`); measured pixels stay exact."""
+    result.image = result.image.astype(dtype, copy=False)
+    result.uncertainty = result.uncertainty.astype(dtype, copy=False)
+    return result
 
 
 def _run_frames(frame_gen, n: int, unit: str, uncertainty: bool):
@@ -175,59 +219,74 @@ def _run_frames(frame_gen, n: int, unit: str, uncertainty: bool):
     return np.stack(images), np.stack(sigmas), extras
 
 
-def _kriging_iter(v3, m3, is_stack: bool, uncertainty: bool, input_name):
-    """``complete_scan`` with the local GP instead of a network (CPU, numpy)."""
+def _kriging_iter(v3, m3, is_stack: bool, uncertainty: bool, input_name, model: str, sigma: str):
+    """``complete_scan`` with a local GP instead of a network (CPU, numpy)."""
     from napari_microml.completion.kriging import local_gp_iter
 
-    image, sigma, extras = yield from _run_frames(lambda t: local_gp_iter(v3[t], m3[t]), len(v3),
-                                                  "kriging blocks", uncertainty)
-    fitted = [{k: round(float(v), 6) for k, v in params.items()} for (params,) in extras]
+    settings = KRIGING_SETTINGS[model]
+    image, sig, extras = yield from _run_frames(
+        lambda t: local_gp_iter(v3[t], m3[t], sigma=sigma, **settings), len(v3), "kriging blocks", uncertainty)
+    fitted = [{k: (round(float(v), 6) if not isinstance(v, str) else v) for k, v in params.items()}
+              for (params,) in extras]
     m_out = m3 if is_stack else m3[0]
     if not is_stack:
-        image, sigma = image[0], sigma[0]
+        image, sig = image[0], sig[0]
+    what = {"measurement": "1σ of a new measurement (signal + fitted pixel noise)",
+            "signal": "1σ of the noise-free signal"}[sigma]
     prov = make_provenance(
-        "complete_scan", parameters={"method": "local Gaussian process (kriging)", "uncertainty": uncertainty,
-                                     "coverage": float(m3.mean()), "fitted_hyperparameters": fitted},
-        model={"name": LOCAL_GP}, device="cpu (numpy)", input_name=input_name)
-    return CompletionResult(image=image, uncertainty=sigma, mask=m_out.copy(), model=LOCAL_GP,
-                            device="cpu (numpy)", provenance=prov)
+        "complete_scan", parameters={"method": f"local Gaussian process (kriging), {settings['kernel']}",
+                                     "settings": settings, "uncertainty": uncertainty, "sigma": sigma,
+                                     "sigma_meaning": what, "coverage": float(m3.mean()),
+                                     "fitted_hyperparameters": fitted},
+        model={"name": model}, device="cpu (numpy)", input_name=input_name)
+    return CompletionResult(image=image, uncertainty=sig, mask=m_out.copy(), model=model,
+                            device="cpu (numpy)", provenance=prov, sigma=sigma)
 
 
-def complete_scan(values, mask, *, model="default", device="auto", tile: int = 512,
-                  uncertainty: bool = True, input_name: str | None = None) -> CompletionResult:
+def complete_scan(values, mask, *, model=KRIGING, device="auto", tile: int = 512,
+                  uncertainty: bool = True, sigma: str = "measurement",
+                  input_name: str | None = None) -> CompletionResult:
     """Fill in the unmeasured pixels of a partial scan.
 
     Parameters
     ----------
     values : ndarray (H, W) or (T, H, W)
-        Scan intensities in any units (counts, floats); values where ``mask`` is False are
-        ignored (0 or NaN are fine).
+        Scan intensities in any units and offset (counts, amperes, floats); values where
+        ``mask`` is False are ignored (0 or NaN are fine).
     mask : ndarray of bool, same shape
         True where a pixel was measured (e.g. from :func:`~napari_microml.completion.masks.scan_mask`).
     model : str or torch.nn.Module
-        Shipped model name (``"default"`` = adversarially refined, ``"pixel"`` = pixel loss
-        only), a ``.pt`` path or a module, or ``"local-gp"``: no network, a local Gaussian
-        process (kriging, :mod:`~napari_microml.completion.kriging`) with hyperparameters fitted
-        to this scan — seconds instead of a fraction of one, and the better choice on smooth,
-        very sparse scans (e.g. spirals below 1/50 coverage); ``device`` is then ignored.
+        ``"kriging"`` (default): a local Gaussian process fitted to this scan (Matérn-5/2,
+        no network; under a second for 512² on one CPU core, memory bounded by its blocks, so
+        2048² and larger run in pieces). ``"local-gp"``: the earlier local GP (Matérn-3/2,
+        several times slower), the benchmark's reference. A shipped network (``"default"`` =
+        adversarially refined, ``"pixel"`` = pixel loss only), a ``.pt`` path or a module:
+        ``device`` and ``tile`` apply to these only.
     device : str
-        ``"auto"``, ``"cuda"``, ``"mps"`` or ``"cpu"``.
+        ``"auto"``, ``"cuda"``, ``"mps"`` or ``"cpu"`` (networks only).
     tile : int
-        Tile edge (px); memory is bounded by the tile, not by the image size.
+        Network tile edge (px); memory is bounded by the tile, not by the image size.
     uncertainty : bool
         When False the returned uncertainty is all zeros.
+    sigma : {"measurement", "signal"}
+        Kriging methods: ``"measurement"`` (default) reports the 1σ of what a new measurement
+        of the pixel would read — the signal's uncertainty plus the pixel noise estimated from
+        the scan — the figure to compare with a re-scan; ``"signal"`` the 1σ of the noise-free
+        signal. Networks report their own calibrated σ (``result.sigma == "network"``).
 
     Returns
     -------
     CompletionResult
-        ``image`` equals ``values`` at measured pixels; ``uncertainty`` is a calibrated 1σ in
-        the input's intensity units (0 at measured pixels).
+        ``image`` equals ``values`` exactly at measured pixels (float64 for float64 input and
+        integers wider than 16 bits, float32 otherwise); ``uncertainty`` is 1σ in the input's
+        units, 0 at measured pixels and > 0 everywhere else.
 
     Raises
     ------
     ValueError
-        Shape mismatch, no measured pixel, every pixel measured, NaN at measured pixels,
-        RGB input or wrong dimensionality.
+        Shape mismatch, an empty stack, fewer than 8 measured pixels, every pixel measured,
+        all measured values equal (nothing sets a scale for the uncertainty), NaN at measured
+        pixels, RGB input or wrong dimensionality.
     """
     return drain(complete_scan_iter(values, mask, model=model, device=device, tile=tile,
-                                    uncertainty=uncertainty, input_name=input_name))
+                                    uncertainty=uncertainty, sigma=sigma, input_name=input_name))

@@ -12,7 +12,7 @@ from typing import Callable
 
 import numpy as np
 
-MASK_KINDS = ("spiral", "grid", "lines", "random", "random_walk", "lissajous")
+MASK_KINDS = ("spiral", "grid", "lines", "random", "random_walk", "lissajous", "line_hopping")
 _STEP = 0.5  # arc-length sampling of traced trajectories (px)
 
 
@@ -159,6 +159,23 @@ def _lines(shape, coverage, rng) -> np.ndarray:
     return mask
 
 
+def _line_hopping(shape, coverage, rng) -> np.ndarray:
+    """Partial scan lines that hop: every k-th row is scanned in segments of 8-64 px, each on a
+    row drawn at random within its line's band (a line-hopping / partial-line acquisition)."""
+    h, w = shape
+    n_rows = int(np.clip(round(coverage * h), 1, h))
+    step = h / n_rows
+    mask = np.zeros(shape, bool)
+    for i in range(n_rows):
+        col = 0
+        while col < w:
+            seg = int(rng.integers(8, 65))
+            row = int(np.clip(np.floor(i * step + rng.uniform(0, step)), 0, h - 1))
+            mask[row, col:col + seg] = True
+            col += seg
+    return mask
+
+
 def _random(shape, coverage, rng) -> np.ndarray:
     h, w = shape
     n = max(1, int(round(coverage * h * w)))
@@ -168,7 +185,7 @@ def _random(shape, coverage, rng) -> np.ndarray:
 
 
 _MAKERS = {"spiral": _spiral, "grid": _grid, "lines": _lines, "random": _random,
-           "random_walk": _random_walk, "lissajous": _lissajous}
+           "random_walk": _random_walk, "lissajous": _lissajous, "line_hopping": _line_hopping}
 
 
 def scan_mask(kind: str, shape: tuple[int, int], coverage: float, *, seed: int = 0) -> np.ndarray:
@@ -180,7 +197,8 @@ def scan_mask(kind: str, shape: tuple[int, int], coverage: float, *, seed: int =
         One of :data:`MASK_KINDS`: ``"spiral"`` (Archimedean, evenly spaced arms),
         ``"grid"`` (a regular point grid), ``"lines"`` (every k-th scan row), ``"random"``
         (random pixels), ``"random_walk"`` (a smoothly turning random path) or
-        ``"lissajous"`` (a Lissajous figure).
+        ``"lissajous"`` (a Lissajous figure) or ``"line_hopping"`` (every k-th line scanned in
+        8-64 px segments, each on a random row of its line's band).
     shape : (int, int)
         Image height and width in pixels (each at least 8).
     coverage : float
@@ -192,7 +210,7 @@ def scan_mask(kind: str, shape: tuple[int, int], coverage: float, *, seed: int =
     -------
     ndarray of bool, shape (H, W)
         True where a pixel is measured. Spiral, Lissajous, random walk and random masks match
-        ``coverage`` within 2 % (relative); grid and lines are quantised to whole rows/columns.
+        ``coverage`` within 2 % (relative); grid, lines and line hopping are quantised to whole rows/columns.
     """
     if kind not in _MAKERS:
         raise ValueError(f"Unknown scan kind {kind!r}; choose one of {', '.join(MASK_KINDS)}.")

@@ -42,8 +42,9 @@ def rasterise(coords, values, shape: tuple[int, int] | None = None, *,
 
     Returns
     -------
-    values : ndarray float32 (H, W)
-        The (mean) measured value at measured pixels, 0 elsewhere.
+    values : ndarray float64 (H, W)
+        The (mean) measured value at measured pixels, 0 elsewhere (float64: counts above 2**24
+        and float64 values stay exact).
     mask : ndarray bool (H, W)
         True where at least one measurement fell.
 
@@ -89,7 +90,7 @@ def rasterise(coords, values, shape: tuple[int, int] | None = None, *,
     mask = count > 0
     out = np.zeros(total.shape, np.float64)
     out[mask] = total[mask] / count[mask]
-    return out.reshape(shape).astype(np.float32), mask.reshape(shape)
+    return out.reshape(shape), mask.reshape(shape)
 
 
 def read_scan_csv(path, *, order: str = "xy") -> np.ndarray:
@@ -220,7 +221,7 @@ def sparse_from_files(coords_csv, movie, info=None) -> tuple[np.ndarray, np.ndar
 
     Returns
     -------
-    values : float32 (H, W), mask : bool (H, W), info : dict (see :func:`read_scan_info`)
+    values : float64 (H, W), mask : bool (H, W), info : dict (see :func:`read_scan_info`)
     """
     coords = read_scan_csv(coords_csv)
     if isinstance(movie, (str, Path)):
@@ -236,6 +237,29 @@ def sparse_from_files(coords_csv, movie, info=None) -> tuple[np.ndarray, np.ndar
     return values, mask, meta
 
 
+def check_mask(shape, mask) -> np.ndarray:
+    """The measured-pixel mask for values of ``shape`` (cheap: no pass over the values).
+
+    ``mask`` is non-zero (and not NaN) where a pixel was measured; a 2D mask serves every frame
+    of a (T, H, W) stack. Returns a bool array of ``shape``; raises ValueError when the sizes
+    differ, nothing or everything is measured in a frame.
+    """
+    shape = tuple(int(n) for n in shape)
+    m = np.asarray(mask)
+    if m.shape != shape and not (len(shape) == 3 and m.shape == shape[1:]):
+        raise ValueError(f"The mask is {'×'.join(map(str, m.shape))} pixels but the sparse image is "
+                         f"{'×'.join(map(str, shape))}; they must have the same size.")
+    measured = (m != 0) & ~np.isnan(m) if m.dtype.kind == "f" else m != 0
+    frames = measured.reshape((-1,) + measured.shape[-2:])
+    for t, frame in enumerate(frames):
+        where = f" in frame {t}" if len(frames) > 1 else ""
+        if not frame.any():
+            raise ValueError(f"The mask marks no measured pixel{where}: there is nothing to complete from.")
+        if frame.all():
+            raise ValueError(f"Every pixel is measured{where}: there is nothing to complete.")
+    return np.broadcast_to(measured, shape).copy()
+
+
 def check_sparse(values, mask) -> tuple[np.ndarray, np.ndarray]:
     """Check a sparse image and its mask before completion; return them as float32 / bool.
 
@@ -248,7 +272,8 @@ def check_sparse(values, mask) -> tuple[np.ndarray, np.ndarray]:
 
     Returns
     -------
-    values : ndarray float32, mask : ndarray bool (same shape as ``values``)
+    values : ndarray float32 (float64 for float64 input and integers wider than 16 bits, so
+    measured values stay exact), mask : ndarray bool (same shape as ``values``)
 
     Raises
     ------
@@ -257,17 +282,67 @@ def check_sparse(values, mask) -> tuple[np.ndarray, np.ndarray]:
         with no measured pixel (in any frame), a mask that measures every pixel of a frame (nothing to
         complete), or NaN/inf values at measured pixels.
     """
-    from napari_microml.completion.complete import check_scan
+    from napari_microml.completion.complete import check_scan, output_dtype
     from napari_microml.runtime.validate import as_image_stack
 
     arr = np.asarray(values)
     as_image_stack(np.nan_to_num(arr) if arr.dtype.kind == "f" else arr, what="sparse image")
-    arr = arr.astype(np.float32, copy=False)
-    m = np.asarray(mask)
-    if m.shape != arr.shape and not (arr.ndim == 3 and m.shape == arr.shape[1:]):
-        raise ValueError(f"The mask is {'×'.join(map(str, m.shape))} pixels but the sparse image is "
-                         f"{'×'.join(map(str, arr.shape))}; they must have the same size.")
-    measured = (m != 0) & ~np.isnan(m) if m.dtype.kind == "f" else m != 0
-    m = np.broadcast_to(measured, arr.shape).copy()
+    dtype = output_dtype(arr.dtype) if arr.dtype.kind in "biuf" else np.float32
+    arr = arr.astype(dtype, copy=False)
+    m = check_mask(arr.shape, mask)
     v3, m3, _ = check_scan(arr, m)  # the core's rules: a measured pixel per frame, not all, finite
-    return v3.reshape(arr.shape), m3.reshape(arr.shape)
+    return v3.reshape(arr.shape).astype(dtype, copy=False), m3.reshape(arr.shape)
+
+
+COORDS_SUFFIX = "_scan_coordinates.csv"
+INFO_SUFFIX = "_info.txt"
+
+
+def companion_files(movie_path) -> tuple[Path, Path | None] | None:
+    """The Direct Electron random-scan files that belong to a movie, or None.
+
+    ``ROI_Random_Scan_movie.mrc`` belongs with ``ROI_Random_Scan_scan_coordinates.csv`` (needed)
+    and ``ROI_Random_Scan_info.txt`` (optional: full scan size and ROI offset); the movie's stem
+    minus a trailing ``_movie`` names them.
+    """
+    p = Path(movie_path)
+    stem = p.stem[: -len("_movie")] if p.stem.lower().endswith("_movie") else p.stem
+    coords = p.with_name(stem + COORDS_SUFFIX)
+    if not coords.is_file():
+        return None
+    info = p.with_name(stem + INFO_SUFFIX)
+    return coords, (info if info.is_file() else None)
+
+
+def random_scan_layers(movie_path, movie) -> list[tuple]:
+    """napari layers for a random-position scan opened by its movie (File → Open).
+
+    Returns three ``(data, kwargs, layer_type)`` tuples on the full scan grid: the sparse image
+    (the per-frame sum at measured pixels, 0 elsewhere), its measured-pixel mask (Labels) and the
+    scan positions as Points with the value in the ``intensity`` feature and the grid size in
+    their metadata, so both input modes of the completer give the same grid. Empty when the
+    movie has no companion position file (see :func:`companion_files`).
+    """
+    found = companion_files(movie_path)
+    if found is None:
+        return []
+    coords_path, info_path = found
+    coords = read_scan_csv(coords_path)
+    signal = values_from_movie(movie)
+    if len(signal) != len(coords):
+        raise ValueError(f"{Path(movie_path).name} has {len(signal)} frames but {coords_path.name} has "
+                         f"{len(coords)} positions; they must match one to one.")
+    meta = read_scan_info(info_path) if info_path is not None else {"scan_shape": None, "roi_offset": (0, 0)}
+    values, mask = rasterise(coords, signal, meta["scan_shape"], origin=meta["roi_offset"])
+    stem = coords_path.name[: -len(COORDS_SUFFIX)]
+    scan = {"source_file": str(movie_path), "scan_coordinates": str(coords_path),
+            "scan_info": str(info_path) if info_path else None, "scan_shape": tuple(values.shape),
+            "roi_offset": tuple(meta["roi_offset"]), "n_positions": int(len(coords))}
+    positions = coords + np.asarray(meta["roi_offset"])
+    md = {"napari_microml": {**scan, "sparse_scan": True}}
+    return [
+        (values, {"name": f"{stem} sparse", "metadata": md, "colormap": "gray"}, "image"),
+        (mask.astype(np.uint8), {"name": f"{stem} mask", "metadata": md, "opacity": 0.5}, "labels"),
+        (positions.astype(np.float64), {"name": f"{stem} scan points", "metadata": md, "size": 1.0,
+                                       "features": {"intensity": signal}, "visible": False}, "points"),
+    ]
