@@ -798,3 +798,22 @@ def test_spectra_window_is_given_in_the_axis_units(fakes, shared_data, tmp_path,
     assert "covers 0 channel(s)" in err and "-50 to 461.5 eV" in err
     with pytest.raises(cli.InputError, match="--window"):
         cli.run_tool("atoms", [str(si)], str(tmp_path / "a"), window=(0, 1))
+
+
+def test_a_folder_that_appears_during_the_run_rolls_the_commit_back(tmp_path, monkeypatch, capsys):
+    """The issue's case, raced: pt_10_atoms.csv becomes a folder while frames run (after the
+    up-front check). The commit fails on it and nothing of the 20-input run stays in out."""
+    src = _twenty_inputs(tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("user file")
+
+    def blocking(frame, device="auto"):
+        (out / "pt_10_atoms.csv").mkdir(exist_ok=True)
+        return _fake_atoms(frame, device)
+
+    monkeypatch.setattr(cli.ADAPTERS["atoms"], "run", blocking)
+    assert cli.main(["atoms", str(src), "--out", str(out), "--quiet"]) == 1
+    assert "pt_10_atoms.csv" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt", "pt_10_atoms.csv"]
+    assert (out / "notes.txt").read_text() == "user file"

@@ -784,6 +784,28 @@ def clean_stale_staging(out: Path, min_age_s: float = 30.0) -> list[Path]:
     return cleaned
 
 
+def check_out(out: Path, names: list[str], overwrite: bool = False) -> set[str]:
+    """Get ``out`` ready for a run that will write ``names``, before any work is done.
+
+    Staging folders of killed runs are rolled back and removed first (they may hold the user's
+    earlier results). Raises :class:`InputError` when a name is taken by a folder, or by a file
+    and ``overwrite`` is False. Returns the names that exist and will be replaced. With
+    :class:`Staging` this is the one way microml subcommands put files into ``--out``.
+    """
+    with _uninterrupted():
+        for stale in clean_stale_staging(out):
+            print(f"microml: removed {stale.name}, left in {out} by an interrupted run",
+                  file=sys.stderr)
+    existing = [n for n in names if os.path.lexists(out / n)]
+    folders = [n for n in existing if (out / n).is_dir()]
+    if folders:
+        raise InputError(f"{', '.join(folders)} in {out} {'is a folder' if len(folders) == 1 else 'are folders'}"
+                         "; a result file cannot replace a folder. Move it or choose another --out.")
+    if existing and not overwrite:
+        raise InputError(_existing_message(out, existing))
+    return set(existing)
+
+
 # ------------------------------------------------------------------------------ run_tool
 @dataclass
 class Report:
@@ -889,20 +911,8 @@ def run_tool(tool: str, inputs: list[str], out: str, *, device: str = "auto",
     if not jobs:
         return report
 
-    # the files of a killed run are rolled back first: they may hold the user's earlier results
-    with _uninterrupted():
-        for stale in clean_stale_staging(out_dir):
-            print(f"microml: removed {stale.name}, left in {out_dir} by an interrupted run",
-                  file=sys.stderr)
     planned = {job.stem: output_names(tool, job.stem) for job in jobs}
-    every = [n for names in planned.values() for n in names]
-    existing = [n for n in every if os.path.lexists(out_dir / n)]
-    folders = [n for n in existing if (out_dir / n).is_dir()]
-    if folders:
-        raise InputError(f"{', '.join(folders)} in {out_dir} {'is a folder' if len(folders) == 1 else 'are folders'}"
-                         "; a result file cannot replace a folder. Move it or choose another --out.")
-    if existing and not overwrite:
-        raise InputError(_existing_message(out_dir, existing))
+    existing = check_out(out_dir, [n for names in planned.values() for n in names], overwrite)
 
     created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -968,7 +978,7 @@ def run_tool(tool: str, inputs: list[str], out: str, *, device: str = "auto",
                 if _Interrupts.pending:  # Ctrl-C just before the commit: do not start it
                     raise KeyboardInterrupt
             with _uninterrupted(drop=True):
-                report.written = stage.commit(names, set(existing))
+                report.written = stage.commit(names, existing)
         return report
     finally:
         with _uninterrupted(drop=bool(report.written)):
