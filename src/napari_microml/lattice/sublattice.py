@@ -14,7 +14,7 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 TOL = 0.22          # match tolerance, fraction of the nearest-neighbour distance
-MIN_SCORE = 0.7     # a translation is found from at least this fraction of the best vector's columns
+MIN_SCORE = 0.6     # a translation is found from at least this fraction of the best vector's columns (a 3-row strip: 2/3; a honeycomb bond: 1/2)
 CHECKER = 0.75      # fraction of translation edges joining bright to dim for an intensity split
 
 

@@ -1,0 +1,356 @@
+"""Benchmark the lattice analysis (mm.analyze_lattice, mm.count_atoms) beside Atomap.
+
+Prints one JSON document with these parts (``--parts``):
+
+* ``strain``: simulated lattices with exact truth (synth/strained.py; square, 16 px spacing,
+  column σ 1.6 px) - a +2 % exx step (reference: the left part), a ±2 % linear exx gradient and
+  an edge dislocation (columns > 5 cells from the core) - at 100, 1,000 and 10,000 counts per
+  column; positions refined on the noisy image (atoms.refine) from starts 0.3 px off. RMS error
+  of exx, eyy, exy (3×3- and 5×5-cell fits), the error over the reported std, and Atomap 0.4's
+  nearest-neighbour distance method (atom spacing along the x and y zone axes over the
+  reference spacing) on the same positions.
+* ``polarisation``: a perovskite with B columns off-centre by ±0.6 px in two domains; sublattice
+  accuracy, RMS error of the B displacement, std ratio; Atomap's
+  get_middle_position_list + get_vector_shift_list on the same positions and our sublattices.
+* ``counting``: columns of 1–8 atoms (intensity ∝ count) at 30…3,000 counts per atom: exact
+  count fraction and components; baseline: Atomap's Voronoi integration (am.integrate) + a
+  tied-covariance Gaussian mixture chosen by BIC (Atomap's quant model, sklearn).
+* ``speed``: analyze_lattice on 100,000 columns and count_atoms on a 1024² image (wall and
+  process CPU seconds, with the machine's load average); Atomap's zone-axis construction on
+  2,500 columns for scale.
+* ``real``: stem_abf_data.hspy (SrTiO3 [110] ABF, 9.33 pm/px from the hspy axes' scale, the
+  file has no units; columns by mm.find_atoms contrast="dark", the image inverted so the
+  darkest columns are sublattice 0) and Acquisition_18.emd (0.01225 nm/px; metadata sample
+  "STO laser cut"): sublattices, lattice parameters ± spread/sem, strain flatness.
+
+Usage: ``python benchmarks/lattice.py [--seeds 3] [--parts strain,polarisation,...]``.
+"""
+from __future__ import annotations
+
+import os
+
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import time  # noqa: E402
+import warnings  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "formats"
+DOSES = (100, 1000, 10_000)
+
+
+def _atomap():
+    """Atomap's API, or the reason it cannot be used."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import atomap.api as am  # noqa: F401 - api first: atomap's own import order
+            import atomap.analysis_tools as an
+        return am, an, None
+    except Exception as err:  # noqa: BLE001 - recorded in the JSON
+        return None, None, f"{type(err).__name__}: {err}"
+
+
+def measured(sample, seed):
+    from napari_microml.atoms.refine import refine_positions
+
+    rng = np.random.default_rng(seed)
+    h, w = sample.image.shape
+    start = np.clip(sample.positions + rng.normal(0, 0.3, sample.positions.shape), 0, [h - 1, w - 1])
+    pos, feats = refine_positions(sample.image, start)
+    return pos, feats["position_std"]
+
+
+def true_strain(sample, reference):
+    from napari_microml.lattice.strain import strain_rotation
+
+    fbar = np.median(sample.F[reference], axis=0)
+    return strain_rotation(sample.F @ np.linalg.inv(fbar))[0]
+
+
+def rms(a, axis=0):
+    return np.sqrt(np.nanmean(np.asarray(a, float) ** 2, axis=axis))
+
+
+def atomap_spacing_strain(am, pos, image, truth, keep, reference):
+    """Atomap's distance method: the spacing of neighbouring atoms along the zone axes nearest x
+    and y, over its median in the reference; compared with the truth at the pair's midpoint."""
+    from scipy.spatial import cKDTree
+
+    sub = am.Sublattice(pos[:, ::-1], image=image)
+    sub.construct_zone_axes()
+    zones = sub.zones_axis_average_distances
+    out = {}
+    tree = cKDTree(pos)
+    ref_tree = cKDTree(pos[reference])
+    for comp, axis in (("exx", 0), ("eyy", 1)):
+        z = max(zones[:4], key=lambda v: abs(v[axis]) / np.hypot(*v))
+        x, y, d = sub.get_atom_distance_list_from_zone_vector(z)
+        mid = np.column_stack([y, x])
+        d = np.asarray(d)
+        in_ref = ref_tree.query(mid, k=1)[0] < 8
+        eps = d / np.median(d[in_ref]) - 1
+        _, j = tree.query(mid, k=2)          # the pair's two columns
+        ok = keep[j].all(axis=1)
+        t = truth[j, axis].mean(axis=1)
+        out[comp] = float(rms((eps - t)[ok]))
+    return out
+
+
+def part_strain(seeds, am):
+    import napari_microml as mm
+    from napari_microml.synth.strained import strained_lattice
+
+    rows = []
+    for scenario in ("step", "gradient", "dislocation"):
+        for dose in DOSES:
+            for seed in range(seeds):
+                s = strained_lattice(scenario, dose=dose, shape=(320, 320), seed=100 * seed + 1)
+                pos, std = measured(s, seed)
+                ref = s.positions[:, 1] < 140 if scenario == "step" else np.ones(len(pos), bool)
+                truth = true_strain(s, ref)
+                if scenario == "step":
+                    keep = np.abs(s.positions[:, 1] - 160) > 24
+                elif scenario == "dislocation":
+                    keep = np.hypot(*(s.positions - 164).T) > 5 * 16
+                else:
+                    keep = np.ones(len(pos), bool)
+                row = {"scenario": scenario, "dose": dose, "seed": seed}
+                for shells in (1, 2):
+                    lat = mm.analyze_lattice(pos, image=s.image, reference=ref if scenario == "step" else None,
+                                             position_std=std, shells=shells)
+                    err = (lat.strain - truth)[keep]
+                    ok = np.isfinite(err).all(axis=1)
+                    row[f"rms_pct_{shells}"] = (100 * rms(err[ok])).round(4).tolist()
+                    row[f"err_over_std_{shells}"] = (rms(err[ok]) / rms(lat.strain_std[keep][ok])).round(3).tolist()
+                    row[f"defined_{shells}"] = round(float(ok.mean()), 4)
+                if am is not None:
+                    try:
+                        a = atomap_spacing_strain(am, pos, s.image, truth, keep, ref)
+                        row["atomap_rms_pct"] = {k: round(100 * v, 4) for k, v in a.items()}
+                    except Exception as err:  # noqa: BLE001
+                        row["atomap_error"] = f"{type(err).__name__}: {err}"
+                rows.append(row)
+    return _summarise(rows, ("scenario", "dose"))
+
+
+def _summarise(rows, keys):
+    """Mean over seeds of every numeric (or list) field, grouped by ``keys``."""
+    groups = {}
+    for r in rows:
+        groups.setdefault(tuple(r[k] for k in keys), []).append(r)
+    out = []
+    for key, rs in groups.items():
+        entry = dict(zip(keys, key))
+        for field in rs[0]:
+            if field in keys or field == "seed":
+                continue
+            vals = [r[field] for r in rs if field in r]
+            if isinstance(vals[0], dict):
+                entry[field] = {k: round(float(np.mean([v[k] for v in vals])), 4) for k in vals[0]}
+            elif isinstance(vals[0], (list, float, int)):
+                entry[field] = np.round(np.mean(np.asarray(vals, float), axis=0), 4).tolist()
+            else:
+                entry[field] = vals[0]
+        out.append(entry)
+    return out
+
+
+def part_polarisation(seeds, am, an):
+    import napari_microml as mm
+    from napari_microml.synth.strained import strained_lattice
+
+    rows = []
+    for dose in DOSES:
+        for seed in range(seeds):
+            s = strained_lattice("domains", structure="perovskite", dose=dose, seed=200 + seed)
+            pos, std = measured(s, seed)
+            lat = mm.analyze_lattice(pos, image=s.image, position_std=std)
+            b = (s.sublattice == 1) & np.isfinite(lat.displacement).all(axis=1)
+            err = lat.displacement[b] - s.shift[b]
+            row = {"dose": dose, "seed": seed,
+                   "sublattice_accuracy": float((lat.sublattice == s.sublattice).mean()),
+                   "b_rms_error_px": float(rms(err.ravel())),
+                   "err_over_std": (rms(err) / rms(lat.displacement_std[b])).round(3).tolist(),
+                   "b_defined": float(b.sum() / (s.sublattice == 1).sum())}
+            if am is not None:
+                try:
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")
+                        A = am.Sublattice(pos[lat.sublattice == 0][:, ::-1], image=s.image)
+                        B = am.Sublattice(pos[lat.sublattice == 1][:, ::-1], image=s.image)
+                        A.construct_zone_axes()
+                        za0, za1 = A.zones_axis_average_distances[0:2]
+                        middle = an.get_middle_position_list(A, za0, za1)
+                        vec = np.asarray(an.get_vector_shift_list(B, middle), float)
+                    # vec rows: middle x, y and middle − B (x, y): B's offset is minus that
+                    from scipy.spatial import cKDTree
+
+                    _, j = cKDTree(s.positions).query(vec[:, 1::-1], k=1)
+                    e = -vec[:, [3, 2]] - s.shift[j]
+                    row["atomap_b_rms_error_px"] = float(rms(e.ravel()))
+                    row["atomap_b_defined"] = float(len(vec) / (s.sublattice == 1).sum())
+                except Exception as err:  # noqa: BLE001
+                    row["atomap_error"] = f"{type(err).__name__}: {err}"
+            rows.append(row)
+    return _summarise(rows, ("dose",))
+
+
+def part_counting(seeds, am):
+    import napari_microml as mm
+    from napari_microml.synth.strained import strained_lattice
+
+    rows = []
+    for dose in (30, 100, 300, 1000, 3000):
+        for seed in range(seeds):
+            s = strained_lattice("counts", dose=dose, seed=300 + seed)
+            c = mm.count_atoms(s.image, s.positions)
+            row = {"dose": dose, "seed": seed, "exact": float((c.counts == s.counts).mean()),
+                   "n_components": c.n_components}
+            if am is not None:
+                try:
+                    import hyperspy.api as hs
+                    from sklearn.mixture import GaussianMixture
+
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")
+                        inten = am.integrate(hs.signals.Signal2D(s.image), s.positions[:, 1],
+                                             s.positions[:, 0], method="Voronoi",
+                                             show_progressbar=False)[0]
+                    x = np.asarray(inten, float).reshape(-1, 1)
+                    models = [GaussianMixture(g, covariance_type="tied", random_state=0).fit(x)
+                              for g in range(1, 13)]
+                    best = min(models, key=lambda m: m.bic(x))
+                    order = np.argsort(best.means_.ravel())
+                    rank = np.empty_like(order)
+                    rank[order] = np.arange(len(order))
+                    counts = rank[best.predict(x)] + 1
+                    row["atomap_bic_exact"] = float((counts == s.counts).mean())
+                    row["atomap_bic_components"] = int(best.n_components)
+                except Exception as err:  # noqa: BLE001
+                    row["atomap_error"] = f"{type(err).__name__}: {err}"
+            rows.append(row)
+    return _summarise(rows, ("dose",))
+
+
+def _timed(fn, repeat=3):
+    best_wall, best_cpu = np.inf, np.inf
+    for _ in range(repeat):
+        w, c = time.perf_counter(), time.process_time()
+        fn()
+        best_wall = min(best_wall, time.perf_counter() - w)
+        best_cpu = min(best_cpu, time.process_time() - c)
+    return round(best_wall, 3), round(best_cpu, 3)
+
+
+def part_speed(am):
+    import napari_microml as mm
+    from napari_microml.synth.strained import strained_lattice
+
+    rng = np.random.default_rng(0)
+    i, j = np.meshgrid(np.arange(317), np.arange(317), indexing="ij")
+    pos = np.column_stack([i.ravel() * 16.0, j.ravel() * 16.0])[:100_000] + rng.normal(0, 0.05, (100_000, 2))
+    mm.analyze_lattice(pos[(pos[:, 0] < 500) & (pos[:, 1] < 500)])  # warm-up
+    out = {"load_average_1min": round(os.getloadavg()[0], 2), "cpu_count": os.cpu_count()}
+    out["analyze_lattice_100k_wall_cpu_s"] = _timed(lambda: mm.analyze_lattice(pos))
+    s = strained_lattice("counts", dose=300, shape=(1024, 1024), seed=5)
+    out["count_atoms_1024_columns"] = int(len(s.positions))
+    out["count_atoms_1024_wall_cpu_s"] = _timed(lambda: mm.count_atoms(s.image, s.positions))
+    if am is not None:
+        small = pos[(pos[:, 0] < 50 * 16) & (pos[:, 1] < 50 * 16)]
+        t = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            sub = am.Sublattice(small[:, ::-1], image=np.zeros((820, 820)))
+            sub.construct_zone_axes()
+        out["atomap_construct_zone_axes_s"] = {"columns": int(len(small)),
+                                               "seconds": round(time.perf_counter() - t, 3)}
+        out["ours_same_columns_wall_cpu_s"] = _timed(lambda: mm.analyze_lattice(small))
+    return out
+
+
+def _flatness(lat):
+    """Strain over the reference-free map: mean and sem of each quadrant, spread vs reported std."""
+    ok = np.isfinite(lat.strain).all(axis=1)
+    e, p = lat.strain[ok], lat.positions[ok]
+    mid = np.median(p, axis=0)
+    quads = []
+    for qr in (p[:, 0] < mid[0], p[:, 0] >= mid[0]):
+        for qc in (p[:, 1] < mid[1], p[:, 1] >= mid[1]):
+            q = e[qr & qc]
+            quads.append({"mean_pct": (100 * q.mean(0)).round(3).tolist(),
+                          "sem_pct": (100 * q.std(0) / np.sqrt(len(q))).round(3).tolist()})
+    mad = 1.4826 * np.median(np.abs(e - np.median(e, 0)), axis=0)
+    return {"spread_pct": (100 * e.std(0)).round(3).tolist(),
+            "robust_spread_pct": (100 * mad).round(3).tolist(),
+            "median_reported_std_pct": (100 * np.median(lat.strain_std[ok], 0)).round(3).tolist(),
+            "quadrants": quads}
+
+
+def part_real():
+    import napari_microml as mm
+
+    out = {}
+    for name, contrast in (("stem_abf_data.hspy", "dark"), ("Acquisition_18.emd", "bright")):
+        path = DATA / name
+        if not path.is_file():
+            out[name] = "missing"
+            continue
+        data, kw, _ = mm.read_file(path)[0]
+        img = np.asarray(data, float)
+        pixel_nm = float(kw["scale"][-1])   # hspy: axes scale without units (README: 9.33 pm/px)
+        found = mm.find_atoms(img, contrast=contrast)
+        lat = mm.analyze_lattice(found.positions, image=-img if contrast == "dark" else img,
+                                 pixel_size=pixel_nm,
+                                 position_std=found.features["position_std"].to_numpy())
+        L = {k: (round(float(v), 3) if isinstance(v, (float, np.floating)) else v) for k, v in lat.lattice.items()}
+        entry = {"pixel_size_nm": pixel_nm, "columns": int(len(found.positions)),
+                 "columns_per_sublattice": np.bincount(lat.sublattice).tolist(),
+                 "lattice": L, "position_std": lat.std_source, "flatness": _flatness(lat)}
+        if name.startswith("stem_abf"):
+            # [110]: a1 ≈ a/√2 (along [1-10]), a2 ≈ a (along [001]); SrTiO3 a = 390.5 pm
+            entry["a_from_a1_pm"] = round(L["a_pm"] * np.sqrt(2), 2)
+            entry["a_from_a2_pm"] = round(L["b_pm"], 2)
+            entry["reference_a_pm"] = 390.5
+        else:
+            entry["reference_a_pm_SrTiO3"] = 390.5
+            entry["ratio_to_SrTiO3"] = round((L["a_pm"] + L["b_pm"]) / 2 / 390.5, 4)
+            c = mm.count_atoms(img, found.positions)
+            entry["count_components"] = c.n_components
+            entry["components_vs_sublattice"] = [np.bincount(c.counts[lat.sublattice == s],
+                                                             minlength=c.n_components + 1).tolist()
+                                                 for s in range(lat.n_sublattices)]
+        out[name] = entry
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--parts", default="strain,polarisation,counting,speed,real")
+    args = ap.parse_args()
+    parts = args.parts.split(",")
+    am, an, why = _atomap()
+    result = {"atomap": "atomap 0.4 (PyPI)" if am is not None else f"not available: {why}"}
+    t0 = time.perf_counter()
+    if "strain" in parts:
+        result["strain"] = part_strain(args.seeds, am)
+    if "polarisation" in parts:
+        result["polarisation"] = part_polarisation(args.seeds, am, an)
+    if "counting" in parts:
+        result["counting"] = part_counting(args.seeds, am)
+    if "speed" in parts:
+        result["speed"] = part_speed(am)
+    if "real" in parts:
+        result["real"] = part_real()
+    result["seconds"] = round(time.perf_counter() - t0, 1)
+    print(json.dumps(result, indent=1, default=float))
+
+
+if __name__ == "__main__":
+    main()
