@@ -62,6 +62,10 @@ def _napari_reader(path) -> list[LayerData]:
     layers: list[LayerData] = []
     for p in paths:
         layers.extend(read_file(p))
+        if Path(p).suffix.lower() == ".mrc":  # a Direct Electron random scan: its sparse image too
+            from napari_microml.completion.scan_io import random_scan_layers
+
+            layers.extend(random_scan_layers(p, layers[-1][0]))
     return layers
 
 
