@@ -361,6 +361,13 @@ def test_model_option_selects_the_method_and_rejects_unknown_names(tmp_path, cap
     np.testing.assert_allclose(img.reshape(truth.shape)[mask], truth[mask], rtol=1e-6)
     prov = json.dumps([json.loads(p.read_text()) for p in out.glob("*.json")])
     assert "local-gp" in prov
+    # no --model: complete_scan's own default method (kriging), not a network the CLI picked
+    from napari_microml.completion.complete import KRIGING
+
+    assert cli.model_choices("complete")[:2] == [KRIGING, "local-gp"]
+    assert cli.main(["complete", str(tmp_path / "scan.tif"), "--out", str(tmp_path / "d"), "--quiet"]) == 0
+    prov = json.loads((tmp_path / "d" / "scan_complete.provenance.json").read_text())["parameters"]
+    assert prov["model"] is None and prov["tool_provenance"]["model"]["name"] == KRIGING
 
 
 def test_defects_model_defaults_to_auto_which_picks_the_dichalcogenide_model(tmp_path):

@@ -205,8 +205,9 @@ def test_complete_direct_electron_random_scan_from_its_files(shared_data, tmp_pa
 def test_complete_truth_with_the_papers_scan_trace_as_mask(shared_data, tmp_path):
     """The paper's spiral trace (mask-1.tif, non-zero = measured, 17.5 %) given with --mask over
     the real image truth-1.tif. Reference: measured pixels returned exactly, σ > 0 exactly where
-    nothing was measured, RMS error on the unmeasured pixels below 10 % of the [0, 1] range (a
-    sanity bound; the default model's accuracy is the completer's journey). Before: no --mask."""
+    nothing was measured, RMS error on the unmeasured pixels within 1.2× the package's local GP
+    on this pair (0.67 % of the [0, 1] range, issue #26): ≤ 0.8 % (0.69 % with the kriging
+    default). Before: no --mask; the network default gave 5.5 %."""
     import tifffile
 
     folder = shared_data / "completion"
@@ -220,6 +221,6 @@ def test_complete_truth_with_the_papers_scan_trace_as_mask(shared_data, tmp_path
     sigma = tifffile.imread(out / "truth-1_completed_uncertainty.tif")
     np.testing.assert_array_equal(image[measured], truth[measured])
     assert (sigma[measured] == 0).all() and (sigma[~measured] > 0).all()
-    assert np.sqrt(np.mean((image - truth)[~measured] ** 2)) < 0.10
+    assert np.sqrt(np.mean((image - truth)[~measured] ** 2)) <= 0.008
     prov = json.loads((out / "truth-1_complete.provenance.json").read_text())
     assert prov["parameters"]["measured_pixels"] == "mask file mask-1.tif"

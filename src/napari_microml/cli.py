@@ -123,12 +123,13 @@ def _defects(frame: np.ndarray, device: str = "auto", model: str = "auto", resca
             "provenance": getattr(d, "provenance", None)}
 
 
-def _complete(item: dict, device: str = "auto", model: str = "default") -> dict:
+def _complete(item: dict, device: str = "auto", model: str | None = None) -> dict:
     """``item = {"values": (H, W), "mask": (H, W) bool}`` (mask True = measured)."""
     import napari_microml as mm
 
+    kwargs = {} if model is None else {"model": model}  # None: complete_scan's default method
     c = mm.complete_scan(np.asarray(item["values"]), np.asarray(item["mask"], bool),
-                         device=device, model=model)
+                         device=device, **kwargs)
     return {"image": np.asarray(c.image), "uncertainty": np.asarray(c.uncertainty),
             "provenance": getattr(c, "provenance", None)}
 
@@ -169,8 +170,8 @@ class Adapter:
 
 
 def model_choices(tool: str) -> list[str]:
-    """Names ``--model`` accepts for ``tool`` (shipped weights, plus kriging for complete and
-    'auto' for defects)."""
+    """Names ``--model`` accepts for ``tool`` (shipped weights, plus the kriging methods for
+    complete and 'auto' for defects)."""
     from napari_microml.nets.registry import list_models
 
     task = ADAPTERS[tool].task
@@ -180,9 +181,9 @@ def model_choices(tool: str) -> list[str]:
     if tool == "defects":  # picks 'dichalcogenide' or 'default' per input (defects/material.py)
         names.insert(0, "auto")
     if tool == "complete":
-        from napari_microml.completion.complete import LOCAL_GP
+        from napari_microml.completion.complete import KRIGING, LOCAL_GP
 
-        names.append(LOCAL_GP)
+        names = [KRIGING, LOCAL_GP, *names]
     return names
 
 
@@ -1019,10 +1020,11 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--quiet", action="store_true", help="no progress output")
         if ad.task is not None:
             sp.add_argument("--model", default=None,
-                            help="shipped model name (see `microml models`; complete also takes "
-                                 "'local-gp', kriging without a network); default: default, except "
+                            help="shipped model name (see `microml models`); default: default, except "
                                  "defects: auto ('dichalcogenide' for honeycombs of two unequally bright "
-                                 "sublattices, else 'default')")
+                                 "sublattices, else 'default') and complete: kriging (a local Gaussian "
+                                 "process fitted to each scan, no network; 'local-gp' is the slower "
+                                 "reference, network names select a network)")
         if ad.rescale:
             from napari_microml.atoms.finder import NOISY_PERIOD
             from napari_microml.runtime.spacing import RESCALE_MODES, TARGET
