@@ -1131,6 +1131,8 @@ def main(argv: list[str] | None = None) -> int:
             kind = "" if isinstance(err, ToolError) else f"{type(err).__name__}: "
             print(f"microml: {args.command} failed: {kind}{msg}; nothing was written.", file=sys.stderr)
             return EXIT_FAILED
+        for sig in previous:  # the results are in place: a Ctrl-C now cannot undo them
+            signal.signal(sig, signal.SIG_IGN)
         for f in report.failed:
             print(f"microml: {args.command}: {f.name}: {'error: ' if f.bad_input else 'failed: '}"
                   f"{f.reason}", file=sys.stderr)
@@ -1140,8 +1142,11 @@ def main(argv: list[str] | None = None) -> int:
             gave = report.inputs - len(report.failed) - len(report.empty)
             print(f"microml {args.command}: wrote {_plural(len(report.written), 'file')} to {args.out} "
                   f"({gave} of {_plural(report.inputs, 'input')} gave results)", file=sys.stderr)
-        for p in report.written:
-            print(p)
+        try:
+            for p in report.written:
+                print(p, flush=True)
+        except BrokenPipeError:  # e.g. `microml ... | head -1`: the files are written all the same
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - Python's documented recipe
         return report.exit_code
     except KeyboardInterrupt:
         for sig in previous:  # a second Ctrl-C while reporting changes nothing
