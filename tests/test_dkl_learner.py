@@ -225,3 +225,73 @@ def test_maps_reuse_the_last_suggestion_and_match_a_fresh_prediction(pair, kw):
     assert L._maps is None
     np.testing.assert_allclose(mean2.ravel(), unwarp_moments(L.warp, *L.model.predict())[0],
                                rtol=1e-5, atol=1e-9)
+
+
+# --- the input contract (issue #27) -----------------------------------------------------------------
+def _dopant_map(shape=(32, 32), n=10, seed=1):
+    """A Gaussian-blurred dopant map: mostly exact zeros (ties), a few smooth bumps."""
+    from scipy import ndimage as ndi
+
+    rng = np.random.default_rng(seed)
+    dop = np.zeros(shape)
+    dop.flat[rng.choice(dop.size, n, replace=False)] = 1.0
+    prop = ndi.gaussian_filter(dop, 1.0)
+    prop[prop < 1e-3] = 0.0
+    return prop
+
+
+def test_campaign_on_a_map_of_ties_runs_and_is_thread_independent():
+    """A seeded campaign picks the same points on 1 or 2 torch threads (the surrogate runs on
+    one thread whatever the session's setting) and does not crash on exact ties. (Before, the
+    2-thread run chose other points from the 6th measurement on.)"""
+    import torch
+
+    prop = _dopant_map()
+    assert (prop == 0).mean() > 0.6
+    before = torch.get_num_threads()
+    runs = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            runs.append(run_campaign(prop, prop, budget=10, n_initial=4, seed=0, device="cpu",
+                                     init_iters=40, warm_iters=10))
+            assert torch.get_num_threads() == threads  # the session's setting is restored
+    finally:
+        torch.set_num_threads(before)
+    np.testing.assert_array_equal(runs[0].coords, runs[1].coords)
+    assert len(np.unique(runs[0].coords, axis=0)) == 10
+
+
+def test_log_records_how_the_campaign_was_made_reproducible(pair, tmp_path):
+    s, p = pair
+    r = run_campaign(s, p, budget=5, n_initial=3, **FAST)
+    meta = json.loads(r.export_log(tmp_path / "log.json").read_text())["parameters"]
+    assert meta["deterministic"] is True and meta["torch_threads"] == 1
+
+
+@pytest.mark.parametrize("kwargs, error, words", [
+    ({"budget": "10"}, TypeError, "budget .* must be a whole number, not the text '10'"),
+    ({"budget": 0}, ValueError, "budget .* must be at least 1"),
+    ({"batch_size": 0}, ValueError, "batch_size .* must be at least 1"),
+    ({"n_initial": 1.5}, ValueError, "n_initial .* must be a whole number"),
+    ({"lr": 1e6}, ValueError, "lr .* must be between 0 and 1"),
+    ({"beta": -1}, ValueError, "beta .* must be at least 0"),
+    ({"n_models": 0}, ValueError, "n_models must be at least 1"),
+])
+def test_bad_campaign_parameters_are_clear_errors(pair, kwargs, error, words):
+    s, p = pair
+    kwargs = {"budget": 6, "n_initial": 3, **FAST, **kwargs}
+    with pytest.raises(error, match=words):
+        run_campaign(s, p, **kwargs)
+
+
+def test_observations_in_any_units_give_the_same_suggestions(pair):
+    s, p = pair
+    picks = []
+    for scale in (1.0, 1e-15):
+        L = ActiveLearner(s, acquisition="ei", n_models=1, seed=0, **FAST)
+        rng = np.random.default_rng(0)
+        coords = np.column_stack([rng.integers(0, 24, 8), rng.integers(0, 24, 8)])
+        L.observe(coords, p[coords[:, 0], coords[:, 1]] * scale)
+        picks.append(L.suggest(3))
+    np.testing.assert_array_equal(picks[0], picks[1])

@@ -140,3 +140,89 @@ def test_trend_kernel_extrapolates_beyond_the_measured_structure():
     truth = float(p.ravel()[bright].mean())
     assert means[True] > p.ravel()[idx].max()  # beyond every measured value
     assert abs(means[True] - truth) < 0.5 * abs(means[False] - truth), (means, truth)
+
+
+# --- the input contract (issue #27): units, ties, safe linear algebra ------------------------------
+def test_safe_cholesky_escalates_jitter_only_when_needed():
+    import torch
+
+    from napari_microml.dkl.model import safe_cholesky
+
+    good = torch.tensor([[2.0, 0.5], [0.5, 1.0]], dtype=torch.float64)
+    np.testing.assert_allclose(safe_cholesky(good), torch.linalg.cholesky(good))  # no jitter
+    # tied sites: identical rows, and rounding makes the matrix slightly indefinite
+    k = torch.ones(4, 4, dtype=torch.float64)
+    k[0, 3] = k[3, 0] = 1 - 1e-7
+    with pytest.raises(RuntimeError):
+        torch.linalg.cholesky(k)
+    chol = safe_cholesky(k)
+    assert torch.isfinite(chol).all()
+    assert (chol @ chol.T - k).abs().max() < 1e-3
+    with pytest.raises(ValueError, match="not finite"):
+        safe_cholesky(torch.full((2, 2), float("nan"), dtype=torch.float64))
+
+
+@pytest.mark.parametrize("scale", [1e-15, 1e12])
+def test_measurements_in_any_units_give_the_same_maps(pair, scale):
+    s, p = pair
+    idx, y = _some(p, n=20, seed=2)
+    maps = []
+    for factor in (1.0, scale):
+        m = DKLModel(s, patch_size=5, features="pca", device="cpu", init_iters=30)
+        m.fit(idx, y * factor)
+        mean, std = m.predict()
+        maps.append((mean / factor, std / factor))
+    span = np.ptp(maps[0][0])
+    np.testing.assert_allclose(maps[1][0], maps[0][0], atol=1e-4 * span)
+    np.testing.assert_allclose(maps[1][1], maps[0][1], atol=1e-4 * span)
+
+
+def test_constant_values_and_repeated_sites_are_handled(pair):
+    s, _ = pair
+    idx = np.array([3, 3, 3, 50, 50, 120, 121, 122])
+    m = DKLModel(s, patch_size=5, device="cpu", init_iters=20)
+    m.fit(idx, np.full(len(idx), 5e-20))  # constant, tiny, measured at repeated sites
+    mean, std = m.predict()
+    assert np.isfinite(mean).all() and np.isfinite(std).all() and (std > 0).all()
+    np.testing.assert_allclose(mean, 5e-20, rtol=1e-3)
+    assert std.max() < 1e-18  # uncertainty in the data's units, not in "1"s
+
+
+def test_multiscale_uncertainty_has_no_floor_in_the_data_units(pair):
+    from napari_microml.dkl.ensemble import MultiScaleEnsemble
+
+    s, p = pair
+    idx, y = _some(p, n=20, seed=4)
+    stds = []
+    for factor in (1e-15, 1.0):  # a fresh ensemble each: a refit would be warm-started
+        ens = MultiScaleEnsemble(s, patch_sizes=[4, 6], device="cpu", init_iters=20)
+        ens.fit(idx, y * factor)
+        stds.append(ens.predict()[1])
+    std_small, std = stds
+    np.testing.assert_allclose(std_small / 1e-15, std, rtol=1e-3, atol=1e-4 * np.ptp(y))
+
+
+@pytest.mark.parametrize("kwargs, error, words", [
+    ({"lr": 1e6}, ValueError, r"lr \(learning rate\) must be between 0 and 1"),
+    ({"lr": "fast"}, TypeError, "lr .* must be a number"),
+    ({"embedding_dim": 0}, ValueError, "embedding_dim must be at least 1"),
+    ({"init_iters": -1}, ValueError, "init_iters must be at least 0"),
+    ({"patch_size": 2.5}, ValueError, "patch size must be a whole number"),
+    ({"weight_decay": float("nan")}, ValueError, "weight_decay must be a finite number"),
+])
+def test_bad_model_parameters_are_clear_errors(pair, kwargs, error, words):
+    s, _ = pair
+    kwargs = {"patch_size": 5, **kwargs}
+    with pytest.raises(error, match=words):
+        DKLModel(s, device="cpu", **kwargs)
+
+
+def test_structure_images_in_any_units_or_dtype(pair):
+    from napari_microml.dkl.model import check_structure
+
+    s, _ = pair
+    ref = check_structure(s, 5)
+    np.testing.assert_allclose(check_structure(s.astype(np.float64) * 1e300, 5), ref, atol=1e-5)
+    np.testing.assert_allclose(check_structure(s * 1e-30, 5), ref, atol=1e-5)
+    with pytest.raises(ValueError, match="True/False"):
+        check_structure(s > 0.5, 5)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from napari_microml.dkl.model import DKLModel, ModelState
+from napari_microml.runtime.validate import check_number
 
 
 class _Members:
@@ -44,9 +45,7 @@ class DKLEnsemble(_Members):
     def __init__(self, structure, *, n_models: int = 3, seed: int = 0, **kwargs):
         import copy
 
-        n_models = int(n_models)
-        if n_models < 1:
-            raise ValueError(f"n_models must be at least 1, not {n_models}.")
+        n_models = check_number(n_models, "n_models", low=1, integer=True)
         first = DKLModel(structure, seed=seed, **kwargs)
         self.members = [first]
         for k in range(1, n_models):
@@ -183,6 +182,8 @@ class MultiScaleEnsemble(_Members):
         sizes = auto_patch_sizes(shape) if patch_sizes is None else [int(p) for p in patch_sizes]
         if not sizes:
             raise ValueError("The multi-scale ensemble needs at least one patch size.")
+        check_number(temperature, "auto_temperature", low=0, low_open=True)
+        check_number(floor, "auto_floor (minimum weight of a patch size)", low=0, high=1)
         self.members = [DKLModel(structure, patch_size=p, seed=int(seed) + 7919 * k, **kwargs)
                         for k, p in enumerate(sizes)]
         self.patch_sizes = sizes
@@ -222,13 +223,16 @@ class MultiScaleEnsemble(_Members):
 
     def predict(self, indices=None, *, standardized: bool = False):
         """Weighted mixture mean and std, units as :meth:`DKLModel.predict`."""
-        preds = [m.predict(indices, standardized=standardized) for m in self.members]
+        # mixed in standardised units (the members share them): the floor is then relative
+        preds = [m.predict(indices, standardized=True) for m in self.members]
         w = self.weights[:, None]
         means = np.stack([p[0] for p in preds])
         second = np.stack([p[1] ** 2 for p in preds]) + means ** 2
         mean = (w * means).sum(0)
-        var = np.clip((w * second).sum(0) - mean ** 2, 1e-20, None)
-        return mean, np.sqrt(var)
+        std = np.sqrt(np.clip((w * second).sum(0) - mean ** 2, 1e-20, None))
+        if standardized:
+            return mean, std
+        return mean * self._y_std + self._y_mean, std * self._y_std
 
     def sample(self, indices, n_samples: int, rng: np.random.Generator):
         which = rng.choice(len(self.members), size=n_samples, p=self.weights)

@@ -8,11 +8,14 @@ whole experiment against a ``measure`` callable (see :mod:`napari_microml.dkl.so
 step, ``worker.quit()`` honoured between steps).
 
 Everything is seeded: the same structure, source, parameters and seed give the same
-measurement sequence (on the same device).
+measurement sequence on the same device, whatever torch's thread count: the surrogate's work
+runs on one CPU thread (``deterministic=True``, the default), because parallel sums round
+differently with each thread count and a campaign amplifies that into other choices.
 """
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import time
 from dataclasses import dataclass, field
@@ -29,12 +32,23 @@ from napari_microml.dkl.ensemble import (
     MultiScaleEnsemble,
     auto_patch_sizes,
 )
-from napari_microml.dkl.model import DKLModel
+from napari_microml.dkl.model import DKLModel, check_structure, one_thread
 from napari_microml.dkl.sources import as_source, check_coords
 from napari_microml.dkl.warping import make_warp, unwarp_moments
+from napari_microml.runtime.validate import check_number
 from napari_microml.runtime.workers import drain, progress
 
 LOG_FIELDS = ("step", "row", "col", "value", "acquisition", "time_s", "model")
+
+
+def _deterministic(method):
+    """Run a learner method under :func:`~napari_microml.dkl.model.one_thread` when the
+    learner is ``deterministic``."""
+    @functools.wraps(method)
+    def run(self, *args, **kwargs):
+        with one_thread(self.deterministic):
+            return method(self, *args, **kwargs)
+    return run
 
 
 class ActiveLearner:
@@ -107,6 +121,10 @@ class ActiveLearner:
         Default "none": on fresh synthetic validation sets (data seeds 1010–1013, 3 campaigns
         each) the warps scored 0.498 ("power") and 0.488 ("rank") vs 0.514, with a smaller
         spread over campaigns (0.106 / 0.110 vs 0.129) but less found.
+    deterministic : bool
+        Run the surrogate (torch and BLAS) on one CPU thread, so a seeded campaign picks the
+        same points whatever ``torch.get_num_threads()`` is (default). ``False`` uses every
+        thread: faster on many cores, but the points may then depend on the thread count.
     model_kwargs
         Passed to :class:`DKLModel` (``embedding_dim``, ``kernel``, ``init_iters``, ...).
     """
@@ -133,9 +151,21 @@ class ActiveLearner:
         auto_floor: float = 0.1,
         initial: str = "diverse",
         target_warp: str = "none",
+        deterministic: bool = True,
         **model_kwargs,
     ):
+        self.deterministic = bool(deterministic)
         self.warp = make_warp(target_warp)
+        check_structure(structure, 1)  # a clear sentence before any shape is used
+        seed = check_number(seed, "seed", low=0, integer=True)
+        n_models = check_number(n_models, "n_models", low=1, integer=True)
+        beta = check_number(beta, "beta (UCB exploration weight)", low=0)
+        xi = check_number(xi, "xi (EI/PI margin)")
+        if batch_radius is not None:
+            batch_radius = check_number(batch_radius, "batch_radius", low=0, unit="pixels")
+        recent_radius = check_number(recent_radius, "recent_radius", low=0, unit="pixels")
+        n_recent = check_number(n_recent, "n_recent", low=0, integer=True)
+        ts_candidates = check_number(ts_candidates, "ts_candidates", low=1, integer=True)
         if initial not in INITIAL_DESIGNS:
             raise ValueError(f"initial must be one of {', '.join(INITIAL_DESIGNS)}, "
                              f"not {initial!r}.")
@@ -148,14 +178,15 @@ class ActiveLearner:
             patch_size = sizes[len(sizes) // 2]
         common = dict(patch_size=patch_size, features=features, device=device, seed=seed)
         trainable = features in ("cnn", "mlp", "pca_mlp")  # pca/coords: members would be equal
-        if auto and features != "coords" and len(sizes) > 1:
-            self.model = MultiScaleEnsemble(structure, patch_sizes=sizes,
-                                            temperature=auto_temperature, floor=auto_floor,
-                                            **common, **model_kwargs)
-        elif int(n_models) > 1 and trainable and not auto:
-            self.model = DKLEnsemble(structure, n_models=n_models, **common, **model_kwargs)
-        else:
-            self.model = DKLModel(structure, **common, **model_kwargs)
+        with one_thread(self.deterministic):  # the PCA features too
+            if auto and features != "coords" and len(sizes) > 1:
+                self.model = MultiScaleEnsemble(structure, patch_sizes=sizes,
+                                                temperature=auto_temperature, floor=auto_floor,
+                                                **common, **model_kwargs)
+            elif int(n_models) > 1 and trainable and not auto:
+                self.model = DKLEnsemble(structure, n_models=n_models, **common, **model_kwargs)
+            else:
+                self.model = DKLModel(structure, **common, **model_kwargs)
         self.initial, self._features = initial, features
         self._design_patch = int(patch_size)
         self.shape = self.model.shape
@@ -208,6 +239,7 @@ class ActiveLearner:
         c = check_coords(coords, self.shape)
         return c[:, 0] * self.shape[1] + c[:, 1]
 
+    @_deterministic
     def _ensure_fit(self):
         if self._dirty and self._idx:
             self.model.fit(np.asarray(self._idx), self.warp.fit(np.asarray(self._val)))
@@ -252,6 +284,7 @@ class ActiveLearner:
         self._pending.clear()
         self._dirty = True
 
+    @_deterministic
     def _design(self, n: int, available: np.ndarray) -> np.ndarray:
         """Flat indices of ``n`` points chosen before a model exists (``initial`` design;
         uniform for ``acquisition="random"``)."""
@@ -261,11 +294,10 @@ class ActiveLearner:
         pool = np.flatnonzero(available)
         return self.rng.choice(pool, size=min(n, len(pool)), replace=False)
 
+    @_deterministic
     def suggest(self, n: int = 1) -> np.ndarray:
         """Propose ``n`` new (row, col) pixel coordinates, (n, 2) int (not yet measured)."""
-        n = int(n)
-        if n < 1:
-            raise ValueError(f"Ask for at least one point, not {n}.")
+        n = check_number(n, "The number of points to suggest", low=1, integer=True)
         available = np.ones(len(self.candidates), bool)
         available[np.asarray(self._idx, int)] = False
         if not available.any():
@@ -307,6 +339,7 @@ class ActiveLearner:
         self._pending = {int(i): float(acq_map[i]) for i in chosen}
         return self.candidates[chosen].copy()
 
+    @_deterministic
     def predict(self) -> tuple[np.ndarray, np.ndarray]:
         """Posterior mean and standard deviation maps (H, W), in the measurement's units."""
         if not self._idx:
@@ -344,10 +377,17 @@ class ActiveLearner:
                 "acquisition": self.acquisition_name, "seed": self.seed,
                 "patch_size": self.patch_size, "maximize": self.maximize,
                 "features": self.model.features, "shape": list(self.shape),
-                "target_warp": self.warp.name,
+                "target_warp": self.warp.name, "deterministic": self.deterministic,
+                "torch_threads": 1 if self.deterministic else _torch_threads(),
             }
             path.write_text(json.dumps({"parameters": meta, "log": rows}, indent=1))
         return path
+
+
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 
 @dataclass
@@ -398,9 +438,9 @@ def run_campaign_iter(
         learner = ActiveLearner(structure, acquisition=acquisition, seed=seed, **learner_kwargs)
     source = as_source(measure, learner.shape, scalarizer=scalarizer)
     n_sites = learner.shape[0] * learner.shape[1]
-    budget, n_initial, batch_size = int(budget), int(n_initial), int(batch_size)
-    if budget < 1 or n_initial < 1 or batch_size < 1:
-        raise ValueError("budget, n_initial and batch_size must all be at least 1.")
+    budget = check_number(budget, "budget (number of measurements)", low=1, integer=True)
+    n_initial = check_number(n_initial, "n_initial (first measurements before the model)", low=1, integer=True)
+    batch_size = check_number(batch_size, "batch_size (points per step)", low=1, integer=True)
     if n_initial > budget:
         raise ValueError(f"n_initial ({n_initial}) cannot exceed the budget ({budget}).")
     if budget > n_sites:

@@ -20,39 +20,29 @@ torch and gpytorch are imported inside functions so that importing this module i
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 
 from napari_microml.dkl.features import make_extractor, pca_features
-from napari_microml.runtime.validate import robust_normalize
+from napari_microml.runtime.validate import as_scaled_stack, check_number, robust_normalize
 
 FEATURES = ("cnn", "pca_mlp", "mlp", "pca", "coords")
 
 
 def check_structure(structure, patch_size: int) -> np.ndarray:
-    """Validate a 2D structure image against ``patch_size``; return float32 (H, W)."""
-    arr = np.asarray(structure)
-    if arr.dtype.kind not in "biuf":
-        raise ValueError(f"The structure image must contain numbers, not {arr.dtype} values.")
-    if arr.ndim != 2:
-        raise ValueError(
-            f"The structure image has {arr.ndim} dimensions {arr.shape}; active learning needs "
-            "one 2D image (H, W)."
-        )
-    if arr.size == 0:
-        raise ValueError("The structure image is empty: there are no pixels to learn from.")
-    if not np.isfinite(arr).any():
-        raise ValueError("The structure image has no valid pixels (all NaN/inf).")
-    patch_size = int(patch_size)
-    if patch_size < 1:
-        raise ValueError(f"The patch size must be at least 1 pixel, not {patch_size}.")
+    """Validate a 2D structure image against ``patch_size``; return it robustly scaled to
+    about 0–1, float32 (H, W), whatever its units (:mod:`napari_microml.runtime.validate`)."""
+    scaled = as_scaled_stack(structure, what="structure image", min_size=1, allow_stack=False)
+    arr = scaled.stack[0]
+    patch_size = check_number(patch_size, "The patch size", low=1, integer=True, unit="pixels")
     if patch_size > min(arr.shape):
         raise ValueError(
             f"The patch size ({patch_size} px) is larger than the structure image "
             f"{arr.shape[0]}×{arr.shape[1]} px; choose a patch size of at most {min(arr.shape)}."
         )
-    return robust_normalize(arr.astype(np.float32))
+    return robust_normalize(arr)
 
 
 def extract_patches(image: np.ndarray, patch_size: int, coords: np.ndarray | None = None):
@@ -72,6 +62,68 @@ def extract_patches(image: np.ndarray, patch_size: int, coords: np.ndarray | Non
         return np.ascontiguousarray(windows.reshape(h * w, p, p), dtype=np.float32)
     coords = np.asarray(coords, int).reshape(-1, 2)
     return np.ascontiguousarray(windows[coords[:, 0], coords[:, 1]], dtype=np.float32)
+
+
+@contextmanager
+def one_thread(enabled: bool = True):
+    """Run torch (and numpy's BLAS) on one thread inside the block.
+
+    Parallel float sums split their terms by the thread count, so their rounding (and, over
+    many optimiser steps, a campaign's choices) depends on it; on one thread a seeded campaign
+    picks the same points whatever ``torch.get_num_threads()`` the session uses.
+    """
+    if not enabled:
+        yield
+        return
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with threadpool_limits(1):
+            yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def standardization(y: np.ndarray) -> tuple[float, float]:
+    """Mean and scale that standardise measurements ``y`` (float64), in their own units.
+
+    The scale is the standard deviation; constant values (no spread at the data's own
+    precision) are scaled by their magnitude, so nothing depends on an absolute tolerance
+    (values of 1e-15 A standardise as values of 1 A do).
+    """
+    y = np.asarray(y, np.float64)
+    mean = float(y.mean())
+    std = float(y.std())
+    if std > 1e-12 * float(np.abs(y).max()):  # relative: a spread above float64 rounding
+        return mean, std
+    return mean, (abs(mean) or 1.0)
+
+
+def safe_cholesky(k, max_tries: int = 8):
+    """Lower Cholesky factor of a (nearly) positive semi-definite ``k`` (torch, float64).
+
+    Adds jitter only when needed, escalating 1e-10, 1e-9, … × the mean diagonal (as gpytorch's
+    ``psd_safe_cholesky``): tied or repeated sites give identical rows, which rounding can
+    make numerically indefinite. Raises ValueError if ``k`` is not finite.
+    """
+    import torch
+
+    if not torch.isfinite(k).all():
+        raise ValueError("The surrogate's covariance is not finite; are the measured values finite?")
+    chol, info = torch.linalg.cholesky_ex(k)
+    if not info.any():
+        return chol
+    scale = float(k.diagonal().abs().mean()) or 1.0
+    eye = torch.eye(k.shape[-1], dtype=k.dtype, device=k.device)
+    for i in range(max_tries):
+        chol, info = torch.linalg.cholesky_ex(k + scale * 10.0 ** (i - 10) * eye)
+        if not info.any():
+            return chol
+    raise ValueError("The surrogate's covariance is not positive definite even with jitter "
+                     f"{scale * 10.0 ** (max_tries - 11):.3g}.")
 
 
 @dataclass
@@ -175,8 +227,17 @@ class DKLModel:
             raise ValueError(f"Unknown kernel {kernel!r}: choose 'rbf' or 'matern'.")
         if coord_weight is None:
             coord_weight = 0.3 if features == "pca_mlp" else 0.0
-        if coord_weight < 0:
+        if check_number(coord_weight, "coord_weight") < 0:
             raise ValueError(f"coord_weight must be 0 (off) or positive, not {coord_weight}.")
+        embedding_dim = check_number(embedding_dim, "embedding_dim", low=1, integer=True)
+        pca_components = check_number(pca_components, "pca_components", low=1, integer=True)
+        seed = check_number(seed, "seed", low=0, integer=True)
+        init_iters = check_number(init_iters, "init_iters", low=0, integer=True)
+        warm_iters = check_number(warm_iters, "warm_iters", low=0, integer=True)
+        lr = check_number(lr, "lr (learning rate)", low=0, high=1, low_open=True)
+        nn_lr_scale = check_number(nn_lr_scale, "nn_lr_scale", low=0, low_open=True)
+        weight_decay = check_number(weight_decay, "weight_decay", low=0)
+        chunk = check_number(chunk, "chunk", low=1, integer=True)
         self.image = check_structure(structure, patch_size)
         self.shape = self.image.shape
         self.patch_size = int(patch_size)
@@ -283,8 +344,7 @@ class DKLModel:
 
         idx = np.asarray(indices, np.int64).ravel()
         y = np.asarray(values, np.float64).ravel()
-        self._y_mean = float(y.mean())
-        self._y_std = float(y.std()) if y.std() > 1e-12 else 1.0
+        self._y_mean, self._y_std = standardization(y)
         yt = torch.as_tensor((y - self._y_mean) / self._y_std, dtype=torch.float32,
                              device=self.device)
         xt = self.inputs[torch.as_tensor(idx, device=self.device)]
@@ -356,9 +416,9 @@ class DKLModel:
                 xt = gp.train_inputs[0]
                 zt = self._embed(xt)
                 k = gp.covar_module(zt).to_dense().double()
+                k = 0.5 * (k + k.T)  # float32 kernels are symmetric only to rounding
                 eye = torch.eye(len(zt), dtype=k.dtype, device=k.device)
-                k = k + (lik.noise.double() + 1e-6) * eye
-                chol = torch.linalg.cholesky(k)
+                chol = safe_cholesky(k + (lik.noise.double() + 1e-6) * eye)  # standardised units
                 mu0 = gp.mean_module.constant.detach().double()
                 resid = (gp.train_targets.double() - mu0).unsqueeze(-1)
                 alpha = torch.cholesky_solve(resid, chol)

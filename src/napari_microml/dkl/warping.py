@@ -52,9 +52,10 @@ class PowerWarp:
     def fit(self, values: np.ndarray) -> np.ndarray:
         from scipy import stats
 
+        from napari_microml.dkl.model import standardization
+
         y = np.asarray(values, float)
-        self.mean = float(y.mean())
-        self.sd = float(y.std()) if y.std() > 1e-12 else 1.0
+        self.mean, self.sd = standardization(y)  # no floor in the data's units
         x = (y - self.mean) / self.sd
         self.bounds = (float(x.min() - np.ptp(x)), float(x.max() + np.ptp(x)))
         if len(y) >= 3 and np.ptp(x) > 0:
