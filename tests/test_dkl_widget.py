@@ -18,7 +18,10 @@ def _setup(make_napari_viewer, *, spectra=True):
     viewer.add_image(s, name="structure", scale=(0.5, 0.5))
     if spectra:
         cube, axis = property_spectrum_image(p, n_channels=30, axis=np.linspace(900, 1016, 30))
-        viewer.add_image(np.moveaxis(cube, -1, 0), name="EELS", metadata={"axis": axis})
+        spectral = {"scale": float(axis[1] - axis[0]), "offset": float(axis[0]), "units": "eV",
+                    "index": 0}  # energy first, as the reader lays spectrum images out
+        viewer.add_image(np.moveaxis(cube, -1, 0), name="EELS",
+                         metadata={"napari_microml": {"spectral_axis": spectral}})
     else:
         viewer.add_image(p, name="truth")
     w = ActiveLearningWidget(viewer)

@@ -48,7 +48,8 @@ def test_widget_run_writes_shift_and_latent_layers(make_napari_viewer, qtbot):
         lat = viewer.layers[f"SI latent {i}"]
         assert lat.data.shape == true_shift.shape
         np.testing.assert_allclose(lat.scale, (2.0, 2.0))
-    assert len(widget.losses) == 25 and widget.ran_on.value.startswith("cpu")
+    assert len(widget.result.loss_history) == 25 and widget.ran_on.value.startswith("cpu")
+    assert widget._loss_epochs[-1] == 25  # the loss plot is throttled but ends at the end
     assert len(widget.traverse_ax.lines) == 7
 
     # lasso in latent space → Labels layer over the same pixels
@@ -101,7 +102,7 @@ def test_widget_bad_layer_warns_without_running(make_napari_viewer, qtbot):
 
 
 def test_widget_line_scan_layer(make_napari_viewer, qtbot):
-    """A (positions, channels) line scan, as the reader opens LSMO, gives (N, 1) maps."""
+    """A (positions, channels) line scan gives a plot along the line and a track layer."""
     from napari_microml.spectra.widget import ShiftVAEWidget
     from napari_microml.synth.spectra import gaussian_peaks
 
@@ -118,7 +119,8 @@ def test_widget_line_scan_layer(make_napari_viewer, qtbot):
     widget.device_choice.value = "cpu"
     widget.run_button.native.click()
     qtbot.waitUntil(lambda: widget.worker is None, timeout=60000)
-    shift = viewer.layers["line shift"]
-    assert shift.data.shape == (30, 1)
-    np.testing.assert_allclose(shift.scale, (0.5, 0.5))
-    np.testing.assert_allclose(shift.translate, (1.0, 0.0))
+    assert "line shift" not in viewer.layers  # no 30×1 strip
+    np.testing.assert_allclose(widget.line_ax.lines[0].get_ydata(), widget.result.shift.ravel())
+    track = viewer.layers["line shift track"]
+    assert track.shape_type == ["path"] and len(track.data[0]) == 30
+    np.testing.assert_allclose(track.scale, layer.scale)

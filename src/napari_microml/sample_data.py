@@ -47,7 +47,11 @@ def sample_spectrum_image():
     cube, axis, _shift = simulate_spectrum_image(seed=0)
     step = float(axis[1] - axis[0])
     spectral = {"scale": step, "offset": float(axis[0]), "units": "eV", "name": "Energy loss"}
-    return [(cube, {"name": "synthetic spectrum image", "scale": (PIXEL_NM, PIXEL_NM, step),
-                    "translate": (0.0, 0.0, float(axis[0])), "units": ("nm", "nm", "eV"),
-                    "axis_labels": ("y", "x", "E"),
-                    "metadata": {"napari_microml": {"spectral_axis": spectral}}}, "image")]
+    from napari_microml.runtime.spectral import image_plane_layout
+
+    # energy first, as the reader lays spectrum images out: the canvas shows the image plane
+    data, kwargs = image_plane_layout(cube, {
+        "name": "synthetic spectrum image", "scale": (PIXEL_NM, PIXEL_NM, step),
+        "translate": (0.0, 0.0, float(axis[0])), "units": ("nm", "nm", "eV"),
+        "axis_labels": ("y", "x", "E"), "metadata": {"napari_microml": {"spectral_axis": spectral}}})
+    return [(data, kwargs, "image")]

@@ -1,13 +1,20 @@
 """napari dock widget for DKL active learning (thin: all logic lives in ``dkl.learner``).
 
 Workflow: pick the structure image and the measurement source (a spectrum-image layer with
-a scalarizer window, or a scalar-map layer), press **Initialize** (one point per kind of
-structure patch: the learner's "diverse" initial design), then
+a scalarizer window in the axis's units, or a scalar-map layer), press **Initialize** (one
+point per kind of structure patch: the learner's "diverse" initial design), then
 **Step** (measure the points of the editable "next" layer: drag or delete them first to veto
 the model) or **Run** (steps until the budget; the button becomes Cancel = Stop between steps).
+
+Each job reads the layers' data and builds the learner in the worker thread and talks to the
+widget through :class:`Snapshot` messages; the widget keeps the learner only once a snapshot
+is on screen (main thread).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import napari
 import numpy as np
 from magicgui.widgets import (
     CheckBox,
@@ -21,23 +28,40 @@ from magicgui.widgets import (
 )
 
 from napari_microml.dkl.acquisition import ACQUISITIONS
-from napari_microml.dkl.scalarizers import SCALARIZERS, WindowRatio
+from napari_microml.dkl.scalarizers import SCALARIZERS, WindowRatio, window_mask
 from napari_microml.runtime.provenance import make_provenance
-from napari_microml.runtime.widget import ToolWidget, physical_kwargs, upsert_layer
-from napari_microml.runtime.workers import progress
+from napari_microml.runtime.spectral import spectra_last, spectral_axis
+from napari_microml.runtime.widget import (
+    ToolWidget,
+    Update,
+    physical_kwargs,
+    preload,
+    upsert_layer,
+)
 
 SOURCE_KINDS = ("spectrum image", "scalar map")
+MAPS = (("DKL mean", "mean", "magma"), ("DKL uncertainty", "std", "gray"),
+        ("acquisition", "acquisition", "inferno"))
 
 
-def _spectral_axis(layer, n: int) -> np.ndarray | None:
-    """The spectral axis stored in layer metadata (``axis``/``energy_axis``/``spectral_axis``)."""
-    meta = getattr(layer, "metadata", {}) or {}
-    for key in ("axis", "energy_axis", "spectral_axis", "bias"):
-        if key in meta:
-            ax = np.asarray(meta[key], float).ravel()
-            if ax.size == n:
-                return ax
-    return None
+@dataclass
+class Snapshot:
+    """What one Initialize/Step leaves on screen (copies made in the worker)."""
+
+    learner: object
+    source: object
+    key: tuple
+    coords: np.ndarray
+    values: np.ndarray
+    next: np.ndarray
+    mean: np.ndarray | None
+    std: np.ndarray | None
+    acquisition: np.ndarray | None
+    best: float
+    step: int
+    spectrum: np.ndarray | None
+    axis: np.ndarray | None
+    device: str
 
 
 class ActiveLearningWidget(ToolWidget):
@@ -45,34 +69,64 @@ class ActiveLearningWidget(ToolWidget):
 
     tool_name = "dkl_active_learning"
 
-    def __init__(self, viewer):
-        import napari
-
-        self.structure_layer = create_widget(annotation=napari.layers.Image, label="Structure")
-        self.source_kind = ComboBox(label="Source", choices=list(SOURCE_KINDS),
-                                    value="spectrum image")
-        self.source_layer = create_widget(annotation=napari.layers.Image, label="Source layer")
-        self.scalarizer = ComboBox(label="Scalarizer", choices=list(SCALARIZERS), value="peak area")
-        self.win_lo = FloatSpinBox(label="Window from", value=0.0, min=-1e9, max=1e9, step=1.0)
-        self.win_hi = FloatSpinBox(label="Window to", value=10.0, min=-1e9, max=1e9, step=1.0)
-        self.win2_lo = FloatSpinBox(label="2nd window from", value=10.0, min=-1e9, max=1e9,
-                                    step=1.0)
-        self.win2_hi = FloatSpinBox(label="2nd window to", value=20.0, min=-1e9, max=1e9, step=1.0)
+    def __init__(self, viewer: napari.viewer.Viewer):
+        self.structure_layer = create_widget(
+            annotation=napari.layers.Image, label="Structure",
+            options={"tooltip": "2D image (e.g. HAADF) whose pixels are the candidate "
+                                "measurement sites; results use its pixel size (nm)."})
+        self.source_kind = ComboBox(
+            label="Source", choices=list(SOURCE_KINDS), value="spectrum image",
+            tooltip="spectrum image: a scalarizer turns each measured spectrum into one value; "
+                    "scalar map: the layer already holds one value per pixel.")
+        self.source_layer = create_widget(
+            annotation=napari.layers.Image, label="Source layer",
+            options={"tooltip": "The recorded measurements replayed point by point: a spectrum "
+                                "image over the same pixels as the structure (energy as a "
+                                "slider) or a 2D map."})
+        self.scalarizer = ComboBox(
+            label="Scalarizer", choices=list(SCALARIZERS), value="peak area",
+            tooltip="How a spectrum becomes the value to optimise: area/height/centroid in the "
+                    "window, ratio of two windows, edge above a power-law background, or "
+                    "hysteresis-loop area (the spectral axis in V).")
+        spin = dict(min=-1e9, max=1e9, step=1.0)
+        self.win_lo = FloatSpinBox(label="Window from", value=0.0, **spin)
+        self.win_hi = FloatSpinBox(label="Window to", value=10.0, **spin)
+        self.win2_lo = FloatSpinBox(label="2nd window from", value=10.0, **spin)
+        self.win2_hi = FloatSpinBox(label="2nd window to", value=20.0, **spin)
         self.patch_size = SpinBox(
             label="Patch size (px)", value=0, min=0, max=128,
-            tooltip="Side of the image patch the model sees around each pixel. 'auto' (0) mixes "
-                    "8, 16 and 24 px, weighted by how well each predicts the measurements so far.")
+            tooltip="Side of the image patch (structure pixels) the model sees around each "
+                    "pixel. 'auto' (0) mixes 8, 16 and 24 px, weighted by how well each "
+                    "predicts the measurements so far.")
         self.patch_size.native.setSpecialValueText("auto")
-        self.acquisition = ComboBox(label="Acquisition", choices=list(ACQUISITIONS), value="ts")
-        self.maximize = CheckBox(label="Maximize", value=True)
-        self.batch_size = SpinBox(label="Batch size", value=1, min=1, max=256)
-        self.budget = SpinBox(label="Budget", value=30, min=1, max=10_000_000)
-        self.n_initial = SpinBox(label="Initial points", value=5, min=1, max=100_000)
-        self.seed = SpinBox(label="Seed", value=0, min=0, max=2**31 - 1)
+        self.acquisition = ComboBox(
+            label="Acquisition", choices=list(ACQUISITIONS), value="ts",
+            tooltip="Where to measure next: ts Thompson sampling, ei expected improvement, "
+                    "ucb upper confidence bound, pi probability of improvement, uncertainty "
+                    "(explore only), random.")
+        self.maximize = CheckBox(label="Maximize", value=True,
+                                 tooltip="Look for high values (on) or low values (off).")
+        self.batch_size = SpinBox(label="Batch size", value=1, min=1, max=256,
+                                  tooltip="Points (pixels) measured per Step.")
+        self.budget = SpinBox(label="Budget", value=30, min=1, max=10_000_000,
+                              tooltip="Total number of measurements (pixels), initial ones "
+                                      "included; Run stops there.")
+        self.n_initial = SpinBox(label="Initial points", value=5, min=1, max=100_000,
+                                 tooltip="Pixels measured by Initialize, one per kind of "
+                                         "structure patch, before the model is used.")
+        self.seed = SpinBox(label="Seed", value=0, min=0, max=2**31 - 1,
+                            tooltip="Seeds the initial design, the networks and Thompson "
+                                    "samples: the same seed repeats a campaign.")
         self.init_button = PushButton(text="Initialize")
         self.step_button = PushButton(text="Step")
         self.stop_button = PushButton(text="Stop")
-        self.log_path = FileEdit(label="Log file", mode="w", filter="*.csv *.json")
+        self.init_button.tooltip = "Start a new campaign: measure the initial points."
+        self.step_button.tooltip = "Measure the points of the 'next' layer (edit them first to "\
+                                   "veto the model), then suggest new ones."
+        self.stop_button.tooltip = "Stop a Run after the current step; measurements are kept."
+        self.log_path = FileEdit(label="Log file", mode="w", filter="*.csv *.json",
+                                 tooltip="Where Export log writes every measurement (.csv or "
+                                         ".json; row, col in pixels).")
         self.export_button = PushButton(text="Export log")
         buttons = Container(widgets=[self.init_button, self.step_button, self.stop_button],
                             layout="horizontal", labels=False)
@@ -82,15 +136,15 @@ class ActiveLearningWidget(ToolWidget):
             self.acquisition, self.maximize, self.batch_size, self.budget, self.n_initial,
             self.seed, buttons,
         ]
-        self.win2_lo.tooltip = self.win2_hi.tooltip = (
-            "window ratio: denominator window; edge intensity: pre-edge background window")
         super().__init__(viewer, controls)
         self.extend([self.log_path, self.export_button])
-        self.run_button.text = "Run"
+        self.run_button.tooltip = "Step until the budget is spent (the button then stops)."
+        self.device_choice.tooltip = "Where the networks run: auto picks a GPU when present."
         self.learner = None
         self.source = None
         self._key = None
         self._mode = "run"
+        self._units = "channel"
         self.history: list[tuple[int, float]] = []
         self.init_button.changed.connect(lambda *_: self._start_mode("init"))
         self.step_button.changed.connect(lambda *_: self._start_mode("step"))
@@ -98,8 +152,12 @@ class ActiveLearningWidget(ToolWidget):
         self.export_button.changed.connect(self.export_log)
         self.source_kind.changed.connect(self._update_visibility)
         self.scalarizer.changed.connect(self._update_visibility)
-        self._update_visibility()
+        self.source_layer.changed.connect(self._on_source_layer)
         self._make_plot()
+        self._on_source_layer()
+        preload("torch", "torch.optim", "torch._dynamo", "gpytorch", "pandas",
+                "scipy.cluster.vq", "scipy.linalg",
+                "napari_microml.dkl.learner")  # pandas: napari's Points layers
 
     # --- UI helpers ------------------------------------------------------------------------
     def _update_visibility(self, *_):
@@ -111,6 +169,51 @@ class ActiveLearningWidget(ToolWidget):
             w.visible = spec and not loop
         for w in (self.win2_lo, self.win2_hi):
             w.visible = spec and ratio
+        self._label_windows()
+
+    def _label_windows(self):
+        u = self._units
+        second = ("pre-edge background" if self.scalarizer.value == "edge intensity"
+                  else "denominator")
+        self.win_lo.label, self.win_hi.label = f"Window from ({u})", f"Window to ({u})"
+        self.win2_lo.label = f"2nd window from ({u})"
+        self.win2_hi.label = f"2nd window to ({u})"
+        for w in (self.win_lo, self.win_hi):
+            w.tooltip = (f"Spectral window ({u}) the scalarizer reads "
+                         f"(area, height or centroid; the numerator of a ratio; the edge).")
+        for w in (self.win2_lo, self.win2_hi):
+            w.tooltip = f"Second spectral window ({u}): the {second} window."
+
+    def _on_source_layer(self, *_):
+        """Adopt the source layer's spectral axis: units on the window labels, ranges and a
+        window inside the axis when the current one misses it."""
+        layer = self.source_layer.value
+        if layer is None:
+            return
+        shape = layer.data.shape
+        ax = spectral_axis(layer.metadata, shape)
+        if ax is None and len(shape) == 2:
+            self.source_kind.value = "scalar map"
+            return
+        self.source_kind.value = "spectrum image"
+        if ax is None:
+            return
+        self._units = ax.units
+        lo, hi = float(ax.values.min()), float(ax.values.max())
+        step = float(abs(ax.values[1] - ax.values[0])) if ax.values.size > 1 else 1.0
+        for w in (self.win_lo, self.win_hi, self.win2_lo, self.win2_hi):
+            w.min, w.max = lo, hi
+            w.step = step
+        if ax.units == "V":
+            self.scalarizer.value = "loop area"
+        inside = lo <= min(self.win_lo.value, self.win_hi.value) and \
+            max(self.win_lo.value, self.win_hi.value) <= hi and \
+            self.win_hi.value - self.win_lo.value >= step
+        if not inside:  # whole axis, and its halves for two-window scalarizers
+            mid = lo + step * round((hi - lo) / (2 * step))
+            self.win_lo.value, self.win_hi.value = lo, hi
+            self.win2_lo.value, self.win2_hi.value = mid, hi
+        self._update_visibility()
 
     def _make_plot(self):
         try:
@@ -119,8 +222,9 @@ class ActiveLearningWidget(ToolWidget):
         except ImportError:  # pragma: no cover - matplotlib is a dependency
             self.figure = None
             return
-        self.figure = Figure(figsize=(4, 2.6), tight_layout=True)
+        self.figure = Figure(figsize=(4, 2.6))  # fixed margins: tight_layout costs a stall
         self.ax_best, self.ax_spec = self.figure.subplots(1, 2)
+        self.figure.subplots_adjust(left=0.17, right=0.97, bottom=0.2, top=0.88, wspace=0.45)
         self.canvas = FigureCanvasQTAgg(self.figure)
         self.canvas.setMinimumHeight(180)
         self.native.layout().addWidget(self.canvas)
@@ -134,15 +238,15 @@ class ActiveLearningWidget(ToolWidget):
         finally:
             self._mode = "run"
 
-    # --- inputs ----------------------------------------------------------------------------
-    def _structure(self):
+    # --- inputs (checked on the GUI thread from shapes only; data read in the worker) -------
+    def _structure_layer(self):
         layer = self.structure_layer.value
         if layer is None:
             raise ValueError("Choose a structure image layer first.")
-        data = np.asarray(layer.data)
-        if data.ndim != 2:
-            raise ValueError(f"The structure layer must be a 2D image, not {data.shape}.")
-        return layer, data
+        if layer.ndim != 2 or getattr(layer, "rgb", False):
+            raise ValueError(f"The structure layer must be a 2D grey image, not "
+                             f"{tuple(layer.data.shape)}.")
+        return layer
 
     def _make_scalarizer(self, axis):
         name = self.scalarizer.value
@@ -157,41 +261,34 @@ class ActiveLearningWidget(ToolWidget):
             return cls(axis=axis)
         return cls((self.win_lo.value, self.win_hi.value), axis=axis)
 
-    def _make_source(self, shape):
+    def _source_plan(self, shape):
+        """``read()`` → the source, to call in the worker; shapes and windows checked here."""
         from napari_microml.dkl.sources import ScalarMapSource, SpectrumImageSource
 
         layer = self.source_layer.value
         if layer is None:
             raise ValueError("Choose the layer that holds the measurements (source layer).")
-        data = np.asarray(layer.data)
+        data, meta = layer.data, layer.metadata
         if self.source_kind.value == "scalar map":
-            if data.shape != tuple(shape):
-                raise ValueError(
-                    f"The scalar map {data.shape} does not match the structure image "
-                    f"{tuple(shape)}."
-                )
-            return ScalarMapSource(data)
+            if tuple(data.shape) != tuple(shape):
+                raise ValueError(f"The scalar map {tuple(data.shape)} does not match the "
+                                 f"structure image {tuple(shape)}.")
+            return lambda: ScalarMapSource(np.asarray(data))
         if data.ndim != 3:
-            raise ValueError(
-                f"A spectrum-image source must be 3D; layer '{layer.name}' has shape {data.shape}."
-            )
-        if data.shape[:2] == tuple(shape):
-            cube = data
-        elif data.shape[1:] == tuple(shape):
-            cube = np.moveaxis(data, 0, -1)  # (E, H, W) as napari shows it
-        else:
-            raise ValueError(
-                f"The spectrum image {data.shape} does not match the structure image "
-                f"{tuple(shape)}: expected (H, W, E) or (E, H, W)."
-            )
-        axis = _spectral_axis(layer, cube.shape[-1])
+            raise ValueError(f"A spectrum-image source must be 3D; layer '{layer.name}' has "
+                             f"shape {tuple(data.shape)}.")
+        cube, ax = spectra_last(data, meta)
+        if not ax.calibrated and tuple(data.shape[1:]) == tuple(shape):
+            cube = np.moveaxis(data, 0, -1)  # an uncalibrated (E, H, W) array added by hand
+            ax = spectral_axis(None, cube.shape, required=True)
+        if tuple(cube.shape[:2]) != tuple(shape):
+            raise ValueError(f"The spectrum image covers {tuple(cube.shape[:2])} pixels but "
+                             f"the structure image is {tuple(shape)}; they must match.")
+        axis = ax.values if ax.calibrated else None
         scal = self._make_scalarizer(axis)
         if self.scalarizer.value != "loop area":
-            ax = np.arange(cube.shape[-1], float) if axis is None else axis
-            from napari_microml.dkl.scalarizers import window_mask
-
-            window_mask(ax, (self.win_lo.value, self.win_hi.value))  # clear error if empty
-        return SpectrumImageSource(cube, axis=axis, scalarizer=scal)
+            window_mask(ax.values, (self.win_lo.value, self.win_hi.value))  # clear error
+        return lambda: SpectrumImageSource(np.asarray(cube), axis=axis, scalarizer=scal)
 
     def _settings_key(self):
         return (
@@ -209,11 +306,12 @@ class ActiveLearningWidget(ToolWidget):
         """Integer (row, col) of the current "next" layer (the user may have edited it)."""
         if "next" not in self.viewer.layers or self.learner is None:
             return np.zeros((0, 2), int)
-        pts = np.asarray(self.viewer.layers["next"].data, float)
+        layer = self.viewer.layers["next"]
+        pts = np.asarray(layer.data, float)
         if pts.size == 0:
             return np.zeros((0, 2), int)
         h, w = self.learner.shape
-        rc = np.rint(pts[:, -2:]).astype(int)
+        rc = np.rint(pts[:, -2:]).astype(int)  # layer data are in structure pixels
         rc[:, 0] = np.clip(rc[:, 0], 0, h - 1)
         rc[:, 1] = np.clip(rc[:, 1], 0, w - 1)
         _, first = np.unique(rc[:, 0] * w + rc[:, 1], return_index=True)
@@ -223,84 +321,84 @@ class ActiveLearningWidget(ToolWidget):
         return rc[keep]
 
     # --- jobs ------------------------------------------------------------------------------
-    def _new_learner(self):
+    def make_job(self):
         from napari_microml.dkl.learner import ActiveLearner
 
-        _, data = self._structure()
-        source = self._make_source(data.shape)
-        learner = ActiveLearner(
-            data, patch_size=self._patch(), acquisition=self.acquisition.value,
-            seed=self.seed.value, device=self.device_choice.value, maximize=self.maximize.value,
-        )
-        return learner, source
-
-    def make_job(self):
         mode = self._mode
-        need_new = mode == "init" or self.learner is None or self._key != self._settings_key()
+        key = self._settings_key()
+        need_new = mode == "init" or self.learner is None or self._key != key
+        batch, budget, n_init = self.batch_size.value, self.budget.value, self.n_initial.value
         if need_new:
-            learner, source = self._new_learner()
+            layer = self._structure_layer()
+            shape = tuple(layer.data.shape)
+            patch = self._patch()
+            if patch != "auto" and patch > min(shape):
+                raise ValueError(f"The patch size ({patch} px) is larger than the structure "
+                                 f"image {shape[0]}×{shape[1]} px; choose a patch size of at "
+                                 f"most {min(shape)}.")
+            if n_init > shape[0] * shape[1]:
+                raise ValueError("More initial points than pixels in the image.")
+            read_source = self._source_plan(shape)
+            structure = layer.data
+            options = dict(patch_size=patch, acquisition=self.acquisition.value,
+                           seed=self.seed.value, device=self.device_choice.value,
+                           maximize=self.maximize.value)
+            pending = None
         else:
             learner, source = self.learner, self.source
-        batch, budget, n_init = self.batch_size.value, self.budget.value, self.n_initial.value
-        if n_init > learner.shape[0] * learner.shape[1]:
-            raise ValueError("More initial points than pixels in the image.")
-        pending = None if need_new else self._pending_points()
-        key = self._settings_key()
-
-        def measure_and_suggest(coords):
-            values = np.asarray(source(coords), float).reshape(-1)
-            learner.observe(coords, values)
-            remaining = max(budget - learner.n_observed, 0)
-            nxt = learner.suggest(min(batch, remaining)) if remaining else np.zeros((0, 2), int)
-            return nxt
+            pending = self._pending_points()
 
         def job():
-            self.learner, self.source, self._key = learner, source, key
+            nonlocal learner, source
             nxt = pending
             if need_new:
+                yield Update(0, budget, "Reading the layers and building the model…")
+                source = read_source()
+                learner = ActiveLearner(np.asarray(structure), **options)
                 coords = learner.suggest(n_init)  # the initial design: no data yet
-                nxt = measure_and_suggest(coords)
-                snap = self._snapshot(learner, source, nxt)
-                if mode == "init":
+                nxt = self._measure(learner, source, coords, batch, budget)
+                snap = self._snapshot(learner, source, key, nxt)
+                if mode == "init" or learner.n_observed >= budget:
                     return snap
-                yield ("snapshot", snap)
-                yield progress(learner.n_observed, budget, f"initialised with {n_init} points")
-            steps = 0
+                yield Update(learner.n_observed, budget, "", snap)
             while learner.n_observed < budget:
                 if nxt is None or len(nxt) == 0:
                     nxt = learner.suggest(min(batch, budget - learner.n_observed))
-                nxt = nxt[: max(budget - learner.n_observed, 0)]
-                nxt = measure_and_suggest(nxt)
-                steps += 1
-                snap = self._snapshot(learner, source, nxt)
-                if mode == "step":
+                nxt = self._measure(learner, source, nxt[: budget - learner.n_observed],
+                                    batch, budget)
+                snap = self._snapshot(learner, source, key, nxt)
+                if mode == "step" or learner.n_observed >= budget:
                     return snap
-                yield ("snapshot", snap)  # layers first: a Stop right after keeps them current
-                yield progress(learner.n_observed, budget,
-                               f"step {learner.step}: {learner.n_observed}/{budget}, "
-                               f"best {learner.best_value:.4g}")
-            return self._snapshot(learner, source, nxt)
+                yield Update(learner.n_observed, budget, "", snap)  # a Stop keeps this step
+            return self._snapshot(learner, source, key, nxt)
 
         return job
 
     @staticmethod
-    def _snapshot(learner, source, nxt) -> dict:
-        """Copies of everything the layers need (made in the worker, shown on the main thread)."""
+    def _measure(learner, source, coords, batch, budget):
+        """Measure ``coords``, record them and return the next suggestion (none at budget)."""
+        values = np.asarray(source(coords), float).reshape(-1)
+        learner.observe(coords, values)
+        remaining = max(budget - learner.n_observed, 0)
+        return learner.suggest(min(batch, remaining)) if remaining else np.zeros((0, 2), int)
+
+    @staticmethod
+    def _snapshot(learner, source, key, nxt) -> Snapshot:
         from napari_microml.runtime.device import describe_device
 
         mean, std = learner.predict() if learner.n_observed else (None, None)
         spectra = getattr(source, "last_spectra", None)
-        return {
-            "coords": learner.coords.copy(), "values": learner.values.copy(),
-            "next": np.asarray(nxt if nxt is not None else np.zeros((0, 2)), float).copy(),
-            "mean": mean, "std": std,
-            "acquisition": (None if learner.last_acquisition is None
-                            else learner.last_acquisition.copy()),
-            "best": learner.best_value, "step": learner.step,
-            "spectrum": None if spectra is None else np.asarray(spectra[-1]).copy(),
-            "axis": getattr(source, "axis", None),
-            "device": describe_device(learner.model.device),
-        }
+        return Snapshot(
+            learner=learner, source=source, key=key,
+            coords=learner.coords.copy(), values=learner.values.copy(),
+            next=np.asarray(nxt if nxt is not None else np.zeros((0, 2)), float).copy(),
+            mean=mean, std=std,
+            acquisition=(None if learner.last_acquisition is None
+                         else learner.last_acquisition.copy()),
+            best=learner.best_value, step=learner.step,
+            spectrum=None if spectra is None else np.asarray(spectra[-1]).copy(),
+            axis=getattr(source, "axis", None), device=describe_device(learner.model.device),
+        )
 
     def start(self, job=None):
         worker = super().start(job)
@@ -312,15 +410,13 @@ class ActiveLearningWidget(ToolWidget):
         return worker
 
     # --- results ---------------------------------------------------------------------------
-    def _on_yield(self, message):
-        if isinstance(message, tuple) and message and message[0] == "snapshot":
-            self.show_result(message[1])
-            return
-        super()._on_yield(message)
+    def show_partial(self, snap) -> None:
+        self.show_result(snap)
 
     def show_result(self, snap) -> None:
-        if not isinstance(snap, dict):
+        if not isinstance(snap, Snapshot):
             return
+        self.learner, self.source, self._key = snap.learner, snap.source, snap.key
         layer = self.structure_layer.value
         phys = physical_kwargs(layer, 2)
         prov = self.provenance_metadata(make_provenance(
@@ -330,15 +426,38 @@ class ActiveLearningWidget(ToolWidget):
                 "batch_size": self.batch_size.value, "budget": self.budget.value,
                 "maximize": self.maximize.value, "source": self.source_kind.value,
                 "scalarizer": self.scalarizer.value,
-                "window": (self.win_lo.value, self.win_hi.value),
+                "window": (self.win_lo.value, self.win_hi.value), "window_units": self._units,
             },
-            device=snap["device"], seed=self.seed.value,
+            device=snap.device, seed=self.seed.value,
             input_name=getattr(layer, "name", None),
         ))
+        calls = [lambda m=m: self._show_map(snap, *m, phys, prov) for m in MAPS]
+        calls += [lambda: self._show_points(snap, phys, prov), lambda: self._show_summary(snap),
+                  lambda: self._update_plot(snap)]
+        self.later(*calls)  # one layer per event-loop turn
+
+    def _show_map(self, snap, name, key, cmap, phys, prov):
+        img = getattr(snap, key)
+        if img is None:
+            return
+        img = np.asarray(img, np.float32)
+        finite = np.isfinite(img)
+        if not finite.any():
+            return
+        img = np.where(finite, img, np.min(img[finite]))
+        lo, hi = float(img.min()), float(img.max())
+        lim = (lo, hi if hi > lo else lo + 1e-6)
+        new = name not in self.viewer.layers
+        out = upsert_layer(self.viewer, name, "image", img, colormap=cmap, contrast_limits=lim,
+                           metadata=prov, **phys)
+        if new:  # opaque over the inputs; the mean shown, the others one eye-click away
+            out.visible = key == "mean"
+
+    def _show_points(self, snap, phys, prov):
         v = self.viewer
         measured = upsert_layer(
-            v, "measured", "points", snap["coords"].astype(float),
-            features={"value": snap["values"]}, size=2, metadata=prov, **phys,
+            v, "measured", "points", snap.coords.astype(float),
+            features={"value": snap.values}, size=2, metadata=prov, **phys,
         )
         try:
             measured.face_colormap = "viridis"
@@ -346,43 +465,35 @@ class ActiveLearningWidget(ToolWidget):
             measured.refresh_colors()
         except Exception:  # colour by feature is cosmetic; keep the data either way
             pass
-        for name, key, cmap in (("DKL mean", "mean", "magma"), ("DKL uncertainty", "std", "gray"),
-                                ("acquisition", "acquisition", "inferno")):
-            img = snap.get(key)
-            if img is None:
-                continue
-            img = np.asarray(img, np.float32)
-            finite = np.isfinite(img)
-            if not finite.any():
-                continue
-            img = np.where(finite, img, np.min(img[finite]))
-            lo, hi = float(img.min()), float(img.max())
-            lim = (lo, hi if hi > lo else lo + 1e-6)
-            upsert_layer(v, name, "image", img, colormap=cmap, opacity=0.6, blending="additive",
-                         contrast_limits=lim, metadata=prov, visible=name != "acquisition", **phys)
-        upsert_layer(v, "next", "points", snap["next"], size=3, face_color="red",
+        upsert_layer(v, "next", "points", snap.next, size=3, face_color="red",
                      border_color="white", metadata=prov, **phys)
         v.layers.selection.active = v.layers["next"]
-        self.history.append((int(snap["step"]), float(snap["best"])))
-        self.ran_on.value = str(snap["device"])
-        self._say(f"Step {snap['step']}: {len(snap['values'])} measured, best {snap['best']:.4g}.")
-        self._update_plot(snap)
+
+    def _show_summary(self, snap):
+        self.history.append((int(snap.step), float(snap.best)))
+        self.ran_on.value = str(snap.device)
+        self._say(f"Step {snap.step}: {len(snap.values)} measured, best {snap.best:.4g}.")
 
     def _update_plot(self, snap):
         if self.figure is None:
             return
-        vals = snap["values"]
+        vals = snap.values
         best = np.maximum.accumulate(vals) if self.maximize.value else np.minimum.accumulate(vals)
         self.ax_best.clear()
         self.ax_best.plot(np.arange(1, len(best) + 1), best, "-o", ms=2)
-        self.ax_best.set_xlabel("measurements")
-        self.ax_best.set_ylabel("best value")
+        self.ax_best.set_xlabel("measurements", fontsize=8)
+        self.ax_best.set_ylabel("best value", fontsize=8)
         self.ax_spec.clear()
-        if snap["spectrum"] is not None:
-            ax = snap["axis"] if snap["axis"] is not None else np.arange(len(snap["spectrum"]))
-            self.ax_spec.plot(ax, snap["spectrum"], lw=1)
+        if snap.spectrum is not None:
+            ax = snap.axis if snap.axis is not None else np.arange(len(snap.spectrum))
+            self.ax_spec.plot(ax, snap.spectrum, lw=1)
+            if self.scalarizer.value != "loop area":
+                self.ax_spec.axvspan(self.win_lo.value, self.win_hi.value, alpha=0.2)
+            self.ax_spec.set_xlabel(self._units, fontsize=8)
             self.ax_spec.set_title("last spectrum", fontsize=8)
-        self.canvas.draw_idle()
+        for a in (self.ax_best, self.ax_spec):
+            a.tick_params(labelsize=7)
+        self.canvas.draw()  # now, in this queued turn, not with napari's own repaint
 
     def export_log(self, *_):
         from napari.utils.notifications import show_warning

@@ -5,8 +5,10 @@ metadata, original_metadata}`` dictionaries onto napari ``LayerData`` tuples.
 
 * Images and stacks become ``image`` layers (integer data stays integer) with ``scale``,
   ``translate`` (the axis offsets), ``units`` and ``axis_labels`` from the file's axes.
-* Spectrum images keep the spectral axis **last**; its scale/offset/units/name are also
-  stored in ``metadata['napari_microml']['spectral_axis']`` for the spectral tools.
+* Spectrum images keep the spectral axis **last** (:func:`read_file`); its
+  scale/offset/units/name are also stored in ``metadata['napari_microml']['spectral_axis']``.
+  In napari (the npe2 reader) spectrum images are laid out energy-first so the image plane is
+  shown (see :mod:`napari_microml.runtime.spectral`).
 * The full rsciio metadata is kept in ``metadata['original']``.
 * Files above :data:`LAZY_BYTES` are read lazily (dask arrays).
 """
@@ -59,9 +61,11 @@ def get_reader(path) -> Callable | None:
 
 def _napari_reader(path) -> list[LayerData]:
     paths = path if isinstance(path, (list, tuple)) else [path]
+    from napari_microml.runtime.spectral import image_plane_layout
+
     layers: list[LayerData] = []
-    for p in paths:
-        layers.extend(read_file(p))
+    for p in paths:  # spectrum images energy-first: the canvas shows the image plane
+        layers.extend((*image_plane_layout(data, kw), kind) for data, kw, kind in read_file(p))
         if Path(p).suffix.lower() == ".mrc":  # a Direct Electron random scan: its sparse image too
             from napari_microml.completion.scan_io import random_scan_layers
 

@@ -3,20 +3,64 @@
 A tool subclasses :class:`ToolWidget`, adds its own controls, and implements
 
 * ``make_job()`` → a generator function (no arguments) that runs the core's ``*_iter``
-  generator, yielding ``("progress", done, total, message)`` and returning a result;
-  it runs in a napari worker thread and must not touch layers;
-* ``show_result(result)`` → runs on the main thread and writes layers.
+  generator, yielding ``("progress", done, total, message)`` or :class:`Update` messages and
+  returning a result; it runs in a napari worker thread, reads the layers' data there (never
+  on the GUI thread) and must not write layers or widget state;
+* ``show_result(result)`` → runs on the main thread and writes layers; ``show_partial(x)``
+  (optional) shows an :class:`Update`'s ``partial`` result while the job goes on.
+
+Progress messages are throttled (at most every :data:`PROGRESS_INTERVAL_S`) so a fast loop
+does not flood the event loop; after a result with physical units the scale bar is shown.
 
 Cancel calls ``worker.quit()``; the generator stops at its next yield and ``show_result`` is
 never called, so a cancelled run leaves no half-written layer.
 """
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass
+from typing import Any
+
 import numpy as np
 from magicgui.widgets import ComboBox, Container, Label, ProgressBar, PushButton
 
 from napari_microml.runtime.device import CHOICES, describe_device
 from napari_microml.runtime.provenance import KEY
+
+PROGRESS_INTERVAL_S = 0.1
+
+
+@dataclass
+class Update:
+    """A typed message from a job to its widget: progress (``done`` of ``total``, ``text``)
+    and/or a ``partial`` result that the widget's ``show_partial`` puts on screen."""
+
+    done: int | None = None
+    total: int | None = None
+    text: str = ""
+    partial: Any = None
+
+
+def preload(*modules: str) -> None:
+    """Import what a tool's worker will need while its dock opens: an import in the worker
+    holds the GIL (torch, gpytorch: seconds) and would freeze the window mid-run."""
+    import importlib
+
+    for name in modules:
+        importlib.import_module(name)
+
+
+def show_scale_bar(viewer, layers) -> None:
+    """Turn the scale bar on when one of ``layers`` has physical units in the displayed plane."""
+    for layer in layers:
+        units = getattr(layer, "units", None)
+        if units is None or len(units) < 2:
+            continue
+        if any(str(u) not in ("pixel", "px", "") for u in units[-2:]):
+            overlays = getattr(getattr(viewer, "canvas", None), "overlays", None)
+            bar = getattr(overlays, "scale_bar", None) or viewer.scale_bar  # napari < 0.9
+            bar.visible = True
+            return
 
 
 def physical_kwargs(layer, ndim: int | None = None) -> dict:
@@ -77,7 +121,8 @@ def viewer_camera(viewer):
 
 def upsert_layer(viewer, name: str, kind: str, data, **kwargs):
     """Update the layer called ``name`` if it has the same kind, else add a new one."""
-    if name in viewer.layers and viewer.layers[name]._type_string == kind:
+    # __class__, not type(): plugin widgets see the layer through napari's public-only proxy
+    if name in viewer.layers and viewer.layers[name].__class__.__name__.lower() == kind:
         layer = viewer.layers[name]
         features = kwargs.pop("features", None)
         metadata = kwargs.pop("metadata", None)
@@ -119,6 +164,13 @@ class ToolWidget(Container):
             label.native.setMinimumWidth(220)
             label.native.setWordWrap(True)
         self.run_button.changed.connect(self._on_run_clicked)
+        from qtpy.QtCore import QTimer
+
+        self._ui_queue: list = []
+        self._finish_pending = False
+        self._ui_timer = QTimer()
+        self._ui_timer.setInterval(0)
+        self._ui_timer.timeout.connect(self._next_ui)
 
     # --- to implement in subclasses -------------------------------------------------------
     def make_job(self):  # pragma: no cover - abstract
@@ -145,11 +197,17 @@ class ToolWidget(Container):
 
         try:
             job = job or self.make_job()
-        except ValueError as err:
+        except (ValueError, TypeError) as err:  # bad input: one sentence for the user
             self._say(f"Cannot run: {err}")
             from napari.utils.notifications import show_warning
 
             show_warning(str(err))
+            return None
+        except Exception as err:  # noqa: BLE001 - a bug must still say something on screen
+            self._say(f"Failed before starting: {type(err).__name__}: {err}")
+            from napari.utils.notifications import show_error
+
+            show_error(f"{self.tool_name}: {type(err).__name__}: {err}")
             return None
         self._handler = on_result or self.show_result
         worker = create_worker(job, _start_thread=False)
@@ -159,6 +217,7 @@ class ToolWidget(Container):
         worker.aborted.connect(lambda: self._say("Cancelled: no layers were changed."))
         worker.finished.connect(self._on_finished)
         self.worker = worker
+        self._last_progress = 0.0
         self.run_button.text = "Cancel"
         self.progress.value = 0
         self._say("Running…")
@@ -173,16 +232,62 @@ class ToolWidget(Container):
     def device_label(self) -> str:
         return describe_device(self.device_choice.value)
 
+    def show_partial(self, partial) -> None:
+        """Show a partial result sent in an :class:`Update` (default: nothing)."""
+
     def _on_yield(self, message):
-        if isinstance(message, tuple) and message and message[0] == "progress":
+        if isinstance(message, Update):
+            if message.partial is not None:
+                self.show_partial(message.partial)
+            if message.total is not None:
+                self._show_progress(message.done or 0, message.total, message.text,
+                                    force=message.partial is not None)
+            elif message.text:
+                self._say(message.text)
+        elif isinstance(message, tuple) and message and message[0] == "progress":
             _, done, total, text = (*message, "")[:4]
-            self.progress.max = max(int(total), 1)
-            self.progress.value = min(int(done), self.progress.max)
-            if text:
-                self._say(text)
+            self._show_progress(done, total, text)
+
+    def _show_progress(self, done, total, text: str = "", force: bool = False) -> bool:
+        """Update the bar and status; skipped (False) when the last update was under
+        PROGRESS_INTERVAL_S ago, unless it is the last step or ``force``."""
+        now = time.perf_counter()
+        last = int(done) >= int(total)
+        if not (force or last) and now - getattr(self, "_last_progress", 0.0) < PROGRESS_INTERVAL_S:
+            return False
+        self._last_progress = now
+        self.progress.max = max(int(total), 1)
+        self.progress.value = min(int(done), self.progress.max)
+        if text:
+            self._say(text)
+        return True
+
+    def later(self, *calls) -> None:
+        """Queue GUI updates to run one per event-loop turn: adding a napari layer costs
+        0.1-0.3 s, so several in one go would freeze the window. The run stays busy (Run shows
+        Cancel) until the queue is done."""
+        self._ui_queue.extend(calls)
+        if not self._ui_timer.isActive():
+            self._ui_timer.start()
+
+    def _next_ui(self):
+        if self._ui_queue:
+            call = self._ui_queue.pop(0)
+            try:
+                call()
+            except Exception as err:  # noqa: BLE001 - say it; the rest of the queue still runs
+                self._say(f"Could not show the result: {type(err).__name__}: {err}")
+        if not self._ui_queue:
+            self._ui_timer.stop()
+            if self._finish_pending:
+                self._finish()
 
     def _on_returned(self, result):
         self._handler(result)
+        self.later(lambda: self._after_result(result))
+
+    def _after_result(self, result):
+        show_scale_bar(self.viewer, list(self.viewer.layers))
         device = getattr(result, "device", None)
         if device:
             self.ran_on.value = str(device)
@@ -190,9 +295,16 @@ class ToolWidget(Container):
             self._say("Done.")
 
     def _on_error(self, err):
-        self._say(f"Failed: {err}")
+        self._say(f"Failed: {err or type(err).__name__}")
 
     def _on_finished(self):
+        if self._ui_queue:  # busy until the queued layer updates are on screen
+            self._finish_pending = True
+        else:
+            self._finish()
+
+    def _finish(self):
+        self._finish_pending = False
         self.worker = None
         self.run_button.text = "Run"
 

@@ -109,3 +109,35 @@ def gaussian_peak_centres(spectra, axis, half_width: int = 4) -> np.ndarray:
         p, _ = curve_fit(g, axis[sl], s[sl], p0=[s[k], axis[k], 0.5, 0.0])
         out.append(p[1])
     return np.array(out)
+
+
+def dominant_peak_window(spectra, axis=None, *, widths: float = 4.0,
+                         min_channels: int = 32) -> tuple[int, int]:
+    """Channels ``(start, stop)`` (half-open) around the most prominent peak of the mean
+    spectrum, e.g. the zero-loss peak of low-loss EELS or a white line of a core-loss edge.
+
+    The window spans ``widths`` full widths at half maximum on each side of the peak, plus the
+    spread of the individual spectra's peak positions (so shifted spectra stay inside), and at
+    least ``min_channels`` channels; the whole range when no peak stands out.
+    """
+    from scipy.signal import find_peaks, peak_widths
+
+    x = np.asarray(spectra, float)
+    x = x.reshape(-1, x.shape[-1])
+    n = x.shape[1]
+    mean = x.mean(0)
+    peaks, props = find_peaks(mean, prominence=0)
+    if len(peaks) == 0:
+        return 0, n
+    prom = props["prominences"]
+    k = int(peaks[np.argmax(prom)])
+    if prom.max() < 0.05 * (mean.max() - mean.min()):  # no peak above the wiggles
+        return 0, n
+    fwhm = float(peak_widths(mean, [k], rel_height=0.5)[0][0])
+    reach = int(np.ceil(max(2.0, 3 * fwhm)))  # where each spectrum's own maximum is looked for
+    lo0, hi0 = max(k - reach, 0), min(k + reach + 1, n)
+    own = lo0 + np.argmax(x[:, lo0:hi0], axis=1)
+    spread = float(own.max() - own.min())
+    half = max(widths * fwhm + spread, min_channels / 2)
+    start, stop = int(max(np.floor(k - half), 0)), int(min(np.ceil(k + half) + 1, n))
+    return start, stop

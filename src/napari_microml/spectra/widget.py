@@ -1,198 +1,391 @@
-"""napari dock widget for the spectral shift-VAE (a thin layer over ``fit_shift_vae_iter``)."""
+"""napari dock widget for the spectral shift-VAE (a thin layer over ``fit_shift_vae_iter``).
+
+The spectral window is chosen around the dominant peak of the mean spectrum unless the user
+types one (in the axis's units). The layer's data are read in the worker. A spectrum image
+gives shift and latent maps on its image plane; a line scan gives a plot of the shift along
+the line and the tracked peak drawn over the line-scan image.
+"""
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass
+
+import napari
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, FloatSpinBox, SpinBox, create_widget
 
 from napari_microml.runtime.provenance import KEY, make_provenance
-from napari_microml.runtime.widget import ToolWidget, physical_kwargs, upsert_layer
+from napari_microml.runtime.spectral import (
+    SpectralAxis,
+    line_positions,
+    spectra_last,
+    spectral_axis,
+)
+from napari_microml.runtime.widget import (
+    ToolWidget,
+    Update,
+    physical_kwargs,
+    preload,
+    upsert_layer,
+)
 from napari_microml.spectra.preprocess import NORMALIZATIONS
+
+LOSS_PLOT_INTERVAL_S = 1.0  # each redraw takes the GIL from the fit
 
 
 def spectral_axis_of(layer) -> tuple[np.ndarray | None, str]:
-    """The spectral axis (last layer axis) values and units from the layer's metadata.
-
-    Reads ``layer.metadata['napari_microml']['spectral_axis'] = {'scale', 'offset', 'units'}``;
-    without it the axis is channel numbers (``None``, ``'channel'``).
-    """
-    meta = (layer.metadata or {}).get(KEY, {}) or {}
-    spec = meta.get("spectral_axis") if isinstance(meta, dict) else None
-    n = layer.data.shape[-1]
-    if not spec:
-        return None, "channel"
-    scale = float(spec.get("scale", 1.0))
-    offset = float(spec.get("offset", 0.0))
-    return offset + scale * np.arange(n), str(spec.get("units", "") or "")
+    """The spectral axis values and units of ``layer`` (``None, 'channel'`` without one)."""
+    ax = spectral_axis(layer.metadata, layer.data.shape)
+    return (None, "channel") if ax is None else (ax.values, ax.units)
 
 
-def meta_has_axis(layer) -> bool:
-    """True when the layer's metadata names a spectral axis."""
-    meta = (layer.metadata or {}).get(KEY, {}) or {}
-    return isinstance(meta, dict) and bool(meta.get("spectral_axis"))
-
-
-def spatial_kwargs(layer) -> dict:
-    """``scale``/``translate``/``units``/``axis_labels`` of the spatial axes (all but the last).
-
-    A line scan (N, L) gives results shaped (N, 1): the row axis keeps the layer's calibration
-    and the added column axis gets the same scale and units (so pixels stay square).
-    """
+def spatial_kwargs(layer, ax: SpectralAxis | None) -> dict:
+    """``scale``/``translate``/``units``/``axis_labels`` of the layer's non-spectral axes."""
     full = physical_kwargs(layer)
-    if layer.ndim == 2:
-        first = {k: tuple(v)[0] for k, v in full.items()}
-        out = {"scale": (first["scale"], first["scale"]), "translate": (first["translate"], 0.0)}
-        if "units" in first:
-            out["units"] = (first["units"], first["units"])
-        if "axis_labels" in first:
-            out["axis_labels"] = (first["axis_labels"], f"{first['axis_labels']}_")
-        return out
-    return {k: tuple(v)[:2] for k, v in full.items()}
+    index = layer.ndim - 1 if ax is None else ax.index
+    return {k: tuple(v[i] for i in range(layer.ndim) if i != index) for k, v in full.items()}
 
 
 def _canvas(height: float = 2.4):
     from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(3.2, height), tight_layout=True)
+    fig = Figure(figsize=(3.2, height))  # fixed margins: tight_layout costs a stall per draw
+    fig.subplots_adjust(left=0.2, right=0.96, bottom=0.2, top=0.88)
     canvas = FigureCanvasQTAgg(fig)
     canvas.setMinimumHeight(int(height * 70))
     return fig, canvas
 
 
+@dataclass
+class Plan:
+    """What one run needs besides the data (made on the GUI thread from metadata only)."""
+
+    name: str
+    axis: SpectralAxis
+    spatial: dict
+    line: bool
+    window: tuple[int, int] | None  # channels; None = chosen automatically in the worker
+    kwargs: dict
+
+
+@dataclass
+class Outcome:
+    """A finished fit and the window it used (channels and axis values)."""
+
+    result: object
+    plan: Plan
+    window: tuple[int, int]
+    auto: bool
+    peak: float
+    seconds: float
+
+    @property
+    def device(self) -> str:
+        return self.result.device
+
+
 class ShiftVAEWidget(ToolWidget):
-    """Fit a shift-VAE to a spectrum image (H, W, L): shift map, latent maps, latent explorer."""
+    """Fit a shift-VAE to a spectrum image or line scan: shift map, latent maps, explorer."""
 
     tool_name = "shift_vae"
 
-    def __init__(self, viewer):
-        import napari
-
-        self.layer_choice = create_widget(annotation=napari.layers.Image, label="Spectrum image")
-        self.channel_start = SpinBox(label="First channel", min=0, max=1_000_000, value=0)
-        self.channel_stop = SpinBox(label="Stop channel (0 = all)", min=0, max=1_000_000, value=0)
-        self.latent_dim = SpinBox(label="Content latents", min=1, max=8, value=2)
-        self.epochs = SpinBox(label="Epochs (0 = auto)", min=0, max=100_000, value=0)
-        self.shift_prior = FloatSpinBox(label="Shift prior σ (axis units, 0 = auto)", min=0.0,
-                                        max=1e9, step=0.1, value=0.0)
-        self.normalize = ComboBox(label="Normalise", choices=list(NORMALIZATIONS), value="max")
-        self.despike = CheckBox(label="Remove spikes", value=False)
-        self.seed = SpinBox(label="Seed", min=0, max=2**31 - 1, value=0)
-        controls = [self.layer_choice, self.channel_start, self.channel_stop, self.latent_dim,
-                    self.epochs, self.shift_prior, self.normalize, self.despike, self.seed]
+    def __init__(self, viewer: napari.viewer.Viewer):
+        self.layer_choice = create_widget(
+            annotation=napari.layers.Image, label="Spectrum image",
+            options={"tooltip": "A spectrum image (energy as a slider) or a line scan "
+                                "(positions × energy) opened with its energy axis."})
+        self.auto_window = CheckBox(
+            label="Auto window", value=True,
+            tooltip="Fit only the channels around the most prominent peak of the mean "
+                    "spectrum (e.g. the zero-loss peak, a white line); the window used is "
+                    "written below and in the status line. Off: use the window typed below.")
+        spin = dict(min=-1e9, max=1e9, step=1.0)
+        self.win_lo = FloatSpinBox(label="Window from", value=0.0, **spin)
+        self.win_hi = FloatSpinBox(label="Window to", value=0.0, **spin)
+        self.latent_dim = SpinBox(label="Content latents", min=1, max=8, value=2,
+                                  tooltip="Latent variables for the peak shapes, besides the "
+                                          "shift (dimensionless).")
+        self.epochs = SpinBox(label="Epochs (0 = auto)", min=0, max=100_000, value=0,
+                              tooltip="Passes over all spectra; auto: about 600 optimiser "
+                                      "steps and at least 30 passes.")
+        self.shift_prior = FloatSpinBox(
+            label="Shift prior σ", min=0.0, max=1e9, step=0.1, value=0.0,
+            tooltip="Typical size of the shifts, in the axis's units; 0 = auto (5 % of the "
+                    "window). Make it larger for large shifts.")
+        self.normalize = ComboBox(
+            label="Normalise", choices=list(NORMALIZATIONS), value="max",
+            tooltip="max: each spectrum scaled to 0–1 (shapes only); global: one scale for all "
+                    "(keeps intensities); none: counts as they are.")
+        self.despike = CheckBox(label="Remove spikes", value=False,
+                                tooltip="Replace single-channel spikes (cosmic rays) by the "
+                                        "local median before fitting.")
+        self.seed = SpinBox(label="Seed", min=0, max=2**31 - 1, value=0,
+                            tooltip="Seeds the network and the sampling: the same seed "
+                                    "repeats a fit.")
+        controls = [self.layer_choice, self.auto_window, self.win_lo, self.win_hi,
+                    self.latent_dim, self.epochs, self.shift_prior, self.normalize,
+                    self.despike, self.seed]
         super().__init__(viewer, controls)
+        self.run_button.tooltip = "Fit the shift-VAE (Cancel stops it; no layer is changed)."
+        self.device_choice.tooltip = "Where the network runs: auto picks a GPU when present."
         self.loss_fig, self.loss_canvas = _canvas(2.0)
         self.loss_ax = self.loss_fig.add_subplot(111)
+        self.line_fig, self.line_canvas = _canvas(2.4)
+        self.line_ax = self.line_fig.add_subplot(111)
         self.latent_fig, self.latent_canvas = _canvas(2.8)
         self.latent_ax = self.latent_fig.add_subplot(111)
         self.traverse_fig, self.traverse_canvas = _canvas(2.4)
         self.traverse_ax = self.traverse_fig.add_subplot(111)
-        for canvas in (self.loss_canvas, self.latent_canvas, self.traverse_canvas):
+        for canvas in (self.loss_canvas, self.line_canvas, self.latent_canvas,
+                       self.traverse_canvas):
             self.native.layout().addWidget(canvas)
+        self.line_canvas.setVisible(False)
         self.losses: list[float] = []
+        self._last_loss_draw = 0.0
         self.result = None
         self.lasso = None
         self._input_name = None
         self._spatial = {}
         self._points = None
+        self._units = "channel"
+        self.auto_window.changed.connect(self._update_window_controls)
+        self.layer_choice.changed.connect(self._on_layer)
+        self._on_layer()
+        preload("torch", "torch.optim", "torch._dynamo", "scipy.signal", "scipy.optimize",
+                "pandas", "matplotlib.widgets")  # pandas: napari's Points layers
+
+    # --- controls ------------------------------------------------------------------------
+    def _update_window_controls(self, *_):
+        for w in (self.win_lo, self.win_hi):
+            w.enabled = not self.auto_window.value
+
+    def _on_layer(self, *_):
+        layer = self.layer_choice.value
+        ax = None if layer is None else spectral_axis(layer.metadata, layer.data.shape)
+        if ax is not None:
+            lo, hi = float(ax.values.min()), float(ax.values.max())
+            step = float(abs(ax.values[1] - ax.values[0])) if ax.values.size > 1 else 1.0
+            for w in (self.win_lo, self.win_hi):
+                w.min, w.max, w.step = lo, hi, step
+            if self.auto_window.value or self.win_hi.value <= self.win_lo.value:
+                self.win_lo.value, self.win_hi.value = lo, hi
+        self._units = "channel" if ax is None else ax.units
+        u = self._units
+        self.win_lo.label, self.win_hi.label = f"Window from ({u})", f"Window to ({u})"
+        for w in (self.win_lo, self.win_hi):
+            w.tooltip = (f"Spectral window to fit, in {u} (used when Auto window is off; "
+                         "shows the chosen window after an auto run).")
+        self.shift_prior.label = f"Shift prior σ ({u}, 0 = auto)"
+        self._update_window_controls()
 
     # --- job -----------------------------------------------------------------------------
-    def _inputs(self):
+    def _plan(self) -> tuple:
         layer = self.layer_choice.value
         if layer is None:
-            raise ValueError("Choose a spectrum-image layer (rows, cols, channels) first.")
+            raise ValueError("Choose a spectrum-image layer first.")
         if layer.ndim not in (2, 3) or getattr(layer, "rgb", False):
             raise ValueError(
-                f"Layer '{layer.name}' has {layer.ndim} dimensions; the shift-VAE needs a spectrum "
-                "image (rows, cols, channels) or a line scan (positions, channels) with the "
-                "spectral axis last."
-            )
-        data = np.asarray(layer.data, dtype=np.float32)
-        if data.ndim == 2:
-            if not meta_has_axis(layer):
-                raise ValueError(
-                    f"Layer '{layer.name}' is a 2D image without a spectral axis in its metadata; "
-                    "the shift-VAE needs a spectrum image (rows, cols, channels) or a line scan "
-                    "(positions, channels) opened with its energy axis."
-                )
-            data = data[:, None, :]  # line scan (N, L) -> (N, 1, L)
-        axis, units = spectral_axis_of(layer)
-        stop = int(self.channel_stop.value) or data.shape[-1]
-        channel_range = None
-        if int(self.channel_start.value) > 0 or stop < data.shape[-1]:
-            channel_range = (int(self.channel_start.value), stop)
+                f"Layer '{layer.name}' has {layer.ndim} dimensions; the shift-VAE needs a "
+                "spectrum image (rows, cols, energy) or a line scan (positions, energy).")
+        ax = spectral_axis(layer.metadata, layer.data.shape)
+        if ax is None and layer.ndim == 2:
+            raise ValueError(
+                f"Layer '{layer.name}' is a 2D image without a spectral axis in its metadata; "
+                "the shift-VAE needs a spectrum image or a line scan opened with its energy "
+                "axis (File → Open with napari-microml).")
+        if ax is None:
+            ax = spectral_axis(None, layer.data.shape, required=True)
+        window = None
+        if not self.auto_window.value:
+            lo, hi = sorted((self.win_lo.value, self.win_hi.value))
+            inside = np.flatnonzero((ax.values >= lo) & (ax.values <= hi))
+            if inside.size < 2:
+                raise ValueError(f"The window {lo:g}–{hi:g} {ax.units} holds {inside.size} "
+                                 f"channel(s) of the axis ({ax.values.min():g}–"
+                                 f"{ax.values.max():g} {ax.units}); keep at least 2.")
+            window = (int(inside[0]), int(inside[-1]) + 1)
         prior = float(self.shift_prior.value) or None
-        kwargs = dict(axis=axis, latent_dim=int(self.latent_dim.value),
-                      epochs=int(self.epochs.value) or None,
-                      shift_prior=prior, model="shift", normalize=self.normalize.value,
-                      channel_range=channel_range, despike=bool(self.despike.value),
+        kwargs = dict(axis=ax.values if ax.calibrated else None,
+                      latent_dim=int(self.latent_dim.value),
+                      epochs=int(self.epochs.value) or None, shift_prior=prior, model="shift",
+                      normalize=self.normalize.value, despike=bool(self.despike.value),
                       seed=int(self.seed.value), device=self.device_choice.value)
-        return layer, data, units, kwargs
+        plan = Plan(layer.name, ax, spatial_kwargs(layer, ax), layer.ndim == 2, window, kwargs)
+        return layer, plan
 
     def make_job(self):
+        from napari_microml.spectra.preprocess import dominant_peak_window
         from napari_microml.spectra.shift_vae import _validate, fit_shift_vae_iter
 
-        layer, data, units, kwargs = self._inputs()
-        _validate(data, kwargs["axis"], kwargs["channel_range"])  # clear errors before starting
-        self._pending = (layer.name, spatial_kwargs(layer), units, kwargs)
+        layer, plan = self._plan()
+        data, meta = layer.data, layer.metadata
         self.losses = []
-        self._draw_loss()
+        self._draw_loss(force=True)
 
         def job():
-            result = yield from fit_shift_vae_iter(data, **kwargs)
-            return result
+            start = time.perf_counter()
+            cube, _ = spectra_last(data, meta)
+            spectra = np.asarray(cube, dtype=np.float32)
+            if plan.line:
+                spectra = spectra[:, None, :]  # (N, L) -> (N, 1, L): maps are (N, 1)
+            auto = plan.window is None
+            window = plan.window or dominant_peak_window(spectra, plan.axis.values)
+            values = plan.axis.values[window[0]:window[1]]
+            peak = float(values[np.argmax(spectra.reshape(-1, spectra.shape[-1])
+                                          [:, window[0]:window[1]].mean(0))])
+            u = plan.axis.units
+            how = f"auto, around the peak at {peak:.4g} {u}" if auto else "typed"
+            head = f"Window {values[0]:.4g}–{values[-1]:.4g} {u} ({how})"
+            yield Update(0, 1, f"{head}; fitting…")
+            _validate(spectra, plan.kwargs["axis"], window)
+            fit = fit_shift_vae_iter(spectra, channel_range=window, **plan.kwargs)
+            last = 0.0
+            while True:
+                try:
+                    message = next(fit)
+                except StopIteration as stop:
+                    result = stop.value
+                    break
+                _, done, total, text, info = message
+                now = time.perf_counter()
+                if now - last >= LOSS_PLOT_INTERVAL_S or done >= total:
+                    last = now
+                    yield Update(done, total, f"{head}; {text}", ("loss", info["loss"], done))
+            return Outcome(result, plan, window, auto, peak, time.perf_counter() - start)
 
         return job
 
-    def _on_yield(self, message):
-        super()._on_yield(message)
-        if isinstance(message, tuple) and len(message) > 4 and isinstance(message[4], dict):
-            self.losses.append(float(message[4]["loss"]))
+    def show_partial(self, partial) -> None:
+        kind, loss, epoch = partial
+        if kind == "loss":
+            self.losses.append(float(loss))
+            self._loss_epochs = getattr(self, "_loss_epochs", [])[: len(self.losses) - 1]
+            self._loss_epochs.append(int(epoch))
             self._draw_loss()
 
-    def _draw_loss(self):
+    def _draw_loss(self, force: bool = False):
         ax = self.loss_ax
         ax.clear()
         if self.losses:
-            ax.plot(np.arange(1, len(self.losses) + 1), self.losses, "-", lw=1)
+            ax.plot(getattr(self, "_loss_epochs", None) or np.arange(1, len(self.losses) + 1),
+                    self.losses, "-", lw=1)
             if min(self.losses) > 0:
+                from matplotlib.ticker import NullFormatter
+
                 ax.set_yscale("log")
+                ax.yaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("epoch", fontsize=8)
-        ax.set_ylabel("loss", fontsize=8)
+        ax.set_ylabel("loss (nats / spectrum)", fontsize=8)
         ax.tick_params(labelsize=7)
         self.loss_canvas.draw_idle()
 
     # --- results -------------------------------------------------------------------------
-    def show_result(self, result) -> None:
-        name, spatial, units, kwargs = self._pending
+    def show_result(self, outcome) -> None:
+        if not isinstance(outcome, Outcome):
+            return
+        plan, result = outcome.plan, outcome.result
         self.result = result
-        self._input_name = name
-        self._spatial = spatial
-        params = {k: v for k, v in kwargs.items() if k != "axis"}
+        self._input_name = plan.name
+        self._spatial = plan.spatial
+        layer = self.viewer.layers[plan.name] if plan.name in self.viewer.layers else None
+        self._line_layer = (layer.data.shape, physical_kwargs(layer)) \
+            if plan.line and layer is not None else None
+        units = plan.axis.units
+        w0, w1 = outcome.window
+        lo, hi = float(result.axis[0]), float(result.axis[-1])
+        self.win_lo.value, self.win_hi.value = lo, hi
+        params = {k: v for k, v in plan.kwargs.items() if k != "axis"}
         params.update(spectral_units=units, shift_offset=result.shift_offset,
-                      shift_reference="median")
+                      shift_reference="median", channel_range=[w0, w1],
+                      window=[lo, hi], window_auto=outcome.auto)
         record = make_provenance("shift_vae", parameters=params, device=result.device,
-                                 seed=kwargs["seed"], input_name=name)
-        shift_record = {**record, "value": "shift", "value_units": units}
-        lim = float(np.nanmax(np.abs(result.shift))) or 1.0
-        upsert_layer(self.viewer, f"{name} shift", "image", result.shift,
+                                 seed=plan.kwargs["seed"], input_name=plan.name)
+        calls = []
+        if plan.line:
+            calls += [lambda: self._show_line(outcome, record), lambda: self._draw_line(outcome)]
+        else:
+            calls += [lambda: self._show_maps(outcome, record)]
+            calls += [lambda i=i: self._show_latent(outcome, record, i)
+                      for i in range(result.latents.shape[-1])]
+            calls += [lambda: self._drop_stale(outcome)]
+        calls += [self._draw_latents, lambda: self._draw_traversal(units),
+                  lambda: self._say(self._summary(outcome))]
+        self.later(*calls)
+
+    def _summary(self, outcome) -> str:
+        r, u = outcome.result, outcome.plan.axis.units
+        how = (f"auto, around the peak at {outcome.peak:.4g} {u}" if outcome.auto
+               else "typed")
+        span = float(np.nanmax(r.shift) - np.nanmin(r.shift))
+        return (f"Done in {outcome.seconds:.1f} s. Window {r.axis[0]:.4g}–{r.axis[-1]:.4g} {u} "
+                f"({how}); shifts span {span:.3g} {u}.")
+
+    def _shift_record(self, record, units):
+        return {KEY: {**record, "value": "shift", "value_units": units}}
+
+    def _show_maps(self, outcome, record):
+        r, plan = outcome.result, outcome.plan
+        lim = float(np.nanmax(np.abs(r.shift))) or 1.0
+        upsert_layer(self.viewer, f"{plan.name} shift", "image", r.shift,
                      colormap="twilight_shifted", contrast_limits=(-lim, lim),
-                     metadata={KEY: shift_record}, **spatial)
-        for i in range(result.latents.shape[-1]):
-            lat = result.latents[..., i]
-            lo, hi = float(lat.min()), float(lat.max())
-            upsert_layer(self.viewer, f"{name} latent {i + 1}", "image", lat, colormap="viridis",
-                         contrast_limits=(lo, hi if hi > lo else lo + 1),
-                         metadata={KEY: {**record, "value": f"latent {i + 1}", "value_units": ""}},
-                         **spatial)
-        # drop latent maps left over from an earlier run with more latents
-        i = result.latents.shape[-1] + 1
+                     metadata=self._shift_record(record, plan.axis.units), **plan.spatial)
+
+    def _show_latent(self, outcome, record, i):
+        r, plan = outcome.result, outcome.plan
+        lat = r.latents[..., i]
+        lo, hi = float(lat.min()), float(lat.max())
+        layer = upsert_layer(
+            self.viewer, f"{plan.name} latent {i + 1}", "image", lat, colormap="viridis",
+            contrast_limits=(lo, hi if hi > lo else lo + 1),
+            metadata={KEY: {**record, "value": f"latent {i + 1}", "value_units": ""}},
+            **plan.spatial)
+        layer.visible = False  # the shift map stays on top; latents one eye-click away
+
+    def _drop_stale(self, outcome):
+        """Remove latent maps left over from an earlier run with more latents."""
+        name = outcome.plan.name
+        i = outcome.result.latents.shape[-1] + 1
         while f"{name} latent {i}" in self.viewer.layers:
             stale = self.viewer.layers[f"{name} latent {i}"]
             if stale.metadata.get(KEY, {}).get("tool") == "shift_vae":
                 self.viewer.layers.remove(stale)
             i += 1
-        self._draw_latents()
-        self._draw_traversal(units)
+
+    def _show_line(self, outcome, record):
+        """The tracked peak (peak of the mean spectrum + shift) over the line-scan image."""
+        r, plan = outcome.result, outcome.plan
+        layer = self.viewer.layers[plan.name] if plan.name in self.viewer.layers else None
+        ax = plan.axis.values
+        step = float(ax[1] - ax[0]) if ax.size > 1 else 1.0
+        peak = outcome.peak + r.shift.ravel()
+        rows = np.arange(peak.size, dtype=float)
+        path = np.column_stack([rows, (peak - ax[0]) / step])  # layer data coords (row, channel)
+        kw = physical_kwargs(layer) if layer is not None else {}
+        width = max(2.0, ax.size / 300)  # channels: thin enough to leave the peak visible
+        upsert_layer(self.viewer, f"{plan.name} shift track", "shapes", [path],
+                     shape_type="path", edge_color="cyan", edge_width=width, opacity=0.8,
+                     metadata=self._shift_record(record, plan.axis.units), **kw)
+
+    def _draw_line(self, outcome):
+        r, plan = outcome.result, outcome.plan
+        pos, pos_units = line_positions(self._layer_metadata(plan.name), r.shift.size)
+        ax = self.line_ax
+        ax.clear()
+        shift = r.shift.ravel()
+        ax.plot(pos, shift, "-o", ms=2, lw=1, label="shift")
+        if r.shift_std is not None:
+            sd = r.shift_std.ravel()
+            ax.fill_between(pos, shift - sd, shift + sd, alpha=0.25)
+        ax.set_xlabel(f"position ({pos_units})", fontsize=8)
+        ax.set_ylabel(f"shift ({plan.axis.units})", fontsize=8)
+        ax.set_title("shift along the line scan (± 1 s.d.)", fontsize=8)
+        ax.tick_params(labelsize=7)
+        self.line_canvas.setVisible(True)
+        self.line_canvas.draw_idle()
+
+    def _layer_metadata(self, name):
+        return self.viewer.layers[name].metadata if name in self.viewer.layers else {}
 
     def _draw_latents(self):
         from matplotlib.widgets import LassoSelector
@@ -224,8 +417,12 @@ class ShiftVAEWidget(ToolWidget):
         mask = inside.reshape(self.result.latents.shape[:-1]).astype(np.int32)
         record = make_provenance("shift_vae.latent_selection", parameters={
             "vertices": np.asarray(vertices, float).round(6).tolist()}, input_name=self._input_name)
+        kwargs = self._spatial
+        if getattr(self, "_line_layer", None) is not None:  # line scan: mark whole spectra
+            shape, kwargs = self._line_layer
+            mask = np.broadcast_to(mask.reshape(-1, 1), shape).copy()
         upsert_layer(self.viewer, f"{self._input_name} latent selection", "labels", mask,
-                     metadata={KEY: record}, **self._spatial)
+                     metadata={KEY: record}, **kwargs)
         self._say(f"Selected {int(mask.sum())} pixels in latent space.")
 
     def _draw_traversal(self, units: str):
