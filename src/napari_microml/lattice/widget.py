@@ -36,6 +36,7 @@ class LatticeRun:
     step: int
     profile: tuple | None = None
     notes: list = field(default_factory=list)
+    device: str = "CPU (NumPy/SciPy)"
 
 
 class LatticeWidget(ToolWidget):
@@ -69,6 +70,7 @@ class LatticeWidget(ToolWidget):
                   self.export_button):
             self.append(w)
         self.summary.native.setWordWrap(True)
+        self.device_choice.visible = False  # no network here: everything runs on the CPU
         self.magnification.changed.connect(self._on_magnification)
         self.set_button.changed.connect(self._on_set_sublattice)
         self.export_button.changed.connect(self._on_export)
@@ -192,6 +194,7 @@ class LatticeWidget(ToolWidget):
             step(run)
             QApplication.processEvents()
         self.viewer.layers.selection.active = self._source[1]
+        self.progress.value = self.progress.max
         self.status.value = "Done."
         self._summary(run)
 
@@ -236,7 +239,7 @@ class LatticeWidget(ToolWidget):
         lim = lim if lim > 0 else 1e-3
         layer = upsert_layer(self.viewer, f"{base} {key}", "image", np.nan_to_num(grid),
                              colormap=diverging(), contrast_limits=(-lim, lim), opacity=0.6,
-                             blending="translucent", visible=(key == "exx"),
+                             blending="translucent", visible=(key == "exx"), interpolation2d="linear",
                              metadata=self.provenance_metadata(run.lattice.provenance), **grid_kwargs)
         try:
             layer.colorbar.visible = key == "exx"
