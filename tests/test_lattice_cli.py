@@ -41,6 +41,26 @@ def test_lattice_cli_writes_table_and_summary(perovskite, tmp_path, capsys):
     summary = json.loads((out / "pero_lattice.json").read_text())
     assert summary["lattice_parameters"]["a_pm"] == pytest.approx(16 * 24.4, abs=1)
     assert summary["n_sublattices"] == 2 and summary["napari_microml"]["tool"] == "cli.lattice"
+    assert summary["contrast"] == "bright" and summary["counting"]["n_components"] >= 1
+    # a second run never replaces the results silently; --overwrite does
+    before = (out / "pero_lattice.csv").read_bytes()
+    args = ["lattice", str(path), "--positions", str(pts), "--out", str(out), "--quiet"]
+    assert _main(args) == 2 and "overwritten" in capsys.readouterr().err
+    assert (out / "pero_lattice.csv").read_bytes() == before
+    assert _main(args + ["--overwrite"]) == 0
+    assert not [p for p in out.iterdir() if p.name.startswith(".microml-partial-")]
+
+
+def test_lattice_cli_dark_columns_are_found_as_such(perovskite, tmp_path):
+    s, path, pts = perovskite
+    abf = tmp_path / "abf.tif"
+    tifffile.imwrite(abf, (s.image.max() - s.image).astype(np.float32))   # columns dark
+    out = tmp_path / "abf_out"
+    assert _main(["lattice", str(abf), "--positions", str(pts), "--out", str(out), "--quiet"]) == 0
+    summary = json.loads((out / "abf_lattice.json").read_text())
+    assert summary["contrast"] == "dark" and summary["counting"] is None
+    table = pd.read_csv(out / "abf_lattice.csv")
+    assert (table["sublattice"].to_numpy() == s.sublattice).mean() >= 0.99  # 0 = strongest (darkest)
 
 
 def test_lattice_cli_bad_input_writes_nothing(perovskite, tmp_path, capsys):

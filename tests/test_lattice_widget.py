@@ -97,3 +97,13 @@ def test_missing_points_says_so(make_napari_viewer, qtbot):
     _, widget = viewer.window.add_plugin_dock_widget("napari-microml", "Lattice analysis")
     widget.run_button.native.click()
     assert widget.worker is None and "Points layer" in widget.status.value
+
+
+def test_dark_columns_are_found_as_such(make_napari_viewer, qtbot):
+    viewer, widget, s, points = _open(make_napari_viewer)
+    image = widget.image_layer.value
+    image.data = image.data.max() - image.data          # ABF-like: the columns are dark
+    assert widget.contrast.value == "auto"
+    _run(qtbot, widget)
+    assert (points.features["sublattice"].to_numpy() == s.sublattice).mean() >= 0.99
+    assert (points.features["count"] == -1).all() and "no atom counting" in widget.summary.value

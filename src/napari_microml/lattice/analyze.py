@@ -78,6 +78,14 @@ def column_intensity(image: np.ndarray, positions: np.ndarray, d0: float) -> np.
     return ndi.map_coordinates(img, positions.T, order=1, mode="nearest")
 
 
+def columns_are_dark(image, positions) -> bool:
+    """Whether the columns are darker than the image around them (ABF/BF) rather than brighter
+    (HAADF): the image at the columns against its median."""
+    img = np.asarray(image, np.float64)
+    at = column_intensity(img, np.asarray(positions, float), 4.0)
+    return bool(np.median(at) < np.nanmedian(img))
+
+
 def _check_inputs(positions, image, reference, position_std):
     try:
         pos = np.asarray(positions, np.float64)

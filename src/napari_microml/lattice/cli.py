@@ -3,22 +3,21 @@
 ::
 
     microml lattice image.emd more/ --out results/              # columns found by find_atoms
-    microml lattice abf.hspy --contrast dark --pixel-size 0.00933 --out results/
+    microml lattice abf.hspy --pixel-size 0.00933 --out results/ # dark columns: found as such
     microml lattice image.tif --positions image_atoms.csv --out results/
 
 For each 2D image ``<name>`` it writes ``<name>_lattice.csv`` (one row per column: positions in
 px and physical units, sublattice, exx, eyy, exy, rotation, displacement, their 1σ, count and
 cross-section), its ``.csv.json`` sidecar, and ``<name>_lattice.json`` (lattice parameters, the
-atom-count mixture, provenance). Everything is written to a temporary folder inside ``--out``
-and moved into place only when every input succeeded.
+atom-count mixture, provenance). Results go into ``--out`` the way every ``microml`` command
+writes them (``cli.check_out`` + ``cli.Staging``): existing files are never replaced without
+``--overwrite``, and nothing is moved into place unless every input succeeded.
 """
 from __future__ import annotations
 
+import argparse
 import json
-import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -28,16 +27,19 @@ OUTPUTS = ("_lattice.csv", "_lattice.csv.json", "_lattice.json")
 
 def add_parser(subparsers) -> None:
     """Add the ``lattice`` subcommand to ``microml``'s subparsers."""
+    from napari_microml.cli import EXIT_CODES
+
     sp = subparsers.add_parser("lattice", help="sublattices, strain, polarisation and atom counts "
-                                                "→ <name>_lattice.csv + <name>_lattice.json")
+                                                "→ <name>_lattice.csv + <name>_lattice.json",
+                               epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
     sp.add_argument("inputs", nargs="+", metavar="INPUT", help="2D images (files or folders)")
     sp.add_argument("--out", required=True, help="output folder")
     sp.add_argument("--positions", default=None,
                     help="a points CSV (microml atoms output) for a single input; default: find "
                          "the columns with the atom finder")
-    sp.add_argument("--contrast", default="bright", choices=["bright", "dark"],
+    sp.add_argument("--contrast", default="auto", choices=["auto", "bright", "dark"],
                     help="bright: HAADF (sublattice 0 = brightest, atoms counted); dark: ABF/BF "
-                         "(sublattice 0 = darkest, no counting)")
+                         "(sublattice 0 = darkest, no counting); auto (default): decided per image")
     sp.add_argument("--pixel-size", type=float, default=None,
                     help="nm per pixel when the file has no calibration (lattice parameters in pm)")
     sp.add_argument("--shells", type=int, default=1, choices=[1, 2],
@@ -45,6 +47,8 @@ def add_parser(subparsers) -> None:
     sp.add_argument("--no-count", action="store_true", help="skip atom counting")
     sp.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
                     help="where the atom finder runs (default auto)")
+    sp.add_argument("--overwrite", action="store_true",
+                    help="replace result files that already exist in --out")
     sp.add_argument("--quiet", action="store_true", help="no progress output")
 
 
@@ -73,22 +77,30 @@ def analyse_file(path: Path, args) -> dict:
     if image.ndim != 2:
         raise InputError(f"{path.name} is not one 2D image (shape {image.shape}); the lattice "
                          "analysis takes one frame at a time.")
+    contrast = args.contrast
     if args.positions:
         pts, pkw, _ = read_points_csv(args.positions)
         positions = np.asarray(pts, float)[:, -2:]
         feats = pkw.get("features")
         std = feats["position_std"].to_numpy(float) if feats is not None and "position_std" in feats else None
     else:
-        found = mm.find_atoms(image, contrast=args.contrast, device=args.device)
+        found = mm.find_atoms(image, **({} if contrast == "auto" else {"contrast": contrast}),
+                              device=args.device)
         positions, std = found.positions, found.features["position_std"].to_numpy(float)
-    signal = -image if args.contrast == "dark" else image
+        contrast = found.parameters.get("contrast", contrast)
+    if contrast not in ("bright", "dark"):
+        from napari_microml.lattice.analyze import columns_are_dark
+
+        contrast = "dark" if columns_are_dark(image, positions) else "bright"
+    signal = -image if contrast == "dark" else image
     pixel_size = _pixel_size(kwargs, args.pixel_size)
     lat = mm.analyze_lattice(positions, image=signal, pixel_size=pixel_size, position_std=std,
                              shells=args.shells)
     counts = None
-    if not args.no_count and args.contrast == "bright":
+    if not args.no_count and contrast == "bright":
         counts = mm.count_atoms(image, positions)
-    return {"lattice": lat, "counts": counts, "kwargs": kwargs, "pixel_size": pixel_size}
+    return {"lattice": lat, "counts": counts, "kwargs": kwargs, "pixel_size": pixel_size,
+            "contrast": contrast}
 
 
 def _write(stem: str, res: dict, tmp: Path, source: Path) -> list[Path]:
@@ -112,6 +124,7 @@ def _write(stem: str, res: dict, tmp: Path, source: Path) -> list[Path]:
                "n_sublattices": lat.n_sublattices,
                "columns_per_sublattice": np.bincount(lat.sublattice).tolist(),
                "pixel_size_nm": res["pixel_size"], "position_std": lat.std_source,
+               "contrast": res["contrast"],
                "counting": None if cnt is None else {
                    "n_components": cnt.n_components, "means": cnt.mixture.means.tolist(),
                    "weights": cnt.mixture.weights.tolist(), "sigma": cnt.mixture.sigma,
@@ -123,8 +136,10 @@ def _write(stem: str, res: dict, tmp: Path, source: Path) -> list[Path]:
 
 
 def run(args) -> int:
-    """Run ``microml lattice``; returns the exit code (0 ok, 2 bad input, 1 a failure)."""
-    from napari_microml.cli import InputError, collect_inputs
+    """Run ``microml lattice``; returns the exit code (0 ok, 2 bad input, 1 a failure, 130
+    interrupted)."""
+    from napari_microml.cli import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, InputError,
+                                    Staging, check_out, collect_inputs)
 
     try:
         files = [p for p, _ in collect_inputs(args.inputs)]
@@ -137,38 +152,38 @@ def run(args) -> int:
         out = Path(args.out)
         if out.exists() and not out.is_dir():
             raise InputError(f"--out {out} exists and is not a folder.")
+        names = [p.stem + suffix for p in files for suffix in OUTPUTS]
+        if len(set(names)) != len(names):
+            raise InputError("Two inputs have the same name; their results would collide in --out.")
+        created = not out.exists()
+        out.mkdir(parents=True, exist_ok=True)
+        replace = check_out(out, names, args.overwrite)
     except InputError as err:
         print(f"microml: error: {err}", file=sys.stderr)
-        return 2
-    created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".microml-partial-", dir=out))
+        return EXIT_USAGE
+    stage = Staging(out)
     try:
-        staged = []
         for k, path in enumerate(files, 1):
             if not args.quiet:
                 print(f"microml lattice: {k}/{len(files)} {path.name}", file=sys.stderr)
-            staged += _write(path.stem, analyse_file(path, args), tmp, path)
-        written = []
-        for p in staged:  # move into place only when everything succeeded
-            os.replace(p, out / p.name)
-            written.append(out / p.name)
+            _write(path.stem, analyse_file(path, args), stage.new, path)
+        written = stage.commit(names, replace)
     except KeyboardInterrupt:
         print("microml: lattice interrupted; nothing was written.", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     except (InputError, ValueError) as err:
         print(f"microml: error: {' '.join(str(err).split())}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     except Exception as err:  # noqa: BLE001 - one line for the user, nothing written
         print(f"microml: lattice failed: {type(err).__name__}: {' '.join(str(err).split())}",
               file=sys.stderr)
-        return 1
+        return EXIT_FAILED
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        stage.close()
         if created and not any(out.iterdir()):
             out.rmdir()
     if not args.quiet:
         print(f"microml lattice: wrote {len(written)} file(s) to {out}", file=sys.stderr)
     for p in written:
         print(p)
-    return 0
+    return EXIT_OK

@@ -146,7 +146,8 @@ def displacement(positions: np.ndarray, labels: np.ndarray, F: np.ndarray, sigma
         dist, j = dist.reshape(len(src), kk), j.reshape(len(src), kk)
         d1 = np.median(dist[:, 0])
         # the local scale follows the strain, so a stretched region keeps its whole shell
-        scale = np.sqrt(np.abs(np.linalg.det(F[src])))
+        Fs = F[src]
+        scale = np.sqrt(np.abs(Fs[:, 0, 0] * Fs[:, 1, 1] - Fs[:, 0, 1] * Fs[:, 1, 0]))
         scale = np.where(np.isfinite(scale), scale, 1.0)
         inside = dist < shell_factor * d1 * scale[:, None]
         counts = inside.sum(1)

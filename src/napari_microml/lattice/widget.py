@@ -49,9 +49,10 @@ class LatticeWidget(ToolWidget):
                                           options={"nullable": True})
         self.shapes_layer.tooltip = ("Optional: rectangles or polygons mark the unstrained "
                                      "reference; a line or path gives a profile in the plot dock")
-        self.contrast = ComboBox(label="Columns are", choices=["bright", "dark"], value="bright",
+        self.contrast = ComboBox(label="Columns are", choices=["auto", "bright", "dark"], value="auto",
                                  tooltip="bright: HAADF/ADF (sublattice 0 = brightest); dark: ABF/BF "
-                                         "(sublattice 0 = darkest; no atom counting)")
+                                         "(sublattice 0 = darkest; no atom counting); auto: the "
+                                         "image at the columns against its median")
         self.shells = ComboBox(label="Strain fit over", choices=["3×3 cells", "5×5 cells"],
                                value="3×3 cells",
                                tooltip="5×5 cells: about 3× less noise, half the resolution")
@@ -138,17 +139,20 @@ class LatticeWidget(ToolWidget):
         pos = self._to_pixels(points, points.data, image)
         user = self._user_labels(points)
         std = points.features["position_std"].to_numpy(float) if "position_std" in points.features else None
-        dark = self.contrast.value == "dark"
-        count = bool(self.count.value) and image is not None and not dark
+        contrast = self.contrast.value
+        count = bool(self.count.value) and image is not None
         shells = 2 if self.shells.value.startswith("5") else 1
         pixel_size = pixel_size_nm(image) if image is not None else None
         name = image.name if image is not None else points.name
         self._source = (image, points)
 
         def job():
-            img = None
+            img, dark = None, False
             if data_ref is not None:
+                from napari_microml.lattice.analyze import columns_are_dark
+
                 img = np.asarray(data_ref, np.float64)
+                dark = contrast == "dark" or (contrast == "auto" and columns_are_dark(img, pos))
                 if dark:
                     img = -img
             reference = lmaps.inside(pos, regions) if regions else None
@@ -161,8 +165,10 @@ class LatticeWidget(ToolWidget):
                                      position_std=std, shells=shells, sublattice=user,
                                      input_name=name), "lattice: ")
             cnt = None
-            if count:
+            if count and not dark:  # an ABF column's signal does not grow with its atoms
                 cnt = yield from relabel(count_atoms_iter(img, pos, input_name=name), "atom counting: ")
+            elif count:
+                notes.append("dark columns: no atom counting")
             yield ("progress", 4, 5, "maps")
             from napari_microml.lattice.sublattice import nn_distance
 
