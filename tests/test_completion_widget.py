@@ -64,7 +64,8 @@ def test_simulate_preview_follows_the_controls_and_run_writes_four_layers(widget
     assert 0 < rms < 20 and "RMS" in widget.status.value and f"{rms:.2f}" in widget.status.value
     assert prov["parameters"]["scan_kind"] == "random_walk"
     assert prov["parameters"]["coverage"] == pytest.approx(0.2)
-    assert prov["input_layer"] == "haadf" and prov["model"]["sha256"]
+    assert prov["input_layer"] == "haadf" and prov["model"]["name"] == "kriging"  # the default
+    assert prov["parameters"]["sigma"] == "measurement" and "re-scan" in widget.status.value
     np.testing.assert_allclose(completed.scale, (0.02, 0.02))
     assert [str(u) for u in completed.units] == ["nanometer", "nanometer"]
     assert widget.ran_on.value.startswith("cpu")
@@ -72,8 +73,9 @@ def test_simulate_preview_follows_the_controls_and_run_writes_four_layers(widget
     from napari_microml.nets.registry import list_models
 
     shipped = list_models("completion")
-    assert set(widget.model.choices) == {n.removeprefix("completion-") for n in shipped} | {"local-gp"}
-    widget.model.value = [c for c in widget.model.choices if c != "local-gp"][-1]  # kriging: its own test
+    assert set(widget.model.choices) == {n.removeprefix("completion-") for n in shipped} | {"kriging", "local-gp"}
+    assert widget.model.choices[0] == "kriging"
+    widget.model.value = [c for c in widget.model.choices if c not in ("kriging", "local-gp")][-1]
     _run(widget, qtbot)
     assert len(viewer.layers) == n_layers
     used = viewer.layers["haadf completed"].metadata["napari_microml"]["model"]

@@ -32,7 +32,7 @@ N_FEATURES = 4
 KRIGING = "kriging"    # model name of the default: fast local GP, Matérn-5/2 (no network)
 LOCAL_GP = "local-gp"  # model name of the earlier, slower local GP (Matérn-3/2), the reference
 # name -> local_gp_iter settings: neighbours per block, block edge, fit neighbourhoods × size, kernel
-KRIGING_SETTINGS = {KRIGING: dict(k=64, block=16, n_fit=48, fit_k=48, kernel="matern52"),
+KRIGING_SETTINGS = {KRIGING: dict(k=64, block="auto", n_fit=48, fit_k=48, kernel="matern52"),
                     LOCAL_GP: dict(k=64, block=8, n_fit=96, fit_k=64, kernel="matern32")}
 MIN_MEASURED = 8  # fewer measured pixels say nothing about how the image varies
 

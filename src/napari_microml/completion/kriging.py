@@ -7,12 +7,14 @@ and pixel-noise variance are fitted by maximising the marginal likelihood of ran
 neighbourhoods (analytic gradients). No training, no network. Values are standardised by the
 measured pixels' mean and std only, so the result scales with the data (no absolute floors).
 Memory is bounded by ``chunk`` blocks at a time plus the output, so large frames run in pieces.
-Used by ``complete_scan(model="kriging")`` (Matérn-5/2, 16-px blocks: the default) and
+Used by ``complete_scan(model="kriging")`` (Matérn-5/2, 8- or 16-px blocks: the default) and
 ``complete_scan(model="local-gp")`` (Matérn-3/2, 8-px blocks: the benchmark's reference).
 """
 from __future__ import annotations
 
 import numpy as np
+from scipy.optimize import minimize
+from scipy.spatial import cKDTree
 
 from napari_microml.runtime.workers import drain
 
@@ -84,9 +86,6 @@ def fit_gp_hyperparameters(values, mask, *, k: int = 64, n_fit: int = 96, seed: 
     Returns ``{"length": px, "amp": variance, "noise": variance}`` in normalised units
     (measured values scaled to mean 0, std 1).
     """
-    from scipy.optimize import minimize
-    from scipy.spatial import cKDTree
-
     v, m = check_pair(values, mask)
     pts = np.argwhere(m).astype(np.float64)
     vals = standardise(v[m])[0]
@@ -145,7 +144,7 @@ def standardise(measured: np.ndarray) -> tuple[np.ndarray, float, float]:
     return (x - mu) / sd, mu, sd
 
 
-def local_gp_iter(values, mask, *, k: int = 64, block: int = 8, params: dict | None = None,
+def local_gp_iter(values, mask, *, k: int = 64, block: int | str = 8, params: dict | None = None,
                   chunk: int = 256, seed: int = 0, n_fit: int = 96, fit_k: int = 64,
                   sigma: str = "measurement", kernel: str = "matern32"):
     """Generator twin of :func:`local_gp`: yields ``(done, total)`` block chunks (like
@@ -153,9 +152,8 @@ def local_gp_iter(values, mask, *, k: int = 64, block: int = 8, params: dict | N
 
     ``sigma="measurement"``: 1σ of what a new measurement at the pixel would read (latent +
     fitted pixel noise); ``"signal"``: 1σ of the noise-free signal (latent only).
+    ``block="auto"``: 8 px where the k neighbours lie within 16 px (dense scans), else 16 px.
     """
-    from scipy.spatial import cKDTree
-
     if kernel not in KERNELS:
         raise ValueError(f"kernel must be one of {', '.join(KERNELS)}, not {kernel!r}.")
     if sigma not in SIGMA_KINDS:
@@ -167,6 +165,9 @@ def local_gp_iter(values, mask, *, k: int = 64, block: int = 8, params: dict | N
     p = params or fit_gp_hyperparameters(v, m, k=fit_k, n_fit=n_fit, seed=seed, kernel=kernel)
     length, amp, noise = p["length"], p["amp"], p["noise"]
     k = int(min(k, len(pts)))
+    if block == "auto":  # the block edge at most the neighbourhood's radius: dense scans, smaller blocks
+        radius = np.sqrt(k / (np.pi * m.mean()))
+        block = 8 if radius < 16 else 16
     tree = cKDTree(pts)
     by, bx = np.meshgrid(np.arange(0, h, block), np.arange(0, w, block), indexing="ij")
     corners = np.stack([by.ravel(), bx.ravel()], 1)

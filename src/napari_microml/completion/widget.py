@@ -6,9 +6,10 @@ import napari
 import numpy as np
 from magicgui.widgets import ComboBox, FloatSlider, SpinBox, create_widget
 
+from napari_microml.completion import kriging  # noqa: F401  (scipy imported now: in the worker it blocks the GUI ~0.5 s)
 from napari_microml.completion.masks import MASK_KINDS, scan_mask
 from napari_microml.completion.metrics import relative_rms
-from napari_microml.completion.scan_io import check_sparse, rasterise
+from napari_microml.completion.scan_io import check_mask, check_sparse, rasterise
 from napari_microml.runtime.provenance import KEY
 from napari_microml.runtime.widget import ToolWidget, physical_kwargs, upsert_layer
 
@@ -16,13 +17,18 @@ SIMULATE, COMPLETE = "Simulate", "Complete measured data"
 IMAGE_MASK, POINTS = "sparse image + mask", "scan points + values"
 
 
-def _model_choices() -> list[str]:
+def _model_choices() -> list[tuple[str, str]]:
+    """(label, model name): the kriging default first, then the reference local GP, then networks."""
     from napari_microml.nets.registry import list_models
 
-    from napari_microml.completion.complete import LOCAL_GP
+    from napari_microml.completion.complete import KRIGING, LOCAL_GP
 
     names = [n.removeprefix("completion-") for n in list_models("completion")]
-    return (sorted(names, key=lambda n: n != "default") or ["default"]) + [LOCAL_GP]
+    nets = [(f"network: {n}", n) for n in sorted(names, key=lambda n: n != "default")]
+    return [("kriging (default)", KRIGING), ("local GP (slower reference)", LOCAL_GP), *nets]
+
+
+SIGMA_CHOICES = [("of a re-scan (signal + pixel noise)", "measurement"), ("of the noise-free signal", "signal")]
 
 
 class ScanCompleterWidget(ToolWidget):
@@ -48,13 +54,20 @@ class ScanCompleterWidget(ToolWidget):
         self.points_layer = create_widget(annotation=napari.layers.Points, label="Scan points")
         self.feature = ComboBox(label="Value feature", choices=self._feature_choices,
                                 tooltip="The points' feature holding the measured value")
-        self.model = ComboBox(label="Model", choices=_model_choices(),
-                              tooltip="default: GAN-refined network (fast); pixel: pixel-loss network; "
-                                      "local-gp: kriging, no network (seconds; best on smooth, very sparse scans)")
+        self.model = ComboBox(label="Method", choices=_model_choices(), value="kriging",
+                              tooltip="kriging: a local Gaussian process fitted to this scan (default; "
+                                      "about 1 s for 512×512 px). local GP: the slower earlier kriging. "
+                                      "network: a trained U-Net (fast; worse than kriging on smooth images)")
+        self.sigma = ComboBox(label="Uncertainty", choices=SIGMA_CHOICES, value="measurement",
+                              tooltip="1σ in the image's units. 'of a re-scan': what measuring the pixel "
+                                      "would read (signal + the pixel noise estimated from the scan); "
+                                      "'of the noise-free signal': without that noise. Kriging only; "
+                                      "a network reports its own calibrated σ")
         self._simulate = [self.image_layer, self.kind, self.coverage, self.seed]
         self._complete = [self.source, self.sparse_layer, self.mask_layer, self.points_layer,
                           self.feature]
-        super().__init__(viewer, [self.mode, *self._simulate, *self._complete, self.model])
+        super().__init__(viewer, [self.mode, *self._simulate, *self._complete, self.model, self.sigma])
+        self._prefer_sparse_layer()
 
         from qtpy.QtCore import QTimer
 
@@ -88,7 +101,23 @@ class ScanCompleterWidget(ToolWidget):
 
     def _on_layers_changed(self, *_):
         self.reset_choices()
+        self._prefer_sparse_layer()
 
+    def _prefer_sparse_layer(self):
+        """Point 'Sparse image' and 'Scan points' at a scan our reader opened (e.g. a Direct
+        Electron random scan), and switch to 'Complete measured data' when one has just arrived."""
+        def is_scan(layer):
+            return bool((getattr(layer, "metadata", None) or {}).get("napari_microml", {}).get("sparse_scan"))
+
+        for widget, kind in ((self.sparse_layer, napari.layers.Image), (self.points_layer, napari.layers.Points)):
+            current = widget.value
+            if current is not None and is_scan(current):
+                continue
+            scans = [la for la in self.viewer.layers if isinstance(la, kind) and is_scan(la)]
+            if scans:
+                widget.value = scans[-1]
+                if kind is napari.layers.Image and self.mode.value == SIMULATE and not self.busy:
+                    self.mode.value = COMPLETE
     def _sync_visibility(self, *_):
         simulate = self.mode.value == SIMULATE
         points = self.source.value == POINTS
@@ -148,24 +177,30 @@ class ScanCompleterWidget(ToolWidget):
         if layer.ndim != 2:
             raise ValueError(f"Layer {layer.name!r} has {layer.ndim} dimensions; Simulate needs a "
                              "single 2D image.")
-        truth = np.asarray(layer.data, np.float32)
         coverage = float(self.coverage.value) / 100.0
-        mask = scan_mask(self.kind.value, truth.shape, coverage, seed=int(self.seed.value))
-        values, mask = check_sparse(np.where(mask, truth, 0), mask)
+        mask = scan_mask(self.kind.value, layer.data.shape, coverage, seed=int(self.seed.value))
         params = {"mode": "simulate", "scan_kind": self.kind.value, "coverage": coverage,
                   "mask_seed": int(self.seed.value)}
-        return dict(source=layer, name=layer.name, values=values, mask=mask, truth=truth,
-                    params=params, sparse_layer=True)
+
+        def prepare():  # in the worker: the layer's data may be large or lazy
+            truth = np.asarray(layer.data)
+            values, m = check_sparse(np.where(mask, truth, 0), mask)
+            return dict(values=values, mask=m, truth=truth)
+
+        return dict(source=layer, name=layer.name, prepare=prepare, params=params, sparse_layer=True)
 
     def _complete_inputs(self) -> dict:
         if self.source.value == IMAGE_MASK:
             layer = self._grey(self.sparse_layer.value, "sparse image")
             mask_layer = self._grey(self.mask_layer.value, "mask")
-            values, mask = check_sparse(np.asarray(layer.data), np.asarray(mask_layer.data))
-            params = {"mode": "complete", "mask_layer": mask_layer.name,
-                      "coverage": float(mask.mean())}
-            return dict(source=layer, name=layer.name, values=values, mask=mask, params=params,
-                        sparse_layer=False)
+            mask = check_mask(layer.data.shape, np.asarray(mask_layer.data))  # cheap: says what is wrong now
+            params = {"mode": "complete", "mask_layer": mask_layer.name, "coverage": float(mask.mean())}
+
+            def prepare():
+                values, m = check_sparse(np.asarray(layer.data), mask)
+                return dict(values=values, mask=m)
+
+            return dict(source=layer, name=layer.name, prepare=prepare, params=params, sparse_layer=False)
         points = self.points_layer.value
         if points is None:
             raise ValueError("Pick the scan points layer first.")
@@ -175,23 +210,40 @@ class ScanCompleterWidget(ToolWidget):
                              "measured values; add one (e.g. 'intensity') and pick it.")
         if points.ndim != 2:
             raise ValueError(f"Points layer {points.name!r} is {points.ndim}D; scan positions must be 2D.")
-        grid, measured = rasterise(np.asarray(points.data), points.features[column].to_numpy(float))
-        values, mask = check_sparse(grid, measured)
+        # a scan our reader opened knows its full grid; otherwise the positions' bounding box
+        shape = (points.metadata or {}).get("napari_microml", {}).get("scan_shape")
+        grid, measured = rasterise(np.asarray(points.data), points.features[column].to_numpy(float), shape)
         params = {"mode": "complete", "points_layer": points.name, "value_feature": column,
-                  "n_positions": int(len(points.data)), "coverage": float(mask.mean())}
-        return dict(source=points, name=points.name, values=values, mask=mask, params=params,
-                    sparse_layer=True)
+                  "n_positions": int(len(points.data)), "coverage": float(measured.mean())}
+
+        def prepare():
+            values, m = check_sparse(grid, measured)
+            return dict(values=values, mask=m)
+
+        return dict(source=points, name=points.name, prepare=prepare, params=params, sparse_layer=True)
 
     def make_job(self):
         from napari_microml.completion.complete import complete_scan_iter
 
         ctx = self._simulate_inputs() if self.mode.value == SIMULATE else self._complete_inputs()
-        values, mask = ctx["values"], ctx["mask"]
-        kwargs = dict(model=self.model.value, device=self.device_choice.value, input_name=ctx["name"])
+        kwargs = dict(model=self.model.value, device=self.device_choice.value, sigma=self.sigma.value,
+                      input_name=ctx["name"])
         self._ctx = ctx
 
         def job():
-            return (yield from complete_scan_iter(values, mask, **kwargs))
+            ctx.update(ctx.pop("prepare")())
+            result = yield from complete_scan_iter(ctx["values"], ctx["mask"], **kwargs)
+            # everything show_result draws is computed here, off the GUI thread
+            measured = ctx["values"][ctx["mask"]]
+            ctx["limits"] = _limits(measured.min(), measured.max())
+            ctx["sigma_limits"] = _limits(0, result.uncertainty.max())
+            ctx["median_sigma"] = float(np.median(result.uncertainty[~result.mask]))
+            if ctx["sparse_layer"]:
+                ctx["sparse"] = np.where(ctx["mask"], ctx["values"], 0)
+            if "truth" in ctx:
+                ctx["error"] = np.abs(result.image - ctx["truth"])
+                ctx["rms"] = 100.0 * relative_rms(result.image, ctx["truth"], result.mask)
+            return result
 
         return job
 
@@ -202,30 +254,34 @@ class ScanCompleterWidget(ToolWidget):
         record["parameters"] = {**(record.get("parameters") or {}), **ctx["params"]}
         record["input_layer"] = name
         meta = self.provenance_metadata(record)
-        measured = ctx["values"][ctx["mask"]]
-        grey = dict(colormap="gray", contrast_limits=_limits(measured.min(), measured.max()))
+        grey = dict(colormap="gray", contrast_limits=ctx["limits"])
+        add = []  # one layer per event-loop turn (self.later): adding a layer costs 0.1-0.3 s
         if ctx["sparse_layer"]:
-            upsert_layer(self.viewer, f"{name} sparse", "image", np.where(ctx["mask"], ctx["values"], 0),
-                         metadata=meta, **grey, **phys)
-        upsert_layer(self.viewer, f"{name} uncertainty", "image", result.uncertainty, colormap="magma",
-                     contrast_limits=_limits(0, result.uncertainty.max()), metadata=meta, **phys)
-        message = (f"Done: filled the {100 * (~result.mask).mean():.1f} % unmeasured pixels; "
-                   "see the uncertainty layer for where to trust them.")
+            add.append((f"{name} sparse", "image", ctx["sparse"], dict(metadata=meta, **grey)))
+        add.append((f"{name} uncertainty", "image", result.uncertainty,
+                    dict(colormap="magma", contrast_limits=ctx["sigma_limits"], metadata=meta)))
+        what = {"measurement": "1σ of a re-scan", "signal": "1σ of the noise-free signal",
+                "network": "the network's 1σ"}.get(result.sigma, result.sigma)
+        message = (f"Done: filled the {100 * (~result.mask).mean():.1f} % unmeasured pixels; the "
+                   f"uncertainty layer shows {what} (median {ctx['median_sigma']:.3g}).")
         completed_meta = meta
         if "truth" in ctx:
-            truth = ctx["truth"]
-            upsert_layer(self.viewer, self.preview_name(ctx["source"]), "labels",
-                         result.mask.astype(np.uint8), opacity=0.6, **phys)
-            error = np.abs(result.image - truth)
-            rms = 100.0 * relative_rms(result.image, truth, result.mask)
+            rms = ctx["rms"]
+            add.append((self.preview_name(ctx["source"]), "labels", result.mask.astype(np.uint8),
+                        dict(opacity=0.6)))
             completed_meta = {KEY: {**record, "rms_error_unmeasured_percent": rms}}
-            upsert_layer(self.viewer, f"{name} |error|", "image", error, colormap="inferno",
-                         contrast_limits=_limits(0, error.max()), metadata=meta, **phys)
+            add.append((f"{name} |error|", "image", ctx["error"],
+                        dict(colormap="inferno", contrast_limits=_limits(0, ctx["error"].max()), metadata=meta)))
             message = (f"RMS error at unmeasured pixels: {rms:.2f} % of the image range "
-                       f"({ctx['params']['scan_kind']}, {100 * result.mask.mean():.2f} % measured).")
-        upsert_layer(self.viewer, f"{name} completed", "image", result.image, metadata=completed_meta,
-                     **grey, **phys)
-        self._say(message)
+                       f"({ctx['params']['scan_kind']}, {100 * result.mask.mean():.2f} % measured; "
+                       f"uncertainty = {what}).")
+        add.append((f"{name} completed", "image", result.image, dict(metadata=completed_meta, **grey)))
+        first = f"{name} completed" not in self.viewer.layers
+        for layer_name, kind, data, kw in add:
+            self.later(lambda n=layer_name, k=kind, d=data, w=kw: upsert_layer(self.viewer, n, k, d, **w, **phys))
+        if first:  # the scan grid can be larger than what the camera shows (e.g. a movie's frames)
+            self.later(self.viewer.reset_view)
+        self.later(lambda: self._say(message))
 
 
 def _limits(lo, hi) -> tuple[float, float]:
