@@ -26,6 +26,7 @@ from typing import Any, Generator
 
 import numpy as np
 
+from napari_microml.runtime.validate import check_number, finite_range
 from napari_microml.runtime.workers import drain, progress
 from napari_microml.spectra.preprocess import NORMALIZATIONS
 from napari_microml.spectra.preprocess import despike as _despike
@@ -47,7 +48,7 @@ class ShiftVAEResult:
     latents : ndarray float32, (N, latent_dim) or (H, W, latent_dim)
         Posterior means of the content latents.
     latents_std : ndarray float32 like ``latents``
-    reconstruction : ndarray float32, (N, L') or (H, W, L')
+    reconstruction : ndarray float32 (float64 for float64 input), (N, L') or (H, W, L')
         Decoded spectra over the channels used (``channel_range``), in input intensity units.
     axis : ndarray float64 (L',)
         Axis values of the channels used.
@@ -161,7 +162,7 @@ def _validate(spectra, axis, channel_range):
         )
     spatial = arr.shape[:-1]
     L = arr.shape[-1]
-    X = arr.reshape(-1, L).astype(np.float32)
+    X = arr.reshape(-1, L).astype(np.float64)  # float64 until the units are divided out
     if L < 2:
         raise ValueError(
             f"The spectra have only {L} channel; a shift needs at least 2 channels "
@@ -236,11 +237,27 @@ def fit_shift_vae_iter(
         raise ValueError(
             f"Unknown normalisation {normalize!r}: choose one of {', '.join(NORMALIZATIONS)}."
         )
-    if int(latent_dim) < 1:
-        raise ValueError("latent_dim must be at least 1.")
-    if epochs is not None and int(epochs) < 1:
-        raise ValueError("epochs must be at least 1.")
+    latent_dim = check_number(latent_dim, "latent_dim", low=1, integer=True)
+    epochs = check_number(epochs, "epochs", low=1, integer=True, none_ok=True)
+    batch_size = check_number(batch_size, "batch_size", low=1, integer=True, unit="spectra", none_ok=True)
+    learning_rate = check_number(learning_rate, "learning_rate", low=0, high=1, low_open=True)
+    noise_scale = check_number(noise_scale, "noise_scale", low=0, low_open=True,
+                               unit="(normalised intensity)")
+    warmup = check_number(warmup, "warmup (fraction of the steps)", low=0, high=1)
+    hidden = check_number(hidden, "hidden (units per layer)", low=1, integer=True)
+    seed = check_number(seed, "seed", low=0, integer=True)
     X, ax, spatial = _validate(spectra, axis, channel_range)
+    # 'max' and 'global' ignore the units: divide them out in float64 first, so spectra in
+    # any units (× 1e-30 or × 1e300) give the same fit; 'none' feeds the values as they are
+    g_lo, g_scale = 0.0, 1.0
+    if normalize != "none":
+        g_lo, g_hi = finite_range(X)
+        g_scale = (g_hi - g_lo) if g_hi > g_lo else (abs(g_lo) or 1.0)
+        X = (X - g_lo) / g_scale
+    elif np.abs(X).max() > np.finfo(np.float32).max / 1e3:
+        raise ValueError("The spectra are too large for normalize='none' (beyond float32); use "
+                         "normalize='max' or 'global'.")
+    X = X.astype(np.float32)
     if despike:
         X = _despike(X)
     Xn, offset, scale = _normalize(X, normalize)
@@ -337,7 +354,8 @@ def fit_shift_vae_iter(
         sd = torch.cat(sds).numpy()
         rec = torch.cat(recs).numpy()
     net = net.cpu()
-    reconstruction = (rec * scale + offset).astype(np.float32)
+    out_dtype = np.float64 if np.asarray(spectra).dtype == np.float64 else np.float32  # keep float64 input's range
+    reconstruction = ((rec * scale + offset).astype(np.float64) * g_scale + g_lo).astype(out_dtype)
     if n_shift:
         raw = mu[:, 0].astype(np.float64) * half_span
         shift_offset = float(np.median(raw))
