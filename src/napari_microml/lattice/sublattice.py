@@ -257,8 +257,9 @@ def assign_sublattices(positions: np.ndarray, intensity: np.ndarray | None = Non
     """Sublattice labels (N,) and the primitive cell (2, 2) of sublattice 0.
 
     0 is the brightest sublattice when ``intensity`` is given, else the largest (ties: the
-    site first along the cell's a1, a2). Columns that no rule can place keep the label of
-    their nearest intensity class (or -1 without intensities)."""
+    site first along the cell's a1, a2). Columns that no rule can place (a second grain, an
+    isolated column) take the nearest intensity class, or without intensities the sublattice
+    of the nearest placed column."""
     n = len(positions)
     tree = tree or cKDTree(positions)
     d0 = nn_distance(positions, tree) if d0 is None else d0
@@ -284,8 +285,9 @@ def assign_sublattices(positions: np.ndarray, intensity: np.ndarray | None = Non
     if left.any() and rel is not None and len(groups) > 1:
         means = np.array([np.mean(rel[labels == s]) for s in range(len(groups))])
         labels[left] = np.argmin(np.abs(rel[left, None] - means[None, :]), axis=1)
-    elif left.any():
-        labels[left] = 0 if len(groups) == 1 else -1
+    elif left.any():  # no intensities: the sublattice of the nearest placed column
+        placed = np.flatnonzero(~left)
+        labels[left] = labels[placed[cKDTree(positions[placed]).query(positions[left], k=1)[1]]]
     if len(groups) > 1:  # every sublattice repeats with the crystal's cell: that of sublattice 0
         cell = translations(positions[labels == 0])
     return labels, cell
