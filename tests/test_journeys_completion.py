@@ -16,6 +16,7 @@ import pytest
 from journey import _settle, assert_no_stall, assert_visible, click, open_file, open_tool
 
 from napari_microml.completion.complete import LOCAL_GP, complete_scan
+from napari_microml.completion.masks import scan_mask
 from napari_microml.completion.metrics import relative_rms
 from napari_microml.completion.widget import COMPLETE, POINTS, SIMULATE
 
@@ -35,7 +36,12 @@ def test_simulate_a_spiral_scan_of_truth_1(make_napari_viewer, qtbot, shared_dat
     tool = open_tool(viewer, TOOL)
     assert tool.mode.value == SIMULATE and tool.model.value == "kriging"  # the defaults
     tool.image_layer.value = image
-    stall = click(qtbot, tool.run_button, tool, journey="completion-simulate-truth-1")
+
+    def api():  # the same work through the Python API (timed only by benchmarks/journeys.py)
+        m = scan_mask(tool.kind.value, image.data.shape, tool.coverage.value / 100, seed=int(tool.seed.value))
+        complete_scan(np.where(m, np.asarray(image.data), np.nan), m)
+
+    stall = click(qtbot, tool.run_button, tool, journey="completion-simulate-truth-1", api=api)
     assert "RMS" in tool.status.value, tool.status.value
     truth = np.asarray(image.data, np.float64)
     completed = viewer.layers[f"{image.name} completed"]
@@ -57,7 +63,8 @@ def test_complete_truth_1_measured_along_the_papers_trace_mask_1(make_napari_vie
     tool.mode.value = COMPLETE
     tool.sparse_layer.value = image  # values off the trace are ignored: the mask says what was measured
     assert tool.mask_layer.value is trace  # a layer named '*mask*' is offered first
-    stall = click(qtbot, tool.run_button, tool, journey="completion-mask-1-truth-1")
+    stall = click(qtbot, tool.run_button, tool, journey="completion-mask-1-truth-1",
+                  api=lambda: complete_scan(np.asarray(image.data), np.asarray(trace.data) > 0))
     assert "Done" in tool.status.value and "re-scan" in tool.status.value, tool.status.value
     truth = np.asarray(image.data, np.float64)
     mask = np.asarray(trace.data) > 0
@@ -94,8 +101,6 @@ def _docs_screenshot(viewer, layers, tmp_path):
 
 
 def test_direct_electron_random_scan_opened_with_file_open(make_napari_viewer, qtbot, shared_data, tmp_path):
-    import tifffile  # noqa: F401  (the reader's dependencies are installed)
-
     from napari_microml.io.reader import read_file
 
     folder = shared_data / "formats"
@@ -106,7 +111,14 @@ def test_direct_electron_random_scan_opened_with_file_open(make_napari_viewer, q
     tool = open_tool(viewer, TOOL)
     assert tool.mode.value == COMPLETE and tool.sparse_layer.value.name == "ROI_Random_Scan sparse"
     assert tool.mask_layer.value.name == "ROI_Random_Scan mask"
-    stall = click(qtbot, tool.run_button, tool, journey="completion-DE-random-scan")
+    def api():
+        from napari_microml.completion.scan_io import sparse_from_files
+
+        values, mask, _ = sparse_from_files(folder / "ROI_Random_Scan_scan_coordinates.csv",
+                                            folder / "ROI_Random_Scan_movie.mrc", folder / "ROI_Random_Scan_info.txt")
+        complete_scan(values, mask)
+
+    stall = click(qtbot, tool.run_button, tool, journey="completion-DE-random-scan", api=api)
     assert "Done" in tool.status.value, tool.status.value
     completed = viewer.layers["ROI_Random_Scan sparse completed"]
     # reference, computed here: per-frame sums at (x, y) + ROI offset (3, 3) on the 32×16 scan
