@@ -196,3 +196,4 @@ def test_unsure_detections_are_reported():
     unsure = pd.DataFrame({"score": np.r_[np.full(20, 0.95), np.full(20, 0.55)]})
     assert "50% of the detections are unsure" in ft.unsure_note(unsure)
     assert ft.unsure_note(pd.DataFrame({"score": [0.5, 0.5]})) == ""  # too few to say
+
