@@ -85,12 +85,17 @@ def translations(positions: np.ndarray, *, sample: int = 2000, k: int = 12,
                          "directions); check the atom positions.")
     peaks = np.array(peaks)
     dist, _ = tree.query(positions[idx, None, :] + peaks[None, :, :], k=1)
-    score = (dist < tol).mean(axis=0)
-    good = peaks[score >= MIN_SCORE * score.max()]
-    good = good[np.argsort(np.linalg.norm(good, axis=1))]
-    a1 = good[0]
-    for v in good[1:]:
-        if abs(a1[0] * v[1] - a1[1] * v[0]) > 0.3 * np.linalg.norm(a1) * np.linalg.norm(v):
+    hits = dist < tol                                    # (sampled columns, peaks)
+    score = hits.mean(axis=0)
+    good = np.flatnonzero(score >= MIN_SCORE * score.max())
+    good = good[np.argsort(np.linalg.norm(peaks[good], axis=1))]
+    first = good[0]
+    a1 = peaks[first]
+    for k in good[1:]:
+        v = peaks[k]
+        # a2 repeats from the same columns as a1 (not from a second grain's)
+        shared = (hits[:, k] & hits[:, first]).sum() / max(hits[:, first].sum(), 1)
+        if shared >= 0.5 and abs(a1[0] * v[1] - a1[1] * v[0]) > 0.3 * np.linalg.norm(a1) * np.linalg.norm(v):
             return reduce_cell(a1, v)
     raise ValueError("The columns repeat along one direction only; a 2D lattice is needed.")
 
@@ -202,7 +207,8 @@ def _sites(positions: np.ndarray, members: np.ndarray, cell: np.ndarray, share: 
     Connected pieces of the translation graph whose columns sit at the same fractional offset
     from the largest piece are one site (rows of a site that only repeats along one cell vector,
     such as the O columns of SrTiO3 seen along [110], come as separate chains); sites holding
-    less than ``share`` of the columns are left for ``_adopt``."""
+    less than ``share`` of the columns, and lone columns (no neighbour at a translation), are
+    left for ``_adopt``."""
     i, j, _ = translation_edges(positions, members, cell)
     comp = _components(len(positions), members, i, j)
     ids, counts = np.unique(comp, return_counts=True)
@@ -224,7 +230,8 @@ def _sites(positions: np.ndarray, members: np.ndarray, cell: np.ndarray, share: 
             offsets.append(off)
             site_of[q] = len(offsets) - 1
     site = site_of[np.searchsorted(ids, comp)]
-    sizes = np.bincount(site)
+    site[counts[np.searchsorted(ids, comp)] < 2] = -1
+    sizes = np.bincount(site[site >= 0], minlength=len(offsets))
     big = [s for s in np.argsort(-sizes, kind="stable") if sizes[s] >= max(3, share * len(members))]
     return [members[site == s] for s in big]
 
