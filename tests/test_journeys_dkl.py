@@ -66,6 +66,11 @@ def test_dkl_cuzn_eels_initialize_and_three_steps(make_napari_viewer, qtbot, sha
     w.source_layer.value = eels
     assert w.source_kind.value == "spectrum image"
     assert w.win_lo.label == "Window from (eV)" and "eV" in w.win_lo.tooltip
+    controls = [w.structure_layer, w.source_kind, w.source_layer, w.scalarizer, w.win_lo,
+                w.win_hi, w.win2_lo, w.win2_hi, w.patch_size, w.acquisition, w.maximize,
+                w.batch_size, w.budget, w.n_initial, w.seed, w.init_button, w.step_button,
+                w.stop_button, w.run_button, w.device_choice, w.log_path]
+    assert all(c.tooltip for c in controls), [c.label for c in controls if not c.tooltip]
     assert (w.win_lo.value, w.win_hi.value) == (700.0, 1988.0)  # the whole axis until set
     w.win_lo.value, w.win_hi.value = CU_WINDOW
 

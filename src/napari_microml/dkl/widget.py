@@ -154,6 +154,7 @@ class ActiveLearningWidget(ToolWidget):
         self.scalarizer.changed.connect(self._update_visibility)
         self.source_layer.changed.connect(self._on_source_layer)
         self._make_plot()
+        self._update_visibility()
         self._on_source_layer()
         preload("torch", "torch.optim", "torch._dynamo", "gpytorch", "pandas",
                 "scipy.cluster.vq", "scipy.linalg",
@@ -228,6 +229,7 @@ class ActiveLearningWidget(ToolWidget):
         self.canvas = FigureCanvasQTAgg(self.figure)
         self.canvas.setMinimumHeight(180)
         self.native.layout().addWidget(self.canvas)
+        self.canvas.draw()  # fonts and tick machinery loaded with the dock, not mid-run
 
     def _start_mode(self, mode: str):
         if self.busy:
@@ -434,7 +436,11 @@ class ActiveLearningWidget(ToolWidget):
         calls = [lambda m=m: self._show_map(snap, *m, phys, prov) for m in MAPS]
         calls += [lambda: self._show_points(snap, phys, prov), lambda: self._show_summary(snap),
                   lambda: self._update_plot(snap)]
-        self.later(*calls)  # one layer per event-loop turn
+        names = [m[0] for m in MAPS] + ["measured", "next"]
+        if all(name in self.viewer.layers for name in names):  # only new data: one turn
+            steps = calls
+            calls = [lambda: [call() for call in steps]]
+        self.later(*calls)  # new layers one per event-loop turn: each costs 0.1-0.3 s
 
     def _show_map(self, snap, name, key, cmap, phys, prov):
         img = getattr(snap, key)

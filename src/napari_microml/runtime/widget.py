@@ -59,7 +59,9 @@ def show_scale_bar(viewer, layers) -> None:
         if any(str(u) not in ("pixel", "px", "") for u in units[-2:]):
             overlays = getattr(getattr(viewer, "canvas", None), "overlays", None)
             bar = getattr(overlays, "scale_bar", None) or viewer.scale_bar  # napari < 0.9
-            bar.visible = True
+            if not bar.visible:  # bottom right sits under the right-hand dock's edge
+                bar.position = "bottom_left"
+                bar.visible = True
             return
 
 

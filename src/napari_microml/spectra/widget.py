@@ -51,7 +51,7 @@ def _canvas(height: float = 2.4):
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(3.2, height))  # fixed margins: tight_layout costs a stall per draw
-    fig.subplots_adjust(left=0.2, right=0.96, bottom=0.2, top=0.88)
+    fig.subplots_adjust(left=0.2, right=0.96, bottom=0.26, top=0.88)
     canvas = FigureCanvasQTAgg(fig)
     canvas.setMinimumHeight(int(height * 70))
     return fig, canvas
@@ -141,6 +141,8 @@ class ShiftVAEWidget(ToolWidget):
                        self.traverse_canvas):
             self.native.layout().addWidget(canvas)
         self.line_canvas.setVisible(False)
+        for canvas in (self.loss_canvas, self.latent_canvas, self.traverse_canvas):
+            canvas.draw()  # fonts and tick machinery loaded with the dock, not mid-run
         self.losses: list[float] = []
         self._last_loss_draw = 0.0
         self.result = None
