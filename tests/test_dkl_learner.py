@@ -169,6 +169,20 @@ def test_scalarizers_on_known_spectra():
     assert f(spec)[1] == pytest.approx(11.0, rel=1e-2)
 
 
+@pytest.mark.parametrize("scale", [1e-15, 1e9])
+def test_scalarizers_do_not_depend_on_the_spectra_units(scale):
+    """An EELS edge above a power-law background and a window ratio, in amperes or counts."""
+    from napari_microml.dkl.scalarizers import EdgeIntensity
+
+    axis = np.arange(700.0, 1100.0, 4.0)
+    edge = np.where(axis > 930, 0.3 * (axis / 930.0) ** -2, 0.0)
+    spec = np.stack([1e3 * axis ** -3.0 * 1e6 + k * edge * 1e-3 for k in (1.0, 2.0)])
+    edges = EdgeIntensity(window=(940, 1000), pre_edge=(800, 920), axis=axis)
+    np.testing.assert_allclose(edges(spec * scale) / scale, edges(spec), rtol=1e-6)
+    ratio = WindowRatio((940, 1000), (800, 900), axis=axis)
+    np.testing.assert_allclose(ratio(spec * scale), ratio(spec), rtol=1e-6)
+
+
 def test_loop_area_with_spike_filtering():
     t = np.arange(64)
     bias = np.concatenate([np.linspace(0, 8, 16, endpoint=False), np.linspace(8, -8, 32, endpoint=False),

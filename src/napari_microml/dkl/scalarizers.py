@@ -144,7 +144,9 @@ class EdgeIntensity(Scalarizer):
         if np.any(axis[pre] <= 0):
             raise ValueError("A power-law background needs a positive spectral axis (e.g. eV).")
         lx = np.log(axis[pre])
-        ly = np.log(np.clip(spectra[:, pre], 1e-6, None))
+        counts = spectra[:, pre]
+        floor = 1e-6 * np.abs(counts).max(axis=1, keepdims=True)  # relative: any units
+        ly = np.log(np.clip(counts, np.maximum(floor, np.finfo(float).tiny), None))
         a = np.column_stack([np.ones_like(lx), lx])
         coef, *_ = np.linalg.lstsq(a, ly.T, rcond=None)  # (2, n)
         bg = np.exp(coef[0][:, None] + coef[1][:, None] * np.log(axis[win])[None])
@@ -155,18 +157,24 @@ class EdgeIntensity(Scalarizer):
 
 @dataclass
 class WindowRatio(Scalarizer):
-    """Ratio of the areas of two windows, ``area(numerator) / area(denominator)``."""
+    """Ratio of the areas of two windows, ``area(numerator) / area(denominator)``.
+
+    A denominator smaller than ``eps`` in magnitude is replaced by ``eps`` (default: 1e-12 ×
+    the largest denominator, so the guard does not depend on the spectra's units).
+    """
 
     numerator: tuple = (0.0, 1.0)
     denominator: tuple = (1.0, 2.0)
     background: str | None = None
-    eps: float = 1e-12
+    eps: float | None = None
     name = "window ratio"
 
     def compute(self, spectra, axis):
         a = PeakArea(self.numerator, self.background).compute(spectra, axis)
         b = PeakArea(self.denominator, self.background).compute(spectra, axis)
-        return a / np.where(np.abs(b) > self.eps, b, self.eps)
+        eps = 1e-12 * float(np.abs(b).max(initial=0.0)) if self.eps is None else self.eps
+        eps = eps or np.finfo(float).tiny
+        return a / np.where(np.abs(b) > eps, b, eps)
 
 
 @dataclass
