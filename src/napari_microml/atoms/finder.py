@@ -6,9 +6,19 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from napari_microml.atoms.refine import METHODS, flatten_background, refine_positions
+from napari_microml.runtime.contrast import check_contrast, decide
 from napari_microml.runtime.provenance import make_provenance
 from napari_microml.runtime.spacing import resample, to_original, zoom_for, zoom_to
-from napari_microml.runtime.validate import as_image_stack, fill_nonfinite, robust_normalize
+from napari_microml.runtime.validate import (
+    as_scaled_stack,
+    check_number,
+    check_pixel_size,
+    check_positions,
+    check_probability,
+    check_tile,
+    fill_nonfinite,
+    robust_normalize,
+)
 from napari_microml.runtime.workers import drain, progress
 
 FEATURES = ("score", "intensity", "sigma", "position_std", "fit_ok")
@@ -28,8 +38,8 @@ def network_input(image: np.ndarray, kind: str = "plain") -> np.ndarray:
     so faint columns on a bright, uneven support keep their contrast."""
     if kind not in INPUTS:
         raise ValueError(f"Unknown network input {kind!r}; choose one of {', '.join(INPUTS)}.")
-    image = np.asarray(image, np.float32)
-    return robust_normalize(flatten_background(image, FLATTEN_RADIUS) if kind == "flatten" else image)
+    image = robust_normalize(image)  # first: flattening then works on 0–1 numbers whatever the units
+    return robust_normalize(flatten_background(image, FLATTEN_RADIUS)) if kind == "flatten" else image
 
 
 def input_kind(net, info: dict) -> str:
@@ -103,7 +113,7 @@ def find_atoms_iter(
     refine: str = "gaussian",
     device="auto",
     pixel_size: float | None = None,
-    contrast: str = "bright",
+    contrast: str = "auto",
     min_distance: int = 2,
     tile: int = 1024,
     rescale="auto",
@@ -112,17 +122,20 @@ def find_atoms_iter(
     """Generator twin of :func:`find_atoms`: yields progress tuples, returns an AtomsResult."""
     import pandas as pd
 
-    from napari_microml.nets.registry import load_model
+    from napari_microml.nets.registry import load_model, model_provenance
     from napari_microml.runtime.device import describe_device, resolve_device
     from napari_microml.runtime.tiling import tiled_predict
 
     if refine not in METHODS:
         raise ValueError(f"Unknown refinement {refine!r}; choose one of {', '.join(METHODS)}.")
-    if contrast not in ("bright", "dark"):
-        raise ValueError("contrast must be 'bright' (HAADF/ADF/STM) or 'dark' (ABF/BF).")
-    if not 0 < threshold < 1:
-        raise ValueError("threshold is a probability and must lie between 0 and 1.")
-    stack, is_stack = as_image_stack(image, what="image")
+    check_contrast(contrast)
+    threshold = check_probability(threshold)
+    pixel_size = check_pixel_size(pixel_size)
+    min_distance = check_number(min_distance, "min_distance", low=1, integer=True, unit="pixels")
+    tile = check_tile(tile)
+    # 0–1 in float64 first: the same numbers (and columns) whatever the image's units
+    scaled = as_scaled_stack(image, what="image")
+    stack, is_stack = scaled.stack, scaled.is_stack
     zoom, spacing = zoom_for(fill_nonfinite(stack[0]), rescale, noisy_high=NOISY_PERIOD)
     dev = resolve_device(device)
     net, info = load_model("atoms", model, dev)
@@ -132,11 +145,13 @@ def find_atoms_iter(
 
     predict = batch_predictor(net, dev, torch.sigmoid)
     kind = input_kind(net, info)
+    # decided on what the network sees: a 3 px lattice is a blur until resampled
+    choice = decide(resample(fill_nonfinite(stack[0]), zoom), contrast, period=spacing and spacing * zoom)
     n_frames = len(stack)
     probs, rows = [], []
     for t, frame in enumerate(stack):
         frame = fill_nonfinite(frame)
-        if contrast == "dark":
+        if choice.contrast == "dark":
             frame = frame.max() - frame
         gen = tiled_predict(predict, network_input(resample(frame, zoom), kind)[None], out_channels=1, tile=tile,
                             batch_size=max(1, (1024 * 1024) // (tile * tile)),  # bounded memory
@@ -150,12 +165,13 @@ def find_atoms_iter(
             yield progress(t * total + done, n_frames * total, f"frame {t + 1}/{n_frames}: tile {done}/{total}")
         pos, score = _local_maxima(prob, threshold, min_distance)
         if zoom != 1.0:  # peaks found on the resampled grid; refined on the original pixels
-            pos = to_original(pos, zoom)
+            pos = np.clip(to_original(pos, zoom), -0.5, np.array(frame.shape) - 0.5)  # a border peak stays on the image
             prob = zoom_to(prob, frame.shape).astype(np.float32)
         pos, feats = refine_positions(frame, pos, method=refine,
                                       max_radius=int(np.clip(10 / zoom, 10, 24)))  # wide columns: wide windows
         h, w = frame.shape
         keep = (pos[:, 0] >= -0.5) & (pos[:, 0] <= h - 0.5) & (pos[:, 1] >= -0.5) & (pos[:, 1] <= w - 0.5)
+        feats["intensity"] = feats["intensity"] * scaled.scale  # back to the image's units
         df = pd.DataFrame({"row": pos[keep, 0], "col": pos[keep, 1], "score": score[keep],
                            **{k: np.asarray(v)[keep] for k, v in feats.items()}})
         if is_stack:
@@ -166,11 +182,12 @@ def find_atoms_iter(
     positions = table[["row", "col"]].to_numpy(np.float64)
     features = table.drop(columns=["row", "col"])
     params = dict(model=str(model) if not hasattr(model, "state_dict") else "custom", threshold=threshold,
-                  refine=refine, contrast=contrast, min_distance=min_distance, pixel_size=pixel_size, tile=tile,
+                  refine=refine, contrast=choice.contrast, contrast_choice=choice.record(),
+                  min_distance=min_distance, pixel_size=pixel_size, tile=tile,
                   rescale=rescale if isinstance(rescale, str) or rescale is None else float(rescale),
                   zoom=round(zoom, 4), estimated_period_px=spacing, network_input=kind)
     label = describe_device(dev)
-    model_info = {k: info[k] for k in ("name", "file", "sha256")}
+    model_info = model_provenance(info)
     return AtomsResult(
         positions=positions, features=features,
         probability=np.stack(probs) if is_stack else probs[0],
@@ -186,11 +203,16 @@ def find_atoms(image, **kwargs) -> AtomsResult:
     Parameters
     ----------
     image : array (H, W) or (T, H, W)
-        Any float-convertible grey image (HAADF, ADF, STM; ABF with ``contrast='dark'``).
+        Any float-convertible grey image (HAADF, ADF, STM, ABF, BF).
     model : str, path or torch.nn.Module
         A shipped atom-finder model name (``'default'``), a ``.pt`` file, or a network.
     threshold : float
         Minimum probability of a column peak (0–1).
+    contrast : {'auto', 'bright', 'dark'}
+        Bright columns (HAADF/ADF/STM) or dark ones (ABF/BF, inverted for the network).
+        ``'auto'`` (default) decides from the first frame (the sign of the band-passed image's
+        skew, :mod:`napari_microml.runtime.contrast`); the choice is in
+        ``parameters['contrast']`` and ``parameters['contrast_choice']``.
     refine : {'gaussian', 'com', 'none'}
         Batched 2D-Gaussian least squares, intensity centre of mass, or the probability peak.
     device : {'auto', 'cuda', 'mps', 'cpu'}
@@ -213,22 +235,31 @@ def find_atoms(image, **kwargs) -> AtomsResult:
     return drain(find_atoms_iter(image, **kwargs))
 
 
-def refine_points_iter(image, positions, *, frames=None, refine="gaussian", contrast="bright"):
-    """Re-refine a user-edited set of points (per frame for stacks); returns (positions, features)."""
+def refine_points_iter(image, positions, *, frames=None, refine="gaussian", contrast="auto"):
+    """Re-refine a user-edited set of points (per frame for stacks); returns (positions, features).
+    ``contrast='auto'`` decides from the first frame's skew (:func:`napari_microml.runtime.contrast.decide`)."""
     import pandas as pd
 
-    stack, is_stack = as_image_stack(image)
-    positions = np.asarray(positions, float).reshape(-1, 2)
-    frames = np.zeros(len(positions), int) if frames is None else np.asarray(frames, int)
+    check_contrast(contrast)
+    scaled = as_scaled_stack(image)
+    stack = scaled.stack
+    positions = np.asarray(positions, float)
+    if frames is not None and positions.size:
+        positions = np.column_stack([np.asarray(frames, float).ravel(), positions])
+    positions, frames = check_positions(positions, stack.shape, n_frames=len(stack),
+                                        is_stack=scaled.is_stack and frames is not None)
     out = np.empty_like(positions)
     cols = {k: np.full(len(positions), np.nan) for k in FEATURES[1:]}
     cols["fit_ok"] = np.zeros(len(positions), bool)
     for t in np.unique(frames):
         sel = frames == t
         frame = fill_nonfinite(stack[t])
+        if contrast == "auto":
+            contrast = decide(fill_nonfinite(stack[0]), "auto").contrast
         if contrast == "dark":
             frame = frame.max() - frame
         out[sel], f = refine_positions(frame, positions[sel], method=refine)
+        f["intensity"] = f["intensity"] * scaled.scale
         for k, v in f.items():
             cols[k][sel] = v
         yield progress(int(t) + 1, len(stack), f"refined frame {int(t) + 1}")
