@@ -54,13 +54,15 @@ def column_heights(image: np.ndarray, columns: np.ndarray, spacing: float) -> np
     """
     from scipy import ndimage as ndi
 
+    from napari_microml.defects.environments import smooth_wide
+
     img = np.asarray(image, np.float32)
     cols = np.asarray(columns, float).reshape(-1, 2)
     if not len(cols):
         return np.zeros(0)
     smooth = ndi.gaussian_filter(img, max(0.7, SMOOTH * spacing))
     size = max(3, int(round(1.5 * spacing)) | 1)
-    background = ndi.gaussian_filter(ndi.minimum_filter(smooth, size=size, mode="nearest"), spacing)
+    background = smooth_wide(ndi.minimum_filter(smooth, size=size, mode="nearest"), spacing)
     at = ndi.map_coordinates(smooth - background, cols.T, order=1, mode="nearest")
     return at.astype(np.float64)
 
@@ -151,6 +153,7 @@ def column_check(image: np.ndarray, probs: np.ndarray, labels: np.ndarray, stats
     Returns
     -------
     labels, stats : updated the same way (rescued instances last, their confidence the mean
+        defect probability and their class_confidence the mean
         dopant_bright probability over their disc), and ``z`` : (N,) the columns' z-scores
         (NaN where not judged).
     """
@@ -208,8 +211,10 @@ def column_check(image: np.ndarray, probs: np.ndarray, labels: np.ndarray, stats
         out[rr[free], cc[free]] = nxt
         nxt += 1
         for key, val in (("class_id", bright), ("row", cols[i, 0]), ("col", cols[i, 1]),
-                         ("area_px", int(free.sum())), ("confidence", pb[rr[free], cc[free]].mean())):
-            new[key].append(val)
+                         ("area_px", int(free.sum())), ("confidence", 1.0 - probs[0][rr[free], cc[free]].mean()),
+                         ("class_confidence", pb[rr[free], cc[free]].mean())):
+            if key in new:
+                new[key].append(val)
     if not new["row"]:
         return labels, stats, z
     merged = {k: np.concatenate([stats[k], np.asarray(new[k], dtype=stats[k].dtype)]) for k in stats}

@@ -12,14 +12,24 @@ import numpy as np
 
 from napari_microml.defects.classes import CLASS_NAMES, N_OUTPUTS
 from napari_microml.defects.columns import column_check as check_columns
-from napari_microml.defects.instances import instances
+from napari_microml.defects.instances import instances, keep_instances
+from napari_microml.runtime.contrast import check_contrast, decide
 from napari_microml.runtime.provenance import make_provenance
 from napari_microml.runtime.spacing import resample, to_original, to_resampled, zoom_for, zoom_to
-from napari_microml.runtime.validate import as_image_stack, fill_nonfinite, robust_normalize
+from napari_microml.runtime.validate import (
+    as_scaled_stack,
+    check_number,
+    check_pixel_size,
+    check_positions,
+    check_probability,
+    check_tile,
+    fill_nonfinite,
+    robust_normalize,
+)
 from napari_microml.runtime.workers import drain, progress, relabel
 
 COLUMNS = ("label", "class", "class_id", "row", "col", "area_px", "area_nm2", "confidence",
-           "nearest_atom_px", "nearest_atom_nm")
+           "class_confidence", "nearest_atom_px", "nearest_atom_nm")
 
 
 @dataclass
@@ -30,12 +40,13 @@ class DefectsResult:
     class_names : list of the defect class names (``CLASS_NAMES``).
     table : pandas.DataFrame, one row per defect: label, class, class_id, frame (stacks only),
         row, col (px, probability-weighted centroid), area_px, area_nm2 (NaN without pixel size),
-        confidence (mean probability of the assigned class over the instance, 0–1; low for a
-        bright dopant added by the column-intensity check where the network was silent),
+        confidence (mean defect probability 1 - p(defect-free) over the instance, 0–1: the
+        quantity ``threshold`` applies to, never below it), class_confidence (mean probability
+        of the assigned class over the instance, 0–1; low where two classes share the pixels),
         nearest_atom_px, nearest_atom_nm (distance from the centroid to the nearest atom column).
     probabilities : (6, H, W) float32 class probabilities for a single image, None for stacks.
-    atoms : atom-column positions used for the distances, (N, 2) (row, col) or, for stacks,
-        (N, 3) (frame, row, col), in px.
+    atoms : the atom columns every step used (the user's ``atoms``, else the atom finder's),
+        (N, 2) (row, col) or, for stacks, (N, 3) (frame, row, col), in px.
     pixel_size : nm per pixel, or None.
     image_area_nm2 : area of one frame in nm², or None.
     """
@@ -117,19 +128,12 @@ def _out_channels(net) -> int:
     return int(getattr(head, "out_channels", N_OUTPUTS))
 
 
-def _check_atoms(atoms, is_stack: bool) -> np.ndarray | None:
+def _check_atoms(atoms, stack_shape, is_stack: bool) -> np.ndarray | None:
+    """The user's columns, (N, 2) (row, col) or for a stack (N, 3) (frame, row, col), on the image."""
     if atoms is None:
         return None
-    arr = np.asarray(atoms, float)
-    want = 3 if is_stack else 2
-    if arr.size == 0:
-        return np.zeros((0, want))
-    if arr.ndim != 2 or arr.shape[1] not in (2, 3) or (not is_stack and arr.shape[1] != 2):
-        raise ValueError(f"atoms must be an (N, {want}) array of column positions "
-                         f"{'(frame, row, col)' if is_stack else '(row, col)'} in pixels, not {arr.shape}.")
-    if is_stack and arr.shape[1] == 2:  # the same columns in every frame
-        raise ValueError("For a stack, atoms must be (N, 3) (frame, row, col) so each frame has its columns.")
-    return arr
+    pos, frames = check_positions(atoms, stack_shape, n_frames=stack_shape[0], is_stack=is_stack, what="atoms")
+    return np.column_stack([frames.astype(float), pos]) if is_stack else pos
 
 
 def _to_original_grid(labels, st, probs, cols, zoom: float, shape):
@@ -145,38 +149,38 @@ def _to_original_grid(labels, st, probs, cols, zoom: float, shape):
     for i in np.flatnonzero(~present[1:]):
         r, c = np.clip(np.rint(pos[i]).astype(int), 0, np.array(shape) - 1)
         big[r, c] = i + 1
-    return big, st, zoom_to(probs, shape).astype(np.float32), to_original(cols, zoom)
+    cols = np.clip(to_original(cols, zoom), -0.5, np.array(shape) - 0.5)  # a border peak stays on the image
+    return big, st, zoom_to(probs, shape).astype(np.float32), cols
 
 
 def segment_defects_iter(image, *, model="auto", threshold: float = 0.5, pixel_size: float | None = None,
-                         atoms=None, contrast: str = "bright", device="auto", tile: int = 1024,
+                         atoms=None, contrast: str = "auto", device="auto", tile: int = 1024,
                          min_area: int = 3, tta: int = 1, column_check: bool | None = None,
                          lattice_check: bool = True, rescale="auto", input_name: str | None = None):
     """Generator twin of :func:`segment_defects`: yields progress tuples, returns a DefectsResult."""
     import pandas as pd
     from scipy.spatial import cKDTree
 
-    from napari_microml.atoms.finder import _local_maxima
-    from napari_microml.nets.registry import load_model
+    from napari_microml.nets.registry import load_model, model_provenance
     from napari_microml.runtime.device import describe_device, resolve_device
     from napari_microml.runtime.tiling import tiled_predict
 
-    if contrast not in ("bright", "dark"):
-        raise ValueError("contrast must be 'bright' (HAADF/ADF) or 'dark' (ABF/BF, dark columns).")
-    if not 0 < threshold < 1:
-        raise ValueError("threshold is a probability and must lie between 0 and 1.")
-    if pixel_size is not None and not (np.isfinite(pixel_size) and pixel_size > 0):
-        raise ValueError(f"pixel_size must be a positive number of nm per pixel, not {pixel_size!r}.")
-    if int(min_area) < 1 or int(tile) < 16:
-        raise ValueError("min_area must be at least 1 pixel and tile at least 16 pixels.")
-    if not 1 <= int(tta) <= 8:
-        raise ValueError("tta is the number of flipped/transposed copies to average, 1 (none) to 8.")
-    if column_check is None:  # the column-intensity check relies on Z-contrast (HAADF/ADF)
-        column_check = contrast == "bright"
-    stack, is_stack = as_image_stack(image, what="image")
-    user_atoms = _check_atoms(atoms, is_stack)
+    check_contrast(contrast)
+    threshold = check_probability(threshold)
+    pixel_size = check_pixel_size(pixel_size)
+    min_area = check_number(min_area, "min_area", low=1, integer=True, unit="pixels")
+    tile = check_tile(tile)
+    tta = check_number(tta, "tta (flipped/transposed copies to average)", low=1, high=8, integer=True)
+    # 0–1 in float64 first: the same numbers (and defects) whatever the image's units
+    scaled = as_scaled_stack(image, what="image")
+    stack, is_stack = scaled.stack, scaled.is_stack
+    user_atoms = _check_atoms(atoms, stack.shape, is_stack)
     first = fill_nonfinite(stack[0])
     zoom, period = zoom_for(first, rescale, low=6.0, high=30.0)  # trained: 6–24 px
+    contrast_choice = decide(resample(first, zoom), contrast, period=period and period * zoom)
+    contrast = contrast_choice.contrast
+    if column_check is None:  # the column-intensity check relies on Z-contrast (HAADF/ADF)
+        column_check = contrast == "bright"
     dev = resolve_device(device)
     finder_cols0, choice = None, None
     if isinstance(model, str) and model == "auto":  # pick the model from the first frame's lattice
@@ -187,7 +191,8 @@ def segment_defects_iter(image, *, model="auto", threshold: float = 0.5, pixel_s
         if user_atoms is not None:
             cols0 = user_atoms[user_atoms[:, 0] == 0, 1:] if is_stack else user_atoms
         else:  # the lattice check below reuses these columns; progress (and Cancel) as it runs
-            found = yield from relabel(find_atoms_iter(frame0, device=dev), "choosing the model: atom finder ")
+            found = yield from relabel(find_atoms_iter(frame0, contrast="bright", device=dev),
+                                       "choosing the model: atom finder ")
             cols0 = finder_cols0 = found.positions
         chosen, ratio = choose_model(frame0, cols0)
         choice = {"chosen": chosen, "sublattice_ratio": None if ratio is None else round(ratio, 3)}
@@ -196,7 +201,7 @@ def segment_defects_iter(image, *, model="auto", threshold: float = 0.5, pixel_s
     n_out = _out_channels(net)
     predict = _predictor(net, dev, (info.get("meta") or {}).get("class_weights"), int(tta))
     n_frames, (h, w) = len(stack), stack.shape[1:]
-    labels_all, tables, atoms_all, probs_single, offset = [], [], [], None, 0
+    labels_all, tables, atoms_all, probs_single, offset, n_weak = [], [], [], None, 0, 0
     for t, frame in enumerate(stack):
         frame = fill_nonfinite(frame)
         if contrast == "dark":
@@ -213,23 +218,21 @@ def segment_defects_iter(image, *, model="auto", threshold: float = 0.5, pixel_s
                 break
             yield progress(t * total + done, n_frames * total, f"frame {t + 1}/{n_frames}: tile {done}/{total}")
         probs = out[:N_OUTPUTS]
-        if user_atoms is not None:  # all of the post-processing works on the network's grid
-            cols = to_resampled(user_atoms[user_atoms[:, 0] == t, 1:] if is_stack else user_atoms, zoom)
-        elif n_out > N_OUTPUTS:
-            cols, _ = _local_maxima(out[N_OUTPUTS], 0.5, 2)
-        else:  # a custom network without the atom plane: ask the atom finder
-            from napari_microml.atoms.finder import find_atoms
-
-            cols = to_resampled(find_atoms(frame, refine="none", device=dev).positions, zoom)
+        columns = yield from _frame_columns(frame, user_atoms, t, is_stack, dev, finder_cols0 if t == 0 else None)
+        cols = to_resampled(columns, zoom)  # all of the post-processing works on the network's grid
         spacing = float(np.median(cKDTree(cols).query(cols, k=2)[0][:, 1])) if len(cols) >= 10 else None
         labels, st = instances(probs, threshold, int(min_area), spacing, cols if len(cols) else None)
         if column_check:
             labels, st, _ = check_columns(net_in, probs, labels, st, cols, spacing)
         if zoom != 1.0:
-            labels, st, probs, cols = _to_original_grid(labels, st, probs, cols, zoom, (h, w))
+            labels, st, probs, _ = _to_original_grid(labels, st, probs, cols, zoom, (h, w))
+        cols = columns
         if lattice_check:
-            labels, st = yield from _keep_near_lattice(labels, st, frame, user_atoms, t, is_stack, dev,
-                                                       finder_cols0 if t == 0 else None)
+            labels, st = _keep_near_lattice(labels, st, cols)
+        weak = st["confidence"] < threshold  # e.g. a column-check dopant the network barely saw
+        if weak.any():
+            labels, st = keep_instances(labels, st, ~weak)
+            n_weak += int(weak.sum())
         centres = np.column_stack([st["row"], st["col"]])
         near = cKDTree(cols).query(centres)[0] if len(cols) and len(centres) else np.full(len(centres), np.nan)
         n = len(st["row"])
@@ -237,7 +240,8 @@ def segment_defects_iter(image, *, model="auto", threshold: float = 0.5, pixel_s
                            "class": [CLASS_NAMES[c - 1] for c in st["class_id"]], "class_id": st["class_id"],
                            "row": st["row"], "col": st["col"], "area_px": st["area_px"],
                            "area_nm2": st["area_px"] * pixel_size**2 if pixel_size else np.nan,
-                           "confidence": st["confidence"], "nearest_atom_px": near,
+                           "confidence": st["confidence"], "class_confidence": st["class_confidence"],
+                           "nearest_atom_px": near,
                            "nearest_atom_nm": near * pixel_size if pixel_size else np.nan})
         if is_stack:
             df.insert(3, "frame", t)
@@ -257,8 +261,9 @@ def segment_defects_iter(image, *, model="auto", threshold: float = 0.5, pixel_s
                   column_check=bool(column_check), lattice_check=bool(lattice_check), zoom=round(zoom, 4),
                   estimated_period_px=period,
                   rescale=rescale if isinstance(rescale, str) or rescale is None else float(rescale),
-                  atoms="given" if user_atoms is not None else "network")
-    model_info = {k: info[k] for k in ("name", "file", "sha256")}
+                  atoms="given" if user_atoms is not None else "atom finder",
+                  contrast_choice=contrast_choice.record(), dropped_below_threshold=n_weak)
+    model_info = model_provenance(info)
     return DefectsResult(
         labels=np.stack(labels_all) if is_stack else labels_all[0], class_names=list(CLASS_NAMES), table=table,
         probabilities=None if is_stack else probs_single, atoms=np.concatenate(atoms_all),
@@ -269,26 +274,31 @@ def segment_defects_iter(image, *, model="auto", threshold: float = 0.5, pixel_s
     )
 
 
-def _keep_near_lattice(labels, st, frame, user_atoms, t: int, is_stack: bool, dev, finder_cols=None):
-    """Generator (progress of the atom-finder pass), returning (labels, st) without the point-defect
-    instances far from every atom column (:mod:`napari_microml.defects.context`); the columns are
-    the user's atoms when given, else the atom finder's on ``frame`` (bright columns;
-    ``finder_cols`` when that pass was already made for ``frame``)."""
+def _frame_columns(frame, user_atoms, t: int, is_stack: bool, dev, found=None):
+    """Generator (progress of the atom-finder pass) returning frame ``t``'s atom columns (N, 2)
+    in px: the user's when given, else ``found`` (a pass already made on this frame), else the
+    atom finder's on ``frame`` (bright columns). Every later step (spacing, splitting, the column
+    and lattice checks, nearest-atom distances, environments) uses these same columns, so giving
+    the atom finder's columns as ``atoms`` changes nothing."""
+    if user_atoms is not None:
+        return user_atoms[user_atoms[:, 0] == t, 1:] if is_stack else user_atoms
+    if found is not None:
+        return found
+    from napari_microml.atoms.finder import find_atoms_iter
+
+    result = yield from relabel(find_atoms_iter(frame, contrast="bright", device=dev),
+                                f"frame {t + 1}: atom columns, atom finder ")
+    return result.positions
+
+
+def _keep_near_lattice(labels, st, columns):
+    """(labels, st) without the point-defect instances far from every atom column
+    (:mod:`napari_microml.defects.context`)."""
     from napari_microml.defects.context import near_lattice
-    from napari_microml.defects.instances import keep_instances
 
     point = st["class_id"] != len(CLASS_NAMES)
     if not point.any():
         return labels, st
-    if user_atoms is not None:
-        columns = user_atoms[user_atoms[:, 0] == t, 1:] if is_stack else user_atoms
-    else:
-        from napari_microml.atoms.finder import find_atoms_iter
-
-        if finder_cols is None:
-            found = yield from relabel(find_atoms_iter(frame, device=dev), f"frame {t + 1}: lattice check, atom finder ")
-            finder_cols = found.positions
-        columns = finder_cols
     keep = ~point
     keep[point] = near_lattice(np.column_stack([st["row"], st["col"]])[point], columns)
     return keep_instances(labels, st, keep) if not keep.all() else (labels, st)
@@ -300,7 +310,7 @@ def segment_defects(image, **kwargs) -> DefectsResult:
     Parameters
     ----------
     image : array (H, W) or (T, H, W)
-        Atomic-resolution grey image(s): HAADF/ADF, or ABF with ``contrast='dark'``.
+        Atomic-resolution grey image(s): HAADF/ADF or ABF/BF.
     model : str, path or torch.nn.Module
         ``'auto'`` (the default): ``'dichalcogenide'`` when the first frame's atom columns form a
         honeycomb of two unequally bright sublattices (2H-MoS2 / WS2 / WSe2, hBN;
@@ -308,14 +318,21 @@ def segment_defects(image, **kwargs) -> DefectsResult:
         sublattice height ratio are in ``provenance['parameters']['model_choice']``. Or a
         shipped model name (``'default'``, ``'dichalcogenide'``), a ``.pt`` file, or a network.
     threshold : float
-        Minimum defect probability (1 − p(defect-free)) of an instance pixel, 0–1.
+        Minimum defect probability (1 − p(defect-free)) of an instance pixel, 0–1; an instance
+        whose confidence ends below it (e.g. a column-check dopant the network barely saw) is
+        dropped too (counted in ``parameters['dropped_below_threshold']``).
     pixel_size : float, optional
         nm per pixel; fills ``area_nm2``, ``nearest_atom_nm`` and densities.
     atoms : (N, 2) or, for stacks, (N, 3) (frame, row, col) array, optional
-        Atom columns (e.g. from a Points layer) for the nearest-atom distance; by default the
-        network's own atom-column plane is used.
-    contrast : {'bright', 'dark'}
-        ``'dark'`` inverts ABF/BF images (dark columns) before the network.
+        Atom columns (e.g. an edited Points layer). By default the atom finder's columns
+        (:func:`napari_microml.atoms.finder.find_atoms`, one network pass per frame). The same
+        columns set the lattice spacing, split merged defects, feed the column and lattice
+        checks and the nearest-atom distances and are returned as ``atoms``, so passing the atom
+        finder's own columns gives the same defects.
+    contrast : {'auto', 'bright', 'dark'}
+        ``'dark'`` inverts ABF/BF images (dark columns) before the network; ``'auto'`` (default)
+        decides from the first frame (:mod:`napari_microml.runtime.contrast`), recorded in
+        ``parameters['contrast']`` and ``parameters['contrast_choice']``.
     device : {'auto', 'cuda', 'mps', 'cpu'}
     tile : int
         Tile edge in px (a 1024² image runs in one pass by default).
@@ -335,8 +352,8 @@ def segment_defects(image, **kwargs) -> DefectsResult:
     lattice_check : bool
         Keep a vacancy, dopant or interstitial only when an atom column lies within 1.5 local
         lattice spacings of it (:mod:`napari_microml.defects.context`): removes calls in the
-        vacuum or on the support of nanoparticle and single-atom images. The columns are
-        ``atoms`` when given, else the atom finder's (one extra network pass). Default on.
+        vacuum or on the support of nanoparticle and single-atom images (the columns of
+        ``atoms`` above). Default on.
     rescale : 'auto', 'always', 'off' or float
         The network was trained on column spacings of 6–24 px. ``'auto'`` (default) resamples a
         clearly periodic image whose lattice period lies outside 6–30 px to a 14 px period
