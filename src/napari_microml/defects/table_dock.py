@@ -10,11 +10,13 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-from qtpy.QtWidgets import (QFileDialog, QHeaderView, QLabel, QPushButton, QTableWidget,
-                            QTableWidgetItem, QVBoxLayout, QWidget)
+from qtpy.QtWidgets import (QFileDialog, QHBoxLayout, QHeaderView, QLabel, QPushButton, QSizePolicy,
+                            QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
+
+MIN_ROWS = 6  # the defect list always has room for this many rows (it showed one in a crowded dock)
 
 SHOWN = ("label", "class", "frame", "row", "col", "area_px", "area_nm2", "confidence",
-         "nearest_atom_px", "nearest_atom_nm")
+         "class_confidence", "nearest_atom_px", "nearest_atom_nm")
 
 
 def _text(value) -> str:
@@ -68,10 +70,21 @@ class DefectTableDock(QWidget):
         self.defects.setToolTip("Click a defect to centre the view on it.")
         self.export_button = QPushButton("Export CSV…")
         self.export_button.setEnabled(False)
-        layout = QVBoxLayout(self)
-        for w in (self.title, self.summary, QLabel("Defects (click to centre the view):"),
-                  self.defects, self.export_button):
-            layout.addWidget(w)
+        # counts on the left, the defect list on the right: the dock sits below the canvas, wide
+        left, right = QVBoxLayout(), QVBoxLayout()
+        for w in (self.title, self.summary, self.export_button):
+            left.addWidget(w)
+        left.addStretch(1)
+        for w in (QLabel("Defects (click to centre the view):"), self.defects):
+            right.addWidget(w)
+        layout = QHBoxLayout(self)
+        layout.addLayout(left, 2)
+        layout.addLayout(right, 5)
+        for table in (self.summary, self.defects):  # compact rows; the label column numbers them
+            table.verticalHeader().setDefaultSectionSize(table.fontMetrics().height() + 6)
+            table.verticalHeader().setVisible(False)
+        self.defects.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
+        self.defects.setMinimumHeight(self._rows_height(self.defects, MIN_ROWS))
         self.summary.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
         self.defects.cellClicked.connect(lambda r, _c: self._select(r))
         self.defects.currentCellChanged.connect(lambda r, _c, _pr, _pc: self._select(r))
@@ -107,6 +120,12 @@ class DefectTableDock(QWidget):
                 self.defects.setItem(i, j, QTableWidgetItem(_text(value)))
         self.defects.blockSignals(False)
         self.export_button.setEnabled(True)
+
+    @staticmethod
+    def _rows_height(table, rows: int) -> int:
+        """Pixels a table needs to show its header and ``rows`` rows."""
+        return (2 * table.frameWidth() + table.horizontalHeader().sizeHint().height()
+                + rows * table.verticalHeader().defaultSectionSize())
 
     def _select(self, index: int) -> None:
         if self.table is None or not 0 <= index < len(self.table) or self.on_select is None:

@@ -8,9 +8,11 @@ import napari
 import numpy as np
 from magicgui.widgets import ComboBox, FloatSlider, create_widget
 
+from napari_microml.atoms.widget import CONTRAST_TIP, points_to_pixels
 from napari_microml.defects.classes import CLASS_COLORS
 from napari_microml.defects.environments import classify_environments
 from napari_microml.defects.segment import segment_defects_iter
+from napari_microml.runtime.contrast import ContrastChoice
 from napari_microml.runtime.provenance import KEY
 from napari_microml.runtime.widget import (ToolWidget, physical_kwargs, pixel_size_nm, rescale_combo, resample_note,
                                           upsert_layer, viewer_camera)
@@ -21,6 +23,7 @@ ENV_COLORS = ("#4477aa", "#ee7733", "#bbbbbb", "#ee3377", "#aa7744", "#555555", 
 avoid the defect class colours (cyan, red, purple, yellow, green). Unusual columns get a thick
 white border."""
 TRANSPARENT = (0.0, 0.0, 0.0, 0.0)
+MARKER_MIN_SCREEN_PX = 18  # a defect's ring is never drawn smaller than this on screen (full view of 4k)
 
 
 def _rgba(hex_color: str) -> tuple:
@@ -50,7 +53,7 @@ def _label_features(table):
     import pandas as pd
 
     cols = [c for c in ("class", "class_id", "frame", "area_px", "area_nm2", "confidence",
-                        "nearest_atom_nm") if c in table.columns]
+                        "class_confidence", "nearest_atom_nm") if c in table.columns]
     feats = table[["label", *cols]].rename(columns={"label": "index"})
     background = {"index": 0, "class": "none", "class_id": 0}
     return pd.concat([pd.DataFrame([background]), feats], ignore_index=True)
@@ -65,21 +68,13 @@ def class_colormap(table):
     return DirectLabelColormap(color_dict=colors)
 
 
-def _to_pixels(points, image_layer) -> np.ndarray:
-    """Points-layer data → (row, col) or (frame, row, col) pixels of ``image_layer``."""
-    data = np.asarray(points.data, float)
-    if len(data) == 0:
-        raise ValueError(f"The atoms layer {points.name!r} has no points.")
-    n = min(data.shape[1], image_layer.ndim)
-    world = data[:, -n:] * np.asarray(points.scale[-n:]) + np.asarray(points.translate[-n:])
-    px = (world - np.asarray(image_layer.translate[-n:])) / np.asarray(image_layer.scale[-n:])
-    if image_layer.ndim == 2:
-        return px[:, -2:]
-    if px.shape[1] == 2:
-        raise ValueError(f"The image is a stack but the atoms layer {points.name!r} has no frame "
-                         "axis; add the points in the stack's frames.")
-    px[:, 0] = np.rint(px[:, 0])
-    return px
+def _warm_label_colormap(res) -> None:
+    """Compile napari's label-colour kernels (numba, ~4 s the first time) here in the worker on a
+    few pixels, so drawing the labels layer does not freeze the window."""
+    try:
+        class_colormap(res.table)._data_to_texture(np.ascontiguousarray(res.labels.reshape(-1)[:16]).reshape(4, 4))
+    except Exception:  # noqa: BLE001 - a private napari call: only a speed-up, never needed
+        pass
 
 
 class DefectSegmenterWidget(ToolWidget):
@@ -87,19 +82,25 @@ class DefectSegmenterWidget(ToolWidget):
 
     def __init__(self, viewer: napari.viewer.Viewer):
         self.image_layer = create_widget(annotation=napari.layers.Image, label="Image")
+        self.image_layer.tooltip = ("The grey image (2D or a stack of frames); its pixel size in nm "
+                                    "comes from the layer's scale and units (areas in nm², distances in nm)")
         self.atoms_layer = create_widget(annotation=napari.layers.Points, label="Atoms (optional)",
                                          options={"nullable": True})
-        self.atoms_layer.tooltip = ("Atom columns (e.g. the atom finder's, edited); empty = the "
-                                    "segmenter's own column detection")
+        self.atoms_layer.tooltip = ("Atom columns for the environments, lattice spacing and checks "
+                                    "(e.g. the atom finder's points, edited); empty = the atom "
+                                    "finder's columns, found as part of the run")
         self.model = ComboBox(label="Model", choices=_model_choices(),
                               tooltip="auto: the 'dichalcogenide' model for honeycombs of two unequally "
                                       "bright sublattices (MoS2, WS2, hBN), else 'default'")
-        self.threshold = FloatSlider(label="Threshold", value=0.5, min=0.05, max=0.95, step=0.05)
+        self.threshold = FloatSlider(label="Threshold", value=0.5, min=0.05, max=0.95, step=0.05,
+                                     tooltip="Minimum defect probability (0–1, no unit) of a defect's "
+                                             "pixels and of its confidence; weaker defects are not shown")
         self.env_classes = ComboBox(label="Environment classes", value="auto",
                                     choices=["auto", *map(str, range(2, 9)), "off"],
-                                    tooltip="auto: chosen by BIC; off: skip environment clustering")
-        self.contrast = ComboBox(label="Columns are", choices=["bright", "dark"], value="bright",
-                                 tooltip="bright: HAADF/ADF/STM; dark: ABF/BF")
+                                    tooltip="Number of classes of atomic environments (a count); auto: "
+                                            "chosen by BIC; off: skip environment clustering")
+        self.contrast = ComboBox(label="Columns are", choices=["auto", "bright", "dark"], value="auto",
+                                 tooltip=CONTRAST_TIP)
         self.rescale = rescale_combo("6–30 px")
         super().__init__(viewer, [self.image_layer, self.atoms_layer, self.model, self.threshold,
                                   self.env_classes, self.contrast, self.rescale])
@@ -123,9 +124,9 @@ class DefectSegmenterWidget(ToolWidget):
         if layer.rgb:
             raise ValueError(f"Layer {layer.name!r} is an RGB picture; the defect segmenter "
                              "needs a grey image.")
-        data = np.asarray(layer.data)
+        source = layer.data  # read in the worker: a lazily loaded file is only read there
         points = self.atoms_layer.value
-        atoms = _to_pixels(points, layer) if points is not None else None
+        atoms = points_to_pixels(points, layer) if points is not None else None
         contrast, n_env = self.contrast.value, self.env_classes.value
         kwargs = dict(model=self.model.value, threshold=float(self.threshold.value), contrast=contrast,
                       rescale=self.rescale.value, device=self.device_choice.value, pixel_size=pixel_size_nm(layer), atoms=atoms,
@@ -134,6 +135,7 @@ class DefectSegmenterWidget(ToolWidget):
         self._atoms_source = points.name if points is not None else None
 
         def job():
+            data = np.asarray(source)
             res = yield from segment_defects_iter(data, **kwargs)
             env, note = None, ""
             if n_env == "off":
@@ -143,11 +145,13 @@ class DefectSegmenterWidget(ToolWidget):
             else:
                 yield progress(0, 1, f"classifying the environments of {len(res.atoms)} columns…")
                 grey = np.asarray(data, np.float32)  # (never negate unsigned integers)
+                dark = res.provenance["parameters"]["contrast"] == "dark"
                 try:
-                    env = classify_environments(-grey if contrast == "dark" else grey, res.atoms,
+                    env = classify_environments(-grey if dark else grey, res.atoms,
                                                 n_classes=None if n_env == "auto" else int(n_env))
                 except ValueError as err:  # e.g. too few columns for the classes asked for
                     note = f"environments skipped: {err}"
+            _warm_label_colormap(res)
             yield progress(1, 1, "writing layers…")  # a Cancel pressed above stops here
             return SimpleNamespace(defects=res, env=env, note=note, device=res.device)
 
@@ -164,16 +168,71 @@ class DefectSegmenterWidget(ToolWidget):
                      features=_label_features(res.table), colormap=class_colormap(res.table),
                      opacity=0.6, metadata=self.provenance_metadata(prov),
                      **physical_kwargs(layer, res.labels.ndim))
+        self._show_markers(layer, res)
+        # the environments and the table on the next turn of the event loop: two short pauses
+        # of the window instead of one long one (napari builds each layer on this thread)
+        self._pending = (layer, run, prov)
+        from qtpy.QtCore import QTimer
+
+        QTimer.singleShot(0, self._show_rest)
+
+    def _on_finished(self):
+        if getattr(self, "_pending", None) is not None:  # still busy until _show_rest has run
+            self._finish_later = True
+            return
+        super()._on_finished()
+
+    def _show_rest(self):
+        if getattr(self, "_pending", None) is None:
+            return
+        (layer, run, prov), self._pending = self._pending, None
+        try:
+            self._show_environments_and_table(layer, run, prov)
+        finally:
+            if getattr(self, "_finish_later", False):
+                self._finish_later = False
+                super()._on_finished()
+
+    def _show_environments_and_table(self, layer, run, prov):
+        res, env = run.defects, run.env
         env_counts = None
         if env is not None:
             env_counts = self._show_environments(layer, res, env)
         self._update_table(layer, res, env_counts, prov)
         counts = res.table["class"].value_counts()
         text = ", ".join(f"{n} {c}" for c, n in counts.items()) or "no defects"
+        params = res.provenance["parameters"]
+        choice = params.get("contrast_choice") or {}
+        contrast = ContrastChoice(params["contrast"], choice.get("requested", params["contrast"]), choice.get("skew"))
+        source = "your atoms layer" if params.get("atoms") == "given" else "the atom finder"
         more = (f" ({run.note})" if run.note else
                 f" {env.n_classes} environment classes, {int(env.unusual.sum())} unusual columns.")
-        self._say(f"Found {text}." + more + resample_note(res.provenance["parameters"])
-                  + model_note(res.provenance["parameters"]))
+        self._say(f"Found {text}; {contrast.note()}, {len(res.atoms)} atom columns from {source}."
+                  + more + resample_note(params) + model_note(params))
+
+    def _show_markers(self, layer, res):
+        """A ring in its class colour around every defect, never smaller than
+        MARKER_MIN_SCREEN_PX on screen, so defects show at full view of a large image."""
+        from napari_microml.runtime.widget import as_points
+
+        table = res.table
+        frames = table["frame"].to_numpy() if "frame" in table else None
+        data = as_points(table[["row", "col"]].to_numpy(float), frames)
+        colors = np.array([CLASS_COLORS[c] for c in table["class"]]).reshape(-1, 4)
+        atoms = np.asarray(res.atoms, float)[:, -2:]
+        if len(atoms) >= 2:
+            from scipy.spatial import cKDTree
+
+            size = float(1.5 * np.median(cKDTree(atoms).query(atoms, k=2)[0][:, 1]))
+        else:
+            size = 2.5 * float(np.sqrt(np.median(table["area_px"]))) if len(table) else 10.0
+        markers = upsert_layer(
+            self.viewer, f"{layer.name} defect markers", "points", data,
+            features=table[["label", "class", "confidence"]].reset_index(drop=True), size=size,
+            symbol="ring", face_color=colors if len(colors) else "transparent", border_width=0,
+            metadata=self.provenance_metadata(res.provenance), **physical_kwargs(layer, data.shape[1]))
+        markers.canvas_size_limits = (MARKER_MIN_SCREEN_PX, 10000)
+        markers.editable = False
 
     def _show_environments(self, layer, res, env):
         import pandas as pd
@@ -217,7 +276,7 @@ class DefectSegmenterWidget(ToolWidget):
             self.table_dock = DefectTableDock(on_select=self.center_on)
             self.table_dock.set_data(res.table, res.counts(), **args)
             self._dock = self.viewer.window.add_dock_widget(self.table_dock, name="Defect table",
-                                                            area="right")
+                                                            area="bottom")
 
     def center_on(self, row) -> None:
         """Centre the view on the defect of a table ``row`` (and show its frame)."""
