@@ -84,10 +84,12 @@ class ScaledStack:
 
 def finite_range(arr: np.ndarray) -> tuple[float, float]:
     """(min, max) of the finite values of ``arr`` in float64 (the array must hold some)."""
-    a = np.asarray(arr)
-    if a.dtype.kind == "f" and not np.isfinite(a).all():
+    a = np.asarray(arr).ravel()
+    lo, hi = float(np.fmin.reduce(a)), float(np.fmax.reduce(a))  # NaN-skipping, one pass each
+    if not (np.isfinite(lo) and np.isfinite(hi)):  # an inf pixel: range of the finite ones
         a = a[np.isfinite(a)]
-    return float(np.min(a)), float(np.max(a))
+        lo, hi = float(a.min()), float(a.max())
+    return lo, hi
 
 
 def as_scaled_stack(image, *, what: str = "image", min_size: int = 8,
@@ -103,8 +105,16 @@ def as_scaled_stack(image, *, what: str = "image", min_size: int = 8,
     scale = span if span > 0 else (abs(lo) or 1.0)  # a flat image maps to zeros
     frames = arr if arr.ndim == 3 else arr[None]
     out = np.empty(frames.shape, np.float32)
-    for t, frame in enumerate(frames):  # float64 one frame at a time: bounded memory
-        out[t] = (frame.astype(np.float64) - lo) / scale
+    # float32 in, float32 arithmetic: x - lo is exact for neighbouring float32 values and the
+    # range fits; float64 (and wide integers) go through float64, one frame at a time
+    narrow = arr.dtype.itemsize <= 4 and arr.dtype != np.int32 and arr.dtype != np.uint32 \
+        and span < float(np.finfo(np.float32).max)
+    for t, frame in enumerate(frames):
+        if narrow:
+            np.subtract(frame, np.float32(lo), out=out[t], dtype=np.float32)
+            out[t] /= np.float32(scale)
+        else:
+            out[t] = (frame.astype(np.float64) - lo) / scale
     return ScaledStack(out, arr.ndim == 3, lo, scale)
 
 
@@ -124,14 +134,17 @@ def robust_normalize(frame: np.ndarray, low: float = 0.5, high: float = 99.8) ->
     Computed in float64 from the frame's own values; a frame whose percentiles coincide falls
     back to its full range, and a flat frame maps to zeros (no absolute tolerance: the result
     does not depend on the data's units)."""
-    frame = fill_nonfinite(np.asarray(frame))
-    x = frame.astype(np.float64)
-    lo, hi = np.percentile(x, [low, high])
+    x = fill_nonfinite(np.asarray(frame))
+    if x.dtype != np.float64:  # float32 arithmetic keeps float32 data's precision
+        x = x.astype(np.float32, copy=False)
+    lo, hi = (float(v) for v in np.percentile(x, [low, high]))
     if not hi > lo:
         lo, hi = float(x.min()), float(x.max())
-    if not hi > lo:
+    if not hi - lo > 0:  # a flat frame (or a range float64 cannot hold)
         return np.zeros(x.shape, np.float32)
-    return ((x - lo) / (hi - lo)).astype(np.float32)
+    out = np.subtract(x, x.dtype.type(lo), dtype=x.dtype)
+    out /= x.dtype.type(hi - lo)  # divided: 1 / a subnormal range would overflow
+    return out.astype(np.float32, copy=False)
 
 
 # --- numbers -----------------------------------------------------------------------------------
