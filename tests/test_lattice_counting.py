@@ -18,6 +18,18 @@ def test_counts_at_three_doses(dose, at_least):
     assert c.provenance["tool"] == "atom_counting"
 
 
+def test_counts_per_sublattice_of_a_perovskite():
+    # A columns scatter 1.0 per atom, B columns 0.45: one mixture for both would mix the combs
+    s = strained_lattice("counts", structure="perovskite", dose=1000, seed=4)
+    c = mm.count_atoms(s.image, s.positions, sublattice=s.sublattice)
+    assert set(c.groups) == {0, 1} and c.parameters["per_sublattice"]
+    assert (c.counts == s.counts).mean() >= 0.95
+    step = [np.diff(c.groups[k].means).mean() / 1000 for k in (0, 1)]
+    np.testing.assert_allclose(step, [1.0, 0.45], rtol=0.1)
+    pooled = mm.count_atoms(s.image, s.positions)
+    assert (pooled.counts == s.counts).mean() < 0.8
+
+
 def test_one_level_is_one_component():
     x = np.random.default_rng(0).normal(100, 5, 400)
     mixture, resp = fit_mixture(x, 10)

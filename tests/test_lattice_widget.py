@@ -107,3 +107,14 @@ def test_dark_columns_are_found_as_such(make_napari_viewer, qtbot):
     _run(qtbot, widget)
     assert (points.features["sublattice"].to_numpy() == s.sublattice).mean() >= 0.99
     assert (points.features["count"] == -1).all() and "no atom counting" in widget.summary.value
+
+
+def test_maps_interpolate_linearly_inside_the_columns():
+    from napari_microml.lattice.maps import interpolated_maps
+
+    pos = np.array([[0, 0], [0, 10], [10, 0], [10, 10]], float)
+    maps = interpolated_maps(pos, {"v": pos[:, 1] * 0.1, "gap": np.array([1, np.nan, 1, 1.0])},
+                             (14, 14), step=2)                  # samples 0, 2, …, 12 px
+    np.testing.assert_allclose(maps["v"][2, :6], [0, 0.2, 0.4, 0.6, 0.8, 1.0], atol=1e-6)
+    assert np.isnan(maps["v"][6]).all() and np.isnan(maps["v"][:, 6]).all()  # outside the hull
+    assert np.isfinite(maps["gap"]).sum() < np.isfinite(maps["v"]).sum()     # one triangle left

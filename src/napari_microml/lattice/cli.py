@@ -98,7 +98,8 @@ def analyse_file(path: Path, args) -> dict:
                              shells=args.shells)
     counts = None
     if not args.no_count and contrast == "bright":
-        counts = mm.count_atoms(image, positions)
+        counts = mm.count_atoms(image, positions,
+                                sublattice=lat.sublattice if lat.n_sublattices > 1 else None)
     return {"lattice": lat, "counts": counts, "kwargs": kwargs, "pixel_size": pixel_size,
             "contrast": contrast}
 
@@ -126,9 +127,9 @@ def _write(stem: str, res: dict, tmp: Path, source: Path) -> list[Path]:
                "pixel_size_nm": res["pixel_size"], "position_std": lat.std_source,
                "contrast": res["contrast"],
                "counting": None if cnt is None else {
-                   "n_components": cnt.n_components, "means": cnt.mixture.means.tolist(),
-                   "weights": cnt.mixture.weights.tolist(), "sigma": cnt.mixture.sigma,
-                   "icl": cnt.mixture.icl.tolist()},
+                   str(lab): {"n_components": len(m.means), "means": m.means.tolist(),
+                              "weights": m.weights.tolist(), "sigma": m.sigma, "icl": m.icl.tolist()}
+                   for lab, m in (cnt.groups or {"all": cnt.mixture}).items()},
                KEY: prov}
     js = tmp / f"{stem}_lattice.json"
     js.write_text(json.dumps(summary, indent=1, default=float))

@@ -39,7 +39,9 @@ class Mixture:
 @dataclass
 class CountResult:
     """cross_section (N,), counts (N,) int (≥ 1), n_components, mixture, background (N,),
-    cell_area (N,) px, provenance."""
+    cell_area (N,) px, provenance. With ``sublattice`` given, ``groups`` maps each sublattice
+    to its own mixture (columns of different elements scatter differently) and ``mixture`` /
+    ``n_components`` are those of sublattice 0."""
 
     positions: np.ndarray
     cross_section: np.ndarray
@@ -50,6 +52,7 @@ class CountResult:
     cell_area: np.ndarray
     parameters: dict = field(default_factory=dict)
     provenance: dict = field(default_factory=dict)
+    groups: dict = field(default_factory=dict)
 
 
 def voronoi_cells(shape, positions: np.ndarray, max_radius: float) -> tuple[np.ndarray, np.ndarray]:
@@ -192,7 +195,17 @@ def fit_mixture(x: np.ndarray, max_components: int) -> tuple[Mixture, np.ndarray
     return Mixture(w, means, sigma, icl[np.isfinite(icl)]), resp[0]
 
 
-def count_atoms_iter(image, positions, *, max_count=None, input_name: str | None = None):
+def _count(xs: np.ndarray, max_count: int) -> tuple[Mixture, np.ndarray]:
+    """The ICL mixture (components sorted by mean) and each value's count (1 = lowest)."""
+    g_max = int(min(max_count, max(1, len(xs) // 5)))
+    mixture, resp = fit_mixture(xs, g_max)
+    order = np.argsort(mixture.means)
+    mixture = Mixture(mixture.weights[order], mixture.means[order], mixture.sigma, mixture.icl)
+    return mixture, np.argmax(resp[:, order], axis=1) + 1
+
+
+def count_atoms_iter(image, positions, *, max_count=None, sublattice=None,
+                     input_name: str | None = None):
     """Generator twin of :func:`count_atoms`: yields progress, returns a CountResult."""
     from napari_microml.runtime.validate import as_image_stack
 
@@ -205,25 +218,39 @@ def count_atoms_iter(image, positions, *, max_count=None, input_name: str | None
     pos, _ = check_positions(positions, img.shape)
     if len(pos) < 10:
         raise ValueError(f"Only {len(pos)} columns: counting atoms needs the histogram of at least 10.")
+    labels = None
+    if sublattice is not None:
+        labels = np.asarray(sublattice).reshape(-1)
+        if labels.shape != (len(pos),) or labels.dtype.kind not in "iu" or labels.min() < 0:
+            raise ValueError("sublattice must give a label 0, 1, … for every column.")
     if max_count is None:
         max_count = 20
     max_count = check_number(max_count, "max_count", low=1, high=200, integer=True, unit="atoms")
     yield progress(0, 2, "cross-sections")
-    xs, bg, area = cross_sections(img, pos)
+    xs, bg, area = cross_sections(img, pos)  # Voronoi cells of all columns, whatever the groups
     yield progress(1, 2, "Gaussian mixtures")
-    g_max = int(min(max_count, max(1, len(pos) // 5)))
-    mixture, resp = fit_mixture(xs, g_max)
-    order = np.argsort(mixture.means)
-    mixture = Mixture(mixture.weights[order], mixture.means[order], mixture.sigma, mixture.icl)
-    counts = np.argmax(resp[:, order], axis=1) + 1
-    params = {"n_columns": len(pos), "max_count": max_count, "components_tried": g_max,
+    groups = {}
+    if labels is None:
+        mixture, counts = _count(xs, max_count)
+    else:
+        counts = np.ones(len(pos), int)
+        for lab in np.unique(labels):
+            sel = labels == lab
+            if sel.sum() >= 10:  # fewer columns than that make no histogram: counted as 1
+                groups[int(lab)], counts[sel] = _count(xs[sel], max_count)
+        mixture = groups.get(0) or next(iter(groups.values()), None)
+        if mixture is None:
+            raise ValueError("No sublattice has the 10 columns a cross-section histogram needs.")
+    params = {"n_columns": len(pos), "max_count": max_count,
+              "per_sublattice": labels is not None,
               "model": "equal width, equally spaced means; ICL"}
     prov = make_provenance("atom_counting", parameters=params, input_name=input_name)
     yield progress(2, 2, "done")
-    return CountResult(pos, xs, counts, int(len(mixture.means)), mixture, bg, area, params, prov)
+    return CountResult(pos, xs, counts, int(len(mixture.means)), mixture, bg, area, params, prov,
+                       groups)
 
 
-def count_atoms(image, positions, *, max_count=None):
+def count_atoms(image, positions, *, max_count=None, sublattice=None):
     """Number of atoms in each column from its scattering cross-section.
 
     Parameters
@@ -231,10 +258,13 @@ def count_atoms(image, positions, *, max_count=None):
     image : (H, W) grey image (HAADF: intensity grows with the number of atoms).
     positions : (N, 2) (row, col) px of the columns.
     max_count : int, optional, the most components (atoms per column) tried (default 20).
+    sublattice : (N,) int, optional (e.g. ``analyze_lattice(...).sublattice``): one mixture per
+        sublattice, as StatSTEM counts each column type on its own; cross-sections still use
+        the Voronoi cells of all columns.
 
     Returns
     -------
     CountResult: cross_section (N,) in image units × px², counts (N,) int, n_components,
     mixture (:class:`Mixture`), background (N,), cell_area (N,), provenance.
     """
-    return drain(count_atoms_iter(image, positions, max_count=max_count))
+    return drain(count_atoms_iter(image, positions, max_count=max_count, sublattice=sublattice))

@@ -166,7 +166,10 @@ class LatticeWidget(ToolWidget):
                                      input_name=name), "lattice: ")
             cnt = None
             if count and not dark:  # an ABF column's signal does not grow with its atoms
-                cnt = yield from relabel(count_atoms_iter(img, pos, input_name=name), "atom counting: ")
+                # one mixture per sublattice: columns of different elements scatter differently
+                groups = lat.sublattice if lat.n_sublattices > 1 else None
+                cnt = yield from relabel(count_atoms_iter(img, pos, sublattice=groups, input_name=name),
+                                         "atom counting: ")
             elif count:
                 notes.append("dark columns: no atom counting")
             yield ("progress", 4, 5, "maps")
@@ -273,7 +276,9 @@ class LatticeWidget(ToolWidget):
                 f"b = {b:.1f} ± {L.get(f'b_{unit}_std', np.nan):.1f} {unit}, "
                 f"γ = {L['gamma_deg']:.1f} ± {L['gamma_deg_std']:.1f}°")
         if cnt is not None:
-            text += f"; atom counts: {cnt.n_components} levels"
+            levels = "/".join(str(len(m.means)) for m in cnt.groups.values()) if cnt.groups else \
+                str(cnt.n_components)
+            text += f"; atom counts: {levels} levels" + (" (per sublattice)" if cnt.groups else "")
         if run.notes:
             text += " (" + "; ".join(run.notes) + ")"
         self.summary.value = text
@@ -286,7 +291,8 @@ class LatticeWidget(ToolWidget):
         except ImportError:  # pragma: no cover - matplotlib is a dependency
             return
         if self.figure is None or self.plot_dock is None:
-            self.figure = Figure(figsize=(4, 4.2), tight_layout=True)
+            self.figure = Figure(figsize=(4, 4.2))  # fixed margins: tight_layout costs a redraw
+            self.figure.subplots_adjust(left=0.16, right=0.97, top=0.93, bottom=0.1, hspace=0.45)
             self.canvas = FigureCanvasQTAgg(self.figure)
             self.canvas.setMinimumHeight(260)
             self.plot_dock = self.viewer.window.add_dock_widget(self.canvas, name="Lattice plots",
@@ -297,12 +303,22 @@ class LatticeWidget(ToolWidget):
         cnt = run.counts
         if cnt is not None:
             x = cnt.cross_section
-            ax1.hist(x, bins=min(80, max(10, len(x) // 10)), density=True, color="#bbbbbb")
             grid = np.linspace(x.min(), x.max(), 400)
-            comp = cnt.mixture.pdf(grid)
-            ax1.plot(grid, comp, lw=0.8)
-            ax1.plot(grid, comp.sum(1), "k", lw=1.2)
-            ax1.set_title(f"cross-sections: {cnt.n_components} components (ICL)", fontsize=8)
+            bins = np.linspace(x.min(), x.max(), min(80, max(10, len(x) // 10)) + 1)
+            groups = cnt.groups or {None: cnt.mixture}
+            title = []
+            for lab, mixture in groups.items():
+                sel = np.ones(len(x), bool) if lab is None else run.lattice.sublattice == lab
+                colour = "#888888" if lab is None else SUBLATTICE_COLOURS[lab % len(SUBLATTICE_COLOURS)]
+                weight = sel.mean()     # each group's share, so the curves sit on the histogram
+                ax1.hist(x[sel], bins=bins, density=True, color=colour, alpha=0.35,
+                         weights=np.full(sel.sum(), weight), histtype="stepfilled")
+                comp = mixture.pdf(grid) * weight
+                ax1.plot(grid, comp, lw=0.6, color=colour)
+                ax1.plot(grid, comp.sum(1), lw=1.2, color="k" if lab is None else colour)
+                title.append(f"{len(mixture.means)}" if lab is None else f"{lab}: {len(mixture.means)}")
+            ax1.set_title("cross-sections, ICL components " + (", ".join(title) if cnt.groups else title[0])
+                          + (" per sublattice" if cnt.groups else ""), fontsize=8)
         else:
             ax1.text(0.5, 0.5, "no atom counting (dark columns, or switched off)", ha="center",
                      va="center", fontsize=8, transform=ax1.transAxes)
