@@ -19,9 +19,18 @@ class ModelIntegrityError(RuntimeError):
 
 
 def read_manifest() -> dict:
+    """The shipped models' manifest; ``{}`` when there is none (training writes the first)."""
     if not MANIFEST.exists():
         return {}
-    return json.loads(MANIFEST.read_text())
+    try:
+        manifest = json.loads(MANIFEST.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ModelIntegrityError(f"The model list {MANIFEST} is damaged ({err}); reinstall "
+                                  "napari-microml.") from None
+    if not isinstance(manifest, dict):
+        raise ModelIntegrityError(f"The model list {MANIFEST} is damaged (not a table of models); "
+                                  "reinstall napari-microml.")
+    return manifest
 
 
 def list_models(task: str | None = None) -> dict:
@@ -74,9 +83,17 @@ def load_model(task: str, model="default", device="cpu"):
             raise ValueError(f"Model {name!r} is a {entry.get('task')} model, not a {task} model.")
         path = Path(entry["path"]) if entry.get("user") else WEIGHTS_DIR / entry["file"]
         expected = entry["sha256"]
+    elif not MANIFEST.exists():
+        raise ModelIntegrityError(f"The model list {MANIFEST} is missing, so no shipped {task} model "
+                                  "can be found; reinstall napari-microml.")
     else:
         known = ", ".join(sorted(list_models(task))) or "none"
         raise ValueError(f"No {task} model named {model!r}. Available {task} models: {known}.")
+    if not path.is_file():  # listed in the manifest, gone from the disk
+        fix = ("fine-tune it again or delete its card" if manifest.get(name, {}).get("user")
+               else "reinstall napari-microml")
+        raise ModelIntegrityError(f"The weights file {path.name} of model {name!r} is missing from "
+                                  f"{path.parent}; {fix}.")
     digest = file_sha256(path)
     if expected is not None and digest != expected:
         raise ModelIntegrityError(
@@ -85,11 +102,24 @@ def load_model(task: str, model="default", device="cpu"):
             + ("Fine-tune it again or delete it." if manifest.get(name, {}).get("user")
                else "Reinstall napari-microml.")
         )
-    blob = torch.load(path, map_location="cpu", weights_only=True)
-    net = _build(blob["arch"])
-    net.load_state_dict(blob["state_dict"])
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        net = _build(blob["arch"])
+        net.load_state_dict(blob["state_dict"])
+    except Exception as err:  # truncated, not a torch file, or another architecture's weights
+        raise ValueError(f"Could not load {path.name}: it is not a complete napari-microml weights "
+                         f"file ({type(err).__name__}: {str(err).splitlines()[0][:120] if str(err) else ''}).") from None
     info = {"name": name, "file": path.name, "sha256": digest, "meta": blob.get("meta", {})}
+    if expected is None:  # a file given by path: its hash is recorded, but nothing vouches for it
+        info["verified"] = False
+        info["note"] = "loaded by path: sha256 recorded, not checked against a manifest (unverified)"
     return net.to(device).eval(), info
+
+
+def model_provenance(info: dict) -> dict:
+    """What provenance records about a loaded model: name, file, sha256, and for a file given
+    by path that it is unverified."""
+    return {k: info.get(k) for k in ("name", "file", "sha256", "verified", "note") if k in info}
 
 
 def save_model(net, name: str, *, task: str, arch: dict, meta: dict | None = None) -> dict:
