@@ -197,3 +197,11 @@ def test_unsure_detections_are_reported():
     assert "50% of the detections are unsure" in ft.unsure_note(unsure)
     assert ft.unsure_note(pd.DataFrame({"score": [0.5, 0.5]})) == ""  # too few to say
 
+
+def test_dark_columns_are_taught_as_the_finder_sees_them(frames):
+    """ABF/BF: the network sees inverted frames in find_atoms, so it must learn on them too."""
+    image, points = frames[0][0], frames[1][0]
+    _, bright = ft._prepare(image, points, "plain", 0.2, 0, 64, "bright")
+    for contrast in ("dark", "auto"):
+        _, dark = ft._prepare(image.max() - image, points, "plain", 0.2, 0, 64, contrast)
+        np.testing.assert_allclose(dark.x, bright.x, atol=1e-4)

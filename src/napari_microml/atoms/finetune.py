@@ -99,17 +99,20 @@ def _as_lists(images, positions):
     return imgs, pts
 
 
-def _prepare(img, pos, kind, fraction, seed, crop):
+def _prepare(img, pos, kind, fraction, seed, crop, contrast="auto"):
     """The image and its points on the network's grid (as find_atoms resamples it), and a
     validation strip of ``fraction`` of it at one of its four edges: the one holding the share
     of the points nearest to ``fraction`` (sparse atoms may all sit in one part of the frame)."""
     from napari_microml.atoms.finder import NOISY_PERIOD, network_input
+    from napari_microml.runtime.contrast import decide
     from napari_microml.runtime.spacing import resample, to_resampled, zoom_for
     from napari_microml.runtime.validate import fill_nonfinite
     from napari_microml.synth.render import heatmap
 
     frame = fill_nonfinite(img)
-    zoom, _ = zoom_for(frame, "auto", noisy_high=NOISY_PERIOD)
+    zoom, spacing = zoom_for(frame, "auto", noisy_high=NOISY_PERIOD)
+    if decide(resample(frame, zoom), contrast, period=spacing and spacing * zoom).contrast == "dark":
+        frame = frame.max() - frame  # as find_atoms does: the network sees bright columns
     x = network_input(resample(frame, zoom), kind)
     points = to_resampled(pos, zoom) if zoom != 1.0 else pos
     strips = []
@@ -224,7 +227,7 @@ def _array_sha256(a: np.ndarray) -> str:
 
 def finetune_atoms_iter(images, positions, *, base="default", steps=None, seed: int = 0,
                         name: str | None = None, validation: float = 0.2, device="auto",
-                        image_names=None):
+                        contrast: str = "auto", image_names=None):
     """Generator twin of :func:`finetune_atoms`: yields ``("progress", done, total, message)``
     every step and ``("loss", step, total, {"loss", "val_f1", "threshold"})`` after every
     validation pass; returns a :class:`FinetuneResult`. Closing it (Stop) before it returns
@@ -260,7 +263,7 @@ def finetune_atoms_iter(images, positions, *, base="default", steps=None, seed: 
     base_threshold = float((info.get("meta") or {}).get("recommended_threshold", 0.5))
     crop = min(CROP, *(8 * (min(i.shape) // 8) for i in imgs))
     yield progress(0, max_steps, "preparing your images")
-    prepared = [_prepare(img, pos, kind, float(validation), seed + i, crop)
+    prepared = [_prepare(img, pos, kind, float(validation), seed + i, crop, contrast)
                 for i, (img, pos) in enumerate(zip(imgs, pts))]
     items = [it for _, it in prepared]
     if sum(int(it.in_strip(it.points).sum()) for it in items) == 0:
@@ -351,7 +354,8 @@ def finetune_atoms_iter(images, positions, *, base="default", steps=None, seed: 
 
 
 def finetune_atoms(images, positions, *, base="default", steps=None, seed: int = 0,
-                   name: str | None = None, validation: float = 0.2, device="auto") -> str:
+                   name: str | None = None, validation: float = 0.2, device="auto",
+                   contrast: str = "auto") -> str:
     """Fine-tune the atom finder on your own corrected points; return the model's name.
 
     Parameters
@@ -374,6 +378,9 @@ def finetune_atoms(images, positions, *, base="default", steps=None, seed: int =
         The fraction of each image (a strip at one edge) kept out of training to choose the
         stopping step and threshold and to compare with the base model.
     device : {'auto', 'cuda', 'mps', 'cpu'}
+    contrast : {'auto', 'bright', 'dark'}
+        As for :func:`~napari_microml.atoms.finder.find_atoms`: dark columns (ABF/BF) are
+        inverted for the network, so the model learns what the finder will show it.
 
     Returns
     -------
@@ -385,7 +392,7 @@ def finetune_atoms(images, positions, *, base="default", steps=None, seed: int =
     import warnings
 
     result = drain(finetune_atoms_iter(images, positions, base=base, steps=steps, seed=seed, name=name,
-                                       validation=validation, device=device))
+                                       validation=validation, device=device, contrast=contrast))
     if result.kept_base:
         warnings.warn(result.reason, stacklevel=2)
     return result.name
