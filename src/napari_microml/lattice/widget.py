@@ -310,9 +310,9 @@ class LatticeWidget(ToolWidget):
             for lab, mixture in groups.items():
                 sel = np.ones(len(x), bool) if lab is None else run.lattice.sublattice == lab
                 colour = "#888888" if lab is None else SUBLATTICE_COLOURS[lab % len(SUBLATTICE_COLOURS)]
-                weight = sel.mean()     # each group's share, so the curves sit on the histogram
-                ax1.hist(x[sel], bins=bins, density=True, color=colour, alpha=0.35,
-                         weights=np.full(sel.sum(), weight), histtype="stepfilled")
+                weight = sel.mean()     # each group's share of one density, as its mixture's curves
+                ax1.hist(x[sel], bins=bins, color=colour, alpha=0.35, histtype="stepfilled",
+                         weights=np.full(sel.sum(), 1.0 / (len(x) * (bins[1] - bins[0]))))
                 comp = mixture.pdf(grid) * weight
                 ax1.plot(grid, comp, lw=0.6, color=colour)
                 ax1.plot(grid, comp.sum(1), lw=1.2, color="k" if lab is None else colour)
