@@ -188,14 +188,23 @@ def test_review_puts_doubtful_points_first():
     assert sorted(order) == list(range(len(pos)))
 
 
-def test_unsure_detections_are_reported():
+def test_unsure_detections_are_reported(frames, monkeypatch, one_torch_thread):
     import pandas as pd
+    from types import SimpleNamespace
 
-    sure = pd.DataFrame({"score": np.full(40, 0.95)})
-    assert ft.unsure_note(sure) == ""
-    unsure = pd.DataFrame({"score": np.r_[np.full(20, 0.95), np.full(20, 0.55)]})
-    assert "50% of the detections are unsure" in ft.unsure_note(unsure)
-    assert ft.unsure_note(pd.DataFrame({"score": [0.5, 0.5]})) == ""  # too few to say
+    def result(scores, model="atoms-default"):
+        return SimpleNamespace(features=pd.DataFrame({"score": scores}), model={"name": model})
+
+    assert ft.unsure_note(result(np.full(40, 0.95))) == ""
+    unsure = np.r_[np.full(20, 0.95), np.full(20, 0.55)]
+    assert "50% of the detections are unsure" in ft.unsure_note(result(unsure))
+    assert ft.unsure_note(result([0.5, 0.5])) == ""  # too few to say
+    # the user's own model: its scores were calibrated on the user's images
+    monkeypatch.setattr(ft._Validator, "__call__", _scores(0.5, 0.8))
+    name = mm.finetune_atoms(*frames, steps=1, name="mine")
+    assert ft.unsure_note(result(unsure, f"atoms-{name}")) == ""
+    # a real run: sure on a clean simulated lattice
+    assert ft.unsure_note(mm.find_atoms(frames[0][0])) == ""
 
 
 def test_dark_columns_are_taught_as_the_finder_sees_them(frames):

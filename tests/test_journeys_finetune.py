@@ -79,6 +79,7 @@ def test_teach_the_atom_finder_on_two_corrected_images(make_napari_viewer, qtbot
     record = result.metadata["napari_microml"]
     assert record["model"]["name"] == f"atoms-{name}"
     assert record["parameters"]["threshold"] == card["meta"]["recommended_threshold"]
+    assert "unsure" not in finder.status.value  # no advice to fine-tune the model just tuned
     f1 = match_boxes(np.asarray(result.data), _labels(folder, images[2]))["f1"]
     assert f1 > 0.3, f1
     assert_visible(viewer, result, screenshot=tmp_path / "teach.png")

@@ -459,10 +459,16 @@ UNSURE_SCORE = 0.7  # a detection below this network score counts as unsure
 UNSURE_SHARE = 0.3
 
 
-def unsure_note(features) -> str:
-    """A status-line sentence when many detections are unsure (the image is probably unlike the
-    model's training data), suggesting review and fine-tuning; else ''."""
+def unsure_note(result) -> str:
+    """A status-line sentence when many of an AtomsResult's detections are unsure (the image is
+    probably unlike the model's training data), suggesting review and fine-tuning; else ''.
+    Not for the user's own models: their scores were calibrated on the user's images."""
+    from napari_microml.nets.user_models import list_user_models
+
+    features = getattr(result, "features", None)
     if features is None or "score" not in getattr(features, "columns", ()) or len(features) < 5:
+        return ""
+    if (getattr(result, "model", None) or {}).get("name") in list_user_models("atoms"):
         return ""
     share = float(np.mean(np.asarray(features["score"], float) < UNSURE_SCORE))
     if share < UNSURE_SHARE:

@@ -199,7 +199,7 @@ class AtomFinderWidget(ToolWidget):
         contrast = ContrastChoice(result.parameters.get("contrast", "bright"), choice.get("requested", "bright"),
                                   choice.get("skew"))
         self._say(f"Found {len(result.positions)} columns, {contrast.note()}{fit_note(result.features)}."
-                  + resample_note(result.parameters) + unsure_note(result.features))
+                  + resample_note(result.parameters) + unsure_note(result))
 
     # -- refine the user's edited points ------------------------------------------------------
     def _on_refine_clicked(self, *_):
