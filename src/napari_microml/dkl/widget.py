@@ -499,7 +499,7 @@ class ActiveLearningWidget(ToolWidget):
             self.ax_spec.set_title("last spectrum", fontsize=8)
         for a in (self.ax_best, self.ax_spec):
             a.tick_params(labelsize=7)
-        self.canvas.draw()  # now, in this queued turn, not with napari's own repaint
+        self.canvas.draw_idle()
 
     def export_log(self, *_):
         from napari.utils.notifications import show_warning
