@@ -38,10 +38,11 @@ class Mixture:
 
 @dataclass
 class CountResult:
-    """cross_section (N,), counts (N,) int (≥ 1), n_components, mixture, background (N,),
-    cell_area (N,) px, provenance. With ``sublattice`` given, ``groups`` maps each sublattice
-    to its own mixture (columns of different elements scatter differently) and ``mixture`` /
-    ``n_components`` are those of sublattice 0."""
+    """cross_section (N,), counts (N,) int (≥ 1; 0 = not counted: an edge column), n_components,
+    mixture, background (N,), cell_area (N,) px, edge (N,) bool, provenance. With
+    ``sublattice`` given, ``groups`` maps each sublattice to its own mixture (columns of
+    different elements scatter differently) and ``mixture`` / ``n_components`` are those of
+    sublattice 0."""
 
     positions: np.ndarray
     cross_section: np.ndarray
@@ -53,6 +54,7 @@ class CountResult:
     parameters: dict = field(default_factory=dict)
     provenance: dict = field(default_factory=dict)
     groups: dict = field(default_factory=dict)
+    edge: np.ndarray | None = None
 
 
 def voronoi_cells(shape, positions: np.ndarray, max_radius: float) -> tuple[np.ndarray, np.ndarray]:
@@ -204,6 +206,19 @@ def _count(xs: np.ndarray, max_count: int) -> tuple[Mixture, np.ndarray]:
     return mixture, np.argmax(resp[:, order], axis=1) + 1
 
 
+def edge_cells(area: np.ndarray, labels: np.ndarray | None = None, tolerance: float = 0.1) -> np.ndarray:
+    """Columns whose cell is not bounded by neighbours on every side (image edge, a vacancy next
+    door, the end of a particle): its area is off the sublattice's median by more than
+    ``tolerance``. Their cross-sections hold a different share of background and tails, so
+    they are left out of the mixture and not counted."""
+    labels = np.zeros(len(area), int) if labels is None else labels
+    edge = np.zeros(len(area), bool)
+    for lab in np.unique(labels):
+        sel = labels == lab
+        edge[sel] = np.abs(area[sel] / np.median(area[sel]) - 1) > tolerance
+    return edge
+
+
 def count_atoms_iter(image, positions, *, max_count=None, sublattice=None,
                      input_name: str | None = None):
     """Generator twin of :func:`count_atoms`: yields progress, returns a CountResult."""
@@ -229,25 +244,27 @@ def count_atoms_iter(image, positions, *, max_count=None, sublattice=None,
     yield progress(0, 2, "cross-sections")
     xs, bg, area = cross_sections(img, pos)  # Voronoi cells of all columns, whatever the groups
     yield progress(1, 2, "Gaussian mixtures")
-    groups = {}
-    if labels is None:
-        mixture, counts = _count(xs, max_count)
-    else:
-        counts = np.ones(len(pos), int)
-        for lab in np.unique(labels):
-            sel = labels == lab
-            if sel.sum() >= 10:  # fewer columns than that make no histogram: counted as 1
-                groups[int(lab)], counts[sel] = _count(xs[sel], max_count)
+    edge = edge_cells(area, labels)
+    groups, mixture = {}, None
+    counts = np.zeros(len(pos), int)
+    for lab in ([None] if labels is None else np.unique(labels)):
+        sel = ~edge if lab is None else (labels == lab) & ~edge
+        if sel.sum() >= 10:  # fewer columns than that make no histogram: not counted
+            mixture, counts[sel] = _count(xs[sel], max_count)
+            if lab is not None:
+                groups[int(lab)] = mixture
+    if labels is not None:
         mixture = groups.get(0) or next(iter(groups.values()), None)
-        if mixture is None:
-            raise ValueError("No sublattice has the 10 columns a cross-section histogram needs.")
-    params = {"n_columns": len(pos), "max_count": max_count,
+    if mixture is None:
+        raise ValueError("No sublattice has the 10 whole (not edge) columns a cross-section "
+                         "histogram needs.")
+    params = {"n_columns": len(pos), "max_count": max_count, "edge_columns": int(edge.sum()),
               "per_sublattice": labels is not None,
               "model": "equal width, equally spaced means; ICL"}
     prov = make_provenance("atom_counting", parameters=params, input_name=input_name)
     yield progress(2, 2, "done")
     return CountResult(pos, xs, counts, int(len(mixture.means)), mixture, bg, area, params, prov,
-                       groups)
+                       groups, edge)
 
 
 def count_atoms(image, positions, *, max_count=None, sublattice=None):
@@ -264,7 +281,8 @@ def count_atoms(image, positions, *, max_count=None, sublattice=None):
 
     Returns
     -------
-    CountResult: cross_section (N,) in image units × px², counts (N,) int, n_components,
-    mixture (:class:`Mixture`), background (N,), cell_area (N,), provenance.
+    CountResult: cross_section (N,) in image units × px², counts (N,) int (0 for edge columns,
+    whose cell is not closed by neighbours), n_components, mixture (:class:`Mixture`),
+    background (N,), cell_area (N,), edge (N,) bool, provenance.
     """
     return drain(count_atoms_iter(image, positions, max_count=max_count, sublattice=sublattice))

@@ -279,6 +279,8 @@ class LatticeWidget(ToolWidget):
             levels = "/".join(str(len(m.means)) for m in cnt.groups.values()) if cnt.groups else \
                 str(cnt.n_components)
             text += f"; atom counts: {levels} levels" + (" (per sublattice)" if cnt.groups else "")
+            if cnt.edge is not None and cnt.edge.any():
+                text += f", {int(cnt.edge.sum())} edge columns not counted (count 0)"
         if run.notes:
             text += " (" + "; ".join(run.notes) + ")"
         self.summary.value = text
