@@ -157,13 +157,11 @@ def analyze_lattice_iter(positions, *, image=None, reference=None, pixel_size=No
     yield progress(2, 4, "strain and errors")
     strain, rotation = _strain.strain_rotation(F)
     from_residuals = _strain.residual_sigma(nb, rss, expected)
-    scale = None
     if std_in is not None:
         good_std = np.isfinite(std_in) & (std_in > 0)
         given = np.where(good_std, std_in, np.nanmedian(std_in[good_std]))
-        # the given σ keep their column-to-column pattern; their overall scale is checked
-        # against the fits' residuals
-        # the usual reduced-χ² scaling, per sublattice (dim columns may be fitted worse)
+        # the given σ keep their column-to-column pattern; their scale is set by the fits'
+        # residuals (the usual reduced-χ² scaling), per sublattice (dim columns fit worse)
         ratio = from_residuals / given
         scale = np.ones(len(pos))
         for sub in np.unique(labels):
@@ -202,7 +200,7 @@ def _lattice_parameters(cell: np.ndarray, F_ref: np.ndarray, pixel_size: float |
     for key, v in (("a_px", a), ("b_px", b), ("gamma_deg", gamma)):
         sd = float(np.std(v)) if len(v) > 1 else float("nan")
         out[f"{key}_std"] = sd
-        out[f"{key}_sem"] = sd / np.sqrt(n)
+        out[f"{key}_sem"] = float(sd / np.sqrt(n))
     if pixel_size is not None:
         for key in ("a", "b"):
             for suffix in ("", "_std", "_sem"):
