@@ -116,7 +116,8 @@ def test_bad_input_is_reported_not_run(make_napari_viewer, qtbot):
     assert "measured" not in viewer.layers
 
 
-def test_patch_size_auto_is_the_default_and_builds_the_multiscale_ensemble(make_napari_viewer, qtbot):
+def test_patch_size_auto_is_the_default_and_builds_the_multiscale_ensemble(make_napari_viewer,
+                                                                          qtbot):
     from napari_microml.dkl.ensemble import MultiScaleEnsemble
 
     viewer, w, _ = _setup(make_napari_viewer, spectra=False)
@@ -125,5 +126,6 @@ def test_patch_size_auto_is_the_default_and_builds_the_multiscale_ensemble(make_
     w.init_button.native.click()
     _wait(qtbot, w)
     assert isinstance(w.learner.model, MultiScaleEnsemble), w.status.value
-    assert [m.patch_size for m in w.learner.model.members] == [8, 16, 20]  # clipped to the 20 px side
+    # clipped to the 20 px side
+    assert [m.patch_size for m in w.learner.model.members] == [8, 16, 20]
     assert "DKL mean" in viewer.layers

@@ -4,7 +4,6 @@ import pytest
 
 from napari_microml.synth.spectra import simulate_spectrum_image
 
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 

@@ -1,8 +1,9 @@
 """The one place that knows where a spectrum image keeps its spectral axis.
 
 The reader records the axis in ``metadata['napari_microml']['spectral_axis']`` as
-``{'scale', 'offset', 'units', 'name'}`` (or ``'values'`` for a non-uniform axis) plus, when the data are not laid out with the
-spectral axis last, ``'index'`` (the array axis that is spectral). In napari a spectrum image
+``{'scale', 'offset', 'units', 'name'}`` (or ``'values'`` for a non-uniform axis)
+plus, when the data are not laid out with the spectral axis last, ``'index'`` (the array
+axis that is spectral). In napari a spectrum image
 (H, W, E) is laid out energy-first, (E, H, W), so the image plane is what the canvas shows,
 energy is a slider, and 2D result maps (H, W) line up with the image plane (napari aligns the
 trailing axes of layers). Line scans (N, E) keep energy last: they show as a position × energy

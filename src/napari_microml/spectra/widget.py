@@ -443,7 +443,7 @@ class ShiftVAEWidget(ToolWidget):
         import matplotlib.cm as cm
 
         colors = cm.viridis(np.linspace(0, 1, len(values)))
-        for v, s, c in zip(values, spectra, colors):
+        for v, s, c in zip(values, spectra, colors, strict=True):
             ax.plot(r.axis, s, color=c, lw=1, label=f"{v:.2f}")
         ax.set_xlabel(units or "channel", fontsize=8)
         ax.set_title("decoded along latent 1", fontsize=8)
