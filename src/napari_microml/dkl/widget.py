@@ -6,9 +6,10 @@ point per kind of structure patch: the learner's "diverse" initial design), then
 **Step** (measure the points of the editable "next" layer: drag or delete them first to veto
 the model) or **Run** (steps until the budget; the button becomes Cancel = Stop between steps).
 
-Each job reads the layers' data and builds the learner in the worker thread and talks to the
-widget through :class:`Snapshot` messages; the widget keeps the learner only once a snapshot
-is on screen (main thread).
+Each job reads the layers' data and builds the learner in the worker thread; Initialize and
+Step are one ``suggest``/``observe`` of the learner, Run drives the core's
+``run_campaign_iter``. Jobs talk to the widget through :class:`Snapshot` messages; the widget
+keeps the learner only once a snapshot is on screen (main thread).
 """
 from __future__ import annotations
 
@@ -324,7 +325,7 @@ class ActiveLearningWidget(ToolWidget):
 
     # --- jobs ------------------------------------------------------------------------------
     def make_job(self):
-        from napari_microml.dkl.learner import ActiveLearner
+        from napari_microml.dkl.learner import ActiveLearner, run_campaign_iter
 
         mode = self._mode
         key = self._settings_key()
@@ -357,32 +358,30 @@ class ActiveLearningWidget(ToolWidget):
                 yield Update(0, budget, "Reading the layers and building the model…")
                 source = read_source()
                 learner = ActiveLearner(np.asarray(structure), **options)
-                coords = learner.suggest(n_init)  # the initial design: no data yet
-                nxt = self._measure(learner, source, coords, batch, budget)
-                snap = self._snapshot(learner, source, key, nxt)
-                if mode == "init" or learner.n_observed >= budget:
-                    return snap
-                yield Update(learner.n_observed, budget, "", snap)
-            while learner.n_observed < budget:
-                if nxt is None or len(nxt) == 0:
+            if mode != "run":  # Initialize or Step: measure, then suggest the next points
+                if need_new:
+                    nxt = learner.suggest(n_init)  # the initial design: no data yet
+                elif learner.n_observed >= budget:
+                    return self._snapshot(learner, source, key, np.zeros((0, 2)))
+                elif nxt is None or len(nxt) == 0:
                     nxt = learner.suggest(min(batch, budget - learner.n_observed))
-                nxt = self._measure(learner, source, nxt[: budget - learner.n_observed],
-                                    batch, budget)
-                snap = self._snapshot(learner, source, key, nxt)
-                if mode == "step" or learner.n_observed >= budget:
-                    return snap
+                else:
+                    nxt = nxt[: budget - learner.n_observed]
+                learner.observe(nxt, source(nxt))
+                remaining = max(budget - learner.n_observed, 0)
+                nxt = learner.suggest(min(batch, remaining)) if remaining else np.zeros((0, 2))
+                return self._snapshot(learner, source, key, nxt)
+            if nxt is not None and len(nxt) and learner.n_observed < budget:
+                nxt = nxt[: budget - learner.n_observed]  # the user's (edited) next points first
+                learner.observe(nxt, source(nxt))
+            snap = self._snapshot(learner, source, key, np.zeros((0, 2)))
+            for _ in run_campaign_iter(None, source, budget=budget, n_initial=n_init,
+                                       batch_size=batch, learner=learner):
+                snap = self._snapshot(learner, source, key, np.zeros((0, 2)))
                 yield Update(learner.n_observed, budget, "", snap)  # a Stop keeps this step
-            return self._snapshot(learner, source, key, nxt)
+            return snap
 
         return job
-
-    @staticmethod
-    def _measure(learner, source, coords, batch, budget):
-        """Measure ``coords``, record them and return the next suggestion (none at budget)."""
-        values = np.asarray(source(coords), float).reshape(-1)
-        learner.observe(coords, values)
-        remaining = max(budget - learner.n_observed, 0)
-        return learner.suggest(min(batch, remaining)) if remaining else np.zeros((0, 2), int)
 
     @staticmethod
     def _snapshot(learner, source, key, nxt) -> Snapshot:
