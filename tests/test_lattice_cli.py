@@ -1,5 +1,4 @@
-"""``microml lattice`` (lattice/cli.py), through a stand-alone parser as cli.py wires it."""
-import argparse
+"""``microml lattice`` (lattice/cli.py), through the ``microml`` entry point."""
 import json
 
 import numpy as np
@@ -7,14 +6,14 @@ import pandas as pd
 import pytest
 import tifffile
 
-from napari_microml.lattice.cli import OUTPUTS, add_parser, run
+from napari_microml.lattice.cli import OUTPUTS
 from napari_microml.synth.strained import strained_lattice
 
 
 def _main(argv):
-    ap = argparse.ArgumentParser(prog="microml")
-    add_parser(ap.add_subparsers(dest="command"))
-    return run(ap.parse_args(argv))
+    from napari_microml.cli import main
+
+    return main(argv)
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ Examples
     microml spectra si.hspy --out results/
     microml complete sparse.tif --out filled/ --mask scan_mask.tif --model local-gp
     microml complete movie.mrc --coords movie_scan_coordinates.csv --out filled/
+    microml lattice image.emd --out lattice/
 
 Each input file is read with :func:`napari_microml.io.reader.read_file`; files found in a
 folder that an earlier run wrote (napari-microml result TIFFs) are skipped, so ``--out`` may
@@ -1061,6 +1062,9 @@ def _parser() -> argparse.ArgumentParser:
                             help="fit only the channels between LO and HI, in the spectral axis's units "
                                  "(e.g. eV; channel numbers with --channels-last), e.g. around a peak; "
                                  "default: all channels")
+    from napari_microml.lattice.cli import add_parser as add_lattice_parser
+
+    add_lattice_parser(sub)
     return ap
 
 
@@ -1106,6 +1110,10 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_USAGE
         if args.command == "models":
             return _models()
+        if args.command == "lattice":
+            from napari_microml.lattice.cli import run as run_lattice
+
+            return run_lattice(args)
         if args.workers is not None and args.workers < 1:
             print("microml: error: --workers must be at least 1.", file=sys.stderr)
             return EXIT_USAGE
