@@ -5,13 +5,13 @@ the Defect segmenter widget uses it to centre the viewer on the defect.
 """
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
 from qtpy.QtWidgets import (QFileDialog, QHBoxLayout, QHeaderView, QLabel, QPushButton, QSizePolicy,
                             QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
+
+from napari_microml.io.writer import write_defects_csv
 
 MIN_ROWS = 6  # the defect list always has room for this many rows (it showed one in a crowded dock)
 
@@ -23,31 +23,6 @@ def _text(value) -> str:
     if isinstance(value, (float, np.floating)):
         return "–" if not np.isfinite(value) else f"{value:.4g}"
     return str(value)
-
-
-def write_defects_csv(path, table, counts=None, *, provenance: dict | None = None,
-                      image: str | None = None, pixel_size: float | None = None) -> str:
-    """Write the per-defect table to CSV, preceded by ``# `` lines with the counts per class,
-    the image, the pixel size (nm/px) and the provenance as one JSON line.
-
-    Read it back with ``pandas.read_csv(path, comment="#")``.
-    """
-    from napari_microml.runtime.provenance import _plain
-
-    lines = ["# napari-microml defect table",
-             f"# image: {image if image is not None else 'unknown'}",
-             f"# pixel_size_nm: {pixel_size if pixel_size else 'unknown (positions in px)'}"]
-    if counts is not None:
-        for _, c in counts.iterrows():
-            dens = c.get("density_per_nm2", np.nan)
-            extra = f", {dens:.4g} per nm²" if np.isfinite(dens) else ""
-            lines.append(f"# count {c['class']}: {int(c['count'])}{extra}")
-    lines.append("# provenance: " + json.dumps(_plain(provenance or {}), ensure_ascii=False))
-    path = Path(path)
-    with path.open("w", encoding="utf-8", newline="") as fh:
-        fh.write("\n".join(lines) + "\n")
-        table.to_csv(fh, index=False)
-    return str(path)
 
 
 class DefectTableDock(QWidget):
