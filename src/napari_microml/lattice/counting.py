@@ -206,7 +206,7 @@ def _count(xs: np.ndarray, max_count: int) -> tuple[Mixture, np.ndarray]:
     return mixture, np.argmax(resp[:, order], axis=1) + 1
 
 
-def edge_cells(area: np.ndarray, labels: np.ndarray | None = None, tolerance: float = 0.1) -> np.ndarray:
+def edge_cells(area: np.ndarray, labels: np.ndarray | None = None, tolerance: float = 0.15) -> np.ndarray:
     """Columns whose cell is not bounded by neighbours on every side (image edge, a vacancy next
     door, the end of a particle): its area is off the sublattice's median by more than
     ``tolerance``. Their cross-sections hold a different share of background and tails, so
