@@ -67,6 +67,7 @@ def test_teach_the_atom_finder_on_two_corrected_images(make_napari_viewer, qtbot
     card = user_models.list_user_models()[f"atoms-{name}"]
     assert card["n_points"] == sum(len(_labels(folder, im)) for im in images[:2])
     assert card["validation"]["f1_after"] > card["validation"]["f1_before"]
+    assert card["provenance"]["parameters"]["contrast"] == "bright"  # as the finder decided
     capsys.readouterr()
     assert cli_main(["models"]) == 0
     assert f"atoms-{name}" in capsys.readouterr().out  # `microml models` lists it too

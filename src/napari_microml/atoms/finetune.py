@@ -336,7 +336,8 @@ def finetune_atoms_iter(images, positions, *, base="default", steps=None, seed: 
         "history": history,
         "provenance": make_provenance("finetune_atoms", model={k: info[k] for k in ("name", "file", "sha256")},
                                       device=describe_device(dev), seed=seed,
-                                      parameters={"steps": steps, "validation": validation, "name": name}),
+                                      parameters={"steps": steps, "validation": validation, "name": name,
+                                                  "contrast": contrast}),
     }
     short_base = info["name"].removeprefix("atoms-")
     if best["state"] is None or best["f1"] <= before["f1"]:

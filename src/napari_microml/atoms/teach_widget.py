@@ -197,7 +197,7 @@ class TeachAtomsWidget(ToolWidget):
         if not pairs:
             raise ValueError("Select at least one image with its corrected points (run the Atom "
                              "finder, correct its points, then fine-tune).")
-        images, positions, names = [], [], []
+        images, positions, names, contrasts = [], [], [], set()
         for image, points in pairs:
             if image.rgb or image.ndim != 2 or points.ndim != 2:
                 raise ValueError(f"{image.name!r}: fine-tuning needs single 2D grey images; pick one "
@@ -205,8 +205,16 @@ class TeachAtomsWidget(ToolWidget):
             images.append(np.asarray(image.data, np.float32))
             positions.append(_in_image_pixels(points, image))
             names.append(image.name)
+            # the contrast the finder used on this image (its provenance), so the model learns
+            # the frames the finder showed the network
+            record = points.metadata.get("napari_microml") or {}
+            contrasts.add((record.get("parameters") or {}).get("contrast", "auto"))
+        if {"bright", "dark"} <= contrasts:
+            raise ValueError("Some of these images have bright columns and some dark ones; teach one "
+                             "kind at a time.")
+        contrast = contrasts.pop() if len(contrasts) == 1 else "auto"
         kwargs = dict(base=self.base.value, steps=int(self.steps.value), device=self.device_choice.value,
-                      name=self.model_name.value.strip() or None, image_names=names)
+                      name=self.model_name.value.strip() or None, image_names=names, contrast=contrast)
         self._history = []
         self._draw()
 
