@@ -141,8 +141,12 @@ def _spectra(item: dict, device: str = "auto") -> dict:
     import napari_microml as mm
 
     spectra = np.asarray(item["spectra"])
-    v = mm.fit_shift_vae(spectra, axis=item.get("axis"), channel_range=item.get("channel_range"),
-                         device=device)
+    span = item.get("channel_range")
+    if span is None:  # as the widget: around the most prominent peak (e.g. the zero-loss peak)
+        from napari_microml.spectra.preprocess import dominant_peak_window
+
+        span = dominant_peak_window(spectra, item.get("axis"))
+    v = mm.fit_shift_vae(spectra, axis=item.get("axis"), channel_range=span, device=device)
     latents = np.asarray(v.latents, np.float32)
     return {"shift": np.asarray(v.shift, np.float32).reshape(-1),
             "latents": latents.reshape(len(spectra), -1),
@@ -1061,7 +1065,9 @@ def _parser() -> argparse.ArgumentParser:
             sp.add_argument("--window", nargs=2, type=float, default=None, metavar=("LO", "HI"),
                             help="fit only the channels between LO and HI, in the spectral axis's units "
                                  "(e.g. eV; channel numbers with --channels-last), e.g. around a peak; "
-                                 "default: all channels")
+                                 "default: around the most prominent peak of the mean spectrum (e.g. the "
+                                 "zero-loss peak), as the widget chooses; the channels used are in the "
+                                 "provenance")
     from napari_microml.lattice.cli import add_parser as add_lattice_parser
 
     add_lattice_parser(sub)

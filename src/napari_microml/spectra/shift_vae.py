@@ -55,6 +55,8 @@ class ShiftVAEResult:
     loss_history : list of float
         Mean loss per spectrum (negative ELBO, nats) at every epoch.
     device, params, model, shift_offset, fit_seconds
+    provenance : dict
+        Tool, version, parameters, device and seed (as every tool's result).
     """
 
     shift: np.ndarray | None
@@ -71,6 +73,15 @@ class ShiftVAEResult:
     fit_seconds: float = 0.0
     _net: Any = field(default=None, repr=False)
     _half_span: float = field(default=1.0, repr=False)
+
+    @property
+    def provenance(self) -> dict:
+        """Tool, package version, parameters (channels used, seed, …) and device of this fit,
+        in the shape every tool's result records."""
+        from napari_microml.runtime.provenance import make_provenance
+
+        return make_provenance("spectra.shift_vae", parameters={**self.params, "model": self.model},
+                               device=self.device, seed=self.params.get("seed"))
 
     def decode(self, latents, shift=0.0) -> np.ndarray:
         """Decode content latents (M, latent_dim) at ``shift`` (axis units, relative to the
