@@ -125,7 +125,7 @@ def test_user_atoms_are_used_for_distances(moderate):
 
 def test_dark_contrast_inverts(moderate):
     img = moderate[0].image[:96, :96]
-    a = segment_defects(img, device="cpu")
+    a = segment_defects(img, device="cpu", column_check=False)  # off for ABF by default
     b = segment_defects(7.0 - img, contrast="dark", device="cpu")  # an "ABF" copy
     np.testing.assert_array_equal(a.labels, b.labels)
 
@@ -386,3 +386,78 @@ def test_point_defects_need_a_lattice_around_them():
     assert checked.provenance["parameters"]["lattice_check"] is True
     assert away_from_atoms(segment_defects(s.image, lattice_check=False)) >= 5
     assert away_from_atoms(checked) <= 1
+
+
+class _SilentNet:
+    """A 'network' that sees no defect anywhere: every defect it reports came from the column check."""
+
+    @staticmethod
+    def make():
+        import torch
+
+        class Silent(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.w = torch.nn.Parameter(torch.zeros(1))
+
+            def forward(self, x):
+                out = torch.zeros(x.shape[0], len(CLASS_NAMES) + 1, *x.shape[2:]) + 0 * self.w
+                out[:, 0] = 20.0  # defect-free everywhere
+                return out
+
+        return Silent()
+
+
+def test_column_check_dopants_say_so_and_carry_their_own_confidence():
+    """A bright dopant the network missed but the column intensities show is reported with
+    source 'column check', its z-score, and a confidence from that z-score that passes threshold."""
+    from napari_microml.defects import columns as C
+    from napari_microml.synth.lattice import DOPANT_BRIGHT, INTERSTITIAL
+
+    # the confidence's calibration: both of the check's acceptance rules sit at exactly 0.5
+    assert C.rescue_confidence(C.Z_RESCUE, 0.0) == pytest.approx(0.5)
+    assert C.rescue_confidence(C.Z_WEAK, C.P_WEAK) == pytest.approx(0.5)
+    conf = C.rescue_confidence(np.linspace(3, 8, 11), 0.0)
+    assert (np.diff(conf) > 0).all() and conf[0] < 0.01 and conf[-1] > 0.999
+    assert C.rescue_confidence(4.5, 0.3) > C.rescue_confidence(4.5, 0.1)
+
+    s = simulate_defects((160, 160), seed=HELD_OUT + 41, dose=2000, scene="crystal", lattice="square", spacing=11,
+                         contrast="bright")
+    cols = s.positions[s.kinds != INTERSTITIAL]
+    truth = s.positions[s.kinds == DOPANT_BRIGHT]
+    assert len(truth) >= 2
+    r = segment_defects(s.image, model=_SilentNet.make(), atoms=cols, device="cpu", rescale="off")
+    t = r.table
+    assert len(t) >= 1 and (t["source"] == "column check").all() and (t["class"] == "dopant_bright").all()
+    assert (t["confidence"] >= 0.5).all() and (t["column_z"] >= C.Z_WEAK).all()
+    d = np.hypot(*(t[["row", "col"]].to_numpy()[:, None] - truth[None]).transpose(2, 0, 1)).min(1)
+    assert (d < 1.0).all()  # each one on a planted bright dopant's column
+    # the threshold applies to this confidence too: one between the weakest and the others drops it
+    weakest = float(t["confidence"].min())
+    assert weakest < t["confidence"].max()
+    cut = (weakest + float(t["confidence"].max())) / 2
+    strict = segment_defects(s.image, model=_SilentNet.make(), atoms=cols, device="cpu", rescale="off",
+                             threshold=cut)
+    assert len(strict.table) == (t["confidence"] >= cut).sum() < len(t)
+    assert (strict.table["confidence"] >= cut).all()
+    # the network's own defects say so
+    assert set(segment_defects(s.image, atoms=cols, device="cpu").table["source"]) <= {"network", "column check"}
+
+
+def test_scattered_single_atoms_get_no_column_check_dopant(shared_data):
+    """Pt atoms on amorphous carbon (image 037 gained a z = 5.2 'dopant' among 15 scattered atoms
+    judged as if they were a sublattice): no column has a sublattice, so none is judged or added."""
+    import tifffile
+
+    from napari_microml.defects import columns as C
+
+    path = sorted((shared_data / "atoms_pt_haadf" / "images").glob("037_*.tif"))[0]
+    image = tifffile.imread(path).astype(np.float32)
+    r = segment_defects(image, device="cpu")
+    assert r.provenance["parameters"]["column_check"] is True
+    assert not (r.table["source"] == "column check").any()
+    from scipy.spatial import cKDTree
+
+    spacing = float(np.median(cKDTree(r.atoms).query(r.atoms, k=2)[0][:, 1]))
+    _, z = C.sublattice_contrast(r.atoms, C.column_heights(image, r.atoms, spacing))
+    assert len(r.atoms) >= 20 and np.isnan(z).all()

@@ -66,7 +66,7 @@ def test_acquisition_18_environments_on_the_lattice(make_napari_viewer, qtbot, s
 
 def test_pt_single_atoms_no_defects_in_vacuum(make_napari_viewer, qtbot, shared_data, tmp_path):
     """Pt atoms on carbon: the old default scattered ~1,900 'columns' over vacuum and support and
-    showed a dopant of confidence 0.010 at threshold 0.5."""
+    showed a column-check dopant of confidence 0.010 at threshold 0.5."""
     viewer = make_napari_viewer()
     path = sorted((shared_data / "atoms_pt_haadf" / "images").glob("021_*.tif"))[0]
     [layer] = open_file(viewer, path)
@@ -76,6 +76,10 @@ def test_pt_single_atoms_no_defects_in_vacuum(make_napari_viewer, qtbot, shared_
     env = viewer.layers[f"{layer.name} environments"]
     assert len(env.data) == len(found)  # the atom finder's columns, not the support's texture
     table = _check_table(widget, widget.threshold.value)
+    # scattered single atoms have no sublattice: nothing comes from the column-intensity check,
+    # and the Labels layer says where each defect came from
+    assert "source" in table and not (table["source"] == "column check").any()
+    assert "source" in viewer.layers[f"{layer.name} defects"].features
     point = table[table["class"] != "extended"]
     if len(point):  # a point defect needs columns around it
         d = cKDTree(found).query(point[["row", "col"]].to_numpy())[0]

@@ -15,6 +15,8 @@ triangular, honeycomb and perovskite (cation-column) projections these are latti
 of the column, never the other perovskite sublattice, which sits at 1 spacing. The rule does not
 hold where light columns are visible between the cation columns (e.g. oxygen in ABF images of
 SrTiO3), which is one reason the segmenter applies the check to bright-column (HAADF) images only.
+A column is judged only when at least one pair of its ring neighbours sits opposite each other (lattice
+translations come in ± pairs): scattered single atoms, e.g. Pt on amorphous carbon, have no sublattice.
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ Z_WEAK = 4.0  # ... or this many, where the network's dopant_bright probability 
 P_WEAK = 0.2
 Z_VETO = 2.5  # a predicted bright dopant on a column less than this many spreads above its sublattice is dropped
 MIN_NEIGHBOURS = 3  # same-sublattice neighbours needed to judge a column
+PAIR_TOL = 0.25  # local spacings: a ring neighbour's opposite partner must lie this close to where a lattice puts it
 RING_MAX = 40  # at most this many nearest columns are searched for them (a triangular lattice has 12)
 EXTENDED_CLEARANCE = 0.5  # spacings: columns this close to a predicted extended region are skipped
 SMOOTH = 0.1  # spacings: Gaussian smoothing before the heights are read (about a column width)
@@ -95,7 +98,7 @@ def sublattice_contrast(columns: np.ndarray, heights: np.ndarray, skip: np.ndarr
     d, idx = cKDTree(cols).query(cols, k=min(RING_MAX + 1, n))
     local = np.median(d[:, 1][idx[:, 1:13]], axis=1)
     ring = (d > 1.2 * local[:, None]) & (d <= 2.1 * local[:, None]) & use[idx] & use[:, None]
-    judged = ring.sum(1) >= MIN_NEIGHBOURS
+    judged = (ring.sum(1) >= MIN_NEIGHBOURS) & (_paired(cols, idx, ring, local) >= 2)
     vals = np.where(ring, h[idx], np.nan)[judged]
     ref_level[judged] = np.nanmedian(vals, axis=1) if len(vals) else np.zeros(0)
     good = judged & (ref_level > 0)
@@ -104,6 +107,23 @@ def sublattice_contrast(columns: np.ndarray, heights: np.ndarray, skip: np.ndarr
     if ok.sum() < 10:
         return contrast, np.full(n, np.nan)
     return contrast, (contrast - 1.0) / _spread(contrast, ref_level)
+
+
+def _paired(cols: np.ndarray, idx: np.ndarray, ring: np.ndarray, local: np.ndarray) -> np.ndarray:
+    """How many of each column's ring neighbours ``c + v`` have a column at ``c - v`` (within
+    ``PAIR_TOL`` local spacings): in a crystal every same-sublattice neighbour is a lattice
+    translation, so they come in opposite pairs; scattered single atoms (Pt on amorphous carbon)
+    almost never do, and their 'sublattice' is meaningless."""
+    from scipy.spatial import cKDTree
+
+    i, k = np.nonzero(ring)
+    out = np.zeros(len(cols), int)
+    if not len(i):
+        return out
+    probe = 2 * cols[i] - cols[idx[i, k]]
+    near = cKDTree(cols).query(probe)[0] <= PAIR_TOL * local[i]
+    np.add.at(out, i[near], 1)
+    return out
 
 
 def _spread(contrast: np.ndarray, level: np.ndarray) -> np.ndarray:
@@ -126,8 +146,27 @@ def _spread(contrast: np.ndarray, level: np.ndarray) -> np.ndarray:
     return out
 
 
+def rescue_confidence(z, p_network) -> np.ndarray:
+    """Probability that a column the network left unlabelled is a bright dopant, from its
+    sublattice z-score and the network's peak dopant_bright probability ``p_network`` there.
+
+    Bayes with the network's probability as the prior (at least the base rate below) and the
+    likelihood ratio of an outlier model: a host column's z is standard normal, a dopant's flat
+    over the range seen, so the ratio grows as exp(z²/2). Its two free numbers, the scale and
+    the base rate, are fixed by the check's own acceptance rules: z = ``Z_WEAK`` with
+    p_network = ``P_WEAK``, and z = ``Z_RESCUE`` with no network support, each give exactly 0.5
+    (base rate ≈ 0.3 % of columns). Increasing in both (z ≥ 0); 0.996 at z = Z_RESCUE + 1.
+    """
+    z = np.asarray(z, float)
+    base = P_WEAK / (1 - P_WEAK) * np.exp(-(Z_RESCUE**2 - Z_WEAK**2) / 2)  # prior odds of a dopant
+    p = np.clip(np.asarray(p_network, float), 0.0, 1.0 - 1e-9)
+    log_prior = np.log(np.maximum(p / (1 - p), base))
+    log_lr = (z**2 - Z_WEAK**2) / 2 + np.log((1 - P_WEAK) / P_WEAK)
+    return 1.0 / (1.0 + np.exp(-np.clip(log_prior + log_lr, -700, 700)))
+
+
 def column_check(image: np.ndarray, probs: np.ndarray, labels: np.ndarray, stats: dict,
-                 columns: np.ndarray, spacing: float | None):
+                 columns: np.ndarray, spacing: float | None, threshold: float = 0.5):
     """Check the network's bright dopants against the column intensities and add the ones it missed.
 
     Every column gets a sublattice z-score (:func:`sublattice_contrast`; columns closer than
@@ -149,13 +188,16 @@ def column_check(image: np.ndarray, probs: np.ndarray, labels: np.ndarray, stats
     columns : (N, 2) atom columns (row, col) px.
     spacing : float or None
         Column spacing in px; without it (or with fewer than 10 columns) nothing changes.
+    threshold : float
+        Minimum :func:`rescue_confidence` of an added dopant (the segmenter's ``threshold``).
 
     Returns
     -------
-    labels, stats : updated the same way (rescued instances last, their confidence the mean
-        defect probability and their class_confidence the mean
-        dopant_bright probability over their disc), and ``z`` : (N,) the columns' z-scores
-        (NaN where not judged).
+    labels, stats : updated the same way (rescued instances last: their confidence is
+        :func:`rescue_confidence` of their z-score and the network's peak dopant_bright
+        probability in the disc, and only those reaching ``threshold`` are added; their
+        class_confidence is the mean dopant_bright probability over the disc and ``column_z``
+        their z-score), and ``z`` : (N,) the columns' z-scores (NaN where not judged).
     """
     from scipy import ndimage as ndi
     from scipy.spatial import cKDTree
@@ -206,13 +248,15 @@ def column_check(image: np.ndarray, probs: np.ndarray, labels: np.ndarray, stats
         disc = ((rr - cols[i, 0]) ** 2 + (cc - cols[i, 1]) ** 2 <= rad**2) & (rr >= 0) & (rr < h) & (cc >= 0) & (cc < w)
         rr, cc = rr[disc], cc[disc]
         free = out[rr, cc] == 0
-        if not free.any() or (z[i] < Z_RESCUE and float(pb[rr, cc].max()) < P_WEAK):
+        p_net = float(pb[rr, cc].max())
+        conf = float(rescue_confidence(z[i], p_net))
+        if not free.any() or (z[i] < Z_RESCUE and p_net < P_WEAK) or conf < threshold:
             continue
         out[rr[free], cc[free]] = nxt
         nxt += 1
         for key, val in (("class_id", bright), ("row", cols[i, 0]), ("col", cols[i, 1]),
-                         ("area_px", int(free.sum())), ("confidence", 1.0 - probs[0][rr[free], cc[free]].mean()),
-                         ("class_confidence", pb[rr[free], cc[free]].mean())):
+                         ("area_px", int(free.sum())), ("confidence", conf),
+                         ("class_confidence", pb[rr[free], cc[free]].mean()), ("column_z", z[i])):
             if key in new:
                 new[key].append(val)
     if not new["row"]:

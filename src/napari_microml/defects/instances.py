@@ -156,7 +156,8 @@ def instances(probs: np.ndarray, threshold: float = 0.5, min_area: int = 3, spac
     stats : dict of (n,) arrays: class_id (1–5, the class with the largest summed probability),
         row, col (centroid weighted by the defect probability, px), area_px, confidence (the
         mean defect probability 1 - p(defect-free) over the instance: what ``threshold`` is
-        compared with), class_confidence (the mean probability of the assigned class).
+        compared with), class_confidence (the mean probability of the assigned class),
+        column_z (NaN here; the column z-score of a dopant the column check adds).
     """
     from scipy import ndimage as ndi
 
@@ -202,7 +203,7 @@ def instances(probs: np.ndarray, threshold: float = 0.5, min_area: int = 3, spac
     col = np.bincount(flat, weights=(defect * cc).ravel(), minlength=n + 1)[1:] / np.maximum(wsum, 1e-12)
     stats = {"class_id": cls.astype(int), "row": row, "col": col, "area_px": area[1:].astype(int),
              "confidence": (wsum / np.maximum(area[1:], 1)).astype(np.float32),
-             "class_confidence": conf.astype(np.float32)}
+             "class_confidence": conf.astype(np.float32), "column_z": np.full(n, np.nan)}
     return _drop_weak(labels.astype(np.int32), stats, spacing)
 
 

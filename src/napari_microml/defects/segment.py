@@ -29,7 +29,7 @@ from napari_microml.runtime.validate import (
 from napari_microml.runtime.workers import drain, progress, relabel
 
 COLUMNS = ("label", "class", "class_id", "row", "col", "area_px", "area_nm2", "confidence",
-           "class_confidence", "nearest_atom_px", "nearest_atom_nm")
+           "class_confidence", "source", "column_z", "nearest_atom_px", "nearest_atom_nm")
 
 
 @dataclass
@@ -40,10 +40,13 @@ class DefectsResult:
     class_names : list of the defect class names (``CLASS_NAMES``).
     table : pandas.DataFrame, one row per defect: label, class, class_id, frame (stacks only),
         row, col (px, probability-weighted centroid), area_px, area_nm2 (NaN without pixel size),
-        confidence (mean defect probability 1 - p(defect-free) over the instance, 0–1: the
-        quantity ``threshold`` applies to, never below it), class_confidence (mean probability
-        of the assigned class over the instance, 0–1; low where two classes share the pixels),
-        nearest_atom_px, nearest_atom_nm (distance from the centroid to the nearest atom column).
+        confidence (0–1, never below ``threshold``: for a network defect the mean defect
+        probability 1 - p(defect-free) over the instance; for a bright dopant the column check
+        added, :func:`napari_microml.defects.columns.rescue_confidence` of its column's
+        intensity z-score), class_confidence (mean probability of the assigned class over the
+        instance, 0–1; low where two classes share the pixels), source ('network' or 'column
+        check': which evidence found the defect), column_z (the column's intensity z-score
+        among its sublattice for a column-check defect, NaN otherwise), nearest_atom_px, nearest_atom_nm (distance from the centroid to the nearest atom column).
     probabilities : (6, H, W) float32 class probabilities for a single image, None for stacks.
     atoms : the atom columns every step used (the user's ``atoms``, else the atom finder's),
         (N, 2) (row, col) or, for stacks, (N, 3) (frame, row, col), in px.
@@ -223,13 +226,13 @@ def segment_defects_iter(image, *, model="auto", threshold: float = 0.5, pixel_s
         spacing = float(np.median(cKDTree(cols).query(cols, k=2)[0][:, 1])) if len(cols) >= 10 else None
         labels, st = instances(probs, threshold, int(min_area), spacing, cols if len(cols) else None)
         if column_check:
-            labels, st, _ = check_columns(net_in, probs, labels, st, cols, spacing)
+            labels, st, _ = check_columns(net_in, probs, labels, st, cols, spacing, threshold)
         if zoom != 1.0:
             labels, st, probs, _ = _to_original_grid(labels, st, probs, cols, zoom, (h, w))
         cols = columns
         if lattice_check:
             labels, st = _keep_near_lattice(labels, st, cols)
-        weak = st["confidence"] < threshold  # e.g. a column-check dopant the network barely saw
+        weak = st["confidence"] < threshold  # guard: both sources already apply threshold
         if weak.any():
             labels, st = keep_instances(labels, st, ~weak)
             n_weak += int(weak.sum())
@@ -241,6 +244,8 @@ def segment_defects_iter(image, *, model="auto", threshold: float = 0.5, pixel_s
                            "row": st["row"], "col": st["col"], "area_px": st["area_px"],
                            "area_nm2": st["area_px"] * pixel_size**2 if pixel_size else np.nan,
                            "confidence": st["confidence"], "class_confidence": st["class_confidence"],
+                           "source": np.where(np.isfinite(st["column_z"]), "column check", "network"),
+                           "column_z": st["column_z"],
                            "nearest_atom_px": near,
                            "nearest_atom_nm": near * pixel_size if pixel_size else np.nan})
         if is_stack:
@@ -318,9 +323,11 @@ def segment_defects(image, **kwargs) -> DefectsResult:
         sublattice height ratio are in ``provenance['parameters']['model_choice']``. Or a
         shipped model name (``'default'``, ``'dichalcogenide'``), a ``.pt`` file, or a network.
     threshold : float
-        Minimum defect probability (1 − p(defect-free)) of an instance pixel, 0–1; an instance
-        whose confidence ends below it (e.g. a column-check dopant the network barely saw) is
-        dropped too (counted in ``parameters['dropped_below_threshold']``).
+        Minimum defect probability (1 − p(defect-free)) of an instance pixel, 0–1, and minimum
+        confidence of a reported defect: the network's mean defect probability for its own
+        instances, the z-score-based confidence for dopants the column check adds
+        (``source`` column); instances whose confidence ends below it are dropped (counted
+        in ``parameters['dropped_below_threshold']``).
     pixel_size : float, optional
         nm per pixel; fills ``area_nm2``, ``nearest_atom_nm`` and densities.
     atoms : (N, 2) or, for stacks, (N, 3) (frame, row, col) array, optional
@@ -347,8 +354,10 @@ def segment_defects(image, **kwargs) -> DefectsResult:
         (:func:`napari_microml.defects.columns.column_check`): drop a predicted bright dopant
         whose column is not brighter than the columns of its own sublattice, and add one where a
         column is a clear outlier the network missed (e.g. a weak dopant on the dim B site of a
-        perovskite). Default: on for ``contrast='bright'`` (Z-contrast images), off for ABF,
-        whose column intensities do not follow the atomic number.
+        perovskite). Only columns whose same-sublattice neighbours come in opposite pairs (a
+        crystal) are judged, so scattered single atoms never gain dopants. Default: on for
+        ``contrast='bright'`` (Z-contrast images), off for ABF, whose column intensities do not
+        follow the atomic number.
     lattice_check : bool
         Keep a vacancy, dopant or interstitial only when an atom column lies within 1.5 local
         lattice spacings of it (:mod:`napari_microml.defects.context`): removes calls in the

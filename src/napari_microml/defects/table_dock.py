@@ -16,7 +16,7 @@ from napari_microml.io.writer import write_defects_csv
 MIN_ROWS = 6  # the defect list always has room for this many rows (it showed one in a crowded dock)
 
 SHOWN = ("label", "class", "frame", "row", "col", "area_px", "area_nm2", "confidence",
-         "class_confidence", "nearest_atom_px", "nearest_atom_nm")
+         "class_confidence", "source", "nearest_atom_px", "nearest_atom_nm")
 
 
 def _text(value) -> str:

@@ -53,7 +53,7 @@ def _label_features(table):
     import pandas as pd
 
     cols = [c for c in ("class", "class_id", "frame", "area_px", "area_nm2", "confidence",
-                        "class_confidence", "nearest_atom_nm") if c in table.columns]
+                        "class_confidence", "source", "nearest_atom_nm") if c in table.columns]
     feats = table[["label", *cols]].rename(columns={"label": "index"})
     background = {"index": 0, "class": "none", "class_id": 0}
     return pd.concat([pd.DataFrame([background]), feats], ignore_index=True)
