@@ -76,7 +76,8 @@ def test_version_and_models(capsys):
     assert __version__ in capsys.readouterr().out
     assert cli.main(["models"]) == 0
     out = capsys.readouterr().out
-    assert "sha256:" in out or "No shipped models" in out
+    assert "atoms-default\tatoms\tshipped" in out and "sha256:" in out
+    assert "NAPARI_MICROML_MODELS" in out  # where the user's own models are
     assert cli.main([]) == 2
 
 

@@ -70,7 +70,8 @@ def test_teach_the_atom_finder_on_two_corrected_images(make_napari_viewer, qtbot
     assert card["provenance"]["parameters"]["contrast"] == "bright"  # as the finder decided
     capsys.readouterr()
     assert cli_main(["models"]) == 0
-    assert f"atoms-{name}" in capsys.readouterr().out  # `microml models` lists it too
+    listed = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith(f"atoms-{name}\t")]
+    assert len(listed) == 1 and "yours" in listed[0], listed  # `microml models` lists it as the user's
 
     # The rerun on a third image uses the new model and its threshold
     finder.image_layer.value = images[2]

@@ -1075,15 +1075,24 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _models() -> int:
+    """Shipped models, then the user's fine-tuned ones with what they were taught."""
     from napari_microml.nets.registry import list_models
+    from napari_microml.nets.user_models import ENV, models_dir
 
     models = list_models()
+    for name, entry in sorted(models.items(), key=lambda kv: (bool(kv[1].get("user")), kv[0])):
+        line = f"{name}\t{entry.get('task', '?')}\t"
+        if entry.get("user"):
+            v = entry.get("validation", {})
+            line += (f"yours (from {entry.get('base', '?')}, {len(entry.get('images', []))} image(s), "
+                     f"{entry.get('n_points', '?')} points; held-out F1 {v.get('f1_before', '?')} → "
+                     f"{v.get('f1_after', '?')})\t")
+        else:
+            line += f"shipped\t{entry.get('file', '?')}\t"
+        print(line + f"sha256:{entry.get('sha256', '?')}")
     if not models:
-        print("No shipped models.")
-        return 0
-    for name, entry in sorted(models.items()):
-        print(f"{name}\t{entry.get('task', '?')}\t{entry.get('file', '?')}\t"
-              f"sha256:{entry.get('sha256', '?')}")
+        print("No models found: reinstall napari-microml.")
+    print(f"Your fine-tuned models live in {models_dir()} (set {ENV} to use another folder).")
     return 0
 
 
