@@ -41,9 +41,9 @@ demo: sysdeps venv
 		QT_API=pyqt6 xvfb-run -a -s "-screen 0 1600x1200x24" $(PY) -m napari_microml.demo --headless --out demo_output; \
 	fi
 
-# the benchmarks proper (dkl_tune.py chooses DKL defaults on synthetic data; defects_errors.py
-# analyses errors on validation seeds: run those by hand)
-BENCHMARKS := atoms defects environments completion dkl spectra batch
+# the benchmarks proper (dkl_tune.py chooses DKL defaults on synthetic data; defects_errors.py,
+# defects_rescue.py and dkl_threads.py analyse validation seeds: run those by hand)
+BENCHMARKS := atoms defects environments completion dkl spectra batch lattice finetune journeys
 benchmarks: venv
 	for b in $(BENCHMARKS); do $(PY) benchmarks/$$b.py || exit 1; done
 
