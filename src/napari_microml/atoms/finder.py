@@ -197,7 +197,20 @@ def find_atoms_iter(
     )
 
 
-def find_atoms(image, **kwargs) -> AtomsResult:
+def find_atoms(
+    image,
+    *,
+    model="default",
+    threshold: float = 0.5,
+    refine: str = "gaussian",
+    device="auto",
+    pixel_size: float | None = None,
+    contrast: str = "auto",
+    min_distance: int = 2,
+    tile: int = 1024,
+    rescale="auto",
+    input_name: str | None = None,
+) -> AtomsResult:
     """Find every atomic column in a 2D image or a (T, H, W) stack.
 
     Parameters
@@ -227,12 +240,25 @@ def find_atoms(image, **kwargs) -> AtomsResult:
         original pixels. A number forces that resampling factor; ``'always'`` resamples any
         clearly periodic image to a 14 px period; ``'off'`` never resamples. The factor is in
         ``parameters['zoom']``.
+    min_distance : int
+        Minimum separation of two column peaks, in pixels of the network's grid (default 2).
+    tile : int
+        Tile edge in pixels for the network pass; bounds memory on large images (default 1024).
+    input_name : str, optional
+        Name of the input (file or layer) recorded in ``provenance['input_layer']``.
 
     Returns
     -------
     AtomsResult
+        Positions ``(N, 2)`` (row, col) in pixels (a stack's frame is in ``features['frame']``),
+        per-column features, the probability map ``(H, W)`` or ``(T, H, W)``, ``parameters`` and
+        ``provenance``.
     """
-    return drain(find_atoms_iter(image, **kwargs))
+    return drain(find_atoms_iter(
+        image, model=model, threshold=threshold, refine=refine, device=device,
+        pixel_size=pixel_size, contrast=contrast, min_distance=min_distance, tile=tile,
+        rescale=rescale, input_name=input_name,
+    ))
 
 
 def refine_points_iter(image, positions, *, frames=None, refine="gaussian", contrast="auto"):

@@ -309,7 +309,11 @@ def _keep_near_lattice(labels, st, columns):
     return keep_instances(labels, st, keep) if not keep.all() else (labels, st)
 
 
-def segment_defects(image, **kwargs) -> DefectsResult:
+def segment_defects(image, *, model="auto", threshold: float = 0.5, pixel_size: float | None = None,
+                    atoms=None, contrast: str = "auto", device="auto", tile: int = 1024,
+                    min_area: int = 3, tta: int = 1, column_check: bool | None = None,
+                    lattice_check: bool = True, rescale="auto",
+                    input_name: str | None = None) -> DefectsResult:
     """Find and classify the defects in a 2D image or a (T, H, W) stack.
 
     Parameters
@@ -369,9 +373,19 @@ def segment_defects(image, **kwargs) -> DefectsResult:
         (:mod:`napari_microml.runtime.spacing`); labels, centroids, areas and probabilities are
         returned on the original pixels. A number forces that factor; ``'always'`` resamples any
         clearly periodic image to a 14 px period; ``'off'`` never resamples.
+    input_name : str, optional
+        Name of the input (file or layer) recorded in ``provenance['input_layer']``.
 
     Returns
     -------
     DefectsResult
+        Instance labels ``(H, W)`` or ``(T, H, W)`` int, a per-defect table (class, confidence,
+        centroid in pixels, area in px and nm² with ``pixel_size``), the atom columns used,
+        ``parameters`` and ``provenance``.
     """
-    return drain(segment_defects_iter(image, **kwargs))
+    return drain(segment_defects_iter(
+        image, model=model, threshold=threshold, pixel_size=pixel_size, atoms=atoms,
+        contrast=contrast, device=device, tile=tile, min_area=min_area, tta=tta,
+        column_check=column_check, lattice_check=lattice_check, rescale=rescale,
+        input_name=input_name,
+    ))

@@ -125,8 +125,23 @@ class ActiveLearner:
         Run the surrogate (torch and BLAS) on one CPU thread, so a seeded campaign picks the
         same points whatever ``torch.get_num_threads()`` is (default). ``False`` uses every
         thread: faster on many cores, but the points may then depend on the thread count.
-    model_kwargs
-        Passed to :class:`DKLModel` (``embedding_dim``, ``kernel``, ``init_iters``, ...).
+    embedding_dim, pca_components : int
+        Dimension of the embedding the GP sees, and whitened principal components fed to the
+        ``pca_mlp`` network (:class:`DKLModel`; defaults 4 and 16).
+    coord_weight : float, optional
+        Initial output scale of an additive RBF kernel on (row, col); default 0.3 for
+        ``pca_mlp``, 0 otherwise (:class:`DKLModel`).
+    kernel : {"rbf", "matern"}
+        Stationary kernel on the embedding.
+    trend : bool
+        Add a linear kernel on the embedding (off by default; :class:`DKLModel`).
+    init_iters, warm_iters : int
+        Optimiser iterations for the first fit and for each warm-started refit (150, 30).
+    lr, nn_lr_scale, weight_decay : float
+        Adam learning rate of the GP hyper-parameters (0.02); the network uses
+        ``lr * nn_lr_scale`` (0.25) with L2 strength ``weight_decay`` (1e-3).
+    chunk : int
+        Candidate pixels per prediction batch (8192; bounds memory, not the result).
     """
 
     def __init__(
@@ -152,8 +167,22 @@ class ActiveLearner:
         initial: str = "diverse",
         target_warp: str = "none",
         deterministic: bool = True,
-        **model_kwargs,
+        embedding_dim: int = 4,
+        pca_components: int = 16,
+        coord_weight: float | None = None,
+        kernel: str = "rbf",
+        trend: bool = False,
+        init_iters: int = 150,
+        warm_iters: int = 30,
+        lr: float = 0.02,
+        nn_lr_scale: float = 0.25,
+        weight_decay: float = 1e-3,
+        chunk: int = 8192,
     ):
+        model_kwargs = dict(embedding_dim=embedding_dim, pca_components=pca_components,
+                            coord_weight=coord_weight, kernel=kernel, trend=trend,
+                            init_iters=init_iters, warm_iters=warm_iters, lr=lr,
+                            nn_lr_scale=nn_lr_scale, weight_decay=weight_decay, chunk=chunk)
         self.deterministic = bool(deterministic)
         self.warp = make_warp(target_warp)
         check_structure(structure, 1)  # a clear sentence before any shape is used
@@ -392,7 +421,12 @@ def _torch_threads() -> int:
 
 @dataclass
 class CampaignResult:
-    """Outcome of :func:`run_campaign` (all in measurement order)."""
+    """Outcome of :func:`run_campaign` (all in measurement order).
+
+    ``coords`` (N, 2) int (row, col) px, ``values`` (N,) and ``best_so_far`` (N,) in the
+    measurement's units, ``log`` one record per measurement, ``provenance`` tool, version,
+    parameters, seed and device (as every tool's result).
+    """
 
     coords: np.ndarray
     values: np.ndarray
@@ -400,6 +434,7 @@ class CampaignResult:
     log: list = field(default_factory=list)
     learner: ActiveLearner | None = None
     device: str = ""
+    provenance: dict = field(default_factory=dict)
 
     def export_log(self, path) -> Path:
         return self.learner.export_log(path)
@@ -429,13 +464,56 @@ def run_campaign_iter(
     scalarizer=None,
     callback: Callable | None = None,
     learner: ActiveLearner | None = None,
-    **learner_kwargs,
+    patch_size: int | str = "auto",
+    device="auto",
+    maximize: bool = True,
+    features: str = "cnn",
+    n_models: int = 3,
+    beta: float = 4.0,
+    xi: float = 0.0,
+    batch_radius: float | None = None,
+    recent_radius: float = 0.0,
+    n_recent: int = 10,
+    ts_candidates: int = 512,
+    auto_sizes=None,
+    auto_temperature: float = 1.0,
+    auto_floor: float = 0.1,
+    initial: str = "diverse",
+    target_warp: str = "none",
+    deterministic: bool = True,
+    embedding_dim: int = 4,
+    pca_components: int = 16,
+    coord_weight: float | None = None,
+    kernel: str = "rbf",
+    trend: bool = False,
+    init_iters: int = 150,
+    warm_iters: int = 30,
+    lr: float = 0.02,
+    nn_lr_scale: float = 0.25,
+    weight_decay: float = 1e-3,
+    chunk: int = 8192,
 ):
-    """Generator twin of :func:`run_campaign`: yields ``progress(measured, budget, msg)``."""
+    """Generator twin of :func:`run_campaign` (same parameters): yields
+    ``progress(measured, budget, msg)`` after every step and returns a :class:`CampaignResult`.
+    """
     from napari_microml.runtime.device import describe_device
+    from napari_microml.runtime.provenance import make_provenance
 
-    if learner is None:
-        learner = ActiveLearner(structure, acquisition=acquisition, seed=seed, **learner_kwargs)
+    # the learner's keywords, also recorded in the provenance
+    options = dict(
+        patch_size=patch_size, device=device, maximize=maximize, features=features,
+        n_models=n_models, beta=beta, xi=xi, batch_radius=batch_radius,
+        recent_radius=recent_radius, n_recent=n_recent, ts_candidates=ts_candidates,
+        auto_sizes=auto_sizes, auto_temperature=auto_temperature, auto_floor=auto_floor,
+        initial=initial, target_warp=target_warp, deterministic=deterministic,
+        embedding_dim=embedding_dim, pca_components=pca_components, coord_weight=coord_weight,
+        kernel=kernel, trend=trend, init_iters=init_iters, warm_iters=warm_iters, lr=lr,
+        nn_lr_scale=nn_lr_scale, weight_decay=weight_decay, chunk=chunk,
+    )
+    if learner is not None:  # a learner carried over keeps its own settings
+        options = dict(learner="given", patch_size=learner.patch_size, maximize=learner.maximize)
+    else:
+        learner = ActiveLearner(structure, acquisition=acquisition, seed=seed, **options)
     source = as_source(measure, learner.shape, scalarizer=scalarizer)
     n_sites = learner.shape[0] * learner.shape[1]
     budget = check_number(budget, "budget (number of measurements)", low=1, integer=True)
@@ -461,9 +539,14 @@ def run_campaign_iter(
                        f"best {learner.best_value:.4g}")
     vals = learner.values
     best = np.maximum.accumulate(vals) if learner.maximize else np.minimum.accumulate(vals)
+    device_label = describe_device(learner.model.device)
+    params = dict(budget=budget, n_initial=n_initial, batch_size=batch_size,
+                  acquisition=learner.acquisition_name, scalarizer=scalarizer, **options)
     return CampaignResult(
         coords=learner.coords, values=vals, best_so_far=best, log=learner.log_records(),
-        learner=learner, device=describe_device(learner.model.device),
+        learner=learner, device=device_label,
+        provenance=make_provenance("dkl_campaign", parameters=params, device=device_label,
+                                   seed=learner.seed),
     )
 
 
@@ -476,7 +559,37 @@ def run_campaign(
     acquisition="ts",
     batch_size: int = 1,
     seed: int = 0,
-    **kwargs,
+    scalarizer=None,
+    callback: Callable | None = None,
+    learner: ActiveLearner | None = None,
+    patch_size: int | str = "auto",
+    device="auto",
+    maximize: bool = True,
+    features: str = "cnn",
+    n_models: int = 3,
+    beta: float = 4.0,
+    xi: float = 0.0,
+    batch_radius: float | None = None,
+    recent_radius: float = 0.0,
+    n_recent: int = 10,
+    ts_candidates: int = 512,
+    auto_sizes=None,
+    auto_temperature: float = 1.0,
+    auto_floor: float = 0.1,
+    initial: str = "diverse",
+    target_warp: str = "none",
+    deterministic: bool = True,
+    embedding_dim: int = 4,
+    pca_components: int = 16,
+    coord_weight: float | None = None,
+    kernel: str = "rbf",
+    trend: bool = False,
+    init_iters: int = 150,
+    warm_iters: int = 30,
+    lr: float = 0.02,
+    nn_lr_scale: float = 0.25,
+    weight_decay: float = 1e-3,
+    chunk: int = 8192,
 ) -> CampaignResult:
     """Run a full active-learning campaign.
 
@@ -495,15 +608,36 @@ def run_campaign(
     batch_size : int
         Points measured per step after the initial design.
     seed : int
-    **kwargs
-        ``scalarizer``, ``callback(step, learner, coords, values)`` and any
-        :class:`ActiveLearner` keyword (``patch_size``, ``maximize``, ``features``, ...).
+        Seeds the initial design, the networks and Thompson samples: the same seed, inputs and
+        device give the same measurement sequence.
+    scalarizer : callable, optional
+        Turns ``(n, E)`` spectra from ``measure`` into ``(n,)`` values (e.g. ``PeakArea``).
+    callback : callable, optional
+        ``callback(step, learner, coords, values)`` after every step.
+    learner : ActiveLearner, optional
+        Continue with this learner; the learner keywords below are then ignored.
+    patch_size, device, maximize, features, n_models, beta, xi, batch_radius, recent_radius, \
+n_recent, ts_candidates, auto_sizes, auto_temperature, auto_floor, initial, target_warp, \
+deterministic, embedding_dim, pca_components, coord_weight, kernel, trend, init_iters, \
+warm_iters, lr, nn_lr_scale, weight_decay, chunk
+        The :class:`ActiveLearner` keywords, same meanings (pixels for sizes and radii) and
+        defaults.
 
     Returns
     -------
-    CampaignResult with ``coords`` (N, 2), ``values`` (N,), ``best_so_far`` (N,), ``log``.
+    CampaignResult
+        ``coords`` (N, 2) int (row, col) px, ``values`` (N,), ``best_so_far`` (N,), ``log``
+        and ``provenance`` (tool, version, parameters, seed, device).
     """
     return drain(run_campaign_iter(
         structure, measure, budget=budget, n_initial=n_initial, acquisition=acquisition,
-        batch_size=batch_size, seed=seed, **kwargs,
+        batch_size=batch_size, seed=seed, scalarizer=scalarizer, callback=callback, learner=learner,
+        patch_size=patch_size, device=device, maximize=maximize, features=features,
+        n_models=n_models, beta=beta, xi=xi, batch_radius=batch_radius,
+        recent_radius=recent_radius, n_recent=n_recent, ts_candidates=ts_candidates,
+        auto_sizes=auto_sizes, auto_temperature=auto_temperature, auto_floor=auto_floor,
+        initial=initial, target_warp=target_warp, deterministic=deterministic,
+        embedding_dim=embedding_dim, pca_components=pca_components, coord_weight=coord_weight,
+        kernel=kernel, trend=trend, init_iters=init_iters, warm_iters=warm_iters, lr=lr,
+        nn_lr_scale=nn_lr_scale, weight_decay=weight_decay, chunk=chunk,
     ))

@@ -386,7 +386,25 @@ def fit_shift_vae_iter(
     )
 
 
-def fit_shift_vae(spectra, **kwargs) -> ShiftVAEResult:
+def fit_shift_vae(
+    spectra,
+    *,
+    axis=None,
+    latent_dim: int = 2,
+    epochs: int | None = None,
+    shift_prior: float | None = None,
+    model: str = "shift",
+    normalize: str = "max",
+    channel_range=None,
+    despike: bool = False,
+    seed: int = 0,
+    device="auto",
+    batch_size: int | None = None,
+    learning_rate: float = 2e-3,
+    noise_scale: float = 0.05,
+    warmup: float = 0.3,
+    hidden: int = 64,
+) -> ShiftVAEResult:
     """Fit a shift-VAE (or a plain VAE) to a stack of spectra or a spectrum image.
 
     Parameters
@@ -415,11 +433,17 @@ def fit_shift_vae(spectra, **kwargs) -> ShiftVAEResult:
         Seeds weights, shuffling and sampling: the same seed on the same device gives the
         same result.
     device : {'auto', 'cuda', 'mps', 'cpu'}
-    batch_size, learning_rate, noise_scale, warmup, hidden
-        Training details: spectra per step (default ``min(256, max(8, N // 8))``), Adam step
-        size, the Gaussian likelihood's standard deviation in *normalised* intensity units
-        (smaller = sharper reconstructions, weaker prior), the fraction of steps over which
-        the KL weight ramps from 0 to 1, and the width of the MLPs.
+    batch_size : int, optional
+        Spectra per optimiser step (default ``min(256, max(8, N // 8))``).
+    learning_rate : float
+        Adam step size (default 2e-3).
+    noise_scale : float
+        The Gaussian likelihood's standard deviation in *normalised* intensity units (default
+        0.05; smaller = sharper reconstructions, weaker prior).
+    warmup : float
+        Fraction (0–1) of the steps over which the KL weight ramps from 0 to 1 (default 0.3).
+    hidden : int
+        Units per hidden layer of the encoder and decoder MLPs (default 64).
 
     Returns
     -------
@@ -432,4 +456,9 @@ def fit_shift_vae(spectra, **kwargs) -> ShiftVAEResult:
     ValueError
         Wrong dimensionality, a single channel, NaN/inf spectra or an axis of the wrong length.
     """
-    return drain(fit_shift_vae_iter(spectra, **kwargs))
+    return drain(fit_shift_vae_iter(
+        spectra, axis=axis, latent_dim=latent_dim, epochs=epochs, shift_prior=shift_prior,
+        model=model, normalize=normalize, channel_range=channel_range, despike=despike,
+        seed=seed, device=device, batch_size=batch_size, learning_rate=learning_rate,
+        noise_scale=noise_scale, warmup=warmup, hidden=hidden,
+    ))
