@@ -9,6 +9,9 @@ Prints one JSON document with these parts (``--parts``):
   of exx, eyy, exy (3×3- and 5×5-cell fits), the error over the reported std, and Atomap 0.4's
   nearest-neighbour distance method (atom spacing along the x and y zone axes over the
   reference spacing) on the same positions.
+* ``auto``: the ``shells="auto"`` adoption run - the strain scenarios on fresh image seeds
+  (5001, 5101, 5201) with 3×3, 5×5 and auto fits, and how often auto picked 5×5.
+* ``limits``: the information limit - see :func:`part_limits`.
 * ``polarisation``: a perovskite with B columns off-centre by ±0.6 px in two domains; sublattice
   accuracy, RMS error of the B displacement, std ratio; Atomap's
   get_middle_position_list + get_vector_shift_list on the same positions and our sublattices.
@@ -104,7 +107,7 @@ def atomap_spacing_strain(am, pos, image, truth, keep, reference):
     return out
 
 
-def part_strain(seeds, am):
+def part_strain(seeds, am, shells_list=(1, 2), seed_base=1):
     import napari_microml as mm
     from napari_microml.synth.strained import strained_lattice
 
@@ -112,7 +115,7 @@ def part_strain(seeds, am):
     for scenario in ("step", "gradient", "dislocation"):
         for dose in DOSES:
             for seed in range(seeds):
-                s = strained_lattice(scenario, dose=dose, shape=(320, 320), seed=100 * seed + 1)
+                s = strained_lattice(scenario, dose=dose, shape=(320, 320), seed=100 * seed + seed_base)
                 pos, std = measured(s, seed)
                 ref = s.positions[:, 1] < 140 if scenario == "step" else np.ones(len(pos), bool)
                 truth = true_strain(s, ref)
@@ -123,7 +126,7 @@ def part_strain(seeds, am):
                 else:
                     keep = np.ones(len(pos), bool)
                 row = {"scenario": scenario, "dose": dose, "seed": seed}
-                for shells in (1, 2):
+                for shells in shells_list:
                     lat = mm.analyze_lattice(pos, image=s.image, reference=ref if scenario == "step" else None,
                                              position_std=std, shells=shells)
                     err = (lat.strain - truth)[keep]
@@ -131,6 +134,8 @@ def part_strain(seeds, am):
                     row[f"rms_pct_{shells}"] = (100 * rms(err[ok])).round(4).tolist()
                     row[f"err_over_std_{shells}"] = (rms(err[ok]) / rms(lat.strain_std[keep][ok])).round(3).tolist()
                     row[f"defined_{shells}"] = round(float(ok.mean()), 4)
+                    if shells == "auto":
+                        row["auto_picked_5x5"] = float(lat.parameters["shells"] == 2)
                 if am is not None:
                     try:
                         a = atomap_spacing_strain(am, pos, s.image, truth, keep, ref)
@@ -251,6 +256,96 @@ def part_counting(seeds, am):
     return _summarise(rows, ("dose",))
 
 
+def _crlb_px(dose, amp, sigma, background):
+    """Cramér-Rao bound (px) on one coordinate of an isolated Gaussian column of ``amp`` × dose
+    counts on the simulator's flat background, Poisson noise, everything else known."""
+    y, x = np.mgrid[-12:13, -12:13].astype(float) * (sigma / 2.0)
+    peak = dose / (2 * np.pi * sigma**2)
+    g = np.exp(-0.5 * (x**2 + y**2) / sigma**2)
+    mu = amp * peak * g + background * peak
+    dmu = amp * peak * g * x / sigma**2
+    pix = (sigma / 2.0) ** 2                            # the grid is finer than a pixel
+    info = (dmu**2 / mu).sum() * pix
+    return float(1 / np.sqrt(info))
+
+
+def part_limits(seeds):
+    """How close the strain and displacement errors are to what the positions allow.
+
+    For each scenario and dose: the finder's real per-column position error (RMS of one
+    coordinate against the truth, per sublattice) and the Cramér-Rao bound of the image model;
+    then Monte-Carlo - the true positions plus Gaussian noise of that size (and of the bound), the
+    same analysis - gives the error floor of each fit with perfect sublattices and a perfect
+    finder of that precision; σ = 0 gives the model's own bias (affine fit, reference cell).
+    The bulk formula for a full square shell of spacing a: std exx = σ / (a √6) (3×3),
+    σ / (a √50) (5×5); displacement std = √(σ_B² + σ_A² / 4).
+    """
+    from napari_microml.lattice.analyze import analyze_lattice_iter
+    from napari_microml.runtime.workers import drain
+    from napari_microml.synth.strained import _sites, strained_lattice
+
+    rows = []
+    cases = [(sc, "square") for sc in ("step", "gradient", "dislocation")] + [("domains", "perovskite")]
+    for scenario, structure in cases:
+        for dose in DOSES:
+            for seed in range(seeds):
+                kw = {"shape": (320, 320)} if structure == "square" else {}
+                base = 100 * seed + 1 if structure == "square" else 200 + seed
+                s = strained_lattice(scenario, structure=structure, dose=dose, seed=base, **kw)
+                pos, _ = measured(s, seed)
+                subs = np.unique(s.sublattice)
+                inner = ((s.positions > 8) & (s.positions < np.array(s.image.shape) - 8)).all(axis=1)
+                sig = {int(q): float(rms((pos - s.positions)[inner & (s.sublattice == q)].ravel())) for q in subs}
+                amp = _sites(structure, 16.0, s.image.shape, 8.0)[2]   # the simulator's column brightness
+                crlb = {q: _crlb_px(dose, float(amp[q]), s.params["sigma"], 0.1) for q in sig}
+                row = {"scenario": scenario, "dose": dose, "seed": seed,
+                       "finder_sigma_px": [round(sig[q], 4) for q in sorted(sig)],
+                       "crlb_sigma_px": [round(crlb[q], 4) for q in sorted(crlb)]}
+                if scenario == "step":
+                    ref, keep = s.positions[:, 1] < 140, np.abs(s.positions[:, 1] - 160) > 24
+                elif scenario == "dislocation":
+                    ref, keep = None, np.hypot(*(s.positions - 164).T) > 5 * 16
+                else:
+                    ref, keep = None, np.ones(len(pos), bool)
+                # columns whose 5×5 shell lies inside the image (no edge loss)
+                deep = ((s.positions > 40) & (s.positions < np.array(s.image.shape) - 40)).all(axis=1)
+                rng = np.random.default_rng(1000 + seed)
+                for name, sd in (("noise_free", {q: 0.0 for q in sig}), ("finder", sig), ("crlb", crlb)):
+                    per_q = np.array([sd[int(q)] for q in s.sublattice])
+                    errs = {}
+                    derr = []
+                    for _ in range(1 if name == "noise_free" else 4):
+                        p = s.positions + rng.normal(0, 1, pos.shape) * per_q[:, None]
+                        for shells in ((1, 2) if structure == "square" else (1,)):
+                            lat = drain(analyze_lattice_iter(p, reference=ref, shells=shells,
+                                                             position_std=np.maximum(per_q, 1e-3),
+                                                             sublattice=s.sublattice))
+                            if structure == "square":
+                                truth = true_strain(s, np.ones(len(p), bool) if ref is None else ref)
+                                for where, m in (("", keep), ("_interior", keep & deep)):
+                                    e = (lat.strain - truth)[m]
+                                    errs.setdefault((shells, where), []).append(e[np.isfinite(e).all(axis=1)])
+                            else:
+                                b = (s.sublattice == 1) & np.isfinite(lat.displacement).all(axis=1)
+                                derr.append((lat.displacement[b] - s.shift[b]).ravel())
+                    for key, e in errs.items():
+                        if isinstance(key, tuple) and e:
+                            row[f"{name}_rms_pct_{key[0]}{key[1]}"] = (100 * rms(np.concatenate(e))).round(4).tolist()
+                    if derr:
+                        row[f"{name}_b_rms_px"] = round(float(rms(np.concatenate(derr))), 4)
+                a = 16.0
+                sa = sig[0]
+                if structure == "square":
+                    row["bulk_formula_exx_pct"] = [round(100 * sa / (a * np.sqrt(6)), 4),
+                                                   round(100 * sa / (a * np.sqrt(50)), 4)]
+                    row["sigma_needed_for_0.5pct_px"] = [round(0.005 * a * np.sqrt(6), 4),
+                                                         round(0.005 * a * np.sqrt(50), 4)]
+                else:
+                    row["bulk_formula_b_px"] = round(float(np.sqrt(sig[1] ** 2 + sig[0] ** 2 / 4)), 4)
+                rows.append(row)
+    return _summarise(rows, ("scenario", "dose"))
+
+
 def _timed(fn, repeat=3):
     best_wall, best_cpu = np.inf, np.inf
     for _ in range(repeat):
@@ -345,7 +440,7 @@ def part_real():
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--parts", default="strain,polarisation,counting,speed,real")
+    ap.add_argument("--parts", default="strain,polarisation,counting,limits,speed,real")
     args = ap.parse_args()
     parts = args.parts.split(",")
     am, an, why = _atomap()
@@ -357,6 +452,10 @@ def main():
         result["polarisation"] = part_polarisation(args.seeds, am, an)
     if "counting" in parts:
         result["counting"] = part_counting(args.seeds, am)
+    if "auto" in parts:  # the shells="auto" adoption run: fresh seeds, no Atomap
+        result["auto"] = part_strain(args.seeds, None, shells_list=(1, 2, "auto"), seed_base=5001)
+    if "limits" in parts:
+        result["limits"] = part_limits(args.seeds)
     if "speed" in parts:
         result["speed"] = part_speed(am)
     if "real" in parts:

@@ -67,6 +67,25 @@ def test_strain_gradient_100_counts_per_column():
     assert abs(slope - 0.04) < 0.005
 
 
+@pytest.mark.parametrize("dose, cells", [(10_000, 1), (100, 2)])
+def test_auto_shells_widen_the_fit_only_for_noisy_images(dose, cells):
+    s = strained_lattice("step", dose=dose, shape=(192, 192), seed=7)
+    pos, std = measured(s)
+    auto = mm.analyze_lattice(pos, image=s.image, position_std=std)          # the default
+    fixed = mm.analyze_lattice(pos, image=s.image, position_std=std, shells=cells)
+    assert auto.parameters["shells"] == cells and auto.parameters["shells_requested"] == "auto"
+    assert ("> 0.3 %" if cells == 2 else "≤ 0.3 %") in auto.parameters["shells_reason"]
+    np.testing.assert_array_equal(auto.strain, fixed.strain)
+    np.testing.assert_array_equal(auto.strain_std, fixed.strain_std)
+    assert auto.provenance["parameters"]["shells"] == cells
+
+
+def test_shells_must_be_1_2_or_auto():
+    pos = strained_lattice("flat", shape=(96, 96), seed=1).positions
+    with pytest.raises(ValueError, match="'auto'"):
+        mm.analyze_lattice(pos, shells=3)
+
+
 def test_edge_dislocation():
     s = strained_lattice("dislocation", dose=10_000, shape=(320, 320), seed=3)
     pos, std = measured(s)

@@ -41,6 +41,9 @@ def test_lattice_cli_writes_table_and_summary(perovskite, tmp_path, capsys):
     assert summary["lattice_parameters"]["a_pm"] == pytest.approx(16 * 24.4, abs=1)
     assert summary["n_sublattices"] == 2 and summary["napari_microml"]["tool"] == "cli.lattice"
     assert summary["contrast"] == "bright" and set(summary["counting"]) == {"0", "1"}  # per sublattice
+    # 3,000 counts per column: the default "auto" keeps the 3×3-cell fit and says why
+    assert summary["strain_fit"]["cells"] == "3×3" and summary["strain_fit"]["requested"] == "auto"
+    assert "≤ 0.3 %" in summary["strain_fit"]["reason"]
     # a second run never replaces the results silently; --overwrite does
     before = (out / "pero_lattice.csv").read_bytes()
     args = ["lattice", str(path), "--positions", str(pts), "--out", str(out), "--quiet"]

@@ -52,6 +52,7 @@ def test_run_writes_features_maps_vectors_and_plot(make_napari_viewer, qtbot, tm
     assert widget.run_result.lattice.reference.sum() < len(s.positions) / 2   # the rectangle
     assert widget.run_result.profile is not None and len(widget.run_result.profile[0][0]) > 5
     assert "pm" in widget.summary.value and "2 sublattice" in widget.summary.value
+    assert widget.shells.value == "auto" and "strain fit over 3×3 cells, auto (" in widget.summary.value
     assert widget.plot_dock is not None
     assert points.metadata["napari_microml"]["lattice_analysis"]["tool"] == "lattice_analysis"
 

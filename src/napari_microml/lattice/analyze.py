@@ -12,6 +12,7 @@ from napari_microml.runtime.provenance import make_provenance
 from napari_microml.runtime.validate import check_pixel_size
 from napari_microml.runtime.workers import drain, progress
 
+AUTO_STRAIN_STD = 0.003  # shells="auto": 5×5 cells above this median 3×3 strain std (fraction)
 TABLE_COLUMNS = ("row", "col", "sublattice", "exx", "eyy", "exy", "rotation", "d_row", "d_col",
                  "d_abs", "exx_std", "eyy_std", "exy_std", "rotation_std", "d_std", "position_std")
 
@@ -121,15 +122,16 @@ def _check_inputs(positions, image, reference, position_std):
 
 
 def analyze_lattice_iter(positions, *, image=None, reference=None, pixel_size=None,
-                         position_std=None, shells: int = 1, sublattice=None,
+                         position_std=None, shells: int | str = "auto", sublattice=None,
                          input_name: str | None = None):
     """Generator twin of :func:`analyze_lattice`: yields progress, returns a LatticeResult.
 
     ``sublattice`` (N,) int, optional, replaces the automatic assignment (the user's edits)."""
     pos, img, ref, std_in = _check_inputs(positions, image, reference, position_std)
     pixel_size = check_pixel_size(pixel_size)
-    if shells not in _strain.NEIGHBOURS:
-        raise ValueError(f"shells must be 1 (3×3 cells per fit) or 2 (5×5 cells), not {shells!r}.")
+    if shells != "auto" and shells not in _strain.NEIGHBOURS:
+        raise ValueError(f"shells must be 1 (3×3 cells per fit), 2 (5×5 cells) or 'auto', "
+                         f"not {shells!r}.")
     yield progress(0, 4, "sublattices")
     tree = cKDTree(pos)
     d0 = nn_distance(pos, tree)
@@ -146,15 +148,44 @@ def analyze_lattice_iter(positions, *, image=None, reference=None, pixel_size=No
             raise ValueError("Sublattice 0 needs at least 6 columns to define the cell.")
         cell = translations(pos[labels == 0])
     yield progress(1, 4, "local affine fits")
-    F, nb, W, rss, expected = _strain.fit_deformation(pos, labels, cell, shells=shells)
     refmask = np.ones(len(pos), bool) if ref is None else ref
+    fit = _fit(pos, labels, cell, 1 if shells == "auto" else shells, refmask, std_in)
+    reason = "chosen by the caller"
+    if shells == "auto":
+        std3 = fit["strain_std"][:, :2]
+        noise = float(np.nanmedian(std3)) if np.isfinite(std3).any() else np.nan
+        # a noisy 3×3 fit is traded for 5×5 cells: ~2.9× less noise, half the resolution
+        wide = bool(noise > AUTO_STRAIN_STD)
+        if wide:
+            fit = _fit(pos, labels, cell, 2, refmask, std_in)
+        reason = (f"3×3 median strain std {100 * noise:.2f} % {'>' if wide else '≤'} "
+                  f"{100 * AUTO_STRAIN_STD:.1f} %")
+    F, cell, sigma, source = fit["F"], fit["cell"], fit["sigma"], fit["source"]
+    yield progress(2, 4, "strain and errors")
+    strain, rotation = fit["strain"], fit["rotation"]
+    strain_std, rotation_std = fit["strain_std"], fit["rotation_std"]
+    yield progress(3, 4, "displacements")
+    disp, disp_std = _strain.displacement(pos, labels, F, sigma)
+    lattice = _lattice_parameters(cell, F[refmask], pixel_size)
+    params = {"n_columns": len(pos), "image": img is not None, "reference_columns": int(refmask.sum()),
+              "pixel_size_nm": pixel_size, "position_std": source, "shells": fit["shells"],
+              "shells_requested": shells, "shells_reason": reason,
+              "user_sublattice": sublattice is not None}
+    prov = make_provenance("lattice_analysis", parameters=params, input_name=input_name)
+    yield progress(4, 4, "done")
+    return LatticeResult(pos, labels, cell, strain, rotation, disp, strain_std, rotation_std, disp_std,
+                         sigma, refmask, lattice, pixel_size, source, params, prov)
+
+
+def _fit(pos, labels, cell, shells, refmask, std_in) -> dict:
+    """The local affine fits of one shell size against the reference, strain and its error."""
+    F, nb, W, rss, expected = _strain.fit_deformation(pos, labels, cell, shells=shells)
     good = refmask & np.isfinite(F).all(axis=(1, 2))
     if good.sum() >= 3:  # the reference cell: the median deformation of the reference columns
         Fbar = np.median(F[good], axis=0)
         cell = cell @ Fbar.T
         # the same fits against the new cell (ideal vectors Fbar·r): F → F·Fbar⁻¹, W → W·Fbar⁻¹
         F, W = F @ np.linalg.inv(Fbar), W @ np.linalg.inv(Fbar)
-    yield progress(2, 4, "strain and errors")
     strain, rotation = _strain.strain_rotation(F)
     from_residuals = _strain.residual_sigma(nb, rss, expected)
     if std_in is not None:
@@ -173,16 +204,8 @@ def analyze_lattice_iter(positions, *, image=None, reference=None, pixel_size=No
     else:
         sigma, source = from_residuals, "fit residuals"
     strain_std, rotation_std = _strain.strain_std(nb, W, sigma)
-    yield progress(3, 4, "displacements")
-    disp, disp_std = _strain.displacement(pos, labels, F, sigma)
-    lattice = _lattice_parameters(cell, F[refmask], pixel_size)
-    params = {"n_columns": len(pos), "image": img is not None, "reference_columns": int(refmask.sum()),
-              "pixel_size_nm": pixel_size, "position_std": source, "shells": shells,
-              "user_sublattice": sublattice is not None}
-    prov = make_provenance("lattice_analysis", parameters=params, input_name=input_name)
-    yield progress(4, 4, "done")
-    return LatticeResult(pos, labels, cell, strain, rotation, disp, strain_std, rotation_std, disp_std,
-                         sigma, refmask, lattice, pixel_size, source, params, prov)
+    return {"F": F, "cell": cell, "strain": strain, "rotation": rotation, "sigma": sigma,
+            "source": source, "strain_std": strain_std, "rotation_std": rotation_std, "shells": shells}
 
 
 def _lattice_parameters(cell: np.ndarray, F_ref: np.ndarray, pixel_size: float | None) -> dict:
@@ -209,7 +232,7 @@ def _lattice_parameters(cell: np.ndarray, F_ref: np.ndarray, pixel_size: float |
 
 
 def analyze_lattice(positions, *, image=None, reference=None, pixel_size=None, position_std=None,
-                    shells: int = 1):
+                    shells: int | str = "auto"):
     """Sublattices, local strain, rotation and polarisation of a lattice of atomic columns.
 
     Parameters
@@ -222,8 +245,10 @@ def analyze_lattice(positions, *, image=None, reference=None, pixel_size=None, p
     position_std : float or (N,) px, optional, 1σ of each position (``features["position_std"]``
         of the atom finder); its overall scale is checked against the local fits' residuals,
         and without it σ is estimated from those residuals alone.
-    shells : 1 (default) fits each column's strain to the 3×3 cells around it; 2 to 5×5 cells
-        (about 3× less noise for half the spatial resolution: dim or noisy images).
+    shells : 1 fits each column's strain to the 3×3 cells around it; 2 to 5×5 cells (about 3×
+        less noise for half the spatial resolution: dim or noisy images); "auto" (default) uses
+        5×5 when the 3×3 fit's median propagated std of exx/eyy is above 0.3 % (about 100
+        counts per column), else 3×3. ``parameters["shells"]`` says which was used and why.
 
     Returns
     -------

@@ -42,8 +42,9 @@ def add_parser(subparsers) -> None:
                          "(sublattice 0 = darkest, no counting); auto (default): decided per image")
     sp.add_argument("--pixel-size", type=float, default=None,
                     help="nm per pixel when the file has no calibration (lattice parameters in pm)")
-    sp.add_argument("--shells", type=int, default=1, choices=[1, 2],
-                    help="strain fit over 3×3 (1, default) or 5×5 (2) cells")
+    sp.add_argument("--shells", default="auto", choices=["auto", "1", "2"],
+                    help="strain fit over 3×3 (1) or 5×5 (2) cells; auto (default): 5×5 when the "
+                         "3×3 fit's median strain std is above 0.3 %%")
     sp.add_argument("--no-count", action="store_true", help="skip atom counting")
     sp.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
                     help="where the atom finder runs (default auto)")
@@ -95,7 +96,7 @@ def analyse_file(path: Path, args) -> dict:
     signal = -image if contrast == "dark" else image
     pixel_size = _pixel_size(kwargs, args.pixel_size)
     lat = mm.analyze_lattice(positions, image=signal, pixel_size=pixel_size, position_std=std,
-                             shells=args.shells)
+                             shells=args.shells if args.shells == "auto" else int(args.shells))
     counts = None
     if not args.no_count and contrast == "bright":
         counts = mm.count_atoms(image, positions,
@@ -125,6 +126,9 @@ def _write(stem: str, res: dict, tmp: Path, source: Path) -> list[Path]:
                "n_sublattices": lat.n_sublattices,
                "columns_per_sublattice": np.bincount(lat.sublattice).tolist(),
                "pixel_size_nm": res["pixel_size"], "position_std": lat.std_source,
+               "strain_fit": {"cells": "5×5" if lat.parameters["shells"] == 2 else "3×3",
+                              "requested": lat.parameters["shells_requested"],
+                              "reason": lat.parameters["shells_reason"]},
                "contrast": res["contrast"],
                "counting": None if cnt is None else {
                    str(lab): {"n_components": len(m.means), "means": m.means.tolist(),

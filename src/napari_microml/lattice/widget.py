@@ -53,9 +53,10 @@ class LatticeWidget(ToolWidget):
                                  tooltip="bright: HAADF/ADF (sublattice 0 = brightest); dark: ABF/BF "
                                          "(sublattice 0 = darkest; no atom counting); auto: the "
                                          "image at the columns against its median")
-        self.shells = ComboBox(label="Strain fit over", choices=["3×3 cells", "5×5 cells"],
-                               value="3×3 cells",
-                               tooltip="5×5 cells: about 3× less noise, half the resolution")
+        self.shells = ComboBox(label="Strain fit over", choices=["auto", "3×3 cells", "5×5 cells"],
+                               value="auto",
+                               tooltip="5×5 cells: about 3× less noise, half the resolution; auto: "
+                                       "5×5 when the 3×3 strain std is above 0.3 % (dim images)")
         self.count = CheckBox(label="Count atoms (HAADF)", value=True)
         self.magnification = FloatSlider(label="Arrow ×", value=10.0, min=1.0, max=50.0, step=1.0)
         self.set_value = SpinBox(label="Sublattice", value=0, min=0, max=9)
@@ -141,7 +142,7 @@ class LatticeWidget(ToolWidget):
         std = points.features["position_std"].to_numpy(float) if "position_std" in points.features else None
         contrast = self.contrast.value
         count = bool(self.count.value) and image is not None
-        shells = 2 if self.shells.value.startswith("5") else 1
+        shells = {"auto": "auto", "5×5 cells": 2}.get(self.shells.value, 1)
         pixel_size = pixel_size_nm(image) if image is not None else None
         name = image.name if image is not None else points.name
         self._source = (image, points)
@@ -274,7 +275,10 @@ class LatticeWidget(ToolWidget):
         text = (f"{len(lat.positions)} columns, {lat.n_sublattices} sublattice(s); "
                 f"a = {a:.1f} ± {L.get(f'a_{unit}_std', np.nan):.1f} {unit}, "
                 f"b = {b:.1f} ± {L.get(f'b_{unit}_std', np.nan):.1f} {unit}, "
-                f"γ = {L['gamma_deg']:.1f} ± {L['gamma_deg_std']:.1f}°")
+                f"γ = {L['gamma_deg']:.1f} ± {L['gamma_deg_std']:.1f}°; strain fit over "
+                f"{'5×5' if lat.parameters.get('shells') == 2 else '3×3'} cells")
+        if lat.parameters.get("shells_requested") == "auto":
+            text += f", auto ({lat.parameters['shells_reason']})"
         if cnt is not None:
             levels = "/".join(str(len(m.means)) for m in cnt.groups.values()) if cnt.groups else \
                 str(cnt.n_components)
