@@ -1096,6 +1096,16 @@ def _models() -> int:
     return 0
 
 
+def _redeliver_interrupt(unraisable) -> None:
+    """A Ctrl-C that lands inside a finalizer (a weakref or ``__del__`` callback) cannot stop
+    the run there, and Python would print it as an ignored traceback: send it again, so the
+    run's own code receives it."""
+    if issubclass(unraisable.exc_type, KeyboardInterrupt):
+        signal.raise_signal(signal.SIGINT)
+    else:
+        sys.__unraisablehook__(unraisable)
+
+
 def _install_handlers() -> dict:
     """SIGINT and SIGTERM (``kill``, job schedulers, ``timeout``) → KeyboardInterrupt, so the
     staging folder is removed and nothing half-written stays in ``--out``."""
@@ -1103,6 +1113,8 @@ def _install_handlers() -> dict:
 
     if threading.current_thread() is not threading.main_thread():
         return {}
+    if _CONSOLE:  # in someone else's process (tests, notebooks) their hook stays
+        sys.unraisablehook = _redeliver_interrupt
     previous = {}
     for sig in (signal.SIGINT, signal.SIGTERM):
         try:
