@@ -29,14 +29,10 @@ def main(argv=None):
 
     import napari
 
-    from napari_microml.atoms.widget import AtomFinderWidget
-    from napari_microml.sample_data import sample_lattice
-
     viewer = napari.Viewer(title="napari-microml demo")
-    data, meta, _ = sample_lattice()[0]
-    image = viewer.add_image(data, **meta)
-    widget = AtomFinderWidget(viewer)
-    viewer.window.add_dock_widget(widget, name="Atom finder", area="right")
+    # the way a user gets there: File → Open Sample, then Plugins → napari-microml → Atom finder
+    (image,) = viewer.open_sample("napari-microml", "lattice")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-microml", "Atom finder")
     widget.image_layer.value = image
     widget.show_probability.value = False
     widget.start()
@@ -54,6 +50,7 @@ def main(argv=None):
     (out / "provenance.json").write_text(json.dumps(points.metadata["napari_microml"], indent=2))
     from napari_microml.runtime.widget import viewer_camera
 
+    viewer.window._qt_window.resize(1400, 900)  # a laptop-sized window, not Xvfb's default
     camera = viewer_camera(viewer)
     camera.zoom = camera.zoom * 2.2
     napari_shot = viewer.screenshot(canvas_only=False, flash=False)
