@@ -1098,10 +1098,15 @@ def _models() -> int:
 
 def _redeliver_interrupt(unraisable) -> None:
     """A Ctrl-C that lands inside a finalizer (a weakref or ``__del__`` callback) cannot stop
-    the run there, and Python would print it as an ignored traceback: send it again, so the
-    run's own code receives it."""
+    the run there, and Python would print it as an ignored traceback: send it again a moment
+    later from a timer thread, once this hook and the finalizer have returned, so the run's own
+    code receives it (``signal.raise_signal`` would run the handler inside this hook)."""
+    import threading
+
     if issubclass(unraisable.exc_type, KeyboardInterrupt):
-        signal.raise_signal(signal.SIGINT)
+        timer = threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGINT))
+        timer.daemon = True
+        timer.start()
     else:
         sys.__unraisablehook__(unraisable)
 
