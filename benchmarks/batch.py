@@ -6,6 +6,7 @@ plumbing itself is still measured.
 
     python benchmarks/batch.py [--frames 200] [--size 128]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,8 +26,11 @@ def stand_in_atoms(frame, device="auto"):
 
     f = ndimage.gaussian_filter(np.asarray(frame, np.float32), 1.0)
     pos = peak_local_max(f, min_distance=3, threshold_rel=0.3).astype(float)
-    return {"positions": pos, "features": pd.DataFrame({"intensity": f[tuple(pos.astype(int).T)]}),
-            "provenance": None}
+    return {
+        "positions": pos,
+        "features": pd.DataFrame({"intensity": f[tuple(pos.astype(int).T)]}),
+        "provenance": None,
+    }
 
 
 class UntrainedUNetFinder:
@@ -55,14 +59,14 @@ class UntrainedUNetFinder:
             torch.manual_seed(0)
             self.net = UNet(**{k: v for k, v in ARCH.items() if k != "kind"})
         r = mm.find_atoms(frame, model=self.net, device=device)
-        return {"positions": np.asarray(r.positions), "features": r.features,
-                "provenance": None}
+        return {"positions": np.asarray(r.positions), "features": r.features, "provenance": None}
 
 
 def untrained_available() -> bool:
     try:
         import napari_microml.atoms.finder  # noqa: F401
         import napari_microml.training.atoms  # noqa: F401
+
         return True
     except Exception:  # noqa: BLE001
         return False
@@ -85,8 +89,11 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--frames", type=int, default=200)
     ap.add_argument("--size", type=int, default=128)
-    ap.add_argument("--stand-in", action="store_true",
-                    help="time the cheap peak_local_max stand-in instead of the U-Net pipeline")
+    ap.add_argument(
+        "--stand-in",
+        action="store_true",
+        help="time the cheap peak_local_max stand-in instead of the U-Net pipeline",
+    )
     args = ap.parse_args()
 
     from distributed import LocalCluster
@@ -95,8 +102,10 @@ def main() -> None:
     from napari_microml.synth.lattice import simulate_lattice
 
     t0 = time.perf_counter()
-    frames = [simulate_lattice((args.size, args.size), seed=i).image.astype(np.float32)
-              for i in range(args.frames)]
+    frames = [
+        simulate_lattice((args.size, args.size), seed=i).image.astype(np.float32)
+        for i in range(args.frames)
+    ]
     t_synth = time.perf_counter() - t0
 
     reason = real_atoms_status()
@@ -118,14 +127,23 @@ def main() -> None:
         import dask
 
         cfg = {} if environ is None else {"distributed.nanny.pre-spawn-environ": environ}
-        with dask.config.set(cfg), LocalCluster(
-                n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                dashboard_address=None) as cluster:
-            process_items(frames[:4], run, device=device, scheduler=cluster.scheduler_address,
-                          progress=False)  # warm-up (imports on the workers)
+        with (
+            dask.config.set(cfg),
+            LocalCluster(
+                n_workers=2,
+                threads_per_worker=1,
+                processes=True,
+                host="127.0.0.1",
+                dashboard_address=None,
+            ) as cluster,
+        ):
+            process_items(
+                frames[:4], run, device=device, scheduler=cluster.scheduler_address, progress=False
+            )  # warm-up (imports on the workers)
             t0 = time.perf_counter()
-            res = process_items(frames, run, device=device,
-                                scheduler=cluster.scheduler_address, progress=False)
+            res = process_items(
+                frames, run, device=device, scheduler=cluster.scheduler_address, progress=False
+            )
             return res, time.perf_counter() - t0
 
     # dask's default worker environment (MALLOC_TRIM_THRESHOLD_=65536, *_NUM_THREADS=1)
@@ -135,27 +153,40 @@ def main() -> None:
 
     same = all(np.allclose(a["positions"], b["positions"]) for a, b in zip(r1, r2))
     n_atoms = int(sum(len(r["positions"]) for r in r1))
-    print(json.dumps({
-        "benchmark": "microml atoms batch throughput",
-        "frames": args.frames, "frame_shape": [args.size, args.size],
-        "finder": finder,
-        "real_finder_unavailable_reason": reason,
-        "device": device,
-        "local_threads_1_worker": {"seconds": round(t_local1, 3),
-                                   "frames_per_s": round(args.frames / t_local1, 2)},
-        "localcluster_2_workers_loopback": {"seconds": round(t_dist2, 3),
-                                            "frames_per_s": round(args.frames / t_dist2, 2)},
-        "speedup": round(t_local1 / t_dist2, 2),
-        "localcluster_2_workers_no_nanny_environ": {
-            "seconds": round(t_dist2_env, 3), "frames_per_s": round(args.frames / t_dist2_env, 2),
-            "note": "distributed.nanny.pre-spawn-environ = {} (no MALLOC_TRIM_THRESHOLD_)"},
-        "speedup_no_nanny_environ": round(t_local1 / t_dist2_env, 2),
-        "load_average_1min_at_end": round(os.getloadavg()[0], 2),
-        "same_positions": bool(same),
-        "atoms_found": n_atoms,
-        "synthesis_seconds": round(t_synth, 2),
-        "cpu_count": os.cpu_count(), "python": platform.python_version(),
-    }, indent=1))
+    print(
+        json.dumps(
+            {
+                "benchmark": "microml atoms batch throughput",
+                "frames": args.frames,
+                "frame_shape": [args.size, args.size],
+                "finder": finder,
+                "real_finder_unavailable_reason": reason,
+                "device": device,
+                "local_threads_1_worker": {
+                    "seconds": round(t_local1, 3),
+                    "frames_per_s": round(args.frames / t_local1, 2),
+                },
+                "localcluster_2_workers_loopback": {
+                    "seconds": round(t_dist2, 3),
+                    "frames_per_s": round(args.frames / t_dist2, 2),
+                },
+                "speedup": round(t_local1 / t_dist2, 2),
+                "localcluster_2_workers_no_nanny_environ": {
+                    "seconds": round(t_dist2_env, 3),
+                    "frames_per_s": round(args.frames / t_dist2_env, 2),
+                    "note": "distributed.nanny.pre-spawn-environ = {} (no MALLOC_TRIM_THRESHOLD_)",
+                },
+                "speedup_no_nanny_environ": round(t_local1 / t_dist2_env, 2),
+                "load_average_1min_at_end": round(os.getloadavg()[0], 2),
+                "same_positions": bool(same),
+                "atoms_found": n_atoms,
+                "synthesis_seconds": round(t_synth, 2),
+                "cpu_count": os.cpu_count(),
+                "python": platform.python_version(),
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

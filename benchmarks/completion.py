@@ -14,6 +14,7 @@ excess RMS over the local GP's (``model="local-gp"``). Times are CPU seconds on 
 Usage: python benchmarks/completion.py [--parts real,synthetic,speed] [--quick] [--no-network]
 Writes benchmarks/results/completion.json (a run of some parts updates only those parts).
 """
+
 from __future__ import annotations
 
 import os
@@ -58,6 +59,7 @@ def _api(model):
         r = complete_scan(np.where(mask, values, np.nan), mask, model=model, device="cpu")
         noise_sd = r.provenance["parameters"].get("fitted_hyperparameters", [{}])[0].get("noise_sd")
         return r.image, r.uncertainty, noise_sd
+
     return run
 
 
@@ -76,15 +78,21 @@ def score(ms: dict, values, truth, mask, noisy_truth=None) -> dict:
         image, std, noise_sd = fn(values, mask)
         cpu, wall = time.process_time() - c0, time.perf_counter() - t0
         e = completion_errors(image, truth, mask, std)  # σ as reported (measurement σ for kriging)
-        out = {k: round(v, 5) for k, v in e.items()} | {"cpu_s": round(cpu, 2), "wall_s": round(wall, 2)}
+        out = {k: round(v, 5) for k, v in e.items()} | {
+            "cpu_s": round(cpu, 2),
+            "wall_s": round(wall, 2),
+        }
         out["within_2sigma_measurement"] = out.pop("within_2sigma")
         if noisy_truth is not None:
             miss = ~mask
-            out["within_2sigma_measurement"] = round(float(np.mean(
-                np.abs(image - noisy_truth)[miss] <= 2 * std[miss])), 4)
+            out["within_2sigma_measurement"] = round(
+                float(np.mean(np.abs(image - noisy_truth)[miss] <= 2 * std[miss])), 4
+            )
             if noise_sd is not None:  # the signal σ against the noise-free truth
-                signal = np.sqrt(np.maximum(std.astype(np.float64) ** 2 - noise_sd ** 2, 0))
-                out["within_2sigma_signal"] = round(float(np.mean(np.abs(image - truth)[miss] <= 2 * signal[miss])), 4)
+                signal = np.sqrt(np.maximum(std.astype(np.float64) ** 2 - noise_sd**2, 0))
+                out["within_2sigma_signal"] = round(
+                    float(np.mean(np.abs(image - truth)[miss] <= 2 * signal[miss])), 4
+                )
         row[name] = out
     ref = row[REFERENCE]
     for name in ms:
@@ -111,7 +119,7 @@ def _paper_mask(shape):
         return paper
     h, w = shape
     y0, x0 = (paper.shape[0] - h) // 2, (paper.shape[1] - w) // 2
-    return paper[y0:y0 + h, x0:x0 + w]
+    return paper[y0 : y0 + h, x0 : x0 + w]
 
 
 def real(quick: bool, network: bool) -> dict:
@@ -125,8 +133,13 @@ def real(quick: bool, network: bool) -> dict:
         rows = {}
         for label, mask in masks(truth.shape, quick, _paper_mask(truth.shape)):
             rows[label] = score(methods(network), truth, truth, mask)
-            print(name, label, {k: (v["rms"], v.get("excess_ratio")) for k, v in rows[label].items()},
-                  file=sys.stderr, flush=True)
+            print(
+                name,
+                label,
+                {k: (v["rms"], v.get("excess_ratio")) for k, v in rows[label].items()},
+                file=sys.stderr,
+                flush=True,
+            )
         out[name] = rows
     return out
 
@@ -134,19 +147,44 @@ def real(quick: bool, network: bool) -> dict:
 def synthetic(quick: bool, network: bool, n: int = 4, size: int = 256) -> dict:
     """Noisy partial scans of held-out scenes; errors against the exact noise-free truth."""
     kinds = ("lattice", "particles", "edges", "texture")
-    images = [simulate_scene((size, size), kind=kinds[i % 4], dose=float(np.exp(np.random.default_rng(
-        TEST_SEED + i).uniform(np.log(50), np.log(2000)))), seed=TEST_SEED + i) for i in range(2 if quick else n)]
+    images = [
+        simulate_scene(
+            (size, size),
+            kind=kinds[i % 4],
+            dose=float(
+                np.exp(np.random.default_rng(TEST_SEED + i).uniform(np.log(50), np.log(2000)))
+            ),
+            seed=TEST_SEED + i,
+        )
+        for i in range(2 if quick else n)
+    ]
     out = {}
     paper = _paper_mask((size, size)) if DATA.is_dir() else None
     for label, mask in masks((size, size), quick, paper):
-        per = [score(methods(network), noisy.astype(np.float64), clean, mask, noisy_truth=noisy)
-               for noisy, clean in images]
-        out[label] = {m: {k: round(float(np.mean([p[m][k] for p in per])), 5) for k in per[0][m]} for m in per[0]}
-        print("synthetic", label, {k: (v["rms"], v.get("excess_ratio")) for k, v in out[label].items()},
-              file=sys.stderr, flush=True)
-    return {"n_images": len(images), "size": size, "scenes": [kinds[i % 4] for i in range(len(images))],
-            "seeds": f"{TEST_SEED}..{TEST_SEED + len(images) - 1}", "dose": "log-uniform 50-2000 counts/unit",
-            "truth": "noise-free", "results": out}
+        per = [
+            score(methods(network), noisy.astype(np.float64), clean, mask, noisy_truth=noisy)
+            for noisy, clean in images
+        ]
+        out[label] = {
+            m: {k: round(float(np.mean([p[m][k] for p in per])), 5) for k in per[0][m]}
+            for m in per[0]
+        }
+        print(
+            "synthetic",
+            label,
+            {k: (v["rms"], v.get("excess_ratio")) for k, v in out[label].items()},
+            file=sys.stderr,
+            flush=True,
+        )
+    return {
+        "n_images": len(images),
+        "size": size,
+        "scenes": [kinds[i % 4] for i in range(len(images))],
+        "seeds": f"{TEST_SEED}..{TEST_SEED + len(images) - 1}",
+        "dose": "log-uniform 50-2000 counts/unit",
+        "truth": "noise-free",
+        "results": out,
+    }
 
 
 def summary(result: dict) -> dict:
@@ -155,20 +193,30 @@ def summary(result: dict) -> dict:
     cases = []
     for name in ("truth-1", "truth-2"):
         cases += [(name, label, row) for label, row in result.get("real", {}).get(name, {}).items()]
-    cases += [("synthetic", label, row) for label, row in result.get("synthetic", {}).get("results", {}).items()]
+    cases += [
+        ("synthetic", label, row)
+        for label, row in result.get("synthetic", {}).get("results", {}).items()
+    ]
     if not cases:
         return {}
     out = {}
     for m in [k for k in cases[0][2] if k != REFERENCE]:
         ratios = [row[m]["excess_ratio"] for _, _, row in cases]
-        real_cov = [row[m]["within_2sigma_measurement"] for src, _, row in cases if src != "synthetic"]
-        mask1 = [row for src, label, row in cases if src == "truth-1" and label.startswith("mask-1")]
-        s = {"n_cases": len(ratios), "excess_ratio_mean": round(float(np.mean(ratios)), 4),
-             "excess_ratio_max": round(float(np.max(ratios)), 4),
-             "worst_case": "/".join(cases[int(np.argmax(ratios))][:2]),
-             "cases_over_1.05": int(sum(r > 1.05 for r in ratios)),
-             "target_every_case_le_1.05": bool(max(ratios) <= 1.05),
-             "target_mean_le_0.90": bool(np.mean(ratios) <= 0.90)}
+        real_cov = [
+            row[m]["within_2sigma_measurement"] for src, _, row in cases if src != "synthetic"
+        ]
+        mask1 = [
+            row for src, label, row in cases if src == "truth-1" and label.startswith("mask-1")
+        ]
+        s = {
+            "n_cases": len(ratios),
+            "excess_ratio_mean": round(float(np.mean(ratios)), 4),
+            "excess_ratio_max": round(float(np.max(ratios)), 4),
+            "worst_case": "/".join(cases[int(np.argmax(ratios))][:2]),
+            "cases_over_1.05": int(sum(r > 1.05 for r in ratios)),
+            "target_every_case_le_1.05": bool(max(ratios) <= 1.05),
+            "target_mean_le_0.90": bool(np.mean(ratios) <= 0.90),
+        }
         if mask1:
             s["mask1_truth1_rms_ratio"] = mask1[0][m]["rms_ratio"]
             s["target_mask1_le_1.1"] = bool(mask1[0][m]["rms_ratio"] <= 1.1)
@@ -177,17 +225,26 @@ def summary(result: dict) -> dict:
             s["coverage_2sigma_real_min"] = round(float(np.min(real_cov)), 4)
             s["target_coverage"] = bool(0.90 <= np.mean(real_cov) <= 0.98 and min(real_cov) >= 0.85)
         out[m] = s
-    ref_cov = [row[REFERENCE]["within_2sigma_measurement"] for src, _, row in cases if src != "synthetic"]
+    ref_cov = [
+        row[REFERENCE]["within_2sigma_measurement"] for src, _, row in cases if src != "synthetic"
+    ]
     if ref_cov:
-        out[REFERENCE] = {"coverage_2sigma_real_mean": round(float(np.mean(ref_cov)), 4),
-                          "coverage_2sigma_real_min": round(float(np.min(ref_cov)), 4)}
+        out[REFERENCE] = {
+            "coverage_2sigma_real_mean": round(float(np.mean(ref_cov)), 4),
+            "coverage_2sigma_real_min": round(float(np.min(ref_cov)), 4),
+        }
     paper = {}
     for src in ("truth-1", "truth-2", "synthetic"):
-        rows = result["synthetic"]["results"] if src == "synthetic" and "synthetic" in result else \
-            result.get("real", {}).get(src, {})
+        rows = (
+            result["synthetic"]["results"]
+            if src == "synthetic" and "synthetic" in result
+            else result.get("real", {}).get(src, {})
+        )
         for label, target in PAPER.items():
             if label in rows:
-                paper[f"{src} {label}"] = {"paper": target} | {m: rows[label][m]["rms_smooth"] for m in rows[label]}
+                paper[f"{src} {label}"] = {"paper": target} | {
+                    m: rows[label][m]["rms_smooth"] for m in rows[label]
+                }
     out["rms_vs_smoothed_truth_beside_paper"] = paper
     return out
 
@@ -207,22 +264,32 @@ def speed() -> dict:
                 complete_scan(truth * mask, mask, model=model)
                 cpu.append(time.process_time() - c0)
                 wall.append(time.perf_counter() - t0)
-            res[f"{model} 512² {label}"] = {"cpu_s_best_of_3": round(min(cpu), 3),
-                                            "wall_s_best_of_3": round(min(wall), 3)}
+            res[f"{model} 512² {label}"] = {
+                "cpu_s_best_of_3": round(min(cpu), 3),
+                "wall_s_best_of_3": round(min(wall), 3),
+            }
     # 2048² in a fresh process: peak RSS from /proc/self/status VmHWM
-    code = ("import os;os.environ.setdefault('OMP_NUM_THREADS','1');import time,numpy as np;"
-            "from napari_microml.completion.masks import scan_mask;"
-            "from napari_microml.completion.complete import complete_scan;"
-            "from napari_microml.synth.scenes import simulate_scene;"
-            "hwm=lambda: int([l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1])/1024;"
-            "img=simulate_scene((2048,2048),kind='texture',dose=300,seed=1)[0];"
-            "m=scan_mask('spiral',img.shape,1/17.9);r0=hwm();"
-            "c=time.process_time();t=time.perf_counter();r=complete_scan(img*m,m);"
-            "print(time.process_time()-c,time.perf_counter()-t,r0,hwm())")
-    o = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
-    res["kriging_2048"] = {"cpu_s": round(float(o[0]), 2), "wall_s": round(float(o[1]), 2),
-                           "input_MiB_float32": 16.0, "peak_rss_MiB_before_call": round(float(o[2]), 1),
-                           "peak_rss_MiB_after": round(float(o[3]), 1)}
+    code = (
+        "import os;os.environ.setdefault('OMP_NUM_THREADS','1');import time,numpy as np;"
+        "from napari_microml.completion.masks import scan_mask;"
+        "from napari_microml.completion.complete import complete_scan;"
+        "from napari_microml.synth.scenes import simulate_scene;"
+        "hwm=lambda: int([l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1])/1024;"
+        "img=simulate_scene((2048,2048),kind='texture',dose=300,seed=1)[0];"
+        "m=scan_mask('spiral',img.shape,1/17.9);r0=hwm();"
+        "c=time.process_time();t=time.perf_counter();r=complete_scan(img*m,m);"
+        "print(time.process_time()-c,time.perf_counter()-t,r0,hwm())"
+    )
+    o = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split()
+    res["kriging_2048"] = {
+        "cpu_s": round(float(o[0]), 2),
+        "wall_s": round(float(o[1]), 2),
+        "input_MiB_float32": 16.0,
+        "peak_rss_MiB_before_call": round(float(o[2]), 1),
+        "peak_rss_MiB_after": round(float(o[3]), 1),
+    }
     return res
 
 
@@ -235,11 +302,21 @@ def main(argv=None):
     import torch
 
     torch.set_num_threads(1)
-    result = {"reference": "local_gp = complete_scan(model='local-gp')", "candidates": {
-        "kriging": KRIGING_SETTINGS[KRIGING], "kriging_matern32": {**KRIGING_SETTINGS[KRIGING], "kernel": "matern32"},
-        "local_gp": KRIGING_SETTINGS[LOCAL_GP], "network": "completion-default (GAN)"}, "quick": a.quick}
-    parts = {"real": lambda q: real(q, not a.no_network), "synthetic": lambda q: synthetic(q, not a.no_network),
-             "speed": lambda q: speed()}
+    result = {
+        "reference": "local_gp = complete_scan(model='local-gp')",
+        "candidates": {
+            "kriging": KRIGING_SETTINGS[KRIGING],
+            "kriging_matern32": {**KRIGING_SETTINGS[KRIGING], "kernel": "matern32"},
+            "local_gp": KRIGING_SETTINGS[LOCAL_GP],
+            "network": "completion-default (GAN)",
+        },
+        "quick": a.quick,
+    }
+    parts = {
+        "real": lambda q: real(q, not a.no_network),
+        "synthetic": lambda q: synthetic(q, not a.no_network),
+        "speed": lambda q: speed(),
+    }
     for part in a.parts.split(","):
         t = time.perf_counter()
         result[part] = parts[part](a.quick)

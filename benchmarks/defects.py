@@ -6,6 +6,7 @@ Held-out seeds 5,000,000+ and 5,200,000+ (training uses 1,000,000+, validation 9
 Usage: python benchmarks/defects.py [--parts synthetic,dichalcogenide,scale,speed,real,environments] [--quick]
 Parts not run keep their previous figures in the JSON file.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,13 +30,22 @@ DOSES = {"low": 20.0, "moderate": 200.0, "high": 2000.0}
 LATTICES = ("square", "triangular", "honeycomb", "perovskite", "rectangular")
 SEED0 = 5_000_000
 SEED0_MORE = 5_200_000  # the images added in the ninth session
-N_SEEDS = 12  # per lattice × scene: 120 images per dose (40 until the ninth session; see RESULTS.md)
+N_SEEDS = (
+    12  # per lattice × scene: 120 images per dose (40 until the ninth session; see RESULTS.md)
+)
 FIRST_SEEDS = 4  # the earlier 40 images (from SEED0), still reported on their own
 SEED0_TMD = 5_400_000  # the dichalcogenide part (twelfth session)
 
 
-def benchmark_images(seed0: int, n_seeds: int, dose: float, scenes, size: int = 256, contrast: str = "bright",
-                     lattices=LATTICES):
+def benchmark_images(
+    seed0: int,
+    n_seeds: int,
+    dose: float,
+    scenes,
+    size: int = 256,
+    contrast: str = "bright",
+    lattices=LATTICES,
+):
     """The benchmark's image set: every lattice × scene × ``n_seeds`` seeds from ``seed0``,
     spacing uniform 8–18 px per seed. Yields (DefectsSample, spacing)."""
     k = 0
@@ -45,11 +55,28 @@ def benchmark_images(seed0: int, n_seeds: int, dose: float, scenes, size: int = 
                 seed = seed0 + 1000 * k + i
                 k += 1
                 spacing = float(np.random.default_rng(seed).uniform(8, 18))
-                yield simulate_defects((size, size), seed=seed, dose=dose, scene=scene, lattice=lattice,
-                                       spacing=spacing, contrast=contrast), spacing
+                yield (
+                    simulate_defects(
+                        (size, size),
+                        seed=seed,
+                        dose=dose,
+                        scene=scene,
+                        lattice=lattice,
+                        spacing=spacing,
+                        contrast=contrast,
+                    ),
+                    spacing,
+                )
 
 
-def images(n_seeds: int, dose: float, scenes, size: int = 256, contrast: str = "bright", first: int = FIRST_SEEDS):
+def images(
+    n_seeds: int,
+    dose: float,
+    scenes,
+    size: int = 256,
+    contrast: str = "bright",
+    first: int = FIRST_SEEDS,
+):
     """The synthetic part's images: ``min(n_seeds, first)`` seeds per lattice × scene from
     ``SEED0`` (the set reported until the ninth session, image for image), then the other
     ``n_seeds - first`` from ``SEED0_MORE``."""
@@ -58,8 +85,13 @@ def images(n_seeds: int, dose: float, scenes, size: int = 256, contrast: str = "
         yield from benchmark_images(SEED0_MORE, n_seeds - first, dose, scenes, size, contrast)
 
 
-def synthetic(n_seeds: int, size: int = 256, contrast: str = "bright", scenes=("crystal", "interface"),
-              first: int = FIRST_SEEDS):
+def synthetic(
+    n_seeds: int,
+    size: int = 256,
+    contrast: str = "bright",
+    scenes=("crystal", "interface"),
+    first: int = FIRST_SEEDS,
+):
     """Per-class scores over every lattice × scene × ``n_seeds`` images per dose, and (when
     ``n_seeds > first``) the same for the first ``first`` seeds of each cell alone: exactly the
     smaller set earlier sessions reported, kept comparable."""
@@ -67,15 +99,32 @@ def synthetic(n_seeds: int, size: int = 256, contrast: str = "bright", scenes=("
     n_first = len(LATTICES) * len(scenes) * min(n_seeds, first)
     for dose_name, dose in DOSES.items():
         scores, times = _score_both(images(n_seeds, dose, scenes, size, contrast, first), contrast)
-        out[dose_name] = {"dose_counts_at_column_peak": dose, "n_images": len(scores["ours"]),
-                          **{name: {"per_class": summarize(sc), "mean_s_per_image": round(float(np.mean(times[name])), 3)}
-                             for name, sc in scores.items()}}
+        out[dose_name] = {
+            "dose_counts_at_column_peak": dose,
+            "n_images": len(scores["ours"]),
+            **{
+                name: {
+                    "per_class": summarize(sc),
+                    "mean_s_per_image": round(float(np.mean(times[name])), 3),
+                }
+                for name, sc in scores.items()
+            },
+        }
         if n_seeds > first:
             out[dose_name][f"first_{first}_seeds"] = {
-                "n_images": n_first, **{name: summarize(sc[:n_first]) for name, sc in scores.items()}}
-    return {"size": size, "contrast": contrast, "scenes": list(scenes), "lattices": list(LATTICES),
-            "spacing_px": "uniform 8-18", "match": "Hungarian per class within 0.5*spacing; 0.5*spacing border "
-            "ignored; extended: region overlap >= 30%", "by_dose": out}
+                "n_images": n_first,
+                **{name: summarize(sc[:n_first]) for name, sc in scores.items()},
+            }
+    return {
+        "size": size,
+        "contrast": contrast,
+        "scenes": list(scenes),
+        "lattices": list(LATTICES),
+        "spacing_px": "uniform 8-18",
+        "match": "Hungarian per class within 0.5*spacing; 0.5*spacing border "
+        "ignored; extended: region overlap >= 30%",
+        "by_dose": out,
+    }
 
 
 def _score_both(samples, contrast: str = "bright", models=(None,)):
@@ -89,10 +138,15 @@ def _score_both(samples, contrast: str = "bright", models=(None,)):
         kw = dict(radius=0.5 * spacing, margin=0.5 * spacing)
         for model, key in keys.items():
             t = time.perf_counter()
-            r = segment_defects(s.image, contrast=contrast, **({} if model is None else {"model": model}))
+            r = segment_defects(
+                s.image, contrast=contrast, **({} if model is None else {"model": model})
+            )
             times[key].append(time.perf_counter() - t)
-            scores[key].append(score_defects(r.table, classmap_from_labels(r.labels, r.table),
-                                             s.objects, s.classmap, **kw))
+            scores[key].append(
+                score_defects(
+                    r.table, classmap_from_labels(r.labels, r.table), s.objects, s.classmap, **kw
+                )
+            )
         t = time.perf_counter()
         b = baseline_defects(s.image, contrast=contrast)
         times["baseline"].append(time.perf_counter() - t)
@@ -106,11 +160,15 @@ def dichalcogenide(n_seeds: int, size: int = 256):
     "auto" (the API default), each model forced, and the baseline side by side."""
     out = {}
     for dose_name, dose in DOSES.items():
-        samples = benchmark_images(SEED0_TMD, n_seeds, dose, ("crystal", "interface"), size,
-                                   lattices=("dichalcogenide",))
+        samples = benchmark_images(
+            SEED0_TMD, n_seeds, dose, ("crystal", "interface"), size, lattices=("dichalcogenide",)
+        )
         scores, _ = _score_both(samples, models=(None, "default", "dichalcogenide"))
-        out[dose_name] = {"dose_counts_at_column_peak": dose, "n_images": len(scores["ours"]),
-                          **{name: {"per_class": summarize(sc)} for name, sc in scores.items()}}
+        out[dose_name] = {
+            "dose_counts_at_column_peak": dose,
+            "n_images": len(scores["ours"]),
+            **{name: {"per_class": summarize(sc)} for name, sc in scores.items()},
+        }
     return {"size": size, "lattice": "dichalcogenide", "spacing_px": "uniform 8-18", "by_dose": out}
 
 
@@ -129,8 +187,15 @@ def speed(size: int = 1024):
 
 
 def _speed(size: int):
-    s = simulate_defects((size, size), seed=SEED0 + 999_999, dose=200, scene="crystal", lattice="square",
-                         spacing=12, contrast="bright")
+    s = simulate_defects(
+        (size, size),
+        seed=SEED0 + 999_999,
+        dose=200,
+        scene="crystal",
+        lattice="square",
+        spacing=12,
+        contrast="bright",
+    )
     segment_defects(s.image[:256, :256])  # warm-up (weights load, allocator)
     runs = []
     for _ in range(3):  # best of 3: the machine is shared
@@ -146,14 +211,23 @@ def _speed(size: int):
     t = time.perf_counter()
     b = baseline_defects(s.image)
     base = time.perf_counter() - t
-    import torch
-
     import os
 
-    return {"size": size, "load_average": [round(x, 2) for x in os.getloadavg()], "segment_defects_s": round(ours, 3), "segment_defects_runs_s": [round(x, 3) for x in runs],
-            "without_column_check_s": round(min(plain), 3), "n_defects": len(r.table),
-            "n_atoms": len(r.atoms), "baseline_s": round(base, 3), "n_baseline_defects": len(b.objects),
-            "torch_threads": torch.get_num_threads(), "device": r.device}
+    import torch
+
+    return {
+        "size": size,
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+        "segment_defects_s": round(ours, 3),
+        "segment_defects_runs_s": [round(x, 3) for x in runs],
+        "without_column_check_s": round(min(plain), 3),
+        "n_defects": len(r.table),
+        "n_atoms": len(r.atoms),
+        "baseline_s": round(base, 3),
+        "n_baseline_defects": len(b.objects),
+        "torch_threads": torch.get_num_threads(),
+        "device": r.device,
+    }
 
 
 def _read(path: Path):
@@ -163,7 +237,9 @@ def _read(path: Path):
     data = np.asarray(data, np.float32)
     units = kw.get("units") or ()
     ps = float(kw["scale"][-1]) if units and str(units[-1]) in ("nm", "nanometer") else None
-    if ps is None and path.name == "stem_abf_data.hspy":  # file says "pixel"; data README: 9.33 pm/px
+    if (
+        ps is None and path.name == "stem_abf_data.hspy"
+    ):  # file says "pixel"; data README: 9.33 pm/px
         ps = float(kw["scale"][-1])
     return data, ps
 
@@ -191,7 +267,9 @@ def _overlay(image, result, path: Path, title: str):
     if len(result.atoms):
         ax[1].plot(result.atoms[:, 1], result.atoms[:, 0], ".", ms=1.5, color="w", alpha=0.5)
     counts = result.counts()
-    ax[1].set_title(", ".join(f"{c}: {n}" for c, n in zip(counts["class"], counts["count"])), fontsize=9)
+    ax[1].set_title(
+        ", ".join(f"{c}: {n}" for c, n in zip(counts["class"], counts["count"])), fontsize=9
+    )
     ax[0].set_title(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
@@ -200,8 +278,10 @@ def _overlay(image, result, path: Path, title: str):
 
 def real(out_dir: Path):
     out = {}
-    for name, file, contrast in (("stem_abf_srtio3", "stem_abf_data.hspy", "dark"),
-                                 ("acquisition_18_haadf", "Acquisition_18.emd", "bright")):
+    for name, file, contrast in (
+        ("stem_abf_srtio3", "stem_abf_data.hspy", "dark"),
+        ("acquisition_18_haadf", "Acquisition_18.emd", "bright"),
+    ):
         path = DATA / "formats" / file
         if not path.is_file():
             out[name] = {"skipped": f"{path} not found"}
@@ -214,23 +294,42 @@ def real(out_dir: Path):
         counts = r.counts()
         png = out_dir / f"defects_real_{name}.png"
         try:
-            _overlay(image, r, png, f"{file} ({contrast} contrast), {image.shape[0]}x{image.shape[1]}, "
-                                    f"{ps} nm/px")
+            _overlay(
+                image,
+                r,
+                png,
+                f"{file} ({contrast} contrast), {image.shape[0]}x{image.shape[1]}, {ps} nm/px",
+            )
         except Exception as err:  # noqa: BLE001 - the figure is a by-product
             png = f"not written: {err}"
-        out[name] = {"file": file, "shape": list(image.shape), "pixel_size_nm": ps, "contrast": contrast,
-                     "model": r.model, "model_choice": r.provenance["parameters"]["model_choice"],
-                     "seconds": round(dt, 2), "n_atoms": len(r.atoms),
-                     "median_nearest_atom_spacing_px": float(np.median(_nn(r.atoms))) if len(r.atoms) > 2 else None,
-                     "counts": dict(zip(counts["class"], counts["count"].astype(int).tolist())),
-                     "mean_confidence_by_class": {c: round(float(g["confidence"].mean()), 3)
-                                                  for c, g in r.table.groupby("class")},
-                     "counts_confidence_ge_0.8": {c: int(((r.table["class"] == c) & (r.table["confidence"] >= 0.8)).sum())
-                                                  for c in CLASS_NAMES},
-                     "area_fraction_by_class": {c: round(float(r.table.loc[r.table["class"] == c, "area_px"].sum())
-                                                         / image.size, 4) for c in CLASS_NAMES},
-                     "baseline_counts": {c: int((b.objects["class"] == c).sum()) for c in CLASS_NAMES},
-                     "baseline_n_atoms": len(b.atoms), "overlay_png": str(png)}
+        out[name] = {
+            "file": file,
+            "shape": list(image.shape),
+            "pixel_size_nm": ps,
+            "contrast": contrast,
+            "model": r.model,
+            "model_choice": r.provenance["parameters"]["model_choice"],
+            "seconds": round(dt, 2),
+            "n_atoms": len(r.atoms),
+            "median_nearest_atom_spacing_px": float(np.median(_nn(r.atoms)))
+            if len(r.atoms) > 2
+            else None,
+            "counts": dict(zip(counts["class"], counts["count"].astype(int).tolist())),
+            "mean_confidence_by_class": {
+                c: round(float(g["confidence"].mean()), 3) for c, g in r.table.groupby("class")
+            },
+            "counts_confidence_ge_0.8": {
+                c: int(((r.table["class"] == c) & (r.table["confidence"] >= 0.8)).sum())
+                for c in CLASS_NAMES
+            },
+            "area_fraction_by_class": {
+                c: round(float(r.table.loc[r.table["class"] == c, "area_px"].sum()) / image.size, 4)
+                for c in CLASS_NAMES
+            },
+            "baseline_counts": {c: int((b.objects["class"] == c).sum()) for c in CLASS_NAMES},
+            "baseline_n_atoms": len(b.atoms),
+            "overlay_png": str(png),
+        }
     return out
 
 
@@ -263,17 +362,36 @@ def scale(n_seeds: int, spacings=(4.0, 40.0, 60.0), dose: float = 200.0):
         for k, lattice in enumerate(LATTICES):
             for i in range(n_seeds):
                 seed = SEED0 + 500_000 + 1000 * k + i
-                s = simulate_defects((size, size), seed=seed, dose=dose, scene="crystal", lattice=lattice,
-                                     spacing=spacing)
+                s = simulate_defects(
+                    (size, size),
+                    seed=seed,
+                    dose=dose,
+                    scene="crystal",
+                    lattice=lattice,
+                    spacing=spacing,
+                )
                 kw = dict(radius=0.5 * spacing, margin=0.5 * spacing)
                 for mode in scores:
                     r = segment_defects(s.image, rescale=mode)
-                    scores[mode].append(score_defects(r.table, classmap_from_labels(r.labels, r.table),
-                                                      s.objects, s.classmap, **kw))
+                    scores[mode].append(
+                        score_defects(
+                            r.table,
+                            classmap_from_labels(r.labels, r.table),
+                            s.objects,
+                            s.classmap,
+                            **kw,
+                        )
+                    )
                     if mode == "auto":
                         zooms.append(r.provenance["parameters"]["zoom"])
-        out.append({"spacing_px": spacing, "image_px": size, "zoom_range": [min(zooms), max(zooms)],
-                    **{f"rescale_{m}": summarize(sc) for m, sc in scores.items()}})
+        out.append(
+            {
+                "spacing_px": spacing,
+                "image_px": size,
+                "zoom_range": [min(zooms), max(zooms)],
+                **{f"rescale_{m}": summarize(sc) for m, sc in scores.items()},
+            }
+        )
     return out
 
 
@@ -282,9 +400,14 @@ def main(argv=None):
 
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--parts", default="synthetic,dichalcogenide,scale,speed,real,environments")
-    p.add_argument("--quick", action="store_true", help=f"1 seed per lattice/scene instead of {N_SEEDS}")
-    p.add_argument("--png-dir", default=str(ROOT / "benchmarks" / "results"),
-                   help="where the real-image overlays go")
+    p.add_argument(
+        "--quick", action="store_true", help=f"1 seed per lattice/scene instead of {N_SEEDS}"
+    )
+    p.add_argument(
+        "--png-dir",
+        default=str(ROOT / "benchmarks" / "results"),
+        help="where the real-image overlays go",
+    )
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "defects.json"))
     a = p.parse_args(argv)
     parts = [x.strip() for x in a.parts.split(",") if x.strip()]

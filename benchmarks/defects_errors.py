@@ -14,6 +14,7 @@ Usage: python benchmarks/defects_errors.py [--seed0 9700000] [--n-seeds 4] [--do
 Protocol as benchmarks/defects.py: 5 lattices x 2 scenes x n seeds, 256², spacing uniform 8-18,
 Hungarian matching per class within 0.5*spacing, a 0.5*spacing border ignored.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,12 +22,11 @@ import json
 from collections import Counter
 
 import numpy as np
+from defects import benchmark_images  # the benchmark's own image set (benchmarks/defects.py)
 
 from napari_microml.defects.metrics import POINT_CLASSES
 from napari_microml.defects.segment import segment_defects
 from napari_microml.synth.defects import column_contrast
-
-from defects import benchmark_images  # the benchmark's own image set (benchmarks/defects.py)
 
 SCENES = ("crystal", "interface")
 
@@ -54,7 +54,10 @@ def _at_site(r, p, rad: float) -> dict:
     from napari_microml.defects.classes import CLASS_NAMES
 
     h, w = r.labels.shape
-    rr, cc = np.mgrid[max(0, int(p[0] - rad)):min(h, int(p[0] + rad) + 2), max(0, int(p[1] - rad)):min(w, int(p[1] + rad) + 2)]
+    rr, cc = np.mgrid[
+        max(0, int(p[0] - rad)) : min(h, int(p[0] + rad) + 2),
+        max(0, int(p[1] - rad)) : min(w, int(p[1] + rad) + 2),
+    ]
     disc = (rr - p[0]) ** 2 + (cc - p[1]) ** 2 <= rad**2
     rr, cc = rr[disc], cc[disc]
     if not len(rr):
@@ -64,8 +67,11 @@ def _at_site(r, p, rad: float) -> dict:
     names = ("none",) + tuple(CLASS_NAMES)
     lab = r.labels[int(np.clip(np.rint(p[0]), 0, h - 1)), int(np.clip(np.rint(p[1]), 0, w - 1))]
     inst = r.table.loc[r.table["label"] == lab, "class"]
-    return {"pixel_class": names[int(np.argmax(pr[:, k]))], "max_defect_p": round(float(1 - pr[0, k]), 3),
-            "instance_class": inst.iloc[0] if len(inst) else "none"}
+    return {
+        "pixel_class": names[int(np.argmax(pr[:, k]))],
+        "max_defect_p": round(float(1 - pr[0, k]), 3),
+        "instance_class": inst.iloc[0] if len(inst) else "none",
+    }
 
 
 def _analyse(s, r, dose: float) -> list[dict]:
@@ -76,11 +82,19 @@ def _analyse(s, r, dose: float) -> list[dict]:
     sp = s.params["spacing"]
     h, w = s.image.shape
     radius = margin = 0.5 * sp
-    dist_ext = ndi.distance_transform_edt(~s.extended) if s.extended.any() else np.full(s.image.shape, np.inf)
+    dist_ext = (
+        ndi.distance_transform_edt(~s.extended)
+        if s.extended.any()
+        else np.full(s.image.shape, np.inf)
+    )
 
     def inner(df):
-        return df[(df["row"] >= margin) & (df["row"] <= h - 1 - margin) & (df["col"] >= margin)
-                  & (df["col"] <= w - 1 - margin)]
+        return df[
+            (df["row"] >= margin)
+            & (df["row"] <= h - 1 - margin)
+            & (df["col"] >= margin)
+            & (df["col"] <= w - 1 - margin)
+        ]
 
     true = inner(s.objects[s.objects["class"].isin(POINT_CLASSES)]).reset_index(drop=True)
     pred = inner(r.table[r.table["class"].isin(POINT_CLASSES)]).reset_index(drop=True)
@@ -89,7 +103,10 @@ def _analyse(s, r, dose: float) -> list[dict]:
         ti, pi = np.nonzero(true["class"] == name)[0], np.nonzero(pred["class"] == name)[0]
         if not len(ti) or not len(pi):
             continue
-        d = cdist(pred.loc[pi, ["row", "col"]].to_numpy(float), true.loc[ti, ["row", "col"]].to_numpy(float))
+        d = cdist(
+            pred.loc[pi, ["row", "col"]].to_numpy(float),
+            true.loc[ti, ["row", "col"]].to_numpy(float),
+        )
         a, b = linear_sum_assignment(np.where(d <= radius, d, 1e9))
         ok = d[a, b] <= radius
         tp_pred[pi[a[ok]]], tp_true[ti[b[ok]]] = True, True
@@ -98,14 +115,22 @@ def _analyse(s, r, dose: float) -> list[dict]:
     all_true = s.objects[s.objects["class"].isin(POINT_CLASSES)]
     atp = all_true[["row", "col"]].to_numpy(float)
     factor, zscore = _contrast(s, tpts)
-    base = {"dose": dose, "seed": s.params["seed"], "lattice": s.params["lattice"], "scene": s.params["scene"],
-            "spacing": round(sp, 2)}
+    base = {
+        "dose": dose,
+        "seed": s.params["seed"],
+        "lattice": s.params["lattice"],
+        "scene": s.params["scene"],
+        "spacing": round(sp, 2),
+    }
     rows = []
 
     def place(p):
         ip = np.clip(np.rint(p).astype(int), 0, [h - 1, w - 1])
         border = min(p[0], p[1], h - 1 - p[0], w - 1 - p[1]) / sp
-        return {"border_sp": round(float(border), 2), "extended_sp": round(float(dist_ext[ip[0], ip[1]] / sp), 2)}
+        return {
+            "border_sp": round(float(border), 2),
+            "extended_sp": round(float(dist_ext[ip[0], ip[1]] / sp), 2),
+        }
 
     for i in np.nonzero(~tp_true)[0]:
         p = tpts[i]
@@ -113,11 +138,20 @@ def _analyse(s, r, dose: float) -> list[dict]:
         d_true = np.hypot(*(atp - p).T)
         d_true[d_true < 1e-9] = np.inf
         j = int(np.argmin(d_true)) if len(d_true) else -1
-        row = {**base, "kind": "missed", "class": true.loc[i, "class"], **place(p),
-               "factor": None if np.isnan(factor[i]) else round(float(factor[i]), 2),
-               "contrast_z": None if np.isnan(zscore[i]) else round(float(zscore[i]), 1),
-               "nearest_defect_sp": round(float(d_true[j] / sp), 2) if j >= 0 and np.isfinite(d_true[j]) else None,
-               "nearest_defect_class": all_true.iloc[j]["class"] if j >= 0 and np.isfinite(d_true[j]) else None}
+        row = {
+            **base,
+            "kind": "missed",
+            "class": true.loc[i, "class"],
+            **place(p),
+            "factor": None if np.isnan(factor[i]) else round(float(factor[i]), 2),
+            "contrast_z": None if np.isnan(zscore[i]) else round(float(zscore[i]), 1),
+            "nearest_defect_sp": round(float(d_true[j] / sp), 2)
+            if j >= 0 and np.isfinite(d_true[j])
+            else None,
+            "nearest_defect_class": all_true.iloc[j]["class"]
+            if j >= 0 and np.isfinite(d_true[j])
+            else None,
+        }
         row.update(_at_site(r, p, 0.35 * sp))
         near = np.nonzero(d_pred <= radius)[0]
         if len(near):
@@ -129,10 +163,20 @@ def _analyse(s, r, dose: float) -> list[dict]:
         p = ppts[k]
         d_true = np.hypot(*(atp - p).T) if len(atp) else np.full(1, np.inf)
         j = int(np.argmin(d_true))
-        rows.append({**base, "kind": "false_positive", "class": pred.loc[k, "class"], **place(p),
-                     "confidence": round(float(pred.loc[k, "confidence"]), 3), "area_px": int(pred.loc[k, "area_px"]),
-                     "nearest_true_sp": round(float(d_true[j] / sp), 2) if np.isfinite(d_true[j]) else None,
-                     "nearest_true_class": all_true.iloc[j]["class"] if len(atp) else None})
+        rows.append(
+            {
+                **base,
+                "kind": "false_positive",
+                "class": pred.loc[k, "class"],
+                **place(p),
+                "confidence": round(float(pred.loc[k, "confidence"]), 3),
+                "area_px": int(pred.loc[k, "area_px"]),
+                "nearest_true_sp": round(float(d_true[j] / sp), 2)
+                if np.isfinite(d_true[j])
+                else None,
+                "nearest_true_class": all_true.iloc[j]["class"] if len(atp) else None,
+            }
+        )
     return rows
 
 
@@ -141,7 +185,11 @@ def cause(row: dict) -> str:
     if row["kind"] == "missed":
         if row.get("instance_class") == "extended":
             return "missed_inside_predicted_extended"
-        if row.get("pixel_class") == row["class"] and row.get("instance_class") not in (None, "none", row["class"]):
+        if row.get("pixel_class") == row["class"] and row.get("instance_class") not in (
+            None,
+            "none",
+            row["class"],
+        ):
             return f"missed_pixels_right_instance_{row['instance_class']}"
         if row.get("pred_here") and row["pred_here"] != row["class"] and not row["pred_here_is_tp"]:
             return f"confused_as_{row['pred_here']}"
@@ -153,7 +201,11 @@ def cause(row: dict) -> str:
             return "missed_near_extended"
         if row["border_sp"] < 1.5:
             return "missed_near_border"
-        if row["contrast_z"] is not None and row["class"].startswith("dopant") and abs(row["contrast_z"]) < 5:
+        if (
+            row["contrast_z"] is not None
+            and row["class"].startswith("dopant")
+            and abs(row["contrast_z"]) < 5
+        ):
             return "missed_weak_contrast"
         return "missed_isolated"
     if row["nearest_true_sp"] is not None and row["nearest_true_sp"] < 0.5:
@@ -174,7 +226,12 @@ def run(seed0: int, n_seeds: int, doses, threshold: float = 0.5, **seg_kw):
             r = segment_defects(s.image, threshold=threshold, **seg_kw)
             rows += _analyse(s, r, dose)
             o = s.objects
-            inner = (o["row"] >= sp / 2) & (o["row"] <= 255 - sp / 2) & (o["col"] >= sp / 2) & (o["col"] <= 255 - sp / 2)
+            inner = (
+                (o["row"] >= sp / 2)
+                & (o["row"] <= 255 - sp / 2)
+                & (o["col"] >= sp / 2)
+                & (o["col"] <= 255 - sp / 2)
+            )
             for c in o.loc[inner, "class"]:
                 n_true[(dose, c)] += 1
     summary = {}
@@ -187,15 +244,22 @@ def run(seed0: int, n_seeds: int, doses, threshold: float = 0.5, **seg_kw):
             nt = n_true[(dose, name)]
             tp = nt - len(miss)
             f1 = 2 * tp / (2 * tp + len(miss) + len(fp)) if nt else float("nan")
-            per[name] = {"n_true": nt, "missed": len(miss), "false_pos": len(fp), "f1": round(f1, 4),
-                         "causes": dict(Counter(cause(x) for x in sel).most_common()),
-                         "missed_network_silent": sum(x.get("max_defect_p", 0) < threshold for x in miss),
-                         "missed_by_lattice": dict(Counter(x["lattice"] for x in miss).most_common()),
-                         "missed_by_scene": dict(Counter(x["scene"] for x in miss).most_common()),
-                         "fp_by_lattice": dict(Counter(x["lattice"] for x in fp).most_common())}
+            per[name] = {
+                "n_true": nt,
+                "missed": len(miss),
+                "false_pos": len(fp),
+                "f1": round(f1, 4),
+                "causes": dict(Counter(cause(x) for x in sel).most_common()),
+                "missed_network_silent": sum(x.get("max_defect_p", 0) < threshold for x in miss),
+                "missed_by_lattice": dict(Counter(x["lattice"] for x in miss).most_common()),
+                "missed_by_scene": dict(Counter(x["scene"] for x in miss).most_common()),
+                "fp_by_lattice": dict(Counter(x["lattice"] for x in fp).most_common()),
+            }
             z = [abs(x["contrast_z"]) for x in miss if x.get("contrast_z") is not None]
             if z:
-                per[name]["missed_contrast_z_quantiles"] = [round(float(q), 1) for q in np.quantile(z, [0.1, 0.5, 0.9])]
+                per[name]["missed_contrast_z_quantiles"] = [
+                    round(float(q), 1) for q in np.quantile(z, [0.1, 0.5, 0.9])
+                ]
         summary[str(dose)] = per
     return summary, rows
 
@@ -211,15 +275,33 @@ def main(argv=None):
     p.add_argument("--threshold", type=float, default=0.5)
     p.add_argument("--model", default="default")
     p.add_argument("--rows", action="store_true", help="also print every error row")
-    p.add_argument("--no-column-check", action="store_true",
-                   help="network + instances only, without the column-intensity check (defects/columns.py)")
+    p.add_argument(
+        "--no-column-check",
+        action="store_true",
+        help="network + instances only, without the column-intensity check (defects/columns.py)",
+    )
     a = p.parse_args(argv)
     if a.seed0 < 9_000_000:
-        raise SystemExit("Error analysis uses validation seeds (9,000,000+), never the benchmark's 5,000,000+.")
-    summary, rows = run(a.seed0, a.n_seeds, [float(d) for d in a.doses.split(",")], threshold=a.threshold,
-                        model=a.model, device="cpu", column_check=not a.no_column_check)
-    out = {"seed0": a.seed0, "n_seeds": a.n_seeds, "threshold": a.threshold, "model": a.model,
-           "column_check": not a.no_column_check, "summary": summary}
+        raise SystemExit(
+            "Error analysis uses validation seeds (9,000,000+), never the benchmark's 5,000,000+."
+        )
+    summary, rows = run(
+        a.seed0,
+        a.n_seeds,
+        [float(d) for d in a.doses.split(",")],
+        threshold=a.threshold,
+        model=a.model,
+        device="cpu",
+        column_check=not a.no_column_check,
+    )
+    out = {
+        "seed0": a.seed0,
+        "n_seeds": a.n_seeds,
+        "threshold": a.threshold,
+        "model": a.model,
+        "column_check": not a.no_column_check,
+        "summary": summary,
+    }
     if a.rows:
         out["rows"] = rows
     print(json.dumps(out, indent=1, default=str))

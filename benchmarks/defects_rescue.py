@@ -5,17 +5,17 @@ x 2 scenes x ``--n-seeds`` seeds, 256², spacing uniform 8-18 px, Hungarian matc
 within 0.5 spacing, 0.5 spacing border ignored), plus how many reported defects came from the
 column check. Prints JSON. Usage: python benchmarks/defects_rescue.py [--n-seeds 2] [--doses 20,200]
 """
+
 from __future__ import annotations
 
 import argparse
 import json
 
 import numpy as np
+from defects import benchmark_images  # the benchmark's own image set
 
 from napari_microml.defects.metrics import classmap_from_labels, score_defects, summarize
 from napari_microml.defects.segment import segment_defects
-
-from defects import benchmark_images  # the benchmark's own image set
 
 SEED0 = 9_950_000
 
@@ -35,12 +35,23 @@ def main(argv=None):
             r = segment_defects(s.image, device="cpu")
             if "source" in r.table:
                 n_rescued += int((r.table["source"] == "column check").sum())
-            scores.append(score_defects(r.table, classmap_from_labels(r.labels, r.table), s.objects, s.classmap,
-                                        radius=0.5 * sp, margin=0.5 * sp))
+            scores.append(
+                score_defects(
+                    r.table,
+                    classmap_from_labels(r.labels, r.table),
+                    s.objects,
+                    s.classmap,
+                    radius=0.5 * sp,
+                    margin=0.5 * sp,
+                )
+            )
         summ = summarize(scores)
-        out[str(int(dose))] = {"n_images": len(scores), "column_check_defects": n_rescued,
-                               "f1": {k: v["f1"] for k, v in summ.items()},
-                               "n_pred": {k: v["n_pred"] for k, v in summ.items()}}
+        out[str(int(dose))] = {
+            "n_images": len(scores),
+            "column_check_defects": n_rescued,
+            "f1": {k: v["f1"] for k, v in summ.items()},
+            "n_pred": {k: v["n_pred"] for k, v in summ.items()},
+        }
         print(json.dumps({str(int(dose)): out[str(int(dose))]}), flush=True)
     print(json.dumps(out, indent=1))
 

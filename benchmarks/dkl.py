@@ -18,6 +18,7 @@ observe → suggest step (refit + prediction over every candidate + acquisition)
 
 Usage: ``python benchmarks/dkl.py [--seeds 5] [--device cpu] [--quick]``.
 """
+
 from __future__ import annotations
 
 import os
@@ -59,7 +60,10 @@ def load_datasets(quick=False):
             bias = h["Channel_000/generic/Voltage"][()]
         k = int(np.argmin(bias))  # −8.5 V
         area = LoopArea(axis=bias, median_size=5)(loops.reshape(-1, loops.shape[-1]))
-        out["BEPS_PTO_bias-8.5V_to_loop_area"] = (loops[..., k].astype(np.float32), area.reshape(loops.shape[:2]))
+        out["BEPS_PTO_bias-8.5V_to_loop_area"] = (
+            loops[..., k].astype(np.float32),
+            area.reshape(loops.shape[:2]),
+        )
     for kind in ("blobs", "domains")[: 1 if quick else 2]:
         out[f"synthetic_{kind}"] = structure_property_pair((50, 50), kind=kind, seed=123)
     return out
@@ -94,9 +98,17 @@ def discovery(structure, target, method, seed, *, patch_size, batch_size, device
     n_top = len(top)
     kw = dict(METHODS[method] if isinstance(method, str) else method)
     t0 = time.perf_counter()
-    h = run_campaign(structure, target, budget=budget, n_initial=max(5, int(0.004 * n)),
-                     batch_size=batch_size, seed=seed, patch_size=patch_size,
-                     device=device, **kw)
+    h = run_campaign(
+        structure,
+        target,
+        budget=budget,
+        n_initial=max(5, int(0.004 * n)),
+        batch_size=batch_size,
+        seed=seed,
+        patch_size=patch_size,
+        device=device,
+        **kw,
+    )
     flat = h.coords[:, 0] * target.shape[1] + h.coords[:, 1]
     found = {}
     for f in FRACTIONS:
@@ -138,10 +150,14 @@ def step_time(n_candidates, device, patch_size="auto", n_obs=50, repeats=3):
         t = time.perf_counter()
         L.predict()
         fresh.append(time.perf_counter() - t)
-    return {"candidates": int(s.size), "median_s": round(float(np.median(times)), 4),
-            "maps_after_step_s": round(float(np.median(maps)), 4),
-            "maps_second_pass_s": round(float(np.median(fresh)), 4),
-            "patch_size": patch_size, "n_observed": n_obs + repeats}
+    return {
+        "candidates": int(s.size),
+        "median_s": round(float(np.median(times)), 4),
+        "maps_after_step_s": round(float(np.median(maps)), 4),
+        "maps_second_pass_s": round(float(np.median(fresh)), 4),
+        "patch_size": patch_size,
+        "n_observed": n_obs + repeats,
+    }
 
 
 def main(argv=None):
@@ -152,47 +168,77 @@ def main(argv=None):
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--batch-size", type=int, default=5)
-    ap.add_argument("--patch-size", type=patch_size_arg, default="auto",
-                    help="'auto' (the API default: 8/16/24 px mixed by leave-one-out weights) or px; "
-                         "on the synthetic confirmation sets the default ensemble scored 0.540 with "
-                         "'auto', 0.498 at 16 and 0.455 at 8")
+    ap.add_argument(
+        "--patch-size",
+        type=patch_size_arg,
+        default="auto",
+        help="'auto' (the API default: 8/16/24 px mixed by leave-one-out weights) or px; "
+        "on the synthetic confirmation sets the default ensemble scored 0.540 with "
+        "'auto', 0.498 at 16 and 0.455 at 8",
+    )
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--quick", action="store_true", help="one synthetic set, fewer methods")
     ap.add_argument("--no-timing", action="store_true")
-    ap.add_argument("--step-candidates", default="2500,20000",
-                    help="candidate counts of the step timing (others: a square image)")
+    ap.add_argument(
+        "--step-candidates",
+        default="2500,20000",
+        help="candidate counts of the step timing (others: a square image)",
+    )
     ap.add_argument("--datasets", default=None, help="comma-separated dataset names (default: all)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     t_all = time.perf_counter()
     from napari_microml.runtime.device import describe_device
 
-    report = {"device": describe_device(args.device), "seeds": args.seeds,
-              "batch_size": args.batch_size, "patch_size": args.patch_size,
-              "metric": "fraction of top-1% sites measured after 1/3/5% of sites",
-              "datasets": {}}
+    report = {
+        "device": describe_device(args.device),
+        "seeds": args.seeds,
+        "batch_size": args.batch_size,
+        "patch_size": args.patch_size,
+        "metric": "fraction of top-1% sites measured after 1/3/5% of sites",
+        "datasets": {},
+    }
     methods = args.methods.split(",")
     for name, (structure, target) in load_datasets(args.quick).items():
         if args.datasets and name not in args.datasets.split(","):
             continue
-        entry = {"shape": list(target.shape), "top_sites": int(len(top_sites(target))), "methods": {}}
+        entry = {
+            "shape": list(target.shape),
+            "top_sites": int(len(top_sites(target))),
+            "methods": {},
+        }
         for method in methods:
             runs, secs = [], []
             for seed in range(args.seeds):
-                found, dt = discovery(structure, target, method, seed, patch_size=args.patch_size,
-                                      batch_size=args.batch_size, device=args.device)
+                found, dt = discovery(
+                    structure,
+                    target,
+                    method,
+                    seed,
+                    patch_size=args.patch_size,
+                    batch_size=args.batch_size,
+                    device=args.device,
+                )
                 runs.append(found)
                 secs.append(dt)
             entry["methods"][method] = {
-                k: {"mean": round(float(np.mean([r[k] for r in runs])), 3),
-                    "sd": round(float(np.std([r[k] for r in runs])), 3)} for k in runs[0]
+                k: {
+                    "mean": round(float(np.mean([r[k] for r in runs])), 3),
+                    "sd": round(float(np.std([r[k] for r in runs])), 3),
+                }
+                for k in runs[0]
             } | {"seconds_per_campaign": round(float(np.mean(secs)), 2)}
-            print(json.dumps({"progress": name, "method": method,
-                              "5%": entry["methods"][method]["5%"]}), flush=True)
+            print(
+                json.dumps(
+                    {"progress": name, "method": method, "5%": entry["methods"][method]["5%"]}
+                ),
+                flush=True,
+            )
         report["datasets"][name] = entry
     if not args.no_timing:
-        report["step_time"] = [step_time(int(n), args.device, args.patch_size)
-                               for n in args.step_candidates.split(",")]
+        report["step_time"] = [
+            step_time(int(n), args.device, args.patch_size) for n in args.step_candidates.split(",")
+        ]
     report["total_seconds"] = round(time.perf_counter() - t_all, 1)
     print(json.dumps(report))
     return report

@@ -8,6 +8,7 @@ setting. ``deterministic=False`` is the baseline (every thread, as before).
 
 Usage: ``python benchmarks/dkl_threads.py [--size 48] [--budget 30] [--threads 1,2,4]``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,23 +39,36 @@ def main():
     ap.add_argument("--budget", type=int, default=30)
     ap.add_argument("--threads", default="1,2")
     args = ap.parse_args()
-    prop = dopant_map(args.size, max(4, args.size ** 2 // 150))
+    prop = dopant_map(args.size, max(4, args.size**2 // 150))
     threads = [int(t) for t in args.threads.split(",")]
-    out = {"size": args.size, "budget": args.budget, "zeros": round(float((prop == 0).mean()), 3),
-           "cpu_threads_available": torch.get_num_threads(), "runs": []}
+    out = {
+        "size": args.size,
+        "budget": args.budget,
+        "zeros": round(float((prop == 0).mean()), 3),
+        "cpu_threads_available": torch.get_num_threads(),
+        "runs": [],
+    }
     for det in (False, True):
         first = None
         for n in threads:
             torch.set_num_threads(n)
             t0 = time.perf_counter()
-            r = mm.run_campaign(prop, prop, budget=args.budget, n_initial=5, seed=0, device="cpu",
-                                deterministic=det)
+            r = mm.run_campaign(
+                prop, prop, budget=args.budget, n_initial=5, seed=0, device="cpu", deterministic=det
+            )
             secs = time.perf_counter() - t0
             first = r.coords if first is None else first
             same = bool(np.array_equal(r.coords, first))
             diverge = None if same else int(np.argmax((r.coords != first).any(1)))
-            out["runs"].append({"deterministic": det, "torch_threads": n, "seconds": round(secs, 1),
-                                "same_points_as_first": same, "first_different_measurement": diverge})
+            out["runs"].append(
+                {
+                    "deterministic": det,
+                    "torch_threads": n,
+                    "seconds": round(secs, 1),
+                    "same_points_as_first": same,
+                    "first_different_measurement": diverge,
+                }
+            )
     print(json.dumps(out, indent=1))
 
 

@@ -26,6 +26,7 @@ Usage: ``python benchmarks/dkl_tune.py [--seeds 3] [--data-seeds 2] [--workers 2
 benchmarks/results/dkl_tune.json --data-seeds 4 --out benchmarks/results/dkl_confirm.json``.
 Prints JSON lines per configuration, then the chosen configuration.
 """
+
 from __future__ import annotations
 
 import os
@@ -48,22 +49,39 @@ from dkl import patch_size_arg  # noqa: E402
 PATCH = 8  # px or "auto"; --patch-size (set before the worker pool forks)
 VAL_SEED0 = 1000  # the benchmark uses seed 123: validation data seeds never overlap it
 KINDS = ("blobs", "domains", "lattice", "phases")
-BASE = dict(features="pca_mlp", acquisition="ucb", embedding_dim=4, pca_components=16,
-            weight_decay=1e-3, nn_lr_scale=0.25, coord_weight=0.0, n_models=1)
+BASE = dict(
+    features="pca_mlp",
+    acquisition="ucb",
+    embedding_dim=4,
+    pca_components=16,
+    weight_decay=1e-3,
+    nn_lr_scale=0.25,
+    coord_weight=0.0,
+    n_models=1,
+)
 STAGES = [
     ("acquisition", [dict(acquisition=a) for a in ("ucb", "ei", "ts")]),
     ("features", [dict(features=f) for f in ("pca_mlp", "cnn", "pca")]),
     ("embedding_dim", [dict(embedding_dim=d) for d in (2, 4, 6)]),
-    ("regularisation", [dict(weight_decay=wd, nn_lr_scale=lr)
-                        for wd in (1e-3, 1e-2, 1e-1) for lr in (0.25, 1.0)]),
+    (
+        "regularisation",
+        [dict(weight_decay=wd, nn_lr_scale=lr) for wd in (1e-3, 1e-2, 1e-1) for lr in (0.25, 1.0)],
+    ),
     ("coord_weight", [dict(coord_weight=c) for c in (0.0, 0.1, 0.3)]),
     ("pca_components", [dict(pca_components=k) for k in (8, 16, 32)]),
     ("n_models", [dict(n_models=m) for m in (1, 3)]),
 ]
 
 
-PREVIOUS = dict(features="cnn", acquisition="ts", embedding_dim=4, weight_decay=1e-3,
-                nn_lr_scale=0.25, coord_weight=0.0, n_models=1)
+PREVIOUS = dict(
+    features="cnn",
+    acquisition="ts",
+    embedding_dim=4,
+    weight_decay=1e-3,
+    nn_lr_scale=0.25,
+    coord_weight=0.0,
+    n_models=1,
+)
 
 
 def validation_sets(n_data_seeds: int, first: int = 0):
@@ -75,8 +93,9 @@ def validation_sets(n_data_seeds: int, first: int = 0):
         for j in range(first, first + n_data_seeds):
             shape = (50, 50) if j % 2 == 0 else (40, 60)
             seed = VAL_SEED0 + j
-            out[f"{kind}_s{seed}"] = structure_property_pair(shape, kind=kind, seed=seed,
-                                                             noise=0.03)
+            out[f"{kind}_s{seed}"] = structure_property_pair(
+                shape, kind=kind, seed=seed, noise=0.03
+            )
     return out
 
 
@@ -94,12 +113,12 @@ def _clean(cfg: dict) -> dict:
 def _run_one(args):
     name, structure, target, cfg, seed = args
     import torch
-
     from dkl import discovery
 
     torch.set_num_threads(1)
-    found, secs = discovery(structure, target, cfg, seed, patch_size=PATCH, batch_size=5,
-                            device="cpu")
+    found, secs = discovery(
+        structure, target, cfg, seed, patch_size=PATCH, batch_size=5, device="cpu"
+    )
     return name, seed, found, secs
 
 
@@ -114,10 +133,15 @@ def evaluate(cfg: dict, sets: dict, seeds: int, pool) -> dict:
     mean3 = float(np.mean([np.mean(v) for v in f3.values()]))
     mean5 = float(np.mean([np.mean(v) for v in f5.values()]))
     sd3 = float(np.mean([np.std(v) for v in f3.values()]))
-    return {"config": cfg, "found3": round(mean3, 4), "found5": round(mean5, 4),
-            "sd3": round(sd3, 4), "score": round(0.5 * (mean3 + mean5) - 0.25 * sd3, 4),
-            "per_set_found3": {n: round(float(np.mean(v)), 3) for n, v in f3.items()},
-            "seconds_per_campaign": round(float(np.mean([r[3] for r in results])), 2)}
+    return {
+        "config": cfg,
+        "found3": round(mean3, 4),
+        "found5": round(mean5, 4),
+        "sd3": round(sd3, 4),
+        "score": round(0.5 * (mean3 + mean5) - 0.25 * sd3, 4),
+        "per_set_found3": {n: round(float(np.mean(v)), 3) for n, v in f3.items()},
+        "seconds_per_campaign": round(float(np.mean([r[3] for r in results])), 2),
+    }
 
 
 def main(argv=None):
@@ -128,11 +152,16 @@ def main(argv=None):
     ap.add_argument("--out", default="")
     ap.add_argument("--confirm", default="", help="search JSON whose shortlist to re-score")
     ap.add_argument("--shortlist", type=int, default=3)
-    ap.add_argument("--patch-size", type=patch_size_arg, default=8,
-                    help="patch side (px) or 'auto' for every campaign (the search ran at 8; on the "
-                         "confirmation sets the default scored 0.455 at 8, 0.498 at 16, 0.540 'auto')")
-    ap.add_argument("--also", default="[]",
-                    help="JSON list of extra configurations for the confirmation")
+    ap.add_argument(
+        "--patch-size",
+        type=patch_size_arg,
+        default=8,
+        help="patch side (px) or 'auto' for every campaign (the search ran at 8; on the "
+        "confirmation sets the default scored 0.455 at 8, 0.498 at 16, 0.540 'auto')",
+    )
+    ap.add_argument(
+        "--also", default="[]", help="JSON list of extra configurations for the confirmation"
+    )
     args = ap.parse_args(argv)
     global PATCH
     PATCH = args.patch_size
@@ -157,22 +186,37 @@ def main(argv=None):
                 cache[key] = evaluate(cfg, sets, args.seeds, pool)
                 print(json.dumps({"stage": stage, **cache[key]}), flush=True)
             rows.append(cache[key])
-        incumbent = cache[json.dumps(best, sort_keys=True)] if json.dumps(
-            best, sort_keys=True) in cache else None
+        incumbent = (
+            cache[json.dumps(best, sort_keys=True)]
+            if json.dumps(best, sort_keys=True) in cache
+            else None
+        )
         top = max(rows, key=lambda r: r["score"])
         if incumbent is None or top["score"] > incumbent["score"]:
             best = _clean(dict(top["config"]))
         history.append({"stage": stage, "chosen": best})
     if pool is not None:
         pool.close()
-    report = {"validation_sets": list(sets), "campaign_seeds": args.seeds,
-              "data_seeds": args.data_seeds,
-              "selection": "max mean(found@3%, found@5%) - 0.25 sd(found@3%)",
-              "chosen": best, "chosen_result": cache[json.dumps(best, sort_keys=True)],
-              "stages": history, "all": list(cache.values()),
-              "total_seconds": round(time.perf_counter() - t0, 1)}
-    print(json.dumps({"chosen": best, "result": report["chosen_result"],
-                      "total_seconds": report["total_seconds"]}))
+    report = {
+        "validation_sets": list(sets),
+        "campaign_seeds": args.seeds,
+        "data_seeds": args.data_seeds,
+        "selection": "max mean(found@3%, found@5%) - 0.25 sd(found@3%)",
+        "chosen": best,
+        "chosen_result": cache[json.dumps(best, sort_keys=True)],
+        "stages": history,
+        "all": list(cache.values()),
+        "total_seconds": round(time.perf_counter() - t0, 1),
+    }
+    print(
+        json.dumps(
+            {
+                "chosen": best,
+                "result": report["chosen_result"],
+                "total_seconds": report["total_seconds"],
+            }
+        )
+    )
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=1))
     return report
@@ -182,8 +226,9 @@ def confirm(args, pool):
     """Re-score the search's shortlist and the previous default on fresh validation images."""
     t0 = time.perf_counter()
     search = json.loads(Path(args.confirm).read_text())
-    ranked = sorted((r for r in search["all"] if r["config"].get("n_models", 1) == 1),
-                    key=lambda r: -r["score"])
+    ranked = sorted(
+        (r for r in search["all"] if r["config"].get("n_models", 1) == 1), key=lambda r: -r["score"]
+    )
     shortlist, keys = [], set()
     for cfg in [r["config"] for r in ranked]:
         key = json.dumps(_clean(cfg), sort_keys=True)
@@ -198,8 +243,11 @@ def confirm(args, pool):
     done = {}  # results of an earlier confirmation on the same sets are reused (deterministic)
     if args.out and Path(args.out).exists():
         old = json.loads(Path(args.out).read_text())
-        if (old.get("validation_sets") == list(sets) and old.get("campaign_seeds") == args.seeds
-                and old.get("patch_size", 8) == PATCH):
+        if (
+            old.get("validation_sets") == list(sets)
+            and old.get("campaign_seeds") == args.seeds
+            and old.get("patch_size", 8) == PATCH
+        ):
             done = {json.dumps(r["config"], sort_keys=True): r for r in old["all"]}
     rows = []
     for cfg in shortlist:
@@ -209,12 +257,21 @@ def confirm(args, pool):
     if pool is not None:
         pool.close()
     best = max(rows, key=lambda r: r["score"])
-    report = {"validation_sets": list(sets), "campaign_seeds": args.seeds, "patch_size": PATCH,
-              "selection": "max mean(found@3%, found@5%) - 0.25 sd(found@3%)",
-              "chosen": best["config"], "chosen_result": best, "all": rows,
-              "total_seconds": round(time.perf_counter() - t0, 1)}
-    print(json.dumps({"chosen": best["config"], "result": best,
-                      "total_seconds": report["total_seconds"]}))
+    report = {
+        "validation_sets": list(sets),
+        "campaign_seeds": args.seeds,
+        "patch_size": PATCH,
+        "selection": "max mean(found@3%, found@5%) - 0.25 sd(found@3%)",
+        "chosen": best["config"],
+        "chosen_result": best,
+        "all": rows,
+        "total_seconds": round(time.perf_counter() - t0, 1),
+    }
+    print(
+        json.dumps(
+            {"chosen": best["config"], "result": best, "total_seconds": report["total_seconds"]}
+        )
+    )
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=1))
     return report

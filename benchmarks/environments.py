@@ -15,6 +15,7 @@ Baselines in the same run: raw-patch descriptor (Maksov et al.) and a 1-D mixtur
 centre intensity alone. Positions get 0.25 px Gaussian jitter (a detector's error).
 Usage: python benchmarks/environments.py [--quick]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,14 +29,30 @@ from napari_microml.defects.environments import classify_environments
 from napari_microml.synth.lattice import lattice_sites
 from napari_microml.synth.render import add_noise, render_gaussians
 
-CLASSES = ("A_host", "B_host", "B_dopant_bright", "A_dopant_dim", "near_vacancy",
-           "A_near_dopant", "B_near_dopant", "interstitial")
+CLASSES = (
+    "A_host",
+    "B_host",
+    "B_dopant_bright",
+    "A_dopant_dim",
+    "near_vacancy",
+    "A_near_dopant",
+    "B_near_dopant",
+    "interstitial",
+)
 INTERSTITIAL = CLASSES.index("interstitial")
 
 
-def planted(seed: int, *, size: int = 256, spacing: float = 11.0, dose: float = 300.0,
-            interstitials: bool = False, jitter: float = 0.25, rotation: float | None = None,
-            b_rel: float = 0.55) -> dict:
+def planted(
+    seed: int,
+    *,
+    size: int = 256,
+    spacing: float = 11.0,
+    dose: float = 300.0,
+    interstitials: bool = False,
+    jitter: float = 0.25,
+    rotation: float | None = None,
+    b_rel: float = 0.55,
+) -> dict:
     """A perovskite-like image with planted defects and the true class of every column.
 
     A column's class is what sits on it (host A/B, dopant) or, for a host column, what is
@@ -55,7 +72,11 @@ def planted(seed: int, *, size: int = 256, spacing: float = 11.0, dose: float = 
     amp[bright] *= 1.8
     amp[dim] *= 0.45
     truth[bright], truth[dim] = 2, 3
-    for mask, near_cls in ((bright, np.where(a_site, 5, 1)), (dim, np.where(a_site, 0, 6)), (vac, 4)):
+    for mask, near_cls in (
+        (bright, np.where(a_site, 5, 1)),
+        (dim, np.where(a_site, 0, 6)),
+        (vac, 4),
+    ):
         if mask.any():
             host = np.isin(truth, (0, 1, 5, 6) if mask is vac else (0, 1))
             near = (cKDTree(pts[mask]).query(pts, k=1)[0] < 1.05 * spacing) & host
@@ -73,8 +94,13 @@ def planted(seed: int, *, size: int = 256, spacing: float = 11.0, dose: float = 
     image = add_noise(clean, dose, rng) / dose
     inside = ((pts > 2) & (pts < size - 3)).all(1)
     obs = pts[inside] + rng.normal(0, jitter, (inside.sum(), 2))
-    return dict(image=image.astype(np.float32), positions=obs, truth=truth[inside], rotation=rotation,
-                spacing=spacing)
+    return dict(
+        image=image.astype(np.float32),
+        positions=obs,
+        truth=truth[inside],
+        rotation=rotation,
+        spacing=spacing,
+    )
 
 
 def _auroc(score, positive):
@@ -99,30 +125,48 @@ def centre_intensity_baseline(s: dict, seed: int) -> np.ndarray:
 
 def evaluate(seed: int, dose: float) -> dict:
     s = planted(seed, dose=dose)
-    out = {"seed": seed, "dose": dose, "n_atoms": int(len(s["truth"])),
-           "true_classes": {CLASSES[c]: int((s["truth"] == c).sum()) for c in np.unique(s["truth"])}}
+    out = {
+        "seed": seed,
+        "dose": dose,
+        "n_atoms": int(len(s["truth"])),
+        "true_classes": {CLASSES[c]: int((s["truth"] == c).sum()) for c in np.unique(s["truth"])},
+    }
     defect = s["truth"] >= 2
     for desc in ("rings", "patch"):
         r = classify_environments(s["image"], s["positions"], descriptor=desc, seed=0)
         inner = ~r.edge
-        out[desc] = {"ari": round(adjusted_rand_score(s["truth"], r.classes), 3),
-                     "ari_interior": round(adjusted_rand_score(s["truth"][inner], r.classes[inner]), 3),
-                     "n_classes": r.n_classes, "auroc_defect": _auroc(r.unusualness, defect),
-                     "flagged_host_frac": round(float(r.unusual[~defect].mean()), 4),
-                     "flagged_defect_frac": round(float(r.unusual[defect].mean()), 4)}
+        out[desc] = {
+            "ari": round(adjusted_rand_score(s["truth"], r.classes), 3),
+            "ari_interior": round(adjusted_rand_score(s["truth"][inner], r.classes[inner]), 3),
+            "n_classes": r.n_classes,
+            "auroc_defect": _auroc(r.unusualness, defect),
+            "flagged_host_frac": round(float(r.unusual[~defect].mean()), 4),
+            "flagged_defect_frac": round(float(r.unusual[defect].mean()), 4),
+        }
         t = planted(seed + 500, dose=dose, interstitials=True, rotation=s["rotation"])
         inter, host = t["truth"] == INTERSTITIAL, t["truth"] <= 1
         far = host & (cKDTree(t["positions"][inter]).query(t["positions"])[0] > 1.05 * t["spacing"])
-        for key, res in (("unseen_interstitial", r.apply(t["image"], t["positions"])),
-                         ("in_image_interstitial", classify_environments(t["image"], t["positions"],
-                                                                         descriptor=desc, seed=0))):
+        for key, res in (
+            ("unseen_interstitial", r.apply(t["image"], t["positions"])),
+            (
+                "in_image_interstitial",
+                classify_environments(t["image"], t["positions"], descriptor=desc, seed=0),
+            ),
+        ):
             inner = inter & ~res.edge
             out[desc][key] = {
-                "auroc": _auroc(res.unusualness, inter), "n": int(inter.sum()), "n_interior": int(inner.sum()),
-                "flagged_frac_interior": round(float(res.unusual[inner].mean()), 3) if inner.any() else None,
+                "auroc": _auroc(res.unusualness, inter),
+                "n": int(inter.sum()),
+                "n_interior": int(inner.sum()),
+                "flagged_frac_interior": round(float(res.unusual[inner].mean()), 3)
+                if inner.any()
+                else None,
                 "host_flagged_frac": round(float(res.unusual[host].mean()), 4),
-                "host_far_flagged_frac": round(float(res.unusual[far].mean()), 4)}
-    out["centre_intensity_gmm"] = {"ari": round(adjusted_rand_score(s["truth"], centre_intensity_baseline(s, 0)), 3)}
+                "host_far_flagged_frac": round(float(res.unusual[far].mean()), 4),
+            }
+    out["centre_intensity_gmm"] = {
+        "ari": round(adjusted_rand_score(s["truth"], centre_intensity_baseline(s, 0)), 3)
+    }
     return out
 
 
@@ -131,7 +175,13 @@ def real_srtio3() -> dict | None:
     should be the projected sublattices, so nearest neighbours rarely share a class."""
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "formats" / "stem_abf_data.hspy"
+    path = (
+        Path(__file__).resolve().parents[1].parent
+        / "shared"
+        / "data"
+        / "formats"
+        / "stem_abf_data.hspy"
+    )
     if not path.is_file():
         return None
     import napari_microml as mm
@@ -143,9 +193,12 @@ def real_srtio3() -> dict | None:
     nearest = cKDTree(atoms).query(atoms, k=2)[1][:, 1]
     for desc in ("rings", "patch"):
         r = classify_environments(-image, atoms, descriptor=desc)
-        out[desc] = {"n_classes": r.n_classes, "counts": np.bincount(r.classes).tolist(),
-                     "nn_same_class_frac": round(float((r.classes[nearest] == r.classes).mean()), 4),
-                     "unusual_frac": round(float(r.unusual.mean()), 4)}
+        out[desc] = {
+            "n_classes": r.n_classes,
+            "counts": np.bincount(r.classes).tolist(),
+            "nn_same_class_frac": round(float((r.classes[nearest] == r.classes).mean()), 4),
+            "unusual_frac": round(float(r.unusual.mean()), 4),
+        }
     return out
 
 
@@ -157,17 +210,27 @@ def run(quick: bool = False) -> dict:
     for dose in doses:
         sel = [r for r in rows if r["dose"] == dose]
         mean = lambda get: round(float(np.mean([get(r) for r in sel])), 3)  # noqa: E731
-        summary[str(dose)] = {"centre_intensity_gmm": {"ari_mean": mean(lambda r: r["centre_intensity_gmm"]["ari"])}}
+        summary[str(dose)] = {
+            "centre_intensity_gmm": {"ari_mean": mean(lambda r: r["centre_intensity_gmm"]["ari"])}
+        }
         for name in ("rings", "patch"):
             summary[str(dose)][name] = {
                 "ari_mean": mean(lambda r: r[name]["ari"]),
                 "ari_interior_mean": mean(lambda r: r[name]["ari_interior"]),
                 "auroc_defect_mean": mean(lambda r: r[name]["auroc_defect"]),
-                **{f"{key}_{m}_mean": mean(lambda r: r[name][key][m] or 0.0)
-                   for key in ("unseen_interstitial", "in_image_interstitial")
-                   for m in ("auroc", "flagged_frac_interior", "host_far_flagged_frac")}}
-    return {"benchmark": "defect_environments", "quick": quick, "summary": summary,
-            "real_srtio3_abf": real_srtio3(), "runs": rows}
+                **{
+                    f"{key}_{m}_mean": mean(lambda r: r[name][key][m] or 0.0)
+                    for key in ("unseen_interstitial", "in_image_interstitial")
+                    for m in ("auroc", "flagged_frac_interior", "host_far_flagged_frac")
+                },
+            }
+    return {
+        "benchmark": "defect_environments",
+        "quick": quick,
+        "summary": summary,
+        "real_srtio3_abf": real_srtio3(),
+        "runs": rows,
+    }
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ Parts (one JSON document; every fine-tuned score sits beside the default model's
 Usage: OMP_NUM_THREADS=1 nice -n 10 python benchmarks/finetune.py [--parts pt,synthetic]
        [--ks 1,3,5] [--rotations 4] [--threads 1]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,8 +34,11 @@ SEED0_SYNTH = 7_300_000  # fresh simulator seeds for this benchmark
 
 def _mean_sd(values) -> dict:
     v = np.asarray(values, float)
-    return {"mean": round(float(v.mean()), 4), "sd": round(float(v.std(ddof=1)) if len(v) > 1 else 0.0, 4),
-            "n": int(len(v))}
+    return {
+        "mean": round(float(v.mean()), 4),
+        "sd": round(float(v.std(ddof=1)) if len(v) > 1 else 0.0, 4),
+        "n": int(len(v)),
+    }
 
 
 def _finetune(images, positions, seed):
@@ -42,11 +46,23 @@ def _finetune(images, positions, seed):
     from napari_microml.runtime.workers import drain
 
     start, cpu = time.perf_counter(), time.process_time()
-    result = drain(finetune_atoms_iter(images, positions, seed=seed, name=f"bench-{seed}-{time.time_ns()}"))
-    threshold = float(result.card.get("meta", {}).get("recommended_threshold", 0.5)) if not result.kept_base else 0.5
+    result = drain(
+        finetune_atoms_iter(images, positions, seed=seed, name=f"bench-{seed}-{time.time_ns()}")
+    )
+    threshold = (
+        float(result.card.get("meta", {}).get("recommended_threshold", 0.5))
+        if not result.kept_base
+        else 0.5
+    )
     # CPU seconds: with one torch thread, what the fine-tune takes on an otherwise idle core
-    return result, threshold, {"wall_s": round(time.perf_counter() - start, 1),
-                               "cpu_s": round(time.process_time() - cpu, 1)}
+    return (
+        result,
+        threshold,
+        {
+            "wall_s": round(time.perf_counter() - start, 1),
+            "cpu_s": round(time.process_time() - cpu, 1),
+        },
+    )
 
 
 def pt(ks, rotations):
@@ -59,25 +75,45 @@ def pt(ks, rotations):
         return {"skipped": f"{folder} not found"}
     items = load_labelled(folder)
     n = len(items)
-    default = {i: match_boxes(mm.find_atoms(img).positions, true) for i, (_, img, true, _) in enumerate(items)}
+    default = {
+        i: match_boxes(mm.find_atoms(img).positions, true)
+        for i, (_, img, true, _) in enumerate(items)
+    }
     folds, summary = [], {}
     for k in ks:
         rows = []
         for r in range(rotations):
             train = sorted({(r * k + j) % n for j in range(k)})
             test = [i for i in range(n) if i not in train]
-            result, thr, seconds = _finetune([items[i][1] for i in train], [items[i][2] for i in train], seed=r)
-            scores = [match_boxes(mm.find_atoms(items[i][1], model=result.name, threshold=thr).positions,
-                                  items[i][2]) for i in test]
-            row = {"k": k, "train": [items[i][0][:3] for i in train], **seconds,
-                   "steps": result.card["steps"], "best_step": result.card["best_step"],
-                   "kept_base": result.kept_base, "threshold": thr,
-                   "val_f1_before": result.card["validation"]["f1_before"],
-                   "val_f1_after": result.card["validation"]["f1_after"],
-                   "finetuned": {m: round(float(np.mean([s[m] for s in scores])), 4)
-                                 for m in ("precision", "recall", "f1")},
-                   "default": {m: round(float(np.mean([default[i][m] for i in test])), 4)
-                               for m in ("precision", "recall", "f1")}}
+            result, thr, seconds = _finetune(
+                [items[i][1] for i in train], [items[i][2] for i in train], seed=r
+            )
+            scores = [
+                match_boxes(
+                    mm.find_atoms(items[i][1], model=result.name, threshold=thr).positions,
+                    items[i][2],
+                )
+                for i in test
+            ]
+            row = {
+                "k": k,
+                "train": [items[i][0][:3] for i in train],
+                **seconds,
+                "steps": result.card["steps"],
+                "best_step": result.card["best_step"],
+                "kept_base": result.kept_base,
+                "threshold": thr,
+                "val_f1_before": result.card["validation"]["f1_before"],
+                "val_f1_after": result.card["validation"]["f1_after"],
+                "finetuned": {
+                    m: round(float(np.mean([s[m] for s in scores])), 4)
+                    for m in ("precision", "recall", "f1")
+                },
+                "default": {
+                    m: round(float(np.mean([default[i][m] for i in test])), 4)
+                    for m in ("precision", "recall", "f1")
+                },
+            }
             rows.append(row)
             folds.append(row)
             print(json.dumps(row), file=sys.stderr, flush=True)
@@ -87,10 +123,15 @@ def pt(ks, rotations):
             "gain": _mean_sd([x["finetuned"]["f1"] - x["default"]["f1"] for x in rows]),
             "cpu_s": _mean_sd([x["cpu_s"] for x in rows]),
             "wall_s": _mean_sd([x["wall_s"] for x in rows]),
-            "kept_base": sum(x["kept_base"] for x in rows)}
-    return {"images": n, "protocol": "21x21 px boxes, Hungarian on IoU > 0.5, mean over test images per fold",
-            "reference": "shipped pt-single-atoms: leave-one-image-out F1 0.6009 (from its model card)",
-            "summary": summary, "folds": folds}
+            "kept_base": sum(x["kept_base"] for x in rows),
+        }
+    return {
+        "images": n,
+        "protocol": "21x21 px boxes, Hungarian on IoU > 0.5, mean over test images per fold",
+        "reference": "shipped pt-single-atoms: leave-one-image-out F1 0.6009 (from its model card)",
+        "summary": summary,
+        "folds": folds,
+    }
 
 
 def _frames(lattice, seeds, doses, size):
@@ -99,8 +140,16 @@ def _frames(lattice, seeds, doses, size):
     out = []
     for seed in seeds:
         rng = np.random.default_rng(seed)
-        out.append(simulate_lattice((size, size), scene="crystal", lattice=lattice, seed=seed,
-                                    spacing=float(rng.uniform(8, 18)), dose=float(rng.choice(doses))))
+        out.append(
+            simulate_lattice(
+                (size, size),
+                scene="crystal",
+                lattice=lattice,
+                seed=seed,
+                spacing=float(rng.uniform(8, 18)),
+                dose=float(rng.choice(doses)),
+            )
+        )
     return out
 
 
@@ -118,16 +167,20 @@ def _ws2_like(first_seed, n, doses, size, max_ratio=0.2):
 
 
 def _score(samples, model, threshold):
-    import napari_microml as mm
     from atoms import _clip, _inner_truth  # benchmarks/atoms.py: columns away from the frame's edge
 
+    import napari_microml as mm
     from napari_microml.atoms.metrics import match_points
 
     f1 = []
     for s in samples:
-        pred = _clip(mm.find_atoms(s.image, model=model, threshold=threshold).positions, s.image.shape)
+        pred = _clip(
+            mm.find_atoms(s.image, model=model, threshold=threshold).positions, s.image.shape
+        )
         spacing = float(s.params.get("spacing", 10.0))
-        f1.append(match_points(pred, _inner_truth(s), max_distance=max(1.5, min(spacing, 12) / 3))["f1"])
+        f1.append(
+            match_points(pred, _inner_truth(s), max_distance=max(1.5, min(spacing, 12) / 3))["f1"]
+        )
     return round(float(np.mean(f1)), 4)
 
 
@@ -137,18 +190,37 @@ def synthetic(n_test, size=256):
     train = _ws2_like(SEED0_SYNTH, 3, (60, 90, 120), size)
     result, thr, seconds = _finetune([s.image for s in train], [s.positions for s in train], seed=0)
     test_tmd = _ws2_like(SEED0_SYNTH + 500, n_test, (60, 90, 120), size)
-    out = {**seconds, "kept_base": result.kept_base, "threshold": thr, "steps": result.card["steps"],
-           "val_f1_before": result.card["validation"]["f1_before"],
-           "val_f1_after": result.card["validation"]["f1_after"],
-           "ws2_like_dichalcogenide_60_120_counts": {"default": _score(test_tmd, "default", 0.5),
-                                            "finetuned": _score(test_tmd, result.name, thr)}}
+    out = {
+        **seconds,
+        "kept_base": result.kept_base,
+        "threshold": thr,
+        "steps": result.card["steps"],
+        "val_f1_before": result.card["validation"]["f1_before"],
+        "val_f1_after": result.card["validation"]["f1_after"],
+        "ws2_like_dichalcogenide_60_120_counts": {
+            "default": _score(test_tmd, "default", 0.5),
+            "finetuned": _score(test_tmd, result.name, thr),
+        },
+    }
     for dose in (20, 200, 5000):
-        std = [s for lat in LATTICES
-               for s in _frames(lat, range(SEED0_SYNTH + 1000 + 10 * LATTICES.index(lat),
-                                           SEED0_SYNTH + 1000 + 10 * LATTICES.index(lat) + max(1, n_test // 4)),
-                                (dose,), size)]
-        out[f"standard_lattices_{dose}_counts"] = {"default": _score(std, "default", 0.5),
-                                                   "finetuned": _score(std, result.name, thr), "frames": len(std)}
+        std = [
+            s
+            for lat in LATTICES
+            for s in _frames(
+                lat,
+                range(
+                    SEED0_SYNTH + 1000 + 10 * LATTICES.index(lat),
+                    SEED0_SYNTH + 1000 + 10 * LATTICES.index(lat) + max(1, n_test // 4),
+                ),
+                (dose,),
+                size,
+            )
+        ]
+        out[f"standard_lattices_{dose}_counts"] = {
+            "default": _score(std, "default", 0.5),
+            "finetuned": _score(std, result.name, thr),
+            "frames": len(std),
+        }
     return out
 
 
@@ -167,8 +239,11 @@ def main(argv=None):
     # never the user's own model folder
     folder = tempfile.mkdtemp(prefix="microml-bench-models-")
     os.environ["NAPARI_MICROML_MODELS"] = folder
-    report = {"torch_threads": a.threads, "cpu_count": os.cpu_count(),
-              "load_average_at_start": os.getloadavg()[0]}
+    report = {
+        "torch_threads": a.threads,
+        "cpu_count": os.cpu_count(),
+        "load_average_at_start": os.getloadavg()[0],
+    }
     parts = a.parts.split(",")
     if "pt" in parts:
         report["pt"] = pt([int(k) for k in a.ks.split(",")], a.rotations)

@@ -30,6 +30,7 @@ Prints one JSON document with these parts (``--parts``):
 
 Usage: ``python benchmarks/lattice.py [--seeds 3] [--parts strain,polarisation,...]``.
 """
+
 from __future__ import annotations
 
 import os
@@ -54,8 +55,8 @@ def _atomap():
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            import atomap.api as am  # noqa: F401 - api first: atomap's own import order
             import atomap.analysis_tools as an
+            import atomap.api as am  # noqa: F401 - api first: atomap's own import order
         return am, an, None
     except Exception as err:  # noqa: BLE001 - recorded in the JSON
         return None, None, f"{type(err).__name__}: {err}"
@@ -66,7 +67,9 @@ def measured(sample, seed):
 
     rng = np.random.default_rng(seed)
     h, w = sample.image.shape
-    start = np.clip(sample.positions + rng.normal(0, 0.3, sample.positions.shape), 0, [h - 1, w - 1])
+    start = np.clip(
+        sample.positions + rng.normal(0, 0.3, sample.positions.shape), 0, [h - 1, w - 1]
+    )
     pos, feats = refine_positions(sample.image, start)
     return pos, feats["position_std"]
 
@@ -100,7 +103,7 @@ def atomap_spacing_strain(am, pos, image, truth, keep, reference):
         d = np.asarray(d)
         in_ref = ref_tree.query(mid, k=1)[0] < 8
         eps = d / np.median(d[in_ref]) - 1
-        _, j = tree.query(mid, k=2)          # the pair's two columns
+        _, j = tree.query(mid, k=2)  # the pair's two columns
         ok = keep[j].all(axis=1)
         t = truth[j, axis].mean(axis=1)
         out[comp] = float(rms((eps - t)[ok]))
@@ -115,7 +118,9 @@ def part_strain(seeds, am, shells_list=(1, 2), seed_base=1):
     for scenario in ("step", "gradient", "dislocation"):
         for dose in DOSES:
             for seed in range(seeds):
-                s = strained_lattice(scenario, dose=dose, shape=(320, 320), seed=100 * seed + seed_base)
+                s = strained_lattice(
+                    scenario, dose=dose, shape=(320, 320), seed=100 * seed + seed_base
+                )
                 pos, std = measured(s, seed)
                 ref = s.positions[:, 1] < 140 if scenario == "step" else np.ones(len(pos), bool)
                 truth = true_strain(s, ref)
@@ -127,12 +132,19 @@ def part_strain(seeds, am, shells_list=(1, 2), seed_base=1):
                     keep = np.ones(len(pos), bool)
                 row = {"scenario": scenario, "dose": dose, "seed": seed}
                 for shells in shells_list:
-                    lat = mm.analyze_lattice(pos, image=s.image, reference=ref if scenario == "step" else None,
-                                             position_std=std, shells=shells)
+                    lat = mm.analyze_lattice(
+                        pos,
+                        image=s.image,
+                        reference=ref if scenario == "step" else None,
+                        position_std=std,
+                        shells=shells,
+                    )
                     err = (lat.strain - truth)[keep]
                     ok = np.isfinite(err).all(axis=1)
                     row[f"rms_pct_{shells}"] = (100 * rms(err[ok])).round(4).tolist()
-                    row[f"err_over_std_{shells}"] = (rms(err[ok]) / rms(lat.strain_std[keep][ok])).round(3).tolist()
+                    row[f"err_over_std_{shells}"] = (
+                        (rms(err[ok]) / rms(lat.strain_std[keep][ok])).round(3).tolist()
+                    )
                     row[f"defined_{shells}"] = round(float(ok.mean()), 4)
                     if shells == "auto":
                         row["auto_picked_5x5"] = float(lat.parameters["shells"] == 2)
@@ -180,11 +192,14 @@ def part_polarisation(seeds, am, an):
             lat = mm.analyze_lattice(pos, image=s.image, position_std=std)
             b = (s.sublattice == 1) & np.isfinite(lat.displacement).all(axis=1)
             err = lat.displacement[b] - s.shift[b]
-            row = {"dose": dose, "seed": seed,
-                   "sublattice_accuracy": float((lat.sublattice == s.sublattice).mean()),
-                   "b_rms_error_px": float(rms(err.ravel())),
-                   "err_over_std": (rms(err) / rms(lat.displacement_std[b])).round(3).tolist(),
-                   "b_defined": float(b.sum() / (s.sublattice == 1).sum())}
+            row = {
+                "dose": dose,
+                "seed": seed,
+                "sublattice_accuracy": float((lat.sublattice == s.sublattice).mean()),
+                "b_rms_error_px": float(rms(err.ravel())),
+                "err_over_std": (rms(err) / rms(lat.displacement_std[b])).round(3).tolist(),
+                "b_defined": float(b.sum() / (s.sublattice == 1).sum()),
+            }
             if am is not None:
                 try:
                     with warnings.catch_warnings():
@@ -217,8 +232,13 @@ def part_counting(seeds, am):
         for seed in range(seeds):
             s = strained_lattice("counts", dose=dose, seed=300 + seed)
             c = mm.count_atoms(s.image, s.positions)
-            row = {"dose": dose, "seed": seed, "exact": float((c.counts == s.counts)[~c.edge].mean()),
-                   "edge_fraction": float(c.edge.mean()), "n_components": c.n_components}
+            row = {
+                "dose": dose,
+                "seed": seed,
+                "exact": float((c.counts == s.counts)[~c.edge].mean()),
+                "edge_fraction": float(c.edge.mean()),
+                "n_components": c.n_components,
+            }
             if am is not None:
                 try:
                     import hyperspy.api as hs
@@ -226,18 +246,26 @@ def part_counting(seeds, am):
 
                     with warnings.catch_warnings():
                         warnings.simplefilter("ignore")
-                        inten = am.integrate(hs.signals.Signal2D(s.image), s.positions[:, 1],
-                                             s.positions[:, 0], method="Voronoi",
-                                             show_progressbar=False)[0]
+                        inten = am.integrate(
+                            hs.signals.Signal2D(s.image),
+                            s.positions[:, 1],
+                            s.positions[:, 0],
+                            method="Voronoi",
+                            show_progressbar=False,
+                        )[0]
                     x = np.asarray(inten, float).reshape(-1, 1)
-                    models = [GaussianMixture(g, covariance_type="tied", random_state=0).fit(x)
-                              for g in range(1, 13)]
+                    models = [
+                        GaussianMixture(g, covariance_type="tied", random_state=0).fit(x)
+                        for g in range(1, 13)
+                    ]
                     best = min(models, key=lambda m: m.bic(x))
                     order = np.argsort(best.means_.ravel())
                     rank = np.empty_like(order)
                     rank[order] = np.arange(len(order))
                     counts = rank[best.predict(x)] + 1
-                    row["atomap_bic_exact"] = float((counts == s.counts)[~c.edge].mean())  # same columns
+                    row["atomap_bic_exact"] = float(
+                        (counts == s.counts)[~c.edge].mean()
+                    )  # same columns
                     row["atomap_bic_components"] = int(best.n_components)
                 except Exception as err:  # noqa: BLE001
                     row["atomap_error"] = f"{type(err).__name__}: {err}"
@@ -248,11 +276,16 @@ def part_counting(seeds, am):
             s = strained_lattice("counts", structure="perovskite", dose=dose, seed=400 + seed)
             per = mm.count_atoms(s.image, s.positions, sublattice=s.sublattice)
             pooled = mm.count_atoms(s.image, s.positions)
-            rows.append({"dose": f"perovskite {dose}", "seed": seed,
-                         "exact": float((per.counts == s.counts)[~per.edge].mean()),
-                         "pooled_exact": float((pooled.counts == s.counts)[~pooled.edge].mean()),
-                         "edge_fraction": float(per.edge.mean()),
-                         "n_components": [len(m.means) for m in per.groups.values()]})
+            rows.append(
+                {
+                    "dose": f"perovskite {dose}",
+                    "seed": seed,
+                    "exact": float((per.counts == s.counts)[~per.edge].mean()),
+                    "pooled_exact": float((pooled.counts == s.counts)[~pooled.edge].mean()),
+                    "edge_fraction": float(per.edge.mean()),
+                    "n_components": [len(m.means) for m in per.groups.values()],
+                }
+            )
     return _summarise(rows, ("dose",))
 
 
@@ -264,7 +297,7 @@ def _crlb_px(dose, amp, sigma, background):
     g = np.exp(-0.5 * (x**2 + y**2) / sigma**2)
     mu = amp * peak * g + background * peak
     dmu = amp * peak * g * x / sigma**2
-    pix = (sigma / 2.0) ** 2                            # the grid is finer than a pixel
+    pix = (sigma / 2.0) ** 2  # the grid is finer than a pixel
     info = (dmu**2 / mu).sum() * pix
     return float(1 / np.sqrt(info))
 
@@ -285,7 +318,9 @@ def part_limits(seeds):
     from napari_microml.synth.strained import _sites, strained_lattice
 
     rows = []
-    cases = [(sc, "square") for sc in ("step", "gradient", "dislocation")] + [("domains", "perovskite")]
+    cases = [(sc, "square") for sc in ("step", "gradient", "dislocation")] + [
+        ("domains", "perovskite")
+    ]
     for scenario, structure in cases:
         for dose in DOSES:
             for seed in range(seeds):
@@ -294,13 +329,24 @@ def part_limits(seeds):
                 s = strained_lattice(scenario, structure=structure, dose=dose, seed=base, **kw)
                 pos, _ = measured(s, seed)
                 subs = np.unique(s.sublattice)
-                inner = ((s.positions > 8) & (s.positions < np.array(s.image.shape) - 8)).all(axis=1)
-                sig = {int(q): float(rms((pos - s.positions)[inner & (s.sublattice == q)].ravel())) for q in subs}
-                amp = _sites(structure, 16.0, s.image.shape, 8.0)[2]   # the simulator's column brightness
+                inner = ((s.positions > 8) & (s.positions < np.array(s.image.shape) - 8)).all(
+                    axis=1
+                )
+                sig = {
+                    int(q): float(rms((pos - s.positions)[inner & (s.sublattice == q)].ravel()))
+                    for q in subs
+                }
+                amp = _sites(structure, 16.0, s.image.shape, 8.0)[
+                    2
+                ]  # the simulator's column brightness
                 crlb = {q: _crlb_px(dose, float(amp[q]), s.params["sigma"], 0.1) for q in sig}
-                row = {"scenario": scenario, "dose": dose, "seed": seed,
-                       "finder_sigma_px": [round(sig[q], 4) for q in sorted(sig)],
-                       "crlb_sigma_px": [round(crlb[q], 4) for q in sorted(crlb)]}
+                row = {
+                    "scenario": scenario,
+                    "dose": dose,
+                    "seed": seed,
+                    "finder_sigma_px": [round(sig[q], 4) for q in sorted(sig)],
+                    "crlb_sigma_px": [round(crlb[q], 4) for q in sorted(crlb)],
+                }
                 if scenario == "step":
                     ref, keep = s.positions[:, 1] < 140, np.abs(s.positions[:, 1] - 160) > 24
                 elif scenario == "dislocation":
@@ -308,40 +354,64 @@ def part_limits(seeds):
                 else:
                     ref, keep = None, np.ones(len(pos), bool)
                 # columns whose 5×5 shell lies inside the image (no edge loss)
-                deep = ((s.positions > 40) & (s.positions < np.array(s.image.shape) - 40)).all(axis=1)
+                deep = ((s.positions > 40) & (s.positions < np.array(s.image.shape) - 40)).all(
+                    axis=1
+                )
                 rng = np.random.default_rng(1000 + seed)
-                for name, sd in (("noise_free", {q: 0.0 for q in sig}), ("finder", sig), ("crlb", crlb)):
+                for name, sd in (
+                    ("noise_free", {q: 0.0 for q in sig}),
+                    ("finder", sig),
+                    ("crlb", crlb),
+                ):
                     per_q = np.array([sd[int(q)] for q in s.sublattice])
                     errs = {}
                     derr = []
                     for _ in range(1 if name == "noise_free" else 4):
                         p = s.positions + rng.normal(0, 1, pos.shape) * per_q[:, None]
-                        for shells in ((1, 2) if structure == "square" else (1,)):
-                            lat = drain(analyze_lattice_iter(p, reference=ref, shells=shells,
-                                                             position_std=np.maximum(per_q, 1e-3),
-                                                             sublattice=s.sublattice))
+                        for shells in (1, 2) if structure == "square" else (1,):
+                            lat = drain(
+                                analyze_lattice_iter(
+                                    p,
+                                    reference=ref,
+                                    shells=shells,
+                                    position_std=np.maximum(per_q, 1e-3),
+                                    sublattice=s.sublattice,
+                                )
+                            )
                             if structure == "square":
-                                truth = true_strain(s, np.ones(len(p), bool) if ref is None else ref)
+                                truth = true_strain(
+                                    s, np.ones(len(p), bool) if ref is None else ref
+                                )
                                 for where, m in (("", keep), ("_interior", keep & deep)):
                                     e = (lat.strain - truth)[m]
-                                    errs.setdefault((shells, where), []).append(e[np.isfinite(e).all(axis=1)])
+                                    errs.setdefault((shells, where), []).append(
+                                        e[np.isfinite(e).all(axis=1)]
+                                    )
                             else:
                                 b = (s.sublattice == 1) & np.isfinite(lat.displacement).all(axis=1)
                                 derr.append((lat.displacement[b] - s.shift[b]).ravel())
                     for key, e in errs.items():
                         if isinstance(key, tuple) and e:
-                            row[f"{name}_rms_pct_{key[0]}{key[1]}"] = (100 * rms(np.concatenate(e))).round(4).tolist()
+                            row[f"{name}_rms_pct_{key[0]}{key[1]}"] = (
+                                (100 * rms(np.concatenate(e))).round(4).tolist()
+                            )
                     if derr:
                         row[f"{name}_b_rms_px"] = round(float(rms(np.concatenate(derr))), 4)
                 a = 16.0
                 sa = sig[0]
                 if structure == "square":
-                    row["bulk_formula_exx_pct"] = [round(100 * sa / (a * np.sqrt(6)), 4),
-                                                   round(100 * sa / (a * np.sqrt(50)), 4)]
-                    row["sigma_needed_for_0.5pct_px"] = [round(0.005 * a * np.sqrt(6), 4),
-                                                         round(0.005 * a * np.sqrt(50), 4)]
+                    row["bulk_formula_exx_pct"] = [
+                        round(100 * sa / (a * np.sqrt(6)), 4),
+                        round(100 * sa / (a * np.sqrt(50)), 4),
+                    ]
+                    row["sigma_needed_for_0.5pct_px"] = [
+                        round(0.005 * a * np.sqrt(6), 4),
+                        round(0.005 * a * np.sqrt(50), 4),
+                    ]
                 else:
-                    row["bulk_formula_b_px"] = round(float(np.sqrt(sig[1] ** 2 + sig[0] ** 2 / 4)), 4)
+                    row["bulk_formula_b_px"] = round(
+                        float(np.sqrt(sig[1] ** 2 + sig[0] ** 2 / 4)), 4
+                    )
                 rows.append(row)
     return _summarise(rows, ("scenario", "dose"))
 
@@ -362,7 +432,9 @@ def part_speed(am):
 
     rng = np.random.default_rng(0)
     i, j = np.meshgrid(np.arange(317), np.arange(317), indexing="ij")
-    pos = np.column_stack([i.ravel() * 16.0, j.ravel() * 16.0])[:100_000] + rng.normal(0, 0.05, (100_000, 2))
+    pos = np.column_stack([i.ravel() * 16.0, j.ravel() * 16.0])[:100_000] + rng.normal(
+        0, 0.05, (100_000, 2)
+    )
     mm.analyze_lattice(pos[(pos[:, 0] < 500) & (pos[:, 1] < 500)])  # warm-up
     out = {"load_average_1min": round(os.getloadavg()[0], 2), "cpu_count": os.cpu_count()}
     out["analyze_lattice_100k_wall_cpu_s"] = _timed(lambda: mm.analyze_lattice(pos))
@@ -376,8 +448,10 @@ def part_speed(am):
             warnings.simplefilter("ignore")
             sub = am.Sublattice(small[:, ::-1], image=np.zeros((820, 820)))
             sub.construct_zone_axes()
-        out["atomap_construct_zone_axes_s"] = {"columns": int(len(small)),
-                                               "seconds": round(time.perf_counter() - t, 3)}
+        out["atomap_construct_zone_axes_s"] = {
+            "columns": int(len(small)),
+            "seconds": round(time.perf_counter() - t, 3),
+        }
         out["ours_same_columns_wall_cpu_s"] = _timed(lambda: mm.analyze_lattice(small))
     return out
 
@@ -391,13 +465,19 @@ def _flatness(lat):
     for qr in (p[:, 0] < mid[0], p[:, 0] >= mid[0]):
         for qc in (p[:, 1] < mid[1], p[:, 1] >= mid[1]):
             q = e[qr & qc]
-            quads.append({"mean_pct": (100 * q.mean(0)).round(3).tolist(),
-                          "sem_pct": (100 * q.std(0) / np.sqrt(len(q))).round(3).tolist()})
+            quads.append(
+                {
+                    "mean_pct": (100 * q.mean(0)).round(3).tolist(),
+                    "sem_pct": (100 * q.std(0) / np.sqrt(len(q))).round(3).tolist(),
+                }
+            )
     mad = 1.4826 * np.median(np.abs(e - np.median(e, 0)), axis=0)
-    return {"spread_pct": (100 * e.std(0)).round(3).tolist(),
-            "robust_spread_pct": (100 * mad).round(3).tolist(),
-            "median_reported_std_pct": (100 * np.median(lat.strain_std[ok], 0)).round(3).tolist(),
-            "quadrants": quads}
+    return {
+        "spread_pct": (100 * e.std(0)).round(3).tolist(),
+        "robust_spread_pct": (100 * mad).round(3).tolist(),
+        "median_reported_std_pct": (100 * np.median(lat.strain_std[ok], 0)).round(3).tolist(),
+        "quadrants": quads,
+    }
 
 
 def part_real():
@@ -411,15 +491,26 @@ def part_real():
             continue
         data, kw, _ = mm.read_file(path)[0]
         img = np.asarray(data, float)
-        pixel_nm = float(kw["scale"][-1])   # hspy: axes scale without units (README: 9.33 pm/px)
+        pixel_nm = float(kw["scale"][-1])  # hspy: axes scale without units (README: 9.33 pm/px)
         found = mm.find_atoms(img, contrast=contrast)
-        lat = mm.analyze_lattice(found.positions, image=-img if contrast == "dark" else img,
-                                 pixel_size=pixel_nm,
-                                 position_std=found.features["position_std"].to_numpy())
-        L = {k: (round(float(v), 3) if isinstance(v, (float, np.floating)) else v) for k, v in lat.lattice.items()}
-        entry = {"pixel_size_nm": pixel_nm, "columns": int(len(found.positions)),
-                 "columns_per_sublattice": np.bincount(lat.sublattice).tolist(),
-                 "lattice": L, "position_std": lat.std_source, "flatness": _flatness(lat)}
+        lat = mm.analyze_lattice(
+            found.positions,
+            image=-img if contrast == "dark" else img,
+            pixel_size=pixel_nm,
+            position_std=found.features["position_std"].to_numpy(),
+        )
+        L = {
+            k: (round(float(v), 3) if isinstance(v, (float, np.floating)) else v)
+            for k, v in lat.lattice.items()
+        }
+        entry = {
+            "pixel_size_nm": pixel_nm,
+            "columns": int(len(found.positions)),
+            "columns_per_sublattice": np.bincount(lat.sublattice).tolist(),
+            "lattice": L,
+            "position_std": lat.std_source,
+            "flatness": _flatness(lat),
+        }
         if name.startswith("stem_abf"):
             # [110]: a1 ≈ a/√2 (along [1-10]), a2 ≈ a (along [001]); SrTiO3 a = 390.5 pm
             entry["a_from_a1_pm"] = round(L["a_pm"] * np.sqrt(2), 2)
@@ -430,9 +521,10 @@ def part_real():
             entry["ratio_to_SrTiO3"] = round((L["a_pm"] + L["b_pm"]) / 2 / 390.5, 4)
             c = mm.count_atoms(img, found.positions)
             entry["count_components"] = c.n_components
-            entry["components_vs_sublattice"] = [np.bincount(c.counts[lat.sublattice == s],
-                                                             minlength=c.n_components + 1).tolist()
-                                                 for s in range(lat.n_sublattices)]
+            entry["components_vs_sublattice"] = [
+                np.bincount(c.counts[lat.sublattice == s], minlength=c.n_components + 1).tolist()
+                for s in range(lat.n_sublattices)
+            ]
         out[name] = entry
     return out
 

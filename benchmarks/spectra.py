@@ -8,6 +8,7 @@ cross-correlation alignment to the mean spectrum. Real data: LSMO low-loss EELS 
 
     .venv/bin/python benchmarks/spectra.py [--epochs N] [--threads 1] [--device cpu]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,8 +42,9 @@ def evaluate(X, x, truth, epochs, device, shift_prior, seed=0):
     centre, width = truth["centre"], truth["width"]
     out = {}
     t0 = time.perf_counter()
-    r = fit_shift_vae(X, axis=x, latent_dim=2, epochs=epochs, shift_prior=shift_prior,
-                      seed=seed, device=device)
+    r = fit_shift_vae(
+        X, axis=x, latent_dim=2, epochs=epochs, shift_prior=shift_prior, seed=seed, device=device
+    )
     out["shift_vae"] = {
         "fit_seconds": round(time.perf_counter() - t0, 2),
         "r2_shift_vs_centre": round(r2(r.shift, centre), 4),
@@ -53,8 +55,9 @@ def evaluate(X, x, truth, epochs, device, shift_prior, seed=0):
         "device": r.device,
     }
     t0 = time.perf_counter()
-    p = fit_shift_vae(X, axis=x, latent_dim=2, epochs=epochs, model="plain", seed=seed,
-                      device=device)
+    p = fit_shift_vae(
+        X, axis=x, latent_dim=2, epochs=epochs, model="plain", seed=seed, device=device
+    )
     out["plain_vae"] = {
         "fit_seconds": round(time.perf_counter() - t0, 2),
         "best_latent_r2_centre": round(max(r2(p.latents[:, i], centre) for i in range(2)), 4),
@@ -93,12 +96,21 @@ def lsmo(device):
     k = int(np.argmax(X.mean(0)))
     cr = (k - 16, k + 19)
     r = fit_shift_vae(X, axis=e, channel_range=cr, shift_prior=1.0, seed=0, device=device)
-    seeds = [float(np.corrcoef(fit_shift_vae(X, axis=e, channel_range=cr,
-                                             shift_prior=1.0, seed=s, device=device).shift,
-                               c)[0, 1]) for s in (1, 2)]
-    cc = cross_correlation_shift(X[:, cr[0]:cr[1]], e[cr[0]:cr[1]])
+    seeds = [
+        float(
+            np.corrcoef(
+                fit_shift_vae(
+                    X, axis=e, channel_range=cr, shift_prior=1.0, seed=s, device=device
+                ).shift,
+                c,
+            )[0, 1]
+        )
+        for s in (1, 2)
+    ]
+    cc = cross_correlation_shift(X[:, cr[0] : cr[1]], e[cr[0] : cr[1]])
     return {
-        "n_spectra": int(X.shape[0]), "channels_used": list(cr),
+        "n_spectra": int(X.shape[0]),
+        "channels_used": list(cr),
         "zlp_centre_range_eV": round(float(np.ptp(c)), 4),
         "pearson_shift_vs_zlp_gaussian_centre": round(float(np.corrcoef(r.shift, c)[0, 1]), 4),
         "pearson_other_seeds": [round(s, 4) for s in seeds],
@@ -129,25 +141,31 @@ def beps(device, epochs):
     switch_step = 0.5 * (up + down)
     imprint = 0.5 * (volt[up] + volt[down])  # mean bias of the two switching events
     amplitude = X.max(1) - X.min(1)
-    out = {"shape": list(loops.shape),
-           "axis": "waveform step (triangle bias 0->8.5->-8.5->0 V)",
-           "loop_amplitude_percentiles_5_50_95": [float(f"{v:.3g}") for v in
-                                                  np.percentile(amplitude, [5, 50, 95])]}
+    out = {
+        "shape": list(loops.shape),
+        "axis": "waveform step (triangle bias 0->8.5->-8.5->0 V)",
+        "loop_amplitude_percentiles_5_50_95": [
+            float(f"{v:.3g}") for v in np.percentile(amplitude, [5, 50, 95])
+        ],
+    }
     for norm in ("global", "max"):
-        r = fit_shift_vae(X, latent_dim=2, epochs=epochs, shift_prior=3.0, normalize=norm,
-                          seed=0, device=device)
+        r = fit_shift_vae(
+            X, latent_dim=2, epochs=epochs, shift_prior=3.0, normalize=norm, seed=0, device=device
+        )
         smap = r.shift.reshape(loops.shape[:2])
         out[f"normalize_{norm}"] = {
             "shift_std_steps": round(float(r.shift.std()), 3),
-            "shift_map_neighbour_r": round(float(np.corrcoef(
-                smap[:, :-1].ravel(), smap[:, 1:].ravel())[0, 1]), 4),
+            "shift_map_neighbour_r": round(
+                float(np.corrcoef(smap[:, :-1].ravel(), smap[:, 1:].ravel())[0, 1]), 4
+            ),
             "abs_r_shift_vs_mean_switching_step": round(absr(r.shift, switch_step), 4),
             "abs_r_shift_vs_up_switching_step": round(absr(r.shift, up), 4),
             "abs_r_shift_vs_down_switching_step": round(absr(r.shift, down), 4),
             "abs_r_shift_vs_imprint_bias": round(absr(r.shift, imprint), 4),
             "abs_r_shift_vs_loop_amplitude": round(absr(r.shift, amplitude), 4),
             "best_latent_abs_r_amplitude": round(
-                max(absr(r.latents[:, i], amplitude) for i in range(2)), 4),
+                max(absr(r.latents[:, i], amplitude) for i in range(2)), 4
+            ),
         }
     return out
 

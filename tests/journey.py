@@ -2,6 +2,7 @@
 file through our reader, click a button, wait for the worker while watching the event loop, and
 check that the result can be seen in the viewer as the user left it.
 """
+
 from __future__ import annotations
 
 import json
@@ -78,8 +79,9 @@ def open_file(viewer, path: Path):
     return layers
 
 
-def click(qtbot, button, widget, *, timeout_ms: int = TIMEOUT_MS, journey: str | None = None,
-          api=None) -> float:
+def click(
+    qtbot, button, widget, *, timeout_ms: int = TIMEOUT_MS, journey: str | None = None, api=None
+) -> float:
     """Click a magicgui PushButton, wait until the widget's worker is done, return the longest
     event-loop stall (s) seen meanwhile. With ``journey`` (and, when benchmarking, ``api``: a
     no-argument call of the same work through the Python API) the timings go to the report."""
@@ -91,8 +93,7 @@ def click(qtbot, button, widget, *, timeout_ms: int = TIMEOUT_MS, journey: str |
         qtbot.wait(50)
     if journey and REPORT:
         api_s = None if api is None else round(api_seconds(api), 3)
-        record(journey, widget_s=round(widget_s, 3), stall_s=round(monitor.longest, 3),
-               api_s=api_s)
+        record(journey, widget_s=round(widget_s, 3), stall_s=round(monitor.longest, 3), api_s=api_s)
     return monitor.longest
 
 
@@ -139,5 +140,6 @@ def assert_visible(viewer, layer, *, min_fraction: float = 0.002, screenshot: Pa
     fraction = float(changed.mean())
     assert fraction >= min_fraction, (
         f"{layer.name} is not visible in the current view: hiding it changes "
-        f"{fraction:.4%} of the canvas")
+        f"{fraction:.4%} of the canvas"
+    )
     return fraction

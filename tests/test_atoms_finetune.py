@@ -1,5 +1,6 @@
 """Fine-tuning the atom finder on a user's points: mechanics with tiny step counts (the F1 gains
 are measured by benchmarks/finetune.py)."""
+
 from __future__ import annotations
 
 import json
@@ -25,8 +26,12 @@ def models_folder(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def frames():
-    samples = [simulate_lattice((128, 128), scene="crystal", lattice="square", spacing=9.0, dose=500, seed=s)
-               for s in (11, 12)]
+    samples = [
+        simulate_lattice(
+            (128, 128), scene="crystal", lattice="square", spacing=9.0, dose=500, seed=s
+        )
+        for s in (11, 12)
+    ]
     return [s.image for s in samples], [s.positions for s in samples]
 
 
@@ -37,8 +42,14 @@ def _scores(*values):
     def fake(self, net):
         f1 = values[min(len(calls), len(values) - 1)]
         calls.append(f1)
-        return {"f1": f1, "threshold": 0.4, "loss": 1.0 - f1, "f1_by_threshold": [f1] * len(ft.THRESHOLDS),
-                "n_points": 10}
+        return {
+            "f1": f1,
+            "threshold": 0.4,
+            "loss": 1.0 - f1,
+            "f1_by_threshold": [f1] * len(ft.THRESHOLDS),
+            "n_points": 10,
+        }
+
     return fake
 
 
@@ -47,8 +58,9 @@ def test_models_folder_follows_the_environment(models_folder):
     assert user_models.list_user_models() == {}
 
 
-def test_a_better_model_is_saved_listed_loadable_and_deletable(frames, models_folder, monkeypatch,
-                                                               one_torch_thread):
+def test_a_better_model_is_saved_listed_loadable_and_deletable(
+    frames, models_folder, monkeypatch, one_torch_thread
+):
     monkeypatch.setattr(ft._Validator, "__call__", _scores(0.5, 0.8))
     images, points = frames
     name = mm.finetune_atoms(images, points, steps=2, name="my-square")
@@ -122,8 +134,9 @@ def test_training_crops_stay_out_of_the_validation_strip(rng):
     points = np.column_stack([rng.uniform(0, 128, 40), rng.uniform(0, 200, 40)])
     strips = set()
     for seed in range(4):
-        _, item = ft._prepare(x + rng.normal(size=x.shape).astype(np.float32), points, "plain", 0.2,
-                              seed, 64)
+        _, item = ft._prepare(
+            x + rng.normal(size=x.shape).astype(np.float32), points, "plain", 0.2, seed, 64
+        )
         assert item.hi - item.lo == round(0.2 * x.shape[item.axis])
         assert item.lo == 0 or item.hi == x.shape[item.axis]
         strips.add((item.axis, item.lo))
@@ -177,7 +190,9 @@ def test_review_puts_doubtful_points_first():
 
     grid = np.array([[r, c] for r in range(10, 100, 10) for c in range(10, 100, 10)], float)
     pos = np.vstack([grid, [[52.0, 50.0]]])  # a crowded extra peak beside (50, 50)
-    features = pd.DataFrame({"score": np.full(len(pos), 0.95), "position_std": np.full(len(pos), 0.1)})
+    features = pd.DataFrame(
+        {"score": np.full(len(pos), 0.95), "position_std": np.full(len(pos), 0.1)}
+    )
     features.loc[5, "score"] = 0.52  # just above the threshold
     features.loc[7, "position_std"] = 2.0
     order, words = ft.review_order(pos, features, threshold=0.5)
@@ -189,8 +204,9 @@ def test_review_puts_doubtful_points_first():
 
 
 def test_unsure_detections_are_reported(frames, monkeypatch, one_torch_thread):
-    import pandas as pd
     from types import SimpleNamespace
+
+    import pandas as pd
 
     def result(scores, model="atoms-default"):
         return SimpleNamespace(features=pd.DataFrame({"score": scores}), model={"name": model})

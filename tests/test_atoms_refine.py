@@ -13,14 +13,25 @@ def _inner(s, margin=12):
     am = ndi.binary_dilation(s.amorphous, iterations=int(s.params["spacing"]))
     ip = np.rint(s.positions).astype(int)
     h, w = s.image.shape
-    return ((s.positions > margin).all(1) & (s.positions[:, 0] < h - margin)
-            & (s.positions[:, 1] < w - margin) & ~am[ip[:, 0], ip[:, 1]])
+    return (
+        (s.positions > margin).all(1)
+        & (s.positions[:, 0] < h - margin)
+        & (s.positions[:, 1] < w - margin)
+        & ~am[ip[:, 0], ip[:, 1]]
+    )
 
 
 @pytest.mark.parametrize("spacing", [7, 12, 20])
 def test_gaussian_fit_recovers_exact_positions(spacing):
-    s = simulate_lattice((160, 160), scene="crystal", lattice="triangular", spacing=spacing,
-                         dose=np.inf, defects=False, seed=4)
+    s = simulate_lattice(
+        (160, 160),
+        scene="crystal",
+        lattice="triangular",
+        spacing=spacing,
+        dose=np.inf,
+        defects=False,
+        seed=4,
+    )
     start = s.positions + np.random.default_rng(1).uniform(-0.5, 0.5, s.positions.shape)
     pos, f = refine_positions(s.image, start)
     inner = _inner(s)
@@ -31,8 +42,9 @@ def test_gaussian_fit_recovers_exact_positions(spacing):
 
 
 def test_position_std_tracks_the_real_error():
-    s = simulate_lattice((192, 192), scene="crystal", lattice="square", spacing=12, dose=200,
-                         defects=False, seed=9)
+    s = simulate_lattice(
+        (192, 192), scene="crystal", lattice="square", spacing=12, dose=200, defects=False, seed=9
+    )
     pos, f = refine_positions(s.image, s.positions + 0.3)
     inner = _inner(s)
     err = (pos - s.positions)[inner]
@@ -83,7 +95,9 @@ def test_a_close_neighbour_does_not_pull_the_fit():
     host = np.column_stack([yy.ravel(), xx.ravel()]) * spacing + 16.0
     extra = host[24] + [0.0, 0.6 * spacing]  # between two hosts of the middle row
     truth = np.vstack([host, extra])
-    img = render_gaussians((112, 112), truth, np.full(len(truth), 1.6), np.r_[np.ones(len(host)), 0.7])
+    img = render_gaussians(
+        (112, 112), truth, np.full(len(truth), 1.6), np.r_[np.ones(len(host)), 0.7]
+    )
     start = truth + np.random.default_rng(0).normal(0, 0.3, truth.shape)
     pos, feats = refine_positions(img, start, method="gaussian")
     err = np.hypot(*(pos - truth).T)
@@ -96,4 +110,6 @@ def test_a_close_neighbour_does_not_pull_the_fit():
     r = window_radius(host)
     centres = np.rint(host).astype(int)
     _, wgt, dy, dx = _patches(img, centres, r)
-    np.testing.assert_array_equal(_own_pixels(wgt, dy, dx, host - centres, _neighbours(host, r) - centres[:, None]), wgt)
+    np.testing.assert_array_equal(
+        _own_pixels(wgt, dy, dx, host - centres, _neighbours(host, r) - centres[:, None]), wgt
+    )

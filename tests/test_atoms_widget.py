@@ -1,4 +1,5 @@
 """The Atom finder driven in a real napari viewer, as a user would."""
+
 import numpy as np
 import pytest
 
@@ -7,7 +8,9 @@ from napari_microml.synth.lattice import simulate_lattice
 
 
 def _image(shape=(160, 160), seed=2):
-    return simulate_lattice(shape, scene="crystal", lattice="square", spacing=10, dose=1000, seed=seed).image
+    return simulate_lattice(
+        shape, scene="crystal", lattice="square", spacing=10, dose=1000, seed=seed
+    ).image
 
 
 @pytest.fixture
@@ -36,7 +39,9 @@ def test_run_creates_points_with_features_scale_and_provenance(widget_and_viewer
     np.testing.assert_allclose(pts.scale, (0.02, 0.02))
     assert [str(u) for u in pts.units] == ["nanometer", "nanometer"]
     prov = pts.metadata["napari_microml"]
-    assert prov["tool"] == "atom_finder" and prov["model"]["sha256"] and prov["input_layer"] == "haadf"
+    assert (
+        prov["tool"] == "atom_finder" and prov["model"]["sha256"] and prov["input_layer"] == "haadf"
+    )
     assert "haadf atom probability" in viewer.layers
     assert widget.ran_on.value.startswith("cpu")
     # a rerun updates the same layer instead of stacking copies
@@ -112,12 +117,16 @@ def test_choosing_a_model_uses_its_recorded_threshold(widget_and_viewer):
     widget, _ = widget_and_viewer
     for name, entry in list_models("atoms").items():
         widget.model.value = name.removeprefix("atoms-")
-        assert widget.threshold.value == pytest.approx(entry["meta"].get("recommended_threshold", 0.5))
+        assert widget.threshold.value == pytest.approx(
+            entry["meta"].get("recommended_threshold", 0.5)
+        )
 
 
 def test_wide_lattice_is_rescaled_unless_the_user_turns_it_off(make_napari_viewer, qtbot):
     viewer = make_napari_viewer()
-    img = simulate_lattice((480, 480), scene="crystal", lattice="square", spacing=48, dose=1000, seed=3).image
+    img = simulate_lattice(
+        (480, 480), scene="crystal", lattice="square", spacing=48, dose=1000, seed=3
+    ).image
     layer = viewer.add_image(img, name="wide")
     widget = AtomFinderWidget(viewer)
     widget.image_layer.value = layer
@@ -140,4 +149,6 @@ def test_resample_note_names_the_factor_and_the_period_only_when_resampled():
     assert resample_note({"zoom": 1.0, "estimated_period_px": 12.0}) == ""
     note = resample_note({"zoom": 0.2917, "estimated_period_px": 48.0})
     assert "×0.2917" in note and "48 px → 14 px" in note
-    assert "period" not in resample_note({"zoom": 0.5, "estimated_period_px": None})  # a factor the user gave
+    assert "period" not in resample_note(
+        {"zoom": 0.5, "estimated_period_px": None}
+    )  # a factor the user gave

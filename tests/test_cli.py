@@ -3,6 +3,7 @@
 The tool cores are swapped for tiny fakes through ``cli.ADAPTERS`` so these tests do not
 depend on the networks; one test runs the real atom finder when it is importable.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,9 +22,11 @@ def _fake_atoms(frame, device="auto"):
 
     f = np.asarray(frame, np.float32)
     pos = peak_local_max(f, min_distance=3, threshold_rel=0.5).astype(float)
-    return {"positions": pos,
-            "features": pd.DataFrame({"intensity": f[tuple(pos.astype(int).T)]}),
-            "provenance": {"tool": "fake_atoms"}}
+    return {
+        "positions": pos,
+        "features": pd.DataFrame({"intensity": f[tuple(pos.astype(int).T)]}),
+        "provenance": {"tool": "fake_atoms"},
+    }
 
 
 def _fake_defects(frame, device="auto"):
@@ -46,8 +49,12 @@ def _fake_spectra(item, device="auto"):
 
 @pytest.fixture
 def fakes(monkeypatch):
-    for name, fn in [("atoms", _fake_atoms), ("defects", _fake_defects),
-                     ("complete", _fake_complete), ("spectra", _fake_spectra)]:
+    for name, fn in [
+        ("atoms", _fake_atoms),
+        ("defects", _fake_defects),
+        ("complete", _fake_complete),
+        ("spectra", _fake_spectra),
+    ]:
         monkeypatch.setattr(cli.ADAPTERS[name], "run", fn)
 
 
@@ -114,8 +121,8 @@ def test_folder_and_single_images(fakes, tmp_path):
     out = tmp_path / "out"
     assert cli.main(["atoms", str(src), "--out", str(out), "--quiet"]) == 0
     assert {p.name for p in out.iterdir()} == {
-        f"img{i}_atoms{s}" for i in range(2)
-        for s in (".csv", ".csv.json", ".provenance.json")}
+        f"img{i}_atoms{s}" for i in range(2) for s in (".csv", ".csv.json", ".provenance.json")
+    }
     assert "frame" not in pd.read_csv(out / "img0_atoms.csv").columns
 
 
@@ -150,14 +157,30 @@ def test_distributed_scheduler(fakes, stack_file, tmp_path, monkeypatch):
     from napari_microml.io import reader
 
     out, lazy = tmp_path / "d", tmp_path / "lazy"
-    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, host="127.0.0.1",
-                      protocol="tcp", dashboard_address=None) as cluster:
-        rc = cli.main(["atoms", str(stack_file), "--out", str(out), "--scheduler",
-                       cluster.scheduler_address])
+    with LocalCluster(
+        n_workers=1,
+        threads_per_worker=2,
+        processes=False,
+        host="127.0.0.1",
+        protocol="tcp",
+        dashboard_address=None,
+    ) as cluster:
+        rc = cli.main(
+            ["atoms", str(stack_file), "--out", str(out), "--scheduler", cluster.scheduler_address]
+        )
         # lazy (dask) frames: the workers load them
         monkeypatch.setattr(reader, "LAZY_BYTES", 0)
-        rc_lazy = cli.main(["atoms", str(stack_file), "--out", str(lazy), "--quiet",
-                            "--scheduler", cluster.scheduler_address])
+        rc_lazy = cli.main(
+            [
+                "atoms",
+                str(stack_file),
+                "--out",
+                str(lazy),
+                "--quiet",
+                "--scheduler",
+                cluster.scheduler_address,
+            ]
+        )
         monkeypatch.undo()
         monkeypatch.setattr(cli.ADAPTERS["atoms"], "run", _fake_atoms)
     assert rc == 0 and rc_lazy == 0
@@ -195,8 +218,9 @@ def _bad_cases(tmp_path, stack_file, shared_data):
     return cases
 
 
-def test_bad_input_clear_message_and_nothing_written(fakes, tmp_path, stack_file, shared_data,
-                                                     capsys):
+def test_bad_input_clear_message_and_nothing_written(
+    fakes, tmp_path, stack_file, shared_data, capsys
+):
     for inputs, reason in _bad_cases(tmp_path, stack_file, shared_data):
         out = tmp_path / "out"
         rc = cli.main(["atoms", *inputs, "--out", str(out)])
@@ -236,8 +260,12 @@ def test_real_atoms_on_small_stack(tmp_path):
     frames = np.stack([simulate_lattice((64, 64), seed=i).image for i in range(3)])
     tifffile.imwrite(tmp_path / "s.tif", frames.astype(np.float32), photometric="minisblack")
     out = tmp_path / "o"
-    assert cli.main(["atoms", str(tmp_path / "s.tif"), "--out", str(out), "--device", "cpu",
-                     "--quiet"]) == 0
+    assert (
+        cli.main(
+            ["atoms", str(tmp_path / "s.tif"), "--out", str(out), "--device", "cpu", "--quiet"]
+        )
+        == 0
+    )
     table = pd.read_csv(out / "s_atoms.csv")
     assert len(table) > 0 and set(table["frame"]) <= {0, 1, 2}
 
@@ -249,22 +277,46 @@ def test_rescale_option_reaches_the_lattice_tools(tmp_path):
 
     from napari_microml.synth.lattice import simulate_lattice
 
-    frames = np.stack([simulate_lattice((192, 192), scene="crystal", lattice="square", spacing=24.0,
-                                        dose=500, seed=i).image for i in range(2)])
+    frames = np.stack(
+        [
+            simulate_lattice(
+                (192, 192), scene="crystal", lattice="square", spacing=24.0, dose=500, seed=i
+            ).image
+            for i in range(2)
+        ]
+    )
     tifffile.imwrite(tmp_path / "wide.tif", frames.astype(np.float32), photometric="minisblack")
     zooms = {}
     for mode in ("auto", "always"):
         out = tmp_path / mode
-        assert cli.main(["atoms", str(tmp_path / "wide.tif"), "--out", str(out), "--device", "cpu",
-                         "--rescale", mode, "--quiet"]) == 0
+        assert (
+            cli.main(
+                [
+                    "atoms",
+                    str(tmp_path / "wide.tif"),
+                    "--out",
+                    str(out),
+                    "--device",
+                    "cpu",
+                    "--rescale",
+                    mode,
+                    "--quiet",
+                ]
+            )
+            == 0
+        )
         prov = json.loads((out / "wide_atoms.provenance.json").read_text())
         zooms[mode] = prov["parameters"]["tool_provenance"]["parameters"]["zoom"]
         assert len(pd.read_csv(out / "wide_atoms.csv")) > 50
     assert zooms["auto"] == 1.0 and zooms["always"] == pytest.approx(14 / 24, rel=0.1)
     with pytest.raises(cli.InputError, match="no --rescale"):
-        cli.run_tool("complete", [str(tmp_path / "wide.tif")], str(tmp_path / "c"), rescale="always")
+        cli.run_tool(
+            "complete", [str(tmp_path / "wide.tif")], str(tmp_path / "c"), rescale="always"
+        )
     with pytest.raises(cli.InputError, match="choose one of"):
-        cli.run_tool("atoms", [str(tmp_path / "wide.tif")], str(tmp_path / "c"), rescale="sometimes")
+        cli.run_tool(
+            "atoms", [str(tmp_path / "wide.tif")], str(tmp_path / "c"), rescale="sometimes"
+        )
     assert not (tmp_path / "c").exists()
 
 
@@ -273,12 +325,24 @@ def test_console_script_exit_codes(tmp_path):
     import sys
 
     code = "import sys; from napari_microml.cli import main; sys.exit(main())"
-    ok = subprocess.run([sys.executable, "-c", code, "--version"], capture_output=True,
-                        text=True, timeout=60)
+    ok = subprocess.run(
+        [sys.executable, "-c", code, "--version"], capture_output=True, text=True, timeout=60
+    )
     assert ok.returncode == 0 and "napari-microml" in ok.stdout
-    bad = subprocess.run([sys.executable, "-c", code, "atoms", str(tmp_path / "nope.tif"),
-                          "--out", str(tmp_path / "o")], capture_output=True, text=True,
-                         timeout=60)
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            code,
+            "atoms",
+            str(tmp_path / "nope.tif"),
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert bad.returncode == 2
     assert bad.stderr.strip() == f"microml: error: {tmp_path / 'nope.tif'} does not exist."
     assert not (tmp_path / "o").exists()
@@ -308,13 +372,28 @@ def test_sigterm_leaves_nothing(stack_file, tmp_path):
         "    time.sleep(0.5)\n"
         "    return {'positions': [[1.0, 1.0]], 'features': None}\n"
         "cli.ADAPTERS['atoms'].run = slow\n"
-        "sys.exit(cli.main(sys.argv[1:]))\n")
+        "sys.exit(cli.main(sys.argv[1:]))\n"
+    )
     out = tmp_path / "o"
-    proc = subprocess.Popen([sys.executable, str(script), "atoms", str(stack_file), "--out",
-                             str(out), "--workers", "1"], stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            str(script),
+            "atoms",
+            str(stack_file),
+            "--out",
+            str(out),
+            "--workers",
+            "1",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 60
     while not started.exists() and time.time() < deadline:
-        time.sleep(0.1)  # wait until frames are being processed (imports done, temporary folder made)
+        time.sleep(
+            0.1
+        )  # wait until frames are being processed (imports done, temporary folder made)
     assert out.exists() and any(out.iterdir()), "the run should have made its temporary folder"
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
@@ -333,8 +412,17 @@ def test_folder_skips_unsuitable_datasets_with_a_note(fakes, shared_data, tmp_pa
     assert not any("EELS" in p.name for p in out.iterdir())
     assert "skipped CuZn_EELS_mapping_tutorial.hspy is a spectrum image" in capsys.readouterr().err
     # the same spectrum image named explicitly is an error
-    assert cli.main(["atoms", str(folder / "CuZn_EELS_mapping_tutorial.hspy"), "--out",
-                     str(tmp_path / "o2")]) == 2
+    assert (
+        cli.main(
+            [
+                "atoms",
+                str(folder / "CuZn_EELS_mapping_tutorial.hspy"),
+                "--out",
+                str(tmp_path / "o2"),
+            ]
+        )
+        == 2
+    )
     assert not (tmp_path / "o2").exists()
 
 
@@ -350,12 +438,36 @@ def test_model_option_selects_the_method_and_rejects_unknown_names(tmp_path, cap
     mask = scan_mask("grid", truth.shape, 1 / 6, seed=0)
     tifffile.imwrite(tmp_path / "scan.tif", np.where(mask, truth, np.nan).astype(np.float32))
     bad = tmp_path / "bad"
-    assert cli.main(["complete", str(tmp_path / "scan.tif"), "--out", str(bad), "--model", "nope",
-                     "--quiet"]) == 2
+    assert (
+        cli.main(
+            [
+                "complete",
+                str(tmp_path / "scan.tif"),
+                "--out",
+                str(bad),
+                "--model",
+                "nope",
+                "--quiet",
+            ]
+        )
+        == 2
+    )
     assert "local-gp" in capsys.readouterr().err and not bad.exists()
     out = tmp_path / "o"
-    assert cli.main(["complete", str(tmp_path / "scan.tif"), "--out", str(out), "--model", "local-gp",
-                     "--quiet"]) == 0
+    assert (
+        cli.main(
+            [
+                "complete",
+                str(tmp_path / "scan.tif"),
+                "--out",
+                str(out),
+                "--model",
+                "local-gp",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     filled = [p for p in out.iterdir() if "completed" in p.name and p.suffix == ".tif"]
     assert filled
     img = tifffile.imread(filled[0])
@@ -366,7 +478,10 @@ def test_model_option_selects_the_method_and_rejects_unknown_names(tmp_path, cap
     from napari_microml.completion.complete import KRIGING
 
     assert cli.model_choices("complete")[:2] == [KRIGING, "local-gp"]
-    assert cli.main(["complete", str(tmp_path / "scan.tif"), "--out", str(tmp_path / "d"), "--quiet"]) == 0
+    assert (
+        cli.main(["complete", str(tmp_path / "scan.tif"), "--out", str(tmp_path / "d"), "--quiet"])
+        == 0
+    )
     prov = json.loads((tmp_path / "d" / "scan_complete.provenance.json").read_text())["parameters"]
     assert prov["model"] is None and prov["tool_provenance"]["model"]["name"] == KRIGING
 
@@ -379,13 +494,28 @@ def test_defects_model_defaults_to_auto_which_picks_the_dichalcogenide_model(tmp
     from napari_microml.synth.defects import simulate_defects
 
     assert cli.model_choices("defects")[0] == "auto" and "auto" not in cli.model_choices("atoms")
-    s = simulate_defects((128, 128), seed=5_700_004, dose=500, scene="crystal", lattice="dichalcogenide",
-                         spacing=11, contrast="bright")
+    s = simulate_defects(
+        (128, 128),
+        seed=5_700_004,
+        dose=500,
+        scene="crystal",
+        lattice="dichalcogenide",
+        spacing=11,
+        contrast="bright",
+    )
     tifffile.imwrite(tmp_path / "ws2.tif", s.image.astype(np.float32))
-    for args, expected in (([], "defects-dichalcogenide"), (["--model", "default"], "defects-default")):
+    for args, expected in (
+        ([], "defects-dichalcogenide"),
+        (["--model", "default"], "defects-default"),
+    ):
         out = tmp_path / (expected + "_out")
-        assert cli.main(["defects", str(tmp_path / "ws2.tif"), "--out", str(out), "--quiet", *args]) == 0
-        prov = json.loads((out / "ws2_defects.provenance.json").read_text())["parameters"]["tool_provenance"]
+        assert (
+            cli.main(["defects", str(tmp_path / "ws2.tif"), "--out", str(out), "--quiet", *args])
+            == 0
+        )
+        prov = json.loads((out / "ws2_defects.provenance.json").read_text())["parameters"][
+            "tool_provenance"
+        ]
         assert prov["model"]["name"] == expected
         assert (prov["parameters"]["model"] == "auto") == (not args)
 
@@ -393,8 +523,10 @@ def test_defects_model_defaults_to_auto_which_picks_the_dichalcogenide_model(tmp
 # ------------------------------------------------------------------ nothing lost (issue #27)
 def _tree(folder):
     """{relative path: bytes} of every file under ``folder`` (folders as None)."""
-    return {str(p.relative_to(folder)): (p.read_bytes() if p.is_file() else None)
-            for p in sorted(folder.rglob("*"))}
+    return {
+        str(p.relative_to(folder)): (p.read_bytes() if p.is_file() else None)
+        for p in sorted(folder.rglob("*"))
+    }
 
 
 @pytest.fixture
@@ -410,8 +542,9 @@ def calls(monkeypatch):
     return seen
 
 
-def test_existing_results_are_never_overwritten_without_the_flag(fakes, calls, stack_file,
-                                                                 tmp_path, capsys):
+def test_existing_results_are_never_overwritten_without_the_flag(
+    fakes, calls, stack_file, tmp_path, capsys
+):
     out = tmp_path / "out"
     out.mkdir()
     (out / "stack_atoms.csv").write_text("keep\n")
@@ -435,7 +568,9 @@ def _twenty_inputs(tmp_path):
     src = tmp_path / "in"
     src.mkdir()
     for i in range(20):
-        tifffile.imwrite(src / f"pt_{i}.tif", simulate_lattice((32, 32), seed=i).image.astype(np.float32))
+        tifffile.imwrite(
+            src / f"pt_{i}.tif", simulate_lattice((32, 32), seed=i).image.astype(np.float32)
+        )
     return src
 
 
@@ -507,7 +642,9 @@ def _start_slow(tmp_path, args, *, sleep=0.5, kill_after=-1):
     return proc, started
 
 
-def test_sigkill_mid_run_then_rerun_loses_nothing_and_leaves_nothing_stale(fakes, stack_file, tmp_path):
+def test_sigkill_mid_run_then_rerun_loses_nothing_and_leaves_nothing_stale(
+    fakes, stack_file, tmp_path
+):
     import signal
     import time
 
@@ -516,8 +653,9 @@ def test_sigkill_mid_run_then_rerun_loses_nothing_and_leaves_nothing_stale(fakes
     (out / "notes.txt").write_text("user file")
     (out / "stack_atoms.csv").write_text("earlier result")
     before = _tree(out)
-    proc, started = _start_slow(tmp_path, ["atoms", str(stack_file), "--out", str(out), "--workers", "1",
-                                           "--overwrite"])
+    proc, started = _start_slow(
+        tmp_path, ["atoms", str(stack_file), "--out", str(out), "--workers", "1", "--overwrite"]
+    )
     deadline = time.time() + 60
     while not started.exists() and time.time() < deadline:
         time.sleep(0.05)
@@ -534,7 +672,9 @@ def test_sigkill_mid_run_then_rerun_loses_nothing_and_leaves_nothing_stale(fakes
     assert pd.read_csv(out / "stack_atoms.csv")["frame"].nunique() == 20
 
 
-def test_sigkill_half_way_through_the_commit_is_rolled_back_by_the_next_run(fakes, tmp_path, capsys):
+def test_sigkill_half_way_through_the_commit_is_rolled_back_by_the_next_run(
+    fakes, tmp_path, capsys
+):
     """Killed after 4 of 9 renames with --overwrite: the user's earlier results sit in the staging
     folder's old/; the next run puts them back before it looks for files it would overwrite."""
     src = _twenty_inputs(tmp_path)
@@ -546,8 +686,12 @@ def test_sigkill_half_way_through_the_commit_is_rolled_back_by_the_next_run(fake
     for name in ("pt_0_atoms.csv", "pt_1_atoms.csv", "pt_1_atoms.csv.json"):
         (out / name).write_text(f"earlier {name}")
     before = _tree(out)
-    proc, _ = _start_slow(tmp_path, ["atoms", str(src), "--out", str(out), "--overwrite", "--quiet"],
-                          sleep=0, kill_after=4)
+    proc, _ = _start_slow(
+        tmp_path,
+        ["atoms", str(src), "--out", str(out), "--overwrite", "--quiet"],
+        sleep=0,
+        kill_after=4,
+    )
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == -9, err
     assert _tree(out) != before  # half committed
@@ -558,8 +702,9 @@ def test_sigkill_half_way_through_the_commit_is_rolled_back_by_the_next_run(fake
     assert _tree(out) == before
 
 
-def test_keep_going_writes_the_good_inputs_and_names_the_bad(fakes, stack_file, tmp_path, monkeypatch,
-                                                             capsys):
+def test_keep_going_writes_the_good_inputs_and_names_the_bad(
+    fakes, stack_file, tmp_path, monkeypatch, capsys
+):
     import tifffile
 
     (tmp_path / "broken.dm4").write_bytes(b"\x00" * 64)
@@ -583,9 +728,15 @@ def test_keep_going_writes_the_good_inputs_and_names_the_bad(fakes, stack_file, 
     assert "flat.tif" in err and "constant" in err and "broken.dm4" in err and "damaged" in err
     assert "1 of 3 inputs gave results" in err
     assert sorted(p.name for p in out.iterdir()) == [
-        "stack_atoms.csv", "stack_atoms.csv.json", "stack_atoms.provenance.json"]
+        "stack_atoms.csv",
+        "stack_atoms.csv.json",
+        "stack_atoms.provenance.json",
+    ]
     # every input bad: still exit 2, nothing written
-    assert cli.main(["atoms", str(flat), "--out", str(tmp_path / "o2"), "--quiet", "--keep-going"]) == 2
+    assert (
+        cli.main(["atoms", str(flat), "--out", str(tmp_path / "o2"), "--quiet", "--keep-going"])
+        == 2
+    )
     assert not (tmp_path / "o2").exists()
 
 
@@ -596,25 +747,54 @@ def test_outputs_are_never_read_back_as_inputs(fakes, tmp_path, capsys):
 
     folder = tmp_path / "data"
     folder.mkdir()
-    tifffile.imwrite(folder / "img.tif", simulate_lattice((48, 48), seed=0).image.astype(np.float32))
+    tifffile.imwrite(
+        folder / "img.tif", simulate_lattice((48, 48), seed=0).image.astype(np.float32)
+    )
     scan = np.where(np.random.default_rng(0).random((32, 32)) < 0.3, 1.0, np.nan).astype(np.float32)
     tifffile.imwrite(folder / "scan.tif", scan)
     for _ in range(2):  # --out is the input folder itself, then the same again
-        assert cli.main(["defects", str(folder / "img.tif"), "--out", str(folder), "--quiet",
-                         "--overwrite"]) == 0
-        assert cli.main(["complete", str(folder / "scan.tif"), "--out", str(folder), "--quiet",
-                         "--overwrite"]) == 0
+        assert (
+            cli.main(
+                ["defects", str(folder / "img.tif"), "--out", str(folder), "--quiet", "--overwrite"]
+            )
+            == 0
+        )
+        assert (
+            cli.main(
+                [
+                    "complete",
+                    str(folder / "scan.tif"),
+                    "--out",
+                    str(folder),
+                    "--quiet",
+                    "--overwrite",
+                ]
+            )
+            == 0
+        )
     capsys.readouterr()
     assert cli.main(["defects", str(folder), "--out", str(folder), "--quiet", "--overwrite"]) == 0
     err = capsys.readouterr().err
     for name in ("img_defects.tif", "scan_completed_image.tif", "scan_completed_uncertainty.tif"):
         assert f"skipped {name}: written by microml" in err
     names = sorted(p.name for p in folder.iterdir())
-    assert not [n for n in names if "_defects_" in n or "_completed_image_" in n or "uncertainty_" in n]
+    assert not [
+        n for n in names if "_defects_" in n or "_completed_image_" in n or "uncertainty_" in n
+    ]
     assert "img_defects.csv" in names and "scan_defects.csv" in names
     # named explicitly, a result is an input (e.g. segment a completed scan)
-    assert cli.main(["defects", str(folder / "scan_completed_image.tif"), "--out", str(tmp_path / "e"),
-                     "--quiet"]) == 0
+    assert (
+        cli.main(
+            [
+                "defects",
+                str(folder / "scan_completed_image.tif"),
+                "--out",
+                str(tmp_path / "e"),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
 
 
 def test_complete_never_guesses_the_mask_from_zeros(fakes, tmp_path, capsys):
@@ -632,29 +812,78 @@ def test_complete_never_guesses_the_mask_from_zeros(fakes, tmp_path, capsys):
     # a mask file says which pixels were measured: zeros inside it are kept as measured zeros
     mask = rng.random((48, 48)) < 0.4
     tifffile.imwrite(tmp_path / "mask.tif", mask.astype(np.uint8))
-    assert cli.main(["complete", str(tmp_path / "counts.tif"), "--mask", str(tmp_path / "mask.tif"),
-                     "--out", str(out), "--quiet"]) == 0
+    assert (
+        cli.main(
+            [
+                "complete",
+                str(tmp_path / "counts.tif"),
+                "--mask",
+                str(tmp_path / "mask.tif"),
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     img = tifffile.imread(out / "counts_completed_image.tif")
     np.testing.assert_array_equal(img[mask], counts[mask])
     assert (img[mask] == 0).sum() == (counts[mask] == 0).sum() > 100
-    np.testing.assert_array_equal(tifffile.imread(out / "counts_completed_uncertainty.tif") > 0, ~mask)
+    np.testing.assert_array_equal(
+        tifffile.imread(out / "counts_completed_uncertainty.tif") > 0, ~mask
+    )
     prov = json.loads((out / "counts_complete.provenance.json").read_text())["parameters"]
     assert prov["measured_pixels"] == "mask file mask.tif"
     # scan positions (x, y per line) mark the measured pixels of the image
     pos = np.argwhere(mask)[:300]
     (tmp_path / "pos.csv").write_text("x,y\n" + "\n".join(f"{c},{r}" for r, c in pos))
     out2 = tmp_path / "o2"
-    assert cli.main(["complete", str(tmp_path / "counts.tif"), "--coords", str(tmp_path / "pos.csv"),
-                     "--out", str(out2), "--quiet"]) == 0
+    assert (
+        cli.main(
+            [
+                "complete",
+                str(tmp_path / "counts.tif"),
+                "--coords",
+                str(tmp_path / "pos.csv"),
+                "--out",
+                str(out2),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     unc = tifffile.imread(out2 / "counts_completed_uncertainty.tif")
     assert (unc == 0).sum() == 300 and (unc[tuple(pos.T)] == 0).all()
     # the user may say so explicitly
-    assert cli.main(["complete", str(tmp_path / "counts.tif"), "--zeros-unmeasured",
-                     "--out", str(tmp_path / "o3"), "--quiet"]) == 0
+    assert (
+        cli.main(
+            [
+                "complete",
+                str(tmp_path / "counts.tif"),
+                "--zeros-unmeasured",
+                "--out",
+                str(tmp_path / "o3"),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     # a mask that does not fit
     tifffile.imwrite(tmp_path / "small.tif", np.ones((8, 8), np.uint8))
-    assert cli.main(["complete", str(tmp_path / "counts.tif"), "--mask", str(tmp_path / "small.tif"),
-                     "--out", str(tmp_path / "o4"), "--quiet"]) == 2
+    assert (
+        cli.main(
+            [
+                "complete",
+                str(tmp_path / "counts.tif"),
+                "--mask",
+                str(tmp_path / "small.tif"),
+                "--out",
+                str(tmp_path / "o4"),
+                "--quiet",
+            ]
+        )
+        == 2
+    )
     assert "must match the scan" in capsys.readouterr().err
 
 
@@ -666,8 +895,22 @@ def test_complete_real_local_gp_on_a_fully_measured_image_refuses(tmp_path, caps
     tifffile.imwrite(tmp_path / "counts.tif", counts)
     tifffile.imwrite(tmp_path / "all.tif", np.ones((32, 32), np.uint8))
     out = tmp_path / "o"
-    assert cli.main(["complete", str(tmp_path / "counts.tif"), "--mask", str(tmp_path / "all.tif"),
-                     "--model", "local-gp", "--out", str(out), "--quiet"]) == 2
+    assert (
+        cli.main(
+            [
+                "complete",
+                str(tmp_path / "counts.tif"),
+                "--mask",
+                str(tmp_path / "all.tif"),
+                "--model",
+                "local-gp",
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 2
+    )
     assert "Every pixel is measured" in capsys.readouterr().err and not out.exists()
 
 
@@ -681,15 +924,30 @@ def test_spectra_refuses_input_without_a_spectral_axis(fakes, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "no spectral axis" in err and "--channels-last" in err and not out.exists()
     np.save(tmp_path / "spectra.npy", img)
-    assert cli.main(["spectra", str(tmp_path / "spectra.npy"), "--channels-last", "--out", str(out),
-                     "--quiet"]) == 0
+    assert (
+        cli.main(
+            [
+                "spectra",
+                str(tmp_path / "spectra.npy"),
+                "--channels-last",
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert "shift_channels" in pd.read_csv(out / "spectra_spectra.csv").columns
 
 
-def test_atoms_contrast_option_and_an_empty_result(fakes, calls, stack_file, tmp_path, monkeypatch,
-                                                  capsys):
+def test_atoms_contrast_option_and_an_empty_result(
+    fakes, calls, stack_file, tmp_path, monkeypatch, capsys
+):
     out = tmp_path / "o"
-    assert cli.main(["atoms", str(stack_file), "--out", str(out), "--quiet", "--contrast", "dark"]) == 0
+    assert (
+        cli.main(["atoms", str(stack_file), "--out", str(out), "--quiet", "--contrast", "dark"])
+        == 0
+    )
     assert calls[0] == {"contrast": "dark"}
     prov = json.loads((out / "stack_atoms.provenance.json").read_text())["parameters"]
     assert prov["contrast"] == "dark"
@@ -701,14 +959,19 @@ def test_atoms_contrast_option_and_an_empty_result(fakes, calls, stack_file, tmp
     capsys.readouterr()
 
     def nothing(frame, device="auto"):
-        return {"positions": np.zeros((0, 2)), "features": pd.DataFrame(),
-                "provenance": {"parameters": {"contrast": "bright"}}}
+        return {
+            "positions": np.zeros((0, 2)),
+            "features": pd.DataFrame(),
+            "provenance": {"parameters": {"contrast": "bright"}},
+        }
 
     monkeypatch.setattr(cli.ADAPTERS["atoms"], "run", nothing)
     empty = tmp_path / "empty"
     assert cli.main(["atoms", str(stack_file), "--out", str(empty), "--quiet"]) == 3
     err = capsys.readouterr().err
-    assert "stack.tif: no atomic columns found (contrast bright)" in err and "--contrast dark" in err
+    assert (
+        "stack.tif: no atomic columns found (contrast bright)" in err and "--contrast dark" in err
+    )
     assert not empty.exists()  # no empty CSV
 
 
@@ -725,11 +988,17 @@ def test_exit_codes_are_stated_identically_in_help_and_docstring(capsys):
 def test_provenance_for_every_command(fakes, stack_file, tmp_path):
     import tifffile
 
-    partial = np.where(np.random.default_rng(0).random((32, 32)) < 0.3, 1.0, np.nan).astype(np.float32)
+    partial = np.where(np.random.default_rng(0).random((32, 32)) < 0.3, 1.0, np.nan).astype(
+        np.float32
+    )
     tifffile.imwrite(tmp_path / "scan.tif", partial)
     np.save(tmp_path / "sp.npy", np.random.default_rng(0).random((6, 32)).astype(np.float32))
-    runs = {"atoms": [str(stack_file)], "defects": [str(stack_file)], "complete": [str(tmp_path / "scan.tif")],
-            "spectra": [str(tmp_path / "sp.npy"), "--channels-last"]}
+    runs = {
+        "atoms": [str(stack_file)],
+        "defects": [str(stack_file)],
+        "complete": [str(tmp_path / "scan.tif")],
+        "spectra": [str(tmp_path / "sp.npy"), "--channels-last"],
+    }
     from napari_microml import __version__
 
     for tool, args in runs.items():
@@ -744,7 +1013,9 @@ def test_provenance_for_every_command(fakes, stack_file, tmp_path):
     assert header[0] == "# napari-microml defect table" and header[1] == "# image: stack.tif"
     line = next(h for h in header if h.startswith("# provenance: "))
     assert json.loads(line[14:])["napari_microml"]["tool"] == "cli.defects"
-    desc = json.loads(tifffile.TiffFile(tmp_path / "complete" / "scan_completed_image.tif").pages[0].description)
+    desc = json.loads(
+        tifffile.TiffFile(tmp_path / "complete" / "scan_completed_image.tif").pages[0].description
+    )
     assert desc["napari_microml"]["tool"] == "cli.complete"
 
 
@@ -772,9 +1043,23 @@ def test_ctrl_c_at_any_moment_gives_no_traceback(tmp_path, delay):
     out = tmp_path / "o"
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
     subprocess.run([exe, "--version"], env=env, capture_output=True, timeout=120)  # caches bytecode
-    proc = subprocess.Popen([exe, "atoms", str(tmp_path / "s.tif"), "--out", str(out), "--device", "cpu",
-                             "--workers", "1"], stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                            env=env)
+    proc = subprocess.Popen(
+        [
+            exe,
+            "atoms",
+            str(tmp_path / "s.tif"),
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--workers",
+            "1",
+        ],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     time.sleep(delay)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
@@ -814,8 +1099,12 @@ def test_a_ctrl_c_inside_a_finalizer_is_delivered_again(console):
     import subprocess
     import sys
 
-    run = subprocess.run([sys.executable, "-c", SCRIPT_FINALIZER.format(console=console)],
-                         capture_output=True, text=True, timeout=60)
+    run = subprocess.run(
+        [sys.executable, "-c", SCRIPT_FINALIZER.format(console=console)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     if console:
         assert run.stdout.strip() == "interrupted in the run's own code", run.stderr
         assert "Traceback" not in run.stderr, run.stderr
@@ -823,7 +1112,9 @@ def test_a_ctrl_c_inside_a_finalizer_is_delivered_again(console):
         assert run.stdout.strip() == "not interrupted" and "KeyboardInterrupt" in run.stderr
 
 
-def test_spectra_window_is_given_in_the_axis_units(fakes, shared_data, tmp_path, monkeypatch, capsys):
+def test_spectra_window_is_given_in_the_axis_units(
+    fakes, shared_data, tmp_path, monkeypatch, capsys
+):
     si = shared_data / "spectra" / "LSMO_linescan_low_loss.hspy"  # 0.5 eV/channel from -50 eV
     if not si.exists():
         pytest.skip(f"{si} is not present")
@@ -837,8 +1128,21 @@ def test_spectra_window_is_given_in_the_axis_units(fakes, shared_data, tmp_path,
     out = tmp_path / "o"
     assert cli.main(["spectra", str(si), "--window", "-5", "10", "--out", str(out), "--quiet"]) == 0
     assert seen == [(90, 121)]  # -5 eV is channel 90, 10 eV channel 120
-    assert cli.main(["spectra", str(si), "--window", "2000", "2100", "--out", str(tmp_path / "x"),
-                     "--quiet"]) == 2
+    assert (
+        cli.main(
+            [
+                "spectra",
+                str(si),
+                "--window",
+                "2000",
+                "2100",
+                "--out",
+                str(tmp_path / "x"),
+                "--quiet",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "covers 0 channel(s)" in err and "-50 to 461.5 eV" in err
     with pytest.raises(cli.InputError, match="--window"):

@@ -1,4 +1,5 @@
 """complete_scan: contract (exact measured pixels, σ, stacks, errors) and accuracy vs baselines."""
+
 import numpy as np
 import pytest
 
@@ -15,7 +16,10 @@ from napari_microml.synth.scenes import simulate_scene
 @pytest.fixture(scope="module")
 def scene():
     noisy, clean = simulate_scene((96, 96), kind="lattice", dose=500, seed=424242)
-    return noisy * 1000.0 + 50.0, clean * 1000.0 + 50.0  # counts-like scale: normalisation must absorb it
+    return (
+        noisy * 1000.0 + 50.0,
+        clean * 1000.0 + 50.0,
+    )  # counts-like scale: normalisation must absorb it
 
 
 @pytest.mark.parametrize("model", ["kriging", "default"])
@@ -25,7 +29,11 @@ def test_measured_pixels_are_returned_exactly_and_sigma_is_zero_there(scene, mod
     values = np.where(mask, noisy, np.nan)  # unmeasured values are ignored, NaN is fine
     r = complete_scan(values, mask, model=model, device="cpu")
     assert isinstance(r, CompletionResult)
-    assert r.image.dtype == np.float32 and r.uncertainty.dtype == np.float32 and r.image.shape == noisy.shape
+    assert (
+        r.image.dtype == np.float32
+        and r.uncertainty.dtype == np.float32
+        and r.image.shape == noisy.shape
+    )
     np.testing.assert_array_equal(r.image[mask], noisy[mask].astype(np.float32))
     assert np.isfinite(r.image).all() and np.isfinite(r.uncertainty).all()
     assert (r.uncertainty[mask] == 0).all() and (r.uncertainty[~mask] > 0).all()
@@ -35,7 +43,11 @@ def test_measured_pixels_are_returned_exactly_and_sigma_is_zero_there(scene, mod
         assert r.model == "kriging" and r.sigma == "measurement"
         assert r.provenance["parameters"]["fitted_hyperparameters"][0]["noise_sd"] > 0
     else:
-        assert r.model == "completion-default" and r.sigma == "network" and r.provenance["model"]["sha256"]
+        assert (
+            r.model == "completion-default"
+            and r.sigma == "network"
+            and r.provenance["model"]["sha256"]
+        )
 
 
 @pytest.mark.parametrize("model", ["kriging", "default"])
@@ -63,9 +75,13 @@ def test_both_sigmas_are_offered_and_never_zero_off_the_measured_pixels():
     sig = complete_scan(noisy * mask, mask, sigma="signal")
     miss = ~mask
     np.testing.assert_array_equal(meas.image, sig.image)
-    assert (sig.uncertainty[miss] > 0).all() and (meas.uncertainty[miss] > sig.uncertainty[miss]).all()
+    assert (sig.uncertainty[miss] > 0).all() and (
+        meas.uncertainty[miss] > sig.uncertainty[miss]
+    ).all()
     noise_sd = meas.provenance["parameters"]["fitted_hyperparameters"][0]["noise_sd"]
-    np.testing.assert_allclose(meas.uncertainty[miss] ** 2, sig.uncertainty[miss] ** 2 + noise_sd ** 2, rtol=1e-3)
+    np.testing.assert_allclose(
+        meas.uncertainty[miss] ** 2, sig.uncertainty[miss] ** 2 + noise_sd**2, rtol=1e-3
+    )
     assert 0.85 <= np.mean(np.abs(meas.image - noisy)[miss] <= 2 * meas.uncertainty[miss]) <= 0.99
     assert 0.85 <= np.mean(np.abs(sig.image - clean)[miss] <= 2 * sig.uncertainty[miss]) <= 0.995
     assert sig.provenance["parameters"]["sigma"] == "signal"
@@ -133,13 +149,15 @@ def test_tiled_run_matches_whole_image_away_from_seams():
 
 def test_normalized_fill_reproduces_a_constant_and_interpolates_a_ramp():
     mask = scan_mask("random", (64, 64), 1 / 30, seed=1)
-    np.testing.assert_allclose(normalized_fill(np.full((64, 64), 3.0, np.float32), mask), 3.0, rtol=1e-5)
+    np.testing.assert_allclose(
+        normalized_fill(np.full((64, 64), 3.0, np.float32), mask), 3.0, rtol=1e-5
+    )
     ramp = np.tile(np.linspace(0, 1, 64, dtype=np.float32), (64, 1))
     assert np.abs(normalized_fill(ramp, mask) - ramp)[8:-8, 8:-8].mean() < 0.05
 
 
 def _ramp_and_bowl(shape=(90, 130)):
-    yy, xx = np.mgrid[0:shape[0], 0:shape[1]].astype(np.float32)
+    yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]].astype(np.float32)
     return 0.3 * yy / shape[0] + 0.7 * xx / shape[1], ((yy - 40) ** 2 + (xx - 70) ** 2) / 5e3
 
 
@@ -191,12 +209,19 @@ def test_smooth_fill_edge_cases():
     border = np.zeros(v.shape, bool)
     border[0, :] = border[:, -1] = True  # measured only along two image borders
     f = smooth_fill(v, border)
-    assert np.isfinite(f).all() and v[border].min() - 0.1 <= f.min() and f.max() <= v[border].max() + 0.1
+    assert (
+        np.isfinite(f).all()
+        and v[border].min() - 0.1 <= f.min()
+        and f.max() <= v[border].max() + 0.1
+    )
     tiny = np.zeros((8, 8), bool)
     tiny[::3, ::3] = True
     assert np.isfinite(smooth_fill(v[:8, :8], tiny)).all()
-    for bad, m, msg in ((v, np.zeros(v.shape, bool), "no measured"), (v, one[:, :10], "same shape"),
-                        (np.full(v.shape, np.nan), one, "NaN")):
+    for bad, m, msg in (
+        (v, np.zeros(v.shape, bool), "no measured"),
+        (v, one[:, :10], "same shape"),
+        (np.full(v.shape, np.nan), one, "NaN"),
+    ):
         with pytest.raises(ValueError, match=msg):
             smooth_fill(bad, m)
     with pytest.raises(ValueError, match="smoothing"):
@@ -205,18 +230,25 @@ def test_smooth_fill_edge_cases():
         smooth_fill(v, one, tension=0.0)
 
 
-@pytest.mark.parametrize("values,mask,msg", [
-    (np.zeros((32, 32)), np.zeros((32, 33), bool), "same shape"),
-    (np.zeros((32, 32)), np.zeros((32, 32), bool), "no measured"),
-    (np.zeros((32, 32)), np.ones((32, 32), bool), "nothing to complete"),
-    (np.full((32, 32), np.nan), np.eye(32, dtype=bool), "NaN"),
-    (np.zeros((32, 32, 3)), np.zeros((32, 32, 3), bool), "RGB"),
-    (np.zeros((2, 2, 32, 32)), np.zeros((2, 2, 32, 32), bool), "dimensions"),
-    (np.zeros((4, 4)), np.eye(4, dtype=bool), "at least 8"),
-    (np.zeros((0, 32, 32)), np.zeros((0, 32, 32), bool), "stack is empty"),
-    ([], [], "stack is empty"),
-    (np.arange(1024.0).reshape(32, 32), np.eye(32, dtype=bool) & (np.arange(32) < 3), "Only 3 pixels"),
-])
+@pytest.mark.parametrize(
+    "values,mask,msg",
+    [
+        (np.zeros((32, 32)), np.zeros((32, 33), bool), "same shape"),
+        (np.zeros((32, 32)), np.zeros((32, 32), bool), "no measured"),
+        (np.zeros((32, 32)), np.ones((32, 32), bool), "nothing to complete"),
+        (np.full((32, 32), np.nan), np.eye(32, dtype=bool), "NaN"),
+        (np.zeros((32, 32, 3)), np.zeros((32, 32, 3), bool), "RGB"),
+        (np.zeros((2, 2, 32, 32)), np.zeros((2, 2, 32, 32), bool), "dimensions"),
+        (np.zeros((4, 4)), np.eye(4, dtype=bool), "at least 8"),
+        (np.zeros((0, 32, 32)), np.zeros((0, 32, 32), bool), "stack is empty"),
+        ([], [], "stack is empty"),
+        (
+            np.arange(1024.0).reshape(32, 32),
+            np.eye(32, dtype=bool) & (np.arange(32) < 3),
+            "Only 3 pixels",
+        ),
+    ],
+)
 def test_bad_input_raises_a_plain_value_error(values, mask, msg):
     with pytest.raises(ValueError, match=msg):
         complete_scan(values, mask, device="cpu")
@@ -269,7 +301,10 @@ def test_complete_scan_local_gp_keeps_measurements_and_covers_the_truth():
     assert (res.uncertainty[mask] == 0).all() and (res.uncertainty[~mask] > 0).all()
     inside = np.abs(res.image - noisy)[~mask] <= 2 * res.uncertainty[~mask]
     assert 0.85 <= inside.mean() <= 0.995, inside.mean()
-    assert res.model == LOCAL_GP and res.provenance["parameters"]["fitted_hyperparameters"][0]["length"] > 0
+    assert (
+        res.model == LOCAL_GP
+        and res.provenance["parameters"]["fitted_hyperparameters"][0]["length"] > 0
+    )
     # a stack gives one result per frame, each exact where measured
     stack = complete_scan(np.stack([noisy, clean]) * mask, np.stack([mask, mask]), model=LOCAL_GP)
     assert stack.image.shape == (2, 64, 64)

@@ -1,4 +1,5 @@
 """scan_mask: every scan kind, coverage, shapes, reproducibility and errors."""
+
 import numpy as np
 import pytest
 
@@ -62,12 +63,23 @@ def test_same_seed_same_mask_other_seed_other_mask(kind):
 
 def test_full_coverage_measures_everything_and_public_api_matches():
     assert scan_mask("spiral", (16, 16), 1.0).all()
-    np.testing.assert_array_equal(mm.scan_mask("grid", (32, 32), 0.25), scan_mask("grid", (32, 32), 0.25))
+    np.testing.assert_array_equal(
+        mm.scan_mask("grid", (32, 32), 0.25), scan_mask("grid", (32, 32), 0.25)
+    )
 
 
-@pytest.mark.parametrize("args", [("zigzag", (64, 64), 0.1), ("spiral", (64, 64), 0.0), ("spiral", (64, 64), 1.5),
-                                  ("grid", (4, 64), 0.1), ("random", (64, 64), -0.2), ("random", (8, 8), 1e-4),
-                                  ("lines", (64,), 0.1)])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("zigzag", (64, 64), 0.1),
+        ("spiral", (64, 64), 0.0),
+        ("spiral", (64, 64), 1.5),
+        ("grid", (4, 64), 0.1),
+        ("random", (64, 64), -0.2),
+        ("random", (8, 8), 1e-4),
+        ("lines", (64,), 0.1),
+    ],
+)
 def test_bad_arguments_raise_value_error(args):
     with pytest.raises(ValueError):
         scan_mask(*args)

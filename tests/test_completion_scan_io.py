@@ -1,4 +1,5 @@
 """Sparse acquisitions → (values, mask) grids: rasterisation, position files, the real DE scan."""
+
 import numpy as np
 import pytest
 
@@ -15,7 +16,9 @@ from napari_microml.completion.scan_io import (
 def test_rasterise_puts_each_value_on_its_nearest_pixel():
     coords = np.array([[0, 0], [2.4, 3.6], [4, 1]])
     values, mask = rasterise(coords, [1.0, 2.0, 3.0], shape=(5, 6))
-    assert values.shape == mask.shape == (5, 6) and values.dtype == np.float64 and mask.dtype == bool
+    assert (
+        values.shape == mask.shape == (5, 6) and values.dtype == np.float64 and mask.dtype == bool
+    )
     assert set(zip(*np.nonzero(mask))) == {(0, 0), (2, 4), (4, 1)}
     assert values[0, 0] == 1 and values[2, 4] == 2 and values[4, 1] == 3
     assert values[~mask].max() == 0 and mask.sum() == 3
@@ -33,15 +36,18 @@ def test_rasterise_origin_shifts_relative_positions():
     assert values[3, 4] == 5 and values[4, 6] == 6 and mask.sum() == 2
 
 
-@pytest.mark.parametrize("coords, values, shape, words", [
-    ([[0, 0], [np.nan, 1]], [1, 2], None, "NaN"),
-    ([[0, 0], [1, 1]], [1, np.nan], None, "NaN"),
-    ([[0, 0], [-1, 1]], [1, 2], None, "negative"),
-    ([[0, 0], [1, 1]], [1, 2, 3], None, "2 scan positions but 3 values"),
-    ([[0, 0], [9, 1]], [1, 2], (5, 5), "outside"),
-    (np.zeros((0, 2)), [], None, "no scan positions"),
-    ([[0, 0, 0]], [1], None, "(N, 2)"),
-])
+@pytest.mark.parametrize(
+    "coords, values, shape, words",
+    [
+        ([[0, 0], [np.nan, 1]], [1, 2], None, "NaN"),
+        ([[0, 0], [1, 1]], [1, np.nan], None, "NaN"),
+        ([[0, 0], [-1, 1]], [1, 2], None, "negative"),
+        ([[0, 0], [1, 1]], [1, 2, 3], None, "2 scan positions but 3 values"),
+        ([[0, 0], [9, 1]], [1, 2], (5, 5), "outside"),
+        (np.zeros((0, 2)), [], None, "no scan positions"),
+        ([[0, 0, 0]], [1], None, "(N, 2)"),
+    ],
+)
 def test_rasterise_bad_input_gives_clear_errors(coords, values, shape, words):
     with pytest.raises(ValueError, match=words.replace("(", r"\(").replace(")", r"\)")):
         rasterise(coords, values, shape)
@@ -99,9 +105,11 @@ def test_real_direct_electron_random_scan(shared_data):
     assert coords.shape == (348, 2)
     # (x, y) in the file: after the swap rows span the ROI's 29 rows, columns its 12 columns
     assert coords.min(axis=0).tolist() == [0, 0] and coords.max(axis=0).tolist() == [28, 11]
-    values, mask, meta = sparse_from_files(folder / "ROI_Random_Scan_scan_coordinates.csv",
-                                           folder / "ROI_Random_Scan_movie.mrc",
-                                           folder / "ROI_Random_Scan_info.txt")
+    values, mask, meta = sparse_from_files(
+        folder / "ROI_Random_Scan_scan_coordinates.csv",
+        folder / "ROI_Random_Scan_movie.mrc",
+        folder / "ROI_Random_Scan_info.txt",
+    )
     assert values.shape == mask.shape == meta["scan_shape"]
     assert 300 < mask.sum() <= 348
     assert np.isfinite(values).all() and (values[mask] > 0).all() and values[~mask].max() == 0
@@ -115,15 +123,21 @@ def test_random_scan_layers_put_both_input_modes_on_the_same_grid(shared_data, t
 
     folder = shared_data / "formats"
     movie = folder / "ROI_Random_Scan_movie.mrc"
-    assert companion_files(movie) == (folder / "ROI_Random_Scan_scan_coordinates.csv",
-                                      folder / "ROI_Random_Scan_info.txt")
+    assert companion_files(movie) == (
+        folder / "ROI_Random_Scan_scan_coordinates.csv",
+        folder / "ROI_Random_Scan_info.txt",
+    )
     frames = np.arange(348 * 4 * 4, dtype=np.uint16).reshape(348, 4, 4)  # any movie with 348 frames
-    (values, vkw, vkind), (mask, mkw, mkind), (points, pkw, pkind) = random_scan_layers(movie, frames)
+    (values, vkw, vkind), (mask, mkw, mkind), (points, pkw, pkind) = random_scan_layers(
+        movie, frames
+    )
     assert (vkind, mkind, pkind) == ("image", "labels", "points")
     assert values.shape == mask.shape == (32, 16) and mask.sum() == 348
     assert pkw["metadata"]["napari_microml"]["scan_shape"] == (32, 16)
     # the points (full-scan pixels) rasterised on the grid in their metadata give the sparse image
-    grid, measured = rasterise(points, pkw["features"]["intensity"], pkw["metadata"]["napari_microml"]["scan_shape"])
+    grid, measured = rasterise(
+        points, pkw["features"]["intensity"], pkw["metadata"]["napari_microml"]["scan_shape"]
+    )
     np.testing.assert_array_equal(measured, mask.astype(bool))
     np.testing.assert_array_equal(grid, values)
     assert values[mask.astype(bool)].min() == values_from_movie(frames).min()

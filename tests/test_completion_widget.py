@@ -1,4 +1,5 @@
 """The Partial-scan completer driven in a real napari viewer, as a user would."""
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -9,8 +10,9 @@ from napari_microml.synth.lattice import simulate_lattice
 
 
 def _image(shape=(128, 128), seed=3, spacing=9.0):
-    return simulate_lattice(shape, scene="crystal", lattice="square", spacing=spacing, dose=2000,
-                            seed=seed).image
+    return simulate_lattice(
+        shape, scene="crystal", lattice="square", spacing=spacing, dose=2000, seed=seed
+    ).image
 
 
 def _run(widget, qtbot, timeout=60_000):
@@ -42,8 +44,9 @@ def test_simulate_preview_follows_the_controls_and_run_writes_four_layers(widget
     qtbot.waitUntil(lambda: abs(_coverage(viewer, "haadf scan mask") - 0.20) < 0.01, timeout=5000)
     before = viewer.layers["haadf scan mask"].data.copy()
     widget.kind.value = "random_walk"
-    qtbot.waitUntil(lambda: not np.array_equal(viewer.layers["haadf scan mask"].data, before),
-                    timeout=5000)
+    qtbot.waitUntil(
+        lambda: not np.array_equal(viewer.layers["haadf scan mask"].data, before), timeout=5000
+    )
     assert _coverage(viewer, "haadf scan mask") == pytest.approx(0.20, rel=0.05)
 
     _run(widget, qtbot)
@@ -73,7 +76,10 @@ def test_simulate_preview_follows_the_controls_and_run_writes_four_layers(widget
     from napari_microml.nets.registry import list_models
 
     shipped = list_models("completion")
-    assert set(widget.model.choices) == {n.removeprefix("completion-") for n in shipped} | {"kriging", "local-gp"}
+    assert set(widget.model.choices) == {n.removeprefix("completion-") for n in shipped} | {
+        "kriging",
+        "local-gp",
+    }
     assert widget.model.choices[0] == "kriging"
     widget.model.value = [c for c in widget.model.choices if c not in ("kriging", "local-gp")][-1]
     _run(widget, qtbot)
@@ -103,7 +109,10 @@ def test_complete_mode_with_sparse_image_and_mask_layers(make_napari_viewer, qtb
     err = np.sqrt(np.mean((completed - truth)[~mask] ** 2))
     assert err < 0.75 * np.sqrt(np.mean((truth[mask].mean() - truth)[~mask] ** 2))
     prov = viewer.layers["measured completed"].metadata["napari_microml"]
-    assert prov["parameters"]["mode"] == "complete" and prov["parameters"]["mask_layer"] == "where measured"
+    assert (
+        prov["parameters"]["mode"] == "complete"
+        and prov["parameters"]["mask_layer"] == "where measured"
+    )
 
 
 def test_complete_mode_stack_with_one_2d_mask(make_napari_viewer, qtbot):
@@ -142,7 +151,10 @@ def test_complete_mode_with_a_points_layer_and_value_feature(make_napari_viewer,
     np.testing.assert_allclose(completed[tuple(coords.T)], truth[tuple(coords.T)], rtol=1e-6)
     assert "probe uncertainty" in viewer.layers and "probe sparse" in viewer.layers
     np.testing.assert_allclose(viewer.layers["probe completed"].scale, (0.5, 0.5))
-    assert viewer.layers["probe completed"].metadata["napari_microml"]["parameters"]["value_feature"] == "signal"
+    assert (
+        viewer.layers["probe completed"].metadata["napari_microml"]["parameters"]["value_feature"]
+        == "signal"
+    )
 
 
 def test_cancel_leaves_no_new_layer(make_napari_viewer, qtbot):
@@ -172,8 +184,12 @@ def test_bad_input_gives_a_message_and_no_layers(make_napari_viewer, qtbot, case
         sparse = viewer.add_image(np.zeros((64, 64, 3), np.uint8), rgb=True, name="measured")
     else:
         sparse = viewer.add_image(image, name="measured")
-    mask = {"mismatched": np.ones((32, 32)), "empty": np.zeros((64, 64)),
-            "all": np.ones((64, 64)), "rgb": np.ones((64, 64))}[case].astype(np.uint8)
+    mask = {
+        "mismatched": np.ones((32, 32)),
+        "empty": np.zeros((64, 64)),
+        "all": np.ones((64, 64)),
+        "rgb": np.ones((64, 64)),
+    }[case].astype(np.uint8)
     labels = viewer.add_labels(mask, name="mask")
     widget = ScanCompleterWidget(viewer)
     widget.mode.value = COMPLETE
@@ -182,8 +198,12 @@ def test_bad_input_gives_a_message_and_no_layers(make_napari_viewer, qtbot, case
     before = [layer.name for layer in viewer.layers]
     widget.run_button.native.click()
     assert not widget.busy
-    words = {"mismatched": "same size", "empty": "no measured pixel", "all": "nothing to complete",
-             "rgb": "RGB"}[case]
+    words = {
+        "mismatched": "same size",
+        "empty": "no measured pixel",
+        "all": "nothing to complete",
+        "rgb": "RGB",
+    }[case]
     assert "Cannot run" in widget.status.value and words in widget.status.value
     assert [layer.name for layer in viewer.layers] == before
 

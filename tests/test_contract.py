@@ -8,6 +8,7 @@ parametrized tests below check that results do not depend on the data's units (�
 
 Small images, tiny networks and few examples keep the file fast (``CONTRACT`` settings).
 """
+
 from __future__ import annotations
 
 import math
@@ -21,8 +22,13 @@ from hypothesis import strategies as st
 
 import napari_microml as mm
 
-CONTRACT = settings(max_examples=8, deadline=None, derandomize=True, database=None,
-                    suppress_health_check=list(HealthCheck))
+CONTRACT = settings(
+    max_examples=8,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=list(HealthCheck),
+)
 SCALES = [1e-16, 1e12, "offset"]  # 1e-16: below every former 1e-12 floor
 HANG_S = 120  # far above any call here; turns a hang into a failure
 
@@ -75,7 +81,7 @@ def _blobs(shape, rng, spacing=6.0):
     off = rng.uniform(0, spacing, 2)
     for r in np.arange(off[0], h, spacing):
         for c in np.arange(off[1], w, spacing):
-            img += np.exp(-((yy - r) ** 2 + (xx - c) ** 2) / (2 * 1.2 ** 2))
+            img += np.exp(-((yy - r) ** 2 + (xx - c) ** 2) / (2 * 1.2**2))
     img += 0.05 * rng.standard_normal((h, w))
     return img
 
@@ -85,7 +91,7 @@ def images(draw, min_side=8, max_side=40, stack=True, bad_dtypes=True):
     """An image or small stack: any dtype, scale, offset and NaN/inf pattern."""
     ndim = draw(st.sampled_from([2, 2, 3] if stack else [2]))
     h, w = draw(st.integers(min_side, max_side)), draw(st.integers(min_side, max_side))
-    rng = np.random.default_rng(draw(st.integers(0, 2 ** 16)))
+    rng = np.random.default_rng(draw(st.integers(0, 2**16)))
     frames = draw(st.integers(1, 2)) if ndim == 3 else 1
     img = np.stack([_blobs((h, w), rng) for _ in range(frames)])
     dtypes = ["float64", "float32", "uint16", "uint8", "int16"] + (["bool"] if bad_dtypes else [])
@@ -95,7 +101,9 @@ def images(draw, min_side=8, max_side=40, stack=True, bad_dtypes=True):
     elif dtype == "bool":
         img = img > 0.5
     else:
-        scale = draw(st.sampled_from([1e-30, 1e-12, 1.0, 1e12] + ([1e300] if dtype == "float64" else [])))
+        scale = draw(
+            st.sampled_from([1e-30, 1e-12, 1.0, 1e12] + ([1e300] if dtype == "float64" else []))
+        )
         offset = draw(st.sampled_from([0.0, 0.0, 1.0, -7.0, 1e3]))
         img = ((img + offset) * scale).astype(dtype)
         nan = draw(st.sampled_from(["none", "none", "some", "inf", "frame"]))
@@ -120,8 +128,15 @@ def _on_image(pos, shape):
     assert ((pos >= -0.5) & (pos <= np.array([h, w]) - 0.5)).all(), "a position lies off the image"
 
 
-anything = st.one_of(st.none(), st.booleans(), st.text(max_size=3), st.just(float("nan")),
-                     st.just(float("inf")), st.integers(-3, 3), st.floats(-2, 2))
+anything = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.text(max_size=3),
+    st.just(float("nan")),
+    st.just(float("inf")),
+    st.integers(-3, 3),
+    st.floats(-2, 2),
+)
 
 
 def _maybe(default, strategy):
@@ -131,12 +146,23 @@ def _maybe(default, strategy):
 
 # --- properties ----------------------------------------------------------------------------------
 @CONTRACT
-@given(image=images(), threshold=_maybe(0.5, anything), min_distance=_maybe(2, anything),
-       tile=_maybe(1024, st.sampled_from([-1, 0, 7, 16, 48, "64"])),
-       pixel_size=_maybe(None, anything))
+@given(
+    image=images(),
+    threshold=_maybe(0.5, anything),
+    min_distance=_maybe(2, anything),
+    tile=_maybe(1024, st.sampled_from([-1, 0, 7, 16, 48, "64"])),
+    pixel_size=_maybe(None, anything),
+)
 def test_find_atoms_contract(image, threshold, min_distance, tile, pixel_size):
-    r = contract(mm.find_atoms, image, threshold=threshold, min_distance=min_distance, tile=tile,
-                 pixel_size=pixel_size, device="cpu")
+    r = contract(
+        mm.find_atoms,
+        image,
+        threshold=threshold,
+        min_distance=min_distance,
+        tile=tile,
+        pixel_size=pixel_size,
+        device="cpu",
+    )
     if refused(r):
         return
     _finite(r.positions, r.probability, r.features["intensity"])
@@ -147,18 +173,33 @@ def test_find_atoms_contract(image, threshold, min_distance, tile, pixel_size):
 
 @pytest.mark.parametrize("atoms", ["none", "grid", "outside", "nan", "wrong"])
 @settings(CONTRACT, max_examples=3)
-@given(image=images(min_side=16, max_side=40), threshold=_maybe(0.5, anything),
-       pixel_size=_maybe(None, anything), min_area=_maybe(3, anything))
+@given(
+    image=images(min_side=16, max_side=40),
+    threshold=_maybe(0.5, anything),
+    pixel_size=_maybe(None, anything),
+    min_area=_maybe(3, anything),
+)
 def test_segment_defects_contract(image, threshold, pixel_size, min_area, atoms):
     shape = np.shape(image)
-    grid = np.mgrid[2:shape[-2] - 2:6, 2:shape[-1] - 2:6].reshape(2, -1).T.astype(float)
+    grid = np.mgrid[2 : shape[-2] - 2 : 6, 2 : shape[-1] - 2 : 6].reshape(2, -1).T.astype(float)
     if len(shape) == 3:
         grid = np.column_stack([np.zeros(len(grid)), grid])
-    given_atoms = {"none": None, "grid": grid, "outside": grid + 1000,
-                   "nan": np.where(np.arange(grid.size).reshape(grid.shape) == 1, np.nan, grid),
-                   "wrong": np.zeros((4, 5))}[atoms]
-    r = contract(mm.segment_defects, image, threshold=threshold, pixel_size=pixel_size,
-                 min_area=min_area, atoms=given_atoms, device="cpu")
+    given_atoms = {
+        "none": None,
+        "grid": grid,
+        "outside": grid + 1000,
+        "nan": np.where(np.arange(grid.size).reshape(grid.shape) == 1, np.nan, grid),
+        "wrong": np.zeros((4, 5)),
+    }[atoms]
+    r = contract(
+        mm.segment_defects,
+        image,
+        threshold=threshold,
+        pixel_size=pixel_size,
+        min_area=min_area,
+        atoms=given_atoms,
+        device="cpu",
+    )
     if refused(r):
         return
     assert atoms not in ("outside", "nan", "wrong"), "bad atoms must be refused"
@@ -188,9 +229,12 @@ def positions(draw, shape):
 
 
 @CONTRACT
-@given(data=st.data(), image=images(stack=False, min_side=3),
-       method=st.sampled_from(["gaussian", "com", "none", "spline"]),
-       radius=_maybe(None, anything))
+@given(
+    data=st.data(),
+    image=images(stack=False, min_side=3),
+    method=st.sampled_from(["gaussian", "com", "none", "spline"]),
+    radius=_maybe(None, anything),
+)
 def test_refine_positions_contract(data, image, method, radius):
     pos = data.draw(positions(np.shape(image)))
     r = contract(mm.refine_positions, image, pos, method=method, radius=radius)
@@ -204,20 +248,39 @@ def test_refine_positions_contract(data, image, method, radius):
 
 @pytest.mark.parametrize("kind", ["good", "outside", "nan", "(4, 3)", "few"])
 @settings(CONTRACT, max_examples=3)
-@given(image=images(min_side=24, max_side=48, bad_dtypes=False),
-       max_classes=_maybe(8, anything), n_init=_maybe(3, anything), n_classes=_maybe(None, anything))
+@given(
+    image=images(min_side=24, max_side=48, bad_dtypes=False),
+    max_classes=_maybe(8, anything),
+    n_init=_maybe(3, anything),
+    n_classes=_maybe(None, anything),
+)
 def test_classify_environments_contract(image, kind, max_classes, n_init, n_classes):
     shape = np.shape(image)
-    grid = np.mgrid[3:shape[-2] - 3:6, 3:shape[-1] - 3:6].reshape(2, -1).T.astype(float) + 0.3
+    grid = (
+        np.mgrid[3 : shape[-2] - 3 : 6, 3 : shape[-1] - 3 : 6].reshape(2, -1).T.astype(float) + 0.3
+    )
     if len(shape) == 3:
         grid = np.column_stack([np.zeros(len(grid)), grid])
-    pos = {"good": grid, "outside": grid + 1000, "few": grid[:3], "(4, 3)": grid[:4, :3] if grid.shape[1] == 3
-           else np.ones((4, 3)), "nan": np.where(np.arange(grid.size).reshape(grid.shape) == 1, np.nan, grid)}[kind]
+    pos = {
+        "good": grid,
+        "outside": grid + 1000,
+        "few": grid[:3],
+        "(4, 3)": grid[:4, :3] if grid.shape[1] == 3 else np.ones((4, 3)),
+        "nan": np.where(np.arange(grid.size).reshape(grid.shape) == 1, np.nan, grid),
+    }[kind]
     if kind in ("outside", "nan"):  # refused for the positions themselves, on a clean image too
         clean = _blobs(shape, np.random.default_rng(0))
-        assert refused(contract(mm.classify_environments, clean if len(shape) == 2 else clean[None], pos))
-    r = contract(mm.classify_environments, image, pos, max_classes=max_classes, n_init=n_init,
-                 n_classes=n_classes)
+        assert refused(
+            contract(mm.classify_environments, clean if len(shape) == 2 else clean[None], pos)
+        )
+    r = contract(
+        mm.classify_environments,
+        image,
+        pos,
+        max_classes=max_classes,
+        n_init=n_init,
+        n_classes=n_classes,
+    )
     if refused(r):
         return
     assert kind in ("good", "(4, 3)"), f"{kind} positions must be refused"
@@ -226,9 +289,12 @@ def test_classify_environments_contract(image, kind, max_classes, n_init, n_clas
 
 
 @CONTRACT
-@given(values=images(stack=False, min_side=8, max_side=32, bad_dtypes=False),
-       coverage=st.sampled_from([0.0, 1 / 1024, 0.1, 0.3, 1.0]), seed=st.integers(0, 99),
-       nan_unmeasured=st.booleans())
+@given(
+    values=images(stack=False, min_side=8, max_side=32, bad_dtypes=False),
+    coverage=st.sampled_from([0.0, 1 / 1024, 0.1, 0.3, 1.0]),
+    seed=st.integers(0, 99),
+    nan_unmeasured=st.booleans(),
+)
 def test_complete_scan_contract(values, coverage, seed, nan_unmeasured):
     rng = np.random.default_rng(seed)
     mask = rng.random(values.shape) < coverage
@@ -243,10 +309,13 @@ def test_complete_scan_contract(values, coverage, seed, nan_unmeasured):
 
 
 @CONTRACT
-@given(structure=images(stack=False, min_side=8, max_side=14, bad_dtypes=False),
-       scale=st.sampled_from([1e-15, 1.0, 1e12]), n=st.integers(1, 6),
-       kind=st.sampled_from(["good", "good", "ties", "constant", "repeat", "nan", "outside"]),
-       lr=_maybe(0.02, anything))
+@given(
+    structure=images(stack=False, min_side=8, max_side=14, bad_dtypes=False),
+    scale=st.sampled_from([1e-15, 1.0, 1e12]),
+    n=st.integers(1, 6),
+    kind=st.sampled_from(["good", "good", "ties", "constant", "repeat", "nan", "outside"]),
+    lr=_maybe(0.02, anything),
+)
 def test_active_learner_contract(structure, scale, n, kind, lr):
     h, w = structure.shape
     rng = np.random.default_rng(n)
@@ -262,8 +331,16 @@ def test_active_learner_contract(structure, scale, n, kind, lr):
         values[0] = np.nan
     elif kind == "outside":
         coords[0] = [h + 5, 0]
-    learner = contract(mm.ActiveLearner, structure, patch_size=4, n_models=1, device="cpu",
-                       init_iters=5, warm_iters=2, lr=lr)
+    learner = contract(
+        mm.ActiveLearner,
+        structure,
+        patch_size=4,
+        n_models=1,
+        device="cpu",
+        init_iters=5,
+        warm_iters=2,
+        lr=lr,
+    )
     if refused(learner):
         return
     if refused(contract(learner.observe, coords, values * scale)):
@@ -277,17 +354,35 @@ def test_active_learner_contract(structure, scale, n, kind, lr):
 
 
 @CONTRACT
-@given(n=st.integers(1, 12), L=st.integers(1, 12), scale=st.sampled_from([1e-30, 1.0, 1e12, 1e300]),
-       normalize=st.sampled_from(["max", "max", "global", "none"]), hidden=_maybe(8, anything),
-       noise_scale=_maybe(0.05, anything), learning_rate=_maybe(2e-3, anything),
-       batch_size=_maybe(None, anything), nan=st.booleans())
-def test_fit_shift_vae_contract(n, L, scale, normalize, hidden, noise_scale, learning_rate, batch_size, nan):
+@given(
+    n=st.integers(1, 12),
+    L=st.integers(1, 12),
+    scale=st.sampled_from([1e-30, 1.0, 1e12, 1e300]),
+    normalize=st.sampled_from(["max", "max", "global", "none"]),
+    hidden=_maybe(8, anything),
+    noise_scale=_maybe(0.05, anything),
+    learning_rate=_maybe(2e-3, anything),
+    batch_size=_maybe(None, anything),
+    nan=st.booleans(),
+)
+def test_fit_shift_vae_contract(
+    n, L, scale, normalize, hidden, noise_scale, learning_rate, batch_size, nan
+):
     x = np.linspace(-1, 1, L)
     spectra = np.exp(-((x[None] - np.linspace(-0.3, 0.3, n)[:, None]) ** 2) / 0.1) * scale
     if nan and n > 1:
         spectra[1, 0] = np.nan
-    r = contract(mm.fit_shift_vae, spectra, epochs=2, hidden=hidden, noise_scale=noise_scale,
-                 learning_rate=learning_rate, batch_size=batch_size, normalize=normalize, device="cpu")
+    r = contract(
+        mm.fit_shift_vae,
+        spectra,
+        epochs=2,
+        hidden=hidden,
+        noise_scale=noise_scale,
+        learning_rate=learning_rate,
+        batch_size=batch_size,
+        normalize=normalize,
+        device="cpu",
+    )
     if refused(r):
         return
     _finite(r.shift, r.latents, r.reconstruction)
@@ -304,8 +399,9 @@ def _scaled(x, how):
 def lattice():
     from napari_microml.synth.lattice import simulate_lattice
 
-    return simulate_lattice((96, 96), scene="crystal", lattice="square", spacing=9.0, dose=500,
-                            defects=False, seed=3)
+    return simulate_lattice(
+        (96, 96), scene="crystal", lattice="square", spacing=9.0, dose=500, defects=False, seed=3
+    )
 
 
 @pytest.fixture(scope="module")
@@ -321,7 +417,9 @@ def test_find_atoms_ignores_units(lattice, atoms_reference, how):
     np.testing.assert_allclose(r.positions, ref.positions, atol=1e-3)
     np.testing.assert_allclose(r.probability, ref.probability, atol=1e-4)
     if how != "offset":  # intensities come back in the image's units
-        np.testing.assert_allclose(r.features["intensity"], ref.features["intensity"] * how, rtol=1e-3)
+        np.testing.assert_allclose(
+            r.features["intensity"], ref.features["intensity"] * how, rtol=1e-3
+        )
 
 
 @pytest.mark.parametrize("how", SCALES)
@@ -337,8 +435,15 @@ def test_refine_positions_ignores_units(lattice, how):
 def defects_scene():
     from napari_microml.synth.defects import simulate_defects
 
-    return simulate_defects((96, 96), seed=11, dose=500, scene="crystal", lattice="square", spacing=10,
-                            contrast="bright")
+    return simulate_defects(
+        (96, 96),
+        seed=11,
+        dose=500,
+        scene="crystal",
+        lattice="square",
+        spacing=10,
+        contrast="bright",
+    )
 
 
 @pytest.mark.parametrize("how", SCALES)
@@ -361,8 +466,9 @@ def test_classify_environments_ignores_units(lattice, how):
 
 
 def _learner_maps(structure, values, coords):
-    L = mm.ActiveLearner(structure, patch_size=6, n_models=1, device="cpu", init_iters=20, warm_iters=5,
-                         seed=0)
+    L = mm.ActiveLearner(
+        structure, patch_size=6, n_models=1, device="cpu", init_iters=20, warm_iters=5, seed=0
+    )
     L.observe(coords, values)
     return L.predict()
 
@@ -410,18 +516,21 @@ def test_float64_extremes_keep_their_range():
 IMG = np.random.default_rng(0).random((32, 32))
 
 
-@pytest.mark.parametrize("kwargs, error, words", [
-    ({"pixel_size": -0.02}, ValueError, "pixel_size must be a positive"),
-    ({"pixel_size": 0}, ValueError, "pixel_size must be a positive"),
-    ({"pixel_size": float("nan")}, ValueError, "pixel_size must be a positive"),
-    ({"min_distance": 0}, ValueError, "min_distance must be at least 1"),
-    ({"min_distance": 1.5}, ValueError, "min_distance must be a whole number"),
-    ({"tile": 7}, ValueError, "tile must be at least 16"),
-    ({"tile": 0}, ValueError, "tile must be at least 16"),
-    ({"tile": -64}, ValueError, "tile must be at least 16"),
-    ({"threshold": "0.5"}, TypeError, "threshold must be a number, not the text '0.5'"),
-    ({"threshold": float("nan")}, ValueError, "threshold must be a finite number"),
-])
+@pytest.mark.parametrize(
+    "kwargs, error, words",
+    [
+        ({"pixel_size": -0.02}, ValueError, "pixel_size must be a positive"),
+        ({"pixel_size": 0}, ValueError, "pixel_size must be a positive"),
+        ({"pixel_size": float("nan")}, ValueError, "pixel_size must be a positive"),
+        ({"min_distance": 0}, ValueError, "min_distance must be at least 1"),
+        ({"min_distance": 1.5}, ValueError, "min_distance must be a whole number"),
+        ({"tile": 7}, ValueError, "tile must be at least 16"),
+        ({"tile": 0}, ValueError, "tile must be at least 16"),
+        ({"tile": -64}, ValueError, "tile must be at least 16"),
+        ({"threshold": "0.5"}, TypeError, "threshold must be a number, not the text '0.5'"),
+        ({"threshold": float("nan")}, ValueError, "threshold must be a finite number"),
+    ],
+)
 def test_find_atoms_parameters(kwargs, error, words):
     with pytest.raises(error, match=words):
         mm.find_atoms(IMG, device="cpu", **kwargs)
@@ -434,13 +543,16 @@ def test_bool_image_is_refused():
         mm.segment_defects(IMG > 0.5, device="cpu")
 
 
-@pytest.mark.parametrize("kwargs, error, words", [
-    ({"tile": 0}, ValueError, "tile must be at least 16"),
-    ({"threshold": "high"}, TypeError, "threshold must be a number"),
-    ({"min_area": 0}, ValueError, "min_area must be at least 1"),
-    ({"atoms": np.array([[5.0, np.nan], [6, 6]])}, ValueError, "NaN"),
-    ({"atoms": np.full((3, 2), 1000.0)}, ValueError, "outside the 32×32 px image"),
-])
+@pytest.mark.parametrize(
+    "kwargs, error, words",
+    [
+        ({"tile": 0}, ValueError, "tile must be at least 16"),
+        ({"threshold": "high"}, TypeError, "threshold must be a number"),
+        ({"min_area": 0}, ValueError, "min_area must be at least 1"),
+        ({"atoms": np.array([[5.0, np.nan], [6, 6]])}, ValueError, "NaN"),
+        ({"atoms": np.full((3, 2), 1000.0)}, ValueError, "outside the 32×32 px image"),
+    ],
+)
 def test_segment_defects_parameters(kwargs, error, words):
     with pytest.raises(error, match=words):
         mm.segment_defects(IMG, device="cpu", model="default", **kwargs)
@@ -457,24 +569,30 @@ def test_positions_outside_the_image_are_refused(lattice):
         mm.refine_positions(lattice.image, np.arange(6.0))
 
 
-@pytest.mark.parametrize("kwargs, error, words", [
-    ({"max_classes": 0}, ValueError, "max_classes must be at least 1"),
-    ({"n_init": 0}, ValueError, "n_init .* must be at least 1"),
-    ({"unusual_k": -1}, ValueError, "unusual_k must be greater than 0"),
-    ({"n_pca": "4"}, TypeError, "n_pca must be a whole number"),
-])
+@pytest.mark.parametrize(
+    "kwargs, error, words",
+    [
+        ({"max_classes": 0}, ValueError, "max_classes must be at least 1"),
+        ({"n_init": 0}, ValueError, "n_init .* must be at least 1"),
+        ({"unusual_k": -1}, ValueError, "unusual_k must be greater than 0"),
+        ({"n_pca": "4"}, TypeError, "n_pca must be a whole number"),
+    ],
+)
 def test_classify_environments_parameters(lattice, kwargs, error, words):
     with pytest.raises(error, match=words):
         mm.classify_environments(lattice.image, lattice.positions, **kwargs)
 
 
-@pytest.mark.parametrize("kwargs, words", [
-    ({"hidden": 0}, "hidden .* must be at least 1"),
-    ({"noise_scale": -1}, "noise_scale must be greater than 0"),
-    ({"learning_rate": 1e6}, "learning_rate must be between 0 and 1"),
-    ({"batch_size": 0}, "batch_size must be at least 1"),
-    ({"warmup": 2}, "warmup .* must be between 0 and 1"),
-])
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        ({"hidden": 0}, "hidden .* must be at least 1"),
+        ({"noise_scale": -1}, "noise_scale must be greater than 0"),
+        ({"learning_rate": 1e6}, "learning_rate must be between 0 and 1"),
+        ({"batch_size": 0}, "batch_size must be at least 1"),
+        ({"warmup": 2}, "warmup .* must be between 0 and 1"),
+    ],
+)
 def test_fit_shift_vae_parameters(kwargs, words):
     spectra = np.random.default_rng(0).random((8, 16))
     with pytest.raises(ValueError, match=words):

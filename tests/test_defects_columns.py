@@ -1,4 +1,5 @@
 """Column-intensity check of the defect segmenter (defects/columns.py) on exact synthetic truth."""
+
 import numpy as np
 import pytest
 
@@ -14,11 +15,21 @@ HELD_OUT = 5_600_000  # training uses 1,000,000+, validation 9,000,000+
 def _perovskite(seed=HELD_OUT, dose=np.inf, shape=(160, 160)):
     """A perovskite crystal whose B sublattice is clearly dimmer than A (relative intensity < 0.6)."""
     for k in range(50):
-        s = simulate_defects(shape, seed=seed + k, dose=dose, scene="crystal", lattice="perovskite", spacing=11,
-                             contrast="bright")
+        s = simulate_defects(
+            shape,
+            seed=seed + k,
+            dose=dose,
+            scene="crystal",
+            lattice="perovskite",
+            spacing=11,
+            contrast="bright",
+        )
         inner = (s.positions.min(1) > 11) & (s.positions.max(1) < shape[0] - 12) & (s.kinds == HOST)
-        if (s.kinds == DOPANT_BRIGHT).sum() >= 3 and s.amplitude[inner].min() < 0.6 * s.amplitude[inner].max() \
-                and not s.extended.any():
+        if (
+            (s.kinds == DOPANT_BRIGHT).sum() >= 3
+            and s.amplitude[inner].min() < 0.6 * s.amplitude[inner].max()
+            and not s.extended.any()
+        ):
             return s
     raise AssertionError("no suitable perovskite sample")
 
@@ -44,7 +55,9 @@ def test_heights_follow_the_planted_column_amplitudes(pv):
 
 def test_contrast_is_taken_within_the_columns_own_sublattice(pv):
     cols, kinds, amp = _lattice_columns(pv)
-    contrast, z = C.sublattice_contrast(cols, C.column_heights(robust_normalize(pv.image), cols, 11.0))
+    contrast, z = C.sublattice_contrast(
+        cols, C.column_heights(robust_normalize(pv.image), cols, 11.0)
+    )
     truth, _ = column_contrast(cols, kinds, amp)
     ok = np.isfinite(contrast) & np.isfinite(truth)
     assert ok.sum() > 100
@@ -76,8 +89,13 @@ def _silent(shape):
     """Class probabilities of a network that sees no defect at all, and empty instances."""
     probs = np.zeros((len(CLASS_NAMES) + 1, *shape), np.float32)
     probs[0] = 1.0
-    stats = {"class_id": np.zeros(0, int), "row": np.zeros(0), "col": np.zeros(0), "area_px": np.zeros(0, int),
-             "confidence": np.zeros(0, np.float32)}
+    stats = {
+        "class_id": np.zeros(0, int),
+        "row": np.zeros(0),
+        "col": np.zeros(0),
+        "area_px": np.zeros(0, int),
+        "confidence": np.zeros(0, np.float32),
+    }
     return probs, np.zeros(shape, np.int32), stats
 
 
@@ -92,7 +110,9 @@ def test_rescue_finds_the_bright_dopants_a_silent_network_missed_and_nothing_els
     found = np.column_stack([st["row"], st["col"]])
     truth = cols[kinds == DOPANT_BRIGHT]
     d_true = np.hypot(*(found[:, None] - truth[None]).transpose(2, 0, 1)).min(1)
-    assert len(found) >= 2 and (d_true < 1e-6).all()  # every rescue sits on a true bright dopant's column
+    assert (
+        len(found) >= 2 and (d_true < 1e-6).all()
+    )  # every rescue sits on a true bright dopant's column
     # and every bright dopant 8 host spreads above its own sublattice (exact truth) is found
     clear = (kinds == DOPANT_BRIGHT) & ((truth_c - 1) / sigma >= 8)
     assert clear.sum() >= 2
@@ -100,7 +120,9 @@ def test_rescue_finds_the_bright_dopants_a_silent_network_missed_and_nothing_els
     assert (d_found < 1e-6).all()
     # labels and stats agree: consecutive labels, areas, discs around the columns
     assert set(np.unique(out)) - {0} == set(range(1, len(st["row"]) + 1))
-    np.testing.assert_array_equal(np.bincount(out.ravel(), minlength=len(st["row"]) + 1)[1:], st["area_px"])
+    np.testing.assert_array_equal(
+        np.bincount(out.ravel(), minlength=len(st["row"]) + 1)[1:], st["area_px"]
+    )
 
 
 def test_veto_drops_a_bright_call_on_an_ordinary_column_and_keeps_a_true_one():
@@ -112,10 +134,14 @@ def test_veto_drops_a_bright_call_on_an_ordinary_column_and_keeps_a_true_one():
     dopant = cols[inner & (kinds == DOPANT_BRIGHT)][0]
     for lab, p in enumerate((host, dopant), start=1):
         r, c = np.rint(p).astype(int)
-        labels[r - 2:r + 3, c - 2:c + 3] = lab
-    stats = {"class_id": np.array([class_id("dopant_bright")] * 2), "row": np.array([host[0], dopant[0]]),
-             "col": np.array([host[1], dopant[1]]), "area_px": np.array([25, 25]),
-             "confidence": np.array([0.9, 0.9], np.float32)}
+        labels[r - 2 : r + 3, c - 2 : c + 3] = lab
+    stats = {
+        "class_id": np.array([class_id("dopant_bright")] * 2),
+        "row": np.array([host[0], dopant[0]]),
+        "col": np.array([host[1], dopant[1]]),
+        "area_px": np.array([25, 25]),
+        "confidence": np.array([0.9, 0.9], np.float32),
+    }
     out, st, _ = C.column_check(robust_normalize(s.image), probs, labels, stats, cols, 11.0)
     kept = np.column_stack([st["row"], st["col"]])
     assert not (np.hypot(*(kept - host).T) < 1).any()
@@ -128,8 +154,13 @@ def test_columns_beside_a_predicted_extended_region_are_left_alone():
     cols, kinds, _ = _lattice_columns(s)
     probs, labels, stats = _silent(s.image.shape)
     labels[:, :] = 1  # the whole image is one predicted extended region
-    stats = {"class_id": np.array([class_id("extended")]), "row": np.array([80.0]), "col": np.array([80.0]),
-             "area_px": np.array([labels.size]), "confidence": np.array([0.9], np.float32)}
+    stats = {
+        "class_id": np.array([class_id("extended")]),
+        "row": np.array([80.0]),
+        "col": np.array([80.0]),
+        "area_px": np.array([labels.size]),
+        "confidence": np.array([0.9], np.float32),
+    }
     out, st, z = C.column_check(robust_normalize(s.image), probs, labels, stats, cols, 11.0)
     assert np.isnan(z).all() and len(st["row"]) == 1 and (out == labels).all()
 

@@ -1,4 +1,5 @@
 """Local-environment clustering on synthetic lattices with exact truth."""
+
 import numpy as np
 import pytest
 from scipy.spatial import cKDTree
@@ -9,8 +10,18 @@ from napari_microml.synth.lattice import lattice_sites
 from napari_microml.synth.render import add_noise, render_gaussians
 
 
-def _scene(seed, *, lattice="perovskite", size=192, spacing=11.0, dose=500.0, dim_frac=0.0,
-           odd=0, jitter=0.2, rotation=0.3):
+def _scene(
+    seed,
+    *,
+    lattice="perovskite",
+    size=192,
+    spacing=11.0,
+    dose=500.0,
+    dim_frac=0.0,
+    odd=0,
+    jitter=0.2,
+    rotation=0.3,
+):
     """Image, observed positions and true class: 0 A host, 1 B host, 2 dim dopant (A site),
     3 B host next to a dim dopant, 4 odd atom (interstitial at a cell centre)."""
     rng = np.random.default_rng(seed)
@@ -38,7 +49,13 @@ def _scene(seed, *, lattice="perovskite", size=192, spacing=11.0, dose=500.0, di
 def test_recovers_planted_classes():
     image, pos, truth = _scene(1, dim_frac=0.15)
     r = classify_environments(image, pos)
-    assert r.classes.shape == r.probability.shape == r.unusualness.shape == r.unusual.shape == (len(pos),)
+    assert (
+        r.classes.shape
+        == r.probability.shape
+        == r.unusualness.shape
+        == r.unusual.shape
+        == (len(pos),)
+    )
     ari = adjusted_rand_score(truth, r.classes)
     assert ari > 0.8, ari
     assert r.classes.min() == 0 and r.classes.max() == r.n_classes - 1
@@ -84,7 +101,9 @@ def test_stack_uses_each_frames_image_and_is_reproducible():
     stack = np.stack([image, image[::-1]])
     pos2 = pos.copy()
     pos2[:, 0] = image.shape[0] - 1 - pos2[:, 0]
-    both = np.vstack([np.column_stack([np.zeros(len(pos)), pos]), np.column_stack([np.ones(len(pos)), pos2])])
+    both = np.vstack(
+        [np.column_stack([np.zeros(len(pos)), pos]), np.column_stack([np.ones(len(pos)), pos2])]
+    )
     r = classify_environments(stack, both)
     n = len(pos)
     assert adjusted_rand_score(r.classes[:n], r.classes[n:]) > 0.95  # same atoms, flipped frame
@@ -108,14 +127,21 @@ def test_border_atoms_are_classified_but_not_flagged():
     assert not r.unusual[r.edge].any()
 
 
-@pytest.mark.parametrize("positions, image, match", [
-    (np.zeros((5, 2)) + 50, np.zeros((64, 64)), "at least 10"),
-    (np.zeros((20, 4)), np.zeros((64, 64)), r"\(N, 2\)"),
-    (np.zeros((20, 2)), np.zeros((2, 64, 64)), "frame column"),
-    (np.column_stack([np.full(20, 5), np.zeros((20, 2))]), np.zeros((2, 64, 64)), "frame"),
-    (np.full((20, 2), np.nan), np.zeros((64, 64)), "NaN"),
-    (np.zeros((20, 2)), np.zeros((64, 64, 3), np.uint8) + np.arange(3, dtype=np.uint8), "RGB|colour"),
-])
+@pytest.mark.parametrize(
+    "positions, image, match",
+    [
+        (np.zeros((5, 2)) + 50, np.zeros((64, 64)), "at least 10"),
+        (np.zeros((20, 4)), np.zeros((64, 64)), r"\(N, 2\)"),
+        (np.zeros((20, 2)), np.zeros((2, 64, 64)), "frame column"),
+        (np.column_stack([np.full(20, 5), np.zeros((20, 2))]), np.zeros((2, 64, 64)), "frame"),
+        (np.full((20, 2), np.nan), np.zeros((64, 64)), "NaN"),
+        (
+            np.zeros((20, 2)),
+            np.zeros((64, 64, 3), np.uint8) + np.arange(3, dtype=np.uint8),
+            "RGB|colour",
+        ),
+    ],
+)
 def test_bad_input_raises_clear_errors(positions, image, match):
     with pytest.raises(ValueError, match=match):
         classify_environments(image, positions)

@@ -1,4 +1,5 @@
 """Choosing the defect model from the lattice (defects/material.py), on simulated truth."""
+
 import numpy as np
 import pytest
 
@@ -18,11 +19,13 @@ def test_unequal_honeycomb_gets_the_dichalcogenide_model(seed):
     assert chosen == "dichalcogenide" and 0.1 < ratio < RATIO_MAX
     # the ratio read from the image matches the planted one (host columns: dim half / bright half)
     amp = np.sort(s.amplitude[s.kinds == 0])
-    truth = np.median(amp[: len(amp) // 2]) / np.median(amp[len(amp) // 2:])
+    truth = np.median(amp[: len(amp) // 2]) / np.median(amp[len(amp) // 2 :])
     assert ratio == pytest.approx(truth, abs=0.12), (ratio, truth)
 
 
-@pytest.mark.parametrize("lattice", ["honeycomb", "square", "triangular", "perovskite", "rectangular"])
+@pytest.mark.parametrize(
+    "lattice", ["honeycomb", "square", "triangular", "perovskite", "rectangular"]
+)
 def test_other_lattices_keep_the_default_model(lattice):
     s = _sample(lattice, 4)
     chosen, ratio = choose_model(s.image, s.positions)

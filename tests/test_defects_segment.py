@@ -16,8 +16,18 @@ HELD_OUT = 5_500_000  # training uses seeds 1,000,000+, validation 9,000,000+
 @pytest.fixture(scope="module")
 def moderate():
     """Two held-out moderate-dose crystals (square and honeycomb), 160 px."""
-    return [simulate_defects((160, 160), seed=HELD_OUT + i, dose=300, scene="crystal", lattice=lat, spacing=11,
-                             contrast="bright") for i, lat in enumerate(("square", "honeycomb"))]
+    return [
+        simulate_defects(
+            (160, 160),
+            seed=HELD_OUT + i,
+            dose=300,
+            scene="crystal",
+            lattice=lat,
+            spacing=11,
+            contrast="bright",
+        )
+        for i, lat in enumerate(("square", "honeycomb"))
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -29,8 +39,16 @@ def test_finds_planted_vacancies_and_bright_dopants(moderate):
     scores = []
     for s in moderate:
         r = segment_defects(s.image, device="cpu")
-        scores.append(score_defects(r.table, classmap_from_labels(r.labels, r.table), s.objects, s.classmap,
-                                    radius=5.5, margin=5.5))
+        scores.append(
+            score_defects(
+                r.table,
+                classmap_from_labels(r.labels, r.table),
+                s.objects,
+                s.classmap,
+                radius=5.5,
+                margin=5.5,
+            )
+        )
     pooled = summarize(scores)
     assert pooled["vacancy"]["n_true"] >= 5 and pooled["dopant_bright"]["n_true"] >= 3
     assert pooled["vacancy"]["f1"] >= 0.75, pooled["vacancy"]  # a divacancy counts as one instance
@@ -43,11 +61,26 @@ def test_dichalcogenide_model_reads_unequal_sublattices_as_host():
     point-defect calls on these frames (dim dopant F1 0.67, interstitial precision 0.07)."""
     scores = []
     for seed in range(23_000_000, 23_000_004):
-        s = simulate_defects((192, 192), seed=seed, dose=300, scene="crystal", lattice="dichalcogenide",
-                             spacing=11, contrast="bright")
+        s = simulate_defects(
+            (192, 192),
+            seed=seed,
+            dose=300,
+            scene="crystal",
+            lattice="dichalcogenide",
+            spacing=11,
+            contrast="bright",
+        )
         r = segment_defects(s.image, model="dichalcogenide", device="cpu")
-        scores.append(score_defects(r.table, classmap_from_labels(r.labels, r.table), s.objects, s.classmap,
-                                    radius=5.5, margin=5.5))
+        scores.append(
+            score_defects(
+                r.table,
+                classmap_from_labels(r.labels, r.table),
+                s.objects,
+                s.classmap,
+                radius=5.5,
+                margin=5.5,
+            )
+        )
     pooled = summarize(scores)
     points = ("vacancy", "dopant_bright", "dopant_dim", "interstitial")
     false_calls = sum(round(pooled[c]["n_pred"] * (1 - pooled[c]["precision"])) for c in points)
@@ -67,8 +100,15 @@ def test_auto_model_is_the_default_model_on_other_lattices_and_reuses_the_finder
         pd.testing.assert_frame_equal(auto.table, plain.table)
         assert plain.provenance["parameters"]["model_choice"] is None
     # user atoms decide the choice when given: the truth columns of a WS2-like frame
-    ws2 = simulate_defects((160, 160), seed=HELD_OUT + 7, dose=500, scene="crystal", lattice="dichalcogenide",
-                           spacing=11, contrast="bright")
+    ws2 = simulate_defects(
+        (160, 160),
+        seed=HELD_OUT + 7,
+        dose=500,
+        scene="crystal",
+        lattice="dichalcogenide",
+        spacing=11,
+        contrast="bright",
+    )
     r = segment_defects(ws2.image, atoms=ws2.positions, device="cpu")
     assert r.model == "defects-dichalcogenide", r.provenance["parameters"]["model_choice"]
 
@@ -118,7 +158,9 @@ def test_without_pixel_size_physical_columns_are_nan(moderate):
 
 def test_user_atoms_are_used_for_distances(moderate):
     # one atom is no lattice: the lattice check would drop every point defect, so it is off here
-    r = segment_defects(moderate[0].image, atoms=np.array([[0.0, 0.0]]), device="cpu", lattice_check=False)
+    r = segment_defects(
+        moderate[0].image, atoms=np.array([[0.0, 0.0]]), device="cpu", lattice_check=False
+    )
     assert len(r.table)
     np.testing.assert_allclose(r.table["nearest_atom_px"], np.hypot(r.table["row"], r.table["col"]))
 
@@ -144,17 +186,20 @@ def test_stack_gets_a_frame_column(moderate):
     assert r.counts()["count"].sum() == 2 * n
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"image": np.zeros((20, 20, 3))}, "RGB|colour"),
-    ({"image": np.zeros((4, 4))}, "pixels"),
-    ({"image": np.full((32, 32), np.nan)}, "valid"),
-    ({"contrast": "inverted"}, "contrast"),
-    ({"threshold": 1.5}, "threshold"),
-    ({"pixel_size": -1.0}, "pixel_size"),
-    ({"atoms": np.zeros((3, 4))}, "atoms"),
-    ({"model": "nonexistent"}, "No defects model"),
-    ({"tta": 9}, "tta"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"image": np.zeros((20, 20, 3))}, "RGB|colour"),
+        ({"image": np.zeros((4, 4))}, "pixels"),
+        ({"image": np.full((32, 32), np.nan)}, "valid"),
+        ({"contrast": "inverted"}, "contrast"),
+        ({"threshold": 1.5}, "threshold"),
+        ({"pixel_size": -1.0}, "pixel_size"),
+        ({"atoms": np.zeros((3, 4))}, "atoms"),
+        ({"model": "nonexistent"}, "No defects model"),
+        ({"tta": 9}, "tta"),
+    ],
+)
 def test_bad_input_raises(kwargs, match):
     kwargs = {"image": np.random.default_rng(0).random((32, 32)), **kwargs}
     with pytest.raises(ValueError, match=match):
@@ -162,8 +207,15 @@ def test_bad_input_raises(kwargs, match):
 
 
 def test_baseline_finds_vacancies_at_high_dose():
-    s = simulate_defects((160, 160), seed=HELD_OUT + 7, dose=3000, scene="crystal", lattice="square", spacing=11,
-                         contrast="bright")
+    s = simulate_defects(
+        (160, 160),
+        seed=HELD_OUT + 7,
+        dose=3000,
+        scene="crystal",
+        lattice="square",
+        spacing=11,
+        contrast="bright",
+    )
     b = baseline_defects(s.image, device="cpu")
     assert set(b.objects["class"]) <= set(CLASS_NAMES) and b.classmap.shape == s.image.shape
     assert abs(b.spacing - 11) < 1.0
@@ -187,15 +239,23 @@ def test_metrics_perfect_and_imperfect():
 
 def test_border_is_ignored_after_matching_not_before():
     cm = np.zeros((100, 100), np.uint8)
-    table = lambda pts: pd.DataFrame({"class": "vacancy", "row": [p[0] for p in pts], "col": [p[1] for p in pts]})
+    table = lambda pts: pd.DataFrame(
+        {"class": "vacancy", "row": [p[0] for p in pts], "col": [p[1] for p in pts]}
+    )
     # a true vacancy just inside the 10 px border, found just outside it: a hit, not a miss
-    sc = score_defects(table([(50, 9.5)]), cm, table([(50, 10.5)]), cm, radius=4, margin=10)["vacancy"]
+    sc = score_defects(table([(50, 9.5)]), cm, table([(50, 10.5)]), cm, radius=4, margin=10)[
+        "vacancy"
+    ]
     assert (sc["tp"], sc["n_pred"], sc["n_true"]) == (1, 1, 1)
     # a true vacancy just in the border, found just inside: ignored, not a false positive
-    sc = score_defects(table([(50, 10.5)]), cm, table([(50, 9.5)]), cm, radius=4, margin=10)["vacancy"]
+    sc = score_defects(table([(50, 10.5)]), cm, table([(50, 9.5)]), cm, radius=4, margin=10)[
+        "vacancy"
+    ]
     assert (sc["tp"], sc["n_pred"], sc["n_true"]) == (0, 0, 0)
     # an unmatched prediction inside is a false positive, one in the border is ignored
-    sc = score_defects(table([(50, 50), (50, 3)]), cm, table([(20, 20)]), cm, radius=4, margin=10)["vacancy"]
+    sc = score_defects(table([(50, 50), (50, 3)]), cm, table([(20, 20)]), cm, radius=4, margin=10)[
+        "vacancy"
+    ]
     assert (sc["tp"], sc["n_pred"], sc["n_true"]) == (0, 1, 1)
 
 
@@ -242,10 +302,10 @@ def _names(st):
 
 def test_small_or_unconfident_extended_regions_are_dropped_but_point_defects_kept():
     probs, paint = _painted()
-    paint(slice(5, 45), slice(5, 45), "extended", 0.95)     # 1600 px ≥ 4 cells of 10 px: kept
-    paint(slice(60, 70), slice(60, 70), "extended", 0.95)   # 100 px = 1 cell: dropped
-    paint(slice(60, 90), slice(5, 35), "extended", 0.6)     # large but unconfident: dropped
-    paint(slice(80, 84), slice(80, 84), "vacancy", 0.9)     # a small point defect: kept
+    paint(slice(5, 45), slice(5, 45), "extended", 0.95)  # 1600 px ≥ 4 cells of 10 px: kept
+    paint(slice(60, 70), slice(60, 70), "extended", 0.95)  # 100 px = 1 cell: dropped
+    paint(slice(60, 90), slice(5, 35), "extended", 0.6)  # large but unconfident: dropped
+    paint(slice(80, 84), slice(80, 84), "vacancy", 0.9)  # a small point defect: kept
     labels, st = instances(probs, 0.5, 3, spacing=10.0)
     assert _names(st) == ["extended", "vacancy"]
     assert labels.max() == 2 and set(np.unique(labels)) == {0, 1, 2}
@@ -255,8 +315,8 @@ def test_small_or_unconfident_extended_regions_are_dropped_but_point_defects_kep
 
 def test_point_defect_touching_a_grain_boundary_stays_a_point_defect():
     probs, paint = _painted()
-    paint(slice(0, 96), slice(10, 26), "extended", 0.95)    # a boundary band, 1536 px
-    paint(slice(40, 47), slice(26, 33), "vacancy", 0.9)     # a vacancy against its edge
+    paint(slice(0, 96), slice(10, 26), "extended", 0.95)  # a boundary band, 1536 px
+    paint(slice(40, 47), slice(26, 33), "vacancy", 0.9)  # a vacancy against its edge
     labels, st = instances(probs, 0.5, 3, spacing=10.0)
     assert _names(st) == ["extended", "vacancy"]
     v = st["class_id"] == class_id("vacancy")
@@ -267,9 +327,9 @@ def test_point_defect_touching_a_grain_boundary_stays_a_point_defect():
 def test_touching_defects_of_two_classes_are_two_instances_and_rim_fragments_join():
     probs, paint = _painted()
     paint(slice(40, 47), slice(20, 27), "vacancy", 0.9)
-    paint(slice(40, 47), slice(27, 34), "dopant_bright", 0.8)   # its neighbour, touching
+    paint(slice(40, 47), slice(27, 34), "dopant_bright", 0.8)  # its neighbour, touching
     paint(slice(70, 77), slice(60, 67), "dopant_dim", 0.9)
-    paint(slice(76, 77), slice(67, 69), "interstitial", 0.6)    # 2 px of another class on its rim
+    paint(slice(76, 77), slice(67, 69), "interstitial", 0.6)  # 2 px of another class on its rim
     labels, st = instances(probs, 0.5, 3, spacing=10.0)
     assert _names(st) == ["dopant_bright", "dopant_dim", "vacancy"]
     assert st["area_px"][st["class_id"] == class_id("dopant_dim")].tolist() == [51]
@@ -279,7 +339,7 @@ def test_touching_defects_of_two_classes_are_two_instances_and_rim_fragments_joi
 def test_point_pixels_inside_an_extended_region_belong_to_it():
     probs, paint = _painted()
     paint(slice(10, 60), slice(10, 60), "extended", 0.95)
-    paint(slice(30, 34), slice(30, 34), "dopant_bright", 0.7)   # speckle inside an amorphous patch
+    paint(slice(30, 34), slice(30, 34), "dopant_bright", 0.7)  # speckle inside an amorphous patch
     labels, st = instances(probs, 0.5, 3, spacing=10.0)
     assert _names(st) == ["extended"] and st["area_px"].tolist() == [2500]
 
@@ -301,9 +361,9 @@ def test_test_time_augmentation_averages_flipped_copies(moderate):
 def test_a_whole_vacancy_on_an_extended_rim_stays_a_vacancy_but_a_dopant_speck_joins_it():
     probs, paint = _painted()
     paint(slice(10, 70), slice(10, 70), "extended", 0.95)
-    paint(slice(20, 26), slice(20, 26), "vacancy", 0.9)        # 36 px >= 0.2 spacing²: a vacancy
+    paint(slice(20, 26), slice(20, 26), "vacancy", 0.9)  # 36 px >= 0.2 spacing²: a vacancy
     paint(slice(50, 56), slice(50, 56), "dopant_bright", 0.9)  # same size, another class: extended
-    paint(slice(40, 43), slice(30, 33), "vacancy", 0.9)        # 9 px: a speck of the region
+    paint(slice(40, 43), slice(30, 33), "vacancy", 0.9)  # 9 px: a speck of the region
     labels, st = instances(probs, 0.5, 3, spacing=10.0)
     assert _names(st) == ["extended", "vacancy"]
     v = st["class_id"] == class_id("vacancy")
@@ -313,14 +373,18 @@ def test_a_whole_vacancy_on_an_extended_rim_stays_a_vacancy_but_a_dopant_speck_j
 
 def test_a_large_dopant_region_is_split_only_where_it_covers_several_columns():
     probs, paint = _painted()
-    paint(slice(40, 48), slice(10, 22), "dopant_bright", 0.9)   # 96 px, one column inside
-    paint(slice(40, 48), slice(60, 72), "dopant_bright", 0.9)   # 96 px, two columns inside
-    paint(slice(80, 84), slice(10, 14), "vacancy", 0.9)         # typical 16 px regions
+    paint(slice(40, 48), slice(10, 22), "dopant_bright", 0.9)  # 96 px, one column inside
+    paint(slice(40, 48), slice(60, 72), "dopant_bright", 0.9)  # 96 px, two columns inside
+    paint(slice(80, 84), slice(10, 14), "vacancy", 0.9)  # typical 16 px regions
     paint(slice(80, 84), slice(30, 34), "vacancy", 0.9)
     paint(slice(80, 84), slice(50, 54), "vacancy", 0.9)
     columns = np.array([[44.0, 16.0], [44.0, 62.5], [44.0, 69.5]])
     _, st = instances(probs, 0.5, 3, spacing=10.0, columns=columns)
-    assert sorted(st["area_px"][st["class_id"] == class_id("dopant_bright")].tolist()) == [48, 48, 96]
+    assert sorted(st["area_px"][st["class_id"] == class_id("dopant_bright")].tolist()) == [
+        48,
+        48,
+        96,
+    ]
     _, st = instances(probs, 0.5, 3, spacing=6.0)  # without columns: split by area alone
     assert (st["class_id"] == class_id("dopant_bright")).sum() > 3
 
@@ -328,11 +392,11 @@ def test_a_large_dopant_region_is_split_only_where_it_covers_several_columns():
 def test_parts_closer_than_half_a_spacing_are_one_defect():
     probs, paint = _painted()
     for c in (10, 30, 50, 70):
-        paint(slice(5, 10), slice(c, c + 5), "vacancy", 0.9)   # typical 25 px regions
-    paint(slice(40, 50), slice(40, 50), "vacancy", 0.9)      # 100 px = 4 typical, 10 px across
-    _, st = instances(probs, 0.5, 3, spacing=20.0)           # 0.5 spacing = 10 px: one vacancy
+        paint(slice(5, 10), slice(c, c + 5), "vacancy", 0.9)  # typical 25 px regions
+    paint(slice(40, 50), slice(40, 50), "vacancy", 0.9)  # 100 px = 4 typical, 10 px across
+    _, st = instances(probs, 0.5, 3, spacing=20.0)  # 0.5 spacing = 10 px: one vacancy
     assert sorted(st["area_px"].tolist()) == [25, 25, 25, 25, 100]
-    _, st = instances(probs, 0.5, 3, spacing=8.0)            # 0.5 spacing = 4 px: several
+    _, st = instances(probs, 0.5, 3, spacing=8.0)  # 0.5 spacing = 4 px: several
     assert len(st["area_px"]) > 5 and sorted(st["area_px"].tolist())[-1] < 100
 
 
@@ -346,15 +410,32 @@ def test_column_check_is_on_for_haadf_and_off_for_abf(moderate):
 
 
 def test_wide_lattice_is_resampled_and_results_come_back_on_the_original_pixels():
-    s = simulate_defects((640, 640), seed=HELD_OUT + 77, dose=300, scene="crystal", lattice="square", spacing=40,
-                         contrast="bright")
+    s = simulate_defects(
+        (640, 640),
+        seed=HELD_OUT + 77,
+        dose=300,
+        scene="crystal",
+        lattice="square",
+        spacing=40,
+        contrast="bright",
+    )
     kw = dict(radius=20, margin=20)
     auto = segment_defects(s.image, pixel_size=0.01, device="cpu")
     off = segment_defects(s.image, rescale="off", device="cpu")
-    assert auto.provenance["parameters"]["zoom"] < 0.5 and off.provenance["parameters"]["zoom"] == 1.0
+    assert (
+        auto.provenance["parameters"]["zoom"] < 0.5 and off.provenance["parameters"]["zoom"] == 1.0
+    )
     assert auto.labels.shape == s.image.shape and auto.probabilities.shape[1:] == s.image.shape
-    f1 = {name: summarize([score_defects(r.table, classmap_from_labels(r.labels, r.table), s.objects,
-                                         s.classmap, **kw)])["vacancy"]["f1"] for name, r in (("auto", auto), ("off", off))}
+    f1 = {
+        name: summarize(
+            [
+                score_defects(
+                    r.table, classmap_from_labels(r.labels, r.table), s.objects, s.classmap, **kw
+                )
+            ]
+        )["vacancy"]["f1"]
+        for name, r in (("auto", auto), ("off", off))
+    }
     assert f1["auto"] > 0.8 and f1["auto"] > f1["off"] + 0.3, f1
     # every instance is present in the label image, at its centroid's neighbourhood, in original pixels
     assert set(np.unique(auto.labels)) - {0} == set(auto.table["label"])
@@ -372,7 +453,12 @@ def test_point_defects_need_a_lattice_around_them():
     from napari_microml.synth.lattice import simulate_lattice
 
     grid = np.stack(np.meshgrid(np.arange(10) * 10.0, np.arange(10) * 10.0), -1).reshape(-1, 2)
-    assert near_lattice([[45, 45], [0, 0], [200, 200], [95, 105]], grid).tolist() == [True, True, False, False]
+    assert near_lattice([[45, 45], [0, 0], [200, 200], [95, 105]], grid).tolist() == [
+        True,
+        True,
+        False,
+        False,
+    ]
     assert not near_lattice([[45, 45]], grid[:2]).any()  # two columns are no lattice
 
     s = simulate_lattice((192, 192), scene="particle", dose=200, seed=14_300_002)
@@ -421,14 +507,25 @@ def test_column_check_dopants_say_so_and_carry_their_own_confidence():
     assert (np.diff(conf) > 0).all() and conf[0] < 0.01 and conf[-1] > 0.999
     assert C.rescue_confidence(4.5, 0.3) > C.rescue_confidence(4.5, 0.1)
 
-    s = simulate_defects((160, 160), seed=HELD_OUT + 41, dose=2000, scene="crystal", lattice="square", spacing=11,
-                         contrast="bright")
+    s = simulate_defects(
+        (160, 160),
+        seed=HELD_OUT + 41,
+        dose=2000,
+        scene="crystal",
+        lattice="square",
+        spacing=11,
+        contrast="bright",
+    )
     cols = s.positions[s.kinds != INTERSTITIAL]
     truth = s.positions[s.kinds == DOPANT_BRIGHT]
     assert len(truth) >= 2
     r = segment_defects(s.image, model=_SilentNet.make(), atoms=cols, device="cpu", rescale="off")
     t = r.table
-    assert len(t) >= 1 and (t["source"] == "column check").all() and (t["class"] == "dopant_bright").all()
+    assert (
+        len(t) >= 1
+        and (t["source"] == "column check").all()
+        and (t["class"] == "dopant_bright").all()
+    )
     assert (t["confidence"] >= 0.5).all() and (t["column_z"] >= C.Z_WEAK).all()
     d = np.hypot(*(t[["row", "col"]].to_numpy()[:, None] - truth[None]).transpose(2, 0, 1)).min(1)
     assert (d < 1.0).all()  # each one on a planted bright dopant's column
@@ -436,12 +533,16 @@ def test_column_check_dopants_say_so_and_carry_their_own_confidence():
     weakest = float(t["confidence"].min())
     assert weakest < t["confidence"].max()
     cut = (weakest + float(t["confidence"].max())) / 2
-    strict = segment_defects(s.image, model=_SilentNet.make(), atoms=cols, device="cpu", rescale="off",
-                             threshold=cut)
+    strict = segment_defects(
+        s.image, model=_SilentNet.make(), atoms=cols, device="cpu", rescale="off", threshold=cut
+    )
     assert len(strict.table) == (t["confidence"] >= cut).sum() < len(t)
     assert (strict.table["confidence"] >= cut).all()
     # the network's own defects say so
-    assert set(segment_defects(s.image, atoms=cols, device="cpu").table["source"]) <= {"network", "column check"}
+    assert set(segment_defects(s.image, atoms=cols, device="cpu").table["source"]) <= {
+        "network",
+        "column check",
+    }
 
 
 def test_scattered_single_atoms_get_no_column_check_dopant(shared_data):

@@ -1,4 +1,5 @@
 """The Defect segmenter driven in a real napari viewer, as a user would."""
+
 import json
 
 import numpy as np
@@ -17,14 +18,23 @@ SCALE, TRANSLATE = (0.02, 0.02), (1.0, 2.0)
 
 @pytest.fixture(scope="module")
 def sample():
-    return simulate_defects((192, 192), seed=HELD_OUT, dose=500, scene="crystal", lattice="square",
-                            spacing=11, contrast="bright")
+    return simulate_defects(
+        (192, 192),
+        seed=HELD_OUT,
+        dose=500,
+        scene="crystal",
+        lattice="square",
+        spacing=11,
+        contrast="bright",
+    )
 
 
 @pytest.fixture
 def widget_and_viewer(make_napari_viewer, sample):
     viewer = make_napari_viewer()
-    layer = viewer.add_image(sample.image, name="haadf", scale=SCALE, translate=TRANSLATE, units=("nm", "nm"))
+    layer = viewer.add_image(
+        sample.image, name="haadf", scale=SCALE, translate=TRANSLATE, units=("nm", "nm")
+    )
     widget = DefectSegmenterWidget(viewer)
     viewer.window.add_dock_widget(widget)
     widget.image_layer.value = layer
@@ -51,13 +61,19 @@ def test_run_creates_labels_environments_and_table(widget_and_viewer, qtbot, sam
     assert (cKDTree(found).query(vac)[0] < 5).mean() >= 0.5
     # every instance is drawn in the fixed colour of its class; features say its class
     for lab, cls in zip(table["label"], table["class"]):
-        np.testing.assert_allclose(labels.colormap.map(np.array([lab]))[0], CLASS_COLORS[cls], atol=1e-3)
+        np.testing.assert_allclose(
+            labels.colormap.map(np.array([lab]))[0], CLASS_COLORS[cls], atol=1e-3
+        )
         assert labels.features.set_index("index").loc[lab, "class"] == cls
     assert set(np.unique(labels.data)) - {0} == set(table["label"])
     np.testing.assert_allclose(labels.scale, SCALE)
     np.testing.assert_allclose(labels.translate, TRANSLATE)
     prov = labels.metadata["napari_microml"]
-    assert prov["tool"] == "defect_segmenter" and prov["model"]["sha256"] and prov["input_layer"] == "haadf"
+    assert (
+        prov["tool"] == "defect_segmenter"
+        and prov["model"]["sha256"]
+        and prov["input_layer"] == "haadf"
+    )
     # environment classes on the segmenter's own atom columns
     env = viewer.layers["haadf environments"]
     assert len(env.data) > 100
@@ -134,7 +150,9 @@ def test_user_edited_atoms_layer_is_used(widget_and_viewer, qtbot, sample):
     np.testing.assert_allclose(env.data, pts, atol=1e-9)
     assert env.features["environment"].nunique() == 3
     assert env.metadata["napari_microml"]["atoms_layer"] == "my atoms"
-    assert viewer.layers["haadf defects"].metadata["napari_microml"]["parameters"]["atoms"] == "given"
+    assert (
+        viewer.layers["haadf defects"].metadata["napari_microml"]["parameters"]["atoms"] == "given"
+    )
     # nearest-atom distances were measured to the user's columns
     t = widget.table_dock.table
     d = cKDTree(pts).query(t[["row", "col"]].to_numpy())[0]
@@ -178,7 +196,9 @@ def test_screenshot_renders_class_colours(make_napari_viewer, qtbot, sample):
     assert close.sum() > 20
 
 
-def test_stack_gives_one_layer_each_and_row_click_shows_the_frame(make_napari_viewer, qtbot, sample):
+def test_stack_gives_one_layer_each_and_row_click_shows_the_frame(
+    make_napari_viewer, qtbot, sample
+):
     viewer = make_napari_viewer()
     movie = np.stack([sample.image[:96, :96], sample.image[96:, 96:]])
     layer = viewer.add_image(movie, name="movie")
@@ -193,7 +213,9 @@ def test_stack_gives_one_layer_each_and_row_click_shows_the_frame(make_napari_vi
     i = int(np.flatnonzero(table["frame"].to_numpy() == 1)[0])
     widget.table_dock.defects.setCurrentCell(i, 0)
     assert viewer.dims.point[0] == 1
-    np.testing.assert_allclose(viewer_camera(viewer).center[-2:], table.loc[i, ["row", "col"]].to_numpy(float))
+    np.testing.assert_allclose(
+        viewer_camera(viewer).center[-2:], table.loc[i, ["row", "col"]].to_numpy(float)
+    )
 
 
 def test_dark_uint16_image_and_impossible_class_count(make_napari_viewer, qtbot, sample):
@@ -219,8 +241,15 @@ def test_dark_uint16_image_and_impossible_class_count(make_napari_viewer, qtbot,
 
 
 def test_wide_lattice_is_rescaled_and_labels_come_back_on_the_image_grid(make_napari_viewer, qtbot):
-    s = simulate_defects((480, 480), seed=HELD_OUT + 5, dose=500, scene="crystal", lattice="square",
-                         spacing=40, contrast="bright")
+    s = simulate_defects(
+        (480, 480),
+        seed=HELD_OUT + 5,
+        dose=500,
+        scene="crystal",
+        lattice="square",
+        spacing=40,
+        contrast="bright",
+    )
     viewer = make_napari_viewer()
     layer = viewer.add_image(s.image, name="wide")
     widget = DefectSegmenterWidget(viewer)
@@ -231,7 +260,9 @@ def test_wide_lattice_is_rescaled_and_labels_come_back_on_the_image_grid(make_na
     _run(widget, qtbot)
     labels = viewer.layers["wide defects"]
     params = labels.metadata["napari_microml"]["parameters"]
-    assert labels.data.shape == s.image.shape and params["rescale"] == "auto" and params["zoom"] < 0.5
+    assert (
+        labels.data.shape == s.image.shape and params["rescale"] == "auto" and params["zoom"] < 0.5
+    )
     assert "resampled" in widget.status.value and "your pixels" in widget.status.value
     point = s.objects[s.objects["class"] != "extended"][["row", "col"]].to_numpy()
     found = widget.table_dock.table[["row", "col"]].to_numpy()
@@ -245,8 +276,15 @@ def test_every_shipped_model_is_offered_and_the_chosen_one_is_used(make_napari_v
     'default' overrides it."""
     from napari_microml.nets.registry import list_models
 
-    s = simulate_defects((160, 160), seed=HELD_OUT + 4, dose=500, scene="crystal", lattice="dichalcogenide",
-                         spacing=11, contrast="bright")
+    s = simulate_defects(
+        (160, 160),
+        seed=HELD_OUT + 4,
+        dose=500,
+        scene="crystal",
+        lattice="dichalcogenide",
+        spacing=11,
+        contrast="bright",
+    )
     viewer = make_napari_viewer()
     layer = viewer.add_image(s.image, name="ws2")
     widget = DefectSegmenterWidget(viewer)

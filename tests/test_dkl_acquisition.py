@@ -1,4 +1,5 @@
 """Acquisition functions pick the expected point on known 1D/2D functions."""
+
 import numpy as np
 import pytest
 from scipy.stats import norm
@@ -65,7 +66,7 @@ def test_1d_thompson_follows_the_sample():
 
 
 def _bump_2d(shape=(20, 24), centre=(12, 7)):
-    rr, cc = np.mgrid[0:shape[0], 0:shape[1]]
+    rr, cc = np.mgrid[0 : shape[0], 0 : shape[1]]
     mean = np.exp(-((rr - centre[0]) ** 2 + (cc - centre[1]) ** 2) / 20.0)
     coords = np.column_stack([rr.ravel(), cc.ravel()])
     return mean.ravel(), coords

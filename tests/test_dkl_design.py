@@ -1,4 +1,5 @@
 """Initial designs: the "diverse" design covers every kind of structure and spreads in space."""
+
 import numpy as np
 import pytest
 
@@ -13,9 +14,9 @@ def _rare_texture_image(seed: int):
     img = 0.05 * rng.standard_normal((40, 40))
     r, c = rng.integers(8, 22, size=2)
     stripes = np.sin(np.arange(10) * 2.0)[None, :].repeat(10, 0)
-    img[r:r + 10, c:c + 10] += stripes
+    img[r : r + 10, c : c + 10] += stripes
     rare = np.zeros((40, 40), bool)
-    rare[r:r + 10, c:c + 10] = True
+    rare[r : r + 10, c : c + 10] = True
     return robust_normalize(img.astype(np.float32)), rare
 
 
@@ -47,8 +48,9 @@ def test_diverse_design_respects_availability_seed_and_border():
     # more points than pixels left: every available pixel, no repeats
     few = np.zeros(img.size, bool)
     few[[5, 77, 900]] = True
-    assert sorted(diverse_points(img, 10, np.random.default_rng(0), available=few,
-                                 patch_size=8).tolist()) == [5, 77, 900]
+    assert sorted(
+        diverse_points(img, 10, np.random.default_rng(0), available=few, patch_size=8).tolist()
+    ) == [5, 77, 900]
 
 
 def test_coordinate_design_spreads_points_over_the_field():
@@ -61,12 +63,14 @@ def test_coordinate_design_spreads_points_over_the_field():
 
 def test_learner_uses_the_design_for_its_first_batch_only():
     img, rare = _rare_texture_image(3)
-    L = ActiveLearner(img, initial="diverse", patch_size=6, seed=5, device="cpu",
-                      init_iters=10, warm_iters=3)
+    L = ActiveLearner(
+        img, initial="diverse", patch_size=6, seed=5, device="cpu", init_iters=10, warm_iters=3
+    )
     first = L.suggest(8)
     flat = first[:, 0] * 40 + first[:, 1]
-    expected = diverse_points(L.model.image, 8, np.random.default_rng(5), patch_size=6,
-                              features="cnn")
+    expected = diverse_points(
+        L.model.image, 8, np.random.default_rng(5), patch_size=6, features="cnn"
+    )
     np.testing.assert_array_equal(flat, expected)
     assert rare[first[:, 0], first[:, 1]].any()
     L.observe(first, img[first[:, 0], first[:, 1]])

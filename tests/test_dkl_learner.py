@@ -1,4 +1,5 @@
 """ActiveLearner / run_campaign: reproducibility, logs, clear errors; scalarizers; sources."""
+
 import json
 
 import numpy as np
@@ -45,8 +46,17 @@ def test_campaign_is_reproducible_by_seed(pair):
 def test_campaign_runs_with_every_acquisition(pair, acq):
     s, p = pair
     steps = []
-    h = run_campaign(s, p, budget=10, n_initial=4, acquisition=acq, batch_size=3, seed=0,
-                     callback=lambda step, learner, c, v: steps.append((step, len(c))), **FAST)
+    h = run_campaign(
+        s,
+        p,
+        budget=10,
+        n_initial=4,
+        acquisition=acq,
+        batch_size=3,
+        seed=0,
+        callback=lambda step, learner, c, v: steps.append((step, len(c))),
+        **FAST,
+    )
     assert len(h.values) == 10 and steps == [(1, 4), (2, 3), (3, 3)]
     assert np.all(np.diff(h.best_so_far) >= 0)
 
@@ -56,12 +66,24 @@ def test_dkl_finds_structure_driven_maximum_better_than_chance():
     rng = np.random.default_rng(0)
     s = np.zeros((28, 28), np.float32)
     for r, c in rng.integers(2, 24, (14, 2)):
-        s[r:r + 4, c:c + 4] = rng.choice([0.5, 1.0])
+        s[r : r + 4, c : c + 4] = rng.choice([0.5, 1.0])
     s += 0.02 * rng.standard_normal(s.shape).astype(np.float32)
     from scipy.ndimage import uniform_filter
+
     p = uniform_filter((s > 0.75).astype(float), 4)
-    h = run_campaign(s, p, budget=30, n_initial=8, acquisition="ucb", batch_size=4, seed=0,
-                     patch_size=5, device="cpu", init_iters=60, warm_iters=15)
+    h = run_campaign(
+        s,
+        p,
+        budget=30,
+        n_initial=8,
+        acquisition="ucb",
+        batch_size=4,
+        seed=0,
+        patch_size=5,
+        device="cpu",
+        init_iters=60,
+        warm_iters=15,
+    )
     assert h.values.max() >= 0.99 * p.max()
 
 
@@ -70,8 +92,9 @@ def test_learner_api_suggest_observe_predict_and_log(tmp_path, pair):
 
     s, _ = pair
     p = gaussian_filter(s.astype(float), 2)  # a smooth function of the local structure
-    L = ActiveLearner(s, acquisition="ei", seed=0, patch_size=6, device="cpu", init_iters=80,
-                      warm_iters=40)
+    L = ActiveLearner(
+        s, acquisition="ei", seed=0, patch_size=6, device="cpu", init_iters=80, warm_iters=40
+    )
     c0 = L.suggest(5)
     assert c0.shape == (5, 2) and c0.dtype.kind == "i"
     L.observe(c0, p[c0[:, 0], c0[:, 1]])
@@ -96,8 +119,20 @@ def test_learner_api_suggest_observe_predict_and_log(tmp_path, pair):
 @pytest.mark.parametrize("features", ["cnn", "mlp", "pca", "coords"])
 def test_other_feature_maps(pair, features):
     s, p = pair
-    h = run_campaign(s, p, budget=8, n_initial=4, acquisition="ei", batch_size=2, seed=0,
-                     features=features, patch_size=6, device="cpu", init_iters=10, warm_iters=3)
+    h = run_campaign(
+        s,
+        p,
+        budget=8,
+        n_initial=4,
+        acquisition="ei",
+        batch_size=2,
+        seed=0,
+        features=features,
+        patch_size=6,
+        device="cpu",
+        init_iters=10,
+        warm_iters=3,
+    )
     assert len(h.values) == 8
 
 
@@ -118,7 +153,9 @@ def test_bad_inputs_raise_clear_errors(pair):
     with pytest.raises(ValueError, match="same"):
         run_campaign(s, SpectrumImageSource(cube), budget=5, n_initial=2, **FAST)
     with pytest.raises(ValueError, match="scalarizer"):
-        run_campaign(s, SpectrumImageSource(np.random.rand(24, 24, 8)), budget=5, n_initial=2, **FAST)
+        run_campaign(
+            s, SpectrumImageSource(np.random.rand(24, 24, 8)), budget=5, n_initial=2, **FAST
+        )
     with pytest.raises(ValueError, match="NaN"):
         run_campaign(s, np.full((24, 24), np.nan), budget=5, n_initial=2, **FAST)
     with pytest.raises(ValueError, match="n_initial"):
@@ -129,8 +166,19 @@ def test_spectrum_source_reveals_only_chosen_pixels_and_scalarizes():
     s, p = structure_property_pair((20, 20), kind="domains", seed=0)
     cube, axis = property_spectrum_image(p, n_channels=40, axis=np.linspace(700, 1012, 40))
     src = SpectrumImageSource(cube, axis=axis, scalarizer=PeakHeight((840, 880)))
-    h = run_campaign(s, src, budget=9, n_initial=5, acquisition="ucb", batch_size=2, seed=0,
-                     patch_size=4, device="cpu", init_iters=10, warm_iters=3)
+    h = run_campaign(
+        s,
+        src,
+        budget=9,
+        n_initial=5,
+        acquisition="ucb",
+        batch_size=2,
+        seed=0,
+        patch_size=4,
+        device="cpu",
+        init_iters=10,
+        warm_iters=3,
+    )
     assert src.revealed.sum() == 9
     assert src.revealed[h.coords[:, 0], h.coords[:, 1]].all()
     np.testing.assert_allclose(h.values, 0.1 + p[h.coords[:, 0], h.coords[:, 1]], atol=0.02)
@@ -158,11 +206,17 @@ def test_scalarizers_on_known_spectra():
     spec = np.stack([1.0 + line, 1.0 + 2 * line])
     assert PeakHeight((900, 980), axis=axis)(spec) == pytest.approx([6.0, 11.0], rel=1e-2)
     area = PeakArea((850, 1030), axis=axis, background="linear")(spec)
-    assert area == pytest.approx([5 * 16 * np.sqrt(2 * np.pi), 10 * 16 * np.sqrt(2 * np.pi)], rel=0.02)
-    assert PeakCentroid((880, 1000), axis=axis, background="linear")(spec) == pytest.approx([940, 940], abs=2)
+    assert area == pytest.approx(
+        [5 * 16 * np.sqrt(2 * np.pi), 10 * 16 * np.sqrt(2 * np.pi)], rel=0.02
+    )
+    assert PeakCentroid((880, 1000), axis=axis, background="linear")(spec) == pytest.approx(
+        [940, 940], abs=2
+    )
     ratio = WindowRatio((900, 980), (1500, 1580), axis=axis)(spec)
     assert ratio[1] > ratio[0] > 1
-    assert PeakArea((900, 980), axis=axis)(spec[0]) == pytest.approx(float(PeakArea((900, 980), axis=axis)(spec)[0]))
+    assert PeakArea((900, 980), axis=axis)(spec[0]) == pytest.approx(
+        float(PeakArea((900, 980), axis=axis)(spec)[0])
+    )
     with pytest.raises(ValueError, match="no channel"):
         PeakHeight((100, 200), axis=axis)(spec)
     f = CallableScalarizer(fn=lambda s: s.max(), per_spectrum=True)
@@ -176,7 +230,7 @@ def test_scalarizers_do_not_depend_on_the_spectra_units(scale):
 
     axis = np.arange(700.0, 1100.0, 4.0)
     edge = np.where(axis > 930, 0.3 * (axis / 930.0) ** -2, 0.0)
-    spec = np.stack([1e3 * axis ** -3.0 * 1e6 + k * edge * 1e-3 for k in (1.0, 2.0)])
+    spec = np.stack([1e3 * axis**-3.0 * 1e6 + k * edge * 1e-3 for k in (1.0, 2.0)])
     edges = EdgeIntensity(window=(940, 1000), pre_edge=(800, 920), axis=axis)
     np.testing.assert_allclose(edges(spec * scale) / scale, edges(spec), rtol=1e-6)
     ratio = WindowRatio((940, 1000), (800, 900), axis=axis)
@@ -185,8 +239,13 @@ def test_scalarizers_do_not_depend_on_the_spectra_units(scale):
 
 def test_loop_area_with_spike_filtering():
     t = np.arange(64)
-    bias = np.concatenate([np.linspace(0, 8, 16, endpoint=False), np.linspace(8, -8, 32, endpoint=False),
-                           np.linspace(-8, 0, 16, endpoint=False)])
+    bias = np.concatenate(
+        [
+            np.linspace(0, 8, 16, endpoint=False),
+            np.linspace(8, -8, 32, endpoint=False),
+            np.linspace(-8, 0, 16, endpoint=False),
+        ]
+    )
     # square-ish loop: response +1 on the way down from +8, -1 on the way up from -8
     branch_up = t < 16
     resp = np.where((t >= 16) & (t < 48), 1.0, -1.0)
@@ -211,8 +270,9 @@ def test_benchmark_top_sites_keep_ties_together():
     spec.loader.exec_module(bench)
     rng = np.random.default_rng(0)
     smooth = rng.permutation(2500).reshape(50, 50).astype(float)
-    np.testing.assert_array_equal(np.sort(bench.top_sites(smooth)),
-                                  np.sort(np.argsort(smooth.ravel())[-25:]))
+    np.testing.assert_array_equal(
+        np.sort(bench.top_sites(smooth)), np.sort(np.argsort(smooth.ravel())[-25:])
+    )
     plateau = smooth.copy()
     plateau[:10, :8] = 1e4  # 80 sites tie at the top
     top = bench.top_sites(plateau)
@@ -237,8 +297,9 @@ def test_maps_reuse_the_last_suggestion_and_match_a_fresh_prediction(pair, kw):
     L.observe(c, p[c[:, 0], c[:, 1]])
     mean2, _ = L.predict()  # refitted on the new points, not the kept maps
     assert L._maps is None
-    np.testing.assert_allclose(mean2.ravel(), unwarp_moments(L.warp, *L.model.predict())[0],
-                               rtol=1e-5, atol=1e-9)
+    np.testing.assert_allclose(
+        mean2.ravel(), unwarp_moments(L.warp, *L.model.predict())[0], rtol=1e-5, atol=1e-9
+    )
 
 
 # --- the input contract (issue #27) -----------------------------------------------------------------
@@ -267,8 +328,18 @@ def test_campaign_on_a_map_of_ties_runs_and_is_thread_independent():
     try:
         for threads in (1, 2):
             torch.set_num_threads(threads)
-            runs.append(run_campaign(prop, prop, budget=10, n_initial=4, seed=0, device="cpu",
-                                     init_iters=40, warm_iters=10))
+            runs.append(
+                run_campaign(
+                    prop,
+                    prop,
+                    budget=10,
+                    n_initial=4,
+                    seed=0,
+                    device="cpu",
+                    init_iters=40,
+                    warm_iters=10,
+                )
+            )
             assert torch.get_num_threads() == threads  # the session's setting is restored
     finally:
         torch.set_num_threads(before)
@@ -283,15 +354,18 @@ def test_log_records_how_the_campaign_was_made_reproducible(pair, tmp_path):
     assert meta["deterministic"] is True and meta["torch_threads"] == 1
 
 
-@pytest.mark.parametrize("kwargs, error, words", [
-    ({"budget": "10"}, TypeError, "budget .* must be a whole number, not the text '10'"),
-    ({"budget": 0}, ValueError, "budget .* must be at least 1"),
-    ({"batch_size": 0}, ValueError, "batch_size .* must be at least 1"),
-    ({"n_initial": 1.5}, ValueError, "n_initial .* must be a whole number"),
-    ({"lr": 1e6}, ValueError, "lr .* must be between 0 and 1"),
-    ({"beta": -1}, ValueError, "beta .* must be at least 0"),
-    ({"n_models": 0}, ValueError, "n_models must be at least 1"),
-])
+@pytest.mark.parametrize(
+    "kwargs, error, words",
+    [
+        ({"budget": "10"}, TypeError, "budget .* must be a whole number, not the text '10'"),
+        ({"budget": 0}, ValueError, "budget .* must be at least 1"),
+        ({"batch_size": 0}, ValueError, "batch_size .* must be at least 1"),
+        ({"n_initial": 1.5}, ValueError, "n_initial .* must be a whole number"),
+        ({"lr": 1e6}, ValueError, "lr .* must be between 0 and 1"),
+        ({"beta": -1}, ValueError, "beta .* must be at least 0"),
+        ({"n_models": 0}, ValueError, "n_models must be at least 1"),
+    ],
+)
 def test_bad_campaign_parameters_are_clear_errors(pair, kwargs, error, words):
     s, p = pair
     kwargs = {"budget": 6, "n_initial": 3, **FAST, **kwargs}

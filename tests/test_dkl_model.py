@@ -1,4 +1,5 @@
 """DKLModel / DKLEnsemble: PCA-initialised embedding, coordinate kernel, ensemble, synth sets."""
+
 import numpy as np
 import pytest
 
@@ -22,15 +23,24 @@ def _some(p, n=25, seed=0):
 
 def test_pca_mlp_embedding_starts_as_the_unsupervised_pca_projection(pair):
     s, p = pair
-    m = DKLModel(s, patch_size=5, features="pca_mlp", embedding_dim=3, pca_components=8,
-                 device="cpu")
+    m = DKLModel(
+        s, patch_size=5, features="pca_mlp", embedding_dim=3, pca_components=8, device="cpu"
+    )
     idx, y = _some(p)
     m.fit(idx, y, iterations=0)  # no optimisation step: the embedding is still the start
     pca = pca_features(extract_patches(m.image, 5), 8)
     np.testing.assert_allclose(m.embed(), pca[:, :3], atol=1e-5)
     # after training the network has moved away from the start, but not arbitrarily far
-    m2 = DKLModel(s, patch_size=5, features="pca_mlp", embedding_dim=3, pca_components=8,
-                  device="cpu", nn_lr_scale=1.0, weight_decay=1e-3)
+    m2 = DKLModel(
+        s,
+        patch_size=5,
+        features="pca_mlp",
+        embedding_dim=3,
+        pca_components=8,
+        device="cpu",
+        nn_lr_scale=1.0,
+        weight_decay=1e-3,
+    )
     m2.fit(idx, y, iterations=40)
     moved = np.abs(m2.embed() - pca[:, :3]).max()
     assert 1e-4 < moved < 10
@@ -56,8 +66,9 @@ def test_coordinate_kernel_learns_a_position_only_property():
     test = np.setdiff1d(np.arange(p.size), idx)
     errs = {}
     for cw in (0.0, 0.3):
-        m = DKLModel(s, patch_size=5, device="cpu", features="pca_mlp", coord_weight=cw,
-                     init_iters=80)
+        m = DKLModel(
+            s, patch_size=5, device="cpu", features="pca_mlp", coord_weight=cw, init_iters=80
+        )
         m.fit(idx, p.ravel()[idx])
         mean, std = m.predict(test)
         assert mean.shape == std.shape == test.shape and np.all(std > 0)
@@ -80,7 +91,7 @@ def test_ensemble_mixes_members(pair):
     mean, std = ens.predict()
     np.testing.assert_allclose(mean, np.mean([q[0] for q in preds], 0), rtol=1e-6, atol=1e-9)
     # mixture variance >= the mean of the members' variances
-    assert np.all(std ** 2 >= np.mean([q[1] ** 2 for q in preds], 0) - 1e-9)
+    assert np.all(std**2 >= np.mean([q[1] ** 2 for q in preds], 0) - 1e-9)
     smp = ens.sample(np.arange(10), 4, np.random.default_rng(0))
     assert smp.shape == (4, 10) and np.isfinite(smp).all()
     with pytest.raises(ValueError, match="n_models"):
@@ -114,8 +125,9 @@ def test_learner_defaults_to_an_ensemble_only_for_trainable_feature_maps(pair):
     s, _ = pair
     assert isinstance(ActiveLearner(s, patch_size=5, device="cpu").model, DKLEnsemble)
     for features in ("pca", "coords"):
-        assert isinstance(ActiveLearner(s, patch_size=5, device="cpu", features=features).model,
-                          DKLModel)
+        assert isinstance(
+            ActiveLearner(s, patch_size=5, device="cpu", features=features).model, DKLModel
+        )
     assert isinstance(ActiveLearner(s, patch_size=5, device="cpu", n_models=1).model, DKLModel)
 
 
@@ -131,8 +143,15 @@ def test_trend_kernel_extrapolates_beyond_the_measured_structure():
     bright = np.flatnonzero((cc >= 32).ravel())
     means = {}
     for trend in (False, True):
-        m = DKLModel(s, patch_size=3, device="cpu", features="pca", embedding_dim=2, trend=trend,
-                     init_iters=100)
+        m = DKLModel(
+            s,
+            patch_size=3,
+            device="cpu",
+            features="pca",
+            embedding_dim=2,
+            trend=trend,
+            init_iters=100,
+        )
         m.fit(idx, p.ravel()[idx])
         mean, std = m.predict(bright)
         assert np.all(np.isfinite(mean)) and np.all(std > 0)
@@ -202,14 +221,17 @@ def test_multiscale_uncertainty_has_no_floor_in_the_data_units(pair):
     np.testing.assert_allclose(std_small / 1e-15, std, rtol=1e-3, atol=1e-4 * np.ptp(y))
 
 
-@pytest.mark.parametrize("kwargs, error, words", [
-    ({"lr": 1e6}, ValueError, r"lr \(learning rate\) must be between 0 and 1"),
-    ({"lr": "fast"}, TypeError, "lr .* must be a number"),
-    ({"embedding_dim": 0}, ValueError, "embedding_dim must be at least 1"),
-    ({"init_iters": -1}, ValueError, "init_iters must be at least 0"),
-    ({"patch_size": 2.5}, ValueError, "patch size must be a whole number"),
-    ({"weight_decay": float("nan")}, ValueError, "weight_decay must be a finite number"),
-])
+@pytest.mark.parametrize(
+    "kwargs, error, words",
+    [
+        ({"lr": 1e6}, ValueError, r"lr \(learning rate\) must be between 0 and 1"),
+        ({"lr": "fast"}, TypeError, "lr .* must be a number"),
+        ({"embedding_dim": 0}, ValueError, "embedding_dim must be at least 1"),
+        ({"init_iters": -1}, ValueError, "init_iters must be at least 0"),
+        ({"patch_size": 2.5}, ValueError, "patch size must be a whole number"),
+        ({"weight_decay": float("nan")}, ValueError, "weight_decay must be a finite number"),
+    ],
+)
 def test_bad_model_parameters_are_clear_errors(pair, kwargs, error, words):
     s, _ = pair
     kwargs = {"patch_size": 5, **kwargs}

@@ -1,4 +1,5 @@
 """ActiveLearner(patch_size="auto"): multi-scale DKL ensemble with LOO-learned weights."""
+
 import numpy as np
 import pytest
 from scipy import ndimage as ndi

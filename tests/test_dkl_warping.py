@@ -1,4 +1,5 @@
 """Monotone target warps: round trips, order, Gaussianity, and the learner's maps in real units."""
+
 import numpy as np
 import pytest
 from scipy import stats
@@ -53,8 +54,9 @@ def test_unwarped_moments_are_in_measurement_units():
 def test_learner_with_a_warp_predicts_in_measurement_units():
     s, p = structure_property_pair((24, 24), kind="blobs", seed=1)
     prop = np.exp(4 * p)  # skewed, positive
-    L = ActiveLearner(s, target_warp="rank", seed=0, patch_size=6, device="cpu",
-                      init_iters=60, warm_iters=20)
+    L = ActiveLearner(
+        s, target_warp="rank", seed=0, patch_size=6, device="cpu", init_iters=60, warm_iters=20
+    )
     c = L.suggest(12)
     L.observe(c, prop[c[:, 0], c[:, 1]])
     c2 = L.suggest(4)

@@ -1,4 +1,5 @@
 """The active-learning dock widget in a real viewer: Initialize → Step → Run → Stop, veto."""
+
 import numpy as np
 import pytest
 
@@ -18,10 +19,17 @@ def _setup(make_napari_viewer, *, spectra=True):
     viewer.add_image(s, name="structure", scale=(0.5, 0.5))
     if spectra:
         cube, axis = property_spectrum_image(p, n_channels=30, axis=np.linspace(900, 1016, 30))
-        spectral = {"scale": float(axis[1] - axis[0]), "offset": float(axis[0]), "units": "eV",
-                    "index": 0}  # energy first, as the reader lays spectrum images out
-        viewer.add_image(np.moveaxis(cube, -1, 0), name="EELS",
-                         metadata={"napari_microml": {"spectral_axis": spectral}})
+        spectral = {
+            "scale": float(axis[1] - axis[0]),
+            "offset": float(axis[0]),
+            "units": "eV",
+            "index": 0,
+        }  # energy first, as the reader lays spectrum images out
+        viewer.add_image(
+            np.moveaxis(cube, -1, 0),
+            name="EELS",
+            metadata={"napari_microml": {"spectral_axis": spectral}},
+        )
     else:
         viewer.add_image(p, name="truth")
     w = ActiveLearningWidget(viewer)
@@ -60,8 +68,9 @@ def test_initialize_step_run_stop_updates_layers(make_napari_viewer, qtbot, tmp_
     w.step_button.native.click()
     _wait(qtbot, w)
     assert len(viewer.layers["measured"].data) == 6
-    np.testing.assert_allclose(viewer.layers["measured"].features["value"],
-                               0.1 + p[tuple(w.learner.coords.T)], atol=0.02)
+    np.testing.assert_allclose(
+        viewer.layers["measured"].features["value"], 0.1 + p[tuple(w.learner.coords.T)], atol=0.02
+    )
 
     w.run_button.native.click()
     _wait(qtbot, w)
@@ -116,8 +125,9 @@ def test_bad_input_is_reported_not_run(make_napari_viewer, qtbot):
     assert "measured" not in viewer.layers
 
 
-def test_patch_size_auto_is_the_default_and_builds_the_multiscale_ensemble(make_napari_viewer,
-                                                                          qtbot):
+def test_patch_size_auto_is_the_default_and_builds_the_multiscale_ensemble(
+    make_napari_viewer, qtbot
+):
     from napari_microml.dkl.ensemble import MultiScaleEnsemble
 
     viewer, w, _ = _setup(make_napari_viewer, spectra=False)

@@ -1,4 +1,5 @@
 """Reader tests: vendor files from ../shared/data, checked against rsciio and the file headers."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -13,29 +14,75 @@ FOLDERS = ("formats", "dkl")
 
 # file -> (shape, dtype, scale, units, axis_labels, spectral (scale, offset, units) or None)
 EXPECTED = {
-    "Acquisition_18.emd": ((1024, 1024), "uint16", (0.012246524915099144,) * 2, ("nm", "nm"),
-                           ("X", "Y"), None),
-    "DMReader_EELS_STO.dm4": ((1, 2048), "float32", (1.0, 0.25), ("pixel", "eV"),
-                              ("spectrum", "Energy loss"), (0.25, 350.0, "eV")),
-    "DMReader_Image_SI-Survey.dm3": ((512, 512), "uint32", (1.0, 1.0), ("pixel", "pixel"),
-                                     ("y", "x"), None),
+    "Acquisition_18.emd": (
+        (1024, 1024),
+        "uint16",
+        (0.012246524915099144,) * 2,
+        ("nm", "nm"),
+        ("X", "Y"),
+        None,
+    ),
+    "DMReader_EELS_STO.dm4": (
+        (1, 2048),
+        "float32",
+        (1.0, 0.25),
+        ("pixel", "eV"),
+        ("spectrum", "Energy loss"),
+        (0.25, 350.0, "eV"),
+    ),
+    "DMReader_Image_SI-Survey.dm3": (
+        (512, 512),
+        "uint32",
+        (1.0, 1.0),
+        ("pixel", "pixel"),
+        ("y", "x"),
+        None,
+    ),
     # DM stores the energy axis first; the reader moves it last
-    "EELS_SI.dm4": ((2, 2, 2048), "float32", (0.0019920736085623503,) * 2 + (1.0,),
-                    ("µm", "µm", "eV"), ("y", "x", "Energy loss"), (1.0, 300.0, "eV")),
+    "EELS_SI.dm4": (
+        (2, 2, 2048),
+        "float32",
+        (0.0019920736085623503,) * 2 + (1.0,),
+        ("µm", "µm", "eV"),
+        ("y", "x", "Energy loss"),
+        (1.0, 300.0, "eV"),
+    ),
     # the DE metadata gives pixel size -1 (unknown): shown in pixels
-    "ROI_Random_Scan_movie.mrc": ((348, 16, 16), "uint16", (1.0, 1.0, 1.0),
-                                  ("pixel",) * 3, ("z", "y", "x"), None),
+    "ROI_Random_Scan_movie.mrc": (
+        (348, 16, 16),
+        "uint16",
+        (1.0, 1.0, 1.0),
+        ("pixel",) * 3,
+        ("z", "y", "x"),
+        None,
+    ),
     # no units in the file
-    "stem_abf_data.hspy": ((512, 512), "uint16", (0.009326270238006416,) * 2,
-                           ("pixel", "pixel"), ("y", "x"), None),
-    "CuZn_EELS_mapping_tutorial.hspy": ((50, 40, 162), "int16",
-                                        (0.9213861227035522,) * 2 + (8.0,), ("nm", "nm", "eV"),
-                                        ("y", "x", "Energy loss"), (8.0, 700.0, "eV")),
-    "CuZn_HAADF.hspy": ((50, 40), "uint16", (0.9213861227035522,) * 2, ("nm", "nm"),
-                        ("y", "x"), None),
+    "stem_abf_data.hspy": (
+        (512, 512),
+        "uint16",
+        (0.009326270238006416,) * 2,
+        ("pixel", "pixel"),
+        ("y", "x"),
+        None,
+    ),
+    "CuZn_EELS_mapping_tutorial.hspy": (
+        (50, 40, 162),
+        "int16",
+        (0.9213861227035522,) * 2 + (8.0,),
+        ("nm", "nm", "eV"),
+        ("y", "x", "Energy loss"),
+        (8.0, 700.0, "eV"),
+    ),
+    "CuZn_HAADF.hspy": (
+        (50, 40),
+        "uint16",
+        (0.9213861227035522,) * 2,
+        ("nm", "nm"),
+        ("y", "x"),
+        None,
+    ),
 }
-NOT_OURS = {"BEPS_PTO_50x50.h5", "ROI_Random_Scan_info.txt",
-            "ROI_Random_Scan_scan_coordinates.csv"}
+NOT_OURS = {"BEPS_PTO_50x50.h5", "ROI_Random_Scan_info.txt", "ROI_Random_Scan_scan_coordinates.csv"}
 
 
 def _files(shared_data: Path) -> list[Path]:
@@ -58,8 +105,9 @@ def test_get_reader_accepts_exactly_the_readable_files(shared_data):
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_read_vendor_file(shared_data, name):
-    path = next((shared_data / f / name for f in FOLDERS if (shared_data / f / name).exists()),
-                None)
+    path = next(
+        (shared_data / f / name for f in FOLDERS if (shared_data / f / name).exists()), None
+    )
     if path is None:
         pytest.skip(f"{name} not in shared data")
     shape, dtype, scale, units, labels, spectral = EXPECTED[name]
@@ -83,32 +131,44 @@ def test_read_vendor_file(shared_data, name):
         assert kw["scale"][-1] == sa["scale"] and kw["translate"][-1] == sa["offset"]
 
 
-@pytest.mark.parametrize("name,module", [("EELS_SI.dm4", "digitalmicrograph"),
-                                         ("CuZn_EELS_mapping_tutorial.hspy", "hspy"),
-                                         ("Acquisition_18.emd", "emd")])
+@pytest.mark.parametrize(
+    "name,module",
+    [
+        ("EELS_SI.dm4", "digitalmicrograph"),
+        ("CuZn_EELS_mapping_tutorial.hspy", "hspy"),
+        ("Acquisition_18.emd", "emd"),
+    ],
+)
 def test_matches_rsciio_directly(shared_data, name, module):
     import importlib
 
-    path = next((shared_data / f / name for f in FOLDERS if (shared_data / f / name).exists()),
-                None)
+    path = next(
+        (shared_data / f / name for f in FOLDERS if (shared_data / f / name).exists()), None
+    )
     if path is None:
         pytest.skip(f"{name} not in shared data")
     raw = importlib.import_module(f"rsciio.{module}").file_reader(str(path))[0]
     data, kw, _ = read_file(path)[0]
-    axes = sorted(raw["axes"], key=lambda a: a.get("index_in_array", 0)) \
-        if all("index_in_array" in a for a in raw["axes"]) else raw["axes"]
+    axes = (
+        sorted(raw["axes"], key=lambda a: a.get("index_in_array", 0))
+        if all("index_in_array" in a for a in raw["axes"])
+        else raw["axes"]
+    )
     spec = [i for i, a in enumerate(axes) if a.get("units") == "eV"]
     expected = np.moveaxis(raw["data"], spec[0], -1) if spec else raw["data"]
     np.testing.assert_array_equal(data, expected)
     if spec:
-        axes = axes[:spec[0]] + axes[spec[0] + 1:] + [axes[spec[0]]]
+        axes = axes[: spec[0]] + axes[spec[0] + 1 :] + [axes[spec[0]]]
     np.testing.assert_allclose(kw["scale"], [float(a["scale"]) for a in axes])
     np.testing.assert_allclose(kw["translate"], [float(a["offset"]) for a in axes])
 
 
 def test_truncated_file_raises_clear_error(shared_data, tmp_path):
-    for name, folder in [("EELS_SI.dm4", "formats"), ("CuZn_HAADF.hspy", "dkl"),
-                         ("Acquisition_18.emd", "formats")]:
+    for name, folder in [
+        ("EELS_SI.dm4", "formats"),
+        ("CuZn_HAADF.hspy", "dkl"),
+        ("Acquisition_18.emd", "formats"),
+    ]:
         src = shared_data / folder / name
         if not src.exists():
             continue
@@ -214,14 +274,26 @@ def test_multi_dataset_file_gives_one_layer_each(tmp_path, monkeypatch):
     """Velox .emd files hold several datasets (HAADF, DF, EDS maps, a sum spectrum)."""
     path = tmp_path / "velox.emd"
     path.write_bytes(b"x")
-    ax = [{"index_in_array": 0, "name": "y", "scale": 0.1, "offset": 0, "units": "nm"},
-          {"index_in_array": 1, "name": "x", "scale": 0.1, "offset": 0, "units": "nm"}]
+    ax = [
+        {"index_in_array": 0, "name": "y", "scale": 0.1, "offset": 0, "units": "nm"},
+        {"index_in_array": 1, "name": "x", "scale": 0.1, "offset": 0, "units": "nm"},
+    ]
     fake = [
-        {"data": np.zeros((8, 8), np.uint16), "axes": ax, "metadata": {"General": {"title": "HAADF"}}},
-        {"data": np.ones((8, 8), np.uint16), "axes": ax, "metadata": {"General": {"title": "HAADF"}}},
-        {"data": np.ones(100, np.float32), "axes": [{"name": "Energy", "scale": 0.01,
-                                                     "offset": 0, "units": "keV"}],
-         "metadata": {"General": {"title": "EDS"}}},
+        {
+            "data": np.zeros((8, 8), np.uint16),
+            "axes": ax,
+            "metadata": {"General": {"title": "HAADF"}},
+        },
+        {
+            "data": np.ones((8, 8), np.uint16),
+            "axes": ax,
+            "metadata": {"General": {"title": "HAADF"}},
+        },
+        {
+            "data": np.ones(100, np.float32),
+            "axes": [{"name": "Energy", "scale": 0.01, "offset": 0, "units": "keV"}],
+            "metadata": {"General": {"title": "EDS"}},
+        },
     ]
     monkeypatch.setattr(reader, "_read_rsciio", lambda p, m, lazy: fake)
     layers = read_file(path)

@@ -1,4 +1,5 @@
 """Writer round trips: points CSV, labels TIFF, zarr bundle (with provenance)."""
+
 from __future__ import annotations
 
 import json
@@ -25,10 +26,17 @@ def prov():
 
 def test_points_csv_round_trip_2d(tmp_path, rng, prov):
     pts = rng.uniform(0, 100, (25, 2))
-    feats = pd.DataFrame({"score": rng.uniform(size=25), "kind": ["a", "b"] * 12 + ["a"],
-                          "fit_ok": [True] * 25})
-    attrs = {"scale": [0.05, 0.05], "translate": [1.0, 2.0], "units": ("nm", "nm"),
-             "features": feats, "metadata": {"napari_microml": prov}, "name": "atoms"}
+    feats = pd.DataFrame(
+        {"score": rng.uniform(size=25), "kind": ["a", "b"] * 12 + ["a"], "fit_ok": [True] * 25}
+    )
+    attrs = {
+        "scale": [0.05, 0.05],
+        "translate": [1.0, 2.0],
+        "units": ("nm", "nm"),
+        "features": feats,
+        "metadata": {"napari_microml": prov},
+        "name": "atoms",
+    }
     out = write_points_csv(str(tmp_path / "p.csv"), pts, attrs)
     assert out[0] == str(tmp_path / "p.csv")
     table = pd.read_csv(out[0])
@@ -48,8 +56,12 @@ def test_points_csv_3d_with_pint_units_and_no_sidecar(tmp_path, rng):
 
     u = pint.get_application_registry().Unit("angstrom")
     pts = np.column_stack([np.repeat([0, 1, 2], 4), rng.uniform(0, 50, (12, 2))])
-    attrs = {"scale": [1.0, 0.5, 0.25], "translate": [0, 0, 10.0], "units": ("s", u, u),
-             "features": pd.DataFrame({"score": np.arange(12.0)})}
+    attrs = {
+        "scale": [1.0, 0.5, 0.25],
+        "translate": [0, 0, 10.0],
+        "units": ("s", u, u),
+        "features": pd.DataFrame({"score": np.arange(12.0)}),
+    }
     path = write_points_csv(str(tmp_path / "p3.csv"), pts, attrs)[0]
     table = pd.read_csv(path)
     assert list(table.columns) == ["frame", "row_px", "col_px", "y_Å", "x_Å", "score"]
@@ -74,9 +86,11 @@ def test_labels_tiff(tmp_path, prov):
     labels = np.zeros((32, 40), np.uint16)
     labels[4:10, 5:9] = 3
     labels[20:30, 20:30] = 70000 % 65536
-    path = write_labels_tiff(str(tmp_path / "l.tif"), labels,
-                             {"scale": (0.1, 0.1), "units": ("nm", "nm"),
-                              "metadata": {"napari_microml": prov}})[0]
+    path = write_labels_tiff(
+        str(tmp_path / "l.tif"),
+        labels,
+        {"scale": (0.1, 0.1), "units": ("nm", "nm"), "metadata": {"napari_microml": prov}},
+    )[0]
     with tifffile.TiffFile(path) as tif:
         assert tif.pages[0].dtype == np.int32
         desc = json.loads(tif.pages[0].description)
@@ -95,10 +109,28 @@ def test_bundle_round_trip(tmp_path, rng, prov):
     labels[2:5, 2:5] = 1
     feats = pd.DataFrame({"score": rng.uniform(size=7), "fit_ok": [True] * 6 + [False]})
     layers = [
-        (img, {"name": "image", "scale": [1, 0.2, 0.2], "units": ("s", "nm", "nm"),
-               "axis_labels": ("t", "y", "x"), "metadata": {}}, "image"),
-        (pts, {"name": "atoms", "scale": [1, 0.2, 0.2], "units": ("s", "nm", "nm"),
-               "features": feats, "metadata": {"napari_microml": prov}}, "points"),
+        (
+            img,
+            {
+                "name": "image",
+                "scale": [1, 0.2, 0.2],
+                "units": ("s", "nm", "nm"),
+                "axis_labels": ("t", "y", "x"),
+                "metadata": {},
+            },
+            "image",
+        ),
+        (
+            pts,
+            {
+                "name": "atoms",
+                "scale": [1, 0.2, 0.2],
+                "units": ("s", "nm", "nm"),
+                "features": feats,
+                "metadata": {"napari_microml": prov},
+            },
+            "points",
+        ),
         (labels, {"name": "defects", "scale": [0.2, 0.2], "metadata": {}}, "labels"),
     ]
     out = write_bundle(str(tmp_path / "b.zarr"), layers)
@@ -126,13 +158,17 @@ def test_read_bundle_rejects_other_zarr(tmp_path):
 
 def test_napari_save_layers_uses_our_writers(make_napari_viewer, tmp_path, rng, prov):
     viewer = make_napari_viewer()
-    pts = viewer.add_points(rng.uniform(0, 30, (5, 2)), scale=(0.5, 0.5), units=("nm", "nm"),
-                            features={"score": np.arange(5.0)}, name="atoms",
-                            metadata={"napari_microml": prov})
+    pts = viewer.add_points(
+        rng.uniform(0, 30, (5, 2)),
+        scale=(0.5, 0.5),
+        units=("nm", "nm"),
+        features={"score": np.arange(5.0)},
+        name="atoms",
+        metadata={"napari_microml": prov},
+    )
     viewer.add_labels(np.eye(32, dtype=np.int32), name="lab")
     viewer.layers.selection = {pts}
-    written = viewer.layers.save(str(tmp_path / "pts.csv"), selected=True,
-                                 plugin="napari-microml")
+    written = viewer.layers.save(str(tmp_path / "pts.csv"), selected=True, plugin="napari-microml")
     assert str(tmp_path / "pts.csv") in written
     table = pd.read_csv(tmp_path / "pts.csv")
     assert {"y_nm", "x_nm", "score"} <= set(table.columns)
@@ -151,8 +187,11 @@ def test_write_image_tiff_keeps_dtype_and_is_recognised_as_an_output(tmp_path, p
     from napari_microml.io.writer import is_microml_output, write_image_tiff
 
     data = np.linspace(0, 1e-9, 64).reshape(8, 8)  # float64 in SI units: must not become float32
-    path = write_image_tiff(str(tmp_path / "m.tif"), data, {
-        "scale": [0.1, 0.1], "units": ["nm", "nm"], "metadata": {"napari_microml": prov}})[0]
+    path = write_image_tiff(
+        str(tmp_path / "m.tif"),
+        data,
+        {"scale": [0.1, 0.1], "units": ["nm", "nm"], "metadata": {"napari_microml": prov}},
+    )[0]
     back = tifffile.imread(path)
     assert back.dtype == np.float64
     np.testing.assert_array_equal(back, data)
@@ -163,7 +202,9 @@ def test_write_image_tiff_keeps_dtype_and_is_recognised_as_an_output(tmp_path, p
     write_labels_tiff(str(tmp_path / "l.tif"), np.ones((8, 8), np.int32), {})
     assert is_microml_output(tmp_path / "l.tif")
     tifffile.imwrite(tmp_path / "plain.tif", data.astype(np.float32))
-    tifffile.imwrite(tmp_path / "described.tif", data.astype(np.float32), description="HAADF 200 kV")
+    tifffile.imwrite(
+        tmp_path / "described.tif", data.astype(np.float32), description="HAADF 200 kV"
+    )
     (tmp_path / "broken.tif").write_bytes(b"II*\x00garbage")
     for name in ("plain.tif", "described.tif", "broken.tif", "missing.tif"):
         assert not is_microml_output(tmp_path / name), name
@@ -175,13 +216,30 @@ def test_write_defects_csv_header_and_round_trip(tmp_path, prov):
     from napari_microml.io.writer import write_defects_csv
 
     table = pd.DataFrame({"label": [1, 2], "class": ["vacancy", "dopant"], "row": [3.5, 9.0]})
-    counts = pd.DataFrame({"class": ["vacancy", "dopant", "interstitial"], "count": [1, 1, 0],
-                           "density_per_nm2": [0.5, 0.5, 0.0]})
-    path = write_defects_csv(tmp_path / "d.csv", table, counts, provenance={"napari_microml": prov},
-                             image="img.dm4", pixel_size=0.02)
+    counts = pd.DataFrame(
+        {
+            "class": ["vacancy", "dopant", "interstitial"],
+            "count": [1, 1, 0],
+            "density_per_nm2": [0.5, 0.5, 0.0],
+        }
+    )
+    path = write_defects_csv(
+        tmp_path / "d.csv",
+        table,
+        counts,
+        provenance={"napari_microml": prov},
+        image="img.dm4",
+        pixel_size=0.02,
+    )
     lines = open(path, encoding="utf-8").read().splitlines()
-    assert lines[:3] == ["# napari-microml defect table", "# image: img.dm4", "# pixel_size_nm: 0.02"]
-    assert "# count vacancy: 1, 0.5 per nm²" in lines and "# count interstitial: 0, 0 per nm²" in lines
+    assert lines[:3] == [
+        "# napari-microml defect table",
+        "# image: img.dm4",
+        "# pixel_size_nm: 0.02",
+    ]
+    assert (
+        "# count vacancy: 1, 0.5 per nm²" in lines and "# count interstitial: 0, 0 per nm²" in lines
+    )
     head = next(x for x in lines if x.startswith("# provenance: "))
     assert json.loads(head[14:])["napari_microml"]["parameters"] == {"threshold": 0.5}
     pd.testing.assert_frame_equal(pd.read_csv(path, comment="#"), table)

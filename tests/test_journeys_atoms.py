@@ -1,6 +1,7 @@
 """User journeys through the Atom finder (issue #26): a real file opened through our reader, the
 tool opened from the Plugins menu, default settings, Run; then the result is checked against a
 reference derived without the network, seen on the canvas, and the event loop never froze."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -28,10 +29,23 @@ def lattice_cell(image: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
     vec = vec[np.hypot(*vec.T) > 4]
     vec = vec[np.argsort(np.hypot(*vec.T))].astype(float)
     # sub-pixel: the centroid of the peak's 3x3 neighbourhood
-    vec = np.array([ndi.center_of_mass(ac[c[0] + int(v[0]) - 1:c[0] + int(v[0]) + 2,
-                                          c[1] + int(v[1]) - 1:c[1] + int(v[1]) + 2]) + v - 1 for v in vec[:12]])
+    vec = np.array(
+        [
+            ndi.center_of_mass(
+                ac[
+                    c[0] + int(v[0]) - 1 : c[0] + int(v[0]) + 2,
+                    c[1] + int(v[1]) - 1 : c[1] + int(v[1]) + 2,
+                ]
+            )
+            + v
+            - 1
+            for v in vec[:12]
+        ]
+    )
     v1 = vec[0]
-    v2 = next(v for v in vec[1:] if abs(v1[0] * v[1] - v1[1] * v[0]) > 0.5 * np.hypot(*v1) * np.hypot(*v))
+    v2 = next(
+        v for v in vec[1:] if abs(v1[0] * v[1] - v1[1] * v[0]) > 0.5 * np.hypot(*v1) * np.hypot(*v)
+    )
     while True:  # Lagrange-Gauss reduction: v1 becomes the shortest lattice vector
         if v1 @ v1 > v2 @ v2:
             v1, v2 = v2, v1
@@ -62,8 +76,13 @@ def _run_defaults(viewer, qtbot, path, journey):
     widget = open_tool(viewer, TOOL)
     assert widget.image_layer.value is layer
     image = np.asarray(layer.data, np.float32)
-    stall = click(qtbot, widget.run_button, widget, journey=journey,
-                  api=lambda: mm.find_atoms(image, pixel_size=pixel_size_nm(layer)))
+    stall = click(
+        qtbot,
+        widget.run_button,
+        widget,
+        journey=journey,
+        api=lambda: mm.find_atoms(image, pixel_size=pixel_size_nm(layer)),
+    )
     assert_no_stall(stall)
     assert not widget.status.value.startswith("Failed"), widget.status.value
     return layer, widget, viewer.layers[f"{layer.name} atoms"]
@@ -71,8 +90,9 @@ def _run_defaults(viewer, qtbot, path, journey):
 
 def test_acquisition_18_defaults_find_the_lattice(make_napari_viewer, qtbot, shared_data, tmp_path):
     viewer = make_napari_viewer()
-    layer, widget, points = _run_defaults(viewer, qtbot, shared_data / "formats" / "Acquisition_18.emd",
-                                          "atoms-Acquisition_18")
+    layer, widget, points = _run_defaults(
+        viewer, qtbot, shared_data / "formats" / "Acquisition_18.emd", "atoms-Acquisition_18"
+    )
     image = np.asarray(layer.data, float)
     v1, v2, cell = lattice_cell(image)
     expected = image.size / cell  # one column per primitive cell of this lattice
@@ -94,8 +114,9 @@ def test_abf_defaults_find_the_dark_columns(make_napari_viewer, qtbot, shared_da
     """stem_abf_data.hspy: 512² ABF of SrTiO3 at 9.33 pm/px. The old default (bright) found 0
     columns with no hint, and 200 of 612 Gaussian fits failed silently with 'dark'."""
     viewer = make_napari_viewer()
-    layer, widget, points = _run_defaults(viewer, qtbot, shared_data / "formats" / "stem_abf_data.hspy",
-                                          "atoms-stem_abf_data")
+    layer, widget, points = _run_defaults(
+        viewer, qtbot, shared_data / "formats" / "stem_abf_data.hspy", "atoms-stem_abf_data"
+    )
     # The image is SrTiO3 seen along [110] (a 0.276 x 0.39 nm = a/√2 x a repeat, one cation and
     # two O columns in it; the README says [001], whose 4 columns per a² differ by 6 %):
     # 6 dark columns per a x a√2 cell
@@ -107,8 +128,11 @@ def test_abf_defaults_find_the_dark_columns(make_napari_viewer, qtbot, shared_da
     ok = points.features["fit_ok"].to_numpy(bool)
     assert ok.mean() > 0.95, f"{(~ok).sum()} of {n} Gaussian fits failed"
     failed = int((~ok).sum())
-    assert (f"failed for {failed}" in widget.status.value if failed
-            else "every Gaussian fit converged" in widget.status.value)
+    assert (
+        f"failed for {failed}" in widget.status.value
+        if failed
+        else "every Gaussian fit converged" in widget.status.value
+    )
     assert_visible(viewer, points, screenshot=tmp_path / "atoms_abf.png")
 
 
@@ -151,7 +175,9 @@ def test_pt_single_atoms_then_edit_and_refine(make_napari_viewer, qtbot, shared_
     assert len(data) == len(kept) + 1
     assert cKDTree(data).query(kept)[0].max() < 3.0  # the kept points stay on their atoms
     assert cKDTree(kept).query(data[-1:])[0][0] > 4  # the added point is still there...
-    assert box_f1(data[-1:], missed[None]) == 1.0  # ...and, fitted, matches the label (box IoU > 0.5)
+    assert (
+        box_f1(data[-1:], missed[None]) == 1.0
+    )  # ...and, fitted, matches the label (box IoU > 0.5)
     feats = points.features
     assert np.isnan(feats["score"].iloc[-1]) and bool(feats["manual"].iloc[-1])
     assert "1 added by hand" in widget.status.value
@@ -161,8 +187,16 @@ def test_pt_single_atoms_then_edit_and_refine(make_napari_viewer, qtbot, shared_
 def test_every_control_explains_itself_with_units(make_napari_viewer):
     viewer = make_napari_viewer()
     widget = open_tool(viewer, TOOL)
-    for control in (widget.image_layer, widget.model, widget.threshold, widget.refine, widget.contrast,
-                    widget.rescale, widget.show_probability, widget.refine_button):
+    for control in (
+        widget.image_layer,
+        widget.model,
+        widget.threshold,
+        widget.refine,
+        widget.contrast,
+        widget.rescale,
+        widget.show_probability,
+        widget.refine_button,
+    ):
         assert control.tooltip, f"{control.label or control.text} has no tooltip"
     assert "px" in widget.refine.tooltip and "0–1" in widget.threshold.tooltip
     assert widget.contrast.value == "auto"
@@ -175,7 +209,9 @@ def test_auto_contrast_on_simulated_frames(contrast):
     from napari_microml.synth.defects import simulate_defects
     from napari_microml.synth.lattice import simulate_lattice
 
-    images = [simulate_defects((128, 128), seed=s, contrast=contrast, dose=200).image for s in (1, 2)]
+    images = [
+        simulate_defects((128, 128), seed=s, contrast=contrast, dose=200).image for s in (1, 2)
+    ]
     for seed, scene in ((3, "single_atoms"), (4, "particle")):
         s = simulate_lattice((128, 128), scene=scene, dose=300, seed=seed)
         images.append(s.image if contrast == "bright" else 2.0 - s.image)

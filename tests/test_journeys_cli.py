@@ -6,6 +6,7 @@ is about a setting, and checks the files it writes against a reference computed 
 data (not from the package): the lattice from the image's autocorrelation, hand-labelled atom
 positions, the zero-loss-peak centroid, the movie's frame sums.
 """
+
 from __future__ import annotations
 
 import json
@@ -27,8 +28,14 @@ def microml(*args, cwd=None) -> subprocess.CompletedProcess:
     if not MICROML.exists():
         pytest.skip(f"the console script {MICROML} is not installed (pip install -e .)")
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
-    return subprocess.run([str(MICROML), *map(str, args)], capture_output=True, text=True,
-                          timeout=900, cwd=cwd, env=env)
+    return subprocess.run(
+        [str(MICROML), *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=cwd,
+        env=env,
+    )
 
 
 def _files(folder: Path) -> dict:
@@ -49,13 +56,16 @@ def _lattice_vectors(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     img = img - img.mean()
     ac = np.fft.fftshift(np.fft.irfft2(np.abs(np.fft.rfft2(img)) ** 2, s=img.shape))
     cy, cx, r = img.shape[0] // 2, img.shape[1] // 2, 80
-    win = ac[cy - r:cy + r + 1, cx - r:cx + r + 1]
+    win = ac[cy - r : cy + r + 1, cx - r : cx + r + 1]
     peaks = np.argwhere(win == ndimage.maximum_filter(win, 9)) - r
     peaks = peaks[np.hypot(*peaks.T) > 5]
     peaks = peaks[np.argsort(np.hypot(*peaks.T))]
     a = peaks[0].astype(float)
-    b = next(p for p in peaks[1:].astype(float)
-             if abs(a[0] * p[1] - a[1] * p[0]) > 0.3 * np.linalg.norm(a) * np.linalg.norm(p))
+    b = next(
+        p
+        for p in peaks[1:].astype(float)
+        if abs(a[0] * p[1] - a[1] * p[0]) > 0.3 * np.linalg.norm(a) * np.linalg.norm(p)
+    )
     return a, b
 
 
@@ -76,8 +86,9 @@ def test_atoms_acquisition_18_then_rerun_into_the_same_folder(shared_data, tmp_p
     out = tmp_path / "results"
     run = microml("atoms", emd, "--out", out)
     assert run.returncode == 0, run.stderr
-    assert run.stdout.split() == [str(out / f"Acquisition_18_atoms{s}")
-                                  for s in (".csv", ".csv.json", ".provenance.json")]
+    assert run.stdout.split() == [
+        str(out / f"Acquisition_18_atoms{s}") for s in (".csv", ".csv.json", ".provenance.json")
+    ]
     table = pd.read_csv(out / "Acquisition_18_atoms.csv")
     pts = table[["row_px", "col_px"]].to_numpy()
     image = np.asarray(read_file(emd)[0][0])
@@ -85,7 +96,9 @@ def test_atoms_acquisition_18_then_rerun_into_the_same_folder(shared_data, tmp_p
     cells = image.size / abs(a[0] * b[1] - a[1] * b[0])
     assert 0.9 * cells < len(pts) < 1.05 * cells, (len(pts), cells)
     assert np.median(_nn_distances(pts)) == pytest.approx(np.linalg.norm(a), rel=0.05)
-    np.testing.assert_allclose(table["x_nm"], table["col_px"] * 0.01225, rtol=1e-3)  # physical units
+    np.testing.assert_allclose(
+        table["x_nm"], table["col_px"] * 0.01225, rtol=1e-3
+    )  # physical units
     prov = json.loads((out / "Acquisition_18_atoms.provenance.json").read_text())
     assert prov["parameters"]["command"][:2] == ["microml", "atoms"] and prov["model"]["sha256"]
 
@@ -123,7 +136,9 @@ def test_pt_single_atoms_image_atoms_complete_and_spectra(shared_data, tmp_path)
     image rows ran as spectra for 203 s and a 'shift map' was written (exit 0)."""
     from scipy.optimize import linear_sum_assignment
 
-    tif = _need(shared_data / "atoms_pt_haadf" / "images" / "025_HAADF_15nm_Sample_PtNC_21Oct20.tif")
+    tif = _need(
+        shared_data / "atoms_pt_haadf" / "images" / "025_HAADF_15nm_Sample_PtNC_21Oct20.tif"
+    )
     labels = pd.read_csv(shared_data / "atoms_pt_haadf" / "labels" / "025_Results.csv")
     out = tmp_path / "pt"
     run = microml("atoms", tif, "--out", out, "--quiet")
@@ -182,8 +197,17 @@ def test_complete_direct_electron_random_scan_from_its_files(shared_data, tmp_pa
     folder = shared_data / "formats"
     movie = _need(folder / "ROI_Random_Scan_movie.mrc")
     out = tmp_path / "de"
-    run = microml("complete", movie, "--coords", folder / "ROI_Random_Scan_scan_coordinates.csv",
-                  "--scan-info", folder / "ROI_Random_Scan_info.txt", "--out", out, "--quiet")
+    run = microml(
+        "complete",
+        movie,
+        "--coords",
+        folder / "ROI_Random_Scan_scan_coordinates.csv",
+        "--scan-info",
+        folder / "ROI_Random_Scan_info.txt",
+        "--out",
+        out,
+        "--quiet",
+    )
     assert run.returncode == 0, run.stderr
     import tifffile
 

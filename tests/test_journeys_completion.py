@@ -7,6 +7,7 @@ Failures covered (issue #26, completion): the old default (a network) was 2.3× 
 truth-1 at spiral 1/17.9 and 8× on the paper's trace mask-1; the DE random scan could not be
 opened in napari; the two input modes gave different grids.
 """
+
 import os
 import shutil
 from pathlib import Path
@@ -38,7 +39,9 @@ def test_simulate_a_spiral_scan_of_truth_1(make_napari_viewer, qtbot, shared_dat
     tool.image_layer.value = image
 
     def api():  # the same work through the Python API (timed only by benchmarks/journeys.py)
-        m = scan_mask(tool.kind.value, image.data.shape, tool.coverage.value / 100, seed=int(tool.seed.value))
+        m = scan_mask(
+            tool.kind.value, image.data.shape, tool.coverage.value / 100, seed=int(tool.seed.value)
+        )
         complete_scan(np.where(m, np.asarray(image.data), np.nan), m)
 
     stall = click(qtbot, tool.run_button, tool, journey="completion-simulate-truth-1", api=api)
@@ -54,17 +57,25 @@ def test_simulate_a_spiral_scan_of_truth_1(make_napari_viewer, qtbot, shared_dat
     assert_no_stall(stall, "Simulate on truth-1")
 
 
-def test_complete_truth_1_measured_along_the_papers_trace_mask_1(make_napari_viewer, qtbot, shared_data,
-                                                                  tmp_path):
+def test_complete_truth_1_measured_along_the_papers_trace_mask_1(
+    make_napari_viewer, qtbot, shared_data, tmp_path
+):
     viewer = make_napari_viewer()
     image = open_file(viewer, shared_data / "completion" / "truth-1.tif")[0]
     trace = open_file(viewer, shared_data / "completion" / "mask-1.tif")[0]
     tool = open_tool(viewer, TOOL)
     tool.mode.value = COMPLETE
-    tool.sparse_layer.value = image  # values off the trace are ignored: the mask says what was measured
+    tool.sparse_layer.value = (
+        image  # values off the trace are ignored: the mask says what was measured
+    )
     assert tool.mask_layer.value is trace  # a layer named '*mask*' is offered first
-    stall = click(qtbot, tool.run_button, tool, journey="completion-mask-1-truth-1",
-                  api=lambda: complete_scan(np.asarray(image.data), np.asarray(trace.data) > 0))
+    stall = click(
+        qtbot,
+        tool.run_button,
+        tool,
+        journey="completion-mask-1-truth-1",
+        api=lambda: complete_scan(np.asarray(image.data), np.asarray(trace.data) > 0),
+    )
     assert "Done" in tool.status.value and "re-scan" in tool.status.value, tool.status.value
     truth = np.asarray(image.data, np.float64)
     mask = np.asarray(trace.data) > 0
@@ -80,7 +91,9 @@ def test_complete_truth_1_measured_along_the_papers_trace_mask_1(make_napari_vie
     assert_visible(viewer, completed, screenshot=tmp_path / "mask1_truth1.png")
     assert_no_stall(stall, "Complete measured data with mask-1")
     if os.environ.get("MICROML_DOCS_SCREENSHOTS"):  # the README's picture: truth, trace, result, σ
-        _docs_screenshot(viewer, [image, trace, completed, viewer.layers[f"{image.name} uncertainty"]], tmp_path)
+        _docs_screenshot(
+            viewer, [image, trace, completed, viewer.layers[f"{image.name} uncertainty"]], tmp_path
+        )
 
 
 def _docs_screenshot(viewer, layers, tmp_path):
@@ -100,22 +113,30 @@ def _docs_screenshot(viewer, layers, tmp_path):
     viewer.grid.enabled = False
 
 
-def test_direct_electron_random_scan_opened_with_file_open(make_napari_viewer, qtbot, shared_data, tmp_path):
+def test_direct_electron_random_scan_opened_with_file_open(
+    make_napari_viewer, qtbot, shared_data, tmp_path
+):
     from napari_microml.io.reader import read_file
 
     folder = shared_data / "formats"
     viewer = make_napari_viewer()
     layers = open_file(viewer, folder / "ROI_Random_Scan_movie.mrc")
     names = [la.name for la in layers]
-    assert {"ROI_Random_Scan sparse", "ROI_Random_Scan mask", "ROI_Random_Scan scan points"} <= set(names), names
+    assert {"ROI_Random_Scan sparse", "ROI_Random_Scan mask", "ROI_Random_Scan scan points"} <= set(
+        names
+    ), names
     tool = open_tool(viewer, TOOL)
     assert tool.mode.value == COMPLETE and tool.sparse_layer.value.name == "ROI_Random_Scan sparse"
     assert tool.mask_layer.value.name == "ROI_Random_Scan mask"
+
     def api():
         from napari_microml.completion.scan_io import sparse_from_files
 
-        values, mask, _ = sparse_from_files(folder / "ROI_Random_Scan_scan_coordinates.csv",
-                                            folder / "ROI_Random_Scan_movie.mrc", folder / "ROI_Random_Scan_info.txt")
+        values, mask, _ = sparse_from_files(
+            folder / "ROI_Random_Scan_scan_coordinates.csv",
+            folder / "ROI_Random_Scan_movie.mrc",
+            folder / "ROI_Random_Scan_info.txt",
+        )
         complete_scan(values, mask)
 
     stall = click(qtbot, tool.run_button, tool, journey="completion-DE-random-scan", api=api)
@@ -133,7 +154,9 @@ def test_direct_electron_random_scan_opened_with_file_open(make_napari_viewer, q
     assert (sigma[~measured] > 0).all() and np.isfinite(completed.data).all()
     # the unmeasured border is filled within the range the scan measured
     lo, hi = expected[measured].min(), expected[measured].max()
-    assert lo - 0.5 * (hi - lo) <= completed.data[~measured].min() and completed.data.max() <= hi + 0.5 * (hi - lo)
+    assert lo - 0.5 * (hi - lo) <= completed.data[
+        ~measured
+    ].min() and completed.data.max() <= hi + 0.5 * (hi - lo)
     assert_visible(viewer, completed, screenshot=tmp_path / "de_random_scan.png")
     assert_no_stall(stall, "completing the DE random scan")
 

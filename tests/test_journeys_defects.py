@@ -2,6 +2,7 @@
 from the Plugins menu, default settings, Run; environments on the lattice's own columns, the same
 defects whether or not the atom finder's points are given, nothing below the threshold, defects
 visible at full view and every defect in the table."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -18,8 +19,13 @@ TOOL = "Defect segmenter"
 
 def _run(viewer, qtbot, widget, layer, journey=None, **api_kwargs):
     image = np.asarray(layer.data, np.float32)
-    stall = click(qtbot, widget.run_button, widget, journey=journey,
-                  api=lambda: mm.segment_defects(image, pixel_size=pixel_size_nm(layer), **api_kwargs))
+    stall = click(
+        qtbot,
+        widget.run_button,
+        widget,
+        journey=journey,
+        api=lambda: mm.segment_defects(image, pixel_size=pixel_size_nm(layer), **api_kwargs),
+    )
     assert_no_stall(stall)
     assert not widget.status.value.startswith(("Failed", "Cannot")), widget.status.value
 
@@ -32,7 +38,9 @@ def _check_table(widget, threshold):
     return table
 
 
-def test_acquisition_18_environments_on_the_lattice(make_napari_viewer, qtbot, shared_data, tmp_path):
+def test_acquisition_18_environments_on_the_lattice(
+    make_napari_viewer, qtbot, shared_data, tmp_path
+):
     """The old default put 862 'columns' on a 512² crop where the lattice has ~470 (extra ones
     between columns), and the defects changed 24 -> 3 when the atom finder's points were given."""
     viewer = make_napari_viewer()
@@ -61,7 +69,9 @@ def test_acquisition_18_environments_on_the_lattice(make_napari_viewer, qtbot, s
     assert sorted(again["class"]) == sorted(first["class"])
     if len(first):
         markers = viewer.layers[f"{layer.name} defect markers"]
-        assert_visible(viewer, markers, min_fraction=0.0002, screenshot=tmp_path / "defects_acquisition_18.png")
+        assert_visible(
+            viewer, markers, min_fraction=0.0002, screenshot=tmp_path / "defects_acquisition_18.png"
+        )
 
 
 def test_pt_single_atoms_no_defects_in_vacuum(make_napari_viewer, qtbot, shared_data, tmp_path):
@@ -109,8 +119,15 @@ def test_synthetic_sample_defects_visible_and_all_in_the_table(make_napari_viewe
 def test_every_control_explains_itself(make_napari_viewer):
     viewer = make_napari_viewer()
     widget = open_tool(viewer, TOOL)
-    for control in (widget.image_layer, widget.atoms_layer, widget.model, widget.threshold,
-                    widget.env_classes, widget.contrast, widget.rescale):
+    for control in (
+        widget.image_layer,
+        widget.atoms_layer,
+        widget.model,
+        widget.threshold,
+        widget.env_classes,
+        widget.contrast,
+        widget.rescale,
+    ):
         assert control.tooltip, f"{control.label} has no tooltip"
     assert "0–1" in widget.threshold.tooltip and "nm" in widget.image_layer.tooltip
     assert widget.contrast.value == "auto"

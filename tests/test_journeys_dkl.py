@@ -4,6 +4,7 @@ CuZn: the HAADF image and the EELS spectrum image opened through the reader, a C
 typed in eV, Initialize and three Steps. BEPS: real PFM hysteresis loops (the reader does not
 read this USID file, so it is added as a user would from the console) with the loop area.
 """
+
 import numpy as np
 import pytest
 from journey import assert_no_stall, assert_visible, click, open_file, open_tool
@@ -51,8 +52,7 @@ def _check_campaign(viewer, w, truth_at, tmp_path, name):
         viewer.layers[layer].visible = False
 
 
-def test_dkl_cuzn_eels_initialize_and_three_steps(make_napari_viewer, qtbot, shared_data,
-                                                  tmp_path):
+def test_dkl_cuzn_eels_initialize_and_three_steps(make_napari_viewer, qtbot, shared_data, tmp_path):
     from napari_microml.dkl.scalarizers import PeakArea
     from napari_microml.dkl.sources import SpectrumImageSource
     from napari_microml.io.reader import read_file
@@ -66,10 +66,29 @@ def test_dkl_cuzn_eels_initialize_and_three_steps(make_napari_viewer, qtbot, sha
     w.source_layer.value = eels
     assert w.source_kind.value == "spectrum image"
     assert w.win_lo.label == "Window from (eV)" and "eV" in w.win_lo.tooltip
-    controls = [w.structure_layer, w.source_kind, w.source_layer, w.scalarizer, w.win_lo,
-                w.win_hi, w.win2_lo, w.win2_hi, w.patch_size, w.acquisition, w.maximize,
-                w.batch_size, w.budget, w.n_initial, w.seed, w.init_button, w.step_button,
-                w.stop_button, w.run_button, w.device_choice, w.log_path]
+    controls = [
+        w.structure_layer,
+        w.source_kind,
+        w.source_layer,
+        w.scalarizer,
+        w.win_lo,
+        w.win_hi,
+        w.win2_lo,
+        w.win2_hi,
+        w.patch_size,
+        w.acquisition,
+        w.maximize,
+        w.batch_size,
+        w.budget,
+        w.n_initial,
+        w.seed,
+        w.init_button,
+        w.step_button,
+        w.stop_button,
+        w.run_button,
+        w.device_choice,
+        w.log_path,
+    ]
     assert all(c.tooltip for c in controls), [c.label for c in controls if not c.tooltip]
     assert (w.win_lo.value, w.win_hi.value) == (700.0, 1988.0)  # the whole axis until set
     w.win_lo.value, w.win_hi.value = CU_WINDOW
@@ -88,16 +107,18 @@ def test_dkl_cuzn_eels_initialize_and_three_steps(make_napari_viewer, qtbot, sha
     assert w.status.value.startswith("Step 1"), w.status.value
     assert_no_stall(stall, "Initialize")
     for k in range(3):
+
         def api_step():
             learner, nxt = api_state["run"]  # the API campaign, one step behind the widget
-            api_state["run"] = (learner, _api_step(learner, SpectrumImageSource(cube, axis, scal),
-                                                   nxt))
+            api_state["run"] = (
+                learner,
+                _api_step(learner, SpectrumImageSource(cube, axis, scal), nxt),
+            )
 
         stall = click(qtbot, w.step_button, w, journey=f"dkl-CuZn-step{k + 1}", api=api_step)
         assert_no_stall(stall, "Step")
         assert w.status.value.startswith(f"Step {k + 2}"), w.status.value
-    _check_campaign(viewer, w, lambda c: scal(np.asarray(cube)[c[:, 0], c[:, 1]]), tmp_path,
-                    "cuzn")
+    _check_campaign(viewer, w, lambda c: scal(np.asarray(cube)[c[:, 0], c[:, 1]]), tmp_path, "cuzn")
     assert viewer.canvas.overlays.scale_bar.visible  # the maps are in nm
 
 
@@ -110,8 +131,9 @@ def _beps(path):
     return loops, bias
 
 
-def test_dkl_beps_loop_area_initialize_and_three_steps(make_napari_viewer, qtbot, shared_data,
-                                                       tmp_path):
+def test_dkl_beps_loop_area_initialize_and_three_steps(
+    make_napari_viewer, qtbot, shared_data, tmp_path
+):
     from scipy.ndimage import median_filter
 
     from napari_microml.dkl.scalarizers import LoopArea
@@ -123,9 +145,15 @@ def test_dkl_beps_loop_area_initialize_and_three_steps(make_napari_viewer, qtbot
     viewer = make_napari_viewer()
     viewer.window.resize(1500, 950)
     viewer.add_image(structure, name="response at +8.5 V")
-    data, kw = image_plane_layout(loops, {
-        "name": "BEPS loops", "metadata": {"napari_microml": {"spectral_axis": {
-            "values": bias, "units": "V", "name": "bias"}}}})
+    data, kw = image_plane_layout(
+        loops,
+        {
+            "name": "BEPS loops",
+            "metadata": {
+                "napari_microml": {"spectral_axis": {"values": bias, "units": "V", "name": "bias"}}
+            },
+        },
+    )
     viewer.add_image(data, **kw)
     w = open_tool(viewer, "Active learning (DKL)")
     w.structure_layer.value = viewer.layers["response at +8.5 V"]

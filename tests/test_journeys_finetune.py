@@ -1,5 +1,6 @@
 """Journey: correct the atom finder's points on two real images, teach it, stop once, teach it
 again, and find atoms on a third image with the new model."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -18,8 +19,9 @@ def _labels(folder, layer):
     return table[["Y", "X"]].to_numpy(float)
 
 
-def test_teach_the_atom_finder_on_two_corrected_images(make_napari_viewer, qtbot, shared_data, tmp_path,
-                                                       monkeypatch, capsys, one_torch_thread):
+def test_teach_the_atom_finder_on_two_corrected_images(
+    make_napari_viewer, qtbot, shared_data, tmp_path, monkeypatch, capsys, one_torch_thread
+):
     monkeypatch.setenv(user_models.ENV, str(tmp_path / "models"))
     folder = shared_data / "atoms_pt_haadf"
     viewer = make_napari_viewer()
@@ -39,8 +41,10 @@ def test_teach_the_atom_finder_on_two_corrected_images(make_napari_viewer, qtbot
         points.data = labels
         counts = count_edits(found, labels)
         assert counts["added"] + counts["removed"] > 0
-        assert (f"{points.name}: +{counts['added']} added, −{counts['removed']} removed, "
-                f"{counts['moved']} moved") in teach.edits.value
+        assert (
+            f"{points.name}: +{counts['added']} added, −{counts['removed']} removed, "
+            f"{counts['moved']} moved"
+        ) in teach.edits.value
 
     # Stop part-way: nothing is written
     teach.steps.value = 5000
@@ -71,7 +75,9 @@ def test_teach_the_atom_finder_on_two_corrected_images(make_napari_viewer, qtbot
     capsys.readouterr()
     assert cli_main(["models"]) == 0
     listed = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith(f"atoms-{name}\t")]
-    assert len(listed) == 1 and "yours" in listed[0], listed  # `microml models` lists it as the user's
+    assert len(listed) == 1 and "yours" in listed[0], (
+        listed
+    )  # `microml models` lists it as the user's
 
     # The rerun on a third image uses the new model and its threshold
     finder.image_layer.value = images[2]

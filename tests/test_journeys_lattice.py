@@ -5,6 +5,7 @@ a square lattice of Sr columns with a Ti–O column at each cell centre. The fil
 (0.01225 nm/px) gives a = 4.09–4.11 Å, about 5 % above SrTiO3's 3.905 Å, so the reference here
 is the geometry (two equal sublattices, a = b, γ = 90°) and the file's own scale.
 """
+
 import numpy as np
 import pytest
 from journey import assert_no_stall, assert_visible, click, open_file, open_tool
@@ -14,8 +15,9 @@ import napari_microml as mm
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def test_lattice_on_atom_finder_output_acquisition_18(make_napari_viewer, qtbot, shared_data,
-                                                      tmp_path):
+def test_lattice_on_atom_finder_output_acquisition_18(
+    make_napari_viewer, qtbot, shared_data, tmp_path
+):
     viewer = make_napari_viewer()
     image = open_file(viewer, shared_data / "formats" / "Acquisition_18.emd")[0]
     finder = open_tool(viewer, "Atom finder")
@@ -29,8 +31,12 @@ def test_lattice_on_atom_finder_output_acquisition_18(make_napari_viewer, qtbot,
     pos = np.asarray(points.data)
 
     def api():
-        mm.analyze_lattice(pos, image=np.asarray(image.data), pixel_size=0.01225,
-                           position_std=points.features["position_std"].to_numpy())
+        mm.analyze_lattice(
+            pos,
+            image=np.asarray(image.data),
+            pixel_size=0.01225,
+            position_std=points.features["position_std"].to_numpy(),
+        )
         mm.count_atoms(np.asarray(image.data), pos)
 
     stall = click(qtbot, tool.run_button, tool, journey="lattice-Acquisition_18", api=api)
@@ -49,7 +55,12 @@ def test_lattice_on_atom_finder_output_acquisition_18(make_napari_viewer, qtbot,
     assert np.isfinite(lat.strain).all(axis=1).mean() > 0.9
     assert np.all(np.abs(np.nanmean(lat.strain, axis=0)) < 0.002)
     assert {"sublattice", "exx", "count"} <= set(points.features.columns)
-    assert_visible(viewer, viewer.layers[f"{image.name} exx"], screenshot=tmp_path / "lattice_exx.png")
-    assert_visible(viewer, viewer.layers[f"{image.name} displacement"],
-                   screenshot=tmp_path / "lattice_vectors.png")
+    assert_visible(
+        viewer, viewer.layers[f"{image.name} exx"], screenshot=tmp_path / "lattice_exx.png"
+    )
+    assert_visible(
+        viewer,
+        viewer.layers[f"{image.name} displacement"],
+        screenshot=tmp_path / "lattice_vectors.png",
+    )
     assert_no_stall(stall)

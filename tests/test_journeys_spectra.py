@@ -4,6 +4,7 @@ LSMO low-loss: the shift must follow the zero-loss-peak centre fitted here (Gaus
 9 channels around each spectrum's maximum). LSMO core-loss and the 2×2 EELS_SI.dm4 spectrum
 image must run and show their result.
 """
+
 import numpy as np
 import pytest
 from journey import assert_no_stall, assert_visible, click, open_file, open_tool
@@ -15,7 +16,7 @@ def _zlp_centres(spectra, axis):
     from scipy.optimize import curve_fit
 
     def gauss(x, a, c, w, b):
-        return a * np.exp(-(x - c) ** 2 / (2 * w * w)) + b
+        return a * np.exp(-((x - c) ** 2) / (2 * w * w)) + b
 
     out = []
     for s in spectra:
@@ -34,8 +35,9 @@ def _api(path, window):
     data, kw, _ = read_file(path)[0]
     sa = kw["metadata"]["napari_microml"]["spectral_axis"]
     axis = sa["offset"] + sa["scale"] * np.arange(data.shape[-1])
-    return lambda: fit_shift_vae(np.asarray(data, np.float32), axis=axis,
-                                 channel_range=window, seed=0)
+    return lambda: fit_shift_vae(
+        np.asarray(data, np.float32), axis=axis, channel_range=window, seed=0
+    )
 
 
 def _run(make_napari_viewer, qtbot, path, journey):
@@ -46,25 +48,42 @@ def _run(make_napari_viewer, qtbot, path, journey):
     w = open_tool(viewer, "Spectral shift-VAE")
     w.layer_choice.value = layer
     assert w.auto_window.value and w.win_lo.label == "Window from (eV)"
-    assert all(c.tooltip for c in (w.auto_window, w.win_lo, w.latent_dim, w.epochs,
-                                   w.shift_prior, w.normalize, w.despike, w.seed, w.run_button))
-    stall = click(qtbot, w.run_button, w, journey=journey,  # the API on the widget's window
-                  api=lambda: _api(path, tuple(w.result.params["channel_range"]))())
+    assert all(
+        c.tooltip
+        for c in (
+            w.auto_window,
+            w.win_lo,
+            w.latent_dim,
+            w.epochs,
+            w.shift_prior,
+            w.normalize,
+            w.despike,
+            w.seed,
+            w.run_button,
+        )
+    )
+    stall = click(
+        qtbot,
+        w.run_button,
+        w,
+        journey=journey,  # the API on the widget's window
+        api=lambda: _api(path, tuple(w.result.params["channel_range"]))(),
+    )
     assert w.status.value.startswith("Done"), w.status.value
     assert_no_stall(stall, "the shift-VAE fit")
     return viewer, w, layer, stall
 
 
-def test_shift_vae_lsmo_low_loss_tracks_the_zero_loss_peak(make_napari_viewer, qtbot,
-                                                           shared_data, tmp_path):
+def test_shift_vae_lsmo_low_loss_tracks_the_zero_loss_peak(
+    make_napari_viewer, qtbot, shared_data, tmp_path
+):
     from napari_microml.io.reader import read_file
 
     path = shared_data / "spectra" / "LSMO_linescan_low_loss.hspy"
     viewer, w, layer, _ = _run(make_napari_viewer, qtbot, path, "spectra-LSMO-low-loss")
     # the window was chosen around the zero-loss peak and is said, in eV
     assert "auto, around the peak at 3" in w.status.value and "eV" in w.status.value
-    assert -10 <= w.win_lo.value < 2 < 4.5 < w.win_hi.value <= 15, (w.win_lo.value,
-                                                                    w.win_hi.value)
+    assert -10 <= w.win_lo.value < 2 < 4.5 < w.win_hi.value <= 15, (w.win_lo.value, w.win_hi.value)
     data, kw, _ = read_file(path)[0]
     sa = kw["metadata"]["napari_microml"]["spectral_axis"]
     axis = sa["offset"] + sa["scale"] * np.arange(data.shape[-1])
@@ -83,20 +102,24 @@ def test_shift_vae_lsmo_low_loss_tracks_the_zero_loss_peak(make_napari_viewer, q
     assert_visible(viewer, track, min_fraction=0.0005, screenshot=tmp_path / "lsmo_low_loss.png")
 
 
-def test_shift_vae_lsmo_core_loss_runs_and_shows(make_napari_viewer, qtbot, shared_data,
-                                                 tmp_path):
+def test_shift_vae_lsmo_core_loss_runs_and_shows(make_napari_viewer, qtbot, shared_data, tmp_path):
     path = shared_data / "spectra" / "LSMO_linescan.hspy"
     viewer, w, layer, _ = _run(make_napari_viewer, qtbot, path, "spectra-LSMO-core-loss")
     shift = w.result.shift.ravel()
     assert shift.shape == (40,) and np.isfinite(shift).all()
     assert np.ptp(shift) < 5.0  # eV: a chemical shift, not a jump across the window
     assert 600 <= w.win_lo.value < 640 < w.win_hi.value <= 680  # around the Mn L3 white line
-    assert_visible(viewer, viewer.layers[f"{layer.name} shift track"], min_fraction=0.0005,
-                   screenshot=tmp_path / "lsmo_core_loss.png")
+    assert_visible(
+        viewer,
+        viewer.layers[f"{layer.name} shift track"],
+        min_fraction=0.0005,
+        screenshot=tmp_path / "lsmo_core_loss.png",
+    )
 
 
-def test_shift_vae_eels_si_dm4_maps_on_the_image_plane(make_napari_viewer, qtbot,
-                                                       shared_data, tmp_path):
+def test_shift_vae_eels_si_dm4_maps_on_the_image_plane(
+    make_napari_viewer, qtbot, shared_data, tmp_path
+):
     path = shared_data / "formats" / "EELS_SI.dm4"
     viewer, w, layer, _ = _run(make_napari_viewer, qtbot, path, "spectra-EELS_SI")
     assert layer.data.shape == (2048, 2, 2)  # energy first: the canvas shows the 2×2 map

@@ -1,5 +1,6 @@
 """analyze_lattice on simulated lattices with exact truth (synth/strained.py): positions are
 measured on the noisy image by the atom finder's refinement, as in real use."""
+
 import numpy as np
 import pytest
 
@@ -13,7 +14,9 @@ def measured(sample, seed=0):
     """Positions refined on the image from starts 0.3 px off the truth, and their σ."""
     rng = np.random.default_rng(seed)
     h, w = sample.image.shape
-    start = np.clip(sample.positions + rng.normal(0, 0.3, sample.positions.shape), 0, [h - 1, w - 1])
+    start = np.clip(
+        sample.positions + rng.normal(0, 0.3, sample.positions.shape), 0, [h - 1, w - 1]
+    )
     pos, feats = refine_positions(sample.image, start)
     return pos, feats["position_std"]
 
@@ -42,7 +45,7 @@ def test_strain_step_high_dose():
     lat = mm.analyze_lattice(pos, image=s.image, reference=ref, position_std=std)
     assert (lat.sublattice == 0).all() and lat.n_sublattices == 1
     np.testing.assert_allclose(np.abs(lat.cell).max(axis=1), 16.0, atol=0.05)
-    away = np.abs(s.positions[:, 1] - 128) > 24       # a fit spans ±1 cell around the step
+    away = np.abs(s.positions[:, 1] - 128) > 24  # a fit spans ±1 cell around the step
     err = (lat.strain - true_strain(s, ref))[away]
     assert np.all(rms(err) <= 0.002), rms(err)
     right = away & (s.positions[:, 1] > 128)
@@ -71,7 +74,7 @@ def test_strain_gradient_100_counts_per_column():
 def test_auto_shells_widen_the_fit_only_for_noisy_images(dose, cells):
     s = strained_lattice("step", dose=dose, shape=(192, 192), seed=7)
     pos, std = measured(s)
-    auto = mm.analyze_lattice(pos, image=s.image, position_std=std)          # the default
+    auto = mm.analyze_lattice(pos, image=s.image, position_std=std)  # the default
     fixed = mm.analyze_lattice(pos, image=s.image, position_std=std, shells=cells)
     assert auto.parameters["shells"] == cells and auto.parameters["shells_requested"] == "auto"
     assert ("> 0.3 %" if cells == 2 else "≤ 0.3 %") in auto.parameters["shells_reason"]
@@ -89,7 +92,7 @@ def test_shells_must_be_1_2_or_auto():
 def test_edge_dislocation():
     s = strained_lattice("dislocation", dose=10_000, shape=(320, 320), seed=3)
     pos, std = measured(s)
-    lat = mm.analyze_lattice(pos, image=s.image)          # σ from the fits' residuals
+    lat = mm.analyze_lattice(pos, image=s.image)  # σ from the fits' residuals
     core = np.array([160 + 4, 160 + 4])
     far = np.hypot(*(s.positions - core).T) > 5 * 16
     err = (lat.strain - true_strain(s))[far]
@@ -106,14 +109,14 @@ def test_two_domain_b_site_displacement():
     pos, std = measured(s)
     lat = mm.analyze_lattice(pos, image=s.image, position_std=std)
     assert lat.n_sublattices == 2
-    assert (lat.sublattice == s.sublattice).mean() >= 0.99   # 0 = the bright A columns
+    assert (lat.sublattice == s.sublattice).mean() >= 0.99  # 0 = the bright A columns
     np.testing.assert_allclose(sorted(np.abs(lat.cell).max(axis=1)), [16, 16], atol=0.1)
     b = (s.sublattice == 1) & np.isfinite(lat.displacement).all(axis=1)
-    err = lat.displacement[b] - s.shift[b]                  # A corners stay put: offset = shift
+    err = lat.displacement[b] - s.shift[b]  # A corners stay put: offset = shift
     assert b.sum() > 0.8 * (s.sublattice == 1).sum()
     assert rms(err.ravel()) <= 0.1, rms(err)
     check_std(err, lat.displacement_std[b])
-    left = b & (s.shift[:, 1] > 0)                            # the left domain
+    left = b & (s.shift[:, 1] > 0)  # the left domain
     assert np.nanmean(lat.displacement[left, 1]) == pytest.approx(0.6, abs=0.05)
     assert np.nanmean(lat.displacement[b & ~left, 1]) == pytest.approx(-0.6, abs=0.05)
     # edges: a column without its full shell of the other sublattice has no displacement
@@ -124,20 +127,22 @@ def test_two_domain_b_site_displacement():
 def test_honeycomb_sites_by_geometry_and_intensity():
     s = strained_lattice("flat", structure="honeycomb", spacing=12, dose=5_000, seed=5)
     pos, _ = measured(s)
-    geometric = mm.analyze_lattice(pos)                     # no image: geometry only
+    geometric = mm.analyze_lattice(pos)  # no image: geometry only
     agree = (geometric.sublattice == s.sublattice).mean()
     assert max(agree, 1 - agree) >= 0.99 and geometric.n_sublattices == 2
-    bright = mm.analyze_lattice(pos, image=s.image)         # second site is 0.6 as bright
+    bright = mm.analyze_lattice(pos, image=s.image)  # second site is 0.6 as bright
     assert (bright.sublattice == s.sublattice).mean() >= 0.99
     d = np.isfinite(bright.displacement).all(axis=1)
-    assert rms(bright.displacement[d].ravel()) < 0.1        # each site sits at its triangle's centre
+    assert rms(bright.displacement[d].ravel()) < 0.1  # each site sits at its triangle's centre
 
 
 def test_vacancies_and_user_sublattices():
     s = strained_lattice("step", dose=10_000, seed=6)
     pos, std = measured(s)
-    keep = np.random.default_rng(0).random(len(pos)) > 0.08   # 8 % vacancies
-    lat = mm.analyze_lattice(pos[keep], position_std=std[keep], reference=s.positions[keep, 1] < 100)
+    keep = np.random.default_rng(0).random(len(pos)) > 0.08  # 8 % vacancies
+    lat = mm.analyze_lattice(
+        pos[keep], position_std=std[keep], reference=s.positions[keep, 1] < 100
+    )
     away = np.abs(s.positions[keep, 1] - 128) > 24
     err = (lat.strain - true_strain(s, s.positions[:, 1] < 100)[keep])[away]
     assert np.isfinite(err).all(axis=1).mean() > 0.95
@@ -149,7 +154,9 @@ def test_vacancies_and_user_sublattices():
 
     user = drain(analyze_lattice_iter(pos, sublattice=labels))
     assert (user.sublattice == labels).all()
-    assert np.linalg.norm(user.cell[0]) == pytest.approx(np.hypot(16, 16), abs=0.3)  # + median strain
+    assert np.linalg.norm(user.cell[0]) == pytest.approx(
+        np.hypot(16, 16), abs=0.3
+    )  # + median strain
 
 
 def test_lattice_parameters_in_pm():
@@ -162,14 +169,30 @@ def test_lattice_parameters_in_pm():
     assert list(table.columns[:3]) == ["row", "col", "sublattice"] and len(table) == len(pos)
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(positions=np.zeros((3, 2))), "at least 6"),
-    (dict(positions=np.zeros((10, 3))), r"\(N, 2\)"),
-    (dict(positions=np.full((10, 2), np.nan)), "NaN"),
-    (dict(positions=np.random.default_rng(0).random((20, 2)) * 50, reference=np.ones(5, bool)), "bool mask"),
-    (dict(positions=np.random.default_rng(0).random((20, 2)) * 50, image=np.zeros((4, 4, 3))), "2D grey"),
-    (dict(positions=np.random.default_rng(0).random((20, 2)) * 50, pixel_size=-1), "pixel_size"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(positions=np.zeros((3, 2))), "at least 6"),
+        (dict(positions=np.zeros((10, 3))), r"\(N, 2\)"),
+        (dict(positions=np.full((10, 2), np.nan)), "NaN"),
+        (
+            dict(
+                positions=np.random.default_rng(0).random((20, 2)) * 50, reference=np.ones(5, bool)
+            ),
+            "bool mask",
+        ),
+        (
+            dict(
+                positions=np.random.default_rng(0).random((20, 2)) * 50, image=np.zeros((4, 4, 3))
+            ),
+            "2D grey",
+        ),
+        (
+            dict(positions=np.random.default_rng(0).random((20, 2)) * 50, pixel_size=-1),
+            "pixel_size",
+        ),
+    ],
+)
 def test_bad_input(kwargs, message):
     positions = kwargs.pop("positions")
     with pytest.raises(ValueError, match=message):

@@ -1,4 +1,5 @@
 """``microml lattice`` (lattice/cli.py), through the ``microml`` entry point."""
+
 import json
 
 import numpy as np
@@ -22,16 +23,28 @@ def perovskite(tmp_path):
     path = tmp_path / "pero.tif"
     tifffile.imwrite(path, s.image)
     pts = tmp_path / "pero_atoms.csv"
-    pd.DataFrame({"row_px": s.positions[:, 0], "col_px": s.positions[:, 1],
-                  "position_std": 0.05}).to_csv(pts, index=False)
+    pd.DataFrame(
+        {"row_px": s.positions[:, 0], "col_px": s.positions[:, 1], "position_std": 0.05}
+    ).to_csv(pts, index=False)
     return s, path, pts
 
 
 def test_lattice_cli_writes_table_and_summary(perovskite, tmp_path, capsys):
     s, path, pts = perovskite
     out = tmp_path / "out"
-    code = _main(["lattice", str(path), "--positions", str(pts), "--pixel-size", "0.0244",
-                  "--out", str(out), "--quiet"])
+    code = _main(
+        [
+            "lattice",
+            str(path),
+            "--positions",
+            str(pts),
+            "--pixel-size",
+            "0.0244",
+            "--out",
+            str(out),
+            "--quiet",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == sorted("pero" + o for o in OUTPUTS)
     table = pd.read_csv(out / "pero_lattice.csv")
@@ -40,7 +53,10 @@ def test_lattice_cli_writes_table_and_summary(perovskite, tmp_path, capsys):
     summary = json.loads((out / "pero_lattice.json").read_text())
     assert summary["lattice_parameters"]["a_pm"] == pytest.approx(16 * 24.4, abs=1)
     assert summary["n_sublattices"] == 2 and summary["napari_microml"]["tool"] == "cli.lattice"
-    assert summary["contrast"] == "bright" and set(summary["counting"]) == {"0", "1"}  # per sublattice
+    assert summary["contrast"] == "bright" and set(summary["counting"]) == {
+        "0",
+        "1",
+    }  # per sublattice
     # 3,000 counts per column: the default "auto" keeps the 3×3-cell fit and says why
     assert summary["strain_fit"]["cells"] == "3×3" and summary["strain_fit"]["requested"] == "auto"
     assert "≤ 0.3 %" in summary["strain_fit"]["reason"]
@@ -56,13 +72,15 @@ def test_lattice_cli_writes_table_and_summary(perovskite, tmp_path, capsys):
 def test_lattice_cli_dark_columns_are_found_as_such(perovskite, tmp_path):
     s, path, pts = perovskite
     abf = tmp_path / "abf.tif"
-    tifffile.imwrite(abf, (s.image.max() - s.image).astype(np.float32))   # columns dark
+    tifffile.imwrite(abf, (s.image.max() - s.image).astype(np.float32))  # columns dark
     out = tmp_path / "abf_out"
     assert _main(["lattice", str(abf), "--positions", str(pts), "--out", str(out), "--quiet"]) == 0
     summary = json.loads((out / "abf_lattice.json").read_text())
     assert summary["contrast"] == "dark" and summary["counting"] is None
     table = pd.read_csv(out / "abf_lattice.csv")
-    assert (table["sublattice"].to_numpy() == s.sublattice).mean() >= 0.99  # 0 = strongest (darkest)
+    assert (
+        table["sublattice"].to_numpy() == s.sublattice
+    ).mean() >= 0.99  # 0 = strongest (darkest)
 
 
 def test_lattice_cli_bad_input_writes_nothing(perovskite, tmp_path, capsys):

@@ -1,4 +1,5 @@
 """count_atoms on simulated columns of 1–8 atoms (intensity ∝ count) at three doses."""
+
 import numpy as np
 import pytest
 
@@ -11,8 +12,8 @@ from napari_microml.synth.strained import strained_lattice
 def test_counts_at_three_doses(dose, at_least):
     s = strained_lattice("counts", dose=dose, seed=3)
     c = mm.count_atoms(s.image, s.positions)
-    assert c.n_components == 8                       # ICL finds the 8 levels
-    assert c.edge.mean() < 0.02 and (c.counts[c.edge] == 0).all()   # cells cut by the image
+    assert c.n_components == 8  # ICL finds the 8 levels
+    assert c.edge.mean() < 0.02 and (c.counts[c.edge] == 0).all()  # cells cut by the image
     assert (c.counts == s.counts)[~c.edge].mean() >= at_least
     # background removed: the k-atom level sits at k × the single-atom cross-section
     np.testing.assert_allclose(c.mixture.means / dose, np.arange(1, 9), atol=0.1)
@@ -59,4 +60,6 @@ def test_bad_input():
     with pytest.raises(ValueError, match="outside"):
         mm.count_atoms(np.ones((64, 64)), np.full((12, 2), 100.0))
     with pytest.raises((ValueError, TypeError), match="max_count"):
-        mm.count_atoms(np.ones((64, 64)), np.random.default_rng(0).random((12, 2)) * 60, max_count=0)
+        mm.count_atoms(
+            np.ones((64, 64)), np.random.default_rng(0).random((12, 2)) * 60, max_count=0
+        )

@@ -4,6 +4,7 @@ The image shows SrTiO3 along [110]: Sr–O, Ti and O columns (dark in ABF) on a 
 a/√2 × a (a = 390.5 pm). The file's axes carry a scale of 0.009326 without units; the data
 README gives 9.33 pm/px, so that scale is read as nm per pixel.
 """
+
 import numpy as np
 import pytest
 
@@ -22,25 +23,36 @@ def test_abf_srtio3_sublattices_lattice_parameter_and_flat_strain(shared_data):
     assert pixel_nm == pytest.approx(0.00933, abs=1e-5)
     found = mm.find_atoms(image, contrast="dark")
     # columns are dark: the inverted image makes the strongest (Sr–O) columns sublattice 0
-    lat = mm.analyze_lattice(found.positions, image=-image, pixel_size=pixel_nm,
-                             position_std=found.features["position_std"].to_numpy())
-    assert lat.n_sublattices == 3                          # Sr–O, Ti, O
+    lat = mm.analyze_lattice(
+        found.positions,
+        image=-image,
+        pixel_size=pixel_nm,
+        position_std=found.features["position_std"].to_numpy(),
+    )
+    assert lat.n_sublattices == 3  # Sr–O, Ti, O
     share = np.bincount(lat.sublattice) / len(lat.sublattice)
     assert share.min() > 0.25, share
     # sublattice 0 is the darkest in the ABF image
-    means = [image[tuple(np.round(found.positions[lat.sublattice == s]).astype(int).T)].mean()
-             for s in range(3)]
+    means = [
+        image[tuple(np.round(found.positions[lat.sublattice == s]).astype(int).T)].mean()
+        for s in range(3)
+    ]
     assert means[0] == min(means)
     L = lat.lattice
-    assert L["b_pm"] == pytest.approx(A_SRTIO3_PM, rel=CALIBRATION)                # along [001]
-    assert L["a_pm"] * np.sqrt(2) == pytest.approx(A_SRTIO3_PM, rel=CALIBRATION)   # along [1-10]
+    assert L["b_pm"] == pytest.approx(A_SRTIO3_PM, rel=CALIBRATION)  # along [001]
+    assert L["a_pm"] * np.sqrt(2) == pytest.approx(A_SRTIO3_PM, rel=CALIBRATION)  # along [1-10]
     assert L["gamma_deg"] == pytest.approx(90, abs=0.5)
     # the 3×3 fit's noise here (median std 0.25–0.36 %) is above the 0.3 % bound: auto takes 5×5
     assert lat.parameters["shells"] == 2 and lat.parameters["shells_requested"] == "auto"
     # an unstrained crystal: with 3×3 fits, the mean strain of each quadrant is within one
     # column's std of 0 (the 5×5 std is ~2.3× smaller and the scan distortion, ≤ 0.16 %, shows)
-    lat = mm.analyze_lattice(found.positions, image=-image, pixel_size=pixel_nm, shells=1,
-                             position_std=found.features["position_std"].to_numpy())
+    lat = mm.analyze_lattice(
+        found.positions,
+        image=-image,
+        pixel_size=pixel_nm,
+        shells=1,
+        position_std=found.features["position_std"].to_numpy(),
+    )
     ok = np.isfinite(lat.strain).all(axis=1)
     assert ok.mean() > 0.95
     std = np.median(lat.strain_std[ok], axis=0)

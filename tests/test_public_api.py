@@ -4,6 +4,7 @@ Every name in ``napari_microml._API`` shows its parameters to ``help()``, IDEs a
 ``**kwargs``), and every tool's result records which tool and version made it. Tiny synthetic
 inputs keep the file fast.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -42,19 +43,84 @@ def test_no_hidden_keyword_arguments(name):
     assert not hidden, f"{name} hides its parameters behind **{hidden[0]}"
 
 
-@pytest.mark.parametrize("name, expected", [
-    ("find_atoms", ["model", "threshold", "refine", "device", "pixel_size", "contrast",
-                    "min_distance", "tile", "rescale", "input_name"]),
-    ("segment_defects", ["model", "threshold", "pixel_size", "atoms", "contrast", "device",
-                         "tile", "min_area", "tta", "column_check", "lattice_check", "rescale",
-                         "input_name"]),
-    ("fit_shift_vae", ["axis", "latent_dim", "epochs", "shift_prior", "model", "normalize",
-                       "channel_range", "despike", "seed", "device", "batch_size", "learning_rate",
-                       "noise_scale", "warmup", "hidden"]),
-    ("run_campaign", ["budget", "n_initial", "acquisition", "batch_size", "seed", "scalarizer",
-                      "callback", "learner", "patch_size", "maximize", "features", "n_models",
-                      "init_iters", "warm_iters", "lr"]),
-])
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        (
+            "find_atoms",
+            [
+                "model",
+                "threshold",
+                "refine",
+                "device",
+                "pixel_size",
+                "contrast",
+                "min_distance",
+                "tile",
+                "rescale",
+                "input_name",
+            ],
+        ),
+        (
+            "segment_defects",
+            [
+                "model",
+                "threshold",
+                "pixel_size",
+                "atoms",
+                "contrast",
+                "device",
+                "tile",
+                "min_area",
+                "tta",
+                "column_check",
+                "lattice_check",
+                "rescale",
+                "input_name",
+            ],
+        ),
+        (
+            "fit_shift_vae",
+            [
+                "axis",
+                "latent_dim",
+                "epochs",
+                "shift_prior",
+                "model",
+                "normalize",
+                "channel_range",
+                "despike",
+                "seed",
+                "device",
+                "batch_size",
+                "learning_rate",
+                "noise_scale",
+                "warmup",
+                "hidden",
+            ],
+        ),
+        (
+            "run_campaign",
+            [
+                "budget",
+                "n_initial",
+                "acquisition",
+                "batch_size",
+                "seed",
+                "scalarizer",
+                "callback",
+                "learner",
+                "patch_size",
+                "maximize",
+                "features",
+                "n_models",
+                "init_iters",
+                "warm_iters",
+                "lr",
+            ],
+        ),
+    ],
+)
 def test_help_lists_every_parameter(name, expected):
     func = getattr(mm, name)
     params = inspect.signature(func).parameters
@@ -99,7 +165,7 @@ def lattice():
     yy, xx = np.mgrid[0:64, 0:64]
     img = np.zeros((64, 64))
     for r, c in pos:
-        img += np.exp(-((yy - r) ** 2 + (xx - c) ** 2) / (2 * 1.5 ** 2))
+        img += np.exp(-((yy - r) ** 2 + (xx - c) ** 2) / (2 * 1.5**2))
     return img + 0.02 * rng.standard_normal(img.shape), pos
 
 
@@ -118,8 +184,18 @@ def _run(tool, lattice):
         spectra = np.random.default_rng(2).random((16, 12))
         return mm.fit_shift_vae(spectra, epochs=1, hidden=8, device="cpu")
     if tool == "run_campaign":
-        return mm.run_campaign(img[:12, :12], img[:12, :12], budget=4, n_initial=3, patch_size=4,
-                               n_models=1, device="cpu", init_iters=3, warm_iters=1, seed=5)
+        return mm.run_campaign(
+            img[:12, :12],
+            img[:12, :12],
+            budget=4,
+            n_initial=3,
+            patch_size=4,
+            n_models=1,
+            device="cpu",
+            init_iters=3,
+            warm_iters=1,
+            seed=5,
+        )
     if tool == "analyze_lattice":
         return mm.analyze_lattice(pos, image=img)
     if tool == "count_atoms":
@@ -127,8 +203,16 @@ def _run(tool, lattice):
     raise AssertionError(tool)
 
 
-TOOLS = ["find_atoms", "segment_defects", "classify_environments", "complete_scan", "fit_shift_vae",
-         "run_campaign", "analyze_lattice", "count_atoms"]
+TOOLS = [
+    "find_atoms",
+    "segment_defects",
+    "classify_environments",
+    "complete_scan",
+    "fit_shift_vae",
+    "run_campaign",
+    "analyze_lattice",
+    "count_atoms",
+]
 
 
 @pytest.mark.parametrize("tool", TOOLS)

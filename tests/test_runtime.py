@@ -56,19 +56,32 @@ def test_tiling_blends_position_dependent_output():
 def test_provenance_fields(tmp_path):
     f = tmp_path / "x.bin"
     f.write_bytes(b"abc")
-    rec = make_provenance("atom_finder", parameters={"t": np.float32(0.5), "s": (1, 2)},
-                          model={"name": "m", "sha256": "00"}, device="cpu", seed=3, input_name="img",
-                          input_file=f)
+    rec = make_provenance(
+        "atom_finder",
+        parameters={"t": np.float32(0.5), "s": (1, 2)},
+        model={"name": "m", "sha256": "00"},
+        device="cpu",
+        seed=3,
+        input_name="img",
+        input_file=f,
+    )
     json.dumps(rec)
     assert rec["tool"] == "atom_finder" and rec["seed"] == 3 and rec["input_layer"] == "img"
     assert rec["input_sha256"] == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
     assert rec["version"]
 
 
-@pytest.mark.parametrize("bad, match", [
-    (np.zeros((20, 20, 3)), "RGB"), (np.zeros((1, 1)), "only 1×1"), (np.full((20, 20), np.nan), "no valid"),
-    (np.zeros((0, 20, 20)), "empty"), (np.zeros((2, 2, 20, 20)), "4 dimensions"), (np.array(["a"]), "numbers"),
-])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (np.zeros((20, 20, 3)), "RGB"),
+        (np.zeros((1, 1)), "only 1×1"),
+        (np.full((20, 20), np.nan), "no valid"),
+        (np.zeros((0, 20, 20)), "empty"),
+        (np.zeros((2, 2, 20, 20)), "4 dimensions"),
+        (np.array(["a"]), "numbers"),
+    ],
+)
 def test_bad_images_raise_clear_errors(bad, match):
     with pytest.raises(ValueError, match=match):
         as_image_stack(bad)
@@ -83,7 +96,9 @@ def test_registry_rejects_tampered_weights(tmp_path, monkeypatch):
     monkeypatch.setattr(registry, "WEIGHTS_DIR", tmp_path)
     shutil.copy(registry.MANIFEST, tmp_path / "manifest.json")
     monkeypatch.setattr(registry, "MANIFEST", tmp_path / "manifest.json")
-    data = bytearray((registry.Path(registry.__file__).parent / "weights" / entry["file"]).read_bytes())
+    data = bytearray(
+        (registry.Path(registry.__file__).parent / "weights" / entry["file"]).read_bytes()
+    )
     data[-10] ^= 0xFF
     (tmp_path / entry["file"]).write_bytes(bytes(data))
     with pytest.raises(registry.ModelIntegrityError, match="sha256"):
@@ -99,13 +114,18 @@ def test_unknown_model_is_a_clear_error():
 
 def test_npe2_manifest_validates():
     npe2 = shutil.which("npe2", path=str(__import__("pathlib").Path(sys.executable).parent))
-    res = subprocess.run([npe2 or "npe2", "validate", "napari-microml"], capture_output=True, text=True)
+    res = subprocess.run(
+        [npe2 or "npe2", "validate", "napari-microml"], capture_output=True, text=True
+    )
     assert res.returncode == 0, res.stdout + res.stderr
 
 
 def test_public_api_is_lazy():
-    res = subprocess.run([sys.executable, "-c", "import sys, napari_microml; print('torch' in sys.modules)"],
-                         capture_output=True, text=True)
+    res = subprocess.run(
+        [sys.executable, "-c", "import sys, napari_microml; print('torch' in sys.modules)"],
+        capture_output=True,
+        text=True,
+    )
     assert res.stdout.strip() == "False"
 
 
@@ -138,17 +158,20 @@ def test_true_false_images_are_refused():
         as_image_stack(np.ones((20, 20), bool))
 
 
-@pytest.mark.parametrize("value, kwargs, error, words", [
-    ("0.5", {}, TypeError, "threshold must be a number, not the text '0.5'"),
-    (True, {}, TypeError, "must be a number, not True"),
-    (None, {}, TypeError, "must be a number"),
-    (float("nan"), {}, ValueError, "must be a finite number"),
-    (1e309, {}, ValueError, "must be a finite number"),
-    (1.5, {"integer": True}, ValueError, "must be a whole number"),
-    (0, {"low": 1}, ValueError, "must be at least 1"),
-    (0, {"low": 0, "low_open": True}, ValueError, "must be greater than 0"),
-    (2, {"low": 0, "high": 1}, ValueError, "must be between 0 and 1"),
-])
+@pytest.mark.parametrize(
+    "value, kwargs, error, words",
+    [
+        ("0.5", {}, TypeError, "threshold must be a number, not the text '0.5'"),
+        (True, {}, TypeError, "must be a number, not True"),
+        (None, {}, TypeError, "must be a number"),
+        (float("nan"), {}, ValueError, "must be a finite number"),
+        (1e309, {}, ValueError, "must be a finite number"),
+        (1.5, {"integer": True}, ValueError, "must be a whole number"),
+        (0, {"low": 1}, ValueError, "must be at least 1"),
+        (0, {"low": 0, "low_open": True}, ValueError, "must be greater than 0"),
+        (2, {"low": 0, "high": 1}, ValueError, "must be between 0 and 1"),
+    ],
+)
 def test_numbers_are_checked_with_a_sentence(value, kwargs, error, words):
     from napari_microml.runtime.validate import check_number
 
@@ -165,16 +188,19 @@ def test_numbers_pass_through_as_numbers():
     assert check_number(None, "t", none_ok=True) is None
 
 
-@pytest.mark.parametrize("positions, kwargs, words", [
-    ([[-50, -50]], {}, "outside the 20×30 px image"),
-    ([[10, 30.6]], {}, "outside"),
-    (np.full((4, 3), 5.0), {"frame_column": False}, r"\(N, 2\) array"),
-    (np.full((4, 3), 5.0), {}, "frame indices run 5…5"),
-    (np.arange(6.0), {}, r"\(N, 2\)"),
-    ([[1, np.nan]], {}, "NaN"),
-    ([[0.5, 1, 1]], {}, "whole frame numbers"),
-    ([[1, 1]], {"is_stack": True, "n_frames": 2}, "frame column"),
-])
+@pytest.mark.parametrize(
+    "positions, kwargs, words",
+    [
+        ([[-50, -50]], {}, "outside the 20×30 px image"),
+        ([[10, 30.6]], {}, "outside"),
+        (np.full((4, 3), 5.0), {"frame_column": False}, r"\(N, 2\) array"),
+        (np.full((4, 3), 5.0), {}, "frame indices run 5…5"),
+        (np.arange(6.0), {}, r"\(N, 2\)"),
+        ([[1, np.nan]], {}, "NaN"),
+        ([[0.5, 1, 1]], {}, "whole frame numbers"),
+        ([[1, 1]], {"is_stack": True, "n_frames": 2}, "frame column"),
+    ],
+)
 def test_positions_are_checked_against_the_image(positions, kwargs, words):
     from napari_microml.runtime.validate import check_positions
 
@@ -196,7 +222,9 @@ def test_positions_on_the_image_are_kept():
 def _shipped_atoms():
     from napari_microml.nets import registry
 
-    name, entry = next(iter((k, v) for k, v in registry.read_manifest().items() if v["task"] == "atoms"))
+    name, entry = next(
+        iter((k, v) for k, v in registry.read_manifest().items() if v["task"] == "atoms")
+    )
     return registry, name, registry.WEIGHTS_DIR / entry["file"]
 
 
@@ -219,18 +247,24 @@ def _broken(tmp_path, monkeypatch, registry, manifest: str | None):
         (tmp_path / "manifest.json").write_text(manifest)
 
 
-@pytest.mark.parametrize("case, words", [
-    ("missing manifest", "model list .* is missing"),
-    ("corrupt manifest", "model list .* is damaged"),
-    ("manifest not a table", "model list .* is damaged"),
-    ("missing weights", "weights file .* is missing"),
-    ("truncated weights", "damaged or was replaced"),
-])
+@pytest.mark.parametrize(
+    "case, words",
+    [
+        ("missing manifest", "model list .* is missing"),
+        ("corrupt manifest", "model list .* is damaged"),
+        ("manifest not a table", "model list .* is damaged"),
+        ("missing weights", "weights file .* is missing"),
+        ("truncated weights", "damaged or was replaced"),
+    ],
+)
 def test_broken_install_gives_one_clear_sentence(tmp_path, monkeypatch, case, words):
     registry, name, shipped = _shipped_atoms()
     text = registry.MANIFEST.read_text()
-    manifest = {"missing manifest": None, "corrupt manifest": text[: len(text) // 2],
-                "manifest not a table": "[1, 2]"}.get(case, text)
+    manifest = {
+        "missing manifest": None,
+        "corrupt manifest": text[: len(text) // 2],
+        "manifest not a table": "[1, 2]",
+    }.get(case, text)
     _broken(tmp_path, monkeypatch, registry, manifest)
     if case == "truncated weights":
         data = shipped.read_bytes()

@@ -1,23 +1,35 @@
 """Lattice-period estimate and the resampling that brings it into the trained range."""
+
 import numpy as np
 import pytest
 
 from napari_microml.runtime.noise import noise_fraction
-from napari_microml.runtime.spacing import (NOISY, Spacing, auto_zoom, estimate_spacing, resample, to_original,
-                                          zoom_for)
+from napari_microml.runtime.spacing import (
+    NOISY,
+    Spacing,
+    auto_zoom,
+    estimate_spacing,
+    resample,
+    to_original,
+    zoom_for,
+)
 from napari_microml.synth.lattice import simulate_lattice
 
 
 @pytest.mark.parametrize("spacing", [4.0, 11.0, 27.0, 55.0])
 def test_triangular_period_is_the_column_spacing(spacing):
-    s = simulate_lattice((384, 384), scene="crystal", lattice="triangular", spacing=spacing, dose=300, seed=2)
+    s = simulate_lattice(
+        (384, 384), scene="crystal", lattice="triangular", spacing=spacing, dose=300, seed=2
+    )
     est = estimate_spacing(s.image)
     assert est.periodic, est
     assert est.period == pytest.approx(spacing, rel=0.08)
 
 
 def test_honeycomb_period_is_within_the_documented_factor():
-    s = simulate_lattice((256, 256), scene="crystal", lattice="honeycomb", spacing=9.0, dose=500, seed=4)
+    s = simulate_lattice(
+        (256, 256), scene="crystal", lattice="honeycomb", spacing=9.0, dose=500, seed=4
+    )
     est = estimate_spacing(s.image)
     assert est.periodic and 0.85 * 9 <= est.period <= 1.8 * 9
 
@@ -36,12 +48,16 @@ def test_frames_of_pure_shot_noise_have_no_period(seed):
     its autocorrelation peaks do not stand out of their own noise."""
     rng = np.random.default_rng(seed)
     lam = (0.5, 2.0, 10.0, 100.0, 1000.0, None)[seed]
-    frame = rng.normal(size=(256, 256)) if lam is None else rng.poisson(lam, (256, 256)).astype(float)
+    frame = (
+        rng.normal(size=(256, 256)) if lam is None else rng.poisson(lam, (256, 256)).astype(float)
+    )
     assert estimate_spacing(frame) == Spacing(None, 0.0)
 
 
 def test_a_fine_noisy_lattice_keeps_its_period():
-    s = simulate_lattice((256, 256), scene="crystal", lattice="square", spacing=3.0, dose=20, seed=5)
+    s = simulate_lattice(
+        (256, 256), scene="crystal", lattice="square", spacing=3.0, dose=20, seed=5
+    )
     est = estimate_spacing(s.image)
     assert est.periodic and est.period == pytest.approx(3.0, rel=0.1)
 
@@ -55,10 +71,14 @@ def test_auto_zoom_only_outside_the_range():
 
 
 def test_always_brings_any_lattice_to_the_target_period_and_leaves_the_rest():
-    s = simulate_lattice((256, 256), scene="crystal", lattice="square", spacing=24.0, dose=300, seed=9)
+    s = simulate_lattice(
+        (256, 256), scene="crystal", lattice="square", spacing=24.0, dose=300, seed=9
+    )
     assert zoom_for(s.image, "auto")[0] == 1.0  # 24 px is inside the trained range
     zoom, period = zoom_for(s.image, "always")
-    assert period == pytest.approx(24.0, rel=0.08) and zoom == pytest.approx(14.0 / period, rel=1e-3)
+    assert period == pytest.approx(24.0, rel=0.08) and zoom == pytest.approx(
+        14.0 / period, rel=1e-3
+    )
     atoms = simulate_lattice((256, 256), scene="single_atoms", spacing=12, dose=300, seed=1)
     assert zoom_for(atoms.image, "always") == (1.0, None)  # no lattice: never resampled
     with pytest.raises(ValueError, match="'always'"):
@@ -66,11 +86,17 @@ def test_always_brings_any_lattice_to_the_target_period_and_leaves_the_rest():
 
 
 def test_noisy_high_resamples_only_noisy_lattices_above_it():
-    noisy = simulate_lattice((320, 320), scene="crystal", lattice="square", spacing=28.0, dose=10, seed=9)
-    exposed = simulate_lattice((320, 320), scene="crystal", lattice="square", spacing=28.0, dose=2000, seed=9)
+    noisy = simulate_lattice(
+        (320, 320), scene="crystal", lattice="square", spacing=28.0, dose=10, seed=9
+    )
+    exposed = simulate_lattice(
+        (320, 320), scene="crystal", lattice="square", spacing=28.0, dose=2000, seed=9
+    )
     assert noise_fraction(noisy.image) > NOISY > 0.05 > noise_fraction(exposed.image)
     zoom, period = zoom_for(noisy.image, "auto", noisy_high=22.0)
-    assert period == pytest.approx(28.0, rel=0.08) and zoom == pytest.approx(14.0 / period, rel=1e-3)
+    assert period == pytest.approx(28.0, rel=0.08) and zoom == pytest.approx(
+        14.0 / period, rel=1e-3
+    )
     assert zoom_for(noisy.image, "auto", noisy_high=30.0)[0] == 1.0  # period below the bound
     assert zoom_for(noisy.image, "auto")[0] == 1.0  # without the option: the trained range only
     assert zoom_for(exposed.image, "auto", noisy_high=22.0)[0] == 1.0

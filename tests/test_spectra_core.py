@@ -1,11 +1,11 @@
 """Shift-VAE core: recovers known shifts, reproducible, clear errors, real LSMO data."""
+
 import numpy as np
 import pytest
 
 from napari_microml.spectra.preprocess import cross_correlation_shift, despike
 from napari_microml.spectra.shift_vae import fit_shift_vae, fit_shift_vae_iter
 from napari_microml.synth.spectra import gaussian_peaks, simulate_spectrum_image
-
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -31,8 +31,9 @@ def test_spectrum_image_maps_and_sign_with_decreasing_axis():
     assert r.reconstruction.shape == cube.shape
     assert np.corrcoef(r.shift.ravel(), true_shift.ravel())[0, 1] > 0.9
     # reversing the axis and the channels describes the same physics: same signed shift
-    r2 = fit_shift_vae(cube[..., ::-1], axis=axis[::-1], epochs=40, shift_prior=1.0, seed=0,
-                       device="cpu")
+    r2 = fit_shift_vae(
+        cube[..., ::-1], axis=axis[::-1], epochs=40, shift_prior=1.0, seed=0, device="cpu"
+    )
     assert np.corrcoef(r2.shift.ravel(), true_shift.ravel())[0, 1] > 0.9
 
 
@@ -58,15 +59,18 @@ def test_plain_vae_and_traversal():
     assert s.traverse(1, n=3)[1].shape == (3, 24)
 
 
-@pytest.mark.parametrize("bad, kwargs, words", [
-    (np.zeros((10, 1)), {}, "only 1 channel"),
-    (np.zeros(10), {}, "dimensions"),
-    (np.zeros((2, 3, 4, 5)), {}, "dimensions"),
-    (np.vstack([np.ones((3, 8)), np.full((1, 8), np.nan)]), {}, "NaN"),
-    (np.ones((5, 8)), {"axis": np.arange(7)}, "must match"),
-    (np.ones((5, 8)), {"model": "wavelet"}, "Unknown model"),
-    (np.ones((5, 8)), {"channel_range": (3, 4)}, "at least 2"),
-])
+@pytest.mark.parametrize(
+    "bad, kwargs, words",
+    [
+        (np.zeros((10, 1)), {}, "only 1 channel"),
+        (np.zeros(10), {}, "dimensions"),
+        (np.zeros((2, 3, 4, 5)), {}, "dimensions"),
+        (np.vstack([np.ones((3, 8)), np.full((1, 8), np.nan)]), {}, "NaN"),
+        (np.ones((5, 8)), {"axis": np.arange(7)}, "must match"),
+        (np.ones((5, 8)), {"model": "wavelet"}, "Unknown model"),
+        (np.ones((5, 8)), {"channel_range": (3, 4)}, "at least 2"),
+    ],
+)
 def test_bad_input_raises_clear_error(bad, kwargs, words):
     with pytest.raises(ValueError, match=words):
         fit_shift_vae(bad, epochs=1, device="cpu", **kwargs)
@@ -101,6 +105,7 @@ def test_lsmo_zero_loss_shift_matches_gaussian_centroid(shared_data):
     e = float(ax["offset"]) + float(ax["scale"]) * np.arange(X.shape[-1])
     centres = _zlp_centres(X, e)
     k = int(np.argmax(X.mean(0)))
-    r = fit_shift_vae(X, axis=e, channel_range=(k - 16, k + 19), shift_prior=1.0,
-                      seed=0, device="cpu")
+    r = fit_shift_vae(
+        X, axis=e, channel_range=(k - 16, k + 19), shift_prior=1.0, seed=0, device="cpu"
+    )
     assert np.corrcoef(r.shift, centres)[0, 1] >= 0.9

@@ -1,4 +1,5 @@
 """Shift-VAE dock widget driven in a real napari viewer (run under Xvfb)."""
+
 import numpy as np
 import pytest
 
@@ -14,10 +15,16 @@ def _viewer_with_cube(make_napari_viewer, shape=(10, 12), n_channels=48):
     cube, axis, true_shift = simulate_spectrum_image(shape, n_channels=n_channels, seed=0)
     step = float(axis[1] - axis[0])
     layer = viewer.add_image(
-        cube, name="SI", scale=(2.0, 2.0, step), translate=(5.0, 7.0, float(axis[0])),
+        cube,
+        name="SI",
+        scale=(2.0, 2.0, step),
+        translate=(5.0, 7.0, float(axis[0])),
         units=("nm", "nm", "eV"),
-        metadata={"napari_microml": {"spectral_axis": {"scale": step, "offset": float(axis[0]),
-                                                       "units": "eV"}}},
+        metadata={
+            "napari_microml": {
+                "spectral_axis": {"scale": step, "offset": float(axis[0]), "units": "eV"}
+            }
+        },
     )
     widget = ShiftVAEWidget(viewer)
     viewer.window.add_dock_widget(widget)
@@ -109,9 +116,17 @@ def test_widget_line_scan_layer(make_napari_viewer, qtbot):
     y, x, _ = gaussian_peaks(30, 40, seed=0)
     step = float(x[1] - x[0])
     layer = viewer.add_image(
-        y, name="line", scale=(0.5, step), translate=(1.0, float(x[0])), units=("nm", "eV"),
-        metadata={"napari_microml": {"spectral_axis": {"scale": step, "offset": float(x[0]),
-                                                       "units": "eV"}}})
+        y,
+        name="line",
+        scale=(0.5, step),
+        translate=(1.0, float(x[0])),
+        units=("nm", "eV"),
+        metadata={
+            "napari_microml": {
+                "spectral_axis": {"scale": step, "offset": float(x[0]), "units": "eV"}
+            }
+        },
+    )
     widget = ShiftVAEWidget(viewer)
     widget.layer_choice.value = layer
     widget.epochs.value = 3

@@ -26,13 +26,29 @@ def test_classmap_and_objects_agree(seed):
 
 
 def test_truth_matches_the_planted_lattice():
-    s = simulate_defects((160, 160), seed=11, dose=np.inf, scene="crystal", lattice="square", spacing=10,
-                         contrast="bright")
-    lat = simulate_lattice((160, 160), scene="crystal", lattice="square", spacing=10, rotation=s.params["rotation"],
-                           dose=np.inf, seed=11)
+    s = simulate_defects(
+        (160, 160),
+        seed=11,
+        dose=np.inf,
+        scene="crystal",
+        lattice="square",
+        spacing=10,
+        contrast="bright",
+    )
+    lat = simulate_lattice(
+        (160, 160),
+        scene="crystal",
+        lattice="square",
+        spacing=10,
+        rotation=s.params["rotation"],
+        dose=np.inf,
+        seed=11,
+    )
     np.testing.assert_allclose(s.positions, lat.positions)
     vac = s.objects[s.objects["class"] == "vacancy"][["row", "col"]].to_numpy()
-    inside = ~s.extended[np.rint(lat.vacancies[:, 0]).astype(int), np.rint(lat.vacancies[:, 1]).astype(int)]
+    inside = ~s.extended[
+        np.rint(lat.vacancies[:, 0]).astype(int), np.rint(lat.vacancies[:, 1]).astype(int)
+    ]
     np.testing.assert_allclose(np.sort(vac, 0), np.sort(lat.vacancies[inside], 0))
     bright = s.objects[s.objects["class"] == "dopant_bright"][["row", "col"]].to_numpy()
     planted = lat.positions[lat.kinds == DOPANT_BRIGHT]
@@ -45,8 +61,16 @@ def test_truth_matches_the_planted_lattice():
 
 def test_grain_boundary_band_sits_between_the_two_grains():
     spacing = 9.0
-    s = simulate_defects((192, 192), seed=4, dose=np.inf, scene="interface", lattice="square", spacing=spacing,
-                         distort=False, contrast="bright")
+    s = simulate_defects(
+        (192, 192),
+        seed=4,
+        dose=np.inf,
+        scene="interface",
+        lattice="square",
+        spacing=spacing,
+        distort=False,
+        contrast="bright",
+    )
     band = _boundary_band((192, 192), 4, 0.75 * spacing)
     assert (s.classmap == class_id("extended"))[band].all()
     # columns far from the band on one side form the first crystal: nearest-neighbour distance = spacing
@@ -56,7 +80,9 @@ def test_grain_boundary_band_sits_between_the_two_grains():
     from scipy import ndimage as ndi
 
     sides, _ = ndi.label(~wide)
-    side = sides[np.rint(away[:, 0]).astype(int).clip(0, 191), np.rint(away[:, 1]).astype(int).clip(0, 191)]
+    side = sides[
+        np.rint(away[:, 0]).astype(int).clip(0, 191), np.rint(away[:, 1]).astype(int).clip(0, 191)
+    ]
     good = []
     for k in np.unique(side[side > 0]):
         pts = away[side == k]
@@ -74,7 +100,9 @@ def test_dark_contrast_and_determinism():
     assert a.params["contrast"] == "dark"
     ip = np.rint(a.positions).astype(int)
     assert np.median(a.clean[ip[:, 0], ip[:, 1]]) < np.median(a.clean)  # columns are dark dips
-    c = simulate_defects((96, 96), seed=5, dose=200, contrast="bright", lattice="square", spacing=10)
+    c = simulate_defects(
+        (96, 96), seed=5, dose=200, contrast="bright", lattice="square", spacing=10
+    )
     ip = np.rint(c.positions).astype(int)
     assert np.median(c.clean[ip[:, 0], ip[:, 1]]) > np.median(c.clean)
     np.testing.assert_array_equal(a.classmap, c.classmap)  # same truth in either contrast
@@ -96,8 +124,15 @@ def test_column_contrast_separates_dopants_from_their_own_sublattice(lattice):
 
     got = {HOST: [], DOPANT_BRIGHT: [], DOPANT_DIM: []}
     for seed in range(21, 25):
-        s = simulate_defects((160, 160), seed=seed, dose=np.inf, scene="crystal", lattice=lattice, spacing=10,
-                             contrast="bright")
+        s = simulate_defects(
+            (160, 160),
+            seed=seed,
+            dose=np.inf,
+            scene="crystal",
+            lattice=lattice,
+            spacing=10,
+            contrast="bright",
+        )
         assert s.amplitude.shape == (len(s.positions),)
         c, sigma = column_contrast(s.positions, s.kinds, s.amplitude)
         assert 0 < sigma < 0.2

@@ -6,8 +6,16 @@ from napari_microml.synth.lattice import EXTRA_LATTICES, HOST, LATTICES, SCENES,
 
 @pytest.mark.parametrize("lattice", LATTICES)
 def test_every_lattice_puts_intensity_at_the_truth(lattice):
-    s = simulate_lattice((128, 128), scene="crystal", lattice=lattice, spacing=12, dose=np.inf,
-                         defects=False, distort=False, seed=1)
+    s = simulate_lattice(
+        (128, 128),
+        scene="crystal",
+        lattice=lattice,
+        spacing=12,
+        dose=np.inf,
+        defects=False,
+        distort=False,
+        seed=1,
+    )
     assert len(s.positions) > 20 and (s.kinds == HOST).all()
     ip = np.rint(s.positions).astype(int)
     on = s.clean[ip[:, 0], ip[:, 1]]
@@ -20,11 +28,22 @@ def test_dichalcogenide_is_a_honeycomb_of_two_unequal_sublattices(seed):
     from scipy.sparse.csgraph import breadth_first_order
     from scipy.spatial import cKDTree
 
-    s = simulate_lattice((160, 160), scene="crystal", lattice="dichalcogenide", spacing=12, dose=np.inf,
-                         defects=False, distort=False, rotation=0.3, seed=seed)
+    s = simulate_lattice(
+        (160, 160),
+        scene="crystal",
+        lattice="dichalcogenide",
+        spacing=12,
+        dose=np.inf,
+        defects=False,
+        distort=False,
+        rotation=0.3,
+        seed=seed,
+    )
     pairs = cKDTree(s.positions).query_pairs(12 * 1.2, output_type="ndarray")
     d = np.linalg.norm(s.positions[pairs[:, 0]] - s.positions[pairs[:, 1]], axis=1)
-    np.testing.assert_allclose(d, 12, atol=0.05)  # nearest neighbours only: a honeycomb, not a triangle
+    np.testing.assert_allclose(
+        d, 12, atol=0.05
+    )  # nearest neighbours only: a honeycomb, not a triangle
     n = len(s.positions)
     graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(n, n)).tocsr()
     order, pred = breadth_first_order(graph, 0, directed=False)
@@ -48,7 +67,9 @@ def test_dichalcogenide_contrast_spans_light_to_heavy_chalcogens():
 
 def test_extra_lattices_are_never_drawn_at_random():
     assert "dichalcogenide" in EXTRA_LATTICES and not set(EXTRA_LATTICES) & set(LATTICES)
-    drawn = {simulate_lattice((32, 32), scene="crystal", seed=k).params["lattice"] for k in range(60)}
+    drawn = {
+        simulate_lattice((32, 32), scene="crystal", seed=k).params["lattice"] for k in range(60)
+    }
     assert drawn <= set(LATTICES) and len(drawn) == len(LATTICES)
     with pytest.raises(ValueError, match="dichalcogenide"):
         simulate_lattice((32, 32), scene="crystal", lattice="hexagonal", seed=0)
@@ -86,4 +107,7 @@ def test_training_option_weights_parse():
     from napari_microml.training.common import parse_weights
 
     assert parse_weights("") is None
-    assert parse_weights("dichalcogenide=1.5, perovskite=3") == {"dichalcogenide": 1.5, "perovskite": 3.0}
+    assert parse_weights("dichalcogenide=1.5, perovskite=3") == {
+        "dichalcogenide": 1.5,
+        "perovskite": 3.0,
+    }

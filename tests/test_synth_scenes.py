@@ -26,10 +26,16 @@ def test_vacuum_zero_leaves_the_scene_unchanged(kind):
 def test_vacuum_region_is_flat_and_at_the_floor_or_ceiling():
     with_vac, without = [], []
     for seed in range(6):
-        with_vac.append(_flat_fraction_and_level(simulate_scene((128, 128), kind="lattice", dose=np.inf,
-                                                                seed=seed, vacuum=1.0)[1]))
-        without.append(_flat_fraction_and_level(simulate_scene((128, 128), kind="lattice", dose=np.inf,
-                                                               seed=seed)[1])[0])
+        with_vac.append(
+            _flat_fraction_and_level(
+                simulate_scene((128, 128), kind="lattice", dose=np.inf, seed=seed, vacuum=1.0)[1]
+            )
+        )
+        without.append(
+            _flat_fraction_and_level(
+                simulate_scene((128, 128), kind="lattice", dose=np.inf, seed=seed)[1]
+            )[0]
+        )
     frac = np.array([f for f, _ in with_vac])
     levels = np.array([lv for _, lv in with_vac])
     assert (frac > np.array(without) + 0.05).all()  # every scene got a vacuum region of real size

@@ -3,6 +3,7 @@
 The public API is imported lazily so that ``import napari_microml`` (and napari's
 plugin discovery) stays fast and does not load torch.
 """
+
 from __future__ import annotations
 
 import importlib

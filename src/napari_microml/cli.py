@@ -49,6 +49,7 @@ Exit codes
          gave none (it failed under --keep-going, or no atomic column was found in it)
     130  interrupted (Ctrl-C or SIGTERM): nothing of the run is left in --out
 """
+
 from __future__ import annotations
 
 import os
@@ -59,7 +60,9 @@ from pathlib import Path
 # Ctrl-C while the modules below load (numpy, then torch) exits quietly instead of printing an
 # import traceback; main() takes over with its own handler once it runs.
 _CONSOLE = __name__ == "__main__" or Path((getattr(sys, "argv", None) or [""])[0]).name in (
-    "microml", "microml.exe")
+    "microml",
+    "microml.exe",
+)
 
 
 def _exit_interrupted(signum=None, frame=None):
@@ -81,14 +84,18 @@ import json  # noqa: E402
 import shutil  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
-from typing import Any, Callable  # noqa: E402
+from typing import Any
 
 import numpy as np  # noqa: E402
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PARTIAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
-EXIT_CODES = (__doc__[__doc__.index("Exit codes"):].replace("----------\n::\n\n", "") if __doc__
-              else "Exit codes: 0 success, 1 tool failed, 2 bad input or usage, 3 partial, 130 interrupted")
+EXIT_CODES = (
+    __doc__[__doc__.index("Exit codes") :].replace("----------\n::\n\n", "")
+    if __doc__
+    else "Exit codes: 0 success, 1 tool failed, 2 bad input or usage, 3 partial, 130 interrupted"
+)
 STAGING_PREFIX = ".microml-partial-"
 CONTRASTS = ("auto", "bright", "dark")
 
@@ -104,24 +111,37 @@ class ToolError(RuntimeError):
 # --------------------------------------------------------------------------- adapters
 # Each adapter takes one item (a 2D frame, a {values, mask} scan, or an (N, L) spectra block)
 # and returns a dict of plain numpy / pandas results, so it pickles to dask.distributed workers.
-def _atoms(frame: np.ndarray, device: str = "auto", model: str = "default", rescale: str = "auto",
-           contrast: str = "auto") -> dict:
+def _atoms(
+    frame: np.ndarray,
+    device: str = "auto",
+    model: str = "default",
+    rescale: str = "auto",
+    contrast: str = "auto",
+) -> dict:
     import napari_microml as mm
 
     kwargs = {} if contrast == "auto" else {"contrast": contrast}  # 'auto' is find_atoms' default
     r = mm.find_atoms(frame, device=device, model=model, rescale=rescale, **kwargs)
-    return {"positions": np.asarray(r.positions, float).reshape(-1, 2),
-            "features": _frame_table(r.features),
-            "provenance": getattr(r, "provenance", None)}
+    return {
+        "positions": np.asarray(r.positions, float).reshape(-1, 2),
+        "features": _frame_table(r.features),
+        "provenance": getattr(r, "provenance", None),
+    }
 
 
-def _defects(frame: np.ndarray, device: str = "auto", model: str = "auto", rescale: str = "auto") -> dict:
+def _defects(
+    frame: np.ndarray, device: str = "auto", model: str = "auto", rescale: str = "auto"
+) -> dict:
     import napari_microml as mm
 
     d = mm.segment_defects(frame, device=device, model=model, rescale=rescale)
-    return {"labels": np.asarray(d.labels, np.int32), "table": _frame_table(d.table),
-            "counts": d.counts(), "area_nm2": d.image_area_nm2,
-            "provenance": getattr(d, "provenance", None)}
+    return {
+        "labels": np.asarray(d.labels, np.int32),
+        "table": _frame_table(d.table),
+        "counts": d.counts(),
+        "area_nm2": d.image_area_nm2,
+        "provenance": getattr(d, "provenance", None),
+    }
 
 
 def _complete(item: dict, device: str = "auto", model: str | None = None) -> dict:
@@ -129,10 +149,14 @@ def _complete(item: dict, device: str = "auto", model: str | None = None) -> dic
     import napari_microml as mm
 
     kwargs = {} if model is None else {"model": model}  # None: complete_scan's default method
-    c = mm.complete_scan(np.asarray(item["values"]), np.asarray(item["mask"], bool),
-                         device=device, **kwargs)
-    return {"image": np.asarray(c.image), "uncertainty": np.asarray(c.uncertainty),
-            "provenance": getattr(c, "provenance", None)}
+    c = mm.complete_scan(
+        np.asarray(item["values"]), np.asarray(item["mask"], bool), device=device, **kwargs
+    )
+    return {
+        "image": np.asarray(c.image),
+        "uncertainty": np.asarray(c.uncertainty),
+        "provenance": getattr(c, "provenance", None),
+    }
 
 
 def _spectra(item: dict, device: str = "auto") -> dict:
@@ -148,9 +172,11 @@ def _spectra(item: dict, device: str = "auto") -> dict:
         span = dominant_peak_window(spectra, item.get("axis"))
     v = mm.fit_shift_vae(spectra, axis=item.get("axis"), channel_range=span, device=device)
     latents = np.asarray(v.latents, np.float32)
-    return {"shift": np.asarray(v.shift, np.float32).reshape(-1),
-            "latents": latents.reshape(len(spectra), -1),
-            "provenance": getattr(v, "provenance", None)}
+    return {
+        "shift": np.asarray(v.shift, np.float32).reshape(-1),
+        "latents": latents.reshape(len(spectra), -1),
+        "provenance": getattr(v, "provenance", None),
+    }
 
 
 def _frame_table(table):
@@ -158,8 +184,11 @@ def _frame_table(table):
 
     if table is None:
         return pd.DataFrame()
-    return table.reset_index(drop=True) if isinstance(table, pd.DataFrame) else pd.DataFrame(
-        {k: np.asarray(v) for k, v in dict(table).items()})
+    return (
+        table.reset_index(drop=True)
+        if isinstance(table, pd.DataFrame)
+        else pd.DataFrame({k: np.asarray(v) for k, v in dict(table).items()})
+    )
 
 
 @dataclass
@@ -193,19 +222,36 @@ def model_choices(tool: str) -> list[str]:
 
 
 ADAPTERS: dict[str, Adapter] = {
-    "atoms": Adapter(_atoms, "frame", "find atomic columns → <name>_atoms.csv",
-                     ("_atoms.csv", "_atoms.csv.json", "_atoms.provenance.json"), "atoms", rescale=True),
-    "defects": Adapter(_defects, "frame", "segment defects → <name>_defects.tif + table CSV",
-                       ("_defects.tif", "_defects.csv", "_defects.provenance.json"), "defects",
-                       rescale=True),
-    "complete": Adapter(_complete, "frame",
-                        "complete partial scans (NaN = not measured, or --mask/--coords) → "
-                        "image + uncertainty TIFF",
-                        ("_completed_image.tif", "_completed_uncertainty.tif",
-                         "_complete.provenance.json"), "completion"),
-    "spectra": Adapter(_spectra, "spectra",
-                       "shift-VAE on a spectrum image or line scan → shift map TIFF + latents CSV",
-                       ("_shift.tif", "_spectra.csv", "_spectra.provenance.json")),
+    "atoms": Adapter(
+        _atoms,
+        "frame",
+        "find atomic columns → <name>_atoms.csv",
+        ("_atoms.csv", "_atoms.csv.json", "_atoms.provenance.json"),
+        "atoms",
+        rescale=True,
+    ),
+    "defects": Adapter(
+        _defects,
+        "frame",
+        "segment defects → <name>_defects.tif + table CSV",
+        ("_defects.tif", "_defects.csv", "_defects.provenance.json"),
+        "defects",
+        rescale=True,
+    ),
+    "complete": Adapter(
+        _complete,
+        "frame",
+        "complete partial scans (NaN = not measured, or --mask/--coords) → "
+        "image + uncertainty TIFF",
+        ("_completed_image.tif", "_completed_uncertainty.tif", "_complete.provenance.json"),
+        "completion",
+    ),
+    "spectra": Adapter(
+        _spectra,
+        "spectra",
+        "shift-VAE on a spectrum image or line scan → shift map TIFF + latents CSV",
+        ("_shift.tif", "_spectra.csv", "_spectra.provenance.json"),
+    ),
 }
 
 
@@ -221,11 +267,11 @@ class Job:
 
     source: Path
     stem: str
-    data: Any           # numpy or dask array
-    kwargs: dict        # reader kwargs (scale, units, metadata ...)
-    items: list         # per-item arrays handed to the adapter
+    data: Any  # numpy or dask array
+    kwargs: dict  # reader kwargs (scale, units, metadata ...)
+    items: list  # per-item arrays handed to the adapter
     is_stack: bool
-    shape: tuple        # spatial shape for spectra (H, W) maps
+    shape: tuple  # spatial shape for spectra (H, W) maps
 
 
 @dataclass
@@ -256,8 +302,9 @@ def _supported_in(folder: Path, skipped: list[str]) -> list[Path]:
     return found
 
 
-def collect_inputs(inputs: list[str], failures: list[Failure] | None = None,
-                   skipped: list[str] | None = None) -> list[tuple[Path, bool]]:
+def collect_inputs(
+    inputs: list[str], failures: list[Failure] | None = None, skipped: list[str] | None = None
+) -> list[tuple[Path, bool]]:
     """Expand folders (non-recursive) and check every file exists and is supported.
 
     Returns ``(path, from_folder)`` pairs. With a ``failures`` list, a bad input is recorded
@@ -274,14 +321,17 @@ def collect_inputs(inputs: list[str], failures: list[Failure] | None = None,
             if p.is_dir():
                 found = _supported_in(p, skipped)
                 if not found:
-                    raise InputError(f"folder {p} contains no readable images "
-                                     f"({', '.join(sorted(FORMATS))}).")
+                    raise InputError(
+                        f"folder {p} contains no readable images ({', '.join(sorted(FORMATS))})."
+                    )
                 files.extend((f, True) for f in found)
             elif not p.exists():
                 raise InputError(f"{p} does not exist.")
             elif p.suffix.lower() not in FORMATS:
-                raise InputError(f"{p.name}: '{p.suffix or 'no extension'}' files are not supported "
-                                 f"(supported: {', '.join(sorted(FORMATS))}).")
+                raise InputError(
+                    f"{p.name}: '{p.suffix or 'no extension'}' files are not supported "
+                    f"(supported: {', '.join(sorted(FORMATS))})."
+                )
             elif get_reader(str(p)) is None:
                 raise InputError(f"{p.name} is not a file this reader understands.")
             else:
@@ -297,7 +347,9 @@ def _spectral_axis(kwargs: dict):
     return kwargs.get("metadata", {}).get("napari_microml", {}).get("spectral_axis")
 
 
-def _unsuitable(name: str, data, kwargs: dict, tool: str, channels_last: bool = False) -> str | None:
+def _unsuitable(
+    name: str, data, kwargs: dict, tool: str, channels_last: bool = False
+) -> str | None:
     """Why a layer cannot go to ``tool`` (one sentence), or None when it can."""
     per = ADAPTERS[tool].per
     spectral = _spectral_axis(kwargs)
@@ -307,24 +359,34 @@ def _unsuitable(name: str, data, kwargs: dict, tool: str, channels_last: bool = 
         return f"{name} holds {data.dtype} values, not numbers."
     if per == "frame":
         if spectral is not None:
-            return (f"{name} is a spectrum image (last axis {spectral['name']!r}); "
-                    "use 'microml spectra' for it.")
+            return (
+                f"{name} is a spectrum image (last axis {spectral['name']!r}); "
+                "use 'microml spectra' for it."
+            )
         if data.ndim not in (2, 3):
-            return (f"{name} has {data.ndim}D data {tuple(data.shape)}; "
-                    f"{tool} takes 2D images or 3D stacks (frames, H, W).")
+            return (
+                f"{name} has {data.ndim}D data {tuple(data.shape)}; "
+                f"{tool} takes 2D images or 3D stacks (frames, H, W)."
+            )
         if min(data.shape[-2:]) < 8:
-            return (f"{name}: frames of {data.shape[-2]}×{data.shape[-1]} pixels are too "
-                    "small (at least 8×8).")
+            return (
+                f"{name}: frames of {data.shape[-2]}×{data.shape[-1]} pixels are too "
+                "small (at least 8×8)."
+            )
         return None
     if spectral is None and not channels_last:
         units = ", ".join(str(u) for u in kwargs.get("units", ()) or ()) or "none given"
-        return (f"{name} has no spectral axis (shape {tuple(data.shape)}, axis units: {units}): it "
-                "reads as an image, not spectra. spectra needs a spectrum image or line scan whose "
-                "last axis is energy or wavelength (EELS/EDS .dm3/.dm4/.hspy/.emd); for a plain "
-                "array of spectra along its last axis pass --channels-last.")
+        return (
+            f"{name} has no spectral axis (shape {tuple(data.shape)}, axis units: {units}): it "
+            "reads as an image, not spectra. spectra needs a spectrum image or line scan whose "
+            "last axis is energy or wavelength (EELS/EDS .dm3/.dm4/.hspy/.emd); for a plain "
+            "array of spectra along its last axis pass --channels-last."
+        )
     if data.ndim not in (2, 3):
-        return (f"{name} has {data.ndim}D data {tuple(data.shape)}; "
-                "spectra takes (N, L) spectra or (H, W, L) spectrum images.")
+        return (
+            f"{name} has {data.ndim}D data {tuple(data.shape)}; "
+            "spectra takes (N, L) spectra or (H, W, L) spectrum images."
+        )
     if data.shape[-1] < 8:
         return f"{name} has only {data.shape[-1]} channels per spectrum (at least 8)."
     return None
@@ -334,10 +396,10 @@ def _unsuitable(name: str, data, kwargs: dict, tool: str, channels_last: bool = 
 class ScanMask:
     """How ``complete`` learns which pixels were measured (one of them, else NaN = unmeasured)."""
 
-    mask: str | None = None           # file: non-zero = measured
-    coords: str | None = None         # scan positions file (x, y per line by default)
+    mask: str | None = None  # file: non-zero = measured
+    coords: str | None = None  # scan positions file (x, y per line by default)
     coords_order: str = "xy"
-    scan_info: str | None = None      # Direct Electron *_info.txt (scan size, ROI offset)
+    scan_info: str | None = None  # Direct Electron *_info.txt (scan size, ROI offset)
     zeros_unmeasured: bool = False
 
     def describe(self) -> str:
@@ -357,8 +419,10 @@ def _load_mask_file(path: str) -> np.ndarray:
         raise InputError(f"--mask: {err}") from err
     m = np.asarray(layers[0][0])
     if m.dtype.kind not in "biuf":
-        raise InputError(f"--mask {Path(path).name} holds {m.dtype} values; a mask is numbers "
-                         "(non-zero = measured).")
+        raise InputError(
+            f"--mask {Path(path).name} holds {m.dtype} values; a mask is numbers "
+            "(non-zero = measured)."
+        )
     return np.isfinite(m) & (m != 0) if m.dtype.kind == "f" else m != 0
 
 
@@ -371,19 +435,27 @@ def _scan_items(name: str, data, how: ScanMask, cache: dict) -> tuple[list[dict]
         if "coords" not in cache:
             try:
                 cache["coords"] = scan_io.read_scan_csv(how.coords, order=how.coords_order)
-                cache["info"] = (scan_io.read_scan_info(how.scan_info) if how.scan_info
-                                 else {"scan_shape": None, "roi_offset": (0, 0)})
+                cache["info"] = (
+                    scan_io.read_scan_info(how.scan_info)
+                    if how.scan_info
+                    else {"scan_shape": None, "roi_offset": (0, 0)}
+                )
             except ValueError as err:
                 raise InputError(str(err)) from err
         coords, info = cache["coords"], cache["info"]
         try:
             if data.ndim == 3 and len(data) == len(coords):  # a movie: one frame per position
-                values, mask = scan_io.rasterise(coords, scan_io.values_from_movie(data),
-                                                 info["scan_shape"], origin=info["roi_offset"])
+                values, mask = scan_io.rasterise(
+                    coords,
+                    scan_io.values_from_movie(data),
+                    info["scan_shape"],
+                    origin=info["roi_offset"],
+                )
                 return [{"values": values, "mask": mask}], False
             frames = [np.asarray(data)] if data.ndim == 2 else [np.asarray(f) for f in data]
-            _, mask = scan_io.rasterise(coords, np.ones(len(coords)), frames[0].shape,
-                                        origin=info["roi_offset"])
+            _, mask = scan_io.rasterise(
+                coords, np.ones(len(coords)), frames[0].shape, origin=info["roi_offset"]
+            )
         except ValueError as err:
             raise InputError(f"{name} with --coords {Path(how.coords).name}: {err}") from err
         return [{"values": f, "mask": mask} for f in frames], data.ndim == 3
@@ -394,8 +466,10 @@ def _scan_items(name: str, data, how: ScanMask, cache: dict) -> tuple[list[dict]
         m = cache["mask"]
         shape = frames[0].shape
         if m.shape != shape and m.shape != (len(frames), *shape):
-            raise InputError(f"--mask {Path(how.mask).name} is {m.shape[-2]}×{m.shape[-1]} pixels but "
-                             f"{name} is {shape[0]}×{shape[1]}; the mask must match the scan.")
+            raise InputError(
+                f"--mask {Path(how.mask).name} is {m.shape[-2]}×{m.shape[-1]} pixels but "
+                f"{name} is {shape[0]}×{shape[1]}; the mask must match the scan."
+            )
         masks = [m] * len(frames) if m.ndim == 2 else list(m)
     elif how.zeros_unmeasured:
         masks = [np.isfinite(f) & (f != 0) for f in frames]
@@ -405,7 +479,8 @@ def _scan_items(name: str, data, how: ScanMask, cache: dict) -> tuple[list[dict]
             raise InputError(
                 f"{name} has no NaN pixel, so every pixel reads as measured (a measured 0 is a real "
                 "value). Say which pixels were measured: --mask FILE (non-zero = measured), "
-                "--coords FILE (scan positions), or --zeros-unmeasured.")
+                "--coords FILE (scan positions), or --zeros-unmeasured."
+            )
     return [{"values": f, "mask": m} for f, m in zip(frames, masks)], data.ndim == 3
 
 
@@ -417,14 +492,22 @@ def _channel_range(name: str, axis, n: int, window, units: str) -> tuple[int, in
     values = np.arange(n, dtype=float) if axis is None else np.asarray(axis, float)
     inside = np.flatnonzero((values >= lo) & (values <= hi))
     if len(inside) < 8:
-        raise InputError(f"--window {lo:g} {hi:g} covers {len(inside)} channel(s) of {name} (its axis "
-                         f"runs {values.min():g} to {values.max():g} {units}); at least 8 are needed.")
+        raise InputError(
+            f"--window {lo:g} {hi:g} covers {len(inside)} channel(s) of {name} (its axis "
+            f"runs {values.min():g} to {values.max():g} {units}); at least 8 are needed."
+        )
     return int(inside[0]), int(inside[-1]) + 1
 
 
-def load_jobs(files: list, tool: str, *, failures: list[Failure] | None = None,
-              channels_last: bool = False, scan: ScanMask | None = None,
-              window: tuple[float, float] | None = None) -> list[Job]:
+def load_jobs(
+    files: list,
+    tool: str,
+    *,
+    failures: list[Failure] | None = None,
+    channels_last: bool = False,
+    scan: ScanMask | None = None,
+    window: tuple[float, float] | None = None,
+) -> list[Job]:
     """Read (lazily where large) and validate every input before any work starts.
 
     An explicitly named single-dataset file that the tool cannot take is an error; datasets
@@ -459,12 +542,14 @@ def load_jobs(files: list, tool: str, *, failures: list[Failure] | None = None,
                     stem += "_"
                 if tool == "complete":
                     items, is_stack = _scan_items(name, data, scan or ScanMask(), cache)
-                    jobs.append(Job(f, stem, data, kwargs, items, is_stack,
-                                    tuple(items[0]["values"].shape)))
+                    jobs.append(
+                        Job(f, stem, data, kwargs, items, is_stack, tuple(items[0]["values"].shape))
+                    )
                 elif per == "frame":
                     items = [data] if data.ndim == 2 else [data[i] for i in range(data.shape[0])]
-                    jobs.append(Job(f, stem, data, kwargs, items, data.ndim == 3,
-                                    tuple(data.shape[-2:])))
+                    jobs.append(
+                        Job(f, stem, data, kwargs, items, data.ndim == 3, tuple(data.shape[-2:]))
+                    )
                 else:
                     spectral = _spectral_axis(kwargs)
                     block = data.reshape(-1, data.shape[-1])
@@ -473,9 +558,17 @@ def load_jobs(files: list, tool: str, *, failures: list[Failure] | None = None,
                         axis = spectral["offset"] + spectral["scale"] * np.arange(data.shape[-1])
                     units = spectral["units"] if spectral else "channels"
                     span = _channel_range(name, axis, data.shape[-1], window, units)
-                    jobs.append(Job(f, stem, data, kwargs,
-                                    [{"spectra": block, "axis": axis, "channel_range": span}],
-                                    False, tuple(data.shape[:-1])))
+                    jobs.append(
+                        Job(
+                            f,
+                            stem,
+                            data,
+                            kwargs,
+                            [{"spectra": block, "axis": axis, "channel_range": span}],
+                            False,
+                            tuple(data.shape[:-1]),
+                        )
+                    )
                 stems.add(stem)
         except InputError as err:
             if failures is None:
@@ -484,16 +577,25 @@ def load_jobs(files: list, tool: str, *, failures: list[Failure] | None = None,
     for reason in skipped:
         print(f"microml: skipped {reason}", file=sys.stderr)
     if not jobs and not failures:
-        raise InputError(skipped[0] if len(skipped) == 1 else
-                         f"nothing in the inputs suits {tool}: {len(skipped)} dataset(s) "
-                         f"skipped (first: {skipped[0] if skipped else 'none'})")
+        raise InputError(
+            skipped[0]
+            if len(skipped) == 1
+            else f"nothing in the inputs suits {tool}: {len(skipped)} dataset(s) "
+            f"skipped (first: {skipped[0] if skipped else 'none'})"
+        )
     return jobs
 
 
 # ----------------------------------------------------------------------------- running
-def process_items(items: list, run: Callable, *, device: str = "auto",
-                  scheduler: str | None = None, workers: int | None = None,
-                  progress: bool = True) -> list[dict]:
+def process_items(
+    items: list,
+    run: Callable,
+    *,
+    device: str = "auto",
+    scheduler: str | None = None,
+    workers: int | None = None,
+    progress: bool = True,
+) -> list[dict]:
     """Run ``run(item, device)`` on every item in parallel with dask; results in order.
 
     ``scheduler=None`` uses the local threaded scheduler with ``workers`` threads; otherwise
@@ -520,8 +622,7 @@ def process_items(items: list, run: Callable, *, device: str = "auto",
         else:
             # lazy frames: file-backed graphs (open vendor files) do not pickle, so this
             # process reads each item and submits it as soon as it is loaded
-            futures = [client.submit(run, _materialize(it), device, pure=False)
-                       for it in items]
+            futures = [client.submit(run, _materialize(it), device, pure=False) for it in items]
         index = {f.key: i for i, f in enumerate(futures)}
         results: list = [None] * len(futures)
         done = 0
@@ -529,8 +630,12 @@ def process_items(items: list, run: Callable, *, device: str = "auto",
             results[index[fut.key]] = fut.result()
             done += 1
             if progress:
-                print(f"\r[{tool_bar(done, len(futures))}] {done}/{len(futures)} frames",
-                      end="", file=sys.stderr, flush=True)
+                print(
+                    f"\r[{tool_bar(done, len(futures))}] {done}/{len(futures)} frames",
+                    end="",
+                    file=sys.stderr,
+                    flush=True,
+                )
         if progress:
             print(file=sys.stderr)
         return results
@@ -563,8 +668,11 @@ def _guarded(run: Callable, item, device: str = "auto"):
 
 def _geometry(job: Job) -> tuple[list, list, list]:
     kw, nd = job.kwargs, job.data.ndim
-    return (list(kw.get("scale", [1.0] * nd)), list(kw.get("translate", [0.0] * nd)),
-            [str(u) for u in kw.get("units", ["pixel"] * nd)])
+    return (
+        list(kw.get("scale", [1.0] * nd)),
+        list(kw.get("translate", [0.0] * nd)),
+        [str(u) for u in kw.get("units", ["pixel"] * nd)],
+    )
 
 
 def _write_outputs(tool: str, job: Job, results: list[dict], stage: Path, prov: dict) -> list[Path]:
@@ -585,15 +693,29 @@ def _write_outputs(tool: str, job: Job, results: list[dict], stage: Path, prov: 
             feats.append(r["features"])
         d = 3 if job.is_stack else 2
         data = np.concatenate(pts) if pts else np.zeros((0, d))
-        table = pd.concat(feats, ignore_index=True) if any(len(f.columns) for f in feats) \
+        table = (
+            pd.concat(feats, ignore_index=True)
+            if any(len(f.columns) for f in feats)
             else pd.DataFrame()
-        attrs = {"scale": scale[-d:], "translate": trans[-d:], "units": units[-d:],
-                 "features": table, "metadata": md, "name": f"{job.stem} atoms"}
+        )
+        attrs = {
+            "scale": scale[-d:],
+            "translate": trans[-d:],
+            "units": units[-d:],
+            "features": table,
+            "metadata": md,
+            "name": f"{job.stem} atoms",
+        }
         written += [Path(x) for x in writer.write_points_csv(str(stage / names[0]), data, attrs)]
     elif tool == "defects":
         labels = np.stack([r["labels"] for r in results]) if job.is_stack else results[0]["labels"]
-        attrs = {"scale": scale, "translate": trans, "units": units,
-                 "metadata": md, "name": f"{job.stem} defects"}
+        attrs = {
+            "scale": scale,
+            "translate": trans,
+            "units": units,
+            "metadata": md,
+            "name": f"{job.stem} defects",
+        }
         written += [Path(x) for x in writer.write_labels_tiff(str(stage / names[0]), labels, attrs)]
         tables = []
         for i, r in enumerate(results):
@@ -604,26 +726,48 @@ def _write_outputs(tool: str, job: Job, results: list[dict], stage: Path, prov: 
         table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
         counts = None
         if all(r.get("counts") is not None for r in results):  # summed over the frames
-            counts = pd.concat([r["counts"] for r in results]).groupby(
-                "class", sort=False, as_index=False)["count"].sum()
+            counts = (
+                pd.concat([r["counts"] for r in results])
+                .groupby("class", sort=False, as_index=False)["count"]
+                .sum()
+            )
             area = sum(r.get("area_nm2") or np.nan for r in results)
             counts["density_per_nm2"] = counts["count"] / area
-        written.append(Path(writer.write_defects_csv(stage / names[1], table, counts, provenance=md,
-                                                     image=job.source.name)))
+        written.append(
+            Path(
+                writer.write_defects_csv(
+                    stage / names[1], table, counts, provenance=md, image=job.source.name
+                )
+            )
+        )
     elif tool == "complete":
         for key, name in zip(("image", "uncertainty"), names):
             arr = np.stack([r[key] for r in results]) if job.is_stack else results[0][key]
             nd = arr.ndim
-            attrs = {"scale": scale[-nd:], "translate": trans[-nd:], "units": units[-nd:],
-                     "metadata": md, "name": f"{job.stem} completed {key}"}
+            attrs = {
+                "scale": scale[-nd:],
+                "translate": trans[-nd:],
+                "units": units[-nd:],
+                "metadata": md,
+                "name": f"{job.stem} completed {key}",
+            }
             written += [Path(x) for x in writer.write_image_tiff(str(stage / name), arr, attrs)]
     elif tool == "spectra":
         r = results[0]
         spatial = len(job.shape)
-        attrs = {"scale": scale[:spatial], "translate": trans[:spatial], "units": units[:spatial],
-                 "metadata": md, "name": f"{job.stem} shift"}
-        written += [Path(x) for x in writer.write_image_tiff(
-            str(stage / names[0]), r["shift"].reshape(job.shape).astype(np.float32), attrs)]
+        attrs = {
+            "scale": scale[:spatial],
+            "translate": trans[:spatial],
+            "units": units[:spatial],
+            "metadata": md,
+            "name": f"{job.stem} shift",
+        }
+        written += [
+            Path(x)
+            for x in writer.write_image_tiff(
+                str(stage / names[0]), r["shift"].reshape(job.shape).astype(np.float32), attrs
+            )
+        ]
         lat = r["latents"]
         cols = {f"latent_{j}": lat[:, j] for j in range(lat.shape[1])}
         idx = np.indices(job.shape).reshape(spatial, -1)
@@ -716,8 +860,9 @@ class Staging:
         journal = [{"name": n, "existed": os.path.lexists(self.out / n)} for n in names]
         blocked = [e["name"] for e in journal if e["existed"] and e["name"] not in replace]
         if blocked:
-            raise ToolError(f"{', '.join(blocked)} appeared in {self.out} during the run; "
-                            "nothing was written")
+            raise ToolError(
+                f"{', '.join(blocked)} appeared in {self.out} during the run; nothing was written"
+            )
         (self.dir / "old").mkdir()
         tmp = self.dir / "journal.tmp"
         tmp.write_text(json.dumps({"state": "committing", "files": journal}))
@@ -800,13 +945,17 @@ def check_out(out: Path, names: list[str], overwrite: bool = False) -> set[str]:
     """
     with _uninterrupted():
         for stale in clean_stale_staging(out):
-            print(f"microml: removed {stale.name}, left in {out} by an interrupted run",
-                  file=sys.stderr)
+            print(
+                f"microml: removed {stale.name}, left in {out} by an interrupted run",
+                file=sys.stderr,
+            )
     existing = [n for n in names if os.path.lexists(out / n)]
     folders = [n for n in existing if (out / n).is_dir()]
     if folders:
-        raise InputError(f"{', '.join(folders)} in {out} {'is a folder' if len(folders) == 1 else 'are folders'}"
-                         "; a result file cannot replace a folder. Move it or choose another --out.")
+        raise InputError(
+            f"{', '.join(folders)} in {out} {'is a folder' if len(folders) == 1 else 'are folders'}"
+            "; a result file cannot replace a folder. Move it or choose another --out."
+        )
     if existing and not overwrite:
         raise InputError(_existing_message(out, existing))
     return set(existing)
@@ -836,9 +985,13 @@ def _plural(n: int, word: str) -> str:
 
 
 def _existing_message(out: Path, existing: list[str]) -> str:
-    shown = ", ".join(existing[:5]) + (f" and {len(existing) - 5} more" if len(existing) > 5 else "")
-    return (f"{_plural(len(existing), 'file')} in {out} would be overwritten: {shown}. "
-            "Pass --overwrite to replace them, or choose another --out.")
+    shown = ", ".join(existing[:5]) + (
+        f" and {len(existing) - 5} more" if len(existing) > 5 else ""
+    )
+    return (
+        f"{_plural(len(existing), 'file')} in {out} would be overwritten: {shown}. "
+        "Pass --overwrite to replace them, or choose another --out."
+    )
 
 
 def _empty_atoms(job: Job, results: list[dict], contrast: str) -> Failure | None:
@@ -848,21 +1001,41 @@ def _empty_atoms(job: Job, results: list[dict], contrast: str) -> Failure | None
     used = contrast
     for r in results:
         prov = r.get("provenance") or {}
-        used = (prov.get("parameters") or {}).get("contrast", used) if isinstance(prov, dict) else used
+        used = (
+            (prov.get("parameters") or {}).get("contrast", used) if isinstance(prov, dict) else used
+        )
     other = "bright" if used == "dark" else "dark"
-    look = "bright columns on a dark background (HAADF/ADF)" if other == "bright" else \
-        "dark columns on a bright background (ABF/BF)"
-    return Failure(job.source.name, f"no atomic columns found (contrast {used}); nothing written "
-                                    f"for it. If it shows {look}, try --contrast {other}.")
+    look = (
+        "bright columns on a dark background (HAADF/ADF)"
+        if other == "bright"
+        else "dark columns on a bright background (ABF/BF)"
+    )
+    return Failure(
+        job.source.name,
+        f"no atomic columns found (contrast {used}); nothing written "
+        f"for it. If it shows {look}, try --contrast {other}.",
+    )
 
 
-def run_tool(tool: str, inputs: list[str], out: str, *, device: str = "auto",
-             scheduler: str | None = None, workers: int | None = None,
-             progress: bool = True, model: str | None = None, rescale: str | None = None,
-             contrast: str = "auto", overwrite: bool = False, keep_going: bool = False,
-             scan: ScanMask | None = None, channels_last: bool = False,
-             window: tuple[float, float] | None = None,
-             command: list[str] | None = None) -> Report:
+def run_tool(
+    tool: str,
+    inputs: list[str],
+    out: str,
+    *,
+    device: str = "auto",
+    scheduler: str | None = None,
+    workers: int | None = None,
+    progress: bool = True,
+    model: str | None = None,
+    rescale: str | None = None,
+    contrast: str = "auto",
+    overwrite: bool = False,
+    keep_going: bool = False,
+    scan: ScanMask | None = None,
+    channels_last: bool = False,
+    window: tuple[float, float] | None = None,
+    command: list[str] | None = None,
+) -> Report:
     """Validate ``inputs``, run ``tool`` on them and write results into ``out``.
 
     Returns a :class:`Report`. Raises :class:`InputError` for bad input or usage and
@@ -876,7 +1049,9 @@ def run_tool(tool: str, inputs: list[str], out: str, *, device: str = "auto",
     if model is not None:
         choices = model_choices(tool)
         if model not in choices:
-            raise InputError(f"--model {model!r} is not a {tool} model; choose one of {', '.join(choices)}.")
+            raise InputError(
+                f"--model {model!r} is not a {tool} model; choose one of {', '.join(choices)}."
+            )
         run = functools.partial(run, model=model)
     if rescale is not None:
         from napari_microml.runtime.spacing import RESCALE_MODES
@@ -894,7 +1069,9 @@ def run_tool(tool: str, inputs: list[str], out: str, *, device: str = "auto",
         run = functools.partial(run, contrast=contrast)
     scan = scan or ScanMask()
     if tool != "complete" and (scan.mask or scan.coords or scan.zeros_unmeasured or scan.scan_info):
-        raise InputError(f"--mask, --coords, --scan-info and --zeros-unmeasured are for complete, not {tool}.")
+        raise InputError(
+            f"--mask, --coords, --scan-info and --zeros-unmeasured are for complete, not {tool}."
+        )
     if sum(bool(x) for x in (scan.mask, scan.coords, scan.zeros_unmeasured)) > 1:
         raise InputError("give one of --mask, --coords and --zeros-unmeasured, not several.")
     if scan.scan_info and not scan.coords:
@@ -911,8 +1088,9 @@ def run_tool(tool: str, inputs: list[str], out: str, *, device: str = "auto",
     files = collect_inputs(inputs, failures, skipped)
     for note in skipped:
         print(f"microml: skipped {note}", file=sys.stderr)
-    jobs = load_jobs(files, tool, failures=failures, channels_last=channels_last, scan=scan,
-                     window=window)
+    jobs = load_jobs(
+        files, tool, failures=failures, channels_last=channels_last, scan=scan, window=window
+    )
     report.inputs = len(jobs) + len(report.failed)
     if not jobs:
         return report
@@ -925,23 +1103,36 @@ def run_tool(tool: str, inputs: list[str], out: str, *, device: str = "auto",
     items = [it for job in jobs for it in job.items]
     t0 = time.perf_counter()
     if progress:
-        print(f"microml {tool}: {_plural(len(jobs), 'input')}, {len(items)} "
-              f"{'frame' if adapter.per == 'frame' else 'block'}(s)", file=sys.stderr)
+        print(
+            f"microml {tool}: {_plural(len(jobs), 'input')}, {len(items)} "
+            f"{'frame' if adapter.per == 'frame' else 'block'}(s)",
+            file=sys.stderr,
+        )
     stage = None
     try:
         with _uninterrupted():
             stage = Staging(out_dir)
-        results = process_items(items, functools.partial(_guarded, run), device=device,
-                                scheduler=scheduler, workers=workers, progress=progress)
+        results = process_items(
+            items,
+            functools.partial(_guarded, run),
+            device=device,
+            scheduler=scheduler,
+            workers=workers,
+            progress=progress,
+        )
         seconds = time.perf_counter() - t0
         names: list[str] = []
         k = 0
         for job in jobs:
-            res = results[k:k + len(job.items)]
+            res = results[k : k + len(job.items)]
             k += len(job.items)
             bad = next((r for r in res if isinstance(r, Failure)), None)
             if bad is not None:
-                bad.name = job.source.name if job.stem == job.source.stem else f"{job.source.name} ({job.stem})"
+                bad.name = (
+                    job.source.name
+                    if job.stem == job.source.stem
+                    else f"{job.source.name} ({job.stem})"
+                )
                 if not keep_going:
                     raise (InputError if bad.bad_input else ToolError)(f"{bad.name}: {bad.reason}")
                 report.failed.append(bad)
@@ -954,29 +1145,49 @@ def run_tool(tool: str, inputs: list[str], out: str, *, device: str = "auto",
             tool_prov = next((r.get("provenance") for r in res if r.get("provenance")), None)
             prov = make_provenance(
                 f"cli.{tool}",
-                parameters={"command": command, "frames": len(job.items),
-                            "scheduler": scheduler or "threads", "workers": workers,
-                            "device": device, "model": model, "rescale": rescale,
-                            "contrast": contrast if tool == "atoms" else None,
-                            "measured_pixels": scan.describe() if tool == "complete" else None,
-                            "mask_file": scan.mask, "coords_file": scan.coords,
-                            "channels_last": channels_last, "window": window, "overwrite": overwrite,
-                            "keep_going": keep_going, "seconds_total": round(seconds, 3),
-                            "tool_provenance": tool_prov},
+                parameters={
+                    "command": command,
+                    "frames": len(job.items),
+                    "scheduler": scheduler or "threads",
+                    "workers": workers,
+                    "device": device,
+                    "model": model,
+                    "rescale": rescale,
+                    "contrast": contrast if tool == "atoms" else None,
+                    "measured_pixels": scan.describe() if tool == "complete" else None,
+                    "mask_file": scan.mask,
+                    "coords_file": scan.coords,
+                    "channels_last": channels_last,
+                    "window": window,
+                    "overwrite": overwrite,
+                    "keep_going": keep_going,
+                    "seconds_total": round(seconds, 3),
+                    "tool_provenance": tool_prov,
+                },
                 model=(tool_prov or {}).get("model") if isinstance(tool_prov, dict) else None,
-                device=device, input_name=job.stem, input_file=job.source)
+                device=device,
+                input_name=job.stem,
+                input_file=job.source,
+            )
             try:
                 _write_outputs(tool, job, res, stage.new, prov)
                 pfile = stage.new / planned[job.stem][-1]
                 pfile.write_text(json.dumps(prov, indent=1))
             except Exception as err:  # noqa: BLE001 - the input's results are dropped
                 if not keep_going:
-                    raise ToolError(f"{job.source.name}: writing the results failed: "
-                                    f"{type(err).__name__}: {_one_line(err)}") from err
+                    raise ToolError(
+                        f"{job.source.name}: writing the results failed: "
+                        f"{type(err).__name__}: {_one_line(err)}"
+                    ) from err
                 for name in planned[job.stem]:
                     (stage.new / name).unlink(missing_ok=True)
-                report.failed.append(Failure(job.source.name, f"writing the results failed: "
-                                                              f"{_one_line(err)}", bad_input=False))
+                report.failed.append(
+                    Failure(
+                        job.source.name,
+                        f"writing the results failed: {_one_line(err)}",
+                        bad_input=False,
+                    )
+                )
                 continue
             names += planned[job.stem]
         if names:
@@ -999,75 +1210,137 @@ def _parser() -> argparse.ArgumentParser:
     from napari_microml import __version__
 
     fmt = argparse.RawDescriptionHelpFormatter
-    ap = argparse.ArgumentParser(prog="microml", description="napari-microml batch tools.",
-                                 epilog=EXIT_CODES, formatter_class=fmt)
+    ap = argparse.ArgumentParser(
+        prog="microml",
+        description="napari-microml batch tools.",
+        epilog=EXIT_CODES,
+        formatter_class=fmt,
+    )
     ap.add_argument("--version", action="version", version=f"napari-microml {__version__}")
     sub = ap.add_subparsers(dest="command")
-    sub.add_parser("models", help="list shipped models with their sha256", epilog=EXIT_CODES,
-                   formatter_class=fmt)
+    sub.add_parser(
+        "models",
+        help="list shipped models with their sha256",
+        epilog=EXIT_CODES,
+        formatter_class=fmt,
+    )
     for name, ad in ADAPTERS.items():
-        sp = sub.add_parser(name, help=ad.help, description=ad.help, epilog=EXIT_CODES,
-                            formatter_class=fmt)
+        sp = sub.add_parser(
+            name, help=ad.help, description=ad.help, epilog=EXIT_CODES, formatter_class=fmt
+        )
         sp.add_argument("inputs", nargs="+", metavar="INPUT", help="files, folders or stacks")
         sp.add_argument("--out", required=True, help="output folder")
-        sp.add_argument("--overwrite", action="store_true",
-                        help="replace result files of the same names already in --out (default: "
-                             "refuse, exit 2, naming them)")
-        sp.add_argument("--keep-going", action="store_true",
-                        help="when some inputs fail, still write the others' results (exit 3, the "
-                             "failed inputs named on stderr); default: all or nothing")
-        sp.add_argument("--scheduler", default=None,
-                        help="dask.distributed scheduler address (default: local threads)")
-        sp.add_argument("--workers", type=int, default=None,
-                        help="local threads (default: all cores)")
-        sp.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
-                        help="where networks run (default auto)")
+        sp.add_argument(
+            "--overwrite",
+            action="store_true",
+            help="replace result files of the same names already in --out (default: "
+            "refuse, exit 2, naming them)",
+        )
+        sp.add_argument(
+            "--keep-going",
+            action="store_true",
+            help="when some inputs fail, still write the others' results (exit 3, the "
+            "failed inputs named on stderr); default: all or nothing",
+        )
+        sp.add_argument(
+            "--scheduler",
+            default=None,
+            help="dask.distributed scheduler address (default: local threads)",
+        )
+        sp.add_argument(
+            "--workers", type=int, default=None, help="local threads (default: all cores)"
+        )
+        sp.add_argument(
+            "--device",
+            default="auto",
+            choices=["auto", "cpu", "cuda", "mps"],
+            help="where networks run (default auto)",
+        )
         sp.add_argument("--quiet", action="store_true", help="no progress output")
         if ad.task is not None:
-            sp.add_argument("--model", default=None,
-                            help="shipped model name (see `microml models`); default: default, except "
-                                 "defects: auto ('dichalcogenide' for honeycombs of two unequally bright "
-                                 "sublattices, else 'default') and complete: kriging (a local Gaussian "
-                                 "process fitted to each scan, no network; 'local-gp' is the slower "
-                                 "reference, network names select a network)")
+            sp.add_argument(
+                "--model",
+                default=None,
+                help="shipped model name (see `microml models`); default: default, except "
+                "defects: auto ('dichalcogenide' for honeycombs of two unequally bright "
+                "sublattices, else 'default') and complete: kriging (a local Gaussian "
+                "process fitted to each scan, no network; 'local-gp' is the slower "
+                "reference, network names select a network)",
+            )
         if ad.rescale:
             from napari_microml.atoms.finder import NOISY_PERIOD
             from napari_microml.runtime.spacing import RESCALE_MODES, TARGET
 
-            sp.add_argument("--rescale", default=None, choices=list(RESCALE_MODES),
-                            help="resample each frame's lattice for the network: auto (default) "
-                                 f"outside the trained range (atoms: also noisy lattices above {NOISY_PERIOD:g} px), "
-                                 f"always to a {TARGET:g} px period, off never")
+            sp.add_argument(
+                "--rescale",
+                default=None,
+                choices=list(RESCALE_MODES),
+                help="resample each frame's lattice for the network: auto (default) "
+                f"outside the trained range (atoms: also noisy lattices above {NOISY_PERIOD:g} px), "
+                f"always to a {TARGET:g} px period, off never",
+            )
         if name == "atoms":
-            sp.add_argument("--contrast", default="auto", choices=list(CONTRASTS),
-                            help="columns brighter than the background (bright: HAADF/ADF/STM), "
-                                 "darker (dark: ABF/BF), or auto: decided per image (default)")
+            sp.add_argument(
+                "--contrast",
+                default="auto",
+                choices=list(CONTRASTS),
+                help="columns brighter than the background (bright: HAADF/ADF/STM), "
+                "darker (dark: ABF/BF), or auto: decided per image (default)",
+            )
         if name == "complete":
             grp = sp.add_mutually_exclusive_group()
-            grp.add_argument("--mask", default=None, metavar="FILE",
-                             help="image of the measured pixels (non-zero = measured), same size as "
-                                  "the scan (or a stack of them); default: NaN pixels are unmeasured")
-            grp.add_argument("--coords", default=None, metavar="FILE",
-                             help="scan positions, two integer columns per line (x, y; see "
-                                  "--coords-order); with a movie input (one frame per position) the "
-                                  "frame sums are the measured values")
-            grp.add_argument("--zeros-unmeasured", action="store_true",
-                             help="pixels equal to 0 were not measured (never assumed otherwise: a "
-                                  "measured 0 is a real value)")
-            sp.add_argument("--coords-order", default="xy", choices=["xy", "yx"],
-                            help="column order in --coords (Direct Electron files: xy, the default)")
-            sp.add_argument("--scan-info", default=None, metavar="FILE",
-                            help="Direct Electron *_info.txt: scan size and ROI offset for --coords")
+            grp.add_argument(
+                "--mask",
+                default=None,
+                metavar="FILE",
+                help="image of the measured pixels (non-zero = measured), same size as "
+                "the scan (or a stack of them); default: NaN pixels are unmeasured",
+            )
+            grp.add_argument(
+                "--coords",
+                default=None,
+                metavar="FILE",
+                help="scan positions, two integer columns per line (x, y; see "
+                "--coords-order); with a movie input (one frame per position) the "
+                "frame sums are the measured values",
+            )
+            grp.add_argument(
+                "--zeros-unmeasured",
+                action="store_true",
+                help="pixels equal to 0 were not measured (never assumed otherwise: a "
+                "measured 0 is a real value)",
+            )
+            sp.add_argument(
+                "--coords-order",
+                default="xy",
+                choices=["xy", "yx"],
+                help="column order in --coords (Direct Electron files: xy, the default)",
+            )
+            sp.add_argument(
+                "--scan-info",
+                default=None,
+                metavar="FILE",
+                help="Direct Electron *_info.txt: scan size and ROI offset for --coords",
+            )
         if name == "spectra":
-            sp.add_argument("--channels-last", action="store_true",
-                            help="treat the last axis as spectral channels even though the file names "
-                                 "no spectral axis (plain .npy/.tif arrays of spectra)")
-            sp.add_argument("--window", nargs=2, type=float, default=None, metavar=("LO", "HI"),
-                            help="fit only the channels between LO and HI, in the spectral axis's units "
-                                 "(e.g. eV; channel numbers with --channels-last), e.g. around a peak; "
-                                 "default: around the most prominent peak of the mean spectrum (e.g. the "
-                                 "zero-loss peak), as the widget chooses; the channels used are in the "
-                                 "provenance")
+            sp.add_argument(
+                "--channels-last",
+                action="store_true",
+                help="treat the last axis as spectral channels even though the file names "
+                "no spectral axis (plain .npy/.tif arrays of spectra)",
+            )
+            sp.add_argument(
+                "--window",
+                nargs=2,
+                type=float,
+                default=None,
+                metavar=("LO", "HI"),
+                help="fit only the channels between LO and HI, in the spectral axis's units "
+                "(e.g. eV; channel numbers with --channels-last), e.g. around a peak; "
+                "default: around the most prominent peak of the mean spectrum (e.g. the "
+                "zero-loss peak), as the widget chooses; the channels used are in the "
+                "provenance",
+            )
     from napari_microml.lattice.cli import add_parser as add_lattice_parser
 
     add_lattice_parser(sub)
@@ -1084,9 +1357,11 @@ def _models() -> int:
         line = f"{name}\t{entry.get('task', '?')}\t"
         if entry.get("user"):
             v = entry.get("validation", {})
-            line += (f"yours (from {entry.get('base', '?')}, {len(entry.get('images', []))} image(s), "
-                     f"{entry.get('n_points', '?')} points; held-out F1 {v.get('f1_before', '?')} → "
-                     f"{v.get('f1_after', '?')})\t")
+            line += (
+                f"yours (from {entry.get('base', '?')}, {len(entry.get('images', []))} image(s), "
+                f"{entry.get('n_points', '?')} points; held-out F1 {v.get('f1_before', '?')} → "
+                f"{v.get('f1_after', '?')})\t"
+            )
         else:
             line += f"shipped\t{entry.get('file', '?')}\t"
         print(line + f"sha256:{entry.get('sha256', '?')}")
@@ -1149,39 +1424,61 @@ def main(argv: list[str] | None = None) -> int:
         if args.workers is not None and args.workers < 1:
             print("microml: error: --workers must be at least 1.", file=sys.stderr)
             return EXIT_USAGE
-        scan = ScanMask(getattr(args, "mask", None), getattr(args, "coords", None),
-                        getattr(args, "coords_order", "xy"), getattr(args, "scan_info", None),
-                        getattr(args, "zeros_unmeasured", False))
+        scan = ScanMask(
+            getattr(args, "mask", None),
+            getattr(args, "coords", None),
+            getattr(args, "coords_order", "xy"),
+            getattr(args, "scan_info", None),
+            getattr(args, "zeros_unmeasured", False),
+        )
         argv_used = list(sys.argv[1:] if argv is None else argv)
         try:
-            report = run_tool(args.command, args.inputs, args.out, device=args.device,
-                              scheduler=args.scheduler, workers=args.workers,
-                              progress=not args.quiet, model=getattr(args, "model", None),
-                              rescale=getattr(args, "rescale", None),
-                              contrast=getattr(args, "contrast", "auto"),
-                              overwrite=args.overwrite, keep_going=args.keep_going, scan=scan,
-                              channels_last=getattr(args, "channels_last", False),
-                              window=getattr(args, "window", None),
-                              command=["microml", *argv_used])
+            report = run_tool(
+                args.command,
+                args.inputs,
+                args.out,
+                device=args.device,
+                scheduler=args.scheduler,
+                workers=args.workers,
+                progress=not args.quiet,
+                model=getattr(args, "model", None),
+                rescale=getattr(args, "rescale", None),
+                contrast=getattr(args, "contrast", "auto"),
+                overwrite=args.overwrite,
+                keep_going=args.keep_going,
+                scan=scan,
+                channels_last=getattr(args, "channels_last", False),
+                window=getattr(args, "window", None),
+                command=["microml", *argv_used],
+            )
         except InputError as err:
             print(f"microml: error: {err}", file=sys.stderr)
             return EXIT_USAGE
         except Exception as err:  # noqa: BLE001 - one line for the user, nothing written
             msg = _one_line(err)
             kind = "" if isinstance(err, ToolError) else f"{type(err).__name__}: "
-            print(f"microml: {args.command} failed: {kind}{msg}; nothing was written.", file=sys.stderr)
+            print(
+                f"microml: {args.command} failed: {kind}{msg}; nothing was written.",
+                file=sys.stderr,
+            )
             return EXIT_FAILED
         for sig in previous:  # the results are in place: a Ctrl-C now cannot undo them
             signal.signal(sig, signal.SIG_IGN)
         for f in report.failed:
-            print(f"microml: {args.command}: {f.name}: {'error: ' if f.bad_input else 'failed: '}"
-                  f"{f.reason}", file=sys.stderr)
+            print(
+                f"microml: {args.command}: {f.name}: {'error: ' if f.bad_input else 'failed: '}"
+                f"{f.reason}",
+                file=sys.stderr,
+            )
         for f in report.empty:
             print(f"microml: {args.command}: {f.name}: {f.reason}", file=sys.stderr)
         if not args.quiet or report.failed or report.empty:
             gave = report.inputs - len(report.failed) - len(report.empty)
-            print(f"microml {args.command}: wrote {_plural(len(report.written), 'file')} to {args.out} "
-                  f"({gave} of {_plural(report.inputs, 'input')} gave results)", file=sys.stderr)
+            print(
+                f"microml {args.command}: wrote {_plural(len(report.written), 'file')} to {args.out} "
+                f"({gave} of {_plural(report.inputs, 'input')} gave results)",
+                file=sys.stderr,
+            )
         try:
             for p in report.written:
                 print(p, flush=True)
@@ -1191,8 +1488,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         for sig in previous:  # a second Ctrl-C while reporting changes nothing
             signal.signal(sig, signal.SIG_IGN)
-        print(f"microml: {command + ' ' if command else ''}interrupted; nothing was written.",
-              file=sys.stderr)
+        print(
+            f"microml: {command + ' ' if command else ''}interrupted; nothing was written.",
+            file=sys.stderr,
+        )
         if _CONSOLE:  # do not wait for worker threads still inside a frame
             sys.stderr.flush()
             os._exit(EXIT_INTERRUPTED)

@@ -4,6 +4,7 @@
 atom finder through its widget, writes the atoms CSV, the provenance JSON and a screenshot of
 the whole window to ``--out``, and exits.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -57,8 +58,10 @@ def main(argv=None):
     from skimage.io import imsave
 
     imsave(out / "screenshot.png", napari_shot, check_contrast=False)
-    print(f"{len(points.data)} columns found on {widget.ran_on.value}; "
-          f"wrote {out}/atoms.csv, provenance.json, screenshot.png")
+    print(
+        f"{len(points.data)} columns found on {widget.ran_on.value}; "
+        f"wrote {out}/atoms.csv, provenance.json, screenshot.png"
+    )
     viewer.close()
 
 

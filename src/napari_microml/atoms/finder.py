@@ -1,4 +1,5 @@
 """Find atomic columns: U-Net probability map → local maxima → batched sub-pixel refinement."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -22,8 +23,13 @@ from napari_microml.runtime.validate import (
 from napari_microml.runtime.workers import drain, progress
 
 FEATURES = ("score", "intensity", "sigma", "position_std", "fit_ok")
-INPUTS = ("plain", "flatten")  # what a model was trained on: robust scaling, or that after flattening
-FLATTEN_RADIUS = 8  # flatten_background radius (px of the network grid): a minimum over 35 px, smoothed
+INPUTS = (
+    "plain",
+    "flatten",
+)  # what a model was trained on: robust scaling, or that after flattening
+FLATTEN_RADIUS = (
+    8  # flatten_background radius (px of the network grid): a minimum over 35 px, smoothed
+)
 # rescale="auto" also resamples a NOISY lattice (runtime.spacing.NOISY) whose period exceeds this
 # (px): at native scale the network misses columns there (real Acquisition_18: 1,255 of ~1,850).
 # Judged on fresh simulated crystals (12-32 px, 10-5,000 counts): F1 no cell lower, 0.947 -> 0.997
@@ -38,8 +44,12 @@ def network_input(image: np.ndarray, kind: str = "plain") -> np.ndarray:
     so faint columns on a bright, uneven support keep their contrast."""
     if kind not in INPUTS:
         raise ValueError(f"Unknown network input {kind!r}; choose one of {', '.join(INPUTS)}.")
-    image = robust_normalize(image)  # first: flattening then works on 0–1 numbers whatever the units
-    return robust_normalize(flatten_background(image, FLATTEN_RADIUS)) if kind == "flatten" else image
+    image = robust_normalize(
+        image
+    )  # first: flattening then works on 0–1 numbers whatever the units
+    return (
+        robust_normalize(flatten_background(image, FLATTEN_RADIUS)) if kind == "flatten" else image
+    )
 
 
 def input_kind(net, info: dict) -> str:
@@ -59,7 +69,7 @@ class AtomsResult:
     """
 
     positions: np.ndarray
-    features: "object"
+    features: object
     probability: np.ndarray
     model: dict
     device: str
@@ -80,7 +90,9 @@ class AtomsResult:
         return self.positions * self.pixel_size
 
 
-def _local_maxima(prob: np.ndarray, threshold: float, min_distance: int) -> tuple[np.ndarray, np.ndarray]:
+def _local_maxima(
+    prob: np.ndarray, threshold: float, min_distance: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Peaks of the probability map, sub-pixel by a 3×3 parabola, and their scores."""
     from scipy import ndimage as ndi
 
@@ -100,7 +112,9 @@ def _local_maxima(prob: np.ndarray, threshold: float, min_distance: int) -> tupl
     sub = []
     for lo, hi in ((p[r, c + 1], p[r + 2, c + 1]), (p[r + 1, c], p[r + 1, c + 2])):
         den = lo - 2 * centre + hi
-        sub.append(np.where(den < 0, 0.5 * (lo - hi) / np.where(den < 0, den, -1), 0.0).clip(-0.5, 0.5))
+        sub.append(
+            np.where(den < 0, 0.5 * (lo - hi) / np.where(den < 0, den, -1), 0.0).clip(-0.5, 0.5)
+        )
     pos = np.column_stack([r + sub[0], c + sub[1]]).astype(np.float64)
     return pos, centre.astype(np.float32)
 
@@ -146,34 +160,57 @@ def find_atoms_iter(
     predict = batch_predictor(net, dev, torch.sigmoid)
     kind = input_kind(net, info)
     # decided on what the network sees: a 3 px lattice is a blur until resampled
-    choice = decide(resample(fill_nonfinite(stack[0]), zoom), contrast, period=spacing and spacing * zoom)
+    choice = decide(
+        resample(fill_nonfinite(stack[0]), zoom), contrast, period=spacing and spacing * zoom
+    )
     n_frames = len(stack)
     probs, rows = [], []
     for t, frame in enumerate(stack):
         frame = fill_nonfinite(frame)
         if choice.contrast == "dark":
             frame = frame.max() - frame
-        gen = tiled_predict(predict, network_input(resample(frame, zoom), kind)[None], out_channels=1, tile=tile,
-                            batch_size=max(1, (1024 * 1024) // (tile * tile)),  # bounded memory
-                            multiple=getattr(net, "multiple", 8))
+        gen = tiled_predict(
+            predict,
+            network_input(resample(frame, zoom), kind)[None],
+            out_channels=1,
+            tile=tile,
+            batch_size=max(1, (1024 * 1024) // (tile * tile)),  # bounded memory
+            multiple=getattr(net, "multiple", 8),
+        )
         while True:
             try:
                 done, total = next(gen)
             except StopIteration as stop:
                 prob = stop.value[0]
                 break
-            yield progress(t * total + done, n_frames * total, f"frame {t + 1}/{n_frames}: tile {done}/{total}")
+            yield progress(
+                t * total + done, n_frames * total, f"frame {t + 1}/{n_frames}: tile {done}/{total}"
+            )
         pos, score = _local_maxima(prob, threshold, min_distance)
         if zoom != 1.0:  # peaks found on the resampled grid; refined on the original pixels
-            pos = np.clip(to_original(pos, zoom), -0.5, np.array(frame.shape) - 0.5)  # a border peak stays on the image
+            pos = np.clip(
+                to_original(pos, zoom), -0.5, np.array(frame.shape) - 0.5
+            )  # a border peak stays on the image
             prob = zoom_to(prob, frame.shape).astype(np.float32)
-        pos, feats = refine_positions(frame, pos, method=refine,
-                                      max_radius=int(np.clip(10 / zoom, 10, 24)))  # wide columns: wide windows
+        pos, feats = refine_positions(
+            frame, pos, method=refine, max_radius=int(np.clip(10 / zoom, 10, 24))
+        )  # wide columns: wide windows
         h, w = frame.shape
-        keep = (pos[:, 0] >= -0.5) & (pos[:, 0] <= h - 0.5) & (pos[:, 1] >= -0.5) & (pos[:, 1] <= w - 0.5)
+        keep = (
+            (pos[:, 0] >= -0.5)
+            & (pos[:, 0] <= h - 0.5)
+            & (pos[:, 1] >= -0.5)
+            & (pos[:, 1] <= w - 0.5)
+        )
         feats["intensity"] = feats["intensity"] * scaled.scale  # back to the image's units
-        df = pd.DataFrame({"row": pos[keep, 0], "col": pos[keep, 1], "score": score[keep],
-                           **{k: np.asarray(v)[keep] for k, v in feats.items()}})
+        df = pd.DataFrame(
+            {
+                "row": pos[keep, 0],
+                "col": pos[keep, 1],
+                "score": score[keep],
+                **{k: np.asarray(v)[keep] for k, v in feats.items()},
+            }
+        )
         if is_stack:
             df.insert(0, "frame", t)
         rows.append(df)
@@ -181,19 +218,34 @@ def find_atoms_iter(
     table = pd.concat(rows, ignore_index=True)
     positions = table[["row", "col"]].to_numpy(np.float64)
     features = table.drop(columns=["row", "col"])
-    params = dict(model=str(model) if not hasattr(model, "state_dict") else "custom", threshold=threshold,
-                  refine=refine, contrast=choice.contrast, contrast_choice=choice.record(),
-                  min_distance=min_distance, pixel_size=pixel_size, tile=tile,
-                  rescale=rescale if isinstance(rescale, str) or rescale is None else float(rescale),
-                  zoom=round(zoom, 4), estimated_period_px=spacing, network_input=kind)
+    params = dict(
+        model=str(model) if not hasattr(model, "state_dict") else "custom",
+        threshold=threshold,
+        refine=refine,
+        contrast=choice.contrast,
+        contrast_choice=choice.record(),
+        min_distance=min_distance,
+        pixel_size=pixel_size,
+        tile=tile,
+        rescale=rescale if isinstance(rescale, str) or rescale is None else float(rescale),
+        zoom=round(zoom, 4),
+        estimated_period_px=spacing,
+        network_input=kind,
+    )
     label = describe_device(dev)
     model_info = model_provenance(info)
     return AtomsResult(
-        positions=positions, features=features,
+        positions=positions,
+        features=features,
         probability=np.stack(probs) if is_stack else probs[0],
-        model=model_info, device=label, parameters=params, pixel_size=pixel_size, is_stack=is_stack,
-        provenance=make_provenance("atom_finder", parameters=params, model=model_info, device=label,
-                                   input_name=input_name),
+        model=model_info,
+        device=label,
+        parameters=params,
+        pixel_size=pixel_size,
+        is_stack=is_stack,
+        provenance=make_provenance(
+            "atom_finder", parameters=params, model=model_info, device=label, input_name=input_name
+        ),
     )
 
 
@@ -254,11 +306,21 @@ def find_atoms(
         per-column features, the probability map ``(H, W)`` or ``(T, H, W)``, ``parameters`` and
         ``provenance``.
     """
-    return drain(find_atoms_iter(
-        image, model=model, threshold=threshold, refine=refine, device=device,
-        pixel_size=pixel_size, contrast=contrast, min_distance=min_distance, tile=tile,
-        rescale=rescale, input_name=input_name,
-    ))
+    return drain(
+        find_atoms_iter(
+            image,
+            model=model,
+            threshold=threshold,
+            refine=refine,
+            device=device,
+            pixel_size=pixel_size,
+            contrast=contrast,
+            min_distance=min_distance,
+            tile=tile,
+            rescale=rescale,
+            input_name=input_name,
+        )
+    )
 
 
 def refine_points_iter(image, positions, *, frames=None, refine="gaussian", contrast="auto"):
@@ -272,8 +334,9 @@ def refine_points_iter(image, positions, *, frames=None, refine="gaussian", cont
     positions = np.asarray(positions, float)
     if frames is not None and positions.size:
         positions = np.column_stack([np.asarray(frames, float).ravel(), positions])
-    positions, frames = check_positions(positions, stack.shape, n_frames=len(stack),
-                                        is_stack=scaled.is_stack and frames is not None)
+    positions, frames = check_positions(
+        positions, stack.shape, n_frames=len(stack), is_stack=scaled.is_stack and frames is not None
+    )
     out = np.empty_like(positions)
     cols = {k: np.full(len(positions), np.nan) for k in FEATURES[1:]}
     cols["fit_ok"] = np.zeros(len(positions), bool)

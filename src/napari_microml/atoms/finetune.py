@@ -8,6 +8,7 @@ chosen on it, and the new model is saved (nets/user_models.py) only when it find
 held-out points better than the base model does at the base's own best threshold; otherwise
 the base is kept and the result says why.
 """
+
 from __future__ import annotations
 
 import copy
@@ -69,33 +70,47 @@ def _as_lists(images, positions):
     if isinstance(images, np.ndarray) and images.ndim == 2:
         images, positions = [images], [positions]
     if not isinstance(images, (list, tuple)) or not isinstance(positions, (list, tuple)):
-        raise TypeError("images must be a list of 2D arrays and positions a list of (N, 2) "
-                        "(row, col) arrays, one per image.")
+        raise TypeError(
+            "images must be a list of 2D arrays and positions a list of (N, 2) "
+            "(row, col) arrays, one per image."
+        )
     if len(images) != len(positions) or not images:
-        raise ValueError(f"Give one array of points per image: {len(images)} image(s) but "
-                         f"{len(positions)} point list(s).")
+        raise ValueError(
+            f"Give one array of points per image: {len(images)} image(s) but "
+            f"{len(positions)} point list(s)."
+        )
     imgs, pts = [], []
     for i, (img, pos) in enumerate(zip(images, positions)):
         img = np.asarray(img, np.float32)
         if img.ndim != 2:
-            raise ValueError(f"Image {i + 1} has shape {img.shape}; fine-tuning needs 2D grey images "
-                             "(pick single frames of a stack).")
+            raise ValueError(
+                f"Image {i + 1} has shape {img.shape}; fine-tuning needs 2D grey images "
+                "(pick single frames of a stack)."
+            )
         pos = np.asarray(pos, float)
         if pos.size == 0:
             pos = pos.reshape(0, 2)
         if pos.ndim != 2 or pos.shape[1] != 2 or not np.isfinite(pos).all():
-            raise ValueError(f"The points of image {i + 1} must be an (N, 2) array of finite "
-                             "(row, col) pixel positions.")
+            raise ValueError(
+                f"The points of image {i + 1} must be an (N, 2) array of finite "
+                "(row, col) pixel positions."
+            )
         h, w = img.shape
-        out = (pos[:, 0] < -0.5) | (pos[:, 0] > h - 0.5) | (pos[:, 1] < -0.5) | (pos[:, 1] > w - 0.5)
+        out = (
+            (pos[:, 0] < -0.5) | (pos[:, 0] > h - 0.5) | (pos[:, 1] < -0.5) | (pos[:, 1] > w - 0.5)
+        )
         if out.any():
-            raise ValueError(f"{int(out.sum())} point(s) of image {i + 1} lie outside its {h}×{w} "
-                             "pixels; are they (row, col) in pixels of that image?")
+            raise ValueError(
+                f"{int(out.sum())} point(s) of image {i + 1} lie outside its {h}×{w} "
+                "pixels; are they (row, col) in pixels of that image?"
+            )
         imgs.append(img)
         pts.append(pos)
     if sum(len(p) for p in pts) < MIN_POINTS:
-        raise ValueError(f"Fine-tuning needs at least {MIN_POINTS} corrected points in all; mark "
-                         "every atom of at least one image.")
+        raise ValueError(
+            f"Fine-tuning needs at least {MIN_POINTS} corrected points in all; mark "
+            "every atom of at least one image."
+        )
     return imgs, pts
 
 
@@ -111,7 +126,10 @@ def _prepare(img, pos, kind, fraction, seed, crop, contrast="auto"):
 
     frame = fill_nonfinite(img)
     zoom, spacing = zoom_for(frame, "auto", noisy_high=NOISY_PERIOD)
-    if decide(resample(frame, zoom), contrast, period=spacing and spacing * zoom).contrast == "dark":
+    if (
+        decide(resample(frame, zoom), contrast, period=spacing and spacing * zoom).contrast
+        == "dark"
+    ):
         frame = frame.max() - frame  # as find_atoms does: the network sees bright columns
     x = network_input(resample(frame, zoom), kind)
     points = to_resampled(pos, zoom) if zoom != 1.0 else pos
@@ -123,12 +141,16 @@ def _prepare(img, pos, kind, fraction, seed, crop, contrast="auto"):
         if n - width < crop or min(x.shape) < crop:
             continue
         lo, hi = (0, width) if side == 0 else (n - width, n)
-        share = float(np.mean((points[:, axis] >= lo) & (points[:, axis] < hi))) if len(points) else 0.0
+        share = (
+            float(np.mean((points[:, axis] >= lo) & (points[:, axis] < hi))) if len(points) else 0.0
+        )
         train = (hi, n - crop) if side == 0 else (0, lo - crop)
         strips.append((abs(share - fraction), axis, lo, hi, train))
     if not strips:
-        raise ValueError(f"An image of {img.shape[0]}×{img.shape[1]} px is too small to fine-tune on: "
-                         f"it needs {crop} px beside a validation strip of {fraction:g} of it.")
+        raise ValueError(
+            f"An image of {img.shape[0]}×{img.shape[1]} px is too small to fine-tune on: "
+            f"it needs {crop} px beside a validation strip of {fraction:g} of it."
+        )
     _, axis, lo, hi, train = min(strips, key=lambda s: s[0])
     return zoom, _Item(x, heatmap(x.shape, points, USER_SIGMA), points, axis, lo, hi, train)
 
@@ -195,8 +217,15 @@ class _Validator:
             a = max(item.lo - MARGIN, 0)  # the strip with some context, not the whole image
             sl = [slice(None), slice(None)]
             sl[item.axis] = slice(a, min(item.hi + MARGIN, item.x.shape[item.axis]))
-            prob = drain(tiled_predict(predict, item.x[tuple(sl)][None], out_channels=1, tile=1024,
-                                       multiple=getattr(net, "multiple", 8)))[0]
+            prob = drain(
+                tiled_predict(
+                    predict,
+                    item.x[tuple(sl)][None],
+                    out_channels=1,
+                    tile=1024,
+                    multiple=getattr(net, "multiple", 8),
+                )
+            )[0]
             pos, score = _local_maxima(prob, float(THRESHOLDS[0]) - 0.01, 2)
             pos[:, item.axis] += a
             keep = item.in_strip(pos)
@@ -216,18 +245,32 @@ class _Validator:
         # a few dozen held-out points make F1(threshold) jagged: judge each threshold with its neighbours
         smooth = np.convolve(np.pad(f1, 2, mode="edge"), np.ones(5) / 5, mode="valid")
         best = int(np.argmax(smooth))  # ties: the lowest threshold
-        return {"f1": float(smooth[best]), "threshold": float(THRESHOLDS[best]),
-                "loss": loss / len(self.items), "f1_by_threshold": f1.round(4).tolist(),
-                "n_points": int(n_true)}
+        return {
+            "f1": float(smooth[best]),
+            "threshold": float(THRESHOLDS[best]),
+            "loss": loss / len(self.items),
+            "f1_by_threshold": f1.round(4).tolist(),
+            "n_points": int(n_true),
+        }
 
 
 def _array_sha256(a: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
 
 
-def finetune_atoms_iter(images, positions, *, base="default", steps=None, seed: int = 0,
-                        name: str | None = None, validation: float = 0.2, device="auto",
-                        contrast: str = "auto", image_names=None):
+def finetune_atoms_iter(
+    images,
+    positions,
+    *,
+    base="default",
+    steps=None,
+    seed: int = 0,
+    name: str | None = None,
+    validation: float = 0.2,
+    device="auto",
+    contrast: str = "auto",
+    image_names=None,
+):
     """Generator twin of :func:`finetune_atoms`: yields ``("progress", done, total, message)``
     every step and ``("loss", step, total, {"loss", "val_f1", "threshold"})`` after every
     validation pass; returns a :class:`FinetuneResult`. Closing it (Stop) before it returns
@@ -245,8 +288,10 @@ def finetune_atoms_iter(images, positions, *, base="default", steps=None, seed: 
 
     imgs, pts = _as_lists(images, positions)
     if not 0 < float(validation) <= 0.5:
-        raise ValueError("validation is the fraction of each image kept to check the model; "
-                         "choose a value between 0 and 0.5 (0.2 works for 1-5 images).")
+        raise ValueError(
+            "validation is the fraction of each image kept to check the model; "
+            "choose a value between 0 and 0.5 (0.2 works for 1-5 images)."
+        )
     if steps is not None and (int(steps) != steps or steps < 1):
         raise ValueError("steps must be a whole number ≥ 1 (or None for the automatic choice).")
     max_steps = int(steps) if steps is not None else DEFAULT_STEPS
@@ -254,7 +299,9 @@ def finetune_atoms_iter(images, positions, *, base="default", steps=None, seed: 
     name = name or f"tuned-{stamp:%Y%m%d-%H%M%S}"
     full = check_name(name, "atoms")
     if full in list_user_models("atoms"):
-        raise ValueError(f"A model named {name!r} already exists; choose another name or delete it first.")
+        raise ValueError(
+            f"A model named {name!r} already exists; choose another name or delete it first."
+        )
     names = list(image_names) if image_names is not None else [None] * len(imgs)
 
     dev = resolve_device(device)
@@ -263,24 +310,40 @@ def finetune_atoms_iter(images, positions, *, base="default", steps=None, seed: 
     base_threshold = float((info.get("meta") or {}).get("recommended_threshold", 0.5))
     crop = min(CROP, *(8 * (min(i.shape) // 8) for i in imgs))
     yield progress(0, max_steps, "preparing your images")
-    prepared = [_prepare(img, pos, kind, float(validation), seed + i, crop, contrast)
-                for i, (img, pos) in enumerate(zip(imgs, pts))]
+    prepared = [
+        _prepare(img, pos, kind, float(validation), seed + i, crop, contrast)
+        for i, (img, pos) in enumerate(zip(imgs, pts))
+    ]
     items = [it for _, it in prepared]
     if sum(int(it.in_strip(it.points).sum()) for it in items) == 0:
-        raise ValueError("None of your points lies in the validation part of the images (a "
-                         f"{validation:g} strip at one edge of each), so the result could not be "
-                         "checked; mark the atoms over the whole image.")
+        raise ValueError(
+            "None of your points lies in the validation part of the images (a "
+            f"{validation:g} strip at one edge of each), so the result could not be "
+            "checked; mark the atoms over the whole image."
+        )
     tol = _tolerance([it.points for it in items])
     validate = _Validator(items, tol, dev)
     seed_everything(seed)
     rng = np.random.default_rng(seed)
-    replay = [make_pair(5_000_000 + 1_000 * seed + i, crop, input_kind=kind) for i in range(N_REPLAY)]
+    replay = [
+        make_pair(5_000_000 + 1_000 * seed + i, crop, input_kind=kind) for i in range(N_REPLAY)
+    ]
 
     before = validate(net)
     base_own = before["f1_by_threshold"][int(np.argmin(np.abs(THRESHOLDS - base_threshold)))]
-    yield ("loss", 0, max_steps, {"loss": None, "val_f1": before["f1"], "threshold": before["threshold"]})
-    best = {"f1": before["f1"], "loss": before["loss"], "step": 0, "threshold": before["threshold"],
-            "state": None}
+    yield (
+        "loss",
+        0,
+        max_steps,
+        {"loss": None, "val_f1": before["f1"], "threshold": before["threshold"]},
+    )
+    best = {
+        "f1": before["f1"],
+        "loss": before["loss"],
+        "step": 0,
+        "threshold": before["threshold"],
+        "state": None,
+    }
     history = [{"step": 0, "loss": None, "val_f1": before["f1"], "threshold": before["threshold"]}]
     opt = torch.optim.AdamW(net.parameters(), lr=LR, weight_decay=1e-4)
     losses, since, step = [], 0, 0
@@ -288,8 +351,11 @@ def finetune_atoms_iter(images, positions, *, base="default", steps=None, seed: 
         net.train()
         xb, yb = [], []
         for b in range(BATCH):
-            x, y = (replay[rng.integers(N_REPLAY)] if b < REPLAY
-                    else _crop(items[rng.integers(len(items))], crop, rng))
+            x, y = (
+                replay[rng.integers(N_REPLAY)]
+                if b < REPLAY
+                else _crop(items[rng.integers(len(items))], crop, rng)
+            )
             x, y = dihedral([x, y], int(rng.integers(8)))
             xb.append(_jitter(x, rng))
             yb.append(y)
@@ -304,15 +370,24 @@ def finetune_atoms_iter(images, positions, *, base="default", steps=None, seed: 
         if step % EVAL_EVERY and step != max_steps:
             continue
         val = validate(net)
-        row = {"step": step, "loss": float(np.mean(losses[-EVAL_EVERY:])), "val_f1": val["f1"],
-               "threshold": val["threshold"]}
+        row = {
+            "step": step,
+            "loss": float(np.mean(losses[-EVAL_EVERY:])),
+            "val_f1": val["f1"],
+            "threshold": val["threshold"],
+        }
         history.append(row)
         yield ("loss", step, max_steps, {k: row[k] for k in ("loss", "val_f1", "threshold")})
         # the checkpoint is chosen by the held-out heat-map loss: smoother than an F1 on a few
         # dozen points, which would pick a lucky early step
         if val["loss"] < best["loss"]:
-            best = {"f1": val["f1"], "loss": val["loss"], "step": step, "threshold": val["threshold"],
-                    "state": copy.deepcopy(net.state_dict())}
+            best = {
+                "f1": val["f1"],
+                "loss": val["loss"],
+                "step": step,
+                "threshold": val["threshold"],
+                "state": copy.deepcopy(net.state_dict()),
+            }
             since = 0
         else:
             since += 1
@@ -321,42 +396,94 @@ def finetune_atoms_iter(images, positions, *, base="default", steps=None, seed: 
     yield progress(max_steps, max_steps, "checking the new model on your held-out points")
 
     card = {
-        "base": info["name"], "base_sha256": info["sha256"], "created": stamp.isoformat(timespec="seconds"),
-        "images": [{"name": n, "shape": list(i.shape), "sha256": _array_sha256(i), "n_points": len(p),
-                    "zoom": round(z, 4)} for n, i, p, (z, _) in zip(names, imgs, pts, prepared)],
-        "n_points": int(sum(len(p) for p in pts)), "steps": step, "max_steps": max_steps,
-        "best_step": best["step"], "seed": seed,
-        "validation": {"f1_is": "pooled over the held-out strips, mean of the threshold and its four neighbours",
-                       "fraction": float(validation), "n_points": before["n_points"], "tolerance_px": round(tol, 2),
-                       "f1_before": round(before["f1"], 4), "threshold_before": before["threshold"],
-                       "f1_before_at_its_threshold": round(float(base_own), 4),
-                       "f1_after": round(best["f1"], 4), "threshold": best["threshold"]},
-        "recipe": {"crop": crop, "batch": BATCH, "replay_per_batch": REPLAY, "lr": LR,
-                   "eval_every": EVAL_EVERY, "patience": PATIENCE},
+        "base": info["name"],
+        "base_sha256": info["sha256"],
+        "created": stamp.isoformat(timespec="seconds"),
+        "images": [
+            {
+                "name": n,
+                "shape": list(i.shape),
+                "sha256": _array_sha256(i),
+                "n_points": len(p),
+                "zoom": round(z, 4),
+            }
+            for n, i, p, (z, _) in zip(names, imgs, pts, prepared)
+        ],
+        "n_points": int(sum(len(p) for p in pts)),
+        "steps": step,
+        "max_steps": max_steps,
+        "best_step": best["step"],
+        "seed": seed,
+        "validation": {
+            "f1_is": "pooled over the held-out strips, mean of the threshold and its four neighbours",
+            "fraction": float(validation),
+            "n_points": before["n_points"],
+            "tolerance_px": round(tol, 2),
+            "f1_before": round(before["f1"], 4),
+            "threshold_before": before["threshold"],
+            "f1_before_at_its_threshold": round(float(base_own), 4),
+            "f1_after": round(best["f1"], 4),
+            "threshold": best["threshold"],
+        },
+        "recipe": {
+            "crop": crop,
+            "batch": BATCH,
+            "replay_per_batch": REPLAY,
+            "lr": LR,
+            "eval_every": EVAL_EVERY,
+            "patience": PATIENCE,
+        },
         "history": history,
-        "provenance": make_provenance("finetune_atoms", model={k: info[k] for k in ("name", "file", "sha256")},
-                                      device=describe_device(dev), seed=seed,
-                                      parameters={"steps": steps, "validation": validation, "name": name,
-                                                  "contrast": contrast}),
+        "provenance": make_provenance(
+            "finetune_atoms",
+            model={k: info[k] for k in ("name", "file", "sha256")},
+            device=describe_device(dev),
+            seed=seed,
+            parameters={
+                "steps": steps,
+                "validation": validation,
+                "name": name,
+                "contrast": contrast,
+            },
+        ),
     }
     short_base = info["name"].removeprefix("atoms-")
     if best["state"] is None or best["f1"] <= before["f1"]:
-        reason = (f"Kept the base model {short_base!r}: on your held-out points (the {validation:g} "
-                  f"strip of each image) the fine-tuned model reached F1 {best['f1']:.3f}, not above "
-                  f"the base's {before['f1']:.3f}. Correct more points or images and try again.")
+        reason = (
+            f"Kept the base model {short_base!r}: on your held-out points (the {validation:g} "
+            f"strip of each image) the fine-tuned model reached F1 {best['f1']:.3f}, not above "
+            f"the base's {before['f1']:.3f}. Correct more points or images and try again."
+        )
         return FinetuneResult(short_base, True, reason, card, history, describe_device(dev))
     net.load_state_dict(best["state"])
-    meta = {"input": kind, "recommended_threshold": best["threshold"], "base": info["name"],
-            "finetuned_on_user_points": True}
+    meta = {
+        "input": kind,
+        "recommended_threshold": best["threshold"],
+        "base": info["name"],
+        "finetuned_on_user_points": True,
+    }
     entry = save_user_model(net.cpu().eval(), full, task="atoms", arch=ARCH, meta=meta, card=card)
-    reason = (f"Saved {full.removeprefix('atoms-')!r}: F1 on your held-out points {before['f1']:.3f} → "
-              f"{best['f1']:.3f} (threshold {best['threshold']:g}), best at step {best['step']}.")
-    return FinetuneResult(full.removeprefix("atoms-"), False, reason, entry, history, describe_device(dev))
+    reason = (
+        f"Saved {full.removeprefix('atoms-')!r}: F1 on your held-out points {before['f1']:.3f} → "
+        f"{best['f1']:.3f} (threshold {best['threshold']:g}), best at step {best['step']}."
+    )
+    return FinetuneResult(
+        full.removeprefix("atoms-"), False, reason, entry, history, describe_device(dev)
+    )
 
 
-def finetune_atoms(images, positions, *, base="default", steps=None, seed: int = 0,
-                   name: str | None = None, validation: float = 0.2, device="auto",
-                   contrast: str = "auto") -> str:
+def finetune_atoms(
+    images,
+    positions,
+    *,
+    base="default",
+    steps=None,
+    seed: int = 0,
+    name: str | None = None,
+    validation: float = 0.2,
+    device="auto",
+    contrast: str = "auto",
+) -> str:
     """Fine-tune the atom finder on your own corrected points; return the model's name.
 
     Parameters
@@ -392,8 +519,19 @@ def finetune_atoms(images, positions, *, base="default", steps=None, seed: int =
     """
     import warnings
 
-    result = drain(finetune_atoms_iter(images, positions, base=base, steps=steps, seed=seed, name=name,
-                                       validation=validation, device=device, contrast=contrast))
+    result = drain(
+        finetune_atoms_iter(
+            images,
+            positions,
+            base=base,
+            steps=steps,
+            seed=seed,
+            name=name,
+            validation=validation,
+            device=device,
+            contrast=contrast,
+        )
+    )
     if result.kept_base:
         warnings.warn(result.reason, stacklevel=2)
     return result.name
@@ -449,8 +587,11 @@ def count_edits(before, after, *, moved_px: float = 0.5, max_px: float = 3.0) ->
     after = np.asarray(after, float).reshape(-1, 2)
     pairs = match_points(after, before, max_px)["pairs"]
     shift = np.hypot(*(after[pairs[:, 0]] - before[pairs[:, 1]]).T) if len(pairs) else np.zeros(0)
-    return {"added": len(after) - len(pairs), "removed": len(before) - len(pairs),
-            "moved": int((shift > moved_px).sum())}
+    return {
+        "added": len(after) - len(pairs),
+        "removed": len(before) - len(pairs),
+        "moved": int((shift > moved_px).sum()),
+    }
 
 
 UNSURE_SCORE = 0.7  # a detection below this network score counts as unsure
@@ -474,6 +615,8 @@ def unsure_note(result) -> str:
     share = float(np.mean(np.asarray(features["score"], float) < UNSURE_SCORE))
     if share < UNSURE_SHARE:
         return ""
-    return (f" {share:.0%} of the detections are unsure (score < {UNSURE_SCORE:g}): this image looks "
-            "unlike the model's training data. Check them (Teach the atom finder → Review) and "
-            "fine-tune on a few corrected images.")
+    return (
+        f" {share:.0%} of the detections are unsure (score < {UNSURE_SCORE:g}): this image looks "
+        "unlike the model's training data. Check them (Teach the atom finder → Review) and "
+        "fine-tune on a few corrected images."
+    )

@@ -1,4 +1,5 @@
 """Detection scores: Hungarian matching of predicted to true positions."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -25,9 +26,20 @@ def match_points(pred, true, max_distance: float = 3.0) -> dict:
     precision = tp / len(pred) if len(pred) else float(len(true) == 0)
     recall = tp / len(true) if len(true) else 1.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    rms = float(np.sqrt(((pred[pairs[:, 0]] - true[pairs[:, 1]]) ** 2).sum(1).mean())) if tp else float("nan")
-    return {"precision": precision, "recall": recall, "f1": f1, "rms": rms, "pairs": pairs,
-            "n_pred": len(pred), "n_true": len(true)}
+    rms = (
+        float(np.sqrt(((pred[pairs[:, 0]] - true[pairs[:, 1]]) ** 2).sum(1).mean()))
+        if tp
+        else float("nan")
+    )
+    return {
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
+        "rms": rms,
+        "pairs": pairs,
+        "n_pred": len(pred),
+        "n_true": len(true),
+    }
 
 
 def match_boxes(pred, true, box: int = 21, min_iou: float = 0.5) -> dict:

@@ -6,13 +6,19 @@ isotropic 2D Gaussian plus a constant background in a circular window around eve
 shrinks as fits converge), not one scipy fit per atom. Columns whose fit fails or
 runs away fall back to the background-subtracted intensity centre of mass.
 """
+
 from __future__ import annotations
 
 import numpy as np
 from scipy import ndimage as ndi
 
 from napari_microml.runtime.noise import noise_sigma
-from napari_microml.runtime.validate import as_scaled_stack, check_number, check_positions, fill_nonfinite
+from napari_microml.runtime.validate import (
+    as_scaled_stack,
+    check_number,
+    check_positions,
+    fill_nonfinite,
+)
 
 METHODS = ("gaussian", "com", "none")
 NP = 5  # fitted parameters per column
@@ -80,10 +86,12 @@ def _neighbours(positions: np.ndarray, r: int, k: int = 6, tree=None) -> np.ndar
     out = np.full((n, k, 2), np.nan)
     if n < 2:
         return out
-    d, idx = (tree or cKDTree(positions)).query(positions, k=min(k + 1, n), distance_upper_bound=2 * r + 1)
+    d, idx = (tree or cKDTree(positions)).query(
+        positions, k=min(k + 1, n), distance_upper_bound=2 * r + 1
+    )
     d, idx = d[:, 1:], idx[:, 1:]  # the first hit is the column itself (or its exact duplicate)
     ok = np.isfinite(d)
-    out[:, :d.shape[1]][ok] = positions[idx[ok]]
+    out[:, : d.shape[1]][ok] = positions[idx[ok]]
     return out
 
 
@@ -139,7 +147,12 @@ def _lm_gaussian(v, wgt, dy, dx, p, iters=10, tol=5e-3):
         res2, jac2, cost2 = evaluate(trial, active)
         better = np.isfinite(cost2) & (cost2 < cost[active])
         idx = active[better]
-        p[idx], jac[idx], res[idx], cost[idx] = trial[better], jac2[better], res2[better], cost2[better]
+        p[idx], jac[idx], res[idx], cost[idx] = (
+            trial[better],
+            jac2[better],
+            res2[better],
+            cost2[better],
+        )
         lam[active] = np.where(better, lam[active] / 3, lam[active] * 4)
         done = (better & (np.abs(step[:, 1:3]).max(axis=1) < tol)) | (lam[active] > 1e6)
         active = active[~done]
@@ -187,7 +200,9 @@ def _block_reduce(a: np.ndarray, k: int, ufunc) -> np.ndarray:
     return out
 
 
-def _upsample_linear(coarse: np.ndarray, step: int, shape: tuple, offset: float = 0.0) -> np.ndarray:
+def _upsample_linear(
+    coarse: np.ndarray, step: int, shape: tuple, offset: float = 0.0
+) -> np.ndarray:
     """Bilinear interpolation of ``coarse`` (sample i at pixel ``offset + step·i``, clamped at
     the edges) onto ``shape``: rows first on the coarse columns, then columns, so the
     full-size work is one pass."""
@@ -202,8 +217,15 @@ def _upsample_linear(coarse: np.ndarray, step: int, shape: tuple, offset: float 
     return out
 
 
-def refine_positions(image, positions, *, method: str = "gaussian", radius: int | None = None,
-                     max_radius: int = 10, chunk: int = 1024) -> tuple[np.ndarray, dict]:
+def refine_positions(
+    image,
+    positions,
+    *,
+    method: str = "gaussian",
+    radius: int | None = None,
+    max_radius: int = 10,
+    chunk: int = 1024,
+) -> tuple[np.ndarray, dict]:
     """Refine ``positions`` (N, 2) (row, col) on ``image`` (H, W).
 
     The window radius is ``radius`` or 0.4 × the median nearest-neighbour distance, clipped to
@@ -255,7 +277,7 @@ def refine_positions(image, positions, *, method: str = "gaussian", radius: int 
         others = _neighbours(pos0, r, tree=tree)
         too_wide = []
         for lo in range(0, len(todo), chunk):
-            sl = todo[lo:lo + chunk]
+            sl = todo[lo : lo + chunk]
             centres = np.clip(np.rint(pos0[sl]).astype(int), 0, np.array(image.shape) - 1)
             v, wgt, dy, dx = _patches(image, centres, r)
             wgt = _own_pixels(wgt, dy, dx, pos0[sl] - centres, others[sl] - centres[:, None])
@@ -281,9 +303,17 @@ def refine_positions(image, positions, *, method: str = "gaussian", radius: int 
                 p, cov = _lm_gaussian(v, wgt, dy, dx, p)
                 std = np.sqrt(np.clip(0.5 * (cov[:, 0, 0] + cov[:, 1, 1]), 0, None))
                 moved = np.hypot(p[:, 1] - start[:, 0], p[:, 2] - start[:, 1])
-                ok = (np.isfinite(p).all(1) & (p[:, 0] > 0) & (p[:, 3] > 0.5) & (p[:, 3] < 1.5 * r)
-                      & (moved < max(1.0, 0.5 * r)) & (np.abs(p[:, 1]) <= r) & (np.abs(p[:, 2]) <= r)
-                      & np.isfinite(std) & (std < 1.0))
+                ok = (
+                    np.isfinite(p).all(1)
+                    & (p[:, 0] > 0)
+                    & (p[:, 3] > 0.5)
+                    & (p[:, 3] < 1.5 * r)
+                    & (moved < max(1.0, 0.5 * r))
+                    & (np.abs(p[:, 1]) <= r)
+                    & (np.abs(p[:, 2]) <= r)
+                    & np.isfinite(std)
+                    & (std < 1.0)
+                )
                 fitted = centres + p[:, 1:3]
                 out[sl] = np.where(ok[:, None], fitted, centres + com_pos)
                 feats["sigma"][sl] = np.where(ok, p[:, 3], np.nan)

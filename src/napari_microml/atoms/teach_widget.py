@@ -5,13 +5,28 @@ Pairs of an Image layer and the Points layer the user corrected (found by the At
 plot → the new model is selected in the Atom finder. A review list walks the least certain
 detections first and counts the points added, removed and moved per image.
 """
+
 from __future__ import annotations
 
 import napari
 import numpy as np
-from magicgui.widgets import ComboBox, Container, Label, LineEdit, PushButton, Select, SpinBox, create_widget
+from magicgui.widgets import (
+    ComboBox,
+    Container,
+    Label,
+    LineEdit,
+    PushButton,
+    Select,
+    SpinBox,
+    create_widget,
+)
 
-from napari_microml.atoms.finetune import DEFAULT_STEPS, count_edits, finetune_atoms_iter, review_order
+from napari_microml.atoms.finetune import (
+    DEFAULT_STEPS,
+    count_edits,
+    finetune_atoms_iter,
+    review_order,
+)
 from napari_microml.runtime.widget import ToolWidget, viewer_camera
 
 ARROW = " ← "
@@ -33,7 +48,9 @@ def _in_image_pixels(points, image) -> np.ndarray:
     """(N, 2) positions of a 2D Points layer in the pixels of a 2D Image layer (through world
     coordinates, so differing scales or offsets of the two layers do not matter)."""
     pts = np.asarray(points.data, float)[:, -2:]
-    same = all(np.allclose(getattr(points, k)[-2:], getattr(image, k)[-2:]) for k in ("scale", "translate"))
+    same = all(
+        np.allclose(getattr(points, k)[-2:], getattr(image, k)[-2:]) for k in ("scale", "translate")
+    )
     if same and np.allclose(points.affine.affine_matrix, image.affine.affine_matrix):
         return pts
     return np.array([image.world_to_data(points.data_to_world(p)) for p in pts]).reshape(-1, 2)
@@ -49,39 +66,67 @@ class TeachAtomsWidget(ToolWidget):
         self._history: list[dict] = []
         self._edited: set[str] = set()  # pairs already selected because their points were edited
         self._review: tuple = (None, np.zeros(0, int), [], 0)
-        self.pairs = Select(label="Images ← points", choices=self._pair_choices,
-                            tooltip="Image layers and the Points layers you corrected on them; all "
-                                    "selected pairs are used")
+        self.pairs = Select(
+            label="Images ← points",
+            choices=self._pair_choices,
+            tooltip="Image layers and the Points layers you corrected on them; all "
+            "selected pairs are used",
+        )
         self.pairs.native.setMaximumHeight(90)
         self.pair_image = create_widget(annotation=napari.layers.Image, label="Other pair: image")
         self.pair_points = create_widget(annotation=napari.layers.Points, label="      points")
         self.add_pair = PushButton(text="Add this pair")
         self.base = ComboBox(label="Start from", choices=lambda _w: _atom_models(), value="default")
-        self.steps = SpinBox(label="Most steps", value=DEFAULT_STEPS, min=1, max=20000,
-                             tooltip="Training stops earlier when the F1 on your held-out points "
-                                     "stops improving")
-        self.model_name = LineEdit(label="New model name", value="",
-                                   tooltip="Empty: tuned-<date>-<time>")
+        self.steps = SpinBox(
+            label="Most steps",
+            value=DEFAULT_STEPS,
+            min=1,
+            max=20000,
+            tooltip="Training stops earlier when the F1 on your held-out points stops improving",
+        )
+        self.model_name = LineEdit(
+            label="New model name", value="", tooltip="Empty: tuned-<date>-<time>"
+        )
         self.edits = Label(label="Your edits", value="–")
         self.edits.tooltip = "Points added, removed and moved since this panel first saw each layer"
         self.next_uncertain = PushButton(text="Review: next least certain point")
-        self.next_uncertain.tooltip = ("Centre the view on the next detection worth checking: score "
-                                       "near the threshold, uncertain position, or an odd spacing")
+        self.next_uncertain.tooltip = (
+            "Centre the view on the next detection worth checking: score "
+            "near the threshold, uncertain position, or an odd spacing"
+        )
         self.my_models = ComboBox(label="My models", choices=lambda _w: _user_models())
         self.delete_button = PushButton(text="Delete model")
-        super().__init__(viewer, [self.pairs, self.pair_image, self.pair_points, self.add_pair,
-                                  self.base, self.steps, self.model_name])
+        super().__init__(
+            viewer,
+            [
+                self.pairs,
+                self.pair_image,
+                self.pair_points,
+                self.add_pair,
+                self.base,
+                self.steps,
+                self.model_name,
+            ],
+        )
         self.run_button.text = "Fine-tune"
         self.edits.native.setWordWrap(True)
         self._plot = self._make_plot()
-        self.extend([self.edits, self.next_uncertain,
-                     Container(widgets=[self.my_models, self.delete_button], layout="horizontal",
-                               labels=False)])
+        self.extend(
+            [
+                self.edits,
+                self.next_uncertain,
+                Container(
+                    widgets=[self.my_models, self.delete_button], layout="horizontal", labels=False
+                ),
+            ]
+        )
         self.add_pair.changed.connect(self._on_add_pair)
         self.next_uncertain.changed.connect(self._on_next_uncertain)
         self.delete_button.changed.connect(self._on_delete)
         self.pairs.changed.connect(self._update_edits)
-        self.my_models.changed.connect(lambda *_: setattr(self.delete_button, "text", "Delete model"))
+        self.my_models.changed.connect(
+            lambda *_: setattr(self.delete_button, "text", "Delete model")
+        )
         for event in (viewer.layers.events.inserted, viewer.layers.events.removed):
             event.connect(self._on_layers_changed)
         for layer in viewer.layers:
@@ -99,7 +144,9 @@ class TeachAtomsWidget(ToolWidget):
             image = pts.name.removesuffix(" atoms")
             if image in layers and isinstance(layers[image], napari.layers.Image):
                 found.append((image, pts.name))
-        found += [p for p in self._extra_pairs if p[0] in layers and p[1] in layers and p not in found]
+        found += [
+            p for p in self._extra_pairs if p[0] in layers and p[1] in layers and p not in found
+        ]
         return [ARROW.join(p) for p in found]
 
     def _selected_pairs(self) -> list[tuple]:
@@ -158,8 +205,10 @@ class TeachAtomsWidget(ToolWidget):
             if any(counts.values()) and text not in self._edited:
                 self._edited.add(text)  # selected once; the user may deselect it again
                 select.append(text)
-            lines.append(f"{points.name}: +{counts['added']} added, −{counts['removed']} removed, "
-                         f"{counts['moved']} moved")
+            lines.append(
+                f"{points.name}: +{counts['added']} added, −{counts['removed']} removed, "
+                f"{counts['moved']} moved"
+            )
         self.edits.value = "\n".join(lines) or "–"
         if select:
             self.pairs.value = list(dict.fromkeys([*self.pairs.value, *select]))
@@ -175,8 +224,9 @@ class TeachAtomsWidget(ToolWidget):
             name = names[0] if name not in names else names[(names.index(name) + 1) % len(names)]
             layer = self.viewer.layers[name]
             meta = (layer.metadata.get("napari_microml") or {}).get("parameters", {})
-            order, words = review_order(np.asarray(layer.data)[:, -2:], layer.features,
-                                        float(meta.get("threshold", 0.5)))
+            order, words = review_order(
+                np.asarray(layer.data)[:, -2:], layer.features, float(meta.get("threshold", 0.5))
+            )
             k = 0
         layer = self.viewer.layers[name]
         if not len(order):
@@ -195,13 +245,17 @@ class TeachAtomsWidget(ToolWidget):
     def make_job(self):
         pairs = self._selected_pairs()
         if not pairs:
-            raise ValueError("Select at least one image with its corrected points (run the Atom "
-                             "finder, correct its points, then fine-tune).")
+            raise ValueError(
+                "Select at least one image with its corrected points (run the Atom "
+                "finder, correct its points, then fine-tune)."
+            )
         images, positions, names, contrasts = [], [], [], set()
         for image, points in pairs:
             if image.rgb or image.ndim != 2 or points.ndim != 2:
-                raise ValueError(f"{image.name!r}: fine-tuning needs single 2D grey images; pick one "
-                                 "frame of a stack as its own layer.")
+                raise ValueError(
+                    f"{image.name!r}: fine-tuning needs single 2D grey images; pick one "
+                    "frame of a stack as its own layer."
+                )
             images.append(np.asarray(image.data, np.float32))
             positions.append(_in_image_pixels(points, image))
             names.append(image.name)
@@ -210,11 +264,19 @@ class TeachAtomsWidget(ToolWidget):
             record = points.metadata.get("napari_microml") or {}
             contrasts.add((record.get("parameters") or {}).get("contrast", "auto"))
         if {"bright", "dark"} <= contrasts:
-            raise ValueError("Some of these images have bright columns and some dark ones; teach one "
-                             "kind at a time.")
+            raise ValueError(
+                "Some of these images have bright columns and some dark ones; teach one "
+                "kind at a time."
+            )
         contrast = contrasts.pop() if len(contrasts) == 1 else "auto"
-        kwargs = dict(base=self.base.value, steps=int(self.steps.value), device=self.device_choice.value,
-                      name=self.model_name.value.strip() or None, image_names=names, contrast=contrast)
+        kwargs = dict(
+            base=self.base.value,
+            steps=int(self.steps.value),
+            device=self.device_choice.value,
+            name=self.model_name.value.strip() or None,
+            image_names=names,
+            contrast=contrast,
+        )
         self._history = []
         self._draw()
 
@@ -259,8 +321,11 @@ class TeachAtomsWidget(ToolWidget):
             show_warning(result.reason)
             return
         finders = self._select_in_finders(result.name)
-        where = (" It is now selected in the Atom finder: press Run there on your other images."
-                 if finders else " Choose it in the Atom finder's Model list.")
+        where = (
+            " It is now selected in the Atom finder: press Run there on your other images."
+            if finders
+            else " Choose it in the Atom finder's Model list."
+        )
         self._say(result.reason + where)
         show_info(result.reason)
 
@@ -271,7 +336,9 @@ class TeachAtomsWidget(ToolWidget):
         n = 0
         for widget in list(self.viewer.window.dock_widgets.values()):
             if isinstance(widget, AtomFinderWidget):
-                widget.model.choices = lambda _w: _atom_models()  # later layer events refresh it too
+                widget.model.choices = lambda _w: (
+                    _atom_models()
+                )  # later layer events refresh it too
                 if name is not None:
                     widget.model.value = name
                 n += 1
@@ -318,8 +385,14 @@ class TeachAtomsWidget(ToolWidget):
         ax2.clear()
         rows = [r for r in self._history if r.get("loss") is not None]
         ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], color="#1f77b4", label="loss")
-        ax2.plot([r["step"] for r in self._history], [r["val_f1"] for r in self._history], "o-",
-                 color="#d62728", ms=3, label="held-out F1")
+        ax2.plot(
+            [r["step"] for r in self._history],
+            [r["val_f1"] for r in self._history],
+            "o-",
+            color="#d62728",
+            ms=3,
+            label="held-out F1",
+        )
         ax.set_xlabel("step", fontsize=8)
         ax.set_ylabel("training loss", fontsize=8, color="#1f77b4")
         ax2.set_ylabel("held-out F1", fontsize=8, color="#d62728")

@@ -1,4 +1,5 @@
 """Atom finder dock widget: image → Points layer of refined columns (+ probability map)."""
+
 from __future__ import annotations
 
 import weakref
@@ -10,15 +11,24 @@ from magicgui.widgets import CheckBox, ComboBox, FloatSlider, PushButton, create
 from napari_microml.atoms.finder import NOISY_PERIOD, find_atoms_iter, refine_points_iter
 from napari_microml.atoms.finetune import unsure_note
 from napari_microml.runtime.contrast import ContrastChoice
-from napari_microml.runtime.widget import (ToolWidget, as_points, physical_kwargs, pixel_size_nm, rescale_combo,
-                                          resample_note, upsert_layer)
+from napari_microml.runtime.widget import (
+    ToolWidget,
+    as_points,
+    physical_kwargs,
+    pixel_size_nm,
+    resample_note,
+    rescale_combo,
+    upsert_layer,
+)
 
 FIT_OK_COLOR, FIT_FAILED_COLOR, MANUAL_COLOR = "#ff3b30", "#ffd60a", "#34c7ff"
 """Point colours: a column whose Gaussian fit converged, one whose fit failed (its position is
 the centre of mass; drawn as a square), and a point the user added (no network score)."""
-CONTRAST_TIP = ("auto: decided from the image (the sign of its band-passed skew) and named in the "
-                "status line; bright: HAADF/ADF/STM (bright columns); dark: ABF/BF (dark columns, "
-                "inverted for the network)")
+CONTRAST_TIP = (
+    "auto: decided from the image (the sign of its band-passed skew) and named in the "
+    "status line; bright: HAADF/ADF/STM (bright columns); dark: ABF/BF (dark columns, "
+    "inverted for the network)"
+)
 
 
 def manual_defaults(columns) -> dict:
@@ -64,8 +74,10 @@ def points_to_pixels(points, image_layer) -> np.ndarray:
     if image_layer.ndim == 2:
         return px[:, -2:]
     if px.shape[1] == 2:
-        raise ValueError(f"The image is a stack but the points layer {points.name!r} has no frame "
-                         "axis; add the points in the stack's frames.")
+        raise ValueError(
+            f"The image is a stack but the points layer {points.name!r} has no frame "
+            "axis; add the points in the stack's frames."
+        )
     px[:, 0] = np.rint(px[:, 0])
     return px
 
@@ -78,9 +90,13 @@ def style_points(layer) -> None:
     n = len(layer.data)
     ok = feats["fit_ok"].to_numpy(bool) if "fit_ok" in feats else np.ones(n, bool)
     manual = feats["manual"].to_numpy(bool) if "manual" in feats else np.zeros(n, bool)
-    tried = ~manual | (np.isfinite(feats["position_std"].to_numpy(float)) if "position_std" in feats else False)
+    tried = ~manual | (
+        np.isfinite(feats["position_std"].to_numpy(float)) if "position_std" in feats else False
+    )
     if n:
-        layer.border_color = list(np.where(manual, MANUAL_COLOR, np.where(ok, FIT_OK_COLOR, FIT_FAILED_COLOR)))
+        layer.border_color = list(
+            np.where(manual, MANUAL_COLOR, np.where(ok, FIT_OK_COLOR, FIT_FAILED_COLOR))
+        )
         layer.symbol = list(np.where(tried & ~ok, "square", "ring"))
     layer.current_border_color = MANUAL_COLOR
     layer.current_symbol = "ring"
@@ -92,7 +108,11 @@ def fit_note(features, refined: bool = False) -> str:
     added by hand count only once ``refined`` (before that they have had no fit)."""
     if "fit_ok" not in features or not len(features):
         return ""
-    manual = features["manual"].to_numpy(bool) if "manual" in features and not refined else np.zeros(len(features), bool)
+    manual = (
+        features["manual"].to_numpy(bool)
+        if "manual" in features and not refined
+        else np.zeros(len(features), bool)
+    )
     failed = int((~features["fit_ok"].to_numpy(bool) & ~manual).sum())
     if not failed:
         return "; every Gaussian fit converged"
@@ -111,31 +131,64 @@ class AtomFinderWidget(ToolWidget):
 
     def __init__(self, viewer: napari.viewer.Viewer):
         self.image_layer = create_widget(annotation=napari.layers.Image, label="Image")
-        self.image_layer.tooltip = ("The grey image (2D or a stack of frames); its pixel size in nm "
-                                    "comes from the layer's scale and units")
-        self.model = ComboBox(label="Model", choices=_model_choices(),
-                              tooltip="The atom-finder network: a shipped model or one you trained "
-                                      "or registered (they appear here by name)")
-        self.threshold = FloatSlider(label="Threshold", value=0.5, min=0.05, max=0.95, step=0.05,
-                                     tooltip="Minimum network probability (0–1, no unit) of a column "
-                                             "peak; lower finds fainter columns and more false ones")
-        self.refine = ComboBox(label="Refinement", choices=["gaussian", "com", "none"], value="gaussian",
-                               tooltip="Sub-pixel positions (px): gaussian = a 2D Gaussian fit per "
-                                       "column (failed fits fall back to the centre of mass and are "
-                                       "shown as yellow squares); com = intensity centre of mass; "
-                                       "none = the network's peak")
-        self.contrast = ComboBox(label="Columns are", choices=["auto", "bright", "dark"], value="auto",
-                                 tooltip=CONTRAST_TIP)
+        self.image_layer.tooltip = (
+            "The grey image (2D or a stack of frames); its pixel size in nm "
+            "comes from the layer's scale and units"
+        )
+        self.model = ComboBox(
+            label="Model",
+            choices=_model_choices(),
+            tooltip="The atom-finder network: a shipped model or one you trained "
+            "or registered (they appear here by name)",
+        )
+        self.threshold = FloatSlider(
+            label="Threshold",
+            value=0.5,
+            min=0.05,
+            max=0.95,
+            step=0.05,
+            tooltip="Minimum network probability (0–1, no unit) of a column "
+            "peak; lower finds fainter columns and more false ones",
+        )
+        self.refine = ComboBox(
+            label="Refinement",
+            choices=["gaussian", "com", "none"],
+            value="gaussian",
+            tooltip="Sub-pixel positions (px): gaussian = a 2D Gaussian fit per "
+            "column (failed fits fall back to the centre of mass and are "
+            "shown as yellow squares); com = intensity centre of mass; "
+            "none = the network's peak",
+        )
+        self.contrast = ComboBox(
+            label="Columns are",
+            choices=["auto", "bright", "dark"],
+            value="auto",
+            tooltip=CONTRAST_TIP,
+        )
         self.rescale = rescale_combo(f"5–36 px (or above {NOISY_PERIOD:g} px in a noisy image)")
-        self.show_probability = CheckBox(label="Add probability map", value=False,
-                                         tooltip="Also add the network's column probability (0–1) "
-                                                 "as an image layer")
+        self.show_probability = CheckBox(
+            label="Add probability map",
+            value=False,
+            tooltip="Also add the network's column probability (0–1) as an image layer",
+        )
         self.refine_button = PushButton(text="Refine points")
-        self.refine_button.tooltip = ("Re-fit exactly the points now in the '<image> atoms' layer "
-                                      "after you add, move or delete points; points you add have no "
-                                      "network score (score NaN, manual True)")
-        super().__init__(viewer, [self.image_layer, self.model, self.threshold, self.refine,
-                                  self.contrast, self.rescale, self.show_probability])
+        self.refine_button.tooltip = (
+            "Re-fit exactly the points now in the '<image> atoms' layer "
+            "after you add, move or delete points; points you add have no "
+            "network score (score NaN, manual True)"
+        )
+        super().__init__(
+            viewer,
+            [
+                self.image_layer,
+                self.model,
+                self.threshold,
+                self.refine,
+                self.contrast,
+                self.rescale,
+                self.show_probability,
+            ],
+        )
         self.append(self.refine_button)
         self.refine_button.changed.connect(self._on_refine_clicked)
         self.model.changed.connect(self._on_model_changed)
@@ -154,16 +207,24 @@ class AtomFinderWidget(ToolWidget):
         if layer is None:
             raise ValueError("Pick an image layer first.")
         if layer.rgb:
-            raise ValueError(f"Layer {layer.name!r} is an RGB picture; the atom finder needs a grey image.")
+            raise ValueError(
+                f"Layer {layer.name!r} is an RGB picture; the atom finder needs a grey image."
+            )
         return layer
 
     def make_job(self):
         layer = self._selected_image()
         source = layer.data  # read in the worker: a lazily loaded file is only read there
-        kwargs = dict(model=self.model.value, threshold=float(self.threshold.value),
-                      refine=self.refine.value, contrast=self.contrast.value, rescale=self.rescale.value,
-                      device=self.device_choice.value, pixel_size=pixel_size_nm(layer),
-                      input_name=layer.name)
+        kwargs = dict(
+            model=self.model.value,
+            threshold=float(self.threshold.value),
+            refine=self.refine.value,
+            contrast=self.contrast.value,
+            rescale=self.rescale.value,
+            device=self.device_choice.value,
+            pixel_size=pixel_size_nm(layer),
+            input_name=layer.name,
+        )
         self._source = layer
 
         def job():
@@ -182,24 +243,44 @@ class AtomFinderWidget(ToolWidget):
         features = result.features.reset_index(drop=True)
         features["manual"] = False
         points = upsert_layer(
-            self.viewer, self.points_name(layer), "points", data,
-            features=features, size=size,
-            face_color="transparent", border_color=FIT_OK_COLOR, border_width=0.15,
+            self.viewer,
+            self.points_name(layer),
+            "points",
+            data,
+            features=features,
+            size=size,
+            face_color="transparent",
+            border_color=FIT_OK_COLOR,
+            border_width=0.15,
             metadata=self.provenance_metadata(result.provenance),
             **physical_kwargs(layer, data.shape[1]),
         )
         style_points(points)
         watch_added(points)
         if self.show_probability.value:
-            upsert_layer(self.viewer, f"{layer.name} atom probability", "image", result.probability,
-                         colormap="magma", opacity=0.5, blending="additive",
-                         contrast_limits=(0, 1), metadata=self.provenance_metadata(result.provenance),
-                         **physical_kwargs(layer, result.probability.ndim))
+            upsert_layer(
+                self.viewer,
+                f"{layer.name} atom probability",
+                "image",
+                result.probability,
+                colormap="magma",
+                opacity=0.5,
+                blending="additive",
+                contrast_limits=(0, 1),
+                metadata=self.provenance_metadata(result.provenance),
+                **physical_kwargs(layer, result.probability.ndim),
+            )
         choice = result.parameters.get("contrast_choice") or {}
-        contrast = ContrastChoice(result.parameters.get("contrast", "bright"), choice.get("requested", "bright"),
-                                  choice.get("skew"))
-        self._say(f"Found {len(result.positions)} columns, {contrast.note()}{fit_note(result.features)}."
-                  + resample_note(result.parameters) + unsure_note(result))
+        contrast = ContrastChoice(
+            result.parameters.get("contrast", "bright"),
+            choice.get("requested", "bright"),
+            choice.get("skew"),
+        )
+        self._say(
+            f"Found {len(result.positions)} columns, {contrast.note()}{fit_note(result.features)}."
+            + resample_note(result.parameters)
+            + unsure_note(result)
+        )
 
     # -- refine the user's edited points ------------------------------------------------------
     def _on_refine_clicked(self, *_):
@@ -212,7 +293,9 @@ class AtomFinderWidget(ToolWidget):
             return
         name = self.points_name(layer)
         if name not in self.viewer.layers:
-            self._say(f"No layer {name!r} to refine: run the finder or add a Points layer with that name.")
+            self._say(
+                f"No layer {name!r} to refine: run the finder or add a Points layer with that name."
+            )
             return
         points = self.viewer.layers[name]
         try:
@@ -228,8 +311,11 @@ class AtomFinderWidget(ToolWidget):
         contrast = self.contrast.value if self.contrast.value != "auto" else used or "auto"
 
         def job():
-            return (yield from refine_points_iter(np.asarray(source), pts[:, -2:], frames=frames,
-                                                  refine=method, contrast=contrast))
+            return (
+                yield from refine_points_iter(
+                    np.asarray(source), pts[:, -2:], frames=frames, refine=method, contrast=contrast
+                )
+            )
 
         def apply(result):
             pos, feats = result
@@ -241,16 +327,24 @@ class AtomFinderWidget(ToolWidget):
             old["manual"] = old["manual"].fillna(True).astype(bool)
             world = as_points(pos, frames)
             n = min(world.shape[1], layer.ndim)  # back to the points layer's own coordinates
-            world[:, -n:] = ((world[:, -n:] * np.asarray(layer.scale[-n:]) + np.asarray(layer.translate[-n:])
-                              - np.asarray(points.translate[-n:])) / np.asarray(points.scale[-n:]))
+            world[:, -n:] = (
+                world[:, -n:] * np.asarray(layer.scale[-n:])
+                + np.asarray(layer.translate[-n:])
+                - np.asarray(points.translate[-n:])
+            ) / np.asarray(points.scale[-n:])
             points.data = world
             points.features = old
             style_points(points)
             watch_added(points)
             points.metadata.setdefault("napari_microml", {})["refined_points"] = {
-                "refine": method, "contrast": contrast, "n_points": int(len(pos)),
-                "n_manual": int(old["manual"].sum())}
-            self._say(f"Refined {len(pos)} points ({int(old['manual'].sum())} added by hand)"
-                      f"{fit_note(old, refined=True)}.")
+                "refine": method,
+                "contrast": contrast,
+                "n_points": int(len(pos)),
+                "n_manual": int(old["manual"].sum()),
+            }
+            self._say(
+                f"Refined {len(pos)} points ({int(old['manual'].sum())} added by hand)"
+                f"{fit_note(old, refined=True)}."
+            )
 
         self.start(job, on_result=apply)

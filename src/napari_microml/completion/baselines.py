@@ -6,6 +6,7 @@ kriging interpolation, :mod:`napari_microml.completion.kriging`, also offered to
 ``complete_scan(model="local-gp")``). Each returns a float32 (H, W) image equal to ``values``
 at measured pixels.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -43,5 +44,3 @@ def biharmonic(values, mask) -> np.ndarray:
     out = inpaint_biharmonic(filled, ~m) * span + lo
     out[m] = v[m]
     return out.astype(np.float32)
-
-

@@ -17,6 +17,7 @@ fitted on held-out synthetic images (stored in the weights' meta as ``sigma_scal
 Measured pixels are returned exactly (float64 output for float64 input and for integers wider
 than 16 bits, so none is rounded), with uncertainty 0.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -29,11 +30,13 @@ from napari_microml.runtime.provenance import make_provenance
 from napari_microml.runtime.workers import drain, progress
 
 N_FEATURES = 4
-KRIGING = "kriging"    # model name of the default: fast local GP, Matérn-5/2 (no network)
+KRIGING = "kriging"  # model name of the default: fast local GP, Matérn-5/2 (no network)
 LOCAL_GP = "local-gp"  # model name of the earlier, slower local GP (Matérn-3/2), the reference
 # name -> local_gp_iter settings: neighbours per block, block edge, fit neighbourhoods × size, kernel
-KRIGING_SETTINGS = {KRIGING: dict(k=64, block="auto", n_fit=48, fit_k=48, kernel="matern52"),
-                    LOCAL_GP: dict(k=64, block=8, n_fit=96, fit_k=64, kernel="matern32")}
+KRIGING_SETTINGS = {
+    KRIGING: dict(k=64, block="auto", n_fit=48, fit_k=48, kernel="matern52"),
+    LOCAL_GP: dict(k=64, block=8, n_fit=96, fit_k=64, kernel="matern32"),
+}
 MIN_MEASURED = 8  # fewer measured pixels say nothing about how the image varies
 
 
@@ -64,19 +67,23 @@ def features(values_n: np.ndarray, mask: np.ndarray) -> np.ndarray:
     unmeasured), mask, normalised-convolution fill (the residual base), log(1 + distance to the
     nearest measured pixel) / 3."""
     dist = ndi.distance_transform_edt(~mask)
-    return np.stack([
-        np.where(mask, values_n, 0).astype(np.float32),
-        mask.astype(np.float32),
-        normalized_fill(values_n, mask),
-        (np.log1p(dist) / 3.0).astype(np.float32),
-    ])
+    return np.stack(
+        [
+            np.where(mask, values_n, 0).astype(np.float32),
+            mask.astype(np.float32),
+            normalized_fill(values_n, mask),
+            (np.log1p(dist) / 3.0).astype(np.float32),
+        ]
+    )
 
 
 def measured_range(values: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
     """Intensity range (0.5 and 99.8 percentiles) of the measured pixels only."""
     measured = values[mask]
     lo, hi = np.percentile(measured, [0.5, 99.8])
-    if not hi > lo:  # a few outliers on a flat scan: their extremes set the span (relative, no floor)
+    if (
+        not hi > lo
+    ):  # a few outliers on a flat scan: their extremes set the span (relative, no floor)
         lo, hi = measured.min(), measured.max()
     return float(lo), float(hi)
 
@@ -85,7 +92,9 @@ def output_dtype(dtype) -> np.dtype:
     """The result dtype that holds every measured value exactly: float64 for float64 input and
     integers wider than 16 bits (float32 would round them), else float32."""
     dtype = np.dtype(dtype)
-    wide = (dtype.kind == "f" and dtype.itemsize >= 8) or (dtype.kind in "iu" and dtype.itemsize > 2)
+    wide = (dtype.kind == "f" and dtype.itemsize >= 8) or (
+        dtype.kind in "iu" and dtype.itemsize > 2
+    )
     return np.dtype(np.float64 if wide else np.float32)
 
 
@@ -103,56 +112,93 @@ def check_scan(values, mask) -> tuple[np.ndarray, np.ndarray, bool]:
             raise ValueError("The mask must be boolean (True where a pixel was measured).")
         m = m != 0
     if v.ndim == 3 and v.shape[-1] in (3, 4) and v.shape[0] > 4:
-        raise ValueError(f"The scan values look like an RGB(A) colour picture {v.shape}; "
-                         "a partial scan is a single-channel (grey) image.")
+        raise ValueError(
+            f"The scan values look like an RGB(A) colour picture {v.shape}; "
+            "a partial scan is a single-channel (grey) image."
+        )
     if v.ndim not in (2, 3):
-        raise ValueError(f"The scan values have {v.ndim} dimensions {v.shape}; expected (H, W) or "
-                         "a stack (T, H, W).")
+        raise ValueError(
+            f"The scan values have {v.ndim} dimensions {v.shape}; expected (H, W) or "
+            "a stack (T, H, W)."
+        )
     if v.shape != m.shape:
-        raise ValueError(f"The scan values {v.shape} and the mask {m.shape} must have the same shape.")
+        raise ValueError(
+            f"The scan values {v.shape} and the mask {m.shape} must have the same shape."
+        )
     if v.size == 0 and v.ndim == 3 and v.shape[0] == 0:
         raise ValueError("The scan stack is empty: there are no frames to complete.")
     if min(v.shape[-2:]) < 8:
-        raise ValueError(f"The scan is only {v.shape[-2]}×{v.shape[-1]} pixels; at least 8×8 are needed.")
+        raise ValueError(
+            f"The scan is only {v.shape[-2]}×{v.shape[-1]} pixels; at least 8×8 are needed."
+        )
     v3 = v.astype(np.float64).reshape((-1,) + v.shape[-2:])
     m3 = m.reshape(v3.shape)
     for t in range(len(v3)):
         n = int(m3[t].sum())
         where = f" in frame {t}" if v.ndim == 3 else ""
         if n == 0:
-            raise ValueError(f"The mask marks no measured pixel{where}: there is nothing to complete from.")
+            raise ValueError(
+                f"The mask marks no measured pixel{where}: there is nothing to complete from."
+            )
         if n == m3[t].size:
             raise ValueError(f"Every pixel is measured{where}: there is nothing to complete.")
         if n < MIN_MEASURED:
-            raise ValueError(f"Only {n} pixel{'s are' if n > 1 else ' is'} measured{where}; at least "
-                             f"{MIN_MEASURED} are needed to tell how the image varies between them.")
+            raise ValueError(
+                f"Only {n} pixel{'s are' if n > 1 else ' is'} measured{where}; at least "
+                f"{MIN_MEASURED} are needed to tell how the image varies between them."
+            )
         if not np.isfinite(v3[t][m3[t]]).all():
-            raise ValueError(f"Some measured pixels{where} are NaN or infinite; mark them as unmeasured "
-                             "in the mask or fix the data.")
+            raise ValueError(
+                f"Some measured pixels{where} are NaN or infinite; mark them as unmeasured "
+                "in the mask or fix the data."
+            )
     return v3, m3, v.ndim == 3
 
 
-def complete_frame(net, predict, values: np.ndarray, mask: np.ndarray, *, sigma_scale: float = 1.0,
-                   tile: int = 512, batch_size: int = 1):
+def complete_frame(
+    net,
+    predict,
+    values: np.ndarray,
+    mask: np.ndarray,
+    *,
+    sigma_scale: float = 1.0,
+    tile: int = 512,
+    batch_size: int = 1,
+):
     """Generator: complete one (H, W) frame; yields ``(done, total)`` tiles, returns (image, σ)."""
-    from napari_microml.runtime.tiling import tiled_predict
-
     from napari_microml.completion.kriging import standardise
+    from napari_microml.runtime.tiling import tiled_predict
 
     standardise(values[mask])  # a uniform scan: a clear error, not σ = 0 or residue on no range
     lo, hi = measured_range(values, mask)
     span = hi - lo
     x = features((values - lo) / span, mask)
-    gen = tiled_predict(predict, x, out_channels=2, tile=tile, overlap=32, batch_size=batch_size,
-                        multiple=getattr(net, "multiple", 8))
+    gen = tiled_predict(
+        predict,
+        x,
+        out_channels=2,
+        tile=tile,
+        overlap=32,
+        batch_size=batch_size,
+        multiple=getattr(net, "multiple", 8),
+    )
     out = yield from gen
     mean = (x[2] + out[0].astype(np.float64)) * span + lo
     sigma = np.exp(0.5 * np.clip(out[1].astype(np.float64), -20, 10)) * sigma_scale * span
     return np.where(mask, values, mean), np.where(mask, 0.0, sigma)
 
 
-def complete_scan_iter(values, mask, *, model=KRIGING, device="auto", tile: int = 512,
-                       uncertainty: bool = True, sigma: str = "measurement", input_name: str | None = None):
+def complete_scan_iter(
+    values,
+    mask,
+    *,
+    model=KRIGING,
+    device="auto",
+    tile: int = 512,
+    uncertainty: bool = True,
+    sigma: str = "measurement",
+    input_name: str | None = None,
+):
     """Generator twin of :func:`complete_scan`: yields progress tuples, returns a CompletionResult."""
     from napari_microml.completion.kriging import SIGMA_KINDS
 
@@ -161,8 +207,10 @@ def complete_scan_iter(values, mask, *, model=KRIGING, device="auto", tile: int 
     if int(tile) < 64:
         raise ValueError("The tile size must be at least 64 pixels.")
     if sigma not in SIGMA_KINDS:
-        raise ValueError(f"sigma must be 'measurement' (what a re-scan would read: signal + pixel noise) "
-                         f"or 'signal' (the noise-free signal), not {sigma!r}.")
+        raise ValueError(
+            f"sigma must be 'measurement' (what a re-scan would read: signal + pixel noise) "
+            f"or 'signal' (the noise-free signal), not {sigma!r}."
+        )
     if isinstance(model, str) and model in KRIGING_SETTINGS:
         result = yield from _kriging_iter(v3, m3, is_stack, uncertainty, input_name, model, sigma)
         return _cast(result, out_dtype)
@@ -177,19 +225,42 @@ def complete_scan_iter(values, mask, *, model=KRIGING, device="auto", tile: int 
     predict = batch_predictor(net, dev)
     batch = 1 if dev.type == "cpu" else 4  # CPU: one tile at a time, less memory
     image, sig, _ = yield from _run_frames(
-        lambda t: complete_frame(net, predict, v3[t], m3[t], sigma_scale=scale, tile=tile, batch_size=batch),
-        len(v3), "tile", uncertainty)
+        lambda t: complete_frame(
+            net, predict, v3[t], m3[t], sigma_scale=scale, tile=tile, batch_size=batch
+        ),
+        len(v3),
+        "tile",
+        uncertainty,
+    )
     m_out = m3 if is_stack else m3[0]
     if not is_stack:
         image, sig = image[0], sig[0]
     label = describe_device(dev)
     prov = make_provenance(
         "complete_scan",
-        parameters={"tile": tile, "uncertainty": uncertainty, "sigma": "network", "sigma_scale": scale,
-                    "coverage": float(m3.mean())},
-        model={k: info.get(k) for k in ("name", "file", "sha256")}, device=label, input_name=input_name)
-    return _cast(CompletionResult(image=image, uncertainty=sig, mask=m_out.copy(), model=str(info.get("name")),
-                                  device=label, provenance=prov, sigma="network"), out_dtype)
+        parameters={
+            "tile": tile,
+            "uncertainty": uncertainty,
+            "sigma": "network",
+            "sigma_scale": scale,
+            "coverage": float(m3.mean()),
+        },
+        model={k: info.get(k) for k in ("name", "file", "sha256")},
+        device=label,
+        input_name=input_name,
+    )
+    return _cast(
+        CompletionResult(
+            image=image,
+            uncertainty=sig,
+            mask=m_out.copy(),
+            model=str(info.get("name")),
+            device=label,
+            provenance=prov,
+            sigma="network",
+        ),
+        out_dtype,
+    )
 
 
 def _cast(result: CompletionResult, dtype) -> CompletionResult:
@@ -225,27 +296,59 @@ def _kriging_iter(v3, m3, is_stack: bool, uncertainty: bool, input_name, model: 
 
     settings = KRIGING_SETTINGS[model]
     image, sig, extras = yield from _run_frames(
-        lambda t: local_gp_iter(v3[t], m3[t], sigma=sigma, **settings), len(v3), "kriging blocks", uncertainty)
-    fitted = [{k: (round(float(v), 6) if not isinstance(v, str) else v) for k, v in params.items()}
-              for (params,) in extras]
+        lambda t: local_gp_iter(v3[t], m3[t], sigma=sigma, **settings),
+        len(v3),
+        "kriging blocks",
+        uncertainty,
+    )
+    fitted = [
+        {k: (round(float(v), 6) if not isinstance(v, str) else v) for k, v in params.items()}
+        for (params,) in extras
+    ]
     m_out = m3 if is_stack else m3[0]
     if not is_stack:
         image, sig = image[0], sig[0]
-    what = {"measurement": "1σ of a new measurement (signal + fitted pixel noise)",
-            "signal": "1σ of the noise-free signal"}[sigma]
+    what = {
+        "measurement": "1σ of a new measurement (signal + fitted pixel noise)",
+        "signal": "1σ of the noise-free signal",
+    }[sigma]
     prov = make_provenance(
-        "complete_scan", parameters={"method": f"local Gaussian process (kriging), {settings['kernel']}",
-                                     "settings": settings, "uncertainty": uncertainty, "sigma": sigma,
-                                     "sigma_meaning": what, "coverage": float(m3.mean()),
-                                     "fitted_hyperparameters": fitted},
-        model={"name": model}, device="cpu (numpy)", input_name=input_name)
-    return CompletionResult(image=image, uncertainty=sig, mask=m_out.copy(), model=model,
-                            device="cpu (numpy)", provenance=prov, sigma=sigma)
+        "complete_scan",
+        parameters={
+            "method": f"local Gaussian process (kriging), {settings['kernel']}",
+            "settings": settings,
+            "uncertainty": uncertainty,
+            "sigma": sigma,
+            "sigma_meaning": what,
+            "coverage": float(m3.mean()),
+            "fitted_hyperparameters": fitted,
+        },
+        model={"name": model},
+        device="cpu (numpy)",
+        input_name=input_name,
+    )
+    return CompletionResult(
+        image=image,
+        uncertainty=sig,
+        mask=m_out.copy(),
+        model=model,
+        device="cpu (numpy)",
+        provenance=prov,
+        sigma=sigma,
+    )
 
 
-def complete_scan(values, mask, *, model=KRIGING, device="auto", tile: int = 512,
-                  uncertainty: bool = True, sigma: str = "measurement",
-                  input_name: str | None = None) -> CompletionResult:
+def complete_scan(
+    values,
+    mask,
+    *,
+    model=KRIGING,
+    device="auto",
+    tile: int = 512,
+    uncertainty: bool = True,
+    sigma: str = "measurement",
+    input_name: str | None = None,
+) -> CompletionResult:
     """Fill in the unmeasured pixels of a partial scan.
 
     Parameters
@@ -288,5 +391,15 @@ def complete_scan(values, mask, *, model=KRIGING, device="auto", tile: int = 512
         all measured values equal (nothing sets a scale for the uncertainty), NaN at measured
         pixels, RGB input or wrong dimensionality.
     """
-    return drain(complete_scan_iter(values, mask, model=model, device=device, tile=tile,
-                                    uncertainty=uncertainty, sigma=sigma, input_name=input_name))
+    return drain(
+        complete_scan_iter(
+            values,
+            mask,
+            model=model,
+            device=device,
+            tile=tile,
+            uncertainty=uncertainty,
+            sigma=sigma,
+            input_name=input_name,
+        )
+    )

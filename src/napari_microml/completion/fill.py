@@ -17,6 +17,7 @@ whole frame get the same kind of fill. Constants were chosen on synthetic scenes
 ``normalized_fill`` — Gaussian normalised convolution at the smallest scale holding ≥ 4
 effective samples (cheap, local, robust to noise; poor across wide gaps).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -24,13 +25,13 @@ from scipy import ndimage as ndi
 
 __all__ = ["smooth_fill", "normalized_fill"]
 
-LEVELS = 3        # the exact solve runs on 2**LEVELS-px blocks (more levels above MAX_CELLS)
-MAX_CELLS = 128   # ... on a grid whose longer side is at most this
+LEVELS = 3  # the exact solve runs on 2**LEVELS-px blocks (more levels above MAX_CELLS)
+MAX_CELLS = 128  # ... on a grid whose longer side is at most this
 SWEEPS = (6, 20, 40)  # damped Jacobi sweeps at full resolution, 2×, ≥ 4× binned
-OMEGA = 0.6       # Jacobi damping (of the 1/20 diagonal of the 13-point stencil)
-SMOOTHING = 1.0   # default smoothing weight (px⁴ per unit data weight; 0: exact interpolation)
-TENSION = 32.0    # default tension length (px): beyond it the fill flattens instead of extrapolating
-_FINE = (0.7, 1.0, 1.4, 2.0, 2.8, 4.0, 5.6)          # full-resolution scales (px)
+OMEGA = 0.6  # Jacobi damping (of the 1/20 diagonal of the 13-point stencil)
+SMOOTHING = 1.0  # default smoothing weight (px⁴ per unit data weight; 0: exact interpolation)
+TENSION = 32.0  # default tension length (px): beyond it the fill flattens instead of extrapolating
+_FINE = (0.7, 1.0, 1.4, 2.0, 2.8, 4.0, 5.6)  # full-resolution scales (px)
 _COARSE = (8.0, 11.0, 16.0, 23.0, 32.0, 45.0, 64.0)  # computed on a 4×-binned grid
 _MIN_SAMPLES = 4.0
 _LAP = np.array([[0, 1, 0], [1, -4, 1], [0, 1, 0]], np.float32)
@@ -39,11 +40,15 @@ _LAP = np.array([[0, 1, 0], [1, -4, 1], [0, 1, 0]], np.float32)
 def _check(values: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     v, m = np.asarray(values), np.asarray(mask, bool)
     if v.ndim != 2 or v.shape != m.shape:
-        raise ValueError(f"The values {v.shape} and the mask {m.shape} must be 2-D images of the same shape.")
+        raise ValueError(
+            f"The values {v.shape} and the mask {m.shape} must be 2-D images of the same shape."
+        )
     if not m.any():
         raise ValueError("The mask marks no measured pixel: there is nothing to fill from.")
     if not np.isfinite(v[m]).all():
-        raise ValueError("Some measured pixels are NaN or infinite; mark them as unmeasured in the mask.")
+        raise ValueError(
+            "Some measured pixels are NaN or infinite; mark them as unmeasured in the mask."
+        )
     return np.where(m, v, 0).astype(np.float64), m
 
 
@@ -73,7 +78,11 @@ def _solve_coarse(s: np.ndarray, c: np.ndarray, mu: float, t: float) -> np.ndarr
 
     a = _operator(*c.shape, t)
     if mu > 0:
-        return splu((a * mu + diags(c.ravel())).tocsc(), permc_spec="MMD_ATA").solve(s.ravel()).reshape(c.shape)
+        return (
+            splu((a * mu + diags(c.ravel())).tocsc(), permc_spec="MMD_ATA")
+            .solve(s.ravel())
+            .reshape(c.shape)
+        )
     fixed = (c > 0).ravel()
     u = np.where(fixed, s.ravel() / np.maximum(c.ravel(), 1), 0.0)
     if not fixed.all():
@@ -84,10 +93,16 @@ def _solve_coarse(s: np.ndarray, c: np.ndarray, mu: float, t: float) -> np.ndarr
 
 def _bih(u: np.ndarray, t: float) -> np.ndarray:
     lap = ndi.correlate(u, _LAP, mode="nearest")
-    return ndi.correlate(lap, _LAP, mode="nearest") - t * lap if t else ndi.correlate(lap, _LAP, mode="nearest")
+    return (
+        ndi.correlate(lap, _LAP, mode="nearest") - t * lap
+        if t
+        else ndi.correlate(lap, _LAP, mode="nearest")
+    )
 
 
-def _smooth(u: np.ndarray, s: np.ndarray, c: np.ndarray, mu: float, t: float, sweeps: int) -> np.ndarray:
+def _smooth(
+    u: np.ndarray, s: np.ndarray, c: np.ndarray, mu: float, t: float, sweeps: int
+) -> np.ndarray:
     """Damped Jacobi sweeps on (diag(c) + mu·(LᵀL − t·L)) u = s (mu = 0: u held at cells with data)."""
     if mu > 0:
         d = (OMEGA / (c + (20.0 + 4.0 * t) * mu)).astype(u.dtype)
@@ -104,8 +119,12 @@ def _prolong(e: np.ndarray) -> np.ndarray:
     return ndi.zoom(e, 2, order=1, mode="nearest", grid_mode=True)
 
 
-def smooth_fill(values: np.ndarray, mask: np.ndarray, smoothing: float = SMOOTHING,
-                tension: float | None = TENSION) -> np.ndarray:
+def smooth_fill(
+    values: np.ndarray,
+    mask: np.ndarray,
+    smoothing: float = SMOOTHING,
+    tension: float | None = TENSION,
+) -> np.ndarray:
     """Thin-plate (biharmonic) interpolation of the measured pixels, accurate across wide gaps.
 
     Parameters
@@ -135,17 +154,24 @@ def smooth_fill(values: np.ndarray, mask: np.ndarray, smoothing: float = SMOOTHI
     if not smoothing >= 0:
         raise ValueError(f"The smoothing must be 0 or positive, not {smoothing}.")
     if tension is not None and not tension > 0:
-        raise ValueError(f"The tension length must be a positive number of pixels (or None), not {tension}.")
+        raise ValueError(
+            f"The tension length must be a positive number of pixels (or None), not {tension}."
+        )
     v, m = _check(values, mask)
     h, w = m.shape
     if m.all():
         return v.astype(np.float32)
     levels = LEVELS
-    while -(-max(h, w) // 2 ** levels) > MAX_CELLS:
+    while -(-max(h, w) // 2**levels) > MAX_CELLS:
         levels += 1
-    b = 2 ** levels
+    b = 2**levels
     ph, pw = -(-h // b) * b, -(-w // b) * b
-    pyr = [(np.pad(v, ((0, ph - h), (0, pw - w))), np.pad(m, ((0, ph - h), (0, pw - w))).astype(np.float64))]
+    pyr = [
+        (
+            np.pad(v, ((0, ph - h), (0, pw - w))),
+            np.pad(m, ((0, ph - h), (0, pw - w))).astype(np.float64),
+        )
+    ]
     for _ in range(levels):  # sums of values and counts over 2×2 blocks
         s, c = pyr[-1]
         hh, ww = s.shape[0] // 2, s.shape[1] // 2
@@ -153,13 +179,13 @@ def smooth_fill(values: np.ndarray, mask: np.ndarray, smoothing: float = SMOOTHI
     # data weight per cell = its number of measured pixels; the smoothness weight keeps the
     # same meaning on every grid: Σ_px (Δu)² = Σ_cells (Δ_cell u)² / b²
     tau = 0.0 if tension is None else 1.0 / tension**2
-    u = _solve_coarse(*pyr[-1], smoothing / 4.0 ** levels, tau * 4.0 ** levels).astype(np.float32)
+    u = _solve_coarse(*pyr[-1], smoothing / 4.0**levels, tau * 4.0**levels).astype(np.float32)
     for k in range(levels - 1, -1, -1):  # cascade: start each grid from the coarser solution
         s, c = (a.astype(np.float32) for a in pyr[k])
         u = _prolong(u)
         if smoothing == 0:
             u = np.where(c > 0, s / np.maximum(c, 1), u)
-        u = _smooth(u, s, c, smoothing / 4.0 ** k, tau * 4.0 ** k, SWEEPS[min(k, len(SWEEPS) - 1)])
+        u = _smooth(u, s, c, smoothing / 4.0**k, tau * 4.0**k, SWEEPS[min(k, len(SWEEPS) - 1)])
     out = u[:h, :w]
     out[m] = v[m]
     return out.astype(np.float32)

@@ -10,6 +10,7 @@ Memory is bounded by ``chunk`` blocks at a time plus the output, so large frames
 Used by ``complete_scan(model="kriging")`` (Matérn-5/2, 8- or 16-px blocks: the default) and
 ``complete_scan(model="local-gp")`` (Matérn-3/2, 8-px blocks: the benchmark's reference).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -39,8 +40,11 @@ KERNELS = ("matern32", "matern52")
 def _matern(d, length, amp, kernel: str = "matern32"):
     """Matérn covariance (ν = 3/2 or 5/2) of distances ``d``, computed in place (d is consumed
     when it is a float array the caller does not need again)."""
-    r = np.multiply(d, (np.sqrt(3.0) if kernel == "matern32" else np.sqrt(5.0)) / length, out=d if
-                    isinstance(d, np.ndarray) and d.dtype.kind == "f" else None)
+    r = np.multiply(
+        d,
+        (np.sqrt(3.0) if kernel == "matern32" else np.sqrt(5.0)) / length,
+        out=d if isinstance(d, np.ndarray) and d.dtype.kind == "f" else None,
+    )
     e = np.exp(-r)
     poly = 1.0 + r if kernel == "matern32" else 1.0 + r + r * r / 3.0
     poly *= e
@@ -60,7 +64,7 @@ def _octant_neighbours(tree, pts, centres, k):
     d = pts[idx] - centres[:, None, :]
     octant = ((np.arctan2(d[..., 0], d[..., 1]) + np.pi) / (np.pi / 4)).astype(int) % 8
     onehot = octant[..., None] == np.arange(8)
-    rank = (np.cumsum(onehot, 1) * onehot).sum(-1) - 1     # rank within its octant, by distance
+    rank = (np.cumsum(onehot, 1) * onehot).sum(-1) - 1  # rank within its octant, by distance
     prio = np.where(rank < max(1, k // 8), 0, 1) * kb + np.arange(kb)
     pick = np.argsort(prio, axis=1, kind="stable")[:, :k]
     return np.take_along_axis(idx, pick, 1)
@@ -77,8 +81,9 @@ def _kernel_and_grads(d, length, amp, kernel: str = "matern32"):
     return k, amp * r * r * (1.0 + r) / 3.0 * e, k
 
 
-def fit_gp_hyperparameters(values, mask, *, k: int = 64, n_fit: int = 96, seed: int = 0,
-                           kernel: str = "matern32") -> dict:
+def fit_gp_hyperparameters(
+    values, mask, *, k: int = 64, n_fit: int = 96, seed: int = 0, kernel: str = "matern32"
+) -> dict:
     """Maximise the summed marginal likelihood of ``n_fit`` random local neighbourhoods.
 
     ``kernel``: ``"matern32"`` or ``"matern52"`` (smoother). Analytic gradients; the optimiser
@@ -98,7 +103,11 @@ def fit_gp_hyperparameters(values, mask, *, k: int = 64, n_fit: int = 96, seed: 
     y = y - y.mean(1, keepdims=True)
     d = np.sqrt(((p[:, :, None, :] - p[:, None, :, :]) ** 2).sum(-1))
     eye = np.eye(k)
-    spacing = float(np.median(tree.query(pts[rng.choice(len(pts), min(2000, len(pts)), replace=False)], k=2)[0][:, 1]))
+    spacing = float(
+        np.median(
+            tree.query(pts[rng.choice(len(pts), min(2000, len(pts)), replace=False)], k=2)[0][:, 1]
+        )
+    )
     bounds = [(np.log(0.3), np.log(1000)), (np.log(1e-4), np.log(100)), (np.log(1e-6), np.log(10))]
 
     def nll(theta, grad=True):
@@ -115,13 +124,19 @@ def fit_gp_hyperparameters(values, mask, *, k: int = 64, n_fit: int = 96, seed: 
         value = float(0.5 * (alpha * y).sum() + np.log(np.diagonal(chol, axis1=1, axis2=2)).sum())
         if not grad:
             return value
-        w = kinv - alpha[:, :, None] * alpha[:, None, :]   # dNLL/dθ = ½ tr(W ∂K/∂θ)
-        g = [0.5 * float((w * dk_dl).sum()), 0.5 * float((w * dk_da).sum()),
-             0.5 * noise * float(np.trace(w, axis1=1, axis2=2).sum())]
+        w = kinv - alpha[:, :, None] * alpha[:, None, :]  # dNLL/dθ = ½ tr(W ∂K/∂θ)
+        g = [
+            0.5 * float((w * dk_dl).sum()),
+            0.5 * float((w * dk_da).sum()),
+            0.5 * noise * float(np.trace(w, axis1=1, axis2=2).sum()),
+        ]
         return value, np.array(g)
 
-    starts = [np.log([l0, 1.0, n0]) for l0 in (spacing, 4 * spacing, 16 * spacing, 64 * spacing)
-              for n0 in (0.3, 0.03, 0.003)]
+    starts = [
+        np.log([l0, 1.0, n0])
+        for l0 in (spacing, 4 * spacing, 16 * spacing, 64 * spacing)
+        for n0 in (0.3, 0.03, 0.003)
+    ]
     x0 = min(starts, key=lambda t: nll(t, grad=False))
     best = minimize(nll, x0, jac=True, method="L-BFGS-B", bounds=bounds)
     length, amp, noise = np.exp(np.clip(best.x, [b[0] for b in bounds], [b[1] for b in bounds]))
@@ -138,15 +153,28 @@ def standardise(measured: np.ndarray) -> tuple[np.ndarray, float, float]:
     mu = float(x.mean())
     sd = float(x.std())
     if not sd > 1e-12 * max(abs(mu), float(np.abs(x).max())) or not np.isfinite(sd):
-        raise ValueError(f"All {x.size} measured pixels have the same value ({x.flat[0]:g}): the data give "
-                         "no scale for how the unmeasured pixels may differ, so no honest uncertainty "
-                         "can be given. Check the detector signal, or fill the image with that value.")
+        raise ValueError(
+            f"All {x.size} measured pixels have the same value ({x.flat[0]:g}): the data give "
+            "no scale for how the unmeasured pixels may differ, so no honest uncertainty "
+            "can be given. Check the detector signal, or fill the image with that value."
+        )
     return (x - mu) / sd, mu, sd
 
 
-def local_gp_iter(values, mask, *, k: int = 64, block: int | str = 8, params: dict | None = None,
-                  chunk: int = 256, seed: int = 0, n_fit: int = 96, fit_k: int = 64,
-                  sigma: str = "measurement", kernel: str = "matern32"):
+def local_gp_iter(
+    values,
+    mask,
+    *,
+    k: int = 64,
+    block: int | str = 8,
+    params: dict | None = None,
+    chunk: int = 256,
+    seed: int = 0,
+    n_fit: int = 96,
+    fit_k: int = 64,
+    sigma: str = "measurement",
+    kernel: str = "matern32",
+):
     """Generator twin of :func:`local_gp`: yields ``(done, total)`` block chunks (like
     ``runtime.tiling.tiled_predict``) and returns ``(image, std, params)`` (float64).
 
@@ -165,23 +193,29 @@ def local_gp_iter(values, mask, *, k: int = 64, block: int | str = 8, params: di
     p = params or fit_gp_hyperparameters(v, m, k=fit_k, n_fit=n_fit, seed=seed, kernel=kernel)
     length, amp, noise = p["length"], p["amp"], p["noise"]
     k = int(min(k, len(pts)))
-    if block == "auto":  # the block edge at most the neighbourhood's radius: dense scans, smaller blocks
+    if (
+        block == "auto"
+    ):  # the block edge at most the neighbourhood's radius: dense scans, smaller blocks
         radius = np.sqrt(k / (np.pi * m.mean()))
         block = 8 if radius < 16 else 16
     tree = cKDTree(pts)
     by, bx = np.meshgrid(np.arange(0, h, block), np.arange(0, w, block), indexing="ij")
     corners = np.stack([by.ravel(), bx.ravel()], 1)
-    off = np.stack(np.meshgrid(np.arange(block), np.arange(block), indexing="ij"), -1).reshape(-1, 2).astype(np.float64)
+    off = (
+        np.stack(np.meshgrid(np.arange(block), np.arange(block), indexing="ij"), -1)
+        .reshape(-1, 2)
+        .astype(np.float64)
+    )
     off32 = off.astype(np.float32)
-    off2 = (off32 ** 2).sum(-1)
+    off2 = (off32**2).sum(-1)
     mean = np.zeros((h + block, w + block))
     var = np.zeros((h + block, w + block))
     eye = np.eye(k)
     for i in range(0, len(corners), chunk):
-        c0 = corners[i:i + chunk]
+        c0 = corners[i : i + chunk]
         centres = c0 + (np.minimum(block, np.stack([h - c0[:, 0], w - c0[:, 1]], 1)) - 1) / 2.0
         idx = _octant_neighbours(tree, pts, centres, k)
-        nb = pts[idx] - c0[:, None, :]                                  # block-relative (B, k, 2)
+        nb = pts[idx] - c0[:, None, :]  # block-relative (B, k, 2)
         y = vals[idx]
         kmat = _matern(np.sqrt(((nb[:, :, None] - nb[:, None]) ** 2).sum(-1)), length, amp, kernel)
         kmat += (noise + 1e-6) * eye
@@ -191,7 +225,11 @@ def local_gp_iter(values, mask, *, k: int = 64, block: int | str = 8, params: di
         # the b²×k cross-covariances dominate the cost: float32 (their rounding is ~1e-7 of the
         # measured std, far below any noise)
         nb32 = nb.astype(np.float32)
-        d2 = off2[None, :, None] + (nb32 ** 2).sum(-1)[:, None, :] - 2.0 * (off32 @ nb32.transpose(0, 2, 1))
+        d2 = (
+            off2[None, :, None]
+            + (nb32**2).sum(-1)[:, None, :]
+            - 2.0 * (off32 @ nb32.transpose(0, 2, 1))
+        )
         ks = _matern(np.sqrt(np.maximum(d2, 0, out=d2), out=d2), length, amp, kernel)  # (B, b², k)
         mu_b = ym + (ks @ alpha[..., None].astype(np.float32))[..., 0]
         var_b = amp - ((ks @ kinv.astype(np.float32)) * ks).sum(-1)
@@ -202,17 +240,37 @@ def local_gp_iter(values, mask, *, k: int = 64, block: int | str = 8, params: di
         yield min(i + chunk, len(corners)), len(corners)
     mean, var = mean[:h, :w], var[:h, :w]
     out = np.where(m, v, mean * sd + mu)
-    latent = np.maximum(var, 1e-6 * amp)  # rounding can push it to 0 or below off the measured pixels
+    latent = np.maximum(
+        var, 1e-6 * amp
+    )  # rounding can push it to 0 or below off the measured pixels
     # "measurement": what a re-scan reads there = latent + the fitted pixel noise (the latent part
     # alone covered the noisy truth only ~75 % of the time)
     total = latent + noise if sigma == "measurement" else latent
     std = np.where(m, 0.0, np.sqrt(total) * sd)
-    return out, std, {"length": length, "amp": amp, "noise": noise, "sigma": sigma,
-                      "noise_sd": float(np.sqrt(noise) * sd)}
+    return (
+        out,
+        std,
+        {
+            "length": length,
+            "amp": amp,
+            "noise": noise,
+            "sigma": sigma,
+            "noise_sd": float(np.sqrt(noise) * sd),
+        },
+    )
 
 
-def local_gp(values, mask, *, k: int = 64, block: int = 8, params: dict | None = None, chunk: int = 512,
-             return_std: bool = False, seed: int = 0):
+def local_gp(
+    values,
+    mask,
+    *,
+    k: int = 64,
+    block: int = 8,
+    params: dict | None = None,
+    chunk: int = 512,
+    return_std: bool = False,
+    seed: int = 0,
+):
     """Local GP (kriging) interpolation with moving neighbourhoods.
 
     The image is cut into ``block``×``block`` pixel blocks; each block is predicted from the
@@ -227,5 +285,9 @@ def local_gp(values, mask, *, k: int = 64, block: int = 8, params: dict | None =
     predictive 1σ of a measurement at each unmeasured pixel, in the input's units; 0 where
     measured).
     """
-    out, std, _ = drain(local_gp_iter(values, mask, k=k, block=block, params=params, chunk=chunk, seed=seed))
-    return (out.astype(np.float32), std.astype(np.float32)) if return_std else out.astype(np.float32)
+    out, std, _ = drain(
+        local_gp_iter(values, mask, k=k, block=block, params=params, chunk=chunk, seed=seed)
+    )
+    return (
+        (out.astype(np.float32), std.astype(np.float32)) if return_std else out.astype(np.float32)
+    )

@@ -6,9 +6,10 @@ Lissajous, random walk) are traced at sub-pixel arc-length steps and rasterised 
 pixel; their free parameter (arm spacing, frequency, walk length) is tuned so the measured
 fraction is within 2 % (relative) of the request.
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -19,8 +20,9 @@ _STEP = 0.5  # arc-length sampling of traced trajectories (px)
 _CHUNK = 1 << 20  # trajectory samples rasterised at a time (bounded memory on large fields)
 
 
-def _rasterise(path: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]], n: int,
-               shape: tuple[int, int]) -> np.ndarray:
+def _rasterise(
+    path: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]], n: int, shape: tuple[int, int]
+) -> np.ndarray:
     """Mark the pixels nearest to ``n`` trajectory samples ``path(index) -> (rows, cols)``,
     in chunks; samples outside the field are dropped."""
     h, w = shape
@@ -33,8 +35,14 @@ def _rasterise(path: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]], n: i
     return mask
 
 
-def _tune(make: Callable[[float], np.ndarray], target: int, lo: float, hi: float,
-          increasing: bool, iters: int = 40) -> np.ndarray:
+def _tune(
+    make: Callable[[float], np.ndarray],
+    target: int,
+    lo: float,
+    hi: float,
+    increasing: bool,
+    iters: int = 40,
+) -> np.ndarray:
     """Bisect the parameter of ``make`` so the mask holds ~``target`` measured pixels."""
     best, best_err = None, np.inf
     for _ in range(iters):
@@ -78,7 +86,9 @@ def _spiral(shape, coverage, rng) -> np.ndarray:
 
 def _lissajous(shape, coverage, rng) -> np.ndarray:
     h, w = shape
-    ratio = (1 + np.sqrt(5)) / 2 * rng.uniform(0.97, 1.03)  # irrational-ish: the curve fills the field
+    ratio = (
+        (1 + np.sqrt(5)) / 2 * rng.uniform(0.97, 1.03)
+    )  # irrational-ish: the curve fills the field
     phase = rng.uniform(0, 2 * np.pi, 2)
 
     def make(freq: float) -> np.ndarray:
@@ -88,15 +98,22 @@ def _lissajous(shape, coverage, rng) -> np.ndarray:
 
         def path(i):
             t = i / (n - 1)
-            return ((h - 1) / 2 * (1 + np.sin(2 * np.pi * fy * t + phase[0])),
-                    (w - 1) / 2 * (1 + np.sin(2 * np.pi * fx * t + phase[1])))
+            return (
+                (h - 1) / 2 * (1 + np.sin(2 * np.pi * fy * t + phase[0])),
+                (w - 1) / 2 * (1 + np.sin(2 * np.pi * fx * t + phase[1])),
+            )
 
         return _rasterise(path, n, shape)
 
     # trace length ~ 2 pi freq (h + w) / 2 * 1.6 px; bracket the frequency around it
     guess = coverage * h * w / (1.6 * np.pi * (h + w) / 2)
-    return _tune(make, int(round(coverage * h * w)), max(0.05, guess / 8), min(4.0 * max(h, w), guess * 8 + 1),
-                 increasing=True)
+    return _tune(
+        make,
+        int(round(coverage * h * w)),
+        max(0.05, guess / 8),
+        min(4.0 * max(h, w), guess * 8 + 1),
+        increasing=True,
+    )
 
 
 def _mirror(x: np.ndarray, size: int) -> np.ndarray:
@@ -171,7 +188,7 @@ def _line_hopping(shape, coverage, rng) -> np.ndarray:
         while col < w:
             seg = int(rng.integers(8, 65))
             row = int(np.clip(np.floor(i * step + rng.uniform(0, step)), 0, h - 1))
-            mask[row, col:col + seg] = True
+            mask[row, col : col + seg] = True
             col += seg
     return mask
 
@@ -184,8 +201,15 @@ def _random(shape, coverage, rng) -> np.ndarray:
     return mask.reshape(shape)
 
 
-_MAKERS = {"spiral": _spiral, "grid": _grid, "lines": _lines, "random": _random,
-           "random_walk": _random_walk, "lissajous": _lissajous, "line_hopping": _line_hopping}
+_MAKERS = {
+    "spiral": _spiral,
+    "grid": _grid,
+    "lines": _lines,
+    "random": _random,
+    "random_walk": _random_walk,
+    "lissajous": _lissajous,
+    "line_hopping": _line_hopping,
+}
 
 
 def scan_mask(kind: str, shape: tuple[int, int], coverage: float, *, seed: int = 0) -> np.ndarray:
@@ -217,7 +241,9 @@ def scan_mask(kind: str, shape: tuple[int, int], coverage: float, *, seed: int =
     try:
         h, w = (int(v) for v in shape)
     except (TypeError, ValueError):
-        raise ValueError(f"The scan shape must be (height, width) in pixels, not {shape!r}.") from None
+        raise ValueError(
+            f"The scan shape must be (height, width) in pixels, not {shape!r}."
+        ) from None
     if min(h, w) < 8:
         raise ValueError(f"The scan field is only {h}×{w} pixels; at least 8×8 are needed.")
     coverage = float(coverage)
@@ -227,7 +253,9 @@ def scan_mask(kind: str, shape: tuple[int, int], coverage: float, *, seed: int =
             "For '1 in 18 pixels' pass 1/18."
         )
     if coverage * h * w < 1:
-        raise ValueError(f"Coverage {coverage:.3g} of a {h}×{w} field measures less than one pixel.")
+        raise ValueError(
+            f"Coverage {coverage:.3g} of a {h}×{w} field measures less than one pixel."
+        )
     if coverage >= 1.0:
         return np.ones((h, w), bool)
     return _MAKERS[kind]((h, w), coverage, np.random.default_rng(seed))

@@ -1,4 +1,5 @@
 """Errors of a completed scan against a fully measured truth, at the unmeasured pixels."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -9,7 +10,11 @@ def _to_unit_range(pred, truth):
     """``pred`` and ``truth`` mapped by the affine that takes the truth's range to [0, 1]."""
     lo, hi = float(np.nanmin(truth)), float(np.nanmax(truth))
     span = hi - lo if hi > lo else 1.0
-    return (np.asarray(pred, np.float64) - lo) / span, (np.asarray(truth, np.float64) - lo) / span, span
+    return (
+        (np.asarray(pred, np.float64) - lo) / span,
+        (np.asarray(truth, np.float64) - lo) / span,
+        span,
+    )
 
 
 def relative_rms(pred: np.ndarray, truth: np.ndarray, mask: np.ndarray) -> float:
@@ -19,8 +24,9 @@ def relative_rms(pred: np.ndarray, truth: np.ndarray, mask: np.ndarray) -> float
     return float(np.sqrt(np.mean((p - t)[miss] ** 2)))
 
 
-def completion_errors(pred: np.ndarray, truth: np.ndarray, mask: np.ndarray,
-                      sigma: np.ndarray | None = None) -> dict:
+def completion_errors(
+    pred: np.ndarray, truth: np.ndarray, mask: np.ndarray, sigma: np.ndarray | None = None
+) -> dict:
     """Accuracy of ``pred`` at pixels where ``mask`` is False, relative to the truth's range.
 
     Both images are mapped by the same affine so the truth spans [0, 1].

@@ -16,6 +16,7 @@ X=12 × Y=29; the CSV's first column spans 0–11 (12 values = ROI size X) and t
 (29 values = ROI size Y), so the columns are (x, y) relative to the ROI offset. Place them in the
 full scan with ``origin = info["roi_offset"]``.
 """
+
 from __future__ import annotations
 
 import re
@@ -24,8 +25,13 @@ from pathlib import Path
 import numpy as np
 
 
-def rasterise(coords, values, shape: tuple[int, int] | None = None, *,
-              origin: tuple[float, float] | None = None) -> tuple[np.ndarray, np.ndarray]:
+def rasterise(
+    coords,
+    values,
+    shape: tuple[int, int] | None = None,
+    *,
+    origin: tuple[float, float] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """Put scattered measurements on a pixel grid (nearest pixel, duplicates averaged).
 
     Parameters
@@ -57,24 +63,34 @@ def rasterise(coords, values, shape: tuple[int, int] | None = None, *,
     pos = np.asarray(coords, dtype=float)
     vals = np.asarray(values, dtype=float).ravel()
     if pos.ndim != 2 or pos.shape[1] != 2:
-        raise ValueError(f"Scan positions must be an (N, 2) array of (row, col) pixels; got shape {pos.shape}.")
+        raise ValueError(
+            f"Scan positions must be an (N, 2) array of (row, col) pixels; got shape {pos.shape}."
+        )
     if len(pos) == 0:
         raise ValueError("There are no scan positions: nothing was measured.")
     if len(vals) != len(pos):
-        raise ValueError(f"There are {len(pos)} scan positions but {len(vals)} values; "
-                         "each position needs exactly one measured value.")
+        raise ValueError(
+            f"There are {len(pos)} scan positions but {len(vals)} values; "
+            "each position needs exactly one measured value."
+        )
     if not np.isfinite(pos).all():
-        raise ValueError(f"{int((~np.isfinite(pos)).any(axis=1).sum())} scan positions are NaN or "
-                         "infinite; remove them first.")
+        raise ValueError(
+            f"{int((~np.isfinite(pos)).any(axis=1).sum())} scan positions are NaN or "
+            "infinite; remove them first."
+        )
     if not np.isfinite(vals).all():
-        raise ValueError(f"{int((~np.isfinite(vals)).sum())} measured values are NaN or infinite; "
-                         "remove those positions first.")
+        raise ValueError(
+            f"{int((~np.isfinite(vals)).sum())} measured values are NaN or infinite; "
+            "remove those positions first."
+        )
     off = np.zeros(2) if origin is None else np.asarray(origin, dtype=float).reshape(2)
     pix = np.rint(pos + off).astype(np.int64)
     if (pix < 0).any():
         bad = pos[(pix < 0).any(axis=1)][0]
-        raise ValueError(f"Scan position {tuple(float(x) for x in bad)} falls at a negative pixel; positions must be "
-                         "(row, col) ≥ 0 (set `origin` if they are relative to a region of interest).")
+        raise ValueError(
+            f"Scan position {tuple(float(x) for x in bad)} falls at a negative pixel; positions must be "
+            "(row, col) ≥ 0 (set `origin` if they are relative to a region of interest)."
+        )
     need = tuple(int(n) for n in pix.max(axis=0) + 1)
     if shape is None:
         shape = need
@@ -82,8 +98,10 @@ def rasterise(coords, values, shape: tuple[int, int] | None = None, *,
     if len(shape) != 2 or min(shape) < 1:
         raise ValueError(f"The grid shape must be two positive sizes (H, W); got {shape}.")
     if need[0] > shape[0] or need[1] > shape[1]:
-        raise ValueError(f"Scan positions reach pixel (row {need[0] - 1}, col {need[1] - 1}), outside "
-                         f"the {shape[0]}×{shape[1]} grid; check the grid size and the (x, y) order.")
+        raise ValueError(
+            f"Scan positions reach pixel (row {need[0] - 1}, col {need[1] - 1}), outside "
+            f"the {shape[0]}×{shape[1]} grid; check the grid size and the (x, y) order."
+        )
     flat = np.ravel_multi_index((pix[:, 0], pix[:, 1]), shape)
     total = np.bincount(flat, weights=vals, minlength=shape[0] * shape[1])
     count = np.bincount(flat, minlength=shape[0] * shape[1])
@@ -132,8 +150,10 @@ def read_scan_csv(path, *, order: str = "xy") -> np.ndarray:
                 continue
             raise ValueError(f"{p.name} line {n} is not two numbers: {line.strip()!r}.") from None
         if len(nums) != 2:
-            raise ValueError(f"{p.name} line {n} has {len(nums)} columns; a scan-position file "
-                             "has exactly two (x, y).")
+            raise ValueError(
+                f"{p.name} line {n} has {len(nums)} columns; a scan-position file "
+                "has exactly two (x, y)."
+            )
         rows.append(nums)
     if not rows:
         raise ValueError(f"{p.name} holds no scan positions.")
@@ -171,14 +191,21 @@ def read_scan_info(path) -> dict:
 
     scan = (num("Scan - Size Y"), num("Scan - Size X"))
     if None in scan:
-        raise ValueError(f"{p.name} does not give 'Scan - Size X/Y'; is it a Direct Electron info file?")
+        raise ValueError(
+            f"{p.name} does not give 'Scan - Size X/Y'; is it a Direct Electron info file?"
+        )
     roi_on = raw.get("Scan - ROI Enable", "").lower() == "enable"
     offset = (num("Scan - ROI Offset Y"), num("Scan - ROI Offset X"))
     roi = (num("Scan - ROI Size Y"), num("Scan - ROI Size X"))
     if not roi_on or None in offset or None in roi:
         offset, roi = (0, 0), scan
-    return {"scan_shape": scan, "roi_offset": offset, "roi_shape": roi,
-            "n_points": num("Scan - Points"), "raw": raw}
+    return {
+        "scan_shape": scan,
+        "roi_offset": offset,
+        "roi_shape": roi,
+        "n_points": num("Scan - Points"),
+        "raw": raw,
+    }
 
 
 def values_from_movie(movie) -> np.ndarray:
@@ -230,8 +257,10 @@ def sparse_from_files(coords_csv, movie, info=None) -> tuple[np.ndarray, np.ndar
         movie = read_file(movie)[0][0]
     signal = values_from_movie(movie)
     if len(signal) != len(coords):
-        raise ValueError(f"The movie has {len(signal)} frames but the position file has {len(coords)} "
-                         "positions; they must match one to one.")
+        raise ValueError(
+            f"The movie has {len(signal)} frames but the position file has {len(coords)} "
+            "positions; they must match one to one."
+        )
     meta = read_scan_info(info) if info is not None else {"scan_shape": None, "roi_offset": (0, 0)}
     values, mask = rasterise(coords, signal, meta["scan_shape"], origin=meta["roi_offset"])
     return values, mask, meta
@@ -247,14 +276,18 @@ def check_mask(shape, mask) -> np.ndarray:
     shape = tuple(int(n) for n in shape)
     m = np.asarray(mask)
     if m.shape != shape and not (len(shape) == 3 and m.shape == shape[1:]):
-        raise ValueError(f"The mask is {'×'.join(map(str, m.shape))} pixels but the sparse image is "
-                         f"{'×'.join(map(str, shape))}; they must have the same size.")
+        raise ValueError(
+            f"The mask is {'×'.join(map(str, m.shape))} pixels but the sparse image is "
+            f"{'×'.join(map(str, shape))}; they must have the same size."
+        )
     measured = (m != 0) & ~np.isnan(m) if m.dtype.kind == "f" else m != 0
     frames = measured.reshape((-1,) + measured.shape[-2:])
     for t, frame in enumerate(frames):
         where = f" in frame {t}" if len(frames) > 1 else ""
         if not frame.any():
-            raise ValueError(f"The mask marks no measured pixel{where}: there is nothing to complete from.")
+            raise ValueError(
+                f"The mask marks no measured pixel{where}: there is nothing to complete from."
+            )
         if frame.all():
             raise ValueError(f"Every pixel is measured{where}: there is nothing to complete.")
     return np.broadcast_to(measured, shape).copy()
@@ -330,19 +363,39 @@ def random_scan_layers(movie_path, movie) -> list[tuple]:
     coords = read_scan_csv(coords_path)
     signal = values_from_movie(movie)
     if len(signal) != len(coords):
-        raise ValueError(f"{Path(movie_path).name} has {len(signal)} frames but {coords_path.name} has "
-                         f"{len(coords)} positions; they must match one to one.")
-    meta = read_scan_info(info_path) if info_path is not None else {"scan_shape": None, "roi_offset": (0, 0)}
+        raise ValueError(
+            f"{Path(movie_path).name} has {len(signal)} frames but {coords_path.name} has "
+            f"{len(coords)} positions; they must match one to one."
+        )
+    meta = (
+        read_scan_info(info_path)
+        if info_path is not None
+        else {"scan_shape": None, "roi_offset": (0, 0)}
+    )
     values, mask = rasterise(coords, signal, meta["scan_shape"], origin=meta["roi_offset"])
     stem = coords_path.name[: -len(COORDS_SUFFIX)]
-    scan = {"source_file": str(movie_path), "scan_coordinates": str(coords_path),
-            "scan_info": str(info_path) if info_path else None, "scan_shape": tuple(values.shape),
-            "roi_offset": tuple(meta["roi_offset"]), "n_positions": int(len(coords))}
+    scan = {
+        "source_file": str(movie_path),
+        "scan_coordinates": str(coords_path),
+        "scan_info": str(info_path) if info_path else None,
+        "scan_shape": tuple(values.shape),
+        "roi_offset": tuple(meta["roi_offset"]),
+        "n_positions": int(len(coords)),
+    }
     positions = coords + np.asarray(meta["roi_offset"])
     md = {"napari_microml": {**scan, "sparse_scan": True}}
     return [
         (values, {"name": f"{stem} sparse", "metadata": md, "colormap": "gray"}, "image"),
         (mask.astype(np.uint8), {"name": f"{stem} mask", "metadata": md, "opacity": 0.5}, "labels"),
-        (positions.astype(np.float64), {"name": f"{stem} scan points", "metadata": md, "size": 1.0,
-                                       "features": {"intensity": signal}, "visible": False}, "points"),
+        (
+            positions.astype(np.float64),
+            {
+                "name": f"{stem} scan points",
+                "metadata": md,
+                "size": 1.0,
+                "features": {"intensity": signal},
+                "visible": False,
+            },
+            "points",
+        ),
     ]

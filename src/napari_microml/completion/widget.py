@@ -1,5 +1,6 @@
 """Partial-scan completer dock widget: simulate a sparse scan of a full image, or complete data
 that was measured sparsely (sparse image + mask, or scan positions with values)."""
+
 from __future__ import annotations
 
 import napari
@@ -19,16 +20,18 @@ IMAGE_MASK, POINTS = "sparse image + mask", "scan points + values"
 
 def _model_choices() -> list[tuple[str, str]]:
     """(label, model name): the kriging default first, then the reference local GP, then networks."""
-    from napari_microml.nets.registry import list_models
-
     from napari_microml.completion.complete import KRIGING, LOCAL_GP
+    from napari_microml.nets.registry import list_models
 
     names = [n.removeprefix("completion-") for n in list_models("completion")]
     nets = [(f"network: {n}", n) for n in sorted(names, key=lambda n: n != "default")]
     return [("kriging (default)", KRIGING), ("local GP (slower reference)", LOCAL_GP), *nets]
 
 
-SIGMA_CHOICES = [("of a re-scan (signal + pixel noise)", "measurement"), ("of the noise-free signal", "signal")]
+SIGMA_CHOICES = [
+    ("of a re-scan (signal + pixel noise)", "measurement"),
+    ("of the noise-free signal", "signal"),
+]
 
 
 class ScanCompleterWidget(ToolWidget):
@@ -43,30 +46,57 @@ class ScanCompleterWidget(ToolWidget):
         # -- Simulate: a full image, scanned sparsely by a mask we draw ---------------------------
         self.image_layer = create_widget(annotation=napari.layers.Image, label="Full image")
         self.kind = ComboBox(label="Scan kind", choices=list(MASK_KINDS), value="spiral")
-        self.coverage = FloatSlider(label="Coverage (%)", value=5.6, min=1.0, max=50.0, step=0.1,
-                                    tooltip="Percent of pixels measured: 5.6 % = 1 pixel in 17.9")
+        self.coverage = FloatSlider(
+            label="Coverage (%)",
+            value=5.6,
+            min=1.0,
+            max=50.0,
+            step=0.1,
+            tooltip="Percent of pixels measured: 5.6 % = 1 pixel in 17.9",
+        )
         self.seed = SpinBox(label="Seed", value=0, min=0, max=2**31 - 1)
         # -- Complete: data measured sparsely --------------------------------------------------
         self.source = ComboBox(label="Measured as", choices=[IMAGE_MASK, POINTS], value=IMAGE_MASK)
         self.sparse_layer = create_widget(annotation=napari.layers.Image, label="Sparse image")
-        self.mask_layer = ComboBox(label="Mask", choices=self._mask_choices,
-                                   tooltip="Labels or image layer; non-zero = measured pixel")
+        self.mask_layer = ComboBox(
+            label="Mask",
+            choices=self._mask_choices,
+            tooltip="Labels or image layer; non-zero = measured pixel",
+        )
         self.points_layer = create_widget(annotation=napari.layers.Points, label="Scan points")
-        self.feature = ComboBox(label="Value feature", choices=self._feature_choices,
-                                tooltip="The points' feature holding the measured value")
-        self.model = ComboBox(label="Method", choices=_model_choices(), value="kriging",
-                              tooltip="kriging: a local Gaussian process fitted to this scan (default; "
-                                      "about 1 s for 512×512 px). local GP: the slower earlier kriging. "
-                                      "network: a trained U-Net (fast; worse than kriging on smooth images)")
-        self.sigma = ComboBox(label="Uncertainty", choices=SIGMA_CHOICES, value="measurement",
-                              tooltip="1σ in the image's units. 'of a re-scan': what measuring the pixel "
-                                      "would read (signal + the pixel noise estimated from the scan); "
-                                      "'of the noise-free signal': without that noise. Kriging only; "
-                                      "a network reports its own calibrated σ")
+        self.feature = ComboBox(
+            label="Value feature",
+            choices=self._feature_choices,
+            tooltip="The points' feature holding the measured value",
+        )
+        self.model = ComboBox(
+            label="Method",
+            choices=_model_choices(),
+            value="kriging",
+            tooltip="kriging: a local Gaussian process fitted to this scan (default; "
+            "about 1 s for 512×512 px). local GP: the slower earlier kriging. "
+            "network: a trained U-Net (fast; worse than kriging on smooth images)",
+        )
+        self.sigma = ComboBox(
+            label="Uncertainty",
+            choices=SIGMA_CHOICES,
+            value="measurement",
+            tooltip="1σ in the image's units. 'of a re-scan': what measuring the pixel "
+            "would read (signal + the pixel noise estimated from the scan); "
+            "'of the noise-free signal': without that noise. Kriging only; "
+            "a network reports its own calibrated σ",
+        )
         self._simulate = [self.image_layer, self.kind, self.coverage, self.seed]
-        self._complete = [self.source, self.sparse_layer, self.mask_layer, self.points_layer,
-                          self.feature]
-        super().__init__(viewer, [self.mode, *self._simulate, *self._complete, self.model, self.sigma])
+        self._complete = [
+            self.source,
+            self.sparse_layer,
+            self.mask_layer,
+            self.points_layer,
+            self.feature,
+        ]
+        super().__init__(
+            viewer, [self.mode, *self._simulate, *self._complete, self.model, self.sigma]
+        )
         self._prefer_sparse_layer()
 
         from qtpy.QtCore import QTimer
@@ -87,17 +117,24 @@ class ScanCompleterWidget(ToolWidget):
     # -- choices / visibility ------------------------------------------------------------------
     def _mask_choices(self, *_):
         """Labels and grey image layers; Labels and layers named '*mask*' first (the default)."""
-        layers = [layer for layer in self.viewer.layers
-                  if isinstance(layer, (napari.layers.Labels, napari.layers.Image))
-                  and not getattr(layer, "rgb", False)]
-        layers.sort(key=lambda la: (not isinstance(la, napari.layers.Labels), "mask" not in la.name.lower()))
+        layers = [
+            layer
+            for layer in self.viewer.layers
+            if isinstance(layer, (napari.layers.Labels, napari.layers.Image))
+            and not getattr(layer, "rgb", False)
+        ]
+        layers.sort(
+            key=lambda la: (not isinstance(la, napari.layers.Labels), "mask" not in la.name.lower())
+        )
         return [(layer.name, layer) for layer in layers]
 
     def _feature_choices(self, *_):
         layer = self.points_layer.value if hasattr(self, "points_layer") else None
         if layer is None:
             return []
-        return [c for c in layer.features.columns if np.issubdtype(layer.features[c].dtype, np.number)]
+        return [
+            c for c in layer.features.columns if np.issubdtype(layer.features[c].dtype, np.number)
+        ]
 
     def _on_layers_changed(self, *_):
         self.reset_choices()
@@ -106,10 +143,18 @@ class ScanCompleterWidget(ToolWidget):
     def _prefer_sparse_layer(self):
         """Point 'Sparse image' and 'Scan points' at a scan our reader opened (e.g. a Direct
         Electron random scan), and switch to 'Complete measured data' when one has just arrived."""
-        def is_scan(layer):
-            return bool((getattr(layer, "metadata", None) or {}).get("napari_microml", {}).get("sparse_scan"))
 
-        for widget, kind in ((self.sparse_layer, napari.layers.Image), (self.points_layer, napari.layers.Points)):
+        def is_scan(layer):
+            return bool(
+                (getattr(layer, "metadata", None) or {})
+                .get("napari_microml", {})
+                .get("sparse_scan")
+            )
+
+        for widget, kind in (
+            (self.sparse_layer, napari.layers.Image),
+            (self.points_layer, napari.layers.Points),
+        ):
             current = widget.value
             if current is not None and is_scan(current):
                 continue
@@ -118,6 +163,7 @@ class ScanCompleterWidget(ToolWidget):
                 widget.value = scans[-1]
                 if kind is napari.layers.Image and self.mode.value == SIMULATE and not self.busy:
                     self.mode.value = COMPLETE
+
     def _sync_visibility(self, *_):
         simulate = self.mode.value == SIMULATE
         points = self.source.value == POINTS
@@ -152,16 +198,28 @@ class ScanCompleterWidget(ToolWidget):
             self._say(f"Layer {layer.name!r} is not a single 2D grey image; Simulate needs one.")
             return
         try:
-            mask = scan_mask(self.kind.value, layer.data.shape, self.coverage.value / 100.0,
-                             seed=int(self.seed.value))
+            mask = scan_mask(
+                self.kind.value,
+                layer.data.shape,
+                self.coverage.value / 100.0,
+                seed=int(self.seed.value),
+            )
         except ValueError as err:
             self._say(str(err))
             return
-        upsert_layer(self.viewer, self.preview_name(layer), "labels", mask.astype(np.uint8),
-                     opacity=0.6, **physical_kwargs(layer, 2))
+        upsert_layer(
+            self.viewer,
+            self.preview_name(layer),
+            "labels",
+            mask.astype(np.uint8),
+            opacity=0.6,
+            **physical_kwargs(layer, 2),
+        )
         if not self.busy:
-            self._say(f"{self.kind.value} scan measures {100 * mask.mean():.2f} % of the pixels "
-                      f"(1 in {1 / max(mask.mean(), 1e-9):.1f}).")
+            self._say(
+                f"{self.kind.value} scan measures {100 * mask.mean():.2f} % of the pixels "
+                f"(1 in {1 / max(mask.mean(), 1e-9):.1f})."
+            )
 
     # -- run ---------------------------------------------------------------------------------------
     @staticmethod
@@ -169,65 +227,100 @@ class ScanCompleterWidget(ToolWidget):
         if layer is None:
             raise ValueError(f"Pick the {what} layer first.")
         if getattr(layer, "rgb", False):
-            raise ValueError(f"Layer {layer.name!r} is an RGB picture; the completer needs a grey image.")
+            raise ValueError(
+                f"Layer {layer.name!r} is an RGB picture; the completer needs a grey image."
+            )
         return layer
 
     def _simulate_inputs(self) -> dict:
         layer = self._grey(self.image_layer.value, "full image")
         if layer.ndim != 2:
-            raise ValueError(f"Layer {layer.name!r} has {layer.ndim} dimensions; Simulate needs a "
-                             "single 2D image.")
+            raise ValueError(
+                f"Layer {layer.name!r} has {layer.ndim} dimensions; Simulate needs a "
+                "single 2D image."
+            )
         coverage = float(self.coverage.value) / 100.0
         mask = scan_mask(self.kind.value, layer.data.shape, coverage, seed=int(self.seed.value))
-        params = {"mode": "simulate", "scan_kind": self.kind.value, "coverage": coverage,
-                  "mask_seed": int(self.seed.value)}
+        params = {
+            "mode": "simulate",
+            "scan_kind": self.kind.value,
+            "coverage": coverage,
+            "mask_seed": int(self.seed.value),
+        }
 
         def prepare():  # in the worker: the layer's data may be large or lazy
             truth = np.asarray(layer.data)
             values, m = check_sparse(np.where(mask, truth, 0), mask)
             return dict(values=values, mask=m, truth=truth)
 
-        return dict(source=layer, name=layer.name, prepare=prepare, params=params, sparse_layer=True)
+        return dict(
+            source=layer, name=layer.name, prepare=prepare, params=params, sparse_layer=True
+        )
 
     def _complete_inputs(self) -> dict:
         if self.source.value == IMAGE_MASK:
             layer = self._grey(self.sparse_layer.value, "sparse image")
             mask_layer = self._grey(self.mask_layer.value, "mask")
-            mask = check_mask(layer.data.shape, np.asarray(mask_layer.data))  # cheap: says what is wrong now
-            params = {"mode": "complete", "mask_layer": mask_layer.name, "coverage": float(mask.mean())}
+            mask = check_mask(
+                layer.data.shape, np.asarray(mask_layer.data)
+            )  # cheap: says what is wrong now
+            params = {
+                "mode": "complete",
+                "mask_layer": mask_layer.name,
+                "coverage": float(mask.mean()),
+            }
 
             def prepare():
                 values, m = check_sparse(np.asarray(layer.data), mask)
                 return dict(values=values, mask=m)
 
-            return dict(source=layer, name=layer.name, prepare=prepare, params=params, sparse_layer=False)
+            return dict(
+                source=layer, name=layer.name, prepare=prepare, params=params, sparse_layer=False
+            )
         points = self.points_layer.value
         if points is None:
             raise ValueError("Pick the scan points layer first.")
         column = self.feature.value
         if column is None or column not in points.features:
-            raise ValueError(f"Points layer {points.name!r} has no numeric feature picked for the "
-                             "measured values; add one (e.g. 'intensity') and pick it.")
+            raise ValueError(
+                f"Points layer {points.name!r} has no numeric feature picked for the "
+                "measured values; add one (e.g. 'intensity') and pick it."
+            )
         if points.ndim != 2:
-            raise ValueError(f"Points layer {points.name!r} is {points.ndim}D; scan positions must be 2D.")
+            raise ValueError(
+                f"Points layer {points.name!r} is {points.ndim}D; scan positions must be 2D."
+            )
         # a scan our reader opened knows its full grid; otherwise the positions' bounding box
         shape = (points.metadata or {}).get("napari_microml", {}).get("scan_shape")
-        grid, measured = rasterise(np.asarray(points.data), points.features[column].to_numpy(float), shape)
-        params = {"mode": "complete", "points_layer": points.name, "value_feature": column,
-                  "n_positions": int(len(points.data)), "coverage": float(measured.mean())}
+        grid, measured = rasterise(
+            np.asarray(points.data), points.features[column].to_numpy(float), shape
+        )
+        params = {
+            "mode": "complete",
+            "points_layer": points.name,
+            "value_feature": column,
+            "n_positions": int(len(points.data)),
+            "coverage": float(measured.mean()),
+        }
 
         def prepare():
             values, m = check_sparse(grid, measured)
             return dict(values=values, mask=m)
 
-        return dict(source=points, name=points.name, prepare=prepare, params=params, sparse_layer=True)
+        return dict(
+            source=points, name=points.name, prepare=prepare, params=params, sparse_layer=True
+        )
 
     def make_job(self):
         from napari_microml.completion.complete import complete_scan_iter
 
         ctx = self._simulate_inputs() if self.mode.value == SIMULATE else self._complete_inputs()
-        kwargs = dict(model=self.model.value, device=self.device_choice.value, sigma=self.sigma.value,
-                      input_name=ctx["name"])
+        kwargs = dict(
+            model=self.model.value,
+            device=self.device_choice.value,
+            sigma=self.sigma.value,
+            input_name=ctx["name"],
+        )
         self._ctx = ctx
 
         def job():
@@ -258,27 +351,62 @@ class ScanCompleterWidget(ToolWidget):
         add = []  # one layer per event-loop turn (self.later): adding a layer costs 0.1-0.3 s
         if ctx["sparse_layer"]:
             add.append((f"{name} sparse", "image", ctx["sparse"], dict(metadata=meta, **grey)))
-        add.append((f"{name} uncertainty", "image", result.uncertainty,
-                    dict(colormap="magma", contrast_limits=ctx["sigma_limits"], metadata=meta)))
-        what = {"measurement": "1σ of a re-scan", "signal": "1σ of the noise-free signal",
-                "network": "the network's 1σ"}.get(result.sigma, result.sigma)
-        message = (f"Done: filled the {100 * (~result.mask).mean():.1f} % unmeasured pixels; the "
-                   f"uncertainty layer shows {what} (median {ctx['median_sigma']:.3g}).")
+        add.append(
+            (
+                f"{name} uncertainty",
+                "image",
+                result.uncertainty,
+                dict(colormap="magma", contrast_limits=ctx["sigma_limits"], metadata=meta),
+            )
+        )
+        what = {
+            "measurement": "1σ of a re-scan",
+            "signal": "1σ of the noise-free signal",
+            "network": "the network's 1σ",
+        }.get(result.sigma, result.sigma)
+        message = (
+            f"Done: filled the {100 * (~result.mask).mean():.1f} % unmeasured pixels; the "
+            f"uncertainty layer shows {what} (median {ctx['median_sigma']:.3g})."
+        )
         completed_meta = meta
         if "truth" in ctx:
             rms = ctx["rms"]
-            add.append((self.preview_name(ctx["source"]), "labels", result.mask.astype(np.uint8),
-                        dict(opacity=0.6)))
+            add.append(
+                (
+                    self.preview_name(ctx["source"]),
+                    "labels",
+                    result.mask.astype(np.uint8),
+                    dict(opacity=0.6),
+                )
+            )
             completed_meta = {KEY: {**record, "rms_error_unmeasured_percent": rms}}
-            add.append((f"{name} |error|", "image", ctx["error"],
-                        dict(colormap="inferno", contrast_limits=_limits(0, ctx["error"].max()), metadata=meta)))
-            message = (f"RMS error at unmeasured pixels: {rms:.2f} % of the image range "
-                       f"({ctx['params']['scan_kind']}, {100 * result.mask.mean():.2f} % measured; "
-                       f"uncertainty = {what}).")
-        add.append((f"{name} completed", "image", result.image, dict(metadata=completed_meta, **grey)))
+            add.append(
+                (
+                    f"{name} |error|",
+                    "image",
+                    ctx["error"],
+                    dict(
+                        colormap="inferno",
+                        contrast_limits=_limits(0, ctx["error"].max()),
+                        metadata=meta,
+                    ),
+                )
+            )
+            message = (
+                f"RMS error at unmeasured pixels: {rms:.2f} % of the image range "
+                f"({ctx['params']['scan_kind']}, {100 * result.mask.mean():.2f} % measured; "
+                f"uncertainty = {what})."
+            )
+        add.append(
+            (f"{name} completed", "image", result.image, dict(metadata=completed_meta, **grey))
+        )
         first = f"{name} completed" not in self.viewer.layers
         for layer_name, kind, data, kw in add:
-            self.later(lambda n=layer_name, k=kind, d=data, w=kw: upsert_layer(self.viewer, n, k, d, **w, **phys))
+            self.later(
+                lambda n=layer_name, k=kind, d=data, w=kw: upsert_layer(
+                    self.viewer, n, k, d, **w, **phys
+                )
+            )
         if first:  # the scan grid can be larger than what the camera shows (e.g. a movie's frames)
             self.later(self.viewer.reset_view)
         self.later(lambda: self._say(message))

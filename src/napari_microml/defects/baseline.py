@@ -9,6 +9,7 @@
    Interstitial: an isolated column that fits neither lattice. Extended: clusters of columns
    that fit neither lattice, and the band where the two grains meet.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ class BaselineResult:
     """objects: DataFrame (class, class_id, row, col); classmap (H, W) uint8; atoms (N, 2);
     translations: list of (k, 2) arrays, one per grain; spacing: median column distance (px)."""
 
-    objects: "object"
+    objects: object
     classmap: np.ndarray
     atoms: np.ndarray
     translations: list
@@ -48,7 +49,7 @@ def _modes(atoms: np.ndarray, tree: cKDTree, d0: float, min_support: float = 0.7
     hist, _, _ = np.histogram2d(disp[:, 0], disp[:, 1], bins=[edges, edges])
     hist = ndi.gaussian_filter(hist, 1.0)
     peaks = (hist == ndi.maximum_filter(hist, size=5)) & (hist > 0.02 * len(atoms))
-    centres = (edges[:-1] + b / 2)
+    centres = edges[:-1] + b / 2
     modes = []
     for i, j in zip(*np.nonzero(peaks)):
         guess = np.array([centres[i], centres[j]])
@@ -66,16 +67,24 @@ def _support(atoms, modes, tree, d0, shape=None):
     valid = np.zeros(len(atoms))
     for t in modes:
         target = atoms + t
-        inside = np.ones(len(atoms), bool) if shape is None else (
-            (target >= 0.5 * d0).all(1) & (target[:, 0] < shape[0] - 0.5 * d0) & (target[:, 1] < shape[1] - 0.5 * d0))
+        inside = (
+            np.ones(len(atoms), bool)
+            if shape is None
+            else (
+                (target >= 0.5 * d0).all(1)
+                & (target[:, 0] < shape[0] - 0.5 * d0)
+                & (target[:, 1] < shape[1] - 0.5 * d0)
+            )
+        )
         dist = tree.query(target)[0]
         hits += inside & (dist < 0.3 * d0)
         valid += inside
     return hits / np.maximum(valid, 1), valid
 
 
-def baseline_defects(image, *, contrast: str = "bright", atoms=None, intensities=None, z: float = 3.5,
-                     device="auto") -> BaselineResult:
+def baseline_defects(
+    image, *, contrast: str = "bright", atoms=None, intensities=None, z: float = 3.5, device="auto"
+) -> BaselineResult:
     """Classical lattice-site defect detection on a 2D image (see the module docstring).
 
     Parameters
@@ -100,8 +109,13 @@ def baseline_defects(image, *, contrast: str = "bright", atoms=None, intensities
     shape = img.shape
     rows = []
     if len(atoms) < 8:
-        return BaselineResult(pd.DataFrame(rows, columns=["class", "class_id", "row", "col"]),
-                              np.zeros(shape, np.uint8), atoms, [], float("nan"))
+        return BaselineResult(
+            pd.DataFrame(rows, columns=["class", "class_id", "row", "col"]),
+            np.zeros(shape, np.uint8),
+            atoms,
+            [],
+            float("nan"),
+        )
     tree = cKDTree(atoms)
     d0 = float(np.median(tree.query(atoms, k=2)[0][:, 1]))
     grains, support, unfit = [], np.zeros(len(atoms)), np.ones(len(atoms), bool)
@@ -123,7 +137,11 @@ def baseline_defects(image, *, contrast: str = "bright", atoms=None, intensities
         members = np.nonzero((grain_of == g) & ~unfit)[0]
         for t in modes:
             target = atoms[members] + t
-            inside = (target >= 0.4 * d0).all(1) & (target[:, 0] < shape[0] - 0.4 * d0) & (target[:, 1] < shape[1] - 0.4 * d0)
+            inside = (
+                (target >= 0.4 * d0).all(1)
+                & (target[:, 0] < shape[0] - 0.4 * d0)
+                & (target[:, 1] < shape[1] - 0.4 * d0)
+            )
             empty = inside & (tree.query(target)[0] > 0.45 * d0)
             cand.append(target[empty])
             who.append(members[empty])
@@ -134,7 +152,9 @@ def baseline_defects(image, *, contrast: str = "bright", atoms=None, intensities
         from scipy.sparse import coo_matrix
         from scipy.sparse.csgraph import connected_components
 
-        adj = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(len(cand), len(cand)))
+        adj = coo_matrix(
+            (np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(len(cand), len(cand))
+        )
         n, lab = connected_components(adj, directed=False)
         for k in range(n):
             sel = lab == k
@@ -172,7 +192,11 @@ def baseline_defects(image, *, contrast: str = "bright", atoms=None, intensities
     mis = np.nonzero(unfit)[0]
     if len(mis):
         near = cKDTree(atoms[mis]).query(atoms[mis], k=min(3, len(mis)))[0]
-        clustered = (near[:, -1] < 1.5 * d0) if near.ndim == 2 and near.shape[1] >= 3 else np.zeros(len(mis), bool)
+        clustered = (
+            (near[:, -1] < 1.5 * d0)
+            if near.ndim == 2 and near.shape[1] >= 3
+            else np.zeros(len(mis), bool)
+        )
         nn_other = tree.query(atoms[mis], k=2)[0][:, 1]
         for i, c, dist in zip(mis, clustered, nn_other):
             if not c and dist > 0.35 * d0:
@@ -194,7 +218,7 @@ def baseline_defects(image, *, contrast: str = "bright", atoms=None, intensities
     classmap = np.zeros(shape, np.uint8)
     classmap[extended] = class_id("extended")
     radius = 0.35 * d0
-    yy, xx = np.mgrid[0:shape[0], 0:shape[1]]
+    yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]]
     for _, r in objects.iterrows():
         y0, x0, rr = int(r["row"]), int(r["col"]), int(np.ceil(radius)) + 1
         sl = (slice(max(y0 - rr, 0), y0 + rr + 1), slice(max(x0 - rr, 0), x0 + rr + 1))

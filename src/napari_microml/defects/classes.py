@@ -4,9 +4,16 @@ Index 0 of the network output is the defect-free lattice/background; ``CLASS_NAM
 the name of output class ``i``. Colours are RGBA in [0, 1] and never change between runs, so a
 vacancy is always the same colour in every image and screenshot.
 """
+
 from __future__ import annotations
 
-CLASS_NAMES: tuple[str, ...] = ("vacancy", "dopant_bright", "dopant_dim", "interstitial", "extended")
+CLASS_NAMES: tuple[str, ...] = (
+    "vacancy",
+    "dopant_bright",
+    "dopant_dim",
+    "interstitial",
+    "extended",
+)
 """Point defects (vacancy, brighter/dimmer substitutional dopant, interstitial or adatom) and
 extended regions (grain boundary, amorphous or contaminated patch)."""
 
@@ -26,4 +33,6 @@ def class_id(name: str) -> int:
     try:
         return CLASS_NAMES.index(name) + 1
     except ValueError:
-        raise ValueError(f"Unknown defect class {name!r}; the classes are {', '.join(CLASS_NAMES)}.") from None
+        raise ValueError(
+            f"Unknown defect class {name!r}; the classes are {', '.join(CLASS_NAMES)}."
+        ) from None

@@ -18,6 +18,7 @@ SrTiO3), which is one reason the segmenter applies the check to bright-column (H
 A column is judged only when at least one pair of its ring neighbours sits opposite each other (lattice
 translations come in ± pairs): scattered single atoms, e.g. Pt on amorphous carbon, have no sublattice.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -32,7 +33,9 @@ P_WEAK = 0.2
 Z_VETO = 2.5  # a predicted bright dopant on a column less than this many spreads above its sublattice is dropped
 MIN_NEIGHBOURS = 3  # same-sublattice neighbours needed to judge a column
 PAIR_TOL = 0.25  # local spacings: a ring neighbour's opposite partner must lie this close to where a lattice puts it
-RING_MAX = 40  # at most this many nearest columns are searched for them (a triangular lattice has 12)
+RING_MAX = (
+    40  # at most this many nearest columns are searched for them (a triangular lattice has 12)
+)
 EXTENDED_CLEARANCE = 0.5  # spacings: columns this close to a predicted extended region are skipped
 SMOOTH = 0.1  # spacings: Gaussian smoothing before the heights are read (about a column width)
 LEVEL_BAND = 0.15  # log units: columns whose sublattice levels differ less share one spread
@@ -142,7 +145,8 @@ def _spread(contrast: np.ndarray, level: np.ndarray) -> np.ndarray:
         members = c_all[np.abs(lv - c) <= LEVEL_BAND]
         if len(members) >= 20:
             out[ok & (np.abs(np.round(log_level / 0.05) * 0.05 - c) < 1e-9)] = max(
-                1.4826 * float(np.median(np.abs(members - np.median(members)))), 1e-6)
+                1.4826 * float(np.median(np.abs(members - np.median(members)))), 1e-6
+            )
     return out
 
 
@@ -165,8 +169,15 @@ def rescue_confidence(z, p_network) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.clip(log_prior + log_lr, -700, 700)))
 
 
-def column_check(image: np.ndarray, probs: np.ndarray, labels: np.ndarray, stats: dict,
-                 columns: np.ndarray, spacing: float | None, threshold: float = 0.5):
+def column_check(
+    image: np.ndarray,
+    probs: np.ndarray,
+    labels: np.ndarray,
+    stats: dict,
+    columns: np.ndarray,
+    spacing: float | None,
+    threshold: float = 0.5,
+):
     """Check the network's bright dopants against the column intensities and add the ones it missed.
 
     Every column gets a sublattice z-score (:func:`sublattice_contrast`; columns closer than
@@ -216,7 +227,9 @@ def column_check(image: np.ndarray, probs: np.ndarray, labels: np.ndarray, stats
     d_ext = np.full(len(cols), np.inf)
     if len(ext_labels):
         d_ext = ndi.distance_transform_edt(~np.isin(labels, ext_labels))[ip[:, 0], ip[:, 1]]
-    _, z = sublattice_contrast(cols, column_heights(image, cols, spacing), skip=d_ext < EXTENDED_CLEARANCE * spacing)
+    _, z = sublattice_contrast(
+        cols, column_heights(image, cols, spacing), skip=d_ext < EXTENDED_CLEARANCE * spacing
+    )
     tree = cKDTree(cols)
     # veto
     is_b = np.nonzero(stats["class_id"] == bright)[0]
@@ -232,20 +245,31 @@ def column_check(image: np.ndarray, probs: np.ndarray, labels: np.ndarray, stats
     cand = np.nonzero(np.isfinite(z) & (z >= Z_WEAK))[0]
     point = stats["class_id"] != ext_id
     if len(cand) and point.any():
-        taken = cKDTree(np.column_stack([stats["row"][point], stats["col"][point]])).query(cols[cand])[0] < 0.5 * spacing
+        taken = (
+            cKDTree(np.column_stack([stats["row"][point], stats["col"][point]])).query(cols[cand])[
+                0
+            ]
+            < 0.5 * spacing
+        )
         cand = cand[~taken]
     cand = cand[labels[ip[cand, 0], ip[cand, 1]] == 0] if len(cand) else cand
     if not len(cand):
         return labels, stats, z
     rad = max(RESCUE_DISC * spacing, 1.5)
     r = int(np.ceil(rad))
-    yy, xx = np.mgrid[-r:r + 1, -r:r + 1]
+    yy, xx = np.mgrid[-r : r + 1, -r : r + 1]
     pb = probs[bright]
     out, new = labels.copy(), {k: [] for k in stats}
     nxt = int(labels.max()) + 1
     for i in cand:
         rr, cc = np.rint(cols[i, 0]).astype(int) + yy, np.rint(cols[i, 1]).astype(int) + xx
-        disc = ((rr - cols[i, 0]) ** 2 + (cc - cols[i, 1]) ** 2 <= rad**2) & (rr >= 0) & (rr < h) & (cc >= 0) & (cc < w)
+        disc = (
+            ((rr - cols[i, 0]) ** 2 + (cc - cols[i, 1]) ** 2 <= rad**2)
+            & (rr >= 0)
+            & (rr < h)
+            & (cc >= 0)
+            & (cc < w)
+        )
         rr, cc = rr[disc], cc[disc]
         free = out[rr, cc] == 0
         p_net = float(pb[rr, cc].max())
@@ -254,12 +278,20 @@ def column_check(image: np.ndarray, probs: np.ndarray, labels: np.ndarray, stats
             continue
         out[rr[free], cc[free]] = nxt
         nxt += 1
-        for key, val in (("class_id", bright), ("row", cols[i, 0]), ("col", cols[i, 1]),
-                         ("area_px", int(free.sum())), ("confidence", conf),
-                         ("class_confidence", pb[rr[free], cc[free]].mean()), ("column_z", z[i])):
+        for key, val in (
+            ("class_id", bright),
+            ("row", cols[i, 0]),
+            ("col", cols[i, 1]),
+            ("area_px", int(free.sum())),
+            ("confidence", conf),
+            ("class_confidence", pb[rr[free], cc[free]].mean()),
+            ("column_z", z[i]),
+        ):
             if key in new:
                 new[key].append(val)
     if not new["row"]:
         return labels, stats, z
-    merged = {k: np.concatenate([stats[k], np.asarray(new[k], dtype=stats[k].dtype)]) for k in stats}
+    merged = {
+        k: np.concatenate([stats[k], np.asarray(new[k], dtype=stats[k].dtype)]) for k in stats
+    }
     return out.astype(np.int32), merged, z

@@ -10,6 +10,7 @@ nearest-neighbour distance of the 12 columns nearest the defect. Extended region
 Chosen by a rule written before its run (benchmarks/RESULTS.md, ninth session): no loss on four
 fresh crystal sets, 74 % fewer point calls away from the atoms of fresh particle frames.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -17,7 +18,9 @@ import numpy as np
 MAX_SPACINGS = 1.5
 
 
-def near_lattice(centres: np.ndarray, columns: np.ndarray, max_spacings: float = MAX_SPACINGS) -> np.ndarray:
+def near_lattice(
+    centres: np.ndarray, columns: np.ndarray, max_spacings: float = MAX_SPACINGS
+) -> np.ndarray:
     """(N,) bool: is the nearest of ``columns`` (M, 2) within ``max_spacings`` local spacings
     of each of ``centres`` (N, 2)? All False when fewer than 3 columns exist (no lattice)."""
     from scipy.spatial import cKDTree

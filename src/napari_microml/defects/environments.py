@@ -24,6 +24,7 @@ The density is that of probabilistic PCA + mixture: the mixture lives on the whi
 components and the rest of the descriptor is isotropic noise with the mean discarded variance,
 so an atom that differs in a direction PCA did not keep is still unusual.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -31,7 +32,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from napari_microml.runtime.provenance import make_provenance
-from napari_microml.runtime.validate import as_scaled_stack, check_number, check_positions, fill_nonfinite
+from napari_microml.runtime.validate import (
+    as_scaled_stack,
+    check_number,
+    check_positions,
+    fill_nonfinite,
+)
 
 DESCRIPTORS = ("rings", "patch")
 N_ANGLES, N_HARMONICS = 32, 6
@@ -45,9 +51,9 @@ class EnvironmentModel:
     patch_size: int
     pca: object
     gmm: object
-    order: np.ndarray          # mixture component of class i
-    noise_var: float           # variance per discarded PCA direction
-    threshold: float           # unusualness above this is flagged
+    order: np.ndarray  # mixture component of class i
+    noise_var: float  # variance per discarded PCA direction
+    threshold: float  # unusualness above this is flagged
     unusual_k: float = 4.0
 
     def score(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -92,7 +98,7 @@ class EnvironmentsResult:
     provenance: dict = field(default_factory=dict)
     model: EnvironmentModel | None = None
 
-    def apply(self, image, positions, *, threshold: str = "image") -> "EnvironmentsResult":
+    def apply(self, image, positions, *, threshold: str = "image") -> EnvironmentsResult:
         """Classify the atoms of another image with this fitted model (same classes), e.g. fit
         on a clean reference and look for new defect types.
 
@@ -104,16 +110,28 @@ class EnvironmentsResult:
         if threshold not in ("image", "reference"):
             raise ValueError(f"threshold must be 'image' or 'reference', not {threshold!r}.")
         stack, is_stack = _scaled(image)
-        pos, frames = check_positions(positions, stack.shape, n_frames=len(stack), is_stack=is_stack)
+        pos, frames = check_positions(
+            positions, stack.shape, n_frames=len(stack), is_stack=is_stack
+        )
         if len(pos) == 0:
             raise ValueError("No atom positions were given to classify.")
         cls, prob, nll = m.score(describe(stack, pos, frames, m.patch_size, m.descriptor))
         edge = near_edge(pos, stack.shape[1:], m.patch_size)
         own = nll[~edge] if (~edge).any() else nll
         cut = m.threshold if threshold == "reference" else _robust_cut(own, m.unusual_k)
-        return EnvironmentsResult(cls, prob, nll, (nll > cut) & ~edge, self.n_classes,
-                                  self.bic, m.patch_size, self.explained_variance, edge,
-                                  dict(self.provenance), m)
+        return EnvironmentsResult(
+            cls,
+            prob,
+            nll,
+            (nll > cut) & ~edge,
+            self.n_classes,
+            self.bic,
+            m.patch_size,
+            self.explained_variance,
+            edge,
+            dict(self.provenance),
+            m,
+        )
 
 
 def _robust_cut(nll: np.ndarray, k: float) -> float:
@@ -147,8 +165,10 @@ def auto_patch_size(positions: np.ndarray, frames: np.ndarray) -> int:
         if len(p) >= 2:
             nn.append(cKDTree(p).query(p, k=2)[0][:, 1])
     if not nn:
-        raise ValueError("Need at least two atoms in a frame to estimate the lattice spacing; "
-                         "give patch_size explicitly.")
+        raise ValueError(
+            "Need at least two atoms in a frame to estimate the lattice spacing; "
+            "give patch_size explicitly."
+        )
     d = float(np.median(np.concatenate(nn)))
     return int(2 * max(3, round(d)) + 1)
 
@@ -179,7 +199,9 @@ def _prepared(frame: np.ndarray, patch: int, centres: np.ndarray) -> np.ndarray:
     f = fill_nonfinite(np.asarray(frame)).astype(np.float64)
     f = f - smooth_wide(f, 2.0 * patch)
     f -= np.median(f)
-    peaks = ndi.map_coordinates(f, centres.T, order=1, mode="nearest") if len(centres) else np.zeros(0)
+    peaks = (
+        ndi.map_coordinates(f, centres.T, order=1, mode="nearest") if len(centres) else np.zeros(0)
+    )
     scale = trim_mean(peaks, 0.1) if len(peaks) else 0.0
     tiny = 1e-9 * float(np.abs(f).max())  # relative: no floor in the data's units
     if not scale > tiny:  # dark columns or no atoms: fall back to the robust spread
@@ -187,8 +209,13 @@ def _prepared(frame: np.ndarray, patch: int, centres: np.ndarray) -> np.ndarray:
     return f / scale if scale > tiny else f
 
 
-def describe(stack: np.ndarray, positions: np.ndarray, frames: np.ndarray, patch_size: int,
-             descriptor: str = "rings") -> np.ndarray:
+def describe(
+    stack: np.ndarray,
+    positions: np.ndarray,
+    frames: np.ndarray,
+    patch_size: int,
+    descriptor: str = "rings",
+) -> np.ndarray:
     """Descriptors (N, F) of the atoms at ``positions`` (N, 2) px in ``stack`` (T, H, W).
 
     Sub-pixel bilinear sampling; outside the image the frame is mirrored (reflect padding).
@@ -199,7 +226,9 @@ def describe(stack: np.ndarray, positions: np.ndarray, frames: np.ndarray, patch
     if descriptor == "rings":
         radii = np.linspace(0, half, min(half, 16) + 1)
         theta = np.linspace(0, 2 * np.pi, N_ANGLES, endpoint=False)
-        off = np.stack([np.outer(radii, np.sin(theta)), np.outer(radii, np.cos(theta))], -1).reshape(-1, 2)
+        off = np.stack(
+            [np.outer(radii, np.sin(theta)), np.outer(radii, np.cos(theta))], -1
+        ).reshape(-1, 2)
     elif descriptor == "patch":
         g = np.arange(-half, half + 1, dtype=float)
         off = np.stack(np.meshgrid(g, g, indexing="ij"), -1).reshape(-1, 2)
@@ -214,9 +243,12 @@ def describe(stack: np.ndarray, positions: np.ndarray, frames: np.ndarray, patch
             hw = np.array(img.shape, float) - 1
             out_ = ((coords < 0) | (coords > hw)).any(-1, keepdims=True)
             mirror = positions[sel][:, None, :] - off[None]
-            coords = np.where(out_ & ~((mirror < 0) | (mirror > hw)).any(-1, keepdims=True), mirror, coords)
-        out[sel] = ndi.map_coordinates(img, coords.reshape(-1, 2).T, order=1,
-                                       mode="reflect").reshape(sel.sum(), len(off))
+            coords = np.where(
+                out_ & ~((mirror < 0) | (mirror > hw)).any(-1, keepdims=True), mirror, coords
+            )
+        out[sel] = ndi.map_coordinates(
+            img, coords.reshape(-1, 2).T, order=1, mode="reflect"
+        ).reshape(sel.sum(), len(off))
     if descriptor == "patch":
         return out
     rings = out.reshape(len(positions), len(radii), N_ANGLES)
@@ -224,8 +256,20 @@ def describe(stack: np.ndarray, positions: np.ndarray, frames: np.ndarray, patch
     return np.concatenate([mags[:, 0, :1], mags[:, 1:].reshape(len(positions), -1)], 1)
 
 
-def _fit(feats: np.ndarray, *, descriptor, patch_size, n_pca, n_classes, max_classes, covariance,
-         n_init, seed, min_class_size, unusual_k) -> tuple[EnvironmentModel, dict]:
+def _fit(
+    feats: np.ndarray,
+    *,
+    descriptor,
+    patch_size,
+    n_pca,
+    n_classes,
+    max_classes,
+    covariance,
+    n_init,
+    seed,
+    min_class_size,
+    unusual_k,
+) -> tuple[EnvironmentModel, dict]:
     """PCA (whitened) + Gaussian mixtures for every candidate k; the BIC-best eligible one."""
     from sklearn.decomposition import PCA
     from sklearn.mixture import GaussianMixture
@@ -234,21 +278,38 @@ def _fit(feats: np.ndarray, *, descriptor, patch_size, n_pca, n_classes, max_cla
     limit = max(1, min(feats.shape[1], n - 1))
     full = PCA(n_components=limit, random_state=seed).fit(feats)
     pca = PCA(n_components=min(n_pca, limit), whiten=True, random_state=seed).fit(feats)
-    rest = full.explained_variance_[pca.n_components_:]
-    noise_var = float(max(rest.mean() if len(rest) else 0.0, 1e-6 * full.explained_variance_[0], 1e-12))
+    rest = full.explained_variance_[pca.n_components_ :]
+    noise_var = float(
+        max(rest.mean() if len(rest) else 0.0, 1e-6 * full.explained_variance_[0], 1e-12)
+    )
     z = pca.transform(feats)
-    ks = [int(n_classes)] if n_classes is not None else list(range(1, max(1, min(max_classes, n // 5)) + 1))
+    ks = (
+        [int(n_classes)]
+        if n_classes is not None
+        else list(range(1, max(1, min(max_classes, n // 5)) + 1))
+    )
     bic, fits, eligible = {}, {}, []
     for k in ks:
-        gmm = GaussianMixture(k, covariance_type=covariance, n_init=n_init, random_state=seed,
-                              reg_covar=1e-3, max_iter=300).fit(z)
+        gmm = GaussianMixture(
+            k,
+            covariance_type=covariance,
+            n_init=n_init,
+            random_state=seed,
+            reg_covar=1e-3,
+            max_iter=300,
+        ).fit(z)
         bic[k], fits[k] = float(gmm.bic(z)), gmm
-        if n_classes is not None or np.bincount(gmm.predict(z), minlength=k).min() >= min_class_size:
+        if (
+            n_classes is not None
+            or np.bincount(gmm.predict(z), minlength=k).min() >= min_class_size
+        ):
             eligible.append(k)
     # a class of a handful of outliers would make them look ordinary: such k are not chosen
     gmm = fits[min(eligible or [ks[0]], key=bic.get)]
     order = np.argsort(-gmm.weights_, kind="stable")
-    return EnvironmentModel(descriptor, patch_size, pca, gmm, order, noise_var, np.inf, unusual_k), bic
+    return EnvironmentModel(
+        descriptor, patch_size, pca, gmm, order, noise_var, np.inf, unusual_k
+    ), bic
 
 
 def classify_environments(
@@ -321,21 +382,27 @@ def classify_environments(
     if patch_size is not None:
         patch_size = check_number(patch_size, "patch_size", low=3, integer=True, unit="pixels")
     if min_class_size is not None:
-        min_class_size = check_number(min_class_size, "min_class_size", low=1, integer=True, unit="atoms")
+        min_class_size = check_number(
+            min_class_size, "min_class_size", low=1, integer=True, unit="atoms"
+        )
     n = len(pos)
     if n < 10:
         raise ValueError(f"Only {n} atoms were given; classifying environments needs at least 10.")
     if n_classes is not None and not (1 <= int(n_classes) <= n // 5):
-        raise ValueError(f"{n_classes} classes cannot be fitted to {n} atoms; use 1 … {max(1, n // 5)} "
-                         "(at least five atoms per class).")
+        raise ValueError(
+            f"{n_classes} classes cannot be fitted to {n} atoms; use 1 … {max(1, n // 5)} "
+            "(at least five atoms per class)."
+        )
     if covariance not in ("auto", "full", "diag"):
         raise ValueError(f"covariance must be 'auto', 'full' or 'diag', not {covariance!r}.")
     if patch_size is None:
         patch_size = auto_patch_size(pos, frames)
     patch_size = int(patch_size) | 1
     if patch_size < 3 or patch_size > min(stack.shape[1:]):
-        raise ValueError(f"patch_size {patch_size} px must be between 3 and the image size "
-                         f"{min(stack.shape[1:])} px.")
+        raise ValueError(
+            f"patch_size {patch_size} px must be between 3 and the image size "
+            f"{min(stack.shape[1:])} px."
+        )
     all_feats = describe(stack, pos, frames, patch_size, descriptor)
     edge = near_edge(pos, stack.shape[1:], patch_size)
     fit_on = ~edge if (~edge).sum() >= max(10, n // 2) else np.ones(n, bool)
@@ -347,9 +414,18 @@ def classify_environments(
         covariance = "full" if n_fit >= 10 * (n_pca * (n_pca + 3) // 2 + 1) else "diag"
     if min_class_size is None:
         min_class_size = max(8, int(np.ceil(0.02 * n_fit)))
-    settings = dict(descriptor=descriptor, patch_size=patch_size, n_pca=n_pca, n_classes=n_classes,
-                    max_classes=max_classes, covariance=covariance, n_init=n_init, seed=seed,
-                    min_class_size=min_class_size, unusual_k=unusual_k)
+    settings = dict(
+        descriptor=descriptor,
+        patch_size=patch_size,
+        n_pca=n_pca,
+        n_classes=n_classes,
+        max_classes=max_classes,
+        covariance=covariance,
+        n_init=n_init,
+        seed=seed,
+        min_class_size=min_class_size,
+        unusual_k=unusual_k,
+    )
     # pass 1 on every interior atom; pass 2 without the atoms pass 1 found unusual, so that a
     # few outliers cannot claim PCA directions of their own and hide in them
     with threadpool_limits(1):  # small matrices: threads only contend (and oversubscribe)
@@ -361,17 +437,36 @@ def classify_environments(
         else:
             used = fit_on
         cls = model.score(all_feats)[0]
-        model.order = model.order[np.argsort(-np.bincount(cls, minlength=len(model.order)), kind="stable")]
+        model.order = model.order[
+            np.argsort(-np.bincount(cls, minlength=len(model.order)), kind="stable")
+        ]
         cls, prob, nll = model.score(all_feats)  # class 0 = the most common class
     model.threshold = _robust_cut(nll[fit_on], unusual_k)
     best = int(model.gmm.n_components)
-    params = dict(patch_size=patch_size, n_classes=n_classes, max_classes=max_classes, n_pca=n_pca,
-                  descriptor=descriptor, covariance=covariance, n_init=n_init, unusual_k=unusual_k,
-                  min_class_size=min_class_size, n_atoms=n, n_fitted=int(used.sum()), chosen_classes=best)
+    params = dict(
+        patch_size=patch_size,
+        n_classes=n_classes,
+        max_classes=max_classes,
+        n_pca=n_pca,
+        descriptor=descriptor,
+        covariance=covariance,
+        n_init=n_init,
+        unusual_k=unusual_k,
+        min_class_size=min_class_size,
+        n_atoms=n,
+        n_fitted=int(used.sum()),
+        chosen_classes=best,
+    )
     return EnvironmentsResult(
-        classes=cls, probability=prob, unusualness=nll, unusual=(nll > model.threshold) & ~edge,
-        n_classes=best, bic=bic, patch_size=patch_size,
-        explained_variance=model.pca.explained_variance_ratio_.copy(), edge=edge,
+        classes=cls,
+        probability=prob,
+        unusualness=nll,
+        unusual=(nll > model.threshold) & ~edge,
+        n_classes=best,
+        bic=bic,
+        patch_size=patch_size,
+        explained_variance=model.pca.explained_variance_ratio_.copy(),
+        edge=edge,
         provenance=make_provenance("defect_environments", parameters=params, seed=seed),
         model=model,
     )

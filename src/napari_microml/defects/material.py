@@ -11,15 +11,16 @@ rectangular: 2) and splits into two sublattices with every neighbour on the othe
 ``RATIO_MAX`` the sublattices differ (a TMD's chalcogen pair is 0.15–0.9 of the metal column);
 graphene's are equal.
 """
+
 from __future__ import annotations
 
 import numpy as np
 
-NEIGHBOUR = 1.3     # neighbours: closer than this many median nearest-neighbour distances
-MIN_COLUMNS = 30    # fewer columns: no verdict (default model)
+NEIGHBOUR = 1.3  # neighbours: closer than this many median nearest-neighbour distances
+MIN_COLUMNS = 30  # fewer columns: no verdict (default model)
 MAX_CONFLICTS = 0.05  # at most this fraction of a piece's neighbour pairs on the same sublattice
 MIN_THREEFOLD = 0.3  # at least this fraction of the inner columns with exactly 3 neighbours
-RATIO_MAX = 0.85    # dim / bright sublattice height below this: unequal sublattices
+RATIO_MAX = 0.85  # dim / bright sublattice height below this: unequal sublattices
 
 
 def sublattice_ratio(image: np.ndarray, columns: np.ndarray) -> float | None:
@@ -59,8 +60,10 @@ def sublattice_ratio(image: np.ndarray, columns: np.ndarray) -> float | None:
     by_piece = np.argsort(comp, kind="stable")
     bounds = np.searchsorted(comp[by_piece], np.arange(n_comp + 1))
     ratios, weights = [], []
-    for c in np.setdiff1d(np.flatnonzero(size >= 20), bad):  # colours of separate pieces differ: one ratio each
-        members = by_piece[bounds[c]:bounds[c + 1]]
+    for c in np.setdiff1d(
+        np.flatnonzero(size >= 20), bad
+    ):  # colours of separate pieces differ: one ratio each
+        members = by_piece[bounds[c] : bounds[c + 1]]
         levels = [heights[members[side[members] == k]] for k in (0, 1)]
         if min(len(v) for v in levels) >= 10:
             a, b = (float(np.median(v)) for v in levels)
@@ -84,7 +87,9 @@ def _two_colour(graph, comp: np.ndarray) -> np.ndarray:
     side[frontier] = 0
     while len(frontier):
         counts = indptr[frontier + 1] - indptr[frontier]
-        where = np.repeat(indptr[frontier] - np.cumsum(counts) + counts, counts) + np.arange(counts.sum())
+        where = np.repeat(indptr[frontier] - np.cumsum(counts) + counts, counts) + np.arange(
+            counts.sum()
+        )
         nbr, src = indices[where], np.repeat(frontier, counts)
         new = side[nbr] < 0
         frontier, first = np.unique(nbr[new], return_index=True)

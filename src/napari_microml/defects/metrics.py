@@ -7,6 +7,7 @@ Extended regions are matched by overlap: a predicted region counts when at least
 of its pixels are truly extended, a true region is found when at least ``min_overlap`` of it
 is predicted extended.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -28,8 +29,12 @@ def classmap_from_labels(labels: np.ndarray, table) -> np.ndarray:
 def _inside(points: np.ndarray, shape, margin: float) -> np.ndarray:
     """(n,) bool: points at least ``margin`` px from every image edge."""
     h, w = shape
-    return ((points[:, 0] >= margin) & (points[:, 0] <= h - 1 - margin)
-            & (points[:, 1] >= margin) & (points[:, 1] <= w - 1 - margin))
+    return (
+        (points[:, 0] >= margin)
+        & (points[:, 0] <= h - 1 - margin)
+        & (points[:, 1] >= margin)
+        & (points[:, 1] <= w - 1 - margin)
+    )
 
 
 def _region_scores(pred_mask: np.ndarray, true_mask: np.ndarray, min_overlap: float) -> dict:
@@ -48,8 +53,15 @@ def _region_scores(pred_mask: np.ndarray, true_mask: np.ndarray, min_overlap: fl
     precision = tp_p / n_p if n_p else float(n_t == 0)
     recall = tp_t / n_t if n_t else 1.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {"precision": precision, "recall": recall, "f1": f1, "n_pred": n_p, "n_true": n_t,
-            "tp_pred": tp_p, "tp_true": tp_t}
+    return {
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
+        "n_pred": n_p,
+        "n_true": n_t,
+        "tp_pred": tp_p,
+        "tp_true": tp_t,
+    }
 
 
 def pixel_iou(pred_classmap: np.ndarray, true_classmap: np.ndarray) -> dict:
@@ -59,12 +71,24 @@ def pixel_iou(pred_classmap: np.ndarray, true_classmap: np.ndarray) -> dict:
         c = class_id(name)
         p, t = pred_classmap == c, true_classmap == c
         inter, union = int((p & t).sum()), int((p | t).sum())
-        out[name] = {"intersection": inter, "union": union, "iou": inter / union if union else float("nan")}
+        out[name] = {
+            "intersection": inter,
+            "union": union,
+            "iou": inter / union if union else float("nan"),
+        }
     return out
 
 
-def score_defects(pred_table, pred_classmap: np.ndarray, true_objects, true_classmap: np.ndarray, *,
-                  radius: float, margin: float = 0.0, min_overlap: float = 0.3) -> dict:
+def score_defects(
+    pred_table,
+    pred_classmap: np.ndarray,
+    true_objects,
+    true_classmap: np.ndarray,
+    *,
+    radius: float,
+    margin: float = 0.0,
+    min_overlap: float = 0.3,
+) -> dict:
     """Per-class object precision / recall / F1 (with counts) and pixel IoU.
 
     Parameters
@@ -94,8 +118,16 @@ def score_defects(pred_table, pred_classmap: np.ndarray, true_objects, true_clas
     ious = pixel_iou(pred_classmap, true_classmap)
     out = {}
     for name in POINT_CLASSES:
-        p = pred_table.loc[pred_table["class"] == name, ["row", "col"]].to_numpy(float).reshape(-1, 2)
-        t = true_objects.loc[true_objects["class"] == name, ["row", "col"]].to_numpy(float).reshape(-1, 2)
+        p = (
+            pred_table.loc[pred_table["class"] == name, ["row", "col"]]
+            .to_numpy(float)
+            .reshape(-1, 2)
+        )
+        t = (
+            true_objects.loc[true_objects["class"] == name, ["row", "col"]]
+            .to_numpy(float)
+            .reshape(-1, 2)
+        )
         pairs = match_points(p, t, max_distance=radius)["pairs"]
         p_in, t_in = _inside(p, shape, margin), _inside(t, shape, margin)
         p_matched = np.zeros(len(p), bool)
@@ -106,8 +138,15 @@ def score_defects(pred_table, pred_classmap: np.ndarray, true_objects, true_clas
         precision = tp / n_pred if n_pred else float(n_true == 0)
         recall = tp / n_true if n_true else 1.0
         f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        out[name] = {"precision": precision, "recall": recall, "f1": f1, "n_pred": n_pred,
-                     "n_true": n_true, "tp": tp, **ious[name]}
+        out[name] = {
+            "precision": precision,
+            "recall": recall,
+            "f1": f1,
+            "n_pred": n_pred,
+            "n_true": n_true,
+            "tp": tp,
+            **ious[name],
+        }
     ext = class_id("extended")
     r = _region_scores(pred_classmap == ext, true_classmap == ext, min_overlap)
     out["extended"] = {**r, **ious["extended"]}
@@ -132,6 +171,12 @@ def summarize(scores: list[dict]) -> dict:
             f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
         else:  # nothing predicted, or nothing to find: F1 is 0 unless both are empty
             f1 = 0.0 if n_p or n_t else float("nan")
-        out[name] = {"precision": round(precision, 4), "recall": round(recall, 4), "f1": round(f1, 4),
-                     "n_true": n_t, "n_pred": n_p, "pixel_iou": round(inter / union, 4) if union else float("nan")}
+        out[name] = {
+            "precision": round(precision, 4),
+            "recall": round(recall, 4),
+            "f1": round(f1, 4),
+            "n_true": n_t,
+            "n_pred": n_p,
+            "pixel_iou": round(inter / union, 4) if union else float("nan"),
+        }
     return out

@@ -4,6 +4,7 @@ The shipped network has ``N_OUTPUTS + 1`` output planes: softmax class logits (0
 ``i`` = ``CLASS_NAMES[i - 1]``) and one sigmoid plane of atom-column probability, which gives the
 columns for the "distance to the nearest atom" column at no extra cost.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -28,8 +29,21 @@ from napari_microml.runtime.validate import (
 )
 from napari_microml.runtime.workers import drain, progress, relabel
 
-COLUMNS = ("label", "class", "class_id", "row", "col", "area_px", "area_nm2", "confidence",
-           "class_confidence", "source", "column_z", "nearest_atom_px", "nearest_atom_nm")
+COLUMNS = (
+    "label",
+    "class",
+    "class_id",
+    "row",
+    "col",
+    "area_px",
+    "area_nm2",
+    "confidence",
+    "class_confidence",
+    "source",
+    "column_z",
+    "nearest_atom_px",
+    "nearest_atom_nm",
+)
 
 
 @dataclass
@@ -56,7 +70,7 @@ class DefectsResult:
 
     labels: np.ndarray
     class_names: list
-    table: "object"
+    table: object
     probabilities: np.ndarray | None
     atoms: np.ndarray
     pixel_size: float | None
@@ -72,8 +86,10 @@ class DefectsResult:
         n_frames = self.labels.shape[0] if self.labels.ndim == 3 else 1
         area = self.image_area_nm2 * n_frames if self.image_area_nm2 else np.nan
         counts = self.table["class"].value_counts() if len(self.table) else {}
-        rows = [{"class": c, "count": int(counts.get(c, 0)), "density_per_nm2": counts.get(c, 0) / area}
-                for c in self.class_names]
+        rows = [
+            {"class": c, "count": int(counts.get(c, 0)), "density_per_nm2": counts.get(c, 0) / area}
+            for c in self.class_names
+        ]
         return pd.DataFrame(rows, columns=["class", "count", "density_per_nm2"])
 
 
@@ -88,13 +104,15 @@ def _predictor(net, device, class_weights=None, tta: int = 1):
 
     log_w = None
     if class_weights is not None and len(class_weights) == N_OUTPUTS:
-        log_w = torch.log(torch.as_tensor(class_weights, dtype=torch.float32, device=device)).view(1, -1, 1, 1)
+        log_w = torch.log(torch.as_tensor(class_weights, dtype=torch.float32, device=device)).view(
+            1, -1, 1, 1
+        )
 
     def probabilities(out):
         logits = out[:, :N_OUTPUTS] if log_w is None else out[:, :N_OUTPUTS] - log_w
         probs = torch.softmax(logits, dim=1)
         if out.shape[1] > N_OUTPUTS:
-            probs = torch.cat([probs, torch.sigmoid(out[:, N_OUTPUTS:N_OUTPUTS + 1])], dim=1)
+            probs = torch.cat([probs, torch.sigmoid(out[:, N_OUTPUTS : N_OUTPUTS + 1])], dim=1)
         return probs
 
     predict = batch_predictor(net, device, probabilities)
@@ -135,7 +153,9 @@ def _check_atoms(atoms, stack_shape, is_stack: bool) -> np.ndarray | None:
     """The user's columns, (N, 2) (row, col) or for a stack (N, 3) (frame, row, col), on the image."""
     if atoms is None:
         return None
-    pos, frames = check_positions(atoms, stack_shape, n_frames=stack_shape[0], is_stack=is_stack, what="atoms")
+    pos, frames = check_positions(
+        atoms, stack_shape, n_frames=stack_shape[0], is_stack=is_stack, what="atoms"
+    )
     return np.column_stack([frames.astype(float), pos]) if is_stack else pos
 
 
@@ -152,14 +172,29 @@ def _to_original_grid(labels, st, probs, cols, zoom: float, shape):
     for i in np.flatnonzero(~present[1:]):
         r, c = np.clip(np.rint(pos[i]).astype(int), 0, np.array(shape) - 1)
         big[r, c] = i + 1
-    cols = np.clip(to_original(cols, zoom), -0.5, np.array(shape) - 0.5)  # a border peak stays on the image
+    cols = np.clip(
+        to_original(cols, zoom), -0.5, np.array(shape) - 0.5
+    )  # a border peak stays on the image
     return big, st, zoom_to(probs, shape).astype(np.float32), cols
 
 
-def segment_defects_iter(image, *, model="auto", threshold: float = 0.5, pixel_size: float | None = None,
-                         atoms=None, contrast: str = "auto", device="auto", tile: int = 1024,
-                         min_area: int = 3, tta: int = 1, column_check: bool | None = None,
-                         lattice_check: bool = True, rescale="auto", input_name: str | None = None):
+def segment_defects_iter(
+    image,
+    *,
+    model="auto",
+    threshold: float = 0.5,
+    pixel_size: float | None = None,
+    atoms=None,
+    contrast: str = "auto",
+    device="auto",
+    tile: int = 1024,
+    min_area: int = 3,
+    tta: int = 1,
+    column_check: bool | None = None,
+    lattice_check: bool = True,
+    rescale="auto",
+    input_name: str | None = None,
+):
     """Generator twin of :func:`segment_defects`: yields progress tuples, returns a DefectsResult."""
     import pandas as pd
     from scipy.spatial import cKDTree
@@ -173,7 +208,9 @@ def segment_defects_iter(image, *, model="auto", threshold: float = 0.5, pixel_s
     pixel_size = check_pixel_size(pixel_size)
     min_area = check_number(min_area, "min_area", low=1, integer=True, unit="pixels")
     tile = check_tile(tile)
-    tta = check_number(tta, "tta (flipped/transposed copies to average)", low=1, high=8, integer=True)
+    tta = check_number(
+        tta, "tta (flipped/transposed copies to average)", low=1, high=8, integer=True
+    )
     # 0–1 in float64 first: the same numbers (and defects) whatever the image's units
     scaled = as_scaled_stack(image, what="image")
     stack, is_stack = scaled.stack, scaled.is_stack
@@ -194,8 +231,10 @@ def segment_defects_iter(image, *, model="auto", threshold: float = 0.5, pixel_s
         if user_atoms is not None:
             cols0 = user_atoms[user_atoms[:, 0] == 0, 1:] if is_stack else user_atoms
         else:  # the lattice check below reuses these columns; progress (and Cancel) as it runs
-            found = yield from relabel(find_atoms_iter(frame0, contrast="bright", device=dev),
-                                       "choosing the model: atom finder ")
+            found = yield from relabel(
+                find_atoms_iter(frame0, contrast="bright", device=dev),
+                "choosing the model: atom finder ",
+            )
             cols0 = finder_cols0 = found.positions
         chosen, ratio = choose_model(frame0, cols0)
         choice = {"chosen": chosen, "sublattice_ratio": None if ratio is None else round(ratio, 3)}
@@ -210,21 +249,34 @@ def segment_defects_iter(image, *, model="auto", threshold: float = 0.5, pixel_s
         if contrast == "dark":
             frame = frame.max() - frame
         net_in = robust_normalize(resample(frame, zoom))
-        gen = tiled_predict(predict, net_in[None], out_channels=min(n_out, N_OUTPUTS + 1),
-                            tile=tile, batch_size=max(1, (1024 * 1024) // (tile * tile)),
-                            multiple=getattr(net, "multiple", 8))
+        gen = tiled_predict(
+            predict,
+            net_in[None],
+            out_channels=min(n_out, N_OUTPUTS + 1),
+            tile=tile,
+            batch_size=max(1, (1024 * 1024) // (tile * tile)),
+            multiple=getattr(net, "multiple", 8),
+        )
         while True:
             try:
                 done, total = next(gen)
             except StopIteration as stop:
                 out = stop.value
                 break
-            yield progress(t * total + done, n_frames * total, f"frame {t + 1}/{n_frames}: tile {done}/{total}")
+            yield progress(
+                t * total + done, n_frames * total, f"frame {t + 1}/{n_frames}: tile {done}/{total}"
+            )
         probs = out[:N_OUTPUTS]
-        columns = yield from _frame_columns(frame, user_atoms, t, is_stack, dev, finder_cols0 if t == 0 else None)
+        columns = yield from _frame_columns(
+            frame, user_atoms, t, is_stack, dev, finder_cols0 if t == 0 else None
+        )
         cols = to_resampled(columns, zoom)  # all of the post-processing works on the network's grid
-        spacing = float(np.median(cKDTree(cols).query(cols, k=2)[0][:, 1])) if len(cols) >= 10 else None
-        labels, st = instances(probs, threshold, int(min_area), spacing, cols if len(cols) else None)
+        spacing = (
+            float(np.median(cKDTree(cols).query(cols, k=2)[0][:, 1])) if len(cols) >= 10 else None
+        )
+        labels, st = instances(
+            probs, threshold, int(min_area), spacing, cols if len(cols) else None
+        )
         if column_check:
             labels, st, _ = check_columns(net_in, probs, labels, st, cols, spacing, threshold)
         if zoom != 1.0:
@@ -237,17 +289,29 @@ def segment_defects_iter(image, *, model="auto", threshold: float = 0.5, pixel_s
             labels, st = keep_instances(labels, st, ~weak)
             n_weak += int(weak.sum())
         centres = np.column_stack([st["row"], st["col"]])
-        near = cKDTree(cols).query(centres)[0] if len(cols) and len(centres) else np.full(len(centres), np.nan)
+        near = (
+            cKDTree(cols).query(centres)[0]
+            if len(cols) and len(centres)
+            else np.full(len(centres), np.nan)
+        )
         n = len(st["row"])
-        df = pd.DataFrame({"label": np.arange(1, n + 1) + offset,
-                           "class": [CLASS_NAMES[c - 1] for c in st["class_id"]], "class_id": st["class_id"],
-                           "row": st["row"], "col": st["col"], "area_px": st["area_px"],
-                           "area_nm2": st["area_px"] * pixel_size**2 if pixel_size else np.nan,
-                           "confidence": st["confidence"], "class_confidence": st["class_confidence"],
-                           "source": np.where(np.isfinite(st["column_z"]), "column check", "network"),
-                           "column_z": st["column_z"],
-                           "nearest_atom_px": near,
-                           "nearest_atom_nm": near * pixel_size if pixel_size else np.nan})
+        df = pd.DataFrame(
+            {
+                "label": np.arange(1, n + 1) + offset,
+                "class": [CLASS_NAMES[c - 1] for c in st["class_id"]],
+                "class_id": st["class_id"],
+                "row": st["row"],
+                "col": st["col"],
+                "area_px": st["area_px"],
+                "area_nm2": st["area_px"] * pixel_size**2 if pixel_size else np.nan,
+                "confidence": st["confidence"],
+                "class_confidence": st["class_confidence"],
+                "source": np.where(np.isfinite(st["column_z"]), "column check", "network"),
+                "column_z": st["column_z"],
+                "nearest_atom_px": near,
+                "nearest_atom_nm": near * pixel_size if pixel_size else np.nan,
+            }
+        )
         if is_stack:
             df.insert(3, "frame", t)
             atoms_all.append(np.column_stack([np.full(len(cols), t, float), cols]))
@@ -260,22 +324,42 @@ def segment_defects_iter(image, *, model="auto", threshold: float = 0.5, pixel_s
     table = pd.concat(tables, ignore_index=True)
     table["label"] = table["label"].astype(np.int32)
     label = describe_device(dev)
-    params = dict(model=("auto" if choice else str(model)) if not hasattr(model, "state_dict") else "custom",
-                  model_choice=choice, threshold=threshold,
-                  pixel_size=pixel_size, contrast=contrast, tile=tile, min_area=int(min_area), tta=int(tta),
-                  column_check=bool(column_check), lattice_check=bool(lattice_check), zoom=round(zoom, 4),
-                  estimated_period_px=period,
-                  rescale=rescale if isinstance(rescale, str) or rescale is None else float(rescale),
-                  atoms="given" if user_atoms is not None else "atom finder",
-                  contrast_choice=contrast_choice.record(), dropped_below_threshold=n_weak)
+    params = dict(
+        model=("auto" if choice else str(model)) if not hasattr(model, "state_dict") else "custom",
+        model_choice=choice,
+        threshold=threshold,
+        pixel_size=pixel_size,
+        contrast=contrast,
+        tile=tile,
+        min_area=int(min_area),
+        tta=int(tta),
+        column_check=bool(column_check),
+        lattice_check=bool(lattice_check),
+        zoom=round(zoom, 4),
+        estimated_period_px=period,
+        rescale=rescale if isinstance(rescale, str) or rescale is None else float(rescale),
+        atoms="given" if user_atoms is not None else "atom finder",
+        contrast_choice=contrast_choice.record(),
+        dropped_below_threshold=n_weak,
+    )
     model_info = model_provenance(info)
     return DefectsResult(
-        labels=np.stack(labels_all) if is_stack else labels_all[0], class_names=list(CLASS_NAMES), table=table,
-        probabilities=None if is_stack else probs_single, atoms=np.concatenate(atoms_all),
-        pixel_size=pixel_size, image_area_nm2=h * w * pixel_size**2 if pixel_size else None,
-        model=str(info["name"]), device=label,
-        provenance=make_provenance("defect_segmenter", parameters=params, model=model_info, device=label,
-                                   input_name=input_name),
+        labels=np.stack(labels_all) if is_stack else labels_all[0],
+        class_names=list(CLASS_NAMES),
+        table=table,
+        probabilities=None if is_stack else probs_single,
+        atoms=np.concatenate(atoms_all),
+        pixel_size=pixel_size,
+        image_area_nm2=h * w * pixel_size**2 if pixel_size else None,
+        model=str(info["name"]),
+        device=label,
+        provenance=make_provenance(
+            "defect_segmenter",
+            parameters=params,
+            model=model_info,
+            device=label,
+            input_name=input_name,
+        ),
     )
 
 
@@ -291,8 +375,10 @@ def _frame_columns(frame, user_atoms, t: int, is_stack: bool, dev, found=None):
         return found
     from napari_microml.atoms.finder import find_atoms_iter
 
-    result = yield from relabel(find_atoms_iter(frame, contrast="bright", device=dev),
-                                f"frame {t + 1}: atom columns, atom finder ")
+    result = yield from relabel(
+        find_atoms_iter(frame, contrast="bright", device=dev),
+        f"frame {t + 1}: atom columns, atom finder ",
+    )
     return result.positions
 
 
@@ -309,11 +395,23 @@ def _keep_near_lattice(labels, st, columns):
     return keep_instances(labels, st, keep) if not keep.all() else (labels, st)
 
 
-def segment_defects(image, *, model="auto", threshold: float = 0.5, pixel_size: float | None = None,
-                    atoms=None, contrast: str = "auto", device="auto", tile: int = 1024,
-                    min_area: int = 3, tta: int = 1, column_check: bool | None = None,
-                    lattice_check: bool = True, rescale="auto",
-                    input_name: str | None = None) -> DefectsResult:
+def segment_defects(
+    image,
+    *,
+    model="auto",
+    threshold: float = 0.5,
+    pixel_size: float | None = None,
+    atoms=None,
+    contrast: str = "auto",
+    device="auto",
+    tile: int = 1024,
+    min_area: int = 3,
+    tta: int = 1,
+    column_check: bool | None = None,
+    lattice_check: bool = True,
+    rescale="auto",
+    input_name: str | None = None,
+) -> DefectsResult:
     """Find and classify the defects in a 2D image or a (T, H, W) stack.
 
     Parameters
@@ -383,9 +481,21 @@ def segment_defects(image, *, model="auto", threshold: float = 0.5, pixel_size: 
         centroid in pixels, area in px and nm² with ``pixel_size``), the atom columns used,
         ``parameters`` and ``provenance``.
     """
-    return drain(segment_defects_iter(
-        image, model=model, threshold=threshold, pixel_size=pixel_size, atoms=atoms,
-        contrast=contrast, device=device, tile=tile, min_area=min_area, tta=tta,
-        column_check=column_check, lattice_check=lattice_check, rescale=rescale,
-        input_name=input_name,
-    ))
+    return drain(
+        segment_defects_iter(
+            image,
+            model=model,
+            threshold=threshold,
+            pixel_size=pixel_size,
+            atoms=atoms,
+            contrast=contrast,
+            device=device,
+            tile=tile,
+            min_area=min_area,
+            tta=tta,
+            column_check=column_check,
+            lattice_check=lattice_check,
+            rescale=rescale,
+            input_name=input_name,
+        )
+    )

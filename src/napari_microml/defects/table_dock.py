@@ -3,20 +3,43 @@
 Clicking a defect row calls ``on_select(row)`` with that row of the table (a pandas Series);
 the Defect segmenter widget uses it to centre the viewer on the defect.
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
-from qtpy.QtWidgets import (QFileDialog, QHBoxLayout, QHeaderView, QLabel, QPushButton, QSizePolicy,
-                            QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
+from qtpy.QtWidgets import (
+    QFileDialog,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QPushButton,
+    QSizePolicy,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
 
 from napari_microml.io.writer import write_defects_csv
 
 MIN_ROWS = 6  # the defect list always has room for this many rows (it showed one in a crowded dock)
 
-SHOWN = ("label", "class", "frame", "row", "col", "area_px", "area_nm2", "confidence",
-         "class_confidence", "source", "nearest_atom_px", "nearest_atom_nm")
+SHOWN = (
+    "label",
+    "class",
+    "frame",
+    "row",
+    "col",
+    "area_px",
+    "area_nm2",
+    "confidence",
+    "class_confidence",
+    "source",
+    "nearest_atom_px",
+    "nearest_atom_nm",
+)
 
 
 def _text(value) -> str:
@@ -65,17 +88,32 @@ class DefectTableDock(QWidget):
         self.defects.currentCellChanged.connect(lambda r, _c, _pr, _pc: self._select(r))
         self.export_button.clicked.connect(self._on_export_clicked)
 
-    def set_data(self, table, counts, *, env_counts=None, title: str = "", provenance=None,
-                 image: str | None = None, pixel_size: float | None = None) -> None:
+    def set_data(
+        self,
+        table,
+        counts,
+        *,
+        env_counts=None,
+        title: str = "",
+        provenance=None,
+        image: str | None = None,
+        pixel_size: float | None = None,
+    ) -> None:
         """Show ``table`` (one row per defect) and ``counts`` (class, count, density_per_nm2);
         ``env_counts`` (class, count, unusual) adds the environment classes below."""
         self.table = table.reset_index(drop=True)
-        self._export_args = dict(counts=counts, provenance=provenance, image=image, pixel_size=pixel_size)
+        self._export_args = dict(
+            counts=counts, provenance=provenance, image=image, pixel_size=pixel_size
+        )
         self.title.setText(title)
-        rows = [(c["class"], int(c["count"]), _text(c["density_per_nm2"])) for _, c in counts.iterrows()]
+        rows = [
+            (c["class"], int(c["count"]), _text(c["density_per_nm2"])) for _, c in counts.iterrows()
+        ]
         if env_counts is not None:
-            rows += [(f"env {c['class']}", int(c["count"]), f"{int(c['unusual'])} unusual")
-                     for _, c in env_counts.iterrows()]
+            rows += [
+                (f"env {c['class']}", int(c["count"]), f"{int(c['unusual'])} unusual")
+                for _, c in env_counts.iterrows()
+            ]
         self.summary.clearContents()
         self.summary.setRowCount(len(rows))
         for i, row in enumerate(rows):
@@ -83,7 +121,9 @@ class DefectTableDock(QWidget):
                 self.summary.setItem(i, j, QTableWidgetItem(str(value)))
         self.summary.resizeRowsToContents()
         frame = 2 * self.summary.frameWidth() + self.summary.horizontalHeader().height()
-        self.summary.setFixedHeight(min(180, frame + sum(self.summary.rowHeight(i) for i in range(len(rows)))))
+        self.summary.setFixedHeight(
+            min(180, frame + sum(self.summary.rowHeight(i) for i in range(len(rows))))
+        )
         cols = [c for c in SHOWN if c in self.table.columns]
         self.defects.blockSignals(True)
         self.defects.clear()
@@ -99,8 +139,11 @@ class DefectTableDock(QWidget):
     @staticmethod
     def _rows_height(table, rows: int) -> int:
         """Pixels a table needs to show its header and ``rows`` rows."""
-        return (2 * table.frameWidth() + table.horizontalHeader().sizeHint().height()
-                + rows * table.verticalHeader().defaultSectionSize())
+        return (
+            2 * table.frameWidth()
+            + table.horizontalHeader().sizeHint().height()
+            + rows * table.verticalHeader().defaultSectionSize()
+        )
 
     def _select(self, index: int) -> None:
         if self.table is None or not 0 <= index < len(self.table) or self.on_select is None:
@@ -114,6 +157,8 @@ class DefectTableDock(QWidget):
         return write_defects_csv(path, self.table, **self._export_args)
 
     def _on_export_clicked(self) -> None:
-        path, _ = QFileDialog.getSaveFileName(self, "Export defect table", "defects.csv", "CSV (*.csv)")
+        path, _ = QFileDialog.getSaveFileName(
+            self, "Export defect table", "defects.csv", "CSV (*.csv)"
+        )
         if path:
             self.title.setText(f"Table written to {self.export_csv(path)}.")

@@ -1,5 +1,6 @@
 """Defect segmenter dock widget: image → Labels of defects, Points of environment classes and a
 table dock (counts, density, one row per defect; click to centre, Export CSV)."""
+
 from __future__ import annotations
 
 from types import SimpleNamespace
@@ -14,20 +15,38 @@ from napari_microml.defects.environments import classify_environments
 from napari_microml.defects.segment import segment_defects_iter
 from napari_microml.runtime.contrast import ContrastChoice
 from napari_microml.runtime.provenance import KEY
-from napari_microml.runtime.widget import (ToolWidget, physical_kwargs, pixel_size_nm, rescale_combo, resample_note,
-                                          upsert_layer, viewer_camera)
+from napari_microml.runtime.widget import (
+    ToolWidget,
+    physical_kwargs,
+    pixel_size_nm,
+    resample_note,
+    rescale_combo,
+    upsert_layer,
+    viewer_camera,
+)
 from napari_microml.runtime.workers import progress
 
-ENV_COLORS = ("#4477aa", "#ee7733", "#bbbbbb", "#ee3377", "#aa7744", "#555555", "#000080", "#ffaabb")
+ENV_COLORS = (
+    "#4477aa",
+    "#ee7733",
+    "#bbbbbb",
+    "#ee3377",
+    "#aa7744",
+    "#555555",
+    "#000080",
+    "#ffaabb",
+)
 """Environment class k is drawn in ENV_COLORS[k % 8] (class 0 = the most common); the hues
 avoid the defect class colours (cyan, red, purple, yellow, green). Unusual columns get a thick
 white border."""
 TRANSPARENT = (0.0, 0.0, 0.0, 0.0)
-MARKER_MIN_SCREEN_PX = 18  # a defect's ring is never drawn smaller than this on screen (full view of 4k)
+MARKER_MIN_SCREEN_PX = (
+    18  # a defect's ring is never drawn smaller than this on screen (full view of 4k)
+)
 
 
 def _rgba(hex_color: str) -> tuple:
-    return (*(int(hex_color[i:i + 2], 16) / 255 for i in (1, 3, 5)), 1.0)
+    return (*(int(hex_color[i : i + 2], 16) / 255 for i in (1, 3, 5)), 1.0)
 
 
 def _model_choices() -> list[str]:
@@ -43,8 +62,13 @@ def model_note(parameters: dict) -> str:
     if not choice:
         return ""
     ratio = choice.get("sublattice_ratio")
-    why = (f"a honeycomb whose sublattices differ (×{ratio:.2f})" if choice["chosen"] == "dichalcogenide"
-           else "equal sublattices" if ratio is not None else "not a two-sublattice honeycomb")
+    why = (
+        f"a honeycomb whose sublattices differ (×{ratio:.2f})"
+        if choice["chosen"] == "dichalcogenide"
+        else "equal sublattices"
+        if ratio is not None
+        else "not a two-sublattice honeycomb"
+    )
     return f" Model auto → {choice['chosen']} ({why})."
 
 
@@ -52,8 +76,21 @@ def _label_features(table):
     """Labels-layer features: one row per label value (row 0 = background)."""
     import pandas as pd
 
-    cols = [c for c in ("class", "class_id", "frame", "area_px", "area_nm2", "confidence",
-                        "class_confidence", "source", "nearest_atom_nm") if c in table.columns]
+    cols = [
+        c
+        for c in (
+            "class",
+            "class_id",
+            "frame",
+            "area_px",
+            "area_nm2",
+            "confidence",
+            "class_confidence",
+            "source",
+            "nearest_atom_nm",
+        )
+        if c in table.columns
+    ]
     feats = table[["label", *cols]].rename(columns={"label": "index"})
     background = {"index": 0, "class": "none", "class_id": 0}
     return pd.concat([pd.DataFrame([background]), feats], ignore_index=True)
@@ -72,7 +109,9 @@ def _warm_label_colormap(res) -> None:
     """Compile napari's label-colour kernels (numba, ~4 s the first time) here in the worker on a
     few pixels, so drawing the labels layer does not freeze the window."""
     try:
-        class_colormap(res.table)._data_to_texture(np.ascontiguousarray(res.labels.reshape(-1)[:16]).reshape(4, 4))
+        class_colormap(res.table)._data_to_texture(
+            np.ascontiguousarray(res.labels.reshape(-1)[:16]).reshape(4, 4)
+        )
     except Exception:  # noqa: BLE001 - a private napari call: only a speed-up, never needed
         pass
 
@@ -82,28 +121,59 @@ class DefectSegmenterWidget(ToolWidget):
 
     def __init__(self, viewer: napari.viewer.Viewer):
         self.image_layer = create_widget(annotation=napari.layers.Image, label="Image")
-        self.image_layer.tooltip = ("The grey image (2D or a stack of frames); its pixel size in nm "
-                                    "comes from the layer's scale and units (areas in nm², distances in nm)")
-        self.atoms_layer = create_widget(annotation=napari.layers.Points, label="Atoms (optional)",
-                                         options={"nullable": True})
-        self.atoms_layer.tooltip = ("Atom columns for the environments, lattice spacing and checks "
-                                    "(e.g. the atom finder's points, edited); empty = the atom "
-                                    "finder's columns, found as part of the run")
-        self.model = ComboBox(label="Model", choices=_model_choices(),
-                              tooltip="auto: the 'dichalcogenide' model for honeycombs of two unequally "
-                                      "bright sublattices (MoS2, WS2, hBN), else 'default'")
-        self.threshold = FloatSlider(label="Threshold", value=0.5, min=0.05, max=0.95, step=0.05,
-                                     tooltip="Minimum defect probability (0–1, no unit) of a defect's "
-                                             "pixels and of its confidence; weaker defects are not shown")
-        self.env_classes = ComboBox(label="Environment classes", value="auto",
-                                    choices=["auto", *map(str, range(2, 9)), "off"],
-                                    tooltip="Number of classes of atomic environments (a count); auto: "
-                                            "chosen by BIC; off: skip environment clustering")
-        self.contrast = ComboBox(label="Columns are", choices=["auto", "bright", "dark"], value="auto",
-                                 tooltip=CONTRAST_TIP)
+        self.image_layer.tooltip = (
+            "The grey image (2D or a stack of frames); its pixel size in nm "
+            "comes from the layer's scale and units (areas in nm², distances in nm)"
+        )
+        self.atoms_layer = create_widget(
+            annotation=napari.layers.Points, label="Atoms (optional)", options={"nullable": True}
+        )
+        self.atoms_layer.tooltip = (
+            "Atom columns for the environments, lattice spacing and checks "
+            "(e.g. the atom finder's points, edited); empty = the atom "
+            "finder's columns, found as part of the run"
+        )
+        self.model = ComboBox(
+            label="Model",
+            choices=_model_choices(),
+            tooltip="auto: the 'dichalcogenide' model for honeycombs of two unequally "
+            "bright sublattices (MoS2, WS2, hBN), else 'default'",
+        )
+        self.threshold = FloatSlider(
+            label="Threshold",
+            value=0.5,
+            min=0.05,
+            max=0.95,
+            step=0.05,
+            tooltip="Minimum defect probability (0–1, no unit) of a defect's "
+            "pixels and of its confidence; weaker defects are not shown",
+        )
+        self.env_classes = ComboBox(
+            label="Environment classes",
+            value="auto",
+            choices=["auto", *map(str, range(2, 9)), "off"],
+            tooltip="Number of classes of atomic environments (a count); auto: "
+            "chosen by BIC; off: skip environment clustering",
+        )
+        self.contrast = ComboBox(
+            label="Columns are",
+            choices=["auto", "bright", "dark"],
+            value="auto",
+            tooltip=CONTRAST_TIP,
+        )
         self.rescale = rescale_combo("6–30 px")
-        super().__init__(viewer, [self.image_layer, self.atoms_layer, self.model, self.threshold,
-                                  self.env_classes, self.contrast, self.rescale])
+        super().__init__(
+            viewer,
+            [
+                self.image_layer,
+                self.atoms_layer,
+                self.model,
+                self.threshold,
+                self.env_classes,
+                self.contrast,
+                self.rescale,
+            ],
+        )
         self.table_dock = None
         self._dock = None
         self._labels_name = None
@@ -122,15 +192,23 @@ class DefectSegmenterWidget(ToolWidget):
         if layer is None:
             raise ValueError("Pick an image layer first.")
         if layer.rgb:
-            raise ValueError(f"Layer {layer.name!r} is an RGB picture; the defect segmenter "
-                             "needs a grey image.")
+            raise ValueError(
+                f"Layer {layer.name!r} is an RGB picture; the defect segmenter needs a grey image."
+            )
         source = layer.data  # read in the worker: a lazily loaded file is only read there
         points = self.atoms_layer.value
         atoms = points_to_pixels(points, layer) if points is not None else None
         contrast, n_env = self.contrast.value, self.env_classes.value
-        kwargs = dict(model=self.model.value, threshold=float(self.threshold.value), contrast=contrast,
-                      rescale=self.rescale.value, device=self.device_choice.value, pixel_size=pixel_size_nm(layer), atoms=atoms,
-                      input_name=layer.name)
+        kwargs = dict(
+            model=self.model.value,
+            threshold=float(self.threshold.value),
+            contrast=contrast,
+            rescale=self.rescale.value,
+            device=self.device_choice.value,
+            pixel_size=pixel_size_nm(layer),
+            atoms=atoms,
+            input_name=layer.name,
+        )
         self._source = layer
         self._atoms_source = points.name if points is not None else None
 
@@ -147,8 +225,11 @@ class DefectSegmenterWidget(ToolWidget):
                 grey = np.asarray(data, np.float32)  # (never negate unsigned integers)
                 dark = res.provenance["parameters"]["contrast"] == "dark"
                 try:
-                    env = classify_environments(-grey if dark else grey, res.atoms,
-                                                n_classes=None if n_env == "auto" else int(n_env))
+                    env = classify_environments(
+                        -grey if dark else grey,
+                        res.atoms,
+                        n_classes=None if n_env == "auto" else int(n_env),
+                    )
                 except ValueError as err:  # e.g. too few columns for the classes asked for
                     note = f"environments skipped: {err}"
             _warm_label_colormap(res)
@@ -164,10 +245,17 @@ class DefectSegmenterWidget(ToolWidget):
         if env is not None:
             prov["environments"] = env.provenance["parameters"]
         self._labels_name = f"{layer.name} defects"
-        upsert_layer(self.viewer, self._labels_name, "labels", res.labels,
-                     features=_label_features(res.table), colormap=class_colormap(res.table),
-                     opacity=0.6, metadata=self.provenance_metadata(prov),
-                     **physical_kwargs(layer, res.labels.ndim))
+        upsert_layer(
+            self.viewer,
+            self._labels_name,
+            "labels",
+            res.labels,
+            features=_label_features(res.table),
+            colormap=class_colormap(res.table),
+            opacity=0.6,
+            metadata=self.provenance_metadata(prov),
+            **physical_kwargs(layer, res.labels.ndim),
+        )
         self._show_markers(layer, res)
         # the environments and the table on the next turn of the event loop: two short pauses
         # of the window instead of one long one (napari builds each layer on this thread)
@@ -203,12 +291,21 @@ class DefectSegmenterWidget(ToolWidget):
         text = ", ".join(f"{n} {c}" for c, n in counts.items()) or "no defects"
         params = res.provenance["parameters"]
         choice = params.get("contrast_choice") or {}
-        contrast = ContrastChoice(params["contrast"], choice.get("requested", params["contrast"]), choice.get("skew"))
+        contrast = ContrastChoice(
+            params["contrast"], choice.get("requested", params["contrast"]), choice.get("skew")
+        )
         source = "your atoms layer" if params.get("atoms") == "given" else "the atom finder"
-        more = (f" ({run.note})" if run.note else
-                f" {env.n_classes} environment classes, {int(env.unusual.sum())} unusual columns.")
-        self._say(f"Found {text}; {contrast.note()}, {len(res.atoms)} atom columns from {source}."
-                  + more + resample_note(params) + model_note(params))
+        more = (
+            f" ({run.note})"
+            if run.note
+            else f" {env.n_classes} environment classes, {int(env.unusual.sum())} unusual columns."
+        )
+        self._say(
+            f"Found {text}; {contrast.note()}, {len(res.atoms)} atom columns from {source}."
+            + more
+            + resample_note(params)
+            + model_note(params)
+        )
 
     def _show_markers(self, layer, res):
         """A ring in its class colour around every defect, never smaller than
@@ -227,10 +324,18 @@ class DefectSegmenterWidget(ToolWidget):
         else:
             size = 2.5 * float(np.sqrt(np.median(table["area_px"]))) if len(table) else 10.0
         markers = upsert_layer(
-            self.viewer, f"{layer.name} defect markers", "points", data,
-            features=table[["label", "class", "confidence"]].reset_index(drop=True), size=size,
-            symbol="ring", face_color=colors if len(colors) else "transparent", border_width=0,
-            metadata=self.provenance_metadata(res.provenance), **physical_kwargs(layer, data.shape[1]))
+            self.viewer,
+            f"{layer.name} defect markers",
+            "points",
+            data,
+            features=table[["label", "class", "confidence"]].reset_index(drop=True),
+            size=size,
+            symbol="ring",
+            face_color=colors if len(colors) else "transparent",
+            border_width=0,
+            metadata=self.provenance_metadata(res.provenance),
+            **physical_kwargs(layer, data.shape[1]),
+        )
         markers.canvas_size_limits = (MARKER_MIN_SCREEN_PX, 10000)
         markers.editable = False
 
@@ -242,21 +347,45 @@ class DefectSegmenterWidget(ToolWidget):
         atoms = np.asarray(res.atoms, float)
         frames = atoms[:, 0] if atoms.shape[1] == 3 else None
         data = as_points(atoms[:, -2:], frames)
-        face = np.array([_rgba(ENV_COLORS[k % len(ENV_COLORS)]) for k in env.classes]).reshape(-1, 4)
+        face = np.array([_rgba(ENV_COLORS[k % len(ENV_COLORS)]) for k in env.classes]).reshape(
+            -1, 4
+        )
         border = np.where(env.unusual[:, None], [[1.0, 1.0, 1.0, 1.0]], [[0.0, 0.0, 0.0, 0.6]])
-        feats = pd.DataFrame({"environment": env.classes, "probability": env.probability,
-                              "unusualness": env.unusualness, "unusual": env.unusual, "edge": env.edge})
+        feats = pd.DataFrame(
+            {
+                "environment": env.classes,
+                "probability": env.probability,
+                "unusualness": env.unusualness,
+                "unusual": env.unusual,
+                "edge": env.edge,
+            }
+        )
         if frames is not None:
             feats.insert(0, "frame", frames.astype(int))
         prov = dict(env.provenance, input_layer=layer.name, atoms_layer=self._atoms_source)
-        upsert_layer(self.viewer, f"{layer.name} environments", "points", data, features=feats,
-                     size=max(2.0, env.patch_size / 6), face_color=face, border_color=border,
-                     border_width=np.where(env.unusual, 0.4, 0.1), border_width_is_relative=True,
-                     metadata=self.provenance_metadata(prov), **physical_kwargs(layer, data.shape[1]))
-        return pd.DataFrame({"class": range(env.n_classes),
-                             "count": np.bincount(env.classes, minlength=env.n_classes),
-                             "unusual": np.bincount(env.classes, weights=env.unusual,
-                                                    minlength=env.n_classes).astype(int)})
+        upsert_layer(
+            self.viewer,
+            f"{layer.name} environments",
+            "points",
+            data,
+            features=feats,
+            size=max(2.0, env.patch_size / 6),
+            face_color=face,
+            border_color=border,
+            border_width=np.where(env.unusual, 0.4, 0.1),
+            border_width_is_relative=True,
+            metadata=self.provenance_metadata(prov),
+            **physical_kwargs(layer, data.shape[1]),
+        )
+        return pd.DataFrame(
+            {
+                "class": range(env.n_classes),
+                "count": np.bincount(env.classes, minlength=env.n_classes),
+                "unusual": np.bincount(
+                    env.classes, weights=env.unusual, minlength=env.n_classes
+                ).astype(int),
+            }
+        )
 
     def _update_table(self, layer, res, env_counts, prov):
         from napari_microml.defects.table_dock import DefectTableDock
@@ -264,8 +393,13 @@ class DefectSegmenterWidget(ToolWidget):
         title = f"{layer.name}: {len(res.table)} defects"
         if res.pixel_size:
             title += f" ({res.pixel_size:.4g} nm/px)"
-        args = dict(env_counts=env_counts, title=title, provenance={KEY: prov} if prov else None,
-                    image=layer.name, pixel_size=res.pixel_size)
+        args = dict(
+            env_counts=env_counts,
+            title=title,
+            provenance={KEY: prov} if prov else None,
+            image=layer.name,
+            pixel_size=res.pixel_size,
+        )
         try:
             if self.table_dock is None:
                 raise RuntimeError
@@ -275,8 +409,9 @@ class DefectSegmenterWidget(ToolWidget):
         except RuntimeError:  # first run, or the user closed (and Qt deleted) the dock
             self.table_dock = DefectTableDock(on_select=self.center_on)
             self.table_dock.set_data(res.table, res.counts(), **args)
-            self._dock = self.viewer.window.add_dock_widget(self.table_dock, name="Defect table",
-                                                            area="bottom")
+            self._dock = self.viewer.window.add_dock_widget(
+                self.table_dock, name="Defect table", area="bottom"
+            )
 
     def center_on(self, row) -> None:
         """Centre the view on the defect of a table ``row`` (and show its frame)."""

@@ -9,6 +9,7 @@ posterior sample per batch point instead.
 
 Scores are numpy arrays; higher is better for every acquisition.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -123,11 +124,16 @@ class PosteriorStdDev(AcquisitionFunction):
 
 
 _NAMES = {
-    "ei": LogExpectedImprovement, "logei": LogExpectedImprovement, "log_ei": LogExpectedImprovement,
+    "ei": LogExpectedImprovement,
+    "logei": LogExpectedImprovement,
+    "log_ei": LogExpectedImprovement,
     "ucb": UpperConfidenceBound,
     "pi": ProbabilityOfImprovement,
-    "ts": ThompsonSampling, "thompson": ThompsonSampling,
-    "uncertainty": PosteriorStdDev, "std": PosteriorStdDev, "max_variance": PosteriorStdDev,
+    "ts": ThompsonSampling,
+    "thompson": ThompsonSampling,
+    "uncertainty": PosteriorStdDev,
+    "std": PosteriorStdDev,
+    "max_variance": PosteriorStdDev,
 }
 ACQUISITIONS = ("ei", "ucb", "pi", "ts", "uncertainty", "random")
 

@@ -9,6 +9,7 @@ represented in proportion from the first step rather than by chance. Pixels clos
 edge than half a patch (whose patches are mostly padding) are left out when enough others
 remain.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -32,8 +33,15 @@ def _cluster_inputs(image, patch_size, candidates, features):
     return np.column_stack([pca_features(patches, max(dim, 1)), xy])
 
 
-def diverse_points(image, n: int, rng: np.random.Generator, *, available=None,
-                   patch_size: int | None = None, features: str = "cnn") -> np.ndarray:
+def diverse_points(
+    image,
+    n: int,
+    rng: np.random.Generator,
+    *,
+    available=None,
+    patch_size: int | None = None,
+    features: str = "cnn",
+) -> np.ndarray:
     """``n`` flat pixel indices that cover the model's input space (see the module docstring).
 
     ``image`` is the normalised (H, W) structure image, ``available`` a flat boolean mask of

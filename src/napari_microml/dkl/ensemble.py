@@ -4,6 +4,7 @@
 :class:`MultiScaleEnsemble` (``ActiveLearner(patch_size="auto")``) mixes members that see
 patches of different sizes, weighted by their leave-one-out predictive density.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -113,11 +114,12 @@ def loo_log_density(chol: np.ndarray, resid: np.ndarray) -> np.ndarray:
     kinv = cho_solve((chol, True), np.eye(len(resid)))
     d = np.clip(np.diag(kinv), 1e-300, None)
     alpha = kinv @ resid
-    return -0.5 * np.log(2 * np.pi) + 0.5 * np.log(d) - 0.5 * alpha ** 2 / d
+    return -0.5 * np.log(2 * np.pi) + 0.5 * np.log(d) - 0.5 * alpha**2 / d
 
 
-def mixture_weights(scores: np.ndarray, *, temperature: float = 1.0,
-                    floor: float = 0.1) -> np.ndarray:
+def mixture_weights(
+    scores: np.ndarray, *, temperature: float = 1.0, floor: float = 0.1
+) -> np.ndarray:
     """Softmax of ``scores / temperature`` mixed with the uniform so each weight ≥ ``floor``.
 
     ``scores`` (M,) are summed LOO log densities (nats). Returns (M,) weights summing to 1.
@@ -175,8 +177,16 @@ class MultiScaleEnsemble(_Members):
         Passed to every :class:`DKLModel` (``features``, ``device``, ``init_iters``, ...).
     """
 
-    def __init__(self, structure, *, patch_sizes=None, seed: int = 0,
-                 temperature: float = 1.0, floor: float = 0.1, **kwargs):
+    def __init__(
+        self,
+        structure,
+        *,
+        patch_sizes=None,
+        seed: int = 0,
+        temperature: float = 1.0,
+        floor: float = 0.1,
+        **kwargs,
+    ):
         kwargs.pop("patch_size", None)  # the members' sizes are patch_sizes
         shape = np.shape(structure)
         sizes = auto_patch_sizes(shape) if patch_sizes is None else [int(p) for p in patch_sizes]
@@ -184,8 +194,10 @@ class MultiScaleEnsemble(_Members):
             raise ValueError("The multi-scale ensemble needs at least one patch size.")
         check_number(temperature, "auto_temperature", low=0, low_open=True)
         check_number(floor, "auto_floor (minimum weight of a patch size)", low=0, high=1)
-        self.members = [DKLModel(structure, patch_size=p, seed=int(seed) + 7919 * k, **kwargs)
-                        for k, p in enumerate(sizes)]
+        self.members = [
+            DKLModel(structure, patch_size=p, seed=int(seed) + 7919 * k, **kwargs)
+            for k, p in enumerate(sizes)
+        ]
         self.patch_sizes = sizes
         self.temperature, self.floor = float(temperature), float(floor)
         self.weights = np.full(len(sizes), 1.0 / len(sizes))
@@ -205,8 +217,12 @@ class MultiScaleEnsemble(_Members):
         base = self.best.state
         if base is None:
             return None
-        return MixtureState(**vars(base), patch_sizes=list(self.patch_sizes),
-                            weights=self.weights.tolist(), loo=self.loo.tolist())
+        return MixtureState(
+            **vars(base),
+            patch_sizes=list(self.patch_sizes),
+            weights=self.weights.tolist(),
+            loo=self.loo.tolist(),
+        )
 
     def member_loo(self, member: DKLModel) -> float:
         """Summed LOO log predictive density (nats, standardised units) of a fitted member."""
@@ -227,9 +243,9 @@ class MultiScaleEnsemble(_Members):
         preds = [m.predict(indices, standardized=True) for m in self.members]
         w = self.weights[:, None]
         means = np.stack([p[0] for p in preds])
-        second = np.stack([p[1] ** 2 for p in preds]) + means ** 2
+        second = np.stack([p[1] ** 2 for p in preds]) + means**2
         mean = (w * means).sum(0)
-        std = np.sqrt(np.clip((w * second).sum(0) - mean ** 2, 1e-20, None))
+        std = np.sqrt(np.clip((w * second).sum(0) - mean**2, 1e-20, None))
         if standardized:
             return mean, std
         return mean * self._y_std + self._y_mean, std * self._y_std

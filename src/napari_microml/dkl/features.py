@@ -4,6 +4,7 @@
 projection of *all* candidate patches (known before any measurement) and is pulled back
 towards it (L2-SP); ``pca`` is the fixed PCA embedding. torch is imported inside functions.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -28,11 +29,16 @@ def make_extractor(kind: str, patch_size: int, dim: int, in_dim: int = 0):
         pooled = 4 if patch_size >= 8 else 2
         return nn.Sequential(
             nn.Unflatten(1, (1, patch_size, patch_size)),
-            nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(),
-            nn.Conv2d(8, 16, 3, padding=1, stride=2), nn.ReLU(),
-            nn.AdaptiveAvgPool2d(pooled), nn.Flatten(),
-            nn.Linear(16 * pooled * pooled, 32), nn.ReLU(),
-            nn.Linear(32, dim), nn.Tanh(),
+            nn.Conv2d(1, 8, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(8, 16, 3, padding=1, stride=2),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(pooled),
+            nn.Flatten(),
+            nn.Linear(16 * pooled * pooled, 32),
+            nn.ReLU(),
+            nn.Linear(32, dim),
+            nn.Tanh(),
         )
     if kind == "mlp":
         n = patch_size * patch_size
@@ -73,7 +79,7 @@ def _pca_residual_class():
             pen = ((self.linear.weight - self.anchor) ** 2).sum()
             for m in self.mlp:
                 if isinstance(m, nn.Linear):
-                    pen = pen + (m.weight ** 2).sum()
+                    pen = pen + (m.weight**2).sum()
             return pen
 
     return PCAResidual

@@ -12,15 +12,16 @@ measurement sequence on the same device, whatever torch's thread count: the surr
 runs on one CPU thread (``deterministic=True``, the default), because parallel sums round
 differently with each thread count and a campaign amplifies that into other choices.
 """
+
 from __future__ import annotations
 
 import csv
 import functools
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -44,10 +45,12 @@ LOG_FIELDS = ("step", "row", "col", "value", "acquisition", "time_s", "model")
 def _deterministic(method):
     """Run a learner method under :func:`~napari_microml.dkl.model.one_thread` when the
     learner is ``deterministic``."""
+
     @functools.wraps(method)
     def run(self, *args, **kwargs):
         with one_thread(self.deterministic):
             return method(self, *args, **kwargs)
+
     return run
 
 
@@ -179,10 +182,19 @@ class ActiveLearner:
         weight_decay: float = 1e-3,
         chunk: int = 8192,
     ):
-        model_kwargs = dict(embedding_dim=embedding_dim, pca_components=pca_components,
-                            coord_weight=coord_weight, kernel=kernel, trend=trend,
-                            init_iters=init_iters, warm_iters=warm_iters, lr=lr,
-                            nn_lr_scale=nn_lr_scale, weight_decay=weight_decay, chunk=chunk)
+        model_kwargs = dict(
+            embedding_dim=embedding_dim,
+            pca_components=pca_components,
+            coord_weight=coord_weight,
+            kernel=kernel,
+            trend=trend,
+            init_iters=init_iters,
+            warm_iters=warm_iters,
+            lr=lr,
+            nn_lr_scale=nn_lr_scale,
+            weight_decay=weight_decay,
+            chunk=chunk,
+        )
         self.deterministic = bool(deterministic)
         self.warp = make_warp(target_warp)
         check_structure(structure, 1)  # a clear sentence before any shape is used
@@ -196,12 +208,14 @@ class ActiveLearner:
         n_recent = check_number(n_recent, "n_recent", low=0, integer=True)
         ts_candidates = check_number(ts_candidates, "ts_candidates", low=1, integer=True)
         if initial not in INITIAL_DESIGNS:
-            raise ValueError(f"initial must be one of {', '.join(INITIAL_DESIGNS)}, "
-                             f"not {initial!r}.")
+            raise ValueError(
+                f"initial must be one of {', '.join(INITIAL_DESIGNS)}, not {initial!r}."
+            )
         auto = isinstance(patch_size, str)
         if auto and patch_size != "auto":
-            raise ValueError(f"The patch size must be a number of pixels or 'auto', "
-                             f"not {patch_size!r}.")
+            raise ValueError(
+                f"The patch size must be a number of pixels or 'auto', not {patch_size!r}."
+            )
         if auto:  # a radius for batches / the coordinate GP: the middle scale's
             sizes = auto_patch_sizes(np.shape(structure), auto_sizes or AUTO_PATCH_SIZES)
             patch_size = sizes[len(sizes) // 2]
@@ -209,9 +223,14 @@ class ActiveLearner:
         trainable = features in ("cnn", "mlp", "pca_mlp")  # pca/coords: members would be equal
         with one_thread(self.deterministic):  # the PCA features too
             if auto and features != "coords" and len(sizes) > 1:
-                self.model = MultiScaleEnsemble(structure, patch_sizes=sizes,
-                                                temperature=auto_temperature, floor=auto_floor,
-                                                **common, **model_kwargs)
+                self.model = MultiScaleEnsemble(
+                    structure,
+                    patch_sizes=sizes,
+                    temperature=auto_temperature,
+                    floor=auto_floor,
+                    **common,
+                    **model_kwargs,
+                )
             elif int(n_models) > 1 and trainable and not auto:
                 self.model = DKLEnsemble(structure, n_models=n_models, **common, **model_kwargs)
             else:
@@ -222,8 +241,9 @@ class ActiveLearner:
         self.patch_size = "auto" if auto else int(patch_size)
         self.seed = int(seed)
         self.maximize = bool(maximize)
-        self.acquisition_name = (acquisition if isinstance(acquisition, str)
-                                 else type(acquisition).__name__)
+        self.acquisition_name = (
+            acquisition if isinstance(acquisition, str) else type(acquisition).__name__
+        )
         self.acquisition = get_acquisition(acquisition, maximize=maximize, beta=beta, xi=xi)
         if batch_radius is None:  # a GP on coordinates has no patch: its radius must not follow one
             batch_radius = 2.0 if features == "coords" else max(2.0, patch_size / 4)
@@ -301,15 +321,17 @@ class ActiveLearner:
         for i, v in zip(flat, vals):
             self._idx.append(int(i))
             self._val.append(float(v))
-            self.log.append({
-                "step": self.step,
-                "row": int(i // self.shape[1]),
-                "col": int(i % self.shape[1]),
-                "value": float(v),
-                "acquisition": self._pending.pop(int(i), float("nan")),
-                "time_s": round(dt, 4),
-                "model": summary,
-            })
+            self.log.append(
+                {
+                    "step": self.step,
+                    "row": int(i // self.shape[1]),
+                    "col": int(i % self.shape[1]),
+                    "value": float(v),
+                    "acquisition": self._pending.pop(int(i), float("nan")),
+                    "time_s": round(dt, 4),
+                    "model": summary,
+                }
+            )
         self._pending.clear()
         self._dirty = True
 
@@ -318,8 +340,14 @@ class ActiveLearner:
         """Flat indices of ``n`` points chosen before a model exists (``initial`` design;
         uniform for ``acquisition="random"``)."""
         if self.initial == "diverse" and self.acquisition is not None:
-            return diverse_points(self.model.image, n, self.rng, available=available,
-                                  patch_size=self._design_patch, features=self._features)
+            return diverse_points(
+                self.model.image,
+                n,
+                self.rng,
+                available=available,
+                patch_size=self._design_patch,
+                features=self._features,
+            )
         pool = np.flatnonzero(available)
         return self.rng.choice(pool, size=min(n, len(pool)), replace=False)
 
@@ -341,7 +369,7 @@ class ActiveLearner:
         self._maps = (mean, std)  # predict() reuses them until the next fit
         best_raw = self.best_value
         best = (float(self.warp.forward(best_raw)) - self.model._y_mean) / self.model._y_std
-        recent = self.coords[-self.n_recent:] if self.recent_radius > 0 else None
+        recent = self.coords[-self.n_recent :] if self.recent_radius > 0 else None
         if self.acquisition.needs_samples:
             ucb = (mean if self.maximize else -mean) + 2 * std
             ucb[~available] = -np.inf
@@ -360,8 +388,13 @@ class ActiveLearner:
             scores = self.acquisition(mean, std, best)
             acq_map = scores
         chosen = select_batch(
-            scores, self.candidates, n, available=available, radius=self.batch_radius,
-            recent=recent, recent_radius=self.recent_radius,
+            scores,
+            self.candidates,
+            n,
+            available=available,
+            radius=self.batch_radius,
+            recent=recent,
+            recent_radius=self.recent_radius,
         )
         acq_display = np.where(available & np.isfinite(acq_map), acq_map, np.nan)
         self.last_acquisition = acq_display.reshape(self.shape)
@@ -403,10 +436,14 @@ class ActiveLearner:
                     writer.writerow({**r, "model": json.dumps(r["model"])})
         else:
             meta = {
-                "acquisition": self.acquisition_name, "seed": self.seed,
-                "patch_size": self.patch_size, "maximize": self.maximize,
-                "features": self.model.features, "shape": list(self.shape),
-                "target_warp": self.warp.name, "deterministic": self.deterministic,
+                "acquisition": self.acquisition_name,
+                "seed": self.seed,
+                "patch_size": self.patch_size,
+                "maximize": self.maximize,
+                "features": self.model.features,
+                "shape": list(self.shape),
+                "target_warp": self.warp.name,
+                "deterministic": self.deterministic,
                 "torch_threads": 1 if self.deterministic else _torch_threads(),
             }
             path.write_text(json.dumps({"parameters": meta, "log": rows}, indent=1))
@@ -501,14 +538,34 @@ def run_campaign_iter(
 
     # the learner's keywords, also recorded in the provenance
     options = dict(
-        patch_size=patch_size, device=device, maximize=maximize, features=features,
-        n_models=n_models, beta=beta, xi=xi, batch_radius=batch_radius,
-        recent_radius=recent_radius, n_recent=n_recent, ts_candidates=ts_candidates,
-        auto_sizes=auto_sizes, auto_temperature=auto_temperature, auto_floor=auto_floor,
-        initial=initial, target_warp=target_warp, deterministic=deterministic,
-        embedding_dim=embedding_dim, pca_components=pca_components, coord_weight=coord_weight,
-        kernel=kernel, trend=trend, init_iters=init_iters, warm_iters=warm_iters, lr=lr,
-        nn_lr_scale=nn_lr_scale, weight_decay=weight_decay, chunk=chunk,
+        patch_size=patch_size,
+        device=device,
+        maximize=maximize,
+        features=features,
+        n_models=n_models,
+        beta=beta,
+        xi=xi,
+        batch_radius=batch_radius,
+        recent_radius=recent_radius,
+        n_recent=n_recent,
+        ts_candidates=ts_candidates,
+        auto_sizes=auto_sizes,
+        auto_temperature=auto_temperature,
+        auto_floor=auto_floor,
+        initial=initial,
+        target_warp=target_warp,
+        deterministic=deterministic,
+        embedding_dim=embedding_dim,
+        pca_components=pca_components,
+        coord_weight=coord_weight,
+        kernel=kernel,
+        trend=trend,
+        init_iters=init_iters,
+        warm_iters=warm_iters,
+        lr=lr,
+        nn_lr_scale=nn_lr_scale,
+        weight_decay=weight_decay,
+        chunk=chunk,
     )
     if learner is not None:  # a learner carried over keeps its own settings
         options = dict(learner="given", patch_size=learner.patch_size, maximize=learner.maximize)
@@ -517,7 +574,9 @@ def run_campaign_iter(
     source = as_source(measure, learner.shape, scalarizer=scalarizer)
     n_sites = learner.shape[0] * learner.shape[1]
     budget = check_number(budget, "budget (number of measurements)", low=1, integer=True)
-    n_initial = check_number(n_initial, "n_initial (first measurements before the model)", low=1, integer=True)
+    n_initial = check_number(
+        n_initial, "n_initial (first measurements before the model)", low=1, integer=True
+    )
     batch_size = check_number(batch_size, "batch_size (points per step)", low=1, integer=True)
     if n_initial > budget:
         raise ValueError(f"n_initial ({n_initial}) cannot exceed the budget ({budget}).")
@@ -534,19 +593,33 @@ def run_campaign_iter(
         learner.observe(coords, values)
         if callback is not None:
             callback(learner.step, learner, coords, values)
-        yield progress(learner.n_observed, budget,
-                       f"step {learner.step}: {learner.n_observed}/{budget} measured, "
-                       f"best {learner.best_value:.4g}")
+        yield progress(
+            learner.n_observed,
+            budget,
+            f"step {learner.step}: {learner.n_observed}/{budget} measured, "
+            f"best {learner.best_value:.4g}",
+        )
     vals = learner.values
     best = np.maximum.accumulate(vals) if learner.maximize else np.minimum.accumulate(vals)
     device_label = describe_device(learner.model.device)
-    params = dict(budget=budget, n_initial=n_initial, batch_size=batch_size,
-                  acquisition=learner.acquisition_name, scalarizer=scalarizer, **options)
+    params = dict(
+        budget=budget,
+        n_initial=n_initial,
+        batch_size=batch_size,
+        acquisition=learner.acquisition_name,
+        scalarizer=scalarizer,
+        **options,
+    )
     return CampaignResult(
-        coords=learner.coords, values=vals, best_so_far=best, log=learner.log_records(),
-        learner=learner, device=device_label,
-        provenance=make_provenance("dkl_campaign", parameters=params, device=device_label,
-                                   seed=learner.seed),
+        coords=learner.coords,
+        values=vals,
+        best_so_far=best,
+        log=learner.log_records(),
+        learner=learner,
+        device=device_label,
+        provenance=make_provenance(
+            "dkl_campaign", parameters=params, device=device_label, seed=learner.seed
+        ),
     )
 
 
@@ -629,15 +702,45 @@ warm_iters, lr, nn_lr_scale, weight_decay, chunk
         ``coords`` (N, 2) int (row, col) px, ``values`` (N,), ``best_so_far`` (N,), ``log``
         and ``provenance`` (tool, version, parameters, seed, device).
     """
-    return drain(run_campaign_iter(
-        structure, measure, budget=budget, n_initial=n_initial, acquisition=acquisition,
-        batch_size=batch_size, seed=seed, scalarizer=scalarizer, callback=callback, learner=learner,
-        patch_size=patch_size, device=device, maximize=maximize, features=features,
-        n_models=n_models, beta=beta, xi=xi, batch_radius=batch_radius,
-        recent_radius=recent_radius, n_recent=n_recent, ts_candidates=ts_candidates,
-        auto_sizes=auto_sizes, auto_temperature=auto_temperature, auto_floor=auto_floor,
-        initial=initial, target_warp=target_warp, deterministic=deterministic,
-        embedding_dim=embedding_dim, pca_components=pca_components, coord_weight=coord_weight,
-        kernel=kernel, trend=trend, init_iters=init_iters, warm_iters=warm_iters, lr=lr,
-        nn_lr_scale=nn_lr_scale, weight_decay=weight_decay, chunk=chunk,
-    ))
+    return drain(
+        run_campaign_iter(
+            structure,
+            measure,
+            budget=budget,
+            n_initial=n_initial,
+            acquisition=acquisition,
+            batch_size=batch_size,
+            seed=seed,
+            scalarizer=scalarizer,
+            callback=callback,
+            learner=learner,
+            patch_size=patch_size,
+            device=device,
+            maximize=maximize,
+            features=features,
+            n_models=n_models,
+            beta=beta,
+            xi=xi,
+            batch_radius=batch_radius,
+            recent_radius=recent_radius,
+            n_recent=n_recent,
+            ts_candidates=ts_candidates,
+            auto_sizes=auto_sizes,
+            auto_temperature=auto_temperature,
+            auto_floor=auto_floor,
+            initial=initial,
+            target_warp=target_warp,
+            deterministic=deterministic,
+            embedding_dim=embedding_dim,
+            pca_components=pca_components,
+            coord_weight=coord_weight,
+            kernel=kernel,
+            trend=trend,
+            init_iters=init_iters,
+            warm_iters=warm_iters,
+            lr=lr,
+            nn_lr_scale=nn_lr_scale,
+            weight_decay=weight_decay,
+            chunk=chunk,
+        )
+    )

@@ -18,6 +18,7 @@ start, L2-SP). Two non-deep feature maps share the same GP code and serve as bas
 
 torch and gpytorch are imported inside functions so that importing this module is cheap.
 """
+
 from __future__ import annotations
 
 from contextlib import contextmanager
@@ -112,7 +113,9 @@ def safe_cholesky(k, max_tries: int = 8):
     import torch
 
     if not torch.isfinite(k).all():
-        raise ValueError("The surrogate's covariance is not finite; are the measured values finite?")
+        raise ValueError(
+            "The surrogate's covariance is not finite; are the measured values finite?"
+        )
     chol, info = torch.linalg.cholesky_ex(k)
     if not info.any():
         return chol
@@ -122,8 +125,10 @@ def safe_cholesky(k, max_tries: int = 8):
         chol, info = torch.linalg.cholesky_ex(k + scale * 10.0 ** (i - 10) * eye)
         if not info.any():
             return chol
-    raise ValueError("The surrogate's covariance is not positive definite even with jitter "
-                     f"{scale * 10.0 ** (max_tries - 11):.3g}.")
+    raise ValueError(
+        "The surrogate's covariance is not positive definite even with jitter "
+        f"{scale * 10.0 ** (max_tries - 11):.3g}."
+    )
 
 
 @dataclass
@@ -257,8 +262,11 @@ class DKLModel:
         elif features in ("pca", "pca_mlp"):
             patches = extract_patches(self.image, self.patch_size)
             self.dim = min(int(embedding_dim), patches[0].size)
-            self.in_dim = self.dim if features == "pca" else max(
-                self.dim, min(int(pca_components), patches[0].size))
+            self.in_dim = (
+                self.dim
+                if features == "pca"
+                else max(self.dim, min(int(pca_components), patches[0].size))
+            )
             x = pca_features(patches, self.in_dim)  # deterministic: same for every seed
         else:
             x = extract_patches(self.image, self.patch_size).reshape(h * w, -1)
@@ -285,18 +293,23 @@ class DKLModel:
         dim, use_xy = self.dim, self.coord_weight > 0
         n_feat = self.inputs.shape[1] - (2 if use_xy else 0)
         kw = dict(ard_num_dims=dim, active_dims=tuple(range(dim)))
-        base = (gpytorch.kernels.RBFKernel(**kw) if self.kernel == "rbf"
-                else gpytorch.kernels.MaternKernel(nu=2.5, **kw))
+        base = (
+            gpytorch.kernels.RBFKernel(**kw)
+            if self.kernel == "rbf"
+            else gpytorch.kernels.MaternKernel(nu=2.5, **kw)
+        )
         covar = gpytorch.kernels.ScaleKernel(base)
         if self.trend:
             # a dense degree-1 polynomial kernel (LinearKernel is low-rank and breaks the sum)
             linear = gpytorch.kernels.ScaleKernel(
-                gpytorch.kernels.PolynomialKernel(power=1, active_dims=tuple(range(dim))))
+                gpytorch.kernels.PolynomialKernel(power=1, active_dims=tuple(range(dim)))
+            )
             linear.outputscale = 0.1
             covar = covar + linear
         if use_xy:
             xy_kernel = gpytorch.kernels.ScaleKernel(
-                gpytorch.kernels.RBFKernel(active_dims=(dim, dim + 1)))
+                gpytorch.kernels.RBFKernel(active_dims=(dim, dim + 1))
+            )
             covar = covar + xy_kernel
 
         class _GP(gpytorch.models.ExactGP):
@@ -345,8 +358,9 @@ class DKLModel:
         idx = np.asarray(indices, np.int64).ravel()
         y = np.asarray(values, np.float64).ravel()
         self._y_mean, self._y_std = standardization(y)
-        yt = torch.as_tensor((y - self._y_mean) / self._y_std, dtype=torch.float32,
-                             device=self.device)
+        yt = torch.as_tensor(
+            (y - self._y_mean) / self._y_std, dtype=torch.float32, device=self.device
+        )
         xt = self.inputs[torch.as_tensor(idx, device=self.device)]
         first = self._gp is None
         if first:
@@ -365,8 +379,13 @@ class DKLModel:
         groups = [{"params": gp_params, "lr": self.lr}]
         penalty = getattr(gp.extractor, "penalty", None)
         if nn_params:  # the network learns slower and is kept small (few labelled points)
-            groups.append({"params": nn_params, "lr": self.lr * self.nn_lr_scale,
-                           "weight_decay": 0.0 if penalty else self.weight_decay})
+            groups.append(
+                {
+                    "params": nn_params,
+                    "lr": self.lr * self.nn_lr_scale,
+                    "weight_decay": 0.0 if penalty else self.weight_decay,
+                }
+            )
         opt = torch.optim.Adam(groups)
         mll = gpytorch.mlls.ExactMarginalLogLikelihood(lik, gp)
         loss_value = float("nan")
@@ -403,7 +422,9 @@ class DKLModel:
         import torch
 
         with torch.no_grad():
-            parts = [self._gp.featurize(x[s:s + self.chunk]) for s in range(0, len(x), self.chunk)]
+            parts = [
+                self._gp.featurize(x[s : s + self.chunk]) for s in range(0, len(x), self.chunk)
+            ]
             return torch.cat(parts)
 
     def _posterior_cache(self):
@@ -456,7 +477,7 @@ class DKLModel:
         means, stds = [], []
         with torch.no_grad():
             for start in range(0, len(x), self.chunk):
-                zs = self._gp.featurize(x[start:start + self.chunk])
+                zs = self._gp.featurize(x[start : start + self.chunk])
                 ks = self._cross(zs, zt)  # (m, n)
                 means.append((mu0 + ks @ alpha).squeeze(-1).cpu().numpy())
                 v = torch.linalg.solve_triangular(chol, ks.T, upper=False)
@@ -489,4 +510,4 @@ class DKLModel:
         """Embedding of every pixel, (H*W, dim) (without the coordinate inputs)."""
         if not self.fitted:
             raise ValueError("The model is not fitted yet.")
-        return self._embed(self.inputs)[:, :self.dim].cpu().numpy()
+        return self._embed(self.inputs)[:, : self.dim].cpu().numpy()

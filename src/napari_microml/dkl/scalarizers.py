@@ -12,10 +12,11 @@ Examples
 >>> cu(np.ones((3, axis.size))).shape
 (3,)
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 from scipy.ndimage import median_filter

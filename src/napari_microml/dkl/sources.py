@@ -21,9 +21,11 @@ into values). Three sources are provided:
       h = run_campaign(haadf, source, budget=100, n_initial=10, acquisition="ei",
                        scalarizer=PeakArea((925, 960), axis=energy_axis))
 """
+
 from __future__ import annotations
 
-from typing import Callable, Protocol, runtime_checkable
+from collections.abc import Callable
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 

@@ -13,6 +13,7 @@ while making them look more Gaussian to the GP:
 Every warp maps values to warped units (``forward``) and back (``inverse``), so posterior maps
 are shown in the measurement's units.
 """
+
 from __future__ import annotations
 
 import numpy as np

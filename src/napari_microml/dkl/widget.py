@@ -11,6 +11,7 @@ Step are one ``suggest``/``observe`` of the learner, Run drives the core's
 ``run_campaign_iter``. Jobs talk to the widget through :class:`Snapshot` messages; the widget
 keeps the learner only once a snapshot is on screen (main thread).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -41,8 +42,11 @@ from napari_microml.runtime.widget import (
 )
 
 SOURCE_KINDS = ("spectrum image", "scalar map")
-MAPS = (("DKL mean", "mean", "magma"), ("DKL uncertainty", "std", "gray"),
-        ("acquisition", "acquisition", "inferno"))
+MAPS = (
+    ("DKL mean", "mean", "magma"),
+    ("DKL uncertainty", "std", "gray"),
+    ("acquisition", "acquisition", "inferno"),
+)
 
 
 @dataclass
@@ -72,70 +76,133 @@ class ActiveLearningWidget(ToolWidget):
 
     def __init__(self, viewer: napari.viewer.Viewer):
         self.structure_layer = create_widget(
-            annotation=napari.layers.Image, label="Structure",
-            options={"tooltip": "2D image (e.g. HAADF) whose pixels are the candidate "
-                                "measurement sites; results use its pixel size (nm)."})
+            annotation=napari.layers.Image,
+            label="Structure",
+            options={
+                "tooltip": "2D image (e.g. HAADF) whose pixels are the candidate "
+                "measurement sites; results use its pixel size (nm)."
+            },
+        )
         self.source_kind = ComboBox(
-            label="Source", choices=list(SOURCE_KINDS), value="spectrum image",
+            label="Source",
+            choices=list(SOURCE_KINDS),
+            value="spectrum image",
             tooltip="spectrum image: a scalarizer turns each measured spectrum into one value; "
-                    "scalar map: the layer already holds one value per pixel.")
+            "scalar map: the layer already holds one value per pixel.",
+        )
         self.source_layer = create_widget(
-            annotation=napari.layers.Image, label="Source layer",
-            options={"tooltip": "The recorded measurements replayed point by point: a spectrum "
-                                "image over the same pixels as the structure (energy as a "
-                                "slider) or a 2D map."})
+            annotation=napari.layers.Image,
+            label="Source layer",
+            options={
+                "tooltip": "The recorded measurements replayed point by point: a spectrum "
+                "image over the same pixels as the structure (energy as a "
+                "slider) or a 2D map."
+            },
+        )
         self.scalarizer = ComboBox(
-            label="Scalarizer", choices=list(SCALARIZERS), value="peak area",
+            label="Scalarizer",
+            choices=list(SCALARIZERS),
+            value="peak area",
             tooltip="How a spectrum becomes the value to optimise: area/height/centroid in the "
-                    "window, ratio of two windows, edge above a power-law background, or "
-                    "hysteresis-loop area (the spectral axis in V).")
+            "window, ratio of two windows, edge above a power-law background, or "
+            "hysteresis-loop area (the spectral axis in V).",
+        )
         spin = dict(min=-1e9, max=1e9, step=1.0)
         self.win_lo = FloatSpinBox(label="Window from", value=0.0, **spin)
         self.win_hi = FloatSpinBox(label="Window to", value=10.0, **spin)
         self.win2_lo = FloatSpinBox(label="2nd window from", value=10.0, **spin)
         self.win2_hi = FloatSpinBox(label="2nd window to", value=20.0, **spin)
         self.patch_size = SpinBox(
-            label="Patch size (px)", value=0, min=0, max=128,
+            label="Patch size (px)",
+            value=0,
+            min=0,
+            max=128,
             tooltip="Side of the image patch (structure pixels) the model sees around each "
-                    "pixel. 'auto' (0) mixes 8, 16 and 24 px, weighted by how well each "
-                    "predicts the measurements so far.")
+            "pixel. 'auto' (0) mixes 8, 16 and 24 px, weighted by how well each "
+            "predicts the measurements so far.",
+        )
         self.patch_size.native.setSpecialValueText("auto")
         self.acquisition = ComboBox(
-            label="Acquisition", choices=list(ACQUISITIONS), value="ts",
+            label="Acquisition",
+            choices=list(ACQUISITIONS),
+            value="ts",
             tooltip="Where to measure next: ts Thompson sampling, ei expected improvement, "
-                    "ucb upper confidence bound, pi probability of improvement, uncertainty "
-                    "(explore only), random.")
-        self.maximize = CheckBox(label="Maximize", value=True,
-                                 tooltip="Look for high values (on) or low values (off).")
-        self.batch_size = SpinBox(label="Batch size", value=1, min=1, max=256,
-                                  tooltip="Points (pixels) measured per Step.")
-        self.budget = SpinBox(label="Budget", value=30, min=1, max=10_000_000,
-                              tooltip="Total number of measurements (pixels), initial ones "
-                                      "included; Run stops there.")
-        self.n_initial = SpinBox(label="Initial points", value=5, min=1, max=100_000,
-                                 tooltip="Pixels measured by Initialize, one per kind of "
-                                         "structure patch, before the model is used.")
-        self.seed = SpinBox(label="Seed", value=0, min=0, max=2**31 - 1,
-                            tooltip="Seeds the initial design, the networks and Thompson "
-                                    "samples: the same seed repeats a campaign.")
+            "ucb upper confidence bound, pi probability of improvement, uncertainty "
+            "(explore only), random.",
+        )
+        self.maximize = CheckBox(
+            label="Maximize", value=True, tooltip="Look for high values (on) or low values (off)."
+        )
+        self.batch_size = SpinBox(
+            label="Batch size",
+            value=1,
+            min=1,
+            max=256,
+            tooltip="Points (pixels) measured per Step.",
+        )
+        self.budget = SpinBox(
+            label="Budget",
+            value=30,
+            min=1,
+            max=10_000_000,
+            tooltip="Total number of measurements (pixels), initial ones "
+            "included; Run stops there.",
+        )
+        self.n_initial = SpinBox(
+            label="Initial points",
+            value=5,
+            min=1,
+            max=100_000,
+            tooltip="Pixels measured by Initialize, one per kind of "
+            "structure patch, before the model is used.",
+        )
+        self.seed = SpinBox(
+            label="Seed",
+            value=0,
+            min=0,
+            max=2**31 - 1,
+            tooltip="Seeds the initial design, the networks and Thompson "
+            "samples: the same seed repeats a campaign.",
+        )
         self.init_button = PushButton(text="Initialize")
         self.step_button = PushButton(text="Step")
         self.stop_button = PushButton(text="Stop")
         self.init_button.tooltip = "Start a new campaign: measure the initial points."
-        self.step_button.tooltip = "Measure the points of the 'next' layer (edit them first to "\
-                                   "veto the model), then suggest new ones."
+        self.step_button.tooltip = (
+            "Measure the points of the 'next' layer (edit them first to "
+            "veto the model), then suggest new ones."
+        )
         self.stop_button.tooltip = "Stop a Run after the current step; measurements are kept."
-        self.log_path = FileEdit(label="Log file", mode="w", filter="*.csv *.json",
-                                 tooltip="Where Export log writes every measurement (.csv or "
-                                         ".json; row, col in pixels).")
+        self.log_path = FileEdit(
+            label="Log file",
+            mode="w",
+            filter="*.csv *.json",
+            tooltip="Where Export log writes every measurement (.csv or "
+            ".json; row, col in pixels).",
+        )
         self.export_button = PushButton(text="Export log")
-        buttons = Container(widgets=[self.init_button, self.step_button, self.stop_button],
-                            layout="horizontal", labels=False)
+        buttons = Container(
+            widgets=[self.init_button, self.step_button, self.stop_button],
+            layout="horizontal",
+            labels=False,
+        )
         controls = [
-            self.structure_layer, self.source_kind, self.source_layer, self.scalarizer,
-            self.win_lo, self.win_hi, self.win2_lo, self.win2_hi, self.patch_size,
-            self.acquisition, self.maximize, self.batch_size, self.budget, self.n_initial,
-            self.seed, buttons,
+            self.structure_layer,
+            self.source_kind,
+            self.source_layer,
+            self.scalarizer,
+            self.win_lo,
+            self.win_hi,
+            self.win2_lo,
+            self.win2_hi,
+            self.patch_size,
+            self.acquisition,
+            self.maximize,
+            self.batch_size,
+            self.budget,
+            self.n_initial,
+            self.seed,
+            buttons,
         ]
         super().__init__(viewer, controls)
         self.extend([self.log_path, self.export_button])
@@ -157,9 +224,16 @@ class ActiveLearningWidget(ToolWidget):
         self._make_plot()
         self._update_visibility()
         self._on_source_layer()
-        preload("torch", "torch.optim", "torch._dynamo", "gpytorch", "pandas",
-                "scipy.cluster.vq", "scipy.linalg",
-                "napari_microml.dkl.learner")  # pandas: napari's Points layers
+        preload(
+            "torch",
+            "torch.optim",
+            "torch._dynamo",
+            "gpytorch",
+            "pandas",
+            "scipy.cluster.vq",
+            "scipy.linalg",
+            "napari_microml.dkl.learner",
+        )  # pandas: napari's Points layers
 
     # --- UI helpers ------------------------------------------------------------------------
     def _update_visibility(self, *_):
@@ -175,14 +249,17 @@ class ActiveLearningWidget(ToolWidget):
 
     def _label_windows(self):
         u = self._units
-        second = ("pre-edge background" if self.scalarizer.value == "edge intensity"
-                  else "denominator")
+        second = (
+            "pre-edge background" if self.scalarizer.value == "edge intensity" else "denominator"
+        )
         self.win_lo.label, self.win_hi.label = f"Window from ({u})", f"Window to ({u})"
         self.win2_lo.label = f"2nd window from ({u})"
         self.win2_hi.label = f"2nd window to ({u})"
         for w in (self.win_lo, self.win_hi):
-            w.tooltip = (f"Spectral window ({u}) the scalarizer reads "
-                         f"(area, height or centroid; the numerator of a ratio; the edge).")
+            w.tooltip = (
+                f"Spectral window ({u}) the scalarizer reads "
+                f"(area, height or centroid; the numerator of a ratio; the edge)."
+            )
         for w in (self.win2_lo, self.win2_hi):
             w.tooltip = f"Second spectral window ({u}): the {second} window."
 
@@ -208,9 +285,11 @@ class ActiveLearningWidget(ToolWidget):
             w.step = step
         if ax.units == "V":
             self.scalarizer.value = "loop area"
-        inside = lo <= min(self.win_lo.value, self.win_hi.value) and \
-            max(self.win_lo.value, self.win_hi.value) <= hi and \
-            self.win_hi.value - self.win_lo.value >= step
+        inside = (
+            lo <= min(self.win_lo.value, self.win_hi.value)
+            and max(self.win_lo.value, self.win_hi.value) <= hi
+            and self.win_hi.value - self.win_lo.value >= step
+        )
         if not inside:  # whole axis, and its halves for two-window scalarizers
             mid = lo + step * round((hi - lo) / (2 * step))
             self.win_lo.value, self.win_hi.value = lo, hi
@@ -247,19 +326,26 @@ class ActiveLearningWidget(ToolWidget):
         if layer is None:
             raise ValueError("Choose a structure image layer first.")
         if layer.ndim != 2 or getattr(layer, "rgb", False):
-            raise ValueError(f"The structure layer must be a 2D grey image, not "
-                             f"{tuple(layer.data.shape)}.")
+            raise ValueError(
+                f"The structure layer must be a 2D grey image, not {tuple(layer.data.shape)}."
+            )
         return layer
 
     def _make_scalarizer(self, axis):
         name = self.scalarizer.value
         cls = SCALARIZERS[name]
         if name == "window ratio":
-            return WindowRatio((self.win_lo.value, self.win_hi.value),
-                               (self.win2_lo.value, self.win2_hi.value), axis=axis)
+            return WindowRatio(
+                (self.win_lo.value, self.win_hi.value),
+                (self.win2_lo.value, self.win2_hi.value),
+                axis=axis,
+            )
         if name == "edge intensity":  # second window = pre-edge background fit
-            return cls((self.win_lo.value, self.win_hi.value),
-                       (self.win2_lo.value, self.win2_hi.value), axis=axis)
+            return cls(
+                (self.win_lo.value, self.win_hi.value),
+                (self.win2_lo.value, self.win2_hi.value),
+                axis=axis,
+            )
         if name == "loop area":
             return cls(axis=axis)
         return cls((self.win_lo.value, self.win_hi.value), axis=axis)
@@ -274,19 +360,25 @@ class ActiveLearningWidget(ToolWidget):
         data, meta = layer.data, layer.metadata
         if self.source_kind.value == "scalar map":
             if tuple(data.shape) != tuple(shape):
-                raise ValueError(f"The scalar map {tuple(data.shape)} does not match the "
-                                 f"structure image {tuple(shape)}.")
+                raise ValueError(
+                    f"The scalar map {tuple(data.shape)} does not match the "
+                    f"structure image {tuple(shape)}."
+                )
             return lambda: ScalarMapSource(np.asarray(data))
         if data.ndim != 3:
-            raise ValueError(f"A spectrum-image source must be 3D; layer '{layer.name}' has "
-                             f"shape {tuple(data.shape)}.")
+            raise ValueError(
+                f"A spectrum-image source must be 3D; layer '{layer.name}' has "
+                f"shape {tuple(data.shape)}."
+            )
         cube, ax = spectra_last(data, meta)
         if not ax.calibrated and tuple(data.shape[1:]) == tuple(shape):
             cube = np.moveaxis(data, 0, -1)  # an uncalibrated (E, H, W) array added by hand
             ax = spectral_axis(None, cube.shape, required=True)
         if tuple(cube.shape[:2]) != tuple(shape):
-            raise ValueError(f"The spectrum image covers {tuple(cube.shape[:2])} pixels but "
-                             f"the structure image is {tuple(shape)}; they must match.")
+            raise ValueError(
+                f"The spectrum image covers {tuple(cube.shape[:2])} pixels but "
+                f"the structure image is {tuple(shape)}; they must match."
+            )
         axis = ax.values if ax.calibrated else None
         scal = self._make_scalarizer(axis)
         if self.scalarizer.value != "loop area":
@@ -295,10 +387,19 @@ class ActiveLearningWidget(ToolWidget):
 
     def _settings_key(self):
         return (
-            id(self.structure_layer.value), id(self.source_layer.value), self.source_kind.value,
-            self.scalarizer.value, self.win_lo.value, self.win_hi.value, self.win2_lo.value,
-            self.win2_hi.value, self.patch_size.value, self.acquisition.value,
-            self.maximize.value, self.seed.value, self.device_choice.value,
+            id(self.structure_layer.value),
+            id(self.source_layer.value),
+            self.source_kind.value,
+            self.scalarizer.value,
+            self.win_lo.value,
+            self.win_hi.value,
+            self.win2_lo.value,
+            self.win2_hi.value,
+            self.patch_size.value,
+            self.acquisition.value,
+            self.maximize.value,
+            self.seed.value,
+            self.device_choice.value,
         )
 
     def _patch(self):
@@ -336,16 +437,22 @@ class ActiveLearningWidget(ToolWidget):
             shape = tuple(layer.data.shape)
             patch = self._patch()
             if patch != "auto" and patch > min(shape):
-                raise ValueError(f"The patch size ({patch} px) is larger than the structure "
-                                 f"image {shape[0]}×{shape[1]} px; choose a patch size of at "
-                                 f"most {min(shape)}.")
+                raise ValueError(
+                    f"The patch size ({patch} px) is larger than the structure "
+                    f"image {shape[0]}×{shape[1]} px; choose a patch size of at "
+                    f"most {min(shape)}."
+                )
             if n_init > shape[0] * shape[1]:
                 raise ValueError("More initial points than pixels in the image.")
             read_source = self._source_plan(shape)
             structure = layer.data
-            options = dict(patch_size=patch, acquisition=self.acquisition.value,
-                           seed=self.seed.value, device=self.device_choice.value,
-                           maximize=self.maximize.value)
+            options = dict(
+                patch_size=patch,
+                acquisition=self.acquisition.value,
+                seed=self.seed.value,
+                device=self.device_choice.value,
+                maximize=self.maximize.value,
+            )
             pending = None
         else:
             learner, source = self.learner, self.source
@@ -375,8 +482,9 @@ class ActiveLearningWidget(ToolWidget):
                 nxt = nxt[: budget - learner.n_observed]  # the user's (edited) next points first
                 learner.observe(nxt, source(nxt))
             snap = self._snapshot(learner, source, key, np.zeros((0, 2)))
-            for _ in run_campaign_iter(None, source, budget=budget, n_initial=n_init,
-                                       batch_size=batch, learner=learner):
+            for _ in run_campaign_iter(
+                None, source, budget=budget, n_initial=n_init, batch_size=batch, learner=learner
+            ):
                 snap = self._snapshot(learner, source, key, np.zeros((0, 2)))
                 yield Update(learner.n_observed, budget, "", snap)  # a Stop keeps this step
             return snap
@@ -390,23 +498,32 @@ class ActiveLearningWidget(ToolWidget):
         mean, std = learner.predict() if learner.n_observed else (None, None)
         spectra = getattr(source, "last_spectra", None)
         return Snapshot(
-            learner=learner, source=source, key=key,
-            coords=learner.coords.copy(), values=learner.values.copy(),
+            learner=learner,
+            source=source,
+            key=key,
+            coords=learner.coords.copy(),
+            values=learner.values.copy(),
             next=np.asarray(nxt if nxt is not None else np.zeros((0, 2)), float).copy(),
-            mean=mean, std=std,
-            acquisition=(None if learner.last_acquisition is None
-                         else learner.last_acquisition.copy()),
-            best=learner.best_value, step=learner.step,
+            mean=mean,
+            std=std,
+            acquisition=(
+                None if learner.last_acquisition is None else learner.last_acquisition.copy()
+            ),
+            best=learner.best_value,
+            step=learner.step,
             spectrum=None if spectra is None else np.asarray(spectra[-1]).copy(),
-            axis=getattr(source, "axis", None), device=describe_device(learner.model.device),
+            axis=getattr(source, "axis", None),
+            device=describe_device(learner.model.device),
         )
 
     def start(self, job=None):
         worker = super().start(job)
         if worker is not None:  # a Stop keeps every completed step (layers show them)
             worker.aborted.connect(
-                lambda: self._say("Stopped: the measured points so far are kept; Step or Run "
-                                  "continues the campaign.")
+                lambda: self._say(
+                    "Stopped: the measured points so far are kept; Step or Run "
+                    "continues the campaign."
+                )
             )
         return worker
 
@@ -420,21 +537,31 @@ class ActiveLearningWidget(ToolWidget):
         self.learner, self.source, self._key = snap.learner, snap.source, snap.key
         layer = self.structure_layer.value
         phys = physical_kwargs(layer, 2)
-        prov = self.provenance_metadata(make_provenance(
-            self.tool_name,
-            parameters={
-                "patch_size": self._patch(), "acquisition": self.acquisition.value,
-                "batch_size": self.batch_size.value, "budget": self.budget.value,
-                "maximize": self.maximize.value, "source": self.source_kind.value,
-                "scalarizer": self.scalarizer.value,
-                "window": (self.win_lo.value, self.win_hi.value), "window_units": self._units,
-            },
-            device=snap.device, seed=self.seed.value,
-            input_name=getattr(layer, "name", None),
-        ))
+        prov = self.provenance_metadata(
+            make_provenance(
+                self.tool_name,
+                parameters={
+                    "patch_size": self._patch(),
+                    "acquisition": self.acquisition.value,
+                    "batch_size": self.batch_size.value,
+                    "budget": self.budget.value,
+                    "maximize": self.maximize.value,
+                    "source": self.source_kind.value,
+                    "scalarizer": self.scalarizer.value,
+                    "window": (self.win_lo.value, self.win_hi.value),
+                    "window_units": self._units,
+                },
+                device=snap.device,
+                seed=self.seed.value,
+                input_name=getattr(layer, "name", None),
+            )
+        )
         calls = [lambda m=m: self._show_map(snap, *m, phys, prov) for m in MAPS]
-        calls += [lambda: self._show_points(snap, phys, prov), lambda: self._show_summary(snap),
-                  lambda: self._update_plot(snap)]
+        calls += [
+            lambda: self._show_points(snap, phys, prov),
+            lambda: self._show_summary(snap),
+            lambda: self._update_plot(snap),
+        ]
         names = [m[0] for m in MAPS] + ["measured", "next"]
         if all(name in self.viewer.layers for name in names):  # only new data: one turn
             steps = calls
@@ -453,16 +580,30 @@ class ActiveLearningWidget(ToolWidget):
         lo, hi = float(img.min()), float(img.max())
         lim = (lo, hi if hi > lo else lo + 1e-6)
         new = name not in self.viewer.layers
-        out = upsert_layer(self.viewer, name, "image", img, colormap=cmap, contrast_limits=lim,
-                           metadata=prov, **phys)
+        out = upsert_layer(
+            self.viewer,
+            name,
+            "image",
+            img,
+            colormap=cmap,
+            contrast_limits=lim,
+            metadata=prov,
+            **phys,
+        )
         if new:  # opaque over the inputs; the mean shown, the others one eye-click away
             out.visible = key == "mean"
 
     def _show_points(self, snap, phys, prov):
         v = self.viewer
         measured = upsert_layer(
-            v, "measured", "points", snap.coords.astype(float),
-            features={"value": snap.values}, size=2, metadata=prov, **phys,
+            v,
+            "measured",
+            "points",
+            snap.coords.astype(float),
+            features={"value": snap.values},
+            size=2,
+            metadata=prov,
+            **phys,
         )
         try:
             measured.face_colormap = "viridis"
@@ -470,8 +611,17 @@ class ActiveLearningWidget(ToolWidget):
             measured.refresh_colors()
         except Exception:  # colour by feature is cosmetic; keep the data either way
             pass
-        upsert_layer(v, "next", "points", snap.next, size=3, face_color="red",
-                     border_color="white", metadata=prov, **phys)
+        upsert_layer(
+            v,
+            "next",
+            "points",
+            snap.next,
+            size=3,
+            face_color="red",
+            border_color="white",
+            metadata=prov,
+            **phys,
+        )
         v.layers.selection.active = v.layers["next"]
 
     def _show_summary(self, snap):

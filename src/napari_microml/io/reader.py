@@ -12,10 +12,12 @@ metadata, original_metadata}`` dictionaries onto napari ``LayerData`` tuples.
 * The full rsciio metadata is kept in ``metadata['original']``.
 * Files above :data:`LAZY_BYTES` are read lazily (dask arrays).
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -111,8 +113,10 @@ def read_file(path) -> list[LayerData]:
     ext = p.suffix.lower()
     if ext not in FORMATS:
         known = ", ".join(sorted(FORMATS))
-        raise ValueError(f"Could not read {p.name}: '{ext or 'no extension'}' files are not "
-                         f"supported (supported: {known}).")
+        raise ValueError(
+            f"Could not read {p.name}: '{ext or 'no extension'}' files are not "
+            f"supported (supported: {known})."
+        )
     if not p.is_file():
         raise ValueError(f"Could not read {p}: the file does not exist.")
     module, fmt = FORMATS[ext]
@@ -151,8 +155,14 @@ def _read_numpy(p: Path, lazy: bool) -> list[dict]:
         import dask.array as da
 
         data = da.from_array(data, chunks="auto")
-    return [{"data": data, "axes": [], "metadata": {"General": {"title": p.stem}},
-             "original_metadata": {}}]
+    return [
+        {
+            "data": data,
+            "axes": [],
+            "metadata": {"General": {"title": p.stem}},
+            "original_metadata": {},
+        }
+    ]
 
 
 def _ureg():
@@ -223,15 +233,23 @@ def _to_layer(d: dict, p: Path, index: int, n: int) -> LayerData:
         name = str(a.get("name") or "").strip()
         if not name or name.lower() in ("<undefined>", "undefined", "none"):
             name = default_names[i]
-        axes.append({"name": name, "scale": scale,
-                     "offset": _plain_scalar(a.get("offset", 0.0), 0.0), "units": units,
-                     "spectral": _is_spectral(a)})
+        axes.append(
+            {
+                "name": name,
+                "scale": scale,
+                "offset": _plain_scalar(a.get("offset", 0.0), 0.0),
+                "units": units,
+                "spectral": _is_spectral(a),
+            }
+        )
 
     # 1D spectrum -> (1, L) so it is displayable and ready for (N, L) spectral tools
     if ndim == 1:
         data = data[None]
-        axes.insert(0, {"name": "spectrum", "scale": 1.0, "offset": 0.0, "units": "pixel",
-                        "spectral": False})
+        axes.insert(
+            0,
+            {"name": "spectrum", "scale": 1.0, "offset": 0.0, "units": "pixel", "spectral": False},
+        )
         ndim = 2
 
     spectral = [i for i, a in enumerate(axes) if a["spectral"]]
@@ -247,8 +265,12 @@ def _to_layer(d: dict, p: Path, index: int, n: int) -> LayerData:
                 data = np.moveaxis(data, s, ndim - 1)
             axes.append(axes.pop(s))
         a = axes[-1]
-        spectral_axis = {"scale": a["scale"], "offset": a["offset"], "units": a["units"],
-                         "name": a["name"]}
+        spectral_axis = {
+            "scale": a["scale"],
+            "offset": a["offset"],
+            "units": a["units"],
+            "name": a["name"],
+        }
 
     names = [a["name"] for a in axes]
     for i, nm in enumerate(names):  # napari needs unique axis labels
@@ -261,9 +283,13 @@ def _to_layer(d: dict, p: Path, index: int, n: int) -> LayerData:
         name = p.stem
     else:
         name = f"{p.stem} [{title or index}]"
-    info = {"source_file": str(p), "dataset_index": index, "title": title,
-            "signal_type": str(md.get("Signal", {}).get("signal_type", "") or ""),
-            "lazy": hasattr(data, "compute")}
+    info = {
+        "source_file": str(p),
+        "dataset_index": index,
+        "title": title,
+        "signal_type": str(md.get("Signal", {}).get("signal_type", "") or ""),
+        "lazy": hasattr(data, "compute"),
+    }
     if spectral_axis is not None:
         info["spectral_axis"] = spectral_axis
     kwargs = {
@@ -275,8 +301,11 @@ def _to_layer(d: dict, p: Path, index: int, n: int) -> LayerData:
         "rgb": rgb,
         "metadata": {
             "napari_microml": info,
-            "original": {"metadata": md, "original_metadata": d.get("original_metadata", {}),
-                         "axes": d.get("axes", [])},
+            "original": {
+                "metadata": md,
+                "original_metadata": d.get("original_metadata", {}),
+                "axes": d.get("axes", []),
+            },
         },
     }
     return data, kwargs, "image"

@@ -16,6 +16,7 @@ Every output carries physical units and the provenance recorded in
 * :func:`write_bundle`: a zarr group, one array per layer, attrs hold layer type, scale,
   translate, units, axis labels, features (JSON columns) and provenance.
 """
+
 from __future__ import annotations
 
 import json
@@ -123,8 +124,11 @@ def write_points_csv(path: str, data: Any, attributes: dict) -> list[str]:
     cols: dict[str, Any] = {}
     for i in range(d - 2):
         name = "frame" if d == 3 else f"dim{i}"
-        cols[name] = np.rint(pts[:, i]).astype(int) if np.allclose(
-            pts[:, i], np.rint(pts[:, i])) else pts[:, i]
+        cols[name] = (
+            np.rint(pts[:, i]).astype(int)
+            if np.allclose(pts[:, i], np.rint(pts[:, i]))
+            else pts[:, i]
+        )
     cols["row_px"] = pts[:, -2]
     cols["col_px"] = pts[:, -1]
     for ax, lab in ((-2, "y"), (-1, "x")):
@@ -139,7 +143,9 @@ def write_points_csv(path: str, data: Any, attributes: dict) -> list[str]:
     side = {
         "format": "napari-microml-points/1",
         "name": (attributes or {}).get("name"),
-        "scale": scale, "translate": translate, "units": units,
+        "scale": scale,
+        "translate": translate,
+        "units": units,
         "axis_labels": [str(a) for a in _per_axis((attributes or {}).get("axis_labels"), d, "")],
         KEY: _provenance(attributes),
     }
@@ -159,7 +165,9 @@ def read_points_csv(path: str) -> tuple:
     path = str(path)
     table = pd.read_csv(path)
     if not {"row_px", "col_px"} <= set(table.columns):
-        raise ValueError(f"{Path(path).name} has no row_px/col_px columns; not a microml points CSV.")
+        raise ValueError(
+            f"{Path(path).name} has no row_px/col_px columns; not a microml points CSV."
+        )
     lead = [c for c in table.columns if c == "frame" or re.fullmatch(r"dim\d+", str(c))]
     coord_cols = [*lead, "row_px", "col_px"]
     phys = [c for c in table.columns if re.fullmatch(r"[yx]_.+", str(c))][:2]
@@ -196,7 +204,9 @@ def _tiff_description(fmt: str, attributes: dict, ndim: int) -> dict:
     return {
         "format": fmt,
         "name": (attributes or {}).get("name"),
-        "scale": scale, "translate": translate, "units": units,
+        "scale": scale,
+        "translate": translate,
+        "units": units,
         "axis_labels": [str(a) for a in _per_axis((attributes or {}).get("axis_labels"), ndim, "")],
         KEY: _provenance(attributes),
     }
@@ -249,7 +259,8 @@ def is_microml_output(path) -> bool:
     except Exception:  # noqa: BLE001 - not ours, or not readable: the reader will say why
         return False
     return isinstance(desc, dict) and (
-        str(desc.get("format", "")).startswith("napari-microml") or KEY in desc)
+        str(desc.get("format", "")).startswith("napari-microml") or KEY in desc
+    )
 
 
 def read_labels_tiff(path: str) -> tuple:
@@ -272,16 +283,25 @@ def read_labels_tiff(path: str) -> tuple:
 
 
 # ------------------------------------------------------------------------------ defects
-def write_defects_csv(path, table, counts=None, *, provenance: dict | None = None,
-                      image: str | None = None, pixel_size: float | None = None) -> str:
+def write_defects_csv(
+    path,
+    table,
+    counts=None,
+    *,
+    provenance: dict | None = None,
+    image: str | None = None,
+    pixel_size: float | None = None,
+) -> str:
     """Write the per-defect table to CSV, preceded by ``# `` lines with the counts per class,
     the image, the pixel size (nm/px) and the provenance as one JSON line.
 
     Read it back with ``pandas.read_csv(path, comment="#")``.
     """
-    lines = ["# napari-microml defect table",
-             f"# image: {image if image is not None else 'unknown'}",
-             f"# pixel_size_nm: {pixel_size if pixel_size else 'unknown (positions in px)'}"]
+    lines = [
+        "# napari-microml defect table",
+        f"# image: {image if image is not None else 'unknown'}",
+        f"# pixel_size_nm: {pixel_size if pixel_size else 'unknown (positions in px)'}",
+    ]
     if counts is not None:
         for _, c in counts.iterrows():
             dens = c.get("density_per_nm2", np.nan)
@@ -322,8 +342,10 @@ def write_bundle(path: str, layer_data: list) -> list[str]:
         attributes = attributes or {}
         arr = np.asarray(data)
         if arr.dtype == object:
-            raise ValueError(f"Layer {attributes.get('name', i)!r} ({layer_type}) has "
-                             "ragged/object data that a bundle cannot store.")
+            raise ValueError(
+                f"Layer {attributes.get('name', i)!r} ({layer_type}) has "
+                "ragged/object data that a bundle cannot store."
+            )
         key = _safe(str(attributes.get("name") or f"layer{i}"))
         while key in names:
             key = f"{key}_{i}"
@@ -339,22 +361,30 @@ def write_bundle(path: str, layer_data: list) -> list[str]:
 
             feats = pd.DataFrame(attributes["features"])
         z = root.create_array(key, data=arr)
-        z.attrs.update({
-            "layer_type": str(layer_type),
-            "name": str(attributes.get("name") or key),
-            "scale": scale, "translate": translate, "units": units,
-            "axis_labels": [str(a) for a in _per_axis(attributes.get("axis_labels"), ndim, "")],
-            "features": {str(c): _plain(feats[c].tolist()) for c in feats.columns}
-            if feats is not None else {},
-            "feature_dtypes": {str(c): str(feats[c].dtype) for c in feats.columns}
-            if feats is not None else {},
-            KEY: _provenance(attributes),
-        })
-    root.attrs.update({
-        "format": BUNDLE_FORMAT,
-        "layers": names,
-        KEY: make_provenance("write_bundle", parameters={"layers": names}),
-    })
+        z.attrs.update(
+            {
+                "layer_type": str(layer_type),
+                "name": str(attributes.get("name") or key),
+                "scale": scale,
+                "translate": translate,
+                "units": units,
+                "axis_labels": [str(a) for a in _per_axis(attributes.get("axis_labels"), ndim, "")],
+                "features": {str(c): _plain(feats[c].tolist()) for c in feats.columns}
+                if feats is not None
+                else {},
+                "feature_dtypes": {str(c): str(feats[c].dtype) for c in feats.columns}
+                if feats is not None
+                else {},
+                KEY: _provenance(attributes),
+            }
+        )
+    root.attrs.update(
+        {
+            "format": BUNDLE_FORMAT,
+            "layers": names,
+            KEY: make_provenance("write_bundle", parameters={"layers": names}),
+        }
+    )
     return [path]
 
 
@@ -371,7 +401,9 @@ def read_bundle(path: str) -> list[tuple]:
         root = zarr.open_group(str(path), mode="r")
         attrs = dict(root.attrs)
     except Exception as err:  # noqa: BLE001
-        raise ValueError(f"Could not read {Path(path).name}: not a zarr results bundle ({err}).") from err
+        raise ValueError(
+            f"Could not read {Path(path).name}: not a zarr results bundle ({err})."
+        ) from err
     if attrs.get("format") != BUNDLE_FORMAT:
         raise ValueError(f"{Path(path).name} is not a napari-microml results bundle.")
     out = []
@@ -381,7 +413,9 @@ def read_bundle(path: str) -> list[tuple]:
         data = np.asarray(z[...])
         kwargs: dict[str, Any] = {
             "name": a.get("name", key),
-            "scale": a["scale"], "translate": a["translate"], "units": a["units"],
+            "scale": a["scale"],
+            "translate": a["translate"],
+            "units": a["units"],
             "metadata": {KEY: a.get(KEY), "bundle": attrs.get(KEY)},
         }
         labels = a.get("axis_labels") or []

@@ -1,4 +1,5 @@
 """``analyze_lattice``: sublattices, strain, rotation and polarisation from column positions."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -13,8 +14,24 @@ from napari_microml.runtime.validate import check_pixel_size
 from napari_microml.runtime.workers import drain, progress
 
 AUTO_STRAIN_STD = 0.003  # shells="auto": 5×5 cells above this median 3×3 strain std (fraction)
-TABLE_COLUMNS = ("row", "col", "sublattice", "exx", "eyy", "exy", "rotation", "d_row", "d_col",
-                 "d_abs", "exx_std", "eyy_std", "exy_std", "rotation_std", "d_std", "position_std")
+TABLE_COLUMNS = (
+    "row",
+    "col",
+    "sublattice",
+    "exx",
+    "eyy",
+    "exy",
+    "rotation",
+    "d_row",
+    "d_col",
+    "d_abs",
+    "exx_std",
+    "eyy_std",
+    "exy_std",
+    "rotation_std",
+    "d_std",
+    "position_std",
+)
 
 
 @dataclass
@@ -62,9 +79,19 @@ class LatticeResult:
         import pandas as pd
 
         d_abs = np.hypot(self.displacement[:, 0], self.displacement[:, 1])
-        cols = [self.positions[:, 0], self.positions[:, 1], self.sublattice, *self.strain.T,
-                self.rotation, *self.displacement.T, d_abs, *self.strain_std.T, self.rotation_std,
-                self.displacement_std[:, 0], self.position_std]
+        cols = [
+            self.positions[:, 0],
+            self.positions[:, 1],
+            self.sublattice,
+            *self.strain.T,
+            self.rotation,
+            *self.displacement.T,
+            d_abs,
+            *self.strain_std.T,
+            self.rotation_std,
+            self.displacement_std[:, 0],
+            self.position_std,
+        ]
         return pd.DataFrame(dict(zip(TABLE_COLUMNS, cols)))
 
 
@@ -109,10 +136,14 @@ def _check_inputs(positions, image, reference, position_std):
     if reference is not None:
         ref = np.asarray(reference)
         if ref.shape != (len(pos),) or ref.dtype != bool:
-            raise ValueError(f"reference must be a bool mask of the {len(pos)} columns; got "
-                             f"shape {ref.shape} dtype {ref.dtype}.")
+            raise ValueError(
+                f"reference must be a bool mask of the {len(pos)} columns; got "
+                f"shape {ref.shape} dtype {ref.dtype}."
+            )
         if ref.sum() < 6:
-            raise ValueError(f"The reference region holds {int(ref.sum())} columns; it needs at least 6.")
+            raise ValueError(
+                f"The reference region holds {int(ref.sum())} columns; it needs at least 6."
+            )
     std = None
     if position_std is not None:
         std = np.broadcast_to(np.asarray(position_std, np.float64), (len(pos),)).copy()
@@ -121,17 +152,26 @@ def _check_inputs(positions, image, reference, position_std):
     return pos, img, ref, std
 
 
-def analyze_lattice_iter(positions, *, image=None, reference=None, pixel_size=None,
-                         position_std=None, shells: int | str = "auto", sublattice=None,
-                         input_name: str | None = None):
+def analyze_lattice_iter(
+    positions,
+    *,
+    image=None,
+    reference=None,
+    pixel_size=None,
+    position_std=None,
+    shells: int | str = "auto",
+    sublattice=None,
+    input_name: str | None = None,
+):
     """Generator twin of :func:`analyze_lattice`: yields progress, returns a LatticeResult.
 
     ``sublattice`` (N,) int, optional, replaces the automatic assignment (the user's edits)."""
     pos, img, ref, std_in = _check_inputs(positions, image, reference, position_std)
     pixel_size = check_pixel_size(pixel_size)
     if shells != "auto" and shells not in _strain.NEIGHBOURS:
-        raise ValueError(f"shells must be 1 (3×3 cells per fit), 2 (5×5 cells) or 'auto', "
-                         f"not {shells!r}.")
+        raise ValueError(
+            f"shells must be 1 (3×3 cells per fit), 2 (5×5 cells) or 'auto', not {shells!r}."
+        )
     yield progress(0, 4, "sublattices")
     tree = cKDTree(pos)
     d0 = nn_distance(pos, tree)
@@ -158,8 +198,10 @@ def analyze_lattice_iter(positions, *, image=None, reference=None, pixel_size=No
         wide = bool(noise > AUTO_STRAIN_STD)
         if wide:
             fit = _fit(pos, labels, cell, 2, refmask, std_in)
-        reason = (f"3×3 median strain std {100 * noise:.2f} % {'>' if wide else '≤'} "
-                  f"{100 * AUTO_STRAIN_STD:.1f} %")
+        reason = (
+            f"3×3 median strain std {100 * noise:.2f} % {'>' if wide else '≤'} "
+            f"{100 * AUTO_STRAIN_STD:.1f} %"
+        )
     F, cell, sigma, source = fit["F"], fit["cell"], fit["sigma"], fit["source"]
     yield progress(2, 4, "strain and errors")
     strain, rotation = fit["strain"], fit["rotation"]
@@ -167,14 +209,37 @@ def analyze_lattice_iter(positions, *, image=None, reference=None, pixel_size=No
     yield progress(3, 4, "displacements")
     disp, disp_std = _strain.displacement(pos, labels, F, sigma)
     lattice = _lattice_parameters(cell, F[refmask], pixel_size)
-    params = {"n_columns": len(pos), "image": img is not None, "reference_columns": int(refmask.sum()),
-              "pixel_size_nm": pixel_size, "position_std": source, "shells": fit["shells"],
-              "shells_requested": shells, "shells_reason": reason,
-              "user_sublattice": sublattice is not None}
+    params = {
+        "n_columns": len(pos),
+        "image": img is not None,
+        "reference_columns": int(refmask.sum()),
+        "pixel_size_nm": pixel_size,
+        "position_std": source,
+        "shells": fit["shells"],
+        "shells_requested": shells,
+        "shells_reason": reason,
+        "user_sublattice": sublattice is not None,
+    }
     prov = make_provenance("lattice_analysis", parameters=params, input_name=input_name)
     yield progress(4, 4, "done")
-    return LatticeResult(pos, labels, cell, strain, rotation, disp, strain_std, rotation_std, disp_std,
-                         sigma, refmask, lattice, pixel_size, source, params, prov)
+    return LatticeResult(
+        pos,
+        labels,
+        cell,
+        strain,
+        rotation,
+        disp,
+        strain_std,
+        rotation_std,
+        disp_std,
+        sigma,
+        refmask,
+        lattice,
+        pixel_size,
+        source,
+        params,
+        prov,
+    )
 
 
 def _fit(pos, labels, cell, shells, refmask, std_in) -> dict:
@@ -199,26 +264,50 @@ def _fit(pos, labels, cell, shells, refmask, std_in) -> dict:
             r = ratio[labels == sub]
             scale[labels == sub] = np.nanmedian(r) if np.isfinite(r).any() else 1.0
         sigma = given * scale
-        source = "given × " + "/".join(f"{np.median(scale[labels == q]):.2f}" for q in np.unique(labels)) + \
-            " (fit residuals, per sublattice)"
+        source = (
+            "given × "
+            + "/".join(f"{np.median(scale[labels == q]):.2f}" for q in np.unique(labels))
+            + " (fit residuals, per sublattice)"
+        )
     else:
         sigma, source = from_residuals, "fit residuals"
     strain_std, rotation_std = _strain.strain_std(nb, W, sigma)
-    return {"F": F, "cell": cell, "strain": strain, "rotation": rotation, "sigma": sigma,
-            "source": source, "strain_std": strain_std, "rotation_std": rotation_std, "shells": shells}
+    return {
+        "F": F,
+        "cell": cell,
+        "strain": strain,
+        "rotation": rotation,
+        "sigma": sigma,
+        "source": source,
+        "strain_std": strain_std,
+        "rotation_std": rotation_std,
+        "shells": shells,
+    }
 
 
 def _lattice_parameters(cell: np.ndarray, F_ref: np.ndarray, pixel_size: float | None) -> dict:
     """a = |a1|, b = |a2| and the angle between them, over the reference columns' local cells."""
     ok = np.isfinite(F_ref).all(axis=(1, 2))
-    local = np.einsum("nab,kb->nka", F_ref[ok], cell)     # (n, 2, 2) local a1, a2
+    local = np.einsum("nab,kb->nka", F_ref[ok], cell)  # (n, 2, 2) local a1, a2
     a = np.linalg.norm(local[:, 0], axis=1)
     b = np.linalg.norm(local[:, 1], axis=1)
     gamma = np.degrees(np.arccos(np.clip((local[:, 0] * local[:, 1]).sum(1) / (a * b), -1, 1)))
-    out = {"columns": int(ok.sum()),
-           "a_px": float(np.linalg.norm(cell[0])), "b_px": float(np.linalg.norm(cell[1])),
-           "gamma_deg": float(np.degrees(np.arccos(np.clip(cell[0] @ cell[1] / (
-               np.linalg.norm(cell[0]) * np.linalg.norm(cell[1])), -1, 1))))}
+    out = {
+        "columns": int(ok.sum()),
+        "a_px": float(np.linalg.norm(cell[0])),
+        "b_px": float(np.linalg.norm(cell[1])),
+        "gamma_deg": float(
+            np.degrees(
+                np.arccos(
+                    np.clip(
+                        cell[0] @ cell[1] / (np.linalg.norm(cell[0]) * np.linalg.norm(cell[1])),
+                        -1,
+                        1,
+                    )
+                )
+            )
+        ),
+    }
     n = max(int(ok.sum()), 1)
     for key, v in (("a_px", a), ("b_px", b), ("gamma_deg", gamma)):
         sd = float(np.std(v)) if len(v) > 1 else float("nan")
@@ -231,8 +320,15 @@ def _lattice_parameters(cell: np.ndarray, F_ref: np.ndarray, pixel_size: float |
     return out
 
 
-def analyze_lattice(positions, *, image=None, reference=None, pixel_size=None, position_std=None,
-                    shells: int | str = "auto"):
+def analyze_lattice(
+    positions,
+    *,
+    image=None,
+    reference=None,
+    pixel_size=None,
+    position_std=None,
+    shells: int | str = "auto",
+):
     """Sublattices, local strain, rotation and polarisation of a lattice of atomic columns.
 
     Parameters
@@ -254,6 +350,13 @@ def analyze_lattice(positions, *, image=None, reference=None, pixel_size=None, p
     -------
     LatticeResult (see its docstring).
     """
-    return drain(analyze_lattice_iter(positions, image=image, reference=reference,
-                                      pixel_size=pixel_size, position_std=position_std,
-                                      shells=shells))
+    return drain(
+        analyze_lattice_iter(
+            positions,
+            image=image,
+            reference=reference,
+            pixel_size=pixel_size,
+            position_std=position_std,
+            shells=shells,
+        )
+    )

@@ -13,6 +13,7 @@ atom-count mixture, provenance). Results go into ``--out`` the way every ``micro
 writes them (``cli.check_out`` + ``cli.Staging``): existing files are never replaced without
 ``--overwrite``, and nothing is moved into place unless every input succeeded.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,27 +30,51 @@ def add_parser(subparsers) -> None:
     """Add the ``lattice`` subcommand to ``microml``'s subparsers."""
     from napari_microml.cli import EXIT_CODES
 
-    sp = subparsers.add_parser("lattice", help="sublattices, strain, polarisation and atom counts "
-                                                "→ <name>_lattice.csv + <name>_lattice.json",
-                               epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sp = subparsers.add_parser(
+        "lattice",
+        help="sublattices, strain, polarisation and atom counts "
+        "→ <name>_lattice.csv + <name>_lattice.json",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sp.add_argument("inputs", nargs="+", metavar="INPUT", help="2D images (files or folders)")
     sp.add_argument("--out", required=True, help="output folder")
-    sp.add_argument("--positions", default=None,
-                    help="a points CSV (microml atoms output) for a single input; default: find "
-                         "the columns with the atom finder")
-    sp.add_argument("--contrast", default="auto", choices=["auto", "bright", "dark"],
-                    help="bright: HAADF (sublattice 0 = brightest, atoms counted); dark: ABF/BF "
-                         "(sublattice 0 = darkest, no counting); auto (default): decided per image")
-    sp.add_argument("--pixel-size", type=float, default=None,
-                    help="nm per pixel when the file has no calibration (lattice parameters in pm)")
-    sp.add_argument("--shells", default="auto", choices=["auto", "1", "2"],
-                    help="strain fit over 3×3 (1) or 5×5 (2) cells; auto (default): 5×5 when the "
-                         "3×3 fit's median strain std is above 0.3 %%")
+    sp.add_argument(
+        "--positions",
+        default=None,
+        help="a points CSV (microml atoms output) for a single input; default: find "
+        "the columns with the atom finder",
+    )
+    sp.add_argument(
+        "--contrast",
+        default="auto",
+        choices=["auto", "bright", "dark"],
+        help="bright: HAADF (sublattice 0 = brightest, atoms counted); dark: ABF/BF "
+        "(sublattice 0 = darkest, no counting); auto (default): decided per image",
+    )
+    sp.add_argument(
+        "--pixel-size",
+        type=float,
+        default=None,
+        help="nm per pixel when the file has no calibration (lattice parameters in pm)",
+    )
+    sp.add_argument(
+        "--shells",
+        default="auto",
+        choices=["auto", "1", "2"],
+        help="strain fit over 3×3 (1) or 5×5 (2) cells; auto (default): 5×5 when the "
+        "3×3 fit's median strain std is above 0.3 %%",
+    )
     sp.add_argument("--no-count", action="store_true", help="skip atom counting")
-    sp.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
-                    help="where the atom finder runs (default auto)")
-    sp.add_argument("--overwrite", action="store_true",
-                    help="replace result files that already exist in --out")
+    sp.add_argument(
+        "--device",
+        default="auto",
+        choices=["auto", "cpu", "cuda", "mps"],
+        help="where the atom finder runs (default auto)",
+    )
+    sp.add_argument(
+        "--overwrite", action="store_true", help="replace result files that already exist in --out"
+    )
     sp.add_argument("--quiet", action="store_true", help="no progress output")
 
 
@@ -61,8 +86,16 @@ def _pixel_size(kwargs: dict, given: float | None) -> float | None:
     scale = kwargs.get("scale")
     if not units or not scale:
         return None
-    factor = {"nm": 1.0, "nanometer": 1.0, "Å": 0.1, "angstrom": 0.1, "pm": 1e-3, "µm": 1e3,
-              "um": 1e3, "micrometer": 1e3}.get(str(units[-1]))
+    factor = {
+        "nm": 1.0,
+        "nanometer": 1.0,
+        "Å": 0.1,
+        "angstrom": 0.1,
+        "pm": 1e-3,
+        "µm": 1e3,
+        "um": 1e3,
+        "micrometer": 1e3,
+    }.get(str(units[-1]))
     return None if factor is None else float(scale[-1]) * factor
 
 
@@ -76,17 +109,24 @@ def analyse_file(path: Path, args) -> dict:
     data, kwargs, _ = read_file(path)[0]
     image = np.asarray(data, np.float64)
     if image.ndim != 2:
-        raise InputError(f"{path.name} is not one 2D image (shape {image.shape}); the lattice "
-                         "analysis takes one frame at a time.")
+        raise InputError(
+            f"{path.name} is not one 2D image (shape {image.shape}); the lattice "
+            "analysis takes one frame at a time."
+        )
     contrast = args.contrast
     if args.positions:
         pts, pkw, _ = read_points_csv(args.positions)
         positions = np.asarray(pts, float)[:, -2:]
         feats = pkw.get("features")
-        std = feats["position_std"].to_numpy(float) if feats is not None and "position_std" in feats else None
+        std = (
+            feats["position_std"].to_numpy(float)
+            if feats is not None and "position_std" in feats
+            else None
+        )
     else:
-        found = mm.find_atoms(image, **({} if contrast == "auto" else {"contrast": contrast}),
-                              device=args.device)
+        found = mm.find_atoms(
+            image, **({} if contrast == "auto" else {"contrast": contrast}), device=args.device
+        )
         positions, std = found.positions, found.features["position_std"].to_numpy(float)
         contrast = found.parameters.get("contrast", contrast)
     if contrast not in ("bright", "dark"):
@@ -95,14 +135,25 @@ def analyse_file(path: Path, args) -> dict:
         contrast = "dark" if columns_are_dark(image, positions) else "bright"
     signal = -image if contrast == "dark" else image
     pixel_size = _pixel_size(kwargs, args.pixel_size)
-    lat = mm.analyze_lattice(positions, image=signal, pixel_size=pixel_size, position_std=std,
-                             shells=args.shells if args.shells == "auto" else int(args.shells))
+    lat = mm.analyze_lattice(
+        positions,
+        image=signal,
+        pixel_size=pixel_size,
+        position_std=std,
+        shells=args.shells if args.shells == "auto" else int(args.shells),
+    )
     counts = None
     if not args.no_count and contrast == "bright":
-        counts = mm.count_atoms(image, positions,
-                                sublattice=lat.sublattice if lat.n_sublattices > 1 else None)
-    return {"lattice": lat, "counts": counts, "kwargs": kwargs, "pixel_size": pixel_size,
-            "contrast": contrast}
+        counts = mm.count_atoms(
+            image, positions, sublattice=lat.sublattice if lat.n_sublattices > 1 else None
+        )
+    return {
+        "lattice": lat,
+        "counts": counts,
+        "kwargs": kwargs,
+        "pixel_size": pixel_size,
+        "contrast": contrast,
+    }
 
 
 def _write(stem: str, res: dict, tmp: Path, source: Path) -> list[Path]:
@@ -114,27 +165,52 @@ def _write(stem: str, res: dict, tmp: Path, source: Path) -> list[Path]:
     if cnt is not None:
         table["count"] = cnt.counts
         table["cross_section"] = cnt.cross_section
-    prov = make_provenance("cli.lattice", parameters={"lattice": lat.provenance,
-                                                      "counting": cnt.provenance if cnt else None},
-                           input_name=stem, input_file=source)
+    prov = make_provenance(
+        "cli.lattice",
+        parameters={"lattice": lat.provenance, "counting": cnt.provenance if cnt else None},
+        input_name=stem,
+        input_file=source,
+    )
     csv = tmp / f"{stem}_lattice.csv"
-    write_points_csv(str(csv), table[["row", "col"]].to_numpy(),
-                     {"scale": kw.get("scale"), "translate": kw.get("translate"),
-                      "units": kw.get("units"), "features": table.drop(columns=["row", "col"]),
-                      "metadata": {KEY: prov}, "name": stem})
-    summary = {"lattice_parameters": lat.lattice, "cell_px": lat.cell.tolist(),
-               "n_sublattices": lat.n_sublattices,
-               "columns_per_sublattice": np.bincount(lat.sublattice).tolist(),
-               "pixel_size_nm": res["pixel_size"], "position_std": lat.std_source,
-               "strain_fit": {"cells": "5×5" if lat.parameters["shells"] == 2 else "3×3",
-                              "requested": lat.parameters["shells_requested"],
-                              "reason": lat.parameters["shells_reason"]},
-               "contrast": res["contrast"],
-               "counting": None if cnt is None else {
-                   str(lab): {"n_components": len(m.means), "means": m.means.tolist(),
-                              "weights": m.weights.tolist(), "sigma": m.sigma, "icl": m.icl.tolist()}
-                   for lab, m in (cnt.groups or {"all": cnt.mixture}).items()},
-               KEY: prov}
+    write_points_csv(
+        str(csv),
+        table[["row", "col"]].to_numpy(),
+        {
+            "scale": kw.get("scale"),
+            "translate": kw.get("translate"),
+            "units": kw.get("units"),
+            "features": table.drop(columns=["row", "col"]),
+            "metadata": {KEY: prov},
+            "name": stem,
+        },
+    )
+    summary = {
+        "lattice_parameters": lat.lattice,
+        "cell_px": lat.cell.tolist(),
+        "n_sublattices": lat.n_sublattices,
+        "columns_per_sublattice": np.bincount(lat.sublattice).tolist(),
+        "pixel_size_nm": res["pixel_size"],
+        "position_std": lat.std_source,
+        "strain_fit": {
+            "cells": "5×5" if lat.parameters["shells"] == 2 else "3×3",
+            "requested": lat.parameters["shells_requested"],
+            "reason": lat.parameters["shells_reason"],
+        },
+        "contrast": res["contrast"],
+        "counting": None
+        if cnt is None
+        else {
+            str(lab): {
+                "n_components": len(m.means),
+                "means": m.means.tolist(),
+                "weights": m.weights.tolist(),
+                "sigma": m.sigma,
+                "icl": m.icl.tolist(),
+            }
+            for lab, m in (cnt.groups or {"all": cnt.mixture}).items()
+        },
+        KEY: prov,
+    }
     js = tmp / f"{stem}_lattice.json"
     js.write_text(json.dumps(summary, indent=1, default=float))
     return [csv, Path(str(csv) + ".json"), js]
@@ -143,8 +219,16 @@ def _write(stem: str, res: dict, tmp: Path, source: Path) -> list[Path]:
 def run(args) -> int:
     """Run ``microml lattice``; returns the exit code (0 ok, 2 bad input, 1 a failure, 130
     interrupted)."""
-    from napari_microml.cli import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, InputError,
-                                    Staging, check_out, collect_inputs)
+    from napari_microml.cli import (
+        EXIT_FAILED,
+        EXIT_INTERRUPTED,
+        EXIT_OK,
+        EXIT_USAGE,
+        InputError,
+        Staging,
+        check_out,
+        collect_inputs,
+    )
 
     try:
         files = [p for p, _ in collect_inputs(args.inputs)]
@@ -180,8 +264,10 @@ def run(args) -> int:
         print(f"microml: error: {' '.join(str(err).split())}", file=sys.stderr)
         return EXIT_USAGE
     except Exception as err:  # noqa: BLE001 - one line for the user, nothing written
-        print(f"microml: lattice failed: {type(err).__name__}: {' '.join(str(err).split())}",
-              file=sys.stderr)
+        print(
+            f"microml: lattice failed: {type(err).__name__}: {' '.join(str(err).split())}",
+            file=sys.stderr,
+        )
         return EXIT_FAILED
     finally:
         stage.close()

@@ -8,6 +8,7 @@ components is chosen by the integrated completed likelihood (ICL = BIC + 2 × th
 assignments; De Backer et al., Ultramicroscopy 2013). Each column gets the count of its most
 probable component; counts are absolute when the lightest columns present hold one atom.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -32,8 +33,11 @@ class Mixture:
     def pdf(self, x: np.ndarray) -> np.ndarray:
         """(len(x), G) density of each weighted component."""
         x = np.asarray(x, float)[:, None]
-        return self.weights * np.exp(-0.5 * ((x - self.means) / self.sigma) ** 2) / (
-            np.sqrt(2 * np.pi) * self.sigma)
+        return (
+            self.weights
+            * np.exp(-0.5 * ((x - self.means) / self.sigma) ** 2)
+            / (np.sqrt(2 * np.pi) * self.sigma)
+        )
 
 
 @dataclass
@@ -75,7 +79,9 @@ def voronoi_cells(shape, positions: np.ndarray, max_radius: float) -> tuple[np.n
     return labels, dist
 
 
-def cross_sections(image: np.ndarray, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def cross_sections(
+    image: np.ndarray, positions: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Cross-section (N,), local background (N,) and cell area (N,) of each column."""
     from scipy.spatial import cKDTree
 
@@ -99,8 +105,9 @@ def cross_sections(image: np.ndarray, positions: np.ndarray) -> tuple[np.ndarray
     return total - area * bg, bg, area
 
 
-def _em_spaced(x: np.ndarray, c: np.ndarray, g: int, mu1: np.ndarray, step: np.ndarray,
-               iters: int = 150):
+def _em_spaced(
+    x: np.ndarray, c: np.ndarray, g: int, mu1: np.ndarray, step: np.ndarray, iters: int = 150
+):
     """EM for g equal-width components with means mu1 + k·step on values ``x`` with
     multiplicities ``c``, from S starts at once (``mu1``, ``step``: (S,)); returns the best
     start's (loglik, weights, means, sigma)."""
@@ -109,14 +116,16 @@ def _em_spaced(x: np.ndarray, c: np.ndarray, g: int, mu1: np.ndarray, step: np.n
     mu1, step = np.asarray(mu1, float), np.asarray(step, float)
     spread = np.sqrt(np.cov(x, aweights=c))
     w = np.full((len(mu1), g), 1.0 / g)
-    sigma = np.maximum(0.25 * (np.full_like(mu1, spread) if g == 1 else np.abs(step)), 1e-9 * spread + 1e-300)
+    sigma = np.maximum(
+        0.25 * (np.full_like(mu1, spread) if g == 1 else np.abs(step)), 1e-9 * spread + 1e-300
+    )
     floor = 1e-6 * spread + 1e-300
     prev = np.full(len(mu1), -np.inf)
     sx, cx = (c * x).sum(), c * x
     for _ in range(iters):
         resp, ll = _responsibilities(x, c, w, mu1[:, None] + k * step[:, None], sigma)
-        cr = c[None, :, None] * resp                          # (S, n, G)
-        tot = cr.sum(1)                                        # (S, G)
+        cr = c[None, :, None] * resp  # (S, n, G)
+        tot = cr.sum(1)  # (S, G)
         w = tot / n
         if g == 1:
             mu1, step = np.full_like(mu1, sx / n), np.zeros_like(step)
@@ -126,7 +135,9 @@ def _em_spaced(x: np.ndarray, c: np.ndarray, g: int, mu1: np.ndarray, step: np.n
             det = n * skk - sk**2
             mu1, step = (skk * sx - sk * skx) / det, (n * skx - sk * sx) / det
         means = mu1[:, None] + k * step[:, None]
-        sigma = np.maximum(np.sqrt((cr * (x[None, :, None] - means[:, None, :]) ** 2).sum((1, 2)) / n), floor)
+        sigma = np.maximum(
+            np.sqrt((cr * (x[None, :, None] - means[:, None, :]) ** 2).sum((1, 2)) / n), floor
+        )
         if np.all(ll - prev < 1e-6 * np.abs(ll)):
             break
         prev = ll
@@ -138,12 +149,16 @@ def _responsibilities(x, c, w, means, sigma):
     """Posterior of each component for each value (S, len(x), G) and the log-likelihoods (S,)
     of S mixtures (w, means: (S, G); sigma: (S,))."""
     w, means, sigma = np.atleast_2d(w), np.atleast_2d(means), np.atleast_1d(sigma)
-    z = (-0.5 * ((x[None, :, None] - means[:, None, :]) / sigma[:, None, None]) ** 2
-         + np.log(np.maximum(w, 1e-300))[:, None, :])
+    z = (
+        -0.5 * ((x[None, :, None] - means[:, None, :]) / sigma[:, None, None]) ** 2
+        + np.log(np.maximum(w, 1e-300))[:, None, :]
+    )
     zmax = z.max(2, keepdims=True)
     p = np.exp(z - zmax)
     s = p.sum(2, keepdims=True)
-    ll = (c * (np.log(s[..., 0]) + zmax[..., 0])).sum(1) - c.sum() * np.log(np.sqrt(2 * np.pi) * sigma)
+    ll = (c * (np.log(s[..., 0]) + zmax[..., 0])).sum(1) - c.sum() * np.log(
+        np.sqrt(2 * np.pi) * sigma
+    )
     return p / s, ll
 
 
@@ -152,7 +167,7 @@ def _period(x: np.ndarray, c: np.ndarray, lo: float, hi: float) -> tuple[float, 
     peak of |Σ c·exp(2πi x / Δ)| over Δ (a start for EM, used for every number of components)."""
     steps = (hi - lo) / np.linspace(1.0, 30.0, 600)
     phase = np.exp(2j * np.pi * x[None, :] / steps[:, None]) @ c
-    power = np.abs(phase) * np.sqrt(steps)              # favour the fundamental over harmonics
+    power = np.abs(phase) * np.sqrt(steps)  # favour the fundamental over harmonics
     j = int(np.argmax(power[1:])) + 1
     step = steps[j]
     offset = (np.angle(phase[j]) / (2 * np.pi)) * step
@@ -182,8 +197,13 @@ def fit_mixture(x: np.ndarray, max_components: int) -> tuple[Mixture, np.ndarray
     best, g_best = None, 1
     for g in range(1, max_components + 1):
         even = (hi - lo) / max(g - 1, 1)
-        ll, w, means, sigma = _em_spaced(xv, cv, g, np.array([lo, comb_first]),
-                                         np.array([even, comb_step]) if g > 1 else np.zeros(2))
+        ll, w, means, sigma = _em_spaced(
+            xv,
+            cv,
+            g,
+            np.array([lo, comb_first]),
+            np.array([even, comb_step]) if g > 1 else np.zeros(2),
+        )
         resp, _ = _responsibilities(xv, cv, w, means, sigma)
         n_par = (g - 1) + (2 if g > 1 else 1) + 1
         entropy = -float((cv[:, None] * resp[0] * np.log(np.maximum(resp[0], 1e-300))).sum())
@@ -206,7 +226,9 @@ def _count(xs: np.ndarray, max_count: int) -> tuple[Mixture, np.ndarray]:
     return mixture, np.argmax(resp[:, order], axis=1) + 1
 
 
-def edge_cells(area: np.ndarray, labels: np.ndarray | None = None, tolerance: float = 0.15) -> np.ndarray:
+def edge_cells(
+    area: np.ndarray, labels: np.ndarray | None = None, tolerance: float = 0.15
+) -> np.ndarray:
     """Columns whose cell is not bounded by neighbours on every side (image edge, a vacancy next
     door, the end of a particle): its area is off the sublattice's median by more than
     ``tolerance``. Their cross-sections hold a different share of background and tails, so
@@ -219,8 +241,9 @@ def edge_cells(area: np.ndarray, labels: np.ndarray | None = None, tolerance: fl
     return edge
 
 
-def count_atoms_iter(image, positions, *, max_count=None, sublattice=None,
-                     input_name: str | None = None):
+def count_atoms_iter(
+    image, positions, *, max_count=None, sublattice=None, input_name: str | None = None
+):
     """Generator twin of :func:`count_atoms`: yields progress, returns a CountResult."""
     from napari_microml.runtime.validate import as_image_stack
 
@@ -232,7 +255,9 @@ def count_atoms_iter(image, positions, *, max_count=None, sublattice=None,
         img = np.where(np.isfinite(img), img, np.nanmedian(img))
     pos, _ = check_positions(positions, img.shape)
     if len(pos) < 10:
-        raise ValueError(f"Only {len(pos)} columns: counting atoms needs the histogram of at least 10.")
+        raise ValueError(
+            f"Only {len(pos)} columns: counting atoms needs the histogram of at least 10."
+        )
     labels = None
     if sublattice is not None:
         labels = np.asarray(sublattice).reshape(-1)
@@ -247,7 +272,7 @@ def count_atoms_iter(image, positions, *, max_count=None, sublattice=None,
     edge = edge_cells(area, labels)
     groups, mixture = {}, None
     counts = np.zeros(len(pos), int)
-    for lab in ([None] if labels is None else np.unique(labels)):
+    for lab in [None] if labels is None else np.unique(labels):
         sel = ~edge if lab is None else (labels == lab) & ~edge
         if sel.sum() >= 10:  # fewer columns than that make no histogram: not counted
             mixture, counts[sel] = _count(xs[sel], max_count)
@@ -256,15 +281,21 @@ def count_atoms_iter(image, positions, *, max_count=None, sublattice=None,
     if labels is not None:
         mixture = groups.get(0) or next(iter(groups.values()), None)
     if mixture is None:
-        raise ValueError("No sublattice has the 10 whole (not edge) columns a cross-section "
-                         "histogram needs.")
-    params = {"n_columns": len(pos), "max_count": max_count, "edge_columns": int(edge.sum()),
-              "per_sublattice": labels is not None,
-              "model": "equal width, equally spaced means; ICL"}
+        raise ValueError(
+            "No sublattice has the 10 whole (not edge) columns a cross-section histogram needs."
+        )
+    params = {
+        "n_columns": len(pos),
+        "max_count": max_count,
+        "edge_columns": int(edge.sum()),
+        "per_sublattice": labels is not None,
+        "model": "equal width, equally spaced means; ICL",
+    }
     prov = make_provenance("atom_counting", parameters=params, input_name=input_name)
     yield progress(2, 2, "done")
-    return CountResult(pos, xs, counts, int(len(mixture.means)), mixture, bg, area, params, prov,
-                       groups, edge)
+    return CountResult(
+        pos, xs, counts, int(len(mixture.means)), mixture, bg, area, params, prov, groups, edge
+    )
 
 
 def count_atoms(image, positions, *, max_count=None, sublattice=None):

@@ -1,4 +1,5 @@
 """Per-column values → interpolated maps, line profiles and region masks (Qt-free)."""
+
 from __future__ import annotations
 
 import numpy as np

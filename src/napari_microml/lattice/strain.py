@@ -6,6 +6,7 @@ n·cell (n ∈ {-1, 0, 1}², n ≠ 0, same sublattice) onto the measured ones; a
 left out by the match tolerance. F is linear in the positions, so its variance follows exactly
 from each column's positional σ.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -26,11 +27,13 @@ def _neighbour_table(positions, labels, k):
             continue
         kk = min(k + 1, len(members))
         _, j = cKDTree(positions[members]).query(positions[members], k=kk, workers=-1)
-        nb[members, :kk - 1] = members[j[:, 1:]]
+        nb[members, : kk - 1] = members[j[:, 1:]]
     return nb
 
 
-def fit_deformation(positions: np.ndarray, labels: np.ndarray, cell: np.ndarray, *, shells: int = 1):
+def fit_deformation(
+    positions: np.ndarray, labels: np.ndarray, cell: np.ndarray, *, shells: int = 1
+):
     """Per-column deformation gradient against ``cell``, fitted to the neighbours n·cell with
     |n_i| ≤ ``shells`` (1: the 3×3 cells around the column; 2: 5×5, about 3× less noise, half the
     spatial resolution).
@@ -46,14 +49,19 @@ def fit_deformation(positions: np.ndarray, labels: np.ndarray, cell: np.ndarray,
     d = np.where(have[..., None], positions[np.where(have, nb, 0)] - positions[:, None, :], np.nan)
     inv = np.linalg.inv(cell)
     whole = np.round(np.nan_to_num(d @ inv))
-    ideal = whole @ cell                                # (N, k, 2) ideal vectors (row, col)
+    ideal = whole @ cell  # (N, k, 2) ideal vectors (row, col)
     resid = np.linalg.norm(d - ideal, axis=-1)
     tol = TOL * min(np.linalg.norm(cell, axis=1))
-    use = have & (np.abs(whole).max(axis=-1) >= 1) & (np.abs(whole).max(axis=-1) <= shells) & (resid < tol)
+    use = (
+        have
+        & (np.abs(whole).max(axis=-1) >= 1)
+        & (np.abs(whole).max(axis=-1) <= shells)
+        & (resid < tol)
+    )
     # drop a second neighbour matched to the same ideal vector (the farther one)
     code = np.where(use, (whole[..., 0] + shells) * (2 * shells + 1) + whole[..., 1] + shells, -1)
     for a in range(1, k):
-        dup = (code[:, a:a + 1] == code[:, :a]).any(axis=1) & use[:, a]
+        dup = (code[:, a : a + 1] == code[:, :a]).any(axis=1) & use[:, a]
         use[dup, a] = False
         code[dup, a] = -1
     r = np.where(use[..., None], ideal, 0.0)
@@ -64,14 +72,14 @@ def fit_deformation(positions: np.ndarray, labels: np.ndarray, cell: np.ndarray,
     ok = (use.sum(axis=1) >= 3) & (det > 0.25 * scale**2)
     Minv = np.full_like(M, np.nan)
     Minv[ok] = np.linalg.inv(M[ok])
-    W = r @ Minv.transpose(0, 2, 1)                      # (N, k, 2)
+    W = r @ Minv.transpose(0, 2, 1)  # (N, k, 2)
     F = dd.transpose(0, 2, 1) @ W
     fit = r @ F.transpose(0, 2, 1)
     rss = np.where(use, ((dd - fit) ** 2).sum(-1), 0.0).sum(1)
     m = use.sum(1)
     s = r.sum(axis=1)
     sms = (s[:, None, :] @ Minv @ s[:, :, None])[:, 0, 0]
-    expected = 2.0 * (2 * m - 2 - sms)                   # E[rss] / σ² (both coordinates)
+    expected = 2.0 * (2 * m - 2 - sms)  # E[rss] / σ² (both coordinates)
     rss[~ok] = np.nan
     expected[~ok] = np.nan
     F[~ok] = np.nan
@@ -85,10 +93,10 @@ def strain_rotation(F: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
     The polar decomposition F = R U in (x = col, y = row); strain is U − I. A positive rotation
     turns +x towards +y (clockwise on the screen, where rows grow downwards)."""
-    Fx = F[:, ::-1, ::-1]                                # (row, col) → (x, y)
+    Fx = F[:, ::-1, ::-1]  # (row, col) → (x, y)
     theta = np.arctan2(Fx[:, 1, 0] - Fx[:, 0, 1], Fx[:, 0, 0] + Fx[:, 1, 1])
     c, s = np.cos(theta), np.sin(theta)
-    Rt = np.stack([np.stack([c, s], -1), np.stack([-s, c], -1)], -2)   # R(θ)^T
+    Rt = np.stack([np.stack([c, s], -1), np.stack([-s, c], -1)], -2)  # R(θ)^T
     U = Rt @ Fx
     exy = 0.5 * (U[:, 0, 1] + U[:, 1, 0])
     return np.column_stack([U[:, 0, 0] - 1, U[:, 1, 1] - 1, exy]), theta
@@ -101,7 +109,7 @@ def strain_std(nb: np.ndarray, W: np.ndarray, sigma: np.ndarray) -> tuple[np.nda
     # var F[a, b] = Σ_k σ_k² W_kb² + σ_0² (Σ_k W_kb)², the same for a = row and a = col
     var_b = (s_nb[..., None] ** 2 * Wz**2).sum(1) + sigma[:, None] ** 2 * Wz.sum(1) ** 2
     var_b[np.isnan(W).any(axis=(1, 2))] = np.nan
-    vx, vy = var_b[:, 1], var_b[:, 0]                    # b = col → x, b = row → y
+    vx, vy = var_b[:, 1], var_b[:, 0]  # b = col → x, b = row → y
     std = np.column_stack([np.sqrt(vx), np.sqrt(vy), 0.5 * np.sqrt(vx + vy)])
     return std, 0.5 * np.sqrt(vx + vy)
 
@@ -122,8 +130,15 @@ def residual_sigma(nb: np.ndarray, rss: np.ndarray, expected: np.ndarray) -> np.
     return np.where(den > 0, sig, fallback)
 
 
-def displacement(positions: np.ndarray, labels: np.ndarray, F: np.ndarray, sigma: np.ndarray, *,
-                 k: int = 8, shell_factor: float = 1.25):
+def displacement(
+    positions: np.ndarray,
+    labels: np.ndarray,
+    F: np.ndarray,
+    sigma: np.ndarray,
+    *,
+    k: int = 8,
+    shell_factor: float = 1.25,
+):
     """Offset (N, 2) of each column from the centre of its nearest shell of the other
     sublattice (sublattice 1 for columns of 0, else 0), and its 1σ (N, 2).
 
@@ -155,7 +170,7 @@ def displacement(positions: np.ndarray, labels: np.ndarray, F: np.ndarray, sigma
         if m == 0:
             continue
         full = counts == m
-        nbp = positions[dst[j]]                           # (n_src, kk, 2)
+        nbp = positions[dst[j]]  # (n_src, kk, 2)
         centre = np.where(inside[..., None], nbp, 0.0).sum(1) / np.maximum(counts, 1)[:, None]
         off = positions[src] - centre
         sj = np.where(inside, sigma[dst[j]], 0.0)

@@ -8,14 +8,15 @@ seen along [001] form one finer square lattice) are split when the columns' inte
 alternate like a checkerboard over that graph, and the split is then redone by geometry with
 the coarser cell, so a noisy intensity never decides a single column on its own.
 """
+
 from __future__ import annotations
 
 import numpy as np
 from scipy.spatial import cKDTree
 
-TOL = 0.22          # match tolerance, fraction of the nearest-neighbour distance
-MIN_SCORE = 0.6     # a translation is found from at least this fraction of the best vector's columns (a 3-row strip: 2/3; a honeycomb bond: 1/2)
-CHECKER = 0.75      # fraction of translation edges joining bright to dim for an intensity split
+TOL = 0.22  # match tolerance, fraction of the nearest-neighbour distance
+MIN_SCORE = 0.6  # a translation is found from at least this fraction of the best vector's columns (a 3-row strip: 2/3; a honeycomb bond: 1/2)
+CHECKER = 0.75  # fraction of translation edges joining bright to dim for an intensity split
 
 
 def nn_distance(positions: np.ndarray, tree: cKDTree | None = None) -> float:
@@ -51,8 +52,14 @@ def reduce_cell(a1: np.ndarray, a2: np.ndarray) -> np.ndarray:
     return np.array([first, other])
 
 
-def translations(positions: np.ndarray, *, sample: int = 2000, k: int = 12,
-                 tree: cKDTree | None = None, d0: float | None = None) -> np.ndarray:
+def translations(
+    positions: np.ndarray,
+    *,
+    sample: int = 2000,
+    k: int = 12,
+    tree: cKDTree | None = None,
+    d0: float | None = None,
+) -> np.ndarray:
     """The reduced primitive cell (2, 2) (rows a1, a2 in (row, col) px) of a set of columns.
 
     Raises ValueError when the columns do not form a 2D lattice.
@@ -81,11 +88,13 @@ def translations(positions: np.ndarray, *, sample: int = 2000, k: int = 12,
         peaks.append(vec[vt.query_ball_point(vec[j], tol)].mean(axis=0))
         free[vt.query_ball_point(peaks[-1], 2 * tol)] = False
     if len(peaks) < 2:
-        raise ValueError("The points do not form a 2D lattice (no two repeated neighbour "
-                         "directions); check the atom positions.")
+        raise ValueError(
+            "The points do not form a 2D lattice (no two repeated neighbour "
+            "directions); check the atom positions."
+        )
     peaks = np.array(peaks)
     dist, _ = tree.query(positions[idx, None, :] + peaks[None, :, :], k=1)
-    hits = dist < tol                                    # (sampled columns, peaks)
+    hits = dist < tol  # (sampled columns, peaks)
     score = hits.mean(axis=0)
     good = np.flatnonzero(score >= MIN_SCORE * score.max())
     good = good[np.argsort(np.linalg.norm(peaks[good], axis=1))]
@@ -95,13 +104,16 @@ def translations(positions: np.ndarray, *, sample: int = 2000, k: int = 12,
         v = peaks[k]
         # a2 repeats from the same columns as a1 (not from a second grain's)
         shared = (hits[:, k] & hits[:, first]).sum() / max(hits[:, first].sum(), 1)
-        if shared >= 0.5 and abs(a1[0] * v[1] - a1[1] * v[0]) > 0.3 * np.linalg.norm(a1) * np.linalg.norm(v):
+        if shared >= 0.5 and abs(a1[0] * v[1] - a1[1] * v[0]) > 0.3 * np.linalg.norm(
+            a1
+        ) * np.linalg.norm(v):
             return reduce_cell(a1, v)
     raise ValueError("The columns repeat along one direction only; a 2D lattice is needed.")
 
 
-def translation_edges(positions: np.ndarray, members: np.ndarray, cell: np.ndarray, *,
-                      k: int = 12) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def translation_edges(
+    positions: np.ndarray, members: np.ndarray, cell: np.ndarray, *, k: int = 12
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pairs (i, j) of ``members`` (global indices) joined by ±a1 or ±a2 of ``cell``, and the
     axis (0: a1, 1: a2) of each.
 
@@ -137,7 +149,9 @@ def _components(n_all: int, members: np.ndarray, i: np.ndarray, j: np.ndarray) -
     return connected_components(g, directed=False)[1]
 
 
-def relative_intensity(positions: np.ndarray, intensity: np.ndarray, tree: cKDTree, d0: float) -> np.ndarray:
+def relative_intensity(
+    positions: np.ndarray, intensity: np.ndarray, tree: cKDTree, d0: float
+) -> np.ndarray:
     """Each column's intensity over the mean of its neighbourhood (3 nearest-neighbour
     distances; a median would land on one class when two are equally common): thickness
     gradients and uneven illumination cancel, the cell's pattern stays."""
@@ -200,8 +214,9 @@ def _split(positions, members, cell, rel, depth) -> list[tuple[np.ndarray, np.nd
     return out
 
 
-def _sites(positions: np.ndarray, members: np.ndarray, cell: np.ndarray, share: float = 0.08
-           ) -> list[np.ndarray]:
+def _sites(
+    positions: np.ndarray, members: np.ndarray, cell: np.ndarray, share: float = 0.08
+) -> list[np.ndarray]:
     """The sites of ``members`` on the lattice ``cell``, largest first.
 
     Connected pieces of the translation graph whose columns sit at the same fractional offset
@@ -215,9 +230,9 @@ def _sites(positions: np.ndarray, members: np.ndarray, cell: np.ndarray, share: 
     main = members[comp == ids[np.argmax(counts)]]
     dist, near = cKDTree(positions[main]).query(positions[members], k=1)
     frac = (positions[members] - positions[main[near]]) @ np.linalg.inv(cell)
-    frac -= np.round(frac)                              # offset within the cell, −½…½
+    frac -= np.round(frac)  # offset within the cell, −½…½
     tol = TOL * min(np.linalg.norm(cell, axis=1))
-    offsets: list[np.ndarray] = []                      # one per site, in cell fractions
+    offsets: list[np.ndarray] = []  # one per site, in cell fractions
     site_of = np.empty(len(ids), int)
     for q, c in enumerate(ids):
         off = np.median(frac[comp == c], axis=0)
@@ -258,9 +273,13 @@ def _adopt(positions, labels, cell, tree, rounds: int = 4) -> np.ndarray:
     return labels
 
 
-def assign_sublattices(positions: np.ndarray, intensity: np.ndarray | None = None, *,
-                       tree: cKDTree | None = None, d0: float | None = None
-                       ) -> tuple[np.ndarray, np.ndarray]:
+def assign_sublattices(
+    positions: np.ndarray,
+    intensity: np.ndarray | None = None,
+    *,
+    tree: cKDTree | None = None,
+    d0: float | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """Sublattice labels (N,) and the primitive cell (2, 2) of sublattice 0.
 
     0 is the brightest sublattice when ``intensity`` is given, else the largest (ties: the
@@ -272,7 +291,11 @@ def assign_sublattices(positions: np.ndarray, intensity: np.ndarray | None = Non
     d0 = nn_distance(positions, tree) if d0 is None else d0
     fine = translations(positions, tree=tree, d0=d0)
     sites = _sites(positions, np.arange(n), fine)
-    rel = None if intensity is None else relative_intensity(positions, np.asarray(intensity, float), tree, d0)
+    rel = (
+        None
+        if intensity is None
+        else relative_intensity(positions, np.asarray(intensity, float), tree, d0)
+    )
     groups = []
     for s in sites:
         groups += _split(positions, s, fine, rel, 0)
@@ -280,8 +303,10 @@ def assign_sublattices(positions: np.ndarray, intensity: np.ndarray | None = Non
         key = [-float(np.mean(rel[g])) for g, _ in groups]
     else:
         origin = positions.min(axis=0)
-        key = [(-len(g), *np.round(np.mod((positions[g] - origin) @ np.linalg.inv(c), 1).mean(0), 2))
-               for g, c in groups]
+        key = [
+            (-len(g), *np.round(np.mod((positions[g] - origin) @ np.linalg.inv(c), 1).mean(0), 2))
+            for g, c in groups
+        ]
     order = sorted(range(len(groups)), key=lambda q: key[q])
     labels = np.full(n, -1)
     for new, q in enumerate(order):

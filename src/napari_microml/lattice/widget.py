@@ -1,5 +1,6 @@
 """Lattice analysis dock widget: columns (Points) + image → sublattices, strain, rotation,
 polarisation and atom counts, as features, heatmaps, arrows and a plot dock."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -7,15 +8,38 @@ from pathlib import Path
 
 import napari
 import numpy as np
-from magicgui.widgets import (CheckBox, ComboBox, FileEdit, FloatSlider, Label, PushButton, SpinBox,
-                              create_widget)
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    FileEdit,
+    FloatSlider,
+    Label,
+    PushButton,
+    SpinBox,
+    create_widget,
+)
 
 from napari_microml.runtime.provenance import KEY
 from napari_microml.runtime.widget import ToolWidget, physical_kwargs, pixel_size_nm, upsert_layer
 
 MAPS = ("exx", "eyy", "exy", "rotation")
-FEATURES = ("sublattice", "exx", "eyy", "exy", "rotation", "d_abs", "count", "cross_section",
-            "exx_std", "eyy_std", "exy_std", "rotation_std", "d_row", "d_col", "d_std")
+FEATURES = (
+    "sublattice",
+    "exx",
+    "eyy",
+    "exy",
+    "rotation",
+    "d_abs",
+    "count",
+    "cross_section",
+    "exx_std",
+    "eyy_std",
+    "exy_std",
+    "rotation_std",
+    "d_row",
+    "d_col",
+    "d_std",
+)
 SUBLATTICE_COLOURS = ("#ff3b30", "#2f80ed", "#27ae60", "#f2c94c", "#9b51e0", "#56ccf2")
 
 
@@ -45,31 +69,59 @@ class LatticeWidget(ToolWidget):
     def __init__(self, viewer: napari.viewer.Viewer):
         self.image_layer = create_widget(annotation=napari.layers.Image, label="Image")
         self.points_layer = create_widget(annotation=napari.layers.Points, label="Columns")
-        self.shapes_layer = create_widget(annotation=napari.layers.Shapes, label="Region / line",
-                                          options={"nullable": True})
-        self.shapes_layer.tooltip = ("Optional: rectangles or polygons mark the unstrained "
-                                     "reference; a line or path gives a profile in the plot dock")
-        self.contrast = ComboBox(label="Columns are", choices=["auto", "bright", "dark"], value="auto",
-                                 tooltip="bright: HAADF/ADF (sublattice 0 = brightest); dark: ABF/BF "
-                                         "(sublattice 0 = darkest; no atom counting); auto: the "
-                                         "image at the columns against its median")
-        self.shells = ComboBox(label="Strain fit over", choices=["auto", "3×3 cells", "5×5 cells"],
-                               value="auto",
-                               tooltip="5×5 cells: about 3× less noise, half the resolution; auto: "
-                                       "5×5 when the 3×3 strain std is above 0.3 % (dim images)")
+        self.shapes_layer = create_widget(
+            annotation=napari.layers.Shapes, label="Region / line", options={"nullable": True}
+        )
+        self.shapes_layer.tooltip = (
+            "Optional: rectangles or polygons mark the unstrained "
+            "reference; a line or path gives a profile in the plot dock"
+        )
+        self.contrast = ComboBox(
+            label="Columns are",
+            choices=["auto", "bright", "dark"],
+            value="auto",
+            tooltip="bright: HAADF/ADF (sublattice 0 = brightest); dark: ABF/BF "
+            "(sublattice 0 = darkest; no atom counting); auto: the "
+            "image at the columns against its median",
+        )
+        self.shells = ComboBox(
+            label="Strain fit over",
+            choices=["auto", "3×3 cells", "5×5 cells"],
+            value="auto",
+            tooltip="5×5 cells: about 3× less noise, half the resolution; auto: "
+            "5×5 when the 3×3 strain std is above 0.3 % (dim images)",
+        )
         self.count = CheckBox(label="Count atoms (HAADF)", value=True)
         self.magnification = FloatSlider(label="Arrow ×", value=10.0, min=1.0, max=50.0, step=1.0)
         self.set_value = SpinBox(label="Sublattice", value=0, min=0, max=9)
         self.set_button = PushButton(text="Set for selected points")
-        self.set_button.tooltip = "Give the selected points this sublattice; Run then uses your labels"
+        self.set_button.tooltip = (
+            "Give the selected points this sublattice; Run then uses your labels"
+        )
         self.csv_path = FileEdit(label="CSV", mode="w", filter="*.csv")
         self.overwrite = CheckBox(label="Overwrite an existing file", value=False)
         self.export_button = PushButton(text="Export table (CSV)")
         self.summary = Label(label="Lattice", value="–")
-        super().__init__(viewer, [self.image_layer, self.points_layer, self.shapes_layer, self.contrast,
-                                  self.shells, self.count, self.magnification])
-        for w in (self.summary, self.set_value, self.set_button, self.csv_path, self.overwrite,
-                  self.export_button):
+        super().__init__(
+            viewer,
+            [
+                self.image_layer,
+                self.points_layer,
+                self.shapes_layer,
+                self.contrast,
+                self.shells,
+                self.count,
+                self.magnification,
+            ],
+        )
+        for w in (
+            self.summary,
+            self.set_value,
+            self.set_button,
+            self.csv_path,
+            self.overwrite,
+            self.export_button,
+        ):
             self.append(w)
         self.summary.native.setWordWrap(True)
         self.device_choice.visible = False  # no network here: everything runs on the CPU
@@ -84,27 +136,37 @@ class LatticeWidget(ToolWidget):
     def _inputs(self):
         image, points = self.image_layer.value, self.points_layer.value
         if points is None:
-            raise ValueError("Pick the Points layer of atom columns (run the Atom finder first, or "
-                             "add points).")
+            raise ValueError(
+                "Pick the Points layer of atom columns (run the Atom finder first, or add points)."
+            )
         if points.data.shape[1] != 2:
-            raise ValueError(f"Points layer {points.name!r} has {points.data.shape[1]} dimensions; "
-                             "the lattice analysis takes the columns of one 2D image.")
+            raise ValueError(
+                f"Points layer {points.name!r} has {points.data.shape[1]} dimensions; "
+                "the lattice analysis takes the columns of one 2D image."
+            )
         if len(points.data) < 6:
-            raise ValueError(f"Points layer {points.name!r} holds {len(points.data)} points; a "
-                             "lattice needs at least 6.")
+            raise ValueError(
+                f"Points layer {points.name!r} holds {len(points.data)} points; a "
+                "lattice needs at least 6."
+            )
         if image is not None and (image.ndim != 2 or image.rgb):
-            raise ValueError(f"Image {image.name!r} must be one 2D grey image for the lattice "
-                             "analysis (pick a single frame).")
+            raise ValueError(
+                f"Image {image.name!r} must be one 2D grey image for the lattice "
+                "analysis (pick a single frame)."
+            )
         return image, points
 
     @staticmethod
     def _to_pixels(layer, data, image):
         """``layer``'s data coordinates (…, 2) → the image's pixels (through world coordinates)."""
-        world = np.asarray(data, float)[..., -2:] * np.asarray(layer.scale[-2:], float) + \
-            np.asarray(layer.translate[-2:], float)
+        world = np.asarray(data, float)[..., -2:] * np.asarray(
+            layer.scale[-2:], float
+        ) + np.asarray(layer.translate[-2:], float)
         if image is None:
             return world
-        return (world - np.asarray(image.translate[-2:], float)) / np.asarray(image.scale[-2:], float)
+        return (world - np.asarray(image.translate[-2:], float)) / np.asarray(
+            image.scale[-2:], float
+        )
 
     def _shapes(self, image):
         """Reference polygons and profile lines in image pixels, from the chosen Shapes layer."""
@@ -139,7 +201,11 @@ class LatticeWidget(ToolWidget):
         data_ref = image.data if image is not None else None
         pos = self._to_pixels(points, points.data, image)
         user = self._user_labels(points)
-        std = points.features["position_std"].to_numpy(float) if "position_std" in points.features else None
+        std = (
+            points.features["position_std"].to_numpy(float)
+            if "position_std" in points.features
+            else None
+        )
         contrast = self.contrast.value
         count = bool(self.count.value) and image is not None
         shells = {"auto": "auto", "5×5 cells": 2}.get(self.shells.value, 1)
@@ -159,18 +225,31 @@ class LatticeWidget(ToolWidget):
             reference = lmaps.inside(pos, regions) if regions else None
             notes = []
             if reference is not None and reference.sum() < 6:
-                notes.append(f"the reference region holds {int(reference.sum())} columns; all are used")
+                notes.append(
+                    f"the reference region holds {int(reference.sum())} columns; all are used"
+                )
                 reference = None
             lat = yield from relabel(
-                analyze_lattice_iter(pos, image=img, reference=reference, pixel_size=pixel_size,
-                                     position_std=std, shells=shells, sublattice=user,
-                                     input_name=name), "lattice: ")
+                analyze_lattice_iter(
+                    pos,
+                    image=img,
+                    reference=reference,
+                    pixel_size=pixel_size,
+                    position_std=std,
+                    shells=shells,
+                    sublattice=user,
+                    input_name=name,
+                ),
+                "lattice: ",
+            )
             cnt = None
             if count and not dark:  # an ABF column's signal does not grow with its atoms
                 # one mixture per sublattice: columns of different elements scatter differently
                 groups = lat.sublattice if lat.n_sublattices > 1 else None
-                cnt = yield from relabel(count_atoms_iter(img, pos, sublattice=groups, input_name=name),
-                                         "atom counting: ")
+                cnt = yield from relabel(
+                    count_atoms_iter(img, pos, sublattice=groups, input_name=name),
+                    "atom counting: ",
+                )
             elif count:
                 notes.append("dark columns: no atom counting")
             yield ("progress", 4, 5, "maps")
@@ -178,13 +257,19 @@ class LatticeWidget(ToolWidget):
 
             step = max(1, int(round(nn_distance(pos) / 4)))
             shape = img.shape if img is not None else tuple(np.ceil(pos.max(0) + 1).astype(int))
-            values = {"exx": lat.strain[:, 0], "eyy": lat.strain[:, 1], "exy": lat.strain[:, 2],
-                      "rotation": lat.rotation}
+            values = {
+                "exx": lat.strain[:, 0],
+                "eyy": lat.strain[:, 1],
+                "exy": lat.strain[:, 2],
+                "rotation": lat.rotation,
+            }
             grids = lmaps.interpolated_maps(pos, values, shape, step)
             prof = None
             if lines:
                 width = float(np.linalg.norm(lat.cell, axis=1).min())
-                prof = tuple(lmaps.profile(pos, lat.strain[:, k], lines[0], width) for k in range(3))
+                prof = tuple(
+                    lmaps.profile(pos, lat.strain[:, k], lines[0], width) for k in range(3)
+                )
             import matplotlib.backends.backend_qtagg  # noqa: F401 - imported here, not on the GUI thread
             import matplotlib.figure  # noqa: F401
 
@@ -199,8 +284,12 @@ class LatticeWidget(ToolWidget):
         from qtpy.QtWidgets import QApplication
 
         self.run_result = run
-        for step in (self._write_points, *[lambda run, k=k: self._write_map(run, k) for k in MAPS],
-                     self._write_vectors, self._plot):
+        for step in (
+            self._write_points,
+            *[lambda run, k=k: self._write_map(run, k) for k in MAPS],
+            self._write_vectors,
+            self._plot,
+        ):
             step(run)
             QApplication.processEvents()
         self.viewer.layers.selection.active = self._source[1]
@@ -210,8 +299,9 @@ class LatticeWidget(ToolWidget):
 
     def _names(self):
         image, points = self._source
-        return (image.name if image is not None else points.name), \
-            (physical_kwargs(image, 2) if image is not None else {})
+        return (image.name if image is not None else points.name), (
+            physical_kwargs(image, 2) if image is not None else {}
+        )
 
     def _write_points(self, run):
         _, points = self._source
@@ -247,10 +337,20 @@ class LatticeWidget(ToolWidget):
         # ±the 98th percentile, so a few columns at a defect do not wash the map out
         lim = float(np.percentile(finite, 98)) if finite.size else 1.0
         lim = lim if lim > 0 else 1e-3
-        layer = upsert_layer(self.viewer, f"{base} {key}", "image", np.nan_to_num(grid),
-                             colormap=diverging(), contrast_limits=(-lim, lim), opacity=0.6,
-                             blending="translucent", visible=(key == "exx"), interpolation2d="linear",
-                             metadata=self.provenance_metadata(run.lattice.provenance), **grid_kwargs)
+        layer = upsert_layer(
+            self.viewer,
+            f"{base} {key}",
+            "image",
+            np.nan_to_num(grid),
+            colormap=diverging(),
+            contrast_limits=(-lim, lim),
+            opacity=0.6,
+            blending="translucent",
+            visible=(key == "exx"),
+            interpolation2d="linear",
+            metadata=self.provenance_metadata(run.lattice.provenance),
+            **grid_kwargs,
+        )
         try:
             layer.colorbar.visible = key == "exx"
         except AttributeError:  # napari without layer colour bars
@@ -262,9 +362,17 @@ class LatticeWidget(ToolWidget):
         lat = run.lattice
         ok = np.isfinite(lat.displacement).all(axis=1)
         vec = np.stack([lat.positions[ok], lat.displacement[ok]], axis=1)
-        upsert_layer(self.viewer, f"{base} displacement", "vectors", vec,
-                     length=float(self.magnification.value), edge_width=1.5, edge_color="#ffd60a",
-                     metadata=self.provenance_metadata(lat.provenance), **phys)
+        upsert_layer(
+            self.viewer,
+            f"{base} displacement",
+            "vectors",
+            vec,
+            length=float(self.magnification.value),
+            edge_width=1.5,
+            edge_color="#ffd60a",
+            metadata=self.provenance_metadata(lat.provenance),
+            **phys,
+        )
 
     def _summary(self, run) -> str:
         lat, cnt = run.lattice, run.counts
@@ -272,16 +380,21 @@ class LatticeWidget(ToolWidget):
         unit, f = ("pm", 1.0) if "a_pm" in L else ("px", 1.0)
         a = L.get(f"a_{unit}", L["a_px"]) * f
         b = L.get(f"b_{unit}", L["b_px"]) * f
-        text = (f"{len(lat.positions)} columns, {lat.n_sublattices} sublattice(s); "
-                f"a = {a:.1f} ± {L.get(f'a_{unit}_std', np.nan):.1f} {unit}, "
-                f"b = {b:.1f} ± {L.get(f'b_{unit}_std', np.nan):.1f} {unit}, "
-                f"γ = {L['gamma_deg']:.1f} ± {L['gamma_deg_std']:.1f}°; strain fit over "
-                f"{'5×5' if lat.parameters.get('shells') == 2 else '3×3'} cells")
+        text = (
+            f"{len(lat.positions)} columns, {lat.n_sublattices} sublattice(s); "
+            f"a = {a:.1f} ± {L.get(f'a_{unit}_std', np.nan):.1f} {unit}, "
+            f"b = {b:.1f} ± {L.get(f'b_{unit}_std', np.nan):.1f} {unit}, "
+            f"γ = {L['gamma_deg']:.1f} ± {L['gamma_deg_std']:.1f}°; strain fit over "
+            f"{'5×5' if lat.parameters.get('shells') == 2 else '3×3'} cells"
+        )
         if lat.parameters.get("shells_requested") == "auto":
             text += f", auto ({lat.parameters['shells_reason']})"
         if cnt is not None:
-            levels = "/".join(str(len(m.means)) for m in cnt.groups.values()) if cnt.groups else \
-                str(cnt.n_components)
+            levels = (
+                "/".join(str(len(m.means)) for m in cnt.groups.values())
+                if cnt.groups
+                else str(cnt.n_components)
+            )
             text += f"; atom counts: {levels} levels" + (" (per sublattice)" if cnt.groups else "")
             if cnt.edge is not None and cnt.edge.any():
                 text += f", {int(cnt.edge.sum())} edge columns not counted (count 0)"
@@ -301,8 +414,9 @@ class LatticeWidget(ToolWidget):
             self.figure.subplots_adjust(left=0.16, right=0.97, top=0.93, bottom=0.1, hspace=0.45)
             self.canvas = FigureCanvasQTAgg(self.figure)
             self.canvas.setMinimumHeight(260)
-            self.plot_dock = self.viewer.window.add_dock_widget(self.canvas, name="Lattice plots",
-                                                                area="right")
+            self.plot_dock = self.viewer.window.add_dock_widget(
+                self.canvas, name="Lattice plots", area="right"
+            )
         fig = self.figure
         fig.clear()
         ax1, ax2 = fig.subplots(2, 1)
@@ -315,19 +429,40 @@ class LatticeWidget(ToolWidget):
             title = []
             for lab, mixture in groups.items():
                 sel = np.ones(len(x), bool) if lab is None else run.lattice.sublattice == lab
-                colour = "#888888" if lab is None else SUBLATTICE_COLOURS[lab % len(SUBLATTICE_COLOURS)]
-                weight = sel.mean()     # each group's share of one density, as its mixture's curves
-                ax1.hist(x[sel], bins=bins, color=colour, alpha=0.35, histtype="stepfilled",
-                         weights=np.full(sel.sum(), 1.0 / (len(x) * (bins[1] - bins[0]))))
+                colour = (
+                    "#888888" if lab is None else SUBLATTICE_COLOURS[lab % len(SUBLATTICE_COLOURS)]
+                )
+                weight = sel.mean()  # each group's share of one density, as its mixture's curves
+                ax1.hist(
+                    x[sel],
+                    bins=bins,
+                    color=colour,
+                    alpha=0.35,
+                    histtype="stepfilled",
+                    weights=np.full(sel.sum(), 1.0 / (len(x) * (bins[1] - bins[0]))),
+                )
                 comp = mixture.pdf(grid) * weight
                 ax1.plot(grid, comp, lw=0.6, color=colour)
                 ax1.plot(grid, comp.sum(1), lw=1.2, color="k" if lab is None else colour)
-                title.append(f"{len(mixture.means)}" if lab is None else f"{lab}: {len(mixture.means)}")
-            ax1.set_title("cross-sections, ICL components " + (", ".join(title) if cnt.groups else title[0])
-                          + (" per sublattice" if cnt.groups else ""), fontsize=8)
+                title.append(
+                    f"{len(mixture.means)}" if lab is None else f"{lab}: {len(mixture.means)}"
+                )
+            ax1.set_title(
+                "cross-sections, ICL components "
+                + (", ".join(title) if cnt.groups else title[0])
+                + (" per sublattice" if cnt.groups else ""),
+                fontsize=8,
+            )
         else:
-            ax1.text(0.5, 0.5, "no atom counting (dark columns, or switched off)", ha="center",
-                     va="center", fontsize=8, transform=ax1.transAxes)
+            ax1.text(
+                0.5,
+                0.5,
+                "no atom counting (dark columns, or switched off)",
+                ha="center",
+                va="center",
+                fontsize=8,
+                transform=ax1.transAxes,
+            )
         ax1.tick_params(labelsize=7)
         if run.profile is not None:
             for (s, v), label in zip(run.profile, ("exx", "eyy", "exy")):
@@ -339,7 +474,9 @@ class LatticeWidget(ToolWidget):
             lat = run.lattice
             for sub in range(lat.n_sublattices):
                 v = lat.strain[lat.sublattice == sub, 0]
-                ax2.hist(100 * v[np.isfinite(v)], bins=40, histtype="step", label=f"sublattice {sub}")
+                ax2.hist(
+                    100 * v[np.isfinite(v)], bins=40, histtype="step", label=f"sublattice {sub}"
+                )
             ax2.set_xlabel("exx (%)  (draw a line in the Shapes layer for a profile)", fontsize=7)
             ax2.legend(fontsize=7)
         ax2.tick_params(labelsize=7)
@@ -361,7 +498,9 @@ class LatticeWidget(ToolWidget):
             return
         selected = sorted(points.selected_data)
         if not selected:
-            self._say("Select points first (the Points layer's select tool), then set their sublattice.")
+            self._say(
+                "Select points first (the Points layer's select tool), then set their sublattice."
+            )
             return
         feats = points.features.reset_index(drop=True).copy()
         if "sublattice" not in feats or len(feats) != len(points.data):
@@ -373,8 +512,10 @@ class LatticeWidget(ToolWidget):
         points.features = feats
         points.border_color = np.array(SUBLATTICE_COLOURS)[labels % len(SUBLATTICE_COLOURS)]
         points.metadata.setdefault(KEY, {})["lattice_user_sublattice"] = True
-        self._say(f"{len(selected)} point(s) set to sublattice {int(self.set_value.value)}; "
-                  "press Run to analyse with your labels.")
+        self._say(
+            f"{len(selected)} point(s) set to sublattice {int(self.set_value.value)}; "
+            "press Run to analyse with your labels."
+        )
 
     def _on_export(self, *_):
         from napari_microml.io.writer import write_points_csv
@@ -390,10 +531,17 @@ class LatticeWidget(ToolWidget):
         if path.suffix.lower() != ".csv":
             path = path.with_suffix(".csv")
         if path.exists() and not self.overwrite.value:
-            self._say(f"{path.name} exists; tick 'Overwrite an existing file' or choose another name.")
+            self._say(
+                f"{path.name} exists; tick 'Overwrite an existing file' or choose another name."
+            )
             return
-        attrs = {"name": points.name, "scale": points.scale, "translate": points.translate,
-                 "units": getattr(points, "units", None), "features": points.features,
-                 "metadata": {KEY: points.metadata.get(KEY, {}).get("lattice_analysis", {})}}
+        attrs = {
+            "name": points.name,
+            "scale": points.scale,
+            "translate": points.translate,
+            "units": getattr(points, "units", None),
+            "features": points.features,
+            "metadata": {KEY: points.metadata.get(KEY, {}).get("lattice_analysis", {})},
+        }
         written = write_points_csv(str(path), np.asarray(points.data), attrs)
         self._say(f"Wrote {len(points.data)} columns to {written[0]}.")

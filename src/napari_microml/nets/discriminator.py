@@ -2,6 +2,7 @@
 
 Used only during training (``training/completion.py``); nothing here ships as weights.
 """
+
 from __future__ import annotations
 
 import torch
@@ -28,8 +29,11 @@ class PatchDiscriminator(nn.Module):
         c = base
         for i in range(1, n_layers):
             c_out = min(base * 2**i, base * 8)
-            layers += [nn.Conv2d(c, c_out, 4, stride=2, padding=1),
-                       nn.InstanceNorm2d(c_out, affine=True), nn.LeakyReLU(0.2, True)]
+            layers += [
+                nn.Conv2d(c, c_out, 4, stride=2, padding=1),
+                nn.InstanceNorm2d(c_out, affine=True),
+                nn.LeakyReLU(0.2, True),
+            ]
             c = c_out
         layers.append(nn.Conv2d(c, 1, 3, padding=1))
         self.net = nn.Sequential(*layers)
@@ -46,7 +50,9 @@ class MultiScaleDiscriminator(nn.Module):
 
     def __init__(self, in_channels: int = 2, base: int = 32, n_layers: int = 3, n_scales: int = 2):
         super().__init__()
-        self.heads = nn.ModuleList(PatchDiscriminator(in_channels, base, n_layers) for _ in range(n_scales))
+        self.heads = nn.ModuleList(
+            PatchDiscriminator(in_channels, base, n_layers) for _ in range(n_scales)
+        )
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         out = []

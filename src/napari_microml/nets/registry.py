@@ -3,6 +3,7 @@
 ``weights/manifest.json`` (written by ``napari_microml.training``) lists every shipped file
 with its architecture, task and sha256. Nothing is ever downloaded.
 """
+
 from __future__ import annotations
 
 import json
@@ -25,11 +26,14 @@ def read_manifest() -> dict:
     try:
         manifest = json.loads(MANIFEST.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ModelIntegrityError(f"The model list {MANIFEST} is damaged ({err}); reinstall "
-                                  "napari-microml.") from None
+        raise ModelIntegrityError(
+            f"The model list {MANIFEST} is damaged ({err}); reinstall napari-microml."
+        ) from None
     if not isinstance(manifest, dict):
-        raise ModelIntegrityError(f"The model list {MANIFEST} is damaged (not a table of models); "
-                                  "reinstall napari-microml.")
+        raise ModelIntegrityError(
+            f"The model list {MANIFEST} is damaged (not a table of models); "
+            "reinstall napari-microml."
+        )
     return manifest
 
 
@@ -84,35 +88,48 @@ def load_model(task: str, model="default", device="cpu"):
         path = Path(entry["path"]) if entry.get("user") else WEIGHTS_DIR / entry["file"]
         expected = entry["sha256"]
     elif not MANIFEST.exists():
-        raise ModelIntegrityError(f"The model list {MANIFEST} is missing, so no shipped {task} model "
-                                  "can be found; reinstall napari-microml.")
+        raise ModelIntegrityError(
+            f"The model list {MANIFEST} is missing, so no shipped {task} model "
+            "can be found; reinstall napari-microml."
+        )
     else:
         known = ", ".join(sorted(list_models(task))) or "none"
         raise ValueError(f"No {task} model named {model!r}. Available {task} models: {known}.")
     if not path.is_file():  # listed in the manifest, gone from the disk
-        fix = ("fine-tune it again or delete its card" if manifest.get(name, {}).get("user")
-               else "reinstall napari-microml")
-        raise ModelIntegrityError(f"The weights file {path.name} of model {name!r} is missing from "
-                                  f"{path.parent}; {fix}.")
+        fix = (
+            "fine-tune it again or delete its card"
+            if manifest.get(name, {}).get("user")
+            else "reinstall napari-microml"
+        )
+        raise ModelIntegrityError(
+            f"The weights file {path.name} of model {name!r} is missing from {path.parent}; {fix}."
+        )
     digest = file_sha256(path)
     if expected is not None and digest != expected:
         raise ModelIntegrityError(
             f"Weights file {path.name} is damaged or was replaced: sha256 {digest[:12]}… does "
             f"not match the recorded {expected[:12]}…. "
-            + ("Fine-tune it again or delete it." if manifest.get(name, {}).get("user")
-               else "Reinstall napari-microml.")
+            + (
+                "Fine-tune it again or delete it."
+                if manifest.get(name, {}).get("user")
+                else "Reinstall napari-microml."
+            )
         )
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
         net = _build(blob["arch"])
         net.load_state_dict(blob["state_dict"])
     except Exception as err:  # truncated, not a torch file, or another architecture's weights
-        raise ValueError(f"Could not load {path.name}: it is not a complete napari-microml weights "
-                         f"file ({type(err).__name__}: {str(err).splitlines()[0][:120] if str(err) else ''}).") from None
+        raise ValueError(
+            f"Could not load {path.name}: it is not a complete napari-microml weights "
+            f"file ({type(err).__name__}: {str(err).splitlines()[0][:120] if str(err) else ''})."
+        ) from None
     info = {"name": name, "file": path.name, "sha256": digest, "meta": blob.get("meta", {})}
     if expected is None:  # a file given by path: its hash is recorded, but nothing vouches for it
         info["verified"] = False
-        info["note"] = "loaded by path: sha256 recorded, not checked against a manifest (unverified)"
+        info["note"] = (
+            "loaded by path: sha256 recorded, not checked against a manifest (unverified)"
+        )
     return net.to(device).eval(), info
 
 
@@ -135,7 +152,12 @@ def save_model(net, name: str, *, task: str, arch: dict, meta: dict | None = Non
     with open(WEIGHTS_DIR / ".manifest.lock", "w") as lock:  # several trainings may finish at once
         fcntl.flock(lock, fcntl.LOCK_EX)
         manifest = read_manifest()
-        manifest[name] = {"file": path.name, "task": task, "arch": dict(arch),
-                          "sha256": file_sha256(path), "meta": meta or {}}
+        manifest[name] = {
+            "file": path.name,
+            "task": task,
+            "arch": dict(arch),
+            "sha256": file_sha256(path),
+            "meta": meta or {},
+        }
         MANIFEST.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return manifest[name]

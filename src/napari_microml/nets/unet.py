@@ -1,4 +1,5 @@
 """The one U-Net every image tool uses (atoms, defects, scan completion)."""
+
 from __future__ import annotations
 
 import torch
@@ -98,7 +99,11 @@ def batch_predictor(net: nn.Module, device, transform=None):
         import numpy as np
 
         with torch.inference_mode():
-            x = torch.from_numpy(np.ascontiguousarray(batch)).to(device).contiguous(memory_format=fmt)
+            x = (
+                torch.from_numpy(np.ascontiguousarray(batch))
+                .to(device)
+                .contiguous(memory_format=fmt)
+            )
             out = net(x).float()
             if transform is not None:
                 out = transform(out)

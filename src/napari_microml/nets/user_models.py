@@ -8,6 +8,7 @@ the weights' sha256 and provenance) and ``<name>.md`` (the same card for people)
 listed only when its card and weights are both there; the weights are checked against the
 card's sha256 before every use (:func:`nets.registry.load_model`).
 """
+
 from __future__ import annotations
 
 import json
@@ -42,11 +43,15 @@ def check_name(name: str, task: str) -> str:
     from napari_microml.nets.registry import read_manifest
 
     if not isinstance(name, str) or not _NAME.match(name.removeprefix(f"{task}-")):
-        raise ValueError(f"Model name {name!r} must be 1-64 letters, digits, '.', '_' or '-', "
-                         "starting with a letter or digit.")
+        raise ValueError(
+            f"Model name {name!r} must be 1-64 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit."
+        )
     full = name if name.startswith(f"{task}-") else f"{task}-{name}"
     if full in read_manifest():
-        raise ValueError(f"{name!r} is the name of a model shipped with napari-microml; choose another.")
+        raise ValueError(
+            f"{name!r} is the name of a model shipped with napari-microml; choose another."
+        )
     return full
 
 
@@ -65,8 +70,12 @@ def list_user_models(task: str | None = None) -> dict:
         weights = folder / str(card.get("file", ""))
         if not weights.is_file() or "sha256" not in card or (task and card.get("task") != task):
             continue
-        out[card.get("name", card_path.stem)] = {**card, "path": str(weights), "card": str(card_path),
-                                                 "user": True}
+        out[card.get("name", card_path.stem)] = {
+            **card,
+            "path": str(weights),
+            "card": str(card_path),
+            "user": True,
+        }
     return out
 
 
@@ -89,14 +98,27 @@ def save_user_model(net, name: str, *, task: str, arch: dict, meta: dict, card: 
     full = check_name(name, task)
     folder = models_dir(create=True)
     if (folder / f"{full}.json").exists():
-        raise ValueError(f"A model named {full.removeprefix(task + '-')!r} already exists in {folder}; "
-                         "choose another name or delete it first.")
+        raise ValueError(
+            f"A model named {full.removeprefix(task + '-')!r} already exists in {folder}; "
+            "choose another name or delete it first."
+        )
     weights = folder / f"{full}.pt"
     state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
-    _atomic_write(weights, lambda p: torch.save({"arch": dict(arch), "state_dict": state, "meta": meta}, p))
-    full_card = {"name": full, "task": task, "file": weights.name, "sha256": file_sha256(weights),
-                 "arch": dict(arch), "meta": meta, **card}
-    _atomic_write(folder / f"{full}.json", lambda p: p.write_text(json.dumps(full_card, indent=2) + "\n"))
+    _atomic_write(
+        weights, lambda p: torch.save({"arch": dict(arch), "state_dict": state, "meta": meta}, p)
+    )
+    full_card = {
+        "name": full,
+        "task": task,
+        "file": weights.name,
+        "sha256": file_sha256(weights),
+        "arch": dict(arch),
+        "meta": meta,
+        **card,
+    }
+    _atomic_write(
+        folder / f"{full}.json", lambda p: p.write_text(json.dumps(full_card, indent=2) + "\n")
+    )
     _atomic_write(folder / f"{full}.md", lambda p: p.write_text(card_markdown(full_card)))
     return list_user_models(task)[full]
 
@@ -116,16 +138,26 @@ def delete_user_model(name: str, task: str = "atoms") -> None:
 def card_markdown(card: dict) -> str:
     """The model card for people: what it was trained from and how it scored."""
     val = card.get("validation", {})
-    lines = [f"# {card['name']}", "",
-             f"Fine-tuned from `{card.get('base')}` (sha256 {str(card.get('base_sha256'))[:12]}…) on "
-             f"{len(card.get('images', []))} image(s) with {card.get('n_points')} corrected points.", "",
-             f"- Created: {card.get('created')}",
-             f"- Steps: {card.get('steps')} (best at {card.get('best_step')}), seed {card.get('seed')}",
-             f"- Validation (a {val.get('fraction')} part of each image, kept out of training): "
-             f"F1 {val.get('f1_before')} before → {val.get('f1_after')} after, matching within "
-             f"{val.get('tolerance_px')} px",
-             f"- Detection threshold chosen on that part: {card.get('meta', {}).get('recommended_threshold')}",
-             f"- Weights sha256: {card.get('sha256')}", "", "## Source images", ""]
-    lines += [f"- {im.get('name') or 'image'} {im.get('shape')}: {im.get('n_points')} points, "
-              f"sha256 {im.get('sha256')}" for im in card.get("images", [])]
+    lines = [
+        f"# {card['name']}",
+        "",
+        f"Fine-tuned from `{card.get('base')}` (sha256 {str(card.get('base_sha256'))[:12]}…) on "
+        f"{len(card.get('images', []))} image(s) with {card.get('n_points')} corrected points.",
+        "",
+        f"- Created: {card.get('created')}",
+        f"- Steps: {card.get('steps')} (best at {card.get('best_step')}), seed {card.get('seed')}",
+        f"- Validation (a {val.get('fraction')} part of each image, kept out of training): "
+        f"F1 {val.get('f1_before')} before → {val.get('f1_after')} after, matching within "
+        f"{val.get('tolerance_px')} px",
+        f"- Detection threshold chosen on that part: {card.get('meta', {}).get('recommended_threshold')}",
+        f"- Weights sha256: {card.get('sha256')}",
+        "",
+        "## Source images",
+        "",
+    ]
+    lines += [
+        f"- {im.get('name') or 'image'} {im.get('shape')}: {im.get('n_points')} points, "
+        f"sha256 {im.get('sha256')}"
+        for im in card.get("images", [])
+    ]
     return "\n".join(lines) + "\n"

@@ -12,6 +12,7 @@ scenes, every dose: 2 wrong, both with |skew| < 0.02 and so reported as uncertai
 atom network on both polarities where |skew| < 0.1 was tried and was wrong more often (3 of 6
 fresh cases) than the sign.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -42,20 +43,27 @@ class ContrastChoice:
         if self.skew is None:
             return f"{self.contrast} columns"
         if self.uncertain:
-            return (f"{self.contrast} columns (detected, but uncertain: skew {self.skew:+.2f}; "
-                    "set 'Columns are' if that is wrong)")
+            return (
+                f"{self.contrast} columns (detected, but uncertain: skew {self.skew:+.2f}; "
+                "set 'Columns are' if that is wrong)"
+            )
         return f"{self.contrast} columns (detected, skew {self.skew:+.2f})"
 
     def record(self) -> dict:
         """The choice for provenance parameters."""
-        return {"requested": self.requested, "used": self.contrast,
-                "skew": None if self.skew is None else round(float(self.skew), 3)}
+        return {
+            "requested": self.requested,
+            "used": self.contrast,
+            "skew": None if self.skew is None else round(float(self.skew), 3),
+        }
 
 
 def check_contrast(contrast) -> str:
     if contrast not in CONTRASTS:
-        raise ValueError(f"contrast must be 'auto' (decided from the image), 'bright' (HAADF/ADF/STM) "
-                         f"or 'dark' (ABF/BF), not {contrast!r}.")
+        raise ValueError(
+            f"contrast must be 'auto' (decided from the image), 'bright' (HAADF/ADF/STM) "
+            f"or 'dark' (ABF/BF), not {contrast!r}."
+        )
     return contrast
 
 
@@ -65,20 +73,22 @@ def column_skew(frame: np.ndarray, period: float | None = None) -> float:
     x = np.asarray(frame, np.float64)
     h, w = x.shape[-2:]
     r0, c0 = max(0, (h - _MAX_SIDE) // 2), max(0, (w - _MAX_SIDE) // 2)
-    x = x[r0:r0 + _MAX_SIDE, c0:c0 + _MAX_SIDE]
+    x = x[r0 : r0 + _MAX_SIDE, c0 : c0 + _MAX_SIDE]
     finite = np.isfinite(x)
     if not finite.all():
         x = np.where(finite, x, np.median(x[finite]) if finite.any() else 0.0)
     wide = 2.0 * period if period else 16.0
     band = ndi.gaussian_filter(x, 1.0) - ndi.gaussian_filter(x, wide)
     m = min(8, min(band.shape) // 4)  # the filters' borders are not the image
-    band = band[m:band.shape[0] - m, m:band.shape[1] - m].ravel()
+    band = band[m : band.shape[0] - m, m : band.shape[1] - m].ravel()
     band = band - band.mean()
     sd = band.std()
     return float((band**3).mean() / sd**3) if sd > 0 else 0.0
 
 
-def decide(frame: np.ndarray, contrast: str = "auto", *, period: float | None = None) -> ContrastChoice:
+def decide(
+    frame: np.ndarray, contrast: str = "auto", *, period: float | None = None
+) -> ContrastChoice:
     """The contrast to use for ``frame`` (one 2D image): ``contrast`` itself unless it is 'auto',
     then the sign of :func:`column_skew` (``period``: the lattice period in px, if known)."""
     check_contrast(contrast)

@@ -1,4 +1,5 @@
 """Choose where torch work runs: ``auto`` picks CUDA, then Apple MPS, then the CPU."""
+
 from __future__ import annotations
 
 CHOICES = ("auto", "cuda", "mps", "cpu")
@@ -46,7 +47,9 @@ def resolve_device(device="auto"):
     if kind not in CHOICES:
         raise ValueError(f"Unknown device {device!r}: choose one of {', '.join(CHOICES)}.")
     if kind == "cuda" and not torch.cuda.is_available():
-        raise ValueError("A CUDA GPU was requested but none is available here; use 'auto' or 'cpu'.")
+        raise ValueError(
+            "A CUDA GPU was requested but none is available here; use 'auto' or 'cpu'."
+        )
     if kind == "mps" and not _mps_available(torch):
         raise ValueError("Apple MPS was requested but is not available here; use 'auto' or 'cpu'.")
     return torch.device(name)

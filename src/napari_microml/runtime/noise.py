@@ -1,4 +1,5 @@
 """How noisy an image is: its pixel noise level, and that level relative to the image's contrast."""
+
 from __future__ import annotations
 
 import numpy as np

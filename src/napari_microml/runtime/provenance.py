@@ -1,4 +1,5 @@
 """Provenance records: what made a result, so it can be reproduced and cited."""
+
 from __future__ import annotations
 
 import datetime as _dt
@@ -57,7 +58,7 @@ def make_provenance(
         "tool": tool,
         "package": "napari-microml",
         "version": __version__,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "parameters": _plain(parameters or {}),
         "model": _plain(model) if model else None,
         "device": device,

@@ -10,6 +10,7 @@ factor only when the image is clearly periodic and the period lies outside the t
 (``zoom_for`` can also resample noisy frames whose period is in the upper part of the range).
 Non-periodic images (single atoms, particles, amorphous films) are never resampled.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -77,7 +78,9 @@ def estimate_spacing(image: np.ndarray) -> Spacing:
     rb = np.round(r).astype(np.int64)
     profile = np.bincount(rb.ravel(), a.ravel()) / np.maximum(np.bincount(rb.ravel()), 1)
     lobe = next((i for i in range(1, int(r_max)) if profile[i] <= profile[i + 1]), int(r_max))
-    peaks = (a == ndi.maximum_filter(a, size=3)) & (r >= max(2.0, 0.8 * lobe)) & (r <= r_max) & (a > 0)
+    peaks = (
+        (a == ndi.maximum_filter(a, size=3)) & (r >= max(2.0, 0.8 * lobe)) & (r <= r_max) & (a > 0)
+    )
     if not peaks.any():
         return Spacing(None, 0.0)
     vals, radii = a[peaks] / a[cy, cx], r[peaks]
@@ -96,11 +99,18 @@ def _central(image: np.ndarray) -> np.ndarray:
     """The central crop of at most ``_MAX_SIDE``² px that the estimates here look at."""
     h, w = (min(s, _MAX_SIDE) for s in image.shape)
     y0, x0 = (image.shape[0] - h) // 2, (image.shape[1] - w) // 2
-    return image[y0:y0 + h, x0:x0 + w]
+    return image[y0 : y0 + h, x0 : x0 + w]
 
 
-def auto_zoom(spacing: Spacing, shape, *, low: float = 5.0, high: float = 36.0, target: float = TARGET,
-              max_side: int = 8192) -> float:
+def auto_zoom(
+    spacing: Spacing,
+    shape,
+    *,
+    low: float = 5.0,
+    high: float = 36.0,
+    target: float = TARGET,
+    max_side: int = 8192,
+) -> float:
     """Resampling factor bringing a periodic image's period to ``target`` px when it lies outside
     [``low``, ``high``] px; 1.0 otherwise. Upsampling is capped so no side exceeds ``max_side``."""
     if not spacing.periodic or low <= spacing.period <= high:
@@ -114,7 +124,9 @@ def resample(image: np.ndarray, zoom: float) -> np.ndarray:
     if zoom == 1.0:
         return image
     src = ndi.gaussian_filter(image, 0.5 / zoom) if zoom < 1 else image
-    return ndi.zoom(src, zoom, order=1, mode="nearest", grid_mode=True).astype(image.dtype, copy=False)
+    return ndi.zoom(src, zoom, order=1, mode="nearest", grid_mode=True).astype(
+        image.dtype, copy=False
+    )
 
 
 def to_original(positions: np.ndarray, zoom: float) -> np.ndarray:
@@ -131,8 +143,14 @@ def _bad_rescale(rescale) -> str:
     return f"rescale must be {', '.join(repr(m) for m in RESCALE_MODES)} or a positive number, not {rescale!r}."
 
 
-def zoom_for(frame: np.ndarray, rescale, *, low: float = 5.0, high: float = 36.0,
-             noisy_high: float | None = None) -> tuple[float, float | None]:
+def zoom_for(
+    frame: np.ndarray,
+    rescale,
+    *,
+    low: float = 5.0,
+    high: float = 36.0,
+    noisy_high: float | None = None,
+) -> tuple[float, float | None]:
     """Resampling factor for ``rescale`` ('auto', 'always', None/'off' or a number) and the period found.
 
     ``'auto'`` resamples only a clearly periodic ``frame`` whose period is outside [low, high] px,
@@ -149,10 +167,16 @@ def zoom_for(frame: np.ndarray, rescale, *, low: float = 5.0, high: float = 36.0
         sp = estimate_spacing(frame)
         if rescale == "always":
             low = high = TARGET
-        elif (noisy_high is not None and sp.periodic and sp.period > noisy_high
-              and noise_fraction(_central(frame)) >= NOISY):
+        elif (
+            noisy_high is not None
+            and sp.periodic
+            and sp.period > noisy_high
+            and noise_fraction(_central(frame)) >= NOISY
+        ):
             high = noisy_high
-        return auto_zoom(sp, frame.shape, low=low, high=high), (round(sp.period, 2) if sp.periodic else None)
+        return auto_zoom(sp, frame.shape, low=low, high=high), (
+            round(sp.period, 2) if sp.periodic else None
+        )
     try:
         zoom = float(rescale)
     except (TypeError, ValueError):

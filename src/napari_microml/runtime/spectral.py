@@ -10,6 +10,7 @@ trailing axes of layers). Line scans (N, E) keep energy last: they show as a pos
 image. The tools and the CLI always compute on spectra with the axis last
 (:func:`spectra_last`).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -32,7 +33,7 @@ class SpectralAxis:
 
     @property
     def label(self) -> str:
-        """"Energy loss (eV)"-style text for controls and plot axes."""
+        """ "Energy loss (eV)"-style text for controls and plot axes."""
         return f"{self.name} ({self.units})" if self.units else self.name
 
 
@@ -59,13 +60,20 @@ def spectral_axis(metadata, shape, *, required: bool = False) -> SpectralAxis | 
     if spec.get("values") is not None:  # a non-uniform axis, e.g. a BEPS bias waveform
         values = np.asarray(spec["values"], float).ravel()
         if values.size != n:
-            raise ValueError(f"The spectral axis lists {values.size} values but the data have "
-                             f"{n} channels along axis {index}.")
+            raise ValueError(
+                f"The spectral axis lists {values.size} values but the data have "
+                f"{n} channels along axis {index}."
+            )
     else:
         values = float(spec.get("offset", 0.0)) + float(spec.get("scale", 1.0)) * np.arange(n)
     units = str(spec.get("units") or "")
-    return SpectralAxis(values, units if units != "pixel" else "channel",
-                        str(spec.get("name") or "spectral axis"), index, True)
+    return SpectralAxis(
+        values,
+        units if units != "pixel" else "channel",
+        str(spec.get("name") or "spectral axis"),
+        index,
+        True,
+    )
 
 
 def spectra_last(data, metadata, *, required: bool = True):
@@ -135,8 +143,12 @@ def _line_scan_layout(data, kwargs: dict, spec: dict) -> dict:
         value = out.get(key)
         return value[0] if value is not None and len(value) == 2 else default
 
-    line = {"scale": float(first("scale", 1.0)), "offset": float(first("translate", 0.0)),
-            "units": str(first("units", "pixel")), "name": str(first("axis_labels", "position"))}
+    line = {
+        "scale": float(first("scale", 1.0)),
+        "offset": float(first("translate", 0.0)),
+        "units": str(first("units", "pixel")),
+        "name": str(first("axis_labels", "position")),
+    }
     out["scale"] = (max(1.0, length / (2.0 * max(n, 1))), 1.0)
     if "contrast_limits" not in out and not hasattr(data, "compute"):
         lo, hi = np.percentile(np.asarray(data, float), [1, 99])  # a zero-loss peak would

@@ -4,9 +4,10 @@ One routine serves every image tool. Tiles overlap by ``overlap`` pixels and are
 with a separable ramp window so seams do not show; memory is bounded by ``tile`` and
 ``batch_size``, not by the image size.
 """
+
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
@@ -69,7 +70,9 @@ def tiled_predict(
         tile = -(-((max(h, w) - 2 * overlap) / n + 2 * overlap) // multiple) * multiple
         tile = int(max(tile, 4 * overlap, multiple))
     ph, pw = max(h, tile), max(w, tile)
-    padded = np.pad(image, ((0, 0), (0, ph - h), (0, pw - w)), mode="reflect" if min(h, w) > 1 else "edge")
+    padded = np.pad(
+        image, ((0, 0), (0, ph - h), (0, pw - w)), mode="reflect" if min(h, w) > 1 else "edge"
+    )
     step = tile - 2 * overlap if tile > 2 * overlap else tile
     corners = [(y, x) for y in _starts(ph, tile, step) for x in _starts(pw, tile, step)]
     window = np.outer(_ramp(tile, overlap), _ramp(tile, overlap))

@@ -3,6 +3,7 @@
 Images, stacks, positions and parameters are checked here. Nothing here assumes the data's
 units: every tolerance is relative to the data's own range (amperes and counts behave alike).
 """
+
 from __future__ import annotations
 
 import numbers
@@ -15,8 +16,10 @@ def _image_array(image, what: str, min_size: int, allow_stack: bool = True) -> n
     """The checks every image input shares; returns the input as an ndarray, unconverted."""
     arr = np.asarray(image)
     if arr.dtype.kind == "b":
-        raise ValueError(f"The {what} holds True/False values (a mask?), not grey levels; "
-                         f"pass the micrograph itself, or {what}.astype(float) if you mean it.")
+        raise ValueError(
+            f"The {what} holds True/False values (a mask?), not grey levels; "
+            f"pass the micrograph itself, or {what}.astype(float) if you mean it."
+        )
     if arr.dtype.kind not in "iuf":
         raise ValueError(f"The {what} must contain numbers, not {arr.dtype} values.")
     if arr.ndim == 3 and arr.shape[-1] in (3, 4) and arr.shape[0] > 4:
@@ -25,7 +28,11 @@ def _image_array(image, what: str, min_size: int, allow_stack: bool = True) -> n
             "microscopy tools need a single-channel (grey) image. Convert it to grey first."
         )
     if arr.ndim not in ((2, 3) if allow_stack else (2,)):
-        want = "a 2D image (H, W) or a stack of frames (T, H, W)" if allow_stack else "one 2D image (H, W)"
+        want = (
+            "a 2D image (H, W) or a stack of frames (T, H, W)"
+            if allow_stack
+            else "one 2D image (H, W)"
+        )
         raise ValueError(f"The {what} has {arr.ndim} dimensions {arr.shape}; expected {want}.")
     if arr.size == 0:
         raise ValueError(f"The {what} is empty {arr.shape}: there are no pixels to analyse.")
@@ -92,23 +99,30 @@ def finite_range(arr: np.ndarray) -> tuple[float, float]:
     return lo, hi
 
 
-def as_scaled_stack(image, *, what: str = "image", min_size: int = 8,
-                    allow_stack: bool = True) -> ScaledStack:
+def as_scaled_stack(
+    image, *, what: str = "image", min_size: int = 8, allow_stack: bool = True
+) -> ScaledStack:
     """Check an image or stack like :func:`as_image_stack` and map it to 0–1 (see
     :class:`ScaledStack`): the tools then work on the same numbers whatever the units."""
     arr = _image_array(image, what, min_size, allow_stack)
     lo, hi = finite_range(arr)
     span = hi - lo
     if not np.isfinite(span):
-        raise ValueError(f"The {what}'s values span {lo:.3g} … {hi:.3g}, more than float64 can "
-                         "hold as a difference; rescale it first.")
+        raise ValueError(
+            f"The {what}'s values span {lo:.3g} … {hi:.3g}, more than float64 can "
+            "hold as a difference; rescale it first."
+        )
     scale = span if span > 0 else (abs(lo) or 1.0)  # a flat image maps to zeros
     frames = arr if arr.ndim == 3 else arr[None]
     out = np.empty(frames.shape, np.float32)
     # float32 in, float32 arithmetic: x - lo is exact for neighbouring float32 values and the
     # range fits; float64 (and wide integers) go through float64, one frame at a time
-    narrow = arr.dtype.itemsize <= 4 and arr.dtype != np.int32 and arr.dtype != np.uint32 \
+    narrow = (
+        arr.dtype.itemsize <= 4
+        and arr.dtype != np.int32
+        and arr.dtype != np.uint32
         and span < float(np.finfo(np.float32).max)
+    )
     for t, frame in enumerate(frames):
         if narrow:
             np.subtract(frame, np.float32(lo), out=out[t], dtype=np.float32)
@@ -148,9 +162,18 @@ def robust_normalize(frame: np.ndarray, low: float = 0.5, high: float = 99.8) ->
 
 
 # --- numbers -----------------------------------------------------------------------------------
-def check_number(value, name: str, *, low=None, high=None, low_open: bool = False,
-                 high_open: bool = False, integer: bool = False, unit: str = "",
-                 none_ok: bool = False):
+def check_number(
+    value,
+    name: str,
+    *,
+    low=None,
+    high=None,
+    low_open: bool = False,
+    high_open: bool = False,
+    integer: bool = False,
+    unit: str = "",
+    none_ok: bool = False,
+):
     """``value`` as a float (or int with ``integer``), checked to lie in [low, high].
 
     ``low_open``/``high_open`` exclude the bound. Raises TypeError for text, True/False and
@@ -179,9 +202,9 @@ def check_number(value, name: str, *, low=None, high=None, low_open: bool = Fals
         if low is not None and high is not None:
             rng = f"between {low} and {high}" + (" (exclusive)" if low_open and high_open else "")
         elif low is not None:
-            rng = (f"greater than {low}" if low_open else f"at least {low}")
+            rng = f"greater than {low}" if low_open else f"at least {low}"
         else:
-            rng = (f"less than {high}" if high_open else f"at most {high}")
+            rng = f"less than {high}" if high_open else f"at most {high}"
         raise ValueError(f"{name} must be {rng}{units}, not {value}.")
     return v
 
@@ -199,7 +222,9 @@ def check_pixel_size(pixel_size) -> float | None:
     try:
         return check_number(pixel_size, "pixel_size", low=0, low_open=True, unit="nm per pixel")
     except ValueError:
-        raise ValueError(f"pixel_size must be a positive number of nm per pixel, not {pixel_size!r}.") from None
+        raise ValueError(
+            f"pixel_size must be a positive number of nm per pixel, not {pixel_size!r}."
+        ) from None
 
 
 def check_tile(tile) -> int:
@@ -208,8 +233,15 @@ def check_tile(tile) -> int:
 
 
 # --- positions ---------------------------------------------------------------------------------
-def check_positions(positions, shape, *, n_frames: int = 1, is_stack: bool = False,
-                    what: str = "atom positions", frame_column: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def check_positions(
+    positions,
+    shape,
+    *,
+    n_frames: int = 1,
+    is_stack: bool = False,
+    what: str = "atom positions",
+    frame_column: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
     """Validate (row, col) pixel positions against an image of ``shape`` (H, W).
 
     ``positions`` is (N, 2) (row, col), or (N, 3) (frame, row, col); a stack needs the frame
@@ -225,16 +257,21 @@ def check_positions(positions, shape, *, n_frames: int = 1, is_stack: bool = Fal
         return np.zeros((0, 2)), np.zeros(0, int)
     if pos.ndim != 2 or pos.shape[1] not in ((2, 3) if frame_column else (2,)):
         also = " or (N, 3) of (frame, row, col)" if frame_column else ""
-        raise ValueError(f"The {what} must be an (N, 2) array of (row, col){also} in pixels; "
-                         f"got shape {pos.shape}.")
+        raise ValueError(
+            f"The {what} must be an (N, 2) array of (row, col){also} in pixels; "
+            f"got shape {pos.shape}."
+        )
     if not np.isfinite(pos).all():
         n_bad = int((~np.isfinite(pos)).any(axis=1).sum())
-        raise ValueError(f"{n_bad} of the {len(pos)} {what} are NaN or infinite; remove those "
-                         "points first.")
+        raise ValueError(
+            f"{n_bad} of the {len(pos)} {what} are NaN or infinite; remove those points first."
+        )
     if pos.shape[1] == 2:
         if is_stack:
-            raise ValueError(f"The image is a stack of frames, so the {what} need a frame "
-                             "column: (N, 3) as (frame, row, col).")
+            raise ValueError(
+                f"The image is a stack of frames, so the {what} need a frame "
+                "column: (N, 3) as (frame, row, col)."
+            )
         frames = np.zeros(len(pos), int)
     else:
         f = pos[:, 0]
@@ -242,11 +279,15 @@ def check_positions(positions, shape, *, n_frames: int = 1, is_stack: bool = Fal
             raise ValueError(f"The frame column of the {what} must hold whole frame numbers.")
         frames = f.astype(int)
         if frames.min() < 0 or frames.max() >= n_frames:
-            raise ValueError(f"The {what}' frame indices run {frames.min()}…{frames.max()} but "
-                             f"the image has {n_frames} frame(s).")
+            raise ValueError(
+                f"The {what}' frame indices run {frames.min()}…{frames.max()} but "
+                f"the image has {n_frames} frame(s)."
+            )
         pos = pos[:, 1:]
     h, w = shape[-2:]
-    outside = (pos[:, 0] < -0.5) | (pos[:, 0] > h - 0.5) | (pos[:, 1] < -0.5) | (pos[:, 1] > w - 0.5)
+    outside = (
+        (pos[:, 0] < -0.5) | (pos[:, 0] > h - 0.5) | (pos[:, 1] < -0.5) | (pos[:, 1] > w - 0.5)
+    )
     if outside.any():
         r, c = pos[np.argmax(outside)]
         raise ValueError(

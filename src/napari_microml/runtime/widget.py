@@ -15,6 +15,7 @@ does not flood the event loop; after a result with physical units the scale bar 
 Cancel calls ``worker.quit()``; the generator stops at its next yield and ``show_result`` is
 never called, so a cancelled run leaves no half-written layer.
 """
+
 from __future__ import annotations
 
 import time
@@ -96,11 +97,15 @@ def rescale_combo(trained: str) -> ComboBox:
     """The "Rescale" choice of the lattice tools (auto/always/off; see runtime/spacing.py)."""
     from napari_microml.runtime.spacing import RESCALE_MODES, TARGET
 
-    return ComboBox(label="Rescale", choices=list(RESCALE_MODES), value="auto",
-                    tooltip=f"auto: a lattice whose period is outside the trained {trained} is "
-                            "resampled for the network (results stay in your pixels); always: any "
-                            f"lattice is resampled to a {TARGET:g} px period - try it when columns are "
-                            "missed on a noisy image with a large period; off: never")
+    return ComboBox(
+        label="Rescale",
+        choices=list(RESCALE_MODES),
+        value="auto",
+        tooltip=f"auto: a lattice whose period is outside the trained {trained} is "
+        "resampled for the network (results stay in your pixels); always: any "
+        f"lattice is resampled to a {TARGET:g} px period - try it when columns are "
+        "missed on a noisy image with a large period; off: never",
+    )
 
 
 def resample_note(parameters: dict) -> str:
@@ -159,8 +164,14 @@ class ToolWidget(Container):
         self.status = Label(label="Status", value="Ready.")
         self.ran_on = Label(label="Ran on", value="–")
         super().__init__(
-            widgets=[*controls, self.device_choice, self.run_button, self.progress,
-                     self.status, self.ran_on],
+            widgets=[
+                *controls,
+                self.device_choice,
+                self.run_button,
+                self.progress,
+                self.status,
+                self.ran_on,
+            ],
         )
         for label in (self.status, self.ran_on):  # room for messages that arrive later
             label.native.setMinimumWidth(220)
@@ -242,8 +253,12 @@ class ToolWidget(Container):
             if message.partial is not None:
                 self.show_partial(message.partial)
             if message.total is not None:
-                self._show_progress(message.done or 0, message.total, message.text,
-                                    force=message.partial is not None)
+                self._show_progress(
+                    message.done or 0,
+                    message.total,
+                    message.text,
+                    force=message.partial is not None,
+                )
             elif message.text:
                 self._say(message.text)
         elif isinstance(message, tuple) and message and message[0] == "progress":

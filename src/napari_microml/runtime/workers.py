@@ -5,9 +5,11 @@ Every long core function has a generator twin (``*_iter``) that yields
 generator inside a napari generator worker, so ``worker.quit()`` is honoured at every yield
 (between tiles, frames, epochs or steps). The plain API function drains the generator.
 """
+
 from __future__ import annotations
 
-from typing import Generator, TypeVar
+from collections.abc import Generator
+from typing import TypeVar
 
 T = TypeVar("T")
 

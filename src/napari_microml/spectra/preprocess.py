@@ -1,4 +1,5 @@
 """Spectrum preprocessing shared by the shift-VAE core and the benchmarks (numpy only)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -58,8 +59,9 @@ def centroid(spectra: np.ndarray, axis: np.ndarray) -> np.ndarray:
     return (w * axis).sum(-1) / np.maximum(w.sum(-1), 1e-30)
 
 
-def cross_correlation_shift(spectra: np.ndarray, axis: np.ndarray, reference=None,
-                            iterations: int = 2) -> np.ndarray:
+def cross_correlation_shift(
+    spectra: np.ndarray, axis: np.ndarray, reference=None, iterations: int = 2
+) -> np.ndarray:
     """Shift of each spectrum against a reference (default: the mean) by cross-correlation.
 
     Sub-channel precision from a parabola through the correlation peak; the reference is
@@ -76,7 +78,7 @@ def cross_correlation_shift(spectra: np.ndarray, axis: np.ndarray, reference=Non
         fx = np.fft.rfft(x, 2 * L)
         fr = np.fft.rfft(ref, 2 * L)
         cc = np.fft.irfft(fx * np.conj(fr), 2 * L)
-        cc = np.concatenate([cc[:, -(L - 1):], cc[:, :L]], axis=1)  # lags -(L-1)..(L-1)
+        cc = np.concatenate([cc[:, -(L - 1) :], cc[:, :L]], axis=1)  # lags -(L-1)..(L-1)
         k = np.argmax(cc, axis=1)
         k = np.clip(k, 1, cc.shape[1] - 2)
         y0, y1, y2 = cc[np.arange(n), k - 1], cc[np.arange(n), k], cc[np.arange(n), k + 1]
@@ -99,7 +101,7 @@ def gaussian_peak_centres(spectra, axis, half_width: int = 4) -> np.ndarray:
     from scipy.optimize import curve_fit
 
     def g(x, a, c, w, b):
-        return a * np.exp(-(x - c) ** 2 / (2 * w * w)) + b
+        return a * np.exp(-((x - c) ** 2) / (2 * w * w)) + b
 
     axis = np.asarray(axis, float)
     out = []
@@ -111,8 +113,9 @@ def gaussian_peak_centres(spectra, axis, half_width: int = 4) -> np.ndarray:
     return np.array(out)
 
 
-def dominant_peak_window(spectra, axis=None, *, widths: float = 4.0,
-                         min_channels: int = 32) -> tuple[int, int]:
+def dominant_peak_window(
+    spectra, axis=None, *, widths: float = 4.0, min_channels: int = 32
+) -> tuple[int, int]:
     """Channels ``(start, stop)`` (half-open) around the most prominent peak of the mean
     spectrum, e.g. the zero-loss peak of low-loss EELS or a white line of a core-loss edge.
 

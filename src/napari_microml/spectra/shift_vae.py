@@ -17,12 +17,14 @@ Conventions
   template and ``s``), so the returned shift is **relative to its median** over the data set:
   zero means "where the typical spectrum is". The subtracted value is ``result.shift_offset``.
 """
+
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Generator
 from dataclasses import dataclass, field
-from typing import Any, Generator
+from typing import Any
 
 import numpy as np
 
@@ -80,8 +82,12 @@ class ShiftVAEResult:
         in the shape every tool's result records."""
         from napari_microml.runtime.provenance import make_provenance
 
-        return make_provenance("spectra.shift_vae", parameters={**self.params, "model": self.model},
-                               device=self.device, seed=self.params.get("seed"))
+        return make_provenance(
+            "spectra.shift_vae",
+            parameters={**self.params, "model": self.model},
+            device=self.device,
+            seed=self.params.get("seed"),
+        )
 
     def decode(self, latents, shift=0.0) -> np.ndarray:
         """Decode content latents (M, latent_dim) at ``shift`` (axis units, relative to the
@@ -92,8 +98,10 @@ class ShiftVAEResult:
         net = self._net
         with torch.no_grad():
             if self.model == "shift":
-                s = (np.broadcast_to(np.asarray(shift, np.float32), (z.shape[0],))
-                     + self.shift_offset) / self._half_span
+                s = (
+                    np.broadcast_to(np.asarray(shift, np.float32), (z.shape[0],))
+                    + self.shift_offset
+                ) / self._half_span
                 out = net.decode(torch.as_tensor(np.asarray(s, np.float32))[:, None], z)
             else:
                 out = net.decode(None, z)
@@ -123,7 +131,10 @@ def _build_net(L: int, latent_dim: int, model: str, hidden: int, coord):
         def __init__(self):
             super().__init__()
             self.encoder = nn.Sequential(
-                nn.Linear(L, 2 * hidden), nn.Tanh(), nn.Linear(2 * hidden, hidden), nn.Tanh(),
+                nn.Linear(L, 2 * hidden),
+                nn.Tanh(),
+                nn.Linear(2 * hidden, hidden),
+                nn.Tanh(),
                 nn.Linear(hidden, 2 * (latent_dim + n_shift)),
             )
             self.register_buffer("coord", torch.as_tensor(coord, dtype=torch.float32))
@@ -131,16 +142,23 @@ def _build_net(L: int, latent_dim: int, model: str, hidden: int, coord):
                 # Fourier features of (x - s) sharpen narrow peaks and keep translation
                 # equivariance (they depend on x - s only)
                 self.register_buffer(
-                    "freqs", torch.tensor([1.0, 2.0, 4.0], dtype=torch.float32) * math.pi)
+                    "freqs", torch.tensor([1.0, 2.0, 4.0], dtype=torch.float32) * math.pi
+                )
                 d_in = 1 + 2 * len(self.freqs) + latent_dim
                 self.decoder = nn.Sequential(
-                    nn.Linear(d_in, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh(),
+                    nn.Linear(d_in, hidden),
+                    nn.Tanh(),
+                    nn.Linear(hidden, hidden),
+                    nn.Tanh(),
                     nn.Linear(hidden, 1),
                 )
             else:
                 self.decoder = nn.Sequential(
-                    nn.Linear(latent_dim, hidden), nn.Tanh(), nn.Linear(hidden, 2 * hidden),
-                    nn.Tanh(), nn.Linear(2 * hidden, L),
+                    nn.Linear(latent_dim, hidden),
+                    nn.Tanh(),
+                    nn.Linear(hidden, 2 * hidden),
+                    nn.Tanh(),
+                    nn.Linear(2 * hidden, L),
                 )
 
         def encode(self, x):
@@ -250,10 +268,13 @@ def fit_shift_vae_iter(
         )
     latent_dim = check_number(latent_dim, "latent_dim", low=1, integer=True)
     epochs = check_number(epochs, "epochs", low=1, integer=True, none_ok=True)
-    batch_size = check_number(batch_size, "batch_size", low=1, integer=True, unit="spectra", none_ok=True)
+    batch_size = check_number(
+        batch_size, "batch_size", low=1, integer=True, unit="spectra", none_ok=True
+    )
     learning_rate = check_number(learning_rate, "learning_rate", low=0, high=1, low_open=True)
-    noise_scale = check_number(noise_scale, "noise_scale", low=0, low_open=True,
-                               unit="(normalised intensity)")
+    noise_scale = check_number(
+        noise_scale, "noise_scale", low=0, low_open=True, unit="(normalised intensity)"
+    )
     warmup = check_number(warmup, "warmup (fraction of the steps)", low=0, high=1)
     hidden = check_number(hidden, "hidden (units per layer)", low=1, integer=True)
     seed = check_number(seed, "seed", low=0, integer=True)
@@ -266,8 +287,10 @@ def fit_shift_vae_iter(
         g_scale = (g_hi - g_lo) if g_hi > g_lo else (abs(g_lo) or 1.0)
         X = (X - g_lo) / g_scale
     elif np.abs(X).max() > np.finfo(np.float32).max / 1e3:
-        raise ValueError("The spectra are too large for normalize='none' (beyond float32); use "
-                         "normalize='max' or 'global'.")
+        raise ValueError(
+            "The spectra are too large for normalize='none' (beyond float32); use "
+            "normalize='max' or 'global'."
+        )
     X = X.astype(np.float32)
     if despike:
         X = _despike(X)
@@ -298,15 +321,29 @@ def fit_shift_vae_iter(
     total_steps = int(epochs) * n_batches
     warm_steps = max(1, int(warmup * total_steps))
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda step: 1.0 if step < 0.7 * total_steps else 0.2)
-    inv2s2 = 1.0 / (2.0 * noise_scale ** 2)
+        opt, lambda step: 1.0 if step < 0.7 * total_steps else 0.2
+    )
+    inv2s2 = 1.0 / (2.0 * noise_scale**2)
     log_prior = math.log(prior_n)
-    params = dict(axis_first=float(ax[0]), axis_last=float(ax[-1]), n_channels=L,
-                  latent_dim=int(latent_dim), epochs=int(epochs), shift_prior=shift_prior,
-                  shift_prior_normalized=prior_n, model=model, normalize=normalize,
-                  channel_range=channel_range, despike=bool(despike),
-                  seed=int(seed), batch_size=batch_size, learning_rate=learning_rate,
-                  noise_scale=noise_scale, warmup=warmup, hidden=hidden)
+    params = dict(
+        axis_first=float(ax[0]),
+        axis_last=float(ax[-1]),
+        n_channels=L,
+        latent_dim=int(latent_dim),
+        epochs=int(epochs),
+        shift_prior=shift_prior,
+        shift_prior_normalized=prior_n,
+        model=model,
+        normalize=normalize,
+        channel_range=channel_range,
+        despike=bool(despike),
+        seed=int(seed),
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        noise_scale=noise_scale,
+        warmup=warmup,
+        hidden=hidden,
+    )
 
     t0 = time.perf_counter()
     history: list[float] = []
@@ -317,7 +354,7 @@ def fit_shift_vae_iter(
         perm = torch.randperm(N, generator=gen).to(dev)
         running = 0.0
         for b in range(n_batches):
-            idx = perm[b * batch_size:(b + 1) * batch_size]
+            idx = perm[b * batch_size : (b + 1) * batch_size]
             x = data[idx]
             mu, logvar = net.encode(x)
             std = torch.exp(0.5 * logvar)
@@ -328,11 +365,15 @@ def fit_shift_vae_iter(
                 s, z = None, sample
             xhat = net.decode(s, z)
             rec = ((xhat - x) ** 2).sum(-1) * inv2s2
-            kl_terms = 0.5 * (mu ** 2 + logvar.exp() - 1.0 - logvar)
+            kl_terms = 0.5 * (mu**2 + logvar.exp() - 1.0 - logvar)
             if n_shift:
                 # shift latent has prior N(0, prior_n^2)
-                kl_s = (log_prior - 0.5 * logvar[:, 0]
-                        + (logvar[:, 0].exp() + mu[:, 0] ** 2) / (2 * prior_n ** 2) - 0.5)
+                kl_s = (
+                    log_prior
+                    - 0.5 * logvar[:, 0]
+                    + (logvar[:, 0].exp() + mu[:, 0] ** 2) / (2 * prior_n**2)
+                    - 0.5
+                )
                 kl = kl_s + kl_terms[:, 1:].sum(-1)
             else:
                 kl = kl_terms.sum(-1)
@@ -345,14 +386,16 @@ def fit_shift_vae_iter(
             step += 1
             running += float((rec + kl).sum().detach())
         history.append(running / N)
-        yield (*progress(epoch + 1, epochs, f"Epoch {epoch + 1}/{epochs}: loss {history[-1]:.4g}"),
-               {"loss": history[-1], "epoch": epoch + 1})
+        yield (
+            *progress(epoch + 1, epochs, f"Epoch {epoch + 1}/{epochs}: loss {history[-1]:.4g}"),
+            {"loss": history[-1], "epoch": epoch + 1},
+        )
 
     net.eval()
     with torch.no_grad():
         mus, sds, recs = [], [], []
         for b in range(0, N, 1024):
-            x = data[b:b + 1024]
+            x = data[b : b + 1024]
             mu, logvar = net.encode(x)
             if n_shift:
                 xhat = net.decode(mu[:, :1], mu[:, 1:])
@@ -365,7 +408,9 @@ def fit_shift_vae_iter(
         sd = torch.cat(sds).numpy()
         rec = torch.cat(recs).numpy()
     net = net.cpu()
-    out_dtype = np.float64 if np.asarray(spectra).dtype == np.float64 else np.float32  # keep float64 input's range
+    out_dtype = (
+        np.float64 if np.asarray(spectra).dtype == np.float64 else np.float32
+    )  # keep float64 input's range
     reconstruction = ((rec * scale + offset).astype(np.float64) * g_scale + g_lo).astype(out_dtype)
     if n_shift:
         raw = mu[:, 0].astype(np.float64) * half_span
@@ -376,13 +421,20 @@ def fit_shift_vae_iter(
         shift = shift_std = None
         shift_offset = 0.0
     return ShiftVAEResult(
-        shift=shift, shift_std=shift_std,
+        shift=shift,
+        shift_std=shift_std,
         latents=mu[:, n_shift:].astype(np.float32).reshape(*spatial, -1),
         latents_std=sd[:, n_shift:].astype(np.float32).reshape(*spatial, -1),
         reconstruction=reconstruction.reshape(*spatial, L),
-        axis=ax, loss_history=history, device=dev_label, params=params, model=model,
-        shift_offset=shift_offset, fit_seconds=time.perf_counter() - t0,
-        _net=net, _half_span=half_span,
+        axis=ax,
+        loss_history=history,
+        device=dev_label,
+        params=params,
+        model=model,
+        shift_offset=shift_offset,
+        fit_seconds=time.perf_counter() - t0,
+        _net=net,
+        _half_span=half_span,
     )
 
 
@@ -456,9 +508,23 @@ def fit_shift_vae(
     ValueError
         Wrong dimensionality, a single channel, NaN/inf spectra or an axis of the wrong length.
     """
-    return drain(fit_shift_vae_iter(
-        spectra, axis=axis, latent_dim=latent_dim, epochs=epochs, shift_prior=shift_prior,
-        model=model, normalize=normalize, channel_range=channel_range, despike=despike,
-        seed=seed, device=device, batch_size=batch_size, learning_rate=learning_rate,
-        noise_scale=noise_scale, warmup=warmup, hidden=hidden,
-    ))
+    return drain(
+        fit_shift_vae_iter(
+            spectra,
+            axis=axis,
+            latent_dim=latent_dim,
+            epochs=epochs,
+            shift_prior=shift_prior,
+            model=model,
+            normalize=normalize,
+            channel_range=channel_range,
+            despike=despike,
+            seed=seed,
+            device=device,
+            batch_size=batch_size,
+            learning_rate=learning_rate,
+            noise_scale=noise_scale,
+            warmup=warmup,
+            hidden=hidden,
+        )
+    )

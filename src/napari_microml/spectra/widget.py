@@ -5,6 +5,7 @@ types one (in the axis's units). The layer's data are read in the worker. A spec
 gives shift and latent maps on its image plane; a line scan gives a plot of the shift along
 the line and the tracked peak drawn over the line-scan image.
 """
+
 from __future__ import annotations
 
 import time
@@ -92,40 +93,79 @@ class ShiftVAEWidget(ToolWidget):
 
     def __init__(self, viewer: napari.viewer.Viewer):
         self.layer_choice = create_widget(
-            annotation=napari.layers.Image, label="Spectrum image",
-            options={"tooltip": "A spectrum image (energy as a slider) or a line scan "
-                                "(positions × energy) opened with its energy axis."})
+            annotation=napari.layers.Image,
+            label="Spectrum image",
+            options={
+                "tooltip": "A spectrum image (energy as a slider) or a line scan "
+                "(positions × energy) opened with its energy axis."
+            },
+        )
         self.auto_window = CheckBox(
-            label="Auto window", value=True,
+            label="Auto window",
+            value=True,
             tooltip="Fit only the channels around the most prominent peak of the mean "
-                    "spectrum (e.g. the zero-loss peak, a white line); the window used is "
-                    "written below and in the status line. Off: use the window typed below.")
+            "spectrum (e.g. the zero-loss peak, a white line); the window used is "
+            "written below and in the status line. Off: use the window typed below.",
+        )
         spin = dict(min=-1e9, max=1e9, step=1.0)
         self.win_lo = FloatSpinBox(label="Window from", value=0.0, **spin)
         self.win_hi = FloatSpinBox(label="Window to", value=0.0, **spin)
-        self.latent_dim = SpinBox(label="Content latents", min=1, max=8, value=2,
-                                  tooltip="Latent variables for the peak shapes, besides the "
-                                          "shift (dimensionless).")
-        self.epochs = SpinBox(label="Epochs (0 = auto)", min=0, max=100_000, value=0,
-                              tooltip="Passes over all spectra; auto: about 600 optimiser "
-                                      "steps and at least 30 passes.")
+        self.latent_dim = SpinBox(
+            label="Content latents",
+            min=1,
+            max=8,
+            value=2,
+            tooltip="Latent variables for the peak shapes, besides the shift (dimensionless).",
+        )
+        self.epochs = SpinBox(
+            label="Epochs (0 = auto)",
+            min=0,
+            max=100_000,
+            value=0,
+            tooltip="Passes over all spectra; auto: about 600 optimiser "
+            "steps and at least 30 passes.",
+        )
         self.shift_prior = FloatSpinBox(
-            label="Shift prior σ", min=0.0, max=1e9, step=0.1, value=0.0,
+            label="Shift prior σ",
+            min=0.0,
+            max=1e9,
+            step=0.1,
+            value=0.0,
             tooltip="Typical size of the shifts, in the axis's units; 0 = auto (5 % of the "
-                    "window). Make it larger for large shifts.")
+            "window). Make it larger for large shifts.",
+        )
         self.normalize = ComboBox(
-            label="Normalise", choices=list(NORMALIZATIONS), value="max",
+            label="Normalise",
+            choices=list(NORMALIZATIONS),
+            value="max",
             tooltip="max: each spectrum scaled to 0–1 (shapes only); global: one scale for all "
-                    "(keeps intensities); none: counts as they are.")
-        self.despike = CheckBox(label="Remove spikes", value=False,
-                                tooltip="Replace single-channel spikes (cosmic rays) by the "
-                                        "local median before fitting.")
-        self.seed = SpinBox(label="Seed", min=0, max=2**31 - 1, value=0,
-                            tooltip="Seeds the network and the sampling: the same seed "
-                                    "repeats a fit.")
-        controls = [self.layer_choice, self.auto_window, self.win_lo, self.win_hi,
-                    self.latent_dim, self.epochs, self.shift_prior, self.normalize,
-                    self.despike, self.seed]
+            "(keeps intensities); none: counts as they are.",
+        )
+        self.despike = CheckBox(
+            label="Remove spikes",
+            value=False,
+            tooltip="Replace single-channel spikes (cosmic rays) by the "
+            "local median before fitting.",
+        )
+        self.seed = SpinBox(
+            label="Seed",
+            min=0,
+            max=2**31 - 1,
+            value=0,
+            tooltip="Seeds the network and the sampling: the same seed repeats a fit.",
+        )
+        controls = [
+            self.layer_choice,
+            self.auto_window,
+            self.win_lo,
+            self.win_hi,
+            self.latent_dim,
+            self.epochs,
+            self.shift_prior,
+            self.normalize,
+            self.despike,
+            self.seed,
+        ]
         super().__init__(viewer, controls)
         self.run_button.tooltip = "Fit the shift-VAE (Cancel stops it; no layer is changed)."
         self.device_choice.tooltip = "Where the network runs: auto picks a GPU when present."
@@ -137,8 +177,12 @@ class ShiftVAEWidget(ToolWidget):
         self.latent_ax = self.latent_fig.add_subplot(111)
         self.traverse_fig, self.traverse_canvas = _canvas(2.4)
         self.traverse_ax = self.traverse_fig.add_subplot(111)
-        for canvas in (self.loss_canvas, self.line_canvas, self.latent_canvas,
-                       self.traverse_canvas):
+        for canvas in (
+            self.loss_canvas,
+            self.line_canvas,
+            self.latent_canvas,
+            self.traverse_canvas,
+        ):
             self.native.layout().addWidget(canvas)
         self.line_canvas.setVisible(False)
         for canvas in (self.loss_canvas, self.latent_canvas, self.traverse_canvas):
@@ -154,8 +198,15 @@ class ShiftVAEWidget(ToolWidget):
         self.auto_window.changed.connect(self._update_window_controls)
         self.layer_choice.changed.connect(self._on_layer)
         self._on_layer()
-        preload("torch", "torch.optim", "torch._dynamo", "scipy.signal", "scipy.optimize",
-                "pandas", "matplotlib.widgets")  # pandas: napari's Points layers
+        preload(
+            "torch",
+            "torch.optim",
+            "torch._dynamo",
+            "scipy.signal",
+            "scipy.optimize",
+            "pandas",
+            "matplotlib.widgets",
+        )  # pandas: napari's Points layers
         # a path's first triangulation loads napari's numba kernels (~0.4 s): now, not mid-run
         napari.layers.Shapes([np.array([[0.0, 0.0], [1.0, 1.0]])], shape_type="path")
 
@@ -178,8 +229,10 @@ class ShiftVAEWidget(ToolWidget):
         u = self._units
         self.win_lo.label, self.win_hi.label = f"Window from ({u})", f"Window to ({u})"
         for w in (self.win_lo, self.win_hi):
-            w.tooltip = (f"Spectral window to fit, in {u} (used when Auto window is off; "
-                         "shows the chosen window after an auto run).")
+            w.tooltip = (
+                f"Spectral window to fit, in {u} (used when Auto window is off; "
+                "shows the chosen window after an auto run)."
+            )
         self.shift_prior.label = f"Shift prior σ ({u}, 0 = auto)"
         self._update_window_controls()
 
@@ -191,13 +244,15 @@ class ShiftVAEWidget(ToolWidget):
         if layer.ndim not in (2, 3) or getattr(layer, "rgb", False):
             raise ValueError(
                 f"Layer '{layer.name}' has {layer.ndim} dimensions; the shift-VAE needs a "
-                "spectrum image (rows, cols, energy) or a line scan (positions, energy).")
+                "spectrum image (rows, cols, energy) or a line scan (positions, energy)."
+            )
         ax = spectral_axis(layer.metadata, layer.data.shape)
         if ax is None and layer.ndim == 2:
             raise ValueError(
                 f"Layer '{layer.name}' is a 2D image without a spectral axis in its metadata; "
                 "the shift-VAE needs a spectrum image or a line scan opened with its energy "
-                "axis (File → Open with napari-microml).")
+                "axis (File → Open with napari-microml)."
+            )
         if ax is None:
             ax = spectral_axis(None, layer.data.shape, required=True)
         window = None
@@ -205,16 +260,24 @@ class ShiftVAEWidget(ToolWidget):
             lo, hi = sorted((self.win_lo.value, self.win_hi.value))
             inside = np.flatnonzero((ax.values >= lo) & (ax.values <= hi))
             if inside.size < 2:
-                raise ValueError(f"The window {lo:g}–{hi:g} {ax.units} holds {inside.size} "
-                                 f"channel(s) of the axis ({ax.values.min():g}–"
-                                 f"{ax.values.max():g} {ax.units}); keep at least 2.")
+                raise ValueError(
+                    f"The window {lo:g}–{hi:g} {ax.units} holds {inside.size} "
+                    f"channel(s) of the axis ({ax.values.min():g}–"
+                    f"{ax.values.max():g} {ax.units}); keep at least 2."
+                )
             window = (int(inside[0]), int(inside[-1]) + 1)
         prior = float(self.shift_prior.value) or None
-        kwargs = dict(axis=ax.values if ax.calibrated else None,
-                      latent_dim=int(self.latent_dim.value),
-                      epochs=int(self.epochs.value) or None, shift_prior=prior, model="shift",
-                      normalize=self.normalize.value, despike=bool(self.despike.value),
-                      seed=int(self.seed.value), device=self.device_choice.value)
+        kwargs = dict(
+            axis=ax.values if ax.calibrated else None,
+            latent_dim=int(self.latent_dim.value),
+            epochs=int(self.epochs.value) or None,
+            shift_prior=prior,
+            model="shift",
+            normalize=self.normalize.value,
+            despike=bool(self.despike.value),
+            seed=int(self.seed.value),
+            device=self.device_choice.value,
+        )
         plan = Plan(layer.name, ax, spatial_kwargs(layer, ax), layer.ndim == 2, window, kwargs)
         return layer, plan
 
@@ -235,9 +298,14 @@ class ShiftVAEWidget(ToolWidget):
                 spectra = spectra[:, None, :]  # (N, L) -> (N, 1, L): maps are (N, 1)
             auto = plan.window is None
             window = plan.window or dominant_peak_window(spectra, plan.axis.values)
-            values = plan.axis.values[window[0]:window[1]]
-            peak = float(values[np.argmax(spectra.reshape(-1, spectra.shape[-1])
-                                          [:, window[0]:window[1]].mean(0))])
+            values = plan.axis.values[window[0] : window[1]]
+            peak = float(
+                values[
+                    np.argmax(
+                        spectra.reshape(-1, spectra.shape[-1])[:, window[0] : window[1]].mean(0)
+                    )
+                ]
+            )
             u = plan.axis.units
             how = f"auto, around the peak at {peak:.4g} {u}" if auto else "typed"
             head = f"Window {values[0]:.4g}–{values[-1]:.4g} {u} ({how})"
@@ -272,8 +340,12 @@ class ShiftVAEWidget(ToolWidget):
         ax = self.loss_ax
         ax.clear()
         if self.losses:
-            ax.plot(getattr(self, "_loss_epochs", None) or np.arange(1, len(self.losses) + 1),
-                    self.losses, "-", lw=1)
+            ax.plot(
+                getattr(self, "_loss_epochs", None) or np.arange(1, len(self.losses) + 1),
+                self.losses,
+                "-",
+                lw=1,
+            )
             if min(self.losses) > 0:
                 from matplotlib.ticker import NullFormatter
 
@@ -293,24 +365,37 @@ class ShiftVAEWidget(ToolWidget):
         self._input_name = plan.name
         self._spatial = plan.spatial
         layer = self.viewer.layers[plan.name] if plan.name in self.viewer.layers else None
-        self._line_layer = (layer.data.shape, physical_kwargs(layer)) \
-            if plan.line and layer is not None else None
+        self._line_layer = (
+            (layer.data.shape, physical_kwargs(layer)) if plan.line and layer is not None else None
+        )
         units = plan.axis.units
         w0, w1 = outcome.window
         lo, hi = float(result.axis[0]), float(result.axis[-1])
         self.win_lo.value, self.win_hi.value = lo, hi
         params = {k: v for k, v in plan.kwargs.items() if k != "axis"}
-        params.update(spectral_units=units, shift_offset=result.shift_offset,
-                      shift_reference="median", channel_range=[w0, w1],
-                      window=[lo, hi], window_auto=outcome.auto)
-        record = make_provenance("shift_vae", parameters=params, device=result.device,
-                                 seed=plan.kwargs["seed"], input_name=plan.name)
+        params.update(
+            spectral_units=units,
+            shift_offset=result.shift_offset,
+            shift_reference="median",
+            channel_range=[w0, w1],
+            window=[lo, hi],
+            window_auto=outcome.auto,
+        )
+        record = make_provenance(
+            "shift_vae",
+            parameters=params,
+            device=result.device,
+            seed=plan.kwargs["seed"],
+            input_name=plan.name,
+        )
         if plan.line:
             calls = [lambda: self._show_line(outcome, record)]
         else:
             calls = [lambda: self._show_maps(outcome, record)]
-            calls += [lambda i=i: self._show_latent(outcome, record, i)
-                      for i in range(result.latents.shape[-1])]
+            calls += [
+                lambda i=i: self._show_latent(outcome, record, i)
+                for i in range(result.latents.shape[-1])
+            ]
 
         def plots():  # cheap to set up; they paint together on the next turn
             if plan.line:
@@ -325,11 +410,12 @@ class ShiftVAEWidget(ToolWidget):
 
     def _summary(self, outcome) -> str:
         r, u = outcome.result, outcome.plan.axis.units
-        how = (f"auto, around the peak at {outcome.peak:.4g} {u}" if outcome.auto
-               else "typed")
+        how = f"auto, around the peak at {outcome.peak:.4g} {u}" if outcome.auto else "typed"
         span = float(np.nanmax(r.shift) - np.nanmin(r.shift))
-        return (f"Done in {outcome.seconds:.1f} s. Window {r.axis[0]:.4g}–{r.axis[-1]:.4g} {u} "
-                f"({how}); shifts span {span:.3g} {u}.")
+        return (
+            f"Done in {outcome.seconds:.1f} s. Window {r.axis[0]:.4g}–{r.axis[-1]:.4g} {u} "
+            f"({how}); shifts span {span:.3g} {u}."
+        )
 
     def _shift_record(self, record, units):
         return {KEY: {**record, "value": "shift", "value_units": units}}
@@ -337,19 +423,31 @@ class ShiftVAEWidget(ToolWidget):
     def _show_maps(self, outcome, record):
         r, plan = outcome.result, outcome.plan
         lim = float(np.nanmax(np.abs(r.shift))) or 1.0
-        upsert_layer(self.viewer, f"{plan.name} shift", "image", r.shift,
-                     colormap="twilight_shifted", contrast_limits=(-lim, lim),
-                     metadata=self._shift_record(record, plan.axis.units), **plan.spatial)
+        upsert_layer(
+            self.viewer,
+            f"{plan.name} shift",
+            "image",
+            r.shift,
+            colormap="twilight_shifted",
+            contrast_limits=(-lim, lim),
+            metadata=self._shift_record(record, plan.axis.units),
+            **plan.spatial,
+        )
 
     def _show_latent(self, outcome, record, i):
         r, plan = outcome.result, outcome.plan
         lat = r.latents[..., i]
         lo, hi = float(lat.min()), float(lat.max())
         layer = upsert_layer(
-            self.viewer, f"{plan.name} latent {i + 1}", "image", lat, colormap="viridis",
+            self.viewer,
+            f"{plan.name} latent {i + 1}",
+            "image",
+            lat,
+            colormap="viridis",
             contrast_limits=(lo, hi if hi > lo else lo + 1),
             metadata={KEY: {**record, "value": f"latent {i + 1}", "value_units": ""}},
-            **plan.spatial)
+            **plan.spatial,
+        )
         layer.visible = False  # the shift map stays on top; latents one eye-click away
 
     def _drop_stale(self, outcome):
@@ -373,9 +471,18 @@ class ShiftVAEWidget(ToolWidget):
         path = np.column_stack([rows, (peak - ax[0]) / step])  # layer data coords (row, channel)
         kw = physical_kwargs(layer) if layer is not None else {}
         width = max(2.0, ax.size / 300)  # channels: thin enough to leave the peak visible
-        upsert_layer(self.viewer, f"{plan.name} shift track", "shapes", [path],
-                     shape_type="path", edge_color="cyan", edge_width=width, opacity=0.8,
-                     metadata=self._shift_record(record, plan.axis.units), **kw)
+        upsert_layer(
+            self.viewer,
+            f"{plan.name} shift track",
+            "shapes",
+            [path],
+            shape_type="path",
+            edge_color="cyan",
+            edge_width=width,
+            opacity=0.8,
+            metadata=self._shift_record(record, plan.axis.units),
+            **kw,
+        )
 
     def _draw_line(self, outcome):
         r, plan = outcome.result, outcome.plan
@@ -425,14 +532,23 @@ class ShiftVAEWidget(ToolWidget):
             return
         inside = Path(np.asarray(vertices, float)).contains_points(self._points)
         mask = inside.reshape(self.result.latents.shape[:-1]).astype(np.int32)
-        record = make_provenance("shift_vae.latent_selection", parameters={
-            "vertices": np.asarray(vertices, float).round(6).tolist()}, input_name=self._input_name)
+        record = make_provenance(
+            "shift_vae.latent_selection",
+            parameters={"vertices": np.asarray(vertices, float).round(6).tolist()},
+            input_name=self._input_name,
+        )
         kwargs = self._spatial
         if getattr(self, "_line_layer", None) is not None:  # line scan: mark whole spectra
             shape, kwargs = self._line_layer
             mask = np.broadcast_to(mask.reshape(-1, 1), shape).copy()
-        upsert_layer(self.viewer, f"{self._input_name} latent selection", "labels", mask,
-                     metadata={KEY: record}, **kwargs)
+        upsert_layer(
+            self.viewer,
+            f"{self._input_name} latent selection",
+            "labels",
+            mask,
+            metadata={KEY: record},
+            **kwargs,
+        )
         self._say(f"Selected {int(mask.sum())} pixels in latent space.")
 
     def _draw_traversal(self, units: str):

@@ -12,6 +12,7 @@ and turns what it planted into the defect classes of :mod:`napari_microml.defect
 Some images are rendered with ABF-like dark-column contrast (``contrast='dark'``): a bright
 field with dark columns, so tools that invert ABF images see the kind of data they will meet.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -19,12 +20,22 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from napari_microml.defects.classes import CLASS_NAMES, class_id
-from napari_microml.synth.lattice import (DOPANT_BRIGHT, DOPANT_DIM, HOST, INTERSTITIAL, LATTICES,
-                                          simulate_lattice)
+from napari_microml.synth.lattice import (
+    DOPANT_BRIGHT,
+    DOPANT_DIM,
+    HOST,
+    INTERSTITIAL,
+    LATTICES,
+    simulate_lattice,
+)
 from napari_microml.synth.render import add_noise
 
 SCENES = ("crystal", "interface")
-KIND_TO_CLASS = {DOPANT_BRIGHT: "dopant_bright", DOPANT_DIM: "dopant_dim", INTERSTITIAL: "interstitial"}
+KIND_TO_CLASS = {
+    DOPANT_BRIGHT: "dopant_bright",
+    DOPANT_DIM: "dopant_dim",
+    INTERSTITIAL: "interstitial",
+}
 
 
 @dataclass
@@ -48,7 +59,7 @@ class DefectSample:
     image: np.ndarray
     clean: np.ndarray
     classmap: np.ndarray
-    objects: "object"
+    objects: object
     positions: np.ndarray
     kinds: np.ndarray
     extended: np.ndarray
@@ -86,7 +97,9 @@ def _discs(shape, centres: np.ndarray, radius: float) -> np.ndarray:
     return out
 
 
-def column_contrast(positions: np.ndarray, kinds: np.ndarray, amplitude: np.ndarray) -> tuple[np.ndarray, float]:
+def column_contrast(
+    positions: np.ndarray, kinds: np.ndarray, amplitude: np.ndarray
+) -> tuple[np.ndarray, float]:
     """Each column's peak height over the median of the host columns of its own sublattice around it.
 
     The same-sublattice neighbours are the host columns 1.2–2.1 local spacings away (the local
@@ -118,7 +131,9 @@ def column_contrast(positions: np.ndarray, kinds: np.ndarray, amplitude: np.ndar
         if len(near) >= 3:
             out[i] = amplitude[i] / np.median(amplitude[near])
     ref = out[host & np.isfinite(out)]
-    sigma = 1.4826 * float(np.median(np.abs(ref - np.median(ref)))) if len(ref) >= 10 else float("nan")
+    sigma = (
+        1.4826 * float(np.median(np.abs(ref - np.median(ref)))) if len(ref) >= 10 else float("nan")
+    )
     return out, sigma
 
 
@@ -187,8 +202,16 @@ def simulate_defects(
     contrast = contrast or ("dark" if rng.uniform() < p_dark else "bright")
     if contrast not in ("bright", "dark"):
         raise ValueError("contrast must be 'bright' (HAADF-like) or 'dark' (ABF-like).")
-    s = simulate_lattice(shape, scene=scene, lattice=lattice, spacing=spacing, rotation=rotation,
-                         dose=np.inf if contrast == "dark" else dose, distort=distort, seed=seed)
+    s = simulate_lattice(
+        shape,
+        scene=scene,
+        lattice=lattice,
+        spacing=spacing,
+        rotation=rotation,
+        dose=np.inf if contrast == "dark" else dose,
+        distort=distort,
+        seed=seed,
+    )
     image, clean = s.image, s.clean
     if contrast == "dark":
         clean, image = _abf(s.clean, dose, rng)
@@ -213,18 +236,47 @@ def simulate_defects(
     classmap[extended] = class_id("extended")
     ids = np.array([class_id(n) for n in names], np.uint8)
     classmap[owner > 0] = ids[owner[owner > 0] - 1]
-    rows = [{"class": n, "class_id": class_id(n), "row": float(p[0]), "col": float(p[1]),
-             "area_px": int((owner == i + 1).sum())} for i, (n, p) in enumerate(zip(names, sites))]
+    rows = [
+        {
+            "class": n,
+            "class_id": class_id(n),
+            "row": float(p[0]),
+            "col": float(p[1]),
+            "area_px": int((owner == i + 1).sum()),
+        }
+        for i, (n, p) in enumerate(zip(names, sites))
+    ]
     from scipy import ndimage as ndi
 
     regions, n_reg = ndi.label(classmap == class_id("extended"))
     for lab in range(1, n_reg + 1):
         rr, cc = np.nonzero(regions == lab)
-        rows.append({"class": "extended", "class_id": class_id("extended"), "row": float(rr.mean()),
-                     "col": float(cc.mean()), "area_px": int(len(rr))})
+        rows.append(
+            {
+                "class": "extended",
+                "class_id": class_id("extended"),
+                "row": float(rr.mean()),
+                "col": float(cc.mean()),
+                "area_px": int(len(rr)),
+            }
+        )
     objects = pd.DataFrame(rows, columns=["class", "class_id", "row", "col", "area_px"])
-    params = dict(s.params, scene=scene, contrast=contrast, disc_radius_px=radius, seed=int(seed),
-                  class_names=list(CLASS_NAMES))
-    return DefectSample(image=image.astype(np.float32), clean=clean.astype(np.float32), classmap=classmap,
-                        objects=objects, positions=s.positions, kinds=s.kinds, extended=extended,
-                        params=params, amplitude=s.amplitude)
+    params = dict(
+        s.params,
+        scene=scene,
+        contrast=contrast,
+        disc_radius_px=radius,
+        seed=int(seed),
+        class_names=list(CLASS_NAMES),
+    )
+    return DefectSample(
+        image=image.astype(np.float32),
+        clean=clean.astype(np.float32),
+        classmap=classmap,
+        objects=objects,
+        positions=s.positions,
+        kinds=s.kinds,
+        extended=extended,
+        params=params,
+        amplitude=s.amplitude,
+    )

@@ -8,6 +8,7 @@ spacing 5–30 px. Defects: vacancies, bright and dim substitutional dopants, in
 Distortions: drift shear, anisotropic scale, scan-row jitter. Noise: Poisson at a dose from a
 few to thousands of counts per column, plus read noise.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -26,22 +27,27 @@ EXTRA_LATTICES = ("dichalcogenide",)
 SCENES = ("crystal", "interface", "particle", "single_atoms")
 
 HOST, DOPANT_BRIGHT, DOPANT_DIM, INTERSTITIAL, ADATOM = 0, 1, 2, 3, 4
-KIND_NAMES = {HOST: "host", DOPANT_BRIGHT: "dopant_bright", DOPANT_DIM: "dopant_dim",
-              INTERSTITIAL: "interstitial", ADATOM: "adatom"}
+KIND_NAMES = {
+    HOST: "host",
+    DOPANT_BRIGHT: "dopant_bright",
+    DOPANT_DIM: "dopant_dim",
+    INTERSTITIAL: "interstitial",
+    ADATOM: "adatom",
+}
 
 
 @dataclass
 class LatticeSample:
     """A simulated image and everything true about it."""
 
-    image: np.ndarray          # (H, W) float32, noisy, in units of the clean image
-    clean: np.ndarray          # (H, W) float32, noise-free
-    positions: np.ndarray      # (N, 2) float64 (row, col) of every visible column / atom
-    kinds: np.ndarray          # (N,) int: HOST, DOPANT_BRIGHT, DOPANT_DIM, INTERSTITIAL, ADATOM
-    sigma: np.ndarray          # (N,) column widths (px)
-    amplitude: np.ndarray      # (N,) column peak heights
-    vacancies: np.ndarray      # (M, 2) (row, col) of removed columns
-    amorphous: np.ndarray      # (H, W) bool, where an amorphous support/patch is
+    image: np.ndarray  # (H, W) float32, noisy, in units of the clean image
+    clean: np.ndarray  # (H, W) float32, noise-free
+    positions: np.ndarray  # (N, 2) float64 (row, col) of every visible column / atom
+    kinds: np.ndarray  # (N,) int: HOST, DOPANT_BRIGHT, DOPANT_DIM, INTERSTITIAL, ADATOM
+    sigma: np.ndarray  # (N,) column widths (px)
+    amplitude: np.ndarray  # (N,) column peak heights
+    vacancies: np.ndarray  # (M, 2) (row, col) of removed columns
+    amorphous: np.ndarray  # (H, W) bool, where an amorphous support/patch is
     params: dict = field(default_factory=dict)
 
 
@@ -56,12 +62,19 @@ def _cell(lattice: str, rng) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     if lattice == "triangular":
         return np.array([[1, 0], [0.5, s3 / 2]]), np.zeros((1, 2)), np.ones(1)
     if lattice in ("honeycomb", "dichalcogenide"):
-        rel = np.ones(2) if lattice == "honeycomb" else np.array([1.0, np.exp(rng.uniform(np.log(0.15), np.log(0.9)))])
+        rel = (
+            np.ones(2)
+            if lattice == "honeycomb"
+            else np.array([1.0, np.exp(rng.uniform(np.log(0.15), np.log(0.9)))])
+        )
         return np.array([[s3, 0], [s3 / 2, 1.5]]), np.array([[0, 0], [0, 1.0]]), rel
     if lattice == "perovskite":
         a = np.sqrt(2.0)
-        return (np.array([[a, 0], [0, a]]), np.array([[0, 0], [a / 2, a / 2]]),
-                np.array([1.0, rng.uniform(0.3, 0.75)]))
+        return (
+            np.array([[a, 0], [0, a]]),
+            np.array([[0, 0], [a / 2, a / 2]]),
+            np.array([1.0, rng.uniform(0.3, 0.75)]),
+        )
     raise ValueError(f"Unknown lattice {lattice!r}; choose from {LATTICES + EXTRA_LATTICES}.")
 
 
@@ -79,7 +92,12 @@ def lattice_sites(shape, lattice: str, spacing: float, rotation: float, rng, mar
     cells = origin + i.reshape(-1, 1) * vecs[0] + j.reshape(-1, 1) * vecs[1]
     pts = (cells[:, None, :] + basis[None]).reshape(-1, 2)
     rels = np.tile(rel, len(cells))
-    xy_ok = (pts[:, 0] > -margin) & (pts[:, 0] < w - 1 + margin) & (pts[:, 1] > -margin) & (pts[:, 1] < h - 1 + margin)
+    xy_ok = (
+        (pts[:, 0] > -margin)
+        & (pts[:, 0] < w - 1 + margin)
+        & (pts[:, 1] > -margin)
+        & (pts[:, 1] < h - 1 + margin)
+    )
     pts, rels = pts[xy_ok], rels[xy_ok]
     # interstitial candidates: a point inside each cell away from the columns
     offset = 0.5 * vecs[0] if lattice == "perovskite" else 0.5 * (vecs[0] + vecs[1])
@@ -185,7 +203,9 @@ def simulate_lattice(
         a = _crystal(shape, rng, lattice, spacing, rotation, defects, region=side)
         lat2 = str(rng.choice(LATTICES))
         sp2 = spacing * rng.uniform(0.8, 1.25)
-        b = _crystal(shape, rng, lat2, sp2, rng.uniform(0, np.pi), defects, region=lambda p: ~side(p))
+        b = _crystal(
+            shape, rng, lat2, sp2, rng.uniform(0, np.pi), defects, region=lambda p: ~side(p)
+        )
         b[2][:] *= rng.uniform(0.5, 1.3)
         sites, kinds, amp, sigma, vac = (np.concatenate([x, y]) for x, y in zip(a, b))
     elif scene == "particle":
@@ -193,7 +213,9 @@ def simulate_lattice(
         ecc = rng.uniform(0.7, 1.0)
         c0 = np.array([h, w]) * rng.uniform(0.35, 0.65, 2)
         inside = lambda p: ((p[:, 0] - c0[0]) / r) ** 2 + ((p[:, 1] - c0[1]) / (r * ecc)) ** 2 < 1  # noqa: E731
-        sites, kinds, amp, sigma, vac = _crystal(shape, rng, lattice, spacing, rotation, defects, region=inside)
+        sites, kinds, amp, sigma, vac = _crystal(
+            shape, rng, lattice, spacing, rotation, defects, region=inside
+        )
         grid = np.column_stack([yy.ravel(), xx.ravel()]).astype(float)
         amorphous = ~inside(grid).reshape(shape)
     else:  # single atoms (and small clusters) on an amorphous support
@@ -209,7 +231,9 @@ def simulate_lattice(
         sites = sites[keep]
         amorphous[:] = True
         if rng.uniform() < 0.6:  # a support flake with vacuum beside it (atoms sit on the flake)
-            flake = smooth_field(shape, rng, scales=(min(h, w) / 5,), weights=[1.0]) > rng.uniform(-0.8, 0.4)
+            flake = smooth_field(shape, rng, scales=(min(h, w) / 5,), weights=[1.0]) > rng.uniform(
+                -0.8, 0.4
+            )
             amorphous = flake
             ip = np.rint(sites).astype(int)
             on = flake[ip[:, 0], ip[:, 1]] | (rng.uniform(size=len(sites)) < 0.05)
@@ -222,11 +246,13 @@ def simulate_lattice(
     row_shift = None
     if distort:
         shear, stretch = rng.normal(0, 0.02), rng.normal(0, 0.02)
+
         def affine(p):  # noqa: E306
             p = p.copy()
             p[:, 1] += shear * (p[:, 0] - h / 2)
             p[:, 0] = h / 2 + (p[:, 0] - h / 2) * (1 + stretch)
             return p
+
         sites = affine(sites) if len(sites) else sites
         vac = affine(vac) if len(vac) else vac
         smooth = smooth_field((h, 1), rng, scales=(rng.uniform(1, 4),), weights=[1.0])[:, 0]
@@ -237,7 +263,9 @@ def simulate_lattice(
     else:
         support_level = rng.uniform(0.03, 0.3)
     if amorphous.any():
-        thickness = 1 + rng.uniform(0, 0.4) * smooth_field(shape, rng, scales=(min(h, w) / 4,), weights=[1.0])
+        thickness = 1 + rng.uniform(0, 0.4) * smooth_field(
+            shape, rng, scales=(min(h, w) / 4,), weights=[1.0]
+        )
         edge = ndi.gaussian_filter(amorphous.astype(np.float32), rng.uniform(0.5, 3))
         clean += _support(shape, rng, support_level) * np.clip(thickness, 0.3, None) * edge
     elif rng.uniform() < 0.3:  # a contaminated / amorphous patch on a crystal
@@ -247,7 +275,9 @@ def simulate_lattice(
         amorphous |= blob
     if scene == "single_atoms" and rng.uniform() < 0.5:  # diffuse contamination, not atoms
         blobs = _poisson_disc(shape, int(rng.integers(1, 5)), 10, rng)
-        clean += render_gaussians(shape, blobs, rng.uniform(4, 10, len(blobs)), rng.uniform(0.2, 0.6, len(blobs)))
+        clean += render_gaussians(
+            shape, blobs, rng.uniform(4, 10, len(blobs)), rng.uniform(0.2, 0.6, len(blobs))
+        )
     clean += background(shape, rng, rng.uniform(0, 0.5)) + rng.uniform(0.0, 0.1)
     clean = clean.astype(np.float32)
     if np.isfinite(dose):
@@ -264,11 +294,24 @@ def simulate_lattice(
         wgt = np.exp(-((rows[None, :] - sites[:, :1]) ** 2) / (2 * sigma[:, None] ** 2))
         sites = sites.copy()
         sites[:, 1] -= (wgt @ row_shift) / np.maximum(wgt.sum(1), 1e-12)
-    visible = (sites[:, 0] >= 0) & (sites[:, 0] <= h - 1) & (sites[:, 1] >= 0) & (sites[:, 1] <= w - 1)
-    vis_v = (vac[:, 0] >= 0) & (vac[:, 0] <= h - 1) & (vac[:, 1] >= 0) & (vac[:, 1] <= w - 1) if len(vac) else np.zeros(0, bool)
+    visible = (
+        (sites[:, 0] >= 0) & (sites[:, 0] <= h - 1) & (sites[:, 1] >= 0) & (sites[:, 1] <= w - 1)
+    )
+    vis_v = (
+        (vac[:, 0] >= 0) & (vac[:, 0] <= h - 1) & (vac[:, 1] >= 0) & (vac[:, 1] <= w - 1)
+        if len(vac)
+        else np.zeros(0, bool)
+    )
     return LatticeSample(
-        image=image.astype(np.float32), clean=clean, positions=sites[visible].astype(np.float64),
-        kinds=kinds[visible], sigma=sigma[visible], amplitude=amp[visible],
-        vacancies=vac[vis_v] if len(vac) else empty, amorphous=amorphous,
-        params=dict(scene=str(scene), lattice=lattice, spacing=spacing, rotation=rotation, dose=dose),
+        image=image.astype(np.float32),
+        clean=clean,
+        positions=sites[visible].astype(np.float64),
+        kinds=kinds[visible],
+        sigma=sigma[visible],
+        amplitude=amp[visible],
+        vacancies=vac[vis_v] if len(vac) else empty,
+        amorphous=amorphous,
+        params=dict(
+            scene=str(scene), lattice=lattice, spacing=spacing, rotation=rotation, dose=dose
+        ),
     )

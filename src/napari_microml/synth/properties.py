@@ -4,17 +4,18 @@ The property depends on the *local structure* (not on position), which is what d
 learning exploits: pixels with similar neighbourhoods have similar properties wherever they
 are in the field of view.
 """
+
 from __future__ import annotations
 
 import numpy as np
 from scipy import ndimage as ndi
 
-
 KINDS = ("blobs", "domains", "lattice", "phases")
 
 
-def structure_property_pair(shape=(50, 50), *, kind: str = "blobs", seed: int = 0,
-                            noise: float = 0.0):
+def structure_property_pair(
+    shape=(50, 50), *, kind: str = "blobs", seed: int = 0, noise: float = 0.0
+):
     """A structure image and a scalar property map of the same shape.
 
     kind
@@ -84,12 +85,17 @@ def _lattice_pair(shape, rng):
         simulate_lattice,
     )
 
-    rr, cc = np.mgrid[0:shape[0], 0:shape[1]].astype(float)
+    rr, cc = np.mgrid[0 : shape[0], 0 : shape[1]].astype(float)
     for _ in range(20):  # redraw until the field holds a few defects
         spacing = rng.uniform(4.0, 7.0)
-        sample = simulate_lattice(shape, scene="crystal", spacing=spacing,
-                                  dose=float(np.exp(rng.uniform(np.log(50), np.log(2000)))),
-                                  defects=True, seed=int(rng.integers(2**31)))
+        sample = simulate_lattice(
+            shape,
+            scene="crystal",
+            spacing=spacing,
+            dose=float(np.exp(rng.uniform(np.log(50), np.log(2000)))),
+            defects=True,
+            seed=int(rng.integers(2**31)),
+        )
         weight = {DOPANT_BRIGHT: 1.0, DOPANT_DIM: 0.6, INTERSTITIAL: 0.8}
         pts = [(p, weight[k]) for p, k in zip(sample.positions, sample.kinds) if k in weight]
         pts += [(p, 0.7) for p in sample.vacancies]
@@ -108,20 +114,26 @@ def _phases_pair(shape, rng):
 
     h, w = shape
     size = min(h, w)
-    fields = np.stack([smooth_field(shape, rng, scales=(size / 6,), weights=[1.0])
-                       for _ in range(3)])
+    fields = np.stack(
+        [smooth_field(shape, rng, scales=(size / 6,), weights=[1.0]) for _ in range(3)]
+    )
     phase = np.argmax(fields + 0.3 * rng.uniform(size=(3, 1, 1)), axis=0)
-    z = rng.uniform(0.5, 1.5, 3)                        # mean atomic number (HAADF contrast)
+    z = rng.uniform(0.5, 1.5, 3)  # mean atomic number (HAADF contrast)
     conc = np.array([rng.uniform(0.7, 1.0), rng.uniform(0.1, 0.4), rng.uniform(0.0, 0.3)])
-    thick = np.clip(1 + rng.uniform(0.2, 0.5) * smooth_field(shape, rng, scales=(size / 3,),
-                                                             weights=[1.0]), 0.2, None)
+    thick = np.clip(
+        1 + rng.uniform(0.2, 0.5) * smooth_field(shape, rng, scales=(size / 3,), weights=[1.0]),
+        0.2,
+        None,
+    )
     if rng.uniform() < 0.5:  # a particle with vacuum around it
         rr, cc = np.mgrid[0:h, 0:w].astype(float)
         c0, rad = np.array([h, w]) * rng.uniform(0.4, 0.6, 2), size * rng.uniform(0.35, 0.5)
         thick = thick * ndi.gaussian_filter(
-            (((rr - c0[0]) ** 2 + (cc - c0[1]) ** 2) < rad**2).astype(float), 1.0)
-    texture = np.stack([smooth_field(shape, rng, scales=(s,), weights=[1.0])
-                        for s in (0.8, 1.5, 3.0)])
+            (((rr - c0[0]) ** 2 + (cc - c0[1]) ** 2) < rad**2).astype(float), 1.0
+        )
+    texture = np.stack(
+        [smooth_field(shape, rng, scales=(s,), weights=[1.0]) for s in (0.8, 1.5, 3.0)]
+    )
     tex = np.take_along_axis(texture, phase[None], 0)[0]
     img = thick * (z[phase] * (1 + 0.15 * tex))
     img = ndi.gaussian_filter(img, 0.7)
@@ -130,8 +142,16 @@ def _phases_pair(shape, rng):
     return img, prop
 
 
-def property_spectrum_image(prop, *, n_channels: int = 64, axis=None, centre=None, width=3.0,
-                            noise: float = 0.0, seed: int = 0):
+def property_spectrum_image(
+    prop,
+    *,
+    n_channels: int = 64,
+    axis=None,
+    centre=None,
+    width=3.0,
+    noise: float = 0.0,
+    seed: int = 0,
+):
     """A spectrum image whose peak height equals ``prop`` (plus a flat background of 0.1).
 
     Returns ``cube`` (H, W, E) and ``axis`` (E,) (default: 0 … n_channels-1 in "eV").

@@ -1,4 +1,5 @@
 """Rendering primitives with exact ground truth: Gaussian columns, supports, noise."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -41,7 +42,11 @@ def render_gaussians(
         dy = rows - pos[:, :1]
         rr = np.clip(rows, 0, h - 1)
         shift = row_shift[rr] if row_shift is not None else 0.0
-        dx = cols[:, None, :] + (shift[:, :, None] if row_shift is not None else 0.0) - pos[:, None, 1:2]
+        dx = (
+            cols[:, None, :]
+            + (shift[:, :, None] if row_shift is not None else 0.0)
+            - pos[:, None, 1:2]
+        )
         val = amp[:, None, None] * np.exp(
             -(dy[:, :, None] ** 2 + dx**2) / (2 * sig[:, None, None] ** 2)
         )
@@ -52,7 +57,9 @@ def render_gaussians(
     return image.astype(np.float32)
 
 
-def smooth_field(shape, rng: np.random.Generator, scales=(2.0, 6.0, 20.0), weights=None) -> np.ndarray:
+def smooth_field(
+    shape, rng: np.random.Generator, scales=(2.0, 6.0, 20.0), weights=None
+) -> np.ndarray:
     """Zero-mean, unit-std random field mixing several correlation lengths (px)."""
     weights = weights if weights is not None else rng.uniform(0.3, 1.0, len(scales))
     field = np.zeros(shape, np.float64)
@@ -68,14 +75,16 @@ def background(shape, rng: np.random.Generator, strength: float) -> np.ndarray:
     h, w = shape
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     g = rng.normal(size=2)
-    grad = (g[0] * (yy / h - 0.5) + g[1] * (xx / w - 0.5))
+    grad = g[0] * (yy / h - 0.5) + g[1] * (xx / w - 0.5)
     bump = smooth_field(shape, rng, scales=(max(h, w) / 4,), weights=[1.0])
     bg = grad + 0.5 * bump
     bg -= bg.min()
     return (strength * bg / (bg.max() + 1e-9)).astype(np.float32)
 
 
-def add_noise(clean: np.ndarray, dose: float, rng: np.random.Generator, read_noise: float = 0.0) -> np.ndarray:
+def add_noise(
+    clean: np.ndarray, dose: float, rng: np.random.Generator, read_noise: float = 0.0
+) -> np.ndarray:
     """Shot noise at ``dose`` counts for intensity 1, plus Gaussian read noise (in counts).
 
     The result is in counts; divide by ``dose`` to return to the clean image's scale.
@@ -97,8 +106,10 @@ def heatmap(shape, positions: np.ndarray, sigma: float = 1.0) -> np.ndarray:
     offs = np.arange(-r, r + 1)
     rows = np.rint(positions[:, 0]).astype(int)[:, None] + offs
     cols = np.rint(positions[:, 1]).astype(int)[:, None] + offs
-    val = np.exp(-((rows - positions[:, :1])[:, :, None] ** 2 + (cols - positions[:, 1:2])[:, None, :] ** 2)
-                 / (2 * sigma**2)).astype(np.float32)
+    val = np.exp(
+        -((rows - positions[:, :1])[:, :, None] ** 2 + (cols - positions[:, 1:2])[:, None, :] ** 2)
+        / (2 * sigma**2)
+    ).astype(np.float32)
     ok = ((rows >= 0) & (rows < h))[:, :, None] & ((cols >= 0) & (cols < w))[:, None, :]
     rix = np.broadcast_to(rows[:, :, None], val.shape)[ok]
     cix = np.broadcast_to(cols[:, None, :], val.shape)[ok]

@@ -11,6 +11,7 @@ sample or a hole in it. Noise: Poisson at a dose drawn log-uniformly
 from a few to thousands of counts per unit intensity, plus read noise; some images are
 noise-free.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -37,8 +38,9 @@ def _lattice(shape, rng) -> np.ndarray:
     return _unit(clean[:h, :w])
 
 
-def _soft_side(shape, rng, *, margin: float, warp_div: float, warp_max: float,
-               blur_max: float) -> np.ndarray:
+def _soft_side(
+    shape, rng, *, margin: float, warp_div: float, warp_max: float, blur_max: float
+) -> np.ndarray:
     """One side (0..1) of a random, smoothly warped straight edge, blurred by a random σ: the
     edge passes through a point at least ``margin`` × the size from the border, its warp has
     correlation length the larger side / ``warp_div`` and amplitude up to ``warp_max`` × it."""
@@ -73,7 +75,10 @@ def _texture(shape, rng) -> np.ndarray:
 def _particles(shape, rng) -> np.ndarray:
     h, w = shape
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    img = 0.3 * (1 + rng.uniform(0.2, 0.6) * smooth_field(shape, rng, scales=(rng.uniform(0.8, 2), 5.0, 20.0)))
+    img = 0.3 * (
+        1
+        + rng.uniform(0.2, 0.6) * smooth_field(shape, rng, scales=(rng.uniform(0.8, 2), 5.0, 20.0))
+    )
     for _ in range(int(rng.integers(1, 12))):
         r = rng.uniform(3, 0.35 * min(h, w))
         c = rng.uniform([0, 0], [h, w])
@@ -86,7 +91,9 @@ def _particles(shape, rng) -> np.ndarray:
         body = ndi.gaussian_filter(inside * (0.4 + 0.6 * thick), rng.uniform(0.5, 2.5))
         if rng.uniform() < 0.5:  # lattice fringes inside the particle
             period, fa = rng.uniform(3, 20), rng.uniform(0, np.pi)
-            body = body * (1 + 0.3 * np.cos(2 * np.pi * (yy * np.sin(fa) + xx * np.cos(fa)) / period))
+            body = body * (
+                1 + 0.3 * np.cos(2 * np.pi * (yy * np.sin(fa) + xx * np.cos(fa)) / period)
+            )
         img = img + rng.uniform(0.5, 3) * body
     return _unit(img + background(shape, rng, rng.uniform(0, 0.8)))
 
@@ -103,8 +110,14 @@ def _with_vacuum(img: np.ndarray, rng) -> np.ndarray:
 _MAKERS = {"lattice": _lattice, "edges": _edges, "texture": _texture, "particles": _particles}
 
 
-def simulate_scene(shape=(128, 128), *, kind: str | None = None, dose: float | None = None,
-                   seed: int = 0, vacuum: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+def simulate_scene(
+    shape=(128, 128),
+    *,
+    kind: str | None = None,
+    dose: float | None = None,
+    seed: int = 0,
+    vacuum: float = 0.0,
+) -> tuple[np.ndarray, np.ndarray]:
     """One STEM-like image and its noise-free truth.
 
     Parameters
@@ -130,7 +143,9 @@ def simulate_scene(shape=(128, 128), *, kind: str | None = None, dose: float | N
         clean = _with_vacuum(clean, rng)
     clean = (rng.uniform(0.02, 0.2) + rng.uniform(0.5, 1.0) * clean).astype(np.float32)
     if dose is None:
-        dose = np.inf if rng.uniform() < 0.1 else float(np.exp(rng.uniform(np.log(2), np.log(5000))))
+        dose = (
+            np.inf if rng.uniform() < 0.1 else float(np.exp(rng.uniform(np.log(2), np.log(5000))))
+        )
     if not np.isfinite(dose):
         return clean.copy(), clean
     noisy = add_noise(clean, dose, rng, rng.uniform(0, 1.5)) / dose

@@ -1,4 +1,5 @@
 """Simulated spectra with exact ground truth (peak centres, widths) for the shift-VAE."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -6,7 +7,7 @@ import numpy as np
 
 def gaussian(x, centre, width, amplitude=1.0):
     """Gaussian peaks; broadcasting ``(N, 1)`` parameters against ``x (L,)``."""
-    return amplitude * np.exp(-((x - centre) ** 2) / (2.0 * width ** 2))
+    return amplitude * np.exp(-((x - centre) ** 2) / (2.0 * width**2))
 
 
 def gaussian_peaks(n: int = 5000, n_channels: int = 100, *, x_range=(-12.0, 12.0), seed: int = 0):
@@ -26,8 +27,14 @@ def gaussian_peaks(n: int = 5000, n_channels: int = 100, *, x_range=(-12.0, 12.0
     return y.astype(np.float32), x, {"centre": centre, "width": width, "noise": noise}
 
 
-def two_peak_spectra(n: int = 5000, n_channels: int = 100, *, x_range=(-12.0, 12.0),
-                     seed: int = 0, counts: float = 200.0):
+def two_peak_spectra(
+    n: int = 5000,
+    n_channels: int = 100,
+    *,
+    x_range=(-12.0, 12.0),
+    seed: int = 0,
+    counts: float = 200.0,
+):
     """A harder set: main peak + satellite (sometimes taller), sloped background, Poisson noise.
 
     The satellite sits 3–5 units above the main peak and has 0.3–1.5× its height (so in about
@@ -42,17 +49,24 @@ def two_peak_spectra(n: int = 5000, n_channels: int = 100, *, x_range=(-12.0, 12
     ratio = rng.uniform(0.3, 1.5, n)
     slope = rng.uniform(-0.015, 0.015, n)
     base = rng.uniform(0.1, 0.3, n)
-    y = (gaussian(x[None], centre[:, None], width[:, None])
-         + gaussian(x[None], (centre + sep)[:, None], 1.2 * width[:, None], ratio[:, None])
-         + base[:, None] + slope[:, None] * x[None])
+    y = (
+        gaussian(x[None], centre[:, None], width[:, None])
+        + gaussian(x[None], (centre + sep)[:, None], 1.2 * width[:, None], ratio[:, None])
+        + base[:, None]
+        + slope[:, None] * x[None]
+    )
     y = np.clip(y, 0, None)
     y = rng.poisson(y * counts) / counts
-    return y.astype(np.float32), x, {"centre": centre, "width": width, "separation": sep,
-                                     "ratio": ratio, "slope": slope}
+    return (
+        y.astype(np.float32),
+        x,
+        {"centre": centre, "width": width, "separation": sep, "ratio": ratio, "slope": slope},
+    )
 
 
-def simulate_spectrum_image(shape=(32, 32), n_channels: int = 128, seed: int = 0,
-                            max_shift: float = 1.5):
+def simulate_spectrum_image(
+    shape=(32, 32), n_channels: int = 128, seed: int = 0, max_shift: float = 1.5
+):
     """A spectrum image (H, W, L) whose peaks shift smoothly across the field of view.
 
     Two peaks near 532 and 540 eV (an O-K-edge-like pair) on an axis of 525–550 eV. The
@@ -76,8 +90,10 @@ def simulate_spectrum_image(shape=(32, 32), n_channels: int = 128, seed: int = 0
     phase = (u + 0.3 * np.sin(6 * v) > 0.55).astype(float)
     w1 = 0.8 + 0.6 * phase
     s = shift[..., None]
-    y = (gaussian(axis, 532.0 + s, w1[..., None], 1.0)
-         + gaussian(axis, 540.0 + s, 2.0, 0.6 - 0.2 * phase[..., None])
-         + 0.05)
+    y = (
+        gaussian(axis, 532.0 + s, w1[..., None], 1.0)
+        + gaussian(axis, 540.0 + s, 2.0, 0.6 - 0.2 * phase[..., None])
+        + 0.05
+    )
     y = rng.poisson(y * 300.0) / 300.0
     return y.astype(np.float32), axis, shift.astype(np.float32)

@@ -9,6 +9,7 @@ rising linearly along x), "dislocation" (an edge dislocation, isotropic elastici
 (1–8 atoms per column, intensity ∝ count). Images are rendered with Poisson noise at ``dose``
 counts per (single-atom or A) column.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -23,13 +24,13 @@ SCENARIOS = ("flat", "step", "gradient", "dislocation", "domains", "counts")
 
 @dataclass
 class StrainedSample:
-    image: np.ndarray         # (H, W) float32 counts
-    positions: np.ndarray     # (N, 2) true (row, col) px
-    sublattice: np.ndarray    # (N,) 0 = brighter site
-    F: np.ndarray             # (N, 2, 2) true deformation gradient in (row, col) at each column
-    shift: np.ndarray         # (N, 2) (row, col) px extra offset of each column (domains)
-    counts: np.ndarray        # (N,) atoms per column
-    ideal: np.ndarray         # (N, 2) undeformed sites (row, col)
+    image: np.ndarray  # (H, W) float32 counts
+    positions: np.ndarray  # (N, 2) true (row, col) px
+    sublattice: np.ndarray  # (N,) 0 = brighter site
+    F: np.ndarray  # (N, 2, 2) true deformation gradient in (row, col) at each column
+    shift: np.ndarray  # (N, 2) (row, col) px extra offset of each column (domains)
+    counts: np.ndarray  # (N,) atoms per column
+    ideal: np.ndarray  # (N, 2) undeformed sites (row, col)
     params: dict = field(default_factory=dict)
 
 
@@ -51,7 +52,11 @@ def _sites(structure: str, spacing: float, shape, margin: float):
     i, j = np.meshgrid(np.arange(-n, n), np.arange(-n, n), indexing="ij")
     pts, lab = [], []
     for s, (f1, f2) in enumerate(basis):
-        p = (i.ravel() + f1)[:, None] * a1 + (j.ravel() + f2)[:, None] * a2 + np.array([margin, margin])
+        p = (
+            (i.ravel() + f1)[:, None] * a1
+            + (j.ravel() + f2)[:, None] * a2
+            + np.array([margin, margin])
+        )
         pts.append(p)
         lab.append(np.full(len(p), s))
     pts, lab = np.concatenate(pts), np.concatenate(lab)
@@ -62,14 +67,27 @@ def _edge_u(xy: np.ndarray, core: np.ndarray, b: float, nu: float = 0.3) -> np.n
     x, y = (xy - core).T
     r2 = x**2 + y**2
     ux = b / (2 * np.pi) * (np.arctan2(y, x) + x * y / (2 * (1 - nu) * r2))
-    uy = -b / (2 * np.pi) * ((1 - 2 * nu) / (4 * (1 - nu)) * np.log(r2) + (x**2 - y**2) / (4 * (1 - nu) * r2))
+    uy = (
+        -b
+        / (2 * np.pi)
+        * ((1 - 2 * nu) / (4 * (1 - nu)) * np.log(r2) + (x**2 - y**2) / (4 * (1 - nu) * r2))
+    )
     return np.column_stack([ux, uy])
 
 
-def strained_lattice(scenario: str = "flat", *, structure: str = "square", shape=(256, 256),
-                     spacing: float = 16.0, sigma: float | None = None, dose: float = 1000.0,
-                     strain: float = 0.02, shift: float = 0.6, background: float = 0.1,
-                     seed: int = 0) -> StrainedSample:
+def strained_lattice(
+    scenario: str = "flat",
+    *,
+    structure: str = "square",
+    shape=(256, 256),
+    spacing: float = 16.0,
+    sigma: float | None = None,
+    dose: float = 1000.0,
+    strain: float = 0.02,
+    shift: float = 0.6,
+    background: float = 0.1,
+    seed: int = 0,
+) -> StrainedSample:
     """A noisy image of a deformed lattice and the exact truth (see the module docstring)."""
     if scenario not in SCENARIOS:
         raise ValueError(f"Unknown scenario {scenario!r}; choose one of {', '.join(SCENARIOS)}.")
@@ -77,8 +95,8 @@ def strained_lattice(scenario: str = "flat", *, structure: str = "square", shape
     h, w = shape
     sigma = 0.1 * spacing if sigma is None else sigma
     X, lab, bright = _sites(structure, spacing, shape, 0.5 * spacing)
-    xy = X[:, ::-1]                                      # (x, y) = (col, row)
-    grad = np.zeros((len(X), 2, 2))                      # ∂u/∂X in (x, y)
+    xy = X[:, ::-1]  # (x, y) = (col, row)
+    grad = np.zeros((len(X), 2, 2))  # ∂u/∂X in (x, y)
     u = np.zeros_like(xy)
     xc = 0.5 * w
     if scenario == "step":
@@ -96,7 +114,9 @@ def strained_lattice(scenario: str = "flat", *, structure: str = "square", shape
         for a in range(2):
             d = np.zeros(2)
             d[a] = eps
-            grad[:, :, a] = (_edge_u(xy + d, core, spacing) - _edge_u(xy - d, core, spacing)) / (2 * eps)
+            grad[:, :, a] = (_edge_u(xy + d, core, spacing) - _edge_u(xy - d, core, spacing)) / (
+                2 * eps
+            )
     extra = np.zeros_like(xy)
     if scenario == "domains":
         extra[lab == 1, 0] = np.where(xy[lab == 1, 0] < xc, shift, -shift)
@@ -110,9 +130,25 @@ def strained_lattice(scenario: str = "flat", *, structure: str = "square", shape
     amp = bright[lab] * counts
     pos, lab, amp, counts = pos[keep], lab[keep], amp[keep], counts[keep]
     F, extra, X = F[keep][:, ::-1, ::-1], extra[keep][:, ::-1], X[keep]
-    peak = dose / (2 * np.pi * sigma**2)                 # counts at the centre of a unit column
+    peak = dose / (2 * np.pi * sigma**2)  # counts at the centre of a unit column
     clean = render_gaussians(shape, pos, sigma, amp * peak) + background * peak
     image = rng.poisson(np.clip(clean, 0, None)).astype(np.float32)
-    return StrainedSample(image, pos, lab, F, extra, counts, X,
-                          {"scenario": scenario, "structure": structure, "spacing": spacing,
-                           "sigma": sigma, "dose": dose, "strain": strain, "shift": shift, "seed": seed})
+    return StrainedSample(
+        image,
+        pos,
+        lab,
+        F,
+        extra,
+        counts,
+        X,
+        {
+            "scenario": scenario,
+            "structure": structure,
+            "spacing": spacing,
+            "sigma": sigma,
+            "dose": dose,
+            "strain": strain,
+            "shift": shift,
+            "seed": seed,
+        },
+    )

@@ -5,6 +5,7 @@ distortion and dose (5–5000 counts/column) drawn at random; the target is a he
 Gaussian of height 1 (σ = 1.25 px) on every true column. Validation uses fresh seeds that
 training never sees.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -15,7 +16,13 @@ import numpy as np
 from napari_microml.atoms.finder import INPUTS, network_input
 from napari_microml.synth.lattice import simulate_lattice
 from napari_microml.synth.render import heatmap
-from napari_microml.training.common import Log, dihedral, lattice_for, parse_weights, seed_everything
+from napari_microml.training.common import (
+    Log,
+    dihedral,
+    lattice_for,
+    parse_weights,
+    seed_everything,
+)
 
 ARCH = {"kind": "unet", "in_channels": 1, "out_channels": 1, "base": 12, "depth": 3}
 HEAT_SIGMA = 1.25
@@ -24,21 +31,46 @@ HEAT_SIGMA = 1.25
 SCENE_P = {"crystal": 0.3, "interface": 0.15, "particle": 0.2, "single_atoms": 0.35}
 
 
-def make_pair(seed: int, size: int = 128, scene_p=None, input_kind: str = "plain", lattice_weights=None):
+def make_pair(
+    seed: int, size: int = 128, scene_p=None, input_kind: str = "plain", lattice_weights=None
+):
     scene_p = scene_p or SCENE_P
     scene = np.random.default_rng(seed + 7).choice(list(scene_p), p=list(scene_p.values()))
-    s = simulate_lattice((size, size), scene=str(scene), seed=seed, lattice=lattice_for(seed, lattice_weights))
-    return network_input(s.image, input_kind)[None], heatmap((size, size), s.positions, HEAT_SIGMA)[None]
+    s = simulate_lattice(
+        (size, size), scene=str(scene), seed=seed, lattice=lattice_for(seed, lattice_weights)
+    )
+    return network_input(s.image, input_kind)[None], heatmap((size, size), s.positions, HEAT_SIGMA)[
+        None
+    ]
 
 
-def make_set(n: int, first_seed: int, size: int = 128, scene_p=None, input_kind: str = "plain",
-             lattice_weights=None):
-    xs, ys = zip(*(make_pair(first_seed + i, size, scene_p, input_kind, lattice_weights) for i in range(n)))
+def make_set(
+    n: int,
+    first_seed: int,
+    size: int = 128,
+    scene_p=None,
+    input_kind: str = "plain",
+    lattice_weights=None,
+):
+    xs, ys = zip(
+        *(make_pair(first_seed + i, size, scene_p, input_kind, lattice_weights) for i in range(n))
+    )
     return np.stack(xs), np.stack(ys)
 
 
-def train(steps=1500, batch=8, n_train=2000, size=96, lr=2e-3, seed=0, name="atoms-default", init=None,
-          scene_p=None, input_kind="plain", lattice_weights=None):
+def train(
+    steps=1500,
+    batch=8,
+    n_train=2000,
+    size=96,
+    lr=2e-3,
+    seed=0,
+    name="atoms-default",
+    init=None,
+    scene_p=None,
+    input_kind="plain",
+    lattice_weights=None,
+):
     import torch
     import torch.nn.functional as F
 
@@ -47,9 +79,17 @@ def train(steps=1500, batch=8, n_train=2000, size=96, lr=2e-3, seed=0, name="ato
 
     seed_everything(seed)
     rng = np.random.default_rng(seed)
-    x_train, y_train = make_set(n_train, first_seed=1_000_000 + seed * 100_000, size=size, scene_p=scene_p,
-                                input_kind=input_kind, lattice_weights=lattice_weights)
-    x_val, y_val = make_set(64, first_seed=9_000_000, size=size, input_kind=input_kind)  # disjoint seeds
+    x_train, y_train = make_set(
+        n_train,
+        first_seed=1_000_000 + seed * 100_000,
+        size=size,
+        scene_p=scene_p,
+        input_kind=input_kind,
+        lattice_weights=lattice_weights,
+    )
+    x_val, y_val = make_set(
+        64, first_seed=9_000_000, size=size, input_kind=input_kind
+    )  # disjoint seeds
     arch = {k: v for k, v in ARCH.items() if k != "kind"}
     net = UNet(**arch)
     if init:  # warm start from a shipped model (a second training phase)
@@ -87,11 +127,22 @@ def train(steps=1500, batch=8, n_train=2000, size=96, lr=2e-3, seed=0, name="ato
                 vl = float(loss_fn(net(torch.from_numpy(x_val)), torch.from_numpy(y_val)))
             row["val_loss"] = round(vl, 5)
         log.add(step, **row)
-    meta = {"data": f"synth.lattice.simulate_lattice, all scenes/lattices, {size}x{size}",
-            "n_train_images": n_train, "train_seeds": f"{1_000_000 + seed * 100_000}+", "val_seeds": "9000000+",
-            "steps": steps, "batch": batch, "lr": lr, "seed": seed, "init": init, "scene_p": scene_p or SCENE_P, "heat_sigma": HEAT_SIGMA,
-            "input": input_kind, "lattice_weights": lattice_weights,
-            "final_val_loss": log.rows[-1].get("val_loss")}
+    meta = {
+        "data": f"synth.lattice.simulate_lattice, all scenes/lattices, {size}x{size}",
+        "n_train_images": n_train,
+        "train_seeds": f"{1_000_000 + seed * 100_000}+",
+        "val_seeds": "9000000+",
+        "steps": steps,
+        "batch": batch,
+        "lr": lr,
+        "seed": seed,
+        "init": init,
+        "scene_p": scene_p or SCENE_P,
+        "heat_sigma": HEAT_SIGMA,
+        "input": input_kind,
+        "lattice_weights": lattice_weights,
+        "final_val_loss": log.rows[-1].get("val_loss"),
+    }
     entry = save_model(net, name, task="atoms", arch=ARCH, meta=meta)
     return entry, log.rows
 
@@ -106,18 +157,38 @@ def main(argv=None):
     p.add_argument("--name", default="atoms-default")
     p.add_argument("--init", default=None, help="warm start from this shipped model")
     p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--scene-p", default=None,
-                   help="scene probabilities crystal,interface,particle,single_atoms (default 0.3,0.15,0.2,0.35)")
-    p.add_argument("--input", default="plain", choices=INPUTS,
-                   help="network input: robust scaling ('plain') or after flattening the slow background")
-    p.add_argument("--lattice-weights", default="",
-                   help="over-sample lattices, e.g. 'dichalcogenide=1.5' (unnamed LATTICES weigh 1; "
-                        "EXTRA_LATTICES only when named)")
+    p.add_argument(
+        "--scene-p",
+        default=None,
+        help="scene probabilities crystal,interface,particle,single_atoms (default 0.3,0.15,0.2,0.35)",
+    )
+    p.add_argument(
+        "--input",
+        default="plain",
+        choices=INPUTS,
+        help="network input: robust scaling ('plain') or after flattening the slow background",
+    )
+    p.add_argument(
+        "--lattice-weights",
+        default="",
+        help="over-sample lattices, e.g. 'dichalcogenide=1.5' (unnamed LATTICES weigh 1; "
+        "EXTRA_LATTICES only when named)",
+    )
     a = p.parse_args(argv)
     weights = parse_weights(a.lattice_weights)
-    entry, rows = train(steps=a.steps, batch=a.batch, n_train=a.n_train, size=a.size, seed=a.seed, name=a.name,
-                       init=a.init, lr=a.lr, input_kind=a.input, lattice_weights=weights,
-                       scene_p=dict(zip(SCENE_P, map(float, a.scene_p.split(",")))) if a.scene_p else None)
+    entry, rows = train(
+        steps=a.steps,
+        batch=a.batch,
+        n_train=a.n_train,
+        size=a.size,
+        seed=a.seed,
+        name=a.name,
+        init=a.init,
+        lr=a.lr,
+        input_kind=a.input,
+        lattice_weights=weights,
+        scene_p=dict(zip(SCENE_P, map(float, a.scene_p.split(",")))) if a.scene_p else None,
+    )
     print(json.dumps({"saved": entry, "last": rows[-1]}, indent=1))
 
 

@@ -7,6 +7,7 @@ held-out image, score it (21×21 px boxes, Hungarian, IoU > 0.5). The reported F
 over held-out images. In every fold the detection threshold is chosen on that fold's training images only.
 The shipped fine-tuned model is then trained on all images with the same recipe; its score is the cross-validated one, never a score on its own training images.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,13 +56,20 @@ def finetune(base, items, steps, seed, size=96, batch=8, lr=5e-4):
             name, _, true, target = items[rng.integers(len(items))]
             img = inputs[name]
             h, w = img.shape
-            if rng.uniform() < 0.7 and len(true):  # crops centred near labelled atoms, else anywhere
+            if rng.uniform() < 0.7 and len(
+                true
+            ):  # crops centred near labelled atoms, else anywhere
                 c = true[rng.integers(len(true))] + rng.uniform(-size / 3, size / 3, 2)
                 y0, x0 = (np.clip(c - size / 2, 0, [h - size, w - size])).astype(int)
             else:
                 y0, x0 = rng.integers(0, h - size), rng.integers(0, w - size)
-            x, y = dihedral([img[None, y0:y0 + size, x0:x0 + size], target[None, y0:y0 + size, x0:x0 + size]],
-                            int(rng.integers(8)))
+            x, y = dihedral(
+                [
+                    img[None, y0 : y0 + size, x0 : x0 + size],
+                    target[None, y0 : y0 + size, x0 : x0 + size],
+                ],
+                int(rng.integers(8)),
+            )
             xb.append(x * rng.uniform(0.8, 1.2) + rng.uniform(-0.1, 0.1))
             yb.append(y)
         xb, yb = torch.from_numpy(np.stack(xb)).float(), torch.from_numpy(np.stack(yb)).float()
@@ -78,8 +86,15 @@ def pick_threshold(net, items, thresholds) -> float:
     from napari_microml.atoms.metrics import match_boxes
 
     probs = [find_atoms(img, model=net, refine="none").probability for _, img, _, _ in items]
-    f1 = [np.mean([match_boxes(_local_maxima(p, t, 2)[0], true)["f1"] for p, (_, _, true, _) in zip(probs, items)])
-          for t in thresholds]
+    f1 = [
+        np.mean(
+            [
+                match_boxes(_local_maxima(p, t, 2)[0], true)["f1"]
+                for p, (_, _, true, _) in zip(probs, items)
+            ]
+        )
+        for t in thresholds
+    ]
     return float(thresholds[int(np.argmax(f1))])
 
 
@@ -91,7 +106,9 @@ def main(argv=None):
     from napari_microml.nets.registry import load_model, save_model
 
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--data", default=str(Path(__file__).resolve().parents[4] / "shared/data/atoms_pt_haadf"))
+    p.add_argument(
+        "--data", default=str(Path(__file__).resolve().parents[4] / "shared/data/atoms_pt_haadf")
+    )
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--base", default="default")
@@ -102,7 +119,9 @@ def main(argv=None):
     if len(items) < 2:
         raise SystemExit(f"Need at least two labelled images under {a.data}.")
     base, info = load_model("atoms", a.base)
-    base.input_kind = info["meta"].get("input", "plain")  # find_atoms and finetune read it from the module
+    base.input_kind = info["meta"].get(
+        "input", "plain"
+    )  # find_atoms and finetune read it from the module
     state = {k: v.clone() for k, v in base.state_dict().items()}
     per_image, base_scores = {}, {}
     thresholds = np.round(np.arange(0.15, 0.8, 0.05), 2)
@@ -110,24 +129,44 @@ def main(argv=None):
     for i, (name, img, true, _) in enumerate(items):
         base.load_state_dict(state)
         base_scores[name] = match_boxes(mm.find_atoms(img, model=base.eval()).positions, true)["f1"]
-        train_items = items[:i] + items[i + 1:]
+        train_items = items[:i] + items[i + 1 :]
         net = finetune(base, train_items, a.steps, a.seed + i)
         thr = pick_threshold(net, train_items, thresholds)  # chosen without the held-out image
         per_image[name] = match_boxes(mm.find_atoms(img, model=net, threshold=thr).positions, true)
-        fixed[name] = match_boxes(mm.find_atoms(img, model=net, threshold=0.5).positions, true)["f1"]
-        print(name, round(base_scores[name], 3), thr, {k: round(v, 3) for k, v in per_image[name].items()}, flush=True)
-    cv = {k: round(float(np.mean([r[k] for r in per_image.values()])), 4) for k in ("precision", "recall", "f1")}
-    report = {"leave_one_image_out": cv, "leave_one_image_out_f1_at_threshold_0.5": round(float(np.mean(list(fixed.values()))), 4),
-              "per_image_f1": {k: round(v["f1"], 3) for k, v in per_image.items()},
-              "base_model_f1_same_images": round(float(np.mean(list(base_scores.values()))), 4),
-              "steps": a.steps, "seed": a.seed, "base": info["name"], "base_sha256": info["sha256"]}
+        fixed[name] = match_boxes(mm.find_atoms(img, model=net, threshold=0.5).positions, true)[
+            "f1"
+        ]
+        print(
+            name,
+            round(base_scores[name], 3),
+            thr,
+            {k: round(v, 3) for k, v in per_image[name].items()},
+            flush=True,
+        )
+    cv = {
+        k: round(float(np.mean([r[k] for r in per_image.values()])), 4)
+        for k in ("precision", "recall", "f1")
+    }
+    report = {
+        "leave_one_image_out": cv,
+        "leave_one_image_out_f1_at_threshold_0.5": round(float(np.mean(list(fixed.values()))), 4),
+        "per_image_f1": {k: round(v["f1"], 3) for k, v in per_image.items()},
+        "base_model_f1_same_images": round(float(np.mean(list(base_scores.values()))), 4),
+        "steps": a.steps,
+        "seed": a.seed,
+        "base": info["name"],
+        "base_sha256": info["sha256"],
+    }
     print(json.dumps(report, indent=1))
     if not a.no_save:
         base.load_state_dict(state)
         net = finetune(base, items, a.steps, a.seed)
-        meta = {"data": "atoms_pt_haadf (11 hand-labelled Pt/C HAADF images, MIT)", **report,
-                "input": base.input_kind,
-                "recommended_threshold": pick_threshold(net, items, thresholds)}
+        meta = {
+            "data": "atoms_pt_haadf (11 hand-labelled Pt/C HAADF images, MIT)",
+            **report,
+            "input": base.input_kind,
+            "recommended_threshold": pick_threshold(net, items, thresholds),
+        }
         print(json.dumps(save_model(net, a.name, task="atoms", arch=ARCH, meta=meta), indent=1))
     torch.set_grad_enabled(True)
 

@@ -1,4 +1,5 @@
 """Shared training helpers: seeding, augmentation, a simple step loop with a log."""
+
 from __future__ import annotations
 
 import time

@@ -18,6 +18,7 @@ dihedral flips, a random scan kind (all of ``MASK_KINDS``; with ``--n-bank`` mos
 windows of whole-field masks) and coverage (log-uniform 1/100–1/10) per sample. The target is
 the noise-free image. Real data is never used. Shipped recipe: see nets/MODEL_CARD.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,8 +37,14 @@ ARCH = {"kind": "unet", "in_channels": 4, "out_channels": 2, "base": 16, "depth"
 VAL_SEED = 9_000_000
 
 
-def pool(n: int, size: int, first_seed: int, cache_dir="/tmp", clean_frac: float = 0.15,
-         vacuum: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+def pool(
+    n: int,
+    size: int,
+    first_seed: int,
+    cache_dir="/tmp",
+    clean_frac: float = 0.15,
+    vacuum: float = 0.0,
+) -> tuple[np.ndarray, np.ndarray]:
     """``n`` (noisy, clean) scenes of ``size``² px (a ``clean_frac`` share noise-free, a ``vacuum``
     share with a vacuum region), cached as .npz."""
     tag = f"_vac{vacuum:g}" if vacuum else ""
@@ -49,16 +56,22 @@ def pool(n: int, size: int, first_seed: int, cache_dir="/tmp", clean_frac: float
         z = np.load(path)
         return z["noisy"], z["clean"]
     rng = np.random.default_rng(first_seed)
-    doses = np.where(rng.uniform(size=n) < clean_frac, np.inf, np.exp(rng.uniform(np.log(10), np.log(5000), n)))
-    pairs = [simulate_scene((size, size), dose=float(doses[i]), seed=first_seed + i, vacuum=vacuum)
-             for i in range(n)]
+    doses = np.where(
+        rng.uniform(size=n) < clean_frac, np.inf, np.exp(rng.uniform(np.log(10), np.log(5000), n))
+    )
+    pairs = [
+        simulate_scene((size, size), dose=float(doses[i]), seed=first_seed + i, vacuum=vacuum)
+        for i in range(n)
+    ]
     noisy, clean = (np.stack(a) for a in zip(*pairs))
     np.savez(path, noisy=noisy, clean=clean)
     return noisy, clean
 
 
 KIND_P = [0.3, 0.2, 0.1, 0.15, 0.1, 0.15]
-TRAIN_KINDS = MASK_KINDS[:len(KIND_P)]  # the kinds the shipped weights saw (line hopping came later)
+TRAIN_KINDS = MASK_KINDS[
+    : len(KIND_P)
+]  # the kinds the shipped weights saw (line hopping came later)
 
 
 def mask_bank(n: int, seed: int, sizes=(96, 512)) -> list[np.ndarray]:
@@ -82,13 +95,15 @@ def make_sample(noisy, clean, rng, crop: int, kind=None, coverage=None, bank=Non
     tiling and sees beyond one tile) and the sample is a random ``crop``² part of it."""
     f = max(crop, min(field, noisy.shape[0], noisy.shape[1]))
     y, x = rng.integers(0, noisy.shape[0] - f + 1), rng.integers(0, noisy.shape[1] - f + 1)
-    n, c = dihedral([noisy[y:y + f, x:x + f], clean[y:y + f, x:x + f]], int(rng.integers(8)))
+    n, c = dihedral(
+        [noisy[y : y + f, x : x + f], clean[y : y + f, x : x + f]], int(rng.integers(8))
+    )
     mask = None
     if bank is not None and kind is None and rng.uniform() < 0.7:
         big = bank[int(rng.integers(len(bank)))]
         if min(big.shape) >= f:
             my, mx = rng.integers(0, big.shape[0] - f + 1), rng.integers(0, big.shape[1] - f + 1)
-            mask = dihedral([big[my:my + f, mx:mx + f]], int(rng.integers(8)))[0]
+            mask = dihedral([big[my : my + f, mx : mx + f]], int(rng.integers(8)))[0]
             if mask.sum() < 4 or mask.all():
                 mask = None
     if mask is None:
@@ -112,8 +127,17 @@ def val_set(n: int, crop: int):
     rng = np.random.default_rng(VAL_SEED)
     noisy, clean = pool(n, crop, VAL_SEED)
     covs = np.exp(np.linspace(np.log(1 / 100), np.log(1 / 10), n))
-    out = [make_sample(noisy[i], clean[i], rng, crop, kind=TRAIN_KINDS[i % len(TRAIN_KINDS)],
-                       coverage=float(covs[(i * 7) % n])) for i in range(n)]
+    out = [
+        make_sample(
+            noisy[i],
+            clean[i],
+            rng,
+            crop,
+            kind=TRAIN_KINDS[i % len(TRAIN_KINDS)],
+            coverage=float(covs[(i * 7) % n]),
+        )
+        for i in range(n)
+    ]
     return [np.stack(a) for a in zip(*out)]
 
 
@@ -126,8 +150,8 @@ def evaluate(net, val, batch: int = 8) -> dict:
     net.eval()
     with torch.no_grad():
         for i in range(0, len(x), batch):
-            out = net(torch.from_numpy(x[i:i + batch])).numpy()
-            preds.append(x[i:i + batch, 2] + out[:, 0])
+            out = net(torch.from_numpy(x[i : i + batch])).numpy()
+            preds.append(x[i : i + batch, 2] + out[:, 0])
             logv.append(out[:, 1])
     pred, logv = np.concatenate(preds), np.concatenate(logv)
     miss = ~m
@@ -136,18 +160,27 @@ def evaluate(net, val, batch: int = 8) -> dict:
     fill_err = (x[:, 2] - t)[miss]
     per = [np.sqrt(np.mean((pred[i] - t[i])[~m[i]] ** 2)) for i in range(len(t))]
     per_fill = [np.sqrt(np.mean((x[i, 2] - t[i])[~m[i]] ** 2)) for i in range(len(t))]
-    return {"val_rms": float(np.sqrt(np.mean(err**2))), "val_fill_rms": float(np.sqrt(np.mean(fill_err**2))),
-            "val_rms_median": float(np.median(per)), "val_fill_rms_median": float(np.median(per_fill)),
-            "sigma_scale": float(np.quantile(z, 0.95) / 2.0)}
+    return {
+        "val_rms": float(np.sqrt(np.mean(err**2))),
+        "val_fill_rms": float(np.sqrt(np.mean(fill_err**2))),
+        "val_rms_median": float(np.median(per)),
+        "val_fill_rms_median": float(np.median(per_fill)),
+        "sigma_scale": float(np.quantile(z, 0.95) / 2.0),
+    }
 
 
 def _batch(noisy, clean, rng, batch, crop, bank=None, field=0):
     import torch
 
     idx = rng.integers(0, len(noisy), batch)
-    f, t, m = zip(*(make_sample(noisy[i], clean[i], rng, crop, bank=bank, field=field) for i in idx))
-    return (torch.from_numpy(np.stack(f)), torch.from_numpy(np.stack(t))[:, None],
-            torch.from_numpy(~np.stack(m))[:, None].float())
+    f, t, m = zip(
+        *(make_sample(noisy[i], clean[i], rng, crop, bank=bank, field=field) for i in idx)
+    )
+    return (
+        torch.from_numpy(np.stack(f)),
+        torch.from_numpy(np.stack(t))[:, None],
+        torch.from_numpy(~np.stack(m))[:, None].float(),
+    )
 
 
 def _pixel_loss(out, x, t, miss, eps: float = 1e-4):
@@ -164,9 +197,25 @@ def _pixel_loss(out, x, t, miss, eps: float = 1e-4):
     return rel, nll, pred, (mse_i.mean(), fill_i.mean())
 
 
-def train(phase="pixel", steps=2000, batch=8, crop=96, n_pool=1200, pool_size=160, lr=2e-3, seed=0,
-          name=None, adv_weight=0.02, spike=3.0, init=None, n_val=48, clean_frac=0.15, n_bank=0, field=0,
-          vacuum=0.0):
+def train(
+    phase="pixel",
+    steps=2000,
+    batch=8,
+    crop=96,
+    n_pool=1200,
+    pool_size=160,
+    lr=2e-3,
+    seed=0,
+    name=None,
+    adv_weight=0.02,
+    spike=3.0,
+    init=None,
+    n_val=48,
+    clean_frac=0.15,
+    n_bank=0,
+    field=0,
+    vacuum=0.0,
+):
     import torch
 
     from napari_microml.nets.registry import load_model, save_model
@@ -188,7 +237,9 @@ def train(phase="pixel", steps=2000, batch=8, crop=96, n_pool=1200, pool_size=16
     if phase == "gan" or init:
         net.load_state_dict(load_model("completion", init or "completion-pixel")[0].state_dict())
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1 if phase == "pixel" else 0.05)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=lr, total_steps=steps, pct_start=0.1 if phase == "pixel" else 0.05
+    )
     disc = d_opt = None
     if phase == "gan":
         from napari_microml.nets.discriminator import MultiScaleDiscriminator, lsgan_loss
@@ -202,8 +253,12 @@ def train(phase="pixel", steps=2000, batch=8, crop=96, n_pool=1200, pool_size=16
         out = net(x)
         rel, nll, pred, (mse, fill_mse) = _pixel_loss(out, x, t, miss)
         loss = rel + 0.01 * nll
-        row = {"rel": round(rel.item(), 4), "mse": round(mse.item(), 6), "fill_mse": round(fill_mse.item(), 6),
-               "nll": round(nll.item(), 4)}
+        row = {
+            "rel": round(rel.item(), 4),
+            "mse": round(mse.item(), 6),
+            "fill_mse": round(fill_mse.item(), 6),
+            "nll": round(nll.item(), 4),
+        }
         if disc is not None:
             mask = 1 - miss
             fake = torch.cat([pred, mask], 1)
@@ -232,17 +287,33 @@ def train(phase="pixel", steps=2000, batch=8, crop=96, n_pool=1200, pool_size=16
         log.add(step, **row)
     final = evaluate(net, val)
     name = name or ("completion-pixel" if phase == "pixel" else "completion-default")
-    meta = {"phase": phase, "init": init or ("completion-pixel" if phase == "gan" else None),
-            "clean_frac": clean_frac, "vacuum": vacuum, "mask_bank": n_bank, "feature_field": max(field, crop),
-            "data": f"synth.scenes.simulate_scene pool of {n_pool} images {pool_size}px, crops {crop}px, "
-                    "all MASK_KINDS, coverage log-uniform 1/100-1/10",
-            "train_seeds": f"{first}..{first + n_pool - 1}", "val_seeds": f"{VAL_SEED}..{VAL_SEED + n_val - 1}",
-            "steps": steps, "batch": batch, "lr": lr, "seed": seed, "adv_weight": adv_weight if disc else 0.0,
-            "spike_factor": spike, "clipped_steps": skipped, "features": "values,mask,nconv_fill,log1p_dist/3",
-            "output": "residual_on_fill,log_variance", "sigma_scale": final["sigma_scale"],
-            "val_rms_normalised": final["val_rms"], "val_fill_rms_normalised": final["val_fill_rms"],
-            "val_rms_median_normalised": final["val_rms_median"], "val_fill_rms_median_normalised": final["val_fill_rms_median"],
-            "train_time_s": round(time.time() - t0)}
+    meta = {
+        "phase": phase,
+        "init": init or ("completion-pixel" if phase == "gan" else None),
+        "clean_frac": clean_frac,
+        "vacuum": vacuum,
+        "mask_bank": n_bank,
+        "feature_field": max(field, crop),
+        "data": f"synth.scenes.simulate_scene pool of {n_pool} images {pool_size}px, crops {crop}px, "
+        "all MASK_KINDS, coverage log-uniform 1/100-1/10",
+        "train_seeds": f"{first}..{first + n_pool - 1}",
+        "val_seeds": f"{VAL_SEED}..{VAL_SEED + n_val - 1}",
+        "steps": steps,
+        "batch": batch,
+        "lr": lr,
+        "seed": seed,
+        "adv_weight": adv_weight if disc else 0.0,
+        "spike_factor": spike,
+        "clipped_steps": skipped,
+        "features": "values,mask,nconv_fill,log1p_dist/3",
+        "output": "residual_on_fill,log_variance",
+        "sigma_scale": final["sigma_scale"],
+        "val_rms_normalised": final["val_rms"],
+        "val_fill_rms_normalised": final["val_fill_rms"],
+        "val_rms_median_normalised": final["val_rms_median"],
+        "val_fill_rms_median_normalised": final["val_fill_rms_median"],
+        "train_time_s": round(time.time() - t0),
+    }
     entry = save_model(net, name, task="completion", arch=ARCH, meta=meta)
     return entry, log.rows
 
@@ -258,18 +329,42 @@ def main(argv=None):
     p.add_argument("--adv-weight", type=float, default=0.02)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--n-val", type=int, default=48)
-    p.add_argument("--clean-frac", type=float, default=0.15, help="share of noise-free training images")
-    p.add_argument("--n-bank", type=int, default=0, help="whole-field masks to crop windows from (0: none)")
-    p.add_argument("--field", type=int, default=0,
-                   help="compute mask and features on a field this large, then crop (0: on the crop)")
-    p.add_argument("--vacuum", type=float, default=0.0, help="share of training scenes with a vacuum region")
+    p.add_argument(
+        "--clean-frac", type=float, default=0.15, help="share of noise-free training images"
+    )
+    p.add_argument(
+        "--n-bank", type=int, default=0, help="whole-field masks to crop windows from (0: none)"
+    )
+    p.add_argument(
+        "--field",
+        type=int,
+        default=0,
+        help="compute mask and features on a field this large, then crop (0: on the crop)",
+    )
+    p.add_argument(
+        "--vacuum", type=float, default=0.0, help="share of training scenes with a vacuum region"
+    )
     p.add_argument("--name", default=None)
     p.add_argument("--init", default=None, help="warm start from this shipped completion model")
     a = p.parse_args(argv)
     lr = a.lr if a.lr is not None else (1e-3 if a.phase == "pixel" else 2e-4)
-    entry, rows = train(phase=a.phase, steps=a.steps, batch=a.batch, crop=a.crop, n_pool=a.n_pool, lr=lr,
-                        seed=a.seed, name=a.name, adv_weight=a.adv_weight, init=a.init, n_val=a.n_val,
-                        clean_frac=a.clean_frac, n_bank=a.n_bank, field=a.field, vacuum=a.vacuum)
+    entry, rows = train(
+        phase=a.phase,
+        steps=a.steps,
+        batch=a.batch,
+        crop=a.crop,
+        n_pool=a.n_pool,
+        lr=lr,
+        seed=a.seed,
+        name=a.name,
+        adv_weight=a.adv_weight,
+        init=a.init,
+        n_val=a.n_val,
+        clean_frac=a.clean_frac,
+        n_bank=a.n_bank,
+        field=a.field,
+        vacuum=a.vacuum,
+    )
     print(json.dumps({"saved": entry, "last": rows[-1]}, indent=1))
 
 

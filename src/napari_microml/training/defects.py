@@ -8,6 +8,7 @@ map (6 classes, class-weighted cross-entropy) and a heat map of every atom colum
 sigmoid channel that ``segment_defects`` uses for the distance to the nearest column).
 Validation uses seeds 9,000,000+ that training never sees; benchmarks use 5,000,000+.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,7 +23,13 @@ from napari_microml.defects.classes import N_OUTPUTS, class_id
 from napari_microml.runtime.validate import robust_normalize
 from napari_microml.synth.defects import simulate_defects
 from napari_microml.synth.render import heatmap
-from napari_microml.training.common import Log, dihedral, lattice_for, parse_weights, seed_everything
+from napari_microml.training.common import (
+    Log,
+    dihedral,
+    lattice_for,
+    parse_weights,
+    seed_everything,
+)
 
 ARCH = {"kind": "unet", "in_channels": 1, "out_channels": N_OUTPUTS + 1, "base": 16, "depth": 3}
 HEAT_SIGMA = 1.25
@@ -42,22 +49,36 @@ def make_pair(seed: int, size: int = 128, lattice_weights: dict | None = None, d
     if dose_range:  # log-uniform in (low, high) counts/column instead of the simulator's 8-5000
         lo, hi = np.log(dose_range[0]), np.log(dose_range[1])
         dose = float(np.exp(np.random.default_rng([int(seed), 4_243]).uniform(lo, hi)))
-    s = simulate_defects((size, size), seed=seed, lattice=lattice_for(seed, lattice_weights), dose=dose)
+    s = simulate_defects(
+        (size, size), seed=seed, lattice=lattice_for(seed, lattice_weights), dose=dose
+    )
     x = network_input(s.image, s.params["contrast"])[None]
     return x, s.classmap, heatmap((size, size), s.positions, HEAT_SIGMA)
 
 
-def make_set(n: int, first_seed: int, size: int = 128, cache: str | None = None, lattice_weights: dict | None = None,
-             dose_range=None):
+def make_set(
+    n: int,
+    first_seed: int,
+    size: int = 128,
+    cache: str | None = None,
+    lattice_weights: dict | None = None,
+    dose_range=None,
+):
     """``n`` simulated crops (x (n,1,s,s) float32, classmap (n,s,s) uint8, heat (n,s,s) float32);
     ``lattice_weights`` (e.g. ``{"perovskite": 3}``) over-samples some lattices (others weigh 1)."""
-    tag = "_" + "_".join(f"{k}{v:g}" for k, v in sorted(lattice_weights.items())) if lattice_weights else ""
+    tag = (
+        "_" + "_".join(f"{k}{v:g}" for k, v in sorted(lattice_weights.items()))
+        if lattice_weights
+        else ""
+    )
     tag += f"_dose{dose_range[0]:g}-{dose_range[1]:g}" if dose_range else ""
     path = Path(cache) / f"C_defects_pool_{size}_{n}_{first_seed}{tag}.npz" if cache else None
     if path is not None and path.exists():
         z = np.load(path)
         return z["x"], z["y"], z["heat"]
-    xs, ys, hs = zip(*(make_pair(first_seed + i, size, lattice_weights, dose_range) for i in range(n)))
+    xs, ys, hs = zip(
+        *(make_pair(first_seed + i, size, lattice_weights, dose_range) for i in range(n))
+    )
     x, y, heat = np.stack(xs), np.stack(ys), np.stack(hs)
     if path is not None:
         np.savez(path, x=x, y=y, heat=heat)
@@ -82,12 +103,28 @@ def pixel_iou(pred: np.ndarray, y: np.ndarray) -> list[float]:
     out = []
     for c in range(1, N_OUTPUTS):
         union = ((pred == c) | (y == c)).sum()
-        out.append(round(float(((pred == c) & (y == c)).sum() / union), 4) if union else float("nan"))
+        out.append(
+            round(float(((pred == c) & (y == c)).sum() / union), 4) if union else float("nan")
+        )
     return out
 
 
-def train(steps=4000, batch=8, n_train=4000, size=128, lr=2e-3, seed=0, name="defects-default", init=None,
-          cache="/tmp", minutes=None, lattice_weights=None, out_path=None, dose_range=None, boost=None):
+def train(
+    steps=4000,
+    batch=8,
+    n_train=4000,
+    size=128,
+    lr=2e-3,
+    seed=0,
+    name="defects-default",
+    init=None,
+    cache="/tmp",
+    minutes=None,
+    lattice_weights=None,
+    out_path=None,
+    dose_range=None,
+    boost=None,
+):
     import torch
 
     from napari_microml.nets.registry import save_model
@@ -95,10 +132,14 @@ def train(steps=4000, batch=8, n_train=4000, size=128, lr=2e-3, seed=0, name="de
 
     seed_everything(seed)
     rng = np.random.default_rng(seed)
-    x_tr, y_tr, h_tr = make_set(n_train, TRAIN_SEED0 + seed * 100_000, size, cache, lattice_weights, dose_range)
+    x_tr, y_tr, h_tr = make_set(
+        n_train, TRAIN_SEED0 + seed * 100_000, size, cache, lattice_weights, dose_range
+    )
     x_va, y_va, h_va = make_set(64, VAL_SEED0, size, cache)
     w = class_weights(y_tr)
-    for name, factor in (boost or {}).items():  # extra loss weight on classes the network under-finds
+    for name, factor in (
+        boost or {}
+    ).items():  # extra loss weight on classes the network under-finds
         w[class_id(name)] *= factor
     weight = torch.from_numpy(w)
     print({"class_weights": weight.tolist()}, flush=True)
@@ -118,7 +159,11 @@ def train(steps=4000, batch=8, n_train=4000, size=128, lr=2e-3, seed=0, name="de
         progress = max((step - 1) / steps, (time.time() - log.t0) / budget_s)
         if progress >= 1:
             break
-        factor = progress / 0.05 if progress < 0.05 else 0.5 * (1 + math.cos(math.pi * (progress - 0.05) / 0.95))
+        factor = (
+            progress / 0.05
+            if progress < 0.05
+            else 0.5 * (1 + math.cos(math.pi * (progress - 0.05) / 0.95))
+        )
         for group in opt.param_groups:
             group["lr"] = lr * max(factor, 0.01)
         net.train()
@@ -128,19 +173,31 @@ def train(steps=4000, batch=8, n_train=4000, size=128, lr=2e-3, seed=0, name="de
             xb.append(x * rng.uniform(0.8, 1.2) + rng.uniform(-0.1, 0.1))
             yb.append(y)
             hb.append(h)
-        ce, bce = losses(net(torch.from_numpy(np.stack(xb)).float()), torch.from_numpy(np.stack(yb)).long(),
-                         torch.from_numpy(np.stack(hb)).float(), weight)
+        ce, bce = losses(
+            net(torch.from_numpy(np.stack(xb)).float()),
+            torch.from_numpy(np.stack(yb)).long(),
+            torch.from_numpy(np.stack(hb)).float(),
+            weight,
+        )
         loss = ce + 0.5 * bce
         opt.zero_grad()
         loss.backward()
         opt.step()
-        row = {"loss": round(loss.item(), 4), "ce": round(ce.item(), 4), "lr": round(opt.param_groups[0]["lr"], 6)}
+        row = {
+            "loss": round(loss.item(), 4),
+            "ce": round(ce.item(), 4),
+            "lr": round(opt.param_groups[0]["lr"], 6),
+        }
         last = step == steps or (time.time() - log.t0) / budget_s >= 0.995
         if step % 250 == 0 or last:
             net.eval()
             with torch.no_grad():
-                out = torch.cat([net(torch.from_numpy(x_va[i:i + 16])) for i in range(0, len(x_va), 16)])
-                vce, vbce = losses(out, torch.from_numpy(y_va).long(), torch.from_numpy(h_va), weight)
+                out = torch.cat(
+                    [net(torch.from_numpy(x_va[i : i + 16])) for i in range(0, len(x_va), 16)]
+                )
+                vce, vbce = losses(
+                    out, torch.from_numpy(y_va).long(), torch.from_numpy(h_va), weight
+                )
             row["val_ce"], row["val_bce"] = round(float(vce), 4), round(float(vbce), 4)
             row["val_pixel_iou"] = pixel_iou(out[:, :N_OUTPUTS].argmax(1).numpy(), y_va)
             print(log.rows[-1] if log.rows else "", row, flush=True)
@@ -148,15 +205,28 @@ def train(steps=4000, batch=8, n_train=4000, size=128, lr=2e-3, seed=0, name="de
         if last:
             break
     last_val = next(r for r in reversed(log.rows) if "val_ce" in r)
-    meta = {"data": f"synth.defects.simulate_defects, crystal + interface scenes, all lattices, {size}x{size}, "
-                    "spacing 6-24 px, dose 8-5000, 20% ABF-like (inverted)",
-            "outputs": "0-5 class logits (softmax; 0 = defect-free, i = CLASS_NAMES[i-1]), 6 atom-column logit",
-            "n_train_images": n_train, "train_seeds": f"{TRAIN_SEED0 + seed * 100_000}+",
-            "val_seeds": f"{VAL_SEED0}+ (64 images)", "steps": log.rows[-1]["step"], "max_steps": steps,
-            "minutes_budget": minutes, "train_minutes": round(log.rows[-1]["time_s"] / 60, 1), "batch": batch, "lr": lr, "seed": seed,
-            "init": init, "lattice_weights": lattice_weights, "dose_range": dose_range, "class_weight_boost": boost,
-            "heat_sigma": HEAT_SIGMA, "class_weights": [round(float(w), 3) for w in weight],
-            "final_val": {k: last_val[k] for k in ("val_ce", "val_bce", "val_pixel_iou")}}
+    meta = {
+        "data": f"synth.defects.simulate_defects, crystal + interface scenes, all lattices, {size}x{size}, "
+        "spacing 6-24 px, dose 8-5000, 20% ABF-like (inverted)",
+        "outputs": "0-5 class logits (softmax; 0 = defect-free, i = CLASS_NAMES[i-1]), 6 atom-column logit",
+        "n_train_images": n_train,
+        "train_seeds": f"{TRAIN_SEED0 + seed * 100_000}+",
+        "val_seeds": f"{VAL_SEED0}+ (64 images)",
+        "steps": log.rows[-1]["step"],
+        "max_steps": steps,
+        "minutes_budget": minutes,
+        "train_minutes": round(log.rows[-1]["time_s"] / 60, 1),
+        "batch": batch,
+        "lr": lr,
+        "seed": seed,
+        "init": init,
+        "lattice_weights": lattice_weights,
+        "dose_range": dose_range,
+        "class_weight_boost": boost,
+        "heat_sigma": HEAT_SIGMA,
+        "class_weights": [round(float(w), 3) for w in weight],
+        "final_val": {k: last_val[k] for k in ("val_ce", "val_bce", "val_pixel_iou")},
+    }
     if out_path:  # a candidate file for validation; ship it later with ``--promote``
         state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
         torch.save({"arch": dict(ARCH), "state_dict": state, "meta": meta}, out_path)
@@ -199,16 +269,37 @@ def main(argv=None):
     p.add_argument("--init", default=None, help="warm start from this shipped defects model")
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--minutes", type=float, default=None,
-                   help="wall-clock budget: the schedule anneals and training stops when it is spent")
-    p.add_argument("--lattice-weights", default="",
-                   help="over-sample lattices, e.g. 'perovskite=3' (unnamed LATTICES weigh 1; "
-                        "EXTRA_LATTICES only when named)")
-    p.add_argument("--dose-range", default="", help="training dose range 'low,high' counts/column (log-uniform)")
-    p.add_argument("--boost", default="", help="multiply class loss weights, e.g. 'dopant_bright=1.5'")
-    p.add_argument("--out", default=None, help="write the trained weights to this .pt file instead of shipping them")
-    p.add_argument("--promote", default=None, help="ship this candidate .pt file as --name and exit")
-    p.add_argument("--cache", default="/tmp", help="folder for the simulated training pool ('' = none)")
+    p.add_argument(
+        "--minutes",
+        type=float,
+        default=None,
+        help="wall-clock budget: the schedule anneals and training stops when it is spent",
+    )
+    p.add_argument(
+        "--lattice-weights",
+        default="",
+        help="over-sample lattices, e.g. 'perovskite=3' (unnamed LATTICES weigh 1; "
+        "EXTRA_LATTICES only when named)",
+    )
+    p.add_argument(
+        "--dose-range",
+        default="",
+        help="training dose range 'low,high' counts/column (log-uniform)",
+    )
+    p.add_argument(
+        "--boost", default="", help="multiply class loss weights, e.g. 'dopant_bright=1.5'"
+    )
+    p.add_argument(
+        "--out",
+        default=None,
+        help="write the trained weights to this .pt file instead of shipping them",
+    )
+    p.add_argument(
+        "--promote", default=None, help="ship this candidate .pt file as --name and exit"
+    )
+    p.add_argument(
+        "--cache", default="/tmp", help="folder for the simulated training pool ('' = none)"
+    )
     a = p.parse_args(argv)
     if a.promote:
         print(json.dumps({"saved": promote(a.promote, a.name)}, indent=1))
@@ -216,9 +307,22 @@ def main(argv=None):
     torch.set_num_threads(a.threads)
     weights, boost = parse_weights(a.lattice_weights), parse_weights(a.boost)
     dose_range = tuple(float(v) for v in a.dose_range.split(",")) if a.dose_range else None
-    entry, rows = train(steps=a.steps, batch=a.batch, n_train=a.n_train, size=a.size, lr=a.lr, seed=a.seed,
-                        name=a.name, init=a.init, cache=a.cache or None, minutes=a.minutes,
-                        lattice_weights=weights, out_path=a.out, dose_range=dose_range, boost=boost)
+    entry, rows = train(
+        steps=a.steps,
+        batch=a.batch,
+        n_train=a.n_train,
+        size=a.size,
+        lr=a.lr,
+        seed=a.seed,
+        name=a.name,
+        init=a.init,
+        cache=a.cache or None,
+        minutes=a.minutes,
+        lattice_weights=weights,
+        out_path=a.out,
+        dose_range=dose_range,
+        boost=boost,
+    )
     print(json.dumps({"saved": entry, "last": rows[-1]}, indent=1))
 
 
