@@ -2,6 +2,7 @@
 #   make demo   napari with the plugin, its sample data and the Atom finder docked
 #               (no display: the headless demo writes results + a screenshot to demo_output/)
 #   make test   installs what the tests need (apt packages for Xvfb/OpenGL, a .venv) and runs them
+#               after `make lint` (ruff check, ruff format --check, mypy: seconds, fails fast)
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -14,7 +15,7 @@ APT_PACKAGES := xvfb xauth libgl1-mesa-dri libegl1 libxkbcommon-x11-0 libxcb-icc
 	libxcb-xfixes0 libxcb-shape0 libxcb-cursor0 libdbus-1-3 libfontconfig1
 PYTEST_ARGS ?=
 
-.PHONY: demo test venv sysdeps benchmarks train train-atoms train-defects train-completion clean
+.PHONY: demo test lint venv sysdeps benchmarks train train-atoms train-defects train-completion clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
@@ -30,7 +31,13 @@ sysdeps:
 		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(APT_PACKAGES); \
 	fi
 
-test: sysdeps venv
+# ruff and mypy read their settings from pyproject.toml (mypy checks src/napari_microml).
+lint: venv
+	$(VENV)/bin/ruff check src tests benchmarks docs
+	$(VENV)/bin/ruff format --check src tests benchmarks docs
+	$(VENV)/bin/mypy
+
+test: sysdeps venv lint
 	QT_API=pyqt6 xvfb-run -a -s "-screen 0 1600x1200x24" $(PY) -m pytest $(PYTEST_ARGS)
 
 demo: sysdeps venv

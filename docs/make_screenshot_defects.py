@@ -5,6 +5,7 @@ Run under a display (or `xvfb-run -a -s "-screen 0 1600x1200x24"`):
 Reads ../shared/data/formats/Acquisition_18.emd (not shipped), crops the central 512², drives the
 widget as a user would (Run, wait), saves the window screenshot and prints what was found.
 """
+
 from pathlib import Path
 
 import napari
@@ -24,8 +25,12 @@ def main():
     img = np.asarray(data, np.float32)
     r0, c0 = (img.shape[0] - 512) // 2, (img.shape[1] - 512) // 2
     viewer = napari.Viewer(show=True)
-    layer = viewer.add_image(img[r0:r0 + 512, c0:c0 + 512], name="Acquisition_18 (512² crop)",
-                             scale=kwargs.get("scale"), units=kwargs.get("units"))
+    layer = viewer.add_image(
+        img[r0 : r0 + 512, c0 : c0 + 512],
+        name="Acquisition_18 (512² crop)",
+        scale=kwargs.get("scale"),
+        units=kwargs.get("units"),
+    )
     widget = DefectSegmenterWidget(viewer)
     viewer.window.add_dock_widget(widget, name="Defect segmenter")
     widget.image_layer.value = layer

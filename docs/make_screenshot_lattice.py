@@ -7,6 +7,7 @@ Reads ../shared/data/formats/Acquisition_18.emd (not shipped), opens both tools 
 menu, runs the atom finder, then the lattice analysis with a profile line, zooms on a corner so
 the displacement arrows show, saves the window and prints the lattice summary.
 """
+
 import time
 from pathlib import Path
 
@@ -37,14 +38,20 @@ def main():
     dock, tool = viewer.window.add_plugin_dock_widget("napari-microml", "Lattice analysis")
     tool.image_layer.value = image
     tool.points_layer.value = points
-    line = np.array([[2.0, 1.0], [2.0, 11.5]]) / image.scale[-1]          # 2 nm from the top
-    tool.shapes_layer.value = viewer.add_shapes(line, shape_type="line", name="profile",
-                                                edge_color="cyan", edge_width=4,
-                                                scale=image.scale, units=image.units)
+    line = np.array([[2.0, 1.0], [2.0, 11.5]]) / image.scale[-1]  # 2 nm from the top
+    tool.shapes_layer.value = viewer.add_shapes(
+        line,
+        shape_type="line",
+        name="profile",
+        edge_color="cyan",
+        edge_width=4,
+        scale=image.scale,
+        units=image.units,
+    )
     tool.magnification.value = 15
     tool.run_button.native.click()
     _wait(tool)
-    for name, widget in list(viewer.window._dock_widgets.items()):   # room for the canvas
+    for name, widget in list(viewer.window._dock_widgets.items()):  # room for the canvas
         if name.startswith("Atom finder"):
             viewer.window.remove_dock_widget(widget)
     viewer.layers.selection.active = viewer.layers[f"{image.name} exx"]

@@ -1,11 +1,13 @@
 """Regenerate docs/screenshot_atoms.png and docs/screenshot_defects.png the way a user meets the
-tools: Acquisition_18.emd opened through the plugin's reader, the tool from Plugins → napari-microml,
-default settings, Run (the user journeys of tests/test_journeys_atoms.py and _defects.py).
+tools: Acquisition_18.emd opened through the plugin's reader, the tool from
+Plugins → napari-microml, default settings, Run (the user journeys of
+tests/test_journeys_atoms.py and _defects.py).
 
 Run under a display (or `xvfb-run -a -s "-screen 0 1600x1200x24"`):
     python docs/make_screenshots_journeys.py
 Reads ../shared/data/formats/Acquisition_18.emd (not shipped) and prints each tool's status line.
 """
+
 from pathlib import Path
 
 import napari
@@ -36,11 +38,15 @@ def _shoot(viewer, name: str):
     viewer.screenshot(str(path), canvas_only=False, flash=False)
     from PIL import Image
 
-    Image.open(path).convert("RGB").save(path, optimize=True)  # no alpha; full colour keeps the class colours
+    # no alpha; full colour keeps the class colours
+    Image.open(path).convert("RGB").save(path, optimize=True)
 
 
 def main():
-    for tool, name in (("Atom finder", "screenshot_atoms.png"), ("Defect segmenter", "screenshot_defects.png")):
+    for tool, name in (
+        ("Atom finder", "screenshot_atoms.png"),
+        ("Defect segmenter", "screenshot_defects.png"),
+    ):
         viewer = napari.Viewer(show=True)
         viewer.window._qt_window.resize(1600, 1000)
         viewer.open(str(SRC), plugin="napari-microml")
