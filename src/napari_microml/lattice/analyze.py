@@ -71,11 +71,15 @@ class LatticeResult:
 
     @property
     def n_sublattices(self) -> int:
+        """Number of sublattices found."""
         return int(self.sublattice.max()) + 1 if len(self.sublattice) else 0
 
     def table(self):
-        """Per-column pandas DataFrame (positions px, strain fractions, rotation rad, displacement
-        px, their 1σ), the CSV export and the widget's Points features."""
+        """Return the per-column table as a pandas DataFrame.
+
+        Positions px, strain fractions, rotation rad, displacement px and their 1σ: the CSV
+        export and the widget's Points features.
+        """
         import pandas as pd
 
         d_abs = np.hypot(self.displacement[:, 0], self.displacement[:, 1])
@@ -92,7 +96,7 @@ class LatticeResult:
             self.displacement_std[:, 0],
             self.position_std,
         ]
-        return pd.DataFrame(dict(zip(TABLE_COLUMNS, cols)))
+        return pd.DataFrame(dict(zip(TABLE_COLUMNS, cols, strict=True)))
 
 
 def column_intensity(image: np.ndarray, positions: np.ndarray, d0: float) -> np.ndarray:
@@ -107,8 +111,10 @@ def column_intensity(image: np.ndarray, positions: np.ndarray, d0: float) -> np.
 
 
 def columns_are_dark(image, positions) -> bool:
-    """Whether the columns are darker than the image around them (ABF/BF) rather than brighter
-    (HAADF): the image at the columns against its median."""
+    """Tell whether the columns are darker than the image around them (ABF/BF).
+
+    Rather than brighter (HAADF): the image at the columns against its median.
+    """
     img = np.asarray(image, np.float64)
     at = column_intensity(img, np.asarray(positions, float), 4.0)
     return bool(np.median(at) < np.nanmedian(img))
@@ -163,9 +169,10 @@ def analyze_lattice_iter(
     sublattice=None,
     input_name: str | None = None,
 ):
-    """Generator twin of :func:`analyze_lattice`: yields progress, returns a LatticeResult.
+    """Run :func:`analyze_lattice` as a generator: yields progress, returns a LatticeResult.
 
-    ``sublattice`` (N,) int, optional, replaces the automatic assignment (the user's edits)."""
+    ``sublattice`` (N,) int, optional, replaces the automatic assignment (the user's edits).
+    """
     pos, img, ref, std_in = _check_inputs(positions, image, reference, position_std)
     pixel_size = check_pixel_size(pixel_size)
     if shells != "auto" and shells not in _strain.NEIGHBOURS:
@@ -243,11 +250,11 @@ def analyze_lattice_iter(
 
 
 def _fit(pos, labels, cell, shells, refmask, std_in) -> dict:
-    """The local affine fits of one shell size against the reference, strain and its error."""
+    """Fit one shell size's local affine maps against the reference; strain and its error."""
     F, nb, W, rss, expected = _strain.fit_deformation(pos, labels, cell, shells=shells)
     good = refmask & np.isfinite(F).all(axis=(1, 2))
-    if good.sum() >= 3:  # the reference cell: the median deformation of the reference columns
-        Fbar = np.median(F[good], axis=0)
+    if good.sum() >= 3:  # the reference cell: the reference columns' typical deformation
+        Fbar = _strain.reference_deformation(F[good])
         cell = cell @ Fbar.T
         # the same fits against the new cell (ideal vectors Fbar·r): F → F·Fbar⁻¹, W → W·Fbar⁻¹
         F, W = F @ np.linalg.inv(Fbar), W @ np.linalg.inv(Fbar)
@@ -286,7 +293,7 @@ def _fit(pos, labels, cell, shells, refmask, std_in) -> dict:
 
 
 def _lattice_parameters(cell: np.ndarray, F_ref: np.ndarray, pixel_size: float | None) -> dict:
-    """a = |a1|, b = |a2| and the angle between them, over the reference columns' local cells."""
+    """Measure a = |a1|, b = |a2| and their angle over the reference columns' local cells."""
     ok = np.isfinite(F_ref).all(axis=(1, 2))
     local = np.einsum("nab,kb->nka", F_ref[ok], cell)  # (n, 2, 2) local a1, a2
     a = np.linalg.norm(local[:, 0], axis=1)
@@ -336,7 +343,9 @@ def analyze_lattice(
     positions : (N, 2) float, (row, col) px, e.g. ``find_atoms(...).positions``.
     image : (H, W), optional. Needed to tell sublattices apart by intensity (sublattice 0 is the
         brightest); without it sites are told apart by geometry only.
-    reference : (N,) bool, optional. Columns that define the unstrained lattice (default all).
+    reference : (N,) bool, optional. Columns that define the unstrained lattice (default all);
+        the reference cell is their average local cell (per component, the mean between the
+        25th and 75th percentiles). With two lattices in view, pass the columns of one of them.
     pixel_size : float, optional, nm per pixel: lattice parameters are then also given in pm.
     position_std : float or (N,) px, optional, 1σ of each position (``features["position_std"]``
         of the atom finder); its overall scale is checked against the local fits' residuals,

@@ -22,8 +22,11 @@ from napari_microml.runtime.workers import drain, progress
 
 @dataclass
 class Mixture:
-    """The chosen Gaussian mixture: weights, means and (common) sigma of its components, in the
-    cross-section's units; ``icl`` per number of components tried (index 0 = 1 component)."""
+    """The chosen Gaussian mixture, in the cross-section's units.
+
+    Weights, means and (common) sigma of its components; ``icl`` per number of components
+    tried (index 0 = 1 component).
+    """
 
     weights: np.ndarray
     means: np.ndarray
@@ -42,11 +45,14 @@ class Mixture:
 
 @dataclass
 class CountResult:
-    """cross_section (N,), counts (N,) int (≥ 1; 0 = not counted: an edge column), n_components,
+    """What an atom count found, per column and for the mixture.
+
+    cross_section (N,), counts (N,) int (≥ 1; 0 = not counted: an edge column), n_components,
     mixture, background (N,), cell_area (N,) px, edge (N,) bool, provenance. With
     ``sublattice`` given, ``groups`` maps each sublattice to its own mixture (columns of
     different elements scatter differently) and ``mixture`` / ``n_components`` are those of
-    sublattice 0."""
+    sublattice 0.
+    """
 
     positions: np.ndarray
     cross_section: np.ndarray
@@ -62,11 +68,14 @@ class CountResult:
 
 
 def voronoi_cells(shape, positions: np.ndarray, max_radius: float) -> tuple[np.ndarray, np.ndarray]:
-    """(H, W) int label map: 1 + the index of the nearest column, 0 beyond ``max_radius`` px,
-    and each pixel's distance to its column (px).
+    """Label each pixel with its nearest column, and give its distance to it.
+
+    Returns the (H, W) int label map (1 + the index of the nearest column, 0 beyond
+    ``max_radius`` px) and each pixel's distance to its column (px).
 
     A Euclidean distance transform from the columns' pixels gives each pixel its nearest column
-    in one pass (~0.1 s for 1024²)."""
+    in one pass (~0.1 s for 1024²).
+    """
     from scipy import ndimage as ndi
 
     h, w = shape
@@ -108,9 +117,12 @@ def cross_sections(
 def _em_spaced(
     x: np.ndarray, c: np.ndarray, g: int, mu1: np.ndarray, step: np.ndarray, iters: int = 150
 ):
-    """EM for g equal-width components with means mu1 + k·step on values ``x`` with
-    multiplicities ``c``, from S starts at once (``mu1``, ``step``: (S,)); returns the best
-    start's (loglik, weights, means, sigma)."""
+    """Fit g equal-width components with means mu1 + k·step by EM.
+
+    Values ``x`` with multiplicities ``c``, from S starts at once (``mu1``, ``step``: (S,));
+    returns the best
+    start's (loglik, weights, means, sigma).
+    """
     n = c.sum()
     k = np.arange(g)
     mu1, step = np.asarray(mu1, float), np.asarray(step, float)
@@ -146,8 +158,11 @@ def _em_spaced(
 
 
 def _responsibilities(x, c, w, means, sigma):
-    """Posterior of each component for each value (S, len(x), G) and the log-likelihoods (S,)
-    of S mixtures (w, means: (S, G); sigma: (S,))."""
+    """Return each component's posterior for each value, and the log-likelihoods.
+
+    Posteriors (S, len(x), G) and log-likelihoods (S,) of S mixtures (w, means: (S, G);
+    sigma: (S,)).
+    """
     w, means, sigma = np.atleast_2d(w), np.atleast_2d(means), np.atleast_1d(sigma)
     z = (
         -0.5 * ((x[None, :, None] - means[:, None, :]) / sigma[:, None, None]) ** 2
@@ -163,8 +178,11 @@ def _responsibilities(x, c, w, means, sigma):
 
 
 def _period(x: np.ndarray, c: np.ndarray, lo: float, hi: float) -> tuple[float, float]:
-    """The spacing and first level of a comb of equally spaced levels in ``x``: the strongest
-    peak of |Σ c·exp(2πi x / Δ)| over Δ (a start for EM, used for every number of components)."""
+    """Find the spacing and first level of a comb of equally spaced levels in ``x``.
+
+    The strongest peak of |Σ c·exp(2πi x / Δ)| over Δ (a start for EM, used for every number of
+    components).
+    """
     steps = (hi - lo) / np.linspace(1.0, 30.0, 600)
     phase = np.exp(2j * np.pi * x[None, :] / steps[:, None]) @ c
     power = np.abs(phase) * np.sqrt(steps)  # favour the fundamental over harmonics
@@ -179,10 +197,13 @@ BINS = 512  # above this many columns EM runs on a histogram this fine (bins < c
 
 
 def fit_mixture(x: np.ndarray, max_components: int) -> tuple[Mixture, np.ndarray]:
-    """Best ICL mixture of 1…``max_components`` equally spaced, equal-width components, and the
-    responsibilities (N, G). EM starts from the even split of the range and from the comb
+    """Fit the best ICL mixture of 1…``max_components`` equally spaced, equal-width components.
+
+    Returns it and the responsibilities (N, G). EM starts from the even split of the range and
+    from the comb
     spacing found in the data. The ICL can be worse for every G below the true number of levels
-    (a comb of the wrong spacing fits poorly), so the search runs on to 2 × the best G + 8."""
+    (a comb of the wrong spacing fits poorly), so the search runs on to 2 × the best G + 8.
+    """
     x = np.asarray(x, float)
     n = len(x)
     if n > BINS:
@@ -212,13 +233,14 @@ def fit_mixture(x: np.ndarray, max_components: int) -> tuple[Mixture, np.ndarray
             best, g_best = (icl[g - 1], w, means, sigma), g
         if g >= 2 * g_best + 8:  # a finer comb repeats the best one with more parameters
             break
+    assert best is not None  # g = 1 always fits
     _, w, means, sigma = best
     resp, _ = _responsibilities(x, np.ones(n), w, means, sigma)
     return Mixture(w, means, sigma, icl[np.isfinite(icl)]), resp[0]
 
 
 def _count(xs: np.ndarray, max_count: int) -> tuple[Mixture, np.ndarray]:
-    """The ICL mixture (components sorted by mean) and each value's count (1 = lowest)."""
+    """Return the ICL mixture (components sorted by mean) and each value's count (1 = lowest)."""
     g_max = int(min(max_count, max(1, len(xs) // 5)))
     mixture, resp = fit_mixture(xs, g_max)
     order = np.argsort(mixture.means)
@@ -229,10 +251,13 @@ def _count(xs: np.ndarray, max_count: int) -> tuple[Mixture, np.ndarray]:
 def edge_cells(
     area: np.ndarray, labels: np.ndarray | None = None, tolerance: float = 0.15
 ) -> np.ndarray:
-    """Columns whose cell is not bounded by neighbours on every side (image edge, a vacancy next
-    door, the end of a particle): its area is off the sublattice's median by more than
+    """Flag the columns whose cell is not bounded by neighbours on every side.
+
+    An image edge, a vacancy next door, the end of a particle: the cell's area is off the
+    sublattice's median by more than
     ``tolerance``. Their cross-sections hold a different share of background and tails, so
-    they are left out of the mixture and not counted."""
+    they are left out of the mixture and not counted.
+    """
     labels = np.zeros(len(area), int) if labels is None else labels
     edge = np.zeros(len(area), bool)
     for lab in np.unique(labels):
@@ -244,7 +269,7 @@ def edge_cells(
 def count_atoms_iter(
     image, positions, *, max_count=None, sublattice=None, input_name: str | None = None
 ):
-    """Generator twin of :func:`count_atoms`: yields progress, returns a CountResult."""
+    """Run :func:`count_atoms` as a generator: yields progress, returns a CountResult."""
     from napari_microml.runtime.validate import as_image_stack
 
     frames, is_stack = as_image_stack(image)
@@ -299,7 +324,7 @@ def count_atoms_iter(
 
 
 def count_atoms(image, positions, *, max_count=None, sublattice=None):
-    """Number of atoms in each column from its scattering cross-section.
+    """Count the atoms in each column from its scattering cross-section.
 
     Parameters
     ----------

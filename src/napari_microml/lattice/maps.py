@@ -54,7 +54,7 @@ def profile(positions: np.ndarray, values: np.ndarray, line: np.ndarray, width: 
     best_d = np.full(len(positions), np.inf)
     along = np.zeros(len(positions))
     start = 0.0
-    for a, b in zip(line[:-1], line[1:]):
+    for a, b in zip(line[:-1], line[1:], strict=True):
         seg = b - a
         length = float(np.hypot(*seg))
         if length == 0:

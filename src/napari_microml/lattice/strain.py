@@ -88,6 +88,29 @@ def fit_deformation(
     return F, nb, W, rss, expected
 
 
+def reference_deformation(F: np.ndarray) -> np.ndarray:
+    """The reference columns' average deformation (2, 2): per component, the mean of the values
+    between the 25th and 75th percentiles (the interquartile mean).
+
+    Parameters
+    ----------
+    F : (N, 2, 2) float
+        Local deformation gradients of the reference columns (rows with NaN are ignored).
+
+    Returns
+    -------
+    (2, 2) float
+        A linear average over the central half of the columns: unlike the median it does not
+        jump with noise when the strain has two humps (a dislocation's two sides), and unlike the
+        plain mean it ignores outlying fits.
+    """
+    from scipy.stats import trim_mean
+
+    F = np.asarray(F, float).reshape(-1, 4)
+    F = F[np.isfinite(F).all(axis=1)]
+    return np.asarray(trim_mean(F, 0.25, axis=0)).reshape(2, 2)
+
+
 def strain_rotation(F: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(N, 3) exx, eyy, exy and (N,) rotation (rad) from F in (row, col).
 

@@ -15,7 +15,9 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 TOL = 0.22  # match tolerance, fraction of the nearest-neighbour distance
-MIN_SCORE = 0.6  # a translation is found from at least this fraction of the best vector's columns (a 3-row strip: 2/3; a honeycomb bond: 1/2)
+# a translation is found from at least this fraction of the best vector's columns
+# (a 3-row strip: 2/3; a honeycomb bond: 1/2)
+MIN_SCORE = 0.6
 CHECKER = 0.75  # fraction of translation edges joining bright to dim for an intensity split
 
 
@@ -92,16 +94,16 @@ def translations(
             "The points do not form a 2D lattice (no two repeated neighbour "
             "directions); check the atom positions."
         )
-    peaks = np.array(peaks)
-    dist, _ = tree.query(positions[idx, None, :] + peaks[None, :, :], k=1)
+    pk = np.array(peaks)
+    dist, _ = tree.query(positions[idx, None, :] + pk[None, :, :], k=1)
     hits = dist < tol  # (sampled columns, peaks)
     score = hits.mean(axis=0)
     good = np.flatnonzero(score >= MIN_SCORE * score.max())
-    good = good[np.argsort(np.linalg.norm(peaks[good], axis=1))]
+    good = good[np.argsort(np.linalg.norm(pk[good], axis=1))]
     first = good[0]
-    a1 = peaks[first]
+    a1 = pk[first]
     for k in good[1:]:
-        v = peaks[k]
+        v = pk[k]
         # a2 repeats from the same columns as a1 (not from a second grain's)
         shared = (hits[:, k] & hits[:, first]).sum() / max(hits[:, first].sum(), 1)
         if shared >= 0.5 and abs(a1[0] * v[1] - a1[1] * v[0]) > 0.3 * np.linalg.norm(
@@ -299,8 +301,9 @@ def assign_sublattices(
     groups = []
     for s in sites:
         groups += _split(positions, s, fine, rel, 0)
-    if intensity is not None:
-        key = [-float(np.mean(rel[g])) for g, _ in groups]
+    key: list[tuple[float, ...]]
+    if rel is not None:
+        key = [(-float(np.mean(rel[g])),) for g, _ in groups]
     else:
         origin = positions.min(axis=0)
         key = [

@@ -50,16 +50,16 @@ def _sites(structure: str, spacing: float, shape, margin: float):
         raise ValueError(f"Unknown structure {structure!r}; choose one of {', '.join(STRUCTURES)}.")
     n = int(2 * max(h, w) / spacing) + 4
     i, j = np.meshgrid(np.arange(-n, n), np.arange(-n, n), indexing="ij")
-    pts, lab = [], []
+    pts_list, lab_list = [], []
     for s, (f1, f2) in enumerate(basis):
         p = (
             (i.ravel() + f1)[:, None] * a1
             + (j.ravel() + f2)[:, None] * a2
             + np.array([margin, margin])
         )
-        pts.append(p)
-        lab.append(np.full(len(p), s))
-    pts, lab = np.concatenate(pts), np.concatenate(lab)
+        pts_list.append(p)
+        lab_list.append(np.full(len(p), s))
+    pts, lab = np.concatenate(pts_list), np.concatenate(lab_list)
     return pts, lab, np.asarray(bright)
 
 
