@@ -487,6 +487,53 @@ def _flatness(lat):
     }
 
 
+def _scan_signature(lat, shape, band=16):
+    """Whether what departs from flat is locked to the scan frame rather than the crystal.
+
+    Mean strain of the first and last ``band`` px of the lines (columns x) and of the frame
+    (rows y): a scan's line start and frame start distort, its ends do not, while a crystal
+    does not know where the frame begins. Then the exx profile along x (32 px bands): a profile
+    the same in the top and bottom halves (correlation r) and flat along y is the same in every
+    line, i.e. locked to the fast scan.
+    """
+    ok = np.isfinite(lat.strain).all(axis=1)
+    e, p = lat.strain[ok], lat.positions[ok]
+    h, w = shape
+    out = {}
+    for name, m in (
+        ("line_start", p[:, 1] < band),
+        ("line_end", p[:, 1] >= w - band),
+        ("frame_start", p[:, 0] < band),
+        ("frame_end", p[:, 0] >= h - band),
+    ):
+        out[f"{name}_mean_pct"] = (100 * e[m].mean(0)).round(3).tolist()
+    inner = (p[:, 0] >= 2 * band) & (p[:, 1] >= 2 * band)  # past the scan's start
+    e, p = e[inner], p[inner]
+    top = p[:, 0] < np.median(p[:, 0])
+    for axis, name in ((1, "x"), (0, "y")):
+        idx = np.minimum(p[:, axis] // 32, max(shape) // 32 - 1).astype(int)
+        bins = np.unique(idx)
+        prof = np.array([e[idx == b, 0].mean() for b in bins])
+        resid = e[:, 0] - prof[np.searchsorted(bins, idx)]
+        out[f"exx_profile_along_{name}_explains"] = round(float(1 - resid.var() / e[:, 0].var()), 3)
+        if name == "x":
+            both = [b for b in bins if (top & (idx == b)).any() and (~top & (idx == b)).any()]
+            halves = [[e[t & (idx == b), 0].mean() for b in both] for t in (top, ~top)]
+            out["exx_profile_along_x_pct"] = (100 * prof).round(3).tolist()
+            out["exx_profile_top_vs_bottom_r"] = round(float(np.corrcoef(*halves)[0, 1]), 3)
+    mid = np.median(p, axis=0)
+    quads = [
+        e[((p[:, 0] < mid[0]) == r) & ((p[:, 1] < mid[1]) == c)].mean(0)
+        for r in (True, False)
+        for c in (True, False)
+    ]
+    out["past_scan_start_max_abs_quadrant_mean_pct"] = (
+        (100 * np.abs(quads).max(axis=0)).round(3).tolist()
+    )
+    out["past_scan_start_spread_pct"] = (100 * e.std(0)).round(3).tolist()
+    return out
+
+
 def part_real():
     import napari_microml as mm
 
@@ -516,8 +563,20 @@ def part_real():
             "columns_per_sublattice": np.bincount(lat.sublattice).tolist(),
             "lattice": L,
             "position_std": lat.std_source,
+            "strain_fit_cells": {1: "3x3", 2: "5x5"}[lat.parameters["shells"]],
             "flatness": _flatness(lat),
+            "scan_signature": _scan_signature(lat, img.shape),
         }
+        if lat.parameters["shells"] != 1:  # the finer fit too: its std is larger
+            lat1 = mm.analyze_lattice(
+                found.positions,
+                image=-img if contrast == "dark" else img,
+                pixel_size=pixel_nm,
+                position_std=found.features["position_std"].to_numpy(),
+                shells=1,
+            )
+            entry["flatness_3x3"] = _flatness(lat1)
+            entry["scan_signature_3x3"] = _scan_signature(lat1, img.shape)
         if name.startswith("stem_abf"):
             # [110]: a1 ≈ a/√2 (along [1-10]), a2 ≈ a (along [001]); SrTiO3 a = 390.5 pm
             entry["a_from_a1_pm"] = round(L["a_pm"] * np.sqrt(2), 2)
