@@ -151,7 +151,9 @@ def main() -> None:
     # the same cluster without that environment (glibc's default malloc trimming)
     _, t_dist2_env = on_cluster({})
 
-    same = all(np.allclose(a["positions"], b["positions"]) for a, b in zip(r1, r2))
+    same = len(r1) == len(r2) and all(
+        np.allclose(a["positions"], b["positions"]) for a, b in zip(r1, r2, strict=True)
+    )
     n_atoms = int(sum(len(r["positions"]) for r in r1))
     print(
         json.dumps(

@@ -202,6 +202,10 @@ def real_srtio3() -> dict | None:
     return out
 
 
+def _mean(values: list) -> float:
+    return round(float(np.mean(values)), 3)
+
+
 def run(quick: bool = False) -> dict:
     seeds = [9101, 9102] if quick else [9101, 9102, 9103, 9104, 9105]
     doses = [300.0] if quick else [50.0, 300.0, 2000.0]
@@ -209,17 +213,19 @@ def run(quick: bool = False) -> dict:
     summary = {}
     for dose in doses:
         sel = [r for r in rows if r["dose"] == dose]
-        mean = lambda get: round(float(np.mean([get(r) for r in sel])), 3)  # noqa: E731
         summary[str(dose)] = {
-            "centre_intensity_gmm": {"ari_mean": mean(lambda r: r["centre_intensity_gmm"]["ari"])}
+            "centre_intensity_gmm": {
+                "ari_mean": _mean([r["centre_intensity_gmm"]["ari"] for r in sel])
+            }
         }
         for name in ("rings", "patch"):
+            per = [r[name] for r in sel]
             summary[str(dose)][name] = {
-                "ari_mean": mean(lambda r: r[name]["ari"]),
-                "ari_interior_mean": mean(lambda r: r[name]["ari_interior"]),
-                "auroc_defect_mean": mean(lambda r: r[name]["auroc_defect"]),
+                "ari_mean": _mean([d["ari"] for d in per]),
+                "ari_interior_mean": _mean([d["ari_interior"] for d in per]),
+                "auroc_defect_mean": _mean([d["auroc_defect"] for d in per]),
                 **{
-                    f"{key}_{m}_mean": mean(lambda r: r[name][key][m] or 0.0)
+                    f"{key}_{m}_mean": _mean([d[key][m] or 0.0 for d in per])
                     for key in ("unseen_interstitial", "in_image_interstitial")
                     for m in ("auroc", "flagged_frac_interior", "host_far_flagged_frac")
                 },

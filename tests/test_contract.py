@@ -33,7 +33,7 @@ SCALES = [1e-16, 1e12, "offset"]  # 1e-16: below every former 1e-12 floor
 HANG_S = 120  # far above any call here; turns a hang into a failure
 
 
-# --- helpers -------------------------------------------------------------------------------------
+# --- helpers --------------------------------------------------------------------------------------
 @contextmanager
 def _no_hang(seconds=HANG_S):
     def fail(*_):
@@ -144,7 +144,7 @@ def _maybe(default, strategy):
     return st.one_of(st.just(default), st.just(default), strategy)
 
 
-# --- properties ----------------------------------------------------------------------------------
+# --- properties -----------------------------------------------------------------------------------
 @CONTRACT
 @given(
     image=images(),
@@ -512,7 +512,7 @@ def test_float64_extremes_keep_their_range():
     assert np.isfinite(scaled.stack).all() and math.isclose(scaled.scale, np.ptp(img))
 
 
-# --- each reported bad input, its clear error ------------------------------------------------------
+# --- each reported bad input, its clear error -----------------------------------------------------
 IMG = np.random.default_rng(0).random((32, 32))
 
 

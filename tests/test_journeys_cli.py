@@ -79,7 +79,8 @@ def test_atoms_acquisition_18_then_rerun_into_the_same_folder(shared_data, tmp_p
     """HAADF (Velox .emd, 1024², 12.25 pm/px). Reference: one column per unit cell of the lattice
     measured from the autocorrelation (columns at the border are cut: ≥ 90 %); nearest-neighbour
     spacing = the shortest lattice vector. Then the user reruns into the same folder: refused
-    (exit 2, files named, nothing touched) until --overwrite. Before: the rerun overwrote silently."""
+    (exit 2, files named, nothing touched) until --overwrite (the rerun once overwrote silently).
+    """
     from napari_microml.io.reader import read_file
 
     emd = _need(shared_data / "formats" / "Acquisition_18.emd")
@@ -220,7 +221,7 @@ def test_complete_direct_electron_random_scan_from_its_files(shared_data, tmp_pa
     visited = np.zeros(image.shape, bool)
     visited[rows, cols] = True
     per_pixel = {}
-    for r, c, s in zip(rows, cols, sums):
+    for r, c, s in zip(rows, cols, sums, strict=True):
         per_pixel.setdefault((r, c), []).append(s)
     for (r, c), s in per_pixel.items():
         assert image[r, c] == pytest.approx(np.mean(s), rel=1e-6)

@@ -129,7 +129,7 @@ def test_public_api_is_lazy():
     assert res.stdout.strip() == "False"
 
 
-# --- the input contract (issue #27): one validation module, no absolute floors ---------------------
+# --- the input contract (issue #27): one validation module, no absolute floors --------------------
 def test_normalisation_does_not_depend_on_units():
     from napari_microml.runtime.validate import robust_normalize
 
@@ -218,7 +218,7 @@ def test_positions_on_the_image_are_kept():
     assert check_positions(np.zeros((0, 2)), (20, 30))[0].shape == (0, 2)
 
 
-# --- weights: by path (unverified, hashed) and every broken install --------------------------------
+# --- weights: by path (unverified, hashed) and every broken install -------------------------------
 def _shipped_atoms():
     from napari_microml.nets import registry
 

@@ -73,7 +73,8 @@ def test_grain_boundary_band_sits_between_the_two_grains():
     )
     band = _boundary_band((192, 192), 4, 0.75 * spacing)
     assert (s.classmap == class_id("extended"))[band].all()
-    # columns far from the band on one side form the first crystal: nearest-neighbour distance = spacing
+    # columns far from the band on one side form the first crystal: nearest-neighbour
+    # distance = spacing
     wide = _boundary_band((192, 192), 4, 2.5 * spacing)
     ip = np.rint(s.positions).astype(int).clip(0, 191)
     away = s.positions[~wide[ip[:, 0], ip[:, 1]]]

@@ -86,7 +86,7 @@ import tempfile  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
-from typing import Any
+from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
 
@@ -477,11 +477,11 @@ def _scan_items(name: str, data, how: ScanMask, cache: dict) -> tuple[list[dict]
         masks = [np.isfinite(f) for f in frames]
         if all(m.all() for m in masks):
             raise InputError(
-                f"{name} has no NaN pixel, so every pixel reads as measured (a measured 0 is a real "
-                "value). Say which pixels were measured: --mask FILE (non-zero = measured), "
+                f"{name} has no NaN pixel, so every pixel reads as measured (a measured 0 is a "
+                "real value). Say which pixels were measured: --mask FILE (non-zero = measured), "
                 "--coords FILE (scan positions), or --zeros-unmeasured."
             )
-    return [{"values": f, "mask": m} for f, m in zip(frames, masks)], data.ndim == 3
+    return [{"values": f, "mask": m} for f, m in zip(frames, masks, strict=True)], data.ndim == 3
 
 
 def _channel_range(name: str, axis, n: int, window, units: str) -> tuple[int, int] | None:
@@ -741,7 +741,7 @@ def _write_outputs(tool: str, job: Job, results: list[dict], stage: Path, prov: 
             )
         )
     elif tool == "complete":
-        for key, name in zip(("image", "uncertainty"), names):
+        for key, name in zip(("image", "uncertainty"), names[:2], strict=True):
             arr = np.stack([r[key] for r in results]) if job.is_stack else results[0][key]
             nd = arr.ndim
             attrs = {
@@ -774,7 +774,7 @@ def _write_outputs(tool: str, job: Job, results: list[dict], stage: Path, prov: 
         axes = ["row", "col"] if spatial == 2 else ["index"]
         spectral = _spectral_axis(job.kwargs)
         shift_col = f"shift_{spectral['units']}" if spectral else "shift_channels"
-        table = pd.DataFrame({**dict(zip(axes, idx)), shift_col: r["shift"], **cols})
+        table = pd.DataFrame({**dict(zip(axes, idx, strict=True)), shift_col: r["shift"], **cols})
         table.to_csv(stage / names[1], index=False)
         written.append(stage / names[1])
     unplanned = {p.name for p in written} - set(names)
@@ -816,15 +816,7 @@ def _uninterrupted(drop: bool = False):
 
 def _try_lock(fh) -> bool:
     """Exclusive, non-blocking lock on an open file; released by the OS when its process dies."""
-    try:
-        import fcntl
-
-        try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            return False
-        return True
-    except ImportError:  # Windows
+    if sys.platform == "win32":
         import msvcrt
 
         try:
@@ -832,6 +824,13 @@ def _try_lock(fh) -> bool:
         except OSError:
             return False
         return True
+    import fcntl
+
+    try:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False
+    return True
 
 
 _rename = os.replace  # one place for the moves, so tests can interrupt a commit half way
@@ -857,7 +856,9 @@ class Staging:
         ``replace`` are the names that may already exist (``--overwrite``); anything else found
         in the way (a folder, a file that appeared meanwhile) fails the whole commit.
         """
-        journal = [{"name": n, "existed": os.path.lexists(self.out / n)} for n in names]
+        journal: list[dict[str, Any]] = [
+            {"name": n, "existed": os.path.lexists(self.out / n)} for n in names
+        ]
         blocked = [e["name"] for e in journal if e["existed"] and e["name"] not in replace]
         if blocked:
             raise ToolError(
@@ -916,7 +917,7 @@ def clean_stale_staging(out: Path, min_age_s: float = 30.0) -> list[Path]:
     folder without a lock file (an older microml, or one made this instant) only once it is
     ``min_age_s`` old.
     """
-    cleaned = []
+    cleaned: list[Path] = []
     if not out.is_dir():
         return cleaned
     for stage in sorted(out.glob(STAGING_PREFIX + "*")):
@@ -1276,7 +1277,8 @@ def _parser() -> argparse.ArgumentParser:
                 default=None,
                 choices=list(RESCALE_MODES),
                 help="resample each frame's lattice for the network: auto (default) "
-                f"outside the trained range (atoms: also noisy lattices above {NOISY_PERIOD:g} px), "
+                "outside the trained range "
+                f"(atoms: also noisy lattices above {NOISY_PERIOD:g} px), "
                 f"always to a {TARGET:g} px period, off never",
             )
         if name == "atoms":
@@ -1475,7 +1477,8 @@ def main(argv: list[str] | None = None) -> int:
         if not args.quiet or report.failed or report.empty:
             gave = report.inputs - len(report.failed) - len(report.empty)
             print(
-                f"microml {args.command}: wrote {_plural(len(report.written), 'file')} to {args.out} "
+                f"microml {args.command}: wrote {_plural(len(report.written), 'file')} "
+                f"to {args.out} "
                 f"({gave} of {_plural(report.inputs, 'input')} gave results)",
                 file=sys.stderr,
             )

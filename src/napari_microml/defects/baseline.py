@@ -50,13 +50,13 @@ def _modes(atoms: np.ndarray, tree: cKDTree, d0: float, min_support: float = 0.7
     hist = ndi.gaussian_filter(hist, 1.0)
     peaks = (hist == ndi.maximum_filter(hist, size=5)) & (hist > 0.02 * len(atoms))
     centres = edges[:-1] + b / 2
-    modes = []
-    for i, j in zip(*np.nonzero(peaks)):
+    found = []
+    for i, j in zip(*np.nonzero(peaks), strict=True):
         guess = np.array([centres[i], centres[j]])
         near = disp[np.hypot(*(disp - guess).T) < 0.3 * d0]
         if len(near):
-            modes.append(near.mean(0))
-    modes = np.array(modes).reshape(-1, 2)
+            found.append(near.mean(0))
+    modes = np.array(found).reshape(-1, 2)
     keep = [m for m in modes if _support(atoms, m[None], tree, d0)[0].mean() >= min_support]
     return np.array(keep).reshape(-1, 2)
 
@@ -107,7 +107,7 @@ def baseline_defects(
         atoms, intensities = r.positions, r.features["intensity"].to_numpy(float)
     atoms = np.asarray(atoms, float).reshape(-1, 2)
     shape = img.shape
-    rows = []
+    rows: list[tuple] = []
     if len(atoms) < 8:
         return BaselineResult(
             pd.DataFrame(rows, columns=["class", "class_id", "row", "col"]),
@@ -132,7 +132,7 @@ def baseline_defects(
         grains.append(modes)
         unfit = support < 0.5
     # vacancies: empty predicted sites backed by at least two columns
-    cand, who = [], []
+    cand_list, who_list = [], []
     for g, modes in enumerate(grains):
         members = np.nonzero((grain_of == g) & ~unfit)[0]
         for t in modes:
@@ -143,10 +143,10 @@ def baseline_defects(
                 & (target[:, 1] < shape[1] - 0.4 * d0)
             )
             empty = inside & (tree.query(target)[0] > 0.45 * d0)
-            cand.append(target[empty])
-            who.append(members[empty])
-    cand = np.vstack(cand) if cand else np.zeros((0, 2))
-    who = np.concatenate(who) if who else np.zeros(0, int)
+            cand_list.append(target[empty])
+            who_list.append(members[empty])
+    cand = np.vstack(cand_list) if cand_list else np.zeros((0, 2))
+    who = np.concatenate(who_list) if who_list else np.zeros(0, int)
     if len(cand):
         pairs = cKDTree(cand).query_pairs(0.4 * d0, output_type="ndarray")
         from scipy.sparse import coo_matrix
@@ -198,7 +198,7 @@ def baseline_defects(
             else np.zeros(len(mis), bool)
         )
         nn_other = tree.query(atoms[mis], k=2)[0][:, 1]
-        for i, c, dist in zip(mis, clustered, nn_other):
+        for i, c, dist in zip(mis, clustered, nn_other, strict=True):
             if not c and dist > 0.35 * d0:
                 rows.append(("interstitial", *atoms[i]))
         pts = np.zeros(shape, bool)
@@ -225,6 +225,6 @@ def baseline_defects(
         disc = (yy[sl] - r["row"]) ** 2 + (xx[sl] - r["col"]) ** 2 <= radius**2
         classmap[sl][disc] = r["class_id"]
     lab, n = ndi.label(extended)
-    for k, (cy, cx) in enumerate(ndi.center_of_mass(extended, lab, range(1, n + 1))):
+    for cy, cx in ndi.center_of_mass(extended, lab, range(1, n + 1)):
         objects.loc[len(objects)] = ["extended", class_id("extended"), cy, cx]
     return BaselineResult(objects, classmap, atoms, grains, d0)

@@ -28,6 +28,7 @@ so an atom that differs in a direction PCA did not keep is still unusual.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -39,6 +40,10 @@ from napari_microml.runtime.validate import (
     fill_nonfinite,
 )
 
+if TYPE_CHECKING:
+    from sklearn.decomposition import PCA
+    from sklearn.mixture import GaussianMixture
+
 DESCRIPTORS = ("rings", "patch")
 N_ANGLES, N_HARMONICS = 32, 6
 
@@ -49,8 +54,8 @@ class EnvironmentModel:
 
     descriptor: str
     patch_size: int
-    pca: object
-    gmm: object
+    pca: PCA
+    gmm: GaussianMixture
     order: np.ndarray  # mixture component of class i
     noise_var: float  # variance per discarded PCA direction
     threshold: float  # unusualness above this is flagged
@@ -94,19 +99,34 @@ class EnvironmentsResult:
     bic: dict
     patch_size: int
     explained_variance: np.ndarray
-    edge: np.ndarray = None
+    edge: np.ndarray
     provenance: dict = field(default_factory=dict)
     model: EnvironmentModel | None = None
 
     def apply(self, image, positions, *, threshold: str = "image") -> EnvironmentsResult:
-        """Classify the atoms of another image with this fitted model (same classes), e.g. fit
-        on a clean reference and look for new defect types.
+        """Classify the atoms of another image with this fitted model (same classes).
 
-        ``threshold="image"`` (default) flags atoms that are unusual relative to the other atoms
-        of *this* image (median + k·MAD of its own scores), which absorbs small dose or scale
-        differences between images; ``"reference"`` reuses the reference image's cut.
+        E.g. fit on a clean reference and look for new defect types there.
+
+        Parameters
+        ----------
+        image : (H, W) or (T, H, W) array
+            The other micrograph (or stack).
+        positions : (N, 2) or (N, 3) array
+            Its atom centres in pixels, (row, col); for a stack (frame, row, col).
+        threshold : {"image", "reference"}
+            ``"image"`` (default) flags atoms that are unusual relative to the other atoms of
+            *this* image (median + k·MAD of its own scores), which absorbs small dose or scale
+            differences between images; ``"reference"`` reuses the reference image's cut.
+
+        Returns
+        -------
+        EnvironmentsResult
+            The same classes as this result, for the new atoms.
         """
         m = self.model
+        if m is None:
+            raise ValueError("This result carries no fitted model to apply.")
         if threshold not in ("image", "reference"):
             raise ValueError(f"threshold must be 'image' or 'reference', not {threshold!r}.")
         stack, is_stack = _scaled(image)
@@ -135,14 +155,16 @@ class EnvironmentsResult:
 
 
 def _robust_cut(nll: np.ndarray, k: float) -> float:
-    """median + k × 1.4826 × MAD: a robust z-score above ``k``."""
+    """Return median + k × 1.4826 × MAD: a robust z-score above ``k``."""
     med = np.median(nll)
     return float(med + k * max(1.4826 * np.median(np.abs(nll - med)), 1e-9))
 
 
 def _scaled(image) -> tuple[np.ndarray, bool]:
-    """The image (stack) checked and mapped to 0–1 in float64 first, so the descriptors are the
-    same whatever the image's units."""
+    """Check the image (stack) and map it to 0–1 in float64.
+
+    The descriptors are then the same whatever the image's units.
+    """
     scaled = as_scaled_stack(image, what="image")
     return scaled.stack, scaled.is_stack
 
@@ -151,12 +173,14 @@ def near_edge(positions: np.ndarray, shape: tuple, patch_size: int) -> np.ndarra
     """(N,) bool: the atom's window of side ``patch_size`` px reaches outside ``shape``."""
     half = patch_size // 2
     hw = np.asarray(shape[-2:], float)
-    return ((positions < half) | (positions > hw - 1 - half)).any(1)
+    return np.asarray(((positions < half) | (positions > hw - 1 - half)).any(1))
 
 
 def auto_patch_size(positions: np.ndarray, frames: np.ndarray) -> int:
-    """Odd patch side (px) ≈ 2 × the median nearest-neighbour distance + 1 (the first shell of
-    neighbours sits on its rim; further shells barely reach in), at least 7 px."""
+    """Odd patch side (px) ≈ 2 × the median nearest-neighbour distance + 1, at least 7 px.
+
+    The first shell of neighbours sits on its rim; further shells barely reach in.
+    """
     from scipy.spatial import cKDTree
 
     nn = []
@@ -174,10 +198,11 @@ def auto_patch_size(positions: np.ndarray, frames: np.ndarray) -> int:
 
 
 def smooth_wide(f: np.ndarray, sigma: float) -> np.ndarray:
-    """Gaussian smoothing with a wide ``sigma`` (px) on a grid ~sigma/4 coarser, interpolated
-    back: the same slow background to well under the noise (Acquisition_18, σ 94 px: 12 counts
-    in a noise of 1,500), and ~30x less time holding the interpreter (scipy.ndimage keeps the
-    GIL: the full 4σ kernel froze the window for 1.2 s)."""
+    """Gaussian smoothing with a wide ``sigma`` (px), computed on a grid ~sigma/4 coarser.
+
+    Interpolated back, the slow background matches the full filter to well under the noise,
+    in far less time holding the interpreter (scipy.ndimage keeps the GIL, freezing napari).
+    """
     from scipy import ndimage as ndi
 
     from napari_microml.atoms.refine import _block_reduce, _upsample_linear
@@ -190,9 +215,11 @@ def smooth_wide(f: np.ndarray, sigma: float) -> np.ndarray:
 
 
 def _prepared(frame: np.ndarray, patch: int, centres: np.ndarray) -> np.ndarray:
-    """The frame minus its slowly varying background and its median (the space between
-    columns), divided by the typical column height (10 %-trimmed mean at ``centres``), so rare
-    bright or extra atoms barely change the scale between images."""
+    """Remove the frame's slow background and median, and divide by the typical column height.
+
+    The median is the space between columns; the column height is the 10 %-trimmed mean at
+    ``centres``, so rare bright or extra atoms barely change the scale between images.
+    """
     from scipy import ndimage as ndi
     from scipy.stats import trim_mean
 
@@ -305,7 +332,7 @@ def _fit(
         ):
             eligible.append(k)
     # a class of a handful of outliers would make them look ordinary: such k are not chosen
-    gmm = fits[min(eligible or [ks[0]], key=bic.get)]
+    gmm = fits[min(eligible or [ks[0]], key=lambda k: bic[k])]
     order = np.argsort(-gmm.weights_, kind="stable")
     return EnvironmentModel(
         descriptor, patch_size, pca, gmm, order, noise_var, np.inf, unusual_k
@@ -340,9 +367,10 @@ def classify_environments(
         nearest-neighbour distance.
     n_classes : int, optional
         Number of classes; default chosen by BIC among 1 … ``max_classes``.
+    max_classes : int
+        Largest number of classes BIC may choose (also at most one class per five atoms).
     n_pca : int, optional
-        PCA components kept (default 4: on the synthetic benchmark 3–5 recovered the planted
-        classes best; 2 merges subtle classes, 8 splits noise).
+        PCA components kept (default 4: fewer merge subtle classes, more split noise).
     seed : int
         Seeds PCA and the mixture (results are reproducible).
     descriptor : {"rings", "patch"}
@@ -361,6 +389,9 @@ def classify_environments(
     Returns
     -------
     EnvironmentsResult
+        Per-atom ``classes``, ``probability``, ``unusualness`` (nats), ``unusual`` and ``edge``
+        (each (N,)), the BIC table, the fitted ``model`` (reusable with ``apply``) and
+        ``provenance``.
 
     Raises
     ------

@@ -76,7 +76,7 @@ def _napari_reader(path) -> list[LayerData]:
 
 
 def _is_hyperspy_h5(path: Path) -> bool:
-    """True when an .h5 file is a HyperSpy file that rsciio's hspy plugin can read."""
+    """Tell whether an .h5 file is a HyperSpy file that rsciio's hspy plugin can read."""
     import h5py
 
     try:
@@ -172,7 +172,7 @@ def _ureg():
 
 
 def _clean_units(units: Any) -> str:
-    """A pint-parsable unit string; ``'pixel'`` when the file gives none."""
+    """Return a pint-parsable unit string; ``'pixel'`` when the file gives none."""
     if units is None:
         return "pixel"
     text = str(units).strip()

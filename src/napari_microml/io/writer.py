@@ -187,7 +187,7 @@ def read_points_csv(path: str) -> tuple:
             kwargs["metadata"] = {KEY: side[KEY]}
     else:  # fit pixel -> physical from the columns
         scale, translate, units = [1.0] * d, [0.0] * d, ["pixel"] * d
-        for ax, col in zip((-2, -1), phys):
+        for ax, col in zip((-2, -1), phys, strict=False):  # a table may carry one axis only
             units[ax] = str(col)[2:]
             px = table[coord_cols[ax]].to_numpy(float)
             if len(px) >= 2 and np.ptp(px) > 0:
@@ -255,7 +255,7 @@ def is_microml_output(path) -> bool:
         import tifffile
 
         with tifffile.TiffFile(str(p)) as tif:
-            desc = json.loads(tif.pages[0].description or "{}")
+            desc = json.loads(tif.pages[0].aspage().description or "{}")
     except Exception:  # noqa: BLE001 - not ours, or not readable: the reader will say why
         return False
     return isinstance(desc, dict) and (
@@ -270,7 +270,7 @@ def read_labels_tiff(path: str) -> tuple:
     with tifffile.TiffFile(str(path)) as tif:
         data = tif.asarray()
         try:
-            desc = json.loads(tif.pages[0].description or "{}")
+            desc = json.loads(tif.pages[0].aspage().description or "{}")
         except json.JSONDecodeError:
             desc = {}
     kwargs: dict[str, Any] = {"name": desc.get("name") or Path(path).stem}
@@ -399,7 +399,7 @@ def read_bundle(path: str) -> list[tuple]:
 
     try:
         root = zarr.open_group(str(path), mode="r")
-        attrs = dict(root.attrs)
+        attrs: dict[str, Any] = dict(root.attrs)
     except Exception as err:  # noqa: BLE001
         raise ValueError(
             f"Could not read {Path(path).name}: not a zarr results bundle ({err})."
@@ -409,7 +409,9 @@ def read_bundle(path: str) -> list[tuple]:
     out = []
     for key in attrs.get("layers", []):
         z = root[key]
-        a = dict(z.attrs)
+        if not isinstance(z, zarr.Array):
+            raise ValueError(f"{Path(path).name} is damaged: layer {key!r} holds no array.")
+        a: dict[str, Any] = dict(z.attrs)
         data = np.asarray(z[...])
         kwargs: dict[str, Any] = {
             "name": a.get("name", key),

@@ -5,6 +5,9 @@ Used only during training (``training/completion.py``); nothing here ships as we
 
 from __future__ import annotations
 
+import functools
+import operator
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -66,4 +69,5 @@ class MultiScaleDiscriminator(nn.Module):
 def lsgan_loss(scores: list[torch.Tensor], real: bool) -> torch.Tensor:
     """Least-squares GAN loss averaged over scales: ``mean((s - 1)^2)`` or ``mean(s^2)``."""
     target = 1.0 if real else 0.0
-    return sum(((s - target) ** 2).mean() for s in scores) / len(scores)
+    losses = [((s - target) ** 2).mean() for s in scores]
+    return functools.reduce(operator.add, losses) / len(losses)

@@ -20,7 +20,7 @@ class ModelIntegrityError(RuntimeError):
 
 
 def read_manifest() -> dict:
-    """The shipped models' manifest; ``{}`` when there is none (training writes the first)."""
+    """Read the shipped models' manifest; ``{}`` when there is none (training writes the first)."""
     if not MANIFEST.exists():
         return {}
     try:
@@ -38,8 +38,20 @@ def read_manifest() -> dict:
 
 
 def list_models(task: str | None = None) -> dict:
-    """``{name: entry}`` for shipped models, then the user's own fine-tuned ones
-    (:mod:`nets.user_models`), optionally only one task's."""
+    """List the shipped models, then the user's own fine-tuned ones.
+
+    Parameters
+    ----------
+    task : {"atoms", "defects", "completion"}, optional
+        Only this task's models (all when None).
+
+    Returns
+    -------
+    dict
+        ``{name: entry}``; each entry holds the model's ``task``, weights ``file``, ``sha256``,
+        ``arch`` (architecture) and ``meta`` (training data and settings); the user's own come
+        from :mod:`nets.user_models`.
+    """
     from napari_microml.nets.user_models import list_user_models
 
     shipped = {k: v for k, v in read_manifest().items() if task is None or v.get("task") == task}
@@ -134,8 +146,10 @@ def load_model(task: str, model="default", device="cpu"):
 
 
 def model_provenance(info: dict) -> dict:
-    """What provenance records about a loaded model: name, file, sha256, and for a file given
-    by path that it is unverified."""
+    """Pick what provenance records about a loaded model.
+
+    That is its name, file and sha256, and, for a file given by path, that it is unverified.
+    """
     return {k: info.get(k) for k in ("name", "file", "sha256", "verified", "note") if k in info}
 
 

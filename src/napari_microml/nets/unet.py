@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 from torch import nn
 
@@ -47,7 +49,7 @@ class UNet(nn.Module):
         self.pool = nn.MaxPool2d(2)
         self.up = nn.ModuleList()
         self.dec = nn.ModuleList()
-        for c_hi, c_lo in zip(chans[::-1][:-1], chans[::-1][1:]):
+        for c_hi, c_lo in itertools.pairwise(chans[::-1]):
             self.up.append(nn.ConvTranspose2d(c_hi, c_lo, 2, stride=2))
             self.dec.append(_block(2 * c_lo, c_lo, dropout))
         self.head = nn.Conv2d(chans[0], out_channels, 1)
@@ -63,7 +65,7 @@ class UNet(nn.Module):
             if i < self.depth:
                 skips.append(x)
                 x = self.pool(x)
-        for up, dec, skip in zip(self.up, self.dec, skips[::-1]):
+        for up, dec, skip in zip(self.up, self.dec, skips[::-1], strict=True):
             x = dec(torch.cat([up(x), skip], dim=1))
         return self.head(x)
 
@@ -80,8 +82,9 @@ def fuse_batchnorm(net: nn.Module) -> nn.Module:
         if not isinstance(seq, nn.Sequential):
             continue
         for i in range(len(seq) - 1):
-            if isinstance(seq[i], nn.Conv2d) and isinstance(seq[i + 1], nn.BatchNorm2d):
-                seq[i], seq[i + 1] = fuse_conv_bn_eval(seq[i], seq[i + 1]), nn.Identity()
+            conv, bn = seq[i], seq[i + 1]
+            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+                seq[i], seq[i + 1] = fuse_conv_bn_eval(conv, bn), nn.Identity()
     return net
 
 
@@ -93,7 +96,7 @@ def batch_predictor(net: nn.Module, device, transform=None):
     net = fuse_batchnorm(net).to(device)
     cpu = torch.device(device).type == "cpu"
     fmt = torch.channels_last if cpu else torch.contiguous_format
-    net = net.to(memory_format=fmt)
+    net = net.to(memory_format=fmt)  # type: ignore[call-overload]  # torch's stub omits it
 
     def predict(batch):
         import numpy as np

@@ -26,15 +26,23 @@ _MAX_SIDE = 1024  # the estimate uses a central crop of at most this size
 _MIN_PEAK_SE = 5.0  # the period's peak, in white-noise standard errors of the autocorrelation
 TARGET = 14.0  # px: the period a resampled copy gets
 RESCALE_MODES = ("auto", "always", "off")
-NOISY = 0.10  # noise_fraction of a noisy frame: simulated crystals read 0.13-0.22 at 10 counts per
-# column peak and 0.06-0.08 at 50; real Acquisition_18 0.21, completion/truth-2 0.30, SrTiO3 ABF 0.02
+# noise_fraction from which a frame counts as noisy: between simulated crystals at 50 and at 10
+# counts per column peak
+NOISY = 0.10
 
 
 @dataclass(frozen=True)
 class Spacing:
-    """period : shortest strong lattice period (px), None if none was found.
-    strength : its autocorrelation relative to the origin's (noise-free) value, about 0–1 (can
-        slightly exceed 1 for a clean lattice); ≥ MIN_STRENGTH: a lattice."""
+    """The lattice period an image shows, if any.
+
+    Attributes
+    ----------
+    period : float or None
+        Shortest strong lattice period (px), None if none was found.
+    strength : float
+        Its autocorrelation relative to the origin's (noise-free) value, about 0–1 (can
+        slightly exceed 1 for a clean lattice); ≥ MIN_STRENGTH: a lattice.
+    """
 
     period: float | None
     strength: float
@@ -111,11 +119,15 @@ def auto_zoom(
     target: float = TARGET,
     max_side: int = 8192,
 ) -> float:
-    """Resampling factor bringing a periodic image's period to ``target`` px when it lies outside
-    [``low``, ``high``] px; 1.0 otherwise. Upsampling is capped so no side exceeds ``max_side``."""
-    if not spacing.periodic or low <= spacing.period <= high:
+    """Resampling factor bringing a periodic image's period to ``target`` px.
+
+    Only when the period lies outside [``low``, ``high``] px; 1.0 otherwise. Upsampling is
+    capped so no side exceeds ``max_side``.
+    """
+    period = spacing.period
+    if period is None or not spacing.periodic or low <= period <= high:
         return 1.0
-    zoom = target / spacing.period
+    zoom = target / period
     return float(min(zoom, max_side / max(shape))) if zoom > 1 else float(zoom)
 
 
@@ -140,7 +152,8 @@ def to_resampled(positions: np.ndarray, zoom: float) -> np.ndarray:
 
 
 def _bad_rescale(rescale) -> str:
-    return f"rescale must be {', '.join(repr(m) for m in RESCALE_MODES)} or a positive number, not {rescale!r}."
+    modes = ", ".join(repr(m) for m in RESCALE_MODES)
+    return f"rescale must be {modes} or a positive number, not {rescale!r}."
 
 
 def zoom_for(
@@ -151,7 +164,9 @@ def zoom_for(
     high: float = 36.0,
     noisy_high: float | None = None,
 ) -> tuple[float, float | None]:
-    """Resampling factor for ``rescale`` ('auto', 'always', None/'off' or a number) and the period found.
+    """Resampling factor for ``rescale`` and the period found.
+
+    ``rescale`` is 'auto', 'always', None/'off' or a number.
 
     ``'auto'`` resamples only a clearly periodic ``frame`` whose period is outside [low, high] px,
     or, with ``noisy_high``, above ``noisy_high`` px in a noisy frame (``noise_fraction`` ≥
@@ -169,13 +184,14 @@ def zoom_for(
             low = high = TARGET
         elif (
             noisy_high is not None
+            and sp.period is not None
             and sp.periodic
             and sp.period > noisy_high
             and noise_fraction(_central(frame)) >= NOISY
         ):
             high = noisy_high
         return auto_zoom(sp, frame.shape, low=low, high=high), (
-            round(sp.period, 2) if sp.periodic else None
+            round(sp.period, 2) if sp.period is not None and sp.periodic else None
         )
     try:
         zoom = float(rescale)

@@ -7,7 +7,7 @@ with a separable ramp window so seams do not show; memory is bounded by ``tile``
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 
 import numpy as np
 
@@ -38,7 +38,7 @@ def tiled_predict(
     overlap: int = 32,
     batch_size: int = 4,
     multiple: int = 8,
-) -> Iterator[tuple[int, int]]:
+) -> Generator[tuple[int, int], None, np.ndarray]:
     """Generator: apply ``predict`` tile by tile; yields ``(done, total)``, returns the output.
 
     Parameters
@@ -53,9 +53,10 @@ def tiled_predict(
         Tile edge and overlap in pixels. Images smaller than ``tile`` run in one piece,
         padded up to a multiple of ``multiple`` (the network's down-sampling factor).
 
-    Returns (as the generator's return value)
+    Returns
     -------
-    ndarray ``(out_channels, H, W)`` float32.
+    ndarray
+        ``(out_channels, H, W)`` float32, as the generator's return value.
     """
     image = np.asarray(image, np.float32)
     if image.ndim != 3:
@@ -83,7 +84,7 @@ def tiled_predict(
         chunk = corners[i : i + batch_size]
         batch = np.stack([padded[:, y : y + tile, x : x + tile] for y, x in chunk])
         pred = np.asarray(predict(batch), np.float32)
-        for (y, x), p in zip(chunk, pred):
+        for (y, x), p in zip(chunk, pred, strict=True):
             out[:, y : y + tile, x : x + tile] += p * window
             weight[y : y + tile, x : x + tile] += window
         yield min(i + batch_size, total), total

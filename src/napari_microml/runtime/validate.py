@@ -245,9 +245,10 @@ def check_positions(
     """Validate (row, col) pixel positions against an image of ``shape`` (H, W).
 
     ``positions`` is (N, 2) (row, col), or (N, 3) (frame, row, col); a stack needs the frame
-    column (``frame_column=False``: only (N, 2) is accepted). Positions must lie on the image (−0.5 … H − 0.5 px: pixel centres are whole
-    numbers) and frames must be whole numbers of an existing frame. Returns float64 (N, 2)
-    positions and (N,) int frames. An empty input gives (0, 2) and (0,).
+    column (``frame_column=False``: only (N, 2) is accepted). Positions must lie on the image
+    (−0.5 … H − 0.5 px: pixel centres are whole numbers) and frames must be whole numbers of an
+    existing frame. Returns float64 (N, 2) positions and (N,) int frames. An empty input gives
+    (0, 2) and (0,).
     """
     try:
         pos = np.asarray(positions, dtype=np.float64)

@@ -88,7 +88,7 @@ def cross_correlation_shift(
         shifts = lag.astype(float)
         # rebuild the reference from spectra shifted back onto a common grid
         idx = np.arange(L)
-        aligned = np.stack([np.interp(idx + s, idx, row) for s, row in zip(shifts, x)])
+        aligned = np.stack([np.interp(idx + s, idx, row) for s, row in zip(shifts, x, strict=True)])
         ref = aligned.mean(0)
     shifts = shifts * step
     return shifts - np.median(shifts)

@@ -78,8 +78,10 @@ class ShiftVAEResult:
 
     @property
     def provenance(self) -> dict:
-        """Tool, package version, parameters (channels used, seed, …) and device of this fit,
-        in the shape every tool's result records."""
+        """Tool, package version, parameters (channels used, seed, …) and device of this fit.
+
+        The same shape every tool's result records.
+        """
         from napari_microml.runtime.provenance import make_provenance
 
         return make_provenance(
@@ -90,8 +92,10 @@ class ShiftVAEResult:
         )
 
     def decode(self, latents, shift=0.0) -> np.ndarray:
-        """Decode content latents (M, latent_dim) at ``shift`` (axis units, relative to the
-        median like ``self.shift``) into normalised spectra (M, L')."""
+        """Decode content latents (M, latent_dim) at ``shift`` into normalised spectra (M, L').
+
+        ``shift`` is in axis units, relative to the median like ``self.shift``.
+        """
         import torch
 
         z = torch.as_tensor(np.atleast_2d(np.asarray(latents, np.float32)))
@@ -108,7 +112,7 @@ class ShiftVAEResult:
         return out.numpy()
 
     def traverse(self, index: int = 0, n: int = 7, span: float = 2.0):
-        """Decoded spectra along content latent ``index`` (others at 0, shift at the median).
+        """Decode spectra along content latent ``index`` (others at 0, shift at the median).
 
         Returns ``(values (n,), spectra (n, L'))``; ``values`` run over ±``span`` posterior
         standard deviations of that latent around its mean.
@@ -250,7 +254,7 @@ def fit_shift_vae_iter(
     warmup: float = 0.3,
     hidden: int = 64,
 ) -> Generator[tuple, None, ShiftVAEResult]:
-    """Generator twin of :func:`fit_shift_vae`.
+    """Fit like :func:`fit_shift_vae`, as a generator that reports progress.
 
     Yields ``("progress", epoch, epochs, message, {"loss": value, "epoch": epoch})`` after
     every epoch (the first four items are the standard progress tuple) and returns a
@@ -412,6 +416,8 @@ def fit_shift_vae_iter(
         np.float64 if np.asarray(spectra).dtype == np.float64 else np.float32
     )  # keep float64 input's range
     reconstruction = ((rec * scale + offset).astype(np.float64) * g_scale + g_lo).astype(out_dtype)
+    shift: np.ndarray | None
+    shift_std: np.ndarray | None
     if n_shift:
         raw = mu[:, 0].astype(np.float64) * half_span
         shift_offset = float(np.median(raw))
@@ -485,6 +491,7 @@ def fit_shift_vae(
         Seeds weights, shuffling and sampling: the same seed on the same device gives the
         same result.
     device : {'auto', 'cuda', 'mps', 'cpu'}
+        Where to fit; 'auto' picks cuda, then mps, then cpu.
     batch_size : int, optional
         Spectra per optimiser step (default ``min(256, max(8, N // 8))``).
     learning_rate : float

@@ -100,7 +100,7 @@ def _discs(shape, centres: np.ndarray, radius: float) -> np.ndarray:
 def column_contrast(
     positions: np.ndarray, kinds: np.ndarray, amplitude: np.ndarray
 ) -> tuple[np.ndarray, float]:
-    """Each column's peak height over the median of the host columns of its own sublattice around it.
+    """Each column's peak height over the median of nearby host columns of its own sublattice.
 
     The same-sublattice neighbours are the host columns 1.2–2.1 local spacings away (the local
     spacing is the median nearest-column distance of the 12 nearest columns): for every lattice
@@ -173,7 +173,8 @@ def simulate_defects(
         for no noise).
     scene : {'crystal', 'interface'}, optional
         A single crystal, or a grain boundary between two rotated crystals (random if None).
-    lattice : one of ``synth.lattice.LATTICES`` or ``EXTRA_LATTICES``, optional (random from LATTICES if None)
+    lattice : one of ``synth.lattice.LATTICES`` or ``EXTRA_LATTICES``, optional
+        The crystal (random from ``LATTICES`` if None).
     spacing : float, optional
         Nearest-neighbour column distance in px (log-uniform 6–24 if None).
     rotation : float, optional
@@ -220,13 +221,13 @@ def simulate_defects(
         extended |= _boundary_band(shape, seed, max(0.75 * spacing, 3.0))
     radius = max(disc * spacing, 1.5)
     h, w = shape
-    sites, names = [s.vacancies.reshape(-1, 2)], [["vacancy"] * len(s.vacancies)]
+    site_list, name_list = [s.vacancies.reshape(-1, 2)], ["vacancy"] * len(s.vacancies)
     for kind, name in KIND_TO_CLASS.items():
         sel = s.kinds == kind
-        sites.append(s.positions[sel])
-        names.append([name] * int(sel.sum()))
-    sites = np.vstack(sites)
-    names = np.array(sum(names, []), dtype=object)
+        site_list.append(s.positions[sel])
+        name_list += [name] * int(sel.sum())
+    sites = np.vstack(site_list)
+    names = np.array(name_list, dtype=object)
     if len(sites):
         ip = np.clip(np.rint(sites).astype(int), 0, [h - 1, w - 1])
         keep = ~extended[ip[:, 0], ip[:, 1]]
@@ -244,7 +245,7 @@ def simulate_defects(
             "col": float(p[1]),
             "area_px": int((owner == i + 1).sum()),
         }
-        for i, (n, p) in enumerate(zip(names, sites))
+        for i, (n, p) in enumerate(zip(names, sites, strict=True))
     ]
     from scipy import ndimage as ndi
 

@@ -197,9 +197,9 @@ def simulate_lattice(
         sites, kinds, amp, sigma, vac = _crystal(shape, rng, lattice, spacing, rotation, defects)
     elif scene == "interface":
         ang = rng.uniform(0, np.pi)
-        n = np.array([np.sin(ang), np.cos(ang)])
+        normal = np.array([np.sin(ang), np.cos(ang)])
         c0 = np.array([h, w]) * rng.uniform(0.3, 0.7, 2)
-        side = lambda p: ((p - c0) @ n) > 0  # noqa: E731
+        side = lambda p: ((p - c0) @ normal) > 0  # noqa: E731
         a = _crystal(shape, rng, lattice, spacing, rotation, defects, region=side)
         lat2 = str(rng.choice(LATTICES))
         sp2 = spacing * rng.uniform(0.8, 1.25)
@@ -207,7 +207,7 @@ def simulate_lattice(
             shape, rng, lat2, sp2, rng.uniform(0, np.pi), defects, region=lambda p: ~side(p)
         )
         b[2][:] *= rng.uniform(0.5, 1.3)
-        sites, kinds, amp, sigma, vac = (np.concatenate([x, y]) for x, y in zip(a, b))
+        sites, kinds, amp, sigma, vac = (np.concatenate([x, y]) for x, y in zip(a, b, strict=True))
     elif scene == "particle":
         r = min(h, w) * rng.uniform(0.2, 0.45)
         ecc = rng.uniform(0.7, 1.0)

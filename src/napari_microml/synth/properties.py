@@ -48,7 +48,7 @@ def structure_property_pair(
         sig = np.where(large, 3.0, 1.2)
         img = np.zeros(shape)
         prop = np.zeros(shape)
-        for (r, c), s, big in zip(pos, sig, large):
+        for (r, c), s, big in zip(pos, sig, large, strict=True):
             d2 = (rr - r) ** 2 + (cc - c) ** 2
             img += np.exp(-d2 / (2 * s**2))
             if big:
@@ -97,7 +97,11 @@ def _lattice_pair(shape, rng):
             seed=int(rng.integers(2**31)),
         )
         weight = {DOPANT_BRIGHT: 1.0, DOPANT_DIM: 0.6, INTERSTITIAL: 0.8}
-        pts = [(p, weight[k]) for p, k in zip(sample.positions, sample.kinds) if k in weight]
+        pts = [
+            (p, weight[k])
+            for p, k in zip(sample.positions, sample.kinds, strict=True)
+            if k in weight
+        ]
         pts += [(p, 0.7) for p in sample.vacancies]
         if len(pts) >= 3:
             break

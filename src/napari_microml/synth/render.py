@@ -9,8 +9,8 @@ from scipy import ndimage as ndi
 def render_gaussians(
     shape: tuple[int, int],
     positions: np.ndarray,
-    sigma: np.ndarray,
-    amplitude: np.ndarray,
+    sigma: float | np.ndarray,
+    amplitude: float | np.ndarray,
     *,
     row_shift: np.ndarray | None = None,
 ) -> np.ndarray:
@@ -20,7 +20,7 @@ def render_gaussians(
     ----------
     shape : (H, W)
     positions : (N, 2) float, (row, col) in pixels (pixel centres at integers).
-    sigma, amplitude : (N,) float
+    sigma, amplitude : float or (N,) float
     row_shift : (H,) float, optional
         Scan-row jitter: pixel ``(r, c)`` samples the specimen at column ``c + row_shift[r]``.
     """
@@ -41,10 +41,9 @@ def render_gaussians(
         cols = np.rint(pos[:, 1]).astype(int)[:, None] + offs[None, :]
         dy = rows - pos[:, :1]
         rr = np.clip(rows, 0, h - 1)
-        shift = row_shift[rr] if row_shift is not None else 0.0
         dx = (
             cols[:, None, :]
-            + (shift[:, :, None] if row_shift is not None else 0.0)
+            + (row_shift[rr][:, :, None] if row_shift is not None else 0.0)
             - pos[:, None, 1:2]
         )
         val = amp[:, None, None] * np.exp(
@@ -63,7 +62,7 @@ def smooth_field(
     """Zero-mean, unit-std random field mixing several correlation lengths (px)."""
     weights = weights if weights is not None else rng.uniform(0.3, 1.0, len(scales))
     field = np.zeros(shape, np.float64)
-    for s, wgt in zip(scales, weights):
+    for s, wgt in zip(scales, weights, strict=True):
         f = ndi.gaussian_filter(rng.standard_normal(shape), s)
         field += wgt * f / (f.std() + 1e-12)
     field -= field.mean()

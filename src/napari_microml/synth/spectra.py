@@ -18,7 +18,7 @@ def gaussian_peaks(n: int = 5000, n_channels: int = 100, *, x_range=(-12.0, 12.0
     Returns ``(spectra (n, L) float32, x (L,), truth dict with centre, width, noise)``.
     """
     rng = np.random.default_rng(seed)
-    x = np.linspace(*x_range, n_channels)
+    x = np.linspace(x_range[0], x_range[1], n_channels)
     centre = rng.uniform(-3, 3, n)
     width = rng.uniform(0.5, 5, n)
     noise = rng.uniform(0, 0.1, n)
@@ -42,7 +42,7 @@ def two_peak_spectra(
     background is a random linear slope. ``counts`` sets the dose of the Poisson noise.
     """
     rng = np.random.default_rng(seed)
-    x = np.linspace(*x_range, n_channels)
+    x = np.linspace(x_range[0], x_range[1], n_channels)
     centre = rng.uniform(-3, 3, n)
     width = rng.uniform(0.6, 2.0, n)
     sep = rng.uniform(3.0, 5.0, n)

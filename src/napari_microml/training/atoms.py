@@ -1,4 +1,6 @@
-"""Train the shipped atom-finder U-Net on simulated images (``python -m napari_microml.training.atoms``).
+"""Train the shipped atom-finder U-Net on simulated images.
+
+Run as ``python -m napari_microml.training.atoms``.
 
 Data: ``synth.lattice.simulate_lattice`` with every scene, lattice, spacing (5–30 px), rotation,
 distortion and dose (5–5000 counts/column) drawn at random; the target is a heat map with a
@@ -53,7 +55,8 @@ def make_set(
     lattice_weights=None,
 ):
     xs, ys = zip(
-        *(make_pair(first_seed + i, size, scene_p, input_kind, lattice_weights) for i in range(n))
+        *(make_pair(first_seed + i, size, scene_p, input_kind, lattice_weights) for i in range(n)),
+        strict=True,
     )
     return np.stack(xs), np.stack(ys)
 
@@ -160,7 +163,8 @@ def main(argv=None):
     p.add_argument(
         "--scene-p",
         default=None,
-        help="scene probabilities crystal,interface,particle,single_atoms (default 0.3,0.15,0.2,0.35)",
+        help=f"scene probabilities {','.join(SCENE_P)} "
+        f"(default {','.join(f'{v:g}' for v in SCENE_P.values())})",
     )
     p.add_argument(
         "--input",
@@ -175,6 +179,10 @@ def main(argv=None):
         "EXTRA_LATTICES only when named)",
     )
     a = p.parse_args(argv)
+    if a.scene_p and len(a.scene_p.split(",")) != len(SCENE_P):
+        p.error(
+            f"--scene-p needs {len(SCENE_P)} comma-separated probabilities ({','.join(SCENE_P)})"
+        )
     weights = parse_weights(a.lattice_weights)
     entry, rows = train(
         steps=a.steps,
@@ -187,7 +195,9 @@ def main(argv=None):
         lr=a.lr,
         input_kind=a.input,
         lattice_weights=weights,
-        scene_p=dict(zip(SCENE_P, map(float, a.scene_p.split(",")))) if a.scene_p else None,
+        scene_p=dict(zip(SCENE_P, map(float, a.scene_p.split(",")), strict=True))
+        if a.scene_p
+        else None,
     )
     print(json.dumps({"saved": entry, "last": rows[-1]}, indent=1))
 

@@ -29,7 +29,8 @@ class Log:
     """Collects (step, loss) with wall time; prints every ``every`` steps."""
 
     def __init__(self, every: int = 100):
-        self.every, self.rows, self.t0 = every, [], time.time()
+        self.every, self.t0 = every, time.time()
+        self.rows: list[dict] = []
 
     def add(self, step: int, **values):
         self.rows.append({"step": step, "time_s": round(time.time() - self.t0, 1), **values})
@@ -51,6 +52,9 @@ def lattice_for(seed: int, lattice_weights: dict | None) -> str | None:
 
 
 def parse_weights(text: str) -> dict | None:
-    """``"name=1.5,other=2"`` (a command-line option) as ``{name: 1.5, other: 2.0}``; None if empty."""
+    """Parse ``"name=1.5,other=2"`` (a command-line option) as ``{name: 1.5, other: 2.0}``.
+
+    None if empty.
+    """
     pairs = (kv.split("=") for kv in text.split(",") if kv.strip())
     return {k.strip(): float(v) for k, v in pairs} or None

@@ -77,7 +77,8 @@ def make_set(
         z = np.load(path)
         return z["x"], z["y"], z["heat"]
     xs, ys, hs = zip(
-        *(make_pair(first_seed + i, size, lattice_weights, dose_range) for i in range(n))
+        *(make_pair(first_seed + i, size, lattice_weights, dose_range) for i in range(n)),
+        strict=True,
     )
     x, y, heat = np.stack(xs), np.stack(ys), np.stack(hs)
     if path is not None:
@@ -206,9 +207,11 @@ def train(
             break
     last_val = next(r for r in reversed(log.rows) if "val_ce" in r)
     meta = {
-        "data": f"synth.defects.simulate_defects, crystal + interface scenes, all lattices, {size}x{size}, "
+        "data": "synth.defects.simulate_defects, crystal + interface scenes, all lattices, "
+        f"{size}x{size}, "
         "spacing 6-24 px, dose 8-5000, 20% ABF-like (inverted)",
-        "outputs": "0-5 class logits (softmax; 0 = defect-free, i = CLASS_NAMES[i-1]), 6 atom-column logit",
+        "outputs": "0-5 class logits (softmax; 0 = defect-free, i = CLASS_NAMES[i-1]), "
+        "6 atom-column logit",
         "n_train_images": n_train,
         "train_seeds": f"{TRAIN_SEED0 + seed * 100_000}+",
         "val_seeds": f"{VAL_SEED0}+ (64 images)",
