@@ -76,19 +76,35 @@ class EnvironmentModel:
 
 @dataclass
 class EnvironmentsResult:
-    """Per-atom environment classes.
+    """Per-atom environment classes, as :func:`classify_environments` returns them.
 
-    classes : (N,) int, 0 … n_classes-1, ordered from the most to the least common class.
-    probability : (N,) float, posterior probability of the assigned class.
-    unusualness : (N,) float, negative log-likelihood (nats) under the fitted density;
-        higher = more unusual.
-    unusual : (N,) bool, ``unusualness > median + unusual_k × 1.4826 × MAD`` of the fitted
-        atoms, and not ``edge``.
-    edge : (N,) bool, the atom's window reaches past the image border (the missing part is
-        filled by symmetry, see above); edge atoms are classified but not used to fit and never
-        flagged unusual.
-    n_classes : int; bic : {k: BIC} for every k tried; patch_size : int (px, odd);
-    explained_variance : (n_pca,) fraction of descriptor variance per kept PCA component.
+    Attributes
+    ----------
+    classes : (N,) int
+        0 … n_classes-1, ordered from the most to the least common class.
+    probability : (N,) float
+        Posterior probability of the assigned class.
+    unusualness : (N,) float
+        Negative log-likelihood (nats) under the fitted density; higher = more unusual.
+    unusual : (N,) bool
+        ``unusualness > median + unusual_k × 1.4826 × MAD`` of the fitted atoms, and not
+        ``edge``.
+    n_classes : int
+        Number of classes fitted.
+    bic : dict
+        ``{k: BIC}`` for every number of classes k tried.
+    patch_size : int
+        Side of the atom-centred window (px, odd).
+    explained_variance : (n_pca,) float
+        Fraction of descriptor variance per kept PCA component.
+    edge : (N,) bool
+        The atom's window reaches past the image border (the missing part is filled by
+        symmetry, see the module docstring); edge atoms are classified but not used to fit and
+        never flagged unusual.
+    provenance : dict
+        Tool, version, parameters and seed (as every tool's result).
+    model : EnvironmentModel
+        The fitted pipeline; :meth:`apply` reuses it on another image.
     """
 
     classes: np.ndarray

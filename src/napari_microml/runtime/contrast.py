@@ -4,13 +4,8 @@ Columns are small, sharp features on a broad background: after removing the slow
 background (a band-pass from 1 px to two lattice periods, or 16 px without a lattice), the
 pixels at the columns form a long tail on the columns' side of the distribution, and the sign
 of its skewness says which side that is. Measure it where the columns are resolved (the atom
-finder uses its network grid: a 3 px lattice is a blur until resampled). Real images:
-HAADF Acquisition_18 +1.26, the 11 Pt single-atom HAADF images +0.27…+0.95, SrTiO3 ABF -0.78.
-Simulated (synth, 256²; defect seeds 0-29 and 100-129 in both contrasts, lattice seeds 0-99
-and 200-299 as rendered and ABF-like): 520 crystals, interfaces, particles and single-atom
-scenes, every dose: 2 wrong, both with |skew| < 0.02 and so reported as uncertain. Running the
-atom network on both polarities where |skew| < 0.1 was tried and was wrong more often (3 of 6
-fresh cases) than the sign.
+finder uses its network grid: a 3 px lattice is a blur until resampled). A skewness closer to 0
+than ``CLEAR_SKEW`` is reported as uncertain; the sign is still the best guess there.
 """
 
 from __future__ import annotations

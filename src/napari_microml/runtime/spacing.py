@@ -1,8 +1,8 @@
 """Lattice period of an image, and the resampling that brings it into a network's trained range.
 
 The networks were trained on column spacings of 5–30 px. A 4k image of a large cell or a
-survey image at 3 px per column is outside that range and the raw network fails there
-(find_atoms F1 ≈ 0 at 60 px spacing). ``estimate_spacing`` measures the shortest strong
+survey image at 3 px per column is outside that range and the raw network fails there.
+``estimate_spacing`` measures the shortest strong
 period from the image's autocorrelation (Wiener–Khinchin, Hann-windowed, slow background
 removed, white-noise spike at the origin dropped; no period when its peak does not stand out of
 the noise of a blank frame); ``auto_zoom`` turns it into a resampling

@@ -256,9 +256,19 @@ def fit_shift_vae_iter(
 ) -> Generator[tuple, None, ShiftVAEResult]:
     """Fit like :func:`fit_shift_vae`, as a generator that reports progress.
 
-    Yields ``("progress", epoch, epochs, message, {"loss": value, "epoch": epoch})`` after
-    every epoch (the first four items are the standard progress tuple) and returns a
-    :class:`ShiftVAEResult`. Stopping the generator between epochs cancels the fit.
+    It takes the same parameters as :func:`fit_shift_vae`. Stopping the generator between
+    epochs cancels the fit.
+
+    Yields
+    ------
+    tuple
+        ``("progress", epoch, epochs, message, {"loss": value, "epoch": epoch})`` after every
+        epoch (the first four items are the standard progress tuple).
+
+    Returns
+    -------
+    ShiftVAEResult
+        The generator's return value, as :func:`fit_shift_vae` returns it.
     """
     import torch
 
