@@ -491,15 +491,7 @@ def classify_environments(
     model.threshold = _robust_cut(nll[fit_on], unusual_k)
     best = int(model.gmm.n_components)
     params = dict(
-        patch_size=patch_size,
-        n_classes=n_classes,
-        max_classes=max_classes,
-        n_pca=n_pca,
-        descriptor=descriptor,
-        covariance=covariance,
-        n_init=n_init,
-        unusual_k=unusual_k,
-        min_class_size=min_class_size,
+        {k: v for k, v in settings.items() if k != "seed"},  # the seed has its own field
         n_atoms=n,
         n_fitted=int(used.sum()),
         chosen_classes=best,

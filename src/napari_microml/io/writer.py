@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_microml.runtime.provenance import KEY, _plain
+from napari_microml.runtime.provenance import KEY, json_safe
 
 BUNDLE_FORMAT = "napari-microml-bundle/1"
 
@@ -71,6 +71,20 @@ def _geometry(attributes: dict, ndim: int) -> tuple[list, list, list]:
     return scale, translate, units
 
 
+def _description(fmt: str, attributes: dict, ndim: int) -> dict:
+    """A result file's JSON (TIFF description, points sidecar): format, geometry, provenance."""
+    scale, translate, units = _geometry(attributes, ndim)
+    return {
+        "format": fmt,
+        "name": (attributes or {}).get("name"),
+        "scale": scale,
+        "translate": translate,
+        "units": units,
+        "axis_labels": [str(a) for a in _per_axis((attributes or {}).get("axis_labels"), ndim, "")],
+        KEY: _provenance(attributes),
+    }
+
+
 def _features_frame(attributes: dict, n: int):
     import pandas as pd
 
@@ -90,7 +104,7 @@ def _safe(text: str) -> str:
 def _provenance(attributes: dict) -> dict | None:
     md = (attributes or {}).get("metadata") or {}
     prov = md.get(KEY)
-    return _plain(prov) if prov else None
+    return json_safe(prov) if prov else None
 
 
 # ------------------------------------------------------------------------------- points
@@ -140,15 +154,7 @@ def write_points_csv(path: str, data: Any, attributes: dict) -> list[str]:
         table[name] = feats[c].to_numpy()
     path = str(path)
     table.to_csv(path, index=False)
-    side = {
-        "format": "napari-microml-points/1",
-        "name": (attributes or {}).get("name"),
-        "scale": scale,
-        "translate": translate,
-        "units": units,
-        "axis_labels": [str(a) for a in _per_axis((attributes or {}).get("axis_labels"), d, "")],
-        KEY: _provenance(attributes),
-    }
+    side = _description("napari-microml-points/1", attributes, d)
     Path(path + ".json").write_text(json.dumps(side, indent=1))
     return [path, path + ".json"]
 
@@ -198,20 +204,6 @@ def read_points_csv(path: str) -> tuple:
 
 
 # ------------------------------------------------------------------------------- labels
-def _tiff_description(fmt: str, attributes: dict, ndim: int) -> dict:
-    """The JSON a result TIFF carries: format, name, geometry, axis labels, provenance."""
-    scale, translate, units = _geometry(attributes, ndim)
-    return {
-        "format": fmt,
-        "name": (attributes or {}).get("name"),
-        "scale": scale,
-        "translate": translate,
-        "units": units,
-        "axis_labels": [str(a) for a in _per_axis((attributes or {}).get("axis_labels"), ndim, "")],
-        KEY: _provenance(attributes),
-    }
-
-
 def write_labels_tiff(path: str, data: Any, attributes: dict) -> list[str]:
     """Write a Labels layer as an int32 TIFF with a JSON description (npe2 writer).
 
@@ -225,7 +217,7 @@ def write_labels_tiff(path: str, data: Any, attributes: dict) -> list[str]:
         raise ValueError(f"Labels must be integers, got {arr.dtype}.")
     if arr.size and (arr.max() > np.iinfo(np.int32).max or arr.min() < np.iinfo(np.int32).min):
         raise ValueError("Label values do not fit in int32.")
-    desc = _tiff_description("napari-microml-labels/1", attributes, arr.ndim)
+    desc = _description("napari-microml-labels/1", attributes, arr.ndim)
     path = str(path)
     tifffile.imwrite(path, arr.astype(np.int32), description=json.dumps(desc), metadata=None)
     return [path]
@@ -239,7 +231,7 @@ def write_image_tiff(path: str, data: Any, attributes: dict) -> list[str]:
     arr = np.asarray(data)
     if arr.dtype.kind not in "biuf":
         raise ValueError(f"A result map must hold numbers, got {arr.dtype}.")
-    desc = _tiff_description("napari-microml-image/1", attributes, arr.ndim)
+    desc = _description("napari-microml-image/1", attributes, arr.ndim)
     path = str(path)
     tifffile.imwrite(path, arr, description=json.dumps(desc), metadata=None)
     return [path]
@@ -307,7 +299,7 @@ def write_defects_csv(
             dens = c.get("density_per_nm2", np.nan)
             extra = f", {dens:.4g} per nm²" if np.isfinite(dens) else ""
             lines.append(f"# count {c['class']}: {int(c['count'])}{extra}")
-    lines.append("# provenance: " + json.dumps(_plain(provenance or {}), ensure_ascii=False))
+    lines.append("# provenance: " + json.dumps(json_safe(provenance or {}), ensure_ascii=False))
     path = Path(path)
     with path.open("w", encoding="utf-8", newline="") as fh:
         fh.write("\n".join(lines) + "\n")
@@ -369,7 +361,7 @@ def write_bundle(path: str, layer_data: list) -> list[str]:
                 "translate": translate,
                 "units": units,
                 "axis_labels": [str(a) for a in _per_axis(attributes.get("axis_labels"), ndim, "")],
-                "features": {str(c): _plain(feats[c].tolist()) for c in feats.columns}
+                "features": {str(c): json_safe(feats[c].tolist()) for c in feats.columns}
                 if feats is not None
                 else {},
                 "feature_dtypes": {str(c): str(feats[c].dtype) for c in feats.columns}

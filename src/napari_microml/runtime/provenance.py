@@ -20,14 +20,14 @@ def file_sha256(path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def _plain(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
     """Make parameters JSON-friendly (numpy scalars, tuples, paths, devices)."""
     import numpy as np
 
     if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [json_safe(v) for v in value]
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, np.ndarray):
@@ -59,8 +59,8 @@ def make_provenance(
         "package": "napari-microml",
         "version": __version__,
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-        "parameters": _plain(parameters or {}),
-        "model": _plain(model) if model else None,
+        "parameters": json_safe(parameters or {}),
+        "model": json_safe(model) if model else None,
         "device": device,
         "seed": seed,
         "input_layer": input_name,

@@ -184,7 +184,33 @@ def _build_net(L: int, latent_dim: int, model: str, hidden: int, coord):
     return Net()
 
 
-def _validate(spectra, axis, channel_range):
+def check_spectra(spectra, axis=None, channel_range=None):
+    """Check spectra for fitting and return them flattened, with their axis.
+
+    Parameters
+    ----------
+    spectra : array (N, L) or (H, W, L)
+        Spectra with the spectral axis last.
+    axis : array (L,), optional
+        Spectral axis values (finite, strictly monotonic); channels 0..L-1 when None.
+    channel_range : (start, stop), optional
+        Channel indices (half-open) to keep; at least 2 channels.
+
+    Returns
+    -------
+    X : (N, L') float64
+        The spectra, one per row, over the kept channels.
+    axis : (L',) float64
+        Axis values of the kept channels.
+    spatial : tuple
+        The input's shape without the spectral axis ((N,) or (H, W)).
+
+    Raises
+    ------
+    ValueError
+        Not numbers, wrong dimensionality, fewer than 2 channels or spectra, NaN/inf spectra,
+        or an axis of the wrong length or order.
+    """
     arr = np.asarray(spectra)
     if arr.dtype.kind not in "biuf":
         raise ValueError(f"The spectra must contain numbers, not {arr.dtype} values.")
@@ -292,7 +318,7 @@ def fit_shift_vae_iter(
     warmup = check_number(warmup, "warmup (fraction of the steps)", low=0, high=1)
     hidden = check_number(hidden, "hidden (units per layer)", low=1, integer=True)
     seed = check_number(seed, "seed", low=0, integer=True)
-    X, ax, spatial = _validate(spectra, axis, channel_range)
+    X, ax, spatial = check_spectra(spectra, axis, channel_range)
     # 'max' and 'global' ignore the units: divide them out in float64 first, so spectra in
     # any units (× 1e-30 or × 1e300) give the same fit; 'none' feeds the values as they are
     g_lo, g_scale = 0.0, 1.0
