@@ -281,8 +281,6 @@ def test_benchmark_top_sites_keep_ties_together():
 
 @pytest.mark.parametrize("kw", [dict(patch_size=6), dict(patch_size="auto", target_warp="power")])
 def test_maps_reuse_the_last_suggestion_and_match_a_fresh_prediction(pair, kw):
-    from napari_microml.dkl.warping import unwarp_moments
-
     s, p = pair
     L = ActiveLearner(s, seed=0, device="cpu", init_iters=20, warm_iters=5, **kw)
     c = L.suggest(8)
@@ -290,19 +288,17 @@ def test_maps_reuse_the_last_suggestion_and_match_a_fresh_prediction(pair, kw):
     L.suggest(3)
     assert L._maps is not None  # the suggestion's prediction is kept for the maps
     mean, std = L.predict()
-    fresh = unwarp_moments(L.warp, *L.model.predict())
+    fresh = L.model.predict()  # in the measurement's units: the model unwarps
     np.testing.assert_allclose(mean.ravel(), fresh[0], rtol=1e-5, atol=1e-9)
     np.testing.assert_allclose(std.ravel(), fresh[1], rtol=1e-5, atol=1e-9)
     c = L.suggest(2)
     L.observe(c, p[c[:, 0], c[:, 1]])
     mean2, _ = L.predict()  # refitted on the new points, not the kept maps
     assert L._maps is None
-    np.testing.assert_allclose(
-        mean2.ravel(), unwarp_moments(L.warp, *L.model.predict())[0], rtol=1e-5, atol=1e-9
-    )
+    np.testing.assert_allclose(mean2.ravel(), L.model.predict()[0], rtol=1e-5, atol=1e-9)
 
 
-# --- the input contract (issue #27) -----------------------------------------------------------------
+# --- the input contract (issue #27) --------------------------------------------------------------
 def _dopant_map(shape=(32, 32), n=10, seed=1):
     """A Gaussian-blurred dopant map: mostly exact zeros (ties), a few smooth bumps."""
     from scipy import ndimage as ndi

@@ -82,7 +82,9 @@ def test_coordinate_kernel_learns_a_position_only_property():
 def test_ensemble_mixes_members(pair):
     s, p = pair
     idx, y = _some(p, 30)
-    ens = DKLEnsemble(s, n_models=3, patch_size=5, device="cpu", features="cnn", init_iters=20)
+    ens = DKLEnsemble(
+        DKLModel(s, patch_size=5, device="cpu", features="cnn", init_iters=20), n_models=3
+    )
     ens.fit(idx, y)
     assert len({m.seed for m in ens.members}) == 3
     assert ens.members[0].inputs is ens.members[1].inputs  # shared, not copied
@@ -95,7 +97,7 @@ def test_ensemble_mixes_members(pair):
     smp = ens.sample(np.arange(10), 4, np.random.default_rng(0))
     assert smp.shape == (4, 10) and np.isfinite(smp).all()
     with pytest.raises(ValueError, match="n_models"):
-        DKLEnsemble(s, n_models=0, patch_size=5, device="cpu")
+        DKLEnsemble(DKLModel(s, patch_size=5, device="cpu"), n_models=0)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -161,7 +163,7 @@ def test_trend_kernel_extrapolates_beyond_the_measured_structure():
     assert abs(means[True] - truth) < 0.5 * abs(means[False] - truth), (means, truth)
 
 
-# --- the input contract (issue #27): units, ties, safe linear algebra ------------------------------
+# --- the input contract (issue #27): units, ties, safe linear algebra ----------------------------
 def test_safe_cholesky_escalates_jitter_only_when_needed():
     import torch
 
@@ -214,7 +216,9 @@ def test_multiscale_uncertainty_has_no_floor_in_the_data_units(pair):
     idx, y = _some(p, n=20, seed=4)
     stds = []
     for factor in (1e-15, 1.0):  # a fresh ensemble each: a refit would be warm-started
-        ens = MultiScaleEnsemble(s, patch_sizes=[4, 6], device="cpu", init_iters=20)
+        ens = MultiScaleEnsemble(
+            [DKLModel(s, patch_size=p, device="cpu", init_iters=20) for p in (4, 6)]
+        )
         ens.fit(idx, y * factor)
         stds.append(ens.predict()[1])
     std_small, std = stds
@@ -248,3 +252,86 @@ def test_structure_images_in_any_units_or_dtype(pair):
     np.testing.assert_allclose(check_structure(s * 1e-30, 5), ref, atol=1e-5)
     with pytest.raises(ValueError, match="True/False"):
         check_structure(s > 0.5, 5)
+
+
+# --- the surrogate in BoTorch's shape: module-level ExactGP, protocol, outcome transform ------
+def test_deep_kernel_gp_with_identity_features_is_the_textbook_gp_posterior():
+    import gpytorch
+    import torch
+
+    from napari_microml.dkl.networks import DeepKernelGP, make_covariance, make_likelihood
+
+    rng = np.random.default_rng(2)
+    x, xs = rng.random((12, 3)), rng.random((5, 3))
+    y = np.sin(4 * x[:, 0]) + x[:, 1]
+    covar, structure = make_covariance(kernel="rbf", dim=3, lengthscale=0.4)
+    structure.outputscale = 1.3
+    gp = DeepKernelGP(
+        torch.as_tensor(x, dtype=torch.float64),
+        torch.as_tensor(y, dtype=torch.float64),
+        make_likelihood(noise=0.01),
+        feature_extractor=torch.nn.Identity(),
+        covar_module=covar,
+        n_features=3,
+        mean_module=gpytorch.means.ZeroMean(),  # the mean is pluggable
+    ).double()
+    gp.eval()
+    with torch.no_grad():
+        post = gp(torch.as_tensor(xs, dtype=torch.float64))
+        mean, var = post.mean.numpy(), post.variance.numpy()
+
+    def k(a, b):
+        return 1.3 * np.exp(-0.5 * ((a[:, None] - b[None]) ** 2).sum(-1) / 0.4**2)
+
+    kxx = k(x, x) + 0.01 * np.eye(len(x))
+    np.testing.assert_allclose(mean, k(xs, x) @ np.linalg.solve(kxx, y), rtol=1e-6, atol=1e-8)
+    expected = 1.3 - np.einsum("ij,ji->i", k(xs, x), np.linalg.solve(kxx, k(x, xs)))
+    np.testing.assert_allclose(var, expected, rtol=1e-5, atol=1e-8)
+
+
+def test_ensembles_share_one_outcome_transform_and_mix_in_gp_units(pair):
+    from napari_microml.dkl.ensemble import MultiScaleEnsemble
+    from napari_microml.dkl.surrogate import Surrogate
+    from napari_microml.dkl.warping import OutcomeTransform
+
+    s, p = pair
+    idx, y = _some(p, 20)
+    y = np.exp(3 * y)  # skewed: the warp matters
+    members = [
+        DKLModel(s, patch_size=q, device="cpu", init_iters=10, outcome_transform=t)
+        for q, t in ((4, OutcomeTransform("rank")), (6, OutcomeTransform("none")))
+    ]
+    ens = MultiScaleEnsemble(members)
+    assert isinstance(ens, Surrogate) and isinstance(members[0], Surrogate)
+    assert all(m.outcome_transform is ens.outcome_transform for m in ens.members)
+    assert ens.outcome_transform.warp.name == "rank"  # the first member's
+    ens.fit(idx, y)
+    mean_gp, std_gp = ens.predict(standardized=True)
+    mean, std = ens.predict()
+    ref = ens.outcome_transform.untransform(mean_gp, std_gp)
+    np.testing.assert_allclose(mean, ref[0], rtol=1e-12)
+    np.testing.assert_allclose(std, ref[1], rtol=1e-12)
+    # every member was fitted on the same targets in GP units
+    targets = [m._fitted_gp().train_targets.numpy() for m in ens.members]
+    np.testing.assert_array_equal(targets[0], targets[1])
+    np.testing.assert_allclose(targets[0], ens.outcome_transform.forward(y), atol=1e-6)
+
+
+def test_the_learner_reads_the_surrogate_only_through_its_protocol():
+    import ast
+    import inspect
+
+    from napari_microml.dkl import learner
+    from napari_microml.dkl.surrogate import Surrogate
+
+    allowed = {n for n in dir(Surrogate) if not n.startswith("_")}
+    used = set()
+    for node in ast.walk(ast.parse(inspect.getsource(learner))):
+        # self.model.<name> / learner.model.<name>
+        if (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Attribute)
+            and node.value.attr == "model"
+        ):
+            used.add(node.attr)
+    assert used and used <= allowed, used - allowed

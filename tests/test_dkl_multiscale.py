@@ -9,10 +9,9 @@ from napari_microml.dkl.ensemble import (
     DKLEnsemble,
     MultiScaleEnsemble,
     auto_patch_sizes,
-    loo_log_density,
     mixture_weights,
 )
-from napari_microml.dkl.model import DKLModel
+from napari_microml.dkl.model import DKLModel, loo_log_density
 from napari_microml.synth.properties import structure_property_pair
 
 FAST = dict(device="cpu", init_iters=25, warm_iters=5)
@@ -74,7 +73,9 @@ def test_weights_move_to_the_scale_that_made_the_data(smooth, window, winner):
     s = ndi.gaussian_filter(rng.standard_normal((40, 40)), smooth)
     y = ndi.uniform_filter(s, window, mode="reflect")
     idx = rng.choice(s.size, 60, replace=False)
-    e = MultiScaleEnsemble(s, patch_sizes=(3, 15), features="pca", device="cpu", init_iters=60)
+    e = MultiScaleEnsemble(
+        [DKLModel(s, patch_size=p, features="pca", device="cpu", init_iters=60) for p in (3, 15)]
+    )
     e.fit(idx, y.ravel()[idx])
     assert np.isclose(e.weights.sum(), 1) and np.all(np.isfinite(e.weights))
     assert e.weights[winner] > 0.8 and e.loo[winner] > e.loo[1 - winner]

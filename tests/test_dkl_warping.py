@@ -1,11 +1,11 @@
-"""Monotone target warps: round trips, order, Gaussianity, and the learner's maps in real units."""
+"""Outcome transforms: warps (round trips, order, Gaussianity), standardisation, real units."""
 
 import numpy as np
 import pytest
 from scipy import stats
 
 from napari_microml import ActiveLearner
-from napari_microml.dkl.warping import TARGET_WARPS, make_warp, unwarp_moments
+from napari_microml.dkl.warping import TARGET_WARPS, OutcomeTransform, make_warp, unwarp_moments
 from napari_microml.synth.properties import structure_property_pair
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread_module")
@@ -77,3 +77,18 @@ def test_warps_survive_constant_and_single_values(name):
         z = w.fit(y)
         assert np.all(np.isfinite(z))
         np.testing.assert_allclose(w.inverse(w.forward(y)), y, rtol=1e-9)
+
+
+@pytest.mark.parametrize("name", TARGET_WARPS)
+def test_outcome_transform_standardises_the_warped_values_and_maps_back(skewed, name):
+    y = 1e-9 * skewed + 3e-8  # units far from 1: nothing may depend on them
+    t = OutcomeTransform(name)
+    z = t.fit(y)
+    assert abs(z.mean()) < 1e-12 and np.isclose(z.std(), 1.0)
+    np.testing.assert_allclose(t.forward(y), z, atol=1e-9)  # forward repeats the fit's map
+    assert np.array_equal(np.argsort(z, kind="stable"), np.argsort(y, kind="stable"))
+    mean, std = t.untransform(z, np.full_like(z, 1e-6))  # a sharp posterior on the data
+    np.testing.assert_allclose(mean, y, rtol=1e-6)
+    assert np.all(std > 0) and np.all(std < 1e-3 * np.ptp(y))
+    if name == "none":  # standardisation alone is affine: the std scales with the data's
+        np.testing.assert_allclose(t.untransform(z, np.ones_like(z))[1], y.std(), rtol=1e-12)

@@ -12,6 +12,7 @@ Scores are numpy arrays; higher is better for every acquisition.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -151,7 +152,8 @@ def get_acquisition(acquisition, *, maximize: bool = True, **kwargs) -> Acquisit
             f"Unknown acquisition {acquisition!r}: choose one of {', '.join(ACQUISITIONS)}."
         )
     cls = _NAMES[name]
-    allowed = {k: v for k, v in kwargs.items() if k in cls.__dataclass_fields__}
+    names = {f.name for f in dataclasses.fields(cls)}
+    allowed = {k: v for k, v in kwargs.items() if k in names}
     return cls(maximize=maximize, **allowed)
 
 

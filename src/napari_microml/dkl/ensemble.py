@@ -2,82 +2,158 @@
 
 :class:`DKLEnsemble` averages members that differ only in their seed;
 :class:`MultiScaleEnsemble` (``ActiveLearner(patch_size="auto")``) mixes members that see
-patches of different sizes, weighted by their leave-one-out predictive density.
+patches of different sizes, weighted by their leave-one-out predictive density. Both implement
+:class:`~napari_microml.dkl.surrogate.Surrogate`: the members share one outcome transform,
+fitted once per fit, and are mixed in GP units.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
-from napari_microml.dkl.model import DKLModel, ModelState
+from napari_microml.dkl.model import DKLModel
+from napari_microml.dkl.surrogate import ModelState
+from napari_microml.dkl.warping import OutcomeTransform
 from napari_microml.runtime.validate import check_number
 
+SEED_STEP = 7919  # member k's seed is seed + SEED_STEP * k (a prime far from small seeds)
 
-class _Members:
-    """What every ensemble shares: the members are fitted together on the same standardised data."""
 
-    members: list
+def member_seed(seed: int, k: int) -> int:
+    """Network seed of ensemble member ``k`` (member 0 keeps ``seed``)."""
+    return int(seed) + SEED_STEP * int(k)
+
+
+class _Mixture:
+    """What every ensemble shares: members fitted together on the same transformed data."""
+
+    def __init__(self, members: Sequence[DKLModel]) -> None:
+        if not members:
+            raise ValueError("An ensemble needs at least one member.")
+        self.members = list(members)
+        self.outcome_transform: OutcomeTransform = self.members[0].outcome_transform
+        for m in self.members:  # one transform: the members' GP units are the same
+            m.outcome_transform = self.outcome_transform
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(H, W) of the structure image."""
+        return self.members[0].shape
+
+    @property
+    def image(self) -> np.ndarray:
+        """The scaled structure image (H, W)."""
+        return self.members[0].image
+
+    @property
+    def features(self) -> str:
+        """The members' feature map."""
+        return self.members[0].features
+
+    @property
+    def device(self) -> Any:
+        """The members' torch device."""
+        return self.members[0].device
 
     @property
     def fitted(self) -> bool:
+        """Whether :meth:`fit` has run."""
         return self.members[0].fitted
 
     @property
-    def _y_mean(self):
-        return self.members[0]._y_mean
+    def state(self) -> ModelState | None:
+        """Summary of the last fit (``None`` before the first)."""
+        raise NotImplementedError
 
-    @property
-    def _y_std(self):
-        return self.members[0]._y_std
+    def fit(
+        self, indices: np.ndarray, values: np.ndarray, *, iterations: int | None = None
+    ) -> ModelState:
+        """Fit every member on measured ``values`` (n,) at flat pixel ``indices`` (n,).
+
+        The outcome transform is fitted once; ``iterations`` as :meth:`DKLModel.fit`.
+        Returns the ensemble's :class:`~napari_microml.dkl.surrogate.ModelState`.
+        """
+        targets = self.outcome_transform.fit(values)
+        for m in self.members:
+            m.fit_transformed(indices, targets, iterations=iterations)
+        self._after_fit()
+        state = self.state
+        assert state is not None  # the members are fitted
+        return state
+
+    def _after_fit(self) -> None:
+        """Hook run after every fit (the multi-scale ensemble updates its weights)."""
+
+    def _mix(self, means: np.ndarray, stds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Mixture mean and std (m,) of the members' Gaussians (M, m), in GP units."""
+        raise NotImplementedError
+
+    def _pick(self, n_samples: int, rng: np.random.Generator) -> np.ndarray:
+        """Member of each Thompson sample, (n_samples,) int."""
+        raise NotImplementedError
+
+    def predict(
+        self, indices: np.ndarray | None = None, *, standardized: bool = False
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Mixture mean and std (m,) at flat ``indices`` (default all; units as
+        :meth:`DKLModel.predict`); the members are mixed in GP units."""
+        preds = [m.predict(indices, standardized=True) for m in self.members]
+        mean, std = self._mix(np.stack([p[0] for p in preds]), np.stack([p[1] for p in preds]))
+        if standardized:
+            return mean, std
+        return self.outcome_transform.untransform(mean, std)
+
+    def sample(self, indices: np.ndarray, n_samples: int, rng: np.random.Generator) -> np.ndarray:
+        """Thompson samples (n_samples, m) in GP units, each from one member (:meth:`_pick`)."""
+        which = self._pick(n_samples, rng)
+        return np.stack([self.members[k].sample(indices, 1, rng)[0] for k in which])
 
 
-class DKLEnsemble(_Members):
+class DKLEnsemble(_Mixture):
     """Average of ``n_models`` :class:`DKLModel` surrogates that differ only in their seed.
 
     The posterior is the equal-weight mixture of the members' Gaussians (mean of means;
     variance = mean of variances + variance of means), which steadies the suggestions
     against one unlucky network initialisation. Thompson samples come from one member,
-    drawn at random. Same interface as :class:`DKLModel` (``fit``, ``predict``, ``sample``,
-    ``embed``, ``state``). All members share the candidate inputs (computed once).
+    drawn at random. All members share the candidate inputs (computed once).
+
+    Parameters
+    ----------
+    model : DKLModel
+        The first member (unfitted); the others are its twins with seeds
+        :func:`member_seed` ``(model.seed, k)``.
+    n_models : int
+        Number of members.
     """
 
-    def __init__(self, structure, *, n_models: int = 3, seed: int = 0, **kwargs):
-        import copy
-
+    def __init__(self, model: DKLModel, *, n_models: int = 3) -> None:
         n_models = check_number(n_models, "n_models", low=1, integer=True)
-        first = DKLModel(structure, seed=seed, **kwargs)
-        self.members = [first]
-        for k in range(1, n_models):
-            m = copy.copy(first)  # shares the (read-only) input tensor
-            m.seed = int(seed) + 7919 * k
-            self.members.append(m)
-        for name in ("shape", "features", "device", "patch_size", "dim", "image"):
-            setattr(self, name, getattr(first, name))
+        twins = [model.with_seed(member_seed(model.seed, k)) for k in range(1, n_models)]
+        super().__init__([model, *twins])
 
     @property
-    def state(self):
+    def patch_size(self) -> int:
+        """The members' patch side (px)."""
+        return self.members[0].patch_size
+
+    @property
+    def state(self) -> ModelState | None:
+        """The first member's :class:`~napari_microml.dkl.surrogate.ModelState`."""
         return self.members[0].state
 
-    def fit(self, indices, values, *, iterations=None):
-        for m in self.members:
-            m.fit(indices, values, iterations=iterations)
-        return self.state
-
-    def predict(self, indices=None, *, standardized: bool = False):
-        """Mixture mean and std (see the class docstring), units as :meth:`DKLModel.predict`."""
-        preds = [m.predict(indices, standardized=standardized) for m in self.members]
-        means = np.stack([p[0] for p in preds])
-        var = np.stack([p[1] ** 2 for p in preds]).mean(0) + means.var(0)
+    def _mix(self, means: np.ndarray, stds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        var = (stds**2).mean(0) + means.var(0)
         return means.mean(0), np.sqrt(var)
 
-    def sample(self, indices, n_samples: int, rng: np.random.Generator):
-        which = rng.integers(len(self.members), size=n_samples)
-        out = [self.members[k].sample(indices, 1, rng)[0] for k in which]
-        return np.stack(out)
+    def _pick(self, n_samples: int, rng: np.random.Generator) -> np.ndarray:
+        return rng.integers(len(self.members), size=n_samples)
 
     def embed(self) -> np.ndarray:
+        """Embedding of the first member, (H*W, dim)."""
         return self.members[0].embed()
 
 
@@ -95,26 +171,6 @@ def auto_patch_sizes(shape, sizes=AUTO_PATCH_SIZES) -> list[int]:
     if limit < 1:
         raise ValueError(f"The structure image {tuple(shape)} has no pixels.")
     return sorted({max(1, min(int(p), limit)) for p in sizes})
-
-
-def loo_log_density(chol: np.ndarray, resid: np.ndarray) -> np.ndarray:
-    """Exact-GP leave-one-out log predictive density of every observation (nats), (n,).
-
-    With ``K = L Lᵀ`` the noisy train covariance (``chol`` = lower Cholesky factor ``L``,
-    (n, n)) and ``resid`` (n,) the observations minus the prior mean, the predictive of
-    ``y_i`` given all other points is Gaussian with mean ``y_i - [K⁻¹r]_i / [K⁻¹]_ii`` and
-    variance ``1 / [K⁻¹]_ii`` (Rasmussen & Williams 2006, eq. 5.12), so
-    ``log p(y_i | y_-i) = -½ log 2π + ½ log [K⁻¹]_ii - ½ [K⁻¹r]_i² / [K⁻¹]_ii``.
-    Hyper-parameters (and the feature network) stay those fitted on all points.
-    """
-    from scipy.linalg import cho_solve
-
-    chol = np.asarray(chol, np.float64)
-    resid = np.asarray(resid, np.float64).ravel()
-    kinv = cho_solve((chol, True), np.eye(len(resid)))
-    d = np.clip(np.diag(kinv), 1e-300, None)
-    alpha = kinv @ resid
-    return -0.5 * np.log(2 * np.pi) + 0.5 * np.log(d) - 0.5 * alpha**2 / d
 
 
 def mixture_weights(
@@ -152,59 +208,38 @@ class MixtureState(ModelState):
         return out
 
 
-class MultiScaleEnsemble(_Members):
+class MultiScaleEnsemble(_Mixture):
     """Mixture of :class:`DKLModel` members that see patches of different sizes.
 
-    One member per patch side in ``patch_sizes`` (default :func:`auto_patch_sizes`: 8, 16
-    and 24 px, clipped to the image), each with its own seed. After every fit each member
-    is scored by the sum of its exact-GP leave-one-out log predictive densities of the
-    (standardised) measurements (:func:`loo_log_density`), and the mixture weights are
+    After every fit each member is scored by the sum of its exact-GP leave-one-out log
+    predictive densities of the measurements (GP units,
+    :meth:`DKLModel.leave_one_out`), and the mixture weights are
     ``softmax(score / temperature)`` floored at ``floor`` per member
     (:func:`mixture_weights`), so a scale is never discarded on a handful of points.
     ``predict`` returns the weighted Gaussian mixture's mean and std; ``sample`` (Thompson)
-    draws each sample's member by weight. Same interface as :class:`DKLModel`.
+    draws each sample's member by weight.
 
     Parameters
     ----------
-    structure : (H, W) array
-    patch_sizes : sequence of int, optional
-        Patch sides (px); default ``auto_patch_sizes(structure.shape)``.
-    seed : int
-        Member ``k`` uses ``seed + 7919 k``.
-    temperature, floor : float
-        Tempering of the LOO scores (nats) and the minimum weight of each member.
-    **kwargs
-        Passed to every :class:`DKLModel` (``features``, ``device``, ``init_iters``, ...).
+    members : sequence of DKLModel
+        One unfitted model per patch side (:func:`auto_patch_sizes`), each with its own seed
+        (:func:`member_seed`); they share the first one's outcome transform.
+    temperature : float
+        Tempering of the LOO scores (nats).
+    floor : float
+        Minimum weight of each member.
     """
 
     def __init__(
-        self,
-        structure,
-        *,
-        patch_sizes=None,
-        seed: int = 0,
-        temperature: float = 1.0,
-        floor: float = 0.1,
-        **kwargs,
-    ):
-        kwargs.pop("patch_size", None)  # the members' sizes are patch_sizes
-        shape = np.shape(structure)
-        sizes = auto_patch_sizes(shape) if patch_sizes is None else [int(p) for p in patch_sizes]
-        if not sizes:
-            raise ValueError("The multi-scale ensemble needs at least one patch size.")
+        self, members: Sequence[DKLModel], *, temperature: float = 1.0, floor: float = 0.1
+    ) -> None:
+        super().__init__(members)
         check_number(temperature, "auto_temperature", low=0, low_open=True)
         check_number(floor, "auto_floor (minimum weight of a patch size)", low=0, high=1)
-        self.members = [
-            DKLModel(structure, patch_size=p, seed=int(seed) + 7919 * k, **kwargs)
-            for k, p in enumerate(sizes)
-        ]
-        self.patch_sizes = sizes
+        self.patch_sizes = [m.patch_size for m in self.members]
         self.temperature, self.floor = float(temperature), float(floor)
-        self.weights = np.full(len(sizes), 1.0 / len(sizes))
-        self.loo = np.zeros(len(sizes))
-        first = self.members[0]
-        for name in ("shape", "features", "device", "dim", "image"):
-            setattr(self, name, getattr(first, name))
+        self.weights = np.full(len(self.members), 1.0 / len(self.members))
+        self.loo = np.zeros(len(self.members))
         self.patch_size = "auto"
 
     @property
@@ -213,7 +248,8 @@ class MultiScaleEnsemble(_Members):
         return self.members[int(np.argmax(self.weights))]
 
     @property
-    def state(self):
+    def state(self) -> MixtureState | None:
+        """The heaviest member's state plus every member's patch size, weight and LOO score."""
         base = self.best.state
         if base is None:
             return None
@@ -224,36 +260,19 @@ class MultiScaleEnsemble(_Members):
             loo=self.loo.tolist(),
         )
 
-    def member_loo(self, member: DKLModel) -> float:
-        """Summed LOO log predictive density (nats, standardised units) of a fitted member."""
-        _, chol, _, mu0 = member._posterior_cache()
-        resid = member._gp.train_targets.double() - mu0
-        return float(loo_log_density(chol.cpu().numpy(), resid.cpu().numpy()).sum())
-
-    def fit(self, indices, values, *, iterations=None):
-        for m in self.members:
-            m.fit(indices, values, iterations=iterations)
-        self.loo = np.array([self.member_loo(m) for m in self.members])
+    def _after_fit(self) -> None:
+        self.loo = np.array([float(m.leave_one_out().sum()) for m in self.members])
         self.weights = mixture_weights(self.loo, temperature=self.temperature, floor=self.floor)
-        return self.state
 
-    def predict(self, indices=None, *, standardized: bool = False):
-        """Weighted mixture mean and std, units as :meth:`DKLModel.predict`."""
-        # mixed in standardised units (the members share them): the floor is then relative
-        preds = [m.predict(indices, standardized=True) for m in self.members]
+    def _mix(self, means: np.ndarray, stds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        # in GP units (the members share them): the floor is then relative
         w = self.weights[:, None]
-        means = np.stack([p[0] for p in preds])
-        second = np.stack([p[1] ** 2 for p in preds]) + means**2
+        second = stds**2 + means**2
         mean = (w * means).sum(0)
-        std = np.sqrt(np.clip((w * second).sum(0) - mean**2, 1e-20, None))
-        if standardized:
-            return mean, std
-        return mean * self._y_std + self._y_mean, std * self._y_std
+        return mean, np.sqrt(np.clip((w * second).sum(0) - mean**2, 1e-20, None))
 
-    def sample(self, indices, n_samples: int, rng: np.random.Generator):
-        which = rng.choice(len(self.members), size=n_samples, p=self.weights)
-        out = [self.members[k].sample(indices, 1, rng)[0] for k in which]
-        return np.stack(out)
+    def _pick(self, n_samples: int, rng: np.random.Generator) -> np.ndarray:
+        return rng.choice(len(self.members), size=n_samples, p=self.weights)
 
     def embed(self) -> np.ndarray:
         """Embedding of the heaviest member, (H*W, dim)."""

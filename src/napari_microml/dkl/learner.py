@@ -19,23 +19,26 @@ import csv
 import functools
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from napari_microml.dkl.acquisition import get_acquisition, select_batch
+from napari_microml.dkl.acquisition import AcquisitionFunction, get_acquisition, select_batch
 from napari_microml.dkl.design import INITIAL_DESIGNS, diverse_points
 from napari_microml.dkl.ensemble import (
     AUTO_PATCH_SIZES,
     DKLEnsemble,
     MultiScaleEnsemble,
     auto_patch_sizes,
+    member_seed,
 )
 from napari_microml.dkl.model import DKLModel, check_structure, one_thread
 from napari_microml.dkl.sources import as_source, check_coords
-from napari_microml.dkl.warping import make_warp, unwarp_moments
+from napari_microml.dkl.surrogate import Surrogate
+from napari_microml.dkl.warping import OutcomeTransform, Warp
 from napari_microml.runtime.validate import check_number
 from napari_microml.runtime.workers import drain, progress
 
@@ -43,8 +46,10 @@ LOG_FIELDS = ("step", "row", "col", "value", "acquisition", "time_s", "model")
 
 
 def _deterministic(method):
-    """Run a learner method under :func:`~napari_microml.dkl.model.one_thread` when the
-    learner is ``deterministic``."""
+    """Run a learner method on one thread when the learner is ``deterministic``.
+
+    See :func:`~napari_microml.dkl.model.one_thread`.
+    """
 
     @functools.wraps(method)
     def run(self, *args, **kwargs):
@@ -68,12 +73,9 @@ class ActiveLearner:
         side in ``auto_patch_sizes`` (8, 16 and 24 px, clipped to the image; distinct seeds;
         ``n_models`` is then ignored), mixed with weights recomputed after every fit from each
         member's exact-GP leave-one-out log predictive density of the measurements so far
-        (softmax, each weight floored at ``auto_floor``). The useful scale depends on the
-        sample (on the real benchmarks CuZn preferred 16 px, BEPS 8 px). On the synthetic
-        validation sets (``benchmarks/dkl_tune.py`` sets, data seeds 1002–1005, 3 campaigns
-        each) ``"auto"`` scored 0.540 vs 0.498 for 16 px (found@3 % 0.468 vs 0.417; paired
-        gain 0.042 ± 0.030 s.e., 24 wins / 17 losses of 48): better on average, not yet
-        significant, at about the same cost (3 networks either way).
+        (softmax, each weight floored at ``auto_floor``). The default, because the useful
+        scale depends on the sample and ``"auto"`` finds it from the data at about the cost of
+        a 3-network ensemble (figures: ``benchmarks/RESULTS.md``).
     acquisition : str or AcquisitionFunction
         ``ts`` (Thompson sampling, the default: best on the synthetic validation sets of
         ``benchmarks/dkl_tune.py``), ``ei`` (log expected improvement), ``ucb``, ``pi``,
@@ -90,9 +92,8 @@ class ActiveLearner:
     n_models : int
         Ensemble size: ``> 1`` averages that many surrogates with different network seeds
         (:class:`~napari_microml.dkl.ensemble.DKLEnsemble`; ignored for ``pca``/``coords``, which
-        have no network). Default 3: chosen on fresh synthetic validation images
-        (``benchmarks/dkl_tune.py --confirm``), it raised top-1 % discovery and lowered the
-        spread over seeds at three times the cost of one model.
+        have no network). Default 3: more found, and a smaller spread over seeds, than one
+        network on fresh synthetic validation images, at three times the cost.
     beta, xi : float
         UCB exploration weight (``mean + sqrt(beta) std``) and EI/PI margin (standardised).
     batch_radius : float, optional
@@ -112,18 +113,15 @@ class ActiveLearner:
         (:func:`~napari_microml.dkl.design.diverse_points`): ``"diverse"`` (default) measures
         one pixel per k-means cluster of the structure patches (middle patch size, PCA scores
         plus coordinates; on coordinates alone for ``features="coords"``), so every kind of
-        local structure is in the first batch; ``"random"`` draws them uniformly. On the
-        synthetic validation sets of ``benchmarks/dkl_tune.py`` (data seeds 1002–1005, 3
-        campaigns each, patch "auto") "diverse" scored 0.602 vs 0.540 (found@3 % 0.516 vs
-        0.468, spread over campaigns 0.083 vs 0.131; better on blobs and lattices, worse on
-        domains). ``acquisition="random"`` always samples uniformly.
+        local structure is in the first batch (it found more, with a smaller spread over
+        campaigns, on the synthetic validation sets); ``"random"`` draws them uniformly.
+        ``acquisition="random"`` always samples uniformly.
     target_warp : {"none", "power", "rank"}
         Monotone warp of the measured values, refitted at every fit, before the GP sees them
         (:mod:`~napari_microml.dkl.warping`): ``"power"`` (Yeo-Johnson) or ``"rank"`` (normal
         scores) make skewed properties look Gaussian; maps are shown in the measurement's units.
-        Default "none": on fresh synthetic validation sets (data seeds 1010–1013, 3 campaigns
-        each) the warps scored 0.498 ("power") and 0.488 ("rank") vs 0.514, with a smaller
-        spread over campaigns (0.106 / 0.110 vs 0.129) but less found.
+        Default "none": the warps found less on fresh synthetic validation sets (with a
+        smaller spread over campaigns).
     deterministic : bool
         Run the surrogate (torch and BLAS) on one CPU thread, so a seeded campaign picks the
         same points whatever ``torch.get_num_threads()`` is (default). ``False`` uses every
@@ -149,12 +147,12 @@ class ActiveLearner:
 
     def __init__(
         self,
-        structure,
+        structure: np.ndarray,
         *,
         patch_size: int | str = "auto",
-        acquisition="ts",
+        acquisition: str | AcquisitionFunction = "ts",
         seed: int = 0,
-        device="auto",
+        device: str = "auto",
         maximize: bool = True,
         features: str = "cnn",
         n_models: int = 3,
@@ -164,7 +162,7 @@ class ActiveLearner:
         recent_radius: float = 0.0,
         n_recent: int = 10,
         ts_candidates: int = 512,
-        auto_sizes=None,
+        auto_sizes: Sequence[int] | None = None,
         auto_temperature: float = 1.0,
         auto_floor: float = 0.1,
         initial: str = "diverse",
@@ -181,22 +179,10 @@ class ActiveLearner:
         nn_lr_scale: float = 0.25,
         weight_decay: float = 1e-3,
         chunk: int = 8192,
-    ):
-        model_kwargs = dict(
-            embedding_dim=embedding_dim,
-            pca_components=pca_components,
-            coord_weight=coord_weight,
-            kernel=kernel,
-            trend=trend,
-            init_iters=init_iters,
-            warm_iters=warm_iters,
-            lr=lr,
-            nn_lr_scale=nn_lr_scale,
-            weight_decay=weight_decay,
-            chunk=chunk,
-        )
+    ) -> None:
         self.deterministic = bool(deterministic)
-        self.warp = make_warp(target_warp)
+        outcome = OutcomeTransform(target_warp)  # shared by every member of an ensemble
+        sizes: list[int] = []
         check_structure(structure, 1)  # a clear sentence before any shape is used
         seed = check_number(seed, "seed", low=0, integer=True)
         n_models = check_number(n_models, "n_models", low=1, integer=True)
@@ -216,29 +202,47 @@ class ActiveLearner:
             raise ValueError(
                 f"The patch size must be a number of pixels or 'auto', not {patch_size!r}."
             )
-        if auto:  # a radius for batches / the coordinate GP: the middle scale's
+        if isinstance(patch_size, str):  # a radius for batches / the coordinate GP: the middle
             sizes = auto_patch_sizes(np.shape(structure), auto_sizes or AUTO_PATCH_SIZES)
-            patch_size = sizes[len(sizes) // 2]
-        common = dict(patch_size=patch_size, features=features, device=device, seed=seed)
+            size = sizes[len(sizes) // 2]
+        else:
+            size = int(patch_size)
+        make = functools.partial(
+            DKLModel,
+            structure,
+            features=features,
+            device=device,
+            embedding_dim=embedding_dim,
+            pca_components=pca_components,
+            coord_weight=coord_weight,
+            kernel=kernel,
+            trend=trend,
+            init_iters=init_iters,
+            warm_iters=warm_iters,
+            lr=lr,
+            nn_lr_scale=nn_lr_scale,
+            weight_decay=weight_decay,
+            chunk=chunk,
+            outcome_transform=outcome,
+        )
         trainable = features in ("cnn", "mlp", "pca_mlp")  # pca/coords: members would be equal
+        self.model: Surrogate
         with one_thread(self.deterministic):  # the PCA features too
             if auto and features != "coords" and len(sizes) > 1:
+                members = [
+                    make(patch_size=p, seed=member_seed(seed, k)) for k, p in enumerate(sizes)
+                ]
                 self.model = MultiScaleEnsemble(
-                    structure,
-                    patch_sizes=sizes,
-                    temperature=auto_temperature,
-                    floor=auto_floor,
-                    **common,
-                    **model_kwargs,
+                    members, temperature=auto_temperature, floor=auto_floor
                 )
             elif int(n_models) > 1 and trainable and not auto:
-                self.model = DKLEnsemble(structure, n_models=n_models, **common, **model_kwargs)
+                self.model = DKLEnsemble(make(patch_size=size, seed=seed), n_models=n_models)
             else:
-                self.model = DKLModel(structure, **common, **model_kwargs)
+                self.model = make(patch_size=size, seed=seed)
         self.initial, self._features = initial, features
-        self._design_patch = int(patch_size)
+        self._design_patch = size
         self.shape = self.model.shape
-        self.patch_size = "auto" if auto else int(patch_size)
+        self.patch_size: int | str = "auto" if auto else size
         self.seed = int(seed)
         self.maximize = bool(maximize)
         self.acquisition_name = (
@@ -246,7 +250,7 @@ class ActiveLearner:
         )
         self.acquisition = get_acquisition(acquisition, maximize=maximize, beta=beta, xi=xi)
         if batch_radius is None:  # a GP on coordinates has no patch: its radius must not follow one
-            batch_radius = 2.0 if features == "coords" else max(2.0, patch_size / 4)
+            batch_radius = 2.0 if features == "coords" else max(2.0, size / 4)
         self.batch_radius = float(batch_radius)
         self.recent_radius, self.n_recent = float(recent_radius), int(n_recent)
         self.ts_candidates = int(ts_candidates)
@@ -257,7 +261,8 @@ class ActiveLearner:
         self._idx: list[int] = []
         self._val: list[float] = []
         self._dirty = True
-        self._maps = None  # standardised (mean, std) over every pixel from the last suggest
+        # (mean, std) in GP units over every pixel from the last suggestion, until the next fit
+        self._maps: tuple[np.ndarray, np.ndarray] | None = None
         self._pending: dict[int, float] = {}  # flat index -> acquisition value when suggested
         self.last_acquisition: np.ndarray | None = None
         self.log: list[dict] = []
@@ -266,7 +271,13 @@ class ActiveLearner:
 
     # --- data ------------------------------------------------------------------------------
     @property
+    def warp(self) -> Warp:
+        """The monotone warp of the measured values (part of the model's outcome transform)."""
+        return self.model.outcome_transform.warp
+
+    @property
     def n_observed(self) -> int:
+        """Number of measurements so far."""
         return len(self._idx)
 
     @property
@@ -276,28 +287,38 @@ class ActiveLearner:
 
     @property
     def values(self) -> np.ndarray:
+        """(n,) measured values, in measurement order and the measurement's units."""
         return np.asarray(self._val, float)
 
     @property
     def best_value(self) -> float:
+        """Highest (``maximize``) or lowest value measured so far; NaN before any."""
         if not self._val:
             return float("nan")
         return float(np.max(self._val) if self.maximize else np.min(self._val))
 
-    def _flat(self, coords) -> np.ndarray:
+    def _flat(self, coords: np.ndarray) -> np.ndarray:
         c = check_coords(coords, self.shape)
         return c[:, 0] * self.shape[1] + c[:, 1]
 
     @_deterministic
     def _ensure_fit(self):
         if self._dirty and self._idx:
-            self.model.fit(np.asarray(self._idx), self.warp.fit(np.asarray(self._val)))
+            self.model.fit(np.asarray(self._idx), np.asarray(self._val))
             self._dirty = False
             self._maps = None
 
     # --- public API ------------------------------------------------------------------------
-    def observe(self, coords, values) -> None:
-        """Record measured ``values`` (n,) at integer pixel ``coords`` (n, 2) (row, col)."""
+    def observe(self, coords: np.ndarray, values: np.ndarray) -> None:
+        """Record measurements; the model is refitted on the next suggestion or prediction.
+
+        Parameters
+        ----------
+        coords : (n, 2) int array
+            Measured pixels (row, col).
+        values : (n,) array
+            One finite value per pixel, in any units (spectra: scalarize them first).
+        """
         flat = self._flat(coords)
         vals = np.asarray(values, dtype=float)
         if vals.ndim == 2 and vals.shape[0] == len(flat) and vals.shape[1] > 1:
@@ -318,7 +339,7 @@ class ActiveLearner:
         self._t_last = now
         self.step += 1
         summary = self.model.state.as_dict() if self.model.state is not None else None
-        for i, v in zip(flat, vals):
+        for i, v in zip(flat, vals, strict=True):
             self._idx.append(int(i))
             self._val.append(float(v))
             self.log.append(
@@ -337,8 +358,10 @@ class ActiveLearner:
 
     @_deterministic
     def _design(self, n: int, available: np.ndarray) -> np.ndarray:
-        """Flat indices of ``n`` points chosen before a model exists (``initial`` design;
-        uniform for ``acquisition="random"``)."""
+        """Flat indices of ``n`` points chosen before a model exists.
+
+        The ``initial`` design; uniform for ``acquisition="random"``.
+        """
         if self.initial == "diverse" and self.acquisition is not None:
             return diverse_points(
                 self.model.image,
@@ -353,7 +376,22 @@ class ActiveLearner:
 
     @_deterministic
     def suggest(self, n: int = 1) -> np.ndarray:
-        """Propose ``n`` new (row, col) pixel coordinates, (n, 2) int (not yet measured)."""
+        """Propose where to measure next.
+
+        Before two measurements exist the ``initial`` design answers; afterwards the
+        acquisition function on the surrogate's posterior, spread over a batch by local
+        penalisation (``batch_radius``).
+
+        Parameters
+        ----------
+        n : int
+            Number of points.
+
+        Returns
+        -------
+        (n, 2) int array
+            Pixel coordinates (row, col) not measured yet (fewer if fewer remain).
+        """
         n = check_number(n, "The number of points to suggest", low=1, integer=True)
         available = np.ones(len(self.candidates), bool)
         available[np.asarray(self._idx, int)] = False
@@ -368,7 +406,7 @@ class ActiveLearner:
         mean, std = self.model.predict(standardized=True)
         self._maps = (mean, std)  # predict() reuses them until the next fit
         best_raw = self.best_value
-        best = (float(self.warp.forward(best_raw)) - self.model._y_mean) / self.model._y_std
+        best = float(self.model.outcome_transform.forward(np.asarray(best_raw)))
         recent = self.coords[-self.n_recent :] if self.recent_radius > 0 else None
         if self.acquisition.needs_samples:
             ucb = (mean if self.maximize else -mean) + 2 * std
@@ -403,29 +441,52 @@ class ActiveLearner:
 
     @_deterministic
     def predict(self) -> tuple[np.ndarray, np.ndarray]:
-        """Posterior mean and standard deviation maps (H, W), in the measurement's units."""
+        """Map the surrogate's posterior over every pixel.
+
+        Returns
+        -------
+        mean, std : (H, W) float arrays
+            Posterior mean and standard deviation, in the measurement's units.
+        """
         if not self._idx:
             raise ValueError("No measurements yet: observe some points before predicting.")
         self._ensure_fit()
         if self._maps is not None:  # the last suggestion's prediction, same fit: no second pass
-            y_mean, y_std = self.model._y_mean, self.model._y_std
-            warped = (self._maps[0] * y_std + y_mean, self._maps[1] * y_std)
+            mean, std = self.model.outcome_transform.untransform(*self._maps)
         else:
-            warped = self.model.predict()
-        mean, std = unwarp_moments(self.warp, *warped)
+            mean, std = self.model.predict()
         return mean.reshape(self.shape), std.reshape(self.shape)
 
     def state_summary(self) -> dict:
+        """Summarise the fitted surrogate (:class:`~napari_microml.dkl.surrogate.ModelState`).
+
+        Returns
+        -------
+        dict
+            Length-scales, output scale, noise, marginal log-likelihood...; empty before
+            any measurement.
+        """
         self._ensure_fit()
         return {} if self.model.state is None else self.model.state.as_dict()
 
     # --- log -------------------------------------------------------------------------------
     def log_records(self) -> list[dict]:
-        """The full log: one dict per measurement (step, row, col, value, acquisition, ...)."""
+        """Return the log: one dict per measurement (step, row, col, value, acquisition, ...)."""
         return [dict(r) for r in self.log]
 
-    def export_log(self, path) -> Path:
-        """Write the log as CSV (``.csv``) or JSON (anything else); returns the path."""
+    def export_log(self, path: str | Path) -> Path:
+        """Write the log as CSV (``.csv``) or JSON (anything else, with the parameters).
+
+        Parameters
+        ----------
+        path : str or Path
+            The file to write (overwritten).
+
+        Returns
+        -------
+        Path
+            ``path``.
+        """
         path = Path(path)
         rows = self.log_records()
         if path.suffix.lower() == ".csv":
@@ -473,7 +534,10 @@ class CampaignResult:
     device: str = ""
     provenance: dict = field(default_factory=dict)
 
-    def export_log(self, path) -> Path:
+    def export_log(self, path: str | Path) -> Path:
+        """Write the campaign's log (:meth:`ActiveLearner.export_log`); return the path."""
+        if self.learner is None:
+            raise ValueError("This campaign result has no learner to export the log of.")
         return self.learner.export_log(path)
 
 
@@ -490,19 +554,19 @@ def _measure_values(source, coords, scalarizer):
 
 
 def run_campaign_iter(
-    structure,
-    measure,
+    structure: np.ndarray,
+    measure: Callable | np.ndarray,
     *,
     budget: int,
     n_initial: int,
-    acquisition="ts",
+    acquisition: str | AcquisitionFunction = "ts",
     batch_size: int = 1,
     seed: int = 0,
-    scalarizer=None,
+    scalarizer: Callable | None = None,
     callback: Callable | None = None,
     learner: ActiveLearner | None = None,
     patch_size: int | str = "auto",
-    device="auto",
+    device: str = "auto",
     maximize: bool = True,
     features: str = "cnn",
     n_models: int = 3,
@@ -512,7 +576,7 @@ def run_campaign_iter(
     recent_radius: float = 0.0,
     n_recent: int = 10,
     ts_candidates: int = 512,
-    auto_sizes=None,
+    auto_sizes: Sequence[int] | None = None,
     auto_temperature: float = 1.0,
     auto_floor: float = 0.1,
     initial: str = "diverse",
@@ -529,15 +593,37 @@ def run_campaign_iter(
     nn_lr_scale: float = 0.25,
     weight_decay: float = 1e-3,
     chunk: int = 8192,
-):
-    """Generator twin of :func:`run_campaign` (same parameters): yields
-    ``progress(measured, budget, msg)`` after every step and returns a :class:`CampaignResult`.
+) -> Generator[Any, None, CampaignResult]:
+    """Run an active-learning campaign step by step (the generator twin of :func:`run_campaign`).
+
+    The napari widget drives this generator on a worker thread: between two steps it may stop
+    (``worker.quit()``), and a stopped campaign keeps the steps measured so far.
+
+    Parameters
+    ----------
+    structure, measure, budget, n_initial, acquisition, batch_size, seed, scalarizer, \
+callback, learner, patch_size, device, maximize, features, n_models, beta, xi, batch_radius, \
+recent_radius, n_recent, ts_candidates, auto_sizes, auto_temperature, auto_floor, initial, \
+target_warp, deterministic, embedding_dim, pca_components, coord_weight, kernel, trend, \
+init_iters, warm_iters, lr, nn_lr_scale, weight_decay, chunk
+        As :func:`run_campaign`.
+
+    Yields
+    ------
+    progress
+        ``progress(measured, budget, message)`` after every step
+        (:func:`napari_microml.runtime.workers.progress`).
+
+    Returns
+    -------
+    CampaignResult
+        As :func:`run_campaign` (the generator's return value).
     """
     from napari_microml.runtime.device import describe_device
     from napari_microml.runtime.provenance import make_provenance
 
     # the learner's keywords, also recorded in the provenance
-    options = dict(
+    options: dict[str, Any] = dict(
         patch_size=patch_size,
         device=device,
         maximize=maximize,
@@ -624,19 +710,19 @@ def run_campaign_iter(
 
 
 def run_campaign(
-    structure,
-    measure,
+    structure: np.ndarray,
+    measure: Callable | np.ndarray,
     *,
     budget: int,
     n_initial: int,
-    acquisition="ts",
+    acquisition: str | AcquisitionFunction = "ts",
     batch_size: int = 1,
     seed: int = 0,
-    scalarizer=None,
+    scalarizer: Callable | None = None,
     callback: Callable | None = None,
     learner: ActiveLearner | None = None,
     patch_size: int | str = "auto",
-    device="auto",
+    device: str = "auto",
     maximize: bool = True,
     features: str = "cnn",
     n_models: int = 3,
@@ -646,7 +732,7 @@ def run_campaign(
     recent_radius: float = 0.0,
     n_recent: int = 10,
     ts_candidates: int = 512,
-    auto_sizes=None,
+    auto_sizes: Sequence[int] | None = None,
     auto_temperature: float = 1.0,
     auto_floor: float = 0.1,
     initial: str = "diverse",

@@ -4,9 +4,11 @@ The model maps the structure-image patch around every candidate pixel to a low-d
 embedding and puts an exact Gaussian process with an ARD kernel on that embedding (optionally
 plus a weak additive kernel on the pixel coordinates). Network weights and GP
 hyper-parameters are trained jointly on the exact marginal log-likelihood of the
-(standardised) measurements. Between active-learning steps the model is *warm started*:
-weights and hyper-parameters are kept and only a few optimiser iterations are run on the
-enlarged data set.
+measurements in GP units (the model's outcome transform: an optional monotone warp, then
+standardisation). The GP itself is :class:`~napari_microml.dkl.networks.DeepKernelGP`, a
+gpytorch ``ExactGP`` with a pluggable feature network, mean, kernel and likelihood. Between
+active-learning steps the model is *warm started*: weights and hyper-parameters are kept and
+only a few optimiser iterations are run on the enlarged data set.
 
 The default feature map (``cnn``) learns from raw patches. ``pca_mlp`` is pre-trained without
 labels: every candidate patch is known before the first measurement, so the network's input
@@ -16,18 +18,29 @@ start, L2-SP). Two non-deep feature maps share the same GP code and serve as bas
 ``features="coords"`` (GP on pixel coordinates) and ``features="pca"`` (GP on PCA of patches).
 :class:`~napari_microml.dkl.ensemble.DKLEnsemble` averages several seeds.
 
-torch and gpytorch are imported inside functions so that importing this module is cheap.
+torch and gpytorch are imported inside functions (and :mod:`~napari_microml.dkl.networks` on
+the first fit) so that importing this module is cheap.
 """
 
 from __future__ import annotations
 
+import copy
 from contextlib import contextmanager
-from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from napari_microml.dkl.features import make_extractor, pca_features
+from napari_microml.dkl.features import pca_features
+from napari_microml.dkl.surrogate import ModelState
+from napari_microml.dkl.warping import OutcomeTransform
 from napari_microml.runtime.validate import as_scaled_stack, check_number, robust_normalize
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from napari_microml.dkl.networks import DeepKernelGP
+
+KERNELS = ("rbf", "matern")
 
 FEATURES = ("cnn", "pca_mlp", "mlp", "pca", "coords")
 
@@ -56,7 +69,7 @@ def extract_patches(image: np.ndarray, patch_size: int, coords: np.ndarray | Non
     h, w = image.shape
     lo = p // 2
     hi = p - 1 - lo
-    mode = "reflect" if min(h, w) > max(lo, hi) else "edge"
+    mode: Literal["reflect", "edge"] = "reflect" if min(h, w) > max(lo, hi) else "edge"
     padded = np.pad(image, ((lo, hi), (lo, hi)), mode=mode)
     windows = np.lib.stride_tricks.sliding_window_view(padded, (p, p))  # (H, W, p, p)
     if coords is None:
@@ -88,21 +101,6 @@ def one_thread(enabled: bool = True):
         torch.set_num_threads(before)
 
 
-def standardization(y: np.ndarray) -> tuple[float, float]:
-    """Mean and scale that standardise measurements ``y`` (float64), in their own units.
-
-    The scale is the standard deviation; constant values (no spread at the data's own
-    precision) are scaled by their magnitude, so nothing depends on an absolute tolerance
-    (values of 1e-15 A standardise as values of 1 A do).
-    """
-    y = np.asarray(y, np.float64)
-    mean = float(y.mean())
-    std = float(y.std())
-    if std > 1e-12 * float(np.abs(y).max()):  # relative: a spread above float64 rounding
-        return mean, std
-    return mean, (abs(mean) or 1.0)
-
-
 def safe_cholesky(k, max_tries: int = 8):
     """Lower Cholesky factor of a (nearly) positive semi-definite ``k`` (torch, float64).
 
@@ -131,28 +129,6 @@ def safe_cholesky(k, max_tries: int = 8):
     )
 
 
-@dataclass
-class ModelState:
-    """A JSON-friendly summary of the fitted surrogate (for logs)."""
-
-    n_train: int
-    lengthscale: list
-    outputscale: float
-    noise: float
-    mll: float
-    iterations: int
-
-    def as_dict(self) -> dict:
-        return {
-            "n_train": self.n_train,
-            "lengthscale": [round(float(v), 5) for v in self.lengthscale],
-            "outputscale": round(float(self.outputscale), 5),
-            "noise": round(float(self.noise), 6),
-            "mll": round(float(self.mll), 5),
-            "iterations": self.iterations,
-        }
-
-
 class DKLModel:
     """Patch-feature Gaussian-process surrogate over every pixel of a structure image.
 
@@ -167,8 +143,8 @@ class DKLModel:
         ``pca_mlp``: a small network on the whitened PCA scores of *all* candidate patches
         (unsupervised, known before any measurement), initialised to the PCA projection and
         kept near it (L2-SP), so a few labels cannot overfit it; ``mlp``: MLP on raw patches;
-        ``pca``: fixed PCA of patches; ``coords``: plain GP on (row, col). ``cnn`` scored
-        best on fresh synthetic validation images (``benchmarks/dkl_tune.py --confirm``).
+        ``pca``: fixed PCA of patches; ``coords``: plain GP on (row, col). ``cnn`` is the
+        default: best on fresh synthetic validation images (``benchmarks/dkl_tune.py``).
     embedding_dim : int
         Dimension of the embedding the GP sees (ARD: one length-scale each).
     pca_components : int
@@ -179,14 +155,13 @@ class DKLModel:
         0.3 for ``pca_mlp`` (chosen on synthetic validation sets, ``benchmarks/dkl_tune.py``),
         0 for the other feature maps (so the ``pca``/``coords`` baselines stay pure).
     kernel : {"rbf", "matern"}
+        Stationary ARD kernel on the embedding (Matérn: ν = 5/2).
     trend : bool
         Add a linear kernel on the embedding (Bayesian linear trend) to the stationary one, so
         the surrogate can extrapolate a trend to embeddings beyond the measured ones — where a
         stationary GP falls back to the mean. Properties are often largest at the extremes of
-        the structure (the brightest, thickest, most distorted regions). Off by default: on
-        the synthetic validation sets (``benchmarks/dkl_tune.py`` sets, data seeds 1002–1005, 3
-        campaigns each) it raised one network's score 0.397 → 0.414 but not the 3-network
-        ensemble's (0.455 → 0.453; found@3 % 0.365 → 0.380 with a larger spread).
+        the structure (the brightest, thickest, most distorted regions). Off by default: it
+        did not help the 3-network ensemble on the synthetic validation sets.
     device : str
         ``auto``/``cuda``/``mps``/``cpu``.
     seed : int
@@ -196,15 +171,17 @@ class DKLModel:
     lr, nn_lr_scale, weight_decay : float
         Adam learning rate of the GP hyper-parameters; the network uses ``lr * nn_lr_scale``;
         ``weight_decay`` is its L2 strength (for ``pca_mlp``: towards the PCA start). The
-        defaults (0.25, 1e-3), ``embedding_dim=4`` and ``pca_components=16`` were chosen on
-        synthetic validation sets only (``benchmarks/dkl_tune.py``), never on CuZn or BEPS.
+        defaults were chosen on synthetic validation sets only (``benchmarks/dkl_tune.py``).
     chunk : int
-        Candidates per prediction batch.
+        Candidates per prediction batch (bounds memory, not the result).
+    outcome_transform : OutcomeTransform, optional
+        Maps the measured values to the GP's units and back; default standardisation only
+        (:class:`~napari_microml.dkl.warping.OutcomeTransform`). Ensembles share one.
     """
 
     def __init__(
         self,
-        structure,
+        structure: np.ndarray,
         *,
         patch_size: int = 16,
         features: str = "cnn",
@@ -213,7 +190,7 @@ class DKLModel:
         coord_weight: float | None = None,
         kernel: str = "rbf",
         trend: bool = False,
-        device="auto",
+        device: str = "auto",
         seed: int = 0,
         init_iters: int = 150,
         warm_iters: int = 30,
@@ -221,14 +198,15 @@ class DKLModel:
         nn_lr_scale: float = 0.25,
         weight_decay: float = 1e-3,
         chunk: int = 8192,
-    ):
+        outcome_transform: OutcomeTransform | None = None,
+    ) -> None:
         import torch
 
         from napari_microml.runtime.device import resolve_device
 
         if features not in FEATURES:
             raise ValueError(f"Unknown features {features!r}: choose one of {', '.join(FEATURES)}.")
-        if kernel not in ("rbf", "matern"):
+        if kernel not in KERNELS:
             raise ValueError(f"Unknown kernel {kernel!r}: choose 'rbf' or 'matern'.")
         if coord_weight is None:
             coord_weight = 0.3 if features == "pca_mlp" else 0.0
@@ -244,7 +222,7 @@ class DKLModel:
         weight_decay = check_number(weight_decay, "weight_decay", low=0)
         chunk = check_number(chunk, "chunk", low=1, integer=True)
         self.image = check_structure(structure, patch_size)
-        self.shape = self.image.shape
+        self.shape: tuple[int, int] = (int(self.image.shape[0]), int(self.image.shape[1]))
         self.patch_size = int(patch_size)
         self.features = features
         self.kernel = kernel
@@ -276,101 +254,113 @@ class DKLModel:
         if self.coord_weight > 0:
             x = np.column_stack([x, xy])
         self.inputs = torch.as_tensor(np.asarray(x, np.float32), device=self.device)
-        self._gp = None
-        self._lik = None
-        self._y_mean, self._y_std = 0.0, 1.0
+        self.outcome_transform = (
+            OutcomeTransform() if outcome_transform is None else outcome_transform
+        )
         self.state: ModelState | None = None
-        self._train_idx = None
-        self._cache = None
+        self._gp: DeepKernelGP | None = None
+        self._structure_kernel: Any = None
+        self._cache: tuple[Tensor, Tensor, Tensor, Tensor] | None = None
 
-    # ------------------------------------------------------------------------------------
-    def _build(self, x, y):
-        import gpytorch
+    def with_seed(self, seed: int) -> DKLModel:
+        """An unfitted twin with another network ``seed``, sharing the candidate inputs."""
+        twin = copy.copy(self)  # the input tensor is read-only: shared, not copied
+        twin.seed = check_number(seed, "seed", low=0, integer=True)
+        twin.state, twin._gp, twin._structure_kernel, twin._cache = None, None, None, None
+        return twin
+
+    def _build(self, x: Tensor, y: Tensor) -> DeepKernelGP:
         import torch
 
-        torch.manual_seed(self.seed)
-        extractor = make_extractor(self.features, self.patch_size, self.dim, self.in_dim)
-        dim, use_xy = self.dim, self.coord_weight > 0
-        n_feat = self.inputs.shape[1] - (2 if use_xy else 0)
-        kw = dict(ard_num_dims=dim, active_dims=tuple(range(dim)))
-        base = (
-            gpytorch.kernels.RBFKernel(**kw)
-            if self.kernel == "rbf"
-            else gpytorch.kernels.MaternKernel(nu=2.5, **kw)
+        from napari_microml.dkl.networks import (
+            DeepKernelGP,
+            make_covariance,
+            make_extractor,
+            make_likelihood,
         )
-        covar = gpytorch.kernels.ScaleKernel(base)
-        if self.trend:
-            # a dense degree-1 polynomial kernel (LinearKernel is low-rank and breaks the sum)
-            linear = gpytorch.kernels.ScaleKernel(
-                gpytorch.kernels.PolynomialKernel(power=1, active_dims=tuple(range(dim)))
-            )
-            linear.outputscale = 0.1
-            covar = covar + linear
-        if use_xy:
-            xy_kernel = gpytorch.kernels.ScaleKernel(
-                gpytorch.kernels.RBFKernel(active_dims=(dim, dim + 1))
-            )
-            covar = covar + xy_kernel
 
-        class _GP(gpytorch.models.ExactGP):
-            def __init__(self, x, y, likelihood):
-                super().__init__(x, y, likelihood)
-                self.extractor = extractor
-                self.mean_module = gpytorch.means.ConstantMean()
-                self.covar_module = covar
-
-            def featurize(self, x):
-                z = self.extractor(x[..., :n_feat])
-                return torch.cat([z, x[..., n_feat:]], -1) if use_xy else z
-
-            def forward(self, x):
-                z = self.featurize(x)
-                return gpytorch.distributions.MultivariateNormal(
-                    self.mean_module(z), self.covar_module(z)
-                )
-
-        lik = gpytorch.likelihoods.GaussianLikelihood(
-            noise_constraint=gpytorch.constraints.GreaterThan(1e-4)
+        torch.manual_seed(self.seed)  # the network's initial weights
+        trainable = self.features in ("cnn", "mlp", "pca_mlp")
+        extractor = make_extractor(
+            self.features if trainable else "identity", self.patch_size, self.dim, self.in_dim
         )
-        gp = _GP(x, y, lik)
-        init_ls = {"cnn": 0.5, "mlp": 0.5, "coords": 0.2}.get(self.features, 1.0)
-        base.lengthscale = init_ls
-        if use_xy:
-            xy_kernel.base_kernel.lengthscale = 0.2
-            xy_kernel.outputscale = self.coord_weight
-        lik.noise = 0.05
-        self._gp, self._lik = gp.to(self.device), lik.to(self.device)
+        covar, self._structure_kernel = make_covariance(
+            kernel=self.kernel,
+            dim=self.dim,
+            lengthscale={"cnn": 0.5, "mlp": 0.5, "coords": 0.2}.get(self.features, 1.0),
+            trend=self.trend,
+            coord_weight=self.coord_weight,
+        )
+        n_features = self.inputs.shape[1] - (2 if self.coord_weight > 0 else 0)
+        gp = DeepKernelGP(
+            x,
+            y,
+            make_likelihood(),
+            feature_extractor=extractor,
+            covar_module=covar,
+            n_features=n_features,
+        )
+        return gp.to(self.device)
 
-    def _kernels(self):
-        """The stationary structure ScaleKernel (and the coordinate one, or None)."""
-        cov = self._gp.covar_module
-        parts = list(cov.kernels) if hasattr(cov, "kernels") else [cov]
-        return parts[0], (parts[-1] if self.coord_weight > 0 else None)
+    def fit(
+        self, indices: np.ndarray, values: np.ndarray, *, iterations: int | None = None
+    ) -> ModelState:
+        """Fit on measured ``values`` at flat pixel ``indices`` (warm start if fitted).
 
-    def fit(self, indices: np.ndarray, values: np.ndarray, *, iterations: int | None = None):
-        """(Re)fit on observed flat pixel ``indices`` with ``values`` (warm start if fitted).
+        Parameters
+        ----------
+        indices : (n,) int array
+            Flat pixel indices ``row * W + col`` of the measurements.
+        values : (n,) array
+            The measured values, in their own units (the outcome transform is refitted).
+        iterations : int, optional
+            Optimiser iterations; default ``init_iters`` for the first fit, else ``warm_iters``.
 
-        Returns the :class:`ModelState` summary.
+        Returns
+        -------
+        ModelState
+            Summary of the fit.
+        """
+        targets = self.outcome_transform.fit(values)
+        return self.fit_transformed(indices, targets, iterations=iterations)
+
+    def fit_transformed(
+        self, indices: np.ndarray, targets: np.ndarray, *, iterations: int | None = None
+    ) -> ModelState:
+        """:meth:`fit` on ``targets`` already in GP units (an ensemble transforms them once).
+
+        Parameters
+        ----------
+        indices : (n,) int array
+            Flat pixel indices.
+        targets : (n,) array
+            ``outcome_transform.fit(values)``.
+        iterations : int, optional
+            As :meth:`fit`.
+
+        Returns
+        -------
+        ModelState
+            Summary of the fit.
         """
         import gpytorch
         import torch
 
         idx = np.asarray(indices, np.int64).ravel()
-        y = np.asarray(values, np.float64).ravel()
-        self._y_mean, self._y_std = standardization(y)
         yt = torch.as_tensor(
-            (y - self._y_mean) / self._y_std, dtype=torch.float32, device=self.device
+            np.asarray(targets, np.float64).ravel(), dtype=torch.float32, device=self.device
         )
         xt = self.inputs[torch.as_tensor(idx, device=self.device)]
         first = self._gp is None
-        if first:
-            self._build(xt, yt)
+        if self._gp is None:
+            self._gp = gp = self._build(xt, yt)
         else:
-            self._gp.set_train_data(xt, yt, strict=False)
+            gp = self._gp
+            gp.set_train_data(xt, yt, strict=False)
         if iterations is None:
             iterations = self.init_iters if first else self.warm_iters
         n_iter = int(iterations)
-        gp, lik = self._gp, self._lik
+        lik = gp.likelihood
         gp.train()
         lik.train()
         nn_params = list(gp.extractor.parameters())
@@ -400,9 +390,8 @@ class DKLModel:
                 opt.step()
         gp.eval()
         lik.eval()
-        self._train_idx = idx
         self._cache = None
-        kern, _ = self._kernels()
+        kern = self._structure_kernel
         self.state = ModelState(
             n_train=len(idx),
             lengthscale=kern.base_kernel.lengthscale.detach().cpu().ravel().tolist(),
@@ -415,61 +404,79 @@ class DKLModel:
 
     @property
     def fitted(self) -> bool:
+        """Whether :meth:`fit` has run."""
         return self._gp is not None
 
-    def _embed(self, x):
+    def _fitted_gp(self) -> DeepKernelGP:
+        if self._gp is None:
+            raise ValueError("The model has no measurements yet: observe some points first.")
+        return self._gp
+
+    def _embed(self, x: Tensor) -> Tensor:
         """Kernel inputs (embedding, plus coordinates if used) for inputs ``x``, chunked."""
         import torch
 
+        gp = self._fitted_gp()
         with torch.no_grad():
-            parts = [
-                self._gp.featurize(x[s : s + self.chunk]) for s in range(0, len(x), self.chunk)
-            ]
+            parts = [gp.featurize(x[s : s + self.chunk]) for s in range(0, len(x), self.chunk)]
             return torch.cat(parts)
 
-    def _posterior_cache(self):
-        """Cholesky factor of the noisy train covariance and the weights (computed once per fit)."""
+    def _posterior_cache(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Train embeddings, Cholesky factor of the noisy train covariance, weights and prior
+        mean, all in GP units (computed once per fit)."""
         import torch
 
+        gp = self._fitted_gp()
         if self._cache is None:
-            gp, lik = self._gp, self._lik
             with torch.no_grad():
                 xt = gp.train_inputs[0]
                 zt = self._embed(xt)
                 k = gp.covar_module(zt).to_dense().double()
                 k = 0.5 * (k + k.T)  # float32 kernels are symmetric only to rounding
                 eye = torch.eye(len(zt), dtype=k.dtype, device=k.device)
-                chol = safe_cholesky(k + (lik.noise.double() + 1e-6) * eye)  # standardised units
+                chol = safe_cholesky(k + (gp.likelihood.noise.double() + 1e-6) * eye)
                 mu0 = gp.mean_module.constant.detach().double()
                 resid = (gp.train_targets.double() - mu0).unsqueeze(-1)
                 alpha = torch.cholesky_solve(resid, chol)
             self._cache = (zt, chol, alpha, mu0)
         return self._cache
 
-    def _cross(self, za, zb):
+    def _cross(self, za: Tensor, zb: Tensor) -> Tensor:
         import torch
 
-        kern = self._gp.covar_module
+        kern = self._fitted_gp().covar_module
         with torch.no_grad():
             return kern(za.float(), zb.float()).to_dense().double()
 
-    def _prior_var(self, zs):
+    def _prior_var(self, zs: Tensor) -> Tensor:
         """Prior variance of the latent function at embeddings ``zs`` (m,)."""
         import torch
 
         with torch.no_grad():
-            return self._gp.covar_module(zs.float(), diag=True).double()
+            return self._fitted_gp().covar_module(zs.float(), diag=True).double()
 
-    def predict(self, indices: np.ndarray | None = None, *, standardized: bool = False):
-        """Posterior mean and std of the latent function at flat ``indices`` (default: all).
+    def predict(
+        self, indices: np.ndarray | None = None, *, standardized: bool = False
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Posterior mean and std of the latent function at flat pixel ``indices``.
 
-        Exact GP posterior on the learned embedding, evaluated in chunks of ``self.chunk``
-        candidates. Units are the measurement's units unless ``standardized``.
+        Exact GP posterior on the learned embedding, evaluated in chunks of ``chunk``
+        candidates.
+
+        Parameters
+        ----------
+        indices : (m,) int array, optional
+            Flat pixel indices; default every pixel (H*W).
+        standardized : bool
+            Return GP units (warped and standardised) instead of the measurement's units.
+
+        Returns
+        -------
+        mean, std : (m,) float arrays
         """
         import torch
 
-        if not self.fitted:
-            raise ValueError("The model has no measurements yet: observe some points first.")
+        gp = self._fitted_gp()
         x = self.inputs
         if indices is not None:
             x = x[torch.as_tensor(np.asarray(indices, np.int64), device=self.device)]
@@ -477,7 +484,7 @@ class DKLModel:
         means, stds = [], []
         with torch.no_grad():
             for start in range(0, len(x), self.chunk):
-                zs = self._gp.featurize(x[start : start + self.chunk])
+                zs = gp.featurize(x[start : start + self.chunk])
                 ks = self._cross(zs, zt)  # (m, n)
                 means.append((mu0 + ks @ alpha).squeeze(-1).cpu().numpy())
                 v = torch.linalg.solve_triangular(chol, ks.T, upper=False)
@@ -486,10 +493,25 @@ class DKLModel:
         mean, std = np.concatenate(means), np.concatenate(stds)
         if standardized:
             return mean, std
-        return mean * self._y_std + self._y_mean, std * self._y_std
+        return self.outcome_transform.untransform(mean, std)
 
-    def sample(self, indices: np.ndarray, n_samples: int, rng: np.random.Generator):
-        """Joint posterior samples (standardised units) at flat ``indices``: (n_samples, n)."""
+    def sample(self, indices: np.ndarray, n_samples: int, rng: np.random.Generator) -> np.ndarray:
+        """Joint posterior samples of the latent function at flat pixel ``indices``.
+
+        Parameters
+        ----------
+        indices : (m,) int array
+            Flat pixel indices.
+        n_samples : int
+            Number of joint samples.
+        rng : numpy.random.Generator
+            Source of the standard normal draws.
+
+        Returns
+        -------
+        (n_samples, m) float array
+            Samples in GP units.
+        """
         import torch
 
         x = self.inputs[torch.as_tensor(np.asarray(indices, np.int64), device=self.device)]
@@ -511,3 +533,29 @@ class DKLModel:
         if not self.fitted:
             raise ValueError("The model is not fitted yet.")
         return self._embed(self.inputs)[:, : self.dim].cpu().numpy()
+
+    def leave_one_out(self) -> np.ndarray:
+        """Leave-one-out log predictive density (nats, GP units) of every measurement, (n,)."""
+        _, chol, _, mu0 = self._posterior_cache()
+        resid = self._fitted_gp().train_targets.double() - mu0
+        return loo_log_density(chol.cpu().numpy(), resid.cpu().numpy())
+
+
+def loo_log_density(chol: np.ndarray, resid: np.ndarray) -> np.ndarray:
+    """Exact-GP leave-one-out log predictive density of every observation (nats), (n,).
+
+    With ``K = L Lᵀ`` the noisy train covariance (``chol`` = lower Cholesky factor ``L``,
+    (n, n)) and ``resid`` (n,) the observations minus the prior mean, the predictive of
+    ``y_i`` given all other points is Gaussian with mean ``y_i - [K⁻¹r]_i / [K⁻¹]_ii`` and
+    variance ``1 / [K⁻¹]_ii`` (Rasmussen & Williams 2006, eq. 5.12), so
+    ``log p(y_i | y_-i) = -½ log 2π + ½ log [K⁻¹]_ii - ½ [K⁻¹r]_i² / [K⁻¹]_ii``.
+    Hyper-parameters (and the feature network) stay those fitted on all points.
+    """
+    from scipy.linalg import cho_solve
+
+    chol = np.asarray(chol, np.float64)
+    resid = np.asarray(resid, np.float64).ravel()
+    kinv = cho_solve((chol, True), np.eye(len(resid)))
+    d = np.clip(np.diag(kinv), 1e-300, None)
+    alpha = kinv @ resid
+    return -0.5 * np.log(2 * np.pi) + 0.5 * np.log(d) - 0.5 * alpha**2 / d

@@ -204,7 +204,7 @@ class LoopArea(Scalarizer):
 class CallableScalarizer(Scalarizer):
     """Wrap any ``fn(spectra (n, E), axis (E,)) -> (n,)`` (or ``fn(spectrum) -> float``)."""
 
-    fn: Callable = None
+    fn: Callable | None = None
     per_spectrum: bool = False
     name = "callable"
 

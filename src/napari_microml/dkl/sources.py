@@ -93,7 +93,7 @@ class SpectrumImageSource:
             scalarizer.axis = self.axis
         self.scalarizer = scalarizer
         self.revealed = np.zeros(self.shape, bool)
-        self.last_spectra = None
+        self.last_spectra: np.ndarray | None = None
 
     def spectra(self, coords) -> np.ndarray:
         c = check_coords(coords, self.shape)
@@ -124,7 +124,7 @@ class ScalarMapSource:
         self.values = values.astype(np.float64)
         self.shape = values.shape
         self.revealed = np.zeros(self.shape, bool)
-        self.last_spectra = None
+        self.last_spectra: np.ndarray | None = None
 
     def __call__(self, coords) -> np.ndarray:
         c = check_coords(coords, self.shape)
@@ -142,7 +142,7 @@ class CallableSource:
         if not callable(fn):
             raise ValueError("CallableSource needs a function measure(coords) -> values.")
         self.fn, self.shape, self.scalarizer = fn, tuple(shape), scalarizer
-        self.last_spectra = None
+        self.last_spectra: np.ndarray | None = None
 
     def __call__(self, coords) -> np.ndarray:
         c = check_coords(coords, self.shape)

@@ -1,4 +1,4 @@
-"""Monotone warps of the measured values before the GP sees them.
+"""Outcome transforms: measured values to the GP's units (monotone warp, then standardise).
 
 A GP assumes Gaussian values; measured properties are often skewed (an edge intensity that is
 near zero almost everywhere and large in a few precipitates). A monotone warp refitted on the
@@ -11,21 +11,59 @@ while making them look more Gaussian to the GP:
 * ``"rank"``: normal scores of the ranks (a Gaussian copula), ties averaged.
 
 Every warp maps values to warped units (``forward``) and back (``inverse``), so posterior maps
-are shown in the measurement's units.
+are shown in the measurement's units. :class:`OutcomeTransform` chains a warp with
+standardisation (as BoTorch's ``ChainedOutcomeTransform(Power, Standardize)``); every surrogate
+holds one.
 """
 
 from __future__ import annotations
+
+from typing import Protocol
 
 import numpy as np
 
 TARGET_WARPS = ("none", "power", "rank")
 
 
-def make_warp(name: str):
+def standardization(y: np.ndarray) -> tuple[float, float]:
+    """Mean and scale that standardise measurements ``y`` (float64), in their own units.
+
+    The scale is the standard deviation; constant values (no spread at the data's own
+    precision) are scaled by their magnitude, so nothing depends on an absolute tolerance
+    (values of 1e-15 A standardise as values of 1 A do).
+    """
+    y = np.asarray(y, np.float64)
+    mean = float(y.mean())
+    std = float(y.std())
+    if std > 1e-12 * float(np.abs(y).max()):  # relative: a spread above float64 rounding
+        return mean, std
+    return mean, (abs(mean) or 1.0)
+
+
+class Warp(Protocol):
+    """A monotone map of measured values, refitted on the measurements."""
+
+    name: str
+
+    def fit(self, values: np.ndarray) -> np.ndarray:
+        """Fit on ``values`` (n,) and return them warped (n,)."""
+        ...
+
+    def forward(self, values: np.ndarray) -> np.ndarray:
+        """Measurement units to warped units."""
+        ...
+
+    def inverse(self, warped: np.ndarray) -> np.ndarray:
+        """Warped units to measurement units."""
+        ...
+
+
+def make_warp(name: str) -> Warp:
     """A fresh, unfitted warp called ``name`` (one of ``TARGET_WARPS``)."""
     if name not in TARGET_WARPS:
         raise ValueError(f"target_warp must be one of {', '.join(TARGET_WARPS)}, not {name!r}.")
-    return {"none": IdentityWarp, "power": PowerWarp, "rank": RankWarp}[name]()
+    warps: dict[str, type[Warp]] = {"none": IdentityWarp, "power": PowerWarp, "rank": RankWarp}
+    return warps[name]()
 
 
 class IdentityWarp:
@@ -52,8 +90,6 @@ class PowerWarp:
 
     def fit(self, values: np.ndarray) -> np.ndarray:
         from scipy import stats
-
-        from napari_microml.dkl.model import standardization
 
         y = np.asarray(values, float)
         self.mean, self.sd = standardization(y)  # no floor in the data's units
@@ -140,3 +176,35 @@ def unwarp_moments(warp, mean_w: np.ndarray, std_w: np.ndarray):
     mean = warp.inverse(mean_w)
     std = 0.5 * (warp.inverse(mean_w + std_w) - warp.inverse(mean_w - std_w))
     return mean, np.abs(std)
+
+
+class OutcomeTransform:
+    """Measurement units to the GP's units and back: a monotone warp, then standardisation.
+
+    :meth:`fit` refits both on the measurements at every model fit; the surrogate trains on
+    ``fit(values)`` and reports its posterior through :meth:`untransform`, so acquisition
+    functions work in GP units and maps are shown in the measurement's units.
+
+    Parameters
+    ----------
+    warp : {"none", "power", "rank"}
+        The warp (:func:`make_warp`); ``"none"`` only standardises.
+    """
+
+    def __init__(self, warp: str = "none") -> None:
+        self.warp = make_warp(warp)
+        self.mean, self.std = 0.0, 1.0
+
+    def fit(self, values: np.ndarray) -> np.ndarray:
+        """Fit the warp and the standardisation on ``values`` (n,); return them in GP units."""
+        warped = np.asarray(self.warp.fit(np.asarray(values, np.float64)), np.float64).ravel()
+        self.mean, self.std = standardization(warped)
+        return (warped - self.mean) / self.std
+
+    def forward(self, values: np.ndarray) -> np.ndarray:
+        """Values (any shape) in measurement units to GP units."""
+        return (np.asarray(self.warp.forward(values), np.float64) - self.mean) / self.std
+
+    def untransform(self, mean: np.ndarray, std: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Posterior mean and std in GP units to measurement units (:func:`unwarp_moments`)."""
+        return unwarp_moments(self.warp, mean * self.std + self.mean, std * self.std)
