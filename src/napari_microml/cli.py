@@ -97,7 +97,6 @@ EXIT_CODES = (
     else "Exit codes: 0 success, 1 tool failed, 2 bad input or usage, 3 partial, 130 interrupted"
 )
 STAGING_PREFIX = ".microml-partial-"
-CONTRASTS = ("auto", "bright", "dark")
 
 
 class InputError(ValueError):
@@ -1062,6 +1061,8 @@ def run_tool(
         if rescale not in RESCALE_MODES:
             raise InputError(f"--rescale {rescale!r}: choose one of {', '.join(RESCALE_MODES)}.")
         run = functools.partial(run, rescale=rescale)
+    from napari_microml.runtime.contrast import CONTRASTS
+
     if contrast not in CONTRASTS:
         raise InputError(f"--contrast {contrast!r}: choose one of {', '.join(CONTRASTS)}.")
     if contrast != "auto":
@@ -1209,6 +1210,7 @@ def run_tool(
 # --------------------------------------------------------------------------------- main
 def _parser() -> argparse.ArgumentParser:
     from napari_microml import __version__
+    from napari_microml.runtime.device import CHOICES as DEVICES
 
     fmt = argparse.RawDescriptionHelpFormatter
     ap = argparse.ArgumentParser(
@@ -1254,7 +1256,7 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument(
             "--device",
             default="auto",
-            choices=["auto", "cpu", "cuda", "mps"],
+            choices=list(DEVICES),
             help="where networks run (default auto)",
         )
         sp.add_argument("--quiet", action="store_true", help="no progress output")
@@ -1282,6 +1284,8 @@ def _parser() -> argparse.ArgumentParser:
                 f"always to a {TARGET:g} px period, off never",
             )
         if name == "atoms":
+            from napari_microml.runtime.contrast import CONTRASTS
+
             sp.add_argument(
                 "--contrast",
                 default="auto",
