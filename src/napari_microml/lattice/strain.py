@@ -104,11 +104,12 @@ def reference_deformation(F: np.ndarray) -> np.ndarray:
         jump with noise when the strain has two humps (a dislocation's two sides), and unlike the
         plain mean it ignores outlying fits.
     """
-    from scipy.stats import trim_mean
-
     F = np.asarray(F, float).reshape(-1, 4)
     F = F[np.isfinite(F).all(axis=1)]
-    return np.asarray(trim_mean(F, 0.25, axis=0)).reshape(2, 2)
+    lo = len(F) // 4
+    hi = len(F) - lo
+    central = np.partition(F, (lo, hi - 1), axis=0)[lo:hi] if hi > lo + 1 else F
+    return central.mean(axis=0).reshape(2, 2)
 
 
 def strain_rotation(F: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
