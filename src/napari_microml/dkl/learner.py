@@ -521,9 +521,22 @@ def _torch_threads() -> int:
 class CampaignResult:
     """Outcome of :func:`run_campaign` (all in measurement order).
 
-    ``coords`` (N, 2) int (row, col) px, ``values`` (N,) and ``best_so_far`` (N,) in the
-    measurement's units, ``log`` one record per measurement, ``provenance`` tool, version,
-    parameters, seed and device (as every tool's result).
+    Attributes
+    ----------
+    coords : (N, 2) int array
+        Measured pixels (row, col).
+    values : (N,) float array
+        Measured values, in the measurement's units.
+    best_so_far : (N,) float array
+        Best value after each measurement.
+    log : list of dict
+        One record per measurement (:meth:`ActiveLearner.log_records`).
+    learner : ActiveLearner
+        The learner, to continue the campaign or map its posterior.
+    device : str
+        The device the surrogate ran on, in words.
+    provenance : dict
+        Tool, version, parameters, seed and device (as every tool's result).
     """
 
     coords: np.ndarray
@@ -755,6 +768,7 @@ def run_campaign(
     Parameters
     ----------
     structure : (H, W) array
+        Structure image (e.g. HAADF), any real units; each pixel is a candidate site.
     measure : callable or array
         ``measure(coords (n, 2) int) -> (n,) values`` (or ``(n, E)`` spectra with
         ``scalarizer=``); a 2D array is replayed as a scalar map, a 3D (H, W, E) array as a
@@ -762,8 +776,10 @@ def run_campaign(
     budget : int
         Total number of measurements, the ``n_initial`` random ones included.
     n_initial : int
-        Random measurements before the model is used.
+        Measurements of the initial design (``initial``) before the model is used.
     acquisition : str or AcquisitionFunction
+        ``ts`` (default), ``ei``, ``ucb``, ``pi``, ``uncertainty`` or ``random`` (see
+        :class:`ActiveLearner`).
     batch_size : int
         Points measured per step after the initial design.
     seed : int
