@@ -132,6 +132,9 @@ def _build_net(L: int, latent_dim: int, model: str, hidden: int, coord):
     n_shift = 1 if model == "shift" else 0
 
     class Net(nn.Module):
+        coord: torch.Tensor  # buffers (register_buffer)
+        freqs: torch.Tensor
+
         def __init__(self):
             super().__init__()
             self.encoder = nn.Sequential(

@@ -109,7 +109,7 @@ def lattice_sites(shape, lattice: str, spacing: float, rotation: float, rng, mar
 def _poisson_disc(shape, n, min_dist, rng, inside=None):
     """Up to ``n`` random points at least ``min_dist`` apart (dart throwing)."""
     h, w = shape
-    pts = []
+    pts: list[np.ndarray] = []
     for _ in range(n * 20):
         p = rng.uniform([2, 2], [h - 3, w - 3])
         if inside is not None and not inside[int(p[0]), int(p[1])]:

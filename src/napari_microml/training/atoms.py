@@ -110,14 +110,14 @@ def train(
     for step in range(1, steps + 1):
         net.train()
         idx = rng.integers(0, n_train, batch)
-        xb, yb = [], []
+        xs, ys = [], []
         for i in idx:
             x, y = dihedral([x_train[i], y_train[i]], int(rng.integers(8)))
             gain = rng.uniform(0.8, 1.2)
-            xb.append(x * gain + rng.uniform(-0.1, 0.1))
-            yb.append(y)
-        xb = torch.from_numpy(np.stack(xb)).float()
-        yb = torch.from_numpy(np.stack(yb)).float()
+            xs.append(x * gain + rng.uniform(-0.1, 0.1))
+            ys.append(y)
+        xb = torch.from_numpy(np.stack(xs)).float()
+        yb = torch.from_numpy(np.stack(ys)).float()
         loss = loss_fn(net(xb), yb)
         opt.zero_grad()
         loss.backward()
