@@ -73,4 +73,4 @@ train-completion: venv
 	$(TRAIN).completion --phase gan --steps 400 --n-bank 300 --clean-frac 0.35 --seed 1
 
 clean:
-	rm -rf $(VENV) demo_output .pytest_cache
+	rm -rf $(VENV) demo_output .pytest_cache .mypy_cache .ruff_cache
