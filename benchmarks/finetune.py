@@ -1,4 +1,4 @@
-"""Fine-tuning the atom finder on a user's corrections (mm.finetune_atoms), beside the default model.
+"""Fine-tuning the atom finder on a user's corrections (mm.finetune_atoms) beside the default.
 
 Parts (one JSON document; every fine-tuned score sits beside the default model's in the same run):
 - ``pt``: ../shared/data/atoms_pt_haadf (11 hand-labelled Pt/C HAADF images). For k = 1, 3, 5 and

@@ -195,7 +195,7 @@ def test_review_puts_doubtful_points_first():
     )
     features.loc[5, "score"] = 0.52  # just above the threshold
     features.loc[7, "position_std"] = 2.0
-    order, words = ft.review_order(pos, features, threshold=0.5)
+    order, words = ft.review_order(pos, features=features, threshold=0.5)
     assert set(order[:4]) == {5, 7, len(pos) - 1, 40}  # 40 is (50, 50), crowded by the extra peak
     assert "near the threshold" in words[5] and "uncertain by 2.0 px" in words[7]
     assert "nearest neighbour" in words[len(pos) - 1]

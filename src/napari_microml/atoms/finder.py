@@ -23,39 +23,49 @@ from napari_microml.runtime.validate import (
 from napari_microml.runtime.workers import drain, progress
 
 FEATURES = ("score", "intensity", "sigma", "position_std", "fit_ok")
-INPUTS = (
-    "plain",
-    "flatten",
-)  # what a model was trained on: robust scaling, or that after flattening
-FLATTEN_RADIUS = (
-    8  # flatten_background radius (px of the network grid): a minimum over 35 px, smoothed
-)
-# rescale="auto" also resamples a NOISY lattice (runtime.spacing.NOISY) whose period exceeds this
-# (px): at native scale the network misses columns there (real Acquisition_18: 1,255 of ~1,850).
-# Judged on fresh simulated crystals (12-32 px, 10-5,000 counts): F1 no cell lower, 0.947 -> 0.997
-# at 32 px / 10 counts, positions unchanged at 50-5,000 counts (benchmarks/RESULTS.md).
+# what a model was trained on: robust scaling, or that after flattening the background
+INPUTS = ("plain", "flatten")
+# flatten_background radius (px of the network grid): a minimum over 35 px, smoothed
+FLATTEN_RADIUS = 8
+# rescale="auto" also resamples a noisy lattice whose period exceeds this (px): at native scale
+# the network misses columns there (benchmarks/RESULTS.md, "rescale")
 NOISY_PERIOD = 22.0
 
 
 def network_input(image: np.ndarray, kind: str = "plain") -> np.ndarray:
-    """What an atom network sees: the frame (bright columns, on the network's grid) scaled so its
-    0.5 / 99.8 percentiles map to 0 / 1; for ``kind="flatten"`` the slowly varying background
-    (support thickness, gradients) is subtracted first (:func:`~napari_microml.atoms.refine.flatten_background`),
-    so faint columns on a bright, uneven support keep their contrast."""
+    """Return what an atom network sees: the frame scaled so 0.5 / 99.8 percentiles map to 0 / 1.
+
+    For ``kind="flatten"`` the slowly varying background (support thickness, gradients) is
+    subtracted first (:func:`~napari_microml.atoms.refine.flatten_background`), so faint columns
+    on a bright, uneven support keep their contrast.
+
+    Parameters
+    ----------
+    image : (H, W) array
+        The frame with bright columns, on the network's grid.
+    kind : {'plain', 'flatten'}
+        The input the model was trained on.
+
+    Returns
+    -------
+    (H, W) float array
+    """
     if kind not in INPUTS:
         raise ValueError(f"Unknown network input {kind!r}; choose one of {', '.join(INPUTS)}.")
-    image = robust_normalize(
-        image
-    )  # first: flattening then works on 0–1 numbers whatever the units
+    # first: flattening then works on 0–1 numbers whatever the units
+    image = robust_normalize(image)
     return (
         robust_normalize(flatten_background(image, FLATTEN_RADIUS)) if kind == "flatten" else image
     )
 
 
 def input_kind(net, info: dict) -> str:
-    """The input a loaded atom model expects: its recorded ``meta["input"]``, else the module's
-    ``input_kind`` attribute (modules passed directly), else "plain"."""
-    return (info.get("meta") or {}).get("input") or getattr(net, "input_kind", "plain")
+    """Return the input a loaded atom model expects.
+
+    That is its recorded ``meta["input"]``, else the module's ``input_kind`` attribute (modules
+    passed directly), else "plain".
+    """
+    return str((info.get("meta") or {}).get("input") or getattr(net, "input_kind", "plain"))
 
 
 @dataclass
@@ -80,6 +90,7 @@ class AtomsResult:
 
     @property
     def frames(self):
+        """Frame index of every column for a stack, else None."""
         return self.features["frame"].to_numpy() if self.is_stack else None
 
     @property
@@ -133,7 +144,7 @@ def find_atoms_iter(
     rescale="auto",
     input_name: str | None = None,
 ):
-    """Generator twin of :func:`find_atoms`: yields progress tuples, returns an AtomsResult."""
+    """Run :func:`find_atoms` as a generator: yield progress tuples, return an AtomsResult."""
     import pandas as pd
 
     from napari_microml.nets.registry import load_model, model_provenance
@@ -324,8 +335,11 @@ def find_atoms(
 
 
 def refine_points_iter(image, positions, *, frames=None, refine="gaussian", contrast="auto"):
-    """Re-refine a user-edited set of points (per frame for stacks); returns (positions, features).
-    ``contrast='auto'`` decides from the first frame's skew (:func:`napari_microml.runtime.contrast.decide`)."""
+    """Re-refine a user-edited set of points (per frame for stacks); return (positions, features).
+
+    ``contrast='auto'`` decides from the first frame's skew
+    (:func:`napari_microml.runtime.contrast.decide`).
+    """
     import pandas as pd
 
     check_contrast(contrast)

@@ -29,6 +29,8 @@ BATCH = 8
 REPLAY = 2  # crops per batch drawn from synthetic frames (all scenes and lattices)
 N_REPLAY = 64  # synthetic frames in the replay pool
 LR = 5e-4
+ANCHOR = 0.0  # L2-SP: weight of the squared distance to the base model's weights
+FREEZE_BN = False  # keep the base's BatchNorm statistics (a batch of 8 crops is a noisy estimate)
 THRESHOLDS = np.round(np.arange(0.1, 0.91, 0.05), 2)
 MIN_POINTS = 5
 USER_SIGMA = 1.25  # heat-map peak width (px) on the user's points, as the shipped training's
@@ -37,10 +39,23 @@ MARGIN = 32  # px of context either side of a validation strip when predicting i
 
 @dataclass
 class FinetuneResult:
-    """name : the model to use: the new one's short name, or the base when it did not beat it.
-    kept_base : True when no model was written (``reason`` says why).
-    card : the model card (also for a kept base, with the scores that decided).
-    history : one dict per validation pass: step, loss, val_f1, threshold."""
+    """What a fine-tune handed over.
+
+    Attributes
+    ----------
+    name : str
+        The model to use: the new one's short name, or the base when it did not beat it.
+    kept_base : bool
+        True when no model was written (``reason`` says why).
+    reason : str
+        One sentence for the status line.
+    card : dict
+        The model card (also for a kept base, with the scores that decided).
+    history : list of dict
+        One dict per validation pass: step, loss, val_f1, threshold.
+    device : str
+        Where it ran.
+    """
 
     name: str
     kept_base: bool
@@ -80,7 +95,7 @@ def _as_lists(images, positions):
             f"{len(positions)} point list(s)."
         )
     imgs, pts = [], []
-    for i, (img, pos) in enumerate(zip(images, positions)):
+    for i, (img, pos) in enumerate(zip(images, positions, strict=True)):
         img = np.asarray(img, np.float32)
         if img.ndim != 2:
             raise ValueError(
@@ -115,9 +130,12 @@ def _as_lists(images, positions):
 
 
 def _prepare(img, pos, kind, fraction, seed, crop, contrast="auto"):
-    """The image and its points on the network's grid (as find_atoms resamples it), and a
-    validation strip of ``fraction`` of it at one of its four edges: the one holding the share
-    of the points nearest to ``fraction`` (sparse atoms may all sit in one part of the frame)."""
+    """Put the image and its points on the network's grid, with a validation strip.
+
+    The grid is the one find_atoms resamples to; the strip is ``fraction`` of the image at the
+    one of its four edges holding the share of the points nearest to ``fraction`` (sparse atoms
+    may all sit in one part of the frame).
+    """
     from napari_microml.atoms.finder import NOISY_PERIOD, network_input
     from napari_microml.runtime.contrast import decide
     from napari_microml.runtime.spacing import resample, to_resampled, zoom_for
@@ -156,8 +174,11 @@ def _prepare(img, pos, kind, fraction, seed, crop, contrast="auto"):
 
 
 def _tolerance(points: list) -> float:
-    """Matching distance for the validation F1 (px, network grid): 0.3 × the median distance
-    between neighbouring user points, 1.5–5 px (close to the box protocol's on sparse atoms)."""
+    """Return the matching distance for the validation F1 (px, network grid).
+
+    0.3 × the median distance between neighbouring user points, 1.5–5 px (close to the box
+    protocol's on sparse atoms).
+    """
     from scipy.spatial import cKDTree
 
     nn = [cKDTree(p).query(p, k=2)[0][:, 1] for p in points if len(p) > 1]
@@ -166,7 +187,7 @@ def _tolerance(points: list) -> float:
 
 
 def _crop(item: _Item, size: int, rng) -> tuple:
-    """A training crop (input, target) outside the validation strip, near a point 70 % of the time."""
+    """Draw a training crop (input, target) outside the validation strip, often near a point."""
     shape = item.x.shape
     lo_a, hi_a = item.train
     other = 1 - item.axis
@@ -195,8 +216,11 @@ def _jitter(x: np.ndarray, rng) -> np.ndarray:
 
 
 class _Validator:
-    """Validation F1 on the strips: peaks of the probability map at every threshold, matched to
-    the user's points there (Hungarian, within ``tolerance``), counts pooled over images."""
+    """Score a network on the validation strips.
+
+    Peaks of the probability map at every threshold are matched to the user's points there
+    (Hungarian, within ``tolerance``); counts are pooled over images.
+    """
 
     def __init__(self, items, tolerance, dev):
         self.items, self.tol, self.dev = items, tolerance, dev
@@ -242,7 +266,7 @@ class _Validator:
             y = item.target[tuple(sl)]
             loss += float(np.mean(-(1 + 9 * y) * (y * np.log(p) + (1 - y) * np.log(1 - p))))
         f1 = np.where(n_pred + n_true > 0, 2 * tp / np.maximum(n_pred + n_true, 1), 1.0)
-        # a few dozen held-out points make F1(threshold) jagged: judge each threshold with its neighbours
+        # a few dozen held-out points make F1(threshold) jagged: judge a threshold with neighbours
         smooth = np.convolve(np.pad(f1, 2, mode="edge"), np.ones(5) / 5, mode="valid")
         best = int(np.argmax(smooth))  # ties: the lowest threshold
         return {
@@ -250,6 +274,8 @@ class _Validator:
             "threshold": float(THRESHOLDS[best]),
             "loss": loss / len(self.items),
             "f1_by_threshold": f1.round(4).tolist(),
+            "tp": tp.astype(int).tolist(),
+            "n_pred": n_pred.astype(int).tolist(),
             "n_points": int(n_true),
         }
 
@@ -271,10 +297,13 @@ def finetune_atoms_iter(
     contrast: str = "auto",
     image_names=None,
 ):
-    """Generator twin of :func:`finetune_atoms`: yields ``("progress", done, total, message)``
-    every step and ``("loss", step, total, {"loss", "val_f1", "threshold"})`` after every
-    validation pass; returns a :class:`FinetuneResult`. Closing it (Stop) before it returns
-    writes nothing: the model files are written at the very end, atomically."""
+    """Run :func:`finetune_atoms` as a generator; return a :class:`FinetuneResult`.
+
+    Yields ``("progress", done, total, message)`` every step and
+    ``("loss", step, total, {"loss", "val_f1", "threshold"})`` after every validation pass.
+    Closing it (Stop) before it returns writes nothing: the model files are written at the very
+    end, atomically. ``image_names`` (one per image, optional) go into the model card.
+    """
     import torch
     import torch.nn.functional as F
 
@@ -312,7 +341,7 @@ def finetune_atoms_iter(
     yield progress(0, max_steps, "preparing your images")
     prepared = [
         _prepare(img, pos, kind, float(validation), seed + i, crop, contrast)
-        for i, (img, pos) in enumerate(zip(imgs, pts))
+        for i, (img, pos) in enumerate(zip(imgs, pts, strict=True))
     ]
     items = [it for _, it in prepared]
     if sum(int(it.in_strip(it.points).sum()) for it in items) == 0:
@@ -345,11 +374,17 @@ def finetune_atoms_iter(
         "state": None,
     }
     history = [{"step": 0, "loss": None, "val_f1": before["f1"], "threshold": before["threshold"]}]
-    opt = torch.optim.AdamW(net.parameters(), lr=LR, weight_decay=1e-4)
+    anchor = [p.detach().clone() for p in net.parameters()]
+    # with L2-SP the weights are pulled towards the base's, not towards zero
+    opt = torch.optim.AdamW(net.parameters(), lr=LR, weight_decay=0.0 if ANCHOR else 1e-4)
     losses, since, step = [], 0, 0
     for step in range(1, max_steps + 1):
         net.train()
-        xb, yb = [], []
+        if FREEZE_BN:
+            for m in net.modules():
+                if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+        xs, ys = [], []
         for b in range(BATCH):
             x, y = (
                 replay[rng.integers(N_REPLAY)]
@@ -357,13 +392,18 @@ def finetune_atoms_iter(
                 else _crop(items[rng.integers(len(items))], crop, rng)
             )
             x, y = dihedral([x, y], int(rng.integers(8)))
-            xb.append(_jitter(x, rng))
-            yb.append(y)
-        xb = torch.from_numpy(np.stack(xb)).float().to(dev)
-        yb = torch.from_numpy(np.stack(yb)).float().to(dev)
+            xs.append(_jitter(x, rng))
+            ys.append(y)
+        xb = torch.from_numpy(np.stack(xs)).float().to(dev)
+        yb = torch.from_numpy(np.stack(ys)).float().to(dev)
         loss = F.binary_cross_entropy_with_logits(net(xb), yb, weight=1 + 9 * yb)
+        total = loss
+        if ANCHOR:
+            total = loss + ANCHOR * sum(
+                ((p - a) ** 2).sum() for p, a in zip(net.parameters(), anchor, strict=True)
+            )
         opt.zero_grad()
-        loss.backward()
+        total.backward()
         opt.step()
         losses.append(float(loss.detach()))
         yield progress(step, max_steps, f"step {step}/{max_steps}: loss {losses[-1]:.4f}")
@@ -407,7 +447,7 @@ def finetune_atoms_iter(
                 "n_points": len(p),
                 "zoom": round(z, 4),
             }
-            for n, i, p, (z, _) in zip(names, imgs, pts, prepared)
+            for n, i, p, (z, _) in zip(names, imgs, pts, prepared, strict=True)
         ],
         "n_points": int(sum(len(p) for p in pts)),
         "steps": step,
@@ -415,7 +455,7 @@ def finetune_atoms_iter(
         "best_step": best["step"],
         "seed": seed,
         "validation": {
-            "f1_is": "pooled over the held-out strips, mean of the threshold and its four neighbours",
+            "f1_is": "pooled over the held-out strips, mean of a threshold and its 4 neighbours",
             "fraction": float(validation),
             "n_points": before["n_points"],
             "tolerance_px": round(tol, 2),
@@ -538,13 +578,32 @@ def finetune_atoms(
 
 
 # -- proofreading: which points to look at first, and what the user changed ----------------------
-def review_order(positions, features=None, threshold: float = 0.5) -> tuple[np.ndarray, list[str]]:
-    """Indices of ``positions`` from least to most certain, and one reason per point.
+def review_order(
+    positions, *, features=None, threshold: float = 0.5
+) -> tuple[np.ndarray, list[str]]:
+    """Return the indices of ``positions`` from least to most certain, and one reason per point.
 
     Uncertain: a network score near ``threshold`` (within 0.15), a position_std above 0.5 px, or
     a nearest-neighbour distance far from the median (< 0.6× — a doubled or crowded peak — or
     > 1.6×: a gap where a column may be missing). Points without features (added by hand) count
-    as certain."""
+    as certain.
+
+    Parameters
+    ----------
+    positions : (N, 2) array
+        (row, col) in pixels.
+    features : pandas.DataFrame, optional
+        The finder's per-point features (``score``, ``position_std``), one row per point.
+    threshold : float
+        The detection threshold the points were found with (0–1).
+
+    Returns
+    -------
+    order : (N,) int array
+        Point indices, least certain first.
+    reasons : list of str
+        One sentence per point (in the points' order), why it is worth a look.
+    """
     from scipy.spatial import cKDTree
 
     pos = np.asarray(positions, float).reshape(-1, 2)
@@ -579,8 +638,22 @@ def review_order(positions, features=None, threshold: float = 0.5) -> tuple[np.n
 
 
 def count_edits(before, after, *, moved_px: float = 0.5, max_px: float = 3.0) -> dict:
-    """Points ``added``, ``removed`` and ``moved`` (by more than ``moved_px``) between two
-    versions of a points layer, pairing points within ``max_px`` (Hungarian)."""
+    """Count the points added, removed and moved between two versions of a points layer.
+
+    Parameters
+    ----------
+    before, after : (N, 2) arrays
+        (row, col) in pixels.
+    moved_px : float
+        A paired point counts as moved when it moved farther than this (px).
+    max_px : float
+        Points farther apart than this (px) are not paired (Hungarian matching).
+
+    Returns
+    -------
+    dict
+        ``added``, ``removed`` and ``moved`` counts.
+    """
     from napari_microml.atoms.metrics import match_points
 
     before = np.asarray(before, float).reshape(-1, 2)
@@ -595,16 +668,28 @@ def count_edits(before, after, *, moved_px: float = 0.5, max_px: float = 3.0) ->
 
 
 UNSURE_SCORE = 0.7  # a detection below this network score counts as unsure
-# Share of unsure detections that flags an image as unlike the training data: simulated lattices
-# (5 scenes x 3 doses) read at most 0.07; real Pt/C single atoms 0.43-0.81 (default F1 0.15-0.66);
-# simulated single atoms 0.05-0.18 where the default's F1 is 0.89-0.94, 0.47-0.71 where it is 0.14-0.64.
+# share of unsure detections that flags an image as unlike the training data: well above what
+# simulated lattices read, below what real Pt/C single atoms read (figures in docs/design.md)
 UNSURE_SHARE = 0.3
 
 
 def unsure_note(result) -> str:
-    """A status-line sentence when many of an AtomsResult's detections are unsure (the image is
-    probably unlike the model's training data), suggesting review and fine-tuning; else ''.
-    Not for the user's own models: their scores were calibrated on the user's images."""
+    """Return a status-line sentence when many of the detections are unsure, else ''.
+
+    Many unsure detections mean the image is probably unlike the model's training data; the
+    sentence suggests review and fine-tuning. Not for the user's own models: their scores were
+    calibrated on the user's images.
+
+    Parameters
+    ----------
+    result : AtomsResult
+        A result of :func:`~napari_microml.atoms.finder.find_atoms`.
+
+    Returns
+    -------
+    str
+        Starts with a space, so it can be appended to a status line.
+    """
     from napari_microml.nets.user_models import list_user_models
 
     features = getattr(result, "features", None)

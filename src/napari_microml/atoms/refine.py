@@ -25,8 +25,11 @@ NP = 5  # fitted parameters per column
 
 
 def window_radius(positions: np.ndarray, default: int = 4, max_radius: int = 10, tree=None) -> int:
-    """Fit-window radius from the median nearest-neighbour distance (0.4 of it, 2–``max_radius`` px);
-    ``tree``: a ``cKDTree`` of ``positions`` already built by the caller."""
+    """Return the fit-window radius: 0.4 of the median nearest-neighbour distance.
+
+    Clipped to 2–``max_radius`` px; ``tree`` is a ``cKDTree`` of ``positions`` already built by
+    the caller.
+    """
     if len(positions) < 2:
         return default
     from scipy.spatial import cKDTree
@@ -78,8 +81,10 @@ def _own_pixels(wgt, dy, dx, starts, neighbours):
 
 
 def _neighbours(positions: np.ndarray, r: int, k: int = 6, tree=None) -> np.ndarray:
-    """(N, k, 2) positions of up to ``k`` other columns within 2r + 1 px of each column, NaN-padded
-    (``tree``: a ``cKDTree`` of ``positions`` already built by the caller)."""
+    """Return (N, k, 2) positions of up to ``k`` other columns within 2r + 1 px of each column.
+
+    NaN-padded; ``tree`` is a ``cKDTree`` of ``positions`` already built by the caller.
+    """
     from scipy.spatial import cKDTree
 
     n = len(positions)
@@ -167,8 +172,9 @@ def _lm_gaussian(v, wgt, dy, dx, p, iters=10, tol=5e-3):
 
 
 def flatten_background(image: np.ndarray, radius: int) -> np.ndarray:
-    """Subtract the slowly varying background (gradients, thickness changes) so the
-    constant-background fit is not biased: a grey-scale minimum over 2·(2r+1) px, smoothed.
+    """Subtract the slowly varying background (gradients, thickness changes).
+
+    So the constant-background fit is not biased: a grey-scale minimum over 2·(2r+1) px, smoothed.
 
     The background varies on the scale of the filter (≥ 11 px), so the minimum is taken at half
     resolution and the smoothing on a grid ~``size / 4`` times coarser, interpolated back:
@@ -203,9 +209,11 @@ def _block_reduce(a: np.ndarray, k: int, ufunc) -> np.ndarray:
 def _upsample_linear(
     coarse: np.ndarray, step: int, shape: tuple, offset: float = 0.0
 ) -> np.ndarray:
-    """Bilinear interpolation of ``coarse`` (sample i at pixel ``offset + step·i``, clamped at
-    the edges) onto ``shape``: rows first on the coarse columns, then columns, so the
-    full-size work is one pass."""
+    """Interpolate ``coarse`` bilinearly onto ``shape``.
+
+    Sample i sits at pixel ``offset + step·i`` (clamped at the edges); rows first on the coarse
+    columns, then columns, so the full-size work is one pass.
+    """
     out = coarse
     for axis, n in enumerate(shape):
         x = np.clip((np.arange(n) - offset) / step, 0, out.shape[axis] - 1)

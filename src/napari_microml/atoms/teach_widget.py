@@ -28,6 +28,7 @@ from napari_microml.atoms.finetune import (
     review_order,
 )
 from napari_microml.runtime.widget import ToolWidget, viewer_camera
+from napari_microml.runtime.workers import Loss
 
 ARROW = " ← "
 
@@ -225,7 +226,9 @@ class TeachAtomsWidget(ToolWidget):
             layer = self.viewer.layers[name]
             meta = (layer.metadata.get("napari_microml") or {}).get("parameters", {})
             order, words = review_order(
-                np.asarray(layer.data)[:, -2:], layer.features, float(meta.get("threshold", 0.5))
+                np.asarray(layer.data)[:, -2:],
+                features=layer.features,
+                threshold=float(meta.get("threshold", 0.5)),
             )
             k = 0
         layer = self.viewer.layers[name]
@@ -304,12 +307,9 @@ class TeachAtomsWidget(ToolWidget):
         super().cancel()
         self._say("Stopping… (no model is written)")
 
-    def _on_yield(self, message):
-        if isinstance(message, tuple) and message and message[0] == "loss":
-            self._history.append({"step": message[1], **message[3]})
-            self._draw()
-            return
-        super()._on_yield(message)
+    def show_loss(self, loss: Loss) -> None:
+        self._history.append({"step": loss.step, **loss.values})
+        self._draw()
 
     def show_result(self, result):
         from napari.utils.notifications import show_info, show_warning

@@ -149,7 +149,8 @@ def card_markdown(card: dict) -> str:
         f"- Validation (a {val.get('fraction')} part of each image, kept out of training): "
         f"F1 {val.get('f1_before')} before → {val.get('f1_after')} after, matching within "
         f"{val.get('tolerance_px')} px",
-        f"- Detection threshold chosen on that part: {card.get('meta', {}).get('recommended_threshold')}",
+        "- Detection threshold chosen on that part: "
+        f"{card.get('meta', {}).get('recommended_threshold')}",
         f"- Weights sha256: {card.get('sha256')}",
         "",
         "## Source images",

@@ -4,8 +4,9 @@
 
 For each image: fine-tune a copy of the base model on the other images, find atoms on the
 held-out image, score it (21×21 px boxes, Hungarian, IoU > 0.5). The reported F1 is the mean
-over held-out images. In every fold the detection threshold is chosen on that fold's training images only.
-The shipped fine-tuned model is then trained on all images with the same recipe; its score is the cross-validated one, never a score on its own training images.
+over held-out images. In every fold the detection threshold is chosen on that fold's training
+images only. The shipped fine-tuned model is then trained on all images with the same recipe;
+its score is the cross-validated one, never a score on its own training images.
 """
 
 from __future__ import annotations
@@ -90,7 +91,7 @@ def pick_threshold(net, items, thresholds) -> float:
         np.mean(
             [
                 match_boxes(_local_maxima(p, t, 2)[0], true)["f1"]
-                for p, (_, _, true, _) in zip(probs, items)
+                for p, (_, _, true, _) in zip(probs, items, strict=True)
             ]
         )
         for t in thresholds
