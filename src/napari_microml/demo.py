@@ -51,7 +51,7 @@ def main(argv=None):
     (out / "provenance.json").write_text(json.dumps(points.metadata["napari_microml"], indent=2))
     from napari_microml.runtime.widget import viewer_camera
 
-    viewer.window._qt_window.resize(1400, 900)  # a laptop-sized window, not Xvfb's default
+    widget.native.window().resize(1400, 900)  # a laptop-sized window, not Xvfb's default
     camera = viewer_camera(viewer)
     camera.zoom = camera.zoom * 2.2
     napari_shot = viewer.screenshot(canvas_only=False, flash=False)

@@ -3,22 +3,25 @@
 from __future__ import annotations
 
 import weakref
+from functools import partial
 
 import napari
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, FloatSlider, PushButton, create_widget
+from magicgui.widgets import CheckBox, ComboBox, FloatSlider, PushButton
 
 from napari_microml.atoms.finder import NOISY_PERIOD, find_atoms_iter, refine_points_iter
 from napari_microml.atoms.finetune import unsure_note
-from napari_microml.runtime.contrast import ContrastChoice
+from napari_microml.atoms.refine import METHODS
+from napari_microml.runtime.contrast import CONTRASTS, ContrastChoice
 from napari_microml.runtime.widget import (
+    Job,
     ToolWidget,
     as_points,
+    layer_picker,
     physical_kwargs,
     pixel_size_nm,
     resample_note,
     rescale_combo,
-    upsert_layer,
 )
 
 FIT_OK_COLOR, FIT_FAILED_COLOR, MANUAL_COLOR = "#ff3b30", "#ffd60a", "#34c7ff"
@@ -39,7 +42,7 @@ def manual_defaults(columns) -> dict:
     return out
 
 
-_WATCHED = weakref.WeakSet()
+_WATCHED: weakref.WeakSet = weakref.WeakSet()
 
 
 def watch_added(layer) -> None:
@@ -130,7 +133,7 @@ class AtomFinderWidget(ToolWidget):
     tool_name = "atom_finder"
 
     def __init__(self, viewer: napari.viewer.Viewer):
-        self.image_layer = create_widget(annotation=napari.layers.Image, label="Image")
+        self.image_layer = layer_picker(napari.layers.Image, label="Image")
         self.image_layer.tooltip = (
             "The grey image (2D or a stack of frames); its pixel size in nm "
             "comes from the layer's scale and units"
@@ -152,7 +155,7 @@ class AtomFinderWidget(ToolWidget):
         )
         self.refine = ComboBox(
             label="Refinement",
-            choices=["gaussian", "com", "none"],
+            choices=list(METHODS),
             value="gaussian",
             tooltip="Sub-pixel positions (px): gaussian = a 2D Gaussian fit per "
             "column (failed fits fall back to the centre of mass and are "
@@ -161,7 +164,7 @@ class AtomFinderWidget(ToolWidget):
         )
         self.contrast = ComboBox(
             label="Columns are",
-            choices=["auto", "bright", "dark"],
+            choices=list(CONTRASTS),
             value="auto",
             tooltip=CONTRAST_TIP,
         )
@@ -212,9 +215,8 @@ class AtomFinderWidget(ToolWidget):
             )
         return layer
 
-    def make_job(self):
+    def make_job(self) -> Job:
         layer = self._selected_image()
-        source = layer.data  # read in the worker: a lazily loaded file is only read there
         kwargs = dict(
             model=self.model.value,
             threshold=float(self.threshold.value),
@@ -225,25 +227,25 @@ class AtomFinderWidget(ToolWidget):
             pixel_size=pixel_size_nm(layer),
             input_name=layer.name,
         )
-        self._source = layer
 
-        def job():
-            return (yield from find_atoms_iter(np.asarray(source), **kwargs))
+        def work(image):
+            return (yield from find_atoms_iter(image, **kwargs))
 
-        return job
+        show = partial(self._show_found, layer, bool(self.show_probability.value))
+        return Job(work, show, inputs={"image": layer})
 
-    def points_name(self, layer=None) -> str:
-        return f"{(layer or self._source).name} atoms"
+    @staticmethod
+    def points_name(layer) -> str:
+        """The name of the Points layer the finder writes for image ``layer``."""
+        return f"{layer.name} atoms"
 
-    def show_result(self, result):
-        layer = self._source
+    def _show_found(self, layer, with_probability: bool, result) -> None:
         data = as_points(result.positions, result.frames)
         sigma = np.nanmedian(result.features["sigma"]) if len(result.features) else np.nan
         size = float(np.clip(2.5 * sigma, 3, 30)) if np.isfinite(sigma) else 5.0
         features = result.features.reset_index(drop=True)
         features["manual"] = False
-        points = upsert_layer(
-            self.viewer,
+        points = self.upsert(
             self.points_name(layer),
             "points",
             data,
@@ -257,9 +259,8 @@ class AtomFinderWidget(ToolWidget):
         )
         style_points(points)
         watch_added(points)
-        if self.show_probability.value:
-            upsert_layer(
-                self.viewer,
+        if with_probability:
+            self.upsert(
                 f"{layer.name} atom probability",
                 "image",
                 result.probability,
@@ -304,16 +305,15 @@ class AtomFinderWidget(ToolWidget):
             self._say(str(err))
             return
         frames = pts[:, 0].round().astype(int) if pts.shape[1] == 3 else None
-        source = layer.data
         method = self.refine.value
         # the contrast the finder used for this layer, unless the user has set one
         used = points.metadata.get("napari_microml", {}).get("parameters", {}).get("contrast")
         contrast = self.contrast.value if self.contrast.value != "auto" else used or "auto"
 
-        def job():
+        def work(image):
             return (
                 yield from refine_points_iter(
-                    np.asarray(source), pts[:, -2:], frames=frames, refine=method, contrast=contrast
+                    image, pts[:, -2:], frames=frames, refine=method, contrast=contrast
                 )
             )
 
@@ -347,4 +347,4 @@ class AtomFinderWidget(ToolWidget):
                 f"{fit_note(old, refined=True)}."
             )
 
-        self.start(job, on_result=apply)
+        self.start(Job(work, apply, inputs={"image": layer}))

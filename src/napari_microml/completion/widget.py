@@ -3,23 +3,29 @@ that was measured sparsely (sparse image + mask, or scan positions with values).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
 import napari
 import numpy as np
-from magicgui.widgets import ComboBox, FloatSlider, SpinBox, create_widget
+from magicgui.widgets import ComboBox, FloatSlider, SpinBox
 
-from napari_microml.completion import kriging  # noqa: F401  (scipy imported now: in the worker it blocks the GUI ~0.5 s)
+# scipy imported with the dock: imported in the worker it would block the GUI ~0.5 s
+from napari_microml.completion import kriging  # noqa: F401
 from napari_microml.completion.masks import MASK_KINDS, scan_mask
 from napari_microml.completion.metrics import relative_rms
 from napari_microml.completion.scan_io import check_mask, check_sparse, rasterise
 from napari_microml.runtime.provenance import KEY
-from napari_microml.runtime.widget import ToolWidget, physical_kwargs, upsert_layer
+from napari_microml.runtime.widget import Job, ToolWidget, layer_picker, physical_kwargs
 
 SIMULATE, COMPLETE = "Simulate", "Complete measured data"
 IMAGE_MASK, POINTS = "sparse image + mask", "scan points + values"
 
 
 def _model_choices() -> list[tuple[str, str]]:
-    """(label, model name): the kriging default first, then the reference local GP, then networks."""
+    """(label, model name): kriging (the default), the reference local GP, then the networks."""
     from napari_microml.completion.complete import KRIGING, LOCAL_GP
     from napari_microml.nets.registry import list_models
 
@@ -34,6 +40,36 @@ SIGMA_CHOICES = [
 ]
 
 
+@dataclass
+class _Plan:
+    """What a run reads (made on the GUI thread from shapes and settings only)."""
+
+    source: Any  # the layer the run is named after and whose scale the results take
+    params: dict
+    sparse_layer: bool  # also show the sparse values (when they are not a layer already)
+    prepare: Callable[..., tuple]  # input arrays → (values, mask, truth or None), in the worker
+    inputs: dict = field(default_factory=dict)  # {argument of prepare: layer}
+
+
+@dataclass
+class _Run:
+    """A finished completion and what the result handler draws from it (made in the worker)."""
+
+    result: Any
+    coverage: float
+    limits: tuple[float, float]
+    sigma_limits: tuple[float, float]
+    median_sigma: float
+    sparse: np.ndarray | None = None
+    error: np.ndarray | None = None
+    rms: float = float("nan")
+
+    @property
+    def device(self) -> str:
+        """Where the completion ran (the "Ran on" line)."""
+        return self.result.device
+
+
 class ScanCompleterWidget(ToolWidget):
     """Fill in the unmeasured pixels of a partial (sparse) scan, with a per-pixel uncertainty."""
 
@@ -41,10 +77,9 @@ class ScanCompleterWidget(ToolWidget):
 
     def __init__(self, viewer: napari.viewer.Viewer):
         self.viewer = viewer
-        self._ctx: dict = {}
         self.mode = ComboBox(label="Mode", choices=[SIMULATE, COMPLETE], value=SIMULATE)
         # -- Simulate: a full image, scanned sparsely by a mask we draw ---------------------------
-        self.image_layer = create_widget(annotation=napari.layers.Image, label="Full image")
+        self.image_layer = layer_picker(napari.layers.Image, label="Full image")
         self.kind = ComboBox(label="Scan kind", choices=list(MASK_KINDS), value="spiral")
         self.coverage = FloatSlider(
             label="Coverage (%)",
@@ -57,13 +92,13 @@ class ScanCompleterWidget(ToolWidget):
         self.seed = SpinBox(label="Seed", value=0, min=0, max=2**31 - 1)
         # -- Complete: data measured sparsely --------------------------------------------------
         self.source = ComboBox(label="Measured as", choices=[IMAGE_MASK, POINTS], value=IMAGE_MASK)
-        self.sparse_layer = create_widget(annotation=napari.layers.Image, label="Sparse image")
+        self.sparse_layer = layer_picker(napari.layers.Image, label="Sparse image")
         self.mask_layer = ComboBox(
             label="Mask",
             choices=self._mask_choices,
             tooltip="Labels or image layer; non-zero = measured pixel",
         )
-        self.points_layer = create_widget(annotation=napari.layers.Points, label="Scan points")
+        self.points_layer = layer_picker(napari.layers.Points, label="Scan points")
         self.feature = ComboBox(
             label="Value feature",
             choices=self._feature_choices,
@@ -207,8 +242,7 @@ class ScanCompleterWidget(ToolWidget):
         except ValueError as err:
             self._say(str(err))
             return
-        upsert_layer(
-            self.viewer,
+        self.upsert(
             self.preview_name(layer),
             "labels",
             mask.astype(np.uint8),
@@ -232,7 +266,7 @@ class ScanCompleterWidget(ToolWidget):
             )
         return layer
 
-    def _simulate_inputs(self) -> dict:
+    def _simulate_plan(self) -> _Plan:
         layer = self._grey(self.image_layer.value, "full image")
         if layer.ndim != 2:
             raise ValueError(
@@ -248,35 +282,23 @@ class ScanCompleterWidget(ToolWidget):
             "mask_seed": int(self.seed.value),
         }
 
-        def prepare():  # in the worker: the layer's data may be large or lazy
-            truth = np.asarray(layer.data)
+        def prepare(truth):
             values, m = check_sparse(np.where(mask, truth, 0), mask)
-            return dict(values=values, mask=m, truth=truth)
+            return values, m, truth
 
-        return dict(
-            source=layer, name=layer.name, prepare=prepare, params=params, sparse_layer=True
-        )
+        return _Plan(layer, params, True, prepare, {"truth": layer})
 
-    def _complete_inputs(self) -> dict:
+    def _complete_plan(self) -> _Plan:
         if self.source.value == IMAGE_MASK:
             layer = self._grey(self.sparse_layer.value, "sparse image")
             mask_layer = self._grey(self.mask_layer.value, "mask")
-            mask = check_mask(
-                layer.data.shape, np.asarray(mask_layer.data)
-            )  # cheap: says what is wrong now
-            params = {
-                "mode": "complete",
-                "mask_layer": mask_layer.name,
-                "coverage": float(mask.mean()),
-            }
+            params = {"mode": "complete", "mask_layer": mask_layer.name}
 
-            def prepare():
-                values, m = check_sparse(np.asarray(layer.data), mask)
-                return dict(values=values, mask=m)
+            def prepare(values, mask):
+                m = check_mask(values.shape, mask)
+                return (*check_sparse(values, m), None)
 
-            return dict(
-                source=layer, name=layer.name, prepare=prepare, params=params, sparse_layer=False
-            )
+            return _Plan(layer, params, False, prepare, {"values": layer, "mask": mask_layer})
         points = self.points_layer.value
         if points is None:
             raise ValueError("Pick the scan points layer first.")
@@ -294,69 +316,69 @@ class ScanCompleterWidget(ToolWidget):
         shape = (points.metadata or {}).get("napari_microml", {}).get("scan_shape")
         grid, measured = rasterise(
             np.asarray(points.data), points.features[column].to_numpy(float), shape
-        )
+        )  # a Points layer's data are always in memory
         params = {
             "mode": "complete",
             "points_layer": points.name,
             "value_feature": column,
             "n_positions": int(len(points.data)),
-            "coverage": float(measured.mean()),
         }
 
-        def prepare():
-            values, m = check_sparse(grid, measured)
-            return dict(values=values, mask=m)
+        def prepare_points():
+            return (*check_sparse(grid, measured), None)
 
-        return dict(
-            source=points, name=points.name, prepare=prepare, params=params, sparse_layer=True
-        )
+        return _Plan(points, params, True, prepare_points, {})
 
-    def make_job(self):
+    def make_job(self) -> Job:
         from napari_microml.completion.complete import complete_scan_iter
 
-        ctx = self._simulate_inputs() if self.mode.value == SIMULATE else self._complete_inputs()
+        plan = self._simulate_plan() if self.mode.value == SIMULATE else self._complete_plan()
         kwargs = dict(
             model=self.model.value,
             device=self.device_choice.value,
             sigma=self.sigma.value,
-            input_name=ctx["name"],
+            input_name=plan.source.name,
         )
-        self._ctx = ctx
 
-        def job():
-            ctx.update(ctx.pop("prepare")())
-            result = yield from complete_scan_iter(ctx["values"], ctx["mask"], **kwargs)
-            # everything show_result draws is computed here, off the GUI thread
-            measured = ctx["values"][ctx["mask"]]
-            ctx["limits"] = _limits(measured.min(), measured.max())
-            ctx["sigma_limits"] = _limits(0, result.uncertainty.max())
-            ctx["median_sigma"] = float(np.median(result.uncertainty[~result.mask]))
-            if ctx["sparse_layer"]:
-                ctx["sparse"] = np.where(ctx["mask"], ctx["values"], 0)
-            if "truth" in ctx:
-                ctx["error"] = np.abs(result.image - ctx["truth"])
-                ctx["rms"] = 100.0 * relative_rms(result.image, ctx["truth"], result.mask)
-            return result
+        def work(**arrays):
+            values, mask, truth = plan.prepare(**arrays)
+            result = yield from complete_scan_iter(values, mask, **kwargs)
+            # everything the result handler draws is computed here, off the GUI thread
+            measured = values[mask]
+            run = _Run(
+                result=result,
+                coverage=float(mask.mean()),
+                limits=_limits(measured.min(), measured.max()),
+                sigma_limits=_limits(0, result.uncertainty.max()),
+                median_sigma=float(np.median(result.uncertainty[~result.mask])),
+                sparse=np.where(mask, values, 0) if plan.sparse_layer else None,
+            )
+            if truth is not None:
+                run.error = np.abs(result.image - truth)
+                run.rms = 100.0 * relative_rms(result.image, truth, result.mask)
+            return run
 
-        return job
+        return Job(work, partial(self._show_run, plan), inputs=plan.inputs)
 
-    def show_result(self, result):
-        ctx, name = self._ctx, self._ctx["name"]
-        phys = physical_kwargs(ctx["source"], result.image.ndim)
+    def _show_run(self, plan: _Plan, run: _Run) -> None:
+        result, name = run.result, plan.source.name
+        phys = physical_kwargs(plan.source, result.image.ndim)
         record = dict(result.provenance)
-        record["parameters"] = {**(record.get("parameters") or {}), **ctx["params"]}
+        params = {"coverage": run.coverage, **plan.params}
+        record["parameters"] = {**(record.get("parameters") or {}), **params}
         record["input_layer"] = name
         meta = self.provenance_metadata(record)
-        grey = dict(colormap="gray", contrast_limits=ctx["limits"])
-        add = []  # one layer per event-loop turn (self.later): adding a layer costs 0.1-0.3 s
-        if ctx["sparse_layer"]:
-            add.append((f"{name} sparse", "image", ctx["sparse"], dict(metadata=meta, **grey)))
+        grey: dict[str, Any] = dict(colormap="gray", contrast_limits=run.limits)
+        # one layer per event-loop turn (self.later): adding a layer costs 0.1-0.3 s
+        add: list[tuple[str, str, Any, dict[str, Any]]] = []
+        if run.sparse is not None:
+            add.append((f"{name} sparse", "image", run.sparse, dict(metadata=meta, **grey)))
         add.append(
             (
                 f"{name} uncertainty",
                 "image",
                 result.uncertainty,
-                dict(colormap="magma", contrast_limits=ctx["sigma_limits"], metadata=meta),
+                dict(colormap="magma", contrast_limits=run.sigma_limits, metadata=meta),
             )
         )
         what = {
@@ -366,35 +388,34 @@ class ScanCompleterWidget(ToolWidget):
         }.get(result.sigma, result.sigma)
         message = (
             f"Done: filled the {100 * (~result.mask).mean():.1f} % unmeasured pixels; the "
-            f"uncertainty layer shows {what} (median {ctx['median_sigma']:.3g})."
+            f"uncertainty layer shows {what} (median {run.median_sigma:.3g})."
         )
         completed_meta = meta
-        if "truth" in ctx:
-            rms = ctx["rms"]
+        if run.error is not None:
             add.append(
                 (
-                    self.preview_name(ctx["source"]),
+                    self.preview_name(plan.source),
                     "labels",
                     result.mask.astype(np.uint8),
                     dict(opacity=0.6),
                 )
             )
-            completed_meta = {KEY: {**record, "rms_error_unmeasured_percent": rms}}
+            completed_meta = {KEY: {**record, "rms_error_unmeasured_percent": run.rms}}
             add.append(
                 (
                     f"{name} |error|",
                     "image",
-                    ctx["error"],
+                    run.error,
                     dict(
                         colormap="inferno",
-                        contrast_limits=_limits(0, ctx["error"].max()),
+                        contrast_limits=_limits(0, run.error.max()),
                         metadata=meta,
                     ),
                 )
             )
             message = (
-                f"RMS error at unmeasured pixels: {rms:.2f} % of the image range "
-                f"({ctx['params']['scan_kind']}, {100 * result.mask.mean():.2f} % measured; "
+                f"RMS error at unmeasured pixels: {run.rms:.2f} % of the image range "
+                f"({params['scan_kind']}, {100 * result.mask.mean():.2f} % measured; "
                 f"uncertainty = {what})."
             )
         add.append(
@@ -402,11 +423,7 @@ class ScanCompleterWidget(ToolWidget):
         )
         first = f"{name} completed" not in self.viewer.layers
         for layer_name, kind, data, kw in add:
-            self.later(
-                lambda n=layer_name, k=kind, d=data, w=kw: upsert_layer(
-                    self.viewer, n, k, d, **w, **phys
-                )
-            )
+            self.later(partial(self.upsert, layer_name, kind, data, **kw, **phys))
         if first:  # the scan grid can be larger than what the camera shows (e.g. a movie's frames)
             self.later(self.viewer.reset_view)
         self.later(lambda: self._say(message))

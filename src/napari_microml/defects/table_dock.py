@@ -7,6 +7,7 @@ the Defect segmenter widget uses it to centre the viewer on the defect.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any, cast
 
 import numpy as np
 from qtpy.QtWidgets import (
@@ -54,7 +55,7 @@ class DefectTableDock(QWidget):
     def __init__(self, on_select: Callable | None = None, parent=None):
         super().__init__(parent)
         self.on_select = on_select
-        self.table = None
+        self.table: Any = None  # the DataFrame on show
         self._export_args: dict = {}
         self.title = QLabel("No defects yet: press Run in the Defect segmenter.")
         self.title.setWordWrap(True)
@@ -79,11 +80,13 @@ class DefectTableDock(QWidget):
         layout.addLayout(left, 2)
         layout.addLayout(right, 5)
         for table in (self.summary, self.defects):  # compact rows; the label column numbers them
-            table.verticalHeader().setDefaultSectionSize(table.fontMetrics().height() + 6)
-            table.verticalHeader().setVisible(False)
+            rows = cast(QHeaderView, table.verticalHeader())  # never None on a QTableWidget
+            rows.setDefaultSectionSize(table.fontMetrics().height() + 6)
+            rows.setVisible(False)
         self.defects.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
         self.defects.setMinimumHeight(self._rows_height(self.defects, MIN_ROWS))
-        self.summary.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
+        columns = cast(QHeaderView, self.summary.horizontalHeader())
+        columns.setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
         self.defects.cellClicked.connect(lambda r, _c: self._select(r))
         self.defects.currentCellChanged.connect(lambda r, _c, _pr, _pc: self._select(r))
         self.export_button.clicked.connect(self._on_export_clicked)
@@ -101,7 +104,7 @@ class DefectTableDock(QWidget):
     ) -> None:
         """Show ``table`` (one row per defect) and ``counts`` (class, count, density_per_nm2);
         ``env_counts`` (class, count, unusual) adds the environment classes below."""
-        self.table = table.reset_index(drop=True)
+        self.table = shown = table.reset_index(drop=True)
         self._export_args = dict(
             counts=counts, provenance=provenance, image=image, pixel_size=pixel_size
         )
@@ -120,17 +123,18 @@ class DefectTableDock(QWidget):
             for j, value in enumerate(row):
                 self.summary.setItem(i, j, QTableWidgetItem(str(value)))
         self.summary.resizeRowsToContents()
-        frame = 2 * self.summary.frameWidth() + self.summary.horizontalHeader().height()
+        header = cast(QHeaderView, self.summary.horizontalHeader())
+        frame = 2 * self.summary.frameWidth() + header.height()
         self.summary.setFixedHeight(
             min(180, frame + sum(self.summary.rowHeight(i) for i in range(len(rows))))
         )
-        cols = [c for c in SHOWN if c in self.table.columns]
+        cols = [c for c in SHOWN if c in shown.columns]
         self.defects.blockSignals(True)
         self.defects.clear()
         self.defects.setColumnCount(len(cols))
-        self.defects.setRowCount(len(self.table))
+        self.defects.setRowCount(len(shown))
         self.defects.setHorizontalHeaderLabels(cols)
-        for i, rec in enumerate(self.table[cols].itertuples(index=False)):
+        for i, rec in enumerate(shown[cols].itertuples(index=False)):
             for j, value in enumerate(rec):
                 self.defects.setItem(i, j, QTableWidgetItem(_text(value)))
         self.defects.blockSignals(False)

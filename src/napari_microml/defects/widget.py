@@ -3,28 +3,31 @@ table dock (counts, density, one row per defect; click to centre, Export CSV).""
 
 from __future__ import annotations
 
-from types import SimpleNamespace
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
 
 import napari
 import numpy as np
-from magicgui.widgets import ComboBox, FloatSlider, create_widget
+from magicgui.widgets import ComboBox, FloatSlider
 
 from napari_microml.atoms.widget import CONTRAST_TIP, points_to_pixels
 from napari_microml.defects.classes import CLASS_COLORS
 from napari_microml.defects.environments import classify_environments
 from napari_microml.defects.segment import segment_defects_iter
-from napari_microml.runtime.contrast import ContrastChoice
+from napari_microml.runtime.contrast import CONTRASTS, ContrastChoice
 from napari_microml.runtime.provenance import KEY
 from napari_microml.runtime.widget import (
+    Job,
     ToolWidget,
+    layer_picker,
     physical_kwargs,
     pixel_size_nm,
     resample_note,
     rescale_combo,
-    upsert_layer,
     viewer_camera,
 )
-from napari_microml.runtime.workers import progress
+from napari_microml.runtime.workers import Progress
 
 ENV_COLORS = (
     "#4477aa",
@@ -101,32 +104,43 @@ def class_colormap(table):
     from napari.utils.colormaps import DirectLabelColormap
 
     colors = {None: TRANSPARENT, 0: TRANSPARENT}
-    colors.update({int(lab): CLASS_COLORS[cls] for lab, cls in zip(table["label"], table["class"])})
+    colors.update(
+        {
+            int(lab): CLASS_COLORS[cls]
+            for lab, cls in zip(table["label"], table["class"], strict=True)
+        }
+    )
     return DirectLabelColormap(color_dict=colors)
 
 
 def _warm_label_colormap(res) -> None:
     """Compile napari's label-colour kernels (numba, ~4 s the first time) here in the worker on a
     few pixels, so drawing the labels layer does not freeze the window."""
-    try:
-        class_colormap(res.table)._data_to_texture(
-            np.ascontiguousarray(res.labels.reshape(-1)[:16]).reshape(4, 4)
-        )
-    except Exception:  # noqa: BLE001 - a private napari call: only a speed-up, never needed
-        pass
+    pixels = np.ascontiguousarray(res.labels.reshape(-1)[:16])
+    class_colormap(res.table).map(np.resize(pixels, 16).reshape(4, 4))
+
+
+@dataclass
+class DefectRun:
+    """What the worker hands to the GUI thread: the segmentation and the environments."""
+
+    defects: Any
+    env: Any
+    note: str
+    device: str
 
 
 class DefectSegmenterWidget(ToolWidget):
     tool_name = "defect_segmenter"
 
     def __init__(self, viewer: napari.viewer.Viewer):
-        self.image_layer = create_widget(annotation=napari.layers.Image, label="Image")
+        self.image_layer = layer_picker(napari.layers.Image, label="Image")
         self.image_layer.tooltip = (
             "The grey image (2D or a stack of frames); its pixel size in nm "
             "comes from the layer's scale and units (areas in nm², distances in nm)"
         )
-        self.atoms_layer = create_widget(
-            annotation=napari.layers.Points, label="Atoms (optional)", options={"nullable": True}
+        self.atoms_layer = layer_picker(
+            napari.layers.Points, label="Atoms (optional)", options={"nullable": True}
         )
         self.atoms_layer.tooltip = (
             "Atom columns for the environments, lattice spacing and checks "
@@ -157,7 +171,7 @@ class DefectSegmenterWidget(ToolWidget):
         )
         self.contrast = ComboBox(
             label="Columns are",
-            choices=["auto", "bright", "dark"],
+            choices=list(CONTRASTS),
             value="auto",
             tooltip=CONTRAST_TIP,
         )
@@ -176,7 +190,7 @@ class DefectSegmenterWidget(ToolWidget):
         )
         self.table_dock = None
         self._dock = None
-        self._labels_name = None
+        self._shown: tuple[str, str] | None = None  # (labels, image) names of the table's run
         self.model.changed.connect(self._on_model_changed)
         self._on_model_changed()
 
@@ -187,7 +201,7 @@ class DefectSegmenterWidget(ToolWidget):
         self.threshold.value = float(meta.get("recommended_threshold", 0.5))
 
     # -- run ---------------------------------------------------------------------------------
-    def make_job(self):
+    def make_job(self) -> Job:
         layer = self.image_layer.value
         if layer is None:
             raise ValueError("Pick an image layer first.")
@@ -195,34 +209,30 @@ class DefectSegmenterWidget(ToolWidget):
             raise ValueError(
                 f"Layer {layer.name!r} is an RGB picture; the defect segmenter needs a grey image."
             )
-        source = layer.data  # read in the worker: a lazily loaded file is only read there
         points = self.atoms_layer.value
         atoms = points_to_pixels(points, layer) if points is not None else None
-        contrast, n_env = self.contrast.value, self.env_classes.value
+        n_env = self.env_classes.value
         kwargs = dict(
             model=self.model.value,
             threshold=float(self.threshold.value),
-            contrast=contrast,
+            contrast=self.contrast.value,
             rescale=self.rescale.value,
             device=self.device_choice.value,
             pixel_size=pixel_size_nm(layer),
             atoms=atoms,
             input_name=layer.name,
         )
-        self._source = layer
-        self._atoms_source = points.name if points is not None else None
 
-        def job():
-            data = np.asarray(source)
-            res = yield from segment_defects_iter(data, **kwargs)
+        def work(image):
+            res = yield from segment_defects_iter(image, **kwargs)
             env, note = None, ""
             if n_env == "off":
                 note = "environment clustering is off"
             elif len(res.atoms) < 10:
                 note = f"only {len(res.atoms)} atom columns, too few to cluster environments"
             else:
-                yield progress(0, 1, f"classifying the environments of {len(res.atoms)} columns…")
-                grey = np.asarray(data, np.float32)  # (never negate unsigned integers)
+                yield Progress(0, 1, f"classifying the environments of {len(res.atoms)} columns…")
+                grey = np.asarray(image, np.float32)  # (never negate unsigned integers)
                 dark = res.provenance["parameters"]["contrast"] == "dark"
                 try:
                     env = classify_environments(
@@ -233,21 +243,23 @@ class DefectSegmenterWidget(ToolWidget):
                 except ValueError as err:  # e.g. too few columns for the classes asked for
                     note = f"environments skipped: {err}"
             _warm_label_colormap(res)
-            yield progress(1, 1, "writing layers…")  # a Cancel pressed above stops here
-            return SimpleNamespace(defects=res, env=env, note=note, device=res.device)
+            yield Progress(1, 1, "writing layers…")  # a Cancel pressed above stops here
+            return DefectRun(defects=res, env=env, note=note, device=res.device)
 
-        return job
+        atoms_name = points.name if points is not None else None
+        return Job(work, partial(self._show_run, layer, atoms_name), inputs={"image": layer})
 
-    def show_result(self, run):
-        layer, res, env = self._source, run.defects, run.env
+    def _show_run(self, layer, atoms_name: str | None, run: DefectRun) -> None:
+        """Labels and markers, then the environments and the table on the next turn of the
+        event loop: two short pauses of the window instead of one long one."""
+        res, env = run.defects, run.env
         prov = dict(res.provenance)
-        prov["atoms_layer"] = self._atoms_source
+        prov["atoms_layer"] = atoms_name
         if env is not None:
             prov["environments"] = env.provenance["parameters"]
-        self._labels_name = f"{layer.name} defects"
-        upsert_layer(
-            self.viewer,
-            self._labels_name,
+        labels_name = f"{layer.name} defects"
+        self.upsert(
+            labels_name,
             "labels",
             res.labels,
             features=_label_features(res.table),
@@ -257,35 +269,14 @@ class DefectSegmenterWidget(ToolWidget):
             **physical_kwargs(layer, res.labels.ndim),
         )
         self._show_markers(layer, res)
-        # the environments and the table on the next turn of the event loop: two short pauses
-        # of the window instead of one long one (napari builds each layer on this thread)
-        self._pending = (layer, run, prov)
-        from qtpy.QtCore import QTimer
+        self._shown = (labels_name, layer.name)
+        self.later(lambda: self._show_environments_and_table(layer, run, prov, atoms_name))
 
-        QTimer.singleShot(0, self._show_rest)
-
-    def _on_finished(self):
-        if getattr(self, "_pending", None) is not None:  # still busy until _show_rest has run
-            self._finish_later = True
-            return
-        super()._on_finished()
-
-    def _show_rest(self):
-        if getattr(self, "_pending", None) is None:
-            return
-        (layer, run, prov), self._pending = self._pending, None
-        try:
-            self._show_environments_and_table(layer, run, prov)
-        finally:
-            if getattr(self, "_finish_later", False):
-                self._finish_later = False
-                super()._on_finished()
-
-    def _show_environments_and_table(self, layer, run, prov):
+    def _show_environments_and_table(self, layer, run, prov, atoms_name):
         res, env = run.defects, run.env
         env_counts = None
         if env is not None:
-            env_counts = self._show_environments(layer, res, env)
+            env_counts = self._show_environments(layer, res, env, atoms_name)
         self._update_table(layer, res, env_counts, prov)
         counts = res.table["class"].value_counts()
         text = ", ".join(f"{n} {c}" for c, n in counts.items()) or "no defects"
@@ -323,8 +314,7 @@ class DefectSegmenterWidget(ToolWidget):
             size = float(1.5 * np.median(cKDTree(atoms).query(atoms, k=2)[0][:, 1]))
         else:
             size = 2.5 * float(np.sqrt(np.median(table["area_px"]))) if len(table) else 10.0
-        markers = upsert_layer(
-            self.viewer,
+        markers = self.upsert(
             f"{layer.name} defect markers",
             "points",
             data,
@@ -339,7 +329,7 @@ class DefectSegmenterWidget(ToolWidget):
         markers.canvas_size_limits = (MARKER_MIN_SCREEN_PX, 10000)
         markers.editable = False
 
-    def _show_environments(self, layer, res, env):
+    def _show_environments(self, layer, res, env, atoms_name):
         import pandas as pd
 
         from napari_microml.runtime.widget import as_points
@@ -362,9 +352,8 @@ class DefectSegmenterWidget(ToolWidget):
         )
         if frames is not None:
             feats.insert(0, "frame", frames.astype(int))
-        prov = dict(env.provenance, input_layer=layer.name, atoms_layer=self._atoms_source)
-        upsert_layer(
-            self.viewer,
+        prov = dict(env.provenance, input_layer=layer.name, atoms_layer=atoms_name)
+        self.upsert(
             f"{layer.name} environments",
             "points",
             data,
@@ -415,8 +404,10 @@ class DefectSegmenterWidget(ToolWidget):
 
     def center_on(self, row) -> None:
         """Centre the view on the defect of a table ``row`` (and show its frame)."""
-        name = self._labels_name
-        ref = self.viewer.layers[name] if name in self.viewer.layers else self._source
+        names = [n for n in self._shown or () if n in self.viewer.layers]
+        if not names:
+            return
+        ref = self.viewer.layers[names[0]]
         scale, translate = np.asarray(ref.scale), np.asarray(ref.translate)
         y = row["row"] * scale[-2] + translate[-2]
         x = row["col"] * scale[-1] + translate[-1]

@@ -8,16 +8,22 @@ the model) or **Run** (steps until the budget; the button becomes Cancel = Stop 
 
 Each job reads the layers' data and builds the learner in the worker thread; Initialize and
 Step are one ``suggest``/``observe`` of the learner, Run drives the core's
-``run_campaign_iter``. Jobs talk to the widget through :class:`Snapshot` messages; the widget
-keeps the learner only once a snapshot is on screen (main thread).
+``run_campaign_iter``. A job works on a copy of the campaign and hands it back in
+:class:`Snapshot` results (``Partial`` messages during a Run); the widget adopts a snapshot's
+campaign only once it is on screen (main thread), so a Stop keeps the last step shown.
 """
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
+from typing import Any, cast
 
 import napari
 import numpy as np
+from magicgui.types import FileDialogMode
 from magicgui.widgets import (
     CheckBox,
     ComboBox,
@@ -26,20 +32,14 @@ from magicgui.widgets import (
     FloatSpinBox,
     PushButton,
     SpinBox,
-    create_widget,
 )
 
 from napari_microml.dkl.acquisition import ACQUISITIONS
 from napari_microml.dkl.scalarizers import SCALARIZERS, WindowRatio, window_mask
 from napari_microml.runtime.provenance import make_provenance
-from napari_microml.runtime.spectral import spectra_last, spectral_axis
-from napari_microml.runtime.widget import (
-    ToolWidget,
-    Update,
-    physical_kwargs,
-    preload,
-    upsert_layer,
-)
+from napari_microml.runtime.spectral import SpectralAxis, spectra_last, spectral_axis
+from napari_microml.runtime.widget import Job, ToolWidget, layer_picker, physical_kwargs, preload
+from napari_microml.runtime.workers import Partial, Progress
 
 SOURCE_KINDS = ("spectrum image", "scalar map")
 MAPS = (
@@ -67,6 +67,29 @@ class Snapshot:
     spectrum: np.ndarray | None
     axis: np.ndarray | None
     device: str
+    context: RunContext
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """The settings a run was started with (read on the GUI thread when it starts)."""
+
+    structure: Any  # the structure layer: the maps take its scale
+    parameters: dict
+    seed: int
+    units: str
+    window: tuple[float, float]
+    scalarizer: str
+    maximize: bool
+
+
+def _fork(source):
+    """A copy of a replay source sharing its read-only data: measuring marks pixels revealed
+    and keeps the last spectra, which must not change the widget's campaign mid-run."""
+    out = copy.copy(source)
+    if isinstance(getattr(out, "revealed", None), np.ndarray):
+        out.revealed = out.revealed.copy()
+    return out
 
 
 class ActiveLearningWidget(ToolWidget):
@@ -75,8 +98,8 @@ class ActiveLearningWidget(ToolWidget):
     tool_name = "dkl_active_learning"
 
     def __init__(self, viewer: napari.viewer.Viewer):
-        self.structure_layer = create_widget(
-            annotation=napari.layers.Image,
+        self.structure_layer = layer_picker(
+            napari.layers.Image,
             label="Structure",
             options={
                 "tooltip": "2D image (e.g. HAADF) whose pixels are the candidate "
@@ -90,8 +113,8 @@ class ActiveLearningWidget(ToolWidget):
             tooltip="spectrum image: a scalarizer turns each measured spectrum into one value; "
             "scalar map: the layer already holds one value per pixel.",
         )
-        self.source_layer = create_widget(
-            annotation=napari.layers.Image,
+        self.source_layer = layer_picker(
+            napari.layers.Image,
             label="Source layer",
             options={
                 "tooltip": "The recorded measurements replayed point by point: a spectrum "
@@ -107,7 +130,7 @@ class ActiveLearningWidget(ToolWidget):
             "window, ratio of two windows, edge above a power-law background, or "
             "hysteresis-loop area (the spectral axis in V).",
         )
-        spin = dict(min=-1e9, max=1e9, step=1.0)
+        spin: dict[str, Any] = dict(min=-1e9, max=1e9, step=1.0)
         self.win_lo = FloatSpinBox(label="Window from", value=0.0, **spin)
         self.win_hi = FloatSpinBox(label="Window to", value=10.0, **spin)
         self.win2_lo = FloatSpinBox(label="2nd window from", value=10.0, **spin)
@@ -175,7 +198,7 @@ class ActiveLearningWidget(ToolWidget):
         self.stop_button.tooltip = "Stop a Run after the current step; measurements are kept."
         self.log_path = FileEdit(
             label="Log file",
-            mode="w",
+            mode=FileDialogMode.OPTIONAL_FILE,
             filter="*.csv *.json",
             tooltip="Where Export log writes every measurement (.csv or "
             ".json; row, col in pixels).",
@@ -208,9 +231,9 @@ class ActiveLearningWidget(ToolWidget):
         self.extend([self.log_path, self.export_button])
         self.run_button.tooltip = "Step until the budget is spent (the button then stops)."
         self.device_choice.tooltip = "Where the networks run: auto picks a GPU when present."
-        self.learner = None
-        self.source = None
-        self._key = None
+        self.learner: Any = None  # the campaign on screen (adopted from a run's snapshot)
+        self.source: Any = None
+        self._key: tuple | None = None
         self._mode = "run"
         self._units = "channel"
         self.history: list[tuple[int, float]] = []
@@ -350,8 +373,9 @@ class ActiveLearningWidget(ToolWidget):
             return cls(axis=axis)
         return cls((self.win_lo.value, self.win_hi.value), axis=axis)
 
-    def _source_plan(self, shape):
-        """``read()`` → the source, to call in the worker; shapes and windows checked here."""
+    def _source_plan(self, shape) -> tuple[Any, Callable[[np.ndarray], Any]]:
+        """The source layer and ``make(data)`` → the source, to call in the worker with the
+        layer's data; shapes and windows are checked here without reading the data."""
         from napari_microml.dkl.sources import ScalarMapSource, SpectrumImageSource
 
         layer = self.source_layer.value
@@ -364,26 +388,33 @@ class ActiveLearningWidget(ToolWidget):
                     f"The scalar map {tuple(data.shape)} does not match the "
                     f"structure image {tuple(shape)}."
                 )
-            return lambda: ScalarMapSource(np.asarray(data))
+            return layer, ScalarMapSource
         if data.ndim != 3:
             raise ValueError(
                 f"A spectrum-image source must be 3D; layer '{layer.name}' has "
                 f"shape {tuple(data.shape)}."
             )
-        cube, ax = spectra_last(data, meta)
-        if not ax.calibrated and tuple(data.shape[1:]) == tuple(shape):
-            cube = np.moveaxis(data, 0, -1)  # an uncalibrated (E, H, W) array added by hand
-            ax = spectral_axis(None, cube.shape, required=True)
-        if tuple(cube.shape[:2]) != tuple(shape):
+        ax = cast(SpectralAxis, spectral_axis(meta, data.shape, required=True))  # shapes only
+        pixels = tuple(n for i, n in enumerate(data.shape) if i != ax.index)
+        by_hand = not ax.calibrated and tuple(data.shape[1:]) == tuple(shape)
+        if by_hand:  # an uncalibrated (E, H, W) array added by hand
+            pixels = tuple(data.shape[1:])
+            ax = cast(SpectralAxis, spectral_axis(None, (*pixels, data.shape[0]), required=True))
+        if pixels != tuple(shape):
             raise ValueError(
-                f"The spectrum image covers {tuple(cube.shape[:2])} pixels but "
+                f"The spectrum image covers {pixels} pixels but "
                 f"the structure image is {tuple(shape)}; they must match."
             )
         axis = ax.values if ax.calibrated else None
         scal = self._make_scalarizer(axis)
         if self.scalarizer.value != "loop area":
             window_mask(ax.values, (self.win_lo.value, self.win_hi.value))  # clear error
-        return lambda: SpectrumImageSource(np.asarray(cube), axis=axis, scalarizer=scal)
+
+        def make(raw):
+            cube = np.moveaxis(raw, 0, -1) if by_hand else spectra_last(raw, meta)[0]
+            return SpectrumImageSource(cube, axis=axis, scalarizer=scal)
+
+        return layer, make
 
     def _settings_key(self):
         return (
@@ -425,13 +456,15 @@ class ActiveLearningWidget(ToolWidget):
         return rc[keep]
 
     # --- jobs ------------------------------------------------------------------------------
-    def make_job(self):
+    def make_job(self) -> Job:
         from napari_microml.dkl.learner import ActiveLearner, run_campaign_iter
 
         mode = self._mode
         key = self._settings_key()
         need_new = mode == "init" or self.learner is None or self._key != key
         batch, budget, n_init = self.batch_size.value, self.budget.value, self.n_initial.value
+        context = self._context()
+        inputs: dict = {}
         if need_new:
             layer = self._structure_layer()
             shape = tuple(layer.data.shape)
@@ -444,8 +477,8 @@ class ActiveLearningWidget(ToolWidget):
                 )
             if n_init > shape[0] * shape[1]:
                 raise ValueError("More initial points than pixels in the image.")
-            read_source = self._source_plan(shape)
-            structure = layer.data
+            source_layer, make_source = self._source_plan(shape)
+            inputs = {"structure": layer, "measured": source_layer}
             options = dict(
                 patch_size=patch,
                 acquisition=self.acquisition.value,
@@ -455,21 +488,26 @@ class ActiveLearningWidget(ToolWidget):
             )
             pending = None
         else:
-            learner, source = self.learner, self.source
+            campaign = (self.learner, self.source)
             pending = self._pending_points()
 
-        def job():
-            nonlocal learner, source
+        def work(structure=None, measured=None):
             nxt = pending
             if need_new:
-                yield Update(0, budget, "Reading the layers and building the model…")
-                source = read_source()
-                learner = ActiveLearner(np.asarray(structure), **options)
+                yield Progress(0, budget, "Reading the layers and building the model…")
+                source = make_source(measured)
+                learner = ActiveLearner(structure, **options)
+            else:  # a copy: the widget's campaign changes only when a snapshot is on screen
+                learner, source = copy.deepcopy(campaign[0]), _fork(campaign[1])
+
+            def snapshot(points):
+                return self._snapshot(learner, source, key, points, context)
+
             if mode != "run":  # Initialize or Step: measure, then suggest the next points
                 if need_new:
                     nxt = learner.suggest(n_init)  # the initial design: no data yet
                 elif learner.n_observed >= budget:
-                    return self._snapshot(learner, source, key, np.zeros((0, 2)))
+                    return snapshot(np.zeros((0, 2)))
                 elif nxt is None or len(nxt) == 0:
                     nxt = learner.suggest(min(batch, budget - learner.n_observed))
                 else:
@@ -477,22 +515,45 @@ class ActiveLearningWidget(ToolWidget):
                 learner.observe(nxt, source(nxt))
                 remaining = max(budget - learner.n_observed, 0)
                 nxt = learner.suggest(min(batch, remaining)) if remaining else np.zeros((0, 2))
-                return self._snapshot(learner, source, key, nxt)
+                return snapshot(nxt)
             if nxt is not None and len(nxt) and learner.n_observed < budget:
                 nxt = nxt[: budget - learner.n_observed]  # the user's (edited) next points first
                 learner.observe(nxt, source(nxt))
-            snap = self._snapshot(learner, source, key, np.zeros((0, 2)))
+            snap = snapshot(np.zeros((0, 2)))
             for _ in run_campaign_iter(
                 None, source, budget=budget, n_initial=n_init, batch_size=batch, learner=learner
             ):
-                snap = self._snapshot(learner, source, key, np.zeros((0, 2)))
-                yield Update(learner.n_observed, budget, "", snap)  # a Stop keeps this step
+                snap = snapshot(np.zeros((0, 2)))
+                yield Partial(snap, Progress(learner.n_observed, budget))  # a Stop keeps it
             return snap
 
-        return job
+        return Job(work, self._show_snapshot, inputs=inputs)
+
+    def _context(self) -> RunContext:
+        layer = self.structure_layer.value
+        parameters = {
+            "patch_size": self._patch(),
+            "acquisition": self.acquisition.value,
+            "batch_size": self.batch_size.value,
+            "budget": self.budget.value,
+            "maximize": self.maximize.value,
+            "source": self.source_kind.value,
+            "scalarizer": self.scalarizer.value,
+            "window": (self.win_lo.value, self.win_hi.value),
+            "window_units": self._units,
+        }
+        return RunContext(
+            structure=layer,
+            parameters=parameters,
+            seed=int(self.seed.value),
+            units=self._units,
+            window=(float(self.win_lo.value), float(self.win_hi.value)),
+            scalarizer=self.scalarizer.value,
+            maximize=bool(self.maximize.value),
+        )
 
     @staticmethod
-    def _snapshot(learner, source, key, nxt) -> Snapshot:
+    def _snapshot(learner, source, key, nxt, context: RunContext) -> Snapshot:
         from napari_microml.runtime.device import describe_device
 
         mean, std = learner.predict() if learner.n_observed else (None, None)
@@ -514,10 +575,11 @@ class ActiveLearningWidget(ToolWidget):
             spectrum=None if spectra is None else np.asarray(spectra[-1]).copy(),
             axis=getattr(source, "axis", None),
             device=describe_device(learner.model.device),
+            context=context,
         )
 
-    def start(self, job=None):
-        worker = super().start(job)
+    def start(self, job=None, on_result=None):
+        worker = super().start(job, on_result)
         if worker is not None:  # a Stop keeps every completed step (layers show them)
             worker.aborted.connect(
                 lambda: self._say(
@@ -528,39 +590,29 @@ class ActiveLearningWidget(ToolWidget):
         return worker
 
     # --- results ---------------------------------------------------------------------------
-    def show_partial(self, snap) -> None:
-        self.show_result(snap)
+    def show_partial(self, value) -> None:
+        self._show_snapshot(value)
 
-    def show_result(self, snap) -> None:
-        if not isinstance(snap, Snapshot):
-            return
+    def _show_snapshot(self, snap: Snapshot) -> None:
         self.learner, self.source, self._key = snap.learner, snap.source, snap.key
-        layer = self.structure_layer.value
-        phys = physical_kwargs(layer, 2)
+        ctx = snap.context
+        phys = physical_kwargs(ctx.structure, 2)
         prov = self.provenance_metadata(
             make_provenance(
                 self.tool_name,
-                parameters={
-                    "patch_size": self._patch(),
-                    "acquisition": self.acquisition.value,
-                    "batch_size": self.batch_size.value,
-                    "budget": self.budget.value,
-                    "maximize": self.maximize.value,
-                    "source": self.source_kind.value,
-                    "scalarizer": self.scalarizer.value,
-                    "window": (self.win_lo.value, self.win_hi.value),
-                    "window_units": self._units,
-                },
+                parameters=ctx.parameters,
                 device=snap.device,
-                seed=self.seed.value,
-                input_name=getattr(layer, "name", None),
+                seed=ctx.seed,
+                input_name=getattr(ctx.structure, "name", None),
             )
         )
-        calls = [lambda m=m: self._show_map(snap, *m, phys, prov) for m in MAPS]
+        calls: list[Callable[[], Any]] = [
+            partial(self._show_map, snap, name, key, cmap, phys, prov) for name, key, cmap in MAPS
+        ]
         calls += [
-            lambda: self._show_points(snap, phys, prov),
-            lambda: self._show_summary(snap),
-            lambda: self._update_plot(snap),
+            partial(self._show_points, snap, phys, prov),
+            partial(self._show_summary, snap),
+            partial(self._update_plot, snap),
         ]
         names = [m[0] for m in MAPS] + ["measured", "next"]
         if all(name in self.viewer.layers for name in names):  # only new data: one turn
@@ -580,8 +632,7 @@ class ActiveLearningWidget(ToolWidget):
         lo, hi = float(img.min()), float(img.max())
         lim = (lo, hi if hi > lo else lo + 1e-6)
         new = name not in self.viewer.layers
-        out = upsert_layer(
-            self.viewer,
+        out = self.upsert(
             name,
             "image",
             img,
@@ -595,8 +646,7 @@ class ActiveLearningWidget(ToolWidget):
 
     def _show_points(self, snap, phys, prov):
         v = self.viewer
-        measured = upsert_layer(
-            v,
+        measured = self.upsert(
             "measured",
             "points",
             snap.coords.astype(float),
@@ -609,10 +659,9 @@ class ActiveLearningWidget(ToolWidget):
             measured.face_colormap = "viridis"
             measured.face_color = "value"
             measured.refresh_colors()
-        except Exception:  # colour by feature is cosmetic; keep the data either way
-            pass
-        upsert_layer(
-            v,
+        except (ValueError, TypeError, KeyError) as err:  # cosmetic: the data are there anyway
+            self._layer_problem(f"The measured points could not be coloured by value ({err}).")
+        self.upsert(
             "next",
             "points",
             snap.next,
@@ -632,8 +681,8 @@ class ActiveLearningWidget(ToolWidget):
     def _update_plot(self, snap):
         if self.figure is None:
             return
-        vals = snap.values
-        best = np.maximum.accumulate(vals) if self.maximize.value else np.minimum.accumulate(vals)
+        vals, ctx = snap.values, snap.context
+        best = np.maximum.accumulate(vals) if ctx.maximize else np.minimum.accumulate(vals)
         self.ax_best.clear()
         self.ax_best.plot(np.arange(1, len(best) + 1), best, "-o", ms=2)
         self.ax_best.set_xlabel("measurements", fontsize=8)
@@ -642,9 +691,9 @@ class ActiveLearningWidget(ToolWidget):
         if snap.spectrum is not None:
             ax = snap.axis if snap.axis is not None else np.arange(len(snap.spectrum))
             self.ax_spec.plot(ax, snap.spectrum, lw=1)
-            if self.scalarizer.value != "loop area":
-                self.ax_spec.axvspan(self.win_lo.value, self.win_hi.value, alpha=0.2)
-            self.ax_spec.set_xlabel(self._units, fontsize=8)
+            if ctx.scalarizer != "loop area":
+                self.ax_spec.axvspan(*ctx.window, alpha=0.2)
+            self.ax_spec.set_xlabel(ctx.units, fontsize=8)
             self.ax_spec.set_title("last spectrum", fontsize=8)
         for a in (self.ax_best, self.ax_spec):
             a.tick_params(labelsize=7)

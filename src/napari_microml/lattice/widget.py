@@ -4,10 +4,13 @@ polarisation and atom counts, as features, heatmaps, arrows and a plot dock."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import napari
 import numpy as np
+from magicgui.types import FileDialogMode
 from magicgui.widgets import (
     CheckBox,
     ComboBox,
@@ -16,11 +19,18 @@ from magicgui.widgets import (
     Label,
     PushButton,
     SpinBox,
-    create_widget,
 )
 
+from napari_microml.runtime.contrast import CONTRASTS
 from napari_microml.runtime.provenance import KEY
-from napari_microml.runtime.widget import ToolWidget, physical_kwargs, pixel_size_nm, upsert_layer
+from napari_microml.runtime.widget import (
+    Job,
+    ToolWidget,
+    layer_picker,
+    physical_kwargs,
+    pixel_size_nm,
+)
+from napari_microml.runtime.workers import Progress
 
 MAPS = ("exx", "eyy", "exy", "rotation")
 FEATURES = (
@@ -67,10 +77,10 @@ class LatticeWidget(ToolWidget):
     tool_name = "lattice_analysis"
 
     def __init__(self, viewer: napari.viewer.Viewer):
-        self.image_layer = create_widget(annotation=napari.layers.Image, label="Image")
-        self.points_layer = create_widget(annotation=napari.layers.Points, label="Columns")
-        self.shapes_layer = create_widget(
-            annotation=napari.layers.Shapes, label="Region / line", options={"nullable": True}
+        self.image_layer = layer_picker(napari.layers.Image, label="Image")
+        self.points_layer = layer_picker(napari.layers.Points, label="Columns")
+        self.shapes_layer = layer_picker(
+            napari.layers.Shapes, label="Region / line", options={"nullable": True}
         )
         self.shapes_layer.tooltip = (
             "Optional: rectangles or polygons mark the unstrained "
@@ -78,7 +88,7 @@ class LatticeWidget(ToolWidget):
         )
         self.contrast = ComboBox(
             label="Columns are",
-            choices=["auto", "bright", "dark"],
+            choices=list(CONTRASTS),
             value="auto",
             tooltip="bright: HAADF/ADF (sublattice 0 = brightest); dark: ABF/BF "
             "(sublattice 0 = darkest; no atom counting); auto: the "
@@ -91,14 +101,14 @@ class LatticeWidget(ToolWidget):
             tooltip="5×5 cells: about 3× less noise, half the resolution; auto: "
             "5×5 when the 3×3 strain std is above 0.3 % (dim images)",
         )
-        self.count = CheckBox(label="Count atoms (HAADF)", value=True)
+        self.count_atoms = CheckBox(label="Count atoms (HAADF)", value=True)
         self.magnification = FloatSlider(label="Arrow ×", value=10.0, min=1.0, max=50.0, step=1.0)
         self.set_value = SpinBox(label="Sublattice", value=0, min=0, max=9)
         self.set_button = PushButton(text="Set for selected points")
         self.set_button.tooltip = (
             "Give the selected points this sublattice; Run then uses your labels"
         )
-        self.csv_path = FileEdit(label="CSV", mode="w", filter="*.csv")
+        self.csv_path = FileEdit(label="CSV", mode=FileDialogMode.OPTIONAL_FILE, filter="*.csv")
         self.overwrite = CheckBox(label="Overwrite an existing file", value=False)
         self.export_button = PushButton(text="Export table (CSV)")
         self.summary = Label(label="Lattice", value="–")
@@ -110,7 +120,7 @@ class LatticeWidget(ToolWidget):
                 self.shapes_layer,
                 self.contrast,
                 self.shells,
-                self.count,
+                self.count_atoms,
                 self.magnification,
             ],
         )
@@ -128,9 +138,10 @@ class LatticeWidget(ToolWidget):
         self.magnification.changed.connect(self._on_magnification)
         self.set_button.changed.connect(self._on_set_sublattice)
         self.export_button.changed.connect(self._on_export)
-        self.plot_dock = None
-        self.figure = None
-        self.run_result = None
+        self.plot_dock: Any = None
+        self.figure: Any = None
+        self.run_result: LatticeRun | None = None  # the run on screen (its arrows follow Arrow ×)
+        self._shown_name: str | None = None  # the layer name the shown run's layers start with
 
     # --- inputs -----------------------------------------------------------------------------
     def _inputs(self):
@@ -174,7 +185,7 @@ class LatticeWidget(ToolWidget):
         regions, lines = [], []
         if shapes is None:
             return regions, lines
-        for data, kind in zip(shapes.data, shapes.shape_type):
+        for data, kind in zip(shapes.data, shapes.shape_type, strict=True):
             px = self._to_pixels(shapes, data, image)
             if kind in ("rectangle", "polygon", "ellipse"):
                 regions.append(px)
@@ -190,7 +201,7 @@ class LatticeWidget(ToolWidget):
                 return labels.astype(int)
         return None
 
-    def make_job(self):
+    def make_job(self) -> Job:
         from napari_microml.lattice import maps as lmaps
         from napari_microml.lattice.analyze import analyze_lattice_iter
         from napari_microml.lattice.counting import count_atoms_iter
@@ -198,7 +209,6 @@ class LatticeWidget(ToolWidget):
 
         image, points = self._inputs()
         regions, lines = self._shapes(image)
-        data_ref = image.data if image is not None else None
         pos = self._to_pixels(points, points.data, image)
         user = self._user_labels(points)
         std = (
@@ -207,18 +217,17 @@ class LatticeWidget(ToolWidget):
             else None
         )
         contrast = self.contrast.value
-        count = bool(self.count.value) and image is not None
+        count = bool(self.count_atoms.value) and image is not None
         shells = {"auto": "auto", "5×5 cells": 2}.get(self.shells.value, 1)
         pixel_size = pixel_size_nm(image) if image is not None else None
         name = image.name if image is not None else points.name
-        self._source = (image, points)
 
-        def job():
+        def work(image=None):
             img, dark = None, False
-            if data_ref is not None:
+            if image is not None:
                 from napari_microml.lattice.analyze import columns_are_dark
 
-                img = np.asarray(data_ref, np.float64)
+                img = np.asarray(image, np.float64)
                 dark = contrast == "dark" or (contrast == "auto" and columns_are_dark(img, pos))
                 if dark:
                     img = -img
@@ -252,7 +261,7 @@ class LatticeWidget(ToolWidget):
                 )
             elif count:
                 notes.append("dark columns: no atom counting")
-            yield ("progress", 4, 5, "maps")
+            yield Progress(4, 5, "maps")
             from napari_microml.lattice.sublattice import nn_distance
 
             step = max(1, int(round(nn_distance(pos) / 4)))
@@ -275,36 +284,32 @@ class LatticeWidget(ToolWidget):
 
             return LatticeRun(lat, cnt, grids, step, prof, notes)
 
-        return job
+        inputs = {"image": image} if image is not None else {}
+        return Job(work, partial(self._show_run, image, points), inputs=inputs)
 
     # --- results ----------------------------------------------------------------------------
-    def show_result(self, run: LatticeRun) -> None:
-        """Write the results one layer at a time, letting the event loop run in between (each
-        new layer costs napari ~0.1–0.4 s to build; together they would freeze the window)."""
-        from qtpy.QtWidgets import QApplication
+    def _show_run(self, image, points, run: LatticeRun) -> None:
+        """Write the results one layer per event-loop turn (each new layer costs napari
+        ~0.1–0.4 s to build; together they would freeze the window)."""
+        base = image.name if image is not None else points.name
+        phys = physical_kwargs(image, 2) if image is not None else {}
 
-        self.run_result = run
-        for step in (
-            self._write_points,
-            *[lambda run, k=k: self._write_map(run, k) for k in MAPS],
-            self._write_vectors,
-            self._plot,
-        ):
-            step(run)
-            QApplication.processEvents()
-        self.viewer.layers.selection.active = self._source[1]
-        self.progress.value = self.progress.max
-        self.status.value = "Done."
-        self._summary(run)
+        def done():
+            self.run_result, self._shown_name = run, base
+            self.viewer.layers.selection.active = points
+            self.progress.value = self.progress.max
+            self._say("Done.")
+            self._summary(run)
 
-    def _names(self):
-        image, points = self._source
-        return (image.name if image is not None else points.name), (
-            physical_kwargs(image, 2) if image is not None else {}
+        self.later(
+            lambda: self._write_points(points, run),
+            *[lambda k=k: self._write_map(run, k, base, phys) for k in MAPS],
+            lambda: self._write_vectors(run, base, phys),
+            lambda: self._plot(run),
+            done,
         )
 
-    def _write_points(self, run):
-        _, points = self._source
+    def _write_points(self, points, run):
         lat, cnt = run.lattice, run.counts
         table = lat.table()
         if len(points.features) == len(table):
@@ -326,8 +331,7 @@ class LatticeWidget(ToolWidget):
         meta["lattice_analysis"] = lat.provenance
         meta["lattice_user_sublattice"] = bool(lat.parameters.get("user_sublattice"))
 
-    def _write_map(self, run, key):
-        base, phys = self._names()
+    def _write_map(self, run, key, base, phys):
         if phys:
             grid_kwargs = {**phys, "scale": tuple(np.asarray(phys["scale"], float) * run.step)}
         else:
@@ -337,8 +341,7 @@ class LatticeWidget(ToolWidget):
         # ±the 98th percentile, so a few columns at a defect do not wash the map out
         lim = float(np.percentile(finite, 98)) if finite.size else 1.0
         lim = lim if lim > 0 else 1e-3
-        layer = upsert_layer(
-            self.viewer,
+        layer = self.upsert(
             f"{base} {key}",
             "image",
             np.nan_to_num(grid),
@@ -351,19 +354,16 @@ class LatticeWidget(ToolWidget):
             metadata=self.provenance_metadata(run.lattice.provenance),
             **grid_kwargs,
         )
-        try:
-            layer.colorbar.visible = key == "exx"
-        except AttributeError:  # napari without layer colour bars
-            pass
+        colorbar = getattr(layer, "colorbar", None)  # napari without layer colour bars: none
+        if colorbar is not None:
+            colorbar.visible = key == "exx"
 
-    def _write_vectors(self, run):
+    def _write_vectors(self, run, base, phys):
         """Displacement arrows in the image's pixels, drawn × the magnification."""
-        base, phys = self._names()
         lat = run.lattice
         ok = np.isfinite(lat.displacement).all(axis=1)
         vec = np.stack([lat.positions[ok], lat.displacement[ok]], axis=1)
-        upsert_layer(
-            self.viewer,
+        self.upsert(
             f"{base} displacement",
             "vectors",
             vec,
@@ -465,7 +465,7 @@ class LatticeWidget(ToolWidget):
             )
         ax1.tick_params(labelsize=7)
         if run.profile is not None:
-            for (s, v), label in zip(run.profile, ("exx", "eyy", "exy")):
+            for (s, v), label in zip(run.profile, ("exx", "eyy", "exy"), strict=True):
                 ax2.plot(s, 100 * v, ".-", ms=3, lw=0.8, label=label)
             ax2.set_xlabel("distance along the line (px)", fontsize=7)
             ax2.set_ylabel("strain (%)", fontsize=7)
@@ -484,10 +484,9 @@ class LatticeWidget(ToolWidget):
 
     # --- interactions -----------------------------------------------------------------------
     def _on_magnification(self, *_):
-        image, points = getattr(self, "_source", (None, None))
-        if image is None and points is None:
+        if self._shown_name is None:
             return
-        name = f"{(image or points).name} displacement"
+        name = f"{self._shown_name} displacement"
         if name in self.viewer.layers:
             self.viewer.layers[name].length = float(self.magnification.value)
 

@@ -2,44 +2,86 @@
 
 A tool subclasses :class:`ToolWidget`, adds its own controls, and implements
 
-* ``make_job()`` → a generator function (no arguments) that runs the core's ``*_iter``
-  generator, yielding ``("progress", done, total, message)`` or :class:`Update` messages and
-  returning a result; it runs in a napari worker thread, reads the layers' data there (never
-  on the GUI thread) and must not write layers or widget state;
-* ``show_result(result)`` → runs on the main thread and writes layers; ``show_partial(x)``
-  (optional) shows an :class:`Update`'s ``partial`` result while the job goes on.
+* ``make_job()`` → a :class:`Job`: the generator function that runs in a napari worker thread
+  (it gets the data of the job's input layers, read there and never on the GUI thread, yields
+  :class:`~napari_microml.runtime.workers.Progress`, ``Loss`` or ``Partial`` messages or a
+  core's progress tuples, and returns a result), the handler that writes layers from that
+  result on the main thread, and the input layers. The worker never writes layers or widget
+  state; whatever the handler needs comes in the result or is bound into the handler;
+* optionally ``show_partial(value)`` / ``show_loss(loss)`` to show a ``Partial`` result or a
+  training curve while the job goes on.
+
+Bad input found on the GUI thread (from shapes and settings) or in the worker (a ValueError, by
+the cores' contract) is answered with "Cannot run: <the sentence>" and a napari warning; any
+other exception is a failure, shown by napari with its traceback.
 
 Progress messages are throttled (at most every :data:`PROGRESS_INTERVAL_S`) so a fast loop
 does not flood the event loop; after a result with physical units the scale bar is shown.
 
-Cancel calls ``worker.quit()``; the generator stops at its next yield and ``show_result`` is
-never called, so a cancelled run leaves no half-written layer.
+Cancel calls ``worker.quit()``; the generator stops at its next yield and the result handler
+is never called, so a cancelled run leaves no half-written layer.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Generator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, cast
 
 import numpy as np
 from magicgui.widgets import ComboBox, Container, Label, ProgressBar, PushButton
 
 from napari_microml.runtime.device import CHOICES, describe_device
 from napari_microml.runtime.provenance import KEY
+from napari_microml.runtime.workers import Loss, Message, Partial, as_message, typed
 
 PROGRESS_INTERVAL_S = 0.1
 
 
 @dataclass
-class Update:
-    """A typed message from a job to its widget: progress (``done`` of ``total``, ``text``)
-    and/or a ``partial`` result that the widget's ``show_partial`` puts on screen."""
+class Job:
+    """What one run of a tool needs.
 
-    done: int | None = None
-    total: int | None = None
-    text: str = ""
-    partial: Any = None
+    Attributes
+    ----------
+    work
+        Generator function run in the worker thread. It is called with one keyword argument
+        per entry of ``inputs``: that layer's data as a numpy array, read in the worker. It
+        yields progress messages and returns the result.
+    on_result
+        Called on the main thread with the result; writes the layers.
+    inputs
+        ``{argument name: napari layer}``: the layers whose data ``work`` needs.
+    """
+
+    work: Callable[..., Generator[Any, Any, Any]]
+    on_result: Callable[[Any], None]
+    inputs: Mapping[str, Any] = field(default_factory=dict)
+
+    def run(self) -> Generator[Message, None, Any]:
+        """The worker's body: read the input layers' data here, then run ``work``. Bad input
+        (a ValueError, by the cores' contract) comes back as :class:`Refused`, not a crash."""
+        try:
+            arrays = {key: np.asarray(layer.data) for key, layer in self.inputs.items()}
+            return (yield from typed(self.work(**arrays)))
+        except ValueError as err:
+            return Refused(str(err))
+
+
+@dataclass(frozen=True)
+class Refused:
+    """A job's answer to bad input found in the worker: the sentence for the status line."""
+
+    reason: str
+
+
+def layer_picker(annotation, **kwargs) -> ComboBox:
+    """A layer chooser whose choices follow the viewer's layers (magicgui's widget for a
+    napari layer annotation, e.g. ``napari.layers.Image``); ``kwargs`` go to ``create_widget``."""
+    from magicgui.widgets import create_widget
+
+    return cast(ComboBox, create_widget(annotation=annotation, **kwargs))
 
 
 def preload(*modules: str) -> None:
@@ -126,25 +168,67 @@ def viewer_camera(viewer):
     return scene.camera if scene is not None and hasattr(scene, "camera") else viewer.camera
 
 
-def upsert_layer(viewer, name: str, kind: str, data, **kwargs):
-    """Update the layer called ``name`` if it has the same kind, else add a new one."""
-    # __class__, not type(): plugin widgets see the layer through napari's public-only proxy
-    if name in viewer.layers and viewer.layers[name].__class__.__name__.lower() == kind:
-        layer = viewer.layers[name]
+LAYER_KINDS = ("image", "labels", "points", "shapes", "surface", "tracks", "vectors")
+
+
+def upsert_layer(
+    viewer, name: str, kind: str, data, *, on_problem: Callable[[str], None] | None = None, **kwargs
+):
+    """Update the layer called ``name`` if it is a ``kind`` layer of the same dimensionality,
+    else add a new one (replacing a layer of that name).
+
+    Parameters
+    ----------
+    viewer
+        The napari viewer.
+    name
+        The layer's name.
+    kind
+        One of :data:`LAYER_KINDS` (``viewer.add_<kind>``).
+    data
+        The layer's data.
+    on_problem
+        Called with a sentence for each property napari refused to set on an existing layer
+        (its data are set either way); default: a napari warning.
+    **kwargs
+        Layer properties (``features``, ``metadata`` and any ``add_<kind>`` keyword).
+
+    Returns
+    -------
+    napari.layers.Layer
+        The updated or added layer.
+    """
+    import napari
+
+    if kind not in LAYER_KINDS:
+        raise ValueError(f"Unknown layer kind {kind!r}; expected one of {LAYER_KINDS}.")
+    cls = getattr(napari.layers, kind.capitalize())
+    old = viewer.layers[name] if name in viewer.layers else None
+    ndim = np.ndim(data) if kind in ("image", "labels") else None
+    if kind == "points":
+        ndim = np.shape(data)[-1] if np.ndim(data) == 2 else None
+    # isinstance works through napari's public-only proxy; a new ndim needs a new layer
+    if old is not None and isinstance(old, cls) and ndim in (None, old.ndim):
         features = kwargs.pop("features", None)
         metadata = kwargs.pop("metadata", None)
-        layer.data = data
+        old.data = data
         if features is not None:
-            layer.features = features
+            old.features = features
         if metadata is not None:
-            layer.metadata.update(metadata)
+            old.metadata.update(metadata)
         for key, value in kwargs.items():
             try:
-                setattr(layer, key, value)
-            except (AttributeError, ValueError, TypeError):
-                pass  # e.g. napari refuses to change ndim-bound properties; data already set
-        return layer
-    if name in viewer.layers:
+                setattr(old, key, value)
+            except (AttributeError, ValueError, TypeError) as err:
+                sentence = f"Layer {name!r}: napari did not take its new {key} ({err})."
+                if on_problem is None:
+                    from napari.utils.notifications import show_warning
+
+                    show_warning(sentence)
+                else:
+                    on_problem(sentence)
+        return old
+    if old is not None:
         viewer.layers.remove(name)
     adder = getattr(viewer, f"add_{kind}")
     return adder(data, name=name, **kwargs)
@@ -157,7 +241,7 @@ class ToolWidget(Container):
 
     def __init__(self, viewer, controls: list):
         self.viewer = viewer
-        self.worker = None
+        self.worker: Any = None
         self.device_choice = ComboBox(label="Device", choices=list(CHOICES), value="auto")
         self.run_button = PushButton(text="Run")
         self.progress = ProgressBar(value=0, min=0, max=1, label="Progress")
@@ -179,18 +263,29 @@ class ToolWidget(Container):
         self.run_button.changed.connect(self._on_run_clicked)
         from qtpy.QtCore import QTimer
 
-        self._ui_queue: list = []
+        self._ui_queue: list[Callable[[], Any]] = []
         self._finish_pending = False
+        self._layer_problems: list[str] = []
+        self._last_progress = 0.0
+        self._handler: Callable[[Any], None] = self.show_result
         self._ui_timer = QTimer()
         self._ui_timer.setInterval(0)
         self._ui_timer.timeout.connect(self._next_ui)
 
     # --- to implement in subclasses -------------------------------------------------------
-    def make_job(self):  # pragma: no cover - abstract
+    def make_job(self) -> Job:  # pragma: no cover - abstract
+        """The :class:`Job` for a press of Run (raise ValueError for bad input)."""
         raise NotImplementedError
 
     def show_result(self, result) -> None:  # pragma: no cover - abstract
+        """Write a finished run's layers (main thread)."""
         raise NotImplementedError
+
+    def show_partial(self, value) -> None:
+        """Show a :class:`~napari_microml.runtime.workers.Partial` result (default: nothing)."""
+
+    def show_loss(self, loss: Loss) -> None:
+        """Show a point of a training curve (default: nothing)."""
 
     # --- shared machinery -------------------------------------------------------------------
     @property
@@ -203,18 +298,19 @@ class ToolWidget(Container):
         else:
             self.start()
 
-    def start(self, job=None, on_result=None):
-        """Start ``job`` (default: ``self.make_job()``) in a napari generator worker; its
-        return value goes to ``on_result`` (default: ``self.show_result``) on the main thread."""
+    def start(self, job: Job | Callable | None = None, on_result: Callable | None = None):
+        """Run ``job`` (default: ``self.make_job()``) in a napari generator worker.
+
+        A bare generator function is accepted too (``on_result`` or ``show_result`` then
+        handles its result). Returns the worker, or ``None`` when the job could not start (the
+        reason is on the status line).
+        """
         from napari.qt.threading import create_worker
 
         try:
             job = job or self.make_job()
         except (ValueError, TypeError) as err:  # bad input: one sentence for the user
-            self._say(f"Cannot run: {err}")
-            from napari.utils.notifications import show_warning
-
-            show_warning(str(err))
+            self._cannot_run(err)
             return None
         except Exception as err:  # noqa: BLE001 - a bug must still say something on screen
             self._say(f"Failed before starting: {type(err).__name__}: {err}")
@@ -222,8 +318,11 @@ class ToolWidget(Container):
 
             show_error(f"{self.tool_name}: {type(err).__name__}: {err}")
             return None
-        self._handler = on_result or self.show_result
-        worker = create_worker(job, _start_thread=False)
+        if not isinstance(job, Job):
+            job = Job(work=job, on_result=on_result or self.show_result)
+        self._handler = job.on_result
+        self._layer_problems = []
+        worker = create_worker(job.run, _start_thread=False)
         worker.yielded.connect(self._on_yield)
         worker.returned.connect(self._on_returned)
         worker.errored.connect(self._on_error)
@@ -245,32 +344,42 @@ class ToolWidget(Container):
     def device_label(self) -> str:
         return describe_device(self.device_choice.value)
 
-    def show_partial(self, partial) -> None:
-        """Show a partial result sent in an :class:`Update` (default: nothing)."""
+    def upsert(self, name: str, kind: str, data, **kwargs):
+        """:func:`upsert_layer` in this widget's viewer; a property napari refuses is named on
+        the status line (at the end of a run, after the result's own sentence)."""
+        return upsert_layer(self.viewer, name, kind, data, on_problem=self._layer_problem, **kwargs)
+
+    def _layer_problem(self, sentence: str) -> None:
+        from napari.utils.notifications import show_warning
+
+        show_warning(sentence)
+        if self.busy:
+            self._layer_problems.append(sentence)
+        else:
+            self._say(f"{self.status.value} {sentence}")
 
     def _on_yield(self, message):
-        if isinstance(message, Update):
-            if message.partial is not None:
-                self.show_partial(message.partial)
-            if message.total is not None:
-                self._show_progress(
-                    message.done or 0,
-                    message.total,
-                    message.text,
-                    force=message.partial is not None,
-                )
-            elif message.text:
-                self._say(message.text)
-        elif isinstance(message, tuple) and message and message[0] == "progress":
-            _, done, total, text = (*message, "")[:4]
-            self._show_progress(done, total, text)
+        """The one dispatcher of a job's messages (typed; a core's tuple is typed here)."""
+        message = as_message(message)
+        if isinstance(message, Partial):
+            self.show_partial(message.value)
+            if message.progress is not None:
+                p = message.progress
+                self._show_progress(p.done, p.total, p.text, force=True)
+        elif isinstance(message, Loss):
+            self.show_loss(message)
+            self._show_progress(message.step, message.total, message.text)
+        elif message.total > 0:
+            self._show_progress(message.done, message.total, message.text)
+        elif message.text:
+            self._say(message.text)
 
     def _show_progress(self, done, total, text: str = "", force: bool = False) -> bool:
         """Update the bar and status; skipped (False) when the last update was under
         PROGRESS_INTERVAL_S ago, unless it is the last step or ``force``."""
         now = time.perf_counter()
         last = int(done) >= int(total)
-        if not (force or last) and now - getattr(self, "_last_progress", 0.0) < PROGRESS_INTERVAL_S:
+        if not (force or last) and now - self._last_progress < PROGRESS_INTERVAL_S:
             return False
         self._last_progress = now
         self.progress.max = max(int(total), 1)
@@ -279,7 +388,7 @@ class ToolWidget(Container):
             self._say(text)
         return True
 
-    def later(self, *calls) -> None:
+    def later(self, *calls: Callable[[], Any]) -> None:
         """Queue GUI updates to run one per event-loop turn: adding a napari layer costs
         0.1-0.3 s, so several in one go would freeze the window. The run stays busy (Run shows
         Cancel) until the queue is done."""
@@ -300,6 +409,9 @@ class ToolWidget(Container):
                 self._finish()
 
     def _on_returned(self, result):
+        if isinstance(result, Refused):  # no layer is written
+            self._cannot_run(ValueError(result.reason))
+            return
         self._handler(result)
         self.later(lambda: self._after_result(result))
 
@@ -310,6 +422,15 @@ class ToolWidget(Container):
             self.ran_on.value = str(device)
         if self.status.value in ("Running…", "Cancelling…"):
             self._say("Done.")
+        if self._layer_problems:
+            self._say(" ".join([self.status.value, *self._layer_problems]))
+            self._layer_problems = []
+
+    def _cannot_run(self, err: Exception) -> None:
+        from napari.utils.notifications import show_warning
+
+        self._say(f"Cannot run: {err}")
+        show_warning(str(err))
 
     def _on_error(self, err):
         self._say(f"Failed: {err or type(err).__name__}")

@@ -9,11 +9,14 @@ the line and the tracked peak drawn over the line-scan image.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from functools import partial
+from typing import Any, cast
 
 import napari
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, FloatSpinBox, SpinBox, create_widget
+from magicgui.widgets import CheckBox, ComboBox, FloatSpinBox, SpinBox
 
 from napari_microml.runtime.provenance import KEY, make_provenance
 from napari_microml.runtime.spectral import (
@@ -22,13 +25,8 @@ from napari_microml.runtime.spectral import (
     spectra_last,
     spectral_axis,
 )
-from napari_microml.runtime.widget import (
-    ToolWidget,
-    Update,
-    physical_kwargs,
-    preload,
-    upsert_layer,
-)
+from napari_microml.runtime.widget import Job, ToolWidget, layer_picker, physical_kwargs, preload
+from napari_microml.runtime.workers import Loss, Progress, as_message
 from napari_microml.spectra.preprocess import NORMALIZATIONS
 
 LOSS_PLOT_INTERVAL_S = 1.0  # each redraw takes the GIL from the fit
@@ -74,7 +72,7 @@ class Plan:
 class Outcome:
     """A finished fit and the window it used (channels and axis values)."""
 
-    result: object
+    result: Any  # ShiftVAEResult
     plan: Plan
     window: tuple[int, int]
     auto: bool
@@ -92,8 +90,8 @@ class ShiftVAEWidget(ToolWidget):
     tool_name = "shift_vae"
 
     def __init__(self, viewer: napari.viewer.Viewer):
-        self.layer_choice = create_widget(
-            annotation=napari.layers.Image,
+        self.layer_choice = layer_picker(
+            napari.layers.Image,
             label="Spectrum image",
             options={
                 "tooltip": "A spectrum image (energy as a slider) or a line scan "
@@ -107,7 +105,7 @@ class ShiftVAEWidget(ToolWidget):
             "spectrum (e.g. the zero-loss peak, a white line); the window used is "
             "written below and in the status line. Off: use the window typed below.",
         )
-        spin = dict(min=-1e9, max=1e9, step=1.0)
+        spin: dict[str, Any] = dict(min=-1e9, max=1e9, step=1.0)
         self.win_lo = FloatSpinBox(label="Window from", value=0.0, **spin)
         self.win_hi = FloatSpinBox(label="Window to", value=0.0, **spin)
         self.latent_dim = SpinBox(
@@ -188,12 +186,13 @@ class ShiftVAEWidget(ToolWidget):
         for canvas in (self.loss_canvas, self.latent_canvas, self.traverse_canvas):
             canvas.draw()  # fonts and tick machinery loaded with the dock, not mid-run
         self.losses: list[float] = []
-        self._last_loss_draw = 0.0
-        self.result = None
+        self._loss_epochs: list[int] = []
+        self.result: Any = None  # the fit on screen: the latent explorer and lasso read it
         self.lasso = None
-        self._input_name = None
-        self._spatial = {}
-        self._points = None
+        self._input_name: str | None = None
+        self._spatial: dict = {}
+        self._line_layer: tuple | None = None
+        self._points: np.ndarray | None = None
         self._units = "channel"
         self.auto_window.changed.connect(self._update_window_controls)
         self.layer_choice.changed.connect(self._on_layer)
@@ -253,8 +252,8 @@ class ShiftVAEWidget(ToolWidget):
                 "the shift-VAE needs a spectrum image or a line scan opened with its energy "
                 "axis (File → Open with napari-microml)."
             )
-        if ax is None:
-            ax = spectral_axis(None, layer.data.shape, required=True)
+        if ax is None:  # a cube without metadata: channels on its last axis
+            ax = cast(SpectralAxis, spectral_axis(None, layer.data.shape, required=True))
         window = None
         if not self.auto_window.value:
             lo, hi = sorted((self.win_lo.value, self.win_hi.value))
@@ -283,14 +282,14 @@ class ShiftVAEWidget(ToolWidget):
 
     def make_job(self):
         from napari_microml.spectra.preprocess import dominant_peak_window
-        from napari_microml.spectra.shift_vae import _validate, fit_shift_vae_iter
+        from napari_microml.spectra.shift_vae import check_spectra, fit_shift_vae_iter
 
         layer, plan = self._plan()
-        data, meta = layer.data, layer.metadata
-        self.losses = []
-        self._draw_loss(force=True)
+        meta = layer.metadata
+        self.losses, self._loss_epochs = [], []
+        self._draw_loss()
 
-        def job():
+        def work(data):
             start = time.perf_counter()
             cube, _ = spectra_last(data, meta)
             spectra = np.asarray(cube, dtype=np.float32)
@@ -309,8 +308,8 @@ class ShiftVAEWidget(ToolWidget):
             u = plan.axis.units
             how = f"auto, around the peak at {peak:.4g} {u}" if auto else "typed"
             head = f"Window {values[0]:.4g}–{values[-1]:.4g} {u} ({how})"
-            yield Update(0, 1, f"{head}; fitting…")
-            _validate(spectra, plan.kwargs["axis"], window)
+            yield Progress(0, 1, f"{head}; fitting…")
+            check_spectra(spectra, plan.kwargs["axis"], window)
             fit = fit_shift_vae_iter(spectra, channel_range=window, **plan.kwargs)
             last = 0.0
             while True:
@@ -319,29 +318,30 @@ class ShiftVAEWidget(ToolWidget):
                 except StopIteration as stop:
                     result = stop.value
                     break
-                _, done, total, text, info = message
+                loss = as_message(message)
                 now = time.perf_counter()
-                if now - last >= LOSS_PLOT_INTERVAL_S or done >= total:
+                if isinstance(loss, Loss) and (
+                    now - last >= LOSS_PLOT_INTERVAL_S or loss.step >= loss.total
+                ):
                     last = now
-                    yield Update(done, total, f"{head}; {text}", ("loss", info["loss"], done))
+                    yield replace(loss, text=f"{head}; {loss.text}")
             return Outcome(result, plan, window, auto, peak, time.perf_counter() - start)
 
-        return job
+        return Job(work, self._show_outcome, inputs={"data": layer})
 
-    def show_partial(self, partial) -> None:
-        kind, loss, epoch = partial
-        if kind == "loss":
-            self.losses.append(float(loss))
-            self._loss_epochs = getattr(self, "_loss_epochs", [])[: len(self.losses) - 1]
-            self._loss_epochs.append(int(epoch))
+    def show_loss(self, loss: Loss) -> None:
+        value = loss.values.get("loss")
+        if value is not None:
+            self.losses.append(float(value))
+            self._loss_epochs.append(int(loss.step))
             self._draw_loss()
 
-    def _draw_loss(self, force: bool = False):
+    def _draw_loss(self):
         ax = self.loss_ax
         ax.clear()
         if self.losses:
             ax.plot(
-                getattr(self, "_loss_epochs", None) or np.arange(1, len(self.losses) + 1),
+                self._loss_epochs,
                 self.losses,
                 "-",
                 lw=1,
@@ -357,9 +357,7 @@ class ShiftVAEWidget(ToolWidget):
         self.loss_canvas.draw_idle()
 
     # --- results -------------------------------------------------------------------------
-    def show_result(self, outcome) -> None:
-        if not isinstance(outcome, Outcome):
-            return
+    def _show_outcome(self, outcome: Outcome) -> None:
         plan, result = outcome.plan, outcome.result
         self.result = result
         self._input_name = plan.name
@@ -388,12 +386,13 @@ class ShiftVAEWidget(ToolWidget):
             seed=plan.kwargs["seed"],
             input_name=plan.name,
         )
+        calls: list[Callable[[], Any]]
         if plan.line:
-            calls = [lambda: self._show_line(outcome, record)]
+            calls = [partial(self._show_line, outcome, record)]
         else:
-            calls = [lambda: self._show_maps(outcome, record)]
+            calls = [partial(self._show_maps, outcome, record)]
             calls += [
-                lambda i=i: self._show_latent(outcome, record, i)
+                partial(self._show_latent, outcome, record, i)
                 for i in range(result.latents.shape[-1])
             ]
 
@@ -423,8 +422,7 @@ class ShiftVAEWidget(ToolWidget):
     def _show_maps(self, outcome, record):
         r, plan = outcome.result, outcome.plan
         lim = float(np.nanmax(np.abs(r.shift))) or 1.0
-        upsert_layer(
-            self.viewer,
+        self.upsert(
             f"{plan.name} shift",
             "image",
             r.shift,
@@ -438,8 +436,7 @@ class ShiftVAEWidget(ToolWidget):
         r, plan = outcome.result, outcome.plan
         lat = r.latents[..., i]
         lo, hi = float(lat.min()), float(lat.max())
-        layer = upsert_layer(
-            self.viewer,
+        layer = self.upsert(
             f"{plan.name} latent {i + 1}",
             "image",
             lat,
@@ -471,8 +468,7 @@ class ShiftVAEWidget(ToolWidget):
         path = np.column_stack([rows, (peak - ax[0]) / step])  # layer data coords (row, channel)
         kw = physical_kwargs(layer) if layer is not None else {}
         width = max(2.0, ax.size / 300)  # channels: thin enough to leave the peak visible
-        upsert_layer(
-            self.viewer,
+        self.upsert(
             f"{plan.name} shift track",
             "shapes",
             [path],
@@ -538,11 +534,10 @@ class ShiftVAEWidget(ToolWidget):
             input_name=self._input_name,
         )
         kwargs = self._spatial
-        if getattr(self, "_line_layer", None) is not None:  # line scan: mark whole spectra
+        if self._line_layer is not None:  # line scan: mark whole spectra
             shape, kwargs = self._line_layer
             mask = np.broadcast_to(mask.reshape(-1, 1), shape).copy()
-        upsert_layer(
-            self.viewer,
+        self.upsert(
             f"{self._input_name} latent selection",
             "labels",
             mask,
