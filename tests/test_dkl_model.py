@@ -335,3 +335,17 @@ def test_the_learner_reads_the_surrogate_only_through_its_protocol():
         ):
             used.add(node.attr)
     assert used and used <= allowed, used - allowed
+
+
+def test_the_gp_module_loads_only_when_a_model_is_fitted():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "import napari_microml.dkl.learner, napari_microml.dkl.ensemble\n"
+        "print('torch' in sys.modules, 'gpytorch' in sys.modules,"
+        " 'napari_microml.dkl.networks' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False", "False"]

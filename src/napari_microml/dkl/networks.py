@@ -13,8 +13,9 @@ import gpytorch
 import torch
 from torch import nn
 
+from napari_microml.dkl.model import KERNELS
+
 EXTRACTORS = ("cnn", "mlp", "pca_mlp", "identity")
-KERNELS = ("rbf", "matern")
 
 
 class DeepKernelGP(gpytorch.models.ExactGP):
