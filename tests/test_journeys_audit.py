@@ -107,3 +107,23 @@ def test_shift_vae_does_not_claim_a_peak_when_none_stands_out(make_napari_viewer
     w.run_button.native.click()
     qtbot.waitUntil(lambda: w.worker is None, timeout=120_000)
     assert "around the peak" not in w.status.value, w.status.value
+
+
+@pytest.mark.xfail(
+    strict=True, reason="peaks closer than half the column spacing are kept after refinement"
+)
+def test_atom_finder_keeps_no_near_duplicate_columns_on_srtio3(shared_data):
+    import npe2
+    from scipy.spatial import cKDTree
+
+    import napari_microml as mm
+    from napari_microml.io.reader import read_file
+
+    npe2.PluginManager.instance().discover()
+    image = np.asarray(read_file(shared_data / "formats" / "Acquisition_18.emd")[0][0])
+    positions = np.asarray(mm.find_atoms(image, pixel_size=0.01225).positions)
+    spacing, _ = cKDTree(positions).query(positions, k=2)
+    nearest = spacing[:, 1]
+    # SrTiO3 [001] HAADF: no two visible columns closer than the Sr–TiO distance (a/√2)
+    close = int((nearest < 0.5 * np.median(nearest)).sum())
+    assert close == 0, f"{close} of {len(positions)} columns have a neighbour < ½ the spacing"
