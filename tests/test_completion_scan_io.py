@@ -19,7 +19,7 @@ def test_rasterise_puts_each_value_on_its_nearest_pixel():
     assert (
         values.shape == mask.shape == (5, 6) and values.dtype == np.float64 and mask.dtype == bool
     )
-    assert set(zip(*np.nonzero(mask))) == {(0, 0), (2, 4), (4, 1)}
+    assert set(zip(*np.nonzero(mask), strict=True)) == {(0, 0), (2, 4), (4, 1)}
     assert values[0, 0] == 1 and values[2, 4] == 2 and values[4, 1] == 3
     assert values[~mask].max() == 0 and mask.sum() == 3
 

@@ -76,7 +76,8 @@ def _solve_coarse(s: np.ndarray, c: np.ndarray, mu: float, t: float) -> np.ndarr
     from scipy.sparse import diags
     from scipy.sparse.linalg import splu
 
-    a = _operator(*c.shape, t)
+    h, w = c.shape
+    a = _operator(h, w, t)
     if mu > 0:
         return (
             splu((a * mu + diags(c.ravel())).tocsc(), permc_spec="MMD_ATA")
@@ -103,7 +104,10 @@ def _bih(u: np.ndarray, t: float) -> np.ndarray:
 def _smooth(
     u: np.ndarray, s: np.ndarray, c: np.ndarray, mu: float, t: float, sweeps: int
 ) -> np.ndarray:
-    """Damped Jacobi sweeps on (diag(c) + mu·(LᵀL − t·L)) u = s (mu = 0: u held at cells with data)."""
+    """Damped Jacobi sweeps on (diag(c) + mu·(LᵀL − t·L)) u = s.
+
+    mu = 0: u is held at the cells with data.
+    """
     if mu > 0:
         d = (OMEGA / (c + (20.0 + 4.0 * t) * mu)).astype(u.dtype)
         for _ in range(sweeps):
@@ -166,7 +170,7 @@ def smooth_fill(
         levels += 1
     b = 2**levels
     ph, pw = -(-h // b) * b, -(-w // b) * b
-    pyr = [
+    pyr: list[tuple[np.ndarray, np.ndarray]] = [
         (
             np.pad(v, ((0, ph - h), (0, pw - w))),
             np.pad(m, ((0, ph - h), (0, pw - w))).astype(np.float64),
@@ -181,11 +185,11 @@ def smooth_fill(
     tau = 0.0 if tension is None else 1.0 / tension**2
     u = _solve_coarse(*pyr[-1], smoothing / 4.0**levels, tau * 4.0**levels).astype(np.float32)
     for k in range(levels - 1, -1, -1):  # cascade: start each grid from the coarser solution
-        s, c = (a.astype(np.float32) for a in pyr[k])
+        s32, c32 = (a.astype(np.float32) for a in pyr[k])
         u = _prolong(u)
         if smoothing == 0:
-            u = np.where(c > 0, s / np.maximum(c, 1), u)
-        u = _smooth(u, s, c, smoothing / 4.0**k, tau * 4.0**k, SWEEPS[min(k, len(SWEEPS) - 1)])
+            u = np.where(c32 > 0, s32 / np.maximum(c32, 1), u)
+        u = _smooth(u, s32, c32, smoothing / 4.0**k, tau * 4.0**k, SWEEPS[min(k, len(SWEEPS) - 1)])
     out = u[:h, :w]
     out[m] = v[m]
     return out.astype(np.float32)

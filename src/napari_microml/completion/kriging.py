@@ -7,8 +7,11 @@ and pixel-noise variance are fitted by maximising the marginal likelihood of ran
 neighbourhoods (analytic gradients). No training, no network. Values are standardised by the
 measured pixels' mean and std only, so the result scales with the data (no absolute floors).
 Memory is bounded by ``chunk`` blocks at a time plus the output, so large frames run in pieces.
-Used by ``complete_scan(model="kriging")`` (Matérn-5/2, 8- or 16-px blocks: the default) and
-``complete_scan(model="local-gp")`` (Matérn-3/2, 8-px blocks: the benchmark's reference).
+:func:`lattice_kriging_iter` adds a crystal-lattice mean (:mod:`.periodic`) where a held-out
+check on the scan's own measured pixels favours it, and calibrates the σ on the same pixels.
+Used by ``complete_scan(model="kriging")`` (Matérn-5/2, 8- or 16-px blocks, lattice mean and
+calibration: the default) and ``complete_scan(model="local-gp")`` (Matérn-3/2, 8-px blocks,
+plain: the benchmark's reference).
 """
 
 from __future__ import annotations
@@ -161,6 +164,80 @@ def standardise(measured: np.ndarray) -> tuple[np.ndarray, float, float]:
     return (x - mu) / sd, mu, sd
 
 
+def _block_edge(block: int | str, k: int, mask: np.ndarray) -> int:
+    """``block="auto"``: the block edge at most the neighbourhood's radius (8 px on dense
+    scans, else 16 px)."""
+    if block != "auto":
+        return int(block)
+    return 8 if np.sqrt(k / (np.pi * mask.mean())) < 16 else 16
+
+
+def predict_blocks(
+    tree,
+    vals: np.ndarray,
+    corners: np.ndarray,
+    block: int,
+    shape: tuple[int, int],
+    *,
+    length: float,
+    amp: float,
+    noise: float,
+    k: int,
+    kernel: str,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Kriging of ``block``×``block`` pixel blocks from the measured points around each centre.
+
+    Parameters
+    ----------
+    tree : cKDTree of the measured points (row, col), whose ``data`` are the points.
+    vals : (N,) standardised measured values, in the tree's order.
+    corners : (B, 2) int top-left pixel of each block.
+    block : block edge (px); blocks are clipped to ``shape`` for their centre only.
+    length, amp, noise : kernel length (px), signal and pixel-noise variances (standardised).
+    k : neighbours per block (octant-balanced, see :func:`_octant_neighbours`).
+
+    Returns
+    -------
+    rows, cols : (B, block²) int pixel indices (may run past ``shape`` by < ``block``).
+    mean : (B, block²) latent mean (standardised units); the local mean is the neighbours' mean.
+    var : (B, block²) latent variance (without the pixel noise).
+    """
+    pts = tree.data
+    h, w = shape
+    k = int(min(k, len(pts)))
+    off = (
+        np.stack(np.meshgrid(np.arange(block), np.arange(block), indexing="ij"), -1)
+        .reshape(-1, 2)
+        .astype(np.float64)
+    )
+    off32 = off.astype(np.float32)
+    off2 = (off32**2).sum(-1)
+    c0 = np.asarray(corners)
+    centres = c0 + (np.minimum(block, np.stack([h - c0[:, 0], w - c0[:, 1]], 1)) - 1) / 2.0
+    idx = _octant_neighbours(tree, pts, centres, k)
+    nb = pts[idx] - c0[:, None, :]  # block-relative (B, k, 2)
+    y = vals[idx]
+    kmat = _matern(np.sqrt(((nb[:, :, None] - nb[:, None]) ** 2).sum(-1)), length, amp, kernel)
+    kmat += (noise + 1e-6) * np.eye(k)
+    kinv = np.linalg.inv(kmat)
+    ym = y.mean(1, keepdims=True)
+    alpha = np.einsum("bij,bj->bi", kinv, y - ym)
+    # the b²×k cross-covariances dominate the cost: float32 (their rounding is ~1e-7 of the
+    # measured std, far below any noise)
+    nb32 = nb.astype(np.float32)
+    d2 = (
+        off2[None, :, None]
+        + (nb32**2).sum(-1)[:, None, :]
+        - 2.0 * (off32 @ nb32.transpose(0, 2, 1))
+    )
+    ks = _matern(np.sqrt(np.maximum(d2, 0, out=d2), out=d2), length, amp, kernel)  # (B, b², k)
+    mu_b = ym + (ks @ alpha[..., None].astype(np.float32))[..., 0]
+    var_b = amp - ((ks @ kinv.astype(np.float32)) * ks).sum(-1)
+    rr = (c0[:, None, 0] + off[None, :, 0]).astype(int)
+    cc = (c0[:, None, 1] + off[None, :, 1]).astype(int)
+    return rr, cc, mu_b, var_b
+
+
 def local_gp_iter(
     values,
     mask,
@@ -174,6 +251,7 @@ def local_gp_iter(
     fit_k: int = 64,
     sigma: str = "measurement",
     kernel: str = "matern32",
+    latent_scale: float = 1.0,
 ):
     """Generator twin of :func:`local_gp`: yields ``(done, total)`` block chunks (like
     ``runtime.tiling.tiled_predict``) and returns ``(image, std, params)`` (float64).
@@ -181,6 +259,7 @@ def local_gp_iter(
     ``sigma="measurement"``: 1σ of what a new measurement at the pixel would read (latent +
     fitted pixel noise); ``"signal"``: 1σ of the noise-free signal (latent only).
     ``block="auto"``: 8 px where the k neighbours lie within 16 px (dense scans), else 16 px.
+    ``latent_scale``: factor on the latent (signal) variance, e.g. from a held-out calibration.
     """
     if kernel not in KERNELS:
         raise ValueError(f"kernel must be one of {', '.join(KERNELS)}, not {kernel!r}.")
@@ -193,48 +272,17 @@ def local_gp_iter(
     p = params or fit_gp_hyperparameters(v, m, k=fit_k, n_fit=n_fit, seed=seed, kernel=kernel)
     length, amp, noise = p["length"], p["amp"], p["noise"]
     k = int(min(k, len(pts)))
-    if (
-        block == "auto"
-    ):  # the block edge at most the neighbourhood's radius: dense scans, smaller blocks
-        radius = np.sqrt(k / (np.pi * m.mean()))
-        block = 8 if radius < 16 else 16
+    block = _block_edge(block, k, m)
     tree = cKDTree(pts)
     by, bx = np.meshgrid(np.arange(0, h, block), np.arange(0, w, block), indexing="ij")
     corners = np.stack([by.ravel(), bx.ravel()], 1)
-    off = (
-        np.stack(np.meshgrid(np.arange(block), np.arange(block), indexing="ij"), -1)
-        .reshape(-1, 2)
-        .astype(np.float64)
-    )
-    off32 = off.astype(np.float32)
-    off2 = (off32**2).sum(-1)
     mean = np.zeros((h + block, w + block))
     var = np.zeros((h + block, w + block))
-    eye = np.eye(k)
     for i in range(0, len(corners), chunk):
         c0 = corners[i : i + chunk]
-        centres = c0 + (np.minimum(block, np.stack([h - c0[:, 0], w - c0[:, 1]], 1)) - 1) / 2.0
-        idx = _octant_neighbours(tree, pts, centres, k)
-        nb = pts[idx] - c0[:, None, :]  # block-relative (B, k, 2)
-        y = vals[idx]
-        kmat = _matern(np.sqrt(((nb[:, :, None] - nb[:, None]) ** 2).sum(-1)), length, amp, kernel)
-        kmat += (noise + 1e-6) * eye
-        kinv = np.linalg.inv(kmat)
-        ym = y.mean(1, keepdims=True)
-        alpha = np.einsum("bij,bj->bi", kinv, y - ym)
-        # the b²×k cross-covariances dominate the cost: float32 (their rounding is ~1e-7 of the
-        # measured std, far below any noise)
-        nb32 = nb.astype(np.float32)
-        d2 = (
-            off2[None, :, None]
-            + (nb32**2).sum(-1)[:, None, :]
-            - 2.0 * (off32 @ nb32.transpose(0, 2, 1))
+        rr, cc, mu_b, var_b = predict_blocks(
+            tree, vals, c0, block, (h, w), length=length, amp=amp, noise=noise, k=k, kernel=kernel
         )
-        ks = _matern(np.sqrt(np.maximum(d2, 0, out=d2), out=d2), length, amp, kernel)  # (B, b², k)
-        mu_b = ym + (ks @ alpha[..., None].astype(np.float32))[..., 0]
-        var_b = amp - ((ks @ kinv.astype(np.float32)) * ks).sum(-1)
-        rr = (c0[:, None, 0] + off[None, :, 0]).astype(int)
-        cc = (c0[:, None, 1] + off[None, :, 1]).astype(int)
         mean[rr, cc] = mu_b
         var[rr, cc] = var_b
         yield min(i + chunk, len(corners)), len(corners)
@@ -245,6 +293,7 @@ def local_gp_iter(
     )  # rounding can push it to 0 or below off the measured pixels
     # "measurement": what a re-scan reads there = latent + the fitted pixel noise (the latent part
     # alone covered the noisy truth only ~75 % of the time)
+    latent = latent * latent_scale
     total = latent + noise if sigma == "measurement" else latent
     std = np.where(m, 0.0, np.sqrt(total) * sd)
     return (
@@ -291,3 +340,239 @@ def local_gp(
     return (
         (out.astype(np.float32), std.astype(np.float32)) if return_std else out.astype(np.float32)
     )
+
+
+MAX_SQUARES = 64  # left-out squares of the held-out check, all rounds together
+COVERAGE_TARGET = 0.9545  # the 2σ band of a Gaussian
+GAIN_SE = 3.0  # the lattice mean must beat plain kriging by this many standard errors
+
+
+def holdout_squares(mask: np.ndarray, *, seed: int = 0) -> tuple[list[np.ndarray], int]:
+    """Squares whose measured pixels are left out to test a predictor on the scan itself.
+
+    The edge is 6× the median distance of the unmeasured pixels to the nearest measured one
+    (8–64 px, at most a quarter of the frame), so a left-out square is a gap like the scan's
+    own. The frame is tiled by such squares and split into four rounds (a 2×2 checkerboard), so
+    the squares left out together are never adjacent; at most ``MAX_SQUARES`` in all.
+
+    Returns
+    -------
+    rounds : four (n, 2) arrays, top-left pixels of the squares (holding a measured pixel)
+        left out together.
+    side : the squares' edge (px).
+    """
+    from scipy.ndimage import distance_transform_edt
+
+    h, w = mask.shape
+    gap = float(np.median(distance_transform_edt(~mask)[~mask]))
+    side = int(np.clip(round(6 * gap), 8, 64))
+    side = max(4, min(side, h // 4, w // 4))
+    rng = np.random.default_rng(seed)
+    rounds = []
+    for a, b in ((0, 0), (1, 1), (0, 1), (1, 0)):
+        ys, xs = np.meshgrid(
+            np.arange(a * side, h - side + 1, 2 * side),
+            np.arange(b * side, w - side + 1, 2 * side),
+            indexing="ij",
+        )
+        c = np.stack([ys.ravel(), xs.ravel()], 1)
+        c = c[[mask[y : y + side, x : x + side].any() for y, x in c]]
+        rounds.append(c[rng.permutation(len(c))[: MAX_SQUARES // 4]])
+    return rounds, side
+
+
+def _holdout_errors(v, m, corners, side, mean_fn, params, *, k, kernel):
+    """Errors at the left-out measured pixels of each square when they are predicted from the
+    rest: ``mean_fn(keep, held) -> (trend at the kept pixels, trend at the left-out ones)``.
+
+    Returns per square lists of (error, latent variance, noise variance), in data units²;
+    none when too few measured pixels would remain.
+    """
+    h, w = m.shape
+    held = np.zeros_like(m)
+    for y, x in corners:
+        held[y : y + side, x : x + side] = m[y : y + side, x : x + side]
+    keep = m & ~held
+    if keep.sum() < 8 or not held.any():
+        return []
+    pts = np.argwhere(keep).astype(np.float64)
+    trend_keep, trend_held = mean_fn(keep, held)
+    r = v[keep] - trend_keep
+    mu, sd = float(r.mean()), float(r.std())
+    sd = sd if sd > 0 else 1.0  # a flat remainder: any scale predicts it
+    rr, cc, mu_b, var_b = predict_blocks(
+        cKDTree(pts),
+        (r - mu) / sd,
+        corners,
+        side,
+        (h, w),
+        length=params["length"],
+        amp=params["amp"],
+        noise=params["noise"],
+        k=k,
+        kernel=kernel,
+    )
+    pred = np.zeros((h + side, w + side))
+    lat = np.zeros((h + side, w + side))
+    pred[rr, cc] = mu_b * sd + mu
+    lat[rr, cc] = np.maximum(var_b, 1e-6 * params["amp"]) * sd**2
+    full = np.zeros((h, w))
+    full[held] = trend_held
+    out = []
+    for y, x in corners:
+        sl = (slice(y, y + side), slice(x, x + side))
+        hm = held[sl]
+        e = v[sl][hm] - (full[sl][hm] + pred[sl][hm])
+        out.append((e, lat[sl][hm], params["noise"] * sd**2))
+    return out
+
+
+def _calibration(errors) -> float:
+    """Factor on the latent variance so that 95.45 % of the left-out pixels fall within 2σ
+    (bisection; 1/4–16)."""
+    e = np.concatenate([x[0] for x in errors])
+    lat = np.concatenate([x[1] for x in errors])
+    noise = np.concatenate([np.full(len(x[0]), x[2]) for x in errors])
+
+    def cover(c):
+        return np.mean(np.abs(e) <= 2 * np.sqrt(c * lat + noise))
+
+    lo, hi = np.log(0.25), np.log(16.0)
+    if cover(np.exp(lo)) >= COVERAGE_TARGET:
+        return float(np.exp(lo))
+    if cover(np.exp(hi)) < COVERAGE_TARGET:
+        return float(np.exp(hi))
+    for _ in range(30):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if cover(np.exp(mid)) < COVERAGE_TARGET else (lo, mid)
+    return float(np.exp(hi))
+
+
+def lattice_kriging_iter(
+    values,
+    mask,
+    *,
+    k: int = 64,
+    block: int | str = "auto",
+    n_fit: int = 48,
+    fit_k: int = 48,
+    kernel: str = "matern52",
+    sigma: str = "measurement",
+    lattice: bool = True,
+    calibrate: bool = True,
+    seed: int = 0,
+):
+    """Kriging with a crystal-lattice mean where the scan shows one, and a held-out σ check.
+
+    When the scan's spectrum has a lattice reflection (:func:`periodic.lattice_basis` on a
+    normalised-convolution fill), a Fourier-series mean on the reciprocal vectors is fitted to
+    the measured pixels (:func:`periodic.fit_lattice_mean`) and the local GP krigs the rest.
+    Whether to use it is decided on the scan itself: the measured pixels in non-adjacent
+    gap-sized squares are left out (:func:`holdout_squares`) and predicted from the others with
+    and without the lattice mean; the lattice mean is kept only when its squared error is lower
+    by more than ``GAIN_SE`` standard errors over the squares. Otherwise this is plain kriging
+    (:func:`local_gp_iter`). With ``calibrate`` the latent variance is scaled so that 95.45 %
+    of the left-out pixels of the chosen predictor fall within its 2σ.
+
+    Yields ``(done, total)``; returns ``(image, std, params)`` like :func:`local_gp_iter`, with
+    ``params["mean"]`` (``"local"`` or ``"lattice"``), the check's figures and the factor.
+    """
+    from dataclasses import replace
+
+    from napari_microml.completion.periodic import (
+        alias_vectors,
+        design,
+        fit_lattice_mean,
+        lattice_basis,
+        normal_equations,
+        solve_normal,
+    )
+
+    v, m = check_pair(values, mask)
+    h, w = v.shape
+    pts = np.argwhere(m).astype(np.float64)
+    _, mu, sd = standardise(v[m])
+    kb = int(min(k, len(pts)))
+    rounds, side = holdout_squares(m, seed=seed)
+    p_plain = fit_gp_hyperparameters(v, m, k=fit_k, n_fit=n_fit, seed=seed, kernel=kernel)
+    n_sq = int(sum(len(c) for c in rounds))
+    info: dict = {"mean": "local", "holdout_squares": n_sq, "holdout_side": side}
+
+    def holdout(trend_fn, params):
+        return [
+            e
+            for c in rounds
+            if len(c)
+            for e in _holdout_errors(v, m, c, side, trend_fn, params, k=kb, kernel=kernel)
+        ]
+
+    def plain_trend(keep, held):
+        return np.zeros(int(keep.sum())), np.zeros(int(held.sum()))
+
+    errs = holdout(plain_trend, p_plain) if n_sq >= 8 and (lattice or calibrate) else []
+    check = len(errs) >= 8  # enough left-out squares to compare and calibrate on
+    chosen, params, trend = errs, p_plain, None
+    aliases = alias_vectors(m)
+    basis = (
+        lattice_basis(np.where(m, (v - mu) / sd, 0.0), aliases=aliases)
+        if lattice and check
+        else None
+    )
+    lm = (
+        fit_lattice_mean(pts, v[m], basis, (h, w), seed=seed, aliases=aliases)
+        if basis is not None
+        else None
+    )
+    trend_img = lm.image((h, w)) if lm is not None else None
+    try:
+        p_res = (
+            fit_gp_hyperparameters(
+                np.where(m, v - trend_img, 0.0), m, k=fit_k, n_fit=n_fit, seed=seed, kernel=kernel
+            )
+            if trend_img is not None
+            else None
+        )
+    except ValueError:  # the lattice leaves an exactly flat residual: nothing to krige
+        lm = None
+    if lm is not None and p_res is not None and trend_img is not None:
+        gram, rhs = normal_equations(pts - lm.origin, v[m], lm.freqs)
+
+        def lattice_trend(keep, held):
+            # refitted without the left-out pixels: their rows taken out of the normal equations
+            a_h = design(np.argwhere(held) - lm.origin, lm.freqs)
+            c = solve_normal(gram - a_h.T @ a_h, rhs - a_h.T @ v[held], int(keep.sum()))
+            img = replace(lm, coef=c).image((h, w))
+            return img[keep], img[held]
+
+        errs_l = holdout(lattice_trend, p_res)
+        d = np.array(
+            [(a[0] ** 2).sum() - (b[0] ** 2).sum() for a, b in zip(errs, errs_l, strict=True)]
+        )
+        n_held = sum(len(a[0]) for a in errs)
+        gain, se = float(d.mean()), float(d.std(ddof=1) / np.sqrt(len(d)))
+        info.update(
+            basis=lm.basis.round(6).tolist(),
+            harmonics=int(len(lm.freqs)),
+            holdout_mse_local=float(sum((a[0] ** 2).sum() for a in errs) / n_held),
+            holdout_mse_lattice=float(sum((b[0] ** 2).sum() for b in errs_l) / n_held),
+            holdout_gain_over_se=gain / max(se, 1e-300),
+        )
+        if gain > GAIN_SE * se:
+            chosen, params, trend = errs_l, p_res, trend_img
+            info["mean"] = "lattice"
+    scale = _calibration(chosen) if calibrate and check else 1.0
+    target = v if trend is None else np.where(m, v - trend, 0.0)
+    image, std, fitted = yield from local_gp_iter(
+        target,
+        m,
+        k=k,
+        block=block,
+        params=params,
+        seed=seed,
+        sigma=sigma,
+        kernel=kernel,
+        latent_scale=scale,
+    )
+    if trend is not None:
+        image = np.where(m, v, image + trend)
+    return image, std, {**fitted, **info, "latent_scale": scale}

@@ -23,8 +23,10 @@ _CHUNK = 1 << 20  # trajectory samples rasterised at a time (bounded memory on l
 def _rasterise(
     path: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]], n: int, shape: tuple[int, int]
 ) -> np.ndarray:
-    """Mark the pixels nearest to ``n`` trajectory samples ``path(index) -> (rows, cols)``,
-    in chunks; samples outside the field are dropped."""
+    """Mark the pixels nearest to ``n`` trajectory samples ``path(index) -> (rows, cols)``.
+
+    In chunks; samples outside the field are dropped.
+    """
     h, w = shape
     mask = np.zeros(shape, bool)
     for start in range(0, n, _CHUNK):
@@ -58,6 +60,7 @@ def _tune(
             lo = mid
         else:
             hi = mid
+    assert best is not None  # iters ≥ 1: at least one mask was made
     return best
 
 
@@ -124,7 +127,7 @@ def _mirror(x: np.ndarray, size: int) -> np.ndarray:
 
 
 def _random_walk(shape, coverage, rng) -> np.ndarray:
-    """A persistent random walk (smoothly turning heading, unit speed) until coverage is met."""
+    """Trace a persistent random walk (smoothly turning, unit speed) until coverage is met."""
     h, w = shape
     target = int(round(coverage * h * w))
     turn = rng.uniform(0.05, 0.25)  # heading change per px (rad, std)
@@ -177,8 +180,11 @@ def _lines(shape, coverage, rng) -> np.ndarray:
 
 
 def _line_hopping(shape, coverage, rng) -> np.ndarray:
-    """Partial scan lines that hop: every k-th row is scanned in segments of 8-64 px, each on a
-    row drawn at random within its line's band (a line-hopping / partial-line acquisition)."""
+    """Scan partial lines that hop (a line-hopping / partial-line acquisition).
+
+    Every k-th row is scanned in segments of 8-64 px, each on a row drawn at random within its
+    line's band.
+    """
     h, w = shape
     n_rows = int(np.clip(round(coverage * h), 1, h))
     step = h / n_rows
@@ -234,7 +240,8 @@ def scan_mask(kind: str, shape: tuple[int, int], coverage: float, *, seed: int =
     -------
     ndarray of bool, shape (H, W)
         True where a pixel is measured. Spiral, Lissajous, random walk and random masks match
-        ``coverage`` within 2 % (relative); grid, lines and line hopping are quantised to whole rows/columns.
+        ``coverage`` within 2 % (relative); grid, lines and line hopping are quantised to whole
+        rows/columns.
     """
     if kind not in _MAKERS:
         raise ValueError(f"Unknown scan kind {kind!r}; choose one of {', '.join(MASK_KINDS)}.")

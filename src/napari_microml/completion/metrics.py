@@ -18,7 +18,7 @@ def _to_unit_range(pred, truth):
 
 
 def relative_rms(pred: np.ndarray, truth: np.ndarray, mask: np.ndarray) -> float:
-    """RMS(pred − truth) at the unmeasured pixels (``~mask``), as a fraction of the truth's range."""
+    """RMS(pred − truth) at the unmeasured pixels (``~mask``), a fraction of the truth's range."""
     p, t, _ = _to_unit_range(pred, truth)
     miss = ~np.asarray(mask, bool)
     return float(np.sqrt(np.mean((p - t)[miss] ** 2)))

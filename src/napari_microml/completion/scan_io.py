@@ -88,27 +88,26 @@ def rasterise(
     if (pix < 0).any():
         bad = pos[(pix < 0).any(axis=1)][0]
         raise ValueError(
-            f"Scan position {tuple(float(x) for x in bad)} falls at a negative pixel; positions must be "
-            "(row, col) ≥ 0 (set `origin` if they are relative to a region of interest)."
+            f"Scan position {tuple(float(x) for x in bad)} falls at a negative pixel; "
+            "positions must be (row, col) ≥ 0 (set `origin` if they are relative to a region "
+            "of interest)."
         )
     need = tuple(int(n) for n in pix.max(axis=0) + 1)
-    if shape is None:
-        shape = need
-    shape = tuple(int(n) for n in shape)
-    if len(shape) != 2 or min(shape) < 1:
-        raise ValueError(f"The grid shape must be two positive sizes (H, W); got {shape}.")
-    if need[0] > shape[0] or need[1] > shape[1]:
+    grid = tuple(int(n) for n in (need if shape is None else shape))
+    if len(grid) != 2 or min(grid) < 1:
+        raise ValueError(f"The grid shape must be two positive sizes (H, W); got {grid}.")
+    if need[0] > grid[0] or need[1] > grid[1]:
         raise ValueError(
             f"Scan positions reach pixel (row {need[0] - 1}, col {need[1] - 1}), outside "
-            f"the {shape[0]}×{shape[1]} grid; check the grid size and the (x, y) order."
+            f"the {grid[0]}×{grid[1]} grid; check the grid size and the (x, y) order."
         )
-    flat = np.ravel_multi_index((pix[:, 0], pix[:, 1]), shape)
-    total = np.bincount(flat, weights=vals, minlength=shape[0] * shape[1])
-    count = np.bincount(flat, minlength=shape[0] * shape[1])
+    flat = np.ravel_multi_index((pix[:, 0], pix[:, 1]), grid)
+    total = np.bincount(flat, weights=vals, minlength=grid[0] * grid[1])
+    count = np.bincount(flat, minlength=grid[0] * grid[1])
     mask = count > 0
     out = np.zeros(total.shape, np.float64)
     out[mask] = total[mask] / count[mask]
-    return out.reshape(shape), mask.reshape(shape)
+    return out.reshape(grid), mask.reshape(grid)
 
 
 def read_scan_csv(path, *, order: str = "xy") -> np.ndarray:
@@ -138,7 +137,7 @@ def read_scan_csv(path, *, order: str = "xy") -> np.ndarray:
     p = Path(path)
     if not p.is_file():
         raise ValueError(f"Could not read scan positions: {p} does not exist.")
-    rows = []
+    rows: list[list[float]] = []
     for n, line in enumerate(p.read_text(errors="replace").splitlines(), start=1):
         parts = [s for s in re.split(r"[,;\s]+", line.strip()) if s]
         if not parts:
@@ -312,8 +311,8 @@ def check_sparse(values, mask) -> tuple[np.ndarray, np.ndarray]:
     ------
     ValueError
         For RGB or wrong-dimensional input, a mask whose shape differs from the image, a mask
-        with no measured pixel (in any frame), a mask that measures every pixel of a frame (nothing to
-        complete), or NaN/inf values at measured pixels.
+        with no measured pixel (in any frame), a mask that measures every pixel of a frame
+        (nothing to complete), or NaN/inf values at measured pixels.
     """
     from napari_microml.completion.complete import check_scan, output_dtype
     from napari_microml.runtime.validate import as_image_stack
@@ -379,7 +378,7 @@ def random_scan_layers(movie_path, movie) -> list[tuple]:
         "scan_coordinates": str(coords_path),
         "scan_info": str(info_path) if info_path else None,
         "scan_shape": tuple(values.shape),
-        "roi_offset": tuple(meta["roi_offset"]),
+        "roi_offset": tuple(np.asarray(meta["roi_offset"]).tolist()),
         "n_positions": int(len(coords)),
     }
     positions = coords + np.asarray(meta["roi_offset"])

@@ -1,0 +1,314 @@
+"""A crystal-lattice mean for kriging: a Fourier series on the lattice's reciprocal vectors.
+
+A local GP only sees the measured pixels around each gap, so it cannot use the fact that a
+crystal repeats: every unit cell is a fresh, independent sample of the same motif. Here the
+reciprocal-lattice vectors are read from the spectrum of a cheap fill of the scan, refined by
+least squares on the measured pixels only, and a few harmonics of them are fitted (linear least
+squares, measured pixels only) as the image's mean; the local GP then krigs what the lattice
+does not explain. Whether the lattice mean is used is decided per scan by a held-out check on
+the measured pixels (:func:`napari_microml.completion.kriging.lattice_kriging_iter`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage as ndi
+from scipy.optimize import least_squares
+
+MIN_PERIOD = 3.0  # px: finer "lattices" are pixel noise
+MIN_CELLS = 4  # the lattice must repeat at least this often across the frame
+MIN_RELATIVE_POWER = 0.01  # a reflection holds at least this share of the strongest one's power
+FALSE_PEAK = 0.05  # chance that pure noise puts one bin over the peak threshold, per frame
+ORDER = 3  # harmonics h·g1 + k·g2 with |h|, |k| ≤ ORDER
+REFINE_POINTS = 2000  # measured pixels used to refine the reciprocal vectors
+SAMPLES_PER_PARAMETER = 10  # fewer measured pixels per coefficient: drop the highest harmonics
+
+
+@dataclass
+class LatticeMean:
+    """A Fourier-series mean: ``const + Σ_f a_f cos 2π f·x + b_f sin 2π f·x``.
+
+    basis : (1 or 2, 2) reciprocal vectors (cycles/px, (row, col)).
+    freqs : (M, 2) harmonic frequencies (cycles/px).
+    coef : (1 + 2M,) constant, then the cos and the sin coefficients.
+    origin : (2,) pixel the phases are measured from (the frame centre, for conditioning).
+    """
+
+    basis: np.ndarray
+    freqs: np.ndarray
+    coef: np.ndarray
+    origin: np.ndarray
+
+    def at(self, pts: np.ndarray) -> np.ndarray:
+        """The mean at pixel coordinates ``pts`` (N, 2)."""
+        return design(pts - self.origin, self.freqs) @ self.coef
+
+    def image(self, shape: tuple[int, int]) -> np.ndarray:
+        """The mean on the whole ``shape`` pixel grid (float64), by separable phase factors."""
+        y = np.arange(shape[0]) - self.origin[0]
+        x = np.arange(shape[1]) - self.origin[1]
+        m = len(self.freqs)
+        c = (
+            self.coef[1 : 1 + m] - 1j * self.coef[1 + m :]
+        )  # a cos θ + b sin θ = Re((a − ib) e^{iθ})
+        ey = np.exp(2j * np.pi * np.outer(y, self.freqs[:, 0]))
+        ex = np.exp(2j * np.pi * np.outer(self.freqs[:, 1], x))
+        return self.coef[0] + ((ey * c) @ ex).real
+
+
+def design(pts: np.ndarray, freqs: np.ndarray) -> np.ndarray:
+    """Design matrix (N, 1 + 2M): a constant, cos and sin of 2π f·x for each frequency."""
+    phase = 2 * np.pi * (pts @ freqs.T)
+    return np.concatenate([np.ones((len(pts), 1)), np.cos(phase), np.sin(phase)], 1)
+
+
+def harmonics(basis: np.ndarray, order: int = ORDER, f_max: float = 1 / MIN_PERIOD) -> np.ndarray:
+    """Frequencies h·g1 + k·g2 (half plane, no zero) with |h|, |k| ≤ order and |f| ≤ f_max,
+    lowest first."""
+    hs = np.arange(-order, order + 1)
+    if len(basis) == 1:
+        combos = np.array([[h, 0] for h in hs if h > 0])
+        basis = np.vstack([basis, [0.0, 0.0]])
+    else:
+        combos = np.array([[h, k] for h in hs for k in hs if h > 0 or (h == 0 and k > 0)])
+    f = combos @ basis
+    f = f[np.linalg.norm(f, axis=1) <= f_max]
+    return f[np.argsort(np.linalg.norm(f, axis=1), kind="stable")]
+
+
+def alias_vectors(mask: np.ndarray, *, strength: float = 0.5) -> np.ndarray:
+    """Frequency shifts q (cycles/px) under which the scan cannot tell f from f + q.
+
+    A regular pattern (a grid, evenly spaced lines) has spectral peaks |M(q)| as strong as its
+    DC term: on its pixels, cos 2π f·x and cos 2π (f + q)·x read the same. Returns the q ≠ 0
+    with |M(q)| ≥ ``strength``·M(0), (n, 2); none for an irregular pattern.
+    """
+    h, w = mask.shape
+    mm = np.abs(np.fft.fft2(mask.astype(np.float64)))
+    fy = np.fft.fftfreq(h)[:, None] * np.ones((1, w))
+    fx = np.fft.fftfreq(w)[None, :] * np.ones((h, 1))
+    far = (np.abs(fy) * h > 2) | (np.abs(fx) * w > 2)  # beyond the finite frame's DC lobe
+    strong = far & (mm >= strength * mm[0, 0])
+    q = np.stack([fy[strong], fx[strong]], 1)
+    if len(q) == 0:
+        return q
+    n = np.linalg.norm(q, axis=1)
+    return q[n <= 2 * n.min()]  # the nearest shifts bound the resolvable zone
+
+
+ALIAS_MARGIN = 0.8  # a frequency must be this much closer to 0 than to any alias shift
+
+
+def resolvable(freqs: np.ndarray, aliases: np.ndarray) -> np.ndarray:
+    """Which ``freqs`` (M, 2) are clearly the lowest of their alias class (nearer 0 than any
+    alias shift q by ``ALIAS_MARGIN``): only those are told apart from a lower frequency by the
+    scan (a held-out check on the scan's own pixels cannot tell: they alias alike)."""
+    if len(aliases) == 0 or len(freqs) == 0:
+        return np.ones(len(freqs), bool)
+    d0 = np.linalg.norm(freqs, axis=1)
+    dq = np.linalg.norm(freqs[:, None, :] - aliases[None], axis=2).min(1)
+    return d0 < ALIAS_MARGIN * dq
+
+
+def _peak_subbin(logp: np.ndarray, i: int, j: int) -> tuple[float, float]:
+    """Parabolic sub-bin offset of a spectral peak along each axis (bins)."""
+    out = []
+    for a, b in (
+        (((i - 1) % logp.shape[0], j), ((i + 1) % logp.shape[0], j)),
+        (
+            (i, (j - 1) % logp.shape[1]),
+            (i, (j + 1) % logp.shape[1]),
+        ),
+    ):
+        lo, c, hi = logp[a], logp[i, j], logp[b]
+        den = lo - 2 * c + hi
+        out.append(float(np.clip(0.5 * (lo - hi) / den, -0.5, 0.5)) if den < 0 else 0.0)
+    return out[0], out[1]
+
+
+def lattice_basis(image: np.ndarray, *, aliases: np.ndarray | None = None) -> np.ndarray | None:
+    """Reciprocal-lattice vectors (cycles/px) of the strongest periodicity in ``image``.
+
+    Parameters
+    ----------
+    image : (H, W) the scan's measured values less their mean, 0 where unmeasured (its
+        spectrum is the image's blurred by the scan pattern's, whose energy an irregular
+        pattern spreads thinly).
+    aliases : the scan's alias shifts (:func:`alias_vectors`): reflections are looked for only
+        among the frequencies the scan resolves.
+
+    Returns
+    -------
+    (2, 2) two non-collinear vectors, (1, 2) one (fringes), or None when no peak stands out.
+    """
+    h, w = image.shape
+    from scipy.signal.windows import tukey
+
+    # edges tapered (their jump would leak along the axes), the middle kept: a Hann window
+    # would discard most of a sparse scan's samples
+    win = np.outer(tukey(h, 0.25), tukey(w, 0.25))
+    p = np.abs(np.fft.fft2((image - image.mean()) * win)) ** 2
+    fy = np.fft.fftfreq(h)[:, None] * np.ones((1, w))
+    fx = np.fft.fftfreq(w)[None, :] * np.ones((h, 1))
+    fr = np.hypot(fy, fx)
+    band = (fr <= 1 / MIN_PERIOD) & (fr >= MIN_CELLS / min(h, w))
+    if aliases is not None and len(aliases):
+        band &= resolvable(np.stack([fy.ravel(), fx.ravel()], 1), aliases).reshape(h, w)
+    ring = np.minimum((fr * min(h, w)).astype(int), min(h, w))  # rings one bin wide
+    med = np.zeros(ring.max() + 1)
+    for r in np.unique(ring[band]):
+        med[r] = np.median(p[band & (ring == r)])
+    ratio = np.where(band, p / np.maximum(med[ring], 1e-300), 0.0)
+    # noise power is exponential (median ln 2): the ratio pure noise exceeds in one of the
+    # band's bins with probability FALSE_PEAK
+    peak_ratio = np.log(max(int(band.sum()), 1) / FALSE_PEAK) / np.log(2)
+    # a reflection: a local maximum standing out of its ring; the strongest such wins (a faint
+    # high-frequency ripple on a smooth image stands out of its near-empty ring, too)
+    peak = (ratio >= peak_ratio) & (p >= ndi.maximum_filter(p, size=3, mode="wrap"))
+    # and not a ripple beside the strongest reflection (on a clean image every ring is empty)
+    peak &= p >= MIN_RELATIVE_POWER * np.max(np.where(peak, p, 0.0))
+    power = np.where(peak & ((fy > 0) | ((fy == 0) & (fx > 0))), p, 0.0)
+    logp = np.log(np.maximum(p, 1e-300))
+    picked: list[np.ndarray] = []
+    for _ in range(2):
+        cand = power.copy()
+        for g in picked:  # the second vector: not along the first (≥ 30° apart)
+            cosang = np.abs(fy * g[0] + fx * g[1]) / np.maximum(fr * np.hypot(*g), 1e-300)
+            cand[cosang > np.cos(np.radians(30))] = 0
+        i, j = (int(x) for x in np.unravel_index(int(np.argmax(cand)), cand.shape))
+        if cand[i, j] <= 0:
+            break
+        di, dj = _peak_subbin(logp, i, j)
+        picked.append(np.array([fy[i, j] + di / h, fx[i, j] + dj / w]))
+    if not picked:
+        return None
+
+    def is_peak(f):
+        i, j = int(round(f[0] * h)), int(round(f[1] * w))
+        return (
+            bool(peak[(i - 1) % h : (i + 1) % h + 1, (j - 1) % w : (j + 1) % w + 1].any())
+            if (abs(i) < h // 2 - 1 and abs(j) < w // 2 - 1)
+            else False
+        )
+
+    return _primitive(np.array(picked), is_peak)
+
+
+def _primitive(basis: np.ndarray, is_peak) -> np.ndarray:
+    """The coarsest lattice holding ``basis`` and the reflections at its 1/2 and 1/3 fractions
+    that ``is_peak`` finds (the two strongest reflections may span a sublattice, e.g. a
+    superstructure's or one of every third reflection of a hexagonal motif)."""
+    for _ in range(4):
+        found = None
+        for n in (2, 3):
+            fracs = [(i, j) for i in range(n) for j in range(n if len(basis) == 2 else 1)]
+            for i, j in fracs[1:]:
+                c = (i * basis[0] + (j * basis[1] if len(basis) == 2 else 0)) / n
+                if is_peak(c):
+                    found = (c, n)
+                    break
+            if found:
+                break
+        if found is None:
+            return basis
+        c, n = found
+        if len(basis) == 1:
+            basis = c[None]
+            continue
+        rng = range(-3, 4)
+        vs = np.array(
+            [a * basis[0] + b * basis[1] + e * c for a in rng for b in rng for e in range(n)]
+        )
+        vs = vs[np.linalg.norm(vs, axis=1) > 1e-9]
+        vs = vs[np.argsort(np.linalg.norm(vs, axis=1), kind="stable")]
+        covol = abs(np.linalg.det(basis)) / n
+        v1 = vs[0]
+        dets = np.abs(vs[:, 0] * v1[1] - vs[:, 1] * v1[0])
+        basis = np.array([v1, vs[int(np.argmax(np.abs(dets - covol) < 0.01 * covol))]])
+    return basis
+
+
+def _fit(a: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Least-squares coefficients of ``a @ c ≈ y`` (see :func:`solve_normal`)."""
+    return solve_normal(a.T @ a, a.T @ y, len(y))
+
+
+def solve_normal(gram: np.ndarray, rhs: np.ndarray, n: int) -> np.ndarray:
+    """Coefficients from the normal equations ``gram c = rhs`` of ``n`` samples, columns
+    scaled to unit RMS, with a tiny ridge (aliased harmonics stay finite)."""
+    scale = np.sqrt(np.maximum(np.diag(gram), 0) / max(n, 1)) + 1e-12
+    gn = gram / np.outer(scale, scale)
+    c = np.linalg.solve(gn + 1e-6 * n * np.eye(len(gn)), rhs / scale)
+    return c / scale
+
+
+def normal_equations(
+    rel: np.ndarray, y: np.ndarray, freqs: np.ndarray, chunk: int = 65536
+) -> tuple[np.ndarray, np.ndarray]:
+    """``AᵀA`` and ``Aᵀy`` of the design at ``rel`` (N, 2), summed in chunks (bounded memory)."""
+    m = 1 + 2 * len(freqs)
+    gram, rhs = np.zeros((m, m)), np.zeros(m)
+    for i in range(0, len(y), chunk):
+        a = design(rel[i : i + chunk], freqs)
+        gram += a.T @ a
+        rhs += a.T @ y[i : i + chunk]
+    return gram, rhs
+
+
+def fit_lattice_mean(
+    pts: np.ndarray,
+    y: np.ndarray,
+    basis: np.ndarray,
+    shape: tuple[int, int],
+    *,
+    order: int = ORDER,
+    seed: int = 0,
+    aliases: np.ndarray | None = None,
+) -> LatticeMean | None:
+    """Refine ``basis`` and fit the Fourier-series mean by least squares on measured pixels.
+
+    Parameters
+    ----------
+    pts : (N, 2) measured pixel coordinates (row, col).
+    y : (N,) their values.
+    basis : initial reciprocal vectors from :func:`lattice_basis` (cycles/px).
+    shape : the frame's (H, W); phases are measured from its centre.
+    order : highest harmonic index; harmonics are dropped (highest first) while fewer than
+        ``SAMPLES_PER_PARAMETER`` measured pixels remain per coefficient.
+    aliases : the scan's alias shifts (:func:`alias_vectors`); harmonics the scan cannot tell
+        from a lower frequency are left out.
+
+    Returns
+    -------
+    LatticeMean, or None when a regular scan does not resolve the lattice's second harmonics
+    (fewer than ~4 samples per period along a lattice vector).
+    """
+    aliases = np.zeros((0, 2)) if aliases is None else aliases
+    # a regular scan must resolve the second harmonics too: coarser, it reads a moiré that
+    # a held-out check on its own (equally aliased) pixels cannot tell from a lattice
+    if not resolvable(2 * basis, aliases).all():
+        return None
+    origin = (np.asarray(shape, np.float64) - 1) / 2
+    rel = pts - origin
+    rng = np.random.default_rng(seed)
+    sub = rng.choice(len(y), min(len(y), REFINE_POINTS), replace=False)
+
+    def resid(b):
+        a = design(rel[sub], harmonics(b.reshape(basis.shape), min(order, 2)))
+        return a @ _fit(a, y[sub]) - y[sub]
+
+    # variable projection: the coefficients are solved inside, only the vectors are searched
+    res = least_squares(resid, basis.ravel(), x_scale=1.0 / max(shape), diff_step=1e-7)
+    refined = (
+        res.x.reshape(basis.shape) if res.cost <= 0.5 * (resid(basis.ravel()) ** 2).sum() else basis
+    )
+    if not resolvable(2 * refined, aliases).all():
+        return None
+    freqs = harmonics(refined, order)
+    freqs = freqs[resolvable(freqs, aliases)]
+    freqs = freqs[: max(1, (len(y) // SAMPLES_PER_PARAMETER - 1) // 2)]
+    return LatticeMean(
+        refined, freqs, solve_normal(*normal_equations(rel, y, freqs), len(y)), origin
+    )
