@@ -153,6 +153,20 @@ def _completion(viewer, widget):
     return [lazy], "img completed"
 
 
+def _completion_measured(viewer, widget):
+    from napari_microml.completion.masks import scan_mask
+    from napari_microml.completion.widget import COMPLETE
+
+    image = _lattice().image
+    mask = scan_mask("spiral", image.shape, 0.1, seed=0)
+    lazy_values = _add(viewer, np.where(mask, image, 0), "measured")
+    lazy_mask = _add(viewer, mask.astype(np.float32), "measured mask")
+    widget.mode.value = COMPLETE
+    widget.sparse_layer.value = viewer.layers["measured"]
+    widget.mask_layer.value = viewer.layers["measured mask"]
+    return [lazy_values, lazy_mask], "measured completed"
+
+
 def _lattice_tool(viewer, widget):
     scene = _lattice((96, 96))
     lazy = _add(viewer, scene.image, "img")
@@ -196,6 +210,7 @@ TOOLS = {
     "Atom finder": _atoms,
     "Defect segmenter": _defects,
     "Partial-scan completer": _completion,
+    "Partial-scan completer/measured": _completion_measured,
     "Lattice analysis": _lattice_tool,
     "Spectral shift-VAE": _spectra,
     "Active learning (DKL)": _dkl,
@@ -206,7 +221,7 @@ TOOLS = {
 @pytest.mark.parametrize("tool", list(TOOLS))
 def test_a_run_reads_layer_data_only_in_the_worker(make_napari_viewer, qtbot, tool):
     viewer = make_napari_viewer()
-    _, widget = viewer.window.add_plugin_dock_widget("napari-microml", tool)
+    _, widget = viewer.window.add_plugin_dock_widget("napari-microml", tool.split("/")[0])
     arrays, output = TOOLS[tool](viewer, widget)
     for lazy in arrays:
         lazy.readers.clear()  # what napari did while the layers were added does not count
