@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 import napari_microml as mm
 from napari_microml.atoms import finetune as ft
@@ -47,6 +48,8 @@ def _scores(*values):
             "threshold": 0.4,
             "loss": 1.0 - f1,
             "f1_by_threshold": [f1] * len(ft.THRESHOLDS),
+            "tp": [5] * len(ft.THRESHOLDS),
+            "n_pred": [10] * len(ft.THRESHOLDS),
             "n_points": 10,
         }
 
@@ -82,6 +85,19 @@ def test_a_better_model_is_saved_listed_loadable_and_deletable(
     user_models.delete_user_model(name)
     assert "atoms-my-square" not in list_models("atoms")
     assert not any(models_folder.iterdir())
+
+
+def test_the_base_batchnorm_statistics_are_kept(frames, monkeypatch, one_torch_thread):
+    """Only the weights learn; BatchNorm's running statistics stay the base's (forgetting)."""
+    monkeypatch.setattr(ft._Validator, "__call__", _scores(0.5, 0.8))
+    name = mm.finetune_atoms(*frames, steps=3, name="bn-kept")
+    base, _ = load_model("atoms", "default")
+    tuned, _ = load_model("atoms", name)
+    b, t = base.state_dict(), tuned.state_dict()
+    stats = [k for k in b if k.endswith(("running_mean", "running_var"))]
+    assert stats and all(torch.equal(b[k], t[k]) for k in stats)
+    weights = [k for k in b if k.endswith("weight")]
+    assert any(not torch.equal(b[k], t[k]) for k in weights)
 
 
 def test_a_damaged_user_model_is_refused(frames, monkeypatch, one_torch_thread):

@@ -1,12 +1,12 @@
 """Fine-tune the atom finder on a user's own corrected points, so it gets their images right.
 
-``finetune_atoms(images, positions)`` copies a base model, trains it on crops of the user's
+``finetune_atoms(images, positions)`` copies a base model and trains it on crops of the user's
 images (flips, 90° rotations, intensity, noise and blur jitter) mixed with replayed synthetic
-frames of every scene and lattice (so it does not forget lattices), and keeps a strip of every
-image out of training as a validation split: early stopping and the detection threshold are
-chosen on it, and the new model is saved (nets/user_models.py) only when it finds the user's
-held-out points better than the base model does at the base's own best threshold; otherwise
-the base is kept and the result says why.
+frames of every scene and lattice, keeping the base's BatchNorm statistics (so it does not
+forget lattices). A strip of every image is kept out of training as a validation split: early
+stopping and the detection threshold are chosen on it, and the new model is saved
+(nets/user_models.py) only when it finds the user's held-out points better than the base model
+does at the base's own best threshold; otherwise the base is kept and the result says why.
 """
 
 from __future__ import annotations
@@ -29,8 +29,6 @@ BATCH = 8
 REPLAY = 2  # crops per batch drawn from synthetic frames (all scenes and lattices)
 N_REPLAY = 64  # synthetic frames in the replay pool
 LR = 5e-4
-ANCHOR = 0.0  # L2-SP: weight of the squared distance to the base model's weights
-FREEZE_BN = False  # keep the base's BatchNorm statistics (a batch of 8 crops is a noisy estimate)
 THRESHOLDS = np.round(np.arange(0.1, 0.91, 0.05), 2)
 MIN_POINTS = 5
 USER_SIGMA = 1.25  # heat-map peak width (px) on the user's points, as the shipped training's
@@ -374,16 +372,15 @@ def finetune_atoms_iter(
         "state": None,
     }
     history = [{"step": 0, "loss": None, "val_f1": before["f1"], "threshold": before["threshold"]}]
-    anchor = [p.detach().clone() for p in net.parameters()]
-    # with L2-SP the weights are pulled towards the base's, not towards zero
-    opt = torch.optim.AdamW(net.parameters(), lr=LR, weight_decay=0.0 if ANCHOR else 1e-4)
+    opt = torch.optim.AdamW(net.parameters(), lr=LR, weight_decay=1e-4)
     losses, since, step = [], 0, 0
     for step in range(1, max_steps + 1):
         net.train()
-        if FREEZE_BN:
-            for m in net.modules():
-                if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-                    m.eval()
+        # the base's BatchNorm statistics stay: re-estimated from batches of 8 crops, mostly
+        # the user's few images, they shift what the network does on every other image
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.eval()
         xs, ys = [], []
         for b in range(BATCH):
             x, y = (
@@ -397,13 +394,8 @@ def finetune_atoms_iter(
         xb = torch.from_numpy(np.stack(xs)).float().to(dev)
         yb = torch.from_numpy(np.stack(ys)).float().to(dev)
         loss = F.binary_cross_entropy_with_logits(net(xb), yb, weight=1 + 9 * yb)
-        total = loss
-        if ANCHOR:
-            total = loss + ANCHOR * sum(
-                ((p - a) ** 2).sum() for p, a in zip(net.parameters(), anchor, strict=True)
-            )
         opt.zero_grad()
-        total.backward()
+        loss.backward()
         opt.step()
         losses.append(float(loss.detach()))
         yield progress(step, max_steps, f"step {step}/{max_steps}: loss {losses[-1]:.4f}")
@@ -472,6 +464,7 @@ def finetune_atoms_iter(
             "lr": LR,
             "eval_every": EVAL_EVERY,
             "patience": PATIENCE,
+            "batchnorm": "base statistics kept",
         },
         "history": history,
         "provenance": make_provenance(

@@ -172,8 +172,15 @@ class TeachAtomsWidget(ToolWidget):
 
     def _watch(self, layer):
         if isinstance(layer, napari.layers.Points):
-            layer.events.data.connect(self._update_edits)
+            layer.events.data.connect(self._on_points_changed)
             layer.events.name.connect(lambda *_: self.reset_choices())
+
+    def _on_points_changed(self, *_):
+        from qtpy.QtCore import QTimer
+
+        # on the next event-loop turn: a finder run sets the data before its new provenance, and
+        # the provenance tells its points from the user's edits
+        QTimer.singleShot(0, self._update_edits)
 
     def _on_add_pair(self, *_):
         image, points = self.pair_image.value, self.pair_points.value
@@ -189,8 +196,18 @@ class TeachAtomsWidget(ToolWidget):
 
     # -- edits and review -----------------------------------------------------------------
     def _snapshot(self, points) -> np.ndarray:
-        """The layer's points when this widget first saw them (the finder's output, usually)."""
-        key = getattr(points, "unique_id", points.name)  # napari hands plugins proxies: no id()
+        """The layer's points when this widget first saw them (the finder's output, usually).
+
+        A new finder run on the layer (a new provenance record) starts a new snapshot: its
+        points are the finder's, not the user's edits.
+        """
+        record = points.metadata.get("napari_microml") or {}
+        key = (
+            getattr(points, "unique_id", points.name),  # napari hands plugins proxies: no id()
+            record.get("created"),
+            repr(record.get("model")),
+            repr(record.get("parameters")),
+        )
         if key not in self._snapshots:
             self._snapshots[key] = np.asarray(points.data, float)[:, -2:].copy()
         return self._snapshots[key]
@@ -321,28 +338,82 @@ class TeachAtomsWidget(ToolWidget):
             show_warning(result.reason)
             return
         finders = self._select_in_finders(result.name)
-        where = (
-            " It is now selected in the Atom finder: press Run there on your other images."
-            if finders
-            else " Choose it in the Atom finder's Model list."
-        )
+        taught = {im.get("name") for im in result.card.get("images", [])}
+        targets = self._rerun_targets(finders[0], taught) if finders else []
+        if targets:
+            where = (
+                " It is now selected in the Atom finder, which runs it on "
+                f"{', '.join(repr(t.name) for t in targets)} (your corrected points stay as "
+                "they are)."
+            )
+            self._rerun(finders[0], targets)
+        elif finders:
+            where = " It is now selected in the Atom finder: press Run there on your other images."
+        else:
+            where = " Choose it in the Atom finder's Model list."
         self._say(result.reason + where)
         show_info(result.reason)
 
-    def _select_in_finders(self, name: str | None) -> int:
+    def _select_in_finders(self, name: str | None) -> list:
         """Refresh the Model list of every open Atom finder (and select ``name`` there)."""
         from napari_microml.atoms.widget import AtomFinderWidget
 
-        n = 0
+        found = []
         for widget in list(self.viewer.window.dock_widgets.values()):
             if isinstance(widget, AtomFinderWidget):
-                widget.model.choices = lambda _w: (
-                    _atom_models()
-                )  # later layer events refresh it too
+                # a callable: later layer events refresh the list too
+                widget.model.choices = lambda _w: _atom_models()
                 if name is not None:
                     widget.model.value = name
-                n += 1
-        return n
+                found.append(widget)
+        return found
+
+    def _rerun_targets(self, finder, taught: set) -> list:
+        """The images to show the new model on at once, never overwriting a correction.
+
+        Those whose Atom finder result is still as the finder left it (not taught on, no point
+        edited); else the finder's selected image when it was not taught on.
+        """
+        layers, out = self.viewer.layers, []
+        for text in self.pairs.choices:
+            image, points = str(text).split(ARROW)
+            if image in taught or text in self._edited or image not in layers:
+                continue
+            if points != f"{image} atoms" or points not in layers:
+                continue  # a pair added by hand: the user's own points, not a finder result
+            counts = count_edits(
+                self._snapshot(layers[points]), np.asarray(layers[points].data, float)[:, -2:]
+            )
+            if not any(counts.values()):
+                out.append(layers[image])
+        chosen = finder.image_layer.value
+        if not out and chosen is not None and chosen.name not in taught:
+            if f"{chosen.name} atoms" not in layers:  # no result yet: nothing to overwrite
+                out.append(chosen)
+        return out
+
+    def _rerun(self, finder, images: list) -> None:
+        """Run the Atom finder on ``images`` one after the other (each when the last is done)."""
+        from qtpy.QtCore import QTimer
+
+        pending = list(images)
+        timer = QTimer(self.native)
+        timer.setInterval(50)
+
+        def next_image():
+            if finder.busy:
+                return
+            if not pending:
+                timer.stop()
+                return
+            layer = pending.pop(0)
+            if layer in self.viewer.layers:
+                finder.image_layer.value = layer
+                finder.start()
+
+        timer.timeout.connect(next_image)
+        timer.start()
+        next_image()
 
     # -- user models --------------------------------------------------------------------------
     def _on_delete(self, *_):
