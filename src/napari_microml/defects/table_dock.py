@@ -25,7 +25,7 @@ from qtpy.QtWidgets import (
 
 from napari_microml.io.writer import write_defects_csv
 
-MIN_ROWS = 6  # the defect list always has room for this many rows (it showed one in a crowded dock)
+MIN_ROWS = 6  # the defect list keeps room for this many rows, even in a crowded dock
 
 SHOWN = (
     "label",
