@@ -27,7 +27,7 @@ from napari_microml.atoms.finetune import (
     finetune_atoms_iter,
     review_order,
 )
-from napari_microml.runtime.widget import ToolWidget, viewer_camera
+from napari_microml.runtime.widget import Job, ToolWidget, viewer_camera
 from napari_microml.runtime.workers import Loss
 
 ARROW = " ← "
@@ -269,14 +269,14 @@ class TeachAtomsWidget(ToolWidget):
                 "Select at least one image with its corrected points (run the Atom "
                 "finder, correct its points, then fine-tune)."
             )
-        images, positions, names, contrasts = [], [], [], set()
+        layers, positions, names, contrasts = {}, [], [], set()
         for image, points in pairs:
             if image.rgb or image.ndim != 2 or points.ndim != 2:
                 raise ValueError(
                     f"{image.name!r}: fine-tuning needs single 2D grey images; pick one "
                     "frame of a stack as its own layer."
                 )
-            images.append(np.asarray(image.data, np.float32))
+            layers[f"image{len(layers)}"] = image  # read in the worker, not on the GUI thread
             positions.append(_in_image_pixels(points, image))
             names.append(image.name)
             # the contrast the finder used on this image (its provenance), so the model learns
@@ -300,10 +300,11 @@ class TeachAtomsWidget(ToolWidget):
         self._history = []
         self._draw()
 
-        def job():
+        def work(**arrays):
+            images = [np.asarray(arrays[f"image{i}"], np.float32) for i in range(len(arrays))]
             return (yield from finetune_atoms_iter(images, positions, **kwargs))
 
-        return job
+        return Job(work, self.show_result, inputs=layers)
 
     def start(self, job=None, on_result=None):
         worker = super().start(job, on_result)
