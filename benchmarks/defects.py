@@ -1,9 +1,10 @@
-"""Defect-segmenter benchmark: per-class object and pixel scores on synthetic truth, speed, real images.
+"""Defect-segmenter benchmark: per-class scores on synthetic truth, speed, real images.
 
 Prints one JSON document (also written to benchmarks/results/defects.json); every figure sits
 beside the classical lattice-site baseline (defects/baseline.py) run in the same process.
 Held-out seeds 5,000,000+ and 5,200,000+ (training uses 1,000,000+, validation 9,000,000+).
-Usage: python benchmarks/defects.py [--parts synthetic,dichalcogenide,scale,speed,real,environments] [--quick]
+Usage: python benchmarks/defects.py [--quick]
+       [--parts synthetic,dichalcogenide,scale,speed,real,environments]
 Parts not run keep their previous figures in the JSON file.
 """
 
@@ -240,7 +241,7 @@ def _read(path: Path):
     if (
         ps is None and path.name == "stem_abf_data.hspy"
     ):  # file says "pixel"; data README: 9.33 pm/px
-        ps = float(kw["scale"][-1])
+        ps = float(kw["metadata"]["napari_microml"]["unlabelled_scale"]["x"])
     return data, ps
 
 
@@ -268,7 +269,8 @@ def _overlay(image, result, path: Path, title: str):
         ax[1].plot(result.atoms[:, 1], result.atoms[:, 0], ".", ms=1.5, color="w", alpha=0.5)
     counts = result.counts()
     ax[1].set_title(
-        ", ".join(f"{c}: {n}" for c, n in zip(counts["class"], counts["count"])), fontsize=9
+        ", ".join(f"{c}: {n}" for c, n in zip(counts["class"], counts["count"], strict=True)),
+        fontsize=9,
     )
     ax[0].set_title(title, fontsize=10)
     fig.tight_layout()
@@ -314,7 +316,7 @@ def real(out_dir: Path):
             "median_nearest_atom_spacing_px": float(np.median(_nn(r.atoms)))
             if len(r.atoms) > 2
             else None,
-            "counts": dict(zip(counts["class"], counts["count"].astype(int).tolist())),
+            "counts": dict(zip(counts["class"], counts["count"].astype(int).tolist(), strict=True)),
             "mean_confidence_by_class": {
                 c: round(float(g["confidence"].mean()), 3) for c, g in r.table.groupby("class")
             },

@@ -545,7 +545,10 @@ def part_real():
             continue
         data, kw, _ = mm.read_file(path)[0]
         img = np.asarray(data, float)
-        pixel_nm = float(kw["scale"][-1])  # hspy: axes scale without units (README: 9.33 pm/px)
+        # Acquisition_18: nm; stem_abf: a scale without unit (the data README: 9.33 pm/px)
+        pixel_nm = float(
+            kw["metadata"]["napari_microml"].get("unlabelled_scale", {}).get("x", kw["scale"][-1])
+        )
         found = mm.find_atoms(img, contrast=contrast)
         lat = mm.analyze_lattice(
             found.positions,

@@ -60,7 +60,7 @@ EXPECTED = {
     "stem_abf_data.hspy": (
         (512, 512),
         "uint16",
-        (0.009326270238006416,) * 2,
+        (1.0, 1.0),  # the file's 0.00933 has no unit: kept aside, not applied
         ("pixel", "pixel"),
         ("y", "x"),
         None,

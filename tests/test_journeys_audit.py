@@ -11,10 +11,6 @@ from journey import open_file, open_tool
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="reader keeps the file's 9.33 pm/px scale but labels it 'pixel' (no unit in file)",
-)
 def test_a_calibrated_file_without_a_unit_never_gets_a_scaled_pixel_axis(shared_data):
     import npe2
 

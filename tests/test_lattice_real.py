@@ -19,7 +19,8 @@ CALIBRATION = 0.01  # a STEM image's scale is rarely better than ±1 %
 def test_abf_srtio3_sublattices_lattice_parameter_and_flat_strain(shared_data):
     data, kwargs, _ = mm.read_file(shared_data / "formats" / "stem_abf_data.hspy")[0]
     image = np.asarray(data, float)
-    pixel_nm = float(kwargs["scale"][-1])
+    # the file has a scale without a unit; the data README gives 9.33 pm/px
+    pixel_nm = float(kwargs["metadata"]["napari_microml"]["unlabelled_scale"]["x"])
     assert pixel_nm == pytest.approx(0.00933, abs=1e-5)
     found = mm.find_atoms(image, contrast="dark")
     # columns are dark: the inverted image makes the strongest (Sr–O) columns sublattice 0

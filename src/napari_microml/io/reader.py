@@ -9,6 +9,8 @@ metadata, original_metadata}`` dictionaries onto napari ``LayerData`` tuples.
   scale/offset/units/name are also stored in ``metadata['napari_microml']['spectral_axis']``.
   In napari (the npe2 reader) spectrum images are laid out energy-first so the image plane is
   shown (see :mod:`napari_microml.runtime.spectral`).
+* An axis with a scale but no unit stays in pixels (scale 1): a length cannot be guessed; the
+  file's number is kept in ``metadata['napari_microml']['unlabelled_scale']``.
 * The full rsciio metadata is kept in ``metadata['original']``.
 * Files above :data:`LAZY_BYTES` are read lazily (dask arrays).
 """
@@ -225,6 +227,7 @@ def _to_layer(d: dict, p: Path, index: int, n: int) -> LayerData:
     default_names = [f"axis{i}" for i in range(ndim - len(default_names))] + default_names
 
     axes = []
+    unlabelled: dict[str, float] = {}
     for i, a in enumerate(raw_axes):
         scale = _plain_scalar(a.get("scale", 1.0), 1.0)
         units = _clean_units(a.get("units"))
@@ -233,6 +236,11 @@ def _to_layer(d: dict, p: Path, index: int, n: int) -> LayerData:
         name = str(a.get("name") or "").strip()
         if not name or name.lower() in ("<undefined>", "undefined", "none"):
             name = default_names[i]
+        if units == "pixel" and scale != 1.0 and not _is_spectral(a):
+            # a scale without a unit cannot be labelled: a "pixel" axis must count pixels
+            unlabelled[name] = scale
+            scale = 1.0
+            a = {**a, "offset": 0.0}
         axes.append(
             {
                 "name": name,
@@ -292,6 +300,8 @@ def _to_layer(d: dict, p: Path, index: int, n: int) -> LayerData:
     }
     if spectral_axis is not None:
         info["spectral_axis"] = spectral_axis
+    if unlabelled:  # kept for the user to read; never applied as a length
+        info["unlabelled_scale"] = unlabelled
     kwargs = {
         "name": name,
         "scale": tuple(a["scale"] for a in axes),
