@@ -306,9 +306,9 @@ class TeachAtomsWidget(ToolWidget):
 
         return Job(work, self.show_result, inputs=layers)
 
-    def start(self, job=None, on_result=None):
-        worker = super().start(job, on_result)
-        if worker is not None and on_result is None:
+    def start(self, job=None):
+        worker = super().start(job)
+        if worker is not None:
             self.run_button.text = "Stop"
         return worker
 

@@ -578,8 +578,8 @@ class ActiveLearningWidget(ToolWidget):
             context=context,
         )
 
-    def start(self, job=None, on_result=None):
-        worker = super().start(job, on_result)
+    def start(self, job: Job | None = None):
+        worker = super().start(job)
         if worker is not None:  # a Stop keeps every completed step (layers show them)
             worker.aborted.connect(
                 lambda: self._say(

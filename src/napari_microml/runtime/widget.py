@@ -267,7 +267,7 @@ class ToolWidget(Container):
         self._finish_pending = False
         self._layer_problems: list[str] = []
         self._last_progress = 0.0
-        self._handler: Callable[[Any], None] = self.show_result
+        self._job: Job | None = None  # the running job (its result handler)
         self._ui_timer = QTimer()
         self._ui_timer.setInterval(0)
         self._ui_timer.timeout.connect(self._next_ui)
@@ -275,10 +275,6 @@ class ToolWidget(Container):
     # --- to implement in subclasses -------------------------------------------------------
     def make_job(self) -> Job:  # pragma: no cover - abstract
         """The :class:`Job` for a press of Run (raise ValueError for bad input)."""
-        raise NotImplementedError
-
-    def show_result(self, result) -> None:  # pragma: no cover - abstract
-        """Write a finished run's layers (main thread)."""
         raise NotImplementedError
 
     def show_partial(self, value) -> None:
@@ -298,12 +294,11 @@ class ToolWidget(Container):
         else:
             self.start()
 
-    def start(self, job: Job | Callable | None = None, on_result: Callable | None = None):
+    def start(self, job: Job | None = None):
         """Run ``job`` (default: ``self.make_job()``) in a napari generator worker.
 
-        A bare generator function is accepted too (``on_result`` or ``show_result`` then
-        handles its result). Returns the worker, or ``None`` when the job could not start (the
-        reason is on the status line).
+        Returns the worker, or ``None`` when the job could not start (the reason is on the
+        status line).
         """
         from napari.qt.threading import create_worker
 
@@ -318,9 +313,7 @@ class ToolWidget(Container):
 
             show_error(f"{self.tool_name}: {type(err).__name__}: {err}")
             return None
-        if not isinstance(job, Job):
-            job = Job(work=job, on_result=on_result or self.show_result)
-        self._handler = job.on_result
+        self._job = job
         self._layer_problems = []
         worker = create_worker(job.run, _start_thread=False)
         worker.yielded.connect(self._on_yield)
@@ -412,7 +405,8 @@ class ToolWidget(Container):
         if isinstance(result, Refused):  # no layer is written
             self._cannot_run(ValueError(result.reason))
             return
-        self._handler(result)
+        if self._job is not None:
+            self._job.on_result(result)
         self.later(lambda: self._after_result(result))
 
     def _after_result(self, result):
