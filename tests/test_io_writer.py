@@ -246,3 +246,38 @@ def test_write_defects_csv_header_and_round_trip(tmp_path, prov):
     # no counts, no pixel size
     path = write_defects_csv(tmp_path / "e.csv", table.iloc[:0])
     assert "# pixel_size_nm: unknown (positions in px)" in open(path, encoding="utf-8").read()
+
+
+def test_a_failed_bundle_write_leaves_the_earlier_bundle_whole(tmp_path):
+    from napari_microml.io.writer import read_bundle, write_bundle
+
+    path = tmp_path / "b.zarr"
+    write_bundle(str(path), [(np.zeros((4, 4)), {"name": "img"}, "image")])
+    ragged = np.array([np.zeros((3, 2)), np.zeros((4, 2))], dtype=object)
+    with pytest.raises(ValueError, match="ragged"):
+        write_bundle(
+            str(path),
+            [(np.ones((4, 4)), {"name": "other"}, "image"), (ragged, {"name": "r"}, "shapes")],
+        )
+    assert [kw["name"] for _, kw, _ in read_bundle(str(path))] == ["img"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.zarr"]  # no partial left behind
+    write_bundle(str(path), [(np.ones((4, 4)), {"name": "other"}, "image")])  # asked: replaced
+    assert [kw["name"] for _, kw, _ in read_bundle(str(path))] == ["other"]
+
+
+def test_an_interrupted_csv_write_keeps_the_earlier_file_and_its_sidecar(tmp_path, monkeypatch):
+    from napari_microml.io.writer import write_points_csv
+
+    path = tmp_path / "atoms.csv"
+    write_points_csv(str(path), np.array([[1.0, 2.0]]), {"name": "a"})
+    before = path.read_text(), (tmp_path / "atoms.csv.json").read_text()
+
+    def half_then_fail(self, target, *args, **kwargs):
+        open(target, "w").write("row_px,col_px\n3.0,")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", half_then_fail)
+    with pytest.raises(KeyboardInterrupt):
+        write_points_csv(str(path), np.array([[3.0, 4.0]]), {"name": "b"})
+    assert (path.read_text(), (tmp_path / "atoms.csv.json").read_text()) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["atoms.csv", "atoms.csv.json"]

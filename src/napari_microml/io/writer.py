@@ -15,12 +15,19 @@ Every output carries physical units and the provenance recorded in
   read an earlier run's results back as inputs).
 * :func:`write_bundle`: a zarr group, one array per layer, attrs hold layer type, scale,
   translate, units, axis labels, features (JSON columns) and provenance.
+
+Every writer writes into a hidden sibling and moves it into place when complete
+(:func:`staged`): an error part-way leaves the user's earlier file as it was.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +39,40 @@ BUNDLE_FORMAT = "napari-microml-bundle/1"
 
 
 # ------------------------------------------------------------------------------ helpers
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+@contextmanager
+def staged(path: str | Path) -> Iterator[str]:
+    """Yield a hidden sibling of ``path`` to write into; it replaces ``path`` only when the block
+    ends without an error, so a failed or interrupted write never leaves a half-written file
+    (or a half-emptied folder) where the user's earlier one was."""
+    dest = Path(path)
+    tmp = dest.with_name(f".{dest.stem}.partial-{os.getpid()}{dest.suffix}")
+    _remove(tmp)
+    try:
+        yield str(tmp)
+    except BaseException:
+        _remove(tmp)
+        raise
+    if dest.exists() and (dest.is_dir() or tmp.is_dir()):  # rename cannot replace a folder
+        old = dest.with_name(f".{dest.stem}.old-{os.getpid()}{dest.suffix}")
+        _remove(old)
+        os.replace(dest, old)
+        try:
+            os.replace(tmp, dest)
+        except BaseException:
+            os.replace(old, dest)
+            raise
+        _remove(old)
+    else:
+        os.replace(tmp, dest)
+
+
 def unit_str(unit: Any) -> str:
     """Short unit text: pint ``Unit('nanometer')`` → ``'nm'``; ``None`` → ``'pixel'``."""
     if unit is None:
@@ -153,9 +194,10 @@ def write_points_csv(path: str, data: Any, attributes: dict) -> list[str]:
         name = str(c) if str(c) not in table.columns else f"feature_{c}"
         table[name] = feats[c].to_numpy()
     path = str(path)
-    table.to_csv(path, index=False)
     side = _description("napari-microml-points/1", attributes, d)
-    Path(path + ".json").write_text(json.dumps(side, indent=1))
+    with staged(path) as tmp_csv, staged(path + ".json") as tmp_json:
+        table.to_csv(tmp_csv, index=False)
+        Path(tmp_json).write_text(json.dumps(side, indent=1))
     return [path, path + ".json"]
 
 
@@ -219,7 +261,8 @@ def write_labels_tiff(path: str, data: Any, attributes: dict) -> list[str]:
         raise ValueError("Label values do not fit in int32.")
     desc = _description("napari-microml-labels/1", attributes, arr.ndim)
     path = str(path)
-    tifffile.imwrite(path, arr.astype(np.int32), description=json.dumps(desc), metadata=None)
+    with staged(path) as tmp:
+        tifffile.imwrite(tmp, arr.astype(np.int32), description=json.dumps(desc), metadata=None)
     return [path]
 
 
@@ -233,7 +276,8 @@ def write_image_tiff(path: str, data: Any, attributes: dict) -> list[str]:
         raise ValueError(f"A result map must hold numbers, got {arr.dtype}.")
     desc = _description("napari-microml-image/1", attributes, arr.ndim)
     path = str(path)
-    tifffile.imwrite(path, arr, description=json.dumps(desc), metadata=None)
+    with staged(path) as tmp:
+        tifffile.imwrite(tmp, arr, description=json.dumps(desc), metadata=None)
     return [path]
 
 
@@ -300,8 +344,7 @@ def write_defects_csv(
             extra = f", {dens:.4g} per nm²" if np.isfinite(dens) else ""
             lines.append(f"# count {c['class']}: {int(c['count'])}{extra}")
     lines.append("# provenance: " + json.dumps(json_safe(provenance or {}), ensure_ascii=False))
-    path = Path(path)
-    with path.open("w", encoding="utf-8", newline="") as fh:
+    with staged(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as fh:
         fh.write("\n".join(lines) + "\n")
         table.to_csv(fh, index=False)
     return str(path)
@@ -324,10 +367,15 @@ def write_bundle(path: str, layer_data: list) -> list[str]:
     """
     import zarr
 
+    path = str(path)
+    with staged(path) as tmp:
+        _write_bundle_group(zarr.open_group(tmp, mode="w"), layer_data)
+    return [path]
+
+
+def _write_bundle_group(root: Any, layer_data: list) -> list[str]:
     from napari_microml.runtime.provenance import make_provenance
 
-    path = str(path)
-    root = zarr.open_group(path, mode="w")
     names: list[str] = []
     for i, item in enumerate(layer_data):
         data, attributes, layer_type = item
@@ -377,7 +425,7 @@ def write_bundle(path: str, layer_data: list) -> list[str]:
             KEY: make_provenance("write_bundle", parameters={"layers": names}),
         }
     )
-    return [path]
+    return names
 
 
 def read_bundle(path: str) -> list[tuple]:
