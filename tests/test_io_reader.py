@@ -65,6 +65,15 @@ EXPECTED = {
         ("y", "x"),
         None,
     ),
+    # pycroscopy (pyNSID): a bias waveform, non-uniform (kept as values)
+    "BEPS_PTO_50x50.h5": (
+        (50, 50, 64),
+        "float64",
+        (2e-6 / 49,) * 2 + (1.0,),
+        ("m", "m", "V"),
+        ("X", "Y", "Voltage"),
+        (1.0, 0.0, "V"),
+    ),
     "CuZn_EELS_mapping_tutorial.hspy": (
         (50, 40, 162),
         "int16",
@@ -82,7 +91,7 @@ EXPECTED = {
         None,
     ),
 }
-NOT_OURS = {"BEPS_PTO_50x50.h5", "ROI_Random_Scan_info.txt", "ROI_Random_Scan_scan_coordinates.csv"}
+NOT_OURS = {"ROI_Random_Scan_info.txt", "ROI_Random_Scan_scan_coordinates.csv"}
 
 
 def _files(shared_data: Path) -> list[Path]:
@@ -98,7 +107,7 @@ def test_get_reader_accepts_exactly_the_readable_files(shared_data):
     for p in _files(shared_data):
         r = get_reader(str(p))
         if p.name in NOT_OURS:
-            assert r is None, p.name  # BEPS .h5 is not HyperSpy: declined, not crashed
+            assert r is None, p.name  # the random scan's side files: declined, not crashed
         else:
             assert callable(r), p.name
 
@@ -299,3 +308,24 @@ def test_multi_dataset_file_gives_one_layer_each(tmp_path, monkeypatch):
     layers = read_file(path)
     assert [kw["name"] for _, kw, _ in layers] == ["velox [HAADF]", "velox [HAADF] (1)"]
     assert all(kw["units"] == ("nm", "nm") for _, kw, _ in layers)
+
+
+def test_pycroscopy_nsid_beps_file_opens_with_its_bias_waveform(shared_data):
+    """BEPS_PTO_50x50.h5 (pyNSID): napari's File → Open used to refuse it."""
+    import npe2
+
+    path = shared_data / "dkl" / "BEPS_PTO_50x50.h5"
+    if not path.is_file():
+        pytest.skip(f"{path} not present")
+    npe2.PluginManager.instance().discover()
+    layers = npe2.read([str(path)], stack=False, plugin_name="napari-microml")
+    assert len(layers) == 1
+    data, kw, kind = layers[0]
+    assert kind == "image" and data.shape == (64, 50, 50)  # bias first: the canvas shows a map
+    spec = kw["metadata"]["napari_microml"]["spectral_axis"]
+    bias = np.asarray(spec["values"])
+    assert spec["units"] == "V" and bias.size == 64
+    assert bias.max() == pytest.approx(8.5) and bias.min() == pytest.approx(-8.5)
+    assert tuple(kw["units"][-2:]) == ("m", "m") and kw["scale"][-1] == pytest.approx(
+        40.8e-9, rel=1e-3
+    )

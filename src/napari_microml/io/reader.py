@@ -33,7 +33,7 @@ FORMATS: dict[str, tuple[str | None, str]] = {
     ".ser": ("rsciio.tia", "FEI TIA"),
     ".mrc": ("rsciio.mrc", "MRC"),
     ".hspy": ("rsciio.hspy", "HyperSpy"),
-    ".h5": ("rsciio.hspy", "HyperSpy HDF5"),
+    ".h5": ("rsciio.hspy", "HyperSpy or pycroscopy (NSID) HDF5"),
     ".tif": ("rsciio.tiff", "TIFF"),
     ".tiff": ("rsciio.tiff", "TIFF"),
     ".npy": (None, "NumPy"),
@@ -56,7 +56,7 @@ def get_reader(path) -> Callable | None:
         ext = p.suffix.lower()
         if ext not in FORMATS or not p.is_file():
             return None
-        if ext == ".h5" and not _is_hyperspy_h5(p):
+        if ext == ".h5" and not (_is_hyperspy_h5(p) or _nsid_datasets(p)):
             return None
         return _napari_reader
     except Exception:  # noqa: BLE001 - a reader probe must never break napari's open()
@@ -124,7 +124,12 @@ def read_file(path) -> list[LayerData]:
     module, fmt = FORMATS[ext]
     lazy = p.stat().st_size > LAZY_BYTES
     try:
-        dicts = _read_numpy(p, lazy) if module is None else _read_rsciio(p, module, lazy)
+        if module is None:
+            dicts = _read_numpy(p, lazy)
+        elif ext == ".h5" and not _is_hyperspy_h5(p) and _nsid_datasets(p):
+            dicts = _read_nsid(p)
+        else:
+            dicts = _read_rsciio(p, module, lazy)
     except Exception as err:  # noqa: BLE001 - turned into one clear sentence
         raise ValueError(
             f"Could not read {p.name}: the file is damaged or not a supported {fmt} file "
@@ -149,6 +154,73 @@ def _read_rsciio(p: Path, module: str, lazy: bool) -> list[dict]:
 
     reader = importlib.import_module(module).file_reader
     return list(reader(str(p), lazy=lazy))
+
+
+def _nsid_datasets(p: Path) -> list[str]:
+    """Paths of the pycroscopy/pyNSID main datasets (those with attached dimension scales)."""
+    import h5py
+
+    found: list[str] = []
+
+    def visit(name, obj):
+        if isinstance(obj, h5py.Dataset) and obj.ndim >= 2 and "DIMENSION_LIST" in obj.attrs:
+            found.append(name)
+
+    try:
+        with h5py.File(p, "r") as f:
+            f.visititems(visit)
+    except Exception:  # noqa: BLE001 - not an HDF5 file we understand
+        return []
+    return found
+
+
+def _text(value) -> str:
+    return value.decode(errors="ignore") if isinstance(value, bytes) else str(value)
+
+
+def _read_nsid(p: Path) -> list[dict]:
+    """Read pycroscopy (pyNSID) datasets as rsciio-like dicts.
+
+    A non-uniform axis (a BEPS bias waveform) keeps its ``values``.
+    """
+    import h5py
+
+    out = []
+    with h5py.File(p, "r") as f:
+        for name in _nsid_datasets(p):
+            ds = f[name]
+            axes = []
+            for i, scales in enumerate(ds.dims):
+                ax: dict = {"index_in_array": i, "name": f"axis{i}"}
+                if len(scales):
+                    dim = scales[0]
+                    values = np.asarray(dim[()], float).ravel()
+                    ax["name"] = _text(dim.attrs.get("name", dim.name.rsplit("/", 1)[-1]))
+                    ax["units"] = _text(dim.attrs.get("units", ""))
+                    kind = _text(dim.attrs.get("dimension_type", "")).upper()
+                    ax["spectral"] = kind == "SPECTRAL"
+                    steps = np.diff(values)
+                    uniform = values.size > 1 and np.allclose(steps, steps[0], rtol=1e-6)
+                    if uniform and steps[0] > 0:
+                        ax["scale"], ax["offset"] = float(steps[0]), float(values[0])
+                    elif values.size == ds.shape[i]:
+                        ax["values"] = values
+                axes.append(ax)
+            title = _text(ds.attrs.get("title", "")) or name.split("/")[0]
+            out.append(
+                {
+                    "data": np.asarray(ds[()]),
+                    "axes": axes,
+                    "metadata": {
+                        "General": {"title": title},
+                        "Signal": {"signal_type": _text(ds.attrs.get("modality", ""))},
+                    },
+                    "original_metadata": {
+                        k: _text(v) for k, v in ds.attrs.items() if not k.startswith("DIMENSION")
+                    },
+                }
+            )
+    return out
 
 
 def _read_numpy(p: Path, lazy: bool) -> list[dict]:
@@ -191,6 +263,8 @@ def _clean_units(units: Any) -> str:
 
 
 def _is_spectral(ax: dict) -> bool:
+    if "spectral" in ax:  # the file says so (pyNSID dimension_type)
+        return bool(ax["spectral"])
     units = str(ax.get("units") or "").strip().lower()
     name = str(ax.get("name") or "").strip().lower()
     return units in SPECTRAL_UNITS or any(w in name for w in SPECTRAL_WORDS)
@@ -248,6 +322,7 @@ def _to_layer(d: dict, p: Path, index: int, n: int) -> LayerData:
                 "offset": _plain_scalar(a.get("offset", 0.0), 0.0),
                 "units": units,
                 "spectral": _is_spectral(a),
+                "values": a.get("values"),
             }
         )
 
@@ -279,6 +354,8 @@ def _to_layer(d: dict, p: Path, index: int, n: int) -> LayerData:
             "units": a["units"],
             "name": a["name"],
         }
+        if a.get("values") is not None:
+            spectral_axis["values"] = [float(v) for v in a["values"]]
 
     names = [a["name"] for a in axes]
     for i, nm in enumerate(names):  # napari needs unique axis labels
