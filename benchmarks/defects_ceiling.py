@@ -1,4 +1,4 @@
-"""How well could ANY column-contrast rule separate bright dopants from host columns on the simulator?
+"""How well could ANY column-contrast rule separate bright dopants from host columns (simulator)?
 
 An oracle that knows every column's TRUE, noise-free contrast over its own sublattice
 (``synth.defects.column_contrast``) calls a column a bright dopant when that contrast (or its
@@ -40,7 +40,9 @@ def columns(seed0: int, n_seeds: int, dose: float):
             & (s.positions >= lo).all(1)
             & (s.positions < hi).all(1)
         )
-        for acc, val in zip(out, (c[ok], (c[ok] - 1) / sigma, s.kinds[ok] == DOPANT_BRIGHT)):
+        for acc, val in zip(
+            out, (c[ok], (c[ok] - 1) / sigma, s.kinds[ok] == DOPANT_BRIGHT), strict=True
+        ):
             acc.append(val)
     return tuple(np.concatenate(a) for a in out)
 

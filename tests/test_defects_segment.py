@@ -239,9 +239,12 @@ def test_metrics_perfect_and_imperfect():
 
 def test_border_is_ignored_after_matching_not_before():
     cm = np.zeros((100, 100), np.uint8)
-    table = lambda pts: pd.DataFrame(
-        {"class": "vacancy", "row": [p[0] for p in pts], "col": [p[1] for p in pts]}
-    )
+
+    def table(pts):
+        return pd.DataFrame(
+            {"class": "vacancy", "row": [p[0] for p in pts], "col": [p[1] for p in pts]}
+        )
+
     # a true vacancy just inside the 10 px border, found just outside it: a hit, not a miss
     sc = score_defects(table([(50, 9.5)]), cm, table([(50, 10.5)]), cm, radius=4, margin=10)[
         "vacancy"
@@ -437,7 +440,7 @@ def test_wide_lattice_is_resampled_and_results_come_back_on_the_original_pixels(
         for name, r in (("auto", auto), ("off", off))
     }
     assert f1["auto"] > 0.8 and f1["auto"] > f1["off"] + 0.3, f1
-    # every instance is present in the label image, at its centroid's neighbourhood, in original pixels
+    # every instance is in the label image, near its centroid, in original pixels
     assert set(np.unique(auto.labels)) - {0} == set(auto.table["label"])
     assert auto.table["row"].between(0, 639).all() and (auto.table["area_nm2"] > 0).all()
     with pytest.raises(ValueError, match="rescale"):
@@ -475,7 +478,7 @@ def test_point_defects_need_a_lattice_around_them():
 
 
 class _SilentNet:
-    """A 'network' that sees no defect anywhere: every defect it reports came from the column check."""
+    """A 'network' that sees no defect: every defect reported came from the column check."""
 
     @staticmethod
     def make():

@@ -60,7 +60,7 @@ def test_run_creates_labels_environments_and_table(widget_and_viewer, qtbot, sam
     assert len(vac) >= 2 and len(found)
     assert (cKDTree(found).query(vac)[0] < 5).mean() >= 0.5
     # every instance is drawn in the fixed colour of its class; features say its class
-    for lab, cls in zip(table["label"], table["class"]):
+    for lab, cls in zip(table["label"], table["class"], strict=True):
         np.testing.assert_allclose(
             labels.colormap.map(np.array([lab]))[0], CLASS_COLORS[cls], atol=1e-3
         )

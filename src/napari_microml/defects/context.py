@@ -1,4 +1,4 @@
-"""Point defects belong to a lattice: drop vacancy / dopant / interstitial calls far from every column.
+"""Point defects belong to a lattice: drop vacancy / dopant / interstitial calls far from columns.
 
 The defect network was trained on crystals. On a nanoparticle or single-atom frame it also calls
 "vacancies" and dopants in the vacuum or on the amorphous support (about 60 % of its point calls
@@ -7,15 +7,13 @@ lattice spacing away, at an image border or a grain boundary too; a call in vacu
 So a point defect is kept only when the nearest atom column (found by the atom finder, or given
 by the user) lies within ``MAX_SPACINGS`` local spacings, the local spacing being the median
 nearest-neighbour distance of the 12 columns nearest the defect. Extended regions are not judged.
-Chosen by a rule written before its run (benchmarks/RESULTS.md, ninth session): no loss on four
-fresh crystal sets, 74 % fewer point calls away from the atoms of fresh particle frames.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-MAX_SPACINGS = 1.5
+MAX_SPACINGS = 1.5  # a missing or substituted column has neighbours about 1 spacing away
 
 
 def near_lattice(

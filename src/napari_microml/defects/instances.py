@@ -231,41 +231,22 @@ def instances(
     return _drop_weak(labels.astype(np.int32), stats, spacing)
 
 
-# Post-processing constants, in units of the column spacing² where they are areas. FRAGMENT_CELLS,
-# SPLIT_FACTOR and POINT_MIN_CELLS were chosen on validation seeds 9,700,000+ (40 images each at
-# doses 20, 200, 2000; benchmarks/defects_errors.py protocol); a truth disc is 0.38 spacing².
+# Post-processing constants, in spacing² where they are areas (a truth disc is 0.38 spacing²).
 FRAGMENT_CELLS = 0.1  # a smaller point region touching another one is a fragment of it
-# SPLIT_BY_COLUMNS and SPLIT_MIN_SEP: chosen on 9,700,000+ / 9,800,000+ (doses 20, 200, 2000),
-# confirmed on 9,900,000+. A bright dopant's region is often 1.6-2x a typical region and was cut
-# in two (a false positive beside a true positive); k-means parts of one blob closer than half
-# a spacing cannot be two defects on two sites (vacancy F1 at dose 200: 0.962 -> 0.967 on
-# 9,800,000+, 0.966 -> 0.972 on 9,900,000+; interstitial +0.03).
 SPLIT_BY_COLUMNS = True  # a dopant region is split only into as many parts as columns it covers
-SPLIT_MIN_SEP = 0.5  # k-means parts closer than this (spacings) are one defect
+SPLIT_MIN_SEP = 0.5  # k-means parts closer than this (spacings) cannot be defects on two sites
 SPLIT_FACTOR = 1.6  # a point region over this × the typical area holds several defects
-POINT_MIN_CELLS = (
-    0.05  # smaller point regions are specks (moderate-dose bright dopant F1 0.894 → 0.916)
-)
-# EXT_KEEP_CELLS chosen on 9,700,000+ / 9,800,000+ (dose 200; vacancy F1 0.954 / 0.951 ->
-# 0.954 / 0.962), confirmed on 9,900,000+; vacancies only: for every class it also kept 83
-# "interstitials" (light columns) on the real SrTiO3 ABF image.
-EXT_KEEP_CELLS = (
-    0.2  # a vacancy region at least this large (spacing²) on an extended rim stays a vacancy
-)
+POINT_MIN_CELLS = 0.05  # smaller point regions are specks
+EXT_KEEP_CELLS = 0.2  # a vacancy region at least this large on an extended rim stays a vacancy
 KEEP_CLASS = CLASS_NAMES.index("vacancy") + 1
-# EXTENDED_MIN_CONFIDENCE: 0.7 for the phase-2 weights; 0.75 with the phase-3 weights (eighth session),
-# which are more confident: chosen on used sets 7.9M-8.2M (dose 200) and 8.2M/8.4M (dose 2000) to keep
-# extended F1 where it was, confirmed with the weights on fresh 7.5M-7.8M, 8.7M, 8.8M (nets/MODEL_CARD.md).
-EXTENDED_MIN_CONFIDENCE = 0.75
-EXTENDED_MIN_CELLS = 4.0
+EXTENDED_MIN_CONFIDENCE = 0.75  # the shipped weights are confident on true extended regions
+EXTENDED_MIN_CELLS = 4.0  # an extended defect spans several unit cells
 
 
 def _drop_weak(labels, stats, spacing):
     """Remove point instances smaller than ``POINT_MIN_CELLS`` × spacing², and 'extended' instances
     smaller than ``EXTENDED_MIN_CELLS`` × spacing² (an extended defect spans several unit cells;
-    smaller ones are noise) or less confident than ``EXTENDED_MIN_CONFIDENCE``. The two extended
-    values were chosen on validation seeds 9,500,000+ (40 images, doses 20 and 200, spacing from
-    the network's own columns): extended F1 0.36 → 0.71 and 0.44 → 0.87; other classes unchanged."""
+    smaller ones are noise) or less confident than ``EXTENDED_MIN_CONFIDENCE``."""
     ext = stats["class_id"] == len(CLASS_NAMES)
     weak = ext & (stats["class_confidence"] < EXTENDED_MIN_CONFIDENCE)
     if spacing and np.isfinite(spacing):

@@ -60,7 +60,8 @@ class DefectsResult:
         intensity z-score), class_confidence (mean probability of the assigned class over the
         instance, 0–1; low where two classes share the pixels), source ('network' or 'column
         check': which evidence found the defect), column_z (the column's intensity z-score
-        among its sublattice for a column-check defect, NaN otherwise), nearest_atom_px, nearest_atom_nm (distance from the centroid to the nearest atom column).
+        among its sublattice for a column-check defect, NaN otherwise), nearest_atom_px,
+        nearest_atom_nm (distance from the centroid to the nearest atom column).
     probabilities : (6, H, W) float32 class probabilities for a single image, None for stacks.
     atoms : the atom columns every step used (the user's ``atoms``, else the atom finder's),
         (N, 2) (row, col) or, for stacks, (N, 3) (frame, row, col), in px.
@@ -94,10 +95,13 @@ class DefectsResult:
 
 
 def _predictor(net, device, class_weights=None, tta: int = 1):
-    """Batch → (B, 6 or 7, h, w) probabilities. ``class_weights`` (the training cross-entropy
-    weights) are divided out of the softmax, undoing their prior shift, so the class
-    probabilities are calibrated (weighted training otherwise inflates rare classes).
-    ``tta`` > 1 averages the probabilities over that many of the 8 flips/transposes."""
+    """Return a function mapping a batch to (B, 6 or 7, h, w) probabilities.
+
+    ``class_weights`` (the training cross-entropy weights) are divided out of the softmax,
+    undoing their prior shift, so the class probabilities are calibrated (weighted training
+    otherwise inflates rare classes). ``tta`` > 1 averages the probabilities over that many of
+    the 8 flips/transposes.
+    """
     import torch
 
     from napari_microml.nets.unet import batch_predictor
@@ -131,7 +135,7 @@ def _predictor(net, device, class_weights=None, tta: int = 1):
 
 
 def _dihedral(a, k: int, inverse: bool = False):
-    """The k-th (0–7) flip/transpose of the last two axes of ``a`` (or its inverse)."""
+    """Apply the k-th (0–7) flip/transpose of the last two axes to ``a`` (or its inverse)."""
     flip_r, flip_c, trans = k & 1, (k >> 1) & 1, (k >> 2) & 1
     if inverse and trans:
         a = np.swapaxes(a, -1, -2)
@@ -150,7 +154,7 @@ def _out_channels(net) -> int:
 
 
 def _check_atoms(atoms, stack_shape, is_stack: bool) -> np.ndarray | None:
-    """The user's columns, (N, 2) (row, col) or for a stack (N, 3) (frame, row, col), on the image."""
+    """Check the user's columns: (N, 2) (row, col) or, for a stack, (N, 3) (frame, row, col)."""
     if atoms is None:
         return None
     pos, frames = check_positions(
@@ -195,7 +199,7 @@ def segment_defects_iter(
     rescale="auto",
     input_name: str | None = None,
 ):
-    """Generator twin of :func:`segment_defects`: yields progress tuples, returns a DefectsResult."""
+    """Run :func:`segment_defects` as a generator: yield progress tuples, return the result."""
     import pandas as pd
     from scipy.spatial import cKDTree
 
@@ -364,11 +368,13 @@ def segment_defects_iter(
 
 
 def _frame_columns(frame, user_atoms, t: int, is_stack: bool, dev, found=None):
-    """Generator (progress of the atom-finder pass) returning frame ``t``'s atom columns (N, 2)
-    in px: the user's when given, else ``found`` (a pass already made on this frame), else the
-    atom finder's on ``frame`` (bright columns). Every later step (spacing, splitting, the column
-    and lattice checks, nearest-atom distances, environments) uses these same columns, so giving
-    the atom finder's columns as ``atoms`` changes nothing."""
+    """Yield the atom-finder pass's progress and return frame ``t``'s atom columns (N, 2) in px.
+
+    The user's when given, else ``found`` (a pass already made on this frame), else the atom
+    finder's on ``frame`` (bright columns). Every later step (spacing, splitting, the column and
+    lattice checks, nearest-atom distances, environments) uses these same columns, so giving the
+    atom finder's columns as ``atoms`` changes nothing.
+    """
     if user_atoms is not None:
         return user_atoms[user_atoms[:, 0] == t, 1:] if is_stack else user_atoms
     if found is not None:
@@ -383,8 +389,10 @@ def _frame_columns(frame, user_atoms, t: int, is_stack: bool, dev, found=None):
 
 
 def _keep_near_lattice(labels, st, columns):
-    """(labels, st) without the point-defect instances far from every atom column
-    (:mod:`napari_microml.defects.context`)."""
+    """Drop the point-defect instances far from every atom column.
+
+    Returns ``(labels, st)`` without them (:mod:`napari_microml.defects.context`).
+    """
     from napari_microml.defects.context import near_lattice
 
     point = st["class_id"] != len(CLASS_NAMES)
@@ -449,8 +457,8 @@ def segment_defects(
         Instances smaller than this many pixels are dropped.
     tta : int
         Test-time augmentation: average the network over this many (1–8) flipped/transposed
-        copies of the image; ``tta`` times slower. On validation images 8 raised low-dose
-        (20 counts) F1 by 0.02–0.05 and left moderate and high dose unchanged.
+        copies of the image; ``tta`` times slower. Helps most on noisy (low-dose) images
+        (benchmarks/RESULTS.md).
     column_check : bool, optional
         Check the bright dopants against the atom-column intensities
         (:func:`napari_microml.defects.columns.column_check`): drop a predicted bright dopant
