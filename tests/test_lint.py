@@ -26,6 +26,7 @@ PENDING = {
     "find_atoms_iter",
     "finetune_atoms_iter",
     "refine_positions",
+    "refine_positions_iter",
     "segment_defects_iter",
 }
 
