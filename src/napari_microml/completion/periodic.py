@@ -19,6 +19,7 @@ from scipy.optimize import least_squares
 
 MIN_PERIOD = 3.0  # px: finer "lattices" are pixel noise
 MIN_CELLS = 4  # the lattice must repeat at least this often across the frame
+MAX_SPECTRUM = 1024  # px: larger frames are searched for reflections in a central crop
 MIN_RELATIVE_POWER = 0.01  # a reflection holds at least this share of the strongest one's power
 FALSE_PEAK = 0.05  # chance that pure noise puts one bin over the peak threshold, per frame
 ORDER = 3  # harmonics h·g1 + k·g2 with |h|, |k| ≤ ORDER
@@ -105,11 +106,26 @@ def resolvable(freqs: np.ndarray, aliases: np.ndarray) -> np.ndarray:
     """Which ``freqs`` (M, 2) are clearly the lowest of their alias class (nearer 0 than any
     alias shift q by ``ALIAS_MARGIN``): only those are told apart from a lower frequency by the
     scan (a held-out check on the scan's own pixels cannot tell: they alias alike)."""
-    if len(aliases) == 0 or len(freqs) == 0:
-        return np.ones(len(freqs), bool)
-    d0 = np.linalg.norm(freqs, axis=1)
-    dq = np.linalg.norm(freqs[:, None, :] - aliases[None], axis=2).min(1)
-    return d0 < ALIAS_MARGIN * dq
+    f = np.asarray(freqs, np.float64).reshape(-1, 2)
+    d0 = (f * f).sum(1)
+    ok = np.ones(len(f), bool)
+    for q in aliases:  # one shift at a time: bounded memory on a whole spectrum
+        ok &= d0 < ALIAS_MARGIN**2 * ((f - q) ** 2).sum(1)
+    return ok
+
+
+def _ring_medians(ring: np.ndarray, p: np.ndarray, n: int) -> np.ndarray:
+    """Median of ``p`` in each ring label 0..n-1 (0 where a ring is empty), by one sort."""
+    o = np.lexsort((p, ring))
+    rs, ps = ring[o], p[o]
+    labels = np.unique(rs)
+    start = np.searchsorted(rs, labels, "left")
+    count = np.searchsorted(rs, labels, "right") - start
+    lo = ps[start + (count - 1) // 2]
+    hi = ps[start + count // 2]
+    med = np.zeros(n)
+    med[labels] = 0.5 * (lo + hi)
+    return med
 
 
 def _peak_subbin(logp: np.ndarray, i: int, j: int) -> tuple[float, float]:
@@ -143,8 +159,13 @@ def lattice_basis(image: np.ndarray, *, aliases: np.ndarray | None = None) -> np
     -------
     (2, 2) two non-collinear vectors, (1, 2) one (fringes), or None when no peak stands out.
     """
-    h, w = image.shape
     from scipy.signal.windows import tukey
+
+    h, w = image.shape
+    if max(h, w) > MAX_SPECTRUM:  # a central crop holds enough cells; memory stays bounded
+        y0, x0 = max(0, (h - MAX_SPECTRUM) // 2), max(0, (w - MAX_SPECTRUM) // 2)
+        image = image[y0 : y0 + MAX_SPECTRUM, x0 : x0 + MAX_SPECTRUM]
+        h, w = image.shape
 
     # edges tapered (their jump would leak along the axes), the middle kept: a Hann window
     # would discard most of a sparse scan's samples
@@ -157,9 +178,7 @@ def lattice_basis(image: np.ndarray, *, aliases: np.ndarray | None = None) -> np
     if aliases is not None and len(aliases):
         band &= resolvable(np.stack([fy.ravel(), fx.ravel()], 1), aliases).reshape(h, w)
     ring = np.minimum((fr * min(h, w)).astype(int), min(h, w))  # rings one bin wide
-    med = np.zeros(ring.max() + 1)
-    for r in np.unique(ring[band]):
-        med[r] = np.median(p[band & (ring == r)])
+    med = _ring_medians(ring[band], p[band], int(ring.max()) + 1)
     ratio = np.where(band, p / np.maximum(med[ring], 1e-300), 0.0)
     # noise power is exponential (median ln 2): the ratio pure noise exceeds in one of the
     # band's bins with probability FALSE_PEAK
