@@ -138,13 +138,13 @@ def test_other_tools(fakes, stack_file, tmp_path, shared_data):
     partial = np.where(np.random.default_rng(0).random((32, 32)) < 0.3, 1.0, np.nan)
     np.save(tmp_path / "scan.npy", partial.astype(np.float32))
     assert cli.main(["complete", str(tmp_path / "scan.npy"), "--out", str(out), "--quiet"]) == 0
-    img = tifffile.imread(out / "scan_completed_image.tif")
+    img = tifffile.imread(out / "scan_complete_image.tif")
     assert img.shape == (32, 32) and np.isfinite(img).all()
 
     si = shared_data / "dkl" / "CuZn_EELS_mapping_tutorial.hspy"
     if si.exists():
         assert cli.main(["spectra", str(si), "--out", str(out), "--quiet"]) == 0
-        shift = tifffile.imread(out / "CuZn_EELS_mapping_tutorial_shift.tif")
+        shift = tifffile.imread(out / "CuZn_EELS_mapping_tutorial_spectra_shift.tif")
         assert shift.shape == (50, 40)
         table = pd.read_csv(out / "CuZn_EELS_mapping_tutorial_spectra.csv")
         assert len(table) == 2000 and {"row", "col", "shift_eV", "latent_1"} <= set(table.columns)
@@ -468,7 +468,7 @@ def test_model_option_selects_the_method_and_rejects_unknown_names(tmp_path, cap
         )
         == 0
     )
-    filled = [p for p in out.iterdir() if "completed" in p.name and p.suffix == ".tif"]
+    filled = [p for p in out.iterdir() if "_complete_image" in p.name and p.suffix == ".tif"]
     assert filled
     img = tifffile.imread(filled[0])
     np.testing.assert_allclose(img.reshape(truth.shape)[mask], truth[mask], rtol=1e-6)
@@ -775,11 +775,11 @@ def test_outputs_are_never_read_back_as_inputs(fakes, tmp_path, capsys):
     capsys.readouterr()
     assert cli.main(["defects", str(folder), "--out", str(folder), "--quiet", "--overwrite"]) == 0
     err = capsys.readouterr().err
-    for name in ("img_defects.tif", "scan_completed_image.tif", "scan_completed_uncertainty.tif"):
+    for name in ("img_defects.tif", "scan_complete_image.tif", "scan_complete_uncertainty.tif"):
         assert f"skipped {name}: written by microml" in err
     names = sorted(p.name for p in folder.iterdir())
     assert not [
-        n for n in names if "_defects_" in n or "_completed_image_" in n or "uncertainty_" in n
+        n for n in names if "_defects_" in n or "_complete_image_" in n or "uncertainty_" in n
     ]
     assert "img_defects.csv" in names and "scan_defects.csv" in names
     # named explicitly, a result is an input (e.g. segment a completed scan)
@@ -787,7 +787,7 @@ def test_outputs_are_never_read_back_as_inputs(fakes, tmp_path, capsys):
         cli.main(
             [
                 "defects",
-                str(folder / "scan_completed_image.tif"),
+                str(folder / "scan_complete_image.tif"),
                 "--out",
                 str(tmp_path / "e"),
                 "--quiet",
@@ -826,11 +826,11 @@ def test_complete_never_guesses_the_mask_from_zeros(fakes, tmp_path, capsys):
         )
         == 0
     )
-    img = tifffile.imread(out / "counts_completed_image.tif")
+    img = tifffile.imread(out / "counts_complete_image.tif")
     np.testing.assert_array_equal(img[mask], counts[mask])
     assert (img[mask] == 0).sum() == (counts[mask] == 0).sum() > 100
     np.testing.assert_array_equal(
-        tifffile.imread(out / "counts_completed_uncertainty.tif") > 0, ~mask
+        tifffile.imread(out / "counts_complete_uncertainty.tif") > 0, ~mask
     )
     prov = json.loads((out / "counts_complete.provenance.json").read_text())["parameters"]
     assert prov["measured_pixels"] == "mask file mask.tif"
@@ -852,7 +852,7 @@ def test_complete_never_guesses_the_mask_from_zeros(fakes, tmp_path, capsys):
         )
         == 0
     )
-    unc = tifffile.imread(out2 / "counts_completed_uncertainty.tif")
+    unc = tifffile.imread(out2 / "counts_complete_uncertainty.tif")
     assert (unc == 0).sum() == 300 and (unc[tuple(pos.T)] == 0).all()
     # the user may say so explicitly
     assert (
@@ -1014,7 +1014,7 @@ def test_provenance_for_every_command(fakes, stack_file, tmp_path):
     line = next(h for h in header if h.startswith("# provenance: "))
     assert json.loads(line[14:])["napari_microml"]["tool"] == "cli.defects"
     desc = json.loads(
-        tifffile.TiffFile(tmp_path / "complete" / "scan_completed_image.tif").pages[0].description
+        tifffile.TiffFile(tmp_path / "complete" / "scan_complete_image.tif").pages[0].description
     )
     assert desc["napari_microml"]["tool"] == "cli.complete"
 

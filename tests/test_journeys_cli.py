@@ -212,8 +212,8 @@ def test_complete_direct_electron_random_scan_from_its_files(shared_data, tmp_pa
     assert run.returncode == 0, run.stderr
     import tifffile
 
-    image = tifffile.imread(out / "ROI_Random_Scan_movie_completed_image.tif")
-    sigma = tifffile.imread(out / "ROI_Random_Scan_movie_completed_uncertainty.tif")
+    image = tifffile.imread(out / "ROI_Random_Scan_movie_complete_image.tif")
+    sigma = tifffile.imread(out / "ROI_Random_Scan_movie_complete_uncertainty.tif")
     assert image.shape == (32, 16)
     xy = np.loadtxt(folder / "ROI_Random_Scan_scan_coordinates.csv", delimiter=",", ndmin=2)
     rows, cols = xy[:, 1].astype(int) + 3, xy[:, 0].astype(int) + 3
@@ -244,8 +244,8 @@ def test_complete_truth_with_the_papers_scan_trace_as_mask(shared_data, tmp_path
     assert run.returncode == 0, run.stderr
     truth = tifffile.imread(truth_file)
     measured = tifffile.imread(mask_file) > 0
-    image = tifffile.imread(out / "truth-1_completed_image.tif")
-    sigma = tifffile.imread(out / "truth-1_completed_uncertainty.tif")
+    image = tifffile.imread(out / "truth-1_complete_image.tif")
+    sigma = tifffile.imread(out / "truth-1_complete_uncertainty.tif")
     np.testing.assert_array_equal(image[measured], truth[measured])
     assert (sigma[measured] == 0).all() and (sigma[~measured] > 0).all()
     assert np.sqrt(np.mean((image - truth)[~measured] ** 2)) <= 0.008

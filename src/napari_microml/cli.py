@@ -81,8 +81,10 @@ import argparse  # noqa: E402
 import contextlib  # noqa: E402
 import functools  # noqa: E402
 import json  # noqa: E402
+import re  # noqa: E402
 import shutil  # noqa: E402
 import tempfile  # noqa: E402
+import threading  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
@@ -107,6 +109,131 @@ class ToolError(RuntimeError):
     """A tool failed inside its computation: exit code 1."""
 
 
+# --------------------------------------------------------------------------- progress
+_ITEM = threading.local()  # the progress reporter of the item this worker thread is running
+
+
+def _drain(gen):
+    """Run a core's generator twin (``find_atoms_iter`` …) to its result, passing its progress
+    messages to the run's progress line when this thread runs an item of a CLI run."""
+    from napari_microml.runtime.workers import Loss, Progress, as_message
+
+    while True:
+        try:
+            raw = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        msg = as_message(raw)
+        if isinstance(msg, Progress):
+            report_step(msg.done, msg.total, msg.text)
+        elif isinstance(msg, Loss):
+            report_step(msg.step, msg.total, msg.text)
+
+
+def report_step(done: int, total: int, text: str) -> None:
+    """Tell the run's progress line what the item this thread runs is doing (a no-op outside
+    a CLI run)."""
+    report = getattr(_ITEM, "report", None)
+    if report is not None:
+        report(done, total, text)
+
+
+class ProgressLine:
+    """One stderr line, redrawn every ``dt`` s once a run has lasted ``minimum`` s: items done,
+    the seconds so far and the last step a running item's core reported (tile, fit, epoch), so
+    a single frame shows what it is doing instead of 0 % until it ends."""
+
+    def __init__(
+        self, labels: list[str], doing: str = "", *, minimum: float = 1.0, dt: float = 1.0, out=None
+    ):
+        self.labels, self.doing = labels, doing
+        self.minimum, self.dt = minimum, dt
+        self.out = sys.stderr if out is None else out
+        self.finished = 0
+        self.steps: dict[int, tuple[int, int, str]] = {}  # running item -> its core's last step
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._t0 = time.perf_counter()
+        self._width = 0
+        self.drawn = False
+
+    def reporter(self, index: int) -> Callable[[int, int, str], None]:
+        """The callback for item ``index``'s core: ``(done, total, text)`` of its current step."""
+        return functools.partial(self._step, index)
+
+    def _step(self, index: int, done: int, total: int, text: str) -> None:
+        with self._lock:
+            self.steps[index] = (done, total, re.sub(r"^frame 1/1[:,] ", "", text))
+
+    def item_done(self, index: int) -> None:
+        with self._lock:
+            self.finished += 1
+            self.steps.pop(index, None)
+
+    def line(self) -> str:
+        """The text of the line now."""
+        with self._lock:
+            n, finished, steps = len(self.labels), self.finished, dict(self.steps)
+        seconds = f"{time.perf_counter() - self._t0:.0f} s"
+        running = max(steps) if steps else None
+        what = ""
+        if running is not None:
+            done, total, text = steps[running]
+            what = ": ".join(x for x in (self.doing, text or f"{done}/{total}") if x)
+        elif finished < n:
+            what = f"{self.doing}…" if self.doing else ""
+        if n == 1:  # the bar follows the core's current step (tiles, fits, epochs)
+            done, total, _ = steps.get(0, (0, 0, ""))
+            frac = 1.0 if finished else done / total if total else 0.0
+            head = f"[{tool_bar(round(1000 * frac), 1000)}] {self.labels[0]}"
+            return f"{head}: {what} | {seconds}" if what else f"{head} | {seconds}"
+        head = f"[{tool_bar(finished, n)}] {finished}/{n} | {seconds}"
+        if running is None or finished == n:
+            return head
+        return f"{head} | {self.labels[running]}: {what}"
+
+    def draw(self) -> None:
+        text = self.line()
+        pad = max(self._width - len(text), 0)
+        self._width = len(text)
+        print("\r" + text + " " * pad, end="", file=self.out, flush=True)
+        self.drawn = True
+
+    def _loop(self) -> None:
+        if self._stop.wait(self.minimum):
+            return
+        while True:
+            self.draw()
+            if self._stop.wait(self.dt):
+                return
+
+    def __enter__(self) -> ProgressLine:
+        self._t0 = time.perf_counter()
+        self._thread = threading.Thread(target=self._loop, name="microml-progress", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        if self.drawn:
+            if exc_type is None:
+                self.draw()
+            print(file=self.out, flush=True)
+
+
+def _reporting(run: Callable, item, device: str, *, line: ProgressLine, index: int):
+    """``run(item, device)`` in a worker thread, its core's progress going to ``line``."""
+    _ITEM.report = line.reporter(index)
+    try:
+        return run(item, device)
+    finally:
+        _ITEM.report = None
+        line.item_done(index)
+
+
 # --------------------------------------------------------------------------- adapters
 # Each adapter takes one item (a 2D frame, a {values, mask} scan, or an (N, L) spectra block)
 # and returns a dict of plain numpy / pandas results, so it pickles to dask.distributed workers.
@@ -117,10 +244,11 @@ def _atoms(
     rescale: str = "auto",
     contrast: str = "auto",
 ) -> dict:
-    import napari_microml as mm
+    from napari_microml.atoms.finder import find_atoms_iter
 
-    kwargs = {} if contrast == "auto" else {"contrast": contrast}  # 'auto' is find_atoms' default
-    r = mm.find_atoms(frame, device=device, model=model, rescale=rescale, **kwargs)
+    r = _drain(
+        find_atoms_iter(frame, device=device, model=model, rescale=rescale, contrast=contrast)
+    )
     return {
         "positions": np.asarray(r.positions, float).reshape(-1, 2),
         "features": _frame_table(r.features),
@@ -131,9 +259,9 @@ def _atoms(
 def _defects(
     frame: np.ndarray, device: str = "auto", model: str = "auto", rescale: str = "auto"
 ) -> dict:
-    import napari_microml as mm
+    from napari_microml.defects.segment import segment_defects_iter
 
-    d = mm.segment_defects(frame, device=device, model=model, rescale=rescale)
+    d = _drain(segment_defects_iter(frame, device=device, model=model, rescale=rescale))
     return {
         "labels": np.asarray(d.labels, np.int32),
         "table": _frame_table(d.table),
@@ -145,11 +273,13 @@ def _defects(
 
 def _complete(item: dict, device: str = "auto", model: str | None = None) -> dict:
     """``item = {"values": (H, W), "mask": (H, W) bool}`` (mask True = measured)."""
-    import napari_microml as mm
+    from napari_microml.completion.complete import complete_scan_iter
 
-    kwargs = {} if model is None else {"model": model}  # None: complete_scan's default method
-    c = mm.complete_scan(
-        np.asarray(item["values"]), np.asarray(item["mask"], bool), device=device, **kwargs
+    kwargs: dict[str, Any] = {} if model is None else {"model": model}  # None: the default
+    c = _drain(
+        complete_scan_iter(
+            np.asarray(item["values"]), np.asarray(item["mask"], bool), device=device, **kwargs
+        )
     )
     return {
         "image": np.asarray(c.image),
@@ -200,6 +330,7 @@ class Adapter:
     outputs: tuple  # result file suffixes after the input's stem (the provenance sidecar last)
     task: str | None = None  # the model registry's task when the tool takes --model
     rescale: bool = False  # the tool takes --rescale (lattice tools: runtime/spacing.py)
+    doing: str = ""  # what the progress line says a running item is doing
 
 
 def model_choices(tool: str) -> list[str]:
@@ -224,32 +355,36 @@ ADAPTERS: dict[str, Adapter] = {
     "atoms": Adapter(
         _atoms,
         "frame",
-        "find atomic columns → <name>_atoms.csv",
+        "find atomic columns → <name>_atoms.csv (+ .csv.json sidecar)",
         ("_atoms.csv", "_atoms.csv.json", "_atoms.provenance.json"),
         "atoms",
         rescale=True,
+        doing="finding atomic columns",
     ),
     "defects": Adapter(
         _defects,
         "frame",
-        "segment defects → <name>_defects.tif + table CSV",
+        "segment defects → <name>_defects.tif (labels) + <name>_defects.csv (table)",
         ("_defects.tif", "_defects.csv", "_defects.provenance.json"),
         "defects",
         rescale=True,
+        doing="segmenting defects",
     ),
     "complete": Adapter(
         _complete,
         "frame",
-        "complete partial scans (NaN = not measured, or --mask/--coords) → "
-        "image + uncertainty TIFF",
-        ("_completed_image.tif", "_completed_uncertainty.tif", "_complete.provenance.json"),
+        "complete partial scans → <name>_complete_image.tif + <name>_complete_uncertainty.tif",
+        ("_complete_image.tif", "_complete_uncertainty.tif", "_complete.provenance.json"),
         "completion",
+        doing="completing the scan",
     ),
     "spectra": Adapter(
         _spectra,
         "spectra",
-        "shift-VAE on a spectrum image or line scan → shift map TIFF + latents CSV",
-        ("_shift.tif", "_spectra.csv", "_spectra.provenance.json"),
+        "shift-VAE on a spectrum image or line scan → <name>_spectra_shift.tif + "
+        "<name>_spectra.csv (shift and latents)",
+        ("_spectra_shift.tif", "_spectra.csv", "_spectra.provenance.json"),
+        doing="fitting the shift-VAE",
     ),
 }
 
@@ -594,22 +729,31 @@ def process_items(
     scheduler: str | None = None,
     workers: int | None = None,
     progress: bool = True,
+    labels: list[str] | None = None,
+    doing: str = "",
 ) -> list[dict]:
     """Run ``run(item, device)`` on every item in parallel with dask; results in order.
 
-    ``scheduler=None`` uses the local threaded scheduler with ``workers`` threads; otherwise
-    it is a ``dask.distributed`` scheduler address (``tcp://host:port``).
+    ``scheduler=None`` uses the local threaded scheduler with ``workers`` threads and, with
+    ``progress``, a :class:`ProgressLine` naming each item by ``labels`` (what it is
+    ``doing`` and its core's current step); otherwise ``scheduler`` is a ``dask.distributed``
+    scheduler address (``tcp://host:port``) and the line counts finished frames.
     """
     import dask
 
     if scheduler is None:
-        tasks = [dask.delayed(run, pure=False)(it, device) for it in items]
-        if progress:
-            from dask.diagnostics import ProgressBar
-
-            with ProgressBar(out=sys.stderr, minimum=1.0, dt=1.0):
-                return list(dask.compute(*tasks, scheduler="threads", num_workers=workers))
-        return list(dask.compute(*tasks, scheduler="threads", num_workers=workers))
+        if not progress:
+            tasks = [dask.delayed(run, pure=False)(it, device) for it in items]
+            return list(dask.compute(*tasks, scheduler="threads", num_workers=workers))
+        names = labels or [f"item {i + 1}" for i in range(len(items))]
+        with ProgressLine(names, doing) as line:
+            tasks = [
+                dask.delayed(functools.partial(_reporting, run, line=line, index=i), pure=False)(
+                    it, device
+                )
+                for i, it in enumerate(items)
+            ]
+            return list(dask.compute(*tasks, scheduler="threads", num_workers=workers))
 
     from distributed import Client, as_completed
 
@@ -1121,6 +1265,12 @@ def run_tool(
             scheduler=scheduler,
             workers=workers,
             progress=progress,
+            labels=[
+                job.source.name + (f" frame {i + 1}/{len(job.items)}" if job.is_stack else "")
+                for job in jobs
+                for i in range(len(job.items))
+            ],
+            doing=adapter.doing,
         )
         seconds = time.perf_counter() - t0
         names: list[str] = []
@@ -1208,6 +1358,18 @@ def run_tool(
 
 
 # --------------------------------------------------------------------------------- main
+_MODEL_HELP = {
+    "atoms": "atom-finder model: default (the default) or another atoms model listed by "
+    "`microml models`, your fine-tuned ones included",
+    "defects": "defect model: auto (the default: 'dichalcogenide' for honeycombs of two "
+    "unequally bright sublattices, else 'default') or a defects model listed by "
+    "`microml models`",
+    "complete": "completion method: kriging (the default: a local Gaussian process fitted to "
+    "each scan, no network), local-gp (the slower reference) or a completion network listed "
+    "by `microml models`",
+}
+
+
 def _parser() -> argparse.ArgumentParser:
     from napari_microml import __version__
     from napari_microml.runtime.device import CHOICES as DEVICES
@@ -1261,27 +1423,19 @@ def _parser() -> argparse.ArgumentParser:
         )
         sp.add_argument("--quiet", action="store_true", help="no progress output")
         if ad.task is not None:
-            sp.add_argument(
-                "--model",
-                default=None,
-                help="shipped model name (see `microml models`); default: default, except "
-                "defects: auto ('dichalcogenide' for honeycombs of two unequally bright "
-                "sublattices, else 'default') and complete: kriging (a local Gaussian "
-                "process fitted to each scan, no network; 'local-gp' is the slower "
-                "reference, network names select a network)",
-            )
+            sp.add_argument("--model", default=None, help=_MODEL_HELP[name])
         if ad.rescale:
             from napari_microml.atoms.finder import NOISY_PERIOD
             from napari_microml.runtime.spacing import RESCALE_MODES, TARGET
 
+            noisy = f" or above {NOISY_PERIOD:g} px in a noisy image" if name == "atoms" else ""
             sp.add_argument(
                 "--rescale",
                 default=None,
                 choices=list(RESCALE_MODES),
-                help="resample each frame's lattice for the network: auto (default) "
-                "outside the trained range "
-                f"(atoms: also noisy lattices above {NOISY_PERIOD:g} px), "
-                f"always to a {TARGET:g} px period, off never",
+                help="resample each frame's lattice for the network: auto (default) when "
+                f"its period is outside the trained range{noisy}, always to a {TARGET:g} px "
+                "period, off never",
             )
         if name == "atoms":
             from napari_microml.runtime.contrast import CONTRASTS

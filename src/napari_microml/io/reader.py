@@ -281,7 +281,10 @@ def _plain_scalar(x, default: float) -> float:
 def _to_layer(d: dict, p: Path, index: int, n: int) -> LayerData:
     data = d["data"]
     if getattr(data, "dtype", None) is not None and data.dtype.names:  # RGB(A) structured
-        from rsciio.utils.rgb_tools import rgbx2regular_array
+        try:  # the current name; older rsciio has only rgb_tools (deprecated since)
+            from rsciio.utils.rgb import rgbx2regular_array
+        except ImportError:
+            from rsciio.utils.rgb_tools import rgbx2regular_array
 
         data = rgbx2regular_array(data)
         rgb = True

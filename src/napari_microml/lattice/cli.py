@@ -9,14 +9,17 @@
 For each 2D image ``<name>`` it writes ``<name>_lattice.csv`` (one row per column: positions in
 px and physical units, sublattice, exx, eyy, exy, rotation, displacement, their 1σ, count and
 cross-section), its ``.csv.json`` sidecar, and ``<name>_lattice.json`` (lattice parameters, the
-atom-count mixture, provenance). Results go into ``--out`` the way every ``microml`` command
+atom-count mixture, provenance). The images are analysed in parallel threads (``--workers``,
+``cli.process_items``) and the results go into ``--out`` the way every ``microml`` command
 writes them (``cli.check_out`` + ``cli.Staging``): existing files are never replaced without
-``--overwrite``, and nothing is moved into place unless every input succeeded.
+``--overwrite``, and nothing is moved into place unless every input succeeded (with
+``--keep-going``: the inputs that succeeded, exit 3).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from pathlib import Path
@@ -29,11 +32,16 @@ OUTPUTS = ("_lattice.csv", "_lattice.csv.json", "_lattice.json")
 def add_parser(subparsers) -> None:
     """Add the ``lattice`` subcommand to ``microml``'s subparsers."""
     from napari_microml.cli import EXIT_CODES
+    from napari_microml.runtime.device import CHOICES as DEVICES
 
+    what = (
+        "sublattices, strain, polarisation and atom counts "
+        "→ <name>_lattice.csv (+ .csv.json sidecar) + <name>_lattice.json"
+    )
     sp = subparsers.add_parser(
         "lattice",
-        help="sublattices, strain, polarisation and atom counts "
-        "→ <name>_lattice.csv + <name>_lattice.json",
+        help=what,
+        description=what,
         epilog=EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -69,11 +77,26 @@ def add_parser(subparsers) -> None:
     sp.add_argument(
         "--device",
         default="auto",
-        choices=["auto", "cpu", "cuda", "mps"],
+        choices=list(DEVICES),
         help="where the atom finder runs (default auto)",
     )
     sp.add_argument(
-        "--overwrite", action="store_true", help="replace result files that already exist in --out"
+        "--overwrite",
+        action="store_true",
+        help="replace result files of the same names already in --out (default: refuse, "
+        "exit 2, naming them)",
+    )
+    sp.add_argument(
+        "--keep-going",
+        action="store_true",
+        help="when some inputs fail, still write the others' results (exit 3, the failed "
+        "inputs named on stderr); default: all or nothing",
+    )
+    sp.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="images analysed at once in local threads (default: all cores)",
     )
     sp.add_argument("--quiet", action="store_true", help="no progress output")
 
@@ -102,7 +125,8 @@ def _pixel_size(kwargs: dict, given: float | None) -> float | None:
 def analyse_file(path: Path, args) -> dict:
     """Results of one image: the lattice, the counts, and what the CSV needs."""
     import napari_microml as mm
-    from napari_microml.cli import InputError
+    from napari_microml.atoms.finder import find_atoms_iter
+    from napari_microml.cli import InputError, _drain, report_step
     from napari_microml.io.reader import read_file
     from napari_microml.io.writer import read_points_csv
 
@@ -124,8 +148,10 @@ def analyse_file(path: Path, args) -> dict:
             else None
         )
     else:
-        found = mm.find_atoms(
-            image, **({} if contrast == "auto" else {"contrast": contrast}), device=args.device
+        found = _drain(
+            find_atoms_iter(
+                image, **({} if contrast == "auto" else {"contrast": contrast}), device=args.device
+            )
         )
         positions, std = found.positions, found.features["position_std"].to_numpy(float)
         contrast = found.parameters.get("contrast", contrast)
@@ -135,6 +161,7 @@ def analyse_file(path: Path, args) -> dict:
         contrast = "dark" if columns_are_dark(image, positions) else "bright"
     signal = -image if contrast == "dark" else image
     pixel_size = _pixel_size(kwargs, args.pixel_size)
+    report_step(0, 1, f"fitting the lattice to {len(positions)} columns")
     lat = mm.analyze_lattice(
         positions,
         image=signal,
@@ -144,6 +171,7 @@ def analyse_file(path: Path, args) -> dict:
     )
     counts = None
     if not args.no_count and contrast == "bright":
+        report_step(0, 1, "counting atoms")
         counts = mm.count_atoms(
             image, positions, sublattice=lat.sublattice if lat.n_sublattices > 1 else None
         )
@@ -216,23 +244,37 @@ def _write(stem: str, res: dict, tmp: Path, source: Path) -> list[Path]:
     return [csv, Path(str(csv) + ".json"), js]
 
 
+def _analyse(path: Path, device: str, *, args) -> dict:
+    return analyse_file(path, args)
+
+
 def run(args) -> int:
-    """Run ``microml lattice``; returns the exit code (0 ok, 2 bad input, 1 a failure, 130
-    interrupted)."""
+    """Run ``microml lattice``; returns the exit code (``cli.EXIT_CODES``). Ctrl-C propagates
+    (as KeyboardInterrupt) to ``cli.main``, which reports it, once the staging folder is gone."""
     from napari_microml.cli import (
         EXIT_FAILED,
-        EXIT_INTERRUPTED,
-        EXIT_OK,
         EXIT_USAGE,
+        Failure,
         InputError,
+        Report,
         Staging,
+        ToolError,
+        _guarded,
+        _one_line,
+        _plural,
+        _uninterrupted,
         check_out,
         collect_inputs,
+        process_items,
     )
 
+    report = Report()
+    failures = report.failed if args.keep_going else None
     try:
-        files = [p for p, _ in collect_inputs(args.inputs)]
-        if args.positions and len(files) != 1:
+        if args.workers is not None and args.workers < 1:
+            raise InputError("--workers must be at least 1.")
+        files = [p for p, _ in collect_inputs(args.inputs, failures)]
+        if args.positions and len(files) + len(report.failed) != 1:
             raise InputError("--positions gives the columns of one image; pass exactly one input.")
         if args.positions and not Path(args.positions).is_file():
             raise InputError(f"--positions {args.positions}: no such file.")
@@ -241,40 +283,77 @@ def run(args) -> int:
         out = Path(args.out)
         if out.exists() and not out.is_dir():
             raise InputError(f"--out {out} exists and is not a folder.")
-        names = [p.stem + suffix for p in files for suffix in OUTPUTS]
+        planned = {p: [p.stem + suffix for suffix in OUTPUTS] for p in files}
+        names = [n for per in planned.values() for n in per]
         if len(set(names)) != len(names):
             raise InputError("Two inputs have the same name; their results would collide in --out.")
-        created = not out.exists()
-        out.mkdir(parents=True, exist_ok=True)
         replace = check_out(out, names, args.overwrite)
     except InputError as err:
         print(f"microml: error: {err}", file=sys.stderr)
         return EXIT_USAGE
-    stage = Staging(out)
+    report.inputs = len(files) + len(report.failed)
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    stage = None
     try:
-        for k, path in enumerate(files, 1):
-            if not args.quiet:
-                print(f"microml lattice: {k}/{len(files)} {path.name}", file=sys.stderr)
-            _write(path.stem, analyse_file(path, args), stage.new, path)
-        written = stage.commit(names, replace)
-    except KeyboardInterrupt:
-        print("microml: lattice interrupted; nothing was written.", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except (InputError, ValueError) as err:
-        print(f"microml: error: {' '.join(str(err).split())}", file=sys.stderr)
+        with _uninterrupted():
+            stage = Staging(out)
+        results = process_items(
+            files,
+            functools.partial(_guarded, functools.partial(_analyse, args=args)),
+            device=args.device,
+            workers=args.workers,
+            progress=not args.quiet,
+            labels=[p.name for p in files],
+            doing="lattice analysis",
+        )
+        done: list[str] = []
+        for path, res in zip(files, results, strict=True):
+            if isinstance(res, Failure):
+                if not args.keep_going:
+                    raise (InputError if res.bad_input else ToolError)(f"{path.name}: {res.reason}")
+                res.name = path.name
+                report.failed.append(res)
+                continue
+            try:
+                _write(path.stem, res, stage.new, path)
+            except Exception as err:  # noqa: BLE001 - the input's results are dropped
+                if not args.keep_going:
+                    raise ToolError(f"{path.name}: writing the results failed: {err}") from err
+                for name in planned[path]:
+                    (stage.new / name).unlink(missing_ok=True)
+                report.failed.append(Failure(path.name, _one_line(err), bad_input=False))
+                continue
+            done += planned[path]
+        if done:
+            with _uninterrupted(drop=True):
+                report.written = stage.commit(done, replace)
+    except InputError as err:
+        print(f"microml: error: {_one_line(err)}; nothing was written.", file=sys.stderr)
         return EXIT_USAGE
     except Exception as err:  # noqa: BLE001 - one line for the user, nothing written
+        kind = "" if isinstance(err, ToolError) else f"{type(err).__name__}: "
         print(
-            f"microml: lattice failed: {type(err).__name__}: {' '.join(str(err).split())}",
+            f"microml: lattice failed: {kind}{_one_line(err)}; nothing was written.",
             file=sys.stderr,
         )
         return EXIT_FAILED
     finally:
-        stage.close()
-        if created and not any(out.iterdir()):
-            out.rmdir()
-    if not args.quiet:
-        print(f"microml lattice: wrote {len(written)} file(s) to {out}", file=sys.stderr)
-    for p in written:
+        with _uninterrupted(drop=bool(report.written)):
+            if stage is not None:
+                stage.close()
+            if created and out.is_dir() and not any(out.iterdir()):
+                out.rmdir()
+    for f in report.failed:
+        kind = "error: " if f.bad_input else "failed: "
+        print(f"microml: lattice: {f.name}: {kind}{f.reason}", file=sys.stderr)
+    if not args.quiet or report.failed:
+        gave = report.inputs - len(report.failed)
+        print(
+            f"microml lattice: wrote {_plural(len(report.written), 'file')} to {out} "
+            f"({gave} of {_plural(report.inputs, 'input')} gave results)",
+            file=sys.stderr,
+        )
+    for p in report.written:
         print(p)
-    return EXIT_OK
+    return report.exit_code
