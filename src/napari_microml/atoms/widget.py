@@ -106,6 +106,20 @@ def style_points(layer) -> None:
     layer.feature_defaults = manual_defaults(feats.columns)
 
 
+BORDER_SLACK_PX = 2.0  # points this close outside the image are skipped by Refine, not refused
+
+
+def just_outside(positions: np.ndarray, shape) -> np.ndarray:
+    """Which (row, col) pixel ``positions`` lie outside an image of ``shape`` (H, W) by at most
+    BORDER_SLACK_PX: a column at the edge nudged out, not a unit mix-up (farther points are
+    left to the refiner, which refuses them with its explanation)."""
+    pos = np.asarray(positions, float).reshape(-1, 2)
+    high = np.asarray(shape[-2:], float) - 0.5
+    below, above = -0.5 - pos, pos - high
+    beyond = np.maximum(below, above).max(axis=1)  # > 0: outside, by this many px
+    return (beyond > 0) & (beyond <= BORDER_SLACK_PX)
+
+
 def fit_note(features, refined: bool = False) -> str:
     """'; the Gaussian fit failed for k (squares: centre of mass used)' or ''; points
     added by hand count only once ``refined`` (before that they have had no fit)."""
@@ -309,19 +323,36 @@ class AtomFinderWidget(ToolWidget):
         # the contrast the finder used for this layer, unless the user has set one
         used = points.metadata.get("napari_microml", {}).get("parameters", {}).get("contrast")
         contrast = self.contrast.value if self.contrast.value != "auto" else used or "auto"
+        skip = just_outside(pts[:, -2:], layer.data.shape[-2:])
+        fit = ~skip
+        n_skip = int(skip.sum())
+        if n_skip and n_skip == len(pts):
+            self._say(
+                f"All {len(pts)} points lie just outside the image: nothing to refine. "
+                "Move them onto the image first."
+            )
+            return
 
         def work(image):
             return (
                 yield from refine_points_iter(
-                    image, pts[:, -2:], frames=frames, refine=method, contrast=contrast
+                    image,
+                    pts[fit, -2:],
+                    frames=None if frames is None else frames[fit],
+                    refine=method,
+                    contrast=contrast,
                 )
             )
 
         def apply(result):
-            pos, feats = result
+            fitted, feats = result
+            pos = pts[:, -2:].copy()
+            pos[fit] = fitted
             old = points.features.reset_index(drop=True)
-            for col in feats.columns:
-                old[col] = feats[col].to_numpy()
+            for col in feats.columns:  # the skipped points keep what they had
+                if col not in old:
+                    old[col] = np.nan if feats[col].dtype.kind == "f" else True
+                old.loc[fit, col] = feats[col].to_numpy()
             if "manual" not in old:
                 old["manual"] = False
             old["manual"] = old["manual"].fillna(True).astype(bool)
@@ -339,12 +370,19 @@ class AtomFinderWidget(ToolWidget):
             points.metadata.setdefault("napari_microml", {})["refined_points"] = {
                 "refine": method,
                 "contrast": contrast,
-                "n_points": int(len(pos)),
+                "n_points": int(fit.sum()),
                 "n_manual": int(old["manual"].sum()),
+                "n_skipped_outside": n_skip,
             }
+            left = (
+                f" Skipped {n_skip} point{'s' if n_skip > 1 else ''} just outside the image "
+                "(left where placed)."
+                if n_skip
+                else ""
+            )
             self._say(
-                f"Refined {len(pos)} points ({int(old['manual'].sum())} added by hand)"
-                f"{fit_note(old, refined=True)}."
+                f"Refined {int(fit.sum())} points ({int(old['manual'].sum())} added by hand)"
+                f"{fit_note(old[fit], refined=True)}.{left}"
             )
 
         self.start(Job(work, apply, inputs={"image": layer}))

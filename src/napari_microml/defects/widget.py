@@ -286,11 +286,21 @@ class DefectSegmenterWidget(ToolWidget):
             params["contrast"], choice.get("requested", params["contrast"]), choice.get("skew")
         )
         source = "your atoms layer" if params.get("atoms") == "given" else "the atom finder"
+        n_env, n_odd = (0, 0) if env is None else (env.n_classes, int(env.unusual.sum()))
         more = (
             f" ({run.note})"
             if run.note
-            else f" {env.n_classes} environment classes, {int(env.unusual.sum())} unusual columns."
+            else f" {n_env} environment class{'' if n_env == 1 else 'es'}, "
+            f"{n_odd} unusual column{'' if n_odd == 1 else 's'}."
         )
+        if params.get("estimated_period_px") is None:  # single atoms, particles, amorphous
+            head = "Found no defects: there is" if counts.empty else f"Found {text}, but there is"
+            self._say(
+                f"{head} no crystal lattice in {layer.name} ({len(res.atoms)} atom columns "
+                f"from {source}, not in a periodic arrangement). The defect segmenter needs a "
+                "crystalline image; for single atoms or particles use the Atom finder."
+            )
+            return
         self._say(
             f"Found {text}; {contrast.note()}, {len(res.atoms)} atom columns from {source}."
             + more

@@ -293,7 +293,7 @@ def check_positions(
         r, c = pos[np.argmax(outside)]
         raise ValueError(
             f"{int(outside.sum())} of the {len(pos)} {what} lie outside the {h}×{w} px image "
-            f"(e.g. row {r:.6g}, col {c:.6g}); positions are (row, col) pixels from 0 to "
-            f"{h - 1} and {w - 1}. Are they in nm, or from another image?"
+            f"(e.g. row {r:.6g}, col {c:.6g}); positions are pixels, rows 0–{h - 1} and "
+            f"columns 0–{w - 1}. Are they in nm, or from another image?"
         )
     return np.ascontiguousarray(pos), frames
