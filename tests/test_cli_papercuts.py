@@ -42,7 +42,8 @@ def test_a_single_frame_shows_what_its_core_is_doing():
     # the bar follows the core's own step (3 of 4 tiles); "frame 1/1" is noise for one frame
     assert seen["during"].startswith("[" + "#" * 22 + " " * 8 + "]")
     assert "Acquisition_18.emd: finding atomic columns: tile 3/4 |" in seen["during"]
-    assert line.line().startswith("[" + "#" * 30 + "]") and line.finished == 1
+    assert line.line().startswith("[" + "#" * 30 + "] Acquisition_18.emd: done |")
+    assert line.finished == 1
     assert cli._drain(_core([(1, 2, "outside a run")])) == "result"  # no line: no report
 
 

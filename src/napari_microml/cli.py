@@ -183,6 +183,8 @@ class ProgressLine:
             what = ": ".join(x for x in (self.doing, text or f"{done}/{total}") if x)
         elif finished < n:
             what = f"{self.doing}…" if self.doing else ""
+        else:
+            what = "done"
         if n == 1:  # the bar follows the core's current step (tiles, fits, epochs)
             done, total, _ = steps.get(0, (0, 0, ""))
             frac = 1.0 if finished else done / total if total else 0.0
