@@ -42,9 +42,6 @@ def test_kriging_completion_has_no_block_seams(shared_data):
     assert by_phase.max() <= 1.5 * np.median(by_phase), np.round(by_phase / by_phase.mean(), 2)
 
 
-@pytest.mark.xfail(
-    strict=True, reason="the Source layer defaults to the first image: the structure itself"
-)
 def test_dkl_source_is_not_the_structure_when_a_spectrum_image_is_open(
     make_napari_viewer, shared_data
 ):
@@ -57,10 +54,6 @@ def test_dkl_source_is_not_the_structure_when_a_spectrum_image_is_open(
     assert w.source_kind.value == "spectrum image"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the spectrum is only refused inside the worker, as an error about '2×2 pixels'",
-)
 def test_atom_finder_refuses_a_spectrum_image_before_running(
     make_napari_viewer, qtbot, shared_data
 ):
@@ -73,10 +66,6 @@ def test_atom_finder_refuses_a_spectrum_image_before_running(
     assert "spectr" in w.status.value.lower(), w.status.value
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="with no peak standing out the whole axis is fitted, but the status names a peak",
-)
 def test_shift_vae_does_not_claim_a_peak_when_none_stands_out(make_napari_viewer, qtbot):
     from napari_microml.runtime.spectral import image_plane_layout
 
@@ -105,9 +94,6 @@ def test_shift_vae_does_not_claim_a_peak_when_none_stands_out(make_napari_viewer
     assert "around the peak" not in w.status.value, w.status.value
 
 
-@pytest.mark.xfail(
-    strict=True, reason="peaks closer than half the column spacing are kept after refinement"
-)
 def test_atom_finder_keeps_no_near_duplicate_columns_on_srtio3(shared_data):
     import npe2
     from scipy.spatial import cKDTree

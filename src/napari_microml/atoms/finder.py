@@ -6,10 +6,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from napari_microml.atoms.refine import METHODS, flatten_background, refine_positions
+from napari_microml.atoms.refine import (
+    METHODS,
+    flatten_background,
+    refine_positions,
+    refine_positions_iter,
+)
 from napari_microml.runtime.contrast import check_contrast, decide
 from napari_microml.runtime.provenance import make_provenance
 from napari_microml.runtime.spacing import resample, to_original, zoom_for, zoom_to
+from napari_microml.runtime.tiling import TILE, tile_batch, tiled_predict
 from napari_microml.runtime.validate import (
     as_scaled_stack,
     check_number,
@@ -30,6 +36,12 @@ FLATTEN_RADIUS = 8
 # rescale="auto" also resamples a noisy lattice whose period exceeds this (px): at native scale
 # the network misses columns there (benchmarks/RESULTS.md, "rescale")
 NOISY_PERIOD = 22.0
+# two peaks closer than this fraction of the local column spacing are one column: no projected
+# lattice has a second column that close (a resolved dumbbell *is* the local spacing)
+MERGE_FRACTION = 0.5
+# nearest-neighbour distances count as a lattice when their middle half lies within this
+# fraction of the median (single atoms on a support scatter far wider)
+LATTICE_SPREAD = 0.25
 
 
 def network_input(image: np.ndarray, kind: str = "plain") -> np.ndarray:
@@ -130,6 +142,76 @@ def _local_maxima(
     return pos, centre.astype(np.float32)
 
 
+def lattice_spacing(positions: np.ndarray) -> float | None:
+    """Return the median nearest-neighbour distance when ``positions`` form a lattice, else None.
+
+    Parameters
+    ----------
+    positions : (N, 2) array
+        Column positions (row, col) in pixels.
+
+    Returns
+    -------
+    float or None
+        The spacing in pixels, or None for fewer than 8 columns or scattered ones (the middle
+        half of the nearest-neighbour distances spread wider than ``LATTICE_SPREAD`` of it).
+    """
+    from scipy.spatial import cKDTree
+
+    positions = np.asarray(positions, float).reshape(-1, 2)
+    if len(positions) < 8:
+        return None
+    d, _ = cKDTree(positions).query(positions, k=2)
+    q1, med, q3 = np.percentile(d[:, 1], [25, 50, 75])
+    return float(med) if med > 0 and (q3 - q1) <= LATTICE_SPREAD * med else None
+
+
+def merge_close(positions: np.ndarray, scores: np.ndarray, *, neighbours: int = 12) -> np.ndarray:
+    """Return a keep mask that drops the weaker of two peaks on one column.
+
+    In a lattice (:func:`lattice_spacing`), a peak closer than ``MERGE_FRACTION`` of the local
+    spacing (the upper quartile of the nearest-neighbour distances of its ``neighbours``
+    nearest peaks beyond its own nearest) to a higher-scored peak is dropped. The rule is
+    relative to the lattice's own spacing, so a resolved dumbbell lattice (every column's
+    neighbour at the same short distance) is never merged; scattered single atoms are left
+    alone.
+
+    Parameters
+    ----------
+    positions : (N, 2) array
+        Peak positions (row, col) in pixels.
+    scores : (N,) array
+        Network scores; the higher one of a pair is kept.
+    neighbours : int
+        How many nearby peaks set the local spacing.
+
+    Returns
+    -------
+    (N,) bool array
+    """
+    from scipy.spatial import cKDTree
+
+    positions = np.asarray(positions, float).reshape(-1, 2)
+    keep = np.ones(len(positions), bool)
+    if lattice_spacing(positions) is None:
+        return keep
+    tree = cKDTree(positions)
+    d, idx = tree.query(positions, k=min(neighbours + 2, len(positions)))
+    # the upper quartile of the nearest-neighbour distances around each peak (leaving out the
+    # peak and its partner): extra peaks only ever shorten them
+    local = np.percentile(d[idx[:, 2:], 1], 75, axis=1)
+    limit = MERGE_FRACTION * local
+    order = np.argsort(-np.asarray(scores, float), kind="stable")
+    rank = np.empty(len(order), int)
+    rank[order] = np.arange(len(order))
+    for i in order:
+        if not keep[i] or d[i, 1] >= limit[i]:
+            continue  # only peaks with a close neighbour need a look
+        close = np.asarray(tree.query_ball_point(positions[i], limit[i]), int)
+        keep[close[rank[close] > rank[i]]] = False  # only weaker ones
+    return keep
+
+
 def find_atoms_iter(
     image,
     *,
@@ -140,7 +222,7 @@ def find_atoms_iter(
     pixel_size: float | None = None,
     contrast: str = "auto",
     min_distance: int = 2,
-    tile: int = 1024,
+    tile: int = TILE,
     rescale="auto",
     input_name: str | None = None,
 ):
@@ -149,7 +231,6 @@ def find_atoms_iter(
 
     from napari_microml.nets.registry import load_model, model_provenance
     from napari_microml.runtime.device import describe_device, resolve_device
-    from napari_microml.runtime.tiling import tiled_predict
 
     if refine not in METHODS:
         raise ValueError(f"Unknown refinement {refine!r}; choose one of {', '.join(METHODS)}.")
@@ -162,6 +243,7 @@ def find_atoms_iter(
     scaled = as_scaled_stack(image, what="image")
     stack, is_stack = scaled.stack, scaled.is_stack
     zoom, spacing = zoom_for(fill_nonfinite(stack[0]), rescale, noisy_high=NOISY_PERIOD)
+    yield progress(0, 1, "loading the model")  # a cancel point after measuring the lattice
     dev = resolve_device(device)
     net, info = load_model("atoms", model, dev)
     import torch
@@ -180,12 +262,13 @@ def find_atoms_iter(
         frame = fill_nonfinite(frame)
         if choice.contrast == "dark":
             frame = frame.max() - frame
+        yield progress(t, n_frames, f"frame {t + 1}/{n_frames}: network")  # a cancel point
         gen = tiled_predict(
             predict,
             network_input(resample(frame, zoom), kind)[None],
             out_channels=1,
             tile=tile,
-            batch_size=max(1, (1024 * 1024) // (tile * tile)),  # bounded memory
+            batch_size=tile_batch(tile, dev),
             multiple=getattr(net, "multiple", 8),
         )
         while True:
@@ -203,9 +286,19 @@ def find_atoms_iter(
                 to_original(pos, zoom), -0.5, np.array(frame.shape) - 0.5
             )  # a border peak stays on the image
             prob = zoom_to(prob, frame.shape).astype(np.float32)
-        pos, feats = refine_positions(
+        # a weak second peak beside a column would cut the column's fit window in half
+        first = merge_close(pos, score)
+        pos, score = pos[first], score[first]
+        fits = refine_positions_iter(
             frame, pos, method=refine, max_radius=int(np.clip(10 / zoom, 10, 24))
         )  # wide columns: wide windows
+        while True:
+            try:
+                done, total, text = next(fits)[1:]
+            except StopIteration as stop:
+                pos, feats = stop.value
+                break
+            yield progress(t * total + done, n_frames * total, f"frame {t + 1}/{n_frames}: {text}")
         h, w = frame.shape
         keep = (
             (pos[:, 0] >= -0.5)
@@ -213,6 +306,7 @@ def find_atoms_iter(
             & (pos[:, 1] >= -0.5)
             & (pos[:, 1] <= w - 0.5)
         )
+        keep[keep] = merge_close(pos[keep], score[keep])  # two fits that converged on one column
         feats["intensity"] = feats["intensity"] * scaled.scale  # back to the image's units
         df = pd.DataFrame(
             {
@@ -270,7 +364,7 @@ def find_atoms(
     pixel_size: float | None = None,
     contrast: str = "auto",
     min_distance: int = 2,
-    tile: int = 1024,
+    tile: int = TILE,
     rescale="auto",
     input_name: str | None = None,
 ) -> AtomsResult:
@@ -306,7 +400,8 @@ def find_atoms(
     min_distance : int
         Minimum separation of two column peaks, in pixels of the network's grid (default 2).
     tile : int
-        Tile edge in pixels for the network pass; bounds memory on large images (default 1024).
+        Largest tile edge in pixels for the network pass (default 512); bounds memory and sets
+        how often a run can be cancelled.
     input_name : str, optional
         Name of the input (file or layer) recorded in ``provenance['input_layer']``.
 

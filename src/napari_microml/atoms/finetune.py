@@ -660,18 +660,32 @@ def count_edits(before, after, *, moved_px: float = 0.5, max_px: float = 3.0) ->
     }
 
 
-UNSURE_SCORE = 0.7  # a detection below this network score counts as unsure
+UNSURE_SCORE = 0.7  # for a model whose threshold is 0.5, a detection below this is unsure
 # share of unsure detections that flags an image as unlike the training data: well above what
 # simulated lattices read, below what real Pt/C single atoms read (figures in docs/design.md)
 UNSURE_SHARE = 0.3
+# the shipped model made for isolated atoms with no lattice (Pt single atoms on carbon)
+SINGLE_ATOMS_MODEL = "pt-single-atoms"
+
+
+def unsure_cut(threshold: float) -> float:
+    """Return the score below which a detection counts as unsure.
+
+    For a model whose recommended detection threshold is ``threshold``: the same share of the
+    range from the threshold to 1 as ``UNSURE_SCORE`` is of the range from 0.5 to 1.
+    """
+    return threshold + (1.0 - threshold) * (UNSURE_SCORE - 0.5) / 0.5
 
 
 def unsure_note(result) -> str:
     """Return a status-line sentence when many of the detections are unsure, else ''.
 
     Many unsure detections mean the image is probably unlike the model's training data; the
-    sentence suggests review and fine-tuning. Not for the user's own models: their scores were
-    calibrated on the user's images.
+    sentence suggests a shipped model made for that kind of image (isolated atoms with no
+    lattice: ``pt-single-atoms``), review and fine-tuning. "Unsure" is relative to the model's
+    recommended threshold (:func:`unsure_cut`). Not for models fine-tuned on real images, the
+    user's or shipped ones: their scores were calibrated on those images, not on the simulated
+    lattices the share was set on.
 
     Parameters
     ----------
@@ -683,18 +697,39 @@ def unsure_note(result) -> str:
     str
         Starts with a space, so it can be appended to a status line.
     """
+    from napari_microml.atoms.finder import lattice_spacing
+    from napari_microml.nets.registry import list_models
     from napari_microml.nets.user_models import list_user_models
 
     features = getattr(result, "features", None)
     if features is None or "score" not in getattr(features, "columns", ()) or len(features) < 5:
         return ""
-    if (getattr(result, "model", None) or {}).get("name") in list_user_models("atoms"):
+    name = (getattr(result, "model", None) or {}).get("name")
+    if name in list_user_models("atoms"):
         return ""
-    share = float(np.mean(np.asarray(features["score"], float) < UNSURE_SCORE))
+    shipped = list_models("atoms")
+    meta = (shipped.get(name) or {}).get("meta") or {}
+    if meta.get("base"):
+        return ""
+    cut = unsure_cut(float(meta.get("recommended_threshold", 0.5)))
+    share = float(np.mean(np.asarray(features["score"], float) < cut))
     if share < UNSURE_SHARE:
         return ""
+    advice = ""
+    positions = getattr(result, "positions", None)
+    suited = SINGLE_ATOMS_MODEL
+    if (
+        positions is not None
+        and f"atoms-{suited}" in shipped
+        and name != f"atoms-{suited}"
+        and len(positions) >= 8
+        and lattice_spacing(positions) is None
+    ):
+        advice = f"These look like isolated atoms with no lattice: try Model: {suited}, or check "
+    else:
+        advice = "Check "
     return (
-        f" {share:.0%} of the detections are unsure (score < {UNSURE_SCORE:g}): this image looks "
-        "unlike the model's training data. Check them (Teach the atom finder → Review) and "
+        f" {share:.0%} of the detections are unsure (score < {cut:.2g}): this image looks "
+        f"unlike the model's training data. {advice}them (Teach the atom finder → Review) and "
         "fine-tune on a few corrected images."
     )

@@ -9,6 +9,8 @@ runs away fall back to the background-subtracted intensity centre of mass.
 
 from __future__ import annotations
 
+from collections.abc import Generator
+
 import numpy as np
 from scipy import ndimage as ndi
 
@@ -19,6 +21,7 @@ from napari_microml.runtime.validate import (
     check_positions,
     fill_nonfinite,
 )
+from napari_microml.runtime.workers import drain, progress
 
 METHODS = ("gaussian", "com", "none")
 NP = 5  # fitted parameters per column
@@ -236,6 +239,29 @@ def refine_positions(
 ) -> tuple[np.ndarray, dict]:
     """Refine ``positions`` (N, 2) (row, col) on ``image`` (H, W).
 
+    :func:`refine_positions_iter` run to its end; see there.
+    """
+    return drain(
+        refine_positions_iter(
+            image, positions, method=method, radius=radius, max_radius=max_radius, chunk=chunk
+        )
+    )
+
+
+def refine_positions_iter(
+    image,
+    positions,
+    *,
+    method: str = "gaussian",
+    radius: int | None = None,
+    max_radius: int = 10,
+    chunk: int = 1024,
+) -> Generator[tuple, None, tuple[np.ndarray, dict]]:
+    """Refine ``positions`` (N, 2) (row, col) on ``image`` (H, W), as a generator.
+
+    Yields a progress tuple after every ``chunk`` of columns (a cancel point for the widgets)
+    and returns ``(positions, features)``.
+
     The window radius is ``radius`` or 0.4 × the median nearest-neighbour distance, clipped to
     2–``max_radius`` px (sparse single atoms must not get huge windows; a lattice the finder
     resampled because its columns are very wide passes a larger cap).
@@ -253,7 +279,7 @@ def refine_positions(
 
     Returns
     -------
-    positions : (N, 2) float64 refined positions
+    positions : (N, 2) float64 refined positions (the generator's return value)
     features : dict of (N,) arrays: intensity (peak height above background, image units),
         sigma (px), position_std (1σ positional uncertainty, px, from the fit covariance or the
         centre-of-mass noise propagation), fit_ok (bool: the Gaussian fit converged sensibly).
@@ -297,6 +323,7 @@ def refine_positions(
             feats["intensity"][sl] = com_amp
             if method == "none":
                 feats["position_std"][sl] = com_std
+                yield progress(lo + len(sl), len(todo), f"measured {lo + len(sl)} columns")
                 continue
             if method == "gaussian":
                 start = pos0[sl] - centres
@@ -332,6 +359,7 @@ def refine_positions(
             else:  # centre of mass
                 out[sl] = centres + com_pos
                 feats["position_std"][sl] = com_std
+            yield progress(lo + len(sl), len(todo), f"fitted {lo + len(sl)}/{len(todo)} columns")
         # a column wider than its window (the fit's width runs to its 1.5 r bound and the
         # background goes negative: ABF dips, ~5 px wide where O columns are 13 px apart) is
         # fitted once more in a window 1.6× as wide; _own_pixels keeps its neighbours out

@@ -13,6 +13,7 @@ from napari_microml.atoms.finder import NOISY_PERIOD, find_atoms_iter, refine_po
 from napari_microml.atoms.finetune import unsure_note
 from napari_microml.atoms.refine import METHODS
 from napari_microml.runtime.contrast import CONTRASTS, ContrastChoice
+from napari_microml.runtime.validate import check_image_layer
 from napari_microml.runtime.widget import (
     Job,
     ToolWidget,
@@ -221,12 +222,7 @@ class AtomFinderWidget(ToolWidget):
     # -- run ---------------------------------------------------------------------------------
     def _selected_image(self):
         layer = self.image_layer.value
-        if layer is None:
-            raise ValueError("Pick an image layer first.")
-        if layer.rgb:
-            raise ValueError(
-                f"Layer {layer.name!r} is an RGB picture; the atom finder needs a grey image."
-            )
+        check_image_layer(layer, tool="atom finder")
         return layer
 
     def make_job(self) -> Job:

@@ -17,6 +17,7 @@ from napari_microml.defects.instances import instances, keep_instances
 from napari_microml.runtime.contrast import check_contrast, decide
 from napari_microml.runtime.provenance import make_provenance
 from napari_microml.runtime.spacing import resample, to_original, to_resampled, zoom_for, zoom_to
+from napari_microml.runtime.tiling import TILE
 from napari_microml.runtime.validate import (
     as_scaled_stack,
     check_number,
@@ -191,7 +192,7 @@ def segment_defects_iter(
     atoms=None,
     contrast: str = "auto",
     device="auto",
-    tile: int = 1024,
+    tile: int = TILE,
     min_area: int = 3,
     tta: int = 1,
     column_check: bool | None = None,
@@ -205,7 +206,7 @@ def segment_defects_iter(
 
     from napari_microml.nets.registry import load_model, model_provenance
     from napari_microml.runtime.device import describe_device, resolve_device
-    from napari_microml.runtime.tiling import tiled_predict
+    from napari_microml.runtime.tiling import tile_batch, tiled_predict
 
     check_contrast(contrast)
     threshold = check_probability(threshold)
@@ -227,7 +228,10 @@ def segment_defects_iter(
         column_check = contrast == "bright"
     dev = resolve_device(device)
     finder_cols0, choice = None, None
-    if isinstance(model, str) and model == "auto":  # pick the model from the first frame's lattice
+    auto = isinstance(model, str) and model == "auto"
+    step = "choosing the model: measured the lattice" if auto else "loading the model"
+    yield progress(0, 1, step)  # a cancel point before the networks
+    if auto:  # pick the model from the first frame's lattice
         from napari_microml.atoms.finder import find_atoms_iter
         from napari_microml.defects.material import choose_model
 
@@ -258,7 +262,7 @@ def segment_defects_iter(
             net_in[None],
             out_channels=min(n_out, N_OUTPUTS + 1),
             tile=tile,
-            batch_size=max(1, (1024 * 1024) // (tile * tile)),
+            batch_size=tile_batch(tile, dev),
             multiple=getattr(net, "multiple", 8),
         )
         while True:
@@ -412,7 +416,7 @@ def segment_defects(
     atoms=None,
     contrast: str = "auto",
     device="auto",
-    tile: int = 1024,
+    tile: int = TILE,
     min_area: int = 3,
     tta: int = 1,
     column_check: bool | None = None,
@@ -452,7 +456,7 @@ def segment_defects(
         ``parameters['contrast']`` and ``parameters['contrast_choice']``.
     device : {'auto', 'cuda', 'mps', 'cpu'}
     tile : int
-        Tile edge in px (a 1024² image runs in one pass by default).
+        Largest tile edge in px (default 512: a run can be cancelled between tiles).
     min_area : int
         Instances smaller than this many pixels are dropped.
     tta : int

@@ -17,6 +17,7 @@ from napari_microml.defects.environments import classify_environments
 from napari_microml.defects.segment import segment_defects_iter
 from napari_microml.runtime.contrast import CONTRASTS, ContrastChoice
 from napari_microml.runtime.provenance import KEY
+from napari_microml.runtime.validate import check_image_layer
 from napari_microml.runtime.widget import (
     Job,
     ToolWidget,
@@ -203,12 +204,7 @@ class DefectSegmenterWidget(ToolWidget):
     # -- run ---------------------------------------------------------------------------------
     def make_job(self) -> Job:
         layer = self.image_layer.value
-        if layer is None:
-            raise ValueError("Pick an image layer first.")
-        if layer.rgb:
-            raise ValueError(
-                f"Layer {layer.name!r} is an RGB picture; the defect segmenter needs a grey image."
-            )
+        check_image_layer(layer, tool="defect segmenter")
         points = self.atoms_layer.value
         atoms = points_to_pixels(points, layer) if points is not None else None
         n_env = self.env_classes.value

@@ -11,6 +11,18 @@ from collections.abc import Callable, Generator
 
 import numpy as np
 
+# default largest tile of the image tools: a piece takes well under a second on a CPU, so a
+# run can be cancelled between pieces (a 1024² image in one piece took seconds)
+TILE = 512
+
+
+def tile_batch(tile: int, device) -> int:
+    """Return how many tiles to run at once: one on a CPU (a cancel point after every tile),
+    else as many as fit in a 1024² image's memory."""
+    if getattr(device, "type", str(device)) == "cpu":
+        return 1
+    return max(1, (1024 * 1024) // (tile * tile))
+
 
 def _starts(length: int, tile: int, step: int) -> list[int]:
     if length <= tile:

@@ -297,3 +297,41 @@ def check_positions(
             f"columns 0–{w - 1}. Are they in nm, or from another image?"
         )
     return np.ascontiguousarray(pos), frames
+
+
+def check_image_layer(layer, *, tool: str) -> None:
+    """Refuse, before a job starts, a napari layer an image tool cannot analyse.
+
+    Parameters
+    ----------
+    layer : napari.layers.Image or None
+        The layer picked in the tool's Image box.
+    tool : str
+        The tool's name in the sentence ("atom finder").
+
+    Raises
+    ------
+    ValueError
+        No layer, an RGB picture, a spectrum image or spectrum (its spectral axis is recorded
+        in the layer's metadata), or frames smaller than 8×8 pixels.
+    """
+    from napari_microml.runtime.spectral import spectral_axis
+
+    if layer is None:
+        raise ValueError("Pick an image layer first.")
+    name = layer.name
+    if getattr(layer, "rgb", False):
+        raise ValueError(f"Layer {name!r} is an RGB picture; the {tool} needs a grey image.")
+    data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+    shape = tuple(np.shape(data))
+    axis = spectral_axis(getattr(layer, "metadata", None), shape) if shape else None
+    if axis is not None:
+        raise ValueError(
+            f"Layer {name!r} is a spectrum image (axis {axis.name!r}); the {tool} needs a "
+            "2D image: use the Spectral shift-VAE for it."
+        )
+    if len(shape) < 2 or min(shape[-2:]) < 8:
+        size = "×".join(str(s) for s in shape[-2:])
+        raise ValueError(
+            f"Layer {name!r} is only {size} pixels; the {tool} needs at least 8×8 pixels."
+        )
