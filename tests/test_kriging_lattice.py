@@ -128,3 +128,20 @@ def test_calibration_recovers_the_latent_scale_of_gaussian_errors(scale):
     e = rng.normal(0, np.sqrt(scale * lat + noise))
     factor = _calibration([(e, lat, noise)])
     assert factor == pytest.approx(scale, rel=0.1)
+
+
+def test_complete_scan_default_uses_the_lattice_and_records_it():
+    import json
+
+    from napari_microml.completion.complete import complete_scan
+
+    noisy, clean = crystal(shape=(128, 128))
+    mask = scan_mask("spiral", noisy.shape, 1 / 20, seed=0)
+    res = complete_scan(np.where(mask, noisy, np.nan), mask)
+    fitted = res.provenance["parameters"]["fitted_hyperparameters"][0]
+    assert fitted["mean"] == "lattice" and fitted["latent_scale"] > 0
+    assert "lattice" in res.provenance["parameters"]["method"]
+    json.dumps(res.provenance)  # the record stays plain data
+    signal = complete_scan(np.where(mask, noisy, np.nan), mask, sigma="signal")
+    np.testing.assert_array_equal(signal.image, res.image)
+    assert (signal.uncertainty[~mask] < res.uncertainty[~mask]).all()
