@@ -104,13 +104,24 @@ def test_the_finder_yields_between_network_tiles_and_fit_chunks():
     assert len(result.positions) == len(range(6, 1024, 12)) ** 2
 
 
-def test_cancel_stops_a_one_image_run_before_its_end(make_napari_viewer, qtbot, monkeypatch):
-    import napari_microml.atoms.widget as aw
+@pytest.mark.parametrize(
+    "tool, module, core",
+    [
+        ("Atom finder", "napari_microml.atoms.widget", "find_atoms_iter"),
+        ("Defect segmenter", "napari_microml.defects.widget", "segment_defects_iter"),
+    ],
+)
+def test_cancel_stops_a_one_image_run_before_its_end(
+    make_napari_viewer, qtbot, monkeypatch, tool, module, core
+):
+    import importlib
 
+    widget_module = importlib.import_module(module)
+    run_core = getattr(widget_module, core)
     seen, finished = [], []
 
     def spy(*args, **kwargs):
-        gen = find_atoms_iter(*args, **kwargs)
+        gen = run_core(*args, **kwargs)
         while True:
             try:
                 message = next(gen)
@@ -120,16 +131,20 @@ def test_cancel_stops_a_one_image_run_before_its_end(make_napari_viewer, qtbot, 
             seen.append(message)
             yield message
 
-    monkeypatch.setattr(aw, "find_atoms_iter", spy)
+    monkeypatch.setattr(widget_module, core, spy)
     viewer = make_napari_viewer()
     viewer.add_image(_big_lattice(), name="haadf")
-    w = open_tool(viewer, "Atom finder")
+    w = open_tool(viewer, tool)
     before = [layer.name for layer in viewer.layers]
     w.run_button.native.click()
+    # the one 1024² image: Cancel during the first network pass
     qtbot.waitUntil(lambda: any("tile 1/" in str(m[-1]) for m in seen), timeout=60_000)
-    w.run_button.native.click()  # Cancel, during the network pass
+    w.run_button.native.click()
+    pass_at_cancel = str(seen[-1][-1]).split("tile")[0]
     qtbot.waitUntil(lambda: not w.busy, timeout=60_000)
     assert not finished, "the run went on to its end after Cancel"
+    # it stopped inside the network pass it was in, not after the next stage
+    assert str(seen[-1][-1]).startswith(pass_at_cancel + "tile"), [m[-1] for m in seen]
     assert [layer.name for layer in viewer.layers] == before
     assert "Cancel" in w.status.value
 

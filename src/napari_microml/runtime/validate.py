@@ -330,8 +330,13 @@ def check_image_layer(layer, *, tool: str) -> None:
             f"Layer {name!r} is a spectrum image (axis {axis.name!r}); the {tool} needs a "
             "2D image: use the Spectral shift-VAE for it."
         )
-    if len(shape) < 2 or min(shape[-2:]) < 8:
-        size = "×".join(str(s) for s in shape[-2:])
+    if len(shape) < 2:
         raise ValueError(
-            f"Layer {name!r} is only {size} pixels; the {tool} needs at least 8×8 pixels."
+            f"Layer {name!r} is one-dimensional ({int(np.prod(shape))} values); the {tool} "
+            "needs a 2D image."
+        )
+    if min(shape[-2:]) < 8:
+        raise ValueError(
+            f"Layer {name!r} is only {shape[-2]}×{shape[-1]} pixels; the {tool} needs at least "
+            "8×8 pixels."
         )
