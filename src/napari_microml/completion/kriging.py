@@ -501,18 +501,23 @@ def lattice_kriging_iter(
     n_sq = int(sum(len(c) for c in rounds))
     info: dict = {"mean": "local", "holdout_squares": n_sq, "holdout_side": side}
 
+    edge = _block_edge(block, kb, m)
+    n_blocks = -(-h // edge) * -(-w // edge)  # the full pass's progress total
+
     def holdout(trend_fn, params):
-        return [
-            e
-            for c in rounds
-            if len(c)
-            for e in _holdout_errors(v, m, c, side, trend_fn, params, k=kb, kernel=kernel)
-        ]
+        out = []
+        for c in rounds:
+            if len(c):
+                out += _holdout_errors(v, m, c, side, trend_fn, params, k=kb, kernel=kernel)
+            yield 0, n_blocks  # a chance to cancel between rounds
+        return out
 
     def plain_trend(keep, held):
         return np.zeros(int(keep.sum())), np.zeros(int(held.sum()))
 
-    errs = holdout(plain_trend, p_plain) if n_sq >= 8 and (lattice or calibrate) else []
+    errs = (
+        (yield from holdout(plain_trend, p_plain)) if n_sq >= 8 and (lattice or calibrate) else []
+    )
     check = len(errs) >= 8  # enough left-out squares to compare and calibrate on
     chosen, params, trend = errs, p_plain, None
     aliases = alias_vectors(m)
@@ -547,7 +552,7 @@ def lattice_kriging_iter(
             img = replace(lm, coef=c).image((h, w))
             return img[keep], img[held]
 
-        errs_l = holdout(lattice_trend, p_res)
+        errs_l = yield from holdout(lattice_trend, p_res)
         d = np.array(
             [(a[0] ** 2).sum() - (b[0] ** 2).sum() for a, b in zip(errs, errs_l, strict=True)]
         )
