@@ -1,7 +1,8 @@
 """User journeys: Active learning (DKL) from the Plugins menu on real data.
 
-CuZn: the HAADF image and the EELS spectrum image opened through the reader, a Cu L2,3 window
-typed in eV, Initialize and three Steps. BEPS: real PFM hysteresis loops (the reader does not
+CuZn: the HAADF image and the EELS spectrum image opened through the reader, the default
+value (the strongest edge, Cu L3 at 931 eV, above its power-law background), Initialize and
+three Steps. BEPS: real PFM hysteresis loops (the reader does not
 read this USID file, so it is added as a user would from the console) with the loop area.
 """
 
@@ -10,8 +11,6 @@ import pytest
 from journey import assert_no_stall, assert_visible, click, open_file, open_tool
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-CU_WINDOW = (931.0, 1000.0)  # eV: the Cu L3 edge and its white line (the file's README)
 
 
 def _api_init(structure, source, n_init=5):
@@ -53,7 +52,7 @@ def _check_campaign(viewer, w, truth_at, tmp_path, name):
 
 
 def test_dkl_cuzn_eels_initialize_and_three_steps(make_napari_viewer, qtbot, shared_data, tmp_path):
-    from napari_microml.dkl.scalarizers import PeakArea
+    from napari_microml.dkl.scalarizers import EdgeIntensity
     from napari_microml.dkl.sources import SpectrumImageSource
     from napari_microml.io.reader import read_file
 
@@ -90,13 +89,15 @@ def test_dkl_cuzn_eels_initialize_and_three_steps(make_napari_viewer, qtbot, sha
         w.log_path,
     ]
     assert all(c.tooltip for c in controls), [c.label for c in controls if not c.tooltip]
-    assert (w.win_lo.value, w.win_hi.value) == (700.0, 1988.0)  # the whole axis until set
-    w.win_lo.value, w.win_hi.value = CU_WINDOW
+    # the default value: the Cu L3 edge (931 eV, the file's README) above its background
+    assert w.scalarizer.value == "edge intensity"
+    assert abs(w.win_lo.value - 931) <= 8 and 980 <= w.win_hi.value < 1020, w.win_hi.value
+    window, pre_edge = (w.win_lo.value, w.win_hi.value), (w.win2_lo.value, w.win2_hi.value)
 
     cube, kw, _ = read_file(shared_data / "dkl" / "CuZn_EELS_mapping_tutorial.hspy")[0]
     sa = kw["metadata"]["napari_microml"]["spectral_axis"]
     axis = sa["offset"] + sa["scale"] * np.arange(cube.shape[-1])
-    scal = PeakArea(CU_WINDOW, axis=axis)
+    scal = EdgeIntensity(window, pre_edge, axis=axis)
     structure = read_file(shared_data / "dkl" / "CuZn_HAADF.hspy")[0][0]
     api_state = {}
 

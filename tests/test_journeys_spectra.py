@@ -1,8 +1,8 @@
 """User journeys: Spectral shift-VAE from the Plugins menu on real EELS, default settings.
 
 LSMO low-loss: the shift must follow the zero-loss-peak centre fitted here (Gaussian over the
-9 channels around each spectrum's maximum). LSMO core-loss and the 2×2 EELS_SI.dm4 spectrum
-image must run and show their result.
+9 channels around each spectrum's maximum). LSMO core-loss (window on the Mn L2,3 edge) and the
+2×2 EELS_SI.dm4 spectrum image must run and show their result.
 """
 
 import numpy as np
@@ -108,7 +108,9 @@ def test_shift_vae_lsmo_core_loss_runs_and_shows(make_napari_viewer, qtbot, shar
     shift = w.result.shift.ravel()
     assert shift.shape == (40,) and np.isfinite(shift).all()
     assert np.ptp(shift) < 5.0  # eV: a chemical shift, not a jump across the window
-    assert 600 <= w.win_lo.value < 640 < w.win_hi.value <= 680  # around the Mn L3 white line
+    # the strongest edge: Mn L2,3 (white lines at 636 and 644 eV), 20 eV below to 60 eV above
+    assert 600 <= w.win_lo.value < 625 and 660 < w.win_hi.value <= 705
+    assert "around the edge at 6" in w.status.value, w.status.value
     assert_visible(
         viewer,
         viewer.layers[f"{layer.name} shift track"],

@@ -292,21 +292,42 @@ def _complete(item: dict, device: str = "auto", model: str | None = None) -> dic
 
 def _spectra(item: dict, device: str = "auto") -> dict:
     """``item = {"spectra": (N, L), "axis": (L,) energy values or None, "channel_range":
-    (start, stop) or None}``."""
-    import napari_microml as mm
+    (start, stop) or None, "units": axis units, "shape": the maps' shape, "name": for notes}``.
+
+    Without a channel range the window is chosen as the widget does (a peak, or the strongest
+    core-loss edge); when nothing stands out the input is refused (exit 2). The window used and
+    any sign of an implausible shift map come back as ``notes`` (printed on stderr)."""
+    from napari_microml.spectra.preprocess import auto_window, implausible_shift
+    from napari_microml.spectra.shift_vae import fit_shift_vae_iter
 
     spectra = np.asarray(item["spectra"])
-    span = item.get("channel_range")
-    if span is None:  # as the widget: around the most prominent peak (e.g. the zero-loss peak)
-        from napari_microml.spectra.preprocess import dominant_peak_window
-
-        span = dominant_peak_window(spectra, item.get("axis"))
-    v = mm.fit_shift_vae(spectra, axis=item.get("axis"), channel_range=span, device=device)
+    axis, units = item.get("axis"), item.get("units", "")
+    span, how = item.get("channel_range"), "typed (--window)"
+    if span is None:  # as the widget: the most prominent peak, or the strongest core-loss edge
+        choice = auto_window(spectra, axis, units=units)
+        if not choice.found:
+            raise ValueError(
+                "no peak or edge stands out in the mean spectrum, so there is no feature "
+                "whose shift could be measured; choose a window with --window LO HI (for an "
+                "edge: 20 eV below its onset to 60 eV above)"
+            )
+        span, how = (choice.start, choice.stop), choice.describe(units)
+    v = _drain(fit_shift_vae_iter(spectra, axis=axis, channel_range=span, device=device))
+    lo, hi = float(v.axis[0]), float(v.axis[-1])
+    shift = np.asarray(v.shift).reshape(item.get("shape") or (-1,))
+    warning = implausible_shift(shift, window_span=abs(hi - lo), units=units)
+    name = f"{item['name']}: " if item.get("name") else ""
+    notes = [f"{name}window {lo:.4g}–{hi:.4g} {units} ({how})"]
+    notes += [f"{name}{warning}"] if warning else []
+    prov = getattr(v, "provenance", None)
+    if isinstance(prov, dict):
+        prov = {**prov, "window_reason": how, "warning": warning}
     latents = np.asarray(v.latents, np.float32)
     return {
         "shift": np.asarray(v.shift, np.float32).reshape(-1),
         "latents": latents.reshape(len(spectra), -1),
-        "provenance": getattr(v, "provenance", None),
+        "provenance": prov,
+        "notes": notes,
     }
 
 
@@ -700,7 +721,16 @@ def load_jobs(
                             stem,
                             data,
                             kwargs,
-                            [{"spectra": block, "axis": axis, "channel_range": span}],
+                            [
+                                {
+                                    "spectra": block,
+                                    "axis": axis,
+                                    "channel_range": span,
+                                    "units": units if spectral else "",
+                                    "shape": tuple(data.shape[:-1]),
+                                    "name": name,
+                                }
+                            ],
                             False,
                             tuple(data.shape[:-1]),
                         )
@@ -1274,6 +1304,9 @@ def run_tool(
             ],
             doing=adapter.doing,
         )
+        for r in results:  # what an adapter chose or doubts (spectra: the window), after the bar
+            for note in r.get("notes", ()) if isinstance(r, dict) else ():
+                print(f"microml {tool}: {note}", file=sys.stderr)
         seconds = time.perf_counter() - t0
         names: list[str] = []
         k = 0

@@ -37,7 +37,13 @@ from magicgui.widgets import (
 from napari_microml.dkl.acquisition import ACQUISITIONS
 from napari_microml.dkl.scalarizers import SCALARIZERS, WindowRatio, window_mask
 from napari_microml.runtime.provenance import make_provenance
-from napari_microml.runtime.spectral import SpectralAxis, spectra_last, spectral_axis
+from napari_microml.runtime.spectral import (
+    SpectralAxis,
+    sample_spectra,
+    spectra_last,
+    spectral_axis,
+    spectral_layer,
+)
 from napari_microml.runtime.widget import Job, ToolWidget, layer_picker, physical_kwargs, preload
 from napari_microml.runtime.workers import Partial, Progress
 
@@ -244,9 +250,12 @@ class ActiveLearningWidget(ToolWidget):
         self.source_kind.changed.connect(self._update_visibility)
         self.scalarizer.changed.connect(self._update_visibility)
         self.source_layer.changed.connect(self._on_source_layer)
+        self._window_source: Any = None  # the layer whose default window is set
         self._make_plot()
         self._update_visibility()
+        self._prefer_spectrum_image()
         self._on_source_layer()
+        viewer.layers.events.inserted.connect(self._prefer_spectrum_image)
         preload(
             "torch",
             "torch.optim",
@@ -317,7 +326,74 @@ class ActiveLearningWidget(ToolWidget):
             mid = lo + step * round((hi - lo) / (2 * step))
             self.win_lo.value, self.win_hi.value = lo, hi
             self.win2_lo.value, self.win2_hi.value = mid, hi
+        self._default_window(layer, ax)
         self._update_visibility()
+
+    def _prefer_spectrum_image(self, *_):
+        """While Source and Structure are the same layer (the pickers' default: the first
+        image), make Source an open spectrum image and Structure a plain image, so the defaults
+        never learn the structure image from itself; a user's distinct choices are kept."""
+        for picker in (self.source_layer, self.structure_layer):
+            picker.reset_choices()  # the new layer may not be among the choices yet
+        source, structure = self.source_layer.value, self.structure_layer.value
+        if source is not None and source is not structure:
+            return
+        images = [
+            lyr
+            for lyr in self.viewer.layers
+            if isinstance(lyr, napari.layers.Image) and not getattr(lyr, "rgb", False)
+        ]
+        cubes = [lyr for lyr in images if spectral_layer(lyr) and lyr.ndim >= 3]
+        own = {name for name, _, _ in MAPS}  # this tool's maps never become its structure
+        plain = [
+            lyr
+            for lyr in images
+            if not spectral_layer(lyr) and lyr.ndim == 2 and lyr.name not in own
+        ]
+        if cubes:
+            self.source_layer.value = cubes[0]
+            if plain and structure is cubes[0]:
+                self.structure_layer.value = plain[0]
+
+    def _default_window(self, layer, ax: SpectralAxis) -> None:
+        """On a newly picked spectrum image: the value to optimise is the strongest core-loss
+        edge above its power-law background (or the area of the main peak), said on the status
+        line."""
+        from napari_microml.spectra.preprocess import auto_window, edge_quantification_windows
+
+        if layer is self._window_source or ax.units == "V":
+            return
+        self._window_source = layer
+        spectra, _ = sample_spectra(layer.data, layer.metadata)
+        choice = auto_window(spectra, ax.values, units=ax.units)
+        u = ax.units
+        if choice.kind == "edge":
+            (s0, s1), (p0, p1) = edge_quantification_windows(choice.edges, ax.values)
+            self.scalarizer.value = "edge intensity"
+            self.win_lo.value, self.win_hi.value = s0, s1
+            self.win2_lo.value, self.win2_hi.value = p0, p1
+            what = (
+                f"counts of the strongest edge (onset {choice.position:.4g} {u}) over "
+                f"{s0:.4g}–{s1:.4g} {u} above a power law fitted over {p0:.4g}–{p1:.4g} {u}"
+            )
+            others = [e.onset for e in choice.edges[1:]]
+            if others:
+                what += "; other edges at " + ", ".join(f"{o:.4g}" for o in others) + f" {u}"
+        elif choice.kind == "peak":
+            values = ax.values[choice.start : choice.stop]
+            self.scalarizer.value = "peak area"
+            self.win_lo.value, self.win_hi.value = float(values.min()), float(values.max())
+            what = (
+                f"area of the peak at {choice.position:.4g} {u} over "
+                f"{values.min():.4g}–{values.max():.4g} {u}"
+            )
+        else:
+            self._say(
+                f"Source {layer.name}: no peak or edge stands out in its mean spectrum, so the "
+                "window is the whole axis: set it around the feature to optimise."
+            )
+            return
+        self._say(f"Source {layer.name}: the value to optimise is the {what}.")
 
     def _make_plot(self):
         try:

@@ -14,6 +14,7 @@ image. The tools and the CLI always compute on spectra with the axis last
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 
@@ -95,10 +96,11 @@ def spectra_last(data, metadata, *, required: bool = True):
 def image_plane_layout(data, kwargs: dict):
     """Lay spectral data out for napari; returns ``(data, kwargs)``, other data unchanged.
 
-    A spectrum image (…, H, W, E) goes energy-first (E, …, H, W) and its axis record gains
-    ``'index'``. A line scan (N, E) stays (N, E) but is drawn in channels with each spectrum
-    a band ``E / 2N`` channels high: in physical units (nm × eV) it would be a hairline. Its
-    position calibration moves to ``metadata['napari_microml']['line_axis']``.
+    A spectrum image (…, H, W, E) goes energy-first (E, …, H, W), its axis record gains
+    ``'index'`` and its contrast limits come from the slice shown first. A line scan (N, E)
+    stays (N, E) but is drawn in channels with each spectrum a band ``E / 2N`` channels high:
+    in physical units (nm × eV) it would be a hairline. Its position calibration moves to
+    ``metadata['napari_microml']['line_axis']``.
     """
     spec = _record(kwargs.get("metadata"))
     ndim = np.ndim(data)
@@ -108,7 +110,7 @@ def image_plane_layout(data, kwargs: dict):
         return data, _line_scan_layout(data, kwargs, spec)
     src = int(spec.get("index", -1)) % ndim
     if src == 0:
-        return data, kwargs
+        return data, _slice_contrast(data, kwargs)
     if hasattr(data, "compute"):
         import dask.array as da
 
@@ -116,7 +118,7 @@ def image_plane_layout(data, kwargs: dict):
     else:
         data = np.moveaxis(data, src, 0)
     order = [src] + [i for i in range(ndim) if i != src]
-    out = dict(kwargs)
+    out = _slice_contrast(data, kwargs)
     for key in ("scale", "translate", "units", "axis_labels"):
         if key in out and out[key] is not None and len(out[key]) == ndim:
             out[key] = tuple(out[key][i] for i in order)
@@ -126,6 +128,61 @@ def image_plane_layout(data, kwargs: dict):
     meta[KEY] = info
     out["metadata"] = meta
     return data, out
+
+
+def _slice_contrast(data, kwargs: dict) -> dict:
+    """Contrast limits from the slice napari shows first (the middle energy channel), 1st to
+    99th percentile of at most ~10⁶ of its pixels: limits over the whole cube are set by the
+    zero-loss peak or the first channels and leave every other slice black."""
+    if "contrast_limits" in kwargs:
+        return dict(kwargs)
+    plane = data[np.shape(data)[0] // 2]
+    stride = max(1, int(np.ceil((np.size(plane) / 1e6) ** (1 / max(np.ndim(plane), 1)))))
+    sample = plane[(slice(None, None, stride),) * np.ndim(plane)]
+    values = np.asarray(sample.compute() if hasattr(sample, "compute") else sample, float)
+    values = values[np.isfinite(values)]
+    out = dict(kwargs)
+    if values.size:
+        lo, hi = np.percentile(values, [1, 99])
+        if hi <= lo:  # a flat slice: any positive width shows it
+            hi = lo + max(abs(lo), 1.0)
+        out["contrast_limits"] = (float(lo), float(hi))
+    return out
+
+
+def sample_spectra(data, metadata, *, max_spectra: int = 4096):
+    """A strided subsample of a spectrum image's spectra, cheap enough for the GUI thread
+    (e.g. to choose a default window when a layer is picked).
+
+    Parameters
+    ----------
+    data : array (any layout with one spectral axis)
+        A layer's data; a lazy array is read only where the stride lands.
+    metadata : dict
+        The layer's metadata (spectral-axis record).
+    max_spectra : int
+        At most about this many spectra are read.
+
+    Returns
+    -------
+    spectra : ndarray (N, E) float
+        The sampled spectra, axis last.
+    axis : SpectralAxis
+        Their spectral axis.
+    """
+    ax = cast(SpectralAxis, spectral_axis(metadata, np.shape(data), required=True))
+    shape = np.shape(data)
+    spatial = [n for i, n in enumerate(shape) if i != ax.index]
+    stride = 1
+    while int(np.prod([-(-n // stride) for n in spatial])) > max_spectra:
+        stride += 1
+    key = tuple(
+        slice(None) if i == ax.index else slice(None, None, stride) for i in range(len(shape))
+    )
+    sample = data[key]
+    sample = np.asarray(sample.compute() if hasattr(sample, "compute") else sample, float)
+    sample = np.moveaxis(sample, ax.index, -1)
+    return sample.reshape(-1, sample.shape[-1]), ax
 
 
 def spectral_layer(layer) -> bool:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 NORMALIZATIONS = ("max", "global", "none")
@@ -113,29 +115,140 @@ def gaussian_peak_centres(spectra, axis, half_width: int = 4) -> np.ndarray:
     return np.array(out)
 
 
-def dominant_peak_window(
-    spectra, axis=None, *, widths: float = 4.0, min_channels: int = 32
-) -> tuple[int, int]:
-    """Channels ``(start, stop)`` (half-open) around the most prominent peak of the mean
-    spectrum, e.g. the zero-loss peak of low-loss EELS or a white line of a core-loss edge.
+# --- automatic spectral window ------------------------------------------------------------
+EDGE_BELOW = 20.0  # eV of pre-edge background kept in an edge window
+EDGE_ABOVE = 60.0  # eV of near-edge structure kept above the onset
+EDGE_FIT = 80.0  # eV of pre-edge used for each local power-law fit
+EDGE_PROBE = 30.0  # eV above a candidate onset compared with the extrapolated background
+MIN_JUMP = 0.01  # an edge must raise the signal by at least 1 % above the background
+LOW_LOSS_BELOW = 5.0  # eV: an axis starting below this holds the zero-loss peak
 
-    The window spans ``widths`` full widths at half maximum on each side of the peak, plus the
-    spread of the individual spectra's peak positions (so shifted spectra stay inside), and at
-    least ``min_channels`` channels; the whole range when no peak stands out.
+
+@dataclass(frozen=True)
+class Edge:
+    """A core-loss edge of the mean spectrum: ``onset`` (axis units), the first channel above
+    the background (``channel``) and the largest relative ``jump`` above the extrapolated power
+    law within :data:`EDGE_PROBE` eV of the onset (0.05 = 5 %)."""
+
+    onset: float
+    channel: int
+    jump: float
+
+
+@dataclass(frozen=True)
+class AutoWindow:
+    """The automatic spectral window: channels ``[start, stop)`` around a ``kind`` = "peak" or
+    "edge" feature at ``position`` (axis units), or ``kind`` = "none" (``start``/``stop`` are
+    then the whole axis and must not be fitted as if a feature were there). ``edges`` lists
+    every core-loss edge found."""
+
+    start: int
+    stop: int
+    kind: str
+    position: float
+    edges: tuple[Edge, ...] = ()
+
+    @property
+    def found(self) -> bool:
+        return self.kind != "none"
+
+    def describe(self, units: str = "") -> str:
+        """The window's reason in words, e.g. "auto, around the edge at 932 eV"."""
+        u = f" {units}" if units else ""
+        if self.kind == "peak":
+            return f"auto, around the peak at {self.position:.4g}{u}"
+        if self.kind == "edge":
+            text = f"auto, around the edge at {self.position:.4g}{u}"
+            others = [e.onset for e in self.edges if e.onset != self.position]
+            if others:
+                text += "; other edges at " + ", ".join(f"{o:.4g}" for o in others) + u
+            return text
+        return "auto: no peak or edge stands out"
+
+
+def find_edges(spectra, axis, *, min_jump: float = MIN_JUMP) -> list[Edge]:
+    """Core-loss edges of the mean spectrum, strongest first.
+
+    At every channel a power law ``A E**-r`` is fitted (log-log least squares) to the
+    :data:`EDGE_FIT` eV below it and extrapolated over the :data:`EDGE_PROBE` eV above it. An
+    edge is a local maximum of the relative excess above that background that beats both
+    ``min_jump`` and 3 × the fit's own scatter (so noise and detector wiggles do not count).
+    Edges are ranked by their largest excess (a white line counts fully).
+
+    Parameters
+    ----------
+    spectra : array (..., L)
+        Spectra with the energy axis last (counts; the mean must be positive).
+    axis : array (L,)
+        Energy loss in eV, positive and monotonic.
+    min_jump : float
+        Smallest relative jump counted as an edge (0.01 = 1 %).
+
+    Returns
+    -------
+    list of Edge
+        Onsets in eV, strongest first; empty when the mean is not positive or the axis is too
+        short for a background fit.
     """
-    from scipy.signal import find_peaks, peak_widths
+    from scipy.ndimage import uniform_filter1d
+    from scipy.signal import find_peaks
 
     x = np.asarray(spectra, float)
-    x = x.reshape(-1, x.shape[-1])
+    mean = x.reshape(-1, x.shape[-1]).mean(0)
+    e = np.asarray(axis, float).ravel()
+    if e.size != mean.size or e.size < 12 or np.any(e <= 0) or np.any(mean <= 0):
+        return []
+    flip = e[-1] < e[0]
+    if flip:
+        e, mean = e[::-1], mean[::-1]
+    n = e.size
+    step = float(np.median(np.diff(e)))
+    fit = max(8, int(round(EDGE_FIT / step)))
+    probe = max(3, int(round(EDGE_PROBE / step)))
+    ks = np.arange(fit, n - probe + 1)
+    if ks.size < 3:
+        return []
+    lx, ly = np.log(e), np.log(mean)
+    # sliding least-squares line of ly on lx over [k - fit, k) from cumulative sums
+    sums = [np.concatenate([[0.0], np.cumsum(v)]) for v in (lx, ly, lx * lx, lx * ly, ly * ly)]
+    sx, sy, sxx, sxy, syy = (c[ks] - c[ks - fit] for c in sums)
+    slope = (fit * sxy - sx * sy) / np.maximum(fit * sxx - sx * sx, 1e-300)
+    icpt = (sy - slope * sx) / fit
+    scatter = np.sqrt(np.maximum(syy - icpt * sy - slope * sxy, 0.0) / (fit - 2))
+    ahead = ks[:, None] + np.arange(probe)  # (K, probe) channels above each candidate
+    background = np.exp(icpt[:, None] + slope[:, None] * lx[ahead])
+    excess = np.log(mean[ahead].sum(1) / background.sum(1))
+    smooth = uniform_filter1d(mean, 3, mode="nearest")
+    strength = (smooth[ahead] / background - 1).max(1)
+    peaks, _ = find_peaks(excess, distance=probe)
+    keep = [i for i in peaks if excess[i] > max(np.log1p(min_jump), 3 * scatter[i])]
+    out = []
+    for i in sorted(keep, key=lambda i: -strength[i]):
+        frac = 0.0
+        if 0 < i < excess.size - 1:  # sub-channel: the vertex of a parabola through the maximum
+            y0, y1, y2 = excess[i - 1 : i + 2]
+            den = y0 - 2 * y1 + y2
+            frac = float(np.clip(0.5 * (y0 - y2) / den, -0.5, 0.5)) if den < 0 else 0.0
+        k = int(ks[i])
+        onset = float(e[k] + (frac - 0.5) * step)  # between the last background channel and k
+        out.append(Edge(onset, n - 1 - k if flip else k, float(strength[i])))
+    return out
+
+
+def _peak_window(x: np.ndarray, widths: float, min_channels: int) -> tuple[int, int, int] | None:
+    """``(start, stop, peak channel)`` around the most prominent peak of the mean of ``x``
+    (N, L), or ``None`` when no peak stands out of the wiggles."""
+    from scipy.signal import find_peaks, peak_widths
+
     n = x.shape[1]
     mean = x.mean(0)
     peaks, props = find_peaks(mean, prominence=0)
     if len(peaks) == 0:
-        return 0, n
+        return None
     prom = props["prominences"]
     k = int(peaks[np.argmax(prom)])
     if prom.max() < 0.05 * (mean.max() - mean.min()):  # no peak above the wiggles
-        return 0, n
+        return None
     fwhm = float(peak_widths(mean, [k], rel_height=0.5)[0][0])
     reach = int(np.ceil(max(2.0, 3 * fwhm)))  # where each spectrum's own maximum is looked for
     lo0, hi0 = max(k - reach, 0), min(k + reach + 1, n)
@@ -143,4 +256,143 @@ def dominant_peak_window(
     spread = float(own.max() - own.min())
     half = max(widths * fwhm + spread, min_channels / 2)
     start, stop = int(max(np.floor(k - half), 0)), int(min(np.ceil(k + half) + 1, n))
-    return start, stop
+    return start, stop, k
+
+
+def _edge_top(edges: list[Edge] | tuple[Edge, ...]) -> float:
+    """Upper end (eV) of the strongest edge's window: :data:`EDGE_ABOVE` eV above its onset,
+    stopping 5 eV short of the next edge so one element's edge is followed at a time."""
+    onset = edges[0].onset
+    later = [d.onset for d in edges if d.onset > onset + 5.0]
+    return min([onset + EDGE_ABOVE] + [o - 5.0 for o in later])
+
+
+def _edge_window(edges: list[Edge], e: np.ndarray) -> tuple[int, int]:
+    """Channels from :data:`EDGE_BELOW` eV under the strongest edge to :func:`_edge_top`."""
+    onset = edges[0].onset
+    inside = np.flatnonzero((e >= onset - EDGE_BELOW) & (e <= _edge_top(edges)))
+    return int(inside[0]), int(inside[-1]) + 1
+
+
+def edge_quantification_windows(edges, axis) -> tuple[tuple[float, float], tuple[float, float]]:
+    """Windows (eV) to measure the strongest edge above its background: the signal from the
+    onset to :func:`_edge_top`, and the pre-edge :data:`EDGE_FIT` eV below the onset (within
+    the axis) where the power-law background is fitted.
+
+    Parameters
+    ----------
+    edges : sequence of Edge
+        As :func:`find_edges` returns them (strongest first; at least one).
+    axis : array (L,)
+        Energy loss (eV).
+
+    Returns
+    -------
+    signal, pre_edge : (float, float)
+        ``(from, to)`` in eV each.
+    """
+    e = np.asarray(axis, float)
+    onset = edges[0].onset
+    step = float(np.median(np.abs(np.diff(e)))) if e.size > 1 else 1.0
+    pre = (max(onset - EDGE_FIT, float(e.min())), onset - step / 2)
+    return (onset, min(_edge_top(edges), float(e.max()))), pre
+
+
+def auto_window(
+    spectra,
+    axis=None,
+    *,
+    units: str = "",
+    widths: float = 4.0,
+    min_channels: int = 32,
+) -> AutoWindow:
+    """Choose the spectral window a microscopist would fit.
+
+    Low-loss EELS (an eV axis reaching below :data:`LOW_LOSS_BELOW` eV) and any non-eV axis:
+    the most prominent peak of the mean spectrum (e.g. the zero-loss peak), ``widths`` full
+    widths at half maximum each side plus the spread of the spectra's own maxima, at least
+    ``min_channels``. Core-loss EELS: the strongest edge (:func:`find_edges`), from
+    :data:`EDGE_BELOW` eV below its onset to :data:`EDGE_ABOVE` eV above it (short of the next
+    edge), else the most prominent peak. ``kind == "none"`` when nothing stands out.
+
+    Parameters
+    ----------
+    spectra : array (..., L)
+        Spectra with the spectral axis last.
+    axis : array (L,), optional
+        Axis values (channel numbers when omitted).
+    units : str
+        The axis's units; edges are looked for only in "eV".
+    widths, min_channels
+        Size of a peak window (FWHMs each side; smallest channel count).
+
+    Returns
+    -------
+    AutoWindow
+        Channels ``[start, stop)``, the kind of feature, its position in axis units and the
+        edges found.
+    """
+    x = np.asarray(spectra, float)
+    x = x.reshape(-1, x.shape[-1])
+    n = x.shape[1]
+    e = np.arange(n, dtype=float) if axis is None else np.asarray(axis, float).ravel()
+    edges: list[Edge] = []
+    if units == "eV" and axis is not None and float(e.min()) >= LOW_LOSS_BELOW:
+        edges = find_edges(x, e)
+        if edges:
+            start, stop = _edge_window(edges, e)
+            return AutoWindow(start, stop, "edge", edges[0].onset, tuple(edges))
+    peak = _peak_window(x, widths, min_channels)
+    if peak is None:
+        return AutoWindow(0, n, "none", float("nan"), tuple(edges))
+    start, stop, k = peak
+    return AutoWindow(start, stop, "peak", float(e[k]), tuple(edges))
+
+
+def implausible_shift(shift, *, window_span: float, units: str = "") -> str | None:
+    """A sentence when a fitted shift map does not look like a real shift, else ``None``.
+
+    Flags shifts spanning more than a quarter of the fitted window (one feature does not move
+    that far: the spectra differ in shape, e.g. composition) and maps of at least 16 spectra
+    whose neighbouring shifts are uncorrelated (noise, not structure).
+
+    Parameters
+    ----------
+    shift : array (H, W) or (N,)
+        Fitted shift per spectrum (axis units); (N, 1) is a line scan.
+    window_span : float
+        Width of the fitted window (axis units).
+    units : str
+        Axis units for the sentence.
+    """
+    s = np.asarray(shift, float)
+    if s.ndim == 2 and 1 in s.shape:
+        s = s.ravel()
+    finite = s[np.isfinite(s)]
+    if finite.size < 2:
+        return None
+    u = f" {units}" if units else ""
+    span = float(finite.max() - finite.min())
+    problems = []
+    if window_span > 0 and span > 0.25 * window_span:
+        problems.append(f"span {span:.3g}{u}, {100 * span / window_span:.0f} % of the window")
+    pairs = []
+    if s.ndim == 1:
+        pairs = [(s[:-1], s[1:])]
+    elif s.ndim == 2:
+        pairs = [(s[:, :-1], s[:, 1:]), (s[:-1], s[1:])]
+    a = np.concatenate([p[0].ravel() for p in pairs]) if pairs else np.empty(0)
+    b = np.concatenate([p[1].ravel() for p in pairs]) if pairs else np.empty(0)
+    ok = np.isfinite(a) & np.isfinite(b)
+    if s.size >= 16 and ok.sum() >= 8 and np.std(a[ok]) > 0 and np.std(b[ok]) > 0:
+        r = float(np.corrcoef(a[ok], b[ok])[0, 1])
+        if r < 0.2:
+            problems.append(f"neighbouring shifts barely correlate (r = {r:.2f}): noise-like")
+    if not problems:
+        return None
+    return (
+        "Check this shift map: "
+        + "; ".join(problems)
+        + ". A real shift of one feature is small and smooth; these spectra may differ in "
+        "shape (composition, thickness) instead: see the latent maps."
+    )

@@ -1,9 +1,11 @@
 """napari dock widget for the spectral shift-VAE (a thin layer over ``fit_shift_vae_iter``).
 
-The spectral window is chosen around the dominant peak of the mean spectrum unless the user
-types one (in the axis's units). The layer's data are read in the worker. A spectrum image
-gives shift and latent maps on its image plane; a line scan gives a plot of the shift along
-the line and the tracked peak drawn over the line-scan image.
+The spectral window is chosen around the dominant peak of the mean spectrum (low-loss EELS) or
+the strongest core-loss edge unless the user types one (in the axis's units); a run is refused
+when neither stands out, and an implausible shift map is flagged on the status line. The
+layer's data are read in the worker. A spectrum image gives shift and latent maps on its image
+plane; a line scan gives a plot of the shift along the line and the tracked peak drawn over the
+line-scan image.
 """
 
 from __future__ import annotations
@@ -76,7 +78,8 @@ class Outcome:
     plan: Plan
     window: tuple[int, int]
     auto: bool
-    peak: float
+    reason: str  # why this window, e.g. "auto, around the edge at 931 eV" or "typed"
+    peak: float  # the mean spectrum's maximum inside the window (axis units): the line track
     seconds: float
 
     @property
@@ -102,8 +105,9 @@ class ShiftVAEWidget(ToolWidget):
             label="Auto window",
             value=True,
             tooltip="Fit only the channels around the most prominent peak of the mean "
-            "spectrum (e.g. the zero-loss peak, a white line); the window used is "
-            "written below and in the status line. Off: use the window typed below.",
+            "spectrum (e.g. the zero-loss peak) or, in core-loss EELS, around the strongest "
+            "edge (20 eV below its onset to 60 eV above); the window used is written below "
+            "and in the status line. Off: use the window typed below.",
         )
         spin: dict[str, Any] = dict(min=-1e9, max=1e9, step=1.0)
         self.win_lo = FloatSpinBox(label="Window from", value=0.0, **spin)
@@ -281,7 +285,7 @@ class ShiftVAEWidget(ToolWidget):
         return layer, plan
 
     def make_job(self):
-        from napari_microml.spectra.preprocess import dominant_peak_window
+        from napari_microml.spectra.preprocess import auto_window
         from napari_microml.spectra.shift_vae import check_spectra, fit_shift_vae_iter
 
         layer, plan = self._plan()
@@ -295,8 +299,20 @@ class ShiftVAEWidget(ToolWidget):
             spectra = np.asarray(cube, dtype=np.float32)
             if plan.line:
                 spectra = spectra[:, None, :]  # (N, L) -> (N, 1, L): maps are (N, 1)
+            u = plan.axis.units
             auto = plan.window is None
-            window = plan.window or dominant_peak_window(spectra, plan.axis.values)
+            window, how = plan.window, "typed"
+            if window is None:
+                choice = auto_window(spectra, plan.axis.values, units=u)
+                if not choice.found:
+                    v = plan.axis.values
+                    raise ValueError(
+                        f"No peak or edge stands out in the mean spectrum ({v.min():.4g}–"
+                        f"{v.max():.4g} {u}), so there is no feature whose shift could be "
+                        "measured. Untick Auto window and type a window around the feature to "
+                        "follow (for an edge: from 20 eV below its onset to 60 eV above)."
+                    )
+                window, how = (choice.start, choice.stop), choice.describe(u)
             values = plan.axis.values[window[0] : window[1]]
             peak = float(
                 values[
@@ -305,8 +321,6 @@ class ShiftVAEWidget(ToolWidget):
                     )
                 ]
             )
-            u = plan.axis.units
-            how = f"auto, around the peak at {peak:.4g} {u}" if auto else "typed"
             head = f"Window {values[0]:.4g}–{values[-1]:.4g} {u} ({how})"
             yield Progress(0, 1, f"{head}; fitting…")
             check_spectra(spectra, plan.kwargs["axis"], window)
@@ -325,7 +339,7 @@ class ShiftVAEWidget(ToolWidget):
                 ):
                     last = now
                     yield replace(loss, text=f"{head}; {loss.text}")
-            return Outcome(result, plan, window, auto, peak, time.perf_counter() - start)
+            return Outcome(result, plan, window, auto, how, peak, time.perf_counter() - start)
 
         return Job(work, self._show_outcome, inputs={"data": layer})
 
@@ -378,6 +392,7 @@ class ShiftVAEWidget(ToolWidget):
             channel_range=[w0, w1],
             window=[lo, hi],
             window_auto=outcome.auto,
+            window_reason=outcome.reason,
         )
         record = make_provenance(
             "shift_vae",
@@ -408,13 +423,20 @@ class ShiftVAEWidget(ToolWidget):
         self.later(*calls, plots)  # a new layer per event-loop turn (0.1-0.3 s each)
 
     def _summary(self, outcome) -> str:
+        from napari_microml.spectra.preprocess import implausible_shift
+
         r, u = outcome.result, outcome.plan.axis.units
-        how = f"auto, around the peak at {outcome.peak:.4g} {u}" if outcome.auto else "typed"
         span = float(np.nanmax(r.shift) - np.nanmin(r.shift))
-        return (
+        text = (
             f"Done in {outcome.seconds:.1f} s. Window {r.axis[0]:.4g}–{r.axis[-1]:.4g} {u} "
-            f"({how}); shifts span {span:.3g} {u}."
+            f"({outcome.reason}); shifts span {span:.3g} {u}"
         )
+        if not outcome.plan.line:  # the map's colour bar runs over ± the largest shift
+            text += f" (colour bar ±{float(np.nanmax(np.abs(r.shift))):.3g} {u})"
+        warning = implausible_shift(
+            r.shift, window_span=float(abs(r.axis[-1] - r.axis[0])), units=u
+        )
+        return f"{text}. {warning}" if warning else f"{text}."
 
     def _shift_record(self, record, units):
         return {KEY: {**record, "value": "shift", "value_units": units}}
@@ -422,7 +444,7 @@ class ShiftVAEWidget(ToolWidget):
     def _show_maps(self, outcome, record):
         r, plan = outcome.result, outcome.plan
         lim = float(np.nanmax(np.abs(r.shift))) or 1.0
-        self.upsert(
+        layer = self.upsert(
             f"{plan.name} shift",
             "image",
             r.shift,
@@ -431,6 +453,9 @@ class ShiftVAEWidget(ToolWidget):
             metadata=self._shift_record(record, plan.axis.units),
             **plan.spatial,
         )
+        colorbar = getattr(layer, "colorbar", None)  # napari without layer colour bars: none
+        if colorbar is not None:
+            colorbar.visible = True
 
     def _show_latent(self, outcome, record, i):
         r, plan = outcome.result, outcome.plan
