@@ -264,6 +264,13 @@ class TeachAtomsWidget(ToolWidget):
     # -- fine-tune ------------------------------------------------------------------------
     def make_job(self):
         pairs = self._selected_pairs()
+        if not pairs and self.pairs.choices and not self._edited:
+            names = [repr(str(t).split(ARROW)[1]) for t in self.pairs.choices]
+            verb = "has" if len(names) == 1 else "have"
+            raise ValueError(
+                f"{', '.join(names)} {verb} no corrections yet: add, delete or move points "
+                "first (the Atom finder's own points teach it nothing), then fine-tune."
+            )
         if not pairs:
             raise ValueError(
                 "Select at least one image with its corrected points (run the Atom "
@@ -443,7 +450,7 @@ class TeachAtomsWidget(ToolWidget):
         figure = Figure(figsize=(3.2, 2.0), dpi=90, tight_layout=True)
         canvas = FigureCanvasQTAgg(figure)
         canvas.setMinimumHeight(170)
-        self.native.layout().addWidget(canvas)
+        self.add_native(canvas)
         self._axes = figure.add_subplot(111)
         self._axes_f1 = self._axes.twinx()
         self._draw()
@@ -473,4 +480,5 @@ class TeachAtomsWidget(ToolWidget):
         ax2.set_ylim(0, 1)
         ax.tick_params(labelsize=7)
         ax2.tick_params(labelsize=7)
+        self._axes.figure.canvas.setVisible(bool(self._history))  # no empty axes before a run
         self._axes.figure.canvas.draw_idle()

@@ -89,6 +89,39 @@ class RunContext:
     maximize: bool
 
 
+def structure_from_spectra(cube: np.ndarray, *, despike: int = 9) -> np.ndarray:
+    """A structure image from a spectrum image: the mean over the spectral axis after a running
+    median along it, so spikes (BEPS loops: ~1 % of values, in runs of a few channels) do not
+    make bright pixels.
+
+    Parameters
+    ----------
+    cube : (H, W, C) array
+        The spectrum image, spectral axis last.
+    despike : int
+        Length (channels) of the running median.
+
+    Returns
+    -------
+    (H, W) float64 array, in the spectra's units.
+    """
+    from scipy.ndimage import median_filter
+
+    cube = np.asarray(cube, float)
+    size = min(int(despike), cube.shape[-1])
+    return median_filter(cube, size=(1, 1, size), mode="nearest").mean(axis=-1)
+
+
+def plane_kwargs(layer) -> dict:
+    """``physical_kwargs`` of a layer's image plane (a spectrum image without its spectral
+    axis)."""
+    if layer is None or layer.ndim == 2 or not spectral_layer(layer):
+        return physical_kwargs(layer, 2)
+    index = cast(SpectralAxis, spectral_axis(layer.metadata, layer.data.shape)).index
+    full = physical_kwargs(layer)
+    return {k: tuple(v[i] for i in range(layer.ndim) if i != index) for k, v in full.items()}
+
+
 def _fork(source):
     """A copy of a replay source sharing its read-only data: measuring marks pixels revealed
     and keeps the last spectra, which must not change the widget's campaign mid-run."""
@@ -407,7 +440,7 @@ class ActiveLearningWidget(ToolWidget):
         self.figure.subplots_adjust(left=0.17, right=0.97, bottom=0.2, top=0.88, wspace=0.45)
         self.canvas = FigureCanvasQTAgg(self.figure)
         self.canvas.setMinimumHeight(180)
-        self.native.layout().addWidget(self.canvas)
+        self.add_native(self.canvas)
         self.canvas.draw()  # fonts and tick machinery loaded with the dock, not mid-run
 
     def _start_mode(self, mode: str):
@@ -421,14 +454,27 @@ class ActiveLearningWidget(ToolWidget):
 
     # --- inputs (checked on the GUI thread from shapes only; data read in the worker) -------
     def _structure_layer(self):
+        """The structure layer: a 2D grey image, or a spectrum image whose despiked mean over
+        its spectral axis stands in for one (:func:`structure_from_spectra`)."""
         layer = self.structure_layer.value
         if layer is None:
             raise ValueError("Choose a structure image layer first.")
-        if layer.ndim != 2 or getattr(layer, "rgb", False):
+        cube = layer.ndim == 3 and spectral_layer(layer)
+        if not (layer.ndim == 2 or cube) or getattr(layer, "rgb", False):
             raise ValueError(
-                f"The structure layer must be a 2D grey image, not {tuple(layer.data.shape)}."
+                f"The structure layer must be a 2D grey image (or a spectrum image), not "
+                f"{tuple(layer.data.shape)}."
             )
         return layer
+
+    @staticmethod
+    def _plane_shape(layer) -> tuple[int, ...]:
+        """The structure's (rows, cols): a spectrum image's shape without its spectral axis."""
+        shape = tuple(int(n) for n in layer.data.shape)
+        if layer.ndim == 2:
+            return shape
+        ax = cast(SpectralAxis, spectral_axis(layer.metadata, shape, required=True))
+        return tuple(n for i, n in enumerate(shape) if i != ax.index)
 
     def _make_scalarizer(self, axis):
         name = self.scalarizer.value
@@ -543,7 +589,9 @@ class ActiveLearningWidget(ToolWidget):
         inputs: dict = {}
         if need_new:
             layer = self._structure_layer()
-            shape = tuple(layer.data.shape)
+            derive = layer.ndim == 3  # a spectrum image: its despiked mean is the structure
+            structure_meta = dict(layer.metadata)
+            shape = self._plane_shape(layer)
             patch = self._patch()
             if patch != "auto" and patch > min(shape):
                 raise ValueError(
@@ -572,6 +620,8 @@ class ActiveLearningWidget(ToolWidget):
             if need_new:
                 yield Progress(0, budget, "Reading the layers and building the model…")
                 source = make_source(measured)
+                if derive:
+                    structure = structure_from_spectra(spectra_last(structure, structure_meta)[0])
                 learner = ActiveLearner(structure, **options)
             else:  # a copy: the widget's campaign changes only when a snapshot is on screen
                 learner, source = copy.deepcopy(campaign[0]), _fork(campaign[1])
@@ -654,16 +704,13 @@ class ActiveLearningWidget(ToolWidget):
             context=context,
         )
 
-    def start(self, job: Job | None = None):
-        worker = super().start(job)
-        if worker is not None:  # a Stop keeps every completed step (layers show them)
-            worker.aborted.connect(
-                lambda: self._say(
-                    "Stopped: the measured points so far are kept; Step or Run "
-                    "continues the campaign."
-                )
-            )
-        return worker
+    def cancelled_message(self) -> str:
+        """A Stop keeps every completed step (the layers show them)."""
+        done = "" if self.learner is None else f" ({self.learner.n_observed} measured)"
+        return (
+            f"Stopped: the measured points so far are kept{done}; Step or Run continues "
+            "the campaign."
+        )
 
     # --- results ---------------------------------------------------------------------------
     def show_partial(self, value) -> None:
@@ -672,7 +719,7 @@ class ActiveLearningWidget(ToolWidget):
     def _show_snapshot(self, snap: Snapshot) -> None:
         self.learner, self.source, self._key = snap.learner, snap.source, snap.key
         ctx = snap.context
-        phys = physical_kwargs(ctx.structure, 2)
+        phys = plane_kwargs(ctx.structure)
         prov = self.provenance_metadata(
             make_provenance(
                 self.tool_name,
@@ -752,7 +799,14 @@ class ActiveLearningWidget(ToolWidget):
     def _show_summary(self, snap):
         self.history.append((int(snap.step), float(snap.best)))
         self.ran_on.value = str(snap.device)
-        self._say(f"Step {snap.step}: {len(snap.values)} measured, best {snap.best:.4g}.")
+        text = f"Step {snap.step}: {len(snap.values)} measured, best {snap.best:.4g}."
+        structure = snap.context.structure
+        if structure is not None and structure.ndim == 3:
+            text += (
+                f" No 2D image was chosen: the structure is the mean of {structure.name} over "
+                "its spectral axis after a median despike along it."
+            )
+        self._say(text)
 
     def _update_plot(self, snap):
         if self.figure is None:

@@ -33,6 +33,27 @@ from napari_microml.runtime.widget import (
 from napari_microml.runtime.workers import Progress
 
 MAPS = ("exx", "eyy", "exy", "rotation")
+# shown in the units the status line speaks: strain fractions as %, rotation radians as degrees
+MAP_UNITS = {
+    "exx": (100.0, "%"),
+    "eyy": (100.0, "%"),
+    "exy": (100.0, "%"),
+    "rotation": (180 / np.pi, "°"),
+}
+
+
+def nice_limit(value: float) -> float:
+    """The smallest of 1, 2, 2.5, 5 × 10^k at or above ``value`` (> 0): colour-bar ends that
+    get tick labels."""
+    if not np.isfinite(value) or value <= 0:
+        return 1.0
+    power = 10.0 ** np.floor(np.log10(value))
+    for step in (1.0, 2.0, 2.5, 5.0, 10.0):
+        if step * power >= value * (1 - 1e-9):
+            return float(step * power)
+    return float(10 * power)
+
+
 FEATURES = (
     "sublattice",
     "exx",
@@ -336,11 +357,11 @@ class LatticeWidget(ToolWidget):
             grid_kwargs = {**phys, "scale": tuple(np.asarray(phys["scale"], float) * run.step)}
         else:
             grid_kwargs = {"scale": (run.step, run.step)}
-        grid = run.maps[key]
+        factor, unit = MAP_UNITS[key]
+        grid = run.maps[key] * factor
         finite = np.abs(grid[np.isfinite(grid)])
         # ±the 98th percentile, so a few columns at a defect do not wash the map out
-        lim = float(np.percentile(finite, 98)) if finite.size else 1.0
-        lim = lim if lim > 0 else 1e-3
+        lim = nice_limit(float(np.percentile(finite, 98)) if finite.size else 1.0)
         layer = self.upsert(
             f"{base} {key}",
             "image",
@@ -351,12 +372,27 @@ class LatticeWidget(ToolWidget):
             blending="translucent",
             visible=(key == "exx"),
             interpolation2d="linear",
-            metadata=self.provenance_metadata(run.lattice.provenance),
+            metadata={**self.provenance_metadata(run.lattice.provenance), "unit": unit},
             **grid_kwargs,
         )
         colorbar = getattr(layer, "colorbar", None)  # napari without layer colour bars: none
         if colorbar is not None:
             colorbar.visible = key == "exx"
+            colorbar.size = (25, 220)  # room for the ticks between the ends
+        if key == "exx":
+            self._name_colour_bar(f"{key} ({unit}), ±{lim:g} {unit}")
+
+    def _name_colour_bar(self, text: str) -> None:
+        """napari's colour bar has no title: the canvas text overlay beside it names the map."""
+        overlays = getattr(getattr(self.viewer, "canvas", None), "overlays", None)
+        overlay = (overlays or {}).get("text") if hasattr(overlays, "get") else None
+        overlay = overlay or getattr(self.viewer, "text_overlay", None)  # napari < 0.9
+        if overlay is None:
+            return
+        overlay.text = f"colour bar: {text}"
+        overlay.position = "top_right"
+        overlay.font_size = 10
+        overlay.visible = True
 
     def _write_vectors(self, run, base, phys):
         """Displacement arrows in the image's pixels, drawn × the magnification."""
@@ -410,18 +446,20 @@ class LatticeWidget(ToolWidget):
         except ImportError:  # pragma: no cover - matplotlib is a dependency
             return
         if self.figure is None or self.plot_dock is None:
-            self.figure = Figure(figsize=(4, 4.2))  # fixed margins: tight_layout costs a redraw
-            self.figure.subplots_adjust(left=0.16, right=0.97, top=0.93, bottom=0.1, hspace=0.45)
+            self.figure = Figure(figsize=(4, 3.6))
             self.canvas = FigureCanvasQTAgg(self.figure)
-            self.canvas.setMinimumHeight(260)
+            self.canvas.setMinimumHeight(300)  # two plots with their titles and axis labels
             self.plot_dock = self.viewer.window.add_dock_widget(
                 self.canvas, name="Lattice plots", area="right"
             )
         fig = self.figure
         fig.clear()
-        ax1, ax2 = fig.subplots(2, 1)
         cnt = run.counts
-        if cnt is not None:
+        # no empty axes when atoms were not counted (dark columns, or switched off)
+        ax1, ax2 = fig.subplots(2, 1) if cnt is not None else (None, fig.subplots(1, 1))
+        # fixed margins (tight_layout costs a redraw), wide enough for the titles and labels
+        fig.subplots_adjust(left=0.14, right=0.97, top=0.92, bottom=0.12, hspace=0.75)
+        if ax1 is not None and cnt is not None:
             x = cnt.cross_section
             grid = np.linspace(x.min(), x.max(), 400)
             bins = np.linspace(x.min(), x.max(), min(80, max(10, len(x) // 10)) + 1)
@@ -448,22 +486,15 @@ class LatticeWidget(ToolWidget):
                     f"{len(mixture.means)}" if lab is None else f"{lab}: {len(mixture.means)}"
                 )
             ax1.set_title(
-                "cross-sections, ICL components "
+                "atom counts: "
                 + (", ".join(title) if cnt.groups else title[0])
-                + (" per sublattice" if cnt.groups else ""),
+                + (" levels per sublattice" if cnt.groups else " levels"),
                 fontsize=8,
             )
-        else:
-            ax1.text(
-                0.5,
-                0.5,
-                "no atom counting (dark columns, or switched off)",
-                ha="center",
-                va="center",
-                fontsize=8,
-                transform=ax1.transAxes,
-            )
-        ax1.tick_params(labelsize=7)
+            ax1.set_xlabel("column cross-section (image intensity × px²)", fontsize=7)
+            ax1.set_yticks([])  # a density: its scale says nothing to the user
+            ax1.tick_params(labelsize=7)
+            ax1.ticklabel_format(axis="x", style="sci", scilimits=(-3, 4))
         if run.profile is not None:
             for (s, v), label in zip(run.profile, ("exx", "eyy", "exy"), strict=True):
                 ax2.plot(s, 100 * v, ".-", ms=3, lw=0.8, label=label)
@@ -477,7 +508,9 @@ class LatticeWidget(ToolWidget):
                 ax2.hist(
                     100 * v[np.isfinite(v)], bins=40, histtype="step", label=f"sublattice {sub}"
                 )
-            ax2.set_xlabel("exx (%)  (draw a line in the Shapes layer for a profile)", fontsize=7)
+            ax2.set_title("exx per column (draw a line in Shapes for a profile)", fontsize=8)
+            ax2.set_xlabel("exx (%)", fontsize=7)
+            ax2.set_ylabel("columns", fontsize=7)
             ax2.legend(fontsize=7)
         ax2.tick_params(labelsize=7)
         self.canvas.draw_idle()

@@ -16,10 +16,14 @@ the cores' contract) is answered with "Cannot run: <the sentence>" and a napari 
 other exception is a failure, shown by napari with its traceback.
 
 Progress messages are throttled (at most every :data:`PROGRESS_INTERVAL_S`) so a fast loop
-does not flood the event loop; after a result with physical units the scale bar is shown.
+does not flood the event loop; after a result with physical units the scale bar is shown, and
+when a run added a layer that lies outside the canvas view the view is refit
+(:func:`fit_view_to`). The dock scrolls, so a tall tool never makes the window taller than
+the screen; extra Qt widgets (plots) go in with :meth:`ToolWidget.add_native`.
 
 Cancel calls ``worker.quit()``; the generator stops at its next yield and the result handler
-is never called, so a cancelled run leaves no half-written layer.
+is never called, so a cancelled run leaves no half-written layer; the status then says
+"Cancelled" and the progress bar is cleared.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from napari_microml.runtime.provenance import KEY
 from napari_microml.runtime.workers import Loss, Message, Partial, as_message, typed
 
 PROGRESS_INTERVAL_S = 0.1
+MIN_DOCK_HEIGHT = 150  # px: a tool dock shrinks to this (and scrolls) when the column is full
 
 
 @dataclass
@@ -168,6 +173,54 @@ def viewer_camera(viewer):
     return scene.camera if scene is not None and hasattr(scene, "camera") else viewer.camera
 
 
+def canvas_view(viewer) -> tuple[float, float, float, float] | None:
+    """The world rectangle the canvas shows, ``(row0, row1, col0, col1)`` in the displayed plane,
+    or ``None`` when the canvas has no size yet (a window never shown)."""
+    canvas = getattr(viewer, "canvas", None)
+    size = getattr(canvas, "size", None)
+    if size is None:
+        size = getattr(viewer, "_canvas_size", None)  # napari < 0.9
+    if size is None or min(size) <= 1:
+        return None
+    camera = viewer_camera(viewer)
+    height, width = float(size[0]), float(size[1])
+    cy, cx = (float(c) for c in camera.center[-2:])
+    zoom = float(camera.zoom)
+    return (
+        cy - height / 2 / zoom,
+        cy + height / 2 / zoom,
+        cx - width / 2 / zoom,
+        cx + width / 2 / zoom,
+    )
+
+
+def fraction_in_view(viewer, layer) -> float:
+    """Fraction (0-1) of ``layer``'s displayed extent that lies inside the canvas view (1 when
+    the view is unknown)."""
+    view = canvas_view(viewer)
+    if view is None:
+        return 1.0
+    extent = np.asarray(layer.extent.world, float)
+    offset = viewer.dims.ndim - extent.shape[1]  # a layer's axes are the viewer's last ones
+    axes = [d - offset for d in viewer.dims.displayed if d >= offset]
+    if len(axes) < 2 or not np.all(np.isfinite(extent[:, axes])):
+        return 1.0
+    extent = extent[:, axes]
+    (y0, x0), (y1, x1) = extent[0, -2:], extent[1, -2:]
+    fy = max(0.0, min(y1, view[1]) - max(y0, view[0])) / max(y1 - y0, 1e-9)
+    fx = max(0.0, min(x1, view[3]) - max(x0, view[2])) / max(x1 - x0, 1e-9)
+    return float(fy * fx)
+
+
+def fit_view_to(viewer, layers, *, min_fraction: float = 0.98) -> bool:
+    """Refit the view (``viewer.reset_view()``) when one of ``layers`` is not shown whole in the
+    canvas: a new result must be on screen. Returns whether the view was refit."""
+    if any(fraction_in_view(viewer, layer) < min_fraction for layer in layers):
+        viewer.reset_view()
+        return True
+    return False
+
+
 LAYER_KINDS = ("image", "labels", "points", "shapes", "surface", "tracks", "vectors")
 
 
@@ -257,6 +310,8 @@ class ToolWidget(Container):
                 self.ran_on,
             ],
         )
+        self._controls = Container.native.fget(self)  # type: ignore[attr-defined]
+        self._scroll = _dock_scroll_area(self._controls, self)
         for label in (self.status, self.ran_on):  # room for messages that arrive later
             label.native.setMinimumWidth(220)
             label.native.setWordWrap(True)
@@ -268,9 +323,22 @@ class ToolWidget(Container):
         self._layer_problems: list[str] = []
         self._last_progress = 0.0
         self._job: Job | None = None  # the running job (its result handler)
+        self._layers_before: set[int] = set()  # ids of the layers there when the run started
         self._ui_timer = QTimer()
         self._ui_timer.setInterval(0)
         self._ui_timer.timeout.connect(self._next_ui)
+
+    @property
+    def native(self):
+        """The scroll area holding the controls: what napari docks, so a tall tool scrolls
+        instead of making the window taller than the screen."""
+        scroll = self.__dict__.get("_scroll")  # None while magicgui builds the controls
+        return Container.native.fget(self) if scroll is None else scroll
+
+    def add_native(self, widget) -> None:
+        """Add a Qt widget (a plot canvas) below the controls, above the closing stretch."""
+        layout = self._controls.layout()
+        layout.insertWidget(layout.count() - 1, widget)
 
     # --- to implement in subclasses -------------------------------------------------------
     def make_job(self) -> Job:  # pragma: no cover - abstract
@@ -315,11 +383,12 @@ class ToolWidget(Container):
             return None
         self._job = job
         self._layer_problems = []
+        self._layers_before = {id(layer) for layer in self.viewer.layers}
         worker = create_worker(job.run, _start_thread=False)
         worker.yielded.connect(self._on_yield)
         worker.returned.connect(self._on_returned)
         worker.errored.connect(self._on_error)
-        worker.aborted.connect(lambda: self._say("Cancelled: no layers were changed."))
+        worker.aborted.connect(self._on_aborted)
         worker.finished.connect(self._on_finished)
         self.worker = worker
         self._last_progress = 0.0
@@ -409,16 +478,32 @@ class ToolWidget(Container):
             self._job.on_result(result)
         self.later(lambda: self._after_result(result))
 
+    def cancelled_message(self) -> str:
+        """The status line after Cancel (a tool that keeps partial results says what it kept)."""
+        return "Cancelled: no layers were changed."
+
+    def _on_aborted(self):
+        self.later(self._after_abort)  # after any partial result still queued for the screen
+
+    def _after_abort(self):
+        self.progress.value = 0
+        show_scale_bar(self.viewer, list(self.viewer.layers))  # for kept partial results
+        self._say(self.cancelled_message())
+
     def _after_result(self, result):
         show_scale_bar(self.viewer, list(self.viewer.layers))
         device = getattr(result, "device", None)
         if device:
             self.ran_on.value = str(device)
+        self.progress.value = self.progress.max  # finished: the bar says so
         if self.status.value in ("Running…", "Cancelling…"):
             self._say("Done.")
         if self._layer_problems:
             self._say(" ".join([self.status.value, *self._layer_problems]))
             self._layer_problems = []
+        added = [layer for layer in self.viewer.layers if id(layer) not in self._layers_before]
+        if added:  # a later run updates its layers in place: the user's zoom is kept
+            fit_view_to(self.viewer, added)
 
     def _cannot_run(self, err: Exception) -> None:
         from napari.utils.notifications import show_warning
@@ -446,6 +531,49 @@ class ToolWidget(Container):
     @staticmethod
     def provenance_metadata(record: dict) -> dict:
         return {KEY: record}
+
+
+def _dock_scroll_area(controls, widget: Container):
+    """A scroll area around ``controls`` that asks for their full height (a plain QScrollArea
+    asks for ~24 lines) but can shrink to a few lines when the dock column is full."""
+    from qtpy.QtCore import QEvent, QObject, QSize, Qt
+    from qtpy.QtWidgets import QFrame, QScrollArea, QStyle
+
+    class DockScroll(QScrollArea):
+        def __init__(self):
+            super().__init__()
+            self._magic_widget = widget  # napari's dock finds the magicgui widget here
+            self._parent_watch = ParentWatch(self)
+            self.installEventFilter(self._parent_watch)
+
+        def _bar(self) -> int:
+            style = self.style()
+            return 16 if style is None else style.pixelMetric(QStyle.PixelMetric.PM_ScrollBarExtent)
+
+        def sizeHint(self):  # noqa: N802 - Qt's name
+            hint = controls.sizeHint()
+            return QSize(hint.width() + self._bar(), hint.height())
+
+        def minimumSizeHint(self):  # noqa: N802 - Qt's name
+            hint = controls.minimumSizeHint()
+            return QSize(hint.width() + self._bar(), min(hint.height(), MIN_DOCK_HEIGHT))
+
+    class ParentWatch(QObject):
+        """magicgui learns the viewer (for the layer pickers) from the controls' parent
+        changes; napari reparents the scroll area, so they are passed on from here."""
+
+        def eventFilter(self, obj, event):  # noqa: N802 - Qt's name
+            if event.type() == QEvent.Type.ParentChange:
+                widget.native_parent_changed.emit(obj.parent())
+            return False
+
+    scroll = DockScroll()
+    scroll.setFrameShape(QFrame.Shape.NoFrame)
+    scroll.setWidgetResizable(True)
+    scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+    controls.layout().addStretch(1)  # the controls stay at the top of a tall dock
+    scroll.setWidget(controls)
+    return scroll
 
 
 def as_points(positions: np.ndarray, frames: np.ndarray | None) -> np.ndarray:

@@ -185,10 +185,12 @@ class ShiftVAEWidget(ToolWidget):
             self.latent_canvas,
             self.traverse_canvas,
         ):
-            self.native.layout().addWidget(canvas)
+            self.add_native(canvas)
         self.line_canvas.setVisible(False)
         for canvas in (self.loss_canvas, self.latent_canvas, self.traverse_canvas):
             canvas.draw()  # fonts and tick machinery loaded with the dock, not mid-run
+        for canvas in (self.latent_canvas, self.traverse_canvas):
+            canvas.setVisible(False)  # no empty axes until a fit is shown
         self.losses: list[float] = []
         self._loss_epochs: list[int] = []
         self.result: Any = None  # the fit on screen: the latent explorer and lasso read it
@@ -543,6 +545,7 @@ class ShiftVAEWidget(ToolWidget):
         ax.set_title("lasso to select pixels (colour = shift)", fontsize=8)
         ax.tick_params(labelsize=7)
         self.lasso = LassoSelector(ax, onselect=self.on_lasso_select)
+        self.latent_canvas.setVisible(True)
         self.latent_canvas.draw_idle()
 
     def on_lasso_select(self, vertices) -> None:
@@ -584,4 +587,5 @@ class ShiftVAEWidget(ToolWidget):
         ax.set_xlabel(units or "channel", fontsize=8)
         ax.set_title("decoded along latent 1", fontsize=8)
         ax.tick_params(labelsize=7)
+        self.traverse_canvas.setVisible(True)
         self.traverse_canvas.draw_idle()
