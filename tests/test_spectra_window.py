@@ -92,16 +92,20 @@ def test_lsmo_core_loss_picks_the_mn_l_edge_over_o_k(shared_data):
 def test_implausible_shift_maps_are_flagged():
     yy, xx = np.mgrid[:12, :12]
     smooth = 0.02 * (xx - 6.0)  # a drift: small and spatially coherent
-    assert implausible_shift(smooth, window_span=20.0, units="eV") is None
+    assert implausible_shift(smooth, window=(-10.0, 10.0), units="eV") is None
     noise = np.random.default_rng(0).standard_normal((12, 12))
-    said = implausible_shift(noise, window_span=20.0, units="eV")
+    said = implausible_shift(noise, window=(-10.0, 10.0), units="eV")
     assert said is not None and "noise-like" in said and "% of the window" not in said
     wide = 8.0 * (xx - 6.0) / 6.0  # spans 15 eV of a 20 eV window, smoothly
-    said = implausible_shift(wide, window_span=20.0, units="eV")
+    said = implausible_shift(wide, window=(-10.0, 10.0), units="eV")
     assert said is not None and "% of the window" in said and "noise" not in said
     line = np.cumsum(np.full(40, 0.01))[:, None]  # a line scan (N, 1)
-    assert implausible_shift(line, window_span=20.0) is None
-    assert implausible_shift(noise[:2, :2], window_span=20.0) is None  # too few to judge
+    assert implausible_shift(line, window=(-10.0, 10.0)) is None
+    assert implausible_shift(noise[:2, :2], window=(-10.0, 10.0)) is None  # too few to judge
+    # core-loss: a 43 eV smooth "shift" over the whole 700-1988 eV axis (3 % of it) is flagged
+    said = implausible_shift(43.0 * (xx - 6.0) / 12.0, window=(700.0, 1988.0), units="eV")
+    assert said is not None and "more than core-loss edges move" in said
+    assert implausible_shift(0.2 * (xx - 6.0), window=(611.5, 691.0), units="eV") is None
 
 
 def test_cli_refuses_spectra_without_a_feature(tmp_path, capsys):

@@ -315,7 +315,7 @@ def _spectra(item: dict, device: str = "auto") -> dict:
     v = _drain(fit_shift_vae_iter(spectra, axis=axis, channel_range=span, device=device))
     lo, hi = float(v.axis[0]), float(v.axis[-1])
     shift = np.asarray(v.shift).reshape(item.get("shape") or (-1,))
-    warning = implausible_shift(shift, window_span=abs(hi - lo), units=units)
+    warning = implausible_shift(shift, window=(lo, hi), units=units)
     name = f"{item['name']}: " if item.get("name") else ""
     notes = [f"{name}window {lo:.4g}–{hi:.4g} {units} ({how})"]
     notes += [f"{name}{warning}"] if warning else []

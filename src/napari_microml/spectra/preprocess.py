@@ -122,6 +122,7 @@ EDGE_FIT = 80.0  # eV of pre-edge used for each local power-law fit
 EDGE_PROBE = 30.0  # eV above a candidate onset compared with the extrapolated background
 MIN_JUMP = 0.01  # an edge must raise the signal by at least 1 % above the background
 LOW_LOSS_BELOW = 5.0  # eV: an axis starting below this holds the zero-loss peak
+MAX_CORE_LOSS_SHIFT = 10.0  # eV: chemical shifts and energy drift of an edge are a few eV
 
 
 @dataclass(frozen=True)
@@ -349,21 +350,27 @@ def auto_window(
     return AutoWindow(start, stop, "peak", float(e[k]), tuple(edges))
 
 
-def implausible_shift(shift, *, window_span: float, units: str = "") -> str | None:
+def implausible_shift(shift, *, window: tuple[float, float], units: str = "") -> str | None:
     """A sentence when a fitted shift map does not look like a real shift, else ``None``.
 
     Flags shifts spanning more than a quarter of the fitted window (one feature does not move
-    that far: the spectra differ in shape, e.g. composition) and maps of at least 16 spectra
-    whose neighbouring shifts are uncorrelated (noise, not structure).
+    that far: the spectra differ in shape, e.g. composition), core-loss EELS shifts spanning more
+    than :data:`MAX_CORE_LOSS_SHIFT` eV (chemical shifts and drift are a few eV), and maps of at
+    least 16 spectra whose neighbouring shifts are uncorrelated (noise, not structure).
 
     Parameters
     ----------
     shift : array (H, W) or (N,)
         Fitted shift per spectrum (axis units); (N, 1) is a line scan.
-    window_span : float
-        Width of the fitted window (axis units).
+    window : (float, float)
+        The fitted window's first and last axis values.
     units : str
-        Axis units for the sentence.
+        Axis units, for the sentence and the core-loss rule ("eV").
+
+    Returns
+    -------
+    str or None
+        "Check this shift map: …" naming each problem, or ``None``.
     """
     s = np.asarray(shift, float)
     if s.ndim == 2 and 1 in s.shape:
@@ -372,10 +379,13 @@ def implausible_shift(shift, *, window_span: float, units: str = "") -> str | No
     if finite.size < 2:
         return None
     u = f" {units}" if units else ""
+    lo, hi = sorted(float(w) for w in window)
     span = float(finite.max() - finite.min())
     problems = []
-    if window_span > 0 and span > 0.25 * window_span:
-        problems.append(f"span {span:.3g}{u}, {100 * span / window_span:.0f} % of the window")
+    if hi > lo and span > 0.25 * (hi - lo):
+        problems.append(f"span {span:.3g}{u}, {100 * span / (hi - lo):.0f} % of the window")
+    elif units == "eV" and lo >= LOW_LOSS_BELOW and span > MAX_CORE_LOSS_SHIFT:
+        problems.append(f"span {span:.3g} eV, more than core-loss edges move")
     pairs = []
     if s.ndim == 1:
         pairs = [(s[:-1], s[1:])]

@@ -435,9 +435,7 @@ class ShiftVAEWidget(ToolWidget):
         )
         if not outcome.plan.line:  # the map's colour bar runs over ± the largest shift
             text += f" (colour bar ±{float(np.nanmax(np.abs(r.shift))):.3g} {u})"
-        warning = implausible_shift(
-            r.shift, window_span=float(abs(r.axis[-1] - r.axis[0])), units=u
-        )
+        warning = implausible_shift(r.shift, window=(float(r.axis[0]), float(r.axis[-1])), units=u)
         return f"{text}. {warning}" if warning else f"{text}."
 
     def _shift_record(self, record, units):
