@@ -34,7 +34,7 @@ import numpy as np  # noqa: E402
 from napari_microml.completion.complete import KRIGING, KRIGING_SETTINGS, LOCAL_GP, complete_scan  # noqa: E402
 from napari_microml.completion.kriging import lattice_kriging_iter, local_gp_iter  # noqa: E402
 from napari_microml.completion.masks import scan_mask  # noqa: E402
-from napari_microml.completion.metrics import completion_errors  # noqa: E402
+from napari_microml.completion.metrics import completion_errors, seam_ratio  # noqa: E402
 from napari_microml.runtime.workers import drain  # noqa: E402
 from napari_microml.synth.scenes import simulate_scene  # noqa: E402
 
@@ -47,7 +47,11 @@ PAPER = {"spiral 1/17.9": 0.038, "spiral 1/87": 0.062}  # the paper's RMS vs the
 REFERENCE = "local_gp"
 
 
-PLAIN = {k: v for k, v in KRIGING_SETTINGS[KRIGING].items() if k not in ("lattice", "calibrate")}
+PLAIN = {
+    k: v
+    for k, v in KRIGING_SETTINGS[KRIGING].items()
+    if k not in ("lattice", "calibrate", "overlap")
+}
 
 
 def _kriging_plain(values, mask):
@@ -96,6 +100,7 @@ def score(ms: dict, values, truth, mask, noisy_truth=None) -> dict:
             "wall_s": round(wall, 2),
         }
         out["within_2sigma_measurement"] = out.pop("within_2sigma")
+        out["seam_ratio"] = round(seam_ratio(image, mask), 3)
         if noisy_truth is not None:
             miss = ~mask
             out["within_2sigma_measurement"] = round(
@@ -182,6 +187,8 @@ def synthetic(quick: bool, network: bool, n: int = 4, size: int = 256) -> dict:
             m: {k: round(float(np.mean([p[m][k] for p in per])), 5) for k in per[0][m]}
             for m in per[0]
         }
+        for m in per[0]:  # the mean hides one scene's mosaic
+            out[label][m]["seam_ratio_max"] = max(p[m]["seam_ratio"] for p in per)
         print(
             "synthetic",
             label,
@@ -212,7 +219,7 @@ def summary(result: dict) -> dict:
     ]
     if not cases:
         return {}
-    out = {}
+    out: dict[str, dict] = {}
     for m in [k for k in cases[0][2] if k != REFERENCE]:
         ratios = [row[m]["excess_ratio"] for _, _, row in cases]
         real_cov = [
@@ -221,8 +228,11 @@ def summary(result: dict) -> dict:
         mask1 = [
             row for src, label, row in cases if src == "truth-1" and label.startswith("mask-1")
         ]
+        seams = [row[m].get("seam_ratio_max", row[m]["seam_ratio"]) for _, _, row in cases]
         s = {
             "n_cases": len(ratios),
+            "seam_ratio_max": round(float(np.max(seams)), 3),
+            "worst_seam_case": "/".join(cases[int(np.argmax(seams))][:2]),
             "excess_ratio_mean": round(float(np.mean(ratios)), 4),
             "excess_ratio_max": round(float(np.max(ratios)), 4),
             "worst_case": "/".join(cases[int(np.argmax(ratios))][:2]),
@@ -245,6 +255,10 @@ def summary(result: dict) -> dict:
         out[REFERENCE] = {
             "coverage_2sigma_real_mean": round(float(np.mean(ref_cov)), 4),
             "coverage_2sigma_real_min": round(float(np.min(ref_cov)), 4),
+            "seam_ratio_max": max(
+                row[REFERENCE].get("seam_ratio_max", row[REFERENCE]["seam_ratio"])
+                for _, _, row in cases
+            ),
         }
     paper = {}
     for src in ("truth-1", "truth-2", "synthetic"):

@@ -23,9 +23,6 @@ def test_a_calibrated_file_without_a_unit_never_gets_a_scaled_pixel_axis(shared_
         assert unit != "pixel" or scale == 1.0, (scale, unit)
 
 
-@pytest.mark.xfail(
-    strict=True, reason="kriging blocks are predicted independently: a step at every block edge"
-)
 def test_kriging_completion_has_no_block_seams(shared_data):
     import tifffile
 

@@ -63,7 +63,7 @@ def test_lattice_basis_finds_the_reciprocal_lattice_of_a_clean_crystal():
 def test_lattice_mean_beats_plain_kriging_clearly_at_1_in_50():
     noisy, clean = crystal()
     mask = scan_mask("spiral", noisy.shape, 1 / 50, seed=0)
-    plain, _, _ = drain(local_gp_iter(noisy, mask, **SETTINGS))
+    plain, _, _ = drain(local_gp_iter(noisy, mask, **SETTINGS, overlap="auto"))
     image, std, info = drain(lattice_kriging_iter(noisy, mask, **SETTINGS))
     assert info["mean"] == "lattice"
     assert excess(image, clean, mask) < 0.6 * excess(plain, clean, mask)
@@ -74,7 +74,7 @@ def test_lattice_mean_beats_plain_kriging_clearly_at_1_in_50():
 def test_non_periodic_image_falls_back_to_plain_kriging():
     noisy, _ = smooth_field()
     mask = scan_mask("spiral", noisy.shape, 1 / 30, seed=1)
-    plain, plain_std, p = drain(local_gp_iter(noisy, mask, **SETTINGS))
+    plain, plain_std, p = drain(local_gp_iter(noisy, mask, **SETTINGS, overlap="auto"))
     image, std, info = drain(lattice_kriging_iter(noisy, mask, **SETTINGS))
     assert info["mean"] == "local"
     np.testing.assert_allclose(image, plain, rtol=0, atol=1e-9 * np.ptp(noisy))
@@ -97,7 +97,7 @@ def test_a_grid_too_coarse_for_the_lattice_is_never_given_the_true_lattice():
     pts = np.argwhere(mask).astype(float)
     assert fit_lattice_mean(pts, noisy[mask], recip, mask.shape, aliases=aliases) is None
     # the scan reads only a moiré (a ~23 px "lattice"): not fitted, plain kriging instead
-    plain, _, _ = drain(local_gp_iter(noisy, mask, **SETTINGS))
+    plain, _, _ = drain(local_gp_iter(noisy, mask, **SETTINGS, overlap="auto"))
     image, _, info = drain(lattice_kriging_iter(noisy, mask, **SETTINGS))
     assert info["mean"] == "local"
     np.testing.assert_allclose(image, plain, rtol=0, atol=1e-9)

@@ -40,7 +40,14 @@ LOCAL_GP = "local-gp"  # model name of the earlier, slower local GP (Matérn-3/2
 # "lattice"/"calibrate": kriging.lattice_kriging_iter, else kriging.local_gp_iter
 KRIGING_SETTINGS: dict[str, dict] = {
     KRIGING: dict(
-        k=64, block="auto", n_fit=48, fit_k=48, kernel="matern52", lattice=True, calibrate=True
+        k=64,
+        block="auto",
+        n_fit=48,
+        fit_k=48,
+        kernel="matern52",
+        lattice=True,
+        calibrate=True,
+        overlap="auto",
     ),
     LOCAL_GP: dict(k=64, block=8, n_fit=96, fit_k=64, kernel="matern32"),
 }

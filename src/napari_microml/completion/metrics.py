@@ -75,3 +75,34 @@ def completion_errors(
         s = np.asarray(sigma, np.float64)[miss] / span
         out["within_2sigma"] = float(np.mean(np.abs(err) <= 2 * s))
     return out
+
+
+def seam_ratio(filled: np.ndarray, mask: np.ndarray, *, period: int = 16) -> float:
+    """How much larger the steps are at one phase of a ``period``-px tiling than typically.
+
+    For each axis, the mean |difference| between neighbouring unmeasured pixels is grouped by
+    position modulo ``period`` (kriging's 8/16-px blocks repeat with 16 px); the ratio of the
+    largest group to the median group, the larger over both axes. About 1 for a seamless
+    image; a mosaic of independently predicted blocks gives 2–5.
+
+    Parameters
+    ----------
+    filled : (H, W) completed image.
+    mask : (H, W) bool, True where measured (measured pixels are left out).
+    period : tiling period (px).
+
+    Returns
+    -------
+    float ratio (≥ 1).
+    """
+    f = np.asarray(filled, np.float64)
+    m = np.asarray(mask, bool)
+    ratios = []
+    for a, b in ((f, m), (f.T, m.T)):
+        step = np.abs(np.diff(a, axis=1))
+        both = ~b[:, 1:] & ~b[:, :-1]
+        by_phase = np.array(
+            [step[:, j::period][both[:, j::period]].mean() for j in range(period)]
+        )
+        ratios.append(float(by_phase.max() / np.median(by_phase)))
+    return max(ratios)
