@@ -109,7 +109,8 @@ class ScanCompleterWidget(ToolWidget):
             choices=_model_choices(),
             value="kriging",
             tooltip="kriging: a local Gaussian process fitted to this scan (default; "
-            "about 1 s for 512×512 px). local GP: the slower reference kriging. "
+            "about 1–2 s for 512×512 px; uses the crystal lattice when the scan shows one). "
+            "local GP: the slower reference kriging. "
             "network: a trained U-Net (fast; worse than kriging on smooth images)",
         )
         self.sigma = ComboBox(
