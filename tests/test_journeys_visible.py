@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 from journey import assert_visible, click, open_file, open_tool
 
+from napari_microml.runtime.widget import fraction_in_view, viewer_camera
+
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 SCREEN = (1440, 900)
@@ -35,9 +37,21 @@ def test_docks_keep_the_window_on_a_900_px_screen(make_napari_viewer, qtbot):
         assert isinstance(widget.native.parent(), QDockWidget), widget.native.parent()
 
 
+def _status_on_screen(widget) -> bool:
+    """The status line lies wholly inside its dock's scroll viewport."""
+    from qtpy.QtCore import QPoint
+
+    viewport = widget.native.viewport()
+    label = widget.status.native
+    top = label.mapTo(viewport, QPoint(0, 0)).y()
+    return 0 <= top and top + label.height() <= viewport.height()
+
+
 def test_teach_says_the_points_have_no_corrections_yet(make_napari_viewer, qtbot):
-    viewer = make_napari_viewer()
+    viewer = _laptop_viewer(make_napari_viewer, qtbot)
     w = open_tool(viewer, "Teach the atom finder")
+    for other in ("Atom finder", "Lattice analysis"):  # a full dock column squeezes Teach
+        open_tool(viewer, other)
     # then a finder result arrives: offered as a pair, not selected until its points are edited
     viewer.add_image(np.zeros((32, 32), np.float32), name="img")
     viewer.add_points(np.array([[5.0, 5.0], [20.0, 20.0]]), name="img atoms")
@@ -46,6 +60,8 @@ def test_teach_says_the_points_have_no_corrections_yet(make_napari_viewer, qtbot
     w.start()
     assert w.worker is None
     assert "'img atoms' has no corrections yet" in w.status.value, w.status.value
+    qtbot.waitUntil(lambda: _status_on_screen(w), timeout=2000)  # scrolled to the answer
+    assert _height(viewer, qtbot) <= SCREEN[1]
     assert not w._axes.figure.canvas.isVisible()  # no empty loss axes before a run
 
 
@@ -82,14 +98,12 @@ def test_a_new_result_is_fitted_into_view_and_a_later_run_keeps_the_zoom(
     w = open_tool(viewer, "Spectral shift-VAE")
     w.epochs.value = 3
     w.layer_choice.value = layer
-    camera = viewer.camera
+    camera = viewer_camera(viewer)
     camera.zoom *= 4  # the user looks at a corner: the result would land off screen
     click(qtbot, w.run_button, w)
     assert w.status.value.startswith(("Done", "Window")), w.status.value
     new = [lyr for lyr in viewer.layers if lyr is not layer]
     assert new, "the run added no layer"
-    from napari_microml.runtime.widget import fraction_in_view
-
     for lyr in new:
         assert fraction_in_view(viewer, lyr) >= 0.98, (lyr.name, fraction_in_view(viewer, lyr))
     assert _height(viewer, qtbot) <= SCREEN[1]

@@ -41,7 +41,7 @@ from napari_microml.runtime.provenance import KEY
 from napari_microml.runtime.workers import Loss, Message, Partial, as_message, typed
 
 PROGRESS_INTERVAL_S = 0.1
-MIN_DOCK_HEIGHT = 150  # px: a tool dock shrinks to this (and scrolls) when the column is full
+MIN_DOCK_HEIGHT = 200  # px: a tool dock shrinks to this (and scrolls) when the column is full
 
 
 @dataclass
@@ -323,7 +323,11 @@ class ToolWidget(Container):
         self._layer_problems: list[str] = []
         self._last_progress = 0.0
         self._job: Job | None = None  # the running job (its result handler)
-        self._layers_before: set[int] = set()  # ids of the layers there when the run started
+        self._layers_before: set = set()  # keys of the layers there when the run started
+        self._status_timer = QTimer(self.native)  # a child: it goes with the dock
+        self._status_timer.setSingleShot(True)
+        self._status_timer.setInterval(50)
+        self._status_timer.timeout.connect(self._scroll_to_status)
         self._ui_timer = QTimer()
         self._ui_timer.setInterval(0)
         self._ui_timer.timeout.connect(self._next_ui)
@@ -383,7 +387,7 @@ class ToolWidget(Container):
             return None
         self._job = job
         self._layer_problems = []
-        self._layers_before = {id(layer) for layer in self.viewer.layers}
+        self._layers_before = {_layer_key(layer) for layer in self.viewer.layers}
         worker = create_worker(job.run, _start_thread=False)
         worker.yielded.connect(self._on_yield)
         worker.returned.connect(self._on_returned)
@@ -395,6 +399,7 @@ class ToolWidget(Container):
         self.run_button.text = "Cancel"
         self.progress.value = 0
         self._say("Running…")
+        self._show_status()
         worker.start()
         return worker
 
@@ -501,7 +506,7 @@ class ToolWidget(Container):
         if self._layer_problems:
             self._say(" ".join([self.status.value, *self._layer_problems]))
             self._layer_problems = []
-        added = [layer for layer in self.viewer.layers if id(layer) not in self._layers_before]
+        added = [lyr for lyr in self.viewer.layers if _layer_key(lyr) not in self._layers_before]
         if added:  # a later run updates its layers in place: the user's zoom is kept
             fit_view_to(self.viewer, added)
 
@@ -509,7 +514,17 @@ class ToolWidget(Container):
         from napari.utils.notifications import show_warning
 
         self._say(f"Cannot run: {err}")
+        self._show_status()
         show_warning(str(err))
+
+    def _show_status(self) -> None:
+        """Scroll a squeezed dock so its status line is on screen (the button just above),
+        once the new text is laid out."""
+        self._status_timer.start()
+
+    def _scroll_to_status(self) -> None:
+        self.native.ensureWidgetVisible(self.run_button.native, 0, 0)
+        self.native.ensureWidgetVisible(self.status.native, 0, 4)
 
     def _on_error(self, err):
         self._say(f"Failed: {err or type(err).__name__}")
@@ -524,6 +539,7 @@ class ToolWidget(Container):
         self._finish_pending = False
         self.worker = None
         self.run_button.text = "Run"
+        self._show_status()
 
     def _say(self, text: str):
         self.status.value = text
@@ -531,6 +547,11 @@ class ToolWidget(Container):
     @staticmethod
     def provenance_metadata(record: dict) -> dict:
         return {KEY: record}
+
+
+def _layer_key(layer):
+    """A layer's identity that survives napari's plugin proxies (a new wrapper per access)."""
+    return getattr(layer, "unique_id", None) or id(layer)
 
 
 def _dock_scroll_area(controls, widget: Container):
