@@ -525,6 +525,7 @@ class ToolWidget(Container):
     def _scroll_to_status(self) -> None:
         self.native.ensureWidgetVisible(self.run_button.native, 0, 0)
         self.native.ensureWidgetVisible(self.status.native, 0, 4)
+        self.native.horizontalScrollBar().setValue(0)  # only up/down: labels stay readable
 
     def _on_error(self, err):
         self._say(f"Failed: {err or type(err).__name__}")
@@ -591,7 +592,7 @@ def _dock_scroll_area(controls, widget: Container):
     scroll = DockScroll()
     scroll.setFrameShape(QFrame.Shape.NoFrame)
     scroll.setWidgetResizable(True)
-    scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+    scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAsNeeded)
     controls.layout().addStretch(1)  # the controls stay at the top of a tall dock
     scroll.setWidget(controls)
     return scroll
