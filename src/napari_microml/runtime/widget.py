@@ -559,7 +559,7 @@ def _dock_scroll_area(controls, widget: Container):
     """A scroll area around ``controls`` that asks for their full height (a plain QScrollArea
     asks for ~24 lines) but can shrink to a few lines when the dock column is full."""
     from qtpy.QtCore import QEvent, QObject, QSize, Qt
-    from qtpy.QtWidgets import QFrame, QScrollArea, QStyle
+    from qtpy.QtWidgets import QFrame, QScrollArea
 
     class DockScroll(QScrollArea):
         def __init__(self):
@@ -569,8 +569,9 @@ def _dock_scroll_area(controls, widget: Container):
             self.installEventFilter(self._parent_watch)
 
         def _bar(self) -> int:
-            style = self.style()
-            return 16 if style is None else style.pixelMetric(QStyle.PixelMetric.PM_ScrollBarExtent)
+            """Room for the vertical scroll bar and the margin napari's style puts by it."""
+            bar = self.verticalScrollBar()
+            return 4 + (16 if bar is None else max(bar.sizeHint().width(), 12))
 
         def sizeHint(self):  # noqa: N802 - Qt's name
             hint = controls.sizeHint()
