@@ -86,6 +86,8 @@ def test_lattice_strain_map_is_in_percent_with_a_named_colour_bar(make_napari_vi
     assert text.visible and "exx (%)" in text.text
     assert len(w.figure.axes) == 1
     assert _height(viewer, qtbot) <= SCREEN[1]
+    # the summary wraps: the controls never get wider than the dock (no sideways scrolling)
+    assert w.native.widget().minimumSizeHint().width() <= w.native.viewport().width()
 
 
 def test_a_new_result_is_fitted_into_view_and_a_later_run_keeps_the_zoom(

@@ -155,6 +155,7 @@ class LatticeWidget(ToolWidget):
         ):
             self.append(w)
         self.summary.native.setWordWrap(True)
+        self.summary.native.setMinimumWidth(220)  # wraps in the dock instead of widening it
         self.device_choice.visible = False  # no network here: everything runs on the CPU
         self.magnification.changed.connect(self._on_magnification)
         self.set_button.changed.connect(self._on_set_sublattice)
