@@ -101,8 +101,6 @@ def seam_ratio(filled: np.ndarray, mask: np.ndarray, *, period: int = 16) -> flo
     for a, b in ((f, m), (f.T, m.T)):
         step = np.abs(np.diff(a, axis=1))
         both = ~b[:, 1:] & ~b[:, :-1]
-        by_phase = np.array(
-            [step[:, j::period][both[:, j::period]].mean() for j in range(period)]
-        )
+        by_phase = np.array([step[:, j::period][both[:, j::period]].mean() for j in range(period)])
         ratios.append(float(by_phase.max() / np.median(by_phase)))
     return max(ratios)
