@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -27,6 +28,9 @@ from napari_microml.runtime.validate import (
     robust_normalize,
 )
 from napari_microml.runtime.workers import drain, progress
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 FEATURES = ("score", "intensity", "sigma", "position_std", "fit_ok")
 # what a model was trained on: robust scaling, or that after flattening the background
@@ -91,7 +95,7 @@ class AtomsResult:
     """
 
     positions: np.ndarray
-    features: object
+    features: pd.DataFrame
     probability: np.ndarray
     model: dict
     device: str

@@ -106,7 +106,7 @@ def lattice_sites(shape, lattice: str, spacing: float, rotation: float, rng, mar
     return pts[:, ::-1].copy(), rels, mid[:, ::-1].copy()
 
 
-def _poisson_disc(shape, n, min_dist, rng, inside=None):
+def _poisson_disc(shape, n, min_dist: float, rng, inside=None) -> np.ndarray:
     """Up to ``n`` random points at least ``min_dist`` apart (dart throwing)."""
     h, w = shape
     pts: list[np.ndarray] = []
