@@ -107,7 +107,10 @@ def synthetic(doses, seeds, size=256):
 
 
 def scale(spacings=(3.0, 4.0, 45.0, 60.0, 90.0), seeds=(0, 1, 2), dose=500):
-    """Columns outside the trained 5–30 px spacing: automatic resampling vs none (held-out seeds)."""
+    """Columns outside the trained 5–30 px spacing: automatic resampling vs none.
+
+    On held-out seeds.
+    """
     out = []
     for spacing in spacings:
         size = int(np.clip(spacing * 18, 192, 1600))
@@ -186,7 +189,9 @@ def real_pt(threshold=0.5):
         "n_images": len(items),
         "protocol": "21x21 px boxes, Hungarian, IoU>0.5, mean over images",
         "ours_synthetic_only": summary(ours),
-        "ours_per_image_f1": {n: round(r["f1"], 3) for (n, _, _), r in zip(items, ours)},
+        "ours_per_image_f1": {
+            n: round(r["f1"], 3) for (n, _, _), r in zip(items, ours, strict=True)
+        },
         "log_baseline_tuned_on_these_images": {
             **summary(best[3]),
             "threshold": best[1],
@@ -219,7 +224,8 @@ def big_memory(size=4096):
     code = (
         "import resource,time,numpy as np,napari_microml as mm;"
         "from napari_microml.synth.lattice import simulate_lattice;"
-        f"img=np.tile(simulate_lattice((512,512),scene='crystal',spacing=12,dose=500,seed=0).image,({size // 512},{size // 512}));"
+        "img=np.tile(simulate_lattice((512,512),scene='crystal',spacing=12,dose=500,seed=0)"
+        f".image,({size // 512},{size // 512}));"
         "r0=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss;t=time.perf_counter();r=mm.find_atoms(img);"
         "print(time.perf_counter()-t,len(r.positions),r0/1024,resource.getrusage(resource.RUSAGE_SELF).ru_maxrss/1024)"
     )
@@ -273,7 +279,8 @@ def refinement_throughput(n_max=600, repeats=5):
     rms = lambda p, tr: float(np.sqrt(((p - tr) ** 2).sum(1).mean()))  # noqa: E731
     return {
         "n_atoms": len(start),
-        "timing": f"best of {repeats} after a warm-up, both methods alternating (ours: mean of 8 calls each)",
+        "timing": f"best of {repeats} after a warm-up, both methods alternating "
+        "(ours: mean of 8 calls each)",
         "ours_atoms_per_s": round(len(start) / t_ours, 1),
         "scipy_curve_fit_atoms_per_s": round(n / t_base, 1),
         "speedup": round((len(start) / t_ours) / (n / t_base), 1),

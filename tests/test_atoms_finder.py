@@ -109,8 +109,9 @@ def test_a_noisy_wide_lattice_is_resampled_and_a_well_exposed_one_is_not():
 
 
 def test_a_blank_shot_noise_frame_gives_next_to_no_atoms():
-    """Vacuum at 10 counts/px: no lattice to resample to, and (almost) nothing the network calls a column.
-    (The period estimate once read such noise as a 3-4 px lattice and ~1,000 'atoms' came back.)"""
+    """Vacuum at 10 counts/px: no lattice to resample to, and (almost) nothing the network calls a
+    column. (The period estimate once read such noise as a 3-4 px lattice and ~1,000 'atoms' came
+    back.)"""
     frame = np.random.default_rng(13_600_021).poisson(10.0, (256, 256)).astype(np.float32)
     r = mm.find_atoms(frame)
     assert r.parameters["zoom"] == 1.0 and r.parameters["estimated_period_px"] is None
@@ -196,7 +197,8 @@ def test_real_velox_lattice_auto_resamples_the_noisy_frame_and_finds_the_columns
 ):
     """Acquisition_18.emd is noisy and its period (~23 px) is inside the trained range; at native
     scale ('off') the network finds about two columns in three. 'auto' sees a noisy lattice above
-    22 px, resamples it to a 14 px period (as 'always' does) and finds the rest of the same lattice."""
+    22 px, resamples it to a 14 px period (as 'always' does) and finds the rest of the same
+    lattice."""
     from scipy.spatial import cKDTree
 
     from napari_microml.io.reader import read_file

@@ -89,7 +89,8 @@ def test_matching_scores():
 
 
 def test_a_close_neighbour_does_not_pull_the_fit():
-    """A column with an interstitial 0.6 spacings away: each fits only its own side of the bisector."""
+    """A column with an interstitial 0.6 spacings away: each fits only its own side of the
+    bisector."""
     spacing = 12.0
     yy, xx = np.mgrid[0:7, 0:7]
     host = np.column_stack([yy.ravel(), xx.ravel()]) * spacing + 16.0

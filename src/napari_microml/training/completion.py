@@ -1,14 +1,15 @@
 """Train the scan-completion U-Net (``python -m napari_microml.training.completion``).
 
 Phase ``pixel``: the generator (shared U-Net, 4 input planes ``complete.features``, 2 outputs:
-residual on the normalised-convolution fill ``fill.normalized_fill`` and log-variance; head zero-initialised so training starts at the
-fill) is trained with a relative MSE at unmeasured pixels (each crop's MSE divided by the MSE
-of its fill, so noise-free and noisy crops weigh alike) plus a Gaussian NLL for the variance
-head (on the detached residual). Phase ``gan``: starts from the pixel model and adds a
-least-squares adversarial loss from a 2-scale PatchGAN (conditioned on the mask) with a small
-weight. Loss-spike clipping: a step whose loss exceeds ``spike`` × the running median (last
-200 steps) is scaled down to that level. After each phase σ is calibrated by one factor so
-±2σ covers 95 % of held-out validation pixels (fresh seeds), stored as ``meta.sigma_scale``.
+residual on the normalised-convolution fill ``fill.normalized_fill`` and log-variance; head
+zero-initialised so training starts at the fill) is trained with a relative MSE at unmeasured
+pixels (each crop's MSE divided by the MSE of its fill, so noise-free and noisy crops weigh alike)
+plus a Gaussian NLL for the variance head (on the detached residual). Phase ``gan``: starts from
+the pixel model and adds a least-squares adversarial loss from a 2-scale PatchGAN (conditioned on
+the mask) with a small weight. Loss-spike clipping: a step whose loss exceeds ``spike`` × the
+running median (last 200 steps) is scaled down to that level. After each phase σ is calibrated by
+one factor so ±2σ covers 95 % of held-out validation pixels (fresh seeds), stored as
+``meta.sigma_scale``.
 
 Data: a cached pool of ``synth.scenes.simulate_scene`` images (lattices with defects and
 interfaces, particles on supports, amorphous textures, edges; Poisson + read noise at
@@ -63,7 +64,7 @@ def pool(
         simulate_scene((size, size), dose=float(doses[i]), seed=first_seed + i, vacuum=vacuum)
         for i in range(n)
     ]
-    noisy, clean = (np.stack(a) for a in zip(*pairs))
+    noisy, clean = (np.stack(a) for a in zip(*pairs, strict=True))
     np.savez(path, noisy=noisy, clean=clean)
     return noisy, clean
 
@@ -79,7 +80,7 @@ def mask_bank(n: int, seed: int, sizes=(96, 512)) -> list[np.ndarray]:
     512 px spiral has gently curved arms, as in real fields, not always the spiral's centre."""
     rng = np.random.default_rng(seed)
     out = []
-    for i in range(n):
+    for _ in range(n):
         kind = str(rng.choice(TRAIN_KINDS, p=KIND_P))
         size = int(np.exp(rng.uniform(np.log(sizes[0]), np.log(sizes[1]))))
         cov = float(np.exp(rng.uniform(np.log(1 / 100), np.log(1 / 10))))
@@ -138,7 +139,7 @@ def val_set(n: int, crop: int):
         )
         for i in range(n)
     ]
-    return [np.stack(a) for a in zip(*out)]
+    return [np.stack(a) for a in zip(*out, strict=True)]
 
 
 def evaluate(net, val, batch: int = 8) -> dict:
@@ -146,14 +147,14 @@ def evaluate(net, val, batch: int = 8) -> dict:
     import torch
 
     x, t, m = val
-    preds, logv = [], []
+    preds, logvs = [], []
     net.eval()
     with torch.no_grad():
         for i in range(0, len(x), batch):
             out = net(torch.from_numpy(x[i : i + batch])).numpy()
             preds.append(x[i : i + batch, 2] + out[:, 0])
-            logv.append(out[:, 1])
-    pred, logv = np.concatenate(preds), np.concatenate(logv)
+            logvs.append(out[:, 1])
+    pred, logv = np.concatenate(preds), np.concatenate(logvs)
     miss = ~m
     err = (pred - t)[miss]
     z = np.abs(err) / np.exp(0.5 * np.clip(logv[miss], -20, 10))
@@ -174,7 +175,8 @@ def _batch(noisy, clean, rng, batch, crop, bank=None, field=0):
 
     idx = rng.integers(0, len(noisy), batch)
     f, t, m = zip(
-        *(make_sample(noisy[i], clean[i], rng, crop, bank=bank, field=field) for i in idx)
+        *(make_sample(noisy[i], clean[i], rng, crop, bank=bank, field=field) for i in idx),
+        strict=True,
     )
     return (
         torch.from_numpy(np.stack(f)),
@@ -294,7 +296,8 @@ def train(
         "vacuum": vacuum,
         "mask_bank": n_bank,
         "feature_field": max(field, crop),
-        "data": f"synth.scenes.simulate_scene pool of {n_pool} images {pool_size}px, crops {crop}px, "
+        "data": f"synth.scenes.simulate_scene pool of {n_pool} images {pool_size}px, "
+        f"crops {crop}px, "
         "all MASK_KINDS, coverage log-uniform 1/100-1/10",
         "train_seeds": f"{first}..{first + n_pool - 1}",
         "val_seeds": f"{VAL_SEED}..{VAL_SEED + n_val - 1}",
