@@ -230,7 +230,22 @@ def find_atoms_iter(
     rescale="auto",
     input_name: str | None = None,
 ):
-    """Run :func:`find_atoms` as a generator: yield progress tuples, return an AtomsResult."""
+    """Find atomic columns like :func:`find_atoms`, as a generator that reports progress.
+
+    It takes the same parameters as :func:`find_atoms`. Stopping the generator between steps
+    cancels the run.
+
+    Yields
+    ------
+    tuple
+        ``("progress", done, total, message)`` after loading the model, after every network
+        tile and every chunk of fitted columns, frame by frame for a stack.
+
+    Returns
+    -------
+    AtomsResult
+        The generator's return value, as :func:`find_atoms` returns it.
+    """
     import pandas as pd
 
     from napari_microml.nets.registry import load_model, model_provenance

@@ -295,12 +295,31 @@ def finetune_atoms_iter(
     contrast: str = "auto",
     image_names=None,
 ):
-    """Run :func:`finetune_atoms` as a generator; return a :class:`FinetuneResult`.
+    """Fine-tune the atom finder like :func:`finetune_atoms`, as a generator.
 
-    Yields ``("progress", done, total, message)`` every step and
-    ``("loss", step, total, {"loss", "val_f1", "threshold"})`` after every validation pass.
-    Closing it (Stop) before it returns writes nothing: the model files are written at the very
-    end, atomically. ``image_names`` (one per image, optional) go into the model card.
+    It takes the same parameters as :func:`finetune_atoms`, and one more (below). Closing it
+    (Stop) before it returns writes nothing: the model files are written at the very end,
+    atomically.
+
+    Parameters
+    ----------
+    image_names : list of str, optional
+        One name per image (file or layer), recorded in the model card.
+
+    Yields
+    ------
+    tuple
+        ``("progress", done, total, message)`` while preparing, every training step and
+        before the final check; ``("loss", step, total, {"loss": ..., "val_f1": ...,
+        "threshold": ...})`` for the base model (step 0, loss None) and after every validation
+        pass.
+
+    Returns
+    -------
+    FinetuneResult
+        The generator's return value: the model to use (the new one, or ``base`` when the
+        fine-tuned model did not beat it and nothing was written), why, the model card, the
+        validation history and the device.
     """
     import torch
     import torch.nn.functional as F

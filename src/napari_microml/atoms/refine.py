@@ -237,9 +237,49 @@ def refine_positions(
     max_radius: int = 10,
     chunk: int = 1024,
 ) -> tuple[np.ndarray, dict]:
-    """Refine ``positions`` (N, 2) (row, col) on ``image`` (H, W).
+    """Refine atom-column ``positions`` to sub-pixel precision on ``image``.
 
-    :func:`refine_positions_iter` run to its end; see there.
+    The window radius is ``radius`` or 0.4 × the median nearest-neighbour distance, clipped to
+    2–``max_radius`` px (sparse single atoms must not get huge windows; a lattice the finder
+    resampled because its columns are very wide passes a larger cap).
+
+    The fit runs on the image mapped to 0–1 (offset and scale from its own values, float64),
+    so positions do not depend on the image's units; intensities are returned in those units.
+
+    Parameters
+    ----------
+    image : array_like, (H, W)
+        One image, any real dtype and units; NaN/inf pixels are filled before fitting.
+    positions : array_like, (N, 2)
+        Column positions as (row, col) in pixels, inside the image and finite.
+    method : {"gaussian", "com", "none"}
+        ``"gaussian"``: a 2-D Gaussian fit per column (falls back to the centre of mass where
+        the fit fails); ``"com"``: background-subtracted centre of mass; ``"none"``: positions
+        unchanged, intensities and centre-of-mass uncertainties still measured.
+    radius : int or None
+        Window radius in pixels (≥ 1); None picks it from the column spacing as above.
+    max_radius : int
+        Upper bound in pixels (≥ 2) for the automatic radius and for the one wider refit of
+        columns broader than their window.
+    chunk : int
+        Columns fitted per batch (≥ 1): 1,024 keeps a batch's float32 Jacobian (~1.7 MB at a
+        5 px window) inside a 2 MiB L2 cache.
+
+    Returns
+    -------
+    positions : numpy.ndarray, (N, 2) float64
+        Refined (row, col) positions in pixels, in the input order.
+    features : dict of str to numpy.ndarray
+        (N,) arrays: ``intensity`` (peak height above background, image units), ``sigma``
+        (Gaussian width, px; NaN where not fitted), ``position_std`` (1σ positional
+        uncertainty, px, from the fit covariance or the centre-of-mass noise propagation),
+        ``fit_ok`` (bool: the Gaussian fit converged sensibly).
+
+    Raises
+    ------
+    ValueError
+        A bad image, positions that are not (N, 2), NaN or outside the image, a bad method,
+        radius, max_radius or chunk.
     """
     return drain(
         refine_positions_iter(
@@ -257,32 +297,27 @@ def refine_positions_iter(
     max_radius: int = 10,
     chunk: int = 1024,
 ) -> Generator[tuple, None, tuple[np.ndarray, dict]]:
-    """Refine ``positions`` (N, 2) (row, col) on ``image`` (H, W), as a generator.
+    """Refine like :func:`refine_positions`, as a generator that reports progress.
 
-    Yields a progress tuple after every ``chunk`` of columns (a cancel point for the widgets)
-    and returns ``(positions, features)``.
+    It takes the same parameters as :func:`refine_positions`. Stopping the generator between
+    chunks cancels the refinement.
 
-    The window radius is ``radius`` or 0.4 × the median nearest-neighbour distance, clipped to
-    2–``max_radius`` px (sparse single atoms must not get huge windows; a lattice the finder
-    resampled because its columns are very wide passes a larger cap).
+    Yields
+    ------
+    tuple
+        ``("progress", done, total, message)`` after every ``chunk`` of columns (a cancel
+        point for the widgets).
 
-    Columns are fitted ``chunk`` at a time: 1,024 columns keep a batch's float32 Jacobian
-    (~1.7 MB at a 5 px window) inside a 2 MiB L2 cache, measurably faster than larger batches.
-
-    The fit runs on the image mapped to 0–1 (offset and scale from its own values, float64),
-    so positions do not depend on the image's units; intensities are returned in those units.
+    Returns
+    -------
+    tuple of (numpy.ndarray, dict)
+        The generator's return value, ``(positions, features)`` as :func:`refine_positions`
+        returns them.
 
     Raises
     ------
     ValueError
-        A bad image, positions that are not (N, 2), NaN or outside the image, a bad method.
-
-    Returns
-    -------
-    positions : (N, 2) float64 refined positions (the generator's return value)
-    features : dict of (N,) arrays: intensity (peak height above background, image units),
-        sigma (px), position_std (1σ positional uncertainty, px, from the fit covariance or the
-        centre-of-mass noise propagation), fit_ok (bool: the Gaussian fit converged sensibly).
+        As :func:`refine_positions`.
     """
     if method not in METHODS:
         raise ValueError(f"Unknown refinement {method!r}; choose one of {', '.join(METHODS)}.")

@@ -221,7 +221,27 @@ def complete_scan_iter(
     sigma: str = "measurement",
     input_name: str | None = None,
 ):
-    """Run :func:`complete_scan` as a generator (yields progress, returns a CompletionResult)."""
+    """Complete a partial scan like :func:`complete_scan`, as a generator that reports progress.
+
+    It takes the same parameters as :func:`complete_scan`. Stopping the generator between
+    blocks or tiles cancels the run.
+
+    Yields
+    ------
+    tuple
+        ``("progress", done, total, message)`` after every kriging block or network tile,
+        frame by frame for a stack.
+
+    Returns
+    -------
+    CompletionResult
+        The generator's return value, as :func:`complete_scan` returns it.
+
+    Raises
+    ------
+    ValueError
+        As :func:`complete_scan`.
+    """
     from napari_microml.completion.kriging import SIGMA_KINDS
 
     v3, m3, is_stack = check_scan(values, mask)
@@ -412,6 +432,8 @@ def complete_scan(
         of the pixel would read — the signal's uncertainty plus the pixel noise estimated from
         the scan — the figure to compare with a re-scan; ``"signal"`` the 1σ of the noise-free
         signal. Networks report their own calibrated σ (``result.sigma == "network"``).
+    input_name : str, optional
+        Name of the input (file or layer) recorded in ``provenance['input_layer']``.
 
     Returns
     -------

@@ -200,7 +200,23 @@ def segment_defects_iter(
     rescale="auto",
     input_name: str | None = None,
 ):
-    """Run :func:`segment_defects` as a generator: yield progress tuples, return the result."""
+    """Find and classify defects like :func:`segment_defects`, as a generator.
+
+    It takes the same parameters as :func:`segment_defects`. Stopping the generator between
+    steps cancels the run.
+
+    Yields
+    ------
+    tuple
+        ``("progress", done, total, message)`` after choosing or loading the model, after
+        every network tile and while the atom finder runs (when ``atoms`` is not given),
+        frame by frame for a stack.
+
+    Returns
+    -------
+    DefectsResult
+        The generator's return value, as :func:`segment_defects` returns it.
+    """
     import pandas as pd
     from scipy.spatial import cKDTree
 

@@ -99,8 +99,9 @@ class ActiveLearner:
     batch_radius : float, optional
         Local-penalisation radius (px) spreading a batch; default ``max(2, patch_size / 4)``
         (2 for ``features="coords"``, which uses no patch).
-    recent_radius : float
-        Penalise suggestions within this many px of the last ``n_recent`` measurements (0: off).
+    recent_radius, n_recent : float, int
+        Penalise suggestions within ``recent_radius`` px (0: off, the default) of the last
+        ``n_recent`` measurements (10).
     ts_candidates : int
         Size of the candidate subset on which joint Thompson samples are drawn.
     auto_sizes : sequence of int, optional
@@ -471,7 +472,18 @@ class ActiveLearner:
 
     # --- log -------------------------------------------------------------------------------
     def log_records(self) -> list[dict]:
-        """Return the log: one dict per measurement (step, row, col, value, acquisition, ...)."""
+        """Return the campaign's log, one dict per measured point, oldest first.
+
+        Returns
+        -------
+        list of dict
+            Copies of the log entries, keyed as :data:`LOG_FIELDS`: ``step`` (the
+            :meth:`observe` call, from 1), ``row`` and ``col`` (px), ``value`` (as observed),
+            ``acquisition`` (the acquisition value when the point was suggested; NaN for
+            design points and points that were not suggested), ``time_s`` (seconds since the
+            previous :meth:`observe` or the learner's creation) and ``model`` (the surrogate's
+            state summary, None before the first fit).
+        """
         return [dict(r) for r in self.log]
 
     def export_log(self, path: str | Path) -> Path:

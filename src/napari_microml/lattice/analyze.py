@@ -169,9 +169,28 @@ def analyze_lattice_iter(
     sublattice=None,
     input_name: str | None = None,
 ):
-    """Run :func:`analyze_lattice` as a generator: yields progress, returns a LatticeResult.
+    """Analyse a lattice like :func:`analyze_lattice`, as a generator that reports progress.
 
-    ``sublattice`` (N,) int, optional, replaces the automatic assignment (the user's edits).
+    It takes the same parameters as :func:`analyze_lattice`, and two more (below).
+
+    Parameters
+    ----------
+    sublattice : (N,) int, optional
+        A label 0, 1, … per column that replaces the automatic sublattice assignment (the
+        user's edits); sublattice 0 needs at least 6 columns, which define the cell.
+    input_name : str, optional
+        Name of the input (file or layer) recorded in ``provenance['input_layer']``.
+
+    Yields
+    ------
+    tuple
+        ``("progress", done, 4, message)`` before each of the four steps (sublattices, local
+        affine fits, strain and errors, displacements) and when done.
+
+    Returns
+    -------
+    LatticeResult
+        The generator's return value, as :func:`analyze_lattice` returns it.
     """
     pos, img, ref, std_in = _check_inputs(positions, image, reference, position_std)
     pixel_size = check_pixel_size(pixel_size)

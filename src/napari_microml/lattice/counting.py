@@ -269,7 +269,26 @@ def edge_cells(
 def count_atoms_iter(
     image, positions, *, max_count=None, sublattice=None, input_name: str | None = None
 ):
-    """Run :func:`count_atoms` as a generator: yields progress, returns a CountResult."""
+    """Count atoms like :func:`count_atoms`, as a generator that reports progress.
+
+    It takes the same parameters as :func:`count_atoms`, and one more (below).
+
+    Parameters
+    ----------
+    input_name : str, optional
+        Name of the input (file or layer) recorded in ``provenance['input_layer']``.
+
+    Yields
+    ------
+    tuple
+        ``("progress", done, 2, message)`` before the cross-sections, before the Gaussian
+        mixtures and when done.
+
+    Returns
+    -------
+    CountResult
+        The generator's return value, as :func:`count_atoms` returns it.
+    """
     from napari_microml.runtime.validate import as_image_stack
 
     frames, is_stack = as_image_stack(image)
