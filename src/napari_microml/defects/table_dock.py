@@ -23,24 +23,14 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from napari_microml.defects.segment import COLUMNS
 from napari_microml.io.writer import write_defects_csv
 
 MIN_ROWS = 6  # the defect list keeps room for this many rows, even in a crowded dock
 
-SHOWN = (
-    "label",
-    "class",
-    "frame",
-    "row",
-    "col",
-    "area_px",
-    "area_nm2",
-    "confidence",
-    "class_confidence",
-    "source",
-    "nearest_atom_px",
-    "nearest_atom_nm",
-)
+# segment_defects' table less what "class" and "source" already say; a stack's frame after class
+HIDDEN = ("class_id", "column_z")
+SHOWN = tuple(c for c in (*COLUMNS[:2], "frame", *COLUMNS[2:]) if c not in HIDDEN)
 
 
 def _text(value) -> str:

@@ -32,6 +32,7 @@ OUTPUTS = ("_lattice.csv", "_lattice.csv.json", "_lattice.json")
 def add_parser(subparsers) -> None:
     """Add the ``lattice`` subcommand to ``microml``'s subparsers."""
     from napari_microml.cli import EXIT_CODES
+    from napari_microml.runtime.contrast import CONTRASTS
     from napari_microml.runtime.device import CHOICES as DEVICES
 
     what = (
@@ -56,7 +57,7 @@ def add_parser(subparsers) -> None:
     sp.add_argument(
         "--contrast",
         default="auto",
-        choices=["auto", "bright", "dark"],
+        choices=CONTRASTS,
         help="bright: HAADF (sublattice 0 = brightest, atoms counted); dark: ABF/BF "
         "(sublattice 0 = darkest, no counting); auto (default): decided per image",
     )
