@@ -117,10 +117,28 @@ class AtomsResult:
         return self.positions * self.pixel_size
 
 
-def _local_maxima(
-    prob: np.ndarray, threshold: float, min_distance: int
+def local_maxima(
+    prob: np.ndarray, *, threshold: float, min_distance: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Peaks of the probability map, sub-pixel by a 3×3 parabola, and their scores."""
+    """Find the peaks of a probability map, sub-pixel by a 3×3 parabola, and their scores.
+
+    Parameters
+    ----------
+    prob : numpy.ndarray, (H, W)
+        Column probability map (0–1), as the atom finder's network gives it.
+    threshold : float
+        A peak must be above this probability.
+    min_distance : int
+        A peak is the maximum of the (2·min_distance + 1)² pixels around it; a flat top
+        gives one peak.
+
+    Returns
+    -------
+    positions : numpy.ndarray, (N, 2) float64
+        (row, col) of each peak in pixels, each within ±0.5 px of its pixel.
+    scores : numpy.ndarray, (N,) float32
+        The probability at each peak's pixel.
+    """
     from scipy import ndimage as ndi
 
     size = 2 * min_distance + 1
@@ -299,7 +317,7 @@ def find_atoms_iter(
             yield progress(
                 t * total + done, n_frames * total, f"frame {t + 1}/{n_frames}: tile {done}/{total}"
             )
-        pos, score = _local_maxima(prob, threshold, min_distance)
+        pos, score = local_maxima(prob, threshold=threshold, min_distance=min_distance)
         if zoom != 1.0:  # peaks found on the resampled grid; refined on the original pixels
             pos = np.clip(
                 to_original(pos, zoom), -0.5, np.array(frame.shape) - 0.5

@@ -226,7 +226,7 @@ class _Validator:
     def __call__(self, net) -> dict:
         import torch
 
-        from napari_microml.atoms.finder import _local_maxima
+        from napari_microml.atoms.finder import local_maxima
         from napari_microml.atoms.metrics import match_points
         from napari_microml.nets.unet import batch_predictor
         from napari_microml.runtime.tiling import tiled_predict
@@ -248,7 +248,7 @@ class _Validator:
                     multiple=getattr(net, "multiple", 8),
                 )
             )[0]
-            pos, score = _local_maxima(prob, float(THRESHOLDS[0]) - 0.01, 2)
+            pos, score = local_maxima(prob, threshold=float(THRESHOLDS[0]) - 0.01, min_distance=2)
             pos[:, item.axis] += a
             keep = item.in_strip(pos)
             pos, score = pos[keep], score[keep]

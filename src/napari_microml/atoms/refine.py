@@ -190,16 +190,32 @@ def flatten_background(image: np.ndarray, radius: int) -> np.ndarray:
     h, w = img.shape
     if min(h, w) < 4 * q:
         return img - np.median(img)
-    half = _block_reduce(img, 2, np.add) / 4  # 2×2 means: less noise in the minimum
-    low = _block_reduce(half, q, np.minimum)
+    half = block_reduce(img, k=2, ufunc=np.add) / 4  # 2×2 means: less noise in the minimum
+    low = block_reduce(half, k=q, ufunc=np.minimum)
     low = ndi.minimum_filter(low, size=max(-(-(size // 2 + 1) // q), 1), mode="reflect")
     coarse = ndi.gaussian_filter(low, size / (4 * q), mode="reflect")
     # block centres sit at (2q·i + q − ½) px; the upsampler's grid starts at 0
-    return img - _upsample_linear(coarse, 2 * q, img.shape, offset=q - 0.5)
+    return img - upsample_linear(coarse, step=2 * q, shape=img.shape, offset=q - 0.5)
 
 
-def _block_reduce(a: np.ndarray, k: int, ufunc) -> np.ndarray:
-    """``ufunc`` (np.add, np.minimum) over non-overlapping k×k blocks (ragged edge dropped)."""
+def block_reduce(a: np.ndarray, *, k: int, ufunc) -> np.ndarray:
+    """Reduce non-overlapping k×k blocks of an image with a numpy ufunc.
+
+    Parameters
+    ----------
+    a : numpy.ndarray, (H, W)
+        The image.
+    k : int
+        Block edge in pixels; the ragged edge (the last H mod k rows, W mod k columns) is
+        dropped.
+    ufunc : numpy.ufunc
+        A binary ufunc applied in place, e.g. ``np.add`` (block sums) or ``np.minimum``.
+
+    Returns
+    -------
+    numpy.ndarray, (H // k, W // k)
+        One value per block, in ``a``'s dtype.
+    """
     h, w = a.shape[0] // k * k, a.shape[1] // k * k
     out = a[:h:k, :w:k].copy()
     for i in range(k):
@@ -209,13 +225,29 @@ def _block_reduce(a: np.ndarray, k: int, ufunc) -> np.ndarray:
     return out
 
 
-def _upsample_linear(
-    coarse: np.ndarray, step: int, shape: tuple, offset: float = 0.0
+def upsample_linear(
+    coarse: np.ndarray, *, step: int, shape: tuple, offset: float = 0.0
 ) -> np.ndarray:
-    """Interpolate ``coarse`` bilinearly onto ``shape``.
+    """Interpolate a coarse grid bilinearly onto a full-size image.
 
-    Sample i sits at pixel ``offset + step·i`` (clamped at the edges); rows first on the coarse
-    columns, then columns, so the full-size work is one pass.
+    Rows first on the coarse columns, then columns, so the full-size work is one pass.
+
+    Parameters
+    ----------
+    coarse : numpy.ndarray, (h, w)
+        Samples on a grid ``step`` px apart.
+    step : int
+        Coarse grid spacing in full-size pixels.
+    shape : tuple of int
+        (H, W) of the result.
+    offset : float
+        Full-size pixel position of sample 0: sample i sits at ``offset + step·i`` (beyond
+        the first and last samples the values are held constant).
+
+    Returns
+    -------
+    numpy.ndarray, ``shape``
+        The interpolated image, in ``coarse``'s dtype.
     """
     out = coarse
     for axis, n in enumerate(shape):

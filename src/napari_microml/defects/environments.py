@@ -221,13 +221,15 @@ def smooth_wide(f: np.ndarray, sigma: float) -> np.ndarray:
     """
     from scipy import ndimage as ndi
 
-    from napari_microml.atoms.refine import _block_reduce, _upsample_linear
+    from napari_microml.atoms.refine import block_reduce, upsample_linear
 
     k = int(max(1, min(sigma // 4, min(f.shape) // 8)))
     if k == 1:
         return ndi.gaussian_filter(f, sigma, mode="reflect")
-    coarse = ndi.gaussian_filter(_block_reduce(f, k, np.add) / k**2, sigma / k, mode="reflect")
-    return _upsample_linear(coarse, k, f.shape, offset=(k - 1) / 2)
+    coarse = ndi.gaussian_filter(
+        block_reduce(f, k=k, ufunc=np.add) / k**2, sigma / k, mode="reflect"
+    )
+    return upsample_linear(coarse, step=k, shape=f.shape, offset=(k - 1) / 2)
 
 
 def _prepared(frame: np.ndarray, patch: int, centres: np.ndarray) -> np.ndarray:

@@ -83,14 +83,14 @@ def finetune(base, items, steps, seed, size=96, batch=8, lr=5e-4):
 
 def pick_threshold(net, items, thresholds) -> float:
     """The probability threshold with the best mean F1 on ``items`` (the training images)."""
-    from napari_microml.atoms.finder import _local_maxima, find_atoms
+    from napari_microml.atoms.finder import find_atoms, local_maxima
     from napari_microml.atoms.metrics import match_boxes
 
     probs = [find_atoms(img, model=net, refine="none").probability for _, img, _, _ in items]
     f1 = [
         np.mean(
             [
-                match_boxes(_local_maxima(p, t, 2)[0], true)["f1"]
+                match_boxes(local_maxima(p, threshold=t, min_distance=2)[0], true)["f1"]
                 for p, (_, _, true, _) in zip(probs, items, strict=True)
             ]
         )
