@@ -379,3 +379,19 @@ def test_observations_in_any_units_give_the_same_suggestions(pair):
         L.observe(coords, p[coords[:, 0], coords[:, 1]] * scale)
         picks.append(L.suggest(3))
     np.testing.assert_array_equal(picks[0], picks[1])
+
+
+def test_n_recent_zero_penalises_no_past_measurement(pair):
+    from scipy.ndimage import gaussian_filter
+
+    s, _ = pair
+    p = gaussian_filter(s.astype(float), 2)
+
+    def second_batch(**penalty):
+        L = ActiveLearner(s, acquisition="ucb", seed=0, **FAST, **penalty)
+        c = L.suggest(5)
+        L.observe(c, p[c[:, 0], c[:, 1]])
+        return L.suggest(3)
+
+    off = second_batch(recent_radius=0.0)
+    np.testing.assert_array_equal(second_batch(recent_radius=6.0, n_recent=0), off)

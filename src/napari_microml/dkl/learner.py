@@ -408,7 +408,8 @@ class ActiveLearner:
         self._maps = (mean, std)  # predict() reuses them until the next fit
         best_raw = self.best_value
         best = float(self.model.outcome_transform.forward(np.asarray(best_raw)))
-        recent = self.coords[-self.n_recent :] if self.recent_radius > 0 else None
+        on = self.recent_radius > 0 and self.n_recent > 0  # coords[-0:] would be every point
+        recent = self.coords[-self.n_recent :] if on else None
         if self.acquisition.needs_samples:
             ucb = (mean if self.maximize else -mean) + 2 * std
             ucb[~available] = -np.inf
