@@ -96,7 +96,7 @@ def test_shift_vae_lsmo_low_loss_tracks_the_zero_loss_peak(
     # a line scan: a plot of the shift along the line, and the tracked peak over the image
     line = w.line_ax.lines[0]
     np.testing.assert_allclose(line.get_ydata(), shift)
-    assert "µm" in w.line_ax.get_xlabel() and "eV" in w.line_ax.get_ylabel()
+    assert "(nm)" in w.line_ax.get_xlabel() and "eV" in w.line_ax.get_ylabel()  # 125 nm scan
     assert not w.line_canvas.isHidden()
     track = viewer.layers[f"{layer.name} shift track"]  # a thin path over the zero-loss peak
     assert_visible(viewer, track, min_fraction=0.0005, screenshot=tmp_path / "lsmo_low_loss.png")

@@ -1,7 +1,8 @@
 """napari dock widget for the spectral shift-VAE (a thin layer over ``fit_shift_vae_iter``).
 
 The spectral window is chosen around the dominant peak of the mean spectrum (low-loss EELS) or
-the strongest core-loss edge unless the user types one (in the axis's units); a run is refused
+the strongest core-loss edge unless the user types one (in the axis's units); the greyed window
+fields show that choice (judged on a subsample) as soon as a layer is picked; a run is refused
 when neither stands out, and an implausible shift map is flagged on the status line. The
 layer's data are read in the worker. A spectrum image gives shift and latent maps on its image
 plane; a line scan gives a plot of the shift along the line and the tracked peak drawn over the
@@ -45,6 +46,86 @@ def spatial_kwargs(layer, ax: SpectralAxis | None) -> dict:
     full = physical_kwargs(layer)
     index = layer.ndim - 1 if ax is None else ax.index
     return {k: tuple(v[i] for i in range(layer.ndim) if i != index) for k, v in full.items()}
+
+
+def preview_window(layer) -> tuple[tuple[float, float] | None, str, bool]:
+    """The window Auto window will choose for ``layer``, from a subsample of its spectra (cheap
+    enough for the GUI thread), and a sentence saying why.
+
+    Parameters
+    ----------
+    layer : napari.layers.Image
+        A layer with a spectral-axis record in its metadata.
+
+    Returns
+    -------
+    window : (float, float) or None
+        First and last axis values of the window (axis units); the whole axis when no peak or
+        edge stands out, ``None`` when the spectra cannot be sampled.
+    reason : str
+        The sentence for the window fields' tooltip.
+    found : bool
+        Whether a peak or edge stands out (a run with Auto window is refused otherwise).
+    """
+    from napari_microml.runtime.spectral import sample_spectra
+    from napari_microml.spectra.preprocess import auto_window
+
+    try:
+        spectra, ax = sample_spectra(layer.data, layer.metadata, max_spectra=1024)
+    except Exception as err:  # noqa: BLE001 - a preview only; the run reads the data and says why
+        return None, f"Auto window: chosen when the run starts ({err}).", True
+    choice = auto_window(spectra, ax.values, units=ax.units)
+    values = ax.values[choice.start : choice.stop]
+    lo, hi = float(values[0]), float(values[-1])
+    span = f"{lo:.4g}–{hi:.4g} {ax.units}"
+    sample = f"judged on {len(spectra)} spectra; the run uses all of them"
+    if not choice.found:
+        said = (
+            f"Auto window: no peak or edge stands out in the mean spectrum ({span}, {sample}), "
+            "so a run will be refused; untick Auto window and type a window around the feature."
+        )
+        return (lo, hi), said, False
+    return (lo, hi), f"Auto window: {span} ({choice.describe(ax.units)}; {sample}).", True
+
+
+READABLE_LENGTHS = ("pm", "nm", "µm", "mm", "m")
+
+
+def readable_length(values: np.ndarray, units: str) -> tuple[np.ndarray, str]:
+    """``values`` in the length unit that writes their span with 1-3 digits before the point
+    (e.g. a 0.125 µm line scan in nm); anything that is not a length is returned unchanged.
+
+    Parameters
+    ----------
+    values : ndarray (n,)
+        Positions in ``units``.
+    units : str
+        Their units (any pint length; other units pass through).
+
+    Returns
+    -------
+    values : ndarray (n,)
+        The positions in the chosen unit.
+    units : str
+        The chosen unit's symbol.
+    """
+    import pint
+
+    ureg = pint.get_application_registry()
+    try:
+        quantity = ureg.Quantity(np.asarray(values, float), units)
+        if quantity.dimensionality != ureg.meter.dimensionality:
+            return values, units
+    except Exception:  # noqa: BLE001 - "spectrum", "pixel" or anything pint cannot read
+        return values, units
+    span = float(np.ptp(quantity.to("m").magnitude)) if np.size(values) > 1 else 0.0
+    if not span > 0:
+        return values, units
+    chosen = READABLE_LENGTHS[0]
+    for unit in READABLE_LENGTHS:
+        if span >= ureg.Quantity(1.0, unit).to("m").magnitude:
+            chosen = unit
+    return np.asarray(quantity.to(chosen).magnitude, float), chosen
 
 
 def _canvas(height: float = 2.4):
@@ -200,6 +281,7 @@ class ShiftVAEWidget(ToolWidget):
         self._line_layer: tuple | None = None
         self._points: np.ndarray | None = None
         self._units = "channel"
+        self._auto_preview: tuple[float, float] | None = None  # what Auto window will choose
         self.auto_window.changed.connect(self._update_window_controls)
         self.layer_choice.changed.connect(self._on_layer)
         self._on_layer()
@@ -219,25 +301,29 @@ class ShiftVAEWidget(ToolWidget):
     def _update_window_controls(self, *_):
         for w in (self.win_lo, self.win_hi):
             w.enabled = not self.auto_window.value
+        if self.auto_window.value and self._auto_preview is not None:
+            self.win_lo.value, self.win_hi.value = self._auto_preview
 
     def _on_layer(self, *_):
         layer = self.layer_choice.value
         ax = None if layer is None else spectral_axis(layer.metadata, layer.data.shape)
+        self._units = "channel" if ax is None else ax.units
+        u = self._units
+        how = "shows the chosen window after an auto run"
+        self._auto_preview = None
         if ax is not None:
             lo, hi = float(ax.values.min()), float(ax.values.max())
             step = float(abs(ax.values[1] - ax.values[0])) if ax.values.size > 1 else 1.0
             for w in (self.win_lo, self.win_hi):
                 w.min, w.max, w.step = lo, hi, step
-            if self.auto_window.value or self.win_hi.value <= self.win_lo.value:
+            self._auto_preview, how, found = preview_window(layer)
+            if not found and self.auto_window.value:
+                self._say(how)
+            if not self.auto_window.value and self.win_hi.value <= self.win_lo.value:
                 self.win_lo.value, self.win_hi.value = lo, hi
-        self._units = "channel" if ax is None else ax.units
-        u = self._units
         self.win_lo.label, self.win_hi.label = f"Window from ({u})", f"Window to ({u})"
         for w in (self.win_lo, self.win_hi):
-            w.tooltip = (
-                f"Spectral window to fit, in {u} (used when Auto window is off; "
-                "shows the chosen window after an auto run)."
-            )
+            w.tooltip = f"Spectral window to fit, in {u}, used when Auto window is off. {how}"
         self.shift_prior.label = f"Shift prior σ ({u}, 0 = auto)"
         self._update_window_controls()
 
@@ -507,7 +593,9 @@ class ShiftVAEWidget(ToolWidget):
 
     def _draw_line(self, outcome):
         r, plan = outcome.result, outcome.plan
-        pos, pos_units = line_positions(self._layer_metadata(plan.name), r.shift.size)
+        pos, pos_units = readable_length(
+            *line_positions(self._layer_metadata(plan.name), r.shift.size)
+        )
         ax = self.line_ax
         ax.clear()
         shift = r.shift.ravel()
