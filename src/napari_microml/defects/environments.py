@@ -27,6 +27,7 @@ so an atom that differs in a direction PCA did not keep is still unusual.
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -39,6 +40,7 @@ from napari_microml.runtime.validate import (
     check_positions,
     fill_nonfinite,
 )
+from napari_microml.runtime.workers import drain, progress
 
 if TYPE_CHECKING:
     from sklearn.decomposition import PCA
@@ -46,6 +48,7 @@ if TYPE_CHECKING:
 
 DESCRIPTORS = ("rings", "patch")
 N_ANGLES, N_HARMONICS = 32, 6
+CHUNK = 1024  # atoms sampled between two cancel points
 
 
 @dataclass
@@ -265,6 +268,17 @@ def describe(
 
     Sub-pixel bilinear sampling; outside the image the frame is mirrored (reflect padding).
     """
+    return drain(_describe_iter(stack, positions, frames, patch_size, descriptor))
+
+
+def _describe_iter(
+    stack: np.ndarray,
+    positions: np.ndarray,
+    frames: np.ndarray,
+    patch_size: int,
+    descriptor: str = "rings",
+) -> Generator[tuple, None, np.ndarray]:
+    """:func:`describe` as a generator: yields progress per frame and per ``CHUNK`` atoms."""
     from scipy import ndimage as ndi
 
     half = patch_size // 2
@@ -280,20 +294,31 @@ def describe(
     else:
         raise ValueError(f"Unknown descriptor {descriptor!r}; choose from {DESCRIPTORS}.")
     out = np.zeros((len(positions), len(off)))
-    for f in np.unique(frames):
-        sel = frames == f
-        img = _prepared(stack[f], patch_size, positions[sel])
-        coords = positions[sel][:, None, :] + off[None]
-        if descriptor == "rings":  # past the border: use the point opposite through the atom
-            hw = np.array(img.shape, float) - 1
-            out_ = ((coords < 0) | (coords > hw)).any(-1, keepdims=True)
-            mirror = positions[sel][:, None, :] - off[None]
-            coords = np.where(
-                out_ & ~((mirror < 0) | (mirror > hw)).any(-1, keepdims=True), mirror, coords
+    uniq = np.unique(frames)
+    total = len(uniq) + sum(-(-int((frames == f).sum()) // CHUNK) for f in uniq)
+    done = 0
+    for f in uniq:
+        idx = np.flatnonzero(frames == f)
+        img = _prepared(stack[f], patch_size, positions[idx])
+        done += 1
+        yield progress(done, total, f"environments: descriptors, frame {f + 1}")
+        hw = np.array(img.shape, float) - 1
+        for start in range(0, len(idx), CHUNK):  # sampling is per point: chunks change nothing
+            sel = idx[start : start + CHUNK]
+            coords = positions[sel][:, None, :] + off[None]
+            if descriptor == "rings":  # past the border: use the point opposite through the atom
+                out_ = ((coords < 0) | (coords > hw)).any(-1, keepdims=True)
+                mirror = positions[sel][:, None, :] - off[None]
+                coords = np.where(
+                    out_ & ~((mirror < 0) | (mirror > hw)).any(-1, keepdims=True), mirror, coords
+                )
+            out[sel] = ndi.map_coordinates(
+                img, coords.reshape(-1, 2).T, order=1, mode="reflect"
+            ).reshape(len(sel), len(off))
+            done += 1
+            yield progress(
+                done, total, f"environments: descriptors, {start + len(sel)}/{len(idx)} atoms"
             )
-        out[sel] = ndi.map_coordinates(
-            img, coords.reshape(-1, 2).T, order=1, mode="reflect"
-        ).reshape(sel.sum(), len(off))
     if descriptor == "patch":
         return out
     rings = out.reshape(len(positions), len(radii), N_ANGLES)
@@ -314,8 +339,11 @@ def _fit(
     seed,
     min_class_size,
     unusual_k,
-) -> tuple[EnvironmentModel, dict]:
-    """PCA (whitened) + Gaussian mixtures for every candidate k; the BIC-best eligible one."""
+) -> Generator[tuple, None, tuple[EnvironmentModel, dict]]:
+    """PCA (whitened) + Gaussian mixtures for every candidate k; the BIC-best eligible one.
+
+    A generator: yields ``("fit", k, n_candidates)`` after each mixture (a cancel point).
+    """
     from sklearn.decomposition import PCA
     from sklearn.mixture import GaussianMixture
 
@@ -334,7 +362,7 @@ def _fit(
         else list(range(1, max(1, min(max_classes, n // 5)) + 1))
     )
     bic, fits, eligible = {}, {}, []
-    for k in ks:
+    for i, k in enumerate(ks):
         gmm = GaussianMixture(
             k,
             covariance_type=covariance,
@@ -349,12 +377,29 @@ def _fit(
             or np.bincount(gmm.predict(z), minlength=k).min() >= min_class_size
         ):
             eligible.append(k)
+        yield ("fit", i + 1, len(ks))
     # a class of a handful of outliers would make them look ordinary: such k are not chosen
     gmm = fits[min(eligible or [ks[0]], key=lambda k: bic[k])]
     order = np.argsort(-gmm.weights_, kind="stable")
     return EnvironmentModel(
         descriptor, patch_size, pca, gmm, order, noise_var, np.inf, unusual_k
     ), bic
+
+
+def _fit_pass(
+    feats: np.ndarray, which: int, settings: dict
+) -> Generator[tuple, None, tuple[EnvironmentModel, dict]]:
+    """Run :func:`_fit` one mixture at a time, each under one BLAS thread, as progress."""
+    from threadpoolctl import threadpool_limits
+
+    gen = _fit(feats, **settings)
+    while True:
+        with threadpool_limits(1):  # small matrices: threads only contend (and oversubscribe)
+            try:
+                _, k, n_k = next(gen)
+            except StopIteration as stop:
+                return stop.value
+        yield progress(k, n_k, f"environments, pass {which}: mixture {k}/{n_k}")
 
 
 def classify_environments(
@@ -416,6 +461,55 @@ def classify_environments(
     ValueError
         Bad image or position shapes, positions outside the frames, or too few atoms.
     """
+    return drain(
+        classify_environments_iter(
+            image,
+            positions,
+            patch_size=patch_size,
+            n_classes=n_classes,
+            max_classes=max_classes,
+            n_pca=n_pca,
+            seed=seed,
+            descriptor=descriptor,
+            covariance=covariance,
+            n_init=n_init,
+            unusual_k=unusual_k,
+            min_class_size=min_class_size,
+        )
+    )
+
+
+def classify_environments_iter(
+    image,
+    positions,
+    *,
+    patch_size: int | None = None,
+    n_classes: int | None = None,
+    max_classes: int = 8,
+    n_pca: int | None = None,
+    seed: int = 0,
+    descriptor: str = "rings",
+    covariance: str = "auto",
+    n_init: int = 3,
+    unusual_k: float = 4.0,
+    min_class_size: int | None = None,
+) -> Generator[tuple, None, EnvironmentsResult]:
+    """:func:`classify_environments` as a generator, for a worker that can be cancelled.
+
+    It takes the same parameters as :func:`classify_environments` and gives the same result.
+
+    Yields
+    ------
+    tuple
+        ``("progress", done, total, message)`` per frame and per 1024 atoms while the
+        descriptors are sampled, and after every mixture fitted (one per candidate number of
+        classes, in each of the two passes); stopping the generator there cancels the run.
+
+    Returns
+    -------
+    EnvironmentsResult
+        The generator's return value, as :func:`classify_environments` returns it.
+    """
     from threadpoolctl import threadpool_limits
 
     stack, is_stack = _scaled(image)
@@ -452,7 +546,7 @@ def classify_environments(
             f"patch_size {patch_size} px must be between 3 and the image size "
             f"{min(stack.shape[1:])} px."
         )
-    all_feats = describe(stack, pos, frames, patch_size, descriptor)
+    all_feats = yield from _describe_iter(stack, pos, frames, patch_size, descriptor)
     edge = near_edge(pos, stack.shape[1:], patch_size)
     fit_on = ~edge if (~edge).sum() >= max(10, n // 2) else np.ones(n, bool)
     n_fit = int(fit_on.sum())
@@ -477,14 +571,15 @@ def classify_environments(
     )
     # pass 1 on every interior atom; pass 2 without the atoms pass 1 found unusual, so that a
     # few outliers cannot claim PCA directions of their own and hide in them
-    with threadpool_limits(1):  # small matrices: threads only contend (and oversubscribe)
-        model, bic = _fit(all_feats[fit_on], **settings)
+    model, bic = yield from _fit_pass(all_feats[fit_on], 1, settings)
+    with threadpool_limits(1):
         nll = model.score(all_feats)[2]
-        used = fit_on & (nll <= _robust_cut(nll[fit_on], unusual_k))
-        if used.sum() >= max(10, n_fit // 2) and used.sum() < n_fit:
-            model, bic = _fit(all_feats[used], **settings)
-        else:
-            used = fit_on
+    used = fit_on & (nll <= _robust_cut(nll[fit_on], unusual_k))
+    if used.sum() >= max(10, n_fit // 2) and used.sum() < n_fit:
+        model, bic = yield from _fit_pass(all_feats[used], 2, settings)
+    else:
+        used = fit_on
+    with threadpool_limits(1):
         cls = model.score(all_feats)[0]
         model.order = model.order[
             np.argsort(-np.bincount(cls, minlength=len(model.order)), kind="stable")

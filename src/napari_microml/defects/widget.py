@@ -13,7 +13,7 @@ from magicgui.widgets import ComboBox, FloatSlider
 
 from napari_microml.atoms.widget import CONTRAST_TIP, points_to_pixels
 from napari_microml.defects.classes import CLASS_COLORS
-from napari_microml.defects.environments import classify_environments
+from napari_microml.defects.environments import classify_environments_iter
 from napari_microml.defects.segment import segment_defects_iter
 from napari_microml.runtime.contrast import CONTRASTS, ContrastChoice
 from napari_microml.runtime.provenance import KEY
@@ -231,7 +231,7 @@ class DefectSegmenterWidget(ToolWidget):
                 grey = np.asarray(image, np.float32)  # (never negate unsigned integers)
                 dark = res.provenance["parameters"]["contrast"] == "dark"
                 try:
-                    env = classify_environments(
+                    env = yield from classify_environments_iter(  # Cancel lands between steps
                         -grey if dark else grey,
                         res.atoms,
                         n_classes=None if n_env == "auto" else int(n_env),
