@@ -126,8 +126,8 @@ def read_file(path) -> list[LayerData]:
     try:
         if module is None:
             dicts = _read_numpy(p, lazy)
-        elif ext == ".h5" and not _is_hyperspy_h5(p) and _nsid_datasets(p):
-            dicts = _read_nsid(p)
+        elif ext == ".h5" and not _is_hyperspy_h5(p):  # pyNSID; anything else: rsciio's error
+            dicts = _read_nsid(p) or _read_rsciio(p, module, lazy)
         else:
             dicts = _read_rsciio(p, module, lazy)
     except Exception as err:  # noqa: BLE001 - turned into one clear sentence
