@@ -4,7 +4,10 @@ Every kind returns a boolean ``(H, W)`` mask whose measured fraction matches the
 ``coverage`` (``1/17.9`` means 5.6 % of the pixels are measured). Curved trajectories (spiral,
 Lissajous, random walk) are traced at sub-pixel arc-length steps and rasterised to the nearest
 pixel; their free parameter (arm spacing, frequency, walk length) is tuned so the measured
-fraction is within 2 % (relative) of the request.
+fraction is within 2 % (relative) of the request. The instrument-like kinds (thick traces,
+partial lines, jittered and drifting grids, regions of interest) imitate what real scans measure:
+beams wider than a pixel and paths that wobble, lines cut short, positions that miss their
+targets or drift with time, and a dense region inside a sparse survey.
 """
 
 from __future__ import annotations
@@ -12,8 +15,22 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
+from scipy import ndimage as ndi
 
-MASK_KINDS = ("spiral", "grid", "lines", "random", "random_walk", "lissajous", "line_hopping")
+MASK_KINDS = (
+    "spiral",
+    "grid",
+    "lines",
+    "random",
+    "random_walk",
+    "lissajous",
+    "line_hopping",
+    "thick_trace",
+    "partial_lines",
+    "jittered_grid",
+    "drifting_grid",
+    "roi",
+)
 _STEP = 0.5  # arc-length sampling of traced trajectories (px)
 
 
@@ -207,6 +224,176 @@ def _random(shape, coverage, rng) -> np.ndarray:
     return mask.reshape(shape)
 
 
+def _smooth_field(shape, amplitude: float, length: float, rng) -> np.ndarray:
+    """Draw a smooth random displacement field (2, H, W) in px.
+
+    White noise blurred over ``length`` px, scaled so its RMS is ``amplitude``.
+    """
+    h, w = shape
+    step = max(1, int(length // 4))  # blur on a coarse grid, then upsample: cheap on big fields
+    small = rng.normal(size=(2, -(-h // step) + 1, -(-w // step) + 1))
+    small = ndi.gaussian_filter(small, (0, length / step, length / step), mode="wrap")
+    field = ndi.zoom(small, (1, step, step), order=1)[:, :h, :w]
+    field -= field.mean(axis=(1, 2), keepdims=True)
+    return field * (amplitude / max(float(np.sqrt(np.mean(field**2))), 1e-12))
+
+
+def _thick_trace(shape, coverage, rng) -> np.ndarray:
+    """Trace a thick, wobbling spiral, Lissajous or random walk (a real beam's path).
+
+    The beam is 1-4 px wide, its path wobbles (drift, 0-3 px RMS) and the trace's edges are
+    ragged (a blurred probe).
+    """
+    base = str(rng.choice(["spiral", "lissajous", "random_walk"], p=[0.6, 0.3, 0.1]))
+    width = int(rng.integers(1, 5))
+    amp, length = rng.uniform(0, 3), rng.uniform(16, 96)
+    ragged = rng.uniform(0, 0.3)  # share of the trace's edge pixels not measured
+    seeds = rng.integers(2**31, size=3)
+    shift = _smooth_field(shape, amp, length, np.random.default_rng(seeds[1]))
+    grid = np.indices(shape, dtype=np.float64)
+    rows = np.clip(np.rint(grid[0] + shift[0]), 0, shape[0] - 1).astype(np.int64)
+    cols = np.clip(np.rint(grid[1] + shift[1]), 0, shape[1] - 1).astype(np.int64)
+    edge_draw = np.random.default_rng(seeds[2]).uniform(size=shape)
+
+    def make(thin_cov: float) -> np.ndarray:
+        thin = _MAKERS[base](shape, thin_cov, np.random.default_rng(seeds[0]))[rows, cols]
+        if width == 1:
+            return thin
+        thick = ndi.binary_dilation(thin, np.ones((width, width), bool))
+        edge = thick & ~ndi.binary_erosion(thick, border_value=1)
+        return thick & ~(edge & (edge_draw < ragged))
+
+    target = coverage * shape[0] * shape[1]
+    thin_cov, best, best_err = coverage / width, np.zeros(shape, bool), np.inf
+    for _ in range(6):  # fixed point on the thickening factor, which varies slowly with thin_cov
+        mask = make(min(thin_cov, 1.0))
+        n = int(mask.sum())
+        if abs(n - target) < best_err:
+            best, best_err = mask, abs(n - target)
+        if best_err <= 0.01 * target or n == 0:
+            break
+        thin_cov = min(1.0, thin_cov * target / n)
+    # the exact count: fray the trace's edge or widen it by single pixels along its border
+    # (several rounds where the path cannot get shorter, e.g. a spiral's last arm)
+    pick = np.random.default_rng(seeds[2])
+    for _ in range(8):
+        diff = int(best.sum()) - max(1, int(round(target)))
+        if diff > 0:
+            pool = np.flatnonzero((best & ~ndi.binary_erosion(best, border_value=1)).ravel())
+        else:
+            pool = np.flatnonzero((ndi.binary_dilation(best) & ~best).ravel())
+        if diff == 0 or pool.size == 0:
+            break
+        best.ravel()[pick.choice(pool, min(abs(diff), pool.size), replace=False)] = diff < 0
+    return best
+
+
+def _partial_lines(shape, coverage, rng) -> np.ndarray:
+    """Scan evenly spaced rows, each over one random stretch of 20-100 % of the width.
+
+    A line scan cut short: a partial-line acquisition.
+    """
+    h, w = shape
+    target = coverage * h * w
+    frac = rng.uniform(0.2, 1.0, size=h)
+    n_rows = int(np.clip(np.searchsorted(np.cumsum(frac * w), target) + 1, 1, h))
+    step = h / n_rows
+    rows = np.floor(np.arange(n_rows) * step + rng.uniform(0, step)).astype(int).clip(0, h - 1)
+    lengths = frac[:n_rows] * w * target / max(float(np.sum(frac[:n_rows] * w)), 1.0)
+    lengths = np.clip(np.rint(lengths), 1, w).astype(int)
+    mask = np.zeros(shape, bool)
+    for row, n in zip(rows, lengths, strict=True):
+        start = int(rng.integers(0, w - n + 1))
+        mask[row, start : start + n] = True
+    return mask
+
+
+def _grid_points(shape, coverage, rng) -> tuple[np.ndarray, np.ndarray, float, float]:
+    """Row and column coordinates (float, raster order) of a regular point grid, and its steps."""
+    h, w = shape
+    target = coverage * h * w
+    n_rows = int(np.clip(round(np.sqrt(target * h / w)), 1, h))
+    n_cols = int(np.clip(round(target / n_rows), 1, w))
+    step_r, step_c = h / n_rows, w / n_cols
+    r = np.arange(n_rows) * step_r + rng.uniform(0, step_r)
+    c = np.arange(n_cols) * step_c + rng.uniform(0, step_c)
+    rr, cc = np.meshgrid(r, c, indexing="ij")
+    return rr.ravel(), cc.ravel(), step_r, step_c
+
+
+def _place(shape, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """Mark the pixels at float positions, reflected back into the field at its edges."""
+    h, w = shape
+    r = np.clip(np.floor(_mirror(rows, h)), 0, h - 1).astype(np.int64)
+    c = np.clip(np.floor(_mirror(cols, w)), 0, w - 1).astype(np.int64)
+    mask = np.zeros(shape, bool)
+    mask[r, c] = True
+    return mask
+
+
+def _jittered_grid(shape, coverage, rng) -> np.ndarray:
+    """Scan a point grid whose every position misses its target by up to 10-45 % of a step."""
+    rows, cols, sr, sc = _grid_points(shape, coverage, rng)
+    j = rng.uniform(0.1, 0.45)
+    return _place(
+        shape,
+        rows + rng.uniform(-j, j, rows.size) * sr,
+        cols + rng.uniform(-j, j, cols.size) * sc,
+    )
+
+
+def _drifting_grid(shape, coverage, rng) -> np.ndarray:
+    """Scan a point grid in raster order while the specimen drifts.
+
+    A steady drift of 0.5-3 steps over the scan (a sheared, stretched grid), a slow wander and
+    a small jitter.
+    """
+    rows, cols, sr, sc = _grid_points(shape, coverage, rng)
+    t = np.linspace(0.0, 1.0, rows.size)
+    out = []
+    for pos, step in ((rows, sr), (cols, sc)):
+        steady = rng.uniform(0.5, 3.0) * rng.choice([-1, 1]) * t
+        freq, phase = rng.uniform(0.5, 3.0), rng.uniform(0, 2 * np.pi)
+        wander = rng.uniform(0, 0.5) * np.sin(2 * np.pi * freq * t + phase)
+        jitter = rng.normal(0, 0.05, t.size)
+        out.append(pos + (steady + wander + jitter) * step)
+    return _place(shape, out[0], out[1])
+
+
+def _roi(shape, coverage, rng) -> np.ndarray:
+    """Scan one to three regions of interest densely and the rest sparsely.
+
+    The rectangles (every pixel, or every 2nd-3rd row) hold 30-80 % of the measured pixels; a
+    random, grid or spiral survey covers the rest of the field.
+    """
+    h, w = shape
+    target = max(1, int(round(coverage * h * w)))
+    roi_share = rng.uniform(0.3, 0.8)
+    n_roi = int(rng.integers(1, 4))
+    every = int(rng.choice([1, 1, 2, 3]))  # row spacing inside the rectangles
+    area = min(0.5 * h * w, roi_share * target * every)  # rectangles: at most half the field
+    mask = np.zeros(shape, bool)
+    for a in rng.dirichlet(np.ones(n_roi)) * area:
+        aspect = np.exp(rng.uniform(-0.7, 0.7))
+        rh = int(np.clip(round(np.sqrt(a * aspect)), 1, h))
+        rw = int(np.clip(round(a / rh), 1, w))
+        y, x = int(rng.integers(0, h - rh + 1)), int(rng.integers(0, w - rw + 1))
+        block = np.zeros((rh, rw), bool)
+        block[int(rng.integers(every)) :: every] = True
+        mask[y : y + rh, x : x + rw] |= block
+    survey = str(rng.choice(["random", "grid", "spiral"]))
+    rest = target - int(mask.sum())
+    if rest > 0:
+        cov = min(1.0, rest / max(1, int((~mask).sum())))
+        mask |= _MAKERS[survey](shape, cov, rng) & ~mask
+    # exact count: drop surplus measured pixels or add missing ones at random
+    diff = int(mask.sum()) - target
+    pool = np.flatnonzero(mask.ravel() if diff > 0 else ~mask.ravel())
+    flip = rng.choice(pool, min(abs(diff), pool.size), replace=False)
+    mask.ravel()[flip] = diff < 0
+    return mask
+
+
 _MAKERS = {
     "spiral": _spiral,
     "grid": _grid,
@@ -215,6 +402,11 @@ _MAKERS = {
     "random_walk": _random_walk,
     "lissajous": _lissajous,
     "line_hopping": _line_hopping,
+    "thick_trace": _thick_trace,
+    "partial_lines": _partial_lines,
+    "jittered_grid": _jittered_grid,
+    "drifting_grid": _drifting_grid,
+    "roi": _roi,
 }
 
 
@@ -226,9 +418,15 @@ def scan_mask(kind: str, shape: tuple[int, int], coverage: float, *, seed: int =
     kind : str
         One of :data:`MASK_KINDS`: ``"spiral"`` (Archimedean, evenly spaced arms),
         ``"grid"`` (a regular point grid), ``"lines"`` (every k-th scan row), ``"random"``
-        (random pixels), ``"random_walk"`` (a smoothly turning random path) or
-        ``"lissajous"`` (a Lissajous figure) or ``"line_hopping"`` (every k-th line scanned in
-        8-64 px segments, each on a random row of its line's band).
+        (random pixels), ``"random_walk"`` (a smoothly turning random path),
+        ``"lissajous"`` (a Lissajous figure), ``"line_hopping"`` (every k-th line scanned in
+        8-64 px segments, each on a random row of its line's band), ``"thick_trace"`` (a spiral,
+        Lissajous or random walk traced by a 1-4 px wide beam on a wobbling path, ragged
+        edges), ``"partial_lines"`` (evenly spaced rows, each scanned over one random stretch
+        of 20-100 % of the width), ``"jittered_grid"`` (a point grid, each position off by up
+        to 45 % of a step), ``"drifting_grid"`` (a point grid sheared and stretched by drift
+        during the scan) or ``"roi"`` (1-3 densely scanned rectangles and a sparse survey
+        elsewhere).
     shape : (int, int)
         Image height and width in pixels (each at least 8).
     coverage : float
@@ -239,9 +437,10 @@ def scan_mask(kind: str, shape: tuple[int, int], coverage: float, *, seed: int =
     Returns
     -------
     ndarray of bool, shape (H, W)
-        True where a pixel is measured. Spiral, Lissajous, random walk and random masks match
-        ``coverage`` within 2 % (relative); grid, lines and line hopping are quantised to whole
-        rows/columns.
+        True where a pixel is measured. Spiral, Lissajous, random walk, random, thick trace,
+        partial lines and ROI masks match ``coverage`` within 2 % (relative); grid, lines, line
+        hopping and the jittered and drifting grids are quantised to whole rows/columns (and
+        grid points that drift onto one pixel count once).
     """
     if kind not in _MAKERS:
         raise ValueError(f"Unknown scan kind {kind!r}; choose one of {', '.join(MASK_KINDS)}.")

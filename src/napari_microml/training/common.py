@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 
 import numpy as np
@@ -23,6 +24,17 @@ def dihedral(arrays: list[np.ndarray], k: int) -> list[np.ndarray]:
             a = a[..., ::-1]
         out.append(np.ascontiguousarray(a))
     return out
+
+
+def budget_lr_factor(step: int, steps: int, elapsed_s: float, budget_s: float) -> float | None:
+    """LR factor of a 5 % warm-up + cosine schedule on progress = max(step / steps, elapsed /
+    budget), floored at 0.01; None once progress reaches 1 (the run ends, annealed, on time)."""
+    progress = max((step - 1) / steps, elapsed_s / budget_s)
+    if progress >= 1:
+        return None
+    if progress < 0.05:
+        return max(progress / 0.05, 0.01)
+    return max(0.5 * (1 + math.cos(math.pi * (progress - 0.05) / 0.95)), 0.01)
 
 
 class Log:

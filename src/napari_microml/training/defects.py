@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from napari_microml.synth.defects import simulate_defects
 from napari_microml.synth.render import heatmap
 from napari_microml.training.common import (
     Log,
+    budget_lr_factor,
     dihedral,
     lattice_for,
     parse_weights,
@@ -157,16 +157,11 @@ def train(
         # one-cycle schedule on progress = max(step / steps, wall time / budget): on a shared
         # CPU the run ends on time, annealed; without a binding budget it is step-exact
         step += 1
-        progress = max((step - 1) / steps, (time.time() - log.t0) / budget_s)
-        if progress >= 1:
+        factor = budget_lr_factor(step, steps, time.time() - log.t0, budget_s)
+        if factor is None:
             break
-        factor = (
-            progress / 0.05
-            if progress < 0.05
-            else 0.5 * (1 + math.cos(math.pi * (progress - 0.05) / 0.95))
-        )
         for group in opt.param_groups:
-            group["lr"] = lr * max(factor, 0.01)
+            group["lr"] = lr * factor
         net.train()
         xb, yb, hb = [], [], []
         for i in rng.integers(0, n_train, batch):
