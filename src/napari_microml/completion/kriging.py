@@ -48,18 +48,24 @@ def _matern(d, length, amp, kernel: str = "matern32"):
         (np.sqrt(3.0) if kernel == "matern32" else np.sqrt(5.0)) / length,
         out=d if isinstance(d, np.ndarray) and d.dtype.kind == "f" else None,
     )
-    # in place, two arrays of d's size (the block pass is bound by these element-wise passes)
+    poly = _matern_of_r(r, kernel)
+    poly *= amp
+    return poly
+
+
+def _matern_of_r(r: np.ndarray, kernel: str) -> np.ndarray:
+    """Matérn correlation of scaled distances ``r`` (√3·d/ℓ or √5·d/ℓ); ``r`` is consumed.
+    In place, two arrays of r's size (the block pass is bound by these element-wise passes)."""
     if kernel == "matern32":
         poly = r + 1.0
     else:
-        poly = r * r
-        poly /= 3.0
-        poly += r
+        poly = r * (1.0 / 3.0)
+        poly += 1.0
+        poly *= r
         poly += 1.0
     np.negative(r, out=r)
     np.exp(r, out=r)
     poly *= r
-    poly *= amp
     return poly
 
 
@@ -196,6 +202,7 @@ def predict_blocks(
     k: int,
     kernel: str,
     offsets: np.ndarray | None = None,
+    reach: int = 0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Kriging of ``block``×``block`` pixel blocks from the measured points around each centre.
 
@@ -208,27 +215,25 @@ def predict_blocks(
     length, amp, noise : kernel length (px), signal and pixel-noise variances (standardised).
     k : neighbours per block (octant-balanced, see :func:`_octant_neighbours`).
     offsets : (B, q, 2) optional pixels to predict in each block, relative to its corner
-        (default: all block² of them).
+        (default: the square window of ``(block + 2·reach)²`` pixels).
+    reach : px the default window reaches past each block edge.
 
     Returns
     -------
-    rows, cols : (B, block² or q) int pixel indices (may run past ``shape`` by < ``block``).
-    mean : (B, block² or q) latent mean (standardised units); the local mean is the
-        neighbours' mean.
-    var : (B, block² or q) latent variance (without the pixel noise).
+    rows, cols : (B, q) int pixel indices (may run past ``shape`` by < ``block + reach``;
+        q = (block + 2·reach)² without ``offsets``).
+    mean : (B, q) latent mean (standardised units); the local mean is the neighbours' mean.
+    var : (B, q) latent variance (without the pixel noise).
     """
     pts = tree.data
     h, w = shape
     k = int(min(k, len(pts)))
+    span = np.arange(-reach, block + reach)
     off = (
-        np.stack(np.meshgrid(np.arange(block), np.arange(block), indexing="ij"), -1)
-        .reshape(1, -1, 2)
-        .astype(np.float64)
+        np.stack(np.meshgrid(span, span, indexing="ij"), -1).reshape(1, -1, 2).astype(np.float64)
         if offsets is None
         else np.asarray(offsets, np.float64)
     )
-    off32 = off.astype(np.float32)
-    off2 = (off32**2).sum(-1)
     c0 = np.asarray(corners)
     centres = c0 + (np.minimum(block, np.stack([h - c0[:, 0], w - c0[:, 1]], 1)) - 1) / 2.0
     idx = _octant_neighbours(tree, pts, centres, k)
@@ -241,13 +246,23 @@ def predict_blocks(
     kinv = np.linalg.inv(kmat)
     ym = y.mean(1, keepdims=True)
     alpha = np.einsum("bij,bj->bi", kinv, y - ym)
-    # the b²×k cross-covariances dominate the cost: float32 (their rounding is ~1e-7 of the
-    # measured std, far below any noise)
-    nb32 = nb.astype(np.float32)
-    d2 = off2[:, :, None] + (nb32**2).sum(-1)[:, None, :] - 2.0 * (off32 @ nb32.transpose(0, 2, 1))
-    ks = _matern(np.sqrt(np.maximum(d2, 0, out=d2), out=d2), length, amp, kernel)  # (B, b², k)
-    mu_b = ym + (ks @ alpha[..., None].astype(np.float32))[..., 0]
-    var_b = amp - np.einsum("bqk,bqk->bq", ks @ kinv.astype(np.float32), ks)
+    # the q×k cross-covariances dominate the cost: float32 (their rounding is ~1e-7 of the
+    # measured std, far below any noise), in units of the kernel's length
+    to_r = (np.sqrt(3.0) if kernel == "matern32" else np.sqrt(5.0)) / length
+    nb32 = (nb * to_r).astype(np.float32)
+    if offsets is None:  # a square window: squared distance = row part + column part
+        s32 = (span * to_r).astype(np.float32)[None, :, None]
+        d_r = np.square(s32 - nb32[:, None, :, 0])
+        d_c = np.square(s32 - nb32[:, None, :, 1])
+        r = np.add(d_r[:, :, None, :], d_c[:, None, :, :]).reshape(len(c0), -1, k)
+    else:
+        off32 = (off * to_r).astype(np.float32)
+        r = (off32**2).sum(-1)[:, :, None] + (nb32**2).sum(-1)[:, None, :]
+        r -= 2.0 * (off32 @ nb32.transpose(0, 2, 1))
+        np.maximum(r, 0, out=r)
+    ks = _matern_of_r(np.sqrt(r, out=r), kernel)  # (B, q, k) correlations (amp 1)
+    mu_b = ym + (ks @ (amp * alpha)[..., None].astype(np.float32))[..., 0]
+    var_b = amp - amp * amp * np.einsum("bqk,bqk->bq", ks @ kinv.astype(np.float32), ks)
     rr = (c0[:, None, 0] + off[..., 0]).astype(int)
     cc = (c0[:, None, 1] + off[..., 1]).astype(int)
     return rr, cc, mu_b, var_b
@@ -319,8 +334,6 @@ def local_gp_iter(
     by, bx = np.meshgrid(np.arange(0, h, block), np.arange(0, w, block), indexing="ij")
     corners = np.stack([by.ravel(), bx.ravel()], 1)
     # (block + 2o)² window per block, shifted by o in padded accumulators
-    span = np.arange(-o, block + o)
-    off = np.stack(np.meshgrid(span, span, indexing="ij"), -1).reshape(1, -1, 2)
     w1 = blend_weights(block, o)
     wgt = np.outer(w1, w1).ravel()
     # blocks of one parity class (row, column index mod 2) never overlap: plain += is exact
@@ -343,7 +356,7 @@ def local_gp_iter(
                 noise=noise,
                 k=k,
                 kernel=kernel,
-                offsets=off if o else None,
+                reach=o,
             )
             rr, cc = rr + o, cc + o
             par = parity[i0 : i0 + len(c0)]
@@ -612,7 +625,7 @@ def lattice_kriging_iter(
     except ValueError:  # the lattice leaves an exactly flat residual: nothing to krige
         lm = None
     if lm is not None and p_res is not None and trend_img is not None:
-        gram, rhs = normal_equations(pts - lm.origin, v[m], lm.freqs)
+        gram, rhs = lm.normal or normal_equations(pts - lm.origin, v[m], lm.freqs)
 
         def lattice_trend(keep, held):
             # refitted without the left-out pixels: their rows taken out of the normal equations

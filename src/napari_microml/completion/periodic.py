@@ -35,12 +35,15 @@ class LatticeMean:
     freqs : (M, 2) harmonic frequencies (cycles/px).
     coef : (1 + 2M,) constant, then the cos and the sin coefficients.
     origin : (2,) pixel the phases are measured from (the frame centre, for conditioning).
+    normal : ``(AᵀA, Aᵀy)`` of the fit (:func:`normal_equations`), for refits without some
+        pixels; None when not kept.
     """
 
     basis: np.ndarray
     freqs: np.ndarray
     coef: np.ndarray
     origin: np.ndarray
+    normal: tuple[np.ndarray, np.ndarray] | None = None
 
     def at(self, pts: np.ndarray) -> np.ndarray:
         """The mean at pixel coordinates ``pts`` (N, 2)."""
@@ -68,15 +71,24 @@ def design(pts: np.ndarray, freqs: np.ndarray) -> np.ndarray:
 def harmonics(basis: np.ndarray, order: int = ORDER, f_max: float = 1 / MIN_PERIOD) -> np.ndarray:
     """Frequencies h·g1 + k·g2 (half plane, no zero) with |h|, |k| ≤ order and |f| ≤ f_max,
     lowest first."""
+    return _harmonic_indices(basis, order, f_max) @ _padded(basis)
+
+
+def _padded(basis: np.ndarray) -> np.ndarray:
+    """(2, 2) basis: one vector (fringes) gets a zero second vector."""
+    return np.vstack([basis, [0.0, 0.0]]) if len(basis) == 1 else np.asarray(basis)
+
+
+def _harmonic_indices(basis: np.ndarray, order: int, f_max: float) -> np.ndarray:
+    """Integer (h, k) of :func:`harmonics`' frequencies, in its order (M, 2)."""
     hs = np.arange(-order, order + 1)
     if len(basis) == 1:
         combos = np.array([[h, 0] for h in hs if h > 0])
-        basis = np.vstack([basis, [0.0, 0.0]])
     else:
         combos = np.array([[h, k] for h in hs for k in hs if h > 0 or (h == 0 and k > 0)])
-    f = combos @ basis
-    f = f[np.linalg.norm(f, axis=1) <= f_max]
-    return f[np.argsort(np.linalg.norm(f, axis=1), kind="stable")]
+    n = np.linalg.norm(combos @ _padded(basis), axis=1)
+    keep = n <= f_max
+    return combos[keep][np.argsort(n[keep], kind="stable")]
 
 
 def alias_vectors(mask: np.ndarray, *, strength: float = 0.5) -> np.ndarray:
@@ -249,18 +261,14 @@ def _primitive(basis: np.ndarray, is_peak) -> np.ndarray:
     return basis
 
 
-def _fit(a: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Least-squares coefficients of ``a @ c ≈ y`` (see :func:`solve_normal`)."""
-    return solve_normal(a.T @ a, a.T @ y, len(y))
-
-
 def solve_normal(gram: np.ndarray, rhs: np.ndarray, n: int) -> np.ndarray:
     """Coefficients from the normal equations ``gram c = rhs`` of ``n`` samples, columns
     scaled to unit RMS, with a tiny ridge (aliased harmonics stay finite)."""
     scale = np.sqrt(np.maximum(np.diag(gram), 0) / max(n, 1)) + 1e-12
     gn = gram / np.outer(scale, scale)
-    c = np.linalg.solve(gn + 1e-6 * n * np.eye(len(gn)), rhs / scale)
-    return c / scale
+    s = scale.reshape(-1, *([1] * (np.ndim(rhs) - 1)))  # ``rhs`` may hold several columns
+    c = np.linalg.solve(gn + 1e-6 * n * np.eye(len(gn)), rhs / s)
+    return c / s
 
 
 def normal_equations(
@@ -274,6 +282,64 @@ def normal_equations(
         gram += a.T @ a
         rhs += a.T @ y[i : i + chunk]
     return gram, rhs
+
+
+def projected_residual(rel: np.ndarray, y: np.ndarray, shape: tuple[int, ...], order: int):
+    """Residual of the best Fourier-series fit as a function of the reciprocal vectors alone
+    (variable projection), and its exact Jacobian (Golub & Pereyra).
+
+    Parameters
+    ----------
+    rel : (N, 2) pixel coordinates relative to the phase origin.
+    y : (N,) values.
+    shape : shape of the basis, (1, 2) or (2, 2); the functions take it flattened.
+    order : highest harmonic index (:func:`harmonics`).
+
+    Returns
+    -------
+    resid, jac : functions of the flattened basis: ``A c(b) − y`` (N,) and its derivative
+        (N, b.size), with ``c(b)`` the least-squares coefficients (:func:`solve_normal`).
+    """
+    cache: dict = {}
+
+    def setup(b):
+        key = b.tobytes()
+        if cache.get("key") != key:
+            basis = b.reshape(shape)
+            idx = _harmonic_indices(basis, order, 1 / MIN_PERIOD)
+            a = design(rel, idx @ _padded(basis))
+            gram = a.T @ a
+            c = solve_normal(gram, a.T @ y, len(y))
+            cache.update(key=key, idx=idx, a=a, gram=gram, c=c, r=a @ c - y)
+        return cache
+
+    def resid(b):
+        return setup(b)["r"].copy()
+
+    def jac(b):
+        s = setup(b)
+        a, idx, c, r = s["a"], s["idx"], s["c"], s["r"]
+        m = len(idx)
+        cos, sin = a[:, 1 : 1 + m], a[:, 1 + m :]
+        # ∂A/∂b_p c and (∂A/∂b_p)ᵀ r; the phase of harmonic j moves by 2π (h_j, k_j)[v]·x[axis]
+        # when component ``axis`` of vector v moves
+        slope = sin * -c[1 : 1 + m] + cos * c[1 + m :]  # (N, M): ∂(A c)/∂phase_j
+        da_c, dat_r = [], []
+        for v in range(shape[0]):
+            for axis in range(2):
+                x = 2 * np.pi * rel[:, axis]
+                da_c.append(x * (slope @ idx[:, v]))
+                xr = x * r
+                dat_r.append(
+                    np.concatenate([[0.0], -(xr @ sin) * idx[:, v], (xr @ cos) * idx[:, v]])
+                )
+        da_c_, dat_r_ = np.stack(da_c, 1), np.stack(dat_r, 1)
+        n = len(y)
+        # dr/db = (I − P) ∂A c − A⁺ᵀ ∂Aᵀ r, P = A A⁺ the projection on the design's columns
+        proj = da_c_ - a @ solve_normal(s["gram"], a.T @ da_c_, n)
+        return proj - a @ solve_normal(s["gram"], dat_r_, n)
+
+    return resid, jac
 
 
 def fit_lattice_mean(
@@ -313,13 +379,9 @@ def fit_lattice_mean(
     rel = pts - origin
     rng = np.random.default_rng(seed)
     sub = rng.choice(len(y), min(len(y), REFINE_POINTS), replace=False)
-
-    def resid(b):
-        a = design(rel[sub], harmonics(b.reshape(basis.shape), min(order, 2)))
-        return a @ _fit(a, y[sub]) - y[sub]
-
+    resid, jac = projected_residual(rel[sub], y[sub], basis.shape, min(order, 2))
     # variable projection: the coefficients are solved inside, only the vectors are searched
-    res = least_squares(resid, basis.ravel(), x_scale=1.0 / max(shape), diff_step=1e-7)
+    res = least_squares(resid, basis.ravel(), jac=jac, x_scale=1.0 / max(shape))
     refined = (
         res.x.reshape(basis.shape) if res.cost <= 0.5 * (resid(basis.ravel()) ** 2).sum() else basis
     )
@@ -328,6 +390,5 @@ def fit_lattice_mean(
     freqs = harmonics(refined, order)
     freqs = freqs[resolvable(freqs, aliases)]
     freqs = freqs[: max(1, (len(y) // SAMPLES_PER_PARAMETER - 1) // 2)]
-    return LatticeMean(
-        refined, freqs, solve_normal(*normal_equations(rel, y, freqs), len(y)), origin
-    )
+    gram, rhs = normal_equations(rel, y, freqs)
+    return LatticeMean(refined, freqs, solve_normal(gram, rhs, len(y)), origin, (gram, rhs))
