@@ -277,6 +277,12 @@ class DefectSegmenterWidget(ToolWidget):
         counts = res.table["class"].value_counts()
         text = ", ".join(f"{n} {c}" for c, n in counts.items()) or "no defects"
         params = res.provenance["parameters"]
+        if params.get("dropped_at_edge"):
+            n_edge = int(params["dropped_at_edge"])
+            text += (
+                f" ({n_edge} more at the image edge not counted: the border cuts "
+                f"{'its' if n_edge == 1 else 'their'} neighbourhood)"
+            )
         choice = params.get("contrast_choice") or {}
         contrast = ContrastChoice(
             params["contrast"], choice.get("requested", params["contrast"]), choice.get("skew")
