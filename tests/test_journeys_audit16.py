@@ -28,3 +28,21 @@ def test_defects_at_the_image_edge_are_not_counted(make_napari_viewer, qtbot, sh
     assert "at the image edge not counted" in widget.status.value, widget.status.value
     # the vacancy well inside the image is still found
     assert (table["class"] == "vacancy").sum() >= 1, table
+
+
+def test_lattice_result_is_in_the_status_line(make_napari_viewer, qtbot, shared_data):
+    """The lattice parameters were only in a summary row below the status ('Done.'), out of
+    sight when the dock shares its column with the Atom finder (stem_abf_data, Acquisition_18)."""
+    viewer = make_napari_viewer()
+    [image] = open_file(viewer, shared_data / "formats" / "stem_abf_data.hspy")
+    finder = open_tool(viewer, "Atom finder")
+    click(qtbot, finder.run_button, finder)
+    tool = open_tool(viewer, "Lattice analysis")
+    tool.image_layer.value = image
+    tool.points_layer.value = viewer.layers[f"{image.name} atoms"]
+    assert_no_stall(click(qtbot, tool.run_button, tool))
+    status = tool.status.value
+    # uncalibrated file (the 0.00933 has no unit): the cell in px, three sublattices (SrTiO3 [110])
+    assert status.startswith("Done: ") and "3 sublattice" in status, status
+    assert "a = " in status and " px" in status and "γ = " in status, status
+    assert status == f"Done: {tool.summary.value}."

@@ -320,8 +320,8 @@ class LatticeWidget(ToolWidget):
             self.run_result, self._shown_name = run, base
             self.viewer.layers.selection.active = points
             self.progress.value = self.progress.max
-            self._say("Done.")
-            self._summary(run)
+            # the lattice itself in the status line: the summary row can sit below a squeezed dock
+            self._say(f"Done: {self._summary(run)}.")
 
         self.later(
             lambda: self._write_points(points, run),
