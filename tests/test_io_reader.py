@@ -65,12 +65,12 @@ EXPECTED = {
         ("y", "x"),
         None,
     ),
-    # pycroscopy (pyNSID): a bias waveform, non-uniform (kept as values)
+    # pycroscopy (pyNSID): a bias waveform, non-uniform (kept as values; the layer counts steps)
     "BEPS_PTO_50x50.h5": (
         (50, 50, 64),
         "float64",
         (2e-6 / 49,) * 2 + (1.0,),
-        ("m", "m", "V"),
+        ("m", "m", "pixel"),
         ("X", "Y", "Voltage"),
         (1.0, 0.0, "V"),
     ),

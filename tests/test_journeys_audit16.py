@@ -46,3 +46,16 @@ def test_lattice_result_is_in_the_status_line(make_napari_viewer, qtbot, shared_
     assert status.startswith("Done: ") and "3 sublattice" in status, status
     assert "a = " in status and " px" in status and "γ = " in status, status
     assert status == f"Done: {tool.summary.value}."
+
+
+def test_beps_bias_axis_is_not_labelled_in_volts_per_step(make_napari_viewer, shared_data):
+    """BEPS_PTO_50x50.h5: the bias waveform 0 → 8.5 → −8.5 → 0 V is not uniform, yet the layer's
+    first axis said scale 1 in V (step 5 read as 5 V; it is 2.66 V). The layer counts steps; the
+    volts stay in the spectral axis record the tools use."""
+    viewer = make_napari_viewer()
+    [cube] = open_file(viewer, shared_data / "dkl" / "BEPS_PTO_50x50.h5")
+    spec = cube.metadata["napari_microml"]["spectral_axis"]
+    assert spec["units"] == "V" and np.asarray(spec["values"])[5] == 2.65625
+    assert str(cube.units[0]) == "pixel", cube.units
+    assert cube.scale[0] == 1.0
+    assert [str(u) for u in cube.units[1:]] == ["meter", "meter"]

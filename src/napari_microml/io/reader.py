@@ -11,6 +11,8 @@ metadata, original_metadata}`` dictionaries onto napari ``LayerData`` tuples.
   shown (see :mod:`napari_microml.runtime.spectral`).
 * An axis with a scale but no unit stays in pixels (scale 1): a length cannot be guessed; the
   file's number is kept in ``metadata['napari_microml']['unlabelled_scale']``.
+* A non-uniform axis (a BEPS bias waveform 0 → 8.5 → −8.5 → 0 V) is shown in channels (scale 1,
+  unit ``pixel``); its values and unit are in the spectral axis record.
 * The full rsciio metadata is kept in ``metadata['original']``.
 * Files above :data:`LAZY_BYTES` are read lazily (dask arrays).
 """
@@ -386,7 +388,8 @@ def _to_layer(d: dict, p: Path, index: int, n: int) -> LayerData:
         "name": name,
         "scale": tuple(a["scale"] for a in axes),
         "translate": tuple(a["offset"] for a in axes),
-        "units": tuple(a["units"] for a in axes),
+        # a non-uniform axis (a bias waveform) has no step: napari counts its channels
+        "units": tuple("pixel" if a.get("values") is not None else a["units"] for a in axes),
         "axis_labels": tuple(names),
         "rgb": rgb,
         "metadata": {
