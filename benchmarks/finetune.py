@@ -44,27 +44,42 @@ def _mean_sd(values) -> dict:
 
 
 def _finetune(images, positions, seed):
+    """Fine-tune once; return the result, CPU/wall seconds and the models to score.
+
+    ``models``: ``{"finetuned": (model, threshold), "alpha1": (model, threshold)}`` - the saved
+    model (the chosen blend with the base) and the fine-tuned weights unblended at their own
+    held-out threshold (the session-15 recipe), or the default at 0.5 where either kept the base.
+    """
+    from napari_microml.atoms.finder import input_kind
     from napari_microml.atoms.finetune import finetune_atoms_iter
+    from napari_microml.nets.registry import load_model
     from napari_microml.runtime.workers import drain
 
     start, cpu = time.perf_counter(), time.process_time()
     result = drain(
         finetune_atoms_iter(images, positions, seed=seed, name=f"bench-{seed}-{time.time_ns()}")
     )
-    threshold = (
-        float(result.card.get("meta", {}).get("recommended_threshold", 0.5))
-        if not result.kept_base
-        else 0.5
-    )
+    seconds = {
+        "wall_s": round(time.perf_counter() - start, 1),
+        "cpu_s": round(time.process_time() - cpu, 1),
+    }
+    models = {
+        "finetuned": (
+            (result.name, float(result.card["meta"]["recommended_threshold"]))
+            if not result.kept_base
+            else ("default", 0.5)
+        )
+    }
+    alpha1 = [b for b in result.card["blend"]["grid"] if b["alpha"] == 1.0]
+    if alpha1 and alpha1[0]["f1"] > result.card["validation"]["f1_before"]:
+        net, info = load_model("atoms", "default", "cpu")
+        net.input_kind = input_kind(net, info)
+        net.load_state_dict(result.tuned_state)
+        models["alpha1"] = (net.eval(), float(alpha1[0]["threshold"]))
+    else:
+        models["alpha1"] = ("default", 0.5)
     # CPU seconds: with one torch thread, what the fine-tune takes on an otherwise idle core
-    return (
-        result,
-        threshold,
-        {
-            "wall_s": round(time.perf_counter() - start, 1),
-            "cpu_s": round(time.process_time() - cpu, 1),
-        },
-    )
+    return result, models, seconds
 
 
 def pt(ks, rotations):
@@ -78,7 +93,7 @@ def pt(ks, rotations):
     items = load_labelled(folder)
     n = len(items)
     default = {
-        i: match_boxes(mm.find_atoms(img).positions, true)
+        i: match_boxes(mm.find_atoms(img, model="default").positions, true)
         for i, (_, img, true, _) in enumerate(items)
     }
     folds, summary = [], {}
@@ -87,16 +102,9 @@ def pt(ks, rotations):
         for r in range(rotations):
             train = sorted({(r * k + j) % n for j in range(k)})
             test = [i for i in range(n) if i not in train]
-            result, thr, seconds = _finetune(
+            result, models, seconds = _finetune(
                 [items[i][1] for i in train], [items[i][2] for i in train], seed=r
             )
-            scores = [
-                match_boxes(
-                    mm.find_atoms(items[i][1], model=result.name, threshold=thr).positions,
-                    items[i][2],
-                )
-                for i in test
-            ]
             row = {
                 "k": k,
                 "train": [items[i][0][:3] for i in train],
@@ -104,25 +112,42 @@ def pt(ks, rotations):
                 "steps": result.card["steps"],
                 "best_step": result.card["best_step"],
                 "kept_base": result.kept_base,
-                "threshold": thr,
+                "alpha": result.card["blend"]["alpha"],
+                "blends": result.card["blend"]["grid"],
+                "guard_base_f1": result.card["blend"]["guard"]["base_f1"],
                 "val_f1_before": result.card["validation"]["f1_before"],
                 "val_f1_after": result.card["validation"]["f1_after"],
-                "finetuned": {
+            }
+            for label, (model, thr) in models.items():
+                scores = [
+                    match_boxes(
+                        mm.find_atoms(items[i][1], model=model, threshold=thr).positions,
+                        items[i][2],
+                    )
+                    for i in test
+                ]
+                row[f"{label}_threshold"] = thr
+                row[label] = {
                     m: round(float(np.mean([s[m] for s in scores])), 4)
                     for m in ("precision", "recall", "f1")
-                },
-                "default": {
-                    m: round(float(np.mean([default[i][m] for i in test])), 4)
-                    for m in ("precision", "recall", "f1")
-                },
+                }
+            row["default"] = {
+                m: round(float(np.mean([default[i][m] for i in test])), 4)
+                for m in ("precision", "recall", "f1")
             }
             rows.append(row)
             folds.append(row)
             print(json.dumps(row), file=sys.stderr, flush=True)
         summary[f"k={k}"] = {
             "finetuned_f1": _mean_sd([x["finetuned"]["f1"] for x in rows]),
+            "alpha1_f1": _mean_sd([x["alpha1"]["f1"] for x in rows]),
             "default_f1": _mean_sd([x["default"]["f1"] for x in rows]),
             "gain": _mean_sd([x["finetuned"]["f1"] - x["default"]["f1"] for x in rows]),
+            "alpha1_gain": _mean_sd([x["alpha1"]["f1"] - x["default"]["f1"] for x in rows]),
+            "finetuned_minus_alpha1": _mean_sd(
+                [x["finetuned"]["f1"] - x["alpha1"]["f1"] for x in rows]
+            ),
+            "alphas": [x["alpha"] for x in rows],
             "cpu_s": _mean_sd([x["cpu_s"] for x in rows]),
             "wall_s": _mean_sd([x["wall_s"] for x in rows]),
             "kept_base": sum(x["kept_base"] for x in rows),
@@ -211,30 +236,33 @@ def synthetic(n_test, repeats=3, lattice_frames=10, size=256):
     runs = []
     for r in range(repeats):
         train = _ws2_like(SEED0_SYNTH + 100_000 * r, 3, (60, 90, 120), size)
-        result, thr, seconds = _finetune(
+        result, models, seconds = _finetune(
             [s.image for s in train], [s.positions for s in train], seed=r
         )
         row = {
             "repeat": r,
             **seconds,
             "kept_base": result.kept_base,
-            "threshold": thr,
+            "alpha": result.card["blend"]["alpha"],
+            "blends": result.card["blend"]["grid"],
+            "guard_base_f1": result.card["blend"]["guard"]["base_f1"],
             "steps": result.card["steps"],
             "val_f1_before": result.card["validation"]["f1_before"],
             "val_f1_after": result.card["validation"]["f1_after"],
-            "ws2_like": _score(test_tmd, result.name, thr),
         }
-        row.update({f"{d}_counts": _score(f, result.name, thr) for d, f in standard.items()})
+        for label, (model, thr) in models.items():
+            row[label] = {"threshold": thr, "ws2_like": _score(test_tmd, model, thr)}
+            row[label].update({f"{d}_counts": _score(f, model, thr) for d, f in standard.items()})
         runs.append(row)
         print(json.dumps(row), file=sys.stderr, flush=True)
     summary = {}
     for key in default:
-        tuned = [x[key] for x in runs]
-        summary[key] = {
-            "default": default[key],
-            "finetuned": _mean_sd(tuned),
-            "change": _mean_sd([t - default[key] for t in tuned]),
-        }
+        summary[key] = {"default": default[key]}
+        for label in ("finetuned", "alpha1"):
+            tuned = [x[label][key] for x in runs]
+            summary[key][label] = _mean_sd(tuned)
+            summary[key][f"{label}_change"] = _mean_sd([t - default[key] for t in tuned])
+            summary[key][f"{label}_worst_change"] = round(min(tuned) - default[key], 4)
     return {
         "frames": {
             "ws2_like": len(test_tmd),

@@ -3,6 +3,7 @@ are measured by benchmarks/finetune.py)."""
 
 from __future__ import annotations
 
+import copy
 import json
 
 import numpy as np
@@ -11,6 +12,7 @@ import torch
 
 import napari_microml as mm
 from napari_microml.atoms import finetune as ft
+from napari_microml.atoms.finder import input_kind
 from napari_microml.nets import user_models
 from napari_microml.nets.registry import ModelIntegrityError, list_models, load_model
 from napari_microml.runtime.workers import collect
@@ -23,6 +25,28 @@ def models_folder(tmp_path, monkeypatch):
     folder = tmp_path / "models"
     monkeypatch.setenv(user_models.ENV, str(folder))
     return folder
+
+
+REAL_GUARD = ft._Guard.__call__
+
+
+@pytest.fixture(autouse=True)
+def quiet_guard(monkeypatch):
+    """The crystal guard passes every blend unless a test says otherwise (its own tests below)."""
+    monkeypatch.setattr(ft, "GUARD_FRAMES", 1)
+    monkeypatch.setattr(ft, "GUARD_SIZE", 96)
+    monkeypatch.setattr(ft._Guard, "__call__", lambda self, net, threshold: 0.99)
+
+
+def _guard_scores(*values):
+    """A stand-in guard returning these F1s in turn: the base first, then each blend."""
+    calls = []
+
+    def fake(self, net, threshold):
+        calls.append(threshold)
+        return values[min(len(calls) - 1, len(values) - 1)]
+
+    return fake
 
 
 @pytest.fixture(scope="module")
@@ -246,3 +270,69 @@ def test_dark_columns_are_taught_as_the_finder_sees_them(frames):
     for contrast in ("dark", "auto"):
         _, dark = ft._prepare(image.max() - image, points, "plain", 0.2, 0, 64, contrast)
         np.testing.assert_allclose(dark.x, bright.x, atol=1e-4)
+
+
+def test_blends_reproduce_the_base_at_0_and_the_fine_tuned_model_at_1():
+    base, _ = load_model("atoms", "default")
+    b = base.state_dict()
+    gen = torch.Generator().manual_seed(0)
+    t = {
+        k: v + torch.randn(v.shape, generator=gen) if v.is_floating_point() else v + 1
+        for k, v in b.items()
+    }
+    zero, one = ft.blend_weights(b, t, alpha=0.0), ft.blend_weights(b, t, alpha=1.0)
+    assert all(torch.equal(zero[k], b[k]) for k in b if b[k].is_floating_point())
+    assert all(torch.equal(one[k], t[k]) for k in b)
+    half = ft.blend_weights(b, t, alpha=0.5)
+    key = next(k for k in b if k.endswith("weight"))
+    torch.testing.assert_close(half[key], (b[key] + t[key]) / 2)
+    with pytest.raises(ValueError, match="0-1"):
+        ft.blend_weights(b, t, alpha=1.5)
+    with pytest.raises(ValueError, match="not one network"):
+        ft.blend_weights(b, {k: v for k, v in list(t.items())[1:]}, alpha=0.5)
+
+
+def test_the_saved_model_is_the_chosen_blend(frames, models_folder, monkeypatch, one_torch_thread):
+    """Held-out F1 rises with alpha, but the guard stops blends above 0.5: 0.5 is saved."""
+    monkeypatch.setattr(ft._Validator, "__call__", _scores(0.5, 0.7, 0.6, 0.7, 0.8, 0.9))
+    # the base 0.990 on the crystals, then alpha 0.25, 0.5 (loss 0.002: allowed), 0.75, 1
+    monkeypatch.setattr(ft._Guard, "__call__", _guard_scores(0.990, 0.990, 0.988, 0.980, 0.97))
+    result = collect(ft.finetune_atoms_iter(*frames, steps=2, name="blend"))[1]
+    assert not result.kept_base and result.name == "blend"
+    blend = result.card["blend"]
+    assert blend["alpha"] == 0.5 and blend["guard"]["base_f1"] == 0.99
+    assert [b["guard_ok"] for b in blend["grid"]] == [True, True, False, False]
+    assert result.card["validation"]["f1_after"] == 0.7
+    saved, info = load_model("atoms", "blend")
+    assert info["meta"]["blend_alpha"] == 0.5
+    base, _ = load_model("atoms", "default")
+    expected = ft.blend_weights(base.state_dict(), result.tuned_state, alpha=0.5)
+    got = saved.state_dict()
+    assert all(torch.allclose(got[k].float(), expected[k].float()) for k in expected)
+    assert not all(torch.equal(got[k], result.tuned_state[k]) for k in expected)
+
+
+def test_a_model_that_forgets_crystals_is_not_handed_over(
+    frames, models_folder, monkeypatch, one_torch_thread
+):
+    monkeypatch.setattr(ft._Validator, "__call__", _scores(0.5, 0.8))
+    monkeypatch.setattr(ft._Guard, "__call__", _guard_scores(0.99, 0.95))
+    result = collect(ft.finetune_atoms_iter(*frames, steps=2, name="forgets"))[1]
+    assert result.kept_base and result.name == "default"
+    assert "low-dose crystals worse" in result.reason and "0.950 vs 0.990" in result.reason
+    assert not models_folder.exists() or not any(models_folder.iterdir())
+
+
+def test_the_guard_scores_what_a_network_finds(monkeypatch, one_torch_thread):
+    """The real guard on small frames: the base matches itself; a silenced network finds none."""
+    monkeypatch.setattr(ft._Guard, "__call__", REAL_GUARD)
+    monkeypatch.setattr(ft, "GUARD_FRAMES", 2)
+    monkeypatch.setattr(ft, "GUARD_SIZE", 128)
+    net, info = load_model("atoms", "default")
+    guard = ft._Guard(input_kind(net, info), torch.device("cpu"), 0)
+    assert len(guard.frames) == 2 and all(len(p) > 20 for _, p, _, _ in guard.frames)
+    assert guard(net, 0.5) > 0.9
+    assert guard(net, 0.5) == guard(copy.deepcopy(net), 0.5)
+    with torch.no_grad():
+        net.head.bias.fill_(-20.0)  # probability ~0 everywhere
+    assert guard(net, 0.5) == 0.0

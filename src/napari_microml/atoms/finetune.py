@@ -33,6 +33,14 @@ THRESHOLDS = np.round(np.arange(0.1, 0.91, 0.05), 2)
 MIN_POINTS = 5
 USER_SIGMA = 1.25  # heat-map peak width (px) on the user's points, as the shipped training's
 MARGIN = 32  # px of context either side of a validation strip when predicting it
+# the saved weights are a blend (1 - alpha)·base + alpha·fine-tuned (WiSE-FT, Wortsman et al.
+# 2022): part of the way back to the base keeps what it knew and often generalises better
+ALPHAS = (0.25, 0.5, 0.75, 1.0)
+GUARD_FRAMES = 20  # fresh simulated crystals, all lattices, that a blend must still find
+GUARD_SIZE = 256
+GUARD_DOSES = (20, 40)  # counts: forgetting shows first at low dose
+GUARD_LOSS = 0.003  # most F1 a blend may lose on them against the base
+GUARD_SEED = 6_000_000  # apart from the replay pool's 5,000,000+ and the benchmarks' seeds
 
 
 @dataclass
@@ -53,6 +61,9 @@ class FinetuneResult:
         One dict per validation pass: step, loss, val_f1, threshold.
     device : str
         Where it ran.
+    tuned_state : dict or None
+        The fine-tuned weights before blending with the base (alpha 1), for comparisons; not
+        saved. None when no checkpoint improved on the base.
     """
 
     name: str
@@ -61,6 +72,7 @@ class FinetuneResult:
     card: dict
     history: list = field(default_factory=list)
     device: str = ""
+    tuned_state: dict | None = None
 
 
 @dataclass
@@ -127,18 +139,12 @@ def _as_lists(images, positions):
     return imgs, pts
 
 
-def _prepare(img, pos, kind, fraction, seed, crop, contrast="auto"):
-    """Put the image and its points on the network's grid, with a validation strip.
-
-    The grid is the one find_atoms resamples to; the strip is ``fraction`` of the image at the
-    one of its four edges holding the share of the points nearest to ``fraction`` (sparse atoms
-    may all sit in one part of the frame).
-    """
+def _on_grid(img, pos, kind, contrast):
+    """Return (zoom, network input, points) as find_atoms resamples and inverts the image."""
     from napari_microml.atoms.finder import NOISY_PERIOD, network_input
     from napari_microml.runtime.contrast import decide
     from napari_microml.runtime.spacing import resample, to_resampled, zoom_for
     from napari_microml.runtime.validate import fill_nonfinite
-    from napari_microml.synth.render import heatmap
 
     frame = fill_nonfinite(img)
     zoom, spacing = zoom_for(frame, "auto", noisy_high=NOISY_PERIOD)
@@ -148,7 +154,19 @@ def _prepare(img, pos, kind, fraction, seed, crop, contrast="auto"):
     ):
         frame = frame.max() - frame  # as find_atoms does: the network sees bright columns
     x = network_input(resample(frame, zoom), kind)
-    points = to_resampled(pos, zoom) if zoom != 1.0 else pos
+    return zoom, x, (to_resampled(pos, zoom) if zoom != 1.0 else pos)
+
+
+def _prepare(img, pos, kind, fraction, seed, crop, contrast="auto"):
+    """Put the image and its points on the network's grid, with a validation strip.
+
+    The grid is the one find_atoms resamples to; the strip is ``fraction`` of the image at the
+    one of its four edges holding the share of the points nearest to ``fraction`` (sparse atoms
+    may all sit in one part of the frame).
+    """
+    from napari_microml.synth.render import heatmap
+
+    zoom, x, points = _on_grid(img, pos, kind, contrast)
     strips = []
     for k in range(4):
         axis, side = (k + seed) % 4 // 2, (k + seed) % 2  # the seed rotates the order of ties
@@ -278,6 +296,92 @@ class _Validator:
         }
 
 
+class _Guard:
+    """Fresh simulated low-dose crystals that a blend must find as well as the base does.
+
+    F1 is pooled over the frames: peaks of the probability map above the model's threshold,
+    matched to the simulated columns away from the frame's edge (Hungarian, within a third of
+    the lattice spacing, as benchmarks/atoms.py scores the finder).
+    """
+
+    def __init__(self, kind, dev, seed):
+        from napari_microml.synth.lattice import LATTICES, simulate_lattice
+
+        rng = np.random.default_rng(GUARD_SEED + seed)
+        self.dev, self.frames = dev, []
+        for i in range(GUARD_FRAMES):
+            spacing = float(rng.uniform(8, 18))
+            sample = simulate_lattice(
+                (GUARD_SIZE, GUARD_SIZE),
+                scene="crystal",
+                lattice=LATTICES[i % len(LATTICES)],
+                seed=GUARD_SEED + 1_000 * seed + i,
+                spacing=spacing,
+                dose=float(GUARD_DOSES[i % len(GUARD_DOSES)]),
+            )
+            zoom, x, points = _on_grid(sample.image, sample.positions, kind, "auto")
+            self.frames.append((x, points, max(1.5, min(spacing, 12) / 3) * zoom, 6 * zoom))
+
+    def __call__(self, net, threshold: float) -> float:
+        import torch
+
+        from napari_microml.atoms.finder import local_maxima
+        from napari_microml.atoms.metrics import match_points
+        from napari_microml.nets.unet import batch_predictor
+        from napari_microml.runtime.tiling import tiled_predict
+
+        net.eval()
+        predict = batch_predictor(net, self.dev, torch.sigmoid)
+        tp = n_pred = n_true = 0
+        for x, points, tol, margin in self.frames:
+            multiple = getattr(net, "multiple", 8)
+            prob = drain(
+                tiled_predict(predict, x[None], out_channels=1, tile=1024, multiple=multiple)
+            )[0]
+            pred = local_maxima(prob, threshold=threshold, min_distance=2)[0]
+
+            def inner(p, shape=x.shape, m=margin):
+                return p[(p > m).all(1) & (p[:, 0] < shape[0] - m) & (p[:, 1] < shape[1] - m)]
+
+            pred, true = inner(pred), inner(points)
+            tp += len(match_points(pred, true, tol)["pairs"])
+            n_pred, n_true = n_pred + len(pred), n_true + len(true)
+        return 2 * tp / max(n_pred + n_true, 1)
+
+
+def blend_weights(base_state: dict, tuned_state: dict, *, alpha: float) -> dict:
+    """Return the weights ``(1 - alpha)·base + alpha·tuned`` of two copies of one network.
+
+    Weight-space ensembling of a model and its fine-tuned copy (WiSE-FT): ``alpha`` 0 gives the
+    base exactly, 1 the fine-tuned weights exactly. Integer entries (BatchNorm's batch counter)
+    are taken from ``tuned_state``.
+
+    Parameters
+    ----------
+    base_state, tuned_state : dict
+        ``state_dict()`` of the model before and after fine-tuning (same keys and shapes).
+    alpha : float
+        The fine-tuned model's share, 0-1.
+
+    Returns
+    -------
+    dict
+        A new state dict (the inputs are not changed).
+    """
+    alpha = float(alpha)
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha is the fine-tuned model's share, 0-1; got {alpha:g}.")
+    if base_state.keys() != tuned_state.keys():
+        raise ValueError("The two models' weights differ in their names: not one network.")
+    out = {}
+    for key, t in tuned_state.items():
+        b = base_state[key]
+        if b.shape != t.shape:
+            raise ValueError(f"{key}: shapes {tuple(b.shape)} and {tuple(t.shape)} differ.")
+        out[key] = (1.0 - alpha) * b + alpha * t if t.is_floating_point() else t.clone()
+    return out
+
+
 def _array_sha256(a: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
 
@@ -376,6 +480,7 @@ def finetune_atoms_iter(
     ]
 
     before = validate(net)
+    base_state = copy.deepcopy(net.state_dict())
     base_own = before["f1_by_threshold"][int(np.argmin(np.abs(THRESHOLDS - base_threshold)))]
     yield (
         "loss",
@@ -445,6 +550,29 @@ def finetune_atoms_iter(
         if since >= PATIENCE and len(history) > MIN_EVALS:
             break
     yield progress(max_steps, max_steps, "checking the new model on your held-out points")
+    blends: list[dict] = []
+    guard_base = None
+    if best["state"] is not None:
+        guard = _Guard(kind, dev, seed)
+        net.load_state_dict(base_state)
+        guard_base = guard(net, base_threshold)
+        for a in ALPHAS:
+            yield progress(max_steps, max_steps, f"checking a blend with the base (alpha {a:g})")
+            net.load_state_dict(blend_weights(base_state, best["state"], alpha=a))
+            val = validate(net)
+            kept = guard(net, val["threshold"])
+            blends.append(
+                {
+                    "alpha": a,
+                    "f1": round(val["f1"], 4),
+                    "threshold": val["threshold"],
+                    "guard_f1": round(kept, 4),
+                    "guard_ok": guard_base - kept <= GUARD_LOSS,
+                }
+            )
+    safe = [b for b in blends if b["guard_ok"]]
+    # the best held-out F1 among the blends that still find the crystals; ties: nearer the base
+    chosen = max(safe, key=lambda b: b["f1"], default=None)
 
     card = {
         "base": info["name"],
@@ -473,8 +601,21 @@ def finetune_atoms_iter(
             "f1_before": round(before["f1"], 4),
             "threshold_before": before["threshold"],
             "f1_before_at_its_threshold": round(float(base_own), 4),
-            "f1_after": round(best["f1"], 4),
-            "threshold": best["threshold"],
+            "f1_after": round(chosen["f1"] if chosen else best["f1"], 4),
+            "threshold": chosen["threshold"] if chosen else best["threshold"],
+        },
+        "blend": {
+            "is": "saved weights = (1 - alpha)·base + alpha·fine-tuned (WiSE-FT)",
+            "alpha": chosen["alpha"] if chosen else None,
+            "grid": blends,
+            "guard": {
+                "frames": GUARD_FRAMES,
+                "size": GUARD_SIZE,
+                "doses": list(GUARD_DOSES),
+                "seed": GUARD_SEED + seed,
+                "base_f1": None if guard_base is None else round(guard_base, 4),
+                "max_loss": GUARD_LOSS,
+            },
         },
         "recipe": {
             "crop": crop,
@@ -500,27 +641,42 @@ def finetune_atoms_iter(
         ),
     }
     short_base = info["name"].removeprefix("atoms-")
-    if best["state"] is None or best["f1"] <= before["f1"]:
+    device_label = describe_device(dev)
+    tuned = best["state"]
+    if chosen is None or chosen["f1"] <= before["f1"]:
+        top = max(blends, key=lambda b: b["f1"], default=None)
+        if top is not None and top["f1"] > before["f1"] and guard_base is not None:
+            why = (
+                f"the fine-tuned model reached F1 {top['f1']:.3f} there (the base "
+                f"{before['f1']:.3f}) but found simulated low-dose crystals worse than the base "
+                f"(F1 {top['guard_f1']:.3f} vs {guard_base:.3f}), and no blend with the base "
+                "kept both"
+            )
+        else:
+            f1 = max([best["f1"]] + [b["f1"] for b in blends])
+            why = f"the fine-tuned model reached F1 {f1:.3f}, not above the base's "
+            why += f"{before['f1']:.3f}"
         reason = (
             f"Kept the base model {short_base!r}: on your held-out points (the {validation:g} "
-            f"strip of each image) the fine-tuned model reached F1 {best['f1']:.3f}, not above "
-            f"the base's {before['f1']:.3f}. Correct more points or images and try again."
+            f"strip of each image) {why}. Correct more points or images and try again."
         )
-        return FinetuneResult(short_base, True, reason, card, history, describe_device(dev))
-    net.load_state_dict(best["state"])
+        return FinetuneResult(short_base, True, reason, card, history, device_label, tuned)
+    net.load_state_dict(blend_weights(base_state, best["state"], alpha=chosen["alpha"]))
     meta = {
         "input": kind,
-        "recommended_threshold": best["threshold"],
+        "recommended_threshold": chosen["threshold"],
         "base": info["name"],
+        "blend_alpha": chosen["alpha"],
         "finetuned_on_user_points": True,
     }
     entry = save_user_model(net.cpu().eval(), full, task="atoms", arch=ARCH, meta=meta, card=card)
     reason = (
         f"Saved {full.removeprefix('atoms-')!r}: F1 on your held-out points {before['f1']:.3f} → "
-        f"{best['f1']:.3f} (threshold {best['threshold']:g}), best at step {best['step']}."
+        f"{chosen['f1']:.3f} (threshold {chosen['threshold']:g}), best at step {best['step']}, "
+        f"{chosen['alpha']:.0%} fine-tuned and {1 - chosen['alpha']:.0%} base."
     )
     return FinetuneResult(
-        full.removeprefix("atoms-"), False, reason, entry, history, describe_device(dev)
+        full.removeprefix("atoms-"), False, reason, entry, history, device_label, tuned
     )
 
 

@@ -151,6 +151,17 @@ def card_markdown(card: dict) -> str:
         f"{val.get('tolerance_px')} px",
         "- Detection threshold chosen on that part: "
         f"{card.get('meta', {}).get('recommended_threshold')}",
+    ]
+    blend = card.get("blend") or {}
+    if blend.get("alpha") is not None:
+        guard = blend.get("guard", {})
+        lines.append(
+            f"- Weights: {blend['alpha']:.0%} fine-tuned, {1 - blend['alpha']:.0%} the base "
+            f"(the blend with the best held-out F1 among those that find {guard.get('frames')} "
+            f"simulated crystals at {guard.get('doses')} counts within {guard.get('max_loss')} "
+            "F1 of the base)"
+        )
+    lines += [
         f"- Weights sha256: {card.get('sha256')}",
         "",
         "## Source images",
