@@ -163,7 +163,8 @@ def real_pt(threshold=0.5):
         ].to_numpy(float)
         items.append((path.name, tifffile.imread(path).astype(np.float32), true))
     ours = [
-        match_boxes(mm.find_atoms(img, threshold=threshold).positions, t) for _, img, t in items
+        match_boxes(mm.find_atoms(img, model="default", threshold=threshold).positions, t)
+        for _, img, t in items
     ]
     # LoG baseline tuned ON these 11 images (its best setting, an optimistic baseline)
     best = None

@@ -167,7 +167,7 @@ def test_real_pt_single_atoms_synthetic_model(shared_data):
     for path in sorted((folder / "images").glob("*.tif")):
         label = folder / "labels" / (path.name.split("_")[0] + "_Results.csv")
         true = pd.read_csv(label)[["Y", "X"]].to_numpy(float)
-        r = mm.find_atoms(tifffile.imread(path).astype(np.float32))
+        r = mm.find_atoms(tifffile.imread(path).astype(np.float32), model="default")
         scores.append(match_boxes(r.positions, true))
     assert np.mean([s["precision"] for s in scores]) > 0.4, scores
     assert np.mean([s["f1"] for s in scores]) > 0.35, scores

@@ -168,7 +168,7 @@ def test_unsure_advice_names_the_single_atom_model_and_trusts_it(shared_data):
     from napari_microml.atoms.finetune import unsure_note
 
     image = tifffile.imread(shared_data / PT_021).astype(float)
-    note = unsure_note(mm.find_atoms(image))  # the default model on Pt single atoms
+    note = unsure_note(mm.find_atoms(image, model="default"))  # the lattice model on Pt atoms
     assert "try Model: pt-single-atoms" in note, note
     # the model fine-tuned on these images, at its own threshold: no "unlike the training data"
     assert unsure_note(mm.find_atoms(image, model="pt-single-atoms", threshold=0.35)) == ""

@@ -488,12 +488,12 @@ def test_model_option_selects_the_method_and_rejects_unknown_names(tmp_path, cap
 
 def test_defects_model_defaults_to_auto_which_picks_the_dichalcogenide_model(tmp_path):
     """A WS2-like frame through the real segmenter: 'auto' is the default --model and chose the
-    dichalcogenide network; --model default overrides it; 'auto' is only a defects choice."""
+    dichalcogenide network; --model default overrides it."""
     import tifffile
 
     from napari_microml.synth.defects import simulate_defects
 
-    assert cli.model_choices("defects")[0] == "auto" and "auto" not in cli.model_choices("atoms")
+    assert cli.model_choices("defects")[0] == "auto"
     s = simulate_defects(
         (128, 128),
         seed=5_700_004,

@@ -242,7 +242,7 @@ def _reporting(run: Callable, item, device: str, *, line: ProgressLine, index: i
 def _atoms(
     frame: np.ndarray,
     device: str = "auto",
-    model: str = "default",
+    model: str = "auto",
     rescale: str = "auto",
     contrast: str = "auto",
 ) -> dict:
@@ -366,6 +366,8 @@ def model_choices(tool: str) -> list[str]:
         return []
     names = sorted(n.removeprefix(f"{task}-") for n in list_models(task))
     if tool == "defects":  # picks 'dichalcogenide' or 'default' per input (defects/material.py)
+        names.insert(0, "auto")
+    if tool == "atoms" and {"default", "pt-single-atoms"} <= set(names):  # atoms/choose.py
         names.insert(0, "auto")
     if tool == "complete":
         from napari_microml.completion.complete import KRIGING, LOCAL_GP
@@ -1394,8 +1396,9 @@ def run_tool(
 
 # --------------------------------------------------------------------------------- main
 _MODEL_HELP = {
-    "atoms": "atom-finder model: default (the default) or another atoms model listed by "
-    "`microml models`, your fine-tuned ones included",
+    "atoms": "atom-finder model: auto (the default: 'default' for lattices, re-run with "
+    "'pt-single-atoms' when neither the columns found nor the image show a lattice, judged per "
+    "frame) or an atoms model listed by `microml models`, your fine-tuned ones included",
     "defects": "defect model: auto (the default: 'dichalcogenide' for honeycombs of two "
     "unequally bright sublattices, else 'default') or a defects model listed by "
     "`microml models`",
@@ -1562,6 +1565,11 @@ def _models() -> int:
         print(line + f"sha256:{entry.get('sha256', '?')}")
     if not models:
         print("No models found: reinstall napari-microml.")
+    if "auto" in model_choices("atoms"):
+        print(
+            "atoms --model auto (the default) runs 'default' and, where neither the columns it "
+            "finds nor the image show a lattice, 'pt-single-atoms'."
+        )
     print(f"Your fine-tuned models live in {models_dir()} (set {ENV} to use another folder).")
     return 0
 

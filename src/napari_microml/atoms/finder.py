@@ -46,6 +46,9 @@ MERGE_FRACTION = 0.5
 # nearest-neighbour distances count as a lattice when their middle half lies within this
 # fraction of the median (single atoms on a support scatter far wider)
 LATTICE_SPREAD = 0.25
+# model="auto": the lattice model unless neither its columns nor the image show a lattice
+# (atoms.choose), then the single-atom model
+AUTO = "auto"
 
 
 def network_input(image: np.ndarray, kind: str = "plain") -> np.ndarray:
@@ -237,7 +240,7 @@ def merge_close(positions: np.ndarray, scores: np.ndarray, *, neighbours: int = 
 def find_atoms_iter(
     image,
     *,
-    model="default",
+    model=AUTO,
     threshold: float = 0.5,
     refine: str = "gaussian",
     device="auto",
@@ -264,6 +267,10 @@ def find_atoms_iter(
     AtomsResult
         The generator's return value, as :func:`find_atoms` returns it.
     """
+    if isinstance(model, str) and model == AUTO:
+        # first statement: locals() holds exactly the keyword parameters
+        options = {k: v for k, v in locals().items() if k not in ("image", "model")}
+        return (yield from _find_atoms_auto_iter(image, options))
     import pandas as pd
 
     from napari_microml.nets.registry import load_model, model_provenance
@@ -391,10 +398,47 @@ def find_atoms_iter(
     )
 
 
+def _find_atoms_auto_iter(image, options: dict):
+    """``model="auto"``: the lattice model, then the single-atom model only where no lattice shows.
+
+    A 2D image's lattice-model pass is the result when it is kept; a stack is judged on its first
+    frame, then the chosen model runs on every frame.
+    """
+    from napari_microml.atoms.choose import LATTICE_MODEL, choose_atoms_model, image_period
+    from napari_microml.runtime.workers import relabel
+
+    scaled = as_scaled_stack(image, what="image")
+    first = fill_nonfinite(scaled.stack[0])
+    if scaled.is_stack:
+        probe = yield from relabel(
+            find_atoms_iter(first, model=LATTICE_MODEL, **options), "choosing the model: "
+        )
+    else:
+        probe = yield from find_atoms_iter(image, model=LATTICE_MODEL, **options)
+    period = probe.parameters["estimated_period_px"]
+    if options["rescale"] not in ("auto", "always"):  # only those measured the period
+        period = image_period(first)
+    choice = choose_atoms_model(positions=probe.positions, period=period)
+    if choice.chosen == LATTICE_MODEL and not scaled.is_stack:
+        result = probe
+    else:
+        yield progress(0, 1, f"{choice.reason}: running {choice.chosen}")  # a cancel point
+        result = yield from find_atoms_iter(image, model=choice.chosen, **options)
+    result.parameters = {**result.parameters, "model": AUTO, "model_choice": choice.record()}
+    result.provenance = make_provenance(
+        "atom_finder",
+        parameters=result.parameters,
+        model=result.model,
+        device=result.device,
+        input_name=options.get("input_name"),
+    )
+    return result
+
+
 def find_atoms(
     image,
     *,
-    model="default",
+    model=AUTO,
     threshold: float = 0.5,
     refine: str = "gaussian",
     device="auto",
@@ -412,7 +456,12 @@ def find_atoms(
     image : array (H, W) or (T, H, W)
         Any float-convertible grey image (HAADF, ADF, STM, ABF, BF).
     model : str, path or torch.nn.Module
-        A shipped atom-finder model name (``'default'``), a ``.pt`` file, or a network.
+        A shipped or fine-tuned atom-finder model name (``'default'``: lattices;
+        ``'pt-single-atoms'``: isolated atoms on an amorphous support), a ``.pt`` file, a
+        network, or ``'auto'``: the lattice model, re-run with ``'pt-single-atoms'`` only when
+        neither its columns nor the image show a lattice (the default;
+        :mod:`napari_microml.atoms.choose`; a stack is judged on its first frame). The choice
+        and its reason are in ``parameters['model_choice']``.
     threshold : float
         Minimum probability of a column peak (0–1).
     contrast : {'auto', 'bright', 'dark'}

@@ -364,13 +364,13 @@ class TeachAtomsWidget(ToolWidget):
 
     def _select_in_finders(self, name: str | None) -> list:
         """Refresh the Model list of every open Atom finder (and select ``name`` there)."""
-        from napari_microml.atoms.widget import AtomFinderWidget
+        from napari_microml.atoms.widget import AtomFinderWidget, _model_choices
 
         found = []
         for widget in list(self.viewer.window.dock_widgets.values()):
             if isinstance(widget, AtomFinderWidget):
-                # a callable: later layer events refresh the list too
-                widget.model.choices = lambda _w: _atom_models()
+                # a callable: later layer events refresh the list too ('auto' stays first)
+                widget.model.choices = lambda _w: _model_choices()
                 if name is not None:
                     widget.model.value = name
                 found.append(widget)

@@ -9,7 +9,7 @@ import napari
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, FloatSlider, PushButton
 
-from napari_microml.atoms.finder import NOISY_PERIOD, find_atoms_iter, refine_points_iter
+from napari_microml.atoms.finder import AUTO, NOISY_PERIOD, find_atoms_iter, refine_points_iter
 from napari_microml.atoms.finetune import unsure_note
 from napari_microml.atoms.refine import METHODS
 from napari_microml.runtime.contrast import CONTRASTS, ContrastChoice
@@ -138,10 +138,19 @@ def fit_note(features, refined: bool = False) -> str:
 
 
 def _model_choices() -> list[str]:
+    """'auto' (when there is something to choose between), then every atoms model by name."""
+    from napari_microml.atoms.choose import LATTICE_MODEL, SINGLE_ATOMS_MODEL
     from napari_microml.nets.registry import list_models
 
     names = [n.removeprefix("atoms-") for n in list_models("atoms")]
-    return names or ["default"]
+    can_choose = {LATTICE_MODEL, SINGLE_ATOMS_MODEL} <= set(names)
+    return [AUTO, *names] if can_choose else names or [LATTICE_MODEL]
+
+
+def model_note(parameters: dict) -> str:
+    """A sentence for the status line when ``model='auto'`` chose the model, else ''."""
+    choice = parameters.get("model_choice")
+    return f" Model auto → {choice['chosen']}: {choice['reason']}." if choice else ""
 
 
 class AtomFinderWidget(ToolWidget):
@@ -155,9 +164,11 @@ class AtomFinderWidget(ToolWidget):
         )
         self.model = ComboBox(
             label="Model",
-            choices=_model_choices(),
-            tooltip="The atom-finder network: a shipped model or one you trained "
-            "or registered (they appear here by name)",
+            choices=lambda _w: _model_choices(),
+            tooltip="The atom-finder network. auto: the lattice model ('default'), re-run with "
+            "'pt-single-atoms' only when neither the columns it finds nor the image show a "
+            "lattice (isolated atoms on an amorphous support); the status line says which ran "
+            "and why. Or a shipped model or one you fine-tuned (they appear here by name)",
         )
         self.threshold = FloatSlider(
             label="Threshold",
@@ -289,6 +300,7 @@ class AtomFinderWidget(ToolWidget):
         )
         self._say(
             f"Found {len(result.positions)} columns, {contrast.note()}{fit_note(result.features)}."
+            + model_note(result.parameters)
             + resample_note(result.parameters)
             + unsure_note(result)
         )

@@ -1,0 +1,105 @@
+"""``model="auto"`` for the atom finder: a crystal lattice or isolated atoms on a support?
+
+The lattice model ("default") runs first, as it would anyway; only when neither its columns nor
+the image show a lattice is the frame re-run with the single-atom model, so a lattice keeps the
+very same points and costs no second network pass.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from napari_microml.atoms.finder import lattice_spacing
+from napari_microml.runtime.spacing import estimate_spacing
+
+LATTICE_MODEL = "default"
+SINGLE_ATOMS_MODEL = "pt-single-atoms"
+
+
+@dataclass(frozen=True)
+class AtomsModelChoice:
+    """What ``model="auto"`` chose and why.
+
+    Attributes
+    ----------
+    chosen : str
+        The model that ran: ``'default'`` (lattices) or ``'pt-single-atoms'``.
+    reason : str
+        One sentence for the status line and provenance.
+    n_columns : int
+        Columns the lattice model found on the judged frame.
+    column_spacing_px : float or None
+        Their spacing when they form a lattice
+        (:func:`~napari_microml.atoms.finder.lattice_spacing`).
+    period_px : float or None
+        The frame's period when the image clearly repeats.
+    """
+
+    chosen: str
+    reason: str
+    n_columns: int
+    column_spacing_px: float | None
+    period_px: float | None
+
+    def record(self) -> dict:
+        """The choice as plain numbers and strings, for ``parameters['model_choice']``."""
+        out = asdict(self)
+        for key in ("column_spacing_px", "period_px"):
+            if out[key] is not None:
+                out[key] = round(float(out[key]), 2)
+        return out
+
+
+def image_period(image: np.ndarray) -> float | None:
+    """The period (px) of a frame that clearly repeats, else None.
+
+    Parameters
+    ----------
+    image : numpy.ndarray, (H, W)
+        The frame, any units, bright or dark columns.
+
+    Returns
+    -------
+    float or None
+        :func:`~napari_microml.runtime.spacing.estimate_spacing`'s period when it calls the
+        frame periodic (autocorrelation peak ≥ ``MIN_STRENGTH`` of the origin, above its noise).
+    """
+    repeat = estimate_spacing(np.asarray(image))
+    return repeat.period if repeat.periodic else None
+
+
+def choose_atoms_model(*, positions: np.ndarray, period: float | None) -> AtomsModelChoice:
+    """Decide between the lattice model and the single-atom model for one frame.
+
+    The lattice model is kept when either piece of lattice evidence is there: the columns it
+    found are evenly spaced, or the image itself repeats. Misreading a lattice as single atoms
+    costs far more F1 than the reverse, so one piece suffices.
+
+    Parameters
+    ----------
+    positions : numpy.ndarray, (N, 2)
+        (row, col) of the columns the lattice model found on the frame.
+    period : float or None
+        The frame's period when it clearly repeats (:func:`image_period`), else None.
+
+    Returns
+    -------
+    AtomsModelChoice
+    """
+    positions = np.asarray(positions, float).reshape(-1, 2)
+    spacing = lattice_spacing(positions)
+    n = len(positions)
+    if n == 0:
+        chosen, reason = LATTICE_MODEL, "no columns found, so nothing to choose by"
+    elif spacing is not None:
+        chosen, reason = (
+            LATTICE_MODEL,
+            f"a lattice: the columns are evenly spaced ({spacing:.1f} px)",
+        )
+    elif period is not None:
+        chosen, reason = LATTICE_MODEL, f"a lattice: the image repeats every {period:.1f} px"
+    else:
+        chosen, reason = SINGLE_ATOMS_MODEL, "no lattice: isolated atoms on an amorphous support"
+    return AtomsModelChoice(chosen, reason, n, spacing, period)
