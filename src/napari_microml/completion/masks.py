@@ -270,9 +270,9 @@ def _thick_trace(shape, coverage, rng) -> np.ndarray:
         n = int(mask.sum())
         if abs(n - target) < best_err:
             best, best_err = mask, abs(n - target)
-        if best_err <= 0.01 * target or n == 0:
+        if best_err <= 0.01 * target:
             break
-        thin_cov = min(1.0, thin_cov * target / n)
+        thin_cov = min(1.0, thin_cov * target / n if n else thin_cov * 2)
     # the exact count: fray the trace's edge or widen it by single pixels along its border
     # (several rounds where the path cannot get shorter, e.g. a spiral's last arm)
     pick = np.random.default_rng(seeds[2])

@@ -172,6 +172,10 @@ def make_sample(
         kind = kind or _draw_kind(rng, mix)
         coverage = coverage or _draw_coverage(rng, cov_range)
         mask = scan_mask(kind, (f, f), coverage, seed=int(rng.integers(2**31)))
+        if mask.sum() < 4:  # too few pixels to normalise: random pixels at the same coverage
+            mask = scan_mask(
+                "random", (f, f), max(coverage, 4 / f**2), seed=int(rng.integers(2**31))
+            )
     gain = float(np.exp(rng.uniform(-3, 3)))  # any intensity scale: normalisation must absorb it
     lo, hi = measured_range(n * gain, mask)
     feats = features((n * gain - lo) / (hi - lo), mask)
