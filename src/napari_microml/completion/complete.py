@@ -18,8 +18,9 @@ measured neighbours at the smallest scale that holds ≥ 4 effective samples; co
 whole frame before tiling) and the log distance to the nearest measured pixel. It predicts a
 residual on the fill and a log-variance (heteroscedastic Gaussian head); the σ is rescaled by a
 factor fitted on held-out synthetic images (stored in the weights' meta as ``sigma_scale``).
-Measured pixels are returned exactly (float64 output for float64 input and for integers wider
-than 16 bits, so none is rounded), with uncertainty 0.
+The predicted values are clipped to the range of the frame's measured values. Measured pixels
+are returned exactly (float64 output for float64 input and for integers wider than 16 bits, so
+none is rounded), with uncertainty 0.
 """
 
 from __future__ import annotations
@@ -205,7 +206,10 @@ def complete_frame(
         multiple=getattr(net, "multiple", 8),
     )
     out = yield from gen
-    mean = (x[2] + out[0].astype(np.float64)) * span + lo
+    measured = values[mask]
+    # no value outside the measured ones is supported by the scan: the network's excursions
+    # (a dark bias in flat vacuum between thick scan lines) stop at the measured range
+    mean = np.clip((x[2] + out[0].astype(np.float64)) * span + lo, measured.min(), measured.max())
     sigma = np.exp(0.5 * np.clip(out[1].astype(np.float64), -20, 10)) * sigma_scale * span
     return np.where(mask, values, mean), np.where(mask, 0.0, sigma)
 
