@@ -7,7 +7,7 @@ Rows per case, in the same run: ``local_gp`` (the reference), ``network`` (the s
 the candidate's excess RMS over the shipped network's (``candidate_vs_network``).
 ``--dev``: instead, real images the benchmark does not use (Acquisition_18, SrTiO3 ABF, the SI
 survey, Pt/C 021 and 038; 256² centre crops) under spiral, grid, thick-trace and line-hopping
-scans at 1/17.9, 1/50, 1/87, with each network also clipped to the measured values' range.
+scans at 1/17.9, 1/50, 1/87.
 Usage: python benchmarks/completion_network.py --candidate NAME_OR_PATH [--quick] [--dev]
 Writes benchmarks/results/completion_network[_dev].json (not with --quick).
 """
@@ -40,23 +40,11 @@ DEV_IMAGES = (
 )
 
 
-def _clipped(run):
-    """A method whose unmeasured pixels are clipped to the measured values' range."""
-
-    def clipped(values, mask):
-        image, std, noise_sd = run(values, mask)
-        lo, hi = values[mask].min(), values[mask].max()
-        return np.where(mask, image, np.clip(image, lo, hi)), std, noise_sd
-
-    return clipped
-
-
 def dev(candidate: str, quick: bool) -> dict:
     import napari_microml as mm
     from napari_microml.completion.masks import scan_mask
 
     ms = bench.methods(True)
-    ms |= {f"{k}_clipped": _clipped(ms[k]) for k in ("network", "network_candidate")}
     out: dict = {}
     for rel in DEV_IMAGES[:2] if quick else DEV_IMAGES:
         data = np.asarray(mm.read_file(SHARED / rel)[0][0], np.float64)
