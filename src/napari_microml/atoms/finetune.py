@@ -660,6 +660,7 @@ def finetune_atoms_iter(
             f"Kept the base model {short_base!r}: on your held-out points (the {validation:g} "
             f"strip of each image) {why}. Correct more points or images and try again."
         )
+        card["blend"]["alpha"] = None
         return FinetuneResult(short_base, True, reason, card, history, device_label, tuned)
     net.load_state_dict(blend_weights(base_state, best["state"], alpha=chosen["alpha"]))
     meta = {
