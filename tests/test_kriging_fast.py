@@ -47,3 +47,51 @@ def test_square_window_equals_the_same_pixels_given_one_by_one():
         assert np.array_equal(x, y)
     assert np.allclose(a[2], b[2], atol=1e-5) and np.allclose(a[3], b[3], atol=1e-5)
     assert a[3].min() > 0 and a[3].max() < 0.9 + 1e-6  # latent variance within (0, amp]
+
+
+def test_block_prediction_equals_the_textbook_kriging_formulas():
+    """One block's mean and latent variance equal ȳ + k*ᵀK⁻¹(y − ȳ) and amp − k*ᵀK⁻¹k*
+    computed directly (the pass uses a Cholesky factor, its inverse by halves and float32
+    cross-covariances)."""
+    from napari_microml.completion.kriging import _matern, _octant_neighbours
+
+    rng = np.random.default_rng(2)
+    mask = rng.random((48, 48)) < 0.15
+    pts = np.argwhere(mask).astype(np.float64)
+    vals = rng.normal(size=len(pts))
+    tree = cKDTree(pts)
+    length, amp, noise, k = 3.5, 1.2, 0.1, 40
+    rr, cc, mean, var = predict_blocks(
+        tree,
+        vals,
+        np.array([[16, 24]]),
+        8,
+        mask.shape,
+        length=length,
+        amp=amp,
+        noise=noise,
+        k=k,
+        kernel="matern52",
+        reach=4,
+    )
+    idx = _octant_neighbours(tree, pts, np.array([[19.5, 27.5]]), k)[0]
+    p, y = pts[idx], vals[idx]
+    dist = np.linalg.norm(p[:, None] - p[None], axis=-1)
+    kmat = _matern(dist, length, amp, "matern52") + (noise + 1e-6) * np.eye(k)
+    q = np.stack([rr[0], cc[0]], 1).astype(np.float64)
+    kstar = _matern(np.linalg.norm(q[:, None] - p[None], axis=-1), length, amp, "matern52")
+    sol = np.linalg.solve(kmat, np.concatenate([(y - y.mean())[:, None], kstar.T], 1))
+    assert np.allclose(mean[0], y.mean() + kstar @ sol[:, 0], atol=1e-5)
+    assert np.allclose(var[0], amp - np.einsum("qk,kq->q", kstar, sol[:, 1:]), atol=1e-5)
+
+
+def test_lower_triangular_inverse_by_halves():
+    from napari_microml.completion.kriging import _lower_inverse
+
+    rng = np.random.default_rng(4)
+    for n in (64, 48, 13, 5):
+        x = rng.normal(size=(3, n, n + 4))
+        low = np.linalg.cholesky(x @ x.transpose(0, 2, 1) / n + 0.05 * np.eye(n))
+        inv = _lower_inverse(low)
+        assert np.allclose(inv @ low, np.eye(n), atol=1e-10)
+        assert np.array_equal(np.triu(inv, 1), np.zeros_like(inv))

@@ -48,14 +48,7 @@ def _matern(d, length, amp, kernel: str = "matern32"):
         (np.sqrt(3.0) if kernel == "matern32" else np.sqrt(5.0)) / length,
         out=d if isinstance(d, np.ndarray) and d.dtype.kind == "f" else None,
     )
-    poly = _matern_of_r(r, kernel)
-    poly *= amp
-    return poly
-
-
-def _matern_of_r(r: np.ndarray, kernel: str) -> np.ndarray:
-    """Matérn correlation of scaled distances ``r`` (√3·d/ℓ or √5·d/ℓ); ``r`` is consumed.
-    In place, two arrays of r's size (the block pass is bound by these element-wise passes)."""
+    # in place, two arrays of d's size
     if kernel == "matern32":
         poly = r + 1.0
     else:
@@ -66,7 +59,39 @@ def _matern_of_r(r: np.ndarray, kernel: str) -> np.ndarray:
     np.negative(r, out=r)
     np.exp(r, out=r)
     poly *= r
+    poly *= amp
     return poly
+
+
+MAX_TABLE = 1 << 20  # squared distances beyond this (> 1024 px apart) are computed directly
+
+
+class MaternTable:
+    """Matérn covariance (ν = 3/2 or 5/2) of pixel pairs by their integer squared distance.
+
+    Pixel pairs are only ever an integer squared distance apart, so one table look-up
+    replaces a square root, an exponential and a polynomial per pair (float64, for the
+    neighbours' own covariance matrices). The table grows on demand up to ``MAX_TABLE``.
+
+    Parameters
+    ----------
+    length, amp : kernel length (px) and signal variance.
+    kernel : ``"matern32"`` or ``"matern52"``.
+    """
+
+    def __init__(self, *, length: float, amp: float, kernel: str):
+        self.length, self.amp, self.kernel = length, amp, kernel
+        self._cov = np.zeros(0)
+
+    def __call__(self, d2: np.ndarray) -> np.ndarray:
+        """float64 covariance of integer (intp) squared distances ``d2``."""
+        n = int(d2.max()) + 1 if d2.size else 1
+        if n > MAX_TABLE:
+            return _matern(np.sqrt(d2, dtype=np.float64), self.length, self.amp, self.kernel)
+        if n > len(self._cov):
+            d = np.sqrt(np.arange(max(n, 2 * len(self._cov)), dtype=np.float64))
+            self._cov = _matern(d, self.length, self.amp, self.kernel)
+        return np.take(self._cov, d2, mode="clip")  # within the table: no bounds check
 
 
 def _octant_neighbours(tree, pts, centres, k):
@@ -102,12 +127,20 @@ def _kernel_and_grads(d, length, amp, kernel: str = "matern32"):
 
 
 def fit_gp_hyperparameters(
-    values, mask, *, k: int = 64, n_fit: int = 96, seed: int = 0, kernel: str = "matern32"
+    values,
+    mask,
+    *,
+    k: int = 64,
+    n_fit: int = 96,
+    seed: int = 0,
+    kernel: str = "matern32",
+    tree: cKDTree | None = None,
 ) -> dict:
     """Maximise the summed marginal likelihood of ``n_fit`` random local neighbourhoods.
 
     ``kernel``: ``"matern32"`` or ``"matern52"`` (smoother). Analytic gradients; the optimiser
-    starts from the best of a few (length, noise) guesses.
+    starts from the best of a few (length, noise) guesses. ``tree``: a cKDTree of
+    ``np.argwhere(mask)``, when the caller has one.
     Returns ``{"length": px, "amp": variance, "noise": variance}`` in normalised units
     (measured values scaled to mean 0, std 1).
     """
@@ -116,7 +149,7 @@ def fit_gp_hyperparameters(
     vals = standardise(v[m])[0]
     k = int(min(k, len(pts)))
     rng = np.random.default_rng(seed)
-    tree = cKDTree(pts)
+    tree = cKDTree(pts) if tree is None else tree
     centres = rng.uniform([0, 0], v.shape, (n_fit, 2))
     idx = _octant_neighbours(tree, pts, centres, k)
     p, y = pts[idx], vals[idx]
@@ -139,11 +172,13 @@ def fit_gp_hyperparameters(
             chol = np.linalg.cholesky(kmat)
         except np.linalg.LinAlgError:
             return (1e10, np.zeros(3)) if grad else 1e10
+        logdet = np.log(np.diagonal(chol, axis1=1, axis2=2)).sum()
+        if not grad:  # a solve is cheaper than the inverse the gradient needs
+            alpha = np.linalg.solve(kmat, y[..., None])[..., 0]
+            return float(0.5 * (alpha * y).sum() + logdet)
         kinv = np.linalg.inv(kmat)
         alpha = np.einsum("bij,bj->bi", kinv, y)
-        value = float(0.5 * (alpha * y).sum() + np.log(np.diagonal(chol, axis1=1, axis2=2)).sum())
-        if not grad:
-            return value
+        value = float(0.5 * (alpha * y).sum() + logdet)
         w = kinv - alpha[:, :, None] * alpha[:, None, :]  # dNLL/dθ = ½ tr(W ∂K/∂θ)
         g = [
             0.5 * float((w * dk_dl).sum()),
@@ -203,12 +238,13 @@ def predict_blocks(
     kernel: str,
     offsets: np.ndarray | None = None,
     reach: int = 0,
+    table: MaternTable | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Kriging of ``block``×``block`` pixel blocks from the measured points around each centre.
 
     Parameters
     ----------
-    tree : cKDTree of the measured points (row, col), whose ``data`` are the points.
+    tree : cKDTree of the measured pixels (integer row, col), whose ``data`` are the points.
     vals : (N,) standardised measured values, in the tree's order.
     corners : (B, 2) int top-left pixel of each block.
     block : block edge (px); blocks are clipped to ``shape`` for their centre only.
@@ -217,6 +253,7 @@ def predict_blocks(
     offsets : (B, q, 2) optional pixels to predict in each block, relative to its corner
         (default: the square window of ``(block + 2·reach)²`` pixels).
     reach : px the default window reaches past each block edge.
+    table : the kernel's :class:`MaternTable`, to reuse over calls (made here when None).
 
     Returns
     -------
@@ -237,35 +274,51 @@ def predict_blocks(
     c0 = np.asarray(corners)
     centres = c0 + (np.minimum(block, np.stack([h - c0[:, 0], w - c0[:, 1]], 1)) - 1) / 2.0
     idx = _octant_neighbours(tree, pts, centres, k)
-    nb = pts[idx] - c0[:, None, :]  # block-relative (B, k, 2)
+    nb = (pts[idx] - c0[:, None, :]).astype(np.intp)  # block-relative pixels (B, k, 2)
     y = vals[idx]
-    dy = nb[:, :, None, 0] - nb[:, None, :, 0]
-    dx = nb[:, :, None, 1] - nb[:, None, :, 1]
-    kmat = _matern(np.sqrt(dy * dy + dx * dx), length, amp, kernel)
+    cov = table or MaternTable(length=length, amp=amp, kernel=kernel)
+    d2 = np.square(nb[:, :, None, 0] - nb[:, None, :, 0])
+    d2 += np.square(nb[:, :, None, 1] - nb[:, None, :, 1])
+    kmat = cov(d2)
     kmat += (noise + 1e-6) * np.eye(k)
-    kinv = np.linalg.inv(kmat)
+    # K⁻¹ = L⁻ᵀL⁻¹: a Cholesky factor and its triangular inverse cost half of a general inverse
+    linv = _lower_inverse(np.linalg.cholesky(kmat))
     ym = y.mean(1, keepdims=True)
-    alpha = np.einsum("bij,bj->bi", kinv, y - ym)
+    alpha = np.einsum("bji,bj->bi", linv, np.einsum("bij,bj->bi", linv, y - ym))
     # the q×k cross-covariances dominate the cost: float32 (their rounding is ~1e-7 of the
-    # measured std, far below any noise), in units of the kernel's length
-    to_r = (np.sqrt(3.0) if kernel == "matern32" else np.sqrt(5.0)) / length
-    nb32 = (nb * to_r).astype(np.float32)
+    # measured std, far below any noise)
+    nb32 = nb.astype(np.float32)
     if offsets is None:  # a square window: squared distance = row part + column part
-        s32 = (span * to_r).astype(np.float32)[None, :, None]
+        s32 = span.astype(np.float32)[None, :, None]
         d_r = np.square(s32 - nb32[:, None, :, 0])
         d_c = np.square(s32 - nb32[:, None, :, 1])
         r = np.add(d_r[:, :, None, :], d_c[:, None, :, :]).reshape(len(c0), -1, k)
     else:
-        off32 = (off * to_r).astype(np.float32)
-        r = (off32**2).sum(-1)[:, :, None] + (nb32**2).sum(-1)[:, None, :]
-        r -= 2.0 * (off32 @ nb32.transpose(0, 2, 1))
-        np.maximum(r, 0, out=r)
-    ks = _matern_of_r(np.sqrt(r, out=r), kernel)  # (B, q, k) correlations (amp 1)
+        off32 = off.astype(np.float32)
+        r = np.square(off32[:, :, None, 0] - nb32[:, None, :, 0])
+        r += np.square(off32[:, :, None, 1] - nb32[:, None, :, 1])
+    ks = _matern(np.sqrt(r, out=r), length, 1.0, kernel)  # (B, q, k) correlations
     mu_b = ym + (ks @ (amp * alpha)[..., None].astype(np.float32))[..., 0]
-    var_b = amp - amp * amp * np.einsum("bqk,bqk->bq", ks @ kinv.astype(np.float32), ks)
+    lk = ks @ linv.transpose(0, 2, 1).astype(np.float32)  # rows L⁻¹k*: variance k*ᵀK⁻¹k* = |L⁻¹k*|²
+    var_b = amp - amp * amp * np.einsum("bqk,bqk->bq", lk, lk)
     rr = (c0[:, None, 0] + off[..., 0]).astype(int)
     cc = (c0[:, None, 1] + off[..., 1]).astype(int)
     return rr, cc, mu_b, var_b
+
+
+def _lower_inverse(low: np.ndarray) -> np.ndarray:
+    """Inverses of a stack of lower-triangular matrices (..., n, n), by halves:
+    [[A, 0], [C, D]]⁻¹ = [[A⁻¹, 0], [−D⁻¹CA⁻¹, D⁻¹]] (batched products beat per-matrix LAPACK)."""
+    n = low.shape[-1]
+    if n <= 8:
+        return np.tril(np.linalg.inv(low))  # LAPACK leaves rounding dust above the diagonal
+    h = n // 2
+    a_inv, d_inv = _lower_inverse(low[..., :h, :h]), _lower_inverse(low[..., h:, h:])
+    out = np.zeros_like(low)
+    out[..., :h, :h] = a_inv
+    out[..., h:, h:] = d_inv
+    out[..., h:, :h] = -(d_inv @ (low[..., h:, :h] @ a_inv))
+    return out
 
 
 def blend_weights(block: int, overlap: int) -> np.ndarray:
@@ -284,6 +337,15 @@ def blend_weights(block: int, overlap: int) -> np.ndarray:
     return w
 
 
+def _weight_sum(n: int, block: int, w1: np.ndarray) -> np.ndarray:
+    """Sum along one axis of the blend weights ``w1`` of blocks starting every ``block`` px
+    over ``n`` px (padded by the windows' reach on both sides)."""
+    out = np.zeros(n + len(w1))
+    for y in range(0, n, block):
+        out[y : y + len(w1)] += w1
+    return out
+
+
 def local_gp_iter(
     values,
     mask,
@@ -299,6 +361,7 @@ def local_gp_iter(
     kernel: str = "matern32",
     latent_scale: float = 1.0,
     overlap: int | str = 0,
+    tree: cKDTree | None = None,
 ):
     """Generator twin of :func:`local_gp`: yields ``(done, total)`` block chunks (like
     ``runtime.tiling.tiled_predict``) and returns ``(image, std, params)`` (float64).
@@ -307,6 +370,7 @@ def local_gp_iter(
     fitted pixel noise); ``"signal"``: 1σ of the noise-free signal (latent only).
     ``block="auto"``: 8 px where the k neighbours lie within 16 px (dense scans), else 16 px.
     ``latent_scale``: factor on the latent (signal) variance, e.g. from a held-out calibration.
+    ``tree``: a cKDTree of ``np.argwhere(mask)``, when the caller has one.
     ``chunk``: blocks per progress step.
     ``overlap``: px each block's prediction reaches past its edges (``"auto"``: half the
     block, so every pixel is a blend of the 2×2 blocks around it); neighbouring blocks are
@@ -323,11 +387,13 @@ def local_gp_iter(
     h, w = v.shape
     pts = np.argwhere(m).astype(np.float64)
     vals, mu, sd = standardise(v[m])
-    p = params or fit_gp_hyperparameters(v, m, k=fit_k, n_fit=n_fit, seed=seed, kernel=kernel)
+    tree = cKDTree(pts) if tree is None else tree
+    p = params or fit_gp_hyperparameters(
+        v, m, k=fit_k, n_fit=n_fit, seed=seed, kernel=kernel, tree=tree
+    )
     length, amp, noise = p["length"], p["amp"], p["noise"]
     k = int(min(k, len(pts)))
     block = _block_edge(block, k, m)
-    tree = cKDTree(pts)
     o = block // 2 if overlap == "auto" else int(overlap)
     if not 0 <= o <= block // 2:
         raise ValueError(f"overlap must be 0 to half the block ({block // 2} px), not {o}.")
@@ -341,7 +407,9 @@ def local_gp_iter(
     # element-wise passes over a batch that stays in cache (~2²⁰ cross-covariances) run fastest
     batch = max(1, 2**20 // (len(wgt) * k))
     shape_p = (h + block + 2 * o, w + block + 2 * o)
-    mean, var, wsum = np.zeros(shape_p), np.zeros(shape_p), np.zeros(shape_p)
+    mean, var = np.zeros(shape_p), np.zeros(shape_p)
+    mean_f, var_f = mean.reshape(-1), var.reshape(-1)  # views: flat indices add fastest
+    table = MaternTable(length=length, amp=amp, kernel=kernel)
     for i in range(0, len(corners), chunk):
         for i0 in range(i, min(i + chunk, len(corners)), batch):
             c0 = corners[i0 : min(i0 + batch, i + chunk)]
@@ -357,17 +425,18 @@ def local_gp_iter(
                 k=k,
                 kernel=kernel,
                 reach=o,
+                table=table,
             )
-            rr, cc = rr + o, cc + o
+            flat = (rr + o) * shape_p[1] + cc + o
             par = parity[i0 : i0 + len(c0)]
             for p_ in np.unique(par):
                 sel = par == p_
-                r_s, c_s = rr[sel], cc[sel]
-                mean[r_s, c_s] += wgt * mu_b[sel]
-                var[r_s, c_s] += wgt * var_b[sel]
-                wsum[r_s, c_s] += wgt
+                mean_f[flat[sel]] += wgt * mu_b[sel]
+                var_f[flat[sel]] += wgt * var_b[sel]
         yield min(i + chunk, len(corners)), len(corners)
-    wsum = wsum[o : o + h, o : o + w]  # < 1 only within o px of the frame's edge
+    # the blocks form a full grid, so their summed weights are a product of two 1-D sums;
+    # < 1 only within o px of the frame's edge
+    wsum = np.outer(*(_weight_sum(n, block, w1) for n in (h, w)))[o : o + h, o : o + w]
     mean, var = mean[o : o + h, o : o + w] / wsum, var[o : o + h, o : o + w] / wsum
     out = np.where(m, v, mean * sd + mu)
     latent = np.maximum(
@@ -387,6 +456,8 @@ def local_gp_iter(
             "noise": noise,
             "sigma": sigma,
             "noise_sd": float(np.sqrt(noise) * sd),
+            "neighbours": k,
+            "block": block,
         },
     )
 
@@ -463,21 +534,29 @@ def holdout_squares(mask: np.ndarray, *, seed: int = 0) -> tuple[list[np.ndarray
     return rounds, side
 
 
-def _holdout_errors(v, m, corners, side, mean_fn, params, *, k, kernel):
+def _leave_out(m, corners, side):
+    """The measured pixels left out in ``corners``' squares, those kept, and a tree of the kept
+    ones (None when fewer than 8 remain or none is left out)."""
+    held = np.zeros_like(m)
+    for y, x in corners:
+        held[y : y + side, x : x + side] = m[y : y + side, x : x + side]
+    keep = m & ~held
+    ok = keep.sum() >= 8 and held.any()
+    return held, keep, cKDTree(np.argwhere(keep).astype(np.float64)) if ok else None
+
+
+def _holdout_errors(v, m, corners, side, mean_fn, params, *, k, kernel, split=None):
     """Errors at the left-out measured pixels of each square when they are predicted from the
     rest: ``mean_fn(keep, held) -> (trend at the kept pixels, trend at the left-out ones)``.
+    ``split``: :func:`_leave_out` of these squares, when already made.
 
     Returns per square lists of (error, latent variance, noise variance), in data units²;
     none when too few measured pixels would remain.
     """
     h, w = m.shape
-    held = np.zeros_like(m)
-    for y, x in corners:
-        held[y : y + side, x : x + side] = m[y : y + side, x : x + side]
-    keep = m & ~held
-    if keep.sum() < 8 or not held.any():
+    held, keep, tree = _leave_out(m, corners, side) if split is None else split
+    if tree is None:
         return []
-    pts = np.argwhere(keep).astype(np.float64)
     trend_keep, trend_held = mean_fn(keep, held)
     r = v[keep] - trend_keep
     mu, sd = float(r.mean()), float(r.std())
@@ -487,7 +566,7 @@ def _holdout_errors(v, m, corners, side, mean_fn, params, *, k, kernel):
     q = max(len(a) for a in inside)
     offsets = np.stack([np.concatenate([a, np.repeat(a[-1:], q - len(a), 0)]) for a in inside])
     rr, cc, mu_b, var_b = predict_blocks(
-        cKDTree(pts),
+        tree,
         (r - mu) / sd,
         corners,
         side,
@@ -579,18 +658,27 @@ def lattice_kriging_iter(
     _, mu, sd = standardise(v[m])
     kb = int(min(k, len(pts)))
     rounds, side = holdout_squares(m, seed=seed)
-    p_plain = fit_gp_hyperparameters(v, m, k=fit_k, n_fit=n_fit, seed=seed, kernel=kernel)
+    tree = cKDTree(pts)  # one tree of the measured pixels for the fits and the final pass
+    p_plain = fit_gp_hyperparameters(
+        v, m, k=fit_k, n_fit=n_fit, seed=seed, kernel=kernel, tree=tree
+    )
     n_sq = int(sum(len(c) for c in rounds))
     info: dict = {"mean": "local", "holdout_squares": n_sq, "holdout_side": side}
 
     edge = _block_edge(block, kb, m)
     n_blocks = -(-h // edge) * -(-w // edge)  # the full pass's progress total
 
+    splits: dict = {}  # per round: both checks leave out the same pixels
+
     def holdout(trend_fn, params):
         out = []
-        for c in rounds:
+        for i, c in enumerate(rounds):
             if len(c):
-                out += _holdout_errors(v, m, c, side, trend_fn, params, k=kb, kernel=kernel)
+                if i not in splits:
+                    splits[i] = _leave_out(m, c, side)
+                out += _holdout_errors(
+                    v, m, c, side, trend_fn, params, k=kb, kernel=kernel, split=splits[i]
+                )
             yield 0, n_blocks  # a chance to cancel between rounds
         return out
 
@@ -617,7 +705,13 @@ def lattice_kriging_iter(
     try:
         p_res = (
             fit_gp_hyperparameters(
-                np.where(m, v - trend_img, 0.0), m, k=fit_k, n_fit=n_fit, seed=seed, kernel=kernel
+                np.where(m, v - trend_img, 0.0),
+                m,
+                k=fit_k,
+                n_fit=n_fit,
+                seed=seed,
+                kernel=kernel,
+                tree=tree,
             )
             if trend_img is not None
             else None
@@ -663,6 +757,7 @@ def lattice_kriging_iter(
         kernel=kernel,
         latent_scale=scale,
         overlap=overlap,
+        tree=tree,
     )
     if trend is not None:
         image = np.where(m, v, image + trend)
