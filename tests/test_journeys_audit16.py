@@ -8,14 +8,33 @@ from journey import assert_no_stall, click, open_file, open_tool
 from scipy.spatial import cKDTree
 
 
+def _status_in_view(widget) -> tuple[int, int, int]:
+    """(top, bottom, viewport height) of the status line inside its dock's scroll area."""
+    viewport = widget.native.viewport()
+    label = widget.status.native
+    top = label.mapTo(viewport, label.rect().topLeft()).y()
+    return top, top + label.height(), viewport.height()
+
+
 def test_defects_at_the_image_edge_are_not_counted(make_napari_viewer, qtbot, shared_data):
     """Acquisition_18 (SrTiO3): an 'interstitial' 4 px from the bottom edge (row 1020 of 1024)
     was reported beside the one vacancy: the border cuts its neighbourhood, so the network cannot
     tell it from the cut (the benchmark ignores the same half-spacing band)."""
-    viewer = make_napari_viewer()
+    viewer = make_napari_viewer(show=True)
+    viewer.window._qt_window.resize(1500, 1000)
     [layer] = open_file(viewer, shared_data / "formats" / "Acquisition_18.emd")
     widget = open_tool(viewer, "Defect segmenter")
-    assert_no_stall(click(qtbot, widget.run_button, widget))
+    qtbot.wait(300)  # a user's pace: each dock is laid out before the next action
+    finder = open_tool(viewer, "Atom finder")  # docked below: the column is shared
+    qtbot.wait(300)
+    click(qtbot, finder.run_button, finder)
+    qtbot.wait(300)
+    click(qtbot, widget.run_button, widget)
+    qtbot.wait(300)
+    # the whole status is on screen: the dock scrolled to it before the defect table docked
+    # below and shrank the column, and the status ended cut mid-sentence (rows 160-322 of 198)
+    top, bottom, height = _status_in_view(widget)
+    assert 0 <= top and bottom <= height, (top, bottom, height, widget.status.value)
     table = widget.table_dock.table
     atoms = viewer.layers[f"{layer.name} environments"].data
     spacing = float(np.median(cKDTree(atoms).query(atoms, k=2)[0][:, 1]))

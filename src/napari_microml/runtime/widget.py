@@ -42,6 +42,7 @@ from napari_microml.runtime.workers import Loss, Message, Partial, as_message, t
 
 PROGRESS_INTERVAL_S = 0.1
 MIN_DOCK_HEIGHT = 200  # px: a tool dock shrinks to this (and scrolls) when the column is full
+STATUS_FOLLOW_S = 2.0  # s after a run: a dock added late (a result table) re-scrolls to the status
 
 
 @dataclass
@@ -328,6 +329,10 @@ class ToolWidget(Container):
         self._status_timer.setSingleShot(True)
         self._status_timer.setInterval(50)
         self._status_timer.timeout.connect(self._scroll_to_status)
+        self._follow_status_until = 0.0
+        self._resize_watch = _on_resize(self._status_resized)
+        self._scroll.viewport().installEventFilter(self._resize_watch)
+        self._controls.installEventFilter(self._resize_watch)
         self._ui_timer = QTimer()
         self._ui_timer.setInterval(0)
         self._ui_timer.timeout.connect(self._next_ui)
@@ -520,7 +525,12 @@ class ToolWidget(Container):
     def _show_status(self) -> None:
         """Scroll a squeezed dock so its status line is on screen (the button just above),
         once the new text is laid out."""
+        self._follow_status_until = time.perf_counter() + STATUS_FOLLOW_S
         self._status_timer.start()
+
+    def _status_resized(self) -> None:
+        if time.perf_counter() < self._follow_status_until:  # a result dock or wrap came late
+            self._status_timer.start()
 
     def _scroll_to_status(self) -> None:
         self.native.ensureWidgetVisible(self.run_button.native, 0, 0)
@@ -553,6 +563,19 @@ class ToolWidget(Container):
 def _layer_key(layer):
     """A layer's identity that survives napari's plugin proxies (a new wrapper per access)."""
     return getattr(layer, "unique_id", None) or id(layer)
+
+
+def _on_resize(callback: Callable[[], Any]):
+    """A Qt event filter that calls ``callback()`` whenever a widget it watches is resized."""
+    from qtpy.QtCore import QEvent, QObject
+
+    class ResizeWatch(QObject):
+        def eventFilter(self, obj, event):  # noqa: N802 - Qt's name
+            if event.type() == QEvent.Type.Resize:
+                callback()
+            return False
+
+    return ResizeWatch()
 
 
 def _dock_scroll_area(controls, widget: Container):
