@@ -70,6 +70,23 @@ class _Run:
         return self.result.device
 
 
+def _method_note(result) -> str:
+    """How the pixels were filled: kriging's mean (the crystal lattice or local) or the network."""
+    fits = (result.provenance or {}).get("parameters", {}).get("fitted_hyperparameters") or []
+    means = {f.get("mean") for f in fits if isinstance(f, dict)} - {None}
+    if not means:
+        if result.model == "local-gp":
+            return "the local Gaussian process (reference kriging)"
+        return f"the {result.model} network"
+    if "lattice" in means:
+        return "kriging with the crystal-lattice mean (it predicted held-out measured pixels best)"
+    if any("basis" in f for f in fits if isinstance(f, dict)):
+        return (
+            "kriging with a local mean (the lattice found did not predict held-out pixels better)"
+        )
+    return "kriging with a local mean (no crystal lattice in the scan)"
+
+
 class ScanCompleterWidget(ToolWidget):
     """Fill in the unmeasured pixels of a partial (sparse) scan, with a per-pixel uncertainty."""
 
@@ -388,8 +405,9 @@ class ScanCompleterWidget(ToolWidget):
             "network": "the network's 1σ",
         }.get(result.sigma, result.sigma)
         message = (
-            f"Done: filled the {100 * (~result.mask).mean():.1f} % unmeasured pixels; the "
-            f"uncertainty layer shows {what} (median {run.median_sigma:.3g})."
+            f"Done: filled the {100 * (~result.mask).mean():.1f} % unmeasured pixels by "
+            f"{_method_note(result)}; the uncertainty layer shows {what} "
+            f"(median {run.median_sigma:.3g})."
         )
         completed_meta = meta
         if run.error is not None:
@@ -416,8 +434,8 @@ class ScanCompleterWidget(ToolWidget):
             )
             message = (
                 f"RMS error at unmeasured pixels: {run.rms:.2f} % of the image range "
-                f"({params['scan_kind']}, {100 * result.mask.mean():.2f} % measured; "
-                f"uncertainty = {what})."
+                f"({params['scan_kind']}, {100 * result.mask.mean():.2f} % measured, filled by "
+                f"{_method_note(result)}; uncertainty = {what})."
             )
         add.append(
             (f"{name} completed", "image", result.image, dict(metadata=completed_meta, **grey))
