@@ -31,7 +31,8 @@ def test_teach_the_atom_finder_on_two_corrected_images(
     for layer in images[:2]:
         finder.image_layer.value = layer
         click(qtbot, finder.run_button, finder)
-        assert "unsure" in finder.status.value  # single atoms on carbon: unlike the training data
+        # single atoms on carbon: the default Model "auto" chose the single-atom model
+        assert "Model auto → pt-single-atoms" in finder.status.value, finder.status.value
     teach = open_tool(viewer, "Teach the atom finder")
     expected = {f"{im.name} ← {im.name} atoms" for im in images[:2]}
     assert set(teach.pairs.value) == expected
