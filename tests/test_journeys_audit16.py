@@ -108,3 +108,15 @@ def test_completer_says_how_it_filled_a_real_partial_scan(
     assert "mean" in status, status
     completed = np.asarray(viewer.layers["partial completed"].data)
     assert np.array_equal(completed[mask], truth[mask])  # measured pixels kept exactly
+
+
+def test_lattice_cli_refuses_a_spectrum_image_in_one_sentence(shared_data, tmp_path, capsys):
+    """`microml lattice EELS_SI.dm4` said "EELS_SI.dm4: EELS_SI.dm4 is not one 2D image …; the
+    lattice analysis takes one frame at a time.; nothing was written." (name twice, '.;')."""
+    from napari_microml.cli import main
+
+    code = main(["lattice", str(shared_data / "formats" / "EELS_SI.dm4"), "--out", str(tmp_path)])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 2 and not any(tmp_path.iterdir())
+    assert err.startswith("microml: error: EELS_SI.dm4 is not one 2D image"), err
+    assert err.count("EELS_SI.dm4") == 1 and ".;" not in err, err

@@ -123,6 +123,13 @@ def _pixel_size(kwargs: dict, given: float | None) -> float | None:
     return None if factor is None else float(scale[-1]) * factor
 
 
+def _sentence(err: Exception) -> str:
+    """The error on one line, without its full stop (a clause follows it)."""
+    from napari_microml.cli import _one_line
+
+    return _one_line(err).rstrip(".")
+
+
 def analyse_file(path: Path, args) -> dict:
     """Results of one image: the lattice, the counts, and what the CSV needs."""
     import napari_microml as mm
@@ -312,7 +319,10 @@ def run(args) -> int:
         for path, res in zip(files, results, strict=True):
             if isinstance(res, Failure):
                 if not args.keep_going:
-                    raise (InputError if res.bad_input else ToolError)(f"{path.name}: {res.reason}")
+                    named = res.reason if res.reason.startswith(path.name) else None
+                    raise (InputError if res.bad_input else ToolError)(
+                        named or f"{path.name}: {res.reason}"
+                    )
                 res.name = path.name
                 report.failed.append(res)
                 continue
@@ -330,12 +340,12 @@ def run(args) -> int:
             with _uninterrupted(drop=True):
                 report.written = stage.commit(done, replace)
     except InputError as err:
-        print(f"microml: error: {_one_line(err)}; nothing was written.", file=sys.stderr)
+        print(f"microml: error: {_sentence(err)}; nothing was written.", file=sys.stderr)
         return EXIT_USAGE
     except Exception as err:  # noqa: BLE001 - one line for the user, nothing written
         kind = "" if isinstance(err, ToolError) else f"{type(err).__name__}: "
         print(
-            f"microml: lattice failed: {kind}{_one_line(err)}; nothing was written.",
+            f"microml: lattice failed: {kind}{_sentence(err)}; nothing was written.",
             file=sys.stderr,
         )
         return EXIT_FAILED
