@@ -12,6 +12,8 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
+
 
 def _wait(widget, timeout=300):
     from qtpy.QtWidgets import QApplication
@@ -44,10 +46,20 @@ def main(argv=None):
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     points = viewer.layers[widget.points_name(image)]
-    table = points.features.copy()
-    table.insert(0, "col_px", points.data[:, -1])
-    table.insert(0, "row_px", points.data[:, -2])
-    table.to_csv(out / "atoms.csv", index=False)
+    from napari_microml.io.writer import write_points_csv
+
+    write_points_csv(  # as File → Save Layers does: px and nm columns, the .json sidecar
+        str(out / "atoms.csv"),
+        np.asarray(points.data),
+        {
+            "name": points.name,
+            "scale": points.scale,
+            "translate": points.translate,
+            "units": getattr(points, "units", None),
+            "features": points.features,
+            "metadata": points.metadata,
+        },
+    )
     (out / "provenance.json").write_text(json.dumps(points.metadata["napari_microml"], indent=2))
     from napari_microml.runtime.widget import viewer_camera
 
@@ -60,7 +72,7 @@ def main(argv=None):
     imsave(out / "screenshot.png", napari_shot, check_contrast=False)
     print(
         f"{len(points.data)} columns found on {widget.ran_on.value}; "
-        f"wrote {out}/atoms.csv, provenance.json, screenshot.png"
+        f"wrote {out}/atoms.csv (+ .json), provenance.json, screenshot.png"
     )
     viewer.close()
 
