@@ -138,3 +138,18 @@ def test_lattice_csv_says_the_unit_of_every_column(shared_data, tmp_path):
         assert units["d_row"] == "px" and units["position_std"] == "px", units
         named = set(header) - {"row_px", "col_px", "y_pixel", "x_pixel"}
         assert named <= set(units), named - set(units)
+
+
+def test_shift_map_colour_bar_is_named_with_its_unit(make_napari_viewer, qtbot, shared_data):
+    """CuZn EELS SI: the shift map's colour bar showed −20 … 20 with no name or unit on the
+    canvas (the eV range was only in the status line); the lattice maps name theirs."""
+    viewer = make_napari_viewer()
+    [cube] = open_file(viewer, shared_data / "dkl" / "CuZn_EELS_mapping_tutorial.hspy")
+    widget = open_tool(viewer, "Spectral shift-VAE")
+    widget.epochs.value = 3  # the colour bar, not the fit, is under test
+    click(qtbot, widget.run_button, widget)
+    shift = viewer.layers[f"{cube.name} shift"]
+    assert shift.colorbar.visible
+    text = viewer.canvas.overlays["text"]
+    lim = shift.contrast_limits[1]
+    assert text.visible and text.text == f"colour bar: shift (eV), ±{lim:.3g} eV", text.text

@@ -28,6 +28,7 @@ from napari_microml.runtime.widget import (
     Job,
     ToolWidget,
     layer_picker,
+    name_colour_bar,
     physical_kwargs,
     pixel_size_nm,
 )
@@ -382,19 +383,7 @@ class LatticeWidget(ToolWidget):
             colorbar.visible = key == "exx"
             colorbar.size = (25, 220)  # room for the ticks between the ends
         if key == "exx":
-            self._name_colour_bar(f"{key} ({unit}), ±{lim:g} {unit}")
-
-    def _name_colour_bar(self, text: str) -> None:
-        """napari's colour bar has no title: the canvas text overlay beside it names the map."""
-        overlays = getattr(getattr(self.viewer, "canvas", None), "overlays", None)
-        overlay = (overlays or {}).get("text") if hasattr(overlays, "get") else None
-        overlay = overlay or getattr(self.viewer, "text_overlay", None)  # napari < 0.9
-        if overlay is None:
-            return
-        overlay.text = f"colour bar: {text}"
-        overlay.position = "top_right"
-        overlay.font_size = 10
-        overlay.visible = True
+            name_colour_bar(self.viewer, f"{key} ({unit}), ±{lim:g} {unit}")
 
     def _write_vectors(self, run, base, phys):
         """Displacement arrows in the image's pixels, drawn × the magnification."""

@@ -99,6 +99,27 @@ def preload(*modules: str) -> None:
         importlib.import_module(name)
 
 
+def name_colour_bar(viewer, text: str) -> None:
+    """Name the map of the colour bar on the canvas (napari's colour bar has no title).
+
+    Parameters
+    ----------
+    viewer : napari.Viewer
+        The viewer whose canvas text overlay (top right, beside the colour bar) shows ``text``.
+    text : str
+        The map and its unit, e.g. ``"exx (%), ±2 %"``.
+    """
+    overlays = getattr(getattr(viewer, "canvas", None), "overlays", None)
+    overlay = (overlays or {}).get("text") if hasattr(overlays, "get") else None
+    overlay = overlay or getattr(viewer, "text_overlay", None)  # napari < 0.9
+    if overlay is None:
+        return
+    overlay.text = f"colour bar: {text}"
+    overlay.position = "top_right"
+    overlay.font_size = 10
+    overlay.visible = True
+
+
 def show_scale_bar(viewer, layers) -> None:
     """Turn the scale bar on when one of ``layers`` has physical units in the displayed plane."""
     for layer in layers:

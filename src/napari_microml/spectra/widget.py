@@ -28,7 +28,14 @@ from napari_microml.runtime.spectral import (
     spectra_last,
     spectral_axis,
 )
-from napari_microml.runtime.widget import Job, ToolWidget, layer_picker, physical_kwargs, preload
+from napari_microml.runtime.widget import (
+    Job,
+    ToolWidget,
+    layer_picker,
+    name_colour_bar,
+    physical_kwargs,
+    preload,
+)
 from napari_microml.runtime.workers import Loss, Progress, as_message
 from napari_microml.spectra.preprocess import NORMALIZATIONS
 
@@ -542,6 +549,8 @@ class ShiftVAEWidget(ToolWidget):
         colorbar = getattr(layer, "colorbar", None)  # napari without layer colour bars: none
         if colorbar is not None:
             colorbar.visible = True
+            u = plan.axis.units
+            name_colour_bar(self.viewer, f"shift ({u}), ±{lim:.3g} {u}")
 
     def _show_latent(self, outcome, record, i):
         r, plan = outcome.result, outcome.plan
