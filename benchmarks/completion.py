@@ -12,6 +12,7 @@ the noise-free truth and the measurement σ against the noisy image). Ratios are
 excess RMS over the local GP's (``model="local-gp"``). Times are CPU seconds on one thread
 (the machine is shared, wall time is also given).
 Usage: python benchmarks/completion.py [--parts real,synthetic,speed] [--quick] [--no-network]
+[--baseline COMMIT] (the speed part also times COMMIT's default kriging, alternating with this)
 Writes benchmarks/results/completion.json (a run of some parts updates only those parts).
 """
 
@@ -276,12 +277,65 @@ def summary(result: dict) -> dict:
     return out
 
 
-def speed() -> dict:
+def _kriging_at(commit: str):
+    """``completion.kriging`` (and the ``periodic`` module it uses) as of a git ``commit``,
+    imported from a temporary copy, to time an earlier version beside this one."""
+    import importlib.util
+    import tempfile
+
+    root = Path(__file__).resolve().parents[1]
+    tmp = Path(tempfile.mkdtemp(prefix="kriging_at_"))
+    mods = {}
+    for name in ("periodic", "kriging"):
+        src = subprocess.run(
+            ["git", "show", f"{commit}:src/napari_microml/completion/{name}.py"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        src = src.replace("napari_microml.completion.periodic", f"_at_{commit}_periodic")
+        (tmp / f"_at_{commit}_{name}.py").write_text(src)
+        spec = importlib.util.spec_from_file_location(
+            f"_at_{commit}_{name}", tmp / f"_at_{commit}_{name}.py"
+        )
+        mods[name] = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = mods[name]
+        spec.loader.exec_module(mods[name])
+    return mods["kriging"]
+
+
+def speed_beside(commit: str, scans: dict, truth: np.ndarray, rounds: int = 5) -> dict:
+    """CPU s of the default kriging (``lattice_kriging_iter`` with the default's settings) in
+    this code and in ``commit``'s, called alternately (load drifts alike), best of ``rounds``."""
+    from napari_microml.completion import kriging
+
+    old = _kriging_at(commit)
+    out: dict = {"baseline_commit": commit, "rounds": rounds}
+    for label, m in scans.items():
+        cpu: dict[str, list] = {"this": [], "baseline": []}
+        for _ in range(rounds + 1):  # the first round warms up
+            for who, mod in (("this", kriging), ("baseline", old)):
+                c0 = time.process_time()
+                drain(mod.lattice_kriging_iter(truth * m, m, **KRIGING_SETTINGS[KRIGING]))
+                cpu[who].append(time.process_time() - c0)
+        best = {who: min(v[1:]) for who, v in cpu.items()}
+        out[f"512² {label}"] = {
+            "cpu_s_this": round(best["this"], 3),
+            "cpu_s_baseline": round(best["baseline"], 3),
+            "ratio": round(best["this"] / best["baseline"], 3),
+        }
+    return out
+
+
+def speed(baseline: str | None = None) -> dict:
     truth = simulate_scene((512, 512), kind="lattice", dose=500, seed=TEST_SEED + 900)[0]
     scans = {"spiral 1/17.9": scan_mask("spiral", truth.shape, 1 / 17.9)}
     if DATA.is_dir():  # a dense trace: kriging then uses its smaller (slower) blocks
         scans["mask-1"] = _paper_mask(truth.shape)
     res = {}
+    if baseline:
+        res["kriging_beside_baseline"] = speed_beside(baseline, scans, truth)
     for label, mask in scans.items():
         runs = {
             KRIGING: lambda m: complete_scan(truth * m, m, model=KRIGING),
@@ -331,6 +385,11 @@ def main(argv=None):
     p.add_argument("--parts", default="real,synthetic,speed")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--no-network", action="store_true", help="skip the network candidate")
+    p.add_argument(
+        "--baseline",
+        metavar="COMMIT",
+        help="speed part: also time the default kriging of this git commit, alternating",
+    )
     a = p.parse_args(argv)
     import torch
 
@@ -349,7 +408,7 @@ def main(argv=None):
     parts = {
         "real": lambda q: real(q, not a.no_network),
         "synthetic": lambda q: synthetic(q, not a.no_network),
-        "speed": lambda q: speed(),
+        "speed": lambda q: speed(a.baseline),
     }
     for part in a.parts.split(","):
         t = time.perf_counter()

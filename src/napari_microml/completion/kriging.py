@@ -408,7 +408,6 @@ def local_gp_iter(
     batch = max(1, 2**20 // (len(wgt) * k))
     shape_p = (h + block + 2 * o, w + block + 2 * o)
     mean, var = np.zeros(shape_p), np.zeros(shape_p)
-    mean_f, var_f = mean.reshape(-1), var.reshape(-1)  # views: flat indices add fastest
     table = MaternTable(length=length, amp=amp, kernel=kernel)
     for i in range(0, len(corners), chunk):
         for i0 in range(i, min(i + chunk, len(corners)), batch):
@@ -431,8 +430,8 @@ def local_gp_iter(
             par = parity[i0 : i0 + len(c0)]
             for p_ in np.unique(par):
                 sel = par == p_
-                mean_f[flat[sel]] += wgt * mu_b[sel]
-                var_f[flat[sel]] += wgt * var_b[sel]
+                mean.reshape(-1)[flat[sel]] += wgt * mu_b[sel]  # flat views add fastest
+                var.reshape(-1)[flat[sel]] += wgt * var_b[sel]
         yield min(i + chunk, len(corners)), len(corners)
     # the blocks form a full grid, so their summed weights are a product of two 1-D sums;
     # < 1 only within o px of the frame's edge
@@ -668,32 +667,12 @@ def lattice_kriging_iter(
     edge = _block_edge(block, kb, m)
     n_blocks = -(-h // edge) * -(-w // edge)  # the full pass's progress total
 
-    splits: dict = {}  # per round: both checks leave out the same pixels
-
-    def holdout(trend_fn, params):
-        out = []
-        for i, c in enumerate(rounds):
-            if len(c):
-                if i not in splits:
-                    splits[i] = _leave_out(m, c, side)
-                out += _holdout_errors(
-                    v, m, c, side, trend_fn, params, k=kb, kernel=kernel, split=splits[i]
-                )
-            yield 0, n_blocks  # a chance to cancel between rounds
-        return out
-
-    def plain_trend(keep, held):
-        return np.zeros(int(keep.sum())), np.zeros(int(held.sum()))
-
-    errs = (
-        (yield from holdout(plain_trend, p_plain)) if n_sq >= 8 and (lattice or calibrate) else []
-    )
-    check = len(errs) >= 8  # enough left-out squares to compare and calibrate on
-    chosen, params, trend = errs, p_plain, None
+    run_check = n_sq >= 8 and (lattice or calibrate)
+    yield 0, n_blocks  # a chance to cancel after the fit
     aliases = alias_vectors(m)
     basis = (
         lattice_basis(np.where(m, (v - mu) / sd, 0.0), aliases=aliases)
-        if lattice and check
+        if lattice and run_check
         else None
     )
     lm = (
@@ -702,9 +681,10 @@ def lattice_kriging_iter(
         else None
     )
     trend_img = lm.image((h, w)) if lm is not None else None
-    try:
-        p_res = (
-            fit_gp_hyperparameters(
+    p_res = None
+    if lm is not None and trend_img is not None:
+        try:
+            p_res = fit_gp_hyperparameters(
                 np.where(m, v - trend_img, 0.0),
                 m,
                 k=fit_k,
@@ -713,12 +693,11 @@ def lattice_kriging_iter(
                 kernel=kernel,
                 tree=tree,
             )
-            if trend_img is not None
-            else None
-        )
-    except ValueError:  # the lattice leaves an exactly flat residual: nothing to krige
-        lm = None
-    if lm is not None and p_res is not None and trend_img is not None:
+        except ValueError:  # the lattice leaves an exactly flat residual: nothing to krige
+            lm = None
+        yield 0, n_blocks
+    lattice_trend = None
+    if lm is not None and p_res is not None:
         gram, rhs = lm.normal or normal_equations(pts - lm.origin, v[m], lm.freqs)
 
         def lattice_trend(keep, held):
@@ -728,7 +707,28 @@ def lattice_kriging_iter(
             img = replace(lm, coef=c).image((h, w))
             return img[keep], img[held]
 
-        errs_l = yield from holdout(lattice_trend, p_res)
+    def plain_trend(keep, held):
+        return np.zeros(int(keep.sum())), np.zeros(int(held.sum()))
+
+    # both checks leave out the same pixels, one round at a time (one tree alive at a time)
+    errs: list = []
+    errs_l: list = []
+    for c in rounds if run_check else []:
+        if len(c):
+            split = _leave_out(m, c, side)
+            errs += _holdout_errors(
+                v, m, c, side, plain_trend, p_plain, k=kb, kernel=kernel, split=split
+            )
+            yield 0, n_blocks  # a chance to cancel between checks
+            if lattice_trend is not None:
+                errs_l += _holdout_errors(
+                    v, m, c, side, lattice_trend, p_res, k=kb, kernel=kernel, split=split
+                )
+        yield 0, n_blocks
+    split = None  # the last round's masks and tree need not outlive the checks
+    check = len(errs) >= 8  # enough left-out squares to compare and calibrate on
+    chosen, params, trend = errs, p_plain, None
+    if check and lm is not None and p_res is not None and lattice_trend is not None:
         d = np.array(
             [(a[0] ** 2).sum() - (b[0] ** 2).sum() for a, b in zip(errs, errs_l, strict=True)]
         )
