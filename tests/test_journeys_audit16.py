@@ -153,3 +153,23 @@ def test_shift_map_colour_bar_is_named_with_its_unit(make_napari_viewer, qtbot, 
     text = viewer.canvas.overlays["text"]
     lim = shift.contrast_limits[1]
     assert text.visible and text.text == f"colour bar: shift (eV), ±{lim:.3g} eV", text.text
+
+
+def test_line_scan_is_refitted_into_view_with_its_shift_track(
+    make_napari_viewer, qtbot, shared_data
+):
+    """LSMO core loss: the line scan was opened before the Shift-VAE dock narrowed the canvas; the
+    new shift track was in view, so the view was not refit and 37 % of the spectra stayed cut."""
+    from napari_microml.runtime.widget import fraction_in_view
+
+    viewer = make_napari_viewer(show=True)
+    viewer.window._qt_window.resize(1500, 1000)
+    [scan] = open_file(viewer, shared_data / "spectra" / "LSMO_linescan.hspy")
+    qtbot.wait(300)
+    widget = open_tool(viewer, "Spectral shift-VAE")
+    widget.epochs.value = 3  # the view, not the fit, is under test
+    qtbot.wait(300)
+    click(qtbot, widget.run_button, widget)
+    qtbot.wait(300)
+    assert f"{scan.name} shift track" in viewer.layers
+    assert fraction_in_view(viewer, scan) >= 0.98, fraction_in_view(viewer, scan)

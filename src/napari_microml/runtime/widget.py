@@ -534,7 +534,9 @@ class ToolWidget(Container):
             self._layer_problems = []
         added = [lyr for lyr in self.viewer.layers if _layer_key(lyr) not in self._layers_before]
         if added:  # a later run updates its layers in place: the user's zoom is kept
-            fit_view_to(self.viewer, added)
+            # the input too: a result drawn on it (a line scan's track) is read against it all
+            inputs = list(self._job.inputs.values()) if self._job is not None else []
+            fit_view_to(self.viewer, [*added, *(i for i in inputs if i in self.viewer.layers)])
 
     def _cannot_run(self, err: Exception) -> None:
         from napari.utils.notifications import show_warning
