@@ -13,8 +13,13 @@ Parts (one JSON document; every fine-tuned score sits beside the default model's
   ``--lattice-frames`` per lattice): mean ± sd over the repeats, since one fine-tune's change on
   a few frames moves by about ±0.01 run to run.
 
+Every fine-tune is scored twice: the saved model ("finetuned") and its fine-tuned weights
+unblended at their own held-out threshold ("alpha1"); they differ only when ``--alphas`` offers
+blends with the base (atoms/finetune.py ALPHAS) or ``--guard-loss`` turns the crystal guard on.
+
 Usage: OMP_NUM_THREADS=1 nice -n 10 python benchmarks/finetune.py [--parts pt,synthetic]
        [--ks 1,3,5] [--rotations 4] [--repeats 3] [--lattice-frames 10] [--threads 1]
+       [--alphas 0.25,0.5,0.75,1 --guard-loss 0.003]
 """
 
 from __future__ import annotations
@@ -284,10 +289,20 @@ def main(argv=None):
         "--lattice-frames", type=int, default=10, help="test frames per standard lattice and dose"
     )
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--alphas", default=None, help="blend shares to try, e.g. 0.25,0.5,0.75,1")
+    p.add_argument(
+        "--guard-loss", type=float, default=None, help="crystal guard's F1 loss limit (default off)"
+    )
     a = p.parse_args(argv)
     import torch
 
+    from napari_microml.atoms import finetune as ft
+
     torch.set_num_threads(a.threads)
+    if a.alphas:
+        ft.ALPHAS = tuple(float(x) for x in a.alphas.split(","))
+    if a.guard_loss is not None:
+        ft.GUARD_LOSS = a.guard_loss
     sys.path.insert(0, str(Path(__file__).parent))
     # never the user's own model folder
     folder = tempfile.mkdtemp(prefix="microml-bench-models-")
@@ -296,6 +311,8 @@ def main(argv=None):
         "torch_threads": a.threads,
         "cpu_count": os.cpu_count(),
         "load_average_at_start": os.getloadavg()[0],
+        "alphas": list(ft.ALPHAS),
+        "guard_loss": ft.GUARD_LOSS,
     }
     parts = a.parts.split(",")
     if "pt" in parts:

@@ -294,6 +294,8 @@ def test_blends_reproduce_the_base_at_0_and_the_fine_tuned_model_at_1():
 
 def test_the_saved_model_is_the_chosen_blend(frames, models_folder, monkeypatch, one_torch_thread):
     """Held-out F1 rises with alpha, but the guard stops blends above 0.5: 0.5 is saved."""
+    monkeypatch.setattr(ft, "ALPHAS", (0.25, 0.5, 0.75, 1.0))
+    monkeypatch.setattr(ft, "GUARD_LOSS", 0.003)
     monkeypatch.setattr(ft._Validator, "__call__", _scores(0.5, 0.7, 0.6, 0.7, 0.8, 0.9))
     # the base 0.990 on the crystals, then alpha 0.25, 0.5 (loss 0.002: allowed), 0.75, 1
     monkeypatch.setattr(ft._Guard, "__call__", _guard_scores(0.990, 0.990, 0.988, 0.980, 0.97))
@@ -312,9 +314,23 @@ def test_the_saved_model_is_the_chosen_blend(frames, models_folder, monkeypatch,
     assert not all(torch.equal(got[k], result.tuned_state[k]) for k in expected)
 
 
+def test_by_default_the_fine_tuned_weights_are_saved_unblended(
+    frames, models_folder, monkeypatch, one_torch_thread
+):
+    monkeypatch.setattr(ft._Validator, "__call__", _scores(0.5, 0.8))
+    monkeypatch.setattr(ft._Guard, "__call__", _guard_scores(0.99, 0.0))  # would veto if used
+    result = collect(ft.finetune_atoms_iter(*frames, steps=2, name="plain"))[1]
+    assert not result.kept_base and result.card["blend"]["alpha"] == 1.0
+    assert [set(b) for b in result.card["blend"]["grid"]] == [{"alpha", "f1", "threshold"}]
+    saved = load_model("atoms", "plain")[0].state_dict()
+    assert all(torch.equal(saved[k], result.tuned_state[k]) for k in saved)
+    assert "fine-tuned and" not in result.reason
+
+
 def test_a_model_that_forgets_crystals_is_not_handed_over(
     frames, models_folder, monkeypatch, one_torch_thread
 ):
+    monkeypatch.setattr(ft, "GUARD_LOSS", 0.003)
     monkeypatch.setattr(ft._Validator, "__call__", _scores(0.5, 0.8))
     monkeypatch.setattr(ft._Guard, "__call__", _guard_scores(0.99, 0.95))
     result = collect(ft.finetune_atoms_iter(*frames, steps=2, name="forgets"))[1]

@@ -153,13 +153,17 @@ def card_markdown(card: dict) -> str:
         f"{card.get('meta', {}).get('recommended_threshold')}",
     ]
     blend = card.get("blend") or {}
-    if blend.get("alpha") is not None:
+    if blend.get("alpha") is not None and blend["alpha"] < 1:
         guard = blend.get("guard", {})
         lines.append(
             f"- Weights: {blend['alpha']:.0%} fine-tuned, {1 - blend['alpha']:.0%} the base "
-            f"(the blend with the best held-out F1 among those that find {guard.get('frames')} "
-            f"simulated crystals at {guard.get('doses')} counts within {guard.get('max_loss')} "
-            "F1 of the base)"
+            "(the blend with the best held-out F1"
+            + (
+                f" among those that find {guard['frames']} simulated crystals at "
+                f"{guard.get('doses')} counts within {guard['max_loss']} F1 of the base)"
+                if guard.get("max_loss") is not None
+                else ")"
+            )
         )
     lines += [
         f"- Weights sha256: {card.get('sha256')}",
