@@ -173,3 +173,22 @@ def test_line_scan_is_refitted_into_view_with_its_shift_track(
     qtbot.wait(300)
     assert f"{scan.name} shift track" in viewer.layers
     assert fraction_in_view(viewer, scan) >= 0.98, fraction_in_view(viewer, scan)
+
+
+def test_defect_segmenter_can_be_cancelled_before_its_contrast_decision(monkeypatch):
+    """Cancel clicked 1 s into a Defect segmenter run on Acquisition_18 took effect only at the
+    core's first yield, 2.3-4.8 s after Run (under load): the image scaling, the lattice period
+    and the bright/dark decision ran before any cancel point."""
+    import napari_microml.defects.segment as seg
+    from napari_microml.synth.lattice import simulate_lattice
+
+    calls = []
+    real = seg.decide
+    monkeypatch.setattr(seg, "decide", lambda *a, **k: calls.append(1) or real(*a, **k))
+    image = simulate_lattice((128, 128), seed=0).image
+    steps = seg.segment_defects_iter(image)
+    next(steps)
+    assert not calls, "the contrast decision ran before the first cancel point"
+    next(steps)
+    assert not calls
+    steps.close()  # what a Cancel does between steps

@@ -209,9 +209,9 @@ def segment_defects_iter(
     Yields
     ------
     tuple
-        ``("progress", done, total, message)`` after choosing or loading the model, after
-        every network tile and while the atom finder runs (when ``atoms`` is not given),
-        frame by frame for a stack.
+        ``("progress", done, total, message)`` once the parameters are checked, before the
+        contrast decision, after choosing or loading the model, after every network tile and
+        while the atom finder runs (when ``atoms`` is not given), frame by frame for a stack.
 
     Returns
     -------
@@ -234,12 +234,14 @@ def segment_defects_iter(
         tta, "tta (flipped/transposed copies to average)", low=1, high=8, integer=True
     )
     edge_margin = check_number(edge_margin, "edge_margin", low=0.0, unit="column spacings")
+    yield progress(0, 1, "reading the image")  # cancel points through the set-up, too
     # 0–1 in float64 first: the same numbers (and defects) whatever the image's units
     scaled = as_scaled_stack(image, what="image")
     stack, is_stack = scaled.stack, scaled.is_stack
     user_atoms = _check_atoms(atoms, stack.shape, is_stack)
     first = fill_nonfinite(stack[0])
     zoom, period = zoom_for(first, rescale, low=6.0, high=30.0)  # trained: 6–24 px
+    yield progress(0, 1, "deciding bright or dark columns")
     contrast_choice = decide(resample(first, zoom), contrast, period=period and period * zoom)
     contrast = contrast_choice.contrast
     if column_check is None:  # the column-intensity check relies on Z-contrast (HAADF/ADF)
