@@ -192,3 +192,27 @@ def test_defect_segmenter_can_be_cancelled_before_its_contrast_decision(monkeypa
     next(steps)
     assert not calls
     steps.close()  # what a Cancel does between steps
+
+
+def test_dkl_export_log_never_replaces_a_file_unasked(
+    make_napari_viewer, qtbot, shared_data, tmp_path
+):
+    """Active learning's Export log wrote over any file of the chosen name (the file picker
+    does not ask), e.g. the log of yesterday's campaign: it is kept unless the user ticks
+    'Overwrite an existing file'."""
+    viewer = make_napari_viewer()
+    open_file(viewer, shared_data / "dkl" / "CuZn_HAADF.hspy")
+    open_file(viewer, shared_data / "dkl" / "CuZn_EELS_mapping_tutorial.hspy")
+    widget = open_tool(viewer, "Active learning (DKL)")
+    click(qtbot, widget.init_button, widget)
+    yesterday = tmp_path / "campaign.csv"
+    yesterday.write_text("row,col,value\n1,2,3\n")
+    widget.log_path.value = yesterday
+    widget.export_button.native.click()
+    assert yesterday.read_text() == "row,col,value\n1,2,3\n"
+    assert "exists" in widget.status.value and "Nothing was written" in widget.status.value
+    widget.overwrite.value = True
+    widget.export_button.native.click()
+    rows = yesterday.read_text().splitlines()
+    assert rows[0].startswith("step,row,col") and len(rows) == 1 + widget.learner.n_observed
+    assert [p.name for p in tmp_path.iterdir()] == ["campaign.csv"]  # no staging file left

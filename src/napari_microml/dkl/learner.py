@@ -493,17 +493,19 @@ class ActiveLearner:
         Parameters
         ----------
         path : str or Path
-            The file to write (overwritten).
+            The file to write (replaced whole, only once the new one is complete).
 
         Returns
         -------
         Path
             ``path``.
         """
+        from napari_microml.io.writer import staged
+
         path = Path(path)
         rows = self.log_records()
         if path.suffix.lower() == ".csv":
-            with open(path, "w", newline="") as fh:
+            with staged(path) as tmp, open(tmp, "w", newline="") as fh:
                 writer = csv.DictWriter(fh, fieldnames=LOG_FIELDS)
                 writer.writeheader()
                 for r in rows:
@@ -520,7 +522,8 @@ class ActiveLearner:
                 "deterministic": self.deterministic,
                 "torch_threads": 1 if self.deterministic else _torch_threads(),
             }
-            path.write_text(json.dumps({"parameters": meta, "log": rows}, indent=1))
+            with staged(path) as tmp:
+                Path(tmp).write_text(json.dumps({"parameters": meta, "log": rows}, indent=1))
         return path
 
 

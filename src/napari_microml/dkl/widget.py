@@ -19,6 +19,7 @@ import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Any, cast
 
 import napari
@@ -242,6 +243,11 @@ class ActiveLearningWidget(ToolWidget):
             tooltip="Where Export log writes every measurement (.csv or "
             ".json; row, col in pixels).",
         )
+        self.overwrite = CheckBox(
+            label="Overwrite an existing file",
+            value=False,
+            tooltip="Export log replaces a file of that name only when this is ticked.",
+        )
         self.export_button = PushButton(text="Export log")
         buttons = Container(
             widgets=[self.init_button, self.step_button, self.stop_button],
@@ -267,7 +273,7 @@ class ActiveLearningWidget(ToolWidget):
             buttons,
         ]
         super().__init__(viewer, controls)
-        self.extend([self.log_path, self.export_button])
+        self.extend([self.log_path, self.overwrite, self.export_button])
         self.run_button.tooltip = "Step until the budget is spent (the button then stops)."
         self.device_choice.tooltip = "Where the networks run: auto picks a GPU when present."
         self.learner: Any = None  # the campaign on screen (adopted from a run's snapshot)
@@ -838,6 +844,12 @@ class ActiveLearningWidget(ToolWidget):
         path = self.log_path.value
         if path is None or str(path) in ("", "."):
             show_warning("Choose a log file (.csv or .json) first.")
+            return None
+        if Path(path).exists() and not self.overwrite.value:  # the dialog never asked
+            self._say(
+                f"{Path(path).name} exists; tick 'Overwrite an existing file' or choose "
+                "another name. Nothing was written."
+            )
             return None
         out = self.learner.export_log(path)
         self._say(f"Log written to {out}.")
