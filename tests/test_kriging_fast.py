@@ -22,7 +22,7 @@ def test_lattice_refinement_jacobian_equals_finite_differences():
         f = harmonics(basis, 2)
         y = design(rel, f) @ rng.normal(size=1 + 2 * len(f)) + rng.normal(0, 0.5, len(rel))
         b = basis.ravel() + rng.normal(0, 3e-4, basis.size)  # off the optimum
-        resid, jac = projected_residual(rel, y, basis.shape, 2)
+        resid, jac = projected_residual(rel, y, shape=basis.shape, order=2)
         analytic, numeric = jac(b), numerical_jacobian(resid, b)
         assert analytic.shape == (len(rel), basis.size)
         assert np.abs(analytic - numeric).max() <= 1e-5 * np.abs(numeric).max()

@@ -284,7 +284,7 @@ def normal_equations(
     return gram, rhs
 
 
-def projected_residual(rel: np.ndarray, y: np.ndarray, shape: tuple[int, ...], order: int):
+def projected_residual(rel: np.ndarray, y: np.ndarray, *, shape: tuple[int, ...], order: int):
     """Residual of the best Fourier-series fit as a function of the reciprocal vectors alone
     (variable projection), and its exact Jacobian (Golub & Pereyra).
 
@@ -380,7 +380,7 @@ def fit_lattice_mean(
     rng = np.random.default_rng(seed)
     sub = rng.choice(len(y), min(len(y), REFINE_POINTS), replace=False)
     # variable projection: the coefficients are solved inside, only the vectors are searched
-    resid, jac = projected_residual(rel[sub], y[sub], basis.shape, min(order, 2))
+    resid, jac = projected_residual(rel[sub], y[sub], shape=basis.shape, order=min(order, 2))
     step = 1.0 / max(shape)  # a vector's change that moves the phase ~2π across the frame
     norm = 1.0 / max(float(((y[sub] - y[sub].mean()) ** 2).sum()), 1e-300)  # unit-free cost
 
