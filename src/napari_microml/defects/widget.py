@@ -24,6 +24,7 @@ from napari_microml.runtime.widget import (
     layer_picker,
     physical_kwargs,
     pixel_size_nm,
+    preload,
     resample_note,
     rescale_combo,
     viewer_camera,
@@ -194,6 +195,7 @@ class DefectSegmenterWidget(ToolWidget):
         self._shown: tuple[str, str] | None = None  # (labels, image) names of the table's run
         self.model.changed.connect(self._on_model_changed)
         self._on_model_changed()
+        preload("torch")  # imported in the worker it held the GIL and Cancel for seconds
 
     def _on_model_changed(self, *_):
         from napari_microml.nets.registry import list_models
