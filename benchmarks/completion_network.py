@@ -3,7 +3,8 @@
 The cases and scoring are benchmarks/completion.py's (imported, not copied): truth-1, truth-2
 and held-out synthetic scenes, spiral/grid/line hopping at 1/17.9, 1/50, 1/87 and mask-1.
 Rows per case, in the same run: ``local_gp`` (the reference), ``network`` (the shipped
-``completion-default``) and ``network_candidate``. Besides the benchmark's summary, per case
+``completion-default``), ``network_signal`` (the same, reporting the σ of the signal instead of
+a measurement's) and ``network_candidate``. Besides the benchmark's summary, per case
 the candidate's excess RMS over the shipped network's (``candidate_vs_network``).
 ``--dev``: instead, real images the benchmark does not use (Acquisition_18, SrTiO3 ABF, the SI
 survey, Pt/C 021 and 038; 256² centre crops) under spiral, grid, thick-trace and line-hopping
@@ -40,6 +41,16 @@ DEV_IMAGES = (
 )
 
 
+def _signal(model):
+    def run(values, mask):
+        r = bench.complete_scan(
+            np.where(mask, values, np.nan), mask, model=model, device="cpu", sigma="signal"
+        )
+        return r.image, r.uncertainty, None
+
+    return run
+
+
 def dev(candidate: str, quick: bool) -> dict:
     import napari_microml as mm
     from napari_microml.completion.masks import scan_mask
@@ -65,8 +76,14 @@ def dev(candidate: str, quick: bool) -> dict:
         for m in ms
         if m != bench.REFERENCE
     }
+    cover = {
+        m: [row[m]["within_2sigma_measurement"] for rows in out.values() for row in rows.values()]
+        for m in ms
+    }
     return {
         "images": out,
+        "coverage_2sigma_mean": {m: round(float(np.mean(c)), 4) for m, c in cover.items()},
+        "coverage_2sigma_min": {m: min(c) for m, c in cover.items()},
         "geomean_excess_ratio_vs_local_gp": {
             m: round(float(np.exp(np.mean(np.log(r)))), 4) for m, r in ratios.items()
         },
@@ -86,6 +103,7 @@ def main(argv=None):
     bench.methods = lambda network: {  # the rows this judge compares
         bench.REFERENCE: bench._api(bench.LOCAL_GP),
         "network": bench._api("default"),
+        "network_signal": _signal("default"),
         "network_candidate": bench._api(a.candidate),
     }
     result: dict = {"reference": bench.REFERENCE, "candidate": a.candidate, "quick": a.quick}

@@ -45,9 +45,10 @@ def test_measured_pixels_are_returned_exactly_and_sigma_is_zero_there(scene, mod
     else:
         assert (
             r.model == "completion-default"
-            and r.sigma == "network"
+            and r.sigma == "measurement"
             and r.provenance["model"]["sha256"]
         )
+        assert r.provenance["parameters"]["pixel_noise_sd"][0] > 0
 
 
 @pytest.mark.parametrize("model", ["kriging", "default"])
@@ -323,3 +324,24 @@ def test_network_stays_within_the_measured_range_in_flat_vacuum():
     lo, hi = clean[mask].min(), clean[mask].max()
     assert r.image[~mask].min() >= lo and r.image[~mask].max() <= hi
     np.testing.assert_array_equal(r.image[mask], clean[mask])
+
+
+def test_network_offers_both_sigmas_the_measurement_one_adds_the_fitted_pixel_noise():
+    """A network's σ is of the signal (trained on noise-free targets); a re-scan also carries
+    the pixel noise, so the measurement σ (the default) must cover the noisy image."""
+    noisy, clean = simulate_scene((128, 128), kind="particles", dose=50, seed=31)
+    mask = scan_mask("grid", noisy.shape, 1 / 10, seed=3)
+    meas = complete_scan(noisy * mask, mask, model="default", device="cpu")
+    sig = complete_scan(noisy * mask, mask, model="default", device="cpu", sigma="signal")
+    miss = ~mask
+    np.testing.assert_array_equal(meas.image, sig.image)
+    noise_sd = meas.provenance["parameters"]["pixel_noise_sd"][0]
+    assert sig.sigma == "signal" and sig.provenance["parameters"]["pixel_noise_sd"] is None
+    np.testing.assert_allclose(
+        meas.uncertainty[miss] ** 2, sig.uncertainty[miss] ** 2 + noise_sd**2, rtol=1e-3
+    )
+    true_sd = np.std(noisy - clean)
+    assert 0.7 * true_sd < noise_sd < 1.3 * true_sd
+    cover_meas = np.mean(np.abs(meas.image - noisy)[miss] <= 2 * meas.uncertainty[miss])
+    cover_sig = np.mean(np.abs(sig.image - noisy)[miss] <= 2 * sig.uncertainty[miss])
+    assert cover_sig < 0.85 <= cover_meas <= 0.99, (cover_sig, cover_meas)

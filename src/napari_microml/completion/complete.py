@@ -17,10 +17,11 @@ only, 0 where unmeasured), the mask, a normalised-convolution fill
 measured neighbours at the smallest scale that holds ≥ 4 effective samples; computed on the
 whole frame before tiling) and the log distance to the nearest measured pixel. It predicts a
 residual on the fill and a log-variance (heteroscedastic Gaussian head); the σ is rescaled by a
-factor fitted on held-out synthetic images (stored in the weights' meta as ``sigma_scale``).
-The predicted values are clipped to the range of the frame's measured values. Measured pixels
-are returned exactly (float64 output for float64 input and for integers wider than 16 bits, so
-none is rounded), with uncertainty 0.
+factor fitted on held-out synthetic images (stored in the weights' meta as ``sigma_scale``);
+that is the σ of the signal, and the σ of a measurement (the default) adds the pixel noise fitted
+on the measured pixels as kriging fits it. The predicted values are clipped to the range of the
+frame's measured values. Measured pixels are returned exactly (float64 output for float64 input
+and for integers wider than 16 bits, so none is rounded), with uncertainty 0.
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ class CompletionResult:
     uncertainty : same shape and dtype, 1σ in the input's intensity units, 0 at measured pixels
         (see ``sigma``).
     sigma : which σ: ``"measurement"`` (a re-scan's reading: signal + pixel noise),
-        ``"signal"`` (the noise-free signal), or ``"network"`` (a network's calibrated σ).
+        ``"signal"`` (the noise-free signal).
     mask : bool, same shape.
     """
 
@@ -187,8 +188,13 @@ def complete_frame(
     sigma_scale: float = 1.0,
     tile: int = 512,
     batch_size: int = 1,
+    pixel_noise: bool = False,
 ):
-    """Complete one (H, W) frame (generator: yields ``(done, total)`` tiles, returns (image, σ))."""
+    """Complete one (H, W) frame: yields ``(done, total)`` tiles, returns (image, σ, noise sd).
+
+    ``pixel_noise``: add the frame's pixel noise, fitted on its measured pixels, to the network's
+    σ of the signal (the σ of a new measurement); otherwise the noise sd is None.
+    """
     from napari_microml.completion.kriging import standardise
     from napari_microml.runtime.tiling import tiled_predict
 
@@ -211,7 +217,15 @@ def complete_frame(
     # (a dark bias in flat vacuum between thick scan lines) stop at the measured range
     mean = np.clip((x[2] + out[0].astype(np.float64)) * span + lo, measured.min(), measured.max())
     sigma = np.exp(0.5 * np.clip(out[1].astype(np.float64), -20, 10)) * sigma_scale * span
-    return np.where(mask, values, mean), np.where(mask, 0.0, sigma)
+    noise_sd = None
+    if pixel_noise:
+        from napari_microml.completion.kriging import fit_gp_hyperparameters
+
+        fit = {k: KRIGING_SETTINGS[KRIGING][k] for k in ("n_fit", "kernel")}
+        p = fit_gp_hyperparameters(values, mask, k=KRIGING_SETTINGS[KRIGING]["fit_k"], **fit)
+        noise_sd = float(np.sqrt(p["noise"]) * standardise(values[mask])[2])
+        sigma = np.sqrt(sigma**2 + noise_sd**2)
+    return np.where(mask, values, mean), np.where(mask, 0.0, sigma), noise_sd
 
 
 def complete_scan_iter(
@@ -270,9 +284,17 @@ def complete_scan_iter(
 
     predict = batch_predictor(net, dev)
     batch = 1 if dev.type == "cpu" else 4  # CPU: one tile at a time, less memory
-    image, sig, _ = yield from _run_frames(
+    measurement = sigma == "measurement" and uncertainty
+    image, sig, extras = yield from _run_frames(
         lambda t: complete_frame(
-            net, predict, v3[t], m3[t], sigma_scale=scale, tile=tile, batch_size=batch
+            net,
+            predict,
+            v3[t],
+            m3[t],
+            sigma_scale=scale,
+            tile=tile,
+            batch_size=batch,
+            pixel_noise=measurement,
         ),
         len(v3),
         "tile",
@@ -287,8 +309,9 @@ def complete_scan_iter(
         parameters={
             "tile": tile,
             "uncertainty": uncertainty,
-            "sigma": "network",
+            "sigma": sigma,
             "sigma_scale": scale,
+            "pixel_noise_sd": [e[0] for e in extras] if measurement else None,
             "coverage": float(m3.mean()),
         },
         model={k: info.get(k) for k in ("name", "file", "sha256")},
@@ -303,7 +326,7 @@ def complete_scan_iter(
             model=str(info.get("name")),
             device=label,
             provenance=prov,
-            sigma="network",
+            sigma=sigma,
         ),
         out_dtype,
     )
@@ -432,10 +455,11 @@ def complete_scan(
     uncertainty : bool
         When False the returned uncertainty is all zeros.
     sigma : {"measurement", "signal"}
-        Kriging methods: ``"measurement"`` (default) reports the 1σ of what a new measurement
-        of the pixel would read — the signal's uncertainty plus the pixel noise estimated from
-        the scan — the figure to compare with a re-scan; ``"signal"`` the 1σ of the noise-free
-        signal. Networks report their own calibrated σ (``result.sigma == "network"``).
+        ``"measurement"`` (default) reports the 1σ of what a new measurement of the pixel
+        would read — the signal's uncertainty plus the pixel noise estimated from the scan —
+        the figure to compare with a re-scan; ``"signal"`` the 1σ of the noise-free signal.
+        Networks: their calibrated σ of the signal, plus (``"measurement"``) the pixel noise
+        fitted on the frame's measured pixels as kriging fits it.
     input_name : str, optional
         Name of the input (file or layer) recorded in ``provenance['input_layer']``.
 

@@ -136,8 +136,8 @@ class ScanCompleterWidget(ToolWidget):
             value="measurement",
             tooltip="1σ in the image's units. 'of a re-scan': what measuring the pixel "
             "would read (signal + the pixel noise estimated from the scan); "
-            "'of the noise-free signal': without that noise. Kriging only; "
-            "a network reports its own calibrated σ",
+            "'of the noise-free signal': without that noise. For a network the pixel "
+            "noise is fitted on the scan as kriging fits it",
         )
         self._simulate = [self.image_layer, self.kind, self.coverage, self.seed]
         self._complete = [
@@ -402,7 +402,6 @@ class ScanCompleterWidget(ToolWidget):
         what = {
             "measurement": "1σ of a re-scan",
             "signal": "1σ of the noise-free signal",
-            "network": "the network's 1σ",
         }.get(result.sigma, result.sigma)
         message = (
             f"Done: filled the {100 * (~result.mask).mean():.1f} % unmeasured pixels by "
