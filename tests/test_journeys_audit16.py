@@ -216,3 +216,21 @@ def test_dkl_export_log_never_replaces_a_file_unasked(
     rows = yesterday.read_text().splitlines()
     assert rows[0].startswith("step,row,col") and len(rows) == 1 + widget.learner.n_observed
     assert [p.name for p in tmp_path.iterdir()] == ["campaign.csv"]  # no staging file left
+
+
+def test_lattice_atom_count_levels_are_named_per_sublattice(make_napari_viewer, qtbot):
+    """Acquisition_18's status read 'atom counts: 1/1 levels (per sublattice)', which reads as a
+    fraction; each sublattice's number of thickness levels is now named."""
+    from napari_microml.synth.strained import strained_lattice
+
+    viewer = make_napari_viewer()
+    s = strained_lattice("domains", structure="perovskite", dose=3000, seed=11)
+    image = viewer.add_image(s.image, name="pero")
+    points = viewer.add_points(s.positions, name="pero atoms")
+    tool = open_tool(viewer, "Lattice analysis")
+    tool.image_layer.value, tool.points_layer.value = image, points
+    click(qtbot, tool.run_button, tool)
+    status = tool.status.value
+    assert "atom-count levels (column thicknesses): " in status, status
+    assert " in sublattice 0, " in status and " in sublattice 1" in status, status
+    assert "/" not in status.split("atom-count levels")[1].split(";")[0], status

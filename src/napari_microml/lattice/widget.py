@@ -417,12 +417,13 @@ class LatticeWidget(ToolWidget):
         if lat.parameters.get("shells_requested") == "auto":
             text += f", auto ({lat.parameters['shells_reason']})"
         if cnt is not None:
-            levels = (
-                "/".join(str(len(m.means)) for m in cnt.groups.values())
-                if cnt.groups
-                else str(cnt.n_components)
-            )
-            text += f"; atom counts: {levels} levels" + (" (per sublattice)" if cnt.groups else "")
+            if cnt.groups:  # "1/1 levels" read as a fraction: name each sublattice
+                levels = ", ".join(
+                    f"{len(m.means)} in sublattice {k}" for k, m in cnt.groups.items()
+                )
+                text += f"; atom-count levels (column thicknesses): {levels}"
+            else:
+                text += f"; atom-count levels (column thicknesses): {cnt.n_components}"
             if cnt.edge is not None and cnt.edge.any():
                 text += f", {int(cnt.edge.sum())} edge columns not counted (count 0)"
         if run.notes:
