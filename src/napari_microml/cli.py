@@ -245,11 +245,19 @@ def _atoms(
     model: str = "auto",
     rescale: str = "auto",
     contrast: str = "auto",
+    pixel_size: float | None = None,
 ) -> dict:
     from napari_microml.atoms.finder import find_atoms_iter
 
     r = _drain(
-        find_atoms_iter(frame, device=device, model=model, rescale=rescale, contrast=contrast)
+        find_atoms_iter(
+            frame,
+            device=device,
+            model=model,
+            rescale=rescale,
+            contrast=contrast,
+            pixel_size=pixel_size,
+        )
     )
     return {
         "positions": np.asarray(r.positions, float).reshape(-1, 2),
@@ -259,12 +267,21 @@ def _atoms(
 
 
 def _defects(
-    frame: np.ndarray, device: str = "auto", model: str = "auto", rescale: str = "auto"
+    frame: np.ndarray,
+    device: str = "auto",
+    model: str = "auto",
+    rescale: str = "auto",
+    pixel_size: float | None = None,
 ) -> dict:
     from napari_microml.defects.segment import segment_defects_iter
 
-    d = _drain(segment_defects_iter(frame, device=device, model=model, rescale=rescale))
+    d = _drain(
+        segment_defects_iter(
+            frame, device=device, model=model, rescale=rescale, pixel_size=pixel_size
+        )
+    )
     return {
+        "pixel_size": d.pixel_size,
         "labels": np.asarray(d.labels, np.int32),
         "table": _frame_table(d.table),
         "counts": d.counts(),
@@ -757,7 +774,7 @@ def load_jobs(
 # ----------------------------------------------------------------------------- running
 def process_items(
     items: list,
-    run: Callable,
+    run: Callable | list[Callable],
     *,
     device: str = "auto",
     scheduler: str | None = None,
@@ -767,6 +784,7 @@ def process_items(
     doing: str = "",
 ) -> list[dict]:
     """Run ``run(item, device)`` on every item in parallel with dask; results in order.
+    ``run`` is one callable for all items or a list of one per item.
 
     ``scheduler=None`` uses the local threaded scheduler with ``workers`` threads and, with
     ``progress``, a :class:`ProgressLine` naming each item by ``labels`` (what it is
@@ -775,17 +793,20 @@ def process_items(
     """
     import dask
 
+    runs = run if isinstance(run, list) else [run] * len(items)
     if scheduler is None:
         if not progress:
-            tasks = [dask.delayed(run, pure=False)(it, device) for it in items]
+            tasks = [
+                dask.delayed(r, pure=False)(it, device) for r, it in zip(runs, items, strict=True)
+            ]
             return list(dask.compute(*tasks, scheduler="threads", num_workers=workers))
         names = labels or [f"item {i + 1}" for i in range(len(items))]
         with ProgressLine(names, doing) as line:
             tasks = [
-                dask.delayed(functools.partial(_reporting, run, line=line, index=i), pure=False)(
+                dask.delayed(functools.partial(_reporting, r, line=line, index=i), pure=False)(
                     it, device
                 )
-                for i, it in enumerate(items)
+                for i, (r, it) in enumerate(zip(runs, items, strict=True))
             ]
             return list(dask.compute(*tasks, scheduler="threads", num_workers=workers))
 
@@ -795,11 +816,16 @@ def process_items(
         if all(isinstance(it, np.ndarray) for it in items):
             # in-memory frames: send each once instead of embedding them in the graph
             remote = client.scatter([np.asarray(it) for it in items])
-            futures = client.map(run, remote, device=device, pure=False)
+            futures = [
+                client.submit(r, x, device, pure=False) for r, x in zip(runs, remote, strict=True)
+            ]
         else:
             # lazy frames: file-backed graphs (open vendor files) do not pickle, so this
             # process reads each item and submits it as soon as it is loaded
-            futures = [client.submit(run, _materialize(it), device, pure=False) for it in items]
+            futures = [
+                client.submit(r, _materialize(it), device, pure=False)
+                for r, it in zip(runs, items, strict=True)
+            ]
         index = {f.key: i for i, f in enumerate(futures)}
         results: list = [None] * len(futures)
         done = 0
@@ -841,6 +867,19 @@ def _guarded(run: Callable, item, device: str = "auto"):
         return Failure("", _one_line(err), bad_input=True)
     except Exception as err:  # noqa: BLE001 - reported per input, nothing written for it
         return Failure("", f"{type(err).__name__}: {_one_line(err)}", bad_input=False)
+
+
+def _calibrated(run: Callable, job: Job) -> Callable:
+    """``run`` given the job's nm per pixel when the file is calibrated in a length unit and
+    the tool takes ``pixel_size`` (atoms, defects: as their docks do)."""
+    import inspect
+
+    from napari_microml.runtime.units import nm_per_pixel
+
+    if "pixel_size" not in inspect.signature(run).parameters:
+        return run
+    size = nm_per_pixel(scale=job.kwargs.get("scale"), units=job.kwargs.get("units"))
+    return run if size is None else functools.partial(run, pixel_size=size)
 
 
 def _geometry(job: Job) -> tuple[list, list, list]:
@@ -913,7 +952,12 @@ def _write_outputs(tool: str, job: Job, results: list[dict], stage: Path, prov: 
         written.append(
             Path(
                 writer.write_defects_csv(
-                    stage / names[1], table, counts, provenance=md, image=job.source.name
+                    stage / names[1],
+                    table,
+                    counts,
+                    provenance=md,
+                    image=job.source.name,
+                    pixel_size=results[0].get("pixel_size"),
                 )
             )
         )
@@ -1294,7 +1338,7 @@ def run_tool(
             stage = Staging(out_dir)
         results = process_items(
             items,
-            functools.partial(_guarded, run),
+            [functools.partial(_guarded, _calibrated(run, job)) for job in jobs for _ in job.items],
             device=device,
             scheduler=scheduler,
             workers=workers,

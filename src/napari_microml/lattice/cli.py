@@ -104,23 +104,11 @@ def add_parser(subparsers) -> None:
 
 def _pixel_size(kwargs: dict, given: float | None) -> float | None:
     """nm per pixel: ``--pixel-size``, else the file's calibration when its units are lengths."""
+    from napari_microml.runtime.units import nm_per_pixel
+
     if given is not None:
         return given
-    units = kwargs.get("units")
-    scale = kwargs.get("scale")
-    if not units or not scale:
-        return None
-    factor = {
-        "nm": 1.0,
-        "nanometer": 1.0,
-        "Å": 0.1,
-        "angstrom": 0.1,
-        "pm": 1e-3,
-        "µm": 1e3,
-        "um": 1e3,
-        "micrometer": 1e3,
-    }.get(str(units[-1]))
-    return None if factor is None else float(scale[-1]) * factor
+    return nm_per_pixel(scale=kwargs.get("scale"), units=kwargs.get("units"))
 
 
 def _sentence(err: Exception) -> str:

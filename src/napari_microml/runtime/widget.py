@@ -152,14 +152,11 @@ def physical_kwargs(layer, ndim: int | None = None) -> dict:
 
 def pixel_size_nm(layer) -> float | None:
     """The layer's in-plane pixel size in nm when its units say so, else ``None``."""
-    units = getattr(layer, "units", None)
-    if layer is None or units is None:
+    from napari_microml.runtime.units import nm_per_pixel
+
+    if layer is None:
         return None
-    try:
-        value = (float(layer.scale[-1]) * units[-1]).to("nm").magnitude
-    except Exception:  # pixel units or anything pint cannot convert to nm
-        return None
-    return float(value) if value > 0 else None
+    return nm_per_pixel(scale=layer.scale, units=getattr(layer, "units", None))
 
 
 def rescale_combo(trained: str) -> ComboBox:

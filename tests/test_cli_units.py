@@ -1,0 +1,152 @@
+"""The CLI reads a file's calibration as the docks do: nm per pixel from (scale, unit)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from napari_microml import cli
+from napari_microml.runtime.units import nm_per_pixel
+
+DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "formats"
+
+
+@pytest.mark.parametrize(
+    ("scale", "units", "expected"),
+    [
+        ((0.5, 0.02), ("nm", "nm"), 0.02),
+        ((1.0, 1.5), ("Å", "angstrom"), 0.15),
+        ((1.0, 3.0), ("pm", "pm"), 0.003),
+        ((1.0, 0.002), ("µm", "um"), 2.0),
+        ((1.0, 1.0), ("pixel", "pixel"), None),
+        ((1.0, 2.0), ("px", "px"), None),  # pint's px is a printer's 1/96 inch
+        ((1.0, 0.1), ("nm", "eV"), None),  # the last axis is an energy axis
+        ((1.0, 0.0), ("nm", "nm"), None),
+        ((1.0, 1.0), None, None),
+    ],
+)
+def test_nm_per_pixel_reads_length_units_only(scale, units, expected):
+    got = nm_per_pixel(scale=scale, units=units)
+    assert got == pytest.approx(expected) if expected is not None else got is None
+
+
+def _header(path: Path) -> dict[str, str]:
+    lines = [ln[2:] for ln in path.read_text(encoding="utf-8").splitlines() if ln.startswith("# ")]
+    return dict(ln.split(": ", 1) for ln in lines if ": " in ln)
+
+
+def _densities(path: Path) -> dict[str, float]:
+    out = {}
+    for key, value in _header(path).items():
+        m = re.match(r"count (\w+)", key)
+        if m:
+            d = re.search(r", ([0-9.e+-]+) per nm²", value)
+            out[m.group(1)] = float(d.group(1)) if d else float("nan")
+    return out
+
+
+def _lattice(shape: tuple[int, int], *, seed: int) -> np.ndarray:
+    from napari_microml.synth.lattice import simulate_lattice
+
+    return simulate_lattice(
+        shape, scene="crystal", lattice="perovskite", spacing=12.0, dose=300.0, seed=seed
+    ).image.astype(np.float32)
+
+
+def _write_hspy(path: Path, image: np.ndarray, scale: float, unit: str) -> None:
+    """A calibrated HyperSpy file, as a microscope export would carry it."""
+    from rsciio.hspy import file_writer
+
+    axes = [
+        {"name": n, "scale": scale, "units": unit, "size": s, "offset": 0.0, "navigate": False}
+        for n, s in zip("yx", image.shape, strict=True)
+    ]
+    signal = {
+        "data": image,
+        "axes": axes,
+        "metadata": {"General": {"title": path.stem}, "Signal": {"signal_type": ""}},
+        "original_metadata": {},
+        "tmp_parameters": {},
+        "attributes": {"_lazy": False},
+        "package_info": {"name": "", "version": ""},
+        "learning_results": {},
+        "models": {},
+    }
+    file_writer(str(path), signal)
+
+
+def _same_as_core(csv: Path, image: np.ndarray, size: float) -> None:
+    """The CLI's CSV carries what ``segment_defects(pixel_size=size)`` gives on the array."""
+    from napari_microml.defects.segment import segment_defects
+
+    core = segment_defects(image, pixel_size=size)
+    assert float(_header(csv)["pixel_size_nm"]) == pytest.approx(size)
+    table = pd.read_csv(csv, comment="#")
+    assert len(table) == len(core.table)
+    np.testing.assert_allclose(table["area_nm2"], core.table["area_nm2"], rtol=1e-6)
+    np.testing.assert_allclose(table["nearest_atom_nm"], core.table["nearest_atom_nm"], rtol=1e-6)
+    counts = core.counts()
+    area = core.image_area_nm2
+    assert area is not None
+    dens = _densities(csv)
+    assert set(dens) == set(counts["class"])
+    for _, c in counts.iterrows():
+        assert dens[c["class"]] == pytest.approx(c["count"] / area, rel=1e-3)
+
+
+def test_defects_cli_uses_the_files_nm_calibration(tmp_path):
+    image = _lattice((160, 160), seed=3)
+    src = tmp_path / "cal.hspy"
+    _write_hspy(src, image, 0.5, "Å")
+    out = tmp_path / "out"
+    assert cli.main(["defects", str(src), "--out", str(out), "--quiet"]) == 0
+    csv = out / "cal_defects.csv"
+    table = pd.read_csv(csv, comment="#")
+    assert len(table) and table["area_nm2"].notna().all()
+    _same_as_core(csv, image, 0.05)
+
+
+def test_defects_cli_without_a_length_unit_stays_in_pixels(tmp_path):
+    from napari_microml.io.writer import write_image_tiff
+
+    image = _lattice((128, 128), seed=3)
+    src = tmp_path / "raw.tif"
+    write_image_tiff(str(src), image, {})
+    out = tmp_path / "out"
+    assert cli.main(["defects", str(src), "--out", str(out), "--quiet"]) == 0
+    csv = out / "raw_defects.csv"
+    assert _header(csv)["pixel_size_nm"] == "unknown (positions in px)"
+    assert "per nm²" not in csv.read_text(encoding="utf-8")
+    assert pd.read_csv(csv, comment="#")["area_nm2"].isna().all()
+
+
+def test_atoms_cli_records_the_files_calibration(tmp_path):
+    image = _lattice((96, 96), seed=1)
+    src = tmp_path / "cal.hspy"
+    _write_hspy(src, image, 0.02, "nm")
+    out = tmp_path / "out"
+    assert cli.main(["atoms", str(src), "--out", str(out), "--quiet"]) == 0
+    prov = json.loads((out / "cal_atoms.provenance.json").read_text())
+    assert prov["parameters"]["tool_provenance"]["parameters"]["pixel_size"] == pytest.approx(0.02)
+    table = pd.read_csv(out / "cal_atoms.csv")
+    np.testing.assert_allclose(table["x_nm"], table["col_px"] * 0.02)
+
+
+@pytest.mark.skipif(not (DATA / "Acquisition_18.emd").exists(), reason="no shared data")
+def test_defects_cli_on_acquisition_18_gives_the_docks_densities(tmp_path):
+    import npe2
+
+    npe2.PluginManager.instance().discover()
+    src = DATA / "Acquisition_18.emd"
+    layers = npe2.read([str(src)], stack=False)
+    data, kwargs = np.asarray(layers[0][0]), layers[0][1]
+    size = nm_per_pixel(scale=kwargs["scale"], units=kwargs["units"])
+    assert size == pytest.approx(0.012246524915099144)
+    out = tmp_path / "out"
+    assert cli.main(["defects", str(src), "--out", str(out), "--quiet"]) == 0
+    _same_as_core(out / "Acquisition_18_defects.csv", data, size)
