@@ -21,6 +21,7 @@ from napari_microml.runtime.widget import (
     layer_picker,
     physical_kwargs,
     pixel_size_nm,
+    preload,
     resample_note,
     rescale_combo,
 )
@@ -222,6 +223,7 @@ class AtomFinderWidget(ToolWidget):
         self.refine_button.changed.connect(self._on_refine_clicked)
         self.model.changed.connect(self._on_model_changed)
         self._on_model_changed()
+        preload("torch")  # imported in the worker it held the GIL and Cancel for seconds
 
     def _on_model_changed(self, *_):
         """Use the detection threshold recorded for the chosen model, when it has one."""

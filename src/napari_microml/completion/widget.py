@@ -18,7 +18,13 @@ from napari_microml.completion.masks import MASK_KINDS, scan_mask
 from napari_microml.completion.metrics import relative_rms
 from napari_microml.completion.scan_io import check_mask, check_sparse, rasterise
 from napari_microml.runtime.provenance import KEY
-from napari_microml.runtime.widget import Job, ToolWidget, layer_picker, physical_kwargs
+from napari_microml.runtime.widget import (
+    Job,
+    ToolWidget,
+    layer_picker,
+    physical_kwargs,
+    preload,
+)
 
 SIMULATE, COMPLETE = "Simulate", "Complete measured data"
 IMAGE_MASK, POINTS = "sparse image + mask", "scan points + values"
@@ -166,6 +172,15 @@ class ScanCompleterWidget(ToolWidget):
         viewer.layers.events.inserted.connect(self._on_layers_changed)
         viewer.layers.events.removed.connect(self._on_layers_changed)
         self._sync_visibility()  # no preview layer until the user touches the Simulate controls
+        self.model.changed.connect(self._on_method)
+
+    def _on_method(self, *_):
+        """A network needs torch: imported in the worker it held the GIL and Cancel for
+        seconds, so it is imported when the network is chosen (kriging needs none)."""
+        from napari_microml.completion.complete import KRIGING_SETTINGS
+
+        if self.model.value not in KRIGING_SETTINGS:
+            preload("torch")
 
     # -- choices / visibility ------------------------------------------------------------------
     def _mask_choices(self, *_):
