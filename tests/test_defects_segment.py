@@ -566,3 +566,21 @@ def test_scattered_single_atoms_get_no_column_check_dopant(shared_data):
     spacing = float(np.median(cKDTree(r.atoms).query(r.atoms, k=2)[0][:, 1]))
     _, z = C.sublattice_contrast(r.atoms, C.column_heights(image, r.atoms, spacing))
     assert len(r.atoms) >= 20 and np.isnan(z).all()
+
+
+@pytest.mark.parametrize("model", ["auto", "default"])
+def test_segmenter_finds_columns_with_the_lattice_model(moderate, monkeypatch, model):
+    """The segmenter's networks read a lattice's columns: its own atom-finder pass must use the
+    lattice model, not the finder's default ("auto" may pick the single-atom model)."""
+    import napari_microml.atoms.finder as finder
+
+    seen = []
+    real = finder.find_atoms_iter
+
+    def spy(image, **kwargs):
+        seen.append(kwargs.get("model", "<finder default>"))
+        return real(image, **kwargs)
+
+    monkeypatch.setattr(finder, "find_atoms_iter", spy)
+    segment_defects(moderate[0].image, model=model, device="cpu")
+    assert seen and set(seen) == {"default"}, seen

@@ -97,13 +97,16 @@ def baseline_defects(
     """
     import pandas as pd
 
+    from napari_microml.atoms.choose import LATTICE_MODEL
     from napari_microml.atoms.finder import find_atoms
 
     img = np.asarray(image, np.float32)
     if img.ndim != 2:
         raise ValueError("The baseline works on one 2D image at a time.")
     if atoms is None:
-        r = find_atoms(img, contrast=contrast, device=device, refine="gaussian")
+        r = find_atoms(
+            img, contrast=contrast, model=LATTICE_MODEL, device=device, refine="gaussian"
+        )
         atoms, intensities = r.positions, r.features["intensity"].to_numpy(float)
     atoms = np.asarray(atoms, float).reshape(-1, 2)
     shape = img.shape

@@ -252,6 +252,7 @@ def segment_defects_iter(
     step = "choosing the model: measured the lattice" if auto else "loading the model"
     yield progress(0, 1, step)  # a cancel point before the networks
     if auto:  # pick the model from the first frame's lattice
+        from napari_microml.atoms.choose import LATTICE_MODEL
         from napari_microml.atoms.finder import find_atoms_iter
         from napari_microml.defects.material import choose_model
 
@@ -260,7 +261,7 @@ def segment_defects_iter(
             cols0 = user_atoms[user_atoms[:, 0] == 0, 1:] if is_stack else user_atoms
         else:  # the lattice check below reuses these columns; progress (and Cancel) as it runs
             found = yield from relabel(
-                find_atoms_iter(frame0, contrast="bright", device=dev),
+                find_atoms_iter(frame0, contrast="bright", model=LATTICE_MODEL, device=dev),
                 "choosing the model: atom finder ",
             )
             cols0 = finder_cols0 = found.positions
@@ -409,10 +410,11 @@ def _frame_columns(frame, user_atoms, t: int, is_stack: bool, dev, found=None):
         return user_atoms[user_atoms[:, 0] == t, 1:] if is_stack else user_atoms
     if found is not None:
         return found
+    from napari_microml.atoms.choose import LATTICE_MODEL
     from napari_microml.atoms.finder import find_atoms_iter
 
     result = yield from relabel(
-        find_atoms_iter(frame, contrast="bright", device=dev),
+        find_atoms_iter(frame, contrast="bright", model=LATTICE_MODEL, device=dev),
         f"frame {t + 1}: atom columns, atom finder ",
     )
     return result.positions
