@@ -95,7 +95,7 @@ def test_atoms_on_stack_end_to_end(fakes, stack_file, tmp_path, capsys):
     out = tmp_path / "res"
     assert cli.main(["atoms", str(stack_file), "--out", str(out), "--workers", "2"]) == 0
     table = pd.read_csv(out / "stack_atoms.csv")
-    assert list(table.columns[:5]) == ["frame", "row_px", "col_px", "y_pixel", "x_pixel"]
+    assert list(table.columns[:4]) == ["frame", "row_px", "col_px", "intensity"]  # no y_pixel
     assert "intensity" in table.columns
     assert sorted(table["frame"].unique()) == list(range(20))
     data, kw, _ = read_points_csv(out / "stack_atoms.csv")

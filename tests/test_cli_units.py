@@ -150,3 +150,30 @@ def test_defects_cli_on_acquisition_18_gives_the_docks_densities(tmp_path):
     out = tmp_path / "out"
     assert cli.main(["defects", str(src), "--out", str(out), "--quiet"]) == 0
     _same_as_core(out / "Acquisition_18_defects.csv", data, size)
+
+
+@pytest.mark.parametrize(
+    ("geometry", "physical"),
+    [
+        ({}, []),  # uncalibrated: y_pixel/x_pixel would repeat row_px/col_px
+        ({"scale": (0.02, 0.02), "units": ("nm", "nm")}, ["y_nm", "x_nm"]),
+        ({"translate": (0.0, 100.0), "units": ("pixel", "pixel")}, ["x_pixel"]),  # a crop
+    ],
+)
+def test_points_csv_has_one_column_per_coordinate(tmp_path, geometry, physical):
+    from napari_microml.io.writer import read_points_csv, write_points_csv
+
+    pts = np.array([[1.0, 2.0], [3.0, 5.0], [7.0, 11.0]])
+    attrs = {**geometry, "features": pd.DataFrame({"x_score": [0.1, 0.2, 0.3]})}
+    path = tmp_path / "p.csv"
+    write_points_csv(str(path), pts, attrs)
+    assert list(pd.read_csv(path).columns) == ["row_px", "col_px", *physical, "x_score"]
+    Path(str(path) + ".json").unlink()  # read back from the columns alone
+    data, kwargs, _ = read_points_csv(str(path))
+    np.testing.assert_allclose(data, pts)
+    assert list(kwargs["features"].columns) == ["x_score"]
+    scale = geometry.get("scale", (1.0, 1.0))
+    np.testing.assert_allclose(kwargs["scale"], scale)
+    translate = geometry.get("translate", (0.0, 0.0))
+    np.testing.assert_allclose(kwargs["translate"], translate, atol=1e-9)
+    assert tuple(kwargs["units"]) == tuple(geometry.get("units", ("pixel", "pixel")))

@@ -4,7 +4,8 @@ Every output carries physical units and the provenance recorded in
 ``metadata['napari_microml']`` (see :mod:`napari_microml.runtime.provenance`).
 
 * :func:`write_points_csv` columns: ``frame`` (3D points only), ``row_px``, ``col_px``,
-  ``y_<unit>``, ``x_<unit>`` (``pixel * scale + translate``), then every feature column.
+  ``y_<unit>``, ``x_<unit>`` (``pixel * scale + translate``; left out where that is the pixel
+  itself: an uncalibrated image), then every feature column.
   A ``<file>.json`` sidecar holds scale, translate, units, axis labels and provenance.
 * :func:`write_labels_tiff`: int32 TIFF, a JSON description (provenance, scale, units).
 * :func:`write_image_tiff`: a result map (completed scan, uncertainty, shift map) as a TIFF in
@@ -191,6 +192,8 @@ def write_points_csv(path: str, data: Any, attributes: dict) -> list[str]:
     cols["row_px"] = pts[:, -2]
     cols["col_px"] = pts[:, -1]
     for ax, lab in ((-2, "y"), (-1, "x")):
+        if units[ax] == "pixel" and scale[ax] == 1.0 and translate[ax] == 0.0:
+            continue  # y_pixel would repeat row_px
         cols[f"{lab}_{units[ax]}"] = pts[:, ax] * scale[ax] + translate[ax]
     table = pd.DataFrame(cols)
     feats = _features_frame(attributes, n)
@@ -203,6 +206,18 @@ def write_points_csv(path: str, data: Any, attributes: dict) -> list[str]:
         table.to_csv(tmp_csv, index=False)
         Path(tmp_json).write_text(json.dumps(side, indent=1))
     return [path, path + ".json"]
+
+
+def _is_unit(text: str) -> bool:
+    if text == "pixel":
+        return True
+    try:
+        import pint
+
+        pint.get_application_registry().parse_units(text)
+    except Exception:  # noqa: BLE001 - not a unit pint knows
+        return False
+    return True
 
 
 def read_points_csv(path: str) -> tuple:
@@ -222,7 +237,13 @@ def read_points_csv(path: str) -> tuple:
         )
     lead = [c for c in table.columns if c == "frame" or re.fullmatch(r"dim\d+", str(c))]
     coord_cols = [*lead, "row_px", "col_px"]
-    phys = [c for c in table.columns if re.fullmatch(r"[yx]_.+", str(c))][:2]
+    # y_<unit>/x_<unit> follow col_px (each left out when it would repeat the pixel column)
+    phys: list[str] = []
+    for col in table.columns[table.columns.get_loc("col_px") + 1 :][:2]:
+        m = re.fullmatch(r"([yx])_(.+)", str(col))
+        if m is None or any(p[0] == m.group(1) for p in phys) or not _is_unit(m.group(2)):
+            break  # a feature such as x_score
+        phys.append(str(col))
     data = table[coord_cols].to_numpy(dtype=float)
     feats = table.drop(columns=coord_cols + phys).reset_index(drop=True)
     d = data.shape[1]
@@ -239,7 +260,8 @@ def read_points_csv(path: str) -> tuple:
             kwargs["metadata"] = {KEY: side[KEY]}
     else:  # fit pixel -> physical from the columns
         scale, translate, units = [1.0] * d, [0.0] * d, ["pixel"] * d
-        for ax, col in zip((-2, -1), phys, strict=False):  # a table may carry one axis only
+        for col in phys:
+            ax = -2 if str(col).startswith("y_") else -1
             units[ax] = str(col)[2:]
             px = table[coord_cols[ax]].to_numpy(float)
             if len(px) >= 2 and np.ptp(px) > 0:
