@@ -19,6 +19,9 @@ metadata, original_metadata}`` dictionaries onto napari ``LayerData`` tuples.
 
 from __future__ import annotations
 
+import builtins
+import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -151,11 +154,34 @@ def read_file(path) -> list[LayerData]:
 
 
 # ------------------------------------------------------------------------------ helpers
+# rsciio readers that open a header handle with open() and never close it (ResourceWarning;
+# on Windows the file stays locked until garbage collection)
+_LEAVE_OPEN = {"rsciio.mrc"}
+_OPEN_LOCK = threading.Lock()
+
+
 def _read_rsciio(p: Path, module: str, lazy: bool) -> list[dict]:
     import importlib
 
     reader = importlib.import_module(module).file_reader
-    return list(reader(str(p), lazy=lazy))
+    if module not in _LEAVE_OPEN:
+        return list(reader(str(p), lazy=lazy))
+    home = sys.modules[reader.__module__]  # where the reader's own open() is looked up
+    opened: list = []
+
+    def tracked(*args, **kwargs):
+        fh = builtins.open(*args, **kwargs)
+        opened.append(fh)
+        return fh
+
+    with _OPEN_LOCK:
+        home.open = tracked  # type: ignore[attr-defined]
+        try:
+            return list(reader(str(p), lazy=lazy))
+        finally:
+            del home.open
+            for fh in opened:  # the data is a memory map of its own; the handle held headers
+                fh.close()
 
 
 def _nsid_datasets(p: Path) -> list[str]:
