@@ -36,6 +36,9 @@ def test_teach_the_atom_finder_on_two_corrected_images(
     teach = open_tool(viewer, "Teach the atom finder")
     expected = {f"{im.name} ← {im.name} atoms" for im in images[:2]}
     assert set(teach.pairs.value) == expected
+    # Teach starts from the model the finder used: a new model must beat that one
+    assert teach.base.value == "pt-single-atoms"
+    assert teach.base_note.value == "(what the Atom finder used on these images)"
     for layer in images[:2]:  # the person's labels are the corrected points
         points = viewer.layers[f"{layer.name} atoms"]
         found, labels = np.asarray(points.data), _labels(folder, layer)
@@ -65,8 +68,18 @@ def test_teach_the_atom_finder_on_two_corrected_images(
     folder_now = tmp_path / "models"
     assert not folder_now.exists() or not any(folder_now.iterdir())
 
-    # A short fine-tune: saved, listed in the Atom finder and selected there
+    # 50 steps from pt-single-atoms do not beat its own F1 on the held-out labels (0.806): the
+    # user keeps the model they had, and nothing is written
     teach.steps.value = 50
+    click(qtbot, teach.run_button, teach)
+    kept = teach.status.value
+    assert kept.startswith("Kept the base model 'pt-single-atoms'"), kept
+    assert user_models.list_user_models() == {}
+
+    # The user picks the lattice model to start from: saved, listed in the Atom finder and
+    # selected there
+    teach.base.value = "default"
+    assert teach.base_note.value.startswith("(your choice; suggested: pt-single-atoms")
     stall = click(qtbot, teach.run_button, teach)
     assert_no_stall(stall, "fine-tuning")
     assert "Saved" in teach.status.value, teach.status.value
@@ -76,6 +89,7 @@ def test_teach_the_atom_finder_on_two_corrected_images(
     assert name in teach.my_models.choices
     assert len(teach._history) >= 2 and teach._history[-1]["step"] == 50
     card = user_models.list_user_models()[f"atoms-{name}"]
+    assert card["base"] == "atoms-default" and "(default)" in teach.status.value
     assert card["n_points"] == sum(len(_labels(folder, im)) for im in images[:2])
     assert card["validation"]["f1_after"] > card["validation"]["f1_before"]
     assert card["provenance"]["parameters"]["contrast"] == "bright"  # as the finder decided

@@ -672,8 +672,9 @@ def finetune_atoms_iter(
     }
     entry = save_user_model(net.cpu().eval(), full, task="atoms", arch=ARCH, meta=meta, card=card)
     reason = (
-        f"Saved {full.removeprefix('atoms-')!r}: F1 on your held-out points {before['f1']:.3f} → "
-        f"{chosen['f1']:.3f} (threshold {chosen['threshold']:g}), best at step {best['step']}"
+        f"Saved {full.removeprefix('atoms-')!r}: F1 on your held-out points {before['f1']:.3f} "
+        f"({short_base}) → {chosen['f1']:.3f} (threshold {chosen['threshold']:g}), best at step "
+        f"{best['step']}"
         + (
             f", {chosen['alpha']:.0%} fine-tuned and {1 - chosen['alpha']:.0%} base."
             if chosen["alpha"] < 1

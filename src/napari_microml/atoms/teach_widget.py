@@ -8,6 +8,8 @@ detections first and counts the points added, removed and moved per image.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import napari
 import numpy as np
 from magicgui.widgets import (
@@ -45,6 +47,49 @@ def _user_models() -> list[str]:
     return [n.removeprefix("atoms-") for n in list_user_models("atoms")]
 
 
+def finder_model(points) -> str | None:
+    """The model the Atom finder ran to produce ``points`` (short name), or None when the
+    layer is not an Atom finder result (points added by hand, or from a file)."""
+    record = points.metadata.get("napari_microml") or {}
+    if record.get("tool") != "atom_finder":
+        return None
+    parameters = record.get("parameters") or {}
+    # the loaded model's name is what ran; parameters say 'auto' when the finder chose it
+    name = (record.get("model") or {}).get("name") or (
+        (parameters.get("model_choice") or {}).get("chosen") or parameters.get("model")
+    )
+    return str(name).removeprefix("atoms-") if name else None
+
+
+def start_model(pairs: list[tuple], available: list[str]) -> tuple[str, str]:
+    """The model to fine-tune from for these (image, points) layer pairs, and why.
+
+    The model the Atom finder used on all of them, so the new model is judged against what the
+    user had; the lattice model when the pairs disagree, are not finder results, or that model
+    is gone.
+    """
+    from napari_microml.atoms.choose import LATTICE_MODEL
+
+    used = {points.name: finder_model(points) for _, points in pairs}
+    models = set(used.values())
+    if not used:
+        return LATTICE_MODEL, "the lattice model"
+    if None in models:
+        hand = [repr(n) for n, m in used.items() if m is None]
+        return LATTICE_MODEL, (
+            f"the lattice model: {', '.join(hand)} did not come from the Atom finder"
+        )
+    if len(models) > 1:
+        each = "; ".join(f"{m} on {n!r}" for n, m in used.items())
+        return LATTICE_MODEL, f"the lattice model: the Atom finder used {each}"
+    (model,) = models
+    if model not in available:
+        return LATTICE_MODEL, (
+            f"the lattice model: {model!r}, which the Atom finder used, is not installed"
+        )
+    return str(model), "what the Atom finder used on these images"
+
+
 def _in_image_pixels(points, image) -> np.ndarray:
     """(N, 2) positions of a 2D Points layer in the pixels of a 2D Image layer (through world
     coordinates, so differing scales or offsets of the two layers do not matter)."""
@@ -77,7 +122,17 @@ class TeachAtomsWidget(ToolWidget):
         self.pair_image = create_widget(annotation=napari.layers.Image, label="Other pair: image")
         self.pair_points = create_widget(annotation=napari.layers.Points, label="      points")
         self.add_pair = PushButton(text="Add this pair")
-        self.base = ComboBox(label="Start from", choices=lambda _w: _atom_models(), value="default")
+        self.base = ComboBox(
+            label="Start from",
+            choices=lambda _w: _atom_models(),
+            value="default",
+            tooltip="The model to fine-tune; the new one is saved only when it finds your "
+            "held-out points better than this one does",
+        )
+        self.base_note = Label(label="", value="")
+        self._base_suggested = ("default", "")  # what the pairs' finder results suggest, and why
+        self._base_followed = True  # follow the suggestion until the user picks another model
+        self._base_quiet = False  # True while the dock itself sets or refreshes the list
         self.steps = SpinBox(
             label="Most steps",
             value=DEFAULT_STEPS,
@@ -105,12 +160,14 @@ class TeachAtomsWidget(ToolWidget):
                 self.pair_points,
                 self.add_pair,
                 self.base,
+                self.base_note,
                 self.steps,
                 self.model_name,
             ],
         )
         self.run_button.text = "Fine-tune"
         self.edits.native.setWordWrap(True)
+        self.base_note.native.setWordWrap(True)
         self._plot = self._make_plot()
         self.extend(
             [
@@ -125,6 +182,7 @@ class TeachAtomsWidget(ToolWidget):
         self.next_uncertain.changed.connect(self._on_next_uncertain)
         self.delete_button.changed.connect(self._on_delete)
         self.pairs.changed.connect(self._update_edits)
+        self.base.changed.connect(self._on_base_changed)
         self.my_models.changed.connect(
             lambda *_: setattr(self.delete_button, "text", "Delete model")
         )
@@ -160,7 +218,8 @@ class TeachAtomsWidget(ToolWidget):
 
     def reset_choices(self, *args):
         chosen = set(self.pairs.value)
-        super().reset_choices(*args)
+        with self._quiet_base():
+            super().reset_choices(*args)
         # a new finder result is not a correction: its pair is selected once its points are edited
         self.pairs.value = [c for c in self.pairs.choices if c in chosen]
 
@@ -194,7 +253,7 @@ class TeachAtomsWidget(ToolWidget):
         self.pairs.value = list({*self.pairs.value, ARROW.join(pair)})
         self._update_edits()
 
-    # -- edits and review -----------------------------------------------------------------
+    # -- edits --------------------------------------------------------------------------------
     def _snapshot(self, points) -> np.ndarray:
         """The layer's points when this widget first saw them (the finder's output, usually).
 
@@ -230,7 +289,51 @@ class TeachAtomsWidget(ToolWidget):
         self.edits.value = "\n".join(lines) or "–"
         if select:
             self.pairs.value = list(dict.fromkeys([*self.pairs.value, *select]))
+        self._suggest_base()
 
+    # -- the model to start from ------------------------------------------------------------
+    @contextmanager
+    def _quiet_base(self):
+        """Changes of the Start-from list made inside are the dock's, not the user's choice."""
+        before, self._base_quiet = self._base_quiet, True
+        try:
+            yield
+        finally:
+            self._base_quiet = before
+
+    def _suggest_base(self) -> None:
+        """Start from the model the Atom finder used on the selected pairs (all pairs while
+        none is selected), unless the user has picked another."""
+        pairs = self._selected_pairs() or [
+            (None, self.viewer.layers[str(t).split(ARROW)[1]])
+            for t in self.pairs.choices
+            if str(t).split(ARROW)[1] in self.viewer.layers
+        ]
+        self._base_suggested = start_model(pairs, [str(c) for c in self.base.choices])
+        if self._base_followed and self.base.value != self._base_suggested[0]:
+            with self._quiet_base():
+                self.base.value = self._base_suggested[0]
+        self._show_base_note()
+
+    def _on_base_changed(self, *_):
+        if self._base_quiet:
+            return
+        self._base_followed = self.base.value == self._base_suggested[0]
+        self._show_base_note()
+
+    def _show_base_note(self) -> None:
+        model, why = self._base_suggested
+        if self.base.value == model:
+            self.base_note.value = f"({why})" if why else ""
+        else:
+            self.base_note.value = f"(your choice; suggested: {model}, {why})"
+
+    def _refresh_base_choices(self) -> None:
+        with self._quiet_base():
+            self.base.reset_choices()
+        self._suggest_base()
+
+    # -- review -------------------------------------------------------------------------------
     def _on_next_uncertain(self, *_):
         pairs = self._selected_pairs()
         if not pairs:
@@ -296,6 +399,7 @@ class TeachAtomsWidget(ToolWidget):
                 "kind at a time."
             )
         contrast = contrasts.pop() if len(contrasts) == 1 else "auto"
+        self._suggest_base()  # the pairs may have changed since the list was last refreshed
         kwargs = dict(
             base=self.base.value,
             steps=int(self.steps.value),
@@ -340,7 +444,7 @@ class TeachAtomsWidget(ToolWidget):
         from napari.utils.notifications import show_info, show_warning
 
         self.my_models.reset_choices()
-        self.base.reset_choices()
+        self._refresh_base_choices()
         if result.kept_base:
             self._say(result.reason)
             show_warning(result.reason)
@@ -438,7 +542,7 @@ class TeachAtomsWidget(ToolWidget):
         delete_user_model(name)
         self.delete_button.text = "Delete model"
         self.my_models.reset_choices()
-        self.base.reset_choices()
+        self._refresh_base_choices()
         self._select_in_finders(None)
         self._say(f"Deleted your model {name!r}.")
 
