@@ -49,7 +49,8 @@ def test_teach_the_atom_finder_on_two_corrected_images(
             f"{points.name}: +{counts['added']} added, −{counts['removed']} removed, "
             f"{counts['moved']} moved"
         )
-        qtbot.waitUntil(lambda line=line: line in teach.edits.value, timeout=5_000)
+        # the full name is in the tooltip; the dock shows it cut in the middle
+        qtbot.waitUntil(lambda line=line: line in teach.edits.tooltip, timeout=5_000)
 
     # a result on a third image that the user leaves as it is: not used for teaching
     finder.image_layer.value = images[2]

@@ -33,6 +33,16 @@ from napari_microml.runtime.widget import Job, ToolWidget, viewer_camera
 from napari_microml.runtime.workers import Loss
 
 ARROW = " ← "
+EDITS_TIP = "Points added, removed and moved since this panel first saw each layer"
+
+
+def short(name: str, limit: int = 26) -> str:
+    """``name`` cut in the middle to at most ``limit`` characters, so long file names fit the
+    dock's column (their two ends tell images apart: number and suffix)."""
+    if len(name) <= limit:
+        return name
+    head = (limit - 1) // 2
+    return f"{name[:head]}…{name[len(name) - (limit - 1 - head) :]}"
 
 
 def _atom_models() -> list[str]:
@@ -75,12 +85,12 @@ def start_model(pairs: list[tuple], available: list[str]) -> tuple[str, str]:
     if not used:
         return LATTICE_MODEL, "the lattice model"
     if None in models:
-        hand = [repr(n) for n, m in used.items() if m is None]
+        hand = [repr(short(n)) for n, m in used.items() if m is None]
         return LATTICE_MODEL, (
             f"the lattice model: {', '.join(hand)} did not come from the Atom finder"
         )
     if len(models) > 1:
-        each = "; ".join(f"{m} on {n!r}" for n, m in used.items())
+        each = "; ".join(f"{m} on {short(n)!r}" for n, m in used.items())
         return LATTICE_MODEL, f"the lattice model: the Atom finder used {each}"
     (model,) = models
     if model not in available:
@@ -88,6 +98,21 @@ def start_model(pairs: list[tuple], available: list[str]) -> tuple[str, str]:
             f"the lattice model: {model!r}, which the Atom finder used, is not installed"
         )
     return str(model), "what the Atom finder used on these images"
+
+
+def _fit_column(widget) -> None:
+    """Let a list or drop-down with long layer names narrow to the dock's column: names are
+    cut in the middle ("021_HAADF…21Oct20 atoms") instead of widening the dock sideways."""
+    from qtpy.QtCore import Qt
+    from qtpy.QtWidgets import QComboBox
+
+    if isinstance(widget, QComboBox):
+        widget.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        widget.setMinimumContentsLength(12)
+    else:
+        widget.setTextElideMode(Qt.TextElideMode.ElideMiddle)
+        widget.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        widget.setMinimumWidth(120)
 
 
 def _in_image_pixels(points, image) -> np.ndarray:
@@ -119,6 +144,7 @@ class TeachAtomsWidget(ToolWidget):
             "selected pairs are used",
         )
         self.pairs.native.setMaximumHeight(90)
+        _fit_column(self.pairs.native)
         self.pair_image = create_widget(annotation=napari.layers.Image, label="Other pair: image")
         self.pair_points = create_widget(annotation=napari.layers.Points, label="      points")
         self.add_pair = PushButton(text="Add this pair")
@@ -144,7 +170,7 @@ class TeachAtomsWidget(ToolWidget):
             label="New model name", value="", tooltip="Empty: tuned-<date>-<time>"
         )
         self.edits = Label(label="Your edits", value="–")
-        self.edits.tooltip = "Points added, removed and moved since this panel first saw each layer"
+        self.edits.tooltip = EDITS_TIP
         self.next_uncertain = PushButton(text="Review: next least certain point")
         self.next_uncertain.tooltip = (
             "Centre the view on the next detection worth checking: score "
@@ -166,8 +192,11 @@ class TeachAtomsWidget(ToolWidget):
             ],
         )
         self.run_button.text = "Fine-tune"
-        self.edits.native.setWordWrap(True)
-        self.base_note.native.setWordWrap(True)
+        for label in (self.edits, self.base_note):
+            label.native.setWordWrap(True)
+            label.native.setMinimumWidth(220)  # wraps in the column instead of widening the dock
+        for combo in (self.pair_image, self.pair_points, self.base, self.my_models):
+            _fit_column(combo.native)
         self._plot = self._make_plot()
         self.extend(
             [
@@ -283,10 +312,14 @@ class TeachAtomsWidget(ToolWidget):
                 self._edited.add(text)  # selected once; the user may deselect it again
                 select.append(text)
             lines.append(
-                f"{points.name}: +{counts['added']} added, −{counts['removed']} removed, "
-                f"{counts['moved']} moved"
+                (
+                    points.name,
+                    f": +{counts['added']} added, −{counts['removed']} removed, "
+                    f"{counts['moved']} moved",
+                )
             )
-        self.edits.value = "\n".join(lines) or "–"
+        self.edits.value = "\n".join(short(n) + c for n, c in lines) or "–"
+        self.edits.tooltip = "\n".join([EDITS_TIP + ":", *(n + c for n, c in lines)])
         if select:
             self.pairs.value = list(dict.fromkeys([*self.pairs.value, *select]))
         self._suggest_base()
