@@ -352,3 +352,24 @@ def test_the_guard_scores_what_a_network_finds(monkeypatch, one_torch_thread):
     with torch.no_grad():
         net.head.bias.fill_(-20.0)  # probability ~0 everywhere
     assert guard(net, 0.5) == 0.0
+
+
+def test_a_model_worse_than_the_one_in_use_is_not_handed_over(
+    frames, models_folder, monkeypatch, one_torch_thread
+):
+    """Started from 'default' while the user ran pt-single-atoms: beating the start is not
+    enough (validator calls: the base, the model in use, step 2, the blend)."""
+    images, points = frames
+    monkeypatch.setattr(ft._Validator, "__call__", _scores(0.5, 0.85, 0.8))
+    _, result = collect(ft.finetune_atoms_iter(images, points, steps=2, in_use="pt-single-atoms"))
+    assert result.kept_base and result.name == "pt-single-atoms"
+    assert result.reason.startswith("Kept 'pt-single-atoms', the model you were using")
+    assert "reached F1 0.800 (default 0.500), not above pt-single-atoms's 0.850" in result.reason
+    assert not models_folder.exists() or not any(models_folder.iterdir())
+
+    monkeypatch.setattr(ft._Validator, "__call__", _scores(0.5, 0.7, 0.8))
+    _, result = collect(ft.finetune_atoms_iter(images, points, steps=2, in_use="pt-single-atoms"))
+    assert not result.kept_base
+    assert "0.500 (default) → 0.800" in result.reason and "; pt-single-atoms 0.700" in result.reason
+    validation = result.card["validation"]
+    assert validation["in_use"] == "atoms-pt-single-atoms" and validation["f1_in_use"] == 0.7

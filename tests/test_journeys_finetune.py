@@ -81,6 +81,7 @@ def test_teach_the_atom_finder_on_two_corrected_images(
     # selected there
     teach.base.value = "default"
     assert teach.base_note.value.startswith("(your choice; suggested: pt-single-atoms")
+    teach.steps.value = 100  # 50 from default stay below pt-single-atoms' 0.806
     stall = click(qtbot, teach.run_button, teach)
     assert_no_stall(stall, "fine-tuning")
     assert "Saved" in teach.status.value, teach.status.value
@@ -88,9 +89,12 @@ def test_teach_the_atom_finder_on_two_corrected_images(
     (name,) = [n.removeprefix("atoms-") for n in user_models.list_user_models()]
     assert name in finder.model.choices and finder.model.value == name
     assert name in teach.my_models.choices
-    assert len(teach._history) >= 2 and teach._history[-1]["step"] == 50
+    assert len(teach._history) >= 2 and teach._history[-1]["step"] == 100
     card = user_models.list_user_models()[f"atoms-{name}"]
     assert card["base"] == "atoms-default" and "(default)" in teach.status.value
+    # it had to beat the model the user was running too, not only its start
+    assert card["validation"]["in_use"] == "atoms-pt-single-atoms"
+    assert card["validation"]["f1_after"] > card["validation"]["f1_in_use"]
     assert card["n_points"] == sum(len(_labels(folder, im)) for im in images[:2])
     assert card["validation"]["f1_after"] > card["validation"]["f1_before"]
     assert card["provenance"]["parameters"]["contrast"] == "bright"  # as the finder decided

@@ -97,7 +97,7 @@ def test_disagreeing_or_hand_made_points_start_from_the_lattice_model(make_napar
     assert "'c atoms' did not come from the Atom finder" in teach.base_note.value
 
 
-def test_the_users_own_choice_of_start_model_is_kept(make_napari_viewer, qtbot):
+def test_the_users_own_choice_of_start_model_is_kept(make_napari_viewer, qtbot, monkeypatch):
     viewer = make_napari_viewer()
     teach = open_tool(viewer, "Teach the atom finder")
     viewer.add_image(np.zeros((32, 32), np.float32), name="a")
@@ -115,3 +115,15 @@ def test_the_users_own_choice_of_start_model_is_kept(make_napari_viewer, qtbot):
     qtbot.wait(50)
     teach.pairs.value = ["a ← a atoms"]
     assert teach.base.value == LATTICE_MODEL
+
+    # fine-tuned from the user's pick, the new model must also beat the model in use
+    seen = {}
+
+    def spy(images, positions, **kwargs):
+        seen.update(kwargs)
+        raise ValueError("recorded")
+
+    monkeypatch.setattr(teach_widget, "finetune_atoms_iter", spy)
+    viewer.layers["a atoms"].data = np.array([[6.0, 6.0], [9.0, 20.0], [20.0, 9.0]])
+    click(qtbot, teach.run_button, teach)
+    assert seen["base"] == LATTICE_MODEL and seen["in_use"] == SINGLE_ATOMS_MODEL

@@ -402,10 +402,11 @@ def finetune_atoms_iter(
     device="auto",
     contrast: str = "auto",
     image_names=None,
+    in_use: str | None = None,
 ):
     """Fine-tune the atom finder like :func:`finetune_atoms`, as a generator.
 
-    It takes the same parameters as :func:`finetune_atoms`, and one more (below). Closing it
+    It takes the same parameters as :func:`finetune_atoms`, and two more (below). Closing it
     (Stop) before it returns writes nothing: the model files are written at the very end,
     atomically.
 
@@ -413,6 +414,9 @@ def finetune_atoms_iter(
     ----------
     image_names : list of str, optional
         One name per image (file or layer), recorded in the model card.
+    in_use : str, optional
+        The model the user has been running (the Atom finder's), when it is not ``base``: the
+        new model is saved only when it also finds the held-out points better than this one.
 
     Yields
     ------
@@ -484,6 +488,12 @@ def finetune_atoms_iter(
     ]
 
     before = validate(net)
+    rival = None  # the model in use, when fine-tuning starts from another one
+    if in_use is not None:
+        other, other_info = load_model("atoms", in_use, dev)
+        if other_info["name"] != info["name"] and input_kind(other, other_info) == kind:
+            rival = {"name": other_info["name"], "f1": validate(other)["f1"]}
+        del other
     base_state = copy.deepcopy(net.state_dict())
     base_own = before["f1_by_threshold"][int(np.argmin(np.abs(THRESHOLDS - base_threshold)))]
     yield (
@@ -601,6 +611,8 @@ def finetune_atoms_iter(
             "f1_before": round(before["f1"], 4),
             "threshold_before": before["threshold"],
             "f1_before_at_its_threshold": round(float(base_own), 4),
+            "in_use": None if rival is None else rival["name"],
+            "f1_in_use": None if rival is None else round(rival["f1"], 4),
             "f1_after": round(chosen["f1"] if chosen else best["f1"], 4),
             "threshold": chosen["threshold"] if chosen else best["threshold"],
         },
@@ -643,6 +655,18 @@ def finetune_atoms_iter(
     short_base = info["name"].removeprefix("atoms-")
     device_label = describe_device(dev)
     tuned = best["state"]
+    # better than where it started, not better than what the user had: not handed over
+    if chosen is not None and rival is not None and before["f1"] < chosen["f1"] <= rival["f1"]:
+        short_rival = rival["name"].removeprefix("atoms-")
+        reason = (
+            f"Kept {short_rival!r}, the model you were using: on your held-out points (the "
+            f"{validation:g} strip of each image) the model fine-tuned from {short_base!r} "
+            f"reached F1 {chosen['f1']:.3f} ({short_base} {before['f1']:.3f}), not above "
+            f"{short_rival}'s {rival['f1']:.3f}. Correct more points, allow more steps or "
+            f"start from {short_rival!r}."
+        )
+        card["blend"]["alpha"] = None
+        return FinetuneResult(short_rival, True, reason, card, history, device_label, tuned)
     if chosen is None or chosen["f1"] <= before["f1"]:
         top = max(blends, key=lambda b: b["f1"], default=None)
         if top is not None and top["f1"] > before["f1"] and guard_base is not None:
@@ -675,6 +699,7 @@ def finetune_atoms_iter(
         f"Saved {full.removeprefix('atoms-')!r}: F1 on your held-out points {before['f1']:.3f} "
         f"({short_base}) → {chosen['f1']:.3f} (threshold {chosen['threshold']:g}), best at step "
         f"{best['step']}"
+        + ("" if rival is None else f"; {rival['name'].removeprefix('atoms-')} {rival['f1']:.3f}")
         + (
             f", {chosen['alpha']:.0%} fine-tuned and {1 - chosen['alpha']:.0%} base."
             if chosen["alpha"] < 1

@@ -33,6 +33,7 @@ from napari_microml.runtime.widget import Job, ToolWidget, viewer_camera
 from napari_microml.runtime.workers import Loss
 
 ARROW = " ← "
+FROM_FINDER = "what the Atom finder used on these images"
 EDITS_TIP = "Points added, removed and moved since this panel first saw each layer"
 
 
@@ -97,7 +98,7 @@ def start_model(pairs: list[tuple], available: list[str]) -> tuple[str, str]:
         return LATTICE_MODEL, (
             f"the lattice model: {model!r}, which the Atom finder used, is not installed"
         )
-    return str(model), "what the Atom finder used on these images"
+    return str(model), FROM_FINDER
 
 
 def _fit_column(widget) -> None:
@@ -433,8 +434,11 @@ class TeachAtomsWidget(ToolWidget):
             )
         contrast = contrasts.pop() if len(contrasts) == 1 else "auto"
         self._suggest_base()  # the pairs may have changed since the list was last refreshed
+        used, why = self._base_suggested
         kwargs = dict(
             base=self.base.value,
+            # starting elsewhere, the new model must still beat the one the user was running
+            in_use=used if why == FROM_FINDER and used != self.base.value else None,
             steps=int(self.steps.value),
             device=self.device_choice.value,
             name=self.model_name.value.strip() or None,
