@@ -127,3 +127,31 @@ def test_the_users_own_choice_of_start_model_is_kept(make_napari_viewer, qtbot, 
     viewer.layers["a atoms"].data = np.array([[6.0, 6.0], [9.0, 20.0], [20.0, 9.0]])
     click(qtbot, teach.run_button, teach)
     assert seen["base"] == LATTICE_MODEL and seen["in_use"] == SINGLE_ATOMS_MODEL
+
+
+def test_deleting_the_picked_start_model_follows_the_finder_again(make_napari_viewer, qtbot):
+    from napari_microml.nets.registry import load_model
+    from napari_microml.training.atoms import ARCH
+
+    net, _ = load_model("atoms", LATTICE_MODEL, "cpu")
+    user_models.save_user_model(
+        net, "mine", task="atoms", arch=ARCH, meta={"input": "flatten"}, card={}
+    )
+    viewer = make_napari_viewer()
+    teach = open_tool(viewer, "Teach the atom finder")
+    viewer.add_image(np.zeros((32, 32), np.float32), name="a")
+    viewer.add_points(
+        np.array([[5.0, 5.0]]),
+        name="a atoms",
+        metadata={"napari_microml": _finder_record(SINGLE_ATOMS_MODEL)},
+    )
+    qtbot.wait(50)
+    teach.pairs.value = ["a ← a atoms"]
+    teach.base.value = "mine"
+    assert teach.base_note.value.startswith("(your choice")
+    teach.my_models.value = "mine"
+    teach.delete_button.native.click()
+    teach.delete_button.native.click()  # the second click confirms
+    assert "mine" not in teach.base.choices
+    assert teach.base.value == SINGLE_ATOMS_MODEL
+    assert teach.base_note.value == "(what the Atom finder used on these images)"

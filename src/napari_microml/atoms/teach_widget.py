@@ -363,8 +363,11 @@ class TeachAtomsWidget(ToolWidget):
             self.base_note.value = f"(your choice; suggested: {model}, {why})"
 
     def _refresh_base_choices(self) -> None:
+        picked = self.base.value
         with self._quiet_base():
             self.base.reset_choices()
+        if self.base.value != picked:  # the model picked was deleted: follow the finder again
+            self._base_followed = True
         self._suggest_base()
 
     # -- review -------------------------------------------------------------------------------
