@@ -33,6 +33,21 @@ def _finder_record(model: str) -> dict:
     )
 
 
+def _teach_on_a_single_atom_result(make_napari_viewer, qtbot):
+    """A viewer with Teach open and one pair whose points pt-single-atoms found, selected."""
+    viewer = make_napari_viewer()
+    teach = open_tool(viewer, "Teach the atom finder")
+    viewer.add_image(np.zeros((32, 32), np.float32), name="a")
+    viewer.add_points(
+        np.array([[5.0, 5.0]]),
+        name="a atoms",
+        metadata={"napari_microml": _finder_record(SINGLE_ATOMS_MODEL)},
+    )
+    qtbot.wait(50)
+    teach.pairs.value = ["a ← a atoms"]
+    return viewer, teach
+
+
 def test_teach_starts_from_the_single_atom_model_the_finder_chose(
     make_napari_viewer, qtbot, monkeypatch
 ):
@@ -98,16 +113,7 @@ def test_disagreeing_or_hand_made_points_start_from_the_lattice_model(make_napar
 
 
 def test_the_users_own_choice_of_start_model_is_kept(make_napari_viewer, qtbot, monkeypatch):
-    viewer = make_napari_viewer()
-    teach = open_tool(viewer, "Teach the atom finder")
-    viewer.add_image(np.zeros((32, 32), np.float32), name="a")
-    viewer.add_points(
-        np.array([[5.0, 5.0]]),
-        name="a atoms",
-        metadata={"napari_microml": _finder_record(SINGLE_ATOMS_MODEL)},
-    )
-    qtbot.wait(50)
-    teach.pairs.value = ["a ← a atoms"]
+    viewer, teach = _teach_on_a_single_atom_result(make_napari_viewer, qtbot)
     assert teach.base.value == SINGLE_ATOMS_MODEL
     teach.base.value = LATTICE_MODEL  # the user picks another
     assert teach.base_note.value.startswith("(your choice; suggested: pt-single-atoms")
@@ -137,16 +143,7 @@ def test_deleting_the_picked_start_model_follows_the_finder_again(make_napari_vi
     user_models.save_user_model(
         net, "mine", task="atoms", arch=ARCH, meta={"input": "flatten"}, card={}
     )
-    viewer = make_napari_viewer()
-    teach = open_tool(viewer, "Teach the atom finder")
-    viewer.add_image(np.zeros((32, 32), np.float32), name="a")
-    viewer.add_points(
-        np.array([[5.0, 5.0]]),
-        name="a atoms",
-        metadata={"napari_microml": _finder_record(SINGLE_ATOMS_MODEL)},
-    )
-    qtbot.wait(50)
-    teach.pairs.value = ["a ← a atoms"]
+    viewer, teach = _teach_on_a_single_atom_result(make_napari_viewer, qtbot)
     teach.base.value = "mine"
     assert teach.base_note.value.startswith("(your choice")
     teach.my_models.value = "mine"
