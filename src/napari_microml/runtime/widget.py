@@ -116,6 +116,9 @@ def name_colour_bar(viewer, text: str) -> None:
         return
     overlay.text = f"colour bar: {text}"
     overlay.position = "top_right"
+    tiling = getattr(getattr(viewer, "canvas", None), "overlay_tiling", None)
+    if tiling is not None:  # the name above the bar: side by side they took ~300 px of width
+        tiling.top_right = "vertical"
     overlay.font_size = 10
     overlay.visible = True
 
@@ -238,6 +241,38 @@ def fit_view_to(viewer, layers, *, min_fraction: float = 0.98) -> bool:
         viewer.reset_view()
         return True
     return False
+
+
+def clear_colour_bar(viewer) -> bool:
+    """Zoom out, about the layers' centre, until the layers leave the canvas's top-right corner
+    to a shown colour bar (a tall canvas fits the image to its width: the bar hid its corner).
+    Returns whether the view changed."""
+    bars = [
+        bar
+        for layer in viewer.layers
+        if layer.visible and (bar := getattr(layer, "colorbar", None)) is not None and bar.visible
+    ]
+    view = canvas_view(viewer)
+    if not bars or view is None:
+        return False
+    camera = viewer_camera(viewer)
+    zoom = float(camera.zoom)
+    width = (view[3] - view[2]) * zoom
+    bar_w, bar_h = (float(v) for v in tuple(getattr(bars[0], "size", (25, 220)))[:2])
+    clear_w, clear_h = bar_w + 55, bar_h + 50  # tick labels beside it, its name above it
+    extent = np.asarray(viewer.layers.extent.world, float)[:, list(viewer.dims.displayed)]
+    y0, x0, x1 = extent[0, -2], extent[0, -1], extent[1, -1]
+    right, top = (x1 - view[2]) * zoom, (y0 - view[0]) * zoom
+    if not np.all(np.isfinite(extent)) or right <= width - clear_w or top >= clear_h:
+        return False
+    target = (width - 2 * clear_w) / max((x1 - x0) * zoom, 1e-9)
+    if not 0.3 < target < 1.0:  # a canvas too narrow to keep the bar clear: leave it
+        return False
+    center = list(camera.center)
+    center[-1] = (x0 + x1) / 2
+    camera.center = tuple(center)
+    camera.zoom = zoom * target
+    return True
 
 
 LAYER_KINDS = ("image", "labels", "points", "shapes", "surface", "tracks", "vectors")
@@ -534,6 +569,7 @@ class ToolWidget(Container):
             # the input too: a result drawn on it (a line scan's track) is read against it all
             inputs = list(self._job.inputs.values()) if self._job is not None else []
             fit_view_to(self.viewer, [*added, *(i for i in inputs if i in self.viewer.layers)])
+        clear_colour_bar(self.viewer)
 
     def _cannot_run(self, err: Exception) -> None:
         from napari.utils.notifications import show_warning
