@@ -177,3 +177,27 @@ def test_points_csv_has_one_column_per_coordinate(tmp_path, geometry, physical):
     translate = geometry.get("translate", (0.0, 0.0))
     np.testing.assert_allclose(kwargs["translate"], translate, atol=1e-9)
     assert tuple(kwargs["units"]) == tuple(geometry.get("units", ("pixel", "pixel")))
+
+
+def test_a_microml_result_tiff_opens_with_its_calibration(tmp_path):
+    """A completed image or defect labels written by microml reopened in px (and labels as an
+    image): the reader (rsciio) ignored the geometry in the TIFF's description."""
+    import npe2
+
+    from napari_microml.io.writer import write_image_tiff, write_labels_tiff
+
+    npe2.PluginManager.instance().discover()
+    geometry = {"scale": (0.5, 0.25), "translate": (1.0, 2.0), "units": ("nm", "nm")}
+    image = _lattice((64, 64), seed=2)
+    write_image_tiff(str(tmp_path / "done.tif"), image, {**geometry, "name": "done"})
+    labels = (image > np.percentile(image, 95)).astype(np.int32)
+    write_labels_tiff(str(tmp_path / "lab.tif"), labels, geometry)
+    for name, kind, data in (("done.tif", "image", image), ("lab.tif", "labels", labels)):
+        [(got, kwargs, got_kind)] = npe2.read(
+            [str(tmp_path / name)], plugin_name="napari-microml", stack=False
+        )
+        assert got_kind == kind
+        np.testing.assert_array_equal(np.asarray(got), data)
+        assert tuple(kwargs["scale"]) == (0.5, 0.25)
+        assert tuple(kwargs["translate"]) == (1.0, 2.0)
+        assert [str(u) for u in kwargs["units"]] == ["nm", "nm"]

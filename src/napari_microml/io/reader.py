@@ -127,6 +127,11 @@ def read_file(path) -> list[LayerData]:
     if not p.is_file():
         raise ValueError(f"Could not read {p}: the file does not exist.")
     module, fmt = FORMATS[ext]
+    if ext in (".tif", ".tiff"):
+        from napari_microml.io.writer import is_microml_output, read_result_tiff
+
+        if is_microml_output(p):  # rsciio reads none of its description: it came back in px
+            return [read_result_tiff(str(p))]
     lazy = p.stat().st_size > LAZY_BYTES
     try:
         if module is None:

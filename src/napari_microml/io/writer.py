@@ -327,6 +327,13 @@ def is_microml_output(path) -> bool:
 
 def read_labels_tiff(path: str) -> tuple:
     """Read a TIFF written by :func:`write_labels_tiff` → ``(labels int32, kwargs, 'labels')``."""
+    data, kwargs, _ = read_result_tiff(path)
+    return data.astype(np.int32, copy=False), kwargs, "labels"
+
+
+def read_result_tiff(path: str) -> tuple:
+    """Read a TIFF written by :func:`write_labels_tiff` or :func:`write_image_tiff` with the
+    geometry of its description → ``(data, kwargs, 'labels' or 'image')``."""
     import tifffile
 
     with tifffile.TiffFile(str(path)) as tif:
@@ -335,13 +342,18 @@ def read_labels_tiff(path: str) -> tuple:
             desc = json.loads(tif.pages[0].aspage().description or "{}")
         except json.JSONDecodeError:
             desc = {}
+    desc = desc if isinstance(desc, dict) else {}
     kwargs: dict[str, Any] = {"name": desc.get("name") or Path(path).stem}
     for k in ("scale", "translate", "units"):
         if k in desc:
             kwargs[k] = desc[k]
+    labels = [str(a) for a in desc.get("axis_labels") or []]
+    if all(labels) and len(set(labels)) == len(labels) == data.ndim:
+        kwargs["axis_labels"] = labels
     if desc.get(KEY):
         kwargs["metadata"] = {KEY: desc[KEY]}
-    return data.astype(np.int32, copy=False), kwargs, "labels"
+    kind = "labels" if str(desc.get("format", "")).startswith("napari-microml-labels") else "image"
+    return data, kwargs, kind
 
 
 # ------------------------------------------------------------------------------ defects
