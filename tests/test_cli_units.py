@@ -111,7 +111,7 @@ def test_defects_cli_uses_the_files_nm_calibration(tmp_path):
     _same_as_core(csv, image, 0.05)
 
 
-def test_defects_cli_without_a_length_unit_stays_in_pixels(tmp_path):
+def test_defects_cli_without_a_length_unit_stays_in_pixels(tmp_path, capsys):
     from napari_microml.io.writer import write_image_tiff
 
     image = _lattice((128, 128), seed=3)
@@ -123,6 +123,8 @@ def test_defects_cli_without_a_length_unit_stays_in_pixels(tmp_path):
     assert _header(csv)["pixel_size_nm"] == "unknown (positions in px)"
     assert "per nm²" not in csv.read_text(encoding="utf-8")
     assert pd.read_csv(csv, comment="#")["area_nm2"].isna().all()
+    err = capsys.readouterr().err
+    assert "raw.tif has no length calibration; positions, distances and areas are in px." in err
 
 
 def test_atoms_cli_records_the_files_calibration(tmp_path):

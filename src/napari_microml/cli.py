@@ -869,9 +869,10 @@ def _guarded(run: Callable, item, device: str = "auto"):
         return Failure("", f"{type(err).__name__}: {_one_line(err)}", bad_input=False)
 
 
-def _calibrated(run: Callable, job: Job) -> Callable:
+def _calibrated(run: Callable, job: Job, tool: str) -> Callable:
     """``run`` given the job's nm per pixel when the file is calibrated in a length unit and
-    the tool takes ``pixel_size`` (atoms, defects: as their docks do)."""
+    the tool takes ``pixel_size`` (atoms, defects: as their docks do); without a calibration
+    it says (stderr) that the results are in px."""
     import inspect
 
     from napari_microml.runtime.units import nm_per_pixel
@@ -879,7 +880,14 @@ def _calibrated(run: Callable, job: Job) -> Callable:
     if "pixel_size" not in inspect.signature(run).parameters:
         return run
     size = nm_per_pixel(scale=job.kwargs.get("scale"), units=job.kwargs.get("units"))
-    return run if size is None else functools.partial(run, pixel_size=size)
+    if size is None:
+        print(
+            f"microml {tool}: {job.source.name} has no length calibration; positions, "
+            "distances and areas are in px.",
+            file=sys.stderr,
+        )
+        return run
+    return functools.partial(run, pixel_size=size)
 
 
 def _geometry(job: Job) -> tuple[list, list, list]:
@@ -1338,7 +1346,11 @@ def run_tool(
             stage = Staging(out_dir)
         results = process_items(
             items,
-            [functools.partial(_guarded, _calibrated(run, job)) for job in jobs for _ in job.items],
+            [
+                functools.partial(_guarded, calibrated)
+                for job in jobs
+                for calibrated in [_calibrated(run, job, tool)] * len(job.items)
+            ],
             device=device,
             scheduler=scheduler,
             workers=workers,
