@@ -124,7 +124,7 @@ def test_defects_cli_without_a_length_unit_stays_in_pixels(tmp_path, capsys):
     assert "per nm²" not in csv.read_text(encoding="utf-8")
     assert pd.read_csv(csv, comment="#")["area_nm2"].isna().all()
     err = capsys.readouterr().err
-    assert "raw.tif has no length calibration; positions, distances and areas are in px." in err
+    assert "raw.tif has no length calibration; positions, distances and areas are in px" in err
 
 
 def test_atoms_cli_records_the_files_calibration(tmp_path):
@@ -203,3 +203,23 @@ def test_a_microml_result_tiff_opens_with_its_calibration(tmp_path):
         assert tuple(kwargs["scale"]) == (0.5, 0.25)
         assert tuple(kwargs["translate"]) == (1.0, 2.0)
         assert [str(u) for u in kwargs["units"]] == ["nm", "nm"]
+
+
+def test_pixel_size_option_calibrates_an_uncalibrated_file(tmp_path, capsys):
+    from napari_microml.io.writer import write_image_tiff
+
+    image = _lattice((160, 160), seed=3)
+    src = tmp_path / "raw.tif"
+    write_image_tiff(str(src), image, {})
+    out = tmp_path / "out"
+    argv = ["defects", str(src), "--out", str(out), "--quiet", "--pixel-size", "0.05"]
+    assert cli.main(argv) == 0
+    _same_as_core(out / "raw_defects.csv", image, 0.05)
+    assert "no length calibration" not in capsys.readouterr().err
+    assert cli.main(["atoms", str(src), "--out", str(out), "--quiet", "--pixel-size", "0.05"]) == 0
+    table = pd.read_csv(out / "raw_atoms.csv")
+    np.testing.assert_allclose(table["x_nm"], table["col_px"] * 0.05)
+    bad = ["atoms", str(src), "--out", str(tmp_path / "bad"), "--pixel-size", "-1"]
+    assert cli.main(bad) == 2
+    assert "--pixel-size must be a positive number of nm per pixel." in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()

@@ -883,11 +883,19 @@ def _calibrated(run: Callable, job: Job, tool: str) -> Callable:
     if size is None:
         print(
             f"microml {tool}: {job.source.name} has no length calibration; positions, "
-            "distances and areas are in px.",
+            "distances and areas are in px (--pixel-size NM gives them in nm).",
             file=sys.stderr,
         )
         return run
     return functools.partial(run, pixel_size=size)
+
+
+def _with_pixel_size(job: Job, size: float) -> dict:
+    """The job's reader kwargs with the image plane calibrated at ``size`` nm per pixel (its
+    offsets, in the file's old unit, reset to 0)."""
+    scale, trans, units = _geometry(job)
+    scale[-2:], trans[-2:], units[-2:] = [size, size], [0.0, 0.0], ["nm", "nm"]
+    return {**job.kwargs, "scale": tuple(scale), "translate": tuple(trans), "units": tuple(units)}
 
 
 def _geometry(job: Job) -> tuple[list, list, list]:
@@ -1259,6 +1267,7 @@ def run_tool(
     model: str | None = None,
     rescale: str | None = None,
     contrast: str = "auto",
+    pixel_size: float | None = None,
     overwrite: bool = False,
     keep_going: bool = False,
     scan: ScanMask | None = None,
@@ -1299,6 +1308,13 @@ def run_tool(
         if tool != "atoms":
             raise InputError(f"{tool} takes no --contrast (only atoms does).")
         run = functools.partial(run, contrast=contrast)
+    if pixel_size is not None:
+        import inspect
+
+        if "pixel_size" not in inspect.signature(adapter.run).parameters:
+            raise InputError(f"{tool} takes no --pixel-size (only atoms and defects do).")
+        if not (np.isfinite(pixel_size) and pixel_size > 0):
+            raise InputError("--pixel-size must be a positive number of nm per pixel.")
     scan = scan or ScanMask()
     if tool != "complete" and (scan.mask or scan.coords or scan.zeros_unmeasured or scan.scan_info):
         raise InputError(
@@ -1326,6 +1342,9 @@ def run_tool(
     report.inputs = len(jobs) + len(report.failed)
     if not jobs:
         return report
+    if pixel_size is not None:  # the user's calibration replaces the file's, outputs included
+        for job in jobs:
+            job.kwargs = _with_pixel_size(job, pixel_size)
 
     planned = {job.stem: output_names(tool, job.stem) for job in jobs}
     existing = check_out(out_dir, [n for names in planned.values() for n in names], overwrite)
@@ -1399,6 +1418,7 @@ def run_tool(
                     "model": model,
                     "rescale": rescale,
                     "contrast": contrast if tool == "atoms" else None,
+                    "pixel_size": pixel_size,
                     "measured_pixels": scan.describe() if tool == "complete" else None,
                     "mask_file": scan.mask,
                     "coords_file": scan.coords,
@@ -1530,6 +1550,15 @@ def _parser() -> argparse.ArgumentParser:
                 help="resample each frame's lattice for the network: auto (default) when "
                 f"its period is outside the trained range{noisy}, always to a {TARGET:g} px "
                 "period, off never",
+            )
+        if name in ("atoms", "defects"):
+            sp.add_argument(
+                "--pixel-size",
+                type=float,
+                default=None,
+                metavar="NM",
+                help="nm per pixel for a file without a length calibration (it replaces the "
+                "file's own); default: the file's calibration, else results in px",
             )
         if name == "atoms":
             from napari_microml.runtime.contrast import CONTRASTS
@@ -1703,6 +1732,7 @@ def main(argv: list[str] | None = None) -> int:
                 model=getattr(args, "model", None),
                 rescale=getattr(args, "rescale", None),
                 contrast=getattr(args, "contrast", "auto"),
+                pixel_size=getattr(args, "pixel_size", None),
                 overwrite=args.overwrite,
                 keep_going=args.keep_going,
                 scan=scan,
