@@ -82,9 +82,9 @@ def test_pt_single_atoms_no_defects_in_vacuum(make_napari_viewer, qtbot, shared_
     [layer] = open_file(viewer, path)
     widget = open_tool(viewer, TOOL)
     _run(viewer, qtbot, widget, layer, journey="defects-Pt-021")
-    found = mm.find_atoms(np.asarray(layer.data, np.float32)).positions
+    found = mm.find_atoms(np.asarray(layer.data, np.float32), model="default").positions
     env = viewer.layers[f"{layer.name} environments"]
-    assert len(env.data) == len(found)  # the atom finder's columns, not the support's texture
+    assert len(env.data) == len(found)  # the lattice model's columns, not the support's texture
     table = _check_table(widget, widget.threshold.value)
     # scattered single atoms have no sublattice: nothing comes from the column-intensity check,
     # and the Labels layer says where each defect came from
