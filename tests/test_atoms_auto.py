@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -108,6 +109,7 @@ def test_the_widget_offers_auto_first_and_says_what_it_chose(make_napari_viewer,
     qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
     status = widget.status.value
     assert "Model auto → default: a lattice: the columns are evenly spaced" in status, status
+    assert status.startswith("Found ") and " columns, " in status, status
     record = viewer.layers["haadf atoms"].metadata["napari_microml"]
     assert record["parameters"]["model_choice"]["chosen"] == LATTICE_MODEL
     assert record["model"]["name"] == "atoms-default"
@@ -137,3 +139,16 @@ def test_microml_models_explains_auto(capsys):
 
     assert cli.main(["models"]) == 0
     assert "atoms --model auto (the default)" in capsys.readouterr().out
+
+
+def test_the_status_counts_atoms_when_auto_reads_single_atoms(make_napari_viewer, qtbot):
+    """Isolated atoms are not columns: the status says what was found in the user's terms."""
+    viewer = make_napari_viewer()
+    layer = viewer.add_image(_single_atoms(), name="pt")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-microml", "Atom finder")
+    widget.image_layer.value = layer
+    widget.run_button.native.click()
+    qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
+    status = widget.status.value
+    assert f"Model auto → {SINGLE_ATOMS_MODEL}" in status, status
+    assert re.match(r"Found \d+ atoms, ", status), status

@@ -154,6 +154,14 @@ def model_note(parameters: dict) -> str:
     return f" Model auto → {choice['chosen']}: {choice['reason']}." if choice else ""
 
 
+def found_what(parameters: dict) -> str:
+    """'atoms' when Model auto read the field as isolated atoms, else 'columns'."""
+    from napari_microml.atoms.choose import SINGLE_ATOMS_MODEL
+
+    choice = parameters.get("model_choice") or {}
+    return "atoms" if choice.get("chosen") == SINGLE_ATOMS_MODEL else "columns"
+
+
 class AtomFinderWidget(ToolWidget):
     tool_name = "atom_finder"
 
@@ -301,7 +309,8 @@ class AtomFinderWidget(ToolWidget):
             choice.get("skew"),
         )
         self._say(
-            f"Found {len(result.positions)} columns, {contrast.note()}{fit_note(result.features)}."
+            f"Found {len(result.positions)} {found_what(result.parameters)}, "
+            f"{contrast.note()}{fit_note(result.features)}."
             + model_note(result.parameters)
             + resample_note(result.parameters)
             + unsure_note(result)
