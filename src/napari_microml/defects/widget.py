@@ -17,6 +17,7 @@ from napari_microml.defects.environments import classify_environments_iter
 from napari_microml.defects.segment import segment_defects_iter
 from napari_microml.runtime.contrast import CONTRASTS, ContrastChoice
 from napari_microml.runtime.provenance import KEY
+from napari_microml.runtime.threads import start_numba_threads
 from napari_microml.runtime.validate import check_image_layer
 from napari_microml.runtime.widget import (
     Job,
@@ -118,6 +119,7 @@ def class_colormap(table):
 def _warm_label_colormap(res) -> None:
     """Compile napari's label-colour kernels (numba, ~4 s the first time) here in the worker on a
     few pixels, so drawing the labels layer does not freeze the window."""
+    start_numba_threads()  # started in this pooled thread it set later torch jobs' thread count
     pixels = np.ascontiguousarray(res.labels.reshape(-1)[:16])
     class_colormap(res.table).map(np.resize(pixels, 16).reshape(4, 4))
 
