@@ -13,13 +13,16 @@ Parts (one JSON document; every fine-tuned score sits beside the default model's
   ``--lattice-frames`` per lattice): mean ± sd over the repeats, since one fine-tune's change on
   a few frames moves by about ±0.01 run to run.
 
-Every fine-tune is scored twice: the saved model ("finetuned") and its fine-tuned weights
-unblended at their own held-out threshold ("alpha1"); they differ only when ``--alphas`` offers
-blends with the base (atoms/finetune.py ALPHAS) or ``--guard-loss`` turns the crystal guard on.
+Every fine-tune is scored as the saved model ("finetuned"); with ``--alphas`` (blends with the
+base, atoms/finetune.py ALPHAS) or ``--guard-loss`` (the crystal guard) also as its fine-tuned
+weights unblended at their own held-out threshold ("alpha1"). ``--compare-by loss`` also scores
+the checkpoint another held-out score would have chosen from the same training run
+("by_loss", at its own held-out threshold; training runs until both choices have stopped, so
+the comparison is paired); ``--select-by`` sets the score the saved model is chosen by.
 
 Usage: OMP_NUM_THREADS=1 nice -n 10 python benchmarks/finetune.py [--parts pt,synthetic]
        [--ks 1,3,5] [--rotations 4] [--repeats 3] [--lattice-frames 10] [--threads 1]
-       [--alphas 0.25,0.5,0.75,1 --guard-loss 0.003]
+       [--alphas 0.25,0.5,0.75,1 --guard-loss 0.003] [--select-by ap] [--compare-by loss]
 """
 
 from __future__ import annotations
@@ -68,6 +71,8 @@ def _finetune(images, positions, seed):
         "wall_s": round(time.perf_counter() - start, 1),
         "cpu_s": round(time.process_time() - cpu, 1),
     }
+    from napari_microml.atoms import finetune as ft
+
     models = {
         "finetuned": (
             (result.name, float(result.card["meta"]["recommended_threshold"]))
@@ -75,14 +80,25 @@ def _finetune(images, positions, seed):
             else ("default", 0.5)
         )
     }
-    alpha1 = [b for b in result.card["blend"]["grid"] if b["alpha"] == 1.0]
-    if alpha1 and alpha1[0]["f1"] > result.card["validation"]["f1_before"]:
+    f1_before = result.card["validation"]["f1_before"]
+
+    def tuned(state, threshold, f1):
+        if state is None or f1 <= f1_before:  # as finetune_atoms would: the base is kept
+            return ("default", 0.5)
         net, info = load_model("atoms", "default", "cpu")
         net.input_kind = input_kind(net, info)
-        net.load_state_dict(result.tuned_state)
-        models["alpha1"] = (net.eval(), float(alpha1[0]["threshold"]))
-    else:
-        models["alpha1"] = ("default", 0.5)
+        net.load_state_dict(state)
+        return (net.eval(), float(threshold))
+
+    alpha1 = [b for b in result.card["blend"]["grid"] if b["alpha"] == 1.0]
+    if ft.ALPHAS != (1.0,) or ft.GUARD_LOSS is not None:
+        models["alpha1"] = (
+            tuned(result.tuned_state, alpha1[0]["threshold"], alpha1[0]["f1"])
+            if alpha1
+            else ("default", 0.5)
+        )
+    for by, alt in result.compared.items():
+        models[f"by_{by}"] = tuned(alt["state"], alt["threshold"], alt["f1"])
     # CPU seconds: with one torch thread, what the fine-tune takes on an otherwise idle core
     return result, models, seconds
 
@@ -122,6 +138,7 @@ def pt(ks, rotations):
                 "guard_base_f1": result.card["blend"]["guard"]["base_f1"],
                 "val_f1_before": result.card["validation"]["f1_before"],
                 "val_f1_after": result.card["validation"]["f1_after"],
+                "compared": _compared(result),
             }
             for label, (model, thr) in models.items():
                 scores = [
@@ -145,18 +162,23 @@ def pt(ks, rotations):
             print(json.dumps(row), file=sys.stderr, flush=True)
         summary[f"k={k}"] = {
             "finetuned_f1": _mean_sd([x["finetuned"]["f1"] for x in rows]),
-            "alpha1_f1": _mean_sd([x["alpha1"]["f1"] for x in rows]),
             "default_f1": _mean_sd([x["default"]["f1"] for x in rows]),
             "gain": _mean_sd([x["finetuned"]["f1"] - x["default"]["f1"] for x in rows]),
-            "alpha1_gain": _mean_sd([x["alpha1"]["f1"] - x["default"]["f1"] for x in rows]),
-            "finetuned_minus_alpha1": _mean_sd(
-                [x["finetuned"]["f1"] - x["alpha1"]["f1"] for x in rows]
-            ),
             "alphas": [x["alpha"] for x in rows],
             "cpu_s": _mean_sd([x["cpu_s"] for x in rows]),
             "wall_s": _mean_sd([x["wall_s"] for x in rows]),
             "kept_base": sum(x["kept_base"] for x in rows),
         }
+        for label in (x for x in models if x != "finetuned"):
+            summary[f"k={k}"].update(
+                {
+                    f"{label}_f1": _mean_sd([x[label]["f1"] for x in rows]),
+                    f"{label}_gain": _mean_sd([x[label]["f1"] - x["default"]["f1"] for x in rows]),
+                    f"finetuned_minus_{label}": _mean_sd(
+                        [x["finetuned"]["f1"] - x[label]["f1"] for x in rows]
+                    ),
+                }
+            )
     return {
         "images": n,
         "protocol": "21x21 px boxes, Hungarian on IoU > 0.5, mean over test images per fold",
@@ -164,6 +186,19 @@ def pt(ks, rotations):
         "summary": summary,
         "folds": folds,
     }
+
+
+def _compared(result) -> dict:
+    """The saved model's and each compared score's checkpoint and stopping step."""
+    out = {
+        result.card.get("selected_by", "loss"): {
+            "best_step": result.card["best_step"],
+            "stopped": result.card["steps"],
+        }
+    }
+    for by, alt in result.compared.items():
+        out[by] = {"best_step": alt["step"], "stopped": alt["stopped"], "val_f1": alt["f1"]}
+    return out
 
 
 def _frames(lattice, seeds, doses, size):
@@ -254,6 +289,7 @@ def synthetic(n_test, repeats=3, lattice_frames=10, size=256):
             "steps": result.card["steps"],
             "val_f1_before": result.card["validation"]["f1_before"],
             "val_f1_after": result.card["validation"]["f1_after"],
+            "compared": _compared(result),
         }
         for label, (model, thr) in models.items():
             row[label] = {"threshold": thr, "ws2_like": _score(test_tmd, model, thr)}
@@ -263,7 +299,7 @@ def synthetic(n_test, repeats=3, lattice_frames=10, size=256):
     summary = {}
     for key in default:
         summary[key] = {"default": default[key]}
-        for label in ("finetuned", "alpha1"):
+        for label in (x for x in runs[0] if x == "finetuned" or x.startswith(("alpha1", "by_"))):
             tuned = [x[label][key] for x in runs]
             summary[key][label] = _mean_sd(tuned)
             summary[key][f"{label}_change"] = _mean_sd([t - default[key] for t in tuned])
@@ -293,6 +329,10 @@ def main(argv=None):
     p.add_argument(
         "--guard-loss", type=float, default=None, help="crystal guard's F1 loss limit (default off)"
     )
+    p.add_argument(
+        "--select-by", default=None, help="checkpoint score of the saved model: ap, loss"
+    )
+    p.add_argument("--compare-by", default="", help="other checkpoint scores to score, e.g. loss")
     a = p.parse_args(argv)
     import torch
 
@@ -303,6 +343,9 @@ def main(argv=None):
         ft.ALPHAS = tuple(float(x) for x in a.alphas.split(","))
     if a.guard_loss is not None:
         ft.GUARD_LOSS = a.guard_loss
+    if a.select_by:
+        ft.SELECT_BY = a.select_by
+    ft.COMPARE_BY = tuple(x for x in a.compare_by.split(",") if x and x != ft.SELECT_BY)
     sys.path.insert(0, str(Path(__file__).parent))
     # never the user's own model folder
     folder = tempfile.mkdtemp(prefix="microml-bench-models-")
@@ -313,6 +356,8 @@ def main(argv=None):
         "load_average_at_start": os.getloadavg()[0],
         "alphas": list(ft.ALPHAS),
         "guard_loss": ft.GUARD_LOSS,
+        "select_by": ft.SELECT_BY,
+        "compare_by": list(ft.COMPARE_BY),
     }
     parts = a.parts.split(",")
     if "pt" in parts:

@@ -71,6 +71,7 @@ def _scores(*values):
             "f1": f1,
             "threshold": 0.4,
             "loss": 1.0 - f1,
+            "ap": f1,
             "f1_by_threshold": [f1] * len(ft.THRESHOLDS),
             "tp": [5] * len(ft.THRESHOLDS),
             "n_pred": [10] * len(ft.THRESHOLDS),
@@ -373,3 +374,93 @@ def test_a_model_worse_than_the_one_in_use_is_not_handed_over(
     assert "0.500 (default) → 0.800" in result.reason and "; pt-single-atoms 0.700" in result.reason
     validation = result.card["validation"]
     assert validation["in_use"] == "atoms-pt-single-atoms" and validation["f1_in_use"] == 0.7
+
+
+def test_average_precision_of_ranked_detections():
+    """Precision 1, 1/2, 2/3 down the ranking, made non-increasing: (1 + 2/3) / 3 points."""
+    ap = ft.average_precision([0.7, 0.9, 0.8], [True, True, False], n_true=3)
+    assert ap == pytest.approx((1 + 2 / 3) / 3)
+    assert ft.average_precision([0.9, 0.8], [True, True], n_true=2) == 1.0
+    assert ft.average_precision([0.9], [False], n_true=2) == 0.0
+    assert ft.average_precision([], [], n_true=0) == 0.0
+
+
+class _Fixed(torch.nn.Module):
+    """A stand-in network: logits = gain · input + offset (the input is a map of the points)."""
+
+    def __init__(self, gain, offset):
+        super().__init__()
+        self.gain, self.offset = gain, offset
+
+    def forward(self, x):
+        return self.gain * x + self.offset
+
+
+def _strip_item():
+    """A 64×64 image whose top 32 rows are the held-out strip, 6 points in it, 2 below."""
+    from napari_microml.synth.render import heatmap
+
+    points = np.array([[8, 10], [8, 30], [8, 50], [22, 12], [22, 33], [22, 52], [45, 20], [50, 40]])
+    target = heatmap((64, 64), points.astype(float), ft.USER_SIGMA)
+    return ft._Item(target.copy(), target, points.astype(float), 0, 0, 32, (32, 0))
+
+
+def test_the_checkpoint_score_prefers_the_model_that_finds_the_points(one_torch_thread):
+    """An under-confident network (no peak reaches the lowest threshold) has the lower held-out
+    heat-map loss than one that finds every point on a grey background; average precision
+    ranks them the right way, and the selector keeps the finding one."""
+    validate = ft._Validator([_strip_item()], 2.0, torch.device("cpu"))
+    timid, finder = validate(_Fixed(2.0, -5.0)), validate(_Fixed(12.0, 0.0))
+    assert timid["loss"] < finder["loss"]  # what the loss-chosen checkpoint would keep
+    assert finder["ap"] == 1.0 and timid["ap"] == 0.0
+    assert max(finder["f1_by_threshold"]) == 1.0 and max(timid["f1_by_threshold"]) == 0.0
+
+    def chosen(by):
+        base = {**timid, "ap": 0.0, "loss": 1.0, "f1": 0.0}
+        sel = ft._Selector(by, base)
+        for step, val in ((25, timid), (50, finder)):
+            sel.update(val, step, _Fixed(0.0, 0.0), n_evals=step // 25 + 1)
+        return sel.best["step"]
+
+    assert chosen("ap") == 50
+    assert chosen("loss") == 25
+    with pytest.raises(ValueError, match="chosen by one of"):
+        ft._Selector("f1", timid)
+
+
+def test_the_saved_checkpoint_is_the_one_with_the_best_held_out_ap(
+    frames, models_folder, monkeypatch, one_torch_thread
+):
+    """Loss lowest at step 1, AP highest at step 3 (a tie at step 4 goes to the later step);
+    the saved model is step 4's, and the loss's choice is reported beside it when compared."""
+    rows = iter(
+        [  # base, steps 1-4, then the final check of the chosen weights
+            {"loss": 0.9, "ap": 0.2, "f1": 0.3},
+            {"loss": 0.1, "ap": 0.3, "f1": 0.4},
+            {"loss": 0.5, "ap": 0.5, "f1": 0.5},
+            {"loss": 0.6, "ap": 0.8, "f1": 0.7},
+            {"loss": 0.7, "ap": 0.8, "f1": 0.75},
+            {"loss": 0.7, "ap": 0.8, "f1": 0.75},
+        ]
+    )
+
+    def fake(self, net):
+        row = next(rows)
+        return {
+            **row,
+            "threshold": 0.4,
+            "f1_by_threshold": [row["f1"]] * len(ft.THRESHOLDS),
+            "tp": [5] * len(ft.THRESHOLDS),
+            "n_pred": [10] * len(ft.THRESHOLDS),
+            "n_points": 10,
+        }
+
+    monkeypatch.setattr(ft._Validator, "__call__", fake)
+    monkeypatch.setattr(ft, "EVAL_EVERY", 1)
+    monkeypatch.setattr(ft, "SELECT_BY", "ap")
+    monkeypatch.setattr(ft, "COMPARE_BY", ("loss",))
+    result = collect(ft.finetune_atoms_iter(*frames, steps=4, name="by-ap"))[1]
+    assert not result.kept_base and result.card["best_step"] == 4
+    assert result.card["selected_by"] == "ap" and result.card["validation"]["f1_after"] == 0.75
+    assert result.compared["loss"]["step"] == 1 and result.compared["loss"]["f1"] == 0.4
+    assert [h["val_ap"] for h in result.history] == [0.2, 0.3, 0.5, 0.8, 0.8]

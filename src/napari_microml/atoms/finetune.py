@@ -25,7 +25,7 @@ from napari_microml.runtime.workers import drain, progress
 
 DEFAULT_STEPS = 600  # upper bound; early stopping usually ends sooner
 EVAL_EVERY = 25  # steps between validation passes
-PATIENCE = 8  # validation passes without a lower held-out loss before stopping
+PATIENCE = 8  # validation passes without a better held-out score before stopping
 MIN_EVALS = 12  # never stop before this many validation passes (300 steps)
 CROP = 96
 BATCH = 8
@@ -45,6 +45,12 @@ GUARD_SIZE = 256
 GUARD_DOSES = (20, 40)  # counts: forgetting shows first at low dose
 GUARD_LOSS: float | None = None  # most F1 a blend may lose on them vs the base; None: no guard
 GUARD_SEED = 6_000_000  # apart from the replay pool's 5,000,000+ and the benchmarks' seeds
+# the held-out score that chooses the checkpoint and stops training: "ap" (average precision of
+# the peaks, threshold-free and detection-aligned) or "loss" (heat-map BCE, lower is better)
+SELECT_BY = "loss"
+# other scores tracked beside SELECT_BY, each with its own checkpoint and stopping step, so a
+# benchmark scores both choices from one fine-tune (training runs until every one has stopped)
+COMPARE_BY: tuple[str, ...] = ()
 
 
 @dataclass
@@ -68,6 +74,10 @@ class FinetuneResult:
     tuned_state : dict or None
         The fine-tuned weights before blending with the base (alpha 1), for comparisons; not
         saved. None when no checkpoint improved on the base.
+    compared : dict
+        For each score in ``COMPARE_BY``: the checkpoint it would have chosen (``state``, or
+        None when no checkpoint improved on it), its ``step``, held-out ``f1`` and
+        ``threshold``, and the step training would have stopped at (``stopped``); not saved.
     """
 
     name: str
@@ -77,6 +87,7 @@ class FinetuneResult:
     history: list = field(default_factory=list)
     device: str = ""
     tuned_state: dict | None = None
+    compared: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -235,11 +246,64 @@ def _jitter(x: np.ndarray, rng) -> np.ndarray:
     return x * rng.uniform(0.8, 1.2) + rng.uniform(-0.1, 0.1)
 
 
+def _first_hits(pos: np.ndarray, score: np.ndarray, true: np.ndarray, tol: float) -> np.ndarray:
+    """Return, per peak, whether it is the best-scored peak within ``tol`` of a free point.
+
+    Peaks are taken from the highest score down, each claiming its nearest unclaimed point
+    (the matching of detection average precision).
+    """
+    hit = np.zeros(len(pos), bool)
+    if not len(pos) or not len(true):
+        return hit
+    from scipy.spatial.distance import cdist
+
+    d = cdist(pos, true)
+    free = np.ones(len(true), bool)
+    for i in np.argsort(-score, kind="stable"):
+        near = np.where(free & (d[i] <= tol))[0]
+        if len(near):
+            free[near[np.argmin(d[i, near])]] = False
+            hit[i] = True
+    return hit
+
+
+def average_precision(scores, hits, *, n_true: int) -> float:
+    """Return the average precision of scored detections against ``n_true`` true points.
+
+    The area under the precision-recall curve as the threshold falls through the scores,
+    precision made non-increasing in recall (as in the PASCAL VOC and COCO detection scores);
+    points never detected cap the recall.
+
+    Parameters
+    ----------
+    scores : (N,) array
+        The detections' scores (pooled over images).
+    hits : (N,) bool array
+        Whether each detection matched a true point (each point matched at most once).
+    n_true : int
+        The number of true points.
+
+    Returns
+    -------
+    float
+        0-1; 0 when nothing matched (or there are no true points).
+    """
+    scores, hits = np.asarray(scores, float), np.asarray(hits, bool)
+    if n_true <= 0 or not hits.any():
+        return 0.0
+    order = np.argsort(-scores, kind="stable")
+    tp = np.cumsum(hits[order])
+    precision = tp / np.arange(1, len(order) + 1)
+    envelope = np.maximum.accumulate(precision[::-1])[::-1]
+    return float(envelope[hits[order]].sum() / n_true)
+
+
 class _Validator:
     """Score a network on the validation strips.
 
     Peaks of the probability map at every threshold are matched to the user's points there
-    (Hungarian, within ``tolerance``); counts are pooled over images.
+    (Hungarian, within ``tolerance``); counts are pooled over images. ``ap`` ranks all peaks
+    above the lowest threshold, pooled over the strips (:func:`average_precision`).
     """
 
     def __init__(self, items, tolerance, dev):
@@ -257,6 +321,7 @@ class _Validator:
         predict = batch_predictor(net, self.dev, torch.sigmoid)
         tp, n_pred, n_true = np.zeros(len(THRESHOLDS)), np.zeros(len(THRESHOLDS)), 0
         loss = 0.0
+        ranked: list[tuple[np.ndarray, np.ndarray]] = []
         for item in self.items:
             a = max(item.lo - MARGIN, 0)  # the strip with some context, not the whole image
             sl = [slice(None), slice(None)]
@@ -276,6 +341,10 @@ class _Validator:
             pos, score = pos[keep], score[keep]
             true = item.points[item.in_strip(item.points)]
             n_true += len(true)
+            reachable = score > THRESHOLDS[0]
+            ranked.append(
+                (score[reachable], _first_hits(pos[reachable], score[reachable], true, self.tol))
+            )
             for j, t in enumerate(THRESHOLDS):
                 pred = pos[score > t]
                 n_pred[j] += len(pred)
@@ -293,10 +362,57 @@ class _Validator:
             "f1": float(smooth[best]),
             "threshold": float(THRESHOLDS[best]),
             "loss": loss / len(self.items),
+            "ap": average_precision(
+                np.concatenate([r[0] for r in ranked]),
+                np.concatenate([r[1] for r in ranked]),
+                n_true=n_true,
+            ),
             "f1_by_threshold": f1.round(4).tolist(),
             "tp": tp.astype(int).tolist(),
             "n_pred": n_pred.astype(int).tolist(),
             "n_points": int(n_true),
+        }
+
+
+class _Selector:
+    """Choose the checkpoint by one held-out score, and say when training should stop.
+
+    ``ap`` (higher is better; a tie goes to the later step, the longer-trained model) or
+    ``loss`` (lower is better). Training stops after ``PATIENCE`` passes without a strictly
+    better score, never before ``MIN_EVALS`` passes.
+    """
+
+    IS = {
+        "ap": "highest held-out average precision of the peaks (ties: the later step)",
+        "loss": "lowest held-out heat-map loss",
+    }
+
+    def __init__(self, by: str, before: dict):
+        if by not in self.IS:
+            raise ValueError(f"A checkpoint is chosen by one of {sorted(self.IS)}, not {by!r}.")
+        self.by, self.since, self.stopped = by, 0, 0
+        self.best = {**before, "step": 0, "state": None}
+
+    def _score(self, val: dict) -> float:
+        return val["ap"] if self.by == "ap" else -val["loss"]
+
+    def update(self, val: dict, step: int, net, n_evals: int) -> None:
+        if self.stopped:
+            return
+        score, best = self._score(val), self._score(self.best)
+        if score > best or (self.by == "ap" and score == best):
+            self.best = {**val, "step": step, "state": copy.deepcopy(net.state_dict())}
+        self.since = 0 if score > best else self.since + 1
+        if self.since >= PATIENCE and n_evals > MIN_EVALS:
+            self.stopped = step
+
+    def summary(self) -> dict:
+        return {
+            "state": self.best["state"],
+            "step": self.best["step"],
+            "f1": self.best["f1"],
+            "threshold": self.best["threshold"],
+            "stopped": self.stopped,
         }
 
 
@@ -502,16 +618,18 @@ def finetune_atoms_iter(
         max_steps,
         {"loss": None, "val_f1": before["f1"], "threshold": before["threshold"]},
     )
-    best = {
-        "f1": before["f1"],
-        "loss": before["loss"],
-        "step": 0,
-        "threshold": before["threshold"],
-        "state": None,
-    }
-    history = [{"step": 0, "loss": None, "val_f1": before["f1"], "threshold": before["threshold"]}]
+    selectors = [_Selector(by, before) for by in dict.fromkeys((SELECT_BY, *COMPARE_BY))]
+    history = [
+        {
+            "step": 0,
+            "loss": None,
+            "val_f1": before["f1"],
+            "threshold": before["threshold"],
+            "val_ap": round(before["ap"], 4),
+        }
+    ]
     opt = torch.optim.AdamW(net.parameters(), lr=LR, weight_decay=1e-4)
-    losses, since, step = [], 0, 0
+    losses, step = [], 0
     for step in range(1, max_steps + 1):
         net.train()
         # the base's BatchNorm statistics stay: re-estimated from batches of 8 crops, mostly
@@ -545,24 +663,17 @@ def finetune_atoms_iter(
             "loss": float(np.mean(losses[-EVAL_EVERY:])),
             "val_f1": val["f1"],
             "threshold": val["threshold"],
+            "val_ap": round(val["ap"], 4),
         }
         history.append(row)
         yield ("loss", step, max_steps, {k: row[k] for k in ("loss", "val_f1", "threshold")})
-        # the checkpoint is chosen by the held-out heat-map loss: smoother than an F1 on a few
-        # dozen points, which would pick a lucky early step
-        if val["loss"] < best["loss"]:
-            best = {
-                "f1": val["f1"],
-                "loss": val["loss"],
-                "step": step,
-                "threshold": val["threshold"],
-                "state": copy.deepcopy(net.state_dict()),
-            }
-            since = 0
-        else:
-            since += 1
-        if since >= PATIENCE and len(history) > MIN_EVALS:
+        for sel in selectors:
+            sel.update(val, step, net, len(history))
+        if all(sel.stopped for sel in selectors):
             break
+    for sel in selectors:
+        sel.stopped = sel.stopped or step
+    best = selectors[0].best
     yield progress(max_steps, max_steps, "checking the new model on your held-out points")
     blends: list[dict] = []
     guard_base = None
@@ -599,9 +710,10 @@ def finetune_atoms_iter(
             for n, i, p, (z, _) in zip(names, imgs, pts, prepared, strict=True)
         ],
         "n_points": int(sum(len(p) for p in pts)),
-        "steps": step,
+        "steps": selectors[0].stopped,
         "max_steps": max_steps,
         "best_step": best["step"],
+        "selected_by": SELECT_BY,
         "seed": seed,
         "validation": {
             "f1_is": "pooled over the held-out strips, mean of a threshold and its 4 neighbours",
@@ -609,6 +721,8 @@ def finetune_atoms_iter(
             "n_points": before["n_points"],
             "tolerance_px": round(tol, 2),
             "f1_before": round(before["f1"], 4),
+            "ap_before": round(before["ap"], 4),
+            "ap_at_best_step": round(selectors[0].best["ap"], 4),
             "threshold_before": before["threshold"],
             "f1_before_at_its_threshold": round(float(base_own), 4),
             "in_use": None if rival is None else rival["name"],
@@ -636,6 +750,7 @@ def finetune_atoms_iter(
             "lr": LR,
             "eval_every": EVAL_EVERY,
             "patience": PATIENCE,
+            "checkpoint": _Selector.IS[SELECT_BY],
             "batchnorm": "base statistics kept",
         },
         "history": history,
@@ -655,6 +770,7 @@ def finetune_atoms_iter(
     short_base = info["name"].removeprefix("atoms-")
     device_label = describe_device(dev)
     tuned = best["state"]
+    compared = {sel.by: sel.summary() for sel in selectors[1:]}
     # better than where it started, not better than what the user had: not handed over
     if chosen is not None and rival is not None and before["f1"] < chosen["f1"] <= rival["f1"]:
         short_rival = rival["name"].removeprefix("atoms-")
@@ -666,7 +782,9 @@ def finetune_atoms_iter(
             f"start from {short_rival!r}."
         )
         card["blend"]["alpha"] = None
-        return FinetuneResult(short_rival, True, reason, card, history, device_label, tuned)
+        return FinetuneResult(
+            short_rival, True, reason, card, history, device_label, tuned, compared
+        )
     if chosen is None or chosen["f1"] <= before["f1"]:
         top = max(blends, key=lambda b: b["f1"], default=None)
         if top is not None and top["f1"] > before["f1"] and guard_base is not None:
@@ -685,7 +803,9 @@ def finetune_atoms_iter(
             f"strip of each image) {why}. Correct more points or images and try again."
         )
         card["blend"]["alpha"] = None
-        return FinetuneResult(short_base, True, reason, card, history, device_label, tuned)
+        return FinetuneResult(
+            short_base, True, reason, card, history, device_label, tuned, compared
+        )
     net.load_state_dict(blend_weights(base_state, best["state"], alpha=chosen["alpha"]))
     meta = {
         "input": kind,
@@ -707,7 +827,7 @@ def finetune_atoms_iter(
         )
     )
     return FinetuneResult(
-        full.removeprefix("atoms-"), False, reason, entry, history, device_label, tuned
+        full.removeprefix("atoms-"), False, reason, entry, history, device_label, tuned, compared
     )
 
 
