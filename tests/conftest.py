@@ -38,3 +38,13 @@ def one_torch_thread():
 def one_torch_thread_module():
     """The same for a whole module, module-scoped fixtures (fitted learners) included."""
     yield from _one_thread()
+
+
+@pytest.fixture
+def user_models_folder(tmp_path, monkeypatch) -> Path:
+    """A fresh per-user models folder for the test: never the real one."""
+    from napari_microml.nets import user_models
+
+    folder = tmp_path / "models"
+    monkeypatch.setenv(user_models.ENV, str(folder))
+    return folder

@@ -13,15 +13,7 @@ from napari_microml.nets import user_models
 from napari_microml.runtime.provenance import make_provenance
 from napari_microml.synth.lattice import simulate_lattice
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-@pytest.fixture(autouse=True)
-def models_folder(tmp_path, monkeypatch):
-    """Never the real per-user folder."""
-    folder = tmp_path / "models"
-    monkeypatch.setenv(user_models.ENV, str(folder))
-    return folder
+pytestmark = pytest.mark.usefixtures("one_torch_thread", "user_models_folder")
 
 
 def _finder_record(model: str) -> dict:

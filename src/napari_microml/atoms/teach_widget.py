@@ -128,6 +128,20 @@ def _in_image_pixels(points, image) -> np.ndarray:
     return np.array([image.world_to_data(points.data_to_world(p)) for p in pts]).reshape(-1, 2)
 
 
+def _index_of(positions: np.ndarray, point: np.ndarray) -> int:
+    """The index of ``point`` among ``positions`` (the nearest one)."""
+    return int(np.argmin(((np.asarray(positions, float) - point) ** 2).sum(axis=1)))
+
+
+def _next_present(positions: np.ndarray, queue: np.ndarray, k: int) -> int:
+    """The first place from ``k`` on in the review ``queue`` whose point is still in the layer
+    (the user may have deleted or moved the points reviewed so far)."""
+    pos = np.asarray(positions, float)
+    while k < len(queue) and (not len(pos) or ((pos - queue[k]) ** 2).sum(axis=1).min() > 1e-6):
+        k += 1
+    return k
+
+
 class TeachAtomsWidget(ToolWidget):
     tool_name = "teach_atom_finder"
 
@@ -137,7 +151,7 @@ class TeachAtomsWidget(ToolWidget):
         self._snapshots: dict = {}  # points layer's unique id → its points when first seen
         self._history: list[dict] = []
         self._edited: set[str] = set()  # pairs already selected because their points were edited
-        self._review: tuple = (None, np.zeros(0, int), [], 0)
+        self._review: tuple = (None, np.zeros((0, 2)), [], 0)  # layer, queue, reasons, next
         self.pairs = Select(
             label="Images ← points",
             choices=self._pair_choices,
@@ -371,35 +385,47 @@ class TeachAtomsWidget(ToolWidget):
         self._suggest_base()
 
     # -- review -------------------------------------------------------------------------------
-    def _on_next_uncertain(self, *_):
+    def _review_layers(self) -> list:
+        """The Points layers to review: the selected pairs', else every finder result listed
+        (proofreading comes before the edits that select a pair)."""
         pairs = self._selected_pairs()
-        if not pairs:
+        if pairs:
+            return [points for _, points in pairs]
+        layers = self.viewer.layers
+        names = [str(t).split(ARROW)[1] for t in self.pairs.choices]
+        return [layers[n] for n in names if n in layers]
+
+    def _on_next_uncertain(self, *_):
+        targets = self._review_layers()
+        if not targets:
             self._say("Nothing to review: run the Atom finder on an image first.")
             return
-        name, order, words, k = self._review
-        names = [p.name for _, p in pairs]
-        if name not in names or k >= len(order):  # start, or go on with the next image
+        names = [p.name for p in targets]
+        name, queue, words, k = self._review
+        if name in names:
+            k = _next_present(np.asarray(self.viewer.layers[name].data)[:, -2:], queue, k)
+        if name not in names or k >= len(queue):  # start, or go on with the next image
             name = names[0] if name not in names else names[(names.index(name) + 1) % len(names)]
             layer = self.viewer.layers[name]
             meta = (layer.metadata.get("napari_microml") or {}).get("parameters", {})
-            order, words = review_order(
-                np.asarray(layer.data)[:, -2:],
-                features=layer.features,
-                threshold=float(meta.get("threshold", 0.5)),
+            pos = np.asarray(layer.data, float)[:, -2:]
+            order, reasons = review_order(
+                pos, features=layer.features, threshold=float(meta.get("threshold", 0.5))
             )
-            k = 0
+            # positions, not indices: a point deleted or added meanwhile shifts the indices
+            queue, words, k = pos[order], [reasons[i] for i in order], 0
         layer = self.viewer.layers[name]
-        if not len(order):
+        if not len(queue):
             self._say(f"{name} has no points to review.")
             return
-        i = int(order[k])
-        self._review = (name, order, words, k + 1)
+        i = _index_of(np.asarray(layer.data, float)[:, -2:], queue[k])
+        self._review = (name, queue, words, k + 1)
         world = layer.data_to_world(np.asarray(layer.data)[i])
         camera = viewer_camera(self.viewer)
         camera.center = tuple(world[-2:])
         self.viewer.layers.selection.active = layer
         layer.selected_data = {i}
-        self._say(f"{layer.name}, point {k + 1} of {len(order)} to check: {words[i]}.")
+        self._say(f"{layer.name}, point {k + 1} of {len(queue)} to check: {words[k]}.")
 
     # -- fine-tune ------------------------------------------------------------------------
     def make_job(self):
@@ -469,6 +495,8 @@ class TeachAtomsWidget(ToolWidget):
             self.run_button.text = "Fine-tune"
 
     def _finish(self):  # where ToolWidget versions that queue GUI updates end a run
+        if self._history:  # the result sentence is longer than the progress line was
+            self._make_room(self._plot)
         super()._finish()
         self.run_button.text = "Fine-tune"
 
@@ -479,6 +507,38 @@ class TeachAtomsWidget(ToolWidget):
     def show_loss(self, loss: Loss) -> None:
         self._history.append({"step": loss.step, **loss.values})
         self._draw()
+        if len(self._history) == 1:  # the curve has just appeared below the status line
+            self._make_room(self._plot)
+            self._show_status()
+
+    def _scroll_to_status(self) -> None:
+        plot = getattr(self, "_plot", None)  # None while the dock is being built
+        if plot is not None and plot.isVisibleTo(self._controls):  # the curve explains the status
+            self.native.ensureWidgetVisible(plot, 0, 0)
+        super()._scroll_to_status()
+
+    def _make_room(self, bottom) -> None:
+        """Ask the window for the dock height that shows Run down to the Qt widget ``bottom``:
+        docked under or over another tool, this dock gets ~200 px, and the training curve below
+        the status line stayed out of sight for the whole run."""
+        from qtpy.QtCore import QPoint, Qt
+        from qtpy.QtWidgets import QDockWidget, QMainWindow
+
+        dock = self.native.parentWidget()
+        while dock is not None and not isinstance(dock, QDockWidget):
+            dock = dock.parentWidget()
+        window = dock.parentWidget() if dock is not None else None
+        while window is not None and not isinstance(window, QMainWindow):
+            window = window.parentWidget()
+        if dock is None or window is None or dock.isFloating():
+            return
+        self._controls.layout().activate()  # the curve's place, now that it is shown
+        top = self.run_button.native.mapTo(self._controls, QPoint(0, 0)).y()
+        end = bottom.mapTo(self._controls, QPoint(0, bottom.sizeHint().height())).y()
+        frame = dock.height() - self.native.viewport().height()  # title bar and margins
+        need = end - top + frame + 8
+        if dock.height() < need:
+            window.resizeDocks([dock], [need], Qt.Orientation.Vertical)
 
     def show_result(self, result):
         from napari.utils.notifications import show_info, show_warning
@@ -517,6 +577,7 @@ class TeachAtomsWidget(ToolWidget):
                 widget.model.choices = lambda _w: _model_choices()
                 if name is not None:
                     widget.model.value = name
+                    widget.native.ensureWidgetVisible(widget.model.native)  # show the change
                 found.append(widget)
         return found
 

@@ -1,0 +1,84 @@
+"""Journeys from the session-17 GUI audit (helper C): each test drives a dock the way the
+Plugins menu opens it, with its defaults, and fails on the code before its fix."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from journey import click, open_tool
+
+from napari_microml.atoms.finetune import review_order
+from napari_microml.synth.lattice import simulate_lattice
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread", "user_models_folder")
+
+
+def _finder_result(viewer, qtbot, name="pt", seed=2):
+    """The Atom finder (defaults) run on a synthetic single-atom frame: its Points layer."""
+    sample = simulate_lattice((192, 192), scene="single_atoms", dose=1000, seed=seed)
+    image = viewer.add_image(sample.image.astype(np.float32), name=name)
+    finder = open_tool(viewer, "Atom finder")
+    finder.image_layer.value = image
+    click(qtbot, finder.run_button, finder)
+    return finder, viewer.layers[f"{name} atoms"]
+
+
+def test_review_walks_the_finder_result_before_any_correction(make_napari_viewer, qtbot):
+    """Proofreading starts on the finder's own points: Review must not wait for an edit (it
+    said "Nothing to review: run the Atom finder" right after the finder ran), and deleting the
+    point under review moves on to the next one in the list, not to a shifted index."""
+    viewer = make_napari_viewer()
+    teach = open_tool(viewer, "Teach the atom finder")  # open before the finder runs
+    _, points = _finder_result(viewer, qtbot)
+    assert teach.pairs.value == []  # nothing corrected yet, so nothing selected for teaching
+    before = np.asarray(points.data, float).copy()
+    order, _ = review_order(
+        before,
+        features=points.features,
+        threshold=points.metadata["napari_microml"]["parameters"]["threshold"],
+    )
+    assert len(order) >= 3
+
+    teach.next_uncertain.native.click()
+    assert f"point 1 of {len(order)}" in teach.status.value, teach.status.value
+    assert points.selected_data == {int(order[0])}
+    teach.next_uncertain.native.click()
+    assert points.selected_data == {int(order[1])}
+
+    points.remove_selected()  # the user deletes the false detection under review
+    qtbot.wait(50)
+    teach.next_uncertain.native.click()
+    assert f"point 3 of {len(order)}" in teach.status.value, teach.status.value
+    (i,) = points.selected_data
+    np.testing.assert_allclose(points.data[i], before[order[2]])
+
+
+def _shown_in(area, widget) -> bool:
+    """Whether ``widget`` lies wholly inside the visible part of the scroll ``area``."""
+    from qtpy.QtCore import QPoint
+
+    viewport = area.viewport()
+    top = widget.mapTo(viewport, QPoint(0, 0)).y()
+    return widget.isVisible() and 0 <= top and top + widget.height() <= viewport.height()
+
+
+def test_training_curve_is_in_view_in_a_shared_dock_column(make_napari_viewer, qtbot):
+    """Teach opened beside the Atom finder gets ~200 px of the column: the loss / held-out F1
+    curve below its status line stayed out of sight during and after the fine-tune."""
+    viewer = make_napari_viewer(show=True)
+    viewer.window.resize(1500, 1000)
+    finder, points = _finder_result(viewer, qtbot)
+    teach = open_tool(viewer, "Teach the atom finder")  # below the Atom finder, as users do
+    points.data = np.asarray(points.data)[2:]  # a correction: two false detections deleted
+    qtbot.waitUntil(lambda: len(teach.pairs.value) == 1, timeout=5_000)
+    teach.steps.value = 2
+    teach.run_button.native.click()
+    qtbot.waitUntil(lambda: len(teach._history) >= 1, timeout=60_000)
+    qtbot.wait(300)
+    if teach.busy:  # still training: the curve is drawn where the user can see it
+        assert _shown_in(teach.native, teach._plot)
+    qtbot.waitUntil(lambda: teach.worker is None, timeout=120_000)
+    qtbot.wait(500)
+    assert _shown_in(teach.native, teach._plot), "the training curve is out of view"
+    assert _shown_in(teach.native, teach.status.native), teach.status.value
+    assert _shown_in(finder.native, finder.model.native)  # where the new model is selected
