@@ -82,3 +82,30 @@ def test_training_curve_is_in_view_in_a_shared_dock_column(make_napari_viewer, q
     assert _shown_in(teach.native, teach._plot), "the training curve is out of view"
     assert _shown_in(teach.native, teach.status.native), teach.status.value
     assert _shown_in(finder.native, finder.model.native)  # where the new model is selected
+
+
+def test_dkl_last_loop_plot_is_not_flattened_by_a_spike(make_napari_viewer, qtbot, shared_data):
+    """BEPS loops carry spikes ~100x the loop: the 'last spectrum' plot showed a flat line and
+    one spike. It now draws the despiked loop the loop area is measured on, scaled to it."""
+    from journey import open_file
+
+    from napari_microml.dkl.scalarizers import LoopArea
+
+    viewer = make_napari_viewer()
+    open_file(viewer, shared_data / "dkl" / "BEPS_PTO_50x50.h5")
+    dkl = open_tool(viewer, "Active learning (DKL)")
+    assert dkl.scalarizer.value == "loop area"  # the default for a bias sweep
+    click(qtbot, dkl.init_button, dkl)
+    for _ in range(8):  # measure until the last loop read has a spike
+        raw = np.asarray(dkl.ax_spec.lines[0].get_ydata(), float)
+        loop = LoopArea().despiked(raw[None])[0]
+        if np.abs(raw - loop).max() > 5 * np.ptp(loop):
+            break
+        click(qtbot, dkl.step_button, dkl)
+    else:
+        pytest.fail("no spiky loop among the first measurements")
+    low, high = dkl.ax_spec.get_ylim()
+    assert high - low < 2 * np.ptp(loop), "the plot's scale is set by the spike"
+    assert low <= loop.min() and loop.max() <= high
+    shown = [np.asarray(line.get_ydata(), float) for line in dkl.ax_spec.lines]
+    assert any(np.allclose(y, loop) for y in shown)

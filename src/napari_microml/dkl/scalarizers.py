@@ -191,10 +191,16 @@ class LoopArea(Scalarizer):
     median_size: int = 5
     name = "loop area"
 
-    def compute(self, spectra, axis):
-        y = spectra
+    def despiked(self, spectra):
+        """``spectra`` (n, E) with the spikes median-filtered out: the loops the area is taken
+        of (the dock plots these, so one spike does not flatten the loop on screen)."""
+        y = np.asarray(spectra, float)
         if self.median_size and self.median_size > 1:
             y = median_filter(y, size=(1, int(self.median_size)), mode="wrap")
+        return y
+
+    def compute(self, spectra, axis):
+        y = self.despiked(spectra)
         v = axis[None]
         v2, y2 = np.roll(v, -1, axis=1), np.roll(y, -1, axis=1)
         return 0.5 * np.abs(np.sum(v * y2 - v2 * y, axis=1))

@@ -36,7 +36,7 @@ from magicgui.widgets import (
 )
 
 from napari_microml.dkl.acquisition import ACQUISITIONS
-from napari_microml.dkl.scalarizers import SCALARIZERS, WindowRatio, window_mask
+from napari_microml.dkl.scalarizers import SCALARIZERS, LoopArea, WindowRatio, window_mask
 from napari_microml.runtime.provenance import make_provenance
 from napari_microml.runtime.spectral import (
     SpectralAxis,
@@ -826,11 +826,19 @@ class ActiveLearningWidget(ToolWidget):
         self.ax_spec.clear()
         if snap.spectrum is not None:
             ax = snap.axis if snap.axis is not None else np.arange(len(snap.spectrum))
-            self.ax_spec.plot(ax, snap.spectrum, lw=1)
-            if ctx.scalarizer != "loop area":
+            if ctx.scalarizer == "loop area":  # the loop it measures; raw spikes faint, clipped
+                loop = LoopArea().despiked(snap.spectrum[None])[0]
+                self.ax_spec.plot(ax, snap.spectrum, lw=0.5, color="0.7")
+                self.ax_spec.plot(ax, loop, lw=1)
+                low, high = float(loop.min()), float(loop.max())
+                pad = 0.1 * (high - low) or 0.1 * abs(high) or 1.0
+                self.ax_spec.set_ylim(low - pad, high + pad)
+                self.ax_spec.set_title("last loop (spikes filtered)", fontsize=8)
+            else:
+                self.ax_spec.plot(ax, snap.spectrum, lw=1)
                 self.ax_spec.axvspan(*ctx.window, alpha=0.2)
+                self.ax_spec.set_title("last spectrum", fontsize=8)
             self.ax_spec.set_xlabel(ctx.units, fontsize=8)
-            self.ax_spec.set_title("last spectrum", fontsize=8)
         for a in (self.ax_best, self.ax_spec):
             a.tick_params(labelsize=7)
         self.canvas.draw_idle()
