@@ -65,6 +65,7 @@ def test_teach_the_atom_finder_on_two_corrected_images(
     teach.run_button.native.click()
     qtbot.waitUntil(lambda: teach.worker is None, timeout=120_000)
     assert teach.run_button.text == "Fine-tune"
+    assert teach.status.value.startswith("Stopped: no model was written"), teach.status.value
     assert user_models.list_user_models() == {}
     folder_now = tmp_path / "models"
     assert not folder_now.exists() or not any(folder_now.iterdir())

@@ -504,6 +504,9 @@ class TeachAtomsWidget(ToolWidget):
         super().cancel()
         self._say("Stopping… (no model is written)")
 
+    def cancelled_message(self) -> str:
+        return "Stopped: no model was written; the Atom finder keeps the model it had."
+
     def show_loss(self, loss: Loss) -> None:
         self._history.append({"step": loss.step, **loss.values})
         self._draw()
