@@ -59,6 +59,10 @@ def get_reader(path) -> Callable | None:
             path = path[0]
         p = Path(path)
         ext = p.suffix.lower()
+        if ext == ".csv":  # our points CSV reopens calibrated; any other CSV is napari's
+            return _read_points if _is_points_csv(p) else None
+        if ext == ".zarr":
+            return _read_bundle if _is_bundle(p) else None
         if ext not in FORMATS or not p.is_file():
             return None
         if ext == ".h5" and not (_is_hyperspy_h5(p) or _nsid_datasets(p)):
@@ -80,6 +84,41 @@ def _napari_reader(path) -> list[LayerData]:
 
             layers.extend(random_scan_layers(p, layers[-1][0]))
     return layers
+
+
+def _is_points_csv(path: Path) -> bool:
+    """Tell a CSV of :func:`napari_microml.io.writer.write_points_csv` by its header.
+
+    Ours has row_px and col_px; napari's own points CSV has index, axis-0, axis-1.
+    """
+    if not path.is_file():
+        return False
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        header = fh.readline().strip().split(",")
+    return {"row_px", "col_px"} <= set(header)
+
+
+def _read_points(path) -> list[LayerData]:
+    from napari_microml.io.writer import read_points_csv
+
+    return [read_points_csv(path[0] if isinstance(path, (list, tuple)) else path)]
+
+
+def _is_bundle(path: Path) -> bool:
+    """Tell a folder written by :func:`napari_microml.io.writer.write_bundle`."""
+    import zarr
+
+    from napari_microml.io.writer import BUNDLE_FORMAT
+
+    if not path.is_dir():
+        return False
+    return zarr.open_group(str(path), mode="r").attrs.get("format") == BUNDLE_FORMAT
+
+
+def _read_bundle(path) -> list[LayerData]:
+    from napari_microml.io.writer import read_bundle
+
+    return read_bundle(path[0] if isinstance(path, (list, tuple)) else path)
 
 
 def _is_hyperspy_h5(path: Path) -> bool:
