@@ -149,3 +149,21 @@ def test_saved_results_reopen_calibrated(make_napari_viewer, qtbot, tmp_path):
     assert sorted(type(lyr).__name__ for lyr in bundle) == ["Image", "Points"]
     for lyr in bundle:
         np.testing.assert_allclose(lyr.scale, image.scale)
+
+
+def test_defect_table_dock_does_not_cut_the_image(make_napari_viewer, qtbot):
+    """The defect table docks at the bottom after the run's view fit: the canvas lost ~200 px
+    of height and the image's top and bottom rows (and any defect there) were out of view
+    (Acquisition_18: 90 % of the image in view)."""
+    from napari_microml.runtime.widget import fraction_in_view
+
+    viewer = make_napari_viewer(show=True)
+    viewer.window.resize(1500, 1000)
+    sample = simulate_lattice((256, 256), dose=1000, seed=3)
+    image = viewer.add_image(sample.image.astype(np.float32), name="lattice")
+    seg = open_tool(viewer, "Defect segmenter")
+    seg.image_layer.value = image
+    click(qtbot, seg.run_button, seg)
+    qtbot.waitUntil(lambda: seg.table_dock is not None, timeout=10_000)
+    qtbot.wait(500)  # the dock is laid out and the canvas resized
+    assert fraction_in_view(viewer, image) >= 0.98, fraction_in_view(viewer, image)

@@ -568,8 +568,34 @@ class ToolWidget(Container):
         if added:  # a later run updates its layers in place: the user's zoom is kept
             # the input too: a result drawn on it (a line scan's track) is read against it all
             inputs = list(self._job.inputs.values()) if self._job is not None else []
-            fit_view_to(self.viewer, [*added, *(i for i in inputs if i in self.viewer.layers)])
+            shown = [*added, *(i for i in inputs if i in self.viewer.layers)]
+            fit_view_to(self.viewer, shown)
+            self._refit_on_resize(shown)
         clear_colour_bar(self.viewer)
+
+    def _refit_on_resize(self, layers: list) -> None:
+        """For STATUS_FOLLOW_S after a first run, refit the view when the canvas changes size:
+        a result dock added after the fit (the defect table, at the bottom) cut the image's top
+        and bottom off."""
+        from qtpy.QtCore import QTimer
+
+        events = getattr(getattr(self.viewer, "canvas", None), "events", None)
+        if events is None or not hasattr(events, "size"):  # napari < 0.9: no canvas model
+            return
+
+        def on_size(*_):
+            live = [layer for layer in layers if layer in self.viewer.layers]
+            if live and fit_view_to(self.viewer, live):
+                clear_colour_bar(self.viewer)
+
+        def stop():
+            try:
+                events.size.disconnect(on_size)
+            except (RuntimeError, ValueError):  # already gone with the viewer
+                pass
+
+        events.size.connect(on_size)
+        QTimer.singleShot(int(STATUS_FOLLOW_S * 1000), stop)
 
     def _cannot_run(self, err: Exception) -> None:
         from napari.utils.notifications import show_warning
