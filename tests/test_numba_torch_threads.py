@@ -1,10 +1,11 @@
-"""The defect segmenter's label-colour warm-up (napari's numba kernels, run in a worker thread)
-leaves that thread's torch thread count as it was.
+"""A torch job in a reused napari worker thread runs with the session's torch thread count.
 
-numba's OpenMP layer starts once per process, on the thread that runs the first parallel kernel,
-and sets that thread's OpenMP thread count, the one torch reads. A pooled worker that ran the
-warm-up then ran every later torch job with numba's count (2.5x slower Shift-VAE fits after a
-defect run). Each case runs in a fresh Python: the start happens once per process.
+torch sets a thread's OpenMP thread count once, at its first op, and two things changed it
+afterwards in a pooled worker: numba's OpenMP layer, which starts once per process on the thread
+that runs the first parallel kernel (the defect segmenter's label-colour warm-up) and sets that
+thread's count to numba's; and a later ``torch.set_num_threads`` on another thread, which does
+not reach a thread torch had already set up. Either way later jobs in that thread ran with the
+wrong count (the Shift-VAE fit 2.5x slower after a defect run).
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ print("RESULT " + json.dumps({
 
 
 def test_label_colour_warm_up_keeps_the_worker_threads_torch_thread_count():
+    # a fresh Python: numba starts its threading layer once per process
     # numba's count must differ from torch's 1 for the old code to show the change
     env = {**os.environ, "NUMBA_NUM_THREADS": "2", "QT_API": os.environ.get("QT_API", "pyqt6")}
     proc = subprocess.run(
@@ -67,3 +69,50 @@ def test_label_colour_warm_up_keeps_the_worker_threads_torch_thread_count():
     assert result["first"] == 1
     assert result["after"] == 1, result  # the old warm-up left 2 (numba's count) here
     assert result["compiled"] >= 1  # the warm-up still compiles the kernel the labels draw uses
+
+
+class _ReusedThread:
+    """One long-lived thread that runs calls handed to it, as napari reuses a worker thread."""
+
+    def __init__(self):
+        import queue
+        import threading
+
+        self._calls, self._results = queue.Queue(), queue.Queue()
+        threading.Thread(target=self._loop, daemon=True).start()
+
+    def _loop(self):
+        while True:
+            self._results.put(self._calls.get()())
+
+    def __call__(self, call):
+        self._calls.put(call)
+        return self._results.get(timeout=60)
+
+
+def test_a_job_runs_with_the_sessions_torch_thread_count_in_a_reused_thread():
+    import torch
+
+    from napari_microml.runtime.widget import Job
+
+    def job():
+        def work():
+            yield ("progress", 0, 1, "")
+            return torch.get_num_threads()
+
+        gen = Job(work, lambda _: None).run()
+        next(gen)
+        try:
+            next(gen)
+        except StopIteration as stop:
+            return stop.value
+
+    old = torch.get_num_threads()
+    try:
+        worker = _ReusedThread()
+        torch.set_num_threads(2)
+        assert worker(torch.get_num_threads) == 2  # the thread set up while the session used 2
+        torch.set_num_threads(1)  # the session (here the main thread) now asks for 1
+        assert worker(job) == 1  # before: 2, the count the thread was left with
+    finally:
+        torch.set_num_threads(old)

@@ -1,15 +1,21 @@
-"""Thread-level state shared by numba and torch, kept out of the threads that run our jobs.
+"""The torch thread count of the worker threads that run our jobs.
 
-numba's OpenMP threading layer runs in the OpenMP runtime torch loaded (torch's libgomp, loaded
-first and globally), and the first parallel numba kernel of the process calls
-``omp_set_num_threads(NUMBA_NUM_THREADS)`` on the thread that runs it. torch reads its thread
-count per thread from that same setting, so a worker thread that ran the first kernel (napari's
-label-colour kernels) silently ran every later torch job with numba's thread count.
-:func:`start_numba_threads` does that one-time start on a thread of its own that then ends.
+torch's CPU ops read their thread count from the calling thread's OpenMP setting, which torch
+sets once per thread, from the session's count at that thread's first torch op. napari reuses
+its worker threads from job to job, so a thread keeps whatever count it was left with:
+
+- numba's OpenMP layer runs in the same OpenMP runtime (torch's libgomp, loaded first and
+  globally), and the first parallel numba kernel of the process sets the count of the thread
+  that runs it to ``NUMBA_NUM_THREADS``; :func:`start_numba_threads` does that one-time start
+  on a thread of its own that then ends;
+- a later ``torch.set_num_threads`` on another thread (the console, a test) does not reach a
+  thread torch has already set up; :func:`match_torch_threads` at the start of every job gives
+  the worker the session's count again.
 """
 
 from __future__ import annotations
 
+import sys
 import threading
 
 _lock = threading.Lock()
@@ -36,3 +42,20 @@ def start_numba_threads() -> None:
         starter.start()
         starter.join()
         _started = True
+
+
+def match_torch_threads() -> None:
+    """Give the calling thread the session's torch thread count, the one a new thread gets.
+
+    Call it at the start of a job in a reused worker thread. Does nothing before torch is
+    imported (the thread then sets itself up from the session's count at its first op).
+    """
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return
+    session: list[int] = []
+    probe = threading.Thread(target=lambda: session.append(torch.get_num_threads()))
+    probe.start()
+    probe.join()
+    if session and torch.get_num_threads() != session[0]:
+        torch.set_num_threads(session[0])

@@ -38,6 +38,7 @@ from magicgui.widgets import ComboBox, Container, Label, ProgressBar, PushButton
 
 from napari_microml.runtime.device import CHOICES, describe_device
 from napari_microml.runtime.provenance import KEY
+from napari_microml.runtime.threads import match_torch_threads
 from napari_microml.runtime.workers import Loss, Message, Partial, as_message, typed
 
 PROGRESS_INTERVAL_S = 0.1
@@ -68,6 +69,7 @@ class Job:
     def run(self) -> Generator[Message, None, Any]:
         """The worker's body: read the input layers' data here, then run ``work``. Bad input
         (a ValueError, by the cores' contract) comes back as :class:`Refused`, not a crash."""
+        match_torch_threads()  # napari reuses worker threads: not the count an earlier job left
         try:
             arrays = {key: np.asarray(layer.data) for key, layer in self.inputs.items()}
             return (yield from typed(self.work(**arrays)))
