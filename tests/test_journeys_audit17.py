@@ -27,9 +27,15 @@ def test_review_walks_the_finder_result_before_any_correction(make_napari_viewer
     """Proofreading starts on the finder's own points: Review must not wait for an edit (it
     said "Nothing to review: run the Atom finder" right after the finder ran), and deleting the
     point under review moves on to the next one in the list, not to a shifted index."""
-    viewer = make_napari_viewer()
+    from scipy.spatial import cKDTree
+
+    from napari_microml.runtime.widget import canvas_view
+
+    viewer = make_napari_viewer(show=True)
+    viewer.window.resize(1500, 1000)
     teach = open_tool(viewer, "Teach the atom finder")  # open before the finder runs
     _, points = _finder_result(viewer, qtbot)
+    _, other = _finder_result(viewer, qtbot, name="second", seed=4)  # drawn on top of "pt"
     assert teach.pairs.value == []  # nothing corrected yet, so nothing selected for teaching
     before = np.asarray(points.data, float).copy()
     order, _ = review_order(
@@ -42,6 +48,16 @@ def test_review_walks_the_finder_result_before_any_correction(make_napari_viewer
     teach.next_uncertain.native.click()
     assert f"point 1 of {len(order)}" in teach.status.value, teach.status.value
     assert points.selected_data == {int(order[0])}
+    # the image these points were found on is the one shown, close enough to click on
+    assert viewer.layers["pt"].visible and points.visible
+    assert not viewer.layers["second"].visible and not other.visible
+    assert "hidden while you review this image" in teach.status.value
+    view = canvas_view(viewer)
+    nn = np.median(cKDTree(before).query(before, k=2)[0][:, 1])
+    assert min(view[1] - view[0], view[3] - view[2]) <= 12.1 * nn < 192  # about 12 neighbours
+    qtbot.wait(100)
+    assert _shown_in(teach.native, teach.status.native)  # the reason is in the squeezed dock
+    assert _shown_in(teach.native, teach.next_uncertain.native)  # and the button for the next
     teach.next_uncertain.native.click()
     assert points.selected_data == {int(order[1])}
 
@@ -67,10 +83,12 @@ def test_training_curve_is_in_view_in_a_shared_dock_column(make_napari_viewer, q
     curve below its status line stayed out of sight during and after the fine-tune."""
     viewer = make_napari_viewer(show=True)
     viewer.window.resize(1500, 1000)
-    finder, points = _finder_result(viewer, qtbot)
-    teach = open_tool(viewer, "Teach the atom finder")  # below the Atom finder, as users do
-    points.data = np.asarray(points.data)[2:]  # a correction: two false detections deleted
-    qtbot.waitUntil(lambda: len(teach.pairs.value) == 1, timeout=5_000)
+    teach = open_tool(viewer, "Teach the atom finder")  # the Atom finder docks below it
+    finder, points = _finder_result(viewer, qtbot, name="021_HAADF_15nm_Sample_PtNC_21Oct20")
+    _, other = _finder_result(viewer, qtbot, name="025_HAADF_15nm_Sample_PtNC_21Oct20", seed=4)
+    for layer in (points, other):  # corrections: two false detections deleted on each
+        layer.data = np.asarray(layer.data)[2:]
+    qtbot.waitUntil(lambda: len(teach.pairs.value) == 2, timeout=5_000)
     teach.steps.value = 2
     teach.run_button.native.click()
     qtbot.waitUntil(lambda: len(teach._history) >= 1, timeout=60_000)

@@ -142,6 +142,24 @@ def _next_present(positions: np.ndarray, queue: np.ndarray, k: int) -> int:
     return k
 
 
+def _zoom_to_neighbours(viewer, positions: np.ndarray, pixel: float, spacings: float = 12) -> None:
+    """Zoom in (never out) until the canvas's shorter side spans about ``spacings`` median
+    nearest-neighbour distances of ``positions`` (px; ``pixel`` world units each): the point
+    under review and its neighbours, large enough to click on."""
+    from scipy.spatial import cKDTree
+
+    from napari_microml.runtime.widget import canvas_view
+
+    view = canvas_view(viewer)
+    if view is None or len(positions) < 2:
+        return
+    nn = float(np.median(cKDTree(positions).query(positions, k=2)[0][:, 1])) * pixel
+    span = min(view[1] - view[0], view[3] - view[2])
+    if nn > 0 and span > spacings * nn:
+        camera = viewer_camera(viewer)
+        camera.zoom = float(camera.zoom) * span / (spacings * nn)
+
+
 class TeachAtomsWidget(ToolWidget):
     tool_name = "teach_atom_finder"
 
@@ -212,16 +230,16 @@ class TeachAtomsWidget(ToolWidget):
             label.native.setMinimumWidth(220)  # wraps in the column instead of widening the dock
         for combo in (self.pair_image, self.pair_points, self.base, self.my_models):
             _fit_column(combo.native)
-        self._plot = self._make_plot()
         self.extend(
             [
+                self.next_uncertain,  # right under the status it answers in: both in view
                 self.edits,
-                self.next_uncertain,
                 Container(
                     widgets=[self.my_models, self.delete_button], layout="horizontal", labels=False
                 ),
             ]
         )
+        self._plot = self._make_plot()  # after the last magicgui insert: it counts no Qt widget
         self.add_pair.changed.connect(self._on_add_pair)
         self.next_uncertain.changed.connect(self._on_next_uncertain)
         self.delete_button.changed.connect(self._on_delete)
@@ -385,22 +403,26 @@ class TeachAtomsWidget(ToolWidget):
         self._suggest_base()
 
     # -- review -------------------------------------------------------------------------------
-    def _review_layers(self) -> list:
-        """The Points layers to review: the selected pairs', else every finder result listed
-        (proofreading comes before the edits that select a pair)."""
+    def _review_pairs(self) -> list[tuple]:
+        """The (image, points) pairs to review: the selected ones, else every finder result
+        listed (proofreading comes before the edits that select a pair)."""
         pairs = self._selected_pairs()
         if pairs:
-            return [points for _, points in pairs]
-        layers = self.viewer.layers
-        names = [str(t).split(ARROW)[1] for t in self.pairs.choices]
-        return [layers[n] for n in names if n in layers]
+            return pairs
+        layers, out = self.viewer.layers, []
+        for text in self.pairs.choices:
+            image, points = str(text).split(ARROW)
+            if image in layers and points in layers:
+                out.append((layers[image], layers[points]))
+        return out
 
     def _on_next_uncertain(self, *_):
-        targets = self._review_layers()
-        if not targets:
+        pairs = self._review_pairs()
+        if not pairs:
             self._say("Nothing to review: run the Atom finder on an image first.")
+            self._show_review()
             return
-        names = [p.name for p in targets]
+        names = [p.name for _, p in pairs]
         name, queue, words, k = self._review
         if name in names:
             k = _next_present(np.asarray(self.viewer.layers[name].data)[:, -2:], queue, k)
@@ -417,15 +439,41 @@ class TeachAtomsWidget(ToolWidget):
         layer = self.viewer.layers[name]
         if not len(queue):
             self._say(f"{name} has no points to review.")
+            self._show_review()
             return
+        hidden = self._show_only(pairs, names.index(name)) if k == 0 else ""
         i = _index_of(np.asarray(layer.data, float)[:, -2:], queue[k])
         self._review = (name, queue, words, k + 1)
         world = layer.data_to_world(np.asarray(layer.data)[i])
         camera = viewer_camera(self.viewer)
         camera.center = tuple(world[-2:])
+        _zoom_to_neighbours(self.viewer, queue, float(np.abs(layer.scale[-1])))
         self.viewer.layers.selection.active = layer
         layer.selected_data = {i}
-        self._say(f"{layer.name}, point {k + 1} of {len(queue)} to check: {words[k]}.")
+        self._say(f"{layer.name}, point {k + 1} of {len(queue)} to check: {words[k]}.{hidden}")
+        self._show_review()
+
+    def _show_only(self, pairs: list[tuple], keep: int) -> str:
+        """Show the pair under review and hide the other pairs' layers (images of one size lie
+        on top of each other: the points were read against another image). Returns a note."""
+        others = [
+            layer
+            for j, pair in enumerate(pairs)
+            if j != keep
+            for layer in pair
+            if all(layer is not mine for mine in pairs[keep])
+        ]
+        for layer in pairs[keep]:
+            layer.visible = True
+        shown = [layer for layer in others if layer.visible]
+        for layer in shown:
+            layer.visible = False
+        return f" ({len(shown)} other layers hidden while you review this image)" if shown else ""
+
+    def _show_review(self) -> None:
+        """Scroll a squeezed dock so the Review button and the reason it gives are in view."""
+        self.native.ensureWidgetVisible(self.next_uncertain.native, 0, 4)
+        self.native.ensureWidgetVisible(self.status.native, 0, 4)
 
     # -- fine-tune ------------------------------------------------------------------------
     def make_job(self):
@@ -495,8 +543,6 @@ class TeachAtomsWidget(ToolWidget):
             self.run_button.text = "Fine-tune"
 
     def _finish(self):  # where ToolWidget versions that queue GUI updates end a run
-        if self._history:  # the result sentence is longer than the progress line was
-            self._make_room(self._plot)
         super()._finish()
         self.run_button.text = "Fine-tune"
 
@@ -511,12 +557,12 @@ class TeachAtomsWidget(ToolWidget):
         self._history.append({"step": loss.step, **loss.values})
         self._draw()
         if len(self._history) == 1:  # the curve has just appeared below the status line
-            self._make_room(self._plot)
             self._show_status()
 
     def _scroll_to_status(self) -> None:
         plot = getattr(self, "_plot", None)  # None while the dock is being built
         if plot is not None and plot.isVisibleTo(self._controls):  # the curve explains the status
+            self._make_room(plot)  # here: the status and curve are laid out by now
             self.native.ensureWidgetVisible(plot, 0, 0)
         super()._scroll_to_status()
 
@@ -658,7 +704,8 @@ class TeachAtomsWidget(ToolWidget):
         figure = Figure(figsize=(3.2, 2.0), dpi=90, tight_layout=True)
         canvas = FigureCanvasQTAgg(figure)
         canvas.setMinimumHeight(170)
-        self.add_native(canvas)
+        layout = self._controls.layout()  # right under the status: a run's curve beside its text
+        layout.insertWidget(layout.indexOf(self.ran_on.native.parentWidget()) + 1, canvas)
         self._axes = figure.add_subplot(111)
         self._axes_f1 = self._axes.twinx()
         self._draw()
@@ -671,7 +718,9 @@ class TeachAtomsWidget(ToolWidget):
         ax.clear()
         ax2.clear()
         rows = [r for r in self._history if r.get("loss") is not None]
-        ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], color="#1f77b4", label="loss")
+        ax.plot(  # markers: the first value alone is a point, not a line
+            [r["step"] for r in rows], [r["loss"] for r in rows], "o-", color="#1f77b4", ms=3
+        )
         ax2.plot(
             [r["step"] for r in self._history],
             [r["val_f1"] for r in self._history],
