@@ -234,3 +234,5 @@ def test_lattice_atom_count_levels_are_named_per_sublattice(make_napari_viewer, 
     assert "atom-count levels (column thicknesses): " in status, status
     assert " in sublattice 0, " in status and " in sublattice 1" in status, status
     assert "/" not in status.split("atom-count levels")[1].split(";")[0], status
+    title = tool.figure.axes[0].get_title()  # the plot said "atom counts: 0: 1, 1: 1 levels …"
+    assert title.startswith("atom-count levels: ") and " in sublattice 1" in title, title

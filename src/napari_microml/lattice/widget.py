@@ -475,14 +475,11 @@ class LatticeWidget(ToolWidget):
                 ax1.plot(grid, comp, lw=0.6, color=colour)
                 ax1.plot(grid, comp.sum(1), lw=1.2, color="k" if lab is None else colour)
                 title.append(
-                    f"{len(mixture.means)}" if lab is None else f"{lab}: {len(mixture.means)}"
+                    f"{len(mixture.means)}"
+                    if lab is None
+                    else f"{len(mixture.means)} in sublattice {lab}"
                 )
-            ax1.set_title(
-                "atom counts: "
-                + (", ".join(title) if cnt.groups else title[0])
-                + (" levels per sublattice" if cnt.groups else " levels"),
-                fontsize=8,
-            )
+            ax1.set_title("atom-count levels: " + ", ".join(title), fontsize=8)
             ax1.set_xlabel("column cross-section (image intensity × px²)", fontsize=7)
             ax1.set_yticks([])  # a density: its scale says nothing to the user
             ax1.tick_params(labelsize=7)

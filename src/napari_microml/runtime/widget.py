@@ -246,9 +246,9 @@ def fit_view_to(viewer, layers, *, min_fraction: float = 0.98) -> bool:
 
 
 def clear_colour_bar(viewer) -> bool:
-    """Zoom out, about the layers' centre, until the layers leave the canvas's top-right corner
-    to a shown colour bar (a tall canvas fits the image to its width: the bar hid its corner).
-    Returns whether the view changed."""
+    """Move the layers out of the canvas's top-right corner where a colour bar is shown (a tall
+    canvas fits the image to its width: the bar hid its corner): down, when the canvas has the
+    height for it, else zoom out about the layers' centre. Returns whether the view changed."""
     bars = [
         bar
         for layer in viewer.layers
@@ -263,10 +263,16 @@ def clear_colour_bar(viewer) -> bool:
     bar_w, bar_h = (float(v) for v in tuple(getattr(bars[0], "size", (25, 220)))[:2])
     clear_w, clear_h = bar_w + 55, bar_h + 50  # tick labels beside it, its name above it
     extent = np.asarray(viewer.layers.extent.world, float)[:, list(viewer.dims.displayed)]
-    y0, x0, x1 = extent[0, -2], extent[0, -1], extent[1, -1]
+    y0, y1, x0, x1 = extent[0, -2], extent[1, -2], extent[0, -1], extent[1, -1]
     right, top = (x1 - view[2]) * zoom, (y0 - view[0]) * zoom
     if not np.all(np.isfinite(extent)) or right <= width - clear_w or top >= clear_h:
         return False
+    height = (view[1] - view[0]) * zoom
+    if clear_h + (y1 - y0) * zoom <= height:  # room below the bar: same size, moved down
+        center = list(camera.center)
+        center[-2] = y0 - clear_h / zoom + height / (2 * zoom)
+        camera.center = tuple(center)
+        return True
     target = (width - 2 * clear_w) / max((x1 - x0) * zoom, 1e-9)
     if not 0.3 < target < 1.0:  # a canvas too narrow to keep the bar clear: leave it
         return False
