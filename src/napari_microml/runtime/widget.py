@@ -587,14 +587,23 @@ class ToolWidget(Container):
         and bottom off."""
         from qtpy.QtCore import QTimer
 
-        events = getattr(getattr(self.viewer, "canvas", None), "events", None)
-        if events is None or not hasattr(events, "size"):  # napari < 0.9: no canvas model
+        canvas = getattr(self.viewer, "canvas", None)
+        events = getattr(canvas, "events", None)
+        if canvas is None or events is None or not hasattr(events, "size"):  # napari < 0.9
             return
+        last = [tuple(canvas.size)]
 
-        def on_size(*_):
+        def refit():
             live = [layer for layer in layers if layer in self.viewer.layers]
             if live and fit_view_to(self.viewer, live):
                 clear_colour_bar(self.viewer)
+
+        def on_size(*_):
+            size, (before,) = tuple(canvas.size), last
+            last[0] = size
+            # only a shrink (a dock arrived); a first show or a screenshot grows it
+            if any(n < b for n, b in zip(size, before, strict=False)):
+                QTimer.singleShot(0, refit)  # once the new size is settled
 
         def stop():
             try:
