@@ -185,3 +185,12 @@ def test_defect_table_dock_does_not_cut_the_image(make_napari_viewer, qtbot):
     qtbot.waitUntil(lambda: seg.table_dock is not None, timeout=10_000)
     qtbot.wait(500)  # the dock is laid out and the canvas resized
     assert fraction_in_view(viewer, image) >= 0.98, fraction_in_view(viewer, image)
+
+
+def test_one_found_atom_is_singular():
+    """An 8x8 crop gave 'Found 1 atoms'."""
+    from napari_microml.atoms.widget import found_what
+
+    single = {"model_choice": {"chosen": "pt-single-atoms"}}
+    assert found_what(single, 1) == "atom" and found_what(single, 0) == "atoms"
+    assert found_what({}, 1) == "column" and found_what({}, 27) == "columns"

@@ -154,12 +154,14 @@ def model_note(parameters: dict) -> str:
     return f" Model auto → {choice['chosen']}: {choice['reason']}." if choice else ""
 
 
-def found_what(parameters: dict) -> str:
-    """'atoms' when Model auto read the field as isolated atoms, else 'columns'."""
+def found_what(parameters: dict, n: int = 2) -> str:
+    """'atoms' when Model auto read the field as isolated atoms, else 'columns' (singular for
+    ``n`` = 1)."""
     from napari_microml.atoms.choose import SINGLE_ATOMS_MODEL
 
     choice = parameters.get("model_choice") or {}
-    return "atoms" if choice.get("chosen") == SINGLE_ATOMS_MODEL else "columns"
+    word = "atom" if choice.get("chosen") == SINGLE_ATOMS_MODEL else "column"
+    return word if n == 1 else word + "s"
 
 
 class AtomFinderWidget(ToolWidget):
@@ -308,8 +310,9 @@ class AtomFinderWidget(ToolWidget):
             choice.get("requested", "bright"),
             choice.get("skew"),
         )
+        n = len(result.positions)
         self._say(
-            f"Found {len(result.positions)} {found_what(result.parameters)}, "
+            f"Found {n} {found_what(result.parameters, n)}, "
             f"{contrast.note()}{fit_note(result.features)}."
             + model_note(result.parameters)
             + resample_note(result.parameters)
