@@ -45,8 +45,8 @@ GUARD_SIZE = 256
 GUARD_DOSES = (20, 40)  # counts: forgetting shows first at low dose
 GUARD_LOSS: float | None = None  # most F1 a blend may lose on them vs the base; None: no guard
 GUARD_SEED = 6_000_000  # apart from the replay pool's 5,000,000+ and the benchmarks' seeds
-# the held-out score that chooses the checkpoint and stops training: "ap" (average precision of
-# the peaks, threshold-free and detection-aligned) or "loss" (heat-map BCE, lower is better)
+# the held-out score that chooses the checkpoint and stops training: "loss" (heat-map BCE) or
+# "ap" (average precision of the peaks); "ap" lost when judged (benchmarks/RESULTS.md, fine-tuning)
 SELECT_BY = "loss"
 # other scores tracked beside SELECT_BY, each with its own checkpoint and stopping step, so a
 # benchmark scores both choices from one fine-tune (training runs until every one has stopped)
