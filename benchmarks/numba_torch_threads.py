@@ -115,6 +115,14 @@ def _one(case: str) -> dict:
     return json.loads(lines[-1].removeprefix("RESULT "))
 
 
+def _spread(values: list[float]) -> dict:
+    return {
+        "median": round(statistics.median(values), 2),
+        "min": round(min(values), 2),
+        "max": round(max(values), 2),
+    }
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3, help="runs of each case, alternated")
@@ -125,13 +133,13 @@ def main(argv=None) -> int:
             runs[case].append(_one(case))
     summary = {}
     for case, rows in runs.items():
-        ratios = [r["after"]["wall_s"] / r["before"]["wall_s"] for r in rows]
         summary[case] = {
-            "after_over_before_wall": {
-                "median": round(statistics.median(ratios), 2),
-                "min": round(min(ratios), 2),
-                "max": round(max(ratios), 2),
-            },
+            f"after_over_before_{kind}": _spread(
+                [r["after"][f"{kind}_s"] / r["before"][f"{kind}_s"] for r in rows]
+            )
+            for kind in ("wall", "cpu")
+        }
+        summary[case] |= {
             "worker_torch_threads_after": sorted({r["worker_torch_threads_after"] for r in rows}),
             "first_colour_map_on_main_s": [r["first_colour_map_on_main_s"] for r in rows],
         }
