@@ -35,7 +35,7 @@ def test_review_walks_the_finder_result_before_any_correction(make_napari_viewer
     viewer.window.resize(1500, 1000)
     teach = open_tool(viewer, "Teach the atom finder")  # open before the finder runs
     _, points = _finder_result(viewer, qtbot)
-    _, other = _finder_result(viewer, qtbot, name="second", seed=4)  # drawn on top of "pt"
+    finder, other = _finder_result(viewer, qtbot, name="second", seed=4)  # drawn on top of "pt"
     assert teach.pairs.value == []  # nothing corrected yet, so nothing selected for teaching
     before = np.asarray(points.data, float).copy()
     order, _ = review_order(
@@ -68,6 +68,12 @@ def test_review_walks_the_finder_result_before_any_correction(make_napari_viewer
     (i,) = points.selected_data
     np.testing.assert_allclose(points.data[i], before[order[2]])
 
+    # a new model re-run on the image the review hid: its result is shown on its own image
+    teach._rerun(finder, [viewer.layers["second"]])
+    qtbot.waitUntil(lambda: not finder.busy, timeout=60_000)
+    assert viewer.layers["second"].visible and other.visible
+    assert not viewer.layers["pt"].visible and not points.visible
+
 
 def _shown_in(area, widget) -> bool:
     """Whether ``widget`` lies wholly inside the visible part of the scroll ``area``."""
@@ -99,7 +105,8 @@ def test_training_curve_is_in_view_in_a_shared_dock_column(make_napari_viewer, q
     qtbot.wait(500)
     assert _shown_in(teach.native, teach._plot), "the training curve is out of view"
     assert _shown_in(teach.native, teach.status.native), teach.status.value
-    assert _shown_in(finder.native, finder.model.native)  # where the new model is selected
+    if teach.status.value.startswith("Saved"):  # 2 steps may keep the model in use instead
+        assert _shown_in(finder.native, finder.model.native)  # where the new one is selected
 
 
 def test_dkl_last_loop_plot_is_not_flattened_by_a_spike(make_napari_viewer, qtbot, shared_data):

@@ -406,15 +406,27 @@ class TeachAtomsWidget(ToolWidget):
     def _review_pairs(self) -> list[tuple]:
         """The (image, points) pairs to review: the selected ones, else every finder result
         listed (proofreading comes before the edits that select a pair)."""
-        pairs = self._selected_pairs()
-        if pairs:
-            return pairs
+        return self._selected_pairs() or self._listed_pairs()
+
+    def _listed_pairs(self) -> list[tuple]:
         layers, out = self.viewer.layers, []
         for text in self.pairs.choices:
             image, points = str(text).split(ARROW)
             if image in layers and points in layers:
                 out.append((layers[image], layers[points]))
         return out
+
+    def _show_pair(self, image) -> None:
+        """Show ``image`` and its points when a review hid them: a re-run's result drawn over
+        another image would be read against the wrong one."""
+        if image.visible:
+            return
+        pairs = self._listed_pairs()
+        keep = [j for j, (im, _) in enumerate(pairs) if im.name == image.name]  # proxies: no `is`
+        if keep:
+            self._show_only(pairs, keep[0])
+        else:
+            image.visible = True
 
     def _on_next_uncertain(self, *_):
         pairs = self._review_pairs()
@@ -461,7 +473,7 @@ class TeachAtomsWidget(ToolWidget):
             for j, pair in enumerate(pairs)
             if j != keep
             for layer in pair
-            if all(layer is not mine for mine in pairs[keep])
+            if all(layer.name != mine.name for mine in pairs[keep])
         ]
         for layer in pairs[keep]:
             layer.visible = True
@@ -670,6 +682,7 @@ class TeachAtomsWidget(ToolWidget):
                 return
             layer = pending.pop(0)
             if layer in self.viewer.layers:
+                self._show_pair(layer)
                 finder.image_layer.value = layer
                 finder.start()
 
