@@ -55,16 +55,21 @@ print("RESULT " + json.dumps({
 """
 
 
-def test_label_colour_warm_up_keeps_the_worker_threads_torch_thread_count():
-    # a fresh Python: numba starts its threading layer once per process
-    # numba's count must differ from torch's 1 for the old code to show the change
+def run_with_two_numba_threads(script: str) -> dict:
+    """Run ``script`` in a fresh Python (numba starts its threading layer once per process)
+    with numba's count 2, which must differ from torch's 1 for a changed count to show; return
+    the JSON it printed after ``RESULT ``."""
     env = {**os.environ, "NUMBA_NUM_THREADS": "2", "QT_API": os.environ.get("QT_API", "pyqt6")}
     proc = subprocess.run(
-        [sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=240, env=env
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=240, env=env
     )
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     assert proc.returncode == 0 and lines, proc.stderr[-2000:]
-    result = json.loads(lines[-1].removeprefix("RESULT "))
+    return json.loads(lines[-1].removeprefix("RESULT "))
+
+
+def test_label_colour_warm_up_keeps_the_worker_threads_torch_thread_count():
+    result = run_with_two_numba_threads(SCRIPT)
     assert result["numba_threads"] == 2
     assert result["first"] == 1
     assert result["after"] == 1, result  # the old warm-up left 2 (numba's count) here

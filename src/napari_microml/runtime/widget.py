@@ -38,7 +38,7 @@ from magicgui.widgets import ComboBox, Container, Label, ProgressBar, PushButton
 
 from napari_microml.runtime.device import CHOICES, describe_device
 from napari_microml.runtime.provenance import KEY
-from napari_microml.runtime.threads import match_torch_threads
+from napari_microml.runtime.threads import match_torch_threads, start_numba_threads
 from napari_microml.runtime.workers import Loss, Message, Partial, as_message, typed
 
 PROGRESS_INTERVAL_S = 0.1
@@ -355,6 +355,9 @@ class ToolWidget(Container):
     tool_name = "tool"
 
     def __init__(self, viewer, controls: list):
+        # not on the GUI thread at a first labels draw: numba's start sets that thread's
+        # OpenMP count, which torch in napari's console would then use
+        start_numba_threads()
         self.viewer = viewer
         self.worker: Any = None
         self.device_choice = ComboBox(label="Device", choices=list(CHOICES), value="auto")
