@@ -136,7 +136,7 @@ def test_dkl_last_loop_plot_is_not_flattened_by_a_spike(make_napari_viewer, qtbo
     assert any(np.allclose(y, loop) for y in shown)
 
 
-def test_saved_results_reopen_calibrated(make_napari_viewer, qtbot, tmp_path):
+def test_saved_results_reopen_calibrated(make_napari_viewer, qtbot, tmp_path, monkeypatch):
     """File > Save with the microml writers, then File > Open: the atoms CSV, the image TIFF and
     the bundle come back in nm on top of the image. Before, the reader refused .csv and .zarr
     (napari's own readers gave px: the atoms landed 20x off a 0.05 nm/px image) and no
@@ -162,6 +162,16 @@ def test_saved_results_reopen_calibrated(make_napari_viewer, qtbot, tmp_path):
     np.testing.assert_allclose(back.scale, points.scale)
     assert [str(u) for u in back.units] == [str(u) for u in points.units]
     np.testing.assert_allclose(back.data_to_world(back.data[0]), first)
+
+    # the Atom finder's own Save points… writes the same calibrated CSV (no file-type choice)
+    from qtpy.QtWidgets import QFileDialog
+
+    target = str(tmp_path / "mine")
+    monkeypatch.setattr(QFileDialog, "getSaveFileName", staticmethod(lambda *a, **k: (target, "")))
+    finder.save_button.native.click()
+    assert "Saved" in finder.status.value and "nanometer" in finder.status.value
+    (mine,) = viewer.open(target + ".csv", plugin="napari-microml")
+    np.testing.assert_allclose(mine.data_to_world(mine.data[0]), first)
 
     (again,) = save_and_reopen(image, "scan.tif")
     np.testing.assert_allclose(again.scale, image.scale)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import weakref
 from functools import partial
+from pathlib import Path
 
 import napari
 import numpy as np
@@ -217,6 +218,12 @@ class AtomFinderWidget(ToolWidget):
             "after you add, move or delete points; points you add have no "
             "network score (score NaN, manual True)"
         )
+        self.save_button = PushButton(text="Save points…")
+        self.save_button.tooltip = (
+            "Save the '<image> atoms' layer as CSV: row/col in px and in the image's unit (nm), "
+            "the features, and a .csv.json beside it with the scale, units and provenance; "
+            "File → Open reads it back in place (napari's own CSV type keeps pixels only)"
+        )
         super().__init__(
             viewer,
             [
@@ -230,7 +237,9 @@ class AtomFinderWidget(ToolWidget):
             ],
         )
         self.append(self.refine_button)
+        self.append(self.save_button)
         self.refine_button.changed.connect(self._on_refine_clicked)
+        self.save_button.changed.connect(self._on_save_clicked)
         self.model.changed.connect(self._on_model_changed)
         self._on_model_changed()
         preload("torch")  # imported in the worker it held the GIL and Cancel for seconds
@@ -317,6 +326,33 @@ class AtomFinderWidget(ToolWidget):
             + model_note(result.parameters)
             + resample_note(result.parameters)
             + unsure_note(result)
+        )
+
+    # -- save ----------------------------------------------------------------------------------
+    def _on_save_clicked(self, *_):
+        from qtpy.QtWidgets import QFileDialog
+
+        from napari_microml.io.writer import write_points_csv
+
+        layer = self.image_layer.value
+        name = None if layer is None else self.points_name(layer)
+        if name is None or name not in self.viewer.layers:
+            self._say("No atoms to save: run the finder on the image first.")
+            return
+        points = self.viewer.layers[name]
+        path, _ = QFileDialog.getSaveFileName(  # Qt's dialog asks before replacing a file
+            self.native, "Save atoms", f"{name}.csv", "microml points CSV (*.csv)"
+        )
+        if not path:
+            return
+        if not path.lower().endswith(".csv"):
+            path += ".csv"
+        data, attributes, _ = points.as_layer_data_tuple()
+        csv, side = write_points_csv(path, data, attributes)
+        unit = str(points.units[-1]) if len(points.units) else "pixel"
+        self._say(
+            f"Saved {len(data)} points to {csv} (px and {unit}; scale, units and provenance "
+            f"in {Path(side).name})."
         )
 
     # -- refine the user's edited points ------------------------------------------------------
