@@ -17,14 +17,21 @@ from napari_microml.runtime.widget import pixel_size_nm
 TOOL = "Defect segmenter"
 
 
-def _run(viewer, qtbot, widget, layer, journey=None, **api_kwargs):
+def _api(widget, layer):
+    """The dock's default work through the API: the defects, then the environments of the
+    columns they were found on."""
     image = np.asarray(layer.data, np.float32)
+    res = mm.segment_defects(
+        image, pixel_size=pixel_size_nm(layer), threshold=widget.threshold.value
+    )
+    if widget.env_classes.value != "off" and len(res.atoms) >= 10:
+        dark = res.provenance["parameters"]["contrast"] == "dark"
+        mm.classify_environments(-image if dark else image, res.atoms)
+
+
+def _run(viewer, qtbot, widget, layer, journey=None):
     stall = click(
-        qtbot,
-        widget.run_button,
-        widget,
-        journey=journey,
-        api=lambda: mm.segment_defects(image, pixel_size=pixel_size_nm(layer), **api_kwargs),
+        qtbot, widget.run_button, widget, journey=journey, api=lambda: _api(widget, layer)
     )
     assert_no_stall(stall)
     assert not widget.status.value.startswith(("Failed", "Cannot")), widget.status.value

@@ -3,8 +3,10 @@ table dock (counts, density, one row per defect; click to centre, Export CSV).""
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from functools import partial
+from types import SimpleNamespace
 from typing import Any
 
 import napari
@@ -124,6 +126,19 @@ def _warm_label_colormap(res) -> None:
     class_colormap(res.table).map(np.resize(pixels, 16).reshape(4, 4))
 
 
+def _prepare_first_run() -> None:
+    """What a first Run would pay for before its result shows (~3 s on a 2-core CPU): the
+    mixture models the environments need and napari's label-colour kernels (a labels result of
+    a few classes, as ``segment_defects`` writes them)."""
+    import pandas as pd
+    import sklearn.decomposition  # noqa: F401 - imported for the environments
+    import sklearn.mixture  # noqa: F401
+
+    labels = np.arange(16, dtype=np.int32).reshape(4, 4) % 3  # int32: the kernel's type
+    table = pd.DataFrame({"label": [1, 2], "class": list(CLASS_COLORS)[:2]})
+    _warm_label_colormap(SimpleNamespace(labels=labels, table=table))
+
+
 @dataclass
 class DefectRun:
     """What the worker hands to the GUI thread: the segmentation and the environments."""
@@ -198,6 +213,8 @@ class DefectSegmenterWidget(ToolWidget):
         self.model.changed.connect(self._on_model_changed)
         self._on_model_changed()
         preload("torch")  # imported in the worker it held the GIL and Cancel for seconds
+        # while the user picks an image and settings, not in the first Run
+        threading.Thread(target=_prepare_first_run, name="defects-prepare", daemon=True).start()
 
     def _on_model_changed(self, *_):
         from napari_microml.nets.registry import list_models
