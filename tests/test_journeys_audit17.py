@@ -211,3 +211,19 @@ def test_one_found_atom_is_singular():
     single = {"model_choice": {"chosen": "pt-single-atoms"}}
     assert found_what(single, 1) == "atom" and found_what(single, 0) == "atoms"
     assert found_what({}, 1) == "column" and found_what({}, 27) == "columns"
+
+
+def test_closing_a_dock_mid_run_cancels_it(make_napari_viewer, qtbot):
+    """The dock's x during a run: the run went on and its layers arrived from a tool no longer
+    on screen (Defect segmenter, DKL, Shift-VAE on the real files). It is cancelled now."""
+    viewer = make_napari_viewer()
+    sample = simulate_lattice((256, 256), dose=1000, seed=3)
+    image = viewer.add_image(sample.image.astype(np.float32), name="lattice")
+    dock, seg = viewer.window.add_plugin_dock_widget("napari-microml", "Defect segmenter")
+    seg.image_layer.value = image
+    seg.run_button.native.click()
+    assert seg.busy
+    viewer.window.remove_dock_widget(dock)  # what the dock's close button does
+    qtbot.waitUntil(lambda: seg.worker is None, timeout=60_000)
+    qtbot.wait(200)
+    assert [layer.name for layer in viewer.layers] == ["lattice"]

@@ -400,6 +400,7 @@ class ToolWidget(Container):
         self._ui_timer = QTimer()
         self._ui_timer.setInterval(0)
         self._ui_timer.timeout.connect(self._next_ui)
+        self._scroll.destroyed.connect(self._abandon)
 
     @property
     def native(self):
@@ -476,6 +477,32 @@ class ToolWidget(Container):
         if self.worker is not None:
             self._say("Cancelling…")
             self.worker.quit()
+
+    def _abandon(self, *_):
+        """The dock was closed and Qt deleted its widgets: stop the run and every later screen
+        update of it (each raised 'wrapped C/C++ object … has been deleted', and the results of
+        a tool no longer there still arrived as layers)."""
+        try:
+            self._ui_timer.stop()
+        except RuntimeError:  # Qt has deleted it already (the app is closing)
+            pass
+        self._ui_queue.clear()
+        self._finish_pending = False
+        worker, self.worker = self.worker, None
+        if worker is None:
+            return
+        for signal, slot in (
+            (worker.yielded, self._on_yield),
+            (worker.returned, self._on_returned),
+            (worker.errored, self._on_error),
+            (worker.aborted, self._on_aborted),
+            (worker.finished, self._on_finished),
+        ):
+            try:
+                signal.disconnect(slot)
+            except (TypeError, RuntimeError):  # not connected (a subclass's own worker)
+                pass
+        worker.quit()
 
     def device_label(self) -> str:
         return describe_device(self.device_choice.value)
@@ -713,6 +740,8 @@ def _dock_scroll_area(controls, widget: Container):
         def eventFilter(self, obj, event):  # noqa: N802 - Qt's name
             if event.type() == QEvent.Type.ParentChange:
                 widget.native_parent_changed.emit(obj.parent())
+                if obj.parent() is None and getattr(widget, "busy", False):
+                    widget.cancel()  # the dock was closed (its x): the run is not wanted
             return False
 
     scroll = DockScroll()
