@@ -31,6 +31,12 @@ CROP = 96
 BATCH = 8
 REPLAY = 2  # crops per batch drawn from synthetic frames (all scenes and lattices)
 N_REPLAY = 64  # synthetic frames in the replay pool
+# when the points of every image form a lattice, this many more crops per batch are low-dose
+# crystals: taught dim columns, a fine-tune otherwise fires on noise between the columns of
+# crystals at 5-50 counts; not for isolated atoms, which those crystals teach it to miss
+LOW_DOSE_PER_BATCH = 2
+N_LOW_DOSE = 32  # low-dose crystals in their own replay pool; 0: none
+LOW_DOSES = (5.0, 50.0)  # counts per column peak: the bottom decade of the base's training range
 LR = 5e-4
 THRESHOLDS = np.round(np.arange(0.1, 0.91, 0.05), 2)
 MIN_POINTS = 5
@@ -233,6 +239,18 @@ def _crop(item: _Item, size: int, rng) -> tuple:
         start[other] = int(rng.integers(0, shape[other] - size + 1))
     sl = (slice(start[0], start[0] + size), slice(start[1], start[1] + size))
     return item.x[sl][None], item.target[sl][None]
+
+
+def _low_dose_pair(seed: int, size: int, kind: str) -> tuple:
+    """Return (network input, heat map) of a simulated crystal of a standard lattice at low dose."""
+    from napari_microml.atoms.finder import network_input
+    from napari_microml.synth.lattice import simulate_lattice
+    from napari_microml.synth.render import heatmap
+    from napari_microml.training.atoms import HEAT_SIGMA
+
+    dose = float(np.exp(np.random.default_rng(seed).uniform(*np.log(LOW_DOSES))))
+    s = simulate_lattice((size, size), scene="crystal", seed=seed, dose=dose)
+    return network_input(s.image, kind)[None], heatmap((size, size), s.positions, HEAT_SIGMA)[None]
 
 
 def _jitter(x: np.ndarray, rng) -> np.ndarray:
@@ -552,7 +570,7 @@ def finetune_atoms_iter(
     import torch
     import torch.nn.functional as F
 
-    from napari_microml.atoms.finder import input_kind
+    from napari_microml.atoms.finder import input_kind, lattice_spacing
     from napari_microml.nets.registry import load_model
     from napari_microml.nets.user_models import check_name, list_user_models, save_user_model
     from napari_microml.runtime.device import describe_device, resolve_device
@@ -602,6 +620,12 @@ def finetune_atoms_iter(
     replay = [
         make_pair(5_000_000 + 1_000 * seed + i, crop, input_kind=kind) for i in range(N_REPLAY)
     ]
+    lattice = all(lattice_spacing(p) is not None for p in pts)
+    n_low = LOW_DOSE_PER_BATCH if lattice and N_LOW_DOSE else 0
+    low_dose = [
+        _low_dose_pair(5_000_500 + 1_000 * seed + i, crop, kind)
+        for i in range(N_LOW_DOSE if n_low else 0)
+    ]
 
     before = validate(net)
     rival = None  # the model in use, when fine-tuning starts from another one
@@ -639,11 +663,12 @@ def finetune_atoms_iter(
                 m.eval()
         xs, ys = [], []
         for b in range(BATCH):
-            x, y = (
-                replay[rng.integers(N_REPLAY)]
-                if b < REPLAY
-                else _crop(items[rng.integers(len(items))], crop, rng)
-            )
+            if b < n_low:
+                x, y = low_dose[rng.integers(len(low_dose))]
+            elif b < n_low + REPLAY:
+                x, y = replay[rng.integers(N_REPLAY)]
+            else:
+                x, y = _crop(items[rng.integers(len(items))], crop, rng)
             x, y = dihedral([x, y], int(rng.integers(8)))
             xs.append(_jitter(x, rng))
             ys.append(y)
@@ -747,6 +772,10 @@ def finetune_atoms_iter(
             "crop": crop,
             "batch": BATCH,
             "replay_per_batch": REPLAY,
+            "points_form_lattices": lattice,
+            "low_dose_replay_per_batch": n_low,
+            "low_dose_crystals_replayed": N_LOW_DOSE,
+            "low_dose_counts": list(LOW_DOSES),
             "lr": LR,
             "eval_every": EVAL_EVERY,
             "patience": PATIENCE,
