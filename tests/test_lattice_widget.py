@@ -104,12 +104,12 @@ def test_cancel_leaves_no_layers(make_napari_viewer, qtbot):
     assert "exx" not in points.features
 
 
-def test_missing_points_says_so(make_napari_viewer, qtbot):
+def test_missing_image_and_points_says_so(make_napari_viewer, qtbot):
+    # with an image but no Points layer, Run finds the columns (tests/test_lattice_autofind.py)
     viewer = make_napari_viewer()
-    viewer.add_image(np.zeros((64, 64)), name="empty")
     _, widget = viewer.window.add_plugin_dock_widget("napari-microml", "Lattice analysis")
     widget.run_button.native.click()
-    assert widget.worker is None and "Points layer" in widget.status.value
+    assert widget.worker is None and "Pick the image" in widget.status.value
 
 
 def test_dark_columns_are_found_as_such(make_napari_viewer, qtbot):

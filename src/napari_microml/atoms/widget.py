@@ -165,6 +165,57 @@ def found_what(parameters: dict, n: int = 2) -> str:
     return word if n == 1 else word + "s"
 
 
+def recommended_threshold(model: str) -> float:
+    """The detection threshold recorded for atoms model ``model`` (0.5 when it has none)."""
+    from napari_microml.nets.registry import list_models
+
+    meta = list_models("atoms").get(f"atoms-{model}", {}).get("meta", {})
+    return float(meta.get("recommended_threshold", 0.5))
+
+
+def write_atoms_layer(tool: ToolWidget, layer, result):
+    """Add or update the '<image> atoms' Points layer of ``result`` (an atom-finder result on
+    image ``layer``) in ``tool``'s viewer, with its features and provenance; the layer."""
+    data = as_points(result.positions, result.frames)
+    sigma = np.nanmedian(result.features["sigma"]) if len(result.features) else np.nan
+    size = float(np.clip(2.5 * sigma, 3, 30)) if np.isfinite(sigma) else 5.0
+    features = result.features.reset_index(drop=True)
+    features["manual"] = False
+    points = tool.upsert(
+        AtomFinderWidget.points_name(layer),
+        "points",
+        data,
+        features=features,
+        size=size,
+        face_color="transparent",
+        border_color=FIT_OK_COLOR,
+        border_width=0.15,
+        metadata=tool.provenance_metadata(result.provenance),
+        **physical_kwargs(layer, data.shape[1]),
+    )
+    style_points(points)
+    watch_added(points)
+    return points
+
+
+def found_sentence(result) -> str:
+    """The status sentence for an atom-finder result: how many, the contrast, fits, model."""
+    choice = result.parameters.get("contrast_choice") or {}
+    contrast = ContrastChoice(
+        result.parameters.get("contrast", "bright"),
+        choice.get("requested", "bright"),
+        choice.get("skew"),
+    )
+    n = len(result.positions)
+    return (
+        f"Found {n} {found_what(result.parameters, n)}, "
+        f"{contrast.note()}{fit_note(result.features)}."
+        + model_note(result.parameters)
+        + resample_note(result.parameters)
+        + unsure_note(result)
+    )
+
+
 class AtomFinderWidget(ToolWidget):
     tool_name = "atom_finder"
 
@@ -246,10 +297,7 @@ class AtomFinderWidget(ToolWidget):
 
     def _on_model_changed(self, *_):
         """Use the detection threshold recorded for the chosen model, when it has one."""
-        from napari_microml.nets.registry import list_models
-
-        meta = list_models("atoms").get(f"atoms-{self.model.value}", {}).get("meta", {})
-        self.threshold.value = float(meta.get("recommended_threshold", 0.5))
+        self.threshold.value = recommended_threshold(self.model.value)
 
     # -- run ---------------------------------------------------------------------------------
     def _selected_image(self):
@@ -282,25 +330,7 @@ class AtomFinderWidget(ToolWidget):
         return f"{layer.name} atoms"
 
     def _show_found(self, layer, with_probability: bool, result) -> None:
-        data = as_points(result.positions, result.frames)
-        sigma = np.nanmedian(result.features["sigma"]) if len(result.features) else np.nan
-        size = float(np.clip(2.5 * sigma, 3, 30)) if np.isfinite(sigma) else 5.0
-        features = result.features.reset_index(drop=True)
-        features["manual"] = False
-        points = self.upsert(
-            self.points_name(layer),
-            "points",
-            data,
-            features=features,
-            size=size,
-            face_color="transparent",
-            border_color=FIT_OK_COLOR,
-            border_width=0.15,
-            metadata=self.provenance_metadata(result.provenance),
-            **physical_kwargs(layer, data.shape[1]),
-        )
-        style_points(points)
-        watch_added(points)
+        write_atoms_layer(self, layer, result)
         if with_probability:
             self.upsert(
                 f"{layer.name} atom probability",
@@ -313,20 +343,7 @@ class AtomFinderWidget(ToolWidget):
                 metadata=self.provenance_metadata(result.provenance),
                 **physical_kwargs(layer, result.probability.ndim),
             )
-        choice = result.parameters.get("contrast_choice") or {}
-        contrast = ContrastChoice(
-            result.parameters.get("contrast", "bright"),
-            choice.get("requested", "bright"),
-            choice.get("skew"),
-        )
-        n = len(result.positions)
-        self._say(
-            f"Found {n} {found_what(result.parameters, n)}, "
-            f"{contrast.note()}{fit_note(result.features)}."
-            + model_note(result.parameters)
-            + resample_note(result.parameters)
-            + unsure_note(result)
-        )
+        self._say(found_sentence(result))
 
     # -- save ----------------------------------------------------------------------------------
     def _on_save_clicked(self, *_):

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import napari
 import numpy as np
@@ -26,6 +26,7 @@ from napari_microml.runtime.contrast import CONTRASTS
 from napari_microml.runtime.provenance import KEY
 from napari_microml.runtime.widget import (
     Job,
+    Refused,
     ToolWidget,
     layer_picker,
     name_colour_bar,
@@ -33,6 +34,9 @@ from napari_microml.runtime.widget import (
     pixel_size_nm,
 )
 from napari_microml.runtime.workers import Progress
+
+if TYPE_CHECKING:
+    from napari_microml.atoms.finder import AtomsResult
 
 MAPS = ("exx", "eyy", "exy", "rotation")
 # shown in the units the status line speaks: strain fractions as %, rotation radians as degrees
@@ -94,6 +98,7 @@ class LatticeRun:
     profile: tuple | None = None
     notes: list = field(default_factory=list)
     device: str = "CPU (NumPy/SciPy)"
+    found: AtomsResult | None = None  # the Atom finder's result when Run found the columns itself
 
 
 class LatticeWidget(ToolWidget):
@@ -170,10 +175,18 @@ class LatticeWidget(ToolWidget):
     # --- inputs -----------------------------------------------------------------------------
     def _inputs(self):
         image, points = self.image_layer.value, self.points_layer.value
-        if points is None:
+        if image is not None and (image.ndim != 2 or image.rgb):
             raise ValueError(
-                "Pick the Points layer of atom columns (run the Atom finder first, or add points)."
+                f"Image {image.name!r} must be one 2D grey image for the lattice "
+                "analysis (pick a single frame)."
             )
+        if points is None:
+            if image is None:
+                raise ValueError(
+                    "Pick the image, or the Points layer of its atom columns: with no Points "
+                    "layer, Run finds the columns with the Atom finder first."
+                )
+            return image, None  # Run finds the columns first, as the Atom finder would
         if points.data.shape[1] != 2:
             raise ValueError(
                 f"Points layer {points.name!r} has {points.data.shape[1]} dimensions; "
@@ -183,11 +196,6 @@ class LatticeWidget(ToolWidget):
             raise ValueError(
                 f"Points layer {points.name!r} holds {len(points.data)} points; a "
                 "lattice needs at least 6."
-            )
-        if image is not None and (image.ndim != 2 or image.rgb):
-            raise ValueError(
-                f"Image {image.name!r} must be one 2D grey image for the lattice "
-                "analysis (pick a single frame)."
             )
         return image, points
 
@@ -233,13 +241,15 @@ class LatticeWidget(ToolWidget):
 
         image, points = self._inputs()
         regions, lines = self._shapes(image)
-        pos = self._to_pixels(points, points.data, image)
-        user = self._user_labels(points)
-        std = (
-            points.features["position_std"].to_numpy(float)
-            if "position_std" in points.features
-            else None
-        )
+        pos, user, std = None, None, None  # the worker finds them when no Points layer is picked
+        if points is not None:
+            pos = self._to_pixels(points, points.data, image)
+            user = self._user_labels(points)
+            std = (
+                points.features["position_std"].to_numpy(float)
+                if "position_std" in points.features
+                else None
+            )
         contrast = self.contrast.value
         count = bool(self.count_atoms.value) and image is not None
         shells = {"auto": "auto", "5×5 cells": 2}.get(self.shells.value, 1)
@@ -247,6 +257,14 @@ class LatticeWidget(ToolWidget):
         name = image.name if image is not None else points.name
 
         def work(image=None):
+            nonlocal pos, user, std
+            found = None
+            if points is None:
+                found = yield from self._find_columns(image, contrast, pixel_size, name)
+                if isinstance(found, Refused):
+                    return found
+                pos, feats = found.positions, found.features
+                std = feats["position_std"].to_numpy(float) if "position_std" in feats else None
             img, dark = None, False
             if image is not None:
                 from napari_microml.lattice.analyze import columns_are_dark
@@ -306,27 +324,74 @@ class LatticeWidget(ToolWidget):
             import matplotlib.backends.backend_qtagg  # noqa: F401 - imported here, not on the GUI thread
             import matplotlib.figure  # noqa: F401
 
-            return LatticeRun(lat, cnt, grids, step, prof, notes)
+            return LatticeRun(lat, cnt, grids, step, prof, notes, found=found)
 
         inputs = {"image": image} if image is not None else {}
         return Job(work, partial(self._show_run, image, points), inputs=inputs)
 
+    @staticmethod
+    def _find_columns(image, contrast: str, pixel_size: float | None, name: str):
+        """The Atom finder's default pass on ``image`` (its lattice model; in the worker): its
+        result, or :class:`Refused` when it finds too few columns for a lattice."""
+        from napari_microml.atoms.choose import LATTICE_MODEL
+        from napari_microml.atoms.finder import find_atoms_iter
+        from napari_microml.atoms.widget import recommended_threshold
+        from napari_microml.runtime.workers import relabel
+
+        found = yield from relabel(
+            find_atoms_iter(
+                image,
+                model=LATTICE_MODEL,
+                threshold=recommended_threshold(LATTICE_MODEL),
+                contrast=contrast,
+                pixel_size=pixel_size,
+                input_name=name,
+            ),
+            "no Points layer: finding the columns (Atom finder): ",
+        )
+        if len(found.positions) < 6:
+            return Refused(
+                f"The Atom finder found {len(found.positions)} atom columns in {name!r}; a "
+                "lattice needs at least 6. Is it an atomic-resolution image? Or add the "
+                "columns as a Points layer and pick it under Columns."
+            )
+        return found
+
     # --- results ----------------------------------------------------------------------------
     def _show_run(self, image, points, run: LatticeRun) -> None:
         """Write the results one layer per event-loop turn (each new layer costs napari
-        ~0.1–0.4 s to build; together they would freeze the window)."""
+        ~0.1–0.4 s to build; together they would freeze the window). With no Points layer
+        picked, the Atom finder's columns come first, as the layer the Atom finder writes."""
         base = image.name if image is not None else points.name
         phys = physical_kwargs(image, 2) if image is not None else {}
+        source = ""
+        if run.found is not None:
+            from napari_microml.atoms.widget import write_atoms_layer
+
+            found = run.found
+            source = (
+                f" Columns: found by the Atom finder ({len(found.positions)} columns, model "
+                f"{found.parameters.get('model', '?')}, threshold "
+                f"{found.parameters.get('threshold', '?')}) as the layer "
+                f"'{base} atoms'; edit them and Run again to re-analyse."
+            )
+
+        def write_columns():
+            nonlocal points
+            if run.found is not None:
+                points = write_atoms_layer(self, image, run.found)
+                self.points_layer.value = points
+            self._write_points(points, run)
 
         def done():
             self.run_result, self._shown_name = run, base
             self.viewer.layers.selection.active = points
             self.progress.value = self.progress.max
             # the lattice itself in the status line: the summary row can sit below a squeezed dock
-            self._say(f"Done: {self._summary(run)}.")
+            self._say(f"Done: {self._summary(run)}.{source}")
 
         self.later(
-            lambda: self._write_points(points, run),
+            write_columns,
             *[lambda k=k: self._write_map(run, k, base, phys) for k in MAPS],
             lambda: self._write_vectors(run, base, phys),
             lambda: self._plot(run),
