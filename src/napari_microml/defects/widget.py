@@ -214,7 +214,10 @@ class DefectSegmenterWidget(ToolWidget):
         self._on_model_changed()
         preload("torch")  # imported in the worker it held the GIL and Cancel for seconds
         # while the user picks an image and settings, not in the first Run
-        threading.Thread(target=_prepare_first_run, name="defects-prepare", daemon=True).start()
+        self._preparing = threading.Thread(
+            target=_prepare_first_run, name="defects-prepare", daemon=True
+        )
+        self._preparing.start()
 
     def _on_model_changed(self, *_):
         from napari_microml.nets.registry import list_models
@@ -240,7 +243,14 @@ class DefectSegmenterWidget(ToolWidget):
             input_name=layer.name,
         )
 
+        preparing = self._preparing
+
         def work(image):
+            # run after it, not beside it: its imports and compile held the GIL in turns with
+            # the run and made the pair slower than the two one after the other
+            while preparing.is_alive():
+                yield Progress(0, 1, "preparing the first run…")
+                preparing.join(0.1)
             res = yield from segment_defects_iter(image, **kwargs)
             env, note = None, ""
             if n_env == "off":
