@@ -85,3 +85,29 @@ def test_the_docks_layers_are_the_apis_output(make_napari_viewer, qtbot):
     np.testing.assert_allclose(shown.data, np.asarray(res.atoms, float))
     np.testing.assert_array_equal(shown.features["environment"], env.classes)
     np.testing.assert_allclose(shown.features["unusualness"], env.unusualness, rtol=1e-6)
+
+
+def test_a_run_waits_for_the_preparation_and_cancel_still_works(
+    make_napari_viewer, qtbot, monkeypatch
+):
+    import threading
+    import time
+
+    import napari_microml.defects.widget as dw
+
+    release = threading.Event()
+    monkeypatch.setattr(dw, "_prepare_first_run", lambda: release.wait(30))
+    viewer = make_napari_viewer()
+    image = simulate_defects((96, 96), seed=HELD_OUT, dose=500, scene="crystal", spacing=11)
+    layer = viewer.add_image(image.image, name="haadf")
+    widget = open_tool(viewer, "Defect segmenter")
+    widget.image_layer.value = layer
+    widget.run_button.native.click()
+    qtbot.waitUntil(lambda: "preparing the first run" in widget.status.value, timeout=10_000)
+    start = time.perf_counter()
+    widget.run_button.native.click()  # Cancel, while the preparation still runs
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=10_000)
+    assert time.perf_counter() - start < 5  # not held until the preparation ends
+    assert widget.status.value.startswith("Cancelled"), widget.status.value
+    assert [lyr.name for lyr in viewer.layers] == ["haadf"]
+    release.set()
