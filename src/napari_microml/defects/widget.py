@@ -127,7 +127,7 @@ def _warm_label_colormap(res) -> None:
 
 
 def _prepare_first_run() -> None:
-    """What a first Run would pay for before its result shows (~3 s on a 2-core CPU): the
+    """What a first Run would pay for before its result shows (1-3 s on a 2-core CPU): the
     mixture models the environments need and napari's label-colour kernels (a labels result of
     a few classes, as ``segment_defects`` writes them)."""
     import pandas as pd
