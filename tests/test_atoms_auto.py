@@ -36,6 +36,11 @@ def test_evenly_spaced_columns_keep_the_lattice_model():
     choice = choose_atoms_model(positions=sites, period=None)
     assert choice.chosen == LATTICE_MODEL and "evenly spaced" in choice.reason
     assert choice.column_spacing_px == pytest.approx(12.0, abs=1.0)
+    # a calibrated image: the status line speaks nm, as the scale bar does
+    nm = choose_atoms_model(positions=sites, period=None, pixel_size=0.03)
+    assert "px" not in nm.reason and f"{choice.column_spacing_px * 0.03:.3g} nm" in nm.reason
+    repeats = choose_atoms_model(positions=sites[:3], period=21.4, pixel_size=0.02)
+    assert repeats.reason.endswith("repeats every 0.428 nm")
 
 
 def test_scattered_atoms_choose_the_single_atom_model_unless_the_image_repeats():

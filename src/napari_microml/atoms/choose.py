@@ -70,7 +70,14 @@ def image_period(image: np.ndarray) -> float | None:
     return repeat.period if repeat.periodic else None
 
 
-def choose_atoms_model(*, positions: np.ndarray, period: float | None) -> AtomsModelChoice:
+def _length(px: float, pixel_size: float | None) -> str:
+    """A distance for the status line: nm when the image is calibrated, else px."""
+    return f"{px:.1f} px" if pixel_size is None else f"{px * pixel_size:.3g} nm"
+
+
+def choose_atoms_model(
+    *, positions: np.ndarray, period: float | None, pixel_size: float | None = None
+) -> AtomsModelChoice:
     """Decide between the lattice model and the single-atom model for one frame.
 
     The lattice model is kept when either piece of lattice evidence is there: the columns it
@@ -83,6 +90,8 @@ def choose_atoms_model(*, positions: np.ndarray, period: float | None) -> AtomsM
         (row, col) of the columns the lattice model found on the frame.
     period : float or None
         The frame's period when it clearly repeats (:func:`image_period`), else None.
+    pixel_size : float, optional
+        nm per px; the reason then gives distances in nm.
 
     Returns
     -------
@@ -96,10 +105,13 @@ def choose_atoms_model(*, positions: np.ndarray, period: float | None) -> AtomsM
     elif spacing is not None:
         chosen, reason = (
             LATTICE_MODEL,
-            f"a lattice: the columns are evenly spaced ({spacing:.1f} px)",
+            f"a lattice: the columns are evenly spaced ({_length(spacing, pixel_size)})",
         )
     elif period is not None:
-        chosen, reason = LATTICE_MODEL, f"a lattice: the image repeats every {period:.1f} px"
+        chosen, reason = (
+            LATTICE_MODEL,
+            f"a lattice: the image repeats every {_length(period, pixel_size)}",
+        )
     else:
         chosen, reason = SINGLE_ATOMS_MODEL, "no lattice: isolated atoms on an amorphous support"
     return AtomsModelChoice(chosen, reason, n, spacing, period)

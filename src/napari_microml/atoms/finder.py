@@ -418,7 +418,9 @@ def _find_atoms_auto_iter(image, options: dict):
     period = probe.parameters["estimated_period_px"]
     if options["rescale"] not in ("auto", "always"):  # only those measured the period
         period = image_period(first)
-    choice = choose_atoms_model(positions=probe.positions, period=period)
+    choice = choose_atoms_model(
+        positions=probe.positions, period=period, pixel_size=options.get("pixel_size")
+    )
     if choice.chosen == LATTICE_MODEL and not scaled.is_stack:
         result = probe
     else:

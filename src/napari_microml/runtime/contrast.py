@@ -34,15 +34,15 @@ class ContrastChoice:
         return self.skew is not None and abs(self.skew) < CLEAR_SKEW
 
     def note(self) -> str:
-        """A phrase for the status line, e.g. 'dark columns (detected, skew -0.78)'."""
+        """A phrase for the status line, e.g. 'dark columns (detected)'."""
         if self.skew is None:
             return f"{self.contrast} columns"
-        if self.uncertain:
+        if self.uncertain:  # the skew itself stays in provenance: a number users cannot act on
             return (
-                f"{self.contrast} columns (detected, but uncertain: skew {self.skew:+.2f}; "
+                f"{self.contrast} columns (detected, but uncertain; "
                 "set 'Columns are' if that is wrong)"
             )
-        return f"{self.contrast} columns (detected, skew {self.skew:+.2f})"
+        return f"{self.contrast} columns (detected)"
 
     def record(self) -> dict:
         """The choice for provenance parameters."""
