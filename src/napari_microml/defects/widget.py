@@ -255,6 +255,8 @@ class DefectSegmenterWidget(ToolWidget):
             env, note = None, ""
             if n_env == "off":
                 note = "environment clustering is off"
+            elif res.provenance["parameters"].get("estimated_period_px") is None:
+                note = "no lattice: isolated columns have no environments to classify"
             elif len(res.atoms) < 10:
                 note = f"only {len(res.atoms)} atom columns, too few to cluster environments"
             else:
@@ -330,8 +332,9 @@ class DefectSegmenterWidget(ToolWidget):
             head = "Found no defects: there is" if counts.empty else f"Found {text}, but there is"
             self._say(
                 f"{head} no crystal lattice in {layer.name} ({len(res.atoms)} atom columns "
-                f"from {source}, not in a periodic arrangement). The defect segmenter needs a "
-                "crystalline image; for single atoms or particles use the Atom finder."
+                f"from {source}, not in a periodic arrangement), so no environments were "
+                "classified. The defect segmenter needs a crystalline image; for single atoms "
+                "or particles use the Atom finder."
             )
             return
         self._say(
