@@ -70,6 +70,8 @@ def estimate_spacing(image: np.ndarray) -> Spacing:
     x = _central(x)
     h, w = x.shape
     x = np.where(np.isfinite(x), x, np.nanmedian(x) if np.isfinite(x).any() else 0.0)
+    # a few dead or hot pixels would dominate the autocorrelation
+    x = np.clip(x, *np.percentile(x, (0.1, 99.9)))
     x = x - ndi.uniform_filter(x, size=max(16, min(h, w) // 4), mode="reflect")
     window = np.outer(np.hanning(h), np.hanning(w))
     x = (x - x.mean()) * window
@@ -86,6 +88,9 @@ def estimate_spacing(image: np.ndarray) -> Spacing:
     rb = np.round(r).astype(np.int64)
     profile = np.bincount(rb.ravel(), a.ravel()) / np.maximum(np.bincount(rb.ravel()), 1)
     lobe = next((i for i in range(1, int(r_max)) if profile[i] <= profile[i + 1]), int(r_max))
+    # a shoulder (resampled or blurred noise) is not the lobe's end: it ends below zero
+    below = np.flatnonzero(profile[1 : int(r_max)] <= 0)
+    lobe = max(lobe, int(below[0]) + 1) if below.size else lobe
     peaks = (
         (a == ndi.maximum_filter(a, size=3)) & (r >= max(2.0, 0.8 * lobe)) & (r <= r_max) & (a > 0)
     )

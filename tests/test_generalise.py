@@ -1,0 +1,70 @@
+"""Defaults on data another instrument would record: resampled, with dead/hot pixels."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+A18 = DATA / "formats" / "Acquisition_18.emd"
+needs_a18 = pytest.mark.skipif(not A18.exists(), reason="no shared data (../shared/data)")
+
+
+def _a18_crop(side: int) -> np.ndarray:
+    import napari_microml as mm
+
+    data = np.asarray(mm.read_file(str(A18))[0][0], float)
+    c = data.shape[0] // 2
+    return data[c - side // 2 : c + side // 2, c - side // 2 : c + side // 2]
+
+
+@needs_a18
+def test_period_of_an_interpolated_image_is_the_lattice_not_its_noise():
+    """A ×1.2 bicubic resampling (a resized or drift-corrected export) read as a 3 px lattice."""
+    from skimage.transform import rescale
+
+    from napari_microml.runtime.spacing import estimate_spacing
+
+    img = _a18_crop(160)
+    native = estimate_spacing(img).period
+    assert native == pytest.approx(22.8, abs=1.0)
+    got = estimate_spacing(rescale(img, 1.2, order=3)).period
+    assert got == pytest.approx(1.2 * native, rel=0.1)
+
+
+@needs_a18
+def test_atoms_on_an_interpolated_image_are_the_same_columns():
+    """The same field of view at 1.2× finer pixels gives the same columns, not a 3 px lattice
+    upsampled 4.7× into four times as many false ones."""
+    from scipy.ndimage import gaussian_filter
+    from skimage.transform import rescale
+
+    import napari_microml as mm
+    from napari_microml.atoms.metrics import match_points
+
+    img = _a18_crop(160)
+    base = mm.find_atoms(img, model="default")
+    truth = (base.positions + 0.5) * 1.2 - 0.5
+    smooth = rescale(img, 1.2, order=3)
+    got = mm.find_atoms(smooth, model="default")
+    assert got.parameters["zoom"] <= 1.0
+    assert len(got.positions) <= 1.5 * len(base.positions)
+    # detector noise on top of the interpolated frame, as a finer scan of the same area has
+    noise = np.std(img - gaussian_filter(img, 1.0))
+    noisy = smooth + np.random.default_rng(0).normal(0.0, noise, smooth.shape)
+    got = mm.find_atoms(noisy, model="default")
+    assert match_points(got.positions, truth, max_distance=2.0)["f1"] > 0.8
+
+
+@needs_a18
+def test_period_ignores_a_few_hot_and_dead_pixels():
+    from napari_microml.runtime.spacing import estimate_spacing
+
+    img = _a18_crop(256)
+    k = np.random.default_rng(0).choice(img.size, 20, replace=False)
+    bad = img.copy()
+    bad.flat[k[:10]] = 0
+    bad.flat[k[10:]] = 50 * img.max()
+    assert estimate_spacing(bad).period == pytest.approx(estimate_spacing(img).period, abs=0.5)
