@@ -291,13 +291,39 @@ class AtomFinderWidget(ToolWidget):
         self.append(self.save_button)
         self.refine_button.changed.connect(self._on_refine_clicked)
         self.save_button.changed.connect(self._on_save_clicked)
+        self._found: dict[str, str] = {}  # points layer → its run's sentence (said again)
         self.model.changed.connect(self._on_model_changed)
         self._on_model_changed()
         preload("torch")  # imported in the worker it held the GIL and Cancel for seconds
 
     def _on_model_changed(self, *_):
-        """Use the detection threshold recorded for the chosen model, when it has one."""
+        """Use the detection threshold recorded for the chosen model, when it has one, and say
+        when the points shown came from another model."""
         self.threshold.value = recommended_threshold(self.model.value)
+        self._say_model_of_result()
+
+    def _say_model_of_result(self) -> None:
+        """Status: the shown points were found with another model than the one now chosen (Teach
+        selects its new model here), or the points' own sentence once that model is back."""
+        from napari_microml.atoms.choose import LATTICE_MODEL, SINGLE_ATOMS_MODEL
+        from napari_microml.atoms.teach_widget import finder_model
+
+        layer = self.image_layer.value
+        name = None if layer is None else self.points_name(layer)
+        if self.busy or name is None or name not in self.viewer.layers:
+            return
+        used = finder_model(self.viewer.layers[name])
+        if used is None:
+            return
+        chosen = self.model.value
+        if chosen == used or (chosen == AUTO and used in (LATTICE_MODEL, SINGLE_ATOMS_MODEL)):
+            if name in self._found and self.status.value.startswith("Model is now"):
+                self._say(self._found[name])
+            return
+        self._say(
+            f"Model is now {chosen!r}; the points on {layer.name!r} were found with {used!r}. "
+            f"Press Run to find them with {chosen!r}."
+        )
 
     # -- run ---------------------------------------------------------------------------------
     def _selected_image(self):
@@ -343,7 +369,8 @@ class AtomFinderWidget(ToolWidget):
                 metadata=self.provenance_metadata(result.provenance),
                 **physical_kwargs(layer, result.probability.ndim),
             )
-        self._say(found_sentence(result))
+        self._found[self.points_name(layer)] = found_sentence(result)
+        self._say(self._found[self.points_name(layer)])
 
     # -- save ----------------------------------------------------------------------------------
     def _on_save_clicked(self, *_):

@@ -31,6 +31,8 @@ MIN_ROWS = 6  # the defect list keeps room for this many rows, even in a crowded
 # segment_defects' table less what "class" and "source" already say; a stack's frame after class
 HIDDEN = ("class_id", "column_z")
 SHOWN = tuple(c for c in (*COLUMNS[:2], "frame", *COLUMNS[2:]) if c not in HIDDEN)
+PX_ONLY = ("area_px", "nearest_atom_px")  # hidden when the image is calibrated: nm is shown
+NM_ONLY = ("area_nm2", "nearest_atom_nm")  # hidden when it is not: they would be all "–"
 
 
 def _text(value) -> str:
@@ -118,7 +120,8 @@ class DefectTableDock(QWidget):
         self.summary.setFixedHeight(
             min(180, frame + sum(self.summary.rowHeight(i) for i in range(len(rows))))
         )
-        cols = [c for c in SHOWN if c in shown.columns]
+        unit_free = PX_ONLY if pixel_size else NM_ONLY
+        cols = [c for c in SHOWN if c in shown.columns and c not in unit_free]
         self.defects.blockSignals(True)
         self.defects.clear()
         self.defects.setColumnCount(len(cols))

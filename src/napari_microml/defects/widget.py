@@ -425,7 +425,8 @@ class DefectSegmenterWidget(ToolWidget):
     def _update_table(self, layer, res, env_counts, prov):
         from napari_microml.defects.table_dock import DefectTableDock
 
-        title = f"{layer.name}: {len(res.table)} defects"
+        n = len(res.table)
+        title = f"{layer.name}: {n} defect{'' if n == 1 else 's'}"
         if res.pixel_size:
             title += f" ({res.pixel_size:.4g} nm/px)"
         args = dict(

@@ -1,0 +1,85 @@
+"""Journeys from the session-18 GUI audit (helper C): each test drives a dock the way the
+Plugins menu opens it, with its defaults, and fails on the code before its fix."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from journey import click, open_tool
+from test_journeys_audit17 import _shown_in
+
+from napari_microml.synth.lattice import simulate_lattice
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread", "user_models_folder")
+
+
+def _single_atoms(viewer, name, seed):
+    sample = simulate_lattice((192, 192), scene="single_atoms", dose=1000, seed=seed)
+    return viewer.add_image(sample.image.astype(np.float32), name=name), sample
+
+
+def test_finder_status_names_the_model_teach_selected(make_napari_viewer, qtbot):
+    """Teach saves a model trained on every image it was shown, so nothing is re-run: the Atom
+    finder's Model list showed the new model while its status still described the old run, as
+    if the points were the new model's."""
+    viewer = make_napari_viewer(show=True)
+    viewer.window.resize(1500, 1000)
+    teach = open_tool(viewer, "Teach the atom finder")
+    finder = open_tool(viewer, "Atom finder")
+    truth = {}
+    for name, seed in (("pt", 2), ("second", 4)):
+        image, sample = _single_atoms(viewer, name, seed)
+        truth[name] = sample.positions
+        finder.image_layer.value = image
+        click(qtbot, finder.run_button, finder)
+    found = finder.status.value
+    assert found.startswith("Found") and "pt-single-atoms" in found, found
+    for name, positions in truth.items():  # the user's corrections: the true atoms
+        viewer.layers[f"{name} atoms"].data = positions
+    qtbot.waitUntil(lambda: len(teach.pairs.value) == 2, timeout=5_000)
+    teach.steps.value = 30
+    click(qtbot, teach.run_button, teach, timeout_ms=180_000)
+    assert teach.status.value.startswith("Saved"), teach.status.value
+    assert "press Run there" in teach.status.value
+    new = finder.model.value
+    assert new.startswith("tuned-"), new
+    assert finder.status.value == (
+        f"Model is now {new!r}; the points on 'second' were found with 'pt-single-atoms'. "
+        f"Press Run to find them with {new!r}."
+    )
+    qtbot.wait(500)  # the finder's new status must not push Teach's curve out of its column
+    assert _shown_in(teach.native, teach._plot), "the training curve is out of view"
+    assert _shown_in(teach.native, teach.status.native), teach.status.value
+    finder.model.value = "pt-single-atoms"  # back to the model that found them: their sentence
+    assert finder.status.value == found
+
+
+def _headers(table) -> list[str]:
+    return [table.horizontalHeaderItem(j).text() for j in range(table.columnCount())]
+
+
+def test_defect_table_shows_nm_on_a_calibrated_image_and_px_otherwise(make_napari_viewer, qtbot):
+    """Acquisition_18 (0.01225 nm/px): the defect list showed area_px and nearest_atom_px first and
+    the nm columns last, cut off at the dock's right edge; an uncalibrated image showed nm
+    columns full of '–'."""
+    from napari_microml.synth.defects import simulate_defects
+
+    sample = simulate_defects(
+        (128, 128), seed=5_700_001, dose=500, scene="crystal", lattice="square", spacing=11
+    )
+    viewer = make_napari_viewer()
+    calibrated = viewer.add_image(sample.image, name="cal", scale=(0.02, 0.02), units="nm")
+    raw = viewer.add_image(sample.image, name="raw")
+    widget = open_tool(viewer, "Defect segmenter")
+    for layer, shown, hidden in (
+        (calibrated, ("area_nm2", "nearest_atom_nm"), ("area_px", "nearest_atom_px")),
+        (raw, ("area_px", "nearest_atom_px"), ("area_nm2", "nearest_atom_nm")),
+    ):
+        widget.image_layer.value = layer
+        click(qtbot, widget.run_button, widget)
+        dock = widget.table_dock
+        headers = _headers(dock.defects)
+        assert set(shown) <= set(headers) and not set(hidden) & set(headers), headers
+        n = len(dock.table)
+        assert dock.title.text().startswith(f"{layer.name}: {n} defect{'' if n == 1 else 's'}")
+        assert set(shown) | set(hidden) <= set(dock.table.columns)  # the export keeps both
