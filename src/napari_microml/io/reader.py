@@ -317,6 +317,14 @@ def _ureg():
     return pint.get_application_registry()
 
 
+def _ev_per_unit(units: str) -> float | None:
+    """EV per ``units`` when they are an energy (keV: 1000), else ``None``."""
+    try:
+        return float(_ureg().Quantity(1.0, units).to("eV").magnitude)
+    except Exception:  # noqa: BLE001 - not an energy (cm^-1, nm, pixel)
+        return None
+
+
 def _clean_units(units: Any) -> str:
     """Return a pint-parsable unit string; ``'pixel'`` when the file gives none."""
     if units is None:
@@ -380,6 +388,15 @@ def _to_layer(d: dict, p: Path, index: int, n: int) -> LayerData:
     for i, a in enumerate(raw_axes):
         scale = _plain_scalar(a.get("scale", 1.0), 1.0)
         units = _clean_units(a.get("units"))
+        if _is_spectral(a) and a.get("values") is None:
+            offset = _plain_scalar(a.get("offset", 0.0), 0.0)
+            if scale < 0:  # a descending energy axis: flipped, so every tool sees it ascend
+                offset, scale = offset + scale * (data.shape[i] - 1), -scale
+                data = np.flip(data, i)
+            to_ev = _ev_per_unit(units)  # keV/meV: the tools' edge rules and shifts are in eV
+            if to_ev is not None:
+                offset, scale, units = offset * to_ev, scale * to_ev, "eV"
+            a = {**a, "offset": offset}
         if scale <= 0:  # unknown calibration (e.g. DE MRC writes -1): fall back to pixels
             scale, units = 1.0, "pixel"
         name = str(a.get("name") or "").strip()
