@@ -83,3 +83,23 @@ def test_defect_table_shows_nm_on_a_calibrated_image_and_px_otherwise(make_napar
         n = len(dock.table)
         assert dock.title.text().startswith(f"{layer.name}: {n} defect{'' if n == 1 else 's'}")
         assert set(shown) | set(hidden) <= set(dock.table.columns)  # the export keeps both
+
+
+def test_lattice_on_isolated_atoms_says_whose_columns_failed(
+    make_napari_viewer, qtbot, shared_data
+):
+    """Pt atoms on carbon, no Points layer picked: Run found the columns itself and then said
+    'The points do not form a 2D lattice…; check the atom positions' about points the user never
+    gave."""
+    from journey import open_file
+
+    path = sorted((shared_data / "atoms_pt_haadf" / "images").glob("021_*.tif"))[0]
+    viewer = make_napari_viewer()
+    [layer] = open_file(viewer, path)
+    widget = open_tool(viewer, "Lattice analysis")
+    assert widget.points_layer.value is None
+    click(qtbot, widget.run_button, widget)
+    status = widget.status.value
+    assert status.startswith("Cannot run: The Atom finder found "), status
+    assert f"columns in {layer.name!r}" in status and "Isolated atoms" in status, status
+    assert [lyr.name for lyr in viewer.layers] == [layer.name]  # nothing half-written

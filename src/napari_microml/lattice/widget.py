@@ -280,19 +280,28 @@ class LatticeWidget(ToolWidget):
                     f"the reference region holds {int(reference.sum())} columns; all are used"
                 )
                 reference = None
-            lat = yield from relabel(
-                analyze_lattice_iter(
-                    pos,
-                    image=img,
-                    reference=reference,
-                    pixel_size=pixel_size,
-                    position_std=std,
-                    shells=shells,
-                    sublattice=user,
-                    input_name=name,
-                ),
-                "lattice: ",
-            )
+            try:
+                lat = yield from relabel(
+                    analyze_lattice_iter(
+                        pos,
+                        image=img,
+                        reference=reference,
+                        pixel_size=pixel_size,
+                        position_std=std,
+                        shells=shells,
+                        sublattice=user,
+                        input_name=name,
+                    ),
+                    "lattice: ",
+                )
+            except ValueError as err:
+                if found is None:  # the user's points: the core's sentence names them
+                    raise
+                return Refused(  # the user picked no points: say whose they were
+                    f"The Atom finder found {len(pos)} columns in {name!r}, but the lattice "
+                    f"analysis cannot use them: {err} Is it an atomic-resolution image of a "
+                    "crystal? Isolated atoms or particles have no lattice to analyse."
+                )
             cnt = None
             if count and not dark:  # an ABF column's signal does not grow with its atoms
                 # one mixture per sublattice: columns of different elements scatter differently
