@@ -68,3 +68,16 @@ def test_period_ignores_a_few_hot_and_dead_pixels():
     bad.flat[k[:10]] = 0
     bad.flat[k[10:]] = 50 * img.max()
     assert estimate_spacing(bad).period == pytest.approx(estimate_spacing(img).period, abs=0.5)
+
+
+def test_dark_columns_stay_dark_with_a_few_hot_pixels():
+    """An ABF/BF frame with hot pixels (×50 the brightest) read as bright columns before."""
+    from napari_microml.runtime.contrast import decide
+    from napari_microml.synth.lattice import simulate_lattice
+
+    s = simulate_lattice((192, 192), scene="crystal", lattice="perovskite", spacing=14.0, dose=100)
+    dark = s.image.max() - s.image.astype(float)
+    k = np.random.default_rng(0).choice(dark.size, 10, replace=False)
+    dark.flat[k[:5]] = 0.0
+    dark.flat[k[5:]] = 50 * dark.max()
+    assert decide(dark).contrast == "dark"

@@ -72,6 +72,8 @@ def column_skew(frame: np.ndarray, period: float | None = None) -> float:
     finite = np.isfinite(x)
     if not finite.all():
         x = np.where(finite, x, np.median(x[finite]) if finite.any() else 0.0)
+    # a few dead or hot pixels would make the tail (and its sign) theirs
+    x = np.clip(x, *np.percentile(x, (0.1, 99.9)))
     wide = 2.0 * period if period else 16.0
     band = ndi.gaussian_filter(x, 1.0) - ndi.gaussian_filter(x, wide)
     m = min(8, min(band.shape) // 4)  # the filters' borders are not the image
