@@ -103,3 +103,20 @@ def test_lattice_on_isolated_atoms_says_whose_columns_failed(
     assert status.startswith("Cannot run: The Atom finder found "), status
     assert f"columns in {layer.name!r}" in status and "Isolated atoms" in status, status
     assert [lyr.name for lyr in viewer.layers] == [layer.name]  # nothing half-written
+
+
+def test_atom_finder_on_a_coarse_image_says_it_cannot_show_columns(
+    make_napari_viewer, qtbot, shared_data
+):
+    """CuZn HAADF (0.921 nm/px): 'Found 0 columns, dark columns (detected, but uncertain; set
+    'Columns are' if that is wrong)' sent the user to a setting that cannot help."""
+    from journey import open_file
+
+    viewer = make_napari_viewer()
+    [layer] = open_file(viewer, shared_data / "dkl" / "CuZn_HAADF.hspy")
+    finder = open_tool(viewer, "Atom finder")
+    click(qtbot, finder.run_button, finder)
+    assert finder.status.value == (
+        "Found no atom columns: its pixels are 0.921 nm, and atom columns lie 0.1–0.5 nm apart, "
+        "so this image cannot show them. The Atom finder needs an atomic-resolution image."
+    )

@@ -198,8 +198,21 @@ def write_atoms_layer(tool: ToolWidget, layer, result):
     return points
 
 
+COARSE_PIXEL_NM = 0.1  # atom columns lie 0.1-0.5 nm apart: coarser pixels cannot show them
+
+
 def found_sentence(result) -> str:
     """The status sentence for an atom-finder result: how many, the contrast, fits, model."""
+    pixel = result.pixel_size
+    coarse = pixel is not None and pixel > COARSE_PIXEL_NM
+    why = (
+        f"its pixels are {pixel:.3g} nm, and atom columns lie 0.1–0.5 nm apart, so this image "
+        "cannot show them. The Atom finder needs an atomic-resolution image"
+        if coarse
+        else ""
+    )
+    if coarse and not len(result.positions):
+        return f"Found no atom columns: {why}."
     choice = result.parameters.get("contrast_choice") or {}
     contrast = ContrastChoice(
         result.parameters.get("contrast", "bright"),
@@ -213,6 +226,7 @@ def found_sentence(result) -> str:
         + model_note(result.parameters)
         + resample_note(result.parameters)
         + unsure_note(result)
+        + (f" These are not atom columns: {why}." if coarse else "")
     )
 
 
