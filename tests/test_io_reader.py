@@ -69,8 +69,8 @@ EXPECTED = {
     "BEPS_PTO_50x50.h5": (
         (50, 50, 64),
         "float64",
-        (2e-6 / 49,) * 2 + (1.0,),
-        ("m", "m", "pixel"),
+        (2e3 / 49,) * 2 + (1.0,),  # the file's metres in nm: napari never converts units
+        ("nm", "nm", "pixel"),
         ("X", "Y", "Voltage"),
         (1.0, 0.0, "V"),
     ),
@@ -326,6 +326,6 @@ def test_pycroscopy_nsid_beps_file_opens_with_its_bias_waveform(shared_data):
     bias = np.asarray(spec["values"])
     assert spec["units"] == "V" and bias.size == 64
     assert bias.max() == pytest.approx(8.5) and bias.min() == pytest.approx(-8.5)
-    assert tuple(kw["units"][-2:]) == ("m", "m") and kw["scale"][-1] == pytest.approx(
-        40.8e-9, rel=1e-3
+    assert tuple(kw["units"][-2:]) == ("nm", "nm") and kw["scale"][-1] == pytest.approx(
+        40.8, rel=1e-3
     )

@@ -77,7 +77,7 @@ def test_beps_bias_axis_is_not_labelled_in_volts_per_step(make_napari_viewer, sh
     assert spec["units"] == "V" and np.asarray(spec["values"])[5] == 2.65625
     assert str(cube.units[0]) == "pixel", cube.units
     assert cube.scale[0] == 1.0
-    assert [str(u) for u in cube.units[1:]] == ["meter", "meter"]
+    assert [str(u) for u in cube.units[1:]] == ["nanometer", "nanometer"]  # the file's m
 
 
 def test_completer_says_how_it_filled_a_real_partial_scan(

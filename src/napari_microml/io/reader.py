@@ -325,6 +325,21 @@ def _ev_per_unit(units: str) -> float | None:
         return None
 
 
+def _nm_per_unit(units: str) -> float | None:
+    """Nanometres per ``units`` for a length unit of a millimetre or more, else ``None``.
+
+    pyNSID writes metres; napari never converts units between layers, and a 4e-8 m step beside
+    a file in nm asked its sliders for ~1e9 steps (OverflowError on File > Open).
+    """
+    if units in ("pixel", "px", ""):
+        return None
+    try:
+        nm = float(_ureg().Quantity(1.0, units).to("nm").magnitude)
+    except Exception:  # noqa: BLE001 - not a length (eV, V, 1/nm)
+        return None
+    return nm if nm >= 1e6 else None
+
+
 def _clean_units(units: Any) -> str:
     """Return a pint-parsable unit string; ``'pixel'`` when the file gives none."""
     if units is None:
@@ -397,6 +412,11 @@ def _to_layer(d: dict, p: Path, index: int, n: int) -> LayerData:
             if to_ev is not None:
                 offset, scale, units = offset * to_ev, scale * to_ev, "eV"
             a = {**a, "offset": offset}
+        to_nm = None if _is_spectral(a) else _nm_per_unit(units)
+        if to_nm is not None:
+            offset = _plain_scalar(a.get("offset", 0.0), 0.0)
+            a = {**a, "offset": offset * to_nm}
+            scale, units = scale * to_nm, "nm"
         if scale <= 0:  # unknown calibration (e.g. DE MRC writes -1): fall back to pixels
             scale, units = 1.0, "pixel"
         name = str(a.get("name") or "").strip()

@@ -331,6 +331,15 @@ def read_labels_tiff(path: str) -> tuple:
     return data.astype(np.int32, copy=False), kwargs, "labels"
 
 
+def _lead_axes(values: list, ndim: int, key: str) -> list:
+    """A geometry list for ``ndim`` axes: TIFF gives a 1D map (a line scan's shifts) back as one
+    row, so the missing leading axis copies the first one (square pixels) at offset 0."""
+    if not values or len(values) >= ndim:
+        return values
+    pad = 0.0 if key == "translate" else values[0]
+    return [pad] * (ndim - len(values)) + values
+
+
 def read_result_tiff(path: str) -> tuple:
     """Read a TIFF written by :func:`write_labels_tiff` or :func:`write_image_tiff` with the
     geometry of its description → ``(data, kwargs, 'labels' or 'image')``."""
@@ -346,7 +355,7 @@ def read_result_tiff(path: str) -> tuple:
     kwargs: dict[str, Any] = {"name": desc.get("name") or Path(path).stem}
     for k in ("scale", "translate", "units"):
         if k in desc:
-            kwargs[k] = desc[k]
+            kwargs[k] = _lead_axes(list(desc[k]), data.ndim, k)
     labels = [str(a) for a in desc.get("axis_labels") or []]
     if all(labels) and len(set(labels)) == len(labels) == data.ndim:
         kwargs["axis_labels"] = labels
