@@ -88,9 +88,10 @@ def test_lattices_outside_the_trained_spacing_are_resampled(spacing, shape):
     assert m["rms"] < 0.1 * spacing + 0.2, m
 
 
-def test_a_noisy_wide_lattice_is_resampled_and_a_well_exposed_one_is_not():
+def test_a_wide_lattice_is_resampled_noisy_or_well_exposed():
     """A 29 px period is inside the trained range, but at 10 counts per column peak the native
-    scale misses columns; "auto" resamples such a noisy frame (and only a noisy one)."""
+    scale misses columns; "auto" resamples such a frame, and a well-exposed one too (real
+    frames with smooth wide columns: ABF SrTiO3 at 1.5x finer pixels F1 0.29 at native scale)."""
     s = simulate_lattice(
         (320, 320), scene="crystal", lattice="perovskite", spacing=30.0, dose=10, seed=41
     )
@@ -105,7 +106,7 @@ def test_a_noisy_wide_lattice_is_resampled_and_a_well_exposed_one_is_not():
     exposed = simulate_lattice(
         (320, 320), scene="crystal", lattice="perovskite", spacing=30.0, dose=2000, seed=41
     )
-    assert mm.find_atoms(exposed.image).parameters["zoom"] == 1.0
+    assert 0.4 < mm.find_atoms(exposed.image).parameters["zoom"] < 0.6
 
 
 def test_a_blank_shot_noise_frame_gives_next_to_no_atoms():

@@ -271,7 +271,7 @@ def test_real_atoms_on_small_stack(tmp_path):
 
 
 def test_rescale_option_reaches_the_lattice_tools(tmp_path):
-    """--rescale always: a 24 px lattice (inside the trained range, so 'auto' leaves it) is
+    """--rescale always: an 18 px lattice (inside the trained range, so 'auto' leaves it) is
     resampled in every frame; the factor is in the provenance; other tools refuse the option."""
     import tifffile
 
@@ -280,7 +280,7 @@ def test_rescale_option_reaches_the_lattice_tools(tmp_path):
     frames = np.stack(
         [
             simulate_lattice(
-                (192, 192), scene="crystal", lattice="square", spacing=24.0, dose=500, seed=i
+                (192, 192), scene="crystal", lattice="square", spacing=18.0, dose=500, seed=i
             ).image
             for i in range(2)
         ]
@@ -308,7 +308,7 @@ def test_rescale_option_reaches_the_lattice_tools(tmp_path):
         prov = json.loads((out / "wide_atoms.provenance.json").read_text())
         zooms[mode] = prov["parameters"]["tool_provenance"]["parameters"]["zoom"]
         assert len(pd.read_csv(out / "wide_atoms.csv")) > 50
-    assert zooms["auto"] == 1.0 and zooms["always"] == pytest.approx(14 / 24, rel=0.1)
+    assert zooms["auto"] == 1.0 and zooms["always"] == pytest.approx(14 / 18, rel=0.1)
     with pytest.raises(cli.InputError, match="no --rescale"):
         cli.run_tool(
             "complete", [str(tmp_path / "wide.tif")], str(tmp_path / "c"), rescale="always"

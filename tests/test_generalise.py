@@ -36,8 +36,9 @@ def test_period_of_an_interpolated_image_is_the_lattice_not_its_noise():
 
 @needs_a18
 def test_atoms_on_an_interpolated_image_are_the_same_columns():
-    """The same field of view at 1.2× finer pixels gives the same columns, not a 3 px lattice
-    upsampled 4.7× into four times as many false ones."""
+    """The same field of view at 1.2× finer pixels gives the same columns: not a 3 px lattice
+    upsampled 4.7× into four times as many false ones, nor a 26 px one left at native scale
+    where the network finds a third of them."""
     from scipy.ndimage import gaussian_filter
     from skimage.transform import rescale
 
@@ -49,8 +50,8 @@ def test_atoms_on_an_interpolated_image_are_the_same_columns():
     truth = (base.positions + 0.5) * 1.2 - 0.5
     smooth = rescale(img, 1.2, order=3)
     got = mm.find_atoms(smooth, model="default")
-    assert got.parameters["zoom"] <= 1.0
-    assert len(got.positions) <= 1.5 * len(base.positions)
+    assert got.parameters["zoom"] < 1.0  # wide smooth columns: the network's native scale fails
+    assert match_points(got.positions, truth, max_distance=2.0)["f1"] > 0.9
     # detector noise on top of the interpolated frame, as a finer scan of the same area has
     noise = np.std(img - gaussian_filter(img, 1.0))
     noisy = smooth + np.random.default_rng(0).normal(0.0, noise, smooth.shape)

@@ -5,7 +5,6 @@ import pytest
 
 from napari_microml.runtime.noise import noise_fraction
 from napari_microml.runtime.spacing import (
-    NOISY,
     Spacing,
     auto_zoom,
     estimate_spacing,
@@ -85,21 +84,22 @@ def test_always_brings_any_lattice_to_the_target_period_and_leaves_the_rest():
         zoom_for(s.image, "sometimes")
 
 
-def test_noisy_high_resamples_only_noisy_lattices_above_it():
+def test_noisy_high_resamples_lattices_above_it_noisy_or_not():
     noisy = simulate_lattice(
         (320, 320), scene="crystal", lattice="square", spacing=28.0, dose=10, seed=9
     )
     exposed = simulate_lattice(
         (320, 320), scene="crystal", lattice="square", spacing=28.0, dose=2000, seed=9
     )
-    assert noise_fraction(noisy.image) > NOISY > 0.05 > noise_fraction(exposed.image)
+    assert noise_fraction(noisy.image) > 0.1 > 0.05 > noise_fraction(exposed.image)
     zoom, period = zoom_for(noisy.image, "auto", noisy_high=22.0)
     assert period == pytest.approx(28.0, rel=0.08) and zoom == pytest.approx(
         14.0 / period, rel=1e-3
     )
     assert zoom_for(noisy.image, "auto", noisy_high=30.0)[0] == 1.0  # period below the bound
     assert zoom_for(noisy.image, "auto")[0] == 1.0  # without the option: the trained range only
-    assert zoom_for(exposed.image, "auto", noisy_high=22.0)[0] == 1.0
+    # smooth wide columns too: real ABF at 1.5x finer pixels, F1 0.29 at native scale
+    assert zoom_for(exposed.image, "auto", noisy_high=22.0)[0] == pytest.approx(zoom, rel=0.05)
     assert zoom_for(noisy.image, "off", noisy_high=22.0) == (1.0, None)
     atoms = simulate_lattice((256, 256), scene="single_atoms", spacing=30, dose=10, seed=1)
     assert zoom_for(atoms.image, "auto", noisy_high=22.0)[0] == 1.0  # no lattice: never resampled

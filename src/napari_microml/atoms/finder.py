@@ -37,8 +37,8 @@ FEATURES = ("score", "intensity", "sigma", "position_std", "fit_ok")
 INPUTS = ("plain", "flatten")
 # flatten_background radius (px of the network grid): a minimum over 35 px, smoothed
 FLATTEN_RADIUS = 8
-# rescale="auto" also resamples a noisy lattice whose period exceeds this (px): at native scale
-# the network misses columns there (benchmarks/RESULTS.md, "rescale")
+# rescale="auto" also resamples a lattice whose period exceeds this (px): at native scale the
+# network misses wide columns there, noisy or smooth (benchmarks/RESULTS.md, "rescale")
 NOISY_PERIOD = 22.0
 # two peaks closer than this fraction of the local column spacing are one column: no projected
 # lattice has a second column that close (a resolved dumbbell *is* the local spacing)
@@ -479,11 +479,11 @@ def find_atoms(
     rescale : 'auto', 'always', 'off' or float
         The network was trained on column spacings of 5–30 px. ``'auto'`` (default) measures the
         lattice period (:func:`runtime.spacing.estimate_spacing`) and, only for a clearly periodic
-        image whose period lies outside 5–36 px, or above 22 px in a noisy image
-        (:func:`runtime.noise.noise_fraction` ≥ 0.1, about 10 counts per column peak), runs the
-        network on a copy resampled to a 14 px period; peaks are mapped back and refined on the
-        original pixels. A number forces that resampling factor; ``'always'`` resamples any
-        clearly periodic image to a 14 px period; ``'off'`` never resamples. The factor is in
+        image whose period lies below 5 px or above 22 px (wide columns: the network misses
+        many at native scale on real frames), runs the network on a copy resampled to a 14 px
+        period; peaks are mapped back and refined on the original pixels. A number forces that
+        resampling factor; ``'always'`` resamples any clearly periodic image to a 14 px period;
+        ``'off'`` never resamples. The factor is in
         ``parameters['zoom']``.
     min_distance : int
         Minimum separation of two column peaks, in pixels of the network's grid (default 2).

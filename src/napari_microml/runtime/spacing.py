@@ -7,7 +7,7 @@ period from the image's autocorrelation (Wiener–Khinchin, Hann-windowed, slow 
 removed, white-noise spike at the origin dropped; no period when its peak does not stand out of
 the noise of a blank frame); ``auto_zoom`` turns it into a resampling
 factor only when the image is clearly periodic and the period lies outside the trained range
-(``zoom_for`` can also resample noisy frames whose period is in the upper part of the range).
+(``zoom_for`` can also resample frames whose period is in the upper part of the range).
 Non-periodic images (single atoms, particles, amorphous films) are never resampled.
 """
 
@@ -18,17 +18,12 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage as ndi
 
-from napari_microml.runtime.noise import noise_fraction
-
 MIN_STRENGTH = 0.3  # autocorrelation peak / central value; single-atom images stay below 0.2
 _REL_PEAK = 0.3  # shortest peak at least this fraction of the strongest one
 _MAX_SIDE = 1024  # the estimate uses a central crop of at most this size
 _MIN_PEAK_SE = 5.0  # the period's peak, in white-noise standard errors of the autocorrelation
 TARGET = 14.0  # px: the period a resampled copy gets
 RESCALE_MODES = ("auto", "always", "off")
-# noise_fraction from which a frame counts as noisy: between simulated crystals at 50 and at 10
-# counts per column peak
-NOISY = 0.10
 
 
 @dataclass(frozen=True)
@@ -174,10 +169,10 @@ def zoom_for(
     ``rescale`` is 'auto', 'always', None/'off' or a number.
 
     ``'auto'`` resamples only a clearly periodic ``frame`` whose period is outside [low, high] px,
-    or, with ``noisy_high``, above ``noisy_high`` px in a noisy frame (``noise_fraction`` ≥
-    ``NOISY``: a network that sees a wide column's few counts spread over many pixels misses
-    columns a resampled copy shows); ``'always'`` brings any clearly periodic frame to the
-    ``TARGET`` period (non-periodic frames are left alone either way).
+    or, with ``noisy_high``, above ``noisy_high`` px (the atom finder's network misses wide
+    columns there on real frames, noisy or smooth, that a resampled copy shows); ``'always'``
+    brings any clearly periodic frame to the ``TARGET`` period (non-periodic frames are left
+    alone either way).
     """
     if rescale is None or rescale == "off":
         return 1.0, None
@@ -192,7 +187,6 @@ def zoom_for(
             and sp.period is not None
             and sp.periodic
             and sp.period > noisy_high
-            and noise_fraction(_central(frame)) >= NOISY
         ):
             high = noisy_high
         return auto_zoom(sp, frame.shape, low=low, high=high), (
