@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from journey import open_file
+from journey import click, open_file, open_tool
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -71,6 +71,46 @@ def test_line_scan_shift_from_real_lsmo_keeps_its_nm(shared_data, make_napari_vi
     assert step_nm == pytest.approx(3.219, abs=0.01)
 
 
+def test_completer_follows_the_file_opened_after_a_run(make_napari_viewer, qtbot, tmp_path):
+    """Simulate on one image, then File > Open a second one and press Run: the dock re-ran the
+    first image (its 'Full image' stayed put) and repeated its sentence while the new file lay
+    on top. Now the second file becomes the 'Full image', the status says so, and Run fills
+    its scan."""
+    import tifffile
+
+    y, x = np.mgrid[:48, :48]
+    for i, name in enumerate(("first", "second")):
+        tifffile.imwrite(tmp_path / f"{name}.tif", np.sin(x / (3 + i) + y / 5).astype(np.float32))
+    viewer = make_napari_viewer()
+    open_file(viewer, tmp_path / "first.tif")
+    dock = open_tool(viewer, "Partial-scan completer")
+    click(qtbot, dock.run_button, dock)
+    assert "first completed" in viewer.layers
+    open_file(viewer, tmp_path / "second.tif")
+    assert dock.image_layer.value.name == "second"
+    assert dock.status.value == "Ready: Run simulates a spiral scan of second."
+    assert "second scan mask" not in viewer.layers  # no preview drawn over the new file
+    click(qtbot, dock.run_button, dock)
+    assert "second completed" in viewer.layers
+    assert dock.status.value.startswith("RMS error at unmeasured pixels")
+
+
+def test_shift_vae_follows_the_spectrum_file_opened_after_a_run(
+    shared_data, make_napari_viewer, qtbot
+):
+    """Fit the EELS SI, then open the LSMO line scan: Run fitted the EELS SI again (the
+    picker kept it) with its old sentence on screen. Now the new file is picked and said."""
+    viewer = make_napari_viewer()
+    open_file(viewer, shared_data / "formats" / "EELS_SI.dm4")
+    dock = open_tool(viewer, "Spectral shift-VAE")
+    click(qtbot, dock.run_button, dock)
+    assert "EELS_SI shift" in viewer.layers
+    open_file(viewer, shared_data / "spectra" / "LSMO_linescan_low_loss.hspy")
+    assert dock.layer_choice.value.name == "LSMO_linescan_low_loss"
+    assert dock.status.value == "Ready: Run fits LSMO_linescan_low_loss."
+    assert (dock.win_lo.value, dock.win_hi.value) == (-5.0, 11.0)  # its own auto window
+
+
 def test_beps_opens_beside_a_file_in_nm(shared_data, make_napari_viewer):
     """File > Open BEPS_PTO_50x50.h5 (pyNSID, positions in metres, 4.08e-8 m per px) after the
     CuZn pair (nm) raised OverflowError in napari's dims slider: napari does not convert units
@@ -82,3 +122,69 @@ def test_beps_opens_beside_a_file_in_nm(shared_data, make_napari_viewer):
     assert [str(u) for u in beps.units[1:]] == ["nanometer", "nanometer"]
     assert beps.scale[-1] == pytest.approx(2000 / 49)
     assert max(viewer.dims.nsteps) < 10_000
+
+
+def test_dkl_follows_the_spectrum_file_opened_next(shared_data, make_napari_viewer):
+    """CuZn HAADF + EELS open (Source EELS, Structure HAADF), then the BEPS loops are opened:
+    the dock kept the CuZn pair, so Run went on with the old campaign. Now Source is the new
+    file and, no image of its 50×50 plane being open, Structure is its own despiked mean; a
+    plain image of the right plane opened next becomes Structure."""
+    viewer = make_napari_viewer()
+    dkl = shared_data / "dkl"
+    open_file(viewer, dkl / "CuZn_HAADF.hspy")
+    open_file(viewer, dkl / "CuZn_EELS_mapping_tutorial.hspy")
+    dock = open_tool(viewer, "Active learning (DKL)")
+    assert dock.source_layer.value.name == "CuZn_EELS_mapping_tutorial"
+    assert dock.structure_layer.value.name == "CuZn_HAADF"
+    open_file(viewer, dkl / "BEPS_PTO_50x50.h5")
+    assert dock.source_layer.value.name == "BEPS_PTO_50x50"
+    assert dock.structure_layer.value.name == "BEPS_PTO_50x50"
+    assert dock.scalarizer.value == "loop area"
+    open_file(viewer, dkl / "CuZn_EELS_mapping_tutorial.hspy")  # back to CuZn: its HAADF
+    assert dock.source_layer.value.name.startswith("CuZn_EELS_mapping_tutorial")
+    assert dock.structure_layer.value.name == "CuZn_HAADF"
+
+
+def test_dkl_status_names_the_value_its_units_and_where_the_best_is(
+    shared_data, make_napari_viewer, qtbot
+):
+    """CuZn pair, defaults, Initialize: the status said 'best 7.444e+04' with no unit, no
+    quantity and no place. It now names the edge-intensity window in eV, the value's units and
+    the best point in nm, the 'measured' point of highest value."""
+    import re
+
+    viewer = make_napari_viewer()
+    open_file(viewer, shared_data / "dkl" / "CuZn_HAADF.hspy")
+    open_file(viewer, shared_data / "dkl" / "CuZn_EELS_mapping_tutorial.hspy")
+    dock = open_tool(viewer, "Active learning (DKL)")
+    click(qtbot, dock.init_button, dock)
+    qtbot.waitUntil(lambda: "measured" in viewer.layers, timeout=10_000)
+    qtbot.wait(300)
+    text = dock.status.value
+    assert "edge intensity over 931–991 eV (counts·eV above the pre-edge background)" in text
+    match = re.search(r"is ([-\d.e+]+), at x = ([\d.]+) nm, y = ([\d.]+) nm", text)
+    assert match, text
+    points = viewer.layers["measured"]
+    best = int(np.argmax(points.features["value"]))
+    y, x = np.asarray(points.data[best]) * points.scale + points.translate
+    assert float(match.group(1)) == pytest.approx(points.features["value"][best], rel=1e-3)
+    assert (float(match.group(2)), float(match.group(3))) == pytest.approx((x, y), abs=0.01)
+
+
+def test_completer_says_which_pixels_of_a_random_roi_scan_are_extrapolated(
+    shared_data, make_napari_viewer, qtbot
+):
+    """The Direct Electron random scan measured every pixel of its 29×12 ROI inside a 32×16
+    grid; the completer 'filled the 32.0 % unmeasured pixels' all of which lie outside that
+    ROI: a flat frame of invented values (g_comp_roi.png) presented as a completion. The status
+    now says how many pixels are extrapolated and which rows and columns the scan covered."""
+    viewer = make_napari_viewer()
+    open_file(viewer, shared_data / "formats" / "ROI_Random_Scan_movie.mrc")
+    dock = open_tool(viewer, "Partial-scan completer")
+    assert dock.mode.value == "Complete measured data"
+    click(qtbot, dock.run_button, dock)
+    qtbot.waitUntil(lambda: dock.status.value.startswith("Done"), timeout=10_000)
+    text = dock.status.value
+    assert "filled the 32.0 % unmeasured pixels" in text
+    assert "164 of them lie outside the rows 3–31 and columns 3–14 the scan covered" in text
+    assert "extrapolated" in text

@@ -22,7 +22,9 @@ from napari_microml.runtime.widget import (
     Job,
     ToolWidget,
     layer_picker,
+    opened_from_file,
     physical_kwargs,
+    pick,
     preload,
 )
 
@@ -69,6 +71,7 @@ class _Run:
     sparse: np.ndarray | None = None
     error: np.ndarray | None = None
     rms: float = float("nan")
+    outside: str = ""  # the sentence on pixels beyond the scanned area (extrapolated), if any
 
     @property
     def device(self) -> str:
@@ -204,29 +207,38 @@ class ScanCompleterWidget(ToolWidget):
             c for c in layer.features.columns if np.issubdtype(layer.features[c].dtype, np.number)
         ]
 
-    def _on_layers_changed(self, *_):
+    def _on_layers_changed(self, event=None):
         self.reset_choices()
         self._prefer_sparse_layer()
+        self._follow_opened(opened_from_file(event))
+
+    def _follow_opened(self, layer) -> None:
+        """A grey 2D image just opened from a file becomes the 'Full image' to simulate a scan
+        of: Run otherwise re-ran the image before it while the new file lay on top."""
+        if (
+            self.mode.value != SIMULATE
+            or not isinstance(layer, napari.layers.Image)
+            or getattr(layer, "rgb", False)
+            or layer.ndim != 2
+            or _is_scan(layer)
+        ):
+            return
+        with self.image_layer.changed.blocked():  # no mask preview drawn over the new file
+            followed = pick(self.image_layer, layer)
+        if followed and not self.busy:  # the last run's sentence was about the image before
+            self._say(f"Ready: Run simulates a {self.kind.value} scan of {layer.name}.")
 
     def _prefer_sparse_layer(self):
         """Point 'Sparse image' and 'Scan points' at a scan our reader opened (e.g. a Direct
         Electron random scan), and switch to 'Complete measured data' when one has just arrived."""
-
-        def is_scan(layer):
-            return bool(
-                (getattr(layer, "metadata", None) or {})
-                .get("napari_microml", {})
-                .get("sparse_scan")
-            )
-
         for widget, kind in (
             (self.sparse_layer, napari.layers.Image),
             (self.points_layer, napari.layers.Points),
         ):
             current = widget.value
-            if current is not None and is_scan(current):
+            if current is not None and _is_scan(current):
                 continue
-            scans = [la for la in self.viewer.layers if isinstance(la, kind) and is_scan(la)]
+            scans = [la for la in self.viewer.layers if isinstance(la, kind) and _is_scan(la)]
             if scans:
                 widget.value = scans[-1]
                 if kind is napari.layers.Image and self.mode.value == SIMULATE and not self.busy:
@@ -385,6 +397,7 @@ class ScanCompleterWidget(ToolWidget):
                 sigma_limits=_limits(0, result.uncertainty.max()),
                 median_sigma=float(np.median(result.uncertainty[~result.mask])),
                 sparse=np.where(mask, values, 0) if plan.sparse_layer else None,
+                outside=_outside_sentence(mask),
             )
             if truth is not None:
                 run.error = np.abs(result.image - truth)
@@ -421,7 +434,7 @@ class ScanCompleterWidget(ToolWidget):
         message = (
             f"Done: filled the {100 * (~result.mask).mean():.1f} % unmeasured pixels by "
             f"{_method_note(result)}; the uncertainty layer shows {what} "
-            f"(median {run.median_sigma:.3g})."
+            f"(median {run.median_sigma:.3g}).{run.outside}"
         )
         completed_meta = meta
         if run.error is not None:
@@ -460,6 +473,31 @@ class ScanCompleterWidget(ToolWidget):
         if first:  # the scan grid can be larger than what the camera shows (e.g. a movie's frames)
             self.later(self.viewer.reset_view)
         self.later(lambda: self._say(message))
+
+
+def _outside_sentence(mask: np.ndarray) -> str:
+    """' N of them lie outside the rows/columns the scan covered: extrapolated, …' when the
+    measured pixels leave a border (a random scan of an ROI inside a larger grid), else ''."""
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    if not rows.size:
+        return ""
+    box = np.zeros_like(mask, dtype=bool)
+    box[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1] = True
+    outside = int((~box).sum())
+    if not outside:
+        return ""
+    return (
+        f" {outside} of them lie outside the rows {rows[0]}–{rows[-1]} and columns "
+        f"{cols[0]}–{cols[-1]} the scan covered: they are extrapolated, not interpolated "
+        "(see their uncertainty)."
+    )
+
+
+def _is_scan(layer) -> bool:
+    """A layer our reader made from a sparse acquisition (e.g. a Direct Electron random scan)."""
+    return bool(
+        (getattr(layer, "metadata", None) or {}).get("napari_microml", {}).get("sparse_scan")
+    )
 
 
 def _limits(lo, hi) -> tuple[float, float]:

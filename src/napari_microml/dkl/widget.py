@@ -45,7 +45,15 @@ from napari_microml.runtime.spectral import (
     spectral_axis,
     spectral_layer,
 )
-from napari_microml.runtime.widget import Job, ToolWidget, layer_picker, physical_kwargs, preload
+from napari_microml.runtime.widget import (
+    Job,
+    ToolWidget,
+    layer_picker,
+    opened_from_file,
+    physical_kwargs,
+    pick,
+    preload,
+)
 from napari_microml.runtime.workers import Partial, Progress
 
 SOURCE_KINDS = ("spectrum image", "scalar map")
@@ -121,6 +129,45 @@ def plane_kwargs(layer) -> dict:
     index = cast(SpectralAxis, spectral_axis(layer.metadata, layer.data.shape)).index
     full = physical_kwargs(layer)
     return {k: tuple(v[i] for i in range(layer.ndim) if i != index) for k, v in full.items()}
+
+
+def value_name(context: RunContext) -> str:
+    """What one measurement's value is, with its units: e.g. 'edge intensity over 931–991 eV
+    (counts·eV above the pre-edge background)'."""
+    p, u = context.parameters, context.units
+    if p.get("source") == "scalar map":
+        return "value"
+    counts = "counts" if u == "eV" else "a.u."  # EELS holds counts; PFM loops a response
+    lo, hi = context.window
+    span = f"over {lo:.4g}–{hi:.4g} {u}"
+    return {
+        "peak height": f"peak height {span} ({counts})",
+        "peak area": f"peak area {span} ({counts}·{u})",
+        "peak centroid": f"peak centroid {span} ({u})",
+        "window ratio": f"window ratio {span} (no unit)",
+        "edge intensity": f"edge intensity {span} ({counts}·{u} above the pre-edge background)",
+        "loop area": f"loop area ({u} × {counts})",
+    }.get(context.scalarizer, context.scalarizer)
+
+
+def best_sentence(snap) -> str:
+    """'the highest <value> is <v>, at x = …, y = … nm': the best measured point, in the
+    structure image's units."""
+    ctx = snap.context
+    if not len(snap.values):
+        return "nothing measured yet"
+    i = int(np.argmax(snap.values) if ctx.maximize else np.argmin(snap.values))
+    row, col = (float(c) for c in snap.coords[i])
+    phys = plane_kwargs(ctx.structure)
+    scale, shift = phys.get("scale", (1.0, 1.0)), phys.get("translate", (0.0, 0.0))
+    unit = str(phys.get("units", ("px", "px"))[-1])
+    unit = {"pixel": "px", "nanometer": "nm", "micrometer": "µm"}.get(unit, unit)
+    y, x = (c * float(k) + float(t) for c, k, t in zip((row, col), scale, shift, strict=True))
+    where = f"x = {x:.4g} {unit}, y = {y:.4g} {unit}"
+    if unit != "px":
+        where += f" (pixel {int(col)}, {int(row)})"
+    highest = "highest" if ctx.maximize else "lowest"
+    return f"the {highest} {value_name(ctx)} is {snap.values[i]:.4g}, at {where}"
 
 
 def _fork(source):
@@ -368,12 +415,15 @@ class ActiveLearningWidget(ToolWidget):
         self._default_window(layer, ax)
         self._update_visibility()
 
-    def _prefer_spectrum_image(self, *_):
+    def _prefer_spectrum_image(self, event=None):
         """While Source and Structure are the same layer (the pickers' default: the first
         image), make Source an open spectrum image and Structure a plain image, so the defaults
-        never learn the structure image from itself; a user's distinct choices are kept."""
+        never learn the structure image from itself; a user's distinct choices are kept until
+        a file is opened (:meth:`_follow_opened`)."""
         for picker in (self.source_layer, self.structure_layer):
             picker.reset_choices()  # the new layer may not be among the choices yet
+        if self._follow_opened(opened_from_file(event)):
+            return
         source, structure = self.source_layer.value, self.structure_layer.value
         if source is not None and source is not structure:
             return
@@ -393,6 +443,44 @@ class ActiveLearningWidget(ToolWidget):
             self.source_layer.value = cubes[0]
             if plain and structure is cubes[0]:
                 self.structure_layer.value = plain[0]
+
+    def _plain_images(self, plane) -> list:
+        """Grey 2D images of shape ``plane`` that can be a structure, the newest first."""
+        own = {name for name, _, _ in MAPS}  # this tool's maps never become its structure
+        return [
+            lyr
+            for lyr in reversed(self.viewer.layers)
+            if isinstance(lyr, napari.layers.Image)
+            and not getattr(lyr, "rgb", False)
+            and not spectral_layer(lyr)
+            and lyr.ndim == 2
+            and lyr.name not in own
+            and tuple(lyr.data.shape) == tuple(plane)
+        ]
+
+    def _follow_opened(self, layer) -> bool:
+        """A spectrum image just opened from a file becomes Source, with the newest plain image
+        of its plane as Structure (none: its own despiked mean); a plain image opened after it
+        replaces that mean. Run otherwise went on with the files before. True when followed."""
+        if not isinstance(layer, napari.layers.Image) or getattr(layer, "rgb", False):
+            return False
+        if spectral_layer(layer) and layer.ndim >= 3:
+            match = self._plain_images(self._plane_shape(layer))
+            return pick(self.source_layer, layer) and pick(
+                self.structure_layer, match[0] if match else layer
+            )
+        source, structure = self.source_layer.value, self.structure_layer.value
+        if (
+            layer.ndim == 2
+            and not spectral_layer(layer)
+            and source is not None
+            and structure is not None
+            and structure.name == source.name
+            and source.ndim >= 3
+            and layer.name in {m.name for m in self._plain_images(self._plane_shape(source))}
+        ):
+            return pick(self.structure_layer, layer)
+        return False
 
     def _default_window(self, layer, ax: SpectralAxis) -> None:
         """On a newly picked spectrum image: the value to optimise is the strongest core-loss
@@ -805,7 +893,7 @@ class ActiveLearningWidget(ToolWidget):
     def _show_summary(self, snap):
         self.history.append((int(snap.step), float(snap.best)))
         self.ran_on.value = str(snap.device)
-        text = f"Step {snap.step}: {len(snap.values)} measured, best {snap.best:.4g}."
+        text = f"Step {snap.step}: {len(snap.values)} measured; {best_sentence(snap)}."
         structure = snap.context.structure
         if structure is not None and structure.ndim == 3:
             text += (

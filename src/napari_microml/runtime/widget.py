@@ -92,6 +92,24 @@ def layer_picker(annotation, **kwargs) -> ComboBox:
     return cast(ComboBox, create_widget(annotation=annotation, **kwargs))
 
 
+def opened_from_file(event) -> Any:
+    """The layer a ``viewer.layers.events.inserted`` event added when *File → Open* read it
+    from a file, else ``None`` (a tool's result or a layer made in the console has no path)."""
+    layer = getattr(event, "value", None)
+    return layer if getattr(getattr(layer, "source", None), "path", None) else None
+
+
+def pick(picker: ComboBox, layer) -> bool:
+    """Set a layer chooser to ``layer``, matched by name among its choices (napari hands a
+    plugin proxies of its layers, so identity cannot be trusted); False when it is not one."""
+    picker.reset_choices()  # a layer inserted a moment ago may not be among them yet
+    for choice in picker.choices:
+        if getattr(choice, "name", None) == getattr(layer, "name", None):
+            picker.value = choice
+            return True
+    return False
+
+
 def preload(*modules: str) -> None:
     """Import what a tool's worker will need while its dock opens: an import in the worker
     holds the GIL (torch, gpytorch: seconds) and would freeze the window mid-run."""

@@ -27,13 +27,16 @@ from napari_microml.runtime.spectral import (
     line_positions,
     spectra_last,
     spectral_axis,
+    spectral_layer,
 )
 from napari_microml.runtime.widget import (
     Job,
     ToolWidget,
     layer_picker,
     name_colour_bar,
+    opened_from_file,
     physical_kwargs,
+    pick,
     preload,
 )
 from napari_microml.runtime.workers import Loss, Progress, as_message
@@ -292,6 +295,7 @@ class ShiftVAEWidget(ToolWidget):
         self.auto_window.changed.connect(self._update_window_controls)
         self.layer_choice.changed.connect(self._on_layer)
         self._on_layer()
+        viewer.layers.events.inserted.connect(self._follow_opened)
         preload(
             "torch",
             "torch.optim",
@@ -333,6 +337,16 @@ class ShiftVAEWidget(ToolWidget):
             w.tooltip = f"Spectral window to fit, in {u}, used when Auto window is off. {how}"
         self.shift_prior.label = f"Shift prior σ ({u}, 0 = auto)"
         self._update_window_controls()
+
+    def _follow_opened(self, event) -> None:
+        """A spectrum image or line scan just opened from a file becomes the one to fit: Run
+        otherwise re-fitted the file before it while the new one lay on top."""
+        layer = opened_from_file(event)
+        if not isinstance(layer, napari.layers.Image) or not spectral_layer(layer):
+            return
+        if not self.busy:  # the last run's sentence was about the layer before
+            self._say(f"Ready: Run fits {layer.name}.")
+        pick(self.layer_choice, layer)  # a window warning about it replaces 'Ready'
 
     # --- job -----------------------------------------------------------------------------
     def _plan(self) -> tuple:
