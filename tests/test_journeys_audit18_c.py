@@ -105,18 +105,29 @@ def test_lattice_on_isolated_atoms_says_whose_columns_failed(
     assert [lyr.name for lyr in viewer.layers] == [layer.name]  # nothing half-written
 
 
-def test_atom_finder_on_a_coarse_image_says_it_cannot_show_columns(
+def test_atom_tools_on_a_coarse_image_say_it_cannot_show_columns(
     make_napari_viewer, qtbot, shared_data
 ):
-    """CuZn HAADF (0.921 nm/px): 'Found 0 columns, dark columns (detected, but uncertain; set
-    'Columns are' if that is wrong)' sent the user to a setting that cannot help."""
+    """CuZn HAADF (0.921 nm/px): the Atom finder said 'Found 0 columns, dark columns (detected,
+    but uncertain; set 'Columns are' if that is wrong)', a setting that cannot help; the Defect
+    segmenter drew a ring over the whole image for one 992 nm² 'extended defect'."""
     from journey import open_file
 
     viewer = make_napari_viewer()
     [layer] = open_file(viewer, shared_data / "dkl" / "CuZn_HAADF.hspy")
+    for tool, needs in (("Defect segmenter", "defect"), ("Lattice analysis", "lattice")):
+        widget = open_tool(viewer, tool)  # refused before running: no layer to mislead
+        widget.image_layer.value = layer
+        widget.run_button.native.click()
+        assert not widget.busy
+        assert widget.status.value.startswith(
+            "Cannot run: the pixels of 'CuZn_HAADF' are 0.921 nm, and atom columns lie "
+            f"0.1–0.5 nm apart, so the image cannot show them. The {needs}"
+        ), widget.status.value
+        assert [lyr.name for lyr in viewer.layers] == [layer.name]
     finder = open_tool(viewer, "Atom finder")
     click(qtbot, finder.run_button, finder)
     assert finder.status.value == (
         "Found no atom columns: its pixels are 0.921 nm, and atom columns lie 0.1–0.5 nm apart, "
-        "so this image cannot show them. The Atom finder needs an atomic-resolution image."
+        "so the image cannot show them. The Atom finder needs an atomic-resolution image."
     )

@@ -201,16 +201,24 @@ def write_atoms_layer(tool: ToolWidget, layer, result):
 COARSE_PIXEL_NM = 0.1  # atom columns lie 0.1-0.5 nm apart: coarser pixels cannot show them
 
 
+def too_coarse(pixel_size: float | None, subject: str = "its pixels are") -> str:
+    """Why an image of ``pixel_size`` nm cannot show atom columns ('' when it can, or when its
+    pixel size is unknown): '<subject> 0.921 nm, and atom columns lie 0.1–0.5 nm apart, so the
+    image cannot show them'."""
+    if pixel_size is None or pixel_size <= COARSE_PIXEL_NM:
+        return ""
+    return (
+        f"{subject} {pixel_size:.3g} nm, and atom columns lie 0.1–0.5 nm apart, so the image "
+        "cannot show them"
+    )
+
+
 def found_sentence(result) -> str:
     """The status sentence for an atom-finder result: how many, the contrast, fits, model."""
-    pixel = result.pixel_size
-    coarse = pixel is not None and pixel > COARSE_PIXEL_NM
-    why = (
-        f"its pixels are {pixel:.3g} nm, and atom columns lie 0.1–0.5 nm apart, so this image "
-        "cannot show them. The Atom finder needs an atomic-resolution image"
-        if coarse
-        else ""
-    )
+    why = too_coarse(result.pixel_size)
+    coarse = bool(why)
+    if coarse:
+        why += ". The Atom finder needs an atomic-resolution image"
     if coarse and not len(result.positions):
         return f"Found no atom columns: {why}."
     choice = result.parameters.get("contrast_choice") or {}

@@ -13,7 +13,7 @@ import napari
 import numpy as np
 from magicgui.widgets import ComboBox, FloatSlider
 
-from napari_microml.atoms.widget import CONTRAST_TIP, points_to_pixels
+from napari_microml.atoms.widget import CONTRAST_TIP, points_to_pixels, too_coarse
 from napari_microml.defects.classes import CLASS_COLORS
 from napari_microml.defects.environments import classify_environments_iter
 from napari_microml.defects.segment import segment_defects_iter
@@ -229,6 +229,9 @@ class DefectSegmenterWidget(ToolWidget):
     def make_job(self) -> Job:
         layer = self.image_layer.value
         check_image_layer(layer, tool="defect segmenter")
+        coarse = too_coarse(pixel_size_nm(layer), f"the pixels of {layer.name!r} are")
+        if coarse:  # its 'defects' would be texture: a ring over the whole image on CuZn
+            raise ValueError(f"{coarse}. The defect segmenter needs an atomic-resolution image.")
         points = self.atoms_layer.value
         atoms = points_to_pixels(points, layer) if points is not None else None
         n_env = self.env_classes.value

@@ -186,6 +186,14 @@ class LatticeWidget(ToolWidget):
                     "Pick the image, or the Points layer of its atom columns: with no Points "
                     "layer, Run finds the columns with the Atom finder first."
                 )
+            from napari_microml.atoms.widget import too_coarse
+
+            coarse = too_coarse(pixel_size_nm(image), f"the pixels of {image.name!r} are")
+            if coarse:
+                raise ValueError(
+                    f"{coarse}. The lattice analysis needs an atomic-resolution image (or a "
+                    "Points layer of the columns, picked under Columns)."
+                )
             return image, None  # Run finds the columns first, as the Atom finder would
         if points.data.shape[1] != 2:
             raise ValueError(
