@@ -82,3 +82,25 @@ def test_dark_columns_stay_dark_with_a_few_hot_pixels():
     dark.flat[k[:5]] = 0.0
     dark.flat[k[5:]] = 50 * dark.max()
     assert decide(dark).contrast == "dark"
+
+
+PT = DATA / "atoms_pt_haadf" / "images" / "021_HAADF_15nm_Sample_PtNC_21Oct20.tif"
+
+
+@pytest.mark.skipif(not PT.exists(), reason="no shared data (../shared/data)")
+def test_single_atoms_at_twice_the_magnification_with_its_calibration():
+    """Pt on carbon at 2× finer pixels, calibrated: the single-atom model runs at its training
+    pixel size and finds the same atoms (at native scale it found 77 where there are 27)."""
+    import tifffile
+    from skimage.transform import rescale
+
+    import napari_microml as mm
+    from napari_microml.atoms.metrics import match_points
+
+    img = tifffile.imread(PT).astype(float)
+    base = mm.find_atoms(img, pixel_size=15 / 512)
+    got = mm.find_atoms(rescale(img, 2.0, order=3), pixel_size=15 / 1024)
+    assert got.parameters["model_choice"]["chosen"] == "pt-single-atoms"
+    assert got.parameters["zoom"] == pytest.approx(0.5)
+    truth = (base.positions + 0.5) * 2 - 0.5
+    assert match_points(got.positions, truth, max_distance=6.0)["f1"] > 0.8

@@ -40,6 +40,8 @@ FLATTEN_RADIUS = 8
 # rescale="auto" also resamples a lattice whose period exceeds this (px): at native scale the
 # network misses wide columns there, noisy or smooth (benchmarks/RESULTS.md, "rescale")
 NOISY_PERIOD = 22.0
+# the single-atom model knows atoms as its training images show them: 15 nm over 512 px
+SINGLE_ATOMS_PIXEL_NM = 15.0 / 512
 # two peaks closer than this fraction of the local column spacing are one column: no projected
 # lattice has a second column that close (a resolved dumbbell *is* the local spacing)
 MERGE_FRACTION = 0.5
@@ -167,6 +169,32 @@ def local_maxima(
     return pos, centre.astype(np.float32)
 
 
+def single_atoms_zoom(model, pixel_size: float, shape) -> float:
+    """Resampling that brings a calibrated frame to the single-atom model's training pixel size.
+
+    Parameters
+    ----------
+    model : str or other
+        The model asked for; only the shipped single-atom model has a known pixel size.
+    pixel_size : float
+        The frame's nm per pixel.
+    shape : (int, int)
+        The frame's size (upsampling stops at 8192 px a side).
+
+    Returns
+    -------
+    float
+        ``pixel_size / SINGLE_ATOMS_PIXEL_NM`` when that is more than 10 % from 1 and within
+        1/8–8, else 1.0.
+    """
+    from napari_microml.atoms.choose import SINGLE_ATOMS_MODEL
+
+    zoom = pixel_size / SINGLE_ATOMS_PIXEL_NM
+    if not (isinstance(model, str) and model == SINGLE_ATOMS_MODEL) or abs(zoom - 1) <= 0.1:
+        return 1.0
+    return min(zoom, 8192 / max(shape)) if 0.125 <= zoom <= 8 else 1.0
+
+
 def lattice_spacing(positions: np.ndarray) -> float | None:
     """Return the median nearest-neighbour distance when ``positions`` form a lattice, else None.
 
@@ -287,6 +315,8 @@ def find_atoms_iter(
     scaled = as_scaled_stack(image, what="image")
     stack, is_stack = scaled.stack, scaled.is_stack
     zoom, spacing = zoom_for(fill_nonfinite(stack[0]), rescale, noisy_high=NOISY_PERIOD)
+    if rescale == "auto" and spacing is None and pixel_size is not None:
+        zoom = single_atoms_zoom(model, pixel_size, stack.shape[-2:])
     yield progress(0, 1, "loading the model")  # a cancel point after measuring the lattice
     dev = resolve_device(device)
     net, info = load_model("atoms", model, dev)
@@ -475,7 +505,9 @@ def find_atoms(
         Batched 2D-Gaussian least squares, intensity centre of mass, or the probability peak.
     device : {'auto', 'cuda', 'mps', 'cpu'}
     pixel_size : float, optional
-        Pixel size in nm; enables :attr:`AtomsResult.positions_nm`.
+        Pixel size in nm; enables :attr:`AtomsResult.positions_nm`. With ``rescale='auto'`` a
+        frame without a lattice is run through the single-atom model at that model's training
+        pixel size (:data:`SINGLE_ATOMS_PIXEL_NM`, 0.0293 nm).
     rescale : 'auto', 'always', 'off' or float
         The network was trained on column spacings of 5–30 px. ``'auto'`` (default) measures the
         lattice period (:func:`runtime.spacing.estimate_spacing`) and, only for a clearly periodic
