@@ -56,7 +56,10 @@ def test_cli_line_scan_shift_map_opens_in_napari(make_napari_viewer, tmp_path):
 
 def test_line_scan_shift_from_real_lsmo_keeps_its_nm(shared_data, make_napari_viewer, tmp_path):
     """The same on the real LSMO low-loss line scan (40 spectra, 3.22 nm apart): the reopened
-    shift map is 40 px long at 3.22 nm per px (µm in the file), not refused."""
+    shift map is 40 px long at 3.22 nm per px (µm in the file), not refused; the CSV gives each
+    spectrum's position in nm."""
+    import pandas as pd
+
     hspy = shared_data / "spectra" / "LSMO_linescan_low_loss.hspy"
     if not hspy.exists():
         pytest.skip(f"{hspy} is not present")
@@ -69,6 +72,8 @@ def test_line_scan_shift_from_real_lsmo_keeps_its_nm(shared_data, make_napari_vi
         float(layer.scale[-1]) * {"micrometer": 1000.0, "nanometer": 1.0}[str(layer.units[-1])]
     )
     assert step_nm == pytest.approx(3.219, abs=0.01)
+    table = pd.read_csv(tmp_path / "out" / "LSMO_linescan_low_loss_spectra.csv")
+    np.testing.assert_allclose(np.diff(table["position_nm"]), 3.219, atol=0.001)
 
 
 def test_completer_follows_the_file_opened_after_a_run(make_napari_viewer, qtbot, tmp_path):
@@ -188,3 +193,46 @@ def test_completer_says_which_pixels_of_a_random_roi_scan_are_extrapolated(
     assert "filled the 32.0 % unmeasured pixels" in text
     assert "164 of them lie outside the rows 3–31 and columns 3–14 the scan covered" in text
     assert "extrapolated" in text
+
+
+def test_cli_spectra_batch_gives_each_file_its_single_file_result(tmp_path):
+    """``microml spectra a b`` fits both files at once (2 workers); both fits seeded torch's
+    global generator and drew from it in turns, so a file's shifts depended on what else was
+    in the batch (EELS_SI pixel (0, 0): 0.954 eV alone; -0.513, -0.246, 0.799 eV in three runs
+    beside LSMO). Each fit now draws from its own generators: the batch equals the files alone
+    (and a file alone is unchanged: its default init sequence is kept)."""
+    import pandas as pd
+
+    first, second = tmp_path / "first.npy", tmp_path / "second.npy"
+    np.save(first, _line_scan())
+    np.save(second, _line_scan(n=24)[::-1].copy())
+    args = ("--channels-last", "--quiet", "--workers", "2")
+    assert microml("spectra", first, "--out", tmp_path / "alone", *args).returncode == 0
+    batch = microml("spectra", first, second, "--out", tmp_path / "batch", *args)
+    assert batch.returncode == 0, batch.stderr
+    alone = pd.read_csv(tmp_path / "alone" / "first_spectra.csv")
+    together = pd.read_csv(tmp_path / "batch" / "first_spectra.csv")
+    pd.testing.assert_frame_equal(alone, together)
+
+
+def test_cli_spectra_table_gives_positions_in_nm(shared_data, tmp_path):
+    """The shift CSV of a calibrated file listed only pixel indices (row/col, or the index
+    along a line) while its TIFF was in µm: EELS_SI (1.99 nm per px) now adds y_nm/x_nm, the
+    LSMO line scan position_nm (3.22 nm apart); an uncalibrated file adds none."""
+    import pandas as pd
+
+    si = shared_data / "formats" / "EELS_SI.dm4"
+    run = microml("spectra", si, "--out", tmp_path / "out", "--quiet")
+    assert run.returncode == 0, run.stderr
+    table = pd.read_csv(tmp_path / "out" / "EELS_SI_spectra.csv")
+    assert list(table.columns[:4]) == ["row", "col", "y_nm", "x_nm"]
+    np.testing.assert_allclose(table["x_nm"], table["col"] * 1.99207, rtol=1e-5)
+    np.testing.assert_allclose(table["y_nm"], table["row"] * 1.99207, rtol=1e-5)
+    src = tmp_path / "line.npy"
+    np.save(src, _line_scan())
+    run = microml("spectra", src, "--channels-last", "--out", tmp_path / "px", "--quiet")
+    assert run.returncode == 0, run.stderr
+    assert list(pd.read_csv(tmp_path / "px" / "line_spectra.csv").columns[:2]) == [
+        "index",
+        "shift_channels",
+    ]

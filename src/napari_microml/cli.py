@@ -912,6 +912,7 @@ def _write_outputs(tool: str, job: Job, results: list[dict], stage: Path, prov: 
     import pandas as pd
 
     from napari_microml.io import writer
+    from napari_microml.runtime.units import nm_per_pixel
 
     names = output_names(tool, job.stem)
     scale, trans, units = _geometry(job)
@@ -1009,9 +1010,14 @@ def _write_outputs(tool: str, job: Job, results: list[dict], stage: Path, prov: 
         cols = {f"latent_{j}": lat[:, j] for j in range(lat.shape[1])}
         idx = np.indices(job.shape).reshape(spatial, -1)
         axes = ["row", "col"] if spatial == 2 else ["index"]
+        where = dict(zip(axes, idx, strict=True))
+        for i, name in enumerate(["y_nm", "x_nm"] if spatial == 2 else ["position_nm"]):
+            to_nm = nm_per_pixel(scale=[scale[i]], units=[units[i]])
+            if to_nm is not None:  # a calibrated file: where each spectrum is, in nm
+                where[name] = (trans[i] / scale[i] + idx[i]) * to_nm
         spectral = _spectral_axis(job.kwargs)
         shift_col = f"shift_{spectral['units']}" if spectral else "shift_channels"
-        table = pd.DataFrame({**dict(zip(axes, idx, strict=True)), shift_col: r["shift"], **cols})
+        table = pd.DataFrame({**where, shift_col: r["shift"], **cols})
         table.to_csv(stage / names[1], index=False)
         written.append(stage / names[1])
     unplanned = {p.name for p in written} - set(names)

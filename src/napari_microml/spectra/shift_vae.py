@@ -125,6 +125,24 @@ class ShiftVAEResult:
         return values, self.decode(z, 0.0)
 
 
+def _init_weights(net, generator) -> None:
+    """Initialise ``net``'s Linear layers as torch does by default, from ``generator``.
+
+    torch's global generator is shared by every thread: two fits at once (``microml spectra``
+    on two files) drew from it in turns, so one seed gave different shifts.
+    """
+    import torch
+    from torch import nn
+
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.kaiming_uniform_(m.weight, a=math.sqrt(5), generator=generator)
+                if m.bias is not None:
+                    bound = 1 / math.sqrt(m.weight.shape[1]) if m.weight.shape[1] else 0.0
+                    nn.init.uniform_(m.bias, -bound, bound, generator=generator)
+
+
 def _build_net(L: int, latent_dim: int, model: str, hidden: int, coord):
     import torch
     from torch import nn
@@ -350,9 +368,12 @@ def fit_shift_vae_iter(
 
     dev = resolve_device(device)
     dev_label = describe_device(dev)
-    torch.manual_seed(int(seed))
-    gen = torch.Generator().manual_seed(int(seed))
-    net = _build_net(L, int(latent_dim), model, int(hidden), coord).to(dev)
+    gen = torch.Generator().manual_seed(int(seed))  # shuffling
+    init = torch.Generator().manual_seed(int(seed))  # the weights, then the sampling noise
+    net = _build_net(L, int(latent_dim), model, int(hidden), coord)
+    _init_weights(net, init)
+    net = net.to(dev)
+    noise = init if dev.type == "cpu" else torch.Generator(device=dev).manual_seed(int(seed))
     opt = torch.optim.Adam(net.parameters(), lr=float(learning_rate))
     if batch_size is None:
         batch_size = int(min(256, max(8, N // 8)))
@@ -401,7 +422,8 @@ def fit_shift_vae_iter(
             x = data[idx]
             mu, logvar = net.encode(x)
             std = torch.exp(0.5 * logvar)
-            sample = mu + std * torch.randn_like(std)
+            eps = torch.randn(std.shape, generator=noise, dtype=std.dtype, device=std.device)
+            sample = mu + std * eps
             if n_shift:
                 s, z = sample[:, :1], sample[:, 1:]
             else:
