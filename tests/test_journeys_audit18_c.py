@@ -131,3 +131,56 @@ def test_atom_tools_on_a_coarse_image_say_it_cannot_show_columns(
         "Found no atom columns: its pixels are 0.921 nm, and atom columns lie 0.1–0.5 nm apart, "
         "so the image cannot show them. The Atom finder needs an atomic-resolution image."
     )
+
+
+def test_a_file_opened_after_a_run_is_the_one_run_works_on(make_napari_viewer, qtbot, shared_data):
+    """Pt 021, Run, then File > Open 025: the docks kept 021, so Run re-ran 021 and wrote its
+    points under 025 (same size, drawn on top) while the status repeated 'Found 27 atoms'."""
+    from journey import open_file
+
+    a, b = sorted((shared_data / "atoms_pt_haadf" / "images").glob("*.tif"))[:2]
+    viewer = make_napari_viewer()
+    [first] = open_file(viewer, a)
+    finder = open_tool(viewer, "Atom finder")
+    defects = open_tool(viewer, "Defect segmenter")
+    click(qtbot, finder.run_button, finder)
+    defects.atoms_layer.value = viewer.layers[f"{first.name} atoms"]
+    [second] = open_file(viewer, b)
+    for tool, ready in ((finder, "finds the atoms in"), (defects, "segments the defects in")):
+        assert tool.image_layer.value.name == second.name
+        assert tool.status.value == f"Ready: Run {ready} {second.name!r}.", tool.status.value
+    assert defects.atoms_layer.value is None  # 021's points do not belong to 025
+    click(qtbot, finder.run_button, finder)
+    click(qtbot, defects.run_button, defects)
+    assert f"{second.name} atoms" in viewer.layers and f"{second.name} defects" in viewer.layers
+    assert finder.image_layer.value.name == second.name  # a tool's result is not followed
+
+
+def test_lattice_columns_follow_the_image(make_napari_viewer, qtbot):
+    """Lattice analysis after a second image arrived: it kept the first image and its columns
+    (Columns cannot be emptied), so the new image could not be analysed at all; and the columns
+    of one image were offered against another."""
+    from napari_microml.synth.lattice import simulate_lattice
+
+    viewer = make_napari_viewer()
+    sims = {
+        n: simulate_lattice((160, 160), scene="crystal", seed=s) for n, s in (("a", 1), ("b", 2))
+    }
+    a = viewer.add_image(sims["a"].image.astype(np.float32), name="a")
+    tool = open_tool(viewer, "Lattice analysis")
+    finder = open_tool(viewer, "Atom finder")
+    click(qtbot, finder.run_button, finder)
+    assert tool.points_layer.value.name == "a atoms"  # the finder's columns, picked when found
+    b = viewer.add_image(sims["b"].image.astype(np.float32), name="b")
+    tool.image_layer.value = b
+    assert tool.points_layer.value is None  # not a's columns: Run finds b's
+    click(qtbot, tool.run_button, tool)
+    assert "found by the Atom finder" in tool.status.value, tool.status.value
+    assert tool.points_layer.value.name == "b atoms"
+    tool.image_layer.value = a
+    assert tool.points_layer.value.name == "a atoms"
+    before = np.asarray(viewer.layers["a atoms"].data).copy()
+    tool.points_layer.value = None  # emptied by the user: a's own columns are still used
+    click(qtbot, tool.run_button, tool)
+    assert tool.status.value.startswith("Done"), tool.status.value
+    np.testing.assert_array_equal(viewer.layers["a atoms"].data, before)

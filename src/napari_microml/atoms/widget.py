@@ -20,7 +20,9 @@ from napari_microml.runtime.widget import (
     ToolWidget,
     as_points,
     layer_picker,
+    opened_from_file,
     physical_kwargs,
+    pick,
     pixel_size_nm,
     preload,
     resample_note,
@@ -173,6 +175,26 @@ def recommended_threshold(model: str) -> float:
     return float(meta.get("recommended_threshold", 0.5))
 
 
+def follow_opened_images(tool: ToolWidget, ready) -> None:
+    """Make each grey image *File → Open* adds ``tool``'s Image and say ``ready(layer)`` on its
+    status line: Run re-ran the image before it while the new file lay on top, hiding the result.
+    Tools' own layers (no file path) are not followed."""
+    layers = tool.viewer.layers
+
+    def on_inserted(event):
+        layer = opened_from_file(event)
+        if not isinstance(layer, napari.layers.Image) or layer.rgb:
+            return
+        if pick(getattr(tool, "image_layer"), layer):  # noqa: B009 - every image tool has one
+            sentence = ready(layer)
+            if not tool.busy:  # a run's own sentence comes when it ends
+                tool.status.value = sentence
+
+    layers.events.inserted.connect(on_inserted)
+    # the dock closed: its pickers are gone
+    tool.native.destroyed.connect(lambda *_: layers.events.inserted.disconnect(on_inserted))
+
+
 def write_atoms_layer(tool: ToolWidget, layer, result):
     """Add or update the '<image> atoms' Points layer of ``result`` (an atom-finder result on
     image ``layer``) in ``tool``'s viewer, with its features and provenance; the layer."""
@@ -314,6 +336,7 @@ class AtomFinderWidget(ToolWidget):
         self.refine_button.changed.connect(self._on_refine_clicked)
         self.save_button.changed.connect(self._on_save_clicked)
         self._found: dict[str, str] = {}  # points layer → its run's sentence (said again)
+        follow_opened_images(self, lambda layer: f"Ready: Run finds the atoms in {layer.name!r}.")
         self.model.changed.connect(self._on_model_changed)
         self._on_model_changed()
         preload("torch")  # imported in the worker it held the GIL and Cancel for seconds

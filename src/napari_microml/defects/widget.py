@@ -13,7 +13,12 @@ import napari
 import numpy as np
 from magicgui.widgets import ComboBox, FloatSlider
 
-from napari_microml.atoms.widget import CONTRAST_TIP, points_to_pixels, too_coarse
+from napari_microml.atoms.widget import (
+    CONTRAST_TIP,
+    follow_opened_images,
+    points_to_pixels,
+    too_coarse,
+)
 from napari_microml.defects.classes import CLASS_COLORS
 from napari_microml.defects.environments import classify_environments_iter
 from napari_microml.defects.segment import segment_defects_iter
@@ -212,12 +217,19 @@ class DefectSegmenterWidget(ToolWidget):
         self._shown: tuple[str, str] | None = None  # (labels, image) names of the table's run
         self.model.changed.connect(self._on_model_changed)
         self._on_model_changed()
+        follow_opened_images(self, self._ready_for)
         preload("torch")  # imported in the worker it held the GIL and Cancel for seconds
         # while the user picks an image and settings, not in the first Run
         self._preparing = threading.Thread(
             target=_prepare_first_run, name="defects-prepare", daemon=True
         )
         self._preparing.start()
+
+    def _ready_for(self, layer) -> str:
+        """The status for a newly opened image; its columns are found in the run (the atoms
+        picked before were another image's)."""
+        self.atoms_layer.value = None
+        return f"Ready: Run segments the defects in {layer.name!r}."
 
     def _on_model_changed(self, *_):
         from napari_microml.nets.registry import list_models

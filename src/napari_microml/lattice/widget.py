@@ -21,6 +21,7 @@ from magicgui.widgets import (
     SpinBox,
 )
 
+from napari_microml.atoms.widget import follow_opened_images
 from napari_microml.lattice.analyze import column_units
 from napari_microml.runtime.contrast import CONTRASTS
 from napari_microml.runtime.provenance import KEY
@@ -31,6 +32,7 @@ from napari_microml.runtime.widget import (
     layer_picker,
     name_colour_bar,
     physical_kwargs,
+    pick,
     pixel_size_nm,
 )
 from napari_microml.runtime.workers import Progress
@@ -106,7 +108,14 @@ class LatticeWidget(ToolWidget):
 
     def __init__(self, viewer: napari.viewer.Viewer):
         self.image_layer = layer_picker(napari.layers.Image, label="Image")
-        self.points_layer = layer_picker(napari.layers.Points, label="Columns")
+        self.points_layer = layer_picker(
+            napari.layers.Points, label="Columns", options={"nullable": True}
+        )
+        self.points_layer.tooltip = (
+            "The atom columns: a Points layer (the Atom finder's '<image> atoms', edited or not; "
+            "picked for you when the image has one). Empty: Run finds them with the Atom finder "
+            "and adds them as '<image> atoms'"
+        )
         self.shapes_layer = layer_picker(
             napari.layers.Shapes, label="Region / line", options={"nullable": True}
         )
@@ -167,14 +176,57 @@ class LatticeWidget(ToolWidget):
         self.magnification.changed.connect(self._on_magnification)
         self.set_button.changed.connect(self._on_set_sublattice)
         self.export_button.changed.connect(self._on_export)
+        self.image_layer.changed.connect(self._match_columns)
+        follow_opened_images(self, self._ready_for)
+        viewer.layers.events.inserted.connect(self._on_inserted)
+        self.native.destroyed.connect(
+            lambda *_: viewer.layers.events.inserted.disconnect(self._on_inserted)
+        )
+        self._match_columns()
         self.plot_dock: Any = None
         self.figure: Any = None
         self.run_result: LatticeRun | None = None  # the run on screen (its arrows follow Arrow ×)
         self._shown_name: str | None = None  # the layer name the shown run's layers start with
 
     # --- inputs -----------------------------------------------------------------------------
+    def _own_columns(self, image):
+        """The Atom finder's '<image> atoms' Points layer of ``image``, or None."""
+        name = None if image is None else f"{image.name} atoms"
+        layer = self.viewer.layers[name] if name in self.viewer.layers else None
+        return layer if isinstance(layer, napari.layers.Points) else None
+
+    def _match_columns(self, *_):
+        """Columns follow the Image: its '<image> atoms' layer when it has one, else none (Run
+        finds them) in place of another image's; a Points layer of the user's own is kept."""
+        image = self.image_layer.value
+        own = self._own_columns(image)
+        current = self.points_layer.value
+        if own is not None:
+            if current is None or current.name != own.name:
+                pick(self.points_layer, own)
+        elif current is not None and image is not None and current.name.endswith(" atoms"):
+            self.points_layer.value = None  # another image's columns would be read on this one
+
+    def _on_inserted(self, event):
+        layer = getattr(event, "value", None)
+        image = self.image_layer.value
+        if image is not None and getattr(layer, "name", None) == f"{image.name} atoms":
+            self._match_columns()  # the Atom finder has just found this image's columns
+
+    def _ready_for(self, layer) -> str:
+        cols = self.points_layer.value
+        how = (
+            f"the columns in {cols.name!r}"
+            if cols is not None
+            else "the columns the Atom finder finds first"
+        )
+        return f"Ready: Run analyses the lattice of {layer.name!r} with {how}."
+
     def _inputs(self):
         image, points = self.image_layer.value, self.points_layer.value
+        if points is None and self._own_columns(image) is not None:
+            pick(self.points_layer, self._own_columns(image))  # not found again over edits
+            points = self.points_layer.value
         if image is not None and (image.ndim != 2 or image.rgb):
             raise ValueError(
                 f"Image {image.name!r} must be one 2D grey image for the lattice "
