@@ -236,3 +236,42 @@ def test_cli_spectra_table_gives_positions_in_nm(shared_data, tmp_path):
         "index",
         "shift_channels",
     ]
+
+
+def test_shift_vae_saves_a_line_scans_shifts_in_nm_and_ev(
+    shared_data, make_napari_viewer, qtbot, tmp_path, monkeypatch
+):
+    """A line scan's fit showed its shifts only as a plot and a Shapes track: nothing in the
+    dock or File > Save wrote the numbers. 'Save shifts…' (greyed until a fit) writes one row
+    per spectrum through Qt's save dialog: position in nm (3.219 nm apart on LSMO), the shift
+    and its s.d. in eV as plotted, the latents, and a .csv.json with the provenance."""
+    import json
+
+    import pandas as pd
+    from qtpy.QtWidgets import QFileDialog
+
+    viewer = make_napari_viewer()
+    open_file(viewer, shared_data / "spectra" / "LSMO_linescan_low_loss.hspy")
+    dock = open_tool(viewer, "Spectral shift-VAE")
+    assert not dock.save_button.enabled
+    click(qtbot, dock.run_button, dock)
+    qtbot.waitUntil(lambda: dock.status.value.startswith("Done"), timeout=10_000)
+    assert dock.save_button.enabled
+    out = tmp_path / "lsmo shifts.csv"
+    monkeypatch.setattr(QFileDialog, "getSaveFileName", lambda *a, **k: (str(out), ""))
+    dock.save_button.native.click()
+    table = pd.read_csv(out)
+    assert list(table.columns) == [
+        "index",
+        "position_nm",
+        "shift_eV",
+        "shift_sd_eV",
+        "latent_0",
+        "latent_1",
+    ]
+    assert len(table) == 40
+    np.testing.assert_allclose(np.diff(table["position_nm"]), 3.219, atol=0.001)
+    np.testing.assert_allclose(table["shift_eV"], dock.result.shift.ravel(), rtol=1e-6)
+    record = json.loads((tmp_path / "lsmo shifts.csv.json").read_text())["napari_microml"]
+    assert record["tool"] == "shift_vae" and record["parameters"]["spectral_units"] == "eV"
+    assert dock.status.value.startswith("Saved 40 spectra's shifts (eV) and their positions in nm")

@@ -912,7 +912,7 @@ def _write_outputs(tool: str, job: Job, results: list[dict], stage: Path, prov: 
     import pandas as pd
 
     from napari_microml.io import writer
-    from napari_microml.runtime.units import nm_per_pixel
+    from napari_microml.spectra.table import shift_table
 
     names = output_names(tool, job.stem)
     scale, trans, units = _geometry(job)
@@ -1006,18 +1006,13 @@ def _write_outputs(tool: str, job: Job, results: list[dict], stage: Path, prov: 
                 str(stage / names[0]), r["shift"].reshape(job.shape).astype(np.float32), attrs
             )
         ]
-        lat = r["latents"]
-        cols = {f"latent_{j}": lat[:, j] for j in range(lat.shape[1])}
-        idx = np.indices(job.shape).reshape(spatial, -1)
-        axes = ["row", "col"] if spatial == 2 else ["index"]
-        where = dict(zip(axes, idx, strict=True))
-        for i, name in enumerate(["y_nm", "x_nm"] if spatial == 2 else ["position_nm"]):
-            to_nm = nm_per_pixel(scale=[scale[i]], units=[units[i]])
-            if to_nm is not None:  # a calibrated file: where each spectrum is, in nm
-                where[name] = (trans[i] / scale[i] + idx[i]) * to_nm
         spectral = _spectral_axis(job.kwargs)
-        shift_col = f"shift_{spectral['units']}" if spectral else "shift_channels"
-        table = pd.DataFrame({**where, shift_col: r["shift"], **cols})
+        table = shift_table(
+            r["shift"].reshape(job.shape),
+            r["latents"],
+            axes=list(zip(scale, trans, units, strict=False))[:spatial],
+            shift_units=spectral["units"] if spectral else None,
+        )
         table.to_csv(stage / names[1], index=False)
         written.append(stage / names[1])
     unplanned = {p.name for p in written} - set(names)

@@ -15,11 +15,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import partial
+from pathlib import Path
 from typing import Any, cast
 
 import napari
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, FloatSpinBox, SpinBox
+from magicgui.widgets import CheckBox, ComboBox, FloatSpinBox, PushButton, SpinBox
 
 from napari_microml.runtime.provenance import KEY, make_provenance
 from napari_microml.runtime.spectral import (
@@ -260,6 +261,15 @@ class ShiftVAEWidget(ToolWidget):
             self.seed,
         ]
         super().__init__(viewer, controls)
+        self.save_button = PushButton(text="Save shifts…", enabled=False)
+        self.save_button.tooltip = (
+            "Save the last fit as CSV, one row per spectrum: its pixel, its position in nm "
+            "(calibrated files), the shift ± 1 s.d. in the axis's units and the latents; "
+            "the provenance goes to a .csv.json beside it. A line scan's shifts are only here "
+            "and in the plot."
+        )
+        self.save_button.changed.connect(self._on_save_clicked)
+        self.append(self.save_button)
         self.run_button.tooltip = "Fit the shift-VAE (Cancel stops it; no layer is changed)."
         self.device_choice.tooltip = "Where the network runs: auto picks a GPU when present."
         self.loss_fig, self.loss_canvas = _canvas(2.0)
@@ -285,6 +295,7 @@ class ShiftVAEWidget(ToolWidget):
         self.losses: list[float] = []
         self._loss_epochs: list[int] = []
         self.result: Any = None  # the fit on screen: the latent explorer and lasso read it
+        self._saved: tuple[dict, bool] = ({}, False)  # its provenance; a line scan or not
         self.lasso = None
         self._input_name: str | None = None
         self._spatial: dict = {}
@@ -529,6 +540,8 @@ class ShiftVAEWidget(ToolWidget):
             self._draw_traversal(units)
             self._say(self._summary(outcome))
 
+        self._saved = (record, plan.line)  # what Save shifts… writes beside the table
+        self.save_button.enabled = True
         self.later(*calls, plots)  # a new layer per event-loop turn (0.1-0.3 s each)
 
     def _summary(self, outcome) -> str:
@@ -632,6 +645,63 @@ class ShiftVAEWidget(ToolWidget):
         ax.tick_params(labelsize=7)
         self.line_canvas.setVisible(True)
         self.line_canvas.draw_idle()
+
+    def _on_save_clicked(self, *_):
+        from qtpy.QtWidgets import QFileDialog
+
+        if self.result is None:
+            self._say("Nothing to save yet: run a fit first.")
+            return
+        name = self._input_name or "spectra"
+        path, _ = QFileDialog.getSaveFileName(  # Qt's dialog asks before replacing a file
+            self.native, "Save shifts", f"{name} shifts.csv", "CSV (*.csv)"
+        )
+        if path:
+            self.save_shifts(path if path.lower().endswith(".csv") else path + ".csv")
+
+    def save_shifts(self, path: str) -> None:
+        """Write the fit on screen to ``path`` (CSV, one row per spectrum: ``shift_table``)
+        and its provenance to ``path + '.json'``; the status says where."""
+        import json
+
+        from napari_microml.io.writer import staged
+        from napari_microml.spectra.table import shift_table
+
+        r, (record, line_scan) = self.result, self._saved
+        if line_scan:  # the layer's own axes are a display layout: the line's are in metadata
+            line = (self._layer_metadata(self._input_name).get(KEY) or {}).get("line_axis") or {}
+            axes = [(line.get("scale", 1.0), line.get("offset", 0.0), line.get("units", "pixel"))]
+            shift = r.shift.reshape(-1)
+            sd = None if r.shift_std is None else r.shift_std.reshape(-1)
+        else:
+            sp = self._spatial
+            n = r.shift.ndim
+            axes = list(
+                zip(
+                    sp.get("scale", (1.0,) * n),
+                    sp.get("translate", (0.0,) * n),
+                    [str(u) for u in sp.get("units", ("pixel",) * n)],
+                    strict=True,
+                )
+            )
+            shift, sd = r.shift, r.shift_std
+        units = (record.get("parameters") or {}).get("spectral_units")
+        table = shift_table(
+            shift,
+            r.latents.reshape(shift.size, -1),
+            axes=axes,
+            shift_units=None if units in (None, "channel") else units,
+            shift_std=sd,
+        )
+        with staged(path) as tmp:  # no half-written file if the disk fills
+            table.to_csv(tmp, index=False)
+        with staged(path + ".json") as tmp:
+            Path(tmp).write_text(json.dumps({KEY: record}, indent=1, default=str))
+        where = " and their positions in nm" if any(c.endswith("_nm") for c in table) else ""
+        self._say(
+            f"Saved {len(table)} spectra's shifts ({units or 'channels'}){where} to {path} "
+            f"(provenance in {Path(path).name}.json)."
+        )
 
     def _layer_metadata(self, name):
         return self.viewer.layers[name].metadata if name in self.viewer.layers else {}
