@@ -104,3 +104,16 @@ def test_single_atoms_at_twice_the_magnification_with_its_calibration():
     assert got.parameters["zoom"] == pytest.approx(0.5)
     truth = (base.positions + 0.5) * 2 - 0.5
     assert match_points(got.positions, truth, max_distance=6.0)["f1"] > 0.8
+
+
+def test_lattice_search_of_a_counts_image_raises_no_overflow_warning():
+    """Values in counts (here up to 3e4) overflowed p / 1e-300 outside the searched band: a
+    RuntimeWarning on the console of every kriging run on such a scan."""
+    import warnings
+
+    from napari_microml.completion.periodic import lattice_basis
+
+    img = np.random.default_rng(0).random((64, 64)) * 3e4
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert lattice_basis(img - img.mean()) is None

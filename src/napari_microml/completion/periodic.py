@@ -191,7 +191,8 @@ def lattice_basis(image: np.ndarray, *, aliases: np.ndarray | None = None) -> np
         band &= resolvable(np.stack([fy.ravel(), fx.ravel()], 1), aliases).reshape(h, w)
     ring = np.minimum((fr * min(h, w)).astype(int), min(h, w))  # rings one bin wide
     med = _ring_medians(ring[band], p[band], int(ring.max()) + 1)
-    ratio = np.where(band, p / np.maximum(med[ring], 1e-300), 0.0)
+    # divided in the band only: outside it the rings are empty and p / 1e-300 overflows
+    ratio = np.divide(p, np.maximum(med[ring], 1e-300), out=np.zeros_like(p), where=band)
     # noise power is exponential (median ln 2): the ratio pure noise exceeds in one of the
     # band's bins with probability FALSE_PEAK
     peak_ratio = np.log(max(int(band.sum()), 1) / FALSE_PEAK) / np.log(2)
