@@ -35,45 +35,64 @@ def _line_scan(n: int = 16, channels: int = 64) -> np.ndarray:
     return (100 * np.exp(-0.5 * ((x - centres[:, None]) / 3) ** 2) + 5).astype(np.float32)
 
 
-def test_cli_line_scan_shift_map_opens_in_napari(make_napari_viewer, tmp_path):
-    """``microml spectra`` on a line scan writes its shift map as a TIFF of one row; File > Open
-    with our reader refused it ("units=(µm,) must have length ndim=2": the description holds
-    one axis, TIFF gives two). It opens now as a one-row image, the line's calibration on both
-    axes, the values the CSV holds."""
+def test_cli_line_scan_opens_in_napari_and_a_batch_changes_no_result(make_napari_viewer, tmp_path):
+    """Two findings on a synthetic line scan (no calibration), the CLI in a subprocess:
+
+    - ``microml spectra`` writes a line scan's shift map as a TIFF of one row; File > Open with
+      our reader refused it ("units=(µm,) must have length ndim=2": the description holds one
+      axis, TIFF gives two). It opens now as a one-row image with square pixels, the values the
+      CSV holds (pixel indices only: no calibration, no nm column).
+    - ``microml spectra a b`` fits both files at once (2 workers); both fits seeded torch's
+      global generator and drew from it in turns, so a file's shifts depended on the batch
+      (EELS_SI pixel (0, 0): 0.954 eV alone; -0.513, -0.246, 0.799 eV in three runs beside
+      LSMO). Each fit now draws from its own generators: the batch equals the file alone.
+    """
     import pandas as pd
 
-    src = tmp_path / "line.npy"
-    np.save(src, _line_scan())
-    run = microml("spectra", src, "--channels-last", "--out", tmp_path / "out", "--quiet")
+    first, second = tmp_path / "first.npy", tmp_path / "second.npy"
+    np.save(first, _line_scan())
+    np.save(second, _line_scan(n=24)[::-1].copy())
+    args = ("--channels-last", "--quiet", "--workers", "2")
+    run = microml("spectra", first, "--out", tmp_path / "alone", *args)
     assert run.returncode == 0, run.stderr
     viewer = make_napari_viewer()
-    (layer,) = open_file(viewer, tmp_path / "out" / "line_spectra_shift.tif")
-    table = pd.read_csv(tmp_path / "out" / "line_spectra.csv")
+    (layer,) = open_file(viewer, tmp_path / "alone" / "first_spectra_shift.tif")
+    alone = pd.read_csv(tmp_path / "alone" / "first_spectra.csv")
+    assert list(alone.columns[:2]) == ["index", "shift_channels"]
     assert layer.data.shape == (1, 16)
-    np.testing.assert_allclose(np.asarray(layer.data)[0], table.filter(like="shift").iloc[:, 0])
+    np.testing.assert_allclose(np.asarray(layer.data)[0], alone["shift_channels"])
     assert len(layer.scale) == 2 and layer.scale[0] == layer.scale[1]
 
+    batch = microml("spectra", first, second, "--out", tmp_path / "batch", *args)
+    assert batch.returncode == 0, batch.stderr
+    together = pd.read_csv(tmp_path / "batch" / "first_spectra.csv")
+    pd.testing.assert_frame_equal(alone, together)
 
-def test_line_scan_shift_from_real_lsmo_keeps_its_nm(shared_data, make_napari_viewer, tmp_path):
-    """The same on the real LSMO low-loss line scan (40 spectra, 3.22 nm apart): the reopened
-    shift map is 40 px long at 3.22 nm per px (µm in the file), not refused; the CSV gives each
-    spectrum's position in nm."""
+
+@pytest.mark.realdata
+def test_cli_spectra_on_real_files_gives_nm_and_reopens(shared_data, make_napari_viewer, tmp_path):
+    """EELS_SI (2×2, 1.99 nm per px) and the LSMO low-loss line scan (40 spectra 3.22 nm apart)
+    in one ``microml spectra`` call: the CSVs listed only pixel indices while the TIFFs were in
+    µm; they now add y_nm/x_nm and position_nm. The LSMO shift TIFF, refused by File > Open
+    before, reopens 40 px long at 3.22 nm per px."""
     import pandas as pd
 
+    si = shared_data / "formats" / "EELS_SI.dm4"
     hspy = shared_data / "spectra" / "LSMO_linescan_low_loss.hspy"
-    if not hspy.exists():
-        pytest.skip(f"{hspy} is not present")
-    run = microml("spectra", hspy, "--out", tmp_path / "out", "--quiet")
+    out = tmp_path / "out"
+    run = microml("spectra", si, hspy, "--out", out, "--quiet")
     assert run.returncode == 0, run.stderr
+    table = pd.read_csv(out / "EELS_SI_spectra.csv")
+    assert list(table.columns[:4]) == ["row", "col", "y_nm", "x_nm"]
+    np.testing.assert_allclose(table["x_nm"], table["col"] * 1.99207, rtol=1e-5)
+    np.testing.assert_allclose(table["y_nm"], table["row"] * 1.99207, rtol=1e-5)
+    line = pd.read_csv(out / "LSMO_linescan_low_loss_spectra.csv")
+    np.testing.assert_allclose(np.diff(line["position_nm"]), 3.219, atol=0.001)
     viewer = make_napari_viewer()
-    (layer,) = open_file(viewer, tmp_path / "out" / "LSMO_linescan_low_loss_spectra_shift.tif")
+    (layer,) = open_file(viewer, out / "LSMO_linescan_low_loss_spectra_shift.tif")
     assert layer.data.shape == (1, 40)
-    step_nm = (
-        float(layer.scale[-1]) * {"micrometer": 1000.0, "nanometer": 1.0}[str(layer.units[-1])]
-    )
-    assert step_nm == pytest.approx(3.219, abs=0.01)
-    table = pd.read_csv(tmp_path / "out" / "LSMO_linescan_low_loss_spectra.csv")
-    np.testing.assert_allclose(np.diff(table["position_nm"]), 3.219, atol=0.001)
+    to_nm = {"micrometer": 1000.0, "nanometer": 1.0}[str(layer.units[-1])]
+    assert float(layer.scale[-1]) * to_nm == pytest.approx(3.219, abs=0.01)
 
 
 def test_completer_follows_the_file_opened_after_a_run(make_napari_viewer, qtbot, tmp_path):
@@ -193,49 +212,6 @@ def test_completer_says_which_pixels_of_a_random_roi_scan_are_extrapolated(
     assert "filled the 32.0 % unmeasured pixels" in text
     assert "164 of them lie outside the rows 3–31 and columns 3–14 the scan covered" in text
     assert "extrapolated" in text
-
-
-def test_cli_spectra_batch_gives_each_file_its_single_file_result(tmp_path):
-    """``microml spectra a b`` fits both files at once (2 workers); both fits seeded torch's
-    global generator and drew from it in turns, so a file's shifts depended on what else was
-    in the batch (EELS_SI pixel (0, 0): 0.954 eV alone; -0.513, -0.246, 0.799 eV in three runs
-    beside LSMO). Each fit now draws from its own generators: the batch equals the files alone
-    (and a file alone is unchanged: its default init sequence is kept)."""
-    import pandas as pd
-
-    first, second = tmp_path / "first.npy", tmp_path / "second.npy"
-    np.save(first, _line_scan())
-    np.save(second, _line_scan(n=24)[::-1].copy())
-    args = ("--channels-last", "--quiet", "--workers", "2")
-    assert microml("spectra", first, "--out", tmp_path / "alone", *args).returncode == 0
-    batch = microml("spectra", first, second, "--out", tmp_path / "batch", *args)
-    assert batch.returncode == 0, batch.stderr
-    alone = pd.read_csv(tmp_path / "alone" / "first_spectra.csv")
-    together = pd.read_csv(tmp_path / "batch" / "first_spectra.csv")
-    pd.testing.assert_frame_equal(alone, together)
-
-
-def test_cli_spectra_table_gives_positions_in_nm(shared_data, tmp_path):
-    """The shift CSV of a calibrated file listed only pixel indices (row/col, or the index
-    along a line) while its TIFF was in µm: EELS_SI (1.99 nm per px) now adds y_nm/x_nm, the
-    LSMO line scan position_nm (3.22 nm apart); an uncalibrated file adds none."""
-    import pandas as pd
-
-    si = shared_data / "formats" / "EELS_SI.dm4"
-    run = microml("spectra", si, "--out", tmp_path / "out", "--quiet")
-    assert run.returncode == 0, run.stderr
-    table = pd.read_csv(tmp_path / "out" / "EELS_SI_spectra.csv")
-    assert list(table.columns[:4]) == ["row", "col", "y_nm", "x_nm"]
-    np.testing.assert_allclose(table["x_nm"], table["col"] * 1.99207, rtol=1e-5)
-    np.testing.assert_allclose(table["y_nm"], table["row"] * 1.99207, rtol=1e-5)
-    src = tmp_path / "line.npy"
-    np.save(src, _line_scan())
-    run = microml("spectra", src, "--channels-last", "--out", tmp_path / "px", "--quiet")
-    assert run.returncode == 0, run.stderr
-    assert list(pd.read_csv(tmp_path / "px" / "line_spectra.csv").columns[:2]) == [
-        "index",
-        "shift_channels",
-    ]
 
 
 def test_shift_vae_saves_a_line_scans_shifts_in_nm_and_ev(
