@@ -25,6 +25,7 @@ from napari_microml.runtime.validate import (
     check_probability,
     check_tile,
     fill_nonfinite,
+    repair_outliers,
     robust_normalize,
 )
 from napari_microml.runtime.workers import drain, progress
@@ -314,6 +315,8 @@ def find_atoms_iter(
     # 0–1 in float64 first: the same numbers (and columns) whatever the image's units
     scaled = as_scaled_stack(image, what="image")
     stack, is_stack = scaled.stack, scaled.is_stack
+    for frame in stack:  # a fresh array: repaired in place
+        repair_outliers(frame)
     zoom, spacing = zoom_for(fill_nonfinite(stack[0]), rescale, noisy_high=NOISY_PERIOD)
     if rescale == "auto" and spacing is None and pixel_size is not None:
         zoom = single_atoms_zoom(model, pixel_size, stack.shape[-2:])
