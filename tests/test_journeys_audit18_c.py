@@ -184,3 +184,14 @@ def test_lattice_columns_follow_the_image(make_napari_viewer, qtbot):
     click(qtbot, tool.run_button, tool)
     assert tool.status.value.startswith("Done"), tool.status.value
     np.testing.assert_array_equal(viewer.layers["a atoms"].data, before)
+
+
+@pytest.mark.parametrize("tool", ["Atom finder", "Defect segmenter", "Lattice analysis"])
+def test_a_dock_opened_after_two_files_works_on_the_last_one(make_napari_viewer, tool):
+    """Acquisition_18, then the DM3 survey opened (napari selects it), then the tool from the
+    Plugins menu: its Image was the first layer, so Run analysed Acquisition_18."""
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((64, 64), np.float32), name="first")
+    viewer.add_image(np.zeros((64, 64), np.float32), name="second")
+    assert viewer.layers.selection.active.name == "second"
+    assert open_tool(viewer, tool).image_layer.value.name == "second"

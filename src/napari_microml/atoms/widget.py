@@ -176,10 +176,14 @@ def recommended_threshold(model: str) -> float:
 
 
 def follow_opened_images(tool: ToolWidget, ready) -> None:
-    """Make each grey image *File → Open* adds ``tool``'s Image and say ``ready(layer)`` on its
-    status line: Run re-ran the image before it while the new file lay on top, hiding the result.
-    Tools' own layers (no file path) are not followed."""
+    """Start ``tool``'s Image on the selected image layer (the file opened last; the picker's
+    default was the first layer), then make each grey image *File → Open* adds its Image and say
+    ``ready(layer)`` on its status line: Run re-ran the image before it while the new file lay on
+    top, hiding the result. Tools' own layers (no file path) are not followed."""
     layers = tool.viewer.layers
+    active = layers.selection.active
+    if isinstance(active, napari.layers.Image) and not active.rgb:
+        pick(getattr(tool, "image_layer"), active)  # noqa: B009 - every image tool has one
 
     def on_inserted(event):
         layer = opened_from_file(event)
