@@ -136,3 +136,21 @@ def test_a_few_stuck_pixels_leave_the_columns_as_they_were():
         stuck.flat[bad] = value
         got = mm.find_atoms(stuck, model="default", contrast="dark").positions
         assert match_points(got, clean, max_distance=1.0)["f1"] > 0.98
+
+
+@needs_a18
+def test_sublattices_and_lattice_constants_ignore_stuck_pixels():
+    """20 stuck pixels (10 at 0, 10 at 50× the brightest) turned 2 sublattices of a 409 pm cell
+    into one of 287 pm: a stuck pixel made its column the brightest."""
+    import napari_microml as mm
+
+    img = _a18_crop(512)
+    bad = img.copy()
+    k = np.random.default_rng(0).choice(img.size, 20, replace=False)
+    bad.flat[k[:10]] = 0
+    bad.flat[k[10:]] = 50 * img.max()
+    positions = mm.find_atoms(img, model="default").positions
+    clean = mm.analyze_lattice(positions, image=img, pixel_size=0.0122465)
+    got = mm.analyze_lattice(positions, image=bad, pixel_size=0.0122465)
+    np.testing.assert_array_equal(got.sublattice, clean.sublattice)
+    assert got.lattice["a_pm"] == pytest.approx(clean.lattice["a_pm"], rel=1e-6)

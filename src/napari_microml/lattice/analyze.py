@@ -10,7 +10,7 @@ from scipy.spatial import cKDTree
 from napari_microml.lattice import strain as _strain
 from napari_microml.lattice.sublattice import assign_sublattices, nn_distance
 from napari_microml.runtime.provenance import make_provenance
-from napari_microml.runtime.validate import check_pixel_size
+from napari_microml.runtime.validate import check_pixel_size, repair_outliers
 from napari_microml.runtime.workers import drain, progress
 
 AUTO_STRAIN_STD = 0.003  # shells="auto": 5×5 cells above this median 3×3 strain std (fraction)
@@ -124,7 +124,8 @@ def column_intensity(image: np.ndarray, positions: np.ndarray, d0: float) -> np.
     """Image value at each column after smoothing over ~0.15 of the column spacing."""
     from scipy import ndimage as ndi
 
-    img = np.asarray(image, np.float64)
+    img = np.array(image, np.float64)
+    repair_outliers(img)  # a stuck pixel would make its column the brightest sublattice
     if not np.isfinite(img).all():
         img = np.where(np.isfinite(img), img, np.nanmedian(img))
     img = ndi.gaussian_filter(img, max(0.15 * d0, 0.5))
