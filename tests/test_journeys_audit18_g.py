@@ -251,3 +251,40 @@ def test_shift_vae_saves_a_line_scans_shifts_in_nm_and_ev(
     record = json.loads((tmp_path / "lsmo shifts.csv.json").read_text())["napari_microml"]
     assert record["tool"] == "shift_vae" and record["parameters"]["spectral_units"] == "eV"
     assert dock.status.value.startswith("Saved 40 spectra's shifts (eV) and their positions in nm")
+
+
+def test_completer_fills_a_sparse_scan_saved_with_nan_gaps(make_napari_viewer, qtbot, tmp_path):
+    """A sparse scan saved with NaN where nothing was measured (what ``microml complete``
+    reads by default) opened in napari: the dock stayed in Simulate, took it as a full image
+    and refused with 'Some measured pixels are NaN or infinite; mark them as unmeasured in the
+    mask', and no mask choice could say 'NaN = not measured'. The dock now picks Complete with
+    the Mask 'NaN pixels = not measured' (file opened before or after the dock), says how many
+    NaN pixels it read, and fills them as the API does."""
+    import tifffile
+
+    from napari_microml import complete_scan
+
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[:48, :48]
+    truth = np.sin(x / 4 + y / 6).astype(np.float32)
+    measured = rng.random(truth.shape) < 0.25
+    for name in ("before", "after"):
+        tifffile.imwrite(tmp_path / f"{name}.tif", np.where(measured, truth, np.nan))
+    gaps = int((~measured).sum())
+    viewer = make_napari_viewer()
+    open_file(viewer, tmp_path / "before.tif")
+    dock = open_tool(viewer, "Partial-scan completer")
+    nan_mask = "NaN pixels = not measured"
+    assert (dock.mode.value, dock.mask_layer.value) == ("Complete measured data", nan_mask)
+    assert dock.status.value.startswith(f"Ready: before has {gaps} NaN pixels")
+    click(qtbot, dock.run_button, dock)
+    expected = complete_scan(np.where(measured, truth, 0), measured)
+    np.testing.assert_allclose(viewer.layers["before completed"].data, expected.image, rtol=1e-5)
+    dock.mode.value = "Simulate"  # a user's choice; a NaN file opened next is completed anyway
+    open_file(viewer, tmp_path / "after.tif")
+    assert dock.sparse_layer.value.name == "after"
+    assert dock.mask_layer.value == nan_mask
+    dock.mode.value = "Simulate"
+    dock.image_layer.value = viewer.layers["after"]
+    click(qtbot, dock.run_button, dock)
+    assert "has NaN pixels: it is a sparse scan, not a full image" in dock.status.value

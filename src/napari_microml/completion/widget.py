@@ -30,6 +30,7 @@ from napari_microml.runtime.widget import (
 
 SIMULATE, COMPLETE = "Simulate", "Complete measured data"
 IMAGE_MASK, POINTS = "sparse image + mask", "scan points + values"
+NAN_MASK = "NaN pixels = not measured"  # the Mask choice for a scan saved with NaN gaps (CLI's)
 
 
 def _model_choices() -> list[tuple[str, str]]:
@@ -122,7 +123,8 @@ class ScanCompleterWidget(ToolWidget):
         self.mask_layer = ComboBox(
             label="Mask",
             choices=self._mask_choices,
-            tooltip="Labels or image layer; non-zero = measured pixel",
+            tooltip="Labels or image layer, non-zero = measured pixel; or 'NaN pixels = not "
+            "measured' for a sparse image whose gaps are NaN",
         )
         self.points_layer = layer_picker(napari.layers.Points, label="Scan points")
         self.feature = ComboBox(
@@ -160,6 +162,9 @@ class ScanCompleterWidget(ToolWidget):
             viewer, [self.mode, *self._simulate, *self._complete, self.model, self.sigma]
         )
         self._prefer_sparse_layer()
+        first = self.image_layer.value
+        if self.mode.value == SIMULATE and first is not None and first.ndim == 2:
+            self._complete_nan_scan(first)  # opened before the dock
 
         from qtpy.QtCore import QTimer
 
@@ -197,7 +202,7 @@ class ScanCompleterWidget(ToolWidget):
         layers.sort(
             key=lambda la: (not isinstance(la, napari.layers.Labels), "mask" not in la.name.lower())
         )
-        return [(layer.name, layer) for layer in layers]
+        return [(layer.name, layer) for layer in layers] + [(NAN_MASK, NAN_MASK)]
 
     def _feature_choices(self, *_):
         layer = self.points_layer.value if hasattr(self, "points_layer") else None
@@ -214,19 +219,37 @@ class ScanCompleterWidget(ToolWidget):
 
     def _follow_opened(self, layer) -> None:
         """A grey 2D image just opened from a file becomes the 'Full image' to simulate a scan
-        of: Run otherwise re-ran the image before it while the new file lay on top."""
+        of: Run otherwise re-ran the image before it while the new file lay on top. One with
+        NaN pixels is a sparse scan saved with NaN gaps: it is completed, NaN = not measured."""
         if (
-            self.mode.value != SIMULATE
-            or not isinstance(layer, napari.layers.Image)
+            not isinstance(layer, napari.layers.Image)
             or getattr(layer, "rgb", False)
             or layer.ndim != 2
             or _is_scan(layer)
+            or self.busy
         ):
+            return
+        if self._complete_nan_scan(layer) or self.mode.value != SIMULATE:
             return
         with self.image_layer.changed.blocked():  # no mask preview drawn over the new file
             followed = pick(self.image_layer, layer)
         if followed and not self.busy:  # the last run's sentence was about the image before
             self._say(f"Ready: Run simulates a {self.kind.value} scan of {layer.name}.")
+
+    def _complete_nan_scan(self, layer) -> bool:
+        """Set the dock to complete ``layer`` when it has NaN pixels (a sparse scan saved with
+        NaN gaps, as ``microml complete`` reads one), and say so; False when it has none."""
+        gaps = _nan_count(layer.data)
+        if not gaps:
+            return False
+        self.mode.value, self.source.value = COMPLETE, IMAGE_MASK
+        if pick(self.sparse_layer, layer):
+            self.mask_layer.value = NAN_MASK
+            self._say(
+                f"Ready: {layer.name} has {gaps} NaN pixels "
+                f"({100 * gaps / layer.data.size:.1f} %), read as not measured: Run fills them."
+            )
+        return True
 
     def _prefer_sparse_layer(self):
         """Point 'Sparse image' and 'Scan points' at a scan our reader opened (e.g. a Direct
@@ -318,6 +341,11 @@ class ScanCompleterWidget(ToolWidget):
                 f"Layer {layer.name!r} has {layer.ndim} dimensions; Simulate needs a "
                 "single 2D image."
             )
+        if _nan_count(layer.data):
+            raise ValueError(
+                f"Layer {layer.name!r} has NaN pixels: it is a sparse scan, not a full image. "
+                f"Choose Mode '{COMPLETE}' with Mask '{NAN_MASK}' to fill them."
+            )
         coverage = float(self.coverage.value) / 100.0
         mask = scan_mask(self.kind.value, layer.data.shape, coverage, seed=int(self.seed.value))
         params = {
@@ -336,6 +364,13 @@ class ScanCompleterWidget(ToolWidget):
     def _complete_plan(self) -> _Plan:
         if self.source.value == IMAGE_MASK:
             layer = self._grey(self.sparse_layer.value, "sparse image")
+            if self.mask_layer.value == NAN_MASK:
+
+                def prepare_nan(values):
+                    return (*check_sparse(values, np.isfinite(values)), None)
+
+                nan_params = {"mode": "complete", "mask_layer": NAN_MASK}
+                return _Plan(layer, nan_params, False, prepare_nan, {"values": layer})
             mask_layer = self._grey(self.mask_layer.value, "mask")
             params = {"mode": "complete", "mask_layer": mask_layer.name}
 
@@ -491,6 +526,13 @@ def _outside_sentence(mask: np.ndarray) -> str:
         f"{cols[0]}–{cols[-1]} the scan covered: they are extrapolated, not interpolated "
         "(see their uncertainty)."
     )
+
+
+def _nan_count(data) -> int:
+    """NaN pixels of an image in memory (0 for a lazy one: not read on the GUI thread)."""
+    if hasattr(data, "compute") or np.asarray(data).dtype.kind != "f":
+        return 0
+    return int(np.isnan(data).sum())
 
 
 def _is_scan(layer) -> bool:
