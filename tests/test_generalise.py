@@ -154,3 +154,20 @@ def test_sublattices_and_lattice_constants_ignore_stuck_pixels():
     got = mm.analyze_lattice(positions, image=bad, pixel_size=0.0122465)
     np.testing.assert_array_equal(got.sublattice, clean.sublattice)
     assert got.lattice["a_pm"] == pytest.approx(clean.lattice["a_pm"], rel=1e-6)
+
+
+@needs_a18
+def test_the_second_fitting_pass_does_not_read_as_the_column_count():
+    """The last progress message of a run was "fitted 4/4 columns" for 118 columns: the second
+    pass over the columns too wide for their window."""
+    from napari_microml.atoms.finder import find_atoms_iter
+
+    gen, fitted = find_atoms_iter(_a18_crop(256), model="default"), []
+    while True:
+        try:
+            fitted += [m for m in [next(gen)[3]] if "fitted" in m]
+        except StopIteration as stop:
+            n = len(stop.value.positions)
+            break
+    assert fitted[0].endswith(f"fitted {n}/{n} columns")
+    assert all("again" in m for m in fitted[1:]) and len(fitted) > 1

@@ -426,7 +426,8 @@ def refine_positions_iter(
             else:  # centre of mass
                 out[sl] = centres + com_pos
                 feats["position_std"][sl] = com_std
-            yield progress(lo + len(sl), len(todo), f"fitted {lo + len(sl)}/{len(todo)} columns")
+            what = "columns" if len(todo) == n else f"wide columns again, {2 * r + 1} px windows"
+            yield progress(lo + len(sl), len(todo), f"fitted {lo + len(sl)}/{len(todo)} {what}")
         # a column wider than its window (the fit's width runs to its 1.5 r bound and the
         # background goes negative: ABF dips, ~5 px wide where O columns are 13 px apart) is
         # fitted once more in a window 1.6× as wide; _own_pixels keeps its neighbours out
