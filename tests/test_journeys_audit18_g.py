@@ -181,6 +181,8 @@ def test_dkl_status_names_the_value_its_units_and_where_the_best_is(
     open_file(viewer, shared_data / "dkl" / "CuZn_HAADF.hspy")
     open_file(viewer, shared_data / "dkl" / "CuZn_EELS_mapping_tutorial.hspy")
     dock = open_tool(viewer, "Active learning (DKL)")
+    # it said 'the counts of the strongest edge': the value is integrated over eV
+    assert "edge (onset 931 eV): counts·eV over 931–991 eV above a power law" in dock.status.value
     click(qtbot, dock.init_button, dock)
     qtbot.waitUntil(lambda: "measured" in viewer.layers, timeout=10_000)
     qtbot.wait(300)

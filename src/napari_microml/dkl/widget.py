@@ -500,8 +500,8 @@ class ActiveLearningWidget(ToolWidget):
             self.win_lo.value, self.win_hi.value = s0, s1
             self.win2_lo.value, self.win2_hi.value = p0, p1
             what = (
-                f"counts of the strongest edge (onset {choice.position:.4g} {u}) over "
-                f"{s0:.4g}–{s1:.4g} {u} above a power law fitted over {p0:.4g}–{p1:.4g} {u}"
+                f"intensity of the strongest edge (onset {choice.position:.4g} {u}): counts·{u} "
+                f"over {s0:.4g}–{s1:.4g} {u} above a power law fitted over {p0:.4g}–{p1:.4g} {u}"
             )
             others = [e.onset for e in choice.edges[1:]]
             if others:
@@ -512,7 +512,7 @@ class ActiveLearningWidget(ToolWidget):
             self.win_lo.value, self.win_hi.value = float(values.min()), float(values.max())
             what = (
                 f"area of the peak at {choice.position:.4g} {u} over "
-                f"{values.min():.4g}–{values.max():.4g} {u}"
+                f"{values.min():.4g}–{values.max():.4g} {u} (counts·{u})"
             )
         else:
             self._say(
