@@ -171,3 +171,20 @@ def test_the_second_fitting_pass_does_not_read_as_the_column_count():
             break
     assert fitted[0].endswith(f"fitted {n}/{n} columns")
     assert all("again" in m for m in fitted[1:]) and len(fitted) > 1
+
+
+def test_stuck_pixels_are_no_defects():
+    """20 stuck pixels in a 160² crystal were called vacancies, dopants and interstitials."""
+    import napari_microml as mm
+    from napari_microml.synth.lattice import simulate_lattice
+
+    image = simulate_lattice(
+        (160, 160), scene="crystal", lattice="perovskite", spacing=12.0, dose=300, seed=4
+    ).image.astype(float)
+    stuck = image.copy()
+    k = np.random.default_rng(0).choice(image.size, 20, replace=False)
+    span = np.ptp(image)
+    stuck.flat[k[:10]] = image.min() - 50 * span
+    stuck.flat[k[10:]] = image.max() + 50 * span
+    clean, got = mm.segment_defects(image), mm.segment_defects(stuck)
+    assert list(got.table["class"]) == list(clean.table["class"])

@@ -26,6 +26,7 @@ from napari_microml.runtime.validate import (
     check_probability,
     check_tile,
     fill_nonfinite,
+    repair_outliers,
     robust_normalize,
 )
 from napari_microml.runtime.workers import drain, progress, relabel
@@ -238,6 +239,8 @@ def segment_defects_iter(
     # 0–1 in float64 first: the same numbers (and defects) whatever the image's units
     scaled = as_scaled_stack(image, what="image")
     stack, is_stack = scaled.stack, scaled.is_stack
+    for frame in stack:  # a fresh array: stuck pixels repaired in place (a spike is no defect)
+        repair_outliers(frame)
     user_atoms = _check_atoms(atoms, stack.shape, is_stack)
     first = fill_nonfinite(stack[0])
     zoom, period = zoom_for(first, rescale, low=6.0, high=30.0)  # trained: 6–24 px
