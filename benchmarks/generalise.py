@@ -5,7 +5,8 @@ pixel sizes, dtypes, offsets, dead pixels, inverted contrast, shear, sizes; spec
 descending, with fewer channels; other scan coverages) and run through the public API with
 default settings. Every variation's score is printed beside the unperturbed baseline of the
 same run, with the physical quantity that must not change (lattice constant in pm, shift in eV).
-Usage: python benchmarks/generalise.py [--only atoms,abf,pt,spectra,completion,large] [--out FILE]
+Usage: python benchmarks/generalise.py [--only atoms,abf,pt,defects,spectra,completion,large]
+       [--out FILE]
 """
 
 from __future__ import annotations
@@ -144,6 +145,29 @@ def pt_section(n_images: int = 11) -> dict:
         }
         for k, v in rows.items()
     }
+
+
+def defects_section() -> dict:
+    """Defect counts on the Acquisition_18 crop at other samplings and with stuck pixels (the
+    crop is one crystal: every call beyond the baseline's is a false one)."""
+    img = _read("formats/Acquisition_18.emd")[256:768, 256:768]
+    k = np.random.default_rng(0).choice(img.size, 20, replace=False)
+    stuck = img.copy()
+    stuck.flat[k[:10]] = img.min() - 50 * np.ptp(img)
+    stuck.flat[k[10:]] = img.max() + 50 * np.ptp(img)
+    cases = {"baseline": (img, A18_NM), "20 stuck px": (stuck, A18_NM)}
+    cases |= {f"zoom x{f}": (resample(img, f), A18_NM / f) for f in ZOOMS}
+    rows = {}
+    for name, (x, px) in cases.items():
+        t = time.perf_counter()
+        r = mm.segment_defects(x, pixel_size=px)
+        c = r.counts()
+        rows[name] = {
+            "counts": {str(a): int(b) for a, b in zip(c["class"], c["count"], strict=True)},
+            "zoom": r.provenance.get("parameters", {}).get("zoom"),
+            "seconds": round(time.perf_counter() - t, 2),
+        }
+    return rows
 
 
 def _write_spectra(path: Path, d: dict) -> None:
@@ -336,7 +360,7 @@ def large_section() -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--only", default="atoms,abf,pt,spectra,completion,large")
+    ap.add_argument("--only", default="atoms,abf,pt,defects,spectra,completion,large")
     ap.add_argument("--out")
     args = ap.parse_args()
     import torch
@@ -355,6 +379,8 @@ def main() -> None:
             out["ABF SrTiO3 384 crop"] = atoms_section("formats/stem_abf_data.hspy", 0.00933, 384)
         if "pt" in parts:
             out["Pt/C single atoms"] = pt_section()
+        if "defects" in parts:
+            out["defects, Acquisition_18 512 crop"] = defects_section()
         if "spectra" in parts:
             import tempfile
 
