@@ -195,3 +195,57 @@ def test_a_dock_opened_after_two_files_works_on_the_last_one(make_napari_viewer,
     viewer.add_image(np.zeros((64, 64), np.float32), name="second")
     assert viewer.layers.selection.active.name == "second"
     assert open_tool(viewer, tool).image_layer.value.name == "second"
+
+
+def test_cancel_after_the_last_step_says_cancelled(make_napari_viewer, qtbot, monkeypatch):
+    """Lattice analysis, Cancel pressed during its last step (the maps): superqt then emits
+    neither 'returned' nor 'aborted', and the status kept 'atom counting: done' (DM3 survey,
+    Cancel 0.5 s into a run) as if the run were still going or had finished."""
+    import threading
+
+    from napari_microml.lattice import maps
+
+    sample = simulate_lattice((128, 128), scene="crystal", seed=1)
+    viewer = make_napari_viewer()
+    viewer.add_image(sample.image.astype(np.float32), name="xtal")
+    viewer.add_points(sample.positions, name="xtal atoms")
+    tool = open_tool(viewer, "Lattice analysis")
+    reached, go = threading.Event(), threading.Event()
+    real = maps.interpolated_maps
+
+    def held(*args, **kwargs):
+        reached.set()
+        go.wait(30)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(maps, "interpolated_maps", held)
+    names = [layer.name for layer in viewer.layers]
+    tool.run_button.native.click()
+    qtbot.waitUntil(reached.is_set, timeout=60_000)
+    tool.run_button.native.click()  # Cancel, while the worker makes the maps
+    go.set()
+    qtbot.waitUntil(lambda: tool.worker is None, timeout=60_000)
+    qtbot.wait(100)
+    assert tool.status.value == "Cancelled: no layers were changed.", tool.status.value
+    assert [layer.name for layer in viewer.layers] == names
+    assert tool.run_button.text == "Run"
+
+
+def test_one_colour_bar_after_a_second_image_is_analysed(make_napari_viewer, qtbot):
+    """Lattice analysis on Acquisition_18, then on the DM3 survey: both exx colour bars showed,
+    stacked, under one title 'colour bar: exx (%), ±20 %' that named only the second."""
+    viewer = make_napari_viewer()
+    tool = open_tool(viewer, "Lattice analysis")
+    for name, seed in (("first", 1), ("second", 2)):
+        sample = simulate_lattice((128, 128), scene="crystal", seed=seed)
+        image = viewer.add_image(sample.image.astype(np.float32), name=name)
+        viewer.add_points(sample.positions, name=f"{name} atoms")
+        tool.image_layer.value = image
+        click(qtbot, tool.run_button, tool)
+        assert tool.status.value.startswith("Done"), tool.status.value
+    bars = [
+        layer.name
+        for layer in viewer.layers
+        if getattr(layer, "colorbar", None) is not None and layer.colorbar.visible
+    ]
+    assert bars == ["second exx"], bars

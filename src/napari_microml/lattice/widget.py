@@ -517,6 +517,10 @@ class LatticeWidget(ToolWidget):
             colorbar.visible = key == "exx"
             colorbar.size = (25, 220)  # room for the ticks between the ends
         if key == "exx":
+            for other in self.viewer.layers:  # one bar, the one the title names
+                bar = getattr(other, "colorbar", None)
+                if other.name != layer.name and bar is not None and bar.visible:
+                    bar.visible = False
             name_colour_bar(self.viewer, f"{key} ({unit}), ±{lim:g} {unit}")
 
     def _write_vectors(self, run, base, phys):

@@ -474,6 +474,7 @@ class ToolWidget(Container):
             show_error(f"{self.tool_name}: {type(err).__name__}: {err}")
             return None
         self._job = job
+        self._ended = False  # set by returned, aborted or errored
         self._layer_problems = []
         self._layers_before = {_layer_key(layer) for layer in self.viewer.layers}
         worker = create_worker(job.run, _start_thread=False)
@@ -590,6 +591,7 @@ class ToolWidget(Container):
                 self._finish()
 
     def _on_returned(self, result):
+        self._ended = True
         if isinstance(result, Refused):  # no layer is written
             self._cannot_run(ValueError(result.reason))
             return
@@ -602,6 +604,7 @@ class ToolWidget(Container):
         return "Cancelled: no layers were changed."
 
     def _on_aborted(self):
+        self._ended = True
         self.later(self._after_abort)  # after any partial result still queued for the screen
 
     def _after_abort(self):
@@ -685,9 +688,15 @@ class ToolWidget(Container):
         self.native.horizontalScrollBar().setValue(0)  # only up/down: labels stay readable
 
     def _on_error(self, err):
+        self._ended = True
         self._say(f"Failed: {err or type(err).__name__}")
 
     def _on_finished(self):
+        if not getattr(self, "_ended", True):
+            # Cancel after the job's last step: superqt emits neither returned nor aborted, and
+            # the status kept the last progress line ("atom counting: done")
+            self._ended = True
+            self.later(self._after_abort)
         if self._ui_queue:  # busy until the queued layer updates are on screen
             self._finish_pending = True
         else:
