@@ -290,3 +290,27 @@ def test_completer_fills_a_sparse_scan_saved_with_nan_gaps(make_napari_viewer, q
     dock.image_layer.value = viewer.layers["after"]
     click(qtbot, dock.run_button, dock)
     assert "has NaN pixels: it is a sparse scan, not a full image" in dock.status.value
+
+
+def test_dkl_run_after_the_budget_is_spent_says_so(shared_data, make_napari_viewer, qtbot):
+    """CuZn pair, budget 6: Run measured 6 points; pressing Run (or Step) again did nothing and
+    left the last sentence on screen, as if the press was lost. It now says the budget is spent
+    and what to do; raising Budget continues the same campaign."""
+    viewer = make_napari_viewer()
+    open_file(viewer, shared_data / "dkl" / "CuZn_HAADF.hspy")
+    open_file(viewer, shared_data / "dkl" / "CuZn_EELS_mapping_tutorial.hspy")
+    dock = open_tool(viewer, "Active learning (DKL)")
+    dock.budget.value = 6
+    click(qtbot, dock.run_button, dock)
+    qtbot.waitUntil(lambda: dock.status.value.startswith("Step"), timeout=10_000)
+    assert len(viewer.layers["measured"].data) == 6
+    for button in (dock.run_button, dock.step_button):
+        click(qtbot, button, dock)
+        assert dock.status.value == (
+            "Cannot run: All 6 points of the budget are measured; raise Budget to measure "
+            "more, or press Initialize to start a new campaign."
+        )
+    dock.budget.value = 7
+    click(qtbot, dock.run_button, dock)
+    qtbot.waitUntil(lambda: dock.status.value.startswith("Step"), timeout=10_000)
+    assert len(viewer.layers["measured"].data) == 7

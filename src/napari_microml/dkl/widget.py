@@ -706,6 +706,11 @@ class ActiveLearningWidget(ToolWidget):
             )
             pending = None
         else:
+            if self.learner.n_observed >= budget:  # Run/Step did nothing and said nothing
+                raise ValueError(
+                    f"All {budget} points of the budget are measured; raise Budget to measure "
+                    "more, or press Initialize to start a new campaign."
+                )
             campaign = (self.learner, self.source)
             pending = self._pending_points()
 
