@@ -18,6 +18,7 @@ def _single_atoms(viewer, name, seed):
     return viewer.add_image(sample.image.astype(np.float32), name=name), sample
 
 
+@pytest.mark.slow  # a 30-step fine-tune: ~17 s
 def test_finder_status_names_the_model_teach_selected(make_napari_viewer, qtbot):
     """Teach saves a model trained on every image it was shown, so nothing is re-run: the Atom
     finder's Model list showed the new model while its status still described the old run, as
@@ -85,6 +86,7 @@ def test_defect_table_shows_nm_on_a_calibrated_image_and_px_otherwise(make_napar
         assert set(shown) | set(hidden) <= set(dock.table.columns)  # the export keeps both
 
 
+@pytest.mark.realdata
 def test_lattice_on_isolated_atoms_says_whose_columns_failed(
     make_napari_viewer, qtbot, shared_data
 ):
@@ -105,6 +107,7 @@ def test_lattice_on_isolated_atoms_says_whose_columns_failed(
     assert [lyr.name for lyr in viewer.layers] == [layer.name]  # nothing half-written
 
 
+@pytest.mark.realdata
 def test_atom_tools_on_a_coarse_image_say_it_cannot_show_columns(
     make_napari_viewer, qtbot, shared_data
 ):
@@ -133,6 +136,7 @@ def test_atom_tools_on_a_coarse_image_say_it_cannot_show_columns(
     )
 
 
+@pytest.mark.realdata
 def test_a_file_opened_after_a_run_is_the_one_run_works_on(make_napari_viewer, qtbot, shared_data):
     """Pt 021, Run, then File > Open 025: the docks kept 021, so Run re-ran 021 and wrote its
     points under 025 (same size, drawn on top) while the status repeated 'Found 27 atoms'."""
