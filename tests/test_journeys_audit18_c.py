@@ -84,6 +84,7 @@ def test_defect_table_shows_nm_on_a_calibrated_image_and_px_otherwise(make_napar
         n = len(dock.table)
         assert dock.title.text().startswith(f"{layer.name}: {n} defect{'' if n == 1 else 's'}")
         assert set(shown) | set(hidden) <= set(dock.table.columns)  # the export keeps both
+        assert "dopant_" not in widget.status.value, widget.status.value  # said in words
 
 
 @pytest.mark.realdata
@@ -253,3 +254,15 @@ def test_one_colour_bar_after_a_second_image_is_analysed(make_napari_viewer, qtb
         if getattr(layer, "colorbar", None) is not None and layer.colorbar.visible
     ]
     assert bars == ["second exx"], bars
+
+
+def test_defect_counts_are_said_in_words():
+    """The DM3 survey's status read 'Found 9 interstitial, 6 dopant_bright': class ids, no
+    plurals."""
+    from napari_microml.defects.classes import CLASS_NAMES
+    from napari_microml.defects.widget import said
+
+    assert said("dopant_bright", 6) == "6 bright dopants"
+    assert said("interstitial", 9) == "9 interstitials"
+    assert said("vacancy", 1) == "1 vacancy" and said("vacancy", 2) == "2 vacancies"
+    assert all("_" not in said(name, 2) for name in CLASS_NAMES)

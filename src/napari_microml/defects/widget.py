@@ -144,6 +144,22 @@ def _prepare_first_run() -> None:
     _warm_label_colormap(SimpleNamespace(labels=labels, table=table))
 
 
+SAID = {
+    "vacancy": ("vacancy", "vacancies"),
+    "dopant_bright": ("bright dopant", "bright dopants"),
+    "dopant_dim": ("dim dopant", "dim dopants"),
+    "interstitial": ("interstitial", "interstitials"),
+    "extended": ("extended defect", "extended defects"),
+}
+"""How the status line names each class (the table and the CSV keep the class ids)."""
+
+
+def said(name: str, n: int) -> str:
+    """'6 bright dopants', '1 vacancy': ``n`` defects of class ``name`` in words."""
+    one, many = SAID.get(name, (name, name))
+    return f"{n} {one if n == 1 else many}"
+
+
 @dataclass
 class DefectRun:
     """What the worker hands to the GUI thread: the segmentation and the environments."""
@@ -323,7 +339,7 @@ class DefectSegmenterWidget(ToolWidget):
             env_counts = self._show_environments(layer, res, env, atoms_name)
         self._update_table(layer, res, env_counts, prov)
         counts = res.table["class"].value_counts()
-        text = ", ".join(f"{n} {c}" for c, n in counts.items()) or "no defects"
+        text = ", ".join(said(c, n) for c, n in counts.items()) or "no defects"
         params = res.provenance["parameters"]
         if params.get("dropped_at_edge"):
             n_edge = int(params["dropped_at_edge"])
