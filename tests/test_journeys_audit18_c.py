@@ -155,6 +155,8 @@ def test_a_file_opened_after_a_run_is_the_one_run_works_on(make_napari_viewer, q
         assert tool.image_layer.value.name == second.name
         assert tool.status.value == f"Ready: Run {ready} {second.name!r}.", tool.status.value
     assert defects.atoms_layer.value is None  # 021's points do not belong to 025
+    open_file(viewer, shared_data / "formats" / "EELS_SI.dm4")  # for the Shift-VAE: not followed
+    assert finder.image_layer.value.name == defects.image_layer.value.name == second.name
     click(qtbot, finder.run_button, finder)
     click(qtbot, defects.run_button, defects)
     assert f"{second.name} atoms" in viewer.layers and f"{second.name} defects" in viewer.layers

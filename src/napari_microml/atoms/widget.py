@@ -181,13 +181,21 @@ def follow_opened_images(tool: ToolWidget, ready) -> None:
     ``ready(layer)`` on its status line: Run re-ran the image before it while the new file lay on
     top, hiding the result. Tools' own layers (no file path) are not followed."""
     layers = tool.viewer.layers
+
+    def usable(layer) -> bool:  # a grey image, not a spectrum image opened for the Shift-VAE
+        try:
+            check_image_layer(layer, tool=tool.tool_name)
+        except ValueError:
+            return False
+        return isinstance(layer, napari.layers.Image)
+
     active = layers.selection.active
-    if isinstance(active, napari.layers.Image) and not active.rgb:
+    if usable(active):
         pick(getattr(tool, "image_layer"), active)  # noqa: B009 - every image tool has one
 
     def on_inserted(event):
         layer = opened_from_file(event)
-        if not isinstance(layer, napari.layers.Image) or layer.rgb:
+        if not usable(layer):
             return
         if pick(getattr(tool, "image_layer"), layer):  # noqa: B009 - every image tool has one
             sentence = ready(layer)
