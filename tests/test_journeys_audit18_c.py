@@ -106,6 +106,7 @@ def test_lattice_on_isolated_atoms_says_whose_columns_failed(
     assert status.startswith("Cannot run: The Atom finder found "), status
     assert f"columns in {layer.name!r}" in status and "Isolated atoms" in status, status
     assert [lyr.name for lyr in viewer.layers] == [layer.name]  # nothing half-written
+    assert widget.progress.value == 0  # not a full bar beside 'Cannot run'
 
 
 @pytest.mark.realdata

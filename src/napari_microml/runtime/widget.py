@@ -669,6 +669,7 @@ class ToolWidget(Container):
         from napari.utils.notifications import show_warning
 
         self._say(f"Cannot run: {err}")
+        self.progress.value = 0  # a refusal found in the worker left the bar full beside it
         self._show_status()
         show_warning(str(err))
 
