@@ -195,6 +195,7 @@ def test_dkl_status_names_the_value_its_units_and_where_the_best_is(
     y, x = np.asarray(points.data[best]) * points.scale + points.translate
     assert float(match.group(1)) == pytest.approx(points.features["value"][best], rel=1e-3)
     assert (float(match.group(2)), float(match.group(3))) == pytest.approx((x, y), abs=0.01)
+    assert dock.ax_best.get_ylabel() == "best edge intensity (counts·eV)"  # was 'best value'
 
 
 def test_completer_says_which_pixels_of_a_random_roi_scan_are_extrapolated(

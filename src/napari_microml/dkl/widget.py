@@ -131,23 +131,33 @@ def plane_kwargs(layer) -> dict:
     return {k: tuple(v[i] for i in range(layer.ndim) if i != index) for k, v in full.items()}
 
 
+def value_unit(context: RunContext) -> str:
+    """The units of one measurement's value ('' for a scalar map or a ratio)."""
+    u = context.units
+    counts = "counts" if u == "eV" else "a.u."  # EELS holds counts; PFM loops a response
+    if context.parameters.get("source") == "scalar map":
+        return ""
+    return {
+        "peak height": counts,
+        "peak area": f"{counts}·{u}",
+        "peak centroid": u,
+        "edge intensity": f"{counts}·{u}",
+        "loop area": f"{u} × {counts}",
+    }.get(context.scalarizer, "")
+
+
 def value_name(context: RunContext) -> str:
     """What one measurement's value is, with its units: e.g. 'edge intensity over 931–991 eV
     (counts·eV above the pre-edge background)'."""
-    p, u = context.parameters, context.units
-    if p.get("source") == "scalar map":
+    if context.parameters.get("source") == "scalar map":
         return "value"
-    counts = "counts" if u == "eV" else "a.u."  # EELS holds counts; PFM loops a response
     lo, hi = context.window
-    span = f"over {lo:.4g}–{hi:.4g} {u}"
-    return {
-        "peak height": f"peak height {span} ({counts})",
-        "peak area": f"peak area {span} ({counts}·{u})",
-        "peak centroid": f"peak centroid {span} ({u})",
-        "window ratio": f"window ratio {span} (no unit)",
-        "edge intensity": f"edge intensity {span} ({counts}·{u} above the pre-edge background)",
-        "loop area": f"loop area ({u} × {counts})",
-    }.get(context.scalarizer, context.scalarizer)
+    unit = value_unit(context) or "no unit"
+    if context.scalarizer == "loop area":
+        return f"loop area ({unit})"
+    if context.scalarizer == "edge intensity":
+        unit += " above the pre-edge background"
+    return f"{context.scalarizer} over {lo:.4g}–{hi:.4g} {context.units} ({unit})"
 
 
 def best_sentence(snap) -> str:
@@ -915,7 +925,9 @@ class ActiveLearningWidget(ToolWidget):
         self.ax_best.clear()
         self.ax_best.plot(np.arange(1, len(best) + 1), best, "-o", ms=2)
         self.ax_best.set_xlabel("measurements", fontsize=8)
-        self.ax_best.set_ylabel("best value", fontsize=8)
+        unit = value_unit(ctx)
+        what = "value" if ctx.parameters.get("source") == "scalar map" else ctx.scalarizer
+        self.ax_best.set_ylabel(f"best {what}" + (f" ({unit})" if unit else ""), fontsize=8)
         self.ax_spec.clear()
         if snap.spectrum is not None:
             ax = snap.axis if snap.axis is not None else np.arange(len(snap.spectrum))
