@@ -173,8 +173,9 @@ def test_dkl_status_names_the_value_its_units_and_where_the_best_is(
     shared_data, make_napari_viewer, qtbot
 ):
     """CuZn pair, defaults, Initialize: the status said 'best 7.444e+04' with no unit, no
-    quantity and no place. It now names the edge-intensity window in eV, the value's units and
-    the best point in nm, the 'measured' point of highest value."""
+    quantity and no place, the plot's axis 'best value'. The status now names the
+    edge-intensity window in eV, the value's units and the best point in nm (the 'measured'
+    point of highest value); the plot says what and in which unit."""
     import re
 
     viewer = make_napari_viewer()
@@ -187,15 +188,16 @@ def test_dkl_status_names_the_value_its_units_and_where_the_best_is(
     qtbot.waitUntil(lambda: "measured" in viewer.layers, timeout=10_000)
     qtbot.wait(300)
     text = dock.status.value
-    assert "edge intensity over 931–991 eV (counts·eV above the pre-edge background)" in text
-    match = re.search(r"is ([-\d.e+]+), at x = ([\d.]+) nm, y = ([\d.]+) nm", text)
+    pattern = r"highest edge intensity \(931–991 eV\) ([-\d.e+]+) counts·eV, at x = ([\d.]+) nm"
+    match = re.search(pattern + r", y = ([\d.]+) nm\.$", text)
     assert match, text
     points = viewer.layers["measured"]
     best = int(np.argmax(points.features["value"]))
     y, x = np.asarray(points.data[best]) * points.scale + points.translate
     assert float(match.group(1)) == pytest.approx(points.features["value"][best], rel=1e-3)
     assert (float(match.group(2)), float(match.group(3))) == pytest.approx((x, y), abs=0.01)
-    assert dock.ax_best.get_ylabel() == "best edge intensity (counts·eV)"  # was 'best value'
+    assert dock.ax_best.get_ylabel() == "best (counts·eV)"  # was 'best value'
+    assert dock.ax_best.get_title() == "best edge intensity"
 
 
 def test_completer_says_which_pixels_of_a_random_roi_scan_are_extrapolated(

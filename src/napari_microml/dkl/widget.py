@@ -146,23 +146,9 @@ def value_unit(context: RunContext) -> str:
     }.get(context.scalarizer, "")
 
 
-def value_name(context: RunContext) -> str:
-    """What one measurement's value is, with its units: e.g. 'edge intensity over 931–991 eV
-    (counts·eV above the pre-edge background)'."""
-    if context.parameters.get("source") == "scalar map":
-        return "value"
-    lo, hi = context.window
-    unit = value_unit(context) or "no unit"
-    if context.scalarizer == "loop area":
-        return f"loop area ({unit})"
-    if context.scalarizer == "edge intensity":
-        unit += " above the pre-edge background"
-    return f"{context.scalarizer} over {lo:.4g}–{hi:.4g} {context.units} ({unit})"
-
-
 def best_sentence(snap) -> str:
-    """'the highest <value> is <v>, at x = …, y = … nm': the best measured point, in the
-    structure image's units."""
+    """'highest edge intensity (931–991 eV) 7.887e+04 counts·eV, at x = …, y = … nm': the best
+    measured point, in the structure image's units."""
     ctx = snap.context
     if not len(snap.values):
         return "nothing measured yet"
@@ -173,11 +159,16 @@ def best_sentence(snap) -> str:
     unit = str(phys.get("units", ("px", "px"))[-1])
     unit = {"pixel": "px", "nanometer": "nm", "micrometer": "µm"}.get(unit, unit)
     y, x = (c * float(k) + float(t) for c, k, t in zip((row, col), scale, shift, strict=True))
-    where = f"x = {x:.4g} {unit}, y = {y:.4g} {unit}"
-    if unit != "px":
-        where += f" (pixel {int(col)}, {int(row)})"
+    if ctx.parameters.get("source") == "scalar map":
+        what = "value"
+    elif ctx.scalarizer == "loop area":
+        what = "loop area"
+    else:
+        lo, hi = ctx.window
+        what = f"{ctx.scalarizer} ({lo:.4g}–{hi:.4g} {ctx.units})"
+    value = f"{snap.values[i]:.4g} {value_unit(ctx)}".rstrip()
     highest = "highest" if ctx.maximize else "lowest"
-    return f"the {highest} {value_name(ctx)} is {snap.values[i]:.4g}, at {where}"
+    return f"{highest} {what} {value}, at x = {x:.4g} {unit}, y = {y:.4g} {unit}"
 
 
 def _fork(source):
@@ -927,7 +918,8 @@ class ActiveLearningWidget(ToolWidget):
         self.ax_best.set_xlabel("measurements", fontsize=8)
         unit = value_unit(ctx)
         what = "value" if ctx.parameters.get("source") == "scalar map" else ctx.scalarizer
-        self.ax_best.set_ylabel(f"best {what}" + (f" ({unit})" if unit else ""), fontsize=8)
+        self.ax_best.set_ylabel(f"best ({unit})" if unit else "best value", fontsize=8)
+        self.ax_best.set_title(f"best {what}", fontsize=8)
         self.ax_spec.clear()
         if snap.spectrum is not None:
             ax = snap.axis if snap.axis is not None else np.arange(len(snap.spectrum))
