@@ -158,6 +158,12 @@ def test_a_file_opened_after_a_run_is_the_one_run_works_on(make_napari_viewer, q
     assert defects.atoms_layer.value is None  # 021's points do not belong to 025
     open_file(viewer, shared_data / "formats" / "EELS_SI.dm4")  # for the Shift-VAE: not followed
     assert finder.image_layer.value.name == defects.image_layer.value.name == second.name
+    lattice = open_tool(viewer, "Lattice analysis")
+    opened = open_file(viewer, shared_data / "formats" / "ROI_Random_Scan_movie.mrc")
+    movie = next(layer for layer in opened if layer.ndim == 3)  # then its sparse scan, not taken
+    assert finder.image_layer.value.name == movie.name  # it finds columns in every frame
+    assert lattice.image_layer.value.name == second.name  # one 2D image only
+    finder.image_layer.value = defects.image_layer.value = viewer.layers[second.name]
     click(qtbot, finder.run_button, finder)
     click(qtbot, defects.run_button, defects)
     assert f"{second.name} atoms" in viewer.layers and f"{second.name} defects" in viewer.layers

@@ -175,23 +175,28 @@ def recommended_threshold(model: str) -> float:
     return float(meta.get("recommended_threshold", 0.5))
 
 
-def follow_opened_images(tool: ToolWidget, ready) -> None:
+def follow_opened_images(tool: ToolWidget, ready, *, frames: bool = True) -> None:
     """Start ``tool``'s Image on the selected image layer (the file opened last; the picker's
-    default was the first layer), then make each grey image *File → Open* adds its Image and say
-    ``ready(layer)`` on its status line: Run re-ran the image before it while the new file lay on
-    top, hiding the result. Tools' own layers (no file path) are not followed."""
+    default was the first layer) or the newest it can analyse, then make each image *File →
+    Open* adds its Image and say ``ready(layer)`` on its status line: Run re-ran the image before
+    it while the new file lay on top, hiding the result. Not followed: tools' own layers (no
+    file path), spectrum images, sparse scans, and stacks of frames unless ``frames``."""
     layers = tool.viewer.layers
 
-    def usable(layer) -> bool:  # a grey image, not a spectrum image opened for the Shift-VAE
+    def usable(layer) -> bool:  # a grey image, not a spectrum image or sparse scan for others
         try:
             check_image_layer(layer, tool=tool.tool_name)
         except ValueError:
             return False
-        return isinstance(layer, napari.layers.Image)
+        if (getattr(layer, "metadata", None) or {}).get("napari_microml", {}).get("sparse_scan"):
+            return False  # the Partial-scan completer's input
+        return isinstance(layer, napari.layers.Image) and (frames or layer.ndim == 2)
 
-    active = layers.selection.active
-    if usable(active):
-        pick(getattr(tool, "image_layer"), active)  # noqa: B009 - every image tool has one
+    # the selected layer, else the newest one the tool can analyse
+    for layer in (layers.selection.active, *reversed(list(layers))):
+        if usable(layer):
+            pick(getattr(tool, "image_layer"), layer)  # noqa: B009 - every image tool has one
+            break
 
     def on_inserted(event):
         layer = opened_from_file(event)

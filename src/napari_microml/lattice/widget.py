@@ -177,7 +177,7 @@ class LatticeWidget(ToolWidget):
         self.set_button.changed.connect(self._on_set_sublattice)
         self.export_button.changed.connect(self._on_export)
         self.image_layer.changed.connect(self._match_columns)
-        follow_opened_images(self, self._ready_for)
+        follow_opened_images(self, self._ready_for, frames=False)  # it analyses one 2D image
         viewer.layers.events.inserted.connect(self._on_inserted)
         self.native.destroyed.connect(
             lambda *_: viewer.layers.events.inserted.disconnect(self._on_inserted)
