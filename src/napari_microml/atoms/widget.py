@@ -188,7 +188,8 @@ def follow_opened_images(tool: ToolWidget, ready, *, frames: bool = True) -> Non
             check_image_layer(layer, tool=tool.tool_name)
         except ValueError:
             return False
-        if (getattr(layer, "metadata", None) or {}).get("napari_microml", {}).get("sparse_scan"):
+        record = (getattr(layer, "metadata", None) or {}).get("napari_microml") or {}
+        if record.get("sparse_scan"):
             return False  # the Partial-scan completer's input
         return isinstance(layer, napari.layers.Image) and (frames or layer.ndim == 2)
 
