@@ -317,3 +317,25 @@ def test_dkl_run_after_the_budget_is_spent_says_so(shared_data, make_napari_view
     click(qtbot, dock.run_button, dock)
     qtbot.waitUntil(lambda: dock.status.value.startswith("Step"), timeout=10_000)
     assert len(viewer.layers["measured"].data) == 7
+
+
+def test_dkl_plot_is_in_view_after_a_step(shared_data, make_napari_viewer, qtbot):
+    """1500×1000 window, CuZn pair, Initialize: the best-value and last-spectrum plot sat below
+    Log file / Overwrite / Export log, its axes out of sight without scrolling. It now follows
+    the status line, wholly in the dock's view (the export controls below it)."""
+    from qtpy.QtCore import QPoint
+
+    viewer = make_napari_viewer(show=True)
+    viewer.window.resize(1500, 1000)
+    open_file(viewer, shared_data / "dkl" / "CuZn_HAADF.hspy")
+    open_file(viewer, shared_data / "dkl" / "CuZn_EELS_mapping_tutorial.hspy")
+    dock = open_tool(viewer, "Active learning (DKL)")
+    click(qtbot, dock.init_button, dock)
+    qtbot.waitUntil(lambda: dock.status.value.startswith("Step"), timeout=10_000)
+    qtbot.wait(300)
+    viewport = dock.native.viewport()
+    top = dock.canvas.mapTo(viewport, QPoint(0, 0)).y()
+    assert dock.canvas.isVisible() and 0 <= top
+    assert top + dock.canvas.height() <= viewport.height(), (top, viewport.height())
+    export = dock.export_button.native.mapTo(viewport, QPoint(0, 0)).y()
+    assert export > top  # below the plot now

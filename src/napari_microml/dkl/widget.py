@@ -530,12 +530,12 @@ class ActiveLearningWidget(ToolWidget):
         except ImportError:  # pragma: no cover - matplotlib is a dependency
             self.figure = None
             return
-        self.figure = Figure(figsize=(4, 2.6))  # fixed margins: tight_layout costs a stall
+        self.figure = Figure(figsize=(4, 2.4))  # fixed margins: tight_layout costs a stall
         self.ax_best, self.ax_spec = self.figure.subplots(1, 2)
         self.figure.subplots_adjust(left=0.17, right=0.97, bottom=0.2, top=0.88, wspace=0.45)
         self.canvas = FigureCanvasQTAgg(self.figure)
         self.canvas.setMinimumHeight(180)
-        self.add_native(self.canvas)
+        self.add_native(self.canvas, before=self.log_path.native)  # results before the export
         self.canvas.draw()  # fonts and tick machinery loaded with the dock, not mid-run
 
     def _start_mode(self, mode: str):

@@ -427,10 +427,21 @@ class ToolWidget(Container):
         scroll = self.__dict__.get("_scroll")  # None while magicgui builds the controls
         return Container.native.fget(self) if scroll is None else scroll
 
-    def add_native(self, widget) -> None:
-        """Add a Qt widget (a plot canvas) below the controls, above the closing stretch."""
+    def add_native(self, widget, before=None) -> None:
+        """Add a Qt widget (a plot canvas) below the controls, above the closing stretch, or
+        above the row holding the Qt widget ``before``."""
         layout = self._controls.layout()
-        layout.insertWidget(layout.count() - 1, widget)
+        index = layout.count() - 1
+        rows = [layout.itemAt(i).widget() for i in range(layout.count())]
+        for i, row in enumerate(rows):
+            if (
+                before is not None
+                and row is not None
+                and (row is before or row.isAncestorOf(before))
+            ):
+                index = i
+                break
+        layout.insertWidget(index, widget)
 
     # --- to implement in subclasses -------------------------------------------------------
     def make_job(self) -> Job:  # pragma: no cover - abstract
