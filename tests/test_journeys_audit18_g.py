@@ -35,6 +35,7 @@ def _line_scan(n: int = 16, channels: int = 64) -> np.ndarray:
     return (100 * np.exp(-0.5 * ((x - centres[:, None]) / 3) ** 2) + 5).astype(np.float32)
 
 
+@pytest.mark.slow  # three microml processes (torch import and a fit each)
 def test_cli_line_scan_opens_in_napari_and_a_batch_changes_no_result(make_napari_viewer, tmp_path):
     """Two findings on a synthetic line scan (no calibration), the CLI in a subprocess:
 
@@ -69,6 +70,7 @@ def test_cli_line_scan_opens_in_napari_and_a_batch_changes_no_result(make_napari
     pd.testing.assert_frame_equal(alone, together)
 
 
+@pytest.mark.slow
 @pytest.mark.realdata
 def test_cli_spectra_on_real_files_gives_nm_and_reopens(shared_data, make_napari_viewer, tmp_path):
     """EELS_SI (2×2, 1.99 nm per px) and the LSMO low-loss line scan (40 spectra 3.22 nm apart)
