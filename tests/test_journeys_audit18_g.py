@@ -341,3 +341,17 @@ def test_dkl_plot_is_in_view_after_a_step(shared_data, make_napari_viewer, qtbot
     assert top + dock.canvas.height() <= viewport.height(), (top, viewport.height())
     export = dock.export_button.native.mapTo(viewport, QPoint(0, 0)).y()
     assert export > top  # below the plot now
+
+
+def test_shift_vae_on_a_single_spectrum_says_what_file_would_do(shared_data, make_napari_viewer):
+    """DMReader_EELS_STO.dm4 holds one EELS spectrum: Run answered 'Only 1 spectrum was given;
+    the VAE needs at least 2.' It now says the file holds a single spectrum and what to open."""
+    viewer = make_napari_viewer()
+    open_file(viewer, shared_data / "formats" / "DMReader_EELS_STO.dm4")
+    dock = open_tool(viewer, "Spectral shift-VAE")
+    dock.run_button.native.click()
+    assert dock.worker is None
+    assert dock.status.value == (
+        "Cannot run: Layer 'DMReader_EELS_STO' holds a single spectrum; the shift-VAE learns "
+        "how a feature shifts across many spectra: open a spectrum image or a line scan."
+    )

@@ -378,6 +378,11 @@ class ShiftVAEWidget(ToolWidget):
             )
         if ax is None:  # a cube without metadata: channels on its last axis
             ax = cast(SpectralAxis, spectral_axis(None, layer.data.shape, required=True))
+        if int(np.prod(layer.data.shape)) == int(layer.data.shape[ax.index]):
+            raise ValueError(
+                f"Layer '{layer.name}' holds a single spectrum; the shift-VAE learns how a "
+                "feature shifts across many spectra: open a spectrum image or a line scan."
+            )
         window = None
         if not self.auto_window.value:
             lo, hi = sorted((self.win_lo.value, self.win_hi.value))
