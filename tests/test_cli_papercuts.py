@@ -95,9 +95,9 @@ def _help(capsys, tool) -> str:
 def test_help_is_tailored_to_each_subcommand(capsys):
     atoms, defects, complete = (_help(capsys, t) for t in ("atoms", "defects", "complete"))
     assert "atom-finder model" in atoms and "dichalcogenide" not in atoms and "kriging" not in atoms
-    assert "noisy image" in atoms
+    assert "trained 5–22 px" in atoms and "trained 5–36 px" in defects
     assert "dichalcogenide" in defects and "kriging" not in defects
-    assert "atoms:" not in defects and "noisy" not in defects
+    assert "atoms:" not in defects
     assert "kriging (the default" in complete and "dichalcogenide" not in complete
     lattice = _help(capsys, "lattice")
     assert "INPUT [INPUT ...] sublattices, strain, polarisation and atom counts" in lattice

@@ -1543,13 +1543,13 @@ def _parser() -> argparse.ArgumentParser:
             from napari_microml.atoms.finder import NOISY_PERIOD
             from napari_microml.runtime.spacing import RESCALE_MODES, TARGET
 
-            noisy = f" or above {NOISY_PERIOD:g} px in a noisy image" if name == "atoms" else ""
+            trained = f"5–{NOISY_PERIOD:g} px" if name == "atoms" else "5–36 px"
             sp.add_argument(
                 "--rescale",
                 default=None,
                 choices=list(RESCALE_MODES),
                 help="resample each frame's lattice for the network: auto (default) when "
-                f"its period is outside the trained range{noisy}, always to a {TARGET:g} px "
+                f"its period is outside the trained {trained}, always to a {TARGET:g} px "
                 "period, off never",
             )
         if name in ("atoms", "defects"):

@@ -319,7 +319,7 @@ class AtomFinderWidget(ToolWidget):
             value="auto",
             tooltip=CONTRAST_TIP,
         )
-        self.rescale = rescale_combo(f"5–36 px (or above {NOISY_PERIOD:g} px in a noisy image)")
+        self.rescale = rescale_combo(f"5–{NOISY_PERIOD:g} px")
         self.show_probability = CheckBox(
             label="Add probability map",
             value=False,

@@ -193,7 +193,7 @@ def rescale_combo(trained: str) -> ComboBox:
         tooltip=f"auto: a lattice whose period is outside the trained {trained} is "
         "resampled for the network (results stay in your pixels); always: any "
         f"lattice is resampled to a {TARGET:g} px period - try it when columns are "
-        "missed on a noisy image with a large period; off: never",
+        "missed; off: never",
     )
 
 
