@@ -355,3 +355,18 @@ def test_shift_vae_on_a_single_spectrum_says_what_file_would_do(shared_data, mak
         "Cannot run: Layer 'DMReader_EELS_STO' holds a single spectrum; the shift-VAE learns "
         "how a feature shifts across many spectra: open a spectrum image or a line scan."
     )
+
+
+def test_completer_takes_a_layer_with_an_empty_microml_record(make_napari_viewer, tmp_path):
+    """A layer whose metadata holds ``napari_microml: None`` (as a saved image can come back)
+    raised AttributeError in the completer's layer hooks on every layer added after it; it is
+    now an ordinary image the dock follows."""
+    import tifffile
+
+    tifffile.imwrite(tmp_path / "plain.tif", np.ones((32, 32), np.float32))
+    viewer = make_napari_viewer()
+    dock = open_tool(viewer, "Partial-scan completer")
+    empty = {"napari_microml": None}
+    viewer.add_image(np.zeros((32, 32), np.float32), name="empty", metadata=empty)
+    open_file(viewer, tmp_path / "plain.tif")
+    assert dock.image_layer.value.name == "plain"

@@ -537,9 +537,8 @@ def _nan_count(data) -> int:
 
 def _is_scan(layer) -> bool:
     """A layer our reader made from a sparse acquisition (e.g. a Direct Electron random scan)."""
-    return bool(
-        (getattr(layer, "metadata", None) or {}).get("napari_microml", {}).get("sparse_scan")
-    )
+    record = (getattr(layer, "metadata", None) or {}).get("napari_microml") or {}
+    return bool(isinstance(record, dict) and record.get("sparse_scan"))
 
 
 def _limits(lo, hi) -> tuple[float, float]:
