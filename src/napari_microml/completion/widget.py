@@ -530,7 +530,7 @@ def _outside_sentence(mask: np.ndarray) -> str:
 
 def _nan_count(data) -> int:
     """NaN pixels of an image in memory (0 for a lazy one: not read on the GUI thread)."""
-    if hasattr(data, "compute") or np.asarray(data).dtype.kind != "f":
+    if not isinstance(data, np.ndarray) or data.dtype.kind != "f":
         return 0
     return int(np.isnan(data).sum())
 
