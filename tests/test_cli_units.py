@@ -223,3 +223,25 @@ def test_pixel_size_option_calibrates_an_uncalibrated_file(tmp_path, capsys):
     assert cli.main(bad) == 2
     assert "--pixel-size must be a positive number of nm per pixel." in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
+
+
+def test_a_survey_too_coarse_for_columns_is_refused_by_defects_and_explained_by_atoms(
+    tmp_path, capsys
+):
+    """0.9 nm pixels (a low-magnification survey) cannot show columns 0.1-0.5 nm apart: the
+    segmenter's calls there are noise, and no --contrast can make the finder see columns."""
+    from napari_microml import segment_defects
+
+    noise = np.random.default_rng(0).poisson(50, (96, 96)).astype(np.float32)
+    with pytest.raises(ValueError, match="atomic-resolution image"):
+        segment_defects(noise, pixel_size=0.9)
+    src = tmp_path / "survey.hspy"
+    _write_hspy(src, noise, 0.9, "nm")
+    out = tmp_path / "out"
+    assert cli.main(["defects", str(src), "--out", str(out), "--quiet"]) != 0
+    assert "cannot show them" in capsys.readouterr().err
+    assert not out.exists() or not any(out.iterdir())
+    cli.main(["atoms", str(src), "--out", str(out), "--quiet"])
+    err = capsys.readouterr().err
+    assert "cannot show them" in err and "--contrast" not in err, err
+    assert not out.exists() or not any(out.iterdir())

@@ -263,6 +263,7 @@ def _atoms(
         "positions": np.asarray(r.positions, float).reshape(-1, 2),
         "features": _frame_table(r.features),
         "provenance": getattr(r, "provenance", None),
+        "pixel_size": pixel_size,
     }
 
 
@@ -1235,8 +1236,17 @@ def _existing_message(out: Path, existing: list[str]) -> str:
 
 def _empty_atoms(job: Job, results: list[dict], contrast: str) -> Failure | None:
     """An input in which no column was found at all gives no CSV, and says what to try."""
+    from napari_microml.runtime.units import too_coarse
+
     if any(len(r["positions"]) for r in results):
         return None
+    coarse = too_coarse(next((r.get("pixel_size") for r in results), None))
+    if coarse:  # no --contrast can help there
+        return Failure(
+            job.source.name,
+            f"no atomic columns found: {coarse}; nothing written for it. The atom finder "
+            "needs an atomic-resolution image.",
+        )
     used = contrast
     for r in results:
         prov = r.get("provenance") or {}

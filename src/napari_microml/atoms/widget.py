@@ -14,6 +14,7 @@ from napari_microml.atoms.finder import AUTO, NOISY_PERIOD, find_atoms_iter, ref
 from napari_microml.atoms.finetune import unsure_note
 from napari_microml.atoms.refine import METHODS
 from napari_microml.runtime.contrast import CONTRASTS, ContrastChoice
+from napari_microml.runtime.units import too_coarse
 from napari_microml.runtime.validate import check_image_layer
 from napari_microml.runtime.widget import (
     Job,
@@ -236,21 +237,6 @@ def write_atoms_layer(tool: ToolWidget, layer, result):
     style_points(points)
     watch_added(points)
     return points
-
-
-COARSE_PIXEL_NM = 0.1  # atom columns lie 0.1-0.5 nm apart: coarser pixels cannot show them
-
-
-def too_coarse(pixel_size: float | None, subject: str = "its pixels are") -> str:
-    """Why an image of ``pixel_size`` nm cannot show atom columns ('' when it can, or when its
-    pixel size is unknown): '<subject> 0.921 nm, and atom columns lie 0.1–0.5 nm apart, so the
-    image cannot show them'."""
-    if pixel_size is None or pixel_size <= COARSE_PIXEL_NM:
-        return ""
-    return (
-        f"{subject} {pixel_size:.3g} nm, and atom columns lie 0.1–0.5 nm apart, so the image "
-        "cannot show them"
-    )
 
 
 def found_sentence(result) -> str:

@@ -18,6 +18,7 @@ from napari_microml.runtime.contrast import check_contrast, decide
 from napari_microml.runtime.provenance import make_provenance
 from napari_microml.runtime.spacing import resample, to_original, to_resampled, zoom_for, zoom_to
 from napari_microml.runtime.tiling import TILE
+from napari_microml.runtime.units import too_coarse
 from napari_microml.runtime.validate import (
     as_scaled_stack,
     check_number,
@@ -229,6 +230,12 @@ def segment_defects_iter(
     check_contrast(contrast)
     threshold = check_probability(threshold)
     pixel_size = check_pixel_size(pixel_size)
+    coarse = too_coarse(pixel_size)
+    if coarse:  # no column shows: every call would be noise (one 'extended defect' on a survey)
+        raise ValueError(
+            f"Cannot look for defects: {coarse}. The defect segmenter needs an atomic-resolution "
+            "image."
+        )
     min_area = check_number(min_area, "min_area", low=1, integer=True, unit="pixels")
     tile = check_tile(tile)
     tta = check_number(

@@ -17,7 +17,6 @@ from napari_microml.atoms.widget import (
     CONTRAST_TIP,
     follow_opened_images,
     points_to_pixels,
-    too_coarse,
 )
 from napari_microml.defects.classes import CLASS_COLORS
 from napari_microml.defects.environments import classify_environments_iter
@@ -25,6 +24,7 @@ from napari_microml.defects.segment import segment_defects_iter
 from napari_microml.runtime.contrast import CONTRASTS, ContrastChoice
 from napari_microml.runtime.provenance import KEY
 from napari_microml.runtime.threads import start_numba_threads
+from napari_microml.runtime.units import too_coarse
 from napari_microml.runtime.validate import check_image_layer
 from napari_microml.runtime.widget import (
     Job,

@@ -238,7 +238,7 @@ class LatticeWidget(ToolWidget):
                     "Pick the image, or the Points layer of its atom columns: with no Points "
                     "layer, Run finds the columns with the Atom finder first."
                 )
-            from napari_microml.atoms.widget import too_coarse
+            from napari_microml.runtime.units import too_coarse
 
             coarse = too_coarse(pixel_size_nm(image), f"the pixels of {image.name!r} are")
             if coarse:

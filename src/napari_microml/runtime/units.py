@@ -40,3 +40,18 @@ def nm_per_pixel(*, scale: Any, units: Any) -> float | None:
     except Exception:  # noqa: BLE001 - anything pint cannot turn into a length is no calibration
         return None
     return value if math.isfinite(value) and value > 0 else None
+
+
+COARSE_PIXEL_NM = 0.1  # atom columns lie 0.1-0.5 nm apart: coarser pixels cannot show them
+
+
+def too_coarse(pixel_size: float | None, subject: str = "its pixels are") -> str:
+    """Why an image of ``pixel_size`` nm cannot show atom columns ('' when it can, or when its
+    pixel size is unknown): '<subject> 0.921 nm, and atom columns lie 0.1–0.5 nm apart, so the
+    image cannot show them'."""
+    if pixel_size is None or pixel_size <= COARSE_PIXEL_NM:
+        return ""
+    return (
+        f"{subject} {pixel_size:.3g} nm, and atom columns lie 0.1–0.5 nm apart, so the image "
+        "cannot show them"
+    )
