@@ -315,7 +315,7 @@ def _spectra(item: dict, device: str = "auto") -> dict:
     Without a channel range the window is chosen as the widget does (a peak, or the strongest
     core-loss edge); when nothing stands out the input is refused (exit 2). The window used and
     any sign of an implausible shift map come back as ``notes`` (printed on stderr)."""
-    from napari_microml.spectra.preprocess import auto_window, implausible_shift
+    from napari_microml.spectra.preprocess import auto_window, implausible_shift, narrow_peak
     from napari_microml.spectra.shift_vae import fit_shift_vae_iter
 
     spectra = np.asarray(item["spectra"])
@@ -337,6 +337,8 @@ def _spectra(item: dict, device: str = "auto") -> dict:
     name = f"{item['name']}: " if item.get("name") else ""
     notes = [f"{name}window {lo:.4g}–{hi:.4g} {units} ({how})"]
     notes += [f"{name}{warning}"] if warning else []
+    narrow = narrow_peak(spectra[..., span[0] : span[1]])
+    notes += [f"{name}{narrow}"] if narrow else []
     prov = getattr(v, "provenance", None)
     if isinstance(prov, dict):
         prov = {**prov, "window_reason": how, "warning": warning}

@@ -173,6 +173,7 @@ class Outcome:
     reason: str  # why this window, e.g. "auto, around the edge at 931 eV" or "typed"
     peak: float  # the mean spectrum's maximum inside the window (axis units): the line track
     seconds: float
+    narrow: str | None = None  # the peak is too narrow for the shifts' full size
 
     @property
     def device(self) -> str:
@@ -410,7 +411,7 @@ class ShiftVAEWidget(ToolWidget):
         return layer, plan
 
     def make_job(self):
-        from napari_microml.spectra.preprocess import auto_window
+        from napari_microml.spectra.preprocess import auto_window, narrow_peak
         from napari_microml.spectra.shift_vae import check_spectra, fit_shift_vae_iter
 
         layer, plan = self._plan()
@@ -464,7 +465,9 @@ class ShiftVAEWidget(ToolWidget):
                 ):
                     last = now
                     yield replace(loss, text=f"{head}; {loss.text}")
-            return Outcome(result, plan, window, auto, how, peak, time.perf_counter() - start)
+            narrow = narrow_peak(spectra[..., window[0] : window[1]])
+            seconds = time.perf_counter() - start
+            return Outcome(result, plan, window, auto, how, peak, seconds, narrow)
 
         return Job(work, self._show_outcome, inputs={"data": layer})
 
@@ -561,7 +564,7 @@ class ShiftVAEWidget(ToolWidget):
         if not outcome.plan.line:  # the map's colour bar runs over ± the largest shift
             text += f" (colour bar ±{float(np.nanmax(np.abs(r.shift))):.3g} {u})"
         warning = implausible_shift(r.shift, window=(float(r.axis[0]), float(r.axis[-1])), units=u)
-        return f"{text}. {warning}" if warning else f"{text}."
+        return " ".join(w for w in (f"{text}.", warning, outcome.narrow) if w)
 
     def _shift_record(self, record, units):
         return {KEY: {**record, "value": "shift", "value_units": units}}
