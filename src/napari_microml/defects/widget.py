@@ -15,7 +15,6 @@ from magicgui.widgets import ComboBox, FloatSlider
 
 from napari_microml.atoms.widget import (
     CONTRAST_TIP,
-    follow_opened_images,
     points_to_pixels,
 )
 from napari_microml.defects.classes import CLASS_COLORS
@@ -29,6 +28,7 @@ from napari_microml.runtime.validate import check_image_layer
 from napari_microml.runtime.widget import (
     Job,
     ToolWidget,
+    follow_opened_images,
     layer_picker,
     physical_kwargs,
     pixel_size_nm,

@@ -21,7 +21,6 @@ from magicgui.widgets import (
     SpinBox,
 )
 
-from napari_microml.atoms.widget import follow_opened_images
 from napari_microml.lattice.analyze import column_units
 from napari_microml.runtime.contrast import CONTRASTS
 from napari_microml.runtime.provenance import KEY
@@ -29,6 +28,7 @@ from napari_microml.runtime.widget import (
     Job,
     Refused,
     ToolWidget,
+    follow_opened_images,
     layer_picker,
     name_colour_bar,
     physical_kwargs,

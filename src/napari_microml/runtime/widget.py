@@ -728,6 +728,48 @@ class ToolWidget(Container):
         return {KEY: record}
 
 
+def follow_opened_images(tool: ToolWidget, ready, *, frames: bool = True) -> None:
+    """Start ``tool``'s Image on the selected image layer (the file opened last; the picker's
+    default was the first layer) or the newest it can analyse, then make each image *File →
+    Open* adds its Image and say ``ready(layer)`` on its status line: Run re-ran the image before
+    it while the new file lay on top, hiding the result. Not followed: tools' own layers (no
+    file path), spectrum images, sparse scans, and stacks of frames unless ``frames``."""
+    import napari
+
+    from napari_microml.runtime.validate import check_image_layer
+
+    layers = tool.viewer.layers
+
+    def usable(layer) -> bool:  # a grey image, not a spectrum image or sparse scan for others
+        try:
+            check_image_layer(layer, tool=tool.tool_name)
+        except ValueError:
+            return False
+        record = (getattr(layer, "metadata", None) or {}).get("napari_microml") or {}
+        if record.get("sparse_scan"):
+            return False  # the Partial-scan completer's input
+        return isinstance(layer, napari.layers.Image) and (frames or layer.ndim == 2)
+
+    # the selected layer, else the newest one the tool can analyse
+    for layer in (layers.selection.active, *reversed(list(layers))):
+        if usable(layer):
+            pick(getattr(tool, "image_layer"), layer)  # noqa: B009 - every image tool has one
+            break
+
+    def on_inserted(event):
+        layer = opened_from_file(event)
+        if not usable(layer):
+            return
+        if pick(getattr(tool, "image_layer"), layer):  # noqa: B009 - every image tool has one
+            sentence = ready(layer)
+            if not tool.busy:  # a run's own sentence comes when it ends
+                tool.status.value = sentence
+
+    layers.events.inserted.connect(on_inserted)
+    # the dock closed: its pickers are gone
+    tool.native.destroyed.connect(lambda *_: layers.events.inserted.disconnect(on_inserted))
+
+
 def _layer_key(layer):
     """A layer's identity that survives napari's plugin proxies (a new wrapper per access)."""
     return getattr(layer, "unique_id", None) or id(layer)
