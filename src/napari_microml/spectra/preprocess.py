@@ -236,21 +236,29 @@ def find_edges(spectra, axis, *, min_jump: float = MIN_JUMP) -> list[Edge]:
     return out
 
 
-def _peak_window(x: np.ndarray, widths: float, min_channels: int) -> tuple[int, int, int] | None:
-    """``(start, stop, peak channel)`` around the most prominent peak of the mean of ``x``
-    (N, L), or ``None`` when no peak stands out of the wiggles."""
+def _dominant_peak(mean: np.ndarray, *, share: float) -> tuple[int, float] | None:
+    """``(channel, FWHM in channels)`` of the most prominent peak of ``mean``, or ``None`` when
+    there is none or its prominence is under ``share`` of the spectrum's range."""
     from scipy.signal import find_peaks, peak_widths
 
-    n = x.shape[1]
-    mean = x.mean(0)
     peaks, props = find_peaks(mean, prominence=0)
     if len(peaks) == 0:
         return None
-    prom = props["prominences"]
-    k = int(peaks[np.argmax(prom)])
-    if prom.max() < 0.05 * (mean.max() - mean.min()):  # no peak above the wiggles
+    i = int(np.argmax(props["prominences"]))
+    if props["prominences"][i] < share * (np.nanmax(mean) - np.nanmin(mean)):
         return None
-    fwhm = float(peak_widths(mean, [k], rel_height=0.5)[0][0])
+    k = int(peaks[i])
+    return k, float(peak_widths(mean, [k], rel_height=0.5)[0][0])
+
+
+def _peak_window(x: np.ndarray, widths: float, min_channels: int) -> tuple[int, int, int] | None:
+    """``(start, stop, peak channel)`` around the most prominent peak of the mean of ``x``
+    (N, L), or ``None`` when no peak stands out of the wiggles."""
+    n = x.shape[1]
+    peak = _dominant_peak(x.mean(0), share=0.05)  # a peak above the wiggles
+    if peak is None:
+        return None
+    k, fwhm = peak
     reach = int(np.ceil(max(2.0, 3 * fwhm)))  # where each spectrum's own maximum is looked for
     lo0, hi0 = max(k - reach, 0), min(k + reach + 1, n)
     own = lo0 + np.argmax(x[:, lo0:hi0], axis=1)
@@ -370,19 +378,11 @@ def narrow_peak(spectra) -> str | None:
         "The peak is … channels wide …", or ``None`` (a wider peak, or no dominant peak, e.g. an
         edge).
     """
-    from scipy.signal import find_peaks, peak_widths
-
     x = np.asarray(spectra, float)
-    mean = np.nanmean(x.reshape(-1, x.shape[-1]), axis=0)
-    peaks, props = find_peaks(mean, prominence=0)
-    if len(peaks) == 0:
+    peak = _dominant_peak(np.nanmean(x.reshape(-1, x.shape[-1]), axis=0), share=0.5)
+    if peak is None or peak[1] >= NARROW_PEAK_CHANNELS:  # wide enough, or no dominant peak
         return None
-    k = int(np.argmax(props["prominences"]))
-    if props["prominences"][k] < 0.5 * (np.nanmax(mean) - np.nanmin(mean)):  # no dominant peak
-        return None
-    fwhm = float(peak_widths(mean, [peaks[k]], rel_height=0.5)[0][0])
-    if fwhm >= NARROW_PEAK_CHANNELS:
-        return None
+    fwhm = peak[1]
     return (
         f"The peak is {fwhm:.1f} channels wide at half maximum: on so narrow a peak the shifts "
         "come out about half their size (their pattern holds); where the size matters, record "
