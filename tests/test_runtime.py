@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-from napari_microml.runtime.device import resolve_device
+from napari_microml.runtime.device import describe_device, resolve_device
 from napari_microml.runtime.provenance import make_provenance
 from napari_microml.runtime.tiling import tiled_predict
 from napari_microml.runtime.validate import as_image_stack
@@ -23,6 +23,19 @@ def test_auto_device_and_clear_errors():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA"):
             resolve_device("cuda")
+
+
+def test_cpu_label_counts_threads_in_words():
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert describe_device("cpu") == "cpu (1 thread)"
+        torch.set_num_threads(2)
+        assert describe_device("cpu") == "cpu (2 threads)"
+    finally:
+        torch.set_num_threads(before)
 
 
 @pytest.mark.parametrize("shape", [(1, 37, 53), (2, 600, 700), (1, 512, 513), (1, 9, 300)])
