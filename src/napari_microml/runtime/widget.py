@@ -23,7 +23,9 @@ the screen; extra Qt widgets (plots) go in with :meth:`ToolWidget.add_native`.
 
 Cancel calls ``worker.quit()``; the generator stops at its next yield and the result handler
 is never called, so a cancelled run leaves no half-written layer; the status then says
-"Cancelled" and the progress bar is cleared.
+"Cancelled" and the progress bar is cleared. A result that reaches the GUI thread after Cancel
+was pressed is dropped the same way. Once a result is being written, the button is disabled and
+reads "Showing results…": the run can no longer be cancelled, and the button does not offer it.
 """
 
 from __future__ import annotations
@@ -94,9 +96,19 @@ def layer_picker(annotation, **kwargs) -> ComboBox:
 
 def opened_from_file(event) -> Any:
     """The layer a ``viewer.layers.events.inserted`` event added when *File → Open* read it
-    from a file, else ``None`` (a tool's result or a layer made in the console has no path)."""
+    from a file or *File → Open Sample* made it (the first image of a sample of several), else
+    ``None`` (a tool's result or a layer made in the console has neither a path nor a sample)."""
+    import napari
+
     layer = getattr(event, "value", None)
-    return layer if getattr(getattr(layer, "source", None), "path", None) else None
+    source = getattr(layer, "source", None)
+    sample = getattr(source, "sample", None)
+    if sample and isinstance(layer, napari.layers.Image):
+        layers, index = getattr(event, "source", None) or [], getattr(event, "index", None)
+        below = layers[index - 1] if isinstance(index, int) and 0 < index <= len(layers) else None
+        if isinstance(below, napari.layers.Image) and below.source.sample == sample:
+            return None  # a sample of several images (a scan after its truth): its first counts
+    return layer if getattr(source, "path", None) or sample else None
 
 
 def pick(picker: ComboBox, layer) -> bool:
@@ -486,6 +498,7 @@ class ToolWidget(Container):
             return None
         self._job = job
         self._ended = False  # set by returned, aborted or errored
+        self._cancel_asked = False
         self._layer_problems = []
         self._layers_before = {_layer_key(layer) for layer in self.viewer.layers}
         worker = create_worker(job.run, _start_thread=False)
@@ -504,7 +517,8 @@ class ToolWidget(Container):
         return worker
 
     def cancel(self):
-        if self.worker is not None:
+        if self.worker is not None and self.run_button.enabled:  # disabled: results being shown
+            self._cancel_asked = True
             self._say("Cancelling…")
             self.worker.quit()
 
@@ -606,6 +620,12 @@ class ToolWidget(Container):
         if isinstance(result, Refused):  # no layer is written
             self._cannot_run(ValueError(result.reason))
             return
+        if getattr(self, "_cancel_asked", False):  # Cancel came before the result: honour it
+            self.later(self._after_abort)
+            return
+        # writing has begun: a Cancel now could not be honoured, so the button does not offer it
+        self.run_button.enabled = False
+        self.run_button.text = "Showing results…"
         if self._job is not None:
             self._job.on_result(result)
         self.later(lambda: self._after_result(result))
@@ -718,6 +738,7 @@ class ToolWidget(Container):
         self._finish_pending = False
         self.worker = None
         self.run_button.text = "Run"
+        self.run_button.enabled = True
         self._show_status()
 
     def _say(self, text: str):
@@ -731,9 +752,10 @@ class ToolWidget(Container):
 def follow_opened_images(tool: ToolWidget, ready, *, frames: bool = True) -> None:
     """Start ``tool``'s Image on the selected image layer (the file opened last; the picker's
     default was the first layer) or the newest it can analyse, then make each image *File →
-    Open* adds its Image and say ``ready(layer)`` on its status line: Run re-ran the image before
-    it while the new file lay on top, hiding the result. Not followed: tools' own layers (no
-    file path), spectrum images, sparse scans, and stacks of frames unless ``frames``."""
+    Open* or *Open Sample* adds its Image and say ``ready(layer)`` on its status line: Run
+    re-ran the image before it while the new file lay on top, hiding the result. Not followed:
+    tools' own layers (no file path), spectrum images, sparse scans, and stacks of frames
+    unless ``frames``."""
     import napari
 
     from napari_microml.runtime.validate import check_image_layer

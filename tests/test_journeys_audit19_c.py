@@ -1,0 +1,121 @@
+"""Journeys from the session-19 GUI audit (helper C): each test drives a dock the way the
+Plugins menu opens it, with its defaults, and fails on the code before its fix."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+from journey import click, open_tool
+
+from napari_microml.synth.lattice import simulate_lattice
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread", "user_models_folder")
+
+
+def _crystal(viewer, name="xtal", seed=1, with_points=True):
+    sample = simulate_lattice((128, 128), scene="crystal", seed=seed)
+    image = viewer.add_image(sample.image.astype(np.float32), name=name)
+    if with_points:
+        viewer.add_points(sample.positions, name=f"{name} atoms")
+    return image
+
+
+def _pump(ms: int) -> None:
+    from qtpy.QtWidgets import QApplication
+
+    end = time.perf_counter() + ms / 1000
+    while time.perf_counter() < end:
+        QApplication.processEvents()
+        time.sleep(0.005)
+
+
+def test_cancel_is_not_offered_while_the_result_is_written(make_napari_viewer, qtbot):
+    """Lattice analysis: Cancel pressed while a finished run's layers were still being written
+    (one per event-loop turn) said "Cancelling…" and then wrote the whole result ("Done: …"). Now
+    the button is disabled and says so while the result is written: it never offers a Cancel it
+    cannot honour."""
+    viewer = make_napari_viewer()
+    _crystal(viewer)
+    tool = open_tool(viewer, "Lattice analysis")
+    said, offered = [], []
+    tool.status.changed.connect(lambda value: said.append(value))
+    tool.run_button.native.click()
+    qtbot.waitUntil(lambda: bool(tool._ui_queue) and tool._ended, timeout=60_000)
+    # the result is being written: the user presses the button at once
+    offered.append((tool.run_button.enabled, tool.run_button.text))
+    tool.run_button.native.click()
+    qtbot.waitUntil(lambda: tool.worker is None, timeout=60_000)
+    assert offered == [(False, "Showing results…")], offered
+    assert "Cancelling…" not in said, said
+    assert tool.status.value.startswith("Done"), tool.status.value
+    assert (tool.run_button.enabled, tool.run_button.text) == (True, "Run")
+    assert "xtal exx" in viewer.layers
+
+
+def test_cancel_pressed_before_the_result_arrives_is_honoured(
+    make_napari_viewer, qtbot, monkeypatch
+):
+    """Cancel pressed after the worker's last step but before its result reached the window
+    (the GUI thread busy for a moment): the result was written in full under "Cancelling…"."""
+    from napari_microml.lattice import widget as lattice_widget
+
+    viewer = make_napari_viewer()
+    _crystal(viewer)
+    tool = open_tool(viewer, "Lattice analysis")
+    names = [layer.name for layer in viewer.layers]
+    go, returned = threading.Event(), threading.Event()
+    real = lattice_widget.LatticeRun
+
+    def held(*args, **kwargs):  # the worker's last line builds the run it returns
+        go.wait(30)
+        returned.set()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(lattice_widget, "LatticeRun", held)
+    tool.run_button.native.click()
+    _pump(300)
+    go.set()
+    assert returned.wait(30)
+    time.sleep(0.3)  # the worker returns; its result waits in the GUI thread's queue
+    tool.run_button.native.click()  # Cancel, before the result is handled
+    qtbot.waitUntil(lambda: tool.worker is None, timeout=60_000)
+    _pump(100)
+    assert tool.status.value == "Cancelled: no layers were changed.", tool.status.value
+    assert [layer.name for layer in viewer.layers] == names
+    assert (tool.run_button.enabled, tool.run_button.text) == (True, "Run")
+    click(qtbot, tool.run_button, tool)  # and a new run is not cancelled by the old press
+    assert tool.status.value.startswith("Done"), tool.status.value
+
+
+def test_docks_follow_a_sample_opened_after_a_run(make_napari_viewer, qtbot):
+    """File → Open Sample → 'STEM lattice with defects (synthetic)' after an Atom finder run:
+    the Atom finder, Defect segmenter and Lattice analysis stayed on the image before, so Run
+    re-ran it and drew its result under the sample (files were followed since session 18)."""
+    viewer = make_napari_viewer()
+    _crystal(viewer, with_points=False)
+    docks = {
+        name: open_tool(viewer, name)
+        for name in ("Atom finder", "Defect segmenter", "Lattice analysis")
+    }
+    finder = docks["Atom finder"]
+    click(qtbot, finder.run_button, finder)
+    assert finder.status.value.startswith("Found"), finder.status.value
+    viewer.open_sample("napari-microml", "lattice")
+    sample = "synthetic lattice"
+    assert sample in viewer.layers
+    for name, dock in docks.items():
+        assert dock.image_layer.value.name == sample, name
+        assert dock.status.value.startswith("Ready:") and repr(sample) in dock.status.value, (
+            name,
+            dock.status.value,
+        )
+    # the Lattice dock's columns are not the first image's
+    assert docks["Lattice analysis"].points_layer.value is None
+    # a sample of several images (the partial scan: its truth, then the zero-filled scan) is
+    # analysed on its first image, not on the sparse scan
+    viewer.open_sample("napari-microml", "partial_scan")
+    for name, dock in docks.items():
+        assert dock.image_layer.value.name == "full scan (truth)", name
