@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from vendor_files import write_hspy
 
 from napari_microml import cli
 from napari_microml.runtime.units import nm_per_pixel
@@ -60,24 +61,7 @@ def _lattice(shape: tuple[int, int], *, seed: int) -> np.ndarray:
 
 def _write_hspy(path: Path, image: np.ndarray, scale: float, unit: str) -> None:
     """A calibrated HyperSpy file, as a microscope export would carry it."""
-    from rsciio.hspy import file_writer
-
-    axes = [
-        {"name": n, "scale": scale, "units": unit, "size": s, "offset": 0.0, "navigate": False}
-        for n, s in zip("yx", image.shape, strict=True)
-    ]
-    signal = {
-        "data": image,
-        "axes": axes,
-        "metadata": {"General": {"title": path.stem}, "Signal": {"signal_type": ""}},
-        "original_metadata": {},
-        "tmp_parameters": {},
-        "attributes": {"_lazy": False},
-        "package_info": {"name": "", "version": ""},
-        "learning_results": {},
-        "models": {},
-    }
-    file_writer(str(path), signal)
+    write_hspy(path, image, [(n, scale, 0.0, unit, False) for n in "yx"])
 
 
 def _same_as_core(csv: Path, image: np.ndarray, size: float) -> None:

@@ -42,8 +42,8 @@ EXPECTED = {
     "EELS_SI.dm4": (
         (2, 2, 2048),
         "float32",
-        (0.0019920736085623503,) * 2 + (1.0,),
-        ("µm", "µm", "eV"),
+        (1.9920736085623503,) * 2 + (1.0,),  # µm in the file: every length opens in nm
+        ("nm", "nm", "eV"),
         ("y", "x", "Energy loss"),
         (1.0, 300.0, "eV"),
     ),
@@ -168,8 +168,20 @@ def test_matches_rsciio_directly(shared_data, name, module):
     np.testing.assert_array_equal(data, expected)
     if spec:
         axes = axes[: spec[0]] + axes[spec[0] + 1 :] + [axes[spec[0]]]
-    np.testing.assert_allclose(kw["scale"], [float(a["scale"]) for a in axes])
-    np.testing.assert_allclose(kw["translate"], [float(a["offset"]) for a in axes])
+    import pint
+
+    ureg = pint.get_application_registry()  # lengths open in nm, energies in eV
+
+    def to_open_units(a, key):
+        value, units = float(a[key]), str(a.get("units") or "")
+        target = "eV" if units in ("eV", "keV") else "nm"
+        try:
+            return ureg.Quantity(value, units).to(target).magnitude
+        except pint.PintError:  # not a length or energy: as the file gives it
+            return value
+
+    np.testing.assert_allclose(kw["scale"], [to_open_units(a, "scale") for a in axes])
+    np.testing.assert_allclose(kw["translate"], [to_open_units(a, "offset") for a in axes])
 
 
 def test_truncated_file_raises_clear_error(shared_data, tmp_path):

@@ -59,7 +59,7 @@ def test_no_feature_shows_the_whole_axis_and_says_so(make_napari_viewer, qtbot):
 def test_line_scan_positions_are_in_nm_for_a_125_nm_scan(make_napari_viewer, qtbot, shared_data):
     path = shared_data / "spectra" / "LSMO_linescan_low_loss.hspy"  # 40 × 3.22 nm, stored in µm
     _, w, layer = _open(make_napari_viewer, path)
-    assert layer.metadata["napari_microml"]["line_axis"]["units"] == "µm"
+    assert layer.metadata["napari_microml"]["line_axis"]["units"] == "nm"  # the reader's unit
     w.epochs.value, w.device_choice.value = 2, "cpu"
     w.run_button.native.click()
     qtbot.waitUntil(lambda: w.worker is None, timeout=120000)

@@ -9,6 +9,9 @@ metadata, original_metadata}`` dictionaries onto napari ``LayerData`` tuples.
   scale/offset/units/name are also stored in ``metadata['napari_microml']['spectral_axis']``.
   In napari (the npe2 reader) spectrum images are laid out energy-first so the image plane is
   shown (see :mod:`napari_microml.runtime.spectral`).
+* Every length axis is given in nm and energies in eV (napari does not convert units between
+  layers: a µm file beside an nm one would not overlay); the file's unit, scale and offset are
+  kept in ``metadata['napari_microml']['file_units']``.
 * An axis with a scale but no unit stays in pixels (scale 1): a length cannot be guessed; the
   file's number is kept in ``metadata['napari_microml']['unlabelled_scale']``.
 * A non-uniform axis (a BEPS bias waveform 0 → 8.5 → −8.5 → 0 V) is shown in channels (scale 1,
@@ -326,18 +329,18 @@ def _ev_per_unit(units: str) -> float | None:
 
 
 def _nm_per_unit(units: str) -> float | None:
-    """Nanometres per ``units`` for a length unit of a millimetre or more, else ``None``.
+    """Nanometres per ``units`` for a length unit other than nm, else ``None``.
 
-    pyNSID writes metres; napari never converts units between layers, and a 4e-8 m step beside
-    a file in nm asked its sliders for ~1e9 steps (OverflowError on File > Open).
+    napari never converts units between layers: a µm file beside an nm one sat 1000× smaller,
+    unitless ("Inconsistent units"), and a 4e-8 m step overflowed its sliders.
     """
-    if units in ("pixel", "px", ""):
+    if units in ("pixel", "px", "", "nm"):
         return None
     try:
         nm = float(_ureg().Quantity(1.0, units).to("nm").magnitude)
     except Exception:  # noqa: BLE001 - not a length (eV, V, 1/nm)
         return None
-    return nm if nm >= 1e6 else None
+    return None if nm == 1.0 else nm
 
 
 def _clean_units(units: Any) -> str:
@@ -400,21 +403,25 @@ def _to_layer(d: dict, p: Path, index: int, n: int) -> LayerData:
 
     axes = []
     unlabelled: dict[str, float] = {}
+    file_units: dict[str, list] = {}  # axis -> [unit, scale, offset] as the file gave them
     for i, a in enumerate(raw_axes):
         scale = _plain_scalar(a.get("scale", 1.0), 1.0)
         units = _clean_units(a.get("units"))
+        said = None
         if _is_spectral(a) and a.get("values") is None:
             offset = _plain_scalar(a.get("offset", 0.0), 0.0)
             if scale < 0:  # a descending energy axis: flipped, so every tool sees it ascend
                 offset, scale = offset + scale * (data.shape[i] - 1), -scale
                 data = np.flip(data, i)
             to_ev = _ev_per_unit(units)  # keV/meV: the tools' edge rules and shifts are in eV
-            if to_ev is not None:
+            if to_ev is not None and to_ev != 1.0:
+                said = [units, scale, offset]
                 offset, scale, units = offset * to_ev, scale * to_ev, "eV"
             a = {**a, "offset": offset}
         to_nm = None if _is_spectral(a) else _nm_per_unit(units)
         if to_nm is not None:
             offset = _plain_scalar(a.get("offset", 0.0), 0.0)
+            said = [units, scale, offset]
             a = {**a, "offset": offset * to_nm}
             scale, units = scale * to_nm, "nm"
         if scale <= 0:  # unknown calibration (e.g. DE MRC writes -1): fall back to pixels
@@ -422,6 +429,8 @@ def _to_layer(d: dict, p: Path, index: int, n: int) -> LayerData:
         name = str(a.get("name") or "").strip()
         if not name or name.lower() in ("<undefined>", "undefined", "none"):
             name = default_names[i]
+        if said is not None:
+            file_units[name] = said
         if units == "pixel" and scale != 1.0 and not _is_spectral(a):
             # a scale without a unit cannot be labelled: a "pixel" axis must count pixels
             unlabelled[name] = scale
@@ -491,6 +500,8 @@ def _to_layer(d: dict, p: Path, index: int, n: int) -> LayerData:
         info["spectral_axis"] = spectral_axis
     if unlabelled:  # kept for the user to read; never applied as a length
         info["unlabelled_scale"] = unlabelled
+    if file_units:  # the layer is in nm; what the file said
+        info["file_units"] = file_units
     kwargs = {
         "name": name,
         "scale": tuple(a["scale"] for a in axes),
