@@ -119,3 +119,53 @@ def test_docks_follow_a_sample_opened_after_a_run(make_napari_viewer, qtbot):
     viewer.open_sample("napari-microml", "partial_scan")
     for name, dock in docks.items():
         assert dock.image_layer.value.name == "full scan (truth)", name
+
+
+def test_lattice_uses_the_finders_contrast_for_its_columns(make_napari_viewer, qtbot, monkeypatch):
+    """The Lattice dock read the columns' contrast from the image again (0.3 s of a 1024² run,
+    repeating the Atom finder's decision) for columns the Atom finder had just found there; a
+    Points layer of the user's own is still read from the image."""
+    from napari_microml.lattice import analyze
+
+    viewer = make_napari_viewer()
+    _crystal(viewer, with_points=False)
+    finder = open_tool(viewer, "Atom finder")
+    click(qtbot, finder.run_button, finder)
+    assert "bright columns" in finder.status.value, finder.status.value
+    calls = []
+    real = analyze.columns_are_dark
+    monkeypatch.setattr(
+        analyze, "columns_are_dark", lambda *a, **k: calls.append(1) or real(*a, **k)
+    )
+    tool = open_tool(viewer, "Lattice analysis")
+    assert tool.points_layer.value.name == "xtal atoms"
+    click(qtbot, tool.run_button, tool)
+    assert tool.status.value.startswith("Done"), tool.status.value
+    assert calls == [], "the finder's contrast was read from the image again"
+    assert tool.run_result.counts is not None  # bright columns: the atoms were counted
+    # the user's own points (no Atom finder record): the image decides
+    viewer.add_points(viewer.layers["xtal atoms"].data, name="mine")
+    tool.points_layer.value = viewer.layers["mine"]
+    click(qtbot, tool.run_button, tool)
+    assert tool.status.value.startswith("Done"), tool.status.value
+    assert calls == [1]
+
+
+def test_quick_result_updates_share_an_event_loop_turn(make_napari_viewer):
+    """Each queued result update had an event-loop turn (and a canvas redraw) of its own: a
+    re-run's eight quick layer updates on the Lattice dock took eight redraws."""
+    from qtpy.QtWidgets import QApplication
+
+    viewer = make_napari_viewer()
+    tool = open_tool(viewer, "Lattice analysis")
+    done = []
+    tool.later(*[lambda i=i: done.append(i) for i in range(8)])
+    QApplication.processEvents()  # one turn
+    assert done == list(range(8))
+    slow = []
+    tool.later(*[lambda i=i: (time.sleep(0.06), slow.append(i)) for i in range(3)])
+    QApplication.processEvents()
+    assert slow == [0]  # a slow update still ends its turn: the window is redrawn between them
+    while tool._ui_queue:
+        QApplication.processEvents()
+    assert slow == [0, 1, 2]

@@ -31,13 +31,14 @@ def test_lattice_on_atom_finder_output_acquisition_18(
     pos = np.asarray(points.data)
 
     def api():
-        mm.analyze_lattice(
+        lat = mm.analyze_lattice(
             pos,
             image=np.asarray(image.data),
             pixel_size=0.01225,
             position_std=points.features["position_std"].to_numpy(),
         )
-        mm.count_atoms(np.asarray(image.data), pos)
+        # the dock fits one mixture per sublattice (columns of different elements)
+        mm.count_atoms(np.asarray(image.data), pos, sublattice=lat.sublattice)
 
     stall = click(qtbot, tool.run_button, tool, journey="lattice-Acquisition_18", api=api)
     assert tool.status.value.startswith("Done: ") and "pm" in tool.status.value, tool.status.value

@@ -82,6 +82,16 @@ FEATURES = (
 SUBLATTICE_COLOURS = ("#ff3b30", "#2f80ed", "#27ae60", "#f2c94c", "#9b51e0", "#56ccf2")
 
 
+def finder_contrast(points, image) -> str | None:
+    """'bright' or 'dark': the contrast the Atom finder used when it found ``points`` on
+    ``image`` (from the layer's provenance), else None (the columns came from elsewhere)."""
+    record = (points.metadata.get(KEY) if isinstance(points.metadata, dict) else None) or {}
+    if image is None or record.get("input_layer") != image.name:
+        return None
+    contrast = (record.get("parameters") or {}).get("contrast")
+    return contrast if contrast in ("bright", "dark") else None
+
+
 def diverging():
     """Blue – white – red, for values centred on 0."""
     from napari.utils.colormaps import Colormap
@@ -128,8 +138,8 @@ class LatticeWidget(ToolWidget):
             choices=list(CONTRASTS),
             value="auto",
             tooltip="bright: HAADF/ADF (sublattice 0 = brightest); dark: ABF/BF "
-            "(sublattice 0 = darkest; no atom counting); auto: the "
-            "image at the columns against its median",
+            "(sublattice 0 = darkest; no atom counting); auto: what the Atom finder used "
+            "for these columns, else the image at the columns against its median",
         )
         self.shells = ComboBox(
             label="Strain fit over",
@@ -311,13 +321,14 @@ class LatticeWidget(ToolWidget):
                 else None
             )
         contrast = self.contrast.value
+        known = finder_contrast(points, image) if points is not None else None
         count = bool(self.count_atoms.value) and image is not None
         shells = {"auto": "auto", "5×5 cells": 2}.get(self.shells.value, 1)
         pixel_size = pixel_size_nm(image) if image is not None else None
         name = image.name if image is not None else points.name
 
         def work(image=None):
-            nonlocal pos, user, std
+            nonlocal pos, user, std, known
             found = None
             if points is None:
                 found = yield from self._find_columns(image, contrast, pixel_size, name)
@@ -330,7 +341,12 @@ class LatticeWidget(ToolWidget):
                 from napari_microml.lattice.analyze import columns_are_dark
 
                 img = np.asarray(image, np.float64)
-                dark = contrast == "dark" or (contrast == "auto" and columns_are_dark(img, pos))
+                if found is not None:
+                    known = found.parameters.get("contrast")
+                if contrast == "auto":  # the finder's decision, else read from the image
+                    dark = known == "dark" if known else columns_are_dark(img, pos)
+                else:
+                    dark = contrast == "dark"
                 if dark:
                     img = -img
             reference = lmaps.inside(pos, regions) if regions else None

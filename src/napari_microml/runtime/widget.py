@@ -44,6 +44,7 @@ from napari_microml.runtime.threads import match_torch_threads, start_numba_thre
 from napari_microml.runtime.workers import Loss, Message, Partial, as_message, typed
 
 PROGRESS_INTERVAL_S = 0.1
+UI_TURN_S = 0.05  # queued result updates run together until a turn has taken this long
 MIN_DOCK_HEIGHT = 200  # px: a tool dock shrinks to this (and scrolls) when the column is full
 STATUS_FOLLOW_S = 2.0  # s after a run: a dock added late (a result table) re-scrolls to the status
 
@@ -596,15 +597,17 @@ class ToolWidget(Container):
         return True
 
     def later(self, *calls: Callable[[], Any]) -> None:
-        """Queue GUI updates to run one per event-loop turn: adding a napari layer costs
-        0.1-0.3 s, so several in one go would freeze the window. The run stays busy (Run shows
-        Cancel) until the queue is done."""
+        """Queue GUI updates to run in later event-loop turns: adding a napari layer costs
+        0.1-0.3 s, so several in one go would freeze the window; updates that are quick share a
+        turn (up to UI_TURN_S). The run stays busy until the queue is done."""
         self._ui_queue.extend(calls)
         if not self._ui_timer.isActive():
             self._ui_timer.start()
 
     def _next_ui(self):
-        if self._ui_queue:
+        start = time.perf_counter()
+        # quick updates share a turn: each turn ends in a canvas redraw (0.1-0.2 s on a slow GL)
+        while self._ui_queue and time.perf_counter() - start < UI_TURN_S:
             call = self._ui_queue.pop(0)
             try:
                 call()
