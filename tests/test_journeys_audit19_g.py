@@ -5,9 +5,11 @@ before its fix."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
-from journey import open_file
+from journey import click, open_file, open_tool
 from vendor_files import write_hspy
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -38,3 +40,75 @@ def test_a_micrometre_image_overlays_a_nanometre_one_beside_an_uncalibrated_one(
     said = um.metadata["napari_microml"]["file_units"]
     assert said == {"y": ["µm", 0.002, 0.1], "x": ["µm", 0.002, 0.1]}
     assert "file_units" not in nm.metadata["napari_microml"]  # nm as the file said
+
+
+def _eds_map(path: Path, *, strobe: bool) -> None:
+    """A 6×6 EDS map as an X-ray detector writes it: a keV axis with a non-round offset,
+    uint32 Poisson counts, a bremsstrahlung hump, Fe Kα and Cu Kα lines 150 eV wide whose
+    energy drifts 10 eV per column, and (``strobe``) the detector's zero peak, the strongest."""
+    rng = np.random.default_rng(1)
+    e = -0.0973 + 0.01 * np.arange(1024)  # keV
+    kev = np.clip(e, 0.02, None)
+    counts = []
+    for row in range(6):
+        for col in range(6):
+            mean = 60 * np.clip(20 - kev, 0, None) / kev * np.exp(-((0.9 / kev) ** 3))
+            for line, amp in ((6.404, 1500 + 200 * row), (8.048, 3000 - 200 * row)):
+                mean = mean + amp * np.exp(-0.5 * ((e - line - 0.01 * col) / 0.064) ** 2)
+            if strobe:
+                mean = mean + 8000 * np.exp(-0.5 * (e / 0.03) ** 2)
+            counts.append(rng.poisson(mean))
+    data = np.asarray(counts, np.uint32).reshape(6, 6, -1)
+    axes = [
+        ("y", 2.0, 0, "nm", True),
+        ("x", 2.0, 0, "nm", True),
+        ("Energy", 0.01, -0.0973, "keV", False),
+    ]
+    write_hspy(path, data, axes, "EDS_TEM")
+
+
+def test_shift_vae_on_an_eds_map_follows_an_x_ray_line_not_the_zero_peak(
+    make_napari_viewer, qtbot, tmp_path
+):
+    """An EDS map (keV axis, X-ray lines, the detector's zero peak strongest): the auto window
+    sat around the zero peak ("around the peak at 2.7 eV"), whose shift says nothing about the
+    sample; without the zero peak it spanned 4 FWHM each side of Cu Kα, taking in Fe Kβ and
+    Cu Kβ, and the check called a 60 eV gain drift "more than core-loss edges move" (EDS has
+    no edges). Now the window is ±2 FWHM around the strongest X-ray line, the zero peak is
+    named as not a line, and no core-loss rule is applied."""
+    _eds_map(tmp_path / "eds.hspy", strobe=True)
+    viewer = make_napari_viewer()
+    open_file(viewer, tmp_path / "eds.hspy")
+    dock = open_tool(viewer, "Spectral shift-VAE")
+    # eV: Cu Kα (8048) inside, Fe Kβ (7058) and Cu Kβ (8905) outside
+    assert 7100 < dock.win_lo.value < 8048 < dock.win_hi.value < 8900
+    assert "X-ray line at 80" in dock.win_lo.tooltip and "zero peak" in dock.win_lo.tooltip
+    dock.epochs.value, dock.device_choice.value = 3, "cpu"
+    click(qtbot, dock.run_button, dock)
+    status = dock.status.value
+    assert status.startswith("Done") and "X-ray line at 80" in status, status
+    assert "core-loss" not in status and "edge" not in status
+
+
+def test_shift_vae_says_a_saturated_zero_loss_peak_gives_smaller_shifts(
+    make_napari_viewer, qtbot, tmp_path
+):
+    """A low-loss line scan whose zero-loss peak saturated the detector (flat top at the ADC's
+    ceiling, as recorded with too long an exposure): the fit measured the drift from the flanks
+    only (LSMO low-loss at 4096 channels, clipped at 35 % of the peak: shifts span 0.21 eV
+    against 0.27 eV from a Gaussian fit of the unclipped peaks) and said nothing. The status
+    line now says the peak is flat-topped and what that does to the shifts."""
+    e = -20.137 + 0.1 * np.arange(600)
+    centres = 0.1 + np.linspace(0, 0.3, 24)[:, None]
+    rng = np.random.default_rng(2)
+    peak = 60000 * np.exp(-0.5 * ((e - centres) / 0.4) ** 2) + 300 * np.exp(-e.clip(0) / 15)
+    data = np.minimum(rng.poisson(peak), 21000).astype(np.uint32)  # saturates after the noise
+    axes = [("x", 0.0032, 0, "µm", True), ("Energy loss", 0.1, -20.137, "eV", False)]
+    write_hspy(tmp_path / "clipped.hspy", data, axes, "EELS")
+    viewer = make_napari_viewer()
+    open_file(viewer, tmp_path / "clipped.hspy")
+    dock = open_tool(viewer, "Spectral shift-VAE")
+    dock.epochs.value, dock.device_choice.value = 3, "cpu"
+    click(qtbot, dock.run_button, dock)
+    status = dock.status.value
+    assert status.startswith("Done") and "flat-topped at 21000 in 24 of 24 spectra" in status

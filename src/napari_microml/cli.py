@@ -310,19 +310,21 @@ def _complete(item: dict, device: str = "auto", model: str | None = None) -> dic
 
 def _spectra(item: dict, device: str = "auto") -> dict:
     """``item = {"spectra": (N, L), "axis": (L,) energy values or None, "channel_range":
-    (start, stop) or None, "units": axis units, "shape": the maps' shape, "name": for notes}``.
+    (start, stop) or None, "units": axis units, "shape": the maps' shape, "name": for notes,
+    "signal_type": the file's ("EDS_TEM": X-ray lines, no edges)}``.
 
     Without a channel range the window is chosen as the widget does (a peak, or the strongest
     core-loss edge); when nothing stands out the input is refused (exit 2). The window used and
     any sign of an implausible shift map come back as ``notes`` (printed on stderr)."""
-    from napari_microml.spectra.preprocess import auto_window, implausible_shift, narrow_peak
+    from napari_microml.spectra.preprocess import auto_window, implausible_shift, size_caveats
     from napari_microml.spectra.shift_vae import fit_shift_vae_iter
 
     spectra = np.asarray(item["spectra"])
     axis, units = item.get("axis"), item.get("units", "")
+    signal_type = str(item.get("signal_type") or "")
     span, how = item.get("channel_range"), "typed (--window)"
     if span is None:  # as the widget: the most prominent peak, or the strongest core-loss edge
-        choice = auto_window(spectra, axis, units=units)
+        choice = auto_window(spectra, axis, units=units, signal_type=signal_type)
         if not choice.found:
             raise ValueError(
                 "no peak or edge stands out in the mean spectrum, so there is no feature "
@@ -333,12 +335,12 @@ def _spectra(item: dict, device: str = "auto") -> dict:
     v = _drain(fit_shift_vae_iter(spectra, axis=axis, channel_range=span, device=device))
     lo, hi = float(v.axis[0]), float(v.axis[-1])
     shift = np.asarray(v.shift).reshape(item.get("shape") or (-1,))
-    warning = implausible_shift(shift, window=(lo, hi), units=units)
+    warning = implausible_shift(shift, window=(lo, hi), units=units, signal_type=signal_type)
     name = f"{item['name']}: " if item.get("name") else ""
     notes = [f"{name}window {lo:.4g}–{hi:.4g} {units} ({how})"]
     notes += [f"{name}{warning}"] if warning else []
-    narrow = narrow_peak(spectra[..., span[0] : span[1]])
-    notes += [f"{name}{narrow}"] if narrow else []
+    caveat = size_caveats(spectra[..., span[0] : span[1]])
+    notes += [f"{name}{caveat}"] if caveat else []
     prov = getattr(v, "provenance", None)
     if isinstance(prov, dict):
         prov = {**prov, "window_reason": how, "warning": warning}
@@ -695,6 +697,7 @@ def load_jobs(
     ``failures`` list (``--keep-going``), an input that is an error is recorded there instead.
     """
     from napari_microml.io.reader import read_file
+    from napari_microml.spectra.preprocess import signal_type_of
 
     per = ADAPTERS[tool].per
     jobs: list[Job] = []
@@ -751,6 +754,7 @@ def load_jobs(
                                     "units": units if spectral else "",
                                     "shape": tuple(data.shape[:-1]),
                                     "name": name,
+                                    "signal_type": signal_type_of(kwargs.get("metadata")),
                                 }
                             ],
                             False,

@@ -148,6 +148,8 @@ class AutoWindow:
     kind: str
     position: float
     edges: tuple[Edge, ...] = ()
+    eds: bool = False  # an EDS spectrum: X-ray lines, no edges
+    zero_peak: float | None = None  # an EDS detector's zero peak (eV), stronger, skipped
 
     @property
     def found(self) -> bool:
@@ -156,6 +158,11 @@ class AutoWindow:
     def describe(self, units: str = "") -> str:
         """The window's reason in words, e.g. "auto, around the edge at 932 eV"."""
         u = f" {units}" if units else ""
+        if self.kind == "peak" and self.eds:
+            text = f"auto, around the X-ray line at {self.position:.4g}{u}"
+            if self.zero_peak is not None:
+                text += f"; the detector's zero peak at {self.zero_peak:.3g}{u} is not a line"
+            return text
         if self.kind == "peak":
             return f"auto, around the peak at {self.position:.4g}{u}"
         if self.kind == "edge":
@@ -236,26 +243,38 @@ def find_edges(spectra, axis, *, min_jump: float = MIN_JUMP) -> list[Edge]:
     return out
 
 
-def _dominant_peak(mean: np.ndarray, *, share: float) -> tuple[int, float] | None:
+def _dominant_peak(
+    mean: np.ndarray, *, share: float, axis: np.ndarray | None = None
+) -> tuple[int, float] | None:
     """``(channel, FWHM in channels)`` of the most prominent peak of ``mean``, or ``None`` when
-    there is none or its prominence is under ``share`` of the spectrum's range."""
+    there is none or its prominence is under ``share`` of the spectrum's range. With ``axis``
+    (eV), a peak centred within its own FWHM of 0 eV is skipped: an EDS detector's zero peak."""
     from scipy.signal import find_peaks, peak_widths
 
     peaks, props = find_peaks(mean, prominence=0)
+    widths = peak_widths(mean, peaks, rel_height=0.5)[0] if len(peaks) else np.empty(0)
+    if axis is not None and len(peaks):
+        step = float(np.median(np.abs(np.diff(axis))))
+        real = np.abs(axis[peaks]) > widths * step
+        peaks, widths, prominences = peaks[real], widths[real], props["prominences"][real]
+    else:
+        prominences = props["prominences"]
     if len(peaks) == 0:
         return None
-    i = int(np.argmax(props["prominences"]))
-    if props["prominences"][i] < share * (np.nanmax(mean) - np.nanmin(mean)):
+    i = int(np.argmax(prominences))
+    if prominences[i] < share * (np.nanmax(mean) - np.nanmin(mean)):
         return None
-    k = int(peaks[i])
-    return k, float(peak_widths(mean, [k], rel_height=0.5)[0][0])
+    return int(peaks[i]), float(widths[i])
 
 
-def _peak_window(x: np.ndarray, widths: float, min_channels: int) -> tuple[int, int, int] | None:
+def _peak_window(
+    x: np.ndarray, widths: float, min_channels: int, skip_zero: np.ndarray | None = None
+) -> tuple[int, int, int] | None:
     """``(start, stop, peak channel)`` around the most prominent peak of the mean of ``x``
-    (N, L), or ``None`` when no peak stands out of the wiggles."""
+    (N, L), or ``None`` when no peak stands out of the wiggles; ``skip_zero`` (the eV axis)
+    skips a peak at 0 eV."""
     n = x.shape[1]
-    peak = _dominant_peak(x.mean(0), share=0.05)  # a peak above the wiggles
+    peak = _dominant_peak(x.mean(0), share=0.05, axis=skip_zero)  # a peak above the wiggles
     if peak is None:
         return None
     k, fwhm = peak
@@ -312,6 +331,7 @@ def auto_window(
     axis=None,
     *,
     units: str = "",
+    signal_type: str = "",
     widths: float = 4.0,
     min_channels: int = 32,
 ) -> AutoWindow:
@@ -332,6 +352,9 @@ def auto_window(
         Axis values (channel numbers when omitted).
     units : str
         The axis's units; edges are looked for only in "eV".
+    signal_type : str
+        The file's signal type: "EDS_TEM", "EDS_SEM" (any "EDS…") hold X-ray lines, never
+        edges; a peak at 0 eV (the detector's zero peak) is skipped.
     widths, min_channels
         Size of a peak window (FWHMs each side; smallest channel count).
 
@@ -346,16 +369,37 @@ def auto_window(
     n = x.shape[1]
     e = np.arange(n, dtype=float) if axis is None else np.asarray(axis, float).ravel()
     edges: list[Edge] = []
-    if units == "eV" and axis is not None and float(e.min()) >= LOW_LOSS_BELOW:
+    eds = is_eds(signal_type)
+    if units == "eV" and axis is not None and float(e.min()) >= LOW_LOSS_BELOW and not eds:
         edges = find_edges(x, e)
         if edges:
             start, stop = _edge_window(edges, e)
             return AutoWindow(start, stop, "edge", edges[0].onset, tuple(edges))
-    peak = _peak_window(x, widths, min_channels)
+    zero = e if eds and units == "eV" and axis is not None else None
+    if eds:  # X-ray lines sit a few detector FWHM apart: two each side keep one line
+        widths = min(widths, 2.0)
+    skipped = None
+    if zero is not None:  # would the zero peak have been chosen?
+        first = _dominant_peak(x.mean(0), share=0.05)
+        if first is not None and abs(e[first[0]]) <= first[1] * abs(e[1] - e[0]):
+            skipped = float(e[first[0]])
+    peak = _peak_window(x, widths, min_channels, skip_zero=zero)
     if peak is None:
-        return AutoWindow(0, n, "none", float("nan"), tuple(edges))
+        return AutoWindow(0, n, "none", float("nan"), tuple(edges), eds, skipped)
     start, stop, k = peak
-    return AutoWindow(start, stop, "peak", float(e[k]), tuple(edges))
+    return AutoWindow(start, stop, "peak", float(e[k]), tuple(edges), eds, skipped)
+
+
+def signal_type_of(metadata) -> str:
+    """The file's signal type from a layer's or the reader's metadata ("EELS", "EDS_TEM", …;
+    "" when the file gives none)."""
+    info = metadata.get("napari_microml") if isinstance(metadata, dict) else None
+    return str((info or {}).get("signal_type") or "")
+
+
+def is_eds(signal_type: str) -> bool:
+    """Whether a file's signal type (HyperSpy's "EDS_TEM", "EDS_SEM") is X-ray spectroscopy."""
+    return str(signal_type or "").strip().upper().startswith("EDS")
 
 
 NARROW_PEAK_CHANNELS = (
@@ -390,7 +434,47 @@ def narrow_peak(spectra) -> str | None:
     )
 
 
-def implausible_shift(shift, *, window: tuple[float, float], units: str = "") -> str | None:
+SATURATED_CHANNELS = 3  # a maximum held over this many channels is a clipped peak
+
+
+def size_caveats(spectra) -> str | None:
+    """Why the fitted shifts' size cannot be trusted, as sentences: the peak is too narrow
+    (:func:`narrow_peak`), or flat-topped in at least a tenth of the spectra over
+    :data:`SATURATED_CHANNELS` or more channels (a saturated detector clipped it); ``None``
+    when neither.
+
+    Parameters
+    ----------
+    spectra : array (..., L)
+        As for :func:`narrow_peak`.
+
+    Returns
+    -------
+    str or None
+        The sentences, or ``None``.
+    """
+    return " ".join(c for c in (narrow_peak(spectra), _saturated(spectra)) if c) or None
+
+
+def _saturated(spectra) -> str | None:
+    x = np.asarray(spectra, float)
+    x = x.reshape(-1, x.shape[-1])
+    top = np.nanmax(x, axis=1, keepdims=True)
+    flat = np.sum(x >= top - 1e-6 * np.abs(top), axis=1) >= SATURATED_CHANNELS
+    flat &= top[:, 0] > np.nanmedian(x, axis=1)  # not a constant or empty spectrum
+    if flat.sum() < max(1, 0.1 * len(x)):
+        return None
+    level = float(np.median(top[flat, 0]))
+    return (
+        f"The peak is flat-topped at {level:.6g} in {int(flat.sum())} of {len(x)} spectra: the "
+        "detector saturated, so the shifts come from its flanks only and come out smaller "
+        "(their pattern holds); where the size matters, record with a shorter exposure."
+    )
+
+
+def implausible_shift(
+    shift, *, window: tuple[float, float], units: str = "", signal_type: str = ""
+) -> str | None:
     """A sentence when a fitted shift map does not look like a real shift, else ``None``.
 
     Flags shifts spanning more than a quarter of the fitted window (one feature does not move
@@ -406,6 +490,8 @@ def implausible_shift(shift, *, window: tuple[float, float], units: str = "") ->
         The fitted window's first and last axis values.
     units : str
         Axis units, for the sentence and the core-loss rule ("eV").
+    signal_type : str
+        The file's signal type; the core-loss rule is not applied to EDS (X-ray lines).
 
     Returns
     -------
@@ -424,7 +510,12 @@ def implausible_shift(shift, *, window: tuple[float, float], units: str = "") ->
     problems = []
     if hi > lo and span > 0.25 * (hi - lo):
         problems.append(f"span {span:.3g}{u}, {100 * span / (hi - lo):.0f} % of the window")
-    elif units == "eV" and lo >= LOW_LOSS_BELOW and span > MAX_CORE_LOSS_SHIFT:
+    elif (
+        units == "eV"
+        and lo >= LOW_LOSS_BELOW
+        and span > MAX_CORE_LOSS_SHIFT
+        and not is_eds(signal_type)
+    ):
         problems.append(f"span {span:.3g} eV, more than core-loss edges move")
     pairs = []
     if s.ndim == 1:

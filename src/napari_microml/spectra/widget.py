@@ -41,7 +41,7 @@ from napari_microml.runtime.widget import (
     preload,
 )
 from napari_microml.runtime.workers import Loss, Progress, as_message
-from napari_microml.spectra.preprocess import NORMALIZATIONS
+from napari_microml.spectra.preprocess import NORMALIZATIONS, signal_type_of
 
 LOSS_PLOT_INTERVAL_S = 1.0  # each redraw takes the GIL from the fit
 
@@ -85,7 +85,9 @@ def preview_window(layer) -> tuple[tuple[float, float] | None, str, bool]:
         spectra, ax = sample_spectra(layer.data, layer.metadata, max_spectra=1024)
     except Exception as err:  # noqa: BLE001 - a preview only; the run reads the data and says why
         return None, f"Auto window: chosen when the run starts ({err}).", True
-    choice = auto_window(spectra, ax.values, units=ax.units)
+    choice = auto_window(
+        spectra, ax.values, units=ax.units, signal_type=signal_type_of(layer.metadata)
+    )
     values = ax.values[choice.start : choice.stop]
     lo, hi = float(values[0]), float(values[-1])
     span = f"{lo:.4g}–{hi:.4g} {ax.units}"
@@ -160,6 +162,7 @@ class Plan:
     line: bool
     window: tuple[int, int] | None  # channels; None = chosen automatically in the worker
     kwargs: dict
+    signal_type: str = ""  # the file's ("EDS_TEM": X-ray lines, no edges)
 
 
 @dataclass
@@ -173,7 +176,7 @@ class Outcome:
     reason: str  # why this window, e.g. "auto, around the edge at 931 eV" or "typed"
     peak: float  # the mean spectrum's maximum inside the window (axis units): the line track
     seconds: float
-    narrow: str | None = None  # the peak is too narrow for the shifts' full size
+    caveat: str | None = None  # why the shifts' size cannot be trusted (narrow, saturated)
 
     @property
     def device(self) -> str:
@@ -407,11 +410,19 @@ class ShiftVAEWidget(ToolWidget):
             seed=int(self.seed.value),
             device=self.device_choice.value,
         )
-        plan = Plan(layer.name, ax, spatial_kwargs(layer, ax), layer.ndim == 2, window, kwargs)
+        plan = Plan(
+            layer.name,
+            ax,
+            spatial_kwargs(layer, ax),
+            layer.ndim == 2,
+            window,
+            kwargs,
+            signal_type_of(layer.metadata),
+        )
         return layer, plan
 
     def make_job(self):
-        from napari_microml.spectra.preprocess import auto_window, narrow_peak
+        from napari_microml.spectra.preprocess import auto_window, size_caveats
         from napari_microml.spectra.shift_vae import check_spectra, fit_shift_vae_iter
 
         layer, plan = self._plan()
@@ -429,7 +440,9 @@ class ShiftVAEWidget(ToolWidget):
             auto = plan.window is None
             window, how = plan.window, "typed"
             if window is None:
-                choice = auto_window(spectra, plan.axis.values, units=u)
+                choice = auto_window(
+                    spectra, plan.axis.values, units=u, signal_type=plan.signal_type
+                )
                 if not choice.found:
                     v = plan.axis.values
                     raise ValueError(
@@ -465,9 +478,9 @@ class ShiftVAEWidget(ToolWidget):
                 ):
                     last = now
                     yield replace(loss, text=f"{head}; {loss.text}")
-            narrow = narrow_peak(spectra[..., window[0] : window[1]])
+            caveat = size_caveats(spectra[..., window[0] : window[1]])
             seconds = time.perf_counter() - start
-            return Outcome(result, plan, window, auto, how, peak, seconds, narrow)
+            return Outcome(result, plan, window, auto, how, peak, seconds, caveat)
 
         return Job(work, self._show_outcome, inputs={"data": layer})
 
@@ -563,8 +576,13 @@ class ShiftVAEWidget(ToolWidget):
         )
         if not outcome.plan.line:  # the map's colour bar runs over ± the largest shift
             text += f" (colour bar ±{float(np.nanmax(np.abs(r.shift))):.3g} {u})"
-        warning = implausible_shift(r.shift, window=(float(r.axis[0]), float(r.axis[-1])), units=u)
-        return " ".join(w for w in (f"{text}.", warning, outcome.narrow) if w)
+        warning = implausible_shift(
+            r.shift,
+            window=(float(r.axis[0]), float(r.axis[-1])),
+            units=u,
+            signal_type=outcome.plan.signal_type,
+        )
+        return " ".join(w for w in (f"{text}.", warning, outcome.caveat) if w)
 
     def _shift_record(self, record, units):
         return {KEY: {**record, "value": "shift", "value_units": units}}
