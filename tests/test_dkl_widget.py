@@ -117,7 +117,8 @@ def test_bad_input_is_reported_not_run(make_napari_viewer, qtbot):
     viewer.add_image(np.zeros((9, 9)), name="small")
     w.source_layer.value = viewer.layers["small"]
     w.init_button.native.click()
-    assert w.worker is None and "does not match" in w.status.value
+    # uncalibrated 9×9 beside 20×20: nothing to resample by
+    assert w.worker is None and "cannot be matched" in w.status.value
     w.source_layer.value = viewer.layers["truth"]
     w.patch_size.value = 64
     w.init_button.native.click()

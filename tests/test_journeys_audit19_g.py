@@ -112,3 +112,54 @@ def test_shift_vae_says_a_saturated_zero_loss_peak_gives_smaller_shifts(
     click(qtbot, dock.run_button, dock)
     status = dock.status.value
     assert status.startswith("Done") and "flat-topped at 21000 in 24 of 24 spectra" in status
+
+
+@pytest.mark.realdata
+def test_dkl_resamples_a_finer_structure_image_of_the_same_field_and_refuses_another_field(
+    shared_data, make_napari_viewer, qtbot, tmp_path
+):
+    """The CuZn EELS map (50×40 at 0.921 nm) with its HAADF recorded at twice the sampling
+    (100×80 at 0.461 nm, the same field, as many microscopes record the simultaneous image):
+    Initialize refused "The spectrum image covers (50, 40) pixels but the structure image is
+    (100, 80); they must match." with nothing to do about it. The structure is now averaged
+    onto the spectrum image's pixels and the status says so; the maps and points lie on the
+    spectrum image's grid. A HAADF of another field (a corner crop) is refused naming both
+    fields in nm."""
+    from rsciio.hspy import file_reader
+
+    haadf = np.asarray(file_reader(str(shared_data / "dkl" / "CuZn_HAADF.hspy"))[0]["data"])
+    step = 0.9213861227035522
+    fine = np.kron(haadf, np.ones((2, 2))).astype(np.float32)
+    write_hspy(tmp_path / "fine.hspy", fine, [(a, step / 2, -step / 4, "nm", False) for a in "yx"])
+    corner = fine[:60, :50].copy()
+    write_hspy(
+        tmp_path / "corner.hspy", corner, [(a, step / 2, -step / 4, "nm", False) for a in "yx"]
+    )
+    viewer = make_napari_viewer()
+    open_file(viewer, shared_data / "dkl" / "CuZn_EELS_mapping_tutorial.hspy")
+    open_file(viewer, tmp_path / "fine.hspy")
+    dock = open_tool(viewer, "Active learning (DKL)")
+    dock.structure_layer.value = viewer.layers["fine"]
+    click(qtbot, dock.init_button, dock)
+    qtbot.waitUntil(lambda: "measured" in viewer.layers, timeout=20_000)
+    qtbot.wait(300)
+    status = dock.status.value
+    assert "Structure fine (100×80 px, 0.4607 nm/px) resampled onto the source's 50×40 px" in status
+    mean = viewer.layers["DKL mean"]
+    assert mean.data.shape == (50, 40)
+    np.testing.assert_allclose(mean.scale, (step, step))
+    np.testing.assert_allclose(viewer.layers["measured"].scale, (step, step))
+    click(qtbot, dock.step_button, dock)  # the campaign goes on on the same grid
+    qtbot.waitUntil(lambda: dock.status.value.startswith("Step 2"), timeout=20_000)
+    np.testing.assert_allclose(viewer.layers["measured"].scale, (step, step))
+    assert "resampled onto the source's 50×40 px grid" in dock.status.value
+
+    open_file(viewer, tmp_path / "corner.hspy")
+    dock.structure_layer.value = viewer.layers["corner"]
+    click(qtbot, dock.init_button, dock)
+    status = dock.status.value
+    assert status.startswith("Cannot run: The source CuZn_EELS_mapping_tutorial (50×40 px, "), (
+        status
+    )
+    assert "46.07 × 36.86 nm) and the structure image corner (60×50 px, 27.64 × 23.03 nm)" in status
+    assert "cover different fields" in status

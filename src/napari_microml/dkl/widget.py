@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any, cast
@@ -96,6 +96,13 @@ class RunContext:
     window: tuple[float, float]
     scalarizer: str
     maximize: bool
+    grid: Any = None  # the source layer, when the structure was resampled onto its pixels
+    resampled: str = ""  # the sentence that says so
+
+    @property
+    def plane(self) -> dict:
+        """``plane_kwargs`` of the pixel grid the maps and points are on."""
+        return plane_kwargs(self.grid if self.grid is not None else self.structure)
 
 
 def structure_from_spectra(cube: np.ndarray, *, despike: int = 9) -> np.ndarray:
@@ -154,7 +161,7 @@ def best_sentence(snap) -> str:
         return "nothing measured yet"
     i = int(np.argmax(snap.values) if ctx.maximize else np.argmin(snap.values))
     row, col = (float(c) for c in snap.coords[i])
-    phys = plane_kwargs(ctx.structure)
+    phys = ctx.plane
     scale, shift = phys.get("scale", (1.0, 1.0)), phys.get("translate", (0.0, 0.0))
     unit = str(phys.get("units", ("px", "px"))[-1])
     unit = {"pixel": "px", "nanometer": "nm", "micrometer": "µm"}.get(unit, unit)
@@ -325,6 +332,7 @@ class ActiveLearningWidget(ToolWidget):
         self.run_button.tooltip = "Step until the budget is spent (the button then stops)."
         self.device_choice.tooltip = "Where the networks run: auto picks a GPU when present."
         self.learner: Any = None  # the campaign on screen (adopted from a run's snapshot)
+        self._grid: tuple[Any, str] = (None, "")  # the campaign's pixel grid when resampled
         self.source: Any = None
         self._key: tuple | None = None
         self._mode = "run"
@@ -562,6 +570,55 @@ class ActiveLearningWidget(ToolWidget):
             )
         return layer
 
+    def _resample_plan(self, structure, shape) -> tuple[Any, str]:
+        """``(source layer, sentence)`` when a 2D structure image of another pixel grid covers
+        the same field as the source (a HAADF recorded at 2× the spectrum image's sampling):
+        the structure is then resampled onto the source's pixels. ``(None, "")`` when the grids
+        already match; a clear refusal when the fields differ or cannot be compared."""
+        source = self.source_layer.value
+        if source is None or structure.ndim != 2 or source is structure:
+            return None, ""
+        pixels = self._plane_shape(source) if source.ndim == 3 else tuple(source.data.shape)
+        if len(pixels) != 2 or tuple(pixels) == tuple(shape):
+            return None, ""
+        have, want = plane_kwargs(structure), plane_kwargs(source)
+        units = {str(u) for u in (*have.get("units", ()), *want.get("units", ()))}
+        size = "×".join(map(str, pixels)), "×".join(map(str, shape))
+        if len(units) != 1 or units & {"pixel", "px"}:
+            raise ValueError(
+                f"The source {source.name} covers {size[0]} px but the structure image "
+                f"{structure.name} is {size[1]} px, and without a length calibration on both "
+                "they cannot be matched: open a structure image of the same pixels, or pick "
+                "the source itself as Structure (its mean is used)."
+            )
+
+        def field(kw, n):  # (first edge, last edge) of each axis: pixel centres ± half a step
+            return [
+                (t - k / 2, t + (m - 0.5) * k)
+                for t, k, m in zip(kw["translate"], kw["scale"], n, strict=True)
+            ]
+
+        unit = str(next(iter(units)))
+        unit = {"nanometer": "nm", "micrometer": "µm"}.get(unit, unit)
+        ours, theirs = field(want, pixels), field(have, shape)
+        step = min(float(k) for k in want["scale"])
+        if any(
+            abs(a - c) > step or abs(b - d) > step
+            for (a, b), (c, d) in zip(ours, theirs, strict=True)
+        ):
+            span = " × ".join(f"{b - a:.4g}" for a, b in ours)
+            other = " × ".join(f"{d - c:.4g}" for c, d in theirs)
+            raise ValueError(
+                f"The source {source.name} ({size[0]} px, {span} {unit}) and the structure "
+                f"image {structure.name} ({size[1]} px, {other} {unit}) cover different fields; "
+                "open a structure image of the same field, or pick the source itself as "
+                "Structure (its mean is used)."
+            )
+        return source, (
+            f"Structure {structure.name} ({size[1]} px, {float(have['scale'][-1]):.4g} {unit}/px)"
+            f" resampled onto the source's {size[0]} px grid (same field)."
+        )
+
     @staticmethod
     def _plane_shape(layer) -> tuple[int, ...]:
         """The structure's (rows, cols): a spectrum image's shape without its spectral axis."""
@@ -687,6 +744,10 @@ class ActiveLearningWidget(ToolWidget):
             derive = layer.ndim == 3  # a spectrum image: its despiked mean is the structure
             structure_meta = dict(layer.metadata)
             shape = self._plane_shape(layer)
+            grid, resampled = self._resample_plan(layer, shape)
+            if grid is not None:
+                shape = self._plane_shape(grid)
+                context = replace(context, grid=grid, resampled=resampled)
             patch = self._patch()
             if patch != "auto" and patch > min(shape):
                 raise ValueError(
@@ -707,6 +768,7 @@ class ActiveLearningWidget(ToolWidget):
             )
             pending = None
         else:
+            context = replace(context, grid=self._grid[0], resampled=self._grid[1])
             if self.learner.n_observed >= budget:  # Run/Step did nothing and said nothing
                 raise ValueError(
                     f"All {budget} points of the budget are measured; raise Budget to measure "
@@ -722,6 +784,10 @@ class ActiveLearningWidget(ToolWidget):
                 source = make_source(measured)
                 if derive:
                     structure = structure_from_spectra(spectra_last(structure, structure_meta)[0])
+                if context.grid is not None:  # onto the spectrum image's pixels, area-averaged
+                    from skimage.transform import resize
+
+                    structure = resize(np.asarray(structure, np.float32), shape, anti_aliasing=True)
                 learner = ActiveLearner(structure, **options)
             else:  # a copy: the widget's campaign changes only when a snapshot is on screen
                 learner, source = copy.deepcopy(campaign[0]), _fork(campaign[1])
@@ -819,7 +885,8 @@ class ActiveLearningWidget(ToolWidget):
     def _show_snapshot(self, snap: Snapshot) -> None:
         self.learner, self.source, self._key = snap.learner, snap.source, snap.key
         ctx = snap.context
-        phys = plane_kwargs(ctx.structure)
+        self._grid = (ctx.grid, ctx.resampled)  # the campaign's pixel grid, for Step and Run
+        phys = ctx.plane
         prov = self.provenance_metadata(
             make_provenance(
                 self.tool_name,
@@ -906,6 +973,8 @@ class ActiveLearningWidget(ToolWidget):
                 f" No 2D image was chosen: the structure is the mean of {structure.name} over "
                 "its spectral axis after a median despike along it."
             )
+        if snap.context.resampled:
+            text += f" {snap.context.resampled}"
         self._say(text)
 
     def _update_plot(self, snap):
