@@ -145,6 +145,7 @@ def test_dkl_resamples_a_finer_structure_image_of_the_same_field_and_refuses_ano
     qtbot.wait(300)
     status = dock.status.value
     assert "Structure fine (100×80 px, 0.4607 nm/px) resampled onto the source's 50×40 px" in status
+    first = status.split(". Structure")[0]
     mean = viewer.layers["DKL mean"]
     assert mean.data.shape == (50, 40)
     np.testing.assert_allclose(mean.scale, (step, step))
@@ -163,3 +164,10 @@ def test_dkl_resamples_a_finer_structure_image_of_the_same_field_and_refuses_ano
     )
     assert "46.07 × 36.86 nm) and the structure image corner (60×50 px, 27.64 × 23.03 nm)" in status
     assert "cover different fields" in status
+
+    # block means of the 2× image are the 1× pixels: the same campaign as with the 1× HAADF
+    open_file(viewer, shared_data / "dkl" / "CuZn_HAADF.hspy")
+    dock.structure_layer.value = viewer.layers["CuZn_HAADF"]
+    click(qtbot, dock.init_button, dock)
+    qtbot.waitUntil(lambda: dock.status.value.startswith("Step 1"), timeout=20_000)
+    assert dock.status.value == first + ".", (dock.status.value, first)

@@ -128,6 +128,31 @@ def structure_from_spectra(cube: np.ndarray, *, despike: int = 9) -> np.ndarray:
     return median_filter(cube, size=(1, 1, size), mode="nearest").mean(axis=-1)
 
 
+def area_resample(image: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """``image`` on a ``shape`` grid of the same field: the mean of each block of pixels for a
+    whole-number ratio (a 2× sampled HAADF gives back its 1× pixels), else an anti-aliased
+    linear resize.
+
+    Parameters
+    ----------
+    image : ndarray (H, W)
+        The finer (or coarser) image.
+    shape : (int, int)
+        The target grid's rows and columns.
+
+    Returns
+    -------
+    ndarray (shape)
+        float32.
+    """
+    from skimage.transform import downscale_local_mean, resize
+
+    factors = [n / m for n, m in zip(image.shape, shape, strict=True)]
+    if all(f >= 1 and f == int(f) for f in factors):
+        return downscale_local_mean(image, tuple(int(f) for f in factors)).astype(np.float32)
+    return resize(image, shape, anti_aliasing=True, preserve_range=True).astype(np.float32)
+
+
 def plane_kwargs(layer) -> dict:
     """``physical_kwargs`` of a layer's image plane (a spectrum image without its spectral
     axis)."""
@@ -784,10 +809,8 @@ class ActiveLearningWidget(ToolWidget):
                 source = make_source(measured)
                 if derive:
                     structure = structure_from_spectra(spectra_last(structure, structure_meta)[0])
-                if context.grid is not None:  # onto the spectrum image's pixels, area-averaged
-                    from skimage.transform import resize
-
-                    structure = resize(np.asarray(structure, np.float32), shape, anti_aliasing=True)
+                if context.grid is not None:  # onto the spectrum image's pixels
+                    structure = area_resample(np.asarray(structure, np.float32), shape)
                 learner = ActiveLearner(structure, **options)
             else:  # a copy: the widget's campaign changes only when a snapshot is on screen
                 learner, source = copy.deepcopy(campaign[0]), _fork(campaign[1])
