@@ -75,7 +75,7 @@ def test_shift_vae_on_an_eds_map_follows_an_x_ray_line_not_the_zero_peak(
     sample; without the zero peak it spanned 4 FWHM each side of Cu Kα, taking in Fe Kβ and
     Cu Kβ, and the check called a 60 eV gain drift "more than core-loss edges move" (EDS has
     no edges). Now the window is ±2 FWHM around the strongest X-ray line, the zero peak is
-    named as not a line, and no core-loss rule is applied."""
+    named as not a line, and no core-loss rule is applied. DKL optimises that line's area."""
     _eds_map(tmp_path / "eds.hspy", strobe=True)
     viewer = make_napari_viewer()
     open_file(viewer, tmp_path / "eds.hspy")
@@ -88,6 +88,9 @@ def test_shift_vae_on_an_eds_map_follows_an_x_ray_line_not_the_zero_peak(
     status = dock.status.value
     assert status.startswith("Done") and "X-ray line at 80" in status, status
     assert "core-loss" not in status and "edge" not in status
+    # DKL on the same map: it optimised the area of the zero peak ("the peak at 2.7 eV")
+    dkl = open_tool(viewer, "Active learning (DKL)")
+    assert "the area of the X-ray line at 80" in dkl.status.value, dkl.status.value
 
 
 def test_shift_vae_says_a_saturated_zero_loss_peak_gives_smaller_shifts(

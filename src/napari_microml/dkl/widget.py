@@ -520,13 +520,19 @@ class ActiveLearningWidget(ToolWidget):
         """On a newly picked spectrum image: the value to optimise is the strongest core-loss
         edge above its power-law background (or the area of the main peak), said on the status
         line."""
-        from napari_microml.spectra.preprocess import auto_window, edge_quantification_windows
+        from napari_microml.spectra.preprocess import (
+            auto_window,
+            edge_quantification_windows,
+            signal_type_of,
+        )
 
         if layer is self._window_source or ax.units == "V":
             return
         self._window_source = layer
         spectra, _ = sample_spectra(layer.data, layer.metadata)
-        choice = auto_window(spectra, ax.values, units=ax.units)
+        choice = auto_window(
+            spectra, ax.values, units=ax.units, signal_type=signal_type_of(layer.metadata)
+        )
         u = ax.units
         if choice.kind == "edge":
             (s0, s1), (p0, p1) = edge_quantification_windows(choice.edges, ax.values)
@@ -544,8 +550,9 @@ class ActiveLearningWidget(ToolWidget):
             values = ax.values[choice.start : choice.stop]
             self.scalarizer.value = "peak area"
             self.win_lo.value, self.win_hi.value = float(values.min()), float(values.max())
+            peak = "X-ray line" if choice.eds else "peak"  # an EDS zero peak is never chosen
             what = (
-                f"area of the peak at {choice.position:.4g} {u} over "
+                f"area of the {peak} at {choice.position:.4g} {u} over "
                 f"{values.min():.4g}–{values.max():.4g} {u} (counts·{u})"
             )
         else:
