@@ -169,3 +169,40 @@ def test_quick_result_updates_share_an_event_loop_turn(make_napari_viewer):
     while tool._ui_queue:
         QApplication.processEvents()
     assert slow == [0, 1, 2]
+
+
+@pytest.mark.realdata
+def test_a_small_crop_of_a_crystal_is_not_called_isolated_atoms(
+    make_napari_viewer, qtbot, shared_data
+):
+    """A 64 × 64 px crop of Acquisition_18 (SrTiO3, columns 22 px apart: under 3 cells across):
+    the Atom finder said 'no lattice: isolated atoms on an amorphous support', the Defect
+    segmenter 'no crystal lattice … not in a periodic arrangement' and the Lattice analysis 'Is
+    it an atomic-resolution image?'. Each now says the field is too small to show the lattice."""
+    from napari_microml.io.reader import read_file
+
+    data = read_file(str(shared_data / "formats" / "Acquisition_18.emd"))[0][0]
+    crop = np.asarray(data, np.float32)[300:364, 300:364].copy()
+    viewer = make_napari_viewer()
+    viewer.add_image(crop, name="crop64")  # a crop saved by another program: no calibration
+    said = {}
+    for name in ("Atom finder", "Defect segmenter", "Lattice analysis"):
+        dock = open_tool(viewer, name)
+        click(qtbot, dock.run_button, dock)
+        said[name] = dock.status.value
+    for name, sentence in said.items():
+        assert "the image is 64 × 64 px, about" in sentence.lower(), (name, sentence)
+        assert "amorphous support" not in sentence or "choose Model 'default'" in sentence, (
+            name,
+            sentence,
+        )
+    assert "larger field of view" in said["Defect segmenter"], said
+    assert "larger field of view" in said["Lattice analysis"], said
+    assert "Is it an atomic-resolution image" not in said["Lattice analysis"], said
+    # no columns picked: the Lattice dock finds them itself (4 here) and refuses, saying why
+    viewer.layers.remove("crop64 atoms")
+    lattice = open_tool(viewer, "Lattice analysis")
+    click(qtbot, lattice.run_button, lattice)
+    refusal = lattice.status.value
+    assert refusal.startswith("Cannot run: The Atom finder found"), refusal
+    assert "64 × 64 px" in refusal and "larger field of view" in refusal, refusal

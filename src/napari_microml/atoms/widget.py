@@ -10,6 +10,7 @@ import napari
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, FloatSlider, PushButton
 
+from napari_microml.atoms.choose import LATTICE_MODEL, SINGLE_ATOMS_MODEL
 from napari_microml.atoms.finder import AUTO, NOISY_PERIOD, find_atoms_iter, refine_points_iter
 from napari_microml.atoms.finetune import unsure_note
 from napari_microml.atoms.refine import METHODS
@@ -200,6 +201,30 @@ def write_atoms_layer(tool: ToolWidget, layer, result):
     return points
 
 
+SMALL_FIELD_SPACINGS = 4  # fewer column spacings than this across an image: no lattice to see
+
+
+def small_field(shape, positions) -> str:
+    """'the image is 64 × 64 px, about 3 column spacings across' when the columns at
+    ``positions`` are packed like a lattice's (not isolated atoms far apart) but the image's
+    short side holds fewer than SMALL_FIELD_SPACINGS of their spacings, else ''."""
+    from napari_microml.lattice.sublattice import nn_distance
+
+    pos = np.asarray(positions, float).reshape(-1, 2)
+    h, w = (int(n) for n in tuple(shape)[-2:])
+    if len(pos) < 2:
+        return ""
+    spacing = nn_distance(pos)
+    across = min(h, w) / spacing if spacing > 0 else np.inf
+    # a lattice puts one column per spacing²; scattered atoms leave most of the field empty
+    packed = len(pos) * spacing**2 > 0.5 * h * w
+    if across >= SMALL_FIELD_SPACINGS or not packed:
+        return ""
+    return (
+        f"the image is {w} × {h} px, about {across:.0f} column spacings ({spacing:.0f} px) across"
+    )
+
+
 def found_sentence(result) -> str:
     """The status sentence for an atom-finder result: how many, the contrast, fits, model."""
     why = too_coarse(result.pixel_size)
@@ -215,10 +240,19 @@ def found_sentence(result) -> str:
         choice.get("skew"),
     )
     n = len(result.positions)
+    small = ""
+    if (result.parameters.get("model_choice") or {}).get("chosen") == SINGLE_ATOMS_MODEL:
+        small = small_field(result.probability.shape, result.positions)
     return (
         f"Found {n} {found_what(result.parameters, n)}, "
         f"{contrast.note()}{fit_note(result.features)}."
         + model_note(result.parameters)
+        + (
+            f" But {small}: too few to recognise a lattice; if it shows a crystal, choose "
+            f"Model '{LATTICE_MODEL}'."
+            if small
+            else ""
+        )
         + resample_note(result.parameters)
         + unsure_note(result)
         + (f" These are not atom columns: {why}." if coarse else "")

@@ -16,6 +16,7 @@ from magicgui.widgets import ComboBox, FloatSlider
 from napari_microml.atoms.widget import (
     CONTRAST_TIP,
     points_to_pixels,
+    small_field,
 )
 from napari_microml.defects.classes import CLASS_COLORS
 from napari_microml.defects.environments import classify_environments_iter
@@ -361,6 +362,14 @@ class DefectSegmenterWidget(ToolWidget):
         )
         if params.get("estimated_period_px") is None:  # single atoms, particles, amorphous
             head = "Found no defects: there is" if counts.empty else f"Found {text}, but there is"
+            small = small_field(res.labels.shape, res.atoms)
+            if small:  # a crop of a crystal: too few cells to see its lattice
+                self._say(
+                    f"{head} no lattice to be seen in {layer.name}: {small} "
+                    f"({len(res.atoms)} atom columns from {source}), so no environments were "
+                    "classified. Analyse a larger field of view."
+                )
+                return
             self._say(
                 f"{head} no crystal lattice in {layer.name} ({len(res.atoms)} atom columns "
                 f"from {source}, not in a periodic arrangement), so no environments were "

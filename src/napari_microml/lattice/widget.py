@@ -378,14 +378,24 @@ class LatticeWidget(ToolWidget):
                     f"analysis cannot use them: {err} Is it an atomic-resolution image of a "
                     "crystal? Isolated atoms or particles have no lattice to analyse."
                 )
+            if img is not None:
+                from napari_microml.atoms.widget import small_field
+
+                small = small_field(img.shape, pos)
+                if small:
+                    notes.append(f"{small}: too few cells to trust; analyse a larger field of view")
             cnt = None
             if count and not dark:  # an ABF column's signal does not grow with its atoms
                 # one mixture per sublattice: columns of different elements scatter differently
                 groups = lat.sublattice if lat.n_sublattices > 1 else None
-                cnt = yield from relabel(
-                    count_atoms_iter(img, pos, sublattice=groups, input_name=name),
-                    "atom counting: ",
-                )
+                try:
+                    cnt = yield from relabel(
+                        count_atoms_iter(img, pos, sublattice=groups, input_name=name),
+                        "atom counting: ",
+                    )
+                except ValueError as err:  # e.g. too few columns: the lattice stands without
+                    why = str(err).rstrip(".")
+                    notes.append(f"no atom counting: {why[:1].lower()}{why[1:]}")
             elif count:
                 notes.append("dark columns: no atom counting")
             yield Progress(4, 5, "maps")
@@ -435,10 +445,18 @@ class LatticeWidget(ToolWidget):
             "no Points layer: finding the columns (Atom finder): ",
         )
         if len(found.positions) < 6:
+            from napari_microml.atoms.widget import small_field
+
+            small = small_field(np.shape(image), found.positions)
+            why = (
+                f"{small[0].upper()}{small[1:]}: analyse a larger field of view."
+                if small
+                else "Is it an atomic-resolution image?"
+            )
             return Refused(
                 f"The Atom finder found {len(found.positions)} atom columns in {name!r}; a "
-                "lattice needs at least 6. Is it an atomic-resolution image? Or add the "
-                "columns as a Points layer and pick it under Columns."
+                f"lattice needs at least 6. {why} Or add the columns as a Points layer and "
+                "pick it under Columns."
             )
         return found
 
