@@ -1,12 +1,13 @@
 """Do the tools' defaults hold on data from other instruments?
 
 Each real file in ../shared/data is turned into what another instrument would record (other
-pixel sizes, dtypes, offsets, dead pixels, inverted contrast, shear, sizes; spectra in keV,
+pixel sizes, dtypes, offsets, dead pixels, inverted contrast, shear, sizes; scanning-probe
+topographs (tilt, line offsets, streaks, creep, 1/f noise, heights in nm); spectra in keV,
 descending, with fewer channels; other scan coverages) and run through the public API with
 default settings. Every variation's score is printed beside the unperturbed baseline of the
 same run, with the physical quantity that must not change (lattice constant in pm, shift in eV).
-Usage: python benchmarks/generalise.py [--only atoms,abf,pt,defects,spectra,completion,large]
-       [--out FILE]
+Usage: python benchmarks/generalise.py
+       [--only atoms,abf,pt,defects,spm,spectra,completion,large] [--out FILE]
 """
 
 from __future__ import annotations
@@ -312,6 +313,161 @@ def completion_section() -> dict:
     return rows
 
 
+SPM_VARIANTS = {
+    "plane 3x corrugation": dict(plane=3, lines=0, shear=0),
+    "plane 10x": dict(plane=10, lines=0, shear=0),
+    "line offsets 0.5x": dict(plane=0, lines=0.5, shear=0),
+    "line offsets 1x": dict(plane=0, lines=1, shear=0),
+    "line offsets 3x": dict(plane=0, lines=3, shear=0),
+    "shear 2%": dict(plane=0, lines=0, shear=0.02),
+    "shear 5%": dict(plane=0, lines=0, shear=0.05),
+    "1/f raster noise 0.1x": dict(plane=0, lines=0, shear=0, noise=0.1),
+    "1/f raster noise 0.2x": dict(plane=0, lines=0, shear=0, noise=0.2),
+    "10 streaks (+ lines 1x)": dict(plane=0, lines=1, shear=0, streaks=10),
+    "STM: plane 5x, lines 1x, shear 3%, 1/f 0.1x": dict(plane=5, lines=1, shear=0.03, noise=0.1),
+    "same, atoms dark": dict(plane=5, lines=1, shear=0.03, noise=0.1, invert=True),
+    "heavy: plane 10x, lines 3x, shear 5%, 1/f 0.2x, 10 streaks": dict(
+        plane=10, lines=3, shear=0.05, noise=0.2, streaks=10
+    ),
+}
+
+
+class _NoLevelling:
+    """The tools as they were before scanning-probe levelling (the same run's baseline)."""
+
+    MODULES = (
+        "napari_microml.atoms.finder",
+        "napari_microml.defects.segment",
+        "napari_microml.lattice.analyze",
+    )
+
+    def __enter__(self):
+        import importlib
+
+        from napari_microml.runtime.level import Levelling
+
+        self.saved = []
+        for name in self.MODULES:
+            mod = importlib.import_module(name)
+            self.saved.append((mod, mod.level_scan))
+            mod.level_scan = lambda frame: Levelling()
+        return self
+
+    def __exit__(self, *exc):
+        for mod, fn in self.saved:
+            mod.level_scan = fn
+
+
+def _spm_atoms(image, pixel_size, truth) -> dict:
+    out, r = _atoms_case(image, pixel_size, truth, tol=1.5)
+    out["levelling"] = r.parameters.get("levelling")
+    del out["seconds"]
+    return out
+
+
+def spm_section() -> dict:
+    """Scanning-probe (STM/AFM) copies of the lattice images, the Pt/C frames and the defect
+    crop: heights in nm, tilt, line offsets, streaks, creep, 1/f noise; each with levelling
+    (now) and without (before), beside the unperturbed baseline; and the 17 real electron
+    images, which must not be levelled."""
+    from napari_microml.runtime.level import level_scan
+    from napari_microml.synth.scanprobe import scanning_probe
+
+    rows: dict = {}
+    for name, rel, px, crop in (
+        ("Acquisition_18 512 crop", "formats/Acquisition_18.emd", A18_NM, 512),
+        ("ABF SrTiO3 384 crop", "formats/stem_abf_data.hspy", 0.00933, 384),
+    ):
+        full = _read(rel)
+        h, w = full.shape
+        img = full[(h - crop) // 2 : (h + crop) // 2, (w - crop) // 2 : (w + crop) // 2]
+        base, rb = _atoms_case(img, px)
+        del base["seconds"]
+        res: dict = {"baseline": base}
+        for vname, kw in SPM_VARIANTS.items():
+            x = scanning_probe(img, **kw)
+            sh = kw.get("shear", 0.0)
+            truth = np.column_stack(
+                [rb.positions[:, 0], rb.positions[:, 1] - sh * rb.positions[:, 0]]
+            )
+            now = _spm_atoms(x, px, truth)
+            with _NoLevelling():
+                before = _spm_atoms(x, px, truth)
+            res[vname] = {"levelled": now, "not levelled (before)": before}
+        rows[name] = res
+    import pandas as pd
+    import tifffile
+
+    pt: dict = {}
+    for path in sorted((DATA / "atoms_pt_haadf" / "images").glob("*.tif")):
+        img = tifffile.imread(path).astype(float)
+        lab = pd.read_csv(DATA / "atoms_pt_haadf" / "labels" / f"{path.name[:3]}_Results.csv")
+        true = lab[["Y", "X"]].to_numpy(float)
+        r = mm.find_atoms(img, pixel_size=15 / 512)
+        x = scanning_probe(img, plane=5, lines=1, shear=0.0, noise=0.1, streaks=5)
+        entry = {"baseline": round(match_boxes(r.positions, true, box=21)["f1"], 3)}
+        for key, ctx in (("levelled", None), ("not levelled (before)", _NoLevelling)):
+            if ctx is None:
+                got = mm.find_atoms(x, pixel_size=15 / 512)
+            else:
+                with ctx():
+                    got = mm.find_atoms(x, pixel_size=15 / 512)
+            entry[key] = round(match_boxes(got.positions, true, box=21)["f1"], 3)
+            entry[key + " vs baseline detections"] = round(
+                match_points(got.positions, r.positions, max_distance=3.0)["f1"], 3
+            )
+        pt[path.name[:3]] = entry
+    rows["Pt/C as STM (plane 5x, lines 1x, 1/f 0.1x, 5 streaks): F1 vs labels"] = {
+        "mean": {
+            k: round(float(np.mean([e[k] for e in pt.values()])), 3)
+            for k in next(iter(pt.values()))
+        },
+        "per_image": pt,
+    }
+    img = _read("formats/Acquisition_18.emd")[256:768, 256:768]
+    dres: dict = {}
+    for vname, x in {
+        "baseline": img,
+        "STM: plane 5x, lines 1x, 1/f 0.1x": scanning_probe(
+            img, plane=5, lines=1, shear=0, noise=0.1
+        ),
+        "heavy: plane 10x, lines 3x, 1/f 0.2x, 10 streaks": scanning_probe(
+            img, plane=10, lines=3, shear=0, noise=0.2, streaks=10
+        ),
+    }.items():
+        for key, ctx in (("levelled", None), ("not levelled (before)", _NoLevelling)):
+            if ctx is None:
+                r = mm.segment_defects(x, pixel_size=A18_NM)
+            else:
+                with ctx():
+                    r = mm.segment_defects(x, pixel_size=A18_NM)
+            c = r.counts()
+            dres.setdefault(vname, {})[key] = {
+                "counts": {str(a): int(b) for a, b in zip(c["class"], c["count"], strict=True)},
+                "levelling": r.provenance.get("parameters", {}).get("levelling"),
+            }
+            if vname == "baseline":
+                break
+    rows["defects, Acquisition_18 512 crop (one crystal: 1 bright dopant)"] = dres
+    real = {}
+    for rel in (
+        "formats/Acquisition_18.emd",
+        "formats/stem_abf_data.hspy",
+        "formats/DMReader_Image_SI-Survey.dm3",
+        "dkl/CuZn_HAADF.hspy",
+        "completion/truth-1.tif",
+        "completion/truth-2.tif",
+        *sorted(
+            f"atoms_pt_haadf/images/{p.name}"
+            for p in (DATA / "atoms_pt_haadf" / "images").glob("*.tif")
+        ),
+    ):
+        x = np.squeeze(_read(rel)).astype(float)
+        real[rel.split("/")[-1]] = level_scan(x).describe() or "not levelled"
+    rows["17 real electron images"] = real
+    return rows
+
+
 _LARGE = """
 import json, resource, sys, time
 import numpy as np
@@ -360,7 +516,7 @@ def large_section() -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--only", default="atoms,abf,pt,defects,spectra,completion,large")
+    ap.add_argument("--only", default="atoms,abf,pt,defects,spm,spectra,completion,large")
     ap.add_argument("--out")
     args = ap.parse_args()
     import torch
@@ -381,6 +537,8 @@ def main() -> None:
             out["Pt/C single atoms"] = pt_section()
         if "defects" in parts:
             out["defects, Acquisition_18 512 crop"] = defects_section()
+        if "spm" in parts:
+            out["scanning-probe images"] = spm_section()
         if "spectra" in parts:
             import tempfile
 

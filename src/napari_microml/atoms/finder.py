@@ -14,6 +14,7 @@ from napari_microml.atoms.refine import (
     refine_positions_iter,
 )
 from napari_microml.runtime.contrast import check_contrast, decide
+from napari_microml.runtime.level import Levelling, level_scan
 from napari_microml.runtime.provenance import make_provenance
 from napari_microml.runtime.spacing import resample, to_original, zoom_for, zoom_to
 from napari_microml.runtime.tiling import TILE, tile_batch, tiled_predict
@@ -315,11 +316,15 @@ def find_atoms_iter(
     # 0–1 in float64 first: the same numbers (and columns) whatever the image's units
     scaled = as_scaled_stack(image, what="image")
     stack, is_stack = scaled.stack, scaled.is_stack
-    for frame in stack:  # a fresh array: repaired in place
+    levelled = Levelling()
+    for frame in stack:  # a fresh array: repaired and levelled in place
         repair_outliers(frame)
+        levelled |= level_scan(frame)
     zoom, spacing = zoom_for(fill_nonfinite(stack[0]), rescale, noisy_high=NOISY_PERIOD)
     if rescale == "auto" and spacing is None and pixel_size is not None:
         zoom = single_atoms_zoom(model, pixel_size, stack.shape[-2:])
+    if levelled.applied:
+        yield progress(0, 1, str(levelled.describe()))
     yield progress(0, 1, "loading the model")  # a cancel point after measuring the lattice
     dev = resolve_device(device)
     net, info = load_model("atoms", model, dev)
@@ -413,6 +418,7 @@ def find_atoms_iter(
         zoom=round(zoom, 4),
         estimated_period_px=spacing,
         network_input=kind,
+        levelling=levelled.describe(),
     )
     label = describe_device(dev)
     model_info = model_provenance(info)

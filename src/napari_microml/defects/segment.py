@@ -15,6 +15,7 @@ from napari_microml.defects.classes import CLASS_NAMES, N_OUTPUTS
 from napari_microml.defects.columns import column_check as check_columns
 from napari_microml.defects.instances import instances, keep_instances
 from napari_microml.runtime.contrast import check_contrast, decide
+from napari_microml.runtime.level import Levelling, level_scan
 from napari_microml.runtime.provenance import make_provenance
 from napari_microml.runtime.spacing import resample, to_original, to_resampled, zoom_for, zoom_to
 from napari_microml.runtime.tiling import TILE
@@ -246,8 +247,12 @@ def segment_defects_iter(
     # 0–1 in float64 first: the same numbers (and defects) whatever the image's units
     scaled = as_scaled_stack(image, what="image")
     stack, is_stack = scaled.stack, scaled.is_stack
+    levelled = Levelling()
     for frame in stack:  # a fresh array: stuck pixels repaired in place (a spike is no defect)
         repair_outliers(frame)
+        levelled |= level_scan(frame)  # an SPM scan's tilt and line offsets
+    if levelled.applied:
+        yield progress(0, 1, str(levelled.describe()))
     user_atoms = _check_atoms(atoms, stack.shape, is_stack)
     first = fill_nonfinite(stack[0])
     zoom, period = zoom_for(first, rescale, low=6.0, high=30.0)  # trained: 6–24 px
@@ -386,6 +391,7 @@ def segment_defects_iter(
         dropped_below_threshold=n_weak,
         edge_margin=float(edge_margin),
         dropped_at_edge=n_edge,
+        levelling=levelled.describe(),
     )
     model_info = model_provenance(info)
     return DefectsResult(

@@ -9,6 +9,7 @@ from scipy.spatial import cKDTree
 
 from napari_microml.lattice import strain as _strain
 from napari_microml.lattice.sublattice import assign_sublattices, nn_distance
+from napari_microml.runtime.level import level_scan
 from napari_microml.runtime.provenance import make_provenance
 from napari_microml.runtime.validate import check_pixel_size, repair_outliers
 from napari_microml.runtime.workers import drain, progress
@@ -128,6 +129,7 @@ def column_intensity(image: np.ndarray, positions: np.ndarray, d0: float) -> np.
     repair_outliers(img)  # a stuck pixel would make its column the brightest sublattice
     if not np.isfinite(img).all():
         img = np.where(np.isfinite(img), img, np.nanmedian(img))
+    level_scan(img)  # an SPM scan's tilt would rank the columns by height along it
     img = ndi.gaussian_filter(img, max(0.15 * d0, 0.5))
     return ndi.map_coordinates(img, positions.T, order=1, mode="nearest")
 

@@ -1,0 +1,213 @@
+"""Scanning-probe levelling: a tilted plane, scan-line offsets and streaks, removed when detected.
+
+STM/AFM topography carries the sample's tilt (a plane spanning several times the atomic
+corrugation), feedback offsets between scan lines (rows) and streaks (part of one line off
+from both its neighbours). They defeat a network trained on electron images, so the tools level
+such a frame the way an SPM user would (a least-squares plane, rows aligned by the median of
+their differences, streaks replaced by their neighbours' mean) and say so. Electron images are
+left alone: their row steps are as small as their column steps, their background is not a
+plane and no line segment stands out of both neighbours; the thresholds sit well above what
+the 17 real electron images here show (benchmarks/RESULTS.md, "scanning-probe images").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage as ndi
+
+# rows stepping this many times more than columns: line offsets (electron images: ≤ 2.2)
+LINE_RATIO = 4.0
+# and their steps' spread at least this fraction of the corrugation (real electron images:
+# ≤ 0.031; simulated STEM line jitter at low dose, which the networks are trained on: ≤ 0.13)
+LINE_STEP = 0.15
+# a plane is a tilt when it spans this many corrugations and explains the background
+PLANE_RANGE = 2.0
+PLANE_FIT = 0.99
+# a streak: at least this many pixels of one row, each this many vertical-step spreads above
+# (or below) both neighbouring rows
+STREAK_LENGTH = 16
+STREAK_STEP = 4.0
+_MAX_SIDE = 512  # statistics on a strided copy of at most this size
+
+
+@dataclass(frozen=True)
+class Levelling:
+    """What :func:`level_scan` removed (or would remove) from a frame.
+
+    Attributes
+    ----------
+    plane : bool
+        A tilted background plane.
+    lines : bool
+        Per-scan-line (row) offsets.
+    streaks : int
+        Pixels of scan-line streaks replaced.
+    """
+
+    plane: bool = False
+    lines: bool = False
+    streaks: int = 0
+
+    @property
+    def applied(self) -> bool:
+        return self.plane or self.lines or self.streaks > 0
+
+    def describe(self) -> str | None:
+        """The sentence a status line or provenance shows, or None when nothing was removed."""
+        parts = [
+            p
+            for p, on in (
+                ("plane", self.plane),
+                ("line offsets", self.lines),
+                ("scan-line streaks", self.streaks > 0),
+            )
+            if on
+        ]
+        return f"levelled: {' + '.join(parts)} removed" if parts else None
+
+    def __or__(self, other: Levelling) -> Levelling:
+        return Levelling(
+            self.plane or other.plane, self.lines or other.lines, self.streaks + other.streaks
+        )
+
+
+def _plane(x: np.ndarray) -> np.ndarray:
+    """Least-squares plane of ``x`` (fitted on a strided copy), evaluated on the full grid."""
+    h, w = x.shape
+    s = max(1, max(h, w) // _MAX_SIDE)
+    sub = x[::s, ::s]
+    yy, xx = np.mgrid[0 : sub.shape[0], 0 : sub.shape[1]] * float(s)
+    a = np.column_stack([np.ones(sub.size), yy.ravel(), xx.ravel()])
+    c = np.linalg.lstsq(a, sub.ravel(), rcond=None)[0]
+    return c[0] + c[1] * np.arange(h)[:, None] + c[2] * np.arange(w)[None, :]
+
+
+def _row_steps(x: np.ndarray) -> np.ndarray:
+    """Median step from each row to the next (robust to the atoms a row crosses)."""
+    s = max(1, x.shape[1] // _MAX_SIDE)
+    return np.median(np.diff(x[:, ::s], axis=0), axis=1)
+
+
+def _mad(v: np.ndarray) -> float:
+    return float(1.4826 * np.median(np.abs(v - np.median(v)))) if v.size else 0.0
+
+
+def scan_statistics(frame: np.ndarray) -> dict:
+    """The numbers :func:`detect_levelling` decides on, in units of the atomic corrugation.
+
+    Parameters
+    ----------
+    frame : (H, W) array
+        Finite values, any units.
+
+    Returns
+    -------
+    dict
+        ``plane_range`` (the fitted plane's span), ``plane_fit`` (the fraction of the smoothed
+        background the plane explains), ``row_step`` (spread of the rows' median steps) and
+        ``step_ratio`` (that over the columns' spread).
+    """
+    x = np.asarray(frame, np.float64)
+    s = max(1, max(x.shape) // _MAX_SIDE)
+    x = x[::s, ::s]
+    plane = _plane(x)
+    r = x - plane
+    # corrugation: the 1–99 % spread of the detail finer than ~8 px
+    lo, hi = np.percentile(r - ndi.gaussian_filter(r, 8), (1, 99))
+    corr = max(hi - lo, 1e-12)
+    back = ndi.gaussian_filter(x, max(x.shape) / 16)
+    var = float(np.var(back))
+    rows, cols = _mad(_row_steps(r)), _mad(_row_steps(r.T))
+    return {
+        "plane_range": float(np.ptp(plane)) / corr,
+        "plane_fit": 1.0 - float(np.var(back - plane)) / var if var > 0 else 0.0,
+        "row_step": rows / corr,
+        "step_ratio": rows / max(cols, 1e-12 * corr),
+    }
+
+
+def detect_levelling(frame: np.ndarray) -> Levelling:
+    """Decide whether ``frame`` looks like a scanning-probe scan that needs levelling.
+
+    Parameters
+    ----------
+    frame : (H, W) array
+        Finite values, any units (heights in nm, counts).
+
+    Returns
+    -------
+    Levelling
+        Line offsets when the rows step ``LINE_RATIO`` times more than the columns and by at
+        least ``LINE_STEP`` corrugations; a plane when it spans ``PLANE_RANGE`` corrugations
+        and explains ``PLANE_FIT`` of the smoothed background, or whenever line offsets are
+        found (an SPM scan).
+    """
+    if min(np.shape(frame)) < 16:
+        return Levelling()
+    st = scan_statistics(frame)
+    lines = st["step_ratio"] >= LINE_RATIO and st["row_step"] >= LINE_STEP
+    plane = lines or (st["plane_range"] >= PLANE_RANGE and st["plane_fit"] >= PLANE_FIT)
+    return Levelling(plane=plane, lines=lines)
+
+
+def streak_mask(frame: np.ndarray) -> np.ndarray:
+    """Pixels of scan-line streaks: runs of ``STREAK_LENGTH`` px of one row that stand
+    ``STREAK_STEP`` vertical-step spreads above, or below, both neighbouring rows.
+
+    Parameters
+    ----------
+    frame : (H, W) array
+        Finite values, line offsets already removed.
+
+    Returns
+    -------
+    (H, W) bool array
+    """
+    x = np.asarray(frame, np.float64)
+    mask = np.zeros(x.shape, bool)
+    if min(x.shape) < 3 or x.shape[1] < STREAK_LENGTH:
+        return mask
+    s = max(1, max(x.shape) // _MAX_SIDE)
+    spread = _mad(np.diff(x[::s, ::s], axis=0).ravel())
+    up, down = x[1:-1] - x[:-2], x[1:-1] - x[2:]
+    run = np.ones((1, STREAK_LENGTH), bool)
+    for sign in (1.0, -1.0):
+        hit = (sign * up > STREAK_STEP * spread) & (sign * down > STREAK_STEP * spread)
+        mask[1:-1] |= ndi.binary_opening(hit, structure=run)
+    return mask
+
+
+def level_scan(frame: np.ndarray) -> Levelling:
+    """Remove a tilted plane, scan-line offsets and streaks from a float ``frame``, in place.
+
+    Parameters
+    ----------
+    frame : (H, W) float array
+        Changed in place (pass a copy of a user's data); NaN/inf pixels stay as they are.
+
+    Returns
+    -------
+    Levelling
+        What was found and removed (:func:`detect_levelling`, :func:`streak_mask`);
+        ``describe()`` gives the sentence to show.
+    """
+    finite = np.isfinite(frame)
+    if not finite.any():
+        return Levelling()
+    gaps = not finite.all()
+    x = np.where(finite, frame, np.median(frame[finite])) if gaps else frame
+    how = detect_levelling(x)
+    if how.lines:
+        # offsets of the rows relative to the first: the cumulated median steps
+        x -= np.concatenate([[0.0], np.cumsum(_row_steps(x))])[:, None]
+    if how.plane:  # after aligning rows: the tilt along them is left
+        x -= _plane(x)
+    bad = streak_mask(x)
+    if bad.any():
+        r, c = np.nonzero(bad)
+        x[r, c] = 0.5 * (x[r - 1, c] + x[r + 1, c])
+    if gaps:
+        frame[finite] = x[finite]
+    return Levelling(how.plane, how.lines, int(bad.sum()))
