@@ -188,3 +188,39 @@ def test_stuck_pixels_are_no_defects():
     stuck.flat[k[10:]] = image.max() + 50 * span
     clean, got = mm.segment_defects(image), mm.segment_defects(stuck)
     assert list(got.table["class"]) == list(clean.table["class"])
+
+
+def test_a_3px_triangular_lattice_is_not_read_as_a_shoulder():
+    """A 3 px triangular lattice whose autocorrelation's radial mean stays above zero up to
+    12 px was read at 9.9 px (its first ring taken for a shoulder of the central lobe), so the
+    network ran at native scale on a blur."""
+    from napari_microml.runtime.spacing import estimate_spacing
+    from napari_microml.synth.lattice import simulate_lattice
+
+    s = simulate_lattice(
+        (192, 192), scene="crystal", lattice="triangular", spacing=3.0, dose=500, seed=2000
+    )
+    got = estimate_spacing(s.image)
+    assert got.periodic and got.period == pytest.approx(3.0, abs=0.3)
+
+
+@needs_a18
+def test_an_image_interpolated_to_twice_the_pixels_is_still_a_lattice():
+    """Bicubic ×2 (a resized export): the interpolated noise raised the autocorrelation's
+    origin so the 46 px period's strength read 0.286 < 0.3, "no lattice"; the single-atom
+    model then ran (F1 0.90 on the 512² crop)."""
+    from skimage.transform import rescale
+
+    import napari_microml as mm
+    from napari_microml.atoms.metrics import match_points
+    from napari_microml.runtime.spacing import estimate_spacing
+
+    img = _a18_crop(256)
+    base = mm.find_atoms(img, model="default")
+    x2 = rescale(img, 2.0, order=3)
+    got = estimate_spacing(x2)
+    assert got.periodic and got.period == pytest.approx(2 * 22.8, rel=0.05)
+    r = mm.find_atoms(x2)
+    assert r.parameters["model_choice"]["chosen"] == "default"
+    truth = (base.positions + 0.5) * 2 - 0.5
+    assert match_points(r.positions, truth, max_distance=3.0)["f1"] > 0.95
