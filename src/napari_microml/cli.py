@@ -513,6 +513,12 @@ def collect_inputs(
                     f"{p.name}: '{p.suffix or 'no extension'}' files are not supported "
                     f"(supported: {', '.join(sorted(FORMATS))})."
                 )
+            elif get_reader(str(p)) is None and p.suffix.lower() == ".csv":
+                raise InputError(
+                    f"{p.name}: a CSV input is a sparse scan whose header names the columns x, "
+                    "y (scan pixels) and the measured value, e.g. 'x,y,counts'; this one "
+                    "does not."
+                )
             elif get_reader(str(p)) is None:
                 raise InputError(f"{p.name} is not a file this reader understands.")
             else:

@@ -45,6 +45,7 @@ FORMATS: dict[str, tuple[str | None, str]] = {
     ".tif": ("rsciio.tiff", "TIFF"),
     ".tiff": ("rsciio.tiff", "TIFF"),
     ".npy": (None, "NumPy"),
+    ".csv": (None, "CSV of scan positions and values (x, y, value)"),
 }
 SPECTRAL_UNITS = {"ev", "kev", "mev", "cm^-1", "1/cm", "cm-1"}
 SPECTRAL_WORDS = ("energy", "loss", "wavelength", "raman", "wavenumber")
@@ -62,8 +63,10 @@ def get_reader(path) -> Callable | None:
             path = path[0]
         p = Path(path)
         ext = p.suffix.lower()
-        if ext == ".csv":  # our points CSV reopens calibrated; any other CSV is napari's
-            return _read_points if _is_points_csv(p) else None
+        if ext == ".csv":  # our points CSV; a sparse scan's x, y, value; any other is napari's
+            if _is_points_csv(p):
+                return _read_points
+            return _napari_reader if _scan_value_columns(p) else None
         if ext == ".zarr":
             return _read_bundle if _is_bundle(p) else None
         if ext not in FORMATS or not p.is_file():
@@ -99,6 +102,59 @@ def _is_points_csv(path: Path) -> bool:
     with open(path, encoding="utf-8", errors="replace") as fh:
         header = fh.readline().strip().split(",")
     return {"row_px", "col_px"} <= set(header)
+
+
+def _scan_value_columns(path: Path) -> tuple[int, int, int, str] | None:
+    """Find the x, y and value columns of a sparse scan's CSV.
+
+    ``(x, y, value)`` column indices and the value's name when the header names columns x and
+    y (pixels) and one more, else ``None``.
+    """
+    import re
+
+    if not path.is_file():
+        return None
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        header = [h.strip().strip('"').lower() for h in re.split(r"[,;\t]", fh.readline())]
+    names = [re.sub(r"[ _]*\(?px\)?$|[ _]*\(?pixels?\)?$", "", h) for h in header]
+    if len(names) != 3 or "x" not in names or "y" not in names or "" in names:
+        return None  # "" or unnamed: an index column (a labels table's ",X,Y"), not a value
+    value = next(i for i, n in enumerate(names) if n not in ("x", "y"))
+    return names.index("x"), names.index("y"), value, header[value] or "value"
+
+
+def _read_scan_values(p: Path) -> list[dict]:
+    """Read a CSV of (x, y, value) measurements at scan pixels as a NaN-gapped image.
+
+    NaN = not measured; a pixel measured twice holds the mean. Returns rsciio-like dicts.
+    """
+    import pandas as pd
+
+    from napari_microml.completion.scan_io import rasterise
+
+    columns = _scan_value_columns(p)
+    if columns is None:
+        raise ValueError(
+            "its header does not name columns x, y and one value (pixels); that is the only "
+            "CSV napari-microml reads besides its own points tables"
+        )
+    ix, iy, iv, name = columns
+    table = pd.read_csv(p, sep=None, engine="python")
+    numbers = table.apply(pd.to_numeric, errors="coerce")
+    if numbers.isna().any().any():
+        row = int(numbers.isna().any(axis=1).to_numpy().argmax()) + 2
+        raise ValueError(f"line {row} holds something other than three numbers")
+    xyv = numbers.to_numpy(float)
+    values, measured = rasterise(xyv[:, [iy, ix]], xyv[:, iv])
+    image = np.where(measured, values, np.nan).astype(np.float32)
+    return [
+        {
+            "data": image,
+            "axes": [],
+            "metadata": {"General": {"title": p.stem}, "Signal": {"quantity": name}},
+            "original_metadata": {"positions": len(xyv), "pixels_measured": int(measured.sum())},
+        }
+    ]
 
 
 def _read_points(path) -> list[LayerData]:
@@ -176,7 +232,9 @@ def read_file(path) -> list[LayerData]:
             return [read_result_tiff(str(p))]
     lazy = p.stat().st_size > LAZY_BYTES
     try:
-        if module is None:
+        if ext == ".csv":
+            dicts = _read_scan_values(p)
+        elif module is None:
             dicts = _read_numpy(p, lazy)
         elif ext == ".h5" and not _is_hyperspy_h5(p):  # pyNSID; anything else: rsciio's error
             dicts = _read_nsid(p) or _read_rsciio(p, module, lazy)
