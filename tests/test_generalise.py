@@ -224,3 +224,20 @@ def test_an_image_interpolated_to_twice_the_pixels_is_still_a_lattice():
     assert r.parameters["model_choice"]["chosen"] == "default"
     truth = (base.positions + 0.5) * 2 - 0.5
     assert match_points(r.positions, truth, max_distance=3.0)["f1"] > 0.95
+
+
+@pytest.mark.skipif(not PT.exists(), reason="no shared data (../shared/data)")
+@pytest.mark.parametrize(
+    ("name", "factor"), [("045", 1.5), ("049", 1.2), ("045", 2.0), ("047", 0.7)]
+)
+def test_resampled_single_atoms_stay_without_a_lattice(name, factor):
+    """Pt/C single atoms resampled: neither the interpolated-noise shoulder nor a low origin
+    estimate turns the support into a lattice."""
+    import tifffile
+    from skimage.transform import rescale
+
+    from napari_microml.runtime.spacing import estimate_spacing
+
+    path = next(PT.parent.glob(f"{name}_*.tif"))
+    img = tifffile.imread(path).astype(float)
+    assert not estimate_spacing(rescale(img, factor, order=3, anti_aliasing=factor < 1)).periodic

@@ -21,11 +21,15 @@ from scipy import ndimage as ndi
 MIN_STRENGTH = 0.3  # autocorrelation peak / central value; single-atom images stay below 0.2
 _REL_PEAK = 0.3  # shortest peak at least this fraction of the strongest one
 _MAX_SIDE = 1024  # the estimate uses a central crop of at most this size
-# a shoulder rises by less than this fraction of the origin (interpolated noise: ≤ 0.02)
+# rings stand out of the radial profile by this fraction of the origin (shoulders of
+# interpolated noise: ≤ 0.02)
 _SHOULDER_RISE = 0.1
-# a shoulder this high (of the origin) is correlated noise on the lattice's lobe (resampled
-# images: 0.32-0.45; single atoms and amorphous films: ≤ 0.05)
+# a shoulder this high (of the origin) is correlated noise on the structure's lobe (resampled
+# images: 0.32-0.45; single atoms and amorphous films at their own pixels: ≤ 0.05)
 _SHOULDER_LEVEL = 0.2
+# a lattice's peak under such a shoulder, relative to the lobe there (Acquisition_18 ×1.2/×2:
+# 0.88; Pt/C single atoms resampled ×1.2-×2: ≤ 0.36)
+_UNDER_SHOULDER = 0.6
 _MIN_PEAK_SE = 5.0  # the period's peak, in white-noise standard errors of the autocorrelation
 TARGET = 14.0  # px: the period a resampled copy gets
 RESCALE_MODES = ("auto", "always", "off")
@@ -89,26 +93,23 @@ def estimate_spacing(image: np.ndarray) -> Spacing:
     profile = np.bincount(rb.ravel(), a.ravel()) / np.maximum(np.bincount(rb.ravel()), 1)
     lobe = next((i for i in range(1, int(r_max)) if profile[i] <= profile[i + 1]), int(r_max))
     # a shoulder (resampled or blurred noise) is not the lobe's end: it ends below zero, unless
-    # the profile first rises clearly again (a small lattice's first ring, not a shoulder)
+    # the profile oscillates first (a small lattice's rings, not a shoulder)
     below = np.flatnonzero(profile[1 : int(r_max)] <= 0)
-    origin = a[cy, cx]
+    shoulder = None
     if below.size and below[0] + 1 > lobe:
+        from scipy.signal import find_peaks
+
         seg = profile[lobe : below[0] + 2] / a[cy, cx]
-        rise = np.flatnonzero(seg - np.minimum.accumulate(seg) > _SHOULDER_RISE)
-        if rise.size:
-            lobe += int(np.argmin(seg[: rise[0]]))
-        else:
-            # interpolated noise is correlated up to the shoulder and sits on the structure's
-            # lobe there: that lobe's value is the structure's own (noise-free) origin
-            if seg[0] >= _SHOULDER_LEVEL:
-                origin = profile[lobe]
+        if len(find_peaks(seg, prominence=_SHOULDER_RISE)[0]) < 2:
+            if _SHOULDER_LEVEL <= seg[0] < 1:
+                shoulder = float(seg[0])
             lobe = int(below[0]) + 1
     peaks = (
         (a == ndi.maximum_filter(a, size=3)) & (r >= max(2.0, 0.8 * lobe)) & (r <= r_max) & (a > 0)
     )
     if not peaks.any():
         return Spacing(None, 0.0)
-    vals, radii = a[peaks] / origin, r[peaks]
+    vals, radii = a[peaks] / a[cy, cx], r[peaks]
     strong = vals >= _REL_PEAK * vals.max()
     i = int(np.argmin(np.where(strong, radii, np.inf)))
     # In a frame of pure noise the origin's neighbours are ~0 too, so any bump divided by them
@@ -117,6 +118,10 @@ def estimate_spacing(image: np.ndarray) -> Spacing:
     w2 = window * window
     if a[peaks][i] < _MIN_PEAK_SE * np.sqrt((w2 * w2).sum()) / w2.sum() * total:
         return Spacing(None, 0.0)
+    # interpolated noise, correlated up to the shoulder, raises the origin above the lattice's
+    # lobe there; a lattice's peak still reaches most of that lobe, single atoms' do not
+    if shoulder is not None and vals[i] >= _UNDER_SHOULDER * shoulder:
+        return Spacing(float(radii[i]), float(vals[i] / shoulder))
     return Spacing(float(radii[i]), float(vals[i]))
 
 
