@@ -223,3 +223,22 @@ def test_a_random_scan_given_as_x_y_value_csv_opens_and_completes(
     assert cli.main(["complete", str(tmp_path / "bare.csv"), "--out", str(out), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "bare.csv: a CSV input is a sparse scan whose header names the columns x, y" in err
+
+
+def test_the_partial_scan_sample_is_completed_from_its_own_scan(make_napari_viewer, qtbot):
+    """File > Open Sample > Partial spiral scan gives the truth, the sparse scan (10 % spiral)
+    and its mask; the completer opened in Simulate on the truth with its own 5.6 % spiral and
+    never used the sample's scan. The sample's scan layers are now marked as a sparse
+    acquisition (as the reader marks a random scan): the dock opens in Complete with them and
+    Run fills the sample's 90 % unmeasured pixels."""
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-microml", "partial_scan")
+    dock = open_tool(viewer, "Partial-scan completer")
+    assert dock.mode.value == "Complete measured data"
+    assert (dock.sparse_layer.value.name, dock.mask_layer.value.name) == (
+        "sparse scan",
+        "scan mask",
+    )
+    click(qtbot, dock.run_button, dock)
+    assert dock.status.value.startswith("Done: filled the 90.0 % unmeasured pixels")
+    assert "sparse scan completed" in viewer.layers

@@ -56,14 +56,17 @@ def sample_partial_scan():
         mask = scan_mask("spiral", s.image.shape, 0.1, seed=0)
     except ImportError:  # completer not installed yet: a random mask of the same coverage
         mask = np.random.default_rng(0).random(s.image.shape) < 0.1
+    # marked as a sparse acquisition, as the reader marks a random scan: the completer takes
+    # them (Complete, this mask) and the image tools leave them alone
+    scan = {"metadata": {"napari_microml": {"sparse_scan": True, "scan_shape": mask.shape}}}
     return [
         (s.image, {"name": "full scan (truth)", "colormap": "gray", **_physical()}, "image"),
         (
             np.where(mask, s.image, 0).astype(np.float32),
-            {"name": "sparse scan", "colormap": "gray", **_physical()},
+            {"name": "sparse scan", "colormap": "gray", **scan, **_physical()},
             "image",
         ),
-        (mask.astype(np.uint8), {"name": "scan mask", **_physical()}, "labels"),
+        (mask.astype(np.uint8), {"name": "scan mask", **scan, **_physical()}, "labels"),
     ]
 
 
