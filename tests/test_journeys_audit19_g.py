@@ -242,3 +242,31 @@ def test_the_partial_scan_sample_is_completed_from_its_own_scan(make_napari_view
     click(qtbot, dock.run_button, dock)
     assert dock.status.value.startswith("Done: filled the 90.0 % unmeasured pixels")
     assert "sparse scan completed" in viewer.layers
+
+
+def test_cli_says_a_mask_of_weights_is_read_as_measured_wherever_non_zero(tmp_path, capsys):
+    """A mask given as weights (the partial-STEM spiral is a blurred trace, 0–0.625 in 11
+    levels): every non-zero pixel, the faint tails too, was taken as measured without a word.
+    ``microml complete`` now says how it read the mask; a 0/1 mask gets no such note."""
+    import tifffile
+
+    from napari_microml import cli
+
+    y, x = np.mgrid[:32, :32]
+    image = np.sin(x / 3 + y / 5).astype(np.float32)
+    weights = np.zeros((32, 32), np.float32)
+    weights[::4] = 0.6
+    weights[1::4] = 0.05  # the blurred trace's faint edge
+    tifffile.imwrite(tmp_path / "scan.tif", image)
+    tifffile.imwrite(tmp_path / "weights.tif", weights)
+    tifffile.imwrite(tmp_path / "binary.tif", (weights > 0.3).astype(np.uint8))
+    for mask, out in (("weights", "a"), ("binary", "b")):
+        args = ["complete", str(tmp_path / "scan.tif"), "--mask", str(tmp_path / f"{mask}.tif")]
+        capsys.readouterr()
+        assert cli.main([*args, "--out", str(tmp_path / out), "--quiet"]) == 0
+        said = capsys.readouterr().err
+        if mask == "weights":
+            assert "--mask weights.tif holds 3 levels from 0 to 0.6, not two: its 512" in said
+            assert "(50.0 %) are taken as measured, the faint ones too" in said
+        else:
+            assert "levels" not in said
