@@ -569,6 +569,9 @@ def refine_points_iter(image, positions, *, frames=None, refine="gaussian", cont
     check_contrast(contrast)
     scaled = as_scaled_stack(image)
     stack = scaled.stack
+    for frame in stack:  # fitted on the frame find_atoms fits on
+        repair_outliers(frame)
+        level_scan(frame)
     positions = np.asarray(positions, float)
     if frames is not None and positions.size:
         positions = np.column_stack([np.asarray(frames, float).ravel(), positions])
