@@ -206,3 +206,34 @@ def test_a_small_crop_of_a_crystal_is_not_called_isolated_atoms(
     refusal = lattice.status.value
     assert refusal.startswith("Cannot run: The Atom finder found"), refusal
     assert "64 × 64 px" in refusal and "larger field of view" in refusal, refusal
+
+
+def test_long_displacement_arrows_do_not_shrink_the_image(make_napari_viewer, qtbot):
+    """Lattice analysis of a 4096² mosaic: columns off their lattice sites (its seams) got
+    arrows of hundreds of px, × 10, and the view was refit to their tips: the image shrank to a
+    small square in a spray of arrows. The view now frames the image and its columns."""
+    import napari_microml as mm
+    from napari_microml.runtime.widget import canvas_view
+
+    viewer = make_napari_viewer(show=True)
+    viewer.window.resize(1500, 1000)
+    # two sublattices: the arrows are one's displacements within the other's cells
+    sample = simulate_lattice((256, 256), scene="crystal", lattice="perovskite", spacing=24.0)
+    viewer.add_image(sample.image.astype(np.float32), name="xtal")
+    positions = sample.positions.copy()
+    arrowed = np.isfinite(mm.analyze_lattice(positions, image=sample.image).displacement).all(1)
+    inner = arrowed & (positions > 60).all(1) & (positions < 196).all(1)
+    moved = np.flatnonzero(inner)[np.argmax(positions[inner, 1])]  # 5 px off its site
+    positions[moved, 1] += 5
+    viewer.add_points(positions, name="xtal atoms")
+    tool = open_tool(viewer, "Lattice analysis")
+    tool.magnification.value = 50  # arrows drawn 50 × their length (the slider's end)
+    click(qtbot, tool.run_button, tool)
+    assert tool.status.value.startswith("Done"), tool.status.value
+    arrows = viewer.layers["xtal displacement"]
+    tips = arrows.data[:, 0] + arrows.length * arrows.data[:, 1]
+    far = tips[:, 1].max()
+    assert far > 400, f"the test needs an arrow reaching far past the image ({far:.0f} px)"
+    y0, y1, x0, x1 = canvas_view(viewer)
+    assert x1 < far - 50, f"the view was stretched to the arrows' tips: {x1:.0f} of {far:.0f}"
+    assert x0 <= 0 and x1 >= 256 and y0 <= 0 and y1 >= 256, "the image is not wholly in view"

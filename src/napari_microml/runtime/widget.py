@@ -267,13 +267,45 @@ def fraction_in_view(viewer, layer) -> float:
     return float(fy * fx)
 
 
+def framed(layers) -> list:
+    """``layers`` without Vectors layers (else all of them): arrows drawn magnified can reach far
+    past the image (a 4096² mosaic's seams: hundreds of px × 10), so the view frames what they
+    are drawn on."""
+    import napari
+
+    kept = [layer for layer in layers if not isinstance(layer, napari.layers.Vectors)]
+    return kept or list(layers)
+
+
 def fit_view_to(viewer, layers, *, min_fraction: float = 0.98) -> bool:
-    """Refit the view (``viewer.reset_view()``) when one of ``layers`` is not shown whole in the
-    canvas: a new result must be on screen. Returns whether the view was refit."""
-    if any(fraction_in_view(viewer, layer) < min_fraction for layer in layers):
+    """Refit the view to ``layers`` (their Vectors aside, see :func:`framed`) when one of them is
+    not shown whole in the canvas: a new result must be on screen. Returns whether the view was
+    refit."""
+    if any(fraction_in_view(viewer, layer) < min_fraction for layer in framed(layers)):
         viewer.reset_view()
+        everything = list(viewer.layers)
+        if len(framed(everything)) < len(everything):
+            _fit_2d(viewer, framed(everything))  # reset_view fitted the arrows' tips too
         return True
     return False
+
+
+def _fit_2d(viewer, layers, margin: float = 0.05) -> None:
+    """Centre and zoom a 2D view on ``layers``' extent, as napari's reset_view does on all."""
+    view = canvas_view(viewer)
+    if view is None or viewer.dims.ndisplay != 2:
+        return
+    extent = np.stack([np.asarray(layer.extent.world, float)[:, -2:] for layer in layers])
+    low, high = np.nanmin(extent[:, 0], axis=0), np.nanmax(extent[:, 1], axis=0)
+    if not (np.all(np.isfinite(low)) and np.all(np.isfinite(high))):
+        return
+    camera = viewer_camera(viewer)
+    zoom = float(camera.zoom)
+    size = np.array([view[1] - view[0], view[3] - view[2]]) * zoom  # canvas px
+    center = list(camera.center)
+    center[-2:] = list((low + high) / 2)
+    camera.center = tuple(center)
+    camera.zoom = float((1 - margin) * np.min(size / np.maximum(high - low, 1e-9)))
 
 
 def clear_colour_bar(viewer) -> bool:
@@ -293,7 +325,9 @@ def clear_colour_bar(viewer) -> bool:
     width = (view[3] - view[2]) * zoom
     bar_w, bar_h = (float(v) for v in tuple(getattr(bars[0], "size", (25, 220)))[:2])
     clear_w, clear_h = bar_w + 55, bar_h + 50  # tick labels beside it, its name above it
-    extent = np.asarray(viewer.layers.extent.world, float)[:, list(viewer.dims.displayed)]
+    shown = framed([layer for layer in viewer.layers if layer.visible])
+    extent = np.stack([np.asarray(layer.extent.world, float)[:, -2:] for layer in shown])
+    extent = np.stack([np.nanmin(extent[:, 0], axis=0), np.nanmax(extent[:, 1], axis=0)])
     y0, y1, x0, x1 = extent[0, -2], extent[1, -2], extent[0, -1], extent[1, -1]
     right, top = (x1 - view[2]) * zoom, (y0 - view[0]) * zoom
     if not np.all(np.isfinite(extent)) or right <= width - clear_w or top >= clear_h:
