@@ -253,7 +253,7 @@ def main(argv=None):
                 continue
             row = fold(items, k, r, a.holdout, a.save)
             rows.append(row)
-            brief = {x: row[x] for x in row if x not in ("f1", "val", "grid", "steps")}
+            brief = {x: row[x] for x in row if x not in ("f1", "grid")}
             print(json.dumps(brief), file=sys.stderr, flush=True)
     shutil.rmtree(folder, ignore_errors=True)
     print(json.dumps({"oracle": "scored on TEST images: a diagnosis", "folds": rows}, indent=1))
