@@ -192,3 +192,20 @@ def test_re_refining_points_of_an_stm_scan_fits_the_levelled_frame():
     again, _ = drain(refine_points_iter(stm, found.positions))
     same = np.abs(again - found.positions).max(axis=1) < 0.05  # px; the old code: 2 %
     assert same.mean() > 0.95
+
+
+def test_a_scan_turned_by_90_degrees_is_levelled_along_its_columns():
+    """The fast-scan axis vertical: the offsets run down the columns."""
+    import napari_microml as mm
+    from napari_microml.atoms.metrics import match_points
+    from napari_microml.runtime.level import level_scan
+    from napari_microml.synth.lattice import simulate_lattice
+    from napari_microml.synth.scanprobe import scanning_probe
+
+    s = simulate_lattice((192, 192), scene="crystal", lattice="square", spacing=12.0, dose=500)
+    clean = mm.find_atoms(s.image, model="default").positions
+    turned = scanning_probe(s.image.T, plane=5, lines=2, shear=0.0, streaks=5).T
+    how = level_scan(turned.copy())
+    assert how.lines and how.axis == 1 and how.streaks > 0
+    got = mm.find_atoms(turned, model="default")
+    assert match_points(got.positions, clean, max_distance=1.5)["f1"] > 0.95

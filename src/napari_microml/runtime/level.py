@@ -41,14 +41,17 @@ class Levelling:
     plane : bool
         A tilted background plane.
     lines : bool
-        Per-scan-line (row) offsets.
+        Per-scan-line offsets.
     streaks : int
         Pixels of scan-line streaks replaced.
+    axis : int
+        0: the scan lines are the image's rows; 1: its columns (a scan turned by 90°).
     """
 
     plane: bool = False
     lines: bool = False
     streaks: int = 0
+    axis: int = 0
 
     @property
     def applied(self) -> bool:
@@ -69,7 +72,10 @@ class Levelling:
 
     def __or__(self, other: Levelling) -> Levelling:
         return Levelling(
-            self.plane or other.plane, self.lines or other.lines, self.streaks + other.streaks
+            self.plane or other.plane,
+            self.lines or other.lines,
+            self.streaks + other.streaks,
+            self.axis if self.lines else other.axis,
         )
 
 
@@ -106,8 +112,8 @@ def scan_statistics(frame: np.ndarray) -> dict:
     -------
     dict
         ``plane_range`` (the fitted plane's span), ``plane_fit`` (the fraction of the smoothed
-        background the plane explains), ``row_step`` (spread of the rows' median steps) and
-        ``step_ratio`` (that over the columns' spread).
+        background the plane explains), ``row_step`` and ``column_step`` (spread of the rows'
+        and the columns' median steps) and ``step_ratio`` (rows' over columns').
     """
     x = np.asarray(frame, np.float64)
     s = max(1, max(x.shape) // _MAX_SIDE)
@@ -125,6 +131,7 @@ def scan_statistics(frame: np.ndarray) -> dict:
         "plane_range": float(np.ptp(plane)) / corr,
         "plane_fit": 1.0 - float(np.var(back - plane[::k, ::k])) / var if var > 0 else 0.0,
         "row_step": rows / corr,
+        "column_step": cols / corr,
         "step_ratio": rows / max(cols, 1e-12 * corr),
     }
 
@@ -140,17 +147,19 @@ def detect_levelling(frame: np.ndarray) -> Levelling:
     Returns
     -------
     Levelling
-        Line offsets when the rows step ``LINE_RATIO`` times more than the columns and by at
-        least ``LINE_STEP`` corrugations; a plane when it spans ``PLANE_RANGE`` corrugations
-        and explains ``PLANE_FIT`` of the smoothed background, or whenever line offsets are
-        found (an SPM scan).
+        Line offsets when the rows (or the columns: ``axis=1``) step ``LINE_RATIO`` times
+        more than the other way and by at least ``LINE_STEP`` corrugations; a plane when it
+        spans ``PLANE_RANGE`` corrugations and explains ``PLANE_FIT`` of the smoothed
+        background, or whenever line offsets are found (an SPM scan).
     """
     if min(np.shape(frame)) < 16:
         return Levelling()
     st = scan_statistics(frame)
-    lines = st["step_ratio"] >= LINE_RATIO and st["row_step"] >= LINE_STEP
+    rows = st["step_ratio"] >= LINE_RATIO and st["row_step"] >= LINE_STEP
+    cols = st["step_ratio"] * LINE_RATIO <= 1 and st["column_step"] >= LINE_STEP
+    lines = rows or cols
     plane = lines or (st["plane_range"] >= PLANE_RANGE and st["plane_fit"] >= PLANE_FIT)
-    return Levelling(plane=plane, lines=lines)
+    return Levelling(plane=plane, lines=lines, axis=int(cols and not rows))
 
 
 def streak_mask(frame: np.ndarray) -> np.ndarray:
@@ -200,15 +209,16 @@ def level_scan(frame: np.ndarray) -> Levelling:
     gaps = not finite.all()
     x = np.where(finite, frame, np.median(frame[finite])) if gaps else frame
     how = detect_levelling(x)
+    lines = x.T if how.axis else x  # a view: the scan lines as rows
     if how.lines:
-        # offsets of the rows relative to the first: the cumulated median steps
-        x -= np.concatenate([[0.0], np.cumsum(_row_steps(x))])[:, None]
-    if how.plane:  # after aligning rows: the tilt along them is left
+        # offsets of the lines relative to the first: the cumulated median steps
+        lines -= np.concatenate([[0.0], np.cumsum(_row_steps(lines))])[:, None]
+    if how.plane:  # after aligning the lines: the tilt along them is left
         x -= _plane(x)
-    bad = streak_mask(x)
+    bad = streak_mask(lines)
     if bad.any():
         r, c = np.nonzero(bad)
-        x[r, c] = 0.5 * (x[r - 1, c] + x[r + 1, c])
+        lines[r, c] = 0.5 * (lines[r - 1, c] + lines[r + 1, c])
     if gaps:
         frame[finite] = x[finite]
-    return Levelling(how.plane, how.lines, int(bad.sum()))
+    return Levelling(how.plane, how.lines, int(bad.sum()), how.axis)
