@@ -244,10 +244,13 @@ def test_the_partial_scan_sample_is_completed_from_its_own_scan(make_napari_view
     assert "sparse scan completed" in viewer.layers
 
 
-def test_cli_says_a_mask_of_weights_is_read_as_measured_wherever_non_zero(tmp_path, capsys):
+def test_a_mask_of_weights_is_said_to_be_read_as_measured_wherever_non_zero(
+    make_napari_viewer, qtbot, tmp_path, capsys
+):
     """A mask given as weights (the partial-STEM spiral is a blurred trace, 0–0.625 in 11
     levels): every non-zero pixel, the faint tails too, was taken as measured without a word.
-    ``microml complete`` now says how it read the mask; a 0/1 mask gets no such note."""
+    ``microml complete`` and the completer's status now say how the mask was read; a 0/1 mask
+    gets no such note."""
     import tifffile
 
     from napari_microml import cli
@@ -270,3 +273,13 @@ def test_cli_says_a_mask_of_weights_is_read_as_measured_wherever_non_zero(tmp_pa
             assert "(50.0 %) are taken as measured, the faint ones too" in said
         else:
             assert "levels" not in said
+    viewer = make_napari_viewer()
+    open_file(viewer, tmp_path / "scan.tif")
+    open_file(viewer, tmp_path / "weights.tif")
+    dock = open_tool(viewer, "Partial-scan completer")
+    dock.mode.value = "Complete measured data"
+    dock.sparse_layer.value = viewer.layers["scan"]
+    dock.mask_layer.value = viewer.layers["weights"]
+    click(qtbot, dock.run_button, dock)
+    assert dock.status.value.startswith("Done: filled the 50.0 % unmeasured"), dock.status.value
+    assert "Mask weights holds 3 levels from 0 to 0.6, not two: its 512" in dock.status.value

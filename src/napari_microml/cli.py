@@ -610,17 +610,12 @@ def _load_mask_file(path: str) -> np.ndarray:
             f"--mask {Path(path).name} holds {m.dtype} values; a mask is numbers "
             "(non-zero = measured)."
         )
-    measured = np.isfinite(m) & (m != 0) if m.dtype.kind == "f" else m != 0
-    levels = np.unique(m[np.isfinite(m)]) if m.dtype.kind == "f" else np.unique(m)
-    if levels.size > 2:  # weights or a blurred trace, not measured / unmeasured
-        print(
-            f"microml complete: --mask {Path(path).name} holds {levels.size} levels from "
-            f"{levels.min():.4g} to {levels.max():.4g}, not two: its {int(measured.sum())} "
-            f"non-zero pixels ({100 * measured.mean():.1f} %) are taken as measured, the faint "
-            "ones too; threshold the mask first where they were not.",
-            file=sys.stderr,
-        )
-    return measured
+    from napari_microml.completion.scan_io import weights_sentence
+
+    note = weights_sentence(m, f"--mask {Path(path).name}")
+    if note:  # weights or a blurred trace, not measured / unmeasured
+        print(f"microml complete: {note}", file=sys.stderr)
+    return np.isfinite(m) & (m != 0) if m.dtype.kind == "f" else m != 0
 
 
 def _scan_items(name: str, data, how: ScanMask, cache: dict) -> tuple[list[dict], bool]:

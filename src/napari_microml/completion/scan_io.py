@@ -292,6 +292,34 @@ def check_mask(shape, mask) -> np.ndarray:
     return np.broadcast_to(measured, shape).copy()
 
 
+def weights_sentence(mask, name: str) -> str:
+    """A sentence when ``mask`` holds more than two levels (weights, a blurred scan trace):
+    every non-zero pixel is read as measured, the faint ones too; ``""`` for a 0/1 mask.
+
+    Parameters
+    ----------
+    mask : array-like
+        The mask as given (numbers; NaN = not measured).
+    name : str
+        What to call it in the sentence (a file or layer name).
+
+    Returns
+    -------
+    str
+        "<name> holds N levels from … to …, not two: …", or "".
+    """
+    m = np.asarray(mask)
+    levels = np.unique(m[np.isfinite(m)]) if m.dtype.kind == "f" else np.unique(m)
+    if levels.size <= 2:
+        return ""
+    measured = np.isfinite(m) & (m != 0) if m.dtype.kind == "f" else m != 0
+    return (
+        f"{name} holds {levels.size} levels from {levels.min():.4g} to {levels.max():.4g}, not "
+        f"two: its {int(measured.sum())} non-zero pixels ({100 * measured.mean():.1f} %) are "
+        "taken as measured, the faint ones too; threshold the mask first where they were not."
+    )
+
+
 def check_sparse(values, mask) -> tuple[np.ndarray, np.ndarray]:
     """Check a sparse image and its mask before completion; return them as float32 / bool.
 

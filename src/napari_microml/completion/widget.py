@@ -16,7 +16,12 @@ from magicgui.widgets import ComboBox, FloatSlider, SpinBox
 from napari_microml.completion import kriging  # noqa: F401
 from napari_microml.completion.masks import MASK_KINDS, scan_mask
 from napari_microml.completion.metrics import relative_rms
-from napari_microml.completion.scan_io import check_mask, check_sparse, rasterise
+from napari_microml.completion.scan_io import (
+    check_mask,
+    check_sparse,
+    rasterise,
+    weights_sentence,
+)
 from napari_microml.runtime.provenance import KEY
 from napari_microml.runtime.widget import (
     Job,
@@ -73,6 +78,7 @@ class _Run:
     error: np.ndarray | None = None
     rms: float = float("nan")
     outside: str = ""  # the sentence on pixels beyond the scanned area (extrapolated), if any
+    weights: str = ""  # the sentence on a mask of more than two levels, if any
 
     @property
     def device(self) -> str:
@@ -420,6 +426,9 @@ class ScanCompleterWidget(ToolWidget):
             input_name=plan.source.name,
         )
 
+        mask = plan.inputs.get("mask")
+        mask_name = f"Mask {mask.name}" if mask is not None else ""
+
         def work(**arrays):
             values, mask, truth = plan.prepare(**arrays)
             result = yield from complete_scan_iter(values, mask, **kwargs)
@@ -434,6 +443,8 @@ class ScanCompleterWidget(ToolWidget):
                 sparse=np.where(mask, values, 0) if plan.sparse_layer else None,
                 outside=_outside_sentence(mask),
             )
+            if "mask" in arrays:  # a mask layer as the user gave it
+                run.weights = weights_sentence(np.asarray(arrays["mask"]), mask_name)
             if truth is not None:
                 run.error = np.abs(result.image - truth)
                 run.rms = 100.0 * relative_rms(result.image, truth, result.mask)
@@ -471,6 +482,8 @@ class ScanCompleterWidget(ToolWidget):
             f"{_method_note(result)}; the uncertainty layer shows {what} "
             f"(median {run.median_sigma:.3g}).{run.outside}"
         )
+        if run.weights:
+            message += f" {run.weights}"
         completed_meta = meta
         if run.error is not None:
             add.append(
