@@ -47,7 +47,7 @@ class _StateOnly:
         return self.state
 
 
-def _run(images, positions, seed, holdout):
+def _run(images, positions, seed, holdout, max_steps=None):
     """Fine-tune to the end of the schedule; return (result, [(step, val, state)], seconds)."""
     from napari_microml.atoms import finetune as ft
     from napari_microml.runtime.workers import drain
@@ -74,7 +74,11 @@ def _run(images, positions, seed, holdout):
     try:
         result = drain(
             ft.finetune_atoms_iter(
-                images, positions, seed=seed, name=f"ceiling-{seed}-{time.time_ns()}"
+                images,
+                positions,
+                seed=seed,
+                steps=max_steps,
+                name=f"ceiling-{seed}-{time.time_ns()}",
             )
         )
     finally:
@@ -99,6 +103,7 @@ def _shipped_choice(passes) -> dict:
     kept = best["state"] is None or best["f1"] <= before["f1"]
     return {
         "best_step": 0 if kept else best["step"],
+        "loss_best_step": best["step"],  # the checkpoint, also where the base was kept
         "stopped": sel.stopped or passes[-1][0],
         "threshold": 0.5 if kept else best["threshold"],
         "kept_base": bool(kept),
