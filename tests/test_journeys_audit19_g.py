@@ -283,3 +283,18 @@ def test_a_mask_of_weights_is_said_to_be_read_as_measured_wherever_non_zero(
     click(qtbot, dock.run_button, dock)
     assert dock.status.value.startswith("Done: filled the 50.0 % unmeasured"), dock.status.value
     assert "Mask weights holds 3 levels from 0 to 0.6, not two: its 512" in dock.status.value
+
+
+@pytest.mark.realdata
+def test_dkl_says_what_it_optimises_on_hysteresis_loops(shared_data, make_napari_viewer):
+    """BEPS loops (pyNSID, bias 0 → 8.5 → −8.5 → 0 V) opened with the DKL dock: a spectrum image
+    is greeted with "the value to optimise is …", the loops only with "Ready.", though the
+    loop area was chosen. The status now names it, its bias range and its units."""
+    viewer = make_napari_viewer()
+    open_file(viewer, shared_data / "dkl" / "BEPS_PTO_50x50.h5")
+    dock = open_tool(viewer, "Active learning (DKL)")
+    assert dock.scalarizer.value == "loop area"
+    assert dock.status.value == (
+        "Source BEPS_PTO_50x50: the value to optimise is the area of each pixel's hysteresis "
+        "loop over -8.5–8.5 V (V × a.u.), after a median despike along the bias."
+    )

@@ -526,7 +526,15 @@ class ActiveLearningWidget(ToolWidget):
             signal_type_of,
         )
 
-        if layer is self._window_source or ax.units == "V":
+        if layer is self._window_source:
+            return
+        if ax.units == "V":  # hysteresis loops: their area, whatever the bias range
+            self._window_source = layer
+            self._say(
+                f"Source {layer.name}: the value to optimise is the area of each pixel's "
+                f"hysteresis loop over {ax.values.min():.3g}–{ax.values.max():.3g} V "
+                "(V × a.u.), after a median despike along the bias."
+            )
             return
         self._window_source = layer
         spectra, _ = sample_spectra(layer.data, layer.metadata)
