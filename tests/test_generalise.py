@@ -241,3 +241,39 @@ def test_resampled_single_atoms_stay_without_a_lattice(name, factor):
     path = next(PT.parent.glob(f"{name}_*.tif"))
     img = tifffile.imread(path).astype(float)
     assert not estimate_spacing(rescale(img, factor, order=3, anti_aliasing=factor < 1)).periodic
+
+
+def test_a_repeating_support_with_few_columns_is_no_lattice():
+    """The image's repeat counts as a lattice only when the lattice model found a fair share
+    of the columns it implies (without the frame's size: as before)."""
+    from napari_microml.atoms.choose import LATTICE_MODEL, SINGLE_ATOMS_MODEL, choose_atoms_model
+
+    two = np.array([[100.0, 100.0], [180.0, 260.0]])
+    got = choose_atoms_model(positions=two, period=29.8, shape=(358, 358), pixel_size=0.0419)
+    assert got.chosen == SINGLE_ATOMS_MODEL and "only 2 of the ~144 columns" in got.reason
+    assert choose_atoms_model(positions=two, period=29.8).chosen == LATTICE_MODEL
+    many = np.random.default_rng(0).uniform(0, 358, (60, 2))  # ≥ ¼ of 144: half missed
+    assert choose_atoms_model(positions=many, period=29.8, shape=(358, 358)).chosen == (
+        LATTICE_MODEL
+    )
+
+
+@pytest.mark.skipif(not PT.exists(), reason="no shared data (../shared/data)")
+def test_pt_045_at_coarser_pixels_runs_the_single_atom_model():
+    """Pt/C 045 at 0.7× the pixels: its support repeats every 1.25 nm (strength 0.40), so the
+    lattice model was kept and, like the single-atom model, run at a 14 px period: 2 atoms of
+    29 (F1 0.13)."""
+    import pandas as pd
+    import tifffile
+    from skimage.transform import rescale
+
+    import napari_microml as mm
+    from napari_microml.atoms.metrics import match_boxes
+
+    path = next(PT.parent.glob("045_*.tif"))
+    img = rescale(tifffile.imread(path).astype(float), 0.7, order=3, anti_aliasing=True)
+    lab = pd.read_csv(PT.parents[1] / "labels" / "045_Results.csv")[["Y", "X"]].to_numpy(float)
+    got = mm.find_atoms(img, pixel_size=15 / 512 / 0.7)
+    assert got.parameters["model_choice"]["chosen"] == "pt-single-atoms"
+    assert got.parameters["zoom"] == pytest.approx(1 / 0.7, rel=0.01)
+    assert match_boxes(got.positions, (lab + 0.5) * 0.7 - 0.5, box=21 * 0.7)["f1"] > 0.3

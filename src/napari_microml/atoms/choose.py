@@ -16,6 +16,9 @@ from napari_microml.runtime.spacing import estimate_spacing
 
 LATTICE_MODEL = "default"
 SINGLE_ATOMS_MODEL = "pt-single-atoms"
+# the fraction of a period's implied columns (frame area / period²) the lattice model must find
+# for the period to count as a lattice
+MIN_COVER = 0.25
 
 
 @dataclass(frozen=True)
@@ -76,7 +79,11 @@ def _length(px: float, pixel_size: float | None) -> str:
 
 
 def choose_atoms_model(
-    *, positions: np.ndarray, period: float | None, pixel_size: float | None = None
+    *,
+    positions: np.ndarray,
+    period: float | None,
+    pixel_size: float | None = None,
+    shape: tuple[int, int] | None = None,
 ) -> AtomsModelChoice:
     """Decide between the lattice model and the single-atom model for one frame.
 
@@ -92,6 +99,10 @@ def choose_atoms_model(
         The frame's period when it clearly repeats (:func:`image_period`), else None.
     pixel_size : float, optional
         nm per px; the reason then gives distances in nm.
+    shape : (int, int), optional
+        The frame's size: the image's repeat then counts only when the lattice model found at
+        least ``MIN_COVER`` of the columns such a period implies over the frame (a support's
+        texture repeats too, with no columns on it).
 
     Returns
     -------
@@ -107,10 +118,17 @@ def choose_atoms_model(
             LATTICE_MODEL,
             f"a lattice: the columns are evenly spaced ({_length(spacing, pixel_size)})",
         )
-    elif period is not None:
+    elif period is not None and (shape is None or n >= MIN_COVER * np.prod(shape) / period**2):
         chosen, reason = (
             LATTICE_MODEL,
             f"a lattice: the image repeats every {_length(period, pixel_size)}",
+        )
+    elif period is not None and shape is not None:
+        implied = int(np.prod(shape) / period**2)
+        chosen, reason = (
+            SINGLE_ATOMS_MODEL,
+            f"no lattice: the image repeats every {_length(period, pixel_size)} but shows only "
+            f"{n} of the ~{implied} columns such a lattice has; isolated atoms on a support",
         )
     else:
         chosen, reason = SINGLE_ATOMS_MODEL, "no lattice: isolated atoms on an amorphous support"

@@ -321,7 +321,11 @@ def find_atoms_iter(
         repair_outliers(frame)
         levelled |= level_scan(frame)
     zoom, spacing = zoom_for(fill_nonfinite(stack[0]), rescale, noisy_high=NOISY_PERIOD)
-    if rescale == "auto" and spacing is None and pixel_size is not None:
+    from napari_microml.atoms.choose import SINGLE_ATOMS_MODEL
+
+    # the single-atom model knows atoms at its training pixel size, whatever the image repeats
+    single = isinstance(model, str) and model == SINGLE_ATOMS_MODEL
+    if rescale == "auto" and (spacing is None or single) and pixel_size is not None:
         zoom = single_atoms_zoom(model, pixel_size, stack.shape[-2:])
     if levelled.applied:
         yield progress(0, 1, str(levelled.describe()))
@@ -458,7 +462,10 @@ def _find_atoms_auto_iter(image, options: dict):
     if options["rescale"] not in ("auto", "always"):  # only those measured the period
         period = image_period(first)
     choice = choose_atoms_model(
-        positions=probe.positions, period=period, pixel_size=options.get("pixel_size")
+        positions=probe.positions,
+        period=period,
+        pixel_size=options.get("pixel_size"),
+        shape=first.shape,
     )
     if choice.chosen == LATTICE_MODEL and not scaled.is_stack:
         result = probe
