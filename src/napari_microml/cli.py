@@ -612,7 +612,7 @@ def _load_mask_file(path: str) -> np.ndarray:
         )
     from napari_microml.completion.scan_io import weights_sentence
 
-    note = weights_sentence(m, f"--mask {Path(path).name}")
+    note = weights_sentence(m, name=f"--mask {Path(path).name}")
     if note:  # weights or a blurred trace, not measured / unmeasured
         print(f"microml complete: {note}", file=sys.stderr)
     return np.isfinite(m) & (m != 0) if m.dtype.kind == "f" else m != 0

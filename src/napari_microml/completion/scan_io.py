@@ -292,7 +292,7 @@ def check_mask(shape, mask) -> np.ndarray:
     return np.broadcast_to(measured, shape).copy()
 
 
-def weights_sentence(mask, name: str) -> str:
+def weights_sentence(mask, *, name: str) -> str:
     """A sentence when ``mask`` holds more than two levels (weights, a blurred scan trace):
     every non-zero pixel is read as measured, the faint ones too; ``""`` for a 0/1 mask.
 

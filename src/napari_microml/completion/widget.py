@@ -444,7 +444,7 @@ class ScanCompleterWidget(ToolWidget):
                 outside=_outside_sentence(mask),
             )
             if "mask" in arrays:  # a mask layer as the user gave it
-                run.weights = weights_sentence(np.asarray(arrays["mask"]), mask_name)
+                run.weights = weights_sentence(np.asarray(arrays["mask"]), name=mask_name)
             if truth is not None:
                 run.error = np.abs(result.image - truth)
                 run.rms = 100.0 * relative_rms(result.image, truth, result.mask)

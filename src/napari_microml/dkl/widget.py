@@ -128,7 +128,7 @@ def structure_from_spectra(cube: np.ndarray, *, despike: int = 9) -> np.ndarray:
     return median_filter(cube, size=(1, 1, size), mode="nearest").mean(axis=-1)
 
 
-def area_resample(image: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+def area_resample(image: np.ndarray, *, shape: tuple[int, ...]) -> np.ndarray:
     """``image`` on a ``shape`` grid of the same field: the mean of each block of pixels for a
     whole-number ratio (a 2× sampled HAADF gives back its 1× pixels), else an anti-aliased
     linear resize.
@@ -825,7 +825,7 @@ class ActiveLearningWidget(ToolWidget):
                 if derive:
                     structure = structure_from_spectra(spectra_last(structure, structure_meta)[0])
                 if context.grid is not None:  # onto the spectrum image's pixels
-                    structure = area_resample(np.asarray(structure, np.float32), shape)
+                    structure = area_resample(np.asarray(structure, np.float32), shape=shape)
                 learner = ActiveLearner(structure, **options)
             else:  # a copy: the widget's campaign changes only when a snapshot is on screen
                 learner, source = copy.deepcopy(campaign[0]), _fork(campaign[1])
