@@ -555,6 +555,15 @@ class LatticeWidget(ToolWidget):
                 bar = getattr(other, "colorbar", None)
                 if other.name != layer.name and bar is not None and bar.visible:
                     bar.visible = False
+                # another image's maps have their own limits: beside this bar they misread
+                record = other.metadata.get(KEY) if isinstance(other.metadata, dict) else None
+                if (
+                    isinstance(other, napari.layers.Image)
+                    and isinstance(record, dict)
+                    and record.get("tool") == "lattice_analysis"
+                    and not other.name.startswith(f"{base} ")
+                ):
+                    other.visible = False
             name_colour_bar(self.viewer, f"{key} ({unit}), ±{lim:g} {unit}")
 
     def _write_vectors(self, run, base, phys):
