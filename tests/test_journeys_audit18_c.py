@@ -263,6 +263,15 @@ def test_one_colour_bar_after_a_second_image_is_analysed(make_napari_viewer, qtb
         if getattr(layer, "colorbar", None) is not None and layer.colorbar.visible
     ]
     assert bars == ["second exx"], bars
+    # nor the first image's maps (their own limits) beside that bar (session 19, in_pm.hspy and
+    # the sample opened over it: in_pm's exx stayed visible where the sample did not cover it)
+    maps = [
+        layer.name
+        for layer in viewer.layers
+        if layer.visible and layer.name.split(" ")[-1] in ("exx", "eyy", "exy", "rotation")
+    ]
+    assert maps == ["second exx"], maps
+    assert viewer.layers["first"].visible and viewer.layers["first atoms"].visible
 
 
 def test_defect_counts_are_said_in_words():

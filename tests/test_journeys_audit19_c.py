@@ -237,23 +237,3 @@ def test_long_displacement_arrows_do_not_shrink_the_image(make_napari_viewer, qt
     y0, y1, x0, x1 = canvas_view(viewer)
     assert x1 < far - 50, f"the view was stretched to the arrows' tips: {x1:.0f} of {far:.0f}"
     assert x0 <= 0 and x1 >= 256 and y0 <= 0 and y1 >= 256, "the image is not wholly in view"
-
-
-def test_a_second_images_maps_hide_the_first_images_maps(make_napari_viewer, qtbot):
-    """Lattice analysis of one image, then of another (seen with Acquisition_18 in pm and the
-    sample opened over it): the first image's exx map (±2 %) stayed visible where the second
-    does not cover it, beside the colour bar that named the second's map (±1 %) alone."""
-    viewer = make_napari_viewer()
-    tool = open_tool(viewer, "Lattice analysis")
-    for name, seed in (("first", 1), ("second", 2)):
-        image = _crystal(viewer, name=name, seed=seed)
-        tool.image_layer.value = image
-        click(qtbot, tool.run_button, tool)
-        assert tool.status.value.startswith("Done"), tool.status.value
-    shown = [
-        layer.name
-        for layer in viewer.layers
-        if layer.visible and layer.name.split(" ")[-1] in ("exx", "eyy", "exy", "rotation")
-    ]
-    assert shown == ["second exx"], shown
-    assert viewer.layers["first"].visible and viewer.layers["first atoms"].visible
