@@ -298,3 +298,35 @@ def test_dkl_says_what_it_optimises_on_hysteresis_loops(shared_data, make_napari
         "Source BEPS_PTO_50x50: the value to optimise is the area of each pixel's hysteresis "
         "loop over -8.5–8.5 V (V × a.u.), after a median despike along the bias."
     )
+
+
+def test_an_emsa_spectrum_opens_in_ev_and_the_shift_vae_says_what_it_needs(
+    make_napari_viewer, qtbot, tmp_path
+):
+    """EMSA/MSA is the exchange format EDS and EELS software export single spectra in (Oxford,
+    EDAX, Gatan): File > Open had no reader for it. It now opens as one spectrum in eV (the
+    file's keV kept in the metadata), and the Shift-VAE says it needs many spectra."""
+    from rsciio.msa import file_writer
+
+    e = -0.1 + 0.01 * np.arange(512)
+    counts = 50 + 2000 * np.exp(-0.5 * ((e - 1.486) / 0.035) ** 2)  # Al Kα
+    axis = {"name": "Energy", "scale": 0.01, "offset": -0.1, "units": "keV", "size": 512}
+    file_writer(
+        str(tmp_path / "point.msa"),
+        {
+            "data": counts,
+            "axes": [{**axis, "navigate": False}],
+            "metadata": {"General": {"title": "point"}, "Signal": {"signal_type": "EDS_SEM"}},
+            "original_metadata": {},
+        },
+    )
+    viewer = make_napari_viewer()
+    (layer,) = open_file(viewer, tmp_path / "point.msa")
+    record = layer.metadata["napari_microml"]
+    assert record["spectral_axis"]["units"] == "eV"
+    assert record["spectral_axis"]["scale"] == pytest.approx(10.0)
+    assert record["file_units"] == {"Energy": ["keV", 0.01, -0.1]}
+    dock = open_tool(viewer, "Spectral shift-VAE")
+    dock.run_button.native.click()
+    assert dock.worker is None
+    assert "holds a single spectrum" in dock.status.value, dock.status.value

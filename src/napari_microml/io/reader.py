@@ -44,6 +44,8 @@ FORMATS: dict[str, tuple[str | None, str]] = {
     ".h5": ("rsciio.hspy", "HyperSpy or pycroscopy (NSID) HDF5"),
     ".tif": ("rsciio.tiff", "TIFF"),
     ".tiff": ("rsciio.tiff", "TIFF"),
+    ".msa": ("rsciio.msa", "EMSA/MSA spectrum"),
+    ".emsa": ("rsciio.msa", "EMSA/MSA spectrum"),
     ".npy": (None, "NumPy"),
     ".csv": (None, "CSV of scan positions and values (x, y, value)"),
 }
@@ -201,7 +203,8 @@ def read_file(path) -> list[LayerData]:
     Parameters
     ----------
     path : str or Path
-        A .dm3, .dm4, .emd, .ser, .mrc, .hspy, HyperSpy .h5, .tif/.tiff or .npy file.
+        A .dm3, .dm4, .emd, .ser, .mrc, .hspy, HyperSpy .h5, .tif/.tiff, .msa/.emsa, .npy or
+        sparse-scan .csv (x, y, value) file.
 
     Returns
     -------
