@@ -209,3 +209,20 @@ def test_a_scan_turned_by_90_degrees_is_levelled_along_its_columns():
     assert how.lines and how.axis == 1 and how.streaks > 0
     got = mm.find_atoms(turned, model="default")
     assert match_points(got.positions, clean, max_distance=1.5)["f1"] > 0.95
+
+
+@needs_data
+def test_dark_or_bright_columns_of_a_tilted_scan():
+    """The columns' values were read on the levelled image but compared with the unlevelled
+    image's median: a tilted ABF scan's columns read as bright, a tilted HAADF one's as dark."""
+    import napari_microml as mm
+    from napari_microml.lattice.analyze import columns_are_dark
+    from napari_microml.synth.scanprobe import scanning_probe
+
+    abf = _crop(ABF, 384)
+    positions = mm.find_atoms(abf, pixel_size=0.00933).positions
+    for variant in ({"plane": 5, "lines": 0}, {"plane": 0, "lines": 2}):
+        assert columns_are_dark(scanning_probe(abf, shear=0, **variant), positions)
+    haadf = _crop(A18, 512)
+    positions = mm.find_atoms(haadf, pixel_size=A18_NM).positions
+    assert not columns_are_dark(scanning_probe(haadf, plane=10, lines=0, shear=0), positions)

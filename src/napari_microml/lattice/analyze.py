@@ -139,7 +139,8 @@ def columns_are_dark(image, positions) -> bool:
 
     Rather than brighter (HAADF): the image at the columns against its median.
     """
-    img = np.asarray(image, np.float64)
+    img = np.array(image, np.float64)
+    level_scan(img)  # the columns' values are read on the levelled image: compare with it
     at = column_intensity(img, np.asarray(positions, float), 4.0)
     return bool(np.median(at) < np.nanmedian(img))
 
