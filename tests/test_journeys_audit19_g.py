@@ -75,7 +75,8 @@ def test_shift_vae_on_an_eds_map_follows_an_x_ray_line_not_the_zero_peak(
     sample; without the zero peak it spanned 4 FWHM each side of Cu Kα, taking in Fe Kβ and
     Cu Kβ, and the check called a 60 eV gain drift "more than core-loss edges move" (EDS has
     no edges). Now the window is ±2 FWHM around the strongest X-ray line, the zero peak is
-    named as not a line, and no core-loss rule is applied. DKL optimises that line's area."""
+    named as not a line, and no core-loss rule is applied; the map's colours tell a shift's sign.
+    DKL optimises that line's area."""
     _eds_map(tmp_path / "eds.hspy", strobe=True)
     viewer = make_napari_viewer()
     open_file(viewer, tmp_path / "eds.hspy")
@@ -88,6 +89,10 @@ def test_shift_vae_on_an_eds_map_follows_an_x_ray_line_not_the_zero_peak(
     status = dock.status.value
     assert status.startswith("Done") and "X-ray line at 80" in status, status
     assert "core-loss" not in status and "edge" not in status
+    # the drift runs −25 → +25 eV across the map: the colour map drew both ends the same dark
+    # purple (twilight_shifted is cyclic); a diverging map tells their signs apart
+    low, high = viewer.layers["eds shift"].colormap.map(np.array([0.0, 1.0]))
+    assert np.abs(low - high)[:3].max() > 0.3
     # DKL on the same map: it optimised the area of the zero peak ("the peak at 2.7 eV")
     dkl = open_tool(viewer, "Active learning (DKL)")
     assert "the area of the X-ray line at 80" in dkl.status.value, dkl.status.value

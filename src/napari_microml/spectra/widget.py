@@ -44,6 +44,7 @@ from napari_microml.runtime.workers import Loss, Progress, as_message
 from napari_microml.spectra.preprocess import NORMALIZATIONS, signal_type_of
 
 LOSS_PLOT_INTERVAL_S = 1.0  # each redraw takes the GIL from the fit
+SHIFT_COLORMAP = "RdBu_r"  # diverging, not cyclic: −lim and +lim must not look alike
 
 
 def spectral_axis_of(layer) -> tuple[np.ndarray | None, str]:
@@ -594,7 +595,7 @@ class ShiftVAEWidget(ToolWidget):
             f"{plan.name} shift",
             "image",
             r.shift,
-            colormap="twilight_shifted",
+            colormap=SHIFT_COLORMAP,
             contrast_limits=(-lim, lim),
             metadata=self._shift_record(record, plan.axis.units),
             **plan.spatial,
@@ -744,7 +745,7 @@ class ShiftVAEWidget(ToolWidget):
         self._points = pts
         ax = self.latent_ax
         ax.clear()
-        ax.scatter(pts[:, 0], pts[:, 1], s=3, c=r.shift.ravel(), cmap="twilight_shifted")
+        ax.scatter(pts[:, 0], pts[:, 1], s=3, c=r.shift.ravel(), cmap=SHIFT_COLORMAP)
         ax.set_xlabel(labels[0], fontsize=8)
         ax.set_ylabel(labels[1], fontsize=8)
         ax.set_title("lasso to select pixels (colour = shift)", fontsize=8)
