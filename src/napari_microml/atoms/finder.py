@@ -313,13 +313,17 @@ def find_atoms_iter(
     pixel_size = check_pixel_size(pixel_size)
     min_distance = check_number(min_distance, "min_distance", low=1, integer=True, unit="pixels")
     tile = check_tile(tile)
+    # a big frame's preparation takes seconds: each stage says so and is a cancel point
+    yield progress(0, 1, "reading the image")
     # 0–1 in float64 first: the same numbers (and columns) whatever the image's units
     scaled = as_scaled_stack(image, what="image")
     stack, is_stack = scaled.stack, scaled.is_stack
     levelled = Levelling()
+    yield progress(0, 1, "checking the scan for outliers and uneven line levels")
     for frame in stack:  # a fresh array: repaired and levelled in place
         repair_outliers(frame)
         levelled |= level_scan(frame)
+    yield progress(0, 1, "measuring the column spacing")
     zoom, spacing = zoom_for(fill_nonfinite(stack[0]), rescale, noisy_high=NOISY_PERIOD)
     from napari_microml.atoms.choose import SINGLE_ATOMS_MODEL
 
@@ -363,9 +367,17 @@ def find_atoms_iter(
             except StopIteration as stop:
                 prob = stop.value[0]
                 break
+            # one step more than the tiles: the bar is not full while the peaks are found
             yield progress(
-                t * total + done, n_frames * total, f"frame {t + 1}/{n_frames}: tile {done}/{total}"
+                t * (total + 1) + done,
+                n_frames * (total + 1),
+                f"frame {t + 1}/{n_frames}: tile {done}/{total}",
             )
+        yield progress(
+            t * (total + 1) + total,
+            n_frames * (total + 1),
+            f"frame {t + 1}/{n_frames}: finding the column peaks",
+        )
         pos, score = local_maxima(prob, threshold=threshold, min_distance=min_distance)
         if zoom != 1.0:  # peaks found on the resampled grid; refined on the original pixels
             pos = np.clip(

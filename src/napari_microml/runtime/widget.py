@@ -15,11 +15,12 @@ Bad input found on the GUI thread (from shapes and settings) or in the worker (a
 the cores' contract) is answered with "Cannot run: <the sentence>" and a napari warning; any
 other exception is a failure, shown by napari with its traceback.
 
-Progress messages are throttled (at most every :data:`PROGRESS_INTERVAL_S`) so a fast loop
-does not flood the event loop; after a result with physical units the scale bar is shown, and
-when a run added a layer that lies outside the canvas view the view is refit
-(:func:`fit_view_to`). The dock scrolls, so a tall tool never makes the window taller than
-the screen; extra Qt widgets (plots) go in with :meth:`ToolWidget.add_native`.
+Progress messages are throttled (at most every :data:`PROGRESS_INTERVAL_S`; the latest one held
+back is shown when the interval ends) so a fast loop does not flood the event loop; after a
+result with physical units the scale bar is shown, and when a run added a layer that lies
+outside the canvas view the view is refit (:func:`fit_view_to`). The dock scrolls, so a tall
+tool never makes the window taller than the screen; extra Qt widgets (plots) go in with
+:meth:`ToolWidget.add_native`.
 
 Cancel calls ``worker.quit()``; the generator stops at its next yield and the result handler
 is never called, so a cancelled run leaves no half-written layer; the status then says
@@ -465,6 +466,11 @@ class ToolWidget(Container):
         self._ui_timer = QTimer()
         self._ui_timer.setInterval(0)
         self._ui_timer.timeout.connect(self._next_ui)
+        # a throttled message is shown later, not lost: the stage it names may last seconds
+        self._held_progress: tuple[int, int, str] | None = None
+        self._progress_timer = QTimer(self.native)
+        self._progress_timer.setSingleShot(True)
+        self._progress_timer.timeout.connect(self._show_held_progress)
         self._scroll.destroyed.connect(self._abandon)
 
     @property
@@ -533,6 +539,7 @@ class ToolWidget(Container):
             return None
         self._job = job
         self._ended = False  # set by returned, aborted or errored
+        self._held_progress = None
         self._cancel_asked = False
         self._layer_problems = []
         self._layers_before = {_layer_key(layer) for layer in self.viewer.layers}
@@ -617,18 +624,31 @@ class ToolWidget(Container):
             self._say(message.text)
 
     def _show_progress(self, done, total, text: str = "", force: bool = False) -> bool:
-        """Update the bar and status; skipped (False) when the last update was under
-        PROGRESS_INTERVAL_S ago, unless it is the last step or ``force``."""
+        """Update the bar and status; held back (False) when the last update was under
+        PROGRESS_INTERVAL_S ago, unless it is the last step or ``force``: the latest held
+        message is shown when the interval ends."""
         now = time.perf_counter()
         last = int(done) >= int(total)
-        if not (force or last) and now - self._last_progress < PROGRESS_INTERVAL_S:
+        wait = PROGRESS_INTERVAL_S - (now - self._last_progress)
+        if not (force or last) and wait > 0:
+            self._held_progress = (done, total, text)
+            if not self._progress_timer.isActive():
+                self._progress_timer.start(int(wait * 1000) + 1)
             return False
+        self._held_progress = None
         self._last_progress = now
         self.progress.max = max(int(total), 1)
         self.progress.value = min(int(done), self.progress.max)
         if text:
             self._say(text)
         return True
+
+    def _show_held_progress(self) -> None:
+        """Show the last throttled message, unless the run has ended since."""
+        held, self._held_progress = self._held_progress, None
+        if held is not None and not getattr(self, "_ended", True):
+            done, total, text = held
+            self._show_progress(done, total, text, force=True)
 
     def later(self, *calls: Callable[[], Any]) -> None:
         """Queue GUI updates to run in later event-loop turns: adding a napari layer costs

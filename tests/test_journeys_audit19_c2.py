@@ -1,0 +1,80 @@
+"""Journeys from the session-19 GUI audit (helper C2): each test drives a dock the way the
+Plugins menu opens it, with its defaults, and fails on the code before its fix."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+from journey import open_tool
+
+from napari_microml.synth.lattice import simulate_lattice
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread", "user_models_folder")
+
+
+def test_a_big_frames_progress_names_each_slow_stage(make_napari_viewer, qtbot, monkeypatch):
+    """Atom finder on a 4096² frame: "Running…" with an empty bar for 14 s (repairing and
+    levelling the scan), then "tile 36/36" with a full bar for 9 s (finding the peaks). Here the
+    same stages are made slow: the status names each while it runs, and the bar is not full
+    while the peaks are still to be found."""
+    import napari_microml.atoms.finder as finder
+
+    real_level, real_maxima = finder.level_scan, finder.local_maxima
+
+    def slow_level(frame):
+        time.sleep(0.4)
+        return real_level(frame)
+
+    def slow_maxima(*args, **kwargs):
+        time.sleep(0.4)
+        return real_maxima(*args, **kwargs)
+
+    monkeypatch.setattr(finder, "level_scan", slow_level)
+    monkeypatch.setattr(finder, "local_maxima", slow_maxima)
+    viewer = make_napari_viewer()
+    sample = simulate_lattice((160, 160), scene="crystal", seed=3)
+    viewer.add_image(sample.image.astype(np.float32), name="haadf")
+    w = open_tool(viewer, "Atom finder")
+    shown: list[tuple[str, int, int]] = []
+    say = w._say
+
+    def record(text):
+        shown.append((text, w.progress.value, w.progress.max))
+        say(text)
+
+    w._say = record
+    w.run_button.native.click()
+    qtbot.waitUntil(lambda: not w.busy, timeout=120_000)
+    texts = [text for text, *_ in shown]
+    assert texts[-1].startswith("Found"), texts
+    # the first stage is named while it runs, before the network
+    assert texts[1] == "reading the image", texts
+    checking = [i for i, t in enumerate(texts) if "checking the scan" in t]
+    peaks = [i for i, t in enumerate(texts) if "finding the column peaks" in t]
+    # shown although it came right after the last tile (the throttle used to drop it)
+    assert checking and peaks and checking[0] < peaks[0], texts
+    for text, value, top in shown:
+        if "tile" in text or "finding the column peaks" in text:
+            assert value < top, (text, value, top)
+
+
+def test_a_throttled_progress_message_is_shown_later(make_napari_viewer, qtbot):
+    """Two progress messages inside the throttle interval: the second is shown once the
+    interval has passed, not dropped (it may name a stage that lasts seconds)."""
+    viewer = make_napari_viewer()
+    w = open_tool(viewer, "Atom finder")
+    w._ended = False  # as during a run
+    assert w._show_progress(1, 10, "tile 1/9")
+    assert not w._show_progress(9, 10, "finding the column peaks")
+    assert "tile 1/9" in w.status.value
+    qtbot.waitUntil(lambda: "finding the column peaks" in w.status.value, timeout=2000)
+    assert w.progress.value == 9
+    w._ended = True  # a held message never overwrites the run's last word
+    w._show_progress(1, 10, "a")
+    w._show_progress(2, 10, "b")
+    w._say("Done.")
+    time.sleep(0.2)
+    qtbot.wait(50)
+    assert w.status.value == "Done."
