@@ -341,3 +341,20 @@ def test_pycroscopy_nsid_beps_file_opens_with_its_bias_waveform(shared_data):
     assert tuple(kw["units"][-2:]) == ("nm", "nm") and kw["scale"][-1] == pytest.approx(
         40.8, rel=1e-3
     )
+
+
+@pytest.mark.parametrize(
+    "unit, nm_per_px", [("nm", 0.05), ("micron", 50.0), ("\\u00B5m", 50.0), ("\\u00C5", 0.005)]
+)
+def test_a_fiji_tiff_keeps_its_calibration(tmp_path, unit, nm_per_px):
+    # Fiji writes its unit in the ImageJ description; rsciio keeps only "micron" from it
+    import tifffile
+
+    path = tmp_path / "fiji.tif"
+    image = np.arange(64 * 80, dtype=np.uint16).reshape(64, 80)
+    tifffile.imwrite(path, image, imagej=True, resolution=(20, 20), metadata={"unit": unit})
+    ((data, meta, kind),) = read_file(path)
+    assert kind == "image"
+    np.testing.assert_array_equal(np.asarray(data), image)
+    assert tuple(meta["units"]) == ("nm", "nm")
+    np.testing.assert_allclose(meta["scale"], (nm_per_px, nm_per_px))

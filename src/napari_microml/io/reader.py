@@ -243,6 +243,8 @@ def read_file(path) -> list[LayerData]:
             dicts = _read_nsid(p) or _read_rsciio(p, module, lazy)
         else:
             dicts = _read_rsciio(p, module, lazy)
+            if ext in (".tif", ".tiff"):
+                _imagej_units(p, dicts)
     except Exception as err:  # noqa: BLE001 - turned into one clear sentence
         raise ValueError(
             f"Could not read {p.name}: the file is damaged or not a supported {fmt} file "
@@ -290,6 +292,40 @@ def _read_rsciio(p: Path, module: str, lazy: bool) -> list[dict]:
             del home.open
             for fh in opened:  # the data is a memory map of its own; the handle held headers
                 fh.close()
+
+
+# ImageJ/Fiji spellings of a length unit in a TIFF's description (escapes kept as text)
+_IMAGEJ_UNITS = {
+    "micron": "µm",
+    "microns": "µm",
+    "um": "µm",
+    "\\u00b5m": "µm",
+    "a": "Å",
+    "\\u00c5": "Å",
+    "angstrom": "Å",
+    "angstroms": "Å",
+    "nm": "nm",
+    "pm": "pm",
+    "µm": "µm",
+}
+
+
+def _imagej_units(p: Path, dicts: list[dict]) -> None:
+    """Give the image axes the unit of an ImageJ/Fiji description where rsciio left none.
+
+    rsciio keeps only "micron": a Fiji TIFF saved in nm, Å or pm opened in pixels.
+    """
+    import tifffile
+
+    with tifffile.TiffFile(p) as tif:
+        unit = (tif.imagej_metadata or {}).get("unit")
+    unit = _IMAGEJ_UNITS.get(str(unit).strip().lower()) if unit is not None else None
+    if unit is None:
+        return
+    for d in dicts:
+        for a in d.get("axes") or []:
+            if a.get("units") in (None, "", "<undefined>") and a.get("name") in ("height", "width"):
+                a["units"] = unit
 
 
 def _nsid_datasets(p: Path) -> list[str]:
