@@ -78,3 +78,37 @@ def test_a_throttled_progress_message_is_shown_later(make_napari_viewer, qtbot):
     time.sleep(0.2)
     qtbot.wait(50)
     assert w.status.value == "Done."
+
+
+def test_progress_after_cancel_does_not_hide_cancelling(make_napari_viewer, qtbot):
+    """Teach: Stop said "Stopping…", then the steps already on their way overwrote it ("step 35/600:
+    loss 0.28") until the run ended: the user could not tell the Stop was taken."""
+    viewer = make_napari_viewer()
+    w = open_tool(viewer, "Atom finder")
+    w._ended, w._cancel_asked = False, True  # as right after Cancel, before the worker stops
+    w._say("Cancelling…")
+    w._on_yield(("progress", 3, 10, "frame 1/1: tile 3/9"))
+    w._on_yield(("progress", 0, 0, "loading the model"))
+    assert w.status.value == "Cancelling…"
+    assert w.progress.value == 3  # the bar still moves
+
+
+def test_edits_made_before_teach_opened_are_counted(make_napari_viewer, qtbot):
+    """Pt/C journey: Atom finder on two images, points corrected, then Teach opened from the
+    Plugins menu: "Your edits: +0 added, −0 removed" for both (Teach took the edited points as
+    the finder's)."""
+    viewer = make_napari_viewer()
+    sample = simulate_lattice((128, 128), scene="crystal", seed=2)
+    viewer.add_image(sample.image.astype(np.float32), name="xtal")
+    finder = open_tool(viewer, "Atom finder")
+    finder.run_button.native.click()
+    qtbot.waitUntil(lambda: not finder.busy, timeout=120_000)
+    points = viewer.layers["xtal atoms"]
+    found = np.asarray(points.data)
+    points.data = np.concatenate([found[2:], [[5.0, 5.0]]])  # 2 removed, 1 added
+    teach = open_tool(viewer, "Teach the atom finder")
+    assert "+1 added, −2 removed" in teach.edits.value, teach.edits.value
+    # a later finder run is the new reference: no edits
+    finder.run_button.native.click()
+    qtbot.waitUntil(lambda: not finder.busy, timeout=120_000)
+    qtbot.waitUntil(lambda: "+0 added, −0 removed" in teach.edits.value, timeout=5000)

@@ -29,6 +29,7 @@ from napari_microml.atoms.finetune import (
     finetune_atoms_iter,
     review_order,
 )
+from napari_microml.atoms.widget import FOUND_POINTS
 from napari_microml.runtime.widget import Job, ToolWidget, viewer_camera
 from napari_microml.runtime.workers import Loss
 
@@ -317,7 +318,8 @@ class TeachAtomsWidget(ToolWidget):
 
     # -- edits --------------------------------------------------------------------------------
     def _snapshot(self, points) -> np.ndarray:
-        """The layer's points when this widget first saw them (the finder's output, usually).
+        """The points the Atom finder wrote to the layer, or (points it did not write) the
+        layer's points when this widget first saw them.
 
         A new finder run on the layer (a new provenance record) starts a new snapshot: its
         points are the finder's, not the user's edits.
@@ -330,7 +332,10 @@ class TeachAtomsWidget(ToolWidget):
             repr(record.get("parameters")),
         )
         if key not in self._snapshots:
-            self._snapshots[key] = np.asarray(points.data, float)[:, -2:].copy()
+            created, found = FOUND_POINTS.get(key[0], (None, None))
+            if found is None or created is None or created != record.get("created"):
+                found = np.asarray(points.data, float)[:, -2:].copy()  # not the finder's run
+            self._snapshots[key] = found
         return self._snapshots[key]
 
     def _update_edits(self, *_):

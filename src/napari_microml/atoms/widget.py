@@ -15,6 +15,7 @@ from napari_microml.atoms.finder import AUTO, NOISY_PERIOD, find_atoms_iter, ref
 from napari_microml.atoms.finetune import unsure_note
 from napari_microml.atoms.refine import METHODS
 from napari_microml.runtime.contrast import CONTRASTS, ContrastChoice
+from napari_microml.runtime.provenance import KEY
 from napari_microml.runtime.units import too_coarse
 from napari_microml.runtime.validate import check_image_layer
 from napari_microml.runtime.widget import (
@@ -49,6 +50,9 @@ def manual_defaults(columns) -> dict:
 
 
 _WATCHED: weakref.WeakSet = weakref.WeakSet()
+# points layer's unique id → (its run's provenance 'created', the points the finder wrote): Teach
+# opened after the user's edits still counts them against the finder's points
+FOUND_POINTS: dict = {}
 
 
 def watch_added(layer) -> None:
@@ -198,6 +202,9 @@ def write_atoms_layer(tool: ToolWidget, layer, result):
     )
     style_points(points)
     watch_added(points)
+    record = points.metadata.get(KEY) or {}
+    found = np.asarray(points.data, float)[:, -2:].copy()
+    FOUND_POINTS[getattr(points, "unique_id", points.name)] = (record.get("created"), found)
     return points
 
 

@@ -620,7 +620,7 @@ class ToolWidget(Container):
             self._show_progress(message.step, message.total, message.text)
         elif message.total > 0:
             self._show_progress(message.done, message.total, message.text)
-        elif message.text:
+        elif message.text and not getattr(self, "_cancel_asked", False):
             self._say(message.text)
 
     def _show_progress(self, done, total, text: str = "", force: bool = False) -> bool:
@@ -639,7 +639,7 @@ class ToolWidget(Container):
         self._last_progress = now
         self.progress.max = max(int(total), 1)
         self.progress.value = min(int(done), self.progress.max)
-        if text:
+        if text and not getattr(self, "_cancel_asked", False):  # "Cancelling…" stays in view
             self._say(text)
         return True
 
