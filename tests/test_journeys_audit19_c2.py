@@ -3,6 +3,7 @@ Plugins menu opens it, with its defaults, and fails on the code before its fix."
 
 from __future__ import annotations
 
+import re
 import time
 
 import numpy as np
@@ -112,3 +113,37 @@ def test_edits_made_before_teach_opened_are_counted(make_napari_viewer, qtbot):
     finder.run_button.native.click()
     qtbot.waitUntil(lambda: not finder.busy, timeout=120_000)
     qtbot.waitUntil(lambda: "+0 added, −0 removed" in teach.edits.value, timeout=5000)
+
+
+def test_the_kept_base_sentence_names_the_held_out_part_of_each_image(
+    monkeypatch, tmp_path, one_torch_thread
+):
+    """Teach on Pt/C: "on your held-out points (the 0.2 strip of each image)": which strip? Now
+    the sentence names the edge and the image ("the bottom 20% of 021 and the left 20% of 025")."""
+    import napari_microml.atoms.finetune as ft
+    from napari_microml.nets import user_models
+
+    monkeypatch.setenv(user_models.ENV, str(tmp_path / "models"))
+    monkeypatch.setattr(ft, "LR", 1.0)  # a wrecked network: the base is kept
+    samples = [
+        simulate_lattice((128, 128), scene="crystal", lattice="square", spacing=9.0, seed=s)
+        for s in (11, 12)
+    ]
+    gen = ft.finetune_atoms_iter(
+        [s.image for s in samples],
+        [s.positions for s in samples],
+        steps=2,
+        image_names=["scan 021", "scan 025"],
+    )
+    while True:
+        try:
+            next(gen)
+        except StopIteration as stop:
+            result = stop.value
+            break
+    assert result.kept_base, result.reason
+    assert "strip" not in result.reason and "0.2" not in result.reason, result.reason
+    edges = r"(top|bottom|left|right)"
+    assert re.search(
+        rf"\(the {edges} 20% of scan 021 and the {edges} 20% of scan 025\)", result.reason
+    ), result.reason

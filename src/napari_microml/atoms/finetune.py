@@ -112,6 +112,21 @@ class _Item:
         return (pos[:, self.axis] >= self.lo) & (pos[:, self.axis] < self.hi)
 
 
+def _held_out_words(items: list, names: list, fraction: float) -> str:
+    """Which part of each image was kept out of training, as a microscopist would say it."""
+    share = f"{fraction:.0%}"
+    edges = [
+        ("top", "bottom")[it.lo > 0] if it.axis == 0 else ("left", "right")[it.lo > 0]
+        for it in items
+    ]
+    if len(items) > 3 or any(not n for n in names):
+        if len(set(edges)) == 1:
+            return f"the {edges[0]} {share} of {'the image' if len(items) == 1 else 'each image'}"
+        return f"a {share} band along one edge of each image: " + ", ".join(edges)
+    parts = [f"the {e} {share} of {n}" for e, n in zip(edges, names, strict=True)]
+    return " and ".join([", ".join(parts[:-1]), parts[-1]] if len(parts) > 1 else parts)
+
+
 def _as_lists(images, positions):
     if isinstance(images, np.ndarray) and images.ndim == 2:
         images, positions = [images], [positions]
@@ -610,7 +625,7 @@ def finetune_atoms_iter(
     if sum(int(it.in_strip(it.points).sum()) for it in items) == 0:
         raise ValueError(
             "None of your points lies in the validation part of the images (a "
-            f"{validation:g} strip at one edge of each), so the result could not be "
+            f"{float(validation):.0%} band along one edge of each), so the result could not be "
             "checked; mark the atoms over the whole image."
         )
     tol = _tolerance([it.points for it in items])
@@ -797,6 +812,7 @@ def finetune_atoms_iter(
         ),
     }
     short_base = info["name"].removeprefix("atoms-")
+    held_out = _held_out_words(items, names, float(validation))
     device_label = describe_device(dev)
     tuned = best["state"]
     compared = {sel.by: sel.summary() for sel in selectors[1:]}
@@ -804,8 +820,8 @@ def finetune_atoms_iter(
     if chosen is not None and rival is not None and before["f1"] < chosen["f1"] <= rival["f1"]:
         short_rival = rival["name"].removeprefix("atoms-")
         reason = (
-            f"Kept {short_rival!r}, the model you were using: on your held-out points (the "
-            f"{validation:g} strip of each image) the model fine-tuned from {short_base!r} "
+            f"Kept {short_rival!r}, the model you were using: on your held-out points ("
+            f"{held_out}) the model fine-tuned from {short_base!r} "
             f"reached F1 {chosen['f1']:.3f} ({short_base} {before['f1']:.3f}), not above "
             f"{short_rival}'s {rival['f1']:.3f}. Correct more points, allow more steps or "
             f"start from {short_rival!r}."
@@ -828,8 +844,8 @@ def finetune_atoms_iter(
             why = f"the fine-tuned model reached F1 {f1:.3f}, not above the base's "
             why += f"{before['f1']:.3f}"
         reason = (
-            f"Kept the base model {short_base!r}: on your held-out points (the {validation:g} "
-            f"strip of each image) {why}. Correct more points or images and try again."
+            f"Kept the base model {short_base!r}: on your held-out points ({held_out}) {why}. "
+            "Correct more points or images and try again."
         )
         card["blend"]["alpha"] = None
         return FinetuneResult(
