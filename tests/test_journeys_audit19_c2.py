@@ -147,3 +147,38 @@ def test_the_kept_base_sentence_names_the_held_out_part_of_each_image(
     assert re.search(
         rf"\(the {edges} 20% of scan 021 and the {edges} 20% of scan 025\)", result.reason
     ), result.reason
+
+
+def test_the_segmenters_warm_up_runs_every_kernel_a_new_labels_layer_needs(
+    make_napari_viewer, monkeypatch
+):
+    """The Defect segmenter's first Run froze the window ~1 s while its labels layer was made:
+    napari compiled a label-colour kernel (the default colormap's, used to size the texture)
+    on the GUI thread; the warm-up in the worker had run only the class colormap's."""
+    from types import SimpleNamespace
+
+    import napari.utils.colormaps._accelerated_cmap as accel
+    import pandas as pd
+
+    from napari_microml.defects.classes import CLASS_COLORS
+    from napari_microml.defects.widget import _warm_label_colormap, class_colormap
+
+    seen: list[tuple] = []
+    for name in ("_zero_preserving_modulo_inner_loop", "_labels_raw_to_texture_direct_inner_loop"):
+        real = getattr(accel, name)
+
+        def spy(*args, _real=real, _name=name, **kwargs):
+            arrays = [a for a in (*args, *kwargs.values()) if isinstance(a, np.ndarray)]
+            seen.append((_name, tuple((a.dtype.str, a.ndim) for a in arrays)))
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(accel, name, spy)
+    labels = (np.arange(64 * 64, dtype=np.int32).reshape(64, 64) // 700) % 3  # as segment writes
+    table = pd.DataFrame({"label": [1, 2], "class": list(CLASS_COLORS)[:2]})
+    _warm_label_colormap(SimpleNamespace(labels=labels.astype(np.int32), table=table))
+    warmed = set(seen)
+    seen.clear()
+    viewer = make_napari_viewer()
+    viewer.add_labels(labels.astype(np.int32), colormap=class_colormap(table))
+    used = set(seen)
+    assert used and used <= warmed, f"compiled on the GUI thread: {used - warmed}"
