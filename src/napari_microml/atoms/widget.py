@@ -24,6 +24,7 @@ from napari_microml.runtime.widget import (
     as_points,
     follow_opened_images,
     layer_picker,
+    levelling_note,
     physical_kwargs,
     pixel_size_nm,
     preload,
@@ -261,6 +262,7 @@ def found_sentence(result) -> str:
             else ""
         )
         + resample_note(result.parameters)
+        + levelling_note(result.parameters)
         + unsure_note(result)
         + (f" These are not atom columns: {why}." if coarse else "")
     )

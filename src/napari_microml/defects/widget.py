@@ -31,6 +31,7 @@ from napari_microml.runtime.widget import (
     ToolWidget,
     follow_opened_images,
     layer_picker,
+    levelling_note,
     physical_kwargs,
     pixel_size_nm,
     preload,
@@ -386,6 +387,7 @@ class DefectSegmenterWidget(ToolWidget):
             f"Found {text}; {contrast.note()}, {len(res.atoms)} atom columns from {source}."
             + more
             + resample_note(params)
+            + levelling_note(params)
             + model_note(params)
         )
 

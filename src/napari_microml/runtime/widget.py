@@ -223,6 +223,16 @@ def resample_note(parameters: dict) -> str:
     return f" The network saw a copy resampled ×{zoom:g}{lattice}; results are on your pixels."
 
 
+def levelling_note(parameters: dict) -> str:
+    """A sentence for the status line when a scanning-probe frame was levelled first
+    (``parameters['levelling']``; see runtime/level.py), else ''."""
+    said = parameters.get("levelling")
+    if not said:
+        return ""
+    what = said.removeprefix("levelled: ")
+    return f" Levelled as a scanning-probe scan first ({what}); your layer is unchanged."
+
+
 def viewer_camera(viewer):
     """``viewer.scene.camera`` (napari ≥ 0.9), else the older ``viewer.camera``."""
     scene = getattr(viewer, "scene", None)
