@@ -128,14 +128,14 @@ def class_colormap(table):
 def _warm_label_colormap(res) -> None:
     """Compile napari's label-colour kernels (numba, ~4 s the first time) here in the worker on a
     few pixels, so drawing the labels layer does not freeze the window."""
-    from napari.utils.colormaps import label_colormap
+    from napari.layers import Labels
 
     start_numba_threads()  # started in this pooled thread it set later torch jobs' thread count
     pixels = np.ascontiguousarray(res.labels.reshape(-1)[:16])
     class_colormap(res.table).map(np.resize(pixels, 16).reshape(4, 4))
     # a new Labels layer first sizes its texture with its default colormap (49 colours, uint8
-    # texture): another kernel, compiled on the GUI thread unless run here
-    label_colormap(49)._data_to_texture(np.zeros(0, dtype=pixels.dtype))
+    # texture): another kernel, compiled on the GUI thread unless a layer is made here
+    Labels(np.zeros((4, 4), dtype=pixels.dtype))
 
 
 def _prepare_first_run() -> None:
