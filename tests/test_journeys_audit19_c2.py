@@ -22,7 +22,7 @@ def test_a_big_frames_progress_names_each_slow_stage(make_napari_viewer, qtbot, 
     while the peaks are still to be found."""
     import napari_microml.atoms.finder as finder
 
-    real_level, real_maxima = finder.level_scan, finder.local_maxima
+    real_level, real_maxima = finder.prepare_frame, finder.local_maxima
 
     def slow_level(frame):
         time.sleep(0.4)
@@ -32,7 +32,7 @@ def test_a_big_frames_progress_names_each_slow_stage(make_napari_viewer, qtbot, 
         time.sleep(0.4)
         return real_maxima(*args, **kwargs)
 
-    monkeypatch.setattr(finder, "level_scan", slow_level)
+    monkeypatch.setattr(finder, "prepare_frame", slow_level)
     monkeypatch.setattr(finder, "local_maxima", slow_maxima)
     viewer = make_napari_viewer()
     sample = simulate_lattice((160, 160), scene="crystal", seed=3)

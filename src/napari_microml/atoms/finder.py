@@ -14,7 +14,7 @@ from napari_microml.atoms.refine import (
     refine_positions_iter,
 )
 from napari_microml.runtime.contrast import check_contrast, decide
-from napari_microml.runtime.level import Levelling, level_scan
+from napari_microml.runtime.level import Levelling, prepare_frame
 from napari_microml.runtime.provenance import make_provenance
 from napari_microml.runtime.spacing import resample, to_original, zoom_for, zoom_to
 from napari_microml.runtime.tiling import TILE, tile_batch, tiled_predict
@@ -26,7 +26,6 @@ from napari_microml.runtime.validate import (
     check_probability,
     check_tile,
     fill_nonfinite,
-    repair_outliers,
     robust_normalize,
 )
 from napari_microml.runtime.workers import drain, progress
@@ -321,8 +320,7 @@ def find_atoms_iter(
     levelled = Levelling()
     yield progress(0, 1, "checking the scan for outliers and uneven line levels")
     for frame in stack:  # a fresh array: repaired and levelled in place
-        repair_outliers(frame)
-        levelled |= level_scan(frame)
+        levelled |= prepare_frame(frame)
     yield progress(0, 1, "measuring the column spacing")
     zoom, spacing = zoom_for(fill_nonfinite(stack[0]), rescale, noisy_high=NOISY_PERIOD)
     from napari_microml.atoms.choose import SINGLE_ATOMS_MODEL
@@ -589,8 +587,7 @@ def refine_points_iter(image, positions, *, frames=None, refine="gaussian", cont
     scaled = as_scaled_stack(image)
     stack = scaled.stack
     for frame in stack:  # fitted on the frame find_atoms fits on
-        repair_outliers(frame)
-        level_scan(frame)
+        prepare_frame(frame)
     positions = np.asarray(positions, float)
     if frames is not None and positions.size:
         positions = np.column_stack([np.asarray(frames, float).ravel(), positions])

@@ -15,7 +15,7 @@ from napari_microml.defects.classes import CLASS_NAMES, N_OUTPUTS
 from napari_microml.defects.columns import column_check as check_columns
 from napari_microml.defects.instances import instances, keep_instances
 from napari_microml.runtime.contrast import check_contrast, decide
-from napari_microml.runtime.level import Levelling, level_scan
+from napari_microml.runtime.level import Levelling, prepare_frame
 from napari_microml.runtime.provenance import make_provenance
 from napari_microml.runtime.spacing import resample, to_original, to_resampled, zoom_for, zoom_to
 from napari_microml.runtime.tiling import TILE
@@ -28,7 +28,6 @@ from napari_microml.runtime.validate import (
     check_probability,
     check_tile,
     fill_nonfinite,
-    repair_outliers,
     robust_normalize,
 )
 from napari_microml.runtime.workers import drain, progress, relabel
@@ -248,9 +247,8 @@ def segment_defects_iter(
     scaled = as_scaled_stack(image, what="image")
     stack, is_stack = scaled.stack, scaled.is_stack
     levelled = Levelling()
-    for frame in stack:  # a fresh array: stuck pixels repaired in place (a spike is no defect)
-        repair_outliers(frame)
-        levelled |= level_scan(frame)  # an SPM scan's tilt and line offsets
+    for frame in stack:  # a fresh array: stuck pixels (a spike is no defect), an SPM scan's tilt
+        levelled |= prepare_frame(frame)
     if levelled.applied:
         yield progress(0, 1, str(levelled.describe()))
     user_atoms = _check_atoms(atoms, stack.shape, is_stack)

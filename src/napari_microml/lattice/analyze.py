@@ -9,9 +9,9 @@ from scipy.spatial import cKDTree
 
 from napari_microml.lattice import strain as _strain
 from napari_microml.lattice.sublattice import assign_sublattices, nn_distance
-from napari_microml.runtime.level import level_scan
+from napari_microml.runtime.level import prepare_frame
 from napari_microml.runtime.provenance import make_provenance
-from napari_microml.runtime.validate import check_pixel_size, repair_outliers
+from napari_microml.runtime.validate import check_pixel_size
 from napari_microml.runtime.workers import drain, progress
 
 AUTO_STRAIN_STD = 0.003  # shells="auto": 5×5 cells above this median 3×3 strain std (fraction)
@@ -121,28 +121,40 @@ class LatticeResult:
         return pd.DataFrame(dict(zip(TABLE_COLUMNS, cols, strict=True)))
 
 
-def column_intensity(image: np.ndarray, positions: np.ndarray, d0: float) -> np.ndarray:
-    """Image value at each column after smoothing over ~0.15 of the column spacing."""
-    from scipy import ndimage as ndi
+def _prepared(image: np.ndarray) -> np.ndarray:
+    """Return a float64 copy, stuck pixels repaired and an SPM scan levelled, gaps filled.
 
+    A stuck pixel would make its column the brightest sublattice; a tilt would rank the
+    columns along it.
+    """
     img = np.array(image, np.float64)
-    repair_outliers(img)  # a stuck pixel would make its column the brightest sublattice
+    prepare_frame(img)
     if not np.isfinite(img).all():
         img = np.where(np.isfinite(img), img, np.nanmedian(img))
-    level_scan(img)  # an SPM scan's tilt would rank the columns by height along it
+    return img
+
+
+def _at_columns(img: np.ndarray, positions: np.ndarray, d0: float) -> np.ndarray:
+    from scipy import ndimage as ndi
+
     img = ndi.gaussian_filter(img, max(0.15 * d0, 0.5))
     return ndi.map_coordinates(img, positions.T, order=1, mode="nearest")
+
+
+def column_intensity(image: np.ndarray, positions: np.ndarray, d0: float) -> np.ndarray:
+    """Image value at each column after smoothing over ~0.15 of the column spacing."""
+    return _at_columns(_prepared(image), positions, d0)
 
 
 def columns_are_dark(image, positions) -> bool:
     """Tell whether the columns are darker than the image around them (ABF/BF).
 
-    Rather than brighter (HAADF): the image at the columns against its median.
+    Rather than brighter (HAADF): the image at the columns against its median, both read on
+    the same prepared (repaired, levelled) copy.
     """
-    img = np.array(image, np.float64)
-    level_scan(img)  # the columns' values are read on the levelled image: compare with it
-    at = column_intensity(img, np.asarray(positions, float), 4.0)
-    return bool(np.median(at) < np.nanmedian(img))
+    img = _prepared(image)
+    at = _at_columns(img, np.asarray(positions, float), 4.0)
+    return bool(np.median(at) < np.median(img))
 
 
 def _check_inputs(positions, image, reference, position_std):

@@ -222,3 +222,23 @@ def level_scan(frame: np.ndarray) -> Levelling:
     if gaps:
         frame[finite] = x[finite]
     return Levelling(how.plane, how.lines, int(bad.sum()), how.axis)
+
+
+def prepare_frame(frame: np.ndarray) -> Levelling:
+    """Repair stuck pixels, then level a scanning-probe scan: in place, the order every tool
+    uses, so Refine points and the lattice read the frame the finder and segmenter read.
+
+    Parameters
+    ----------
+    frame : (H, W) float array
+        Changed in place (pass a copy of a user's data).
+
+    Returns
+    -------
+    Levelling
+        What :func:`level_scan` removed.
+    """
+    from napari_microml.runtime.validate import repair_outliers
+
+    repair_outliers(frame)
+    return level_scan(frame)
