@@ -14,7 +14,7 @@ from napari_microml.atoms.refine import (
     refine_positions_iter,
 )
 from napari_microml.runtime.contrast import check_contrast, decide
-from napari_microml.runtime.level import Levelling, prepare_frame
+from napari_microml.runtime.level import Levelling, check_scan, prepare_frame
 from napari_microml.runtime.provenance import make_provenance
 from napari_microml.runtime.spacing import resample, to_original, zoom_for, zoom_to
 from napari_microml.runtime.tiling import TILE, tile_batch, tiled_predict
@@ -279,6 +279,7 @@ def find_atoms_iter(
     tile: int = TILE,
     rescale="auto",
     input_name: str | None = None,
+    scan: str = "auto",
 ):
     """Find atomic columns like :func:`find_atoms`, as a generator that reports progress.
 
@@ -312,6 +313,7 @@ def find_atoms_iter(
     pixel_size = check_pixel_size(pixel_size)
     min_distance = check_number(min_distance, "min_distance", low=1, integer=True, unit="pixels")
     tile = check_tile(tile)
+    scan = check_scan(scan)
     # a big frame's preparation takes seconds: each stage says so and is a cancel point
     yield progress(0, 1, "reading the image")
     # 0–1 in float64 first: the same numbers (and columns) whatever the image's units
@@ -320,7 +322,7 @@ def find_atoms_iter(
     levelled = Levelling()
     yield progress(0, 1, "checking the scan for outliers and uneven line levels")
     for frame in stack:  # a fresh array: repaired and levelled in place
-        levelled |= prepare_frame(frame)
+        levelled |= prepare_frame(frame, scan=scan)
     yield progress(0, 1, "measuring the column spacing")
     zoom, spacing = zoom_for(fill_nonfinite(stack[0]), rescale, noisy_high=NOISY_PERIOD)
     from napari_microml.atoms.choose import SINGLE_ATOMS_MODEL
@@ -433,6 +435,7 @@ def find_atoms_iter(
         estimated_period_px=spacing,
         network_input=kind,
         levelling=levelled.describe(),
+        **({"scan": scan} if scan != "auto" else {}),  # an electron run's record as before
     )
     label = describe_device(dev)
     model_info = model_provenance(info)
@@ -506,6 +509,7 @@ def find_atoms(
     tile: int = TILE,
     rescale="auto",
     input_name: str | None = None,
+    scan: str = "auto",
 ) -> AtomsResult:
     """Find every atomic column in a 2D image or a (T, H, W) stack.
 
@@ -550,6 +554,11 @@ def find_atoms(
         how often a run can be cancelled.
     input_name : str, optional
         Name of the input (file or layer) recorded in ``provenance['input_layer']``.
+    scan : {'auto', 'spm'}
+        ``'auto'`` (default) levels a frame only where it shows a scanning-probe tilt, line
+        offsets or streaks; ``'spm'``: the image is an STM/AFM scan (a layer read from an SPM
+        file: :func:`napari_microml.runtime.level.scan_kind`), levelled with lower line
+        thresholds and its 1/f scan-line noise smoothed (:func:`runtime.level.level_scan`).
 
     Returns
     -------
@@ -571,23 +580,28 @@ def find_atoms(
             tile=tile,
             rescale=rescale,
             input_name=input_name,
+            scan=scan,
         )
     )
 
 
-def refine_points_iter(image, positions, *, frames=None, refine="gaussian", contrast="auto"):
+def refine_points_iter(
+    image, positions, *, frames=None, refine="gaussian", contrast="auto", scan="auto"
+):
     """Re-refine a user-edited set of points (per frame for stacks); return (positions, features).
 
     ``contrast='auto'`` decides from the first frame's skew
-    (:func:`napari_microml.runtime.contrast.decide`).
+    (:func:`napari_microml.runtime.contrast.decide`); ``scan`` as in :func:`find_atoms`, so
+    the points are fitted on the frame the finder fitted on.
     """
     import pandas as pd
 
     check_contrast(contrast)
+    scan = check_scan(scan)
     scaled = as_scaled_stack(image)
     stack = scaled.stack
     for frame in stack:  # fitted on the frame find_atoms fits on
-        prepare_frame(frame)
+        prepare_frame(frame, scan=scan)
     positions = np.asarray(positions, float)
     if frames is not None and positions.size:
         positions = np.column_stack([np.asarray(frames, float).ravel(), positions])

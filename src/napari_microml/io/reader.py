@@ -48,6 +48,12 @@ FORMATS: dict[str, tuple[str | None, str]] = {
     ".emsa": ("rsciio.msa", "EMSA/MSA spectrum"),
     ".npy": (None, "NumPy"),
     ".csv": (None, "CSV of scan positions and values (x, y, value)"),
+    # scanning-probe (STM/AFM) files: io.spm reads them with rsciio's signature
+    ".sxm": ("napari_microml.io.spm", "Nanonis"),
+    ".gwy": ("napari_microml.io.spm", "Gwyddion"),
+    ".ibw": ("napari_microml.io.spm", "Asylum Research / Igor binary wave"),
+    ".sur": ("napari_microml.io.spm", "Digital Surf"),
+    ".pro": ("napari_microml.io.spm", "Digital Surf profile"),
 }
 SPECTRAL_UNITS = {"ev", "kev", "mev", "cm^-1", "1/cm", "cm-1"}
 SPECTRAL_WORDS = ("energy", "loss", "wavelength", "raman", "wavenumber")
@@ -203,8 +209,8 @@ def read_file(path) -> list[LayerData]:
     Parameters
     ----------
     path : str or Path
-        A .dm3, .dm4, .emd, .ser, .mrc, .hspy, HyperSpy .h5, .tif/.tiff, .msa/.emsa, .npy or
-        sparse-scan .csv (x, y, value) file.
+        A .dm3, .dm4, .emd, .ser, .mrc, .hspy, HyperSpy .h5, .tif/.tiff, .msa/.emsa, .npy,
+        sparse-scan .csv (x, y, value) or scanning-probe (.sxm, .gwy, .ibw, .sur, .pro) file.
 
     Returns
     -------
@@ -599,6 +605,8 @@ def _to_layer(d: dict, p: Path, index: int, n: int) -> LayerData:
         info["unlabelled_scale"] = unlabelled
     if file_units:  # the layer is in nm; what the file said
         info["file_units"] = file_units
+    if d.get("scan"):  # a scanning-probe channel (io.spm): the tools level it as an SPM scan
+        info["scan"] = d["scan"]
     kwargs = {
         "name": name,
         "scale": tuple(a["scale"] for a in axes),
@@ -616,6 +624,7 @@ def _to_layer(d: dict, p: Path, index: int, n: int) -> LayerData:
             },
         },
     }
+    kwargs.update(d.get("layer") or {})  # io.spm: only the topography shown
     return data, kwargs, "image"
 
 

@@ -8,6 +8,11 @@ their differences, streaks replaced by their neighbours' mean) and say so. Elect
 left alone: their row steps are as small as their column steps, their background is not a
 plane and no line segment stands out of both neighbours; the thresholds sit well above what
 the 17 real electron images here show (benchmarks/RESULTS.md, "scanning-probe images").
+
+A frame known to be a scanning-probe scan (``scan="spm"``: a layer read from an SPM file,
+see :func:`scan_kind`) is levelled with lower line thresholds, always loses its plane, and the
+1/f feedback noise left along its lines is smoothed; the default ``scan="auto"`` decides from
+the frame alone, as above, so electron images are read exactly as before.
 """
 
 from __future__ import annotations
@@ -30,6 +35,14 @@ PLANE_FIT = 0.99
 STREAK_LENGTH = 16
 STREAK_STEP = 4.0
 _MAX_SIDE = 512  # statistics on a strided copy of at most this size
+SCAN_KINDS = ("auto", "spm")
+# a known SPM scan: line offsets from a smaller spread and ratio (clean scans: ratio ≈ 1)
+SPM_LINE_RATIO = 2.5
+SPM_LINE_STEP = 0.02
+# the 1/f noise left within its lines: one-row detail (σ across the lines, px), smoothed
+# along them over more than an atom (σ, px), is subtracted
+RASTER_ACROSS = 3.0
+RASTER_ALONG = 20.0
 
 
 @dataclass(frozen=True)
@@ -46,12 +59,15 @@ class Levelling:
         Pixels of scan-line streaks replaced.
     axis : int
         0: the scan lines are the image's rows; 1: its columns (a scan turned by 90°).
+    raster : bool
+        The 1/f noise along the scan lines smoothed (a known SPM scan only).
     """
 
     plane: bool = False
     lines: bool = False
     streaks: int = 0
     axis: int = 0
+    raster: bool = False
 
     @property
     def applied(self) -> bool:
@@ -65,6 +81,7 @@ class Levelling:
                 ("plane", self.plane),
                 ("line offsets", self.lines),
                 ("scan-line streaks", self.streaks > 0),
+                ("scan-line noise", self.raster),
             )
             if on
         ]
@@ -76,6 +93,7 @@ class Levelling:
             self.lines or other.lines,
             self.streaks + other.streaks,
             self.axis if self.lines else other.axis,
+            self.raster or other.raster,
         )
 
 
@@ -136,13 +154,52 @@ def scan_statistics(frame: np.ndarray) -> dict:
     }
 
 
-def detect_levelling(frame: np.ndarray) -> Levelling:
+def check_scan(scan) -> str:
+    """Return ``scan`` when it is one of :data:`SCAN_KINDS`, else raise a clear ValueError.
+
+    Parameters
+    ----------
+    scan : str
+        "auto" (decide from the frame) or "spm" (a scanning-probe scan).
+
+    Returns
+    -------
+    str
+    """
+    if scan not in SCAN_KINDS:
+        raise ValueError(
+            f"scan must be 'auto' (decide from the image) or 'spm' (an STM/AFM scan), not {scan!r}."
+        )
+    return str(scan)
+
+
+def scan_kind(metadata) -> str:
+    """The ``scan`` a tool should use for a layer: "spm" when its metadata says it was read
+    from a scanning-probe file (:mod:`napari_microml.io.spm`), else "auto".
+
+    Parameters
+    ----------
+    metadata : dict or None
+        A napari layer's ``metadata``.
+
+    Returns
+    -------
+    str
+    """
+    record = ((metadata or {}).get("napari_microml") or {}).get("scan") or {}
+    return "spm" if isinstance(record, dict) and record.get("kind") == "spm" else "auto"
+
+
+def detect_levelling(frame: np.ndarray, *, scan: str = "auto") -> Levelling:
     """Decide whether ``frame`` looks like a scanning-probe scan that needs levelling.
 
     Parameters
     ----------
     frame : (H, W) array
         Finite values, any units (heights in nm, counts).
+    scan : {"auto", "spm"}
+        "spm": the frame is known to be a scanning-probe scan: the line thresholds are
+        ``SPM_LINE_RATIO`` and ``SPM_LINE_STEP`` and the plane is always removed.
 
     Returns
     -------
@@ -152,13 +209,15 @@ def detect_levelling(frame: np.ndarray) -> Levelling:
         spans ``PLANE_RANGE`` corrugations and explains ``PLANE_FIT`` of the smoothed
         background, or whenever line offsets are found (an SPM scan).
     """
+    spm = check_scan(scan) == "spm"
     if min(np.shape(frame)) < 16:
         return Levelling()
     st = scan_statistics(frame)
-    rows = st["step_ratio"] >= LINE_RATIO and st["row_step"] >= LINE_STEP
-    cols = st["step_ratio"] * LINE_RATIO <= 1 and st["column_step"] >= LINE_STEP
+    ratio, step = (SPM_LINE_RATIO, SPM_LINE_STEP) if spm else (LINE_RATIO, LINE_STEP)
+    rows = st["step_ratio"] >= ratio and st["row_step"] >= step
+    cols = st["step_ratio"] * ratio <= 1 and st["column_step"] >= step
     lines = rows or cols
-    plane = lines or (st["plane_range"] >= PLANE_RANGE and st["plane_fit"] >= PLANE_FIT)
+    plane = spm or lines or (st["plane_range"] >= PLANE_RANGE and st["plane_fit"] >= PLANE_FIT)
     return Levelling(plane=plane, lines=lines, axis=int(cols and not rows))
 
 
@@ -189,13 +248,17 @@ def streak_mask(frame: np.ndarray) -> np.ndarray:
     return mask
 
 
-def level_scan(frame: np.ndarray) -> Levelling:
+def level_scan(frame: np.ndarray, *, scan: str = "auto") -> Levelling:
     """Remove a tilted plane, scan-line offsets and streaks from a float ``frame``, in place.
 
     Parameters
     ----------
     frame : (H, W) float array
         Changed in place (pass a copy of a user's data); NaN/inf pixels stay as they are.
+    scan : {"auto", "spm"}
+        "spm": a known scanning-probe scan (:func:`detect_levelling`); where its lines are
+        offset, the 1/f noise within them is smoothed too (``RASTER_ACROSS``,
+        ``RASTER_ALONG``).
 
     Returns
     -------
@@ -208,7 +271,7 @@ def level_scan(frame: np.ndarray) -> Levelling:
         return Levelling()
     gaps = not finite.all()
     x = np.where(finite, frame, np.median(frame[finite])) if gaps else frame
-    how = detect_levelling(x)
+    how = detect_levelling(x, scan=scan)
     lines = x.T if how.axis else x  # a view: the scan lines as rows
     if how.lines:
         # offsets of the lines relative to the first: the cumulated median steps
@@ -219,12 +282,16 @@ def level_scan(frame: np.ndarray) -> Levelling:
     if bad.any():
         r, c = np.nonzero(bad)
         lines[r, c] = 0.5 * (lines[r - 1, c] + lines[r + 1, c])
+    raster = scan == "spm" and how.lines and min(x.shape) > 2 * RASTER_ACROSS
+    if raster:  # feedback noise: one line off from its neighbours, smooth along the line
+        detail = lines - ndi.gaussian_filter1d(lines, RASTER_ACROSS, axis=0, mode="nearest")
+        lines -= ndi.gaussian_filter1d(detail, RASTER_ALONG, axis=1, mode="nearest")
     if gaps:
         frame[finite] = x[finite]
-    return Levelling(how.plane, how.lines, int(bad.sum()), how.axis)
+    return Levelling(how.plane, how.lines, int(bad.sum()), how.axis, raster)
 
 
-def prepare_frame(frame: np.ndarray) -> Levelling:
+def prepare_frame(frame: np.ndarray, *, scan: str = "auto") -> Levelling:
     """Repair stuck pixels, then level a scanning-probe scan: in place, the order every tool
     uses, so Refine points and the lattice read the frame the finder and segmenter read.
 
@@ -232,6 +299,8 @@ def prepare_frame(frame: np.ndarray) -> Levelling:
     ----------
     frame : (H, W) float array
         Changed in place (pass a copy of a user's data).
+    scan : {"auto", "spm"}
+        Passed to :func:`level_scan`.
 
     Returns
     -------
@@ -241,4 +310,4 @@ def prepare_frame(frame: np.ndarray) -> Levelling:
     from napari_microml.runtime.validate import repair_outliers
 
     repair_outliers(frame)
-    return level_scan(frame)
+    return level_scan(frame, scan=scan)

@@ -102,3 +102,54 @@ def scanning_probe(
         r, c = int(rng.integers(h)), int(rng.integers(w // 2))
         x[r, c : c + int(rng.integers(20, max(21, w // 2)))] += rng.choice([-2, 2]) * corrugation_nm
     return x
+
+
+def write_sxm(
+    path,
+    channels: dict[str, np.ndarray],
+    *,
+    size_nm: tuple[float, float],
+    scan_dir: str = "up",
+    units: dict[str, str] | None = None,
+    offset_nm: tuple[float, float] = (0.0, 0.0),
+) -> None:
+    """Write a Nanonis .sxm file as the instrument records it (for tests and benchmarks).
+
+    Parameters
+    ----------
+    path : str or Path
+    channels : dict
+        Channel name -> ``(forward, backward)`` pair of upright (H, W) images, as the vendor's
+        viewer shows them, in SI units (m for Z). The file holds them in recording order:
+        a backward line right to left, an upward scan's first line at the bottom.
+    size_nm : (float, float)
+        The frame's (height, width) in nm.
+    scan_dir : {"up", "down"}
+    units : dict, optional
+        Channel name -> unit (default "m").
+    offset_nm : (float, float)
+        The frame centre's (x, y) in nm.
+    """
+    pairs = {k: [np.asarray(v, np.float64) for v in vs] for k, vs in channels.items()}
+    h, w = next(iter(pairs.values()))[0].shape
+    rows = "".join(
+        f"\t{i}\t{name}\t{(units or {}).get(name, 'm')}\tboth\t1.000E+0\t0.000E+0\n"
+        for i, name in enumerate(pairs)
+    )
+    head = (
+        ":NANONIS_VERSION:\n2\n:SCANIT_TYPE:\n              FLOAT            MSBFIRST\n"
+        f":SCAN_PIXELS:\n       {w}       {h}\n"
+        f":SCAN_RANGE:\n           {size_nm[1] * 1e-9:.6E}           {size_nm[0] * 1e-9:.6E}\n"
+        f":SCAN_OFFSET:\n           {offset_nm[0] * 1e-9:.6E}           {offset_nm[1] * 1e-9:.6E}\n"
+        f":SCAN_ANGLE:\n            0.000E+0\n:SCAN_DIR:\n{scan_dir}\n"
+        ":BIAS:\n            1.000E-1\n"
+        ":DATA_INFO:\n\tChannel\tName\tUnit\tDirection\tCalibration\tOffset\n"
+        f"{rows}\n:SCANIT_END:\n\n\n"
+    )
+    body = []
+    for fwd, bwd in pairs.values():
+        for img, backward in ((fwd, False), (bwd, True)):
+            rec = img[::-1] if scan_dir == "up" else img
+            body.append((rec[:, ::-1] if backward else rec).astype(">f4").tobytes())
+    with open(path, "wb") as fh:
+        fh.write(head.encode("latin-1") + b"\x1a\x04" + b"".join(body))
