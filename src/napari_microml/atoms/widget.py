@@ -31,6 +31,7 @@ from napari_microml.runtime.widget import (
     preload,
     resample_note,
     rescale_combo,
+    viewer_camera,
 )
 
 FIT_OK_COLOR, FIT_FAILED_COLOR, MANUAL_COLOR = "#ff3b30", "#ffd60a", "#34c7ff"
@@ -204,10 +205,73 @@ def write_atoms_layer(tool: ToolWidget, layer, result):
     )
     style_points(points)
     watch_added(points)
+    fade_when_crowded(tool.viewer, points)
     record = points.metadata.get(KEY) or {}
     found = np.asarray(points.data, float)[:, -2:].copy()
     FOUND_POINTS[getattr(points, "unique_id", points.name)] = (record.get("created"), found)
     return points
+
+
+CROWDED_RING_PX = 4.0  # a ring drawn smaller is a blob: 30k of them hid a 4096² frame at full view
+CROWDED_OPACITY = 0.3
+_FADE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # points layer → fade state
+
+
+def ring_screen_px(viewer, points) -> float:
+    """The median ring's diameter on screen (canvas px) at the viewer's current zoom."""
+    sizes = np.asarray(points.size, float).ravel()
+    if not sizes.size:
+        return np.inf
+    scale = float(np.mean(np.abs(np.asarray(points.scale, float)[-2:])))
+    return float(np.median(sizes)) * scale * float(viewer_camera(viewer).zoom)
+
+
+def fade_when_crowded(viewer, points) -> None:
+    """Draw ``points`` faint (opacity CROWDED_OPACITY) while their rings are under
+    CROWDED_RING_PX on screen, at their own opacity once zoomed in: the positions never change.
+    An opacity the user set while faded is kept."""
+    points = getattr(points, "__wrapped__", points)  # napari's plugin proxy: a new one per access
+    if points in _FADE:
+        _update_fade(viewer, points)
+        return
+    _FADE[points] = {"faded": False, "opacity": float(points.opacity)}
+    ref = weakref.ref(points)
+
+    def on_zoom(*_):
+        layer = ref()
+        if layer is None or layer not in viewer.layers:
+            viewer_camera(viewer).events.zoom.disconnect(on_zoom)
+            return
+        _update_fade(viewer, layer)
+
+    viewer_camera(viewer).events.zoom.connect(on_zoom)
+    _update_fade(viewer, points)
+
+
+def _update_fade(viewer, points) -> None:
+    state = _FADE.get(getattr(points, "__wrapped__", points))
+    if state is None:
+        return
+    crowded = ring_screen_px(viewer, points) < CROWDED_RING_PX
+    if crowded and not state["faded"]:
+        state["opacity"], state["faded"] = float(points.opacity), True
+        points.opacity = min(state["opacity"], CROWDED_OPACITY)
+    elif not crowded and state["faded"]:
+        state["faded"] = False
+        if abs(float(points.opacity) - min(state["opacity"], CROWDED_OPACITY)) < 1e-6:
+            points.opacity = state["opacity"]  # not changed by the user meanwhile
+
+
+def crowded_note(viewer, points) -> str:
+    """' At this zoom the N rings are drawn faint …' while ``points`` are faded, else ''."""
+    state = _FADE.get(getattr(points, "__wrapped__", points)) or {}
+    if not state.get("faded"):
+        return ""
+    return (
+        f" At this zoom each of the {len(points.data)} rings would be under "
+        f"{CROWDED_RING_PX:.0f} screen pixels and hide the image, so they are drawn faint; "
+        "zoom in to see them in full."
+    )
 
 
 SMALL_FIELD_SPACINGS = 4  # fewer column spacings than this across an image: no lattice to see
@@ -411,7 +475,7 @@ class AtomFinderWidget(ToolWidget):
         return f"{layer.name} atoms"
 
     def _show_found(self, layer, with_probability: bool, result) -> None:
-        write_atoms_layer(self, layer, result)
+        points = write_atoms_layer(self, layer, result)
         if with_probability:
             self.upsert(
                 f"{layer.name} atom probability",
@@ -425,7 +489,7 @@ class AtomFinderWidget(ToolWidget):
                 **physical_kwargs(layer, result.probability.ndim),
             )
         self._found[self.points_name(layer)] = found_sentence(result)
-        self._say(self._found[self.points_name(layer)])
+        self._say(self._found[self.points_name(layer)] + crowded_note(self.viewer, points))
 
     # -- save ----------------------------------------------------------------------------------
     def _on_save_clicked(self, *_):

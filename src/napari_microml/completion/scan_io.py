@@ -207,6 +207,82 @@ def read_scan_info(path) -> dict:
     }
 
 
+SHAPE_KEY = "scan_shape"  # a JSON sidecar's [rows, cols] of a sparse scan's CSV
+
+
+def declared_scan_shape(path) -> tuple[tuple[int, int] | None, str]:
+    """The scan grid a sparse scan's CSV declares beside it, and the file that says so.
+
+    Parameters
+    ----------
+    path : str or Path
+        The CSV of ``x, y, value`` rows.
+
+    Returns
+    -------
+    shape : (rows, cols) or None
+        From a JSON sidecar (``scan.csv.json`` or ``scan.json``) holding ``"scan_shape":
+        [rows, cols]``, else a Direct Electron ``scan_info.txt`` (``Scan - Size X/Y``); ``None``
+        when neither is there.
+    source : str
+        The sidecar's file name ('' without one).
+
+    Raises
+    ------
+    ValueError
+        When a sidecar is there but its size cannot be read.
+    """
+    import json
+
+    p = Path(path)
+    for side in (p.with_name(p.name + ".json"), p.with_suffix(".json")):
+        if not side.is_file():
+            continue
+        try:
+            record = json.loads(side.read_text(errors="replace"))
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{side.name} beside {p.name} is not JSON ({err}).") from None
+        shape = record.get(SHAPE_KEY) if isinstance(record, dict) else None
+        if shape is None:
+            continue
+        if not (
+            isinstance(shape, list)
+            and len(shape) == 2
+            and all(isinstance(n, int) and n > 0 for n in shape)
+        ):
+            raise ValueError(
+                f"{side.name} gives {SHAPE_KEY} = {shape!r}; it must be [rows, cols] in pixels."
+            )
+        return (shape[0], shape[1]), side.name
+    info = p.with_name(p.stem + INFO_SUFFIX)
+    if info.is_file():
+        return read_scan_info(info)["scan_shape"], info.name
+    return None, ""
+
+
+def inferred_grid_sentence(shape, *, name: str) -> str:
+    """The sentence for a sparse scan whose grid was inferred from its furthest position.
+
+    Parameters
+    ----------
+    shape : (rows, cols)
+        The inferred grid.
+    name : str
+        The CSV's file name.
+
+    Returns
+    -------
+    str
+        "The grid (… px) is as large as the furthest measured position: …".
+    """
+    rows, cols = (int(n) for n in shape)
+    return (
+        f"The grid ({rows} × {cols} px) is as large as the furthest measured position: {name} "
+        f"does not declare the scan's size, so rows or columns beyond it are missing; a "
+        f'{name}.json beside it holding {{"{SHAPE_KEY}": [rows, cols]}} sets it.'
+    )
+
+
 def values_from_movie(movie) -> np.ndarray:
     """One value per scan position from a 4D-STEM movie: the sum of each frame.
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import napari
@@ -19,6 +20,7 @@ from napari_microml.completion.metrics import relative_rms
 from napari_microml.completion.scan_io import (
     check_mask,
     check_sparse,
+    inferred_grid_sentence,
     rasterise,
     weights_sentence,
 )
@@ -36,6 +38,8 @@ from napari_microml.runtime.widget import (
 SIMULATE, COMPLETE = "Simulate", "Complete measured data"
 IMAGE_MASK, POINTS = "sparse image + mask", "scan points + values"
 NAN_MASK = "NaN pixels = not measured"  # the Mask choice for a scan saved with NaN gaps (CLI's)
+ZERO_MASK = "0 pixels = not measured"  # a scan saved zero-filled (full image × scan mask)
+ZERO_FILLED_FRACTION = 0.5  # a full image is rarely 0 at half its pixels; a sparse scan is
 
 
 def _model_choices() -> list[tuple[str, str]]:
@@ -170,7 +174,7 @@ class ScanCompleterWidget(ToolWidget):
         self._prefer_sparse_layer()
         first = self.image_layer.value
         if self.mode.value == SIMULATE and first is not None and first.ndim == 2:
-            self._complete_nan_scan(first)  # opened before the dock
+            self._complete_gappy_scan(first)  # opened before the dock
 
         from qtpy.QtCore import QTimer
 
@@ -208,7 +212,10 @@ class ScanCompleterWidget(ToolWidget):
         layers.sort(
             key=lambda la: (not isinstance(la, napari.layers.Labels), "mask" not in la.name.lower())
         )
-        return [(layer.name, layer) for layer in layers] + [(NAN_MASK, NAN_MASK)]
+        return [(layer.name, layer) for layer in layers] + [
+            (NAN_MASK, NAN_MASK),
+            (ZERO_MASK, ZERO_MASK),
+        ]
 
     def _feature_choices(self, *_):
         layer = self.points_layer.value if hasattr(self, "points_layer") else None
@@ -226,7 +233,8 @@ class ScanCompleterWidget(ToolWidget):
     def _follow_opened(self, layer) -> None:
         """A grey 2D image just opened from a file becomes the 'Full image' to simulate a scan
         of: Run otherwise re-ran the image before it while the new file lay on top. One with
-        NaN pixels is a sparse scan saved with NaN gaps: it is completed, NaN = not measured."""
+        NaN pixels is a sparse scan saved with NaN gaps, one 0 at most of its pixels a scan saved
+        zero-filled: it is completed, NaN or 0 = not measured."""
         if (
             not isinstance(layer, napari.layers.Image)
             or getattr(layer, "rgb", False)
@@ -235,25 +243,39 @@ class ScanCompleterWidget(ToolWidget):
             or self.busy
         ):
             return
-        if self._complete_nan_scan(layer) or self.mode.value != SIMULATE:
+        if self._complete_gappy_scan(layer) or self.mode.value != SIMULATE:
             return
         with self.image_layer.changed.blocked():  # no mask preview drawn over the new file
             followed = pick(self.image_layer, layer)
         if followed and not self.busy:  # the last run's sentence was about the image before
             self._say(f"Ready: Run simulates a {self.kind.value} scan of {layer.name}.")
 
-    def _complete_nan_scan(self, layer) -> bool:
-        """Set the dock to complete ``layer`` when it has NaN pixels (a sparse scan saved with
-        NaN gaps, as ``microml complete`` reads one), and say so; False when it has none."""
+    def _complete_gappy_scan(self, layer) -> bool:
+        """Set the dock to complete ``layer`` when it is a sparse scan saved with NaN gaps (as
+        ``microml complete`` reads one) or zero-filled (a full image × its scan mask: Simulate
+        scanned the zeros again and reported a 29 % error), and say so; False otherwise."""
         gaps = _nan_count(layer.data)
-        if not gaps:
+        zeros = 0.0 if gaps else _zero_filled_fraction(layer.data)
+        if not gaps and not zeros:
             return False
         self.mode.value, self.source.value = COMPLETE, IMAGE_MASK
         if pick(self.sparse_layer, layer):
-            self.mask_layer.value = NAN_MASK
+            self.mask_layer.value = NAN_MASK if gaps else ZERO_MASK
+            if gaps:
+                said = f"has {gaps} NaN pixels ({100 * gaps / layer.data.size:.1f} %),"
+            else:
+                said = (
+                    f"is exactly 0 at {100 * zeros:.1f} % of its pixels, like a scan saved "
+                    "zero-filled; they are"
+                )
+            back = (
+                ""
+                if gaps
+                else f" If it is a full image whose zeros were measured, choose Mode '{SIMULATE}'."
+            )
+            grid = _grid_note(layer)
             self._say(
-                f"Ready: {layer.name} has {gaps} NaN pixels "
-                f"({100 * gaps / layer.data.size:.1f} %), read as not measured: Run fills them."
+                f"Ready: {layer.name} {said} read as not measured: Run fills them.{back}{grid}"
             )
         return True
 
@@ -377,6 +399,13 @@ class ScanCompleterWidget(ToolWidget):
 
                 nan_params = {"mode": "complete", "mask_layer": NAN_MASK}
                 return _Plan(layer, nan_params, False, prepare_nan, {"values": layer})
+            if self.mask_layer.value == ZERO_MASK:
+
+                def prepare_zero(values):
+                    return (*check_sparse(values, np.isfinite(values) & (values != 0)), None)
+
+                zero_params = {"mode": "complete", "mask_layer": ZERO_MASK}
+                return _Plan(layer, zero_params, False, prepare_zero, {"values": layer})
             mask_layer = self._grey(self.mask_layer.value, "mask")
             params = {"mode": "complete", "mask_layer": mask_layer.name}
 
@@ -484,6 +513,7 @@ class ScanCompleterWidget(ToolWidget):
         )
         if run.weights:
             message += f" {run.weights}"
+        message += _grid_note(plan.source)
         completed_meta = meta
         if run.error is not None:
             add.append(
@@ -546,6 +576,32 @@ def _nan_count(data) -> int:
     if not isinstance(data, np.ndarray) or data.dtype.kind != "f":
         return 0
     return int(np.isnan(data).sum())
+
+
+def _grid_note(layer) -> str:
+    """' The grid … is as large as the furthest measured position …' for a scan our reader
+    read from a CSV that declares no scan size, else ''."""
+    meta = getattr(layer, "metadata", None) or {}
+    source = str((meta.get("napari_microml") or {}).get("source_file") or "")
+    found = ((meta.get("original") or {}).get("original_metadata") or {}).get("grid_declared_in")
+    if not source.lower().endswith(".csv") or found is None or found:
+        return ""
+    return " " + inferred_grid_sentence(np.shape(layer.data), name=Path(source).name)
+
+
+def _zero_filled_fraction(data) -> float:
+    """The fraction of pixels exactly 0 when a 2D image in memory is 0 at most of them (a scan
+    saved zero-filled), else 0.0. An electron-counting frame (most non-zero pixels 1-3 counts)
+    is not one."""
+    if not isinstance(data, np.ndarray) or data.ndim != 2 or data.dtype.kind not in "iuf":
+        return 0.0
+    zero = data == 0
+    fraction = float(zero.mean())
+    if fraction < ZERO_FILLED_FRACTION or zero.all():
+        return 0.0
+    if data.dtype.kind in "iu" and np.median(data[~zero]) <= 3:
+        return 0.0
+    return fraction
 
 
 def _is_scan(layer) -> bool:

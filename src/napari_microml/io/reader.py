@@ -138,7 +138,7 @@ def _read_scan_values(p: Path) -> list[dict]:
     """
     import pandas as pd
 
-    from napari_microml.completion.scan_io import rasterise
+    from napari_microml.completion.scan_io import declared_scan_shape, rasterise
 
     columns = _scan_value_columns(p)
     if columns is None:
@@ -153,14 +153,19 @@ def _read_scan_values(p: Path) -> list[dict]:
         row = int(numbers.isna().any(axis=1).to_numpy().argmax()) + 2
         raise ValueError(f"line {row} holds something other than three numbers")
     xyv = numbers.to_numpy(float)
-    values, measured = rasterise(xyv[:, [iy, ix]], xyv[:, iv])
+    shape, declared_in = declared_scan_shape(p)  # else as large as the furthest position
+    values, measured = rasterise(xyv[:, [iy, ix]], xyv[:, iv], shape)
     image = np.where(measured, values, np.nan).astype(np.float32)
     return [
         {
             "data": image,
             "axes": [],
             "metadata": {"General": {"title": p.stem}, "Signal": {"quantity": name}},
-            "original_metadata": {"positions": len(xyv), "pixels_measured": int(measured.sum())},
+            "original_metadata": {
+                "positions": len(xyv),
+                "pixels_measured": int(measured.sum()),
+                "grid_declared_in": declared_in,
+            },
         }
     ]
 

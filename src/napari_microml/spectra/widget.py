@@ -105,6 +105,18 @@ def preview_window(layer) -> tuple[tuple[float, float] | None, str, bool]:
 READABLE_LENGTHS = ("pm", "nm", "µm", "mm", "m")
 
 
+def strip_positions(spatial: dict, axis: int, n: int) -> tuple[np.ndarray, str]:
+    """Positions (n,) along the long axis ``axis`` of a one-pixel-wide spectrum image, from its
+    spatial ``scale``/``translate``/``units`` (spectrum numbers when uncalibrated)."""
+    units = [str(u) for u in spatial.get("units", ())]
+    unit = units[axis] if axis < len(units) else "pixel"
+    if unit in ("pixel", "px", ""):
+        return np.arange(n, dtype=float), "spectrum"
+    scale = float(spatial.get("scale", (1.0, 1.0))[axis])
+    offset = float(spatial.get("translate", (0.0, 0.0))[axis])
+    return offset + scale * np.arange(n), unit
+
+
 def readable_length(values: np.ndarray, units: str) -> tuple[np.ndarray, str]:
     """``values`` in the length unit that writes their span with 1-3 digits before the point
     (e.g. a 0.125 µm line scan in nm); anything that is not a length is returned unchanged.
@@ -164,6 +176,12 @@ class Plan:
     window: tuple[int, int] | None  # channels; None = chosen automatically in the worker
     kwargs: dict
     signal_type: str = ""  # the file's ("EDS_TEM": X-ray lines, no edges)
+    strip: int | None = None  # a 1×N or N×1 spectrum image: its long spatial axis (a line)
+
+    @property
+    def along_line(self) -> bool:
+        """A line scan or a one-pixel-wide spectrum image: shifts are a plot, not a map."""
+        return self.line or self.strip is not None
 
 
 @dataclass
@@ -411,6 +429,10 @@ class ShiftVAEWidget(ToolWidget):
             seed=int(self.seed.value),
             device=self.device_choice.value,
         )
+        spatial = [n for i, n in enumerate(layer.data.shape) if i != ax.index]
+        strip = None
+        if len(spatial) == 2 and min(spatial) == 1:  # a map one pixel wide would be a hairline
+            strip = int(np.argmax(spatial))
         plan = Plan(
             layer.name,
             ax,
@@ -419,6 +441,7 @@ class ShiftVAEWidget(ToolWidget):
             window,
             kwargs,
             signal_type_of(layer.metadata),
+            strip,
         )
         return layer, plan
 
@@ -546,6 +569,8 @@ class ShiftVAEWidget(ToolWidget):
         calls: list[Callable[[], Any]]
         if plan.line:
             calls = [partial(self._show_line, outcome, record)]
+        elif plan.strip is not None:
+            calls = []  # one pixel wide: the plot below the controls shows the shifts
         else:
             calls = [partial(self._show_maps, outcome, record)]
             calls += [
@@ -554,9 +579,11 @@ class ShiftVAEWidget(ToolWidget):
             ]
 
         def plots():  # cheap to set up; they paint together on the next turn
-            if plan.line:
+            if plan.along_line:
                 self._draw_line(outcome)
             else:
+                self.line_canvas.setVisible(False)  # a plot of the line fitted before
+            if not plan.line:
                 self._drop_stale(outcome)
             self._draw_latents()
             self._draw_traversal(units)
@@ -575,7 +602,7 @@ class ShiftVAEWidget(ToolWidget):
             f"Done in {outcome.seconds:.1f} s. Window {r.axis[0]:.4g}–{r.axis[-1]:.4g} {u} "
             f"({outcome.reason}); shifts span {span:.3g} {u}"
         )
-        if not outcome.plan.line:  # the map's colour bar runs over ± the largest shift
+        if not outcome.plan.along_line:  # the map's colour bar runs over ± the largest shift
             text += f" (colour bar ±{float(np.nanmax(np.abs(r.shift))):.3g} {u})"
         warning = implausible_shift(
             r.shift,
@@ -656,9 +683,11 @@ class ShiftVAEWidget(ToolWidget):
 
     def _draw_line(self, outcome):
         r, plan = outcome.result, outcome.plan
-        pos, pos_units = readable_length(
-            *line_positions(self._layer_metadata(plan.name), r.shift.size)
-        )
+        if plan.strip is None:
+            along = line_positions(self._layer_metadata(plan.name), r.shift.size)
+        else:
+            along = strip_positions(plan.spatial, plan.strip, r.shift.size)
+        pos, pos_units = readable_length(*along)
         ax = self.line_ax
         ax.clear()
         shift = r.shift.ravel()
@@ -668,7 +697,8 @@ class ShiftVAEWidget(ToolWidget):
             ax.fill_between(pos, shift - sd, shift + sd, alpha=0.25)
         ax.set_xlabel(f"position ({pos_units})", fontsize=8)
         ax.set_ylabel(f"shift ({plan.axis.units})", fontsize=8)
-        ax.set_title("shift along the line scan (± 1 s.d.)", fontsize=8)
+        what = "line scan" if plan.line else f"{plan.name}'s line of spectra"
+        ax.set_title(f"shift along the {what} (± 1 s.d.)", fontsize=8)
         ax.tick_params(labelsize=7)
         self.line_canvas.setVisible(True)
         self.line_canvas.draw_idle()

@@ -1,0 +1,184 @@
+"""Journeys from the session-20 audit (helper U): every dock on real and user-made files, opened
+as File > Open and the Plugins menu open them, defaults, Run. Each test fails on the code before
+its fix."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from journey import click, open_file, open_tool
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def _smooth_image(shape=(64, 64), seed=0) -> np.ndarray:
+    yy, xx = np.mgrid[: shape[0], : shape[1]] / 8.0
+    rng = np.random.default_rng(seed)
+    return (0.5 + 0.25 * np.sin(xx) * np.cos(yy) + 0.01 * rng.standard_normal(shape)).astype(
+        np.float32
+    )
+
+
+def test_a_zero_filled_sparse_scan_is_completed_not_scanned_again(
+    make_napari_viewer, qtbot, tmp_path
+):
+    """A partial scan saved as full image × scan mask (zeros where the probe did not go, as the
+    partial-STEM paper's data are built): the completer opened it in Simulate, scanned its own
+    5.6 % spiral over the zeros and reported "RMS error at unmeasured pixels: 29.10 %"
+    (truth-1 × mask-1). It now opens in Complete with Mask '0 pixels = not measured', says so,
+    and fills the zeros from the measured pixels."""
+    import tifffile
+
+    truth = _smooth_image()
+    mask = np.zeros(truth.shape, bool)
+    mask[::4, :] = True  # every 4th line measured: 25 %
+    tifffile.imwrite(tmp_path / "scan_x_mask.tif", np.where(mask, truth, 0).astype(np.float32))
+    viewer = make_napari_viewer()
+    open_file(viewer, tmp_path / "scan_x_mask.tif")
+    dock = open_tool(viewer, "Partial-scan completer")
+    assert dock.mode.value == "Complete measured data", dock.status.value
+    assert dock.mask_layer.value == "0 pixels = not measured"
+    assert "exactly 0 at 75.0 % of its pixels" in dock.status.value
+    assert "choose Mode 'Simulate'" in dock.status.value
+    click(qtbot, dock.run_button, dock)
+    assert dock.status.value.startswith("Done: filled the 75.0 % unmeasured"), dock.status.value
+    completed = viewer.layers["scan_x_mask completed"].data
+    between = ~mask
+    between[:, :4] = between[:, -4:] = False
+    assert np.sqrt(np.mean((completed - truth)[between] ** 2)) < 0.03
+
+    # the same dock already open: a zero-filled file opened next is followed the same way
+    viewer2 = make_napari_viewer()
+    dock2 = open_tool(viewer2, "Partial-scan completer")
+    assert dock2.mode.value == "Simulate"
+    open_file(viewer2, tmp_path / "scan_x_mask.tif")
+    assert dock2.mode.value == "Complete measured data"
+    assert dock2.mask_layer.value == "0 pixels = not measured"
+
+
+def test_a_full_image_or_a_counting_frame_is_not_taken_for_a_zero_filled_scan(
+    make_napari_viewer, tmp_path
+):
+    """The rule stays off ordinary images: a full image with a few zeros stays in Simulate, and
+    an electron-counting frame (mostly 0, single counts) is not a scan either."""
+    import tifffile
+
+    image = _smooth_image()
+    image[:10] = 0  # a dark band: 16 % zeros
+    tifffile.imwrite(tmp_path / "full.tif", image)
+    counts = np.random.default_rng(1).poisson(0.3, (64, 64)).astype(np.uint16)  # 74 % zeros
+    tifffile.imwrite(tmp_path / "counting.tif", counts)
+    for name in ("full.tif", "counting.tif"):
+        viewer = make_napari_viewer()
+        open_file(viewer, tmp_path / name)
+        dock = open_tool(viewer, "Partial-scan completer")
+        assert dock.mode.value == "Simulate", (name, dock.status.value)
+
+
+@pytest.mark.parametrize("shape", [(1, 24), (24, 1)])
+def test_a_one_pixel_wide_spectrum_image_gives_a_line_plot_not_a_hairline_map(
+    make_napari_viewer, qtbot, tmp_path, shape
+):
+    """A spectrum image of 1 × 24 (or 24 × 1) spectra, as a line of spot spectra is saved when
+    the software keeps both scan axes: the Shift-VAE drew its shifts as a map one pixel wide (a
+    hairline beside a colour bar) and no plot. It now plots the shift along the line, in the
+    file's length unit, as for a line scan, and draws no map layers."""
+    from vendor_files import write_hspy
+
+    from napari_microml.spectra.widget import ShiftVAEWidget
+
+    e = -5.0 + 0.1 * np.arange(160)
+    centres = np.linspace(0.0, 0.6, 24).reshape(shape)[..., None]
+    rng = np.random.default_rng(3)
+    data = rng.poisson(2000 * np.exp(-0.5 * ((e - centres) / 0.5) ** 2) + 20).astype(np.float32)
+    axes = [
+        ("y", 0.5, 0.0, "nm", True),
+        ("x", 0.5, 0.0, "nm", True),
+        ("Energy loss", 0.1, -5.0, "eV", False),
+    ]
+    write_hspy(tmp_path / "spots.hspy", data, axes, "EELS")
+    viewer = make_napari_viewer()
+    open_file(viewer, tmp_path / "spots.hspy")
+    dock = open_tool(viewer, "Spectral shift-VAE")
+    assert isinstance(dock, ShiftVAEWidget)
+    dock.epochs.value, dock.device_choice.value = 3, "cpu"
+    click(qtbot, dock.run_button, dock)
+    assert dock.status.value.startswith("Done"), dock.status.value
+    assert "colour bar" not in dock.status.value
+    assert not [layer.name for layer in viewer.layers if "shift" in layer.name]
+    assert not dock.line_canvas.isHidden()
+    (line,) = dock.line_ax.get_lines()
+    x = line.get_xdata()
+    assert len(x) == 24 and np.allclose(np.diff(x), 0.5)  # nm along the line
+    assert dock.line_ax.get_xlabel() == "position (nm)"
+
+
+def test_a_csv_scan_takes_its_declared_size_and_says_when_the_size_was_inferred(
+    make_napari_viewer, qtbot, tmp_path
+):
+    """A random scan as x, y, value CSV whose last rows the probe never reached: its grid was
+    only as large as the furthest position (40 × 36 px of a 48 × 40 scan), silently. A sidecar
+    'scan.csv.json' with {"scan_shape": [rows, cols]} (or a Direct Electron 'scan_info.txt')
+    now gives the grid; without one the completer says the grid was inferred and how to set
+    it."""
+    import json
+
+    truth = _smooth_image((48, 40))
+    rng = np.random.default_rng(4)
+    rows, cols = rng.integers(0, 40, 300), rng.integers(0, 36, 300)  # not the last 8 rows
+    table = "x,y,counts\n" + "".join(
+        f"{c},{r},{truth[r, c]:.6f}\n" for r, c in zip(rows, cols, strict=True)
+    )
+    (tmp_path / "scan.csv").write_text(table)
+    viewer = make_napari_viewer()
+    (layer,) = open_file(viewer, tmp_path / "scan.csv")
+    assert layer.data.shape == (40, 36)
+    dock = open_tool(viewer, "Partial-scan completer")
+    assert "The grid (40 × 36 px) is as large as the furthest measured position" in (
+        dock.status.value
+    )
+    click(qtbot, dock.run_button, dock)
+    assert dock.status.value.startswith("Done"), dock.status.value
+    assert "scan.csv does not declare the scan's size" in dock.status.value
+    assert viewer.layers["scan completed"].data.shape == (40, 36)
+
+    (tmp_path / "scan.csv.json").write_text(json.dumps({"scan_shape": [48, 40]}))
+    viewer2 = make_napari_viewer()
+    (layer2,) = open_file(viewer2, tmp_path / "scan.csv")
+    assert layer2.data.shape == (48, 40)
+    assert np.isnan(layer2.data[40:]).all()
+    dock2 = open_tool(viewer2, "Partial-scan completer")
+    assert "NaN pixels" in dock2.status.value and "The grid" not in dock2.status.value
+
+
+def test_atom_rings_too_small_to_read_are_drawn_faint_until_zoomed_in(make_napari_viewer, qtbot):
+    """At full view of a 4096² frame the Atom finder's 29,557 rings (each under 2 screen px)
+    covered the image like a red carpet. While a ring would be under 4 screen px the layer is
+    now drawn faint (the image stays readable) and the status says why; zoomed in, the rings
+    are drawn at their own opacity, at the same positions. An opacity the user sets is kept."""
+    from napari_microml.atoms.widget import CROWDED_OPACITY, ring_screen_px
+    from napari_microml.runtime.widget import viewer_camera
+
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-microml", "lattice")
+    camera = viewer_camera(viewer)
+    dock = open_tool(viewer, "Atom finder")
+    dock.device_choice.value = "cpu"
+    camera.zoom = camera.zoom / 8  # the whole frame small, as a 4096² one is
+    click(qtbot, dock.run_button, dock)
+    points = viewer.layers[f"{dock.image_layer.value.name} atoms"]
+    found = np.asarray(points.data).copy()
+    assert len(found) > 100
+    assert ring_screen_px(viewer, points) < 4
+    assert points.opacity == pytest.approx(CROWDED_OPACITY)
+    assert "drawn faint; zoom in to see them" in dock.status.value, dock.status.value
+
+    camera.zoom = camera.zoom * 16
+    assert ring_screen_px(viewer, points) >= 4
+    assert points.opacity == pytest.approx(1.0)
+    np.testing.assert_array_equal(points.data, found)
+
+    camera.zoom = camera.zoom / 16
+    points.opacity = 0.6  # the user's own choice while faint
+    camera.zoom = camera.zoom * 16
+    assert points.opacity == pytest.approx(0.6)
