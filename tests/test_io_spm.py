@@ -267,3 +267,18 @@ def test_a_user_opens_an_stm_file_and_finds_its_atoms(make_napari_viewer, qtbot,
     assert f1 > 0.9, f1
     assert viewer.canvas.overlays.scale_bar.visible and str(points.units[-1]) == "nanometer"
     np.testing.assert_allclose(topo.data, stm, rtol=1e-5, atol=1e-7)  # the layer is untouched
+
+
+def test_a_nanonis_channel_recorded_one_way_is_one_layer(tmp_path):
+    rec = KNOWN[::-1]  # an upward scan
+    data = _sxm_bytes([rec * 1e-12, rec[:, ::-1] * 1e-12, rec[:, ::-1] * 1e-10], scan_dir="up")
+    data = data.replace(b"\tZ\tm\tboth", b"\tZ\tm\tbackward")
+    (tmp_path / "one.sxm").write_bytes(data)
+    layers = read_file(tmp_path / "one.sxm")[::-1]
+    assert [kw["name"] for _, kw, _ in layers] == [
+        "one [Z (backward)]",
+        "one [Current (forward)]",
+        "one [Current (backward)]",
+    ]
+    np.testing.assert_allclose(layers[0][0], KNOWN * 0.1, rtol=1e-6)  # read right to left
+    np.testing.assert_allclose(layers[2][0], KNOWN * 1e-12, rtol=1e-6)

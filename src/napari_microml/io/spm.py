@@ -235,11 +235,11 @@ def _read_sxm(p: Path) -> list[dict]:
     planes: list[tuple[str, str, str]] = []
     for r in rows:
         rec = dict(zip(columns, r, strict=False))
-        both = rec.get("direction", "both").lower() == "both"
+        recorded = rec.get("direction", "both").lower()  # both: forward, then backward
         name, unit = rec.get("name", "channel"), rec.get("unit", "")
-        planes.append((name, unit, "forward"))
-        if both:
-            planes.append((name, unit, "backward"))
+        for direction in ("forward", "backward"):
+            if recorded in ("both", direction):
+                planes.append((name, unit, direction))
     want = len(planes) * nx * ny
     data = np.frombuffer(raw, dtype, count=min(want, (len(raw) - start - 2) // 4), offset=start + 2)
     if data.size < want:
