@@ -28,15 +28,14 @@ def _sxm_bytes(recorded: list[np.ndarray], *, scan_dir: str, names=("Current", "
         ":SCAN_RANGE:\n           8.000000E-9           3.000000E-9\n"
         ":SCAN_OFFSET:\n           1.000000E-8          -2.000000E-8\n"
         f":SCAN_ANGLE:\n            0.000E+0\n:SCAN_DIR:\n{scan_dir}\n"
+        ":SCAN_TIME:\n             5.000E-1             5.000E-1\n"
+        ":Z-CONTROLLER:\n\tName\ton\tSetpoint\n\tlog Current\t1\t1.000E-10 A\n"
+        ":COMMENT:\nNote: tip changed\n:NanonisMain>Session Path:\nC:\\data\n"
         ":DATA_INFO:\n\tChannel\tName\tUnit\tDirection\tCalibration\tOffset\n"
         f"{rows}\n:SCANIT_END:\n\n\n"
     )
     body = b"".join(struct.pack(">12f", *np.asarray(r, float).ravel()) for r in recorded)
     return head.encode("latin-1") + b"\x1a\x04" + body
-
-
-def _layers(path):
-    return {kw["name"].split("[", 1)[-1].rstrip("]"): (d, kw) for d, kw, _ in read_file(path)}
 
 
 @pytest.mark.parametrize("scan_dir", ["up", "down"])
@@ -50,7 +49,7 @@ def test_a_nanonis_file_reads_upright_in_nm_topography_first(tmp_path, scan_dir)
     path = tmp_path / "scan.sxm"
     path.write_bytes(_sxm_bytes(planes, scan_dir=scan_dir))
     assert get_reader(str(path)) is not None
-    layers = read_file(path)[::-1]  # napari's layer list, top down
+    layers = read_file(path)  # topography first
     assert [kw["name"] for _, kw, _ in layers] == [
         "scan [Z (forward)]",
         "scan [Z (backward)]",
@@ -66,6 +65,9 @@ def test_a_nanonis_file_reads_upright_in_nm_topography_first(tmp_path, scan_dir)
     assert kw["units"] == ("nm", "nm")
     # the frame centred on SCAN_OFFSET (10, -20) nm, y pointing down the screen
     np.testing.assert_allclose(kw["translate"], (20.0 - 1.5, 10.0 - 4.0))
+    header = kw["metadata"]["original"]["original_metadata"]["header"]
+    assert header["COMMENT"] == "Note: tip changed"
+    assert header["NanonisMain>Session Path"] == "C:\\data"
     scan = kw["metadata"]["napari_microml"]["scan"]
     assert scan == {
         "kind": "spm",
@@ -87,7 +89,7 @@ def test_a_stopped_nanonis_scan_keeps_its_recorded_lines_and_says_so(tmp_path):
     stopped[:4] = np.nan  # an upward scan stopped: the top 4 lines never recorded
     stopped[4, 2:] = np.nan  # the line it was recording when it stopped
     write_sxm(tmp_path / "s.sxm", {"Z": (stopped, stopped)}, size_nm=(10.0, 4.0), scan_dir="up")
-    z, kw, _ = read_file(tmp_path / "s.sxm")[-1]
+    z, kw, _ = read_file(tmp_path / "s.sxm")[0]
     np.testing.assert_allclose(z, img[5:] * 1e9, rtol=1e-6)  # m -> nm
     scan = kw["metadata"]["napari_microml"]["scan"]
     assert (scan["lines_recorded"], scan["lines"]) == (5, 10)
@@ -119,7 +121,7 @@ def test_a_gwyddion_file_from_gwyfile_reads_each_channel_in_nm(tmp_path):
         KNOWN * 1e-9, xreal=4e-9, yreal=6e-9, si_unit_xy="m", si_unit_z="m"
     )
     obj.tofile(str(tmp_path / "two.gwy"))
-    (ph, pk, _), (h, hk, _) = read_file(tmp_path / "two.gwy")
+    (h, hk, _), (ph, pk, _) = read_file(tmp_path / "two.gwy")
     assert (hk["name"], pk["name"]) == ("two [Height]", "two [Phase]")
     assert (hk["visible"], pk["visible"]) == (True, False)
     np.testing.assert_allclose(h, KNOWN, rtol=1e-6)  # Gwyddion's row 0 is the top: as stored
@@ -168,7 +170,7 @@ def test_an_asylum_igor_wave_reads_upright_with_its_channel_labels(tmp_path):
             note="ScanSize: 2e-09\rScanDown: 1\rScanRate: 1",
         )
     )
-    layers = read_file(path)[::-1]
+    layers = read_file(path)
     names = [kw["name"] for _, kw, _ in layers]
     assert names == ["afm [HeightRetrace (backward)]", "afm [AmplitudeRetrace (backward)]"]
     height, kw, _ = layers[0]
@@ -207,7 +209,7 @@ def test_a_layer_from_an_spm_file_asks_for_spm_levelling(tmp_path):
     from napari_microml.synth.scanprobe import write_sxm
 
     write_sxm(tmp_path / "a.sxm", {"Z": (KNOWN * 1e-10, KNOWN * 1e-10)}, size_nm=(3.0, 4.0))
-    _, kw, _ = read_file(tmp_path / "a.sxm")[-1]
+    _, kw, _ = read_file(tmp_path / "a.sxm")[0]
     assert scan_kind(kw["metadata"]) == "spm"
     assert scan_kind({}) == scan_kind(None) == "auto"
     assert scan_kind({"napari_microml": {"source_file": "x.dm4"}}) == "auto"
@@ -225,7 +227,7 @@ def test_a_stopped_scan_read_from_file_goes_through_the_finder(tmp_path):
     stm[:40] = np.nan
     stm[60, 10:13] = np.nan
     write_sxm(tmp_path / "stop.sxm", {"Z": (stm, stm)}, size_nm=(12.8, 12.8), scan_dir="up")
-    z, kw, _ = read_file(tmp_path / "stop.sxm")[-1]
+    z, kw, _ = read_file(tmp_path / "stop.sxm")[0]
     assert z.shape == (88, 128) and np.isnan(z).sum() == 3
     r = mm.find_atoms(z, scan="spm", pixel_size=0.1)
     assert len(r.positions) > 40
@@ -253,7 +255,9 @@ def test_a_user_opens_an_stm_file_and_finds_its_atoms(make_napari_viewer, qtbot,
     )
     viewer = make_napari_viewer()
     open_file(viewer, tmp_path / "stm.sxm")
-    assert [ly.name for ly in viewer.layers[::-1] if ly.visible] == ["stm [Z (forward)]"]
+    names = ["stm [Z (forward)]", "stm [Z (backward)]", "stm [Current (forward)]"]
+    assert [ly.name for ly in viewer.layers[::-1]] == [*names, "stm [Current (backward)]"]
+    assert [ly.name for ly in viewer.layers if ly.visible] == ["stm [Z (forward)]"]
     topo = viewer.layers[-1]  # the top of the layer list, and the selected layer
     widget = open_tool(viewer, "Atom finder")
     assert widget.image_layer.value is topo
@@ -274,7 +278,7 @@ def test_a_nanonis_channel_recorded_one_way_is_one_layer(tmp_path):
     data = _sxm_bytes([rec * 1e-12, rec[:, ::-1] * 1e-12, rec[:, ::-1] * 1e-10], scan_dir="up")
     data = data.replace(b"\tZ\tm\tboth", b"\tZ\tm\tbackward")
     (tmp_path / "one.sxm").write_bytes(data)
-    layers = read_file(tmp_path / "one.sxm")[::-1]
+    layers = read_file(tmp_path / "one.sxm")
     assert [kw["name"] for _, kw, _ in layers] == [
         "one [Z (backward)]",
         "one [Current (forward)]",

@@ -55,6 +55,7 @@ FORMATS: dict[str, tuple[str | None, str]] = {
     ".sur": ("napari_microml.io.spm", "Digital Surf"),
     ".pro": ("napari_microml.io.spm", "Digital Surf profile"),
 }
+SPM_EXTENSIONS = {ext for ext, (module, _) in FORMATS.items() if module == "napari_microml.io.spm"}
 SPECTRAL_UNITS = {"ev", "kev", "mev", "cm^-1", "1/cm", "cm-1"}
 SPECTRAL_WORDS = ("energy", "loss", "wavelength", "raman", "wavenumber")
 
@@ -92,7 +93,10 @@ def _napari_reader(path) -> list[LayerData]:
 
     layers: list[LayerData] = []
     for p in paths:  # spectrum images energy-first: the canvas shows the image plane
-        layers.extend((*image_plane_layout(data, kw), kind) for data, kw, kind in read_file(p))
+        read = read_file(p)
+        if Path(p).suffix.lower() in SPM_EXTENSIONS:  # added last, the topography tops the list
+            read = read[::-1]
+        layers.extend((*image_plane_layout(data, kw), kind) for data, kw, kind in read)
         if Path(p).suffix.lower() == ".mrc":  # a Direct Electron random scan: its sparse image too
             from napari_microml.completion.scan_io import random_scan_layers
 

@@ -12,9 +12,9 @@ them into layers like any electron file. On top of rsciio's keys each dictionary
   stopped early ``lines_recorded``/``lines`` and a ``note``;
 * ``"layer"``: napari keyword arguments (only the topography visible).
 
-The channels come back in the file's order, reversed, with the topography last: napari adds
-them bottom-up, so the forward topography tops the layer list, is shown and is the layer the
-tools start on; the other channels sit below it, hidden.
+The channels come back topography first, then in the file's order; the napari reader adds them
+in reverse, so the forward topography tops the layer list, is shown and is the layer the tools
+start on, the other channels hidden below it.
 
 Heights (and every length-valued channel) are given in nm; other channels (current,
 amplitude, phase) keep the file's units. Each image is turned upright the way the vendor's
@@ -41,7 +41,7 @@ _TOPOGRAPHY = ("z", "height", "topography", "topo", "zsensor", "heighttrace", "h
 
 
 def file_reader(filename, lazy: bool = False) -> list[dict]:
-    """Read every channel of a scanning-probe file, the forward topography last (on top).
+    """Read every channel of a scanning-probe file, the forward topography first.
 
     Parameters
     ----------
@@ -53,8 +53,7 @@ def file_reader(filename, lazy: bool = False) -> list[dict]:
     Returns
     -------
     list of dict
-        rsciio-like dictionaries plus ``scan`` and ``layer`` (see the module's docstring),
-        in the order napari should add them.
+        rsciio-like dictionaries plus ``scan`` and ``layer`` (see the module's docstring).
 
     Raises
     ------
@@ -78,7 +77,7 @@ def file_reader(filename, lazy: bool = False) -> list[dict]:
     channels.sort(key=lambda d: not _is_topography(d["scan"]["channel"]))  # stable: file order
     for i, d in enumerate(channels):
         d["layer"] = {"visible": i == 0}
-    return channels[::-1]
+    return channels
 
 
 # ---------------------------------------------------------------------------- common

@@ -142,7 +142,7 @@ def write_sxm(
         f":SCAN_RANGE:\n           {size_nm[1] * 1e-9:.6E}           {size_nm[0] * 1e-9:.6E}\n"
         f":SCAN_OFFSET:\n           {offset_nm[0] * 1e-9:.6E}           {offset_nm[1] * 1e-9:.6E}\n"
         f":SCAN_ANGLE:\n            0.000E+0\n:SCAN_DIR:\n{scan_dir}\n"
-        ":BIAS:\n            1.000E-1\n"
+        ":BIAS:\n            1.000E-1\n:SCAN_TIME:\n             5.000E-1             5.000E-1\n"
         ":DATA_INFO:\n\tChannel\tName\tUnit\tDirection\tCalibration\tOffset\n"
         f"{rows}\n:SCANIT_END:\n\n\n"
     )
