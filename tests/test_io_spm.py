@@ -131,13 +131,15 @@ def test_a_gwyddion_file_from_gwyfile_reads_each_channel_in_nm(tmp_path):
     assert pk["metadata"]["napari_microml"]["scan"]["units"] == "deg"
 
 
-def _ibw_bytes(wave: np.ndarray, *, labels: list[str], step_m: float, note: str) -> bytes:
+def _ibw_bytes(
+    wave: np.ndarray, *, labels: list[str], step_m: float, note: str, units: bytes = b""
+) -> bytes:
     """An Igor binary wave, version 5, little-endian, from Igor's Technical Note 003: a 64-byte
     BinHeader5, a 320-byte WaveHeader5, the data in column-major order (dimension 0 fastest),
     the note, then each dimension's labels (32 bytes each, the dimension's own label first)."""
     data = np.asarray(wave, "<f4").tobytes(order="F")
     note_b = note.encode("latin-1")
-    label_b = b"".join(s.encode().ljust(32, b"\0") for s in ["", *labels])
+    label_b = b"".join(s.encode().ljust(32, b"\0") for s in ["", *labels]) if labels else b""
     bin_header = struct.pack(
         "<hhiiii4i4iiii", 5, 0, 320 + len(data), 0, len(note_b), 0, 0, 0, 0, 0,
         0, 0, len(label_b), 0, 0, 0, 0,
@@ -146,7 +148,7 @@ def _ibw_bytes(wave: np.ndarray, *, labels: list[str], step_m: float, note: str)
     wave_header = struct.pack(
         "<IIIihh6sh32siI4i4d4d4s16shhddI4I4II16ihhhbbIihhII",
         0, 0, 0, wave.size, 2, 0, b"", 1, b"Image0001", 0, 0, *dims,
-        step_m, step_m, 1, 1, 0.0, 0.0, 0.0, 0.0, b"", b"m\0\0\0m", 0, 0, 0.0, 0.0,
+        step_m, step_m, 1, 1, 0.0, 0.0, 0.0, 0.0, units, b"m\0\0\0m", 0, 0, 0.0, 0.0,
         0, 0, 0, 0, 0, 0, 0, 0, 0, 0, *([0] * 16), 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
     )  # fmt: skip
     assert len(bin_header) == 64 and len(wave_header) == 320
@@ -286,3 +288,19 @@ def test_a_nanonis_channel_recorded_one_way_is_one_layer(tmp_path):
     ]
     np.testing.assert_allclose(layers[0][0], KNOWN * 0.1, rtol=1e-6)  # read right to left
     np.testing.assert_allclose(layers[2][0], KNOWN * 1e-12, rtol=1e-6)
+
+
+def test_an_igor_image_without_labels_and_a_force_curve(tmp_path):
+    """A single 2D wave in metres (no channel labels): one layer named after the wave, in nm;
+    a 1D wave (a force curve) is no image: one sentence."""
+    wave = KNOWN[::-1].T * 1e-9  # (x, y up)
+    (tmp_path / "h.ibw").write_bytes(_ibw_bytes(wave, labels=[], step_m=1e-9, note="", units=b"m"))
+    ((z, kw, _),) = read_file(tmp_path / "h.ibw")
+    assert kw["name"] == "h"
+    np.testing.assert_allclose(z, KNOWN, rtol=1e-6)
+    assert kw["metadata"]["napari_microml"]["scan"]["channel"] == "Image0001"
+    (tmp_path / "f.ibw").write_bytes(_ibw_bytes(KNOWN.ravel(), labels=[], step_m=1e-9, note=""))
+    with pytest.raises(
+        ValueError, match="Could not read f.ibw.*1-dimensional float32, not an image"
+    ):
+        read_file(tmp_path / "f.ibw")
