@@ -246,6 +246,7 @@ def _atoms(
     rescale: str = "auto",
     contrast: str = "auto",
     pixel_size: float | None = None,
+    scan: str = "auto",
 ) -> dict:
     from napari_microml.atoms.finder import find_atoms_iter
 
@@ -257,6 +258,7 @@ def _atoms(
             rescale=rescale,
             contrast=contrast,
             pixel_size=pixel_size,
+            scan=scan,
         )
     )
     return {
@@ -889,13 +891,18 @@ def _guarded(run: Callable, item, device: str = "auto"):
 
 def _calibrated(run: Callable, job: Job, tool: str) -> Callable:
     """``run`` given the job's nm per pixel when the file is calibrated in a length unit and
-    the tool takes ``pixel_size`` (atoms, defects: as their docks do); without a calibration
-    it says (stderr) that the results are in px."""
+    the tool takes ``pixel_size`` (atoms, defects: as their docks do), and told that a frame
+    from a scanning-probe file is an SPM scan where the tool takes ``scan`` (as the Atom
+    finder dock does); without a calibration it says (stderr) that the results are in px."""
     import inspect
 
+    from napari_microml.runtime.level import scan_kind
     from napari_microml.runtime.units import nm_per_pixel
 
-    if "pixel_size" not in inspect.signature(run).parameters:
+    params = inspect.signature(run).parameters
+    if "scan" in params:
+        run = functools.partial(run, scan=scan_kind(job.kwargs.get("metadata")))
+    if "pixel_size" not in params:
         return run
     size = nm_per_pixel(scale=job.kwargs.get("scale"), units=job.kwargs.get("units"))
     if size is None:
