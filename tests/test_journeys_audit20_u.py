@@ -182,3 +182,32 @@ def test_atom_rings_too_small_to_read_are_drawn_faint_until_zoomed_in(make_napar
     points.opacity = 0.6  # the user's own choice while faint
     camera.zoom = camera.zoom * 16
     assert points.opacity == pytest.approx(0.6)
+
+
+@pytest.mark.realdata
+def test_a_random_scans_position_file_opens_its_scan_or_says_what_to_open(
+    shared_data, make_napari_viewer, qtbot, tmp_path
+):
+    """File > Open on the Direct Electron ROI_Random_Scan_scan_coordinates.csv (no header: x, y
+    per line) answered only napari's "Reader 'napari-microml' … refused the file". It now opens
+    the random scan of the movie beside it (as opening the movie does), and alone it says the
+    file holds positions only and which movie to open."""
+    formats = shared_data / "formats"
+    for name in ("movie.mrc", "scan_coordinates.csv", "info.txt"):
+        (tmp_path / f"ROI_Random_Scan_{name}").symlink_to(formats / f"ROI_Random_Scan_{name}")
+    viewer = make_napari_viewer()
+    layers = open_file(viewer, tmp_path / "ROI_Random_Scan_scan_coordinates.csv")
+    assert "ROI_Random_Scan sparse" in [layer.name for layer in layers]
+    assert viewer.layers["ROI_Random_Scan sparse"].data.shape == (32, 16)  # Scan - Size Y, X
+    dock = open_tool(viewer, "Partial-scan completer")
+    assert dock.mode.value == "Complete measured data"
+
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    (alone / "ROI_Random_Scan_scan_coordinates.csv").symlink_to(
+        formats / "ROI_Random_Scan_scan_coordinates.csv"
+    )
+    with pytest.raises(
+        Exception, match=r"holds only the scan positions.*ROI_Random_Scan_movie\.mrc"
+    ):
+        viewer.open(str(alone / "ROI_Random_Scan_scan_coordinates.csv"), plugin="napari-microml")

@@ -450,6 +450,35 @@ def companion_files(movie_path) -> tuple[Path, Path | None] | None:
     return coords, (info if info.is_file() else None)
 
 
+MOVIE_SUFFIXES = (".mrc", ".tif", ".tiff", ".hspy", ".npy")
+
+
+def movie_for_coordinates(coords_path) -> Path | None:
+    """The movie a Direct Electron ``*_scan_coordinates.csv`` was recorded with
+    (``<stem>_movie.mrc``, or ``<stem>.mrc``), or None when it is not beside it."""
+    p = Path(coords_path)
+    if not p.name.lower().endswith(COORDS_SUFFIX):
+        return None
+    stem = p.name[: -len(COORDS_SUFFIX)]
+    for name in (f"{stem}_movie", stem):
+        for suffix in MOVIE_SUFFIXES:
+            movie = p.with_name(name + suffix)
+            if movie.is_file() and companion_files(movie) is not None:
+                return movie
+    return None
+
+
+def coordinates_only_sentence(coords_path) -> str:
+    """Why a scan-position file alone cannot be opened, and what to open instead."""
+    p = Path(coords_path)
+    stem = p.name[: -len(COORDS_SUFFIX)] if p.name.lower().endswith(COORDS_SUFFIX) else p.stem
+    return (
+        f"{p.name} holds only the scan positions (x, y), no measured values: open the movie "
+        f"recorded with it ({stem}_movie.mrc, in the same folder); its frames give one value "
+        "per position and this file places them."
+    )
+
+
 def random_scan_layers(movie_path, movie) -> list[tuple]:
     """napari layers for a random-position scan opened by its movie (File → Open).
 

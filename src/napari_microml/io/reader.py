@@ -75,7 +75,12 @@ def get_reader(path) -> Callable | None:
         if ext == ".csv":  # our points CSV; a sparse scan's x, y, value; any other is napari's
             if _is_points_csv(p):
                 return _read_points
-            return _napari_reader if _scan_value_columns(p) else None
+            if _scan_value_columns(p):
+                return _napari_reader
+            from napari_microml.completion.scan_io import COORDS_SUFFIX
+
+            coordinates = p.name.lower().endswith(COORDS_SUFFIX)  # positions, no values
+            return _read_scan_coordinates if coordinates else None
         if ext == ".zarr":
             return _read_bundle if _is_bundle(p) else None
         if ext not in FORMATS or not p.is_file():
@@ -102,6 +107,23 @@ def _napari_reader(path) -> list[LayerData]:
 
             layers.extend(random_scan_layers(p, layers[-1][0]))
     return layers
+
+
+def _read_scan_coordinates(path) -> list[LayerData]:
+    """Open the random scan of the movie a Direct Electron scan-position file belongs with.
+
+    The positions alone have no values; without the movie, one sentence says what to open.
+    """
+    from napari_microml.completion.scan_io import (
+        coordinates_only_sentence,
+        movie_for_coordinates,
+    )
+
+    p = Path(path[0] if isinstance(path, (list, tuple)) else path)
+    movie = movie_for_coordinates(p)
+    if movie is None:
+        raise ValueError(coordinates_only_sentence(p))
+    return _napari_reader(str(movie))
 
 
 def _is_points_csv(path: Path) -> bool:
