@@ -125,6 +125,7 @@ def analyse_file(path: Path, args) -> dict:
     from napari_microml.cli import InputError, _drain, report_step
     from napari_microml.io.reader import read_file
     from napari_microml.io.writer import read_points_csv
+    from napari_microml.runtime.level import scan_kind
 
     data, kwargs, _ = read_file(path)[0]
     image = np.asarray(data, np.float64)
@@ -146,7 +147,10 @@ def analyse_file(path: Path, args) -> dict:
     else:
         found = _drain(
             find_atoms_iter(
-                image, **({} if contrast == "auto" else {"contrast": contrast}), device=args.device
+                image,
+                **({} if contrast == "auto" else {"contrast": contrast}),
+                device=args.device,
+                scan=scan_kind(kwargs.get("metadata")),
             )
         )
         positions, std = found.positions, found.features["position_std"].to_numpy(float)

@@ -23,6 +23,7 @@ from magicgui.widgets import (
 
 from napari_microml.lattice.analyze import column_units
 from napari_microml.runtime.contrast import CONTRASTS
+from napari_microml.runtime.level import scan_kind
 from napari_microml.runtime.provenance import KEY
 from napari_microml.runtime.widget import (
     Job,
@@ -326,12 +327,13 @@ class LatticeWidget(ToolWidget):
         shells = {"auto": "auto", "5×5 cells": 2}.get(self.shells.value, 1)
         pixel_size = pixel_size_nm(image) if image is not None else None
         name = image.name if image is not None else points.name
+        scan = scan_kind(image.metadata) if image is not None else "auto"
 
         def work(image=None):
             nonlocal pos, user, std, known
             found = None
             if points is None:
-                found = yield from self._find_columns(image, contrast, pixel_size, name)
+                found = yield from self._find_columns(image, contrast, pixel_size, name, scan)
                 if isinstance(found, Refused):
                     return found
                 pos, feats = found.positions, found.features
@@ -425,9 +427,10 @@ class LatticeWidget(ToolWidget):
         return Job(work, partial(self._show_run, image, points), inputs=inputs)
 
     @staticmethod
-    def _find_columns(image, contrast: str, pixel_size: float | None, name: str):
-        """The Atom finder's default pass on ``image`` (its lattice model; in the worker): its
-        result, or :class:`Refused` when it finds too few columns for a lattice."""
+    def _find_columns(image, contrast: str, pixel_size: float | None, name: str, scan: str):
+        """The Atom finder's default pass on ``image`` (its lattice model; in the worker), an
+        SPM scan levelled as one (``scan``): its result, or :class:`Refused` when it finds too
+        few columns for a lattice."""
         from napari_microml.atoms.choose import LATTICE_MODEL
         from napari_microml.atoms.finder import find_atoms_iter
         from napari_microml.atoms.widget import recommended_threshold
@@ -441,6 +444,7 @@ class LatticeWidget(ToolWidget):
                 contrast=contrast,
                 pixel_size=pixel_size,
                 input_name=name,
+                scan=scan,
             ),
             "no Points layer: finding the columns (Atom finder): ",
         )
