@@ -216,8 +216,10 @@ def test_completer_says_which_pixels_of_a_random_roi_scan_are_extrapolated(
     click(qtbot, dock.run_button, dock)
     qtbot.waitUntil(lambda: dock.status.value.startswith("Done"), timeout=10_000)
     text = dock.status.value
-    assert "filled the 32.0 % unmeasured pixels" in text
-    assert "164 of them lie outside the rows 3–31 and columns 3–14 the scan covered" in text
+    # s20: every pixel of the ROI was measured, so nothing was filled between measurements
+    assert "filled the 32.0 % unmeasured pixels" not in text
+    assert "Every pixel inside the scanned region (rows 3–31, columns 3–14: 348 px)" in text
+    assert "the other 164 pixels of the 32 × 16 scan grid lie outside it" in text
     assert "extrapolated" in text
 
 

@@ -211,3 +211,29 @@ def test_a_random_scans_position_file_opens_its_scan_or_says_what_to_open(
         Exception, match=r"holds only the scan positions.*ROI_Random_Scan_movie\.mrc"
     ):
         viewer.open(str(alone / "ROI_Random_Scan_scan_coordinates.csv"), plugin="napari-microml")
+
+
+def test_the_shift_vae_says_when_a_few_spectra_cannot_pin_the_shifts(
+    make_napari_viewer, qtbot, tmp_path
+):
+    """EELS_SI.dm4 (a 2 × 2 spectrum image) gave "shifts span 1.43 eV" like any other map:
+    with 4 spectra the content latents alone can reproduce each spectrum, so the shift is not
+    pinned down. The status now says so (under 16 spectra)."""
+    from vendor_files import write_hspy
+
+    e = -5.0 + 0.1 * np.arange(160)
+    centres = np.array([[0.0, 0.2, 0.4], [0.1, 0.3, 0.5]])[..., None]
+    data = (2000 * np.exp(-0.5 * ((e - centres) / 0.5) ** 2) + 20).astype(np.float32)
+    axes = [
+        ("y", 1.0, 0.0, "nm", True),
+        ("x", 1.0, 0.0, "nm", True),
+        ("Energy loss", 0.1, -5.0, "eV", False),
+    ]
+    write_hspy(tmp_path / "six.hspy", data, axes, "EELS")
+    viewer = make_napari_viewer()
+    open_file(viewer, tmp_path / "six.hspy")
+    dock = open_tool(viewer, "Spectral shift-VAE")
+    dock.epochs.value, dock.device_choice.value = 3, "cpu"
+    click(qtbot, dock.run_button, dock)
+    assert dock.status.value.startswith("Done"), dock.status.value
+    assert "Only 6 spectra: too few for the network to tell a shift" in dock.status.value

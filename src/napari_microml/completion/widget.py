@@ -511,6 +511,11 @@ class ScanCompleterWidget(ToolWidget):
             f"{_method_note(result)}; the uncertainty layer shows {what} "
             f"(median {run.median_sigma:.3g}).{run.outside}"
         )
+        if run.outside.startswith(" Every pixel"):  # nothing was filled between measurements
+            message = (
+                f"Done:{run.outside} The layers show them filled by {_method_note(result)}, "
+                f"with {what} as their uncertainty (median {run.median_sigma:.3g})."
+            )
         if run.weights:
             message += f" {run.weights}"
         message += _grid_note(plan.source)
@@ -564,6 +569,14 @@ def _outside_sentence(mask: np.ndarray) -> str:
     outside = int((~box).sum())
     if not outside:
         return ""
+    if mask[box].all():  # e.g. a Direct Electron ROI scanned in random order: a full raster
+        return (
+            f" Every pixel inside the scanned region (rows {rows[0]}–{rows[-1]}, columns "
+            f"{cols[0]}–{cols[-1]}: {int(box.sum())} px) was measured, so there was nothing to "
+            f"complete there; the other {outside} pixels of the {mask.shape[0]} × "
+            f"{mask.shape[1]} scan grid lie outside it and were never scanned: they are "
+            "extrapolated, not measured."
+        )
     return (
         f" {outside} of them lie outside the rows {rows[0]}–{rows[-1]} and columns "
         f"{cols[0]}–{cols[-1]} the scan covered: they are extrapolated, not interpolated "

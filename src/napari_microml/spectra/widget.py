@@ -44,6 +44,7 @@ from napari_microml.runtime.workers import Loss, Progress, as_message
 from napari_microml.spectra.preprocess import NORMALIZATIONS, signal_type_of
 
 LOSS_PLOT_INTERVAL_S = 1.0  # each redraw takes the GIL from the fit
+FEW_SPECTRA = 16  # fewer: the content latents alone can reproduce each spectrum
 SHIFT_COLORMAP = "RdBu_r"  # diverging, not cyclic: −lim and +lim must not look alike
 
 
@@ -610,7 +611,14 @@ class ShiftVAEWidget(ToolWidget):
             units=u,
             signal_type=outcome.plan.signal_type,
         )
-        return " ".join(w for w in (f"{text}.", warning, outcome.caveat) if w)
+        few = ""
+        if r.shift.size < FEW_SPECTRA:
+            few = (
+                f"Only {r.shift.size} spectra: too few for the network to tell a shift from a "
+                "change of the peak's shape, so read the shifts as a rough guide and check them "
+                "against the spectra."
+            )
+        return " ".join(w for w in (f"{text}.", warning, outcome.caveat, few) if w)
 
     def _shift_record(self, record, units):
         return {KEY: {**record, "value": "shift", "value_units": units}}
