@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -157,3 +158,54 @@ def test_the_status_counts_atoms_when_auto_reads_single_atoms(make_napari_viewer
     status = widget.status.value
     assert f"Model auto → {SINGLE_ATOMS_MODEL}" in status, status
     assert re.match(r"Found \d+ atoms, ", status), status
+
+
+def _random_packing(seed=0, side=256, gap=30.0):
+    """Atoms dropped at random, none closer than ``gap``, until the frame is full: evenly
+    spaced (their nearest-neighbour distances spread little) but no lattice."""
+    rng = np.random.default_rng(seed)
+    pts: list = []
+    for p in rng.uniform(0, side, (20000, 2)):
+        if all(np.hypot(*(p - q)) >= gap for q in pts):
+            pts.append(p)
+    return np.array(pts)
+
+
+def test_evenly_spaced_atoms_without_a_translation_are_no_lattice():
+    """Old code: 'a lattice: the columns are evenly spaced' (Pt 047 at half its pixel size)."""
+    from napari_microml.atoms.choose import translated_fraction
+    from napari_microml.atoms.finder import lattice_spacing
+
+    packed = _random_packing()
+    assert lattice_spacing(packed) is not None  # evenly spaced by the spread rule alone
+    choice = choose_atoms_model(positions=packed, period=None, shape=(256, 256))
+    assert choice.chosen == SINGLE_ATOMS_MODEL and choice.reason.startswith("no lattice")
+    # a small honeycomb particle (no column's nearest neighbour is a translation) stays one
+    rng = np.random.default_rng(1)
+    sites = lattice_sites((256, 256), "honeycomb", 24.0, 0.4, rng)[0]
+    particle = sites[np.hypot(*(sites - 128).T) < 60] + rng.normal(0, 0.5, (1, 2))
+    assert 15 <= len(particle) <= 40
+    spacing = lattice_spacing(particle)
+    assert spacing is not None and translated_fraction(particle, spacing) > 0.5
+    kept = choose_atoms_model(positions=particle, period=None, shape=(256, 256))
+    assert kept.chosen == LATTICE_MODEL and "evenly spaced" in kept.reason
+
+
+PT = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "atoms_pt_haadf"
+
+
+@pytest.mark.skipif(not PT.exists(), reason="no shared data (../shared/data)")
+def test_pt_047_at_half_its_pixel_size_runs_the_single_atom_model():
+    """Old code kept the lattice model (18 atoms 'evenly spaced (1.79 nm)'; F1 0.369)."""
+    import pandas as pd
+    import tifffile
+    from skimage.transform import rescale
+
+    from napari_microml.atoms.metrics import match_boxes
+
+    path = next((PT / "images").glob("047_*.tif"))
+    image = rescale(tifffile.imread(path).astype(float), 0.5, order=3, anti_aliasing=True)
+    truth = pd.read_csv(PT / "labels" / "047_Results.csv")[["Y", "X"]].to_numpy(float)
+    r = mm.find_atoms(image, pixel_size=15 / 512 / 0.5)
+    assert r.parameters["model_choice"]["chosen"] == SINGLE_ATOMS_MODEL
+    assert match_boxes(r.positions, (truth + 0.5) * 0.5 - 0.5, box=10.5)["f1"] > 0.5
