@@ -705,7 +705,7 @@ class ShiftVAEWidget(ToolWidget):
             ax.fill_between(pos, shift - sd, shift + sd, alpha=0.25)
         ax.set_xlabel(f"position ({pos_units})", fontsize=8)
         ax.set_ylabel(f"shift ({plan.axis.units})", fontsize=8)
-        what = "line scan" if plan.line else f"{plan.name}'s line of spectra"
+        what = "line scan" if plan.line else "line of spectra"
         ax.set_title(f"shift along the {what} (± 1 s.d.)", fontsize=8)
         ax.tick_params(labelsize=7)
         self.line_canvas.setVisible(True)
