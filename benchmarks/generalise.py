@@ -165,6 +165,7 @@ def defects_section() -> dict:
         c = r.counts()
         rows[name] = {
             "counts": {str(a): int(b) for a, b in zip(c["class"], c["count"], strict=True)},
+            "calls_per_1000_columns": round(1000 * len(r.table) / max(len(r.atoms), 1), 2),
             "zoom": r.provenance.get("parameters", {}).get("zoom"),
             "seconds": round(time.perf_counter() - t, 2),
         }

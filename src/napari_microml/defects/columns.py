@@ -65,17 +65,35 @@ def column_heights(image: np.ndarray, columns: np.ndarray, spacing: float) -> np
     """
     from scipy import ndimage as ndi
 
-    from napari_microml.defects.environments import smooth_wide
-
-    img = np.asarray(image, np.float32)
     cols = np.asarray(columns, float).reshape(-1, 2)
     if not len(cols):
         return np.zeros(0)
-    smooth = ndi.gaussian_filter(img, max(0.7, SMOOTH * spacing))
-    size = max(3, int(round(1.5 * spacing)) | 1)
-    background = smooth_wide(ndi.minimum_filter(smooth, size=size, mode="nearest"), spacing)
-    at = ndi.map_coordinates(smooth - background, cols.T, order=1, mode="nearest")
+    at = ndi.map_coordinates(height_map(image, spacing), cols.T, order=1, mode="nearest")
     return at.astype(np.float64)
+
+
+def height_map(image: np.ndarray, spacing: float) -> np.ndarray:
+    """The image's background-free height at every pixel, as :func:`column_heights` reads it.
+
+    Parameters
+    ----------
+    image : (H, W) float image with bright columns.
+    spacing : float
+        Typical nearest-column distance in px.
+
+    Returns
+    -------
+    (H, W) float32: the image smoothed by a Gaussian of 0.1 spacing (at least 0.7 px) minus the
+    local background (the smoothed image's minimum over a 1.5-spacing window, itself smoothed
+    over one spacing).
+    """
+    from scipy import ndimage as ndi
+
+    from napari_microml.defects.environments import smooth_wide
+
+    smooth = ndi.gaussian_filter(np.asarray(image, np.float32), max(0.7, SMOOTH * spacing))
+    size = max(3, int(round(1.5 * spacing)) | 1)
+    return smooth - smooth_wide(ndi.minimum_filter(smooth, size=size, mode="nearest"), spacing)
 
 
 def height_noise(image: np.ndarray, spacing: float) -> float:

@@ -14,6 +14,7 @@ import numpy as np
 from napari_microml.defects.classes import CLASS_NAMES, N_OUTPUTS
 from napari_microml.defects.columns import column_check as check_columns
 from napari_microml.defects.instances import instances, keep_instances
+from napari_microml.defects.periodic import interstitial_check
 from napari_microml.runtime.contrast import check_contrast, decide
 from napari_microml.runtime.level import Levelling, prepare_frame
 from napari_microml.runtime.provenance import make_provenance
@@ -281,12 +282,14 @@ def segment_defects_iter(
         chosen, ratio = choose_model(frame0, cols0)
         choice = {"chosen": chosen, "sublattice_ratio": None if ratio is None else round(ratio, 3)}
         model = chosen
+    # a dichalcogenide's dim sublattice is often found only in part: no equivalent sites to read
+    periodic_check = not (isinstance(model, str) and model == "dichalcogenide")
     net, info = load_model("defects", model, dev)
     n_out = _out_channels(net)
     predict = _predictor(net, dev, (info.get("meta") or {}).get("class_weights"), int(tta))
     n_frames, (h, w) = len(stack), stack.shape[1:]
     labels_all, tables, atoms_all, probs_single, offset, n_weak = [], [], [], None, 0, 0
-    n_edge = 0
+    n_edge, n_periodic = 0, 0
     for t, frame in enumerate(stack):
         frame = fill_nonfinite(frame)
         if contrast == "dark":
@@ -322,6 +325,9 @@ def segment_defects_iter(
         )
         if column_check:
             labels, st, _ = check_columns(net_in, probs, labels, st, cols, spacing, threshold)
+        if periodic_check:  # a faint feature in every cell (a light column) is no interstitial
+            labels, st, dropped = interstitial_check(net_in, labels, st, cols, spacing)
+            n_periodic += dropped
         if zoom != 1.0:
             labels, st, probs, _ = _to_original_grid(labels, st, probs, cols, zoom, (h, w))
         cols = columns
@@ -389,6 +395,8 @@ def segment_defects_iter(
         dropped_below_threshold=n_weak,
         edge_margin=float(edge_margin),
         dropped_at_edge=n_edge,
+        interstitial_check=periodic_check,
+        dropped_periodic_interstitials=n_periodic,
         levelling=levelled.describe(),
     )
     model_info = model_provenance(info)
@@ -562,7 +570,12 @@ def segment_defects(
     DefectsResult
         Instance labels ``(H, W)`` or ``(T, H, W)`` int, a per-defect table (class, confidence,
         centroid in pixels, area in px and nm² with ``pixel_size``), the atom columns used,
-        ``parameters`` and ``provenance``.
+        ``parameters`` and ``provenance``. An interstitial call whose site is no brighter than
+        the same site in the neighbouring unit cells (a faint feature of every cell, e.g. a
+        light column) is dropped (:mod:`napari_microml.defects.periodic`), counted in
+        ``parameters['dropped_periodic_interstitials']``; not with the ``'dichalcogenide'``
+        model, whose dim sublattice the atom finder often finds only in part
+        (``parameters['interstitial_check']``).
     """
     return drain(
         segment_defects_iter(
