@@ -464,3 +464,33 @@ def test_the_saved_checkpoint_is_the_one_with_the_best_held_out_ap(
     assert result.card["selected_by"] == "ap" and result.card["validation"]["f1_after"] == 0.75
     assert result.compared["loss"]["step"] == 1 and result.compared["loss"]["f1"] == 0.4
     assert [h["val_ap"] for h in result.history] == [0.2, 0.3, 0.5, 0.8, 0.8]
+
+
+def test_an_spm_scan_is_levelled_for_training_as_the_finder_levels_it(frames):
+    """Teach trained on the raw topograph while the finder ran on the levelled one: the network
+    learnt frames it would never see. Both now read the same prepared frame."""
+    from napari_microml.runtime.level import prepare_frame
+    from napari_microml.runtime.validate import as_scaled_stack
+    from napari_microml.synth.scanprobe import scanning_probe
+
+    image, points = frames[0][0], frames[1][0]
+    stm = scanning_probe(image, plane=0, lines=0, shear=0, noise=0.3, seed=1)
+    levelled = as_scaled_stack(stm, what="image").stack[0]
+    prepare_frame(levelled, scan="spm")
+    _, x_spm, _ = ft._on_grid(stm, points, "plain", "auto", "spm")
+    _, x_want, _ = ft._on_grid(levelled, points, "plain", "auto")
+    np.testing.assert_allclose(x_spm, x_want, atol=1e-6)
+    assert not np.allclose(ft._on_grid(stm, points, "plain", "auto")[1], x_want, atol=1e-3)
+    assert ft._as_the_finder_reads(image, "auto") is image  # an electron frame: its own numbers
+
+
+def test_teach_records_the_scan_kinds_and_checks_them(frames, one_torch_thread):
+    images, points = frames
+    messages, result = collect(
+        ft.finetune_atoms_iter(images, points, steps=1, name="spm-tuned", scan=["spm", "auto"])
+    )
+    assert result.card["provenance"]["parameters"]["scan"] == ["spm", "auto"]
+    with pytest.raises(ValueError, match="one each"):
+        collect(ft.finetune_atoms_iter(images, points, steps=1, scan=["spm"]))
+    with pytest.raises(ValueError, match="scan must be"):
+        collect(ft.finetune_atoms_iter(images, points, steps=1, scan="stm"))

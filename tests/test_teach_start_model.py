@@ -144,3 +144,25 @@ def test_deleting_the_picked_start_model_follows_the_finder_again(make_napari_vi
     assert "mine" not in teach.base.choices
     assert teach.base.value == SINGLE_ATOMS_MODEL
     assert teach.base_note.value == "(what the Atom finder used on these images)"
+
+
+def test_teach_levels_a_layer_from_an_spm_file_as_the_finder_does(
+    make_napari_viewer, qtbot, monkeypatch
+):
+    """A layer read from an STM/AFM file trains on the frame the finder levels (scan 'spm');
+    an electron image's stays 'auto'."""
+    viewer, teach = _teach_on_a_single_atom_result(make_napari_viewer, qtbot)
+    viewer.layers["a"].metadata = {"napari_microml": {"scan": {"kind": "spm"}}}
+    seen = {}
+
+    def spy(images, positions, **kwargs):
+        seen.update(kwargs)
+        raise ValueError("recorded")
+
+    monkeypatch.setattr(teach_widget, "finetune_atoms_iter", spy)
+    viewer.layers["a atoms"].data = np.array([[6.0, 6.0], [9.0, 20.0], [20.0, 9.0]])
+    click(qtbot, teach.run_button, teach)
+    assert seen["scan"] == ["spm"]
+    viewer.layers["a"].metadata = {}
+    click(qtbot, teach.run_button, teach)
+    assert seen["scan"] == ["auto"]

@@ -175,14 +175,28 @@ def _as_lists(images, positions):
     return imgs, pts
 
 
-def _on_grid(img, pos, kind, contrast):
-    """Return (zoom, network input, points) as find_atoms resamples and inverts the image."""
+def _as_the_finder_reads(img, scan: str):
+    """Return the frame as find_atoms prepares it: stuck pixels repaired, an SPM scan levelled.
+
+    A frame this leaves alone keeps its own numbers, so a fine-tune repeats to the bit.
+    """
+    from napari_microml.runtime.level import prepare_frame
+    from napari_microml.runtime.validate import as_scaled_stack
+
+    frame = as_scaled_stack(img, what="image").stack[0]
+    kept = frame.copy()
+    prepare_frame(frame, scan=scan)
+    return img if np.array_equal(frame, kept, equal_nan=True) else frame
+
+
+def _on_grid(img, pos, kind, contrast, scan="auto"):
+    """Return (zoom, network input, points) as find_atoms prepares and resamples the image."""
     from napari_microml.atoms.finder import NOISY_PERIOD, network_input
     from napari_microml.runtime.contrast import decide
     from napari_microml.runtime.spacing import resample, to_resampled, zoom_for
     from napari_microml.runtime.validate import fill_nonfinite
 
-    frame = fill_nonfinite(img)
+    frame = fill_nonfinite(_as_the_finder_reads(img, scan))
     zoom, spacing = zoom_for(frame, "auto", noisy_high=NOISY_PERIOD)
     if (
         decide(resample(frame, zoom), contrast, period=spacing and spacing * zoom).contrast
@@ -193,7 +207,7 @@ def _on_grid(img, pos, kind, contrast):
     return zoom, x, (to_resampled(pos, zoom) if zoom != 1.0 else pos)
 
 
-def _prepare(img, pos, kind, fraction, seed, crop, contrast="auto"):
+def _prepare(img, pos, kind, fraction, seed, crop, contrast="auto", scan="auto"):
     """Put the image and its points on the network's grid, with a validation strip.
 
     The grid is the one find_atoms resamples to; the strip is ``fraction`` of the image at the
@@ -202,7 +216,7 @@ def _prepare(img, pos, kind, fraction, seed, crop, contrast="auto"):
     """
     from napari_microml.synth.render import heatmap
 
-    zoom, x, points = _on_grid(img, pos, kind, contrast)
+    zoom, x, points = _on_grid(img, pos, kind, contrast, scan)
     strips = []
     for k in range(4):
         axis, side = (k + seed) % 4 // 2, (k + seed) % 2  # the seed rotates the order of ties
@@ -550,6 +564,7 @@ def finetune_atoms_iter(
     validation: float = 0.2,
     device="auto",
     contrast: str = "auto",
+    scan="auto",
     image_names=None,
     in_use: str | None = None,
 ):
@@ -589,11 +604,16 @@ def finetune_atoms_iter(
     from napari_microml.nets.registry import load_model
     from napari_microml.nets.user_models import check_name, list_user_models, save_user_model
     from napari_microml.runtime.device import describe_device, resolve_device
+    from napari_microml.runtime.level import check_scan
     from napari_microml.runtime.provenance import make_provenance
     from napari_microml.training.atoms import ARCH, make_pair
     from napari_microml.training.common import dihedral, seed_everything
 
     imgs, pts = _as_lists(images, positions)
+    scans = [check_scan(scan)] * len(imgs) if isinstance(scan, str) else list(scan)
+    if len(scans) != len(imgs):
+        raise ValueError(f"scan gives {len(scans)} kinds for {len(imgs)} images; give one each.")
+    scans = [check_scan(k) for k in scans]
     if not 0 < float(validation) <= 0.5:
         raise ValueError(
             "validation is the fraction of each image kept to check the model; "
@@ -618,8 +638,8 @@ def finetune_atoms_iter(
     crop = min(CROP, *(8 * (min(i.shape) // 8) for i in imgs))
     yield progress(0, max_steps, "preparing your images")
     prepared = [
-        _prepare(img, pos, kind, float(validation), seed + i, crop, contrast)
-        for i, (img, pos) in enumerate(zip(imgs, pts, strict=True))
+        _prepare(img, pos, kind, float(validation), seed + i, crop, contrast, k)
+        for i, (img, pos, k) in enumerate(zip(imgs, pts, scans, strict=True))
     ]
     items = [it for _, it in prepared]
     if sum(int(it.in_strip(it.points).sum()) for it in items) == 0:
@@ -808,6 +828,7 @@ def finetune_atoms_iter(
                 "validation": validation,
                 "name": name,
                 "contrast": contrast,
+                "scan": scans,
             },
         ),
     }
@@ -887,6 +908,7 @@ def finetune_atoms(
     validation: float = 0.2,
     device="auto",
     contrast: str = "auto",
+    scan="auto",
 ) -> str:
     """Fine-tune the atom finder on your own corrected points; return the model's name.
 
@@ -913,6 +935,9 @@ def finetune_atoms(
     contrast : {'auto', 'bright', 'dark'}
         As for :func:`~napari_microml.atoms.finder.find_atoms`: dark columns (ABF/BF) are
         inverted for the network, so the model learns what the finder will show it.
+    scan : {'auto', 'spm'} or list of them
+        As for :func:`~napari_microml.atoms.finder.find_atoms`, one for all images or one
+        each: an STM/AFM scan is levelled as the finder levels it.
 
     Returns
     -------
@@ -934,6 +959,7 @@ def finetune_atoms(
             validation=validation,
             device=device,
             contrast=contrast,
+            scan=scan,
         )
     )
     if result.kept_base:

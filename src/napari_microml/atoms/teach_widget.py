@@ -30,6 +30,7 @@ from napari_microml.atoms.finetune import (
     review_order,
 )
 from napari_microml.atoms.widget import FOUND_POINTS
+from napari_microml.runtime.level import scan_kind
 from napari_microml.runtime.widget import Job, ToolWidget, viewer_camera
 from napari_microml.runtime.workers import Loss
 
@@ -507,7 +508,7 @@ class TeachAtomsWidget(ToolWidget):
                 "Select at least one image with its corrected points (run the Atom "
                 "finder, correct its points, then fine-tune)."
             )
-        layers, positions, names, contrasts = {}, [], [], set()
+        layers, positions, names, contrasts, scans = {}, [], [], set(), []
         for image, points in pairs:
             if image.rgb or image.ndim != 2 or points.ndim != 2:
                 raise ValueError(
@@ -517,6 +518,7 @@ class TeachAtomsWidget(ToolWidget):
             layers[f"image{len(layers)}"] = image  # read in the worker, not on the GUI thread
             positions.append(_in_image_pixels(points, image))
             names.append(image.name)
+            scans.append(scan_kind(image.metadata))  # levelled in training as the finder levels it
             # the contrast the finder used on this image (its provenance), so the model learns
             # the frames the finder showed the network
             record = points.metadata.get("napari_microml") or {}
@@ -538,6 +540,7 @@ class TeachAtomsWidget(ToolWidget):
             name=self.model_name.value.strip() or None,
             image_names=names,
             contrast=contrast,
+            scan=scans,
         )
         self._history = []
         self._draw()
