@@ -237,3 +237,32 @@ def test_the_shift_vae_says_when_a_few_spectra_cannot_pin_the_shifts(
     click(qtbot, dock.run_button, dock)
     assert dock.status.value.startswith("Done"), dock.status.value
     assert "Only 6 spectra: too few for the network to tell a shift" in dock.status.value
+
+
+def test_the_zero_filled_scan_not_its_mask_is_completed_whatever_was_opened_first(
+    make_napari_viewer, qtbot, tmp_path
+):
+    """truth-1 × mask-1 and mask-1 itself (a blurred trace of 11 levels, 82.5 % zeros) opened
+    mask first: the dock took the mask, the first image, for the zero-filled scan and
+    'completed' it. A mask's few levels are not a measured signal, and the scan is looked for
+    from the selected (last opened) layer down."""
+    import tifffile
+    from scipy.ndimage import gaussian_filter
+
+    truth = _smooth_image()
+    mask = np.zeros(truth.shape, bool)
+    mask[::8, :] = True
+    trace = np.round(gaussian_filter(mask.astype(float), 0.7) * 10) / 16  # 4 levels, 62 % zeros
+    tifffile.imwrite(tmp_path / "trace_mask.tif", trace.astype(np.float32))
+    tifffile.imwrite(tmp_path / "scan.tif", np.where(mask, truth, 0).astype(np.float32))
+    viewer = make_napari_viewer()
+    open_file(viewer, tmp_path / "trace_mask.tif")
+    open_file(viewer, tmp_path / "scan.tif")
+    dock = open_tool(viewer, "Partial-scan completer")
+    assert dock.mode.value == "Complete measured data"
+    assert dock.sparse_layer.value.name == "scan", dock.status.value
+
+    # the mask alone is not a zero-filled scan: its non-zero pixels take 3 levels
+    viewer2 = make_napari_viewer()
+    open_file(viewer2, tmp_path / "trace_mask.tif")
+    assert open_tool(viewer2, "Partial-scan completer").mode.value == "Simulate"

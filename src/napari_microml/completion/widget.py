@@ -40,6 +40,7 @@ IMAGE_MASK, POINTS = "sparse image + mask", "scan points + values"
 NAN_MASK = "NaN pixels = not measured"  # the Mask choice for a scan saved with NaN gaps (CLI's)
 ZERO_MASK = "0 pixels = not measured"  # a scan saved zero-filled (full image × scan mask)
 ZERO_FILLED_FRACTION = 0.5  # a full image is rarely 0 at half its pixels; a sparse scan is
+MASK_LEVELS = 16  # non-zero values of at most this many levels: a mask (mask-1.tif has 11)
 
 
 def _model_choices() -> list[tuple[str, str]]:
@@ -172,9 +173,13 @@ class ScanCompleterWidget(ToolWidget):
             viewer, [self.mode, *self._simulate, *self._complete, self.model, self.sigma]
         )
         self._prefer_sparse_layer()
-        first = self.image_layer.value
-        if self.mode.value == SIMULATE and first is not None and first.ndim == 2:
-            self._complete_gappy_scan(first)  # opened before the dock
+        # opened before the dock: a gappy scan, the selected layer first, then the newest
+        for layer in (viewer.layers.selection.active, *reversed(list(viewer.layers))):
+            if self.mode.value != SIMULATE:
+                break
+            if isinstance(layer, napari.layers.Image) and layer.ndim == 2 and not _is_scan(layer):
+                if self._complete_gappy_scan(layer):
+                    break
 
         from qtpy.QtCore import QTimer
 
@@ -612,7 +617,11 @@ def _zero_filled_fraction(data) -> float:
     fraction = float(zero.mean())
     if fraction < ZERO_FILLED_FRACTION or zero.all():
         return 0.0
-    if data.dtype.kind in "iu" and np.median(data[~zero]) <= 3:
+    values = data[~zero]
+    if data.dtype.kind in "iu" and np.median(values) <= 3:
+        return 0.0
+    # a measured signal takes many values; a scan mask (0/1, or a blurred trace's few levels) not
+    if np.unique(values[:: max(1, values.size // 100_000)]).size <= MASK_LEVELS:
         return 0.0
     return fraction
 
