@@ -128,6 +128,40 @@ def column_translations(columns: np.ndarray, index: int, spacing: float) -> np.n
     return shift[((hit & seen).sum(1) >= TRANSLATION * seen.sum(1)) & (seen.sum(1) >= 3)]
 
 
+def column_excess(
+    image: np.ndarray, columns: np.ndarray, which: np.ndarray, spacing: float
+) -> np.ndarray:
+    """How far each chosen column's height stands above its translated copies.
+
+    Parameters
+    ----------
+    image : (H, W) float image with bright columns.
+    columns : (N, 2) atom columns (row, col) in px.
+    which : (M,) int indices of the columns to judge.
+    spacing : float
+        Typical nearest-column distance in px.
+
+    Returns
+    -------
+    (M,) float: the column's background-free height (:func:`height_map`) minus the median of
+    its lattice translations' (:func:`column_translations`), in their robust spread; NaN where
+    fewer than ``MIN_REFERENCES`` translations lie in the image (not a column of the lattice).
+    """
+    from napari_microml.defects.columns import height_map
+
+    cols = np.asarray(columns, float).reshape(-1, 2)
+    which = np.asarray(which, int).reshape(-1)
+    z = np.full(len(which), np.nan)
+    field = None
+    for k, j in enumerate(which):
+        ref = cols[j] + column_translations(cols, j, spacing)
+        ref = ref[_inside(ref, image.shape)]
+        if len(ref) >= MIN_REFERENCES:
+            field = height_map(image, spacing) if field is None else field
+            z[k] = _height_z(field, cols[j], ref)
+    return z
+
+
 def interstitial_check(
     image: np.ndarray, labels: np.ndarray, stats: dict, columns: np.ndarray, spacing: float | None
 ):
@@ -156,7 +190,6 @@ def interstitial_check(
     from scipy.spatial import cKDTree
 
     from napari_microml.defects.classes import class_id
-    from napari_microml.defects.columns import height_map
     from napari_microml.defects.instances import keep_instances
 
     inter = np.flatnonzero(np.asarray(stats["class_id"]) == class_id("interstitial"))
@@ -166,13 +199,10 @@ def interstitial_check(
     sites = np.column_stack([stats["row"][inter], stats["col"][inter]])
     z = site_excess(image, sites, cols, spacing)
     dist, on = cKDTree(cols).query(sites)
-    field = None
-    for i in np.flatnonzero(dist < ANCHOR_MIN * spacing):
-        shift = column_translations(cols, on[i], spacing)
-        if len(shift) >= MIN_REFERENCES:
-            field = height_map(image, spacing) if field is None else field
-            ref = cols[on[i]] + shift
-            z[i] = _height_z(field, cols[on[i]], ref[_inside(ref, image.shape)])
+    sits = np.flatnonzero(dist < ANCHOR_MIN * spacing)
+    if len(sits):
+        zc = column_excess(image, cols, on[sits], spacing)
+        z[sits] = np.where(np.isfinite(zc), zc, z[sits])
     drop = inter[np.isfinite(z) & (z < Z_MIN)]
     if not len(drop):
         return labels, stats, 0
