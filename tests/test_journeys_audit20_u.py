@@ -266,3 +266,25 @@ def test_the_zero_filled_scan_not_its_mask_is_completed_whatever_was_opened_firs
     viewer2 = make_napari_viewer()
     open_file(viewer2, tmp_path / "trace_mask.tif")
     assert open_tool(viewer2, "Partial-scan completer").mode.value == "Simulate"
+
+
+def test_a_strain_profile_on_a_calibrated_image_is_plotted_in_nm(make_napari_viewer, qtbot):
+    """A line drawn for a profile on Acquisition_18 (0.01225 nm/px, the scale bar in nm) gave
+    'distance along the line (px)' from 0 to 1150: the user reads nm everywhere else. On a
+    calibrated image the profile is now plotted in nm."""
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-microml", "lattice")
+    image = viewer.layers["synthetic lattice"]
+    nm = float(image.scale[-1])
+    line = np.array([[40.0, 20.0], [40.0, 220.0]])  # 200 px along a row
+    viewer.add_shapes(
+        [line], shape_type="line", name="profile", scale=image.scale, units=image.units
+    )
+    dock = open_tool(viewer, "Lattice analysis")
+    dock.shapes_layer.value = viewer.layers["profile"]
+    click(qtbot, dock.run_button, dock)
+    assert dock.status.value.startswith("Done"), dock.status.value
+    ax = dock.figure.axes[-1]
+    assert ax.get_xlabel() == "distance along the line (nm)"
+    x = np.concatenate([line2d.get_xdata() for line2d in ax.get_lines()])
+    assert 150 * nm < x.max() <= 200 * nm + 1e-6

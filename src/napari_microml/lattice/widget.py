@@ -670,9 +670,10 @@ class LatticeWidget(ToolWidget):
             ax1.tick_params(labelsize=7)
             ax1.ticklabel_format(axis="x", style="sci", scilimits=(-3, 4))
         if run.profile is not None:
+            nm = getattr(run.lattice, "pixel_size", None)  # calibrated: in the scale bar's unit
             for (s, v), label in zip(run.profile, ("exx", "eyy", "exy"), strict=True):
-                ax2.plot(s, 100 * v, ".-", ms=3, lw=0.8, label=label)
-            ax2.set_xlabel("distance along the line (px)", fontsize=7)
+                ax2.plot(s * (nm or 1.0), 100 * v, ".-", ms=3, lw=0.8, label=label)
+            ax2.set_xlabel(f"distance along the line ({'nm' if nm else 'px'})", fontsize=7)
             ax2.set_ylabel("strain (%)", fontsize=7)
             ax2.legend(fontsize=7)
         else:
