@@ -725,7 +725,10 @@ class ToolWidget(Container):
         if added:  # a later run updates its layers in place: the user's zoom is kept
             # the input too: a result drawn on it (a line scan's track) is read against it all
             inputs = list(self._job.inputs.values()) if self._job is not None else []
-            shown = [*added, *(i for i in inputs if i in self.viewer.layers)]
+            # once each: DKL on a lone spectrum image has it as structure and source, and a
+            # LayerList napari builds from a list with a layer twice raises "already present"
+            unique = {_layer_key(i): i for i in [*added, *inputs] if i in self.viewer.layers}
+            shown = list(unique.values())
             fit_view_to(self.viewer, shown)
             self._refit_on_resize(shown)
         clear_colour_bar(self.viewer)
