@@ -24,9 +24,9 @@ def test_a_big_frames_progress_names_each_slow_stage(make_napari_viewer, qtbot, 
 
     real_level, real_maxima = finder.prepare_frame, finder.local_maxima
 
-    def slow_level(frame):
+    def slow_level(frame, **kwargs):
         time.sleep(0.4)
-        return real_level(frame)
+        return real_level(frame, **kwargs)
 
     def slow_maxima(*args, **kwargs):
         time.sleep(0.4)
