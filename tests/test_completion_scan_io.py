@@ -160,3 +160,28 @@ def test_check_mask_is_cheap_and_says_what_is_wrong():
         check_mask((16, 15), m)
     with pytest.raises(ValueError, match="frame 1"):
         check_mask((2, 16, 16), np.stack([m, np.ones_like(m)]))
+
+
+def test_microml_complete_says_when_a_csv_scans_grid_was_inferred(tmp_path, capsys):
+    """As the completer dock says it: without a declared size the grid ends at the furthest
+    measured position; a sidecar declaring the size gives the whole grid and no note."""
+    import json
+
+    import tifffile
+
+    from napari_microml import cli
+
+    rng = np.random.default_rng(0)
+    rows, cols = rng.integers(0, 40, 300), rng.integers(0, 50, 300)
+    values = np.sin(rows / 4) + np.cos(cols / 5)
+    body = "\n".join(f"{c},{r},{v:.4f}" for r, c, v in zip(rows, cols, values, strict=True))
+    (tmp_path / "scan.csv").write_text("x,y,value\n" + body + "\n")
+    out = tmp_path / "out"
+    assert cli.main(["complete", str(tmp_path / "scan.csv"), "--out", str(out), "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "is as large as the furthest measured position: scan.csv" in err, err
+    (tmp_path / "scan.csv.json").write_text(json.dumps({"scan_shape": [64, 64]}))
+    out2 = tmp_path / "out2"
+    assert cli.main(["complete", str(tmp_path / "scan.csv"), "--out", str(out2), "--quiet"]) == 0
+    assert "furthest measured position" not in capsys.readouterr().err
+    assert tifffile.imread(out2 / "scan_complete_image.tif").shape == (64, 64)

@@ -709,6 +709,7 @@ def load_jobs(
     beside the HAADF image in a Velox .emd), are skipped with a note when unsuitable. With a
     ``failures`` list (``--keep-going``), an input that is an error is recorded there instead.
     """
+    from napari_microml.completion.scan_io import undeclared_grid_note
     from napari_microml.io.reader import read_file
     from napari_microml.spectra.preprocess import signal_type_of
 
@@ -737,6 +738,9 @@ def load_jobs(
                     stem += "_"
                 if tool == "complete":
                     items, is_stack = _scan_items(name, data, scan or ScanMask(), cache)
+                    note = undeclared_grid_note(kwargs.get("metadata"), data.shape[-2:])
+                    if note:
+                        print(f"microml complete: {note}", file=sys.stderr)
                     jobs.append(
                         Job(f, stem, data, kwargs, items, is_stack, tuple(items[0]["values"].shape))
                     )

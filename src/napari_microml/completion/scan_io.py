@@ -260,6 +260,29 @@ def declared_scan_shape(path) -> tuple[tuple[int, int] | None, str]:
     return None, ""
 
 
+def undeclared_grid_note(metadata, shape) -> str:
+    """The :func:`inferred_grid_sentence` for a scan our reader read from a CSV that declares
+    no scan size, else ''.
+
+    Parameters
+    ----------
+    metadata : dict or None
+        The layer's metadata from :func:`napari_microml.io.reader.read_file`.
+    shape : (rows, cols)
+        The scan's grid.
+
+    Returns
+    -------
+    str
+    """
+    meta = metadata or {}
+    source = str((meta.get("napari_microml") or {}).get("source_file") or "")
+    found = ((meta.get("original") or {}).get("original_metadata") or {}).get("grid_declared_in")
+    if not source.lower().endswith(".csv") or found is None or found:
+        return ""
+    return inferred_grid_sentence(shape, name=Path(source).name)
+
+
 def inferred_grid_sentence(shape, *, name: str) -> str:
     """The sentence for a sparse scan whose grid was inferred from its furthest position.
 

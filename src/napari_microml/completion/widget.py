@@ -6,7 +6,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import napari
@@ -20,8 +19,8 @@ from napari_microml.completion.metrics import relative_rms
 from napari_microml.completion.scan_io import (
     check_mask,
     check_sparse,
-    inferred_grid_sentence,
     rasterise,
+    undeclared_grid_note,
     weights_sentence,
 )
 from napari_microml.runtime.provenance import KEY
@@ -599,12 +598,8 @@ def _nan_count(data) -> int:
 def _grid_note(layer) -> str:
     """' The grid … is as large as the furthest measured position …' for a scan our reader
     read from a CSV that declares no scan size, else ''."""
-    meta = getattr(layer, "metadata", None) or {}
-    source = str((meta.get("napari_microml") or {}).get("source_file") or "")
-    found = ((meta.get("original") or {}).get("original_metadata") or {}).get("grid_declared_in")
-    if not source.lower().endswith(".csv") or found is None or found:
-        return ""
-    return " " + inferred_grid_sentence(np.shape(layer.data), name=Path(source).name)
+    note = undeclared_grid_note(getattr(layer, "metadata", None), np.shape(layer.data))
+    return " " + note if note else ""
 
 
 def _zero_filled_fraction(data) -> float:
