@@ -584,3 +584,27 @@ def test_segmenter_finds_columns_with_the_lattice_model(moderate, monkeypatch, m
     monkeypatch.setattr(finder, "find_atoms_iter", spy)
     segment_defects(moderate[0].image, model=model, device="cpu")
     assert seen and set(seen) == {"default"}, seen
+
+
+def test_point_defects_cut_by_the_image_edge_are_dropped_and_counted():
+    """Within half a column spacing of the border a column's neighbourhood is cut, so a vacancy,
+    dim dopant or interstitial there is not reported (a bright dopant is: a cut never brightens);
+    the number dropped is returned for the status line."""
+    from napari_microml.defects.segment import _drop_at_edge
+
+    columns = np.stack(np.meshgrid(np.arange(5, 100, 10.0), np.arange(5, 100, 10.0)), -1)
+    columns = columns.reshape(-1, 2)
+    labels = np.zeros((100, 100), np.int32)
+    where = [(2, 50), (50, 50), (97, 30), (50, 1)]  # edge, inside, edge, edge
+    kinds = ["vacancy", "vacancy", "dopant_bright", "interstitial"]
+    for i, (r, c) in enumerate(where, start=1):
+        labels[max(r - 1, 0) : r + 2, max(c - 1, 0) : c + 2] = i
+    st = {
+        "class_id": np.array([class_id(k) for k in kinds]),
+        "row": np.array([float(r) for r, _ in where]),
+        "col": np.array([float(c) for _, c in where]),
+    }
+    kept, kept_st, dropped = _drop_at_edge(labels, st, columns, labels.shape, 0.5)
+    assert dropped == 2
+    assert [CLASS_NAMES[i - 1] for i in kept_st["class_id"]] == ["vacancy", "dopant_bright"]
+    assert kept.max() == 2 and kept[50, 50] == 1 and kept[97, 30] == 2 and kept[2, 50] == 0
