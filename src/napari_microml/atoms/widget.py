@@ -22,6 +22,7 @@ from napari_microml.runtime.validate import check_image_layer
 from napari_microml.runtime.widget import (
     Job,
     ToolWidget,
+    add_pixel_size_row,
     as_points,
     follow_opened_images,
     layer_picker,
@@ -409,6 +410,7 @@ class AtomFinderWidget(ToolWidget):
         self.refine_button.changed.connect(self._on_refine_clicked)
         self.save_button.changed.connect(self._on_save_clicked)
         self._found: dict[str, str] = {}  # points layer → its run's sentence (said again)
+        self.pixel_size = add_pixel_size_row(self)
         follow_opened_images(self, lambda layer: f"Ready: Run finds the atoms in {layer.name!r}.")
         self.model.changed.connect(self._on_model_changed)
         self._on_model_changed()

@@ -29,6 +29,7 @@ from napari_microml.runtime.validate import check_image_layer
 from napari_microml.runtime.widget import (
     Job,
     ToolWidget,
+    add_pixel_size_row,
     follow_opened_images,
     layer_picker,
     levelling_note,
@@ -240,6 +241,7 @@ class DefectSegmenterWidget(ToolWidget):
         self._shown: tuple[str, str] | None = None  # (labels, image) names of the table's run
         self.model.changed.connect(self._on_model_changed)
         self._on_model_changed()
+        self.pixel_size = add_pixel_size_row(self)
         follow_opened_images(self, self._ready_for)
         preload("torch")  # imported in the worker it held the GIL and Cancel for seconds
         # while the user picks an image and settings, not in the first Run

@@ -29,6 +29,7 @@ from napari_microml.runtime.widget import (
     Job,
     Refused,
     ToolWidget,
+    add_pixel_size_row,
     follow_opened_images,
     layer_picker,
     name_colour_bar,
@@ -188,6 +189,7 @@ class LatticeWidget(ToolWidget):
         self.set_button.changed.connect(self._on_set_sublattice)
         self.export_button.changed.connect(self._on_export)
         self.image_layer.changed.connect(self._match_columns)
+        self.pixel_size = add_pixel_size_row(self)
         follow_opened_images(self, self._ready_for, frames=False)  # it analyses one 2D image
         viewer.layers.events.inserted.connect(self._on_inserted)
         self.native.destroyed.connect(

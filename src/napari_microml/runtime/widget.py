@@ -932,3 +932,409 @@ def as_points(positions: np.ndarray, frames: np.ndarray | None) -> np.ndarray:
     if frames is None:
         return positions
     return np.column_stack([np.asarray(frames, float), positions])
+
+
+# --- a pixel size the user gives an uncalibrated image ---------------------------------------
+PIXEL_SIZE_UNITS: dict[str, float | None] = {
+    "nm per pixel": 1.0,
+    "pm per pixel": 1e-3,
+    "Å per pixel": 0.1,
+    "nm field of view (width)": None,  # the image's width; divided by its pixels
+}
+"""The unit choices of the pixel-size row: nm per unit, or ``None`` for a field of view."""
+SET_KEY = "pixel_size_set"  # metadata[KEY][SET_KEY]: what the user set and the geometry before
+PLAUSIBLE_NM = (1e-4, 1e5)  # 0.1 pm to 100 µm per pixel: outside it the unit was surely wrong
+_PIXEL_SIZE_ROWS: list = []  # every open row: a pixel size set in one dock shows in all
+
+
+def image_width_px(layer) -> int:
+    """The width (x, the last in-plane axis) of image ``layer`` in pixels."""
+    shape = np.shape(layer.data[0] if getattr(layer, "multiscale", False) else layer.data)
+    return int(shape[-2] if getattr(layer, "rgb", False) else shape[-1])
+
+
+def file_unlabelled_scale(layer) -> float | None:
+    """The per-pixel number the file gave without a unit (the reader's ``unlabelled_scale``,
+    x axis), or ``None``."""
+    record = ((getattr(layer, "metadata", None) or {}).get(KEY)) or {}
+    said = record.get("unlabelled_scale") or {}
+    values = [float(v) for v in said.values() if np.isfinite(float(v)) and float(v) > 0]
+    return values[-1] if values else None
+
+
+def needs_pixel_size(layer) -> bool:
+    """Whether ``layer`` is an image with no length calibration in its plane (its last two
+    axes in pixels: not an energy axis, not set in nm)."""
+    if layer is None or pixel_size_nm(layer) is not None:
+        return False
+    units = getattr(layer, "units", None)
+    if units is None or len(units) < 2:
+        return True
+    return all(str(u) in ("pixel", "px", "") for u in units[-2:])
+
+
+def pixel_size_from_text(text: str, *, unit: str, width_px: int) -> float:
+    """nm per pixel from what the user typed in the pixel-size row.
+
+    Parameters
+    ----------
+    text : str
+        A positive number ("9.33"), or a length with its unit ("9.33 pm"), which then wins over
+        ``unit``.
+    unit : str
+        One of :data:`PIXEL_SIZE_UNITS`: the unit of a plain number, or a field of view.
+    width_px : int
+        The image's width in pixels (a field of view is divided by it).
+
+    Returns
+    -------
+    float
+        The pixel size in nm.
+
+    Raises
+    ------
+    ValueError
+        Nothing typed, not a positive number or length, or a size outside 0.1 pm–100 µm.
+    """
+    text = str(text).strip().replace(",", ".")
+    if not text:
+        raise ValueError("Type the pixel size (a number) first.")
+    per_unit = PIXEL_SIZE_UNITS[unit]
+    try:
+        value = float(text)
+    except ValueError:
+        value = None
+    if value is None:  # "9.33 pm": a length with its unit
+        from napari_microml.runtime.units import nm_per_pixel
+
+        number, _, said = text.partition(" ")
+        try:
+            value = float(number)
+        except ValueError:
+            value = None
+        nm = None if value is None else nm_per_pixel(scale=[value], units=[said.strip()])
+        if nm is None:
+            raise ValueError(
+                f"{text!r} is not a pixel size: type a number (e.g. 0.0125) and pick its unit."
+            )
+        value, per_unit = nm, (1.0 if per_unit is not None else None)
+    if not np.isfinite(value) or value <= 0:
+        raise ValueError(f"The pixel size must be a positive number, not {text!r}.")
+    nm = value * per_unit if per_unit is not None else value / max(int(width_px), 1)
+    low, high = PLAUSIBLE_NM
+    if not low <= nm <= high:
+        raise ValueError(
+            f"{nm:.3g} nm per pixel would make the image {nm * width_px:.3g} nm wide; a pixel "
+            f"size lies between {low * 1000:g} pm and {high / 1000:g} µm: check the unit."
+        )
+    return nm
+
+
+def _plane(layer) -> tuple:
+    """``layer``'s in-plane geometry: the last two axes' scale and units (pixel or nm)."""
+    units = getattr(layer, "units", None) or ()
+    return (
+        tuple(np.round(np.asarray(layer.scale[-2:], float), 12)),
+        tuple(str(u) for u in tuple(units)[-2:]),
+    )
+
+
+def _made_from(viewer, image) -> list:
+    """The layers that lie on ``image``'s pixels and should move with it when its pixel size
+    changes: the tools' results made from it (in its units; a strain map's grid may be coarser),
+    and, when it is the only image in its geometry, the layers drawn on it (a line, a reference
+    region, points added by hand)."""
+    import napari
+
+    plane = _plane(image)
+    images = [
+        layer
+        for layer in viewer.layers
+        if isinstance(layer, napari.layers.Image) and _plane(layer) == plane
+    ]
+    alone = len(images) == 1
+    out = []
+    for layer in viewer.layers:
+        if layer.name == image.name or layer.ndim < 2 or _plane(layer)[1] != plane[1]:
+            continue
+        record = (getattr(layer, "metadata", None) or {}).get(KEY) or {}
+        made = record.get("input_layer") == image.name
+        drawn = (
+            not record
+            and not isinstance(layer, napari.layers.Image)
+            and getattr(getattr(layer, "source", None), "path", None) is None
+            and _plane(layer) == plane
+        )
+        if made or (drawn and alone):
+            out.append(layer)
+    return out
+
+
+def _rescale_plane(layer, factor: float, units: tuple) -> None:
+    """Multiply ``layer``'s last two axes' scale and translate by ``factor`` (its pixel origin
+    kept) and give them ``units``."""
+    scale, translate = np.asarray(layer.scale, float), np.asarray(layer.translate, float)
+    scale[-2:] *= factor
+    translate[-2:] *= factor
+    all_units = [str(u) for u in (getattr(layer, "units", None) or ["pixel"] * layer.ndim)]
+    all_units[-2:] = units
+    layer.scale = tuple(scale)
+    layer.translate = tuple(translate)
+    layer.units = tuple(all_units)
+
+
+def set_pixel_size(viewer, layer, *, nm_per_pixel: float, said: str = "") -> list:
+    """Calibrate uncalibrated image ``layer`` as the reader calibrates a file: its in-plane
+    scale becomes ``nm_per_pixel`` in nm (its pixel origin kept); nothing else of it changes.
+
+    Parameters
+    ----------
+    viewer : napari.Viewer
+        The viewer holding ``layer``.
+    layer : napari.layers.Image
+        An image with no length calibration (:func:`needs_pixel_size`).
+    nm_per_pixel : float
+        The pixel size in nm.
+    said : str
+        What the user typed, kept in the metadata (``metadata['napari_microml']
+        ['pixel_size_set']``, with the geometry before, which :func:`clear_pixel_size` restores).
+
+    Returns
+    -------
+    list
+        The other layers moved with it (:func:`_made_from`: results made from it, layers drawn
+        on it), so they stay on its pixels.
+    """
+    if not needs_pixel_size(layer):
+        raise ValueError(f"{layer.name!r} has a pixel size already ({pixel_size_nm(layer)} nm).")
+    moved = _made_from(viewer, layer)
+    old_scale = float(layer.scale[-1])
+    before = {"scale": old_scale, "units": list(_plane(layer)[1])}
+    for item in [layer, *moved]:
+        _rescale_plane(item, nm_per_pixel / old_scale, ("nm", "nm"))
+    layer.metadata.setdefault(KEY, {})[SET_KEY] = {
+        "nm_per_pixel": float(nm_per_pixel),
+        "said": said,
+        "before": before,
+        "moved": [item.name for item in moved],
+    }
+    _after_pixel_size(viewer, [layer, *moved])
+    return moved
+
+
+def clear_pixel_size(viewer, layer) -> list:
+    """Undo :func:`set_pixel_size`: ``layer`` (and the layers that lie on it) back in pixels.
+
+    Parameters
+    ----------
+    viewer : napari.Viewer
+        The viewer holding ``layer``.
+    layer : napari.layers.Image
+        An image whose pixel size was set in a dock.
+
+    Returns
+    -------
+    list
+        The other layers moved back with it.
+    """
+    record = ((getattr(layer, "metadata", None) or {}).get(KEY) or {}).get(SET_KEY)
+    if not record:
+        raise ValueError(f"No pixel size was set on {layer.name!r} here; it came with its file.")
+    moved = _made_from(viewer, layer)
+    before = record["before"]
+    factor = float(before["scale"]) / float(layer.scale[-1])
+    for item in [layer, *moved]:
+        _rescale_plane(item, factor, tuple(before["units"]))
+    layer.metadata[KEY].pop(SET_KEY, None)
+    _after_pixel_size(viewer, [layer, *moved])
+    return moved
+
+
+def _after_pixel_size(viewer, layers: list) -> None:
+    """Frame the rescaled layers, show or hide the scale bar, and update every open row."""
+    overlays = getattr(getattr(viewer, "canvas", None), "overlays", None)
+    bar = getattr(overlays, "scale_bar", None) or getattr(viewer, "scale_bar", None)
+    if any(pixel_size_nm(layer) for layer in viewer.layers):
+        show_scale_bar(viewer, layers)
+    elif bar is not None:
+        bar.visible = False  # a bar in pixels says nothing
+    if viewer.dims.ndisplay == 2 and canvas_view(viewer) is not None:
+        _fit_2d(viewer, layers)
+    else:
+        viewer.reset_view()
+    for row in list(_PIXEL_SIZE_ROWS):
+        try:
+            row.refresh()
+        except RuntimeError:  # its dock was closed and Qt deleted it
+            _PIXEL_SIZE_ROWS.remove(row)
+
+
+def _short(nm: float) -> str:
+    """A length in nm for a sentence: '4.78 nm', '9.33 pm', '1.2 µm'."""
+    if nm < 0.1:
+        return f"{nm * 1000:.3g} pm"
+    if nm >= 1000:
+        return f"{nm / 1000:.3g} µm"
+    return f"{nm:.3g} nm"
+
+
+class PixelSizeRow(Container):
+    """The "Pixel size" row of an image tool's dock: shown only when the picked image has no
+    length calibration (a number, its unit, Set) or had its pixel size set here (Clear)."""
+
+    def __init__(self, tool: ToolWidget):
+        from magicgui.widgets import LineEdit
+
+        self.tool = tool
+        self._typed_for: str | None = None  # the image the typed number is for
+        self.note = Label(label=" ", value="")  # its own dock row: a nested one did not wrap
+        self.value = LineEdit(value="")
+        self.value.native.setPlaceholderText("e.g. 0.0125")
+        self.unit = ComboBox(choices=list(PIXEL_SIZE_UNITS), value="nm per pixel")
+        self.button = PushButton(text="Set")
+        super().__init__(
+            widgets=[self.value, self.unit, self.button],
+            layout="horizontal",
+            labels=False,
+            label="Pixel size",
+        )
+        self.margins = (0, 0, 0, 0)
+        self.note.native.setWordWrap(True)
+        self.note.native.setMinimumWidth(220)
+        self.tooltip = (
+            "The image has no length calibration: its results are in px. Give its pixel size "
+            "(or its field of view) to have it, and every tool's results, in nm"
+        )
+        self.button.changed.connect(self._on_button)
+        self.value.native.returnPressed.connect(self._on_button)
+        self.value.changed.connect(self._say_field)
+        self.unit.changed.connect(self._say_field)
+        tool.image_layer.changed.connect(self.refresh)
+        _PIXEL_SIZE_ROWS.append(self)
+        tool.native.destroyed.connect(self._forget)
+
+    def _forget(self, *_) -> None:
+        if self in _PIXEL_SIZE_ROWS:
+            _PIXEL_SIZE_ROWS.remove(self)
+
+    def _record(self, layer) -> dict | None:
+        return ((getattr(layer, "metadata", None) or {}).get(KEY) or {}).get(SET_KEY)
+
+    def refresh(self, *_) -> None:
+        """Show the row for the picked image: hidden when it is calibrated by its file."""
+        layer = self.tool.image_layer.value
+        record = None if layer is None else self._record(layer)
+        if record is not None and pixel_size_nm(layer) is not None:
+            nm = float(record["nm_per_pixel"])
+            said, unit = str(record.get("said") or ""), "nm per pixel"
+            for choice in PIXEL_SIZE_UNITS:  # "9.33 pm per pixel": the number and its unit
+                if said.endswith(f" {choice}"):
+                    said, unit = said.removesuffix(f" {choice}"), choice
+            self.value.value, self.unit.value = said or f"{nm:g}", unit
+            self._typed_for = None  # once cleared, offered afresh: the file's number, if any
+            self.value.enabled = self.unit.enabled = False
+            self.button.text = "Clear"
+            self.note.value = (
+                f"Set here: {_short(nm)} per pixel, a {_short(nm * image_width_px(layer))} wide "
+                "field; results in nm. Clear returns the image to pixels."
+            )
+            self.visible = self.note.visible = True
+            return
+        if not needs_pixel_size(layer):
+            self.visible = self.note.visible = False
+            return
+        self.value.enabled = self.unit.enabled = True
+        self.button.text = "Set"
+        if layer.name != self._typed_for:  # another image: its file's number, or nothing
+            given = file_unlabelled_scale(layer)
+            self.value.value = "" if given is None else f"{given:.6g}"
+            self._typed_for = layer.name
+        self._say_field()
+        self.visible = self.note.visible = True
+
+    def _say_field(self, *_) -> None:
+        """The note: no pixel size, what the file said, and the field of view the typed size
+        gives in each unit (a microscopist knows the field of view of the image)."""
+        layer = self.tool.image_layer.value
+        if layer is None or self.button.text != "Set":
+            return
+        width = image_width_px(layer)
+        text = "Not calibrated: results in px."
+        said = file_unlabelled_scale(layer)
+        if said is not None:
+            fields = ", ".join(
+                f"{_short(said * per * width)} in {unit.split()[0]}"
+                for unit, per in PIXEL_SIZE_UNITS.items()
+                if per is not None
+            )
+            text += f" The file says {said:.4g}/px with no unit: a field {fields}."
+        try:
+            nm = pixel_size_from_text(self.value.value, unit=self.unit.value, width_px=width)
+        except ValueError:
+            nm = None
+        if nm is not None:
+            text += f" Set makes it {_short(nm)}/px, {_short(nm * width)} wide."
+        self.note.value = text
+
+    def _on_button(self, *_) -> None:
+        layer = self.tool.image_layer.value
+        if layer is None or self.tool.busy:
+            return
+        if self.button.text == "Clear":
+            moved = clear_pixel_size(self.tool.viewer, layer)
+            self.tool._say(
+                f"Pixel size cleared: {layer.name!r}{_with(moved)} is in pixels again; results "
+                "are in px."
+            )
+            return
+        width = image_width_px(layer)
+        try:
+            nm = pixel_size_from_text(self.value.value, unit=self.unit.value, width_px=width)
+        except ValueError as err:
+            self.tool._say(f"Cannot set the pixel size: {err}")
+            return
+        said = self.value.value.strip()
+        said = said if not _is_number(said) else f"{said} {self.unit.value}"
+        moved = set_pixel_size(self.tool.viewer, layer, nm_per_pixel=nm, said=said)
+        again = " (results made before keep their px values: Run again for nm)" if moved else ""
+        self.tool._say(
+            f"Pixel size set: {_short(nm)} per pixel, a {_short(nm * width)} wide field; "
+            f"{layer.name!r}{_with(moved)} is now in nm{again}. Clear, in the Pixel size row, "
+            "undoes it."
+        )
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text.replace(",", "."))
+    except ValueError:
+        return False
+    return True
+
+
+def _with(moved: list) -> str:
+    """' (with the 2 layers on it)' or ''."""
+    if not moved:
+        return ""
+    return f" (with the {len(moved)} layer{'s' if len(moved) > 1 else ''} on it)"
+
+
+def add_pixel_size_row(tool: ToolWidget) -> PixelSizeRow:
+    """Put the "Pixel size" row just below ``tool``'s Image picker (``tool.image_layer``).
+
+    Parameters
+    ----------
+    tool : ToolWidget
+        An image tool's dock with an ``image_layer`` picker.
+
+    Returns
+    -------
+    PixelSizeRow
+        The row (hidden while the picked image is calibrated by its file).
+    """
+    row = PixelSizeRow(tool)
+    index = list(tool).index(tool.image_layer) + 1
+    tool.insert(index, row)
+    tool.insert(index + 1, row.note)
+    row.refresh()  # once in the dock: a widget shown with no parent opens its own window
+    return row
