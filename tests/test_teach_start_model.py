@@ -40,6 +40,21 @@ def _teach_on_a_single_atom_result(make_napari_viewer, qtbot):
     return viewer, teach
 
 
+def _fine_tune_asked(monkeypatch, viewer, qtbot, teach) -> dict:
+    """Correct the points of 'a' and press Fine-tune; return what the dock asked the
+    fine-tune for (it stops there)."""
+    seen: dict = {}
+
+    def spy(images, positions, **kwargs):
+        seen.update(kwargs)
+        raise ValueError("recorded")
+
+    monkeypatch.setattr(teach_widget, "finetune_atoms_iter", spy)
+    viewer.layers["a atoms"].data = np.array([[6.0, 6.0], [9.0, 20.0], [20.0, 9.0]])
+    click(qtbot, teach.run_button, teach)
+    return seen
+
+
 def test_teach_starts_from_the_single_atom_model_the_finder_chose(
     make_napari_viewer, qtbot, monkeypatch
 ):
@@ -115,15 +130,7 @@ def test_the_users_own_choice_of_start_model_is_kept(make_napari_viewer, qtbot, 
     assert teach.base.value == LATTICE_MODEL
 
     # fine-tuned from the user's pick, the new model must also beat the model in use
-    seen = {}
-
-    def spy(images, positions, **kwargs):
-        seen.update(kwargs)
-        raise ValueError("recorded")
-
-    monkeypatch.setattr(teach_widget, "finetune_atoms_iter", spy)
-    viewer.layers["a atoms"].data = np.array([[6.0, 6.0], [9.0, 20.0], [20.0, 9.0]])
-    click(qtbot, teach.run_button, teach)
+    seen = _fine_tune_asked(monkeypatch, viewer, qtbot, teach)
     assert seen["base"] == LATTICE_MODEL and seen["in_use"] == SINGLE_ATOMS_MODEL
 
 
@@ -153,15 +160,7 @@ def test_teach_levels_a_layer_from_an_spm_file_as_the_finder_does(
     an electron image's stays 'auto'."""
     viewer, teach = _teach_on_a_single_atom_result(make_napari_viewer, qtbot)
     viewer.layers["a"].metadata = {"napari_microml": {"scan": {"kind": "spm"}}}
-    seen = {}
-
-    def spy(images, positions, **kwargs):
-        seen.update(kwargs)
-        raise ValueError("recorded")
-
-    monkeypatch.setattr(teach_widget, "finetune_atoms_iter", spy)
-    viewer.layers["a atoms"].data = np.array([[6.0, 6.0], [9.0, 20.0], [20.0, 9.0]])
-    click(qtbot, teach.run_button, teach)
+    seen = _fine_tune_asked(monkeypatch, viewer, qtbot, teach)
     assert seen["scan"] == ["spm"]
     viewer.layers["a"].metadata = {}
     click(qtbot, teach.run_button, teach)
