@@ -64,7 +64,7 @@ def test_set_pixel_size_then_lattice_in_pm(make_napari_viewer, qtbot, uncalibrat
     assert str(image.units[-1]) == "pixel" and tuple(image.scale) == (1.0, 1.0)
 
     row.value.value = str(PIXEL_PM)
-    row.unit.value = "pm per pixel"
+    row.unit.value = "pm"
     assert "Set makes it 25 pm/px, 4.2 nm wide" in row.note.value, row.note.value
     row.button.native.click()
     assert np.allclose(image.scale, PIXEL_PM / 1000) and str(image.units[-1]) == "nanometer"
@@ -103,15 +103,13 @@ def test_calibrated_image_shows_no_pixel_size_row(make_napari_viewer, qtbot):
 
 
 def test_pixel_size_text():
-    assert pixel_size_from_text("9.33", unit="pm per pixel", width_px=512) == pytest.approx(0.00933)
-    assert pixel_size_from_text("0,5", unit="Å per pixel", width_px=512) == pytest.approx(0.05)
-    assert pixel_size_from_text("9.33 pm", unit="nm per pixel", width_px=512) == pytest.approx(
-        0.00933
-    )
-    assert pixel_size_from_text("51.2", unit="nm field of view (width)", width_px=512) == 0.1
+    assert pixel_size_from_text("9.33", unit="pm", width_px=512) == pytest.approx(0.00933)
+    assert pixel_size_from_text("0,5", unit="Å", width_px=512) == pytest.approx(0.05)
+    assert pixel_size_from_text("9.33 pm", unit="nm", width_px=512) == pytest.approx(0.00933)
+    assert pixel_size_from_text("51.2", unit="nm field", width_px=512) == 0.1
     for bad in ("", "-1", "9.33 eV", "0.00933 pm"):  # the last: a 5 fm-wide image
         with pytest.raises(ValueError):
-            pixel_size_from_text(bad, unit="nm per pixel", width_px=512)
+            pixel_size_from_text(bad, unit="nm", width_px=512)
 
 
 def test_abf_file_number_set_as_nm_gives_srtio3(make_napari_viewer, qtbot, shared_data):
@@ -128,7 +126,7 @@ def test_abf_file_number_set_as_nm_gives_srtio3(make_napari_viewer, qtbot, share
     assert "0.478 nm in Å" in note and "4.78 pm in pm" in note, note
     assert row.value.value == "0.00932627"  # offered, not applied
     assert str(image.units[-1]) == "pixel"
-    row.unit.value = "nm per pixel"
+    row.unit.value = "nm"
     row.button.native.click()
     assert tool.pixel_size.button.text == "Clear"
     assert click(qtbot, lattice.run_button, lattice) < 1.0

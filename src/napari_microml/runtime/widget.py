@@ -936,12 +936,13 @@ def as_points(positions: np.ndarray, frames: np.ndarray | None) -> np.ndarray:
 
 # --- a pixel size the user gives an uncalibrated image ---------------------------------------
 PIXEL_SIZE_UNITS: dict[str, float | None] = {
-    "nm per pixel": 1.0,
-    "pm per pixel": 1e-3,
-    "Å per pixel": 0.1,
-    "nm field of view (width)": None,  # the image's width; divided by its pixels
+    "nm": 1.0,
+    "pm": 1e-3,
+    "Å": 0.1,
+    "nm field": None,  # the image's width (its field of view); divided by its pixels
 }
-"""The unit choices of the pixel-size row: nm per unit, or ``None`` for a field of view."""
+"""The unit choices of the pixel-size row (per pixel): nm per unit, or ``None`` for the width
+of the field of view in nm."""
 SET_KEY = "pixel_size_set"  # metadata[KEY][SET_KEY]: what the user set and the geometry before
 PLAUSIBLE_NM = (1e-4, 1e5)  # 0.1 pm to 100 µm per pixel: outside it the unit was surely wrong
 _PIXEL_SIZE_ROWS: list = []  # every open row: a pixel size set in one dock shows in all
@@ -1190,7 +1191,11 @@ class PixelSizeRow(Container):
         self.note = Label(label=" ", value="")  # its own dock row: a nested one did not wrap
         self.value = LineEdit(value="")
         self.value.native.setPlaceholderText("e.g. 0.0125")
-        self.unit = ComboBox(choices=list(PIXEL_SIZE_UNITS), value="nm per pixel")
+        self.unit = ComboBox(choices=list(PIXEL_SIZE_UNITS), value="nm")
+        self.unit.tooltip = (
+            "nm, pm, Å: the size of one pixel; nm field: the width of the whole image (its "
+            "field of view) in nm"
+        )
         self.button = PushButton(text="Set")
         super().__init__(
             widgets=[self.value, self.unit, self.button],
@@ -1199,6 +1204,9 @@ class PixelSizeRow(Container):
             label="Pixel size",
         )
         self.margins = (0, 0, 0, 0)
+        # within the status line's 220 px: at their own hints the row widened each dock ~190 px
+        for widget, width in ((self.value, 68), (self.unit, 80), (self.button, 52)):
+            widget.native.setFixedWidth(width)
         self.note.native.setWordWrap(True)
         self.note.native.setMinimumWidth(220)
         self.tooltip = (
@@ -1226,8 +1234,8 @@ class PixelSizeRow(Container):
         record = None if layer is None else self._record(layer)
         if record is not None and pixel_size_nm(layer) is not None:
             nm = float(record["nm_per_pixel"])
-            said, unit = str(record.get("said") or ""), "nm per pixel"
-            for choice in PIXEL_SIZE_UNITS:  # "9.33 pm per pixel": the number and its unit
+            said, unit = str(record.get("said") or ""), "nm"
+            for choice in sorted(PIXEL_SIZE_UNITS, key=len):  # "9.33 pm": number, unit
                 if said.endswith(f" {choice}"):
                     said, unit = said.removesuffix(f" {choice}"), choice
             self.value.value, self.unit.value = said or f"{nm:g}", unit
@@ -1263,7 +1271,7 @@ class PixelSizeRow(Container):
         said = file_unlabelled_scale(layer)
         if said is not None:
             fields = ", ".join(
-                f"{_short(said * per * width)} in {unit.split()[0]}"
+                f"{_short(said * per * width)} in {unit}"
                 for unit, per in PIXEL_SIZE_UNITS.items()
                 if per is not None
             )
@@ -1278,11 +1286,18 @@ class PixelSizeRow(Container):
 
     def _on_button(self, *_) -> None:
         layer = self.tool.image_layer.value
-        if layer is None or self.tool.busy:
+        if layer is None:
+            return
+        running = [row.tool.tool_name for row in _PIXEL_SIZE_ROWS if row.tool.busy]
+        if running:  # its result would be written in the new units with the old values
+            self.tool.status.value = (
+                f"Cannot change the pixel size while a run is going on ({running[0]}): "
+                "wait for it or cancel it."
+            )
             return
         if self.button.text == "Clear":
             moved = clear_pixel_size(self.tool.viewer, layer)
-            self.tool._say(
+            self.tool.status.value = (
                 f"Pixel size cleared: {layer.name!r}{_with(moved)} is in pixels again; results "
                 "are in px."
             )
@@ -1291,13 +1306,13 @@ class PixelSizeRow(Container):
         try:
             nm = pixel_size_from_text(self.value.value, unit=self.unit.value, width_px=width)
         except ValueError as err:
-            self.tool._say(f"Cannot set the pixel size: {err}")
+            self.tool.status.value = f"Cannot set the pixel size: {err}"
             return
         said = self.value.value.strip()
         said = said if not _is_number(said) else f"{said} {self.unit.value}"
         moved = set_pixel_size(self.tool.viewer, layer, nm_per_pixel=nm, said=said)
         again = " (results made before keep their px values: Run again for nm)" if moved else ""
-        self.tool._say(
+        self.tool.status.value = (
             f"Pixel size set: {_short(nm)} per pixel, a {_short(nm * width)} wide field; "
             f"{layer.name!r}{_with(moved)} is now in nm{again}. Clear, in the Pixel size row, "
             "undoes it."
