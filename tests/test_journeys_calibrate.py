@@ -63,6 +63,14 @@ def test_set_pixel_size_then_lattice_in_pm(make_napari_viewer, qtbot, uncalibrat
     assert tool.status.value.startswith("Cannot set the pixel size:"), tool.status.value
     assert str(image.units[-1]) == "pixel" and tuple(image.scale) == (1.0, 1.0)
 
+    # a line drawn on it before (in its pixels) moves with it; another image keeps its pixels
+    line = viewer.add_shapes([[[10, 10], [150, 150]]], shape_type="line", name="profile")
+    other = viewer.add_image(np.zeros((32, 32), np.float32), name="other")
+    tool.image_layer.value = other
+    assert row.value.value == "" and "file says" not in row.note.value
+    tool.image_layer.value = image
+    viewer.layers.remove(other)  # (with two px images a drawn line's image would be a guess)
+
     row.value.value = str(PIXEL_PM)
     row.unit.value = "pm"
     assert "Set makes it 25 pm/px, 4.2 nm wide" in row.note.value, row.note.value
@@ -71,6 +79,7 @@ def test_set_pixel_size_then_lattice_in_pm(make_napari_viewer, qtbot, uncalibrat
     assert image.metadata["napari_microml"][SET_KEY]["nm_per_pixel"] == pytest.approx(0.025)
     assert tool.status.value.startswith("Pixel size set: 25 pm per pixel"), tool.status.value
     assert _bar_visible(viewer)
+    assert np.allclose(line.scale, 0.025) and str(line.units[-1]) == "nanometer"
     # the other dock on the same image reads it as calibrated and offers Clear
     assert finder.pixel_size.button.text == "Clear" and _shown(finder.pixel_size)
 

@@ -1240,6 +1240,7 @@ class PixelSizeRow(Container):
                     said, unit = said.removesuffix(f" {choice}"), choice
             self.value.value, self.unit.value = said or f"{nm:g}", unit
             self._typed_for = None  # once cleared, offered afresh: the file's number, if any
+            self.value.native.setCursorPosition(0)  # the number's start, in a narrow box
             self.value.enabled = self.unit.enabled = False
             self.button.text = "Clear"
             self.note.value = (
@@ -1256,6 +1257,7 @@ class PixelSizeRow(Container):
         if layer.name != self._typed_for:  # another image: its file's number, or nothing
             given = file_unlabelled_scale(layer)
             self.value.value = "" if given is None else f"{given:.6g}"
+            self.value.native.setCursorPosition(0)
             self._typed_for = layer.name
         self._say_field()
         self.visible = self.note.visible = True
