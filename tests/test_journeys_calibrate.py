@@ -143,3 +143,16 @@ def test_abf_file_number_set_as_nm_gives_srtio3(make_napari_viewer, qtbot, share
     assert L["b_pm"] == pytest.approx(390.5, rel=0.01), L
     assert L["a_pm"] * np.sqrt(2) == pytest.approx(390.5, rel=0.01), L
     assert _bar_visible(viewer)
+
+
+def test_a_line_drawn_beside_two_pixel_images_is_left_and_said(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    first = viewer.add_image(np.zeros((64, 64), np.float32), name="first")
+    viewer.add_image(np.zeros((64, 64), np.float32), name="second")
+    line = viewer.add_shapes([[[5, 5], [50, 50]]], shape_type="line", name="profile")
+    tool = open_tool(viewer, "Atom finder")
+    tool.image_layer.value = first
+    tool.pixel_size.value.value = "0.02"
+    tool.pixel_size.button.native.click()
+    assert np.allclose(first.scale, 0.02) and tuple(line.scale) == (1.0, 1.0)
+    assert "Left in pixels: 'profile'" in tool.status.value, tool.status.value

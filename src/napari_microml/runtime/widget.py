@@ -1045,6 +1045,12 @@ def _made_from(viewer, image) -> list:
     changes: the tools' results made from it (in its units; a strain map's grid may be coarser),
     and, when it is the only image in its geometry, the layers drawn on it (a line, a reference
     region, points added by hand)."""
+    return _on_image(viewer, image)[0]
+
+
+def _on_image(viewer, image) -> tuple[list, list]:
+    """(:func:`_made_from`, the layers drawn in ``image``'s geometry left where they are because
+    another image shares it: which one they were drawn on is not known)."""
     import napari
 
     plane = _plane(image)
@@ -1054,21 +1060,22 @@ def _made_from(viewer, image) -> list:
         if isinstance(layer, napari.layers.Image) and _plane(layer) == plane
     ]
     alone = len(images) == 1
-    out = []
+    moved, left = [], []
     for layer in viewer.layers:
         if layer.name == image.name or layer.ndim < 2 or _plane(layer)[1] != plane[1]:
             continue
         record = (getattr(layer, "metadata", None) or {}).get(KEY) or {}
-        made = record.get("input_layer") == image.name
         drawn = (
             not record
             and not isinstance(layer, napari.layers.Image)
             and getattr(getattr(layer, "source", None), "path", None) is None
             and _plane(layer) == plane
         )
-        if made or (drawn and alone):
-            out.append(layer)
-    return out
+        if record.get("input_layer") == image.name or (drawn and alone):
+            moved.append(layer)
+        elif drawn:
+            left.append(layer)
+    return moved, left
 
 
 def _rescale_plane(layer, factor: float, units: tuple) -> None:
@@ -1312,12 +1319,20 @@ class PixelSizeRow(Container):
             return
         said = self.value.value.strip()
         said = said if not _is_number(said) else f"{said} {self.unit.value}"
+        left = _on_image(self.tool.viewer, layer)[1]
         moved = set_pixel_size(self.tool.viewer, layer, nm_per_pixel=nm, said=said)
         again = " (results made before keep their px values: Run again for nm)" if moved else ""
+        names = ", ".join(repr(item.name) for item in left)
+        kept = (
+            f" Left in pixels: {names} (another image is in pixels too, so which one they were "
+            "drawn on is not known)."
+            if left
+            else ""
+        )
         self.tool.status.value = (
             f"Pixel size set: {_short(nm)} per pixel, a {_short(nm * width)} wide field; "
-            f"{layer.name!r}{_with(moved)} is now in nm{again}. Clear, in the Pixel size row, "
-            "undoes it."
+            f"{layer.name!r}{_with(moved)} is now in nm{again}.{kept} Clear, in the Pixel size "
+            "row, undoes it."
         )
 
 
