@@ -354,6 +354,18 @@ def environments(quick: bool):
         return mod.run()
 
 
+def scale_sample(spacing: float, size: int, k: int, lattice: str, i: int, dose: float):
+    """The spacing-outside-training part's crystal: seed 5,500,000 + 1000 × lattice index + i."""
+    return simulate_defects(
+        (size, size),
+        seed=SEED0 + 500_000 + 1000 * k + i,
+        dose=dose,
+        scene="crystal",
+        lattice=lattice,
+        spacing=spacing,
+    )
+
+
 def scale(n_seeds: int, spacings=(4.0, 40.0, 60.0), dose: float = 200.0):
     """Spacings outside the trained 6–24 px, crystals, moderate dose: rescale auto vs off."""
     out = []
@@ -363,15 +375,7 @@ def scale(n_seeds: int, spacings=(4.0, 40.0, 60.0), dose: float = 200.0):
         zooms = []
         for k, lattice in enumerate(LATTICES):
             for i in range(n_seeds):
-                seed = SEED0 + 500_000 + 1000 * k + i
-                s = simulate_defects(
-                    (size, size),
-                    seed=seed,
-                    dose=dose,
-                    scene="crystal",
-                    lattice=lattice,
-                    spacing=spacing,
-                )
+                s = scale_sample(spacing, size, k, lattice, i, dose)
                 kw = dict(radius=0.5 * spacing, margin=0.5 * spacing)
                 for mode in scores:
                     r = segment_defects(s.image, rescale=mode)

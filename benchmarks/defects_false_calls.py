@@ -124,7 +124,9 @@ def perfect_part() -> dict:
     return groups
 
 
-def real_part() -> dict:
+def real_cases() -> dict:
+    """The real crystals and their variants: ``{name: (nm per px or None, {case: (image,
+    sampling factor)})}``; each is one crystal, so calls are counted per 1000 columns."""
     from generalise import A18_NM, _read, resample
 
     from napari_microml.runtime.noise import noise_sigma
@@ -154,6 +156,13 @@ def real_part() -> dict:
             resample(img, 0.7) + rng.normal(0, sig, cases["x0.7"][0].shape),
             0.7,
         )
+        out[name] = (px, cases)
+    return out
+
+
+def real_part() -> dict:
+    out: dict = {}
+    for name, (px, cases) in real_cases().items():
         res = {}
         for cname, (x, f) in cases.items():
             got = _both(x, pixel_size=None if px is None else px / f)
