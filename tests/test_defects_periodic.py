@@ -109,3 +109,18 @@ def test_the_oxygen_columns_of_an_abf_image_at_another_sampling_are_not_intersti
     r = mm.segment_defects(coarser, pixel_size=0.00933 / 0.7)
     assert r.provenance["parameters"]["contrast"] == "dark"
     assert int((r.table["class"] == "interstitial").sum()) <= 15, r.table
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_the_dock_says_how_many_interstitial_calls_the_lattice_explained(make_napari_viewer, qtbot):
+    """Defect segmenter from the Plugins menu, defaults, Run: the status says the calls it
+    dropped because the same site is as bright in every cell."""
+    from journey import click, open_tool
+
+    image, _ = _crystal_with_a_faint_feature_in_every_cell(extra_atom=False)
+    viewer = make_napari_viewer()
+    viewer.add_image(image.astype(np.float32), name="crystal")
+    widget = open_tool(viewer, "Defect segmenter")
+    click(qtbot, widget.run_button, widget, timeout_ms=120_000)
+    status = str(widget.status.value)
+    assert "interstitial calls dropped: the same site is as bright" in status, status

@@ -356,6 +356,12 @@ class DefectSegmenterWidget(ToolWidget):
                 f" ({n_edge} more at the image edge not counted: the border cuts "
                 f"{'its' if n_edge == 1 else 'their'} neighbourhood)"
             )
+        if params.get("dropped_periodic_interstitials"):
+            n_same = int(params["dropped_periodic_interstitials"])
+            text += (
+                f" ({n_same} interstitial call{'' if n_same == 1 else 's'} dropped: the same "
+                "site is as bright in the neighbouring unit cells, so it is the structure)"
+            )
         choice = params.get("contrast_choice") or {}
         contrast = ContrastChoice(
             params["contrast"], choice.get("requested", params["contrast"]), choice.get("skew")
