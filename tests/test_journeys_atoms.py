@@ -218,3 +218,25 @@ def test_auto_contrast_on_simulated_frames(contrast):
     for image in images:
         r = mm.find_atoms(image, refine="none")
         assert r.parameters["contrast"] == contrast, r.parameters["contrast_choice"]
+
+
+def test_a_run_that_fails_says_so_and_is_ready_again(make_napari_viewer, qtbot, monkeypatch):
+    """A RuntimeError in a run (torch out of memory is one) left the dock "Running…" for good:
+    superqt ends silently on it. And a failure after the last progress step showed "Failed: …"
+    beside a full bar, which reads as success."""
+    from napari_microml.atoms import widget as atoms_widget
+    from napari_microml.runtime.workers import progress
+
+    def breaks(image, **kwargs):
+        yield progress(1, 1, "finding the column peaks")
+        raise RuntimeError("the disk went away")
+
+    monkeypatch.setattr(atoms_widget, "find_atoms_iter", breaks)
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((64, 64), np.float32), name="frame")
+    widget = open_tool(viewer, "Atom finder")
+    with qtbot.capture_exceptions() as raised:  # napari also shows it as an error notification
+        click(qtbot, widget.run_button, widget, timeout_ms=15_000)  # it stayed "Running…"
+    assert [str(e[1]) for e in raised] == ["the disk went away"]
+    assert str(widget.status.value) == "Failed: the disk went away", widget.status.value
+    assert widget.progress.value == 0 and widget.run_button.text == "Run"

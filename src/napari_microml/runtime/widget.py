@@ -79,6 +79,14 @@ class Job:
             return (yield from typed(self.work(**arrays)))
         except ValueError as err:
             return Refused(str(err))
+        except RuntimeError as err:
+            # superqt ends silently on a RuntimeError (it takes one for a deleted worker): the
+            # dock stayed "Running…" for good, e.g. after torch ran out of memory
+            raise RunFailed(str(err) or type(err).__name__) from err
+
+
+class RunFailed(Exception):
+    """A run's RuntimeError, passed on so the dock says "Failed: …" and is ready again."""
 
 
 @dataclass(frozen=True)
@@ -791,6 +799,7 @@ class ToolWidget(Container):
 
     def _on_error(self, err):
         self._ended = True
+        self.progress.value = 0  # a full bar beside "Failed" reads as success
         self._say(f"Failed: {err or type(err).__name__}")
 
     def _on_finished(self):
